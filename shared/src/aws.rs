@@ -1,0 +1,107 @@
+//! Building AWS clients with explicit time budgets. Called once, from a `main` or a test setup;
+//! nothing on a request path builds a client.
+
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+};
+
+/// Time limits for the state store's client. The SDK sets no operation or attempt timeout by
+/// default, so one slow call could eat the whole API Gateway authorizer timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreTimeouts {
+    pub connect: Duration,
+    /// One HTTP attempt.
+    pub attempt: Duration,
+}
+
+impl Default for StoreTimeouts {
+    fn default() -> Self {
+        StoreTimeouts {
+            connect: Duration::from_millis(500),
+            attempt: Duration::from_millis(60),
+        }
+    }
+}
+
+/// The client for the state store. SDK retries are off: `DynamoStore` retries itself, with
+/// the fresh state a failed condition returns and an idempotency check a blind resend lacks.
+pub fn state_client(sdk: &SdkConfig, timeouts: StoreTimeouts) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(timeouts.connect)
+                .operation_attempt_timeout(timeouts.attempt)
+                .build(),
+        )
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+/// The client for reads of the policy table: idempotent, so the SDK's standard retries apply,
+/// within `budget` for the whole operation.
+pub fn policy_client(sdk: &SdkConfig, budget: Duration) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(budget)
+                .operation_timeout(budget)
+                .build(),
+        )
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+/// Creates an on-demand table keyed by the string attribute `pk`, with TTL on `ttl` if given:
+/// the shape of both Tollgate tables. The SAM template creates them in AWS; this is for local
+/// emulators and tests.
+pub async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    pk: &str,
+    ttl: Option<&str>,
+) -> Result<(), String> {
+    let build_err = |e: aws_sdk_dynamodb::error::BuildError| e.to_string();
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(pk)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build_err)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(pk)
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(build_err)?,
+        )
+        .send()
+        .await
+        .map_err(|e| format!("creating table {table}: {e:?}"))?;
+    if let Some(attr) = ttl {
+        let spec = TimeToLiveSpecification::builder()
+            .attribute_name(attr)
+            .enabled(true)
+            .build()
+            .map_err(build_err)?;
+        client
+            .update_time_to_live()
+            .table_name(table)
+            .time_to_live_specification(spec)
+            .send()
+            .await
+            .map_err(|e| format!("enabling TTL on {table}: {e:?}"))?;
+    }
+    Ok(())
+}

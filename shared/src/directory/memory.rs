@@ -1,0 +1,81 @@
+//! The policy directory held in memory, loaded from a policy file (the CLI's default).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+
+use super::{Directory, DirectoryError, KeyRecord};
+use crate::identity::ApiKeyHash;
+use crate::policy::Plan;
+use crate::policy_file::PolicyFile;
+
+#[derive(Debug, Default)]
+pub struct MemoryDirectory {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    keys: HashMap<ApiKeyHash, KeyRecord>,
+    tenants: HashMap<String, String>,
+    plans: HashMap<String, Arc<Plan>>,
+}
+
+impl MemoryDirectory {
+    pub fn from_file(file: &PolicyFile) -> MemoryDirectory {
+        let dir = MemoryDirectory::default();
+        for plan in file.plans.values() {
+            dir.put_plan(plan.clone());
+        }
+        for (id, t) in &file.tenants {
+            dir.put_tenant(id, &t.plan);
+            for (i, hash) in t.api_keys.iter().enumerate() {
+                dir.put_key(
+                    *hash,
+                    KeyRecord {
+                        tenant: id.clone(),
+                        key_id: format!("{id}-{i}"),
+                        enabled: true,
+                    },
+                );
+            }
+        }
+        dir
+    }
+
+    pub fn put_plan(&self, plan: Arc<Plan>) {
+        self.write().plans.insert(plan.name().to_owned(), plan);
+    }
+
+    pub fn put_tenant(&self, tenant: &str, plan: &str) {
+        self.write().tenants.insert(tenant.to_owned(), plan.to_owned());
+    }
+
+    pub fn put_key(&self, hash: ApiKeyHash, record: KeyRecord) {
+        self.write().keys.insert(hash, record);
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Directory for MemoryDirectory {
+    async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError> {
+        Ok(self.read().keys.get(hash).cloned())
+    }
+
+    async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
+        Ok(self.read().tenants.get(tenant).cloned())
+    }
+
+    async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
+        Ok(self.read().plans.get(name).cloned())
+    }
+}

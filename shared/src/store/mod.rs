@@ -1,0 +1,96 @@
+//! The port every state store implements: "consume N units for tenant T under these limits at
+//! time now", answered with a `Decision`. Adapters: `memory` (embedded, the CLI's default) and
+//! `dynamodb` (one conditional write per decision).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::Timestamp;
+use crate::decision::Decision;
+use crate::policy::Limits;
+use crate::quota::Counter;
+
+pub mod dynamodb;
+pub mod memory;
+
+pub use dynamodb::{DynamoStore, DynamoStoreConfig};
+pub use memory::MemoryStore;
+
+/// One request to consume budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Consume<'a> {
+    pub tenant: &'a str,
+    pub limits: &'a Limits,
+    pub weight: u32,
+    pub now: Timestamp,
+}
+
+/// A tenant's recorded usage: the kept daily and monthly counters, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub days: Vec<(Counter, u64)>,
+    pub months: Vec<(Counter, u64)>,
+}
+
+impl Usage {
+    pub(crate) fn from_counters(counters: impl IntoIterator<Item = (Counter, u64)>, now: Timestamp) -> Usage {
+        let mut usage = Usage::default();
+        for (c, n) in counters {
+            if !c.is_kept(now) {
+                continue;
+            }
+            match c {
+                Counter::Day { .. } => usage.days.push((c, n)),
+                Counter::Month { .. } => usage.months.push((c, n)),
+            }
+        }
+        usage.days.sort_unstable();
+        usage.months.sort_unstable();
+        usage
+    }
+
+    /// Units used in the period of `counter` (0 when nothing was recorded).
+    pub fn get(&self, counter: Counter) -> u64 {
+        let list = match counter {
+            Counter::Day { .. } => &self.days,
+            Counter::Month { .. } => &self.months,
+        };
+        list.iter().find(|(c, _)| *c == counter).map_or(0, |(_, n)| *n)
+    }
+}
+
+/// Why a store could not decide. `is_indeterminate` tells whether the state may have changed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The request may have been applied (timeout, connection lost after sending).
+    #[error("store outcome unknown after {attempts} attempt(s): {detail}")]
+    Indeterminate { attempts: u32, detail: String },
+    /// Surely not applied (throttled, refused, unreachable before sending).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Lost too many races in a row within the time budget; surely not applied.
+    #[error("store contention: no decision after {attempts} attempts")]
+    Contention { attempts: u32 },
+    /// The stored state cannot be read back (someone else wrote the item).
+    #[error("state of tenant `{tenant}` is malformed: {reason}")]
+    Corrupt { tenant: String, reason: String },
+    #[error("store did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl StoreError {
+    pub fn is_indeterminate(&self) -> bool {
+        matches!(self, StoreError::Indeterminate { .. } | StoreError::Timeout(_))
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Decides the request and, when it is admitted, records it, atomically.
+    async fn consume(&self, req: &Consume<'_>) -> Result<Decision, StoreError>;
+
+    /// The tenant's recorded usage inside the kept window.
+    async fn usage(&self, tenant: &str, now: Timestamp) -> Result<Usage, StoreError>;
+}
