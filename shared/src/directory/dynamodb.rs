@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{Directory, DirectoryError, KeyRecord};
@@ -38,7 +39,7 @@ impl DynamoDirectory {
             .key(PK, AttributeValue::S(pk))
             .send()
             .await
-            .map_err(|e| DirectoryError::Unavailable(format!("{e:?}")))?;
+            .map_err(|e| DirectoryError::Unavailable(DisplayErrorContext(e).to_string()))?;
         Ok(out.item)
     }
 
@@ -50,7 +51,7 @@ impl DynamoDirectory {
             .set_item(Some(item))
             .send()
             .await
-            .map_err(|e| DirectoryError::Unavailable(format!("{e:?}")))?;
+            .map_err(|e| DirectoryError::Unavailable(DisplayErrorContext(e).to_string()))?;
         Ok(())
     }
 

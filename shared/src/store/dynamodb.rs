@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
@@ -55,8 +55,11 @@ impl DynamoStoreConfig {
 pub struct StoreStats {
     /// UpdateItem calls sent.
     pub writes: AtomicU64,
-    /// Write capacity consumed, in thousandths of a unit, as DynamoDB reported it.
-    pub write_milli_units: AtomicU64,
+    /// Write units by DynamoDB's billing rule: one per started KB of the written item, also for
+    /// a failed condition.
+    pub write_units: AtomicU64,
+    /// Write capacity as the service reported it, in thousandths of a unit.
+    pub reported_milli_units: AtomicU64,
     /// Writes whose condition failed (a wrong prediction, a lost race, or an edge deny).
     pub conflicts: AtomicU64,
     /// Writes whose outcome was unknown.
@@ -67,12 +70,26 @@ pub struct StoreStats {
     pub cached_denials: AtomicU64,
 }
 
+static EMPTY: std::sync::LazyLock<HashMap<String, AttributeValue>> = std::sync::LazyLock::new(HashMap::new);
+
 impl StoreStats {
+    fn count_units(&self, item: &HashMap<String, AttributeValue>, reported: Option<f64>) {
+        let units = item::item_size(item).div_ceil(1024).max(1) as u64;
+        self.write_units.fetch_add(units, Ordering::Relaxed);
+        if let Some(r) = reported {
+            self.reported_milli_units
+                .fetch_add((r * 1000.0).round() as u64, Ordering::Relaxed);
+        }
+    }
+
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }
-    pub fn write_units(&self) -> f64 {
-        self.write_milli_units.load(Ordering::Relaxed) as f64 / 1000.0
+    pub fn write_units(&self) -> u64 {
+        self.write_units.load(Ordering::Relaxed)
+    }
+    pub fn reported_write_units(&self) -> f64 {
+        self.reported_milli_units.load(Ordering::Relaxed) as f64 / 1000.0
     }
     pub fn conflicts(&self) -> u64 {
         self.conflicts.load(Ordering::Relaxed)
@@ -163,29 +180,26 @@ impl DynamoStore {
         };
         match result {
             Ok(out) => {
-                let units = out.consumed_capacity().and_then(|c| c.capacity_units()).unwrap_or(1.0);
+                let item = out.attributes().unwrap_or(&EMPTY);
                 self.stats
-                    .write_milli_units
-                    .fetch_add((units * 1000.0).round() as u64, Ordering::Relaxed);
-                let snap = Snapshot::parse(out.attributes().unwrap_or(&HashMap::new())).map_err(corrupt)?;
-                Ok(Attempt::Applied(snap))
+                    .count_units(item, out.consumed_capacity().and_then(|c| c.capacity_units()));
+                Ok(Attempt::Applied(Snapshot::parse(item).map_err(corrupt)?))
             }
             Err(SdkError::ServiceError(e)) => match e.err() {
                 UpdateItemError::ConditionalCheckFailedException(c) => {
-                    // A failed condition still consumes a write unit.
-                    self.stats.write_milli_units.fetch_add(1000, Ordering::Relaxed);
+                    // A failed condition still consumes write capacity.
+                    let item = c.item().unwrap_or(&EMPTY);
+                    self.stats.count_units(item, None);
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    let snap = Snapshot::parse(c.item().unwrap_or(&HashMap::new())).map_err(corrupt)?;
-                    Ok(Attempt::Refused(snap))
+                    Ok(Attempt::Refused(Snapshot::parse(item).map_err(corrupt)?))
                 }
-                other => Err(StoreError::Unavailable(format!(
-                    "{other}: {}",
-                    other.meta().message().unwrap_or("")
-                ))),
+                other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
             },
-            Err(e @ SdkError::ConstructionFailure(_)) => Err(StoreError::Unavailable(format!("{e:?}"))),
+            Err(e @ SdkError::ConstructionFailure(_)) => {
+                Err(StoreError::Unavailable(DisplayErrorContext(e).to_string()))
+            }
             // Timeouts, dropped connections and unreadable responses: the write may have landed.
-            Err(e) => Ok(Attempt::Unknown(format!("{e:?}"))),
+            Err(e) => Ok(Attempt::Unknown(DisplayErrorContext(e).to_string())),
         }
     }
 }
@@ -251,8 +265,8 @@ impl Store for DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError::Unavailable(format!("{e:?}")))?;
-        let snap = Snapshot::parse(out.item().unwrap_or(&HashMap::new())).map_err(|reason| StoreError::Corrupt {
+            .map_err(|e| StoreError::Unavailable(DisplayErrorContext(e).to_string()))?;
+        let snap = Snapshot::parse(out.item().unwrap_or(&EMPTY)).map_err(|reason| StoreError::Corrupt {
             tenant: tenant.to_owned(),
             reason,
         })?;

@@ -21,9 +21,11 @@ use crate::quota::{Counter, Period};
 /// Tenants idle this long with a full bucket are the first to go when a shard is full.
 const IDLE: Duration = Duration::from_secs(3600);
 
+type Shard = HashMap<Box<str>, Entry>;
+
 #[derive(Debug)]
 pub struct MemoryStore {
-    shards: Box<[Mutex<HashMap<Box<str>, Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     per_shard: usize,
     evictions: AtomicU64,
@@ -149,13 +151,13 @@ impl MemoryStore {
         eval.decision
     }
 
-    fn shard(&self, tenant: &str) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
+    fn shard(&self, tenant: &str) -> MutexGuard<'_, Shard> {
         let i = self.hasher.hash_one(tenant) as usize & (self.shards.len() - 1);
         // A poisoned shard only means a panic elsewhere mid-update of plain data; keep serving.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn evict(&self, shard: &mut HashMap<Box<str>, Entry>, now: Timestamp) {
+    fn evict(&self, shard: &mut Shard, now: Timestamp) {
         let before = shard.len();
         shard.retain(|_, e| !e.is_idle(now));
         if shard.len() >= self.per_shard

@@ -1,0 +1,89 @@
+//! The policy directory: memory and DynamoDB adapters resolve keys alike.
+
+use tollgate::directory::dynamodb::create_policy_table;
+use tollgate::directory::{Directory, DynamoDirectory, KeyRecord, MemoryDirectory};
+use tollgate::identity::ApiKeyHash;
+use tollgate::policy_file::PolicyFile;
+
+use crate::emulator;
+
+const POLICY: &str = r#"
+[plans.free]
+rate = 1.0
+burst = 5
+daily_quota = 1000
+
+[tenants.acme]
+plan = "free"
+api_key_sha256 = ["ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]
+"#;
+
+async fn check(dir: &dyn Directory) {
+    // GIVEN the key "abc" belongs to acme on the free plan
+    let resolved = dir
+        .resolve(&ApiKeyHash::of("abc"))
+        .await
+        .expect("lookup")
+        .expect("known key");
+    assert_eq!(resolved.tenant, "acme");
+    assert_eq!(resolved.plan.name(), "free");
+    assert_eq!(resolved.plan.limits().daily, Some(1000));
+    // THEN an unknown key resolves to nothing
+    assert!(dir.resolve(&ApiKeyHash::of("abd")).await.expect("lookup").is_none());
+}
+
+#[tokio::test]
+async fn memory_directory_resolves_keys_to_plans() {
+    let file = PolicyFile::parse(POLICY).expect("policy");
+    check(&MemoryDirectory::from_file(&file)).await;
+}
+
+#[tokio::test]
+async fn dynamodb_directory_resolves_keys_to_plans() {
+    let client = aws_sdk_dynamodb::Client::new(&emulator::sdk_config(&emulator::endpoint()));
+    let table = emulator::unique("policy");
+    create_policy_table(&client, &table).await.expect("table");
+    let dir = DynamoDirectory::new(client.clone(), &table);
+    let file = PolicyFile::parse(POLICY).expect("policy");
+    for plan in file.plans.values() {
+        dir.put_plan(plan, 1).await.expect("put plan");
+    }
+    dir.put_tenant("acme", "free").await.expect("put tenant");
+    let record = KeyRecord {
+        tenant: "acme".into(),
+        key_id: "k1".into(),
+        enabled: true,
+    };
+    dir.put_key(&ApiKeyHash::of("abc"), &record).await.expect("put key");
+    check(&dir).await;
+
+    // WHEN the key is disabled THEN it no longer resolves
+    dir.put_key(
+        &ApiKeyHash::of("abc"),
+        &KeyRecord {
+            enabled: false,
+            ..record
+        },
+    )
+    .await
+    .expect("disable");
+    assert!(dir.resolve(&ApiKeyHash::of("abc")).await.expect("lookup").is_none());
+
+    // WHEN a stored plan is invalid THEN the error names the item and the field
+    client
+        .put_item()
+        .table_name(&table)
+        .item("pk", aws_sdk_dynamodb::types::AttributeValue::S("plan#bad".into()))
+        .item(
+            "spec",
+            aws_sdk_dynamodb::types::AttributeValue::S(r#"{"rate": 1.0}"#.into()),
+        )
+        .send()
+        .await
+        .expect("put");
+    let err = dir.plan("bad").await.expect_err("invalid plan");
+    assert_eq!(
+        err.to_string(),
+        "stored plan is invalid: plan `bad`: `burst` = (missing): required with rate = 1"
+    );
+}

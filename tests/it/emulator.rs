@@ -1,0 +1,54 @@
+//! The local AWS emulator: endpoint, SDK configuration, fresh tables.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::Credentials;
+use tollgate::aws::{StoreTimeouts, state_client};
+use tollgate::store::dynamodb::create_state_table;
+use tollgate::store::{DynamoStore, DynamoStoreConfig};
+
+/// The emulator's endpoint. Panics with the fix when it is not set: these tests never skip.
+pub fn endpoint() -> String {
+    std::env::var("TOLLGATE_TEST_AWS_ENDPOINT").unwrap_or_else(|_| {
+        panic!("TOLLGATE_TEST_AWS_ENDPOINT is not set: run the tests with `infra/test`, which starts the local AWS emulator")
+    })
+}
+
+/// SDK configuration for `endpoint` with dummy credentials.
+pub fn sdk_config(endpoint: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+            Credentials::new("test", "test", None, None, "tests"),
+        ))
+        .build()
+}
+
+/// A table name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Timeouts generous enough for a single-threaded emulator under 64 concurrent clients.
+pub const PATIENT: StoreTimeouts = StoreTimeouts {
+    connect: Duration::from_secs(5),
+    attempt: Duration::from_secs(20),
+};
+
+/// A fresh state table on the emulator and a client for it.
+pub async fn state_table() -> (aws_sdk_dynamodb::Client, String) {
+    let client = state_client(&sdk_config(&endpoint()), PATIENT);
+    let table = unique("state");
+    create_state_table(&client, &table).await.expect("create state table");
+    (client, table)
+}
+
+pub fn dynamo_store(client: &aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
+    let mut config = DynamoStoreConfig::new(table);
+    // The concurrency tests push many writers at the edge of one bucket at once.
+    config.max_attempts = 16;
+    DynamoStore::new(client.clone(), config)
+}

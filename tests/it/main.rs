@@ -1,0 +1,9 @@
+//! The integration tests: one binary. Tests that need AWS talk to the local emulator started by
+//! `infra/test` (its address in `TOLLGATE_TEST_AWS_ENDPOINT`) through the real AWS SDK, and fail
+//! loudly when it is missing.
+
+mod conformance;
+mod directory;
+mod dynamodb;
+mod emulator;
+mod fault_proxy;
