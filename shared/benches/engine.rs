@@ -51,19 +51,19 @@ fn bench(c: &mut Criterion) {
 
     let mut hot = c.benchmark_group("hot_key");
     hot.throughput(Throughput::Elements(1));
+    let check = |store: &MemoryStore, tenant: &str| {
+        let req = Consume {
+            tenant,
+            limits: &limits,
+            weight: 1,
+            now: clock.now(),
+        };
+        clock.advance(TICK);
+        store.decide(&req).allowed
+    };
+
     let store = MemoryStore::default();
-    hot.bench_function("tollgate", |b| {
-        b.iter(|| {
-            let req = Consume {
-                tenant: black_box("hot"),
-                limits: &limits,
-                weight: 1,
-                now: clock.now(),
-            };
-            clock.advance(TICK);
-            black_box(store.decide(&req).allowed)
-        })
-    });
+    hot.bench_function("tollgate", |b| b.iter(|| black_box(check(&store, black_box("hot")))));
     let keyed = keyed_limiter();
     let hot_key = "hot".to_owned();
     hot.bench_function("governor_keyed", |b| {
@@ -92,14 +92,7 @@ fn bench(c: &mut Criterion) {
     many.bench_function("tollgate", |b| {
         b.iter(|| {
             i = (i + 1) % KEYS;
-            let req = Consume {
-                tenant: &keys[i],
-                limits: &limits,
-                weight: 1,
-                now: clock.now(),
-            };
-            clock.advance(TICK);
-            black_box(store.decide(&req).allowed)
+            black_box(check(&store, &keys[i]))
         })
     });
     let keyed = keyed_limiter();

@@ -119,58 +119,52 @@ async fn an_uncontended_admitted_decision_costs_one_write_unit() {
     assert!(item_size(&item) < 1024, "item is {} bytes", item_size(&item));
 }
 
-#[tokio::test]
-async fn a_lost_response_is_resent_without_counting_twice() {
-    // GIVEN a proxy that lets the write reach DynamoDB but loses its response
+/// Sends one request through a proxy that injects `fault` into the first send; returns the
+/// decision, the store's stats, and the units the table recorded for the day.
+async fn decide_through(fault: Fault) -> (tollgate::Decision, tollgate::store::dynamodb::StoreStats, u64) {
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let (client, table) = emulator::state_table().await;
     let faulty = state_client(&emulator::sdk_config(&proxy.endpoint()), PATIENT);
     let store = emulator::dynamo_store(&faulty, &table);
     let p = plan("rate = 10.0\nburst = 10\ndaily_quota = 100");
     let req = Consume {
-        tenant: "lost-response",
+        tenant: "faulty",
         limits: p.limits(),
         weight: 1,
         now: NOW,
     };
-    proxy.inject(Fault::LoseResponse);
-    // WHEN the store decides
+    proxy.inject(fault);
     let d = store.consume(&req).await.expect("decision after resend");
-    // THEN it admits once, recognises its own landed write, and counts one unit
-    assert!(d.allowed);
-    assert_eq!(d.daily.map(|q| q.used), Some(1));
-    assert_eq!(store.stats().unknown_outcomes(), 1);
-    assert_eq!(store.stats().deduplicated(), 1);
     let usage = emulator::dynamo_store(&client, &table)
-        .usage("lost-response", NOW)
+        .usage("faulty", NOW)
         .await
         .expect("usage");
-    assert_eq!(usage.get(Period::Day.counter(NOW)), 1);
+    (d, store.into_stats(), usage.get(Period::Day.counter(NOW)))
+}
+
+#[tokio::test]
+async fn a_lost_response_is_resent_without_counting_twice() {
+    // GIVEN a proxy that lets the write reach DynamoDB but loses its response
+    // WHEN the store decides
+    let (d, stats, recorded) = decide_through(Fault::LoseResponse).await;
+    // THEN it admits once, recognises its own landed write, and the table counts one unit
+    assert!(d.allowed);
+    assert_eq!(d.daily.map(|q| q.used), Some(1));
+    assert_eq!(stats.unknown_outcomes(), 1);
+    assert_eq!(stats.deduplicated(), 1);
+    assert_eq!(recorded, 1);
 }
 
 #[tokio::test]
 async fn a_lost_request_is_resent_and_counted_once() {
-    let proxy = FaultProxy::start(&emulator::endpoint()).await;
-    let (client, table) = emulator::state_table().await;
-    let faulty = state_client(&emulator::sdk_config(&proxy.endpoint()), PATIENT);
-    let store = emulator::dynamo_store(&faulty, &table);
-    let p = plan("daily_quota = 100");
-    let req = Consume {
-        tenant: "lost-request",
-        limits: p.limits(),
-        weight: 1,
-        now: NOW,
-    };
-    proxy.inject(Fault::LoseRequest);
-    let d = store.consume(&req).await.expect("decision after resend");
+    // GIVEN a proxy that loses the first request before it reaches DynamoDB
+    let (d, stats, recorded) = decide_through(Fault::LoseRequest).await;
+    // THEN the resend is applied as a new write, counted once
     assert!(d.allowed);
-    assert_eq!(store.stats().unknown_outcomes(), 1);
-    assert_eq!(store.stats().deduplicated(), 0);
-    let usage = emulator::dynamo_store(&client, &table)
-        .usage("lost-request", NOW)
-        .await
-        .expect("usage");
-    assert_eq!(usage.get(Period::Day.counter(NOW)), 1);
+    assert_eq!(d.daily.map(|q| q.used), Some(1));
+    assert_eq!(stats.unknown_outcomes(), 1);
+    assert_eq!(stats.deduplicated(), 0);
+    assert_eq!(recorded, 1);
 }
 
 #[tokio::test]

@@ -133,6 +133,10 @@ impl DynamoStore {
         &self.stats
     }
 
+    pub fn into_stats(self) -> StoreStats {
+        self.stats
+    }
+
     fn cached(&self, tenant: &str) -> Snapshot {
         self.cache
             .lock()
