@@ -9,6 +9,7 @@ pub mod clock;
 pub mod decision;
 pub mod directory;
 pub mod engine;
+pub mod gate;
 pub mod gcra;
 pub mod identity;
 pub mod policy;

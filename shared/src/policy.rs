@@ -353,7 +353,7 @@ fn is_http_method(m: &str) -> bool {
 }
 
 /// `/pets/{id}/GET` → (`/pets/{id}`, `GET`); the root is `//GET`, as API Gateway writes it.
-fn split_route(route: &str) -> Option<(&str, &str)> {
+pub fn split_route(route: &str) -> Option<(&str, &str)> {
     let (path, method) = route.rsplit_once('/')?;
     let path = if path.is_empty() { "/" } else { path };
     let valid_path = path.starts_with('/') && !path.contains(char::is_whitespace);

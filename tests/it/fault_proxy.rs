@@ -14,6 +14,8 @@ pub enum Fault {
     LoseRequest,
     /// Forward the request and let the emulator apply it, then close without the response.
     LoseResponse,
+    /// Accept the connection and never answer (held for a minute).
+    Stall,
 }
 
 /// Faults are consumed one per connection, in order; connections beyond them pass through.
@@ -21,6 +23,7 @@ pub enum Fault {
 pub struct FaultProxy {
     pub addr: SocketAddr,
     faults: Arc<Mutex<VecDeque<Fault>>>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FaultProxy {
@@ -33,10 +36,13 @@ impl FaultProxy {
         let proxy = FaultProxy {
             addr: listener.local_addr().expect("proxy addr"),
             faults: Arc::default(),
+            connections: Arc::default(),
         };
         let faults = proxy.faults.clone();
+        let connections = proxy.connections.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let fault = faults.lock().expect("faults").pop_front();
                 tokio::spawn(serve(client, upstream, fault));
             }
@@ -51,6 +57,16 @@ impl FaultProxy {
     pub fn inject(&self, fault: Fault) {
         self.faults.lock().expect("faults").push_back(fault);
     }
+
+    /// Drops the faults not yet consumed.
+    pub fn heal(&self) {
+        self.faults.lock().expect("faults").clear();
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Option<Fault>) {
@@ -58,6 +74,9 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Option<Fault>
         Some(Fault::LoseRequest) => {
             let mut buf = [0u8; 4096];
             let _ = client.read(&mut buf).await;
+        }
+        Some(Fault::Stall) => {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         }
         Some(Fault::LoseResponse) => {
             let Ok(mut server) = TcpStream::connect(upstream).await else {

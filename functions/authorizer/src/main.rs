@@ -1,19 +1,46 @@
-//! The authorizer Lambda: builds its clients once, then answers each event.
+//! The authorizer Lambda: builds its clients once, warms the connection, then answers events.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
+use tollgate::aws::{StoreTimeouts, policy_client, state_client};
+use tollgate::clock::{Clock, SystemClock};
+use tollgate::directory::DynamoDirectory;
+use tollgate::store::{DynamoStore, DynamoStoreConfig, Store};
+use tollgate_authorizer::{Authorizer, Config};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .json()
-        .with_current_span(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_ansi(false)
         .without_time()
+        .with_current_span(false)
         .init();
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        // Until the handler lands every request is unauthorized: failing safe, never open.
-        tracing::warn!(request_id = %event.context.request_id, "authorizer handler not configured");
-        Err::<Value, Error>("Unauthorized".into())
+    let config = Config::from_lookup(|k| std::env::var(k).ok())?;
+    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let timeouts = StoreTimeouts {
+        attempt: config.store_attempt,
+        ..StoreTimeouts::default()
+    };
+    let store = DynamoStore::new(
+        state_client(&sdk, timeouts),
+        DynamoStoreConfig::new(&config.state_table),
+    );
+    let clock = SystemClock::new();
+    // Open the TLS connection now, not inside the first request's time budget.
+    if let Err(e) = store.usage("tollgate#warm-up", clock.now()).await {
+        tracing::warn!(error = %e, "state table warm-up failed");
+    }
+    let directory = DynamoDirectory::new(policy_client(&sdk, Duration::from_millis(500)), &config.policy_table);
+    let authorizer = Authorizer::new(&config, Arc::new(directory), Arc::new(store), Arc::new(clock));
+    let authorizer = &authorizer;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        authorizer.handle(event.payload).await
     }))
     .await
 }

@@ -12,6 +12,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::{Directory, DirectoryError, KeyRecord};
 use crate::identity::ApiKeyHash;
 use crate::policy::{Plan, PlanSpec};
+use crate::policy_file::PolicyFile;
 
 const PK: &str = "pk";
 
@@ -70,6 +71,25 @@ impl DynamoDirectory {
     pub async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError> {
         let item = HashMap::from([("plan".to_owned(), AttributeValue::S(plan.to_owned()))]);
         self.put(item, format!("tenant#{tenant}")).await
+    }
+
+    /// Writes every plan, tenant and key of a policy file (keys under ids `<tenant>-<n>`).
+    pub async fn load(&self, file: &PolicyFile) -> Result<(), DirectoryError> {
+        for plan in file.plans.values() {
+            self.put_plan(plan, 1).await?;
+        }
+        for (tenant, entry) in &file.tenants {
+            self.put_tenant(tenant, &entry.plan).await?;
+            for (i, hash) in entry.api_keys.iter().enumerate() {
+                let record = KeyRecord {
+                    tenant: tenant.clone(),
+                    key_id: format!("{tenant}-{i}"),
+                    enabled: true,
+                };
+                self.put_key(hash, &record).await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn put_key(&self, hash: &ApiKeyHash, record: &KeyRecord) -> Result<(), DirectoryError> {

@@ -1,0 +1,140 @@
+//! The authorizer's settings, from environment variables (set by the SAM template). Invalid
+//! settings fail the cold start with a message that names the variable.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tollgate::gate::GateConfig;
+use tollgate::gate::breaker::BreakerConfig;
+use tollgate::policy::split_route;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_table: String,
+    pub policy_table: String,
+    /// Header carrying the API key; matched case-insensitively.
+    pub api_key_header: String,
+    pub gate: GateConfig,
+    /// Longest single DynamoDB attempt for the state store (a resend may follow in the budget).
+    pub store_attempt: Duration,
+    pub metrics_namespace: String,
+    /// Tenants that get their own metric dimension in one container; the rest are counted
+    /// under their plan only, so a tenant flood cannot explode the metric count.
+    pub tenant_dimensions: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+impl Config {
+    /// Reads the settings through `var` (the process environment in `main`, a map in tests).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let required = |name: &'static str| {
+            var(name).filter(|v| !v.is_empty()).ok_or(ConfigError {
+                var: name,
+                reason: "required".into(),
+            })
+        };
+        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match var(name).filter(|v| !v.is_empty()) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| ConfigError {
+                    var: name,
+                    reason: format!("{v:?} is not a whole number"),
+                }),
+            }
+        };
+        let list = |name: &'static str| -> Vec<String> {
+            var(name)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let skip_routes = list("TOLLGATE_SKIP_ROUTES");
+        if let Some(bad) = skip_routes.iter().find(|r| split_route(r).is_none()) {
+            return Err(ConfigError {
+                var: "TOLLGATE_SKIP_ROUTES",
+                reason: format!("{bad:?} is not a route like /health/GET or /health/*"),
+            });
+        }
+        let budget = number("TOLLGATE_STORE_BUDGET_MS", 150)?;
+        if budget == 0 {
+            return Err(ConfigError {
+                var: "TOLLGATE_STORE_BUDGET_MS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let gate = GateConfig {
+            store_budget: Duration::from_millis(budget),
+            key_ttl: Duration::from_millis(number("TOLLGATE_KEY_CACHE_TTL_MS", 60_000)?),
+            unknown_key_ttl: Duration::from_millis(number("TOLLGATE_UNKNOWN_KEY_TTL_MS", 10_000)?),
+            key_cache_capacity: number("TOLLGATE_KEY_CACHE_CAPACITY", 10_000)? as usize,
+            breaker: BreakerConfig {
+                failures: number("TOLLGATE_BREAKER_FAILURES", 5)?.max(1) as u32,
+                cool_down: Duration::from_millis(number("TOLLGATE_BREAKER_COOL_DOWN_MS", 5_000)?),
+            },
+            bypass_key_ids: list("TOLLGATE_BYPASS_KEY_IDS").into_iter().collect::<HashSet<_>>(),
+            skip_routes,
+        };
+        Ok(Config {
+            state_table: required("TOLLGATE_STATE_TABLE")?,
+            policy_table: required("TOLLGATE_POLICY_TABLE")?,
+            api_key_header: var("TOLLGATE_API_KEY_HEADER")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "x-api-key".into())
+                .to_ascii_lowercase(),
+            gate,
+            store_attempt: Duration::from_millis(number("TOLLGATE_STORE_ATTEMPT_MS", 60)?.max(1)),
+            metrics_namespace: var("TOLLGATE_METRICS_NAMESPACE")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "Tollgate".into()),
+            tenant_dimensions: number("TOLLGATE_METRICS_TENANT_DIMENSIONS", 100)? as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_and_required_variables() {
+        let c = Config::from_lookup(lookup(&[("TOLLGATE_STATE_TABLE", "s"), ("TOLLGATE_POLICY_TABLE", "p")]))
+            .expect("valid");
+        assert_eq!(c.api_key_header, "x-api-key");
+        assert_eq!(c.gate.store_budget, Duration::from_millis(150));
+        let e = Config::from_lookup(lookup(&[("TOLLGATE_STATE_TABLE", "s")])).expect_err("missing");
+        assert_eq!(e.to_string(), "TOLLGATE_POLICY_TABLE: required");
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let base = [("TOLLGATE_STATE_TABLE", "s"), ("TOLLGATE_POLICY_TABLE", "p")];
+        let with = |k, v| {
+            let mut pairs = base.to_vec();
+            pairs.push((k, v));
+            Config::from_lookup(lookup(&pairs)).expect_err("invalid").to_string()
+        };
+        assert_eq!(
+            with("TOLLGATE_STORE_BUDGET_MS", "fast"),
+            "TOLLGATE_STORE_BUDGET_MS: \"fast\" is not a whole number"
+        );
+        assert_eq!(
+            with("TOLLGATE_SKIP_ROUTES", "/health/GET, health"),
+            "TOLLGATE_SKIP_ROUTES: \"health\" is not a route like /health/GET or /health/*"
+        );
+    }
+}

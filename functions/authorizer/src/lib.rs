@@ -1,0 +1,211 @@
+//! The API Gateway REQUEST authorizer (REST API, payload 1.0): event in, IAM policy out.
+//!
+//! - Allow: the method ARN, `usageIdentifierKey` = the API key (so usage plans meter it too),
+//!   and a `context` with the tenant, plan and rate-limit figures.
+//! - Deny: only for throttling. The `ACCESS_DENIED` gateway response turns it into `429`, its
+//!   headers mapped from `context` (see `CONTEXT_HEADERS`).
+//! - `Unauthorized` (an error with exactly that message): API Gateway answers `401`.
+//! - Anything else is an error: API Gateway answers `500` (`AUTHORIZER_FAILURE`).
+
+pub mod config;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lambda_events::apigw::ApiGatewayCustomAuthorizerRequestTypeRequest;
+use lambda_runtime::Diagnostic;
+use serde_json::{Map, Value, json};
+use tollgate::Clock;
+use tollgate::decision::ceil_secs;
+use tollgate::directory::Directory;
+use tollgate::gate::{Credential, Gate, Mode, Outcome, Request, Verdict};
+use tollgate::policy::FailMode;
+use tollgate::store::Store;
+
+pub use config::Config;
+use metrics::{Emf, Sample};
+
+/// Response header ← `context` key, for the gateway responses and integrations that map
+/// `context.authorizer.<key>` to a header. The template's `ACCESS_DENIED` response uses these.
+pub const CONTEXT_HEADERS: &[(&str, &str)] = &[
+    ("Retry-After", "retryAfter"),
+    ("RateLimit", "rateLimit"),
+    ("RateLimit-Policy", "rateLimitPolicy"),
+    ("X-RateLimit-Limit", "limit"),
+    ("X-RateLimit-Remaining", "remaining"),
+    ("X-RateLimit-Reset", "reset"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizerError {
+    /// API Gateway turns exactly this message into 401.
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("invalid authorizer event: {0}")]
+    InvalidEvent(String),
+    #[error("policy store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<AuthorizerError> for Diagnostic {
+    fn from(e: AuthorizerError) -> Diagnostic {
+        let error_type = match e {
+            AuthorizerError::Unauthorized => "Unauthorized",
+            AuthorizerError::InvalidEvent(_) => "InvalidEvent",
+            AuthorizerError::Unavailable(_) => "PolicyStoreUnavailable",
+        };
+        Diagnostic {
+            error_type: error_type.into(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Authorizer {
+    gate: Gate,
+    api_key_header: String,
+    emf: Emf,
+    /// Retry-After for a fail-closed refusal: the breaker's cool-down.
+    fail_closed_wait: Duration,
+}
+
+impl Authorizer {
+    pub fn new(config: &Config, directory: Arc<dyn Directory>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Authorizer {
+            gate: Gate::new(config.gate.clone(), directory, store, clock),
+            api_key_header: config.api_key_header.clone(),
+            emf: Emf::new(&config.metrics_namespace, config.tenant_dimensions),
+            fail_closed_wait: config.gate.breaker.cool_down,
+        }
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Answers one event. Never panics on input: a malformed event is an `InvalidEvent` error.
+    pub async fn handle(&self, event: Value) -> Result<Value, AuthorizerError> {
+        let event: ApiGatewayCustomAuthorizerRequestTypeRequest =
+            serde_json::from_value(event).map_err(|e| AuthorizerError::InvalidEvent(e.to_string()))?;
+        let method_arn = event
+            .method_arn
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| AuthorizerError::InvalidEvent("missing methodArn".into()))?;
+        let method = event.http_method.as_ref().map(|m| m.as_str()).unwrap_or("");
+        let resource = event.resource.as_deref().unwrap_or("");
+        let api_key = event
+            .headers
+            .get(self.api_key_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        let credential = api_key.map_or(Credential::None, Credential::ApiKey);
+        let outcome = self
+            .gate
+            .check(Request {
+                credential,
+                method,
+                resource,
+            })
+            .await;
+        if let Some(sample) = Sample::of(&outcome) {
+            println!("{}", self.emf.render(&sample, SystemTime::now()));
+        }
+        match outcome {
+            Outcome::Allow(v) => {
+                log(&v, "allow");
+                Ok(response(&v, "Allow", method_arn, api_key, self.fail_closed_wait))
+            }
+            Outcome::Throttle(v) => {
+                log(&v, "throttle");
+                Ok(response(&v, "Deny", method_arn, None, self.fail_closed_wait))
+            }
+            Outcome::Unauthorized(why) => {
+                tracing::info!(reason = why, method, resource, "unauthorized");
+                Err(AuthorizerError::Unauthorized)
+            }
+            Outcome::Unavailable(e) => {
+                tracing::error!(error = %e, "policy store unavailable");
+                Err(AuthorizerError::Unavailable(e))
+            }
+        }
+    }
+}
+
+fn log(v: &Verdict, outcome: &str) {
+    let reason = v.decision.as_ref().and_then(|d| d.reason).map(|r| r.as_str());
+    tracing::info!(
+        outcome,
+        tenant = %v.tenant,
+        key_id = v.key_id.as_deref().unwrap_or(""),
+        plan = v.plan.name(),
+        mode = mode_name(&v.mode),
+        reason,
+        store_ms = v.store_latency.map(|d| d.as_secs_f64() * 1000.0),
+    );
+}
+
+fn mode_name(mode: &Mode) -> &'static str {
+    match mode {
+        Mode::Enforced => "enforced",
+        Mode::Bypass => "bypass",
+        Mode::Shadow { .. } => "shadow",
+        Mode::Failed {
+            mode: FailMode::Open, ..
+        } => "fail_open",
+        Mode::Failed {
+            mode: FailMode::Closed, ..
+        } => "fail_closed",
+    }
+}
+
+/// The IAM policy response. `context` carries strings only: API Gateway passes them to
+/// mapping templates unchanged.
+fn response(v: &Verdict, effect: &str, method_arn: &str, api_key: Option<&str>, fail_closed_wait: Duration) -> Value {
+    let mut context = Map::new();
+    context.insert("tenant".into(), json!(v.tenant));
+    context.insert("plan".into(), json!(v.plan.name()));
+    context.insert("mode".into(), json!(mode_name(&v.mode)));
+    if let Mode::Shadow { would_deny } = v.mode {
+        context.insert("shadowDenied".into(), json!(would_deny.to_string()));
+    }
+    if let Some(d) = &v.decision {
+        for (header, value) in d.headers() {
+            if let Some((_, key)) = CONTEXT_HEADERS.iter().find(|(h, _)| *h == header) {
+                context.insert((*key).into(), json!(value));
+            }
+        }
+        if let Some(reason) = d.reason {
+            context.insert("reason".into(), json!(reason.as_str()));
+        }
+        for (key, quota) in [("dailyRemaining", d.daily), ("monthlyRemaining", d.monthly)] {
+            if let Some(q) = quota {
+                context.insert(key.into(), json!(q.remaining.to_string()));
+            }
+        }
+    }
+    if effect == "Deny" && !context.contains_key("retryAfter") {
+        // Fail-closed without a decision: ask for a retry after the breaker's cool-down.
+        context.insert("reason".into(), json!("store_unavailable"));
+        let wait = ceil_secs(fail_closed_wait).max(1);
+        context.insert("retryAfter".into(), json!(wait.to_string()));
+    }
+    let mut out = json!({
+        "principalId": v.tenant,
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Action": "execute-api:Invoke",
+                "Effect": effect,
+                "Resource": method_arn,
+            }],
+        },
+        "context": context,
+    });
+    if let Some(key) = api_key {
+        out["usageIdentifierKey"] = json!(key);
+    }
+    out
+}

@@ -1,0 +1,167 @@
+//! CloudWatch metrics as Embedded Metric Format lines on stdout: Lambda ships them to
+//! CloudWatch Logs, which extracts the metrics. No API call on the request path.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+use tollgate::decision::Reason;
+use tollgate::gate::{Mode, Outcome};
+
+/// Counts for one decision, rendered as one EMF line.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Sample {
+    pub plan: String,
+    pub tenant: String,
+    pub decisions: u32,
+    pub throttles_rate: u32,
+    pub throttles_daily: u32,
+    pub throttles_monthly: u32,
+    pub fail_open: u32,
+    pub fail_closed: u32,
+    pub shadow_denials: u32,
+    pub bypass: u32,
+    pub key_cache_hits: u32,
+    pub store_latency: Option<Duration>,
+}
+
+const METRICS: &[&str] = &[
+    "Decisions",
+    "ThrottlesRate",
+    "ThrottlesDailyQuota",
+    "ThrottlesMonthlyQuota",
+    "FailOpen",
+    "FailClosed",
+    "ShadowDenials",
+    "Bypass",
+    "KeyCacheHits",
+];
+
+impl Sample {
+    /// The sample for a gate outcome; `None` for outcomes without a tenant (401, 503).
+    pub fn of(outcome: &Outcome) -> Option<Sample> {
+        let (v, throttled) = match outcome {
+            Outcome::Allow(v) => (v, false),
+            Outcome::Throttle(v) => (v, true),
+            Outcome::Unauthorized(_) | Outcome::Unavailable(_) => return None,
+        };
+        let mut s = Sample {
+            plan: v.plan.name().to_owned(),
+            tenant: v.tenant.clone(),
+            decisions: 1,
+            key_cache_hits: u32::from(v.cached_credentials),
+            store_latency: v.store_latency,
+            ..Sample::default()
+        };
+        match &v.mode {
+            Mode::Bypass => s.bypass = 1,
+            Mode::Shadow { would_deny } => s.shadow_denials = u32::from(*would_deny),
+            Mode::Failed { .. } if throttled => s.fail_closed = 1,
+            Mode::Failed { .. } => s.fail_open = 1,
+            Mode::Enforced => {}
+        }
+        if throttled && let Some(reason) = v.decision.as_ref().and_then(|d| d.reason) {
+            match reason {
+                Reason::Rate => s.throttles_rate = 1,
+                Reason::DailyQuota => s.throttles_daily = 1,
+                Reason::MonthlyQuota => s.throttles_monthly = 1,
+            }
+        }
+        Some(s)
+    }
+
+    fn values(&self) -> [u32; 9] {
+        [
+            self.decisions,
+            self.throttles_rate,
+            self.throttles_daily,
+            self.throttles_monthly,
+            self.fail_open,
+            self.fail_closed,
+            self.shadow_denials,
+            self.bypass,
+            self.key_cache_hits,
+        ]
+    }
+}
+
+/// Renders samples; remembers which tenants have their own dimension.
+#[derive(Debug)]
+pub struct Emf {
+    namespace: String,
+    tenant_limit: usize,
+    tenants: Mutex<HashSet<String>>,
+}
+
+impl Emf {
+    pub fn new(namespace: &str, tenant_limit: usize) -> Emf {
+        Emf {
+            namespace: namespace.to_owned(),
+            tenant_limit,
+            tenants: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// One EMF document for `sample`, timestamped `at`.
+    pub fn render(&self, sample: &Sample, at: SystemTime) -> Value {
+        let with_tenant = {
+            let mut seen = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            seen.contains(&sample.tenant) || (seen.len() < self.tenant_limit && seen.insert(sample.tenant.clone()))
+        };
+        let mut dimensions = vec![json!(["Plan"])];
+        let mut doc = Map::new();
+        doc.insert("Plan".into(), json!(sample.plan));
+        if with_tenant {
+            dimensions.push(json!(["Plan", "Tenant"]));
+            doc.insert("Tenant".into(), json!(sample.tenant));
+        }
+        let mut metrics: Vec<Value> = METRICS.iter().map(|m| json!({"Name": m, "Unit": "Count"})).collect();
+        for (name, value) in METRICS.iter().zip(sample.values()) {
+            doc.insert((*name).into(), json!(value));
+        }
+        if let Some(latency) = sample.store_latency {
+            metrics.push(json!({"Name": "StoreLatency", "Unit": "Milliseconds"}));
+            doc.insert("StoreLatency".into(), json!(latency.as_secs_f64() * 1000.0));
+        }
+        let millis = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        doc.insert(
+            "_aws".into(),
+            json!({
+                "Timestamp": millis,
+                "CloudWatchMetrics": [{
+                    "Namespace": self.namespace,
+                    "Dimensions": dimensions,
+                    "Metrics": metrics,
+                }],
+            }),
+        );
+        Value::Object(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_dimension_is_bounded() {
+        let emf = Emf::new("Tollgate", 1);
+        let sample = |tenant: &str| Sample {
+            plan: "free".into(),
+            tenant: tenant.into(),
+            decisions: 1,
+            ..Sample::default()
+        };
+        let first = emf.render(&sample("a"), UNIX_EPOCH);
+        assert_eq!(first["Tenant"], "a");
+        assert_eq!(
+            first["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Plan"], ["Plan", "Tenant"]])
+        );
+        let second = emf.render(&sample("b"), UNIX_EPOCH);
+        assert!(second.get("Tenant").is_none());
+        assert_eq!(second["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Plan"]]));
+        assert_eq!(emf.render(&sample("a"), UNIX_EPOCH)["Tenant"], "a");
+    }
+}

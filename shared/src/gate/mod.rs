@@ -1,0 +1,266 @@
+//! The gate: one request in, one outcome out. Resolves the tenant, skips what is bypassed,
+//! decides through the store within a time budget, and applies the plan's fail mode and shadow
+//! setting. The authorizer Lambda and the CLI's local gateway both answer from it.
+
+pub mod breaker;
+pub mod cache;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock::{Clock, Timestamp};
+use crate::decision::Decision;
+use crate::directory::{Directory, DirectoryError, Resolved};
+use crate::identity::ApiKeyHash;
+use crate::policy::{FailMode, Plan, split_route};
+use crate::store::{Consume, Store, StoreError};
+
+use self::breaker::{Breaker, BreakerConfig};
+use self::cache::TtlCache;
+
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// Longest wait for the store per decision; past it the plan's fail mode answers.
+    pub store_budget: Duration,
+    /// How long a resolved API key is trusted before the directory is asked again.
+    pub key_ttl: Duration,
+    /// How long an unknown key stays unknown (guessing keys costs no directory reads).
+    pub unknown_key_ttl: Duration,
+    pub key_cache_capacity: usize,
+    pub breaker: BreakerConfig,
+    /// Key ids (API Gateway's) that never consume budget. Still authenticated.
+    pub bypass_key_ids: HashSet<String>,
+    /// Routes (`/path/METHOD`, method may be `*`) that never consume budget.
+    pub skip_routes: Vec<String>,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            store_budget: Duration::from_millis(150),
+            key_ttl: Duration::from_secs(60),
+            unknown_key_ttl: Duration::from_secs(10),
+            key_cache_capacity: 10_000,
+            breaker: BreakerConfig::default(),
+            bypass_key_ids: HashSet::new(),
+            skip_routes: Vec::new(),
+        }
+    }
+}
+
+/// Who the caller claims to be.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// A raw API key: hashed at once, never kept.
+    ApiKey(&'a str),
+    /// A tenant already authenticated (a verified token's claim).
+    Tenant(&'a str),
+    None,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub credential: Credential<'a>,
+    pub method: &'a str,
+    /// The API Gateway resource (route template), e.g. `/pets/{id}`.
+    pub resource: &'a str,
+}
+
+/// How an admitted or refused request was decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The store decided and the decision stands.
+    Enforced,
+    /// Bypass key or skip route: authenticated, no budget consumed.
+    Bypass,
+    /// Shadow plan: decided and recorded, but always allowed. `would_deny` says what enforcing
+    /// would have done.
+    Shadow { would_deny: bool },
+    /// The store failed or the breaker is open; the plan's fail mode answered.
+    Failed { mode: FailMode, error: String },
+}
+
+/// A known tenant's outcome.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub tenant: String,
+    pub key_id: Option<String>,
+    pub plan: Arc<Plan>,
+    pub mode: Mode,
+    /// `None` when no decision was made (bypass, store failure).
+    pub decision: Option<Decision>,
+    pub store_latency: Option<Duration>,
+    /// The credentials were resolved from the per-process cache, not the directory.
+    pub cached_credentials: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Allow(Verdict),
+    Throttle(Verdict),
+    /// Unknown, disabled or missing credentials: 401.
+    Unauthorized(&'static str),
+    /// The policy directory could not answer: the caller cannot be authenticated.
+    Unavailable(String),
+}
+
+#[derive(Debug)]
+pub struct Gate {
+    config: GateConfig,
+    directory: Arc<dyn Directory>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    keys: TtlCache<ApiKeyHash, Option<Resolved>>,
+    tenants: TtlCache<String, Option<Arc<Plan>>>,
+    breaker: Breaker,
+}
+
+impl Gate {
+    pub fn new(
+        config: GateConfig,
+        directory: Arc<dyn Directory>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Gate {
+        Gate {
+            keys: TtlCache::new(config.key_cache_capacity),
+            tenants: TtlCache::new(config.key_cache_capacity),
+            breaker: Breaker::new(config.breaker),
+            config,
+            directory,
+            store,
+            clock,
+        }
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    pub async fn check(&self, req: Request<'_>) -> Outcome {
+        let now = self.clock.now();
+        let resolved = match req.credential {
+            Credential::ApiKey(raw) if !raw.is_empty() => self.resolve_key(ApiKeyHash::of(raw), now).await,
+            Credential::Tenant(tenant) => self.resolve_tenant(tenant, now).await,
+            _ => return Outcome::Unauthorized("missing credentials"),
+        };
+        let (resolved, cached_credentials) = match resolved {
+            Ok((Some(r), cached)) => (r, cached),
+            Ok((None, _)) => return Outcome::Unauthorized("unknown or disabled credentials"),
+            Err(e) => return Outcome::Unavailable(e.to_string()),
+        };
+        let mut verdict = Verdict {
+            tenant: resolved.tenant,
+            key_id: Some(resolved.key_id).filter(|k| !k.is_empty()),
+            plan: resolved.plan,
+            mode: Mode::Enforced,
+            decision: None,
+            store_latency: None,
+            cached_credentials,
+        };
+        let bypass_key = verdict
+            .key_id
+            .as_ref()
+            .is_some_and(|k| self.config.bypass_key_ids.contains(k));
+        if bypass_key || self.is_skip_route(req.resource, req.method) {
+            verdict.mode = Mode::Bypass;
+            return Outcome::Allow(verdict);
+        }
+        let (limits, weight) = verdict.plan.limits_for(req.resource, req.method);
+        let consume = Consume {
+            tenant: &verdict.tenant,
+            limits: &limits,
+            weight,
+            now,
+        };
+        let result = if self.breaker.permits(now) {
+            let started = Instant::now();
+            let result = match tokio::time::timeout(self.config.store_budget, self.store.consume(&consume)).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout(self.config.store_budget)),
+            };
+            verdict.store_latency = Some(started.elapsed());
+            match &result {
+                Ok(_) => self.breaker.success(),
+                Err(_) => self.breaker.failure(self.clock.now()),
+            }
+            result.map_err(|e| e.to_string())
+        } else {
+            Err("circuit breaker open: store not called".to_owned())
+        };
+        match result {
+            Ok(decision) => {
+                let allowed = decision.allowed;
+                verdict.decision = Some(decision);
+                if verdict.plan.shadow() {
+                    verdict.mode = Mode::Shadow { would_deny: !allowed };
+                    Outcome::Allow(verdict)
+                } else if allowed {
+                    Outcome::Allow(verdict)
+                } else {
+                    Outcome::Throttle(verdict)
+                }
+            }
+            Err(error) => {
+                let mode = verdict.plan.fail_mode();
+                tracing::warn!(tenant = %verdict.tenant, ?mode, %error, "store unavailable: applying fail mode");
+                verdict.mode = Mode::Failed { mode, error };
+                match mode {
+                    FailMode::Open => Outcome::Allow(verdict),
+                    FailMode::Closed => Outcome::Throttle(verdict),
+                }
+            }
+        }
+    }
+
+    /// The key's tenant and plan, and whether that came from the cache.
+    async fn resolve_key(&self, hash: ApiKeyHash, now: Timestamp) -> Result<(Option<Resolved>, bool), DirectoryError> {
+        if let Some(hit) = self.keys.get(&hash, now) {
+            return Ok((hit, true));
+        }
+        let found = self.directory.resolve(&hash).await?;
+        let ttl = if found.is_some() {
+            self.config.key_ttl
+        } else {
+            self.config.unknown_key_ttl
+        };
+        self.keys.insert(hash, found.clone(), now.saturating_add(ttl), now);
+        Ok((found, false))
+    }
+
+    async fn resolve_tenant(&self, tenant: &str, now: Timestamp) -> Result<(Option<Resolved>, bool), DirectoryError> {
+        let cached = self.tenants.get(&tenant.to_owned(), now);
+        let hit = cached.is_some();
+        let plan = match cached {
+            Some(hit) => hit,
+            None => {
+                let plan = match self.directory.tenant_plan(tenant).await? {
+                    Some(name) => self.directory.plan(&name).await?,
+                    None => None,
+                };
+                let ttl = if plan.is_some() {
+                    self.config.key_ttl
+                } else {
+                    self.config.unknown_key_ttl
+                };
+                self.tenants
+                    .insert(tenant.to_owned(), plan.clone(), now.saturating_add(ttl), now);
+                plan
+            }
+        };
+        let resolved = plan.map(|plan| Resolved {
+            tenant: tenant.to_owned(),
+            key_id: String::new(),
+            plan,
+        });
+        Ok((resolved, hit))
+    }
+
+    fn is_skip_route(&self, resource: &str, method: &str) -> bool {
+        self.config
+            .skip_routes
+            .iter()
+            .any(|r| split_route(r).is_some_and(|(path, m)| path == resource && (m == "*" || m == method)))
+    }
+}
