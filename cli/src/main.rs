@@ -30,6 +30,62 @@ enum Command {
     /// Send a burst of requests for one tenant through the engine and show each decision with
     /// the HTTP headers a client would get.
     Demo(Demo),
+    /// Write a policy file's plans, tenants and key hashes into a DynamoDB policy table (AWS or a
+    /// local emulator), optionally creating the tables first.
+    Load(Load),
+}
+
+/// Where AWS is: the usual credential chain and region, or a local endpoint.
+#[derive(Debug, clap::Args)]
+struct AwsArgs {
+    /// Endpoint URL, e.g. http://127.0.0.1:5000 for a local emulator. On loopback, and without
+    /// AWS credentials in the environment, dummy credentials are used.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// AWS region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    region: String,
+}
+
+impl AwsArgs {
+    async fn sdk_config(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(self.region.clone()));
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url);
+            let local = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|p| url.starts_with(p));
+            if local && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                    "local",
+                    "local",
+                    None,
+                    None,
+                    "tollgate-cli",
+                ));
+            }
+        }
+        loader.load().await
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct Load {
+    /// The policy file (TOML).
+    #[arg(long)]
+    policy: PathBuf,
+    /// The policy table to write.
+    #[arg(long, default_value = "tollgate-policy")]
+    policy_table: String,
+    /// The state table, created with --create-tables.
+    #[arg(long, default_value = "tollgate-state")]
+    state_table: String,
+    /// Create both tables first (for local emulators; the SAM template creates them in AWS).
+    #[arg(long)]
+    create_tables: bool,
+    #[command(flatten)]
+    aws: AwsArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +120,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Validate(v) => v.run(),
         Command::Demo(d) => d.run(),
+        Command::Load(l) => runtime().and_then(|rt| rt.block_on(l.run())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +129,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 fn load(path: Option<&PathBuf>) -> Result<PolicyFile, String> {
@@ -152,6 +216,28 @@ impl Demo {
             println!("#{i:<3} {status}\n     {}", headers.join("\n     "));
             clock.advance(Duration::from_millis(self.interval_ms));
         }
+        Ok(())
+    }
+}
+
+impl Load {
+    async fn run(self) -> Result<(), String> {
+        let file = load(Some(&self.policy))?;
+        let client = aws_sdk_dynamodb::Client::new(&self.aws.sdk_config().await);
+        if self.create_tables {
+            tollgate::directory::dynamodb::create_policy_table(&client, &self.policy_table).await?;
+            tollgate::store::dynamodb::create_state_table(&client, &self.state_table).await?;
+        }
+        let directory = tollgate::directory::DynamoDirectory::new(client, &self.policy_table);
+        directory.load(&file).await.map_err(|e| e.to_string())?;
+        let keys: usize = file.tenants.values().map(|t| t.api_keys.len()).sum();
+        println!(
+            "{}: {} plans, {} tenants, {keys} key hashes written to {}",
+            self.policy.display(),
+            file.plans.len(),
+            file.tenants.len(),
+            self.policy_table
+        );
         Ok(())
     }
 }
