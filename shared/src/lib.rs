@@ -12,6 +12,7 @@ pub mod engine;
 pub mod gate;
 pub mod gcra;
 pub mod identity;
+pub mod jwt;
 pub mod policy;
 pub mod policy_file;
 pub mod quota;

@@ -11,9 +11,10 @@ use tollgate::directory::DynamoDirectory;
 use tollgate::directory::dynamodb::create_policy_table;
 use tollgate::gate::breaker::BreakerState;
 use tollgate::identity::ApiKeyHash;
+use tollgate::jwt::JwtVerifier;
 use tollgate::policy_file::PolicyFile;
 use tollgate::quota::Period;
-use tollgate_authorizer::{Authorizer, AuthorizerError, CONTEXT_HEADERS, Config};
+use tollgate_authorizer::{Authorizer, AuthorizerError, CONTEXT_HEADERS, Config, fetch_jwks};
 
 use crate::emulator;
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -65,6 +66,10 @@ struct Stack {
 
 /// An authorizer over fresh tables; its state store is reached through a fault proxy.
 async fn stack(env: &[(&str, &str)]) -> Stack {
+    stack_with(env, None).await
+}
+
+async fn stack_with(env: &[(&str, &str)], jwt: Option<JwtVerifier>) -> Stack {
     let endpoint = emulator::endpoint();
     let client = aws_sdk_dynamodb::Client::new(&emulator::sdk_config(&endpoint));
     let policy_table = emulator::unique("policy");
@@ -99,7 +104,13 @@ async fn stack(env: &[(&str, &str)]) -> Stack {
     let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("config");
     let clock = ManualClock::new(NOW);
     let store = emulator::dynamo_store(&state, &state_table);
-    let authorizer = Authorizer::new(&config, Arc::new(directory), Arc::new(store), Arc::new(clock.clone()));
+    let authorizer = Authorizer::new(
+        &config,
+        Arc::new(directory),
+        Arc::new(store),
+        Arc::new(clock.clone()),
+        jwt,
+    );
     Stack {
         authorizer,
         clock,
@@ -331,4 +342,224 @@ async fn the_breaker_opens_after_failures_and_recovers_after_a_probe() {
         s.authorizer.gate().breaker().state(),
         BreakerState::Closed { failures: 0 }
     );
+}
+
+const JWKS: &str = include_str!("../fixtures/jwt/jwks.json");
+const RS256_KEY: &str = include_str!("../fixtures/jwt/rs256.pem");
+const ES256_KEY: &str = include_str!("../fixtures/jwt/es256.pem");
+const ATTACKER_KEY: &str = include_str!("../fixtures/jwt/attacker-es256.pem");
+const ISSUER: &str = "https://issuer.example.com/";
+const AUDIENCE: &str = "tollgate-demo";
+
+/// Serves `body` over HTTP on loopback, like an identity provider's JWKS endpoint.
+async fn serve_jwks(body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    format!("http://{addr}/.well-known/jwks.json")
+}
+
+/// A token signed with `pem` under key id `kid`.
+fn token(alg: jsonwebtoken::Algorithm, kid: &str, pem: &str, claims: Value) -> String {
+    let key = match alg {
+        jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()),
+        _ => jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()),
+    }
+    .expect("test key");
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, &claims, &key).expect("signed")
+}
+
+fn claims(tenant: &str, exp_offset: i64, extra: Value) -> Value {
+    let mut c = json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "user-1",
+        "tenant": tenant,
+        "exp": (NOW.as_secs() as i64 + exp_offset),
+        "iat": NOW.as_secs(),
+    });
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        c.extend(extra.clone());
+    }
+    c
+}
+
+fn bearer(token: &str, method: &str, resource: &str) -> Value {
+    let mut e = event(None, method, resource);
+    e["headers"]["Authorization"] = json!(format!("Bearer {token}"));
+    e
+}
+
+/// A JWT-mode authorizer whose keys were fetched from a local JWKS endpoint.
+async fn jwt_stack() -> Stack {
+    let url = serve_jwks(JWKS).await;
+    let env = [
+        ("TOLLGATE_TENANT_SOURCE", "jwt"),
+        ("TOLLGATE_JWKS_URL", url.as_str()),
+        ("TOLLGATE_JWT_ISSUER", ISSUER),
+        ("TOLLGATE_JWT_AUDIENCE", AUDIENCE),
+        ("TOLLGATE_JWT_ROUTE_SCOPES", "/admin/*=admin"),
+    ];
+    let vars: HashMap<&str, &str> = env
+        .iter()
+        .copied()
+        .chain([("TOLLGATE_STATE_TABLE", "x"), ("TOLLGATE_POLICY_TABLE", "x")])
+        .collect();
+    let config = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).expect("config");
+    let settings = config.jwt.expect("jwt mode");
+    let keys = fetch_jwks(&settings.jwks_url, Duration::from_secs(5))
+        .await
+        .expect("JWKS fetched");
+    stack_with(&env, Some(JwtVerifier::new(keys, settings.verify))).await
+}
+
+async fn jwt_call(s: &Stack, token: &str, method: &str, resource: &str) -> Result<Value, AuthorizerError> {
+    s.authorizer.handle(bearer(token, method, resource)).await
+}
+
+#[tokio::test]
+async fn valid_rs256_and_es256_tokens_are_admitted_as_their_tenant() {
+    let s = jwt_stack().await;
+    let rs = token(
+        jsonwebtoken::Algorithm::RS256,
+        "test-rs256",
+        RS256_KEY,
+        claims("acme", 600, json!({})),
+    );
+    let es = token(
+        jsonwebtoken::Algorithm::ES256,
+        "test-es256",
+        ES256_KEY,
+        claims("acme", 600, json!({})),
+    );
+    for t in [rs, es] {
+        let r = jwt_call(&s, &t, "GET", "/items").await.expect("policy");
+        assert_eq!((effect(&r), &r["principalId"]), ("Allow", &json!("acme")));
+        assert!(r.get("usageIdentifierKey").is_none(), "no API key to meter");
+    }
+}
+
+#[tokio::test]
+async fn expired_wrong_audience_forged_and_tenantless_tokens_are_unauthorized() {
+    let s = jwt_stack().await;
+    let es = jsonwebtoken::Algorithm::ES256;
+    let cases = [
+        (
+            "expired an hour ago",
+            token(es, "test-es256", ES256_KEY, claims("acme", -3600, json!({}))),
+        ),
+        (
+            "wrong audience",
+            token(
+                es,
+                "test-es256",
+                ES256_KEY,
+                claims("acme", 600, json!({"aud": "other-api"})),
+            ),
+        ),
+        (
+            "wrong issuer",
+            token(
+                es,
+                "test-es256",
+                ES256_KEY,
+                claims("acme", 600, json!({"iss": "https://evil.example/"})),
+            ),
+        ),
+        (
+            "signed by a key not in the set",
+            token(es, "test-es256", ATTACKER_KEY, claims("acme", 600, json!({}))),
+        ),
+        (
+            "unknown key id",
+            token(es, "rotated-away", ES256_KEY, claims("acme", 600, json!({}))),
+        ),
+        (
+            "no tenant claim",
+            token(es, "test-es256", ES256_KEY, claims("", 600, json!({}))),
+        ),
+        (
+            "tenant without a plan",
+            token(es, "test-es256", ES256_KEY, claims("stranger", 600, json!({}))),
+        ),
+        ("not a token", "not.a.token".to_owned()),
+    ];
+    for (why, t) in cases {
+        let err = jwt_call(&s, &t, "GET", "/items").await.expect_err(why);
+        assert!(matches!(err, AuthorizerError::Unauthorized), "{why}: {err}");
+    }
+    // WHEN the clock passes the expiry (beyond the leeway) THEN a once-valid token is refused
+    let t = token(es, "test-es256", ES256_KEY, claims("acme", 30, json!({})));
+    assert!(jwt_call(&s, &t, "GET", "/items").await.is_ok());
+    s.clock.advance(Duration::from_secs(91));
+    assert!(matches!(
+        jwt_call(&s, &t, "GET", "/items").await,
+        Err(AuthorizerError::Unauthorized)
+    ));
+}
+
+#[tokio::test]
+async fn routes_that_require_a_scope_refuse_tokens_without_it() {
+    let s = jwt_stack().await;
+    let es = jsonwebtoken::Algorithm::ES256;
+    let plain = token(
+        es,
+        "test-es256",
+        ES256_KEY,
+        claims("acme", 600, json!({"scope": "read"})),
+    );
+    let admin = token(
+        es,
+        "test-es256",
+        ES256_KEY,
+        claims("acme", 600, json!({"scope": "read admin"})),
+    );
+    assert!(matches!(
+        jwt_call(&s, &plain, "DELETE", "/admin").await,
+        Err(AuthorizerError::Unauthorized)
+    ));
+    assert_eq!(
+        effect(&jwt_call(&s, &plain, "GET", "/items").await.expect("policy")),
+        "Allow"
+    );
+    assert_eq!(
+        effect(&jwt_call(&s, &admin, "DELETE", "/admin").await.expect("policy")),
+        "Allow"
+    );
+}
+
+#[tokio::test]
+async fn a_token_only_ever_spends_its_own_tenants_budget() {
+    let s = jwt_stack().await;
+    let es = jsonwebtoken::Algorithm::ES256;
+    let acme = token(es, "test-es256", ES256_KEY, claims("acme", 600, json!({})));
+    let open = token(es, "test-es256", ES256_KEY, claims("open-co", 600, json!({})));
+    // GIVEN acme's token exhausts acme's burst of 5
+    for _ in 0..5 {
+        assert_eq!(
+            effect(&jwt_call(&s, &acme, "GET", "/items").await.expect("policy")),
+            "Allow"
+        );
+    }
+    assert_eq!(
+        effect(&jwt_call(&s, &acme, "GET", "/items").await.expect("policy")),
+        "Deny"
+    );
+    // THEN open-co's budget is whole, and its answers show only open-co's figures
+    let r = jwt_call(&s, &open, "GET", "/items").await.expect("policy");
+    assert_eq!((effect(&r), &r["context"]["tenant"]), ("Allow", &json!("open-co")));
+    assert_eq!(r["context"]["remaining"], "9");
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tollgate::gate::GateConfig;
 use tollgate::gate::breaker::BreakerConfig;
+use tollgate::jwt::JwtConfig;
 use tollgate::policy::split_route;
 
 #[derive(Debug, Clone)]
@@ -14,6 +15,8 @@ pub struct Config {
     pub policy_table: String,
     /// Header carrying the API key; matched case-insensitively.
     pub api_key_header: String,
+    /// Set when tenants come from bearer tokens (`TOLLGATE_TENANT_SOURCE=jwt`) instead of API keys.
+    pub jwt: Option<JwtSettings>,
     pub gate: GateConfig,
     /// Longest single DynamoDB attempt for the state store (a resend may follow in the budget).
     pub store_attempt: Duration,
@@ -21,6 +24,14 @@ pub struct Config {
     /// Tenants that get their own metric dimension in one container; the rest are counted
     /// under their plan only, so a tenant flood cannot explode the metric count.
     pub tenant_dimensions: usize,
+}
+
+/// Where the token keys come from, and what a token must say.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// Fetched once at cold start.
+    pub jwks_url: String,
+    pub verify: JwtConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +94,44 @@ impl Config {
             bypass_key_ids: list("TOLLGATE_BYPASS_KEY_IDS").into_iter().collect::<HashSet<_>>(),
             skip_routes,
         };
+        let jwt = match var("TOLLGATE_TENANT_SOURCE").as_deref().unwrap_or("api_key") {
+            "api_key" | "" => None,
+            "jwt" => {
+                let mut route_scopes = Vec::new();
+                for entry in list("TOLLGATE_JWT_ROUTE_SCOPES") {
+                    let parsed = entry
+                        .split_once('=')
+                        .filter(|(route, scope)| split_route(route).is_some() && !scope.is_empty());
+                    let Some((route, scope)) = parsed else {
+                        return Err(ConfigError {
+                            var: "TOLLGATE_JWT_ROUTE_SCOPES",
+                            reason: format!("{entry:?} is not ROUTE=SCOPE, e.g. /orders/POST=orders:write"),
+                        });
+                    };
+                    route_scopes.push((route.to_owned(), scope.to_owned()));
+                }
+                Some(JwtSettings {
+                    jwks_url: required("TOLLGATE_JWKS_URL")?,
+                    verify: JwtConfig {
+                        issuer: required("TOLLGATE_JWT_ISSUER")?,
+                        audience: required("TOLLGATE_JWT_AUDIENCE")?,
+                        tenant_claim: var("TOLLGATE_JWT_TENANT_CLAIM")
+                            .filter(|v| !v.is_empty())
+                            .unwrap_or_else(|| "tenant".into()),
+                        leeway: Duration::from_secs(number("TOLLGATE_JWT_LEEWAY_SECS", 60)?),
+                        route_scopes,
+                    },
+                })
+            }
+            other => {
+                return Err(ConfigError {
+                    var: "TOLLGATE_TENANT_SOURCE",
+                    reason: format!("{other:?} is not api_key or jwt"),
+                });
+            }
+        };
         Ok(Config {
+            jwt,
             state_table: required("TOLLGATE_STATE_TABLE")?,
             policy_table: required("TOLLGATE_POLICY_TABLE")?,
             api_key_header: var("TOLLGATE_API_KEY_HEADER")

@@ -20,6 +20,7 @@ use tollgate::Clock;
 use tollgate::decision::ceil_secs;
 use tollgate::directory::Directory;
 use tollgate::gate::{Credential, Gate, Mode, Outcome, Request, Verdict};
+use tollgate::jwt::JwtVerifier;
 use tollgate::policy::FailMode;
 use tollgate::store::Store;
 
@@ -65,6 +66,9 @@ impl From<AuthorizerError> for Diagnostic {
 #[derive(Debug)]
 pub struct Authorizer {
     gate: Gate,
+    clock: Arc<dyn Clock>,
+    /// Set when tenants come from bearer tokens.
+    jwt: Option<JwtVerifier>,
     api_key_header: String,
     emf: Emf,
     /// Retry-After for a fail-closed refusal: the breaker's cool-down.
@@ -72,9 +76,18 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    pub fn new(config: &Config, directory: Arc<dyn Directory>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    /// `jwt` must be given when `config.jwt` is set (its keys come from `fetch_jwks`).
+    pub fn new(
+        config: &Config,
+        directory: Arc<dyn Directory>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        jwt: Option<JwtVerifier>,
+    ) -> Self {
         Authorizer {
-            gate: Gate::new(config.gate.clone(), directory, store, clock),
+            gate: Gate::new(config.gate.clone(), directory, store, clock.clone()),
+            clock,
+            jwt,
             api_key_header: config.api_key_header.clone(),
             emf: Emf::new(&config.metrics_namespace, config.tenant_dimensions),
             fail_closed_wait: config.gate.breaker.cool_down,
@@ -96,12 +109,27 @@ impl Authorizer {
             .ok_or_else(|| AuthorizerError::InvalidEvent("missing methodArn".into()))?;
         let method = event.http_method.as_ref().map(|m| m.as_str()).unwrap_or("");
         let resource = event.resource.as_deref().unwrap_or("");
-        let api_key = event
-            .headers
-            .get(self.api_key_header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim);
-        let credential = api_key.map_or(Credential::None, Credential::ApiKey);
+        let header = |name: &str| event.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let token_identity;
+        let (credential, api_key) = match &self.jwt {
+            Some(verifier) => {
+                let token = header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                    .ok_or(AuthorizerError::Unauthorized)?;
+                token_identity = verifier
+                    .verify(token.trim(), self.clock.now())
+                    .and_then(|id| verifier.authorize(&id, resource, method).map(|()| id))
+                    .map_err(|e| {
+                        tracing::info!(error = %e, method, resource, "token refused");
+                        AuthorizerError::Unauthorized
+                    })?;
+                (Credential::Tenant(&token_identity.tenant), None)
+            }
+            None => {
+                let key = header(self.api_key_header.as_str());
+                (key.map_or(Credential::None, Credential::ApiKey), key)
+            }
+        };
         let outcome = self
             .gate
             .check(Request {
@@ -208,4 +236,22 @@ fn response(v: &Verdict, effect: &str, method_arn: &str, api_key: Option<&str>, 
         out["usageIdentifierKey"] = json!(key);
     }
     out
+}
+
+/// Fetches and parses the JSON Web Key Set at `url`, within `timeout`.
+pub async fn fetch_jwks(url: &str, timeout: Duration) -> Result<jsonwebtoken::jwk::JwkSet, String> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let body = client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("fetching JWKS from {url}: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("reading JWKS from {url}: {e}"))?;
+    serde_json::from_str(&body).map_err(|e| format!("JWKS at {url} is not a key set: {e}"))
 }

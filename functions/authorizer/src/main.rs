@@ -9,10 +9,13 @@ use serde_json::Value;
 use tollgate::aws::{StoreTimeouts, policy_client, state_client};
 use tollgate::clock::{Clock, SystemClock};
 use tollgate::directory::DynamoDirectory;
+use tollgate::jwt::JwtVerifier;
 use tollgate::store::{DynamoStore, DynamoStoreConfig, Store};
-use tollgate_authorizer::{Authorizer, Config};
+use tollgate_authorizer::{Authorizer, Config, fetch_jwks};
 
-#[tokio::main]
+// One event at a time per container: a single-threaded runtime is all the work needs, and it
+// keeps worker threads and their allocator arenas out of the memory footprint.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .json()
@@ -37,7 +40,15 @@ async fn main() -> Result<(), Error> {
         tracing::warn!(error = %e, "state table warm-up failed");
     }
     let directory = DynamoDirectory::new(policy_client(&sdk, Duration::from_millis(500)), &config.policy_table);
-    let authorizer = Authorizer::new(&config, Arc::new(directory), Arc::new(store), Arc::new(clock));
+    // Without its keys the authorizer could only refuse everyone: fail the cold start instead.
+    let jwt = match &config.jwt {
+        Some(settings) => {
+            let keys = fetch_jwks(&settings.jwks_url, Duration::from_secs(3)).await?;
+            Some(JwtVerifier::new(keys, settings.verify.clone()))
+        }
+        None => None,
+    };
+    let authorizer = Authorizer::new(&config, Arc::new(directory), Arc::new(store), Arc::new(clock), jwt);
     let authorizer = &authorizer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         authorizer.handle(event.payload).await
