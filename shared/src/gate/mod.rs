@@ -19,6 +19,9 @@ use crate::store::{Consume, Store, StoreError};
 use self::breaker::{Breaker, BreakerConfig};
 use self::cache::TtlCache;
 
+/// Plans are few (API Gateway allows 300 usage plans per region).
+const PLAN_CACHE_CAPACITY: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct GateConfig {
     /// Longest wait for the store per decision; past it the plan's fail mode answers.
@@ -113,6 +116,7 @@ pub struct Gate {
     clock: Arc<dyn Clock>,
     keys: TtlCache<ApiKeyHash, Option<Resolved>>,
     tenants: TtlCache<String, Option<Arc<Plan>>>,
+    plans: TtlCache<String, Option<Arc<Plan>>>,
     breaker: Breaker,
 }
 
@@ -126,6 +130,7 @@ impl Gate {
         Gate {
             keys: TtlCache::new(config.key_cache_capacity),
             tenants: TtlCache::new(config.key_cache_capacity),
+            plans: TtlCache::new(PLAN_CACHE_CAPACITY),
             breaker: Breaker::new(config.breaker),
             config,
             directory,
@@ -219,42 +224,60 @@ impl Gate {
         if let Some(hit) = self.keys.get(&hash, now) {
             return Ok((hit, true));
         }
-        let found = self.directory.resolve(&hash).await?;
-        let ttl = if found.is_some() {
+        let found = match self.directory.key(&hash).await?.filter(|k| k.enabled) {
+            Some(key) => self.plan_of(&key.tenant, now).await?.map(|plan| Resolved {
+                tenant: key.tenant,
+                key_id: key.key_id,
+                plan,
+            }),
+            None => None,
+        };
+        self.keys
+            .insert(hash, found.clone(), self.expiry(found.is_some(), now), now);
+        Ok((found, false))
+    }
+
+    /// A token's tenant and its plan, and whether that came from the cache.
+    async fn resolve_tenant(&self, tenant: &str, now: Timestamp) -> Result<(Option<Resolved>, bool), DirectoryError> {
+        let resolved = |plan: Option<Arc<Plan>>| {
+            plan.map(|plan| Resolved {
+                tenant: tenant.to_owned(),
+                key_id: String::new(),
+                plan,
+            })
+        };
+        if let Some(hit) = self.tenants.get(&tenant.to_owned(), now) {
+            return Ok((resolved(hit), true));
+        }
+        let plan = self.plan_of(tenant, now).await?;
+        self.tenants
+            .insert(tenant.to_owned(), plan.clone(), self.expiry(plan.is_some(), now), now);
+        Ok((resolved(plan), false))
+    }
+
+    /// Tenant → plan name → plan. Plans are cached by name, so every tenant on a plan shares one
+    /// `Plan` in memory, and a new tenant costs one directory read less.
+    async fn plan_of(&self, tenant: &str, now: Timestamp) -> Result<Option<Arc<Plan>>, DirectoryError> {
+        let Some(name) = self.directory.tenant_plan(tenant).await? else {
+            return Ok(None);
+        };
+        if let Some(plan) = self.plans.get(&name, now) {
+            return Ok(plan);
+        }
+        let plan = self.directory.plan(&name).await?;
+        self.plans
+            .insert(name, plan.clone(), self.expiry(plan.is_some(), now), now);
+        Ok(plan)
+    }
+
+    /// When a directory answer stops being trusted: found ones live longer than unknown ones.
+    fn expiry(&self, found: bool, now: Timestamp) -> Timestamp {
+        let ttl = if found {
             self.config.key_ttl
         } else {
             self.config.unknown_key_ttl
         };
-        self.keys.insert(hash, found.clone(), now.saturating_add(ttl), now);
-        Ok((found, false))
-    }
-
-    async fn resolve_tenant(&self, tenant: &str, now: Timestamp) -> Result<(Option<Resolved>, bool), DirectoryError> {
-        let cached = self.tenants.get(&tenant.to_owned(), now);
-        let hit = cached.is_some();
-        let plan = match cached {
-            Some(hit) => hit,
-            None => {
-                let plan = match self.directory.tenant_plan(tenant).await? {
-                    Some(name) => self.directory.plan(&name).await?,
-                    None => None,
-                };
-                let ttl = if plan.is_some() {
-                    self.config.key_ttl
-                } else {
-                    self.config.unknown_key_ttl
-                };
-                self.tenants
-                    .insert(tenant.to_owned(), plan.clone(), now.saturating_add(ttl), now);
-                plan
-            }
-        };
-        let resolved = plan.map(|plan| Resolved {
-            tenant: tenant.to_owned(),
-            key_id: String::new(),
-            plan,
-        });
-        Ok((resolved, hit))
+        now.saturating_add(ttl)
     }
 
     fn is_skip_route(&self, resource: &str, method: &str) -> bool {
