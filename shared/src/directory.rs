@@ -29,11 +29,11 @@ pub struct KeyRecord {
     pub enabled: bool,
 }
 
-/// A key resolved all the way to its tenant's plan.
+/// A key resolved all the way to its tenant's plan. Boxed strings: caches hold one per key.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    pub tenant: String,
-    pub key_id: String,
+    pub tenant: Box<str>,
+    pub key_id: Box<str>,
     pub plan: Arc<Plan>,
 }
 
@@ -66,8 +66,8 @@ pub trait Directory: Send + Sync + fmt::Debug {
             return Ok(None);
         };
         Ok(Some(Resolved {
-            tenant: key.tenant,
-            key_id: key.key_id,
+            tenant: key.tenant.into(),
+            key_id: key.key_id.into(),
             plan,
         }))
     }

@@ -25,7 +25,7 @@ async fn check(dir: &dyn Directory) {
         .await
         .expect("lookup")
         .expect("known key");
-    assert_eq!(resolved.tenant, "acme");
+    assert_eq!(&*resolved.tenant, "acme");
     assert_eq!(resolved.plan.name(), "free");
     assert_eq!(resolved.plan.limits().daily, Some(1000));
     // THEN an unknown key resolves to nothing

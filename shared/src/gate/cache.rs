@@ -13,10 +13,13 @@ pub struct TtlCache<K, V> {
 }
 
 impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
+    /// The table is sized once: growing it while serving would leave the old ones as fragments.
+    /// Untouched slots cost address space, not resident memory.
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         TtlCache {
-            capacity: capacity.max(1),
-            entries: Mutex::new(HashMap::new()),
+            capacity,
+            entries: Mutex::new(HashMap::with_capacity(capacity)),
         }
     }
 

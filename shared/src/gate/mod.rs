@@ -36,6 +36,8 @@ pub struct GateConfig {
     pub bypass_key_ids: HashSet<String>,
     /// Routes (`/path/METHOD`, method may be `*`) that never consume budget.
     pub skip_routes: Vec<String>,
+    /// Overrides every plan's fail mode when set (an operator's switch during an incident).
+    pub fail_mode: Option<FailMode>,
 }
 
 impl Default for GateConfig {
@@ -48,6 +50,7 @@ impl Default for GateConfig {
             breaker: BreakerConfig::default(),
             bypass_key_ids: HashSet::new(),
             skip_routes: Vec::new(),
+            fail_mode: None,
         }
     }
 }
@@ -156,8 +159,8 @@ impl Gate {
             Err(e) => return Outcome::Unavailable(e.to_string()),
         };
         let mut verdict = Verdict {
-            tenant: resolved.tenant,
-            key_id: Some(resolved.key_id).filter(|k| !k.is_empty()),
+            tenant: resolved.tenant.into_string(),
+            key_id: Some(resolved.key_id.into_string()).filter(|k| !k.is_empty()),
             plan: resolved.plan,
             mode: Mode::Enforced,
             decision: None,
@@ -208,7 +211,7 @@ impl Gate {
                 }
             }
             Err(error) => {
-                let mode = verdict.plan.fail_mode();
+                let mode = self.config.fail_mode.unwrap_or_else(|| verdict.plan.fail_mode());
                 tracing::warn!(tenant = %verdict.tenant, ?mode, %error, "store unavailable: applying fail mode");
                 verdict.mode = Mode::Failed { mode, error };
                 match mode {
@@ -226,8 +229,8 @@ impl Gate {
         }
         let found = match self.directory.key(&hash).await?.filter(|k| k.enabled) {
             Some(key) => self.plan_of(&key.tenant, now).await?.map(|plan| Resolved {
-                tenant: key.tenant,
-                key_id: key.key_id,
+                tenant: key.tenant.into(),
+                key_id: key.key_id.into(),
                 plan,
             }),
             None => None,
@@ -241,8 +244,8 @@ impl Gate {
     async fn resolve_tenant(&self, tenant: &str, now: Timestamp) -> Result<(Option<Resolved>, bool), DirectoryError> {
         let resolved = |plan: Option<Arc<Plan>>| {
             plan.map(|plan| Resolved {
-                tenant: tenant.to_owned(),
-                key_id: String::new(),
+                tenant: tenant.into(),
+                key_id: "".into(),
                 plan,
             })
         };

@@ -25,11 +25,12 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
 };
 
-use self::item::Snapshot;
+use self::item::{Snapshot, TatAttr};
 use super::{Consume, Store, StoreError, Usage};
 use crate::clock::Timestamp;
 use crate::decision::Decision;
 use crate::engine;
+use crate::quota::Counter;
 
 #[derive(Debug, Clone)]
 pub struct DynamoStoreConfig {
@@ -109,8 +110,15 @@ impl StoreStats {
 pub struct DynamoStore {
     client: Client,
     config: DynamoStoreConfig,
-    cache: Mutex<HashMap<Box<str>, Snapshot>>,
+    cache: Mutex<HashMap<Box<str>, Cached>>,
     stats: StoreStats,
+}
+
+/// A tenant's compacted snapshot as kept between decisions: two boxed slices, no spare capacity.
+#[derive(Debug)]
+struct Cached {
+    tats: Box<[(TatAttr, Timestamp)]>,
+    counters: Box<[(Counter, u64)]>,
 }
 
 enum Attempt {
@@ -123,8 +131,9 @@ impl DynamoStore {
     pub fn new(client: Client, config: DynamoStoreConfig) -> DynamoStore {
         DynamoStore {
             client,
+            // Sized once: growing the table while serving would leave the old ones as fragments.
+            cache: Mutex::new(HashMap::with_capacity(config.cache_capacity)),
             config,
-            cache: Mutex::new(HashMap::new()),
             stats: StoreStats::default(),
         }
     }
@@ -142,7 +151,11 @@ impl DynamoStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(tenant)
-            .cloned()
+            .map(|c| Snapshot {
+                tats: c.tats.to_vec(),
+                counters: c.counters.to_vec(),
+                ops: Vec::new(),
+            })
             .unwrap_or_default()
     }
 
@@ -152,7 +165,17 @@ impl DynamoStore {
             // Dropping a prediction costs at most one extra write later; keep it simple.
             cache.clear();
         }
-        cache.insert(tenant.into(), snap.compact(now));
+        let snap = snap.compact(now);
+        let cached = Cached {
+            tats: snap.tats.into_boxed_slice(),
+            counters: snap.counters.into_boxed_slice(),
+        };
+        match cache.get_mut(tenant) {
+            Some(slot) => *slot = cached,
+            None => {
+                cache.insert(tenant.into(), cached);
+            }
+        }
     }
 
     async fn attempt(

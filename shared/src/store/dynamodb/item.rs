@@ -25,10 +25,32 @@ const OP_ATTRS: [&str; OPS] = ["o0", "o1", "o2", "o3"];
 /// Idle items expire once every counter they hold is outside the kept window.
 const TTL_SECS: u64 = (MONTHS_KEPT as u64 + 1) * 31 * 86_400;
 
+/// The attribute that holds one bucket's TAT: `tat` for the plan's bucket, `r<6 hex>` for a
+/// route's. Stored as the route's 24-bit hash so that cached items hold no strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TatAttr(u32);
+
+impl TatAttr {
+    const PLAN: TatAttr = TatAttr(u32::MAX);
+
+    /// `None` for any other attribute name.
+    pub fn parse(name: &str) -> Option<TatAttr> {
+        if name == "tat" {
+            return Some(TatAttr::PLAN);
+        }
+        let hex = name.strip_prefix('r').filter(|h| h.len() == 6)?;
+        // `from_str_radix` accepts a sign; the attribute never has one.
+        hex.bytes()
+            .all(|b| b.is_ascii_hexdigit())
+            .then(|| u32::from_str_radix(hex, 16).ok().map(TatAttr))
+            .flatten()
+    }
+}
+
 /// What is known of a tenant's item: its TATs, its counters, the operations it remembers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    pub tats: Vec<(String, Timestamp)>,
+    pub tats: Vec<(TatAttr, Timestamp)>,
     pub counters: Vec<(Counter, u64)>,
     pub ops: Vec<u64>,
 }
@@ -45,8 +67,8 @@ impl Snapshot {
                 n.parse::<u64>()
                     .map_err(|_| format!("attribute `{name}` = {n:?} is not a non-negative integer"))
             };
-            if name == "tat" || is_route_attribute(name) {
-                snap.tats.push((name.clone(), Timestamp::from_nanos(number()?)));
+            if let Some(attr) = TatAttr::parse(name) {
+                snap.tats.push((attr, Timestamp::from_nanos(number()?)));
             } else if let Some(counter) = Counter::parse(name) {
                 snap.counters.push((counter, number()?));
             } else if OP_ATTRS.contains(&name.as_str()) {
@@ -59,8 +81,8 @@ impl Snapshot {
     /// The engine's view of this item for a request under `limits` at `now`.
     pub fn state(&self, limits: &Limits, now: Timestamp) -> State {
         let tat = limits.bucket.as_ref().and_then(|(id, _)| {
-            let attr = id.attribute();
-            self.tats.iter().find(|(n, _)| n == attr).map(|(_, t)| *t)
+            let attr = TatAttr::parse(id.attribute())?;
+            self.tats.iter().find(|(a, _)| *a == attr).map(|(_, t)| *t)
         });
         State {
             tat,
@@ -73,18 +95,17 @@ impl Snapshot {
         self.counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, n)| *n)
     }
 
-    /// What is worth caching: the TATs, the current counters, and stale counters to remove.
+    /// What is worth caching: the TATs, the current counters, and stale counters to remove;
+    /// without spare capacity, since a cache holds one per tenant.
     pub fn compact(mut self, now: Timestamp) -> Snapshot {
         let (day, month) = (Period::Day.counter(now), Period::Month.counter(now));
         self.counters
             .retain(|(c, _)| *c == day || *c == month || !c.is_kept(now));
+        self.counters.shrink_to_fit();
+        self.tats.shrink_to_fit();
         self.ops = Vec::new();
         self
     }
-}
-
-fn is_route_attribute(name: &str) -> bool {
-    name.len() == 7 && name.starts_with('r') && name[1..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// One decision as an UpdateItem: expressions, names and values.
@@ -245,6 +266,15 @@ mod tests {
 
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 
+    #[test]
+    fn tat_attributes_are_the_plan_or_a_route_hash() {
+        assert_eq!(TatAttr::parse("tat"), Some(TatAttr::PLAN));
+        assert_eq!(TatAttr::parse("r00ff1a"), Some(TatAttr(0x00ff1a)));
+        for other in ["r00ff1", "r00ff1g", "r+0ff1a", "rr0ff1a", "d20261123", "o0", ""] {
+            assert_eq!(TatAttr::parse(other), None, "{other:?}");
+        }
+    }
+
     fn limits() -> Limits {
         Limits {
             bucket: Some((BucketId::Plan, Bucket::per_second(10.0, 20))),
@@ -274,7 +304,7 @@ mod tests {
     #[test]
     fn busy_guess_increments_within_the_tolerance() {
         let guess = Snapshot {
-            tats: vec![("tat".into(), NOW.saturating_add(Duration::from_millis(500)))],
+            tats: vec![(TatAttr::PLAN, NOW.saturating_add(Duration::from_millis(500)))],
             ..Snapshot::default()
         };
         let w = admit(&limits(), &guess, NOW, 2, 7, true);
