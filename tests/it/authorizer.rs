@@ -14,7 +14,7 @@ use tollgate::identity::ApiKeyHash;
 use tollgate::jwt::JwtVerifier;
 use tollgate::policy_file::PolicyFile;
 use tollgate::quota::Period;
-use tollgate_authorizer::{Authorizer, AuthorizerError, CONTEXT_HEADERS, Config, fetch_jwks};
+use tollgate_authorizer::{Authorizer, AuthorizerError, CONTEXT_HEADERS, CONTEXT_KEYS, Config, fetch_jwks};
 
 use crate::emulator;
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -175,6 +175,17 @@ async fn an_admitted_request_gets_allow_with_rate_limit_context() {
     assert!(ctx.get("retryAfter").is_none());
     // THEN every context value is a string, as API Gateway requires for mapping
     assert!(ctx.as_object().expect("object").values().all(Value::is_string));
+    assert_known_context(&r);
+}
+
+/// Every context key is one the template may map (`CONTEXT_KEYS`).
+fn assert_known_context(response: &Value) {
+    for key in response["context"].as_object().expect("context").keys() {
+        assert!(
+            CONTEXT_KEYS.contains(&key.as_str()),
+            "context key {key} is not in CONTEXT_KEYS"
+        );
+    }
 }
 
 #[tokio::test]
@@ -194,6 +205,7 @@ async fn a_throttled_request_gets_deny_with_retry_after_and_headers() {
     for (header, key) in CONTEXT_HEADERS {
         assert!(ctx.get(*key).is_some(), "{header} needs context.{key}");
     }
+    assert_known_context(&r);
     // WHEN the retry-after has passed THEN the tenant is admitted again
     s.clock.advance(Duration::from_secs(1));
     assert_eq!(effect(&call(&s, "tg_acme_key").await), "Allow");
@@ -280,6 +292,7 @@ async fn shadow_plans_decide_and_record_but_always_allow() {
     assert_eq!(effect(&second), "Allow");
     assert_eq!(second["context"]["mode"], "shadow");
     assert_eq!(second["context"]["shadowDenied"], "true");
+    assert_known_context(&second);
     assert_eq!(second["context"]["reason"], "rate");
 }
 
@@ -308,6 +321,25 @@ async fn a_store_that_times_out_fails_open_or_closed_per_plan() {
     assert_eq!(closed["context"]["mode"], "fail_closed");
     assert_eq!(closed["context"]["reason"], "store_unavailable");
     assert_eq!(closed["context"]["retryAfter"], "5");
+}
+
+#[tokio::test]
+async fn the_operators_fail_mode_overrides_every_plans() {
+    // GIVEN TOLLGATE_FAIL_MODE=closed (the template's FailMode parameter) and a stalled store
+    let s = stack(&[
+        ("TOLLGATE_STORE_BUDGET_MS", "300"),
+        ("TOLLGATE_BREAKER_FAILURES", "100"),
+        ("TOLLGATE_FAIL_MODE", "closed"),
+    ])
+    .await;
+    stall_store(&s);
+    // WHEN a tenant whose plan fails open calls THEN it is refused like the closed ones
+    let r = call(&s, "tg_open_key").await;
+    assert_eq!(
+        (effect(&r), r["context"]["mode"].as_str()),
+        ("Deny", Some("fail_closed"))
+    );
+    assert_known_context(&r);
 }
 
 #[tokio::test]

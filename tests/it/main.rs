@@ -8,3 +8,4 @@ mod directory;
 mod dynamodb;
 mod emulator;
 mod fault_proxy;
+mod template;

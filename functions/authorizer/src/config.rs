@@ -7,7 +7,42 @@ use std::time::Duration;
 use tollgate::gate::GateConfig;
 use tollgate::gate::breaker::BreakerConfig;
 use tollgate::jwt::JwtConfig;
-use tollgate::policy::split_route;
+use tollgate::policy::{FailMode, split_route};
+
+/// Every environment variable the authorizer reads (`TOLLGATE_LOG` is read by `main`). The SAM
+/// template sets each one; a test holds the two lists together.
+pub const VARIABLES: &[&str] = &[
+    "TOLLGATE_STATE_TABLE",
+    "TOLLGATE_POLICY_TABLE",
+    "TOLLGATE_TENANT_SOURCE",
+    "TOLLGATE_API_KEY_HEADER",
+    "TOLLGATE_STORE_BUDGET_MS",
+    "TOLLGATE_STORE_ATTEMPT_MS",
+    "TOLLGATE_FAIL_MODE",
+    "TOLLGATE_SKIP_ROUTES",
+    "TOLLGATE_BYPASS_KEY_IDS",
+    "TOLLGATE_KEY_CACHE_TTL_MS",
+    "TOLLGATE_UNKNOWN_KEY_TTL_MS",
+    "TOLLGATE_KEY_CACHE_CAPACITY",
+    "TOLLGATE_BREAKER_FAILURES",
+    "TOLLGATE_BREAKER_COOL_DOWN_MS",
+    "TOLLGATE_JWKS_URL",
+    "TOLLGATE_JWT_ISSUER",
+    "TOLLGATE_JWT_AUDIENCE",
+    "TOLLGATE_JWT_TENANT_CLAIM",
+    "TOLLGATE_JWT_LEEWAY_SECS",
+    "TOLLGATE_JWT_ROUTE_SCOPES",
+    "TOLLGATE_METRICS_NAMESPACE",
+    "TOLLGATE_METRICS_TENANT_DIMENSIONS",
+    "TOLLGATE_LOG",
+];
+
+/// The tables the authorizer uses, by the variable that names them, with the DynamoDB actions
+/// it calls on each: the template must grant exactly these.
+pub const TABLE_ACCESS: &[(&str, &[&str])] = &[
+    ("TOLLGATE_STATE_TABLE", &["dynamodb:UpdateItem", "dynamodb:GetItem"]),
+    ("TOLLGATE_POLICY_TABLE", &["dynamodb:GetItem"]),
+];
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -93,6 +128,17 @@ impl Config {
             },
             bypass_key_ids: list("TOLLGATE_BYPASS_KEY_IDS").into_iter().collect::<HashSet<_>>(),
             skip_routes,
+            fail_mode: match var("TOLLGATE_FAIL_MODE").as_deref().map(str::trim).unwrap_or("") {
+                "" | "plan" => None,
+                "open" => Some(FailMode::Open),
+                "closed" => Some(FailMode::Closed),
+                other => {
+                    return Err(ConfigError {
+                        var: "TOLLGATE_FAIL_MODE",
+                        reason: format!("{other:?} is not plan, open or closed"),
+                    });
+                }
+            },
         };
         let jwt = match var("TOLLGATE_TENANT_SOURCE").as_deref().unwrap_or("api_key") {
             "api_key" | "" => None,
@@ -153,9 +199,34 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn variables_lists_everything_read() {
+        use std::cell::RefCell;
+        let mut read = std::collections::BTreeSet::from(["TOLLGATE_LOG".to_owned()]);
+        for source in ["api_key", "jwt"] {
+            let seen = RefCell::new(Vec::new());
+            let values = lookup(&[
+                ("TOLLGATE_STATE_TABLE", "s"),
+                ("TOLLGATE_POLICY_TABLE", "p"),
+                ("TOLLGATE_TENANT_SOURCE", source),
+                ("TOLLGATE_JWKS_URL", "https://issuer.example/jwks.json"),
+                ("TOLLGATE_JWT_ISSUER", "https://issuer.example/"),
+                ("TOLLGATE_JWT_AUDIENCE", "api"),
+            ]);
+            Config::from_lookup(|k| {
+                seen.borrow_mut().push(k.to_owned());
+                values(k)
+            })
+            .expect("valid");
+            read.extend(seen.into_inner());
+        }
+        let listed: std::collections::BTreeSet<String> = VARIABLES.iter().map(|v| (*v).to_owned()).collect();
+        assert_eq!(read, listed);
     }
 
     #[test]
@@ -179,6 +250,10 @@ mod tests {
         assert_eq!(
             with("TOLLGATE_STORE_BUDGET_MS", "fast"),
             "TOLLGATE_STORE_BUDGET_MS: \"fast\" is not a whole number"
+        );
+        assert_eq!(
+            with("TOLLGATE_FAIL_MODE", "sometimes"),
+            "TOLLGATE_FAIL_MODE: \"sometimes\" is not plan, open or closed"
         );
         assert_eq!(
             with("TOLLGATE_SKIP_ROUTES", "/health/GET, health"),

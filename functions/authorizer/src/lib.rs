@@ -38,6 +38,24 @@ pub const CONTEXT_HEADERS: &[(&str, &str)] = &[
     ("X-RateLimit-Reset", "reset"),
 ];
 
+/// Every key the authorizer may put in `context`: what mapping templates and gateway responses
+/// can read as `context.authorizer.<key>`.
+pub const CONTEXT_KEYS: &[&str] = &[
+    "tenant",
+    "plan",
+    "mode",
+    "shadowDenied",
+    "reason",
+    "retryAfter",
+    "rateLimit",
+    "rateLimitPolicy",
+    "limit",
+    "remaining",
+    "reset",
+    "dailyRemaining",
+    "monthlyRemaining",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorizerError {
     /// API Gateway turns exactly this message into 401.

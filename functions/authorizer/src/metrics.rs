@@ -109,7 +109,8 @@ impl Emf {
             let mut seen = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
             seen.contains(&sample.tenant) || (seen.len() < self.tenant_limit && seen.insert(sample.tenant.clone()))
         };
-        let mut dimensions = vec![json!(["Plan"])];
+        // The empty set publishes a stack-wide series too: the template's alarms watch it.
+        let mut dimensions = vec![json!([]), json!(["Plan"])];
         let mut doc = Map::new();
         doc.insert("Plan".into(), json!(sample.plan));
         if with_tenant {
@@ -157,11 +158,14 @@ mod tests {
         assert_eq!(first["Tenant"], "a");
         assert_eq!(
             first["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
-            json!([["Plan"], ["Plan", "Tenant"]])
+            json!([[], ["Plan"], ["Plan", "Tenant"]])
         );
         let second = emf.render(&sample("b"), UNIX_EPOCH);
         assert!(second.get("Tenant").is_none());
-        assert_eq!(second["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Plan"]]));
+        assert_eq!(
+            second["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([[], ["Plan"]])
+        );
         assert_eq!(emf.render(&sample("a"), UNIX_EPOCH)["Tenant"], "a");
     }
 }

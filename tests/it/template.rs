@@ -1,0 +1,271 @@
+//! The contract between the code and the SAM templates: what the authorizer reads, uses and
+//! emits must be what the templates set, grant and map. Read from the YAML files themselves.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_norway::Value;
+use tollgate::policy_file::PolicyFile;
+use tollgate_authorizer::config::{TABLE_ACCESS, VARIABLES};
+use tollgate_authorizer::{CONTEXT_HEADERS, CONTEXT_KEYS};
+
+const TEMPLATE: &str = include_str!("../../template.yaml");
+const ATTACH: &str = include_str!("../../infra/templates/attach-authorizer.yaml");
+const TIERS: &str = include_str!("../../infra/policies/tiers.toml");
+
+fn parse(src: &str) -> Value {
+    serde_norway::from_str(src).expect("template is YAML")
+}
+
+/// The value under a `!Ref`, `!GetAtt`, ... tag (or the value itself), with the tag.
+fn untag(v: &Value) -> (Option<String>, &Value) {
+    match v {
+        Value::Tagged(t) => (Some(t.tag.to_string()), &t.value),
+        other => (None, other),
+    }
+}
+
+fn resources(t: &Value) -> &serde_norway::Mapping {
+    t["Resources"].as_mapping().expect("Resources")
+}
+
+fn of_type<'a>(t: &'a Value, ty: &str) -> Vec<(&'a str, &'a Value)> {
+    resources(t)
+        .iter()
+        .filter(|(_, r)| r["Type"] == ty)
+        .map(|(k, r)| (k.as_str().expect("logical id"), r))
+        .collect()
+}
+
+fn authorizer_function(t: &Value) -> &Value {
+    let functions = of_type(t, "AWS::Serverless::Function");
+    let (_, f) = functions
+        .iter()
+        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"] == "authorizer")
+        .expect("a function built from the authorizer binary");
+    f
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Sequence(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn every_variable_the_authorizer_reads_is_set_and_no_other() {
+    let t = parse(TEMPLATE);
+    let vars = authorizer_function(&t)["Properties"]["Environment"]["Variables"]
+        .as_mapping()
+        .expect("environment");
+    let set: BTreeSet<&str> = vars.keys().filter_map(Value::as_str).collect();
+    let read: BTreeSet<&str> = VARIABLES.iter().copied().collect();
+    assert_eq!(set, read, "template variables vs config::VARIABLES");
+}
+
+#[test]
+fn every_table_the_authorizer_uses_is_granted_exactly_its_actions() {
+    let t = parse(TEMPLATE);
+    let f = authorizer_function(&t);
+    let vars = &f["Properties"]["Environment"]["Variables"];
+    // Table logical id → actions granted on it, from the function's inline policy statements.
+    let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for policy in f["Properties"]["Policies"].as_sequence().expect("inline policies") {
+        for st in policy["Statement"].as_sequence().expect("statements") {
+            assert_eq!(st["Effect"], "Allow");
+            let (tag, target) = untag(&st["Resource"]);
+            assert_eq!(
+                tag.as_deref(),
+                Some("!GetAtt"),
+                "statement resources are table ARNs: {st:?}"
+            );
+            let table = target.as_str().and_then(|s| s.strip_suffix(".Arn")).expect("X.Arn");
+            granted
+                .entry(table.to_owned())
+                .or_default()
+                .extend(strings(&st["Action"]));
+        }
+    }
+    let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (var, actions) in TABLE_ACCESS {
+        let (tag, table) = untag(&vars[*var]);
+        assert_eq!(tag.as_deref(), Some("!Ref"), "{var} names a table of the stack");
+        let table = table.as_str().expect("logical id");
+        assert_eq!(t["Resources"][table]["Type"], "AWS::DynamoDB::Table", "{var}");
+        expected
+            .entry(table.to_owned())
+            .or_default()
+            .extend(actions.iter().map(|a| (*a).to_owned()));
+    }
+    assert_eq!(granted, expected, "least privilege: exactly what the code calls");
+}
+
+/// `gatewayresponse.header.H` / `method.response.header.H` → `context.authorizer.K` pairs.
+fn header_mappings(params: &Value, prefix: &str) -> BTreeMap<String, String> {
+    params
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let header = k.as_str()?.strip_prefix(prefix)?;
+            let key = v.as_str()?.strip_prefix("context.authorizer.")?;
+            Some((header.to_owned(), key.to_owned()))
+        })
+        .collect()
+}
+
+fn context_headers() -> BTreeMap<String, String> {
+    CONTEXT_HEADERS
+        .iter()
+        .map(|(h, k)| ((*h).to_owned(), (*k).to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_429_response_maps_every_rate_limit_header_from_the_authorizer_context() {
+    let t = parse(TEMPLATE);
+    let api = &t["Resources"]["DemoApi"]["Properties"];
+    assert_eq!(api["ApiKeySourceType"], "AUTHORIZER");
+    let body = &api["DefinitionBody"];
+    let responses = &body["x-amazon-apigateway-gateway-responses"];
+    let denied = &responses["ACCESS_DENIED"];
+    assert_eq!(denied["statusCode"].as_u64(), Some(429));
+    let mapped = header_mappings(&denied["responseParameters"], "gatewayresponse.header.");
+    assert_eq!(mapped, context_headers());
+    for (kind, status) in [
+        ("UNAUTHORIZED", 401),
+        ("AUTHORIZER_FAILURE", 503),
+        ("AUTHORIZER_CONFIGURATION_ERROR", 503),
+    ] {
+        assert_eq!(responses[kind]["statusCode"].as_u64(), Some(status), "{kind}");
+    }
+    // THEN admitted responses carry the same headers, from the same keys
+    let paths = body["paths"].as_mapping().expect("paths");
+    for (path, ops) in paths {
+        for (method, op) in ops.as_mapping().expect("operations") {
+            let params = &op["x-amazon-apigateway-integration"]["responses"]["default"]["responseParameters"];
+            for (header, key) in header_mappings(params, "method.response.header.") {
+                assert_eq!(
+                    context_headers().get(&header),
+                    Some(&key),
+                    "{path:?} {method:?} {header}"
+                );
+            }
+        }
+    }
+    // THEN every request is decided: the authorizer's result is never cached
+    let auth = &body["securityDefinitions"]["tollgate"]["x-amazon-apigateway-authorizer"];
+    assert_eq!(auth["type"], "request");
+    assert_eq!(auth["authorizerResultTtlInSeconds"].as_u64(), Some(0));
+}
+
+#[test]
+fn the_attach_template_answers_like_the_demo_api() {
+    let t = parse(ATTACH);
+    let responses = of_type(&t, "AWS::ApiGateway::GatewayResponse");
+    let by_type = |ty: &str| {
+        responses
+            .iter()
+            .find(|(_, r)| r["Properties"]["ResponseType"] == ty)
+            .map(|(_, r)| &r["Properties"])
+            .unwrap_or_else(|| panic!("{ty} response"))
+    };
+    let denied = by_type("ACCESS_DENIED");
+    assert_eq!(denied["StatusCode"], "429");
+    assert_eq!(
+        header_mappings(&denied["ResponseParameters"], "gatewayresponse.header."),
+        context_headers()
+    );
+    let demo = parse(TEMPLATE);
+    let demo_denied = &demo["Resources"]["DemoApi"]["Properties"]["DefinitionBody"]["x-amazon-apigateway-gateway-responses"]
+        ["ACCESS_DENIED"];
+    assert_eq!(
+        denied["ResponseTemplates"], demo_denied["responseTemplates"],
+        "same 429 body"
+    );
+    assert_eq!(by_type("UNAUTHORIZED")["StatusCode"], "401");
+    assert_eq!(by_type("AUTHORIZER_FAILURE")["StatusCode"], "503");
+    let (_, auth) = of_type(&t, "AWS::ApiGateway::Authorizer")[0];
+    assert_eq!(auth["Properties"]["AuthorizerResultTtlInSeconds"].as_u64(), Some(0));
+}
+
+#[test]
+fn templates_only_read_context_keys_the_authorizer_emits() {
+    for (name, src) in [("template.yaml", TEMPLATE), ("attach-authorizer.yaml", ATTACH)] {
+        for (i, _) in src.match_indices("context.authorizer.") {
+            let rest = &src[i + "context.authorizer.".len()..];
+            let key: String = rest.chars().take_while(char::is_ascii_alphanumeric).collect();
+            assert!(
+                CONTEXT_KEYS.contains(&key.as_str()),
+                "{name} reads context.authorizer.{key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_usage_plans_mirror_the_example_tiers() {
+    let t = parse(TEMPLATE);
+    let tiers = PolicyFile::parse(TIERS).expect("tiers");
+    let plans = of_type(&t, "AWS::ApiGateway::UsagePlan");
+    assert_eq!(plans.len(), tiers.plans.len(), "one usage plan per tier");
+    for (id, plan) in plans {
+        let p = &plan["Properties"];
+        let tags: BTreeMap<&str, &str> = p["Tags"]
+            .as_sequence()
+            .expect("tags")
+            .iter()
+            .filter_map(|tag| Some((tag["Key"].as_str()?, tag["Value"].as_str()?)))
+            .collect();
+        let name = tags["tollgate:plan"];
+        let spec = tiers
+            .plans
+            .get(name)
+            .unwrap_or_else(|| panic!("{id}: tier {name}"))
+            .spec();
+        assert_eq!(p["Throttle"]["RateLimit"].as_f64(), spec.rate, "{name} rate");
+        assert_eq!(
+            p["Throttle"]["BurstLimit"].as_u64(),
+            spec.burst.map(u64::from),
+            "{name} burst"
+        );
+        let daily = spec.daily_quota.filter(|q| *q >= 0);
+        assert_eq!(p["Quota"]["Limit"].as_i64(), daily, "{name} daily quota");
+        let monthly = spec.monthly_quota.filter(|q| *q >= 0).map(|q| q.to_string());
+        assert_eq!(
+            tags.get("tollgate:monthly_quota").map(|s| s.to_string()),
+            monthly,
+            "{name}"
+        );
+        assert_eq!(tags["tollgate:priority"], spec.priority.to_string(), "{name} priority");
+        let fail_mode = serde_json::to_value(spec.fail_mode).expect("fail mode");
+        assert_eq!(Some(tags["tollgate:fail_mode"]), fail_mode.as_str(), "{name} fail mode");
+        let weights: Vec<String> = spec.weights.iter().map(|(m, w)| format!("{m}={w}")).collect();
+        let mut tagged: Vec<String> = tags
+            .get("tollgate:weights")
+            .map(|w| w.split(' ').map(str::to_owned).collect())
+            .unwrap_or_default();
+        tagged.sort();
+        assert_eq!(tagged, weights, "{name} weights");
+        // Route buckets are the stage's per-method throttles (`!If [WithDemoApi, [stage], ...]`).
+        let (_, stages) = untag(&p["ApiStages"]);
+        let routes: BTreeMap<String, (f64, u64)> = stages[1][0]["Throttle"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter_map(|(route, th)| {
+                Some((
+                    route.as_str()?.to_owned(),
+                    (th["RateLimit"].as_f64()?, th["BurstLimit"].as_u64()?),
+                ))
+            })
+            .collect();
+        let expected: BTreeMap<String, (f64, u64)> = spec
+            .routes
+            .iter()
+            .map(|r| (r.route.clone(), (r.rate, u64::from(r.burst))))
+            .collect();
+        assert_eq!(routes, expected, "{name} routes");
+    }
+}
