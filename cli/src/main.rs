@@ -1,16 +1,24 @@
 //! `tollgate`: Tollgate's engine on a laptop. `main` only parses and dispatches.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use axum::http::HeaderName;
+use clap::{Parser, Subcommand, ValueEnum};
 use tollgate::clock::{Clock, ManualClock, SystemClock};
+use tollgate::gate::{Gate, GateConfig};
 use tollgate::policy_file::PolicyFile;
-use tollgate::store::{Consume, MemoryStore};
+use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, MemoryStore, Store};
+use tollgate_cli::EXAMPLE_POLICY;
+use tollgate_cli::gateway::{self, GatewayConfig};
+use tollgate_cli::simulate::{self, Pattern, Target};
+use tollgate_cli::tenants::{demo_tenants, directory_with};
 
-/// The example tiers shipped with Tollgate, used when no policy file is given.
-const EXAMPLE_POLICY: &str = include_str!("../../infra/policies/tiers.toml");
+/// Exit code when `simulate` finds over-admission (errors exit with 1, usage errors with 2).
+const EXIT_OVER_ADMISSION: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +41,137 @@ enum Command {
     /// Write a policy file's plans, tenants and key hashes into a DynamoDB policy table (AWS or a
     /// local emulator), optionally creating the tables first.
     Load(Load),
+    /// Run a local HTTP gateway that throttles like the deployed stack: 429 with Retry-After and
+    /// RateLimit headers, 401 for unknown keys. Demo keys for every plan are printed at start.
+    Serve(Serve),
+    /// Send synthetic load to a store or a running gateway and check it: per tenant, admitted
+    /// against what the policy permits. Exits with 3 when anything was over-admitted.
+    Simulate(Simulate),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    /// In this process's memory (nothing to set up).
+    Memory,
+    /// A DynamoDB state table (AWS, or a local emulator with --endpoint-url).
+    Dynamodb,
+}
+
+/// Where decisions are stored.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// The state store.
+    #[arg(long, value_enum, default_value = "memory")]
+    store: StoreKind,
+    /// The DynamoDB state table (with --store dynamodb).
+    #[arg(long, default_value = "tollgate-state")]
+    state_table: String,
+    /// Create the state table first (for local emulators; the SAM template creates it in AWS).
+    #[arg(long)]
+    create_table: bool,
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+impl StoreArgs {
+    async fn dynamo(&self) -> Result<DynamoStore, String> {
+        let sdk = self.aws.sdk_config().await;
+        let client = aws_sdk_dynamodb::Client::new(&sdk);
+        if self.create_table {
+            tollgate::store::dynamodb::create_state_table(&client, &self.state_table).await?;
+        }
+        Ok(DynamoStore::new(client, DynamoStoreConfig::new(&self.state_table)))
+    }
+
+    async fn build(&self) -> Result<Arc<dyn Store>, String> {
+        Ok(match self.store {
+            StoreKind::Memory => Arc::new(MemoryStore::default()),
+            StoreKind::Dynamodb => Arc::new(self.dynamo().await?),
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct Serve {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where admitted requests go, e.g. http://127.0.0.1:3000. Without it a built-in echo
+    /// backend answers (JSON with the tenant and plan).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Policy file (TOML) with the plans (and tenants with key hashes); the example tiers when
+    /// absent.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Demo tenants per plan, with keys tg_demo_<plan>_<n>. They are printed at start.
+    #[arg(long, default_value_t = 1)]
+    demo_tenants: usize,
+    /// Header carrying the API key.
+    #[arg(long, default_value = "x-api-key")]
+    api_key_header: String,
+    /// Longest wait for the store per decision, in milliseconds; then the plan's fail mode.
+    #[arg(long, default_value_t = 150)]
+    store_budget_ms: u64,
+    /// Forward everything without deciding: the baseline for throughput benchmarks.
+    #[arg(long)]
+    no_throttle: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct Simulate {
+    /// What receives the load: `memory`, `dynamodb` (see --endpoint-url, --state-table) or the
+    /// base URL of a running gateway (`tollgate serve`), e.g. http://127.0.0.1:8080.
+    #[arg(long, default_value = "memory")]
+    target: String,
+    /// Policy file (TOML); the example tiers when absent. A gateway target must serve the same.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Tenants, spread over the plans in turn (the gateway's demo tenants: start it with
+    /// --demo-tenants at least tenants / plans).
+    #[arg(long, default_value_t = 40)]
+    tenants: usize,
+    /// Arrival pattern.
+    #[arg(long, value_enum, default_value = "poisson")]
+    pattern: Pattern,
+    /// Offered load as a multiple of each tenant's plan rate: above 1 some requests must be
+    /// refused.
+    #[arg(long, default_value_t = 2.0)]
+    load: f64,
+    /// Seconds of arrivals: simulated time against a store, real time against a gateway.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many requests (the earliest arrivals).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seed of the arrival generator: the same seed gives the same arrivals.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// HTTP method of the requests (plans may weigh methods).
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Path of the requests (plans may have route buckets, e.g. /search).
+    #[arg(long, default_value = "/hello")]
+    path: String,
+    /// Header carrying the API key (gateway target).
+    #[arg(long, default_value = "x-api-key")]
+    api_key_header: String,
+    /// Write the JSON compliance report here (schema: infra/schemas/simulate-report.schema.json).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// The DynamoDB state table (target dynamodb).
+    #[arg(long, default_value = "tollgate-state")]
+    state_table: String,
+    /// Create the state table first (target dynamodb, local emulators).
+    #[arg(long)]
+    create_table: bool,
+    #[command(flatten)]
+    aws: AwsArgs,
 }
 
 /// Where AWS is: the usual credential chain and region, or a local endpoint.
@@ -118,12 +257,18 @@ struct Demo {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Validate(v) => v.run(),
-        Command::Demo(d) => d.run(),
-        Command::Load(l) => runtime().and_then(|rt| rt.block_on(l.run())),
+        Command::Validate(v) => v.run().map(|()| ExitCode::SUCCESS),
+        Command::Demo(d) => d.run().map(|()| ExitCode::SUCCESS),
+        Command::Load(l) => runtime()
+            .and_then(|rt| rt.block_on(l.run()))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Serve(s) => multi_thread_runtime()
+            .and_then(|rt| rt.block_on(s.run()))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Simulate(s) => multi_thread_runtime().and_then(|rt| rt.block_on(s.run())),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
@@ -133,6 +278,13 @@ fn main() -> ExitCode {
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
@@ -239,6 +391,142 @@ impl Load {
             self.policy_table
         );
         Ok(())
+    }
+}
+
+impl Serve {
+    async fn run(self) -> Result<(), String> {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .init();
+        let file = load(self.policy.as_ref())?;
+        let demo = demo_tenants(&file, self.demo_tenants);
+        let directory = directory_with(&file, &demo);
+        let store = self.store.build().await?;
+        let gate_config = GateConfig {
+            store_budget: Duration::from_millis(self.store_budget_ms.max(1)),
+            ..GateConfig::default()
+        };
+        let fail_closed_wait = gate_config.breaker.cool_down;
+        let gate = Gate::new(gate_config, Arc::new(directory), store, Arc::new(SystemClock::new()));
+        let header = HeaderName::try_from(self.api_key_header.to_ascii_lowercase())
+            .map_err(|_| format!("--api-key-header {:?} is not a header name", self.api_key_header))?;
+        let router = gateway::router(
+            Arc::new(gate),
+            GatewayConfig {
+                upstream: self.upstream.clone(),
+                api_key_header: header,
+                throttle: !self.no_throttle,
+                fail_closed_wait,
+            },
+        );
+        let listener = gateway::bind(self.listen).await?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("tollgate gateway on http://{addr}");
+        println!(
+            "  store: {}   backend: {}   throttling: {}",
+            match self.store.store {
+                StoreKind::Memory => "memory".to_owned(),
+                StoreKind::Dynamodb => format!("dynamodb table {}", self.store.state_table),
+            },
+            self.upstream.as_deref().unwrap_or("built-in echo"),
+            if self.no_throttle { "off" } else { "on" }
+        );
+        println!("  demo keys ({} header):", self.api_key_header);
+        for t in demo.iter().take(12) {
+            let spec = file.plans[&t.plan].spec();
+            let rate = spec.rate.map_or_else(
+                || "no rate limit".to_owned(),
+                |r| format!("{r}/s, burst {}", spec.burst.unwrap_or(0)),
+            );
+            println!("    {:<24} plan {:<11} {rate}", t.api_key, t.plan);
+        }
+        if demo.len() > 12 {
+            println!("    ... and {} more (tg_demo_<plan>_<n>)", demo.len() - 12);
+        }
+        // The tightest bucket shows a 429 soonest.
+        let tightest = demo
+            .iter()
+            .min_by_key(|t| file.plans[&t.plan].spec().burst.unwrap_or(u32::MAX));
+        if let Some(t) = tightest {
+            println!(
+                "  try: for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' -H '{}: {}' http://{addr}/hello; done",
+                self.api_key_header, t.api_key
+            );
+        }
+        println!("  Ctrl-C stops (requests in flight finish first)");
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("shutting down");
+        };
+        gateway::serve(listener, router, shutdown)
+            .await
+            .map_err(|e| format!("gateway stopped: {e}"))
+    }
+}
+
+impl Simulate {
+    async fn run(self) -> Result<ExitCode, String> {
+        let file = load(self.policy.as_ref())?;
+        let target = match self.target.as_str() {
+            "memory" => Target::Memory(MemoryStore::default()),
+            "dynamodb" => {
+                let store = StoreArgs {
+                    store: StoreKind::Dynamodb,
+                    state_table: self.state_table.clone(),
+                    create_table: self.create_table,
+                    aws: AwsArgs {
+                        endpoint_url: self.aws.endpoint_url.clone(),
+                        region: self.aws.region.clone(),
+                    },
+                };
+                Target::Dynamo(store.dynamo().await?)
+            }
+            url if url.starts_with("http://") || url.starts_with("https://") => Target::Http(url.to_owned()),
+            other => {
+                return Err(format!(
+                    "--target {other:?} is not memory, dynamodb or an http(s):// URL"
+                ));
+            }
+        };
+        if !(self.duration.is_finite() && self.duration > 0.0) {
+            return Err(format!(
+                "--duration {} must be a positive number of seconds",
+                self.duration
+            ));
+        }
+        let config = simulate::Config {
+            tenants: self.tenants.max(1),
+            pattern: self.pattern,
+            load: self.load,
+            duration: Duration::from_secs_f64(self.duration),
+            requests: self.requests,
+            concurrency: self.concurrency.max(1),
+            seed: self.seed,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            api_key_header: self.api_key_header.clone(),
+            progress: true,
+        };
+        // Fresh tenant ids per run in a shared table, so runs do not inherit each other's state.
+        let prefix = match target {
+            Target::Dynamo(_) => format!("sim{:08x}-", rand::random::<u32>()),
+            _ => String::new(),
+        };
+        let report = simulate::run(&target, &file, &config, &prefix).await?;
+        print!("{}", report.table());
+        if let Some(path) = &self.report {
+            let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+            std::fs::write(path, json + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            println!("report: {}", path.display());
+        }
+        Ok(if report.pass {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_OVER_ADMISSION)
+        })
     }
 }
 

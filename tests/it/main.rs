@@ -8,4 +8,6 @@ mod directory;
 mod dynamodb;
 mod emulator;
 mod fault_proxy;
+mod gateway;
+mod simulate;
 mod template;

@@ -1,0 +1,223 @@
+//! `tollgate serve`: a local HTTP gateway that answers like the deployed stack. The tenant comes
+//! from the API-key header, the decision from the same `Gate` the authorizer uses, and the
+//! answers match the template's gateway responses: `429` with `Retry-After`, `RateLimit`,
+//! `RateLimit-Policy` and `X-RateLimit-*`, `401` for unknown keys, `503` when the policy cannot be
+//! read, and the rate-limit headers on admitted responses too.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_TYPE, HOST};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tollgate::decision::ceil_secs;
+use tollgate::gate::{Credential, Gate, Mode, Outcome, Verdict};
+
+/// Largest request body forwarded upstream.
+const MAX_BODY: usize = 10 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where admitted requests go; `None` answers them with the built-in echo backend.
+    pub upstream: Option<String>,
+    /// Header carrying the API key (any case).
+    pub api_key_header: HeaderName,
+    /// `false` forwards everything without deciding: the baseline for throughput benchmarks.
+    pub throttle: bool,
+    /// Retry-After for a fail-closed refusal without a decision: the breaker's cool-down.
+    pub fail_closed_wait: Duration,
+}
+
+#[derive(Debug)]
+struct Shared {
+    gate: Arc<Gate>,
+    config: GatewayConfig,
+    http: reqwest::Client,
+}
+
+/// The gateway's router: every method and path goes through the gate.
+pub fn router(gate: Arc<Gate>, config: GatewayConfig) -> Router {
+    let shared = Arc::new(Shared {
+        gate,
+        config,
+        http: reqwest::Client::new(),
+    });
+    Router::new().fallback(handle).with_state(shared)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, finishing requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Binds `addr`, with a message that says what to do when the port is taken.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e} (choose another with --listen)"))
+}
+
+async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    if !s.config.throttle {
+        return s.forward(req, None).await;
+    }
+    let key = req
+        .headers()
+        .get(&s.config.api_key_header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let outcome = {
+        let request = tollgate::gate::Request {
+            credential: key.map_or(Credential::None, Credential::ApiKey),
+            method: req.method().as_str(),
+            resource: req.uri().path(),
+        };
+        s.gate.check(request).await
+    };
+    match outcome {
+        Outcome::Allow(v) => {
+            let mut response = s.forward(req, Some(&v)).await;
+            rate_limit_headers(response.headers_mut(), &v);
+            response
+        }
+        Outcome::Throttle(v) => too_many_requests(&v, s.config.fail_closed_wait),
+        Outcome::Unauthorized(_) => json_response(StatusCode::UNAUTHORIZED, &json!({"message": "Unauthorized"})),
+        Outcome::Unavailable(error) => {
+            tracing::error!(%error, "policy unavailable");
+            let mut r = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"message": "Service Unavailable"}),
+            );
+            r.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
+            r
+        }
+    }
+}
+
+/// The body of a `429`, as the template's `ACCESS_DENIED` response renders it.
+pub fn too_many_requests_body(reason: &str, retry_after: u64) -> Value {
+    json!({"message": "Too Many Requests", "reason": reason, "retryAfter": retry_after})
+}
+
+fn too_many_requests(v: &Verdict, fail_closed_wait: Duration) -> Response {
+    let (reason, wait) = match &v.decision {
+        Some(d) => (
+            d.reason.map_or("rate", |r| r.as_str()),
+            d.retry_after.map_or(1, |w| ceil_secs(w).max(1)),
+        ),
+        // Fail-closed without a decision: ask for a retry after the breaker's cool-down.
+        None => ("store_unavailable", ceil_secs(fail_closed_wait).max(1)),
+    };
+    let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, &too_many_requests_body(reason, wait));
+    rate_limit_headers(r.headers_mut(), v);
+    r.headers_mut().insert("retry-after", HeaderValue::from(wait));
+    r
+}
+
+fn rate_limit_headers(headers: &mut HeaderMap, v: &Verdict) {
+    for (name, value) in v.decision.iter().flat_map(|d| d.headers()) {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(HeaderName::from_static(lowercase(name)), value);
+        }
+    }
+}
+
+/// `HeaderName::from_static` wants lowercase; the decision's names are a fixed set.
+fn lowercase(name: &'static str) -> &'static str {
+    match name {
+        "RateLimit" => "ratelimit",
+        "RateLimit-Policy" => "ratelimit-policy",
+        "X-RateLimit-Limit" => "x-ratelimit-limit",
+        "X-RateLimit-Remaining" => "x-ratelimit-remaining",
+        "X-RateLimit-Reset" => "x-ratelimit-reset",
+        "Retry-After" => "retry-after",
+        _ => "x-tollgate-unknown",
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+impl Shared {
+    /// The upstream's answer, or the echo backend's. `verdict` is `None` with throttling off.
+    async fn forward(&self, req: Request, verdict: Option<&Verdict>) -> Response {
+        let Some(upstream) = &self.config.upstream else {
+            return echo(verdict);
+        };
+        let (parts, body) = req.into_parts();
+        let body = match axum::body::to_bytes(body, MAX_BODY).await {
+            Ok(b) => b,
+            Err(_) => return json_response(StatusCode::PAYLOAD_TOO_LARGE, &json!({"message": "Payload Too Large"})),
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut headers = parts.headers;
+        headers.remove(HOST);
+        headers.remove(&self.config.api_key_header);
+        if let Some(v) = verdict {
+            // What an integration request would map from the authorizer's context.
+            for (name, value) in [
+                ("x-tollgate-tenant", &v.tenant),
+                ("x-tollgate-plan", &v.plan.name().to_owned()),
+            ] {
+                if let Ok(value) = HeaderValue::try_from(value.as_str()) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+        let sent = self
+            .http
+            .request(parts.method, format!("{}{path}", upstream.trim_end_matches('/')))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(up) => {
+                let status = up.status();
+                let headers = up.headers().clone();
+                let body = up.bytes().await.unwrap_or_else(|_| Bytes::new());
+                let mut r = Response::new(Body::from(body));
+                *r.status_mut() = status;
+                *r.headers_mut() = headers;
+                r
+            }
+            Err(error) => {
+                tracing::warn!(%error, "upstream unreachable");
+                json_response(StatusCode::BAD_GATEWAY, &json!({"message": "Bad Gateway"}))
+            }
+        }
+    }
+}
+
+/// The built-in backend: what the template's demo API answers on `GET /hello`.
+fn echo(verdict: Option<&Verdict>) -> Response {
+    let mut body = json!({"message": "hello from the Tollgate demo API"});
+    if let Some(v) = verdict {
+        body["tenant"] = json!(v.tenant);
+        body["plan"] = json!(v.plan.name());
+        if matches!(v.mode, Mode::Bypass) {
+            body["mode"] = json!("bypass");
+        }
+        if let Some(q) = v.decision.as_ref().and_then(|d| d.daily) {
+            body["dailyRemaining"] = json!(q.remaining.to_string());
+        }
+    }
+    json_response(StatusCode::OK, &body)
+}

@@ -1,0 +1,174 @@
+//! `tollgate simulate` on the memory store, on DynamoDB (the emulator) and through the CLI's
+//! gateway: no over-admission, and a report that matches its documented schema.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tollgate::policy_file::PolicyFile;
+use tollgate::store::MemoryStore;
+use tollgate_cli::simulate::{self, Config, Pattern, Report, Target};
+
+use crate::emulator;
+use crate::gateway;
+
+const SCHEMA: &str = include_str!("../../infra/schemas/simulate-report.schema.json");
+
+/// Small plans, so a few hundred requests exercise both the bucket and the quotas.
+const SMALL: &str = r#"
+[plans.slow]
+rate = 2.0
+burst = 3
+daily_quota = 40
+
+[plans.weighted]
+rate = 5.0
+burst = 5
+weights = { POST = 2 }
+
+[plans.quota_only]
+daily_quota = 25
+"#;
+
+fn config(pattern: Pattern, tenants: usize, secs: f64) -> Config {
+    Config {
+        tenants,
+        pattern,
+        load: 3.0,
+        duration: Duration::from_secs_f64(secs),
+        requests: None,
+        concurrency: 16,
+        seed: 7,
+        method: "GET".into(),
+        path: "/hello".into(),
+        api_key_header: "x-api-key".into(),
+        progress: false,
+    }
+}
+
+#[tokio::test]
+async fn the_memory_store_admits_exactly_under_every_pattern() {
+    let file = PolicyFile::parse(SMALL).expect("policy");
+    for pattern in [Pattern::Steady, Pattern::Burst, Pattern::Poisson] {
+        // GIVEN three times the plans' rates for 30 simulated seconds
+        let target = Target::Memory(MemoryStore::default());
+        let report = simulate::run(&target, &file, &config(pattern, 9, 30.0), "")
+            .await
+            .expect("run");
+        // THEN something was refused, nothing was over-admitted, and in-order replay agrees
+        assert!(report.refused > 0, "{pattern:?}: the load exceeds the plans");
+        assert_eq!(report.over_admitted, 0, "{pattern:?}\n{}", report.table());
+        assert_eq!(report.under_admitted, 0, "{pattern:?}");
+        assert!(report.pass);
+        assert_eq!(report.policies.len(), 3);
+        assert_matches_schema(&serde_json::to_value(&report).expect("json"));
+    }
+}
+
+#[tokio::test]
+async fn weighted_requests_are_counted_in_units() {
+    let file = PolicyFile::parse(SMALL).expect("policy");
+    let mut c = config(Pattern::Burst, 3, 20.0);
+    c.method = "POST".into();
+    let report = simulate::run(&Target::Memory(MemoryStore::default()), &file, &c, "")
+        .await
+        .expect("run");
+    assert!(report.pass, "{}", report.table());
+    let weighted = report
+        .tenant_results
+        .iter()
+        .find(|t| t.plan == "weighted")
+        .expect("tenant");
+    // 5 units of burst at 2 units per POST: at most 2 at once, then 2.5 per second
+    assert!(weighted.admitted <= 2 + 50, "{}", report.table());
+}
+
+#[tokio::test]
+async fn dynamodb_admits_exactly_under_concurrency() {
+    // GIVEN the state table on the emulator and 12 tenants with 16 requests in flight
+    let (client, table) = emulator::state_table().await;
+    let store = emulator::dynamo_store(&client, &table);
+    let file = PolicyFile::parse(SMALL).expect("policy");
+    let mut c = config(Pattern::Poisson, 12, 20.0);
+    c.requests = Some(300);
+    let target = Target::Dynamo(store);
+    let report = simulate::run(&target, &file, &c, "sim-").await.expect("run");
+    // THEN no over-admission, and about one store call per decision (refusals cost none)
+    assert_eq!(report.errors, 0, "{}", report.table());
+    assert!(report.pass, "{}", report.table());
+    assert!(report.refused > 0);
+    let calls = report.store_calls_per_decision.expect("counted");
+    assert!(calls <= 1.5, "{calls} calls per decision");
+    assert_matches_schema(&serde_json::to_value(&report).expect("json"));
+}
+
+#[tokio::test]
+async fn a_gateway_under_load_admits_no_more_than_the_policy() {
+    // GIVEN the CLI's gateway with small plans, 2 demo tenants per plan
+    let gw = gateway::start_with(SMALL, Arc::new(MemoryStore::default()), 2, None).await;
+    let file = PolicyFile::parse(SMALL).expect("policy");
+    let c = config(Pattern::Burst, 6, 3.0);
+    // WHEN simulate drives it over real HTTP
+    let report = simulate::run(&Target::Http(gw.base.clone()), &file, &c, "")
+        .await
+        .expect("run");
+    // THEN every answer was 200 or 429, some were 429, and nothing was over-admitted
+    assert_eq!(report.errors, 0, "{}", report.table());
+    assert!(report.refused > 0, "{}", report.table());
+    assert!(report.pass, "{}", report.table());
+    // THEN the JSON report parses back and matches the schema
+    let json = serde_json::to_string_pretty(&report).expect("json");
+    let parsed: Report = serde_json::from_str(&json).expect("round trip");
+    assert_eq!(parsed.tenant_results, report.tenant_results);
+    assert_eq!(parsed.policies, report.policies);
+    assert_matches_schema(&serde_json::from_str(&json).expect("value"));
+}
+
+/// Validates `value` against the report's JSON Schema: the subset it uses (`type`, `enum`,
+/// `required`, `properties`, `additionalProperties: false`, `items`).
+fn assert_matches_schema(value: &Value) {
+    let schema: Value = serde_json::from_str(SCHEMA).expect("schema is JSON");
+    check(&schema, value, "$");
+}
+
+fn check(schema: &Value, value: &Value, at: &str) {
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let is = |t: &str| match t {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_u64() || value.is_i64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        _ => false,
+    };
+    assert!(
+        types.is_empty() || types.iter().any(|t| is(t)),
+        "{at}: {value} is not {types:?}"
+    );
+    if let Some(allowed) = schema["enum"].as_array() {
+        assert!(allowed.contains(value), "{at}: {value} not in {allowed:?}");
+    }
+    if let (Some(obj), Some(props)) = (value.as_object(), schema["properties"].as_object()) {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let key = required.as_str().expect("name");
+            assert!(obj.contains_key(key), "{at}: missing {key}");
+        }
+        for (k, v) in obj {
+            match props.get(k) {
+                Some(s) => check(s, v, &format!("{at}.{k}")),
+                None => assert_ne!(schema["additionalProperties"], false, "{at}: unexpected {k}"),
+            }
+        }
+    }
+    if let (Some(items), Some(schema_items)) = (value.as_array(), schema.get("items")) {
+        for (i, v) in items.iter().enumerate() {
+            check(schema_items, v, &format!("{at}[{i}]"));
+        }
+    }
+}
