@@ -63,7 +63,14 @@ struct StoreArgs {
     /// The state store.
     #[arg(long, value_enum, default_value = "memory")]
     store: StoreKind,
-    /// The DynamoDB state table (with --store dynamodb).
+    #[command(flatten)]
+    dynamo: DynamoArgs,
+}
+
+/// The DynamoDB state table, when decisions go to DynamoDB.
+#[derive(Debug, clap::Args)]
+struct DynamoArgs {
+    /// The DynamoDB state table.
     #[arg(long, default_value = "tollgate-state")]
     state_table: String,
     /// Create the state table first (for local emulators; the SAM template creates it in AWS).
@@ -73,8 +80,8 @@ struct StoreArgs {
     aws: AwsArgs,
 }
 
-impl StoreArgs {
-    async fn dynamo(&self) -> Result<DynamoStore, String> {
+impl DynamoArgs {
+    async fn store(&self) -> Result<DynamoStore, String> {
         let sdk = self.aws.sdk_config().await;
         let client = aws_sdk_dynamodb::Client::new(&sdk);
         if self.create_table {
@@ -82,11 +89,13 @@ impl StoreArgs {
         }
         Ok(DynamoStore::new(client, DynamoStoreConfig::new(&self.state_table)))
     }
+}
 
+impl StoreArgs {
     async fn build(&self) -> Result<Arc<dyn Store>, String> {
         Ok(match self.store {
             StoreKind::Memory => Arc::new(MemoryStore::default()),
-            StoreKind::Dynamodb => Arc::new(self.dynamo().await?),
+            StoreKind::Dynamodb => Arc::new(self.dynamo.store().await?),
         })
     }
 }
@@ -164,14 +173,9 @@ struct Simulate {
     /// Write the JSON compliance report here (schema: infra/schemas/simulate-report.schema.json).
     #[arg(long)]
     report: Option<PathBuf>,
-    /// The DynamoDB state table (target dynamodb).
-    #[arg(long, default_value = "tollgate-state")]
-    state_table: String,
-    /// Create the state table first (target dynamodb, local emulators).
-    #[arg(long)]
-    create_table: bool,
+    /// With --target dynamodb.
     #[command(flatten)]
-    aws: AwsArgs,
+    dynamo: DynamoArgs,
 }
 
 /// Where AWS is: the usual credential chain and region, or a local endpoint.
@@ -429,7 +433,7 @@ impl Serve {
             "  store: {}   backend: {}   throttling: {}",
             match self.store.store {
                 StoreKind::Memory => "memory".to_owned(),
-                StoreKind::Dynamodb => format!("dynamodb table {}", self.store.state_table),
+                StoreKind::Dynamodb => format!("dynamodb table {}", self.store.dynamo.state_table),
             },
             self.upstream.as_deref().unwrap_or("built-in echo"),
             if self.no_throttle { "off" } else { "on" }
@@ -472,18 +476,7 @@ impl Simulate {
         let file = load(self.policy.as_ref())?;
         let target = match self.target.as_str() {
             "memory" => Target::Memory(MemoryStore::default()),
-            "dynamodb" => {
-                let store = StoreArgs {
-                    store: StoreKind::Dynamodb,
-                    state_table: self.state_table.clone(),
-                    create_table: self.create_table,
-                    aws: AwsArgs {
-                        endpoint_url: self.aws.endpoint_url.clone(),
-                        region: self.aws.region.clone(),
-                    },
-                };
-                Target::Dynamo(store.dynamo().await?)
-            }
+            "dynamodb" => Target::Dynamo(self.dynamo.store().await?),
             url if url.starts_with("http://") || url.starts_with("https://") => Target::Http(url.to_owned()),
             other => {
                 return Err(format!(
