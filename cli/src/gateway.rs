@@ -128,22 +128,9 @@ fn too_many_requests(v: &Verdict, fail_closed_wait: Duration) -> Response {
 
 fn rate_limit_headers(headers: &mut HeaderMap, v: &Verdict) {
     for (name, value) in v.decision.iter().flat_map(|d| d.headers()) {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(HeaderName::from_static(lowercase(name)), value);
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(name, value);
         }
-    }
-}
-
-/// `HeaderName::from_static` wants lowercase; the decision's names are a fixed set.
-fn lowercase(name: &'static str) -> &'static str {
-    match name {
-        "RateLimit" => "ratelimit",
-        "RateLimit-Policy" => "ratelimit-policy",
-        "X-RateLimit-Limit" => "x-ratelimit-limit",
-        "X-RateLimit-Remaining" => "x-ratelimit-remaining",
-        "X-RateLimit-Reset" => "x-ratelimit-reset",
-        "Retry-After" => "retry-after",
-        _ => "x-tollgate-unknown",
     }
 }
 

@@ -455,9 +455,10 @@ impl Serve {
             .iter()
             .min_by_key(|t| file.plans[&t.plan].spec().burst.unwrap_or(u32::MAX));
         if let Some(t) = tightest {
+            let header = format!("{}: {}", self.api_key_header, t.api_key);
             println!(
-                "  try: for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' -H '{}: {}' http://{addr}/hello; done",
-                self.api_key_header, t.api_key
+                "  try: curl -s -o /dev/null -H '{header}' 'http://{addr}/hello?[1-{burst}]'; curl -i -H '{header}' http://{addr}/hello",
+                burst = file.plans[&t.plan].spec().burst.unwrap_or(1),
             );
         }
         println!("  Ctrl-C stops (requests in flight finish first)");

@@ -285,13 +285,31 @@ pub async fn run(target: &Target, file: &PolicyFile, config: &Config, run_prefix
         p.abort();
         eprintln!();
     }
-    let calls = match target {
+    let store_calls = match target {
         Target::Dynamo(store) => Some(store.stats().writes()),
         _ => None,
     };
-    Ok(report(
-        target, config, &tenants, &plans, &limits, &observed, elapsed, calls, t0,
-    ))
+    let run = Run {
+        tenants: &tenants,
+        plans: &plans,
+        limits: &limits,
+        observed: &observed,
+        elapsed,
+        store_calls,
+        t0,
+    };
+    Ok(run.report(target, config))
+}
+
+/// What one simulation did, before it is checked.
+struct Run<'a> {
+    tenants: &'a [DemoTenant],
+    plans: &'a [Arc<Plan>],
+    limits: &'a [(Limits, u32)],
+    observed: &'a [Observed],
+    elapsed: Duration,
+    store_calls: Option<u64>,
+    t0: Timestamp,
 }
 
 async fn decide(
@@ -336,130 +354,130 @@ async fn draw_progress(done: Arc<AtomicU64>, total: u64) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    target: &Target,
-    config: &Config,
-    tenants: &[DemoTenant],
-    plans: &[Arc<Plan>],
-    limits: &[(Limits, u32)],
-    observed: &[Observed],
-    elapsed: Duration,
-    store_calls: Option<u64>,
-    t0: Timestamp,
-) -> Report {
-    let mut per_tenant: Vec<Vec<&Observed>> = vec![Vec::new(); tenants.len()];
-    for o in observed {
-        per_tenant[o.arrival.tenant].push(o);
-    }
-    let reference = MemoryStore::default();
-    let mut tenant_results = Vec::with_capacity(tenants.len());
-    for (i, seen) in per_tenant.iter_mut().enumerate() {
-        seen.sort_by_key(|o| (o.arrival.offset, o.sent));
-        let (lim, weight) = &limits[i];
-        let admitted: Vec<Admitted> = seen
-            .iter()
-            .filter(|o| o.admitted == Some(true))
-            .map(|o| Admitted {
-                sent: o.sent,
-                answered: o.answered,
-                weight: *weight,
-            })
-            .collect();
-        let mut over = lim
-            .bucket
-            .as_ref()
-            .map_or(0, |(_, b)| compliance::bucket_excess(b, &admitted));
-        for (period, quota) in [(Period::Day, lim.daily), (Period::Month, lim.monthly)] {
-            if let Some(q) = quota {
-                over += compliance::quota_excess(period, q, &admitted);
+impl Run<'_> {
+    fn report(&self, target: &Target, config: &Config) -> Report {
+        let Run {
+            tenants,
+            plans,
+            limits,
+            observed,
+            elapsed,
+            store_calls,
+            t0,
+        } = *self;
+        let mut per_tenant: Vec<Vec<&Observed>> = vec![Vec::new(); tenants.len()];
+        for o in observed {
+            per_tenant[o.arrival.tenant].push(o);
+        }
+        let reference = MemoryStore::default();
+        let mut tenant_results = Vec::with_capacity(tenants.len());
+        for (i, seen) in per_tenant.iter_mut().enumerate() {
+            seen.sort_by_key(|o| (o.arrival.offset, o.sent));
+            let (lim, weight) = &limits[i];
+            let admitted: Vec<Admitted> = seen
+                .iter()
+                .filter(|o| o.admitted == Some(true))
+                .map(|o| Admitted {
+                    sent: o.sent,
+                    answered: o.answered,
+                    weight: *weight,
+                })
+                .collect();
+            let mut over = lim
+                .bucket
+                .as_ref()
+                .map_or(0, |(_, b)| compliance::bucket_excess(b, &admitted));
+            for (period, quota) in [(Period::Day, lim.daily), (Period::Month, lim.monthly)] {
+                if let Some(q) = quota {
+                    over += compliance::quota_excess(period, q, &admitted);
+                }
             }
+            // The policy's answer for this arrival sequence, replayed in order on a fresh store.
+            let allowance = seen
+                .iter()
+                .filter(|o| {
+                    reference
+                        .decide(&Consume {
+                            tenant: &tenants[i].tenant,
+                            limits: lim,
+                            weight: *weight,
+                            now: t0.saturating_add(o.arrival.offset),
+                        })
+                        .allowed
+                })
+                .count() as u64;
+            let count = |want: Option<bool>| seen.iter().filter(|o| o.admitted == want).count() as u64;
+            let admitted_n = admitted.len() as u64;
+            tenant_results.push(TenantResult {
+                tenant: tenants[i].tenant.clone(),
+                plan: plans[i].name().to_owned(),
+                requests: seen.len() as u64,
+                admitted: admitted_n,
+                refused: count(Some(false)),
+                errors: count(None),
+                allowance,
+                over_admitted: over,
+                under_admitted: allowance.saturating_sub(admitted_n),
+                pass: over == 0,
+            });
         }
-        // The policy's answer for this arrival sequence, replayed in order on a fresh store.
-        let allowance = seen
-            .iter()
-            .filter(|o| {
-                reference
-                    .decide(&Consume {
-                        tenant: &tenants[i].tenant,
-                        limits: lim,
-                        weight: *weight,
-                        now: t0.saturating_add(o.arrival.offset),
-                    })
-                    .allowed
-            })
-            .count() as u64;
-        let count = |want: Option<bool>| seen.iter().filter(|o| o.admitted == want).count() as u64;
-        let admitted_n = admitted.len() as u64;
-        tenant_results.push(TenantResult {
-            tenant: tenants[i].tenant.clone(),
-            plan: plans[i].name().to_owned(),
-            requests: seen.len() as u64,
-            admitted: admitted_n,
-            refused: count(Some(false)),
-            errors: count(None),
-            allowance,
+        let mut policies: BTreeMap<&str, PolicyResult> = BTreeMap::new();
+        for t in &tenant_results {
+            let p = policies.entry(&t.plan).or_insert_with(|| PolicyResult {
+                plan: t.plan.clone(),
+                tenants: 0,
+                requests: 0,
+                admitted: 0,
+                allowance: 0,
+                over_admitted: 0,
+                pass: true,
+            });
+            p.tenants += 1;
+            p.requests += t.requests;
+            p.admitted += t.admitted;
+            p.allowance += t.allowance;
+            p.over_admitted += t.over_admitted;
+            p.pass &= t.pass;
+        }
+        let sum = |f: fn(&TenantResult) -> u64| tenant_results.iter().map(f).sum::<u64>();
+        let over = sum(|t| t.over_admitted);
+        let requests = observed.len() as u64;
+        let mut latencies: Vec<f64> = observed.iter().map(|o| o.latency.as_secs_f64() * 1000.0).collect();
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            if latencies.is_empty() {
+                0.0
+            } else {
+                let rank = ((p / 100.0) * latencies.len() as f64).ceil() as usize;
+                latencies[rank.clamp(1, latencies.len()) - 1]
+            }
+        };
+        Report {
+            schema: REPORT_SCHEMA.into(),
+            target: target.name(),
+            pattern: config.pattern,
+            load: config.load,
+            concurrency: config.concurrency,
+            tenants: tenants.len(),
+            requests,
+            admitted: sum(|t| t.admitted),
+            refused: sum(|t| t.refused),
+            errors: sum(|t| t.errors),
             over_admitted: over,
-            under_admitted: allowance.saturating_sub(admitted_n),
+            under_admitted: sum(|t| t.under_admitted),
             pass: over == 0,
-        });
-    }
-    let mut policies: BTreeMap<&str, PolicyResult> = BTreeMap::new();
-    for t in &tenant_results {
-        let p = policies.entry(&t.plan).or_insert_with(|| PolicyResult {
-            plan: t.plan.clone(),
-            tenants: 0,
-            requests: 0,
-            admitted: 0,
-            allowance: 0,
-            over_admitted: 0,
-            pass: true,
-        });
-        p.tenants += 1;
-        p.requests += t.requests;
-        p.admitted += t.admitted;
-        p.allowance += t.allowance;
-        p.over_admitted += t.over_admitted;
-        p.pass &= t.pass;
-    }
-    let sum = |f: fn(&TenantResult) -> u64| tenant_results.iter().map(f).sum::<u64>();
-    let over = sum(|t| t.over_admitted);
-    let requests = observed.len() as u64;
-    let mut latencies: Vec<f64> = observed.iter().map(|o| o.latency.as_secs_f64() * 1000.0).collect();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        if latencies.is_empty() {
-            0.0
-        } else {
-            let rank = ((p / 100.0) * latencies.len() as f64).ceil() as usize;
-            latencies[rank.clamp(1, latencies.len()) - 1]
+            elapsed_secs: elapsed.as_secs_f64(),
+            throughput_per_sec: requests as f64 / elapsed.as_secs_f64().max(1e-9),
+            latency_ms: Latency {
+                p50: pct(50.0),
+                p95: pct(95.0),
+                p99: pct(99.0),
+                max: latencies.last().copied().unwrap_or(0.0),
+            },
+            store_calls_per_decision: store_calls.map(|c| c as f64 / (requests.max(1) as f64)),
+            policies: policies.into_values().collect(),
+            tenant_results,
         }
-    };
-    Report {
-        schema: REPORT_SCHEMA.into(),
-        target: target.name(),
-        pattern: config.pattern,
-        load: config.load,
-        concurrency: config.concurrency,
-        tenants: tenants.len(),
-        requests,
-        admitted: sum(|t| t.admitted),
-        refused: sum(|t| t.refused),
-        errors: sum(|t| t.errors),
-        over_admitted: over,
-        under_admitted: sum(|t| t.under_admitted),
-        pass: over == 0,
-        elapsed_secs: elapsed.as_secs_f64(),
-        throughput_per_sec: requests as f64 / elapsed.as_secs_f64().max(1e-9),
-        latency_ms: Latency {
-            p50: pct(50.0),
-            p95: pct(95.0),
-            p99: pct(99.0),
-            max: latencies.last().copied().unwrap_or(0.0),
-        },
-        store_calls_per_decision: store_calls.map(|c| c as f64 / (requests.max(1) as f64)),
-        policies: policies.into_values().collect(),
-        tenant_results,
     }
 }
 
