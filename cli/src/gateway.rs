@@ -7,7 +7,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -17,8 +16,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tollgate::decision::ceil_secs;
-use tollgate::gate::{Credential, Gate, Mode, Outcome, Verdict};
+use tollgate::gate::{Credential, Gate, Mode, Outcome, Refusal, Verdict};
 
 /// Largest request body forwarded upstream.
 const MAX_BODY: usize = 10 * 1024 * 1024;
@@ -31,8 +29,6 @@ pub struct GatewayConfig {
     pub api_key_header: HeaderName,
     /// `false` forwards everything without deciding: the baseline for throughput benchmarks.
     pub throttle: bool,
-    /// Retry-After for a fail-closed refusal without a decision: the breaker's cool-down.
-    pub fail_closed_wait: Duration,
 }
 
 #[derive(Debug)]
@@ -92,7 +88,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             rate_limit_headers(response.headers_mut(), &v);
             response
         }
-        Outcome::Throttle(v) => too_many_requests(&v, s.config.fail_closed_wait),
+        Outcome::Throttle(v) => too_many_requests(&v),
         Outcome::Unauthorized(_) => json_response(StatusCode::UNAUTHORIZED, &json!({"message": "Unauthorized"})),
         Outcome::Unavailable(error) => {
             tracing::error!(%error, "policy unavailable");
@@ -111,15 +107,14 @@ pub fn too_many_requests_body(reason: &str, retry_after: u64) -> Value {
     json!({"message": "Too Many Requests", "reason": reason, "retryAfter": retry_after})
 }
 
-fn too_many_requests(v: &Verdict, fail_closed_wait: Duration) -> Response {
-    let (reason, wait) = match &v.decision {
-        Some(d) => (
-            d.reason.map_or("rate", |r| r.as_str()),
-            d.retry_after.map_or(1, |w| ceil_secs(w).max(1)),
-        ),
-        // Fail-closed without a decision: ask for a retry after the breaker's cool-down.
-        None => ("store_unavailable", ceil_secs(fail_closed_wait).max(1)),
-    };
+fn too_many_requests(v: &Verdict) -> Response {
+    let Refusal {
+        reason,
+        retry_after_secs: wait,
+    } = v.refusal.unwrap_or(Refusal {
+        reason: "rate",
+        retry_after_secs: 1,
+    });
     let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, &too_many_requests_body(reason, wait));
     rate_limit_headers(r.headers_mut(), v);
     r.headers_mut().insert("retry-after", HeaderValue::from(wait));

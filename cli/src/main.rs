@@ -413,7 +413,6 @@ impl Serve {
             store_budget: Duration::from_millis(self.store_budget_ms.max(1)),
             ..GateConfig::default()
         };
-        let fail_closed_wait = gate_config.breaker.cool_down;
         let gate = Gate::new(gate_config, Arc::new(directory), store, Arc::new(SystemClock::new()));
         let header = HeaderName::try_from(self.api_key_header.to_ascii_lowercase())
             .map_err(|_| format!("--api-key-header {:?} is not a header name", self.api_key_header))?;
@@ -423,7 +422,6 @@ impl Serve {
                 upstream: self.upstream.clone(),
                 api_key_header: header,
                 throttle: !self.no_throttle,
-                fail_closed_wait,
             },
         );
         let listener = gateway::bind(self.listen).await?;

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::HeaderName;
 use serde_json::Value;
@@ -46,7 +45,6 @@ pub async fn start_with(policy: &str, store: Arc<dyn Store>, per_plan: usize, up
             upstream,
             api_key_header: HeaderName::from_static("x-api-key"),
             throttle: true,
-            fail_closed_wait: Duration::from_secs(5),
         },
     );
     let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))

@@ -17,7 +17,6 @@ use aws_lambda_events::apigw::ApiGatewayCustomAuthorizerRequestTypeRequest;
 use lambda_runtime::Diagnostic;
 use serde_json::{Map, Value, json};
 use tollgate::Clock;
-use tollgate::decision::ceil_secs;
 use tollgate::directory::Directory;
 use tollgate::gate::{Credential, Gate, Mode, Outcome, Request, Verdict};
 use tollgate::jwt::JwtVerifier;
@@ -89,8 +88,6 @@ pub struct Authorizer {
     jwt: Option<JwtVerifier>,
     api_key_header: String,
     emf: Emf,
-    /// Retry-After for a fail-closed refusal: the breaker's cool-down.
-    fail_closed_wait: Duration,
 }
 
 impl Authorizer {
@@ -108,7 +105,6 @@ impl Authorizer {
             jwt,
             api_key_header: config.api_key_header.clone(),
             emf: Emf::new(&config.metrics_namespace, config.tenant_dimensions),
-            fail_closed_wait: config.gate.breaker.cool_down,
         }
     }
 
@@ -162,11 +158,11 @@ impl Authorizer {
         match outcome {
             Outcome::Allow(v) => {
                 log(&v, "allow");
-                Ok(response(&v, "Allow", method_arn, api_key, self.fail_closed_wait))
+                Ok(response(&v, "Allow", method_arn, api_key))
             }
             Outcome::Throttle(v) => {
                 log(&v, "throttle");
-                Ok(response(&v, "Deny", method_arn, None, self.fail_closed_wait))
+                Ok(response(&v, "Deny", method_arn, None))
             }
             Outcome::Unauthorized(why) => {
                 tracing::info!(reason = why, method, resource, "unauthorized");
@@ -209,7 +205,7 @@ fn mode_name(mode: &Mode) -> &'static str {
 
 /// The IAM policy response. `context` carries strings only: API Gateway passes them to
 /// mapping templates unchanged.
-fn response(v: &Verdict, effect: &str, method_arn: &str, api_key: Option<&str>, fail_closed_wait: Duration) -> Value {
+fn response(v: &Verdict, effect: &str, method_arn: &str, api_key: Option<&str>) -> Value {
     let mut context = Map::new();
     context.insert("tenant".into(), json!(v.tenant));
     context.insert("plan".into(), json!(v.plan.name()));
@@ -232,11 +228,9 @@ fn response(v: &Verdict, effect: &str, method_arn: &str, api_key: Option<&str>, 
             }
         }
     }
-    if effect == "Deny" && !context.contains_key("retryAfter") {
-        // Fail-closed without a decision: ask for a retry after the breaker's cool-down.
-        context.insert("reason".into(), json!("store_unavailable"));
-        let wait = ceil_secs(fail_closed_wait).max(1);
-        context.insert("retryAfter".into(), json!(wait.to_string()));
+    if let Some(r) = v.refusal {
+        context.insert("reason".into(), json!(r.reason));
+        context.insert("retryAfter".into(), json!(r.retry_after_secs.to_string()));
     }
     let mut out = json!({
         "principalId": v.tenant,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, Timestamp};
-use crate::decision::Decision;
+use crate::decision::{Decision, ceil_secs};
 use crate::directory::{Directory, DirectoryError, Resolved};
 use crate::identity::ApiKeyHash;
 use crate::policy::{FailMode, Plan, split_route};
@@ -99,6 +99,18 @@ pub struct Verdict {
     pub store_latency: Option<Duration>,
     /// The credentials were resolved from the per-process cache, not the directory.
     pub cached_credentials: bool,
+    /// Set exactly when the outcome is `Throttle`.
+    pub refusal: Option<Refusal>,
+}
+
+/// Why a request was refused, and when to retry: what a `429` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// `rate`, `daily_quota`, `monthly_quota`, or `store_unavailable` (fail closed).
+    pub reason: &'static str,
+    /// Whole seconds, at least 1: the decision's wait, or the breaker's cool-down when the store
+    /// could not decide.
+    pub retry_after_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +178,7 @@ impl Gate {
             decision: None,
             store_latency: None,
             cached_credentials,
+            refusal: None,
         };
         let bypass_key = verdict
             .key_id
@@ -207,6 +220,10 @@ impl Gate {
                 } else if allowed {
                     Outcome::Allow(verdict)
                 } else {
+                    verdict.refusal = verdict.decision.as_ref().map(|d| Refusal {
+                        reason: d.reason.map_or("rate", |r| r.as_str()),
+                        retry_after_secs: d.retry_after.map_or(1, |w| ceil_secs(w).max(1)),
+                    });
                     Outcome::Throttle(verdict)
                 }
             }
@@ -216,7 +233,13 @@ impl Gate {
                 verdict.mode = Mode::Failed { mode, error };
                 match mode {
                     FailMode::Open => Outcome::Allow(verdict),
-                    FailMode::Closed => Outcome::Throttle(verdict),
+                    FailMode::Closed => {
+                        verdict.refusal = Some(Refusal {
+                            reason: "store_unavailable",
+                            retry_after_secs: ceil_secs(self.config.breaker.cool_down).max(1),
+                        });
+                        Outcome::Throttle(verdict)
+                    }
                 }
             }
         }

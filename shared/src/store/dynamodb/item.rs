@@ -40,10 +40,10 @@ impl TatAttr {
         }
         let hex = name.strip_prefix('r').filter(|h| h.len() == 6)?;
         // `from_str_radix` accepts a sign; the attribute never has one.
-        hex.bytes()
-            .all(|b| b.is_ascii_hexdigit())
-            .then(|| u32::from_str_radix(hex, 16).ok().map(TatAttr))
-            .flatten()
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(hex, 16).ok().map(TatAttr)
     }
 }
 
