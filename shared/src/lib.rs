@@ -21,4 +21,4 @@ pub mod store;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use decision::{Decision, Reason};
 pub use policy::{FailMode, Limits, Plan, PlanSpec};
-pub use store::{Consume, Store, StoreError};
+pub use store::{Consume, ErrorScope, Store, StoreError};

@@ -220,6 +220,12 @@ impl DynamoStore {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     Ok(Attempt::Refused(Snapshot::parse(item).map_err(corrupt)?))
                 }
+                // Throughput exceeded on this item's partition: the table serves other tenants.
+                e @ (UpdateItemError::ProvisionedThroughputExceededException(_)
+                | UpdateItemError::ThrottlingException(_)) => Err(StoreError::Throttled {
+                    tenant: req.tenant.to_owned(),
+                    detail: DisplayErrorContext(e).to_string(),
+                }),
                 other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
             },
             Err(e @ SdkError::ConstructionFailure(_)) => {

@@ -61,28 +61,69 @@ impl Usage {
     }
 }
 
-/// Why a store could not decide. `is_indeterminate` tells whether the state may have changed.
+/// Why a store could not decide.
+///
+/// Two questions callers decide on, never the message: did the state perhaps change
+/// (`is_indeterminate`), and is the failure about the store as a whole or about one tenant's item
+/// (`scope`)? Only store-wide failures say anything about other tenants, so only they may move a
+/// circuit breaker.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The request may have been applied (timeout, connection lost after sending).
     #[error("store outcome unknown after {attempts} attempt(s): {detail}")]
     Indeterminate { attempts: u32, detail: String },
-    /// Surely not applied (throttled, refused, unreachable before sending).
+    /// Surely not applied: the store refused or could not be reached before sending.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Surely not applied: the store throttled writes to this tenant's item (a hot partition),
+    /// not the table.
+    #[error("writes to the state of tenant `{tenant}` are throttled: {detail}")]
+    Throttled { tenant: String, detail: String },
     /// Lost too many races in a row within the time budget; surely not applied.
     #[error("store contention: no decision after {attempts} attempts")]
     Contention { attempts: u32 },
     /// The stored state cannot be read back (someone else wrote the item).
     #[error("state of tenant `{tenant}` is malformed: {reason}")]
     Corrupt { tenant: String, reason: String },
+    /// No answer within the caller's time budget; the request may have been applied.
     #[error("store did not answer within {0:?}")]
     Timeout(Duration),
 }
 
+/// What a store failure is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorScope {
+    /// One tenant's item (throttled, contended, malformed): other tenants are served as usual.
+    Item,
+    /// The store itself (unreachable, refusing, not answering): every tenant is affected.
+    Store,
+}
+
 impl StoreError {
+    /// Whether the request may have been applied.
     pub fn is_indeterminate(&self) -> bool {
         matches!(self, StoreError::Indeterminate { .. } | StoreError::Timeout(_))
+    }
+
+    pub fn scope(&self) -> ErrorScope {
+        match self {
+            StoreError::Throttled { .. } | StoreError::Contention { .. } | StoreError::Corrupt { .. } => {
+                ErrorScope::Item
+            }
+            StoreError::Indeterminate { .. } | StoreError::Unavailable(_) | StoreError::Timeout(_) => ErrorScope::Store,
+        }
+    }
+
+    /// A short stable name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Indeterminate { .. } => "indeterminate",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Throttled { .. } => "throttled",
+            StoreError::Contention { .. } => "contention",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Timeout(_) => "timeout",
+        }
     }
 }
 
