@@ -1,16 +1,19 @@
 //! The DynamoDB store against the emulator: exactness under concurrency, one write per decision,
-//! and retries that never count twice.
+//! retries that never count twice, clocks that disagree at midnight, cached refusals that expire,
+//! and containers that step back at the bucket's edge.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
 use tollgate::aws::state_client;
-use tollgate::clock::Timestamp;
+use tollgate::clock::{Clock, ManualClock, Timestamp};
 use tollgate::policy::{Plan, PlanSpec};
 use tollgate::quota::Period;
 use tollgate::store::dynamodb::item::item_size;
-use tollgate::store::{Consume, Store};
+use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store, StoreError};
 
 use crate::emulator::{self, PATIENT};
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -29,7 +32,10 @@ fn plan(toml_src: &str) -> Plan {
 async fn hammer(client: &aws_sdk_dynamodb::Client, table: &str, tenant: &str, plan: &Plan) -> usize {
     let limits = Arc::new(plan.limits().clone());
     let writers = (0..WRITERS).map(|_| {
-        let store = emulator::dynamo_store(client, table);
+        let mut config = DynamoStoreConfig::new(table);
+        // 64 cold writers at one instant race for the bucket and for the operation-id slots.
+        config.max_attempts = 64;
+        let store = DynamoStore::new(client.clone(), config);
         let limits = limits.clone();
         let tenant = tenant.to_owned();
         async move {
@@ -219,4 +225,277 @@ async fn a_malformed_item_is_a_clear_error_not_a_panic() {
         "state of tenant `broken` is malformed: attribute `o2` is not a number"
     );
     assert!(!err.is_indeterminate());
+}
+
+/// The day and month counters the table holds for `tenant` on the day of `now`.
+async fn recorded(client: &aws_sdk_dynamodb::Client, table: &str, tenant: &str, now: Timestamp) -> (u64, u64) {
+    let item = client
+        .get_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(tenant.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get")
+        .item
+        .unwrap_or_default();
+    let n = |c: tollgate::quota::Counter| {
+        item.get(&c.to_string())
+            .map_or(0, |v| v.as_n().expect("number").parse::<u64>().expect("integer"))
+    };
+    (n(Period::Day.counter(now)), n(Period::Month.counter(now)))
+}
+
+#[tokio::test]
+async fn a_first_send_delivered_after_its_resend_is_not_counted_again() {
+    // GIVEN a proxy that resets the connection of the first send and delivers that request to
+    // DynamoDB 300 ms later, after the store has resent it
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (client, table) = emulator::state_table().await;
+    let faulty = state_client(&emulator::sdk_config(&proxy.endpoint()), PATIENT);
+    let store = emulator::dynamo_store(&faulty, &table);
+    let p = plan("rate = 10.0\nburst = 10\ndaily_quota = 100");
+    let req = Consume {
+        tenant: "late",
+        limits: p.limits(),
+        weight: 1,
+        now: NOW,
+    };
+    proxy.inject(Fault::Delay(Duration::from_millis(300)));
+    // WHEN the store decides, and the late original lands
+    let d = store.consume(&req).await.expect("decision after resend");
+    proxy.drain().await;
+    // THEN the request was admitted once and the table counts it once
+    assert!(d.allowed);
+    assert_eq!(store.stats().unknown_outcomes(), 1);
+    assert_eq!(recorded(&client, &table, "late", NOW).await, (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_injected_faults_never_charge_a_request_twice() {
+    // GIVEN 8 writers, each its own store, on one tenant at 1,000 requests per simulated second
+    // (twice the plan's rate), through a proxy that on a quarter of the requests loses the
+    // request, loses the response of a request DynamoDB applied, or resets the connection and
+    // delivers the request 20 to 300 ms later (after its resend)
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (client, table) = emulator::state_table().await;
+    let faulty = state_client(&emulator::sdk_config(&proxy.endpoint()), PATIENT);
+    let p = Arc::new(plan(
+        "rate = 500.0\nburst = 50\ndaily_quota = 1000000000\nmonthly_quota = 1000000000",
+    ));
+    proxy.inject_randomly(
+        0.25,
+        &[
+            Fault::LoseRequest,
+            Fault::LoseResponse,
+            Fault::Delay(Duration::from_millis(20)),
+            Fault::Delay(Duration::from_millis(100)),
+            Fault::Delay(Duration::from_millis(300)),
+        ],
+    );
+    let clock = ManualClock::new(NOW);
+    #[derive(Default)]
+    struct Tally {
+        admitted: AtomicU64,
+        refused: AtomicU64,
+        indeterminate: AtomicU64,
+        not_applied: AtomicU64,
+    }
+    let tally = Arc::new(Tally::default());
+    let writers = (0..8).map(|_| {
+        let mut config = DynamoStoreConfig::new(&table);
+        config.max_attempts = 8;
+        let store = DynamoStore::new(faulty.clone(), config);
+        let (p, clock, tally, proxy) = (p.clone(), clock.clone(), tally.clone(), proxy.clone());
+        async move {
+            while proxy.injected() < 1000 {
+                clock.advance(Duration::from_millis(1));
+                let req = Consume {
+                    tenant: "faults",
+                    limits: p.limits(),
+                    weight: 1,
+                    now: clock.now(),
+                };
+                let counter = match store.consume(&req).await {
+                    Ok(d) if d.allowed => &tally.admitted,
+                    Ok(_) => &tally.refused,
+                    Err(e) if e.is_indeterminate() => &tally.indeterminate,
+                    Err(StoreError::Contention { .. }) => &tally.not_applied,
+                    Err(e) => panic!("unexpected store error: {e}"),
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            store.into_stats()
+        }
+    });
+    let stats = join_all(writers).await;
+    // WHEN every delayed request has reached DynamoDB
+    proxy.heal();
+    proxy.drain().await;
+    // THEN the counters hold every admitted request, and nothing else but requests whose outcome
+    // was reported unknown
+    let (day, month) = recorded(&client, &table, "faults", clock.now()).await;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let (admitted, indeterminate) = (get(&tally.admitted), get(&tally.indeterminate));
+    let sum = |f: fn(&tollgate::store::dynamodb::StoreStats) -> u64| stats.iter().map(f).sum::<u64>();
+    eprintln!(
+        "faults injected {}, admitted {admitted}, refused {}, indeterminate {indeterminate}, \
+         contention {}, counted {day}; unknown outcomes {}, deduplicated {}, fences {}, writes {}",
+        proxy.injected(),
+        get(&tally.refused),
+        get(&tally.not_applied),
+        sum(|s| s.unknown_outcomes()),
+        sum(|s| s.deduplicated()),
+        sum(|s| s.fences()),
+        sum(|s| s.writes()),
+    );
+    assert_eq!(day, month);
+    assert!(
+        day >= admitted,
+        "an admitted request was not counted: {day} < {admitted}"
+    );
+    assert!(
+        day <= admitted + indeterminate,
+        "a request was charged twice: {day} > {admitted} admitted + {indeterminate} unknown"
+    );
+    assert!(get(&tally.refused) > 0 && sum(|s| s.deduplicated()) > 0);
+}
+
+#[tokio::test]
+async fn a_slow_clock_at_midnight_keeps_the_new_days_usage() {
+    // GIVEN a container past midnight that admitted a request on the new day, and another
+    // container whose clock is 300 ms slow, still on the old day
+    let (client, table) = emulator::state_table().await;
+    let midnight = Period::Day.end(NOW);
+    let fast = emulator::dynamo_store(&client, &table);
+    let slow = emulator::dynamo_store(&client, &table);
+    let p = plan("rate = 1.0\nburst = 5\ndaily_quota = 100");
+    let at = |now| Consume {
+        tenant: "skew",
+        limits: p.limits(),
+        weight: 1,
+        now,
+    };
+    let after = midnight.saturating_add(Duration::from_millis(200));
+    assert!(fast.consume(&at(after)).await.expect("decision").allowed);
+    // WHEN the slow container admits a request (its first write meets the busy bucket, and the
+    // item it gets back holds the new day's counter)
+    let before = Timestamp::from_nanos(midnight.as_nanos() - 100_000_000);
+    assert!(slow.consume(&at(before)).await.expect("decision").allowed);
+    assert_eq!(
+        slow.stats().conflicts(),
+        1,
+        "the slow container saw the new day's counter"
+    );
+    // THEN the new day's counter is still there, and the old day holds the slow request
+    assert_eq!(recorded(&client, &table, "skew", after).await.0, 1);
+    assert_eq!(recorded(&client, &table, "skew", before).await.0, 1);
+}
+
+#[tokio::test]
+async fn an_operator_reset_is_seen_within_the_cached_refusal_bound() {
+    // GIVEN a warm container that refuses a tenant from its cache: the daily quota is spent
+    let (client, table) = emulator::state_table().await;
+    let store = emulator::dynamo_store(&client, &table);
+    let p = plan("daily_quota = 3");
+    let at = |now| Consume {
+        tenant: "reset",
+        limits: p.limits(),
+        weight: 1,
+        now,
+    };
+    let clock = ManualClock::new(NOW);
+    for _ in 0..3 {
+        assert!(store.consume(&at(clock.now())).await.expect("decision").allowed);
+    }
+    assert!(!store.consume(&at(clock.now())).await.expect("decision").allowed);
+    let writes = store.stats().writes();
+    // WHEN an operator resets the day's usage in the table
+    client
+        .update_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("reset".into()))
+        .update_expression("REMOVE #d")
+        .expression_attribute_names("#d", Period::Day.counter(NOW).to_string())
+        .send()
+        .await
+        .expect("reset");
+    // THEN within the bound the cached refusal stands without a call
+    clock.advance(Duration::from_secs(1));
+    assert!(!store.consume(&at(clock.now())).await.expect("decision").allowed);
+    assert_eq!(store.stats().writes(), writes);
+    // AND once the bound has passed the next request goes to the store and is admitted
+    clock.advance(Duration::from_secs(1));
+    let d = store.consume(&at(clock.now())).await.expect("decision");
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.daily.map(|q| q.used), Some(1));
+    assert_eq!(store.stats().rechecks(), 1);
+}
+
+#[tokio::test]
+async fn a_cached_refusal_waits_as_long_as_the_stored_item_requires() {
+    // GIVEN a warm container and a tenant that spent its one token (rate 0.1/s)
+    let (client, table) = emulator::state_table().await;
+    let store = emulator::dynamo_store(&client, &table);
+    let p = plan("rate = 0.1\nburst = 1");
+    let at = |now| Consume {
+        tenant: "wait",
+        limits: p.limits(),
+        weight: 1,
+        now,
+    };
+    let clock = ManualClock::new(NOW);
+    assert!(store.consume(&at(clock.now())).await.expect("decision").allowed);
+    let exact = |now: Timestamp| Some(Duration::from_secs(10).saturating_sub(now.saturating_since(NOW)));
+    // WHEN it is refused from the cache, then past the bound (a re-check), then from the cache
+    // again
+    for (step, writes) in [(0, 1), (3_000, 2), (1_000, 2)] {
+        clock.advance(Duration::from_millis(step));
+        let d = store.consume(&at(clock.now())).await.expect("decision");
+        // THEN each Retry-After is the wait the stored item requires at that instant: never cut
+        // to the time the cached refusal may still stand
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, exact(clock.now()), "after {step} ms");
+        assert_eq!(store.stats().writes(), writes, "after {step} ms");
+    }
+    assert_eq!(store.stats().rechecks(), 1);
+    // AND a client that waits exactly that long is admitted
+    clock.advance(exact(clock.now()).expect("a wait"));
+    assert!(store.consume(&at(clock.now())).await.expect("decision").allowed);
+}
+
+#[tokio::test]
+async fn a_container_that_lost_the_race_at_the_edge_holds_off_instead_of_writing() {
+    // GIVEN two containers on one tenant at 10/s, burst 1: the leader asks first at every token,
+    // the other just after it
+    let (client, table) = emulator::state_table().await;
+    let leader = emulator::dynamo_store(&client, &table);
+    let late = emulator::dynamo_store(&client, &table);
+    let p = plan("rate = 10.0\nburst = 1");
+    let at = |now| Consume {
+        tenant: "edge",
+        limits: p.limits(),
+        weight: 1,
+        now,
+    };
+    let clock = ManualClock::new(NOW);
+    let mut admitted = 0;
+    // WHEN they ask for 50 tokens
+    for _ in 0..50 {
+        admitted += usize::from(leader.consume(&at(clock.now())).await.expect("decision").allowed);
+        let t = clock.now().saturating_add(Duration::from_millis(1));
+        admitted += usize::from(late.consume(&at(t)).await.expect("decision").allowed);
+        clock.advance(Duration::from_millis(100));
+    }
+    // THEN every token went to one of them, the leader paid one write per token, and the one
+    // that kept losing stepped back: far fewer than one write per token
+    assert_eq!(admitted, 50);
+    assert_eq!(leader.stats().writes(), 50);
+    assert_eq!(leader.stats().held_off(), 0);
+    assert!(
+        late.stats().writes() <= 15,
+        "late container wrote {} times",
+        late.stats().writes()
+    );
+    assert!(late.stats().held_off() > 0);
 }

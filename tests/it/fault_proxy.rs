@@ -1,9 +1,13 @@
-//! A loopback TCP proxy in front of the emulator that loses requests or responses on demand.
-//! Hand-written because moto cannot fail this way: it answers every request it receives.
+//! A loopback TCP proxy in front of the emulator that loses requests or responses, or delivers
+//! a request late, on demand. Hand-written because moto cannot fail this way: it answers every
+//! request it receives, at once. The emulator closes each connection after its response, so one
+//! connection carries one request, and a fault per connection is a fault per request.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,14 +20,30 @@ pub enum Fault {
     LoseResponse,
     /// Accept the connection and never answer (held for a minute).
     Stall,
+    /// Read the request, close the connection (the client sees a reset and resends), and
+    /// forward the request to the emulator only after this delay: the original lands after its
+    /// resend, as a request stuck in a network can.
+    Delay(Duration),
 }
 
-/// Faults are consumed one per connection, in order; connections beyond them pass through.
+/// A share of connections that get a fault drawn from a list, after the queued faults.
+#[derive(Debug, Clone)]
+struct Random {
+    per_million: u32,
+    faults: Vec<Fault>,
+}
+
+/// Faults are consumed one per connection, in order; connections beyond them pass through, or
+/// get a random fault when `inject_randomly` set a share.
 #[derive(Debug, Clone)]
 pub struct FaultProxy {
     pub addr: SocketAddr,
     faults: Arc<Mutex<VecDeque<Fault>>>,
-    connections: Arc<std::sync::atomic::AtomicU64>,
+    random: Arc<Mutex<Option<Random>>>,
+    connections: Arc<AtomicU64>,
+    injected: Arc<AtomicU64>,
+    /// Delayed requests not yet answered by the emulator.
+    held: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -36,18 +56,48 @@ impl FaultProxy {
         let proxy = FaultProxy {
             addr: listener.local_addr().expect("proxy addr"),
             faults: Arc::default(),
+            random: Arc::default(),
             connections: Arc::default(),
+            injected: Arc::default(),
+            held: Arc::default(),
         };
-        let faults = proxy.faults.clone();
-        let connections = proxy.connections.clone();
+        let this = proxy.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let fault = faults.lock().expect("faults").pop_front();
-                tokio::spawn(serve(client, upstream, fault));
+                this.connections.fetch_add(1, Ordering::SeqCst);
+                let fault = this.faults.lock().expect("faults").pop_front().or_else(|| {
+                    let random = this.random.lock().expect("random");
+                    let r = random.as_ref()?;
+                    (rand::random::<u32>() % 1_000_000 < r.per_million)
+                        .then(|| r.faults[rand::random::<u32>() as usize % r.faults.len()])
+                });
+                if fault.is_some() {
+                    this.injected.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::spawn(serve(client, upstream, fault, this.held.clone()));
             }
         });
         proxy
+    }
+
+    /// From now on, a fault drawn from `faults` on each connection with probability `share`.
+    pub fn inject_randomly(&self, share: f64, faults: &[Fault]) {
+        *self.random.lock().expect("random") = Some(Random {
+            per_million: (share * 1e6) as u32,
+            faults: faults.to_vec(),
+        });
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every delayed request has reached the emulator and been answered.
+    pub async fn drain(&self) {
+        while self.held.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -58,19 +108,60 @@ impl FaultProxy {
         self.faults.lock().expect("faults").push_back(fault);
     }
 
-    /// Drops the faults not yet consumed.
+    /// Drops the faults not yet consumed, queued or random.
     pub fn heal(&self) {
         self.faults.lock().expect("faults").clear();
+        *self.random.lock().expect("random") = None;
     }
 
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
-        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
-async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Option<Fault>) {
+/// Reads one HTTP/1.1 request: the head, then `Content-Length` bytes of body.
+async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Some(buf);
+            }
+        }
+        match client.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Option<Fault>, held: Arc<AtomicU64>) {
     match fault {
+        Some(Fault::Delay(delay)) => {
+            let Some(request) = read_request(&mut client).await else {
+                return;
+            };
+            held.fetch_add(1, Ordering::SeqCst);
+            let _ = client.shutdown().await;
+            drop(client);
+            tokio::time::sleep(delay).await;
+            if let Ok(mut server) = TcpStream::connect(upstream).await
+                && server.write_all(&request).await.is_ok()
+            {
+                let mut sink = Vec::new();
+                let _ = server.read_to_end(&mut sink).await;
+            }
+            held.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         Some(Fault::LoseRequest) => {
             let mut buf = [0u8; 4096];
             let _ = client.read(&mut buf).await;

@@ -4,18 +4,29 @@
 //! it. When the prediction is wrong, the failed condition hands back the item as it is
 //! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`, free of charge): the answer is then either an
 //! exact deny from that item, or one more write with the right shape. A deny computed from the
-//! cached item needs no call at all: state only moves forward (TATs grow, counters grow within
-//! their period), so a request refused on an older view is refused on the current one too.
+//! cached item needs no call for up to `max_cached_refusal`: state only moves forward (TATs grow,
+//! counters grow within their period), so a request refused on an older view is refused on the
+//! current one too, unless an operator reset the item or raised the plan; after that bound the
+//! next request writes, and the write's failed condition is the re-check.
 //!
-//! Retries after an unknown outcome (timeout, lost connection) resend the same operation id with
-//! a condition that it is not among the last `OPS` operations on the item: a write that did land
-//! is recognised instead of applied twice.
+//! Every send carries an operation id and the condition that the id is greater than its slot's
+//! value (`item::admit`), so a request applies at most once whatever the order in which its sends
+//! arrive. A resend after an unknown outcome (timeout, lost connection) that finds its id in the
+//! item is recognised as applied; one that finds its slot overwritten cannot tell, and says so
+//! (`Indeterminate`); one that is refused with its id absent first claims the slot (`item::fence`)
+//! so that the earlier send can no longer land, then refuses.
+//!
+//! At the bucket's edge, a container that lost a race for the last token holds off that tenant
+//! for a jittered time that grows fourfold with each loss (a success takes one step back), up to
+//! `max_hold_off`, refusing from its cache meanwhile: many containers flooding one tenant then pay
+//! about one write per token instead of one each, and a lone container never holds off.
 
 pub mod item;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -25,10 +36,10 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
 };
 
-use self::item::{Snapshot, TatAttr};
+use self::item::{OpStatus, Snapshot, TatAttr, Write};
 use super::{Consume, Store, StoreError, Usage};
-use crate::clock::Timestamp;
-use crate::decision::Decision;
+use crate::clock::{Timestamp, duration_nanos};
+use crate::decision::{Decision, Reason};
 use crate::engine;
 use crate::quota::Counter;
 
@@ -39,6 +50,12 @@ pub struct DynamoStoreConfig {
     pub max_attempts: u32,
     /// Tenants whose last-seen item is kept for predictions; bounds memory.
     pub cache_capacity: usize,
+    /// How long a refusal computed from the cached item may stand without asking the store: an
+    /// operator's reset or a plan upgrade is seen within this time. One write per tenant per
+    /// this time, per container, re-checks a flooding tenant.
+    pub max_cached_refusal: Duration,
+    /// The longest a container holds off a tenant after losing races at the bucket's edge.
+    pub max_hold_off: Duration,
 }
 
 impl DynamoStoreConfig {
@@ -47,6 +64,8 @@ impl DynamoStoreConfig {
             table: table.into(),
             max_attempts: 4,
             cache_capacity: 10_000,
+            max_cached_refusal: Duration::from_secs(2),
+            max_hold_off: Duration::from_secs(30),
         }
     }
 }
@@ -69,6 +88,13 @@ pub struct StoreStats {
     pub deduplicated: AtomicU64,
     /// Denials answered from the cached item, without a call.
     pub cached_denials: AtomicU64,
+    /// Cached refusals older than `max_cached_refusal` sent to the store again.
+    pub rechecks: AtomicU64,
+    /// Requests refused without a call because this container is holding off the tenant after
+    /// losing races at the bucket's edge.
+    pub held_off: AtomicU64,
+    /// Writes that claimed a refused resend's operation id so its earlier send cannot land.
+    pub fences: AtomicU64,
 }
 
 static EMPTY: std::sync::LazyLock<HashMap<String, AttributeValue>> = std::sync::LazyLock::new(HashMap::new);
@@ -104,6 +130,15 @@ impl StoreStats {
     pub fn cached_denials(&self) -> u64 {
         self.cached_denials.load(Ordering::Relaxed)
     }
+    pub fn rechecks(&self) -> u64 {
+        self.rechecks.load(Ordering::Relaxed)
+    }
+    pub fn held_off(&self) -> u64 {
+        self.held_off.load(Ordering::Relaxed)
+    }
+    pub fn fences(&self) -> u64 {
+        self.fences.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -112,19 +147,42 @@ pub struct DynamoStore {
     config: DynamoStoreConfig,
     cache: Mutex<HashMap<Box<str>, Cached>>,
     stats: StoreStats,
+    /// The greatest operation id sent or seen: new ids go above it (a Lamport clock).
+    last_op: AtomicU64,
 }
 
-/// A tenant's compacted snapshot as kept between decisions: two boxed slices, no spare capacity.
+/// A tenant's compacted snapshot as kept between decisions: two boxed slices, no spare capacity,
+/// and what this container knows of its own dealings with the tenant.
 #[derive(Debug)]
 struct Cached {
     tats: Box<[(TatAttr, Timestamp)]>,
     counters: Box<[(Counter, u64)]>,
+    /// When the store last answered (or was last asked) for this tenant.
+    checked: Timestamp,
+    /// Races lost in a row at the bucket's edge.
+    losses: u8,
+    /// No write for this tenant before this time, unless the cached item shows a free token.
+    hold_until: Timestamp,
+}
+
+/// What the cache knows of a tenant.
+struct Seen {
+    snap: Snapshot,
+    checked: Timestamp,
+    hold_until: Timestamp,
 }
 
 enum Attempt {
     Applied(Snapshot),
     Refused(Snapshot),
     Unknown(String),
+}
+
+/// How a write's answer moves the hold-off.
+enum Race {
+    Won,
+    Lost(Duration),
+    Neither,
 }
 
 impl DynamoStore {
@@ -135,6 +193,7 @@ impl DynamoStore {
             cache: Mutex::new(HashMap::with_capacity(config.cache_capacity)),
             config,
             stats: StoreStats::default(),
+            last_op: AtomicU64::new(0),
         }
     }
 
@@ -146,29 +205,61 @@ impl DynamoStore {
         self.stats
     }
 
-    fn cached(&self, tenant: &str) -> Snapshot {
+    fn seen(&self, tenant: &str) -> Option<Seen> {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(tenant)
-            .map(|c| Snapshot {
-                tats: c.tats.to_vec(),
-                counters: c.counters.to_vec(),
-                ops: Vec::new(),
+            .map(|c| Seen {
+                snap: Snapshot {
+                    tats: c.tats.to_vec(),
+                    counters: c.counters.to_vec(),
+                    ..Snapshot::default()
+                },
+                checked: c.checked,
+                hold_until: c.hold_until,
             })
-            .unwrap_or_default()
     }
 
-    fn remember(&self, tenant: &str, snap: Snapshot, now: Timestamp) {
+    /// Marks a cached tenant as being re-checked, so that concurrent requests keep using the
+    /// cache while one of them asks the store.
+    fn touch(&self, tenant: &str, now: Timestamp) {
+        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(tenant) {
+            c.checked = c.checked.max(now);
+        }
+    }
+
+    fn remember(&self, tenant: &str, snap: Snapshot, now: Timestamp, race: Race) {
+        self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= self.config.cache_capacity && !cache.contains_key(tenant) {
             // Dropping a prediction costs at most one extra write later; keep it simple.
             cache.clear();
         }
         let snap = snap.compact(now);
+        let (mut losses, mut hold_until) = cache
+            .get(tenant)
+            .map_or((0, Timestamp::from_nanos(0)), |c| (c.losses, c.hold_until));
+        match race {
+            // One success does not make this container the only one at the edge: the hold-off
+            // shrinks by one step rather than vanishing, so a winner by chance steps back again.
+            Race::Won => (losses, hold_until) = (losses.saturating_sub(1), Timestamp::from_nanos(0)),
+            Race::Lost(window) => {
+                losses = losses.saturating_add(1);
+                let cap = duration_nanos(self.config.max_hold_off).max(1);
+                let span = duration_nanos(window)
+                    .saturating_mul(1 << (2 * u32::from(losses.min(16))))
+                    .clamp(1, cap);
+                hold_until = now.saturating_add(Duration::from_nanos(rand::random::<u64>() % span));
+            }
+            Race::Neither => {}
+        }
         let cached = Cached {
             tats: snap.tats.into_boxed_slice(),
             counters: snap.counters.into_boxed_slice(),
+            checked: now,
+            losses,
+            hold_until,
         };
         match cache.get_mut(tenant) {
             Some(slot) => *slot = cached,
@@ -178,14 +269,25 @@ impl DynamoStore {
         }
     }
 
-    async fn attempt(
-        &self,
-        req: &Consume<'_>,
-        guess: &Snapshot,
-        op: u64,
-        check_op: bool,
-    ) -> Result<Attempt, StoreError> {
-        let w = item::admit(req.limits, guess, req.now, req.weight, op, check_op);
+    /// A fresh operation id above every id this container has sent or seen, in a slot drawn at
+    /// random: concurrent writers then seldom share a slot (and race on its order), and an id
+    /// survives each later write to the tenant with probability `1 - 1/OPS`.
+    fn next_op(&self, now: Timestamp) -> u64 {
+        let slot = rand::random::<u32>() as usize % item::OPS;
+        let mut last = self.last_op.load(Ordering::Relaxed);
+        loop {
+            let id = item::op_id(now, last.saturating_add(1), slot, rand::random());
+            match self
+                .last_op
+                .compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return id,
+                Err(current) => last = current,
+            }
+        }
+    }
+
+    async fn send(&self, req: &Consume<'_>, w: Write) -> Result<Attempt, StoreError> {
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         let result = self
             .client
@@ -235,57 +337,161 @@ impl DynamoStore {
             Err(e) => Ok(Attempt::Unknown(DisplayErrorContext(e).to_string())),
         }
     }
+
+    /// A resend of `op` was refused and `op` is not in the item: `refusal` stands only once the
+    /// earlier send can no longer land. Claims `op`'s slot; if the earlier send got there first,
+    /// the request was admitted after all.
+    async fn fence(
+        &self,
+        req: &Consume<'_>,
+        op: u64,
+        refusal: Decision,
+        attempts: u32,
+    ) -> Result<Decision, StoreError> {
+        self.stats.fences.fetch_add(1, Ordering::Relaxed);
+        let indeterminate = |detail: &str| StoreError::Indeterminate {
+            attempts: attempts + 1,
+            detail: detail.to_owned(),
+        };
+        match self.send(req, item::fence(req.now, op)).await? {
+            Attempt::Applied(_) => Ok(refusal),
+            Attempt::Refused(current) => match current.op_status(op) {
+                OpStatus::Applied => {
+                    self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                    let decision = engine::admitted(req.limits, &current.state(req.limits, req.now), req.now);
+                    self.remember(req.tenant, current, req.now, Race::Neither);
+                    Ok(decision)
+                }
+                _ => Err(indeterminate(
+                    "an earlier send may have applied; its operation id was overwritten",
+                )),
+            },
+            Attempt::Unknown(detail) => Err(indeterminate(&detail)),
+        }
+    }
+}
+
+/// A refusal for a request the cached item would admit, while this container holds off the
+/// tenant: the figures of the cached item, no token left, and the hold-off as the wait.
+fn held_off(limits: &crate::policy::Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
+    let mut d = engine::admitted(limits, &snap.state(limits, now), now);
+    d.allowed = false;
+    d.reason = Some(Reason::Rate);
+    d.retry_after = Some(until.saturating_since(now));
+    if let Some(rate) = &mut d.rate {
+        rate.remaining = 0;
+    }
+    d
 }
 
 #[async_trait]
 impl Store for DynamoStore {
     async fn consume(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
-        let mut guess = self.cached(req.tenant);
-        let op = rand::random::<u64>() | 1;
-        let mut resent = false;
+        let seen = self.seen(req.tenant);
+        let mut recheck = false;
+        let mut guess = match seen {
+            Some(seen) => {
+                let eval = engine::evaluate(req.limits, &seen.snap.state(req.limits, req.now), req.now, req.weight);
+                if eval.next.is_none() {
+                    let fresh = req.now.saturating_since(seen.checked) < self.config.max_cached_refusal;
+                    if fresh {
+                        self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
+                        return Ok(eval.decision);
+                    }
+                    // Too old to stand: the write below re-checks it (its failed condition returns
+                    // the item, so an exact refusal costs no read).
+                    self.touch(req.tenant, req.now);
+                    self.stats.rechecks.fetch_add(1, Ordering::Relaxed);
+                    recheck = true;
+                } else if req.now < seen.hold_until {
+                    self.stats.held_off.fetch_add(1, Ordering::Relaxed);
+                    return Ok(held_off(req.limits, &seen.snap, req.now, seen.hold_until));
+                }
+                seen.snap
+            }
+            None => Snapshot::default(),
+        };
+        // Set once a send of it had an unknown outcome: from then on every send is that operation.
+        let mut pending: Option<u64> = None;
         let mut last_unknown = String::new();
         for attempt in 1..=self.config.max_attempts {
             let eval = engine::evaluate(req.limits, &guess.state(req.limits, req.now), req.now, req.weight);
-            if eval.next.is_none() {
-                // Exact when `guess` came back from a failed condition; safe when it is the cache.
+            if eval.next.is_none() && !(recheck && attempt == 1) {
                 if attempt == 1 {
+                    // A cold cache refuses only what no state could admit (weight over burst).
                     self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(eval.decision);
+                return match pending {
+                    Some(op) => self.fence(req, op, eval.decision, attempt - 1).await,
+                    None => Ok(eval.decision),
+                };
             }
-            match self.attempt(req, &guess, op, resent).await? {
+            let op = match pending {
+                Some(op) => op,
+                None => self.next_op(req.now),
+            };
+            let w = item::admit(req.limits, &guess, req.now, req.weight, op);
+            match self.send(req, w).await? {
                 Attempt::Applied(after) => {
                     let decision = engine::admitted(req.limits, &after.state(req.limits, req.now), req.now);
-                    self.remember(req.tenant, after, req.now);
-                    return Ok(decision);
-                }
-                Attempt::Refused(current) if resent && current.ops.contains(&op) => {
-                    // An earlier send whose answer was lost did land: admitted, exactly once.
-                    self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    let decision = engine::admitted(req.limits, &current.state(req.limits, req.now), req.now);
-                    self.remember(req.tenant, current, req.now);
+                    self.remember(req.tenant, after, req.now, Race::Won);
                     return Ok(decision);
                 }
                 Attempt::Refused(current) => {
-                    self.remember(req.tenant, current.clone(), req.now);
+                    if pending.is_some() {
+                        match current.op_status(op) {
+                            OpStatus::Applied => {
+                                // An earlier send whose answer was lost did land: admitted, once.
+                                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                                let state = current.state(req.limits, req.now);
+                                self.remember(req.tenant, current, req.now, Race::Won);
+                                return Ok(engine::admitted(req.limits, &state, req.now));
+                            }
+                            OpStatus::Overwritten => {
+                                self.remember(req.tenant, current, req.now, Race::Neither);
+                                return Err(StoreError::Indeterminate {
+                                    attempts: attempt,
+                                    detail: format!(
+                                        "{last_unknown}; the operation id was overwritten before the resend"
+                                    ),
+                                });
+                            }
+                            OpStatus::NotApplied => {}
+                        }
+                    }
+                    let now_eval =
+                        engine::evaluate(req.limits, &current.state(req.limits, req.now), req.now, req.weight);
+                    // Expecting a token and finding none: lost the race for the bucket's last one.
+                    let race = match now_eval.decision {
+                        Decision {
+                            allowed: false,
+                            reason: Some(Reason::Rate),
+                            retry_after: Some(wait),
+                            ..
+                        } if !recheck => {
+                            let interval = req.limits.bucket.as_ref().map_or(0, |(_, b)| b.interval());
+                            Race::Lost(wait + Duration::from_nanos(interval))
+                        }
+                        _ => Race::Neither,
+                    };
+                    self.remember(req.tenant, current.clone(), req.now, race);
                     guess = current;
                 }
                 Attempt::Unknown(detail) => {
                     self.stats.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(tenant = req.tenant, attempt, %detail, "state write outcome unknown; resending idempotently");
-                    resent = true;
+                    pending = Some(op);
                     last_unknown = detail;
                 }
             }
         }
         let attempts = self.config.max_attempts;
-        Err(if resent {
-            StoreError::Indeterminate {
+        Err(match pending {
+            Some(_) => StoreError::Indeterminate {
                 attempts,
                 detail: last_unknown,
-            }
-        } else {
-            StoreError::Contention { attempts }
+            },
+            None => StoreError::Contention { attempts },
         })
     }
 

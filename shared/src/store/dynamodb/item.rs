@@ -4,7 +4,9 @@
 //! - `tat`: the plan bucket's theoretical arrival time, ns since the epoch;
 //! - `r<6 hex>`: a route override's TAT;
 //! - `dYYYYMMDD`, `mYYYYMM`: units used per UTC day and month, the last 35 days and 13 months;
-//! - `o0`..`o3`: ids of the last operations that changed the item, newest first;
+//! - `o0`..`o6`: operation-id slots. An operation id names its slot (`id % OPS`); a write
+//!   applies only if its id is greater than its slot's value and sets the slot to it, so a slot
+//!   only grows and an operation applies at most once, whatever the order of arrival;
 //! - `ttl`: epoch seconds after which DynamoDB may delete the idle item (past the kept window).
 
 use std::collections::HashMap;
@@ -19,9 +21,25 @@ use crate::quota::{Counter, MONTHS_KEPT, Period};
 
 pub const PK: &str = "pk";
 pub const TTL: &str = "ttl";
-/// How many operation ids the item remembers for idempotent retries.
-pub const OPS: usize = 4;
-const OP_ATTRS: [&str; OPS] = ["o0", "o1", "o2", "o3"];
+/// How many operation-id slots the item has: as many as fit the 1 KB write unit.
+pub const OPS: usize = 7;
+const OP_ATTRS: [&str; OPS] = ["o0", "o1", "o2", "o3", "o4", "o5", "o6"];
+
+/// An operation id: milliseconds of its send time in the high bits, random bits below, and its
+/// slot as the remainder modulo `OPS`. Ids only need to be unique and roughly increasing; the
+/// store keeps them above every id it has seen (a Lamport clock), so a slow clock costs at most
+/// one refused write.
+pub fn op_id(now: Timestamp, floor: u64, slot: usize, random: u64) -> u64 {
+    let base = ((now.as_nanos() / 1_000_000) << 20 | (random & 0xf_ffff)).max(floor);
+    let slot = (slot % OPS) as u64;
+    let id = base - base % OPS as u64 + slot;
+    if id < base { id + OPS as u64 } else { id }
+}
+
+/// The slot an operation id lives in.
+pub fn slot_of(op: u64) -> usize {
+    (op % OPS as u64) as usize
+}
 /// Idle items expire once every counter they hold is outside the kept window.
 const TTL_SECS: u64 = (MONTHS_KEPT as u64 + 1) * 31 * 86_400;
 
@@ -47,12 +65,12 @@ impl TatAttr {
     }
 }
 
-/// What is known of a tenant's item: its TATs, its counters, the operations it remembers.
+/// What is known of a tenant's item: its TATs, its counters, its operation-id slots (0: empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub tats: Vec<(TatAttr, Timestamp)>,
     pub counters: Vec<(Counter, u64)>,
-    pub ops: Vec<u64>,
+    pub ops: [u64; OPS],
 }
 
 impl Snapshot {
@@ -71,8 +89,8 @@ impl Snapshot {
                 snap.tats.push((attr, Timestamp::from_nanos(number()?)));
             } else if let Some(counter) = Counter::parse(name) {
                 snap.counters.push((counter, number()?));
-            } else if OP_ATTRS.contains(&name.as_str()) {
-                snap.ops.push(number()?);
+            } else if let Some(i) = OP_ATTRS.iter().position(|a| a == name) {
+                snap.ops[i] = number()?;
             }
         }
         Ok(snap)
@@ -91,21 +109,55 @@ impl Snapshot {
         }
     }
 
+    /// What the item says of operation `op`: applied (its slot holds it), perhaps applied and
+    /// since overwritten (its slot holds a greater id), or not applied (yet).
+    pub fn op_status(&self, op: u64) -> OpStatus {
+        let held = self.ops[slot_of(op)];
+        match held.cmp(&op) {
+            std::cmp::Ordering::Equal => OpStatus::Applied,
+            std::cmp::Ordering::Greater => OpStatus::Overwritten,
+            std::cmp::Ordering::Less => OpStatus::NotApplied,
+        }
+    }
+
+    /// The greatest operation id the item holds.
+    pub fn max_op(&self) -> u64 {
+        self.ops.iter().copied().max().unwrap_or(0)
+    }
+
     fn counter(&self, c: Counter) -> u64 {
         self.counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, n)| *n)
     }
 
-    /// What is worth caching: the TATs, the current counters, and stale counters to remove;
+    /// What is worth caching: the TATs, the current counters, and expired counters to remove;
     /// without spare capacity, since a cache holds one per tenant.
     pub fn compact(mut self, now: Timestamp) -> Snapshot {
         let (day, month) = (Period::Day.counter(now), Period::Month.counter(now));
         self.counters
-            .retain(|(c, _)| *c == day || *c == month || !c.is_kept(now));
+            .retain(|(c, _)| *c == day || *c == month || is_expired(*c, now));
         self.counters.shrink_to_fit();
         self.tats.shrink_to_fit();
-        self.ops = Vec::new();
+        self.ops = [0; OPS];
         self
     }
+}
+
+/// What an item says of one operation id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpStatus {
+    Applied,
+    /// Its slot holds a greater id: it may have applied before that one.
+    Overwritten,
+    /// Its slot holds a smaller id (or none): it has not applied, and can until its slot moves
+    /// past it.
+    NotApplied,
+}
+
+/// Whether a writer at `now` may remove `c`: only counters that left the kept window behind
+/// the writer's own period. A counter of the writer's period or a later one (another container's
+/// clock is ahead, around midnight) is someone's current usage.
+fn is_expired(c: Counter, now: Timestamp) -> bool {
+    c <= c.period().expired_counter(now)
 }
 
 /// One decision as an UpdateItem: expressions, names and values.
@@ -120,9 +172,9 @@ pub struct Write {
 /// Builds the conditional write that admits `weight` units at `now`, shaped by `guess` (the item
 /// as last seen). A wrong guess makes the condition fail; it never makes the write wrong.
 ///
-/// With `check_op`, the write also requires that `op` is not among the remembered operations:
-/// a resend after an unknown outcome then cannot apply twice.
-pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op: u64, check_op: bool) -> Write {
+/// Every send, the first included, requires that `op` is greater than its slot's value and sets
+/// the slot to it: an operation can then apply at most once, however its sends arrive.
+pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op: u64) -> Write {
     let mut w = Expr::default();
     let n = u64::from(weight);
     let now_ns = now.as_nanos();
@@ -157,22 +209,11 @@ pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op:
     }
     w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
     w.set("#ttl = :ttl");
-    // Shift the remembered operations, oldest first so a sequential evaluator reads old values.
-    w.value(":op", op).value(":z", 0);
-    for i in (1..OPS).rev() {
-        w.name(&format!("#o{i}"), OP_ATTRS[i])
-            .name(&format!("#o{}", i - 1), OP_ATTRS[i - 1]);
-        w.set(&format!("#o{i} = if_not_exists(#o{}, :z)", i - 1));
-    }
-    w.set("#o0 = :op");
-    if check_op {
-        let seen: Vec<String> = (0..OPS).map(|i| format!("#o{i} = :op")).collect();
-        w.cond(&format!("NOT ({})", seen.join(" OR ")));
-    }
+    claim_slot(&mut w, op);
     let mut stale: Vec<String> = [Period::Day, Period::Month]
         .iter()
         .map(|p| p.expired_counter(now))
-        .chain(guess.counters.iter().map(|(c, _)| *c).filter(|c| !c.is_kept(now)))
+        .chain(guess.counters.iter().map(|(c, _)| *c).filter(|c| is_expired(*c, now)))
         .map(|c| c.to_string())
         .collect();
     stale.sort_unstable();
@@ -183,6 +224,23 @@ pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op:
         w.remove(&key);
     }
     w.finish()
+}
+
+/// The write that makes `op` impossible without changing anything else: it claims `op`'s slot.
+/// Sent when a resend after an unknown outcome ends in a refusal, so that the earlier send, if
+/// it is still on its way, can no longer apply, and the refusal is final.
+pub fn fence(now: Timestamp, op: u64) -> Write {
+    let mut w = Expr::default();
+    w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
+    w.set("#ttl = :ttl");
+    claim_slot(&mut w, op);
+    w.finish()
+}
+
+fn claim_slot(w: &mut Expr, op: u64) {
+    w.name("#o", OP_ATTRS[slot_of(op)]).value(":op", op);
+    w.set("#o = :op");
+    w.cond("(attribute_not_exists(#o) OR #o < :op)");
 }
 
 #[derive(Default)]
@@ -285,16 +343,21 @@ mod tests {
 
     #[test]
     fn idle_guess_sets_tat_and_counts_in_one_expression() {
-        let w = admit(&limits(), &Snapshot::default(), NOW, 1, 7, false);
+        let op = op_id(NOW, 0, 3, 42);
+        let w = admit(&limits(), &Snapshot::default(), NOW, 1, op);
         assert_eq!(
             w.update,
-            "SET #b = :nt, #ttl = :ttl, #o3 = if_not_exists(#o2, :z), #o2 = if_not_exists(#o1, :z), \
-             #o1 = if_not_exists(#o0, :z), #o0 = :op ADD #d :n, #m :n REMOVE #x0, #x1"
+            "SET #b = :nt, #ttl = :ttl, #o = :op ADD #d :n, #m :n REMOVE #x0, #x1"
         );
+        // THEN the first send is as conditional on its operation id as any resend
         assert_eq!(
             w.condition.as_deref(),
-            Some("(attribute_not_exists(#b) OR #b <= :now) AND (attribute_not_exists(#d) OR #d <= :dmax)")
+            Some(
+                "(attribute_not_exists(#b) OR #b <= :now) AND (attribute_not_exists(#d) OR #d <= :dmax) \
+                 AND (attribute_not_exists(#o) OR #o < :op)"
+            )
         );
+        assert_eq!(w.names["#o"], "o3");
         assert_eq!(w.names["#d"], "d20261123");
         assert_eq!(w.names["#x0"], "d20261019");
         assert_eq!(w.names["#x1"], "m202510");
@@ -307,17 +370,90 @@ mod tests {
             tats: vec![(TatAttr::PLAN, NOW.saturating_add(Duration::from_millis(500)))],
             ..Snapshot::default()
         };
-        let w = admit(&limits(), &guess, NOW, 2, 7, true);
+        let w = admit(&limits(), &guess, NOW, 2, op_id(NOW, 0, 0, 1));
         assert!(w.update.starts_with("SET #b = #b + :inc"));
         let cond = w.condition.expect("conditional");
         assert!(cond.starts_with("#b > :now AND #b <= :bmax"), "{cond}");
-        assert!(
-            cond.ends_with("NOT (#o0 = :op OR #o1 = :op OR #o2 = :op OR #o3 = :op)"),
-            "{cond}"
-        );
+        assert!(cond.ends_with("(attribute_not_exists(#o) OR #o < :op)"), "{cond}");
         // capacity 2 s, increment 200 ms
         let bmax = NOW.as_nanos() + 2_000_000_000 - 200_000_000;
         assert_eq!(w.values[":bmax"], AttributeValue::N(bmax.to_string()));
+    }
+
+    #[test]
+    fn operation_ids_name_their_slot_and_stay_above_the_floor() {
+        for slot in 0..OPS {
+            for random in [0, 1, 0xf_ffff, u64::MAX] {
+                let id = op_id(NOW, 0, slot, random);
+                assert_eq!(slot_of(id), slot);
+                let ms = NOW.as_nanos() / 1_000_000;
+                assert!((ms..=ms + 1).contains(&(id >> 20)), "time in the high bits");
+                // GIVEN a floor above the clock (another container's ids) THEN ids exceed it
+                let floor = id + 1_000_000;
+                let above = op_id(NOW, floor, slot, random);
+                assert!(above >= floor && above < floor + OPS as u64);
+                assert_eq!(slot_of(above), slot);
+            }
+        }
+    }
+
+    #[test]
+    fn an_item_tells_applied_overwritten_and_not_applied_operations_apart() {
+        let op = op_id(NOW, 0, 2, 5);
+        let mut snap = Snapshot::default();
+        assert_eq!(snap.op_status(op), OpStatus::NotApplied);
+        snap.ops[2] = op;
+        assert_eq!(snap.op_status(op), OpStatus::Applied);
+        snap.ops[2] = op + OPS as u64;
+        assert_eq!(snap.op_status(op), OpStatus::Overwritten);
+        // another slot's ids say nothing about this one
+        snap.ops[2] = 0;
+        snap.ops[3] = u64::MAX;
+        assert_eq!(snap.op_status(op), OpStatus::NotApplied);
+    }
+
+    #[test]
+    fn a_fence_claims_the_slot_and_changes_nothing_else() {
+        let op = op_id(NOW, 0, 6, 9);
+        let w = fence(NOW, op);
+        assert_eq!(w.update, "SET #ttl = :ttl, #o = :op");
+        assert_eq!(w.condition.as_deref(), Some("(attribute_not_exists(#o) OR #o < :op)"));
+        assert_eq!(w.names["#o"], "o6");
+    }
+
+    #[test]
+    fn a_writer_never_removes_a_counter_of_its_period_or_a_later_one() {
+        // GIVEN a writer whose clock is still on 2026-11-23 and an item that already holds the
+        // next day's and month's counters (another container is past midnight), its own, and one
+        // that left the kept window
+        let tomorrow = NOW.saturating_add(Duration::from_secs(86_400));
+        let next_month = NOW.saturating_add(Duration::from_secs(31 * 86_400));
+        let old = Timestamp::from_secs(NOW.as_secs() - 40 * 86_400);
+        let guess = Snapshot {
+            counters: vec![
+                (Period::Day.counter(tomorrow), 3),
+                (Period::Month.counter(next_month), 3),
+                (Period::Day.counter(NOW), 9),
+                (Period::Day.counter(old), 1),
+            ],
+            ..Snapshot::default()
+        };
+        // WHEN it writes
+        let w = admit(&limits(), &guess, NOW, 1, op_id(NOW, 0, 0, 0));
+        // THEN it removes only the counter behind the kept window
+        let removed: Vec<&str> = w
+            .names
+            .iter()
+            .filter(|(k, _)| k.starts_with("#x"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert!(removed.contains(&"d20261014"), "{removed:?}");
+        for kept in ["d20261124", "m202612", "d20261123"] {
+            assert!(!removed.contains(&kept), "{kept} removed: {removed:?}");
+        }
+        // AND its cache keeps no future counter as one to remove
+        let cached = guess.compact(NOW);
+        assert!(!cached.counters.iter().any(|(c, _)| c.to_string() == "d20261124"));
     }
 
     #[test]
@@ -331,7 +467,7 @@ mod tests {
         let snap = Snapshot::parse(&item).expect("parses");
         assert_eq!(snap.state(&limits(), NOW).daily_used, 9);
         assert_eq!(snap.state(&limits(), NOW).tat, Some(Timestamp::from_nanos(123)));
-        assert_eq!(snap.ops, vec![77]);
+        assert_eq!(snap.ops[0], 77);
         item.insert("tat".to_owned(), AttributeValue::S("soon".into()));
         assert_eq!(
             Snapshot::parse(&item),
