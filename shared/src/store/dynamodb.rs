@@ -65,7 +65,7 @@ impl DynamoStoreConfig {
             max_attempts: 4,
             cache_capacity: 10_000,
             max_cached_refusal: Duration::from_secs(2),
-            max_hold_off: Duration::from_secs(30),
+            max_hold_off: Duration::from_secs(60),
         }
     }
 }
