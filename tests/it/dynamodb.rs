@@ -254,7 +254,8 @@ async fn a_first_send_delivered_after_its_resend_is_not_counted_again() {
     let (client, table) = emulator::state_table().await;
     let faulty = state_client(&emulator::sdk_config(&proxy.endpoint()), PATIENT);
     let store = emulator::dynamo_store(&faulty, &table);
-    let p = plan("rate = 10.0\nburst = 10\ndaily_quota = 100");
+    // A quota alone: no bucket condition that the late original would fail by chance.
+    let p = plan("daily_quota = 100\nmonthly_quota = 1000");
     let req = Consume {
         tenant: "late",
         limits: p.limits(),
