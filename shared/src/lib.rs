@@ -17,6 +17,7 @@ pub mod policy;
 pub mod policy_file;
 pub mod quota;
 pub mod store;
+pub mod sync;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use decision::{Decision, Reason};

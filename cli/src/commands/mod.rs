@@ -4,6 +4,7 @@ pub mod demo;
 pub mod load;
 pub mod serve;
 pub mod simulate;
+pub mod sync;
 pub mod validate;
 
 use std::path::PathBuf;
