@@ -4,6 +4,7 @@
 //! IO. Stores (`store`) and the policy directory (`directory`) are ports with an in-memory and
 //! a DynamoDB adapter each.
 
+pub mod audit;
 pub mod aws;
 pub mod clock;
 pub mod decision;

@@ -55,7 +55,9 @@ impl World {
 
     async fn sync(&self) -> SyncReport {
         self.clock.advance(std::time::Duration::from_secs(1));
-        sync::run(&self.control, &self.table, &self.clock).await.expect("sync")
+        sync::run(&self.control, &self.table, &self.clock, None)
+            .await
+            .expect("sync")
     }
 
     async fn plan(&self, name: &str, rate: f64, burst: i32, daily: i32, tags: &[(&str, &str)]) -> String {
@@ -188,7 +190,11 @@ async fn sync_mirrors_usage_plans_and_keys_and_a_second_run_writes_nothing() {
     );
     assert_eq!(spec.weights.get("POST"), Some(&2));
     assert_eq!(spec.routes.len(), 1, "the per-method throttle is a route bucket");
-    assert_eq!(first.writes, 2 + 2 + 3 + 1, "7 items and one generation update");
+    assert_eq!(
+        first.writes,
+        2 + 2 + 3 + 1 + 1,
+        "7 items, the generation, the audit record"
+    );
 
     // AND a second run with no change in API Gateway writes nothing
     let second = w.sync().await;
@@ -213,14 +219,30 @@ async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
         .expect("update usage plan");
     let report = w.sync().await;
 
-    // THEN only the plan item was written (and the generation), at a new version
+    // THEN only the plan item was written, at a new version, with the generation and the audit
+    // record
     assert_eq!(
         report.changed,
         vec!["plan#basic (version 2)".to_owned()],
         "{}",
         report.table()
     );
-    assert_eq!(report.writes, 2);
+    assert_eq!(report.writes, 3);
+    // AND the audit trail holds both runs, the latest with the plan before and after
+    let audit = w.table.audit_log();
+    let history = audit.history().await.expect("history");
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(Some(&history[0].id), report.change_id.as_ref());
+    let change = audit.get(&history[0].id).await.expect("record");
+    assert_eq!(change.items.len(), 1);
+    let rate = |r: &Option<tollgate::sync::table::Record>| match r {
+        Some(tollgate::sync::table::Record::Plan { spec, .. }) => spec.rate,
+        other => panic!("not a plan: {other:?}"),
+    };
+    assert_eq!(
+        (rate(&change.items[0].before), rate(&change.items[0].after)),
+        (Some(10.0), Some(20.0))
+    );
     // AND a gate reading the table decides with the new rate: a fresh burst of 20 is admitted
     // and the 21st refused, with 50 ms (1/20 s) to wait rather than 100 ms
     let gate = tollgate::gate::Gate::new(
@@ -355,13 +377,17 @@ async fn two_syncs_at_once_converge_to_one_complete_view() {
 
     // WHEN two syncs run at once (a schedule and an on-demand call)
     let (one, two) = tokio::join!(
-        sync::run(&w.control, &w.table, &w.clock),
-        sync::run(&w.control, &w.table, &w.clock)
+        sync::run(&w.control, &w.table, &w.clock, None),
+        sync::run(&w.control, &w.table, &w.clock, None)
     );
     let (one, two) = (one.expect("first"), two.expect("second"));
 
     // THEN the table holds everything exactly once: one run wrote it, or the loser found it done
-    assert_eq!(one.writes + two.writes, 2 + 40 + 40 + 1, "one: {one:?}\ntwo: {two:?}");
+    assert_eq!(
+        one.writes + two.writes,
+        2 + 40 + 40 + 1 + 1,
+        "one: {one:?}\ntwo: {two:?}"
+    );
     for i in 0..40 {
         let plan = if i % 2 == 0 { "a" } else { "b" };
         assert_eq!(

@@ -32,7 +32,7 @@ impl PlanSync {
         }
         let control = ApiGateway::new(control_client(&sdk), Backoff::default());
         let table = PolicyTable::new(dynamodb, &self.policy_table);
-        let report = tollgate::sync::run(&control, &table, &SystemClock::new())
+        let report = tollgate::sync::run(&control, &table, &SystemClock::new(), None)
             .await
             .map_err(|e| e.to_string())?;
         if self.json {

@@ -34,7 +34,11 @@ async fn main() -> Result<(), Error> {
             .get("detail-type")
             .and_then(Value::as_str)
             .unwrap_or("invoke");
-        let report = tollgate::sync::run(control, table, clock).await?;
+        let actor = event
+            .payload
+            .pointer("/detail/userIdentity/arn")
+            .and_then(Value::as_str);
+        let report = tollgate::sync::run(control, table, clock, actor).await?;
         tracing::info!(
             trigger,
             writes = report.writes,

@@ -20,6 +20,7 @@ use serde::Serialize;
 use self::apigateway::{ControlError, ControlPlane};
 use self::mapping::Problem;
 use self::table::{Change, PolicyTable, Record, TableError};
+use crate::audit::{AuditLog, ChangeRecord, ItemChange, Outcome, Source};
 use crate::clock::Clock;
 
 /// Times a sync starts over after losing to a concurrent one.
@@ -51,10 +52,13 @@ pub struct SyncReport {
     pub revoked: Vec<String>,
     /// What API Gateway says that Tollgate does not enforce as written; left untouched.
     pub problems: Vec<Problem>,
-    /// Policy-table writes made (items plus generation updates).
+    /// Policy-table writes made: items, generation updates and the audit record.
     pub writes: u64,
     /// Times the run started over because another sync wrote first.
     pub retries: u32,
+    /// The audit record of the writes (`tollgate policy history`); none when nothing changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
 }
 
 impl SyncReport {
@@ -103,8 +107,14 @@ fn label(pk: &str, record: &Record) -> String {
     }
 }
 
-/// Reads API Gateway, and makes the policy table say the same.
-pub async fn run(control: &dyn ControlPlane, table: &PolicyTable, clock: &dyn Clock) -> Result<SyncReport, SyncError> {
+/// Reads API Gateway, and makes the policy table say the same. `actor` is recorded in the audit
+/// trail with the writes (e.g. the IAM principal whose API call triggered the run).
+pub async fn run(
+    control: &dyn ControlPlane,
+    table: &PolicyTable,
+    clock: &dyn Clock,
+    actor: Option<&str>,
+) -> Result<SyncReport, SyncError> {
     let mut retries = 0;
     loop {
         // The snapshot's time is taken before reading, so a later snapshot always wins.
@@ -144,6 +154,12 @@ pub async fn run(control: &dyn ControlPlane, table: &PolicyTable, clock: &dyn Cl
         match table.apply(&current, as_of, &changes).await {
             Ok(writes) => {
                 report.writes = writes;
+                if let Some((id, audit_writes)) =
+                    audit(&table.audit_log(), &current, &changes, &report, as_of, actor).await
+                {
+                    report.change_id = Some(id);
+                    report.writes += audit_writes;
+                }
                 tracing::info!(
                     created = report.created.len(),
                     changed = report.changed.len(),
@@ -161,6 +177,57 @@ pub async fn run(control: &dyn ControlPlane, table: &PolicyTable, clock: &dyn Cl
             }
             Err(TableError::Superseded) => return Err(SyncError::Contended(MAX_ROUNDS)),
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Records applied writes in the audit trail. The writes stand whether or not this succeeds (the
+/// next change is audited as usual), so a failure is logged, not returned.
+async fn audit(
+    log: &AuditLog,
+    current: &table::Current,
+    changes: &[Change],
+    report: &SyncReport,
+    as_of: crate::clock::Timestamp,
+    actor: Option<&str>,
+) -> Option<(String, u64)> {
+    let items = changes
+        .iter()
+        .map(|c| match c {
+            Change::Put { pk, record, .. } => ItemChange {
+                pk: pk.clone(),
+                before: current.records.get(pk).cloned(),
+                after: Some(record.clone()),
+            },
+            Change::Delete { pk, was } => ItemChange {
+                pk: pk.clone(),
+                before: Some(was.clone()),
+                after: None,
+            },
+        })
+        .collect();
+    let mut record = ChangeRecord {
+        id: String::new(),
+        time: as_of.as_secs(),
+        source: Source::Sync,
+        actor: actor.map(str::to_owned),
+        summary: format!(
+            "sync: {} created, {} changed, {} revoked",
+            report.created.len(),
+            report.changed.len(),
+            report.revoked.len()
+        ),
+        items,
+        checkpoint: None,
+        outcome: Outcome::Applied,
+    };
+    // A sync's id carries its generation: the same items can change back and forth over time.
+    record.id = format!("{}-g{}", record.content_id(), current.generation + 1);
+    match log.record(&record).await {
+        Ok(recorded) => Some((record.id, recorded.writes)),
+        Err(e) => {
+            tracing::error!(error = %e, "policy table synced, but the audit record could not be written");
+            None
         }
     }
 }

@@ -36,7 +36,8 @@ pub enum TableError {
 }
 
 /// A policy-table item that sync manages.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Record {
     Plan {
         spec: PlanSpec,
@@ -139,6 +140,11 @@ impl PolicyTable {
 
     pub fn name(&self) -> &str {
         &self.table
+    }
+
+    /// The audit trail, kept in the same table.
+    pub fn audit_log(&self) -> crate::audit::AuditLog {
+        crate::audit::AuditLog::new(self.client.clone(), &self.table)
     }
 
     fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> TableError {
