@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollgate_cli::commands::{
-    block_on, block_on_threads, demo::Demo, load::Load, serve::Serve, simulate::Simulate, sync::PlanSync,
-    validate::Validate,
+    block_on, block_on_threads, demo::Demo, load::Load, policy::Policy, serve::Serve, simulate::Simulate,
+    sync::PlanSync, validate::Validate,
 };
 
 #[derive(Debug, Parser)]
@@ -40,6 +40,9 @@ enum Command {
     /// (throttle, quota, per-method throttles, tollgate:* tags), tenants and key hashes. Prints
     /// what it created, changed and revoked, and how many table writes it made.
     Sync(PlanSync),
+    /// Policy as code: `diff` a policy file against the live usage plans, keys and policy table
+    /// (exit 4 on drift); `history` of every recorded change.
+    Policy(Policy),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Serve(c) => block_on_threads(c.run()).map(|()| ExitCode::SUCCESS),
         Command::Simulate(c) => block_on_threads(c.run()),
         Command::Sync(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
+        Command::Policy(c) => block_on(c.run()),
     };
     match result {
         Ok(code) => code,

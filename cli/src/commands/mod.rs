@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod load;
+pub mod policy;
 pub mod serve;
 pub mod simulate;
 pub mod sync;

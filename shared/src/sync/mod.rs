@@ -11,6 +11,7 @@
 pub mod apigateway;
 pub mod mapping;
 pub mod model;
+pub mod policy_diff;
 pub mod table;
 
 use std::time::Duration;
