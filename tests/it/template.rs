@@ -304,3 +304,80 @@ fn the_usage_plans_mirror_the_example_tiers() {
         assert_eq!(routes, expected, "{name} routes");
     }
 }
+
+fn plan_sync_function(t: &Value) -> &Value {
+    let functions = of_type(t, "AWS::Serverless::Function");
+    let (_, f) = functions
+        .iter()
+        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"] == "plan-sync")
+        .expect("a function built from the plan-sync binary");
+    f
+}
+
+#[test]
+fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
+    // GIVEN the template's plan-sync function
+    let t = parse(TEMPLATE);
+    let f = plan_sync_function(&t);
+    // THEN it sets exactly the variables the binary reads
+    let vars = f["Properties"]["Environment"]["Variables"]
+        .as_mapping()
+        .expect("environment");
+    let set: BTreeSet<&str> = vars.keys().filter_map(Value::as_str).collect();
+    assert_eq!(set, tollgate::sync::FUNCTION_VARIABLES.into_iter().collect());
+    assert_eq!(untag(&vars[tollgate::sync::POLICY_TABLE_VAR]).1, "PolicyTable");
+    // AND it may call exactly the DynamoDB actions sync calls, on the policy table only, and
+    // read exactly the API Gateway collections sync reads
+    let mut dynamodb = BTreeSet::new();
+    let mut apigateway = BTreeSet::new();
+    for policy in f["Properties"]["Policies"].as_sequence().expect("inline policies") {
+        for st in policy["Statement"].as_sequence().expect("statements") {
+            assert_eq!(st["Effect"], "Allow");
+            for action in strings(&st["Action"]) {
+                if action.starts_with("dynamodb:") {
+                    assert_eq!(
+                        untag(&st["Resource"]),
+                        (Some("!GetAtt".into()), &Value::from("PolicyTable.Arn"))
+                    );
+                    dynamodb.insert(action);
+                } else {
+                    assert_eq!(action, "apigateway:GET", "plan sync only reads API Gateway");
+                    for resource in st["Resource"].as_sequence().expect("resources") {
+                        let arn = untag(resource).1.as_str().expect("an ARN").to_owned();
+                        let path = arn.rsplit_once("::").expect("an API Gateway ARN").1.to_owned();
+                        apigateway.insert(path);
+                    }
+                }
+            }
+        }
+    }
+    let want: BTreeSet<String> = tollgate::sync::TABLE_ACTIONS.iter().map(|a| (*a).to_owned()).collect();
+    assert_eq!(dynamodb, want);
+    let paths: BTreeSet<String> = tollgate::sync::CONTROL_PATHS.iter().map(|p| (*p).to_owned()).collect();
+    assert_eq!(apigateway, paths);
+}
+
+#[test]
+fn plan_sync_runs_on_its_schedule_and_on_every_usage_plan_or_key_change() {
+    let t = parse(TEMPLATE);
+    let f = plan_sync_function(&t);
+    // THEN the schedule is the SyncSchedule parameter
+    let schedule = &f["Properties"]["Events"]["Schedule"];
+    assert_eq!(schedule["Type"], "ScheduleV2");
+    assert_eq!(untag(&schedule["Properties"]["ScheduleExpression"]).1, "SyncSchedule");
+    // AND one rule sends every management call that can change a plan or a key to the function
+    let rules = of_type(&t, "AWS::Events::Rule");
+    let (_, rule) = rules
+        .iter()
+        .find(|(_, r)| r["Properties"]["EventPattern"]["source"][0] == "aws.apigateway")
+        .expect("a rule on API Gateway's management events");
+    let pattern = &rule["Properties"]["EventPattern"];
+    assert_eq!(pattern["detail-type"][0], "AWS API Call via CloudTrail");
+    let names: BTreeSet<String> = strings(&pattern["detail"]["eventName"]).into_iter().collect();
+    let want: BTreeSet<String> = tollgate::sync::TRIGGER_EVENTS.iter().map(|e| (*e).to_owned()).collect();
+    assert_eq!(names, want);
+    assert_eq!(
+        untag(&rule["Properties"]["Targets"][0]["Arn"]),
+        (Some("!GetAtt".into()), &Value::from("PlanSyncFunction.Arn"))
+    );
+}

@@ -7,11 +7,9 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use tollgate::aws::{admin_client, control_client};
 use tollgate::clock::SystemClock;
+use tollgate::sync::POLICY_TABLE_VAR as POLICY_TABLE;
 use tollgate::sync::apigateway::{ApiGateway, Backoff};
 use tollgate::sync::table::PolicyTable;
-
-/// The policy table's name, set by the template.
-const POLICY_TABLE: &str = "TOLLGATE_POLICY_TABLE";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {

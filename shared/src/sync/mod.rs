@@ -24,6 +24,33 @@ use self::table::{Change, PolicyTable, Record, TableError};
 use crate::audit::{AuditLog, ChangeRecord, ItemChange, Outcome, Source};
 use crate::clock::Clock;
 
+/// The environment variable naming the policy table, for the plan-sync function.
+pub const POLICY_TABLE_VAR: &str = "TOLLGATE_POLICY_TABLE";
+/// Every variable the plan-sync function reads (the template sets exactly these).
+pub const FUNCTION_VARIABLES: [&str; 2] = [POLICY_TABLE_VAR, "TOLLGATE_LOG"];
+/// The DynamoDB actions sync and its audit trail call on the policy table (a transaction needs
+/// the actions of its parts).
+pub const TABLE_ACTIONS: [&str; 5] = [
+    "dynamodb:GetItem",
+    "dynamodb:Scan",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+];
+/// The API Gateway resources sync reads (`apigateway:GET`), as paths.
+pub const CONTROL_PATHS: [&str; 3] = ["/usageplans", "/usageplans/*/keys", "/apikeys"];
+/// The management calls after which a sync runs (the template's EventBridge rule).
+pub const TRIGGER_EVENTS: [&str; 8] = [
+    "CreateApiKey",
+    "UpdateApiKey",
+    "DeleteApiKey",
+    "CreateUsagePlanKey",
+    "DeleteUsagePlanKey",
+    "CreateUsagePlan",
+    "UpdateUsagePlan",
+    "DeleteUsagePlan",
+];
+
 /// Times a sync starts over after losing to a concurrent one.
 const MAX_ROUNDS: u32 = 5;
 
