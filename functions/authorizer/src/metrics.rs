@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 use tollgate::decision::Reason;
 use tollgate::gate::{Mode, Outcome};
+use tollgate::policy::FailMode;
 
 /// Counts for one decision, rendered as one EMF line.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -24,6 +25,9 @@ pub struct Sample {
     pub bypass: u32,
     pub key_cache_hits: u32,
     pub store_latency: Option<Duration>,
+    /// Why the store could not decide (`StoreError::kind()`, or `breaker_open`): a property of
+    /// the line, not a dimension, so it costs no extra metric series.
+    pub store_error: Option<&'static str>,
 }
 
 const METRICS: &[&str] = &[
@@ -57,9 +61,16 @@ impl Sample {
         match &v.mode {
             Mode::Bypass => s.bypass = 1,
             Mode::Shadow { would_deny } => s.shadow_denials = u32::from(*would_deny),
-            Mode::Failed { .. } if throttled => s.fail_closed = 1,
-            Mode::Failed { .. } => s.fail_open = 1,
+            // Failing open, the fallback may still refuse (rate or quota, counted below):
+            // `FailOpen` counts admissions only.
+            Mode::Failed {
+                mode: FailMode::Closed, ..
+            } => s.fail_closed = 1,
+            Mode::Failed { .. } => s.fail_open = u32::from(!throttled),
             Mode::Enforced => {}
+        }
+        if let Mode::Failed { kind, .. } = &v.mode {
+            s.store_error = Some(*kind);
         }
         if throttled && let Some(reason) = v.decision.as_ref().and_then(|d| d.reason) {
             match reason {
@@ -120,6 +131,9 @@ impl Emf {
         let mut metrics: Vec<Value> = METRICS.iter().map(|m| json!({"Name": m, "Unit": "Count"})).collect();
         for (name, value) in METRICS.iter().zip(sample.values()) {
             doc.insert((*name).into(), json!(value));
+        }
+        if let Some(kind) = sample.store_error {
+            doc.insert("StoreError".into(), json!(kind));
         }
         if let Some(latency) = sample.store_latency {
             metrics.push(json!({"Name": "StoreLatency", "Unit": "Milliseconds"}));
