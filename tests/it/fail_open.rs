@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::StreamExt as _;
 use tollgate::aws::{StoreTimeouts, state_client};
-use tollgate::clock::{Clock, ManualClock, SystemClock, Timestamp};
+use tollgate::clock::{ManualClock, SystemClock, Timestamp};
 use tollgate::directory::dynamodb::create_policy_table;
 use tollgate::directory::{Directory, DirectoryError, DynamoDirectory, KeyRecord};
 use tollgate::gate::breaker::{BreakerConfig, BreakerState};

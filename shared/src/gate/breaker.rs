@@ -209,15 +209,15 @@ mod tests {
     fn opens_after_consecutive_failures_and_a_probe_closes_it() {
         let b = breaker();
         let t0 = Timestamp::from_secs(100);
-        b.permits(t0).unwrap().failure(t0);
-        b.permits(t0).unwrap().success();
-        b.permits(t0).unwrap().failure(t0);
-        b.permits(t0).unwrap().failure(t0);
+        b.permits(t0).expect("closed").failure(t0);
+        b.permits(t0).expect("closed").success();
+        b.permits(t0).expect("closed").failure(t0);
+        b.permits(t0).expect("closed").failure(t0);
         assert!(
             b.permits(t0).is_some_and(|c| !c.is_probe()),
             "two consecutive failures keep it closed"
         );
-        b.permits(t0).unwrap().failure(t0);
+        b.permits(t0).expect("closed").failure(t0);
         assert_eq!(
             b.state(),
             BreakerState::Open {
