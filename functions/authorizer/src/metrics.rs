@@ -182,4 +182,41 @@ mod tests {
         );
         assert_eq!(emf.render(&sample("a"), UNIX_EPOCH)["Tenant"], "a");
     }
+
+    #[test]
+    fn a_fail_open_refusal_is_a_throttle_not_a_fail_closed_and_carries_the_store_error() {
+        // GIVEN a refusal by the fail-open fallback (the tenant was over its rate without the store)
+        let file = tollgate::policy_file::PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 1\n").expect("policy");
+        let decision = tollgate::decision::Decision {
+            allowed: false,
+            reason: Some(Reason::Rate),
+            retry_after: Some(Duration::from_secs(1)),
+            rate: None,
+            daily: None,
+            monthly: None,
+        };
+        let verdict = tollgate::gate::Verdict {
+            tenant: "acme".into(),
+            key_id: None,
+            plan: file.plans["free"].clone(),
+            mode: Mode::Failed {
+                mode: FailMode::Open,
+                error: "store did not answer".into(),
+                kind: "timeout",
+            },
+            decision: Some(decision),
+            store_latency: None,
+            cached_credentials: false,
+            refusal: None,
+        };
+        // WHEN it is sampled and rendered
+        let sample = Sample::of(&Outcome::Throttle(verdict.clone())).expect("sample");
+        // THEN it counts as a rate throttle, neither a fail-open admission nor a fail-closed answer
+        assert_eq!((sample.throttles_rate, sample.fail_open, sample.fail_closed), (1, 0, 0));
+        let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
+        assert_eq!(doc["StoreError"], "timeout");
+        // AND the same verdict admitted is one fail-open admission
+        let admitted = Sample::of(&Outcome::Allow(verdict)).expect("sample");
+        assert_eq!((admitted.fail_open, admitted.store_error), (1, Some("timeout")));
+    }
 }
