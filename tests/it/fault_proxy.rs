@@ -24,6 +24,8 @@ pub struct FaultProxy {
     pub addr: SocketAddr,
     faults: Arc<Mutex<VecDeque<Fault>>>,
     connections: Arc<std::sync::atomic::AtomicU64>,
+    /// An outage: every new connection stalls and open ones are cut.
+    outage: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FaultProxy {
@@ -37,14 +39,20 @@ impl FaultProxy {
             addr: listener.local_addr().expect("proxy addr"),
             faults: Arc::default(),
             connections: Arc::default(),
+            outage: Arc::default(),
         };
         let faults = proxy.faults.clone();
         let connections = proxy.connections.clone();
+        let outage = proxy.outage.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let fault = faults.lock().expect("faults").pop_front();
-                tokio::spawn(serve(client, upstream, fault));
+                let fault = if outage.load(std::sync::atomic::Ordering::SeqCst) {
+                    Some(Fault::Stall)
+                } else {
+                    faults.lock().expect("faults").pop_front()
+                };
+                tokio::spawn(serve(client, upstream, fault, outage.clone()));
             }
         });
         proxy
@@ -63,13 +71,27 @@ impl FaultProxy {
         self.faults.lock().expect("faults").clear();
     }
 
+    /// Black-holes the store until `end_outage`: new connections stall, open ones are cut.
+    pub fn begin_outage(&self) {
+        self.outage.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn end_outage(&self) {
+        self.outage.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Option<Fault>) {
+async fn serve(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    fault: Option<Fault>,
+    outage: Arc<std::sync::atomic::AtomicBool>,
+) {
     match fault {
         Some(Fault::LoseRequest) => {
             let mut buf = [0u8; 4096];
@@ -98,7 +120,15 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Option<Fault>
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;
             };
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            let cut = async {
+                while !outage.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = cut => {}
+            }
         }
     }
     let _ = client.shutdown().await;

@@ -7,6 +7,7 @@ mod conformance;
 mod directory;
 mod dynamodb;
 mod emulator;
+mod fail_open;
 mod fault_proxy;
 mod gateway;
 mod paging_shim;
