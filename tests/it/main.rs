@@ -11,3 +11,4 @@ mod fault_proxy;
 mod gateway;
 mod simulate;
 mod template;
+mod tidy;
