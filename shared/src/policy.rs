@@ -208,7 +208,7 @@ impl Plan {
                     "must look like /path/METHOD (method may be *), e.g. /search/GET",
                 )
             })?;
-            if let Err(reason) = check_resource(path) {
+            if let Err(reason) = check_resource_path(path) {
                 return Err(err(&format!("routes[{i}].route"), &format!("{:?}", r.route), reason));
             }
             if routes.iter().any(|o| o.path == path && o.method == method) {
@@ -416,7 +416,7 @@ pub fn split_route(route: &str) -> Option<(&str, &str)> {
 /// literal or a whole-segment parameter `{name}`; a greedy `{name+}` only as the last segment.
 /// Literal segments are what a normalised request path can equal: no dot segments, no `%`, `?`
 /// or `#`, no braces.
-fn check_resource(path: &str) -> Result<(), &'static str> {
+pub fn check_resource_path(path: &str) -> Result<(), &'static str> {
     if path == "/" {
         return Ok(());
     }

@@ -174,14 +174,21 @@ impl MemoryStore {
 
     /// The decision, synchronously: what `Store::consume` does, without the future.
     pub fn decide(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
-        let mut shard = self.shard(req.tenant);
-        if !shard.tenants.contains_key(req.tenant) && shard.tenants.len() >= self.per_shard {
-            self.evict(&mut shard, req.now)?;
-        }
-        let entry = shard
-            .tenants
-            .entry(req.tenant.into())
-            .or_insert_with(|| Entry::new(req.now));
+        let mut guard = self.shard(req.tenant);
+        let shard = &mut *guard;
+        // Known tenants (the hot path) are found without allocating a key.
+        let entry = match shard.tenants.get_mut(req.tenant) {
+            Some(e) => e,
+            None => {
+                if shard.tenants.len() >= self.per_shard {
+                    self.evict(shard, req.now)?;
+                }
+                shard
+                    .tenants
+                    .entry(req.tenant.into())
+                    .or_insert_with(|| Entry::new(req.now))
+            }
+        };
         entry.roll(req.now);
         let bucket = req.limits.bucket.as_ref().map(|(id, _)| id);
         let state = State {
