@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollgate_cli::commands::{
-    block_on, block_on_threads, demo::Demo, load::Load, serve::Serve, simulate::Simulate, validate::Validate,
+    block_on, block_on_threads, demo::Demo, load::Load, policy::Policy, serve::Serve, simulate::Simulate,
+    sync::PlanSync, validate::Validate,
 };
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,13 @@ enum Command {
     /// Send synthetic load to a store or a running gateway and check it: per tenant, admitted
     /// against what the policy permits. Exits with 3 when anything was over-admitted.
     Simulate(Simulate),
+    /// Make a DynamoDB policy table say what API Gateway's usage plans and API keys say: plans
+    /// (throttle, quota, per-method throttles, tollgate:* tags), tenants and key hashes. Prints
+    /// what it created, changed and revoked, and how many table writes it made.
+    Sync(PlanSync),
+    /// Policy as code: `diff` a policy file against the live usage plans, keys and policy table
+    /// (exit 4 on drift); `history` of every recorded change.
+    Policy(Policy),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +52,8 @@ fn main() -> ExitCode {
         Command::Load(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
         Command::Serve(c) => block_on_threads(c.run()).map(|()| ExitCode::SUCCESS),
         Command::Simulate(c) => block_on_threads(c.run()),
+        Command::Sync(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
+        Command::Policy(c) => block_on(c.run()),
     };
     match result {
         Ok(code) => code,

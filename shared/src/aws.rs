@@ -67,6 +67,16 @@ pub fn admin_client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(sdk)
 }
 
+/// The API Gateway client for plan sync and policy apply. The SDK's retries are off:
+/// `sync::apigateway::Backoff` retries throttled calls with jitter for as long as API Gateway's
+/// control-plane limits need, far longer than the SDK's three attempts.
+pub fn control_client(sdk: &SdkConfig) -> aws_sdk_apigateway::Client {
+    let conf = aws_sdk_apigateway::config::Builder::from(sdk)
+        .retry_config(aws_sdk_apigateway::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_apigateway::Client::from_conf(conf)
+}
+
 /// Creates an on-demand table keyed by the string attribute `pk`, with TTL on `ttl` if given:
 /// the shape of both Tollgate tables. The SAM template creates them in AWS; this is for local
 /// emulators and tests.

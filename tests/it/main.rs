@@ -9,6 +9,8 @@ mod dynamodb;
 mod emulator;
 mod fault_proxy;
 mod gateway;
+mod paging_shim;
 mod simulate;
+mod sync;
 mod template;
 mod tidy;

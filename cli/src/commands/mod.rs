@@ -2,8 +2,10 @@
 
 pub mod demo;
 pub mod load;
+pub mod policy;
 pub mod serve;
 pub mod simulate;
+pub mod sync;
 pub mod validate;
 
 use std::path::PathBuf;

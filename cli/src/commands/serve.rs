@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderName;
+use tollgate::aws::policy_client;
 use tollgate::clock::SystemClock;
+use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::gate::{Gate, GateConfig};
 
 use super::read_policy;
@@ -16,6 +18,8 @@ use crate::tenants::{demo_tenants, directory_with};
 
 /// Demo keys printed at start; the rest are summarised.
 const SHOWN_KEYS: usize = 12;
+/// Longest wait for one policy-table read, as the authorizer's.
+const POLICY_READ_BUDGET: Duration = Duration::from_millis(500);
 
 #[derive(Debug, clap::Args)]
 pub struct Serve {
@@ -47,6 +51,14 @@ pub struct Serve {
     /// Forward everything without deciding: the baseline for throughput benchmarks.
     #[arg(long)]
     pub no_throttle: bool,
+    /// Read plans, tenants and key hashes from this DynamoDB policy table (as the deployed
+    /// authorizer does, e.g. after `tollgate sync`) instead of the policy file and demo tenants.
+    #[arg(long)]
+    pub policy_table: Option<String>,
+    /// Seconds a resolved key (or an unknown one) is trusted before the directory is asked
+    /// again: the longest a key change waits after it reaches the directory.
+    #[arg(long)]
+    pub key_cache_ttl_secs: Option<u64>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -59,14 +71,27 @@ impl Serve {
             )
             .init();
         let file = read_policy(self.policy.as_ref())?;
-        let demo = demo_tenants(&file, self.demo_tenants);
-        let directory = directory_with(&file, &demo);
+        let (directory, demo): (Arc<dyn Directory>, _) = match &self.policy_table {
+            Some(table) => {
+                let sdk = self.store.dynamo.aws.sdk_config().await?;
+                let client = policy_client(&sdk, POLICY_READ_BUDGET);
+                (Arc::new(DynamoDirectory::new(client, table)), Vec::new())
+            }
+            None => {
+                let demo = demo_tenants(&file, self.demo_tenants);
+                (Arc::new(directory_with(&file, &demo)), demo)
+            }
+        };
         let store = self.store.build().await?;
-        let gate_config = GateConfig {
+        let mut gate_config = GateConfig {
             store_budget: Duration::from_millis(self.store_budget_ms.max(1)),
             ..GateConfig::default()
         };
-        let gate = Gate::new(gate_config, Arc::new(directory), store, Arc::new(SystemClock::new()));
+        if let Some(secs) = self.key_cache_ttl_secs {
+            gate_config.key_ttl = Duration::from_secs(secs);
+            gate_config.unknown_key_ttl = Duration::from_secs(secs);
+        }
+        let gate = Gate::new(gate_config, directory, store, Arc::new(SystemClock::new()));
         let header = HeaderName::try_from(self.api_key_header.to_ascii_lowercase())
             .map_err(|_| format!("--api-key-header {:?} is not a header name", self.api_key_header))?;
         let mut resources = Resources::from_policy(&file);
@@ -95,7 +120,14 @@ impl Serve {
             self.upstream.as_deref().unwrap_or("built-in echo"),
             if self.no_throttle { "off" } else { "on" }
         );
-        println!("  demo keys ({} header):", self.api_key_header);
+        if let Some(table) = &self.policy_table {
+            println!(
+                "  keys and plans: policy table {table} ({} header)",
+                self.api_key_header
+            );
+        } else {
+            println!("  demo keys ({} header):", self.api_key_header);
+        }
         for t in demo.iter().take(SHOWN_KEYS) {
             let spec = file.plans[&t.plan].spec();
             let rate = spec.rate.map_or_else(

@@ -27,6 +27,7 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_BREAKER_FAILURES",
     "TOLLGATE_BREAKER_COOL_DOWN_MS",
     "TOLLGATE_JWKS_URL",
+    "TOLLGATE_JWKS_TTL_SECS",
     "TOLLGATE_JWT_ISSUER",
     "TOLLGATE_JWT_AUDIENCE",
     "TOLLGATE_JWT_TENANT_CLAIM",
@@ -64,8 +65,11 @@ pub struct Config {
 /// Where the token keys come from, and what a token must say.
 #[derive(Debug, Clone)]
 pub struct JwtSettings {
-    /// Fetched once at cold start.
+    /// Fetched at cold start, then again when its time to live runs out or a token names an
+    /// unknown key id (`tollgate::jwt::Jwks`).
     pub jwks_url: String,
+    /// Time to live of the key set when its response has no `Cache-Control: max-age`.
+    pub jwks_ttl: Duration,
     pub verify: JwtConfig,
 }
 
@@ -158,6 +162,7 @@ impl Config {
                 }
                 Some(JwtSettings {
                     jwks_url: required("TOLLGATE_JWKS_URL")?,
+                    jwks_ttl: Duration::from_secs(number("TOLLGATE_JWKS_TTL_SECS", 600)?),
                     verify: JwtConfig {
                         issuer: required("TOLLGATE_JWT_ISSUER")?,
                         audience: required("TOLLGATE_JWT_AUDIENCE")?,
