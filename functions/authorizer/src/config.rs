@@ -57,8 +57,8 @@ pub struct Config {
     /// Longest single DynamoDB attempt for the state store (a resend may follow in the budget).
     pub store_attempt: Duration,
     pub metrics_namespace: String,
-    /// Tenants that get their own metric dimension in one container; the rest are counted
-    /// under their plan only, so a tenant flood cannot explode the metric count.
+    /// Tenants that get their own metric dimension in one container (default 0); the rest are
+    /// counted under their plan only, so a tenant flood cannot explode the metric count.
     pub tenant_dimensions: usize,
 }
 
@@ -194,7 +194,9 @@ impl Config {
             metrics_namespace: var("TOLLGATE_METRICS_NAMESPACE")
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "Tollgate".into()),
-            tenant_dimensions: number("TOLLGATE_METRICS_TENANT_DIMENSIONS", 100)? as usize,
+            // Off by default: each tenant series is 10 custom metrics, and containers pick their
+            // tenants independently (README, cost table).
+            tenant_dimensions: number("TOLLGATE_METRICS_TENANT_DIMENSIONS", 0)? as usize,
         })
     }
 }
@@ -240,6 +242,7 @@ mod tests {
             .expect("valid");
         assert_eq!(c.api_key_header, "x-api-key");
         assert_eq!(c.gate.store_budget, Duration::from_millis(150));
+        assert_eq!(c.tenant_dimensions, 0, "metrics per plan only unless asked");
         let e = Config::from_lookup(lookup(&[("TOLLGATE_STATE_TABLE", "s")])).expect_err("missing");
         assert_eq!(e.to_string(), "TOLLGATE_POLICY_TABLE: required");
     }

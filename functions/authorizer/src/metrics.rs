@@ -168,4 +168,30 @@ mod tests {
         );
         assert_eq!(emf.render(&sample("a"), UNIX_EPOCH)["Tenant"], "a");
     }
+
+    #[test]
+    fn no_tenant_series_at_the_default_limit_of_zero() {
+        // GIVEN the default limit (config: TOLLGATE_METRICS_TENANT_DIMENSIONS unset)
+        let limit = crate::config::Config::from_lookup(|k| match k {
+            "TOLLGATE_STATE_TABLE" | "TOLLGATE_POLICY_TABLE" => Some("t".into()),
+            _ => None,
+        })
+        .expect("valid")
+        .tenant_dimensions;
+        let emf = Emf::new("Tollgate", limit);
+        // WHEN many tenants decide THEN none gets a series of its own: metrics per plan only
+        for tenant in ["a", "b", "c"] {
+            let doc = emf.render(
+                &Sample {
+                    plan: "free".into(),
+                    tenant: tenant.into(),
+                    decisions: 1,
+                    ..Sample::default()
+                },
+                UNIX_EPOCH,
+            );
+            assert!(doc.get("Tenant").is_none(), "{tenant}");
+            assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[], ["Plan"]]));
+        }
+    }
 }

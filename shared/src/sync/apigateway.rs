@@ -4,6 +4,8 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -83,11 +85,21 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 pub struct ApiGateway {
     client: Client,
     backoff: Backoff,
+    calls: Arc<AtomicU64>,
 }
 
 impl ApiGateway {
     pub fn new(client: Client, backoff: Backoff) -> ApiGateway {
-        ApiGateway { client, backoff }
+        ApiGateway {
+            client,
+            backoff,
+            calls: Arc::default(),
+        }
+    }
+
+    /// API Gateway calls sent so far, retries included.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 
     pub fn client(&self) -> &Client {
@@ -106,6 +118,7 @@ impl ApiGateway {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.calls.fetch_add(1, Ordering::Relaxed);
             let failure = match call().await {
                 Ok(v) => return Ok(v),
                 Err(e) => classify(e),
