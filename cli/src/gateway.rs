@@ -302,8 +302,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let (resource, path) = match s.config.resources.route(req.uri().path(), req.method().as_str()) {
         Ok(Route::Resource { resource, path }) => (resource, path),
-        Ok(Route::NotFound) => return json_response(StatusCode::NOT_FOUND, &json!({"message": "Not Found"})),
-        Err(_) => return json_response(StatusCode::BAD_REQUEST, &json!({"message": "Bad Request"})),
+        Ok(Route::NotFound) => return refusal(StatusCode::NOT_FOUND, "Not Found", "not_found", ""),
+        Err(_) => return refusal(StatusCode::BAD_REQUEST, "Bad Request", "bad_request", ""),
     };
     if !s.config.throttle {
         return s.forward(req, &path, None).await;
@@ -341,9 +341,11 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         Outcome::Unauthorized(_) => unauthorized(),
         Outcome::Unavailable(error) => {
             tracing::error!(%error, "policy unavailable");
-            let mut r = json_response(
+            let mut r = refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"message": "Service Unavailable"}),
+                "Service Unavailable",
+                "authorizer_failure",
+                "5",
             );
             r.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
             r
@@ -352,7 +354,15 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 fn unauthorized() -> Response {
-    json_response(StatusCode::UNAUTHORIZED, &json!({"message": "Unauthorized"}))
+    refusal(StatusCode::UNAUTHORIZED, "Unauthorized", "unauthorized", "")
+}
+
+/// A refusal in the one JSON shape the template's gateway responses use.
+fn refusal(status: StatusCode, message: &str, reason: &str, retry_after: &str) -> Response {
+    json_response(
+        status,
+        &json!({"message": message, "reason": reason, "retryAfter": retry_after}),
+    )
 }
 
 /// The body of a `429`, as the template's `ACCESS_DENIED` response renders it.

@@ -323,6 +323,7 @@ async fn with_declared_resources_an_unknown_path_is_404() {
         assert!(header(&r, "x-ratelimit-limit").is_none());
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["message"], "Not Found");
+        assert_eq!(body["reason"], "not_found");
     }
 }
 
@@ -342,6 +343,7 @@ async fn a_repeated_api_key_header_is_401() {
     assert!(header(&r, "x-ratelimit-limit").is_none());
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["message"], "Unauthorized");
+    assert_eq!(body["reason"], "unauthorized");
     let after = get(&gw.base, Some("tg_demo_free_0")).await;
     assert_eq!(header(&after, "x-ratelimit-remaining"), Some("4"));
 }
