@@ -458,7 +458,7 @@ impl Run<'_> {
                             weight: *weight,
                             now: t0.saturating_add(o.arrival.offset),
                         })
-                        .allowed
+                        .is_ok_and(|d| d.allowed)
                 })
                 .count() as u64;
             let count = |want: Option<bool>| seen.iter().filter(|o| o.admitted == want).count() as u64;

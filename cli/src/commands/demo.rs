@@ -56,7 +56,7 @@ impl Demo {
                 weight,
                 now: clock.now(),
             };
-            let d = store.decide(&req);
+            let d = store.decide(&req).map_err(|e| e.to_string())?;
             let status = if d.allowed { "200 OK" } else { "429 Too Many Requests" };
             let headers: Vec<String> = d.headers().into_iter().map(|(k, v)| format!("{k}: {v}")).collect();
             println!("#{i:<3} {status}\n     {}", headers.join("\n     "));

@@ -13,7 +13,7 @@ use tollgate::gate::{Gate, GateConfig};
 
 use super::read_policy;
 use crate::aws_args::StoreArgs;
-use crate::gateway::{self, GatewayConfig};
+use crate::gateway::{self, GatewayConfig, Resources};
 use crate::tenants::{demo_tenants, directory_with};
 
 /// Demo keys printed at start; the rest are summarised.
@@ -43,6 +43,11 @@ pub struct Serve {
     /// Longest wait for the store per decision, in milliseconds; then the plan's fail mode.
     #[arg(long, default_value_t = 150)]
     pub store_budget_ms: u64,
+    /// OpenAPI (or Swagger) file, JSON or YAML, declaring the API's resources: requests are
+    /// matched on its path templates as API Gateway does, and a path or method it does not
+    /// declare is 404. Without it, only the policy's route templates are matched.
+    #[arg(long, value_name = "FILE")]
+    pub openapi: Option<PathBuf>,
     /// Forward everything without deciding: the baseline for throughput benchmarks.
     #[arg(long)]
     pub no_throttle: bool,
@@ -89,12 +94,21 @@ impl Serve {
         let gate = Gate::new(gate_config, directory, store, Arc::new(SystemClock::new()));
         let header = HeaderName::try_from(self.api_key_header.to_ascii_lowercase())
             .map_err(|_| format!("--api-key-header {:?} is not a header name", self.api_key_header))?;
+        let mut resources = Resources::from_policy(&file);
+        if let Some(path) = &self.openapi {
+            let src =
+                std::fs::read_to_string(path).map_err(|e| format!("--openapi: cannot read {}: {e}", path.display()))?;
+            resources
+                .add_openapi(&src)
+                .map_err(|e| format!("--openapi {}: {e}", path.display()))?;
+        }
         let router = gateway::router(
             Arc::new(gate),
             GatewayConfig {
                 upstream: self.upstream.clone(),
                 api_key_header: header,
                 throttle: !self.no_throttle,
+                resources,
             },
         );
         let listener = gateway::bind(self.listen).await?;

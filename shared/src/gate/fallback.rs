@@ -10,7 +10,7 @@ use crate::clock::Timestamp;
 use crate::decision::Decision;
 use crate::policy::Limits;
 use crate::quota::{Counter, Period, QuotaStatus};
-use crate::store::{Consume, MemoryStore};
+use crate::store::{Consume, MemoryStore, StoreError};
 
 use super::cache::TtlCache;
 
@@ -42,7 +42,8 @@ impl Seen {
 }
 
 impl Fallback {
-    /// Room for `tenants` tenants (beyond that the least recently seen are forgotten).
+    /// Room for `tenants` tenants (beyond that, only tenants whose state is that of a fresh one
+    /// make room, as in every memory store).
     pub fn new(tenants: usize) -> Fallback {
         Fallback {
             spent: MemoryStore::with_capacity(tenants),
@@ -66,7 +67,8 @@ impl Fallback {
 
     /// The engine's decision for a request the store could not decide. Quota figures are against
     /// the plan's quotas: what the store last reported plus what was admitted here since.
-    pub fn decide(&self, req: &Consume<'_>) -> Decision {
+    /// `StoreError::Full` when every tenant it tracks still has state it may not forget.
+    pub fn decide(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
         let seen = self.seen.get(&req.tenant.to_owned(), req.now).unwrap_or_default();
         let (day, month) = (seen.used(Period::Day, req.now), seen.used(Period::Month, req.now));
         // The local store counts only what it admitted: give it what is left of each quota.
@@ -75,7 +77,7 @@ impl Fallback {
             daily: req.limits.daily.map(|q| q.saturating_sub(day)),
             monthly: req.limits.monthly.map(|q| q.saturating_sub(month)),
         };
-        let mut decision = self.spent.decide(&Consume { limits: &left, ..*req });
+        let mut decision = self.spent.decide(&Consume { limits: &left, ..*req })?;
         let restate = |q: &mut Option<QuotaStatus>, limit: Option<u64>, used: u64| {
             if let (Some(q), Some(limit)) = (q.as_mut(), limit) {
                 *q = QuotaStatus::new(q.period, limit, used.saturating_add(q.used), req.now);
@@ -83,7 +85,7 @@ impl Fallback {
         };
         restate(&mut decision.daily, req.limits.daily, day);
         restate(&mut decision.monthly, req.limits.monthly, month);
-        decision
+        Ok(decision)
     }
 }
 
@@ -111,7 +113,9 @@ mod tests {
             weight: 1,
             now,
         };
-        (0..n).filter(|_| f.decide(&req).allowed).count()
+        (0..n)
+            .filter(|_| f.decide(&req).expect("room for the tenant").allowed)
+            .count()
     }
 
     #[test]
@@ -127,16 +131,18 @@ mod tests {
     fn a_container_that_saw_90_of_100_spent_admits_at_most_10_more() {
         // GIVEN the store last reported 90 of the daily 100 used
         let f = Fallback::new(100);
-        let decision = crate::store::MemoryStore::default().decide(&Consume {
-            tenant: "a",
-            limits: &Limits {
-                bucket: None,
-                daily: Some(100),
-                monthly: None,
-            },
-            weight: 90,
-            now: NOW,
-        });
+        let decision = crate::store::MemoryStore::default()
+            .decide(&Consume {
+                tenant: "a",
+                limits: &Limits {
+                    bucket: None,
+                    daily: Some(100),
+                    monthly: None,
+                },
+                weight: 90,
+                now: NOW,
+            })
+            .expect("room");
         assert_eq!(decision.daily.map(|q| q.used), Some(90));
         f.observe("a", &decision, NOW);
         // WHEN the store is gone for long enough to refill the bucket many times over
@@ -147,13 +153,37 @@ mod tests {
         // THEN the quota holds: 10 more, and the last refusal reports the quota as spent
         assert_eq!(total, 10);
         let limits = limits();
-        let refused = f.decide(&Consume {
-            tenant: "a",
-            limits: &limits,
-            weight: 1,
-            now: NOW.saturating_add(Duration::from_secs(61)),
-        });
+        let refused = f
+            .decide(&Consume {
+                tenant: "a",
+                limits: &limits,
+                weight: 1,
+                now: NOW.saturating_add(Duration::from_secs(61)),
+            })
+            .expect("room");
         assert_eq!(refused.daily.map(|q| (q.used, q.remaining)), Some((100, 0)));
         assert_eq!(refused.reason, Some(crate::decision::Reason::DailyQuota));
+    }
+
+    #[test]
+    fn a_full_fallback_refuses_a_new_tenant_instead_of_forgetting_one() {
+        // GIVEN a fallback with room for few tenants, each of which spent part of its burst
+        let f = Fallback::new(1);
+        let limits = limits();
+        let req = |tenant: &str| Consume {
+            tenant,
+            limits: &limits,
+            weight: 1,
+            now: NOW,
+        };
+        // WHEN ever more tenants fail open at the same instant
+        let names: Vec<String> = (0..10_000).map(|i| format!("t{i}")).collect();
+        let first_full = names.iter().position(|t| f.decide(&req(t)).is_err());
+        // THEN at some point a new tenant is refused (the gate then fails closed for it), and
+        // the tenants already tracked keep what they spent: the first one is not fresh again
+        let first_full = first_full.expect("the fallback fills up");
+        assert!(first_full >= 1);
+        let spent_before = admitted(&f, "t0", NOW, 100);
+        assert_eq!(spent_before, 49, "t0 keeps its first admission: 50 - 1 left");
     }
 }

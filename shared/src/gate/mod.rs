@@ -261,29 +261,35 @@ impl Gate {
                 verdict.mode = Mode::Failed { mode, error, kind };
                 match mode {
                     // Open, but bounded: the fallback holds the tenant to its plan in this container.
-                    FailMode::Open => {
-                        let decision = self.fallback.decide(&consume);
-                        let allowed = decision.allowed || verdict.plan.shadow();
-                        if !allowed {
-                            verdict.refusal = Some(refusal_of(&decision));
+                    FailMode::Open => match self.fallback.decide(&consume) {
+                        Ok(decision) => {
+                            let allowed = decision.allowed || verdict.plan.shadow();
+                            if !allowed {
+                                verdict.refusal = Some(refusal_of(&decision));
+                            }
+                            verdict.decision = Some(decision);
+                            if allowed {
+                                Outcome::Allow(verdict)
+                            } else {
+                                Outcome::Throttle(verdict)
+                            }
                         }
-                        verdict.decision = Some(decision);
-                        if allowed {
-                            Outcome::Allow(verdict)
-                        } else {
-                            Outcome::Throttle(verdict)
-                        }
-                    }
-                    FailMode::Closed => {
-                        verdict.refusal = Some(Refusal {
-                            reason: "store_unavailable",
-                            retry_after_secs: ceil_secs(self.config.breaker.cool_down).max(1),
-                        });
-                        Outcome::Throttle(verdict)
-                    }
+                        // The fallback is full of tenants it may not forget: admitting one more
+                        // would be admission without a bound, so this one fails closed.
+                        Err(_) => self.fail_closed(verdict),
+                    },
+                    FailMode::Closed => self.fail_closed(verdict),
                 }
             }
         }
+    }
+
+    fn fail_closed(&self, mut verdict: Verdict) -> Outcome {
+        verdict.refusal = Some(Refusal {
+            reason: "store_unavailable",
+            retry_after_secs: ceil_secs(self.config.breaker.cool_down).max(1),
+        });
+        Outcome::Throttle(verdict)
     }
 
     /// The key's tenant and plan, and whether that came from the cache.
