@@ -1,7 +1,10 @@
 //! The `tollgate` command's parts, as a library so the integration tests drive the same code:
-//! the local gateway (`gateway`), the load simulator (`simulate`) and its exactness check
-//! (`compliance`), and the demo tenants both share (`tenants`).
+//! one module per subcommand (`commands`) with the AWS flags they share (`aws_args`), the local
+//! gateway (`gateway`), the load simulator (`simulate`) and its exactness check (`compliance`),
+//! and the demo tenants both share (`tenants`).
 
+pub mod aws_args;
+pub mod commands;
 pub mod compliance;
 pub mod gateway;
 pub mod simulate;

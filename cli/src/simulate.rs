@@ -4,7 +4,8 @@
 //!
 //! Against a store, time is simulated: each request carries its arrival time as `now`, so a
 //! minute of traffic runs as fast as the store answers and the result does not depend on the
-//! machine. Against a gateway, requests are paced in real time.
+//! machine. Against a gateway, requests are paced in real time, and so they are against a gate
+//! in this process (the gateway without HTTP), which also tells which admissions failed open.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write as _};
@@ -17,6 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use tollgate::clock::{Clock, SystemClock, Timestamp};
+use tollgate::gate::{Credential, Gate, Outcome, Request};
 use tollgate::policy::{Limits, Plan};
 use tollgate::policy_file::PolicyFile;
 use tollgate::quota::Period;
@@ -49,6 +51,9 @@ pub enum Target {
     Dynamo(DynamoStore),
     /// A running gateway (`tollgate serve`), by base URL.
     Http(String),
+    /// A gate in this process (what `tollgate serve` answers from), whose directory knows the
+    /// demo tenants' keys: paced in real time, and fail-open admissions are counted.
+    Gate(Arc<Gate>),
 }
 
 impl Target {
@@ -57,6 +62,7 @@ impl Target {
             Target::Memory(_) => "memory".into(),
             Target::Dynamo(_) => "dynamodb".into(),
             Target::Http(url) => url.clone(),
+            Target::Gate(_) => "gate".into(),
         }
     }
 }
@@ -104,6 +110,9 @@ pub struct Report {
     pub latency_ms: Latency,
     /// DynamoDB calls per decision (DynamoDB target only).
     pub store_calls_per_decision: Option<f64>,
+    /// Admissions the gate made failing open, without the store (gate target only: a store
+    /// never fails open and a gateway's answer does not say).
+    pub fail_open: Option<u64>,
     pub policies: Vec<PolicyResult>,
     pub tenant_results: Vec<TenantResult>,
 }
@@ -142,6 +151,11 @@ pub struct TenantResult {
     pub allowance: u64,
     pub over_admitted: u64,
     pub under_admitted: u64,
+    /// Of `admitted`, those made failing open (gate target only).
+    pub fail_open: Option<u64>,
+    /// From the first fail-open admission's send to the last one's answer: the outage as this
+    /// tenant saw it, the `outage` of the bound `burst + rate × outage` (gate target only).
+    pub fail_open_secs: Option<f64>,
     pub pass: bool,
 }
 
@@ -207,6 +221,8 @@ struct Observed {
     answered: Timestamp,
     /// `None`: an error (store failure, unexpected status).
     admitted: Option<bool>,
+    /// Admitted by the gate's fail-open fallback.
+    fail_open: bool,
     latency: Duration,
 }
 
@@ -269,6 +285,32 @@ pub async fn run(target: &Target, file: &PolicyFile, config: &Config, run_prefix
                             sent,
                             answered: clock.now(),
                             admitted,
+                            fail_open: false,
+                            latency: begun.elapsed(),
+                        }
+                    }
+                    Target::Gate(gate) => {
+                        tokio::time::sleep_until((started + arrival.offset).into()).await;
+                        let sent = clock.now();
+                        let begun = Instant::now();
+                        let outcome = gate
+                            .check(Request {
+                                credential: Credential::ApiKey(key),
+                                method: &config.method,
+                                resource: &config.path,
+                            })
+                            .await;
+                        let (admitted, fail_open) = match &outcome {
+                            Outcome::Allow(v) => (Some(true), v.mode.is_fail_open()),
+                            Outcome::Throttle(_) => (Some(false), false),
+                            Outcome::Unauthorized(_) | Outcome::Unavailable(_) => (None, false),
+                        };
+                        Observed {
+                            arrival,
+                            sent,
+                            answered: clock.now(),
+                            admitted,
+                            fail_open,
                             latency: begun.elapsed(),
                         }
                     }
@@ -335,7 +377,19 @@ async fn decide(
         sent: now,
         answered: now,
         admitted: result.ok().map(|d| d.allowed),
+        fail_open: false,
         latency: begun.elapsed(),
+    }
+}
+
+/// Seconds from the first fail-open admission's send to the last one's answer (0 without any).
+fn fail_open_span(seen: &[&Observed]) -> f64 {
+    let failed = seen.iter().filter(|o| o.fail_open);
+    let first = failed.clone().map(|o| o.sent).min();
+    let last = failed.map(|o| o.answered).max();
+    match (first, last) {
+        (Some(first), Some(last)) => last.saturating_since(first).as_secs_f64(),
+        _ => 0.0,
     }
 }
 
@@ -370,6 +424,7 @@ impl Run<'_> {
             per_tenant[o.arrival.tenant].push(o);
         }
         let reference = MemoryStore::default();
+        let gated = matches!(target, Target::Gate(_));
         let mut tenant_results = Vec::with_capacity(tenants.len());
         for (i, seen) in per_tenant.iter_mut().enumerate() {
             seen.sort_by_key(|o| (o.arrival.offset, o.sent));
@@ -403,7 +458,7 @@ impl Run<'_> {
                             weight: *weight,
                             now: t0.saturating_add(o.arrival.offset),
                         })
-                        .allowed
+                        .is_ok_and(|d| d.allowed)
                 })
                 .count() as u64;
             let count = |want: Option<bool>| seen.iter().filter(|o| o.admitted == want).count() as u64;
@@ -418,6 +473,8 @@ impl Run<'_> {
                 allowance,
                 over_admitted: over,
                 under_admitted: allowance.saturating_sub(admitted_n),
+                fail_open: gated.then(|| seen.iter().filter(|o| o.fail_open).count() as u64),
+                fail_open_secs: gated.then(|| fail_open_span(seen)),
                 pass: over == 0,
             });
         }
@@ -475,6 +532,7 @@ impl Run<'_> {
                 max: latencies.last().copied().unwrap_or(0.0),
             },
             store_calls_per_decision: store_calls.map(|c| c as f64 / (requests.max(1) as f64)),
+            fail_open: gated.then(|| tenant_results.iter().filter_map(|t| t.fail_open).sum()),
             policies: policies.into_values().collect(),
             tenant_results,
         }
@@ -523,6 +581,9 @@ impl Report {
         );
         if let Some(c) = self.store_calls_per_decision {
             out += &format!("store calls per decision: {c:.2}\n");
+        }
+        if let Some(n) = self.fail_open.filter(|n| *n > 0) {
+            out += &format!("admitted failing open (store unavailable, bounded per container): {n}\n");
         }
         out += &format!(
             "over-admitted: {} (must be 0)   under-admitted: {}   {}\n",

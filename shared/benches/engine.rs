@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
             now: clock.now(),
         };
         clock.advance(TICK);
-        store.decide(&req).allowed
+        store.decide(&req).is_ok_and(|d| d.allowed)
     };
 
     let store = MemoryStore::default();

@@ -1,5 +1,7 @@
 //! Building AWS clients with explicit time budgets. Called once, from a `main` or a test setup;
-//! nothing on a request path builds a client.
+//! nothing on a request path builds a client. Every DynamoDB client of the workspace is built
+//! here (a test in `tests/it/tidy.rs` fails on any other), so no state write can go out through a
+//! client with the SDK's blind retries.
 
 use std::time::Duration;
 
@@ -56,6 +58,23 @@ pub fn policy_client(sdk: &SdkConfig, budget: Duration) -> aws_sdk_dynamodb::Cli
         )
         .build();
     aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+/// The client for everything off the request path: creating tables, writing policies, reading
+/// usage. The SDK's standard retries and timeouts apply. Never for state writes: a blind resend
+/// of a state write could charge twice, so those go through `state_client`.
+pub fn admin_client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(sdk)
+}
+
+/// The API Gateway client for plan sync and policy apply. The SDK's retries are off:
+/// `sync::apigateway::Backoff` retries throttled calls with jitter for as long as API Gateway's
+/// control-plane limits need, far longer than the SDK's three attempts.
+pub fn control_client(sdk: &SdkConfig) -> aws_sdk_apigateway::Client {
+    let conf = aws_sdk_apigateway::config::Builder::from(sdk)
+        .retry_config(aws_sdk_apigateway::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_apigateway::Client::from_conf(conf)
 }
 
 /// Creates an on-demand table keyed by the string attribute `pk`, with TTL on `ttl` if given:

@@ -21,7 +21,7 @@ pub use dynamodb::DynamoDirectory;
 pub use memory::MemoryDirectory;
 
 /// What an API key resolves to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyRecord {
     pub tenant: String,
     /// The key's id (API Gateway's), safe to log.

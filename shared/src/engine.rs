@@ -84,8 +84,10 @@ pub fn evaluate(limits: &Limits, state: &State, now: Timestamp, weight: u32) -> 
     }
     let next = State {
         tat: next_tat,
-        daily_used: state.daily_used + n,
-        monthly_used: state.monthly_used + n,
+        // Saturating: unlimited counters of a long-lived tenant, or a hand-edited item, must not
+        // wrap (quotas are at most 15 digits, so a limited counter never gets near).
+        daily_used: state.daily_used.saturating_add(n),
+        monthly_used: state.monthly_used.saturating_add(n),
     };
     Evaluation {
         decision: admitted(limits, &next, now),
@@ -188,5 +190,168 @@ mod tests {
         assert!(e.decision.allowed);
         assert_eq!(e.next.map(|s| s.daily_used), Some(3));
         assert_eq!(e.decision.rate, None);
+    }
+
+    mod accepted_range {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::policy::{MAX_QUOTA, MAX_WINDOW_SECS, Plan, PlanSpec};
+        use crate::quota::Counter;
+
+        const NS: u64 = 1_000_000_000;
+
+        /// Any plan `Plan::new` accepts, drawn log-uniformly over the whole accepted range: rates
+        /// from one per 366 days to 10^6/s, bursts up to what fits the longest window, quotas up
+        /// to 15 digits, weights up to the smallest limit.
+        fn accepted_plan() -> impl Strategy<Value = Plan> {
+            (
+                -7.49f64..6.0,
+                0f64..9.7,
+                prop::option::of(0f64..15.0),
+                prop::option::of(0f64..15.0),
+                0f64..1.0,
+            )
+                .prop_map(|(rate_exp, burst_exp, daily_exp, monthly_exp, weight_frac)| {
+                    let rate = 10f64.powf(rate_exp);
+                    let interval = (1e9 / rate).ceil() as u64;
+                    let max_burst = (MAX_WINDOW_SECS * NS / interval).min(u64::from(u32::MAX));
+                    let burst = (10f64.powf(burst_exp) as u64).clamp(1, max_burst) as u32;
+                    let quota = |e: Option<f64>| e.map(|e| (10f64.powf(e) as i64).clamp(1, MAX_QUOTA));
+                    let (mut daily, mut monthly) = (quota(daily_exp), quota(monthly_exp));
+                    if let (Some(d), Some(m)) = (daily, monthly)
+                        && d > m
+                    {
+                        (daily, monthly) = (Some(m), Some(d));
+                    }
+                    let smallest = [Some(i64::from(burst)), daily, monthly].into_iter().flatten().min();
+                    let max_weight = smallest.unwrap_or(1).min(i64::from(u32::MAX)) as f64;
+                    let weight = (max_weight.powf(weight_frac) as u32).max(1);
+                    let mut spec = PlanSpec::unlimited();
+                    spec.rate = Some(rate);
+                    spec.burst = Some(burst);
+                    spec.daily_quota = daily;
+                    spec.monthly_quota = monthly;
+                    spec.weights.insert("POST".to_owned(), weight);
+                    Plan::new("p", spec).expect("drawn inside the accepted range")
+                })
+        }
+
+        /// Gaps between requests: at one instant, around the emission interval, or days apart
+        /// (crossing quota periods).
+        fn gaps() -> impl Strategy<Value = Vec<(u8, f64, bool)>> {
+            prop::collection::vec((0u8..4, 0f64..3.0, any::<bool>()), 1..120)
+        }
+
+        /// The RFC 8941 check of the structured headers, and whole non-negative numbers of at most
+        /// 15 digits for the others.
+        fn assert_valid_headers(d: &Decision) -> Result<(), TestCaseError> {
+            for (name, value) in d.headers() {
+                match name {
+                    "RateLimit-Policy" | "RateLimit" => {
+                        let parsed = sfv::Parser::new(&value).parse::<sfv::List>();
+                        prop_assert!(
+                            parsed.is_ok(),
+                            "{name}: {value} is not a Structured Field list: {parsed:?}"
+                        );
+                    }
+                    _ => prop_assert!(
+                        !value.is_empty() && value.len() <= 15 && value.bytes().all(|b| b.is_ascii_digit()),
+                        "{name}: {value}"
+                    ),
+                }
+            }
+            if let Some(h) = d.headline() {
+                prop_assert!(h.remaining <= h.limit, "{h:?}");
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Every accepted plan is honoured: admitted units over any span never exceed
+            /// `burst + rate × elapsed`, nor a quota within its period; the first request sees
+            /// `burst - weight` remaining; a refusal's wait always suffices; headers stay valid.
+            #[test]
+            fn every_accepted_plan_is_honoured(
+                plan in accepted_plan(),
+                start in 1_700_000_000u64..2_000_000_000,
+                steps in gaps(),
+            ) {
+                let limits = plan.limits().clone();
+                let (_, bucket) = limits.bucket.clone().expect("drawn with a rate");
+                let interval = bucket.interval();
+                prop_assert!(interval as f64 >= 1e9 / plan.spec().rate.expect("rate"), "faster than declared");
+                let heavy = plan.weight("POST");
+                let mut now = start * NS;
+                let mut state = State::default();
+                let mut admitted: Vec<(u64, u64)> = Vec::new();
+                let mut per_period: HashMap<Counter, u64> = HashMap::new();
+                let roll = |state: &mut State, before: u64, after: u64| {
+                    let (b, a) = (Timestamp::from_nanos(before), Timestamp::from_nanos(after));
+                    if Period::Day.counter(b) != Period::Day.counter(a) {
+                        state.daily_used = 0;
+                    }
+                    if Period::Month.counter(b) != Period::Month.counter(a) {
+                        state.monthly_used = 0;
+                    }
+                };
+                for (i, (kind, frac, is_heavy)) in steps.into_iter().enumerate() {
+                    let gap = match kind {
+                        0 => 0,
+                        1 | 2 => (interval as f64 * frac) as u64,
+                        _ => (frac * 20.0 * 86_400.0) as u64 * NS,
+                    };
+                    roll(&mut state, now, now + gap);
+                    now += gap;
+                    let n = if is_heavy { heavy } else { 1 };
+                    let at = Timestamp::from_nanos(now);
+                    let e = evaluate(&limits, &state, at, n);
+                    assert_valid_headers(&e.decision)?;
+                    match e.next {
+                        Some(next) => {
+                            if i == 0 {
+                                let r = e.decision.rate.expect("rate status");
+                                prop_assert_eq!(r.remaining, bucket.burst() - n);
+                            }
+                            state = next;
+                            admitted.push((now, u64::from(n)));
+                            for c in [Period::Day.counter(at), Period::Month.counter(at)] {
+                                *per_period.entry(c).or_default() += u64::from(n);
+                            }
+                        }
+                        None => {
+                            let wait = e.decision.retry_after.expect("a refusal says how long to wait");
+                            prop_assert!(wait > Duration::ZERO);
+                            let later = now + crate::clock::duration_nanos(wait);
+                            let mut rolled = state;
+                            roll(&mut rolled, now, later);
+                            let retried = evaluate(&limits, &rolled, Timestamp::from_nanos(later), n);
+                            prop_assert!(retried.decision.allowed, "waiting {wait:?} did not suffice: {:?}", e.decision);
+                        }
+                    }
+                }
+                for (c, used) in per_period {
+                    let limit = match c {
+                        Counter::Day { .. } => limits.daily,
+                        Counter::Month { .. } => limits.monthly,
+                    };
+                    prop_assert!(limit.is_none_or(|l| used <= l), "{c}: {used} > {limit:?}");
+                }
+                let burst = u128::from(bucket.burst());
+                for i in 0..admitted.len() {
+                    let mut units = 0u128;
+                    for &(at, n) in &admitted[i..] {
+                        units += u128::from(n);
+                        let elapsed = u128::from(at - admitted[i].0);
+                        prop_assert!(units * u128::from(interval) <= burst * u128::from(interval) + elapsed,
+                            "{units} units in {elapsed} ns with burst {burst}, interval {interval}");
+                    }
+                }
+            }
+        }
     }
 }

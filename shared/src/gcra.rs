@@ -43,9 +43,10 @@ impl Bucket {
         }
     }
 
-    /// A bucket of `rate` units per second. Rates are validated by `policy`; this only rounds.
+    /// A bucket of `rate` units per second. Rates are validated by `policy`; this only rounds,
+    /// up: a nanosecond more per request, so the bucket never runs faster than the declared rate.
     pub fn per_second(rate: f64, burst: u32) -> Self {
-        let interval = (1e9 / rate).round();
+        let interval = (1e9 / rate).ceil();
         // `as` saturates for out-of-range floats and maps NaN to 0, which `new` lifts to 1.
         Bucket::new(interval as u64, burst)
     }

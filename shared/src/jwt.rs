@@ -1,12 +1,18 @@
 //! Bearer tokens: JWTs signed with RS256 or ES256 by a key in a JWKS, with issuer, audience and
 //! expiry checked, the tenant taken from a claim, and optional scopes required per route.
 //!
-//! No IO and no clock reads: the key set is fetched by the caller, and `now` is an argument, so
-//! expiry is as testable as everything else.
+//! The key set is kept fresh by `Jwks`: refetched when its time to live runs out (the source's
+//! `Cache-Control: max-age`, else a configured default) and when a token names a key id it does
+//! not hold (rotation), at most once per `min_refresh` and by one caller at a time. A failed
+//! fetch keeps the last good set. The fetching itself is behind `JwksSource` (HTTP in the
+//! authorizer), and `now` is always an argument, so expiry and refresh are as testable as
+//! everything else.
 
 use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Map, Value};
@@ -55,29 +61,211 @@ pub struct TokenIdentity {
     pub scopes: HashSet<String>,
 }
 
+/// One fetch of a key set: the keys, and how long the source allows them to be cached
+/// (`Cache-Control: max-age`; `Some(ZERO)` for `no-store`/`no-cache`).
 #[derive(Debug, Clone)]
-pub struct JwtVerifier {
+pub struct FetchedKeys {
+    pub keys: JwkSet,
+    pub max_age: Option<Duration>,
+}
+
+/// Why a key set could not be fetched; the text names the URL and the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct JwksFetchError(pub String);
+
+/// Where key sets come from: the identity provider's JWKS endpoint in the authorizer.
+#[async_trait]
+pub trait JwksSource: Send + Sync + std::fmt::Debug {
+    async fn fetch(&self) -> Result<FetchedKeys, JwksFetchError>;
+}
+
+/// How long a key set is trusted and how often it may be refetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwksPolicy {
+    /// Time to live of a key set whose response had no `max-age`.
+    pub default_ttl: Duration,
+    /// Fewest time between two fetches that a request triggers (an unknown key id, a retry after
+    /// a failed fetch): a flood of made-up key ids costs one fetch per interval, not one each.
+    /// Also the shortest time to live, whatever `max-age` says.
+    pub min_refresh: Duration,
+    /// Longest time to live honoured from `max-age`: bounds how long a withdrawn key is trusted.
+    pub max_ttl: Duration,
+}
+
+impl JwksPolicy {
+    pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+    /// `default_ttl` with the default refresh interval (30 s) and longest TTL (one day).
+    pub fn with_ttl(default_ttl: Duration) -> JwksPolicy {
+        JwksPolicy {
+            default_ttl,
+            min_refresh: Self::DEFAULT_MIN_REFRESH,
+            max_ttl: Self::DEFAULT_MAX_TTL,
+        }
+    }
+
+    fn ttl(&self, max_age: Option<Duration>) -> Duration {
+        max_age
+            .unwrap_or(self.default_ttl)
+            .min(self.max_ttl)
+            .max(self.min_refresh)
+    }
+}
+
+/// The key set as of one fetch attempt.
+#[derive(Debug)]
+struct KeySnapshot {
     keys: JwkSet,
+    /// Bumped by every fetch attempt, good or failed: callers that waited for an attempt see
+    /// that it happened and do not fetch again.
+    attempt: u64,
+    attempted_at: Timestamp,
+    /// When the set must be refetched: its time to live, or the retry after a failed fetch.
+    refresh_at: Timestamp,
+}
+
+impl KeySnapshot {
+    fn find(&self, kid: Option<&str>) -> Option<&jsonwebtoken::jwk::Jwk> {
+        match kid {
+            Some(kid) => self.keys.find(kid),
+            // A token without a key id is only accepted when the set leaves no choice.
+            None if self.keys.keys.len() == 1 => self.keys.keys.first(),
+            None => None,
+        }
+    }
+}
+
+/// A JWKS kept fresh from a `JwksSource`; shared by every request of a container.
+#[derive(Debug)]
+pub struct Jwks {
+    source: Arc<dyn JwksSource>,
+    policy: JwksPolicy,
+    current: RwLock<Arc<KeySnapshot>>,
+    /// Held by the one caller that fetches; the others wait for its result (single flight).
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Jwks {
+    /// Fetches the first key set: without one no token can be verified, so a failure here is
+    /// the caller's to answer (the authorizer fails its cold start).
+    pub async fn load(source: Arc<dyn JwksSource>, policy: JwksPolicy, now: Timestamp) -> Result<Jwks, JwksFetchError> {
+        let fetched = source.fetch().await?;
+        let snapshot = KeySnapshot {
+            refresh_at: now.saturating_add(policy.ttl(fetched.max_age)),
+            keys: fetched.keys,
+            attempt: 0,
+            attempted_at: now,
+        };
+        Ok(Jwks {
+            source,
+            policy,
+            current: RwLock::new(Arc::new(snapshot)),
+            fetching: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn policy(&self) -> JwksPolicy {
+        self.policy
+    }
+
+    /// The key ids held now (for logs and tests).
+    pub fn key_ids(&self) -> Vec<String> {
+        self.snapshot()
+            .keys
+            .keys
+            .iter()
+            .filter_map(|k| k.common.key_id.clone())
+            .collect()
+    }
+
+    fn snapshot(&self) -> Arc<KeySnapshot> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The key set to verify a token naming `kid` at `now`, refetched first when it is due.
+    async fn for_key(&self, kid: Option<&str>, now: Timestamp) -> Arc<KeySnapshot> {
+        let seen = self.snapshot();
+        let known = seen.find(kid).is_some();
+        let expired = now >= seen.refresh_at;
+        let may_retry = now >= seen.attempted_at.saturating_add(self.policy.min_refresh);
+        if !expired && (known || !may_retry) {
+            return seen;
+        }
+        let _guard = if known {
+            // An expired set still verifies the tokens it knows while another caller refetches:
+            // only the fetching request waits.
+            match self.fetching.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return seen,
+            }
+        } else {
+            self.fetching.lock().await
+        };
+        let latest = self.snapshot();
+        if latest.attempt != seen.attempt {
+            // Another caller fetched while this one waited: its answer is this one's too.
+            return latest;
+        }
+        let next = match self.source.fetch().await {
+            Ok(fetched) => {
+                let ids: Vec<_> = fetched
+                    .keys
+                    .keys
+                    .iter()
+                    .filter_map(|k| k.common.key_id.as_deref())
+                    .collect();
+                tracing::info!(keys = ?ids, "JWKS refreshed");
+                KeySnapshot {
+                    refresh_at: now.saturating_add(self.policy.ttl(fetched.max_age)),
+                    keys: fetched.keys,
+                    attempt: latest.attempt + 1,
+                    attempted_at: now,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
+                KeySnapshot {
+                    keys: latest.keys.clone(),
+                    attempt: latest.attempt + 1,
+                    attempted_at: now,
+                    refresh_at: now.saturating_add(self.policy.min_refresh),
+                }
+            }
+        };
+        let next = Arc::new(next);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next.clone();
+        next
+    }
+}
+
+#[derive(Debug)]
+pub struct JwtVerifier {
+    keys: Jwks,
     config: JwtConfig,
 }
 
 impl JwtVerifier {
-    pub fn new(keys: JwkSet, config: JwtConfig) -> JwtVerifier {
+    pub fn new(keys: Jwks, config: JwtConfig) -> JwtVerifier {
         JwtVerifier { keys, config }
     }
 
-    /// Verifies `token` at `now` and returns its tenant and scopes.
-    pub fn verify(&self, token: &str, now: Timestamp) -> Result<TokenIdentity, JwtError> {
+    pub fn keys(&self) -> &Jwks {
+        &self.keys
+    }
+
+    /// Verifies `token` at `now` and returns its tenant and scopes. May refetch the key set
+    /// first (see `Jwks`).
+    pub async fn verify(&self, token: &str, now: Timestamp) -> Result<TokenIdentity, JwtError> {
         let header = decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(JwtError::Algorithm(format!("{:?}", header.alg)));
         }
-        let jwk = match &header.kid {
-            Some(kid) => self.keys.find(kid),
-            None if self.keys.keys.len() == 1 => self.keys.keys.first(),
-            None => None,
-        }
-        .ok_or_else(|| JwtError::UnknownKey(header.kid.clone()))?;
+        let keys = self.keys.for_key(header.kid.as_deref(), now).await;
+        let jwk = keys
+            .find(header.kid.as_deref())
+            .ok_or_else(|| JwtError::UnknownKey(header.kid.clone()))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| JwtError::Invalid(e.to_string()))?;
         // Signature, algorithm, issuer and audience here; time below, against the injected `now`.
         let mut validation = Validation::new(header.alg);

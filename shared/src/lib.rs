@@ -4,6 +4,7 @@
 //! IO. Stores (`store`) and the policy directory (`directory`) are ports with an in-memory and
 //! a DynamoDB adapter each.
 
+pub mod audit;
 pub mod aws;
 pub mod clock;
 pub mod decision;
@@ -17,6 +18,7 @@ pub mod policy;
 pub mod policy_file;
 pub mod quota;
 pub mod store;
+pub mod sync;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use decision::{Decision, Reason};

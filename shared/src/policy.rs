@@ -15,6 +15,13 @@ pub const MAX_RATE: f64 = 1_000_000.0;
 /// stay under 1 KB so a decision costs one write unit.
 pub const MAX_ROUTES: usize = 8;
 pub const MAX_PLAN_NAME: usize = 64;
+/// Longest bucket window (`burst / rate`, the time an empty bucket takes to refill): 366 days.
+/// Longer windows are quotas' job; this keeps `burst × interval` and every TAT far from the
+/// `u64` nanosecond range, so no arithmetic saturates and `remaining` counts whole requests.
+pub const MAX_WINDOW_SECS: u64 = 366 * 86_400;
+/// Largest quota: `RateLimit-Policy` carries it as an RFC 8941 Structured Field integer, which
+/// has at most 15 digits.
+pub const MAX_QUOTA: i64 = 999_999_999_999_999;
 
 /// A plan as written by people. Quotas and the rate are optional; `-1` also means unlimited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +180,17 @@ impl Plan {
                     &format!("exceeds burst = {}: such a request could never pass", b.burst()),
                 ));
             }
+            for (quota, name) in [(daily, "daily_quota"), (monthly, "monthly_quota")] {
+                if let Some(q) = quota
+                    && u64::from(weight) > q
+                {
+                    return Err(err(
+                        &field,
+                        &weight,
+                        &format!("exceeds {name} = {q}: such a request could never pass"),
+                    ));
+                }
+            }
         }
         if spec.routes.len() > MAX_ROUTES {
             return Err(err(
@@ -190,6 +208,9 @@ impl Plan {
                     "must look like /path/METHOD (method may be *), e.g. /search/GET",
                 )
             })?;
+            if let Err(reason) = check_resource_path(path) {
+                return Err(err(&format!("routes[{i}].route"), &format!("{:?}", r.route), reason));
+            }
             if routes.iter().any(|o| o.path == path && o.method == method) {
                 return Err(err(
                     &format!("routes[{i}].route"),
@@ -329,7 +350,28 @@ fn checked_bucket(
     if burst == 0 {
         return Err(err(burst_field, &burst, "must be at least 1"));
     }
-    Ok(Bucket::per_second(rate, burst))
+    let bucket = Bucket::per_second(rate, burst);
+    let max_window = u128::from(MAX_WINDOW_SECS) * 1_000_000_000;
+    let longest =
+        "the longest bucket window is 366 days (31622400 s); use daily_quota or monthly_quota for longer periods";
+    if u128::from(bucket.interval()) > max_window {
+        return Err(err(
+            rate_field,
+            &rate,
+            &format!("one request every {:.0} s: {longest}", 1.0 / rate),
+        ));
+    }
+    if u128::from(bucket.interval()) * u128::from(burst) > max_window {
+        return Err(err(
+            burst_field,
+            &burst,
+            &format!(
+                "refilling {burst} requests at {rate}/s takes {:.0} s: {longest}",
+                f64::from(burst) / rate
+            ),
+        ));
+    }
+    Ok(bucket)
 }
 
 fn checked_quota(
@@ -339,8 +381,18 @@ fn checked_quota(
 ) -> Result<Option<u64>, PolicyError> {
     match q {
         None | Some(-1) => Ok(None),
-        Some(n) if n >= 0 => Ok(Some(n as u64)),
-        Some(n) => Err(err(field, &n, "must be at least 0, or -1 for unlimited")),
+        Some(0) => Err(err(
+            field,
+            &0,
+            "must be at least 1, or -1 for unlimited: a quota of 0 refuses every request, and its Retry-After would promise otherwise (to suspend a tenant, disable its keys)",
+        )),
+        Some(n) if n > MAX_QUOTA => Err(err(
+            field,
+            &n,
+            "must be at most 999999999999999 (RateLimit-Policy carries it as a Structured Field integer of at most 15 digits), or -1 for unlimited",
+        )),
+        Some(n) if n > 0 => Ok(Some(n as u64)),
+        Some(n) => Err(err(field, &n, "must be at least 1, or -1 for unlimited")),
     }
 }
 
@@ -358,6 +410,43 @@ pub fn split_route(route: &str) -> Option<(&str, &str)> {
     let path = if path.is_empty() { "/" } else { path };
     let valid_path = path.starts_with('/') && !path.contains(char::is_whitespace);
     (valid_path && (method == "*" || is_http_method(method))).then_some((path, method))
+}
+
+/// A resource path as API Gateway accepts one: `/`, or `/`-separated non-empty segments, each
+/// literal or a whole-segment parameter `{name}`; a greedy `{name+}` only as the last segment.
+/// Literal segments are what a normalised request path can equal: no dot segments, no `%`, `?`
+/// or `#`, no braces.
+pub fn check_resource_path(path: &str) -> Result<(), &'static str> {
+    if path == "/" {
+        return Ok(());
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.is_empty() {
+            return Err("has an empty path segment (doubled or trailing slash)");
+        }
+        if *seg == "." || *seg == ".." {
+            return Err("has a dot segment; write the path it resolves to");
+        }
+        if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let (name, greedy) = match inner.strip_suffix('+') {
+                Some(name) => (name, true),
+                None => (inner, false),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err("a path parameter must be {name} or {name+} with name of A-Z a-z 0-9 _");
+            }
+            if greedy && i + 1 != segments.len() {
+                return Err("a greedy path parameter {name+} must be the last segment");
+            }
+        } else if seg
+            .bytes()
+            .any(|b| matches!(b, b'{' | b'}' | b'%' | b'?' | b'#') || b.is_ascii_control())
+        {
+            return Err("a literal segment may not contain { } % ? # or control characters");
+        }
+    }
+    Ok(())
 }
 
 /// `r` and 6 hex digits of the route key's SHA-256: short (the state item must stay under
@@ -422,7 +511,7 @@ mod tests {
             ("rate = 1.0", "plan `p`: `burst` = (missing): required with rate = 1"),
             (
                 "daily_quota = -5",
-                "plan `p`: `daily_quota` = -5: must be at least 0, or -1 for unlimited",
+                "plan `p`: `daily_quota` = -5: must be at least 1, or -1 for unlimited",
             ),
             (
                 "daily_quota = 10\nmonthly_quota = 5",

@@ -1,7 +1,7 @@
 //! The policy file: plans and, optionally, tenants with their API-key hashes. TOML, validated
 //! whole, so a bad file is rejected before anything reads from it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -58,6 +58,8 @@ impl PolicyFile {
             plans.insert(name, Arc::new(plan));
         }
         let mut tenants = BTreeMap::new();
+        // A key resolves to exactly one tenant: a hash listed twice would silently pick one.
+        let mut owners: HashMap<ApiKeyHash, String> = HashMap::new();
         for (id, t) in raw.tenants {
             let fail = |reason: String| PolicyFileError::Tenant {
                 tenant: id.clone(),
@@ -73,7 +75,19 @@ impl PolicyFile {
                 .map(|h| {
                     ApiKeyHash::from_hex(h).ok_or_else(|| fail(format!("api_key_sha256 {h:?} is not 64 hex digits")))
                 })
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
+            for hash in &api_keys {
+                if let Some(other) = owners.insert(*hash, id.clone()) {
+                    let reason = if other == id {
+                        format!("api_key_sha256 {hash} is listed twice")
+                    } else {
+                        format!(
+                            "api_key_sha256 {hash} is also listed under tenant `{other}`: a key belongs to one tenant"
+                        )
+                    };
+                    return Err(fail(reason));
+                }
+            }
             tenants.insert(id, TenantEntry { plan: t.plan, api_keys });
         }
         Ok(PolicyFile { plans, tenants })
@@ -105,5 +119,54 @@ mod tests {
             e.to_string(),
             "plan `free`: `rate` = -1: must be a positive number of requests per second"
         );
+    }
+
+    /// Every file under `tests/fixtures/policies/hostile/` is rejected through `parse` (what
+    /// `tollgate validate`, `serve` and `load` call) with the error its first line announces:
+    /// `# expect: <text the error contains>`.
+    #[test]
+    fn hostile_policy_files_are_rejected_with_the_field_and_the_reason() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/policies/hostile");
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .expect("fixtures directory")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        assert!(paths.len() >= 40, "only {} hostile files", paths.len());
+        let mut wrong = Vec::new();
+        for path in &paths {
+            let src = std::fs::read_to_string(path).expect("readable");
+            let expect = src
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", path.display()));
+            match PolicyFile::parse(&src) {
+                Ok(_) => wrong.push(format!("{}: accepted", path.display())),
+                Err(e) if !e.to_string().contains(expect) => wrong.push(format!("{}: got `{e}`", path.display())),
+                Err(_) => {}
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn the_edges_of_the_accepted_range_are_accepted() {
+        let src = r#"
+            [plans.edge]
+            rate = 1.0
+            burst = 31622400
+            daily_quota = 999999999999999
+            monthly_quota = 999999999999999
+            weights = { POST = 31622400 }
+
+            [plans.slow]
+            rate = 0.0000000316232
+            burst = 1
+            daily_quota = 1
+        "#;
+        let file = PolicyFile::parse(src).expect("the largest window and quota are valid");
+        assert_eq!(file.plans["edge"].limits().daily, Some(999_999_999_999_999));
     }
 }

@@ -167,6 +167,13 @@ fn days(t: Timestamp) -> i64 {
     (t.as_secs() / SECS_PER_DAY) as i64
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (RFC 3339, UTC).
+pub fn format_utc(secs: u64) -> String {
+    let (y, m, d) = civil_from_days((secs / SECS_PER_DAY) as i64);
+    let s = secs % SECS_PER_DAY;
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -198,6 +205,12 @@ mod tests {
 
     // 2026-11-23T17:49:37Z
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
+
+    #[test]
+    fn utc_times_format_as_rfc_3339() {
+        assert_eq!(format_utc(NOW.as_secs()), "2026-11-23T17:49:37Z");
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+    }
 
     #[test]
     fn a_counter_fits_in_eight_bytes() {

@@ -1,8 +1,8 @@
-//! The authorizer handler on real REQUEST event fixtures, with its directory and store in
-//! DynamoDB on the emulator.
+//! The authorizer handler on real REQUEST event fixtures (REST, and HTTP API payload 2.0), with
+//! its directory and store in DynamoDB on the emulator, and its JWKS served over HTTP on loopback.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -11,10 +11,10 @@ use tollgate::directory::DynamoDirectory;
 use tollgate::directory::dynamodb::create_policy_table;
 use tollgate::gate::breaker::BreakerState;
 use tollgate::identity::ApiKeyHash;
-use tollgate::jwt::JwtVerifier;
+use tollgate::jwt::{Jwks, JwksPolicy, JwtVerifier};
 use tollgate::policy_file::PolicyFile;
 use tollgate::quota::Period;
-use tollgate_authorizer::{Authorizer, AuthorizerError, CONTEXT_HEADERS, CONTEXT_KEYS, Config, fetch_jwks};
+use tollgate_authorizer::{Authorizer, AuthorizerError, CONTEXT_HEADERS, CONTEXT_KEYS, Config, HttpJwks};
 
 use crate::emulator;
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -22,6 +22,11 @@ use crate::fault_proxy::{Fault, FaultProxy};
 const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 const FIXTURE: &str = include_str!("../fixtures/authorizer/rest-request.json");
 const MALFORMED: &str = include_str!("../fixtures/authorizer/malformed-request.json");
+const REPEATED_KEY: &str = include_str!("../fixtures/authorizer/rest-request-repeated-key.json");
+const HTTP_FIXTURE: &str = include_str!("../fixtures/authorizer/http-request.json");
+const HTTP_DEFAULT_ROUTE: &str = include_str!("../fixtures/authorizer/http-request-default-route.json");
+const HTTP_REPEATED_KEY: &str = include_str!("../fixtures/authorizer/http-request-repeated-key.json");
+const HTTP_MALFORMED: &str = include_str!("../fixtures/authorizer/http-malformed-request.json");
 
 /// Tenants and their raw keys; the policy holds only the keys' hashes.
 const KEYS: &[(&str, &str, &str)] = &[
@@ -71,7 +76,7 @@ async fn stack(env: &[(&str, &str)]) -> Stack {
 
 async fn stack_with(env: &[(&str, &str)], jwt: Option<JwtVerifier>) -> Stack {
     let endpoint = emulator::endpoint();
-    let client = aws_sdk_dynamodb::Client::new(&emulator::sdk_config(&endpoint));
+    let client = tollgate::aws::admin_client(&emulator::sdk_config(&endpoint));
     let policy_table = emulator::unique("policy");
     create_policy_table(&client, &policy_table).await.expect("policy table");
     let mut policy = PLANS.to_owned();
@@ -159,6 +164,7 @@ async fn an_admitted_request_gets_allow_with_rate_limit_context() {
     let fixture: Value = serde_json::from_str(FIXTURE).expect("fixture");
     let mut e = fixture.clone();
     e["headers"]["x-api-key"] = json!("tg_acme_key");
+    e["multiValueHeaders"]["x-api-key"] = json!(["tg_acme_key"]);
     let r = s.authorizer.handle(e).await.expect("policy");
     // THEN Allow for the method ARN, metered by usage plans, with the figures in context
     assert_eq!(effect(&r), "Allow");
@@ -245,6 +251,9 @@ async fn malformed_events_are_errors_not_panics() {
         json!({}),
         json!("REQUEST"),
         json!({"type": "REQUEST", "methodArn": 42}),
+        // A TOKEN authorizer's event: not a configuration Tollgate answers.
+        json!({"type": "TOKEN", "methodArn": "arn:aws:execute-api:us-east-1:1:a/prod/GET/items",
+               "authorizationToken": "tg_acme_key"}),
     ];
     for e in cases {
         let err = s.authorizer.handle(e.clone()).await.expect_err("malformed");
@@ -383,23 +392,84 @@ const ATTACKER_KEY: &str = include_str!("../fixtures/jwt/attacker-es256.pem");
 const ISSUER: &str = "https://issuer.example.com/";
 const AUDIENCE: &str = "tollgate-demo";
 
-/// Serves `body` over HTTP on loopback, like an identity provider's JWKS endpoint.
-async fn serve_jwks(body: &'static str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = socket.read(&mut buf).await;
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
+/// What the JWKS endpoint serves now, and how often it was asked.
+#[derive(Debug)]
+struct JwksEndpoint {
+    body: String,
+    status: u16,
+    cache_control: Option<String>,
+    fetches: usize,
+}
+
+/// An identity provider's JWKS endpoint: a real HTTP server on loopback whose key set, status
+/// and `Cache-Control` a test changes (rotation, withdrawal, outage), counting every fetch.
+#[derive(Debug, Clone)]
+struct JwksServer {
+    url: String,
+    state: Arc<Mutex<JwksEndpoint>>,
+}
+
+impl JwksServer {
+    async fn start(kids: &[&str]) -> JwksServer {
+        use axum::extract::State;
+        use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+        async fn serve(State(state): State<Arc<Mutex<JwksEndpoint>>>) -> axum::response::Response {
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            s.fetches += 1;
+            let mut response = axum::response::Response::builder()
+                .status(s.status)
+                .header(CONTENT_TYPE, "application/json");
+            if let Some(cc) = &s.cache_control {
+                response = response.header(CACHE_CONTROL, cc.as_str());
+            }
+            response.body(axum::body::Body::from(s.body.clone())).expect("response")
         }
-    });
-    format!("http://{addr}/.well-known/jwks.json")
+        let state = Arc::new(Mutex::new(JwksEndpoint {
+            body: key_set(kids),
+            status: 200,
+            cache_control: None,
+            fetches: 0,
+        }));
+        let app = axum::Router::new()
+            .route("/.well-known/jwks.json", axum::routing::get(serve))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        JwksServer {
+            url: format!("http://{addr}/.well-known/jwks.json"),
+            state,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut JwksEndpoint) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Serves the fixture keys `kids`, healthy.
+    fn publish(&self, kids: &[&str]) {
+        self.with(|s| {
+            s.body = key_set(kids);
+            s.status = 200;
+        });
+    }
+
+    fn fetches(&self) -> usize {
+        self.with(|s| s.fetches)
+    }
+}
+
+/// The fixture JWKS reduced to the keys `kids`.
+fn key_set(kids: &[&str]) -> String {
+    let all: Value = serde_json::from_str(JWKS).expect("fixture JWKS");
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| kids.iter().any(|kid| k["kid"] == *kid))
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string()
 }
 
 /// A token signed with `pem` under key id `kid`.
@@ -437,14 +507,19 @@ fn bearer(token: &str, method: &str, resource: &str) -> Value {
 
 /// A JWT-mode authorizer whose keys were fetched from a local JWKS endpoint.
 async fn jwt_stack() -> Stack {
-    let url = serve_jwks(JWKS).await;
-    let env = [
+    jwt_stack_on(&JwksServer::start(&["test-rs256", "test-es256"]).await, &[]).await
+}
+
+/// A JWT-mode authorizer on `server`'s keys, loaded at `NOW` as `main` loads them.
+async fn jwt_stack_on(server: &JwksServer, extra: &[(&str, &str)]) -> Stack {
+    let mut env = vec![
         ("TOLLGATE_TENANT_SOURCE", "jwt"),
-        ("TOLLGATE_JWKS_URL", url.as_str()),
+        ("TOLLGATE_JWKS_URL", server.url.as_str()),
         ("TOLLGATE_JWT_ISSUER", ISSUER),
         ("TOLLGATE_JWT_AUDIENCE", AUDIENCE),
         ("TOLLGATE_JWT_ROUTE_SCOPES", "/admin/*=admin"),
     ];
+    env.extend_from_slice(extra);
     let vars: HashMap<&str, &str> = env
         .iter()
         .copied()
@@ -452,7 +527,8 @@ async fn jwt_stack() -> Stack {
         .collect();
     let config = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).expect("config");
     let settings = config.jwt.expect("jwt mode");
-    let keys = fetch_jwks(&settings.jwks_url, Duration::from_secs(5))
+    let source = HttpJwks::new(&settings.jwks_url, Duration::from_secs(5)).expect("client");
+    let keys = Jwks::load(Arc::new(source), JwksPolicy::with_ttl(settings.jwks_ttl), NOW)
         .await
         .expect("JWKS fetched");
     stack_with(&env, Some(JwtVerifier::new(keys, settings.verify))).await
@@ -594,4 +670,313 @@ async fn a_token_only_ever_spends_its_own_tenants_budget() {
     let r = jwt_call(&s, &open, "GET", "/items").await.expect("policy");
     assert_eq!((effect(&r), &r["context"]["tenant"]), ("Allow", &json!("open-co")));
     assert_eq!(r["context"]["remaining"], "9");
+}
+
+#[tokio::test]
+async fn a_rest_api_key_header_sent_twice_with_different_values_is_unauthorized() {
+    let s = stack(&[]).await;
+    // GIVEN the fixture whose multiValueHeaders carry two different keys (headers: the last)
+    let repeated: Value = serde_json::from_str(REPEATED_KEY).expect("fixture");
+    // WHEN it is answered THEN 401: neither key is picked, and neither tenant is charged
+    let err = s.authorizer.handle(repeated).await.expect_err("401");
+    assert!(matches!(err, AuthorizerError::Unauthorized), "{err}");
+    assert_eq!(call(&s, "tg_acme_key").await["context"]["remaining"], "4");
+    assert_eq!(call(&s, "tg_quota_key").await["context"]["dailyRemaining"], "1");
+    // WHEN the same key is sent twice THEN there is nothing to choose: admitted
+    let mut same = event(Some("tg_acme_key"), "GET", "/items");
+    same["multiValueHeaders"]["x-api-key"] = json!(["tg_acme_key", "tg_acme_key"]);
+    let r = s.authorizer.handle(same).await.expect("policy");
+    assert_eq!((effect(&r), &r["context"]["remaining"]), ("Allow", &json!("3")));
+}
+
+/// The payload 2.0 fixture with `key` in the API-key header (and identity source) and
+/// `route_key` (`GET /items`, `$default`) requested with `method`.
+fn http_event(key: Option<&str>, route_key: &str, method: &str) -> Value {
+    let mut e: Value = serde_json::from_str(HTTP_FIXTURE).expect("fixture");
+    match key {
+        Some(k) => {
+            e["headers"]["x-api-key"] = json!(k);
+            e["identitySource"] = json!([k]);
+        }
+        None => {
+            e["headers"].as_object_mut().map(|h| h.remove("x-api-key"));
+            e.as_object_mut().map(|e| e.remove("identitySource"));
+        }
+    }
+    e["routeKey"] = json!(route_key);
+    e["requestContext"]["routeKey"] = json!(route_key);
+    e["requestContext"]["http"]["method"] = json!(method);
+    e
+}
+
+async fn http_call(s: &Stack, e: Value) -> Value {
+    s.authorizer.handle(e).await.expect("simple response")
+}
+
+/// A simple response: exactly `isAuthorized` and a `context` of strings the templates know.
+fn authorized(response: &Value) -> bool {
+    let fields = response.as_object().expect("object");
+    assert!(
+        fields.keys().all(|k| k == "isAuthorized" || k == "context"),
+        "not a simple response: {response}"
+    );
+    let context = response["context"].as_object().expect("context");
+    assert!(context.values().all(Value::is_string), "{response}");
+    assert_known_context(response);
+    response["isAuthorized"].as_bool().expect("isAuthorized")
+}
+
+#[tokio::test]
+async fn an_http_api_request_is_authorized_with_the_same_context_as_rest() {
+    let s = stack(&[]).await;
+    // GIVEN the payload 2.0 fixture as API Gateway sends it, with a known key
+    let mut e: Value = serde_json::from_str(HTTP_FIXTURE).expect("fixture");
+    e["headers"]["x-api-key"] = json!("tg_acme_key");
+    // WHEN it is answered THEN the simple response authorizes it, with the REST context
+    let r = http_call(&s, e).await;
+    assert!(authorized(&r), "{r}");
+    let ctx = &r["context"];
+    assert_eq!(ctx["tenant"], "acme");
+    assert_eq!(ctx["plan"], "free");
+    assert_eq!(ctx["mode"], "enforced");
+    assert_eq!(ctx["limit"], "5");
+    assert_eq!(ctx["remaining"], "4");
+    assert_eq!(ctx["dailyRemaining"], "999");
+    assert!(ctx.get("retryAfter").is_none());
+    // THEN REST and HTTP API requests spend the same tenant's one budget
+    assert_eq!(call(&s, "tg_acme_key").await["context"]["remaining"], "3");
+}
+
+#[tokio::test]
+async fn a_throttled_http_api_request_is_not_authorized_and_says_why() {
+    let s = stack(&[]).await;
+    for _ in 0..5 {
+        assert!(authorized(
+            &http_call(&s, http_event(Some("tg_acme_key"), "GET /items", "GET")).await
+        ));
+    }
+    // WHEN the burst is spent THEN isAuthorized is false (API Gateway: 403), the context the reason
+    let r = http_call(&s, http_event(Some("tg_acme_key"), "GET /items", "GET")).await;
+    assert!(!authorized(&r), "{r}");
+    assert_eq!(r["context"]["reason"], "rate");
+    assert_eq!(r["context"]["retryAfter"], "1");
+    // WHEN the retry-after has passed THEN the tenant is authorized again
+    s.clock.advance(Duration::from_secs(1));
+    assert!(authorized(
+        &http_call(&s, http_event(Some("tg_acme_key"), "GET /items", "GET")).await
+    ));
+}
+
+#[tokio::test]
+async fn unknown_missing_and_repeated_http_api_keys_are_not_authorized() {
+    let s = stack(&[]).await;
+    let repeated: Value = serde_json::from_str(HTTP_REPEATED_KEY).expect("fixture");
+    for e in [
+        http_event(Some("tg_guessed_key"), "GET /items", "GET"),
+        http_event(None, "GET /items", "GET"),
+        // Two keys, comma-joined by API Gateway: refused, not split and picked from.
+        repeated,
+    ] {
+        // THEN a simple response, not the REST `Unauthorized` error (undocumented for HTTP APIs)
+        let r = http_call(&s, e.clone()).await;
+        assert_eq!(r, json!({"isAuthorized": false, "context": {}}), "{e}");
+    }
+    // THEN nobody was charged for them
+    assert_eq!(call(&s, "tg_acme_key").await["context"]["remaining"], "4");
+    assert_eq!(call(&s, "tg_quota_key").await["context"]["dailyRemaining"], "1");
+}
+
+#[tokio::test]
+async fn malformed_http_api_events_are_errors_not_panics() {
+    let s = stack(&[]).await;
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut e = http_event(Some("tg_acme_key"), "GET /items", "GET");
+        f(&mut e);
+        e
+    };
+    let cases = [
+        serde_json::from_str::<Value>(HTTP_MALFORMED).expect("fixture is JSON"),
+        json!({"version": "2.0"}),
+        json!({"version": "2.0", "type": "REQUEST", "routeArn": "arn", "routeKey": "GET /items"}),
+        with(&|e| e["routeKey"] = json!("GET items")),
+        with(&|e| {
+            e["routeKey"] = json!("");
+            e["requestContext"]["routeKey"] = json!(null);
+        }),
+        with(&|e| e["routeArn"] = json!("")),
+        with(&|e| e["headers"] = json!(["x-api-key", "tg_acme_key"])),
+        with(&|e| e["requestContext"]["http"]["method"] = json!(7)),
+        with(&|e| e["version"] = json!("1.0")),
+        json!([{"version": "2.0"}]),
+    ];
+    for e in cases {
+        let err = s.authorizer.handle(e.clone()).await.expect_err("malformed");
+        assert!(matches!(err, AuthorizerError::InvalidEvent(_)), "{e}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn http_api_route_keys_name_the_route_for_skip_routes_and_limits() {
+    let s = stack(&[("TOLLGATE_SKIP_ROUTES", "/health/GET")]).await;
+    // GIVEN /health/GET is a skip route WHEN routeKey `GET /health` or `ANY /health` asked by GET
+    for route in ["GET /health", "ANY /health"] {
+        let r = http_call(&s, http_event(Some("tg_acme_key"), route, "GET")).await;
+        assert!(authorized(&r));
+        assert_eq!(r["context"]["mode"], "bypass", "{route}");
+    }
+    // WHEN `ANY /health` is asked by POST THEN it is not the skipped route
+    let r = http_call(&s, http_event(Some("tg_acme_key"), "ANY /health", "POST")).await;
+    assert_eq!(r["context"]["mode"], "enforced");
+    // WHEN the `$default` route catches a request THEN the plan's limits apply (no raw path)
+    let mut e: Value = serde_json::from_str(HTTP_DEFAULT_ROUTE).expect("fixture");
+    e["headers"]["x-api-key"] = json!("tg_acme_key");
+    let r = http_call(&s, e).await;
+    assert!(authorized(&r));
+    assert_eq!(
+        (&r["context"]["mode"], &r["context"]["remaining"]),
+        (&json!("enforced"), &json!("3"))
+    );
+}
+
+#[tokio::test]
+async fn http_api_bearer_tokens_are_checked_against_the_route_key() {
+    let s = jwt_stack().await;
+    let es = jsonwebtoken::Algorithm::ES256;
+    let plain = token(
+        es,
+        "test-es256",
+        ES256_KEY,
+        claims("acme", 600, json!({"scope": "read"})),
+    );
+    let bearer_http = |t: &str, route: &str, method: &str| {
+        let mut e = http_event(None, route, method);
+        e["headers"]["authorization"] = json!(format!("Bearer {t}"));
+        e
+    };
+    // WHEN a valid token calls an open route THEN authorized as its tenant
+    let r = http_call(&s, bearer_http(&plain, "GET /items", "GET")).await;
+    assert!(authorized(&r));
+    assert_eq!(r["context"]["tenant"], "acme");
+    // WHEN it calls /admin, which needs the admin scope THEN not authorized
+    let r = http_call(&s, bearer_http(&plain, "DELETE /admin", "DELETE")).await;
+    assert!(!authorized(&r));
+    // WHEN two Authorization headers were comma-joined THEN not authorized
+    let r = http_call(&s, bearer_http(&format!("{plain},Bearer {plain}"), "GET /items", "GET")).await;
+    assert!(!authorized(&r));
+}
+
+const ES256: jsonwebtoken::Algorithm = jsonwebtoken::Algorithm::ES256;
+const RS256: jsonwebtoken::Algorithm = jsonwebtoken::Algorithm::RS256;
+
+async fn admits(s: &Stack, token: &str) -> bool {
+    match jwt_call(s, token, "GET", "/items").await {
+        Ok(r) => effect(&r) == "Allow",
+        Err(AuthorizerError::Unauthorized) => false,
+        Err(e) => panic!("neither admitted nor unauthorized: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_token_signed_with_a_rotated_in_key_is_accepted_without_a_restart() {
+    // GIVEN the provider publishes only the RS256 key at cold start
+    let server = JwksServer::start(&["test-rs256"]).await;
+    let s = jwt_stack_on(&server, &[]).await;
+    let new_key = token(ES256, "test-es256", ES256_KEY, claims("acme", 3600, json!({})));
+    assert!(!admits(&s, &new_key).await, "not published yet");
+    // WHEN the provider rotates the ES256 key in and the refresh interval has passed
+    server.publish(&["test-rs256", "test-es256"]);
+    s.clock.advance(JwksPolicy::DEFAULT_MIN_REFRESH);
+    // THEN the first token naming the new key id refetches the set and is admitted
+    assert!(admits(&s, &new_key).await);
+    assert_eq!(server.fetches(), 2, "cold start and one refresh");
+    let old_key = token(RS256, "test-rs256", RS256_KEY, claims("acme", 3600, json!({})));
+    assert!(admits(&s, &old_key).await);
+    assert_eq!(server.fetches(), 2, "known key ids fetch nothing");
+}
+
+#[tokio::test]
+async fn a_withdrawn_key_stops_being_trusted_when_the_key_sets_ttl_runs_out() {
+    // GIVEN a default TTL of 300 s; WHEN the response has no max-age, or max-age=120
+    for (cache_control, ttl) in [(None, 300), (Some("public, max-age=120"), 120)] {
+        let server = JwksServer::start(&["test-rs256", "test-es256"]).await;
+        server.with(|s| s.cache_control = cache_control.map(str::to_owned));
+        let s = jwt_stack_on(&server, &[("TOLLGATE_JWKS_TTL_SECS", "300")]).await;
+        let withdrawn = token(ES256, "test-es256", ES256_KEY, claims("acme", 3600, json!({})));
+        assert!(admits(&s, &withdrawn).await);
+        // WHEN the provider withdraws the ES256 key
+        server.publish(&["test-rs256"]);
+        // THEN it is trusted until the TTL, and not after
+        s.clock.advance(Duration::from_secs(ttl - 1));
+        assert!(admits(&s, &withdrawn).await, "{cache_control:?}: within the TTL");
+        assert_eq!(server.fetches(), 1, "{cache_control:?}");
+        s.clock.advance(Duration::from_secs(1));
+        assert!(!admits(&s, &withdrawn).await, "{cache_control:?}: after the TTL");
+        assert_eq!(server.fetches(), 2, "{cache_control:?}");
+        let kept = token(RS256, "test-rs256", RS256_KEY, claims("acme", 3600, json!({})));
+        assert!(admits(&s, &kept).await);
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_key_ids_fetches_the_key_set_at_most_once_per_interval() {
+    let server = JwksServer::start(&["test-rs256", "test-es256"]).await;
+    let s = jwt_stack_on(&server, &[]).await;
+    let forged = |n: usize| {
+        token(
+            ES256,
+            &format!("made-up-{n}"),
+            ATTACKER_KEY,
+            claims("acme", 3600, json!({})),
+        )
+    };
+    let flood = |from: usize| {
+        let s = &s;
+        futures::future::join_all((from..from + 200).map(move |n| async move { admits(s, &forged(n)).await }))
+    };
+    // GIVEN the refresh interval has passed since cold start
+    s.clock.advance(JwksPolicy::DEFAULT_MIN_REFRESH);
+    // WHEN 200 concurrent requests name 200 unknown key ids THEN all refused, one fetch for all
+    assert!(flood(0).await.iter().all(|admitted| !admitted));
+    assert_eq!(server.fetches(), 2, "cold start and one single-flight refresh");
+    // WHEN another 200 follow within the interval THEN no fetch at all
+    s.clock
+        .advance(JwksPolicy::DEFAULT_MIN_REFRESH - Duration::from_secs(1));
+    assert!(flood(200).await.iter().all(|admitted| !admitted));
+    assert_eq!(server.fetches(), 2);
+    // WHEN the interval has passed again THEN one more fetch
+    s.clock.advance(Duration::from_secs(1));
+    assert!(flood(400).await.iter().all(|admitted| !admitted));
+    assert_eq!(server.fetches(), 3);
+    // THEN genuine tokens were never in question
+    let genuine = token(ES256, "test-es256", ES256_KEY, claims("acme", 3600, json!({})));
+    assert!(admits(&s, &genuine).await);
+    assert_eq!(server.fetches(), 3);
+}
+
+#[tokio::test]
+async fn a_failing_jwks_endpoint_keeps_the_last_good_key_set() {
+    let server = JwksServer::start(&["test-es256"]).await;
+    let s = jwt_stack_on(&server, &[("TOLLGATE_JWKS_TTL_SECS", "60")]).await;
+    let es = token(ES256, "test-es256", ES256_KEY, claims("acme", 3600, json!({})));
+    let rs = token(RS256, "test-rs256", RS256_KEY, claims("acme", 3600, json!({})));
+    // GIVEN the endpoint answers 503, then a body that is not a key set, past the TTL each time
+    for break_it in [
+        &(|e: &mut JwksEndpoint| e.status = 503) as &dyn Fn(&mut JwksEndpoint),
+        &|e: &mut JwksEndpoint| {
+            e.status = 200;
+            e.body = "<html>maintenance</html>".into();
+        },
+    ] {
+        server.with(break_it);
+        let before = server.fetches();
+        s.clock.advance(Duration::from_secs(60));
+        // THEN the last good set still verifies its tokens, after a refresh was tried
+        assert!(admits(&s, &es).await);
+        assert_eq!(server.fetches(), before + 1);
+    }
+    // WHEN the endpoint heals with a new key THEN the next refresh takes it
+    server.publish(&["test-es256", "test-rs256"]);
+    s.clock.advance(JwksPolicy::DEFAULT_MIN_REFRESH);
+    assert!(admits(&s, &rs).await);
+    assert!(admits(&s, &es).await);
 }

@@ -23,6 +23,7 @@ const SCENARIOS: &[&str] = &[
     "plan_change_mid_stream",
     "route_override",
     "usage_history",
+    "edges_of_the_accepted_range",
 ];
 
 fn plan(toml_src: &str) -> Plan {
@@ -189,6 +190,40 @@ async fn run(name: &str, store: &dyn Store) -> Vec<Decision> {
             let days: Vec<u64> = usage.days.iter().map(|(_, n)| *n).collect();
             assert_eq!(days, [1, 2, 3]);
             assert_eq!(usage.months.iter().map(|(_, n)| n).sum::<u64>(), 6);
+        }
+        "edges_of_the_accepted_range" => {
+            // GIVEN the slowest rate and the largest quotas validation accepts
+            let slow = plan(
+                "rate = 0.0000000316232\nburst = 1\ndaily_quota = 999999999999999\nmonthly_quota = 999999999999999",
+            );
+            // WHEN it is used twice THEN one passes, and the other waits the whole 366-day window
+            let first = t.get(&slow).await;
+            assert!(first.allowed);
+            let second = t.get(&slow).await;
+            assert_eq!(second.reason, Some(Reason::Rate));
+            let wait = second.retry_after.expect("retry-after");
+            assert!(wait > Duration::from_secs(366 * 86_400 - 100) && wait <= Duration::from_secs(366 * 86_400));
+            let policy = first
+                .headers()
+                .into_iter()
+                .find(|(k, _)| *k == "RateLimit-Policy")
+                .map(|(_, v)| v);
+            assert_eq!(
+                policy.as_deref(),
+                Some(
+                    "\"rate\";q=1;w=31622354, \"day\";q=999999999999999;w=86400, \"month\";q=999999999999999;w=2592000"
+                )
+            );
+            // GIVEN the largest burst at 1/s, and a request weighing all of it
+            let wide = plan("rate = 1.0\nburst = 31622400\nweights = { POST = 31622400 }");
+            t.tenant.push_str("-wide");
+            // THEN a fresh tenant has the whole burst, the heavy request takes it all, and the
+            // next request waits one interval
+            assert_eq!(t.get(&wide).await.rate.map(|r| r.remaining), Some(31_622_399));
+            t.advance(Duration::from_secs(1));
+            let heavy = t.call(&wide, "POST", "/items").await;
+            assert_eq!(heavy.rate.map(|r| r.remaining), Some(0));
+            assert_eq!(t.get(&wide).await.retry_after, Some(Duration::from_secs(1)));
         }
         other => panic!("unknown scenario {other}"),
     }

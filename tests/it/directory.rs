@@ -40,7 +40,7 @@ async fn memory_directory_resolves_keys_to_plans() {
 
 #[tokio::test]
 async fn dynamodb_directory_resolves_keys_to_plans() {
-    let client = aws_sdk_dynamodb::Client::new(&emulator::sdk_config(&emulator::endpoint()));
+    let client = tollgate::aws::admin_client(&emulator::sdk_config(&emulator::endpoint()));
     let table = emulator::unique("policy");
     create_policy_table(&client, &table).await.expect("table");
     let dir = DynamoDirectory::new(client.clone(), &table);

@@ -17,10 +17,16 @@ pub fn endpoint() -> String {
 
 /// SDK configuration for `endpoint` with dummy credentials.
 pub fn sdk_config(endpoint: &str) -> SdkConfig {
+    sdk_config_in(endpoint, "us-east-1")
+}
+
+/// The same in another region: the emulator keeps regions apart, so tests that list everything
+/// of a kind (usage plans, API keys) each take a region of their own.
+pub fn sdk_config_in(endpoint: &str, region: &'static str) -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
+        .region(Region::new(region))
         .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
             Credentials::new("test", "test", None, None, "tests"),
         ))

@@ -1,11 +1,11 @@
-//! A loopback TCP proxy in front of the emulator that loses requests or responses, or delivers
-//! a request late, on demand. Hand-written because moto cannot fail this way: it answers every
+//! A loopback TCP proxy in front of the emulator that loses requests or responses, delivers a
+//! request late, or black-holes everything during an outage, on demand. Hand-written because moto cannot fail this way: it answers every
 //! request it receives, at once. The emulator closes each connection after its response, so one
 //! connection carries one request, and a fault per connection is a fault per request.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,8 @@ pub struct FaultProxy {
     injected: Arc<AtomicU64>,
     /// Delayed requests not yet answered by the emulator.
     held: Arc<AtomicU64>,
+    /// An outage: every new connection stalls and open ones are cut.
+    outage: Arc<AtomicBool>,
 }
 
 impl FaultProxy {
@@ -60,21 +62,26 @@ impl FaultProxy {
             connections: Arc::default(),
             injected: Arc::default(),
             held: Arc::default(),
+            outage: Arc::default(),
         };
         let this = proxy.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 this.connections.fetch_add(1, Ordering::SeqCst);
-                let fault = this.faults.lock().expect("faults").pop_front().or_else(|| {
-                    let random = this.random.lock().expect("random");
-                    let r = random.as_ref()?;
-                    (rand::random::<u32>() % 1_000_000 < r.per_million)
-                        .then(|| r.faults[rand::random::<u32>() as usize % r.faults.len()])
-                });
+                let fault = if this.outage.load(Ordering::SeqCst) {
+                    Some(Fault::Stall)
+                } else {
+                    this.faults.lock().expect("faults").pop_front().or_else(|| {
+                        let random = this.random.lock().expect("random");
+                        let r = random.as_ref()?;
+                        (rand::random::<u32>() % 1_000_000 < r.per_million)
+                            .then(|| r.faults[rand::random::<u32>() as usize % r.faults.len()])
+                    })
+                };
                 if fault.is_some() {
                     this.injected.fetch_add(1, Ordering::SeqCst);
                 }
-                tokio::spawn(serve(client, upstream, fault, this.held.clone()));
+                tokio::spawn(serve(client, upstream, fault, this.held.clone(), this.outage.clone()));
             }
         });
         proxy
@@ -114,6 +121,15 @@ impl FaultProxy {
         *self.random.lock().expect("random") = None;
     }
 
+    /// Black-holes the store until `end_outage`: new connections stall, open ones are cut.
+    pub fn begin_outage(&self) {
+        self.outage.store(true, Ordering::SeqCst);
+    }
+
+    pub fn end_outage(&self) {
+        self.outage.store(false, Ordering::SeqCst);
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
@@ -143,7 +159,13 @@ async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
-async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Option<Fault>, held: Arc<AtomicU64>) {
+async fn serve(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    fault: Option<Fault>,
+    held: Arc<AtomicU64>,
+    outage: Arc<AtomicBool>,
+) {
     match fault {
         Some(Fault::Delay(delay)) => {
             let Some(request) = read_request(&mut client).await else {
@@ -189,7 +211,15 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Option<Fault>
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;
             };
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            let cut = async {
+                while !outage.load(Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = cut => {}
+            }
         }
     }
     let _ = client.shutdown().await;

@@ -12,7 +12,7 @@ use tollgate::gate::{Gate, GateConfig};
 use tollgate::policy_file::PolicyFile;
 use tollgate::store::{MemoryStore, Store};
 use tollgate_cli::EXAMPLE_POLICY;
-use tollgate_cli::gateway::{self, GatewayConfig};
+use tollgate_cli::gateway::{self, GatewayConfig, Resources};
 use tollgate_cli::tenants::{demo_tenants, directory_with};
 
 const TEMPLATE: &str = include_str!("../../template.yaml");
@@ -31,7 +31,22 @@ pub async fn start(store: Arc<dyn Store>, per_plan: usize, upstream: Option<Stri
 
 /// `start` with the plans of `policy`.
 pub async fn start_with(policy: &str, store: Arc<dyn Store>, per_plan: usize, upstream: Option<String>) -> Running {
+    start_declared(policy, None, store, per_plan, upstream).await
+}
+
+/// `start_with`, and the resources of an OpenAPI document as `serve --openapi` reads it.
+pub async fn start_declared(
+    policy: &str,
+    openapi: Option<&str>,
+    store: Arc<dyn Store>,
+    per_plan: usize,
+    upstream: Option<String>,
+) -> Running {
     let file = PolicyFile::parse(policy).expect("policy");
+    let mut resources = Resources::from_policy(&file);
+    if let Some(doc) = openapi {
+        resources.add_openapi(doc).expect("OpenAPI document");
+    }
     let directory = directory_with(&file, &demo_tenants(&file, per_plan));
     let gate = Gate::new(
         GateConfig::default(),
@@ -45,6 +60,7 @@ pub async fn start_with(policy: &str, store: Arc<dyn Store>, per_plan: usize, up
             upstream,
             api_key_header: HeaderName::from_static("x-api-key"),
             throttle: true,
+            resources,
         },
     );
     let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -167,4 +183,167 @@ async fn admitted_requests_reach_the_upstream_with_the_tenant_and_without_the_ke
     assert_eq!(seen["x-tollgate-tenant"], "demo-basic-0");
     assert_eq!(seen["x-tollgate-plan"], "basic");
     assert!(seen.get("x-api-key").is_none());
+}
+
+/// Plans with route overrides on a plain path and on a template, so each bucket shows in
+/// `X-RateLimit-Limit`.
+const ROUTED: &str = r#"
+[plans.routed]
+rate = 100.0
+burst = 100
+routes = [
+  { route = "/search/GET", rate = 1.0, burst = 2 },
+  { route = "/pets/{id}/GET", rate = 1.0, burst = 3 },
+]
+"#;
+
+/// An upstream that answers with the path and query it received.
+async fn path_echo_upstream() -> String {
+    let upstream = axum::Router::new().fallback(|uri: axum::http::Uri| async move {
+        axum::Json(serde_json::json!({"path": uri.path(), "query": uri.query()}))
+    });
+    let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, upstream).await });
+    url
+}
+
+/// One request sent byte for byte (HTTP clients normalise dot segments before sending, a hostile
+/// client does not): the status, the headers (lower-case names) and the body.
+async fn raw_get(base: &str, target: &str, key: &str) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn raw_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn a_disguised_path_is_charged_to_its_route_and_forwarded_normalised() {
+    // GIVEN a plan whose /search/GET route has its own bucket of 2, in front of an upstream
+    let upstream = path_echo_upstream().await;
+    let gw = start_with(ROUTED, Arc::new(MemoryStore::default()), 1, Some(upstream)).await;
+    // WHEN /search is asked for as /x/../search, with doubled and trailing slashes, and encoded
+    let mut remaining = Vec::new();
+    for target in ["/x/../search?q=1", "//search/", "/%73earch"] {
+        let (status, headers, body) = raw_get(&gw.base, target, "tg_demo_routed_0").await;
+        remaining.push((status, raw_header(&headers, "x-ratelimit-remaining").map(str::to_owned)));
+        if status == 200 {
+            // THEN the upstream received the normalised path it was charged on
+            let seen: Value = serde_json::from_str(&body).expect("json");
+            assert_eq!(seen["path"], "/search", "{target}");
+            assert_eq!(raw_header(&headers, "x-ratelimit-limit"), Some("2"), "{target}");
+        }
+    }
+    // THEN all three drew from the route's bucket of 2, not the plan's 100: the third is refused
+    assert_eq!(
+        remaining,
+        [
+            (200, Some("1".to_owned())),
+            (200, Some("0".to_owned())),
+            (429, Some("0".to_owned()))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_templated_route_is_matched_and_shares_one_bucket() {
+    // GIVEN a /pets/{id}/GET route with a bucket of 3
+    let gw = start_with(ROUTED, Arc::new(MemoryStore::default()), 1, None).await;
+    let client = reqwest::Client::new();
+    // WHEN different pets are fetched
+    let mut seen = Vec::new();
+    for id in ["1", "2", "abc", "4"] {
+        let r = client
+            .get(format!("{}/pets/{id}", gw.base))
+            .header("x-api-key", "tg_demo_routed_0")
+            .send()
+            .await
+            .expect("answers");
+        seen.push((r.status().as_u16(), header(&r, "x-ratelimit-limit").map(str::to_owned)));
+    }
+    // THEN they all draw from the template's bucket of 3
+    let three = Some("3".to_owned());
+    assert_eq!(
+        seen,
+        [
+            (200, three.clone()),
+            (200, three.clone()),
+            (200, three.clone()),
+            (429, three)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn with_declared_resources_an_unknown_path_is_404() {
+    // GIVEN an API declared by an OpenAPI document
+    let openapi = "openapi: 3.0.1\npaths:\n  /hello:\n    get: {}\n  /pets/{id}:\n    get: {}\n";
+    let gw = start_declared(ROUTED, Some(openapi), Arc::new(MemoryStore::default()), 1, None).await;
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        client
+            .request(method, format!("{}{path}", gw.base))
+            .header("x-api-key", "tg_demo_routed_0")
+            .send()
+    };
+    // WHEN declared resources are called THEN they are served
+    assert_eq!(
+        call(reqwest::Method::GET, "/hello/").await.expect("answers").status(),
+        200
+    );
+    assert_eq!(
+        call(reqwest::Method::GET, "/pets/9").await.expect("answers").status(),
+        200
+    );
+    // WHEN a path or a method that is not declared is called THEN 404, before any decision
+    for (method, path) in [(reqwest::Method::GET, "/nowhere"), (reqwest::Method::DELETE, "/pets/9")] {
+        let r = call(method.clone(), path).await.expect("answers");
+        assert_eq!(r.status(), 404, "{method} {path}");
+        assert!(header(&r, "x-ratelimit-limit").is_none());
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["message"], "Not Found");
+        assert_eq!(body["reason"], "not_found");
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_api_key_header_is_401() {
+    let gw = start(Arc::new(MemoryStore::default()), 1, None).await;
+    // GIVEN two valid keys of two tenants WHEN both are sent in the key header
+    let r = reqwest::Client::new()
+        .get(format!("{}/hello", gw.base))
+        .header("x-api-key", "tg_demo_free_0")
+        .header("x-api-key", "tg_demo_basic_0")
+        .send()
+        .await
+        .expect("answers");
+    // THEN the ambiguity is refused, as an unknown key would be, and nobody is charged
+    assert_eq!(r.status(), 401);
+    assert!(header(&r, "x-ratelimit-limit").is_none());
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["message"], "Unauthorized");
+    assert_eq!(body["reason"], "unauthorized");
+    let after = get(&gw.base, Some("tg_demo_free_0")).await;
+    assert_eq!(header(&after, "x-ratelimit-remaining"), Some("4"));
 }

@@ -10,6 +10,7 @@ use tollgate_authorizer::{CONTEXT_HEADERS, CONTEXT_KEYS};
 
 const TEMPLATE: &str = include_str!("../../template.yaml");
 const ATTACH: &str = include_str!("../../infra/templates/attach-authorizer.yaml");
+const YOUR_API: &str = include_str!("../../infra/templates/your-api.yaml");
 const TIERS: &str = include_str!("../../infra/policies/tiers.toml");
 
 fn parse(src: &str) -> Value {
@@ -133,7 +134,11 @@ fn the_429_response_maps_every_rate_limit_header_from_the_authorizer_context() {
     assert_eq!(denied["statusCode"].as_u64(), Some(429));
     let mapped = header_mappings(&denied["responseParameters"], "gatewayresponse.header.");
     assert_eq!(mapped, context_headers());
+    // THEN API Gateway's own refusals answer in the same shape (infra/check-template renders them)
     for (kind, status) in [
+        ("THROTTLED", 429),
+        ("QUOTA_EXCEEDED", 429),
+        ("INVALID_API_KEY", 403),
         ("UNAUTHORIZED", 401),
         ("AUTHORIZER_FAILURE", 503),
         ("AUTHORIZER_CONFIGURATION_ERROR", 503),
@@ -190,17 +195,37 @@ fn the_attach_template_answers_like_the_demo_api() {
     assert_eq!(auth["Properties"]["AuthorizerResultTtlInSeconds"].as_u64(), Some(0));
 }
 
+/// What API Gateway itself sets under `context.authorizer` (the access log reads `latency`).
+const GATEWAY_AUTHORIZER_VARIABLES: &[&str] = &["latency", "integrationLatency", "status"];
+
 #[test]
 fn templates_only_read_context_keys_the_authorizer_emits() {
-    for (name, src) in [("template.yaml", TEMPLATE), ("attach-authorizer.yaml", ATTACH)] {
+    for (name, src) in [
+        ("template.yaml", TEMPLATE),
+        ("attach-authorizer.yaml", ATTACH),
+        ("your-api.yaml", YOUR_API),
+    ] {
         for (i, _) in src.match_indices("context.authorizer.") {
             let rest = &src[i + "context.authorizer.".len()..];
             let key: String = rest.chars().take_while(char::is_ascii_alphanumeric).collect();
             assert!(
-                CONTEXT_KEYS.contains(&key.as_str()),
+                CONTEXT_KEYS.contains(&key.as_str()) || GATEWAY_AUTHORIZER_VARIABLES.contains(&key.as_str()),
                 "{name} reads context.authorizer.{key}"
             );
         }
+    }
+}
+
+#[test]
+fn the_example_backend_echoes_every_rate_limit_header_but_retry_after() {
+    // GIVEN your-api.yaml's proxy backend, which maps requestContext.authorizer keys to headers
+    let t = parse(YOUR_API);
+    let code = t["Resources"]["Backend"]["Properties"]["InlineCode"]
+        .as_str()
+        .expect("inline code");
+    // THEN every header of an admitted response is copied from the key the authorizer sets
+    for (header, key) in CONTEXT_HEADERS.iter().filter(|(h, _)| *h != "Retry-After") {
+        assert!(code.contains(&format!("\"{key}\": \"{header}\"")), "{key} -> {header}");
     }
 }
 
@@ -248,9 +273,19 @@ fn the_usage_plans_mirror_the_example_tiers() {
             .unwrap_or_default();
         tagged.sort();
         assert_eq!(tagged, weights, "{name} weights");
-        // Route buckets are the stage's per-method throttles (`!If [WithDemoApi, [stage], ...]`).
-        let (_, stages) = untag(&p["ApiStages"]);
-        let routes: BTreeMap<String, (f64, u64)> = stages[1][0]["Throttle"]
+        // Route buckets are the demo stage's per-method throttles (`!If [WithDemoApi, stage, ...]`).
+        let stages = p["ApiStages"].as_sequence().expect("ApiStages is a list");
+        let (_, demo) = untag(&stages[0]);
+        assert_eq!(demo[0], "WithDemoApi", "{name}: the demo stage comes first");
+        // THEN every plan lists each of the user's ExistingApiStages, not only the first plan
+        let existing: Vec<&Value> = stages[1..].iter().map(|s| &untag(s).1[0]).collect();
+        let conditions: Vec<String> = (0..4).map(|i| format!("WithExistingStage{i}")).collect();
+        assert_eq!(
+            existing.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>(),
+            conditions,
+            "{name}: ExistingApiStages"
+        );
+        let routes: BTreeMap<String, (f64, u64)> = demo[1]["Throttle"]
             .as_mapping()
             .into_iter()
             .flatten()
@@ -268,4 +303,81 @@ fn the_usage_plans_mirror_the_example_tiers() {
             .collect();
         assert_eq!(routes, expected, "{name} routes");
     }
+}
+
+fn plan_sync_function(t: &Value) -> &Value {
+    let functions = of_type(t, "AWS::Serverless::Function");
+    let (_, f) = functions
+        .iter()
+        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"] == "plan-sync")
+        .expect("a function built from the plan-sync binary");
+    f
+}
+
+#[test]
+fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
+    // GIVEN the template's plan-sync function
+    let t = parse(TEMPLATE);
+    let f = plan_sync_function(&t);
+    // THEN it sets exactly the variables the binary reads
+    let vars = f["Properties"]["Environment"]["Variables"]
+        .as_mapping()
+        .expect("environment");
+    let set: BTreeSet<&str> = vars.keys().filter_map(Value::as_str).collect();
+    assert_eq!(set, tollgate::sync::FUNCTION_VARIABLES.into_iter().collect());
+    assert_eq!(untag(&vars[tollgate::sync::POLICY_TABLE_VAR]).1, "PolicyTable");
+    // AND it may call exactly the DynamoDB actions sync calls, on the policy table only, and
+    // read exactly the API Gateway collections sync reads
+    let mut dynamodb = BTreeSet::new();
+    let mut apigateway = BTreeSet::new();
+    for policy in f["Properties"]["Policies"].as_sequence().expect("inline policies") {
+        for st in policy["Statement"].as_sequence().expect("statements") {
+            assert_eq!(st["Effect"], "Allow");
+            for action in strings(&st["Action"]) {
+                if action.starts_with("dynamodb:") {
+                    assert_eq!(
+                        untag(&st["Resource"]),
+                        (Some("!GetAtt".into()), &Value::from("PolicyTable.Arn"))
+                    );
+                    dynamodb.insert(action);
+                } else {
+                    assert_eq!(action, "apigateway:GET", "plan sync only reads API Gateway");
+                    for resource in st["Resource"].as_sequence().expect("resources") {
+                        let arn = untag(resource).1.as_str().expect("an ARN").to_owned();
+                        let path = arn.rsplit_once("::").expect("an API Gateway ARN").1.to_owned();
+                        apigateway.insert(path);
+                    }
+                }
+            }
+        }
+    }
+    let want: BTreeSet<String> = tollgate::sync::TABLE_ACTIONS.iter().map(|a| (*a).to_owned()).collect();
+    assert_eq!(dynamodb, want);
+    let paths: BTreeSet<String> = tollgate::sync::CONTROL_PATHS.iter().map(|p| (*p).to_owned()).collect();
+    assert_eq!(apigateway, paths);
+}
+
+#[test]
+fn plan_sync_runs_on_its_schedule_and_on_every_usage_plan_or_key_change() {
+    let t = parse(TEMPLATE);
+    let f = plan_sync_function(&t);
+    // THEN the schedule is the SyncSchedule parameter
+    let schedule = &f["Properties"]["Events"]["Schedule"];
+    assert_eq!(schedule["Type"], "ScheduleV2");
+    assert_eq!(untag(&schedule["Properties"]["ScheduleExpression"]).1, "SyncSchedule");
+    // AND one rule sends every management call that can change a plan or a key to the function
+    let rules = of_type(&t, "AWS::Events::Rule");
+    let (_, rule) = rules
+        .iter()
+        .find(|(_, r)| r["Properties"]["EventPattern"]["source"][0] == "aws.apigateway")
+        .expect("a rule on API Gateway's management events");
+    let pattern = &rule["Properties"]["EventPattern"];
+    assert_eq!(pattern["detail-type"][0], "AWS API Call via CloudTrail");
+    let names: BTreeSet<String> = strings(&pattern["detail"]["eventName"]).into_iter().collect();
+    let want: BTreeSet<String> = tollgate::sync::TRIGGER_EVENTS.iter().map(|e| (*e).to_owned()).collect();
+    assert_eq!(names, want);
+    assert_eq!(
+        untag(&rule["Properties"]["Targets"][0]["Arn"]),
+        (Some("!GetAtt".into()), &Value::from("PlanSyncFunction.Arn"))
+    );
 }

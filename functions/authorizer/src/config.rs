@@ -27,6 +27,7 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_BREAKER_FAILURES",
     "TOLLGATE_BREAKER_COOL_DOWN_MS",
     "TOLLGATE_JWKS_URL",
+    "TOLLGATE_JWKS_TTL_SECS",
     "TOLLGATE_JWT_ISSUER",
     "TOLLGATE_JWT_AUDIENCE",
     "TOLLGATE_JWT_TENANT_CLAIM",
@@ -56,16 +57,19 @@ pub struct Config {
     /// Longest single DynamoDB attempt for the state store (a resend may follow in the budget).
     pub store_attempt: Duration,
     pub metrics_namespace: String,
-    /// Tenants that get their own metric dimension in one container; the rest are counted
-    /// under their plan only, so a tenant flood cannot explode the metric count.
+    /// Tenants that get their own metric dimension in one container (default 0); the rest are
+    /// counted under their plan only, so a tenant flood cannot explode the metric count.
     pub tenant_dimensions: usize,
 }
 
 /// Where the token keys come from, and what a token must say.
 #[derive(Debug, Clone)]
 pub struct JwtSettings {
-    /// Fetched once at cold start.
+    /// Fetched at cold start, then again when its time to live runs out or a token names an
+    /// unknown key id (`tollgate::jwt::Jwks`).
     pub jwks_url: String,
+    /// Time to live of the key set when its response has no `Cache-Control: max-age`.
+    pub jwks_ttl: Duration,
     pub verify: JwtConfig,
 }
 
@@ -158,6 +162,7 @@ impl Config {
                 }
                 Some(JwtSettings {
                     jwks_url: required("TOLLGATE_JWKS_URL")?,
+                    jwks_ttl: Duration::from_secs(number("TOLLGATE_JWKS_TTL_SECS", 600)?),
                     verify: JwtConfig {
                         issuer: required("TOLLGATE_JWT_ISSUER")?,
                         audience: required("TOLLGATE_JWT_AUDIENCE")?,
@@ -189,7 +194,9 @@ impl Config {
             metrics_namespace: var("TOLLGATE_METRICS_NAMESPACE")
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "Tollgate".into()),
-            tenant_dimensions: number("TOLLGATE_METRICS_TENANT_DIMENSIONS", 100)? as usize,
+            // Off by default: each tenant series is 10 custom metrics, and containers pick their
+            // tenants independently (README, cost table).
+            tenant_dimensions: number("TOLLGATE_METRICS_TENANT_DIMENSIONS", 0)? as usize,
         })
     }
 }
@@ -235,6 +242,7 @@ mod tests {
             .expect("valid");
         assert_eq!(c.api_key_header, "x-api-key");
         assert_eq!(c.gate.store_budget, Duration::from_millis(150));
+        assert_eq!(c.tenant_dimensions, 0, "metrics per plan only unless asked");
         let e = Config::from_lookup(lookup(&[("TOLLGATE_STATE_TABLE", "s")])).expect_err("missing");
         assert_eq!(e.to_string(), "TOLLGATE_POLICY_TABLE: required");
     }

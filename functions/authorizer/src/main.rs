@@ -9,9 +9,9 @@ use serde_json::Value;
 use tollgate::aws::{StoreTimeouts, policy_client, state_client};
 use tollgate::clock::{Clock, SystemClock};
 use tollgate::directory::DynamoDirectory;
-use tollgate::jwt::JwtVerifier;
+use tollgate::jwt::{Jwks, JwksPolicy, JwtVerifier};
 use tollgate::store::{DynamoStore, DynamoStoreConfig, Store};
-use tollgate_authorizer::{Authorizer, Config, fetch_jwks};
+use tollgate_authorizer::{Authorizer, Config, HttpJwks};
 
 // One event at a time per container: a single-threaded runtime is all the work needs, and it
 // keeps worker threads and their allocator arenas out of the memory footprint.
@@ -41,9 +41,12 @@ async fn main() -> Result<(), Error> {
     }
     let directory = DynamoDirectory::new(policy_client(&sdk, Duration::from_millis(500)), &config.policy_table);
     // Without its keys the authorizer could only refuse everyone: fail the cold start instead.
+    // Later refreshes (TTL, unknown key id) run inside requests, so each fetch is kept short; a
+    // failed refresh keeps the last good set.
     let jwt = match &config.jwt {
         Some(settings) => {
-            let keys = fetch_jwks(&settings.jwks_url, Duration::from_secs(3)).await?;
+            let source = HttpJwks::new(&settings.jwks_url, Duration::from_secs(2))?;
+            let keys = Jwks::load(Arc::new(source), JwksPolicy::with_ttl(settings.jwks_ttl), clock.now()).await?;
             Some(JwtVerifier::new(keys, settings.verify.clone()))
         }
         None => None,

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 use tollgate::decision::Reason;
 use tollgate::gate::{Mode, Outcome};
+use tollgate::policy::FailMode;
 
 /// Counts for one decision, rendered as one EMF line.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -24,6 +25,9 @@ pub struct Sample {
     pub bypass: u32,
     pub key_cache_hits: u32,
     pub store_latency: Option<Duration>,
+    /// Why the store could not decide (`StoreError::kind()`, or `breaker_open`): a property of
+    /// the line, not a dimension, so it costs no extra metric series.
+    pub store_error: Option<&'static str>,
 }
 
 const METRICS: &[&str] = &[
@@ -57,9 +61,16 @@ impl Sample {
         match &v.mode {
             Mode::Bypass => s.bypass = 1,
             Mode::Shadow { would_deny } => s.shadow_denials = u32::from(*would_deny),
-            Mode::Failed { .. } if throttled => s.fail_closed = 1,
-            Mode::Failed { .. } => s.fail_open = 1,
+            // Failing open, the fallback may still refuse (rate or quota, counted below):
+            // `FailOpen` counts admissions only.
+            Mode::Failed {
+                mode: FailMode::Closed, ..
+            } => s.fail_closed = 1,
+            Mode::Failed { .. } => s.fail_open = u32::from(!throttled),
             Mode::Enforced => {}
+        }
+        if let Mode::Failed { kind, .. } = &v.mode {
+            s.store_error = Some(*kind);
         }
         if throttled && let Some(reason) = v.decision.as_ref().and_then(|d| d.reason) {
             match reason {
@@ -121,6 +132,9 @@ impl Emf {
         for (name, value) in METRICS.iter().zip(sample.values()) {
             doc.insert((*name).into(), json!(value));
         }
+        if let Some(kind) = sample.store_error {
+            doc.insert("StoreError".into(), json!(kind));
+        }
         if let Some(latency) = sample.store_latency {
             metrics.push(json!({"Name": "StoreLatency", "Unit": "Milliseconds"}));
             doc.insert("StoreLatency".into(), json!(latency.as_secs_f64() * 1000.0));
@@ -167,5 +181,68 @@ mod tests {
             json!([[], ["Plan"]])
         );
         assert_eq!(emf.render(&sample("a"), UNIX_EPOCH)["Tenant"], "a");
+    }
+
+    #[test]
+    fn no_tenant_series_at_the_default_limit_of_zero() {
+        // GIVEN the default limit (config: TOLLGATE_METRICS_TENANT_DIMENSIONS unset)
+        let limit = crate::config::Config::from_lookup(|k| match k {
+            "TOLLGATE_STATE_TABLE" | "TOLLGATE_POLICY_TABLE" => Some("t".into()),
+            _ => None,
+        })
+        .expect("valid")
+        .tenant_dimensions;
+        let emf = Emf::new("Tollgate", limit);
+        // WHEN many tenants decide THEN none gets a series of its own: metrics per plan only
+        for tenant in ["a", "b", "c"] {
+            let doc = emf.render(
+                &Sample {
+                    plan: "free".into(),
+                    tenant: tenant.into(),
+                    decisions: 1,
+                    ..Sample::default()
+                },
+                UNIX_EPOCH,
+            );
+            assert!(doc.get("Tenant").is_none(), "{tenant}");
+            assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[], ["Plan"]]));
+        }
+    }
+
+    #[test]
+    fn a_fail_open_refusal_is_a_throttle_not_a_fail_closed_and_carries_the_store_error() {
+        // GIVEN a refusal by the fail-open fallback (the tenant was over its rate without the store)
+        let file = tollgate::policy_file::PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 1\n").expect("policy");
+        let decision = tollgate::decision::Decision {
+            allowed: false,
+            reason: Some(Reason::Rate),
+            retry_after: Some(Duration::from_secs(1)),
+            rate: None,
+            daily: None,
+            monthly: None,
+        };
+        let verdict = tollgate::gate::Verdict {
+            tenant: "acme".into(),
+            key_id: None,
+            plan: file.plans["free"].clone(),
+            mode: Mode::Failed {
+                mode: FailMode::Open,
+                error: "store did not answer".into(),
+                kind: "timeout",
+            },
+            decision: Some(decision),
+            store_latency: None,
+            cached_credentials: false,
+            refusal: None,
+        };
+        // WHEN it is sampled and rendered
+        let sample = Sample::of(&Outcome::Throttle(verdict.clone())).expect("sample");
+        // THEN it counts as a rate throttle, neither a fail-open admission nor a fail-closed answer
+        assert_eq!((sample.throttles_rate, sample.fail_open, sample.fail_closed), (1, 0, 0));
+        let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
+        assert_eq!(doc["StoreError"], "timeout");
+        // AND the same verdict admitted is one fail-open admission
+        let admitted = Sample::of(&Outcome::Allow(verdict)).expect("sample");
+        assert_eq!((admitted.fail_open, admitted.store_error), (1, Some("timeout")));
     }
 }

@@ -1,6 +1,10 @@
-//! A small bounded cache with per-entry expiry, for directory answers (negative ones included).
+//! Small bounded caches with per-entry expiry, for directory answers.
+//!
+//! A full cache evicts its oldest entries one at a time, never all at once, and unknown answers
+//! live in a space of their own ([`AnswerCache`]): a flood of random keys can only displace other
+//! unknown keys, never a known tenant's entry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
 
@@ -9,43 +13,122 @@ use crate::clock::Timestamp;
 #[derive(Debug)]
 pub struct TtlCache<K, V> {
     capacity: usize,
-    entries: Mutex<HashMap<K, (V, Timestamp)>>,
+    inner: Mutex<Inner<K, V>>,
 }
 
-impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
+#[derive(Debug)]
+struct Inner<K, V> {
+    entries: HashMap<K, (V, Timestamp)>,
+    /// Insertion order with each insert's expiry. Every entry of one cache gets the same TTL, so
+    /// this is also expiry order: the front is the first to expire and the first to evict. An
+    /// element whose expiry differs from its entry's is stale (the key was inserted again).
+    order: VecDeque<(K, Timestamp)>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     /// The table is sized once: growing it while serving would leave the old ones as fragments.
     /// Untouched slots cost address space, not resident memory.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         TtlCache {
             capacity,
-            entries: Mutex::new(HashMap::with_capacity(capacity)),
+            inner: Mutex::new(Inner {
+                entries: HashMap::with_capacity(capacity),
+                order: VecDeque::with_capacity(capacity),
+            }),
         }
     }
 
     pub fn get(&self, key: &K, now: Timestamp) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|(_, exp)| now < *exp).map(|(v, _)| v.clone())
+        let inner = self.lock();
+        inner
+            .entries
+            .get(key)
+            .filter(|(_, exp)| now < *exp)
+            .map(|(v, _)| v.clone())
     }
 
     pub fn insert(&self, key: K, value: V, expires: Timestamp, now: Timestamp) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity {
-            entries.retain(|_, (_, exp)| now < *exp);
-            if entries.len() >= self.capacity {
-                // Everything is fresh: forgetting costs a directory read each, nothing more.
-                entries.clear();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        // Drop what expired (and stale order elements) from the front.
+        while let Some((k, exp)) = inner.order.front() {
+            let current = inner.entries.get(k).map(|(_, e)| *e);
+            if current == Some(*exp) && now < *exp {
+                break;
+            }
+            if current == Some(*exp) {
+                inner.entries.remove(k);
+            }
+            inner.order.pop_front();
+        }
+        // Full of fresh entries: the oldest goes (a directory read when it is asked for again).
+        while inner.entries.len() >= self.capacity && !inner.entries.contains_key(&key) {
+            let Some((k, exp)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.entries.get(&k).is_some_and(|(_, e)| *e == exp) {
+                inner.entries.remove(&k);
             }
         }
-        entries.insert(key, (value, expires));
+        inner.entries.insert(key.clone(), (value, expires));
+        inner.order.push_back((key, expires));
+        if inner.order.len() > 2 * self.capacity {
+            // Only re-inserts of live keys leave stale elements; rebuild rather than let them pile up.
+            let mut live: Vec<(K, Timestamp)> = inner.entries.iter().map(|(k, (_, e))| (k.clone(), *e)).collect();
+            live.sort_by_key(|(_, e)| *e);
+            inner.order = live.into();
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A directory answer cache: found answers and "not found" answers in separate bounded spaces,
+/// each with its own TTL.
+#[derive(Debug)]
+pub struct AnswerCache<K, V> {
+    found: TtlCache<K, V>,
+    missing: TtlCache<K, ()>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> AnswerCache<K, V> {
+    /// Room for `capacity` found answers and, apart, `capacity` unknown ones.
+    pub fn new(capacity: usize) -> Self {
+        AnswerCache {
+            found: TtlCache::new(capacity),
+            missing: TtlCache::new(capacity),
+        }
+    }
+
+    /// `Some(answer)` on a hit (`Some(None)`: known to be unknown), `None` on a miss.
+    pub fn get(&self, key: &K, now: Timestamp) -> Option<Option<V>> {
+        if let Some(v) = self.found.get(key, now) {
+            return Some(Some(v));
+        }
+        self.missing.get(key, now).map(|()| None)
+    }
+
+    pub fn insert(&self, key: K, answer: Option<V>, expires: Timestamp, now: Timestamp) {
+        match answer {
+            Some(v) => self.found.insert(key, v, expires, now),
+            None => self.missing.insert(key, (), expires, now),
+        }
+    }
+
+    /// Found answers held.
+    pub fn found_len(&self) -> usize {
+        self.found.len()
     }
 }
 
@@ -64,6 +147,52 @@ mod tests {
         c.insert("c", 3, t(20), t(11));
         assert_eq!(c.len(), 2, "the expired entry made room");
         c.insert("d", 4, t(20), t(11));
-        assert!(c.len() <= 2);
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn a_full_cache_evicts_its_oldest_entry_not_everything() {
+        // GIVEN a full cache of fresh entries
+        let c = TtlCache::new(3);
+        let t = Timestamp::from_secs;
+        for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
+            c.insert(k, i, t(100 + i as u64), t(0));
+        }
+        // WHEN one more is inserted THEN only the oldest goes
+        c.insert("d", 3, t(103), t(1));
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&"a", t(1)), None);
+        assert_eq!(
+            [c.get(&"b", t(1)), c.get(&"c", t(1)), c.get(&"d", t(1))],
+            [Some(1), Some(2), Some(3)]
+        );
+    }
+
+    #[test]
+    fn reinserting_a_key_keeps_the_order_bounded() {
+        let c = TtlCache::new(4);
+        for i in 0..1_000u64 {
+            let now = Timestamp::from_secs(i);
+            c.insert(i % 3, i, now.saturating_add(std::time::Duration::from_secs(1)), now);
+        }
+        assert!(c.lock().order.len() <= 8);
+        assert_eq!(c.get(&(999 % 3), Timestamp::from_secs(999)), Some(999));
+    }
+
+    #[test]
+    fn a_flood_of_unknown_keys_never_displaces_a_found_answer() {
+        // GIVEN a known key cached
+        let c: AnswerCache<u32, &str> = AnswerCache::new(10);
+        let t = Timestamp::from_secs;
+        c.insert(0, Some("acme"), t(60), t(0));
+        // WHEN ten times the capacity of unknown keys are cached after it
+        for k in 1..=100 {
+            c.insert(k, None, t(10), t(1));
+        }
+        // THEN the known key is still a hit, and the unknown ones stay bounded
+        assert_eq!(c.get(&0, t(2)), Some(Some("acme")));
+        assert_eq!(c.get(&100, t(2)), Some(None));
+        assert_eq!(c.get(&1, t(2)), None, "the oldest unknown key was evicted");
+        assert_eq!(c.missing.len(), 10);
     }
 }

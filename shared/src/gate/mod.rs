@@ -4,6 +4,7 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod fallback;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,10 +15,11 @@ use crate::decision::{Decision, ceil_secs};
 use crate::directory::{Directory, DirectoryError, Resolved};
 use crate::identity::ApiKeyHash;
 use crate::policy::{FailMode, Plan, split_route};
-use crate::store::{Consume, Store, StoreError};
+use crate::store::{Consume, ErrorScope, Store, StoreError};
 
 use self::breaker::{Breaker, BreakerConfig};
-use self::cache::TtlCache;
+use self::cache::{AnswerCache, TtlCache};
+use self::fallback::Fallback;
 
 /// Plans are few (API Gateway allows 300 usage plans per region).
 const PLAN_CACHE_CAPACITY: usize = 1024;
@@ -83,8 +85,29 @@ pub enum Mode {
     /// Shadow plan: decided and recorded, but always allowed. `would_deny` says what enforcing
     /// would have done.
     Shadow { would_deny: bool },
-    /// The store failed or the breaker is open; the plan's fail mode answered.
-    Failed { mode: FailMode, error: String },
+    /// The store could not decide (it failed, or the breaker is open); the fail mode answered.
+    /// Failing open, `decision` is the per-container fallback's: the tenant's plan rate and burst
+    /// and what is left of its quotas, so an admission here is a bounded fail-open admission.
+    Failed {
+        mode: FailMode,
+        error: String,
+        /// `StoreError::kind()`, or `breaker_open` when the store was not called.
+        kind: &'static str,
+    },
+}
+
+impl Mode {
+    /// Whether the store could not decide and the fail mode is open: with `Outcome::Allow`, a
+    /// fail-open admission.
+    pub fn is_fail_open(&self) -> bool {
+        matches!(
+            self,
+            Mode::Failed {
+                mode: FailMode::Open,
+                ..
+            }
+        )
+    }
 }
 
 /// A known tenant's outcome.
@@ -94,7 +117,8 @@ pub struct Verdict {
     pub key_id: Option<String>,
     pub plan: Arc<Plan>,
     pub mode: Mode,
-    /// `None` when no decision was made (bypass, store failure).
+    /// `None` when no decision was made (bypass, failing closed); the fallback's when failing
+    /// open.
     pub decision: Option<Decision>,
     pub store_latency: Option<Duration>,
     /// The credentials were resolved from the per-process cache, not the directory.
@@ -129,10 +153,11 @@ pub struct Gate {
     directory: Arc<dyn Directory>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    keys: TtlCache<ApiKeyHash, Option<Resolved>>,
-    tenants: TtlCache<String, Option<Arc<Plan>>>,
+    keys: AnswerCache<ApiKeyHash, Resolved>,
+    tenants: AnswerCache<String, Arc<Plan>>,
     plans: TtlCache<String, Option<Arc<Plan>>>,
     breaker: Breaker,
+    fallback: Fallback,
 }
 
 impl Gate {
@@ -143,10 +168,11 @@ impl Gate {
         clock: Arc<dyn Clock>,
     ) -> Gate {
         Gate {
-            keys: TtlCache::new(config.key_cache_capacity),
-            tenants: TtlCache::new(config.key_cache_capacity),
+            keys: AnswerCache::new(config.key_cache_capacity),
+            tenants: AnswerCache::new(config.key_cache_capacity),
             plans: TtlCache::new(PLAN_CACHE_CAPACITY),
-            breaker: Breaker::new(config.breaker),
+            breaker: Breaker::new(config.breaker, config.store_budget),
+            fallback: Fallback::new(config.key_cache_capacity),
             config,
             directory,
             store,
@@ -195,23 +221,28 @@ impl Gate {
             weight,
             now,
         };
-        let result = if self.breaker.permits(now) {
-            let started = Instant::now();
-            let result = match tokio::time::timeout(self.config.store_budget, self.store.consume(&consume)).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Timeout(self.config.store_budget)),
-            };
-            verdict.store_latency = Some(started.elapsed());
-            match &result {
-                Ok(_) => self.breaker.success(),
-                Err(_) => self.breaker.failure(self.clock.now()),
+        let result = match self.breaker.permits(now) {
+            Some(call) => {
+                let started = Instant::now();
+                let result = match tokio::time::timeout(self.config.store_budget, self.store.consume(&consume)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError::Timeout(self.config.store_budget)),
+                };
+                verdict.store_latency = Some(started.elapsed());
+                match &result {
+                    // An item-scoped error is an answer from a working store: it says nothing about
+                    // other tenants, so it must not open the breaker for them.
+                    Ok(_) => call.success(),
+                    Err(e) if e.scope() == ErrorScope::Item => call.success(),
+                    Err(_) => call.failure(self.clock.now()),
+                }
+                result.map_err(|e| (e.to_string(), e.kind()))
             }
-            result.map_err(|e| e.to_string())
-        } else {
-            Err("circuit breaker open: store not called".to_owned())
+            None => Err(("circuit breaker open: store not called".to_owned(), "breaker_open")),
         };
         match result {
             Ok(decision) => {
+                self.fallback.observe(&verdict.tenant, &decision, now);
                 let allowed = decision.allowed;
                 verdict.decision = Some(decision);
                 if verdict.plan.shadow() {
@@ -220,29 +251,45 @@ impl Gate {
                 } else if allowed {
                     Outcome::Allow(verdict)
                 } else {
-                    verdict.refusal = verdict.decision.as_ref().map(|d| Refusal {
-                        reason: d.reason.map_or("rate", |r| r.as_str()),
-                        retry_after_secs: d.retry_after.map_or(1, |w| ceil_secs(w).max(1)),
-                    });
+                    verdict.refusal = verdict.decision.as_ref().map(refusal_of);
                     Outcome::Throttle(verdict)
                 }
             }
-            Err(error) => {
+            Err((error, kind)) => {
                 let mode = self.config.fail_mode.unwrap_or_else(|| verdict.plan.fail_mode());
-                tracing::warn!(tenant = %verdict.tenant, ?mode, %error, "store unavailable: applying fail mode");
-                verdict.mode = Mode::Failed { mode, error };
+                tracing::warn!(tenant = %verdict.tenant, ?mode, kind, %error, "store could not decide: applying fail mode");
+                verdict.mode = Mode::Failed { mode, error, kind };
                 match mode {
-                    FailMode::Open => Outcome::Allow(verdict),
-                    FailMode::Closed => {
-                        verdict.refusal = Some(Refusal {
-                            reason: "store_unavailable",
-                            retry_after_secs: ceil_secs(self.config.breaker.cool_down).max(1),
-                        });
-                        Outcome::Throttle(verdict)
-                    }
+                    // Open, but bounded: the fallback holds the tenant to its plan in this container.
+                    FailMode::Open => match self.fallback.decide(&consume) {
+                        Ok(decision) => {
+                            let allowed = decision.allowed || verdict.plan.shadow();
+                            if !allowed {
+                                verdict.refusal = Some(refusal_of(&decision));
+                            }
+                            verdict.decision = Some(decision);
+                            if allowed {
+                                Outcome::Allow(verdict)
+                            } else {
+                                Outcome::Throttle(verdict)
+                            }
+                        }
+                        // The fallback is full of tenants it may not forget: admitting one more
+                        // would be admission without a bound, so this one fails closed.
+                        Err(_) => self.fail_closed(verdict),
+                    },
+                    FailMode::Closed => self.fail_closed(verdict),
                 }
             }
         }
+    }
+
+    fn fail_closed(&self, mut verdict: Verdict) -> Outcome {
+        verdict.refusal = Some(Refusal {
+            reason: "store_unavailable",
+            retry_after_secs: ceil_secs(self.config.breaker.cool_down).max(1),
+        });
+        Outcome::Throttle(verdict)
     }
 
     /// The key's tenant and plan, and whether that came from the cache.
@@ -311,5 +358,12 @@ impl Gate {
             .skip_routes
             .iter()
             .any(|r| split_route(r).is_some_and(|(path, m)| path == resource && (m == "*" || m == method)))
+    }
+}
+
+fn refusal_of(d: &Decision) -> Refusal {
+    Refusal {
+        reason: d.reason.map_or("rate", |r| r.as_str()),
+        retry_after_secs: d.retry_after.map_or(1, |w| ceil_secs(w).max(1)),
     }
 }

@@ -2,6 +2,11 @@
 //!
 //! Each decision locks one shard for the duration of a pure `engine::evaluate`, which is the
 //! compare-and-set: nothing else can touch the tenant in between.
+//!
+//! Bounded without forgetting usage: only a tenant whose state is what a fresh tenant would have
+//! at that instant (every bucket full, nothing counted in the current day or month) is evicted.
+//! When a shard holds nothing evictable, a new tenant is refused with `StoreError::Full` (the
+//! gate answers it with the fail mode) instead of resetting someone's quota.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -18,12 +23,21 @@ use crate::engine::{self, State};
 use crate::policy::BucketId;
 use crate::quota::{Counter, Period};
 
-/// Tenants idle this long with a full bucket are the first to go when a shard is full.
-const IDLE: Duration = Duration::from_secs(3600);
+/// At most one "store full" warning per this much request time: a flood of new tenants must not
+/// become a flood of log lines.
+const FULL_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// foldhash: several times faster than SipHash on short keys, and still seeded per process.
 type Hasher = foldhash::fast::RandomState;
-type Shard = HashMap<Box<str>, Entry, Hasher>;
+
+#[derive(Debug, Default)]
+struct Shard {
+    tenants: HashMap<Box<str>, Entry, Hasher>,
+    /// No entry can be evicted before this instant (set when an eviction found none): state only
+    /// moves forward, so the earliest instant any entry turns fresh can only move later, and a
+    /// full shard is not rescanned for every new tenant.
+    full_until: Timestamp,
+}
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -31,6 +45,9 @@ pub struct MemoryStore {
     hasher: Hasher,
     per_shard: usize,
     evictions: AtomicU64,
+    full_refusals: AtomicU64,
+    /// Request time (s) of the last "store full" warning.
+    last_full_warning: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -41,7 +58,6 @@ struct Entry {
     month: (Counter, u64),
     /// Closed periods inside the kept window.
     history: Vec<(Counter, u64)>,
-    last_seen: Timestamp,
     /// Days since the epoch of the current counters: a new day is the only time they can roll.
     epoch_day: u64,
 }
@@ -54,7 +70,6 @@ impl Entry {
             day: (Period::Day.counter(now), 0),
             month: (Period::Month.counter(now), 0),
             history: Vec::new(),
-            last_seen: now,
             epoch_day: epoch_day(now),
         }
     }
@@ -97,11 +112,26 @@ impl Entry {
         }
     }
 
-    fn is_idle(&self, now: Timestamp) -> bool {
-        let full = |t: &Timestamp| *t <= now;
-        self.last_seen.saturating_add(IDLE) <= now
-            && self.tat.iter().all(full)
-            && self.routes.iter().all(|(_, t)| full(t))
+    /// From when this entry decides exactly like no entry at all: every bucket full (TATs
+    /// passed) and the current counters' day and month over (or nothing counted in them). Closed
+    /// periods' history does not decide anything, so it does not hold a tenant in memory.
+    fn fresh_at(&self) -> Timestamp {
+        let start = Timestamp::from_secs(self.epoch_day * 86_400);
+        let day_end = if self.day.1 > 0 {
+            Period::Day.end(start)
+        } else {
+            Timestamp::default()
+        };
+        let month_end = if self.month.1 > 0 {
+            Period::Month.end(start)
+        } else {
+            Timestamp::default()
+        };
+        self.routes
+            .iter()
+            .map(|(_, t)| *t)
+            .chain(self.tat)
+            .fold(day_end.max(month_end), Timestamp::max)
     }
 }
 
@@ -116,9 +146,10 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store holding at most about `max_tenants` tenants. Decisions are exact while the number
-    /// of active tenants stays below that; beyond it the least recently seen are forgotten
-    /// (counted in `evictions`).
+    /// A store holding at most about `max_tenants` tenants (spread over shards: a shard can fill
+    /// a little before the whole store does). Decisions are always exact: only state equivalent to
+    /// a fresh tenant is evicted (counted in `evictions`); a new tenant that finds its shard full
+    /// of live state is refused with `StoreError::Full` (counted in `full_refusals`).
     pub fn with_capacity(max_tenants: usize) -> MemoryStore {
         let shards = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 16).next_power_of_two();
         MemoryStore {
@@ -126,28 +157,39 @@ impl MemoryStore {
             hasher: Hasher::default(),
             per_shard: max_tenants.div_ceil(shards).max(1),
             evictions: AtomicU64::new(0),
+            full_refusals: AtomicU64::new(0),
+            last_full_warning: AtomicU64::new(0),
         }
     }
 
-    /// Tenants forgotten to stay within capacity.
+    /// Tenants forgotten to stay within capacity, each in a state equivalent to a fresh one.
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
 
+    /// New tenants refused because their shard was full of state that could not be forgotten.
+    pub fn full_refusals(&self) -> u64 {
+        self.full_refusals.load(Ordering::Relaxed)
+    }
+
     /// The decision, synchronously: what `Store::consume` does, without the future.
-    pub fn decide(&self, req: &Consume<'_>) -> Decision {
-        let mut shard = self.shard(req.tenant);
-        let entry = match shard.get_mut(req.tenant) {
+    pub fn decide(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
+        let mut guard = self.shard(req.tenant);
+        let shard = &mut *guard;
+        // Known tenants (the hot path) are found without allocating a key.
+        let entry = match shard.tenants.get_mut(req.tenant) {
             Some(e) => e,
             None => {
-                if shard.len() >= self.per_shard {
-                    self.evict(&mut shard, req.now);
+                if shard.tenants.len() >= self.per_shard {
+                    self.evict(shard, req.now)?;
                 }
-                shard.entry(req.tenant.into()).or_insert_with(|| Entry::new(req.now))
+                shard
+                    .tenants
+                    .entry(req.tenant.into())
+                    .or_insert_with(|| Entry::new(req.now))
             }
         };
         entry.roll(req.now);
-        entry.last_seen = entry.last_seen.max(req.now);
         let bucket = req.limits.bucket.as_ref().map(|(id, _)| id);
         let state = State {
             tat: bucket.and_then(|id| entry.tat(id)),
@@ -162,37 +204,65 @@ impl MemoryStore {
             entry.day.1 = next.daily_used;
             entry.month.1 = next.monthly_used;
         }
-        eval.decision
+        Ok(eval.decision)
+    }
+
+    fn shard_index(&self, tenant: &str) -> usize {
+        self.hasher.hash_one(tenant) as usize & (self.shards.len() - 1)
     }
 
     fn shard(&self, tenant: &str) -> MutexGuard<'_, Shard> {
-        let i = self.hasher.hash_one(tenant) as usize & (self.shards.len() - 1);
+        let i = self.shard_index(tenant);
         // A poisoned shard only means a panic elsewhere mid-update of plain data; keep serving.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn evict(&self, shard: &mut Shard, now: Timestamp) {
-        let before = shard.len();
-        shard.retain(|_, e| !e.is_idle(now));
-        if shard.len() >= self.per_shard
-            && let Some(oldest) = shard.iter().min_by_key(|(_, e)| e.last_seen).map(|(k, _)| k.clone())
-        {
-            shard.remove(&oldest);
+    /// Makes room in a full shard by forgetting the tenants whose state is a fresh tenant's, or
+    /// says when room will come.
+    fn evict(&self, shard: &mut Shard, now: Timestamp) -> Result<(), StoreError> {
+        if now >= shard.full_until {
+            let before = shard.tenants.len();
+            shard.tenants.retain(|_, e| e.fresh_at() > now);
+            self.evictions
+                .fetch_add((before - shard.tenants.len()) as u64, Ordering::Relaxed);
+            if shard.tenants.len() < self.per_shard {
+                return Ok(());
+            }
+            shard.full_until = shard.tenants.values().map(Entry::fresh_at).min().unwrap_or(now);
         }
-        self.evictions
-            .fetch_add((before - shard.len()) as u64, Ordering::Relaxed);
+        self.full_refusals.fetch_add(1, Ordering::Relaxed);
+        let retry_after = shard.full_until.saturating_since(now);
+        let last = self.last_full_warning.load(Ordering::Relaxed);
+        let secs = now.as_secs();
+        if (last == 0 || secs >= last.saturating_add(FULL_WARN_EVERY.as_secs()))
+            && self
+                .last_full_warning
+                .compare_exchange(last, secs.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                capacity = self.per_shard * self.shards.len(),
+                refused = self.full_refusals(),
+                retry_after_secs = retry_after.as_secs(),
+                "memory store full of unexpired usage: refusing new tenants rather than forgetting anyone's"
+            );
+        }
+        Err(StoreError::Full {
+            capacity: self.per_shard * self.shards.len(),
+            retry_after,
+        })
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     async fn consume(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
-        Ok(self.decide(req))
+        self.decide(req)
     }
 
     async fn usage(&self, tenant: &str, now: Timestamp) -> Result<Usage, StoreError> {
         let mut shard = self.shard(tenant);
-        Ok(match shard.get_mut(tenant) {
+        Ok(match shard.tenants.get_mut(tenant) {
             Some(e) => {
                 e.roll(now);
                 let current = [e.day, e.month].into_iter().filter(|(_, n)| *n > 0);
@@ -206,35 +276,110 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::Reason;
     use crate::gcra::Bucket;
     use crate::policy::Limits;
 
-    #[test]
-    fn capacity_is_bounded_and_idle_tenants_go_first() {
-        let store = MemoryStore::with_capacity(1);
-        let limits = Limits {
-            bucket: Some((BucketId::Plan, Bucket::per_second(1.0, 1))),
-            daily: None,
+    // 2026-11-23T17:49:37Z
+    const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn limits(daily: Option<u64>) -> Limits {
+        Limits {
+            bucket: Some((BucketId::Plan, Bucket::per_second(1.0, 5))),
+            daily,
             monthly: None,
-        };
-        let now = Timestamp::from_secs(1_000_000);
-        let total = store.shards.len() * 3;
-        for i in 0..total {
-            let tenant = format!("t{i}");
-            let req = Consume {
-                tenant: &tenant,
-                limits: &limits,
-                weight: 1,
-                now,
-            };
-            assert!(store.decide(&req).allowed);
         }
-        let held: usize = store
-            .shards
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum();
-        assert!(held <= store.shards.len(), "held {held}");
-        assert_eq!(store.evictions() as usize, total - held);
+    }
+
+    fn consume<'a>(tenant: &'a str, limits: &'a Limits, now: Timestamp) -> Consume<'a> {
+        Consume {
+            tenant,
+            limits,
+            weight: 1,
+            now,
+        }
+    }
+
+    /// `n` tenant names that land in the same shard as `tenant`.
+    fn neighbours(store: &MemoryStore, tenant: &str, n: usize) -> Vec<String> {
+        let shard = store.shard_index(tenant);
+        (0..)
+            .map(|i| format!("other-{i}"))
+            .filter(|t| store.shard_index(t) == shard)
+            .take(n)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_tenant_who_spent_its_daily_quota_keeps_it_under_eviction_pressure() {
+        // GIVEN a store with room for one tenant per shard, and a tenant that spent its daily
+        // quota of 3 and then went quiet (bucket full again, an hour later)
+        let store = MemoryStore::with_capacity(1);
+        let spent = limits(Some(3));
+        for _ in 0..3 {
+            assert!(
+                store
+                    .consume(&consume("spender", &spent, NOW))
+                    .await
+                    .expect("decides")
+                    .allowed
+            );
+        }
+        // WHEN new tenants arrive in its shard, the same day
+        let later = NOW.saturating_add(HOUR);
+        for other in neighbours(&store, "spender", 20) {
+            let _ = store.consume(&consume(&other, &limits(None), later)).await;
+        }
+        // THEN the spender is still refused until the day ends: nobody got a fresh quota
+        let d = store
+            .consume(&consume("spender", &spent, later.saturating_add(HOUR)))
+            .await
+            .expect("decides");
+        assert!(!d.allowed, "eviction handed out a fresh daily quota");
+        assert_eq!(d.reason, Some(Reason::DailyQuota));
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_tenants_counts_them_and_says_when_room_comes() {
+        // GIVEN a full shard whose tenant has counted usage today
+        let store = MemoryStore::with_capacity(1);
+        let l = limits(Some(100));
+        assert!(store.decide(&consume("held", &l, NOW)).expect("decides").allowed);
+        // WHEN a new tenant arrives in that shard, twice
+        let newcomer = &neighbours(&store, "held", 1)[0];
+        let first = store.decide(&consume(newcomer, &l, NOW)).expect_err("no room");
+        let second = store.decide(&consume(newcomer, &l, NOW.saturating_add(HOUR)));
+        // THEN it is refused, without touching the held tenant, until the month's counter ends
+        // (every request counts towards the month, limited or not)
+        let month_end = Period::Month.end(NOW).saturating_since(NOW);
+        assert!(
+            matches!(first, StoreError::Full { retry_after, .. } if retry_after == month_end),
+            "{first}"
+        );
+        assert_eq!(first.scope(), super::super::ErrorScope::Item);
+        assert!(!first.is_indeterminate());
+        assert!(matches!(second, Err(StoreError::Full { .. })));
+        assert_eq!((store.full_refusals(), store.evictions()), (2, 0));
+        let held = store
+            .decide(&consume("held", &l, NOW))
+            .expect("held tenants are served");
+        assert_eq!(held.daily.map(|q| q.used), Some(2));
+    }
+
+    #[test]
+    fn state_equivalent_to_a_fresh_tenant_makes_room() {
+        // GIVEN a full shard whose tenant was last used in the previous month
+        let store = MemoryStore::with_capacity(1);
+        let l = limits(Some(100));
+        assert!(store.decide(&consume("old", &l, NOW)).expect("decides").allowed);
+        let next_month = Period::Month.end(NOW).saturating_add(HOUR);
+        // WHEN a new tenant arrives in that shard next month
+        let newcomer = &neighbours(&store, "old", 1)[0];
+        let d = store.decide(&consume(newcomer, &l, next_month)).expect("room was made");
+        // THEN the old tenant, whose every bucket was full and whose counters had closed, was
+        // evicted to make room, and nobody was refused
+        assert!(d.allowed);
+        assert_eq!((store.evictions(), store.full_refusals()), (1, 0));
     }
 }

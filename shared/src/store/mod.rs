@@ -88,6 +88,12 @@ pub enum StoreError {
     /// No answer within the caller's time budget; the request may have been applied.
     #[error("store did not answer within {0:?}")]
     Timeout(Duration),
+    /// Surely not applied: a bounded store has no room for a new tenant, and every tenant it
+    /// holds has usage it may not forget. Tenants already held are served as usual.
+    #[error(
+        "store full: its {capacity} tenant slots hold unexpired usage (no room for {retry_after:?}); raise its capacity"
+    )]
+    Full { capacity: usize, retry_after: Duration },
 }
 
 /// What a store failure is about.
@@ -107,9 +113,10 @@ impl StoreError {
 
     pub fn scope(&self) -> ErrorScope {
         match self {
-            StoreError::Throttled { .. } | StoreError::Contention { .. } | StoreError::Corrupt { .. } => {
-                ErrorScope::Item
-            }
+            StoreError::Throttled { .. }
+            | StoreError::Contention { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Full { .. } => ErrorScope::Item,
             StoreError::Indeterminate { .. } | StoreError::Unavailable(_) | StoreError::Timeout(_) => ErrorScope::Store,
         }
     }
@@ -123,6 +130,7 @@ impl StoreError {
             StoreError::Contention { .. } => "contention",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::Timeout(_) => "timeout",
+            StoreError::Full { .. } => "full",
         }
     }
 }

@@ -1,0 +1,116 @@
+//! `tollgate simulate`: synthetic load against a store or a running gateway, checked per tenant
+//! against what the policy permits.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tollgate::store::MemoryStore;
+
+use super::read_policy;
+use crate::aws_args::DynamoArgs;
+use crate::simulate::{self, Pattern, Target};
+
+/// Exit code when `simulate` finds over-admission (errors exit with 1, usage errors with 2).
+pub const EXIT_OVER_ADMISSION: u8 = 3;
+
+#[derive(Debug, clap::Args)]
+pub struct Simulate {
+    /// What receives the load: `memory`, `dynamodb` (see --endpoint-url, --state-table) or the
+    /// base URL of a running gateway (`tollgate serve`), e.g. http://127.0.0.1:8080.
+    #[arg(long, default_value = "memory")]
+    pub target: String,
+    /// Policy file (TOML); the example tiers when absent. A gateway target must serve the same.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Tenants, spread over the plans in turn (the gateway's demo tenants: start it with
+    /// --demo-tenants at least tenants / plans).
+    #[arg(long, default_value_t = 40)]
+    pub tenants: usize,
+    /// Arrival pattern.
+    #[arg(long, value_enum, default_value = "poisson")]
+    pub pattern: Pattern,
+    /// Offered load as a multiple of each tenant's plan rate: above 1 some requests must be
+    /// refused.
+    #[arg(long, default_value_t = 2.0)]
+    pub load: f64,
+    /// Seconds of arrivals: simulated time against a store, real time against a gateway.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many requests (the earliest arrivals).
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seed of the arrival generator: the same seed gives the same arrivals.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// HTTP method of the requests (plans may weigh methods).
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Path of the requests (plans may have route buckets, e.g. /search).
+    #[arg(long, default_value = "/hello")]
+    pub path: String,
+    /// Header carrying the API key (gateway target).
+    #[arg(long, default_value = "x-api-key")]
+    pub api_key_header: String,
+    /// Write the JSON compliance report here (schema: infra/schemas/simulate-report.schema.json).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// With --target dynamodb.
+    #[command(flatten)]
+    pub dynamo: DynamoArgs,
+}
+
+impl Simulate {
+    pub async fn run(self) -> Result<ExitCode, String> {
+        let file = read_policy(self.policy.as_ref())?;
+        if !(self.duration.is_finite() && self.duration > 0.0) {
+            return Err(format!(
+                "--duration {} must be a positive number of seconds",
+                self.duration
+            ));
+        }
+        let target = match self.target.as_str() {
+            "memory" => Target::Memory(MemoryStore::default()),
+            "dynamodb" => Target::Dynamo(self.dynamo.store().await?),
+            url if url.starts_with("http://") || url.starts_with("https://") => Target::Http(url.to_owned()),
+            other => {
+                return Err(format!(
+                    "--target {other:?} is not memory, dynamodb or an http(s):// URL"
+                ));
+            }
+        };
+        let config = simulate::Config {
+            tenants: self.tenants.max(1),
+            pattern: self.pattern,
+            load: self.load,
+            duration: Duration::from_secs_f64(self.duration),
+            requests: self.requests,
+            concurrency: self.concurrency.max(1),
+            seed: self.seed,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            api_key_header: self.api_key_header.clone(),
+            progress: true,
+        };
+        // Fresh tenant ids per run in a shared table, so runs do not inherit each other's state.
+        let prefix = match target {
+            Target::Dynamo(_) => format!("sim{:08x}-", rand::random::<u32>()),
+            _ => String::new(),
+        };
+        let report = simulate::run(&target, &file, &config, &prefix).await?;
+        print!("{}", report.table());
+        if let Some(path) = &self.report {
+            let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+            std::fs::write(path, json + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            println!("report: {}", path.display());
+        }
+        Ok(if report.pass {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_OVER_ADMISSION)
+        })
+    }
+}

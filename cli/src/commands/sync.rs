@@ -1,0 +1,45 @@
+//! `tollgate sync`: make the policy table say what API Gateway's usage plans and keys say, as
+//! the plan-sync function does on its schedule.
+
+use tollgate::aws::control_client;
+use tollgate::clock::SystemClock;
+use tollgate::sync::apigateway::{ApiGateway, Backoff};
+use tollgate::sync::table::PolicyTable;
+
+use crate::aws_args::AwsArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct PlanSync {
+    /// The DynamoDB policy table the authorizer reads.
+    #[arg(long, default_value = "tollgate-policy")]
+    pub policy_table: String,
+    /// Create the policy table first (for local emulators; the SAM template creates it in AWS).
+    #[arg(long)]
+    pub create_table: bool,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+impl PlanSync {
+    pub async fn run(self) -> Result<(), String> {
+        let sdk = self.aws.sdk_config().await?;
+        let dynamodb = tollgate::aws::admin_client(&sdk);
+        if self.create_table {
+            tollgate::directory::dynamodb::create_policy_table(&dynamodb, &self.policy_table).await?;
+        }
+        let control = ApiGateway::new(control_client(&sdk), Backoff::default());
+        let table = PolicyTable::new(dynamodb, &self.policy_table);
+        let report = tollgate::sync::run(&control, &table, &SystemClock::new(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.json {
+            println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        } else {
+            print!("{}", report.table());
+        }
+        Ok(())
+    }
+}

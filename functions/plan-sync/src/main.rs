@@ -1,0 +1,49 @@
+//! The plan-sync Lambda: on its schedule, on API Gateway management events (EventBridge) and
+//! when invoked directly, makes the policy table say what the usage plans and keys say. Every
+//! trigger runs the same full, idempotent sync; the event only says why it ran.
+
+use aws_config::BehaviorVersion;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use tollgate::aws::{admin_client, control_client};
+use tollgate::clock::SystemClock;
+use tollgate::sync::POLICY_TABLE_VAR as POLICY_TABLE;
+use tollgate::sync::apigateway::{ApiGateway, Backoff};
+use tollgate::sync::table::PolicyTable;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_ansi(false)
+        .without_time()
+        .with_current_span(false)
+        .init();
+    let table = std::env::var(POLICY_TABLE).map_err(|_| format!("{POLICY_TABLE} is not set"))?;
+    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let control = ApiGateway::new(control_client(&sdk), Backoff::default());
+    let table = PolicyTable::new(admin_client(&sdk), table);
+    let (control, table, clock) = (&control, &table, &SystemClock::new());
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        // EventBridge events name their source; a schedule says "Scheduled Event".
+        let trigger = event
+            .payload
+            .get("detail-type")
+            .and_then(Value::as_str)
+            .unwrap_or("invoke");
+        let actor = event
+            .payload
+            .pointer("/detail/userIdentity/arn")
+            .and_then(Value::as_str);
+        let report = tollgate::sync::run(control, table, clock, actor).await?;
+        tracing::info!(
+            trigger,
+            writes = report.writes,
+            problems = report.problems.len(),
+            "sync done"
+        );
+        Ok::<_, Error>(serde_json::to_value(&report)?)
+    }))
+    .await
+}

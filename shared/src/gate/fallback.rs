@@ -1,0 +1,189 @@
+//! Bounded fail-open: while the store cannot decide, a fail-open answer is still the engine's,
+//! from a per-container in-memory store. Each tenant gets at most its plan's burst and rate here,
+//! and its quotas minus the usage this container last saw the store report, so one container
+//! over-admits a tenant by at most `burst + rate × outage` (plus, for a tenant it has never seen
+//! the store decide, its quota's remainder), and an outage over `c` containers by `c` times that.
+
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::decision::Decision;
+use crate::policy::Limits;
+use crate::quota::{Counter, Period, QuotaStatus};
+use crate::store::{Consume, MemoryStore, StoreError};
+
+use super::cache::TtlCache;
+
+/// A usage figure is only used in its own period; past that it is dead weight.
+const SEEN_TTL: Duration = Duration::from_secs(32 * 86_400);
+
+#[derive(Debug)]
+pub struct Fallback {
+    /// Fail-open admissions, by tenant: the bucket and the quota units spent without the store.
+    spent: MemoryStore,
+    /// The quota usage the store last reported for each tenant.
+    seen: TtlCache<String, Seen>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    day: Option<(Counter, u64)>,
+    month: Option<(Counter, u64)>,
+}
+
+impl Seen {
+    fn used(&self, period: Period, now: Timestamp) -> u64 {
+        let slot = match period {
+            Period::Day => self.day,
+            Period::Month => self.month,
+        };
+        slot.filter(|(c, _)| *c == period.counter(now)).map_or(0, |(_, n)| n)
+    }
+}
+
+impl Fallback {
+    /// Room for `tenants` tenants (beyond that, only tenants whose state is that of a fresh one
+    /// make room, as in every memory store).
+    pub fn new(tenants: usize) -> Fallback {
+        Fallback {
+            spent: MemoryStore::with_capacity(tenants),
+            seen: TtlCache::new(tenants),
+        }
+    }
+
+    /// Remembers the quota usage of a decision the store made at `now`.
+    pub fn observe(&self, tenant: &str, decision: &Decision, now: Timestamp) {
+        if decision.daily.is_none() && decision.monthly.is_none() {
+            return;
+        }
+        let at = |q: Option<QuotaStatus>, period: Period| q.map(|q| (period.counter(now), q.used));
+        let seen = Seen {
+            day: at(decision.daily, Period::Day),
+            month: at(decision.monthly, Period::Month),
+        };
+        self.seen
+            .insert(tenant.to_owned(), seen, now.saturating_add(SEEN_TTL), now);
+    }
+
+    /// The engine's decision for a request the store could not decide. Quota figures are against
+    /// the plan's quotas: what the store last reported plus what was admitted here since.
+    /// `StoreError::Full` when every tenant it tracks still has state it may not forget.
+    pub fn decide(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
+        let seen = self.seen.get(&req.tenant.to_owned(), req.now).unwrap_or_default();
+        let (day, month) = (seen.used(Period::Day, req.now), seen.used(Period::Month, req.now));
+        // The local store counts only what it admitted: give it what is left of each quota.
+        let left = Limits {
+            bucket: req.limits.bucket.clone(),
+            daily: req.limits.daily.map(|q| q.saturating_sub(day)),
+            monthly: req.limits.monthly.map(|q| q.saturating_sub(month)),
+        };
+        let mut decision = self.spent.decide(&Consume { limits: &left, ..*req })?;
+        let restate = |q: &mut Option<QuotaStatus>, limit: Option<u64>, used: u64| {
+            if let (Some(q), Some(limit)) = (q.as_mut(), limit) {
+                *q = QuotaStatus::new(q.period, limit, used.saturating_add(q.used), req.now);
+            }
+        };
+        restate(&mut decision.daily, req.limits.daily, day);
+        restate(&mut decision.monthly, req.limits.monthly, month);
+        Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gcra::Bucket;
+    use crate::policy::BucketId;
+
+    const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
+
+    fn limits() -> Limits {
+        Limits {
+            bucket: Some((BucketId::Plan, Bucket::per_second(10.0, 50))),
+            daily: Some(100),
+            monthly: Some(1_000),
+        }
+    }
+
+    fn admitted(f: &Fallback, tenant: &str, now: Timestamp, n: usize) -> usize {
+        let limits = limits();
+        let req = Consume {
+            tenant,
+            limits: &limits,
+            weight: 1,
+            now,
+        };
+        (0..n)
+            .filter(|_| f.decide(&req).expect("room for the tenant").allowed)
+            .count()
+    }
+
+    #[test]
+    fn a_tenant_gets_at_most_its_burst_and_rate_without_the_store() {
+        let f = Fallback::new(100);
+        assert_eq!(admitted(&f, "a", NOW, 500), 50, "the burst");
+        let later = NOW.saturating_add(Duration::from_secs(2));
+        assert_eq!(admitted(&f, "a", later, 500), 20, "rate × 2 s");
+        assert_eq!(admitted(&f, "b", later, 500), 50, "each tenant has its own bucket");
+    }
+
+    #[test]
+    fn a_container_that_saw_90_of_100_spent_admits_at_most_10_more() {
+        // GIVEN the store last reported 90 of the daily 100 used
+        let f = Fallback::new(100);
+        let decision = crate::store::MemoryStore::default()
+            .decide(&Consume {
+                tenant: "a",
+                limits: &Limits {
+                    bucket: None,
+                    daily: Some(100),
+                    monthly: None,
+                },
+                weight: 90,
+                now: NOW,
+            })
+            .expect("room");
+        assert_eq!(decision.daily.map(|q| q.used), Some(90));
+        f.observe("a", &decision, NOW);
+        // WHEN the store is gone for long enough to refill the bucket many times over
+        let mut total = 0;
+        for s in 0..60 {
+            total += admitted(&f, "a", NOW.saturating_add(Duration::from_secs(s)), 100);
+        }
+        // THEN the quota holds: 10 more, and the last refusal reports the quota as spent
+        assert_eq!(total, 10);
+        let limits = limits();
+        let refused = f
+            .decide(&Consume {
+                tenant: "a",
+                limits: &limits,
+                weight: 1,
+                now: NOW.saturating_add(Duration::from_secs(61)),
+            })
+            .expect("room");
+        assert_eq!(refused.daily.map(|q| (q.used, q.remaining)), Some((100, 0)));
+        assert_eq!(refused.reason, Some(crate::decision::Reason::DailyQuota));
+    }
+
+    #[test]
+    fn a_full_fallback_refuses_a_new_tenant_instead_of_forgetting_one() {
+        // GIVEN a fallback with room for few tenants, each of which spent part of its burst
+        let f = Fallback::new(1);
+        let limits = limits();
+        let req = |tenant: &str| Consume {
+            tenant,
+            limits: &limits,
+            weight: 1,
+            now: NOW,
+        };
+        // WHEN ever more tenants fail open at the same instant
+        let names: Vec<String> = (0..10_000).map(|i| format!("t{i}")).collect();
+        let first_full = names.iter().position(|t| f.decide(&req(t)).is_err());
+        // THEN at some point a new tenant is refused (the gate then fails closed for it), and
+        // the tenants already tracked keep what they spent: the first one is not fresh again
+        let first_full = first_full.expect("the fallback fills up");
+        assert!(first_full >= 1);
+        let spent_before = admitted(&f, "t0", NOW, 100);
+        assert_eq!(spent_before, 49, "t0 keeps its first admission: 50 - 1 left");
+    }
+}

@@ -1,0 +1,335 @@
+//! The policy table as plan sync writes it: read it whole, compute the fewest writes that make it
+//! say what API Gateway says, and apply them so that two syncs never interleave.
+//!
+//! Concurrency: the item `sync#meta` holds a `generation` and the `as_of` time of the API Gateway
+//! snapshot last applied. Every batch of writes is one `TransactWriteItems` that also moves the
+//! generation on, on condition that it is still the one this sync read and that no newer snapshot
+//! was applied. A sync that loses starts over from a fresh read, so the table only ever holds one
+//! sync's complete view (plus, after a crash part-way, a prefix that the next run completes).
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+
+use super::mapping::Desired;
+use crate::clock::Timestamp;
+use crate::directory::KeyRecord;
+use crate::policy::PlanSpec;
+
+const PK: &str = "pk";
+pub const META_PK: &str = "sync#meta";
+/// TransactWriteItems takes 100 actions; one is the generation update.
+const BATCH: usize = 99;
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("policy table `{table}` unavailable: {detail}")]
+    Unavailable { table: String, detail: String },
+    /// Another sync applied changes since this one read the table: read again.
+    #[error("another sync changed the policy table first")]
+    Superseded,
+}
+
+/// A policy-table item that sync manages.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    Plan {
+        spec: PlanSpec,
+        version: u64,
+    },
+    Tenant {
+        plan: String,
+    },
+    Key(KeyRecord),
+    /// An item of a managed kind that does not parse: rewritten or removed.
+    Malformed,
+}
+
+/// What the table holds now.
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    pub generation: u64,
+    pub as_of: u64,
+    pub records: BTreeMap<String, Record>,
+}
+
+/// One write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Put { pk: String, record: Record, existed: bool },
+    Delete { pk: String, was: Record },
+}
+
+impl Change {
+    pub fn pk(&self) -> &str {
+        match self {
+            Change::Put { pk, .. } | Change::Delete { pk, .. } => pk,
+        }
+    }
+}
+
+/// The fewest writes from `current` to `desired`; held items are left as they are.
+pub fn diff(desired: &Desired, current: &Current) -> Vec<Change> {
+    let mut want: BTreeMap<String, Record> = BTreeMap::new();
+    for (name, spec) in &desired.plans {
+        let pk = super::mapping::plan_pk(name);
+        let version = match current.records.get(&pk) {
+            Some(Record::Plan { spec: old, version }) if old == spec => *version,
+            Some(Record::Plan { version, .. }) => version + 1,
+            _ => 1,
+        };
+        want.insert(
+            pk,
+            Record::Plan {
+                spec: spec.clone(),
+                version,
+            },
+        );
+    }
+    for (tenant, plan) in &desired.tenants {
+        want.insert(super::mapping::tenant_pk(tenant), Record::Tenant { plan: plan.clone() });
+    }
+    for (hash, record) in &desired.keys {
+        want.insert(super::mapping::key_pk(hash), Record::Key(record.clone()));
+    }
+    let mut changes = Vec::new();
+    for (pk, record) in &want {
+        if desired.held.contains(pk) {
+            continue;
+        }
+        let existing = current.records.get(pk);
+        if existing != Some(record) {
+            changes.push(Change::Put {
+                pk: pk.clone(),
+                record: record.clone(),
+                existed: existing.is_some(),
+            });
+        }
+    }
+    for (pk, was) in &current.records {
+        if !want.contains_key(pk) && !desired.held.contains(pk) {
+            changes.push(Change::Delete {
+                pk: pk.clone(),
+                was: was.clone(),
+            });
+        }
+    }
+    changes
+}
+
+/// The policy table, for sync.
+#[derive(Debug, Clone)]
+pub struct PolicyTable {
+    client: Client,
+    table: String,
+}
+
+impl PolicyTable {
+    pub fn new(client: Client, table: impl Into<String>) -> PolicyTable {
+        PolicyTable {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    /// The audit trail, kept in the same table.
+    pub fn audit_log(&self) -> crate::audit::AuditLog {
+        crate::audit::AuditLog::new(self.client.clone(), &self.table)
+    }
+
+    fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> TableError {
+        TableError::Unavailable {
+            table: self.table.clone(),
+            detail: DisplayErrorContext(e).to_string(),
+        }
+    }
+
+    /// The generation, then every managed item (strongly consistent, all pages).
+    pub async fn read(&self) -> Result<Current, TableError> {
+        let mut current = Current::default();
+        let meta = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(META_PK.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        if let Some(item) = meta.item() {
+            current.generation = number(item, "generation").unwrap_or(0);
+            current.as_of = number(item, "as_of").unwrap_or(0);
+        }
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            for item in page.items() {
+                let Some(pk) = item.get(PK).and_then(|v| v.as_s().ok()) else {
+                    continue;
+                };
+                if let Some(record) = parse(pk, item) {
+                    current.records.insert(pk.clone(), record);
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(current),
+            }
+        }
+    }
+
+    /// Applies `changes` in batches, each moving the generation on. Returns the writes made
+    /// (items plus generation updates).
+    pub async fn apply(&self, current: &Current, as_of: Timestamp, changes: &[Change]) -> Result<u64, TableError> {
+        let mut writes = 0;
+        for (generation, batch) in (current.generation..).zip(changes.chunks(BATCH)) {
+            let mut actions = vec![self.bump(generation, as_of.as_nanos())];
+            for change in batch {
+                actions.push(self.action(change));
+            }
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(actions))
+                .send()
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(SdkError::ServiceError(e))
+                    if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(c)
+                        if c.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed")) =>
+                {
+                    return Err(TableError::Superseded);
+                }
+                Err(e) => return Err(self.unavailable(e)),
+            }
+            writes += batch.len() as u64 + 1;
+        }
+        Ok(writes)
+    }
+
+    /// Moves the generation on if it is still `generation` and no newer snapshot was applied
+    /// (a sync that read API Gateway earlier must not undo one that read it later).
+    fn bump(&self, generation: u64, as_of: u64) -> TransactWriteItem {
+        let condition = if generation == 0 {
+            "attribute_not_exists(#g)"
+        } else {
+            "#g = :g AND #a <= :a"
+        };
+        let mut values = HashMap::from([
+            (":next".to_owned(), AttributeValue::N((generation + 1).to_string())),
+            (":a".to_owned(), AttributeValue::N(as_of.to_string())),
+        ]);
+        if generation != 0 {
+            values.insert(":g".to_owned(), AttributeValue::N(generation.to_string()));
+        }
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(META_PK.to_owned()))
+            .update_expression("SET #g = :next, #a = :a")
+            .condition_expression(condition)
+            .expression_attribute_names("#g", "generation")
+            .expression_attribute_names("#a", "as_of")
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .expect("table, key and update expression are set");
+        TransactWriteItem::builder().update(update).build()
+    }
+
+    fn action(&self, change: &Change) -> TransactWriteItem {
+        match change {
+            Change::Put { pk, record, .. } => {
+                let mut item = render(record);
+                item.insert(PK.to_owned(), AttributeValue::S(pk.clone()));
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .build()
+                    .expect("table and item are set");
+                TransactWriteItem::builder().put(put).build()
+            }
+            Change::Delete { pk, .. } => {
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .key(PK, AttributeValue::S(pk.clone()))
+                    .build()
+                    .expect("table and key are set");
+                TransactWriteItem::builder().delete(delete).build()
+            }
+        }
+    }
+}
+
+fn number(item: &Item, attr: &str) -> Option<u64> {
+    item.get(attr)?.as_n().ok()?.parse().ok()
+}
+
+fn string(item: &Item, attr: &str) -> Option<String> {
+    item.get(attr)?.as_s().ok().cloned()
+}
+
+/// A managed item, or `None` for items of other kinds (the sync's own meta item among them).
+fn parse(pk: &str, item: &Item) -> Option<Record> {
+    let kind = pk.split_once('#')?.0;
+    let record = match kind {
+        "plan" => string(item, "spec")
+            .and_then(|s| serde_json::from_str::<PlanSpec>(&s).ok())
+            .map(|spec| Record::Plan {
+                spec,
+                version: number(item, "version").unwrap_or(0),
+            }),
+        "tenant" => string(item, "plan").map(|plan| Record::Tenant { plan }),
+        "key" => match (string(item, "tenant"), string(item, "key_id")) {
+            (Some(tenant), Some(key_id)) => Some(Record::Key(KeyRecord {
+                tenant,
+                key_id,
+                enabled: item
+                    .get("enabled")
+                    .and_then(|v| v.as_bool().ok())
+                    .copied()
+                    .unwrap_or(false),
+            })),
+            _ => None,
+        },
+        _ => return None,
+    };
+    Some(record.unwrap_or(Record::Malformed))
+}
+
+/// The attributes of a record, as the directory reads them.
+fn render(record: &Record) -> Item {
+    match record {
+        Record::Plan { spec, version } => HashMap::from([
+            (
+                "spec".to_owned(),
+                AttributeValue::S(serde_json::to_string(spec).unwrap_or_default()),
+            ),
+            ("version".to_owned(), AttributeValue::N(version.to_string())),
+        ]),
+        Record::Tenant { plan } => HashMap::from([("plan".to_owned(), AttributeValue::S(plan.clone()))]),
+        Record::Key(k) => HashMap::from([
+            ("tenant".to_owned(), AttributeValue::S(k.tenant.clone())),
+            ("key_id".to_owned(), AttributeValue::S(k.key_id.clone())),
+            ("enabled".to_owned(), AttributeValue::Bool(k.enabled)),
+        ]),
+        Record::Malformed => HashMap::new(),
+    }
+}

@@ -1,0 +1,107 @@
+//! A loopback proxy in front of the emulator that pages API Gateway's collections. The emulator
+//! ignores `limit` and never returns `position`, so a pager tested against it alone passes
+//! whether it follows pages or not; this shim cuts every collection into pages of `size` items
+//! and invents `position`, as API Gateway does. Hand-written because the emulator cannot page.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, Clone)]
+pub struct PagingShim {
+    pub addr: std::net::SocketAddr,
+    pages: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Clone)]
+struct Shared {
+    upstream: String,
+    size: usize,
+    http: reqwest::Client,
+    pages: Arc<AtomicU64>,
+}
+
+impl PagingShim {
+    pub async fn start(upstream: &str, size: usize) -> PagingShim {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind shim");
+        let pages = Arc::new(AtomicU64::new(0));
+        let shared = Shared {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            size,
+            http: reqwest::Client::new(),
+            pages: pages.clone(),
+        };
+        let app = axum::Router::new().fallback(forward).with_state(shared);
+        let addr = listener.local_addr().expect("shim addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        PagingShim { addr, pages }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Pages served that were not the last of their collection.
+    pub fn partial_pages(&self) -> u64 {
+        self.pages.load(Ordering::SeqCst)
+    }
+}
+
+/// Collections API Gateway pages: `/usageplans`, `/apikeys`, `/usageplans/{id}/keys`.
+fn is_collection(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["usageplans"] | ["apikeys"] | ["usageplans", _, "keys"]
+    )
+}
+
+async fn forward(State(s): State<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, 16 << 20).await.unwrap_or_default();
+    let query = parts.uri.query().unwrap_or_default().to_owned();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+    };
+    let url = format!("{}{}", s.upstream, parts.uri);
+    let mut upstream = s.http.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let Ok(answer) = upstream.send().await else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let text = answer.text().await.unwrap_or_default();
+    if parts.method != axum::http::Method::GET || !status.is_success() || !is_collection(parts.uri.path()) {
+        return (status, text).into_response();
+    }
+    let Ok(mut json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return (status, text).into_response();
+    };
+    let items = json.get("item").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    let offset: usize = param("position").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let size = param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(s.size)
+        .min(s.size);
+    let end = (offset + size).min(items.len());
+    let page: Vec<serde_json::Value> = items.get(offset..end).map(<[_]>::to_vec).unwrap_or_default();
+    json["item"] = serde_json::Value::Array(page);
+    if end < items.len() {
+        json["position"] = serde_json::Value::String(end.to_string());
+        s.pages.fetch_add(1, Ordering::SeqCst);
+    } else if let Some(obj) = json.as_object_mut() {
+        obj.remove("position");
+    }
+    (status, [("content-type", "application/json")], json.to_string()).into_response()
+}

@@ -1,0 +1,400 @@
+//! Plan sync on the emulator, driven through the API Gateway SDK as awscli would: usage plans,
+//! keys and usage-plan keys in; the policy table the authorizer reads out.
+
+use std::sync::Arc;
+
+use aws_sdk_apigateway::types::{ApiStage, Op, PatchOperation, QuotaPeriodType, QuotaSettings, ThrottleSettings};
+use tollgate::aws::{admin_client, control_client};
+use tollgate::clock::{ManualClock, Timestamp};
+use tollgate::directory::{Directory, DynamoDirectory};
+use tollgate::identity::ApiKeyHash;
+use tollgate::sync::apigateway::{ApiGateway, Backoff};
+use tollgate::sync::table::PolicyTable;
+use tollgate::sync::{self, SyncReport};
+
+use crate::emulator;
+use crate::paging_shim::PagingShim;
+
+/// The control plane, the policy table, and the directory the authorizer would read, in one
+/// region of the emulator (tests that list everything keep to their own region).
+struct World {
+    gw: aws_sdk_apigateway::Client,
+    control: ApiGateway,
+    table: PolicyTable,
+    directory: DynamoDirectory,
+    clock: ManualClock,
+}
+
+impl World {
+    async fn new(region: &'static str) -> World {
+        World::via(region, &emulator::endpoint()).await
+    }
+
+    /// `control_endpoint` serves API Gateway (the emulator, or a proxy in front of it).
+    async fn via(region: &'static str, control_endpoint: &str) -> World {
+        let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
+        let dynamodb = admin_client(&sdk);
+        let name = emulator::unique("policy");
+        tollgate::directory::dynamodb::create_policy_table(&dynamodb, &name)
+            .await
+            .expect("policy table");
+        let fast = Backoff {
+            attempts: 5,
+            base: std::time::Duration::from_millis(5),
+            cap: std::time::Duration::from_millis(50),
+        };
+        let control_sdk = emulator::sdk_config_in(control_endpoint, region);
+        World {
+            gw: control_client(&sdk),
+            control: ApiGateway::new(control_client(&control_sdk), fast),
+            table: PolicyTable::new(dynamodb.clone(), &name),
+            directory: DynamoDirectory::new(dynamodb, &name),
+            clock: ManualClock::new(Timestamp::from_secs(1_795_000_000)),
+        }
+    }
+
+    async fn sync(&self) -> SyncReport {
+        self.clock.advance(std::time::Duration::from_secs(1));
+        sync::run(&self.control, &self.table, &self.clock, None)
+            .await
+            .expect("sync")
+    }
+
+    async fn plan(&self, name: &str, rate: f64, burst: i32, daily: i32, tags: &[(&str, &str)]) -> String {
+        let mut req = self
+            .gw
+            .create_usage_plan()
+            .name(name)
+            .throttle(ThrottleSettings::builder().rate_limit(rate).burst_limit(burst).build())
+            .quota(
+                QuotaSettings::builder()
+                    .limit(daily)
+                    .period(QuotaPeriodType::Day)
+                    .offset(0)
+                    .build(),
+            );
+        for (k, v) in tags {
+            req = req.tags(*k, *v);
+        }
+        req.send().await.expect("create usage plan").id.expect("plan id")
+    }
+
+    async fn key(&self, name: &str, customer: Option<&str>, value: &str, plan_id: &str) -> String {
+        let id = self
+            .gw
+            .create_api_key()
+            .name(name)
+            .set_customer_id(customer.map(str::to_owned))
+            .value(secret(value))
+            .enabled(true)
+            .send()
+            .await
+            .expect("create api key")
+            .id
+            .expect("key id");
+        self.gw
+            .create_usage_plan_key()
+            .usage_plan_id(plan_id)
+            .key_id(&id)
+            .key_type("API_KEY")
+            .send()
+            .await
+            .expect("create usage plan key");
+        id
+    }
+
+    /// Tenant and plan a raw key resolves to, as a fresh authorizer container would see them.
+    async fn resolve(&self, raw: &str) -> Option<(String, String)> {
+        self.directory
+            .resolve(&ApiKeyHash::of(&secret(raw)))
+            .await
+            .expect("directory")
+            .map(|r| (r.tenant.to_string(), r.plan.name().to_owned()))
+    }
+}
+
+/// The key value behind a short test name: API Gateway takes values of 20 characters or more.
+fn secret(name: &str) -> String {
+    format!("{name}-4f9a1c0d7e2b")
+}
+
+fn patch(path: &str, value: &str) -> PatchOperation {
+    PatchOperation::builder()
+        .op(Op::Replace)
+        .path(path)
+        .value(value)
+        .build()
+}
+
+#[tokio::test]
+async fn sync_mirrors_usage_plans_and_keys_and_a_second_run_writes_nothing() {
+    // GIVEN two usage plans (one with tollgate tags and a per-method throttle) and three keys
+    let w = World::new("eu-west-1").await;
+    let free = w.plan("stack-free", 1.0, 5, 1000, &[("tollgate:plan", "free")]).await;
+    let premium =
+        w.gw.create_usage_plan()
+            .name("premium")
+            .throttle(ThrottleSettings::builder().rate_limit(100.0).burst_limit(200).build())
+            .quota(
+                QuotaSettings::builder()
+                    .limit(1_000_000)
+                    .period(QuotaPeriodType::Day)
+                    .build(),
+            )
+            .tags("tollgate:monthly_quota", "25000000")
+            .tags("tollgate:weights", "POST=2")
+            .tags("tollgate:fail_mode", "open")
+            .api_stages(
+                ApiStage::builder()
+                    .api_id("demoapi")
+                    .stage("prod")
+                    .throttle(
+                        "/search/GET",
+                        ThrottleSettings::builder().rate_limit(20.0).burst_limit(40).build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("premium")
+            .id
+            .expect("id");
+    w.key("acme-1", Some("acme"), "tg_live_acme_1", &premium).await;
+    w.key("acme-2", Some("acme"), "tg_live_acme_2", &premium).await;
+    w.key("hobbyist", None, "tg_live_hobby", &free).await;
+
+    // WHEN synced
+    let first = w.sync().await;
+
+    // THEN every key resolves to its tenant (customerId, else the key's name) and plan
+    assert_eq!((first.plans, first.tenants, first.keys), (2, 2, 3), "{}", first.table());
+    assert!(first.problems.is_empty(), "{:?}", first.problems);
+    assert_eq!(
+        w.resolve("tg_live_acme_1").await,
+        Some(("acme".into(), "premium".into()))
+    );
+    assert_eq!(
+        w.resolve("tg_live_acme_2").await,
+        Some(("acme".into(), "premium".into()))
+    );
+    assert_eq!(
+        w.resolve("tg_live_hobby").await,
+        Some(("hobbyist".into(), "free".into()))
+    );
+    let plan = w.directory.plan("premium").await.expect("read").expect("premium plan");
+    let spec = plan.spec();
+    assert_eq!((spec.rate, spec.burst), (Some(100.0), Some(200)));
+    assert_eq!(
+        (spec.daily_quota, spec.monthly_quota),
+        (Some(1_000_000), Some(25_000_000))
+    );
+    assert_eq!(spec.weights.get("POST"), Some(&2));
+    assert_eq!(spec.routes.len(), 1, "the per-method throttle is a route bucket");
+    assert_eq!(
+        first.writes,
+        2 + 2 + 3 + 1 + 1,
+        "7 items, the generation, the audit record"
+    );
+
+    // AND a second run with no change in API Gateway writes nothing
+    let second = w.sync().await;
+    assert_eq!(second.writes, 0, "{}", second.table());
+    assert!(second.created.is_empty() && second.changed.is_empty() && second.revoked.is_empty());
+}
+
+#[tokio::test]
+async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
+    // GIVEN a synced plan with one key
+    let w = World::new("eu-west-2").await;
+    let plan = w.plan("basic", 10.0, 20, 50_000, &[]).await;
+    w.key("k", Some("acme"), "tg_live_rate", &plan).await;
+    w.sync().await;
+
+    // WHEN the usage plan's rate changes in API Gateway, and sync runs
+    w.gw.update_usage_plan()
+        .usage_plan_id(&plan)
+        .patch_operations(patch("/throttle/rateLimit", "20"))
+        .send()
+        .await
+        .expect("update usage plan");
+    let report = w.sync().await;
+
+    // THEN only the plan item was written, at a new version, with the generation and the audit
+    // record
+    assert_eq!(
+        report.changed,
+        vec!["plan#basic (version 2)".to_owned()],
+        "{}",
+        report.table()
+    );
+    assert_eq!(report.writes, 3);
+    // AND the audit trail holds both runs, the latest with the plan before and after
+    let audit = w.table.audit_log();
+    let history = audit.history().await.expect("history");
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(Some(&history[0].id), report.change_id.as_ref());
+    let change = audit.get(&history[0].id).await.expect("record");
+    assert_eq!(change.items.len(), 1);
+    let rate = |r: &Option<tollgate::sync::table::Record>| match r {
+        Some(tollgate::sync::table::Record::Plan { spec, .. }) => spec.rate,
+        other => panic!("not a plan: {other:?}"),
+    };
+    assert_eq!(
+        (rate(&change.items[0].before), rate(&change.items[0].after)),
+        (Some(10.0), Some(20.0))
+    );
+    // AND a gate reading the table decides with the new rate: a fresh burst of 20 is admitted
+    // and the 21st refused, with 50 ms (1/20 s) to wait rather than 100 ms
+    let gate = tollgate::gate::Gate::new(
+        tollgate::gate::GateConfig::default(),
+        Arc::new(w.directory.clone()),
+        Arc::new(tollgate::store::MemoryStore::default()),
+        Arc::new(w.clock.clone()),
+    );
+    let raw = secret("tg_live_rate");
+    let req = tollgate::gate::Request {
+        credential: tollgate::gate::Credential::ApiKey(&raw),
+        method: "GET",
+        resource: "/hello",
+    };
+    for _ in 0..20 {
+        assert!(matches!(gate.check(req).await, tollgate::gate::Outcome::Allow(_)));
+    }
+    match gate.check(req).await {
+        tollgate::gate::Outcome::Throttle(v) => {
+            let wait = v.decision.expect("decided").retry_after.expect("wait");
+            assert_eq!(wait, std::time::Duration::from_millis(50));
+        }
+        other => panic!("expected a throttle, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn removed_plan_keys_and_disabled_keys_are_revoked_in_the_same_run() {
+    // GIVEN three synced keys on one plan
+    let w = World::new("eu-central-1").await;
+    let plan = w.plan("free", 1.0, 5, 1000, &[]).await;
+    let removed = w.key("a", Some("t-a"), "tg_live_removed", &plan).await;
+    let disabled = w.key("b", Some("t-b"), "tg_live_disabled", &plan).await;
+    w.key("c", Some("t-c"), "tg_live_kept", &plan).await;
+    w.sync().await;
+    assert!(w.resolve("tg_live_removed").await.is_some());
+
+    // WHEN one key leaves the plan and another is disabled
+    w.gw.delete_usage_plan_key()
+        .usage_plan_id(&plan)
+        .key_id(&removed)
+        .send()
+        .await
+        .expect("delete usage plan key");
+    w.gw.update_api_key()
+        .api_key(&disabled)
+        .patch_operations(patch("/enabled", "false"))
+        .send()
+        .await
+        .expect("disable key");
+    let report = w.sync().await;
+
+    // THEN both are revoked (with their tenants, which have no key left) and the third stays
+    assert_eq!(w.resolve("tg_live_removed").await, None);
+    assert_eq!(w.resolve("tg_live_disabled").await, None);
+    assert_eq!(w.resolve("tg_live_kept").await, Some(("t-c".into(), "free".into())));
+    assert_eq!(report.revoked.len(), 4, "{}", report.table());
+    assert!(report.revoked.iter().any(|r| r.contains(&removed)));
+    assert!(report.revoked.iter().any(|r| r.contains(&disabled)));
+}
+
+#[tokio::test]
+async fn what_cannot_be_honoured_is_reported_and_the_table_keeps_enforcing_the_old_plan() {
+    // GIVEN a synced plan
+    let w = World::new("eu-north-1").await;
+    let plan = w.plan("metered", 5.0, 10, 100, &[]).await;
+    w.key("k", Some("acme"), "tg_live_week", &plan).await;
+    w.sync().await;
+
+    // WHEN its quota becomes weekly, which Tollgate cannot enforce exactly
+    w.gw.update_usage_plan()
+        .usage_plan_id(&plan)
+        .patch_operations(patch("/quota/period", "WEEK"))
+        .send()
+        .await
+        .expect("update quota period");
+    let report = w.sync().await;
+
+    // THEN it is reported with the reason, nothing is written, and the daily quota still holds
+    assert_eq!(report.problems.len(), 1, "{}", report.table());
+    assert!(report.problems[0].reason.contains("WEEK"));
+    assert_eq!(report.writes, 0);
+    let spec = w
+        .directory
+        .plan("metered")
+        .await
+        .expect("read")
+        .expect("plan")
+        .spec()
+        .clone();
+    assert_eq!(spec.daily_quota, Some(100));
+}
+
+#[tokio::test]
+async fn sync_follows_every_page_of_plans_keys_and_plan_keys() {
+    // GIVEN more plans, keys and plan keys than one page, behind a shim that pages by 2
+    let shim = PagingShim::start(&emulator::endpoint(), 2).await;
+    let w = World::via("ap-southeast-2", &shim.endpoint()).await;
+    let mut values = Vec::new();
+    for p in 0..5 {
+        let plan = w.plan(&format!("plan-{p}"), 1.0 + f64::from(p), 5, 1000, &[]).await;
+        for k in 0..3 {
+            let value = format!("tg_live_{p}_{k}");
+            w.key(&format!("key-{p}-{k}"), Some(&format!("tenant-{p}-{k}")), &value, &plan)
+                .await;
+            values.push((value, format!("tenant-{p}-{k}"), format!("plan-{p}")));
+        }
+    }
+
+    // WHEN synced through the shim
+    let report = w.sync().await;
+
+    // THEN every page was read: all 5 plans and 15 keys arrived
+    assert!(shim.partial_pages() >= 2 + 7 + 5, "pages cut: {}", shim.partial_pages());
+    assert_eq!((report.usage_plans, report.api_keys, report.keys), (5, 15, 15));
+    for (value, tenant, plan) in values {
+        assert_eq!(w.resolve(&value).await, Some((tenant, plan)));
+    }
+}
+
+#[tokio::test]
+async fn two_syncs_at_once_converge_to_one_complete_view() {
+    // GIVEN 40 keys on two plans, and nothing synced yet
+    let w = World::new("us-west-2").await;
+    let a = w.plan("a", 1.0, 5, 1000, &[]).await;
+    let b = w.plan("b", 2.0, 5, 1000, &[]).await;
+    for i in 0..40 {
+        let plan = if i % 2 == 0 { &a } else { &b };
+        w.key(&format!("k{i}"), Some(&format!("t{i}")), &format!("tg_live_c{i}"), plan)
+            .await;
+    }
+
+    // WHEN two syncs run at once (a schedule and an on-demand call)
+    let (one, two) = tokio::join!(
+        sync::run(&w.control, &w.table, &w.clock, None),
+        sync::run(&w.control, &w.table, &w.clock, None)
+    );
+    let (one, two) = (one.expect("first"), two.expect("second"));
+
+    // THEN the table holds everything exactly once: one run wrote it, or the loser found it done
+    assert_eq!(
+        one.writes + two.writes,
+        2 + 40 + 40 + 1 + 1,
+        "one: {one:?}\ntwo: {two:?}"
+    );
+    for i in 0..40 {
+        let plan = if i % 2 == 0 { "a" } else { "b" };
+        assert_eq!(
+            w.resolve(&format!("tg_live_c{i}")).await,
+            Some((format!("t{i}"), plan.to_owned()))
+        );
+    }
+    // AND a third run has nothing to do
+    assert_eq!(w.sync().await.writes, 0);
+}

@@ -1,0 +1,68 @@
+//! Conventions the compiler cannot check, checked over the workspace's own sources.
+
+use std::path::{Path, PathBuf};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Every `.rs` file of the workspace, build output and tool folders left out.
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path.is_dir() {
+            if !(name.starts_with('.') || name == "target") {
+                sources(&path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Places that build a DynamoDB client themselves, as `file:line`.
+fn dynamodb_clients_built_outside(allowed: &[PathBuf]) -> Vec<String> {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    let mut found = Vec::new();
+    for file in files.iter().filter(|f| !allowed.contains(f)) {
+        let text = std::fs::read_to_string(file).expect("readable source");
+        if !text.contains("aws_sdk_dynamodb") {
+            continue;
+        }
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            let builds = ["Client::new(", "Client::from_conf("]
+                .iter()
+                .any(|call| code.contains(call) && !code.contains(&format!("reqwest::{call}")));
+            if builds {
+                let rel = file.strip_prefix(&root).unwrap_or(file);
+                found.push(format!("{}:{}", rel.display(), i + 1));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn only_tollgate_aws_builds_dynamodb_clients() {
+    // GIVEN the workspace's sources
+    let root = workspace_root();
+    let allowed = [root.join("shared/src/aws.rs"), root.join(file!())];
+    // WHEN looking for DynamoDB clients built anywhere else
+    let found = dynamodb_clients_built_outside(&allowed);
+    // THEN there are none: a state client built elsewhere would keep the SDK's blind retries,
+    // and a resent UpdateItem could charge a request twice. Use `tollgate::aws::state_client`
+    // for state writes and `tollgate::aws::admin_client` for everything else.
+    assert!(
+        found.is_empty(),
+        "DynamoDB clients built outside shared/src/aws.rs: {found:?}"
+    );
+}
