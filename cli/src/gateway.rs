@@ -365,9 +365,10 @@ fn refusal(status: StatusCode, message: &str, reason: &str, retry_after: &str) -
     )
 }
 
-/// The body of a `429`, as the template's `ACCESS_DENIED` response renders it.
+/// The body of a `429`, as the template's `ACCESS_DENIED` response renders it: `retryAfter` is a
+/// string there (gateway response templates only substitute text), so it is one here too.
 pub fn too_many_requests_body(reason: &str, retry_after: u64) -> Value {
-    json!({"message": "Too Many Requests", "reason": reason, "retryAfter": retry_after})
+    json!({"message": "Too Many Requests", "reason": reason, "retryAfter": retry_after.to_string()})
 }
 
 fn too_many_requests(v: &Verdict) -> Response {

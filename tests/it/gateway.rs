@@ -129,7 +129,7 @@ async fn a_burst_past_the_limit_gets_429_with_retry_after_and_the_template_body(
     // THEN the body has the fields of the template's ACCESS_DENIED response, and no others
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["reason"], "rate");
-    assert_eq!(body["retryAfter"], 1);
+    assert_eq!(body["retryAfter"], "1", "a string, as the template renders it");
     let mut keys: Vec<&str> = body.as_object().expect("object").keys().map(String::as_str).collect();
     keys.sort_unstable();
     let template = TEMPLATE

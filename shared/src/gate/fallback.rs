@@ -170,15 +170,17 @@ mod tests {
         // GIVEN a fallback with room for few tenants, each of which spent part of its burst
         let f = Fallback::new(1);
         let limits = limits();
-        let req = |tenant: &str| Consume {
-            tenant,
-            limits: &limits,
-            weight: 1,
-            now: NOW,
-        };
         // WHEN ever more tenants fail open at the same instant
         let names: Vec<String> = (0..10_000).map(|i| format!("t{i}")).collect();
-        let first_full = names.iter().position(|t| f.decide(&req(t)).is_err());
+        let first_full = names.iter().position(|tenant| {
+            let req = Consume {
+                tenant,
+                limits: &limits,
+                weight: 1,
+                now: NOW,
+            };
+            f.decide(&req).is_err()
+        });
         // THEN at some point a new tenant is refused (the gate then fails closed for it), and
         // the tenants already tracked keep what they spent: the first one is not fresh again
         let first_full = first_full.expect("the fallback fills up");
