@@ -398,3 +398,44 @@ async fn two_syncs_at_once_converge_to_one_complete_view() {
     // AND a third run has nothing to do
     assert_eq!(w.sync().await.writes, 0);
 }
+
+#[tokio::test]
+async fn policy_diff_exits_4_on_drift_and_0_once_api_gateway_and_the_table_match_the_file() {
+    use std::process::ExitCode;
+    use tollgate_cli::aws_args::AwsArgs;
+    use tollgate_cli::commands::policy::{Diff, Live};
+
+    // GIVEN a policy file with one plan, and API Gateway with that plan but a different rate
+    let w = World::new("ca-central-1").await;
+    let dir = std::env::temp_dir().join(emulator::unique("policy-file"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("tiers.toml");
+    std::fs::write(&file, "[plans.free]\nrate = 2.0\nburst = 5\ndaily_quota = 1000\n").expect("write file");
+    let plan = w.plan("free", 1.0, 5, 1000, &[]).await;
+    let diff = || Diff {
+        file: file.clone(),
+        live: Live {
+            policy_table: w.table.name().to_owned(),
+            json: true,
+            aws: AwsArgs {
+                endpoint_url: Some(emulator::endpoint()),
+                region: Some("ca-central-1".into()),
+                profile: None,
+            },
+        },
+    };
+    // WHEN diffed before anything is synced THEN it reports drift: exit 4
+    assert_eq!(diff().run().await, Ok(ExitCode::from(4)));
+
+    // WHEN API Gateway is changed to the file's rate and the table synced
+    w.gw.update_usage_plan()
+        .usage_plan_id(&plan)
+        .patch_operations(patch("/throttle/rateLimit", "2"))
+        .send()
+        .await
+        .expect("update usage plan");
+    w.sync().await;
+    // THEN there is nothing left to report: exit 0
+    assert_eq!(diff().run().await, Ok(ExitCode::SUCCESS));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -73,7 +73,7 @@ impl Policy {
 }
 
 impl Diff {
-    async fn run(self) -> Result<ExitCode, String> {
+    pub async fn run(self) -> Result<ExitCode, String> {
         let file = read_policy(Some(&self.file))?;
         let sdk = self.live.aws.sdk_config().await?;
         let control = ApiGateway::new(control_client(&sdk), Backoff::default());
@@ -98,7 +98,7 @@ impl Diff {
 }
 
 impl History {
-    async fn run(self) -> Result<(), String> {
+    pub async fn run(self) -> Result<(), String> {
         let sdk = self.live.aws.sdk_config().await?;
         let log = AuditLog::new(admin_client(&sdk), &self.live.policy_table);
         let mut entries = log.history().await.map_err(|e| e.to_string())?;
