@@ -275,8 +275,13 @@ impl Gate {
                             }
                         }
                         // The fallback is full of tenants it may not forget: admitting one more
-                        // would be admission without a bound, so this one fails closed.
-                        Err(_) => self.fail_closed(verdict),
+                        // would be admission without a bound, so this one fails closed, and says so.
+                        Err(_) => {
+                            if let Mode::Failed { mode, .. } = &mut verdict.mode {
+                                *mode = FailMode::Closed;
+                            }
+                            self.fail_closed(verdict)
+                        }
                     },
                     FailMode::Closed => self.fail_closed(verdict),
                 }

@@ -49,6 +49,9 @@ pub struct Desired {
     pub keys: BTreeMap<String, KeyRecord>,
     /// Policy-table keys not to touch this run, because their source has a problem.
     pub held: BTreeSet<String>,
+    /// API Gateway ids of keys whose items are not to be touched: their value could not be read,
+    /// so their item's key (the hash) is unknown here.
+    pub held_key_ids: BTreeSet<String>,
     pub problems: Vec<Problem>,
 }
 
@@ -103,15 +106,17 @@ pub fn desired(plans: &[UsagePlan], keys: &[ApiKey]) -> Desired {
         let Some(on) = plans_of.get(key.id.as_str()) else {
             continue; // on no plan: not admitted, and revoked if the table has it
         };
+        let tenant = key.tenant();
         let Some(hash) = &key.hash else {
-            out.problem(
+            out.held_key_ids.insert(key.id.clone());
+            out.hold(
+                tenant_pk(tenant),
                 format!("api key {}", key.id),
                 "API Gateway returned no key value".into(),
             );
             continue;
         };
         let pk = key_pk(&hash.to_hex());
-        let tenant = key.tenant();
         if let Err(reason) = validate_tenant_id(tenant) {
             out.hold(
                 pk,
@@ -127,6 +132,8 @@ pub fn desired(plans: &[UsagePlan], keys: &[ApiKey]) -> Desired {
                 on.len(),
                 names.join(", ")
             );
+            // The key keeps its item, and its tenant keeps its plan: nothing it had is lost.
+            out.held.insert(tenant_pk(tenant));
             out.hold(pk, format!("api key {}", key.id), reason);
             continue;
         }
@@ -149,7 +156,13 @@ pub fn desired(plans: &[UsagePlan], keys: &[ApiKey]) -> Desired {
     for (tenant, names) in tenant_plans {
         if names.len() == 1 {
             let name = names.into_iter().next().unwrap_or_default();
-            out.tenants.insert(tenant, name.to_owned());
+            // A tenant on a held plan keeps the plan the table gives it: pointing it at a plan
+            // item that is not written would leave it with no plan at all.
+            if out.held.contains(&plan_pk(name)) {
+                out.held.insert(tenant_pk(&tenant));
+            } else {
+                out.tenants.insert(tenant, name.to_owned());
+            }
         } else {
             let names: Vec<&str> = names.into_iter().collect();
             let reason = format!(
@@ -435,7 +448,29 @@ mod tests {
         assert!(d.keys.is_empty());
         let hash = k.hash.expect("hash").to_hex();
         assert!(d.held.contains(&key_pk(&hash)));
+        assert!(d.held.contains(&tenant_pk("acme")), "its tenant keeps its plan too");
         assert!(d.problems[0].reason.contains("2 usage plans"));
+    }
+
+    #[test]
+    fn tenants_on_a_held_plan_and_keys_without_a_value_keep_what_they_had() {
+        // GIVEN a plan that cannot be honoured, with a key on it, and a key API Gateway returned
+        // without its value
+        let mut weekly = plan("p1", "weekly");
+        weekly.quota = Some(Quota {
+            limit: 10,
+            period: QuotaPeriod::Week,
+            offset: 0,
+        });
+        weekly.key_ids = vec!["k1".into(), "k2".into()];
+        let mut blind = key("k2", Some("blind"), true);
+        blind.hash = None;
+        let d = desired(&[weekly], &[key("k1", Some("acme"), true), blind]);
+        // THEN neither tenant is rewritten or removed, and the blind key's item is kept by its id
+        assert!(d.tenants.is_empty());
+        assert!(d.held.contains(&tenant_pk("acme")));
+        assert!(d.held.contains(&tenant_pk("blind")));
+        assert!(d.held_key_ids.contains("k2"));
     }
 
     #[test]

@@ -145,12 +145,16 @@ pub async fn run(
 ) -> Result<SyncReport, SyncError> {
     let mut retries = 0;
     loop {
-        // The snapshot's time is taken before reading, so a later snapshot always wins.
+        // The generation is read before API Gateway, and every write is conditioned on it: if it
+        // has moved by then, another sync applied a snapshot at least as new, and this one starts
+        // over rather than write an older view.
         let as_of = clock.now();
+        let before = table.generation().await?;
         let plans = control.usage_plans().await?;
         let keys = control.api_keys().await?;
         let desired = mapping::desired(&plans, &keys);
-        let current = table.read().await?;
+        let mut current = table.read().await?;
+        current.generation = before;
         let changes = table::diff(&desired, &current);
         let mut report = SyncReport {
             table: table.name().to_owned(),
@@ -179,7 +183,7 @@ pub async fn run(
         if changes.is_empty() {
             return Ok(report);
         }
-        match table.apply(&current, as_of, &changes).await {
+        match table.apply(&current, &changes).await {
             Ok(writes) => {
                 report.writes = writes;
                 if let Some((id, audit_writes)) =

@@ -1,11 +1,12 @@
 //! The policy table as plan sync writes it: read it whole, compute the fewest writes that make it
 //! say what API Gateway says, and apply them so that two syncs never interleave.
 //!
-//! Concurrency: the item `sync#meta` holds a `generation` and the `as_of` time of the API Gateway
-//! snapshot last applied. Every batch of writes is one `TransactWriteItems` that also moves the
-//! generation on, on condition that it is still the one this sync read and that no newer snapshot
-//! was applied. A sync that loses starts over from a fresh read, so the table only ever holds one
-//! sync's complete view (plus, after a crash part-way, a prefix that the next run completes).
+//! Concurrency: the item `sync#meta` holds a `generation`. Every batch of writes is one
+//! `TransactWriteItems` that also moves the generation on, on condition that it is still the one
+//! this sync read before it read API Gateway. A sync that loses starts over from a fresh read, so
+//! the table only ever holds one sync's complete view (plus, after a crash part-way, a prefix that
+//! the next run completes), and a sync whose snapshot of API Gateway is older than one already
+//! applied never writes. No clock is compared: machines' clocks may disagree.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,7 +16,6 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 
 use super::mapping::Desired;
-use crate::clock::Timestamp;
 use crate::directory::KeyRecord;
 use crate::policy::PlanSpec;
 
@@ -55,7 +55,6 @@ pub enum Record {
 #[derive(Debug, Clone, Default)]
 pub struct Current {
     pub generation: u64,
-    pub as_of: u64,
     pub records: BTreeMap<String, Record>,
 }
 
@@ -113,7 +112,8 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<Change> {
         }
     }
     for (pk, was) in &current.records {
-        if !want.contains_key(pk) && !desired.held.contains(pk) {
+        let held_key = matches!(was, Record::Key(k) if desired.held_key_ids.contains(&k.key_id));
+        if !want.contains_key(pk) && !desired.held.contains(pk) && !held_key {
             changes.push(Change::Delete {
                 pk: pk.clone(),
                 was: was.clone(),
@@ -154,9 +154,8 @@ impl PolicyTable {
         }
     }
 
-    /// The generation, then every managed item (strongly consistent, all pages).
-    pub async fn read(&self) -> Result<Current, TableError> {
-        let mut current = Current::default();
+    /// The generation the table is at (0 before the first sync).
+    pub async fn generation(&self) -> Result<u64, TableError> {
         let meta = self
             .client
             .get_item()
@@ -166,10 +165,15 @@ impl PolicyTable {
             .send()
             .await
             .map_err(|e| self.unavailable(e))?;
-        if let Some(item) = meta.item() {
-            current.generation = number(item, "generation").unwrap_or(0);
-            current.as_of = number(item, "as_of").unwrap_or(0);
-        }
+        Ok(meta.item().and_then(|item| number(item, "generation")).unwrap_or(0))
+    }
+
+    /// The generation, then every managed item (strongly consistent, all pages).
+    pub async fn read(&self) -> Result<Current, TableError> {
+        let mut current = Current {
+            generation: self.generation().await?,
+            ..Current::default()
+        };
         let mut start: Option<Item> = None;
         loop {
             let page = self
@@ -198,10 +202,10 @@ impl PolicyTable {
 
     /// Applies `changes` in batches, each moving the generation on. Returns the writes made
     /// (items plus generation updates).
-    pub async fn apply(&self, current: &Current, as_of: Timestamp, changes: &[Change]) -> Result<u64, TableError> {
+    pub async fn apply(&self, current: &Current, changes: &[Change]) -> Result<u64, TableError> {
         let mut writes = 0;
         for (generation, batch) in (current.generation..).zip(changes.chunks(BATCH)) {
-            let mut actions = vec![self.bump(generation, as_of.as_nanos())];
+            let mut actions = vec![self.bump(generation)];
             for change in batch {
                 actions.push(self.action(change));
             }
@@ -213,12 +217,9 @@ impl PolicyTable {
                 .await;
             match result {
                 Ok(_) => {}
-                Err(SdkError::ServiceError(e))
-                    if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(c)
-                        if c.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed")) =>
-                {
-                    return Err(TableError::Superseded);
-                }
+                // The generation moved, or another transaction was writing the same items: either
+                // way another sync got there first.
+                Err(SdkError::ServiceError(e)) if superseded(e.err()) => return Err(TableError::Superseded),
                 Err(e) => return Err(self.unavailable(e)),
             }
             writes += batch.len() as u64 + 1;
@@ -226,28 +227,23 @@ impl PolicyTable {
         Ok(writes)
     }
 
-    /// Moves the generation on if it is still `generation` and no newer snapshot was applied
-    /// (a sync that read API Gateway earlier must not undo one that read it later).
-    fn bump(&self, generation: u64, as_of: u64) -> TransactWriteItem {
+    /// Moves the generation on if it is still `generation`.
+    fn bump(&self, generation: u64) -> TransactWriteItem {
         let condition = if generation == 0 {
             "attribute_not_exists(#g)"
         } else {
-            "#g = :g AND #a <= :a"
+            "#g = :g"
         };
-        let mut values = HashMap::from([
-            (":next".to_owned(), AttributeValue::N((generation + 1).to_string())),
-            (":a".to_owned(), AttributeValue::N(as_of.to_string())),
-        ]);
+        let mut values = HashMap::from([(":next".to_owned(), AttributeValue::N((generation + 1).to_string()))]);
         if generation != 0 {
             values.insert(":g".to_owned(), AttributeValue::N(generation.to_string()));
         }
         let update = Update::builder()
             .table_name(&self.table)
             .key(PK, AttributeValue::S(META_PK.to_owned()))
-            .update_expression("SET #g = :next, #a = :a")
+            .update_expression("SET #g = :next")
             .condition_expression(condition)
             .expression_attribute_names("#g", "generation")
-            .expression_attribute_names("#a", "as_of")
             .set_expression_attribute_values(Some(values))
             .build()
             .expect("table, key and update expression are set");
@@ -275,6 +271,16 @@ impl PolicyTable {
                 TransactWriteItem::builder().delete(delete).build()
             }
         }
+    }
+}
+
+fn superseded(e: &TransactWriteItemsError) -> bool {
+    match e {
+        TransactWriteItemsError::TransactionCanceledException(c) => c
+            .cancellation_reasons()
+            .iter()
+            .any(|r| matches!(r.code(), Some("ConditionalCheckFailed" | "TransactionConflict"))),
+        _ => false,
     }
 }
 

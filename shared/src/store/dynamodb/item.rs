@@ -30,11 +30,18 @@ const OP_ATTRS: [&str; OPS] = ["o0", "o1", "o2", "o3", "o4", "o5", "o6"];
 /// store keeps them above every id it has seen (a Lamport clock), so a slow clock costs at most
 /// one refused write.
 pub fn op_id(now: Timestamp, floor: u64, slot: usize, random: u64) -> u64 {
-    let base = ((now.as_nanos() / 1_000_000) << 20 | (random & 0xf_ffff)).max(floor);
+    let now_id = (now.as_nanos() / 1_000_000) << 20;
+    // A floor more than a day ahead of this clock can only come from a malformed item: following
+    // it could overflow the id space, so it is not followed that far.
+    let floor = floor.min(now_id.saturating_add(MAX_AHEAD));
+    let base = (now_id | (random & 0xf_ffff)).max(floor);
     let slot = (slot % OPS) as u64;
     let id = base - base % OPS as u64 + slot;
     if id < base { id + OPS as u64 } else { id }
 }
+
+/// How far ahead of the local clock an id floor is followed: a day, in id units.
+const MAX_AHEAD: u64 = 86_400_000 << 20;
 
 /// The slot an operation id lives in.
 pub fn slot_of(op: u64) -> usize {
@@ -393,6 +400,10 @@ mod tests {
                 let above = op_id(NOW, floor, slot, random);
                 assert!(above >= floor && above < floor + OPS as u64);
                 assert_eq!(slot_of(above), slot);
+                // GIVEN a malformed item's slot near the top of the id space THEN no overflow,
+                // and the id still names its slot
+                let wild = op_id(NOW, u64::MAX, slot, random);
+                assert_eq!(slot_of(wild), slot);
             }
         }
     }
