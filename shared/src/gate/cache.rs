@@ -4,6 +4,7 @@
 //! live in a space of their own ([`AnswerCache`]): a flood of random keys can only displace other
 //! unknown keys, never a known tenant's entry.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -39,7 +40,10 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
         }
     }
 
-    pub fn get(&self, key: &K, now: Timestamp) -> Option<V> {
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q, now: Timestamp) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         let inner = self.lock();
         inner
             .entries
@@ -78,6 +82,22 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
             let mut live: Vec<(K, Timestamp)> = inner.entries.iter().map(|(k, (_, e))| (k.clone(), *e)).collect();
             live.sort_by_key(|(_, e)| *e);
             inner.order = live.into();
+        }
+    }
+
+    /// Replaces a live entry's value in place, keeping its expiry and its place in the eviction
+    /// order, without allocating a key. `false` when there is no live entry (then `insert`).
+    pub fn update<Q: Hash + Eq + ?Sized>(&self, key: &Q, value: V, now: Timestamp) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        let mut inner = self.lock();
+        match inner.entries.get_mut(key) {
+            Some((v, exp)) if now < *exp => {
+                *v = value;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -135,6 +155,18 @@ impl<K: Hash + Eq + Clone, V: Clone> AnswerCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn update_replaces_a_live_value_in_place_and_keeps_its_expiry() {
+        let c: TtlCache<String, u32> = TtlCache::new(4);
+        let t = Timestamp::from_secs;
+        assert!(!c.update("a", 1, t(0)), "nothing to update yet");
+        c.insert("a".to_owned(), 1, t(10), t(0));
+        assert!(c.update("a", 2, t(5)));
+        assert_eq!(c.get("a", t(9)), Some(2));
+        assert_eq!(c.get("a", t(10)), None, "the first insert's expiry still holds");
+        assert!(!c.update("a", 3, t(10)), "an expired entry is not revived");
+    }
 
     #[test]
     fn entries_expire_and_capacity_is_bounded() {

@@ -61,15 +61,18 @@ impl Fallback {
             day: at(decision.daily, Period::Day),
             month: at(decision.monthly, Period::Month),
         };
-        self.seen
-            .insert(tenant.to_owned(), seen, now.saturating_add(SEEN_TTL), now);
+        // On the request path: a known tenant's figures are replaced in place, no key allocated.
+        if !self.seen.update(tenant, seen, now) {
+            self.seen
+                .insert(tenant.to_owned(), seen, now.saturating_add(SEEN_TTL), now);
+        }
     }
 
     /// The engine's decision for a request the store could not decide. Quota figures are against
     /// the plan's quotas: what the store last reported plus what was admitted here since.
     /// `StoreError::Full` when every tenant it tracks still has state it may not forget.
     pub fn decide(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
-        let seen = self.seen.get(&req.tenant.to_owned(), req.now).unwrap_or_default();
+        let seen = self.seen.get(req.tenant, req.now).unwrap_or_default();
         let (day, month) = (seen.used(Period::Day, req.now), seen.used(Period::Month, req.now));
         // The local store counts only what it admitted: give it what is left of each quota.
         let left = Limits {
