@@ -290,8 +290,9 @@ struct Call<'a> {
     authorization: HeaderValue<'a>,
 }
 
-/// A credential header as the event carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A credential header as the event carries it. Its `Debug` never shows the value: a key or a
+/// token must not reach a log through a stray `{:?}`.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum HeaderValue<'a> {
     Missing,
     One(&'a str),
@@ -299,6 +300,16 @@ enum HeaderValue<'a> {
     /// (HTTP API payload 2.0 joins repeated headers with commas). Which one API Gateway or the
     /// backend would use is not ours to guess: refused.
     Ambiguous,
+}
+
+impl std::fmt::Debug for HeaderValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HeaderValue::Missing => "Missing",
+            HeaderValue::One(_) => "One(<redacted>)",
+            HeaderValue::Ambiguous => "Ambiguous",
+        })
+    }
 }
 
 impl<'a> HeaderValue<'a> {
@@ -511,6 +522,12 @@ fn cache_max_age(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_credential_header_never_shows_its_value_in_debug_output() {
+        let shown = format!("{:?}", HeaderValue::One("tg_live_secret_0123456789"));
+        assert_eq!(shown, "One(<redacted>)");
+    }
 
     #[test]
     fn cache_control_max_age_is_read_and_no_store_means_zero() {
