@@ -145,11 +145,6 @@ impl<K: Hash + Eq + Clone, V: Clone> AnswerCache<K, V> {
             None => self.missing.insert(key, (), expires, now),
         }
     }
-
-    /// Found answers held.
-    pub fn found_len(&self) -> usize {
-        self.found.len()
-    }
 }
 
 #[cfg(test)]
