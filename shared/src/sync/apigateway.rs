@@ -1,4 +1,4 @@
-//! The control-plane port: reading usage plans and API keys, all pages, backing off with jitter
+//! The control-plane port: reading usage plans and API keys (writes: `control_writes`), all pages, backing off with jitter
 //! when API Gateway throttles. The SDK adapter is the only implementation; tests put a paging or
 //! fault proxy in front of the local emulator rather than replacing it.
 
@@ -26,6 +26,22 @@ pub enum ControlError {
     Throttled { operation: &'static str, attempts: u32 },
     #[error("API Gateway `{operation}` failed: {detail}")]
     Failed { operation: &'static str, detail: String },
+    /// The plan, key or plan key named does not exist.
+    #[error("API Gateway `{operation}`: not found: {detail}")]
+    NotFound { operation: &'static str, detail: String },
+    /// It exists already (e.g. the key is on that plan), or conflicts with what exists.
+    #[error("API Gateway `{operation}`: conflict: {detail}")]
+    Conflict { operation: &'static str, detail: String },
+}
+
+/// Which failed calls are sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// Reads: throttled or unanswered calls alike (a read has no effect to repeat).
+    Any,
+    /// Writes: only calls API Gateway refused unexecuted (`TooManyRequests`). An unanswered
+    /// write may have happened; the caller re-reads rather than repeat it.
+    Throttled,
 }
 
 #[async_trait]
@@ -67,6 +83,8 @@ impl Backoff {
 enum Failure {
     Retry,
     Throttled,
+    NotFound(String),
+    Conflict(String),
     Fatal(String),
 }
 
@@ -75,6 +93,12 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 ) -> Failure {
     match &e {
         SdkError::ServiceError(s) if s.err().code() == Some("TooManyRequestsException") => Failure::Throttled,
+        SdkError::ServiceError(s) if s.err().code() == Some("NotFoundException") => {
+            Failure::NotFound(s.err().message().unwrap_or_default().to_owned())
+        }
+        SdkError::ServiceError(s) if s.err().code() == Some("ConflictException") => {
+            Failure::Conflict(s.err().message().unwrap_or_default().to_owned())
+        }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Failure::Retry,
         _ => Failure::Fatal(DisplayErrorContext(e).to_string()),
     }
@@ -115,6 +139,31 @@ impl ApiGateway {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: fmt::Debug,
     {
+        self.send(operation, Retry::Any, call).await
+    }
+
+    /// Runs a write, sending it again only while API Gateway throttles it (refused unexecuted).
+    pub(super) async fn retrying_write<T, E, R, F, Fut>(
+        &self,
+        operation: &'static str,
+        call: F,
+    ) -> Result<T, ControlError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug,
+    {
+        self.send(operation, Retry::Throttled, call).await
+    }
+
+    async fn send<T, E, R, F, Fut>(&self, operation: &'static str, retry: Retry, call: F) -> Result<T, ControlError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -125,6 +174,14 @@ impl ApiGateway {
             };
             match failure {
                 Failure::Fatal(detail) => return Err(ControlError::Failed { operation, detail }),
+                Failure::NotFound(detail) => return Err(ControlError::NotFound { operation, detail }),
+                Failure::Conflict(detail) => return Err(ControlError::Conflict { operation, detail }),
+                Failure::Retry if retry == Retry::Throttled => {
+                    return Err(ControlError::Failed {
+                        operation,
+                        detail: "no answer; the call may or may not have taken effect".to_owned(),
+                    });
+                }
                 _ if attempt >= self.backoff.attempts => {
                     return Err(ControlError::Throttled {
                         operation,
@@ -145,7 +202,7 @@ impl ApiGateway {
         }
     }
 
-    async fn plan_keys(&self, plan_id: &str) -> Result<Vec<String>, ControlError> {
+    pub(super) async fn plan_keys(&self, plan_id: &str) -> Result<Vec<String>, ControlError> {
         let mut ids = Vec::new();
         let mut position: Option<String> = None;
         loop {
@@ -175,7 +232,7 @@ fn throttle(t: &sdk::ThrottleSettings) -> Throttle {
     }
 }
 
-fn usage_plan(p: &sdk::UsagePlan) -> UsagePlan {
+pub(super) fn usage_plan_of(p: &sdk::UsagePlan) -> UsagePlan {
     UsagePlan {
         id: p.id().unwrap_or_default().to_owned(),
         name: p.name().unwrap_or_default().to_owned(),
@@ -220,7 +277,7 @@ impl ControlPlane for ApiGateway {
                         .send()
                 })
                 .await?;
-            plans.extend(page.items().iter().map(usage_plan));
+            plans.extend(page.items().iter().map(usage_plan_of));
             position = page.position().map(str::to_owned);
             if position.is_none() {
                 break;

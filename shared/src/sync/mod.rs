@@ -3,12 +3,15 @@
 //!
 //! - `model`: usage plans and keys as sync sees them (key values hashed on arrival).
 //! - `apigateway`: the control-plane port and its SDK adapter (all pages, backoff on throttling).
+//! - `control_writes`: the write half of the port (plans, keys, plan keys), for apply and the
+//!   usage API.
 //! - `mapping`: pure: what the table should say, and what cannot be honoured (`Problem`).
 //! - `table`: reading the policy table, the minimal diff, applying it without interleaving.
 //!
 //! The Lambda (`functions/plan-sync`) and `tollgate sync` both call `run`.
 
 pub mod apigateway;
+pub mod control_writes;
 pub mod mapping;
 pub mod model;
 pub mod policy_diff;

@@ -30,6 +30,16 @@ impl QuotaPeriod {
             other => QuotaPeriod::Other(other.to_owned()),
         }
     }
+
+    /// API Gateway's spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            QuotaPeriod::Day => "DAY",
+            QuotaPeriod::Week => "WEEK",
+            QuotaPeriod::Month => "MONTH",
+            QuotaPeriod::Other(s) => s,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
