@@ -5,7 +5,8 @@
 //! also pages `DescribeAlarms` (`size` alarms a page, with an invented `NextToken`), which the
 //! emulator never does, so a pager is tested against pages. Hand-written because the emulator
 //! cannot do either; it translates, and every alarm is stored and read by the emulator.
-//! Timestamps are dropped from answers (the code under test reads none).
+//! Timestamps are dropped from answers (the code under test reads none). Calls to any other
+//! service pass through unchanged, so a command given one endpoint works through it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,15 +62,15 @@ impl CborShim {
 
 async fn forward(State(s): State<Shared>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, 16 << 20).await.unwrap_or_default();
     let Some(operation) = parts
         .uri
         .path()
         .strip_prefix(&format!("/service/{TARGET_PREFIX}/operation/"))
         .map(str::to_owned)
     else {
-        return (StatusCode::NOT_FOUND, "not an RPC v2 CloudWatch call").into_response();
+        return pass_through(&s, parts, body).await;
     };
-    let body: Bytes = axum::body::to_bytes(body, 16 << 20).await.unwrap_or_default();
     let mut input = if body.is_empty() {
         Value::Object(Map::new())
     } else {
@@ -127,6 +128,30 @@ async fn forward(State(s): State<Shared>, req: Request) -> Response {
         e.into_writer(),
     )
         .into_response()
+}
+
+/// Any other service's call (DynamoDB, for a command given one endpoint), unchanged.
+async fn pass_through(s: &Shared, parts: axum::http::request::Parts, body: Bytes) -> Response {
+    let mut upstream = s
+        .http
+        .request(parts.method.clone(), format!("{}{}", s.upstream, parts.uri))
+        .body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let Ok(answer) = upstream.send().await else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let content_type = answer.headers().get("content-type").cloned();
+    let bytes = answer.bytes().await.unwrap_or_default();
+    let mut response = (status, bytes).into_response();
+    if let Some(ct) = content_type {
+        response.headers_mut().insert("content-type", ct);
+    }
+    response
 }
 
 type Decoded = Result<Value, minicbor::decode::Error>;

@@ -213,6 +213,7 @@ pub async fn sync_alarms(
     for change in changes {
         match change {
             AlarmChange::Put { alarm, existed } => {
+                let alarm = *alarm;
                 port.put(&alarm).await?;
                 if existed {
                     report.updated.push(alarm.name);

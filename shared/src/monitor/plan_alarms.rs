@@ -253,7 +253,7 @@ fn description(plan: &str, spec: &PlanSpec, settings: &AlarmSettings) -> String 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlarmChange {
     /// `PutMetricAlarm`; `existed` when it replaces a different definition.
-    Put { alarm: AlarmDefinition, existed: bool },
+    Put { alarm: Box<AlarmDefinition>, existed: bool },
     /// `DeleteAlarms` of an alarm under the prefix that no plan calls for.
     Delete { name: String },
 }
@@ -267,7 +267,7 @@ pub fn diff(desired: &[AlarmDefinition], current: &[AlarmDefinition]) -> Vec<Ala
         match have.get(name) {
             Some(old) if old == alarm => {}
             old => changes.push(AlarmChange::Put {
-                alarm: (*alarm).clone(),
+                alarm: Box::new((*alarm).clone()),
                 existed: old.is_some(),
             }),
         }
