@@ -307,3 +307,37 @@ async fn a_plan_that_goes_takes_its_alarm_with_it() {
     assert_eq!(w.sync().await, AlarmReport::default());
     assert_eq!(w.port.calls(), (1, 0, 0));
 }
+
+#[tokio::test]
+async fn the_cli_syncs_plan_alarms_from_a_policy_table() {
+    use tollgate_cli::aws_args::AwsArgs;
+    use tollgate_cli::commands::alarms::Sync;
+    // GIVEN a policy table with plans
+    let w = World::new().await;
+    w.put_plans(PLANS).await;
+    let sync = || Sync {
+        policy_table: w.table_name.clone(),
+        prefix: w.settings.prefix.clone(),
+        namespace: "Tollgate".into(),
+        percent: 10.0,
+        minutes: 15,
+        topic_arn: Some(TOPIC.into()),
+        json: true,
+        aws: AwsArgs {
+            endpoint_url: Some(w.shim.endpoint()),
+            region: Some("us-east-1".into()),
+            profile: None,
+        },
+    };
+    // WHEN `tollgate alarms sync` runs with the flags the library settings default to
+    sync().run().await.expect("alarms sync");
+    // THEN the alarms are there, and the library's own run with the same settings finds nothing to do
+    assert_eq!(w.alarms().await.len(), 2);
+    assert_eq!(
+        w.sync().await,
+        AlarmReport {
+            unchanged: 2,
+            ..AlarmReport::default()
+        }
+    );
+}
