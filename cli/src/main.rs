@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollgate_cli::commands::{
-    block_on, block_on_threads, demo::Demo, load::Load, policy::Policy, serve::Serve, simulate::Simulate,
-    sync::PlanSync, validate::Validate,
+    alarms::Alarms, block_on, block_on_threads, demo::Demo, load::Load, policy::Policy, serve::Serve,
+    simulate::Simulate, sync::PlanSync, validate::Validate,
 };
 
 #[derive(Debug, Parser)]
@@ -43,6 +43,9 @@ enum Command {
     /// Policy as code: `diff` a policy file against the live usage plans, keys and policy table
     /// (exit 4 on drift); `history` of every recorded change.
     Policy(Policy),
+    /// Per-plan alarms: `sync` creates, updates and deletes one CloudWatch alarm per plan of the
+    /// policy table (the share of its decisions throttled), leaving none for a removed plan.
+    Alarms(Alarms),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Simulate(c) => block_on_threads(c.run()),
         Command::Sync(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
         Command::Policy(c) => block_on(c.run()),
+        Command::Alarms(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

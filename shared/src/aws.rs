@@ -77,6 +77,12 @@ pub fn control_client(sdk: &SdkConfig) -> aws_sdk_apigateway::Client {
     aws_sdk_apigateway::Client::from_conf(conf)
 }
 
+/// The CloudWatch client for plan alarms: off the request path, so the SDK's standard retries
+/// and timeouts apply (`DescribeAlarms`, `PutMetricAlarm` and `DeleteAlarms` are idempotent).
+pub fn monitor_client(sdk: &SdkConfig) -> aws_sdk_cloudwatch::Client {
+    aws_sdk_cloudwatch::Client::new(sdk)
+}
+
 /// Creates an on-demand table keyed by the string attribute `pk`, with TTL on `ttl` if given:
 /// the shape of both Tollgate tables. The SAM template creates them in AWS; this is for local
 /// emulators and tests.

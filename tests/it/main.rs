@@ -2,7 +2,9 @@
 //! `infra/test` (its address in `TOLLGATE_TEST_AWS_ENDPOINT`) through the real AWS SDK, and fail
 //! loudly when it is missing.
 
+mod alarms;
 mod authorizer;
+mod cbor_shim;
 mod conformance;
 mod directory;
 mod dynamodb;

@@ -381,3 +381,251 @@ fn plan_sync_runs_on_its_schedule_and_on_every_usage_plan_or_key_change() {
         (Some("!GetAtt".into()), &Value::from("PlanSyncFunction.Arn"))
     );
 }
+
+/// The statements of a key policy, by principal (`Service` name or `AWS` ARN as written).
+fn key_policy_principals(key: &Value) -> BTreeMap<String, (BTreeSet<String>, Value)> {
+    let mut out = BTreeMap::new();
+    for st in key["Properties"]["KeyPolicy"]["Statement"]
+        .as_sequence()
+        .expect("statements")
+    {
+        assert_eq!(st["Effect"], "Allow", "{st:?}");
+        let principal = &st["Principal"];
+        let who = if let Some(service) = principal["Service"].as_str() {
+            service.to_owned()
+        } else {
+            let (tag, arn) = untag(&principal["AWS"]);
+            assert_eq!(tag.as_deref(), Some("!Sub"), "{st:?}");
+            arn.as_str().expect("arn").to_owned()
+        };
+        let actions = strings(&st["Action"]).into_iter().collect();
+        out.insert(who, (actions, st["Condition"].clone()));
+    }
+    out
+}
+
+#[test]
+fn the_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use() {
+    let t = parse(TEMPLATE);
+    // GIVEN the alarm topic WHEN its key is read THEN it is never the AWS-managed SNS key
+    // (whose policy cannot let CloudWatch publish) but the user's key or the stack's own
+    let topic = &t["Resources"]["AlarmTopic"]["Properties"]["KmsMasterKeyId"];
+    let (tag, choice) = untag(topic);
+    assert_eq!(tag.as_deref(), Some("!If"));
+    let choice = choice.as_sequence().expect("!If [cond, then, else]");
+    assert_eq!(choice[0], "WithKmsKey");
+    assert_eq!(untag(&choice[1]), (Some("!Ref".to_owned()), &Value::from("KmsKeyArn")));
+    assert_eq!(
+        untag(&choice[2]),
+        (Some("!Ref".to_owned()), &Value::from("AlarmTopicKey"))
+    );
+    assert!(!TEMPLATE.contains("alias/aws/sns"));
+    // AND the stack's key exists exactly when no key is given, with rotation on
+    let key = &t["Resources"]["AlarmTopicKey"];
+    assert_eq!(key["Type"], "AWS::KMS::Key");
+    assert_eq!(key["Condition"], "WithoutKmsKey");
+    assert_eq!(
+        t["Conditions"]["WithoutKmsKey"],
+        parse("!Equals [!Ref KmsKeyArn, \"\"]")
+    );
+    assert_eq!(key["Properties"]["EnableKeyRotation"], true);
+    // AND its policy names two principals: the account, which administers it, and CloudWatch,
+    // which may only encrypt for the topic, on behalf of this account's alarms
+    let principals = key_policy_principals(key);
+    assert_eq!(
+        principals.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "arn:${AWS::Partition}:iam::${AWS::AccountId}:root",
+            "cloudwatch.amazonaws.com"
+        ]
+    );
+    let (actions, condition) = &principals["cloudwatch.amazonaws.com"];
+    assert_eq!(
+        actions.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["kms:Decrypt", "kms:GenerateDataKey*"]
+    );
+    assert_eq!(
+        untag(&condition["StringEquals"]["aws:SourceAccount"]),
+        (Some("!Ref".to_owned()), &Value::from("AWS::AccountId"))
+    );
+    assert_eq!(untag(&condition["ArnLike"]["aws:SourceArn"]).0.as_deref(), Some("!Sub"));
+    // AND whoever passes KmsKeyArn is told what its policy must allow
+    let described = t["Parameters"]["KmsKeyArn"]["Description"]
+        .as_str()
+        .expect("description");
+    assert!(described.contains("cloudwatch.amazonaws.com"), "{described}");
+}
+
+fn alarms(t: &Value) -> Vec<(&str, &Value)> {
+    of_type(t, "AWS::CloudWatch::Alarm")
+}
+
+#[test]
+fn every_alarm_notifies_the_topic_and_chose_what_missing_data_means() {
+    let t = parse(TEMPLATE);
+    let topic = parse("!Ref AlarmTopic");
+    let all = alarms(&t);
+    assert!(all.len() >= 14, "{}", all.len());
+    for (id, alarm) in all {
+        let p = &alarm["Properties"];
+        let missing = p["TreatMissingData"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id}: TreatMissingData"));
+        assert!(
+            ["breaching", "notBreaching", "ignore", "missing"].contains(&missing),
+            "{id}"
+        );
+        assert_eq!(p["AlarmActions"], Value::Sequence(vec![topic.clone()]), "{id}");
+        assert_eq!(p["OKActions"], Value::Sequence(vec![topic.clone()]), "{id}");
+        assert!(
+            p["AlarmDescription"].as_str().is_some_and(|d| d.len() > 40),
+            "{id}: say what callers saw"
+        );
+        // Lambda's Errors counts every Unauthorized answer: one bad key would page on-call.
+        assert!(
+            !(p["Namespace"] == "AWS/Lambda" && p["MetricName"] == "Errors" && p["Dimensions"].is_sequence() && {
+                let (_, f) = untag(&p["Dimensions"][0]["Value"]);
+                f == "AuthorizerFunction"
+            }),
+            "{id}: alarms on the authorizer's Lambda Errors"
+        );
+    }
+}
+
+/// `(namespace, metric)` pairs an alarm or dashboard expression names: `SEARCH('{NS,...}
+/// MetricName="M"' ...)` and Metrics Insights `SELECT SUM(M) FROM SCHEMA("NS", ...)`.
+fn expression_metrics(e: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(rest) = e.strip_prefix("SELECT ") {
+        let metric = rest
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .expect("SELECT f(M)")
+            .0;
+        let ns = rest
+            .split_once("SCHEMA(\"")
+            .and_then(|(_, r)| r.split_once('"'))
+            .expect("SCHEMA(\"NS\"")
+            .0;
+        out.push((ns.to_owned(), metric.to_owned()));
+    }
+    for (_, search) in e.match_indices("SEARCH('{").map(|(i, _)| ((), &e[i + 9..])) {
+        let ns = search.split([',', '}']).next().expect("namespace");
+        let query = search.split_once('\'').expect("query end").0;
+        for part in query.split("MetricName=\"").skip(1) {
+            out.push((ns.to_owned(), part.split_once('"').expect("quoted").0.to_owned()));
+        }
+    }
+    out
+}
+
+/// Every `(namespace, metric)` the template's alarms and dashboard name.
+fn named_metrics(t: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (_, alarm) in alarms(t) {
+        let p = &alarm["Properties"];
+        if let (Some(ns), Some(m)) = (p["Namespace"].as_str(), p["MetricName"].as_str()) {
+            out.insert((ns.to_owned(), m.to_owned()));
+        }
+        for q in p["Metrics"].as_sequence().into_iter().flatten() {
+            let metric = &q["MetricStat"]["Metric"];
+            if let (Some(ns), Some(m)) = (metric["Namespace"].as_str(), metric["MetricName"].as_str()) {
+                out.insert((ns.to_owned(), m.to_owned()));
+            }
+            if let Some(e) = untag(&q["Expression"]).1.as_str() {
+                out.extend(expression_metrics(e));
+            }
+        }
+    }
+    let (_, body) = untag(&t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]);
+    // The body is a !Sub string: put a placeholder where each ${...} goes, then read the JSON.
+    let mut json = String::new();
+    let mut rest = body.as_str().expect("dashboard body");
+    while let Some((before, after)) = rest.split_once("${") {
+        json.push_str(before);
+        json.push('X');
+        rest = after.split_once('}').expect("closed ${").1;
+    }
+    json.push_str(rest);
+    let dashboard: serde_json::Value = serde_json::from_str(&json).expect("dashboard JSON");
+    for widget in dashboard["widgets"].as_array().expect("widgets") {
+        let mut previous: Vec<String> = Vec::new();
+        for line in widget["properties"]["metrics"].as_array().into_iter().flatten() {
+            let items = line.as_array().expect("metric line");
+            if let Some(e) = items[0]["expression"].as_str() {
+                out.extend(expression_metrics(e));
+                continue;
+            }
+            let names: Vec<&str> = items.iter().filter_map(serde_json::Value::as_str).collect();
+            let current: Vec<String> = if names == ["..."] {
+                previous.clone()
+            } else {
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        if *n == "." {
+                            previous[i].clone()
+                        } else {
+                            (*n).to_owned()
+                        }
+                    })
+                    .collect()
+            };
+            out.insert((current[0].clone(), current[1].clone()));
+            previous = current;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
+    use tollgate::monitor::metrics;
+    let t = parse(TEMPLATE);
+    // GIVEN every (namespace, metric) the alarms and the dashboard name
+    let named = named_metrics(&t);
+    // THEN Tollgate's are in the emitted list, in the namespace the authorizer is given
+    let vars = &authorizer_function(&t)["Properties"]["Environment"]["Variables"];
+    assert_eq!(vars["TOLLGATE_METRICS_NAMESPACE"], metrics::DEFAULT_NAMESPACE);
+    let ours: BTreeSet<&str> = named
+        .iter()
+        .filter(|(ns, _)| ns == metrics::DEFAULT_NAMESPACE)
+        .map(|(_, m)| m.as_str())
+        .collect();
+    for m in &ours {
+        assert!(
+            metrics::is_emitted(m),
+            "{m} is named by the template but emitted by nothing"
+        );
+    }
+    for m in [
+        "Errors",
+        "FailOpen",
+        "FailClosed",
+        "StoreLatency",
+        "NoticesSent",
+        "Shed",
+        "ThrottlesMonthlyQuota",
+    ] {
+        assert!(ours.contains(m), "the template watches {m}");
+    }
+    // AND AWS's are ones those services publish (the list the alarms rely on)
+    let aws: BTreeSet<(&str, &str)> = [
+        ("AWS/Lambda", "Errors"),
+        ("AWS/Lambda", "Invocations"),
+        ("AWS/Lambda", "Throttles"),
+        ("AWS/Lambda", "Duration"),
+        ("AWS/ApiGateway", "Count"),
+        ("AWS/ApiGateway", "5XXError"),
+        ("AWS/DynamoDB", "ThrottledRequests"),
+        ("AWS/DynamoDB", "SystemErrors"),
+    ]
+    .into();
+    for (ns, m) in &named {
+        assert!(
+            ns == metrics::DEFAULT_NAMESPACE || aws.contains(&(ns.as_str(), m.as_str())),
+            "{ns} {m}"
+        );
+    }
+}

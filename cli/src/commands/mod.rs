@@ -1,5 +1,6 @@
 //! One module per `tollgate` subcommand: a clap `Args` struct and its `run`.
 
+pub mod alarms;
 pub mod demo;
 pub mod load;
 pub mod policy;

@@ -77,13 +77,20 @@ pub enum AuthorizerError {
     Unavailable(String),
 }
 
-impl From<AuthorizerError> for Diagnostic {
-    fn from(e: AuthorizerError) -> Diagnostic {
-        let error_type = match e {
+impl AuthorizerError {
+    /// The error's type, as Lambda reports it and the `Errors` metric line names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
             AuthorizerError::Unauthorized => "Unauthorized",
             AuthorizerError::InvalidEvent(_) => "InvalidEvent",
             AuthorizerError::Unavailable(_) => "PolicyStoreUnavailable",
-        };
+        }
+    }
+}
+
+impl From<AuthorizerError> for Diagnostic {
+    fn from(e: AuthorizerError) -> Diagnostic {
+        let error_type = e.kind();
         Diagnostic {
             error_type: error_type.into(),
             error_message: e.to_string(),
@@ -126,10 +133,19 @@ impl Authorizer {
     /// Answers one event, REST or HTTP API. Never panics on input: a malformed event is an
     /// `InvalidEvent` error.
     pub async fn handle(&self, event: Value) -> Result<Value, AuthorizerError> {
-        match PayloadKind::of(&event)? {
-            PayloadKind::Rest => self.handle_rest(event).await,
-            PayloadKind::HttpV2 => self.handle_http(event).await,
+        let answer = match PayloadKind::of(&event) {
+            Ok(PayloadKind::Rest) => self.handle_rest(event).await,
+            Ok(PayloadKind::HttpV2) => self.handle_http(event).await,
+            Err(e) => Err(e),
+        };
+        // Lambda's own `Errors` counts every `Unauthorized` too (an error by API Gateway's
+        // contract): this count is of the failures only, what the errors alarm watches.
+        if let Err(e) = &answer
+            && !matches!(e, AuthorizerError::Unauthorized)
+        {
+            println!("{}", self.emf.render_error(e.kind(), SystemTime::now()));
         }
+        answer
     }
 
     /// A REST REQUEST event (or an HTTP API's payload 1.0): IAM policy out.

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 use tollgate::decision::Reason;
 use tollgate::gate::{Mode, Outcome};
+use tollgate::monitor::metrics as names;
 use tollgate::policy::FailMode;
 
 /// Counts for one decision, rendered as one EMF line.
@@ -30,16 +31,18 @@ pub struct Sample {
     pub store_error: Option<&'static str>,
 }
 
+/// The counts of a decision line, in the order of `Sample::values`; names from
+/// `tollgate::monitor::metrics`, the list the template's alarms are checked against.
 const METRICS: &[&str] = &[
-    "Decisions",
-    "ThrottlesRate",
-    "ThrottlesDailyQuota",
-    "ThrottlesMonthlyQuota",
-    "FailOpen",
-    "FailClosed",
-    "ShadowDenials",
-    "Bypass",
-    "KeyCacheHits",
+    names::DECISIONS,
+    names::THROTTLES_RATE,
+    names::THROTTLES_DAILY_QUOTA,
+    names::THROTTLES_MONTHLY_QUOTA,
+    names::FAIL_OPEN,
+    names::FAIL_CLOSED,
+    names::SHADOW_DENIALS,
+    names::BYPASS,
+    names::KEY_CACHE_HITS,
 ];
 
 impl Sample {
@@ -136,8 +139,8 @@ impl Emf {
             doc.insert("StoreError".into(), json!(kind));
         }
         if let Some(latency) = sample.store_latency {
-            metrics.push(json!({"Name": "StoreLatency", "Unit": "Milliseconds"}));
-            doc.insert("StoreLatency".into(), json!(latency.as_secs_f64() * 1000.0));
+            metrics.push(json!({"Name": names::STORE_LATENCY, "Unit": "Milliseconds"}));
+            doc.insert(names::STORE_LATENCY.into(), json!(latency.as_secs_f64() * 1000.0));
         }
         let millis = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         doc.insert(
@@ -155,9 +158,63 @@ impl Emf {
     }
 }
 
+impl Emf {
+    /// One EMF document counting an invocation that ended in an error (`kind`, the error's
+    /// type): the caller got a 5xx. Stack-wide only: there is no plan to name.
+    pub fn render_error(&self, kind: &str, at: SystemTime) -> Value {
+        let millis = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        json!({
+            names::ERRORS: 1,
+            "Error": kind,
+            "_aws": {
+                "Timestamp": millis,
+                "CloudWatchMetrics": [{
+                    "Namespace": self.namespace,
+                    "Dimensions": [[]],
+                    "Metrics": [{"Name": names::ERRORS, "Unit": "Count"}],
+                }],
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_is_counted_stack_wide_under_errors() {
+        // GIVEN the renderer WHEN an invocation ends in an error
+        let doc = Emf::new("Tollgate", 0).render_error("PolicyStoreUnavailable", UNIX_EPOCH);
+        // THEN one `Errors` count, no plan or tenant dimension, the error's kind as a property
+        assert_eq!(doc["Errors"], 1);
+        assert_eq!(doc["Error"], "PolicyStoreUnavailable");
+        let cw = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(cw["Dimensions"], json!([[]]));
+        assert_eq!(cw["Metrics"], json!([{"Name": "Errors", "Unit": "Count"}]));
+        assert!(tollgate::monitor::metrics::AUTHORIZER.contains(&"Errors"));
+    }
+
+    #[test]
+    fn every_name_a_decision_line_carries_is_a_declared_metric() {
+        // GIVEN a decision with a store latency WHEN rendered
+        let sample = Sample {
+            plan: "free".into(),
+            tenant: "a".into(),
+            decisions: 1,
+            store_latency: Some(Duration::from_millis(3)),
+            ..Sample::default()
+        };
+        let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
+        // THEN each metric it declares is in the library's list the template is checked against
+        for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .expect("metrics")
+        {
+            let name = m["Name"].as_str().expect("name");
+            assert!(tollgate::monitor::metrics::AUTHORIZER.contains(&name), "{name}");
+        }
+    }
 
     #[test]
     fn tenant_dimension_is_bounded() {

@@ -1,0 +1,100 @@
+//! `tollgate alarms sync`: make the per-plan alarms match the plans of a policy table, as the
+//! alarms function does on its schedule.
+
+use tollgate::aws::{admin_client, monitor_client};
+use tollgate::monitor::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
+use tollgate::sync::table::PolicyTable;
+
+use crate::aws_args::AwsArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Alarms {
+    #[command(subcommand)]
+    pub command: AlarmsCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AlarmsCommand {
+    /// Create, update and delete the per-plan alarms (named PREFIX + plan) so that they match the
+    /// plans of the policy table; alarms under the prefix that no plan calls for are deleted.
+    Sync(Sync),
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 100.0 => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage above 0 and below 100")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Sync {
+    /// The DynamoDB policy table whose plans the alarms follow.
+    #[arg(long, default_value = "tollgate-policy")]
+    pub policy_table: String,
+    /// Alarm names start with this; every alarm under it is managed. Give each stack its own.
+    #[arg(long, env = "TOLLGATE_PLAN_ALARM_PREFIX")]
+    pub prefix: String,
+    /// The namespace of the authorizer's metrics.
+    #[arg(long, env = "TOLLGATE_METRICS_NAMESPACE", default_value = tollgate::monitor::metrics::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Alarm when more than this share (%) of a plan's decisions are throttled...
+    #[arg(long, env = "TOLLGATE_PLAN_ALARM_PERCENT", default_value = "10", value_parser = percent)]
+    pub percent: f64,
+    /// ...in each of this many consecutive minutes.
+    #[arg(long, env = "TOLLGATE_PLAN_ALARM_MINUTES", default_value_t = 15,
+          value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub minutes: u32,
+    /// SNS topic notified on ALARM and OK (none if unset).
+    #[arg(long, env = "TOLLGATE_ALARM_TOPIC_ARN")]
+    pub topic_arn: Option<String>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+impl Alarms {
+    pub async fn run(self) -> Result<(), String> {
+        match self.command {
+            AlarmsCommand::Sync(c) => c.run().await,
+        }
+    }
+}
+
+impl Sync {
+    pub async fn run(self) -> Result<(), String> {
+        if self.prefix.is_empty() {
+            return Err("--prefix must not be empty: every alarm under it is managed".into());
+        }
+        let settings = AlarmSettings {
+            prefix: self.prefix,
+            namespace: self.namespace,
+            threshold_percent: self.percent,
+            minutes: self.minutes,
+            actions: self.topic_arn.into_iter().filter(|t| !t.is_empty()).collect(),
+        };
+        let sdk = self.aws.sdk_config().await?;
+        let table = PolicyTable::new(admin_client(&sdk), &self.policy_table);
+        let cloudwatch = CloudWatchAlarms::new(monitor_client(&sdk));
+        let report = sync_plan_alarms(&cloudwatch, &table, &settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.json {
+            println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        } else {
+            for (what, names) in [
+                ("created", &report.created),
+                ("updated", &report.updated),
+                ("deleted", &report.deleted),
+            ] {
+                for name in names {
+                    println!("{what:<8} {name}");
+                }
+            }
+            println!("{} unchanged", report.unchanged);
+        }
+        Ok(())
+    }
+}

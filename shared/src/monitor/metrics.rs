@@ -1,0 +1,53 @@
+//! The CloudWatch metric names Tollgate emits, all in one namespace (the authorizer's
+//! `TOLLGATE_METRICS_NAMESPACE`, `Tollgate` in the template). Emitters use these constants and
+//! `tests/it/template.rs` fails on an alarm or dashboard widget naming anything else.
+
+/// The namespace the template configures; functions read theirs from the environment.
+pub const DEFAULT_NAMESPACE: &str = "Tollgate";
+
+/// Authorizer: one per decision (admitted or refused) of a known tenant.
+pub const DECISIONS: &str = "Decisions";
+/// Authorizer: refused by the plan's (or a route's) rate.
+pub const THROTTLES_RATE: &str = "ThrottlesRate";
+pub const THROTTLES_DAILY_QUOTA: &str = "ThrottlesDailyQuota";
+pub const THROTTLES_MONTHLY_QUOTA: &str = "ThrottlesMonthlyQuota";
+/// Authorizer: admitted without the store's answer (fail open).
+pub const FAIL_OPEN: &str = "FailOpen";
+/// Authorizer: refused because the store did not answer (fail closed).
+pub const FAIL_CLOSED: &str = "FailClosed";
+pub const SHADOW_DENIALS: &str = "ShadowDenials";
+pub const BYPASS: &str = "Bypass";
+pub const KEY_CACHE_HITS: &str = "KeyCacheHits";
+/// Authorizer: milliseconds the store took to decide.
+pub const STORE_LATENCY: &str = "StoreLatency";
+/// Authorizer: invocations that ended in an error, neither a decision nor `Unauthorized`
+/// (policy table unavailable, malformed event): the caller got a 5xx.
+pub const ERRORS: &str = "Errors";
+/// Notices function: quota notices published.
+pub const NOTICES_SENT: &str = "NoticesSent";
+/// Authorizer: requests refused by priority shedding.
+pub const SHED: &str = "Shed";
+
+/// Every metric the authorizer emits.
+pub const AUTHORIZER: &[&str] = &[
+    DECISIONS,
+    THROTTLES_RATE,
+    THROTTLES_DAILY_QUOTA,
+    THROTTLES_MONTHLY_QUOTA,
+    FAIL_OPEN,
+    FAIL_CLOSED,
+    SHADOW_DENIALS,
+    BYPASS,
+    KEY_CACHE_HITS,
+    STORE_LATENCY,
+    ERRORS,
+    SHED,
+];
+
+/// Every metric the companion functions emit.
+pub const FUNCTIONS: &[&str] = &[NOTICES_SENT];
+
+/// Whether some Tollgate function emits `name`.
+pub fn is_emitted(name: &str) -> bool {
+    AUTHORIZER.contains(&name) || FUNCTIONS.contains(&name)
+}

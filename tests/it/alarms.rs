@@ -1,0 +1,343 @@
+//! Per-plan alarms on the emulator: plans written to a policy table, `sync_plan_alarms` through
+//! the real CloudWatch SDK, and the alarms read back with `DescribeAlarms`. The emulator stores
+//! alarms but never evaluates them, so these tests check definitions, not notifications. The
+//! SDK reaches the emulator through `CborShim` (the emulator lacks the SDK's CBOR protocol),
+//! which also pages `DescribeAlarms` one alarm a page.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use aws_sdk_cloudwatch::types::{AlarmType, MetricAlarm};
+use tollgate::aws::{admin_client, monitor_client};
+use tollgate::directory::DynamoDirectory;
+use tollgate::monitor::plan_alarms::{AlarmDefinition, AlarmError, AlarmReport, AlarmSettings, PREFIX_VAR, TOPIC_VAR};
+use tollgate::monitor::{AlarmPort, CloudWatchAlarms, sync_plan_alarms};
+use tollgate::policy::Plan;
+use tollgate::policy_file::PolicyFile;
+use tollgate::sync::table::PolicyTable;
+
+use crate::cbor_shim::CborShim;
+use crate::emulator;
+
+/// The SDK adapter with a count of each call: a forwarding wrapper, not a fake.
+struct Counted {
+    inner: CloudWatchAlarms,
+    describes: AtomicUsize,
+    puts: AtomicUsize,
+    deletes: AtomicUsize,
+}
+
+impl Counted {
+    fn calls(&self) -> (usize, usize, usize) {
+        (
+            self.describes.swap(0, Ordering::SeqCst),
+            self.puts.swap(0, Ordering::SeqCst),
+            self.deletes.swap(0, Ordering::SeqCst),
+        )
+    }
+}
+
+#[async_trait]
+impl AlarmPort for Counted {
+    async fn describe(&self, prefix: &str) -> Result<Vec<AlarmDefinition>, AlarmError> {
+        self.describes.fetch_add(1, Ordering::SeqCst);
+        self.inner.describe(prefix).await
+    }
+    async fn put(&self, alarm: &AlarmDefinition) -> Result<(), AlarmError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(alarm).await
+    }
+    async fn delete(&self, names: &[String]) -> Result<(), AlarmError> {
+        self.deletes.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(names).await
+    }
+}
+
+/// A policy table, the CloudWatch client and a prefix of their own.
+struct World {
+    cloudwatch: aws_sdk_cloudwatch::Client,
+    port: Counted,
+    table: PolicyTable,
+    dynamodb: aws_sdk_dynamodb::Client,
+    table_name: String,
+    directory: DynamoDirectory,
+    settings: AlarmSettings,
+    shim: CborShim,
+}
+
+const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:tollgate-alarms";
+
+impl World {
+    async fn new() -> World {
+        let sdk = emulator::sdk_config(&emulator::endpoint());
+        let dynamodb = admin_client(&sdk);
+        let table_name = emulator::unique("policy");
+        tollgate::directory::dynamodb::create_policy_table(&dynamodb, &table_name)
+            .await
+            .expect("policy table");
+        let prefix = format!("{}-plan-", emulator::unique("stack"));
+        let settings = AlarmSettings::from_lookup(|k| match k {
+            PREFIX_VAR => Some(prefix.clone()),
+            TOPIC_VAR => Some(TOPIC.to_owned()),
+            _ => None,
+        })
+        .expect("settings");
+        let shim = CborShim::start(&emulator::endpoint(), 1).await;
+        let cloudwatch = monitor_client(&emulator::sdk_config(&shim.endpoint()));
+        World {
+            port: Counted {
+                inner: CloudWatchAlarms::new(cloudwatch.clone()),
+                describes: AtomicUsize::new(0),
+                puts: AtomicUsize::new(0),
+                deletes: AtomicUsize::new(0),
+            },
+            cloudwatch,
+            table: PolicyTable::new(dynamodb.clone(), &table_name),
+            directory: DynamoDirectory::new(dynamodb.clone(), &table_name),
+            dynamodb,
+            table_name,
+            settings,
+            shim,
+        }
+    }
+
+    async fn put_plans(&self, toml: &str) {
+        let file = PolicyFile::parse(toml).expect("policy");
+        for plan in file.plans.values() {
+            self.directory.put_plan(plan, 1).await.expect("put plan");
+        }
+    }
+
+    async fn remove_plan(&self, name: &str) {
+        self.dynamodb
+            .delete_item()
+            .table_name(&self.table_name)
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("plan#{name}")))
+            .send()
+            .await
+            .expect("delete plan");
+    }
+
+    async fn sync(&self) -> AlarmReport {
+        sync_plan_alarms(&self.port, &self.table, &self.settings)
+            .await
+            .expect("alarm sync")
+    }
+
+    /// What CloudWatch holds under the prefix, read independently of the adapter.
+    async fn alarms(&self) -> BTreeMap<String, MetricAlarm> {
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .cloudwatch
+                .describe_alarms()
+                .alarm_name_prefix(&self.settings.prefix)
+                .alarm_types(AlarmType::MetricAlarm)
+                .set_next_token(token)
+                .send()
+                .await
+                .expect("describe alarms");
+            for a in page.metric_alarms() {
+                out.insert(a.alarm_name().expect("name").to_owned(), a.clone());
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return out,
+            }
+        }
+    }
+
+    fn name(&self, plan: &str) -> String {
+        format!("{}{plan}", self.settings.prefix)
+    }
+}
+
+const PLANS: &str = "[plans.free]\nrate = 1.0\nburst = 5\n\
+     [plans.gold]\nrate = 50.0\nburst = 100\ndaily_quota = 10000\nmonthly_quota = 200000\n\
+     [plans.internal]\n";
+
+/// `(metric name, Plan dimension)` of every metric an alarm reads.
+fn metrics(alarm: &MetricAlarm) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = alarm
+        .metrics()
+        .iter()
+        .filter_map(|q| q.metric_stat()?.metric())
+        .map(|m| {
+            let dims: Vec<(&str, &str)> = m
+                .dimensions()
+                .iter()
+                .map(|d| (d.name().unwrap_or(""), d.value().unwrap_or("")))
+                .collect();
+            assert_eq!(dims.len(), 1, "one dimension, Plan: never a tenant");
+            assert_eq!(dims[0].0, "Plan");
+            (m.metric_name().unwrap_or("").to_owned(), dims[0].1.to_owned())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn each_plan_that_can_refuse_gets_one_alarm_that_reads_back_as_defined() {
+    // GIVEN a policy table with a rate-only plan, a plan with every limit and an unlimited one
+    let w = World::new().await;
+    w.put_plans(PLANS).await;
+    // WHEN alarms are synced
+    let report = w.sync().await;
+    // THEN the two plans that can refuse each got an alarm, read back with DescribeAlarms
+    assert_eq!(report.created, [w.name("free"), w.name("gold")]);
+    let alarms = w.alarms().await;
+    assert_eq!(
+        alarms.keys().cloned().collect::<Vec<_>>(),
+        [w.name("free"), w.name("gold")]
+    );
+    let gold = &alarms[&w.name("gold")];
+    assert_eq!(
+        metrics(gold),
+        [
+            ("Decisions".to_owned(), "gold".to_owned()),
+            ("ThrottlesDailyQuota".to_owned(), "gold".to_owned()),
+            ("ThrottlesMonthlyQuota".to_owned(), "gold".to_owned()),
+            ("ThrottlesRate".to_owned(), "gold".to_owned()),
+        ]
+    );
+    assert_eq!(
+        metrics(&alarms[&w.name("free")]),
+        [
+            ("Decisions".to_owned(), "free".to_owned()),
+            ("ThrottlesRate".to_owned(), "free".to_owned())
+        ]
+    );
+    let expression = gold.metrics().iter().find_map(|q| q.expression()).expect("expression");
+    assert_eq!(expression, "100 * (rate + daily + monthly) / decisions");
+    assert_eq!(gold.threshold(), Some(10.0));
+    assert_eq!(gold.alarm_actions(), [TOPIC]);
+    assert_eq!(gold.ok_actions(), [TOPIC]);
+    assert_eq!(gold.treat_missing_data(), Some("notBreaching"));
+    assert!(gold.alarm_description().unwrap_or("").contains("daily quota 10000"));
+    // AND both were found across pages of DescribeAlarms
+    assert!(w.shim.partial_pages() > 0, "DescribeAlarms was paged");
+}
+
+#[tokio::test]
+async fn a_second_run_with_the_same_plans_makes_one_describe_and_no_write() {
+    // GIVEN alarms already synced to the plans
+    let w = World::new().await;
+    w.put_plans(PLANS).await;
+    w.sync().await;
+    w.port.calls();
+    // WHEN sync runs again with nothing changed
+    let report = w.sync().await;
+    // THEN it only read: no PutMetricAlarm, no DeleteAlarms
+    assert_eq!(w.port.calls(), (1, 0, 0));
+    assert_eq!(
+        report,
+        AlarmReport {
+            unchanged: 2,
+            ..AlarmReport::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_plan_whose_limits_change_gets_its_alarm_updated_and_no_other() {
+    // GIVEN synced alarms
+    let mut w = World::new().await;
+    w.put_plans(PLANS).await;
+    w.sync().await;
+    w.port.calls();
+    // WHEN gold loses its monthly quota and changes its daily one
+    w.put_plans("[plans.gold]\nrate = 50.0\nburst = 100\ndaily_quota = 20000\n")
+        .await;
+    let report = w.sync().await;
+    // THEN exactly gold's alarm is put again, and reads back without the monthly metric
+    assert_eq!(report.updated, [w.name("gold")]);
+    assert!(report.created.is_empty() && report.deleted.is_empty());
+    assert_eq!(w.port.calls(), (1, 1, 0));
+    let gold = &w.alarms().await[&w.name("gold")];
+    assert_eq!(
+        metrics(gold).iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+        ["Decisions", "ThrottlesDailyQuota", "ThrottlesRate"]
+    );
+    assert!(gold.alarm_description().unwrap_or("").contains("daily quota 20000"));
+    // AND WHEN the threshold changes THEN every plan alarm is put again with it
+    w.settings.threshold_percent = 25.0;
+    let report = w.sync().await;
+    assert_eq!(report.updated, [w.name("free"), w.name("gold")]);
+    assert!(w.alarms().await.values().all(|a| a.threshold() == Some(25.0)));
+    // AND WHEN someone edits an alarm by hand THEN the next sync puts it back
+    w.cloudwatch
+        .put_metric_alarm()
+        .alarm_name(w.name("free"))
+        .namespace("Tollgate")
+        .metric_name("Decisions")
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(1.0)
+        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .expect("hand edit");
+    w.port.calls();
+    assert_eq!(w.sync().await.updated, [w.name("free")]);
+    assert_eq!(w.port.calls(), (1, 1, 0));
+    assert_eq!(w.alarms().await[&w.name("free")].threshold(), Some(25.0));
+}
+
+#[tokio::test]
+async fn a_plan_that_goes_takes_its_alarm_with_it() {
+    // GIVEN synced alarms for free and gold
+    let w = World::new().await;
+    w.put_plans(PLANS).await;
+    w.sync().await;
+    w.port.calls();
+    // WHEN free leaves the policy table, and gold becomes unlimited
+    w.remove_plan("free").await;
+    let unlimited = Plan::new("gold", tollgate::policy::PlanSpec::unlimited()).expect("plan");
+    w.directory.put_plan(&unlimited, 2).await.expect("put plan");
+    let report = w.sync().await;
+    // THEN both alarms are deleted in one call and nothing is left under the prefix
+    assert_eq!(report.deleted, [w.name("free"), w.name("gold")]);
+    assert_eq!(w.port.calls(), (1, 0, 1));
+    assert!(w.alarms().await.is_empty(), "no orphan");
+    // AND a further run finds nothing to do
+    assert_eq!(w.sync().await, AlarmReport::default());
+    assert_eq!(w.port.calls(), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn the_cli_syncs_plan_alarms_from_a_policy_table() {
+    use tollgate_cli::aws_args::AwsArgs;
+    use tollgate_cli::commands::alarms::Sync;
+    // GIVEN a policy table with plans
+    let w = World::new().await;
+    w.put_plans(PLANS).await;
+    let sync = || Sync {
+        policy_table: w.table_name.clone(),
+        prefix: w.settings.prefix.clone(),
+        namespace: "Tollgate".into(),
+        percent: 10.0,
+        minutes: 15,
+        topic_arn: Some(TOPIC.into()),
+        json: true,
+        aws: AwsArgs {
+            endpoint_url: Some(w.shim.endpoint()),
+            region: Some("us-east-1".into()),
+            profile: None,
+        },
+    };
+    // WHEN `tollgate alarms sync` runs with the flags the library settings default to
+    sync().run().await.expect("alarms sync");
+    // THEN the alarms are there, and the library's own run with the same settings finds nothing to do
+    assert_eq!(w.alarms().await.len(), 2);
+    assert_eq!(
+        w.sync().await,
+        AlarmReport {
+            unchanged: 2,
+            ..AlarmReport::default()
+        }
+    );
+}
