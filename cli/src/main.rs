@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollgate_cli::commands::{
-    block_on, block_on_threads, demo::Demo, load::Load, policy::Policy, serve::Serve, simulate::Simulate,
+    block_on, block_on_threads, demo::Demo, load::Load, policy::Policy, serve::Serve, shed::Shed, simulate::Simulate,
     sync::PlanSync, validate::Validate,
 };
 
@@ -43,6 +43,9 @@ enum Command {
     /// Policy as code: `diff` a policy file against the live usage plans, keys and policy table
     /// (exit 4 on drift); `history` of every recorded change.
     Policy(Policy),
+    /// Shed load by priority: `set LEVEL` refuses every plan whose priority is below LEVEL (429,
+    /// reason `shed`, no budget consumed) until `clear`; `status` shows the level.
+    Shed(Shed),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Simulate(c) => block_on_threads(c.run()),
         Command::Sync(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
         Command::Policy(c) => block_on(c.run()),
+        Command::Shed(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod policy;
 pub mod policy_file;
 pub mod quota;
+pub mod shed;
 pub mod store;
 pub mod sync;
 

@@ -7,7 +7,8 @@ pub mod cache;
 pub mod fallback;
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, Timestamp};
@@ -15,6 +16,7 @@ use crate::decision::{Decision, ceil_secs};
 use crate::directory::{Directory, DirectoryError, Resolved};
 use crate::identity::ApiKeyHash;
 use crate::policy::{FailMode, Plan, split_route};
+use crate::shed::SHED_RETRY_AFTER;
 use crate::store::{Consume, ErrorScope, Store, StoreError};
 
 use self::breaker::{Breaker, BreakerConfig};
@@ -40,6 +42,9 @@ pub struct GateConfig {
     pub skip_routes: Vec<String>,
     /// Overrides every plan's fail mode when set (an operator's switch during an incident).
     pub fail_mode: Option<FailMode>,
+    /// How long the shed level is trusted before the directory is asked again: one read per
+    /// this interval per container, never one per request.
+    pub shed_ttl: Duration,
 }
 
 impl Default for GateConfig {
@@ -53,6 +58,7 @@ impl Default for GateConfig {
             bypass_key_ids: HashSet::new(),
             skip_routes: Vec::new(),
             fail_mode: None,
+            shed_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -85,6 +91,9 @@ pub enum Mode {
     /// Shadow plan: decided and recorded, but always allowed. `would_deny` says what enforcing
     /// would have done.
     Shadow { would_deny: bool },
+    /// The plan's priority is below the shed level: refused (or, for a shadow plan, reported as
+    /// `Shadow { would_deny: true }`) without asking the store. No budget consumed.
+    Shed { level: u8 },
     /// The store could not decide (it failed, or the breaker is open); the fail mode answered.
     /// Failing open, `decision` is the per-container fallback's: the tenant's plan rate and burst
     /// and what is left of its quotas, so an admission here is a bounded fail-open admission.
@@ -130,7 +139,7 @@ pub struct Verdict {
 /// Why a request was refused, and when to retry: what a `429` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
-    /// `rate`, `daily_quota`, `monthly_quota`, or `store_unavailable` (fail closed).
+    /// `rate`, `daily_quota`, `monthly_quota`, `shed`, or `store_unavailable` (fail closed).
     pub reason: &'static str,
     /// Whole seconds, at least 1: the decision's wait, or the breaker's cool-down when the store
     /// could not decide.
@@ -158,6 +167,24 @@ pub struct Gate {
     plans: TtlCache<String, Option<Arc<Plan>>>,
     breaker: Breaker,
     fallback: Fallback,
+    shed: ShedCache,
+}
+
+/// The shed level as last read, and until when it is trusted. One caller refreshes it when it
+/// expires; the others answer from the stale level meanwhile (a few seconds' difference at most).
+#[derive(Debug, Default)]
+struct ShedCache {
+    level: Mutex<(u8, Timestamp)>,
+    refreshing: AtomicBool,
+}
+
+/// Clears the refreshing flag however the refresh ends, a cancelled request included.
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Gate {
@@ -173,6 +200,7 @@ impl Gate {
             plans: TtlCache::new(PLAN_CACHE_CAPACITY),
             breaker: Breaker::new(config.breaker, config.store_budget),
             fallback: Fallback::new(config.key_cache_capacity),
+            shed: ShedCache::default(),
             config,
             directory,
             store,
@@ -213,6 +241,18 @@ impl Gate {
         if bypass_key || self.is_skip_route(req.resource, req.method) {
             verdict.mode = Mode::Bypass;
             return Outcome::Allow(verdict);
+        }
+        // Shedding comes before the store: a shed request consumes nothing, and costs no write.
+        let level = self.shed_level(now).await;
+        if crate::shed::sheds(level, verdict.plan.priority()) {
+            if verdict.plan.shadow() {
+                verdict.mode = Mode::Shadow { would_deny: true };
+                return Outcome::Allow(verdict);
+            }
+            verdict.mode = Mode::Shed { level };
+            verdict.decision = Some(Decision::shed(SHED_RETRY_AFTER));
+            verdict.refusal = verdict.decision.as_ref().map(refusal_of);
+            return Outcome::Throttle(verdict);
         }
         let (limits, weight) = verdict.plan.limits_for(req.resource, req.method);
         let consume = Consume {
@@ -287,6 +327,27 @@ impl Gate {
                 }
             }
         }
+    }
+
+    /// The shed level, from the cache or, once it expired, the directory. A failed read keeps
+    /// the last level for another `shed_ttl` (0 before the first read): shedding never makes the
+    /// policy table a dependency of every request.
+    async fn shed_level(&self, now: Timestamp) -> u8 {
+        let lock = || self.shed.level.lock().unwrap_or_else(|e| e.into_inner());
+        let (level, expires) = *lock();
+        if now < expires || self.shed.refreshing.swap(true, Ordering::Acquire) {
+            return level;
+        }
+        let _refreshing = Refreshing(&self.shed.refreshing);
+        let fresh = match self.directory.shed().await {
+            Ok(state) => state.level,
+            Err(error) => {
+                tracing::warn!(%error, level, "shed level unreadable: keeping the last one");
+                level
+            }
+        };
+        *lock() = (fresh, now.saturating_add(self.config.shed_ttl));
+        fresh
     }
 
     fn fail_closed(&self, mut verdict: Verdict) -> Outcome {
