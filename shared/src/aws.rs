@@ -77,6 +77,13 @@ pub fn control_client(sdk: &SdkConfig) -> aws_sdk_apigateway::Client {
     aws_sdk_apigateway::Client::from_conf(conf)
 }
 
+/// The CloudWatch client of the shed controller (`DescribeAlarms`, a read: the SDK's standard
+/// retries apply).
+#[cfg(feature = "cloudwatch")]
+pub fn cloudwatch_client(sdk: &SdkConfig) -> aws_sdk_cloudwatch::Client {
+    aws_sdk_cloudwatch::Client::new(sdk)
+}
+
 /// Creates an on-demand table keyed by the string attribute `pk`, with TTL on `ttl` if given:
 /// the shape of both Tollgate tables. The SAM template creates them in AWS; this is for local
 /// emulators and tests.

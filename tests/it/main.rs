@@ -3,6 +3,7 @@
 //! loudly when it is missing.
 
 mod authorizer;
+mod cbor_shim;
 mod conformance;
 mod directory;
 mod dynamodb;
@@ -11,6 +12,7 @@ mod fail_open;
 mod fault_proxy;
 mod gateway;
 mod paging_shim;
+mod shed;
 mod simulate;
 mod sync;
 mod template;
