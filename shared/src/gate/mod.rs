@@ -1,6 +1,7 @@
 //! The gate: one request in, one outcome out. Resolves the tenant, skips what is bypassed,
-//! decides through the store within a time budget, and applies the plan's fail mode and shadow
-//! setting. The authorizer Lambda and the CLI's local gateway both answer from it.
+//! refuses what the shed level sheds (before the store), decides through the store within a time
+//! budget, and applies the plan's fail mode and shadow setting. The authorizer Lambda and the
+//! CLI's local gateway both answer from it.
 
 pub mod breaker;
 pub mod cache;
