@@ -27,6 +27,10 @@ pub struct Admitted {
 /// Windows start at a send and end at the latest answer so far, in send order: O(n), and never
 /// a false alarm (answers are taken as late as they could have been).
 pub fn bucket_excess(bucket: &Bucket, admitted: &[Admitted]) -> u64 {
+    // Nothing admitted (a tenant refused throughout, e.g. shed) is never too much.
+    if admitted.is_empty() {
+        return 0;
+    }
     let mut sorted = admitted.to_vec();
     sorted.sort_by_key(|a| a.sent);
     let t = i128::from(bucket.interval());
@@ -84,6 +88,12 @@ mod tests {
         // WHEN one more is admitted in the same second THEN it is one unit too many
         seen.push(at(3000));
         assert_eq!(bucket_excess(&bucket, &seen), 1);
+    }
+
+    #[test]
+    fn nothing_admitted_is_no_excess() {
+        // GIVEN a tenant with no admission at all (every request shed) THEN no excess
+        assert_eq!(bucket_excess(&Bucket::per_second(1.0, 5), &[]), 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollgate_cli::commands::{
-    alarms::Alarms, block_on, block_on_threads, demo::Demo, load::Load, policy::Policy, serve::Serve,
+    alarms::Alarms, block_on, block_on_threads, demo::Demo, load::Load, policy::Policy, serve::Serve, shed::Shed,
     simulate::Simulate, sync::PlanSync, validate::Validate,
 };
 
@@ -46,6 +46,9 @@ enum Command {
     /// Per-plan alarms: `sync` creates, updates and deletes one CloudWatch alarm per plan of the
     /// policy table (the share of its decisions throttled), leaving none for a removed plan.
     Alarms(Alarms),
+    /// Shed load by priority: `set LEVEL` refuses every plan whose priority is below LEVEL (429,
+    /// reason `shed`, no budget consumed) until `clear`; `status` shows the level.
+    Shed(Shed),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Sync(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
         Command::Policy(c) => block_on(c.run()),
         Command::Alarms(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
+        Command::Shed(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -99,6 +99,10 @@ pub struct Report {
     pub requests: u64,
     pub admitted: u64,
     pub refused: u64,
+    /// Of `refused`, those refused by the shed level (reason `shed`): they consume no budget, so
+    /// the allowance is replayed without them.
+    #[serde(default)]
+    pub shed: u64,
     pub errors: u64,
     /// Units admitted beyond what the policy permits, over all tenants. Must be 0.
     pub over_admitted: u64,
@@ -133,6 +137,9 @@ pub struct PolicyResult {
     pub tenants: usize,
     pub requests: u64,
     pub admitted: u64,
+    /// Refused by the shed level.
+    #[serde(default)]
+    pub shed: u64,
     pub allowance: u64,
     pub over_admitted: u64,
     pub pass: bool,
@@ -146,8 +153,12 @@ pub struct TenantResult {
     pub requests: u64,
     pub admitted: u64,
     pub refused: u64,
+    /// Of `refused`, those refused by the shed level.
+    #[serde(default)]
+    pub shed: u64,
     pub errors: u64,
-    /// What the policy admits for this arrival sequence, replayed in arrival order.
+    /// What the policy admits for this arrival sequence (shed requests left out: they consume
+    /// nothing), replayed in arrival order.
     pub allowance: u64,
     pub over_admitted: u64,
     pub under_admitted: u64,
@@ -223,6 +234,8 @@ struct Observed {
     admitted: Option<bool>,
     /// Admitted by the gate's fail-open fallback.
     fail_open: bool,
+    /// Refused with reason `shed`.
+    shed: bool,
     latency: Duration,
 }
 
@@ -269,16 +282,26 @@ pub async fn run(target: &Target, file: &PolicyFile, config: &Config, run_prefix
                         let url = format!("{}{}", base.trim_end_matches('/'), config.path);
                         let method =
                             reqwest::Method::from_bytes(config.method.as_bytes()).unwrap_or(reqwest::Method::GET);
-                        let status = http
+                        let response = http
                             .request(method, url)
                             .header(config.api_key_header.as_str(), key.as_str())
                             .send()
-                            .await
-                            .map(|r| r.status().as_u16());
+                            .await;
+                        let status = response.as_ref().map(|r| r.status().as_u16());
                         let admitted = match status {
                             Ok(200..=299) => Some(true),
                             Ok(429) => Some(false),
                             _ => None,
+                        };
+                        // The 429 body's `reason`, as the template's gateway response renders it.
+                        let shed = match response {
+                            Ok(r) if admitted == Some(false) => r
+                                .bytes()
+                                .await
+                                .ok()
+                                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                                .is_some_and(|body| body["reason"] == "shed"),
+                            _ => false,
                         };
                         Observed {
                             arrival,
@@ -286,6 +309,7 @@ pub async fn run(target: &Target, file: &PolicyFile, config: &Config, run_prefix
                             answered: clock.now(),
                             admitted,
                             fail_open: false,
+                            shed,
                             latency: begun.elapsed(),
                         }
                     }
@@ -305,12 +329,15 @@ pub async fn run(target: &Target, file: &PolicyFile, config: &Config, run_prefix
                             Outcome::Throttle(_) => (Some(false), false),
                             Outcome::Unauthorized(_) | Outcome::Unavailable(_) => (None, false),
                         };
+                        let shed =
+                            matches!(&outcome, Outcome::Throttle(v) if v.refusal.is_some_and(|r| r.reason == "shed"));
                         Observed {
                             arrival,
                             sent,
                             answered: clock.now(),
                             admitted,
                             fail_open,
+                            shed,
                             latency: begun.elapsed(),
                         }
                     }
@@ -378,6 +405,7 @@ async fn decide(
         answered: now,
         admitted: result.ok().map(|d| d.allowed),
         fail_open: false,
+        shed: false,
         latency: begun.elapsed(),
     }
 }
@@ -450,6 +478,7 @@ impl Run<'_> {
             // The policy's answer for this arrival sequence, replayed in order on a fresh store.
             let allowance = seen
                 .iter()
+                .filter(|o| !o.shed)
                 .filter(|o| {
                     reference
                         .decide(&Consume {
@@ -469,6 +498,7 @@ impl Run<'_> {
                 requests: seen.len() as u64,
                 admitted: admitted_n,
                 refused: count(Some(false)),
+                shed: seen.iter().filter(|o| o.shed).count() as u64,
                 errors: count(None),
                 allowance,
                 over_admitted: over,
@@ -485,6 +515,7 @@ impl Run<'_> {
                 tenants: 0,
                 requests: 0,
                 admitted: 0,
+                shed: 0,
                 allowance: 0,
                 over_admitted: 0,
                 pass: true,
@@ -492,6 +523,7 @@ impl Run<'_> {
             p.tenants += 1;
             p.requests += t.requests;
             p.admitted += t.admitted;
+            p.shed += t.shed;
             p.allowance += t.allowance;
             p.over_admitted += t.over_admitted;
             p.pass &= t.pass;
@@ -519,6 +551,7 @@ impl Run<'_> {
             requests,
             admitted: sum(|t| t.admitted),
             refused: sum(|t| t.refused),
+            shed: sum(|t| t.shed),
             errors: sum(|t| t.errors),
             over_admitted: over,
             under_admitted: sum(|t| t.under_admitted),
@@ -543,16 +576,17 @@ impl Report {
     /// The human-readable summary: one row per policy, then the worst tenants.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<12} {:>8} {:>10} {:>10} {:>10} {:>6}  result\n",
-            "plan", "tenants", "requests", "admitted", "allowance", "over"
+            "{:<12} {:>8} {:>10} {:>10} {:>8} {:>10} {:>6}  result\n",
+            "plan", "tenants", "requests", "admitted", "shed", "allowance", "over"
         );
         for p in &self.policies {
             out += &format!(
-                "{:<12} {:>8} {:>10} {:>10} {:>10} {:>6}  {}\n",
+                "{:<12} {:>8} {:>10} {:>10} {:>8} {:>10} {:>6}  {}\n",
                 p.plan,
                 p.tenants,
                 p.requests,
                 p.admitted,
+                p.shed,
                 p.allowance,
                 p.over_admitted,
                 if p.pass { "pass" } else { "FAIL" }
@@ -566,13 +600,14 @@ impl Report {
             );
         }
         out += &format!(
-            "\n{} requests to {} in {:.2} s ({:.0}/s), {} admitted, {} refused, {} errors\n",
+            "\n{} requests to {} in {:.2} s ({:.0}/s), {} admitted, {} refused ({} shed), {} errors\n",
             self.requests,
             self.target,
             self.elapsed_secs,
             self.throughput_per_sec,
             self.admitted,
             self.refused,
+            self.shed,
             self.errors
         );
         out += &format!(

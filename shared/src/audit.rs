@@ -32,6 +32,8 @@ pub enum Source {
     Apply,
     Rollback,
     UsageApi,
+    /// The shed level, by the controller or `tollgate shed`.
+    Shed,
 }
 
 impl Source {
@@ -41,6 +43,7 @@ impl Source {
             Source::Apply => "apply",
             Source::Rollback => "rollback",
             Source::UsageApi => "usage-api",
+            Source::Shed => "shed",
         }
     }
 }

@@ -77,9 +77,11 @@ pub fn control_client(sdk: &SdkConfig) -> aws_sdk_apigateway::Client {
     aws_sdk_apigateway::Client::from_conf(conf)
 }
 
-/// The CloudWatch client for plan alarms: off the request path, so the SDK's standard retries
-/// and timeouts apply (`DescribeAlarms`, `PutMetricAlarm` and `DeleteAlarms` are idempotent).
-pub fn monitor_client(sdk: &SdkConfig) -> aws_sdk_cloudwatch::Client {
+/// The CloudWatch client of plan alarms and the shed controller: off the request path, so the
+/// SDK's standard retries and timeouts apply (`DescribeAlarms`, `PutMetricAlarm` and
+/// `DeleteAlarms` are idempotent).
+#[cfg(feature = "cloudwatch")]
+pub fn cloudwatch_client(sdk: &SdkConfig) -> aws_sdk_cloudwatch::Client {
     aws_sdk_cloudwatch::Client::new(sdk)
 }
 

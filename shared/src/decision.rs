@@ -14,6 +14,9 @@ pub enum Reason {
     Rate,
     DailyQuota,
     MonthlyQuota,
+    /// The plan's priority is below the shed level (`shed`): refused before the store, so no
+    /// budget was consumed.
+    Shed,
 }
 
 impl Reason {
@@ -22,6 +25,7 @@ impl Reason {
             Reason::Rate => "rate",
             Reason::DailyQuota => "daily_quota",
             Reason::MonthlyQuota => "monthly_quota",
+            Reason::Shed => "shed",
         }
     }
 
@@ -31,6 +35,8 @@ impl Reason {
             Reason::Rate => "rate",
             Reason::DailyQuota => "day",
             Reason::MonthlyQuota => "month",
+            // No budget was read: no limit is the headline.
+            Reason::Shed => "shed",
         }
     }
 }
@@ -134,6 +140,21 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// A shed refusal: no limit was consulted, so it carries only its wait. Its headers are
+    /// `Retry-After` alone: the remaining budget is unknown without the store, and unchanged.
+    pub fn shed(retry_after: Duration) -> Decision {
+        Decision {
+            allowed: false,
+            reason: Some(Reason::Shed),
+            retry_after: Some(retry_after),
+            rate: None,
+            daily: None,
+            monthly: None,
+        }
+    }
+}
+
 /// Whole seconds, rounded up.
 pub fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -234,6 +255,15 @@ mod tests {
             monthly: None,
         };
         assert!(d.headers().is_empty());
+    }
+
+    #[test]
+    fn a_shed_refusal_renders_retry_after_only() {
+        // GIVEN a shed refusal WHEN rendered THEN Retry-After alone, no invented budget
+        let d = Decision::shed(Duration::from_secs(5));
+        assert_eq!(d.headers(), vec![("Retry-After", "5".to_owned())]);
+        assert_eq!(d.headline(), None);
+        assert_eq!(serde_json::to_value(&d).expect("json")["reason"], "shed");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The DynamoDB policy table has one string key `pk` and three kinds of item:
 //! - `key#<sha256 hex>`: `tenant` (S), `key_id` (S), `enabled` (BOOL);
 //! - `tenant#<id>`: `plan` (S);
-//! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N).
+//! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
+//! - `shed#level`: the shed level (`shed::table`), one item for the whole table.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 
 use crate::identity::ApiKeyHash;
 use crate::policy::{Plan, PolicyError};
+use crate::shed::ShedState;
 
 pub mod dynamodb;
 pub mod memory;
@@ -53,6 +55,8 @@ pub trait Directory: Send + Sync + fmt::Debug {
     /// The plan name of a tenant.
     async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError>;
     async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError>;
+    /// The shed level; level 0 when none is stored. The gate caches it (`GateConfig::shed_ttl`).
+    async fn shed(&self) -> Result<ShedState, DirectoryError>;
 
     /// Key → tenant → plan. `None` for an unknown or disabled key, or a tenant without a plan.
     async fn resolve(&self, hash: &ApiKeyHash) -> Result<Option<Resolved>, DirectoryError> {

@@ -18,6 +18,7 @@ pub mod monitor;
 pub mod policy;
 pub mod policy_file;
 pub mod quota;
+pub mod shed;
 pub mod store;
 pub mod sync;
 

@@ -273,6 +273,11 @@ impl Plan {
         self.spec.fail_mode
     }
 
+    /// Higher is more important: a shed level `L` refuses plans of priority below `L`.
+    pub fn priority(&self) -> u8 {
+        self.spec.priority
+    }
+
     pub fn shadow(&self) -> bool {
         self.spec.shadow
     }

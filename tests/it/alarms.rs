@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{AlarmType, MetricAlarm};
-use tollgate::aws::{admin_client, monitor_client};
+use tollgate::aws::{admin_client, cloudwatch_client};
 use tollgate::directory::DynamoDirectory;
 use tollgate::monitor::plan_alarms::{AlarmDefinition, AlarmError, AlarmReport, AlarmSettings, PREFIX_VAR, TOPIC_VAR};
 use tollgate::monitor::{AlarmPort, CloudWatchAlarms, sync_plan_alarms};
@@ -84,7 +84,7 @@ impl World {
         })
         .expect("settings");
         let shim = CborShim::start(&emulator::endpoint(), 1).await;
-        let cloudwatch = monitor_client(&emulator::sdk_config(&shim.endpoint()));
+        let cloudwatch = cloudwatch_client(&emulator::sdk_config(&shim.endpoint()));
         World {
             port: Counted {
                 inner: CloudWatchAlarms::new(cloudwatch.clone()),

@@ -67,6 +67,7 @@ struct Stack {
     authorizer: Authorizer,
     clock: ManualClock,
     proxy: FaultProxy,
+    policy_table: String,
 }
 
 /// An authorizer over fresh tables; its state store is reached through a fault proxy.
@@ -101,7 +102,7 @@ async fn stack_with(env: &[(&str, &str)], jwt: Option<JwtVerifier>) -> Stack {
     let state = tollgate::aws::state_client(&emulator::sdk_config(&proxy.endpoint()), timeouts);
     let mut vars: HashMap<String, String> = HashMap::from([
         ("TOLLGATE_STATE_TABLE".into(), state_table.clone()),
-        ("TOLLGATE_POLICY_TABLE".into(), policy_table),
+        ("TOLLGATE_POLICY_TABLE".into(), policy_table.clone()),
         // Generous: the emulator serves every test in this binary from one thread.
         ("TOLLGATE_STORE_BUDGET_MS".into(), "2000".into()),
     ]);
@@ -120,6 +121,7 @@ async fn stack_with(env: &[(&str, &str)], jwt: Option<JwtVerifier>) -> Stack {
         authorizer,
         clock,
         proxy,
+        policy_table,
     }
 }
 
@@ -303,6 +305,40 @@ async fn shadow_plans_decide_and_record_but_always_allow() {
     assert_eq!(second["context"]["shadowDenied"], "true");
     assert_known_context(&second);
     assert_eq!(second["context"]["reason"], "rate");
+}
+
+#[tokio::test]
+async fn a_shed_plan_gets_deny_with_reason_shed_and_retry_after_and_the_store_is_not_called() {
+    // GIVEN shed level 1 in the policy table (every plan here has priority 0) and a state store
+    // that would stall every call
+    let s = stack(&[("TOLLGATE_STORE_BUDGET_MS", "300")]).await;
+    let admin = tollgate::aws::admin_client(&emulator::sdk_config(&emulator::endpoint()));
+    let shed = tollgate::shed::table::ShedTable::new(admin, &s.policy_table);
+    let from = shed.get().await.expect("level");
+    shed.set(
+        &from,
+        1,
+        tollgate::shed::SetBy::Manual("ops".into()),
+        "drill",
+        None,
+        NOW,
+    )
+    .await
+    .expect("set");
+    stall_store(&s);
+    // WHEN a request arrives
+    let r = call(&s, "tg_acme_key").await;
+    // THEN Deny, mode and reason shed, Retry-After 5 s, no budget figures (none was read), and
+    // the answer came without the store (a stalled store would have made it fail open)
+    assert_eq!(effect(&r), "Deny");
+    let ctx = &r["context"];
+    assert_eq!(
+        (ctx["mode"].as_str(), ctx["reason"].as_str()),
+        (Some("shed"), Some("shed"))
+    );
+    assert_eq!(ctx["retryAfter"], "5");
+    assert!(ctx.get("remaining").is_none() && ctx.get("rateLimit").is_none());
+    assert_known_context(&r);
 }
 
 /// Stalls every connection to the state store from now on.

@@ -13,6 +13,7 @@ mod fail_open;
 mod fault_proxy;
 mod gateway;
 mod paging_shim;
+mod shed;
 mod simulate;
 mod sync;
 mod template;

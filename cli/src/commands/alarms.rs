@@ -1,7 +1,7 @@
 //! `tollgate alarms sync`: make the per-plan alarms match the plans of a policy table, as the
 //! alarms function does on its schedule.
 
-use tollgate::aws::{admin_client, monitor_client};
+use tollgate::aws::{admin_client, cloudwatch_client};
 use tollgate::monitor::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
 use tollgate::sync::table::PolicyTable;
 
@@ -77,7 +77,7 @@ impl Sync {
         };
         let sdk = self.aws.sdk_config().await?;
         let table = PolicyTable::new(admin_client(&sdk), &self.policy_table);
-        let cloudwatch = CloudWatchAlarms::new(monitor_client(&sdk));
+        let cloudwatch = CloudWatchAlarms::new(cloudwatch_client(&sdk));
         let report = sync_plan_alarms(&cloudwatch, &table, &settings)
             .await
             .map_err(|e| e.to_string())?;

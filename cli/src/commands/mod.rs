@@ -5,6 +5,7 @@ pub mod demo;
 pub mod load;
 pub mod policy;
 pub mod serve;
+pub mod shed;
 pub mod simulate;
 pub mod sync;
 pub mod validate;

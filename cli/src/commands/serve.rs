@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use axum::http::HeaderName;
 use tollgate::aws::policy_client;
-use tollgate::clock::SystemClock;
+use tollgate::clock::{Clock, SystemClock};
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::gate::{Gate, GateConfig};
+use tollgate::shed::{SetBy, ShedState};
 
 use super::read_policy;
 use crate::aws_args::StoreArgs;
@@ -59,6 +60,11 @@ pub struct Serve {
     /// again: the longest a key change waits after it reaches the directory.
     #[arg(long)]
     pub key_cache_ttl_secs: Option<u64>,
+    /// Shed every plan with a priority below this level (429, reason `shed`, no budget
+    /// consumed), as the deployed stack does under backend stress. With --policy-table the level
+    /// is the table's (`tollgate shed set`), read every few seconds.
+    #[arg(long, value_name = "LEVEL", conflicts_with = "policy_table")]
+    pub shed_level: Option<u8>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -79,7 +85,17 @@ impl Serve {
             }
             None => {
                 let demo = demo_tenants(&file, self.demo_tenants);
-                (Arc::new(directory_with(&file, &demo)), demo)
+                let directory = directory_with(&file, &demo);
+                if let Some(level) = self.shed_level {
+                    directory.set_shed(ShedState {
+                        level,
+                        set_by: SetBy::Manual("serve --shed-level".into()),
+                        since: SystemClock::new().now(),
+                        reason: "--shed-level".into(),
+                        version: 1,
+                    });
+                }
+                (Arc::new(directory), demo)
             }
         };
         let store = self.store.build().await?;
@@ -120,6 +136,15 @@ impl Serve {
             self.upstream.as_deref().unwrap_or("built-in echo"),
             if self.no_throttle { "off" } else { "on" }
         );
+        if let Some(level) = self.shed_level {
+            let shed: Vec<&str> = file
+                .plans
+                .values()
+                .filter(|p| tollgate::shed::sheds(level, p.priority()))
+                .map(|p| p.name())
+                .collect();
+            println!("  shed level {level}: refusing plans {shed:?} (priority below {level})");
+        }
         if let Some(table) = &self.policy_table {
             println!(
                 "  keys and plans: policy table {table} ({} header)",

@@ -132,6 +132,8 @@ impl Config {
             },
             bypass_key_ids: list("TOLLGATE_BYPASS_KEY_IDS").into_iter().collect::<HashSet<_>>(),
             skip_routes,
+            // The default (5 s): not a variable, so the template sets nothing new.
+            shed_ttl: GateConfig::default().shed_ttl,
             fail_mode: match var("TOLLGATE_FAIL_MODE").as_deref().map(str::trim).unwrap_or("") {
                 "" | "plan" => None,
                 "open" => Some(FailMode::Open),

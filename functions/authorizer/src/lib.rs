@@ -408,6 +408,7 @@ fn mode_name(mode: &Mode) -> &'static str {
         Mode::Enforced => "enforced",
         Mode::Bypass => "bypass",
         Mode::Shadow { .. } => "shadow",
+        Mode::Shed { .. } => "shed",
         Mode::Failed {
             mode: FailMode::Open, ..
         } => "fail_open",

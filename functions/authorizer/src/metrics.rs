@@ -20,6 +20,8 @@ pub struct Sample {
     pub throttles_rate: u32,
     pub throttles_daily: u32,
     pub throttles_monthly: u32,
+    /// Refused by the shed level (no budget consumed).
+    pub shed: u32,
     pub fail_open: u32,
     pub fail_closed: u32,
     pub shadow_denials: u32,
@@ -43,6 +45,7 @@ const METRICS: &[&str] = &[
     names::SHADOW_DENIALS,
     names::BYPASS,
     names::KEY_CACHE_HITS,
+    names::SHED,
 ];
 
 impl Sample {
@@ -70,7 +73,7 @@ impl Sample {
                 mode: FailMode::Closed, ..
             } => s.fail_closed = 1,
             Mode::Failed { .. } => s.fail_open = u32::from(!throttled),
-            Mode::Enforced => {}
+            Mode::Enforced | Mode::Shed { .. } => {}
         }
         if let Mode::Failed { kind, .. } = &v.mode {
             s.store_error = Some(*kind);
@@ -80,12 +83,13 @@ impl Sample {
                 Reason::Rate => s.throttles_rate = 1,
                 Reason::DailyQuota => s.throttles_daily = 1,
                 Reason::MonthlyQuota => s.throttles_monthly = 1,
+                Reason::Shed => s.shed = 1,
             }
         }
         Some(s)
     }
 
-    fn values(&self) -> [u32; 9] {
+    fn values(&self) -> [u32; 10] {
         [
             self.decisions,
             self.throttles_rate,
@@ -96,6 +100,7 @@ impl Sample {
             self.shadow_denials,
             self.bypass,
             self.key_cache_hits,
+            self.shed,
         ]
     }
 }
@@ -264,6 +269,30 @@ mod tests {
             assert!(doc.get("Tenant").is_none(), "{tenant}");
             assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[], ["Plan"]]));
         }
+    }
+
+    #[test]
+    fn a_shed_refusal_counts_as_shed_and_as_no_other_throttle() {
+        // GIVEN a verdict refused by the shed level
+        let file = tollgate::policy_file::PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 1\n").expect("policy");
+        let verdict = tollgate::gate::Verdict {
+            tenant: "acme".into(),
+            key_id: None,
+            plan: file.plans["free"].clone(),
+            mode: Mode::Shed { level: 1 },
+            decision: Some(tollgate::decision::Decision::shed(Duration::from_secs(5))),
+            store_latency: None,
+            cached_credentials: false,
+            refusal: None,
+        };
+        // WHEN sampled and rendered
+        let sample = Sample::of(&Outcome::Throttle(verdict)).expect("sample");
+        let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
+        // THEN `Shed` is 1, the rate and quota throttles 0, and `Shed` is a declared metric
+        assert_eq!((sample.shed, sample.throttles_rate, sample.decisions), (1, 0, 1));
+        assert_eq!(doc["Shed"], 1);
+        let names = &doc["_aws"]["CloudWatchMetrics"][0]["Metrics"];
+        assert!(names.as_array().expect("list").iter().any(|m| m["Name"] == "Shed"));
     }
 
     #[test]

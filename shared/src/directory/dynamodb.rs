@@ -13,6 +13,7 @@ use super::{Directory, DirectoryError, KeyRecord};
 use crate::identity::ApiKeyHash;
 use crate::policy::{Plan, PlanSpec};
 use crate::policy_file::PolicyFile;
+use crate::shed::{SHED_PK, ShedState};
 
 const PK: &str = "pk";
 
@@ -151,6 +152,16 @@ impl Directory for DynamoDirectory {
                 reason: e.to_string(),
             })?;
         Ok(Some(Arc::new(Plan::new(name, spec)?)))
+    }
+
+    async fn shed(&self) -> Result<ShedState, DirectoryError> {
+        match self.get(SHED_PK.to_owned()).await? {
+            Some(item) => crate::shed::table::parse_item(&item).map_err(|reason| DirectoryError::Invalid {
+                item: SHED_PK.to_owned(),
+                reason,
+            }),
+            None => Ok(ShedState::default()),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use super::{Directory, DirectoryError, KeyRecord};
 use crate::identity::ApiKeyHash;
 use crate::policy::Plan;
 use crate::policy_file::PolicyFile;
+use crate::shed::ShedState;
 
 #[derive(Debug, Default)]
 pub struct MemoryDirectory {
@@ -20,6 +21,7 @@ struct Inner {
     keys: HashMap<ApiKeyHash, KeyRecord>,
     tenants: HashMap<String, String>,
     plans: HashMap<String, Arc<Plan>>,
+    shed: ShedState,
 }
 
 impl MemoryDirectory {
@@ -56,6 +58,11 @@ impl MemoryDirectory {
         self.write().keys.insert(hash, record);
     }
 
+    /// Sets the shed level (`tollgate serve --shed-level`, tests).
+    pub fn set_shed(&self, shed: ShedState) {
+        self.write().shed = shed;
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
@@ -77,5 +84,9 @@ impl Directory for MemoryDirectory {
 
     async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
         Ok(self.read().plans.get(name).cloned())
+    }
+
+    async fn shed(&self) -> Result<ShedState, DirectoryError> {
+        Ok(self.read().shed.clone())
     }
 }

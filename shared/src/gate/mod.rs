@@ -1,13 +1,14 @@
 //! The gate: one request in, one outcome out. Resolves the tenant, skips what is bypassed,
-//! decides through the store within a time budget, and applies the plan's fail mode and shadow
-//! setting. The authorizer Lambda and the CLI's local gateway both answer from it.
+//! refuses what the shed level sheds (before the store), decides through the store within a time
+//! budget, and applies the plan's fail mode and shadow setting. The authorizer Lambda and the
+//! CLI's local gateway both answer from it.
 
 pub mod breaker;
 pub mod cache;
 pub mod fallback;
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, Timestamp};
@@ -15,6 +16,7 @@ use crate::decision::{Decision, ceil_secs};
 use crate::directory::{Directory, DirectoryError, Resolved};
 use crate::identity::ApiKeyHash;
 use crate::policy::{FailMode, Plan, split_route};
+use crate::shed::SHED_RETRY_AFTER;
 use crate::store::{Consume, ErrorScope, Store, StoreError};
 
 use self::breaker::{Breaker, BreakerConfig};
@@ -40,6 +42,9 @@ pub struct GateConfig {
     pub skip_routes: Vec<String>,
     /// Overrides every plan's fail mode when set (an operator's switch during an incident).
     pub fail_mode: Option<FailMode>,
+    /// How long the shed level is trusted before the directory is asked again: one read per
+    /// this interval per container, never one per request.
+    pub shed_ttl: Duration,
 }
 
 impl Default for GateConfig {
@@ -53,6 +58,7 @@ impl Default for GateConfig {
             bypass_key_ids: HashSet::new(),
             skip_routes: Vec::new(),
             fail_mode: None,
+            shed_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -85,6 +91,9 @@ pub enum Mode {
     /// Shadow plan: decided and recorded, but always allowed. `would_deny` says what enforcing
     /// would have done.
     Shadow { would_deny: bool },
+    /// The plan's priority is below the shed level: refused (or, for a shadow plan, reported as
+    /// `Shadow { would_deny: true }`) without asking the store. No budget consumed.
+    Shed { level: u8 },
     /// The store could not decide (it failed, or the breaker is open); the fail mode answered.
     /// Failing open, `decision` is the per-container fallback's: the tenant's plan rate and burst
     /// and what is left of its quotas, so an admission here is a bounded fail-open admission.
@@ -130,7 +139,7 @@ pub struct Verdict {
 /// Why a request was refused, and when to retry: what a `429` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
-    /// `rate`, `daily_quota`, `monthly_quota`, or `store_unavailable` (fail closed).
+    /// `rate`, `daily_quota`, `monthly_quota`, `shed`, or `store_unavailable` (fail closed).
     pub reason: &'static str,
     /// Whole seconds, at least 1: the decision's wait, or the breaker's cool-down when the store
     /// could not decide.
@@ -158,6 +167,16 @@ pub struct Gate {
     plans: TtlCache<String, Option<Arc<Plan>>>,
     breaker: Breaker,
     fallback: Fallback,
+    shed: ShedCache,
+}
+
+/// The shed level as last read (`None` before the first read), and until when it is trusted.
+/// One caller refreshes it when it expires; the others answer from the stale level meanwhile (a
+/// few seconds' difference at most), except before the first read, when they wait for it.
+#[derive(Debug, Default)]
+struct ShedCache {
+    level: Mutex<(Option<u8>, Timestamp)>,
+    refresh: tokio::sync::Mutex<()>,
 }
 
 impl Gate {
@@ -173,6 +192,7 @@ impl Gate {
             plans: TtlCache::new(PLAN_CACHE_CAPACITY),
             breaker: Breaker::new(config.breaker, config.store_budget),
             fallback: Fallback::new(config.key_cache_capacity),
+            shed: ShedCache::default(),
             config,
             directory,
             store,
@@ -213,6 +233,18 @@ impl Gate {
         if bypass_key || self.is_skip_route(req.resource, req.method) {
             verdict.mode = Mode::Bypass;
             return Outcome::Allow(verdict);
+        }
+        // Shedding comes before the store: a shed request consumes nothing, and costs no write.
+        let level = self.shed_level(now).await;
+        if crate::shed::sheds(level, verdict.plan.priority()) {
+            if verdict.plan.shadow() {
+                verdict.mode = Mode::Shadow { would_deny: true };
+                return Outcome::Allow(verdict);
+            }
+            verdict.mode = Mode::Shed { level };
+            verdict.decision = Some(Decision::shed(SHED_RETRY_AFTER));
+            verdict.refusal = verdict.decision.as_ref().map(refusal_of);
+            return Outcome::Throttle(verdict);
         }
         let (limits, weight) = verdict.plan.limits_for(req.resource, req.method);
         let consume = Consume {
@@ -287,6 +319,37 @@ impl Gate {
                 }
             }
         }
+    }
+
+    /// The shed level, from the cache or, once it expired, the directory. A failed read keeps
+    /// the last level for another `shed_ttl` (0 before the first read): shedding never makes the
+    /// policy table a dependency of every request.
+    async fn shed_level(&self, now: Timestamp) -> u8 {
+        let lock = || self.shed.level.lock().unwrap_or_else(|e| e.into_inner());
+        let (level, expires) = *lock();
+        if let Some(level) = level.filter(|_| now < expires) {
+            return level;
+        }
+        // The guard is released however this ends, a cancelled request included.
+        let _refreshing = match (level, self.shed.refresh.try_lock()) {
+            (_, Ok(guard)) => guard,
+            (Some(stale), Err(_)) => return stale,
+            (None, Err(_)) => self.shed.refresh.lock().await,
+        };
+        let (level, expires) = *lock();
+        if let Some(level) = level.filter(|_| now < expires) {
+            return level;
+        }
+        let level = level.unwrap_or(0);
+        let fresh = match self.directory.shed().await {
+            Ok(state) => state.level,
+            Err(error) => {
+                tracing::warn!(%error, level, "shed level unreadable: keeping the last one");
+                level
+            }
+        };
+        *lock() = (Some(fresh), now.saturating_add(self.config.shed_ttl));
+        fresh
     }
 
     fn fail_closed(&self, mut verdict: Verdict) -> Outcome {
@@ -370,5 +433,173 @@ fn refusal_of(d: &Decision) -> Refusal {
     Refusal {
         reason: d.reason.map_or("rate", |r| r.as_str()),
         retry_after_secs: d.retry_after.map_or(1, |w| ceil_secs(w).max(1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::directory::{KeyRecord, MemoryDirectory};
+    use crate::policy_file::PolicyFile;
+    use crate::shed::ShedState;
+    use crate::store::MemoryStore;
+
+    const PLANS: &str = r#"
+[plans.free]
+rate = 1.0
+burst = 2
+priority = 0
+
+[plans.gold]
+rate = 1.0
+burst = 2
+priority = 1
+
+[plans.trial]
+rate = 1.0
+burst = 2
+shadow = true
+
+[tenants.f]
+plan = "free"
+[tenants.g]
+plan = "gold"
+[tenants.t]
+plan = "trial"
+"#;
+
+    /// The memory directory, counting shed-level reads.
+    #[derive(Debug)]
+    struct Counting {
+        inner: MemoryDirectory,
+        shed_reads: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Directory for Counting {
+        async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError> {
+            self.inner.key(hash).await
+        }
+        async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
+            self.inner.tenant_plan(tenant).await
+        }
+        async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
+            self.inner.plan(name).await
+        }
+        async fn shed(&self) -> Result<ShedState, DirectoryError> {
+            self.shed_reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.shed().await
+        }
+    }
+
+    fn gate(config: GateConfig) -> (Gate, Arc<Counting>, Arc<ManualClock>) {
+        let file = PolicyFile::parse(PLANS).expect("policy");
+        let dir = Arc::new(Counting {
+            inner: MemoryDirectory::from_file(&file),
+            shed_reads: AtomicU64::new(0),
+        });
+        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_800_000_000)));
+        let gate = Gate::new(config, dir.clone(), Arc::new(MemoryStore::default()), clock.clone());
+        (gate, dir, clock)
+    }
+
+    fn level(dir: &Counting, level: u8) {
+        dir.inner.set_shed(ShedState {
+            level,
+            version: 1,
+            ..ShedState::default()
+        });
+    }
+
+    async fn ask(gate: &Gate, tenant: &str) -> Outcome {
+        gate.check(Request {
+            credential: Credential::Tenant(tenant),
+            method: "GET",
+            resource: "/hello",
+        })
+        .await
+    }
+
+    fn admitted(outcomes: &[Outcome]) -> usize {
+        outcomes.iter().filter(|o| matches!(o, Outcome::Allow(_))).count()
+    }
+
+    #[tokio::test]
+    async fn a_shed_plan_is_refused_without_consuming_and_the_top_plan_is_served() {
+        // GIVEN level 1 (sheds priority 0) and no cache, so level changes apply at once
+        let (gate, dir, _) = gate(GateConfig {
+            shed_ttl: Duration::ZERO,
+            ..GateConfig::default()
+        });
+        level(&dir, 1);
+        // WHEN the free tenant sends 5 requests
+        for _ in 0..5 {
+            match ask(&gate, "f").await {
+                // THEN each is refused: reason shed, Retry-After 5 s, mode Shed, no store latency
+                Outcome::Throttle(v) => {
+                    assert_eq!(
+                        v.refusal,
+                        Some(Refusal {
+                            reason: "shed",
+                            retry_after_secs: 5
+                        })
+                    );
+                    assert_eq!(v.mode, Mode::Shed { level: 1 });
+                    assert!(v.store_latency.is_none(), "the store was not asked");
+                }
+                other => panic!("expected shed, got {other:?}"),
+            }
+        }
+        // THEN the gold tenant gets its whole burst of 2
+        let mut gold = Vec::new();
+        for _ in 0..3 {
+            gold.push(ask(&gate, "g").await);
+        }
+        assert_eq!(admitted(&gold), 2);
+        // WHEN the level is lowered THEN the free tenant has its whole burst: nothing was consumed
+        level(&dir, 0);
+        let mut free = Vec::new();
+        for _ in 0..3 {
+            free.push(ask(&gate, "f").await);
+        }
+        assert_eq!(admitted(&free), 2);
+    }
+
+    #[tokio::test]
+    async fn a_shadow_plan_under_the_level_is_allowed_and_reported_as_would_deny() {
+        // GIVEN level 1 and a shadow plan of priority 0
+        let (gate, dir, _) = gate(GateConfig::default());
+        level(&dir, 1);
+        // WHEN it asks THEN allowed, shadow would-deny, and the store was not asked
+        match ask(&gate, "t").await {
+            Outcome::Allow(v) => {
+                assert_eq!(v.mode, Mode::Shadow { would_deny: true });
+                assert!(v.decision.is_none() && v.store_latency.is_none());
+            }
+            other => panic!("expected allow, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_level_is_read_once_per_ttl_not_per_request() {
+        // GIVEN the default 5 s cache
+        let (gate, dir, clock) = gate(GateConfig::default());
+        // WHEN 10 requests arrive within the TTL
+        for _ in 0..10 {
+            ask(&gate, "g").await;
+        }
+        // THEN one read
+        assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 1);
+        // WHEN the level rises THEN the cached level answers until the TTL runs out
+        level(&dir, 1);
+        assert!(matches!(ask(&gate, "f").await, Outcome::Allow(_)));
+        clock.advance(Duration::from_secs(5));
+        assert!(matches!(ask(&gate, "f").await, Outcome::Throttle(_)));
+        assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 2);
     }
 }

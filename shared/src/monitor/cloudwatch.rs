@@ -12,7 +12,10 @@ use aws_sdk_cloudwatch::types::{
 
 use super::plan_alarms::{self, AlarmChange, AlarmDefinition, AlarmError, AlarmReport, AlarmSettings, MetricQuery};
 use crate::policy::PlanSpec;
+use crate::shed::AlarmState;
+use crate::shed::table::ShedError;
 use crate::sync::table::{PolicyTable, Record};
+use aws_sdk_cloudwatch::types::StateValue;
 
 /// What plan-alarm sync needs of CloudWatch.
 #[async_trait]
@@ -25,7 +28,7 @@ pub trait AlarmPort: Send + Sync {
     async fn delete(&self, names: &[String]) -> Result<(), AlarmError>;
 }
 
-/// The SDK adapter; the client comes from `aws::monitor_client`.
+/// The SDK adapter; the client comes from `aws::cloudwatch_client`.
 #[derive(Debug, Clone)]
 pub struct CloudWatchAlarms {
     client: Client,
@@ -249,4 +252,46 @@ pub async fn sync_plan_alarms(
         })
         .collect();
     sync_alarms(port, &plans, settings).await
+}
+
+// The shed controller's port: the state of the one alarm it follows.
+fn state_of(value: Option<&StateValue>) -> AlarmState {
+    match value {
+        Some(StateValue::Alarm) => AlarmState::Alarm,
+        Some(StateValue::Ok) => AlarmState::Ok,
+        // INSUFFICIENT_DATA, or a state this SDK does not know: neither stress nor recovery.
+        _ => AlarmState::InsufficientData,
+    }
+}
+
+#[async_trait]
+impl crate::shed::alarm::Alarms for CloudWatchAlarms {
+    async fn state(&self, name: &str) -> Result<AlarmState, ShedError> {
+        let out = self
+            .client
+            .describe_alarms()
+            .alarm_names(name)
+            .alarm_types(AlarmType::MetricAlarm)
+            .alarm_types(AlarmType::CompositeAlarm)
+            .send()
+            .await
+            .map_err(|e| ShedError::AlarmUnavailable {
+                alarm: name.to_owned(),
+                detail: DisplayErrorContext(e).to_string(),
+            })?;
+        let metric = out
+            .metric_alarms()
+            .iter()
+            .find(|a| a.alarm_name() == Some(name))
+            .map(|a| a.state_value());
+        let composite = out
+            .composite_alarms()
+            .iter()
+            .find(|a| a.alarm_name() == Some(name))
+            .map(|a| a.state_value());
+        match metric.or(composite) {
+            Some(value) => Ok(state_of(value)),
+            None => Err(ShedError::AlarmNotFound(name.to_owned())),
+        }
+    }
 }

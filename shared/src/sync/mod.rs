@@ -134,6 +134,7 @@ fn label(pk: &str, record: &Record) -> String {
         Record::Plan { version, .. } => format!("{pk} (version {version})"),
         Record::Tenant { plan } => format!("{pk} → plan {plan}"),
         Record::Key(k) => format!("key {} → tenant {}", k.key_id, k.tenant),
+        Record::Shed(s) => format!("{pk} → level {} ({})", s.level, s.set_by),
         Record::Malformed => format!("{pk} (malformed)"),
     }
 }

@@ -47,6 +47,9 @@ pub enum Record {
         plan: String,
     },
     Key(KeyRecord),
+    /// The shed level (`shed::table`): never read or written by sync, recorded in the audit
+    /// trail by the shed controller and `tollgate shed`.
+    Shed(crate::shed::ShedState),
     /// An item of a managed kind that does not parse: rewritten or removed.
     Malformed,
 }
@@ -336,6 +339,11 @@ fn render(record: &Record) -> Item {
             ("key_id".to_owned(), AttributeValue::S(k.key_id.clone())),
             ("enabled".to_owned(), AttributeValue::Bool(k.enabled)),
         ]),
+        Record::Shed(state) => {
+            let mut item = crate::shed::table::to_item(state);
+            item.remove(PK);
+            item
+        }
         Record::Malformed => HashMap::new(),
     }
 }

@@ -1,0 +1,160 @@
+//! `tollgate shed`: the shed level by hand. `set` overrides the controller until `clear` hands
+//! the level back to it; `status` shows the level and which plans it sheds.
+
+use tollgate::clock::{Clock, SystemClock, Timestamp};
+use tollgate::shed::table::{ShedTable, Written};
+use tollgate::shed::{SetBy, ShedState, sheds};
+
+use crate::aws_args::AwsArgs;
+
+/// A manual write retries this many times when the controller writes in between.
+const ATTEMPTS: usize = 3;
+
+#[derive(Debug, clap::Args)]
+pub struct Shed {
+    #[command(subcommand)]
+    pub command: ShedCommand,
+}
+
+/// Where the level is.
+#[derive(Debug, clap::Args)]
+pub struct Live {
+    /// The DynamoDB policy table the authorizer reads the level from.
+    #[arg(long, default_value = "tollgate-policy")]
+    pub policy_table: String,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ShedCommand {
+    /// Set the level: every plan with a priority below LEVEL is refused (429, reason `shed`)
+    /// until `clear`. The controller leaves a level set here alone.
+    Set(Set),
+    /// Set the level to 0 (nothing shed) and hand it back to the controller.
+    Clear(Clear),
+    /// Show the level, who set it and when, and the plans it sheds.
+    Status(Status),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Status {
+    #[command(flatten)]
+    pub live: Live,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Set {
+    /// 0 to 255: plans with a priority below it are shed (0 sheds nothing).
+    pub level: u8,
+    /// Why, for the audit trail.
+    #[arg(long, default_value = "set by hand")]
+    pub reason: String,
+    /// Who, for the audit trail (default: $USER).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub live: Live,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Clear {
+    /// Who, for the audit trail (default: $USER).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub live: Live,
+}
+
+impl Shed {
+    pub async fn run(self) -> Result<(), String> {
+        let live = match &self.command {
+            ShedCommand::Set(Set { live, .. })
+            | ShedCommand::Clear(Clear { live, .. })
+            | ShedCommand::Status(Status { live }) => live,
+        };
+        let table = ShedTable::new(live.aws.admin_client().await?, &live.policy_table);
+        let now = SystemClock::new().now();
+        match self.command {
+            ShedCommand::Set(s) => {
+                let actor = actor(s.actor);
+                let state = set(&table, s.level, SetBy::Manual(actor.clone()), &s.reason, &actor, now).await?;
+                println!("shed level {} (set by {}): {}", state.level, state.set_by, state.reason);
+            }
+            ShedCommand::Clear(c) => {
+                let actor = actor(c.actor);
+                set(
+                    &table,
+                    0,
+                    SetBy::Controller,
+                    &format!("cleared by {actor}"),
+                    &actor,
+                    now,
+                )
+                .await?;
+                println!("shed level 0: nothing shed; the controller sets the level again");
+            }
+            ShedCommand::Status(_) => {}
+        }
+        print!("{}", status(&table, now).await?);
+        Ok(())
+    }
+}
+
+fn actor(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "cli".to_owned())
+}
+
+/// Writes `level` by hand, over whatever the controller wrote meanwhile (audited under `actor`).
+pub async fn set(
+    table: &ShedTable,
+    level: u8,
+    set_by: SetBy,
+    reason: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<ShedState, String> {
+    for _ in 0..ATTEMPTS {
+        let from = table.get().await.map_err(|e| e.to_string())?;
+        match table
+            .set(&from, level, set_by.clone(), reason, Some(actor), now)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Written::Applied(state) => return Ok(state),
+            Written::Superseded => continue,
+        }
+    }
+    Err(format!(
+        "the shed level in `{}` kept changing under {ATTEMPTS} attempts: try again",
+        table.name()
+    ))
+}
+
+/// The level, its origin and age, and each plan with whether it is shed.
+pub async fn status(table: &ShedTable, now: Timestamp) -> Result<String, String> {
+    let state = table.get().await.map_err(|e| e.to_string())?;
+    let plans = table.plans().await.map_err(|e| e.to_string())?;
+    let mut out = format!("shed level: {}", state.level);
+    if state.version > 0 {
+        out += &format!(
+            "   set by {} {}s ago: {}",
+            state.set_by,
+            now.saturating_since(state.since).as_secs(),
+            state.reason
+        );
+    }
+    out += "\n";
+    for (name, priority) in &plans {
+        let shed = if sheds(state.level, *priority) {
+            "shed"
+        } else {
+            "served"
+        };
+        out += &format!("  {name:<16} priority {priority:>3}  {shed}\n");
+    }
+    Ok(out)
+}

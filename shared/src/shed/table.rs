@@ -1,0 +1,275 @@
+//! The shed level in the policy table: the item `shed#level` with `level` (N), `set_by` (S:
+//! `controller` or `manual:<actor>`), `since` (N, nanoseconds since the epoch), `reason` (S) and
+//! `version` (N). Every write is conditioned on the version it read, so two writers that read the
+//! same level never both step from it; every write is audited (`audit::Source::Shed`).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::{SHED_PK, SetBy, ShedState};
+use crate::audit::{self, AuditLog, ChangeRecord, ItemChange, Source};
+use crate::clock::Timestamp;
+use crate::policy::PlanSpec;
+use crate::sync::table::Record;
+
+const PK: &str = "pk";
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShedError {
+    #[error("policy table `{table}` unavailable: {detail}")]
+    Unavailable { table: String, detail: String },
+    #[error("policy item `{SHED_PK}` is invalid: {0}")]
+    Invalid(String),
+    #[error("alarm `{alarm}` could not be read: {detail}")]
+    AlarmUnavailable { alarm: String, detail: String },
+    #[error("alarm `{0}` does not exist: check the alarm named by TOLLGATE_SHED_ALARM")]
+    AlarmNotFound(String),
+    #[error("shed level {level} was written but its audit record was not: {source}")]
+    Audit {
+        level: u8,
+        #[source]
+        source: audit::AuditError,
+    },
+}
+
+/// Reads the stored form; `Invalid` names the attribute.
+pub fn parse_item(item: &Item) -> Result<ShedState, String> {
+    let number = |attr: &str| -> Result<u64, String> {
+        item.get(attr)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("attribute `{attr}` is missing or not a whole number"))
+    };
+    let level = number("level")?;
+    let level = u8::try_from(level).map_err(|_| format!("`level` = {level} is above 255"))?;
+    let set_by = item
+        .get("set_by")
+        .and_then(|v| v.as_s().ok())
+        .ok_or("attribute `set_by` is missing or not a string")?;
+    Ok(ShedState {
+        level,
+        set_by: SetBy::parse(set_by)
+            .ok_or_else(|| format!("`set_by` = {set_by:?} is not controller or manual:<actor>"))?,
+        since: Timestamp::from_nanos(number("since")?),
+        reason: item
+            .get("reason")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default(),
+        version: number("version")?,
+    })
+}
+
+/// The stored form, `pk` included.
+pub(crate) fn to_item(state: &ShedState) -> Item {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(SHED_PK.to_owned())),
+        ("level".to_owned(), AttributeValue::N(state.level.to_string())),
+        ("set_by".to_owned(), AttributeValue::S(state.set_by.to_string())),
+        (
+            "since".to_owned(),
+            AttributeValue::N(state.since.as_nanos().to_string()),
+        ),
+        ("reason".to_owned(), AttributeValue::S(state.reason.clone())),
+        ("version".to_owned(), AttributeValue::N(state.version.to_string())),
+    ])
+}
+
+/// Whether a conditional write landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Written and audited; the new state.
+    Applied(ShedState),
+    /// Another writer moved the level since it was read: nothing written.
+    Superseded,
+}
+
+/// The shed level's item, for the controller and the CLI.
+#[derive(Debug, Clone)]
+pub struct ShedTable {
+    client: Client,
+    table: String,
+}
+
+impl ShedTable {
+    pub fn new(client: Client, table: impl Into<String>) -> ShedTable {
+        ShedTable {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> ShedError {
+        ShedError::Unavailable {
+            table: self.table.clone(),
+            detail: DisplayErrorContext(e).to_string(),
+        }
+    }
+
+    /// The stored level (strongly consistent: a writer must step from the latest one). No item
+    /// is level 0, the controller's.
+    pub async fn get(&self) -> Result<ShedState, ShedError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(SHED_PK.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        match out.item() {
+            Some(item) => parse_item(item).map_err(ShedError::Invalid),
+            None => Ok(ShedState::default()),
+        }
+    }
+
+    /// Writes `level` over `from` (the state read), on condition that nobody wrote since, then
+    /// audits the change under `actor` (the manual actor when not given). `Superseded` when
+    /// another writer was first.
+    pub async fn set(
+        &self,
+        from: &ShedState,
+        level: u8,
+        set_by: SetBy,
+        reason: &str,
+        actor: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Written, ShedError> {
+        let to = ShedState {
+            level,
+            set_by,
+            since: now,
+            reason: reason.to_owned(),
+            version: from.version + 1,
+        };
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(&to)))
+            // Version 0 is the absent item; `version = :v` never holds for it.
+            .condition_expression("attribute_not_exists(pk) OR version = :v")
+            .expression_attribute_values(":v", AttributeValue::N(from.version.to_string()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
+                return Ok(Written::Superseded);
+            }
+            Err(e) => return Err(self.unavailable(e)),
+        }
+        let actor = match (&to.set_by, actor) {
+            (_, Some(actor)) => Some(actor.to_owned()),
+            (SetBy::Manual(actor), None) => Some(actor.clone()),
+            (SetBy::Controller, None) => None,
+        };
+        let mut record = ChangeRecord {
+            id: String::new(),
+            time: now.as_secs(),
+            source: Source::Shed,
+            actor,
+            summary: format!("shed level {} -> {} ({}): {reason}", from.level, to.level, to.set_by),
+            items: vec![ItemChange {
+                pk: SHED_PK.to_owned(),
+                before: (from.version > 0).then(|| Record::Shed(from.clone())),
+                after: Some(Record::Shed(to.clone())),
+            }],
+            checkpoint: None,
+            outcome: audit::Outcome::Applied,
+        };
+        // The versions make every change's content, hence its id, unique.
+        record.id = record.content_id();
+        AuditLog::new(self.client.clone(), &self.table)
+            .record(&record)
+            .await
+            .map_err(|source| ShedError::Audit { level, source })?;
+        Ok(Written::Applied(to))
+    }
+
+    /// Every plan's priority: a scan of the policy table for `plan#` items. Called by the
+    /// controller only when it may step (not in the steady state, OK at level 0).
+    pub async fn priorities(&self) -> Result<Vec<u8>, ShedError> {
+        Ok(self.plans().await?.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Every plan's name and priority, by name.
+    pub async fn plans(&self) -> Result<Vec<(String, u8)>, ShedError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(pk, :plan)")
+                .projection_expression("pk, spec")
+                .expression_attribute_values(":plan", AttributeValue::S("plan#".to_owned()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            for item in page.items() {
+                // A malformed plan is sync's to report; it has no priority to bound by.
+                let name = item
+                    .get(PK)
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|pk| pk.strip_prefix("plan#"));
+                let spec = item
+                    .get("spec")
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|s| serde_json::from_str::<PlanSpec>(s).ok());
+                if let (Some(name), Some(spec)) = (name, spec) {
+                    out.push((name.to_owned(), spec.priority));
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => {
+                    out.sort();
+                    return Ok(out);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_form_round_trips() {
+        // GIVEN a manual level WHEN written and read back THEN it is the same state
+        let s = ShedState {
+            level: 3,
+            set_by: SetBy::Manual("ops".into()),
+            since: Timestamp::from_nanos(1_764_000_000_123_456_789),
+            reason: "backend migration".into(),
+            version: 7,
+        };
+        assert_eq!(parse_item(&to_item(&s)), Ok(s));
+    }
+
+    #[test]
+    fn malformed_items_name_the_attribute() {
+        // GIVEN a level above 255, or no set_by THEN the error says which
+        let mut item = to_item(&ShedState::default());
+        item.insert("level".into(), AttributeValue::N("300".into()));
+        assert!(parse_item(&item).expect_err("too high").contains("level"));
+        let mut item = to_item(&ShedState::default());
+        item.remove("set_by");
+        assert!(parse_item(&item).expect_err("missing").contains("set_by"));
+    }
+}

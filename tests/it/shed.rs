@@ -1,0 +1,459 @@
+//! Priority shedding end to end: `simulate` through the CLI's gateway with the shed level raised
+//! and lowered, `tollgate shed` on a policy table the gate reads, and the controller driven by a
+//! CloudWatch alarm on the emulator (`SetAlarmState` sets the state; the emulator never
+//! evaluates alarms).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderName;
+use tokio::sync::oneshot;
+use tollgate::audit::AuditLog;
+use tollgate::aws::{admin_client, cloudwatch_client};
+use tollgate::clock::{Clock, ManualClock, Timestamp};
+use tollgate::directory::dynamodb::create_policy_table;
+use tollgate::directory::{DynamoDirectory, MemoryDirectory};
+use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
+use tollgate::monitor::CloudWatchAlarms;
+use tollgate::policy_file::PolicyFile;
+use tollgate::shed::controller::{Config, Controller, RunOutcome};
+use tollgate::shed::table::{ShedError, ShedTable, Written};
+use tollgate::shed::{AlarmState, Hold, SetBy, ShedState};
+use tollgate::store::{MemoryStore, Store};
+use tollgate_cli::commands::shed as shed_cli;
+use tollgate_cli::gateway::{self, GatewayConfig, Resources};
+use tollgate_cli::simulate::{self, Config as SimConfig, Pattern, Report, Target};
+use tollgate_cli::tenants::{demo_tenants, directory_with};
+
+use crate::{cbor_shim, emulator};
+
+/// Three tiers, priorities 0 < 1 < 2.
+const TIERS: &str = r#"
+[plans.free]
+rate = 2.0
+burst = 3
+priority = 0
+
+[plans.pro]
+rate = 4.0
+burst = 5
+priority = 1
+
+[plans.enterprise]
+rate = 8.0
+burst = 8
+priority = 2
+"#;
+
+const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+/// A gateway as `tollgate serve` builds it, on a clock that stands still (so each tenant's
+/// admissions are exactly its burst, whatever the order of arrival) and with the shed level
+/// read on every request (`shed_ttl` 0), so a change applies to the next run at once.
+struct Served {
+    base: String,
+    directory: Arc<MemoryDirectory>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn serve(store: Arc<dyn Store>) -> Served {
+    let file = PolicyFile::parse(TIERS).expect("policy");
+    let directory = Arc::new(directory_with(&file, &demo_tenants(&file, 2)));
+    let config = GateConfig {
+        shed_ttl: Duration::ZERO,
+        ..GateConfig::default()
+    };
+    let gate = Gate::new(config, directory.clone(), store, Arc::new(ManualClock::new(NOW)));
+    let router = gateway::router(
+        Arc::new(gate),
+        GatewayConfig {
+            upstream: None,
+            api_key_header: HeaderName::from_static("x-api-key"),
+            throttle: true,
+            resources: Resources::from_policy(&file),
+        },
+    );
+    let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(gateway::serve(listener, router, async move {
+        let _ = stopped.await;
+    }));
+    Served {
+        base,
+        directory,
+        _stop: stop,
+    }
+}
+
+fn set_level(directory: &MemoryDirectory, level: u8) {
+    directory.set_shed(ShedState {
+        level,
+        set_by: SetBy::Manual("test".into()),
+        version: 1,
+        ..ShedState::default()
+    });
+}
+
+async fn simulate(base: &str) -> Report {
+    let file = PolicyFile::parse(TIERS).expect("policy");
+    let config = SimConfig {
+        tenants: 6,
+        pattern: Pattern::Burst,
+        load: 3.0,
+        duration: Duration::from_secs(2),
+        requests: None,
+        concurrency: 16,
+        seed: 7,
+        method: "GET".into(),
+        path: "/hello".into(),
+        api_key_header: "x-api-key".into(),
+        progress: false,
+    };
+    simulate::run(&Target::Http(base.to_owned()), &file, &config, "")
+        .await
+        .expect("run")
+}
+
+/// Per plan: (admitted, shed).
+fn by_plan(report: &Report) -> Vec<(String, u64, u64)> {
+    report
+        .policies
+        .iter()
+        .map(|p| (p.plan.clone(), p.admitted, p.shed))
+        .collect()
+}
+
+fn plan<'a>(report: &'a Report, name: &str) -> &'a tollgate_cli::simulate::PolicyResult {
+    report.policies.iter().find(|p| p.plan == name).expect("plan in report")
+}
+
+#[tokio::test]
+async fn simulate_through_the_gateway_sheds_the_low_tiers_keeps_the_top_and_lowering_restores() {
+    // GIVEN a run without shedding, on a gateway of its own
+    let plain = serve(Arc::new(MemoryStore::default())).await;
+    let baseline = simulate(&plain.base).await;
+    assert_eq!(baseline.shed, 0, "{}", baseline.table());
+    assert!(plan(&baseline, "free").admitted > 0 && plan(&baseline, "pro").admitted > 0);
+
+    // WHEN the same run goes through a second gateway at shed level 2 (sheds free and pro)
+    let shedding = serve(Arc::new(MemoryStore::default())).await;
+    set_level(&shedding.directory, 2);
+    let shed = simulate(&shedding.base).await;
+
+    // THEN every request of the low tiers is refused with reason shed
+    for low in ["free", "pro"] {
+        let p = plan(&shed, low);
+        assert_eq!((p.admitted, p.shed), (0, p.requests), "{low}\n{}", shed.table());
+    }
+    // THEN the top tier's admissions are those of the run without shedding, and none is shed
+    let top = plan(&shed, "enterprise");
+    assert_eq!(top.shed, 0);
+    assert_eq!(top.admitted, plan(&baseline, "enterprise").admitted, "{}", shed.table());
+    // THEN the report counts the shed requests and still finds no over-admission
+    assert_eq!(shed.shed, plan(&shed, "free").requests + plan(&shed, "pro").requests);
+    assert!(shed.pass && shed.errors == 0, "{}", shed.table());
+    assert!(shed.table().contains("shed"), "the table shows the shed column");
+
+    // WHEN the level is lowered to 0 and the run repeated on the same gateway and store, at the
+    // same instant (the clock stands still: nothing refilled)
+    set_level(&shedding.directory, 0);
+    let restored = simulate(&shedding.base).await;
+    // THEN the low tiers are admitted exactly as in the run without shedding: the shed requests
+    // consumed none of their budget
+    for low in ["free", "pro"] {
+        assert_eq!(
+            plan(&restored, low).admitted,
+            plan(&baseline, low).admitted,
+            "{low}: {:?} vs {:?}",
+            by_plan(&restored),
+            by_plan(&baseline)
+        );
+    }
+    assert_eq!(restored.shed, 0);
+    // THEN the top tier, which was served while shedding, has spent its burst in that run
+    assert_eq!(plan(&restored, "enterprise").admitted, 0, "{}", restored.table());
+}
+
+/// A policy table on the emulator with the tiers loaded, and its name.
+async fn policy_table() -> (aws_config::SdkConfig, String) {
+    let sdk = emulator::sdk_config(&emulator::endpoint());
+    let table = emulator::unique("policy");
+    create_policy_table(&admin_client(&sdk), &table)
+        .await
+        .expect("policy table");
+    let file = PolicyFile::parse(TIERS).expect("policy");
+    DynamoDirectory::new(admin_client(&sdk), &table)
+        .load(&file)
+        .await
+        .expect("load");
+    (sdk, table)
+}
+
+#[tokio::test]
+async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_no_state_is_written() {
+    // GIVEN the tiers and a demo tenant per plan in a policy table, a gate reading it as
+    // `serve --policy-table` does, over a DynamoDB state store
+    let (sdk, table) = policy_table().await;
+    let file = PolicyFile::parse(TIERS).expect("policy");
+    let directory = DynamoDirectory::new(admin_client(&sdk), &table);
+    let tenants = demo_tenants(&file, 1);
+    for t in &tenants {
+        directory.put_tenant(&t.tenant, &t.plan).await.expect("tenant");
+    }
+    let (state_client, state_table) = emulator::state_table().await;
+    let store = Arc::new(emulator::dynamo_store(&state_client, &state_table));
+    let config = GateConfig {
+        shed_ttl: Duration::ZERO,
+        ..GateConfig::default()
+    };
+    let clock = Arc::new(ManualClock::new(NOW));
+    let gate = Gate::new(config, Arc::new(directory), store.clone(), clock.clone());
+    let ask = |tenant: String| {
+        let gate = &gate;
+        async move {
+            gate.check(Request {
+                credential: Credential::Tenant(&tenant),
+                method: "GET",
+                resource: "/hello",
+            })
+            .await
+        }
+    };
+    let free = tenants.iter().find(|t| t.plan == "free").expect("free").tenant.clone();
+    let top = tenants
+        .iter()
+        .find(|t| t.plan == "enterprise")
+        .expect("top")
+        .tenant
+        .clone();
+
+    // WHEN an operator runs `tollgate shed set 1`
+    let shed_table = ShedTable::new(admin_client(&sdk), &table);
+    let set = shed_cli::set(&shed_table, 1, SetBy::Manual("ops".into()), "drill", "ops", NOW)
+        .await
+        .expect("set");
+    assert_eq!((set.level, set.version), (1, 1));
+    // THEN the free tenant is refused with reason shed, and the state table saw no write
+    for _ in 0..4 {
+        match ask(free.clone()).await {
+            Outcome::Throttle(v) => assert_eq!(v.refusal.map(|r| r.reason), Some("shed")),
+            other => panic!("expected shed, got {other:?}"),
+        }
+    }
+    assert_eq!(store.stats().writes(), 0, "a shed request writes nothing");
+    // THEN the top tier is served
+    assert!(matches!(ask(top.clone()).await, Outcome::Allow(_)));
+    // THEN `shed status` shows the level and which plans it sheds
+    let status = shed_cli::status(&shed_table, NOW).await.expect("status");
+    assert!(
+        status.contains("shed level: 1") && status.contains("manual:ops"),
+        "{status}"
+    );
+    assert!(
+        status.lines().any(|l| l.contains("free") && l.ends_with("shed")),
+        "{status}"
+    );
+
+    // WHEN `tollgate shed clear`
+    shed_cli::set(&shed_table, 0, SetBy::Controller, "cleared by ops", "ops", NOW)
+        .await
+        .expect("clear");
+    // THEN the free tenant is served again, with its whole burst
+    let mut admitted = 0;
+    for _ in 0..4 {
+        admitted += usize::from(matches!(ask(free.clone()).await, Outcome::Allow(_)));
+    }
+    assert_eq!(admitted, 3, "burst 3: nothing was consumed while shed");
+    // THEN both changes are in the audit trail, by ops
+    let history = AuditLog::new(admin_client(&sdk), &table)
+        .history()
+        .await
+        .expect("history");
+    let shed_entries: Vec<_> = history.iter().filter(|e| e.source == "shed").collect();
+    assert_eq!(shed_entries.len(), 2, "{history:?}");
+    assert!(shed_entries.iter().all(|e| e.actor.as_deref() == Some("ops")));
+}
+
+/// SDK configuration whose CloudWatch calls reach the emulator through `cbor_shim` (the SDK
+/// speaks RPC v2 CBOR to CloudWatch, the emulator does not).
+async fn cloudwatch_sdk() -> aws_config::SdkConfig {
+    emulator::sdk_config(&cbor_shim::CborShim::start(&emulator::endpoint(), 100).await.endpoint())
+}
+
+/// A metric alarm on the emulator, set to `state`.
+async fn alarm(sdk: &aws_config::SdkConfig, state: &str) -> String {
+    let cw = cloudwatch_client(sdk);
+    let name = emulator::unique("backend-latency");
+    cw.put_metric_alarm()
+        .alarm_name(&name)
+        .namespace("Backend")
+        .metric_name("Latency")
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Average)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(1000.0)
+        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .expect("alarm");
+    set_alarm(sdk, &name, state).await;
+    name
+}
+
+async fn set_alarm(sdk: &aws_config::SdkConfig, name: &str, state: &str) {
+    cloudwatch_client(sdk)
+        .set_alarm_state()
+        .alarm_name(name)
+        .state_value(state.into())
+        .state_reason("test")
+        .send()
+        .await
+        .expect("set alarm state");
+}
+
+fn controller(
+    sdk: &aws_config::SdkConfig,
+    cw: &aws_config::SdkConfig,
+    table: &str,
+    alarm: &str,
+) -> Controller<CloudWatchAlarms> {
+    Controller::new(
+        ShedTable::new(admin_client(sdk), table),
+        CloudWatchAlarms::new(cloudwatch_client(cw)),
+        Config {
+            policy_table: table.to_owned(),
+            alarm: alarm.to_owned(),
+            min_step: Duration::from_secs(45),
+        },
+    )
+}
+
+#[tokio::test]
+async fn the_controller_raises_a_step_per_run_in_alarm_and_lowers_one_per_run_when_ok() {
+    // GIVEN tiers of priorities 0, 1, 2 and the designated alarm in ALARM
+    let (sdk, table) = policy_table().await;
+    let cw = cloudwatch_sdk().await;
+    let name = alarm(&cw, "ALARM").await;
+    let c = controller(&sdk, &cw, &table, &name);
+    let clock = ManualClock::new(NOW);
+    let mut levels = Vec::new();
+    // WHEN the controller runs once a minute, four times
+    for _ in 0..4 {
+        let r = c.run(clock.now()).await.expect("run");
+        assert_eq!(r.alarm, Some(AlarmState::Alarm));
+        levels.push((r.after, r.outcome));
+        clock.advance(Duration::from_secs(60));
+    }
+    // THEN it rises one step per run and stops below the top priority
+    assert_eq!(
+        levels,
+        [
+            (1, RunOutcome::Raised),
+            (2, RunOutcome::Raised),
+            (2, RunOutcome::Held { why: Hold::AtTop }),
+            (2, RunOutcome::Held { why: Hold::AtTop }),
+        ]
+    );
+    // WHEN the alarm recovers
+    set_alarm(&cw, &name, "OK").await;
+    // THEN a run 10 s after a step holds (a retried invocation), then one step down per run
+    let first = c.run(clock.now()).await.expect("run");
+    assert_eq!((first.after, first.outcome), (1, RunOutcome::Lowered));
+    clock.advance(Duration::from_secs(10));
+    let retry = c.run(clock.now()).await.expect("run");
+    assert_eq!(
+        (retry.after, retry.outcome),
+        (1, RunOutcome::Held { why: Hold::TooSoon })
+    );
+    clock.advance(Duration::from_secs(50));
+    let second = c.run(clock.now()).await.expect("run");
+    assert_eq!((second.after, second.outcome), (0, RunOutcome::Lowered));
+    clock.advance(Duration::from_secs(60));
+    let at_zero = c.run(clock.now()).await.expect("run");
+    assert_eq!(at_zero.outcome, RunOutcome::Held { why: Hold::AtZero });
+    // THEN each of the four steps is one audit record by the shed source
+    let history = AuditLog::new(admin_client(&sdk), &table)
+        .history()
+        .await
+        .expect("history");
+    assert_eq!(history.iter().filter(|e| e.source == "shed").count(), 4, "{history:?}");
+}
+
+#[tokio::test]
+async fn the_controller_leaves_a_manual_level_alone_and_holds_without_data() {
+    // GIVEN an alarm without data (the emulator creates alarms OK: the state is set)
+    let (sdk, table) = policy_table().await;
+    let cw = cloudwatch_sdk().await;
+    let name = alarm(&cw, "INSUFFICIENT_DATA").await;
+    let c = controller(&sdk, &cw, &table, &name);
+    // WHEN the controller runs THEN it holds: neither stress nor recovery is known
+    let r = c.run(NOW).await.expect("run");
+    assert_eq!(
+        (r.alarm, r.outcome),
+        (
+            Some(AlarmState::InsufficientData),
+            RunOutcome::Held { why: Hold::NoData }
+        )
+    );
+    // GIVEN an operator's level 1 and the alarm OK
+    let shed_table = ShedTable::new(admin_client(&sdk), &table);
+    shed_cli::set(&shed_table, 1, SetBy::Manual("ops".into()), "drill", "ops", NOW)
+        .await
+        .expect("set");
+    set_alarm(&cw, &name, "OK").await;
+    // WHEN the controller runs a minute later THEN the manual level stays
+    let r = c.run(NOW.saturating_add(Duration::from_secs(60))).await.expect("run");
+    assert_eq!((r.after, r.outcome), (1, RunOutcome::Held { why: Hold::Manual }));
+    // WHEN cleared and the alarm fires THEN the controller takes over again
+    shed_cli::set(&shed_table, 0, SetBy::Controller, "cleared", "ops", NOW)
+        .await
+        .expect("clear");
+    set_alarm(&cw, &name, "ALARM").await;
+    let r = c.run(NOW.saturating_add(Duration::from_secs(120))).await.expect("run");
+    assert_eq!((r.after, r.outcome), (1, RunOutcome::Raised));
+    // GIVEN an alarm name that does not exist THEN the error names it
+    let missing = controller(&sdk, &cw, &table, "no-such-alarm");
+    match missing.run(NOW).await {
+        Err(ShedError::AlarmNotFound(n)) => assert_eq!(n, "no-such-alarm"),
+        other => panic!("expected AlarmNotFound, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_runs_step_the_level_once() {
+    // GIVEN the alarm in ALARM and eight controller runs at the same instant
+    let (sdk, table) = policy_table().await;
+    let cw = cloudwatch_sdk().await;
+    let name = alarm(&cw, "ALARM").await;
+    let runs: Vec<_> = (0..8).map(|_| controller(&sdk, &cw, &table, &name)).collect();
+    // WHEN they all run at once
+    let reports = futures::future::join_all(runs.iter().map(|c| c.run(NOW))).await;
+    let reports: Vec<_> = reports.into_iter().map(|r| r.expect("run")).collect();
+    // THEN exactly one raised the level; every other lost the race or saw the fresh step
+    let raised = reports.iter().filter(|r| r.outcome == RunOutcome::Raised).count();
+    assert_eq!(raised, 1, "{reports:?}");
+    assert!(reports.iter().all(|r| matches!(
+        r.outcome,
+        RunOutcome::Raised | RunOutcome::Superseded | RunOutcome::Held { why: Hold::TooSoon }
+    )));
+    let table_ = ShedTable::new(admin_client(&sdk), &table);
+    let state = table_.get().await.expect("get");
+    assert_eq!((state.level, state.version), (1, 1));
+
+    // GIVEN two writers that read the same state WHEN both write THEN exactly one lands
+    let (a, b) = (table_.clone(), table_.clone());
+    let (ra, rb) = tokio::join!(
+        a.set(&state, 2, SetBy::Controller, "a", None, NOW),
+        b.set(&state, 2, SetBy::Controller, "b", None, NOW)
+    );
+    let landed = [ra.expect("a"), rb.expect("b")]
+        .iter()
+        .filter(|w| matches!(w, Written::Applied(_)))
+        .count();
+    assert_eq!(landed, 1);
+    assert_eq!(table_.get().await.expect("get").level, 2);
+}
