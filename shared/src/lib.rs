@@ -14,6 +14,7 @@ pub mod gate;
 pub mod gcra;
 pub mod identity;
 pub mod jwt;
+pub mod notify;
 pub mod policy;
 pub mod policy_file;
 pub mod quota;

@@ -106,6 +106,22 @@ impl Counter {
         }
     }
 
+    /// When this counter's period ends (the next one starts), UTC.
+    pub fn end(&self) -> Timestamp {
+        let next = match *self {
+            Counter::Day { y, m, d } => days_from_civil(i64::from(y), u32::from(m), u32::from(d)) + 1,
+            Counter::Month { y, m } => {
+                let (ny, nm) = if m == 12 {
+                    (i64::from(y) + 1, 1)
+                } else {
+                    (i64::from(y), u32::from(m) + 1)
+                };
+                days_from_civil(ny, nm, 1)
+            }
+        };
+        Timestamp::from_secs(next.max(0) as u64 * SECS_PER_DAY)
+    }
+
     pub fn period(&self) -> Period {
         match self {
             Counter::Day { .. } => Period::Day,
