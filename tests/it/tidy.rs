@@ -39,9 +39,17 @@ fn dynamodb_clients_built_outside(allowed: &[PathBuf]) -> Vec<String> {
         }
         for (i, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or_default();
+            // Another service's client (`reqwest::Client::new(`, `aws_sdk_sqs::Client::new(`, the
+            // read-only `aws_sdk_dynamodbstreams::Client::new(`) is not a DynamoDB client.
+            let other = |call: &str| {
+                code.contains(&format!("reqwest::{call}"))
+                    || code.split(call).next().is_some_and(|before| {
+                        before.ends_with("::") && before.contains("aws_sdk_") && !before.ends_with("aws_sdk_dynamodb::")
+                    })
+            };
             let builds = ["Client::new(", "Client::from_conf("]
                 .iter()
-                .any(|call| code.contains(call) && !code.contains(&format!("reqwest::{call}")));
+                .any(|call| code.contains(call) && !other(call));
             if builds {
                 let rel = file.strip_prefix(&root).unwrap_or(file);
                 found.push(format!("{}:{}", rel.display(), i + 1));
