@@ -180,8 +180,7 @@ impl Rig {
                 .send()
                 .await
                 .expect("shard iterator")
-                .shard_iterator
-                .map(String::from);
+                .shard_iterator;
             while let Some(it) = iterator {
                 let page = self
                     .streams

@@ -12,6 +12,13 @@ use serde_json::Value;
 use tollgate::clock::Timestamp;
 use tollgate::notify::{self, Change, Notifier};
 
+/// The state table: its stream feeds the function, and the notice markers live in it.
+pub const STATE_TABLE: &str = "TOLLGATE_STATE_TABLE";
+/// The policy table: tenants' plans.
+pub const POLICY_TABLE: &str = "TOLLGATE_POLICY_TABLE";
+/// Every variable the function reads.
+pub const VARIABLES: [&str; 4] = [STATE_TABLE, POLICY_TABLE, notify::TOPIC_VAR, "TOLLGATE_LOG"];
+
 /// What the function was invoked for.
 #[derive(Debug)]
 pub enum Trigger {

@@ -12,10 +12,7 @@ use tollgate::aws::{admin_client, notice_client, policy_client};
 use tollgate::clock::SystemClock;
 use tollgate::directory::DynamoDirectory;
 use tollgate::notify::{Markers, Notifier, SnsPublisher, TOPIC_VAR};
-use tollgate_alarms::Trigger;
-
-const STATE_TABLE: &str = "TOLLGATE_STATE_TABLE";
-const POLICY_TABLE: &str = "TOLLGATE_POLICY_TABLE";
+use tollgate_alarms::{POLICY_TABLE, STATE_TABLE, Trigger};
 
 fn var(name: &str) -> Result<String, Error> {
     std::env::var(name).map_err(|_| format!("{name} is not set").into())
