@@ -139,3 +139,87 @@ pub const LEASE_MARGIN_MS: u64 = 5_000;
 pub fn lease(deadline_ms: u64) -> Timestamp {
     Timestamp::from_nanos(deadline_ms.saturating_add(LEASE_MARGIN_MS).saturating_mul(1_000_000))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(name: &str, pk: &str, old: Value, new: Value) -> Value {
+        json!({
+            "eventID": "1",
+            "eventName": name,
+            "eventSource": "aws:dynamodb",
+            "awsRegion": "us-east-1",
+            "dynamodb": {
+                "ApproximateCreationDateTime": 1_795_456_177.0,
+                "Keys": { "pk": { "S": pk } },
+                "OldImage": old,
+                "NewImage": new,
+                "SequenceNumber": format!("seq-{pk}"),
+                "SizeBytes": 100,
+                "StreamViewType": "NEW_AND_OLD_IMAGES"
+            }
+        })
+    }
+
+    fn stream(records: Vec<Value>) -> Event {
+        match trigger(json!({ "Records": records })) {
+            Ok(Trigger::Stream(e)) => e,
+            other => panic!("not a stream batch: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tenant_items_change_becomes_its_counters_before_and_after() {
+        // GIVEN a MODIFY record of a tenant's item
+        let event = stream(vec![record(
+            "MODIFY",
+            "acme",
+            json!({ "pk": { "S": "acme" }, "d20261123": { "N": "39" }, "tat": { "N": "5" } }),
+            json!({ "pk": { "S": "acme" }, "d20261123": { "N": "40" }, "m202611": { "N": "40" } }),
+        )]);
+        // WHEN read
+        let changes = changes(&event);
+        // THEN only the counters are kept, with the record's sequence number and time
+        assert_eq!(changes.len(), 1);
+        let c = &changes[0];
+        assert_eq!((c.id.as_str(), c.tenant.as_str()), ("seq-acme", "acme"));
+        assert_eq!(c.old.len(), 1);
+        assert_eq!(c.new.len(), 2);
+        assert_eq!(c.at, Some(Timestamp::from_secs(1_795_456_177)));
+    }
+
+    #[test]
+    fn markers_removals_and_malformed_records_are_left_out() {
+        // GIVEN a notice marker's insert, a removal by TTL, and a tenant item whose counter is
+        // not a number
+        let event = stream(vec![
+            record(
+                "INSERT",
+                "notice acme d20261123 80",
+                json!({}),
+                json!({ "state": { "S": "pending" } }),
+            ),
+            record("REMOVE", "acme", json!({ "d20261123": { "N": "1" } }), json!({})),
+            record("MODIFY", "broken", json!({}), json!({ "d20261123": { "S": "many" } })),
+        ]);
+        // WHEN read
+        // THEN none of them is a change to notify about, and reading them did not fail
+        assert!(changes(&event).is_empty());
+    }
+
+    #[test]
+    fn events_are_dispatched_on_their_kind() {
+        // GIVEN a schedule's event, a stream batch from another source, and something else
+        let scheduled = json!({ "detail-type": "Scheduled Event", "source": "aws.scheduler" });
+        let kinesis = json!({ "Records": [{ "eventSource": "aws:kinesis" }] });
+        // THEN the schedule is recognised, and the others are invalid events, not a panic
+        assert!(matches!(trigger(scheduled), Ok(Trigger::Scheduled(_))));
+        assert!(matches!(trigger(kinesis), Err(AlarmsError::InvalidEvent(_))));
+        assert!(matches!(
+            trigger(json!({ "hello": 1 })),
+            Err(AlarmsError::InvalidEvent(_))
+        ));
+    }
+}
