@@ -590,6 +590,25 @@ mod tests {
     }
 
     #[test]
+    fn notices_default_to_80_and_100_and_the_lightest_request_is_known() {
+        // GIVEN a plan without thresholds and weights, and one with both
+        let plain = Plan::new("p", spec("daily_quota = 10")).expect("valid");
+        let weighed = Plan::new(
+            "w",
+            spec("daily_quota = 10\nnotify = [50]\nweights = { \"*\" = 3, POST = 2 }"),
+        )
+        .expect("valid");
+        // THEN the defaults apply to the first, and the second's lightest request weighs 2
+        assert_eq!(plain.notify(), &DEFAULT_NOTIFY);
+        assert_eq!(plain.min_weight(), 1);
+        assert_eq!(weighed.notify(), &[50]);
+        assert_eq!(weighed.min_weight(), 2);
+        // AND a listed method heavier than the unlisted ones does not raise the minimum
+        let heavy_post = Plan::new("h", spec("weights = { POST = 5 }")).expect("valid");
+        assert_eq!(heavy_post.min_weight(), 1);
+    }
+
+    #[test]
     fn unknown_fields_are_rejected_by_the_parser() {
         let e = toml::from_str::<PlanSpec>("rate = 1.0\nburst = 1\nbrust = 3").expect_err("typo");
         assert!(e.to_string().contains("brust"), "{e}");

@@ -223,6 +223,18 @@ mod tests {
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 
     #[test]
+    fn a_counter_ends_when_its_period_does() {
+        // GIVEN the day and month counters of now, and of a 31 December
+        let eve = Counter::parse("d20261231").expect("counter");
+        // THEN each ends where `Period::end` says its period does, across the year too
+        assert_eq!(Period::Day.counter(NOW).end(), Period::Day.end(NOW));
+        assert_eq!(Period::Month.counter(NOW).end(), Period::Month.end(NOW));
+        assert_eq!(format_utc(eve.end().as_secs()), "2027-01-01T00:00:00Z");
+        let december = Counter::parse("m202612").expect("counter");
+        assert_eq!(format_utc(december.end().as_secs()), "2027-01-01T00:00:00Z");
+    }
+
+    #[test]
     fn utc_times_format_as_rfc_3339() {
         assert_eq!(format_utc(NOW.as_secs()), "2026-11-23T17:49:37Z");
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");

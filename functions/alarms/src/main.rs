@@ -45,8 +45,11 @@ async fn main() -> Result<(), Error> {
             Trigger::Stream(batch) => Ok::<_, Error>(serde_json::to_value(
                 tollgate_alarms::handle_stream(notifier, &batch, lease).await,
             )?),
-            // Scheduled jobs are dispatched here.
-            Trigger::Scheduled(_) => Ok(json!({})),
+            // The jobs that run on a schedule (per-plan alarms, shedding) are dispatched here.
+            Trigger::Scheduled(_) => {
+                tracing::info!("scheduled event: no scheduled job is configured");
+                Ok(json!({}))
+            }
         }
     }))
     .await
