@@ -478,3 +478,45 @@ async fn a_claim_left_by_a_dead_invocation_holds_until_its_lease_then_the_notice
         .expect("claim");
     assert_eq!(again, Claim::Sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_filter_notices_on_their_attributes() {
+    // GIVEN two more subscriptions: one owner wants only its spent quotas, another only monthly
+    // notices from 90 % on
+    let rig = Rig::new().await;
+    let mut filtered = Vec::new();
+    for policy in [
+        r#"{"tenant": ["acme"], "kind": ["quota_exhausted"]}"#,
+        r#"{"period": ["month"], "threshold": [{"numeric": [">=", 90]}]}"#,
+    ] {
+        let (url, arn) = crate::subscriber::queue(&rig.sqs, &unique("filtered")).await;
+        rig.sns
+            .subscribe()
+            .topic_arn(&rig.topic_arn)
+            .protocol("sqs")
+            .endpoint(arn)
+            .attributes("FilterPolicy", policy)
+            .send()
+            .await
+            .expect("subscribe with a filter");
+        filtered.push(url);
+    }
+    // WHEN 64 requests cross 80 % and 100 % of the day and 80 % of the month
+    rig.requests(64).await;
+    let records = rig.records().await;
+    assert!(deliver(&rig.notifier(), &records, lease(), 0).await.is_empty());
+    // THEN the unfiltered subscriber gets all three, the first filter only the spent day, and
+    // the second nothing (the month reached 80 %, not 90 %)
+    assert_eq!(summary(&rig.received().await), expected());
+    let exhausted = crate::subscriber::drain(&rig.sqs, &filtered[0]).await;
+    let kinds: Vec<Value> = exhausted
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e["Message"].as_str().unwrap_or_default()).expect("JSON")["kind"].clone()
+        })
+        .collect();
+    assert_eq!(kinds, vec![json!("quota_exhausted")]);
+    // AND the numbers are Number attributes, so numeric filters apply to them
+    assert_eq!(exhausted[0]["MessageAttributes"]["threshold"]["Type"], "Number");
+    assert!(crate::subscriber::drain(&rig.sqs, &filtered[1]).await.is_empty());
+}
