@@ -85,6 +85,20 @@ pub fn cloudwatch_client(sdk: &SdkConfig) -> aws_sdk_cloudwatch::Client {
     aws_sdk_cloudwatch::Client::new(sdk)
 }
 
+/// The SNS client for quota notices: the SDK's standard retries, each publish bounded so a
+/// stalled call fails the batch (redelivered) instead of eating the invocation.
+pub fn notice_client(sdk: &SdkConfig) -> aws_sdk_sns::Client {
+    let conf = aws_sdk_sns::config::Builder::from(sdk)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .build();
+    aws_sdk_sns::Client::from_conf(conf)
+}
+
 /// Creates an on-demand table keyed by the string attribute `pk`, with TTL on `ttl` if given:
 /// the shape of both Tollgate tables. The SAM template creates them in AWS; this is for local
 /// emulators and tests.

@@ -15,6 +15,7 @@ pub mod gcra;
 pub mod identity;
 pub mod jwt;
 pub mod monitor;
+pub mod notify;
 pub mod policy;
 pub mod policy_file;
 pub mod quota;

@@ -22,6 +22,10 @@ pub const MAX_WINDOW_SECS: u64 = 366 * 86_400;
 /// Largest quota: `RateLimit-Policy` carries it as an RFC 8941 Structured Field integer, which
 /// has at most 15 digits.
 pub const MAX_QUOTA: i64 = 999_999_999_999_999;
+/// Quota-notice thresholds of a plan that names none, in percent.
+pub const DEFAULT_NOTIFY: [u8; 2] = [80, 100];
+/// Most quota-notice thresholds per plan: each is one notice per tenant and period.
+pub const MAX_NOTIFY: usize = 5;
 
 /// A plan as written by people. Quotas and the rate are optional; `-1` also means unlimited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,11 @@ pub struct PlanSpec {
     /// Decide and record, but always allow.
     #[serde(default)]
     pub shadow: bool,
+    /// Quota notices: the percentages of the daily and monthly quota at which the tenant's
+    /// owner is told, once per tenant, period and threshold (100: the quota is spent and
+    /// requests are refused). Unset: `DEFAULT_NOTIFY`; empty: no notices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Vec<u8>>,
 }
 
 /// A per-route override, keyed like API Gateway's throttle keys: `/path/METHOD`, where the
@@ -192,6 +201,27 @@ impl Plan {
                 }
             }
         }
+        if let Some(thresholds) = &spec.notify {
+            if thresholds.len() > MAX_NOTIFY {
+                return Err(err(
+                    "notify",
+                    &format!("{thresholds:?}"),
+                    &format!("at most {MAX_NOTIFY} thresholds"),
+                ));
+            }
+            for (i, &t) in thresholds.iter().enumerate() {
+                if !(1..=100).contains(&t) {
+                    return Err(err(
+                        &format!("notify[{i}]"),
+                        &t,
+                        "must be a percentage of the quota from 1 to 100 (100: the quota is spent)",
+                    ));
+                }
+                if thresholds[..i].contains(&t) {
+                    return Err(err(&format!("notify[{i}]"), &t, "duplicate threshold"));
+                }
+            }
+        }
         if spec.routes.len() > MAX_ROUTES {
             return Err(err(
                 "routes",
@@ -282,6 +312,20 @@ impl Plan {
         self.spec.shadow
     }
 
+    /// The quota-notice thresholds, in percent: the plan's, else `DEFAULT_NOTIFY`.
+    pub fn notify(&self) -> &[u8] {
+        self.spec.notify.as_deref().unwrap_or(&DEFAULT_NOTIFY)
+    }
+
+    /// The fewest units one request of this plan consumes: a quota with less than this left
+    /// refuses every request.
+    pub fn min_weight(&self) -> u32 {
+        let w = &self.spec.weights;
+        // Methods not listed weigh `*`'s weight, or 1.
+        let unlisted = w.get("*").copied().unwrap_or(1);
+        w.values().copied().min().unwrap_or(unlisted).min(unlisted)
+    }
+
     /// The plan-wide limits (no route override applied).
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -331,6 +375,7 @@ impl PlanSpec {
             routes: Vec::new(),
             fail_mode: FailMode::Open,
             shadow: false,
+            notify: None,
         }
     }
 }
@@ -535,6 +580,11 @@ mod tests {
                 "plan `p`: `routes[0].route` = \"search\": must look like /path/METHOD (method may be *), e.g. /search/GET",
             ),
             (
+                "notify = [80, 101]",
+                "plan `p`: `notify[1]` = 101: must be a percentage of the quota from 1 to 100 (100: the quota is spent)",
+            ),
+            ("notify = [80, 80]", "plan `p`: `notify[1]` = 80: duplicate threshold"),
+            (
                 "rate = 1e9\nburst = 1",
                 "plan `p`: `rate` = 1000000000: must be at most 1000000 requests per second",
             ),
@@ -542,6 +592,25 @@ mod tests {
         for (src, message) in cases {
             assert_eq!(invalid(src).to_string(), message, "for {src:?}");
         }
+    }
+
+    #[test]
+    fn notices_default_to_80_and_100_and_the_lightest_request_is_known() {
+        // GIVEN a plan without thresholds and weights, and one with both
+        let plain = Plan::new("p", spec("daily_quota = 10")).expect("valid");
+        let weighed = Plan::new(
+            "w",
+            spec("daily_quota = 10\nnotify = [50]\nweights = { \"*\" = 3, POST = 2 }"),
+        )
+        .expect("valid");
+        // THEN the defaults apply to the first, and the second's lightest request weighs 2
+        assert_eq!(plain.notify(), &DEFAULT_NOTIFY);
+        assert_eq!(plain.min_weight(), 1);
+        assert_eq!(weighed.notify(), &[50]);
+        assert_eq!(weighed.min_weight(), 2);
+        // AND a listed method heavier than the unlisted ones does not raise the minimum
+        let heavy_post = Plan::new("h", spec("weights = { POST = 5 }")).expect("valid");
+        assert_eq!(heavy_post.min_weight(), 1);
     }
 
     #[test]

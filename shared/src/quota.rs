@@ -106,6 +106,22 @@ impl Counter {
         }
     }
 
+    /// When this counter's period ends (the next one starts), UTC.
+    pub fn end(&self) -> Timestamp {
+        let next = match *self {
+            Counter::Day { y, m, d } => days_from_civil(i64::from(y), u32::from(m), u32::from(d)) + 1,
+            Counter::Month { y, m } => {
+                let (ny, nm) = if m == 12 {
+                    (i64::from(y) + 1, 1)
+                } else {
+                    (i64::from(y), u32::from(m) + 1)
+                };
+                days_from_civil(ny, nm, 1)
+            }
+        };
+        Timestamp::from_secs(next.max(0) as u64 * SECS_PER_DAY)
+    }
+
     pub fn period(&self) -> Period {
         match self {
             Counter::Day { .. } => Period::Day,
@@ -205,6 +221,18 @@ mod tests {
 
     // 2026-11-23T17:49:37Z
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
+
+    #[test]
+    fn a_counter_ends_when_its_period_does() {
+        // GIVEN the day and month counters of now, and of a 31 December
+        let eve = Counter::parse("d20261231").expect("counter");
+        // THEN each ends where `Period::end` says its period does, across the year too
+        assert_eq!(Period::Day.counter(NOW).end(), Period::Day.end(NOW));
+        assert_eq!(Period::Month.counter(NOW).end(), Period::Month.end(NOW));
+        assert_eq!(format_utc(eve.end().as_secs()), "2027-01-01T00:00:00Z");
+        let december = Counter::parse("m202612").expect("counter");
+        assert_eq!(format_utc(december.end().as_secs()), "2027-01-01T00:00:00Z");
+    }
 
     #[test]
     fn utc_times_format_as_rfc_3339() {

@@ -629,3 +629,140 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
         );
     }
 }
+
+fn alarms_function(t: &Value) -> &Value {
+    let functions = of_type(t, "AWS::Serverless::Function");
+    let (_, f) = functions
+        .iter()
+        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"] == "alarms")
+        .expect("a function built from the alarms binary");
+    f
+}
+
+/// The resource a statement names: `X.Arn` / `X.StreamArn` for `!GetAtt`, `X` for `!Ref`, or
+/// the literal.
+fn resource_name(v: &Value) -> String {
+    let (_, target) = untag(v);
+    target
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{target:?}"))
+}
+
+#[test]
+fn the_alarms_function_gets_its_variables_and_only_the_access_it_uses() {
+    // GIVEN the template's alarms function
+    let t = parse(TEMPLATE);
+    let f = alarms_function(&t);
+    assert_eq!(
+        f["Metadata"]["BuildMethod"], "rust-cargolambda",
+        "built by sam build like the others"
+    );
+    // THEN it sets exactly the variables the binary reads, each naming the stack's resource
+    let vars = f["Properties"]["Environment"]["Variables"]
+        .as_mapping()
+        .expect("environment");
+    let set: BTreeSet<&str> = vars.keys().filter_map(Value::as_str).collect();
+    assert_eq!(set, tollgate_alarms::variables());
+    assert_eq!(untag(&vars[tollgate::monitor::plan_alarms::TOPIC_VAR]).1, "AlarmTopic");
+    assert_eq!(untag(&vars["TOLLGATE_SHED_ALARM"]).1, "ShedAlarmName");
+    assert_eq!(untag(&vars[tollgate_alarms::STATE_TABLE]).1, "StateTable");
+    assert_eq!(untag(&vars[tollgate_alarms::POLICY_TABLE]).1, "PolicyTable");
+    assert_eq!(untag(&vars[tollgate::notify::TOPIC_VAR]).1, "NoticeTopic");
+    // AND it is granted exactly the actions the code calls, each on its one resource
+    let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut marker_condition = None;
+    let mut shed_condition = None;
+    for policy in f["Properties"]["Policies"].as_sequence().expect("inline policies") {
+        for st in policy["Statement"].as_sequence().expect("statements") {
+            assert_eq!(st["Effect"], "Allow");
+            let resource = resource_name(&st["Resource"]);
+            if resource == "StateTable.Arn" {
+                marker_condition = Some(st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"].clone());
+            }
+            let actions = strings(&st["Action"]);
+            if resource == "PolicyTable.Arn" && actions.iter().any(|a| a == "dynamodb:PutItem") {
+                shed_condition = Some(st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"].clone());
+            }
+            let key = if actions.iter().all(|a| a.starts_with("kms:")) {
+                "(the topic's key)".to_owned()
+            } else {
+                resource
+            };
+            granted.entry(key).or_default().extend(actions);
+        }
+    }
+    let set = |actions: &[&str]| actions.iter().map(|a| (*a).to_owned()).collect::<BTreeSet<_>>();
+    let want = BTreeMap::from([
+        ("StateTable.Arn".to_owned(), set(&tollgate::notify::MARKER_ACTIONS)),
+        (
+            "StateTable.StreamArn".to_owned(),
+            set(&tollgate::notify::STREAM_ACTIONS),
+        ),
+        // ListStreams and DescribeAlarms have no resource-level permission
+        (
+            "*".to_owned(),
+            set(&["dynamodb:ListStreams", "cloudwatch:DescribeAlarms"]),
+        ),
+        // plans (notices, plan alarms, the shed steps), and the shed level with its audit
+        (
+            "PolicyTable.Arn".to_owned(),
+            set(&["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:PutItem"]),
+        ),
+        (
+            "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${AWS::StackName}-plan-*"
+                .to_owned(),
+            set(&["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"]),
+        ),
+        ("NoticeTopic".to_owned(), set(&["sns:Publish"])),
+        ("NoticeFailureQueue.Arn".to_owned(), set(&["sqs:SendMessage"])),
+        (
+            "(the topic's key)".to_owned(),
+            set(&["kms:Decrypt", "kms:GenerateDataKey"]),
+        ),
+    ]);
+    assert_eq!(granted, want, "least privilege: exactly what the code calls");
+    // AND of the policy it writes only the shed level and audit records, never a plan or key
+    assert_eq!(
+        shed_condition,
+        Some(parse(&format!("[\"{}\", \"audit#*\"]", tollgate::shed::SHED_PK))),
+        "the shed level's writes are limited to its own item and the audit trail"
+    );
+    // AND on the state table only the notice markers' keys, never a tenant's item
+    let prefix = format!("{}*", tollgate::notify::marker::PREFIX);
+    assert_eq!(marker_condition, Some(Value::Sequence(vec![Value::from(prefix)])));
+}
+
+#[test]
+fn the_state_tables_stream_feeds_the_alarms_function_with_partial_batch_failures() {
+    let t = parse(TEMPLATE);
+    // THEN the state table streams both images of every change
+    let spec = &t["Resources"]["StateTable"]["Properties"]["StreamSpecification"];
+    assert_eq!(spec["StreamViewType"], "NEW_AND_OLD_IMAGES");
+    // AND one event source mapping hands its records to the alarms function, which reports the
+    // record to resume from, splits a failing batch, and gives up to a queue
+    let mappings = of_type(&t, "AWS::Lambda::EventSourceMapping");
+    let (_, m) = mappings
+        .iter()
+        .find(|(_, m)| resource_name(&m["Properties"]["EventSourceArn"]) == "StateTable.StreamArn")
+        .expect("a mapping on the state table's stream");
+    let p = &m["Properties"];
+    assert_eq!(untag(&p["FunctionName"]).1, "AlarmsFunction");
+    assert_eq!(
+        strings(&p["FunctionResponseTypes"]),
+        vec!["ReportBatchItemFailures".to_owned()]
+    );
+    assert_eq!(p["BisectBatchOnFunctionError"], true);
+    assert!(p["BatchSize"].as_u64().is_some_and(|n| (1..=1000).contains(&n)));
+    assert!(
+        p["MaximumRecordAgeInSeconds"].as_i64().is_some(),
+        "records are not retried for ever"
+    );
+    assert_eq!(
+        resource_name(&p["DestinationConfig"]["OnFailure"]["Destination"]),
+        "NoticeFailureQueue.Arn"
+    );
+    // AND notices have a topic of their own, apart from the operators' alarm topic
+    assert_eq!(t["Resources"]["NoticeTopic"]["Type"], "AWS::SNS::Topic");
+    assert_eq!(untag(&t["Outputs"]["NoticeTopicArn"]["Value"]).1, "NoticeTopic");
+}

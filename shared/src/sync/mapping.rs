@@ -20,8 +20,10 @@ const TAG_PRIORITY: &str = "tollgate:priority";
 const TAG_WEIGHTS: &str = "tollgate:weights";
 const TAG_FAIL_MODE: &str = "tollgate:fail_mode";
 const TAG_SHADOW: &str = "tollgate:shadow";
+/// Quota-notice thresholds in percent (`80,100`), or `none`.
+const TAG_NOTIFY: &str = "tollgate:notify";
 /// Every `tollgate:*` tag sync reads; any other is reported (a typo must not pass silently).
-pub const TAGS: [&str; 7] = [
+pub const TAGS: [&str; 8] = [
     TAG_PLAN,
     TAG_DAILY,
     TAG_MONTHLY,
@@ -29,6 +31,7 @@ pub const TAGS: [&str; 7] = [
     TAG_WEIGHTS,
     TAG_FAIL_MODE,
     TAG_SHADOW,
+    TAG_NOTIFY,
 ];
 
 /// Something in API Gateway that Tollgate does not enforce as written, and why.
@@ -259,6 +262,9 @@ pub fn plan_spec(plan: &UsagePlan) -> Result<PlanSpec, String> {
             _ => return Err(format!("tag `{TAG_SHADOW}` = {v:?} is not `true` or `false`")),
         };
     }
+    if let Some(v) = tag(TAG_NOTIFY) {
+        spec.notify = Some(parse_notify(v).map_err(|e| format!("tag `{TAG_NOTIFY}` = {v:?}: {e}"))?);
+    }
     // Per-method throttles of every stage; the same route must carry the same numbers everywhere.
     let mut routes: BTreeMap<&str, (f64, i32)> = BTreeMap::new();
     for stage in &plan.stages {
@@ -298,6 +304,20 @@ pub fn parse_weights(s: &str) -> Result<BTreeMap<String, u32>, String> {
     Ok(out)
 }
 
+/// `80,100` (commas or spaces between percentages), or `none` for no notices.
+pub fn parse_notify(s: &str) -> Result<Vec<u8>, String> {
+    if s.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    s.split([' ', ','])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse()
+                .map_err(|_| format!("`{p}` is not a percentage from 1 to 100"))
+        })
+        .collect()
+}
+
 /// The usage-plan tags that carry what a usage plan cannot say, for a plan written as a spec:
 /// the inverse of `plan_spec` for everything but the throttle, the quota and per-method throttles.
 pub fn tags_for(name: &str, spec: &PlanSpec, own_quota: Option<QuotaPeriod>) -> BTreeMap<String, String> {
@@ -322,6 +342,11 @@ pub fn tags_for(name: &str, spec: &PlanSpec, own_quota: Option<QuotaPeriod>) -> 
     };
     tags.insert(TAG_FAIL_MODE.to_owned(), mode.to_owned());
     tags.insert(TAG_SHADOW.to_owned(), spec.shadow.to_string());
+    if let Some(thresholds) = &spec.notify {
+        let t: Vec<String> = thresholds.iter().map(u8::to_string).collect();
+        let value = if t.is_empty() { "none".to_owned() } else { t.join(",") };
+        tags.insert(TAG_NOTIFY.to_owned(), value);
+    }
     tags
 }
 
@@ -471,6 +496,29 @@ mod tests {
         assert!(d.held.contains(&tenant_pk("acme")));
         assert!(d.held.contains(&tenant_pk("blind")));
         assert!(d.held_key_ids.contains("k2"));
+    }
+
+    #[test]
+    fn the_notify_tag_sets_the_thresholds_and_round_trips() {
+        // GIVEN a usage plan tagged with its notice thresholds, and one that turns them off
+        let mut p = plan("p1", "basic");
+        p.tags.insert(TAG_NOTIFY.into(), "50, 90,100".into());
+        let mut off = plan("p2", "quiet");
+        off.tags.insert(TAG_NOTIFY.into(), "none".into());
+        let mut bad = plan("p3", "bad");
+        bad.tags.insert(TAG_NOTIFY.into(), "80,120".into());
+        // WHEN mapped
+        let spec = plan_spec(&p).expect("valid");
+        // THEN the plan carries them, the tag written back for it says the same, and a
+        // threshold past 100 is reported with the tag's name
+        assert_eq!(spec.notify, Some(vec![50, 90, 100]));
+        assert_eq!(tags_for("basic", &spec, None)[TAG_NOTIFY], "50,90,100");
+        assert_eq!(plan_spec(&off).expect("valid").notify, Some(vec![]));
+        let e = plan_spec(&bad).expect_err("101+ refused");
+        assert!(e.contains("notify[1]") && e.contains("120"), "{e}");
+        // AND a plan without the tag keeps the defaults, and no tag is written for it
+        assert_eq!(plan_spec(&plan("p4", "plain")).expect("valid").notify, None);
+        assert!(!tags_for("plain", &PlanSpec::unlimited(), None).contains_key(TAG_NOTIFY));
     }
 
     #[test]

@@ -208,6 +208,11 @@ fn fields(have: &PlanSpec, want: &PlanSpec) -> Vec<FieldChange> {
             .collect();
         if r.is_empty() { "none".to_owned() } else { r.join(", ") }
     };
+    let notify = |s: &PlanSpec| match &s.notify {
+        None => "default".to_owned(),
+        Some(t) if t.is_empty() => "none".to_owned(),
+        Some(t) => t.iter().map(u8::to_string).collect::<Vec<_>>().join(","),
+    };
     let all = [
         ("rate", opt(have.rate), opt(want.rate)),
         ("burst", opt(have.burst), opt(want.burst)),
@@ -222,6 +227,7 @@ fn fields(have: &PlanSpec, want: &PlanSpec) -> Vec<FieldChange> {
             format!("{:?}", want.fail_mode).to_lowercase(),
         ),
         ("shadow", have.shadow.to_string(), want.shadow.to_string()),
+        ("notify", notify(have), notify(want)),
     ];
     all.into_iter()
         .filter(|(_, from, to)| from != to)

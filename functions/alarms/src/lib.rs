@@ -1,0 +1,231 @@
+//! The alarms Lambda: the event it was invoked with, translated for the library.
+//!
+//! - A DynamoDB stream batch of the state table: quota notices (`tollgate::notify`), with
+//!   partial batch failures (`ReportBatchItemFailures`).
+//! - A scheduled event (EventBridge `Scheduled Event`): `main` runs the shed controller
+//!   (`tollgate::shed`) and the per-plan alarm sync (`tollgate::monitor`).
+
+use aws_lambda_events::dynamodb::{Event, EventRecord};
+use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use serde_dynamo::AttributeValue;
+use serde_json::Value;
+use tollgate::clock::Timestamp;
+use tollgate::notify::{self, Change, Notifier};
+
+/// The state table: its stream feeds the function, and the notice markers live in it.
+pub const STATE_TABLE: &str = "TOLLGATE_STATE_TABLE";
+/// The policy table: tenants' plans.
+pub const POLICY_TABLE: &str = "TOLLGATE_POLICY_TABLE";
+/// Every variable the function reads: its own, the plan alarms' and the shed controller's.
+pub fn variables() -> std::collections::BTreeSet<&'static str> {
+    [STATE_TABLE, POLICY_TABLE, notify::TOPIC_VAR, "TOLLGATE_LOG"]
+        .into_iter()
+        .chain(tollgate::monitor::plan_alarms::VARIABLES.iter().copied())
+        .chain(tollgate::shed::controller::VARIABLES.iter().copied())
+        .collect()
+}
+
+/// What the function was invoked for.
+#[derive(Debug)]
+pub enum Trigger {
+    /// Records of the state table's stream.
+    Stream(Event),
+    /// An EventBridge schedule; the payload as received.
+    Scheduled(Value),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlarmsError {
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+}
+
+/// Reads the event's kind: `Records` from `aws:dynamodb` is a stream batch, `detail-type`
+/// `Scheduled Event` a schedule; anything else is an error.
+pub fn trigger(payload: Value) -> Result<Trigger, AlarmsError> {
+    if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
+        return Ok(Trigger::Scheduled(payload));
+    }
+    let from_dynamodb = payload
+        .pointer("/Records/0/eventSource")
+        .and_then(Value::as_str)
+        .is_none_or(|s| s == "aws:dynamodb");
+    if payload.get("Records").is_some_and(Value::is_array) && from_dynamodb {
+        return serde_json::from_value(payload)
+            .map(Trigger::Stream)
+            .map_err(|e| AlarmsError::InvalidEvent(format!("DynamoDB stream batch: {e}")));
+    }
+    Err(AlarmsError::InvalidEvent(
+        "neither a DynamoDB stream batch (Records) nor a Scheduled Event (detail-type)".into(),
+    ))
+}
+
+/// The tenant-item changes of a batch, in order. Records that are not a tenant's item written
+/// (notice markers, removals by TTL) are left out; a malformed tenant record is logged and left
+/// out too: it would not parse any better when redelivered.
+pub fn changes(event: &Event) -> Vec<Change> {
+    event
+        .records
+        .iter()
+        .filter_map(|r| match change(r) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(event_id = %r.event_id, error = %e, "stream record skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+fn change(record: &EventRecord) -> Result<Option<Change>, String> {
+    if !matches!(record.event_name.as_str(), "INSERT" | "MODIFY") {
+        return Ok(None);
+    }
+    let Some(AttributeValue::S(tenant)) = record.change.keys.get("pk") else {
+        return Err("the record's keys have no string `pk`".into());
+    };
+    if !notify::is_tenant_key(tenant) {
+        return Ok(None);
+    }
+    let id = record
+        .change
+        .sequence_number
+        .clone()
+        .ok_or("the record has no SequenceNumber")?;
+    let secs = record.change.approximate_creation_date_time.timestamp();
+    Ok(Some(Change {
+        id,
+        tenant: tenant.clone(),
+        old: counters(&record.change.old_image)?,
+        new: counters(&record.change.new_image)?,
+        at: (secs > 0).then(|| Timestamp::from_secs(secs as u64)),
+    }))
+}
+
+fn counters(image: &serde_dynamo::Item) -> Result<Vec<(tollgate::quota::Counter, u64)>, String> {
+    let mut out = Vec::new();
+    for (name, value) in image.iter() {
+        let number = match value {
+            AttributeValue::N(n) => Some(n.as_str()),
+            _ => None,
+        };
+        out.extend(notify::counter(name, number)?);
+    }
+    Ok(out)
+}
+
+/// Handles a stream batch: notices for every threshold crossed, and the record to resume from
+/// when one failed (Lambda redelivers it and every record after it).
+pub async fn handle_stream(notifier: &Notifier, event: &Event, lease: Timestamp) -> DynamoDbEventResponse {
+    let changes = changes(event);
+    let outcome = notifier.process(&changes, lease).await;
+    tracing::info!(
+        records = event.records.len(),
+        changes = changes.len(),
+        sent = outcome.sent.len(),
+        already_sent = outcome.already_sent,
+        skipped = outcome.skipped,
+        "batch done"
+    );
+    let mut response = DynamoDbEventResponse::default();
+    if let Some((id, error)) = outcome.failed {
+        tracing::warn!(record = %id, error = %error, "batch stopped: redelivered from this record");
+        let mut failure = DynamoDbBatchItemFailure::default();
+        failure.item_identifier = Some(id);
+        response.batch_item_failures.push(failure);
+    }
+    response
+}
+
+/// How long after the invocation's deadline a claim stays its own: the deadline is when Lambda
+/// stops it, and the margin covers the clocks of two containers.
+pub const LEASE_MARGIN_MS: u64 = 5_000;
+
+/// The lease of this invocation's claims, from its deadline (ms since the epoch).
+pub fn lease(deadline_ms: u64) -> Timestamp {
+    Timestamp::from_nanos(deadline_ms.saturating_add(LEASE_MARGIN_MS).saturating_mul(1_000_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(name: &str, pk: &str, old: Value, new: Value) -> Value {
+        json!({
+            "eventID": "1",
+            "eventName": name,
+            "eventSource": "aws:dynamodb",
+            "awsRegion": "us-east-1",
+            "dynamodb": {
+                "ApproximateCreationDateTime": 1_795_456_177.0,
+                "Keys": { "pk": { "S": pk } },
+                "OldImage": old,
+                "NewImage": new,
+                "SequenceNumber": format!("seq-{pk}"),
+                "SizeBytes": 100,
+                "StreamViewType": "NEW_AND_OLD_IMAGES"
+            }
+        })
+    }
+
+    fn stream(records: Vec<Value>) -> Event {
+        match trigger(json!({ "Records": records })) {
+            Ok(Trigger::Stream(e)) => e,
+            other => panic!("not a stream batch: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tenant_items_change_becomes_its_counters_before_and_after() {
+        // GIVEN a MODIFY record of a tenant's item
+        let event = stream(vec![record(
+            "MODIFY",
+            "acme",
+            json!({ "pk": { "S": "acme" }, "d20261123": { "N": "39" }, "tat": { "N": "5" } }),
+            json!({ "pk": { "S": "acme" }, "d20261123": { "N": "40" }, "m202611": { "N": "40" } }),
+        )]);
+        // WHEN read
+        let changes = changes(&event);
+        // THEN only the counters are kept, with the record's sequence number and time
+        assert_eq!(changes.len(), 1);
+        let c = &changes[0];
+        assert_eq!((c.id.as_str(), c.tenant.as_str()), ("seq-acme", "acme"));
+        assert_eq!(c.old.len(), 1);
+        assert_eq!(c.new.len(), 2);
+        assert_eq!(c.at, Some(Timestamp::from_secs(1_795_456_177)));
+    }
+
+    #[test]
+    fn markers_removals_and_malformed_records_are_left_out() {
+        // GIVEN a notice marker's insert, a removal by TTL, and a tenant item whose counter is
+        // not a number
+        let event = stream(vec![
+            record(
+                "INSERT",
+                "notice acme d20261123 80",
+                json!({}),
+                json!({ "state": { "S": "pending" } }),
+            ),
+            record("REMOVE", "acme", json!({ "d20261123": { "N": "1" } }), json!({})),
+            record("MODIFY", "broken", json!({}), json!({ "d20261123": { "S": "many" } })),
+        ]);
+        // WHEN read
+        // THEN none of them is a change to notify about, and reading them did not fail
+        assert!(changes(&event).is_empty());
+    }
+
+    #[test]
+    fn events_are_dispatched_on_their_kind() {
+        // GIVEN a schedule's event, a stream batch from another source, and something else
+        let scheduled = json!({ "detail-type": "Scheduled Event", "source": "aws.scheduler" });
+        let kinesis = json!({ "Records": [{ "eventSource": "aws:kinesis" }] });
+        // THEN the schedule is recognised, and the others are invalid events, not a panic
+        assert!(matches!(trigger(scheduled), Ok(Trigger::Scheduled(_))));
+        assert!(matches!(trigger(kinesis), Err(AlarmsError::InvalidEvent(_))));
+        assert!(matches!(
+            trigger(json!({ "hello": 1 })),
+            Err(AlarmsError::InvalidEvent(_))
+        ));
+    }
+}

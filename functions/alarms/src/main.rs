@@ -1,0 +1,79 @@
+//! The alarms Lambda: builds its clients once, then dispatches each invocation on its event.
+//! A state-table stream batch sends quota notices; the one-minute schedule steps the shed level
+//! and keeps the per-plan alarms in step with the plans.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::{Value, json};
+use tollgate::aws::{admin_client, cloudwatch_client, notice_client, policy_client};
+use tollgate::clock::{Clock, SystemClock};
+use tollgate::directory::DynamoDirectory;
+use tollgate::monitor::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
+use tollgate::notify::{Markers, Notifier, SnsPublisher, TOPIC_VAR};
+use tollgate::shed::controller::{Config as ShedConfig, Controller};
+use tollgate::shed::table::ShedTable;
+use tollgate::sync::table::PolicyTable;
+use tollgate_alarms::{POLICY_TABLE, STATE_TABLE, Trigger};
+
+fn var(name: &str) -> Result<String, Error> {
+    std::env::var(name).map_err(|_| format!("{name} is not set").into())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_ansi(false)
+        .without_time()
+        .with_current_span(false)
+        .init();
+    let (state, policy, topic) = (var(STATE_TABLE)?, var(POLICY_TABLE)?, var(TOPIC_VAR)?);
+    // Settings are checked before the first event: a wrong variable fails the deployment's
+    // first invocation with the variable's name, not a scheduled run hours later.
+    let env = |k: &str| std::env::var(k).ok();
+    let alarm_settings = AlarmSettings::from_lookup(env)?;
+    let shed_config = ShedConfig::from_env(env)?;
+    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let cloudwatch = CloudWatchAlarms::new(cloudwatch_client(&sdk));
+    let plans = PolicyTable::new(admin_client(&sdk), &policy);
+    let shed = Controller::new(
+        ShedTable::new(admin_client(&sdk), &policy),
+        cloudwatch.clone(),
+        shed_config,
+    );
+    let clock = SystemClock::new();
+    let notifier = Notifier::new(
+        Arc::new(DynamoDirectory::new(
+            policy_client(&sdk, Duration::from_secs(2)),
+            policy,
+        )),
+        Markers::new(admin_client(&sdk), state),
+        Arc::new(SnsPublisher::new(notice_client(&sdk), topic)),
+        Arc::new(SystemClock::new()),
+    );
+    let (notifier, cloudwatch, plans, shed, alarm_settings, clock) =
+        (&notifier, &cloudwatch, &plans, &shed, &alarm_settings, &clock);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let lease = tollgate_alarms::lease(event.context.deadline);
+        match tollgate_alarms::trigger(event.payload)? {
+            Trigger::Stream(batch) => Ok::<_, Error>(serde_json::to_value(
+                tollgate_alarms::handle_stream(notifier, &batch, lease).await,
+            )?),
+            // Both jobs run each minute, each whatever the other's outcome; either failing fails
+            // the invocation, so Lambda's `Errors` (and the alarm on it) see it.
+            Trigger::Scheduled(_) => {
+                let shed = shed.run(clock.now()).await;
+                let alarms = sync_plan_alarms(cloudwatch, plans, alarm_settings).await;
+                tracing::info!(shed = ?shed, plan_alarms = ?alarms, "scheduled jobs ran");
+                let report =
+                    json!({ "shed": serde_json::to_value(shed?)?, "plan_alarms": serde_json::to_value(alarms?)? });
+                Ok(report)
+            }
+        }
+    }))
+    .await
+}
