@@ -41,7 +41,8 @@ enum Command {
     /// what it created, changed and revoked, and how many table writes it made.
     Sync(PlanSync),
     /// Policy as code: `diff` a policy file against the live usage plans, keys and policy table
-    /// (exit 4 on drift); `history` of every recorded change.
+    /// (exit 4 on drift); `apply` it all or nothing; `history` of every recorded change;
+    /// `rollback` a change.
     Policy(Policy),
 }
 
