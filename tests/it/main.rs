@@ -2,6 +2,7 @@
 //! `infra/test` (its address in `TOLLGATE_TEST_AWS_ENDPOINT`) through the real AWS SDK, and fail
 //! loudly when it is missing.
 
+mod apply;
 mod authorizer;
 mod conformance;
 mod directory;
