@@ -255,7 +255,15 @@ async fn diff_apply_rollback_round_trip() {
     let gateway1 = w.gateway().await;
     assert_eq!(gateway1["free"].0, Some((20.0, 20)));
     assert_eq!(gateway1["gold"].3, vec![key.clone()]);
-    assert_eq!(gateway1["gold"].2["tollgate:monthly_quota"], "2000");
+    // AND gold is guarded: the exact numbers in tags, its own throttle and quota twice them, so
+    // API Gateway refuses nothing Tollgate admitted (free, written by hand, keeps its own numbers)
+    let (throttle, quota, tags, _) = &gateway1["gold"];
+    assert_eq!((throttle, quota), (&Some((10.0, 10)), &Some((200, "DAY".into(), 0))));
+    let exact: Vec<&str> = ["rate", "burst", "daily_quota", "monthly_quota"]
+        .iter()
+        .map(|t| tags[&format!("tollgate:{t}")].as_str())
+        .collect();
+    assert_eq!(exact, ["5", "5", "100", "2000"]);
     // AND the gate's next decision uses gold: 5 at once, then 200 ms to wait
     assert_eq!(w.burst("tg_live_round").await, (5, Duration::from_millis(200)));
     let id = report.change_id.expect("recorded");

@@ -276,23 +276,36 @@ impl ApplyReport {
 /// A usage plan's throttle, quota (limit, period) and `tollgate:*` tags.
 type UsageFields = (Option<Throttle>, Option<(i32, QuotaPeriod)>, BTreeMap<String, String>);
 
-/// The usage-plan fields and tags that say `spec`: Tollgate's numbers in the plan's own throttle
-/// and quota (the first of DAY, MONTH), the rest in `tollgate:*` tags.
-fn usage_fields(name: &str, spec: &PlanSpec) -> Result<UsageFields, ApplyError> {
+/// The usage-plan fields and tags that say `spec`. A guarded plan (`mapping::is_guarded`; every
+/// plan apply creates) keeps the exact numbers in tags and its own throttle and quota at the
+/// guard above them; a plan without those tags keeps them in its own throttle and quota (the
+/// first of DAY, MONTH), the rest in tags.
+fn usage_fields(name: &str, spec: &PlanSpec, guarded: bool) -> Result<UsageFields, ApplyError> {
     let invalid = |field: &str, reason: String| ApplyError::Invalid {
         subject: format!("plan `{name}`"),
         field: field.to_owned(),
         reason,
     };
+    let wide = |n: f64| if guarded { mapping::guard(n) } else { n };
     let throttle = match (spec.rate, spec.burst) {
-        (Some(rate), Some(burst)) => Some(Throttle {
-            rate,
-            burst: i32::try_from(burst)
-                .map_err(|_| invalid("burst", format!("{burst} is above API Gateway's burstLimit range")))?,
-        }),
+        (Some(rate), Some(burst)) => {
+            let burst = wide(f64::from(burst));
+            if burst > f64::from(i32::MAX) {
+                return Err(invalid(
+                    "burst",
+                    format!("{burst} is above API Gateway's burstLimit range"),
+                ));
+            }
+            Some(Throttle {
+                rate: wide(rate),
+                burst: burst as i32,
+            })
+        }
         _ => None,
     };
     let own = |q: Option<i64>, field: &str, period: QuotaPeriod| match q.filter(|q| *q >= 0) {
+        // A guard is capped at API Gateway's largest quota; the exact number is in a tag.
+        Some(q) if guarded => Ok(Some((wide(q as f64) as i32, period))),
         Some(q) => i32::try_from(q)
             .map(|q| Some((q, period)))
             .map_err(|_| invalid(field, format!("{q} is above API Gateway's quota limit ({})", i32::MAX))),
@@ -302,7 +315,11 @@ fn usage_fields(name: &str, spec: &PlanSpec) -> Result<UsageFields, ApplyError> 
         Some(q) => Some(q),
         None => own(spec.monthly_quota, "monthly_quota", QuotaPeriod::Month)?,
     };
-    let mut tags = mapping::tags_for(name, spec, quota.as_ref().map(|(_, p)| p.clone()));
+    let mut tags = if guarded {
+        mapping::guarded_tags_for(name, spec)
+    } else {
+        mapping::tags_for(name, spec, quota.as_ref().map(|(_, p)| p.clone()))
+    };
     // The tag only renames; a usage plan named as the plan needs none.
     tags.remove(TAG_PLAN);
     Ok((throttle, quota, tags))
@@ -397,7 +414,11 @@ pub fn plan_apply(
     let mut ids: BTreeMap<&str, Option<&str>> = BTreeMap::new();
     for (name, plan) in &file.plans {
         let spec = plan.spec();
-        let (throttle, quota, tags) = usage_fields(name, spec)?;
+        let live = match by_name.get(name.as_str()).map(Vec::as_slice) {
+            Some([live]) => Some(*live),
+            _ => None,
+        };
+        let (throttle, quota, tags) = usage_fields(name, spec, live.is_none_or(mapping::is_guarded))?;
         let invalid = |field: &str, reason: String| ApplyError::Invalid {
             subject: format!("plan `{name}`"),
             field: field.to_owned(),
@@ -915,6 +936,18 @@ mod tests {
             ]
         );
         assert_eq!(cp.absent_plans, ["gold"]);
+        // AND gold is guarded: its own throttle twice the tagged exact numbers
+        let Step::CreatePlan(gold) = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(gold.throttle, Some(Throttle { rate: 20.0, burst: 40 }));
+        assert_eq!(
+            (
+                gold.tags["tollgate:rate"].as_str(),
+                gold.tags["tollgate:burst"].as_str()
+            ),
+            ("10", "20")
+        );
         assert_eq!(cp.keys["k1"], ["p1"]);
         // AND restoring from the state the steps reach gives the inverse calls
         let mut after = live("p1", "free", 2.0, &[]);
