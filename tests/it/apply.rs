@@ -10,12 +10,13 @@ use std::time::Duration;
 use aws_sdk_apigateway::types::{QuotaPeriodType, QuotaSettings, ThrottleSettings};
 use tollgate::audit::{Outcome, Source};
 use tollgate::aws::{admin_client, control_client};
-use tollgate::clock::{ManualClock, Timestamp};
+use tollgate::clock::{Clock, ManualClock, Timestamp};
 use tollgate::directory::DynamoDirectory;
 use tollgate::policy_file::PolicyFile;
 use tollgate::sync::apigateway::{ApiGateway, Backoff, ControlPlane};
 use tollgate::sync::apply::{self, ApplyError, ApplyReport, Context};
 use tollgate::sync::table::{PolicyTable, Record};
+use tollgate::sync::watch::{self, WatchConfig, Watched};
 use tollgate::sync::{self, mapping};
 
 use crate::emulator;
@@ -429,4 +430,70 @@ async fn applying_the_same_file_twice_changes_nothing_the_second_time() {
     assert_eq!(w.control.calls() - calls, 2 * (1 + 2 + 1));
     assert_eq!(w.gateway().await, gateway);
     assert_eq!(w.table.audit_log().history().await.expect("history").len(), history);
+}
+
+/// The authorizer's metrics as `--watch` reads them, scripted: the emulator cannot decode the
+/// CloudWatch SDK's requests (rpc-v2-cbor: its path answers 404), so this one reading is
+/// hand-written; API Gateway and the table stay the emulator's.
+#[derive(Debug)]
+struct Scripted {
+    decisions: f64,
+    fail_closed: f64,
+}
+
+#[async_trait::async_trait]
+impl watch::Metrics for Scripted {
+    async fn sum(&self, name: &str, _start: u64, _end: u64) -> Result<f64, watch::MetricsError> {
+        Ok(match name {
+            "Decisions" => self.decisions,
+            "FailClosed" => self.fail_closed,
+            _ => 0.0,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_watched_apply_rolls_back_past_the_threshold_and_stays_under_it() {
+    // GIVEN free at 10/s with acme's key, synced
+    let w = World::new("eu-central-2").await;
+    let free = w.plan("free", 10.0, 20, 50_000).await;
+    w.key("acme", "tg_live_watched", &free).await;
+    w.sync().await;
+    let gateway0 = w.gateway().await;
+    let config = |threshold| WatchConfig {
+        duration: Duration::from_millis(30),
+        interval: Duration::from_millis(10),
+        threshold,
+        min_decisions: 20.0,
+    };
+
+    // WHEN AFTER is applied and the authorizer then fails 30 of 100 decisions, threshold 0.1
+    let since = w.clock.now().as_secs();
+    let id = w.apply(AFTER).await.expect("apply").change_id.expect("recorded");
+    let failing = Scripted {
+        decisions: 100.0,
+        fail_closed: 30.0,
+    };
+    let watched = watch::watch(&w.cx(), &failing, &id, since, config(0.1))
+        .await
+        .expect("watch");
+
+    // THEN the change is rolled back: API Gateway as before, the rollback in the trail
+    assert!(matches!(watched, Watched::RolledBack { .. }), "{watched:?}");
+    assert_eq!(w.gateway().await, gateway0);
+    let history = w.table.audit_log().history().await.expect("history");
+    assert_eq!(history[0].source, "rollback");
+
+    // WHEN applied again and only 5 of 100 fail THEN the change stays
+    w.clock.advance(Duration::from_secs(60));
+    let id = w.apply(AFTER).await.expect("apply").change_id.expect("recorded");
+    let healthy = Scripted {
+        decisions: 100.0,
+        fail_closed: 5.0,
+    };
+    let watched = watch::watch(&w.cx(), &healthy, &id, since, config(0.1))
+        .await
+        .expect("watch");
+    assert!(matches!(watched, Watched::Kept { .. }), "{watched:?}");
+    assert_eq!(w.gateway().await["gold"].3.len(), 1);
 }

@@ -14,6 +14,7 @@ use tollgate::sync::apigateway::{ApiGateway, Backoff, ControlPlane};
 use tollgate::sync::apply::{self, ApplyError, ApplyReport, Context};
 use tollgate::sync::policy_diff;
 use tollgate::sync::table::PolicyTable;
+use tollgate::sync::watch::{self, CloudWatchMetrics, WatchConfig, Watched};
 
 use super::read_policy;
 use crate::aws_args::AwsArgs;
@@ -82,6 +83,21 @@ pub struct Apply {
     /// refuse to apply (exit 3) if it finds over-admission.
     #[arg(long)]
     pub verify: bool,
+    /// After applying, watch the authorizer's metrics for this many seconds and roll the change
+    /// back (exit 6) when the share of failed decisions passes --rollback-threshold. CloudWatch
+    /// shows EMF metrics a minute or more late: watch at least 180 s.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<u64>,
+    /// The share of decisions that may fail (FailOpen + FailClosed + Errors over Decisions)
+    /// while watching, from 0 to 1.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.05, requires = "watch")]
+    pub rollback_threshold: f64,
+    /// Fewer decisions than this in the window neither keep nor roll back the change early.
+    #[arg(long, default_value_t = 20.0, requires = "watch")]
+    pub min_decisions: f64,
+    /// The authorizer's metrics namespace (its TOLLGATE_METRICS_NAMESPACE).
+    #[arg(long, default_value = "Tollgate")]
+    pub metrics_namespace: String,
     /// Who is applying, for the audit trail (default: $USER).
     #[arg(long)]
     pub actor: Option<String>,
@@ -171,6 +187,12 @@ fn actor(given: Option<String>) -> Option<String> {
 impl Apply {
     pub async fn run(self) -> Result<ExitCode, String> {
         let file = read_policy(Some(&self.file))?;
+        if !(0.0..=1.0).contains(&self.rollback_threshold) {
+            return Err(format!(
+                "--rollback-threshold {} must be a ratio from 0 to 1",
+                self.rollback_threshold
+            ));
+        }
         if self.verify && !verify(&file).await? {
             eprintln!("error: the simulator found over-admission under the new plans; nothing was changed");
             return Ok(ExitCode::from(EXIT_OVER_ADMISSION));
@@ -185,7 +207,51 @@ impl Apply {
             clock: &SystemClock::new(),
             actor: actor.as_deref(),
         };
-        finish(self.live.json, apply::apply(&cx, &file).await)
+        let since = cx.clock.now().as_secs();
+        let result = apply::apply(&cx, &file).await;
+        let (Some(seconds), Ok(report)) = (self.watch, &result) else {
+            return finish(self.live.json, result);
+        };
+        let Some(change_id) = report.change_id.clone() else {
+            return finish(self.live.json, result);
+        };
+        finish(self.live.json, result)?;
+        let metrics = CloudWatchMetrics::new(aws_sdk_cloudwatch::Client::new(&sdk), &self.metrics_namespace);
+        let config = WatchConfig {
+            duration: std::time::Duration::from_secs(seconds),
+            interval: std::time::Duration::from_secs(30.min(seconds.max(1))),
+            threshold: self.rollback_threshold,
+            min_decisions: self.min_decisions,
+        };
+        eprintln!(
+            "watching the authorizer's metrics for {seconds} s (threshold {})",
+            config.threshold
+        );
+        let watched = watch::watch(&cx, &metrics, &change_id, since, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.live.json {
+            println!("{}", serde_json::to_string(&watched).map_err(|e| e.to_string())?);
+        }
+        Ok(match watched {
+            Watched::Kept { health } => {
+                eprintln!(
+                    "kept: {:.3} of {} decisions failed (threshold {})",
+                    health.ratio, health.decisions, self.rollback_threshold
+                );
+                ExitCode::SUCCESS
+            }
+            Watched::RolledBack { health, rollback } => {
+                eprintln!(
+                    "rolled back: {:.3} of {} decisions failed (threshold {})",
+                    health.ratio, health.decisions, self.rollback_threshold
+                );
+                if !self.live.json {
+                    print!("{}", rollback.table());
+                }
+                ExitCode::from(EXIT_ROLLED_BACK)
+            }
+        })
     }
 }
 

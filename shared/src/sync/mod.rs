@@ -17,6 +17,7 @@ pub mod mapping;
 pub mod model;
 pub mod policy_diff;
 pub mod table;
+pub mod watch;
 
 use std::time::Duration;
 
