@@ -805,12 +805,21 @@ async fn change(
     let undone = match restored {
         Ok(undone) => undone,
         Err(restore_error) => {
+            // Recorded with its checkpoint, so that `rollback` can finish what the restore could not.
+            let outcome = Outcome::Incomplete {
+                failed_at: failed_at.clone(),
+                error: error.clone(),
+                restore_error: restore_error.clone(),
+            };
+            let summary = format!("{summary}: failed at {failed_at}, and the restore failed: incomplete");
+            let record = new_record(cx, source, summary, Vec::new(), &checkpoint, outcome, as_of, generation);
+            let change_id = cx.table.audit_log().record(&record).await.ok().map(|_| record.id);
             return Err(ApplyError::RestoreFailed {
                 failed_at,
                 error,
                 done,
                 restore_error,
-                change_id: None,
+                change_id,
             });
         }
     };
