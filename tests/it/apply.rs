@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_apigateway::types::{QuotaPeriodType, QuotaSettings, ThrottleSettings};
 use tollgate::audit::{Outcome, Source};
-use tollgate::aws::{admin_client, control_client};
+use tollgate::aws::{admin_client, control_client, state_client};
 use tollgate::clock::{Clock, ManualClock, Timestamp};
 use tollgate::directory::DynamoDirectory;
 use tollgate::policy_file::PolicyFile;
@@ -37,9 +37,19 @@ struct World {
 
 impl World {
     async fn new(region: &'static str) -> World {
+        World::build(region, false).await
+    }
+
+    /// With `table_via_proxy`, the policy table is reached through the fault proxy too, by a
+    /// client without the SDK's retries (so that one injected fault is one failed call).
+    async fn build(region: &'static str, table_via_proxy: bool) -> World {
         let proxy = FaultProxy::start(&emulator::endpoint()).await;
         let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
-        let dynamodb = admin_client(&sdk);
+        let dynamodb = if table_via_proxy {
+            state_client(&emulator::sdk_config_in(&proxy.endpoint(), region), emulator::PATIENT)
+        } else {
+            admin_client(&sdk)
+        };
         let name = emulator::unique("policy");
         tollgate::directory::dynamodb::create_policy_table(&dynamodb, &name)
             .await
@@ -194,6 +204,16 @@ impl World {
         .expect("diff");
         let _ = std::fs::remove_dir_all(&dir);
         code
+    }
+
+    /// The plan a raw key resolves to in the table, as a fresh authorizer would see it.
+    async fn resolve_plan(&self, raw: &str) -> Option<String> {
+        use tollgate::directory::Directory;
+        self.directory
+            .resolve(&tollgate::identity::ApiKeyHash::of(&secret(raw)))
+            .await
+            .expect("directory")
+            .map(|r| r.plan.name().to_owned())
     }
 
     /// How many requests a fresh gate reading the table admits at once for `raw`, and the wait
@@ -370,6 +390,52 @@ async fn an_apply_that_fails_part_way_ends_exactly_at_the_checkpoint() {
     assert_eq!(gateway["gold"].3.len(), 1);
     assert_eq!(gateway["basic"].3.len(), 1);
     assert!(gateway["free"].3.is_empty());
+}
+
+#[tokio::test]
+async fn a_table_sync_that_fails_between_batches_is_undone_in_api_gateway_and_the_table() {
+    // GIVEN 100 tenants on free, synced, and a file moving them all to a new plan: 101 table
+    // writes, two transactions
+    let w = World::build("ap-southeast-3", true).await;
+    let free = w.plan("free", 10.0, 20, 50_000).await;
+    let mut file = String::from(
+        "[plans.free]\nrate = 10.0\nburst = 20\ndaily_quota = 50000\n\
+         [plans.gold]\nrate = 5.0\nburst = 5\ndaily_quota = 100\n",
+    );
+    for i in 0..100 {
+        w.key(&format!("t{i:03}"), &format!("tg_live_batch_{i:03}"), &free)
+            .await;
+        file.push_str(&format!("[tenants.t{i:03}]\nplan = \"gold\"\n"));
+    }
+    w.sync().await;
+    let (gateway0, table0) = (w.gateway().await, w.records().await);
+    // AND the policy table takes the first transaction and loses the second
+    w.proxy.inject_on(
+        "POST",
+        "DynamoDB_20120810.TransactWriteItems",
+        &[None, Some(Fault::LoseRequest)],
+    );
+
+    // WHEN applied
+    let err = w.apply(&file).await.expect_err("the sync fails");
+
+    // THEN every API Gateway call was made and undone, and the first batch written to the table
+    // was put back: both exactly as they were
+    let ApplyError::Restored {
+        failed_at,
+        done,
+        undone,
+        ..
+    } = &err
+    else {
+        panic!("expected a restored failure, got {err}");
+    };
+    assert_eq!(failed_at, "syncing the policy table");
+    assert_eq!((done.len(), undone.len()), (201, 201), "{err}");
+    assert_eq!(w.proxy.seen("POST", "DynamoDB_20120810.TransactWriteItems"), 3);
+    assert_eq!(w.gateway().await, gateway0);
+    assert_eq!(w.records().await, table0);
+    assert_eq!(w.resolve_plan("tg_live_batch_000").await, Some("free".to_owned()));
 }
 
 #[tokio::test]

@@ -31,7 +31,8 @@ pub enum Fault {
     TooManyRequests,
 }
 
-/// Faults for the requests of one call: method and a path containing `path`. Each matching
+/// Faults for the requests of one call: its method, and `path` found in its request line or
+/// headers (a path for API Gateway, `x-amz-target`'s operation for DynamoDB). Each matching
 /// request takes the next entry (`None`: passes through); past the list they all pass. Every
 /// match is counted.
 #[derive(Debug, Clone)]
@@ -43,8 +44,8 @@ struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, method: &str, path: &str) -> bool {
-        self.method == method && path.contains(&self.path)
+    fn matches(&self, method: &str, head: &str) -> bool {
+        self.method == method && head.contains(&self.path)
     }
 }
 
@@ -144,8 +145,9 @@ impl FaultProxy {
         format!("http://{}", self.addr)
     }
 
-    /// Faults for the requests `method` + a path containing `path`, in order (`None` passes one
-    /// through); an empty list only counts them (`seen`).
+    /// Faults for the requests `method` whose request line or headers contain `path` (an API
+    /// Gateway path, or a DynamoDB operation such as `DynamoDB_20120810.TransactWriteItems`), in
+    /// order (`None` passes one through); an empty list only counts them (`seen`).
     pub fn inject_on(&self, method: &str, path: &str, faults: &[Option<Fault>]) {
         self.rules.lock().expect("rules").push(Rule {
             method: method.to_owned(),
@@ -201,13 +203,15 @@ async fn serve_matching(
     let Some(request) = read_request(&mut client).await else {
         return;
     };
-    let line = String::from_utf8_lossy(&request[..request.iter().position(|b| *b == b'\r').unwrap_or(0)]).into_owned();
-    let mut parts = line.split(' ');
-    let method = parts.next().unwrap_or_default();
-    let path = parts.next().unwrap_or_default().split('?').next().unwrap_or_default();
+    let end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(request.len());
+    let head = String::from_utf8_lossy(&request[..end]).into_owned();
+    let method = head.split(' ').next().unwrap_or_default();
     let fault = {
         let mut rules = rules.lock().expect("rules");
-        rules.iter_mut().find(|r| r.matches(method, path)).and_then(|r| {
+        rules.iter_mut().find(|r| r.matches(method, &head)).and_then(|r| {
             r.seen += 1;
             r.faults.pop_front().flatten()
         })

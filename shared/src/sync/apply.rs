@@ -99,6 +99,13 @@ pub enum ApplyError {
     NoCheckpoint(String),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// Everything was applied and synced, but the audit record could not be written: the change
+    /// stands, unrecorded (and cannot be rolled back by id).
+    #[error(
+        "applied ({}) and the policy table synced, but the audit record could not be written: {error}",
+        list(done)
+    )]
+    Unrecorded { done: Vec<String>, error: String },
     /// Failed part-way, and API Gateway and the table are back at the checkpoint.
     #[error(
         "{failed_at} failed: {error}\n  done before the failure: {}\n  undone: {}\nAPI Gateway and the policy table are back at the checkpoint{}",
@@ -791,7 +798,15 @@ async fn change(
                     as_of,
                     generation,
                 );
-                let recorded = cx.table.audit_log().record(&record).await?;
+                let recorded = cx
+                    .table
+                    .audit_log()
+                    .record(&record)
+                    .await
+                    .map_err(|e| ApplyError::Unrecorded {
+                        done: report.steps.clone(),
+                        error: e.to_string(),
+                    })?;
                 report.sync.writes += recorded.writes;
                 report.change_id = Some(record.id);
                 return Ok(report);
