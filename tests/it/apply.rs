@@ -314,6 +314,16 @@ async fn diff_apply_rollback_round_trip() {
     let sources: Vec<&str> = history.iter().map(|e| e.source.as_str()).collect();
     assert_eq!(sources, ["rollback", "apply", "sync"], "{history:?}");
     assert_eq!(Some(&history[0].id), back.change_id.as_ref());
+
+    // WHEN the rollback is rolled back THEN AFTER holds again: gold created anew, acme on it
+    w.clock.advance(Duration::from_secs(1));
+    let again = back.change_id.expect("rollback recorded");
+    apply::rollback(&w.cx(), &again)
+        .await
+        .expect("rollback of the rollback");
+    assert_eq!(w.gateway().await, gateway1);
+    assert_eq!(w.diff(AFTER).await, ExitCode::SUCCESS);
+    assert_eq!(w.burst("tg_live_round").await.0, 5);
 }
 
 #[tokio::test]

@@ -554,48 +554,82 @@ pub fn plan_apply(
     Ok((steps, checkpoint))
 }
 
-/// The steps that put API Gateway back at `checkpoint`, from what it says now.
+/// The steps that put API Gateway back at `checkpoint`, from what it says now. A usage plan of
+/// the checkpoint that is gone (a rollback deleted it) is created again, unless a plan of its
+/// name exists, which then stands in for it.
 pub fn plan_restore(checkpoint: &Checkpoint, plans: &[UsagePlan]) -> Vec<Step> {
     let by_id: BTreeMap<&str, &UsagePlan> = plans.iter().map(|p| (p.id.as_str(), p)).collect();
-    let known: BTreeSet<&str> = checkpoint.plans.iter().map(|p| p.id.as_str()).collect();
+    let by_name: BTreeMap<&str, &UsagePlan> = plans.iter().map(|p| (mapping::plan_name(p), p)).collect();
+    let state_name = |was: &PlanState| was.tags.get(TAG_PLAN).cloned().unwrap_or_else(|| was.name.clone());
+    // Checkpoint plan id → the live plan that is it now (None: to be created).
+    let mut now_of: BTreeMap<&str, Option<&UsagePlan>> = BTreeMap::new();
+    let mut creates = Vec::new();
+    for was in &checkpoint.plans {
+        let live = by_id
+            .get(was.id.as_str())
+            .or_else(|| by_name.get(state_name(was).as_str()))
+            .copied();
+        if live.is_none() {
+            creates.push(Step::CreatePlan(NewUsagePlan {
+                name: was.name.clone(),
+                description: Some("restored by tollgate policy rollback".into()),
+                throttle: was.throttle.map(|(rate, burst)| Throttle { rate, burst }),
+                quota: was
+                    .quota
+                    .as_ref()
+                    .map(|(limit, period, _)| (*limit, QuotaPeriod::parse(period))),
+                stages: Vec::new(),
+                tags: was.tags.clone(),
+            }));
+        }
+        now_of.insert(was.id.as_str(), live);
+    }
+    let kept: BTreeSet<&str> = now_of.values().flatten().map(|p| p.id.as_str()).collect();
     let extra: Vec<&UsagePlan> = plans
         .iter()
-        .filter(|p| !known.contains(p.id.as_str()))
+        .filter(|p| !kept.contains(p.id.as_str()))
         .filter(|p| checkpoint.absent_plans.iter().any(|n| n == mapping::plan_name(p)))
         .collect();
-    let name_of = |id: &str| {
-        by_id
-            .get(id)
-            .map_or(id.to_owned(), |p| mapping::plan_name(p).to_owned())
-    };
     let mut removes = Vec::new();
     let mut adds = Vec::new();
     for (key_id, was) in &checkpoint.keys {
-        let now: Vec<&str> = plans
+        let now: Vec<&UsagePlan> = plans.iter().filter(|p| p.key_ids.contains(key_id)).collect();
+        let targets: Vec<Result<&UsagePlan, &PlanState>> = was
             .iter()
-            .filter(|p| p.key_ids.contains(key_id))
-            .map(|p| p.id.as_str())
+            .filter_map(|id| match now_of.get(id.as_str()) {
+                Some(Some(p)) => Some(Ok(*p)),
+                Some(None) => checkpoint.plans.iter().find(|s| &s.id == id).map(Err),
+                // A plan the checkpoint does not describe: put back only if it still exists.
+                None => by_id.get(id.as_str()).map(|p| Ok(*p)),
+            })
             .collect();
-        for id in &now {
-            if !was.iter().any(|w| w == id) {
+        for p in &now {
+            if !targets.iter().any(|t| matches!(t, Ok(t) if t.id == p.id)) {
                 removes.push(Step::RemoveKey {
-                    plan_id: (*id).to_owned(),
-                    plan: name_of(id),
+                    plan_id: p.id.clone(),
+                    plan: mapping::plan_name(p).to_owned(),
                     key_id: key_id.clone(),
                 });
             }
         }
-        for id in was {
-            if !now.contains(&id.as_str()) && by_id.contains_key(id.as_str()) {
-                adds.push(Step::AddKey {
-                    plan_id: Some(id.clone()),
-                    plan: name_of(id),
+        for t in targets {
+            match t {
+                Ok(p) if !now.iter().any(|n| n.id == p.id) => adds.push(Step::AddKey {
+                    plan_id: Some(p.id.clone()),
+                    plan: mapping::plan_name(p).to_owned(),
                     key_id: key_id.clone(),
-                });
+                }),
+                Ok(_) => {}
+                Err(state) => adds.push(Step::AddKey {
+                    plan_id: None,
+                    plan: state.name.clone(),
+                    key_id: key_id.clone(),
+                }),
             }
         }
     }
-    let mut steps = removes;
+    let mut steps = creates;
+    steps.extend(removes);
     // Plans created by the change: every key off, then the plan itself.
     for p in &extra {
         for k in &p.key_ids {
@@ -610,7 +644,7 @@ pub fn plan_restore(checkpoint: &Checkpoint, plans: &[UsagePlan]) -> Vec<Step> {
     }
     steps.extend(adds);
     for was in &checkpoint.plans {
-        let Some(live) = by_id.get(was.id.as_str()) else {
+        let Some(Some(live)) = now_of.get(was.id.as_str()) else {
             continue;
         };
         let p = patches(
