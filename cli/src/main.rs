@@ -41,7 +41,8 @@ enum Command {
     /// what it created, changed and revoked, and how many table writes it made.
     Sync(PlanSync),
     /// Policy as code: `diff` a policy file against the live usage plans, keys and policy table
-    /// (exit 4 on drift); `history` of every recorded change.
+    /// (exit 4 on drift); `apply` it all or nothing; `history` of every recorded change;
+    /// `rollback` a change.
     Policy(Policy),
     /// Per-plan alarms: `sync` creates, updates and deletes one CloudWatch alarm per plan of the
     /// policy table (the share of its decisions throttled), leaving none for a removed plan.

@@ -66,6 +66,13 @@ pub enum Outcome {
         failed_at: String,
         error: String,
     },
+    /// Failed part-way, and putting it back failed too: the checkpoint is the way back
+    /// (`tollgate policy rollback <id>`).
+    Incomplete {
+        failed_at: String,
+        error: String,
+        restore_error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

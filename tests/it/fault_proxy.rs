@@ -1,6 +1,8 @@
 //! A loopback TCP proxy in front of the emulator that loses requests or responses, delivers a
-//! request late, or black-holes everything during an outage, on demand. Hand-written because moto cannot fail this way: it answers every
-//! request it receives, at once. The emulator closes each connection after its response, so one
+//! request late, answers `TooManyRequests` in the emulator's place, or black-holes everything
+//! during an outage, on demand: on the next connections, or on the requests of one API call
+//! (`inject_on`, matched by method and path). Hand-written because moto cannot fail this way: it
+//! answers every request it receives, at once, and never throttles. The emulator closes each connection after its response, so one
 //! connection carries one request, and a fault per connection is a fault per request.
 
 use std::collections::VecDeque;
@@ -24,6 +26,27 @@ pub enum Fault {
     /// forward the request to the emulator only after this delay: the original lands after its
     /// resend, as a request stuck in a network can.
     Delay(Duration),
+    /// Answer `429 TooManyRequestsException` as API Gateway's control plane does, without
+    /// forwarding: the request is refused unexecuted.
+    TooManyRequests,
+}
+
+/// Faults for the requests of one call: its method, and `path` found in its request line or
+/// headers (a path for API Gateway, `x-amz-target`'s operation for DynamoDB). Each matching
+/// request takes the next entry (`None`: passes through); past the list they all pass. Every
+/// match is counted.
+#[derive(Debug, Clone)]
+struct Rule {
+    method: String,
+    path: String,
+    faults: VecDeque<Option<Fault>>,
+    seen: u64,
+}
+
+impl Rule {
+    fn matches(&self, method: &str, head: &str) -> bool {
+        self.method == method && head.contains(&self.path)
+    }
 }
 
 /// A share of connections that get a fault drawn from a list, after the queued faults.
@@ -39,6 +62,7 @@ struct Random {
 pub struct FaultProxy {
     pub addr: SocketAddr,
     faults: Arc<Mutex<VecDeque<Fault>>>,
+    rules: Arc<Mutex<Vec<Rule>>>,
     random: Arc<Mutex<Option<Random>>>,
     connections: Arc<AtomicU64>,
     injected: Arc<AtomicU64>,
@@ -58,6 +82,7 @@ impl FaultProxy {
         let proxy = FaultProxy {
             addr: listener.local_addr().expect("proxy addr"),
             faults: Arc::default(),
+            rules: Arc::default(),
             random: Arc::default(),
             connections: Arc::default(),
             injected: Arc::default(),
@@ -80,6 +105,15 @@ impl FaultProxy {
                 };
                 if fault.is_some() {
                     this.injected.fetch_add(1, Ordering::SeqCst);
+                }
+                if fault.is_none() && !this.rules.lock().expect("rules").is_empty() {
+                    tokio::spawn(serve_matching(
+                        client,
+                        upstream,
+                        this.rules.clone(),
+                        this.injected.clone(),
+                    ));
+                    continue;
                 }
                 tokio::spawn(serve(client, upstream, fault, this.held.clone(), this.outage.clone()));
             }
@@ -111,6 +145,29 @@ impl FaultProxy {
         format!("http://{}", self.addr)
     }
 
+    /// Faults for the requests `method` whose request line or headers contain `path` (an API
+    /// Gateway path, or a DynamoDB operation such as `DynamoDB_20120810.TransactWriteItems`), in
+    /// order (`None` passes one through); an empty list only counts them (`seen`).
+    pub fn inject_on(&self, method: &str, path: &str, faults: &[Option<Fault>]) {
+        self.rules.lock().expect("rules").push(Rule {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            faults: faults.iter().copied().collect(),
+            seen: 0,
+        });
+    }
+
+    /// Requests matched by the rules for `method` and `path` so far, faulted or not.
+    pub fn seen(&self, method: &str, path: &str) -> u64 {
+        self.rules
+            .lock()
+            .expect("rules")
+            .iter()
+            .filter(|r| r.method == method && r.path == path)
+            .map(|r| r.seen)
+            .sum()
+    }
+
     pub fn inject(&self, fault: Fault) {
         self.faults.lock().expect("faults").push_back(fault);
     }
@@ -134,6 +191,67 @@ impl FaultProxy {
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// Reads the request first, and answers it by the first rule it matches.
+async fn serve_matching(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    rules: Arc<Mutex<Vec<Rule>>>,
+    injected: Arc<AtomicU64>,
+) {
+    let Some(request) = read_request(&mut client).await else {
+        return;
+    };
+    let end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(request.len());
+    let head = String::from_utf8_lossy(&request[..end]).into_owned();
+    let method = head.split(' ').next().unwrap_or_default();
+    let fault = {
+        let mut rules = rules.lock().expect("rules");
+        rules.iter_mut().find(|r| r.matches(method, &head)).and_then(|r| {
+            r.seen += 1;
+            r.faults.pop_front().flatten()
+        })
+    };
+    if fault.is_some() {
+        injected.fetch_add(1, Ordering::SeqCst);
+    }
+    match fault {
+        Some(Fault::TooManyRequests) => throttle(&mut client).await,
+        Some(Fault::LoseRequest) => {}
+        Some(Fault::Stall) => tokio::time::sleep(Duration::from_secs(60)).await,
+        Some(Fault::LoseResponse | Fault::Delay(_)) => {
+            // Applied by the emulator, the answer never delivered.
+            if let Ok(mut server) = TcpStream::connect(upstream).await
+                && server.write_all(&request).await.is_ok()
+            {
+                let mut sink = Vec::new();
+                let _ = server.read_to_end(&mut sink).await;
+            }
+        }
+        None => {
+            let Ok(mut server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            if server.write_all(&request).await.is_ok() {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        }
+    }
+    let _ = client.shutdown().await;
+}
+
+/// API Gateway's answer to a throttled control-plane call.
+async fn throttle(client: &mut TcpStream) {
+    let body = r#"{"message":"Too Many Requests"}"#;
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nx-amzn-ErrorType: TooManyRequestsException\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(answer.as_bytes()).await;
 }
 
 /// Reads one HTTP/1.1 request: the head, then `Content-Length` bytes of body.
@@ -190,6 +308,11 @@ async fn serve(
         }
         Some(Fault::Stall) => {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
+        Some(Fault::TooManyRequests) => {
+            if read_request(&mut client).await.is_some() {
+                throttle(&mut client).await;
+            }
         }
         Some(Fault::LoseResponse) => {
             let Ok(mut server) = TcpStream::connect(upstream).await else {

@@ -3,6 +3,7 @@
 //! loudly when it is missing.
 
 mod alarms;
+mod apply;
 mod authorizer;
 mod cbor_shim;
 mod conformance;

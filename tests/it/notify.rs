@@ -275,7 +275,7 @@ async fn invoke(notifier: &Notifier, records: &[Value], lease: Timestamp) -> Vec
     else {
         panic!("a stream batch is dispatched as one");
     };
-    tollgate_alarms::handle_stream(notifier, &event, lease)
+    tollgate_alarms::handle_stream(notifier, &event, lease, None)
         .await
         .batch_item_failures
         .into_iter()

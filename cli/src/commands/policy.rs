@@ -1,20 +1,34 @@
 //! `tollgate policy`: policy as code over the live stack. `diff` compares a policy file with
-//! API Gateway's usage plans and keys and with the policy table; `history` lists the audit trail.
+//! API Gateway's usage plans and keys and with the policy table; `apply` makes them say what the
+//! file says, all or nothing; `history` lists the audit trail; `rollback` puts a change's
+//! checkpoint back.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tollgate::audit::AuditLog;
 use tollgate::aws::{admin_client, control_client};
+use tollgate::clock::SystemClock;
+use tollgate::monitor::CloudWatchMetrics;
+use tollgate::store::MemoryStore;
 use tollgate::sync::apigateway::{ApiGateway, Backoff, ControlPlane};
+use tollgate::sync::apply::{self, ApplyError, ApplyReport, Context};
 use tollgate::sync::policy_diff;
 use tollgate::sync::table::PolicyTable;
+use tollgate::sync::watch::{self, WatchConfig, Watched};
 
 use super::read_policy;
 use crate::aws_args::AwsArgs;
 
 /// Exit code of `policy diff` when anything differs (0: nothing, 1: errors, 2: usage).
 pub const EXIT_DRIFT: u8 = 4;
+/// Exit code of `policy apply --verify` when the simulator finds the new plans over-admit.
+pub const EXIT_OVER_ADMISSION: u8 = super::simulate::EXIT_OVER_ADMISSION;
+/// Exit code of `policy apply` / `rollback` that failed part-way and was put back at its
+/// checkpoint (API Gateway and the table as before; the audit trail says `restored`).
+pub const EXIT_RESTORED: u8 = 5;
+/// Exit code of `policy apply --watch` that rolled back on the authorizer's metrics.
+pub const EXIT_ROLLED_BACK: u8 = 6;
 
 #[derive(Debug, clap::Args)]
 pub struct Policy {
@@ -28,6 +42,13 @@ pub enum PolicyCommand {
     /// change or remove (field by field), tenants on another plan, and drift between API Gateway
     /// and the table. Exits with 4 when anything differs.
     Diff(Diff),
+    /// Make API Gateway's usage plans (throttle, quota, `tollgate:*` tags) and the plans of the
+    /// file's tenants' keys say what the file says, then sync the policy table, as one audited
+    /// change. Validates everything first; a failure part-way puts everything back (exit 5).
+    Apply(Apply),
+    /// Put API Gateway and the policy table back where they were before a change (an apply or a
+    /// rollback, by its id in `policy history`), as a new audited change.
+    Rollback(Rollback),
     /// List every recorded change to the policy, newest first: sync runs, applies, rollbacks and
     /// usage-API changes.
     History(History),
@@ -55,6 +76,48 @@ pub struct Diff {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct Apply {
+    /// The policy file (TOML): every plan in it is managed (created or changed); usage plans it
+    /// does not name are left alone. Its tenants' API keys are moved to the tenant's plan.
+    pub file: PathBuf,
+    /// First run the simulator on the new plans (memory store, twice each plan's rate) and
+    /// refuse to apply (exit 3) if it finds over-admission.
+    #[arg(long)]
+    pub verify: bool,
+    /// After applying, watch the authorizer's metrics for this many seconds and roll the change
+    /// back (exit 6) when the share of failed decisions passes --rollback-threshold. CloudWatch
+    /// shows EMF metrics a minute or more late: watch at least 180 s.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<u64>,
+    /// The share of decisions that may fail (FailOpen + FailClosed + Errors over Decisions)
+    /// while watching, from 0 to 1.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.05, requires = "watch")]
+    pub rollback_threshold: f64,
+    /// Fewer decisions than this in the window neither keep nor roll back the change early.
+    #[arg(long, default_value_t = 20.0, requires = "watch")]
+    pub min_decisions: f64,
+    /// The authorizer's metrics namespace (its TOLLGATE_METRICS_NAMESPACE).
+    #[arg(long, default_value = "Tollgate")]
+    pub metrics_namespace: String,
+    /// Who is applying, for the audit trail (default: $USER).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub live: Live,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Rollback {
+    /// The change to undo, as `tollgate policy history` lists it.
+    pub change_id: String,
+    /// Who is rolling back, for the audit trail (default: $USER).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub live: Live,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct History {
     /// Show at most this many changes.
     #[arg(long, default_value_t = 50)]
@@ -67,6 +130,8 @@ impl Policy {
     pub async fn run(self) -> Result<ExitCode, String> {
         match self.command {
             PolicyCommand::Diff(d) => d.run().await,
+            PolicyCommand::Apply(a) => a.run().await,
+            PolicyCommand::Rollback(r) => r.run().await,
             PolicyCommand::History(h) => h.run().await.map(|()| ExitCode::SUCCESS),
         }
     }
@@ -94,6 +159,137 @@ impl Diff {
         } else {
             ExitCode::from(EXIT_DRIFT)
         })
+    }
+}
+
+/// Prints a change's report, or its failure, and picks the exit code.
+fn finish(json: bool, result: Result<ApplyReport, ApplyError>) -> Result<ExitCode, String> {
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ ApplyError::Restored { .. }) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_RESTORED))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn actor(given: Option<String>) -> Option<String> {
+    given.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+}
+
+impl Apply {
+    pub async fn run(self) -> Result<ExitCode, String> {
+        let file = read_policy(Some(&self.file))?;
+        if !(0.0..=1.0).contains(&self.rollback_threshold) {
+            return Err(format!(
+                "--rollback-threshold {} must be a ratio from 0 to 1",
+                self.rollback_threshold
+            ));
+        }
+        if self.verify && !verify(&file).await? {
+            eprintln!("error: the simulator found over-admission under the new plans; nothing was changed");
+            return Ok(ExitCode::from(EXIT_OVER_ADMISSION));
+        }
+        let sdk = self.live.aws.sdk_config().await?;
+        let control = ApiGateway::new(control_client(&sdk), Backoff::default());
+        let table = PolicyTable::new(admin_client(&sdk), &self.live.policy_table);
+        let actor = actor(self.actor);
+        let cx = Context {
+            control: &control,
+            table: &table,
+            clock: &SystemClock::new(),
+            actor: actor.as_deref(),
+        };
+        let since = cx.clock.now().as_secs();
+        let result = apply::apply(&cx, &file).await;
+        let (Some(seconds), Ok(report)) = (self.watch, &result) else {
+            return finish(self.live.json, result);
+        };
+        let Some(change_id) = report.change_id.clone() else {
+            return finish(self.live.json, result);
+        };
+        finish(self.live.json, result)?;
+        let metrics = CloudWatchMetrics::new(tollgate::aws::cloudwatch_client(&sdk), &self.metrics_namespace);
+        let config = WatchConfig {
+            duration: std::time::Duration::from_secs(seconds),
+            interval: std::time::Duration::from_secs(30.min(seconds.max(1))),
+            threshold: self.rollback_threshold,
+            min_decisions: self.min_decisions,
+        };
+        eprintln!(
+            "watching the authorizer's metrics for {seconds} s (threshold {})",
+            config.threshold
+        );
+        let watched = watch::watch(&cx, &metrics, &change_id, since, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.live.json {
+            println!("{}", serde_json::to_string(&watched).map_err(|e| e.to_string())?);
+        }
+        Ok(match watched {
+            Watched::Kept { health } => {
+                eprintln!(
+                    "kept: {:.3} of {} decisions failed (threshold {})",
+                    health.ratio, health.decisions, self.rollback_threshold
+                );
+                ExitCode::SUCCESS
+            }
+            Watched::RolledBack { health, rollback } => {
+                eprintln!(
+                    "rolled back: {:.3} of {} decisions failed (threshold {})",
+                    health.ratio, health.decisions, self.rollback_threshold
+                );
+                if !self.live.json {
+                    print!("{}", rollback.table());
+                }
+                ExitCode::from(EXIT_ROLLED_BACK)
+            }
+        })
+    }
+}
+
+/// The simulator on the file's plans (memory store, simulated time): true when every tenant's
+/// admissions stayed within what its plan permits.
+pub async fn verify(file: &tollgate::policy_file::PolicyFile) -> Result<bool, String> {
+    let config = crate::simulate::Config {
+        tenants: file.plans.len() * 2,
+        pattern: crate::simulate::Pattern::Poisson,
+        load: 2.0,
+        duration: std::time::Duration::from_secs(10),
+        requests: Some(20_000),
+        concurrency: 16,
+        seed: 1,
+        method: "GET".into(),
+        path: "/hello".into(),
+        api_key_header: "x-api-key".into(),
+        progress: false,
+    };
+    let target = crate::simulate::Target::Memory(MemoryStore::default());
+    let report = crate::simulate::run(&target, file, &config, "").await?;
+    Ok(report.pass)
+}
+
+impl Rollback {
+    pub async fn run(self) -> Result<ExitCode, String> {
+        let sdk = self.live.aws.sdk_config().await?;
+        let control = ApiGateway::new(control_client(&sdk), Backoff::default());
+        let table = PolicyTable::new(admin_client(&sdk), &self.live.policy_table);
+        let actor = actor(self.actor);
+        let cx = Context {
+            control: &control,
+            table: &table,
+            clock: &SystemClock::new(),
+            actor: actor.as_deref(),
+        };
+        finish(self.live.json, apply::rollback(&cx, &self.change_id).await)
     }
 }
 

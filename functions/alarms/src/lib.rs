@@ -114,11 +114,36 @@ fn counters(image: &serde_dynamo::Item) -> Result<Vec<(tollgate::quota::Counter,
     Ok(out)
 }
 
+/// The metric line (Embedded Metric Format) of a batch: notices sent, stack-wide (no
+/// dimension), which the dashboard shows. Lambda ships stdout to CloudWatch Logs, which
+/// extracts it: no API call.
+pub fn notices_metric(namespace: &str, sent: usize, at: Timestamp) -> Value {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": at.as_nanos() / 1_000_000,
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": [[]],
+                "Metrics": [{ "Name": tollgate::monitor::metrics::NOTICES_SENT, "Unit": "Count" }],
+            }],
+        },
+        tollgate::monitor::metrics::NOTICES_SENT: sent,
+    })
+}
+
 /// Handles a stream batch: notices for every threshold crossed, and the record to resume from
 /// when one failed (Lambda redelivers it and every record after it).
-pub async fn handle_stream(notifier: &Notifier, event: &Event, lease: Timestamp) -> DynamoDbEventResponse {
+pub async fn handle_stream(
+    notifier: &Notifier,
+    event: &Event,
+    lease: Timestamp,
+    metrics: Option<(&str, Timestamp)>,
+) -> DynamoDbEventResponse {
     let changes = changes(event);
     let outcome = notifier.process(&changes, lease).await;
+    if let Some((namespace, now)) = metrics {
+        println!("{}", notices_metric(namespace, outcome.sent.len(), now));
+    }
     tracing::info!(
         records = event.records.len(),
         changes = changes.len(),
@@ -148,6 +173,20 @@ pub fn lease(deadline_ms: u64) -> Timestamp {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_batch_reports_the_notices_it_sent_as_one_metric_line() {
+        // GIVEN a batch that sent two notices
+        let line = super::notices_metric("Tollgate", 2, Timestamp::from_secs(1_700_000_000));
+        // THEN the line is EMF: the declared metric, stack-wide, with its value and time
+        let cw = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(cw["Namespace"], "Tollgate");
+        assert_eq!(cw["Dimensions"], serde_json::json!([[]]));
+        assert_eq!(cw["Metrics"][0]["Name"], "NoticesSent");
+        assert!(tollgate::monitor::metrics::is_emitted("NoticesSent"));
+        assert_eq!(line["NoticesSent"], 2);
+        assert_eq!(line["_aws"]["Timestamp"], 1_700_000_000_000u64);
+    }
+
     use super::*;
     use serde_json::json;
 

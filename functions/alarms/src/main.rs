@@ -55,13 +55,21 @@ async fn main() -> Result<(), Error> {
         Arc::new(SnsPublisher::new(notice_client(&sdk), topic)),
         Arc::new(SystemClock::new()),
     );
-    let (notifier, cloudwatch, plans, shed, alarm_settings, clock) =
-        (&notifier, &cloudwatch, &plans, &shed, &alarm_settings, &clock);
+    let namespace = alarm_settings.namespace.clone();
+    let (notifier, cloudwatch, plans, shed, alarm_settings, clock, namespace) = (
+        &notifier,
+        &cloudwatch,
+        &plans,
+        &shed,
+        &alarm_settings,
+        &clock,
+        namespace.as_str(),
+    );
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let lease = tollgate_alarms::lease(event.context.deadline);
         match tollgate_alarms::trigger(event.payload)? {
             Trigger::Stream(batch) => Ok::<_, Error>(serde_json::to_value(
-                tollgate_alarms::handle_stream(notifier, &batch, lease).await,
+                tollgate_alarms::handle_stream(notifier, &batch, lease, Some((namespace, clock.now()))).await,
             )?),
             // Both jobs run each minute, each whatever the other's outcome; either failing fails
             // the invocation, so Lambda's `Errors` (and the alarm on it) see it.

@@ -295,3 +295,43 @@ impl crate::shed::alarm::Alarms for CloudWatchAlarms {
         }
     }
 }
+
+// `policy apply --watch`: the authorizer's metrics since a change.
+/// CloudWatch `GetMetricStatistics` on the authorizer's namespace (its dimensionless series).
+#[derive(Debug, Clone)]
+pub struct CloudWatchMetrics {
+    client: aws_sdk_cloudwatch::Client,
+    namespace: String,
+}
+
+impl CloudWatchMetrics {
+    pub fn new(client: aws_sdk_cloudwatch::Client, namespace: impl Into<String>) -> CloudWatchMetrics {
+        CloudWatchMetrics {
+            client,
+            namespace: namespace.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::sync::watch::Metrics for CloudWatchMetrics {
+    async fn sum(&self, name: &str, start: u64, end: u64) -> Result<f64, crate::sync::watch::MetricsError> {
+        // One data point for the whole window: a period of whole minutes covering it.
+        let period = (end.saturating_sub(start)).div_ceil(60).max(1) * 60;
+        let out = self
+            .client
+            .get_metric_statistics()
+            .namespace(&self.namespace)
+            .metric_name(name)
+            .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(start as i64))
+            .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                (start + period) as i64,
+            ))
+            .period(period as i32)
+            .statistics(aws_sdk_cloudwatch::types::Statistic::Sum)
+            .send()
+            .await
+            .map_err(|e| crate::sync::watch::MetricsError(DisplayErrorContext(e).to_string()))?;
+        Ok(out.datapoints().iter().filter_map(|d| d.sum()).sum())
+    }
+}

@@ -14,5 +14,5 @@ pub mod metrics;
 pub mod plan_alarms;
 
 #[cfg(feature = "cloudwatch")]
-pub use cloudwatch::{AlarmPort, CloudWatchAlarms, sync_alarms, sync_plan_alarms};
+pub use cloudwatch::{AlarmPort, CloudWatchAlarms, CloudWatchMetrics, sync_alarms, sync_plan_alarms};
 pub use plan_alarms::{AlarmChange, AlarmDefinition, AlarmError, AlarmReport, AlarmSettings};

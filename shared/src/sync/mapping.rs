@@ -1,6 +1,13 @@
 //! From API Gateway's usage plans and keys to the policy the authorizer enforces. Pure: no IO, no
 //! clock. What Tollgate cannot honour exactly is reported as a `Problem` and never guessed; the
 //! policy items it concerns are `held` (what the table enforces today stays untouched).
+//!
+//! Two enforcers: API Gateway applies a key's usage plan after the authorizer admitted (and
+//! charged) the request. A *guarded* plan carries Tollgate's exact numbers in tags
+//! (`tollgate:rate`, `tollgate:burst`, a `tollgate:*_quota` for the plan's own quota period) and
+//! its own throttle and quota are an outer guard above them (`guard`), so API Gateway refuses
+//! nothing Tollgate admitted unless it is beyond the guard. The tags are read first when present;
+//! a plan without them is enforced by its own numbers, by both.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,6 +21,8 @@ use crate::policy::{FailMode, Plan, PlanSpec, RouteSpec};
 /// Tag naming the plan when the usage plan's own name is not the plan's (e.g. stack-prefixed).
 pub const TAG_PLAN: &str = "tollgate:plan";
 const TAG_PREFIX: &str = "tollgate:";
+pub const TAG_RATE: &str = "tollgate:rate";
+pub const TAG_BURST: &str = "tollgate:burst";
 const TAG_DAILY: &str = "tollgate:daily_quota";
 const TAG_MONTHLY: &str = "tollgate:monthly_quota";
 const TAG_PRIORITY: &str = "tollgate:priority";
@@ -23,8 +32,10 @@ const TAG_SHADOW: &str = "tollgate:shadow";
 /// Quota-notice thresholds in percent (`80,100`), or `none`.
 const TAG_NOTIFY: &str = "tollgate:notify";
 /// Every `tollgate:*` tag sync reads; any other is reported (a typo must not pass silently).
-pub const TAGS: [&str; 8] = [
+pub const TAGS: [&str; 10] = [
     TAG_PLAN,
+    TAG_RATE,
+    TAG_BURST,
     TAG_DAILY,
     TAG_MONTHLY,
     TAG_PRIORITY,
@@ -202,10 +213,35 @@ pub fn plan_spec(plan: &UsagePlan) -> Result<PlanSpec, String> {
             return Err(format!("unknown tag `{tag}` (known: {})", TAGS.join(", ")));
         }
     }
+    let tag = |name: &str| plan.tags.get(name).map(String::as_str);
     let mut spec = PlanSpec::unlimited();
-    if let Some(t) = &plan.throttle {
-        spec.rate = Some(t.rate);
-        spec.burst = Some(u32::try_from(t.burst).map_err(|_| format!("throttle burstLimit {} is negative", t.burst))?);
+    match (tag(TAG_RATE), tag(TAG_BURST)) {
+        // Exact numbers in tags; the usage plan's own throttle is the guard.
+        (Some(rate), Some(burst)) => {
+            spec.rate = Some(
+                rate.trim()
+                    .parse()
+                    .map_err(|_| format!("tag `{TAG_RATE}` = {rate:?} is not a number"))?,
+            );
+            spec.burst = Some(
+                burst
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("tag `{TAG_BURST}` = {burst:?} is not a whole number"))?,
+            );
+        }
+        (None, None) => {
+            if let Some(t) = &plan.throttle {
+                spec.rate = Some(t.rate);
+                spec.burst =
+                    Some(u32::try_from(t.burst).map_err(|_| format!("throttle burstLimit {} is negative", t.burst))?);
+            }
+        }
+        _ => {
+            return Err(format!(
+                "tags `{TAG_RATE}` and `{TAG_BURST}` go together: set both or neither"
+            ));
+        }
     }
     if let Some(q) = &plan.quota {
         if q.offset != 0 {
@@ -223,15 +259,12 @@ pub fn plan_spec(plan: &UsagePlan) -> Result<PlanSpec, String> {
             QuotaPeriod::Other(ref p) => return Err(format!("quota period `{p}` is unknown")),
         }
     }
-    let tag = |name: &str| plan.tags.get(name).map(String::as_str);
     for (name, slot) in [
         (TAG_DAILY, &mut spec.daily_quota),
         (TAG_MONTHLY, &mut spec.monthly_quota),
     ] {
+        // A tag for the plan's own period is the exact number, and the plan's own quota the guard.
         if let Some(v) = tag(name) {
-            if slot.is_some() {
-                return Err(format!("tag `{name}` repeats the usage plan's own quota period"));
-            }
             *slot = Some(
                 v.trim()
                     .parse()
@@ -316,6 +349,35 @@ pub fn parse_notify(s: &str) -> Result<Vec<u8>, String> {
                 .map_err(|_| format!("`{p}` is not a percentage from 1 to 100"))
         })
         .collect()
+}
+
+/// How far a guarded plan's own throttle and quota sit above Tollgate's numbers.
+pub const GUARD_FACTOR: f64 = 2.0;
+
+/// The outer guard for an exact number: `GUARD_FACTOR` times it, rounded up, within API
+/// Gateway's range.
+pub fn guard(exact: f64) -> f64 {
+    (exact * GUARD_FACTOR).ceil().min(f64::from(i32::MAX))
+}
+
+/// Whether a usage plan keeps Tollgate's numbers in tags, its own fields being the guard.
+pub fn is_guarded(plan: &UsagePlan) -> bool {
+    let own = match plan.quota.as_ref().map(|q| &q.period) {
+        Some(QuotaPeriod::Day) => Some(TAG_DAILY),
+        Some(QuotaPeriod::Month) => Some(TAG_MONTHLY),
+        _ => None,
+    };
+    plan.tags.contains_key(TAG_RATE) || own.is_some_and(|t| plan.tags.contains_key(t))
+}
+
+/// The tags of a guarded plan: `tags_for` with every exact number in a tag.
+pub fn guarded_tags_for(name: &str, spec: &PlanSpec) -> BTreeMap<String, String> {
+    let mut tags = tags_for(name, spec, None);
+    if let (Some(rate), Some(burst)) = (spec.rate, spec.burst) {
+        tags.insert(TAG_RATE.to_owned(), rate.to_string());
+        tags.insert(TAG_BURST.to_owned(), burst.to_string());
+    }
+    tags
 }
 
 /// The usage-plan tags that carry what a usage plan cannot say, for a plan written as a spec:
@@ -519,6 +581,39 @@ mod tests {
         // AND a plan without the tag keeps the defaults, and no tag is written for it
         assert_eq!(plan_spec(&plan("p4", "plain")).expect("valid").notify, None);
         assert!(!tags_for("plain", &PlanSpec::unlimited(), None).contains_key(TAG_NOTIFY));
+    }
+
+    #[test]
+    fn a_guarded_plan_is_enforced_by_its_tags_not_its_guard() {
+        // GIVEN a plan whose own throttle and quota are twice the tagged numbers
+        let spec = PlanSpec {
+            rate: Some(2.5),
+            burst: Some(5),
+            daily_quota: Some(100),
+            monthly_quota: Some(2000),
+            ..PlanSpec::unlimited()
+        };
+        let mut p = plan("p1", "gold");
+        p.throttle = Some(Throttle {
+            rate: guard(2.5),
+            burst: 10,
+        });
+        p.quota = Some(Quota {
+            limit: 200,
+            period: QuotaPeriod::Day,
+            offset: 0,
+        });
+        p.tags = guarded_tags_for("gold", &spec);
+        // WHEN mapped THEN the tags are the plan, exactly
+        assert!(is_guarded(&p));
+        let got = plan_spec(&p).expect("valid");
+        assert_eq!((got.rate, got.burst), (Some(2.5), Some(5)));
+        assert_eq!((got.daily_quota, got.monthly_quota), (Some(100), Some(2000)));
+        // AND a plan without them is enforced by its own numbers
+        assert!(!is_guarded(&plan("p2", "free")));
+        // AND half a pair is refused
+        p.tags.remove(TAG_BURST);
+        assert!(plan_spec(&p).expect_err("half").contains("go together"));
     }
 
     #[test]

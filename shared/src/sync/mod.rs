@@ -11,11 +11,13 @@
 //! The Lambda (`functions/plan-sync`) and `tollgate sync` both call `run`.
 
 pub mod apigateway;
+pub mod apply;
 pub mod control_writes;
 pub mod mapping;
 pub mod model;
 pub mod policy_diff;
 pub mod table;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -147,6 +149,20 @@ pub async fn run(
     clock: &dyn Clock,
     actor: Option<&str>,
 ) -> Result<SyncReport, SyncError> {
+    run_as(control, table, clock, actor, true)
+        .await
+        .map(|(report, _)| report)
+}
+
+/// `run`, returning the items written too; with `record` false it writes no audit record (the
+/// caller records the writes as part of a larger change: `policy apply`, `rollback`).
+pub async fn run_as(
+    control: &dyn ControlPlane,
+    table: &PolicyTable,
+    clock: &dyn Clock,
+    actor: Option<&str>,
+    record: bool,
+) -> Result<(SyncReport, Vec<ItemChange>), SyncError> {
     let mut retries = 0;
     loop {
         // The generation is read before API Gateway, and every write is conditioned on it: if it
@@ -185,13 +201,17 @@ pub async fn run(
             }
         }
         if changes.is_empty() {
-            return Ok(report);
+            return Ok((report, Vec::new()));
         }
         match table.apply(&current, &changes).await {
             Ok(writes) => {
                 report.writes = writes;
+                let items = item_changes(&current, &changes);
+                if !record {
+                    return Ok((report, items));
+                }
                 if let Some((id, audit_writes)) =
-                    audit(&table.audit_log(), &current, &changes, &report, as_of, actor).await
+                    audit(&table.audit_log(), &current, items.clone(), &report, as_of, actor).await
                 {
                     report.change_id = Some(id);
                     report.writes += audit_writes;
@@ -203,7 +223,7 @@ pub async fn run(
                     writes,
                     "policy table synced"
                 );
-                return Ok(report);
+                return Ok((report, items));
             }
             Err(TableError::Superseded) if retries + 1 < MAX_ROUNDS => {
                 retries += 1;
@@ -217,17 +237,9 @@ pub async fn run(
     }
 }
 
-/// Records applied writes in the audit trail. The writes stand whether or not this succeeds (the
-/// next change is audited as usual), so a failure is logged, not returned.
-async fn audit(
-    log: &AuditLog,
-    current: &table::Current,
-    changes: &[Change],
-    report: &SyncReport,
-    as_of: crate::clock::Timestamp,
-    actor: Option<&str>,
-) -> Option<(String, u64)> {
-    let items = changes
+/// Each written item before and after.
+fn item_changes(current: &table::Current, changes: &[Change]) -> Vec<ItemChange> {
+    changes
         .iter()
         .map(|c| match c {
             Change::Put { pk, record, .. } => ItemChange {
@@ -241,7 +253,19 @@ async fn audit(
                 after: None,
             },
         })
-        .collect();
+        .collect()
+}
+
+/// Records applied writes in the audit trail. The writes stand whether or not this succeeds (the
+/// next change is audited as usual), so a failure is logged, not returned.
+async fn audit(
+    log: &AuditLog,
+    current: &table::Current,
+    items: Vec<ItemChange>,
+    report: &SyncReport,
+    as_of: crate::clock::Timestamp,
+    actor: Option<&str>,
+) -> Option<(String, u64)> {
     let mut record = ChangeRecord {
         id: String::new(),
         time: as_of.as_secs(),
