@@ -508,9 +508,11 @@ async fn applying_the_same_file_twice_changes_nothing_the_second_time() {
     assert_eq!(w.table.audit_log().history().await.expect("history").len(), history);
 }
 
-/// The authorizer's metrics as `--watch` reads them, scripted: the emulator cannot decode the
-/// CloudWatch SDK's requests (rpc-v2-cbor: its path answers 404), so this one reading is
-/// hand-written; API Gateway and the table stay the emulator's.
+/// The authorizer's metrics as `--watch` reads them, scripted, so the readings follow the test's
+/// manual clock rather than CloudWatch's wall-clock periods. The reader itself
+/// (`CloudWatchMetrics`) is tested against the emulator in
+/// `the_watch_reads_the_authorizers_metrics_from_cloudwatch`; API Gateway and the table here
+/// stay the emulator's.
 #[derive(Debug)]
 struct Scripted {
     decisions: f64,
@@ -626,4 +628,50 @@ async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_o
         ("apply", Some("ci"))
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_watch_reads_the_authorizers_metrics_from_cloudwatch() {
+    use aws_sdk_cloudwatch::primitives::DateTime;
+    use aws_sdk_cloudwatch::types::{MetricDatum, StandardUnit};
+    use tollgate::monitor::CloudWatchMetrics;
+
+    // GIVEN the authorizer's stack-wide counts in CloudWatch two minutes ago (the emulator,
+    // reached through the CBOR shim: the SDK speaks only rpc-v2-cbor to CloudWatch)
+    let shim = crate::cbor_shim::CborShim::start(&emulator::endpoint(), 100).await;
+    let client = tollgate::aws::cloudwatch_client(&emulator::sdk_config_in(&shim.endpoint(), "sa-east-1"));
+    let namespace = emulator::unique("Tollgate");
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - 120;
+    for (name, value) in [("Decisions", 60.0), ("Decisions", 40.0), ("FailClosed", 30.0)] {
+        client
+            .put_metric_data()
+            .namespace(&namespace)
+            .metric_data(
+                MetricDatum::builder()
+                    .metric_name(name)
+                    .value(value)
+                    .unit(StandardUnit::Count)
+                    .timestamp(DateTime::from_secs(at as i64))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("put metric data");
+    }
+
+    // WHEN the watch's reader sums each over a window around them
+    let metrics = CloudWatchMetrics::new(client, &namespace);
+    let sum = |name: &'static str| {
+        let metrics = metrics.clone();
+        async move { watch::Metrics::sum(&metrics, name, at - 60, at + 60).await.expect(name) }
+    };
+
+    // THEN it reads what was put, and nothing for a metric without data
+    assert_eq!(sum("Decisions").await, 100.0);
+    assert_eq!(sum("FailClosed").await, 30.0);
+    assert_eq!(sum("FailOpen").await, 0.0);
 }
