@@ -19,6 +19,7 @@ pub mod policy_file;
 pub mod quota;
 pub mod store;
 pub mod sync;
+pub mod usage;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use decision::{Decision, Reason};
