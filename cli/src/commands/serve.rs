@@ -5,11 +5,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::http::HeaderName;
-use tollgate::aws::policy_client;
-use tollgate::clock::SystemClock;
-use tollgate::directory::{Directory, DynamoDirectory};
+use tollgate::aws::{control_client, policy_client};
+use tollgate::clock::{Clock, SystemClock};
+use tollgate::directory::{Directory, DynamoDirectory, MemoryDirectory};
 use tollgate::gate::{Gate, GateConfig};
+use tollgate::store::Store;
+use tollgate::sync::apigateway::{ApiGateway, Backoff};
+use tollgate::usage::problem::Problem;
+use tollgate::usage::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
 
 use super::read_policy;
 use crate::aws_args::StoreArgs;
@@ -59,9 +64,16 @@ pub struct Serve {
     /// again: the longest a key change waits after it reaches the directory.
     #[arg(long)]
     pub key_cache_ttl_secs: Option<u64>,
+    /// Token for the usage API's admin routes under /_tollgate/v1/tenants (send
+    /// `Authorization: Bearer TOKEN`). Without it those routes answer 403.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
+
+/// Where the usage API is mounted in `serve`.
+pub const USAGE_PREFIX: &str = "/_tollgate";
 
 impl Serve {
     pub async fn run(self) -> Result<(), String> {
@@ -71,18 +83,20 @@ impl Serve {
             )
             .init();
         let file = read_policy(self.policy.as_ref())?;
-        let (directory, demo): (Arc<dyn Directory>, _) = match &self.policy_table {
+        let (directory, registry, demo): (Arc<dyn Directory>, _, _) = match &self.policy_table {
             Some(table) => {
                 let sdk = self.store.dynamo.aws.sdk_config().await?;
                 let client = policy_client(&sdk, POLICY_READ_BUDGET);
-                (Arc::new(DynamoDirectory::new(client, table)), Vec::new())
+                (Arc::new(DynamoDirectory::new(client, table)), None, Vec::new())
             }
             None => {
                 let demo = demo_tenants(&file, self.demo_tenants);
-                (Arc::new(directory_with(&file, &demo)), demo)
+                let dir = Arc::new(directory_with(&file, &demo));
+                (dir.clone(), Some(dir), demo)
             }
         };
         let store = self.store.build().await?;
+        let usage = self.usage_api(registry, store.clone()).await?;
         let mut gate_config = GateConfig {
             store_budget: Duration::from_millis(self.store_budget_ms.max(1)),
             ..GateConfig::default()
@@ -102,15 +116,17 @@ impl Serve {
                 .add_openapi(&src)
                 .map_err(|e| format!("--openapi {}: {e}", path.display()))?;
         }
-        let router = gateway::router(
-            Arc::new(gate),
-            GatewayConfig {
-                upstream: self.upstream.clone(),
-                api_key_header: header,
-                throttle: !self.no_throttle,
-                resources,
-            },
-        );
+        let router = Router::new()
+            .nest(USAGE_PREFIX, usage)
+            .fallback_service(gateway::router(
+                Arc::new(gate),
+                GatewayConfig {
+                    upstream: self.upstream.clone(),
+                    api_key_header: header,
+                    throttle: !self.no_throttle,
+                    resources,
+                },
+            ));
         let listener = gateway::bind(self.listen).await?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("tollgate gateway on http://{addr}");
@@ -150,6 +166,14 @@ impl Serve {
                 burst = file.plans[&t.plan].spec().burst.unwrap_or(1),
             );
         }
+        println!(
+            "  usage API: http://{addr}{USAGE_PREFIX}/v1/usage (your key); admin routes {}",
+            if self.admin_token.is_some() {
+                "on (Authorization: Bearer <--admin-token>)"
+            } else {
+                "off (give --admin-token)"
+            }
+        );
         println!("  Ctrl-C stops (requests in flight finish first)");
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -158,5 +182,44 @@ impl Serve {
         gateway::serve(listener, router, shutdown)
             .await
             .map_err(|e| format!("gateway stopped: {e}"))
+    }
+}
+
+impl Serve {
+    /// The usage API over the same store and directory as the gate. Without `--endpoint-url`
+    /// there is no API Gateway: onboarding and rotation answer 503 saying so; with it, keys are
+    /// created in that endpoint's API Gateway (the local emulator's).
+    async fn usage_api(&self, registry: Option<Arc<MemoryDirectory>>, store: Arc<dyn Store>) -> Result<Router, String> {
+        let Some(registry) = registry else {
+            // The policy table's write side (listing, idempotency records) is not served here.
+            return Ok(Router::new().fallback(|| async {
+                Problem::unavailable(
+                    "usage-api-unavailable",
+                    "the usage API runs on the in-process directory: start `tollgate serve` without --policy-table",
+                )
+            }));
+        };
+        let control = match &self.store.dynamo.aws.endpoint_url {
+            Some(_) => {
+                let sdk = self.store.dynamo.aws.sdk_config().await?;
+                let api = ApiGateway::new(control_client(&sdk), Backoff::default());
+                Some(Arc::new(api) as Arc<dyn tollgate::sync::control_writes::ControlWrites>)
+            }
+            None => None,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        Ok(UsageApi {
+            registry,
+            store,
+            audit: Arc::new(MemoryAudit::default()),
+            control,
+            clock,
+            admin: match &self.admin_token {
+                Some(t) if !t.is_empty() => AdminAuth::Bearer(t.clone()),
+                _ => AdminAuth::Disabled,
+            },
+            caller: CallerSource::KeyHeader(self.api_key_header.to_ascii_lowercase()),
+        }
+        .router())
     }
 }
