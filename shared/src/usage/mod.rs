@@ -266,9 +266,7 @@ impl UsageApi {
             .collect();
         for r in due {
             if let Some(control) = &self.control {
-                control
-                    .update_api_key(&r.key_id, &[Patch::replace("/enabled", "false")])
-                    .await?;
+                disable_key(control.as_ref(), &r.key_id).await?;
             }
             let mut items = Vec::new();
             if let Some(hash) = ApiKeyHash::from_hex(&r.hash) {
@@ -300,6 +298,23 @@ impl UsageApi {
     }
 }
 
+/// The ids of the keys on a usage plan: a plan key is removed only when it is there.
+async fn plan_keys(control: &dyn ControlWrites, plan_id: &str) -> Result<Vec<String>, Problem> {
+    Ok(control
+        .usage_plan(plan_id)
+        .await?
+        .map(|p| p.key_ids)
+        .unwrap_or_default())
+}
+
+/// Disables a key in API Gateway; a key API Gateway does not have is as good as disabled.
+async fn disable_key(control: &dyn ControlWrites, id: &str) -> Result<(), Problem> {
+    match control.update_api_key(id, &[Patch::replace("/enabled", "false")]).await {
+        Ok(()) | Err(crate::sync::apigateway::ControlError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -314,12 +329,46 @@ async fn not_found(uri: Uri) -> Problem {
     ))
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
-    Problem::new(
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let allowed: Vec<String> = ROUTES
+        .iter()
+        .filter(|(template, _)| template_matches(template, uri.path()))
+        .map(|(_, m)| m.to_ascii_uppercase())
+        .collect();
+    let allow = allowed.join(", ");
+    let mut res = Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
-        format!("{method} is not served on `{}`", uri.path()),
+        format!("{method} is not served on `{}`; it serves {allow}", uri.path()),
     )
+    .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&allow) {
+        res.headers_mut().insert(header::ALLOW, v);
+    }
+    res
+}
+
+/// Whether `path` is an instance of the route `template` (`{name}` matches one segment).
+fn template_matches(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<_>, Vec<_>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| (t.starts_with('{') && !p.is_empty()) || t == p)
+}
+
+/// A new tenant's id (onboarding): 1 to 64 characters, a letter or digit first, then letters,
+/// digits and `. _ : @ -`, which API Gateway's `customerId`, URLs and logs carry unescaped.
+/// Existing tenants keep whatever id the policy gave them.
+pub fn check_new_tenant_id(id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || id.len() > 64 || !chars.all(|c| c.is_ascii_alphanumeric() || "._:@-".contains(c)) {
+        return Err(format!(
+            "{id:?} is not a new tenant id: 1 to 64 characters, a letter or digit first, then letters, digits and . _ : @ -"
+        ));
+    }
+    Ok(())
 }
 
 // ---------- input ----------
@@ -806,7 +855,7 @@ async fn onboard(State(api): Api, uri: Uri, headers: HeaderMap, req: axum::extra
     query(&uri, &[])?;
     let idem = idempotency_key(&headers)?;
     let (body, raw): (OnboardRequest, Bytes) = json_body(&headers, req.into_body()).await?;
-    validate_tenant_id(&body.tenant).map_err(|e| Problem::bad_request(format!("`tenant`: {e}")))?;
+    check_new_tenant_id(&body.tenant).map_err(|e| Problem::bad_request(format!("`tenant`: {e}")))?;
     if !api.registry.plan_names().await?.contains(&body.plan) {
         return Err(Problem::bad_request(format!(
             "`plan`: no plan `{}`; known plans: {}",
@@ -943,6 +992,15 @@ async fn replay(api: &UsageApi, idem: &str, done: &IdempotencyRecord, fingerprin
             format!("`Idempotency-Key` {idem:?} was used for another request body; use a new key"),
         ));
     }
+    if api.registry.tenant_plan(&done.tenant).await?.is_none() {
+        return Err(Problem::conflict(
+            "tenant-offboarded",
+            format!(
+                "the onboarding with `Idempotency-Key` {idem:?} made tenant `{}`, offboarded since; onboard again with a new key",
+                done.tenant
+            ),
+        ));
+    }
     let control = api.control("answering a retried onboarding")?;
     let key = control.api_key(&done.key_id).await?.ok_or_else(|| {
         Problem::conflict(
@@ -995,9 +1053,12 @@ async fn move_plan(
                 api.usage_plan_id(control.as_ref(), &body.plan).await?,
             );
             // Onto the new plan first: a key is never on no plan (API Gateway would refuse it).
+            let on_old = plan_keys(control.as_ref(), &from).await?;
             for (_, k) in api.registry.keys_of(&tenant).await? {
                 control.create_usage_plan_key(&to, &k.key_id).await?;
-                control.delete_usage_plan_key(&from, &k.key_id).await?;
+                if on_old.contains(&k.key_id) {
+                    control.delete_usage_plan_key(&from, &k.key_id).await?;
+                }
             }
         }
         api.registry.put_tenant(&tenant, &body.plan).await?;
@@ -1022,8 +1083,9 @@ async fn move_plan(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Rotation {
-    /// How long the tenant's current keys keep working, in seconds.
-    grace_seconds: u64,
+    /// How long the tenant's current keys keep working, in seconds. A JSON number: `60.0` is
+    /// the integer 60, as JSON Schema says.
+    grace_seconds: serde_json::Number,
 }
 
 #[derive(Debug, Serialize)]
@@ -1044,12 +1106,20 @@ async fn rotate(
     let tenant = tenant_of(path)?;
     query(&uri, &[])?;
     let (body, _): (Rotation, Bytes) = json_body(&headers, req.into_body()).await?;
-    if body.grace_seconds > MAX_GRACE_SECS {
-        return Err(Problem::bad_request(format!(
-            "`grace_seconds` must be at most {MAX_GRACE_SECS} (30 days), got {}",
-            body.grace_seconds
-        )));
-    }
+    let n = &body.grace_seconds;
+    let grace = n
+        .as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_GRACE_SECS as f64)
+                .map(|f| f as u64)
+        })
+        .filter(|g| *g <= MAX_GRACE_SECS)
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "`grace_seconds` must be an integer from 0 to {MAX_GRACE_SECS} (30 days), got {n}"
+            ))
+        })?;
     let plan = api.tenant_plan(&tenant).await?;
     let control = api.control("key rotation")?.clone();
     api.sweep(&actor).await?;
@@ -1072,7 +1142,7 @@ async fn rotate(
         key_id: key.id.clone(),
         enabled: true,
     };
-    let at = now.saturating_add(Duration::from_secs(body.grace_seconds)).as_secs();
+    let at = now.saturating_add(Duration::from_secs(grace)).as_secs();
     let mut revoking = Vec::new();
     for (h, k) in api.registry.keys_of(&tenant).await? {
         if !k.enabled {
@@ -1204,16 +1274,21 @@ async fn offboard(
     let tenant = tenant_of(path)?;
     query(&uri, &[])?;
     let plan = api.tenant_plan(&tenant).await?;
-    let plan_id = match &api.control {
-        Some(c) => Some(api.usage_plan_id(c.as_ref(), &plan).await?),
-        None => None,
+    let (plan_id, on_plan) = match &api.control {
+        Some(c) => {
+            let id = api.usage_plan_id(c.as_ref(), &plan).await?;
+            let keys = plan_keys(c.as_ref(), &id).await?;
+            (Some(id), keys)
+        }
+        None => (None, Vec::new()),
     };
     let mut items = Vec::new();
     for (h, k) in api.registry.keys_of(&tenant).await? {
         if let (Some(c), Some(plan_id)) = (&api.control, &plan_id) {
-            c.update_api_key(&k.key_id, &[Patch::replace("/enabled", "false")])
-                .await?;
-            c.delete_usage_plan_key(plan_id, &k.key_id).await?;
+            disable_key(c.as_ref(), &k.key_id).await?;
+            if on_plan.contains(&k.key_id) {
+                c.delete_usage_plan_key(plan_id, &k.key_id).await?;
+            }
         }
         api.registry.remove_revocation(&k.key_id).await?;
         if k.enabled {

@@ -108,6 +108,12 @@ impl From<ControlError> for Problem {
         tracing::warn!(error = %e, "usage api: API Gateway");
         match e {
             ControlError::Throttled { .. } => Problem::unavailable("control-plane-throttled", e.to_string()),
+            // The registry names a key or plan API Gateway does not have (or has otherwise):
+            // the two disagree until plan sync runs.
+            ControlError::NotFound { .. } | ControlError::Conflict { .. } => Problem::conflict(
+                "control-plane-disagrees",
+                format!("{e}; the policy table and API Gateway disagree: run plan sync (`tollgate sync`)"),
+            ),
             _ => Problem::new(StatusCode::BAD_GATEWAY, "control-plane-failed", e.to_string()),
         }
     }
