@@ -15,3 +15,4 @@ mod simulate;
 mod sync;
 mod template;
 mod tidy;
+mod usage_api;

@@ -439,3 +439,39 @@ async fn offboarding_disables_keys_keeps_history_and_is_audited() {
     assert_eq!(usage.get(Period::Month.counter(w.clock.now())), 2);
     assert_eq!(w.audit.records().len(), 1);
 }
+
+#[tokio::test]
+async fn the_routers_routes_are_the_specs_paths() {
+    // GIVEN the OpenAPI document's operations
+    let spec: serde_json::Value =
+        serde_norway::from_str(include_str!("../../../functions/usage-api/openapi.yaml")).expect("YAML");
+    const METHODS: [&str; 7] = ["get", "put", "post", "delete", "patch", "head", "options"];
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for m in METHODS {
+            if item.get(m).is_some() {
+                documented.insert((path.clone(), m.to_owned()));
+            }
+        }
+    }
+    // THEN they are the router's routes
+    let served: std::collections::BTreeSet<_> = ROUTES.iter().map(|(p, m)| (p.to_string(), m.to_string())).collect();
+    assert_eq!(documented, served);
+    // AND the router serves each (no 404 or 405) and refuses every other method with 405
+    let w = admin_world();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        let uri = path.replace("{tenant}", "alpha");
+        for m in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            let (s, _, body) = call(&w, send(m, &uri, "{}")).await;
+            if item.get(m.to_ascii_lowercase()).is_some() {
+                assert!(
+                    s != StatusCode::NOT_FOUND || body["detail"].as_str().is_some_and(|d| !d.starts_with("no route")),
+                    "{m} {path}: {body}"
+                );
+                assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
+            } else {
+                assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}: {body}");
+            }
+        }
+    }
+}
