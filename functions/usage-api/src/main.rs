@@ -15,10 +15,7 @@ use tollgate::clock::SystemClock;
 use tollgate::directory::DynamoDirectory;
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
 use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::usage::{Actor, AdminAuth, AuthorizedTenant, CallerSource, UsageApi};
-
-/// The environment the function reads (the template sets each; `tests/it/template.rs` checks).
-pub const VARIABLES: [&str; 3] = ["TOLLGATE_STATE_TABLE", "TOLLGATE_POLICY_TABLE", "TOLLGATE_LOG"];
+use tollgate::usage::{Actor, AdminAuth, AuthorizedTenant, CallerSource, FUNCTION_VARIABLES as VARIABLES, UsageApi};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {

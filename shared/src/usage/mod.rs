@@ -61,6 +61,30 @@ pub const ROUTES: [(&str, &str); 9] = [
     ("/v1/tenants/{tenant}/reset", "post"),
 ];
 
+/// What the `usage-api` function reads from its environment (template.yaml sets each).
+pub const FUNCTION_VARIABLES: [&str; 3] = ["TOLLGATE_STATE_TABLE", "TOLLGATE_POLICY_TABLE", "TOLLGATE_LOG"];
+/// The DynamoDB actions it calls on the state table (usage reads, resets)...
+pub const STATE_ACTIONS: [&str; 2] = ["dynamodb:GetItem", "dynamodb:UpdateItem"];
+/// ... and on the policy table (registry, idempotency and revocation items, audit records).
+pub const POLICY_ACTIONS: [&str; 4] = [
+    "dynamodb:DeleteItem",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Scan",
+];
+/// The API Gateway calls it makes, as IAM actions on resource paths.
+pub const CONTROL_ACCESS: [(&str, &str); 9] = [
+    ("apigateway:DELETE", "/usageplans/*/keys/*"),
+    ("apigateway:GET", "/apikeys"),
+    ("apigateway:GET", "/apikeys/*"),
+    ("apigateway:GET", "/usageplans"),
+    ("apigateway:GET", "/usageplans/*"),
+    ("apigateway:GET", "/usageplans/*/keys"),
+    ("apigateway:PATCH", "/apikeys/*"),
+    ("apigateway:POST", "/apikeys"),
+    ("apigateway:POST", "/usageplans/*/keys"),
+];
+
 /// Where the audit records of the usage API go.
 #[async_trait]
 pub trait AuditSink: Send + Sync + fmt::Debug {
