@@ -14,12 +14,13 @@ use tokio::sync::oneshot;
 use tollgate::audit::AuditLog;
 use tollgate::aws::{admin_client, control_client};
 use tollgate::clock::{Clock, ManualClock, Timestamp};
-use tollgate::directory::{Directory, KeyRecord, MemoryDirectory};
+use tollgate::directory::{Directory, DynamoDirectory, KeyRecord, MemoryDirectory};
 use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
 use tollgate::identity::ApiKeyHash;
 use tollgate::policy::{Plan, PlanSpec};
 use tollgate::store::{Consume, DynamoStore, Store};
 use tollgate::sync::apigateway::{ApiGateway, Backoff};
+use tollgate::usage::registry::Registry;
 use tollgate::usage::{AdminAuth, CallerSource, ROUTES, UsageApi};
 
 use crate::emulator;
@@ -53,8 +54,14 @@ fn plan(name: &str) -> Arc<Plan> {
 }
 
 impl World {
-    /// A world in `region` of the emulator; API Gateway reached through `control_endpoint`.
+    /// A world in `region` of the emulator, the registry in memory (as `tollgate serve` has it).
     async fn new(region: &'static str) -> World {
+        World::with(region, None).await
+    }
+
+    /// With `registry`, the usage API keeps tenants, keys and its own records there (the
+    /// Lambda's policy table) instead of the in-memory directory.
+    async fn with(region: &'static str, registry: Option<Arc<dyn Registry>>) -> World {
         let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
         let gw = control_client(&sdk);
         let free_plan_id = gw
@@ -84,7 +91,7 @@ impl World {
             cap: Duration::from_millis(50),
         };
         let router = UsageApi {
-            registry: dir.clone(),
+            registry: registry.unwrap_or_else(|| dir.clone()),
             store: store.clone(),
             audit: Arc::new(audit.clone()),
             control: Some(Arc::new(ApiGateway::new(control_client(&sdk), fast))),
@@ -460,4 +467,49 @@ async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
     assert!(admitted(&w.gate(), &new).await);
     let in_gw = w.gw.get_api_key().api_key(&old_id).send().await.expect("key");
     assert!(!in_gw.enabled());
+}
+
+#[tokio::test]
+async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
+    // GIVEN the usage API on a DynamoDB policy table holding the plans (the Lambda's setup)
+    let sdk = emulator::sdk_config_in(&emulator::endpoint(), "ca-west-1");
+    let admin = admin_client(&sdk);
+    let table = emulator::unique("registry");
+    tollgate::directory::dynamodb::create_policy_table(&admin, &table)
+        .await
+        .expect("policy table");
+    let registry = DynamoDirectory::new(admin, &table);
+    registry.put_plan(&plan("free"), 1).await.expect("plan");
+    registry.put_plan(&plan("pro"), 1).await.expect("plan");
+    let w = World::with("ca-west-1", Some(Arc::new(registry.clone()))).await;
+    // WHEN a tenant is onboarded, the onboarding retried, and the tenants listed
+    let (s1, first) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
+    let (s2, second) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
+    let list: Value = w
+        .admin(reqwest::Method::GET, "/v1/tenants?plan=free")
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    // THEN the table holds the tenant and its key's hash, the retry answers the same key, and
+    // API Gateway holds one key
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED), "{first} {second}");
+    assert_eq!(first, second);
+    let value = first["key"]["value"].as_str().expect("value");
+    let resolved = registry
+        .resolve(&ApiKeyHash::of(value))
+        .await
+        .expect("table")
+        .expect("resolved");
+    assert_eq!(&*resolved.tenant, "stark");
+    assert_eq!(w.keys_of("stark").await.len(), 1);
+    assert_eq!(list["tenants"], json!([{"tenant": "stark", "plan": "free"}]));
+    // AND plan sync's reading of the table ignores the usage API's own items
+    let current = tollgate::sync::table::PolicyTable::new(admin_client(&sdk), &table)
+        .read()
+        .await
+        .expect("read");
+    assert!(current.records.keys().all(|pk| !pk.starts_with("idem#")));
 }
