@@ -1,5 +1,6 @@
 //! Store calls and time of `GET /v1/usage` against the authorizer's decision (the gate), in one
-//! run, on the DynamoDB state table of the local emulator. Calls are counted by a loopback proxy
+//! run, locally (key resolved through the in-memory directory) and as deployed (tenant and plan
+//! from the authorizer's context, the policy table as the registry), on the DynamoDB state table of the local emulator. Calls are counted by a loopback proxy
 //! that reads each request's `X-Amz-Target` (the emulator answers one request per connection).
 //!
 //!     infra/with-moto cargo run -p tollgate --example usage_read -- [REQUESTS]
@@ -16,14 +17,14 @@ use axum::body::Body;
 use axum::http::Request as HttpRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate::aws::{StoreTimeouts, admin_client, state_client};
+use tollgate::aws::{StoreTimeouts, admin_client, policy_client, state_client};
 use tollgate::clock::SystemClock;
-use tollgate::directory::{KeyRecord, MemoryDirectory};
+use tollgate::directory::{DynamoDirectory, KeyRecord, MemoryDirectory};
 use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
 use tollgate::identity::ApiKeyHash;
 use tollgate::policy::{Plan, PlanSpec};
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
-use tollgate::usage::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
+use tollgate::usage::{AdminAuth, AuthorizedPlan, AuthorizedTenant, CallerSource, MemoryAudit, UsageApi};
 use tower::ServiceExt;
 
 type Error = Box<dyn std::error::Error>;
@@ -86,8 +87,12 @@ async fn main() -> Result<(), Error> {
     let endpoint = std::env::var("TOLLGATE_TEST_AWS_ENDPOINT").map_err(|_| "run under infra/with-moto")?;
     let table = format!("bench-state-{:08x}", rand::random::<u32>());
     tollgate::store::dynamodb::create_state_table(&admin_client(&sdk(&endpoint)), &table).await?;
+    let policy_table = format!("bench-policy-{:08x}", rand::random::<u32>());
+    tollgate::directory::dynamodb::create_policy_table(&admin_client(&sdk(&endpoint)), &policy_table).await?;
     let counts: Counts = Arc::default();
-    let proxied = counting_proxy(endpoint, counts.clone()).await?;
+    let policy_counts: Counts = Arc::default();
+    let proxied = counting_proxy(endpoint.clone(), counts.clone()).await?;
+    let policy_proxied = counting_proxy(endpoint, policy_counts.clone()).await?;
     let timeouts = StoreTimeouts {
         connect: Duration::from_secs(5),
         attempt: Duration::from_secs(5),
@@ -102,7 +107,14 @@ async fn main() -> Result<(), Error> {
         burst: Some(1_000_000),
         ..PlanSpec::unlimited()
     };
-    dir.put_plan(Arc::new(Plan::new("bench", spec)?));
+    let plan = Plan::new("bench", spec)?;
+    let policy = DynamoDirectory::new(
+        policy_client(&sdk(&policy_proxied), Duration::from_secs(5)),
+        &policy_table,
+    );
+    policy.put_plan(&plan, 1).await?;
+    policy.put_tenant("bench-tenant", "bench").await?;
+    dir.put_plan(Arc::new(plan));
     dir.put_tenant("bench-tenant", "bench");
     let key = "tg_bench_usage_key";
     dir.put_key(
@@ -117,14 +129,31 @@ async fn main() -> Result<(), Error> {
     let gate = Gate::new(GateConfig::default(), dir.clone(), store.clone(), clock.clone());
     let router = UsageApi {
         registry: dir,
-        store,
+        store: store.clone(),
         audit: Arc::new(MemoryAudit::default()),
         control: None,
-        clock,
+        clock: clock.clone(),
         admin: AdminAuth::Disabled,
         caller: CallerSource::KeyHeader("x-api-key".into()),
     }
     .router();
+    let deployed = UsageApi {
+        registry: Arc::new(policy),
+        store,
+        audit: Arc::new(MemoryAudit::default()),
+        control: None,
+        clock,
+        admin: AdminAuth::Iam,
+        caller: CallerSource::AuthorizerContext,
+    }
+    .router();
+    // What the Lambda's middleware puts in from the authorizer's context.
+    let read_deployed = || {
+        let mut req = HttpRequest::get("/v1/usage").body(Body::empty()).expect("request");
+        req.extensions_mut().insert(AuthorizedTenant("bench-tenant".into()));
+        req.extensions_mut().insert(AuthorizedPlan("bench".into()));
+        deployed.clone().oneshot(req)
+    };
     // Warm both paths (connection setup, first reads) before measuring.
     let decide = || {
         gate.check(Request {
@@ -144,11 +173,14 @@ async fn main() -> Result<(), Error> {
     for _ in 0..20 {
         assert!(matches!(decide().await, Outcome::Allow(_)));
         assert!(read().await?.status().is_success());
+        assert!(read_deployed().await?.status().is_success());
     }
     take(&counts);
+    take(&policy_counts);
     // Interleaved, so both see the same emulator load.
-    let (mut decide_time, mut read_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut decide_time, mut read_time, mut deployed_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let (mut decide_calls, mut read_calls) = (BTreeMap::new(), BTreeMap::new());
+    let (mut deployed_calls, mut deployed_policy_calls) = (BTreeMap::new(), BTreeMap::new());
     for _ in 0..n {
         let t = Instant::now();
         assert!(matches!(decide().await, Outcome::Allow(_)));
@@ -162,6 +194,15 @@ async fn main() -> Result<(), Error> {
         for (k, v) in take(&counts) {
             *read_calls.entry(k).or_insert(0) += v;
         }
+        let t = Instant::now();
+        assert!(read_deployed().await?.status().is_success());
+        deployed_time += t.elapsed();
+        for (k, v) in take(&counts) {
+            *deployed_calls.entry(k).or_insert(0) += v;
+        }
+        for (k, v) in take(&policy_counts) {
+            *deployed_policy_calls.entry(k).or_insert(0) += v;
+        }
     }
     let per = |m: &BTreeMap<String, u64>| {
         m.iter()
@@ -173,7 +214,21 @@ async fn main() -> Result<(), Error> {
     println!("requests each: {n}");
     println!("authorizer decision (gate): calls per request: {}", per(&decide_calls));
     println!("GET /v1/usage:              calls per request: {}", per(&read_calls));
+    println!(
+        "GET /v1/usage as deployed:  state-table calls per request: {}; policy-table calls: {}",
+        per(&deployed_calls),
+        if deployed_policy_calls.is_empty() {
+            "none".to_owned()
+        } else {
+            per(&deployed_policy_calls)
+        }
+    );
     println!("authorizer decision (gate): mean {:.3} ms", ms(decide_time));
+    println!(
+        "GET /v1/usage as deployed:  mean {:.3} ms (ratio {:.2} to the decision)",
+        ms(deployed_time),
+        deployed_time.as_secs_f64() / decide_time.as_secs_f64()
+    );
     println!(
         "GET /v1/usage:              mean {:.3} ms (ratio {:.2} to the decision)",
         ms(read_time),

@@ -15,7 +15,9 @@ use tollgate::clock::SystemClock;
 use tollgate::directory::DynamoDirectory;
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
 use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::usage::{Actor, AdminAuth, AuthorizedTenant, CallerSource, FUNCTION_VARIABLES as VARIABLES, UsageApi};
+use tollgate::usage::{
+    Actor, AdminAuth, AuthorizedPlan, AuthorizedTenant, CallerSource, FUNCTION_VARIABLES as VARIABLES, UsageApi,
+};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -44,7 +46,8 @@ async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::run(api.router().layer(from_fn(identity))).await
 }
 
-/// The tenant from the authorizer's context and the IAM caller, as the router's extensions.
+/// The tenant and plan from the authorizer's context and the IAM caller, as the router's
+/// extensions.
 async fn identity(mut req: Request, next: Next) -> Response {
     if let Some(RequestContext::ApiGatewayV1(ctx)) = req.extensions().get::<RequestContext>() {
         let tenant = ctx
@@ -53,9 +56,18 @@ async fn identity(mut req: Request, next: Next) -> Response {
             .get("tenant")
             .and_then(|v| v.as_str())
             .map(str::to_owned);
+        let plan = ctx
+            .authorizer
+            .fields
+            .get("plan")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         let actor = ctx.identity.user_arn.clone();
         if let Some(t) = tenant.filter(|t| !t.is_empty()) {
             req.extensions_mut().insert(AuthorizedTenant(t));
+        }
+        if let Some(p) = plan.filter(|p| !p.is_empty()) {
+            req.extensions_mut().insert(AuthorizedPlan(p));
         }
         if let Some(a) = actor {
             req.extensions_mut().insert(Actor(a));

@@ -154,6 +154,56 @@ pub enum CallerSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizedTenant(pub String);
 
+/// The tenant's plan name, as the Tollgate authorizer's context gives it: with it, reading usage
+/// needs no policy-table read for the tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedPlan(pub String);
+
+/// How long a plan read for `GET /v1/usage` is reused (the authorizer trusts keys as long).
+pub const PLAN_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// The router's state: the ports, and the plans `GET /v1/usage` read lately.
+#[derive(Debug)]
+struct Shared {
+    api: UsageApi,
+    plans: Mutex<std::collections::HashMap<String, (Arc<crate::policy::Plan>, Timestamp)>>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = UsageApi;
+    fn deref(&self) -> &UsageApi {
+        &self.api
+    }
+}
+
+impl Shared {
+    /// A plan by name, from the cache while it is younger than `PLAN_CACHE_TTL`.
+    async fn plan(&self, name: &str) -> Result<Option<Arc<crate::policy::Plan>>, Problem> {
+        let now = self.now();
+        let fresh = |at: Timestamp| now.saturating_since(at) < PLAN_CACHE_TTL;
+        let cached = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .filter(|(_, at)| fresh(*at))
+            .map(|(plan, _)| plan.clone());
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let plan = self.registry.plan(name).await?;
+        let mut cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: plans are few; a flood of names could only come from the registry itself.
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        if let Some(p) = &plan {
+            cache.insert(name.to_owned(), (p.clone(), now));
+        }
+        Ok(plan)
+    }
+}
+
 /// Who called an admin route (deployed: the IAM principal's ARN).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor(pub String);
@@ -176,7 +226,10 @@ pub struct UsageApi {
 impl UsageApi {
     /// The router: `/v1/...`, every answer JSON, every error a problem.
     pub fn router(self) -> Router {
-        let api = Arc::new(self);
+        let api = Arc::new(Shared {
+            api: self,
+            plans: Mutex::default(),
+        });
         Router::new()
             .route("/v1/usage", get(own_usage))
             .route("/v1/tenants", get(list_tenants).post(onboard))
@@ -343,7 +396,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-type Api = State<Arc<UsageApi>>;
+type Api = State<Arc<Shared>>;
 type Answer = Result<Response, Problem>;
 
 async fn not_found(uri: Uri) -> Problem {
@@ -555,6 +608,7 @@ fn usage_view(tenant: &str, plan: &crate::policy::Plan, usage: &crate::store::Us
 async fn own_usage(State(api): Api, uri: Uri, req: axum::extract::Request) -> Answer {
     query(&uri, &[])?;
     let now = api.now();
+    let context_plan = req.extensions().get::<AuthorizedPlan>().map(|p| p.0.clone());
     let tenant = match (req.extensions().get::<AuthorizedTenant>(), &api.caller) {
         (Some(t), _) => t.0.clone(),
         (None, CallerSource::AuthorizerContext) => {
@@ -580,8 +634,11 @@ async fn own_usage(State(api): Api, uri: Uri, req: axum::extract::Request) -> An
             resolved.tenant.to_string()
         }
     };
-    let plan_name = api.tenant_plan(&tenant).await?;
-    let plan = api.registry.plan(&plan_name).await?.ok_or_else(|| {
+    let plan_name = match context_plan {
+        Some(p) => p,
+        None => api.tenant_plan(&tenant).await?,
+    };
+    let plan = api.plan(&plan_name).await?.ok_or_else(|| {
         Problem::unavailable(
             "policy-unavailable",
             format!("tenant `{tenant}` is on plan `{plan_name}`, which the policy does not define"),

@@ -475,3 +475,37 @@ async fn the_routers_routes_are_the_specs_paths() {
         }
     }
 }
+
+#[tokio::test]
+async fn deployed_own_usage_takes_tenant_and_plan_from_the_authorizer_context_only() {
+    // GIVEN the deployed setting, and a tenant the registry has no record of
+    let w = admin_world();
+    let router = UsageApi {
+        registry: w.dir.clone(),
+        store: w.store.clone(),
+        audit: w.audit.clone(),
+        control: None,
+        clock: Arc::new(w.clock.clone()),
+        admin: AdminAuth::Iam,
+        caller: CallerSource::AuthorizerContext,
+    }
+    .router();
+    let mut with_context = Request::get("/v1/usage").body(Body::empty()).expect("request");
+    with_context.extensions_mut().insert(AuthorizedTenant("zeta".into()));
+    with_context.extensions_mut().insert(AuthorizedPlan("pro".into()));
+    // WHEN it reads its usage through the authorizer, and a caller without context with a key
+    let res = router.clone().oneshot(with_context).await.expect("infallible");
+    let without = Request::get("/v1/usage")
+        .header("x-api-key", KEY)
+        .body(Body::empty())
+        .expect("request");
+    let refused = router.oneshot(without).await.expect("infallible");
+    // THEN the context's tenant and plan answer (no tenant record read), and a key alone is 401
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("body");
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["tenant"], "zeta");
+    assert_eq!(json["plan"], "pro");
+    assert_eq!(json["day"]["limit"], 5000);
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+}
