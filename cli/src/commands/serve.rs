@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderName;
-use tollgate::aws::{control_client, policy_client};
+use tollgate::audit::AuditLog;
+use tollgate::aws::{admin_client, control_client, policy_client};
 use tollgate::clock::{Clock, SystemClock};
-use tollgate::directory::{Directory, DynamoDirectory, MemoryDirectory};
+use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::gate::{Gate, GateConfig};
 use tollgate::store::Store;
 use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::usage::problem::Problem;
-use tollgate::usage::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
+use tollgate::usage::registry::Registry;
+use tollgate::usage::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
 
 use super::read_policy;
 use crate::aws_args::StoreArgs;
@@ -83,20 +84,30 @@ impl Serve {
             )
             .init();
         let file = read_policy(self.policy.as_ref())?;
-        let (directory, registry, demo): (Arc<dyn Directory>, _, _) = match &self.policy_table {
+        // The usage API shares the gate's directory; with a policy table its changes and audit
+        // records go to that table, as the deployed function's do.
+        let (registry, audit, demo): (Arc<dyn Registry>, Arc<dyn AuditSink>, _) = match &self.policy_table {
             Some(table) => {
                 let sdk = self.store.dynamo.aws.sdk_config().await?;
-                let client = policy_client(&sdk, POLICY_READ_BUDGET);
-                (Arc::new(DynamoDirectory::new(client, table)), None, Vec::new())
+                let dir = DynamoDirectory::new(policy_client(&sdk, POLICY_READ_BUDGET), table);
+                (
+                    Arc::new(dir),
+                    Arc::new(AuditLog::new(admin_client(&sdk), table)),
+                    Vec::new(),
+                )
             }
             None => {
                 let demo = demo_tenants(&file, self.demo_tenants);
-                let dir = Arc::new(directory_with(&file, &demo));
-                (dir.clone(), Some(dir), demo)
+                (
+                    Arc::new(directory_with(&file, &demo)),
+                    Arc::new(MemoryAudit::default()),
+                    demo,
+                )
             }
         };
+        let directory: Arc<dyn Directory> = registry.clone();
         let store = self.store.build().await?;
-        let usage = self.usage_api(registry, store.clone()).await?;
+        let usage = self.usage_api(registry, audit, store.clone()).await?;
         let mut gate_config = GateConfig {
             store_budget: Duration::from_millis(self.store_budget_ms.max(1)),
             ..GateConfig::default()
@@ -189,16 +200,12 @@ impl Serve {
     /// The usage API over the same store and directory as the gate. Without `--endpoint-url`
     /// there is no API Gateway: onboarding and rotation answer 503 saying so; with it, keys are
     /// created in that endpoint's API Gateway (the local emulator's).
-    async fn usage_api(&self, registry: Option<Arc<MemoryDirectory>>, store: Arc<dyn Store>) -> Result<Router, String> {
-        let Some(registry) = registry else {
-            // The policy table's write side (listing, idempotency records) is not served here.
-            return Ok(Router::new().fallback(|| async {
-                Problem::unavailable(
-                    "usage-api-unavailable",
-                    "the usage API runs on the in-process directory: start `tollgate serve` without --policy-table",
-                )
-            }));
-        };
+    async fn usage_api(
+        &self,
+        registry: Arc<dyn Registry>,
+        audit: Arc<dyn AuditSink>,
+        store: Arc<dyn Store>,
+    ) -> Result<Router, String> {
         let control = match &self.store.dynamo.aws.endpoint_url {
             Some(_) => {
                 let sdk = self.store.dynamo.aws.sdk_config().await?;
@@ -211,7 +218,7 @@ impl Serve {
         Ok(UsageApi {
             registry,
             store,
-            audit: Arc::new(MemoryAudit::default()),
+            audit,
             control,
             clock,
             admin: match &self.admin_token {
