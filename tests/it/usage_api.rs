@@ -56,12 +56,14 @@ fn plan(name: &str) -> Arc<Plan> {
 impl World {
     /// A world in `region` of the emulator, the registry in memory (as `tollgate serve` has it).
     async fn new(region: &'static str) -> World {
-        World::with(region, None).await
+        World::with(region, None, None).await
     }
 
     /// With `registry`, the usage API keeps tenants, keys and its own records there (the
     /// Lambda's policy table) instead of the in-memory directory.
-    async fn with(region: &'static str, registry: Option<Arc<dyn Registry>>) -> World {
+    /// `control_endpoint` serves the usage API's API Gateway calls (a fault proxy in front of the
+    /// emulator); the test's own SDK calls go to the emulator.
+    async fn with(region: &'static str, registry: Option<Arc<dyn Registry>>, control_endpoint: Option<&str>) -> World {
         let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
         let gw = control_client(&sdk);
         let free_plan_id = gw
@@ -94,7 +96,13 @@ impl World {
             registry: registry.unwrap_or_else(|| dir.clone()),
             store: store.clone(),
             audit: Arc::new(audit.clone()),
-            control: Some(Arc::new(ApiGateway::new(control_client(&sdk), fast))),
+            control: Some(Arc::new(ApiGateway::new(
+                control_client(&emulator::sdk_config_in(
+                    control_endpoint.unwrap_or(&emulator::endpoint()),
+                    region,
+                )),
+                fast,
+            ))),
             clock: Arc::new(clock.clone()),
             admin: AdminAuth::Bearer(TOKEN.into()),
             caller: CallerSource::KeyHeader("x-api-key".into()),
@@ -481,7 +489,7 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
     let registry = DynamoDirectory::new(admin, &table);
     registry.put_plan(&plan("free"), 1).await.expect("plan");
     registry.put_plan(&plan("pro"), 1).await.expect("plan");
-    let w = World::with("ca-west-1", Some(Arc::new(registry.clone()))).await;
+    let w = World::with("ca-west-1", Some(Arc::new(registry.clone())), None).await;
     // WHEN a tenant is onboarded, the onboarding retried, and the tenants listed
     let (s1, first) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
     let (s2, second) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
@@ -512,4 +520,27 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
         .await
         .expect("read");
     assert!(current.records.keys().all(|pk| !pk.starts_with("idem#")));
+}
+
+#[tokio::test]
+async fn a_lost_create_api_key_answer_is_found_by_name_on_retry_not_created_again() {
+    // GIVEN API Gateway behind a proxy that loses the answer to onboarding's fifth call,
+    // CreateApiKey (after GetUsagePlans, two GetUsagePlanKeys and GetApiKeys)
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("eu-south-1", None, Some(&proxy.endpoint())).await;
+    for _ in 0..4 {
+        proxy.inject(Fault::Pass);
+    }
+    proxy.inject(Fault::LoseResponse);
+    // WHEN onboarding fails on the lost answer and is retried with the same Idempotency-Key
+    let (failed, problem) = w.onboard_via(&w.base, "wayne", "idem-w").await.expect("answer");
+    let (status, body) = w.onboard_via(&w.base, "wayne", "idem-w").await.expect("answer");
+    // THEN the first answer is a 502 problem, the retry onboards with the key the lost call
+    // created, and API Gateway holds exactly that one key, on the plan
+    assert_eq!(proxy.injected(), 1);
+    assert_eq!(failed, StatusCode::BAD_GATEWAY, "{problem}");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["key"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(w.keys_of("wayne").await, vec![id.clone()]);
+    assert_eq!(w.plan_keys().await, BTreeSet::from([id]));
 }
