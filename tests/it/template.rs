@@ -486,6 +486,33 @@ fn the_usage_api_serves_every_route_admin_routes_on_iam_and_usage_behind_the_aut
     // AND reading usage is never charged: the authorizer skips its route
     let skip = untag(&authorizer_function(&t)["Properties"]["Environment"]["Variables"]["TOLLGATE_SKIP_ROUTES"]).1;
     assert!(format!("{skip:?}").contains("/v1/usage/GET"), "{skip:?}");
+    // AND API Gateway's own refusals answer problem documents with their status
+    let responses = body["x-amazon-apigateway-gateway-responses"]
+        .as_mapping()
+        .expect("gateway responses");
+    assert!(responses.len() >= 4);
+    for (kind, r) in responses {
+        assert_eq!(
+            r["responseParameters"]["gatewayresponse.header.Content-Type"], "'application/problem+json'",
+            "{kind:?}"
+        );
+        let template = r["responseTemplates"]["application/json"].as_str().expect("template");
+        let rendered = template
+            .replace("$context.authorizer.reason", "rate")
+            .replace("$context.authorizer.retryAfter", "3");
+        let problem: serde_json::Value = serde_json::from_str(&rendered).expect("the body is JSON");
+        let status = r["statusCode"]
+            .as_str()
+            .expect("status")
+            .parse::<u64>()
+            .expect("a number");
+        assert_eq!(problem["status"], status, "{kind:?}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("urn:tollgate:problem:"))
+        );
+    }
     // AND the stack outputs the API's URL
     let url = untag(&t["Outputs"]["UsageApiUrl"]["Value"])
         .1
