@@ -514,6 +514,19 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
     assert_eq!(&*resolved.tenant, "stark");
     assert_eq!(w.keys_of("stark").await.len(), 1);
     assert_eq!(list["tenants"], json!([{"tenant": "stark", "plan": "free"}]));
+    // AND an onboarding interrupted after its records but before its idempotency record (here:
+    // that record deleted) is completed by the retry, not refused as an existing tenant
+    admin_client(&sdk)
+        .delete_item()
+        .table_name(&table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("idem#idem-s".into()))
+        .send()
+        .await
+        .expect("delete");
+    let (s3, third) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
+    assert_eq!(s3, StatusCode::CREATED, "{third}");
+    assert_eq!(third["key"], first["key"]);
+    assert_eq!(w.keys_of("stark").await.len(), 1);
     // AND plan sync's reading of the table ignores the usage API's own items
     let current = tollgate::sync::table::PolicyTable::new(admin_client(&sdk), &table)
         .read()

@@ -948,20 +948,32 @@ async fn onboard(State(api): Api, uri: Uri, headers: HeaderMap, req: axum::extra
     if let Some(done) = api.registry.idempotency(&idem).await? {
         return replay(&api, &idem, &done, &fingerprint).await;
     }
-    if api.registry.tenant_plan(&body.tenant).await?.is_some() {
-        return Err(Problem::conflict(
-            "tenant-exists",
-            format!(
-                "tenant `{}` exists: change its plan with PUT /v1/tenants/{}/plan",
-                body.tenant, body.tenant
-            ),
-        ));
-    }
     let control = api.control("onboarding")?.clone();
-    let plan_id = api.usage_plan_id(control.as_ref(), &body.plan).await?;
     // A key created by an attempt whose answer was lost has this name: found, not created again.
     let name = key_name(&body.tenant, &idem);
     let existing = control.api_keys().await?.into_iter().find(|k| k.name == name);
+    if api.registry.tenant_plan(&body.tenant).await?.is_some() {
+        // The tenant may be this very onboarding, interrupted after its records were written.
+        let ours = match &existing {
+            Some(k) => api
+                .registry
+                .keys_of(&body.tenant)
+                .await?
+                .iter()
+                .any(|(_, r)| r.key_id == k.id),
+            None => false,
+        };
+        if !ours {
+            return Err(Problem::conflict(
+                "tenant-exists",
+                format!(
+                    "tenant `{}` exists: change its plan with PUT /v1/tenants/{}/plan",
+                    body.tenant, body.tenant
+                ),
+            ));
+        }
+    }
+    let plan_id = api.usage_plan_id(control.as_ref(), &body.plan).await?;
     let key = match existing {
         Some(k) => control.api_key(&k.id).await?.ok_or_else(|| {
             Problem::conflict("key-vanished", format!("API key {} was deleted meanwhile; retry", k.id))
