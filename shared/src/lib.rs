@@ -22,6 +22,7 @@ pub mod quota;
 pub mod shed;
 pub mod store;
 pub mod sync;
+pub mod usage;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use decision::{Decision, Reason};

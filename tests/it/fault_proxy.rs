@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// No fault on this connection: lets a queued fault reach a later request.
+    Pass,
     /// Read the request, never forward it, close the connection.
     LoseRequest,
     /// Forward the request and let the emulator apply it, then close without the response.
@@ -103,6 +105,7 @@ impl FaultProxy {
                             .then(|| r.faults[rand::random::<u32>() as usize % r.faults.len()])
                     })
                 };
+                let fault = fault.filter(|f| *f != Fault::Pass);
                 if fault.is_some() {
                     this.injected.fetch_add(1, Ordering::SeqCst);
                 }
@@ -215,7 +218,8 @@ async fn serve_matching(
             r.seen += 1;
             r.faults.pop_front().flatten()
         })
-    };
+    }
+    .filter(|f| *f != Fault::Pass);
     if fault.is_some() {
         injected.fetch_add(1, Ordering::SeqCst);
     }
@@ -232,7 +236,7 @@ async fn serve_matching(
                 let _ = server.read_to_end(&mut sink).await;
             }
         }
-        None => {
+        Some(Fault::Pass) | None => {
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;
             };
@@ -330,7 +334,7 @@ async fn serve(
                 _ = forward => { let _ = from_server.read_to_end(&mut sink).await; }
             }
         }
-        None => {
+        Some(Fault::Pass) | None => {
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;
             };

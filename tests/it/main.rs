@@ -21,3 +21,4 @@ mod subscriber;
 mod sync;
 mod template;
 mod tidy;
+mod usage_api;

@@ -5,12 +5,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::http::HeaderName;
-use tollgate::aws::policy_client;
+use tollgate::audit::AuditLog;
+use tollgate::aws::{admin_client, control_client, policy_client};
 use tollgate::clock::{Clock, SystemClock};
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::gate::{Gate, GateConfig};
 use tollgate::shed::{SetBy, ShedState};
+use tollgate::store::Store;
+use tollgate::sync::apigateway::{ApiGateway, Backoff};
+use tollgate::usage::registry::Registry;
+use tollgate::usage::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
 
 use super::read_policy;
 use crate::aws_args::StoreArgs;
@@ -65,9 +71,16 @@ pub struct Serve {
     /// is the table's (`tollgate shed set`), read every few seconds.
     #[arg(long, value_name = "LEVEL", conflicts_with = "policy_table")]
     pub shed_level: Option<u8>,
+    /// Token for the usage API's admin routes under /_tollgate/v1/tenants (send
+    /// `Authorization: Bearer TOKEN`). Without it those routes answer 403.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
+
+/// Where the usage API is mounted in `serve`.
+pub const USAGE_PREFIX: &str = "/_tollgate";
 
 impl Serve {
     pub async fn run(self) -> Result<(), String> {
@@ -77,11 +90,17 @@ impl Serve {
             )
             .init();
         let file = read_policy(self.policy.as_ref())?;
-        let (directory, demo): (Arc<dyn Directory>, _) = match &self.policy_table {
+        // The usage API shares the gate's directory; with a policy table its changes and audit
+        // records go to that table, as the deployed function's do.
+        let (registry, audit, demo): (Arc<dyn Registry>, Arc<dyn AuditSink>, _) = match &self.policy_table {
             Some(table) => {
                 let sdk = self.store.dynamo.aws.sdk_config().await?;
-                let client = policy_client(&sdk, POLICY_READ_BUDGET);
-                (Arc::new(DynamoDirectory::new(client, table)), Vec::new())
+                let dir = DynamoDirectory::new(policy_client(&sdk, POLICY_READ_BUDGET), table);
+                (
+                    Arc::new(dir),
+                    Arc::new(AuditLog::new(admin_client(&sdk), table)),
+                    Vec::new(),
+                )
             }
             None => {
                 let demo = demo_tenants(&file, self.demo_tenants);
@@ -95,10 +114,12 @@ impl Serve {
                         version: 1,
                     });
                 }
-                (Arc::new(directory), demo)
+                (Arc::new(directory), Arc::new(MemoryAudit::default()), demo)
             }
         };
+        let directory: Arc<dyn Directory> = registry.clone();
         let store = self.store.build().await?;
+        let usage = self.usage_api(registry, audit, store.clone()).await?;
         let mut gate_config = GateConfig {
             store_budget: Duration::from_millis(self.store_budget_ms.max(1)),
             ..GateConfig::default()
@@ -118,15 +139,17 @@ impl Serve {
                 .add_openapi(&src)
                 .map_err(|e| format!("--openapi {}: {e}", path.display()))?;
         }
-        let router = gateway::router(
-            Arc::new(gate),
-            GatewayConfig {
-                upstream: self.upstream.clone(),
-                api_key_header: header,
-                throttle: !self.no_throttle,
-                resources,
-            },
-        );
+        let router = Router::new()
+            .nest(USAGE_PREFIX, usage)
+            .fallback_service(gateway::router(
+                Arc::new(gate),
+                GatewayConfig {
+                    upstream: self.upstream.clone(),
+                    api_key_header: header,
+                    throttle: !self.no_throttle,
+                    resources,
+                },
+            ));
         let listener = gateway::bind(self.listen).await?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("tollgate gateway on http://{addr}");
@@ -175,6 +198,14 @@ impl Serve {
                 burst = file.plans[&t.plan].spec().burst.unwrap_or(1),
             );
         }
+        println!(
+            "  usage API: http://{addr}{USAGE_PREFIX}/v1/usage (your key); admin routes {}",
+            if self.admin_token.is_some() {
+                "on (Authorization: Bearer <--admin-token>)"
+            } else {
+                "off (give --admin-token)"
+            }
+        );
         println!("  Ctrl-C stops (requests in flight finish first)");
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -183,5 +214,40 @@ impl Serve {
         gateway::serve(listener, router, shutdown)
             .await
             .map_err(|e| format!("gateway stopped: {e}"))
+    }
+}
+
+impl Serve {
+    /// The usage API over the same store and directory as the gate. Without `--endpoint-url`
+    /// there is no API Gateway: onboarding and rotation answer 503 saying so; with it, keys are
+    /// created in that endpoint's API Gateway (the local emulator's).
+    async fn usage_api(
+        &self,
+        registry: Arc<dyn Registry>,
+        audit: Arc<dyn AuditSink>,
+        store: Arc<dyn Store>,
+    ) -> Result<Router, String> {
+        let control = match &self.store.dynamo.aws.endpoint_url {
+            Some(_) => {
+                let sdk = self.store.dynamo.aws.sdk_config().await?;
+                let api = ApiGateway::new(control_client(&sdk), Backoff::default());
+                Some(Arc::new(api) as Arc<dyn tollgate::sync::control_writes::ControlWrites>)
+            }
+            None => None,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        Ok(UsageApi {
+            registry,
+            store,
+            audit,
+            control,
+            clock,
+            admin: match &self.admin_token {
+                Some(t) if !t.is_empty() => AdminAuth::Bearer(t.clone()),
+                _ => AdminAuth::Disabled,
+            },
+            caller: CallerSource::KeyHeader(self.api_key_header.to_ascii_lowercase()),
+        }
+        .router())
     }
 }

@@ -33,6 +33,14 @@ impl DynamoDirectory {
         }
     }
 
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn table(&self) -> &str {
+        &self.table
+    }
+
     async fn get(&self, pk: String) -> Result<Option<Item>, DirectoryError> {
         let out = self
             .client

@@ -22,6 +22,8 @@ struct Inner {
     tenants: HashMap<String, String>,
     plans: HashMap<String, Arc<Plan>>,
     shed: ShedState,
+    /// The usage API's idempotency and revocation records (`crate::usage::registry`).
+    extra: crate::usage::registry::Extra,
 }
 
 impl MemoryDirectory {
@@ -61,6 +63,54 @@ impl MemoryDirectory {
     /// Sets the shed level (`tollgate serve --shed-level`, tests).
     pub fn set_shed(&self, shed: ShedState) {
         self.write().shed = shed;
+    }
+
+    pub fn remove_tenant(&self, tenant: &str) {
+        self.write().tenants.remove(tenant);
+    }
+
+    pub(crate) fn snapshot_tenants(&self) -> HashMap<String, String> {
+        self.read().tenants.clone()
+    }
+
+    pub(crate) fn snapshot_keys(&self) -> Vec<(ApiKeyHash, KeyRecord)> {
+        self.read().keys.iter().map(|(h, r)| (*h, r.clone())).collect()
+    }
+
+    pub(crate) fn plan_list(&self) -> Vec<String> {
+        self.read().plans.keys().cloned().collect()
+    }
+
+    pub(crate) fn extra_get(&self, k: &str) -> Option<String> {
+        self.read().extra.get(k).cloned()
+    }
+
+    pub(crate) fn extra_put(&self, k: &str, v: String) {
+        self.write().extra.insert(k.to_owned(), v);
+    }
+
+    /// Inserts unless present; whether it inserted.
+    pub(crate) fn extra_put_new(&self, k: &str, v: String) -> bool {
+        let mut inner = self.write();
+        if inner.extra.contains_key(k) {
+            return false;
+        }
+        inner.extra.insert(k.to_owned(), v);
+        true
+    }
+
+    pub(crate) fn extra_remove(&self, k: &str) {
+        self.write().extra.remove(k);
+    }
+
+    pub(crate) fn extra_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let inner = self.read();
+        inner
+            .extra
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {

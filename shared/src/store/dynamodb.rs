@@ -37,7 +37,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use self::item::{OpStatus, Snapshot, TatAttr, Write};
-use super::{Consume, Store, StoreError, Usage};
+use super::{Consume, Reset, Store, StoreError, Usage};
 use crate::clock::{Timestamp, duration_nanos};
 use crate::decision::{Decision, Reason};
 use crate::engine;
@@ -223,6 +223,10 @@ impl DynamoStore {
 
     /// Marks a cached tenant as being re-checked, so that concurrent requests keep using the
     /// cache while one of them asks the store.
+    fn forget(&self, tenant: &str) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant);
+    }
+
     fn touch(&self, tenant: &str, now: Timestamp) {
         if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(tenant) {
             c.checked = c.checked.max(now);
@@ -509,7 +513,75 @@ impl Store for DynamoStore {
             tenant: tenant.to_owned(),
             reason,
         })?;
-        Ok(Usage::from_counters(snap.counters, now))
+        let plan_tat = TatAttr::parse(crate::policy::BucketId::Plan.attribute());
+        let tat = snap.tats.iter().find(|(a, _)| Some(*a) == plan_tat).map(|(_, t)| *t);
+        let mut usage = Usage::from_counters(snap.counters, now);
+        usage.tat = tat;
+        Ok(usage)
+    }
+
+    /// One consistent read for the names of the tenant's TAT attributes (routes vary by plan),
+    /// then one `UpdateItem`: `REMOVE` the TATs, `SET` the current counters to 0. The operation-id
+    /// slots stay: a late resend of an earlier request must still find its id refused.
+    async fn reset(&self, tenant: &str, reset: Reset, now: Timestamp) -> Result<(), StoreError> {
+        let unavailable = |e: String| StoreError::Unavailable(e);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.config.table)
+            .key(item::PK, AttributeValue::S(tenant.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(DisplayErrorContext(e).to_string()))?;
+        let Some(found) = out.item else { return Ok(()) };
+        let mut names: Vec<String> = Vec::new();
+        if reset.rate {
+            names.extend(found.keys().filter(|n| TatAttr::parse(n).is_some()).cloned());
+        }
+        let mut sets: Vec<String> = Vec::new();
+        if reset.day {
+            sets.push(crate::quota::Period::Day.counter(now).to_string());
+        }
+        if reset.month {
+            sets.push(crate::quota::Period::Month.counter(now).to_string());
+        }
+        if names.is_empty() && sets.is_empty() {
+            return Ok(());
+        }
+        let mut call = self
+            .client
+            .update_item()
+            .table_name(&self.config.table)
+            .key(item::PK, AttributeValue::S(tenant.to_owned()))
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", item::PK);
+        let mut expr = String::new();
+        if !sets.is_empty() {
+            let parts: Vec<String> = (0..sets.len()).map(|i| format!("#s{i} = :zero")).collect();
+            expr.push_str(&format!("SET {}", parts.join(", ")));
+            for (i, n) in sets.iter().enumerate() {
+                call = call.expression_attribute_names(format!("#s{i}"), n);
+            }
+            call = call.expression_attribute_values(":zero", AttributeValue::N("0".to_owned()));
+        }
+        if !names.is_empty() {
+            let parts: Vec<String> = (0..names.len()).map(|i| format!("#r{i}")).collect();
+            expr.push_str(&format!(" REMOVE {}", parts.join(", ")));
+            for (i, n) in names.iter().enumerate() {
+                call = call.expression_attribute_names(format!("#r{i}"), n);
+            }
+        }
+        match call.update_expression(expr.trim()).send().await {
+            Ok(_) => {}
+            // Gone between the read and the write (TTL): nothing left to reset.
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {}
+            Err(e) => return Err(unavailable(DisplayErrorContext(e).to_string())),
+        }
+        // This process's cached view must not refuse on the state just cleared.
+        self.forget(tenant);
+        Ok(())
     }
 }
 

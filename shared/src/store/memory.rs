@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Consume, Store, StoreError, Usage};
+use super::{Consume, Reset, Store, StoreError, Usage};
 use crate::clock::Timestamp;
 use crate::decision::Decision;
 use crate::engine::{self, State};
@@ -266,10 +266,30 @@ impl Store for MemoryStore {
             Some(e) => {
                 e.roll(now);
                 let current = [e.day, e.month].into_iter().filter(|(_, n)| *n > 0);
-                Usage::from_counters(e.history.iter().copied().chain(current), now)
+                let mut usage = Usage::from_counters(e.history.iter().copied().chain(current), now);
+                usage.tat = e.tat;
+                usage
             }
             None => Usage::default(),
         })
+    }
+
+    async fn reset(&self, tenant: &str, reset: Reset, now: Timestamp) -> Result<(), StoreError> {
+        let mut shard = self.shard(tenant);
+        if let Some(e) = shard.tenants.get_mut(tenant) {
+            e.roll(now);
+            if reset.rate {
+                e.tat = None;
+                e.routes.clear();
+            }
+            if reset.day {
+                e.day.1 = 0;
+            }
+            if reset.month {
+                e.month.1 = 0;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -27,11 +27,22 @@ pub struct Consume<'a> {
     pub now: Timestamp,
 }
 
-/// A tenant's recorded usage: the kept daily and monthly counters, oldest first.
+/// A tenant's recorded usage: the kept daily and monthly counters, oldest first, and the plan
+/// bucket's TAT (`None`: never used, or reset).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     pub days: Vec<(Counter, u64)>,
     pub months: Vec<(Counter, u64)>,
+    pub tat: Option<Timestamp>,
+}
+
+/// What an operator's reset clears: the rate state (every bucket of the tenant), and the
+/// counters of the current day and month. The operation-id slots are never touched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reset {
+    pub rate: bool,
+    pub day: bool,
+    pub month: bool,
 }
 
 impl Usage {
@@ -142,4 +153,8 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// The tenant's recorded usage inside the kept window.
     async fn usage(&self, tenant: &str, now: Timestamp) -> Result<Usage, StoreError>;
+
+    /// An operator's reset: clears what `reset` names for the tenant, in one write. Containers
+    /// holding a cached refusal see it within their `max_cached_refusal`.
+    async fn reset(&self, tenant: &str, reset: Reset, now: Timestamp) -> Result<(), StoreError>;
 }
