@@ -318,12 +318,19 @@ async fn diff_apply_rollback_round_trip() {
     // WHEN the rollback is rolled back THEN AFTER holds again: gold created anew, acme on it
     w.clock.advance(Duration::from_secs(1));
     let again = back.change_id.expect("rollback recorded");
-    apply::rollback(&w.cx(), &again)
+    let third = apply::rollback(&w.cx(), &again)
         .await
         .expect("rollback of the rollback");
     assert_eq!(w.gateway().await, gateway1);
     assert_eq!(w.diff(AFTER).await, ExitCode::SUCCESS);
     assert_eq!(w.burst("tg_live_round").await.0, 5);
+
+    // WHEN that is rolled back too THEN the plan it created goes again: API Gateway as at first
+    w.clock.advance(Duration::from_secs(1));
+    let third = third.change_id.expect("recorded");
+    apply::rollback(&w.cx(), &third).await.expect("third rollback");
+    assert_eq!(w.gateway().await, gateway0);
+    assert_eq!(w.diff(BEFORE).await, ExitCode::SUCCESS);
 }
 
 #[tokio::test]

@@ -478,6 +478,35 @@ async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
 }
 
 #[tokio::test]
+async fn a_second_rotation_never_postpones_the_first_ones_revocation() {
+    // GIVEN tenant parasol's first key rotated out with 300 s of grace
+    let w = World::new("ap-northeast-2").await;
+    let (_, body) = w.onboard_via(&w.base, "parasol", "idem-p").await.expect("onboard");
+    let first = body["key"]["value"].as_str().expect("value").to_owned();
+    let rotate = |grace: u64| {
+        w.admin(reqwest::Method::POST, "/v1/tenants/parasol/keys")
+            .json(&json!({ "grace_seconds": grace }))
+            .send()
+    };
+    let second: Value = rotate(300).await.expect("answer").json().await.expect("json");
+    let second = second["key"]["value"].as_str().expect("value").to_owned();
+    // WHEN it is rotated again a minute later, with an hour of grace
+    w.clock.advance(Duration::from_secs(60));
+    let again: Value = rotate(3600).await.expect("answer").json().await.expect("json");
+    assert_eq!(again["revoking"].as_array().expect("revoking").len(), 2, "{again}");
+    // THEN past the first deadline the first key is revoked on time, the second keeps its hour
+    w.clock.advance(Duration::from_secs(241));
+    let view = w
+        .admin(reqwest::Method::GET, "/v1/tenants/parasol")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(view.status(), StatusCode::OK);
+    assert!(!admitted(&w.gate(), &first).await, "first key past its 300 s");
+    assert!(admitted(&w.gate(), &second).await, "second key inside its hour");
+}
+
+#[tokio::test]
 async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
     // GIVEN the usage API on a DynamoDB policy table holding the plans (the Lambda's setup)
     let sdk = emulator::sdk_config_in(&emulator::endpoint(), "ca-west-1");

@@ -153,14 +153,16 @@ pub fn desired(
 ) -> Result<Vec<AlarmDefinition>, AlarmError> {
     let mut alarms = Vec::new();
     for (plan, spec) in plans {
+        // `-1` is an unlimited quota: nothing to refuse, no metric to watch.
+        let limited = |q: Option<i64>| q.is_some_and(|q| q >= 0);
         let mut refusals: Vec<(&str, &str)> = Vec::new();
         if spec.rate.is_some() || !spec.routes.is_empty() {
             refusals.push(("rate", metrics::THROTTLES_RATE));
         }
-        if spec.daily_quota.is_some() {
+        if limited(spec.daily_quota) {
             refusals.push(("daily", metrics::THROTTLES_DAILY_QUOTA));
         }
-        if spec.monthly_quota.is_some() {
+        if limited(spec.monthly_quota) {
             refusals.push(("monthly", metrics::THROTTLES_MONTHLY_QUOTA));
         }
         if refusals.is_empty() || spec.shadow {
@@ -228,10 +230,10 @@ fn description(plan: &str, spec: &PlanSpec, settings: &AlarmSettings) -> String 
             .collect();
         limits.push(format!("routes {}", routes.join(", ")));
     }
-    if let Some(q) = spec.daily_quota {
+    if let Some(q) = spec.daily_quota.filter(|q| *q >= 0) {
         limits.push(format!("daily quota {q}"));
     }
-    if let Some(q) = spec.monthly_quota {
+    if let Some(q) = spec.monthly_quota.filter(|q| *q >= 0) {
         limits.push(format!("monthly quota {q}"));
     }
     let mut s = String::new();
@@ -310,11 +312,13 @@ mod tests {
 
     #[test]
     fn each_plan_that_can_refuse_gets_one_alarm_on_only_the_metrics_it_can_produce() {
-        // GIVEN a rate-only plan, a plan with every limit, an unlimited and a shadow plan
+        // GIVEN a rate-only plan, a plan with every limit, two unlimited ones (one says so with
+        // `-1`) and a shadow plan
         let plans = plans(
             "[plans.free]\nrate = 1.0\nburst = 2\n\
              [plans.gold]\nrate = 10.0\nburst = 20\ndaily_quota = 100\nmonthly_quota = 1000\n\
              [plans.open]\n\
+             [plans.minus]\ndaily_quota = -1\n\
              [plans.trial]\nrate = 1.0\nburst = 1\nshadow = true\n",
         );
         // WHEN the alarms are derived

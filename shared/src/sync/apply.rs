@@ -796,6 +796,13 @@ pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyEr
             .collect();
         checkpoint.keys.insert(key_id.clone(), on);
     }
+    // Plans the restore creates are absent now: rolling this rollback back deletes them again.
+    for step in &steps {
+        if let Step::CreatePlan(p) = step {
+            let name = p.tags.get(TAG_PLAN).cloned().unwrap_or_else(|| p.name.clone());
+            checkpoint.absent_plans.push(name);
+        }
+    }
     let summary = format!("rollback to before {id}: {} API Gateway call(s)", steps.len());
     change(cx, Source::Rollback, summary, steps, checkpoint, current.generation).await
 }

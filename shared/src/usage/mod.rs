@@ -1145,12 +1145,19 @@ async fn move_plan(
                 api.usage_plan_id(control.as_ref(), &old).await?,
                 api.usage_plan_id(control.as_ref(), &body.plan).await?,
             );
-            // Onto the new plan first: a key is never on no plan (API Gateway would refuse it).
+            // Off the old plan first: API Gateway refuses a key on two plans of one stage. A key
+            // the new plan refuses goes back on the old one, so it is never left on no plan.
             let on_old = plan_keys(control.as_ref(), &from).await?;
             for (_, k) in api.registry.keys_of(&tenant).await? {
-                control.create_usage_plan_key(&to, &k.key_id).await?;
-                if on_old.contains(&k.key_id) {
+                let was_on_old = on_old.contains(&k.key_id);
+                if was_on_old {
                     control.delete_usage_plan_key(&from, &k.key_id).await?;
+                }
+                if let Err(e) = control.create_usage_plan_key(&to, &k.key_id).await {
+                    if was_on_old {
+                        control.create_usage_plan_key(&from, &k.key_id).await?;
+                    }
+                    return Err(e.into());
                 }
             }
         }
@@ -1236,11 +1243,21 @@ async fn rotate(
         enabled: true,
     };
     let at = now.saturating_add(Duration::from_secs(grace)).as_secs();
+    // A key already on its way out keeps its earlier deadline: a second rotation with a longer
+    // grace must not postpone the first one's revocation.
+    let pending: std::collections::HashMap<String, u64> = api
+        .registry
+        .revocations()
+        .await?
+        .into_iter()
+        .map(|r| (r.key_id, r.at))
+        .collect();
     let mut revoking = Vec::new();
     for (h, k) in api.registry.keys_of(&tenant).await? {
         if !k.enabled {
             continue;
         }
+        let at = pending.get(&k.key_id).map_or(at, |&earlier| earlier.min(at));
         api.registry
             .put_revocation(&Revocation {
                 tenant: tenant.clone(),
