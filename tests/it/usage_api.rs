@@ -56,14 +56,20 @@ fn plan(name: &str) -> Arc<Plan> {
 impl World {
     /// A world in `region` of the emulator, the registry in memory (as `tollgate serve` has it).
     async fn new(region: &'static str) -> World {
-        World::with(region, None, None).await
+        World::with(region, None, None, None).await
     }
 
     /// With `registry`, the usage API keeps tenants, keys and its own records there (the
     /// Lambda's policy table) instead of the in-memory directory.
     /// `control_endpoint` serves the usage API's API Gateway calls (a fault proxy in front of the
-    /// emulator); the test's own SDK calls go to the emulator.
-    async fn with(region: &'static str, registry: Option<Arc<dyn Registry>>, control_endpoint: Option<&str>) -> World {
+    /// emulator); the test's own SDK calls go to the emulator. `audit_endpoint` does the same for
+    /// the usage API's audit writes.
+    async fn with(
+        region: &'static str,
+        registry: Option<Arc<dyn Registry>>,
+        control_endpoint: Option<&str>,
+        audit_endpoint: Option<&str>,
+    ) -> World {
         let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
         let gw = control_client(&sdk);
         let free_plan_id = gw
@@ -86,6 +92,10 @@ impl World {
             .await
             .expect("policy table");
         let audit = AuditLog::new(admin, &policy);
+        let usage_audit = match audit_endpoint {
+            Some(endpoint) => AuditLog::new(admin_client(&emulator::sdk_config_in(endpoint, region)), &policy),
+            None => audit.clone(),
+        };
         let clock = ManualClock::new(START);
         let fast = Backoff {
             attempts: 5,
@@ -95,7 +105,7 @@ impl World {
         let router = UsageApi {
             registry: registry.unwrap_or_else(|| dir.clone()),
             store: store.clone(),
-            audit: Arc::new(audit.clone()),
+            audit: Arc::new(usage_audit),
             control: Some(Arc::new(ApiGateway::new(
                 control_client(&emulator::sdk_config_in(
                     control_endpoint.unwrap_or(&emulator::endpoint()),
@@ -279,6 +289,36 @@ async fn a_retried_onboarding_creates_nothing_new_also_after_a_lost_response() {
         .expect("answer");
     assert_eq!(res.status(), StatusCode::CONFLICT);
     assert_eq!(w.keys_of("globex").await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_onboarding_whose_audit_write_failed_writes_it_once_when_retried() {
+    // GIVEN the usage API's audit writes behind a proxy that fails the first one, through all
+    // three of the SDK's attempts
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("ap-south-2", None, None, Some(&proxy.endpoint())).await;
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseRequest); 3]);
+    // WHEN onboarding answers that its audit record could not be written, and is retried with
+    // the same Idempotency-Key, twice
+    let (failed, problem) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("answer");
+    let (s1, first) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
+    let (s2, second) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
+    // THEN the first says so, the retries answer the one key, and the trail holds the onboarding
+    // exactly once
+    assert_eq!(failed, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert!(
+        problem["detail"].as_str().expect("detail").contains("Idempotency-Key"),
+        "{problem}"
+    );
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(first, second);
+    assert_eq!(w.keys_of("initech").await.len(), 1);
+    let history = w.audit.history().await.expect("history");
+    let onboards: Vec<_> = history
+        .iter()
+        .filter(|e| e.summary.contains("onboard tenant initech"))
+        .collect();
+    assert_eq!(onboards.len(), 1, "{history:?}");
 }
 
 #[tokio::test]
@@ -518,7 +558,7 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
     let registry = DynamoDirectory::new(admin, &table);
     registry.put_plan(&plan("free"), 1).await.expect("plan");
     registry.put_plan(&plan("pro"), 1).await.expect("plan");
-    let w = World::with("ca-west-1", Some(Arc::new(registry.clone())), None).await;
+    let w = World::with("ca-west-1", Some(Arc::new(registry.clone())), None, None).await;
     // WHEN a tenant is onboarded, the onboarding retried, and the tenants listed
     let (s1, first) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
     let (s2, second) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
@@ -569,7 +609,7 @@ async fn a_lost_create_api_key_answer_is_found_by_name_on_retry_not_created_agai
     // GIVEN API Gateway behind a proxy that loses the answer to onboarding's fifth call,
     // CreateApiKey (after GetUsagePlans, two GetUsagePlanKeys and GetApiKeys)
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
-    let w = World::with("eu-south-1", None, Some(&proxy.endpoint())).await;
+    let w = World::with("eu-south-1", None, Some(&proxy.endpoint()), None).await;
     for _ in 0..4 {
         proxy.inject(Fault::Pass);
     }

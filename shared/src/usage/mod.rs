@@ -111,8 +111,12 @@ impl MemoryAudit {
 
 #[async_trait]
 impl AuditSink for MemoryAudit {
+    /// As `AuditLog`: a record whose id is there already is left as it is.
     async fn record(&self, record: &ChangeRecord) -> Result<(), AuditError> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(record.clone());
+        let mut records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !records.iter().any(|r| r.id == record.id) {
+            records.push(record.clone());
+        }
         Ok(())
     }
 }
@@ -316,8 +320,16 @@ impl UsageApi {
 
     async fn audit(&self, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
         let now = self.now();
+        let id = format!("usage-api-{:x}-{:08x}", now.as_nanos(), rand::random::<u32>());
+        self.audit_as(id, actor, summary, items).await
+    }
+
+    /// Audits under a given id: a retried request that writes the same id again leaves the first
+    /// record as it is (`AuditLog::record`), so a retry never duplicates nor loses it.
+    async fn audit_as(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
+        let now = self.now();
         let record = ChangeRecord {
-            id: format!("usage-api-{:x}-{:08x}", now.as_nanos(), rand::random::<u32>()),
+            id,
             time: now.as_secs(),
             source: Source::UsageApi,
             actor: Some(actor.to_owned()),
@@ -1000,18 +1012,13 @@ async fn onboard(State(api): Api, uri: Uri, headers: HeaderMap, req: axum::extra
     };
     api.registry.put_key(&hash, &record).await?;
     api.registry.put_tenant(&body.tenant, &body.plan).await?;
-    let done = IdempotencyRecord {
-        fingerprint: fingerprint.clone(),
-        tenant: body.tenant.clone(),
-        plan: body.plan.clone(),
-        key_id: key.id.clone(),
-    };
-    if !api.registry.put_idempotency(&idem, &done).await? {
-        // Another attempt with this key finished first: answer as it did.
-        let first = api.registry.idempotency(&idem).await?.unwrap_or(done);
-        return replay(&api, &idem, &first, &fingerprint).await;
-    }
-    api.audit(
+    // The audit record first, under an id of the idempotency key: a retry after a failure
+    // below writes the same record again (kept once), and a replay finds it written.
+    api.audit_as(
+        format!(
+            "usage-api-onboard-{}",
+            &hex::encode(Sha256::digest(idem.as_bytes()))[..16]
+        ),
         &actor,
         format!(
             "onboard tenant {} on plan {} with key {}",
@@ -1033,6 +1040,17 @@ async fn onboard(State(api): Api, uri: Uri, headers: HeaderMap, req: axum::extra
         ],
     )
     .await?;
+    let done = IdempotencyRecord {
+        fingerprint: fingerprint.clone(),
+        tenant: body.tenant.clone(),
+        plan: body.plan.clone(),
+        key_id: key.id.clone(),
+    };
+    if !api.registry.put_idempotency(&idem, &done).await? {
+        // Another attempt with this key finished first: answer as it did.
+        let first = api.registry.idempotency(&idem).await?.unwrap_or(done);
+        return replay(&api, &idem, &first, &fingerprint).await;
+    }
     Ok(created(Onboarded {
         tenant: body.tenant,
         plan: body.plan,

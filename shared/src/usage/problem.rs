@@ -98,7 +98,10 @@ impl From<AuditError> for Problem {
         tracing::warn!(error = %e, "usage api: audit trail");
         Problem::unavailable(
             "audit-unavailable",
-            format!("the change was made but its audit record could not be written ({e}); send the same request again"),
+            format!(
+                "the change was made but its audit record could not be written ({e}); an onboarding retried \
+                 with the same Idempotency-Key writes it, any other change: read the tenant before retrying"
+            ),
         )
     }
 }
