@@ -457,3 +457,31 @@ async fn concurrent_runs_step_the_level_once() {
     assert_eq!(landed, 1);
     assert_eq!(table_.get().await.expect("get").level, 2);
 }
+
+#[tokio::test]
+async fn a_shed_write_whose_answer_was_lost_is_applied_and_audited_not_superseded() {
+    // GIVEN the policy table behind a proxy that applies the first PutItem and loses its answer
+    let (sdk, table) = policy_table().await;
+    let proxy = crate::fault_proxy::FaultProxy::start(&emulator::endpoint()).await;
+    proxy.inject_on(
+        "POST",
+        "DynamoDB_20120810.PutItem",
+        &[Some(crate::fault_proxy::Fault::LoseResponse)],
+    );
+    let through = ShedTable::new(admin_client(&emulator::sdk_config(&proxy.endpoint())), &table);
+    let direct = ShedTable::new(admin_client(&sdk), &table);
+    let before = direct.get().await.expect("get");
+    // WHEN the level is set (the SDK sends the put again, which fails its condition)
+    let written = through
+        .set(&before, 3, SetBy::Manual("ops".into()), "lost answer", None, NOW)
+        .await
+        .expect("set");
+    // THEN it is reported applied, the table holds it, and the audit trail has it once
+    assert!(matches!(&written, Written::Applied(s) if s.level == 3), "{written:?}");
+    assert_eq!(direct.get().await.expect("get").level, 3);
+    let history = AuditLog::new(admin_client(&sdk), &table)
+        .history()
+        .await
+        .expect("history");
+    assert_eq!(history.iter().filter(|e| e.source == "shed").count(), 1, "{history:?}");
+}

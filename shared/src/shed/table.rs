@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use super::{SHED_PK, SetBy, ShedState};
 use crate::audit::{self, AuditLog, ChangeRecord, ItemChange, Source};
@@ -161,12 +161,23 @@ impl ShedTable {
             // Version 0 is the absent item; `version = :v` never holds for it.
             .condition_expression("attribute_not_exists(pk) OR version = :v")
             .expression_attribute_values(":v", AttributeValue::N(from.version.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match put {
             Ok(_) => {}
             Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
-                return Ok(Written::Superseded);
+                // The SDK resends a put whose answer was lost; the resend then fails its
+                // condition against the put itself. That is this write, applied: audit it.
+                let ours = match e.err() {
+                    PutItemError::ConditionalCheckFailedException(c) => {
+                        c.item().and_then(|i| parse_item(i).ok()).is_some_and(|held| held == to)
+                    }
+                    _ => false,
+                };
+                if !ours {
+                    return Ok(Written::Superseded);
+                }
             }
             Err(e) => return Err(self.unavailable(e)),
         }
