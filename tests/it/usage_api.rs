@@ -606,14 +606,11 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
 
 #[tokio::test]
 async fn a_lost_create_api_key_answer_is_found_by_name_on_retry_not_created_again() {
-    // GIVEN API Gateway behind a proxy that loses the answer to onboarding's fifth call,
-    // CreateApiKey (after GetUsagePlans, two GetUsagePlanKeys and GetApiKeys)
+    // GIVEN API Gateway behind a proxy that loses the answer to onboarding's CreateApiKey
+    // (`POST /apikeys`), having applied it
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
-    let w = World::with("eu-south-1", None, Some(&proxy.endpoint()), None).await;
-    for _ in 0..4 {
-        proxy.inject(Fault::Pass);
-    }
-    proxy.inject(Fault::LoseResponse);
+    let w = World::with("eu-south-2", None, Some(&proxy.endpoint()), None).await;
+    proxy.inject_on("POST", "/apikeys", &[Some(Fault::LoseResponse)]);
     // WHEN onboarding fails on the lost answer and is retried with the same Idempotency-Key
     let (failed, problem) = w.onboard_via(&w.base, "wayne", "idem-w").await.expect("answer");
     let (status, body) = w.onboard_via(&w.base, "wayne", "idem-w").await.expect("answer");
