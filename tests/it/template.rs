@@ -827,6 +827,27 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
 }
 
 #[test]
+fn the_usage_api_function_revokes_rotated_keys_on_a_one_minute_schedule() {
+    // GIVEN the template's usage-api function
+    let t = parse(TEMPLATE);
+    let events = usage_api_function(&t)["Properties"]["Events"]
+        .as_mapping()
+        .expect("events");
+    // THEN its one event is an EventBridge rule every minute: the rule's event is the
+    // `Scheduled Event` from `aws.events` the function's main takes for the revocation sweep
+    // (a Scheduler `ScheduleV2` would send another payload), not an API request
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (_, event) = events.iter().next().expect("an event");
+    assert_eq!(event["Type"], "Schedule");
+    assert_eq!(event["Properties"]["Schedule"], "rate(1 minute)");
+    assert_ne!(event["Properties"]["Enabled"], false);
+    assert!(
+        event["Properties"]["Input"].is_null(),
+        "the rule must send its own event"
+    );
+}
+
+#[test]
 fn the_usage_api_serves_every_route_admin_routes_on_iam_and_usage_behind_the_authorizer() {
     // GIVEN the template's usage API definition
     let t = parse(TEMPLATE);

@@ -61,6 +61,9 @@ pub const ROUTES: [(&str, &str); 9] = [
     ("/v1/tenants/{tenant}/reset", "post"),
 ];
 
+/// The actor the audit trail names for revocations run by the usage API's schedule.
+pub const SCHEDULE_ACTOR: &str = "schedule";
+
 /// What the `usage-api` function reads from its environment (template.yaml sets each).
 pub const FUNCTION_VARIABLES: [&str; 3] = ["TOLLGATE_STATE_TABLE", "TOLLGATE_POLICY_TABLE", "TOLLGATE_LOG"];
 /// The DynamoDB actions it calls on the state table (usage reads, resets)...
@@ -330,9 +333,11 @@ impl UsageApi {
         Ok(())
     }
 
-    /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, taken off
-    /// their plan, disabled in the registry, audited.
-    async fn sweep(&self, actor: &str) -> Result<(), Problem> {
+    /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
+    /// the registry, audited as `actor`; the keys revoked. Deployed, a schedule runs it every
+    /// minute (`SCHEDULE_ACTOR`), so an old key stops at its deadline even when no admin route
+    /// is called; every admin route that reads or changes keys runs it first as well.
+    pub async fn revoke_due(&self, actor: &str) -> Result<Vec<Revocation>, Problem> {
         let now = self.now().as_secs();
         let due: Vec<Revocation> = self
             .registry
@@ -341,7 +346,7 @@ impl UsageApi {
             .into_iter()
             .filter(|r| r.at <= now)
             .collect();
-        for r in due {
+        for r in &due {
             if let Some(control) = &self.control {
                 disable_key(control.as_ref(), &r.key_id).await?;
             }
@@ -371,7 +376,11 @@ impl UsageApi {
             )
             .await?;
         }
-        Ok(())
+        Ok(due)
+    }
+
+    async fn sweep(&self, actor: &str) -> Result<(), Problem> {
+        self.revoke_due(actor).await.map(drop)
     }
 }
 
