@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tollgate::audit::AuditLog;
 use tollgate::aws::{admin_client, cloudwatch_client};
 use tollgate::clock::{Clock, ManualClock, Timestamp};
+use tollgate::directory::Directory;
 use tollgate::directory::dynamodb::create_policy_table;
 use tollgate::directory::{DynamoDirectory, MemoryDirectory};
 use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
@@ -21,6 +22,8 @@ use tollgate::shed::controller::{Config, Controller, RunOutcome};
 use tollgate::shed::table::{ShedError, ShedTable, Written};
 use tollgate::shed::{AlarmState, Hold, SetBy, ShedState};
 use tollgate::store::{MemoryStore, Store};
+use tollgate::usage::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
+use tollgate_cli::commands::serve::USAGE_PREFIX;
 use tollgate_cli::commands::shed as shed_cli;
 use tollgate_cli::gateway::{self, GatewayConfig, Resources};
 use tollgate_cli::simulate::{self, Config as SimConfig, Pattern, Report, Target};
@@ -179,6 +182,77 @@ async fn simulate_through_the_gateway_sheds_the_low_tiers_keeps_the_top_and_lowe
 }
 
 /// A policy table on the emulator with the tiers loaded, and its name.
+#[tokio::test]
+async fn a_put_to_the_usage_apis_shed_route_in_serve_makes_the_gate_refuse_the_low_tier() {
+    // GIVEN the gateway as `tollgate serve --admin-token` builds it: the usage API under
+    // /_tollgate on the gate's own directory, the gate in front of everything else
+    let file = PolicyFile::parse(TIERS).expect("policy");
+    let directory = Arc::new(directory_with(&file, &demo_tenants(&file, 1)));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let clock = Arc::new(ManualClock::new(NOW));
+    let gate = Gate::new(GateConfig::default(), directory.clone(), store.clone(), clock.clone());
+    let usage = UsageApi {
+        registry: directory.clone(),
+        store,
+        audit: Arc::new(MemoryAudit::default()),
+        control: None,
+        clock,
+        admin: AdminAuth::Bearer("ops-token".into()),
+        caller: CallerSource::KeyHeader("x-api-key".into()),
+    }
+    .router();
+    let router = axum::Router::new()
+        .nest(USAGE_PREFIX, usage)
+        .fallback_service(gateway::router(
+            Arc::new(gate),
+            GatewayConfig {
+                upstream: None,
+                api_key_header: HeaderName::from_static("x-api-key"),
+                throttle: true,
+                resources: Resources::from_policy(&file),
+            },
+        ));
+    let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(gateway::serve(listener, router, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let shed_route = format!("{base}{USAGE_PREFIX}/v1/shed");
+    let put = |auth: &'static str| {
+        http.put(&shed_route)
+            .header("authorization", auth)
+            .json(&serde_json::json!({"level": 1, "reason": "backend failover"}))
+            .send()
+    };
+    // WHEN a tenant's key tries the route THEN 401, and nothing is shed
+    let refused = put("Bearer tg_demo_free_0").await.expect("answer");
+    assert_eq!(refused.status(), 401);
+    assert_eq!(directory.shed().await.expect("dir").level, 0);
+    // WHEN the admin sets level 1
+    let set = put("Bearer ops-token").await.expect("answer");
+    assert_eq!(set.status(), 200);
+    let view: serde_json::Value = set.json().await.expect("json");
+    let free = view["plans"]
+        .as_array()
+        .expect("plans")
+        .iter()
+        .find(|p| p["plan"] == "free")
+        .expect("free")
+        .clone();
+    assert_eq!(free["shed"], true);
+    // THEN the gate refuses the free tier with reason `shed` and serves the top tier
+    let call = |key: &'static str| http.get(format!("{base}/hello")).header("x-api-key", key).send();
+    let low = call("tg_demo_free_0").await.expect("answer");
+    assert_eq!(low.status(), 429);
+    let body: serde_json::Value = low.json().await.expect("json");
+    assert_eq!(body["reason"], "shed");
+    assert_eq!(call("tg_demo_enterprise_0").await.expect("answer").status(), 200);
+}
+
 async fn policy_table() -> (aws_config::SdkConfig, String) {
     let sdk = emulator::sdk_config(&emulator::endpoint());
     let table = emulator::unique("policy");

@@ -794,10 +794,17 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
     // the API Gateway calls it makes
     let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut control = BTreeSet::new();
+    let mut policy_writes: BTreeMap<String, Value> = BTreeMap::new();
     for policy in f["Properties"]["Policies"].as_sequence().expect("inline policies") {
         for st in policy["Statement"].as_sequence().expect("statements") {
             assert_eq!(st["Effect"], "Allow");
             for action in strings(&st["Action"]) {
+                if untag(&st["Resource"]).1.as_str() == Some("PolicyTable.Arn")
+                    && matches!(action.as_str(), "dynamodb:PutItem" | "dynamodb:DeleteItem")
+                {
+                    let keys = st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"].clone();
+                    policy_writes.insert(action.clone(), keys);
+                }
                 if action.starts_with("dynamodb:") {
                     let table = untag(&st["Resource"]).1.as_str().expect("a table ARN").to_owned();
                     tables.entry(table).or_default().insert(action);
@@ -819,11 +826,43 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
             ("PolicyTable.Arn".to_owned(), set(&tollgate::usage::POLICY_ACTIONS)),
         ])
     );
+    // AND of the policy table it writes only its own items, never a plan or the sync's meta
+    assert_eq!(
+        policy_writes,
+        BTreeMap::from([
+            (
+                "dynamodb:PutItem".to_owned(),
+                parse(r#"["tenant#*", "key#*", "idem#*", "revoke#*", "audit#*", "shed#level"]"#),
+            ),
+            ("dynamodb:DeleteItem".to_owned(), parse(r#"["tenant#*", "revoke#*"]"#),),
+        ])
+    );
     let want: BTreeSet<(String, String)> = tollgate::usage::CONTROL_ACCESS
         .iter()
         .map(|(a, p)| ((*a).to_owned(), (*p).to_owned()))
         .collect();
     assert_eq!(control, want);
+}
+
+#[test]
+fn the_usage_api_function_revokes_rotated_keys_on_a_one_minute_schedule() {
+    // GIVEN the template's usage-api function
+    let t = parse(TEMPLATE);
+    let events = usage_api_function(&t)["Properties"]["Events"]
+        .as_mapping()
+        .expect("events");
+    // THEN its one event is an EventBridge rule every minute: the rule's event is the
+    // `Scheduled Event` from `aws.events` the function's main takes for the revocation sweep
+    // (a Scheduler `ScheduleV2` would send another payload), not an API request
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (_, event) = events.iter().next().expect("an event");
+    assert_eq!(event["Type"], "Schedule");
+    assert_eq!(event["Properties"]["Schedule"], "rate(1 minute)");
+    assert_ne!(event["Properties"]["Enabled"], false);
+    assert!(
+        event["Properties"]["Input"].is_null(),
+        "the rule must send its own event"
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ use tollgate::policy::{Plan, PlanSpec};
 use tollgate::store::{Consume, DynamoStore, Store};
 use tollgate::sync::apigateway::{ApiGateway, Backoff};
 use tollgate::usage::registry::Registry;
-use tollgate::usage::{AdminAuth, CallerSource, ROUTES, UsageApi};
+use tollgate::usage::{AdminAuth, CallerSource, ROUTES, SCHEDULE_ACTOR, UsageApi};
 
 use crate::emulator;
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -39,6 +39,8 @@ struct World {
     clock: ManualClock,
     audit: AuditLog,
     free_plan_id: String,
+    /// The ports the router serves (its library entry points, e.g. the revocation sweep).
+    api: UsageApi,
     _stop: oneshot::Sender<()>,
 }
 
@@ -102,7 +104,7 @@ impl World {
             base: Duration::from_millis(5),
             cap: Duration::from_millis(50),
         };
-        let router = UsageApi {
+        let api = UsageApi {
             registry: registry.unwrap_or_else(|| dir.clone()),
             store: store.clone(),
             audit: Arc::new(usage_audit),
@@ -116,8 +118,8 @@ impl World {
             clock: Arc::new(clock.clone()),
             admin: AdminAuth::Bearer(TOKEN.into()),
             caller: CallerSource::KeyHeader("x-api-key".into()),
-        }
-        .router();
+        };
+        let router = api.clone().router();
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .expect("bind");
@@ -139,6 +141,7 @@ impl World {
             clock,
             audit,
             free_plan_id,
+            api,
             _stop: stop,
         }
     }
@@ -544,6 +547,81 @@ async fn a_second_rotation_never_postpones_the_first_ones_revocation() {
     assert_eq!(view.status(), StatusCode::OK);
     assert!(!admitted(&w.gate(), &first).await, "first key past its 300 s");
     assert!(admitted(&w.gate(), &second).await, "second key inside its hour");
+}
+
+#[tokio::test]
+async fn the_scheduled_sweep_revokes_exactly_the_rotated_keys_past_their_deadline() {
+    // GIVEN the Lambda's setup (the registry in a DynamoDB policy table) and two tenants, each
+    // rotated: stark's old key with 100 s of grace, wayne's with 300 s
+    let sdk = emulator::sdk_config_in(&emulator::endpoint(), "ap-northeast-3");
+    let table = emulator::unique("registry");
+    tollgate::directory::dynamodb::create_policy_table(&admin_client(&sdk), &table)
+        .await
+        .expect("policy table");
+    let registry = DynamoDirectory::new(admin_client(&sdk), &table);
+    registry.put_plan(&plan("free"), 1).await.expect("plan");
+    registry.put_plan(&plan("pro"), 1).await.expect("plan");
+    let w = World::with("ap-northeast-3", Some(Arc::new(registry.clone())), None, None).await;
+    let mut old = BTreeMap::new();
+    for (tenant, grace) in [("stark", 100), ("wayne", 300)] {
+        let (_, body) = w
+            .onboard_via(&w.base, tenant, &format!("idem-{tenant}"))
+            .await
+            .expect("onboard");
+        old.insert(tenant, body["key"].clone());
+        let res = w
+            .admin(reqwest::Method::POST, &format!("/v1/tenants/{tenant}/keys"))
+            .json(&json!({"grace_seconds": grace}))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let enabled = |tenant: &'static str| {
+        let (registry, gw, key) = (registry.clone(), w.gw.clone(), old[tenant].clone());
+        async move {
+            let id = key["id"].as_str().expect("id");
+            let in_gw = gw.get_api_key().api_key(id).send().await.expect("key").enabled();
+            let value = key["value"].as_str().expect("value");
+            let in_table = registry.resolve(&ApiKeyHash::of(value)).await.expect("table").is_some();
+            assert_eq!(in_gw, in_table, "{tenant}: API Gateway and the table agree");
+            in_gw
+        }
+    };
+    // WHEN the schedule runs before any deadline, then past stark's only, then past wayne's,
+    // and no admin route is called in between
+    w.clock.advance(Duration::from_secs(99));
+    let none = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    w.clock.advance(Duration::from_secs(1));
+    let first = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    let (stark_after, wayne_after) = (enabled("stark").await, enabled("wayne").await);
+    w.clock.advance(Duration::from_secs(200));
+    let second = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    let again = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    // THEN nothing is revoked early; at 100 s exactly stark's old key, in API Gateway and in the
+    // table, wayne's still working; at 300 s wayne's; a second run finds nothing left
+    let ids = |v: &[tollgate::usage::registry::Revocation]| v.iter().map(|r| r.key_id.clone()).collect::<Vec<_>>();
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(ids(&first), [old["stark"]["id"].as_str().expect("id")]);
+    assert!(!stark_after && wayne_after);
+    assert_eq!(ids(&second), [old["wayne"]["id"].as_str().expect("id")]);
+    assert!(!enabled("wayne").await);
+    assert!(again.is_empty());
+    // AND the new keys still work, and each revocation is audited as the schedule's
+    for tenant in ["stark", "wayne"] {
+        let keys = registry.keys_of(tenant).await.expect("keys");
+        assert_eq!(keys.iter().filter(|(_, k)| k.enabled).count(), 1, "{tenant}: {keys:?}");
+    }
+    let revocations: Vec<_> = w
+        .audit
+        .history()
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|r| r.summary.starts_with("revoke key"))
+        .collect();
+    assert_eq!(revocations.len(), 2);
+    assert!(revocations.iter().all(|r| r.actor.as_deref() == Some(SCHEDULE_ACTOR)));
 }
 
 #[tokio::test]

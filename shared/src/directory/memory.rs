@@ -65,6 +65,13 @@ impl MemoryDirectory {
         self.write().shed = shed;
     }
 
+    /// Sets the shed level to `make(current)` in one step under the lock; the state before.
+    pub fn update_shed(&self, make: impl FnOnce(&ShedState) -> ShedState) -> ShedState {
+        let mut inner = self.write();
+        let to = make(&inner.shed);
+        std::mem::replace(&mut inner.shed, to)
+    }
+
     pub fn remove_tenant(&self, tenant: &str) {
         self.write().tenants.remove(tenant);
     }

@@ -17,6 +17,8 @@ use crate::policy::PlanSpec;
 use crate::sync::table::Record;
 
 const PK: &str = "pk";
+/// The attribute naming the write that put the item (a random token per `set`).
+const WRITER: &str = "writer";
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -153,11 +155,16 @@ impl ShedTable {
             reason: reason.to_owned(),
             version: from.version + 1,
         };
+        // Which writer this is: two runs that computed the same step write equal states, so
+        // only this token tells a resend of this very put from another run's.
+        let writer = format!("{:016x}", rand::random::<u64>());
+        let mut item = to_item(&to);
+        item.insert(WRITER.to_owned(), AttributeValue::S(writer.clone()));
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(&to)))
+            .set_item(Some(item))
             // Version 0 is the absent item; `version = :v` never holds for it.
             .condition_expression("attribute_not_exists(pk) OR version = :v")
             .expression_attribute_values(":v", AttributeValue::N(from.version.to_string()))
@@ -170,9 +177,11 @@ impl ShedTable {
                 // The SDK resends a put whose answer was lost; the resend then fails its
                 // condition against the put itself. That is this write, applied: audit it.
                 let ours = match e.err() {
-                    PutItemError::ConditionalCheckFailedException(c) => {
-                        c.item().and_then(|i| parse_item(i).ok()).is_some_and(|held| held == to)
-                    }
+                    PutItemError::ConditionalCheckFailedException(c) => c
+                        .item()
+                        .and_then(|i| i.get(WRITER))
+                        .and_then(|w| w.as_s().ok())
+                        .is_some_and(|w| *w == writer),
                     _ => false,
                 };
                 if !ours {

@@ -25,13 +25,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use self::problem::Problem;
-use self::registry::{IdempotencyRecord, Registry, Revocation};
+use self::registry::{IdempotencyRecord, Registry, Revocation, ShedChange};
 use crate::audit::{AuditError, AuditLog, ChangeRecord, ItemChange, Outcome, Source};
 use crate::clock::{Clock, Timestamp};
 use crate::directory::KeyRecord;
 use crate::gcra;
 use crate::identity::{ApiKeyHash, validate_tenant_id};
 use crate::quota::{Counter, Period, days_from_civil, format_utc};
+use crate::shed::{SHED_PK, SetBy, ShedState};
 use crate::store::{Reset, Store};
 use crate::sync::control_writes::{ControlWrites, NewApiKey, Patch};
 use crate::sync::mapping::{key_pk, plan_name, tenant_pk};
@@ -44,13 +45,18 @@ pub const MAX_GRACE_SECS: u64 = 30 * 86_400;
 /// Default and largest page of `GET /v1/tenants`.
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
+/// Longest `reason` of a shed level set through the API.
+pub const MAX_SHED_REASON: usize = 500;
 /// Longest `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// Every route the router serves, as OpenAPI paths with their methods (checked against
 /// `functions/usage-api/openapi.yaml` by a test).
-pub const ROUTES: [(&str, &str); 9] = [
+pub const ROUTES: [(&str, &str); 12] = [
     ("/v1/usage", "get"),
+    ("/v1/shed", "get"),
+    ("/v1/shed", "put"),
+    ("/v1/shed", "delete"),
     ("/v1/tenants", "get"),
     ("/v1/tenants", "post"),
     ("/v1/tenants/{tenant}", "get"),
@@ -61,11 +67,15 @@ pub const ROUTES: [(&str, &str); 9] = [
     ("/v1/tenants/{tenant}/reset", "post"),
 ];
 
+/// The actor the audit trail names for revocations run by the usage API's schedule.
+pub const SCHEDULE_ACTOR: &str = "schedule";
+
 /// What the `usage-api` function reads from its environment (template.yaml sets each).
 pub const FUNCTION_VARIABLES: [&str; 3] = ["TOLLGATE_STATE_TABLE", "TOLLGATE_POLICY_TABLE", "TOLLGATE_LOG"];
 /// The DynamoDB actions it calls on the state table (usage reads, resets)...
 pub const STATE_ACTIONS: [&str; 2] = ["dynamodb:GetItem", "dynamodb:UpdateItem"];
-/// ... and on the policy table (registry, idempotency and revocation items, audit records).
+/// ... and on the policy table (registry, idempotency and revocation items, the shed level
+/// (`GetItem`, conditional `PutItem`; plans' priorities by `Scan`), audit records).
 pub const POLICY_ACTIONS: [&str; 4] = [
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",
@@ -236,6 +246,7 @@ impl UsageApi {
         });
         Router::new()
             .route("/v1/usage", get(own_usage))
+            .route("/v1/shed", get(shed_status).put(shed_set).delete(shed_clear))
             .route("/v1/tenants", get(list_tenants).post(onboard))
             .route("/v1/tenants/{tenant}", get(show_tenant).delete(offboard))
             .route("/v1/tenants/{tenant}/usage", get(history))
@@ -342,9 +353,11 @@ impl UsageApi {
         Ok(())
     }
 
-    /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, taken off
-    /// their plan, disabled in the registry, audited.
-    async fn sweep(&self, actor: &str) -> Result<(), Problem> {
+    /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
+    /// the registry, audited as `actor`; the keys revoked. Deployed, a schedule runs it every
+    /// minute (`SCHEDULE_ACTOR`), so an old key stops at its deadline even when no admin route
+    /// is called; every admin route that reads or changes keys runs it first as well.
+    pub async fn revoke_due(&self, actor: &str) -> Result<Vec<Revocation>, Problem> {
         let now = self.now().as_secs();
         let due: Vec<Revocation> = self
             .registry
@@ -353,7 +366,7 @@ impl UsageApi {
             .into_iter()
             .filter(|r| r.at <= now)
             .collect();
-        for r in due {
+        for r in &due {
             if let Some(control) = &self.control {
                 disable_key(control.as_ref(), &r.key_id).await?;
             }
@@ -383,7 +396,11 @@ impl UsageApi {
             )
             .await?;
         }
-        Ok(())
+        Ok(due)
+    }
+
+    async fn sweep(&self, actor: &str) -> Result<(), Problem> {
+        self.revoke_due(actor).await.map(drop)
     }
 }
 
@@ -413,7 +430,7 @@ type Answer = Result<Response, Problem>;
 
 async fn not_found(uri: Uri) -> Problem {
     Problem::not_found(format!(
-        "no route `{}`: the usage API serves /v1/usage and /v1/tenants[/{{tenant}}[/usage|/plan|/keys|/reset]]",
+        "no route `{}`: the usage API serves /v1/usage, /v1/shed and /v1/tenants[/{{tenant}}[/usage|/plan|/keys|/reset]]",
         uri.path()
     ))
 }
@@ -1445,6 +1462,130 @@ async fn offboard(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---------- GET, PUT, DELETE /v1/shed ----------
+
+#[derive(Debug, Serialize)]
+struct PlanShed {
+    plan: String,
+    priority: u8,
+    shed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ShedView {
+    level: u8,
+    /// `controller`, or `manual:<actor>` for a level set by hand (the controller leaves it).
+    set_by: String,
+    /// When the level was set (RFC 3339); `null` when it never was.
+    since: Option<String>,
+    reason: String,
+    plans: Vec<PlanShed>,
+}
+
+async fn shed_view(api: &UsageApi, state: ShedState) -> Result<ShedView, Problem> {
+    let plans = api
+        .registry
+        .plan_priorities()
+        .await?
+        .into_iter()
+        .map(|(plan, priority)| PlanShed {
+            shed: state.sheds(priority),
+            plan,
+            priority,
+        })
+        .collect();
+    Ok(ShedView {
+        level: state.level,
+        set_by: state.set_by.to_string(),
+        since: (state.version > 0).then(|| format_utc(state.since.as_secs())),
+        reason: state.reason,
+        plans,
+    })
+}
+
+async fn shed_status(State(api): Api, uri: Uri, headers: HeaderMap, req: axum::extract::Request) -> Answer {
+    api.admin(&headers, req.extensions().get::<Actor>())?;
+    query(&uri, &[])?;
+    let state = api.registry.shed().await?;
+    Ok(json(StatusCode::OK, &shed_view(&api, state).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShedRequest {
+    /// Any JSON, checked here so the answer names the field and says the range.
+    level: serde_json::Value,
+    /// A string when given (`null` is refused, as the schema says).
+    #[serde(default = "default_shed_reason")]
+    reason: String,
+}
+
+fn default_shed_reason() -> String {
+    "set through the usage API".to_owned()
+}
+
+/// Writes the level by hand and audits it (the policy table's writer audits its own writes;
+/// the in-memory directory's are recorded here).
+async fn write_shed(api: &UsageApi, actor: &str, level: u8, set_by: SetBy, reason: &str) -> Answer {
+    let Some(ShedChange { from, to, audited }) = api.registry.set_shed(level, set_by, reason, actor, api.now()).await?
+    else {
+        return Err(Problem::conflict(
+            "shed-level-changing",
+            format!(
+                "the shed level kept changing under {} attempts (the controller is stepping it): retry",
+                registry::SHED_ATTEMPTS
+            ),
+        ));
+    };
+    if !audited {
+        api.audit(
+            actor,
+            format!("shed level {} -> {} ({}): {reason}", from.level, to.level, to.set_by),
+            vec![ItemChange {
+                pk: SHED_PK.to_owned(),
+                before: (from.version > 0).then(|| Record::Shed(from.clone())),
+                after: Some(Record::Shed(to.clone())),
+            }],
+        )
+        .await?;
+    }
+    Ok(json(StatusCode::OK, &shed_view(api, to).await?))
+}
+
+async fn shed_set(State(api): Api, uri: Uri, headers: HeaderMap, req: axum::extract::Request) -> Answer {
+    let actor = api.admin(&headers, req.extensions().get::<Actor>())?;
+    query(&uri, &[])?;
+    let (body, _): (ShedRequest, Bytes) = json_body(&headers, req.into_body()).await?;
+    let n = &body.level;
+    let level = n
+        .as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= 255.0)
+                .map(|f| f as u64)
+        })
+        .and_then(|l| u8::try_from(l).ok())
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "`level` must be an integer from 0 to 255 (plans with a priority below it are shed), got {n}"
+            ))
+        })?;
+    let reason = body.reason;
+    if reason.chars().count() > MAX_SHED_REASON {
+        return Err(Problem::bad_request(format!(
+            "`reason` is over {MAX_SHED_REASON} characters"
+        )));
+    }
+    write_shed(&api, &actor, level, SetBy::Manual(actor.clone()), &reason).await
+}
+
+async fn shed_clear(State(api): Api, uri: Uri, headers: HeaderMap, req: axum::extract::Request) -> Answer {
+    let actor = api.admin(&headers, req.extensions().get::<Actor>())?;
+    query(&uri, &[])?;
+    let reason = format!("cleared by {actor}");
+    write_shed(&api, &actor, 0, SetBy::Controller, &reason).await
 }
 
 #[cfg(test)]

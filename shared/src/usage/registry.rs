@@ -13,8 +13,25 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use crate::clock::Timestamp;
 use crate::directory::{Directory, DirectoryError, DynamoDirectory, KeyRecord, MemoryDirectory};
 use crate::identity::ApiKeyHash;
+use crate::shed::table::{ShedError, ShedTable, Written};
+use crate::shed::{SetBy, ShedState};
+
+/// A manual shed write retries this many times when the controller writes in between (as
+/// `tollgate shed set` does).
+pub const SHED_ATTEMPTS: usize = 3;
+
+/// A shed level written by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShedChange {
+    pub from: ShedState,
+    pub to: ShedState,
+    /// Whether the change's audit record is already in the trail: the policy table's writer
+    /// (`ShedTable::set`) records it with the write; the in-memory directory keeps no trail.
+    pub audited: bool,
+}
 
 /// What an `Idempotency-Key` was first used for. Holds the key's id, never its value: a retry
 /// reads the value back from API Gateway.
@@ -55,6 +72,19 @@ pub trait Registry: Directory {
     async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError>;
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError>;
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError>;
+    /// Every plan's name and priority, by name.
+    async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError>;
+    /// Sets the shed level by hand over whatever it is: a conditional write on DynamoDB
+    /// (retried `SHED_ATTEMPTS` times when the controller writes in between; `None` when it
+    /// kept changing), audited there as `actor`.
+    async fn set_shed(
+        &self,
+        level: u8,
+        set_by: SetBy,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<ShedChange>, DirectoryError>;
 }
 
 #[async_trait]
@@ -131,6 +161,47 @@ impl Registry for MemoryDirectory {
         self.extra_remove(&format!("revoke#{key_id}"));
         Ok(())
     }
+
+    async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError> {
+        let mut out = Vec::new();
+        for name in self.plan_list() {
+            if let Some(plan) = Directory::plan(self, &name).await? {
+                out.push((name, plan.priority()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn set_shed(
+        &self,
+        level: u8,
+        set_by: SetBy,
+        reason: &str,
+        _actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<ShedChange>, DirectoryError> {
+        let mut to = ShedState::default();
+        let from = self.update_shed(|from| {
+            to = ShedState {
+                level,
+                set_by,
+                since: now,
+                reason: reason.to_owned(),
+                version: from.version + 1,
+            };
+            to.clone()
+        });
+        Ok(Some(ShedChange {
+            from,
+            to,
+            audited: false,
+        }))
+    }
+}
+
+fn shed_error(e: ShedError) -> DirectoryError {
+    DirectoryError::Unavailable(e.to_string())
 }
 
 type Item = HashMap<String, AttributeValue>;
@@ -321,6 +392,42 @@ impl Registry for DynamoDirectory {
 
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
         self.delete_pk(format!("revoke#{key_id}")).await
+    }
+
+    async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError> {
+        ShedTable::new(self.client().clone(), self.table())
+            .plans()
+            .await
+            .map_err(shed_error)
+    }
+
+    async fn set_shed(
+        &self,
+        level: u8,
+        set_by: SetBy,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<ShedChange>, DirectoryError> {
+        let table = ShedTable::new(self.client().clone(), self.table());
+        for _ in 0..SHED_ATTEMPTS {
+            let from = table.get().await.map_err(shed_error)?;
+            match table
+                .set(&from, level, set_by.clone(), reason, Some(actor), now)
+                .await
+                .map_err(shed_error)?
+            {
+                Written::Applied(to) => {
+                    return Ok(Some(ShedChange {
+                        from,
+                        to,
+                        audited: true,
+                    }));
+                }
+                Written::Superseded => continue,
+            }
+        }
+        Ok(None)
     }
 }
 

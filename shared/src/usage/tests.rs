@@ -225,7 +225,76 @@ async fn a_tenants_api_key_opens_no_admin_route() {
         }
     }
     assert_eq!(w.dir.tenant_plan("beta").await.expect("dir").as_deref(), Some("free"));
+    assert_eq!(w.dir.shed().await.expect("dir"), crate::shed::ShedState::default());
     assert!(w.audit.records().is_empty());
+}
+
+#[tokio::test]
+async fn the_shed_level_is_shown_set_by_hand_and_cleared_audited_and_bad_levels_are_problems() {
+    // GIVEN free at priority 0, pro at priority 1, nothing shed
+    let w = admin_world();
+    let pro = PlanSpec {
+        priority: 1,
+        ..PlanSpec::unlimited()
+    };
+    w.dir.put_plan(Arc::new(Plan::new("pro", pro).expect("plan")));
+    let (s, _, body) = call(&w, get("/v1/shed")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"level": 0, "set_by": "controller", "since": null, "reason": "", "plans": [
+            {"plan": "free", "priority": 0, "shed": false}, {"plan": "pro", "priority": 1, "shed": false}]})
+    );
+    // WHEN an admin sets level 1
+    let (s, _, body) = call(&w, send("PUT", "/v1/shed", r#"{"level": 1, "reason": "db failover"}"#)).await;
+    // THEN free is shed, pro served, the level is the operator's (the controller leaves it)
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["level"], 1);
+    assert_eq!(body["set_by"], "manual:admin-token");
+    assert_eq!(body["since"], "2026-11-29T12:00:00Z");
+    assert_eq!(body["plans"][0]["shed"], true);
+    assert_eq!(body["plans"][1]["shed"], false);
+    let state = w.dir.shed().await.expect("dir");
+    assert_eq!((state.level, state.set_by.is_manual()), (1, true));
+    // AND bad levels and unknown fields are 400 problems naming the field; nothing changes
+    for bad in [
+        r#"{"level": 256}"#,
+        r#"{"level": -1}"#,
+        r#"{"level": 1.5}"#,
+        r#"{"level": "3"}"#,
+        r#"{"reason": "no level"}"#,
+        r#"{"level": 2, "priority": 1}"#,
+        r#"{"level": 2, "reason": null}"#,
+    ] {
+        let (s, ct, body) = call(&w, send("PUT", "/v1/shed", bad)).await;
+        let field = ["priority", "null"]
+            .into_iter()
+            .find(|f| bad.contains(f))
+            .unwrap_or("level");
+        assert_problem(s, &ct, &body, StatusCode::BAD_REQUEST, field);
+    }
+    assert_eq!(w.dir.shed().await.expect("dir").level, 1);
+    // WHEN it is cleared THEN level 0, back to the controller; both writes audited
+    let del = Request::delete("/v1/shed")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .expect("request");
+    let (s, _, body) = call(&w, del).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["level"].clone(), body["set_by"].clone()),
+        (0.into(), "controller".into())
+    );
+    let state = w.dir.shed().await.expect("dir");
+    assert_eq!((state.level, state.set_by.is_manual()), (0, false));
+    let summaries: Vec<String> = w.audit.records().into_iter().map(|r| r.summary).collect();
+    assert_eq!(
+        summaries,
+        [
+            "shed level 0 -> 1 (manual:admin-token): db failover",
+            "shed level 1 -> 0 (controller): cleared by admin-token"
+        ]
+    );
 }
 
 #[tokio::test]
