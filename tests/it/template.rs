@@ -834,7 +834,10 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
                 "dynamodb:PutItem".to_owned(),
                 parse(r#"["tenant#*", "key#*", "idem#*", "revoke#*", "audit#*", "shed#level"]"#),
             ),
-            ("dynamodb:DeleteItem".to_owned(), parse(r#"["tenant#*", "revoke#*"]"#),),
+            (
+                "dynamodb:DeleteItem".to_owned(),
+                parse(r#"["tenant#*", "revoke#*", "idem#*"]"#),
+            ),
         ])
     );
     let want: BTreeSet<(String, String)> = tollgate::usage::CONTROL_ACCESS

@@ -625,6 +625,44 @@ async fn the_scheduled_sweep_revokes_exactly_the_rotated_keys_past_their_deadlin
 }
 
 #[tokio::test]
+async fn concurrent_onboardings_with_one_idempotency_key_create_one_key() {
+    // GIVEN the usage API on a DynamoDB policy table (the Lambda's setup)
+    let sdk = emulator::sdk_config_in(&emulator::endpoint(), "ap-southeast-1");
+    let admin = admin_client(&sdk);
+    let table = emulator::unique("registry");
+    tollgate::directory::dynamodb::create_policy_table(&admin, &table)
+        .await
+        .expect("policy table");
+    let registry = DynamoDirectory::new(admin, &table);
+    registry.put_plan(&plan("free"), 1).await.expect("plan");
+    registry.put_plan(&plan("pro"), 1).await.expect("plan");
+    let w = World::with("ap-southeast-1", Some(Arc::new(registry)), None, None).await;
+    // WHEN four attempts with one Idempotency-Key arrive at once (a client retrying on a
+    // timeout while its first attempt still runs)
+    let attempts = futures::future::join_all((0..4).map(|_| w.onboard_via(&w.base, "cyberdyne", "idem-c"))).await;
+    let statuses: Vec<StatusCode> = attempts.iter().map(|a| a.as_ref().expect("answer").0).collect();
+    // THEN one onboards and every other is told it is in progress, or answered the same
+    assert!(statuses.contains(&StatusCode::CREATED), "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| [StatusCode::CREATED, StatusCode::CONFLICT].contains(s)),
+        "{statuses:?}"
+    );
+    for (status, body) in attempts.iter().map(|a| a.as_ref().expect("answer")) {
+        if *status == StatusCode::CONFLICT {
+            assert_eq!(body["type"], "urn:tollgate:problem:idempotency-in-progress", "{body}");
+        }
+    }
+    // AND API Gateway holds exactly one key for the tenant, which a later retry answers
+    let keys = w.keys_of("cyberdyne").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (status, body) = w.onboard_via(&w.base, "cyberdyne", "idem-c").await.expect("answer");
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["key"]["id"], keys[0].as_str());
+}
+
+#[tokio::test]
 async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
     // GIVEN the usage API on a DynamoDB policy table holding the plans (the Lambda's setup)
     let sdk = emulator::sdk_config_in(&emulator::endpoint(), "ca-west-1");
@@ -661,8 +699,9 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
     assert_eq!(&*resolved.tenant, "stark");
     assert_eq!(w.keys_of("stark").await.len(), 1);
     assert_eq!(list["tenants"], json!([{"tenant": "stark", "plan": "free"}]));
-    // AND an onboarding interrupted after its records but before its idempotency record (here:
-    // that record deleted) is completed by the retry, not refused as an existing tenant
+    // AND an onboarding that crashed after its records but before its idempotency record (here:
+    // that record deleted, and its claim left as a crash leaves it) is refused as in progress
+    // while its claim runs, then completed by the retry, not refused as an existing tenant
     admin_client(&sdk)
         .delete_item()
         .table_name(&table)
@@ -670,6 +709,23 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
         .send()
         .await
         .expect("delete");
+    let until = w.clock.now().as_secs() + tollgate::usage::ONBOARDING_CLAIM_SECS;
+    admin_client(&sdk)
+        .put_item()
+        .table_name(&table)
+        .item(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("idem#idem-s#claim".into()),
+        )
+        .item("until", aws_sdk_dynamodb::types::AttributeValue::N(until.to_string()))
+        .item("owner", aws_sdk_dynamodb::types::AttributeValue::S("crashed".into()))
+        .send()
+        .await
+        .expect("claim");
+    let (busy, problem) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
+    assert_eq!(busy, StatusCode::CONFLICT, "{problem}");
+    w.clock
+        .advance(Duration::from_secs(tollgate::usage::ONBOARDING_CLAIM_SECS));
     let (s3, third) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
     assert_eq!(s3, StatusCode::CREATED, "{third}");
     assert_eq!(third["key"], first["key"]);
@@ -680,6 +736,18 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
         .await
         .expect("read");
     assert!(current.records.keys().all(|pk| !pk.starts_with("idem#")));
+    // AND a finished onboarding leaves no claim behind
+    let claim = admin_client(&sdk)
+        .get_item()
+        .table_name(&table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("idem#idem-s#claim".into()),
+        )
+        .send()
+        .await
+        .expect("get");
+    assert!(claim.item().is_none(), "{claim:?}");
 }
 
 #[tokio::test]

@@ -106,6 +106,17 @@ impl MemoryDirectory {
         true
     }
 
+    /// Replaces the value under `k` when `take` says so of the one there (`None`: absent), in
+    /// one step; whether it did.
+    pub(crate) fn extra_put_if(&self, k: &str, v: String, take: impl FnOnce(Option<&String>) -> bool) -> bool {
+        let mut inner = self.write();
+        if !take(inner.extra.get(k)) {
+            return false;
+        }
+        inner.extra.insert(k.to_owned(), v);
+        true
+    }
+
     pub(crate) fn extra_remove(&self, k: &str) {
         self.write().extra.remove(k);
     }

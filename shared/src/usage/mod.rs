@@ -96,6 +96,9 @@ pub const CONTROL_ACCESS: [(&str, &str); 9] = [
 ];
 
 /// Where the audit records of the usage API go.
+/// How long an onboarding attempt holds its Idempotency-Key against concurrent ones.
+pub const ONBOARDING_CLAIM_SECS: u64 = 60;
+
 #[async_trait]
 pub trait AuditSink: Send + Sync + fmt::Debug {
     async fn record(&self, record: &ChangeRecord) -> Result<(), AuditError>;
@@ -978,104 +981,132 @@ async fn onboard(State(api): Api, uri: Uri, headers: HeaderMap, req: axum::extra
         return replay(&api, &idem, &done, &fingerprint).await;
     }
     let control = api.control("onboarding")?.clone();
-    // A key created by an attempt whose answer was lost has this name: found, not created again.
-    let name = key_name(&body.tenant, &idem);
-    let existing = control.api_keys().await?.into_iter().find(|k| k.name == name);
-    if api.registry.tenant_plan(&body.tenant).await?.is_some() {
-        // The tenant may be this very onboarding, interrupted after its records were written.
-        let ours = match &existing {
-            Some(k) => api
-                .registry
-                .keys_of(&body.tenant)
-                .await?
-                .iter()
-                .any(|(_, r)| r.key_id == k.id),
-            None => false,
+    // One attempt per Idempotency-Key at a time: two at once would both create a key. The
+    // claim outlasts any attempt (the function's timeout is 29 s) and lapses after a crash.
+    let now = api.now().as_secs();
+    if !api
+        .registry
+        .claim_idempotency(&idem, now, now + ONBOARDING_CLAIM_SECS)
+        .await?
+    {
+        if let Some(done) = api.registry.idempotency(&idem).await? {
+            return replay(&api, &idem, &done, &fingerprint).await;
+        }
+        return Err(Problem::conflict(
+            "idempotency-in-progress",
+            format!(
+                "an onboarding with this Idempotency-Key is in progress: send the same request again in a few \
+                 seconds (at most {ONBOARDING_CLAIM_SECS}) for its answer"
+            ),
+        ));
+    }
+    // The attempt lets go of the key when done: a failed one so the client's retry need not
+    // wait, a finished one as its idempotency record answers from now on.
+    let answer: Answer = async {
+        // A key created by an attempt whose answer was lost has this name: found, not created again.
+        let name = key_name(&body.tenant, &idem);
+        let existing = control.api_keys().await?.into_iter().find(|k| k.name == name);
+        if api.registry.tenant_plan(&body.tenant).await?.is_some() {
+            // The tenant may be this very onboarding, interrupted after its records were written.
+            let ours = match &existing {
+                Some(k) => api
+                    .registry
+                    .keys_of(&body.tenant)
+                    .await?
+                    .iter()
+                    .any(|(_, r)| r.key_id == k.id),
+                None => false,
+            };
+            if !ours {
+                return Err(Problem::conflict(
+                    "tenant-exists",
+                    format!(
+                        "tenant `{}` exists: change its plan with PUT /v1/tenants/{}/plan",
+                        body.tenant, body.tenant
+                    ),
+                ));
+            }
+        }
+        let plan_id = api.usage_plan_id(control.as_ref(), &body.plan).await?;
+        let key = match existing {
+            Some(k) => control.api_key(&k.id).await?.ok_or_else(|| {
+                Problem::conflict("key-vanished", format!("API key {} was deleted meanwhile; retry", k.id))
+            })?,
+            None => {
+                control
+                    .create_api_key(&NewApiKey {
+                        name,
+                        customer_id: Some(body.tenant.clone()),
+                        description: Some("created by the Tollgate usage API".to_owned()),
+                        enabled: true,
+                        value: None,
+                        tags: Default::default(),
+                    })
+                    .await?
+            }
         };
-        if !ours {
-            return Err(Problem::conflict(
-                "tenant-exists",
-                format!(
-                    "tenant `{}` exists: change its plan with PUT /v1/tenants/{}/plan",
-                    body.tenant, body.tenant
-                ),
-            ));
+        control.create_usage_plan_key(&plan_id, &key.id).await?;
+        let hash = ApiKeyHash::of(&key.value);
+        let record = KeyRecord {
+            tenant: body.tenant.clone(),
+            key_id: key.id.clone(),
+            enabled: true,
+        };
+        api.registry.put_key(&hash, &record).await?;
+        api.registry.put_tenant(&body.tenant, &body.plan).await?;
+        // The audit record first, under an id of the idempotency key: a retry after a failure
+        // below writes the same record again (kept once), and a replay finds it written.
+        api.audit_as(
+            format!(
+                "usage-api-onboard-{}",
+                &hex::encode(Sha256::digest(idem.as_bytes()))[..16]
+            ),
+            &actor,
+            format!(
+                "onboard tenant {} on plan {} with key {}",
+                body.tenant, body.plan, key.id
+            ),
+            vec![
+                ItemChange {
+                    pk: tenant_pk(&body.tenant),
+                    before: None,
+                    after: Some(Record::Tenant {
+                        plan: body.plan.clone(),
+                    }),
+                },
+                ItemChange {
+                    pk: key_pk(&hash.to_hex()),
+                    before: None,
+                    after: Some(Record::Key(record)),
+                },
+            ],
+        )
+        .await?;
+        let done = IdempotencyRecord {
+            fingerprint: fingerprint.clone(),
+            tenant: body.tenant.clone(),
+            plan: body.plan.clone(),
+            key_id: key.id.clone(),
+        };
+        if !api.registry.put_idempotency(&idem, &done).await? {
+            // Another attempt with this key finished first: answer as it did.
+            let first = api.registry.idempotency(&idem).await?.unwrap_or(done);
+            return replay(&api, &idem, &first, &fingerprint).await;
         }
-    }
-    let plan_id = api.usage_plan_id(control.as_ref(), &body.plan).await?;
-    let key = match existing {
-        Some(k) => control.api_key(&k.id).await?.ok_or_else(|| {
-            Problem::conflict("key-vanished", format!("API key {} was deleted meanwhile; retry", k.id))
-        })?,
-        None => {
-            control
-                .create_api_key(&NewApiKey {
-                    name,
-                    customer_id: Some(body.tenant.clone()),
-                    description: Some("created by the Tollgate usage API".to_owned()),
-                    enabled: true,
-                    value: None,
-                    tags: Default::default(),
-                })
-                .await?
-        }
-    };
-    control.create_usage_plan_key(&plan_id, &key.id).await?;
-    let hash = ApiKeyHash::of(&key.value);
-    let record = KeyRecord {
-        tenant: body.tenant.clone(),
-        key_id: key.id.clone(),
-        enabled: true,
-    };
-    api.registry.put_key(&hash, &record).await?;
-    api.registry.put_tenant(&body.tenant, &body.plan).await?;
-    // The audit record first, under an id of the idempotency key: a retry after a failure
-    // below writes the same record again (kept once), and a replay finds it written.
-    api.audit_as(
-        format!(
-            "usage-api-onboard-{}",
-            &hex::encode(Sha256::digest(idem.as_bytes()))[..16]
-        ),
-        &actor,
-        format!(
-            "onboard tenant {} on plan {} with key {}",
-            body.tenant, body.plan, key.id
-        ),
-        vec![
-            ItemChange {
-                pk: tenant_pk(&body.tenant),
-                before: None,
-                after: Some(Record::Tenant {
-                    plan: body.plan.clone(),
-                }),
+        Ok(created(Onboarded {
+            tenant: body.tenant,
+            plan: body.plan,
+            key: IssuedKey {
+                id: key.id,
+                value: key.value,
             },
-            ItemChange {
-                pk: key_pk(&hash.to_hex()),
-                before: None,
-                after: Some(Record::Key(record)),
-            },
-        ],
-    )
-    .await?;
-    let done = IdempotencyRecord {
-        fingerprint: fingerprint.clone(),
-        tenant: body.tenant.clone(),
-        plan: body.plan.clone(),
-        key_id: key.id.clone(),
-    };
-    if !api.registry.put_idempotency(&idem, &done).await? {
-        // Another attempt with this key finished first: answer as it did.
-        let first = api.registry.idempotency(&idem).await?.unwrap_or(done);
-        return replay(&api, &idem, &first, &fingerprint).await;
+        }))
     }
-    Ok(created(Onboarded {
-        tenant: body.tenant,
-        plan: body.plan,
-        key: IssuedKey {
-            id: key.id,
-            value: key.value,
-        },
-    }))
+    .await;
+    if let Err(e) = api.registry.release_idempotency(&idem).await {
+        tracing::warn!(error = %e, "usage api: an onboarding claim was not released; it lapses");
+    }
+    answer
 }
 
 /// A JSON answer (axum's `Json` would need a feature for nothing more).

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use crate::clock::Timestamp;
 use crate::directory::{Directory, DirectoryError, DynamoDirectory, KeyRecord, MemoryDirectory};
@@ -69,6 +69,12 @@ pub trait Registry: Directory {
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError>;
     /// Writes the record unless one exists for `key`; `false` when one did.
     async fn put_idempotency(&self, key: &str, record: &IdempotencyRecord) -> Result<bool, DirectoryError>;
+    /// Claims `key` for one attempt until `until` (epoch seconds): `false` while another
+    /// attempt's claim runs (it has not passed `now`). Concurrent attempts with one key are
+    /// thereby one at a time; a claim left by a crashed attempt lapses.
+    async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError>;
+    /// Lets go of a claim (the attempt failed: a retry may start at once).
+    async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError>;
     async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError>;
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError>;
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError>;
@@ -138,6 +144,16 @@ impl Registry for MemoryDirectory {
             reason: e.to_string(),
         })?;
         Ok(self.extra_put_new(&format!("idem#{key}"), json))
+    }
+
+    async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError> {
+        let lapsed = |held: Option<&String>| held.and_then(|u| u.parse::<u64>().ok()).is_none_or(|u| u <= now);
+        Ok(self.extra_put_if(&format!("idem#{key}#claim"), until.to_string(), lapsed))
+    }
+
+    async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError> {
+        self.extra_remove(&format!("idem#{key}#claim"));
+        Ok(())
     }
 
     async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError> {
@@ -373,6 +389,42 @@ impl Registry for DynamoDirectory {
         let pk = format!("idem#{key}");
         let body = json(&pk, record)?;
         self.put_json(pk, body, true).await
+    }
+
+    async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError> {
+        // The owner token tells the SDK's resend of this very claim (its answer lost) from
+        // another attempt's claim.
+        let owner = format!("{:016x}", rand::random::<u64>());
+        let item = HashMap::from([
+            ("pk".to_owned(), AttributeValue::S(format!("idem#{key}#claim"))),
+            ("until".to_owned(), AttributeValue::N(until.to_string())),
+            ("owner".to_owned(), AttributeValue::S(owner.clone())),
+        ]);
+        let put = self
+            .client()
+            .put_item()
+            .table_name(self.table())
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #until <= :now")
+            .expression_attribute_names("#until", "until")
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                PutItemError::ConditionalCheckFailedException(c) => {
+                    Ok(c.item().and_then(|i| i.get("owner")).and_then(|o| o.as_s().ok()) == Some(&owner))
+                }
+                _ => Err(unavailable(SdkError::ServiceError(e))),
+            },
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError> {
+        self.delete_pk(format!("idem#{key}#claim")).await
     }
 
     async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError> {
