@@ -61,6 +61,21 @@ impl World {
         World::with(region, None, None, None).await
     }
 
+    /// The Lambda's setup: the registry in a DynamoDB policy table holding the plans. Also
+    /// returns the registry, the SDK configuration and the table's name.
+    async fn on_policy_table(region: &'static str) -> (World, DynamoDirectory, aws_config::SdkConfig, String) {
+        let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
+        let table = emulator::unique("registry");
+        tollgate::directory::dynamodb::create_policy_table(&admin_client(&sdk), &table)
+            .await
+            .expect("policy table");
+        let registry = DynamoDirectory::new(admin_client(&sdk), &table);
+        registry.put_plan(&plan("free"), 1).await.expect("plan");
+        registry.put_plan(&plan("pro"), 1).await.expect("plan");
+        let w = World::with(region, Some(Arc::new(registry.clone())), None, None).await;
+        (w, registry, sdk, table)
+    }
+
     /// With `registry`, the usage API keeps tenants, keys and its own records there (the
     /// Lambda's policy table) instead of the in-memory directory.
     /// `control_endpoint` serves the usage API's API Gateway calls (a fault proxy in front of the
@@ -553,15 +568,7 @@ async fn a_second_rotation_never_postpones_the_first_ones_revocation() {
 async fn the_scheduled_sweep_revokes_exactly_the_rotated_keys_past_their_deadline() {
     // GIVEN the Lambda's setup (the registry in a DynamoDB policy table) and two tenants, each
     // rotated: stark's old key with 100 s of grace, wayne's with 300 s
-    let sdk = emulator::sdk_config_in(&emulator::endpoint(), "ap-northeast-3");
-    let table = emulator::unique("registry");
-    tollgate::directory::dynamodb::create_policy_table(&admin_client(&sdk), &table)
-        .await
-        .expect("policy table");
-    let registry = DynamoDirectory::new(admin_client(&sdk), &table);
-    registry.put_plan(&plan("free"), 1).await.expect("plan");
-    registry.put_plan(&plan("pro"), 1).await.expect("plan");
-    let w = World::with("ap-northeast-3", Some(Arc::new(registry.clone())), None, None).await;
+    let (w, registry, ..) = World::on_policy_table("ap-northeast-3").await;
     let mut old = BTreeMap::new();
     for (tenant, grace) in [("stark", 100), ("wayne", 300)] {
         let (_, body) = w
@@ -627,16 +634,7 @@ async fn the_scheduled_sweep_revokes_exactly_the_rotated_keys_past_their_deadlin
 #[tokio::test]
 async fn concurrent_onboardings_with_one_idempotency_key_create_one_key() {
     // GIVEN the usage API on a DynamoDB policy table (the Lambda's setup)
-    let sdk = emulator::sdk_config_in(&emulator::endpoint(), "ap-southeast-1");
-    let admin = admin_client(&sdk);
-    let table = emulator::unique("registry");
-    tollgate::directory::dynamodb::create_policy_table(&admin, &table)
-        .await
-        .expect("policy table");
-    let registry = DynamoDirectory::new(admin, &table);
-    registry.put_plan(&plan("free"), 1).await.expect("plan");
-    registry.put_plan(&plan("pro"), 1).await.expect("plan");
-    let w = World::with("ap-southeast-1", Some(Arc::new(registry)), None, None).await;
+    let (w, ..) = World::on_policy_table("ap-southeast-1").await;
     // WHEN four attempts with one Idempotency-Key arrive at once (a client retrying on a
     // timeout while its first attempt still runs)
     let attempts = futures::future::join_all((0..4).map(|_| w.onboard_via(&w.base, "cyberdyne", "idem-c"))).await;
@@ -665,16 +663,7 @@ async fn concurrent_onboardings_with_one_idempotency_key_create_one_key() {
 #[tokio::test]
 async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
     // GIVEN the usage API on a DynamoDB policy table holding the plans (the Lambda's setup)
-    let sdk = emulator::sdk_config_in(&emulator::endpoint(), "ca-west-1");
-    let admin = admin_client(&sdk);
-    let table = emulator::unique("registry");
-    tollgate::directory::dynamodb::create_policy_table(&admin, &table)
-        .await
-        .expect("policy table");
-    let registry = DynamoDirectory::new(admin, &table);
-    registry.put_plan(&plan("free"), 1).await.expect("plan");
-    registry.put_plan(&plan("pro"), 1).await.expect("plan");
-    let w = World::with("ca-west-1", Some(Arc::new(registry.clone())), None, None).await;
+    let (w, registry, sdk, table) = World::on_policy_table("ca-west-1").await;
     // WHEN a tenant is onboarded, the onboarding retried, and the tenants listed
     let (s1, first) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
     let (s2, second) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
