@@ -10,9 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use tollgate::clock::Timestamp;
-use tollgate::gcra::Bucket;
-use tollgate::quota::{Counter, Period};
+use tollgate::engine::clock::Timestamp;
+use tollgate::engine::gcra::Bucket;
+use tollgate::engine::quota::{Counter, Period};
 
 /// One admitted request as seen from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

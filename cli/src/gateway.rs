@@ -84,7 +84,7 @@ impl Resources {
         let mut r = Resources::default();
         for plan in file.plans.values() {
             for route in &plan.spec().routes {
-                if let Some((path, _)) = tollgate::policy::split_route(&route.route) {
+                if let Some((path, _)) = tollgate::engine::policy::split_route(&route.route) {
                     r.add(path, None);
                 }
             }
@@ -105,7 +105,7 @@ impl Resources {
             .and_then(|p| p.as_object())
             .ok_or("has no `paths` object")?;
         for (path, item) in paths {
-            tollgate::policy::check_resource_path(path).map_err(|why| format!("paths: {path:?} {why}"))?;
+            tollgate::engine::policy::check_resource_path(path).map_err(|why| format!("paths: {path:?} {why}"))?;
             let item = item
                 .as_object()
                 .ok_or_else(|| format!("paths: {path:?} is not an object"))?;

@@ -17,11 +17,11 @@ use futures::StreamExt as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
-use tollgate::clock::{Clock, SystemClock, Timestamp};
+use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
+use tollgate::engine::policy::{Limits, Plan};
+use tollgate::engine::quota::Period;
 use tollgate::gate::{Credential, Gate, Outcome, Request};
-use tollgate::policy::{Limits, Plan};
 use tollgate::policy_file::PolicyFile;
-use tollgate::quota::Period;
 use tollgate::store::{Consume, DynamoStore, MemoryStore, Store};
 
 use crate::compliance::{self, Admitted};

@@ -1,9 +1,11 @@
 //! Demo tenants: `n` per plan, with keys derived from the plan name and index, so `serve` and
 //! `simulate --target http://…` agree on them without exchanging anything.
 
-use tollgate::directory::{KeyRecord, MemoryDirectory};
-use tollgate::identity::ApiKeyHash;
+use tollgate::directory::MemoryDirectory;
+
+use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_file::PolicyFile;
+use tollgate::policy_table::KeyRecord;
 
 /// One demo tenant. The key is a demo credential, printed on purpose; real keys are never shown.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,9 +15,9 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use tollgate::clock::{Clock, ManualClock, Timestamp};
-use tollgate::gcra::Bucket;
-use tollgate::policy::{BucketId, Limits};
+use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
+use tollgate::engine::gcra::Bucket;
+use tollgate::engine::policy::{BucketId, Limits};
 use tollgate::store::{Consume, MemoryStore};
 
 const KEYS: usize = 10_000;

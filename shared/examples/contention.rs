@@ -16,10 +16,10 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use tokio::task::JoinSet;
 use tollgate::aws::{StoreTimeouts, state_client};
-use tollgate::clock::Timestamp;
 use tollgate::engine;
-use tollgate::gcra::Bucket;
-use tollgate::policy::{BucketId, Limits};
+use tollgate::engine::clock::Timestamp;
+use tollgate::engine::gcra::Bucket;
+use tollgate::engine::policy::{BucketId, Limits};
 use tollgate::store::dynamodb::create_state_table;
 use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store};
 

@@ -14,9 +14,9 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
 use tokio::task::JoinSet;
 use tollgate::aws::{StoreTimeouts, state_client};
-use tollgate::clock::{Clock, SystemClock, Timestamp};
-use tollgate::gcra::Bucket;
-use tollgate::policy::{BucketId, Limits};
+use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
+use tollgate::engine::gcra::Bucket;
+use tollgate::engine::policy::{BucketId, Limits};
 use tollgate::store::dynamodb::create_state_table;
 use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store};
 

@@ -12,12 +12,12 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_apigateway::types::{Op, PatchOperation, QuotaPeriodType, QuotaSettings, ThrottleSettings};
 use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
 use tollgate::aws::{admin_client, control_client};
-use tollgate::clock::SystemClock;
+use tollgate::control::apigateway::{ApiGateway, Backoff};
+use tollgate::control::sync::table::PolicyTable;
 use tollgate::directory::DynamoDirectory;
+use tollgate::engine::clock::SystemClock;
 use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
 use tollgate::store::MemoryStore;
-use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::sync::table::PolicyTable;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -85,7 +85,7 @@ async fn main() -> Result<(), Error> {
     let run = async |label: &str| -> Result<Duration, Error> {
         let calls = control.calls();
         let started = Instant::now();
-        let report = tollgate::sync::run(&control, &table, &clock, None).await?;
+        let report = tollgate::control::sync::run(&control, &table, &clock, None).await?;
         let took = started.elapsed();
         println!(
             "{label:<28} api_gateway_calls={:<5} table_writes={:<5} seconds={:.2}",

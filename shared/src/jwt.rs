@@ -17,9 +17,9 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Map, Value};
 
-use crate::clock::Timestamp;
-use crate::identity::validate_tenant_id;
-use crate::policy::split_route;
+use crate::engine::clock::Timestamp;
+use crate::engine::identity::validate_tenant_id;
+use crate::engine::policy::split_route;
 
 #[derive(Debug, Clone)]
 pub struct JwtConfig {

@@ -1,30 +1,31 @@
 //! Tollgate: exact per-tenant rate limits and quotas.
 //!
-//! The domain modules (`clock`, `gcra`, `quota`, `policy`, `engine`, `decision`, `identity`) do no
-//! IO. Stores (`store`) and the policy directory (`directory`) are ports with an in-memory and
-//! a DynamoDB adapter each.
+//! The library is built in floors; each module imports only from the floors below it, and the
+//! decision path (engine, policy table reads, stores, directory, gate) never imports the control
+//! plane or the usage API (`tests/it/tidy.rs` checks both):
+//!
+//! 1. `engine`: pure decisions; time is an argument.
+//! 2. `policy_table` (the policy table's layout), `store` (tenant state), `directory` (policy
+//!    reads), `policy_file`, `jwt`, `metrics`, `aws` (SDK client builders).
+//! 3. `gate`: one decision end to end, over a store and a directory, with the fallbacks.
+//! 4. `control` (API Gateway as the control surface: sync, apply, shed controller, alarms) and
+//!    `notify` (quota notices).
+//! 5. `usage_api`: the usage API's HTTP layer and use cases.
 
-pub mod audit;
 pub mod aws;
-pub mod clock;
-pub mod decision;
+pub mod control;
 pub mod directory;
 pub mod engine;
 pub mod gate;
-pub mod gcra;
-pub mod identity;
 pub mod jwt;
-pub mod monitor;
+pub mod metrics;
 pub mod notify;
-pub mod policy;
 pub mod policy_file;
-pub mod quota;
-pub mod shed;
+pub mod policy_table;
 pub mod store;
-pub mod sync;
-pub mod usage;
+pub mod usage_api;
 
-pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use decision::{Decision, Reason};
-pub use policy::{FailMode, Limits, Plan, PlanSpec};
+pub use engine::clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use engine::decision::{Decision, Reason};
+pub use engine::policy::{FailMode, Limits, Plan, PlanSpec};
 pub use store::{Consume, ErrorScope, Store, StoreError};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::identity::{ApiKeyHash, validate_tenant_id};
-use crate::policy::{Plan, PlanSpec, PolicyError};
+use crate::engine::identity::{ApiKeyHash, validate_tenant_id};
+use crate::engine::policy::{Plan, PlanSpec, PolicyError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{AlarmType, MetricAlarm};
 use tollgate::aws::{admin_client, cloudwatch_client};
+use tollgate::control::alarms::{AlarmDefinition, AlarmError, AlarmReport, AlarmSettings, PREFIX_VAR, TOPIC_VAR};
+use tollgate::control::sync::table::PolicyTable;
+use tollgate::control::{AlarmPort, CloudWatchAlarms, sync_plan_alarms};
 use tollgate::directory::DynamoDirectory;
-use tollgate::monitor::plan_alarms::{AlarmDefinition, AlarmError, AlarmReport, AlarmSettings, PREFIX_VAR, TOPIC_VAR};
-use tollgate::monitor::{AlarmPort, CloudWatchAlarms, sync_plan_alarms};
-use tollgate::policy::Plan;
+use tollgate::engine::policy::Plan;
 use tollgate::policy_file::PolicyFile;
-use tollgate::sync::table::PolicyTable;
 
 use crate::cbor_shim::CborShim;
 use crate::emulator;
@@ -296,7 +296,7 @@ async fn a_plan_that_goes_takes_its_alarm_with_it() {
     w.port.calls();
     // WHEN free leaves the policy table, and gold becomes unlimited
     w.remove_plan("free").await;
-    let unlimited = Plan::new("gold", tollgate::policy::PlanSpec::unlimited()).expect("plan");
+    let unlimited = Plan::new("gold", tollgate::engine::policy::PlanSpec::unlimited()).expect("plan");
     w.directory.put_plan(&unlimited, 2).await.expect("put plan");
     let report = w.sync().await;
     // THEN both alarms are deleted in one call and nothing is left under the prefix

@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_apigateway::types::{QuotaPeriodType, QuotaSettings, ThrottleSettings};
-use tollgate::audit::{Outcome, Source};
 use tollgate::aws::{admin_client, control_client, state_client};
-use tollgate::clock::{Clock, ManualClock, Timestamp};
+use tollgate::control::apigateway::{ApiGateway, Backoff, ControlPlane};
+use tollgate::control::apply::watch::{self, WatchConfig, Watched};
+use tollgate::control::apply::{self, ApplyError, ApplyReport, Context};
+use tollgate::control::sync::table::PolicyTable;
+use tollgate::control::sync::{self, mapping};
 use tollgate::directory::DynamoDirectory;
+use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::policy_file::PolicyFile;
-use tollgate::sync::apigateway::{ApiGateway, Backoff, ControlPlane};
-use tollgate::sync::apply::{self, ApplyError, ApplyReport, Context};
-use tollgate::sync::table::{PolicyTable, Record};
-use tollgate::sync::watch::{self, WatchConfig, Watched};
-use tollgate::sync::{self, mapping};
+use tollgate::policy_table::Record;
+use tollgate::policy_table::audit::{Outcome, Source};
 
 use crate::emulator;
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -210,7 +211,7 @@ impl World {
     async fn resolve_plan(&self, raw: &str) -> Option<String> {
         use tollgate::directory::Directory;
         self.directory
-            .resolve(&tollgate::identity::ApiKeyHash::of(&secret(raw)))
+            .resolve(&tollgate::engine::identity::ApiKeyHash::of(&secret(raw)))
             .await
             .expect("directory")
             .map(|r| r.plan.name().to_owned())
@@ -641,7 +642,7 @@ async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_o
 async fn the_watch_reads_the_authorizers_metrics_from_cloudwatch() {
     use aws_sdk_cloudwatch::primitives::DateTime;
     use aws_sdk_cloudwatch::types::{MetricDatum, StandardUnit};
-    use tollgate::monitor::CloudWatchMetrics;
+    use tollgate::control::CloudWatchMetrics;
 
     // GIVEN the authorizer's stack-wide counts in CloudWatch two minutes ago (the emulator,
     // reached through the CBOR shim: the SDK speaks only rpc-v2-cbor to CloudWatch)

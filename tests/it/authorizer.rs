@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tollgate::clock::{ManualClock, Timestamp};
 use tollgate::directory::DynamoDirectory;
 use tollgate::directory::dynamodb::create_policy_table;
+use tollgate::engine::clock::{ManualClock, Timestamp};
+use tollgate::engine::identity::ApiKeyHash;
+use tollgate::engine::quota::Period;
 use tollgate::gate::breaker::BreakerState;
-use tollgate::identity::ApiKeyHash;
 use tollgate::jwt::{Jwks, JwksPolicy, JwtVerifier};
 use tollgate::policy_file::PolicyFile;
-use tollgate::quota::Period;
 use tollgate_authorizer::{Authorizer, AuthorizerError, CONTEXT_HEADERS, CONTEXT_KEYS, Config, HttpJwks};
 
 use crate::emulator;
@@ -313,12 +313,12 @@ async fn a_shed_plan_gets_deny_with_reason_shed_and_retry_after_and_the_store_is
     // that would stall every call
     let s = stack(&[("TOLLGATE_STORE_BUDGET_MS", "300")]).await;
     let admin = tollgate::aws::admin_client(&emulator::sdk_config(&emulator::endpoint()));
-    let shed = tollgate::shed::table::ShedTable::new(admin, &s.policy_table);
+    let shed = tollgate::control::shed::table::ShedTable::new(admin, &s.policy_table);
     let from = shed.get().await.expect("level");
     shed.set(
         &from,
         1,
-        tollgate::shed::SetBy::Manual("ops".into()),
+        tollgate::engine::shed::SetBy::Manual("ops".into()),
         "drill",
         None,
         NOW,

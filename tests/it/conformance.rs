@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use tollgate::clock::{Clock, ManualClock, Timestamp};
-use tollgate::decision::{Decision, Reason};
-use tollgate::policy::{Plan, PlanSpec};
-use tollgate::quota::Period;
+use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
+use tollgate::engine::decision::{Decision, Reason};
+use tollgate::engine::policy::{Plan, PlanSpec};
+use tollgate::engine::quota::Period;
 use tollgate::store::{Consume, MemoryStore, Store};
 
 use crate::emulator;

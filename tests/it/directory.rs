@@ -1,9 +1,10 @@
 //! The policy directory: memory and DynamoDB adapters resolve keys alike.
 
 use tollgate::directory::dynamodb::create_policy_table;
-use tollgate::directory::{Directory, DynamoDirectory, KeyRecord, MemoryDirectory};
-use tollgate::identity::ApiKeyHash;
+use tollgate::directory::{Directory, DynamoDirectory, MemoryDirectory};
+use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_file::PolicyFile;
+use tollgate::policy_table::KeyRecord;
 
 use crate::emulator;
 

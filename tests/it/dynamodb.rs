@@ -9,9 +9,9 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
 use tollgate::aws::state_client;
-use tollgate::clock::{Clock, ManualClock, Timestamp};
-use tollgate::policy::{Plan, PlanSpec};
-use tollgate::quota::Period;
+use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
+use tollgate::engine::policy::{Plan, PlanSpec};
+use tollgate::engine::quota::Period;
 use tollgate::store::dynamodb::item::item_size;
 use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store, StoreError};
 
@@ -121,7 +121,7 @@ async fn an_uncontended_admitted_decision_costs_one_write_unit() {
         .item
         .expect("item exists");
     let days = item.keys().filter(|k| k.starts_with('d')).count();
-    assert_eq!(days, tollgate::quota::DAYS_KEPT as usize);
+    assert_eq!(days, tollgate::engine::quota::DAYS_KEPT as usize);
     assert!(item_size(&item) < 1024, "item is {} bytes", item_size(&item));
 }
 
@@ -239,7 +239,7 @@ async fn recorded(client: &aws_sdk_dynamodb::Client, table: &str, tenant: &str, 
         .expect("get")
         .item
         .unwrap_or_default();
-    let n = |c: tollgate::quota::Counter| {
+    let n = |c: tollgate::engine::quota::Counter| {
         item.get(&c.to_string())
             .map_or(0, |v| v.as_n().expect("number").parse::<u64>().expect("integer"))
     };

@@ -13,14 +13,15 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::StreamExt as _;
 use tollgate::aws::{StoreTimeouts, state_client};
-use tollgate::clock::{ManualClock, SystemClock, Timestamp};
 use tollgate::directory::dynamodb::create_policy_table;
-use tollgate::directory::{Directory, DirectoryError, DynamoDirectory, KeyRecord};
+use tollgate::directory::{Directory, DirectoryError, DynamoDirectory};
+use tollgate::engine::clock::{ManualClock, SystemClock, Timestamp};
+use tollgate::engine::identity::ApiKeyHash;
+use tollgate::engine::policy::Plan;
 use tollgate::gate::breaker::{BreakerConfig, BreakerState};
 use tollgate::gate::{Credential, Gate, GateConfig, Mode, Outcome, Request};
-use tollgate::identity::ApiKeyHash;
-use tollgate::policy::Plan;
 use tollgate::policy_file::PolicyFile;
+use tollgate::policy_table::KeyRecord;
 use tollgate::store::{DynamoStore, DynamoStoreConfig, MemoryStore};
 use tollgate_cli::simulate::{self, Config, Pattern, Target};
 use tollgate_cli::tenants::{demo_tenants, directory_with};
@@ -304,7 +305,7 @@ impl Directory for Counting {
     }
 
     // Not counted: one read per `shed_ttl` whatever the keys, not a read a key can cause.
-    async fn shed(&self) -> Result<tollgate::shed::ShedState, DirectoryError> {
+    async fn shed(&self) -> Result<tollgate::engine::shed::ShedState, DirectoryError> {
         self.inner.shed().await
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::http::HeaderName;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tollgate::clock::SystemClock;
+use tollgate::engine::clock::SystemClock;
 use tollgate::gate::{Gate, GateConfig};
 use tollgate::policy_file::PolicyFile;
 use tollgate::store::{MemoryStore, Store};

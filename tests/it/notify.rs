@@ -12,11 +12,11 @@ use aws_sdk_dynamodbstreams::types::{AttributeValue as StreamValue, ShardIterato
 use futures::future::join_all;
 use serde_json::{Value, json};
 use tollgate::aws::{admin_client, notice_client, policy_client};
-use tollgate::clock::{Clock, ManualClock, Timestamp};
 use tollgate::directory::DynamoDirectory;
 use tollgate::directory::dynamodb::create_policy_table;
+use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
+use tollgate::engine::policy::{Plan, PlanSpec};
 use tollgate::notify::{Claim, Markers, Notifier, SnsPublisher};
-use tollgate::policy::{Plan, PlanSpec};
 use tollgate::store::{Consume, Store};
 use tollgate_alarms::Trigger;
 

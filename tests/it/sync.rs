@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use aws_sdk_apigateway::types::{ApiStage, Op, PatchOperation, QuotaPeriodType, QuotaSettings, ThrottleSettings};
 use tollgate::aws::{admin_client, control_client};
-use tollgate::clock::{ManualClock, Timestamp};
+use tollgate::control::apigateway::{ApiGateway, Backoff};
+use tollgate::control::sync::table::PolicyTable;
+use tollgate::control::sync::{self, SyncReport};
 use tollgate::directory::{Directory, DynamoDirectory};
-use tollgate::identity::ApiKeyHash;
-use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::sync::table::PolicyTable;
-use tollgate::sync::{self, SyncReport};
+use tollgate::engine::clock::{ManualClock, Timestamp};
+use tollgate::engine::identity::ApiKeyHash;
 
 use crate::emulator;
 use crate::paging_shim::PagingShim;
@@ -235,8 +235,8 @@ async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
     assert_eq!(Some(&history[0].id), report.change_id.as_ref());
     let change = audit.get(&history[0].id).await.expect("record");
     assert_eq!(change.items.len(), 1);
-    let rate = |r: &Option<tollgate::sync::table::Record>| match r {
-        Some(tollgate::sync::table::Record::Plan { spec, .. }) => spec.rate,
+    let rate = |r: &Option<tollgate::policy_table::Record>| match r {
+        Some(tollgate::policy_table::Record::Plan { spec, .. }) => spec.rate,
         other => panic!("not a plan: {other:?}"),
     };
     assert_eq!(

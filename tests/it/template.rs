@@ -324,8 +324,8 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
         .as_mapping()
         .expect("environment");
     let set: BTreeSet<&str> = vars.keys().filter_map(Value::as_str).collect();
-    assert_eq!(set, tollgate::sync::FUNCTION_VARIABLES.into_iter().collect());
-    assert_eq!(untag(&vars[tollgate::sync::POLICY_TABLE_VAR]).1, "PolicyTable");
+    assert_eq!(set, tollgate::control::sync::FUNCTION_VARIABLES.into_iter().collect());
+    assert_eq!(untag(&vars[tollgate::control::sync::POLICY_TABLE_VAR]).1, "PolicyTable");
     // AND it may call exactly the DynamoDB actions sync calls, on the policy table only, and
     // read exactly the API Gateway collections sync reads
     let mut dynamodb = BTreeSet::new();
@@ -351,9 +351,15 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
             }
         }
     }
-    let want: BTreeSet<String> = tollgate::sync::TABLE_ACTIONS.iter().map(|a| (*a).to_owned()).collect();
+    let want: BTreeSet<String> = tollgate::control::sync::TABLE_ACTIONS
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
     assert_eq!(dynamodb, want);
-    let paths: BTreeSet<String> = tollgate::sync::CONTROL_PATHS.iter().map(|p| (*p).to_owned()).collect();
+    let paths: BTreeSet<String> = tollgate::control::sync::CONTROL_PATHS
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect();
     assert_eq!(apigateway, paths);
 }
 
@@ -374,7 +380,10 @@ fn plan_sync_runs_on_its_schedule_and_on_every_usage_plan_or_key_change() {
     let pattern = &rule["Properties"]["EventPattern"];
     assert_eq!(pattern["detail-type"][0], "AWS API Call via CloudTrail");
     let names: BTreeSet<String> = strings(&pattern["detail"]["eventName"]).into_iter().collect();
-    let want: BTreeSet<String> = tollgate::sync::TRIGGER_EVENTS.iter().map(|e| (*e).to_owned()).collect();
+    let want: BTreeSet<String> = tollgate::control::sync::TRIGGER_EVENTS
+        .iter()
+        .map(|e| (*e).to_owned())
+        .collect();
     assert_eq!(names, want);
     assert_eq!(
         untag(&rule["Properties"]["Targets"][0]["Arn"]),
@@ -581,7 +590,7 @@ fn named_metrics(t: &Value) -> BTreeSet<(String, String)> {
 
 #[test]
 fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
-    use tollgate::monitor::metrics;
+    use tollgate::metrics;
     let t = parse(TEMPLATE);
     // GIVEN every (namespace, metric) the alarms and the dashboard name
     let named = named_metrics(&t);
@@ -664,7 +673,7 @@ fn the_alarms_function_gets_its_variables_and_only_the_access_it_uses() {
         .expect("environment");
     let set: BTreeSet<&str> = vars.keys().filter_map(Value::as_str).collect();
     assert_eq!(set, tollgate_alarms::variables());
-    assert_eq!(untag(&vars[tollgate::monitor::plan_alarms::TOPIC_VAR]).1, "AlarmTopic");
+    assert_eq!(untag(&vars[tollgate::control::alarms::TOPIC_VAR]).1, "AlarmTopic");
     assert_eq!(untag(&vars["TOLLGATE_SHED_ALARM"]).1, "ShedAlarmName");
     assert_eq!(untag(&vars[tollgate_alarms::STATE_TABLE]).1, "StateTable");
     assert_eq!(untag(&vars[tollgate_alarms::POLICY_TABLE]).1, "PolicyTable");
@@ -725,7 +734,10 @@ fn the_alarms_function_gets_its_variables_and_only_the_access_it_uses() {
     // AND of the policy it writes only the shed level and audit records, never a plan or key
     assert_eq!(
         shed_condition,
-        Some(parse(&format!("[\"{}\", \"audit#*\"]", tollgate::shed::SHED_PK))),
+        Some(parse(&format!(
+            "[\"{}\", \"audit#*\"]",
+            tollgate::policy_table::SHED_PK
+        ))),
         "the shed level's writes are limited to its own item and the audit trail"
     );
     // AND on the state table only the notice markers' keys, never a tenant's item
@@ -787,7 +799,7 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
         .as_mapping()
         .expect("environment");
     let set: BTreeSet<&str> = vars.keys().filter_map(Value::as_str).collect();
-    assert_eq!(set, tollgate::usage::FUNCTION_VARIABLES.into_iter().collect());
+    assert_eq!(set, tollgate::usage_api::FUNCTION_VARIABLES.into_iter().collect());
     assert_eq!(untag(&vars["TOLLGATE_STATE_TABLE"]).1, "StateTable");
     assert_eq!(untag(&vars["TOLLGATE_POLICY_TABLE"]).1, "PolicyTable");
     // AND it may call exactly the DynamoDB actions the usage API calls, per table, and exactly
@@ -822,8 +834,8 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
     assert_eq!(
         tables,
         BTreeMap::from([
-            ("StateTable.Arn".to_owned(), set(&tollgate::usage::STATE_ACTIONS)),
-            ("PolicyTable.Arn".to_owned(), set(&tollgate::usage::POLICY_ACTIONS)),
+            ("StateTable.Arn".to_owned(), set(&tollgate::usage_api::STATE_ACTIONS)),
+            ("PolicyTable.Arn".to_owned(), set(&tollgate::usage_api::POLICY_ACTIONS)),
         ])
     );
     // AND of the policy table it writes only its own items, never a plan or the sync's meta
@@ -840,7 +852,7 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
             ),
         ])
     );
-    let want: BTreeSet<(String, String)> = tollgate::usage::CONTROL_ACCESS
+    let want: BTreeSet<(String, String)> = tollgate::usage_api::CONTROL_ACCESS
         .iter()
         .map(|(a, p)| ((*a).to_owned(), (*p).to_owned()))
         .collect();
@@ -896,7 +908,7 @@ fn the_usage_api_serves_every_route_admin_routes_on_iam_and_usage_behind_the_aut
             assert_eq!(scheme.as_str(), Some(want), "{method} {path}");
         }
     }
-    let routes: BTreeSet<(String, String)> = tollgate::usage::ROUTES
+    let routes: BTreeSet<(String, String)> = tollgate::usage_api::ROUTES
         .iter()
         .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
         .collect();

@@ -11,17 +11,18 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-use tollgate::audit::AuditLog;
 use tollgate::aws::{admin_client, control_client};
-use tollgate::clock::{Clock, ManualClock, Timestamp};
-use tollgate::directory::{Directory, DynamoDirectory, KeyRecord, MemoryDirectory};
+use tollgate::control::apigateway::{ApiGateway, Backoff};
+use tollgate::directory::{Directory, DynamoDirectory, MemoryDirectory};
+use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
+use tollgate::engine::identity::ApiKeyHash;
+use tollgate::engine::policy::{Plan, PlanSpec};
 use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
-use tollgate::identity::ApiKeyHash;
-use tollgate::policy::{Plan, PlanSpec};
+use tollgate::policy_table::KeyRecord;
+use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::{Consume, DynamoStore, Store};
-use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::usage::registry::Registry;
-use tollgate::usage::{AdminAuth, CallerSource, ROUTES, SCHEDULE_ACTOR, UsageApi};
+use tollgate::usage_api::registry::Registry;
+use tollgate::usage_api::{AdminAuth, CallerSource, ROUTES, SCHEDULE_ACTOR, UsageApi};
 
 use crate::emulator;
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -416,8 +417,8 @@ async fn reset_clears_the_day_in_the_table_and_is_in_the_audit_trail() {
     assert_eq!(res.status(), StatusCode::OK);
     let usage = w.store.usage("hooli", w.clock.now()).await.expect("usage");
     let now = w.clock.now();
-    assert_eq!(usage.get(tollgate::quota::Period::Day.counter(now)), 0);
-    assert_eq!(usage.get(tollgate::quota::Period::Month.counter(now)), 3);
+    assert_eq!(usage.get(tollgate::engine::quota::Period::Day.counter(now)), 0);
+    assert_eq!(usage.get(tollgate::engine::quota::Period::Month.counter(now)), 3);
     assert_eq!(usage.tat, None);
     let history = w.audit.history().await.expect("audit history");
     assert_eq!(history.len(), 1);
@@ -477,7 +478,10 @@ async fn tenant_a_key_cannot_read_or_change_tenant_b_on_any_route() {
     assert_eq!(w.dir.tenant_plan("b").await.expect("dir").as_deref(), Some("free"));
     assert!(w.dir.resolve(&ApiKeyHash::of("key-b")).await.expect("dir").is_some());
     let usage = w.store.usage("b", w.clock.now()).await.expect("usage");
-    assert_eq!(usage.get(tollgate::quota::Period::Day.counter(w.clock.now())), 2);
+    assert_eq!(
+        usage.get(tollgate::engine::quota::Period::Day.counter(w.clock.now())),
+        2
+    );
     assert!(w.audit.history().await.expect("audit").is_empty());
 }
 
@@ -607,7 +611,7 @@ async fn the_scheduled_sweep_revokes_exactly_the_rotated_keys_past_their_deadlin
     let again = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
     // THEN nothing is revoked early; at 100 s exactly stark's old key, in API Gateway and in the
     // table, wayne's still working; at 300 s wayne's; a second run finds nothing left
-    let ids = |v: &[tollgate::usage::registry::Revocation]| v.iter().map(|r| r.key_id.clone()).collect::<Vec<_>>();
+    let ids = |v: &[tollgate::usage_api::registry::Revocation]| v.iter().map(|r| r.key_id.clone()).collect::<Vec<_>>();
     assert!(none.is_empty(), "{none:?}");
     assert_eq!(ids(&first), [old["stark"]["id"].as_str().expect("id")]);
     assert!(!stark_after && wayne_after);
@@ -698,7 +702,7 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
         .send()
         .await
         .expect("delete");
-    let until = w.clock.now().as_secs() + tollgate::usage::ONBOARDING_CLAIM_SECS;
+    let until = w.clock.now().as_secs() + tollgate::usage_api::ONBOARDING_CLAIM_SECS;
     admin_client(&sdk)
         .put_item()
         .table_name(&table)
@@ -714,13 +718,13 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
     let (busy, problem) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
     assert_eq!(busy, StatusCode::CONFLICT, "{problem}");
     w.clock
-        .advance(Duration::from_secs(tollgate::usage::ONBOARDING_CLAIM_SECS));
+        .advance(Duration::from_secs(tollgate::usage_api::ONBOARDING_CLAIM_SECS));
     let (s3, third) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
     assert_eq!(s3, StatusCode::CREATED, "{third}");
     assert_eq!(third["key"], first["key"]);
     assert_eq!(w.keys_of("stark").await.len(), 1);
     // AND plan sync's reading of the table ignores the usage API's own items
-    let current = tollgate::sync::table::PolicyTable::new(admin_client(&sdk), &table)
+    let current = tollgate::control::sync::table::PolicyTable::new(admin_client(&sdk), &table)
         .read()
         .await
         .expect("read");

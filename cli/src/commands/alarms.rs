@@ -2,8 +2,8 @@
 //! alarms function does on its schedule.
 
 use tollgate::aws::{admin_client, cloudwatch_client};
-use tollgate::monitor::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
-use tollgate::sync::table::PolicyTable;
+use tollgate::control::sync::table::PolicyTable;
+use tollgate::control::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
 
 use crate::aws_args::AwsArgs;
 
@@ -36,7 +36,7 @@ pub struct Sync {
     #[arg(long, env = "TOLLGATE_PLAN_ALARM_PREFIX")]
     pub prefix: String,
     /// The namespace of the authorizer's metrics.
-    #[arg(long, env = "TOLLGATE_METRICS_NAMESPACE", default_value = tollgate::monitor::metrics::DEFAULT_NAMESPACE)]
+    #[arg(long, env = "TOLLGATE_METRICS_NAMESPACE", default_value = tollgate::metrics::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Alarm when more than this share (%) of a plan's decisions are throttled...
     #[arg(long, env = "TOLLGATE_PLAN_ALARM_PERCENT", default_value = "10", value_parser = percent)]

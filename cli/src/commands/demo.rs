@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tollgate::clock::{Clock, ManualClock, SystemClock};
+use tollgate::engine::clock::{Clock, ManualClock, SystemClock};
 use tollgate::store::{Consume, MemoryStore};
 
 use super::read_policy;

@@ -6,16 +6,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tollgate::audit::AuditLog;
 use tollgate::aws::{admin_client, control_client};
-use tollgate::clock::SystemClock;
-use tollgate::monitor::CloudWatchMetrics;
+use tollgate::control::CloudWatchMetrics;
+use tollgate::control::apigateway::{ApiGateway, Backoff, ControlPlane};
+use tollgate::control::apply::watch::{self, WatchConfig, Watched};
+use tollgate::control::apply::{self, ApplyError, ApplyReport, Context};
+use tollgate::control::diff;
+use tollgate::control::sync::table::PolicyTable;
+use tollgate::engine::clock::SystemClock;
+use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::MemoryStore;
-use tollgate::sync::apigateway::{ApiGateway, Backoff, ControlPlane};
-use tollgate::sync::apply::{self, ApplyError, ApplyReport, Context};
-use tollgate::sync::policy_diff;
-use tollgate::sync::table::PolicyTable;
-use tollgate::sync::watch::{self, WatchConfig, Watched};
 
 use super::read_policy;
 use crate::aws_args::AwsArgs;
@@ -148,7 +148,7 @@ impl Diff {
             .read()
             .await
             .map_err(|e| e.to_string())?;
-        let diff = policy_diff::diff(&file, &plans, &keys, &current);
+        let diff = diff::diff(&file, &plans, &keys, &current);
         if self.live.json {
             println!("{}", serde_json::to_string(&diff).map_err(|e| e.to_string())?);
         } else {
@@ -307,7 +307,7 @@ impl History {
         for e in &entries {
             println!(
                 "{:<20} {:<10} {:<34} {}{}",
-                tollgate::quota::format_utc(e.time),
+                tollgate::engine::quota::format_utc(e.time),
                 e.source,
                 e.id,
                 e.summary,

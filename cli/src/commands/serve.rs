@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderName;
-use tollgate::audit::AuditLog;
 use tollgate::aws::{admin_client, control_client, policy_client};
-use tollgate::clock::{Clock, SystemClock};
+use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::directory::{Directory, DynamoDirectory};
+use tollgate::engine::clock::{Clock, SystemClock};
+use tollgate::engine::shed::{SetBy, ShedState};
 use tollgate::gate::{Gate, GateConfig};
-use tollgate::shed::{SetBy, ShedState};
+use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::Store;
-use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::usage::registry::Registry;
-use tollgate::usage::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
+use tollgate::usage_api::registry::Registry;
+use tollgate::usage_api::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
 
 use super::read_policy;
 use crate::aws_args::StoreArgs;
@@ -163,7 +163,7 @@ impl Serve {
             let shed: Vec<&str> = file
                 .plans
                 .values()
-                .filter(|p| tollgate::shed::sheds(level, p.priority()))
+                .filter(|p| tollgate::engine::shed::sheds(level, p.priority()))
                 .map(|p| p.name())
                 .collect();
             println!("  shed level {level}: refusing plans {shed:?} (priority below {level})");
@@ -231,7 +231,7 @@ impl Serve {
             Some(_) => {
                 let sdk = self.store.dynamo.aws.sdk_config().await?;
                 let api = ApiGateway::new(control_client(&sdk), Backoff::default());
-                Some(Arc::new(api) as Arc<dyn tollgate::sync::control_writes::ControlWrites>)
+                Some(Arc::new(api) as Arc<dyn tollgate::control::apigateway::writes::ControlWrites>)
             }
             None => None,
         };

@@ -1,9 +1,9 @@
 //! `tollgate shed`: the shed level by hand. `set` overrides the controller until `clear` hands
 //! the level back to it; `status` shows the level and which plans it sheds.
 
-use tollgate::clock::{Clock, SystemClock, Timestamp};
-use tollgate::shed::table::{ShedTable, Written};
-use tollgate::shed::{SetBy, ShedState, sheds};
+use tollgate::control::shed::table::{ShedTable, Written};
+use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
+use tollgate::engine::shed::{SetBy, ShedState, sheds};
 
 use crate::aws_args::AwsArgs;
 

@@ -2,9 +2,9 @@
 //! the plan-sync function does on its schedule.
 
 use tollgate::aws::control_client;
-use tollgate::clock::SystemClock;
-use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::sync::table::PolicyTable;
+use tollgate::control::apigateway::{ApiGateway, Backoff};
+use tollgate::control::sync::table::PolicyTable;
+use tollgate::engine::clock::SystemClock;
 
 use crate::aws_args::AwsArgs;
 
@@ -32,7 +32,7 @@ impl PlanSync {
         }
         let control = ApiGateway::new(control_client(&sdk), Backoff::default());
         let table = PolicyTable::new(dynamodb, &self.policy_table);
-        let report = tollgate::sync::run(&control, &table, &SystemClock::new(), None)
+        let report = tollgate::control::sync::run(&control, &table, &SystemClock::new(), None)
             .await
             .map_err(|e| e.to_string())?;
         if self.json {

@@ -3,13 +3,13 @@
 //! - A DynamoDB stream batch of the state table: quota notices (`tollgate::notify`), with
 //!   partial batch failures (`ReportBatchItemFailures`).
 //! - A scheduled event (EventBridge `Scheduled Event`): `main` runs the shed controller
-//!   (`tollgate::shed`) and the per-plan alarm sync (`tollgate::monitor`).
+//!   (`tollgate::engine::shed`) and the per-plan alarm sync (`tollgate::control`).
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use serde_dynamo::AttributeValue;
 use serde_json::Value;
-use tollgate::clock::Timestamp;
+use tollgate::engine::clock::Timestamp;
 use tollgate::notify::{self, Change, Notifier};
 
 /// The state table: its stream feeds the function, and the notice markers live in it.
@@ -20,8 +20,8 @@ pub const POLICY_TABLE: &str = "TOLLGATE_POLICY_TABLE";
 pub fn variables() -> std::collections::BTreeSet<&'static str> {
     [STATE_TABLE, POLICY_TABLE, notify::TOPIC_VAR, "TOLLGATE_LOG"]
         .into_iter()
-        .chain(tollgate::monitor::plan_alarms::VARIABLES.iter().copied())
-        .chain(tollgate::shed::controller::VARIABLES.iter().copied())
+        .chain(tollgate::control::alarms::VARIABLES.iter().copied())
+        .chain(tollgate::control::shed::controller::VARIABLES.iter().copied())
         .collect()
 }
 
@@ -102,7 +102,7 @@ fn change(record: &EventRecord) -> Result<Option<Change>, String> {
     }))
 }
 
-fn counters(image: &serde_dynamo::Item) -> Result<Vec<(tollgate::quota::Counter, u64)>, String> {
+fn counters(image: &serde_dynamo::Item) -> Result<Vec<(tollgate::engine::quota::Counter, u64)>, String> {
     let mut out = Vec::new();
     for (name, value) in image.iter() {
         let number = match value {
@@ -124,10 +124,10 @@ pub fn notices_metric(namespace: &str, sent: usize, at: Timestamp) -> Value {
             "CloudWatchMetrics": [{
                 "Namespace": namespace,
                 "Dimensions": [[]],
-                "Metrics": [{ "Name": tollgate::monitor::metrics::NOTICES_SENT, "Unit": "Count" }],
+                "Metrics": [{ "Name": tollgate::metrics::NOTICES_SENT, "Unit": "Count" }],
             }],
         },
-        tollgate::monitor::metrics::NOTICES_SENT: sent,
+        tollgate::metrics::NOTICES_SENT: sent,
     })
 }
 
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(cw["Namespace"], "Tollgate");
         assert_eq!(cw["Dimensions"], serde_json::json!([[]]));
         assert_eq!(cw["Metrics"][0]["Name"], "NoticesSent");
-        assert!(tollgate::monitor::metrics::is_emitted("NoticesSent"));
+        assert!(tollgate::metrics::is_emitted("NoticesSent"));
         assert_eq!(line["NoticesSent"], 2);
         assert_eq!(line["_aws"]["Timestamp"], 1_700_000_000_000u64);
     }

@@ -9,13 +9,13 @@ use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 use tollgate::aws::{admin_client, cloudwatch_client, notice_client, policy_client};
-use tollgate::clock::{Clock, SystemClock};
+use tollgate::control::shed::controller::{Config as ShedConfig, Controller};
+use tollgate::control::shed::table::ShedTable;
+use tollgate::control::sync::table::PolicyTable;
+use tollgate::control::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
 use tollgate::directory::DynamoDirectory;
-use tollgate::monitor::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
+use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::notify::{Markers, Notifier, SnsPublisher, TOPIC_VAR};
-use tollgate::shed::controller::{Config as ShedConfig, Controller};
-use tollgate::shed::table::ShedTable;
-use tollgate::sync::table::PolicyTable;
 use tollgate_alarms::{POLICY_TABLE, STATE_TABLE, Trigger};
 
 fn var(name: &str) -> Result<String, Error> {

@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use tollgate::engine::policy::{FailMode, split_route};
 use tollgate::gate::GateConfig;
 use tollgate::gate::breaker::BreakerConfig;
 use tollgate::jwt::JwtConfig;
-use tollgate::policy::{FailMode, split_route};
 
 /// Every environment variable the authorizer reads (`TOLLGATE_LOG` is read by `main`). The SAM
 /// template sets each one; a test holds the two lists together.

@@ -29,9 +29,9 @@ use lambda_runtime::Diagnostic;
 use serde_json::{Map, Value, json};
 use tollgate::Clock;
 use tollgate::directory::Directory;
+use tollgate::engine::policy::FailMode;
 use tollgate::gate::{Credential, Gate, Mode, Outcome, Request, Verdict};
 use tollgate::jwt::{FetchedKeys, JwksFetchError, JwksSource, JwtVerifier};
-use tollgate::policy::FailMode;
 use tollgate::store::Store;
 
 pub use config::Config;

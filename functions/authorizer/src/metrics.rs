@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
-use tollgate::decision::Reason;
+use tollgate::engine::decision::Reason;
+use tollgate::engine::policy::FailMode;
 use tollgate::gate::{Mode, Outcome};
-use tollgate::monitor::metrics as names;
-use tollgate::policy::FailMode;
+use tollgate::metrics as names;
 
 /// Counts for one decision, rendered as one EMF line.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -34,7 +34,7 @@ pub struct Sample {
 }
 
 /// The counts of a decision line, in the order of `Sample::values`; names from
-/// `tollgate::monitor::metrics`, the list the template's alarms are checked against.
+/// `tollgate::metrics`, the list the template's alarms are checked against.
 const METRICS: &[&str] = &[
     names::DECISIONS,
     names::THROTTLES_RATE,
@@ -197,7 +197,7 @@ mod tests {
         let cw = &doc["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(cw["Dimensions"], json!([[]]));
         assert_eq!(cw["Metrics"], json!([{"Name": "Errors", "Unit": "Count"}]));
-        assert!(tollgate::monitor::metrics::AUTHORIZER.contains(&"Errors"));
+        assert!(tollgate::metrics::AUTHORIZER.contains(&"Errors"));
     }
 
     #[test]
@@ -217,7 +217,7 @@ mod tests {
             .expect("metrics")
         {
             let name = m["Name"].as_str().expect("name");
-            assert!(tollgate::monitor::metrics::AUTHORIZER.contains(&name), "{name}");
+            assert!(tollgate::metrics::AUTHORIZER.contains(&name), "{name}");
         }
     }
 
@@ -280,7 +280,7 @@ mod tests {
             key_id: None,
             plan: file.plans["free"].clone(),
             mode: Mode::Shed { level: 1 },
-            decision: Some(tollgate::decision::Decision::shed(Duration::from_secs(5))),
+            decision: Some(tollgate::engine::decision::Decision::shed(Duration::from_secs(5))),
             store_latency: None,
             cached_credentials: false,
             refusal: None,
@@ -299,7 +299,7 @@ mod tests {
     fn a_fail_open_refusal_is_a_throttle_not_a_fail_closed_and_carries_the_store_error() {
         // GIVEN a refusal by the fail-open fallback (the tenant was over its rate without the store)
         let file = tollgate::policy_file::PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 1\n").expect("policy");
-        let decision = tollgate::decision::Decision {
+        let decision = tollgate::engine::decision::Decision {
             allowed: false,
             reason: Some(Reason::Rate),
             retry_after: Some(Duration::from_secs(1)),

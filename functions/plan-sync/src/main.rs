@@ -6,10 +6,10 @@ use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use tollgate::aws::{admin_client, control_client};
-use tollgate::clock::SystemClock;
-use tollgate::sync::POLICY_TABLE_VAR as POLICY_TABLE;
-use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::sync::table::PolicyTable;
+use tollgate::control::apigateway::{ApiGateway, Backoff};
+use tollgate::control::sync::POLICY_TABLE_VAR as POLICY_TABLE;
+use tollgate::control::sync::table::PolicyTable;
+use tollgate::engine::clock::SystemClock;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Error> {
             .payload
             .pointer("/detail/userIdentity/arn")
             .and_then(Value::as_str);
-        let report = tollgate::sync::run(control, table, clock, actor).await?;
+        let report = tollgate::control::sync::run(control, table, clock, actor).await?;
         tracing::info!(
             trigger,
             writes = report.writes,

@@ -15,13 +15,13 @@ use lambda_http::request::{LambdaRequest, RequestContext};
 use lambda_http::tower::ServiceExt;
 use lambda_http::{Adapter, Error, LambdaEvent, lambda_runtime, service_fn};
 use serde_json::Value;
-use tollgate::audit::AuditLog;
 use tollgate::aws::{StoreTimeouts, admin_client, control_client, state_client};
-use tollgate::clock::SystemClock;
+use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::directory::DynamoDirectory;
+use tollgate::engine::clock::SystemClock;
+use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
-use tollgate::sync::apigateway::{ApiGateway, Backoff};
-use tollgate::usage::{
+use tollgate::usage_api::{
     Actor, AdminAuth, AuthorizedPlan, AuthorizedTenant, CallerSource, FUNCTION_VARIABLES as VARIABLES, SCHEDULE_ACTOR,
     UsageApi,
 };
@@ -124,12 +124,13 @@ mod tests {
     use std::time::Duration;
 
     use serde_json::{Value, json};
-    use tollgate::clock::{ManualClock, Timestamp};
-    use tollgate::directory::{Directory, KeyRecord, MemoryDirectory};
-    use tollgate::identity::ApiKeyHash;
+    use tollgate::directory::{Directory, MemoryDirectory};
+    use tollgate::engine::clock::{ManualClock, Timestamp};
+    use tollgate::engine::identity::ApiKeyHash;
+    use tollgate::policy_table::KeyRecord;
     use tollgate::store::MemoryStore;
-    use tollgate::usage::registry::{Registry, Revocation};
-    use tollgate::usage::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
+    use tollgate::usage_api::registry::{Registry, Revocation};
+    use tollgate::usage_api::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
 
     use super::*;
 

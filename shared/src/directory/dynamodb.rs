@@ -9,11 +9,13 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{Directory, DirectoryError, KeyRecord};
-use crate::identity::ApiKeyHash;
-use crate::policy::{Plan, PlanSpec};
+use super::{Directory, DirectoryError};
+use crate::engine::identity::ApiKeyHash;
+use crate::engine::policy::{Plan, PlanSpec};
+use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;
-use crate::shed::{SHED_PK, ShedState};
+use crate::policy_table::KeyRecord;
+use crate::policy_table::SHED_PK;
 
 const PK: &str = "pk";
 
@@ -164,7 +166,7 @@ impl Directory for DynamoDirectory {
 
     async fn shed(&self) -> Result<ShedState, DirectoryError> {
         match self.get(SHED_PK.to_owned()).await? {
-            Some(item) => crate::shed::table::parse_item(&item).map_err(|reason| DirectoryError::Invalid {
+            Some(item) => crate::policy_table::record::parse_shed(&item).map_err(|reason| DirectoryError::Invalid {
                 item: SHED_PK.to_owned(),
                 reason,
             }),

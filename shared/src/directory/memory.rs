@@ -5,11 +5,12 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 
-use super::{Directory, DirectoryError, KeyRecord};
-use crate::identity::ApiKeyHash;
-use crate::policy::Plan;
+use super::{Directory, DirectoryError};
+use crate::engine::identity::ApiKeyHash;
+use crate::engine::policy::Plan;
+use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;
-use crate::shed::ShedState;
+use crate::policy_table::KeyRecord;
 
 #[derive(Debug, Default)]
 pub struct MemoryDirectory {
@@ -22,8 +23,8 @@ struct Inner {
     tenants: HashMap<String, String>,
     plans: HashMap<String, Arc<Plan>>,
     shed: ShedState,
-    /// The usage API's idempotency and revocation records (`crate::usage::registry`).
-    extra: crate::usage::registry::Extra,
+    /// The usage API's idempotency and revocation records (`crate::usage_api::registry`).
+    extra: crate::usage_api::registry::Extra,
 }
 
 impl MemoryDirectory {

@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::clock::Timestamp;
+use crate::engine::clock::Timestamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerConfig {
@@ -178,7 +178,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{Clock, ManualClock};
+    use crate::engine::clock::{Clock, ManualClock};
 
     const BUDGET: Duration = Duration::from_millis(150);
 

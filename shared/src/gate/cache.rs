@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
 
-use crate::clock::Timestamp;
+use crate::engine::clock::Timestamp;
 
 #[derive(Debug)]
 pub struct TtlCache<K, V> {

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use crate::clock::Timestamp;
-use crate::decision::Decision;
-use crate::policy::Limits;
-use crate::quota::{Counter, Period, QuotaStatus};
+use crate::engine::clock::Timestamp;
+use crate::engine::decision::Decision;
+use crate::engine::policy::Limits;
+use crate::engine::quota::{Counter, Period, QuotaStatus};
 use crate::store::{Consume, MemoryStore, StoreError};
 
 use super::cache::TtlCache;
@@ -95,8 +95,8 @@ impl Fallback {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcra::Bucket;
-    use crate::policy::BucketId;
+    use crate::engine::gcra::Bucket;
+    use crate::engine::policy::BucketId;
 
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 
@@ -165,7 +165,7 @@ mod tests {
             })
             .expect("room");
         assert_eq!(refused.daily.map(|q| (q.used, q.remaining)), Some((100, 0)));
-        assert_eq!(refused.reason, Some(crate::decision::Reason::DailyQuota));
+        assert_eq!(refused.reason, Some(crate::engine::decision::Reason::DailyQuota));
     }
 
     #[test]

@@ -11,12 +11,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::clock::{Clock, Timestamp};
-use crate::decision::{Decision, ceil_secs};
 use crate::directory::{Directory, DirectoryError, Resolved};
-use crate::identity::ApiKeyHash;
-use crate::policy::{FailMode, Plan, split_route};
-use crate::shed::SHED_RETRY_AFTER;
+use crate::engine::clock::{Clock, Timestamp};
+use crate::engine::decision::{Decision, ceil_secs};
+use crate::engine::identity::ApiKeyHash;
+use crate::engine::policy::{FailMode, Plan, split_route};
+use crate::engine::shed::SHED_RETRY_AFTER;
 use crate::store::{Consume, ErrorScope, Store, StoreError};
 
 use self::breaker::{Breaker, BreakerConfig};
@@ -236,7 +236,7 @@ impl Gate {
         }
         // Shedding comes before the store: a shed request consumes nothing, and costs no write.
         let level = self.shed_level(now).await;
-        if crate::shed::sheds(level, verdict.plan.priority()) {
+        if crate::engine::shed::sheds(level, verdict.plan.priority()) {
             if verdict.plan.shadow() {
                 verdict.mode = Mode::Shadow { would_deny: true };
                 return Outcome::Allow(verdict);
@@ -443,10 +443,11 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::clock::ManualClock;
-    use crate::directory::{KeyRecord, MemoryDirectory};
+    use crate::directory::MemoryDirectory;
+    use crate::engine::clock::ManualClock;
+    use crate::engine::shed::ShedState;
     use crate::policy_file::PolicyFile;
-    use crate::shed::ShedState;
+    use crate::policy_table::KeyRecord;
     use crate::store::MemoryStore;
 
     const PLANS: &str = r#"

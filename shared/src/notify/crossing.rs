@@ -5,8 +5,8 @@
 //! whose old value is below it and whose new value is at or above it. An operator's reset can
 //! make a level be crossed again; the notice's marker keeps that from notifying twice.
 
-use crate::policy::Plan;
-use crate::quota::{Counter, Period};
+use crate::engine::policy::Plan;
+use crate::engine::quota::{Counter, Period};
 
 /// The usage at which `threshold` percent of `limit` is reached: ⌈limit × threshold / 100⌉, but
 /// never past the usage at which no request of `min_weight` fits any more, so that 100 % is
@@ -64,7 +64,7 @@ pub fn crossings(plan: &Plan, old: &[(Counter, u64)], new: &[(Counter, u64)]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::PlanSpec;
+    use crate::engine::policy::PlanSpec;
     use std::collections::BTreeMap;
 
     fn day() -> Counter {

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
-use crate::clock::Timestamp;
+use crate::engine::clock::Timestamp;
 
 const PK: &str = "pk";
 const PENDING: &str = "pending";

@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::clock::{Clock, Timestamp};
 use crate::directory::{Directory, DirectoryError};
+use crate::engine::clock::{Clock, Timestamp};
+use crate::engine::identity::validate_tenant_id;
+use crate::engine::policy::Plan;
+use crate::engine::quota::{Counter, format_utc};
 use crate::gate::cache::TtlCache;
-use crate::identity::validate_tenant_id;
-use crate::policy::Plan;
-use crate::quota::{Counter, format_utc};
 
 pub mod crossing;
 pub mod marker;
@@ -154,8 +154,8 @@ impl Notice {
             self.tenant,
             self.threshold,
             match self.counter.period() {
-                crate::quota::Period::Day => "daily",
-                crate::quota::Period::Month => "monthly",
+                crate::engine::quota::Period::Day => "daily",
+                crate::engine::quota::Period::Month => "monthly",
             }
         );
         if s.is_ascii() && s.len() <= 100 && !s.contains(char::is_control) {

@@ -17,11 +17,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Consume, Reset, Store, StoreError, Usage};
-use crate::clock::Timestamp;
-use crate::decision::Decision;
+use crate::engine::clock::Timestamp;
+use crate::engine::decision::Decision;
+use crate::engine::policy::BucketId;
+use crate::engine::quota::{Counter, Period};
 use crate::engine::{self, State};
-use crate::policy::BucketId;
-use crate::quota::{Counter, Period};
 
 /// At most one "store full" warning per this much request time: a flood of new tenants must not
 /// become a flood of log lines.
@@ -296,9 +296,9 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Reason;
-    use crate::gcra::Bucket;
-    use crate::policy::Limits;
+    use crate::engine::decision::Reason;
+    use crate::engine::gcra::Bucket;
+    use crate::engine::policy::Limits;
 
     // 2026-11-23T17:49:37Z
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::clock::Timestamp;
-use crate::decision::Decision;
-use crate::policy::Limits;
-use crate::quota::Counter;
+use crate::engine::clock::Timestamp;
+use crate::engine::decision::Decision;
+use crate::engine::policy::Limits;
+use crate::engine::quota::Counter;
 
 pub mod dynamodb;
 pub mod memory;

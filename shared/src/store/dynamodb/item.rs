@@ -14,10 +14,10 @@ use std::fmt::Write as _;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::clock::Timestamp;
 use crate::engine::State;
-use crate::policy::Limits;
-use crate::quota::{Counter, MONTHS_KEPT, Period};
+use crate::engine::clock::Timestamp;
+use crate::engine::policy::Limits;
+use crate::engine::quota::{Counter, MONTHS_KEPT, Period};
 
 pub const PK: &str = "pk";
 pub const TTL: &str = "ttl";
@@ -323,10 +323,10 @@ pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcra::Bucket;
-    use crate::identity::MAX_TENANT_ID;
-    use crate::policy::{BucketId, MAX_ROUTES};
-    use crate::quota::DAYS_KEPT;
+    use crate::engine::gcra::Bucket;
+    use crate::engine::identity::MAX_TENANT_ID;
+    use crate::engine::policy::{BucketId, MAX_ROUTES};
+    use crate::engine::quota::DAYS_KEPT;
     use std::time::Duration;
 
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);

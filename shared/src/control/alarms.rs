@@ -1,0 +1,379 @@
+//! Per-plan alarms (pure): one alarm per plan that can refuse, on the share of its decisions
+//! answered 429 (`(ThrottlesRate + ThrottlesDailyQuota + ThrottlesMonthlyQuota) / Decisions`,
+//! the authorizer's EMF metrics with the `Plan` dimension), and the fewest changes from the
+//! alarms CloudWatch holds under the prefix to those. The count follows the plans, never the
+//! tenants: no alarm has a `Tenant` dimension.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::engine::policy::PlanSpec;
+
+use crate::metrics;
+
+/// How plan alarms are named and when they fire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmSettings {
+    /// Every alarm of this sync is named `{prefix}{plan}`; any other alarm under the prefix is
+    /// an orphan and deleted. Give each stack its own.
+    pub prefix: String,
+    /// The authorizer's `TOLLGATE_METRICS_NAMESPACE`.
+    pub namespace: String,
+    /// Alarm when more than this percentage of a plan's decisions are refused...
+    pub threshold_percent: f64,
+    /// ...in every one of this many consecutive minutes.
+    pub minutes: u32,
+    /// Notified on ALARM and on OK (the alarm topic's ARN); may be empty.
+    pub actions: Vec<String>,
+}
+
+/// Variables `AlarmSettings::from_lookup` reads.
+pub const PREFIX_VAR: &str = "TOLLGATE_PLAN_ALARM_PREFIX";
+pub const NAMESPACE_VAR: &str = "TOLLGATE_METRICS_NAMESPACE";
+pub const PERCENT_VAR: &str = "TOLLGATE_PLAN_ALARM_PERCENT";
+pub const MINUTES_VAR: &str = "TOLLGATE_PLAN_ALARM_MINUTES";
+pub const TOPIC_VAR: &str = "TOLLGATE_ALARM_TOPIC_ARN";
+pub const VARIABLES: &[&str] = &[PREFIX_VAR, NAMESPACE_VAR, PERCENT_VAR, MINUTES_VAR, TOPIC_VAR];
+
+const DEFAULT_PERCENT: f64 = 10.0;
+const DEFAULT_MINUTES: u32 = 15;
+/// CloudWatch evaluates at most a day of one-minute periods.
+const MAX_MINUTES: u32 = 1440;
+/// CloudWatch's limit on an alarm name.
+const MAX_NAME: usize = 255;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AlarmError {
+    #[error("{var} must be set: {why}")]
+    Missing { var: &'static str, why: &'static str },
+    #[error("{var}={value:?} is invalid: {why}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("the alarm name {name:?} is longer than 255 characters: shorten {PREFIX_VAR}")]
+    NameTooLong { name: String },
+    #[error("reading plans: {0}")]
+    Plans(String),
+    #[error("CloudWatch {operation} failed: {detail}")]
+    CloudWatch { operation: &'static str, detail: String },
+    #[error("CloudWatch holds an alarm it described without a name, under the prefix {prefix:?}")]
+    Unnamed { prefix: String },
+}
+
+impl AlarmSettings {
+    /// Settings from the environment (`lookup` is `std::env::var` in a `main`).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<AlarmSettings, AlarmError> {
+        let prefix = lookup(PREFIX_VAR)
+            .filter(|p| !p.is_empty())
+            .ok_or(AlarmError::Missing {
+                var: PREFIX_VAR,
+                why: "every alarm under it is managed, so it must be this stack's own",
+            })?;
+        let namespace = lookup(NAMESPACE_VAR)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| metrics::DEFAULT_NAMESPACE.to_owned());
+        let threshold_percent = match lookup(PERCENT_VAR).filter(|v| !v.is_empty()) {
+            None => DEFAULT_PERCENT,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(p) if p > 0.0 && p < 100.0 => p,
+                _ => {
+                    return Err(AlarmError::Invalid {
+                        var: PERCENT_VAR,
+                        value: v,
+                        why: "must be a percentage above 0 and below 100",
+                    });
+                }
+            },
+        };
+        let minutes = match lookup(MINUTES_VAR).filter(|v| !v.is_empty()) {
+            None => DEFAULT_MINUTES,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(m) if (1..=MAX_MINUTES).contains(&m) => m,
+                _ => {
+                    return Err(AlarmError::Invalid {
+                        var: MINUTES_VAR,
+                        value: v,
+                        why: "must be whole minutes from 1 to 1440",
+                    });
+                }
+            },
+        };
+        let actions = lookup(TOPIC_VAR).filter(|t| !t.is_empty()).into_iter().collect();
+        Ok(AlarmSettings {
+            prefix,
+            namespace,
+            threshold_percent,
+            minutes,
+            actions,
+        })
+    }
+}
+
+/// One metric of an alarm's math, as CloudWatch stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricQuery {
+    pub id: String,
+    pub namespace: String,
+    pub metric_name: String,
+    /// Sorted by name.
+    pub dimensions: Vec<(String, String)>,
+    pub period: i32,
+    pub stat: String,
+}
+
+/// An alarm on metric math, in the normalised form both sides compare in: what `desired`
+/// builds and what the adapter reads back from `DescribeAlarms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmDefinition {
+    pub name: String,
+    pub description: String,
+    /// Sorted; notified on ALARM and on OK.
+    pub alarm_actions: Vec<String>,
+    pub ok_actions: Vec<String>,
+    /// Sorted by id; none returns data.
+    pub metrics: Vec<MetricQuery>,
+    /// The one expression that returns data: (id, expression, label).
+    pub expression: (String, String, String),
+    pub threshold: f64,
+    /// `GreaterThanThreshold`, as CloudWatch spells it.
+    pub comparison: String,
+    pub evaluation_periods: i32,
+    pub datapoints_to_alarm: i32,
+    pub treat_missing_data: String,
+}
+
+/// The alarms `plans` call for. A plan gets none when nothing in it can refuse (no rate, no
+/// route, no quota) or when it is in shadow mode (it never answers 429; its would-be refusals
+/// are `ShadowDenials`).
+pub fn desired(
+    plans: &BTreeMap<String, PlanSpec>,
+    settings: &AlarmSettings,
+) -> Result<Vec<AlarmDefinition>, AlarmError> {
+    let mut alarms = Vec::new();
+    for (plan, spec) in plans {
+        // `-1` is an unlimited quota: nothing to refuse, no metric to watch.
+        let limited = |q: Option<i64>| q.is_some_and(|q| q >= 0);
+        let mut refusals: Vec<(&str, &str)> = Vec::new();
+        if spec.rate.is_some() || !spec.routes.is_empty() {
+            refusals.push(("rate", metrics::THROTTLES_RATE));
+        }
+        if limited(spec.daily_quota) {
+            refusals.push(("daily", metrics::THROTTLES_DAILY_QUOTA));
+        }
+        if limited(spec.monthly_quota) {
+            refusals.push(("monthly", metrics::THROTTLES_MONTHLY_QUOTA));
+        }
+        if refusals.is_empty() || spec.shadow {
+            continue;
+        }
+        let name = format!("{}{plan}", settings.prefix);
+        if name.len() > MAX_NAME {
+            return Err(AlarmError::NameTooLong { name });
+        }
+        let query = |id: &str, metric: &str| MetricQuery {
+            id: id.to_owned(),
+            namespace: settings.namespace.clone(),
+            metric_name: metric.to_owned(),
+            dimensions: vec![("Plan".to_owned(), plan.clone())],
+            period: 60,
+            stat: "Sum".to_owned(),
+        };
+        let mut queries: Vec<MetricQuery> = refusals.iter().map(|(id, m)| query(id, m)).collect();
+        queries.push(query("decisions", metrics::DECISIONS));
+        queries.sort_by(|a, b| a.id.cmp(&b.id));
+        let sum = refusals.iter().map(|(id, _)| *id).collect::<Vec<_>>().join(" + ");
+        // Per-plan alarms are metric math over only the metrics a plan can produce: each one is
+        // billed, so a plan without quotas pays for two, not four.
+        let expression = (
+            "throttled_percent".to_owned(),
+            format!("100 * ({sum}) / decisions"),
+            format!("{plan}: throttled decisions (%)"),
+        );
+        alarms.push(AlarmDefinition {
+            description: description(plan, spec, settings),
+            alarm_actions: sorted(&settings.actions),
+            ok_actions: sorted(&settings.actions),
+            metrics: queries,
+            expression,
+            threshold: settings.threshold_percent,
+            comparison: "GreaterThanThreshold".to_owned(),
+            evaluation_periods: settings.minutes as i32,
+            datapoints_to_alarm: settings.minutes as i32,
+            // No decisions on the plan is no data: a quiet plan is not throttling anyone.
+            treat_missing_data: "notBreaching".to_owned(),
+            name,
+        });
+    }
+    Ok(alarms)
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// What on-call reads: the plan's limits as the alarm was last synced, and where to look.
+fn description(plan: &str, spec: &PlanSpec, settings: &AlarmSettings) -> String {
+    let mut limits = Vec::new();
+    if let (Some(rate), Some(burst)) = (spec.rate, spec.burst) {
+        limits.push(format!("rate {rate}/s burst {burst}"));
+    }
+    if !spec.routes.is_empty() {
+        let routes: Vec<String> = spec
+            .routes
+            .iter()
+            .map(|r| format!("{} {}/s burst {}", r.route, r.rate, r.burst))
+            .collect();
+        limits.push(format!("routes {}", routes.join(", ")));
+    }
+    if let Some(q) = spec.daily_quota.filter(|q| *q >= 0) {
+        limits.push(format!("daily quota {q}"));
+    }
+    if let Some(q) = spec.monthly_quota.filter(|q| *q >= 0) {
+        limits.push(format!("monthly quota {q}"));
+    }
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "Tollgate plan {plan} ({}): more than {}% of its decisions answered 429 in each of {} \
+         minutes. Callers on this plan are being told to slow down: see the dashboard's throttles \
+         by reason and plan and top throttled tenants, then raise the plan's limits or talk to \
+         the tenant. Kept in step with the policy table by the alarms function; edits here are \
+         overwritten.",
+        limits.join("; "),
+        settings.threshold_percent,
+        settings.minutes,
+    );
+    s
+}
+
+/// One call to CloudWatch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlarmChange {
+    /// `PutMetricAlarm`; `existed` when it replaces a different definition.
+    Put { alarm: Box<AlarmDefinition>, existed: bool },
+    /// `DeleteAlarms` of an alarm under the prefix that no plan calls for.
+    Delete { name: String },
+}
+
+/// The fewest calls from `current` (every alarm under the prefix) to `desired`.
+pub fn diff(desired: &[AlarmDefinition], current: &[AlarmDefinition]) -> Vec<AlarmChange> {
+    let have: BTreeMap<&str, &AlarmDefinition> = current.iter().map(|a| (a.name.as_str(), a)).collect();
+    let want: BTreeMap<&str, &AlarmDefinition> = desired.iter().map(|a| (a.name.as_str(), a)).collect();
+    let mut changes = Vec::new();
+    for (name, alarm) in &want {
+        match have.get(name) {
+            Some(old) if old == alarm => {}
+            old => changes.push(AlarmChange::Put {
+                alarm: Box::new((*alarm).clone()),
+                existed: old.is_some(),
+            }),
+        }
+    }
+    for name in have.keys() {
+        if !want.contains_key(name) {
+            changes.push(AlarmChange::Delete {
+                name: (*name).to_owned(),
+            });
+        }
+    }
+    changes
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AlarmReport {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub deleted: Vec<String>,
+    pub unchanged: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AlarmSettings {
+        AlarmSettings::from_lookup(|k| (k == PREFIX_VAR).then(|| "s-plan-".to_owned())).expect("settings")
+    }
+
+    fn plans(src: &str) -> BTreeMap<String, PlanSpec> {
+        crate::policy_file::PolicyFile::parse(src)
+            .expect("policy")
+            .plans
+            .iter()
+            .map(|(name, plan)| (name.clone(), plan.spec().clone()))
+            .collect()
+    }
+
+    #[test]
+    fn each_plan_that_can_refuse_gets_one_alarm_on_only_the_metrics_it_can_produce() {
+        // GIVEN a rate-only plan, a plan with every limit, two unlimited ones (one says so with
+        // `-1`) and a shadow plan
+        let plans = plans(
+            "[plans.free]\nrate = 1.0\nburst = 2\n\
+             [plans.gold]\nrate = 10.0\nburst = 20\ndaily_quota = 100\nmonthly_quota = 1000\n\
+             [plans.open]\n\
+             [plans.minus]\ndaily_quota = -1\n\
+             [plans.trial]\nrate = 1.0\nburst = 1\nshadow = true\n",
+        );
+        // WHEN the alarms are derived
+        let alarms = desired(&plans, &settings()).expect("alarms");
+        // THEN one per refusing plan, named under the prefix, each with only its own metrics
+        let names: Vec<&str> = alarms.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["s-plan-free", "s-plan-gold"]);
+        assert_eq!(alarms[0].expression.1, "100 * (rate) / decisions");
+        assert_eq!(alarms[1].expression.1, "100 * (rate + daily + monthly) / decisions");
+        let ids: Vec<&str> = alarms[1].metrics.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["daily", "decisions", "monthly", "rate"]);
+        assert!(
+            alarms
+                .iter()
+                .flat_map(|a| &a.metrics)
+                .all(|m| m.dimensions == [("Plan".to_owned(), m.dimensions[0].1.clone())]
+                    && metrics::is_emitted(&m.metric_name)),
+            "per plan, never per tenant, and only emitted metrics"
+        );
+        assert!(alarms[1].description.contains("daily quota 100"));
+    }
+
+    #[test]
+    fn diff_puts_only_what_differs_and_deletes_orphans() {
+        // GIVEN CloudWatch holding an equal alarm, a stale one and an orphan
+        let old = desired(&plans("[plans.a]\nrate = 1.0\nburst = 1\n[plans.b]\nrate = 1.0\nburst = 1\n[plans.gone]\nrate = 1.0\nburst = 1\n"), &settings()).expect("old");
+        let new = desired(
+            &plans("[plans.a]\nrate = 1.0\nburst = 1\n[plans.b]\nrate = 2.0\nburst = 1\n"),
+            &settings(),
+        )
+        .expect("new");
+        // WHEN diffed THEN b is put over its old definition, gone is deleted, a is left alone
+        let changes = diff(&new, &old);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(matches!(&changes[0], AlarmChange::Put { alarm, existed: true } if alarm.name == "s-plan-b"));
+        assert_eq!(
+            changes[1],
+            AlarmChange::Delete {
+                name: "s-plan-gone".into()
+            }
+        );
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn settings_errors_name_the_variable() {
+        assert!(matches!(
+            AlarmSettings::from_lookup(|_| None),
+            Err(AlarmError::Missing { var: PREFIX_VAR, .. })
+        ));
+        let bad = AlarmSettings::from_lookup(|k| match k {
+            PREFIX_VAR => Some("p-".into()),
+            PERCENT_VAR => Some("150".into()),
+            _ => None,
+        });
+        assert!(bad.expect_err("invalid").to_string().contains(PERCENT_VAR));
+    }
+}

@@ -1,0 +1,323 @@
+//! The control-plane port: reading usage plans and API keys (writes: `writes`), all pages, backing off with jitter
+//! when API Gateway throttles. The SDK adapter is the only implementation; tests put a paging or
+//! fault proxy in front of the local emulator rather than replacing it.
+
+pub mod model;
+pub mod writes;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_apigateway::Client;
+use aws_sdk_apigateway::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_apigateway::types as sdk;
+
+use crate::control::apigateway::model::{ApiKey, Quota, QuotaPeriod, Stage, Throttle, UsagePlan};
+use crate::engine::identity::ApiKeyHash;
+
+/// Largest page API Gateway serves.
+const PAGE: i32 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Still throttled after every retry; nothing was changed by the caller yet.
+    #[error("API Gateway kept throttling `{operation}` after {attempts} attempts; run sync again later")]
+    Throttled { operation: &'static str, attempts: u32 },
+    #[error("API Gateway `{operation}` failed: {detail}")]
+    Failed { operation: &'static str, detail: String },
+    /// The plan, key or plan key named does not exist.
+    #[error("API Gateway `{operation}`: not found: {detail}")]
+    NotFound { operation: &'static str, detail: String },
+    /// It exists already (e.g. the key is on that plan), or conflicts with what exists.
+    #[error("API Gateway `{operation}`: conflict: {detail}")]
+    Conflict { operation: &'static str, detail: String },
+}
+
+/// Which failed calls are sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// Reads: throttled or unanswered calls alike (a read has no effect to repeat).
+    Any,
+    /// Writes: only calls API Gateway refused unexecuted (`TooManyRequests`). An unanswered
+    /// write may have happened; the caller re-reads rather than repeat it.
+    Throttled,
+}
+
+#[async_trait]
+pub trait ControlPlane: Send + Sync + fmt::Debug {
+    /// Every usage plan, with the ids of its keys.
+    async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError>;
+    /// Every API key, its value hashed.
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError>;
+}
+
+/// Retries of throttled (and unanswered) control-plane calls: exponential, full jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    /// API Gateway's slowest control-plane limits are about one call per several seconds per
+    /// account: ten attempts up to 20 s apart outlast them.
+    fn default() -> Self {
+        Backoff {
+            attempts: 10,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Backoff {
+    fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.base.saturating_mul(1 << attempt.min(16)).min(self.cap);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// How one failed call is answered.
+enum Failure {
+    Retry,
+    Throttled,
+    NotFound(String),
+    Conflict(String),
+    Fatal(String),
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: fmt::Debug>(
+    e: SdkError<E, R>,
+) -> Failure {
+    match &e {
+        SdkError::ServiceError(s) if s.err().code() == Some("TooManyRequestsException") => Failure::Throttled,
+        SdkError::ServiceError(s) if s.err().code() == Some("NotFoundException") => {
+            Failure::NotFound(s.err().message().unwrap_or_default().to_owned())
+        }
+        SdkError::ServiceError(s) if s.err().code() == Some("ConflictException") => {
+            Failure::Conflict(s.err().message().unwrap_or_default().to_owned())
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Failure::Retry,
+        _ => Failure::Fatal(DisplayErrorContext(e).to_string()),
+    }
+}
+
+/// API Gateway through the SDK (a client with the SDK's own retries off: `Backoff` retries).
+#[derive(Debug, Clone)]
+pub struct ApiGateway {
+    client: Client,
+    backoff: Backoff,
+    calls: Arc<AtomicU64>,
+}
+
+impl ApiGateway {
+    pub fn new(client: Client, backoff: Backoff) -> ApiGateway {
+        ApiGateway {
+            client,
+            backoff,
+            calls: Arc::default(),
+        }
+    }
+
+    /// API Gateway calls sent so far, retries included.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `call` until it succeeds, backing off while API Gateway throttles or does not answer.
+    /// Reads only: every retried call is idempotent.
+    pub async fn retrying<T, E, R, F, Fut>(&self, operation: &'static str, call: F) -> Result<T, ControlError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug,
+    {
+        self.send(operation, Retry::Any, call).await
+    }
+
+    /// Runs a write, sending it again only while API Gateway throttles it (refused unexecuted).
+    pub(super) async fn retrying_write<T, E, R, F, Fut>(
+        &self,
+        operation: &'static str,
+        call: F,
+    ) -> Result<T, ControlError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug,
+    {
+        self.send(operation, Retry::Throttled, call).await
+    }
+
+    async fn send<T, E, R, F, Fut>(&self, operation: &'static str, retry: Retry, call: F) -> Result<T, ControlError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let failure = match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) => classify(e),
+            };
+            match failure {
+                Failure::Fatal(detail) => return Err(ControlError::Failed { operation, detail }),
+                Failure::NotFound(detail) => return Err(ControlError::NotFound { operation, detail }),
+                Failure::Conflict(detail) => return Err(ControlError::Conflict { operation, detail }),
+                Failure::Retry if retry == Retry::Throttled => {
+                    return Err(ControlError::Failed {
+                        operation,
+                        detail: "no answer; the call may or may not have taken effect".to_owned(),
+                    });
+                }
+                _ if attempt >= self.backoff.attempts => {
+                    return Err(ControlError::Throttled {
+                        operation,
+                        attempts: attempt,
+                    });
+                }
+                Failure::Retry | Failure::Throttled => {
+                    let wait = self.backoff.delay(attempt);
+                    tracing::info!(
+                        operation,
+                        attempt,
+                        ?wait,
+                        "API Gateway throttled or did not answer; backing off"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn plan_keys(&self, plan_id: &str) -> Result<Vec<String>, ControlError> {
+        let mut ids = Vec::new();
+        let mut position: Option<String> = None;
+        loop {
+            let page = self
+                .retrying("GetUsagePlanKeys", || {
+                    self.client
+                        .get_usage_plan_keys()
+                        .usage_plan_id(plan_id)
+                        .limit(PAGE)
+                        .set_position(position.clone())
+                        .send()
+                })
+                .await?;
+            ids.extend(page.items().iter().filter_map(|k| k.id().map(str::to_owned)));
+            position = page.position().map(str::to_owned);
+            if position.is_none() {
+                return Ok(ids);
+            }
+        }
+    }
+}
+
+fn throttle(t: &sdk::ThrottleSettings) -> Throttle {
+    Throttle {
+        rate: t.rate_limit(),
+        burst: t.burst_limit(),
+    }
+}
+
+pub(super) fn usage_plan_of(p: &sdk::UsagePlan) -> UsagePlan {
+    UsagePlan {
+        id: p.id().unwrap_or_default().to_owned(),
+        name: p.name().unwrap_or_default().to_owned(),
+        throttle: p.throttle().map(throttle),
+        quota: p.quota().map(|q| Quota {
+            limit: q.limit(),
+            period: QuotaPeriod::parse(q.period().map_or("", |p| p.as_str())),
+            offset: q.offset(),
+        }),
+        stages: p
+            .api_stages()
+            .iter()
+            .map(|s| Stage {
+                api_id: s.api_id().unwrap_or_default().to_owned(),
+                stage: s.stage().unwrap_or_default().to_owned(),
+                throttles: s
+                    .throttle()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), throttle(v))).collect())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        tags: p
+            .tags()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+        key_ids: Vec::new(),
+    }
+}
+
+#[async_trait]
+impl ControlPlane for ApiGateway {
+    async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        let mut plans = Vec::new();
+        let mut position: Option<String> = None;
+        loop {
+            let page = self
+                .retrying("GetUsagePlans", || {
+                    self.client
+                        .get_usage_plans()
+                        .limit(PAGE)
+                        .set_position(position.clone())
+                        .send()
+                })
+                .await?;
+            plans.extend(page.items().iter().map(usage_plan_of));
+            position = page.position().map(str::to_owned);
+            if position.is_none() {
+                break;
+            }
+        }
+        for plan in &mut plans {
+            plan.key_ids = self.plan_keys(&plan.id).await?;
+        }
+        Ok(plans)
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError> {
+        let mut keys = Vec::new();
+        let mut position: Option<String> = None;
+        loop {
+            let page = self
+                .retrying("GetApiKeys", || {
+                    self.client
+                        .get_api_keys()
+                        .include_values(true)
+                        .limit(PAGE)
+                        .set_position(position.clone())
+                        .send()
+                })
+                .await?;
+            keys.extend(page.items().iter().map(|k| ApiKey {
+                id: k.id().unwrap_or_default().to_owned(),
+                name: k.name().unwrap_or_default().to_owned(),
+                customer_id: k.customer_id().map(str::to_owned),
+                enabled: k.enabled(),
+                // Hashed here: the raw value goes no further.
+                hash: k.value().filter(|v| !v.is_empty()).map(ApiKeyHash::of),
+            }));
+            position = page.position().map(str::to_owned);
+            if position.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! API Gateway's control surface as plan sync sees it: usage plans and API keys. Key values are
+//! hashed where they are read (`ApiKey::hash`); no raw key goes further.
+
+use std::collections::BTreeMap;
+
+use crate::engine::identity::ApiKeyHash;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throttle {
+    /// Requests per second.
+    pub rate: f64,
+    pub burst: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    Day,
+    Week,
+    Month,
+    /// A period this version does not know.
+    Other(String),
+}
+
+impl QuotaPeriod {
+    pub fn parse(s: &str) -> QuotaPeriod {
+        match s {
+            "DAY" => QuotaPeriod::Day,
+            "WEEK" => QuotaPeriod::Week,
+            "MONTH" => QuotaPeriod::Month,
+            other => QuotaPeriod::Other(other.to_owned()),
+        }
+    }
+
+    /// API Gateway's spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            QuotaPeriod::Day => "DAY",
+            QuotaPeriod::Week => "WEEK",
+            QuotaPeriod::Month => "MONTH",
+            QuotaPeriod::Other(s) => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: i32,
+    pub period: QuotaPeriod,
+    pub offset: i32,
+}
+
+/// An API stage on a usage plan, with its per-method throttles (`/path/METHOD` → throttle).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    pub api_id: String,
+    pub stage: String,
+    pub throttles: BTreeMap<String, Throttle>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsagePlan {
+    pub id: String,
+    pub name: String,
+    pub throttle: Option<Throttle>,
+    pub quota: Option<Quota>,
+    pub stages: Vec<Stage>,
+    pub tags: BTreeMap<String, String>,
+    /// Ids of the API keys on this plan (its usage-plan keys).
+    pub key_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub customer_id: Option<String>,
+    pub enabled: bool,
+    /// The SHA-256 of the key's value; `None` when API Gateway returned no value.
+    pub hash: Option<ApiKeyHash>,
+}
+
+impl ApiKey {
+    /// The tenant a key spends for: its `customerId` when set, else its name. Rotated keys of one
+    /// customer share one budget.
+    pub fn tenant(&self) -> &str {
+        self.customer_id
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .unwrap_or(&self.name)
+    }
+}

@@ -1,0 +1,25 @@
+//! The control plane: API Gateway's usage plans and keys are the surface operators already
+//! know, and this floor keeps the policy table in step with them. Nothing on the decision path
+//! imports it.
+//!
+//! - `apigateway`: the API Gateway ports (`ControlPlane` reads, `ControlWrites` writes), their SDK
+//!   adapter and the model they speak.
+//! - `sync`: plan sync, API Gateway → policy table.
+//! - `diff`: `tollgate policy diff`, a policy file against API Gateway.
+//! - `apply`: `tollgate policy apply` and `rollback`, and the watch that rolls back.
+//! - `shed`: the shed controller and the shed level's writer.
+//! - `alarms`: the per-plan alarms the plans call for (pure).
+//! - `cloudwatch` (feature `cloudwatch`): the one CloudWatch adapter.
+
+pub mod alarms;
+pub mod apigateway;
+pub mod apply;
+#[cfg(feature = "cloudwatch")]
+pub mod cloudwatch;
+pub mod diff;
+pub mod shed;
+pub mod sync;
+
+pub use alarms::{AlarmChange, AlarmDefinition, AlarmError, AlarmReport, AlarmSettings};
+#[cfg(feature = "cloudwatch")]
+pub use cloudwatch::{AlarmPort, CloudWatchAlarms, CloudWatchMetrics, sync_alarms, sync_plan_alarms};

@@ -1,0 +1,173 @@
+//! One run of the shed controller: read the level and the designated alarm, decide (the pure
+//! `shed::decide`), write the step under the version read, audit it. Meant to run on a schedule
+//! (every minute) from the alarms function; each run moves the level at most one step, and
+//! concurrent or retried runs together at most one step per `min_interval`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::control::shed::AlarmState;
+use crate::control::shed::Hold;
+use crate::control::shed::Step;
+use crate::control::shed::alarm::Alarms;
+use crate::control::shed::decide;
+use crate::control::shed::needs_priorities;
+use crate::control::shed::table::{ShedError, ShedTable, Written};
+use crate::engine::clock::Timestamp;
+use crate::engine::shed::SetBy;
+
+/// The variables the controller reads (`Config::from_env`).
+pub const VARIABLES: &[&str] = &[
+    "TOLLGATE_POLICY_TABLE",
+    "TOLLGATE_SHED_ALARM",
+    "TOLLGATE_SHED_MIN_STEP_SECS",
+];
+
+/// Default shortest time between two steps: under the one-minute schedule, so every scheduled run
+/// may step (EventBridge fires within its minute, not on the second), and over any retry.
+pub const DEFAULT_MIN_STEP: Duration = Duration::from_secs(45);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub policy_table: String,
+    /// The designated alarm (backend latency or 5xx). Empty: shedding is off, runs do nothing.
+    pub alarm: String,
+    pub min_step: Duration,
+}
+
+impl Config {
+    /// Reads `VARIABLES` through `var`; errors name the variable.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let policy_table = var("TOLLGATE_POLICY_TABLE")
+            .filter(|s| !s.is_empty())
+            .ok_or("TOLLGATE_POLICY_TABLE is not set: name the policy table")?;
+        let min_step = match var("TOLLGATE_SHED_MIN_STEP_SECS") {
+            Some(s) => Duration::from_secs(
+                s.parse()
+                    .map_err(|_| format!("TOLLGATE_SHED_MIN_STEP_SECS = {s:?} is not a whole number of seconds"))?,
+            ),
+            None => DEFAULT_MIN_STEP,
+        };
+        Ok(Config {
+            policy_table,
+            alarm: var("TOLLGATE_SHED_ALARM").unwrap_or_default(),
+            min_step,
+        })
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// `None` when no alarm is designated (shedding off).
+    pub alarm: Option<AlarmState>,
+    pub before: u8,
+    pub after: u8,
+    pub outcome: RunOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RunOutcome {
+    Raised,
+    Lowered,
+    Held {
+        why: Hold,
+    },
+    /// Another run stepped first, from the same level: this one wrote nothing.
+    Superseded,
+    /// No alarm designated.
+    Off,
+}
+
+#[derive(Debug)]
+pub struct Controller<A> {
+    table: ShedTable,
+    alarms: A,
+    config: Config,
+}
+
+impl<A: Alarms> Controller<A> {
+    pub fn new(table: ShedTable, alarms: A, config: Config) -> Controller<A> {
+        Controller { table, alarms, config }
+    }
+
+    /// One run at `now`. Calls: `DescribeAlarms` once, `GetItem` once (strongly consistent);
+    /// when it may step, a `Scan` of the plans, one conditional `PutItem` and the audit record.
+    pub async fn run(&self, now: Timestamp) -> Result<Report, ShedError> {
+        if self.config.alarm.is_empty() {
+            let level = self.table.get().await?.level;
+            return Ok(Report {
+                alarm: None,
+                before: level,
+                after: level,
+                outcome: RunOutcome::Off,
+            });
+        }
+        let alarm = self.alarms.state(&self.config.alarm).await?;
+        let state = self.table.get().await?;
+        let priorities = if needs_priorities(&state, alarm, now, self.config.min_step) {
+            self.table.priorities().await?
+        } else {
+            Vec::new()
+        };
+        let report = |after, outcome| Report {
+            alarm: Some(alarm),
+            before: state.level,
+            after,
+            outcome,
+        };
+        let level = match decide(&state, alarm, &priorities, now, self.config.min_step) {
+            Step::Hold { why } => return Ok(report(state.level, RunOutcome::Held { why })),
+            Step::Set { level } => level,
+        };
+        let reason = format!("alarm {} is {alarm:?}", self.config.alarm);
+        match self
+            .table
+            .set(&state, level, SetBy::Controller, &reason, None, now)
+            .await?
+        {
+            Written::Applied(to) => {
+                let outcome = if to.level > state.level {
+                    RunOutcome::Raised
+                } else {
+                    RunOutcome::Lowered
+                };
+                tracing::warn!(from = state.level, to = to.level, alarm = %self.config.alarm, ?alarm, "shed level changed");
+                Ok(report(to.level, outcome))
+            }
+            Written::Superseded => Ok(report(state.level, RunOutcome::Superseded)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_its_variables_and_names_the_bad_one() {
+        // GIVEN the table and alarm set THEN the default step interval applies
+        let env = |k: &str| match k {
+            "TOLLGATE_POLICY_TABLE" => Some("policy".to_owned()),
+            "TOLLGATE_SHED_ALARM" => Some("backend-p99".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_env(env).expect("valid");
+        assert_eq!((c.alarm.as_str(), c.min_step), ("backend-p99", DEFAULT_MIN_STEP));
+        // GIVEN a bad interval THEN the error names the variable
+        let bad = |k: &str| match k {
+            "TOLLGATE_SHED_MIN_STEP_SECS" => Some("soon".to_owned()),
+            _ => Some("x".to_owned()),
+        };
+        let e = Config::from_env(bad).expect_err("invalid");
+        assert!(e.contains("TOLLGATE_SHED_MIN_STEP_SECS"), "{e}");
+        // GIVEN no table THEN the error names it
+        assert!(
+            Config::from_env(|_| None)
+                .expect_err("no table")
+                .contains("TOLLGATE_POLICY_TABLE")
+        );
+    }
+}

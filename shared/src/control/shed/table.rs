@@ -1,0 +1,219 @@
+//! The shed level in the policy table: the item `shed#level` with `level` (N), `set_by` (S:
+//! `controller` or `manual:<actor>`), `since` (N, nanoseconds since the epoch), `reason` (S) and
+//! `version` (N). Every write is conditioned on the version it read, so two writers that read the
+//! same level never both step from it; every write is audited (`audit::Source::Shed`).
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+
+use crate::engine::clock::Timestamp;
+use crate::engine::policy::PlanSpec;
+use crate::engine::shed::{SetBy, ShedState};
+use crate::policy_table::audit::{self, AuditLog, ChangeRecord, ItemChange, Source};
+use crate::policy_table::record::{Item, parse_shed, shed_item};
+use crate::policy_table::{PK, Record, SHED_PK};
+
+/// The attribute naming the write that put the item (a random token per `set`).
+const WRITER: &str = "writer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShedError {
+    #[error("policy table `{table}` unavailable: {detail}")]
+    Unavailable { table: String, detail: String },
+    #[error("policy item `{SHED_PK}` is invalid: {0}")]
+    Invalid(String),
+    #[error("alarm `{alarm}` could not be read: {detail}")]
+    AlarmUnavailable { alarm: String, detail: String },
+    #[error("alarm `{0}` does not exist: check the alarm named by TOLLGATE_SHED_ALARM")]
+    AlarmNotFound(String),
+    #[error("shed level {level} was written but its audit record was not: {source}")]
+    Audit {
+        level: u8,
+        #[source]
+        source: audit::AuditError,
+    },
+}
+
+/// Whether a conditional write landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Written and audited; the new state.
+    Applied(ShedState),
+    /// Another writer moved the level since it was read: nothing written.
+    Superseded,
+}
+
+/// The shed level's item, for the controller and the CLI.
+#[derive(Debug, Clone)]
+pub struct ShedTable {
+    client: Client,
+    table: String,
+}
+
+impl ShedTable {
+    pub fn new(client: Client, table: impl Into<String>) -> ShedTable {
+        ShedTable {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> ShedError {
+        ShedError::Unavailable {
+            table: self.table.clone(),
+            detail: DisplayErrorContext(e).to_string(),
+        }
+    }
+
+    /// The stored level (strongly consistent: a writer must step from the latest one). No item
+    /// is level 0, the controller's.
+    pub async fn get(&self) -> Result<ShedState, ShedError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(SHED_PK.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        match out.item() {
+            Some(item) => parse_shed(item).map_err(ShedError::Invalid),
+            None => Ok(ShedState::default()),
+        }
+    }
+
+    /// Writes `level` over `from` (the state read), on condition that nobody wrote since, then
+    /// audits the change under `actor` (the manual actor when not given). `Superseded` when
+    /// another writer was first.
+    pub async fn set(
+        &self,
+        from: &ShedState,
+        level: u8,
+        set_by: SetBy,
+        reason: &str,
+        actor: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Written, ShedError> {
+        let to = ShedState {
+            level,
+            set_by,
+            since: now,
+            reason: reason.to_owned(),
+            version: from.version + 1,
+        };
+        // Which writer this is: two runs that computed the same step write equal states, so
+        // only this token tells a resend of this very put from another run's.
+        let writer = format!("{:016x}", rand::random::<u64>());
+        let mut item = shed_item(&to);
+        item.insert(WRITER.to_owned(), AttributeValue::S(writer.clone()));
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            // Version 0 is the absent item; `version = :v` never holds for it.
+            .condition_expression("attribute_not_exists(pk) OR version = :v")
+            .expression_attribute_values(":v", AttributeValue::N(from.version.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
+                // The SDK resends a put whose answer was lost; the resend then fails its
+                // condition against the put itself. That is this write, applied: audit it.
+                let ours = match e.err() {
+                    PutItemError::ConditionalCheckFailedException(c) => c
+                        .item()
+                        .and_then(|i| i.get(WRITER))
+                        .and_then(|w| w.as_s().ok())
+                        .is_some_and(|w| *w == writer),
+                    _ => false,
+                };
+                if !ours {
+                    return Ok(Written::Superseded);
+                }
+            }
+            Err(e) => return Err(self.unavailable(e)),
+        }
+        let actor = match (&to.set_by, actor) {
+            (_, Some(actor)) => Some(actor.to_owned()),
+            (SetBy::Manual(actor), None) => Some(actor.clone()),
+            (SetBy::Controller, None) => None,
+        };
+        let mut record = ChangeRecord {
+            id: String::new(),
+            time: now.as_secs(),
+            source: Source::Shed,
+            actor,
+            summary: format!("shed level {} -> {} ({}): {reason}", from.level, to.level, to.set_by),
+            items: vec![ItemChange {
+                pk: SHED_PK.to_owned(),
+                before: (from.version > 0).then(|| Record::Shed(from.clone())),
+                after: Some(Record::Shed(to.clone())),
+            }],
+            checkpoint: None,
+            outcome: audit::Outcome::Applied,
+        };
+        // The versions make every change's content, hence its id, unique.
+        record.id = record.content_id();
+        AuditLog::new(self.client.clone(), &self.table)
+            .record(&record)
+            .await
+            .map_err(|source| ShedError::Audit { level, source })?;
+        Ok(Written::Applied(to))
+    }
+
+    /// Every plan's priority: a scan of the policy table for `plan#` items. Called by the
+    /// controller only when it may step (not in the steady state, OK at level 0).
+    pub async fn priorities(&self) -> Result<Vec<u8>, ShedError> {
+        Ok(self.plans().await?.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Every plan's name and priority, by name.
+    pub async fn plans(&self) -> Result<Vec<(String, u8)>, ShedError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(pk, :plan)")
+                .projection_expression("pk, spec")
+                .expression_attribute_values(":plan", AttributeValue::S("plan#".to_owned()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            for item in page.items() {
+                // A malformed plan is sync's to report; it has no priority to bound by.
+                let name = item
+                    .get(PK)
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|pk| pk.strip_prefix("plan#"));
+                let spec = item
+                    .get("spec")
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|s| serde_json::from_str::<PlanSpec>(s).ok());
+                if let (Some(name), Some(spec)) = (name, spec) {
+                    out.push((name.to_owned(), spec.priority));
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => {
+                    out.sort();
+                    return Ok(out);
+                }
+            }
+        }
+    }
+}

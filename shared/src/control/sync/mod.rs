@@ -1,0 +1,286 @@
+//! Plan sync: API Gateway's usage plans and API keys are the control surface; the policy table
+//! mirrors them, exactly, idempotently, with the fewest writes.
+//!
+//! The control-plane port it reads through is `control::apigateway`.
+//!
+//! - `mapping`: pure: what the table should say, and what cannot be honoured (`Problem`).
+//! - `table`: reading the policy table, the minimal diff, applying it without interleaving.
+//!
+//! The Lambda (`functions/plan-sync`) and `tollgate sync` both call `run`.
+
+pub mod mapping;
+pub mod table;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use self::mapping::Problem;
+use self::table::{Change, PolicyTable, TableError};
+use crate::control::apigateway::{ControlError, ControlPlane};
+use crate::engine::clock::Clock;
+use crate::policy_table::Record;
+use crate::policy_table::audit::{AuditLog, ChangeRecord, ItemChange, Outcome, Source};
+
+/// The environment variable naming the policy table, for the plan-sync function.
+pub const POLICY_TABLE_VAR: &str = "TOLLGATE_POLICY_TABLE";
+/// Every variable the plan-sync function reads (the template sets exactly these).
+pub const FUNCTION_VARIABLES: [&str; 2] = [POLICY_TABLE_VAR, "TOLLGATE_LOG"];
+/// The DynamoDB actions sync and its audit trail call on the policy table (a transaction needs
+/// the actions of its parts).
+pub const TABLE_ACTIONS: [&str; 5] = [
+    "dynamodb:GetItem",
+    "dynamodb:Scan",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+];
+/// The API Gateway resources sync reads (`apigateway:GET`), as paths.
+pub const CONTROL_PATHS: [&str; 3] = ["/usageplans", "/usageplans/*/keys", "/apikeys"];
+/// The management calls after which a sync runs (the template's EventBridge rule).
+pub const TRIGGER_EVENTS: [&str; 8] = [
+    "CreateApiKey",
+    "UpdateApiKey",
+    "DeleteApiKey",
+    "CreateUsagePlanKey",
+    "DeleteUsagePlanKey",
+    "CreateUsagePlan",
+    "UpdateUsagePlan",
+    "DeleteUsagePlan",
+];
+
+/// Times a sync starts over after losing to a concurrent one.
+const MAX_ROUNDS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("other syncs kept changing the policy table; gave up after {0} rounds (run sync again)")]
+    Contended(u32),
+}
+
+/// What one run did, for people (`table`) and machines (JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SyncReport {
+    pub table: String,
+    pub usage_plans: usize,
+    pub api_keys: usize,
+    /// Plans, tenants and keys now enforced.
+    pub plans: usize,
+    pub tenants: usize,
+    pub keys: usize,
+    pub created: Vec<String>,
+    pub changed: Vec<String>,
+    /// Items removed: keys disabled, deleted or off every plan; tenants and plans that went.
+    pub revoked: Vec<String>,
+    /// What API Gateway says that Tollgate does not enforce as written; left untouched.
+    pub problems: Vec<Problem>,
+    /// Policy-table writes made: items, generation updates and the audit record.
+    pub writes: u64,
+    /// Times the run started over because another sync wrote first.
+    pub retries: u32,
+    /// The audit record of the writes (`tollgate policy history`); none when nothing changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
+}
+
+impl SyncReport {
+    pub fn is_noop(&self) -> bool {
+        self.writes == 0
+    }
+
+    /// The report as a person reads it.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{} usage plans, {} API keys read; {} plans, {} tenants, {} keys enforced in {}\n",
+            self.usage_plans, self.api_keys, self.plans, self.tenants, self.keys, self.table
+        );
+        for (label, list) in [
+            ("created", &self.created),
+            ("changed", &self.changed),
+            ("revoked", &self.revoked),
+        ] {
+            if !list.is_empty() {
+                out.push_str(&format!("{label} ({}):\n", list.len()));
+                for item in list {
+                    out.push_str(&format!("  {item}\n"));
+                }
+            }
+        }
+        for p in &self.problems {
+            out.push_str(&format!("not enforced: {}: {}\n", p.subject, p.reason));
+        }
+        out.push_str(&format!(
+            "{} table write{}{}\n",
+            self.writes,
+            if self.writes == 1 { "" } else { "s" },
+            if self.writes == 0 { " (already in sync)" } else { "" }
+        ));
+        out
+    }
+}
+
+/// A readable name for a policy-table item (a key by its API Gateway id, never its hash).
+fn label(pk: &str, record: &Record) -> String {
+    match record {
+        Record::Plan { version, .. } => format!("{pk} (version {version})"),
+        Record::Tenant { plan } => format!("{pk} → plan {plan}"),
+        Record::Key(k) => format!("key {} → tenant {}", k.key_id, k.tenant),
+        Record::Shed(s) => format!("{pk} → level {} ({})", s.level, s.set_by),
+        Record::Malformed => format!("{pk} (malformed)"),
+    }
+}
+
+/// Reads API Gateway, and makes the policy table say the same. `actor` is recorded in the audit
+/// trail with the writes (e.g. the IAM principal whose API call triggered the run).
+pub async fn run(
+    control: &dyn ControlPlane,
+    table: &PolicyTable,
+    clock: &dyn Clock,
+    actor: Option<&str>,
+) -> Result<SyncReport, SyncError> {
+    run_as(control, table, clock, actor, true)
+        .await
+        .map(|(report, _)| report)
+}
+
+/// `run`, returning the items written too; with `record` false it writes no audit record (the
+/// caller records the writes as part of a larger change: `policy apply`, `rollback`).
+pub async fn run_as(
+    control: &dyn ControlPlane,
+    table: &PolicyTable,
+    clock: &dyn Clock,
+    actor: Option<&str>,
+    record: bool,
+) -> Result<(SyncReport, Vec<ItemChange>), SyncError> {
+    let mut retries = 0;
+    loop {
+        // The generation is read before API Gateway, and every write is conditioned on it: if it
+        // has moved by then, another sync applied a snapshot at least as new, and this one starts
+        // over rather than write an older view.
+        let as_of = clock.now();
+        let before = table.generation().await?;
+        let plans = control.usage_plans().await?;
+        let keys = control.api_keys().await?;
+        let desired = mapping::desired(&plans, &keys);
+        let mut current = table.read().await?;
+        current.generation = before;
+        let changes = table::diff(&desired, &current);
+        let mut report = SyncReport {
+            table: table.name().to_owned(),
+            usage_plans: plans.len(),
+            api_keys: keys.len(),
+            plans: desired.plans.len(),
+            tenants: desired.tenants.len(),
+            keys: desired.keys.len(),
+            problems: desired.problems.clone(),
+            retries,
+            ..SyncReport::default()
+        };
+        for change in &changes {
+            match change {
+                Change::Put { pk, record, existed } => {
+                    let list = if *existed {
+                        &mut report.changed
+                    } else {
+                        &mut report.created
+                    };
+                    list.push(label(pk, record));
+                }
+                Change::Delete { pk, was } => report.revoked.push(label(pk, was)),
+            }
+        }
+        if changes.is_empty() {
+            return Ok((report, Vec::new()));
+        }
+        match table.apply(&current, &changes).await {
+            Ok(writes) => {
+                report.writes = writes;
+                let items = item_changes(&current, &changes);
+                if !record {
+                    return Ok((report, items));
+                }
+                if let Some((id, audit_writes)) =
+                    audit(&table.audit_log(), &current, items.clone(), &report, as_of, actor).await
+                {
+                    report.change_id = Some(id);
+                    report.writes += audit_writes;
+                }
+                tracing::info!(
+                    created = report.created.len(),
+                    changed = report.changed.len(),
+                    revoked = report.revoked.len(),
+                    writes,
+                    "policy table synced"
+                );
+                return Ok((report, items));
+            }
+            Err(TableError::Superseded) if retries + 1 < MAX_ROUNDS => {
+                retries += 1;
+                let wait = Duration::from_millis(50 + rand::random::<u64>() % 200);
+                tracing::info!(retries, ?wait, "another sync wrote first; reading again");
+                tokio::time::sleep(wait).await;
+            }
+            Err(TableError::Superseded) => return Err(SyncError::Contended(MAX_ROUNDS)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Each written item before and after.
+fn item_changes(current: &table::Current, changes: &[Change]) -> Vec<ItemChange> {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Put { pk, record, .. } => ItemChange {
+                pk: pk.clone(),
+                before: current.records.get(pk).cloned(),
+                after: Some(record.clone()),
+            },
+            Change::Delete { pk, was } => ItemChange {
+                pk: pk.clone(),
+                before: Some(was.clone()),
+                after: None,
+            },
+        })
+        .collect()
+}
+
+/// Records applied writes in the audit trail. The writes stand whether or not this succeeds (the
+/// next change is audited as usual), so a failure is logged, not returned.
+async fn audit(
+    log: &AuditLog,
+    current: &table::Current,
+    items: Vec<ItemChange>,
+    report: &SyncReport,
+    as_of: crate::engine::clock::Timestamp,
+    actor: Option<&str>,
+) -> Option<(String, u64)> {
+    let mut record = ChangeRecord {
+        id: String::new(),
+        time: as_of.as_secs(),
+        source: Source::Sync,
+        actor: actor.map(str::to_owned),
+        summary: format!(
+            "sync: {} created, {} changed, {} revoked",
+            report.created.len(),
+            report.changed.len(),
+            report.revoked.len()
+        ),
+        items,
+        checkpoint: None,
+        outcome: Outcome::Applied,
+    };
+    // A sync's id carries its generation: the same items can change back and forth over time.
+    record.id = format!("{}-g{}", record.content_id(), current.generation + 1);
+    match log.record(&record).await {
+        Ok(recorded) => Some((record.id, recorded.writes)),
+        Err(e) => {
+            tracing::error!(error = %e, "policy table synced, but the audit record could not be written");
+            None
+        }
+    }
+}

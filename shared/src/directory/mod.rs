@@ -1,0 +1,70 @@
+//! The policy read side: API-key hash → tenant, tenant → plan. The authorizer and the CLI read
+//! through it; plan sync writes it.
+//!
+//! The DynamoDB policy table has one string key `pk` and three kinds of item:
+//! - `key#<sha256 hex>`: `tenant` (S), `key_id` (S), `enabled` (BOOL);
+//! - `tenant#<id>`: `plan` (S);
+//! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
+//! - `shed#level`: the shed level (`shed::table`), one item for the whole table.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::engine::identity::ApiKeyHash;
+use crate::engine::policy::{Plan, PolicyError};
+use crate::engine::shed::ShedState;
+use crate::policy_table::KeyRecord;
+
+pub mod dynamodb;
+pub mod memory;
+
+pub use dynamodb::DynamoDirectory;
+pub use memory::MemoryDirectory;
+
+/// A key resolved all the way to its tenant's plan. Boxed strings: caches hold one per key.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub tenant: Box<str>,
+    pub key_id: Box<str>,
+    pub plan: Arc<Plan>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("policy store unavailable: {0}")]
+    Unavailable(String),
+    #[error("policy item `{item}` is invalid: {reason}")]
+    Invalid { item: String, reason: String },
+    #[error("stored plan is invalid: {0}")]
+    Plan(#[from] PolicyError),
+}
+
+#[async_trait]
+pub trait Directory: Send + Sync + fmt::Debug {
+    async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError>;
+    /// The plan name of a tenant.
+    async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError>;
+    async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError>;
+    /// The shed level; level 0 when none is stored. The gate caches it (`GateConfig::shed_ttl`).
+    async fn shed(&self) -> Result<ShedState, DirectoryError>;
+
+    /// Key → tenant → plan. `None` for an unknown or disabled key, or a tenant without a plan.
+    async fn resolve(&self, hash: &ApiKeyHash) -> Result<Option<Resolved>, DirectoryError> {
+        let Some(key) = self.key(hash).await?.filter(|k| k.enabled) else {
+            return Ok(None);
+        };
+        let Some(plan_name) = self.tenant_plan(&key.tenant).await? else {
+            return Ok(None);
+        };
+        let Some(plan) = self.plan(&plan_name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Resolved {
+            tenant: key.tenant.into(),
+            key_id: key.key_id.into(),
+            plan,
+        }))
+    }
+}

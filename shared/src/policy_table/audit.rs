@@ -1,0 +1,340 @@
+//! The audit trail: every change to the policy (by plan sync, `tollgate policy apply`, a
+//! rollback, the usage API) is one immutable record of what the policy table held before and
+//! after, and for changes made through API Gateway, the usage plans as they were (the checkpoint
+//! a rollback restores).
+//!
+//! Records live in the policy table as `audit#<id>` items, written once with a condition that
+//! the id is new: a retried write of the same change is recognised, not duplicated. The id of a
+//! change whose content is given (`ChangeRecord::content_id`) is derived from that content, so an
+//! interrupted `apply` run again records the same change once.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::policy_table::Record;
+
+const PK: &str = "pk";
+const PREFIX: &str = "audit#";
+/// A record's JSON is stored in parts of at most this many bytes: DynamoDB items stop at 400 KB.
+const PART: usize = 300_000;
+
+/// Who made a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Sync,
+    Apply,
+    Rollback,
+    UsageApi,
+    /// The shed level, by the controller or `tollgate shed`.
+    Shed,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Sync => "sync",
+            Source::Apply => "apply",
+            Source::Rollback => "rollback",
+            Source::UsageApi => "usage-api",
+            Source::Shed => "shed",
+        }
+    }
+}
+
+/// One policy-table item before and after a change (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemChange {
+    pub pk: String,
+    pub before: Option<Record>,
+    pub after: Option<Record>,
+}
+
+/// How a change ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Outcome {
+    Applied,
+    /// Failed part-way and put back as it was before.
+    Restored {
+        failed_at: String,
+        error: String,
+    },
+    /// Failed part-way, and putting it back failed too: the checkpoint is the way back
+    /// (`tollgate policy rollback <id>`).
+    Incomplete {
+        failed_at: String,
+        error: String,
+        restore_error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    pub id: String,
+    /// Seconds since the epoch.
+    pub time: u64,
+    pub source: Source,
+    /// Who asked for it, when known (an IAM principal, a CLI user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    pub summary: String,
+    pub items: Vec<ItemChange>,
+    /// API Gateway's usage plans and key associations before the change, for changes made there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<serde_json::Value>,
+    pub outcome: Outcome,
+}
+
+impl ChangeRecord {
+    /// An id that is the same for the same change: source, items and checkpoint, not the time.
+    pub fn content_id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.source.as_str());
+        h.update(serde_json::to_vec(&self.items).unwrap_or_default());
+        h.update(serde_json::to_vec(&self.checkpoint).unwrap_or_default());
+        h.update(serde_json::to_vec(&self.outcome).unwrap_or_default());
+        let digest = h.finalize();
+        format!("{}-{}", self.source.as_str(), hex::encode(&digest[..8]))
+    }
+}
+
+/// What writing a record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// False when the same change was recorded before (a retry).
+    pub new: bool,
+    /// Table writes made (a failed conditional write counts: it is billed).
+    pub writes: u64,
+}
+
+/// A line of `tollgate policy history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub id: String,
+    pub time: u64,
+    pub source: String,
+    pub actor: Option<String>,
+    pub summary: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit trail in `{table}` unavailable: {detail}")]
+    Unavailable { table: String, detail: String },
+    #[error("no change `{0}` in the audit trail (see `tollgate policy history`)")]
+    NotFound(String),
+    #[error("audit record `{id}` is unreadable: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+/// The audit trail in the policy table.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    client: Client,
+    table: String,
+}
+
+impl AuditLog {
+    pub fn new(client: Client, table: impl Into<String>) -> AuditLog {
+        AuditLog {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> AuditError {
+        AuditError::Unavailable {
+            table: self.table.clone(),
+            detail: DisplayErrorContext(e).to_string(),
+        }
+    }
+
+    /// Writes the record once; a record with its id already there is left as it is.
+    pub async fn record(&self, record: &ChangeRecord) -> Result<Recorded, AuditError> {
+        let json = serde_json::to_string(record).map_err(|e| AuditError::Corrupt {
+            id: record.id.clone(),
+            reason: e.to_string(),
+        })?;
+        let parts = split(&json, PART);
+        // Parts first, the header last: a header is only ever visible with all its parts.
+        for (i, part) in parts.iter().enumerate().skip(1) {
+            let item = HashMap::from([
+                (PK.to_owned(), AttributeValue::S(format!("{PREFIX}{}#{i}", record.id))),
+                ("part".to_owned(), AttributeValue::S((*part).to_owned())),
+            ]);
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .send()
+                .await
+                .map_err(|e| self.unavailable(e))?;
+        }
+        let mut header = HashMap::from([
+            (PK.to_owned(), AttributeValue::S(format!("{PREFIX}{}", record.id))),
+            ("time".to_owned(), AttributeValue::N(record.time.to_string())),
+            (
+                "source".to_owned(),
+                AttributeValue::S(record.source.as_str().to_owned()),
+            ),
+            ("summary".to_owned(), AttributeValue::S(record.summary.clone())),
+            ("parts".to_owned(), AttributeValue::N(parts.len().to_string())),
+            ("part".to_owned(), AttributeValue::S(parts[0].to_owned())),
+        ]);
+        if let Some(actor) = &record.actor {
+            header.insert("actor".to_owned(), AttributeValue::S(actor.clone()));
+        }
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(header))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        let writes = parts.len() as u64;
+        match put {
+            Ok(_) => Ok(Recorded { new: true, writes }),
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
+                Ok(Recorded { new: false, writes })
+            }
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// The whole record of change `id`.
+    pub async fn get(&self, id: &str) -> Result<ChangeRecord, AuditError> {
+        let header = self.item(&format!("{PREFIX}{id}")).await?;
+        let header = header.ok_or_else(|| AuditError::NotFound(id.to_owned()))?;
+        let corrupt = |reason: &str| AuditError::Corrupt {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let parts: usize = attr_n(&header, "parts").ok_or_else(|| corrupt("no part count"))?;
+        let mut json = attr_s(&header, "part").ok_or_else(|| corrupt("no first part"))?;
+        for i in 1..parts {
+            let item = self
+                .item(&format!("{PREFIX}{id}#{i}"))
+                .await?
+                .ok_or_else(|| corrupt("a part is missing"))?;
+            json.push_str(&attr_s(&item, "part").ok_or_else(|| corrupt("a part is empty"))?);
+        }
+        serde_json::from_str(&json).map_err(|e| corrupt(&e.to_string()))
+    }
+
+    async fn item(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, AuditError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(pk.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(out.item)
+    }
+
+    /// Every change, newest first. Reads the policy table whole: an operator's command, not a
+    /// request path.
+    pub async fn history(&self) -> Result<Vec<Entry>, AuditError> {
+        let mut entries = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(pk, :p) AND attribute_exists(#t)")
+                .expression_attribute_names("#t", "time")
+                .expression_attribute_values(":p", AttributeValue::S(PREFIX.to_owned()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            for item in page.items() {
+                let Some(pk) = attr_s(item, PK) else { continue };
+                entries.push(Entry {
+                    id: pk.trim_start_matches(PREFIX).to_owned(),
+                    time: attr_n(item, "time").unwrap_or(0),
+                    source: attr_s(item, "source").unwrap_or_default(),
+                    actor: attr_s(item, "actor"),
+                    summary: attr_s(item, "summary").unwrap_or_default(),
+                });
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        entries.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+        Ok(entries)
+    }
+}
+
+fn attr_s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
+    item.get(name)?.as_s().ok().cloned()
+}
+
+fn attr_n<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &str) -> Option<T> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+/// `s` in pieces of at most `max` bytes, cut on character boundaries; at least one piece.
+fn split(s: &str, max: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = rest.split_at(cut);
+        parts.push(head);
+        rest = tail;
+    }
+    parts.push(rest);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_characters_whole_and_loses_nothing() {
+        let s = "aé".repeat(10);
+        for max in 1..8 {
+            let parts = split(&s, max.max(2));
+            assert_eq!(parts.concat(), s);
+            assert!(parts.iter().all(|p| p.len() <= max.max(2)));
+        }
+        assert_eq!(split("", 5), vec![""]);
+    }
+
+    #[test]
+    fn content_ids_ignore_the_time() {
+        let mut a = ChangeRecord {
+            id: String::new(),
+            time: 1,
+            source: Source::Apply,
+            actor: None,
+            summary: "x".into(),
+            items: vec![],
+            checkpoint: None,
+            outcome: Outcome::Applied,
+        };
+        let first = a.content_id();
+        a.time = 2;
+        assert_eq!(a.content_id(), first);
+        a.source = Source::Sync;
+        assert_ne!(a.content_id(), first);
+    }
+}

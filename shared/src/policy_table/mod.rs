@@ -1,0 +1,65 @@
+//! The policy table: the one DynamoDB table every writer of the policy shares. This module is the
+//! only place that knows its layout: the key of every item kind, the item types and how they are
+//! stored, and the audit trail's records.
+//!
+//! One string key, `pk`. The item kinds, by key:
+//! - `key#<sha256 hex>`: an API key → `tenant` (S), `key_id` (S), `enabled` (BOOL);
+//! - `tenant#<id>`: `plan` (S);
+//! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
+//! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
+//! - `sync#meta`: plan sync's `generation` (N);
+//! - `idem#<Idempotency-Key>` and `idem#<Idempotency-Key>#claim`: the usage API's onboarding
+//!   records and claims;
+//! - `revoke#<key id>`: a rotated-out key's pending revocation;
+//! - `audit#<id>`: one change record (`audit`).
+
+pub mod audit;
+pub mod record;
+
+pub use record::{KeyRecord, Record};
+
+/// The table's only key attribute.
+pub const PK: &str = "pk";
+/// The shed level's item.
+pub const SHED_PK: &str = "shed#level";
+/// Plan sync's generation item.
+pub const META_PK: &str = "sync#meta";
+
+pub const KEY_PREFIX: &str = "key#";
+pub const TENANT_PREFIX: &str = "tenant#";
+pub const PLAN_PREFIX: &str = "plan#";
+pub const IDEM_PREFIX: &str = "idem#";
+pub const REVOKE_PREFIX: &str = "revoke#";
+pub const AUDIT_PREFIX: &str = "audit#";
+
+/// The item of an API key, by the hex of its hash.
+pub fn key_pk(hash_hex: &str) -> String {
+    format!("{KEY_PREFIX}{hash_hex}")
+}
+
+pub fn tenant_pk(tenant: &str) -> String {
+    format!("{TENANT_PREFIX}{tenant}")
+}
+
+pub fn plan_pk(name: &str) -> String {
+    format!("{PLAN_PREFIX}{name}")
+}
+
+/// An onboarding's idempotency record.
+pub fn idem_pk(key: &str) -> String {
+    format!("{IDEM_PREFIX}{key}")
+}
+
+/// The claim an onboarding attempt holds on its idempotency key while it runs.
+pub fn idem_claim_pk(key: &str) -> String {
+    format!("{IDEM_PREFIX}{key}#claim")
+}
+
+/// A rotated-out key's pending revocation.
+pub fn revoke_pk(key_id: &str) -> String {
+    format!("{REVOKE_PREFIX}{key_id}")
+}
+
+pub fn audit_pk(id: &str) -> String {
+    format!("{AUDIT_PREFIX}{id}")
+}

@@ -1,0 +1,175 @@
+//! The items of the policy table (layout in the parent module): their types, and how each is
+//! read from and written to DynamoDB attributes.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::{PK, SHED_PK};
+use crate::engine::clock::Timestamp;
+use crate::engine::policy::PlanSpec;
+use crate::engine::shed::{SetBy, ShedState};
+
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// What an API key resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyRecord {
+    pub tenant: String,
+    /// The key's id (API Gateway's), safe to log.
+    pub key_id: String,
+    pub enabled: bool,
+}
+
+/// A policy-table item of a managed kind, as sync, apply and the audit trail see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    Plan {
+        spec: PlanSpec,
+        version: u64,
+    },
+    Tenant {
+        plan: String,
+    },
+    Key(KeyRecord),
+    /// The shed level: never read or written by sync, recorded in the audit trail by the shed
+    /// controller and `tollgate shed`.
+    Shed(ShedState),
+    /// An item of a managed kind that does not parse: rewritten or removed.
+    Malformed,
+}
+
+pub(crate) fn number(item: &Item, attr: &str) -> Option<u64> {
+    item.get(attr)?.as_n().ok()?.parse().ok()
+}
+
+pub(crate) fn string(item: &Item, attr: &str) -> Option<String> {
+    item.get(attr)?.as_s().ok().cloned()
+}
+
+/// A managed item, or `None` for items of other kinds (the sync's own meta item among them).
+pub fn parse(pk: &str, item: &Item) -> Option<Record> {
+    let kind = pk.split_once('#')?.0;
+    let record = match kind {
+        "plan" => string(item, "spec")
+            .and_then(|s| serde_json::from_str::<PlanSpec>(&s).ok())
+            .map(|spec| Record::Plan {
+                spec,
+                version: number(item, "version").unwrap_or(0),
+            }),
+        "tenant" => string(item, "plan").map(|plan| Record::Tenant { plan }),
+        "key" => match (string(item, "tenant"), string(item, "key_id")) {
+            (Some(tenant), Some(key_id)) => Some(Record::Key(KeyRecord {
+                tenant,
+                key_id,
+                enabled: item
+                    .get("enabled")
+                    .and_then(|v| v.as_bool().ok())
+                    .copied()
+                    .unwrap_or(false),
+            })),
+            _ => None,
+        },
+        _ => return None,
+    };
+    Some(record.unwrap_or(Record::Malformed))
+}
+
+/// The attributes of a record, as the directory reads them.
+pub fn render(record: &Record) -> Item {
+    match record {
+        Record::Plan { spec, version } => HashMap::from([
+            (
+                "spec".to_owned(),
+                AttributeValue::S(serde_json::to_string(spec).unwrap_or_default()),
+            ),
+            ("version".to_owned(), AttributeValue::N(version.to_string())),
+        ]),
+        Record::Tenant { plan } => HashMap::from([("plan".to_owned(), AttributeValue::S(plan.clone()))]),
+        Record::Key(k) => HashMap::from([
+            ("tenant".to_owned(), AttributeValue::S(k.tenant.clone())),
+            ("key_id".to_owned(), AttributeValue::S(k.key_id.clone())),
+            ("enabled".to_owned(), AttributeValue::Bool(k.enabled)),
+        ]),
+        Record::Shed(state) => {
+            let mut item = shed_item(state);
+            item.remove(PK);
+            item
+        }
+        Record::Malformed => HashMap::new(),
+    }
+}
+
+/// Reads the stored form; `Invalid` names the attribute.
+pub fn parse_shed(item: &Item) -> Result<ShedState, String> {
+    let number = |attr: &str| -> Result<u64, String> {
+        item.get(attr)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("attribute `{attr}` is missing or not a whole number"))
+    };
+    let level = number("level")?;
+    let level = u8::try_from(level).map_err(|_| format!("`level` = {level} is above 255"))?;
+    let set_by = item
+        .get("set_by")
+        .and_then(|v| v.as_s().ok())
+        .ok_or("attribute `set_by` is missing or not a string")?;
+    Ok(ShedState {
+        level,
+        set_by: SetBy::parse(set_by)
+            .ok_or_else(|| format!("`set_by` = {set_by:?} is not controller or manual:<actor>"))?,
+        since: Timestamp::from_nanos(number("since")?),
+        reason: item
+            .get("reason")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default(),
+        version: number("version")?,
+    })
+}
+
+/// The stored form, `pk` included.
+pub fn shed_item(state: &ShedState) -> Item {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(SHED_PK.to_owned())),
+        ("level".to_owned(), AttributeValue::N(state.level.to_string())),
+        ("set_by".to_owned(), AttributeValue::S(state.set_by.to_string())),
+        (
+            "since".to_owned(),
+            AttributeValue::N(state.since.as_nanos().to_string()),
+        ),
+        ("reason".to_owned(), AttributeValue::S(state.reason.clone())),
+        ("version".to_owned(), AttributeValue::N(state.version.to_string())),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_form_round_trips() {
+        // GIVEN a manual level WHEN written and read back THEN it is the same state
+        let s = ShedState {
+            level: 3,
+            set_by: SetBy::Manual("ops".into()),
+            since: Timestamp::from_nanos(1_764_000_000_123_456_789),
+            reason: "backend migration".into(),
+            version: 7,
+        };
+        assert_eq!(parse_shed(&shed_item(&s)), Ok(s));
+    }
+
+    #[test]
+    fn malformed_items_name_the_attribute() {
+        // GIVEN a level above 255, or no set_by THEN the error says which
+        let mut item = shed_item(&ShedState::default());
+        item.insert("level".into(), AttributeValue::N("300".into()));
+        assert!(parse_shed(&item).expect_err("too high").contains("level"));
+        let mut item = shed_item(&ShedState::default());
+        item.remove("set_by");
+        assert!(parse_shed(&item).expect_err("missing").contains("set_by"));
+    }
+}

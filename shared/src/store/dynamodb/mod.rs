@@ -1,0 +1,592 @@
+//! The DynamoDB store: one conditional `UpdateItem` per admitted decision, no read before it.
+//!
+//! The write's shape (busy or idle bucket) is predicted from the item as this process last saw
+//! it. When the prediction is wrong, the failed condition hands back the item as it is
+//! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`, free of charge): the answer is then either an
+//! exact deny from that item, or one more write with the right shape. A deny computed from the
+//! cached item needs no call for up to `max_cached_refusal`: state only moves forward (TATs grow,
+//! counters grow within their period), so a request refused on an older view is refused on the
+//! current one too, unless an operator reset the item or raised the plan; after that bound the
+//! next request writes, and the write's failed condition is the re-check.
+//!
+//! Every send carries an operation id and the condition that the id is greater than its slot's
+//! value (`item::admit`), so a request applies at most once whatever the order in which its sends
+//! arrive. A resend after an unknown outcome (timeout, lost connection) that finds its id in the
+//! item is recognised as applied; one that finds its slot overwritten cannot tell, and says so
+//! (`Indeterminate`); one that is refused with its id absent first claims the slot (`item::fence`)
+//! so that the earlier send can no longer land, then refuses.
+//!
+//! At the bucket's edge, a container that lost a race for the last token holds off that tenant
+//! for a jittered time that grows fourfold with each loss (a success takes one step back), up to
+//! `max_hold_off`, refusing from its cache meanwhile: many containers flooding one tenant then pay
+//! about one write per token instead of one each, and a lone container never holds off.
+
+pub mod item;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
+};
+
+use self::item::{OpStatus, Snapshot, TatAttr, Write};
+use super::{Consume, Reset, Store, StoreError, Usage};
+use crate::engine;
+use crate::engine::clock::{Timestamp, duration_nanos};
+use crate::engine::decision::{Decision, Reason};
+use crate::engine::quota::Counter;
+
+#[derive(Debug, Clone)]
+pub struct DynamoStoreConfig {
+    pub table: String,
+    /// Writes per decision at most (conflicts and unknown outcomes included).
+    pub max_attempts: u32,
+    /// Tenants whose last-seen item is kept for predictions; bounds memory.
+    pub cache_capacity: usize,
+    /// How long a refusal computed from the cached item may stand without asking the store: an
+    /// operator's reset or a plan upgrade is seen within this time. One write per tenant per
+    /// this time, per container, re-checks a flooding tenant.
+    pub max_cached_refusal: Duration,
+    /// The longest a container holds off a tenant after losing races at the bucket's edge.
+    pub max_hold_off: Duration,
+}
+
+impl DynamoStoreConfig {
+    pub fn new(table: impl Into<String>) -> Self {
+        DynamoStoreConfig {
+            table: table.into(),
+            max_attempts: 4,
+            cache_capacity: 10_000,
+            max_cached_refusal: Duration::from_secs(2),
+            max_hold_off: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters of what the store did, for metrics and for the write-unit tests.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// UpdateItem calls sent.
+    pub writes: AtomicU64,
+    /// Write units by DynamoDB's billing rule: one per started KB of the written item, also for
+    /// a failed condition.
+    pub write_units: AtomicU64,
+    /// Write capacity as the service reported it, in thousandths of a unit.
+    pub reported_milli_units: AtomicU64,
+    /// Writes whose condition failed (a wrong prediction, a lost race, or an edge deny).
+    pub conflicts: AtomicU64,
+    /// Writes whose outcome was unknown.
+    pub unknown_outcomes: AtomicU64,
+    /// Resends recognised as already applied.
+    pub deduplicated: AtomicU64,
+    /// Denials answered from the cached item, without a call.
+    pub cached_denials: AtomicU64,
+    /// Cached refusals older than `max_cached_refusal` sent to the store again.
+    pub rechecks: AtomicU64,
+    /// Requests refused without a call because this container is holding off the tenant after
+    /// losing races at the bucket's edge.
+    pub held_off: AtomicU64,
+    /// Writes that claimed a refused resend's operation id so its earlier send cannot land.
+    pub fences: AtomicU64,
+}
+
+static EMPTY: std::sync::LazyLock<HashMap<String, AttributeValue>> = std::sync::LazyLock::new(HashMap::new);
+
+impl StoreStats {
+    fn count_units(&self, item: &HashMap<String, AttributeValue>, reported: Option<f64>) {
+        let units = item::item_size(item).div_ceil(1024).max(1) as u64;
+        self.write_units.fetch_add(units, Ordering::Relaxed);
+        if let Some(r) = reported {
+            self.reported_milli_units
+                .fetch_add((r * 1000.0).round() as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+    pub fn write_units(&self) -> u64 {
+        self.write_units.load(Ordering::Relaxed)
+    }
+    pub fn reported_write_units(&self) -> f64 {
+        self.reported_milli_units.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+    pub fn unknown_outcomes(&self) -> u64 {
+        self.unknown_outcomes.load(Ordering::Relaxed)
+    }
+    pub fn deduplicated(&self) -> u64 {
+        self.deduplicated.load(Ordering::Relaxed)
+    }
+    pub fn cached_denials(&self) -> u64 {
+        self.cached_denials.load(Ordering::Relaxed)
+    }
+    pub fn rechecks(&self) -> u64 {
+        self.rechecks.load(Ordering::Relaxed)
+    }
+    pub fn held_off(&self) -> u64 {
+        self.held_off.load(Ordering::Relaxed)
+    }
+    pub fn fences(&self) -> u64 {
+        self.fences.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+pub struct DynamoStore {
+    client: Client,
+    config: DynamoStoreConfig,
+    cache: Mutex<HashMap<Box<str>, Cached>>,
+    stats: StoreStats,
+    /// The greatest operation id sent or seen: new ids go above it (a Lamport clock).
+    last_op: AtomicU64,
+}
+
+/// A tenant's compacted snapshot as kept between decisions: two boxed slices, no spare capacity,
+/// and what this container knows of its own dealings with the tenant.
+#[derive(Debug)]
+struct Cached {
+    tats: Box<[(TatAttr, Timestamp)]>,
+    counters: Box<[(Counter, u64)]>,
+    /// When the store last answered (or was last asked) for this tenant.
+    checked: Timestamp,
+    /// Races lost in a row at the bucket's edge.
+    losses: u8,
+    /// No write for this tenant before this time, unless the cached item shows a free token.
+    hold_until: Timestamp,
+}
+
+/// What the cache knows of a tenant.
+struct Seen {
+    snap: Snapshot,
+    checked: Timestamp,
+    hold_until: Timestamp,
+}
+
+enum Attempt {
+    Applied(Snapshot),
+    Refused(Snapshot),
+    Unknown(String),
+}
+
+/// How a write's answer moves the hold-off.
+enum Race {
+    Won,
+    Lost(Duration),
+    Neither,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, config: DynamoStoreConfig) -> DynamoStore {
+        DynamoStore {
+            client,
+            // Sized once: growing the table while serving would leave the old ones as fragments.
+            cache: Mutex::new(HashMap::with_capacity(config.cache_capacity)),
+            config,
+            stats: StoreStats::default(),
+            last_op: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    pub fn into_stats(self) -> StoreStats {
+        self.stats
+    }
+
+    fn seen(&self, tenant: &str) -> Option<Seen> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .map(|c| Seen {
+                snap: Snapshot {
+                    tats: c.tats.to_vec(),
+                    counters: c.counters.to_vec(),
+                    ..Snapshot::default()
+                },
+                checked: c.checked,
+                hold_until: c.hold_until,
+            })
+    }
+
+    /// Marks a cached tenant as being re-checked, so that concurrent requests keep using the
+    /// cache while one of them asks the store.
+    fn forget(&self, tenant: &str) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant);
+    }
+
+    fn touch(&self, tenant: &str, now: Timestamp) {
+        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(tenant) {
+            c.checked = c.checked.max(now);
+        }
+    }
+
+    fn remember(&self, tenant: &str, snap: Snapshot, now: Timestamp, race: Race) {
+        self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= self.config.cache_capacity && !cache.contains_key(tenant) {
+            // Dropping a prediction costs at most one extra write later; keep it simple.
+            cache.clear();
+        }
+        let snap = snap.compact(now);
+        let (mut losses, mut hold_until) = cache
+            .get(tenant)
+            .map_or((0, Timestamp::from_nanos(0)), |c| (c.losses, c.hold_until));
+        match race {
+            // One success does not make this container the only one at the edge: the hold-off
+            // shrinks by one step rather than vanishing, so a winner by chance steps back again.
+            Race::Won => (losses, hold_until) = (losses.saturating_sub(1), Timestamp::from_nanos(0)),
+            Race::Lost(window) => {
+                losses = losses.saturating_add(1);
+                let cap = duration_nanos(self.config.max_hold_off).max(1);
+                let span = duration_nanos(window)
+                    .saturating_mul(1 << (2 * u32::from(losses.min(16))))
+                    .clamp(1, cap);
+                hold_until = now.saturating_add(Duration::from_nanos(rand::random::<u64>() % span));
+            }
+            Race::Neither => {}
+        }
+        let cached = Cached {
+            tats: snap.tats.into_boxed_slice(),
+            counters: snap.counters.into_boxed_slice(),
+            checked: now,
+            losses,
+            hold_until,
+        };
+        match cache.get_mut(tenant) {
+            Some(slot) => *slot = cached,
+            None => {
+                cache.insert(tenant.into(), cached);
+            }
+        }
+    }
+
+    /// A fresh operation id above every id this container has sent or seen, in a slot drawn at
+    /// random: concurrent writers then seldom share a slot (and race on its order), and an id
+    /// survives each later write to the tenant with probability `1 - 1/OPS`.
+    fn next_op(&self, now: Timestamp) -> u64 {
+        let slot = rand::random::<u32>() as usize % item::OPS;
+        let mut last = self.last_op.load(Ordering::Relaxed);
+        loop {
+            let id = item::op_id(now, last.saturating_add(1), slot, rand::random());
+            match self
+                .last_op
+                .compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return id,
+                Err(current) => last = current,
+            }
+        }
+    }
+
+    async fn send(&self, req: &Consume<'_>, w: Write) -> Result<Attempt, StoreError> {
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.config.table)
+            .key(item::PK, AttributeValue::S(req.tenant.to_owned()))
+            .update_expression(w.update)
+            .set_condition_expression(w.condition)
+            .set_expression_attribute_names(Some(w.names))
+            .set_expression_attribute_values(Some(w.values))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        let corrupt = |reason| StoreError::Corrupt {
+            tenant: req.tenant.to_owned(),
+            reason,
+        };
+        match result {
+            Ok(out) => {
+                let item = out.attributes().unwrap_or(&EMPTY);
+                self.stats
+                    .count_units(item, out.consumed_capacity().and_then(|c| c.capacity_units()));
+                Ok(Attempt::Applied(Snapshot::parse(item).map_err(corrupt)?))
+            }
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                UpdateItemError::ConditionalCheckFailedException(c) => {
+                    // A failed condition still consumes write capacity.
+                    let item = c.item().unwrap_or(&EMPTY);
+                    self.stats.count_units(item, None);
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    Ok(Attempt::Refused(Snapshot::parse(item).map_err(corrupt)?))
+                }
+                // Throughput exceeded on this item's partition: the table serves other tenants.
+                e @ (UpdateItemError::ProvisionedThroughputExceededException(_)
+                | UpdateItemError::ThrottlingException(_)) => Err(StoreError::Throttled {
+                    tenant: req.tenant.to_owned(),
+                    detail: DisplayErrorContext(e).to_string(),
+                }),
+                other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
+            },
+            Err(e @ SdkError::ConstructionFailure(_)) => {
+                Err(StoreError::Unavailable(DisplayErrorContext(e).to_string()))
+            }
+            // Timeouts, dropped connections and unreadable responses: the write may have landed.
+            Err(e) => Ok(Attempt::Unknown(DisplayErrorContext(e).to_string())),
+        }
+    }
+
+    /// A resend of `op` was refused and `op` is not in the item: `refusal` stands only once the
+    /// earlier send can no longer land. Claims `op`'s slot; if the earlier send got there first,
+    /// the request was admitted after all.
+    async fn fence(
+        &self,
+        req: &Consume<'_>,
+        op: u64,
+        refusal: Decision,
+        attempts: u32,
+    ) -> Result<Decision, StoreError> {
+        self.stats.fences.fetch_add(1, Ordering::Relaxed);
+        let indeterminate = |detail: &str| StoreError::Indeterminate {
+            attempts: attempts + 1,
+            detail: detail.to_owned(),
+        };
+        match self.send(req, item::fence(req.now, op)).await? {
+            Attempt::Applied(_) => Ok(refusal),
+            Attempt::Refused(current) => match current.op_status(op) {
+                OpStatus::Applied => {
+                    self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                    let decision = engine::admitted(req.limits, &current.state(req.limits, req.now), req.now);
+                    self.remember(req.tenant, current, req.now, Race::Neither);
+                    Ok(decision)
+                }
+                _ => Err(indeterminate(
+                    "an earlier send may have applied; its operation id was overwritten",
+                )),
+            },
+            Attempt::Unknown(detail) => Err(indeterminate(&detail)),
+        }
+    }
+}
+
+/// A refusal for a request the cached item would admit, while this container holds off the
+/// tenant: the figures of the cached item, no token left, and the hold-off as the wait.
+fn held_off(limits: &crate::engine::policy::Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
+    let mut d = engine::admitted(limits, &snap.state(limits, now), now);
+    d.allowed = false;
+    d.reason = Some(Reason::Rate);
+    d.retry_after = Some(until.saturating_since(now));
+    if let Some(rate) = &mut d.rate {
+        rate.remaining = 0;
+    }
+    d
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn consume(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
+        let seen = self.seen(req.tenant);
+        let mut recheck = false;
+        let mut guess = match seen {
+            Some(seen) => {
+                let eval = engine::evaluate(req.limits, &seen.snap.state(req.limits, req.now), req.now, req.weight);
+                if eval.next.is_none() {
+                    let fresh = req.now.saturating_since(seen.checked) < self.config.max_cached_refusal;
+                    if fresh {
+                        self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
+                        return Ok(eval.decision);
+                    }
+                    // Too old to stand: the write below re-checks it (its failed condition returns
+                    // the item, so an exact refusal costs no read).
+                    self.touch(req.tenant, req.now);
+                    self.stats.rechecks.fetch_add(1, Ordering::Relaxed);
+                    recheck = true;
+                } else if req.now < seen.hold_until {
+                    self.stats.held_off.fetch_add(1, Ordering::Relaxed);
+                    return Ok(held_off(req.limits, &seen.snap, req.now, seen.hold_until));
+                }
+                seen.snap
+            }
+            None => Snapshot::default(),
+        };
+        // Set once a send of it had an unknown outcome: from then on every send is that operation.
+        let mut pending: Option<u64> = None;
+        let mut last_unknown = String::new();
+        for attempt in 1..=self.config.max_attempts {
+            let eval = engine::evaluate(req.limits, &guess.state(req.limits, req.now), req.now, req.weight);
+            if eval.next.is_none() && !(recheck && attempt == 1) {
+                if attempt == 1 {
+                    // A cold cache refuses only what no state could admit (weight over burst).
+                    self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
+                }
+                return match pending {
+                    Some(op) => self.fence(req, op, eval.decision, attempt - 1).await,
+                    None => Ok(eval.decision),
+                };
+            }
+            let op = match pending {
+                Some(op) => op,
+                None => self.next_op(req.now),
+            };
+            let w = item::admit(req.limits, &guess, req.now, req.weight, op);
+            match self.send(req, w).await? {
+                Attempt::Applied(after) => {
+                    let decision = engine::admitted(req.limits, &after.state(req.limits, req.now), req.now);
+                    self.remember(req.tenant, after, req.now, Race::Won);
+                    return Ok(decision);
+                }
+                Attempt::Refused(current) => {
+                    if pending.is_some() {
+                        match current.op_status(op) {
+                            OpStatus::Applied => {
+                                // An earlier send whose answer was lost did land: admitted, once.
+                                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                                let state = current.state(req.limits, req.now);
+                                self.remember(req.tenant, current, req.now, Race::Won);
+                                return Ok(engine::admitted(req.limits, &state, req.now));
+                            }
+                            OpStatus::Overwritten => {
+                                self.remember(req.tenant, current, req.now, Race::Neither);
+                                return Err(StoreError::Indeterminate {
+                                    attempts: attempt,
+                                    detail: format!(
+                                        "{last_unknown}; the operation id was overwritten before the resend"
+                                    ),
+                                });
+                            }
+                            OpStatus::NotApplied => {}
+                        }
+                    }
+                    let now_eval =
+                        engine::evaluate(req.limits, &current.state(req.limits, req.now), req.now, req.weight);
+                    // Expecting a token and finding none: lost the race for the bucket's last one.
+                    let race = match now_eval.decision {
+                        Decision {
+                            allowed: false,
+                            reason: Some(Reason::Rate),
+                            retry_after: Some(wait),
+                            ..
+                        } if !recheck => {
+                            let interval = req.limits.bucket.as_ref().map_or(0, |(_, b)| b.interval());
+                            Race::Lost(wait + Duration::from_nanos(interval))
+                        }
+                        _ => Race::Neither,
+                    };
+                    self.remember(req.tenant, current.clone(), req.now, race);
+                    guess = current;
+                }
+                Attempt::Unknown(detail) => {
+                    self.stats.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(tenant = req.tenant, attempt, %detail, "state write outcome unknown; resending idempotently");
+                    pending = Some(op);
+                    last_unknown = detail;
+                }
+            }
+        }
+        let attempts = self.config.max_attempts;
+        Err(match pending {
+            Some(_) => StoreError::Indeterminate {
+                attempts,
+                detail: last_unknown,
+            },
+            None => StoreError::Contention { attempts },
+        })
+    }
+
+    async fn usage(&self, tenant: &str, now: Timestamp) -> Result<Usage, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.config.table)
+            .key(item::PK, AttributeValue::S(tenant.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::Unavailable(DisplayErrorContext(e).to_string()))?;
+        let snap = Snapshot::parse(out.item().unwrap_or(&EMPTY)).map_err(|reason| StoreError::Corrupt {
+            tenant: tenant.to_owned(),
+            reason,
+        })?;
+        let plan_tat = TatAttr::parse(crate::engine::policy::BucketId::Plan.attribute());
+        let tat = snap.tats.iter().find(|(a, _)| Some(*a) == plan_tat).map(|(_, t)| *t);
+        let mut usage = Usage::from_counters(snap.counters, now);
+        usage.tat = tat;
+        Ok(usage)
+    }
+
+    /// One consistent read for the names of the tenant's TAT attributes (routes vary by plan),
+    /// then one `UpdateItem`: `REMOVE` the TATs, `SET` the current counters to 0. The operation-id
+    /// slots stay: a late resend of an earlier request must still find its id refused.
+    async fn reset(&self, tenant: &str, reset: Reset, now: Timestamp) -> Result<(), StoreError> {
+        let unavailable = |e: String| StoreError::Unavailable(e);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.config.table)
+            .key(item::PK, AttributeValue::S(tenant.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(DisplayErrorContext(e).to_string()))?;
+        let Some(found) = out.item else { return Ok(()) };
+        let mut names: Vec<String> = Vec::new();
+        if reset.rate {
+            names.extend(found.keys().filter(|n| TatAttr::parse(n).is_some()).cloned());
+        }
+        let mut sets: Vec<String> = Vec::new();
+        if reset.day {
+            sets.push(crate::engine::quota::Period::Day.counter(now).to_string());
+        }
+        if reset.month {
+            sets.push(crate::engine::quota::Period::Month.counter(now).to_string());
+        }
+        if names.is_empty() && sets.is_empty() {
+            return Ok(());
+        }
+        let mut call = self
+            .client
+            .update_item()
+            .table_name(&self.config.table)
+            .key(item::PK, AttributeValue::S(tenant.to_owned()))
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", item::PK);
+        let mut expr = String::new();
+        if !sets.is_empty() {
+            let parts: Vec<String> = (0..sets.len()).map(|i| format!("#s{i} = :zero")).collect();
+            expr.push_str(&format!("SET {}", parts.join(", ")));
+            for (i, n) in sets.iter().enumerate() {
+                call = call.expression_attribute_names(format!("#s{i}"), n);
+            }
+            call = call.expression_attribute_values(":zero", AttributeValue::N("0".to_owned()));
+        }
+        if !names.is_empty() {
+            let parts: Vec<String> = (0..names.len()).map(|i| format!("#r{i}")).collect();
+            expr.push_str(&format!(" REMOVE {}", parts.join(", ")));
+            for (i, n) in names.iter().enumerate() {
+                call = call.expression_attribute_names(format!("#r{i}"), n);
+            }
+        }
+        match call.update_expression(expr.trim()).send().await {
+            Ok(_) => {}
+            // Gone between the read and the write (TTL): nothing left to reset.
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {}
+            Err(e) => return Err(unavailable(DisplayErrorContext(e).to_string())),
+        }
+        // This process's cached view must not refuse on the state just cleared.
+        self.forget(tenant);
+        Ok(())
+    }
+}
+
+/// Creates the state table (on-demand, TTL on `ttl`) as the SAM template does; for local
+/// emulators and tests.
+pub async fn create_state_table(client: &Client, table: &str) -> Result<(), String> {
+    crate::aws::create_table(client, table, item::PK, Some(item::TTL)).await
+}
