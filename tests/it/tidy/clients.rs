@@ -1,30 +1,8 @@
-//! Conventions the compiler cannot check, checked over the workspace's own sources.
+//! Only `tollgate::aws` builds DynamoDB clients: the state client must keep its retry policy.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// Every `.rs` file of the workspace, build output and tool folders left out.
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if path.is_dir() {
-            if !(name.starts_with('.') || name == "target") {
-                sources(&path, out);
-            }
-        } else if name.ends_with(".rs") {
-            out.push(path);
-        }
-    }
-}
+use super::{sources, workspace_root};
 
 /// Whether a line of code (comments cut) builds a client that may be DynamoDB's. Another
 /// service's client (`reqwest::Client::new(`, `aws_sdk_sqs::Client::new(`, the read-only
@@ -44,10 +22,8 @@ fn builds_a_dynamodb_client(code: &str) -> bool {
 /// Places that build a DynamoDB client themselves, as `file:line`.
 fn dynamodb_clients_built_outside(allowed: &[PathBuf]) -> Vec<String> {
     let root = workspace_root();
-    let mut files = Vec::new();
-    sources(&root, &mut files);
     let mut found = Vec::new();
-    for file in files.iter().filter(|f| !allowed.contains(f)) {
+    for file in sources(&root).iter().filter(|f| !allowed.contains(f)) {
         let text = std::fs::read_to_string(file).expect("readable source");
         if !text.contains("aws_sdk_dynamodb") {
             continue;
