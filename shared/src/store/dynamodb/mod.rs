@@ -388,32 +388,101 @@ fn held_off(limits: &crate::engine::policy::Limits, snap: &Snapshot, now: Timest
     d
 }
 
+/// What the container's last sight of the item says before any write.
+enum Prediction {
+    /// A refusal the cached item still decides, or the hold-off after a lost race.
+    Answered(Decision),
+    /// Write, starting from this guess of the item; `recheck`: a cached refusal too old to stand,
+    /// which the write re-checks.
+    Write { guess: Snapshot, recheck: bool },
+}
+
+impl DynamoStore {
+    fn predict(&self, req: &Consume<'_>) -> Prediction {
+        let Some(seen) = self.seen(req.tenant) else {
+            return Prediction::Write {
+                guess: Snapshot::default(),
+                recheck: false,
+            };
+        };
+        let eval = engine::evaluate(req.limits, &seen.snap.state(req.limits, req.now), req.now, req.weight);
+        let mut recheck = false;
+        if eval.next.is_none() {
+            let fresh = req.now.saturating_since(seen.checked) < self.config.max_cached_refusal;
+            if fresh {
+                self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
+                return Prediction::Answered(eval.decision);
+            }
+            // Too old to stand: the write re-checks it (its failed condition returns the item,
+            // so an exact refusal costs no read).
+            self.touch(req.tenant, req.now);
+            self.stats.rechecks.fetch_add(1, Ordering::Relaxed);
+            recheck = true;
+        } else if req.now < seen.hold_until {
+            self.stats.held_off.fetch_add(1, Ordering::Relaxed);
+            return Prediction::Answered(held_off(req.limits, &seen.snap, req.now, seen.hold_until));
+        }
+        Prediction::Write {
+            guess: seen.snap,
+            recheck,
+        }
+    }
+
+    /// After a send of `op` had an unknown outcome and a resend was refused: the answer when the
+    /// refusing item shows what became of `op`, `None` when it surely did not land.
+    fn resend_found(
+        &self,
+        req: &Consume<'_>,
+        current: &Snapshot,
+        op: u64,
+        attempt: u32,
+        last_unknown: &str,
+    ) -> Option<Result<Decision, StoreError>> {
+        match current.op_status(op) {
+            OpStatus::Applied => {
+                // An earlier send whose answer was lost did land: admitted, once.
+                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                let state = current.state(req.limits, req.now);
+                self.remember(req.tenant, current.clone(), req.now, Race::Won);
+                Some(Ok(engine::admitted(req.limits, &state, req.now)))
+            }
+            OpStatus::Overwritten => {
+                self.remember(req.tenant, current.clone(), req.now, Race::Neither);
+                Some(Err(StoreError::Indeterminate {
+                    attempts: attempt,
+                    detail: format!("{last_unknown}; the operation id was overwritten before the resend"),
+                }))
+            }
+            OpStatus::NotApplied => None,
+        }
+    }
+
+    /// Remembers the item a write's condition refused, and whether that lost a race.
+    fn remember_refused(&self, req: &Consume<'_>, current: Snapshot, recheck: bool) {
+        let now_eval = engine::evaluate(req.limits, &current.state(req.limits, req.now), req.now, req.weight);
+        // Expecting a token and finding none: lost the race for the bucket's last one.
+        let race = match now_eval.decision {
+            Decision {
+                allowed: false,
+                reason: Some(Reason::Rate),
+                retry_after: Some(wait),
+                ..
+            } if !recheck => {
+                let interval = req.limits.bucket.as_ref().map_or(0, |(_, b)| b.interval());
+                Race::Lost(wait + Duration::from_nanos(interval))
+            }
+            _ => Race::Neither,
+        };
+        self.remember(req.tenant, current, req.now, race);
+    }
+}
+
 #[async_trait]
 impl Store for DynamoStore {
     async fn consume(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
-        let seen = self.seen(req.tenant);
-        let mut recheck = false;
-        let mut guess = match seen {
-            Some(seen) => {
-                let eval = engine::evaluate(req.limits, &seen.snap.state(req.limits, req.now), req.now, req.weight);
-                if eval.next.is_none() {
-                    let fresh = req.now.saturating_since(seen.checked) < self.config.max_cached_refusal;
-                    if fresh {
-                        self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
-                        return Ok(eval.decision);
-                    }
-                    // Too old to stand: the write below re-checks it (its failed condition returns
-                    // the item, so an exact refusal costs no read).
-                    self.touch(req.tenant, req.now);
-                    self.stats.rechecks.fetch_add(1, Ordering::Relaxed);
-                    recheck = true;
-                } else if req.now < seen.hold_until {
-                    self.stats.held_off.fetch_add(1, Ordering::Relaxed);
-                    return Ok(held_off(req.limits, &seen.snap, req.now, seen.hold_until));
-                }
-                seen.snap
-            }
-            None => Snapshot::default(),
+        let (mut guess, recheck) = match self.predict(req) {
+            Prediction::Answered(decision) => return Ok(decision),
+            Prediction::Write { guess, recheck } => (guess, recheck),
         };
         // Set once a send of it had an unknown outcome: from then on every send is that operation.
         let mut pending: Option<u64> = None;
@@ -442,43 +511,12 @@ impl Store for DynamoStore {
                     return Ok(decision);
                 }
                 Attempt::Refused(current) => {
-                    if pending.is_some() {
-                        match current.op_status(op) {
-                            OpStatus::Applied => {
-                                // An earlier send whose answer was lost did land: admitted, once.
-                                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                                let state = current.state(req.limits, req.now);
-                                self.remember(req.tenant, current, req.now, Race::Won);
-                                return Ok(engine::admitted(req.limits, &state, req.now));
-                            }
-                            OpStatus::Overwritten => {
-                                self.remember(req.tenant, current, req.now, Race::Neither);
-                                return Err(StoreError::Indeterminate {
-                                    attempts: attempt,
-                                    detail: format!(
-                                        "{last_unknown}; the operation id was overwritten before the resend"
-                                    ),
-                                });
-                            }
-                            OpStatus::NotApplied => {}
-                        }
+                    if pending.is_some()
+                        && let Some(answer) = self.resend_found(req, &current, op, attempt, &last_unknown)
+                    {
+                        return answer;
                     }
-                    let now_eval =
-                        engine::evaluate(req.limits, &current.state(req.limits, req.now), req.now, req.weight);
-                    // Expecting a token and finding none: lost the race for the bucket's last one.
-                    let race = match now_eval.decision {
-                        Decision {
-                            allowed: false,
-                            reason: Some(Reason::Rate),
-                            retry_after: Some(wait),
-                            ..
-                        } if !recheck => {
-                            let interval = req.limits.bucket.as_ref().map_or(0, |(_, b)| b.interval());
-                            Race::Lost(wait + Duration::from_nanos(interval))
-                        }
-                        _ => Race::Neither,
-                    };
-                    self.remember(req.tenant, current.clone(), req.now, race);
+                    self.remember_refused(req, current.clone(), recheck);
                     guess = current;
                 }
                 Attempt::Unknown(detail) => {

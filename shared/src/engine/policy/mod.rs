@@ -2,12 +2,13 @@
 //! `Plan` is a validated spec in the form the engine consumes.
 
 use std::collections::BTreeMap;
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::engine::gcra::Bucket;
+use serde::{Deserialize, Serialize};
+
+mod validate;
+
+pub use validate::{check_resource_path, split_route};
 
 /// Most requests per second a plan may allow (an emission interval of 1 µs).
 pub const MAX_RATE: f64 = 1_000_000.0;
@@ -138,157 +139,16 @@ pub struct Plan {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Route {
-    path: String,
-    method: String,
-    id: BucketId,
-    bucket: Bucket,
+    pub(super) path: String,
+    pub(super) method: String,
+    pub(super) id: BucketId,
+    pub(super) bucket: Bucket,
 }
 
 impl Plan {
+    /// A validated plan; the error names the field, the value and the reason.
     pub fn new(name: &str, spec: PlanSpec) -> Result<Plan, PolicyError> {
-        let err = |field: &str, value: &dyn fmt::Display, reason: &str| PolicyError {
-            plan: name.to_owned(),
-            field: field.to_owned(),
-            value: value.to_string(),
-            reason: reason.to_owned(),
-        };
-        if name.is_empty() || name.len() > MAX_PLAN_NAME || !name.bytes().all(is_name_byte) {
-            return Err(err(
-                "name",
-                &format!("{name:?}"),
-                "must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
-            ));
-        }
-        let bucket = match (spec.rate, spec.burst) {
-            (None, None) => None,
-            (Some(rate), Some(burst)) => Some(checked_bucket(rate, burst, "rate", "burst", &err)?),
-            (Some(rate), None) => return Err(err("burst", &"(missing)", &format!("required with rate = {rate}"))),
-            (None, Some(burst)) => return Err(err("rate", &"(missing)", &format!("required with burst = {burst}"))),
-        };
-        let daily = checked_quota(spec.daily_quota, "daily_quota", &err)?;
-        let monthly = checked_quota(spec.monthly_quota, "monthly_quota", &err)?;
-        if let (Some(d), Some(m)) = (daily, monthly)
-            && d > m
-        {
-            return Err(err("daily_quota", &d, &format!("exceeds monthly_quota = {m}")));
-        }
-        for (method, &weight) in &spec.weights {
-            let field = format!("weights.{method}");
-            if method != "*" && !is_http_method(method) {
-                return Err(err(&field, &weight, "key must be an upper-case HTTP method or *"));
-            }
-            if weight == 0 {
-                return Err(err(&field, &weight, "must be at least 1"));
-            }
-            if let Some(b) = &bucket
-                && weight > b.burst()
-            {
-                return Err(err(
-                    &field,
-                    &weight,
-                    &format!("exceeds burst = {}: such a request could never pass", b.burst()),
-                ));
-            }
-            for (quota, name) in [(daily, "daily_quota"), (monthly, "monthly_quota")] {
-                if let Some(q) = quota
-                    && u64::from(weight) > q
-                {
-                    return Err(err(
-                        &field,
-                        &weight,
-                        &format!("exceeds {name} = {q}: such a request could never pass"),
-                    ));
-                }
-            }
-        }
-        if let Some(thresholds) = &spec.notify {
-            if thresholds.len() > MAX_NOTIFY {
-                return Err(err(
-                    "notify",
-                    &format!("{thresholds:?}"),
-                    &format!("at most {MAX_NOTIFY} thresholds"),
-                ));
-            }
-            for (i, &t) in thresholds.iter().enumerate() {
-                if !(1..=100).contains(&t) {
-                    return Err(err(
-                        &format!("notify[{i}]"),
-                        &t,
-                        "must be a percentage of the quota from 1 to 100 (100: the quota is spent)",
-                    ));
-                }
-                if thresholds[..i].contains(&t) {
-                    return Err(err(&format!("notify[{i}]"), &t, "duplicate threshold"));
-                }
-            }
-        }
-        if spec.routes.len() > MAX_ROUTES {
-            return Err(err(
-                "routes",
-                &spec.routes.len(),
-                &format!("at most {MAX_ROUTES} route overrides per plan"),
-            ));
-        }
-        let mut routes: Vec<Route> = Vec::with_capacity(spec.routes.len());
-        for (i, r) in spec.routes.iter().enumerate() {
-            let (path, method) = split_route(&r.route).ok_or_else(|| {
-                err(
-                    &format!("routes[{i}].route"),
-                    &format!("{:?}", r.route),
-                    "must look like /path/METHOD (method may be *), e.g. /search/GET",
-                )
-            })?;
-            if let Err(reason) = check_resource_path(path) {
-                return Err(err(&format!("routes[{i}].route"), &format!("{:?}", r.route), reason));
-            }
-            if routes.iter().any(|o| o.path == path && o.method == method) {
-                return Err(err(
-                    &format!("routes[{i}].route"),
-                    &format!("{:?}", r.route),
-                    "duplicate route",
-                ));
-            }
-            let bucket = checked_bucket(
-                r.rate,
-                r.burst,
-                &format!("routes[{i}].rate"),
-                &format!("routes[{i}].burst"),
-                &err,
-            )?;
-            for (method, &weight) in &spec.weights {
-                if weight > bucket.burst() {
-                    return Err(err(
-                        &format!("weights.{method}"),
-                        &weight,
-                        &format!("exceeds routes[{i}].burst = {}", bucket.burst()),
-                    ));
-                }
-            }
-            let id = BucketId::Route(route_attribute(&r.route));
-            if routes.iter().any(|o| o.id == id) {
-                return Err(err(
-                    &format!("routes[{i}].route"),
-                    &format!("{:?}", r.route),
-                    "its short hash collides with another route's; write the path differently",
-                ));
-            }
-            routes.push(Route {
-                id,
-                path: path.to_owned(),
-                method: method.to_owned(),
-                bucket,
-            });
-        }
-        Ok(Plan {
-            name: name.to_owned(),
-            limits: Limits {
-                bucket: bucket.map(|b| (BucketId::Plan, b)),
-                daily,
-                monthly,
-            },
-            routes,
-            spec,
-        })
+        validate::plan(name, spec)
     }
 
     pub fn name(&self) -> &str {
@@ -378,132 +238,6 @@ impl PlanSpec {
             notify: None,
         }
     }
-}
-
-fn checked_bucket(
-    rate: f64,
-    burst: u32,
-    rate_field: &str,
-    burst_field: &str,
-    err: &dyn Fn(&str, &dyn fmt::Display, &str) -> PolicyError,
-) -> Result<Bucket, PolicyError> {
-    if !rate.is_finite() || rate <= 0.0 {
-        return Err(err(
-            rate_field,
-            &rate,
-            "must be a positive number of requests per second",
-        ));
-    }
-    if rate > MAX_RATE {
-        return Err(err(rate_field, &rate, "must be at most 1000000 requests per second"));
-    }
-    if burst == 0 {
-        return Err(err(burst_field, &burst, "must be at least 1"));
-    }
-    let bucket = Bucket::per_second(rate, burst);
-    let max_window = u128::from(MAX_WINDOW_SECS) * 1_000_000_000;
-    let longest =
-        "the longest bucket window is 366 days (31622400 s); use daily_quota or monthly_quota for longer periods";
-    if u128::from(bucket.interval()) > max_window {
-        return Err(err(
-            rate_field,
-            &rate,
-            &format!("one request every {:.0} s: {longest}", 1.0 / rate),
-        ));
-    }
-    if u128::from(bucket.interval()) * u128::from(burst) > max_window {
-        return Err(err(
-            burst_field,
-            &burst,
-            &format!(
-                "refilling {burst} requests at {rate}/s takes {:.0} s: {longest}",
-                f64::from(burst) / rate
-            ),
-        ));
-    }
-    Ok(bucket)
-}
-
-fn checked_quota(
-    q: Option<i64>,
-    field: &str,
-    err: &dyn Fn(&str, &dyn fmt::Display, &str) -> PolicyError,
-) -> Result<Option<u64>, PolicyError> {
-    match q {
-        None | Some(-1) => Ok(None),
-        Some(0) => Err(err(
-            field,
-            &0,
-            "must be at least 1, or -1 for unlimited: a quota of 0 refuses every request, and its Retry-After would promise otherwise (to suspend a tenant, disable its keys)",
-        )),
-        Some(n) if n > MAX_QUOTA => Err(err(
-            field,
-            &n,
-            "must be at most 999999999999999 (RateLimit-Policy carries it as a Structured Field integer of at most 15 digits), or -1 for unlimited",
-        )),
-        Some(n) if n > 0 => Ok(Some(n as u64)),
-        Some(n) => Err(err(field, &n, "must be at least 1, or -1 for unlimited")),
-    }
-}
-
-fn is_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
-}
-
-fn is_http_method(m: &str) -> bool {
-    matches!(m, "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS")
-}
-
-/// `/pets/{id}/GET` → (`/pets/{id}`, `GET`); the root is `//GET`, as API Gateway writes it.
-pub fn split_route(route: &str) -> Option<(&str, &str)> {
-    let (path, method) = route.rsplit_once('/')?;
-    let path = if path.is_empty() { "/" } else { path };
-    let valid_path = path.starts_with('/') && !path.contains(char::is_whitespace);
-    (valid_path && (method == "*" || is_http_method(method))).then_some((path, method))
-}
-
-/// A resource path as API Gateway accepts one: `/`, or `/`-separated non-empty segments, each
-/// literal or a whole-segment parameter `{name}`; a greedy `{name+}` only as the last segment.
-/// Literal segments are what a normalised request path can equal: no dot segments, no `%`, `?`
-/// or `#`, no braces.
-pub fn check_resource_path(path: &str) -> Result<(), &'static str> {
-    if path == "/" {
-        return Ok(());
-    }
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    for (i, seg) in segments.iter().enumerate() {
-        if seg.is_empty() {
-            return Err("has an empty path segment (doubled or trailing slash)");
-        }
-        if *seg == "." || *seg == ".." {
-            return Err("has a dot segment; write the path it resolves to");
-        }
-        if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            let (name, greedy) = match inner.strip_suffix('+') {
-                Some(name) => (name, true),
-                None => (inner, false),
-            };
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err("a path parameter must be {name} or {name+} with name of A-Z a-z 0-9 _");
-            }
-            if greedy && i + 1 != segments.len() {
-                return Err("a greedy path parameter {name+} must be the last segment");
-            }
-        } else if seg
-            .bytes()
-            .any(|b| matches!(b, b'{' | b'}' | b'%' | b'?' | b'#') || b.is_ascii_control())
-        {
-            return Err("a literal segment may not contain { } % ? # or control characters");
-        }
-    }
-    Ok(())
-}
-
-/// `r` and 6 hex digits of the route key's SHA-256: short (the state item must stay under
-/// 1 KB), stable, and never a counter name.
-fn route_attribute(route: &str) -> String {
-    let digest = Sha256::digest(route.as_bytes());
-    format!("r{}", hex::encode(&digest[..3]))
 }
 
 #[cfg(test)]
