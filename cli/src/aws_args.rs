@@ -14,6 +14,16 @@ use tollgate::store::{DynamoStore, DynamoStoreConfig, MemoryStore, Store};
 /// Region used against a loopback endpoint when the chain names none: emulators accept any.
 const LOCAL_REGION: &str = "us-east-1";
 
+/// AWS that cannot be reached as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    #[error("no AWS region: pass --region, set AWS_REGION, or give the profile a region")]
+    NoRegion,
+    /// A table could not be created (`--create-table`, `--create-tables`).
+    #[error("{0}")]
+    CreateTable(String),
+}
+
 /// Where AWS is: the SDK's default chain, or a local endpoint.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AwsArgs {
@@ -39,7 +49,7 @@ impl AwsArgs {
     }
 
     /// The SDK configuration, or an error naming the flag to set when no region is known.
-    pub async fn sdk_config(&self) -> Result<aws_config::SdkConfig, String> {
+    pub async fn sdk_config(&self) -> Result<aws_config::SdkConfig, AwsError> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = &self.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
@@ -68,11 +78,11 @@ impl AwsArgs {
             builder.set_region(Some(aws_config::Region::new(LOCAL_REGION)));
             return Ok(builder.build());
         }
-        Err("no AWS region: pass --region, set AWS_REGION, or give the profile a region".to_owned())
+        Err(AwsError::NoRegion)
     }
 
     /// A DynamoDB client for table administration and policy writes (the SDK's retries apply).
-    pub async fn admin_client(&self) -> Result<aws_sdk_dynamodb::Client, String> {
+    pub async fn admin_client(&self) -> Result<aws_sdk_dynamodb::Client, AwsError> {
         Ok(admin_client(&self.sdk_config().await?))
     }
 }
@@ -96,7 +106,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    pub async fn build(&self) -> Result<Arc<dyn Store>, String> {
+    pub async fn build(&self) -> Result<Arc<dyn Store>, AwsError> {
         Ok(match self.store {
             StoreKind::Memory => Arc::new(MemoryStore::default()),
             StoreKind::Dynamodb => Arc::new(self.dynamo.store().await?),
@@ -130,10 +140,12 @@ pub struct DynamoArgs {
 }
 
 impl DynamoArgs {
-    pub async fn store(&self) -> Result<DynamoStore, String> {
+    pub async fn store(&self) -> Result<DynamoStore, AwsError> {
         let sdk = self.aws.sdk_config().await?;
         if self.create_table {
-            tollgate::store::dynamodb::create_state_table(&admin_client(&sdk), &self.state_table).await?;
+            tollgate::store::dynamodb::create_state_table(&admin_client(&sdk), &self.state_table)
+                .await
+                .map_err(AwsError::CreateTable)?;
         }
         let timeouts = StoreTimeouts {
             attempt: Duration::from_millis(self.attempt_timeout_ms.max(1)),

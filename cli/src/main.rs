@@ -8,6 +8,7 @@ use tollgate_cli::commands::{
     alarms::Alarms, block_on, block_on_threads, demo::Demo, load::Load, policy::Policy, serve::Serve, shed::Shed,
     simulate::Simulate, sync::PlanSync, validate::Validate,
 };
+use tollgate_cli::error::CliError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,22 +53,29 @@ enum Command {
     Shed(Shed),
 }
 
+impl Command {
+    /// Runs the subcommand: its exit code, or why it failed.
+    fn run(self) -> Result<ExitCode, CliError> {
+        let done = |()| ExitCode::SUCCESS;
+        match self {
+            Command::Validate(c) => c.run().map(done),
+            Command::Demo(c) => c.run().map(done),
+            Command::Load(c) => block_on(c.run()).map(done),
+            Command::Serve(c) => block_on_threads(c.run()).map(done),
+            Command::Simulate(c) => block_on_threads(c.run()),
+            Command::Sync(c) => block_on(c.run()).map(done),
+            Command::Policy(c) => block_on(c.run()),
+            Command::Alarms(c) => block_on(c.run()).map(done),
+            Command::Shed(c) => block_on(c.run()).map(done),
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Validate(c) => c.run().map(|()| ExitCode::SUCCESS),
-        Command::Demo(c) => c.run().map(|()| ExitCode::SUCCESS),
-        Command::Load(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
-        Command::Serve(c) => block_on_threads(c.run()).map(|()| ExitCode::SUCCESS),
-        Command::Simulate(c) => block_on_threads(c.run()),
-        Command::Sync(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
-        Command::Policy(c) => block_on(c.run()),
-        Command::Alarms(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
-        Command::Shed(c) => block_on(c.run()).map(|()| ExitCode::SUCCESS),
-    };
-    match result {
+    match Cli::parse().command.run() {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(error) => {
+            eprintln!("error: {error}");
             ExitCode::FAILURE
         }
     }

@@ -6,6 +6,7 @@ use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
 
 use crate::aws_args::AwsArgs;
+use crate::error::{CliError, FlagError};
 
 #[derive(Debug, clap::Args)]
 pub struct Alarms {
@@ -20,10 +21,15 @@ pub enum AlarmsCommand {
     Sync(Sync),
 }
 
-fn percent(s: &str) -> Result<f64, String> {
+/// A `--percent` value clap refuses (it prints the message after the flag).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a percentage above 0 and below 100")]
+pub struct PercentError(String);
+
+fn percent(s: &str) -> Result<f64, PercentError> {
     match s.parse::<f64>() {
         Ok(p) if p > 0.0 && p < 100.0 => Ok(p),
-        _ => Err(format!("{s:?} is not a percentage above 0 and below 100")),
+        _ => Err(PercentError(s.to_owned())),
     }
 }
 
@@ -56,7 +62,7 @@ pub struct Sync {
 }
 
 impl Alarms {
-    pub async fn run(self) -> Result<(), String> {
+    pub async fn run(self) -> Result<(), CliError> {
         match self.command {
             AlarmsCommand::Sync(c) => c.run().await,
         }
@@ -64,9 +70,9 @@ impl Alarms {
 }
 
 impl Sync {
-    pub async fn run(self) -> Result<(), String> {
+    pub async fn run(self) -> Result<(), CliError> {
         if self.prefix.is_empty() {
-            return Err("--prefix must not be empty: every alarm under it is managed".into());
+            return Err(FlagError::EmptyPrefix.into());
         }
         let settings = AlarmSettings {
             prefix: self.prefix,
@@ -78,11 +84,9 @@ impl Sync {
         let sdk = self.aws.sdk_config().await?;
         let table = PolicyTable::new(admin_client(&sdk), &self.policy_table);
         let cloudwatch = CloudWatchAlarms::new(cloudwatch_client(&sdk));
-        let report = sync_plan_alarms(&cloudwatch, &table, &settings)
-            .await
-            .map_err(|e| e.to_string())?;
+        let report = sync_plan_alarms(&cloudwatch, &table, &settings).await?;
         if self.json {
-            println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+            println!("{}", serde_json::to_string(&report)?);
         } else {
             for (what, names) in [
                 ("created", &report.created),

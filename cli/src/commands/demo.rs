@@ -5,9 +5,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tollgate::engine::clock::{Clock, ManualClock, SystemClock};
-use tollgate::store::{Consume, MemoryStore};
+use tollgate::store::{Consume, MemoryStore, StoreError};
 
 use super::read_policy;
+use crate::error::CliError;
+
+/// A demo that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("no plan `{plan}`; this policy has: {known}")]
+    UnknownPlan { plan: String, known: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Demo {
@@ -32,11 +42,14 @@ pub struct Demo {
 }
 
 impl Demo {
-    pub fn run(self) -> Result<(), String> {
+    pub fn run(self) -> Result<(), CliError> {
         let file = read_policy(self.policy.as_ref())?;
         let plan = file.plans.get(&self.plan).ok_or_else(|| {
             let names: Vec<&str> = file.plans.keys().map(String::as_str).collect();
-            format!("no plan `{}`; this policy has: {}", self.plan, names.join(", "))
+            DemoError::UnknownPlan {
+                plan: self.plan.clone(),
+                known: names.join(", "),
+            }
         })?;
         let store = MemoryStore::default();
         let clock = ManualClock::new(SystemClock::new().now());
@@ -56,7 +69,7 @@ impl Demo {
                 weight,
                 now: clock.now(),
             };
-            let d = store.decide(&req).map_err(|e| e.to_string())?;
+            let d = store.decide(&req).map_err(DemoError::Store)?;
             let status = if d.allowed { "200 OK" } else { "429 Too Many Requests" };
             let headers: Vec<String> = d.headers().into_iter().map(|(k, v)| format!("{k}: {v}")).collect();
             println!("#{i:<3} {status}\n     {}", headers.join("\n     "));
@@ -83,14 +96,15 @@ mod tests {
 
     #[test]
     fn demo_runs_on_the_example_tiers() {
-        assert_eq!(demo("free", 7).run(), Ok(()));
+        assert!(demo("free", 7).run().is_ok());
     }
 
     #[test]
     fn unknown_plan_names_the_ones_that_exist() {
+        let error = demo("gold", 1).run().expect_err("no such plan");
         assert_eq!(
-            demo("gold", 1).run(),
-            Err("no plan `gold`; this policy has: basic, enterprise, free, premium".into())
+            error.to_string(),
+            "no plan `gold`; this policy has: basic, enterprise, free, premium"
         );
     }
 }

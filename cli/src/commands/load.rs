@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use super::read_policy;
-use crate::aws_args::AwsArgs;
+use crate::aws_args::{AwsArgs, AwsError};
+use crate::error::CliError;
 
 #[derive(Debug, clap::Args)]
 pub struct Load {
@@ -24,15 +25,19 @@ pub struct Load {
 }
 
 impl Load {
-    pub async fn run(self) -> Result<(), String> {
+    pub async fn run(self) -> Result<(), CliError> {
         let file = read_policy(Some(&self.policy))?;
         let client = self.aws.admin_client().await?;
         if self.create_tables {
-            tollgate::directory::dynamodb::create_policy_table(&client, &self.policy_table).await?;
-            tollgate::store::dynamodb::create_state_table(&client, &self.state_table).await?;
+            tollgate::directory::dynamodb::create_policy_table(&client, &self.policy_table)
+                .await
+                .map_err(AwsError::CreateTable)?;
+            tollgate::store::dynamodb::create_state_table(&client, &self.state_table)
+                .await
+                .map_err(AwsError::CreateTable)?;
         }
         let directory = tollgate::directory::DynamoDirectory::new(client, &self.policy_table);
-        directory.load(&file).await.map_err(|e| e.to_string())?;
+        directory.load(&file).await?;
         let keys: usize = file.tenants.values().map(|t| t.api_keys.len()).sum();
         println!(
             "{}: {} plans, {} tenants, {keys} key hashes written to {}",

@@ -1,4 +1,5 @@
-//! One module per `tollgate` subcommand: a clap `Args` struct and its `run`.
+//! One module per `tollgate` subcommand: a clap `Args` struct and its `run`; here, what they
+//! share: reading a policy file and running a command's future.
 
 pub mod alarms;
 pub mod demo;
@@ -12,34 +13,44 @@ pub mod validate;
 
 use std::path::PathBuf;
 
-use tollgate::policy_file::PolicyFile;
+use tokio::runtime::Builder;
+use tollgate::policy_file::{PolicyFile, PolicyFileError};
 
 use crate::EXAMPLE_POLICY;
+use crate::error::{CliError, ErrorKind};
+
+/// A policy file that cannot be used: unreadable, or invalid (named by its path).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadPolicyError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{name}: {source}")]
+    Invalid { name: String, source: PolicyFileError },
+}
 
 /// Reads and validates a policy file; the shipped example tiers when no path is given.
-pub fn read_policy(path: Option<&PathBuf>) -> Result<PolicyFile, String> {
+pub fn read_policy(path: Option<&PathBuf>) -> Result<PolicyFile, ReadPolicyError> {
     let src = match path {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+        Some(p) => std::fs::read_to_string(p).map_err(|source| ReadPolicyError::Read {
+            path: p.clone(),
+            source,
+        })?,
         None => EXAMPLE_POLICY.to_owned(),
     };
     let name = path.map_or_else(|| "example tiers".to_owned(), |p| p.display().to_string());
-    PolicyFile::parse(&src).map_err(|e| format!("{name}: {e}"))
+    PolicyFile::parse(&src).map_err(|source| ReadPolicyError::Invalid { name, source })
 }
 
 /// Runs a command's future on a current-thread runtime (commands that make a few calls).
-pub fn block_on<T>(fut: impl Future<Output = Result<T, String>>) -> Result<T, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?
-        .block_on(fut)
+pub fn block_on<T>(fut: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
+    run_on(Builder::new_current_thread(), fut)
 }
 
 /// Runs a command's future on a multi-thread runtime (servers and load generators).
-pub fn block_on_threads<T>(fut: impl Future<Output = Result<T, String>>) -> Result<T, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?
-        .block_on(fut)
+pub fn block_on_threads<T>(fut: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
+    run_on(Builder::new_multi_thread(), fut)
+}
+
+fn run_on<T>(mut builder: Builder, fut: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
+    builder.enable_all().build().map_err(ErrorKind::Runtime)?.block_on(fut)
 }

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tollgate::aws::{admin_client, control_client};
 use tollgate::control::CloudWatchMetrics;
@@ -14,11 +15,14 @@ use tollgate::control::apply::{self, ApplyError, ApplyReport, Context};
 use tollgate::control::diff;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::SystemClock;
+use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::MemoryStore;
 
 use super::read_policy;
 use crate::aws_args::AwsArgs;
+use crate::error::{CliError, FlagError};
+use crate::simulate::{self, SimulateError};
 
 /// Exit code of `policy diff` when anything differs (0: nothing, 1: errors, 2: usage).
 pub const EXIT_DRIFT: u8 = 4;
@@ -127,7 +131,7 @@ pub struct History {
 }
 
 impl Policy {
-    pub async fn run(self) -> Result<ExitCode, String> {
+    pub async fn run(self) -> Result<ExitCode, CliError> {
         match self.command {
             PolicyCommand::Diff(d) => d.run().await,
             PolicyCommand::Apply(a) => a.run().await,
@@ -138,19 +142,18 @@ impl Policy {
 }
 
 impl Diff {
-    pub async fn run(self) -> Result<ExitCode, String> {
+    pub async fn run(self) -> Result<ExitCode, CliError> {
         let file = read_policy(Some(&self.file))?;
         let sdk = self.live.aws.sdk_config().await?;
         let control = ApiGateway::new(control_client(&sdk), Backoff::default());
-        let plans = control.usage_plans().await.map_err(|e| e.to_string())?;
-        let keys = control.api_keys().await.map_err(|e| e.to_string())?;
+        let plans = control.usage_plans().await?;
+        let keys = control.api_keys().await?;
         let current = PolicyTable::new(admin_client(&sdk), &self.live.policy_table)
             .read()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let diff = diff::diff(&file, &plans, &keys, &current);
         if self.live.json {
-            println!("{}", serde_json::to_string(&diff).map_err(|e| e.to_string())?);
+            println!("{}", serde_json::to_string(&diff)?);
         } else {
             print!("{}", diff.table());
         }
@@ -162,12 +165,44 @@ impl Diff {
     }
 }
 
+/// API Gateway and the policy table a change is made to, and who makes it.
+struct Stack {
+    sdk: aws_config::SdkConfig,
+    control: ApiGateway,
+    table: PolicyTable,
+    clock: SystemClock,
+    actor: Option<String>,
+}
+
+impl Stack {
+    /// The stack `live` names, changed by `actor` (default: $USER).
+    async fn new(live: &Live, actor: Option<String>) -> Result<Stack, CliError> {
+        let sdk = live.aws.sdk_config().await?;
+        Ok(Stack {
+            control: ApiGateway::new(control_client(&sdk), Backoff::default()),
+            table: PolicyTable::new(admin_client(&sdk), &live.policy_table),
+            clock: SystemClock::new(),
+            actor: actor.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty())),
+            sdk,
+        })
+    }
+
+    fn context(&self) -> Context<'_> {
+        Context {
+            control: &self.control,
+            table: &self.table,
+            clock: &self.clock,
+            actor: self.actor.as_deref(),
+        }
+    }
+}
+
 /// Prints a change's report, or its failure, and picks the exit code.
-fn finish(json: bool, result: Result<ApplyReport, ApplyError>) -> Result<ExitCode, String> {
+fn finish(json: bool, result: Result<ApplyReport, ApplyError>) -> Result<ExitCode, CliError> {
     match result {
         Ok(report) => {
             if json {
-                println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+                println!("{}", serde_json::to_string(&report)?);
             } else {
                 print!("{}", report.table());
             }
@@ -177,37 +212,22 @@ fn finish(json: bool, result: Result<ApplyReport, ApplyError>) -> Result<ExitCod
             eprintln!("error: {e}");
             Ok(ExitCode::from(EXIT_RESTORED))
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
-fn actor(given: Option<String>) -> Option<String> {
-    given.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
-}
-
 impl Apply {
-    pub async fn run(self) -> Result<ExitCode, String> {
+    pub async fn run(self) -> Result<ExitCode, CliError> {
         let file = read_policy(Some(&self.file))?;
         if !(0.0..=1.0).contains(&self.rollback_threshold) {
-            return Err(format!(
-                "--rollback-threshold {} must be a ratio from 0 to 1",
-                self.rollback_threshold
-            ));
+            return Err(FlagError::RollbackThreshold(self.rollback_threshold).into());
         }
         if self.verify && !verify(&file).await? {
             eprintln!("error: the simulator found over-admission under the new plans; nothing was changed");
             return Ok(ExitCode::from(EXIT_OVER_ADMISSION));
         }
-        let sdk = self.live.aws.sdk_config().await?;
-        let control = ApiGateway::new(control_client(&sdk), Backoff::default());
-        let table = PolicyTable::new(admin_client(&sdk), &self.live.policy_table);
-        let actor = actor(self.actor);
-        let cx = Context {
-            control: &control,
-            table: &table,
-            clock: &SystemClock::new(),
-            actor: actor.as_deref(),
-        };
+        let stack = Stack::new(&self.live, self.actor.clone()).await?;
+        let cx = stack.context();
         let since = cx.clock.now().as_secs();
         let result = apply::apply(&cx, &file).await;
         let (Some(seconds), Ok(report)) = (self.watch, &result) else {
@@ -217,10 +237,22 @@ impl Apply {
             return finish(self.live.json, result);
         };
         finish(self.live.json, result)?;
-        let metrics = CloudWatchMetrics::new(tollgate::aws::cloudwatch_client(&sdk), &self.metrics_namespace);
+        self.watch_metrics(&stack, &change_id, since, seconds).await
+    }
+
+    /// Watches the authorizer's metrics after the change `change_id`, applied at `since`, and
+    /// rolls it back when too many decisions fail.
+    async fn watch_metrics(
+        &self,
+        stack: &Stack,
+        change_id: &str,
+        since: u64,
+        seconds: u64,
+    ) -> Result<ExitCode, CliError> {
+        let metrics = CloudWatchMetrics::new(tollgate::aws::cloudwatch_client(&stack.sdk), &self.metrics_namespace);
         let config = WatchConfig {
-            duration: std::time::Duration::from_secs(seconds),
-            interval: std::time::Duration::from_secs(30.min(seconds.max(1))),
+            duration: Duration::from_secs(seconds),
+            interval: Duration::from_secs(30.min(seconds.max(1))),
             threshold: self.rollback_threshold,
             min_decisions: self.min_decisions,
         };
@@ -228,11 +260,9 @@ impl Apply {
             "watching the authorizer's metrics for {seconds} s (threshold {})",
             config.threshold
         );
-        let watched = watch::watch(&cx, &metrics, &change_id, since, config)
-            .await
-            .map_err(|e| e.to_string())?;
+        let watched = watch::watch(&stack.context(), &metrics, change_id, since, config).await?;
         if self.live.json {
-            println!("{}", serde_json::to_string(&watched).map_err(|e| e.to_string())?);
+            println!("{}", serde_json::to_string(&watched)?);
         }
         Ok(match watched {
             Watched::Kept { health } => {
@@ -258,12 +288,12 @@ impl Apply {
 
 /// The simulator on the file's plans (memory store, simulated time): true when every tenant's
 /// admissions stayed within what its plan permits.
-pub async fn verify(file: &tollgate::policy_file::PolicyFile) -> Result<bool, String> {
-    let config = crate::simulate::Config {
+pub async fn verify(file: &PolicyFile) -> Result<bool, SimulateError> {
+    let config = simulate::Config {
         tenants: file.plans.len() * 2,
-        pattern: crate::simulate::Pattern::Poisson,
+        pattern: simulate::Pattern::Poisson,
         load: 2.0,
-        duration: std::time::Duration::from_secs(10),
+        duration: Duration::from_secs(10),
         requests: Some(20_000),
         concurrency: 16,
         seed: 1,
@@ -272,35 +302,26 @@ pub async fn verify(file: &tollgate::policy_file::PolicyFile) -> Result<bool, St
         api_key_header: "x-api-key".into(),
         progress: false,
     };
-    let target = crate::simulate::Target::Memory(MemoryStore::default());
-    let report = crate::simulate::run(&target, file, &config, "").await?;
+    let target = simulate::Target::Memory(MemoryStore::default());
+    let report = simulate::run(&target, file, &config, "").await?;
     Ok(report.pass)
 }
 
 impl Rollback {
-    pub async fn run(self) -> Result<ExitCode, String> {
-        let sdk = self.live.aws.sdk_config().await?;
-        let control = ApiGateway::new(control_client(&sdk), Backoff::default());
-        let table = PolicyTable::new(admin_client(&sdk), &self.live.policy_table);
-        let actor = actor(self.actor);
-        let cx = Context {
-            control: &control,
-            table: &table,
-            clock: &SystemClock::new(),
-            actor: actor.as_deref(),
-        };
-        finish(self.live.json, apply::rollback(&cx, &self.change_id).await)
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        let stack = Stack::new(&self.live, self.actor).await?;
+        finish(self.live.json, apply::rollback(&stack.context(), &self.change_id).await)
     }
 }
 
 impl History {
-    pub async fn run(self) -> Result<(), String> {
+    pub async fn run(self) -> Result<(), CliError> {
         let sdk = self.live.aws.sdk_config().await?;
         let log = AuditLog::new(admin_client(&sdk), &self.live.policy_table);
-        let mut entries = log.history().await.map_err(|e| e.to_string())?;
+        let mut entries = log.history().await?;
         entries.truncate(self.limit);
         if self.live.json {
-            println!("{}", serde_json::to_string(&entries).map_err(|e| e.to_string())?);
+            println!("{}", serde_json::to_string(&entries)?);
             return Ok(());
         }
         println!("{:<20} {:<10} {:<34} summary", "time (UTC)", "source", "change id");

@@ -1,4 +1,5 @@
-//! `tollgate serve`: a local HTTP gateway that throttles like the deployed stack.
+//! `tollgate serve`: a local HTTP gateway that throttles like the deployed stack; the gateway
+//! itself is `crate::serve`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::engine::shed::{SetBy, ShedState};
 use tollgate::gate::{Gate, GateConfig};
+use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::Store;
 use tollgate::usage_api::registry::Registry;
@@ -20,8 +22,11 @@ use tollgate::usage_api::{AdminAuth, AuditSink, CallerSource, MemoryAudit, Usage
 
 use super::read_policy;
 use crate::aws_args::StoreArgs;
-use crate::gateway::{self, GatewayConfig, Resources};
-use crate::tenants::{demo_tenants, directory_with};
+use crate::error::{CliError, FlagError};
+use crate::serve::ServeError;
+use crate::serve::gateway::{self, GatewayConfig};
+use crate::serve::routing::Resources;
+use crate::serve::tenants::{DemoTenant, demo_tenants, directory_with};
 
 /// Demo keys printed at start; the rest are summarised.
 const SHOWN_KEYS: usize = 12;
@@ -82,63 +87,31 @@ pub struct Serve {
 /// Where the usage API is mounted in `serve`.
 pub const USAGE_PREFIX: &str = "/_tollgate";
 
+/// Who the gateway knows: the registry the usage API changes (the gate reads it as its
+/// directory), where its changes are audited, and the demo tenants (none with a policy table).
+struct Tenancy {
+    registry: Arc<dyn Registry>,
+    audit: Arc<dyn AuditSink>,
+    demo: Vec<DemoTenant>,
+}
+
 impl Serve {
-    pub async fn run(self) -> Result<(), String> {
+    pub async fn run(self) -> Result<(), CliError> {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .init();
         let file = read_policy(self.policy.as_ref())?;
-        // The usage API shares the gate's directory; with a policy table its changes and audit
-        // records go to that table, as the deployed function's do.
-        let (registry, audit, demo): (Arc<dyn Registry>, Arc<dyn AuditSink>, _) = match &self.policy_table {
-            Some(table) => {
-                let sdk = self.store.dynamo.aws.sdk_config().await?;
-                let dir = DynamoDirectory::new(policy_client(&sdk, POLICY_READ_BUDGET), table);
-                (
-                    Arc::new(dir),
-                    Arc::new(AuditLog::new(admin_client(&sdk), table)),
-                    Vec::new(),
-                )
-            }
-            None => {
-                let demo = demo_tenants(&file, self.demo_tenants);
-                let directory = directory_with(&file, &demo);
-                if let Some(level) = self.shed_level {
-                    directory.set_shed(ShedState {
-                        level,
-                        set_by: SetBy::Manual("serve --shed-level".into()),
-                        since: SystemClock::new().now(),
-                        reason: "--shed-level".into(),
-                        version: 1,
-                    });
-                }
-                (Arc::new(directory), Arc::new(MemoryAudit::default()), demo)
-            }
-        };
-        let directory: Arc<dyn Directory> = registry.clone();
+        let tenancy = self.tenancy(&file).await?;
+        let directory: Arc<dyn Directory> = tenancy.registry.clone();
         let store = self.store.build().await?;
-        let usage = self.usage_api(registry, audit, store.clone()).await?;
-        let mut gate_config = GateConfig {
-            store_budget: Duration::from_millis(self.store_budget_ms.max(1)),
-            ..GateConfig::default()
-        };
-        if let Some(secs) = self.key_cache_ttl_secs {
-            gate_config.key_ttl = Duration::from_secs(secs);
-            gate_config.unknown_key_ttl = Duration::from_secs(secs);
-        }
-        let gate = Gate::new(gate_config, directory, store, Arc::new(SystemClock::new()));
+        let usage = self
+            .usage_api(tenancy.registry.clone(), tenancy.audit.clone(), store.clone())
+            .await?;
+        let gate = self.gate(directory, store);
         let header = HeaderName::try_from(self.api_key_header.to_ascii_lowercase())
-            .map_err(|_| format!("--api-key-header {:?} is not a header name", self.api_key_header))?;
-        let mut resources = Resources::from_policy(&file);
-        if let Some(path) = &self.openapi {
-            let src =
-                std::fs::read_to_string(path).map_err(|e| format!("--openapi: cannot read {}: {e}", path.display()))?;
-            resources
-                .add_openapi(&src)
-                .map_err(|e| format!("--openapi {}: {e}", path.display()))?;
-        }
+            .map_err(|_| FlagError::ApiKeyHeader(self.api_key_header.clone()))?;
         let router = Router::new()
             .nest(USAGE_PREFIX, usage)
             .fallback_service(gateway::router(
@@ -147,11 +120,82 @@ impl Serve {
                     upstream: self.upstream.clone(),
                     api_key_header: header,
                     throttle: !self.no_throttle,
-                    resources,
+                    resources: self.resources(&file)?,
                 },
             ));
         let listener = gateway::bind(self.listen).await?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(ServeError::Address)?;
+        self.print_banner(addr, &file, &tenancy.demo);
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("shutting down");
+        };
+        gateway::serve(listener, router, shutdown)
+            .await
+            .map_err(ServeError::Stopped)?;
+        Ok(())
+    }
+
+    /// The usage API shares the gate's directory; with a policy table its changes and audit
+    /// records go to that table, as the deployed function's do.
+    async fn tenancy(&self, file: &PolicyFile) -> Result<Tenancy, CliError> {
+        if let Some(table) = &self.policy_table {
+            let sdk = self.store.dynamo.aws.sdk_config().await?;
+            let dir = DynamoDirectory::new(policy_client(&sdk, POLICY_READ_BUDGET), table);
+            return Ok(Tenancy {
+                registry: Arc::new(dir),
+                audit: Arc::new(AuditLog::new(admin_client(&sdk), table)),
+                demo: Vec::new(),
+            });
+        }
+        let demo = demo_tenants(file, self.demo_tenants);
+        let directory = directory_with(file, &demo);
+        if let Some(level) = self.shed_level {
+            directory.set_shed(ShedState {
+                level,
+                set_by: SetBy::Manual("serve --shed-level".into()),
+                since: SystemClock::new().now(),
+                reason: "--shed-level".into(),
+                version: 1,
+            });
+        }
+        Ok(Tenancy {
+            registry: Arc::new(directory),
+            audit: Arc::new(MemoryAudit::default()),
+            demo,
+        })
+    }
+
+    fn gate(&self, directory: Arc<dyn Directory>, store: Arc<dyn Store>) -> Gate {
+        let mut config = GateConfig {
+            store_budget: Duration::from_millis(self.store_budget_ms.max(1)),
+            ..GateConfig::default()
+        };
+        if let Some(secs) = self.key_cache_ttl_secs {
+            config.key_ttl = Duration::from_secs(secs);
+            config.unknown_key_ttl = Duration::from_secs(secs);
+        }
+        Gate::new(config, directory, store, Arc::new(SystemClock::new()))
+    }
+
+    /// The policy's route templates, and the `--openapi` file's resources.
+    fn resources(&self, file: &PolicyFile) -> Result<Resources, FlagError> {
+        let mut resources = Resources::from_policy(file);
+        if let Some(path) = &self.openapi {
+            let src = std::fs::read_to_string(path).map_err(|source| FlagError::OpenApiRead {
+                path: path.clone(),
+                source,
+            })?;
+            resources.add_openapi(&src).map_err(|source| FlagError::OpenApi {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(resources)
+    }
+
+    /// What is served where, with the demo keys and a first request to try.
+    fn print_banner(&self, addr: SocketAddr, file: &PolicyFile, demo: &[DemoTenant]) {
         println!("tollgate gateway on http://{addr}");
         println!(
             "  store: {}   backend: {}   throttling: {}",
@@ -176,6 +220,20 @@ impl Serve {
         } else {
             println!("  demo keys ({} header):", self.api_key_header);
         }
+        self.print_demo_keys(addr, file, demo);
+        println!(
+            "  usage API: http://{addr}{USAGE_PREFIX}/v1/usage (your key); admin routes {}",
+            if self.admin_token.is_some() {
+                "on (Authorization: Bearer <--admin-token>)"
+            } else {
+                "off (give --admin-token)"
+            }
+        );
+        println!("  Ctrl-C stops (requests in flight finish first)");
+    }
+
+    /// The first demo keys with their plans, and a curl line against the tightest bucket.
+    fn print_demo_keys(&self, addr: SocketAddr, file: &PolicyFile, demo: &[DemoTenant]) {
         for t in demo.iter().take(SHOWN_KEYS) {
             let spec = file.plans[&t.plan].spec();
             let rate = spec.rate.map_or_else(
@@ -198,26 +256,8 @@ impl Serve {
                 burst = file.plans[&t.plan].spec().burst.unwrap_or(1),
             );
         }
-        println!(
-            "  usage API: http://{addr}{USAGE_PREFIX}/v1/usage (your key); admin routes {}",
-            if self.admin_token.is_some() {
-                "on (Authorization: Bearer <--admin-token>)"
-            } else {
-                "off (give --admin-token)"
-            }
-        );
-        println!("  Ctrl-C stops (requests in flight finish first)");
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("shutting down");
-        };
-        gateway::serve(listener, router, shutdown)
-            .await
-            .map_err(|e| format!("gateway stopped: {e}"))
     }
-}
 
-impl Serve {
     /// The usage API over the same store and directory as the gate. Without `--endpoint-url`
     /// there is no API Gateway: onboarding and rotation answer 503 saying so; with it, keys are
     /// created in that endpoint's API Gateway (the local emulator's).
@@ -226,7 +266,7 @@ impl Serve {
         registry: Arc<dyn Registry>,
         audit: Arc<dyn AuditSink>,
         store: Arc<dyn Store>,
-    ) -> Result<Router, String> {
+    ) -> Result<Router, CliError> {
         let control = match &self.store.dynamo.aws.endpoint_url {
             Some(_) => {
                 let sdk = self.store.dynamo.aws.sdk_config().await?;

@@ -1,14 +1,24 @@
 //! `tollgate shed`: the shed level by hand. `set` overrides the controller until `clear` hands
 //! the level back to it; `status` shows the level and which plans it sheds.
 
-use tollgate::control::shed::table::{ShedTable, Written};
+use tollgate::control::shed::table::{ShedError, ShedTable, Written};
 use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
 use tollgate::engine::shed::{SetBy, ShedState, sheds};
 
 use crate::aws_args::AwsArgs;
+use crate::error::CliError;
 
 /// A manual write retries this many times when the controller writes in between.
 const ATTEMPTS: usize = 3;
+
+/// The shed level could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ShedLevelError {
+    #[error(transparent)]
+    Table(#[from] ShedError),
+    #[error("the shed level in `{table}` kept changing under {ATTEMPTS} attempts: try again")]
+    KeptChanging { table: String },
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Shed {
@@ -67,7 +77,7 @@ pub struct Clear {
 }
 
 impl Shed {
-    pub async fn run(self) -> Result<(), String> {
+    pub async fn run(self) -> Result<(), CliError> {
         let live = match &self.command {
             ShedCommand::Set(Set { live, .. })
             | ShedCommand::Clear(Clear { live, .. })
@@ -116,28 +126,26 @@ pub async fn set(
     reason: &str,
     actor: &str,
     now: Timestamp,
-) -> Result<ShedState, String> {
+) -> Result<ShedState, ShedLevelError> {
     for _ in 0..ATTEMPTS {
-        let from = table.get().await.map_err(|e| e.to_string())?;
+        let from = table.get().await?;
         match table
             .set(&from, level, set_by.clone(), reason, Some(actor), now)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
         {
             Written::Applied(state) => return Ok(state),
             Written::Superseded => continue,
         }
     }
-    Err(format!(
-        "the shed level in `{}` kept changing under {ATTEMPTS} attempts: try again",
-        table.name()
-    ))
+    Err(ShedLevelError::KeptChanging {
+        table: table.name().to_owned(),
+    })
 }
 
 /// The level, its origin and age, and each plan with whether it is shed.
-pub async fn status(table: &ShedTable, now: Timestamp) -> Result<String, String> {
-    let state = table.get().await.map_err(|e| e.to_string())?;
-    let plans = table.plans().await.map_err(|e| e.to_string())?;
+pub async fn status(table: &ShedTable, now: Timestamp) -> Result<String, ShedLevelError> {
+    let state = table.get().await?;
+    let plans = table.plans().await?;
     let mut out = format!("shed level: {}", state.level);
     if state.version > 0 {
         out += &format!(

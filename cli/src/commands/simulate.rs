@@ -9,6 +9,7 @@ use tollgate::store::MemoryStore;
 
 use super::read_policy;
 use crate::aws_args::DynamoArgs;
+use crate::error::{CliError, ErrorKind, FlagError};
 use crate::simulate::{self, Pattern, Target};
 
 /// Exit code when `simulate` finds over-admission (errors exit with 1, usage errors with 2).
@@ -64,25 +65,46 @@ pub struct Simulate {
 }
 
 impl Simulate {
-    pub async fn run(self) -> Result<ExitCode, String> {
+    pub async fn run(self) -> Result<ExitCode, CliError> {
         let file = read_policy(self.policy.as_ref())?;
         if !(self.duration.is_finite() && self.duration > 0.0) {
-            return Err(format!(
-                "--duration {} must be a positive number of seconds",
-                self.duration
-            ));
+            return Err(FlagError::Duration(self.duration).into());
         }
-        let target = match self.target.as_str() {
+        let target = self.target().await?;
+        // Fresh tenant ids per run in a shared table, so runs do not inherit each other's state.
+        let prefix = match target {
+            Target::Dynamo(_) => format!("sim{:08x}-", rand::random::<u32>()),
+            _ => String::new(),
+        };
+        let report = simulate::run(&target, &file, &self.config(), &prefix).await?;
+        print!("{}", report.table());
+        if let Some(path) = &self.report {
+            let json = serde_json::to_string_pretty(&report)?;
+            std::fs::write(path, json + "\n").map_err(|source| ErrorKind::Write {
+                path: path.clone(),
+                source,
+            })?;
+            println!("report: {}", path.display());
+        }
+        Ok(if report.pass {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_OVER_ADMISSION)
+        })
+    }
+
+    /// What `--target` names.
+    async fn target(&self) -> Result<Target, CliError> {
+        Ok(match self.target.as_str() {
             "memory" => Target::Memory(MemoryStore::default()),
             "dynamodb" => Target::Dynamo(self.dynamo.store().await?),
             url if url.starts_with("http://") || url.starts_with("https://") => Target::Http(url.to_owned()),
-            other => {
-                return Err(format!(
-                    "--target {other:?} is not memory, dynamodb or an http(s):// URL"
-                ));
-            }
-        };
-        let config = simulate::Config {
+            other => return Err(FlagError::Target(other.to_owned()).into()),
+        })
+    }
+
+    fn config(&self) -> simulate::Config {
+        simulate::Config {
             tenants: self.tenants.max(1),
             pattern: self.pattern,
             load: self.load,
@@ -94,23 +116,6 @@ impl Simulate {
             path: self.path.clone(),
             api_key_header: self.api_key_header.clone(),
             progress: true,
-        };
-        // Fresh tenant ids per run in a shared table, so runs do not inherit each other's state.
-        let prefix = match target {
-            Target::Dynamo(_) => format!("sim{:08x}-", rand::random::<u32>()),
-            _ => String::new(),
-        };
-        let report = simulate::run(&target, &file, &config, &prefix).await?;
-        print!("{}", report.table());
-        if let Some(path) = &self.report {
-            let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-            std::fs::write(path, json + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            println!("report: {}", path.display());
         }
-        Ok(if report.pass {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(EXIT_OVER_ADMISSION)
-        })
     }
 }

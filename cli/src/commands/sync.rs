@@ -6,7 +6,8 @@ use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::SystemClock;
 
-use crate::aws_args::AwsArgs;
+use crate::aws_args::{AwsArgs, AwsError};
+use crate::error::CliError;
 
 #[derive(Debug, clap::Args)]
 pub struct PlanSync {
@@ -24,19 +25,19 @@ pub struct PlanSync {
 }
 
 impl PlanSync {
-    pub async fn run(self) -> Result<(), String> {
+    pub async fn run(self) -> Result<(), CliError> {
         let sdk = self.aws.sdk_config().await?;
         let dynamodb = tollgate::aws::admin_client(&sdk);
         if self.create_table {
-            tollgate::directory::dynamodb::create_policy_table(&dynamodb, &self.policy_table).await?;
+            tollgate::directory::dynamodb::create_policy_table(&dynamodb, &self.policy_table)
+                .await
+                .map_err(AwsError::CreateTable)?;
         }
         let control = ApiGateway::new(control_client(&sdk), Backoff::default());
         let table = PolicyTable::new(dynamodb, &self.policy_table);
-        let report = tollgate::control::sync::run(&control, &table, &SystemClock::new(), None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let report = tollgate::control::sync::run(&control, &table, &SystemClock::new(), None).await?;
         if self.json {
-            println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+            println!("{}", serde_json::to_string(&report)?);
         } else {
             print!("{}", report.table());
         }

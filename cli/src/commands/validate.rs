@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::read_policy;
+use crate::error::CliError;
 
 #[derive(Debug, clap::Args)]
 pub struct Validate {
@@ -16,7 +17,7 @@ fn unlimited_or<T: ToString>(v: Option<T>) -> String {
 }
 
 impl Validate {
-    pub fn run(self) -> Result<(), String> {
+    pub fn run(self) -> Result<(), CliError> {
         let file = read_policy(Some(&self.file))?;
         println!(
             "{:<14} {:>10} {:>7} {:>12} {:>12} {:>6}  routes",

@@ -1,0 +1,125 @@
+//! Why a command failed: `ErrorKind`, one variant per concern, and `CliError`, the failure a
+//! command returns to `main`, which prints it after `error: ` and exits with 1.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::aws_args::AwsError;
+use crate::commands::ReadPolicyError;
+use crate::commands::demo::DemoError;
+use crate::commands::shed::ShedLevelError;
+use crate::serve::ServeError;
+use crate::serve::routing::OpenApiError;
+use crate::simulate::SimulateError;
+
+/// A flag whose value the command cannot use. Each message names the flag to change.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error("--rollback-threshold {0} must be a ratio from 0 to 1")]
+    RollbackThreshold(f64),
+    #[error("--duration {0} must be a positive number of seconds")]
+    Duration(f64),
+    #[error("--target {0:?} is not memory, dynamodb or an http(s):// URL")]
+    Target(String),
+    #[error("--api-key-header {0:?} is not a header name")]
+    ApiKeyHeader(String),
+    #[error("--prefix must not be empty: every alarm under it is managed")]
+    EmptyPrefix,
+    #[error("--openapi: cannot read {}: {source}", path.display())]
+    OpenApiRead { path: PathBuf, source: std::io::Error },
+    #[error("--openapi {}: {source}", path.display())]
+    OpenApi { path: PathBuf, source: OpenApiError },
+}
+
+/// What went wrong, by concern: the CLI's own errors, and the library's as it words them.
+#[derive(Debug, thiserror::Error)]
+pub enum ErrorKind {
+    #[error(transparent)]
+    Flag(#[from] FlagError),
+    #[error(transparent)]
+    PolicyFile(#[from] ReadPolicyError),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Simulate(#[from] SimulateError),
+    #[error(transparent)]
+    Shed(#[from] ShedLevelError),
+    #[error(transparent)]
+    Directory(#[from] tollgate::directory::DirectoryError),
+    #[error(transparent)]
+    Sync(#[from] tollgate::control::sync::SyncError),
+    #[error(transparent)]
+    Control(#[from] tollgate::control::apigateway::ControlError),
+    #[error(transparent)]
+    Table(#[from] tollgate::control::sync::table::TableError),
+    #[error(transparent)]
+    Apply(#[from] tollgate::control::apply::ApplyError),
+    #[error(transparent)]
+    Watch(#[from] tollgate::control::apply::watch::WatchError),
+    #[error(transparent)]
+    Audit(#[from] tollgate::policy_table::audit::AuditError),
+    #[error(transparent)]
+    Alarms(#[from] tollgate::control::AlarmError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A failed command: its typed cause, and the line a user reads, rendered once when the command
+/// gives up. Callers compare and match on that line (`==`, and `&str` methods through `Deref`),
+/// since it is what scripts and people see.
+#[derive(Debug)]
+pub struct CliError {
+    /// Boxed: a command's `Result` stays small on the happy path.
+    kind: Box<ErrorKind>,
+    message: String,
+}
+
+impl CliError {
+    /// Why the command failed.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+}
+
+impl<E: Into<ErrorKind>> From<E> for CliError {
+    fn from(e: E) -> Self {
+        let kind = Box::new(e.into());
+        let message = kind.to_string();
+        CliError { kind, message }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The message already is the kind's; its cause is the next link.
+        std::error::Error::source(&*self.kind)
+    }
+}
+
+impl PartialEq for CliError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl std::ops::Deref for CliError {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}

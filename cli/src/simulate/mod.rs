@@ -1,0 +1,201 @@
+//! `tollgate simulate`: synthetic load against a store (in memory, or DynamoDB) or a running
+//! gateway, and a compliance report: per tenant, what was admitted against what the policy
+//! permits for that arrival sequence.
+//!
+//! Against a store, time is simulated: each request carries its arrival time as `now`, so a
+//! minute of traffic runs as fast as the store answers and the result does not depend on the
+//! machine. Against a gateway, requests are paced in real time, and so they are against a gate
+//! in this process (the gateway without HTTP), which also tells which admissions failed open.
+
+pub mod arrivals;
+pub mod compliance;
+mod report;
+mod send;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tollgate::engine::clock::{Clock, SystemClock};
+use tollgate::engine::policy::{Limits, Plan};
+use tollgate::gate::Gate;
+use tollgate::policy_file::PolicyFile;
+use tollgate::store::{DynamoStore, MemoryStore};
+
+pub use arrivals::{Arrival, arrivals};
+pub use report::{Latency, PolicyResult, REPORT_SCHEMA, Report, TenantResult};
+
+use crate::serve::tenants::{DemoTenant, demo_tenants};
+use report::Run;
+use send::{Observed, Sender, Start};
+
+/// A simulation that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error("the policy has no plans")]
+    NoPlans,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    /// Evenly spaced requests.
+    Steady,
+    /// Bursts of twice the plan's burst, at the average rate.
+    Burst,
+    /// Random arrivals (exponential gaps) at the average rate.
+    Poisson,
+}
+
+/// What the load goes to.
+#[derive(Debug)]
+pub enum Target {
+    Memory(MemoryStore),
+    Dynamo(DynamoStore),
+    /// A running gateway (`tollgate serve`), by base URL.
+    Http(String),
+    /// A gate in this process (what `tollgate serve` answers from), whose directory knows the
+    /// demo tenants' keys: paced in real time, and fail-open admissions are counted.
+    Gate(Arc<Gate>),
+}
+
+impl Target {
+    fn name(&self) -> String {
+        match self {
+            Target::Memory(_) => "memory".into(),
+            Target::Dynamo(_) => "dynamodb".into(),
+            Target::Http(url) => url.clone(),
+            Target::Gate(_) => "gate".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tenants: usize,
+    pub pattern: Pattern,
+    /// Offered load as a multiple of each tenant's plan rate (above 1 means throttling).
+    pub load: f64,
+    /// Span of the arrivals (simulated against a store, real against a gateway).
+    pub duration: Duration,
+    /// Stop after this many requests (the earliest arrivals).
+    pub requests: Option<u64>,
+    pub concurrency: usize,
+    pub seed: u64,
+    pub method: String,
+    pub path: String,
+    /// Header carrying the API key (gateway target).
+    pub api_key_header: String,
+    /// Draw a progress bar on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+/// The simulated tenants: the demo tenants of a policy file, spread over its plans, with the
+/// limits and weight of the simulated request on each one's plan.
+struct Cohort {
+    tenants: Vec<DemoTenant>,
+    plans: Vec<Arc<Plan>>,
+    limits: Vec<(Limits, u32)>,
+    /// Tenant ids as a store sees them, with the run's prefix.
+    ids: Vec<String>,
+}
+
+impl Cohort {
+    fn new(file: &PolicyFile, config: &Config, run_prefix: &str) -> Result<Cohort, SimulateError> {
+        if file.plans.is_empty() {
+            return Err(SimulateError::NoPlans);
+        }
+        let per_plan = config.tenants.div_ceil(file.plans.len()).max(1);
+        let tenants: Vec<DemoTenant> = demo_tenants(file, per_plan).into_iter().take(config.tenants).collect();
+        let plans: Vec<Arc<Plan>> = tenants.iter().map(|t| file.plans[&t.plan].clone()).collect();
+        let limits = plans
+            .iter()
+            .map(|p| p.limits_for(&config.path, &config.method))
+            .collect();
+        let ids = tenants.iter().map(|t| format!("{run_prefix}{}", t.tenant)).collect();
+        Ok(Cohort {
+            tenants,
+            plans,
+            limits,
+            ids,
+        })
+    }
+
+    fn sender(&self, tenant: usize) -> Sender<'_> {
+        let (limits, weight) = &self.limits[tenant];
+        Sender {
+            id: &self.ids[tenant],
+            api_key: &self.tenants[tenant].api_key,
+            limits,
+            weight: *weight,
+        }
+    }
+}
+
+/// Runs the simulation and checks it. Tenants are the demo tenants of `file`, spread over its
+/// plans; against a store their ids get `run_prefix` so runs do not share state.
+pub async fn run(
+    target: &Target,
+    file: &PolicyFile,
+    config: &Config,
+    run_prefix: &str,
+) -> Result<Report, SimulateError> {
+    let cohort = Cohort::new(file, config, run_prefix)?;
+    let arrivals = arrivals(&cohort.plans, config);
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = (config.progress && std::io::stderr().is_terminal())
+        .then(|| tokio::spawn(send::draw_progress(done.clone(), arrivals.len() as u64)));
+    let clock = SystemClock::new();
+    let start = Start {
+        t0: clock.now(),
+        started: Instant::now(),
+        clock: &clock,
+    };
+    let observed = send_all(target, config, &cohort, &arrivals, start, &done).await;
+    let elapsed = start.started.elapsed();
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let store_calls = match target {
+        Target::Dynamo(store) => Some(store.stats().writes()),
+        _ => None,
+    };
+    let run = Run {
+        tenants: &cohort.tenants,
+        plans: &cohort.plans,
+        limits: &cohort.limits,
+        observed: &observed,
+        elapsed,
+        store_calls,
+        t0: start.t0,
+    };
+    Ok(run.report(target, config))
+}
+
+/// Every arrival sent, `config.concurrency` at a time, counting each answer in `done`.
+async fn send_all(
+    target: &Target,
+    config: &Config,
+    cohort: &Cohort,
+    arrivals: &[Arrival],
+    start: Start<'_>,
+    done: &AtomicU64,
+) -> Vec<Observed> {
+    let http = reqwest::Client::new();
+    futures::stream::iter(arrivals.iter().copied())
+        .map(|arrival| {
+            let http = &http;
+            async move {
+                let o = send::send(target, http, config, start, cohort.sender(arrival.tenant), arrival).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                o
+            }
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect()
+        .await
+}
