@@ -47,38 +47,8 @@ async fn main() -> Result<(), Error> {
     let dynamodb = admin_client(&sdk);
     let table_name = format!("bench-policy-{:08x}", rand::random::<u32>());
     tollgate::directory::dynamodb::create_policy_table(&dynamodb, &table_name).await?;
-    let mut plan_ids = Vec::new();
-    for p in 0..plans {
-        let out = gw
-            .create_usage_plan()
-            .name(format!("bench-{p}"))
-            .throttle(ThrottleSettings::builder().rate_limit(10.0).burst_limit(20).build())
-            .quota(
-                QuotaSettings::builder()
-                    .limit(100_000)
-                    .period(QuotaPeriodType::Day)
-                    .build(),
-            )
-            .send()
-            .await?;
-        plan_ids.push(out.id.unwrap_or_default());
-    }
-    for i in 0..keys {
-        let key = gw
-            .create_api_key()
-            .name(format!("k{i}"))
-            .customer_id(format!("tenant-{i}"))
-            .value(secret(i))
-            .enabled(true)
-            .send()
-            .await?;
-        gw.create_usage_plan_key()
-            .usage_plan_id(&plan_ids[i % plans])
-            .key_id(key.id.unwrap_or_default())
-            .key_type("API_KEY")
-            .send()
-            .await?;
-    }
+    let plan_ids = create_usage_plans(&gw, plans).await?;
+    create_keys(&gw, &plan_ids, 0..keys).await?;
     let control = ApiGateway::new(control_client(&sdk), Backoff::default());
     let table = PolicyTable::new(dynamodb.clone(), &table_name);
     let clock = SystemClock::new();
@@ -113,34 +83,9 @@ async fn main() -> Result<(), Error> {
 
     // A new key, end to end: API calls, a sync, and a gate with a cold cache admitting it.
     let started = Instant::now();
-    let key = gw
-        .create_api_key()
-        .name("late")
-        .customer_id("late-tenant")
-        .value(secret(keys))
-        .enabled(true)
-        .send()
-        .await?;
-    gw.create_usage_plan_key()
-        .usage_plan_id(&plan_ids[0])
-        .key_id(key.id.unwrap_or_default())
-        .key_type("API_KEY")
-        .send()
-        .await?;
+    create_keys(&gw, &plan_ids[..1], keys..keys + 1).await?;
     run("sync after one new key").await?;
-    let gate = Gate::new(
-        GateConfig::default(),
-        Arc::new(DynamoDirectory::new(dynamodb, &table_name)),
-        Arc::new(MemoryStore::default()),
-        Arc::new(SystemClock::new()),
-    );
-    let raw = secret(keys);
-    let req = Request {
-        credential: Credential::ApiKey(&raw),
-        method: "GET",
-        resource: "/hello",
-    };
-    let admitted = matches!(gate.check(req).await, Outcome::Allow(_));
+    let admitted = first_request_admitted(DynamoDirectory::new(dynamodb, &table_name), &secret(keys)).await;
     let took = started.elapsed();
     println!(
         "new key to first admitted      admitted={admitted} seconds={:.2} (no-change sync alone: {:.2}, ratio {:.2})",
@@ -149,4 +94,65 @@ async fn main() -> Result<(), Error> {
         took.as_secs_f64() / idle.as_secs_f64()
     );
     Ok(())
+}
+
+async fn create_usage_plans(gw: &aws_sdk_apigateway::Client, plans: usize) -> Result<Vec<String>, Error> {
+    let mut plan_ids = Vec::new();
+    for p in 0..plans {
+        let out = gw
+            .create_usage_plan()
+            .name(format!("bench-{p}"))
+            .throttle(ThrottleSettings::builder().rate_limit(10.0).burst_limit(20).build())
+            .quota(
+                QuotaSettings::builder()
+                    .limit(100_000)
+                    .period(QuotaPeriodType::Day)
+                    .build(),
+            )
+            .send()
+            .await?;
+        plan_ids.push(out.id.unwrap_or_default());
+    }
+    Ok(plan_ids)
+}
+
+/// Keys `range`, of tenants `tenant-<i>`, spread over the plans.
+async fn create_keys(
+    gw: &aws_sdk_apigateway::Client,
+    plan_ids: &[String],
+    range: std::ops::Range<usize>,
+) -> Result<(), Error> {
+    for i in range {
+        let key = gw
+            .create_api_key()
+            .name(format!("k{i}"))
+            .customer_id(format!("tenant-{i}"))
+            .value(secret(i))
+            .enabled(true)
+            .send()
+            .await?;
+        gw.create_usage_plan_key()
+            .usage_plan_id(&plan_ids[i % plan_ids.len()])
+            .key_id(key.id.unwrap_or_default())
+            .key_type("API_KEY")
+            .send()
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether a gate with a cold cache admits the key's first request.
+async fn first_request_admitted(directory: DynamoDirectory, raw: &str) -> bool {
+    let gate = Gate::new(
+        GateConfig::default(),
+        Arc::new(directory),
+        Arc::new(MemoryStore::default()),
+        Arc::new(SystemClock::new()),
+    );
+    let req = Request {
+        credential: Credential::ApiKey(raw),
+        method: "GET",
+        resource: "/hello",
+    };
+    matches!(gate.check(req).await, Outcome::Allow(_))
 }

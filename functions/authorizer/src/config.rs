@@ -83,124 +83,142 @@ pub struct ConfigError {
 impl Config {
     /// Reads the settings through `var` (the process environment in `main`, a map in tests).
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let required = |name: &'static str| {
-            var(name).filter(|v| !v.is_empty()).ok_or(ConfigError {
-                var: name,
-                reason: "required".into(),
-            })
-        };
-        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
-            match var(name).filter(|v| !v.is_empty()) {
-                None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|_| ConfigError {
-                    var: name,
-                    reason: format!("{v:?} is not a whole number"),
-                }),
-            }
-        };
-        let list = |name: &'static str| -> Vec<String> {
-            var(name)
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
-        let skip_routes = list("TOLLGATE_SKIP_ROUTES");
-        if let Some(bad) = skip_routes.iter().find(|r| split_route(r).is_none()) {
-            return Err(ConfigError {
-                var: "TOLLGATE_SKIP_ROUTES",
-                reason: format!("{bad:?} is not a route like /health/GET or /health/*"),
-            });
-        }
-        let budget = number("TOLLGATE_STORE_BUDGET_MS", 150)?;
-        if budget == 0 {
-            return Err(ConfigError {
-                var: "TOLLGATE_STORE_BUDGET_MS",
-                reason: "must be at least 1".into(),
-            });
-        }
-        let gate = GateConfig {
-            store_budget: Duration::from_millis(budget),
-            key_ttl: Duration::from_millis(number("TOLLGATE_KEY_CACHE_TTL_MS", 60_000)?),
-            unknown_key_ttl: Duration::from_millis(number("TOLLGATE_UNKNOWN_KEY_TTL_MS", 10_000)?),
-            key_cache_capacity: number("TOLLGATE_KEY_CACHE_CAPACITY", 10_000)? as usize,
-            breaker: BreakerConfig {
-                failures: number("TOLLGATE_BREAKER_FAILURES", 5)?.max(1) as u32,
-                cool_down: Duration::from_millis(number("TOLLGATE_BREAKER_COOL_DOWN_MS", 5_000)?),
-            },
-            bypass_key_ids: list("TOLLGATE_BYPASS_KEY_IDS").into_iter().collect::<HashSet<_>>(),
-            skip_routes,
-            // The default (5 s): not a variable, so the template sets nothing new.
-            shed_ttl: GateConfig::default().shed_ttl,
-            fail_mode: match var("TOLLGATE_FAIL_MODE").as_deref().map(str::trim).unwrap_or("") {
-                "" | "plan" => None,
-                "open" => Some(FailMode::Open),
-                "closed" => Some(FailMode::Closed),
-                other => {
-                    return Err(ConfigError {
-                        var: "TOLLGATE_FAIL_MODE",
-                        reason: format!("{other:?} is not plan, open or closed"),
-                    });
-                }
-            },
-        };
-        let jwt = match var("TOLLGATE_TENANT_SOURCE").as_deref().unwrap_or("api_key") {
-            "api_key" | "" => None,
-            "jwt" => {
-                let mut route_scopes = Vec::new();
-                for entry in list("TOLLGATE_JWT_ROUTE_SCOPES") {
-                    let parsed = entry
-                        .split_once('=')
-                        .filter(|(route, scope)| split_route(route).is_some() && !scope.is_empty());
-                    let Some((route, scope)) = parsed else {
-                        return Err(ConfigError {
-                            var: "TOLLGATE_JWT_ROUTE_SCOPES",
-                            reason: format!("{entry:?} is not ROUTE=SCOPE, e.g. /orders/POST=orders:write"),
-                        });
-                    };
-                    route_scopes.push((route.to_owned(), scope.to_owned()));
-                }
-                Some(JwtSettings {
-                    jwks_url: required("TOLLGATE_JWKS_URL")?,
-                    jwks_ttl: Duration::from_secs(number("TOLLGATE_JWKS_TTL_SECS", 600)?),
-                    verify: JwtConfig {
-                        issuer: required("TOLLGATE_JWT_ISSUER")?,
-                        audience: required("TOLLGATE_JWT_AUDIENCE")?,
-                        tenant_claim: var("TOLLGATE_JWT_TENANT_CLAIM")
-                            .filter(|v| !v.is_empty())
-                            .unwrap_or_else(|| "tenant".into()),
-                        leeway: Duration::from_secs(number("TOLLGATE_JWT_LEEWAY_SECS", 60)?),
-                        route_scopes,
-                    },
-                })
-            }
-            other => {
-                return Err(ConfigError {
-                    var: "TOLLGATE_TENANT_SOURCE",
-                    reason: format!("{other:?} is not api_key or jwt"),
-                });
-            }
-        };
+        let env = Env(var);
         Ok(Config {
-            jwt,
-            state_table: required("TOLLGATE_STATE_TABLE")?,
-            policy_table: required("TOLLGATE_POLICY_TABLE")?,
-            api_key_header: var("TOLLGATE_API_KEY_HEADER")
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "x-api-key".into())
-                .to_ascii_lowercase(),
-            gate,
-            store_attempt: Duration::from_millis(number("TOLLGATE_STORE_ATTEMPT_MS", 60)?.max(1)),
-            metrics_namespace: var("TOLLGATE_METRICS_NAMESPACE")
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "Tollgate".into()),
+            jwt: jwt_settings(&env)?,
+            state_table: env.required("TOLLGATE_STATE_TABLE")?,
+            policy_table: env.required("TOLLGATE_POLICY_TABLE")?,
+            api_key_header: env.text_or("TOLLGATE_API_KEY_HEADER", "x-api-key").to_ascii_lowercase(),
+            gate: gate_config(&env)?,
+            store_attempt: Duration::from_millis(env.number("TOLLGATE_STORE_ATTEMPT_MS", 60)?.max(1)),
+            metrics_namespace: env.text_or("TOLLGATE_METRICS_NAMESPACE", "Tollgate"),
             // Off by default: each tenant series is 10 custom metrics, and containers pick their
-            // tenants independently (README, cost table).
-            tenant_dimensions: number("TOLLGATE_METRICS_TENANT_DIMENSIONS", 0)? as usize,
+            // tenants independently (docs/operations.md, costs).
+            tenant_dimensions: env.number("TOLLGATE_METRICS_TENANT_DIMENSIONS", 0)? as usize,
         })
     }
+}
+
+/// The environment, read through a lookup; empty values count as unset.
+struct Env<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.get(name).ok_or(ConfigError {
+            var: name,
+            reason: "required".into(),
+        })
+    }
+
+    fn text_or(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.into())
+    }
+
+    fn number(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| ConfigError {
+                var: name,
+                reason: format!("{v:?} is not a whole number"),
+            }),
+        }
+    }
+
+    /// A comma-separated list, blanks dropped.
+    fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn gate_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<GateConfig, ConfigError> {
+    let skip_routes = env.list("TOLLGATE_SKIP_ROUTES");
+    if let Some(bad) = skip_routes.iter().find(|r| split_route(r).is_none()) {
+        return Err(ConfigError {
+            var: "TOLLGATE_SKIP_ROUTES",
+            reason: format!("{bad:?} is not a route like /health/GET or /health/*"),
+        });
+    }
+    let budget = env.number("TOLLGATE_STORE_BUDGET_MS", 150)?;
+    if budget == 0 {
+        return Err(ConfigError {
+            var: "TOLLGATE_STORE_BUDGET_MS",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(GateConfig {
+        store_budget: Duration::from_millis(budget),
+        key_ttl: Duration::from_millis(env.number("TOLLGATE_KEY_CACHE_TTL_MS", 60_000)?),
+        unknown_key_ttl: Duration::from_millis(env.number("TOLLGATE_UNKNOWN_KEY_TTL_MS", 10_000)?),
+        key_cache_capacity: env.number("TOLLGATE_KEY_CACHE_CAPACITY", 10_000)? as usize,
+        breaker: BreakerConfig {
+            failures: env.number("TOLLGATE_BREAKER_FAILURES", 5)?.max(1) as u32,
+            cool_down: Duration::from_millis(env.number("TOLLGATE_BREAKER_COOL_DOWN_MS", 5_000)?),
+        },
+        bypass_key_ids: env.list("TOLLGATE_BYPASS_KEY_IDS").into_iter().collect::<HashSet<_>>(),
+        skip_routes,
+        // The default (5 s): not a variable, so the template sets nothing new.
+        shed_ttl: GateConfig::default().shed_ttl,
+        fail_mode: match env.get("TOLLGATE_FAIL_MODE").as_deref().map(str::trim).unwrap_or("") {
+            "" | "plan" => None,
+            "open" => Some(FailMode::Open),
+            "closed" => Some(FailMode::Closed),
+            other => {
+                return Err(ConfigError {
+                    var: "TOLLGATE_FAIL_MODE",
+                    reason: format!("{other:?} is not plan, open or closed"),
+                });
+            }
+        },
+    })
+}
+
+fn jwt_settings<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<JwtSettings>, ConfigError> {
+    match env.get("TOLLGATE_TENANT_SOURCE").as_deref().unwrap_or("api_key") {
+        "api_key" => Ok(None),
+        "jwt" => Ok(Some(JwtSettings {
+            jwks_url: env.required("TOLLGATE_JWKS_URL")?,
+            jwks_ttl: Duration::from_secs(env.number("TOLLGATE_JWKS_TTL_SECS", 600)?),
+            verify: JwtConfig {
+                issuer: env.required("TOLLGATE_JWT_ISSUER")?,
+                audience: env.required("TOLLGATE_JWT_AUDIENCE")?,
+                tenant_claim: env.text_or("TOLLGATE_JWT_TENANT_CLAIM", "tenant"),
+                leeway: Duration::from_secs(env.number("TOLLGATE_JWT_LEEWAY_SECS", 60)?),
+                route_scopes: route_scopes(env)?,
+            },
+        })),
+        other => Err(ConfigError {
+            var: "TOLLGATE_TENANT_SOURCE",
+            reason: format!("{other:?} is not api_key or jwt"),
+        }),
+    }
+}
+
+/// `TOLLGATE_JWT_ROUTE_SCOPES`: `ROUTE=SCOPE` pairs.
+fn route_scopes<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in env.list("TOLLGATE_JWT_ROUTE_SCOPES") {
+        let parsed = entry
+            .split_once('=')
+            .filter(|(route, scope)| split_route(route).is_some() && !scope.is_empty());
+        let Some((route, scope)) = parsed else {
+            return Err(ConfigError {
+                var: "TOLLGATE_JWT_ROUTE_SCOPES",
+                reason: format!("{entry:?} is not ROUTE=SCOPE, e.g. /orders/POST=orders:write"),
+            });
+        };
+        out.push((route.to_owned(), scope.to_owned()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
