@@ -1,7 +1,6 @@
 //! The policy directory in DynamoDB (layout in the parent module). Reads are eventually
 //! consistent: policy changes propagate within a second, and reads cost half as much.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,18 +13,14 @@ use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::{Plan, PlanSpec};
 use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;
-use crate::policy_table::KeyRecord;
-use crate::policy_table::SHED_PK;
-
-const PK: &str = "pk";
+use crate::policy_table::record::{self, Item, render};
+use crate::policy_table::{KeyRecord, PK, Record, SHED_PK, key_pk, plan_pk, tenant_pk};
 
 #[derive(Debug, Clone)]
 pub struct DynamoDirectory {
     client: Client,
     table: String,
 }
-
-type Item = HashMap<String, AttributeValue>;
 
 impl DynamoDirectory {
     pub fn new(client: Client, table: impl Into<String>) -> DynamoDirectory {
@@ -68,20 +63,16 @@ impl DynamoDirectory {
     }
 
     pub async fn put_plan(&self, plan: &Plan, version: u64) -> Result<(), DirectoryError> {
-        let spec = serde_json::to_string(plan.spec()).map_err(|e| DirectoryError::Invalid {
-            item: format!("plan#{}", plan.name()),
-            reason: e.to_string(),
-        })?;
-        let item = HashMap::from([
-            ("spec".to_owned(), AttributeValue::S(spec)),
-            ("version".to_owned(), AttributeValue::N(version.to_string())),
-        ]);
-        self.put(item, format!("plan#{}", plan.name())).await
+        let record = Record::Plan {
+            spec: plan.spec().clone(),
+            version,
+        };
+        self.put(render(&record), plan_pk(plan.name())).await
     }
 
     pub async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError> {
-        let item = HashMap::from([("plan".to_owned(), AttributeValue::S(plan.to_owned()))]);
-        self.put(item, format!("tenant#{tenant}")).await
+        let record = Record::Tenant { plan: plan.to_owned() };
+        self.put(render(&record), tenant_pk(tenant)).await
     }
 
     /// Writes every plan, tenant and key of a policy file (keys under ids `<tenant>-<n>`).
@@ -104,34 +95,28 @@ impl DynamoDirectory {
     }
 
     pub async fn put_key(&self, hash: &ApiKeyHash, record: &KeyRecord) -> Result<(), DirectoryError> {
-        let item = HashMap::from([
-            ("tenant".to_owned(), AttributeValue::S(record.tenant.clone())),
-            ("key_id".to_owned(), AttributeValue::S(record.key_id.clone())),
-            ("enabled".to_owned(), AttributeValue::Bool(record.enabled)),
-        ]);
-        self.put(item, format!("key#{}", hash.to_hex())).await
+        self.put(render(&Record::Key(record.clone())), key_pk(&hash.to_hex()))
+            .await
     }
 }
 
+/// A string attribute the directory cannot do without.
 fn string(item: &Item, attr: &str, pk: &str) -> Result<String, DirectoryError> {
-    item.get(attr)
-        .and_then(|v| v.as_s().ok())
-        .cloned()
-        .ok_or_else(|| DirectoryError::Invalid {
-            item: pk.to_owned(),
-            reason: format!("attribute `{attr}` is missing or not a string"),
-        })
+    record::string(item, attr).ok_or_else(|| DirectoryError::Invalid {
+        item: pk.to_owned(),
+        reason: format!("attribute `{attr}` is missing or not a string"),
+    })
 }
 
 #[async_trait]
 impl Directory for DynamoDirectory {
     async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError> {
-        let pk = format!("key#{}", hash.to_hex());
+        let pk = key_pk(&hash.to_hex());
         let Some(item) = self.get(pk.clone()).await? else {
             return Ok(None);
         };
         // Log-safe name for errors: never the full hash either.
-        let label = format!("key#{hash}");
+        let label = key_pk(&hash.to_string());
         Ok(Some(KeyRecord {
             tenant: string(&item, "tenant", &label)?,
             key_id: string(&item, "key_id", &label)?,
@@ -144,7 +129,7 @@ impl Directory for DynamoDirectory {
     }
 
     async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
-        let pk = format!("tenant#{tenant}");
+        let pk = tenant_pk(tenant);
         match self.get(pk.clone()).await? {
             Some(item) => Ok(Some(string(&item, "plan", &pk)?)),
             None => Ok(None),
@@ -152,7 +137,7 @@ impl Directory for DynamoDirectory {
     }
 
     async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
-        let pk = format!("plan#{name}");
+        let pk = plan_pk(name);
         let Some(item) = self.get(pk.clone()).await? else {
             return Ok(None);
         };
@@ -166,7 +151,7 @@ impl Directory for DynamoDirectory {
 
     async fn shed(&self) -> Result<ShedState, DirectoryError> {
         match self.get(SHED_PK.to_owned()).await? {
-            Some(item) => crate::policy_table::record::parse_shed(&item).map_err(|reason| DirectoryError::Invalid {
+            Some(item) => record::parse_shed(&item).map_err(|reason| DirectoryError::Invalid {
                 item: SHED_PK.to_owned(),
                 reason,
             }),

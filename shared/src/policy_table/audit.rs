@@ -17,10 +17,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::policy_table::Record;
+use super::record::{number, string};
+use super::{AUDIT_PREFIX, PK, Record};
 
-const PK: &str = "pk";
-const PREFIX: &str = "audit#";
 /// A record's JSON is stored in parts of at most this many bytes: DynamoDB items stop at 400 KB.
 const PART: usize = 300_000;
 
@@ -166,7 +165,10 @@ impl AuditLog {
         // Parts first, the header last: a header is only ever visible with all its parts.
         for (i, part) in parts.iter().enumerate().skip(1) {
             let item = HashMap::from([
-                (PK.to_owned(), AttributeValue::S(format!("{PREFIX}{}#{i}", record.id))),
+                (
+                    PK.to_owned(),
+                    AttributeValue::S(format!("{AUDIT_PREFIX}{}#{i}", record.id)),
+                ),
                 ("part".to_owned(), AttributeValue::S((*part).to_owned())),
             ]);
             self.client
@@ -178,7 +180,7 @@ impl AuditLog {
                 .map_err(|e| self.unavailable(e))?;
         }
         let mut header = HashMap::from([
-            (PK.to_owned(), AttributeValue::S(format!("{PREFIX}{}", record.id))),
+            (PK.to_owned(), AttributeValue::S(format!("{AUDIT_PREFIX}{}", record.id))),
             ("time".to_owned(), AttributeValue::N(record.time.to_string())),
             (
                 "source".to_owned(),
@@ -211,20 +213,20 @@ impl AuditLog {
 
     /// The whole record of change `id`.
     pub async fn get(&self, id: &str) -> Result<ChangeRecord, AuditError> {
-        let header = self.item(&format!("{PREFIX}{id}")).await?;
+        let header = self.item(&format!("{AUDIT_PREFIX}{id}")).await?;
         let header = header.ok_or_else(|| AuditError::NotFound(id.to_owned()))?;
         let corrupt = |reason: &str| AuditError::Corrupt {
             id: id.to_owned(),
             reason: reason.to_owned(),
         };
-        let parts: usize = attr_n(&header, "parts").ok_or_else(|| corrupt("no part count"))?;
-        let mut json = attr_s(&header, "part").ok_or_else(|| corrupt("no first part"))?;
+        let parts: usize = number(&header, "parts").ok_or_else(|| corrupt("no part count"))?;
+        let mut json = string(&header, "part").ok_or_else(|| corrupt("no first part"))?;
         for i in 1..parts {
             let item = self
-                .item(&format!("{PREFIX}{id}#{i}"))
+                .item(&format!("{AUDIT_PREFIX}{id}#{i}"))
                 .await?
                 .ok_or_else(|| corrupt("a part is missing"))?;
-            json.push_str(&attr_s(&item, "part").ok_or_else(|| corrupt("a part is empty"))?);
+            json.push_str(&string(&item, "part").ok_or_else(|| corrupt("a part is empty"))?);
         }
         serde_json::from_str(&json).map_err(|e| corrupt(&e.to_string()))
     }
@@ -254,19 +256,19 @@ impl AuditLog {
                 .table_name(&self.table)
                 .filter_expression("begins_with(pk, :p) AND attribute_exists(#t)")
                 .expression_attribute_names("#t", "time")
-                .expression_attribute_values(":p", AttributeValue::S(PREFIX.to_owned()))
+                .expression_attribute_values(":p", AttributeValue::S(AUDIT_PREFIX.to_owned()))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(|e| self.unavailable(e))?;
             for item in page.items() {
-                let Some(pk) = attr_s(item, PK) else { continue };
+                let Some(pk) = string(item, PK) else { continue };
                 entries.push(Entry {
-                    id: pk.trim_start_matches(PREFIX).to_owned(),
-                    time: attr_n(item, "time").unwrap_or(0),
-                    source: attr_s(item, "source").unwrap_or_default(),
-                    actor: attr_s(item, "actor"),
-                    summary: attr_s(item, "summary").unwrap_or_default(),
+                    id: pk.trim_start_matches(AUDIT_PREFIX).to_owned(),
+                    time: number(item, "time").unwrap_or(0),
+                    source: string(item, "source").unwrap_or_default(),
+                    actor: string(item, "actor"),
+                    summary: string(item, "summary").unwrap_or_default(),
                 });
             }
             match page.last_evaluated_key() {
@@ -277,14 +279,6 @@ impl AuditLog {
         entries.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
         Ok(entries)
     }
-}
-
-fn attr_s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
-    item.get(name)?.as_s().ok().cloned()
-}
-
-fn attr_n<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &str) -> Option<T> {
-    item.get(name)?.as_n().ok()?.parse().ok()
 }
 
 /// `s` in pieces of at most `max` bytes, cut on character boundaries; at least one piece.

@@ -41,11 +41,13 @@ pub enum Record {
     Malformed,
 }
 
-pub(crate) fn number(item: &Item, attr: &str) -> Option<u64> {
+/// A number attribute, `None` when missing or not of `T`.
+pub fn number<T: std::str::FromStr>(item: &Item, attr: &str) -> Option<T> {
     item.get(attr)?.as_n().ok()?.parse().ok()
 }
 
-pub(crate) fn string(item: &Item, attr: &str) -> Option<String> {
+/// A string attribute, `None` when missing or not a string.
+pub fn string(item: &Item, attr: &str) -> Option<String> {
     item.get(attr)?.as_s().ok().cloned()
 }
 
