@@ -17,8 +17,8 @@ use tollgate::policy::Plan;
 use tollgate::policy_file::PolicyFile;
 use tollgate::sync::table::PolicyTable;
 
-use crate::cbor_shim::CborShim;
-use crate::emulator;
+use crate::support::cbor_shim::CborShim;
+use crate::support::emulator;
 
 /// The SDK adapter with a count of each call: a forwarding wrapper, not a fake.
 struct Counted {

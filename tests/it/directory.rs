@@ -5,7 +5,7 @@ use tollgate::directory::{Directory, DynamoDirectory, KeyRecord, MemoryDirectory
 use tollgate::identity::ApiKeyHash;
 use tollgate::policy_file::PolicyFile;
 
-use crate::emulator;
+use crate::support::emulator;
 
 const POLICY: &str = r#"
 [plans.free]

@@ -3,17 +3,18 @@
 
 use std::sync::Arc;
 
-use aws_sdk_apigateway::types::{ApiStage, Op, PatchOperation, QuotaPeriodType, QuotaSettings, ThrottleSettings};
+use aws_sdk_apigateway::types::{ApiStage, Op, PatchOperation, ThrottleSettings};
 use tollgate::aws::{admin_client, control_client};
 use tollgate::clock::{ManualClock, Timestamp};
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::identity::ApiKeyHash;
-use tollgate::sync::apigateway::{ApiGateway, Backoff};
+use tollgate::sync::apigateway::ApiGateway;
 use tollgate::sync::table::PolicyTable;
 use tollgate::sync::{self, SyncReport};
 
-use crate::emulator;
-use crate::paging_shim::PagingShim;
+use crate::support::apigateway::{UsagePlan, fast_backoff, key_on_plan};
+use crate::support::emulator;
+use crate::support::paging_shim::PagingShim;
 
 /// The control plane, the policy table, and the directory the authorizer would read, in one
 /// region of the emulator (tests that list everything keep to their own region).
@@ -38,15 +39,10 @@ impl World {
         tollgate::directory::dynamodb::create_policy_table(&dynamodb, &name)
             .await
             .expect("policy table");
-        let fast = Backoff {
-            attempts: 5,
-            base: std::time::Duration::from_millis(5),
-            cap: std::time::Duration::from_millis(50),
-        };
         let control_sdk = emulator::sdk_config_in(control_endpoint, region);
         World {
             gw: control_client(&sdk),
-            control: ApiGateway::new(control_client(&control_sdk), fast),
+            control: ApiGateway::new(control_client(&control_sdk), fast_backoff(5)),
             table: PolicyTable::new(dynamodb.clone(), &name),
             directory: DynamoDirectory::new(dynamodb, &name),
             clock: ManualClock::new(Timestamp::from_secs(1_795_000_000)),
@@ -61,46 +57,13 @@ impl World {
     }
 
     async fn plan(&self, name: &str, rate: f64, burst: i32, daily: i32, tags: &[(&str, &str)]) -> String {
-        let mut req = self
-            .gw
-            .create_usage_plan()
-            .name(name)
-            .throttle(ThrottleSettings::builder().rate_limit(rate).burst_limit(burst).build())
-            .quota(
-                QuotaSettings::builder()
-                    .limit(daily)
-                    .period(QuotaPeriodType::Day)
-                    .offset(0)
-                    .build(),
-            );
-        for (k, v) in tags {
-            req = req.tags(*k, *v);
-        }
-        req.send().await.expect("create usage plan").id.expect("plan id")
+        let plan = UsagePlan::named(name).throttle(rate, burst).daily_quota(daily);
+        let plan = tags.iter().fold(plan, |plan, (k, v)| plan.tag(k, v));
+        plan.create(&self.gw).await
     }
 
     async fn key(&self, name: &str, customer: Option<&str>, value: &str, plan_id: &str) -> String {
-        let id = self
-            .gw
-            .create_api_key()
-            .name(name)
-            .set_customer_id(customer.map(str::to_owned))
-            .value(secret(value))
-            .enabled(true)
-            .send()
-            .await
-            .expect("create api key")
-            .id
-            .expect("key id");
-        self.gw
-            .create_usage_plan_key()
-            .usage_plan_id(plan_id)
-            .key_id(&id)
-            .key_type("API_KEY")
-            .send()
-            .await
-            .expect("create usage plan key");
-        id
+        key_on_plan(&self.gw, name, customer, &secret(value), plan_id).await
     }
 
     /// Tenant and plan a raw key resolves to, as a fresh authorizer container would see them.
@@ -131,34 +94,24 @@ async fn sync_mirrors_usage_plans_and_keys_and_a_second_run_writes_nothing() {
     // GIVEN two usage plans (one with tollgate tags and a per-method throttle) and three keys
     let w = World::new("eu-west-1").await;
     let free = w.plan("stack-free", 1.0, 5, 1000, &[("tollgate:plan", "free")]).await;
-    let premium =
-        w.gw.create_usage_plan()
-            .name("premium")
-            .throttle(ThrottleSettings::builder().rate_limit(100.0).burst_limit(200).build())
-            .quota(
-                QuotaSettings::builder()
-                    .limit(1_000_000)
-                    .period(QuotaPeriodType::Day)
-                    .build(),
-            )
-            .tags("tollgate:monthly_quota", "25000000")
-            .tags("tollgate:weights", "POST=2")
-            .tags("tollgate:fail_mode", "open")
-            .api_stages(
-                ApiStage::builder()
-                    .api_id("demoapi")
-                    .stage("prod")
-                    .throttle(
-                        "/search/GET",
-                        ThrottleSettings::builder().rate_limit(20.0).burst_limit(40).build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("premium")
-            .id
-            .expect("id");
+    let premium = UsagePlan::named("premium")
+        .throttle(100.0, 200)
+        .daily_quota(1_000_000)
+        .tag("tollgate:monthly_quota", "25000000")
+        .tag("tollgate:weights", "POST=2")
+        .tag("tollgate:fail_mode", "open")
+        .stage(
+            ApiStage::builder()
+                .api_id("demoapi")
+                .stage("prod")
+                .throttle(
+                    "/search/GET",
+                    ThrottleSettings::builder().rate_limit(20.0).burst_limit(40).build(),
+                )
+                .build(),
+        )
+        .create(&w.gw)
+        .await;
     w.key("acme-1", Some("acme"), "tg_live_acme_1", &premium).await;
     w.key("acme-2", Some("acme"), "tg_live_acme_2", &premium).await;
     w.key("hobbyist", None, "tg_live_hobby", &free).await;
