@@ -26,7 +26,7 @@ use tollgate_cli::gateway::Resources;
 use tollgate_cli::simulate::{self, Pattern, Report, Target};
 use tollgate_cli::tenants::{demo_tenants, directory_with};
 
-use crate::support::cbor_shim::CborShim;
+use crate::support::cbor_shim;
 use crate::support::emulator;
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::local_gateway::{self as gateway, Running};
@@ -337,7 +337,7 @@ async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_n
 /// SDK configuration whose CloudWatch calls reach the emulator through `cbor_shim` (the SDK
 /// speaks RPC v2 CBOR to CloudWatch, the emulator does not).
 async fn cloudwatch_sdk() -> aws_config::SdkConfig {
-    emulator::sdk_config(&CborShim::start(&emulator::endpoint(), 100).await.endpoint())
+    emulator::sdk_config(&cbor_shim::start(&emulator::endpoint(), 100).await.endpoint())
 }
 
 /// A metric alarm on the emulator, set to `state`.

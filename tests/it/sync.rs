@@ -13,8 +13,8 @@ use tollgate::sync::table::PolicyTable;
 use tollgate::sync::{self, SyncReport};
 
 use crate::support::apigateway::{UsagePlan, fast_backoff, key_on_plan};
-use crate::support::emulator;
-use crate::support::paging_shim::PagingShim;
+use crate::support::paging_shim;
+use crate::support::{emulator, gate};
 
 /// The control plane, the policy table, and the directory the authorizer would read, in one
 /// region of the emulator (tests that list everything keep to their own region).
@@ -198,28 +198,10 @@ async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
     );
     // AND a gate reading the table decides with the new rate: a fresh burst of 20 is admitted
     // and the 21st refused, with 50 ms (1/20 s) to wait rather than 100 ms
-    let gate = tollgate::gate::Gate::new(
-        tollgate::gate::GateConfig::default(),
-        Arc::new(w.directory.clone()),
-        Arc::new(tollgate::store::MemoryStore::default()),
-        Arc::new(w.clock.clone()),
+    assert_eq!(
+        gate::burst(Arc::new(w.directory.clone()), &w.clock, &secret("tg_live_rate")).await,
+        (20, std::time::Duration::from_millis(50))
     );
-    let raw = secret("tg_live_rate");
-    let req = tollgate::gate::Request {
-        credential: tollgate::gate::Credential::ApiKey(&raw),
-        method: "GET",
-        resource: "/hello",
-    };
-    for _ in 0..20 {
-        assert!(matches!(gate.check(req).await, tollgate::gate::Outcome::Allow(_)));
-    }
-    match gate.check(req).await {
-        tollgate::gate::Outcome::Throttle(v) => {
-            let wait = v.decision.expect("decided").retry_after.expect("wait");
-            assert_eq!(wait, std::time::Duration::from_millis(50));
-        }
-        other => panic!("expected a throttle, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -292,7 +274,7 @@ async fn what_cannot_be_honoured_is_reported_and_the_table_keeps_enforcing_the_o
 #[tokio::test]
 async fn sync_follows_every_page_of_plans_keys_and_plan_keys() {
     // GIVEN more plans, keys and plan keys than one page, behind a shim that pages by 2
-    let shim = PagingShim::start(&emulator::endpoint(), 2).await;
+    let shim = paging_shim::start(&emulator::endpoint(), 2).await;
     let w = World::via("ap-southeast-2", &shim.endpoint()).await;
     let mut values = Vec::new();
     for p in 0..5 {
@@ -355,8 +337,7 @@ async fn two_syncs_at_once_converge_to_one_complete_view() {
 #[tokio::test]
 async fn policy_diff_exits_4_on_drift_and_0_once_api_gateway_and_the_table_match_the_file() {
     use std::process::ExitCode;
-    use tollgate_cli::aws_args::AwsArgs;
-    use tollgate_cli::commands::policy::{Diff, Live};
+    use tollgate_cli::commands::policy::Diff;
 
     // GIVEN a policy file with one plan, and API Gateway with that plan but a different rate
     let w = World::new("ca-central-1").await;
@@ -367,15 +348,7 @@ async fn policy_diff_exits_4_on_drift_and_0_once_api_gateway_and_the_table_match
     let plan = w.plan("free", 1.0, 5, 1000, &[]).await;
     let diff = || Diff {
         file: file.clone(),
-        live: Live {
-            policy_table: w.table.name().to_owned(),
-            json: true,
-            aws: AwsArgs {
-                endpoint_url: Some(emulator::endpoint()),
-                region: Some("ca-central-1".into()),
-                profile: None,
-            },
-        },
+        live: emulator::live(w.table.name(), "ca-central-1"),
     };
     // WHEN diffed before anything is synced THEN it reports drift: exit 4
     assert_eq!(diff().run().await, Ok(ExitCode::from(4)));

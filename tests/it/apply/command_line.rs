@@ -7,8 +7,7 @@ use crate::support::emulator;
 #[tokio::test]
 async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_of_a_bad_file() {
     use std::process::ExitCode;
-    use tollgate_cli::aws_args::AwsArgs;
-    use tollgate_cli::commands::policy::{Apply, Live};
+    use tollgate_cli::commands::policy::Apply;
 
     // GIVEN free with acme's key
     let w = World::new("il-central-1").await;
@@ -27,15 +26,7 @@ async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_o
             min_decisions: 20.0,
             metrics_namespace: "Tollgate".into(),
             actor: Some("ci".into()),
-            live: Live {
-                policy_table: w.table.name().to_owned(),
-                json: true,
-                aws: AwsArgs {
-                    endpoint_url: Some(emulator::endpoint()),
-                    region: Some(w.region.into()),
-                    profile: None,
-                },
-            },
+            live: emulator::live(w.table.name(), w.region),
         }
     };
 

@@ -23,8 +23,8 @@ use tollgate::sync::table::{PolicyTable, Record};
 use tollgate::sync::{self, mapping};
 
 use crate::support::apigateway::{UsagePlan, fast_backoff, key_on_plan};
-use crate::support::emulator;
 use crate::support::fault_proxy::FaultProxy;
+use crate::support::{emulator, gate};
 
 /// One region of the emulator: API Gateway through a fault proxy (and directly, for setup and
 /// checks), the policy table, and the directory the authorizer reads.
@@ -157,23 +157,14 @@ impl World {
 
     /// `tollgate policy diff`'s exit code for `src`.
     async fn diff(&self, src: &str) -> std::process::ExitCode {
-        use tollgate_cli::aws_args::AwsArgs;
-        use tollgate_cli::commands::policy::{Diff, Live};
+        use tollgate_cli::commands::policy::Diff;
         let dir = std::env::temp_dir().join(emulator::unique("apply-file"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("policy.toml");
         std::fs::write(&file, src).expect("write file");
         let code = Diff {
             file,
-            live: Live {
-                policy_table: self.table.name().to_owned(),
-                json: true,
-                aws: AwsArgs {
-                    endpoint_url: Some(emulator::endpoint()),
-                    region: Some(self.region.into()),
-                    profile: None,
-                },
-            },
+            live: emulator::live(self.table.name(), self.region),
         }
         .run()
         .await
@@ -195,28 +186,7 @@ impl World {
     /// How many requests a fresh gate reading the table admits at once for `raw`, and the wait
     /// it gives the first it refuses.
     async fn burst(&self, raw: &str) -> (u32, Duration) {
-        let gate = tollgate::gate::Gate::new(
-            tollgate::gate::GateConfig::default(),
-            Arc::new(self.directory.clone()),
-            Arc::new(tollgate::store::MemoryStore::default()),
-            Arc::new(self.clock.clone()),
-        );
-        let raw = secret(raw);
-        let req = tollgate::gate::Request {
-            credential: tollgate::gate::Credential::ApiKey(&raw),
-            method: "GET",
-            resource: "/hello",
-        };
-        for admitted in 0..1000 {
-            match gate.check(req).await {
-                tollgate::gate::Outcome::Allow(_) => {}
-                tollgate::gate::Outcome::Throttle(v) => {
-                    return (admitted, v.decision.expect("decided").retry_after.expect("wait"));
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        panic!("never throttled");
+        gate::burst(Arc::new(self.directory.clone()), &self.clock, &secret(raw)).await
     }
 }
 

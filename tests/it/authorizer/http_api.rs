@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tollgate_authorizer::AuthorizerError;
 
-use super::tokens::{ES256_KEY, claims, jwt_stack, token};
+use super::tokens::{claims, es256, jwt_stack};
 use super::{Stack, assert_first_admission, assert_known_context, call, stack};
 
 const HTTP_FIXTURE: &str = include_str!("../../fixtures/authorizer/http-request.json");
@@ -163,13 +163,7 @@ async fn http_api_route_keys_name_the_route_for_skip_routes_and_limits() {
 #[tokio::test]
 async fn http_api_bearer_tokens_are_checked_against_the_route_key() {
     let s = jwt_stack().await;
-    let es = jsonwebtoken::Algorithm::ES256;
-    let plain = token(
-        es,
-        "test-es256",
-        ES256_KEY,
-        claims("acme", 600, json!({"scope": "read"})),
-    );
+    let plain = es256(claims("acme", 600, json!({"scope": "read"})));
     let bearer_http = |t: &str, route: &str, method: &str| {
         let mut e = http_event(None, route, method);
         e["headers"]["authorization"] = json!(format!("Bearer {t}"));

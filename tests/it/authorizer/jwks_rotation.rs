@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tollgate::jwt::JwksPolicy;
 
-use super::tokens::{ATTACKER_KEY, ES256, ES256_KEY, RS256, RS256_KEY, admits, claims, jwt_stack_on, token};
+use super::tokens::{ATTACKER_KEY, ES256, RS256, RS256_KEY, admits, claims, es256, jwt_stack_on, token};
 use crate::support::jwks::{JwksEndpoint, JwksServer};
 
 #[tokio::test]
@@ -14,7 +14,7 @@ async fn a_token_signed_with_a_rotated_in_key_is_accepted_without_a_restart() {
     // GIVEN the provider publishes only the RS256 key at cold start
     let server = JwksServer::start(&["test-rs256"]).await;
     let s = jwt_stack_on(&server, &[]).await;
-    let new_key = token(ES256, "test-es256", ES256_KEY, claims("acme", 3600, json!({})));
+    let new_key = es256(claims("acme", 3600, json!({})));
     assert!(!admits(&s, &new_key).await, "not published yet");
     // WHEN the provider rotates the ES256 key in and the refresh interval has passed
     server.publish(&["test-rs256", "test-es256"]);
@@ -34,7 +34,7 @@ async fn a_withdrawn_key_stops_being_trusted_when_the_key_sets_ttl_runs_out() {
         let server = JwksServer::start(&["test-rs256", "test-es256"]).await;
         server.with(|s| s.cache_control = cache_control.map(str::to_owned));
         let s = jwt_stack_on(&server, &[("TOLLGATE_JWKS_TTL_SECS", "300")]).await;
-        let withdrawn = token(ES256, "test-es256", ES256_KEY, claims("acme", 3600, json!({})));
+        let withdrawn = es256(claims("acme", 3600, json!({})));
         assert!(admits(&s, &withdrawn).await);
         // WHEN the provider withdraws the ES256 key
         server.publish(&["test-rs256"]);
@@ -81,7 +81,7 @@ async fn a_flood_of_unknown_key_ids_fetches_the_key_set_at_most_once_per_interva
     assert!(flood(400).await.iter().all(|admitted| !admitted));
     assert_eq!(server.fetches(), 3);
     // THEN genuine tokens were never in question
-    let genuine = token(ES256, "test-es256", ES256_KEY, claims("acme", 3600, json!({})));
+    let genuine = es256(claims("acme", 3600, json!({})));
     assert!(admits(&s, &genuine).await);
     assert_eq!(server.fetches(), 3);
 }
@@ -90,7 +90,7 @@ async fn a_flood_of_unknown_key_ids_fetches_the_key_set_at_most_once_per_interva
 async fn a_failing_jwks_endpoint_keeps_the_last_good_key_set() {
     let server = JwksServer::start(&["test-es256"]).await;
     let s = jwt_stack_on(&server, &[("TOLLGATE_JWKS_TTL_SECS", "60")]).await;
-    let es = token(ES256, "test-es256", ES256_KEY, claims("acme", 3600, json!({})));
+    let es = es256(claims("acme", 3600, json!({})));
     let rs = token(RS256, "test-rs256", RS256_KEY, claims("acme", 3600, json!({})));
     // GIVEN the endpoint answers 503, then a body that is not a key set, past the TTL each time
     for break_it in [

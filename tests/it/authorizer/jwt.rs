@@ -7,7 +7,7 @@ use serde_json::json;
 use tollgate_authorizer::AuthorizerError;
 
 use super::effect;
-use super::tokens::{ATTACKER_KEY, ES256_KEY, RS256_KEY, claims, jwt_call, jwt_stack, token};
+use super::tokens::{ATTACKER_KEY, ES256, ES256_KEY, RS256_KEY, claims, es256, jwt_call, jwt_stack, token};
 
 #[tokio::test]
 async fn valid_rs256_and_es256_tokens_are_admitted_as_their_tenant() {
@@ -18,12 +18,7 @@ async fn valid_rs256_and_es256_tokens_are_admitted_as_their_tenant() {
         RS256_KEY,
         claims("acme", 600, json!({})),
     );
-    let es = token(
-        jsonwebtoken::Algorithm::ES256,
-        "test-es256",
-        ES256_KEY,
-        claims("acme", 600, json!({})),
-    );
+    let es = es256(claims("acme", 600, json!({})));
     for t in [rs, es] {
         let r = jwt_call(&s, &t, "GET", "/items").await.expect("policy");
         assert_eq!((effect(&r), &r["principalId"]), ("Allow", &json!("acme")));
@@ -34,46 +29,26 @@ async fn valid_rs256_and_es256_tokens_are_admitted_as_their_tenant() {
 #[tokio::test]
 async fn expired_wrong_audience_forged_and_tenantless_tokens_are_unauthorized() {
     let s = jwt_stack().await;
-    let es = jsonwebtoken::Algorithm::ES256;
     let cases = [
-        (
-            "expired an hour ago",
-            token(es, "test-es256", ES256_KEY, claims("acme", -3600, json!({}))),
-        ),
+        ("expired an hour ago", es256(claims("acme", -3600, json!({})))),
         (
             "wrong audience",
-            token(
-                es,
-                "test-es256",
-                ES256_KEY,
-                claims("acme", 600, json!({"aud": "other-api"})),
-            ),
+            es256(claims("acme", 600, json!({"aud": "other-api"}))),
         ),
         (
             "wrong issuer",
-            token(
-                es,
-                "test-es256",
-                ES256_KEY,
-                claims("acme", 600, json!({"iss": "https://evil.example/"})),
-            ),
+            es256(claims("acme", 600, json!({"iss": "https://evil.example/"}))),
         ),
         (
             "signed by a key not in the set",
-            token(es, "test-es256", ATTACKER_KEY, claims("acme", 600, json!({}))),
+            token(ES256, "test-es256", ATTACKER_KEY, claims("acme", 600, json!({}))),
         ),
         (
             "unknown key id",
-            token(es, "rotated-away", ES256_KEY, claims("acme", 600, json!({}))),
+            token(ES256, "rotated-away", ES256_KEY, claims("acme", 600, json!({}))),
         ),
-        (
-            "no tenant claim",
-            token(es, "test-es256", ES256_KEY, claims("", 600, json!({}))),
-        ),
-        (
-            "tenant without a plan",
-            token(es, "test-es256", ES256_KEY, claims("stranger", 600, json!({}))),
-        ),
+        ("no tenant claim", es256(claims("", 600, json!({})))),
+        ("tenant without a plan", es256(claims("stranger", 600, json!({})))),
         ("not a token", "not.a.token".to_owned()),
     ];
     for (why, t) in cases {
@@ -81,7 +56,7 @@ async fn expired_wrong_audience_forged_and_tenantless_tokens_are_unauthorized() 
         assert!(matches!(err, AuthorizerError::Unauthorized), "{why}: {err}");
     }
     // WHEN the clock passes the expiry (beyond the leeway) THEN a once-valid token is refused
-    let t = token(es, "test-es256", ES256_KEY, claims("acme", 30, json!({})));
+    let t = es256(claims("acme", 30, json!({})));
     assert!(jwt_call(&s, &t, "GET", "/items").await.is_ok());
     s.clock.advance(Duration::from_secs(91));
     assert!(matches!(
@@ -93,19 +68,8 @@ async fn expired_wrong_audience_forged_and_tenantless_tokens_are_unauthorized() 
 #[tokio::test]
 async fn routes_that_require_a_scope_refuse_tokens_without_it() {
     let s = jwt_stack().await;
-    let es = jsonwebtoken::Algorithm::ES256;
-    let plain = token(
-        es,
-        "test-es256",
-        ES256_KEY,
-        claims("acme", 600, json!({"scope": "read"})),
-    );
-    let admin = token(
-        es,
-        "test-es256",
-        ES256_KEY,
-        claims("acme", 600, json!({"scope": "read admin"})),
-    );
+    let plain = es256(claims("acme", 600, json!({"scope": "read"})));
+    let admin = es256(claims("acme", 600, json!({"scope": "read admin"})));
     assert!(matches!(
         jwt_call(&s, &plain, "DELETE", "/admin").await,
         Err(AuthorizerError::Unauthorized)
@@ -123,9 +87,8 @@ async fn routes_that_require_a_scope_refuse_tokens_without_it() {
 #[tokio::test]
 async fn a_token_only_ever_spends_its_own_tenants_budget() {
     let s = jwt_stack().await;
-    let es = jsonwebtoken::Algorithm::ES256;
-    let acme = token(es, "test-es256", ES256_KEY, claims("acme", 600, json!({})));
-    let open = token(es, "test-es256", ES256_KEY, claims("open-co", 600, json!({})));
+    let acme = es256(claims("acme", 600, json!({})));
+    let open = es256(claims("open-co", 600, json!({})));
     // GIVEN acme's token exhausts acme's burst of 5
     for _ in 0..5 {
         assert_eq!(

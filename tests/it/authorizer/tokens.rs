@@ -38,6 +38,11 @@ pub(super) fn token(alg: jsonwebtoken::Algorithm, kid: &str, pem: &str, claims: 
     jsonwebtoken::encode(&header, &claims, &key).expect("signed")
 }
 
+/// A token signed with the fixture ES256 key the key set publishes.
+pub(super) fn es256(claims: Value) -> String {
+    token(ES256, "test-es256", ES256_KEY, claims)
+}
+
 pub(super) fn claims(tenant: &str, exp_offset: i64, extra: Value) -> Value {
     let mut c = json!({
         "iss": ISSUER,

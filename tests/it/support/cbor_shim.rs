@@ -9,7 +9,6 @@
 //! service pass through unchanged, so a command given one endpoint works through it. Built on the
 //! HTTP proxy of `proxy`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,43 +19,21 @@ use axum::response::{IntoResponse, Response};
 use minicbor::data::Type;
 use serde_json::{Map, Number, Value};
 
-use super::loopback;
-use super::proxy::{self, Upstream};
+use super::proxy::{self, PagingProxy, Upstream};
 
 const TARGET_PREFIX: &str = "GraniteServiceVersion20100801";
 
-#[derive(Debug, Clone)]
-pub struct CborShim {
-    pub addr: SocketAddr,
-    pages: Arc<AtomicU64>,
-}
-
-/// The shim's side of the proxy: the `DescribeAlarms` page size, and the partial pages served.
+/// The shim's side of the proxy: the `DescribeAlarms` page size, and the count of partial pages
+/// served.
 #[derive(Debug, Clone)]
 struct Translator {
     size: usize,
     pages: Arc<AtomicU64>,
 }
 
-impl CborShim {
-    pub async fn start(upstream: &str, size: usize) -> CborShim {
-        let pages = Arc::new(AtomicU64::new(0));
-        let translator = Translator {
-            size,
-            pages: pages.clone(),
-        };
-        let addr = proxy::http(upstream, translator).await;
-        CborShim { addr, pages }
-    }
-
-    pub fn endpoint(&self) -> String {
-        loopback::url(self.addr)
-    }
-
-    /// `DescribeAlarms` pages served that were not the last.
-    pub fn partial_pages(&self) -> u64 {
-        self.pages.load(Ordering::SeqCst)
-    }
+/// A CBOR shim in front of `upstream`, paging `DescribeAlarms` by `size` alarms.
+pub async fn start(upstream: &str, size: usize) -> PagingProxy {
+    PagingProxy::start(upstream, |pages| Translator { size, pages }).await
 }
 
 impl proxy::Handler for Translator {

@@ -5,6 +5,7 @@ pub mod apigateway;
 pub mod cbor_shim;
 pub mod emulator;
 pub mod fault_proxy;
+pub mod gate;
 pub mod jwks;
 pub mod local_gateway;
 pub mod loopback;

@@ -4,7 +4,6 @@
 //! and invents `position`, as API Gateway does. Hand-written because the emulator cannot page;
 //! built on the HTTP proxy of `proxy`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,41 +12,18 @@ use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::loopback;
-use super::proxy::{self, Upstream};
+use super::proxy::{self, PagingProxy, Upstream};
 
-#[derive(Debug, Clone)]
-pub struct PagingShim {
-    pub addr: SocketAddr,
-    pages: Arc<AtomicU64>,
-}
-
-/// The shim's side of the proxy: the page size, and the partial pages served.
+/// The shim's side of the proxy: the page size, and the count of partial pages served.
 #[derive(Debug, Clone)]
 struct Pager {
     size: usize,
     pages: Arc<AtomicU64>,
 }
 
-impl PagingShim {
-    pub async fn start(upstream: &str, size: usize) -> PagingShim {
-        let pages = Arc::new(AtomicU64::new(0));
-        let pager = Pager {
-            size,
-            pages: pages.clone(),
-        };
-        let addr = proxy::http(upstream, pager).await;
-        PagingShim { addr, pages }
-    }
-
-    pub fn endpoint(&self) -> String {
-        loopback::url(self.addr)
-    }
-
-    /// Pages served that were not the last of their collection.
-    pub fn partial_pages(&self) -> u64 {
-        self.pages.load(Ordering::SeqCst)
-    }
+/// A paging shim in front of `upstream`, `size` items a page.
+pub async fn start(upstream: &str, size: usize) -> PagingProxy {
+    PagingProxy::start(upstream, |pages| Pager { size, pages }).await
 }
 
 /// Collections API Gateway pages: `/usageplans`, `/apikeys`, `/usageplans/{id}/keys`.

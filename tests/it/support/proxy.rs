@@ -3,6 +3,8 @@
 //! each connection to its own. What a proxy does to a request lives in its own file.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -98,6 +100,32 @@ pub async fn http<H: Handler>(endpoint: &str, handler: H) -> SocketAddr {
         .fallback(each::<H>)
         .with_state((Upstream::new(endpoint), handler));
     loopback::serve(app).await
+}
+
+/// A running HTTP proxy that cuts answers into pages: its address, and a count of the pages it
+/// served that were not the last, which its handler keeps.
+#[derive(Debug, Clone)]
+pub struct PagingProxy {
+    pub addr: SocketAddr,
+    partial: Arc<AtomicU64>,
+}
+
+impl PagingProxy {
+    /// Serves the handler `pager` builds around the count, in front of `endpoint`.
+    pub async fn start<H: Handler>(endpoint: &str, pager: impl FnOnce(Arc<AtomicU64>) -> H) -> PagingProxy {
+        let partial = Arc::new(AtomicU64::new(0));
+        let addr = http(endpoint, pager(partial.clone())).await;
+        PagingProxy { addr, partial }
+    }
+
+    pub fn endpoint(&self) -> String {
+        loopback::url(self.addr)
+    }
+
+    /// Pages served that were not the last of their collection.
+    pub fn partial_pages(&self) -> u64 {
+        self.partial.load(Ordering::SeqCst)
+    }
 }
 
 /// Accepts connections on a free loopback port and gives each to `accept`, in the order they
