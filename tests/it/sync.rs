@@ -66,6 +66,17 @@ impl World {
         key_on_plan(&self.gw, name, customer, &secret(value), plan_id).await
     }
 
+    /// Replaces `path` of the usage plan `id` with `value`, as `update-usage-plan` does.
+    async fn patch_plan(&self, id: &str, path: &str, value: &str) {
+        self.gw
+            .update_usage_plan()
+            .usage_plan_id(id)
+            .patch_operations(patch(path, value))
+            .send()
+            .await
+            .expect("update usage plan");
+    }
+
     /// Tenant and plan a raw key resolves to, as a fresh authorizer container would see them.
     async fn resolve(&self, raw: &str) -> Option<(String, String)> {
         self.directory
@@ -164,12 +175,7 @@ async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
     w.sync().await;
 
     // WHEN the usage plan's rate changes in API Gateway, and sync runs
-    w.gw.update_usage_plan()
-        .usage_plan_id(&plan)
-        .patch_operations(patch("/throttle/rateLimit", "20"))
-        .send()
-        .await
-        .expect("update usage plan");
+    w.patch_plan(&plan, "/throttle/rateLimit", "20").await;
     let report = w.sync().await;
 
     // THEN only the plan item was written, at a new version, with the generation and the audit
@@ -248,12 +254,7 @@ async fn what_cannot_be_honoured_is_reported_and_the_table_keeps_enforcing_the_o
     w.sync().await;
 
     // WHEN its quota becomes weekly, which Tollgate cannot enforce exactly
-    w.gw.update_usage_plan()
-        .usage_plan_id(&plan)
-        .patch_operations(patch("/quota/period", "WEEK"))
-        .send()
-        .await
-        .expect("update quota period");
+    w.patch_plan(&plan, "/quota/period", "WEEK").await;
     let report = w.sync().await;
 
     // THEN it is reported with the reason, nothing is written, and the daily quota still holds
@@ -354,12 +355,7 @@ async fn policy_diff_exits_4_on_drift_and_0_once_api_gateway_and_the_table_match
     assert_eq!(diff().run().await, Ok(ExitCode::from(4)));
 
     // WHEN API Gateway is changed to the file's rate and the table synced
-    w.gw.update_usage_plan()
-        .usage_plan_id(&plan)
-        .patch_operations(patch("/throttle/rateLimit", "2"))
-        .send()
-        .await
-        .expect("update usage plan");
+    w.patch_plan(&plan, "/throttle/rateLimit", "2").await;
     w.sync().await;
     // THEN there is nothing left to report: exit 0
     assert_eq!(diff().run().await, Ok(ExitCode::SUCCESS));

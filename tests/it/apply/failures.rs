@@ -133,10 +133,7 @@ async fn a_table_sync_that_fails_between_batches_is_undone_in_api_gateway_and_th
 async fn throttled_control_plane_calls_back_off_and_complete() {
     // GIVEN a synced plan, and API Gateway throttling GetApiKeys three times and UpdateUsagePlan
     // twice
-    let w = World::new("eu-south-1").await;
-    let free = w.plan("free", 10.0, 20, 50_000).await;
-    w.key("acme", "tg_live_throttled", &free).await;
-    w.sync().await;
+    let (w, _) = World::matching_before("eu-south-1", "tg_live_throttled").await;
     let throttled = Some(Fault::TooManyRequests);
     w.proxy.inject_on("GET", "/apikeys", &[throttled, throttled, throttled]);
     w.proxy.inject_on("PATCH", "/usageplans/", &[throttled, throttled]);

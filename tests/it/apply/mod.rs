@@ -72,6 +72,16 @@ impl World {
         }
     }
 
+    /// A world matching `BEFORE`: free at 10/s with acme's key `raw` on it, synced; and the
+    /// key's id.
+    async fn matching_before(region: &'static str, raw: &str) -> (World, String) {
+        let w = World::new(region).await;
+        let free = w.plan("free", 10.0, 20, 50_000).await;
+        let key = w.key("acme", raw, &free).await;
+        w.sync().await;
+        (w, key)
+    }
+
     fn cx(&self) -> Context<'_> {
         Context {
             control: &self.control,

@@ -14,10 +14,7 @@ use super::{AFTER, BEFORE, World};
 async fn diff_apply_rollback_round_trip() {
     use std::process::ExitCode;
     // GIVEN free at 10/s with acme's key, synced, matching BEFORE
-    let w = World::new("af-south-1").await;
-    let free = w.plan("free", 10.0, 20, 50_000).await;
-    let key = w.key("acme", "tg_live_round", &free).await;
-    w.sync().await;
+    let (w, key) = World::matching_before("af-south-1", "tg_live_round").await;
     assert_eq!(w.diff(BEFORE).await, ExitCode::SUCCESS);
     let (gateway0, table0) = (w.gateway().await, w.records().await);
 
@@ -91,10 +88,7 @@ async fn diff_apply_rollback_round_trip() {
 #[tokio::test]
 async fn applying_the_same_file_twice_changes_nothing_the_second_time() {
     // GIVEN free with acme's key, and a file that adds gold and moves acme to it, applied once
-    let w = World::new("me-south-1").await;
-    let free = w.plan("free", 10.0, 20, 50_000).await;
-    w.key("acme", "tg_live_twice", &free).await;
-    w.sync().await;
+    let (w, _) = World::matching_before("me-south-1", "tg_live_twice").await;
     let first = w.apply(AFTER).await.expect("first");
     assert!(!first.is_noop());
     let history = w.table.audit_log().history().await.expect("history").len();

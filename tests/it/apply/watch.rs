@@ -34,10 +34,7 @@ impl watch::Metrics for Scripted {
 #[tokio::test]
 async fn a_watched_apply_rolls_back_past_the_threshold_and_stays_under_it() {
     // GIVEN free at 10/s with acme's key, synced
-    let w = World::new("eu-central-2").await;
-    let free = w.plan("free", 10.0, 20, 50_000).await;
-    w.key("acme", "tg_live_watched", &free).await;
-    w.sync().await;
+    let (w, _) = World::matching_before("eu-central-2", "tg_live_watched").await;
     let gateway0 = w.gateway().await;
     let config = |threshold| WatchConfig {
         duration: Duration::from_millis(30),
