@@ -81,6 +81,7 @@ impl FaultProxy {
     pub async fn start(upstream: &str) -> FaultProxy {
         let upstream = proxy::socket_addr(upstream);
         let mut proxy = FaultProxy {
+            // Known once bound; the accept loop's copy never reads it.
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             faults: Arc::default(),
             rules: Arc::default(),
