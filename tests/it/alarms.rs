@@ -1,7 +1,7 @@
 //! Per-plan alarms on the emulator: plans written to a policy table, `sync_plan_alarms` through
 //! the real CloudWatch SDK, and the alarms read back with `DescribeAlarms`. The emulator stores
 //! alarms but never evaluates them, so these tests check definitions, not notifications. The
-//! SDK reaches the emulator through `CborShim` (the emulator lacks the SDK's CBOR protocol),
+//! SDK reaches the emulator through the CBOR shim (the emulator lacks the SDK's CBOR protocol),
 //! which also pages `DescribeAlarms` one alarm a page.
 
 use std::collections::BTreeMap;
@@ -17,8 +17,9 @@ use tollgate::directory::DynamoDirectory;
 use tollgate::engine::policy::Plan;
 use tollgate::policy_file::PolicyFile;
 
-use crate::cbor_shim::CborShim;
-use crate::emulator;
+use crate::support::cbor_shim;
+use crate::support::emulator;
+use crate::support::proxy::PagingProxy;
 
 /// The SDK adapter with a count of each call: a forwarding wrapper, not a fake.
 struct Counted {
@@ -63,7 +64,7 @@ struct World {
     table_name: String,
     directory: DynamoDirectory,
     settings: AlarmSettings,
-    shim: CborShim,
+    shim: PagingProxy,
 }
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:tollgate-alarms";
@@ -83,7 +84,7 @@ impl World {
             _ => None,
         })
         .expect("settings");
-        let shim = CborShim::start(&emulator::endpoint(), 1).await;
+        let shim = cbor_shim::start(&emulator::endpoint(), 1).await;
         let cloudwatch = cloudwatch_client(&emulator::sdk_config(&shim.endpoint()));
         World {
             port: Counted {

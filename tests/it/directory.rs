@@ -6,7 +6,7 @@ use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::KeyRecord;
 
-use crate::emulator;
+use crate::support::emulator;
 
 const POLICY: &str = r#"
 [plans.free]

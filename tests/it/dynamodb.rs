@@ -15,8 +15,8 @@ use tollgate::engine::quota::Period;
 use tollgate::store::dynamodb::item::item_size;
 use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store, StoreError};
 
-use crate::emulator::{self, PATIENT};
-use crate::fault_proxy::{Fault, FaultProxy};
+use crate::support::emulator::{self, PATIENT};
+use crate::support::fault_proxy::{Fault, FaultProxy};
 
 const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 const WRITERS: usize = 64;
@@ -272,6 +272,44 @@ async fn a_first_send_delivered_after_its_resend_is_not_counted_again() {
     assert_eq!(recorded(&client, &table, "late", NOW).await, (1, 1));
 }
 
+/// How the writers' requests ended.
+#[derive(Default)]
+struct Tally {
+    admitted: AtomicU64,
+    refused: AtomicU64,
+    indeterminate: AtomicU64,
+    not_applied: AtomicU64,
+}
+
+/// One writer: a request per simulated millisecond on tenant `faults`, each outcome tallied,
+/// until the proxy has injected 1,000 faults; the store's stats.
+async fn write_until_faults(
+    store: DynamoStore,
+    p: Arc<Plan>,
+    clock: ManualClock,
+    tally: Arc<Tally>,
+    proxy: FaultProxy,
+) -> tollgate::store::dynamodb::StoreStats {
+    while proxy.injected() < 1000 {
+        clock.advance(Duration::from_millis(1));
+        let req = Consume {
+            tenant: "faults",
+            limits: p.limits(),
+            weight: 1,
+            now: clock.now(),
+        };
+        let counter = match store.consume(&req).await {
+            Ok(d) if d.allowed => &tally.admitted,
+            Ok(_) => &tally.refused,
+            Err(e) if e.is_indeterminate() => &tally.indeterminate,
+            Err(StoreError::Contention { .. }) => &tally.not_applied,
+            Err(e) => panic!("unexpected store error: {e}"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    store.into_stats()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_injected_faults_never_charge_a_request_twice() {
     // GIVEN 8 writers, each its own store, on one tenant at 1,000 requests per simulated second
@@ -295,39 +333,12 @@ async fn a_thousand_injected_faults_never_charge_a_request_twice() {
         ],
     );
     let clock = ManualClock::new(NOW);
-    #[derive(Default)]
-    struct Tally {
-        admitted: AtomicU64,
-        refused: AtomicU64,
-        indeterminate: AtomicU64,
-        not_applied: AtomicU64,
-    }
     let tally = Arc::new(Tally::default());
     let writers = (0..8).map(|_| {
         let mut config = DynamoStoreConfig::new(&table);
         config.max_attempts = 8;
         let store = DynamoStore::new(faulty.clone(), config);
-        let (p, clock, tally, proxy) = (p.clone(), clock.clone(), tally.clone(), proxy.clone());
-        async move {
-            while proxy.injected() < 1000 {
-                clock.advance(Duration::from_millis(1));
-                let req = Consume {
-                    tenant: "faults",
-                    limits: p.limits(),
-                    weight: 1,
-                    now: clock.now(),
-                };
-                let counter = match store.consume(&req).await {
-                    Ok(d) if d.allowed => &tally.admitted,
-                    Ok(_) => &tally.refused,
-                    Err(e) if e.is_indeterminate() => &tally.indeterminate,
-                    Err(StoreError::Contention { .. }) => &tally.not_applied,
-                    Err(e) => panic!("unexpected store error: {e}"),
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            store.into_stats()
-        }
+        write_until_faults(store, p.clone(), clock.clone(), tally.clone(), proxy.clone())
     });
     let stats = join_all(writers).await;
     // WHEN every delayed request has reached DynamoDB

@@ -24,10 +24,11 @@ use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::KeyRecord;
 use tollgate::store::{DynamoStore, DynamoStoreConfig, MemoryStore};
 use tollgate_cli::simulate::{self, Config, Pattern, Target};
-use tollgate_cli::tenants::{demo_tenants, directory_with};
+use tollgate_cli::tenants::{DemoTenant, demo_tenants, directory_with};
 
-use crate::emulator;
-use crate::fault_proxy::FaultProxy;
+use crate::support::emulator;
+use crate::support::fault_proxy::FaultProxy;
+use crate::support::local_gateway::load;
 
 const PLANS: &str = r#"
 [plans.steady]
@@ -51,6 +52,33 @@ fn request(key: &str) -> Request<'_> {
 /// Containers in the outage test: gates of their own over one state table.
 const CONTAINERS: usize = 2;
 
+/// `CONTAINERS` gates, each with its own cache, breaker and fallback, over one state table
+/// reached by `client`, with a quick breaker.
+fn containers(
+    file: &PolicyFile,
+    tenants: &[DemoTenant],
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Vec<Target> {
+    let budget = Duration::from_secs(1);
+    let cool_down = Duration::from_millis(500);
+    (0..CONTAINERS)
+        .map(|_| {
+            let config = GateConfig {
+                store_budget: budget,
+                breaker: BreakerConfig { failures: 3, cool_down },
+                ..GateConfig::default()
+            };
+            Target::Gate(Arc::new(Gate::new(
+                config,
+                Arc::new(directory_with(file, tenants)),
+                Arc::new(DynamoStore::new(client.clone(), DynamoStoreConfig::new(table))),
+                Arc::new(SystemClock::new()),
+            )))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_times_the_outage() {
     // GIVEN two containers (a gate each, with its own cache, breaker and fallback) over one
@@ -63,39 +91,16 @@ async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_time
         attempt: Duration::from_millis(900),
     };
     let client = state_client(&emulator::sdk_config(&proxy.endpoint()), timeouts);
-    let budget = Duration::from_secs(1);
-    let cool_down = Duration::from_millis(500);
     let tenants = demo_tenants(&file, 2);
-    let gates: Vec<Target> = (0..CONTAINERS)
-        .map(|_| {
-            let config = GateConfig {
-                store_budget: budget,
-                breaker: BreakerConfig { failures: 3, cool_down },
-                ..GateConfig::default()
-            };
-            Target::Gate(Arc::new(Gate::new(
-                config,
-                Arc::new(directory_with(&file, &tenants)),
-                Arc::new(DynamoStore::new(client.clone(), DynamoStoreConfig::new(&table))),
-                Arc::new(SystemClock::new()),
-            )))
-        })
-        .collect();
+    let gates = containers(&file, &tenants, &client, &table);
     // WHEN each container is offered twice the plans' rates for 6 s and the store is black-holed
     // for 2 s of it
     let outage = Duration::from_secs(2);
     let sim = Config {
-        tenants: tenants.len(),
-        pattern: Pattern::Steady,
         load: 2.0,
-        duration: Duration::from_secs(6),
-        requests: None,
         concurrency: 512,
         seed: 11,
-        method: "GET".into(),
-        path: "/hello".into(),
-        api_key_header: "x-api-key".into(),
-        progress: false,
+        ..load(Pattern::Steady, tenants.len(), 6.0)
     };
     let faults = proxy.clone();
     let outage_task = tokio::spawn(async move {

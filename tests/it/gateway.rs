@@ -1,78 +1,15 @@
 //! The CLI's local gateway over real HTTP on a free loopback port: it must answer like the
 //! deployed stack (the template's gateway responses).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::HeaderName;
 use serde_json::Value;
-use tokio::sync::oneshot;
-use tollgate::engine::clock::SystemClock;
-use tollgate::gate::{Gate, GateConfig};
-use tollgate::policy_file::PolicyFile;
-use tollgate::store::{MemoryStore, Store};
-use tollgate_cli::EXAMPLE_POLICY;
-use tollgate_cli::gateway::{self, GatewayConfig, Resources};
-use tollgate_cli::tenants::{demo_tenants, directory_with};
+use tollgate::store::MemoryStore;
+
+use crate::support::local_gateway::{start, start_declared, start_with};
+use crate::support::loopback;
 
 const TEMPLATE: &str = include_str!("../../template.yaml");
-
-/// A running gateway; dropping it shuts the server down.
-pub struct Running {
-    pub base: String,
-    _stop: oneshot::Sender<()>,
-}
-
-/// Starts the gateway on 127.0.0.1:0 with the example tiers, `per_plan` demo tenants per plan,
-/// `store`, and `upstream` (`None`: the echo backend).
-pub async fn start(store: Arc<dyn Store>, per_plan: usize, upstream: Option<String>) -> Running {
-    start_with(EXAMPLE_POLICY, store, per_plan, upstream).await
-}
-
-/// `start` with the plans of `policy`.
-pub async fn start_with(policy: &str, store: Arc<dyn Store>, per_plan: usize, upstream: Option<String>) -> Running {
-    start_declared(policy, None, store, per_plan, upstream).await
-}
-
-/// `start_with`, and the resources of an OpenAPI document as `serve --openapi` reads it.
-pub async fn start_declared(
-    policy: &str,
-    openapi: Option<&str>,
-    store: Arc<dyn Store>,
-    per_plan: usize,
-    upstream: Option<String>,
-) -> Running {
-    let file = PolicyFile::parse(policy).expect("policy");
-    let mut resources = Resources::from_policy(&file);
-    if let Some(doc) = openapi {
-        resources.add_openapi(doc).expect("OpenAPI document");
-    }
-    let directory = directory_with(&file, &demo_tenants(&file, per_plan));
-    let gate = Gate::new(
-        GateConfig::default(),
-        Arc::new(directory),
-        store,
-        Arc::new(SystemClock::new()),
-    );
-    let router = gateway::router(
-        Arc::new(gate),
-        GatewayConfig {
-            upstream,
-            api_key_header: HeaderName::from_static("x-api-key"),
-            throttle: true,
-            resources,
-        },
-    );
-    let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(gateway::serve(listener, router, async move {
-        let _ = stopped.await;
-    }));
-    Running { base, _stop: stop }
-}
 
 async fn get(base: &str, key: Option<&str>) -> reqwest::Response {
     let mut req = reqwest::Client::new().get(format!("{base}/hello"));
@@ -171,11 +108,7 @@ async fn admitted_requests_reach_the_upstream_with_the_tenant_and_without_the_ke
             .collect();
         axum::Json(Value::Object(seen))
     });
-    let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let upstream_url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, upstream).await });
+    let upstream_url = loopback::url(loopback::serve(upstream).await);
     let gw = start(Arc::new(MemoryStore::default()), 1, Some(upstream_url)).await;
     // WHEN an admitted request passes THEN the upstream sees the tenant, not the raw key
     let r = get(&gw.base, Some("tg_demo_basic_0")).await;
@@ -204,12 +137,7 @@ async fn path_echo_upstream() -> String {
     let upstream = axum::Router::new().fallback(|uri: axum::http::Uri| async move {
         axum::Json(serde_json::json!({"path": uri.path(), "query": uri.query()}))
     });
-    let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, upstream).await });
-    url
+    loopback::url(loopback::serve(upstream).await)
 }
 
 /// One request sent byte for byte (HTTP clients normalise dot segments before sending, a hostile

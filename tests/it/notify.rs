@@ -20,7 +20,8 @@ use tollgate::notify::{Claim, Markers, Notifier, SnsPublisher};
 use tollgate::store::{Consume, Store};
 use tollgate_alarms::Trigger;
 
-use crate::emulator::{self, endpoint, sdk_config, unique};
+use crate::support::emulator::{self, endpoint, sdk_config, unique};
+use crate::support::subscriber;
 
 /// 2026-11-23T12:29:37Z.
 const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
@@ -94,8 +95,8 @@ impl Rig {
             .topic_arn()
             .expect("topic arn")
             .to_owned();
-        let sqs = crate::subscriber::sqs_client(&sdk);
-        let (queue_url, queue_arn) = crate::subscriber::queue(&sqs, &unique("owner")).await;
+        let sqs = subscriber::sqs_client(&sdk);
+        let (queue_url, queue_arn) = subscriber::queue(&sqs, &unique("owner")).await;
         sns.subscribe()
             .topic_arn(&topic_arn)
             .protocol("sqs")
@@ -108,7 +109,7 @@ impl Rig {
             stream_arn,
             state,
             directory,
-            streams: crate::subscriber::stream_client(&sdk),
+            streams: subscriber::stream_client(&sdk),
             sns,
             sqs,
             topic_arn,
@@ -201,7 +202,7 @@ impl Rig {
 
     /// Every notice delivered to the queue so far: (message body, message attributes).
     async fn received(&self) -> Vec<(Value, BTreeMap<String, String>)> {
-        crate::subscriber::drain(&self.sqs, &self.queue_url)
+        subscriber::drain(&self.sqs, &self.queue_url)
             .await
             .into_iter()
             .map(|envelope| {
@@ -489,7 +490,7 @@ async fn subscribers_filter_notices_on_their_attributes() {
         r#"{"tenant": ["acme"], "kind": ["quota_exhausted"]}"#,
         r#"{"period": ["month"], "threshold": [{"numeric": [">=", 90]}]}"#,
     ] {
-        let (url, arn) = crate::subscriber::queue(&rig.sqs, &unique("filtered")).await;
+        let (url, arn) = subscriber::queue(&rig.sqs, &unique("filtered")).await;
         rig.sns
             .subscribe()
             .topic_arn(&rig.topic_arn)
@@ -508,7 +509,7 @@ async fn subscribers_filter_notices_on_their_attributes() {
     // THEN the unfiltered subscriber gets all three, the first filter only the spent day, and
     // the second nothing (the month reached 80 %, not 90 %)
     assert_eq!(summary(&rig.received().await), expected());
-    let exhausted = crate::subscriber::drain(&rig.sqs, &filtered[0]).await;
+    let exhausted = subscriber::drain(&rig.sqs, &filtered[0]).await;
     let kinds: Vec<Value> = exhausted
         .iter()
         .map(|e| {
@@ -518,5 +519,5 @@ async fn subscribers_filter_notices_on_their_attributes() {
     assert_eq!(kinds, vec![json!("quota_exhausted")]);
     // AND the numbers are Number attributes, so numeric filters apply to them
     assert_eq!(exhausted[0]["MessageAttributes"]["threshold"]["Type"], "Number");
-    assert!(crate::subscriber::drain(&rig.sqs, &filtered[1]).await.is_empty());
+    assert!(subscriber::drain(&rig.sqs, &filtered[1]).await.is_empty());
 }

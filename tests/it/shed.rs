@@ -3,12 +3,9 @@
 //! CloudWatch alarm on the emulator (`SetAlarmState` sets the state; the emulator never
 //! evaluates alarms).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderName;
-use tokio::sync::oneshot;
 use tollgate::aws::{admin_client, cloudwatch_client};
 use tollgate::control::CloudWatchAlarms;
 use tollgate::control::shed::AlarmState;
@@ -27,11 +24,14 @@ use tollgate::store::{MemoryStore, Store};
 use tollgate::usage_api::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
 use tollgate_cli::commands::serve::USAGE_PREFIX;
 use tollgate_cli::commands::shed as shed_cli;
-use tollgate_cli::gateway::{self, GatewayConfig, Resources};
-use tollgate_cli::simulate::{self, Config as SimConfig, Pattern, Report, Target};
+use tollgate_cli::gateway::Resources;
+use tollgate_cli::simulate::{self, Pattern, Report, Target};
 use tollgate_cli::tenants::{demo_tenants, directory_with};
 
-use crate::{cbor_shim, emulator};
+use crate::support::cbor_shim;
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::local_gateway::{self as gateway, Running};
 
 /// Three tiers, priorities 0 < 1 < 2.
 const TIERS: &str = r#"
@@ -59,7 +59,7 @@ const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
 struct Served {
     base: String,
     directory: Arc<MemoryDirectory>,
-    _stop: oneshot::Sender<()>,
+    _running: Running,
 }
 
 async fn serve(store: Arc<dyn Store>) -> Served {
@@ -70,27 +70,11 @@ async fn serve(store: Arc<dyn Store>) -> Served {
         ..GateConfig::default()
     };
     let gate = Gate::new(config, directory.clone(), store, Arc::new(ManualClock::new(NOW)));
-    let router = gateway::router(
-        Arc::new(gate),
-        GatewayConfig {
-            upstream: None,
-            api_key_header: HeaderName::from_static("x-api-key"),
-            throttle: true,
-            resources: Resources::from_policy(&file),
-        },
-    );
-    let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(gateway::serve(listener, router, async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(gateway::router(gate, Resources::from_policy(&file), None)).await;
     Served {
-        base,
+        base: running.base.clone(),
         directory,
-        _stop: stop,
+        _running: running,
     }
 }
 
@@ -105,19 +89,7 @@ fn set_level(directory: &MemoryDirectory, level: u8) {
 
 async fn simulate(base: &str) -> Report {
     let file = PolicyFile::parse(TIERS).expect("policy");
-    let config = SimConfig {
-        tenants: 6,
-        pattern: Pattern::Burst,
-        load: 3.0,
-        duration: Duration::from_secs(2),
-        requests: None,
-        concurrency: 16,
-        seed: 7,
-        method: "GET".into(),
-        path: "/hello".into(),
-        api_key_header: "x-api-key".into(),
-        progress: false,
-    };
+    let config = gateway::load(Pattern::Burst, 6, 2.0);
     simulate::run(&Target::Http(base.to_owned()), &file, &config, "")
         .await
         .expect("run")
@@ -205,23 +177,9 @@ async fn a_put_to_the_usage_apis_shed_route_in_serve_makes_the_gate_refuse_the_l
     .router();
     let router = axum::Router::new()
         .nest(USAGE_PREFIX, usage)
-        .fallback_service(gateway::router(
-            Arc::new(gate),
-            GatewayConfig {
-                upstream: None,
-                api_key_header: HeaderName::from_static("x-api-key"),
-                throttle: true,
-                resources: Resources::from_policy(&file),
-            },
-        ));
-    let listener = gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(gateway::serve(listener, router, async move {
-        let _ = stopped.await;
-    }));
+        .fallback_service(gateway::router(gate, Resources::from_policy(&file), None));
+    let running = Running::start(router).await;
+    let base = &running.base;
     let http = reqwest::Client::new();
     let shed_route = format!("{base}{USAGE_PREFIX}/v1/shed");
     let put = |auth: &'static str| {
@@ -269,60 +227,84 @@ async fn policy_table() -> (aws_config::SdkConfig, String) {
     (sdk, table)
 }
 
-#[tokio::test]
-async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_no_state_is_written() {
-    // GIVEN the tiers and a demo tenant per plan in a policy table, a gate reading it as
-    // `serve --policy-table` does, over a DynamoDB state store
-    let (sdk, table) = policy_table().await;
-    let file = PolicyFile::parse(TIERS).expect("policy");
-    let directory = DynamoDirectory::new(admin_client(&sdk), &table);
-    let tenants = demo_tenants(&file, 1);
-    for t in &tenants {
-        directory.put_tenant(&t.tenant, &t.plan).await.expect("tenant");
+/// A gate reading a policy table as `serve --policy-table` does, over a DynamoDB state store,
+/// with a demo tenant of the lowest and of the top tier.
+struct TableGate {
+    sdk: aws_config::SdkConfig,
+    table: String,
+    gate: Gate,
+    store: Arc<tollgate::store::DynamoStore>,
+    free: String,
+    top: String,
+}
+
+impl TableGate {
+    async fn new() -> TableGate {
+        let (sdk, table) = policy_table().await;
+        let file = PolicyFile::parse(TIERS).expect("policy");
+        let directory = DynamoDirectory::new(admin_client(&sdk), &table);
+        let tenants = demo_tenants(&file, 1);
+        for t in &tenants {
+            directory.put_tenant(&t.tenant, &t.plan).await.expect("tenant");
+        }
+        let (state_client, state_table) = emulator::state_table().await;
+        let store = Arc::new(emulator::dynamo_store(&state_client, &state_table));
+        let config = GateConfig {
+            shed_ttl: Duration::ZERO,
+            ..GateConfig::default()
+        };
+        let clock = Arc::new(ManualClock::new(NOW));
+        let gate = Gate::new(config, Arc::new(directory), store.clone(), clock);
+        let of_plan = |plan: &str| {
+            tenants
+                .iter()
+                .find(|t| t.plan == plan)
+                .expect("a demo tenant")
+                .tenant
+                .clone()
+        };
+        TableGate {
+            free: of_plan("free"),
+            top: of_plan("enterprise"),
+            sdk,
+            table,
+            gate,
+            store,
+        }
     }
-    let (state_client, state_table) = emulator::state_table().await;
-    let store = Arc::new(emulator::dynamo_store(&state_client, &state_table));
-    let config = GateConfig {
-        shed_ttl: Duration::ZERO,
-        ..GateConfig::default()
-    };
-    let clock = Arc::new(ManualClock::new(NOW));
-    let gate = Gate::new(config, Arc::new(directory), store.clone(), clock.clone());
-    let ask = |tenant: String| {
-        let gate = &gate;
-        async move {
-            gate.check(Request {
-                credential: Credential::Tenant(&tenant),
+
+    async fn ask(&self, tenant: &str) -> Outcome {
+        self.gate
+            .check(Request {
+                credential: Credential::Tenant(tenant),
                 method: "GET",
                 resource: "/hello",
             })
             .await
-        }
-    };
-    let free = tenants.iter().find(|t| t.plan == "free").expect("free").tenant.clone();
-    let top = tenants
-        .iter()
-        .find(|t| t.plan == "enterprise")
-        .expect("top")
-        .tenant
-        .clone();
+    }
+}
 
+#[tokio::test]
+async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_no_state_is_written() {
+    // GIVEN the tiers and a demo tenant per plan in a policy table, a gate reading it as
+    // `serve --policy-table` does, over a DynamoDB state store
+    let g = TableGate::new().await;
     // WHEN an operator runs `tollgate shed set 1`
-    let shed_table = ShedTable::new(admin_client(&sdk), &table);
+    let shed_table = ShedTable::new(admin_client(&g.sdk), &g.table);
     let set = shed_cli::set(&shed_table, 1, SetBy::Manual("ops".into()), "drill", "ops", NOW)
         .await
         .expect("set");
     assert_eq!((set.level, set.version), (1, 1));
     // THEN the free tenant is refused with reason shed, and the state table saw no write
     for _ in 0..4 {
-        match ask(free.clone()).await {
+        match g.ask(&g.free).await {
             Outcome::Throttle(v) => assert_eq!(v.refusal.map(|r| r.reason), Some("shed")),
             other => panic!("expected shed, got {other:?}"),
         }
     }
-    assert_eq!(store.stats().writes(), 0, "a shed request writes nothing");
+    assert_eq!(g.store.stats().writes(), 0, "a shed request writes nothing");
     // THEN the top tier is served
-    assert!(matches!(ask(top.clone()).await, Outcome::Allow(_)));
+    assert!(matches!(g.ask(&g.top).await, Outcome::Allow(_)));
     // THEN `shed status` shows the level and which plans it sheds
     let status = shed_cli::status(&shed_table, NOW).await.expect("status");
     assert!(
@@ -341,11 +323,11 @@ async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_n
     // THEN the free tenant is served again, with its whole burst
     let mut admitted = 0;
     for _ in 0..4 {
-        admitted += usize::from(matches!(ask(free.clone()).await, Outcome::Allow(_)));
+        admitted += usize::from(matches!(g.ask(&g.free).await, Outcome::Allow(_)));
     }
     assert_eq!(admitted, 3, "burst 3: nothing was consumed while shed");
     // THEN both changes are in the audit trail, by ops
-    let history = AuditLog::new(admin_client(&sdk), &table)
+    let history = AuditLog::new(admin_client(&g.sdk), &g.table)
         .history()
         .await
         .expect("history");
@@ -357,7 +339,7 @@ async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_n
 /// SDK configuration whose CloudWatch calls reach the emulator through `cbor_shim` (the SDK
 /// speaks RPC v2 CBOR to CloudWatch, the emulator does not).
 async fn cloudwatch_sdk() -> aws_config::SdkConfig {
-    emulator::sdk_config(&cbor_shim::CborShim::start(&emulator::endpoint(), 100).await.endpoint())
+    emulator::sdk_config(&cbor_shim::start(&emulator::endpoint(), 100).await.endpoint())
 }
 
 /// A metric alarm on the emulator, set to `state`.
@@ -538,12 +520,8 @@ async fn concurrent_runs_step_the_level_once() {
 async fn a_shed_write_whose_answer_was_lost_is_applied_and_audited_not_superseded() {
     // GIVEN the policy table behind a proxy that applies the first PutItem and loses its answer
     let (sdk, table) = policy_table().await;
-    let proxy = crate::fault_proxy::FaultProxy::start(&emulator::endpoint()).await;
-    proxy.inject_on(
-        "POST",
-        "DynamoDB_20120810.PutItem",
-        &[Some(crate::fault_proxy::Fault::LoseResponse)],
-    );
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseResponse)]);
     let through = ShedTable::new(admin_client(&emulator::sdk_config(&proxy.endpoint())), &table);
     let direct = ShedTable::new(admin_client(&sdk), &table);
     let before = direct.get().await.expect("get");

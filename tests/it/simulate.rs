@@ -2,15 +2,14 @@
 //! gateway: no over-admission, and a report that matches its documented schema.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 use tollgate::policy_file::PolicyFile;
 use tollgate::store::MemoryStore;
-use tollgate_cli::simulate::{self, Config, Pattern, Report, Target};
+use tollgate_cli::simulate::{self, Pattern, Report, Target};
 
-use crate::emulator;
-use crate::gateway;
+use crate::support::emulator;
+use crate::support::local_gateway::{self as gateway, load};
 
 const SCHEMA: &str = include_str!("../../infra/schemas/simulate-report.schema.json");
 
@@ -30,29 +29,13 @@ weights = { POST = 2 }
 daily_quota = 25
 "#;
 
-fn config(pattern: Pattern, tenants: usize, secs: f64) -> Config {
-    Config {
-        tenants,
-        pattern,
-        load: 3.0,
-        duration: Duration::from_secs_f64(secs),
-        requests: None,
-        concurrency: 16,
-        seed: 7,
-        method: "GET".into(),
-        path: "/hello".into(),
-        api_key_header: "x-api-key".into(),
-        progress: false,
-    }
-}
-
 #[tokio::test]
 async fn the_memory_store_admits_exactly_under_every_pattern() {
     let file = PolicyFile::parse(SMALL).expect("policy");
     for pattern in [Pattern::Steady, Pattern::Burst, Pattern::Poisson] {
         // GIVEN three times the plans' rates for 30 simulated seconds
         let target = Target::Memory(MemoryStore::default());
-        let report = simulate::run(&target, &file, &config(pattern, 9, 30.0), "")
+        let report = simulate::run(&target, &file, &load(pattern, 9, 30.0), "")
             .await
             .expect("run");
         // THEN something was refused, nothing was over-admitted, and in-order replay agrees
@@ -68,7 +51,7 @@ async fn the_memory_store_admits_exactly_under_every_pattern() {
 #[tokio::test]
 async fn weighted_requests_are_counted_in_units() {
     let file = PolicyFile::parse(SMALL).expect("policy");
-    let mut c = config(Pattern::Burst, 3, 20.0);
+    let mut c = load(Pattern::Burst, 3, 20.0);
     c.method = "POST".into();
     let report = simulate::run(&Target::Memory(MemoryStore::default()), &file, &c, "")
         .await
@@ -89,7 +72,7 @@ async fn dynamodb_admits_exactly_under_concurrency() {
     let (client, table) = emulator::state_table().await;
     let store = emulator::dynamo_store(&client, &table);
     let file = PolicyFile::parse(SMALL).expect("policy");
-    let mut c = config(Pattern::Poisson, 12, 20.0);
+    let mut c = load(Pattern::Poisson, 12, 20.0);
     c.requests = Some(300);
     let target = Target::Dynamo(store);
     let report = simulate::run(&target, &file, &c, "sim-").await.expect("run");
@@ -107,7 +90,7 @@ async fn a_gateway_under_load_admits_no_more_than_the_policy() {
     // GIVEN the CLI's gateway with small plans, 2 demo tenants per plan
     let gw = gateway::start_with(SMALL, Arc::new(MemoryStore::default()), 2, None).await;
     let file = PolicyFile::parse(SMALL).expect("policy");
-    let c = config(Pattern::Burst, 6, 3.0);
+    let c = load(Pattern::Burst, 6, 3.0);
     // WHEN simulate drives it over real HTTP
     let report = simulate::run(&Target::Http(gw.base.clone()), &file, &c, "")
         .await

@@ -3,17 +3,18 @@
 
 use std::sync::Arc;
 
-use aws_sdk_apigateway::types::{ApiStage, Op, PatchOperation, QuotaPeriodType, QuotaSettings, ThrottleSettings};
+use aws_sdk_apigateway::types::{ApiStage, Op, PatchOperation, ThrottleSettings};
 use tollgate::aws::{admin_client, control_client};
-use tollgate::control::apigateway::{ApiGateway, Backoff};
+use tollgate::control::apigateway::ApiGateway;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::sync::{self, SyncReport};
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::{ManualClock, Timestamp};
 use tollgate::engine::identity::ApiKeyHash;
 
-use crate::emulator;
-use crate::paging_shim::PagingShim;
+use crate::support::apigateway::{UsagePlan, fast_backoff, key_on_plan};
+use crate::support::paging_shim;
+use crate::support::{emulator, gate};
 
 /// The control plane, the policy table, and the directory the authorizer would read, in one
 /// region of the emulator (tests that list everything keep to their own region).
@@ -38,15 +39,10 @@ impl World {
         tollgate::directory::dynamodb::create_policy_table(&dynamodb, &name)
             .await
             .expect("policy table");
-        let fast = Backoff {
-            attempts: 5,
-            base: std::time::Duration::from_millis(5),
-            cap: std::time::Duration::from_millis(50),
-        };
         let control_sdk = emulator::sdk_config_in(control_endpoint, region);
         World {
             gw: control_client(&sdk),
-            control: ApiGateway::new(control_client(&control_sdk), fast),
+            control: ApiGateway::new(control_client(&control_sdk), fast_backoff(5)),
             table: PolicyTable::new(dynamodb.clone(), &name),
             directory: DynamoDirectory::new(dynamodb, &name),
             clock: ManualClock::new(Timestamp::from_secs(1_795_000_000)),
@@ -61,46 +57,24 @@ impl World {
     }
 
     async fn plan(&self, name: &str, rate: f64, burst: i32, daily: i32, tags: &[(&str, &str)]) -> String {
-        let mut req = self
-            .gw
-            .create_usage_plan()
-            .name(name)
-            .throttle(ThrottleSettings::builder().rate_limit(rate).burst_limit(burst).build())
-            .quota(
-                QuotaSettings::builder()
-                    .limit(daily)
-                    .period(QuotaPeriodType::Day)
-                    .offset(0)
-                    .build(),
-            );
-        for (k, v) in tags {
-            req = req.tags(*k, *v);
-        }
-        req.send().await.expect("create usage plan").id.expect("plan id")
+        let plan = UsagePlan::named(name).throttle(rate, burst).daily_quota(daily);
+        let plan = tags.iter().fold(plan, |plan, (k, v)| plan.tag(k, v));
+        plan.create(&self.gw).await
     }
 
     async fn key(&self, name: &str, customer: Option<&str>, value: &str, plan_id: &str) -> String {
-        let id = self
-            .gw
-            .create_api_key()
-            .name(name)
-            .set_customer_id(customer.map(str::to_owned))
-            .value(secret(value))
-            .enabled(true)
-            .send()
-            .await
-            .expect("create api key")
-            .id
-            .expect("key id");
+        key_on_plan(&self.gw, name, customer, &secret(value), plan_id).await
+    }
+
+    /// Replaces `path` of the usage plan `id` with `value`, as `update-usage-plan` does.
+    async fn patch_plan(&self, id: &str, path: &str, value: &str) {
         self.gw
-            .create_usage_plan_key()
-            .usage_plan_id(plan_id)
-            .key_id(&id)
-            .key_type("API_KEY")
+            .update_usage_plan()
+            .usage_plan_id(id)
+            .patch_operations(patch(path, value))
             .send()
             .await
-            .expect("create usage plan key");
-        id
+            .expect("update usage plan");
     }
 
     /// Tenant and plan a raw key resolves to, as a fresh authorizer container would see them.
@@ -131,34 +105,24 @@ async fn sync_mirrors_usage_plans_and_keys_and_a_second_run_writes_nothing() {
     // GIVEN two usage plans (one with tollgate tags and a per-method throttle) and three keys
     let w = World::new("eu-west-1").await;
     let free = w.plan("stack-free", 1.0, 5, 1000, &[("tollgate:plan", "free")]).await;
-    let premium =
-        w.gw.create_usage_plan()
-            .name("premium")
-            .throttle(ThrottleSettings::builder().rate_limit(100.0).burst_limit(200).build())
-            .quota(
-                QuotaSettings::builder()
-                    .limit(1_000_000)
-                    .period(QuotaPeriodType::Day)
-                    .build(),
-            )
-            .tags("tollgate:monthly_quota", "25000000")
-            .tags("tollgate:weights", "POST=2")
-            .tags("tollgate:fail_mode", "open")
-            .api_stages(
-                ApiStage::builder()
-                    .api_id("demoapi")
-                    .stage("prod")
-                    .throttle(
-                        "/search/GET",
-                        ThrottleSettings::builder().rate_limit(20.0).burst_limit(40).build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("premium")
-            .id
-            .expect("id");
+    let premium = UsagePlan::named("premium")
+        .throttle(100.0, 200)
+        .daily_quota(1_000_000)
+        .tag("tollgate:monthly_quota", "25000000")
+        .tag("tollgate:weights", "POST=2")
+        .tag("tollgate:fail_mode", "open")
+        .stage(
+            ApiStage::builder()
+                .api_id("demoapi")
+                .stage("prod")
+                .throttle(
+                    "/search/GET",
+                    ThrottleSettings::builder().rate_limit(20.0).burst_limit(40).build(),
+                )
+                .build(),
+        )
+        .create(&w.gw)
+        .await;
     w.key("acme-1", Some("acme"), "tg_live_acme_1", &premium).await;
     w.key("acme-2", Some("acme"), "tg_live_acme_2", &premium).await;
     w.key("hobbyist", None, "tg_live_hobby", &free).await;
@@ -211,12 +175,7 @@ async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
     w.sync().await;
 
     // WHEN the usage plan's rate changes in API Gateway, and sync runs
-    w.gw.update_usage_plan()
-        .usage_plan_id(&plan)
-        .patch_operations(patch("/throttle/rateLimit", "20"))
-        .send()
-        .await
-        .expect("update usage plan");
+    w.patch_plan(&plan, "/throttle/rateLimit", "20").await;
     let report = w.sync().await;
 
     // THEN only the plan item was written, at a new version, with the generation and the audit
@@ -245,28 +204,10 @@ async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
     );
     // AND a gate reading the table decides with the new rate: a fresh burst of 20 is admitted
     // and the 21st refused, with 50 ms (1/20 s) to wait rather than 100 ms
-    let gate = tollgate::gate::Gate::new(
-        tollgate::gate::GateConfig::default(),
-        Arc::new(w.directory.clone()),
-        Arc::new(tollgate::store::MemoryStore::default()),
-        Arc::new(w.clock.clone()),
+    assert_eq!(
+        gate::burst(Arc::new(w.directory.clone()), &w.clock, &secret("tg_live_rate")).await,
+        (20, std::time::Duration::from_millis(50))
     );
-    let raw = secret("tg_live_rate");
-    let req = tollgate::gate::Request {
-        credential: tollgate::gate::Credential::ApiKey(&raw),
-        method: "GET",
-        resource: "/hello",
-    };
-    for _ in 0..20 {
-        assert!(matches!(gate.check(req).await, tollgate::gate::Outcome::Allow(_)));
-    }
-    match gate.check(req).await {
-        tollgate::gate::Outcome::Throttle(v) => {
-            let wait = v.decision.expect("decided").retry_after.expect("wait");
-            assert_eq!(wait, std::time::Duration::from_millis(50));
-        }
-        other => panic!("expected a throttle, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -313,12 +254,7 @@ async fn what_cannot_be_honoured_is_reported_and_the_table_keeps_enforcing_the_o
     w.sync().await;
 
     // WHEN its quota becomes weekly, which Tollgate cannot enforce exactly
-    w.gw.update_usage_plan()
-        .usage_plan_id(&plan)
-        .patch_operations(patch("/quota/period", "WEEK"))
-        .send()
-        .await
-        .expect("update quota period");
+    w.patch_plan(&plan, "/quota/period", "WEEK").await;
     let report = w.sync().await;
 
     // THEN it is reported with the reason, nothing is written, and the daily quota still holds
@@ -339,7 +275,7 @@ async fn what_cannot_be_honoured_is_reported_and_the_table_keeps_enforcing_the_o
 #[tokio::test]
 async fn sync_follows_every_page_of_plans_keys_and_plan_keys() {
     // GIVEN more plans, keys and plan keys than one page, behind a shim that pages by 2
-    let shim = PagingShim::start(&emulator::endpoint(), 2).await;
+    let shim = paging_shim::start(&emulator::endpoint(), 2).await;
     let w = World::via("ap-southeast-2", &shim.endpoint()).await;
     let mut values = Vec::new();
     for p in 0..5 {
@@ -402,8 +338,7 @@ async fn two_syncs_at_once_converge_to_one_complete_view() {
 #[tokio::test]
 async fn policy_diff_exits_4_on_drift_and_0_once_api_gateway_and_the_table_match_the_file() {
     use std::process::ExitCode;
-    use tollgate_cli::aws_args::AwsArgs;
-    use tollgate_cli::commands::policy::{Diff, Live};
+    use tollgate_cli::commands::policy::Diff;
 
     // GIVEN a policy file with one plan, and API Gateway with that plan but a different rate
     let w = World::new("ca-central-1").await;
@@ -414,26 +349,13 @@ async fn policy_diff_exits_4_on_drift_and_0_once_api_gateway_and_the_table_match
     let plan = w.plan("free", 1.0, 5, 1000, &[]).await;
     let diff = || Diff {
         file: file.clone(),
-        live: Live {
-            policy_table: w.table.name().to_owned(),
-            json: true,
-            aws: AwsArgs {
-                endpoint_url: Some(emulator::endpoint()),
-                region: Some("ca-central-1".into()),
-                profile: None,
-            },
-        },
+        live: emulator::live(w.table.name(), "ca-central-1"),
     };
     // WHEN diffed before anything is synced THEN it reports drift: exit 4
     assert_eq!(diff().run().await, Ok(ExitCode::from(4)));
 
     // WHEN API Gateway is changed to the file's rate and the table synced
-    w.gw.update_usage_plan()
-        .usage_plan_id(&plan)
-        .patch_operations(patch("/throttle/rateLimit", "2"))
-        .send()
-        .await
-        .expect("update usage plan");
+    w.patch_plan(&plan, "/throttle/rateLimit", "2").await;
     w.sync().await;
     // THEN there is nothing left to report: exit 0
     assert_eq!(diff().run().await, Ok(ExitCode::SUCCESS));

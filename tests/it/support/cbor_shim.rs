@@ -6,152 +6,112 @@
 //! emulator never does, so a pager is tested against pages. Hand-written because the emulator
 //! cannot do either; it translates, and every alarm is stored and read by the emulator.
 //! Timestamps are dropped from answers (the code under test reads none). Calls to any other
-//! service pass through unchanged, so a command given one endpoint works through it.
+//! service pass through unchanged, so a command given one endpoint works through it. Built on the
+//! HTTP proxy of `proxy`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use minicbor::data::Type;
 use serde_json::{Map, Number, Value};
 
+use super::proxy::{self, PagingProxy, Upstream};
+
 const TARGET_PREFIX: &str = "GraniteServiceVersion20100801";
 
+/// The shim's side of the proxy: the `DescribeAlarms` page size, and the count of partial pages
+/// served.
 #[derive(Debug, Clone)]
-pub struct CborShim {
-    pub addr: std::net::SocketAddr,
-    pages: Arc<AtomicU64>,
-}
-
-#[derive(Debug, Clone)]
-struct Shared {
-    upstream: String,
+struct Translator {
     size: usize,
-    http: reqwest::Client,
     pages: Arc<AtomicU64>,
 }
 
-impl CborShim {
-    pub async fn start(upstream: &str, size: usize) -> CborShim {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind shim");
-        let pages = Arc::new(AtomicU64::new(0));
-        let shared = Shared {
-            upstream: upstream.trim_end_matches('/').to_owned(),
-            size,
-            http: reqwest::Client::new(),
-            pages: pages.clone(),
+/// A CBOR shim in front of `upstream`, paging `DescribeAlarms` by `size` alarms.
+pub async fn start(upstream: &str, size: usize) -> PagingProxy {
+    PagingProxy::start(upstream, |pages| Translator { size, pages }).await
+}
+
+impl proxy::Handler for Translator {
+    async fn handle(&self, upstream: &Upstream, parts: Parts, body: Bytes) -> Response {
+        let Some(operation) = parts
+            .uri
+            .path()
+            .strip_prefix(&format!("/service/{TARGET_PREFIX}/operation/"))
+            .map(str::to_owned)
+        else {
+            // Any other service's call (DynamoDB, for a command given one endpoint), unchanged.
+            return upstream.pass_through(&parts, body).await;
         };
-        let app = axum::Router::new().fallback(forward).with_state(shared);
-        let addr = listener.local_addr().expect("shim addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        CborShim { addr, pages }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `DescribeAlarms` pages served that were not the last.
-    pub fn partial_pages(&self) -> u64 {
-        self.pages.load(Ordering::SeqCst)
+        let mut input = if body.is_empty() {
+            Value::Object(Map::new())
+        } else {
+            match decode(&mut minicbor::Decoder::new(&body)) {
+                Ok(v) => v,
+                Err(e) => return (StatusCode::BAD_REQUEST, format!("CBOR: {e}")).into_response(),
+            }
+        };
+        let paged = operation == "DescribeAlarms";
+        let offset: usize = if paged {
+            let token = input.as_object_mut().and_then(|o| o.remove("NextToken"));
+            token.and_then(|t| t.as_str().and_then(|t| t.parse().ok())).unwrap_or(0)
+        } else {
+            0
+        };
+        let mut request = upstream
+            .http
+            .post(upstream.url("/"))
+            .header("content-type", "application/x-amz-json-1.0")
+            .header("x-amz-target", format!("{TARGET_PREFIX}.{operation}"))
+            .body(input.to_string());
+        // The emulator reads the region from the credential scope; it checks no signature.
+        for name in ["authorization", "x-amz-date"] {
+            if let Some(v) = parts.headers.get(name) {
+                request = request.header(name, v);
+            }
+        }
+        let Ok(answer) = request.send().await else {
+            return StatusCode::BAD_GATEWAY.into_response();
+        };
+        let status = answer.status();
+        let text = answer.text().await.unwrap_or_default();
+        let mut output: Value = if text.is_empty() {
+            Value::Object(Map::new())
+        } else {
+            match serde_json::from_str(&text) {
+                Ok(v) => v,
+                Err(_) => return (status, text).into_response(),
+            }
+        };
+        if paged && status.is_success() {
+            self.page(&mut output, offset);
+        }
+        let mut e = minicbor::Encoder::new(Vec::new());
+        encode(&mut e, &output);
+        (
+            status,
+            [("content-type", "application/cbor"), ("smithy-protocol", "rpc-v2-cbor")],
+            e.into_writer(),
+        )
+            .into_response()
     }
 }
 
-async fn forward(State(s): State<Shared>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let body: Bytes = axum::body::to_bytes(body, 16 << 20).await.unwrap_or_default();
-    let Some(operation) = parts
-        .uri
-        .path()
-        .strip_prefix(&format!("/service/{TARGET_PREFIX}/operation/"))
-        .map(str::to_owned)
-    else {
-        return pass_through(&s, parts, body).await;
-    };
-    let mut input = if body.is_empty() {
-        Value::Object(Map::new())
-    } else {
-        match decode(&mut minicbor::Decoder::new(&body)) {
-            Ok(v) => v,
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("CBOR: {e}")).into_response(),
-        }
-    };
-    let paged = operation == "DescribeAlarms";
-    let offset: usize = if paged {
-        let token = input.as_object_mut().and_then(|o| o.remove("NextToken"));
-        token.and_then(|t| t.as_str().and_then(|t| t.parse().ok())).unwrap_or(0)
-    } else {
-        0
-    };
-    let mut upstream = s
-        .http
-        .post(format!("{}/", s.upstream))
-        .header("content-type", "application/x-amz-json-1.0")
-        .header("x-amz-target", format!("{TARGET_PREFIX}.{operation}"))
-        .body(input.to_string());
-    // The emulator reads the region from the credential scope; it checks no signature.
-    for name in ["authorization", "x-amz-date"] {
-        if let Some(v) = parts.headers.get(name) {
-            upstream = upstream.header(name, v);
-        }
-    }
-    let Ok(answer) = upstream.send().await else {
-        return StatusCode::BAD_GATEWAY.into_response();
-    };
-    let status = answer.status();
-    let text = answer.text().await.unwrap_or_default();
-    let mut output: Value = if text.is_empty() {
-        Value::Object(Map::new())
-    } else {
-        match serde_json::from_str(&text) {
-            Ok(v) => v,
-            Err(_) => return (status, text).into_response(),
-        }
-    };
-    if paged && status.is_success() {
+impl Translator {
+    /// Keeps `size` alarms from `offset`, with a `NextToken` when more follow.
+    fn page(&self, output: &mut Value, offset: usize) {
         let alarms = output["MetricAlarms"].as_array().cloned().unwrap_or_default();
-        let end = (offset + s.size).min(alarms.len());
+        let end = (offset + self.size).min(alarms.len());
         output["MetricAlarms"] = Value::Array(alarms.get(offset..end).map(<[_]>::to_vec).unwrap_or_default());
         if end < alarms.len() {
             output["NextToken"] = Value::String(end.to_string());
-            s.pages.fetch_add(1, Ordering::SeqCst);
+            self.pages.fetch_add(1, Ordering::SeqCst);
         }
     }
-    let mut e = minicbor::Encoder::new(Vec::new());
-    encode(&mut e, &output);
-    (
-        status,
-        [("content-type", "application/cbor"), ("smithy-protocol", "rpc-v2-cbor")],
-        e.into_writer(),
-    )
-        .into_response()
-}
-
-/// Any other service's call (DynamoDB, for a command given one endpoint), unchanged.
-async fn pass_through(s: &Shared, parts: axum::http::request::Parts, body: Bytes) -> Response {
-    let mut upstream = s
-        .http
-        .request(parts.method.clone(), format!("{}{}", s.upstream, parts.uri))
-        .body(body);
-    for (name, value) in &parts.headers {
-        if name != "host" {
-            upstream = upstream.header(name, value);
-        }
-    }
-    let Ok(answer) = upstream.send().await else {
-        return StatusCode::BAD_GATEWAY.into_response();
-    };
-    let status = answer.status();
-    let content_type = answer.headers().get("content-type").cloned();
-    let bytes = answer.bytes().await.unwrap_or_default();
-    let mut response = (status, bytes).into_response();
-    if let Some(ct) = content_type {
-        response.headers_mut().insert("content-type", ct);
-    }
-    response
 }
 
 type Decoded = Result<Value, minicbor::decode::Error>;

@@ -1,4 +1,5 @@
-//! The local AWS emulator: endpoint, SDK configuration, fresh tables.
+//! The local AWS emulator: endpoint, SDK configuration (and the CLI's arguments for it), fresh
+//! tables.
 
 use std::time::Duration;
 
@@ -31,6 +32,20 @@ pub fn sdk_config_in(endpoint: &str, region: &'static str) -> SdkConfig {
             Credentials::new("test", "test", None, None, "tests"),
         ))
         .build()
+}
+
+/// The CLI's arguments for a live stack whose policy table is `policy_table` on the emulator in
+/// `region`, reporting in JSON.
+pub fn live(policy_table: &str, region: &str) -> tollgate_cli::commands::policy::Live {
+    tollgate_cli::commands::policy::Live {
+        policy_table: policy_table.to_owned(),
+        json: true,
+        aws: tollgate_cli::aws_args::AwsArgs {
+            endpoint_url: Some(endpoint()),
+            region: Some(region.into()),
+            profile: None,
+        },
+    }
 }
 
 /// A table name no other test uses.

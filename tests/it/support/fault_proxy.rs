@@ -2,8 +2,9 @@
 //! request late, answers `TooManyRequests` in the emulator's place, or black-holes everything
 //! during an outage, on demand: on the next connections, or on the requests of one API call
 //! (`inject_on`, matched by method and path). Hand-written because moto cannot fail this way: it
-//! answers every request it receives, at once, and never throttles. The emulator closes each connection after its response, so one
-//! connection carries one request, and a fault per connection is a fault per request.
+//! answers every request it receives, at once, and never throttles. The emulator closes each
+//! connection after its response, so one connection carries one request, and a fault per
+//! connection is a fault per request. Built on the TCP proxy of `proxy`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -12,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use super::{loopback, proxy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -76,13 +79,10 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream: &str) -> FaultProxy {
-        let upstream: SocketAddr = upstream
-            .trim_start_matches("http://")
-            .parse()
-            .expect("upstream host:port");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let proxy = FaultProxy {
-            addr: listener.local_addr().expect("proxy addr"),
+        let upstream = proxy::socket_addr(upstream);
+        let mut proxy = FaultProxy {
+            // Known once bound; the accept loop's copy never reads it.
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             faults: Arc::default(),
             rules: Arc::default(),
             random: Arc::default(),
@@ -92,36 +92,40 @@ impl FaultProxy {
             outage: Arc::default(),
         };
         let this = proxy.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                this.connections.fetch_add(1, Ordering::SeqCst);
-                let fault = if this.outage.load(Ordering::SeqCst) {
-                    Some(Fault::Stall)
-                } else {
-                    this.faults.lock().expect("faults").pop_front().or_else(|| {
-                        let random = this.random.lock().expect("random");
-                        let r = random.as_ref()?;
-                        (rand::random::<u32>() % 1_000_000 < r.per_million)
-                            .then(|| r.faults[rand::random::<u32>() as usize % r.faults.len()])
-                    })
-                };
-                let fault = fault.filter(|f| *f != Fault::Pass);
-                if fault.is_some() {
-                    this.injected.fetch_add(1, Ordering::SeqCst);
-                }
-                if fault.is_none() && !this.rules.lock().expect("rules").is_empty() {
-                    tokio::spawn(serve_matching(
-                        client,
-                        upstream,
-                        this.rules.clone(),
-                        this.injected.clone(),
-                    ));
-                    continue;
-                }
-                tokio::spawn(serve(client, upstream, fault, this.held.clone(), this.outage.clone()));
-            }
-        });
+        proxy.addr = proxy::tcp(move |client| this.accept(client, upstream)).await;
         proxy
+    }
+
+    /// Decides the fault of a new connection, in the order connections arrive, and returns
+    /// what serves it.
+    fn accept(&self, client: TcpStream, upstream: SocketAddr) -> impl Future<Output = ()> + Send + use<> {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        let fault = self.next_fault().filter(|f| *f != Fault::Pass);
+        if fault.is_some() {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        let by_rule = fault.is_none() && !self.rules.lock().expect("rules").is_empty();
+        let this = self.clone();
+        async move {
+            if by_rule {
+                serve_matching(client, upstream, this.rules, this.injected).await;
+            } else {
+                serve(client, upstream, fault, this.held, this.outage).await;
+            }
+        }
+    }
+
+    /// The outage's stall, else the next queued fault, else perhaps a random one.
+    fn next_fault(&self) -> Option<Fault> {
+        if self.outage.load(Ordering::SeqCst) {
+            return Some(Fault::Stall);
+        }
+        self.faults.lock().expect("faults").pop_front().or_else(|| {
+            let random = self.random.lock().expect("random");
+            let r = random.as_ref()?;
+            (rand::random::<u32>() % 1_000_000 < r.per_million)
+                .then(|| r.faults[rand::random::<u32>() as usize % r.faults.len()])
+        })
     }
 
     /// From now on, a fault drawn from `faults` on each connection with probability `share`.
@@ -145,7 +149,7 @@ impl FaultProxy {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        loopback::url(self.addr)
     }
 
     /// Faults for the requests `method` whose request line or headers contain `path` (an API
@@ -203,13 +207,10 @@ async fn serve_matching(
     rules: Arc<Mutex<Vec<Rule>>>,
     injected: Arc<AtomicU64>,
 ) {
-    let Some(request) = read_request(&mut client).await else {
+    let Some(request) = proxy::read_request(&mut client).await else {
         return;
     };
-    let end = request
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(request.len());
+    let end = proxy::head_end(&request).unwrap_or(request.len());
     let head = String::from_utf8_lossy(&request[..end]).into_owned();
     let method = head.split(' ').next().unwrap_or_default();
     let fault = {
@@ -227,15 +228,8 @@ async fn serve_matching(
         Some(Fault::TooManyRequests) => throttle(&mut client).await,
         Some(Fault::LoseRequest) => {}
         Some(Fault::Stall) => tokio::time::sleep(Duration::from_secs(60)).await,
-        Some(Fault::LoseResponse | Fault::Delay(_)) => {
-            // Applied by the emulator, the answer never delivered.
-            if let Ok(mut server) = TcpStream::connect(upstream).await
-                && server.write_all(&request).await.is_ok()
-            {
-                let mut sink = Vec::new();
-                let _ = server.read_to_end(&mut sink).await;
-            }
-        }
+        // Applied by the emulator, the answer never delivered.
+        Some(Fault::LoseResponse | Fault::Delay(_)) => proxy::deliver_unheard(upstream, &request).await,
         Some(Fault::Pass) | None => {
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;
@@ -258,29 +252,6 @@ async fn throttle(client: &mut TcpStream) {
     let _ = client.write_all(answer.as_bytes()).await;
 }
 
-/// Reads one HTTP/1.1 request: the head, then `Content-Length` bytes of body.
-async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                return Some(buf);
-            }
-        }
-        match client.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
 async fn serve(
     mut client: TcpStream,
     upstream: SocketAddr,
@@ -290,19 +261,14 @@ async fn serve(
 ) {
     match fault {
         Some(Fault::Delay(delay)) => {
-            let Some(request) = read_request(&mut client).await else {
+            let Some(request) = proxy::read_request(&mut client).await else {
                 return;
             };
             held.fetch_add(1, Ordering::SeqCst);
             let _ = client.shutdown().await;
             drop(client);
             tokio::time::sleep(delay).await;
-            if let Ok(mut server) = TcpStream::connect(upstream).await
-                && server.write_all(&request).await.is_ok()
-            {
-                let mut sink = Vec::new();
-                let _ = server.read_to_end(&mut sink).await;
-            }
+            proxy::deliver_unheard(upstream, &request).await;
             held.fetch_sub(1, Ordering::SeqCst);
             return;
         }
@@ -314,7 +280,7 @@ async fn serve(
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         }
         Some(Fault::TooManyRequests) => {
-            if read_request(&mut client).await.is_some() {
+            if proxy::read_request(&mut client).await.is_some() {
                 throttle(&mut client).await;
             }
         }

@@ -1,0 +1,50 @@
+//! `tollgate policy apply` as the command line runs it: verified by the simulator first, and a
+//! bad file refused with the field it names.
+
+use super::{AFTER, World};
+use crate::support::emulator;
+
+#[tokio::test]
+async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_of_a_bad_file() {
+    use std::process::ExitCode;
+    use tollgate_cli::commands::policy::Apply;
+
+    // GIVEN free with acme's key
+    let w = World::new("il-central-1").await;
+    let free = w.plan("free", 10.0, 20, 50_000).await;
+    w.key("acme", "tg_live_cli", &free).await;
+    let dir = std::env::temp_dir().join(emulator::unique("apply-cli"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let command = |src: &str| {
+        let file = dir.join(emulator::unique("policy"));
+        std::fs::write(&file, src).expect("write file");
+        Apply {
+            file,
+            verify: true,
+            watch: None,
+            rollback_threshold: 0.05,
+            min_decisions: 20.0,
+            metrics_namespace: "Tollgate".into(),
+            actor: Some("ci".into()),
+            live: emulator::live(w.table.name(), w.region),
+        }
+    };
+
+    // WHEN a file naming a tenant with no key in API Gateway is applied
+    let bad = format!("{AFTER}[tenants.ghost]\nplan = \"free\"\n");
+    let err = command(&bad).run().await.expect_err("refused");
+    // THEN the error names the tenant and the field, and nothing was touched
+    assert!(err.starts_with("tenant `ghost`: `tenants`: no API key"), "{err}");
+    assert!(err.ends_with("nothing was changed"), "{err}");
+    assert!(!w.gateway().await.contains_key("gold"));
+
+    // WHEN AFTER is applied, verified by the simulator first THEN it exits 0 with gold in place
+    assert_eq!(command(AFTER).run().await, Ok(ExitCode::SUCCESS));
+    assert_eq!(w.gateway().await["gold"].3.len(), 1);
+    let history = w.table.audit_log().history().await.expect("history");
+    assert_eq!(
+        (history[0].source.as_str(), history[0].actor.as_deref()),
+        ("apply", Some("ci"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,115 @@
+//! Apply, diff and rollback on a healthy control plane: a change and its rollbacks each end
+//! exactly where they should, and a second apply of the same file changes nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tollgate::control::apply;
+use tollgate::policy_table::Record;
+use tollgate::policy_table::audit::{Outcome, Source};
+
+use super::{AFTER, BEFORE, World};
+
+#[tokio::test]
+async fn diff_apply_rollback_round_trip() {
+    use std::process::ExitCode;
+    // GIVEN free at 10/s with acme's key, synced, matching BEFORE
+    let (w, key) = World::matching_before("af-south-1", "tg_live_round").await;
+    assert_eq!(w.diff(BEFORE).await, ExitCode::SUCCESS);
+    let (gateway0, table0) = (w.gateway().await, w.records().await);
+
+    // WHEN AFTER (free at 20/s, a new gold plan, acme moved to it) is diffed THEN it drifts
+    assert_eq!(w.diff(AFTER).await, ExitCode::from(4));
+    // WHEN applied
+    let report = w.apply(AFTER).await.expect("apply");
+    // THEN the calls were made, the table synced, the change recorded; diff shows nothing left
+    assert_eq!(report.steps.len(), 4, "{}", report.table());
+    assert_eq!(w.diff(AFTER).await, ExitCode::SUCCESS);
+    let gateway1 = w.gateway().await;
+    assert_eq!(gateway1["free"].0, Some((20.0, 20)));
+    assert_eq!(gateway1["gold"].3, vec![key.clone()]);
+    // AND gold is guarded: the exact numbers in tags, its own throttle and quota twice them, so
+    // API Gateway refuses nothing Tollgate admitted (free, written by hand, keeps its own numbers)
+    let (throttle, quota, tags, _) = &gateway1["gold"];
+    assert_eq!((throttle, quota), (&Some((10.0, 10)), &Some((200, "DAY".into(), 0))));
+    let exact: Vec<&str> = ["rate", "burst", "daily_quota", "monthly_quota"]
+        .iter()
+        .map(|t| tags[&format!("tollgate:{t}")].as_str())
+        .collect();
+    assert_eq!(exact, ["5", "5", "100", "2000"]);
+    // AND the gate's next decision uses gold: 5 at once, then 200 ms to wait
+    assert_eq!(w.burst("tg_live_round").await, (5, Duration::from_millis(200)));
+    let id = report.change_id.expect("recorded");
+    let record = w.table.audit_log().get(&id).await.expect("record");
+    assert_eq!((record.source, &record.outcome), (Source::Apply, &Outcome::Applied));
+    assert!(record.checkpoint.is_some());
+
+    // WHEN rolled back
+    w.clock.advance(Duration::from_secs(1));
+    let back = apply::rollback(&w.cx(), &id).await.expect("rollback");
+    // THEN API Gateway is as it was, the table enforces what it did (plan versions move on), and
+    // BEFORE matches again
+    assert_eq!(w.gateway().await, gateway0);
+    let specs = |t: BTreeMap<String, Record>| -> BTreeMap<String, Record> {
+        t.into_iter()
+            .map(|(pk, r)| match r {
+                Record::Plan { spec, .. } => (pk, Record::Plan { spec, version: 0 }),
+                r => (pk, r),
+            })
+            .collect()
+    };
+    assert_eq!(specs(w.records().await), specs(table0));
+    assert_eq!(w.diff(BEFORE).await, ExitCode::SUCCESS);
+    assert_eq!(w.burst("tg_live_round").await.0, 20);
+    // AND the trail holds the sync, the apply and the rollback
+    let history = w.table.audit_log().history().await.expect("history");
+    let sources: Vec<&str> = history.iter().map(|e| e.source.as_str()).collect();
+    assert_eq!(sources, ["rollback", "apply", "sync"], "{history:?}");
+    assert_eq!(Some(&history[0].id), back.change_id.as_ref());
+
+    // WHEN the rollback is rolled back THEN AFTER holds again: gold created anew, acme on it
+    w.clock.advance(Duration::from_secs(1));
+    let again = back.change_id.expect("rollback recorded");
+    let third = apply::rollback(&w.cx(), &again)
+        .await
+        .expect("rollback of the rollback");
+    assert_eq!(w.gateway().await, gateway1);
+    assert_eq!(w.diff(AFTER).await, ExitCode::SUCCESS);
+    assert_eq!(w.burst("tg_live_round").await.0, 5);
+
+    // WHEN that is rolled back too THEN the plan it created goes again: API Gateway as at first
+    w.clock.advance(Duration::from_secs(1));
+    let third = third.change_id.expect("recorded");
+    apply::rollback(&w.cx(), &third).await.expect("third rollback");
+    assert_eq!(w.gateway().await, gateway0);
+    assert_eq!(w.diff(BEFORE).await, ExitCode::SUCCESS);
+}
+
+#[tokio::test]
+async fn applying_the_same_file_twice_changes_nothing_the_second_time() {
+    // GIVEN free with acme's key, and a file that adds gold and moves acme to it, applied once
+    let (w, _) = World::matching_before("me-south-1", "tg_live_twice").await;
+    let first = w.apply(AFTER).await.expect("first");
+    assert!(!first.is_noop());
+    let history = w.table.audit_log().history().await.expect("history").len();
+    let gateway = w.gateway().await;
+    // AND every write call counted from now on
+    for method in ["POST", "PATCH", "DELETE", "PUT"] {
+        w.proxy.inject_on(method, "/", &[]);
+    }
+    let calls = w.control.calls();
+
+    // WHEN the same file is applied again
+    let second = w.apply(AFTER).await.expect("second");
+
+    // THEN no API Gateway write and no table write were made, and no record was added
+    assert!(second.is_noop(), "{}", second.table());
+    assert_eq!((second.steps.len(), second.sync.writes, second.change_id), (0, 0, None));
+    for method in ["POST", "PATCH", "DELETE", "PUT"] {
+        assert_eq!(w.proxy.seen(method, "/"), 0, "{method}");
+    }
+    // only reads: usage plans, each plan's keys, API keys; for apply and its sync
+    assert_eq!(w.control.calls() - calls, 2 * (1 + 2 + 1));
+    assert_eq!(w.gateway().await, gateway);
+    assert_eq!(w.table.audit_log().history().await.expect("history").len(), history);
+}

@@ -1,0 +1,115 @@
+//! Answers given without the state store: a shed plan, a store that times out (each plan's fail
+//! mode, the operator's override), and the breaker that stops calling it.
+
+use std::time::Duration;
+
+use tollgate::gate::breaker::BreakerState;
+
+use super::{NOW, Stack, assert_known_context, call, effect, stack};
+use crate::support::emulator;
+use crate::support::fault_proxy::Fault;
+
+#[tokio::test]
+async fn a_shed_plan_gets_deny_with_reason_shed_and_retry_after_and_the_store_is_not_called() {
+    // GIVEN shed level 1 in the policy table (every plan here has priority 0) and a state store
+    // that would stall every call
+    let s = stalled(&[]).await;
+    let admin = tollgate::aws::admin_client(&emulator::sdk_config(&emulator::endpoint()));
+    let shed = tollgate::control::shed::table::ShedTable::new(admin, &s.policy_table);
+    let from = shed.get().await.expect("level");
+    shed.set(
+        &from,
+        1,
+        tollgate::engine::shed::SetBy::Manual("ops".into()),
+        "drill",
+        None,
+        NOW,
+    )
+    .await
+    .expect("set");
+    // WHEN a request arrives
+    let r = call(&s, "tg_acme_key").await;
+    // THEN Deny, mode and reason shed, Retry-After 5 s, no budget figures (none was read), and
+    // the answer came without the store (a stalled store would have made it fail open)
+    assert_eq!(effect(&r), "Deny");
+    let ctx = &r["context"];
+    assert_eq!(
+        (ctx["mode"].as_str(), ctx["reason"].as_str()),
+        (Some("shed"), Some("shed"))
+    );
+    assert_eq!(ctx["retryAfter"], "5");
+    assert!(ctx.get("remaining").is_none() && ctx.get("rateLimit").is_none());
+    assert_known_context(&r);
+}
+
+/// A stack with `env` whose state store stalls every call, and a store budget of 300 ms to
+/// give up on it.
+async fn stalled(env: &[(&str, &str)]) -> Stack {
+    let mut vars = vec![("TOLLGATE_STORE_BUDGET_MS", "300")];
+    vars.extend_from_slice(env);
+    let s = stack(&vars).await;
+    for _ in 0..64 {
+        s.proxy.inject(Fault::Stall);
+    }
+    s
+}
+
+#[tokio::test]
+async fn a_store_that_times_out_fails_open_or_closed_per_plan() {
+    let s = stalled(&[("TOLLGATE_BREAKER_FAILURES", "100")]).await;
+    let open = call(&s, "tg_open_key").await;
+    assert_eq!(
+        (effect(&open), open["context"]["mode"].as_str()),
+        ("Allow", Some("fail_open"))
+    );
+    let closed = call(&s, "tg_closed_key").await;
+    assert_eq!(effect(&closed), "Deny");
+    assert_eq!(closed["context"]["mode"], "fail_closed");
+    assert_eq!(closed["context"]["reason"], "store_unavailable");
+    assert_eq!(closed["context"]["retryAfter"], "5");
+}
+
+#[tokio::test]
+async fn the_operators_fail_mode_overrides_every_plans() {
+    // GIVEN TOLLGATE_FAIL_MODE=closed (the template's FailMode parameter) and a stalled store
+    let s = stalled(&[("TOLLGATE_BREAKER_FAILURES", "100"), ("TOLLGATE_FAIL_MODE", "closed")]).await;
+    // WHEN a tenant whose plan fails open calls THEN it is refused like the closed ones
+    let r = call(&s, "tg_open_key").await;
+    assert_eq!(
+        (effect(&r), r["context"]["mode"].as_str()),
+        ("Deny", Some("fail_closed"))
+    );
+    assert_known_context(&r);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_failures_and_recovers_after_a_probe() {
+    // GIVEN a store that stalls WHEN two decisions time out THEN the breaker opens
+    let s = stalled(&[
+        ("TOLLGATE_BREAKER_FAILURES", "2"),
+        ("TOLLGATE_BREAKER_COOL_DOWN_MS", "5000"),
+    ])
+    .await;
+    for _ in 0..2 {
+        assert_eq!(call(&s, "tg_open_key").await["context"]["mode"], "fail_open");
+    }
+    assert!(matches!(
+        s.authorizer.gate().breaker().state(),
+        BreakerState::Open { .. }
+    ));
+    // WHEN more requests arrive THEN the fail mode answers without calling the store
+    let before = s.proxy.connections();
+    for _ in 0..10 {
+        assert_eq!(call(&s, "tg_open_key").await["context"]["mode"], "fail_open");
+    }
+    assert_eq!(s.proxy.connections(), before, "no store call while open");
+    // WHEN the store heals and the cool-down passes THEN one probe closes the breaker
+    s.proxy.heal();
+    s.clock.advance(Duration::from_secs(5));
+    let r = call(&s, "tg_open_key").await;
+    assert_eq!((effect(&r), r["context"]["mode"].as_str()), ("Allow", Some("enforced")));
+    assert_eq!(
+        s.authorizer.gate().breaker().state(),
+        BreakerState::Closed { failures: 0 }
+    );
+}

@@ -1,0 +1,179 @@
+//! The usage API's contract: its function's variables, access and schedule, and the API that
+//! serves every route, admin routes on IAM and usage behind the authorizer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_norway::Value;
+
+use super::{TEMPLATE, function, owned, parse, resources, statements, strings, untag, variable_names};
+
+#[test]
+fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
+    // GIVEN the template's usage-api function
+    let t = parse(TEMPLATE);
+    let f = function(&t, "usage-api");
+    assert_eq!(f["Metadata"]["BuildMethod"], "rust-cargolambda");
+    // THEN it sets exactly the variables the binary reads, naming the stack's tables
+    let vars = &f["Properties"]["Environment"]["Variables"];
+    let set = variable_names(f);
+    assert_eq!(set, tollgate::usage_api::FUNCTION_VARIABLES.into_iter().collect());
+    assert_eq!(untag(&vars["TOLLGATE_STATE_TABLE"]).1, "StateTable");
+    assert_eq!(untag(&vars["TOLLGATE_POLICY_TABLE"]).1, "PolicyTable");
+    // AND it may call exactly the DynamoDB actions the usage API calls, per table, and exactly
+    // the API Gateway calls it makes
+    let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut control = BTreeSet::new();
+    let mut policy_writes: BTreeMap<String, Value> = BTreeMap::new();
+    for st in statements(f) {
+        assert_eq!(st["Effect"], "Allow");
+        for action in strings(&st["Action"]) {
+            if untag(&st["Resource"]).1.as_str() == Some("PolicyTable.Arn")
+                && matches!(action.as_str(), "dynamodb:PutItem" | "dynamodb:DeleteItem")
+            {
+                let keys = st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"].clone();
+                policy_writes.insert(action.clone(), keys);
+            }
+            if action.starts_with("dynamodb:") {
+                let table = untag(&st["Resource"]).1.as_str().expect("a table ARN").to_owned();
+                tables.entry(table).or_default().insert(action);
+            } else {
+                for resource in st["Resource"].as_sequence().expect("resources") {
+                    let arn = untag(resource).1.as_str().expect("an ARN").to_owned();
+                    let path = arn.rsplit_once("::").expect("an API Gateway ARN").1.to_owned();
+                    control.insert((action.clone(), path));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        tables,
+        BTreeMap::from([
+            ("StateTable.Arn".to_owned(), owned(&tollgate::usage_api::STATE_ACTIONS)),
+            (
+                "PolicyTable.Arn".to_owned(),
+                owned(&tollgate::usage_api::POLICY_ACTIONS)
+            ),
+        ])
+    );
+    // AND of the policy table it writes only its own items, never a plan or the sync's meta
+    assert_eq!(
+        policy_writes,
+        BTreeMap::from([
+            (
+                "dynamodb:PutItem".to_owned(),
+                parse(r#"["tenant#*", "key#*", "idem#*", "revoke#*", "audit#*", "shed#level"]"#),
+            ),
+            (
+                "dynamodb:DeleteItem".to_owned(),
+                parse(r#"["tenant#*", "revoke#*", "idem#*"]"#),
+            ),
+        ])
+    );
+    let want: BTreeSet<(String, String)> = tollgate::usage_api::CONTROL_ACCESS
+        .iter()
+        .map(|(a, p)| ((*a).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(control, want);
+}
+
+#[test]
+fn the_usage_api_function_revokes_rotated_keys_on_a_one_minute_schedule() {
+    // GIVEN the template's usage-api function
+    let t = parse(TEMPLATE);
+    let events = function(&t, "usage-api")["Properties"]["Events"]
+        .as_mapping()
+        .expect("events");
+    // THEN its one event is an EventBridge rule every minute: the rule's event is the
+    // `Scheduled Event` from `aws.events` the function's main takes for the revocation sweep
+    // (a Scheduler `ScheduleV2` would send another payload), not an API request
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (_, event) = events.iter().next().expect("an event");
+    assert_eq!(event["Type"], "Schedule");
+    assert_eq!(event["Properties"]["Schedule"], "rate(1 minute)");
+    assert_ne!(event["Properties"]["Enabled"], false);
+    assert!(
+        event["Properties"]["Input"].is_null(),
+        "the rule must send its own event"
+    );
+}
+
+#[test]
+fn the_usage_api_serves_every_route_admin_routes_on_iam_and_usage_behind_the_authorizer() {
+    // GIVEN the template's usage API definition
+    let t = parse(TEMPLATE);
+    let api = &resources(&t)["UsageApi"];
+    assert_eq!(api["Type"], "AWS::Serverless::Api");
+    let body = &api["Properties"]["DefinitionBody"];
+    // THEN its operations are the router's routes, each proxied to the usage-api function
+    let mut ops = BTreeSet::new();
+    for (path, item) in body["paths"].as_mapping().expect("paths") {
+        for (method, op) in item.as_mapping().expect("operations") {
+            let (path, method) = (path.as_str().expect("path"), method.as_str().expect("method"));
+            ops.insert((path.to_owned(), method.to_owned()));
+            let integration = &op["x-amazon-apigateway-integration"];
+            assert_eq!(integration["type"], "aws_proxy", "{method} {path}");
+            let uri = untag(&integration["uri"]).1.as_str().expect("uri");
+            assert!(uri.contains("${UsageApiFunction.Arn}"), "{method} {path}: {uri}");
+            // AND GET /v1/usage goes through the Tollgate authorizer, every admin route needs IAM
+            let scheme = op["security"][0]
+                .as_mapping()
+                .expect("security")
+                .keys()
+                .next()
+                .expect("scheme");
+            let want = if path == "/v1/usage" { "tollgate" } else { "sigv4" };
+            assert_eq!(scheme.as_str(), Some(want), "{method} {path}");
+        }
+    }
+    let routes: BTreeSet<(String, String)> = tollgate::usage_api::ROUTES
+        .iter()
+        .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
+        .collect();
+    assert_eq!(ops, routes);
+    let schemes = &body["securityDefinitions"];
+    assert_eq!(schemes["sigv4"]["x-amazon-apigateway-authtype"], "awsSigv4");
+    let authorizer_uri = untag(&schemes["tollgate"]["x-amazon-apigateway-authorizer"]["authorizerUri"]).1;
+    assert!(
+        authorizer_uri
+            .as_str()
+            .expect("uri")
+            .contains("${AuthorizerFunction.Arn}")
+    );
+    // AND reading usage is never charged: the authorizer skips its route
+    let skip = untag(&function(&t, "authorizer")["Properties"]["Environment"]["Variables"]["TOLLGATE_SKIP_ROUTES"]).1;
+    assert!(format!("{skip:?}").contains("/v1/usage/GET"), "{skip:?}");
+    // AND API Gateway's own refusals answer problem documents with their status
+    let responses = body["x-amazon-apigateway-gateway-responses"]
+        .as_mapping()
+        .expect("gateway responses");
+    assert!(responses.len() >= 4);
+    for (kind, r) in responses {
+        assert_eq!(
+            r["responseParameters"]["gatewayresponse.header.Content-Type"], "'application/problem+json'",
+            "{kind:?}"
+        );
+        let template = r["responseTemplates"]["application/json"].as_str().expect("template");
+        let rendered = template
+            .replace("$context.authorizer.reason", "rate")
+            .replace("$context.authorizer.retryAfter", "3");
+        let problem: serde_json::Value = serde_json::from_str(&rendered).expect("the body is JSON");
+        let status = r["statusCode"]
+            .as_str()
+            .expect("status")
+            .parse::<u64>()
+            .expect("a number");
+        assert_eq!(problem["status"], status, "{kind:?}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("urn:tollgate:problem:"))
+        );
+    }
+    // AND the stack outputs the API's URL
+    let url = untag(&t["Outputs"]["UsageApiUrl"]["Value"])
+        .1
+        .as_str()
+        .expect("url")
+        .to_owned();
+    assert!(url.contains("${UsageApi}.execute-api"), "{url}");
+}

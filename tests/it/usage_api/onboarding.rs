@@ -1,0 +1,226 @@
+//! Onboarding a tenant: a key on its usage plan that the gate admits at once, and exactly one,
+//! whatever is retried, lost or run at once.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tollgate::aws::admin_client;
+use tollgate::directory::Directory;
+use tollgate::engine::clock::Clock;
+use tollgate::engine::identity::ApiKeyHash;
+
+use super::{World, admitted};
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+
+#[tokio::test]
+async fn onboarding_creates_a_key_on_the_usage_plan_that_the_gate_admits_at_once() {
+    // GIVEN usage plans in API Gateway and no tenant
+    let w = World::new("us-east-2").await;
+    // WHEN an admin onboards tenant acme on plan free
+    let (status, body) = w.onboard_via(&w.base, "acme", "idem-1").await.expect("answer");
+    // THEN API Gateway holds one key for acme, on the free usage plan, and the gate admits its
+    // value on the next request
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["key"]["id"].as_str().expect("key id").to_owned();
+    let value = body["key"]["value"].as_str().expect("key value").to_owned();
+    assert_eq!(w.keys_of("acme").await, vec![id.clone()]);
+    assert!(w.plan_keys().await.contains(&id));
+    assert!(admitted(&w.gate(), &value).await);
+    // AND the registry holds the hash, never the value
+    let rec = w
+        .dir
+        .key(&ApiKeyHash::of(&value))
+        .await
+        .expect("dir")
+        .expect("key record");
+    assert_eq!(rec.tenant, "acme");
+    assert_eq!(rec.key_id, id);
+}
+
+#[tokio::test]
+async fn a_retried_onboarding_creates_nothing_new_also_after_a_lost_response() {
+    // GIVEN the usage API behind a proxy that loses the first answer
+    let w = World::new("ap-northeast-1").await;
+    let proxy = FaultProxy::start(&w.base).await;
+    proxy.inject(Fault::LoseResponse);
+    // WHEN onboarding's answer is lost, and the client retries with the same Idempotency-Key,
+    // twice
+    let lost = w.onboard_via(&proxy.endpoint(), "globex", "idem-g").await;
+    let (s1, first) = w
+        .onboard_via(&proxy.endpoint(), "globex", "idem-g")
+        .await
+        .expect("retry");
+    let (s2, second) = w.onboard_via(&w.base, "globex", "idem-g").await.expect("retry");
+    // THEN the lost attempt had onboarded, the retries answer the same key (value read back
+    // from API Gateway), and API Gateway holds one key and one plan key for globex
+    assert!(lost.is_err(), "the proxy lost the answer");
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED), "{first} {second}");
+    assert_eq!(first, second);
+    let id = first["key"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(w.keys_of("globex").await, vec![id.clone()]);
+    assert_eq!(w.plan_keys().await, BTreeSet::from([id]));
+    // AND the same key with another body is a conflict that creates nothing
+    let res = w
+        .admin(reqwest::Method::POST, "/v1/tenants")
+        .header("idempotency-key", "idem-g")
+        .json(&json!({"tenant": "globex", "plan": "pro"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(w.keys_of("globex").await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_onboarding_whose_audit_write_failed_writes_it_once_when_retried() {
+    // GIVEN the usage API's audit writes behind a proxy that fails the first one, through all
+    // three of the SDK's attempts
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("ap-south-2", None, None, Some(&proxy.endpoint())).await;
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseRequest); 3]);
+    // WHEN onboarding answers that its audit record could not be written, and is retried with
+    // the same Idempotency-Key, twice
+    let (failed, problem) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("answer");
+    let (s1, first) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
+    let (s2, second) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
+    // THEN the first says so, the retries answer the one key, and the trail holds the onboarding
+    // exactly once
+    assert_eq!(failed, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert!(
+        problem["detail"].as_str().expect("detail").contains("Idempotency-Key"),
+        "{problem}"
+    );
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(first, second);
+    assert_eq!(w.keys_of("initech").await.len(), 1);
+    let history = w.audit.history().await.expect("history");
+    let onboards: Vec<_> = history
+        .iter()
+        .filter(|e| e.summary.contains("onboard tenant initech"))
+        .collect();
+    assert_eq!(onboards.len(), 1, "{history:?}");
+}
+
+#[tokio::test]
+async fn concurrent_onboardings_with_one_idempotency_key_create_one_key() {
+    // GIVEN the usage API on a DynamoDB policy table (the Lambda's setup)
+    let (w, ..) = World::on_policy_table("ap-southeast-1").await;
+    // WHEN four attempts with one Idempotency-Key arrive at once (a client retrying on a
+    // timeout while its first attempt still runs)
+    let attempts = futures::future::join_all((0..4).map(|_| w.onboard_via(&w.base, "cyberdyne", "idem-c"))).await;
+    let statuses: Vec<StatusCode> = attempts.iter().map(|a| a.as_ref().expect("answer").0).collect();
+    // THEN one onboards and every other is told it is in progress, or answered the same
+    assert!(statuses.contains(&StatusCode::CREATED), "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| [StatusCode::CREATED, StatusCode::CONFLICT].contains(s)),
+        "{statuses:?}"
+    );
+    for (status, body) in attempts.iter().map(|a| a.as_ref().expect("answer")) {
+        if *status == StatusCode::CONFLICT {
+            assert_eq!(body["type"], "urn:tollgate:problem:idempotency-in-progress", "{body}");
+        }
+    }
+    // AND API Gateway holds exactly one key for the tenant, which a later retry answers
+    let keys = w.keys_of("cyberdyne").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (status, body) = w.onboard_via(&w.base, "cyberdyne", "idem-c").await.expect("answer");
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["key"]["id"], keys[0].as_str());
+}
+
+#[tokio::test]
+async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
+    // GIVEN the usage API on a DynamoDB policy table holding the plans (the Lambda's setup)
+    let (w, registry, sdk, table) = World::on_policy_table("ca-west-1").await;
+    // WHEN a tenant is onboarded, the onboarding retried, and the tenants listed
+    let (s1, first) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
+    let (s2, second) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
+    let list: Value = w.get_json("/v1/tenants?plan=free").await;
+    // THEN the table holds the tenant and its key's hash, the retry answers the same key, and
+    // API Gateway holds one key
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED), "{first} {second}");
+    assert_eq!(first, second);
+    let value = first["key"]["value"].as_str().expect("value");
+    let resolved = registry
+        .resolve(&ApiKeyHash::of(value))
+        .await
+        .expect("table")
+        .expect("resolved");
+    assert_eq!(&*resolved.tenant, "stark");
+    assert_eq!(w.keys_of("stark").await.len(), 1);
+    assert_eq!(list["tenants"], json!([{"tenant": "stark", "plan": "free"}]));
+    // AND an onboarding that crashed after its records but before its idempotency record (here:
+    // that record deleted, and its claim left as a crash leaves it) is refused as in progress
+    // while its claim runs, then completed by the retry, not refused as an existing tenant
+    admin_client(&sdk)
+        .delete_item()
+        .table_name(&table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("idem#idem-s".into()))
+        .send()
+        .await
+        .expect("delete");
+    let until = w.clock.now().as_secs() + tollgate::usage_api::ONBOARDING_CLAIM_SECS;
+    admin_client(&sdk)
+        .put_item()
+        .table_name(&table)
+        .item(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("idem#idem-s#claim".into()),
+        )
+        .item("until", aws_sdk_dynamodb::types::AttributeValue::N(until.to_string()))
+        .item("owner", aws_sdk_dynamodb::types::AttributeValue::S("crashed".into()))
+        .send()
+        .await
+        .expect("claim");
+    let (busy, problem) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
+    assert_eq!(busy, StatusCode::CONFLICT, "{problem}");
+    w.clock
+        .advance(Duration::from_secs(tollgate::usage_api::ONBOARDING_CLAIM_SECS));
+    let (s3, third) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
+    assert_eq!(s3, StatusCode::CREATED, "{third}");
+    assert_eq!(third["key"], first["key"]);
+    assert_eq!(w.keys_of("stark").await.len(), 1);
+    // AND plan sync's reading of the table ignores the usage API's own items
+    let current = tollgate::control::sync::table::PolicyTable::new(admin_client(&sdk), &table)
+        .read()
+        .await
+        .expect("read");
+    assert!(current.records.keys().all(|pk| !pk.starts_with("idem#")));
+    // AND a finished onboarding leaves no claim behind
+    let claim = admin_client(&sdk)
+        .get_item()
+        .table_name(&table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("idem#idem-s#claim".into()),
+        )
+        .send()
+        .await
+        .expect("get");
+    assert!(claim.item().is_none(), "{claim:?}");
+}
+
+#[tokio::test]
+async fn a_lost_create_api_key_answer_is_found_by_name_on_retry_not_created_again() {
+    // GIVEN API Gateway behind a proxy that loses the answer to onboarding's CreateApiKey
+    // (`POST /apikeys`), having applied it
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("eu-south-2", None, Some(&proxy.endpoint()), None).await;
+    proxy.inject_on("POST", "/apikeys", &[Some(Fault::LoseResponse)]);
+    // WHEN onboarding fails on the lost answer and is retried with the same Idempotency-Key
+    let (failed, problem) = w.onboard_via(&w.base, "wayne", "idem-w").await.expect("answer");
+    let (status, body) = w.onboard_via(&w.base, "wayne", "idem-w").await.expect("answer");
+    // THEN the first answer is a 502 problem, the retry onboards with the key the lost call
+    // created, and API Gateway holds exactly that one key, on the plan
+    assert_eq!(proxy.injected(), 1);
+    assert_eq!(failed, StatusCode::BAD_GATEWAY, "{problem}");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["key"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(w.keys_of("wayne").await, vec![id.clone()]);
+    assert_eq!(w.plan_keys().await, BTreeSet::from([id]));
+}
