@@ -18,7 +18,7 @@ use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::policy::{Plan, PlanSpec};
 use tollgate::notify::{Claim, Markers, Notifier, SnsPublisher};
 use tollgate::store::{Consume, Store};
-use tollgate_alarms::Trigger;
+use tollgate_operator::Trigger;
 
 use crate::support::emulator::{self, endpoint, sdk_config, unique};
 use crate::support::subscriber;
@@ -119,7 +119,7 @@ impl Rig {
         }
     }
 
-    /// A container of the alarms function publishing to `topic_arn`.
+    /// A container of the operator function publishing to `topic_arn`.
     fn notifier_to(&self, topic_arn: &str) -> Notifier {
         Notifier::new(
             self.directory.clone(),
@@ -272,11 +272,11 @@ fn attribute(v: &StreamValue) -> Value {
 
 /// One invocation with `records` as its batch: the sequence numbers it reported failed.
 async fn invoke(notifier: &Notifier, records: &[Value], lease: Timestamp) -> Vec<String> {
-    let Trigger::Stream(event) = tollgate_alarms::trigger(json!({ "Records": records })).expect("a stream batch")
+    let Trigger::Stream(event) = tollgate_operator::trigger(json!({ "Records": records })).expect("a stream batch")
     else {
         panic!("a stream batch is dispatched as one");
     };
-    tollgate_alarms::handle_stream(notifier, &event, lease, None)
+    tollgate_operator::handle_stream(notifier, &event, lease, None)
         .await
         .batch_item_failures
         .into_iter()

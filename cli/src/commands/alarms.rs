@@ -1,5 +1,5 @@
 //! `tollgate alarms sync`: make the per-plan alarms match the plans of a policy table, as the
-//! alarms function does on its schedule.
+//! operator function does on its schedule.
 
 use tollgate::aws::{admin_client, cloudwatch_client};
 use tollgate::control::sync::table::PolicyTable;

@@ -242,7 +242,7 @@ fn description(plan: &str, spec: &PlanSpec, settings: &AlarmSettings) -> String 
         "Tollgate plan {plan} ({}): more than {}% of its decisions answered 429 in each of {} \
          minutes. Callers on this plan are being told to slow down: see the dashboard's throttles \
          by reason and plan and top throttled tenants, then raise the plan's limits or talk to \
-         the tenant. Kept in step with the policy table by the alarms function; edits here are \
+         the tenant. Kept in step with the policy table by the operator function; edits here are \
          overwritten.",
         limits.join("; "),
         settings.threshold_percent,

@@ -309,7 +309,7 @@ impl Notifier {
         Ok(plan)
     }
 
-    /// Claim, publish, confirm. See ARCHITECTURE.md ("Quota notices") for each failure.
+    /// Claim, publish, confirm. See docs/design/quota-notices.md for each failure.
     async fn send(&self, notice: Notice, lease: Timestamp, out: &mut Outcome) -> Result<(), NotifyError> {
         let id = notice.id();
         let owner = format!("{:016x}", rand::random::<u64>());

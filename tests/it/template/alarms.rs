@@ -1,5 +1,5 @@
 //! Monitoring's contract: the alarm topic's key, every alarm's actions, the metrics alarms and
-//! the dashboard name, and the alarms function with the state table's stream that feeds it.
+//! the dashboard name, and the operator function with the state table's stream that feeds it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -255,7 +255,7 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
     }
 }
 
-/// What the alarms function's code calls, by the resource it is granted on.
+/// What the operator function's code calls, by the resource it is granted on.
 fn alarms_function_calls() -> BTreeMap<String, BTreeSet<String>> {
     BTreeMap::from([
         ("StateTable.Arn".to_owned(), owned(&tollgate::notify::MARKER_ACTIONS)),
@@ -289,7 +289,7 @@ fn alarms_function_calls() -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn the_alarms_function_gets_its_variables_and_only_the_access_it_uses() {
-    // GIVEN the template's alarms function
+    // GIVEN the template's operator function
     let t = parse(TEMPLATE);
     let f = function(&t, "alarms");
     assert_eq!(
@@ -299,11 +299,11 @@ fn the_alarms_function_gets_its_variables_and_only_the_access_it_uses() {
     // THEN it sets exactly the variables the binary reads, each naming the stack's resource
     let vars = &f["Properties"]["Environment"]["Variables"];
     let set = variable_names(f);
-    assert_eq!(set, tollgate_alarms::variables());
+    assert_eq!(set, tollgate_operator::variables());
     assert_eq!(untag(&vars[tollgate::control::alarms::TOPIC_VAR]).1, "AlarmTopic");
     assert_eq!(untag(&vars["TOLLGATE_SHED_ALARM"]).1, "ShedAlarmName");
-    assert_eq!(untag(&vars[tollgate_alarms::STATE_TABLE]).1, "StateTable");
-    assert_eq!(untag(&vars[tollgate_alarms::POLICY_TABLE]).1, "PolicyTable");
+    assert_eq!(untag(&vars[tollgate_operator::STATE_TABLE]).1, "StateTable");
+    assert_eq!(untag(&vars[tollgate_operator::POLICY_TABLE]).1, "PolicyTable");
     assert_eq!(untag(&vars[tollgate::notify::TOPIC_VAR]).1, "NoticeTopic");
     // AND it is granted exactly the actions the code calls, each on its one resource
     let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -348,7 +348,7 @@ fn the_state_tables_stream_feeds_the_alarms_function_with_partial_batch_failures
     // THEN the state table streams both images of every change
     let spec = &t["Resources"]["StateTable"]["Properties"]["StreamSpecification"];
     assert_eq!(spec["StreamViewType"], "NEW_AND_OLD_IMAGES");
-    // AND one event source mapping hands its records to the alarms function, which reports the
+    // AND one event source mapping hands its records to the operator function, which reports the
     // record to resume from, splits a failing batch, and gives up to a queue
     let mappings = of_type(&t, "AWS::Lambda::EventSourceMapping");
     let (_, m) = mappings
@@ -356,7 +356,7 @@ fn the_state_tables_stream_feeds_the_alarms_function_with_partial_batch_failures
         .find(|(_, m)| resource_name(&m["Properties"]["EventSourceArn"]) == "StateTable.StreamArn")
         .expect("a mapping on the state table's stream");
     let p = &m["Properties"];
-    assert_eq!(untag(&p["FunctionName"]).1, "AlarmsFunction");
+    assert_eq!(untag(&p["FunctionName"]).1, "OperatorFunction");
     assert_eq!(
         strings(&p["FunctionResponseTypes"]),
         vec!["ReportBatchItemFailures".to_owned()]

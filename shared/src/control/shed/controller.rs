@@ -1,6 +1,6 @@
 //! One run of the shed controller: read the level and the designated alarm, decide (the pure
 //! `shed::decide`), write the step under the version read, audit it. Meant to run on a schedule
-//! (every minute) from the alarms function; each run moves the level at most one step, and
+//! (every minute) from the operator function; each run moves the level at most one step, and
 //! concurrent or retried runs together at most one step per `min_interval`.
 
 use std::time::Duration;

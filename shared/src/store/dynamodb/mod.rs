@@ -22,9 +22,10 @@
 //! about one write per token instead of one each, and a lone container never holds off.
 
 pub mod item;
+mod predictions;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -37,11 +38,11 @@ use aws_sdk_dynamodb::types::{
 };
 
 use self::item::{OpStatus, Snapshot, TatAttr, Write};
+use self::predictions::{Predictions, Race, Seen};
 use super::{Consume, Reset, Store, StoreError, Usage};
 use crate::engine;
-use crate::engine::clock::{Timestamp, duration_nanos};
+use crate::engine::clock::Timestamp;
 use crate::engine::decision::{Decision, Reason};
-use crate::engine::quota::Counter;
 
 #[derive(Debug, Clone)]
 pub struct DynamoStoreConfig {
@@ -145,31 +146,10 @@ impl StoreStats {
 pub struct DynamoStore {
     client: Client,
     config: DynamoStoreConfig,
-    cache: Mutex<HashMap<Box<str>, Cached>>,
+    predictions: Predictions,
     stats: StoreStats,
     /// The greatest operation id sent or seen: new ids go above it (a Lamport clock).
     last_op: AtomicU64,
-}
-
-/// A tenant's compacted snapshot as kept between decisions: two boxed slices, no spare capacity,
-/// and what this container knows of its own dealings with the tenant.
-#[derive(Debug)]
-struct Cached {
-    tats: Box<[(TatAttr, Timestamp)]>,
-    counters: Box<[(Counter, u64)]>,
-    /// When the store last answered (or was last asked) for this tenant.
-    checked: Timestamp,
-    /// Races lost in a row at the bucket's edge.
-    losses: u8,
-    /// No write for this tenant before this time, unless the cached item shows a free token.
-    hold_until: Timestamp,
-}
-
-/// What the cache knows of a tenant.
-struct Seen {
-    snap: Snapshot,
-    checked: Timestamp,
-    hold_until: Timestamp,
 }
 
 enum Attempt {
@@ -178,19 +158,11 @@ enum Attempt {
     Unknown(String),
 }
 
-/// How a write's answer moves the hold-off.
-enum Race {
-    Won,
-    Lost(Duration),
-    Neither,
-}
-
 impl DynamoStore {
     pub fn new(client: Client, config: DynamoStoreConfig) -> DynamoStore {
         DynamoStore {
             client,
-            // Sized once: growing the table while serving would leave the old ones as fragments.
-            cache: Mutex::new(HashMap::with_capacity(config.cache_capacity)),
+            predictions: Predictions::new(config.cache_capacity, config.max_hold_off),
             config,
             stats: StoreStats::default(),
             last_op: AtomicU64::new(0),
@@ -206,71 +178,18 @@ impl DynamoStore {
     }
 
     fn seen(&self, tenant: &str) -> Option<Seen> {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tenant)
-            .map(|c| Seen {
-                snap: Snapshot {
-                    tats: c.tats.to_vec(),
-                    counters: c.counters.to_vec(),
-                    ..Snapshot::default()
-                },
-                checked: c.checked,
-                hold_until: c.hold_until,
-            })
-    }
-
-    /// Marks a cached tenant as being re-checked, so that concurrent requests keep using the
-    /// cache while one of them asks the store.
-    fn forget(&self, tenant: &str) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant);
+        self.predictions.seen(tenant)
     }
 
     fn touch(&self, tenant: &str, now: Timestamp) {
-        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(tenant) {
-            c.checked = c.checked.max(now);
-        }
+        self.predictions.touch(tenant, now);
     }
 
+    /// Keeps the item as seen, and every operation id in it below the next one this container
+    /// draws.
     fn remember(&self, tenant: &str, snap: Snapshot, now: Timestamp, race: Race) {
         self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= self.config.cache_capacity && !cache.contains_key(tenant) {
-            // Dropping a prediction costs at most one extra write later; keep it simple.
-            cache.clear();
-        }
-        let snap = snap.compact(now);
-        let (mut losses, mut hold_until) = cache
-            .get(tenant)
-            .map_or((0, Timestamp::from_nanos(0)), |c| (c.losses, c.hold_until));
-        match race {
-            // One success does not make this container the only one at the edge: the hold-off
-            // shrinks by one step rather than vanishing, so a winner by chance steps back again.
-            Race::Won => (losses, hold_until) = (losses.saturating_sub(1), Timestamp::from_nanos(0)),
-            Race::Lost(window) => {
-                losses = losses.saturating_add(1);
-                let cap = duration_nanos(self.config.max_hold_off).max(1);
-                let span = duration_nanos(window)
-                    .saturating_mul(1 << (2 * u32::from(losses.min(16))))
-                    .clamp(1, cap);
-                hold_until = now.saturating_add(Duration::from_nanos(rand::random::<u64>() % span));
-            }
-            Race::Neither => {}
-        }
-        let cached = Cached {
-            tats: snap.tats.into_boxed_slice(),
-            counters: snap.counters.into_boxed_slice(),
-            checked: now,
-            losses,
-            hold_until,
-        };
-        match cache.get_mut(tenant) {
-            Some(slot) => *slot = cached,
-            None => {
-                cache.insert(tenant.into(), cached);
-            }
-        }
+        self.predictions.remember(tenant, snap, now, race);
     }
 
     /// A fresh operation id above every id this container has sent or seen, in a slot drawn at
@@ -618,7 +537,7 @@ impl Store for DynamoStore {
             Err(e) => return Err(unavailable(DisplayErrorContext(e).to_string())),
         }
         // This process's cached view must not refuse on the state just cleared.
-        self.forget(tenant);
+        self.predictions.forget(tenant);
         Ok(())
     }
 }

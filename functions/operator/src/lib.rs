@@ -1,4 +1,4 @@
-//! The alarms Lambda: the event it was invoked with, translated for the library.
+//! The operator Lambda: the event it was invoked with, translated for the library.
 //!
 //! - A DynamoDB stream batch of the state table: quota notices (`tollgate::notify`), with
 //!   partial batch failures (`ReportBatchItemFailures`).

@@ -1,4 +1,4 @@
-//! The alarms Lambda: builds its clients once, then dispatches each invocation on its event.
+//! The operator Lambda: builds its clients once, then dispatches each invocation on its event.
 //! A state-table stream batch sends quota notices; the one-minute schedule steps the shed level
 //! and keeps the per-plan alarms in step with the plans.
 
@@ -16,7 +16,7 @@ use tollgate::control::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::notify::{Markers, Notifier, SnsPublisher, TOPIC_VAR};
-use tollgate_alarms::{POLICY_TABLE, STATE_TABLE, Trigger};
+use tollgate_operator::{POLICY_TABLE, STATE_TABLE, Trigger};
 
 fn var(name: &str) -> Result<String, Error> {
     std::env::var(name).map_err(|_| format!("{name} is not set").into())
@@ -66,10 +66,10 @@ async fn main() -> Result<(), Error> {
         namespace.as_str(),
     );
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let lease = tollgate_alarms::lease(event.context.deadline);
-        match tollgate_alarms::trigger(event.payload)? {
+        let lease = tollgate_operator::lease(event.context.deadline);
+        match tollgate_operator::trigger(event.payload)? {
             Trigger::Stream(batch) => Ok::<_, Error>(serde_json::to_value(
-                tollgate_alarms::handle_stream(notifier, &batch, lease, Some((namespace, clock.now()))).await,
+                tollgate_operator::handle_stream(notifier, &batch, lease, Some((namespace, clock.now()))).await,
             )?),
             // Both jobs run each minute, each whatever the other's outcome; either failing fails
             // the invocation, so Lambda's `Errors` (and the alarm on it) see it.
