@@ -256,7 +256,7 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
 }
 
 /// What the operator function's code calls, by the resource it is granted on.
-fn alarms_function_calls() -> BTreeMap<String, BTreeSet<String>> {
+fn operator_function_calls() -> BTreeMap<String, BTreeSet<String>> {
     BTreeMap::from([
         ("StateTable.Arn".to_owned(), owned(&tollgate::notify::MARKER_ACTIONS)),
         (
@@ -288,10 +288,10 @@ fn alarms_function_calls() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 #[test]
-fn the_alarms_function_gets_its_variables_and_only_the_access_it_uses() {
+fn the_operator_function_gets_its_variables_and_only_the_access_it_uses() {
     // GIVEN the template's operator function
     let t = parse(TEMPLATE);
-    let f = function(&t, "alarms");
+    let f = function(&t, "operator");
     assert_eq!(
         f["Metadata"]["BuildMethod"], "rust-cargolambda",
         "built by sam build like the others"
@@ -326,7 +326,7 @@ fn the_alarms_function_gets_its_variables_and_only_the_access_it_uses() {
         };
         granted.entry(key).or_default().extend(actions);
     }
-    let want = alarms_function_calls();
+    let want = operator_function_calls();
     assert_eq!(granted, want, "least privilege: exactly what the code calls");
     // AND of the policy it writes only the shed level and audit records, never a plan or key
     assert_eq!(
@@ -343,7 +343,7 @@ fn the_alarms_function_gets_its_variables_and_only_the_access_it_uses() {
 }
 
 #[test]
-fn the_state_tables_stream_feeds_the_alarms_function_with_partial_batch_failures() {
+fn the_state_tables_stream_feeds_the_operator_function_with_partial_batch_failures() {
     let t = parse(TEMPLATE);
     // THEN the state table streams both images of every change
     let spec = &t["Resources"]["StateTable"]["Properties"]["StreamSpecification"];
