@@ -72,54 +72,35 @@ pub enum ErrorKind {
     Runtime(std::io::Error),
 }
 
-/// A failed command: its typed cause, and the line a user reads, rendered once when the command
-/// gives up. Callers compare and match on that line (`==`, and `&str` methods through `Deref`),
-/// since it is what scripts and people see.
+/// A failed command: its typed cause. `main` prints it after `error: `.
 #[derive(Debug)]
-pub struct CliError {
+pub struct CliError(
     /// Boxed: a command's `Result` stays small on the happy path.
-    kind: Box<ErrorKind>,
-    message: String,
-}
+    Box<ErrorKind>,
+);
 
 impl CliError {
     /// Why the command failed.
     pub fn kind(&self) -> &ErrorKind {
-        &self.kind
+        &self.0
     }
 }
 
 impl<E: Into<ErrorKind>> From<E> for CliError {
     fn from(e: E) -> Self {
-        let kind = Box::new(e.into());
-        let message = kind.to_string();
-        CliError { kind, message }
+        CliError(Box::new(e.into()))
     }
 }
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        self.0.fmt(f)
     }
 }
 
 impl std::error::Error for CliError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         // The message already is the kind's; its cause is the next link.
-        std::error::Error::source(&*self.kind)
-    }
-}
-
-impl PartialEq for CliError {
-    fn eq(&self, other: &Self) -> bool {
-        self.message == other.message
-    }
-}
-
-impl std::ops::Deref for CliError {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.message
+        std::error::Error::source(&*self.0)
     }
 }

@@ -352,12 +352,12 @@ async fn policy_diff_exits_4_on_drift_and_0_once_api_gateway_and_the_table_match
         live: emulator::live(w.table.name(), "ca-central-1"),
     };
     // WHEN diffed before anything is synced THEN it reports drift: exit 4
-    assert_eq!(diff().run().await, Ok(ExitCode::from(4)));
+    assert_eq!(diff().run().await.map_err(|e| e.to_string()), Ok(ExitCode::from(4)));
 
     // WHEN API Gateway is changed to the file's rate and the table synced
     w.patch_plan(&plan, "/throttle/rateLimit", "2").await;
     w.sync().await;
     // THEN there is nothing left to report: exit 0
-    assert_eq!(diff().run().await, Ok(ExitCode::SUCCESS));
+    assert_eq!(diff().run().await.map_err(|e| e.to_string()), Ok(ExitCode::SUCCESS));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,14 +32,17 @@ async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_o
 
     // WHEN a file naming a tenant with no key in API Gateway is applied
     let bad = format!("{AFTER}[tenants.ghost]\nplan = \"free\"\n");
-    let err = command(&bad).run().await.expect_err("refused");
+    let err = command(&bad).run().await.expect_err("refused").to_string();
     // THEN the error names the tenant and the field, and nothing was touched
     assert!(err.starts_with("tenant `ghost`: `tenants`: no API key"), "{err}");
     assert!(err.ends_with("nothing was changed"), "{err}");
     assert!(!w.gateway().await.contains_key("gold"));
 
     // WHEN AFTER is applied, verified by the simulator first THEN it exits 0 with gold in place
-    assert_eq!(command(AFTER).run().await, Ok(ExitCode::SUCCESS));
+    assert_eq!(
+        command(AFTER).run().await.map_err(|e| e.to_string()),
+        Ok(ExitCode::SUCCESS)
+    );
     assert_eq!(w.gateway().await["gold"].3.len(), 1);
     let history = w.table.audit_log().history().await.expect("history");
     assert_eq!(
