@@ -799,7 +799,7 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
         .as_mapping()
         .expect("environment");
     let set: BTreeSet<&str> = vars.keys().filter_map(Value::as_str).collect();
-    assert_eq!(set, tollgate::usage_api::FUNCTION_VARIABLES.into_iter().collect());
+    assert_eq!(set, tollgate_usage_api::FUNCTION_VARIABLES.into_iter().collect());
     assert_eq!(untag(&vars["TOLLGATE_STATE_TABLE"]).1, "StateTable");
     assert_eq!(untag(&vars["TOLLGATE_POLICY_TABLE"]).1, "PolicyTable");
     // AND it may call exactly the DynamoDB actions the usage API calls, per table, and exactly
@@ -834,8 +834,8 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
     assert_eq!(
         tables,
         BTreeMap::from([
-            ("StateTable.Arn".to_owned(), set(&tollgate::usage_api::STATE_ACTIONS)),
-            ("PolicyTable.Arn".to_owned(), set(&tollgate::usage_api::POLICY_ACTIONS)),
+            ("StateTable.Arn".to_owned(), set(&tollgate_usage_api::STATE_ACTIONS)),
+            ("PolicyTable.Arn".to_owned(), set(&tollgate_usage_api::POLICY_ACTIONS)),
         ])
     );
     // AND of the policy table it writes only its own items, never a plan or the sync's meta
@@ -852,7 +852,7 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
             ),
         ])
     );
-    let want: BTreeSet<(String, String)> = tollgate::usage_api::CONTROL_ACCESS
+    let want: BTreeSet<(String, String)> = tollgate_usage_api::CONTROL_ACCESS
         .iter()
         .map(|(a, p)| ((*a).to_owned(), (*p).to_owned()))
         .collect();

@@ -22,7 +22,8 @@ use tollgate::policy_table::KeyRecord;
 use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::{Consume, DynamoStore, Store};
 use tollgate::usage_api::registry::Registry;
-use tollgate::usage_api::{AdminAuth, CallerSource, ROUTES, SCHEDULE_ACTOR, UsageApi};
+use tollgate::usage_api::{AdminAuth, CallerSource, ROUTES, UsageApi};
+use tollgate_usage_api::SCHEDULE_ACTOR;
 
 use crate::emulator;
 use crate::fault_proxy::{Fault, FaultProxy};

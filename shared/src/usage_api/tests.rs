@@ -3,14 +3,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
 
 use super::*;
 use crate::directory::{Directory, MemoryDirectory};
-use crate::engine::clock::ManualClock;
+use crate::engine::clock::{ManualClock, Timestamp};
+use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::{Plan, PlanSpec};
+use crate::engine::quota::Period;
+use crate::policy_table::KeyRecord;
+use crate::policy_table::audit::Source;
 use crate::store::{Consume, MemoryStore};
 
 // 2026-11-29T12:00:00Z
