@@ -79,23 +79,17 @@ pub async fn handle(api: &UsageApi, router: Router, event: LambdaEvent<Value>) -
 /// extensions.
 pub async fn identity(mut req: Request, next: Next) -> Response {
     if let Some(RequestContext::ApiGatewayV1(ctx)) = req.extensions().get::<RequestContext>() {
-        let tenant = ctx
-            .authorizer
-            .fields
-            .get("tenant")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
-        let plan = ctx
-            .authorizer
-            .fields
-            .get("plan")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        // A field the context lacks or leaves empty is no identity.
+        let field = |name: &str| {
+            let value = ctx.authorizer.fields.get(name).and_then(|v| v.as_str());
+            value.filter(|v| !v.is_empty()).map(str::to_owned)
+        };
+        let (tenant, plan) = (field("tenant"), field("plan"));
         let actor = ctx.identity.user_arn.clone();
-        if let Some(t) = tenant.filter(|t| !t.is_empty()) {
+        if let Some(t) = tenant {
             req.extensions_mut().insert(AuthorizedTenant(t));
         }
-        if let Some(p) = plan.filter(|p| !p.is_empty()) {
+        if let Some(p) = plan {
             req.extensions_mut().insert(AuthorizedPlan(p));
         }
         if let Some(a) = actor {

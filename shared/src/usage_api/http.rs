@@ -257,8 +257,7 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
-    let mut values = headers.get_all("idempotency-key").iter();
-    let (Some(v), None) = (values.next(), values.next()) else {
+    let Some(v) = single_header(headers, "idempotency-key") else {
         return Err(Problem::bad_request(
             "send exactly one `Idempotency-Key` header (e.g. a UUID): a retry with the same key creates nothing new",
         ));
@@ -273,6 +272,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
             ))
         })?;
     Ok(s.to_owned())
+}
+
+/// The value of a header sent exactly once; `None` when it is missing or repeated.
+pub(super) fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => Some(value),
+        _ => None,
+    }
 }
 
 /// A JSON number that is a whole number from 0 to `max`: `60.0` is the integer 60, as JSON

@@ -140,8 +140,7 @@ impl AdminAuth {
             )),
             AdminAuth::Iam => Ok(actor.map_or_else(|| "iam".to_owned(), |a| a.0.clone())),
             AdminAuth::Bearer(token) => {
-                let mut values = headers.get_all(header::AUTHORIZATION).iter();
-                let (Some(value), None) = (values.next(), values.next()) else {
+                let Some(value) = http::single_header(headers, header::AUTHORIZATION.as_str()) else {
                     return Err(Problem::unauthorized(
                         "admin routes need exactly one `Authorization: Bearer TOKEN` header",
                     ));

@@ -13,7 +13,7 @@ use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::Plan;
 use crate::engine::quota::{Counter, Period, days_from_civil};
-use crate::usage_api::http::{Admin, Answer, QueryNames, Tenant, json, param, query};
+use crate::usage_api::http::{Admin, Answer, QueryNames, Tenant, json, param, query, single_header};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::views::{History, PeriodUsage, period_label, usage_view};
 use crate::usage_api::{AuthorizedPlan, AuthorizedTenant, CallerSource, PLAN_CACHE_TTL, UsageApi};
@@ -90,8 +90,7 @@ async fn caller(api: &UsageApi, req: &Parts) -> Result<String, Problem> {
         }
         (None, CallerSource::KeyHeader(name)) => name,
     };
-    let mut values = req.headers.get_all(name.as_str()).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
+    let Some(value) = single_header(&req.headers, name) else {
         return Err(Problem::unauthorized(format!(
             "send your API key in exactly one `{name}` header"
         )));
