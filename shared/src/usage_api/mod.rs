@@ -3,9 +3,9 @@
 //! store, the audit trail, API Gateway's write port, a clock), served by the `usage-api` Lambda
 //! and by `tollgate serve` under `/_tollgate`.
 //!
-//! Every error is an RFC 9457 problem (`problem::Problem`); axum's own extractors are not used
-//! for anything a client sends (body, query, content type), so no rejection escapes in another
-//! shape. Reading usage is one `Store::usage` (one `GetItem` on DynamoDB) and writes nothing.
+//! Every error is an RFC 9457 problem (`problem::Problem`); axum's own extractors (`Json`,
+//! `Query`) are not used for anything a client sends: the extractors of `http` read body, query
+//! and content type, so no rejection escapes in another shape. Reading usage is one `Store::usage` (one `GetItem` on DynamoDB) and writes nothing.
 //!
 //! `http` reads requests (the admin routes' preamble among it) and writes answers, `views` are
 //! the answers' bodies, `routes` one module per use case, `registry` the policy table's port.
