@@ -1,19 +1,11 @@
-//! The usage API Lambda: the library's router behind API Gateway (REST). The self-service route
-//! sits behind the Tollgate authorizer, whose context names the tenant; the admin routes behind
-//! `AWS_IAM`, whose caller is recorded as the actor of every change. An EventBridge schedule
-//! invokes it too (`Scheduled Event`): that invocation revokes the rotated-out keys whose grace
-//! period is over, so they stop on time even when no admin route is called.
+//! The usage API Lambda's entry point: its configuration and clients, then one `handle` per
+//! invocation (`lib.rs`).
 
 use std::sync::Arc;
 
 use aws_config::BehaviorVersion;
-use axum::Router;
-use axum::extract::Request;
-use axum::middleware::{Next, from_fn};
-use axum::response::Response;
-use lambda_http::request::{LambdaRequest, RequestContext};
-use lambda_http::tower::ServiceExt;
-use lambda_http::{Adapter, Error, LambdaEvent, lambda_runtime, service_fn};
+use axum::middleware::from_fn;
+use lambda_http::{Error, LambdaEvent, lambda_runtime, service_fn};
 use serde_json::Value;
 use tollgate::aws::{StoreTimeouts, admin_client, control_client, state_client};
 use tollgate::control::apigateway::{ApiGateway, Backoff};
@@ -21,10 +13,8 @@ use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::SystemClock;
 use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
-use tollgate::usage_api::{
-    Actor, AdminAuth, AuthorizedPlan, AuthorizedTenant, CallerSource, FUNCTION_VARIABLES as VARIABLES, SCHEDULE_ACTOR,
-    UsageApi,
-};
+use tollgate::usage_api::{AdminAuth, CallerSource, UsageApi};
+use tollgate_usage_api::{FUNCTION_VARIABLES as VARIABLES, handle, identity};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -56,168 +46,4 @@ async fn main() -> Result<(), Error> {
         handle(api, router.clone(), event).await
     }))
     .await
-}
-
-/// Whether an invocation is the function's EventBridge schedule rather than an API request.
-fn is_schedule(event: &Value) -> bool {
-    event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
-        && event.get("source").and_then(Value::as_str) == Some("aws.events")
-}
-
-/// One invocation: the schedule revokes the keys due; anything else is an API Gateway request,
-/// served by the router as `lambda_http::run` would.
-async fn handle(api: &UsageApi, router: Router, event: LambdaEvent<Value>) -> Result<Value, Error> {
-    let LambdaEvent { payload, context } = event;
-    if is_schedule(&payload) {
-        let revoked = api
-            .revoke_due(SCHEDULE_ACTOR)
-            .await
-            .map_err(|p| format!("revoking rotated-out keys: {}", p.detail))?;
-        tracing::info!(revoked = revoked.len(), "revocation sweep done");
-        return Ok(serde_json::json!({ "revoked": revoked.iter().map(|r| &r.key_id).collect::<Vec<_>>() }));
-    }
-    let mut request: LambdaRequest = serde_json::from_value(payload)?;
-    if let LambdaRequest::ApiGatewayV1(r) = &mut request {
-        // The routes are API Gateway's resource paths (`path`); `lambda_http` would put the REST
-        // stage in front of them (`/v1api/v1/tenants`, a 404) unless told otherwise.
-        r.request_context.stage = None;
-    }
-    let response = Adapter::from(router)
-        .oneshot(LambdaEvent::new(request, context))
-        .await?;
-    Ok(serde_json::to_value(response)?)
-}
-
-/// The tenant and plan from the authorizer's context and the IAM caller, as the router's
-/// extensions.
-async fn identity(mut req: Request, next: Next) -> Response {
-    if let Some(RequestContext::ApiGatewayV1(ctx)) = req.extensions().get::<RequestContext>() {
-        let tenant = ctx
-            .authorizer
-            .fields
-            .get("tenant")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
-        let plan = ctx
-            .authorizer
-            .fields
-            .get("plan")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
-        let actor = ctx.identity.user_arn.clone();
-        if let Some(t) = tenant.filter(|t| !t.is_empty()) {
-            req.extensions_mut().insert(AuthorizedTenant(t));
-        }
-        if let Some(p) = plan.filter(|p| !p.is_empty()) {
-            req.extensions_mut().insert(AuthorizedPlan(p));
-        }
-        if let Some(a) = actor {
-            req.extensions_mut().insert(Actor(a));
-        }
-    }
-    next.run(req).await
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use serde_json::{Value, json};
-    use tollgate::directory::{Directory, MemoryDirectory};
-    use tollgate::engine::clock::{ManualClock, Timestamp};
-    use tollgate::engine::identity::ApiKeyHash;
-    use tollgate::policy_table::KeyRecord;
-    use tollgate::store::MemoryStore;
-    use tollgate::usage_api::registry::{Registry, Revocation};
-    use tollgate::usage_api::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
-
-    use super::*;
-
-    /// A usage API in memory with tenant `acme` holding key `k1` (hash of "old-key"), whose
-    /// revocation falls due at 1000 s; the clock at 1001 s.
-    async fn api() -> (UsageApi, Arc<MemoryDirectory>, Arc<MemoryAudit>) {
-        let dir = Arc::new(MemoryDirectory::default());
-        dir.put_tenant("acme", "free");
-        let record = KeyRecord {
-            tenant: "acme".into(),
-            key_id: "k1".into(),
-            enabled: true,
-        };
-        let hash = ApiKeyHash::of("old-key");
-        dir.put_key(hash, record);
-        Registry::put_revocation(
-            dir.as_ref(),
-            &Revocation {
-                tenant: "acme".into(),
-                key_id: "k1".into(),
-                hash: hash.to_hex(),
-                at: 1000,
-            },
-        )
-        .await
-        .expect("revocation");
-        let audit = Arc::new(MemoryAudit::default());
-        let clock = ManualClock::new(Timestamp::from_secs(1000));
-        clock.advance(Duration::from_secs(1));
-        let api = UsageApi {
-            registry: dir.clone(),
-            store: Arc::new(MemoryStore::default()),
-            audit: audit.clone(),
-            control: None,
-            clock: Arc::new(clock),
-            admin: AdminAuth::Iam,
-            caller: CallerSource::AuthorizerContext,
-        };
-        (api, dir, audit)
-    }
-
-    fn invocation(payload: Value) -> LambdaEvent<Value> {
-        LambdaEvent::new(payload, lambda_http::Context::default())
-    }
-
-    #[tokio::test]
-    async fn a_scheduled_event_revokes_the_keys_due_and_an_api_event_is_routed() {
-        // GIVEN the function's state with one revocation due
-        let (api, dir, audit) = api().await;
-        let router = api.clone().router().layer(from_fn(identity));
-        // WHEN EventBridge's schedule invokes it
-        let scheduled = json!({
-            "version": "0", "id": "53dc4d37", "detail-type": "Scheduled Event", "source": "aws.events",
-            "account": "123456789012", "time": "2026-12-02T07:00:00Z", "region": "eu-west-1",
-            "resources": ["arn:aws:events:eu-west-1:123456789012:rule/usage-api-revocations"], "detail": {}
-        });
-        let out = handle(&api, router.clone(), invocation(scheduled))
-            .await
-            .expect("sweep");
-        // THEN the key due is revoked, audited as the schedule, and no longer resolves
-        assert_eq!(out, json!({"revoked": ["k1"]}));
-        assert!(dir.resolve(&ApiKeyHash::of("old-key")).await.expect("dir").is_none());
-        assert!(Registry::revocations(dir.as_ref()).await.expect("dir").is_empty());
-        let records = audit.records();
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].actor.as_deref(), Some(SCHEDULE_ACTOR));
-        // AND an API Gateway REST event is served by the router (its stage `v1api` not taken for
-        // part of the route), answered as a proxy response
-        let request = json!({
-            "resource": "/v1/tenants", "path": "/v1/tenants", "httpMethod": "GET",
-            "headers": {"Host": "x.execute-api.eu-west-1.amazonaws.com"},
-            "multiValueHeaders": {"Host": ["x.execute-api.eu-west-1.amazonaws.com"]},
-            "queryStringParameters": null, "multiValueQueryStringParameters": null,
-            "pathParameters": null, "stageVariables": null, "body": null, "isBase64Encoded": false,
-            "requestContext": {
-                "accountId": "123456789012", "resourceId": "abc", "stage": "v1api", "requestId": "r1",
-                "httpMethod": "GET", "resourcePath": "/v1/tenants", "path": "/v1api/v1/tenants",
-                "apiId": "x", "identity": {"userArn": "arn:aws:iam::123456789012:user/ops", "sourceIp": "10.0.0.1"}
-            }
-        });
-        let out = handle(&api, router.clone(), invocation(request)).await.expect("answer");
-        assert_eq!(out["statusCode"], 200, "{out}");
-        let body: Value = serde_json::from_str(out["body"].as_str().expect("body")).expect("json");
-        assert_eq!(body["tenants"], json!([{"tenant": "acme", "plan": "free"}]));
-        // AND an event that only looks scheduled (another source) is not taken for the schedule
-        let forged = json!({"detail-type": "Scheduled Event", "source": "custom.app", "detail": {}});
-        assert!(!is_schedule(&forged));
-        assert!(handle(&api, router, invocation(forged)).await.is_err());
-    }
 }

@@ -1,6 +1,7 @@
-//! The policy directory held in memory, loaded from a policy file (the CLI's default).
+//! The policy directory held in memory, loaded from a policy file (the CLI's default), and the
+//! items of other kinds a policy table holds beside the policy (`OtherItems`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use crate::policy_table::KeyRecord;
 #[derive(Debug, Default)]
 pub struct MemoryDirectory {
     inner: RwLock<Inner>,
+    other: OtherItems,
 }
 
 #[derive(Debug, Default)]
@@ -23,8 +25,6 @@ struct Inner {
     tenants: HashMap<String, String>,
     plans: HashMap<String, Arc<Plan>>,
     shed: ShedState,
-    /// The usage API's idempotency and revocation records (`crate::usage_api::registry`).
-    extra: crate::usage_api::registry::Extra,
 }
 
 impl MemoryDirectory {
@@ -89,47 +89,9 @@ impl MemoryDirectory {
         self.read().plans.keys().cloned().collect()
     }
 
-    pub(crate) fn extra_get(&self, k: &str) -> Option<String> {
-        self.read().extra.get(k).cloned()
-    }
-
-    pub(crate) fn extra_put(&self, k: &str, v: String) {
-        self.write().extra.insert(k.to_owned(), v);
-    }
-
-    /// Inserts unless present; whether it inserted.
-    pub(crate) fn extra_put_new(&self, k: &str, v: String) -> bool {
-        let mut inner = self.write();
-        if inner.extra.contains_key(k) {
-            return false;
-        }
-        inner.extra.insert(k.to_owned(), v);
-        true
-    }
-
-    /// Replaces the value under `k` when `take` says so of the one there (`None`: absent), in
-    /// one step; whether it did.
-    pub(crate) fn extra_put_if(&self, k: &str, v: String, take: impl FnOnce(Option<&String>) -> bool) -> bool {
-        let mut inner = self.write();
-        if !take(inner.extra.get(k)) {
-            return false;
-        }
-        inner.extra.insert(k.to_owned(), v);
-        true
-    }
-
-    pub(crate) fn extra_remove(&self, k: &str) {
-        self.write().extra.remove(k);
-    }
-
-    pub(crate) fn extra_with_prefix(&self, prefix: &str) -> Vec<String> {
-        let inner = self.read();
-        inner
-            .extra
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.clone())
-            .collect()
+    /// The items of kinds the directory does not read.
+    pub fn other_items(&self) -> &OtherItems {
+        &self.other
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -157,5 +119,58 @@ impl Directory for MemoryDirectory {
 
     async fn shed(&self) -> Result<ShedState, DirectoryError> {
         Ok(self.read().shed.clone())
+    }
+}
+
+/// Items of the kinds the decision path never reads (the usage API's onboarding records and
+/// claims, pending revocations), by key, each as its writer stores it. Sorted, so a kind is a
+/// range of keys (`with_prefix`).
+#[derive(Debug, Default)]
+pub struct OtherItems(RwLock<BTreeMap<String, String>>);
+
+impl OtherItems {
+    pub fn get(&self, k: &str) -> Option<String> {
+        self.read().get(k).cloned()
+    }
+
+    pub fn put(&self, k: &str, v: String) {
+        self.write().insert(k.to_owned(), v);
+    }
+
+    /// Inserts unless present; whether it inserted.
+    pub fn put_new(&self, k: &str, v: String) -> bool {
+        self.put_if(k, v, |held| held.is_none())
+    }
+
+    /// Replaces the value under `k` when `take` says so of the one there (`None`: absent), in
+    /// one step; whether it did.
+    pub fn put_if(&self, k: &str, v: String, take: impl FnOnce(Option<&String>) -> bool) -> bool {
+        let mut items = self.write();
+        if !take(items.get(k)) {
+            return false;
+        }
+        items.insert(k.to_owned(), v);
+        true
+    }
+
+    pub fn remove(&self, k: &str) {
+        self.write().remove(k);
+    }
+
+    /// The values of every key starting with `prefix`, in key order.
+    pub fn with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.read()
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, String>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, String>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -8,9 +8,9 @@
 //! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
 //! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
 //! - `sync#meta`: plan sync's `generation` (N);
-//! - `idem#<Idempotency-Key>` and `idem#<Idempotency-Key>#claim`: the usage API's onboarding
-//!   records and claims;
-//! - `revoke#<key id>`: a rotated-out key's pending revocation;
+//! - `idem#<Idempotency-Key>`: the usage API's onboarding record, `record` (S, JSON);
+//! - `idem#<Idempotency-Key>#claim`: an onboarding attempt's claim, `until` (N), `owner` (S);
+//! - `revoke#<key id>`: a rotated-out key's pending revocation, `record` (S, JSON);
 //! - `audit#<id>`: one change record (`audit`).
 
 pub mod audit;

@@ -51,6 +51,30 @@ pub fn string(item: &Item, attr: &str) -> Option<String> {
     item.get(attr)?.as_s().ok().cloned()
 }
 
+/// The attribute of the usage API's own items (`idem#…`, `revoke#…`): the record as JSON.
+pub const JSON_ATTR: &str = "record";
+/// The attributes of an onboarding claim (`idem#…#claim`): until when it holds (epoch seconds),
+/// and the attempt that holds it.
+pub const CLAIM_UNTIL: &str = "until";
+pub const CLAIM_OWNER: &str = "owner";
+
+/// An item holding a record as JSON, `pk` included.
+pub fn json_item(pk: String, json: String) -> Item {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(pk)),
+        (JSON_ATTR.to_owned(), AttributeValue::S(json)),
+    ])
+}
+
+/// An onboarding claim's item, `pk` included.
+pub fn claim_item(pk: String, until: u64, owner: String) -> Item {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(pk)),
+        (CLAIM_UNTIL.to_owned(), AttributeValue::N(until.to_string())),
+        (CLAIM_OWNER.to_owned(), AttributeValue::S(owner)),
+    ])
+}
+
 /// A managed item, or `None` for items of other kinds (the sync's own meta item among them).
 pub fn parse(pk: &str, item: &Item) -> Option<Record> {
     let kind = pk.split_once('#')?.0;

@@ -3,14 +3,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
 
 use super::*;
 use crate::directory::{Directory, MemoryDirectory};
-use crate::engine::clock::ManualClock;
+use crate::engine::clock::{ManualClock, Timestamp};
+use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::{Plan, PlanSpec};
+use crate::engine::quota::Period;
+use crate::policy_table::KeyRecord;
+use crate::policy_table::audit::Source;
 use crate::store::{Consume, MemoryStore};
 
 // 2026-11-29T12:00:00Z
@@ -320,41 +325,53 @@ async fn tenants_are_paged_and_filtered_by_plan() {
 #[tokio::test]
 async fn bad_input_is_a_problem_naming_what_to_change() {
     let w = admin_world();
-    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
-        (get("/v1/tenants?limit=0"), StatusCode::BAD_REQUEST, "`limit`"),
-        (get("/v1/tenants?bogus=1"), StatusCode::BAD_REQUEST, "bogus"),
-        (get("/v1/tenants?limit=1&limit=2"), StatusCode::BAD_REQUEST, "twice"),
-        (get("/v1/tenants?plan=%zz"), StatusCode::BAD_REQUEST, "percent"),
+    // Queries and paths a route refuses: 400, naming the parameter.
+    let bad_queries = [
+        ("/v1/tenants?limit=0", "`limit`"),
+        ("/v1/tenants?bogus=1", "bogus"),
+        ("/v1/tenants?limit=1&limit=2", "twice"),
+        ("/v1/tenants?plan=%zz", "percent"),
+        ("/v1/tenants/alpha/usage?from=2026-13-01", "`from`"),
+        ("/v1/tenants/alpha/usage?from=2026-11-29&to=2026-11-28", "after"),
+        ("/v1/tenants/alpha/usage?granularity=week", "granularity"),
+        ("/v1/tenants/alpha/usage?to=2027-01-01", "future"),
+        ("/v1/tenants/alpha/usage?from=2025-01-01", "kept"),
+        ("/v1/tenants/alpha/usage?from=2026-02-30", "calendar"),
+        ("/v1/tenants/%FF", "tenant"),
+    ];
+    let mut cases: Vec<(Request<Body>, StatusCode, &str)> = bad_queries
+        .into_iter()
+        .map(|(uri, detail)| (get(uri), StatusCode::BAD_REQUEST, detail))
+        .collect();
+    // Bodies a route refuses: 400, naming the field.
+    let bad_bodies = [
+        ("PUT", "/v1/tenants/alpha/plan", "{\"plan\":", "JSON"),
         (
-            get("/v1/tenants/alpha/usage?from=2026-13-01"),
-            StatusCode::BAD_REQUEST,
-            "`from`",
+            "PUT",
+            "/v1/tenants/alpha/plan",
+            "{\"plan\":\"pro\",\"x\":1}",
+            "unknown field `x`",
         ),
+        ("PUT", "/v1/tenants/alpha/plan", "{\"plan\":\"gold\"}", "gold"),
+        ("POST", "/v1/tenants/alpha/reset", "{}", "nothing to reset"),
         (
-            get("/v1/tenants/alpha/usage?from=2026-11-29&to=2026-11-28"),
-            StatusCode::BAD_REQUEST,
-            "after",
+            "POST",
+            "/v1/tenants",
+            "{\"tenant\":\"t\",\"plan\":\"free\"}",
+            "Idempotency-Key",
         ),
-        (
-            get("/v1/tenants/alpha/usage?granularity=week"),
-            StatusCode::BAD_REQUEST,
-            "granularity",
-        ),
-        (
-            get("/v1/tenants/alpha/usage?to=2027-01-01"),
-            StatusCode::BAD_REQUEST,
-            "future",
-        ),
-        (
-            get("/v1/tenants/alpha/usage?from=2025-01-01"),
-            StatusCode::BAD_REQUEST,
-            "kept",
-        ),
-        (
-            get("/v1/tenants/alpha/usage?from=2026-02-30"),
-            StatusCode::BAD_REQUEST,
-            "calendar",
-        ),
+    ];
+    cases.extend(
+        bad_bodies
+            .into_iter()
+            .map(|(method, uri, body, detail)| (send(method, uri, body), StatusCode::BAD_REQUEST, detail)),
+    );
+    let too_large = format!("{{\"rate\":true,\"p\":\"{}\"}}", "x".repeat(MAX_BODY));
+    let not_json = Request::put("/v1/tenants/alpha/plan")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::from("{\"plan\":\"pro\"}"))
+        .expect("request");
+    cases.extend([
         (get("/v1/tenants/nobody"), StatusCode::NOT_FOUND, "nobody"),
         (get("/v1/nowhere"), StatusCode::NOT_FOUND, "no route"),
         (
@@ -363,49 +380,12 @@ async fn bad_input_is_a_problem_naming_what_to_change() {
             "PATCH",
         ),
         (
-            send("PUT", "/v1/tenants/alpha/plan", "{\"plan\":"),
-            StatusCode::BAD_REQUEST,
-            "JSON",
-        ),
-        (
-            send("PUT", "/v1/tenants/alpha/plan", "{\"plan\":\"pro\",\"x\":1}"),
-            StatusCode::BAD_REQUEST,
-            "unknown field `x`",
-        ),
-        (
-            send("PUT", "/v1/tenants/alpha/plan", "{\"plan\":\"gold\"}"),
-            StatusCode::BAD_REQUEST,
-            "gold",
-        ),
-        (
-            send("POST", "/v1/tenants/alpha/reset", "{}"),
-            StatusCode::BAD_REQUEST,
-            "nothing to reset",
-        ),
-        (
-            send(
-                "POST",
-                "/v1/tenants/alpha/reset",
-                &format!("{{\"rate\":true,\"p\":\"{}\"}}", "x".repeat(MAX_BODY)),
-            ),
+            send("POST", "/v1/tenants/alpha/reset", &too_large),
             StatusCode::PAYLOAD_TOO_LARGE,
             "bytes",
         ),
-        (
-            Request::put("/v1/tenants/alpha/plan")
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .body(Body::from("{\"plan\":\"pro\"}"))
-                .expect("request"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "application/json",
-        ),
-        (
-            send("POST", "/v1/tenants", "{\"tenant\":\"t\",\"plan\":\"free\"}"),
-            StatusCode::BAD_REQUEST,
-            "Idempotency-Key",
-        ),
-        (get("/v1/tenants/%FF"), StatusCode::BAD_REQUEST, "tenant"),
-    ];
+        (not_json, StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
+    ]);
     for (req, want, detail) in cases {
         let what = format!("{} {}", req.method(), req.uri());
         let (s, ct, body) = call(&w, req).await;

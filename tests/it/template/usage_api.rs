@@ -16,7 +16,7 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
     // THEN it sets exactly the variables the binary reads, naming the stack's tables
     let vars = &f["Properties"]["Environment"]["Variables"];
     let set = variable_names(f);
-    assert_eq!(set, tollgate::usage_api::FUNCTION_VARIABLES.into_iter().collect());
+    assert_eq!(set, tollgate_usage_api::FUNCTION_VARIABLES.into_iter().collect());
     assert_eq!(untag(&vars["TOLLGATE_STATE_TABLE"]).1, "StateTable");
     assert_eq!(untag(&vars["TOLLGATE_POLICY_TABLE"]).1, "PolicyTable");
     // AND it may call exactly the DynamoDB actions the usage API calls, per table, and exactly
@@ -48,11 +48,8 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
     assert_eq!(
         tables,
         BTreeMap::from([
-            ("StateTable.Arn".to_owned(), owned(&tollgate::usage_api::STATE_ACTIONS)),
-            (
-                "PolicyTable.Arn".to_owned(),
-                owned(&tollgate::usage_api::POLICY_ACTIONS)
-            ),
+            ("StateTable.Arn".to_owned(), owned(&tollgate_usage_api::STATE_ACTIONS)),
+            ("PolicyTable.Arn".to_owned(), owned(&tollgate_usage_api::POLICY_ACTIONS)),
         ])
     );
     // AND of the policy table it writes only its own items, never a plan or the sync's meta
@@ -69,7 +66,7 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
             ),
         ])
     );
-    let want: BTreeSet<(String, String)> = tollgate::usage_api::CONTROL_ACCESS
+    let want: BTreeSet<(String, String)> = tollgate_usage_api::CONTROL_ACCESS
         .iter()
         .map(|(a, p)| ((*a).to_owned(), (*p).to_owned()))
         .collect();

@@ -8,8 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tollgate::directory::Directory;
 use tollgate::engine::identity::ApiKeyHash;
-use tollgate::usage_api::SCHEDULE_ACTOR;
 use tollgate::usage_api::registry::Registry;
+use tollgate_usage_api::SCHEDULE_ACTOR;
 
 use super::{World, admitted};
 

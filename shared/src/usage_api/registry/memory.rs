@@ -1,0 +1,127 @@
+//! The registry in memory (`tollgate serve` without a policy table): tenants, keys and plans
+//! from `MemoryDirectory`, the usage API's own records as JSON in its `OtherItems`.
+
+use async_trait::async_trait;
+
+use super::{IdempotencyRecord, ManualShed, Registry, Revocation, ShedChange, to_json};
+use crate::directory::{Directory, DirectoryError, MemoryDirectory};
+use crate::engine::identity::ApiKeyHash;
+use crate::engine::shed::ShedState;
+use crate::policy_table::{KeyRecord, REVOKE_PREFIX, idem_claim_pk, idem_pk, revoke_pk};
+
+#[async_trait]
+impl Registry for MemoryDirectory {
+    async fn tenants(&self) -> Result<Vec<(String, String)>, DirectoryError> {
+        let mut all: Vec<_> = self.snapshot_tenants().into_iter().collect();
+        all.sort();
+        Ok(all)
+    }
+
+    async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError> {
+        let mut keys: Vec<_> = self
+            .snapshot_keys()
+            .into_iter()
+            .filter(|(_, r)| r.tenant == tenant)
+            .collect();
+        keys.sort_by(|a, b| a.1.key_id.cmp(&b.1.key_id));
+        Ok(keys)
+    }
+
+    async fn plan_names(&self) -> Result<Vec<String>, DirectoryError> {
+        let mut names = self.plan_list();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError> {
+        MemoryDirectory::put_tenant(self, tenant, plan);
+        Ok(())
+    }
+
+    async fn remove_tenant(&self, tenant: &str) -> Result<(), DirectoryError> {
+        MemoryDirectory::remove_tenant(self, tenant);
+        Ok(())
+    }
+
+    async fn put_key(&self, hash: &ApiKeyHash, record: &KeyRecord) -> Result<(), DirectoryError> {
+        MemoryDirectory::put_key(self, *hash, record.clone());
+        Ok(())
+    }
+
+    async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError> {
+        Ok(self
+            .other_items()
+            .get(&idem_pk(key))
+            .and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    async fn put_idempotency(&self, key: &str, record: &IdempotencyRecord) -> Result<bool, DirectoryError> {
+        let pk = idem_pk(key);
+        let json = to_json(&pk, record)?;
+        Ok(self.other_items().put_new(&pk, json))
+    }
+
+    async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError> {
+        let lapsed = |held: Option<&String>| held.and_then(|u| u.parse::<u64>().ok()).is_none_or(|u| u <= now);
+        Ok(self
+            .other_items()
+            .put_if(&idem_claim_pk(key), until.to_string(), lapsed))
+    }
+
+    async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError> {
+        self.other_items().remove(&idem_claim_pk(key));
+        Ok(())
+    }
+
+    async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError> {
+        Ok(self
+            .other_items()
+            .with_prefix(REVOKE_PREFIX)
+            .into_iter()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect())
+    }
+
+    async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {
+        let pk = revoke_pk(&r.key_id);
+        let json = to_json(&pk, r)?;
+        self.other_items().put(&pk, json);
+        Ok(())
+    }
+
+    async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
+        self.other_items().remove(&revoke_pk(key_id));
+        Ok(())
+    }
+
+    async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError> {
+        let mut out = Vec::new();
+        for name in self.plan_list() {
+            if let Some(plan) = Directory::plan(self, &name).await? {
+                out.push((name, plan.priority()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// No trail is kept here: the change comes back unaudited, for the caller to record.
+    async fn set_shed(&self, write: ManualShed<'_>) -> Result<Option<ShedChange>, DirectoryError> {
+        let mut to = ShedState::default();
+        let from = self.update_shed(|from| {
+            to = ShedState {
+                level: write.level,
+                set_by: write.set_by,
+                since: write.now,
+                reason: write.reason.to_owned(),
+                version: from.version + 1,
+            };
+            to.clone()
+        });
+        Ok(Some(ShedChange {
+            from,
+            to,
+            audited: false,
+        }))
+    }
+}

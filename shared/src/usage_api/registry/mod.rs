@@ -1,0 +1,101 @@
+//! What the usage API needs of the policy table beyond the directory's reads: listing tenants and
+//! their keys, writing tenant and key records, the idempotency records of onboarding and the
+//! pending revocations of rotated keys. Implemented on the policy table (`dynamodb`) and, for
+//! `tollgate serve`, on `MemoryDirectory` (`memory`).
+
+mod dynamodb;
+mod memory;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::directory::{Directory, DirectoryError};
+use crate::engine::clock::Timestamp;
+use crate::engine::identity::ApiKeyHash;
+use crate::engine::shed::{SetBy, ShedState};
+use crate::policy_table::KeyRecord;
+
+/// A manual shed write retries this many times when the controller writes in between (as
+/// `tollgate shed set` does).
+pub const SHED_ATTEMPTS: usize = 3;
+
+/// A shed level written by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShedChange {
+    pub from: ShedState,
+    pub to: ShedState,
+    /// Whether the change's audit record is already in the trail: the policy table's writer
+    /// (`ShedTable::set`) records it with the write; the in-memory directory keeps no trail.
+    pub audited: bool,
+}
+
+/// What an `Idempotency-Key` was first used for. Holds the key's id, never its value: a retry
+/// reads the value back from API Gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// SHA-256 (hex) of the request body: the same key with another body is a conflict.
+    pub fingerprint: String,
+    pub tenant: String,
+    pub plan: String,
+    pub key_id: String,
+}
+
+/// A rotated-out key, revoked once `at` (epoch seconds) has passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub tenant: String,
+    pub key_id: String,
+    /// The key's hash (hex), to disable its record.
+    pub hash: String,
+    pub at: u64,
+}
+
+#[async_trait]
+pub trait Registry: Directory {
+    /// Every tenant with its plan, sorted by tenant id.
+    async fn tenants(&self) -> Result<Vec<(String, String)>, DirectoryError>;
+    /// The keys of one tenant (hash and record), sorted by key id.
+    async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError>;
+    /// The names of the plans the directory knows, sorted.
+    async fn plan_names(&self) -> Result<Vec<String>, DirectoryError>;
+    async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError>;
+    /// Removes the tenant's plan record (its keys stay, disabled by the caller).
+    async fn remove_tenant(&self, tenant: &str) -> Result<(), DirectoryError>;
+    async fn put_key(&self, hash: &ApiKeyHash, record: &KeyRecord) -> Result<(), DirectoryError>;
+    async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError>;
+    /// Writes the record unless one exists for `key`; `false` when one did.
+    async fn put_idempotency(&self, key: &str, record: &IdempotencyRecord) -> Result<bool, DirectoryError>;
+    /// Claims `key` for one attempt until `until` (epoch seconds): `false` while another
+    /// attempt's claim runs (it has not passed `now`). Concurrent attempts with one key are
+    /// thereby one at a time; a claim left by a crashed attempt lapses.
+    async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError>;
+    /// Lets go of a claim (the attempt failed: a retry may start at once).
+    async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError>;
+    async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError>;
+    async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError>;
+    async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError>;
+    /// Every plan's name and priority, by name.
+    async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError>;
+    /// Sets the shed level by hand over whatever it is: a conditional write on DynamoDB
+    /// (retried `SHED_ATTEMPTS` times when the controller writes in between; `None` when it
+    /// kept changing), audited there as `write.actor`.
+    async fn set_shed(&self, write: ManualShed<'_>) -> Result<Option<ShedChange>, DirectoryError>;
+}
+
+/// A shed level set by hand: what, by whom, why and when.
+#[derive(Debug, Clone)]
+pub struct ManualShed<'a> {
+    pub level: u8,
+    pub set_by: SetBy,
+    pub reason: &'a str,
+    pub actor: &'a str,
+    pub now: Timestamp,
+}
+
+/// A record as the JSON its item holds.
+fn to_json<T: Serialize>(pk: &str, value: &T) -> Result<String, DirectoryError> {
+    serde_json::to_string(value).map_err(|e| DirectoryError::Invalid {
+        item: pk.to_owned(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,107 @@
+//! The use cases, one module each, and what several of them share: the tenant's plan, the usage
+//! plan standing for a plan in API Gateway, the audit record of a change.
+
+pub(super) mod keys;
+pub(super) mod onboard;
+pub(super) mod reset;
+pub(super) mod shed;
+pub(super) mod tenants;
+pub(super) mod usage;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+
+use super::problem::Problem;
+use super::{AuditSink, UsageApi};
+use crate::control::apigateway::ControlError;
+use crate::control::apigateway::writes::{ControlWrites, Patch};
+use crate::control::sync::mapping::plan_name;
+use crate::engine::clock::Timestamp;
+use crate::policy_table::audit::{ChangeRecord, ItemChange, Outcome, Source};
+
+/// The ports, as a handler takes them.
+type Api = State<Arc<UsageApi>>;
+
+impl UsageApi {
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// A tenant's plan, or 404.
+    pub(super) async fn tenant_plan(&self, tenant: &str) -> Result<String, Problem> {
+        self.registry
+            .tenant_plan(tenant)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no tenant `{tenant}` (see GET /v1/tenants)")))
+    }
+
+    /// The usage plan that stands for `plan` in API Gateway.
+    async fn usage_plan_id(&self, control: &dyn ControlWrites, plan: &str) -> Result<String, Problem> {
+        let plans = control.usage_plans().await?;
+        plans
+            .iter()
+            .find(|p| plan_name(p) == plan)
+            .map(|p| p.id.clone())
+            .ok_or_else(|| {
+                Problem::conflict(
+                    "plan-without-usage-plan",
+                    format!("plan `{plan}` has no usage plan in API Gateway (name it `{plan}` or tag it `tollgate:plan={plan}`)"),
+                )
+            })
+    }
+
+    /// API Gateway's write port, or 503 saying how to get one for `what`.
+    fn control(&self, what: &str) -> Result<&Arc<dyn ControlWrites>, Problem> {
+        self.control.as_ref().ok_or_else(|| {
+            Problem::unavailable(
+                "no-control-plane",
+                format!(
+                    "{what} creates API keys in API Gateway, and none is configured: start `tollgate serve` \
+                     with --endpoint-url (e.g. the local emulator) to use its API Gateway"
+                ),
+            )
+        })
+    }
+
+    async fn audit(&self, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
+        let now = self.now();
+        let id = format!("usage-api-{:x}-{:08x}", now.as_nanos(), rand::random::<u32>());
+        self.audit_as(id, actor, summary, items).await
+    }
+
+    /// Audits under a given id: a retried request that writes the same id again leaves the first
+    /// record as it is (`AuditLog::record`), so a retry never duplicates nor loses it.
+    async fn audit_as(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
+        let now = self.now();
+        let record = ChangeRecord {
+            id,
+            time: now.as_secs(),
+            source: Source::UsageApi,
+            actor: Some(actor.to_owned()),
+            summary,
+            items,
+            checkpoint: None,
+            outcome: Outcome::Applied,
+        };
+        AuditSink::record(self.audit.as_ref(), &record).await?;
+        Ok(())
+    }
+}
+
+/// The ids of the keys on a usage plan: a plan key is removed only when it is there.
+async fn plan_keys(control: &dyn ControlWrites, plan_id: &str) -> Result<Vec<String>, Problem> {
+    Ok(control
+        .usage_plan(plan_id)
+        .await?
+        .map(|p| p.key_ids)
+        .unwrap_or_default())
+}
+
+/// Disables a key in API Gateway; a key API Gateway does not have is as good as disabled.
+async fn disable_key(control: &dyn ControlWrites, id: &str) -> Result<(), Problem> {
+    match control.update_api_key(id, &[Patch::replace("/enabled", "false")]).await {
+        Ok(()) | Err(ControlError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

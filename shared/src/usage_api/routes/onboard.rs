@@ -1,0 +1,237 @@
+//! `POST /v1/tenants`, admin: onboards a tenant on a plan with a new API key, once per
+//! `Idempotency-Key`. A retry with the same key and body answers as the first attempt did (the
+//! key's value read back from API Gateway); concurrent attempts with one key run one at a time.
+
+use axum::extract::State;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::Api;
+use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
+use crate::engine::identity::ApiKeyHash;
+use crate::policy_table::audit::ItemChange;
+use crate::policy_table::{KeyRecord, Record, key_pk, tenant_pk};
+use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, check_new_tenant_id, created};
+use crate::usage_api::problem::Problem;
+use crate::usage_api::registry::IdempotencyRecord;
+use crate::usage_api::views::{IssuedKey, Onboarded};
+use crate::usage_api::{ONBOARDING_CLAIM_SECS, UsageApi};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(in crate::usage_api) struct OnboardRequest {
+    tenant: String,
+    plan: String,
+}
+
+/// One onboarding: the request, its `Idempotency-Key`, and the fingerprint of its body.
+struct Onboarding<'a> {
+    api: &'a UsageApi,
+    actor: &'a str,
+    idem: &'a str,
+    fingerprint: String,
+    request: OnboardRequest,
+}
+
+pub(in crate::usage_api) async fn onboard(
+    State(api): Api,
+    admin: Admin,
+    IdempotencyKey(idem): IdempotencyKey,
+    JsonBody { value: body, raw }: JsonBody<OnboardRequest>,
+) -> Answer {
+    check_new_tenant_id(&body.tenant).map_err(|e| Problem::bad_request(format!("`tenant`: {e}")))?;
+    if !api.registry.plan_names().await?.contains(&body.plan) {
+        return Err(Problem::bad_request(format!(
+            "`plan`: no plan `{}`; known plans: {}",
+            body.plan,
+            api.registry.plan_names().await?.join(", ")
+        )));
+    }
+    let onboarding = Onboarding {
+        api: &api,
+        actor: &admin.actor,
+        idem: &idem,
+        fingerprint: hex::encode(Sha256::digest(&raw)),
+        request: body,
+    };
+    if let Some(done) = api.registry.idempotency(&idem).await? {
+        return onboarding.replay(&done).await;
+    }
+    let control = api.control("onboarding")?.clone();
+    // One attempt per Idempotency-Key at a time: two at once would both create a key. The
+    // claim outlasts any attempt (the function's timeout is 29 s) and lapses after a crash.
+    let now = api.now().as_secs();
+    if !api
+        .registry
+        .claim_idempotency(&idem, now, now + ONBOARDING_CLAIM_SECS)
+        .await?
+    {
+        if let Some(done) = api.registry.idempotency(&idem).await? {
+            return onboarding.replay(&done).await;
+        }
+        return Err(Problem::conflict(
+            "idempotency-in-progress",
+            format!(
+                "an onboarding with this Idempotency-Key is in progress: send the same request again in a few \
+                 seconds (at most {ONBOARDING_CLAIM_SECS}) for its answer"
+            ),
+        ));
+    }
+    // The attempt lets go of the key when done: a failed one so the client's retry need not
+    // wait, a finished one as its idempotency record answers from now on.
+    let answer = onboarding.attempt(control.as_ref()).await;
+    if let Err(e) = api.registry.release_idempotency(&idem).await {
+        tracing::warn!(error = %e, "usage api: an onboarding claim was not released; it lapses");
+    }
+    answer
+}
+
+/// The name of the key an onboarding creates: one per tenant and Idempotency-Key.
+fn key_name(tenant: &str, idempotency_key: &str) -> String {
+    let digest = Sha256::digest(idempotency_key.as_bytes());
+    format!("tollgate-{tenant}-{}", hex::encode(&digest[..6]))
+}
+
+impl Onboarding<'_> {
+    /// One attempt, holding the claim on the Idempotency-Key.
+    async fn attempt(self, control: &dyn ControlWrites) -> Answer {
+        let (api, body) = (self.api, &self.request);
+        // A key created by an attempt whose answer was lost has this name: found, not created again.
+        let name = key_name(&body.tenant, self.idem);
+        let existing = control.api_keys().await?.into_iter().find(|k| k.name == name);
+        self.check_tenant_free(existing.as_ref().map(|k| k.id.as_str())).await?;
+        let plan_id = api.usage_plan_id(control, &body.plan).await?;
+        let key = match existing {
+            Some(k) => control.api_key(&k.id).await?.ok_or_else(|| {
+                Problem::conflict("key-vanished", format!("API key {} was deleted meanwhile; retry", k.id))
+            })?,
+            None => {
+                control
+                    .create_api_key(&NewApiKey {
+                        name,
+                        customer_id: Some(body.tenant.clone()),
+                        description: Some("created by the Tollgate usage API".to_owned()),
+                        enabled: true,
+                        value: None,
+                        tags: Default::default(),
+                    })
+                    .await?
+            }
+        };
+        control.create_usage_plan_key(&plan_id, &key.id).await?;
+        self.record(&key).await?;
+        let done = IdempotencyRecord {
+            fingerprint: self.fingerprint.clone(),
+            tenant: body.tenant.clone(),
+            plan: body.plan.clone(),
+            key_id: key.id.clone(),
+        };
+        if !api.registry.put_idempotency(self.idem, &done).await? {
+            // Another attempt with this key finished first: answer as it did.
+            let first = api.registry.idempotency(self.idem).await?.unwrap_or(done);
+            return self.replay(&first).await;
+        }
+        Ok(created(Onboarded {
+            tenant: self.request.tenant,
+            plan: self.request.plan,
+            key: IssuedKey {
+                id: key.id,
+                value: key.value,
+            },
+        }))
+    }
+
+    /// Refuses a tenant that exists, unless it is this very onboarding's (`key_id` the key an
+    /// earlier attempt created), interrupted after its records were written.
+    async fn check_tenant_free(&self, key_id: Option<&str>) -> Result<(), Problem> {
+        let (api, tenant) = (self.api, &self.request.tenant);
+        if api.registry.tenant_plan(tenant).await?.is_none() {
+            return Ok(());
+        }
+        let ours = match key_id {
+            Some(id) => api.registry.keys_of(tenant).await?.iter().any(|(_, r)| r.key_id == id),
+            None => false,
+        };
+        if ours {
+            return Ok(());
+        }
+        Err(Problem::conflict(
+            "tenant-exists",
+            format!("tenant `{tenant}` exists: change its plan with PUT /v1/tenants/{tenant}/plan"),
+        ))
+    }
+
+    /// Writes the key and tenant records, then their audit record, under an id of the
+    /// Idempotency-Key: a retry after a failure below writes the same record again (kept once),
+    /// and a replay finds it written.
+    async fn record(&self, key: &CreatedKey) -> Result<(), Problem> {
+        let (api, body) = (self.api, &self.request);
+        let hash = ApiKeyHash::of(&key.value);
+        let record = KeyRecord {
+            tenant: body.tenant.clone(),
+            key_id: key.id.clone(),
+            enabled: true,
+        };
+        api.registry.put_key(&hash, &record).await?;
+        api.registry.put_tenant(&body.tenant, &body.plan).await?;
+        let id = format!(
+            "usage-api-onboard-{}",
+            &hex::encode(Sha256::digest(self.idem.as_bytes()))[..16]
+        );
+        let summary = format!(
+            "onboard tenant {} on plan {} with key {}",
+            body.tenant, body.plan, key.id
+        );
+        let items = vec![
+            ItemChange {
+                pk: tenant_pk(&body.tenant),
+                before: None,
+                after: Some(Record::Tenant {
+                    plan: body.plan.clone(),
+                }),
+            },
+            ItemChange {
+                pk: key_pk(&hash.to_hex()),
+                before: None,
+                after: Some(Record::Key(record)),
+            },
+        ];
+        api.audit_as(id, self.actor, summary, items).await
+    }
+
+    /// The answer to a retried onboarding: the same tenant, plan and key, the value read back
+    /// from API Gateway (never stored here).
+    async fn replay(&self, done: &IdempotencyRecord) -> Answer {
+        let idem = self.idem;
+        if done.fingerprint != self.fingerprint {
+            return Err(Problem::conflict(
+                "idempotency-key-reused",
+                format!("`Idempotency-Key` {idem:?} was used for another request body; use a new key"),
+            ));
+        }
+        if self.api.registry.tenant_plan(&done.tenant).await?.is_none() {
+            return Err(Problem::conflict(
+                "tenant-offboarded",
+                format!(
+                    "the onboarding with `Idempotency-Key` {idem:?} made tenant `{}`, offboarded since; onboard again with a new key",
+                    done.tenant
+                ),
+            ));
+        }
+        let control = self.api.control("answering a retried onboarding")?;
+        let key = control.api_key(&done.key_id).await?.ok_or_else(|| {
+            Problem::conflict(
+                "key-deleted",
+                format!("the key {} of this onboarding was deleted since", done.key_id),
+            )
+        })?;
+        Ok(created(Onboarded {
+            tenant: done.tenant.clone(),
+            plan: done.plan.clone(),
+            key: IssuedKey {
+                id: key.id,
+                value: key.value,
+            },
+        }))
+    }
+}

@@ -1,0 +1,197 @@
+//! The tenants, admin: `GET /v1/tenants` (a page, by plan), `GET /v1/tenants/{tenant}`,
+//! `PUT /v1/tenants/{tenant}/plan` (a move) and `DELETE /v1/tenants/{tenant}` (offboarding).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+
+use super::{Api, disable_key, plan_keys};
+use crate::policy_table::audit::ItemChange;
+use crate::policy_table::{KeyRecord, Record, key_pk, tenant_pk};
+use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
+use crate::usage_api::problem::Problem;
+use crate::usage_api::views::{TenantPage, TenantSummary, tenant_view};
+use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, UsageApi};
+
+/// The query of `GET /v1/tenants`.
+pub(in crate::usage_api) struct TenantFilters;
+
+impl QueryNames for TenantFilters {
+    const NAMES: &'static [&'static str] = &["plan", "limit", "cursor"];
+}
+
+pub(in crate::usage_api) async fn list(State(api): Api, admin: Admin<NoTenant, TenantFilters>) -> Answer {
+    let q = admin.query;
+    let limit = match param(&q, "limit") {
+        None => DEFAULT_PAGE,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request(format!("`limit` must be an integer from 1 to {MAX_PAGE}, got `{s}`"))
+            })?,
+    };
+    let plan = param(&q, "plan");
+    if plan == Some("") {
+        return Err(Problem::bad_request("`plan` must not be empty"));
+    }
+    let cursor = param(&q, "cursor");
+    if cursor == Some("") {
+        return Err(Problem::bad_request(
+            "`cursor` must not be empty: omit it for the first page",
+        ));
+    }
+    api.sweep(&admin.actor).await?;
+    let all: Vec<(String, String)> = api
+        .registry
+        .tenants()
+        .await?
+        .into_iter()
+        .filter(|(_, p)| plan.is_none_or(|want| p == want))
+        .collect();
+    let (page, next) = page(&all, cursor, limit);
+    Ok(json(
+        StatusCode::OK,
+        &TenantPage {
+            tenants: page
+                .into_iter()
+                .map(|(tenant, plan)| TenantSummary { tenant, plan })
+                .collect(),
+            next_cursor: next,
+        },
+    ))
+}
+
+/// Pages of a sorted list: the items after `cursor`, at most `limit`, and the next cursor.
+fn page<T: Clone>(items: &[(String, T)], cursor: Option<&str>, limit: usize) -> (Vec<(String, T)>, Option<String>) {
+    let start = cursor.map_or(0, |c| items.partition_point(|(id, _)| id.as_str() <= c));
+    let rest = &items[start.min(items.len())..];
+    let taken: Vec<_> = rest.iter().take(limit).cloned().collect();
+    let next = (rest.len() > limit)
+        .then(|| taken.last().map(|(id, _)| id.clone()))
+        .flatten();
+    (taken, next)
+}
+
+pub(in crate::usage_api) async fn show(State(api): Api, admin: Admin<Tenant>) -> Answer {
+    api.sweep(&admin.actor).await?;
+    Ok(json(StatusCode::OK, &tenant_view(&api, &admin.tenant).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(in crate::usage_api) struct PlanChange {
+    plan: String,
+}
+
+pub(in crate::usage_api) async fn move_plan(
+    State(api): Api,
+    admin: Admin<Tenant>,
+    JsonBody { value: body, .. }: JsonBody<PlanChange>,
+) -> Answer {
+    let (actor, tenant) = (admin.actor, admin.tenant);
+    let names = api.registry.plan_names().await?;
+    if !names.contains(&body.plan) {
+        return Err(Problem::bad_request(format!(
+            "`plan`: no plan `{}`; known plans: {}",
+            body.plan,
+            names.join(", ")
+        )));
+    }
+    let old = api.tenant_plan(&tenant).await?;
+    if old != body.plan {
+        move_keys(&api, &tenant, &old, &body.plan).await?;
+        api.registry.put_tenant(&tenant, &body.plan).await?;
+        api.audit(
+            &actor,
+            format!("move tenant {tenant} from plan {old} to {}", body.plan),
+            vec![ItemChange {
+                pk: tenant_pk(&tenant),
+                before: Some(Record::Tenant { plan: old }),
+                after: Some(Record::Tenant {
+                    plan: body.plan.clone(),
+                }),
+            }],
+        )
+        .await?;
+    }
+    Ok(json(StatusCode::OK, &tenant_view(&api, &tenant).await?))
+}
+
+/// Moves the tenant's keys from the usage plan of `old` to that of `new` in API Gateway (none
+/// to move where there is no API Gateway).
+async fn move_keys(api: &UsageApi, tenant: &str, old: &str, new: &str) -> Result<(), Problem> {
+    let Some(control) = &api.control else {
+        return Ok(());
+    };
+    let (from, to) = (
+        api.usage_plan_id(control.as_ref(), old).await?,
+        api.usage_plan_id(control.as_ref(), new).await?,
+    );
+    // Off the old plan first: API Gateway refuses a key on two plans of one stage. A key the new
+    // plan refuses goes back on the old one, so it is never left on no plan.
+    let on_old = plan_keys(control.as_ref(), &from).await?;
+    for (_, k) in api.registry.keys_of(tenant).await? {
+        let was_on_old = on_old.contains(&k.key_id);
+        if was_on_old {
+            control.delete_usage_plan_key(&from, &k.key_id).await?;
+        }
+        if let Err(e) = control.create_usage_plan_key(&to, &k.key_id).await {
+            if was_on_old {
+                control.create_usage_plan_key(&from, &k.key_id).await?;
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+pub(in crate::usage_api) async fn offboard(State(api): Api, admin: Admin<Tenant>) -> Answer {
+    let (actor, tenant) = (admin.actor, admin.tenant);
+    let plan = api.tenant_plan(&tenant).await?;
+    let (plan_id, on_plan) = match &api.control {
+        Some(c) => {
+            let id = api.usage_plan_id(c.as_ref(), &plan).await?;
+            let keys = plan_keys(c.as_ref(), &id).await?;
+            (Some(id), keys)
+        }
+        None => (None, Vec::new()),
+    };
+    let mut items = Vec::new();
+    for (h, k) in api.registry.keys_of(&tenant).await? {
+        if let (Some(c), Some(plan_id)) = (&api.control, &plan_id) {
+            disable_key(c.as_ref(), &k.key_id).await?;
+            if on_plan.contains(&k.key_id) {
+                c.delete_usage_plan_key(plan_id, &k.key_id).await?;
+            }
+        }
+        api.registry.remove_revocation(&k.key_id).await?;
+        if k.enabled {
+            let after = KeyRecord {
+                enabled: false,
+                ..k.clone()
+            };
+            api.registry.put_key(&h, &after).await?;
+            items.push(ItemChange {
+                pk: key_pk(&h.to_hex()),
+                before: Some(Record::Key(k)),
+                after: Some(Record::Key(after)),
+            });
+        }
+    }
+    api.registry.remove_tenant(&tenant).await?;
+    items.push(ItemChange {
+        pk: tenant_pk(&tenant),
+        before: Some(Record::Tenant { plan }),
+        after: None,
+    });
+    api.audit(
+        &actor,
+        format!("offboard tenant {tenant}: keys disabled, usage history kept"),
+        items,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,231 @@
+//! The bodies of the usage API's answers, as they are serialised (the OpenAPI document's
+//! schemas), and how each is made from what the ports return.
+
+use serde::Serialize;
+
+use super::UsageApi;
+use super::problem::Problem;
+use crate::engine::clock::Timestamp;
+use crate::engine::decision::ceil_secs;
+use crate::engine::gcra;
+use crate::engine::policy::Plan;
+use crate::engine::quota::{Counter, Period, format_utc};
+use crate::engine::shed::ShedState;
+use crate::store::Usage;
+
+#[derive(Debug, Serialize)]
+pub(super) struct RateView {
+    /// The bucket's size (burst).
+    limit: u32,
+    /// Requests per second it refills at.
+    per_second: f64,
+    remaining: u32,
+    /// Seconds until the bucket is full again.
+    reset: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct QuotaView {
+    used: u64,
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    /// Seconds until the period ends.
+    reset: u64,
+    reset_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct UsageView {
+    tenant: String,
+    plan: String,
+    rate: Option<RateView>,
+    day: QuotaView,
+    month: QuotaView,
+}
+
+/// A tenant's usage at `now` under its plan: the bucket as a request now would find it (one
+/// spending nothing), and the day's and month's counts against the quotas.
+pub(super) fn usage_view(tenant: &str, plan: &Plan, usage: &Usage, now: Timestamp) -> UsageView {
+    let limits = plan.limits();
+    let rate = limits.bucket.as_ref().map(|(_, b)| {
+        let (remaining, reset) = match b.check(usage.tat, now, 0) {
+            gcra::Outcome::Allow {
+                remaining, reset_after, ..
+            }
+            | gcra::Outcome::Deny {
+                remaining, reset_after, ..
+            } => (remaining, reset_after),
+        };
+        RateView {
+            limit: b.burst(),
+            per_second: 1e9 / b.interval() as f64,
+            remaining,
+            reset: ceil_secs(reset),
+        }
+    });
+    let quota = |period: Period, limit: Option<u64>| {
+        let used = usage.get(period.counter(now));
+        let end = period.end(now);
+        QuotaView {
+            used,
+            limit,
+            remaining: limit.map(|l| l.saturating_sub(used)),
+            reset: ceil_secs(end.saturating_since(now)),
+            reset_at: format_utc(end.as_secs()),
+        }
+    };
+    UsageView {
+        tenant: tenant.to_owned(),
+        plan: plan.name().to_owned(),
+        rate,
+        day: quota(Period::Day, limits.daily),
+        month: quota(Period::Month, limits.monthly),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct PeriodUsage {
+    pub(super) period: String,
+    pub(super) used: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct History {
+    pub(super) tenant: String,
+    pub(super) granularity: &'static str,
+    pub(super) from: String,
+    pub(super) to: String,
+    pub(super) periods: Vec<PeriodUsage>,
+    pub(super) total: u64,
+}
+
+/// A counter's period as the API names it: `YYYY-MM-DD` or `YYYY-MM`.
+pub(super) fn period_label(c: Counter) -> String {
+    match c {
+        Counter::Day { y, m, d } => format!("{y:04}-{m:02}-{d:02}"),
+        Counter::Month { y, m } => format!("{y:04}-{m:02}"),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct TenantSummary {
+    pub(super) tenant: String,
+    pub(super) plan: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct TenantPage {
+    pub(super) tenants: Vec<TenantSummary>,
+    pub(super) next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct KeyView {
+    pub(super) id: String,
+    pub(super) enabled: bool,
+    /// When a rotated-out key is revoked (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) revoke_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct TenantView {
+    tenant: String,
+    plan: String,
+    keys: Vec<KeyView>,
+}
+
+/// A tenant with its plan and keys, each rotated-out key with when it is revoked; 404 for an
+/// unknown tenant.
+pub(super) async fn tenant_view(api: &UsageApi, tenant: &str) -> Result<TenantView, Problem> {
+    let plan = api.tenant_plan(tenant).await?;
+    let revocations = api.registry.revocations().await?;
+    let keys = api
+        .registry
+        .keys_of(tenant)
+        .await?
+        .into_iter()
+        .map(|(_, r)| KeyView {
+            revoke_at: revocations
+                .iter()
+                .find(|v| v.key_id == r.key_id)
+                .map(|v| format_utc(v.at)),
+            id: r.key_id,
+            enabled: r.enabled,
+        })
+        .collect();
+    Ok(TenantView {
+        tenant: tenant.to_owned(),
+        plan,
+        keys,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct IssuedKey {
+    pub(super) id: String,
+    /// The key itself: shown in this answer (and a retry of it) only.
+    pub(super) value: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Onboarded {
+    pub(super) tenant: String,
+    pub(super) plan: String,
+    pub(super) key: IssuedKey,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Rotated {
+    pub(super) tenant: String,
+    pub(super) key: IssuedKey,
+    pub(super) revoking: Vec<KeyView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ResetDone {
+    pub(super) tenant: String,
+    pub(super) rate: bool,
+    pub(super) day: bool,
+    pub(super) month: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct PlanShed {
+    plan: String,
+    priority: u8,
+    shed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ShedView {
+    level: u8,
+    /// `controller`, or `manual:<actor>` for a level set by hand (the controller leaves it).
+    set_by: String,
+    /// When the level was set (RFC 3339); `null` when it never was.
+    since: Option<String>,
+    reason: String,
+    plans: Vec<PlanShed>,
+}
+
+/// The shed level with every plan and whether the level sheds it.
+pub(super) async fn shed_view(api: &UsageApi, state: ShedState) -> Result<ShedView, Problem> {
+    let plans = api
+        .registry
+        .plan_priorities()
+        .await?
+        .into_iter()
+        .map(|(plan, priority)| PlanShed {
+            shed: state.sheds(priority),
+            plan,
+            priority,
+        })
+        .collect();
+    Ok(ShedView {
+        level: state.level,
+        set_by: state.set_by.to_string(),
+        since: (state.version > 0).then(|| format_utc(state.since.as_secs())),
+        reason: state.reason,
+        plans,
+    })
+}
