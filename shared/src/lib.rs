@@ -5,12 +5,13 @@
 //! plane or the usage API (`tests/it/tidy.rs` checks both):
 //!
 //! 1. `engine`: pure decisions; time is an argument.
-//! 2. `policy_table` (the policy table's layout), `store` (tenant state), `directory` (policy
-//!    reads), `policy_file`, `jwt`, `metrics`, `aws` (SDK client builders).
-//! 3. `gate`: one decision end to end, over a store and a directory, with the fallbacks.
-//! 4. `control` (API Gateway as the control surface: sync, apply, shed controller, alarms) and
+//! 2. `metrics` (metric names), `aws` (SDK client builders), `policy_file`, `jwt`.
+//! 3. `policy_table`: the policy table's layout, its items and the audit trail.
+//! 4. `store` (tenant state) and `directory` (policy reads).
+//! 5. `gate`: one decision end to end, over a store and a directory, with the fallbacks.
+//! 6. `control` (API Gateway as the control surface: sync, apply, shed controller, alarms) and
 //!    `notify` (quota notices).
-//! 5. `usage_api`: the usage API's HTTP layer and use cases.
+//! 7. `usage_api`: the usage API's HTTP layer and use cases.
 
 pub mod aws;
 pub mod control;
