@@ -2,7 +2,7 @@
 //!
 //! The library is built in floors; each module imports only from the floors below it, and the
 //! decision path (engine, policy table reads, stores, directory, gate) never imports the control
-//! plane or the usage API (`tests/it/tidy.rs` checks both):
+//! plane or the usage API (`tests/it/tidy/floors.rs` checks both):
 //!
 //! 1. `engine`: pure decisions; time is an argument.
 //! 2. `metrics` (metric names), `aws` (SDK client builders), `policy_file`, `jwt`.
