@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
 use tollgate::engine::policy::{Limits, Plan};
 use tollgate::engine::quota::Period;
-use tollgate::gate::{Credential, Gate, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateOutcome, Request};
 use tollgate::policy_file::PolicyFile;
 use tollgate::store::{Consume, DynamoStore, MemoryStore, Store};
 
@@ -325,12 +325,12 @@ pub async fn run(target: &Target, file: &PolicyFile, config: &Config, run_prefix
                             })
                             .await;
                         let (admitted, fail_open) = match &outcome {
-                            Outcome::Allow(v) => (Some(true), v.mode.is_fail_open()),
-                            Outcome::Throttle(_) => (Some(false), false),
-                            Outcome::Unauthorized(_) | Outcome::Unavailable(_) => (None, false),
+                            GateOutcome::Allow(v) => (Some(true), v.mode.is_fail_open()),
+                            GateOutcome::Throttle(_) => (Some(false), false),
+                            GateOutcome::Unauthorized(_) | GateOutcome::Unavailable(_) => (None, false),
                         };
                         let shed =
-                            matches!(&outcome, Outcome::Throttle(v) if v.refusal.is_some_and(|r| r.reason == "shed"));
+                            matches!(&outcome, GateOutcome::Throttle(v) if v.refusal.is_some_and(|r| r.reason == "shed"));
                         Observed {
                             arrival,
                             sent,

@@ -16,7 +16,7 @@ use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::SystemClock;
-use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::store::MemoryStore;
 
 type Error = Box<dyn std::error::Error>;
@@ -140,7 +140,7 @@ async fn main() -> Result<(), Error> {
         method: "GET",
         resource: "/hello",
     };
-    let admitted = matches!(gate.check(req).await, Outcome::Allow(_));
+    let admitted = matches!(gate.check(req).await, GateOutcome::Allow(_));
     let took = started.elapsed();
     println!(
         "new key to first admitted      admitted={admitted} seconds={:.2} (no-change sync alone: {:.2}, ratio {:.2})",

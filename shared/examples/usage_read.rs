@@ -22,7 +22,7 @@ use tollgate::directory::{DynamoDirectory, MemoryDirectory};
 use tollgate::engine::clock::SystemClock;
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::engine::policy::{Plan, PlanSpec};
-use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::policy_table::KeyRecord;
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
 use tollgate::usage_api::{AdminAuth, AuthorizedPlan, AuthorizedTenant, CallerSource, MemoryAudit, UsageApi};
@@ -172,7 +172,7 @@ async fn main() -> Result<(), Error> {
         )
     };
     for _ in 0..20 {
-        assert!(matches!(decide().await, Outcome::Allow(_)));
+        assert!(matches!(decide().await, GateOutcome::Allow(_)));
         assert!(read().await?.status().is_success());
         assert!(read_deployed().await?.status().is_success());
     }
@@ -184,7 +184,7 @@ async fn main() -> Result<(), Error> {
     let (mut deployed_calls, mut deployed_policy_calls) = (BTreeMap::new(), BTreeMap::new());
     for _ in 0..n {
         let t = Instant::now();
-        assert!(matches!(decide().await, Outcome::Allow(_)));
+        assert!(matches!(decide().await, GateOutcome::Allow(_)));
         decide_time += t.elapsed();
         for (k, v) in take(&counts) {
             *decide_calls.entry(k).or_insert(0) += v;

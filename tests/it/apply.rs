@@ -18,7 +18,7 @@ use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::Record;
-use tollgate::policy_table::audit::{Outcome, Source};
+use tollgate::policy_table::audit::{ChangeOutcome, Source};
 
 use crate::emulator;
 use crate::fault_proxy::{Fault, FaultProxy};
@@ -234,8 +234,8 @@ impl World {
         };
         for admitted in 0..1000 {
             match gate.check(req).await {
-                tollgate::gate::Outcome::Allow(_) => {}
-                tollgate::gate::Outcome::Throttle(v) => {
+                tollgate::gate::GateOutcome::Allow(_) => {}
+                tollgate::gate::GateOutcome::Throttle(v) => {
                     return (admitted, v.decision.expect("decided").retry_after.expect("wait"));
                 }
                 other => panic!("unexpected {other:?}"),
@@ -290,7 +290,10 @@ async fn diff_apply_rollback_round_trip() {
     assert_eq!(w.burst("tg_live_round").await, (5, Duration::from_millis(200)));
     let id = report.change_id.expect("recorded");
     let record = w.table.audit_log().get(&id).await.expect("record");
-    assert_eq!((record.source, &record.outcome), (Source::Apply, &Outcome::Applied));
+    assert_eq!(
+        (record.source, &record.outcome),
+        (Source::Apply, &ChangeOutcome::Applied)
+    );
     assert!(record.checkpoint.is_some());
 
     // WHEN rolled back
@@ -395,7 +398,7 @@ async fn an_apply_that_fails_part_way_ends_exactly_at_the_checkpoint() {
         .await
         .expect("record");
     assert!(
-        matches!(&record.outcome, Outcome::Restored { failed_at: f, .. } if f == failed_at),
+        matches!(&record.outcome, ChangeOutcome::Restored { failed_at: f, .. } if f == failed_at),
         "{:?}",
         record.outcome
     );

@@ -258,10 +258,10 @@ async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
         resource: "/hello",
     };
     for _ in 0..20 {
-        assert!(matches!(gate.check(req).await, tollgate::gate::Outcome::Allow(_)));
+        assert!(matches!(gate.check(req).await, tollgate::gate::GateOutcome::Allow(_)));
     }
     match gate.check(req).await {
-        tollgate::gate::Outcome::Throttle(v) => {
+        tollgate::gate::GateOutcome::Throttle(v) => {
             let wait = v.decision.expect("decided").retry_after.expect("wait");
             assert_eq!(wait, std::time::Duration::from_millis(50));
         }

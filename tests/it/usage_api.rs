@@ -17,7 +17,7 @@ use tollgate::directory::{Directory, DynamoDirectory, MemoryDirectory};
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::engine::policy::{Plan, PlanSpec};
-use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::policy_table::KeyRecord;
 use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::{Consume, DynamoStore, Store};
@@ -248,7 +248,7 @@ async fn admitted(gate: &Gate, key: &str) -> bool {
             resource: "/hello",
         })
         .await;
-    matches!(out, Outcome::Allow(_))
+    matches!(out, GateOutcome::Allow(_))
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
-use crate::control::sync::mapping::{self, Problem};
-use crate::control::sync::table::{self, Change, Current};
+use crate::control::sync::mapping::{self, SyncProblem};
+use crate::control::sync::table::{self, Current, TableWrite};
 use crate::engine::policy::PlanSpec;
 use crate::policy_file::PolicyFile;
 
@@ -55,7 +55,7 @@ pub struct PolicyDiff {
     /// What plan sync would write now: the policy table behind API Gateway.
     pub drift: Vec<String>,
     /// What API Gateway says that Tollgate does not enforce as written.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<SyncProblem>,
 }
 
 impl PolicyDiff {
@@ -175,9 +175,9 @@ pub fn diff(file: &PolicyFile, plans: &[UsagePlan], keys: &[ApiKey], current: &C
     out.drift = table::diff(&desired, current)
         .iter()
         .map(|c| match c {
-            Change::Put { pk, existed: true, .. } => format!("~ {pk}"),
-            Change::Put { pk, existed: false, .. } => format!("+ {pk}"),
-            Change::Delete { pk, .. } => format!("- {pk}"),
+            TableWrite::Put { pk, existed: true, .. } => format!("~ {pk}"),
+            TableWrite::Put { pk, existed: false, .. } => format!("+ {pk}"),
+            TableWrite::Delete { pk, .. } => format!("- {pk}"),
         })
         .collect();
     out
@@ -290,7 +290,7 @@ mod tests {
         let desired = mapping::desired(&live, &[]);
         let mut current = Current::default();
         for change in table::diff(&desired, &current) {
-            if let Change::Put { pk, record, .. } = change {
+            if let TableWrite::Put { pk, record, .. } = change {
                 current.records.insert(pk, record);
             }
         }

@@ -106,7 +106,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Whether the store could not decide and the fail mode is open: with `Outcome::Allow`, a
+    /// Whether the store could not decide and the fail mode is open: with `GateOutcome::Allow`, a
     /// fail-open admission.
     pub fn is_fail_open(&self) -> bool {
         matches!(
@@ -147,7 +147,7 @@ pub struct Refusal {
 }
 
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub enum GateOutcome {
     Allow(Verdict),
     Throttle(Verdict),
     /// Unknown, disabled or missing credentials: 401.
@@ -204,17 +204,17 @@ impl Gate {
         &self.breaker
     }
 
-    pub async fn check(&self, req: Request<'_>) -> Outcome {
+    pub async fn check(&self, req: Request<'_>) -> GateOutcome {
         let now = self.clock.now();
         let resolved = match req.credential {
             Credential::ApiKey(raw) if !raw.is_empty() => self.resolve_key(ApiKeyHash::of(raw), now).await,
             Credential::Tenant(tenant) => self.resolve_tenant(tenant, now).await,
-            _ => return Outcome::Unauthorized("missing credentials"),
+            _ => return GateOutcome::Unauthorized("missing credentials"),
         };
         let (resolved, cached_credentials) = match resolved {
             Ok((Some(r), cached)) => (r, cached),
-            Ok((None, _)) => return Outcome::Unauthorized("unknown or disabled credentials"),
-            Err(e) => return Outcome::Unavailable(e.to_string()),
+            Ok((None, _)) => return GateOutcome::Unauthorized("unknown or disabled credentials"),
+            Err(e) => return GateOutcome::Unavailable(e.to_string()),
         };
         let mut verdict = Verdict {
             tenant: resolved.tenant.into_string(),
@@ -232,19 +232,19 @@ impl Gate {
             .is_some_and(|k| self.config.bypass_key_ids.contains(k));
         if bypass_key || self.is_skip_route(req.resource, req.method) {
             verdict.mode = Mode::Bypass;
-            return Outcome::Allow(verdict);
+            return GateOutcome::Allow(verdict);
         }
         // Shedding comes before the store: a shed request consumes nothing, and costs no write.
         let level = self.shed_level(now).await;
         if crate::engine::shed::sheds(level, verdict.plan.priority()) {
             if verdict.plan.shadow() {
                 verdict.mode = Mode::Shadow { would_deny: true };
-                return Outcome::Allow(verdict);
+                return GateOutcome::Allow(verdict);
             }
             verdict.mode = Mode::Shed { level };
             verdict.decision = Some(Decision::shed(SHED_RETRY_AFTER));
             verdict.refusal = verdict.decision.as_ref().map(refusal_of);
-            return Outcome::Throttle(verdict);
+            return GateOutcome::Throttle(verdict);
         }
         let (limits, weight) = verdict.plan.limits_for(req.resource, req.method);
         let consume = Consume {
@@ -279,12 +279,12 @@ impl Gate {
                 verdict.decision = Some(decision);
                 if verdict.plan.shadow() {
                     verdict.mode = Mode::Shadow { would_deny: !allowed };
-                    Outcome::Allow(verdict)
+                    GateOutcome::Allow(verdict)
                 } else if allowed {
-                    Outcome::Allow(verdict)
+                    GateOutcome::Allow(verdict)
                 } else {
                     verdict.refusal = verdict.decision.as_ref().map(refusal_of);
-                    Outcome::Throttle(verdict)
+                    GateOutcome::Throttle(verdict)
                 }
             }
             Err((error, kind)) => {
@@ -301,9 +301,9 @@ impl Gate {
                             }
                             verdict.decision = Some(decision);
                             if allowed {
-                                Outcome::Allow(verdict)
+                                GateOutcome::Allow(verdict)
                             } else {
-                                Outcome::Throttle(verdict)
+                                GateOutcome::Throttle(verdict)
                             }
                         }
                         // The fallback is full of tenants it may not forget: admitting one more
@@ -352,12 +352,12 @@ impl Gate {
         fresh
     }
 
-    fn fail_closed(&self, mut verdict: Verdict) -> Outcome {
+    fn fail_closed(&self, mut verdict: Verdict) -> GateOutcome {
         verdict.refusal = Some(Refusal {
             reason: "store_unavailable",
             retry_after_secs: ceil_secs(self.config.breaker.cool_down).max(1),
         });
-        Outcome::Throttle(verdict)
+        GateOutcome::Throttle(verdict)
     }
 
     /// The key's tenant and plan, and whether that came from the cache.
@@ -517,7 +517,7 @@ plan = "trial"
         });
     }
 
-    async fn ask(gate: &Gate, tenant: &str) -> Outcome {
+    async fn ask(gate: &Gate, tenant: &str) -> GateOutcome {
         gate.check(Request {
             credential: Credential::Tenant(tenant),
             method: "GET",
@@ -526,8 +526,8 @@ plan = "trial"
         .await
     }
 
-    fn admitted(outcomes: &[Outcome]) -> usize {
-        outcomes.iter().filter(|o| matches!(o, Outcome::Allow(_))).count()
+    fn admitted(outcomes: &[GateOutcome]) -> usize {
+        outcomes.iter().filter(|o| matches!(o, GateOutcome::Allow(_))).count()
     }
 
     #[tokio::test]
@@ -542,7 +542,7 @@ plan = "trial"
         for _ in 0..5 {
             match ask(&gate, "f").await {
                 // THEN each is refused: reason shed, Retry-After 5 s, mode Shed, no store latency
-                Outcome::Throttle(v) => {
+                GateOutcome::Throttle(v) => {
                     assert_eq!(
                         v.refusal,
                         Some(Refusal {
@@ -578,7 +578,7 @@ plan = "trial"
         level(&dir, 1);
         // WHEN it asks THEN allowed, shadow would-deny, and the store was not asked
         match ask(&gate, "t").await {
-            Outcome::Allow(v) => {
+            GateOutcome::Allow(v) => {
                 assert_eq!(v.mode, Mode::Shadow { would_deny: true });
                 assert!(v.decision.is_none() && v.store_latency.is_none());
             }
@@ -598,9 +598,9 @@ plan = "trial"
         assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 1);
         // WHEN the level rises THEN the cached level answers until the TTL runs out
         level(&dir, 1);
-        assert!(matches!(ask(&gate, "f").await, Outcome::Allow(_)));
+        assert!(matches!(ask(&gate, "f").await, GateOutcome::Allow(_)));
         clock.advance(Duration::from_secs(5));
-        assert!(matches!(ask(&gate, "f").await, Outcome::Throttle(_)));
+        assert!(matches!(ask(&gate, "f").await, GateOutcome::Throttle(_)));
         assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 2);
     }
 }

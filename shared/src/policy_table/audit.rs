@@ -59,7 +59,7 @@ pub struct ItemChange {
 /// How a change ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
-pub enum Outcome {
+pub enum ChangeOutcome {
     Applied,
     /// Failed part-way and put back as it was before.
     Restored {
@@ -89,7 +89,7 @@ pub struct ChangeRecord {
     /// API Gateway's usage plans and key associations before the change, for changes made there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<serde_json::Value>,
-    pub outcome: Outcome,
+    pub outcome: ChangeOutcome,
 }
 
 impl ChangeRecord {
@@ -329,7 +329,7 @@ mod tests {
             summary: "x".into(),
             items: vec![],
             checkpoint: None,
-            outcome: Outcome::Applied,
+            outcome: ChangeOutcome::Applied,
         };
         let first = a.content_id();
         a.time = 2;

@@ -36,7 +36,7 @@ use crate::engine::shed::{SetBy, ShedState};
 use crate::policy_table::KeyRecord;
 use crate::policy_table::Record;
 use crate::policy_table::SHED_PK;
-use crate::policy_table::audit::{AuditError, AuditLog, ChangeRecord, ItemChange, Outcome, Source};
+use crate::policy_table::audit::{AuditError, AuditLog, ChangeOutcome, ChangeRecord, ItemChange, Source};
 use crate::policy_table::key_pk;
 use crate::policy_table::tenant_pk;
 use crate::store::{Reset, Store};
@@ -353,7 +353,7 @@ impl UsageApi {
             summary,
             items,
             checkpoint: None,
-            outcome: Outcome::Applied,
+            outcome: ChangeOutcome::Applied,
         };
         self.audit.record(&record).await?;
         Ok(())
@@ -611,10 +611,10 @@ fn usage_view(
     let limits = plan.limits();
     let rate = limits.bucket.as_ref().map(|(_, b)| {
         let (remaining, reset) = match b.check(usage.tat, now, 0) {
-            gcra::Outcome::Allow {
+            gcra::BucketOutcome::Allow {
                 remaining, reset_after, ..
             }
-            | gcra::Outcome::Deny {
+            | gcra::BucketOutcome::Deny {
                 remaining, reset_after, ..
             } => (remaining, reset_after),
         };

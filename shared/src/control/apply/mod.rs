@@ -32,11 +32,11 @@ use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::ApplyPort;
 use crate::control::sync::SyncReport;
 use crate::control::sync::mapping::{self, TAG_PLAN};
-use crate::control::sync::table::{Change, PolicyTable, TableError};
+use crate::control::sync::table::{PolicyTable, TableError, TableWrite};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_file::PolicyFile;
 use crate::policy_table::Record;
-use crate::policy_table::audit::{ChangeRecord, ItemChange, Outcome, Source};
+use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 
 /// What a change did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -220,7 +220,7 @@ impl Pending {
         if report.is_noop() {
             return Ok(report);
         }
-        let record = self.record(cx, self.summary.clone(), items, Outcome::Applied);
+        let record = self.record(cx, self.summary.clone(), items, ChangeOutcome::Applied);
         let recorded = cx
             .table
             .audit_log()
@@ -238,7 +238,7 @@ impl Pending {
     /// Failed, and put back at the checkpoint: recorded as `Restored` where the record can be written.
     async fn restored(&self, cx: &Context<'_>, failure: Failure, undone: Vec<String>) -> ApplyError {
         let Failure { done, failed_at, error } = failure;
-        let outcome = Outcome::Restored {
+        let outcome = ChangeOutcome::Restored {
             failed_at: failed_at.clone(),
             error: error.clone(),
         };
@@ -269,7 +269,7 @@ impl Pending {
     /// finish what the restore could not.
     async fn restore_failed(&self, cx: &Context<'_>, failure: Failure, restore_error: String) -> ApplyError {
         let Failure { done, failed_at, error } = failure;
-        let outcome = Outcome::Incomplete {
+        let outcome = ChangeOutcome::Incomplete {
             failed_at: failed_at.clone(),
             error: error.clone(),
             restore_error: restore_error.clone(),
@@ -289,7 +289,13 @@ impl Pending {
         }
     }
 
-    fn record(&self, cx: &Context<'_>, summary: String, items: Vec<ItemChange>, outcome: Outcome) -> ChangeRecord {
+    fn record(
+        &self,
+        cx: &Context<'_>,
+        summary: String,
+        items: Vec<ItemChange>,
+        outcome: ChangeOutcome,
+    ) -> ChangeRecord {
         let mut record = ChangeRecord {
             id: String::new(),
             time: self.as_of.as_secs(),
@@ -359,7 +365,7 @@ async fn restore_table(table: &PolicyTable, items: &BTreeMap<String, Record>) ->
     let mut changes = Vec::new();
     for (pk, record) in items {
         if current.records.get(pk) != Some(record) {
-            changes.push(Change::Put {
+            changes.push(TableWrite::Put {
                 pk: pk.clone(),
                 record: record.clone(),
                 existed: current.records.contains_key(pk),
@@ -368,7 +374,7 @@ async fn restore_table(table: &PolicyTable, items: &BTreeMap<String, Record>) ->
     }
     for (pk, was) in &current.records {
         if !items.contains_key(pk) {
-            changes.push(Change::Delete {
+            changes.push(TableWrite::Delete {
                 pk: pk.clone(),
                 was: was.clone(),
             });

@@ -160,7 +160,7 @@ impl ShedTable {
                 after: Some(Record::Shed(to.clone())),
             }],
             checkpoint: None,
-            outcome: audit::Outcome::Applied,
+            outcome: audit::ChangeOutcome::Applied,
         };
         // The versions make every change's content, hence its id, unique.
         record.id = record.content_id();

@@ -1,5 +1,5 @@
 //! From API Gateway's usage plans and keys to the policy the authorizer enforces. Pure: no IO, no
-//! clock. What Tollgate cannot honour exactly is reported as a `Problem` and never guessed; the
+//! clock. What Tollgate cannot honour exactly is reported as a `SyncProblem` and never guessed; the
 //! policy items it concerns are `held` (what the table enforces today stays untouched).
 //!
 //! Two enforcers: API Gateway applies a key's usage plan after the authorizer admitted (and
@@ -47,7 +47,7 @@ pub const TAGS: [&str; 10] = [
 
 /// Something in API Gateway that Tollgate does not enforce as written, and why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Problem {
+pub struct SyncProblem {
     /// `usage plan <id> (<name>)` or `api key <id>`.
     pub subject: String,
     pub reason: String,
@@ -66,7 +66,7 @@ pub struct Desired {
     /// API Gateway ids of keys whose items are not to be touched: their value could not be read,
     /// so their item's key (the hash) is unknown here.
     pub held_key_ids: BTreeSet<String>,
-    pub problems: Vec<Problem>,
+    pub problems: Vec<SyncProblem>,
 }
 
 /// The plan name a usage plan stands for: its `tollgate:plan` tag, else its name.
@@ -183,7 +183,7 @@ pub fn desired(plans: &[UsagePlan], keys: &[ApiKey]) -> Desired {
 
 impl Desired {
     fn problem(&mut self, subject: String, reason: String) {
-        self.problems.push(Problem { subject, reason });
+        self.problems.push(SyncProblem { subject, reason });
     }
 
     fn hold(&mut self, pk: String, subject: String, reason: String) {

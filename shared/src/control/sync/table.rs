@@ -43,21 +43,21 @@ pub struct Current {
 
 /// One write.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Change {
+pub enum TableWrite {
     Put { pk: String, record: Record, existed: bool },
     Delete { pk: String, was: Record },
 }
 
-impl Change {
+impl TableWrite {
     pub fn pk(&self) -> &str {
         match self {
-            Change::Put { pk, .. } | Change::Delete { pk, .. } => pk,
+            TableWrite::Put { pk, .. } | TableWrite::Delete { pk, .. } => pk,
         }
     }
 }
 
 /// The fewest writes from `current` to `desired`; held items are left as they are.
-pub fn diff(desired: &Desired, current: &Current) -> Vec<Change> {
+pub fn diff(desired: &Desired, current: &Current) -> Vec<TableWrite> {
     let mut want: BTreeMap<String, Record> = BTreeMap::new();
     for (name, spec) in &desired.plans {
         let pk = plan_pk(name);
@@ -87,7 +87,7 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<Change> {
         }
         let existing = current.records.get(pk);
         if existing != Some(record) {
-            changes.push(Change::Put {
+            changes.push(TableWrite::Put {
                 pk: pk.clone(),
                 record: record.clone(),
                 existed: existing.is_some(),
@@ -97,7 +97,7 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<Change> {
     for (pk, was) in &current.records {
         let held_key = matches!(was, Record::Key(k) if desired.held_key_ids.contains(&k.key_id));
         if !want.contains_key(pk) && !desired.held.contains(pk) && !held_key {
-            changes.push(Change::Delete {
+            changes.push(TableWrite::Delete {
                 pk: pk.clone(),
                 was: was.clone(),
             });
@@ -185,7 +185,7 @@ impl PolicyTable {
 
     /// Applies `changes` in batches, each moving the generation on. Returns the writes made
     /// (items plus generation updates).
-    pub async fn apply(&self, current: &Current, changes: &[Change]) -> Result<u64, TableError> {
+    pub async fn apply(&self, current: &Current, changes: &[TableWrite]) -> Result<u64, TableError> {
         let mut writes = 0;
         for (generation, batch) in (current.generation..).zip(changes.chunks(BATCH)) {
             let mut actions = vec![self.bump(generation)];
@@ -233,9 +233,9 @@ impl PolicyTable {
         TransactWriteItem::builder().update(update).build()
     }
 
-    fn action(&self, change: &Change) -> TransactWriteItem {
+    fn action(&self, change: &TableWrite) -> TransactWriteItem {
         match change {
-            Change::Put { pk, record, .. } => {
+            TableWrite::Put { pk, record, .. } => {
                 let mut item = render(record);
                 item.insert(PK.to_owned(), AttributeValue::S(pk.clone()));
                 let put = Put::builder()
@@ -245,7 +245,7 @@ impl PolicyTable {
                     .expect("table and item are set");
                 TransactWriteItem::builder().put(put).build()
             }
-            Change::Delete { pk, .. } => {
+            TableWrite::Delete { pk, .. } => {
                 let delete = Delete::builder()
                     .table_name(&self.table)
                     .key(PK, AttributeValue::S(pk.clone()))
