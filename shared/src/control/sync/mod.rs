@@ -6,7 +6,8 @@
 //! - `mapping`: pure: what the table should say, and what cannot be honoured (`SyncProblem`).
 //! - `table`: reading the policy table, the minimal diff, applying it without interleaving.
 //!
-//! The Lambda (`functions/plan-sync`) and `tollgate sync` both call `run`.
+//! The Lambda (`functions/plan-sync`, which owns its environment and IAM contract) and
+//! `tollgate sync` both call `run`.
 
 pub mod mapping;
 pub mod table;
@@ -21,33 +22,6 @@ use crate::control::apigateway::{ControlError, ControlPlane};
 use crate::engine::clock::Clock;
 use crate::policy_table::Record;
 use crate::policy_table::audit::{AuditLog, ChangeOutcome, ChangeRecord, ItemChange, Source};
-
-/// The environment variable naming the policy table, for the plan-sync function.
-pub const POLICY_TABLE_VAR: &str = "TOLLGATE_POLICY_TABLE";
-/// Every variable the plan-sync function reads (the template sets exactly these).
-pub const FUNCTION_VARIABLES: [&str; 2] = [POLICY_TABLE_VAR, "TOLLGATE_LOG"];
-/// The DynamoDB actions sync and its audit trail call on the policy table (a transaction needs
-/// the actions of its parts).
-pub const TABLE_ACTIONS: [&str; 5] = [
-    "dynamodb:GetItem",
-    "dynamodb:Scan",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-];
-/// The API Gateway resources sync reads (`apigateway:GET`), as paths.
-pub const CONTROL_PATHS: [&str; 3] = ["/usageplans", "/usageplans/*/keys", "/apikeys"];
-/// The management calls after which a sync runs (the template's EventBridge rule).
-pub const TRIGGER_EVENTS: [&str; 8] = [
-    "CreateApiKey",
-    "UpdateApiKey",
-    "DeleteApiKey",
-    "CreateUsagePlanKey",
-    "DeleteUsagePlanKey",
-    "CreateUsagePlan",
-    "UpdateUsagePlan",
-    "DeleteUsagePlan",
-];
 
 /// Times a sync starts over after losing to a concurrent one.
 const MAX_ROUNDS: u32 = 5;
