@@ -238,22 +238,9 @@ fn fields(have: &PlanSpec, want: &PlanSpec) -> Vec<FieldChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::apigateway::model::{Quota, QuotaPeriod, Throttle};
 
     fn usage_plan(name: &str, rate: f64) -> UsagePlan {
-        UsagePlan {
-            id: format!("id-{name}"),
-            name: name.into(),
-            throttle: Some(Throttle { rate, burst: 5 }),
-            quota: Some(Quota {
-                limit: 1000,
-                period: QuotaPeriod::Day,
-                offset: 0,
-            }),
-            stages: vec![],
-            tags: BTreeMap::new(),
-            key_ids: vec![],
-        }
+        UsagePlan::daily(&format!("id-{name}"), name, rate, 5)
     }
 
     #[test]

@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::policy_table::Record;
+use crate::policy_table::{Record, read_item};
 
 const PK: &str = "pk";
 const PREFIX: &str = "audit#";
@@ -230,16 +230,9 @@ impl AuditLog {
     }
 
     async fn item(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, AuditError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, AttributeValue::S(pk.to_owned()))
-            .consistent_read(true)
-            .send()
+        read_item(&self.client, &self.table, pk)
             .await
-            .map_err(|e| self.unavailable(e))?;
-        Ok(out.item)
+            .map_err(|e| self.unavailable(e))
     }
 
     /// Every change, newest first. Reads the policy table whole: an operator's command, not a

@@ -100,14 +100,10 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
     let (steps, mut checkpoint) = plan_apply(file, &plans, &keys)?;
     let current = cx.table.read().await.map_err(|e| ApplyError::Read(e.to_string()))?;
     checkpoint.table = current.records.clone();
-    let change = Pending {
-        source: Source::Apply,
-        summary: format!("apply: {} API Gateway call(s)", steps.len()),
-        checkpoint,
-        as_of: cx.clock.now(),
-        generation: current.generation,
-    };
-    change.run(cx, steps).await
+    let summary = format!("apply: {} API Gateway call(s)", steps.len());
+    Pending::new(cx, Source::Apply, summary, checkpoint, current.generation)
+        .run(cx, steps)
+        .await
 }
 
 /// Puts API Gateway and the table back at change `id`'s checkpoint, as a new change.
@@ -123,14 +119,10 @@ pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyEr
     let steps = plan_restore(&target, &plans);
     let mut checkpoint = checkpoint_now(&target, &plans, &steps);
     checkpoint.table = current.records.clone();
-    let change = Pending {
-        source: Source::Rollback,
-        summary: format!("rollback to before {id}: {} API Gateway call(s)", steps.len()),
-        checkpoint,
-        as_of: cx.clock.now(),
-        generation: current.generation,
-    };
-    change.run(cx, steps).await
+    let summary = format!("rollback to before {id}: {} API Gateway call(s)", steps.len());
+    Pending::new(cx, Source::Rollback, summary, checkpoint, current.generation)
+        .run(cx, steps)
+        .await
 }
 
 /// A rollback's own checkpoint: the plans and keys of `target` as they are now (its table part
@@ -180,6 +172,16 @@ struct Failure {
 }
 
 impl Pending {
+    fn new(cx: &Context<'_>, source: Source, summary: String, checkpoint: Checkpoint, generation: u64) -> Pending {
+        Pending {
+            source,
+            summary,
+            checkpoint,
+            as_of: cx.clock.now(),
+            generation,
+        }
+    }
+
     /// Steps, then sync, then the record; on failure the checkpoint back and a `Restored` record.
     async fn run(self, cx: &Context<'_>, steps: Vec<ApplyStep>) -> Result<ApplyReport, ApplyError> {
         let failure = match execute(cx.control, &steps).await {

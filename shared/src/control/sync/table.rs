@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Up
 
 use crate::control::sync::mapping::Desired;
 use crate::policy_table::record::{number, parse, render};
-use crate::policy_table::{PK, Record, key_pk, plan_pk, tenant_pk};
+use crate::policy_table::{PK, Record, key_pk, plan_pk, read_item, tenant_pk};
 
 use crate::policy_table::META_PK;
 /// TransactWriteItems takes 100 actions; one is the generation update.
@@ -139,16 +139,10 @@ impl PolicyTable {
 
     /// The generation the table is at (0 before the first sync).
     pub async fn generation(&self) -> Result<u64, TableError> {
-        let meta = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, AttributeValue::S(META_PK.to_owned()))
-            .consistent_read(true)
-            .send()
+        let meta = read_item(&self.client, &self.table, META_PK)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(meta.item().and_then(|item| number(item, "generation")).unwrap_or(0))
+        Ok(meta.and_then(|item| number(&item, "generation")).unwrap_or(0))
     }
 
     /// The generation, then every managed item (strongly consistent, all pages).

@@ -1,22 +1,12 @@
 //! `plan_apply` and `plan_restore` on usage plans and keys as API Gateway might hold them.
 
 use super::*;
-use crate::control::apigateway::model::Quota;
 use crate::engine::identity::ApiKeyHash;
 
 fn live(id: &str, name: &str, rate: f64, keys: &[&str]) -> UsagePlan {
     UsagePlan {
-        id: id.into(),
-        name: name.into(),
-        throttle: Some(Throttle { rate, burst: 5 }),
-        quota: Some(Quota {
-            limit: 1000,
-            period: QuotaPeriod::Day,
-            offset: 0,
-        }),
-        stages: vec![],
-        tags: BTreeMap::new(),
         key_ids: keys.iter().map(|k| (*k).to_owned()).collect(),
+        ..UsagePlan::daily(id, name, rate, 5)
     }
 }
 
