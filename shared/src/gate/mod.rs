@@ -15,7 +15,7 @@ use crate::directory::{Directory, DirectoryError, Resolved};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::engine::decision::{Decision, ceil_secs};
 use crate::engine::identity::ApiKeyHash;
-use crate::engine::policy::{FailMode, Plan, split_route};
+use crate::engine::policy::{FailMode, Limits, Plan, split_route};
 use crate::engine::shed::SHED_RETRY_AFTER;
 use crate::store::{Consume, ErrorScope, Store, StoreError};
 
@@ -206,25 +206,9 @@ impl Gate {
 
     pub async fn check(&self, req: Request<'_>) -> GateOutcome {
         let now = self.clock.now();
-        let resolved = match req.credential {
-            Credential::ApiKey(raw) if !raw.is_empty() => self.resolve_key(ApiKeyHash::of(raw), now).await,
-            Credential::Tenant(tenant) => self.resolve_tenant(tenant, now).await,
-            _ => return GateOutcome::Unauthorized("missing credentials"),
-        };
-        let (resolved, cached_credentials) = match resolved {
-            Ok((Some(r), cached)) => (r, cached),
-            Ok((None, _)) => return GateOutcome::Unauthorized("unknown or disabled credentials"),
-            Err(e) => return GateOutcome::Unavailable(e.to_string()),
-        };
-        let mut verdict = Verdict {
-            tenant: resolved.tenant.into_string(),
-            key_id: Some(resolved.key_id.into_string()).filter(|k| !k.is_empty()),
-            plan: resolved.plan,
-            mode: Mode::Enforced,
-            decision: None,
-            store_latency: None,
-            cached_credentials,
-            refusal: None,
+        let mut verdict = match self.authenticate(&req, now).await {
+            Ok(verdict) => verdict,
+            Err(outcome) => return outcome,
         };
         let bypass_key = verdict
             .key_id
@@ -237,14 +221,7 @@ impl Gate {
         // Shedding comes before the store: a shed request consumes nothing, and costs no write.
         let level = self.shed_level(now).await;
         if crate::engine::shed::sheds(level, verdict.plan.priority()) {
-            if verdict.plan.shadow() {
-                verdict.mode = Mode::Shadow { would_deny: true };
-                return GateOutcome::Allow(verdict);
-            }
-            verdict.mode = Mode::Shed { level };
-            verdict.decision = Some(Decision::shed(SHED_RETRY_AFTER));
-            verdict.refusal = verdict.decision.as_ref().map(refusal_of);
-            return GateOutcome::Throttle(verdict);
+            return shed(verdict, level);
         }
         let (limits, weight) = verdict.plan.limits_for(req.resource, req.method);
         let consume = Consume {
@@ -253,70 +230,110 @@ impl Gate {
             weight,
             now,
         };
-        let result = match self.breaker.permits(now) {
-            Some(call) => {
-                let started = Instant::now();
-                let result = match tokio::time::timeout(self.config.store_budget, self.store.consume(&consume)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(StoreError::Timeout(self.config.store_budget)),
-                };
-                verdict.store_latency = Some(started.elapsed());
-                match &result {
-                    // An item-scoped error is an answer from a working store: it says nothing about
-                    // other tenants, so it must not open the breaker for them.
-                    Ok(_) => call.success(),
-                    Err(e) if e.scope() == ErrorScope::Item => call.success(),
-                    Err(_) => call.failure(self.clock.now()),
-                }
-                result.map_err(|e| (e.to_string(), e.kind()))
-            }
-            None => Err(("circuit breaker open: store not called".to_owned(), "breaker_open")),
-        };
+        let (result, latency) = self.consume(&consume, now).await;
+        verdict.store_latency = latency;
         match result {
             Ok(decision) => {
                 self.fallback.observe(&verdict.tenant, &decision, now);
-                let allowed = decision.allowed;
+                decided(verdict, decision)
+            }
+            Err(failure) => self.store_failed(verdict, &limits, weight, now, failure),
+        }
+    }
+
+    /// The caller's credentials resolved to a tenant and plan, or the answer when they are not.
+    async fn authenticate(&self, req: &Request<'_>, now: Timestamp) -> Result<Verdict, GateOutcome> {
+        let resolved = match req.credential {
+            Credential::ApiKey(raw) if !raw.is_empty() => self.resolve_key(ApiKeyHash::of(raw), now).await,
+            Credential::Tenant(tenant) => self.resolve_tenant(tenant, now).await,
+            _ => return Err(GateOutcome::Unauthorized("missing credentials")),
+        };
+        let (resolved, cached_credentials) = match resolved {
+            Ok((Some(r), cached)) => (r, cached),
+            Ok((None, _)) => return Err(GateOutcome::Unauthorized("unknown or disabled credentials")),
+            Err(e) => return Err(GateOutcome::Unavailable(e.to_string())),
+        };
+        Ok(Verdict {
+            tenant: resolved.tenant.into_string(),
+            key_id: Some(resolved.key_id.into_string()).filter(|k| !k.is_empty()),
+            plan: resolved.plan,
+            mode: Mode::Enforced,
+            decision: None,
+            store_latency: None,
+            cached_credentials,
+            refusal: None,
+        })
+    }
+
+    /// The store's decision within the budget, through the breaker (else the error's text and
+    /// kind), and how long the store took when it was called.
+    async fn consume(
+        &self,
+        consume: &Consume<'_>,
+        now: Timestamp,
+    ) -> (Result<Decision, StoreFailure>, Option<Duration>) {
+        let Some(call) = self.breaker.permits(now) else {
+            let failure = ("circuit breaker open: store not called".to_owned(), "breaker_open");
+            return (Err(failure), None);
+        };
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.config.store_budget, self.store.consume(consume)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.config.store_budget)),
+        };
+        let latency = Some(started.elapsed());
+        match &result {
+            // An item-scoped error is an answer from a working store: it says nothing about
+            // other tenants, so it must not open the breaker for them.
+            Ok(_) => call.success(),
+            Err(e) if e.scope() == ErrorScope::Item => call.success(),
+            Err(_) => call.failure(self.clock.now()),
+        }
+        (result.map_err(|e| (e.to_string(), e.kind())), latency)
+    }
+
+    /// The store could not decide: the fail mode answers.
+    fn store_failed(
+        &self,
+        mut verdict: Verdict,
+        limits: &Limits,
+        weight: u32,
+        now: Timestamp,
+        (error, kind): StoreFailure,
+    ) -> GateOutcome {
+        let mode = self.config.fail_mode.unwrap_or_else(|| verdict.plan.fail_mode());
+        tracing::warn!(tenant = %verdict.tenant, ?mode, kind, %error, "store could not decide: applying fail mode");
+        verdict.mode = Mode::Failed { mode, error, kind };
+        if mode == FailMode::Closed {
+            return self.fail_closed(verdict);
+        }
+        // Open, but bounded: the fallback holds the tenant to its plan in this container.
+        let consume = Consume {
+            tenant: &verdict.tenant,
+            limits,
+            weight,
+            now,
+        };
+        match self.fallback.decide(&consume) {
+            Ok(decision) => {
+                let allowed = decision.allowed || verdict.plan.shadow();
+                if !allowed {
+                    verdict.refusal = Some(refusal_of(&decision));
+                }
                 verdict.decision = Some(decision);
-                if verdict.plan.shadow() {
-                    verdict.mode = Mode::Shadow { would_deny: !allowed };
-                    GateOutcome::Allow(verdict)
-                } else if allowed {
+                if allowed {
                     GateOutcome::Allow(verdict)
                 } else {
-                    verdict.refusal = verdict.decision.as_ref().map(refusal_of);
                     GateOutcome::Throttle(verdict)
                 }
             }
-            Err((error, kind)) => {
-                let mode = self.config.fail_mode.unwrap_or_else(|| verdict.plan.fail_mode());
-                tracing::warn!(tenant = %verdict.tenant, ?mode, kind, %error, "store could not decide: applying fail mode");
-                verdict.mode = Mode::Failed { mode, error, kind };
-                match mode {
-                    // Open, but bounded: the fallback holds the tenant to its plan in this container.
-                    FailMode::Open => match self.fallback.decide(&consume) {
-                        Ok(decision) => {
-                            let allowed = decision.allowed || verdict.plan.shadow();
-                            if !allowed {
-                                verdict.refusal = Some(refusal_of(&decision));
-                            }
-                            verdict.decision = Some(decision);
-                            if allowed {
-                                GateOutcome::Allow(verdict)
-                            } else {
-                                GateOutcome::Throttle(verdict)
-                            }
-                        }
-                        // The fallback is full of tenants it may not forget: admitting one more
-                        // would be admission without a bound, so this one fails closed, and says so.
-                        Err(_) => {
-                            if let Mode::Failed { mode, .. } = &mut verdict.mode {
-                                *mode = FailMode::Closed;
-                            }
-                            self.fail_closed(verdict)
-                        }
-                    },
-                    FailMode::Closed => self.fail_closed(verdict),
+            // The fallback is full of tenants it may not forget: admitting one more would be
+            // admission without a bound, so this one fails closed, and says so.
+            Err(_) => {
+                if let Mode::Failed { mode, .. } = &mut verdict.mode {
+                    *mode = FailMode::Closed;
                 }
+                self.fail_closed(verdict)
             }
         }
     }
@@ -429,6 +446,36 @@ impl Gate {
     }
 }
 
+/// Why the store could not decide (its error's text) and the kind of failure.
+type StoreFailure = (String, &'static str);
+
+/// A plan the shed level sheds: refused before the store, unless the plan is in shadow.
+fn shed(mut verdict: Verdict, level: u8) -> GateOutcome {
+    if verdict.plan.shadow() {
+        verdict.mode = Mode::Shadow { would_deny: true };
+        return GateOutcome::Allow(verdict);
+    }
+    verdict.mode = Mode::Shed { level };
+    verdict.decision = Some(Decision::shed(SHED_RETRY_AFTER));
+    verdict.refusal = verdict.decision.as_ref().map(refusal_of);
+    GateOutcome::Throttle(verdict)
+}
+
+/// The store's decision, as the plan's shadow setting makes it.
+fn decided(mut verdict: Verdict, decision: Decision) -> GateOutcome {
+    let allowed = decision.allowed;
+    verdict.decision = Some(decision);
+    if verdict.plan.shadow() {
+        verdict.mode = Mode::Shadow { would_deny: !allowed };
+        GateOutcome::Allow(verdict)
+    } else if allowed {
+        GateOutcome::Allow(verdict)
+    } else {
+        verdict.refusal = verdict.decision.as_ref().map(refusal_of);
+        GateOutcome::Throttle(verdict)
+    }
+}
+
 fn refusal_of(d: &Decision) -> Refusal {
     Refusal {
         reason: d.reason.map_or("rate", |r| r.as_str()),
@@ -437,170 +484,4 @@ fn refusal_of(d: &Decision) -> Refusal {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    use async_trait::async_trait;
-
-    use super::*;
-    use crate::directory::MemoryDirectory;
-    use crate::engine::clock::ManualClock;
-    use crate::engine::shed::ShedState;
-    use crate::policy_file::PolicyFile;
-    use crate::policy_table::KeyRecord;
-    use crate::store::MemoryStore;
-
-    const PLANS: &str = r#"
-[plans.free]
-rate = 1.0
-burst = 2
-priority = 0
-
-[plans.gold]
-rate = 1.0
-burst = 2
-priority = 1
-
-[plans.trial]
-rate = 1.0
-burst = 2
-shadow = true
-
-[tenants.f]
-plan = "free"
-[tenants.g]
-plan = "gold"
-[tenants.t]
-plan = "trial"
-"#;
-
-    /// The memory directory, counting shed-level reads.
-    #[derive(Debug)]
-    struct Counting {
-        inner: MemoryDirectory,
-        shed_reads: AtomicU64,
-    }
-
-    #[async_trait]
-    impl Directory for Counting {
-        async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError> {
-            self.inner.key(hash).await
-        }
-        async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
-            self.inner.tenant_plan(tenant).await
-        }
-        async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
-            self.inner.plan(name).await
-        }
-        async fn shed(&self) -> Result<ShedState, DirectoryError> {
-            self.shed_reads.fetch_add(1, Ordering::SeqCst);
-            self.inner.shed().await
-        }
-    }
-
-    fn gate(config: GateConfig) -> (Gate, Arc<Counting>, Arc<ManualClock>) {
-        let file = PolicyFile::parse(PLANS).expect("policy");
-        let dir = Arc::new(Counting {
-            inner: MemoryDirectory::from_file(&file),
-            shed_reads: AtomicU64::new(0),
-        });
-        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_800_000_000)));
-        let gate = Gate::new(config, dir.clone(), Arc::new(MemoryStore::default()), clock.clone());
-        (gate, dir, clock)
-    }
-
-    fn level(dir: &Counting, level: u8) {
-        dir.inner.set_shed(ShedState {
-            level,
-            version: 1,
-            ..ShedState::default()
-        });
-    }
-
-    async fn ask(gate: &Gate, tenant: &str) -> GateOutcome {
-        gate.check(Request {
-            credential: Credential::Tenant(tenant),
-            method: "GET",
-            resource: "/hello",
-        })
-        .await
-    }
-
-    fn admitted(outcomes: &[GateOutcome]) -> usize {
-        outcomes.iter().filter(|o| matches!(o, GateOutcome::Allow(_))).count()
-    }
-
-    #[tokio::test]
-    async fn a_shed_plan_is_refused_without_consuming_and_the_top_plan_is_served() {
-        // GIVEN level 1 (sheds priority 0) and no cache, so level changes apply at once
-        let (gate, dir, _) = gate(GateConfig {
-            shed_ttl: Duration::ZERO,
-            ..GateConfig::default()
-        });
-        level(&dir, 1);
-        // WHEN the free tenant sends 5 requests
-        for _ in 0..5 {
-            match ask(&gate, "f").await {
-                // THEN each is refused: reason shed, Retry-After 5 s, mode Shed, no store latency
-                GateOutcome::Throttle(v) => {
-                    assert_eq!(
-                        v.refusal,
-                        Some(Refusal {
-                            reason: "shed",
-                            retry_after_secs: 5
-                        })
-                    );
-                    assert_eq!(v.mode, Mode::Shed { level: 1 });
-                    assert!(v.store_latency.is_none(), "the store was not asked");
-                }
-                other => panic!("expected shed, got {other:?}"),
-            }
-        }
-        // THEN the gold tenant gets its whole burst of 2
-        let mut gold = Vec::new();
-        for _ in 0..3 {
-            gold.push(ask(&gate, "g").await);
-        }
-        assert_eq!(admitted(&gold), 2);
-        // WHEN the level is lowered THEN the free tenant has its whole burst: nothing was consumed
-        level(&dir, 0);
-        let mut free = Vec::new();
-        for _ in 0..3 {
-            free.push(ask(&gate, "f").await);
-        }
-        assert_eq!(admitted(&free), 2);
-    }
-
-    #[tokio::test]
-    async fn a_shadow_plan_under_the_level_is_allowed_and_reported_as_would_deny() {
-        // GIVEN level 1 and a shadow plan of priority 0
-        let (gate, dir, _) = gate(GateConfig::default());
-        level(&dir, 1);
-        // WHEN it asks THEN allowed, shadow would-deny, and the store was not asked
-        match ask(&gate, "t").await {
-            GateOutcome::Allow(v) => {
-                assert_eq!(v.mode, Mode::Shadow { would_deny: true });
-                assert!(v.decision.is_none() && v.store_latency.is_none());
-            }
-            other => panic!("expected allow, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn the_level_is_read_once_per_ttl_not_per_request() {
-        // GIVEN the default 5 s cache
-        let (gate, dir, clock) = gate(GateConfig::default());
-        // WHEN 10 requests arrive within the TTL
-        for _ in 0..10 {
-            ask(&gate, "g").await;
-        }
-        // THEN one read
-        assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 1);
-        // WHEN the level rises THEN the cached level answers until the TTL runs out
-        level(&dir, 1);
-        assert!(matches!(ask(&gate, "f").await, GateOutcome::Allow(_)));
-        clock.advance(Duration::from_secs(5));
-        assert!(matches!(ask(&gate, "f").await, GateOutcome::Throttle(_)));
-        assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 2);
-    }
-}
+mod tests;

@@ -1,0 +1,167 @@
+//! The gate over memory stores and directories: fallbacks, shedding, caching, the breaker.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::directory::MemoryDirectory;
+use crate::engine::clock::ManualClock;
+use crate::engine::shed::ShedState;
+use crate::policy_file::PolicyFile;
+use crate::policy_table::KeyRecord;
+use crate::store::MemoryStore;
+
+const PLANS: &str = r#"
+[plans.free]
+rate = 1.0
+burst = 2
+priority = 0
+
+[plans.gold]
+rate = 1.0
+burst = 2
+priority = 1
+
+[plans.trial]
+rate = 1.0
+burst = 2
+shadow = true
+
+[tenants.f]
+plan = "free"
+[tenants.g]
+plan = "gold"
+[tenants.t]
+plan = "trial"
+"#;
+
+/// The memory directory, counting shed-level reads.
+#[derive(Debug)]
+struct Counting {
+    inner: MemoryDirectory,
+    shed_reads: AtomicU64,
+}
+
+#[async_trait]
+impl Directory for Counting {
+    async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError> {
+        self.inner.key(hash).await
+    }
+    async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
+        self.inner.tenant_plan(tenant).await
+    }
+    async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
+        self.inner.plan(name).await
+    }
+    async fn shed(&self) -> Result<ShedState, DirectoryError> {
+        self.shed_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.shed().await
+    }
+}
+
+fn gate(config: GateConfig) -> (Gate, Arc<Counting>, Arc<ManualClock>) {
+    let file = PolicyFile::parse(PLANS).expect("policy");
+    let dir = Arc::new(Counting {
+        inner: MemoryDirectory::from_file(&file),
+        shed_reads: AtomicU64::new(0),
+    });
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_800_000_000)));
+    let gate = Gate::new(config, dir.clone(), Arc::new(MemoryStore::default()), clock.clone());
+    (gate, dir, clock)
+}
+
+fn level(dir: &Counting, level: u8) {
+    dir.inner.set_shed(ShedState {
+        level,
+        version: 1,
+        ..ShedState::default()
+    });
+}
+
+async fn ask(gate: &Gate, tenant: &str) -> GateOutcome {
+    gate.check(Request {
+        credential: Credential::Tenant(tenant),
+        method: "GET",
+        resource: "/hello",
+    })
+    .await
+}
+
+fn admitted(outcomes: &[GateOutcome]) -> usize {
+    outcomes.iter().filter(|o| matches!(o, GateOutcome::Allow(_))).count()
+}
+
+#[tokio::test]
+async fn a_shed_plan_is_refused_without_consuming_and_the_top_plan_is_served() {
+    // GIVEN level 1 (sheds priority 0) and no cache, so level changes apply at once
+    let (gate, dir, _) = gate(GateConfig {
+        shed_ttl: Duration::ZERO,
+        ..GateConfig::default()
+    });
+    level(&dir, 1);
+    // WHEN the free tenant sends 5 requests
+    for _ in 0..5 {
+        match ask(&gate, "f").await {
+            // THEN each is refused: reason shed, Retry-After 5 s, mode Shed, no store latency
+            GateOutcome::Throttle(v) => {
+                assert_eq!(
+                    v.refusal,
+                    Some(Refusal {
+                        reason: "shed",
+                        retry_after_secs: 5
+                    })
+                );
+                assert_eq!(v.mode, Mode::Shed { level: 1 });
+                assert!(v.store_latency.is_none(), "the store was not asked");
+            }
+            other => panic!("expected shed, got {other:?}"),
+        }
+    }
+    // THEN the gold tenant gets its whole burst of 2
+    let mut gold = Vec::new();
+    for _ in 0..3 {
+        gold.push(ask(&gate, "g").await);
+    }
+    assert_eq!(admitted(&gold), 2);
+    // WHEN the level is lowered THEN the free tenant has its whole burst: nothing was consumed
+    level(&dir, 0);
+    let mut free = Vec::new();
+    for _ in 0..3 {
+        free.push(ask(&gate, "f").await);
+    }
+    assert_eq!(admitted(&free), 2);
+}
+
+#[tokio::test]
+async fn a_shadow_plan_under_the_level_is_allowed_and_reported_as_would_deny() {
+    // GIVEN level 1 and a shadow plan of priority 0
+    let (gate, dir, _) = gate(GateConfig::default());
+    level(&dir, 1);
+    // WHEN it asks THEN allowed, shadow would-deny, and the store was not asked
+    match ask(&gate, "t").await {
+        GateOutcome::Allow(v) => {
+            assert_eq!(v.mode, Mode::Shadow { would_deny: true });
+            assert!(v.decision.is_none() && v.store_latency.is_none());
+        }
+        other => panic!("expected allow, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_level_is_read_once_per_ttl_not_per_request() {
+    // GIVEN the default 5 s cache
+    let (gate, dir, clock) = gate(GateConfig::default());
+    // WHEN 10 requests arrive within the TTL
+    for _ in 0..10 {
+        ask(&gate, "g").await;
+    }
+    // THEN one read
+    assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 1);
+    // WHEN the level rises THEN the cached level answers until the TTL runs out
+    level(&dir, 1);
+    assert!(matches!(ask(&gate, "f").await, GateOutcome::Allow(_)));
+    clock.advance(Duration::from_secs(5));
+    assert!(matches!(ask(&gate, "f").await, GateOutcome::Throttle(_)));
+    assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 2);
+}
