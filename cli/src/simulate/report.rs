@@ -1,0 +1,328 @@
+//! The simulation checked: per tenant, what was admitted against what the policy permits for
+//! that arrival sequence (replayed on a fresh memory store), and the report that says so.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tollgate::engine::clock::Timestamp;
+use tollgate::engine::policy::{Limits, Plan};
+use tollgate::engine::quota::Period;
+use tollgate::store::{Consume, MemoryStore};
+
+use super::{Config, Observed, Pattern, Target};
+use crate::compliance::{self, Admitted};
+use crate::tenants::DemoTenant;
+
+/// The report's schema id; `infra/schemas/simulate-report.schema.json` describes it.
+pub const REPORT_SCHEMA: &str = "tollgate.simulate.report/v1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub schema: String,
+    pub target: String,
+    pub pattern: Pattern,
+    pub load: f64,
+    pub concurrency: usize,
+    pub tenants: usize,
+    pub requests: u64,
+    pub admitted: u64,
+    pub refused: u64,
+    /// Of `refused`, those refused by the shed level (reason `shed`): they consume no budget, so
+    /// the allowance is replayed without them.
+    #[serde(default)]
+    pub shed: u64,
+    pub errors: u64,
+    /// Units admitted beyond what the policy permits, over all tenants. Must be 0.
+    pub over_admitted: u64,
+    /// Requests the policy would have admitted in arrival order that were refused.
+    pub under_admitted: u64,
+    pub pass: bool,
+    pub elapsed_secs: f64,
+    pub throughput_per_sec: f64,
+    pub latency_ms: Latency,
+    /// DynamoDB calls per decision (DynamoDB target only).
+    pub store_calls_per_decision: Option<f64>,
+    /// Admissions the gate made failing open, without the store (gate target only: a store
+    /// never fails open and a gateway's answer does not say).
+    pub fail_open: Option<u64>,
+    pub policies: Vec<PolicyResult>,
+    pub tenant_results: Vec<TenantResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyResult {
+    pub plan: String,
+    pub tenants: usize,
+    pub requests: u64,
+    pub admitted: u64,
+    /// Refused by the shed level.
+    #[serde(default)]
+    pub shed: u64,
+    pub allowance: u64,
+    pub over_admitted: u64,
+    pub pass: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantResult {
+    pub tenant: String,
+    pub plan: String,
+    pub requests: u64,
+    pub admitted: u64,
+    pub refused: u64,
+    /// Of `refused`, those refused by the shed level.
+    #[serde(default)]
+    pub shed: u64,
+    pub errors: u64,
+    /// What the policy admits for this arrival sequence (shed requests left out: they consume
+    /// nothing), replayed in arrival order.
+    pub allowance: u64,
+    pub over_admitted: u64,
+    pub under_admitted: u64,
+    /// Of `admitted`, those made failing open (gate target only).
+    pub fail_open: Option<u64>,
+    /// From the first fail-open admission's send to the last one's answer: the outage as this
+    /// tenant saw it, the `outage` of the bound `burst + rate × outage` (gate target only).
+    pub fail_open_secs: Option<f64>,
+    pub pass: bool,
+}
+
+/// What one simulation did, before it is checked.
+pub(super) struct Run<'a> {
+    pub tenants: &'a [DemoTenant],
+    pub plans: &'a [Arc<Plan>],
+    pub limits: &'a [(Limits, u32)],
+    pub observed: &'a [Observed],
+    pub elapsed: Duration,
+    pub store_calls: Option<u64>,
+    pub t0: Timestamp,
+}
+
+impl Run<'_> {
+    pub(super) fn report(&self, target: &Target, config: &Config) -> Report {
+        let mut per_tenant: Vec<Vec<&Observed>> = vec![Vec::new(); self.tenants.len()];
+        for o in self.observed {
+            per_tenant[o.arrival.tenant].push(o);
+        }
+        let reference = MemoryStore::default();
+        let gated = matches!(target, Target::Gate(_));
+        let tenant_results: Vec<TenantResult> = per_tenant
+            .iter_mut()
+            .enumerate()
+            .map(|(i, seen)| {
+                seen.sort_by_key(|o| (o.arrival.offset, o.sent));
+                self.tenant_result(i, seen, &reference, gated)
+            })
+            .collect();
+        let sum = |f: fn(&TenantResult) -> u64| tenant_results.iter().map(f).sum::<u64>();
+        let over = sum(|t| t.over_admitted);
+        let requests = self.observed.len() as u64;
+        let elapsed = self.elapsed;
+        Report {
+            schema: REPORT_SCHEMA.into(),
+            target: target.name(),
+            pattern: config.pattern,
+            load: config.load,
+            concurrency: config.concurrency,
+            tenants: self.tenants.len(),
+            requests,
+            admitted: sum(|t| t.admitted),
+            refused: sum(|t| t.refused),
+            shed: sum(|t| t.shed),
+            errors: sum(|t| t.errors),
+            over_admitted: over,
+            under_admitted: sum(|t| t.under_admitted),
+            pass: over == 0,
+            elapsed_secs: elapsed.as_secs_f64(),
+            throughput_per_sec: requests as f64 / elapsed.as_secs_f64().max(1e-9),
+            latency_ms: latency(self.observed),
+            store_calls_per_decision: self.store_calls.map(|c| c as f64 / (requests.max(1) as f64)),
+            fail_open: gated.then(|| tenant_results.iter().filter_map(|t| t.fail_open).sum()),
+            policies: policy_results(&tenant_results),
+            tenant_results,
+        }
+    }
+
+    /// Tenant `i`'s requests, in arrival order, against its limits.
+    fn tenant_result(&self, i: usize, seen: &[&Observed], reference: &MemoryStore, gated: bool) -> TenantResult {
+        let (lim, weight) = &self.limits[i];
+        let admitted: Vec<Admitted> = seen
+            .iter()
+            .filter(|o| o.admitted == Some(true))
+            .map(|o| Admitted {
+                sent: o.sent,
+                answered: o.answered,
+                weight: *weight,
+            })
+            .collect();
+        let mut over = lim
+            .bucket
+            .as_ref()
+            .map_or(0, |(_, b)| compliance::bucket_excess(b, &admitted));
+        for (period, quota) in [(Period::Day, lim.daily), (Period::Month, lim.monthly)] {
+            if let Some(q) = quota {
+                over += compliance::quota_excess(period, q, &admitted);
+            }
+        }
+        // The policy's answer for this arrival sequence, replayed in order on a fresh store.
+        let allowance = seen
+            .iter()
+            .filter(|o| !o.shed)
+            .filter(|o| {
+                reference
+                    .decide(&Consume {
+                        tenant: &self.tenants[i].tenant,
+                        limits: lim,
+                        weight: *weight,
+                        now: self.t0.saturating_add(o.arrival.offset),
+                    })
+                    .is_ok_and(|d| d.allowed)
+            })
+            .count() as u64;
+        let count = |want: Option<bool>| seen.iter().filter(|o| o.admitted == want).count() as u64;
+        let admitted_n = admitted.len() as u64;
+        TenantResult {
+            tenant: self.tenants[i].tenant.clone(),
+            plan: self.plans[i].name().to_owned(),
+            requests: seen.len() as u64,
+            admitted: admitted_n,
+            refused: count(Some(false)),
+            shed: seen.iter().filter(|o| o.shed).count() as u64,
+            errors: count(None),
+            allowance,
+            over_admitted: over,
+            under_admitted: allowance.saturating_sub(admitted_n),
+            fail_open: gated.then(|| seen.iter().filter(|o| o.fail_open).count() as u64),
+            fail_open_secs: gated.then(|| fail_open_span(seen)),
+            pass: over == 0,
+        }
+    }
+}
+
+/// The tenants' results summed per plan.
+fn policy_results(tenant_results: &[TenantResult]) -> Vec<PolicyResult> {
+    let mut policies: BTreeMap<&str, PolicyResult> = BTreeMap::new();
+    for t in tenant_results {
+        let p = policies.entry(&t.plan).or_insert_with(|| PolicyResult {
+            plan: t.plan.clone(),
+            tenants: 0,
+            requests: 0,
+            admitted: 0,
+            shed: 0,
+            allowance: 0,
+            over_admitted: 0,
+            pass: true,
+        });
+        p.tenants += 1;
+        p.requests += t.requests;
+        p.admitted += t.admitted;
+        p.shed += t.shed;
+        p.allowance += t.allowance;
+        p.over_admitted += t.over_admitted;
+        p.pass &= t.pass;
+    }
+    policies.into_values().collect()
+}
+
+/// Latency percentiles over every request, in milliseconds.
+fn latency(observed: &[Observed]) -> Latency {
+    let mut latencies: Vec<f64> = observed.iter().map(|o| o.latency.as_secs_f64() * 1000.0).collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        if latencies.is_empty() {
+            0.0
+        } else {
+            let rank = ((p / 100.0) * latencies.len() as f64).ceil() as usize;
+            latencies[rank.clamp(1, latencies.len()) - 1]
+        }
+    };
+    Latency {
+        p50: pct(50.0),
+        p95: pct(95.0),
+        p99: pct(99.0),
+        max: latencies.last().copied().unwrap_or(0.0),
+    }
+}
+
+/// Seconds from the first fail-open admission's send to the last one's answer (0 without any).
+fn fail_open_span(seen: &[&Observed]) -> f64 {
+    let failed = seen.iter().filter(|o| o.fail_open);
+    let first = failed.clone().map(|o| o.sent).min();
+    let last = failed.map(|o| o.answered).max();
+    match (first, last) {
+        (Some(first), Some(last)) => last.saturating_since(first).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+impl Report {
+    /// The human-readable summary: one row per policy, then the worst tenants.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<12} {:>8} {:>10} {:>10} {:>8} {:>10} {:>6}  result\n",
+            "plan", "tenants", "requests", "admitted", "shed", "allowance", "over"
+        );
+        for p in &self.policies {
+            out += &format!(
+                "{:<12} {:>8} {:>10} {:>10} {:>8} {:>10} {:>6}  {}\n",
+                p.plan,
+                p.tenants,
+                p.requests,
+                p.admitted,
+                p.shed,
+                p.allowance,
+                p.over_admitted,
+                if p.pass { "pass" } else { "FAIL" }
+            );
+        }
+        let failing: Vec<&TenantResult> = self.tenant_results.iter().filter(|t| !t.pass).take(10).collect();
+        for t in failing {
+            out += &format!(
+                "  over-admitted: {} ({}) admitted {} of {}, allowance {}, {} too many\n",
+                t.tenant, t.plan, t.admitted, t.requests, t.allowance, t.over_admitted
+            );
+        }
+        out += &format!(
+            "\n{} requests to {} in {:.2} s ({:.0}/s), {} admitted, {} refused ({} shed), {} errors\n",
+            self.requests,
+            self.target,
+            self.elapsed_secs,
+            self.throughput_per_sec,
+            self.admitted,
+            self.refused,
+            self.shed,
+            self.errors
+        );
+        out += &format!(
+            "latency ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}\n",
+            self.latency_ms.p50, self.latency_ms.p95, self.latency_ms.p99, self.latency_ms.max
+        );
+        if let Some(c) = self.store_calls_per_decision {
+            out += &format!("store calls per decision: {c:.2}\n");
+        }
+        if let Some(n) = self.fail_open.filter(|n| *n > 0) {
+            out += &format!("admitted failing open (store unavailable, bounded per container): {n}\n");
+        }
+        out += &format!(
+            "over-admitted: {} (must be 0)   under-admitted: {}   {}\n",
+            self.over_admitted,
+            self.under_admitted,
+            if self.pass { "PASS" } else { "FAIL" }
+        );
+        out
+    }
+}
