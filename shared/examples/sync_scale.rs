@@ -36,17 +36,8 @@ fn secret(i: usize) -> String {
     format!("tg_bench_key_{i:08}_0123456789")
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
-    let mut args = std::env::args().skip(1);
-    let keys: usize = args.next().map_or(Ok(1000), |a| a.parse())?;
-    let plans: usize = args.next().map_or(Ok(10), |a| a.parse())?;
-    let endpoint = std::env::var("TOLLGATE_TEST_AWS_ENDPOINT").map_err(|_| "run under infra/with-moto")?;
-    let sdk = sdk(&endpoint);
-    let gw = control_client(&sdk);
-    let dynamodb = admin_client(&sdk);
-    let table_name = format!("bench-policy-{:08x}", rand::random::<u32>());
-    tollgate::directory::dynamodb::create_policy_table(&dynamodb, &table_name).await?;
+/// `plans` usage plans, and `keys` keys spread over them, one tenant each; returns the plans' ids.
+async fn seed(gw: &aws_sdk_apigateway::Client, plans: usize, keys: usize) -> Result<Vec<String>, Error> {
     let mut plan_ids = Vec::new();
     for p in 0..plans {
         let out = gw
@@ -64,21 +55,55 @@ async fn main() -> Result<(), Error> {
         plan_ids.push(out.id.unwrap_or_default());
     }
     for i in 0..keys {
-        let key = gw
-            .create_api_key()
-            .name(format!("k{i}"))
-            .customer_id(format!("tenant-{i}"))
-            .value(secret(i))
-            .enabled(true)
-            .send()
-            .await?;
-        gw.create_usage_plan_key()
-            .usage_plan_id(&plan_ids[i % plans])
-            .key_id(key.id.unwrap_or_default())
-            .key_type("API_KEY")
-            .send()
-            .await?;
+        add_key(
+            gw,
+            &plan_ids[i % plans],
+            &format!("k{i}"),
+            &format!("tenant-{i}"),
+            &secret(i),
+        )
+        .await?;
     }
+    Ok(plan_ids)
+}
+
+/// A key with this value for `tenant`, on the usage plan `plan_id`.
+async fn add_key(
+    gw: &aws_sdk_apigateway::Client,
+    plan_id: &str,
+    name: &str,
+    tenant: &str,
+    value: &str,
+) -> Result<(), Error> {
+    let key = gw
+        .create_api_key()
+        .name(name)
+        .customer_id(tenant)
+        .value(value)
+        .enabled(true)
+        .send()
+        .await?;
+    gw.create_usage_plan_key()
+        .usage_plan_id(plan_id)
+        .key_id(key.id.unwrap_or_default())
+        .key_type("API_KEY")
+        .send()
+        .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let mut args = std::env::args().skip(1);
+    let keys: usize = args.next().map_or(Ok(1000), |a| a.parse())?;
+    let plans: usize = args.next().map_or(Ok(10), |a| a.parse())?;
+    let endpoint = std::env::var("TOLLGATE_TEST_AWS_ENDPOINT").map_err(|_| "run under infra/with-moto")?;
+    let sdk = sdk(&endpoint);
+    let gw = control_client(&sdk);
+    let dynamodb = admin_client(&sdk);
+    let table_name = format!("bench-policy-{:08x}", rand::random::<u32>());
+    tollgate::directory::dynamodb::create_policy_table(&dynamodb, &table_name).await?;
+    let plan_ids = seed(&gw, plans, keys).await?;
     let control = ApiGateway::new(control_client(&sdk), Backoff::default());
     let table = PolicyTable::new(dynamodb.clone(), &table_name);
     let clock = SystemClock::new();
@@ -113,20 +138,7 @@ async fn main() -> Result<(), Error> {
 
     // A new key, end to end: API calls, a sync, and a gate with a cold cache admitting it.
     let started = Instant::now();
-    let key = gw
-        .create_api_key()
-        .name("late")
-        .customer_id("late-tenant")
-        .value(secret(keys))
-        .enabled(true)
-        .send()
-        .await?;
-    gw.create_usage_plan_key()
-        .usage_plan_id(&plan_ids[0])
-        .key_id(key.id.unwrap_or_default())
-        .key_type("API_KEY")
-        .send()
-        .await?;
+    add_key(&gw, &plan_ids[0], "late", "late-tenant", &secret(keys)).await?;
     run("sync after one new key").await?;
     let gate = Gate::new(
         GateConfig::default(),
