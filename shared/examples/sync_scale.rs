@@ -16,7 +16,7 @@ use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::SystemClock;
-use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::store::MemoryStore;
 
 type Error = Box<dyn std::error::Error>;
@@ -154,5 +154,5 @@ async fn first_request_admitted(directory: DynamoDirectory, raw: &str) -> bool {
         method: "GET",
         resource: "/hello",
     };
-    matches!(gate.check(req).await, Outcome::Allow(_))
+    matches!(gate.check(req).await, GateOutcome::Allow(_))
 }

@@ -22,7 +22,7 @@ use tollgate::directory::{DynamoDirectory, MemoryDirectory};
 use tollgate::engine::clock::SystemClock;
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::engine::policy::{Plan, PlanSpec};
-use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::policy_table::KeyRecord;
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
 use tollgate::usage_api::{AdminAuth, AuthorizedPlan, AuthorizedTenant, CallerSource, MemoryAudit, UsageApi};
@@ -82,6 +82,81 @@ fn take(counts: &Counts) -> BTreeMap<String, u64> {
     std::mem::take(&mut *counts.lock().expect("counts"))
 }
 
+/// The bench tenant's key value.
+const KEY: &str = "tg_bench_usage_key";
+
+/// One measured path: its total time and the calls counted per operation.
+#[derive(Default)]
+struct Tally {
+    time: Duration,
+    calls: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn add(&mut self, took: Duration, counts: &Counts) {
+        self.time += took;
+        for (k, v) in take(counts) {
+            *self.calls.entry(k).or_insert(0) += v;
+        }
+    }
+}
+
+/// The bench plan and tenant in the policy table (as deployed) and, with the key, in a memory
+/// directory (as run locally).
+async fn directories(policy: &DynamoDirectory) -> Result<Arc<MemoryDirectory>, Error> {
+    let dir = Arc::new(MemoryDirectory::default());
+    let spec = PlanSpec {
+        rate: Some(1_000_000.0),
+        burst: Some(1_000_000),
+        ..PlanSpec::unlimited()
+    };
+    let plan = Plan::new("bench", spec)?;
+    policy.put_plan(&plan, 1).await?;
+    policy.put_tenant("bench-tenant", "bench").await?;
+    dir.put_plan(Arc::new(plan));
+    dir.put_tenant("bench-tenant", "bench");
+    dir.put_key(
+        ApiKeyHash::of(KEY),
+        KeyRecord {
+            tenant: "bench-tenant".into(),
+            key_id: "bench-key".into(),
+            enabled: true,
+        },
+    );
+    Ok(dir)
+}
+
+/// The usage API as run locally (the key resolved through `dir`) and as deployed (tenant and
+/// plan from the authorizer's context, the policy table as the registry).
+fn routers(
+    dir: Arc<MemoryDirectory>,
+    policy: DynamoDirectory,
+    store: Arc<DynamoStore>,
+    clock: Arc<SystemClock>,
+) -> (axum::Router, axum::Router) {
+    let local = UsageApi {
+        registry: dir,
+        store: store.clone(),
+        audit: Arc::new(MemoryAudit::default()),
+        control: None,
+        clock: clock.clone(),
+        admin: AdminAuth::Disabled,
+        caller: CallerSource::KeyHeader("x-api-key".into()),
+    }
+    .router();
+    let deployed = UsageApi {
+        registry: Arc::new(policy),
+        store,
+        audit: Arc::new(MemoryAudit::default()),
+        control: None,
+        clock,
+        admin: AdminAuth::Iam,
+        caller: CallerSource::AuthorizerContext,
+    }
+    .router();
+    (local, deployed)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let n: u32 = std::env::args().nth(1).map_or(Ok(500), |a| a.parse())?;
@@ -102,52 +177,14 @@ async fn main() -> Result<(), Error> {
         state_client(&sdk(&proxied), timeouts),
         DynamoStoreConfig::new(&table),
     ));
-    let dir = Arc::new(MemoryDirectory::default());
-    let spec = PlanSpec {
-        rate: Some(1_000_000.0),
-        burst: Some(1_000_000),
-        ..PlanSpec::unlimited()
-    };
-    let plan = Plan::new("bench", spec)?;
     let policy = DynamoDirectory::new(
         policy_client(&sdk(&policy_proxied), Duration::from_secs(5)),
         &policy_table,
     );
-    policy.put_plan(&plan, 1).await?;
-    policy.put_tenant("bench-tenant", "bench").await?;
-    dir.put_plan(Arc::new(plan));
-    dir.put_tenant("bench-tenant", "bench");
-    let key = "tg_bench_usage_key";
-    dir.put_key(
-        ApiKeyHash::of(key),
-        KeyRecord {
-            tenant: "bench-tenant".into(),
-            key_id: "bench-key".into(),
-            enabled: true,
-        },
-    );
+    let dir = directories(&policy).await?;
     let clock = Arc::new(SystemClock::new());
     let gate = Gate::new(GateConfig::default(), dir.clone(), store.clone(), clock.clone());
-    let router = UsageApi {
-        registry: dir,
-        store: store.clone(),
-        audit: Arc::new(MemoryAudit::default()),
-        control: None,
-        clock: clock.clone(),
-        admin: AdminAuth::Disabled,
-        caller: CallerSource::KeyHeader("x-api-key".into()),
-    }
-    .router();
-    let deployed = UsageApi {
-        registry: Arc::new(policy),
-        store,
-        audit: Arc::new(MemoryAudit::default()),
-        control: None,
-        clock,
-        admin: AdminAuth::Iam,
-        caller: CallerSource::AuthorizerContext,
-    }
-    .router();
+    let (router, deployed) = routers(dir, policy, store, clock);
     // What the Lambda's middleware puts in from the authorizer's context.
     let read_deployed = || {
         let mut req = HttpRequest::get("/v1/usage").body(Body::empty()).expect("request");
@@ -155,10 +192,9 @@ async fn main() -> Result<(), Error> {
         req.extensions_mut().insert(AuthorizedPlan("bench".into()));
         deployed.clone().oneshot(req)
     };
-    // Warm both paths (connection setup, first reads) before measuring.
     let decide = || {
         gate.check(Request {
-            credential: Credential::ApiKey(key),
+            credential: Credential::ApiKey(KEY),
             method: "GET",
             resource: "/hello",
         })
@@ -166,45 +202,40 @@ async fn main() -> Result<(), Error> {
     let read = || {
         router.clone().oneshot(
             HttpRequest::get("/v1/usage")
-                .header("x-api-key", key)
+                .header("x-api-key", KEY)
                 .body(Body::empty())
                 .expect("request"),
         )
     };
+    // Warm both paths (connection setup, first reads) before measuring.
     for _ in 0..20 {
-        assert!(matches!(decide().await, Outcome::Allow(_)));
+        assert!(matches!(decide().await, GateOutcome::Allow(_)));
         assert!(read().await?.status().is_success());
         assert!(read_deployed().await?.status().is_success());
     }
     take(&counts);
     take(&policy_counts);
     // Interleaved, so both see the same emulator load.
-    let (mut decide_time, mut read_time, mut deployed_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let (mut decide_calls, mut read_calls) = (BTreeMap::new(), BTreeMap::new());
-    let (mut deployed_calls, mut deployed_policy_calls) = (BTreeMap::new(), BTreeMap::new());
+    let (mut decided, mut read_local, mut read_as_deployed, mut policy_reads) =
+        (Tally::default(), Tally::default(), Tally::default(), Tally::default());
     for _ in 0..n {
         let t = Instant::now();
-        assert!(matches!(decide().await, Outcome::Allow(_)));
-        decide_time += t.elapsed();
-        for (k, v) in take(&counts) {
-            *decide_calls.entry(k).or_insert(0) += v;
-        }
+        assert!(matches!(decide().await, GateOutcome::Allow(_)));
+        decided.add(t.elapsed(), &counts);
         let t = Instant::now();
         assert!(read().await?.status().is_success());
-        read_time += t.elapsed();
-        for (k, v) in take(&counts) {
-            *read_calls.entry(k).or_insert(0) += v;
-        }
+        read_local.add(t.elapsed(), &counts);
         let t = Instant::now();
         assert!(read_deployed().await?.status().is_success());
-        deployed_time += t.elapsed();
-        for (k, v) in take(&counts) {
-            *deployed_calls.entry(k).or_insert(0) += v;
-        }
-        for (k, v) in take(&policy_counts) {
-            *deployed_policy_calls.entry(k).or_insert(0) += v;
-        }
+        read_as_deployed.add(t.elapsed(), &counts);
+        policy_reads.add(Duration::ZERO, &policy_counts);
     }
+    print(n, &decided, &read_local, &read_as_deployed, &policy_reads);
+    Ok(())
+}
+
+/// The figures, per request.
+fn print(n: u32, decided: &Tally, read: &Tally, deployed: &Tally, policy_reads: &Tally) {
     let per = |m: &BTreeMap<String, u64>| {
         m.iter()
             .map(|(k, v)| format!("{k} {:.2}", *v as f64 / f64::from(n)))
@@ -213,27 +244,26 @@ async fn main() -> Result<(), Error> {
     };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0 / f64::from(n);
     println!("requests each: {n}");
-    println!("authorizer decision (gate): calls per request: {}", per(&decide_calls));
-    println!("GET /v1/usage:              calls per request: {}", per(&read_calls));
+    println!("authorizer decision (gate): calls per request: {}", per(&decided.calls));
+    println!("GET /v1/usage:              calls per request: {}", per(&read.calls));
     println!(
         "GET /v1/usage as deployed:  state-table calls per request: {}; policy-table calls: {}",
-        per(&deployed_calls),
-        if deployed_policy_calls.is_empty() {
+        per(&deployed.calls),
+        if policy_reads.calls.is_empty() {
             "none".to_owned()
         } else {
-            per(&deployed_policy_calls)
+            per(&policy_reads.calls)
         }
     );
-    println!("authorizer decision (gate): mean {:.3} ms", ms(decide_time));
+    println!("authorizer decision (gate): mean {:.3} ms", ms(decided.time));
     println!(
         "GET /v1/usage as deployed:  mean {:.3} ms (ratio {:.2} to the decision)",
-        ms(deployed_time),
-        deployed_time.as_secs_f64() / decide_time.as_secs_f64()
+        ms(deployed.time),
+        deployed.time.as_secs_f64() / decided.time.as_secs_f64()
     );
     println!(
         "GET /v1/usage:              mean {:.3} ms (ratio {:.2} to the decision)",
-        ms(read_time),
-        read_time.as_secs_f64() / decide_time.as_secs_f64()
+        ms(read.time),
+        read.time.as_secs_f64() / decided.time.as_secs_f64()
     );
-    Ok(())
 }

@@ -19,7 +19,7 @@ use tollgate::engine::clock::{ManualClock, SystemClock, Timestamp};
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::engine::policy::Plan;
 use tollgate::gate::breaker::{BreakerConfig, BreakerState};
-use tollgate::gate::{Credential, Gate, GateConfig, Mode, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Mode, Request};
 use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::KeyRecord;
 use tollgate::store::{DynamoStore, DynamoStoreConfig, MemoryStore};
@@ -187,11 +187,11 @@ async fn one_tenants_corrupt_item_neither_opens_the_breaker_nor_touches_other_te
     let mut admitted = 0;
     for _ in 0..20 {
         match gate.check(request(&broken.api_key)).await {
-            Outcome::Allow(v) => {
+            GateOutcome::Allow(v) => {
                 assert!(matches!(v.mode, Mode::Failed { kind: "corrupt", .. }), "{:?}", v.mode);
                 admitted += 1;
             }
-            Outcome::Throttle(v) => assert!(matches!(v.mode, Mode::Failed { kind: "corrupt", .. })),
+            GateOutcome::Throttle(v) => assert!(matches!(v.mode, Mode::Failed { kind: "corrupt", .. })),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -200,7 +200,7 @@ async fn one_tenants_corrupt_item_neither_opens_the_breaker_nor_touches_other_te
     assert_eq!(gate.breaker().state(), BreakerState::Closed { failures: 0 });
     // AND the other tenant is decided by the store as usual
     match gate.check(request(&healthy.api_key)).await {
-        Outcome::Allow(v) => assert_eq!(v.mode, Mode::Enforced),
+        GateOutcome::Allow(v) => assert_eq!(v.mode, Mode::Enforced),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -242,7 +242,7 @@ async fn sixty_four_clients_on_one_tenant_at_the_default_budget_stay_within_the_
             );
             tokio::spawn(async move {
                 while Instant::now() < end {
-                    if let Outcome::Allow(_) = gate.check(request(&key)).await {
+                    if let GateOutcome::Allow(_) = gate.check(request(&key)).await {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                     answered.fetch_add(1, Ordering::Relaxed);
@@ -348,7 +348,7 @@ async fn a_flood_of_unknown_keys_costs_known_tenants_no_policy_table_reads() {
         Arc::new(clock.clone()),
     );
     for t in &tenants {
-        assert!(matches!(gate.check(request(&t.api_key)).await, Outcome::Allow(_)));
+        assert!(matches!(gate.check(request(&t.api_key)).await, GateOutcome::Allow(_)));
     }
     // WHEN more unknown keys than the key cache holds arrive within one negative TTL
     let unknown: Vec<String> = (0..flood).map(|i| format!("tg_bogus_{i}")).collect();
@@ -356,7 +356,7 @@ async fn a_flood_of_unknown_keys_costs_known_tenants_no_policy_table_reads() {
         .for_each_concurrent(16, |key| {
             let gate = &gate;
             async move {
-                assert!(matches!(gate.check(request(key)).await, Outcome::Unauthorized(_)));
+                assert!(matches!(gate.check(request(key)).await, GateOutcome::Unauthorized(_)));
             }
         })
         .await;
@@ -365,7 +365,7 @@ async fn a_flood_of_unknown_keys_costs_known_tenants_no_policy_table_reads() {
     let mut answers = HashMap::new();
     for t in &tenants {
         let outcome = gate.check(request(&t.api_key)).await;
-        *answers.entry(matches!(outcome, Outcome::Allow(_))).or_insert(0) += 1;
+        *answers.entry(matches!(outcome, GateOutcome::Allow(_))).or_insert(0) += 1;
     }
     let reads = directory.reads.load(Ordering::SeqCst) - before;
     eprintln!(
@@ -384,7 +384,7 @@ async fn timed(gate: &Gate, key: &str, n: usize) -> Vec<Duration> {
         let outcome = gate.check(request(key)).await;
         times.push(started.elapsed());
         let v = match outcome {
-            Outcome::Allow(v) | Outcome::Throttle(v) => v,
+            GateOutcome::Allow(v) | GateOutcome::Throttle(v) => v,
             other => panic!("unexpected {other:?}"),
         };
         assert!(matches!(v.mode, Mode::Failed { .. }), "{:?}", v.mode);
@@ -435,7 +435,7 @@ async fn with_a_black_holed_store_a_dropped_probe_does_not_hold_the_breaker_half
     let probe = gate.check(request(&tenants[0].api_key)).await;
     let failed = |v: &tollgate::gate::Verdict| matches!(v.mode, Mode::Failed { kind: "timeout", .. });
     assert!(
-        matches!(&probe, Outcome::Allow(v) | Outcome::Throttle(v) if failed(v)),
+        matches!(&probe, GateOutcome::Allow(v) | GateOutcome::Throttle(v) if failed(v)),
         "{probe:?}"
     );
     assert!(open_until(&gate) > reopened, "a new probe was made and failed");

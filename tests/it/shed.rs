@@ -17,7 +17,7 @@ use tollgate::directory::dynamodb::create_policy_table;
 use tollgate::directory::{DynamoDirectory, MemoryDirectory};
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::shed::{SetBy, ShedState};
-use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::{MemoryStore, Store};
@@ -273,7 +273,7 @@ impl TableGate {
         }
     }
 
-    async fn ask(&self, tenant: &str) -> Outcome {
+    async fn ask(&self, tenant: &str) -> GateOutcome {
         self.gate
             .check(Request {
                 credential: Credential::Tenant(tenant),
@@ -298,13 +298,13 @@ async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_n
     // THEN the free tenant is refused with reason shed, and the state table saw no write
     for _ in 0..4 {
         match g.ask(&g.free).await {
-            Outcome::Throttle(v) => assert_eq!(v.refusal.map(|r| r.reason), Some("shed")),
+            GateOutcome::Throttle(v) => assert_eq!(v.refusal.map(|r| r.reason), Some("shed")),
             other => panic!("expected shed, got {other:?}"),
         }
     }
     assert_eq!(g.store.stats().writes(), 0, "a shed request writes nothing");
     // THEN the top tier is served
-    assert!(matches!(g.ask(&g.top).await, Outcome::Allow(_)));
+    assert!(matches!(g.ask(&g.top).await, GateOutcome::Allow(_)));
     // THEN `shed status` shows the level and which plans it sheds
     let status = shed_cli::status(&shed_table, NOW).await.expect("status");
     assert!(
@@ -323,7 +323,7 @@ async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_n
     // THEN the free tenant is served again, with its whole burst
     let mut admitted = 0;
     for _ in 0..4 {
-        admitted += usize::from(matches!(g.ask(&g.free).await, Outcome::Allow(_)));
+        admitted += usize::from(matches!(g.ask(&g.free).await, GateOutcome::Allow(_)));
     }
     assert_eq!(admitted, 3, "burst 3: nothing was consumed while shed");
     // THEN both changes are in the audit trail, by ops

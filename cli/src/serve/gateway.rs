@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tollgate::gate::{Credential, Gate, Mode, Outcome, Refusal, Verdict};
+use tollgate::gate::{Credential, Gate, GateOutcome, Mode, Refusal, Verdict};
 
 use super::ServeError;
 use super::routing::{Resources, Route};
@@ -106,14 +106,14 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         s.gate.check(request).await
     };
     match outcome {
-        Outcome::Allow(v) => {
+        GateOutcome::Allow(v) => {
             let mut response = s.forward(req, &path, Some(&v)).await;
             rate_limit_headers(response.headers_mut(), &v);
             response
         }
-        Outcome::Throttle(v) => too_many_requests(&v),
-        Outcome::Unauthorized(_) => unauthorized(),
-        Outcome::Unavailable(error) => {
+        GateOutcome::Throttle(v) => too_many_requests(&v),
+        GateOutcome::Unauthorized(_) => unauthorized(),
+        GateOutcome::Unavailable(error) => {
             tracing::error!(%error, "policy unavailable");
             let mut r = refusal(
                 StatusCode::SERVICE_UNAVAILABLE,

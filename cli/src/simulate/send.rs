@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
 use tollgate::engine::policy::Limits;
-use tollgate::gate::{Credential, Gate, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateOutcome, Request};
 use tollgate::store::{Consume, Store};
 
 use super::arrivals::Arrival;
@@ -160,11 +160,11 @@ async fn ask(gate: &Gate, config: &Config, key: &str) -> Answer {
         })
         .await;
     let (admitted, fail_open) = match &outcome {
-        Outcome::Allow(v) => (Some(true), v.mode.is_fail_open()),
-        Outcome::Throttle(_) => (Some(false), false),
-        Outcome::Unauthorized(_) | Outcome::Unavailable(_) => (None, false),
+        GateOutcome::Allow(v) => (Some(true), v.mode.is_fail_open()),
+        GateOutcome::Throttle(_) => (Some(false), false),
+        GateOutcome::Unauthorized(_) | GateOutcome::Unavailable(_) => (None, false),
     };
-    let shed = matches!(&outcome, Outcome::Throttle(v) if v.refusal.is_some_and(|r| r.reason == "shed"));
+    let shed = matches!(&outcome, GateOutcome::Throttle(v) if v.refusal.is_some_and(|r| r.reason == "shed"));
     Answer {
         admitted,
         fail_open,

@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tollgate::Clock;
 use tollgate::directory::Directory;
 use tollgate::engine::policy::FailMode;
-use tollgate::gate::{Credential, Gate, Mode, Outcome, Request, Verdict};
+use tollgate::gate::{Credential, Gate, GateOutcome, Mode, Request, Verdict};
 use tollgate::jwt::{FetchedKeys, JwksFetchError, JwksSource, JwtVerifier};
 use tollgate::store::Store;
 
@@ -245,19 +245,19 @@ impl Authorizer {
             println!("{}", self.emf.render(&sample, SystemTime::now()));
         }
         match outcome {
-            Outcome::Allow(v) => {
+            GateOutcome::Allow(v) => {
                 log(&v, "allow");
                 Ok((v, true, api_key))
             }
-            Outcome::Throttle(v) => {
+            GateOutcome::Throttle(v) => {
                 log(&v, "throttle");
                 Ok((v, false, None))
             }
-            Outcome::Unauthorized(why) => {
+            GateOutcome::Unauthorized(why) => {
                 tracing::info!(reason = why, method, resource, "unauthorized");
                 Err(AuthorizerError::Unauthorized)
             }
-            Outcome::Unavailable(e) => {
+            GateOutcome::Unavailable(e) => {
                 tracing::error!(error = %e, "policy store unavailable");
                 Err(AuthorizerError::Unavailable(e))
             }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 use tollgate::engine::decision::Reason;
 use tollgate::engine::policy::FailMode;
-use tollgate::gate::{Mode, Outcome};
+use tollgate::gate::{GateOutcome, Mode};
 use tollgate::metrics as names;
 
 /// Counts for one decision, rendered as one EMF line.
@@ -50,11 +50,11 @@ const METRICS: &[&str] = &[
 
 impl Sample {
     /// The sample for a gate outcome; `None` for outcomes without a tenant (401, 503).
-    pub fn of(outcome: &Outcome) -> Option<Sample> {
+    pub fn of(outcome: &GateOutcome) -> Option<Sample> {
         let (v, throttled) = match outcome {
-            Outcome::Allow(v) => (v, false),
-            Outcome::Throttle(v) => (v, true),
-            Outcome::Unauthorized(_) | Outcome::Unavailable(_) => return None,
+            GateOutcome::Allow(v) => (v, false),
+            GateOutcome::Throttle(v) => (v, true),
+            GateOutcome::Unauthorized(_) | GateOutcome::Unavailable(_) => return None,
         };
         let mut s = Sample {
             plan: v.plan.name().to_owned(),
@@ -286,7 +286,7 @@ mod tests {
             refusal: None,
         };
         // WHEN sampled and rendered
-        let sample = Sample::of(&Outcome::Throttle(verdict)).expect("sample");
+        let sample = Sample::of(&GateOutcome::Throttle(verdict)).expect("sample");
         let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
         // THEN `Shed` is 1, the rate and quota throttles 0, and `Shed` is a declared metric
         assert_eq!((sample.shed, sample.throttles_rate, sample.decisions), (1, 0, 1));
@@ -322,13 +322,13 @@ mod tests {
             refusal: None,
         };
         // WHEN it is sampled and rendered
-        let sample = Sample::of(&Outcome::Throttle(verdict.clone())).expect("sample");
+        let sample = Sample::of(&GateOutcome::Throttle(verdict.clone())).expect("sample");
         // THEN it counts as a rate throttle, neither a fail-open admission nor a fail-closed answer
         assert_eq!((sample.throttles_rate, sample.fail_open, sample.fail_closed), (1, 0, 0));
         let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
         assert_eq!(doc["StoreError"], "timeout");
         // AND the same verdict admitted is one fail-open admission
-        let admitted = Sample::of(&Outcome::Allow(verdict)).expect("sample");
+        let admitted = Sample::of(&GateOutcome::Allow(verdict)).expect("sample");
         assert_eq!((admitted.fail_open, admitted.store_error), (1, Some("timeout")));
     }
 }

@@ -10,7 +10,7 @@ use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse
 use serde_dynamo::AttributeValue;
 use serde_json::Value;
 use tollgate::engine::clock::Timestamp;
-use tollgate::notify::{self, Change, Notifier};
+use tollgate::notify::{self, Notifier, StateChange};
 
 /// The state table: its stream feeds the function, and the notice markers live in it.
 pub const STATE_TABLE: &str = "TOLLGATE_STATE_TABLE";
@@ -63,7 +63,7 @@ pub fn trigger(payload: Value) -> Result<Trigger, AlarmsError> {
 /// The tenant-item changes of a batch, in order. Records that are not a tenant's item written
 /// (notice markers, removals by TTL) are left out; a malformed tenant record is logged and left
 /// out too: it would not parse any better when redelivered.
-pub fn changes(event: &Event) -> Vec<Change> {
+pub fn changes(event: &Event) -> Vec<StateChange> {
     event
         .records
         .iter()
@@ -77,7 +77,7 @@ pub fn changes(event: &Event) -> Vec<Change> {
         .collect()
 }
 
-fn change(record: &EventRecord) -> Result<Option<Change>, String> {
+fn change(record: &EventRecord) -> Result<Option<StateChange>, String> {
     if !matches!(record.event_name.as_str(), "INSERT" | "MODIFY") {
         return Ok(None);
     }
@@ -93,7 +93,7 @@ fn change(record: &EventRecord) -> Result<Option<Change>, String> {
         .clone()
         .ok_or("the record has no SequenceNumber")?;
     let secs = record.change.approximate_creation_date_time.timestamp();
-    Ok(Some(Change {
+    Ok(Some(StateChange {
         id,
         tenant: tenant.clone(),
         old: counters(&record.change.old_image)?,

@@ -1,15 +1,15 @@
 //! The plan-sync Lambda: on its schedule, on API Gateway management events (EventBridge) and
 //! when invoked directly, makes the policy table say what the usage plans and keys say. Every
-//! trigger runs the same full, idempotent sync; the event only says why it ran.
+//! trigger runs the same full, idempotent sync; the event only says why it ran (`Invocation`).
 
 use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use tollgate::aws::{admin_client, control_client};
 use tollgate::control::apigateway::{ApiGateway, Backoff};
-use tollgate::control::sync::POLICY_TABLE_VAR as POLICY_TABLE;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::SystemClock;
+use tollgate_plan_sync::{Invocation, POLICY_TABLE_VAR as POLICY_TABLE};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -26,16 +26,7 @@ async fn main() -> Result<(), Error> {
     let table = PolicyTable::new(admin_client(&sdk), table);
     let (control, table, clock) = (&control, &table, &SystemClock::new());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        // EventBridge events name their source; a schedule says "Scheduled Event".
-        let trigger = event
-            .payload
-            .get("detail-type")
-            .and_then(Value::as_str)
-            .unwrap_or("invoke");
-        let actor = event
-            .payload
-            .pointer("/detail/userIdentity/arn")
-            .and_then(Value::as_str);
+        let Invocation { trigger, actor } = Invocation::of(&event.payload);
         let report = tollgate::control::sync::run(control, table, clock, actor).await?;
         tracing::info!(
             trigger,

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
-use crate::control::sync::mapping::{self, Problem};
-use crate::control::sync::table::{self, Change, Current};
+use crate::control::sync::mapping::{self, SyncProblem};
+use crate::control::sync::table::{self, Current, TableWrite};
 use crate::engine::policy::PlanSpec;
 use crate::policy_file::PolicyFile;
 
@@ -55,7 +55,7 @@ pub struct PolicyDiff {
     /// What plan sync would write now: the policy table behind API Gateway.
     pub drift: Vec<String>,
     /// What API Gateway says that Tollgate does not enforce as written.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<SyncProblem>,
 }
 
 impl PolicyDiff {
@@ -175,9 +175,9 @@ pub fn diff(file: &PolicyFile, plans: &[UsagePlan], keys: &[ApiKey], current: &C
     out.drift = table::diff(&desired, current)
         .iter()
         .map(|c| match c {
-            Change::Put { pk, existed: true, .. } => format!("~ {pk}"),
-            Change::Put { pk, existed: false, .. } => format!("+ {pk}"),
-            Change::Delete { pk, .. } => format!("- {pk}"),
+            TableWrite::Put { pk, existed: true, .. } => format!("~ {pk}"),
+            TableWrite::Put { pk, existed: false, .. } => format!("+ {pk}"),
+            TableWrite::Delete { pk, .. } => format!("- {pk}"),
         })
         .collect();
     out
@@ -238,22 +238,9 @@ fn fields(have: &PlanSpec, want: &PlanSpec) -> Vec<FieldChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::apigateway::model::{Quota, QuotaPeriod, Throttle};
 
     fn usage_plan(name: &str, rate: f64) -> UsagePlan {
-        UsagePlan {
-            id: format!("id-{name}"),
-            name: name.into(),
-            throttle: Some(Throttle { rate, burst: 5 }),
-            quota: Some(Quota {
-                limit: 1000,
-                period: QuotaPeriod::Day,
-                offset: 0,
-            }),
-            stages: vec![],
-            tags: BTreeMap::new(),
-            key_ids: vec![],
-        }
+        UsagePlan::daily(&format!("id-{name}"), name, rate, 5)
     }
 
     #[test]
@@ -290,7 +277,7 @@ mod tests {
         let desired = mapping::desired(&live, &[]);
         let mut current = Current::default();
         for change in table::diff(&desired, &current) {
-            if let Change::Put { pk, record, .. } = change {
+            if let TableWrite::Put { pk, record, .. } = change {
                 current.records.insert(pk, record);
             }
         }

@@ -2,11 +2,12 @@
 //! know, and this floor keeps the policy table in step with them. Nothing on the decision path
 //! imports it.
 //!
-//! - `apigateway`: the API Gateway ports (`ControlPlane` reads, `ControlWrites` writes), their SDK
-//!   adapter and the model they speak.
+//! - `apigateway`: the API Gateway ports (`ControlPlane` reads, `ControlWrites` and `ApplyPort`
+//!   writes), their SDK adapter and the model they speak.
 //! - `sync`: plan sync, API Gateway → policy table.
 //! - `diff`: `tollgate policy diff`, a policy file against API Gateway.
-//! - `apply`: `tollgate policy apply` and `rollback`, and the watch that rolls back.
+//! - `apply`: `tollgate policy apply` and `rollback`: the pure planner (`apply::plan`), the
+//!   executor, and the watch that rolls back.
 //! - `shed`: the shed controller and the shed level's writer.
 //! - `alarms`: the per-plan alarms the plans call for (pure).
 //! - `cloudwatch` (feature `cloudwatch`): the one CloudWatch adapter.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::{Decision, RateStatus, Reason};
-use crate::engine::gcra::Outcome;
+use crate::engine::gcra::BucketOutcome;
 use crate::engine::policy::Limits;
 use crate::engine::quota::{Period, QuotaStatus};
 
@@ -39,7 +39,7 @@ pub fn evaluate(limits: &Limits, state: &State, now: Timestamp, weight: u32) -> 
         .map(|(_, b)| (b, b.check(state.tat, now, weight)));
     let mut next_tat = state.tat;
     let rate = bucket.map(|(b, outcome)| match outcome {
-        Outcome::Allow {
+        BucketOutcome::Allow {
             tat,
             remaining,
             reset_after,
@@ -47,7 +47,7 @@ pub fn evaluate(limits: &Limits, state: &State, now: Timestamp, weight: u32) -> 
             next_tat = Some(tat);
             rate_status(b.burst(), remaining, reset_after, b.window())
         }
-        Outcome::Deny {
+        BucketOutcome::Deny {
             retry_after,
             remaining,
             reset_after,

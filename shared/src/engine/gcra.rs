@@ -19,7 +19,7 @@ pub struct Bucket {
 
 /// What one check of a bucket says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum BucketOutcome {
     /// Admitted: store `tat`. `remaining` units could still pass right now.
     Allow {
         tat: Timestamp,
@@ -70,20 +70,20 @@ impl Bucket {
     }
 
     /// Checks a request of weight `n` against the bucket whose TAT is `tat` (`None`: never used).
-    pub fn check(&self, tat: Option<Timestamp>, now: Timestamp, n: u32) -> Outcome {
+    pub fn check(&self, tat: Option<Timestamp>, now: Timestamp, n: u32) -> BucketOutcome {
         let now_ns = now.as_nanos();
         let base = tat.map_or(now_ns, |t| t.as_nanos().max(now_ns));
         let new_tat = base.saturating_add(self.interval.saturating_mul(u64::from(n)));
         let cap = self.capacity();
         let ahead = new_tat - now_ns;
         if ahead <= cap {
-            Outcome::Allow {
+            BucketOutcome::Allow {
                 tat: Timestamp::from_nanos(new_tat),
                 remaining: self.units_free(ahead),
                 reset_after: Duration::from_nanos(ahead),
             }
         } else {
-            Outcome::Deny {
+            BucketOutcome::Deny {
                 retry_after: Duration::from_nanos(ahead - cap),
                 remaining: self.units_free(base - now_ns),
                 reset_after: Duration::from_nanos(base - now_ns),
@@ -125,7 +125,7 @@ mod tests {
         let now = t(100.0);
         for expected_remaining in (0..5).rev() {
             match b.check(tat, now, 1) {
-                Outcome::Allow {
+                BucketOutcome::Allow {
                     tat: next, remaining, ..
                 } => {
                     assert_eq!(remaining, expected_remaining);
@@ -136,7 +136,7 @@ mod tests {
         }
         assert_eq!(
             b.check(tat, now, 1),
-            Outcome::Deny {
+            BucketOutcome::Deny {
                 retry_after: Duration::from_secs(1),
                 remaining: 0,
                 reset_after: Duration::from_secs(5),
@@ -148,22 +148,22 @@ mod tests {
     fn fractional_rate_is_a_longer_interval() {
         let b = Bucket::per_second(0.5, 1);
         let first = b.check(None, t(0.0), 1);
-        let Outcome::Allow { tat, .. } = first else {
+        let BucketOutcome::Allow { tat, .. } = first else {
             panic!("{first:?}")
         };
-        assert!(matches!(b.check(Some(tat), t(1.999), 1), Outcome::Deny { .. }));
-        assert!(matches!(b.check(Some(tat), t(2.0), 1), Outcome::Allow { .. }));
+        assert!(matches!(b.check(Some(tat), t(1.999), 1), BucketOutcome::Deny { .. }));
+        assert!(matches!(b.check(Some(tat), t(2.0), 1), BucketOutcome::Allow { .. }));
     }
 
     #[test]
     fn weight_consumes_several_units() {
         let b = Bucket::per_second(10.0, 10);
-        let Outcome::Allow { tat, remaining, .. } = b.check(None, t(0.0), 7) else {
+        let BucketOutcome::Allow { tat, remaining, .. } = b.check(None, t(0.0), 7) else {
             panic!()
         };
         assert_eq!(remaining, 3);
         match b.check(Some(tat), t(0.0), 4) {
-            Outcome::Deny {
+            BucketOutcome::Deny {
                 retry_after, remaining, ..
             } => {
                 assert_eq!(remaining, 3);
@@ -176,11 +176,11 @@ mod tests {
     #[test]
     fn idle_time_refills_but_never_beyond_burst() {
         let b = Bucket::per_second(100.0, 3);
-        let Outcome::Allow { tat, .. } = b.check(None, t(0.0), 3) else {
+        let BucketOutcome::Allow { tat, .. } = b.check(None, t(0.0), 3) else {
             panic!()
         };
         // An hour later only `burst` requests fit, not 360_000.
-        let Outcome::Allow { remaining, .. } = b.check(Some(tat), t(3600.0), 1) else {
+        let BucketOutcome::Allow { remaining, .. } = b.check(Some(tat), t(3600.0), 1) else {
             panic!()
         };
         assert_eq!(remaining, 2);
@@ -191,7 +191,7 @@ mod tests {
         let b = Bucket::per_second(1.0, 2);
         // A TAT written by a container whose clock runs ahead: no underflow, no panic.
         let out = b.check(Some(t(50.0)), t(10.0), 1);
-        assert!(matches!(out, Outcome::Deny { .. }));
+        assert!(matches!(out, BucketOutcome::Deny { .. }));
     }
 
     proptest! {
@@ -210,16 +210,16 @@ mod tests {
             for (gap_ms, n) in steps {
                 now += gap_ms * 1_000_000;
                 match b.check(tat, Timestamp::from_nanos(now), n) {
-                    Outcome::Allow { tat: next, .. } => {
+                    BucketOutcome::Allow { tat: next, .. } => {
                         tat = Some(next);
                         admitted.push((now, n));
                     }
-                    Outcome::Deny { retry_after, .. } => {
+                    BucketOutcome::Deny { retry_after, .. } => {
                         // Pure: a deny yields nothing to store, and waiting `retry_after` is enough.
                         let later = Timestamp::from_nanos(now).saturating_add(retry_after);
                         if n <= burst {
                             prop_assert!(
-                                matches!(b.check(tat, later, n), Outcome::Allow { .. }),
+                                matches!(b.check(tat, later, n), BucketOutcome::Allow { .. }),
                                 "waiting retry_after must suffice"
                             );
                         }
@@ -244,7 +244,7 @@ mod tests {
             let now = Timestamp::from_secs(1_000_000);
             let mut tat = None;
             let mut n = 0;
-            while let Outcome::Allow { tat: next, .. } = b.check(tat, now, 1) {
+            while let BucketOutcome::Allow { tat: next, .. } = b.check(tat, now, 1) {
                 tat = Some(next);
                 n += 1;
                 prop_assert!(n <= burst);

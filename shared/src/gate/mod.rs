@@ -106,7 +106,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Whether the store could not decide and the fail mode is open: with `Outcome::Allow`, a
+    /// Whether the store could not decide and the fail mode is open: with `GateOutcome::Allow`, a
     /// fail-open admission.
     pub fn is_fail_open(&self) -> bool {
         matches!(
@@ -147,7 +147,7 @@ pub struct Refusal {
 }
 
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub enum GateOutcome {
     Allow(Verdict),
     Throttle(Verdict),
     /// Unknown, disabled or missing credentials: 401.
@@ -204,7 +204,7 @@ impl Gate {
         &self.breaker
     }
 
-    pub async fn check(&self, req: Request<'_>) -> Outcome {
+    pub async fn check(&self, req: Request<'_>) -> GateOutcome {
         let now = self.clock.now();
         let mut verdict = match self.authenticate(&req, now).await {
             Ok(verdict) => verdict,
@@ -216,7 +216,7 @@ impl Gate {
             .is_some_and(|k| self.config.bypass_key_ids.contains(k));
         if bypass_key || self.is_skip_route(req.resource, req.method) {
             verdict.mode = Mode::Bypass;
-            return Outcome::Allow(verdict);
+            return GateOutcome::Allow(verdict);
         }
         // Shedding comes before the store: a shed request consumes nothing, and costs no write.
         let level = self.shed_level(now).await;
@@ -242,16 +242,16 @@ impl Gate {
     }
 
     /// The caller's credentials resolved to a tenant and plan, or the answer when they do not.
-    async fn authenticate(&self, req: &Request<'_>, now: Timestamp) -> Result<Verdict, Outcome> {
+    async fn authenticate(&self, req: &Request<'_>, now: Timestamp) -> Result<Verdict, GateOutcome> {
         let resolved = match req.credential {
             Credential::ApiKey(raw) if !raw.is_empty() => self.resolve_key(ApiKeyHash::of(raw), now).await,
             Credential::Tenant(tenant) => self.resolve_tenant(tenant, now).await,
-            _ => return Err(Outcome::Unauthorized("missing credentials")),
+            _ => return Err(GateOutcome::Unauthorized("missing credentials")),
         };
         let (resolved, cached_credentials) = match resolved {
             Ok((Some(r), cached)) => (r, cached),
-            Ok((None, _)) => return Err(Outcome::Unauthorized("unknown or disabled credentials")),
-            Err(e) => return Err(Outcome::Unavailable(e.to_string())),
+            Ok((None, _)) => return Err(GateOutcome::Unauthorized("unknown or disabled credentials")),
+            Err(e) => return Err(GateOutcome::Unavailable(e.to_string())),
         };
         Ok(Verdict {
             tenant: resolved.tenant.into_string(),
@@ -301,7 +301,7 @@ impl Gate {
         (limits, weight, now): (&Limits, u32, Timestamp),
         error: String,
         kind: &'static str,
-    ) -> Outcome {
+    ) -> GateOutcome {
         let mode = self.config.fail_mode.unwrap_or_else(|| verdict.plan.fail_mode());
         tracing::warn!(tenant = %verdict.tenant, ?mode, kind, %error, "store could not decide: applying fail mode");
         verdict.mode = Mode::Failed { mode, error, kind };
@@ -320,9 +320,9 @@ impl Gate {
                     }
                     verdict.decision = Some(decision);
                     if allowed {
-                        Outcome::Allow(verdict)
+                        GateOutcome::Allow(verdict)
                     } else {
-                        Outcome::Throttle(verdict)
+                        GateOutcome::Throttle(verdict)
                     }
                 }
                 // The fallback is full of tenants it may not forget: admitting one more
@@ -369,12 +369,12 @@ impl Gate {
         fresh
     }
 
-    fn fail_closed(&self, mut verdict: Verdict) -> Outcome {
+    fn fail_closed(&self, mut verdict: Verdict) -> GateOutcome {
         verdict.refusal = Some(Refusal {
             reason: "store_unavailable",
             retry_after_secs: ceil_secs(self.config.breaker.cool_down).max(1),
         });
-        Outcome::Throttle(verdict)
+        GateOutcome::Throttle(verdict)
     }
 
     /// The key's tenant and plan, and whether that came from the cache.
@@ -454,29 +454,29 @@ fn refusal_of(d: &Decision) -> Refusal {
 }
 
 /// A plan the shed level refuses: 429 `shed`, or admitted and recorded when the plan is shadow.
-fn shed(mut verdict: Verdict, level: u8) -> Outcome {
+fn shed(mut verdict: Verdict, level: u8) -> GateOutcome {
     if verdict.plan.shadow() {
         verdict.mode = Mode::Shadow { would_deny: true };
-        return Outcome::Allow(verdict);
+        return GateOutcome::Allow(verdict);
     }
     verdict.mode = Mode::Shed { level };
     verdict.decision = Some(Decision::shed(SHED_RETRY_AFTER));
     verdict.refusal = verdict.decision.as_ref().map(refusal_of);
-    Outcome::Throttle(verdict)
+    GateOutcome::Throttle(verdict)
 }
 
 /// The store decided: its answer, or admitted and recorded when the plan is shadow.
-fn decided(mut verdict: Verdict, decision: Decision) -> Outcome {
+fn decided(mut verdict: Verdict, decision: Decision) -> GateOutcome {
     let allowed = decision.allowed;
     verdict.decision = Some(decision);
     if verdict.plan.shadow() {
         verdict.mode = Mode::Shadow { would_deny: !allowed };
-        Outcome::Allow(verdict)
+        GateOutcome::Allow(verdict)
     } else if allowed {
-        Outcome::Allow(verdict)
+        GateOutcome::Allow(verdict)
     } else {
         verdict.refusal = verdict.decision.as_ref().map(refusal_of);
-        Outcome::Throttle(verdict)
+        GateOutcome::Throttle(verdict)
     }
 }
 

@@ -79,7 +79,7 @@ fn level(dir: &Counting, level: u8) {
     });
 }
 
-async fn ask(gate: &Gate, tenant: &str) -> Outcome {
+async fn ask(gate: &Gate, tenant: &str) -> GateOutcome {
     gate.check(Request {
         credential: Credential::Tenant(tenant),
         method: "GET",
@@ -88,8 +88,8 @@ async fn ask(gate: &Gate, tenant: &str) -> Outcome {
     .await
 }
 
-fn admitted(outcomes: &[Outcome]) -> usize {
-    outcomes.iter().filter(|o| matches!(o, Outcome::Allow(_))).count()
+fn admitted(outcomes: &[GateOutcome]) -> usize {
+    outcomes.iter().filter(|o| matches!(o, GateOutcome::Allow(_))).count()
 }
 
 #[tokio::test]
@@ -104,7 +104,7 @@ async fn a_shed_plan_is_refused_without_consuming_and_the_top_plan_is_served() {
     for _ in 0..5 {
         match ask(&gate, "f").await {
             // THEN each is refused: reason shed, Retry-After 5 s, mode Shed, no store latency
-            Outcome::Throttle(v) => {
+            GateOutcome::Throttle(v) => {
                 assert_eq!(
                     v.refusal,
                     Some(Refusal {
@@ -140,7 +140,7 @@ async fn a_shadow_plan_under_the_level_is_allowed_and_reported_as_would_deny() {
     level(&dir, 1);
     // WHEN it asks THEN allowed, shadow would-deny, and the store was not asked
     match ask(&gate, "t").await {
-        Outcome::Allow(v) => {
+        GateOutcome::Allow(v) => {
             assert_eq!(v.mode, Mode::Shadow { would_deny: true });
             assert!(v.decision.is_none() && v.store_latency.is_none());
         }
@@ -160,8 +160,8 @@ async fn the_level_is_read_once_per_ttl_not_per_request() {
     assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 1);
     // WHEN the level rises THEN the cached level answers until the TTL runs out
     level(&dir, 1);
-    assert!(matches!(ask(&gate, "f").await, Outcome::Allow(_)));
+    assert!(matches!(ask(&gate, "f").await, GateOutcome::Allow(_)));
     clock.advance(Duration::from_secs(5));
-    assert!(matches!(ask(&gate, "f").await, Outcome::Throttle(_)));
+    assert!(matches!(ask(&gate, "f").await, GateOutcome::Throttle(_)));
     assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 2);
 }

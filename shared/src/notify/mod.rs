@@ -52,7 +52,7 @@ const MARKER_KEPT: Duration = Duration::from_secs(2 * 86_400);
 
 /// One change of a tenant's state item, as the stream carries it: its counters before and after.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
+pub struct StateChange {
     /// The record's id (its sequence number): what a failed batch reports back.
     pub id: String,
     pub tenant: String,
@@ -203,7 +203,7 @@ impl NotifyError {
 
 /// What one batch did.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub struct BatchOutcome {
     /// Notices published by this call.
     pub sent: Vec<Notice>,
     /// Crossings whose notice was already sent (a redelivered or repeated record).
@@ -250,8 +250,8 @@ impl Notifier {
     /// publish (its deadline): until then its claims are its own. Stops at the first change
     /// that fails and can be retried; the stream redelivers it and everything after it, which
     /// the markers make harmless.
-    pub async fn process(&self, changes: &[Change], lease: Timestamp) -> Outcome {
-        let mut out = Outcome::default();
+    pub async fn process(&self, changes: &[StateChange], lease: Timestamp) -> BatchOutcome {
+        let mut out = BatchOutcome::default();
         for change in changes {
             match self.change(change, lease, &mut out).await {
                 Ok(()) => {}
@@ -268,7 +268,7 @@ impl Notifier {
         out
     }
 
-    async fn change(&self, change: &Change, lease: Timestamp, out: &mut Outcome) -> Result<(), NotifyError> {
+    async fn change(&self, change: &StateChange, lease: Timestamp, out: &mut BatchOutcome) -> Result<(), NotifyError> {
         if change.new.is_empty() {
             return Ok(());
         }
@@ -310,7 +310,7 @@ impl Notifier {
     }
 
     /// Claim, publish, confirm. See docs/design/quota-notices.md for each failure.
-    async fn send(&self, notice: Notice, lease: Timestamp, out: &mut Outcome) -> Result<(), NotifyError> {
+    async fn send(&self, notice: Notice, lease: Timestamp, out: &mut BatchOutcome) -> Result<(), NotifyError> {
         let id = notice.id();
         let owner = format!("{:016x}", rand::random::<u64>());
         let claim = self

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::record::{number, string};
-use super::{AUDIT_PREFIX, PK, Record};
+use super::{AUDIT_PREFIX, PK, Record, read_item};
 
 /// A record's JSON is stored in parts of at most this many bytes: DynamoDB items stop at 400 KB.
 const PART: usize = 300_000;
@@ -58,7 +58,7 @@ pub struct ItemChange {
 /// How a change ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
-pub enum Outcome {
+pub enum ChangeOutcome {
     Applied,
     /// Failed part-way and put back as it was before.
     Restored {
@@ -88,7 +88,7 @@ pub struct ChangeRecord {
     /// API Gateway's usage plans and key associations before the change, for changes made there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<serde_json::Value>,
-    pub outcome: Outcome,
+    pub outcome: ChangeOutcome,
 }
 
 impl ChangeRecord {
@@ -232,16 +232,9 @@ impl AuditLog {
     }
 
     async fn item(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, AuditError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, AttributeValue::S(pk.to_owned()))
-            .consistent_read(true)
-            .send()
+        read_item(&self.client, &self.table, pk)
             .await
-            .map_err(|e| self.unavailable(e))?;
-        Ok(out.item)
+            .map_err(|e| self.unavailable(e))
     }
 
     /// Every change, newest first. Reads the policy table whole: an operator's command, not a
@@ -323,7 +316,7 @@ mod tests {
             summary: "x".into(),
             items: vec![],
             checkpoint: None,
-            outcome: Outcome::Applied,
+            outcome: ChangeOutcome::Applied,
         };
         let first = a.content_id();
         a.time = 2;

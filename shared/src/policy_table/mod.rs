@@ -16,6 +16,11 @@
 pub mod audit;
 pub mod record;
 
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::get_item::GetItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+
 pub use record::{KeyRecord, Record};
 
 /// The table's only key attribute.
@@ -62,4 +67,17 @@ pub fn revoke_pk(key_id: &str) -> String {
 
 pub fn audit_pk(id: &str) -> String {
     format!("{AUDIT_PREFIX}{id}")
+}
+
+/// The item at `pk`, read strongly consistent (its writers step from the latest one); `None`
+/// when there is none.
+pub async fn read_item(client: &Client, table: &str, pk: &str) -> Result<Option<record::Item>, SdkError<GetItemError>> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key(PK, AttributeValue::S(pk.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await?;
+    Ok(out.item)
 }

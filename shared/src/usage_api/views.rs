@@ -49,10 +49,10 @@ pub(super) fn usage_view(tenant: &str, plan: &Plan, usage: &Usage, now: Timestam
     let limits = plan.limits();
     let rate = limits.bucket.as_ref().map(|(_, b)| {
         let (remaining, reset) = match b.check(usage.tat, now, 0) {
-            gcra::Outcome::Allow {
+            gcra::BucketOutcome::Allow {
                 remaining, reset_after, ..
             }
-            | gcra::Outcome::Deny {
+            | gcra::BucketOutcome::Deny {
                 remaining, reset_after, ..
             } => (remaining, reset_after),
         };

@@ -2,7 +2,7 @@
 //! checkpoint, and throttled calls back off and complete.
 
 use tollgate::control::apply::ApplyError;
-use tollgate::policy_table::audit::Outcome;
+use tollgate::policy_table::audit::ChangeOutcome;
 
 use super::World;
 use crate::support::fault_proxy::Fault;
@@ -68,7 +68,7 @@ async fn an_apply_that_fails_part_way_ends_exactly_at_the_checkpoint() {
         .await
         .expect("record");
     assert!(
-        matches!(&record.outcome, Outcome::Restored { failed_at: f, .. } if f == failed_at),
+        matches!(&record.outcome, ChangeOutcome::Restored { failed_at: f, .. } if f == failed_at),
         "{:?}",
         record.outcome
     );

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tollgate::control::apply;
 use tollgate::policy_table::Record;
-use tollgate::policy_table::audit::{Outcome, Source};
+use tollgate::policy_table::audit::{ChangeOutcome, Source};
 
 use super::{AFTER, BEFORE, World};
 
@@ -41,7 +41,10 @@ async fn diff_apply_rollback_round_trip() {
     assert_eq!(w.burst("tg_live_round").await, (5, Duration::from_millis(200)));
     let id = report.change_id.expect("recorded");
     let record = w.table.audit_log().get(&id).await.expect("record");
-    assert_eq!((record.source, &record.outcome), (Source::Apply, &Outcome::Applied));
+    assert_eq!(
+        (record.source, &record.outcome),
+        (Source::Apply, &ChangeOutcome::Applied)
+    );
     assert!(record.checkpoint.is_some());
 
     // WHEN rolled back

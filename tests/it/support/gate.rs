@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tollgate::directory::Directory;
 use tollgate::engine::clock::ManualClock;
-use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::store::MemoryStore;
 
 /// How many requests with the API key `raw` a fresh gate over `directory` admits at once, and
@@ -24,8 +24,8 @@ pub async fn burst(directory: Arc<dyn Directory>, clock: &ManualClock, raw: &str
     };
     for admitted in 0..1000 {
         match gate.check(req).await {
-            Outcome::Allow(_) => {}
-            Outcome::Throttle(v) => {
+            GateOutcome::Allow(_) => {}
+            GateOutcome::Throttle(v) => {
                 return (admitted, v.decision.expect("decided").retry_after.expect("wait"));
             }
             other => panic!("unexpected {other:?}"),

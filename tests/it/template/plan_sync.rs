@@ -92,8 +92,8 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
     // THEN it sets exactly the variables the binary reads
     let vars = &f["Properties"]["Environment"]["Variables"];
     let set = variable_names(f);
-    assert_eq!(set, tollgate::control::sync::FUNCTION_VARIABLES.into_iter().collect());
-    assert_eq!(untag(&vars[tollgate::control::sync::POLICY_TABLE_VAR]).1, "PolicyTable");
+    assert_eq!(set, tollgate_plan_sync::FUNCTION_VARIABLES.into_iter().collect());
+    assert_eq!(untag(&vars[tollgate_plan_sync::POLICY_TABLE_VAR]).1, "PolicyTable");
     // AND it may call exactly the DynamoDB actions sync calls, on the policy table only, and
     // read exactly the API Gateway collections sync reads
     let mut dynamodb = BTreeSet::new();
@@ -117,12 +117,12 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
             }
         }
     }
-    let want: BTreeSet<String> = tollgate::control::sync::TABLE_ACTIONS
+    let want: BTreeSet<String> = tollgate_plan_sync::TABLE_ACTIONS
         .iter()
         .map(|a| (*a).to_owned())
         .collect();
     assert_eq!(dynamodb, want);
-    let paths: BTreeSet<String> = tollgate::control::sync::CONTROL_PATHS
+    let paths: BTreeSet<String> = tollgate_plan_sync::CONTROL_PATHS
         .iter()
         .map(|p| (*p).to_owned())
         .collect();
@@ -146,7 +146,7 @@ fn plan_sync_runs_on_its_schedule_and_on_every_usage_plan_or_key_change() {
     let pattern = &rule["Properties"]["EventPattern"];
     assert_eq!(pattern["detail-type"][0], "AWS API Call via CloudTrail");
     let names: BTreeSet<String> = strings(&pattern["detail"]["eventName"]).into_iter().collect();
-    let want: BTreeSet<String> = tollgate::control::sync::TRIGGER_EVENTS
+    let want: BTreeSet<String> = tollgate_plan_sync::TRIGGER_EVENTS
         .iter()
         .map(|e| (*e).to_owned())
         .collect();

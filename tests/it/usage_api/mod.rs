@@ -19,7 +19,7 @@ use tollgate::control::apigateway::ApiGateway;
 use tollgate::directory::{Directory, DynamoDirectory, MemoryDirectory};
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::policy::{Plan, PlanSpec};
-use tollgate::gate::{Credential, Gate, GateConfig, Outcome, Request};
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::{Consume, DynamoStore, Store};
 use tollgate::usage_api::registry::Registry;
@@ -244,5 +244,5 @@ async fn admitted(gate: &Gate, key: &str) -> bool {
             resource: "/hello",
         })
         .await;
-    matches!(out, Outcome::Allow(_))
+    matches!(out, GateOutcome::Allow(_))
 }

@@ -69,6 +69,26 @@ pub struct UsagePlan {
     pub key_ids: Vec<String>,
 }
 
+#[cfg(test)]
+impl UsagePlan {
+    /// A usage plan for unit tests: this throttle, a daily quota of 1000, no stage, tag or key.
+    pub(crate) fn daily(id: &str, name: &str, rate: f64, burst: i32) -> UsagePlan {
+        UsagePlan {
+            id: id.into(),
+            name: name.into(),
+            throttle: Some(Throttle { rate, burst }),
+            quota: Some(Quota {
+                limit: 1000,
+                period: QuotaPeriod::Day,
+                offset: 0,
+            }),
+            stages: vec![],
+            tags: BTreeMap::new(),
+            key_ids: vec![],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiKey {
     pub id: String,

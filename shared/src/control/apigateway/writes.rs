@@ -1,6 +1,7 @@
-//! The control-plane write port: the API Gateway calls that change usage plans and API keys,
-//! used by `policy apply`/`rollback` and the usage API's onboarding, moves, rotation and
-//! offboarding. Same adapter as the reads (`ApiGateway`), same backoff on throttling.
+//! The control-plane write ports: the API Gateway calls that change usage plans and API keys
+//! (`ControlWrites`), used by `policy apply`/`rollback` and the usage API's onboarding, moves,
+//! rotation and offboarding, and a usage plan's tags (`ApplyPort`), used by apply. Same adapter
+//! as the reads (`ApiGateway`), same backoff on throttling.
 //!
 //! A write is retried only when API Gateway refused it unexecuted (`TooManyRequests`). A write
 //! that timed out or lost its answer may have happened: it fails with `ControlError::Failed` and
@@ -313,5 +314,57 @@ fn gone_is_done(r: Result<impl Sized, ControlError>) -> Result<(), ControlError>
     match r {
         Err(ControlError::NotFound { .. }) => Ok(()),
         r => r.map(drop),
+    }
+}
+
+/// The control-plane calls apply needs beyond `ControlWrites`: a usage plan's tags (API Gateway
+/// changes them only through `TagResource` / `UntagResource`).
+#[async_trait]
+pub trait ApplyPort: ControlWrites {
+    async fn tag_usage_plan(
+        &self,
+        id: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), ControlError>;
+}
+
+#[async_trait]
+impl ApplyPort for ApiGateway {
+    async fn tag_usage_plan(
+        &self,
+        id: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), ControlError> {
+        let region = self
+            .client()
+            .config()
+            .region()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let arn = format!("arn:aws:apigateway:{region}::/usageplans/{id}");
+        if !set.is_empty() {
+            let tags: std::collections::HashMap<_, _> = set.clone().into_iter().collect();
+            self.retrying_write("TagResource", || {
+                self.client()
+                    .tag_resource()
+                    .resource_arn(&arn)
+                    .set_tags(Some(tags.clone()))
+                    .send()
+            })
+            .await?;
+        }
+        if !remove.is_empty() {
+            self.retrying_write("UntagResource", || {
+                self.client()
+                    .untag_resource()
+                    .resource_arn(&arn)
+                    .set_tag_keys(Some(remove.to_vec()))
+                    .send()
+            })
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::control::shed::AlarmState;
 use crate::control::shed::Hold;
-use crate::control::shed::Step;
+use crate::control::shed::ShedStep;
 use crate::control::shed::alarm::Alarms;
 use crate::control::shed::decide;
 use crate::control::shed::needs_priorities;
@@ -119,8 +119,8 @@ impl<A: Alarms> Controller<A> {
             outcome,
         };
         let level = match decide(&state, alarm, &priorities, now, self.config.min_step) {
-            Step::Hold { why } => return Ok(report(state.level, RunOutcome::Held { why })),
-            Step::Set { level } => level,
+            ShedStep::Hold { why } => return Ok(report(state.level, RunOutcome::Held { why })),
+            ShedStep::Set { level } => level,
         };
         let reason = format!("alarm {} is {alarm:?}", self.config.alarm);
         match self

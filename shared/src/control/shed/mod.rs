@@ -27,7 +27,7 @@ pub enum AlarmState {
 /// What one controller run decides, before it writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
-pub enum Step {
+pub enum ShedStep {
     /// Write this level.
     Set {
         level: u8,
@@ -55,8 +55,14 @@ pub enum Hold {
 
 /// One controller decision: the stored state, the alarm, the plans' priorities (read only when a
 /// step could be taken: `needs_priorities`), the time, and the shortest time between steps.
-pub fn decide(state: &ShedState, alarm: AlarmState, priorities: &[u8], now: Timestamp, min_interval: Duration) -> Step {
-    let hold = |why| Step::Hold { why };
+pub fn decide(
+    state: &ShedState,
+    alarm: AlarmState,
+    priorities: &[u8],
+    now: Timestamp,
+    min_interval: Duration,
+) -> ShedStep {
+    let hold = |why| ShedStep::Hold { why };
     if let Some(why) = hold_before_priorities(state, alarm, now, min_interval) {
         return hold(why);
     }
@@ -65,7 +71,7 @@ pub fn decide(state: &ShedState, alarm: AlarmState, priorities: &[u8], now: Time
         _ => step_down(state.level, priorities.iter().copied()).ok_or(Hold::AtZero),
     };
     match next {
-        Ok(level) => Step::Set { level },
+        Ok(level) => ShedStep::Set { level },
         Err(why) => hold(why),
     }
 }
@@ -119,20 +125,23 @@ mod tests {
         let now = Timestamp::from_secs(1000);
         assert_eq!(
             decide(&at(0, 0), AlarmState::Alarm, &ps, now, MIN),
-            Step::Set { level: 1 }
+            ShedStep::Set { level: 1 }
         );
         assert_eq!(
             decide(&at(1, 0), AlarmState::Alarm, &ps, now, MIN),
-            Step::Set { level: 2 }
+            ShedStep::Set { level: 2 }
         );
         assert_eq!(
             decide(&at(2, 0), AlarmState::Alarm, &ps, now, MIN),
-            Step::Hold { why: Hold::AtTop }
+            ShedStep::Hold { why: Hold::AtTop }
         );
-        assert_eq!(decide(&at(2, 0), AlarmState::Ok, &ps, now, MIN), Step::Set { level: 1 });
+        assert_eq!(
+            decide(&at(2, 0), AlarmState::Ok, &ps, now, MIN),
+            ShedStep::Set { level: 1 }
+        );
         assert_eq!(
             decide(&at(0, 0), AlarmState::Ok, &ps, now, MIN),
-            Step::Hold { why: Hold::AtZero }
+            ShedStep::Hold { why: Hold::AtZero }
         );
     }
 
@@ -147,26 +156,26 @@ mod tests {
         };
         assert_eq!(
             decide(&manual, AlarmState::Alarm, &ps, now, MIN),
-            Step::Hold { why: Hold::Manual }
+            ShedStep::Hold { why: Hold::Manual }
         );
         // GIVEN no data THEN nothing moves
         assert_eq!(
             decide(&at(1, 0), AlarmState::InsufficientData, &ps, now, MIN),
-            Step::Hold { why: Hold::NoData }
+            ShedStep::Hold { why: Hold::NoData }
         );
         // GIVEN a step 10 s ago WHEN run again (a retry) THEN it holds; 45 s later it steps
         assert_eq!(
             decide(&at(1, 990), AlarmState::Alarm, &ps, now, MIN),
-            Step::Hold { why: Hold::TooSoon }
+            ShedStep::Hold { why: Hold::TooSoon }
         );
         assert_eq!(
             decide(&at(1, 955), AlarmState::Alarm, &ps, now, MIN),
-            Step::Set { level: 2 }
+            ShedStep::Set { level: 2 }
         );
         // GIVEN the default state (never written) THEN no wait applies
         assert_eq!(
             decide(&ShedState::default(), AlarmState::Alarm, &ps, Timestamp::EPOCH, MIN),
-            Step::Set { level: 1 }
+            ShedStep::Set { level: 1 }
         );
     }
 

@@ -13,7 +13,7 @@ use crate::engine::policy::PlanSpec;
 use crate::engine::shed::{SetBy, ShedState};
 use crate::policy_table::audit::{self, AuditLog, ChangeRecord, ItemChange, Source};
 use crate::policy_table::record::{Item, parse_shed, shed_item};
-use crate::policy_table::{PK, Record, SHED_PK};
+use crate::policy_table::{PK, Record, SHED_PK, read_item};
 
 /// The attribute naming the write that put the item (a random token per `set`).
 const WRITER: &str = "writer";
@@ -74,16 +74,10 @@ impl ShedTable {
     /// The stored level (strongly consistent: a writer must step from the latest one). No item
     /// is level 0, the controller's.
     pub async fn get(&self) -> Result<ShedState, ShedError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, AttributeValue::S(SHED_PK.to_owned()))
-            .consistent_read(true)
-            .send()
+        let item = read_item(&self.client, &self.table, SHED_PK)
             .await
             .map_err(|e| self.unavailable(e))?;
-        match out.item() {
+        match &item {
             Some(item) => parse_shed(item).map_err(ShedError::Invalid),
             None => Ok(ShedState::default()),
         }
@@ -160,7 +154,7 @@ impl ShedTable {
                 after: Some(Record::Shed(to.clone())),
             }],
             checkpoint: None,
-            outcome: audit::Outcome::Applied,
+            outcome: audit::ChangeOutcome::Applied,
         };
         // The versions make every change's content, hence its id, unique.
         record.id = record.content_id();

@@ -3,10 +3,11 @@
 //!
 //! The control-plane port it reads through is `control::apigateway`.
 //!
-//! - `mapping`: pure: what the table should say, and what cannot be honoured (`Problem`).
+//! - `mapping`: pure: what the table should say, and what cannot be honoured (`SyncProblem`).
 //! - `table`: reading the policy table, the minimal diff, applying it without interleaving.
 //!
-//! The Lambda (`functions/plan-sync`) and `tollgate sync` both call `run`.
+//! The Lambda (`functions/plan-sync`, which owns its environment and IAM contract) and
+//! `tollgate sync` both call `run`.
 
 pub mod mapping;
 pub mod table;
@@ -15,39 +16,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use self::mapping::Problem;
-use self::table::{Change, PolicyTable, TableError};
+use self::mapping::SyncProblem;
+use self::table::{PolicyTable, TableError, TableWrite};
 use crate::control::apigateway::{ControlError, ControlPlane};
 use crate::engine::clock::Clock;
 use crate::policy_table::Record;
-use crate::policy_table::audit::{AuditLog, ChangeRecord, ItemChange, Outcome, Source};
-
-/// The environment variable naming the policy table, for the plan-sync function.
-pub const POLICY_TABLE_VAR: &str = "TOLLGATE_POLICY_TABLE";
-/// Every variable the plan-sync function reads (the template sets exactly these).
-pub const FUNCTION_VARIABLES: [&str; 2] = [POLICY_TABLE_VAR, "TOLLGATE_LOG"];
-/// The DynamoDB actions sync and its audit trail call on the policy table (a transaction needs
-/// the actions of its parts).
-pub const TABLE_ACTIONS: [&str; 5] = [
-    "dynamodb:GetItem",
-    "dynamodb:Scan",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-];
-/// The API Gateway resources sync reads (`apigateway:GET`), as paths.
-pub const CONTROL_PATHS: [&str; 3] = ["/usageplans", "/usageplans/*/keys", "/apikeys"];
-/// The management calls after which a sync runs (the template's EventBridge rule).
-pub const TRIGGER_EVENTS: [&str; 8] = [
-    "CreateApiKey",
-    "UpdateApiKey",
-    "DeleteApiKey",
-    "CreateUsagePlanKey",
-    "DeleteUsagePlanKey",
-    "CreateUsagePlan",
-    "UpdateUsagePlan",
-    "DeleteUsagePlan",
-];
+use crate::policy_table::audit::{AuditLog, ChangeOutcome, ChangeRecord, ItemChange, Source};
 
 /// Times a sync starts over after losing to a concurrent one.
 const MAX_ROUNDS: u32 = 5;
@@ -77,7 +51,7 @@ pub struct SyncReport {
     /// Items removed: keys disabled, deleted or off every plan; tenants and plans that went.
     pub revoked: Vec<String>,
     /// What API Gateway says that Tollgate does not enforce as written; left untouched.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<SyncProblem>,
     /// Policy-table writes made: items, generation updates and the audit record.
     pub writes: u64,
     /// Times the run started over because another sync wrote first.
@@ -182,7 +156,7 @@ pub async fn run_as(
         };
         for change in &changes {
             match change {
-                Change::Put { pk, record, existed } => {
+                TableWrite::Put { pk, record, existed } => {
                     let list = if *existed {
                         &mut report.changed
                     } else {
@@ -190,7 +164,7 @@ pub async fn run_as(
                     };
                     list.push(label(pk, record));
                 }
-                Change::Delete { pk, was } => report.revoked.push(label(pk, was)),
+                TableWrite::Delete { pk, was } => report.revoked.push(label(pk, was)),
             }
         }
         if changes.is_empty() {
@@ -231,16 +205,16 @@ pub async fn run_as(
 }
 
 /// Each written item before and after.
-fn item_changes(current: &table::Current, changes: &[Change]) -> Vec<ItemChange> {
+fn item_changes(current: &table::Current, changes: &[TableWrite]) -> Vec<ItemChange> {
     changes
         .iter()
         .map(|c| match c {
-            Change::Put { pk, record, .. } => ItemChange {
+            TableWrite::Put { pk, record, .. } => ItemChange {
                 pk: pk.clone(),
                 before: current.records.get(pk).cloned(),
                 after: Some(record.clone()),
             },
-            Change::Delete { pk, was } => ItemChange {
+            TableWrite::Delete { pk, was } => ItemChange {
                 pk: pk.clone(),
                 before: Some(was.clone()),
                 after: None,
@@ -272,7 +246,7 @@ async fn audit(
         ),
         items,
         checkpoint: None,
-        outcome: Outcome::Applied,
+        outcome: ChangeOutcome::Applied,
     };
     // A sync's id carries its generation: the same items can change back and forth over time.
     record.id = format!("{}-g{}", record.content_id(), current.generation + 1);

@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Up
 
 use crate::control::sync::mapping::Desired;
 use crate::policy_table::record::{number, parse, render};
-use crate::policy_table::{PK, Record, key_pk, plan_pk, tenant_pk};
+use crate::policy_table::{PK, Record, key_pk, plan_pk, read_item, tenant_pk};
 
 use crate::policy_table::META_PK;
 /// TransactWriteItems takes 100 actions; one is the generation update.
@@ -43,21 +43,21 @@ pub struct Current {
 
 /// One write.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Change {
+pub enum TableWrite {
     Put { pk: String, record: Record, existed: bool },
     Delete { pk: String, was: Record },
 }
 
-impl Change {
+impl TableWrite {
     pub fn pk(&self) -> &str {
         match self {
-            Change::Put { pk, .. } | Change::Delete { pk, .. } => pk,
+            TableWrite::Put { pk, .. } | TableWrite::Delete { pk, .. } => pk,
         }
     }
 }
 
 /// The fewest writes from `current` to `desired`; held items are left as they are.
-pub fn diff(desired: &Desired, current: &Current) -> Vec<Change> {
+pub fn diff(desired: &Desired, current: &Current) -> Vec<TableWrite> {
     let mut want: BTreeMap<String, Record> = BTreeMap::new();
     for (name, spec) in &desired.plans {
         let pk = plan_pk(name);
@@ -87,7 +87,7 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<Change> {
         }
         let existing = current.records.get(pk);
         if existing != Some(record) {
-            changes.push(Change::Put {
+            changes.push(TableWrite::Put {
                 pk: pk.clone(),
                 record: record.clone(),
                 existed: existing.is_some(),
@@ -97,7 +97,7 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<Change> {
     for (pk, was) in &current.records {
         let held_key = matches!(was, Record::Key(k) if desired.held_key_ids.contains(&k.key_id));
         if !want.contains_key(pk) && !desired.held.contains(pk) && !held_key {
-            changes.push(Change::Delete {
+            changes.push(TableWrite::Delete {
                 pk: pk.clone(),
                 was: was.clone(),
             });
@@ -139,16 +139,10 @@ impl PolicyTable {
 
     /// The generation the table is at (0 before the first sync).
     pub async fn generation(&self) -> Result<u64, TableError> {
-        let meta = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, AttributeValue::S(META_PK.to_owned()))
-            .consistent_read(true)
-            .send()
+        let meta = read_item(&self.client, &self.table, META_PK)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(meta.item().and_then(|item| number(item, "generation")).unwrap_or(0))
+        Ok(meta.and_then(|item| number(&item, "generation")).unwrap_or(0))
     }
 
     /// The generation, then every managed item (strongly consistent, all pages).
@@ -185,7 +179,7 @@ impl PolicyTable {
 
     /// Applies `changes` in batches, each moving the generation on. Returns the writes made
     /// (items plus generation updates).
-    pub async fn apply(&self, current: &Current, changes: &[Change]) -> Result<u64, TableError> {
+    pub async fn apply(&self, current: &Current, changes: &[TableWrite]) -> Result<u64, TableError> {
         let mut writes = 0;
         for (generation, batch) in (current.generation..).zip(changes.chunks(BATCH)) {
             let mut actions = vec![self.bump(generation)];
@@ -233,9 +227,9 @@ impl PolicyTable {
         TransactWriteItem::builder().update(update).build()
     }
 
-    fn action(&self, change: &Change) -> TransactWriteItem {
+    fn action(&self, change: &TableWrite) -> TransactWriteItem {
         match change {
-            Change::Put { pk, record, .. } => {
+            TableWrite::Put { pk, record, .. } => {
                 let mut item = render(record);
                 item.insert(PK.to_owned(), AttributeValue::S(pk.clone()));
                 let put = Put::builder()
@@ -245,7 +239,7 @@ impl PolicyTable {
                     .expect("table and item are set");
                 TransactWriteItem::builder().put(put).build()
             }
-            Change::Delete { pk, .. } => {
+            TableWrite::Delete { pk, .. } => {
                 let delete = Delete::builder()
                     .table_name(&self.table)
                     .key(PK, AttributeValue::S(pk.clone()))

@@ -18,7 +18,7 @@ use crate::control::apigateway::ControlError;
 use crate::control::apigateway::writes::{ControlWrites, Patch};
 use crate::control::sync::mapping::plan_name;
 use crate::engine::clock::Timestamp;
-use crate::policy_table::audit::{ChangeRecord, ItemChange, Outcome, Source};
+use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 
 /// The ports, as a handler takes them.
 type Api = State<Arc<UsageApi>>;
@@ -82,7 +82,7 @@ impl UsageApi {
             summary,
             items,
             checkpoint: None,
-            outcome: Outcome::Applied,
+            outcome: ChangeOutcome::Applied,
         };
         AuditSink::record(self.audit.as_ref(), &record).await?;
         Ok(())

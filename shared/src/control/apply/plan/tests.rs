@@ -1,0 +1,104 @@
+//! `plan_apply` and `plan_restore` on usage plans and keys as API Gateway might hold them.
+
+use super::*;
+use crate::engine::identity::ApiKeyHash;
+
+fn live(id: &str, name: &str, rate: f64, keys: &[&str]) -> UsagePlan {
+    UsagePlan {
+        key_ids: keys.iter().map(|k| (*k).to_owned()).collect(),
+        ..UsagePlan::daily(id, name, rate, 5)
+    }
+}
+
+fn key(id: &str, tenant: &str) -> ApiKey {
+    ApiKey {
+        id: id.into(),
+        name: id.into(),
+        customer_id: Some(tenant.into()),
+        enabled: true,
+        hash: Some(ApiKeyHash::of(&format!("value-{id}"))),
+    }
+}
+
+#[test]
+fn a_changed_rate_a_new_plan_and_a_moved_tenant_are_the_fewest_calls() {
+    // GIVEN free at rate 1 with acme's key, and a file raising free and moving acme to gold
+    let file = PolicyFile::parse(
+        "[plans.free]\nrate = 2.0\nburst = 5\ndaily_quota = 1000\n\
+         [plans.gold]\nrate = 10.0\nburst = 20\n\
+         [tenants.acme]\nplan = \"gold\"\n",
+    )
+    .expect("valid");
+    let plans = [live("p1", "free", 1.0, &["k1"])];
+    // WHEN planned
+    let (steps, cp) = plan_apply(&file, &plans, &[key("k1", "acme")]).expect("valid");
+    // THEN create gold, patch free's rate only, take the key off free, put it on gold
+    let shown: Vec<String> = steps.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "create usage plan gold",
+            "update usage plan free (/throttle/rateLimit=2)",
+            "take key k1 off plan free",
+            "put key k1 on plan gold",
+        ]
+    );
+    assert_eq!(cp.absent_plans, ["gold"]);
+    // AND gold is guarded: its own throttle twice the tagged exact numbers
+    let ApplyStep::CreatePlan(gold) = &steps[0] else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(gold.throttle, Some(Throttle { rate: 20.0, burst: 40 }));
+    assert_eq!(
+        (
+            gold.tags["tollgate:rate"].as_str(),
+            gold.tags["tollgate:burst"].as_str()
+        ),
+        ("10", "20")
+    );
+    assert_eq!(cp.keys["k1"], ["p1"]);
+    // AND restoring from the state the steps reach gives the inverse calls
+    let mut after = live("p1", "free", 2.0, &[]);
+    after.tags = BTreeMap::new();
+    let mut gold = live("p2", "gold", 10.0, &["k1"]);
+    gold.quota = None;
+    let undo: Vec<String> = plan_restore(&cp, &[after, gold])
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        undo,
+        [
+            "take key k1 off plan gold",
+            "put key k1 on plan free",
+            "update usage plan free (/throttle/rateLimit=1)",
+            "delete usage plan gold",
+        ]
+    );
+}
+
+#[test]
+fn what_cannot_be_applied_names_the_field_and_touches_nothing() {
+    let plans = [live("p1", "free", 1.0, &[])];
+    let big = PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 5\ndaily_quota = 5000000000\n").expect("valid");
+    let e = plan_apply(&big, &plans, &[]).expect_err("too big");
+    assert!(
+        e.to_string()
+            .starts_with("plan `free`: `daily_quota`: 5000000000 is above"),
+        "{e}"
+    );
+    let ghost =
+        PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 5\n[tenants.ghost]\nplan = \"free\"\n").expect("valid");
+    let e = plan_apply(&ghost, &plans, &[]).expect_err("no keys");
+    assert!(e.to_string().starts_with("tenant `ghost`: `tenants`"), "{e}");
+}
+
+#[test]
+fn a_file_that_matches_api_gateway_needs_no_call() {
+    let file =
+        PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 5\ndaily_quota = 1000\n[tenants.acme]\nplan = \"free\"\n")
+            .expect("valid");
+    let plans = [live("p1", "free", 1.0, &["k1"])];
+    let (steps, _) = plan_apply(&file, &plans, &[key("k1", "acme")]).expect("valid");
+    assert!(steps.is_empty(), "{steps:?}");
+}
