@@ -9,14 +9,5 @@ pub mod error;
 pub mod serve;
 pub mod simulate;
 
-/// The gateway under its former path, `tollgate_cli::gateway`, which the integration tests use.
-pub mod gateway {
-    pub use crate::serve::gateway::*;
-    pub use crate::serve::routing::Resources;
-}
-
-/// The demo tenants under their former path, `tollgate_cli::tenants`.
-pub use serve::tenants;
-
 /// The example tiers shipped with Tollgate, used when no policy file is given.
 pub const EXAMPLE_POLICY: &str = include_str!("../../infra/policies/tiers.toml");

@@ -1,6 +1,6 @@
 //! Building AWS clients with explicit time budgets. Called once, from a `main` or a test setup;
 //! nothing on a request path builds a client. Every DynamoDB client of the workspace is built
-//! here (a test in `tests/it/tidy.rs` fails on any other), so no state write can go out through a
+//! here (a test in `tests/it/tidy/clients.rs` fails on any other), so no state write can go out through a
 //! client with the SDK's blind retries.
 
 use std::time::Duration;
@@ -68,7 +68,7 @@ pub fn admin_client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
 }
 
 /// The API Gateway client for plan sync and policy apply. The SDK's retries are off:
-/// `sync::apigateway::Backoff` retries throttled calls with jitter for as long as API Gateway's
+/// `control::apigateway::Backoff` retries throttled calls with jitter for as long as API Gateway's
 /// control-plane limits need, far longer than the SDK's three attempts.
 pub fn control_client(sdk: &SdkConfig) -> aws_sdk_apigateway::Client {
     let conf = aws_sdk_apigateway::config::Builder::from(sdk)

@@ -1,6 +1,6 @@
 //! The CloudWatch metric names Tollgate emits, all in one namespace (the authorizer's
 //! `TOLLGATE_METRICS_NAMESPACE`, `Tollgate` in the template). Emitters use these constants and
-//! `tests/it/template.rs` fails on an alarm or dashboard widget naming anything else.
+//! `tests/it/template/alarms.rs` fails on an alarm or dashboard widget naming anything else.
 
 /// The namespace the template configures; functions read theirs from the environment.
 pub const DEFAULT_NAMESPACE: &str = "Tollgate";

@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{AlarmType, MetricAlarm};
 use tollgate::aws::{admin_client, cloudwatch_client};
-use tollgate::control::alarms::{AlarmDefinition, AlarmError, AlarmReport, AlarmSettings, PREFIX_VAR, TOPIC_VAR};
+use tollgate::control::alarms::{AlarmDefinition, AlarmError, AlarmReport, AlarmSettings};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::{AlarmPort, CloudWatchAlarms, sync_plan_alarms};
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::policy::Plan;
 use tollgate::policy_file::PolicyFile;
+use tollgate_operator::config::{ALARM_TOPIC, PLAN_ALARM_PREFIX, alarm_settings};
 
 use crate::support::cbor_shim;
 use crate::support::emulator;
@@ -78,9 +79,10 @@ impl World {
             .await
             .expect("policy table");
         let prefix = format!("{}-plan-", emulator::unique("stack"));
-        let settings = AlarmSettings::from_lookup(|k| match k {
-            PREFIX_VAR => Some(prefix.clone()),
-            TOPIC_VAR => Some(TOPIC.to_owned()),
+        // As the operator function reads its environment.
+        let settings = alarm_settings(|k| match k {
+            PLAN_ALARM_PREFIX => Some(prefix.clone()),
+            ALARM_TOPIC => Some(TOPIC.to_owned()),
             _ => None,
         })
         .expect("settings");

@@ -23,8 +23,8 @@ use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Mode, Request};
 use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::KeyRecord;
 use tollgate::store::{DynamoStore, DynamoStoreConfig, MemoryStore};
+use tollgate_cli::serve::tenants::{DemoTenant, demo_tenants, directory_with};
 use tollgate_cli::simulate::{self, Config, Pattern, Target};
-use tollgate_cli::tenants::{DemoTenant, demo_tenants, directory_with};
 
 use crate::support::emulator;
 use crate::support::fault_proxy::FaultProxy;

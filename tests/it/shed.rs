@@ -24,9 +24,9 @@ use tollgate::store::{MemoryStore, Store};
 use tollgate::usage_api::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
 use tollgate_cli::commands::serve::USAGE_PREFIX;
 use tollgate_cli::commands::shed as shed_cli;
-use tollgate_cli::gateway::Resources;
+use tollgate_cli::serve::routing::Resources;
+use tollgate_cli::serve::tenants::{demo_tenants, directory_with};
 use tollgate_cli::simulate::{self, Pattern, Report, Target};
-use tollgate_cli::tenants::{demo_tenants, directory_with};
 
 use crate::support::cbor_shim;
 use crate::support::emulator;

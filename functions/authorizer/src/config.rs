@@ -84,12 +84,16 @@ impl Config {
     /// Reads the settings through `var` (the process environment in `main`, a map in tests).
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let env = Env(var);
+        // Checked in this order, so that with several bad variables the first one named is
+        // always the same.
+        let gate = gate_config(&env)?;
+        let jwt = jwt_settings(&env)?;
         Ok(Config {
-            jwt: jwt_settings(&env)?,
+            jwt,
             state_table: env.required("TOLLGATE_STATE_TABLE")?,
             policy_table: env.required("TOLLGATE_POLICY_TABLE")?,
             api_key_header: env.text_or("TOLLGATE_API_KEY_HEADER", "x-api-key").to_ascii_lowercase(),
-            gate: gate_config(&env)?,
+            gate,
             store_attempt: Duration::from_millis(env.number("TOLLGATE_STORE_ATTEMPT_MS", 60)?.max(1)),
             metrics_namespace: env.text_or("TOLLGATE_METRICS_NAMESPACE", "Tollgate"),
             // Off by default: each tenant series is 10 custom metrics, and containers pick their
@@ -185,17 +189,20 @@ fn gate_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<GateConfig
 fn jwt_settings<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<JwtSettings>, ConfigError> {
     match env.get("TOLLGATE_TENANT_SOURCE").as_deref().unwrap_or("api_key") {
         "api_key" => Ok(None),
-        "jwt" => Ok(Some(JwtSettings {
-            jwks_url: env.required("TOLLGATE_JWKS_URL")?,
-            jwks_ttl: Duration::from_secs(env.number("TOLLGATE_JWKS_TTL_SECS", 600)?),
-            verify: JwtConfig {
-                issuer: env.required("TOLLGATE_JWT_ISSUER")?,
-                audience: env.required("TOLLGATE_JWT_AUDIENCE")?,
-                tenant_claim: env.text_or("TOLLGATE_JWT_TENANT_CLAIM", "tenant"),
-                leeway: Duration::from_secs(env.number("TOLLGATE_JWT_LEEWAY_SECS", 60)?),
-                route_scopes: route_scopes(env)?,
-            },
-        })),
+        "jwt" => {
+            let route_scopes = route_scopes(env)?;
+            Ok(Some(JwtSettings {
+                jwks_url: env.required("TOLLGATE_JWKS_URL")?,
+                jwks_ttl: Duration::from_secs(env.number("TOLLGATE_JWKS_TTL_SECS", 600)?),
+                verify: JwtConfig {
+                    issuer: env.required("TOLLGATE_JWT_ISSUER")?,
+                    audience: env.required("TOLLGATE_JWT_AUDIENCE")?,
+                    tenant_claim: env.text_or("TOLLGATE_JWT_TENANT_CLAIM", "tenant"),
+                    leeway: Duration::from_secs(env.number("TOLLGATE_JWT_LEEWAY_SECS", 60)?),
+                    route_scopes,
+                },
+            }))
+        }
         other => Err(ConfigError {
             var: "TOLLGATE_TENANT_SOURCE",
             reason: format!("{other:?} is not api_key or jwt"),

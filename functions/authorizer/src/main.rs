@@ -17,13 +17,7 @@ use tollgate_authorizer::{Authorizer, Config, HttpJwks};
 // keeps worker threads and their allocator arenas out of the memory footprint.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_ansi(false)
-        .without_time()
-        .with_current_span(false)
-        .init();
+    tollgate::logging::init_lambda();
     let config = Config::from_lookup(|k| std::env::var(k).ok())?;
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let timeouts = StoreTimeouts {

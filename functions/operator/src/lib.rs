@@ -3,7 +3,11 @@
 //! - A DynamoDB stream batch of the state table: quota notices (`tollgate::notify`), with
 //!   partial batch failures (`ReportBatchItemFailures`).
 //! - A scheduled event (EventBridge `Scheduled Event`): `main` runs the shed controller
-//!   (`tollgate::engine::shed`) and the per-plan alarm sync (`tollgate::control`).
+//!   (`tollgate::control::shed::controller`) and the per-plan alarm sync (`tollgate::control`).
+//!
+//! `config` is the function's contract with its deployment: variables and IAM.
+
+pub mod config;
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
@@ -12,18 +16,7 @@ use serde_json::Value;
 use tollgate::engine::clock::Timestamp;
 use tollgate::notify::{self, Notifier, StateChange};
 
-/// The state table: its stream feeds the function, and the notice markers live in it.
-pub const STATE_TABLE: &str = "TOLLGATE_STATE_TABLE";
-/// The policy table: tenants' plans.
-pub const POLICY_TABLE: &str = "TOLLGATE_POLICY_TABLE";
-/// Every variable the function reads: its own, the plan alarms' and the shed controller's.
-pub fn variables() -> std::collections::BTreeSet<&'static str> {
-    [STATE_TABLE, POLICY_TABLE, notify::TOPIC_VAR, "TOLLGATE_LOG"]
-        .into_iter()
-        .chain(tollgate::control::alarms::VARIABLES.iter().copied())
-        .chain(tollgate::control::shed::controller::VARIABLES.iter().copied())
-        .collect()
-}
+pub use config::{POLICY_TABLE, STATE_TABLE, variables};
 
 /// What the function was invoked for.
 #[derive(Debug)]

@@ -9,14 +9,15 @@ use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 use tollgate::aws::{admin_client, cloudwatch_client, notice_client, policy_client};
-use tollgate::control::shed::controller::{Config as ShedConfig, Controller};
+use tollgate::control::shed::controller::Controller;
 use tollgate::control::shed::table::ShedTable;
 use tollgate::control::sync::table::PolicyTable;
-use tollgate::control::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
+use tollgate::control::{CloudWatchAlarms, sync_plan_alarms};
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::{Clock, SystemClock};
-use tollgate::notify::{Markers, Notifier, SnsPublisher, TOPIC_VAR};
-use tollgate_operator::{POLICY_TABLE, STATE_TABLE, Trigger};
+use tollgate::notify::{Markers, Notifier, SnsPublisher};
+use tollgate_operator::Trigger;
+use tollgate_operator::config::{self, NOTICE_TOPIC, POLICY_TABLE, STATE_TABLE};
 
 fn var(name: &str) -> Result<String, Error> {
     std::env::var(name).map_err(|_| format!("{name} is not set").into())
@@ -24,19 +25,13 @@ fn var(name: &str) -> Result<String, Error> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_ansi(false)
-        .without_time()
-        .with_current_span(false)
-        .init();
-    let (state, policy, topic) = (var(STATE_TABLE)?, var(POLICY_TABLE)?, var(TOPIC_VAR)?);
+    tollgate::logging::init_lambda();
+    let (state, policy, topic) = (var(STATE_TABLE)?, var(POLICY_TABLE)?, var(NOTICE_TOPIC)?);
     // Settings are checked before the first event: a wrong variable fails the deployment's
     // first invocation with the variable's name, not a scheduled run hours later.
     let env = |k: &str| std::env::var(k).ok();
-    let alarm_settings = AlarmSettings::from_lookup(env)?;
-    let shed_config = ShedConfig::from_env(env)?;
+    let alarm_settings = config::alarm_settings(env)?;
+    let shed_config = config::shed_config(env)?;
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let cloudwatch = CloudWatchAlarms::new(cloudwatch_client(&sdk));
     let plans = PolicyTable::new(admin_client(&sdk), &policy);

@@ -13,13 +13,7 @@ use tollgate_plan_sync::{Invocation, POLICY_TABLE_VAR as POLICY_TABLE};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_ansi(false)
-        .without_time()
-        .with_current_span(false)
-        .init();
+    tollgate::logging::init_lambda();
     let table = std::env::var(POLICY_TABLE).map_err(|_| format!("{POLICY_TABLE} is not set"))?;
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let control = ApiGateway::new(control_client(&sdk), Backoff::default());

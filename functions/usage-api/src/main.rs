@@ -18,12 +18,7 @@ use tollgate_usage_api::{FUNCTION_VARIABLES as VARIABLES, handle, identity};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_ansi(false)
-        .without_time()
-        .init();
+    tollgate::logging::init_lambda();
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let (state, policy) = (var(VARIABLES[0])?, var(VARIABLES[1])?);
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;

@@ -27,32 +27,12 @@ pub struct AlarmSettings {
     pub actions: Vec<String>,
 }
 
-/// Variables `AlarmSettings::from_lookup` reads.
-pub const PREFIX_VAR: &str = "TOLLGATE_PLAN_ALARM_PREFIX";
-pub const NAMESPACE_VAR: &str = "TOLLGATE_METRICS_NAMESPACE";
-pub const PERCENT_VAR: &str = "TOLLGATE_PLAN_ALARM_PERCENT";
-pub const MINUTES_VAR: &str = "TOLLGATE_PLAN_ALARM_MINUTES";
-pub const TOPIC_VAR: &str = "TOLLGATE_ALARM_TOPIC_ARN";
-pub const VARIABLES: &[&str] = &[PREFIX_VAR, NAMESPACE_VAR, PERCENT_VAR, MINUTES_VAR, TOPIC_VAR];
-
-const DEFAULT_PERCENT: f64 = 10.0;
-const DEFAULT_MINUTES: u32 = 15;
-/// CloudWatch evaluates at most a day of one-minute periods.
-const MAX_MINUTES: u32 = 1440;
 /// CloudWatch's limit on an alarm name.
 const MAX_NAME: usize = 255;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AlarmError {
-    #[error("{var} must be set: {why}")]
-    Missing { var: &'static str, why: &'static str },
-    #[error("{var}={value:?} is invalid: {why}")]
-    Invalid {
-        var: &'static str,
-        value: String,
-        why: &'static str,
-    },
-    #[error("the alarm name {name:?} is longer than 255 characters: shorten {PREFIX_VAR}")]
+    #[error("the alarm name {name:?} is longer than 255 characters: shorten the alarm prefix")]
     NameTooLong { name: String },
     #[error("reading plans: {0}")]
     Plans(String),
@@ -60,55 +40,6 @@ pub enum AlarmError {
     CloudWatch { operation: &'static str, detail: String },
     #[error("CloudWatch holds an alarm it described without a name, under the prefix {prefix:?}")]
     Unnamed { prefix: String },
-}
-
-impl AlarmSettings {
-    /// Settings from the environment (`lookup` is `std::env::var` in a `main`).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<AlarmSettings, AlarmError> {
-        let prefix = lookup(PREFIX_VAR)
-            .filter(|p| !p.is_empty())
-            .ok_or(AlarmError::Missing {
-                var: PREFIX_VAR,
-                why: "every alarm under it is managed, so it must be this stack's own",
-            })?;
-        let namespace = lookup(NAMESPACE_VAR)
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| metrics::DEFAULT_NAMESPACE.to_owned());
-        let threshold_percent = match lookup(PERCENT_VAR).filter(|v| !v.is_empty()) {
-            None => DEFAULT_PERCENT,
-            Some(v) => match v.trim().parse::<f64>() {
-                Ok(p) if p > 0.0 && p < 100.0 => p,
-                _ => {
-                    return Err(AlarmError::Invalid {
-                        var: PERCENT_VAR,
-                        value: v,
-                        why: "must be a percentage above 0 and below 100",
-                    });
-                }
-            },
-        };
-        let minutes = match lookup(MINUTES_VAR).filter(|v| !v.is_empty()) {
-            None => DEFAULT_MINUTES,
-            Some(v) => match v.trim().parse::<u32>() {
-                Ok(m) if (1..=MAX_MINUTES).contains(&m) => m,
-                _ => {
-                    return Err(AlarmError::Invalid {
-                        var: MINUTES_VAR,
-                        value: v,
-                        why: "must be whole minutes from 1 to 1440",
-                    });
-                }
-            },
-        };
-        let actions = lookup(TOPIC_VAR).filter(|t| !t.is_empty()).into_iter().collect();
-        Ok(AlarmSettings {
-            prefix,
-            namespace,
-            threshold_percent,
-            minutes,
-            actions,
-        })
-    }
 }
 
 /// One metric of an alarm's math, as CloudWatch stores it.
@@ -298,7 +229,14 @@ mod tests {
     use super::*;
 
     fn settings() -> AlarmSettings {
-        AlarmSettings::from_lookup(|k| (k == PREFIX_VAR).then(|| "s-plan-".to_owned())).expect("settings")
+        // The operator function's defaults (`functions/operator/src/config.rs`).
+        AlarmSettings {
+            prefix: "s-plan-".to_owned(),
+            namespace: metrics::DEFAULT_NAMESPACE.to_owned(),
+            threshold_percent: 10.0,
+            minutes: 15,
+            actions: Vec::new(),
+        }
     }
 
     fn plans(src: &str) -> BTreeMap<String, PlanSpec> {
@@ -361,19 +299,5 @@ mod tests {
             }
         );
         assert!(diff(&new, &new).is_empty());
-    }
-
-    #[test]
-    fn settings_errors_name_the_variable() {
-        assert!(matches!(
-            AlarmSettings::from_lookup(|_| None),
-            Err(AlarmError::Missing { var: PREFIX_VAR, .. })
-        ));
-        let bad = AlarmSettings::from_lookup(|k| match k {
-            PREFIX_VAR => Some("p-".into()),
-            PERCENT_VAR => Some("150".into()),
-            _ => None,
-        });
-        assert!(bad.expect_err("invalid").to_string().contains(PERCENT_VAR));
     }
 }

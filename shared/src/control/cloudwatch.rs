@@ -15,7 +15,7 @@ use crate::control::shed::AlarmState;
 use crate::control::shed::table::ShedError;
 use crate::control::sync::table::PolicyTable;
 use crate::engine::policy::PlanSpec;
-use crate::policy_table::Record;
+use crate::policy_table::{self, Record};
 use aws_sdk_cloudwatch::types::StateValue;
 
 /// What plan-alarm sync needs of CloudWatch.
@@ -248,7 +248,7 @@ pub async fn sync_plan_alarms(
         .records
         .into_iter()
         .filter_map(|(pk, record)| match record {
-            Record::Plan { spec, .. } => pk.strip_prefix("plan#").map(|name| (name.to_owned(), spec)),
+            Record::Plan { spec, .. } => policy_table::plan_name(&pk).map(|name| (name.to_owned(), spec)),
             _ => None,
         })
         .collect();

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{Directory, DirectoryError};
 use crate::engine::identity::ApiKeyHash;
-use crate::engine::policy::{Plan, PlanSpec};
+use crate::engine::policy::Plan;
 use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;
 use crate::policy_table::record::{self, Item, render};
@@ -38,6 +38,8 @@ impl DynamoDirectory {
         &self.table
     }
 
+    /// Eventually consistent, unlike the writers' `policy_table::read_item`: a policy change may
+    /// take a second to be seen, and reads cost half as much on the request path.
     async fn get(&self, pk: String) -> Result<Option<Item>, DirectoryError> {
         let out = self
             .client
@@ -62,17 +64,25 @@ impl DynamoDirectory {
         Ok(())
     }
 
+    async fn put_record(&self, pk: String, record: &Record) -> Result<(), DirectoryError> {
+        let item = render(record).map_err(|e| DirectoryError::Invalid {
+            item: pk.clone(),
+            reason: e.to_string(),
+        })?;
+        self.put(item, pk).await
+    }
+
     pub async fn put_plan(&self, plan: &Plan, version: u64) -> Result<(), DirectoryError> {
         let record = Record::Plan {
             spec: plan.spec().clone(),
             version,
         };
-        self.put(render(&record), plan_pk(plan.name())).await
+        self.put_record(plan_pk(plan.name()), &record).await
     }
 
     pub async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError> {
         let record = Record::Tenant { plan: plan.to_owned() };
-        self.put(render(&record), tenant_pk(tenant)).await
+        self.put_record(tenant_pk(tenant), &record).await
     }
 
     /// Writes every plan, tenant and key of a policy file (keys under ids `<tenant>-<n>`).
@@ -95,17 +105,17 @@ impl DynamoDirectory {
     }
 
     pub async fn put_key(&self, hash: &ApiKeyHash, record: &KeyRecord) -> Result<(), DirectoryError> {
-        self.put(render(&Record::Key(record.clone())), key_pk(&hash.to_hex()))
+        self.put_record(key_pk(&hash.to_hex()), &Record::Key(record.clone()))
             .await
     }
 }
 
-/// A string attribute the directory cannot do without.
-fn string(item: &Item, attr: &str, pk: &str) -> Result<String, DirectoryError> {
-    record::string(item, attr).ok_or_else(|| DirectoryError::Invalid {
+/// An item the directory cannot read, named by `pk`.
+fn invalid(pk: &str) -> impl FnOnce(String) -> DirectoryError + '_ {
+    move |reason| DirectoryError::Invalid {
         item: pk.to_owned(),
-        reason: format!("attribute `{attr}` is missing or not a string"),
-    })
+        reason,
+    }
 }
 
 #[async_trait]
@@ -117,21 +127,13 @@ impl Directory for DynamoDirectory {
         };
         // Log-safe name for errors: never the full hash either.
         let label = key_pk(&hash.to_string());
-        Ok(Some(KeyRecord {
-            tenant: string(&item, "tenant", &label)?,
-            key_id: string(&item, "key_id", &label)?,
-            enabled: item
-                .get("enabled")
-                .and_then(|v| v.as_bool().ok())
-                .copied()
-                .unwrap_or(false),
-        }))
+        record::key_record(&item).map(Some).map_err(invalid(&label))
     }
 
     async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
         let pk = tenant_pk(tenant);
         match self.get(pk.clone()).await? {
-            Some(item) => Ok(Some(string(&item, "plan", &pk)?)),
+            Some(item) => record::tenant_plan(&item).map(Some).map_err(invalid(&pk)),
             None => Ok(None),
         }
     }
@@ -141,20 +143,13 @@ impl Directory for DynamoDirectory {
         let Some(item) = self.get(pk.clone()).await? else {
             return Ok(None);
         };
-        let spec: PlanSpec =
-            serde_json::from_str(&string(&item, "spec", &pk)?).map_err(|e| DirectoryError::Invalid {
-                item: pk,
-                reason: e.to_string(),
-            })?;
+        let spec = record::plan_spec(&item).map_err(invalid(&pk))?;
         Ok(Some(Arc::new(Plan::new(name, spec)?)))
     }
 
     async fn shed(&self) -> Result<ShedState, DirectoryError> {
         match self.get(SHED_PK.to_owned()).await? {
-            Some(item) => record::parse_shed(&item).map_err(|reason| DirectoryError::Invalid {
-                item: SHED_PK.to_owned(),
-                reason,
-            }),
+            Some(item) => record::parse_shed(&item).map_err(invalid(SHED_PK)),
             None => Ok(ShedState::default()),
         }
     }

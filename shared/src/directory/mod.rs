@@ -1,11 +1,6 @@
-//! The policy read side: API-key hash → tenant, tenant → plan. The authorizer and the CLI read
-//! through it; plan sync writes it.
-//!
-//! The DynamoDB policy table has one string key `pk` and three kinds of item:
-//! - `key#<sha256 hex>`: `tenant` (S), `key_id` (S), `enabled` (BOOL);
-//! - `tenant#<id>`: `plan` (S);
-//! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
-//! - `shed#level`: the shed level (`shed::table`), one item for the whole table.
+//! The policy read side: API-key hash → tenant, tenant → plan, and the shed level. The
+//! authorizer and the CLI read through it; plan sync writes what it reads. On DynamoDB it reads
+//! the policy table, whose layout `policy_table` owns; in memory it holds the same records.
 
 use std::fmt;
 use std::sync::Arc;

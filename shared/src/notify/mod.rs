@@ -34,18 +34,6 @@ pub mod sns;
 pub use marker::{Claim, Markers};
 pub use sns::{Publisher, SnsPublisher};
 
-/// The environment variable naming the topic notices go to.
-pub const TOPIC_VAR: &str = "TOLLGATE_NOTICE_TOPIC_ARN";
-/// What notices do to the state table: claim, confirm and release markers (only markers).
-pub const MARKER_ACTIONS: [&str; 3] = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"];
-/// What notices do to the policy table: read a tenant's plan.
-pub const PLAN_ACTIONS: [&str; 1] = ["dynamodb:GetItem"];
-/// What the event source mapping does to the state table's stream, as the function's role.
-pub const STREAM_ACTIONS: [&str; 3] = [
-    "dynamodb:DescribeStream",
-    "dynamodb:GetRecords",
-    "dynamodb:GetShardIterator",
-];
 /// How long a marker outlives its period: past the stream's 24-hour retention, so a record
 /// redelivered after the period ended still finds it.
 const MARKER_KEPT: Duration = Duration::from_secs(2 * 86_400);

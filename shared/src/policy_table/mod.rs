@@ -19,7 +19,10 @@ pub mod record;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::get_item::GetItemError;
+use aws_sdk_dynamodb::operation::scan::ScanError;
 use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::engine::policy::PlanSpec;
 
 pub use record::{KeyRecord, Record};
 
@@ -69,6 +72,11 @@ pub fn audit_pk(id: &str) -> String {
     format!("{AUDIT_PREFIX}{id}")
 }
 
+/// The plan a `plan#…` key names; `None` for other keys.
+pub fn plan_name(pk: &str) -> Option<&str> {
+    pk.strip_prefix(PLAN_PREFIX)
+}
+
 /// The item at `pk`, read strongly consistent (its writers step from the latest one); `None`
 /// when there is none.
 pub async fn read_item(client: &Client, table: &str, pk: &str) -> Result<Option<record::Item>, SdkError<GetItemError>> {
@@ -80,4 +88,34 @@ pub async fn read_item(client: &Client, table: &str, pk: &str) -> Result<Option<
         .send()
         .await?;
     Ok(out.item)
+}
+
+/// Every stored plan's name and spec, by scanning the `plan#` items (all pages). A plan whose item
+/// does not parse is left out: it is plan sync's to report.
+pub async fn plans(client: &Client, table: &str) -> Result<Vec<(String, PlanSpec)>, SdkError<ScanError>> {
+    let mut out = Vec::new();
+    let mut start: Option<record::Item> = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .filter_expression("begins_with(#pk, :plan)")
+            .projection_expression("#pk, #spec")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#spec", record::SPEC)
+            .expression_attribute_values(":plan", AttributeValue::S(PLAN_PREFIX.to_owned()))
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await?;
+        for item in page.items() {
+            let name = record::string(item, PK).and_then(|pk| plan_name(&pk).map(str::to_owned));
+            if let (Some(name), Ok(spec)) = (name, record::plan_spec(item)) {
+                out.push((name, spec));
+            }
+        }
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => return Ok(out),
+        }
+    }
 }

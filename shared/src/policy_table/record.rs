@@ -79,38 +79,54 @@ pub fn claim_item(pk: String, until: u64, owner: String) -> Item {
 pub fn parse(pk: &str, item: &Item) -> Option<Record> {
     let kind = pk.split_once('#')?.0;
     let record = match kind {
-        "plan" => string(item, "spec")
-            .and_then(|s| serde_json::from_str::<PlanSpec>(&s).ok())
-            .map(|spec| Record::Plan {
-                spec,
-                version: number(item, "version").unwrap_or(0),
-            }),
-        "tenant" => string(item, "plan").map(|plan| Record::Tenant { plan }),
-        "key" => match (string(item, "tenant"), string(item, "key_id")) {
-            (Some(tenant), Some(key_id)) => Some(Record::Key(KeyRecord {
-                tenant,
-                key_id,
-                enabled: item
-                    .get("enabled")
-                    .and_then(|v| v.as_bool().ok())
-                    .copied()
-                    .unwrap_or(false),
-            })),
-            _ => None,
-        },
+        "plan" => plan_spec(item).map(|spec| Record::Plan {
+            spec,
+            version: number(item, "version").unwrap_or(0),
+        }),
+        "tenant" => tenant_plan(item).map(|plan| Record::Tenant { plan }),
+        "key" => key_record(item).map(Record::Key),
         _ => return None,
     };
     Some(record.unwrap_or(Record::Malformed))
 }
 
-/// The attributes of a record, as the directory reads them.
-pub fn render(record: &Record) -> Item {
-    match record {
+/// A string attribute an item kind cannot do without; the error names it.
+fn required(item: &Item, attr: &str) -> Result<String, String> {
+    string(item, attr).ok_or_else(|| format!("attribute `{attr}` is missing or not a string"))
+}
+
+/// A `key#…` item. A missing `enabled` reads as disabled.
+pub fn key_record(item: &Item) -> Result<KeyRecord, String> {
+    Ok(KeyRecord {
+        tenant: required(item, "tenant")?,
+        key_id: required(item, "key_id")?,
+        enabled: item
+            .get("enabled")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+    })
+}
+
+/// A `tenant#…` item: its plan's name.
+pub fn tenant_plan(item: &Item) -> Result<String, String> {
+    required(item, "plan")
+}
+
+/// The attribute of a `plan#…` item holding its spec as JSON.
+pub const SPEC: &str = "spec";
+
+/// A `plan#…` item's spec, not yet validated (`Plan::new`).
+pub fn plan_spec(item: &Item) -> Result<PlanSpec, String> {
+    serde_json::from_str(&required(item, SPEC)?).map_err(|e| e.to_string())
+}
+
+/// The attributes of a record, as the directory reads them. Fails only on a plan whose spec JSON
+/// cannot represent (a non-finite number: `Plan::new` never accepts one).
+pub fn render(record: &Record) -> Result<Item, serde_json::Error> {
+    Ok(match record {
         Record::Plan { spec, version } => HashMap::from([
-            (
-                "spec".to_owned(),
-                AttributeValue::S(serde_json::to_string(spec).unwrap_or_default()),
-            ),
+            (SPEC.to_owned(), AttributeValue::S(serde_json::to_string(spec)?)),
             ("version".to_owned(), AttributeValue::N(version.to_string())),
         ]),
         Record::Tenant { plan } => HashMap::from([("plan".to_owned(), AttributeValue::S(plan.clone()))]),
@@ -125,7 +141,7 @@ pub fn render(record: &Record) -> Item {
             item
         }
         Record::Malformed => HashMap::new(),
-    }
+    })
 }
 
 /// Reads the stored form; `Invalid` names the attribute.

@@ -10,9 +10,10 @@ use tollgate::gate::{Gate, GateConfig};
 use tollgate::policy_file::PolicyFile;
 use tollgate::store::Store;
 use tollgate_cli::EXAMPLE_POLICY;
-use tollgate_cli::gateway::{self, GatewayConfig, Resources};
+use tollgate_cli::serve::gateway::{self, GatewayConfig};
+use tollgate_cli::serve::routing::Resources;
+use tollgate_cli::serve::tenants::{demo_tenants, directory_with};
 use tollgate_cli::simulate::{Config, Pattern};
-use tollgate_cli::tenants::{demo_tenants, directory_with};
 
 pub use super::loopback::Running;
 

@@ -258,10 +258,13 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
 /// What the operator function's code calls, by the resource it is granted on.
 fn operator_function_calls() -> BTreeMap<String, BTreeSet<String>> {
     BTreeMap::from([
-        ("StateTable.Arn".to_owned(), owned(&tollgate::notify::MARKER_ACTIONS)),
+        (
+            "StateTable.Arn".to_owned(),
+            owned(&tollgate_operator::config::MARKER_ACTIONS),
+        ),
         (
             "StateTable.StreamArn".to_owned(),
-            owned(&tollgate::notify::STREAM_ACTIONS),
+            owned(&tollgate_operator::config::STREAM_ACTIONS),
         ),
         // ListStreams and DescribeAlarms have no resource-level permission
         (
@@ -300,11 +303,11 @@ fn the_operator_function_gets_its_variables_and_only_the_access_it_uses() {
     let vars = &f["Properties"]["Environment"]["Variables"];
     let set = variable_names(f);
     assert_eq!(set, tollgate_operator::variables());
-    assert_eq!(untag(&vars[tollgate::control::alarms::TOPIC_VAR]).1, "AlarmTopic");
+    assert_eq!(untag(&vars[tollgate_operator::config::ALARM_TOPIC]).1, "AlarmTopic");
     assert_eq!(untag(&vars["TOLLGATE_SHED_ALARM"]).1, "ShedAlarmName");
     assert_eq!(untag(&vars[tollgate_operator::STATE_TABLE]).1, "StateTable");
     assert_eq!(untag(&vars[tollgate_operator::POLICY_TABLE]).1, "PolicyTable");
-    assert_eq!(untag(&vars[tollgate::notify::TOPIC_VAR]).1, "NoticeTopic");
+    assert_eq!(untag(&vars[tollgate_operator::config::NOTICE_TOPIC]).1, "NoticeTopic");
     // AND it is granted exactly the actions the code calls, each on its one resource
     let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut marker_condition = None;

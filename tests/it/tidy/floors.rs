@@ -11,7 +11,7 @@ use super::{code, relative, sources, workspace_root};
 /// strictly lower floor only.
 const FLOORS: &[&[&str]] = &[
     &["engine"],
-    &["metrics", "aws", "policy_file", "jwt"],
+    &["metrics", "aws", "logging", "policy_file", "jwt"],
     &["policy_table"],
     &["store", "directory"],
     &["gate"],

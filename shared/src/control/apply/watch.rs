@@ -19,7 +19,7 @@ pub const FAILURES: [&str; 3] = [metrics::FAIL_OPEN, metrics::FAIL_CLOSED, metri
 #[error("CloudWatch metrics unreadable: {0}")]
 pub struct MetricsError(pub String);
 
-/// Reading the authorizer's metrics; the SDK adapter is `monitor::CloudWatchMetrics` (feature
+/// Reading the authorizer's metrics; the SDK adapter is `control::cloudwatch::CloudWatchMetrics` (feature
 /// `cloudwatch`).
 #[async_trait]
 pub trait Metrics: Send + Sync + std::fmt::Debug {

@@ -1,5 +1,5 @@
 //! The controller's port to CloudWatch: the state of one alarm. The SDK adapter is
-//! `monitor::CloudWatchAlarms` (feature `cloudwatch`): `DescribeAlarms` for that alarm's name,
+//! `control::cloudwatch::CloudWatchAlarms` (feature `cloudwatch`): `DescribeAlarms` for that alarm's name,
 //! metric or composite.
 
 use std::fmt;

@@ -17,13 +17,6 @@ use crate::control::shed::table::{ShedError, ShedTable, Written};
 use crate::engine::clock::Timestamp;
 use crate::engine::shed::SetBy;
 
-/// The variables the controller reads (`Config::from_env`).
-pub const VARIABLES: &[&str] = &[
-    "TOLLGATE_POLICY_TABLE",
-    "TOLLGATE_SHED_ALARM",
-    "TOLLGATE_SHED_MIN_STEP_SECS",
-];
-
 /// Default shortest time between two steps: under the one-minute schedule, so every scheduled run
 /// may step (EventBridge fires within its minute, not on the second), and over any retry.
 pub const DEFAULT_MIN_STEP: Duration = Duration::from_secs(45);
@@ -34,27 +27,6 @@ pub struct Config {
     /// The designated alarm (backend latency or 5xx). Empty: shedding is off, runs do nothing.
     pub alarm: String,
     pub min_step: Duration,
-}
-
-impl Config {
-    /// Reads `VARIABLES` through `var`; errors name the variable.
-    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
-        let policy_table = var("TOLLGATE_POLICY_TABLE")
-            .filter(|s| !s.is_empty())
-            .ok_or("TOLLGATE_POLICY_TABLE is not set: name the policy table")?;
-        let min_step = match var("TOLLGATE_SHED_MIN_STEP_SECS") {
-            Some(s) => Duration::from_secs(
-                s.parse()
-                    .map_err(|_| format!("TOLLGATE_SHED_MIN_STEP_SECS = {s:?} is not a whole number of seconds"))?,
-            ),
-            None => DEFAULT_MIN_STEP,
-        };
-        Ok(Config {
-            policy_table,
-            alarm: var("TOLLGATE_SHED_ALARM").unwrap_or_default(),
-            min_step,
-        })
-    }
 }
 
 /// What one run did.
@@ -139,35 +111,5 @@ impl<A: Alarms> Controller<A> {
             }
             Written::Superseded => Ok(report(state.level, RunOutcome::Superseded)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_reads_its_variables_and_names_the_bad_one() {
-        // GIVEN the table and alarm set THEN the default step interval applies
-        let env = |k: &str| match k {
-            "TOLLGATE_POLICY_TABLE" => Some("policy".to_owned()),
-            "TOLLGATE_SHED_ALARM" => Some("backend-p99".to_owned()),
-            _ => None,
-        };
-        let c = Config::from_env(env).expect("valid");
-        assert_eq!((c.alarm.as_str(), c.min_step), ("backend-p99", DEFAULT_MIN_STEP));
-        // GIVEN a bad interval THEN the error names the variable
-        let bad = |k: &str| match k {
-            "TOLLGATE_SHED_MIN_STEP_SECS" => Some("soon".to_owned()),
-            _ => Some("x".to_owned()),
-        };
-        let e = Config::from_env(bad).expect_err("invalid");
-        assert!(e.contains("TOLLGATE_SHED_MIN_STEP_SECS"), "{e}");
-        // GIVEN no table THEN the error names it
-        assert!(
-            Config::from_env(|_| None)
-                .expect_err("no table")
-                .contains("TOLLGATE_POLICY_TABLE")
-        );
     }
 }

@@ -9,11 +9,10 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use crate::engine::clock::Timestamp;
-use crate::engine::policy::PlanSpec;
 use crate::engine::shed::{SetBy, ShedState};
 use crate::policy_table::audit::{self, AuditLog, ChangeRecord, ItemChange, Source};
-use crate::policy_table::record::{Item, parse_shed, shed_item};
-use crate::policy_table::{PK, Record, SHED_PK, read_item};
+use crate::policy_table::record::{parse_shed, shed_item};
+use crate::policy_table::{self, PK, Record, SHED_PK, read_item};
 
 /// The attribute naming the write that put the item (a random token per `set`).
 const WRITER: &str = "writer";
@@ -113,7 +112,7 @@ impl ShedTable {
             .table_name(&self.table)
             .set_item(Some(item))
             // Version 0 is the absent item; `version = :v` never holds for it.
-            .condition_expression("attribute_not_exists(pk) OR version = :v")
+            .condition_expression(format!("attribute_not_exists({PK}) OR version = :v"))
             .expression_attribute_values(":v", AttributeValue::N(from.version.to_string()))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -173,41 +172,11 @@ impl ShedTable {
 
     /// Every plan's name and priority, by name.
     pub async fn plans(&self) -> Result<Vec<(String, u8)>, ShedError> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(pk, :plan)")
-                .projection_expression("pk, spec")
-                .expression_attribute_values(":plan", AttributeValue::S("plan#".to_owned()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            for item in page.items() {
-                // A malformed plan is sync's to report; it has no priority to bound by.
-                let name = item
-                    .get(PK)
-                    .and_then(|v| v.as_s().ok())
-                    .and_then(|pk| pk.strip_prefix("plan#"));
-                let spec = item
-                    .get("spec")
-                    .and_then(|v| v.as_s().ok())
-                    .and_then(|s| serde_json::from_str::<PlanSpec>(s).ok());
-                if let (Some(name), Some(spec)) = (name, spec) {
-                    out.push((name.to_owned(), spec.priority));
-                }
-            }
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => {
-                    out.sort();
-                    return Ok(out);
-                }
-            }
-        }
+        let plans = policy_table::plans(&self.client, &self.table)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let mut out: Vec<(String, u8)> = plans.into_iter().map(|(name, spec)| (name, spec.priority)).collect();
+        out.sort();
+        Ok(out)
     }
 }

@@ -32,6 +32,8 @@ pub enum TableError {
     /// Another sync applied changes since this one read the table: read again.
     #[error("another sync changed the policy table first")]
     Superseded,
+    #[error("policy item `{pk}` cannot be written: {detail}")]
+    Invalid { pk: String, detail: String },
 }
 
 /// What the table holds now.
@@ -184,7 +186,7 @@ impl PolicyTable {
         for (generation, batch) in (current.generation..).zip(changes.chunks(BATCH)) {
             let mut actions = vec![self.bump(generation)];
             for change in batch {
-                actions.push(self.action(change));
+                actions.push(self.action(change)?);
             }
             let result = self
                 .client
@@ -227,10 +229,13 @@ impl PolicyTable {
         TransactWriteItem::builder().update(update).build()
     }
 
-    fn action(&self, change: &TableWrite) -> TransactWriteItem {
-        match change {
+    fn action(&self, change: &TableWrite) -> Result<TransactWriteItem, TableError> {
+        Ok(match change {
             TableWrite::Put { pk, record, .. } => {
-                let mut item = render(record);
+                let mut item = render(record).map_err(|e| TableError::Invalid {
+                    pk: pk.clone(),
+                    detail: e.to_string(),
+                })?;
                 item.insert(PK.to_owned(), AttributeValue::S(pk.clone()));
                 let put = Put::builder()
                     .table_name(&self.table)
@@ -247,7 +252,7 @@ impl PolicyTable {
                     .expect("table and key are set");
                 TransactWriteItem::builder().delete(delete).build()
             }
-        }
+        })
     }
 }
 

@@ -14,8 +14,8 @@ use crate::directory::{DirectoryError, DynamoDirectory};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::record::{CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, claim_item, json_item, parse, string};
 use crate::policy_table::{
-    KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, REVOKE_PREFIX, Record, TENANT_PREFIX, idem_claim_pk, idem_pk, revoke_pk,
-    tenant_pk,
+    self, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, REVOKE_PREFIX, Record, TENANT_PREFIX, idem_claim_pk, idem_pk,
+    revoke_pk, tenant_pk,
 };
 
 fn unavailable<E: std::error::Error + 'static>(e: E) -> DirectoryError {
@@ -95,16 +95,10 @@ impl DynamoDirectory {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, pk: String) -> Result<Option<T>, DirectoryError> {
-        let out = self
-            .client()
-            .get_item()
-            .table_name(self.table())
-            .key(PK, AttributeValue::S(pk.clone()))
-            .consistent_read(true)
-            .send()
+        let item = policy_table::read_item(self.client(), self.table(), &pk)
             .await
             .map_err(unavailable)?;
-        let Some(item) = out.item else { return Ok(None) };
+        let Some(item) = item else { return Ok(None) };
         let json = string(&item, JSON_ATTR).ok_or_else(|| DirectoryError::Invalid {
             item: pk.clone(),
             reason: format!("attribute `{JSON_ATTR}` is missing"),
