@@ -6,10 +6,19 @@ use super::{code, relative, sources, workspace_root};
 const MAX_FILE_LINES: usize = 600;
 const MAX_FN_LINES: usize = 80;
 
-/// Whether a line starts a function item (`fn`, `pub fn`, `pub(crate) async fn`, ...).
+/// Whether a line starts a function item (`fn`, `pub fn`, `pub(in crate::x) async fn`,
+/// `#[inline] fn`, ...).
 fn starts_fn(line: &str) -> bool {
     let mut words = code(line).split_whitespace().peekable();
+    // Inside a `pub(...)` or `#[...]` spread over several words: the character that closes it.
+    let mut closing: Option<char> = None;
     while let Some(word) = words.next() {
+        if let Some(close) = closing {
+            if word.ends_with(close) {
+                closing = None;
+            }
+            continue;
+        }
         match word {
             "fn" => {
                 return words
@@ -17,7 +26,10 @@ fn starts_fn(line: &str) -> bool {
                     .is_some_and(|name| name.starts_with(|c: char| c.is_alphabetic() || c == '_'));
             }
             "pub" | "async" | "const" | "unsafe" | "extern" | "default" => {}
-            w if w.starts_with("pub(") || w.starts_with('"') => {}
+            w if w.starts_with('"') => {}
+            w if w.starts_with("pub(") && !w.ends_with(')') => closing = Some(')'),
+            w if w.starts_with("#[") && !w.ends_with(']') => closing = Some(']'),
+            w if w.starts_with("pub(") || w.starts_with("#[") => {}
             _ => return false,
         }
     }
@@ -46,7 +58,7 @@ fn long_functions(text: &str, max: usize) -> Vec<(usize, usize)> {
         if opened.ends_with(';') || opened.ends_with('}') {
             continue; // no body, or a body on the signature's own line
         }
-        if let Some(end) = (open + 1..lines.len()).find(|&i| lines[i] == close) {
+        if let Some(end) = (open + 1..lines.len()).find(|&i| code(lines[i]).trim_end() == close) {
             let len = end - start + 1;
             if len > max {
                 found.push((start + 1, len));
@@ -88,5 +100,10 @@ fn the_function_measure_finds_bodies_and_skips_declarations() {
     // THEN only the long one is over a limit of 5, with its length counted from `fn` to `}`
     assert_eq!(long_functions(&text, 5), [(1, 12)]);
     assert!(starts_fn("    pub(crate) const fn f() {"));
+    assert!(starts_fn("    pub(in crate::gate) fn f() {"));
+    assert!(starts_fn("    #[inline] fn f() {"));
     assert!(!starts_fn("    let fn_name = 1;"));
+    // AND a body closed by `} // comment` is measured to that brace
+    let commented = format!("fn c() {{\n{}}} // end\nfn d() {{\n}}\n", "    x();\n".repeat(10));
+    assert_eq!(long_functions(&commented, 5), [(1, 12)]);
 }
