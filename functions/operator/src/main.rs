@@ -16,6 +16,7 @@ use tollgate::control::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::notify::{Markers, Notifier, SnsPublisher, TOPIC_VAR};
+use tollgate_operator::stack::Ports;
 use tollgate_operator::{POLICY_TABLE, STATE_TABLE, Trigger};
 
 fn var(name: &str) -> Result<String, Error> {
@@ -56,7 +57,11 @@ async fn main() -> Result<(), Error> {
         Arc::new(SystemClock::new()),
     );
     let namespace = alarm_settings.namespace.clone();
-    let (notifier, cloudwatch, plans, shed, alarm_settings, clock, namespace) = (
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let (notifier, cloudwatch, plans, shed, alarm_settings, clock, namespace, http) = (
         &notifier,
         &cloudwatch,
         &plans,
@@ -64,6 +69,7 @@ async fn main() -> Result<(), Error> {
         &alarm_settings,
         &clock,
         namespace.as_str(),
+        &http,
     );
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let lease = tollgate_operator::lease(event.context.deadline);
@@ -80,6 +86,13 @@ async fn main() -> Result<(), Error> {
                 let report =
                     json!({ "shed": serde_json::to_value(shed?)?, "plan_alarms": serde_json::to_value(alarms?)? });
                 Ok(report)
+            }
+            Trigger::Stack(request) => {
+                let ports = Ports {
+                    plan_alarms: cloudwatch,
+                    shed_alarms: cloudwatch,
+                };
+                Ok(tollgate_operator::stack::handle(&request, &ports, http).await?)
             }
         }
     }))
