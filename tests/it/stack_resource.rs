@@ -5,10 +5,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use aws_sdk_cloudwatch::types::{ComparisonOperator, Statistic};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::routing::put;
-use aws_sdk_cloudwatch::types::{ComparisonOperator, Statistic};
 use serde_json::{Value, json};
 use tollgate::aws::cloudwatch_client;
 use tollgate::control::CloudWatchAlarms;
@@ -117,7 +117,12 @@ impl World {
         let sent = stack::handle(request, &ports, &reqwest::Client::new())
             .await
             .expect("answered");
-        let got = self.received.lock().expect("lock").pop().expect("an answer was received");
+        let got = self
+            .received
+            .lock()
+            .expect("lock")
+            .pop()
+            .expect("an answer was received");
         assert_eq!(got.1, sent);
         got
     }
@@ -156,7 +161,10 @@ async fn a_prefix_that_is_not_a_stacks_plan_prefix_deletes_nothing_and_fails() {
     let (_, answer) = w.handle(&w.request("Delete", &w.stack, "")).await;
     // THEN nothing is deleted and CloudFormation is told why
     assert_eq!(answer["Status"], "FAILED");
-    assert!(answer["Reason"].as_str().is_some_and(|r| r.contains("STACK-plan-")), "{answer}");
+    assert!(
+        answer["Reason"].as_str().is_some_and(|r| r.contains("STACK-plan-")),
+        "{answer}"
+    );
     assert_eq!(w.names().await, [backend]);
 }
 
@@ -170,10 +178,17 @@ async fn a_shed_alarm_that_does_not_exist_fails_the_deployment_naming_it() {
     // THEN the resource fails, saying which alarm and what to do
     assert_eq!(answer["Status"], "FAILED");
     let reason = answer["Reason"].as_str().expect("reason");
-    assert!(reason.contains(&missing) && reason.contains("ShedAlarmName empty"), "{reason}");
+    assert!(
+        reason.contains(&missing) && reason.contains("ShedAlarmName empty"),
+        "{reason}"
+    );
     // AND once the alarm exists, or with no shed alarm, Create and Update succeed
     w.put_alarm(&missing).await;
-    for (kind, alarm) in [("Create", missing.as_str()), ("Update", missing.as_str()), ("Create", "")] {
+    for (kind, alarm) in [
+        ("Create", missing.as_str()),
+        ("Update", missing.as_str()),
+        ("Create", ""),
+    ] {
         let (_, answer) = w.handle(&w.request(kind, &prefix, alarm)).await;
         assert_eq!(answer["Status"], "SUCCESS", "{kind} {alarm}: {answer}");
     }
@@ -184,7 +199,10 @@ fn the_operator_tells_a_custom_resource_request_from_its_other_events() {
     let w = json!({"RequestType": "Delete", "ResponseURL": "https://example/x", "StackId": "s",
                    "RequestId": "r", "LogicalResourceId": "StackCheck",
                    "ResourceProperties": {"PlanAlarmPrefix": "s-plan-"}});
-    assert!(matches!(tollgate_operator::trigger(w), Ok(tollgate_operator::Trigger::Stack(_))));
+    assert!(matches!(
+        tollgate_operator::trigger(w),
+        Ok(tollgate_operator::Trigger::Stack(_))
+    ));
     let scheduled = json!({"detail-type": "Scheduled Event"});
     assert!(matches!(
         tollgate_operator::trigger(scheduled),

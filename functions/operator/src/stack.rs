@@ -62,7 +62,9 @@ pub struct Ports<'a> {
 
 impl std::fmt::Debug for Ports<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ports").field("shed_alarms", &self.shed_alarms).finish_non_exhaustive()
+        f.debug_struct("Ports")
+            .field("shed_alarms", &self.shed_alarms)
+            .finish_non_exhaustive()
     }
 }
 

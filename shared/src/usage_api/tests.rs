@@ -369,7 +369,11 @@ async fn bad_input_is_a_problem_naming_what_to_change() {
         .expect("request");
     cases.extend([
         (get("/v1/tenants/nobody"), StatusCode::NOT_FOUND, "nobody"),
-        (get(&format!("/v1/tenants/{}", "é".repeat(40))), StatusCode::NOT_FOUND, "64 bytes"),
+        (
+            get(&format!("/v1/tenants/{}", "é".repeat(40))),
+            StatusCode::NOT_FOUND,
+            "64 bytes",
+        ),
         (
             send("PUT", "/v1/tenants/alpha/plan", "{\"plan\":\"gold\"}"),
             StatusCode::CONFLICT,
@@ -449,7 +453,10 @@ async fn history_outside_the_kept_days_is_clamped_and_says_so() {
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["periods"].as_array().map(Vec::len), Some(35), "{body}");
     assert_eq!(body["to"], "2026-11-29");
-    assert_eq!(body["clamped"], serde_json::json!({"from": "1969-07-20", "to": "2099-12-31"}));
+    assert_eq!(
+        body["clamped"],
+        serde_json::json!({"from": "1969-07-20", "to": "2099-12-31"})
+    );
     // AND a range within the history says nothing of clamping; a reversed one has no period
     let (_, _, inside) = call(&w, get("/v1/tenants/alpha/usage?from=2026-11-28")).await;
     assert!(inside.get("clamped").is_none(), "{inside}");
