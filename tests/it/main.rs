@@ -13,6 +13,7 @@ mod gateway;
 mod notify;
 mod shed;
 mod simulate;
+mod stack_resource;
 mod support;
 mod sync;
 mod template;

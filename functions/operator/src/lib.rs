@@ -4,10 +4,13 @@
 //!   partial batch failures (`ReportBatchItemFailures`).
 //! - A scheduled event (EventBridge `Scheduled Event`): `main` runs the shed controller
 //!   (`tollgate::control::shed::controller`) and the per-plan alarm sync (`tollgate::control`).
+//! - A CloudFormation custom-resource request (`stack`): the deploy-time checks, and the
+//!   per-plan alarms deleted with the stack.
 //!
 //! `config` is the function's contract with its deployment: variables and IAM.
 
 pub mod config;
+pub mod stack;
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
@@ -25,6 +28,8 @@ pub enum Trigger {
     Stream(Event),
     /// An EventBridge schedule; the payload as received.
     Scheduled(Value),
+    /// CloudFormation's request for the stack's custom resource.
+    Stack(Box<stack::Request>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,11 @@ pub fn trigger(payload: Value) -> Result<Trigger, AlarmsError> {
     if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
         return Ok(Trigger::Scheduled(payload));
     }
+    if stack::is_request(&payload) {
+        return serde_json::from_value(payload)
+            .map(|r| Trigger::Stack(Box::new(r)))
+            .map_err(|e| AlarmsError::InvalidEvent(format!("CloudFormation custom-resource request: {e}")));
+    }
     let from_dynamodb = payload
         .pointer("/Records/0/eventSource")
         .and_then(Value::as_str)
@@ -49,7 +59,7 @@ pub fn trigger(payload: Value) -> Result<Trigger, AlarmsError> {
             .map_err(|e| AlarmsError::InvalidEvent(format!("DynamoDB stream batch: {e}")));
     }
     Err(AlarmsError::InvalidEvent(
-        "neither a DynamoDB stream batch (Records) nor a Scheduled Event (detail-type)".into(),
+        "neither a DynamoDB stream batch (Records), a Scheduled Event (detail-type) nor a CloudFormation request (RequestType)".into(),
     ))
 }
 

@@ -18,6 +18,7 @@ use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::notify::{Markers, Notifier, SnsPublisher};
 use tollgate_operator::Trigger;
 use tollgate_operator::config::{self, NOTICE_TOPIC, POLICY_TABLE, STATE_TABLE};
+use tollgate_operator::stack::Ports;
 
 fn var(name: &str) -> Result<String, Error> {
     std::env::var(name).map_err(|_| format!("{name} is not set").into())
@@ -51,7 +52,11 @@ async fn main() -> Result<(), Error> {
         Arc::new(SystemClock::new()),
     );
     let namespace = alarm_settings.namespace.clone();
-    let (notifier, cloudwatch, plans, shed, alarm_settings, clock, namespace) = (
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let (notifier, cloudwatch, plans, shed, alarm_settings, clock, namespace, http) = (
         &notifier,
         &cloudwatch,
         &plans,
@@ -59,6 +64,7 @@ async fn main() -> Result<(), Error> {
         &alarm_settings,
         &clock,
         namespace.as_str(),
+        &http,
     );
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let lease = tollgate_operator::lease(event.context.deadline);
@@ -75,6 +81,13 @@ async fn main() -> Result<(), Error> {
                 let report =
                     json!({ "shed": serde_json::to_value(shed?)?, "plan_alarms": serde_json::to_value(alarms?)? });
                 Ok(report)
+            }
+            Trigger::Stack(request) => {
+                let ports = Ports {
+                    plan_alarms: cloudwatch,
+                    shed_alarms: cloudwatch,
+                };
+                Ok(tollgate_operator::stack::handle(&request, &ports, http).await?)
             }
         }
     }))

@@ -19,8 +19,9 @@ pub const TABLE_ACTIONS: [&str; 5] = [
 ];
 /// The API Gateway resources sync reads (`apigateway:GET`), as paths.
 pub const CONTROL_PATHS: [&str; 3] = ["/usageplans", "/usageplans/*/keys", "/apikeys"];
-/// The management calls after which a sync runs (the template's EventBridge rule).
-pub const TRIGGER_EVENTS: [&str; 8] = [
+/// The management calls after which a sync runs (the template's EventBridge rule): every call
+/// that changes a usage plan, a key, their association, or the `tollgate:*` tags.
+pub const TRIGGER_EVENTS: [&str; 11] = [
     "CreateApiKey",
     "UpdateApiKey",
     "DeleteApiKey",
@@ -29,6 +30,9 @@ pub const TRIGGER_EVENTS: [&str; 8] = [
     "CreateUsagePlan",
     "UpdateUsagePlan",
     "DeleteUsagePlan",
+    "ImportApiKeys",
+    "TagResource",
+    "UntagResource",
 ];
 
 /// Why a sync ran and who caused it, as its event says. Every trigger runs the same sync; these

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::problem::Problem;
 use super::{Actor, MAX_BODY, MAX_IDEMPOTENCY_KEY, ROUTES, UsageApi};
-use crate::engine::identity::validate_tenant_id;
+use crate::engine::identity::{MAX_TENANT_ID, validate_tenant_id};
 
 /// What every route answers: a JSON answer, or a problem.
 pub(super) type Answer = Result<Response, Problem>;
@@ -172,9 +172,16 @@ pub fn check_new_tenant_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The tenant path segment, decoded and valid.
+/// The tenant path segment, decoded and valid. An id longer than any tenant's (the contract
+/// counts characters, the limit is bytes) names no tenant: 404.
 fn tenant_of(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     let Path(tenant) = path.map_err(|e| Problem::bad_request(format!("path segment `tenant`: {e}")))?;
+    if tenant.len() > MAX_TENANT_ID {
+        return Err(Problem::not_found(format!(
+            "no tenant has this id: tenant ids are at most {MAX_TENANT_ID} bytes, this one is {}",
+            tenant.len()
+        )));
+    }
     validate_tenant_id(&tenant).map_err(|e| Problem::bad_request(format!("path segment `tenant`: {e}")))?;
     Ok(tenant)
 }

@@ -332,10 +332,7 @@ async fn bad_input_is_a_problem_naming_what_to_change() {
         ("/v1/tenants?limit=1&limit=2", "twice"),
         ("/v1/tenants?plan=%zz", "percent"),
         ("/v1/tenants/alpha/usage?from=2026-13-01", "`from`"),
-        ("/v1/tenants/alpha/usage?from=2026-11-29&to=2026-11-28", "after"),
         ("/v1/tenants/alpha/usage?granularity=week", "granularity"),
-        ("/v1/tenants/alpha/usage?to=2027-01-01", "future"),
-        ("/v1/tenants/alpha/usage?from=2025-01-01", "kept"),
         ("/v1/tenants/alpha/usage?from=2026-02-30", "calendar"),
         ("/v1/tenants/%FF", "tenant"),
     ];
@@ -352,7 +349,6 @@ async fn bad_input_is_a_problem_naming_what_to_change() {
             "{\"plan\":\"pro\",\"x\":1}",
             "unknown field `x`",
         ),
-        ("PUT", "/v1/tenants/alpha/plan", "{\"plan\":\"gold\"}", "gold"),
         ("POST", "/v1/tenants/alpha/reset", "{}", "nothing to reset"),
         (
             "POST",
@@ -373,6 +369,16 @@ async fn bad_input_is_a_problem_naming_what_to_change() {
         .expect("request");
     cases.extend([
         (get("/v1/tenants/nobody"), StatusCode::NOT_FOUND, "nobody"),
+        (
+            get(&format!("/v1/tenants/{}", "é".repeat(40))),
+            StatusCode::NOT_FOUND,
+            "64 bytes",
+        ),
+        (
+            send("PUT", "/v1/tenants/alpha/plan", "{\"plan\":\"gold\"}"),
+            StatusCode::CONFLICT,
+            "known plans: ",
+        ),
         (get("/v1/nowhere"), StatusCode::NOT_FOUND, "no route"),
         (
             send("PATCH", "/v1/tenants", "{}"),
@@ -436,6 +442,28 @@ async fn history_spans_days_and_a_month_boundary_exactly() {
     assert_eq!(months["periods"][0]["period"], "2026-11");
     assert_eq!(months["periods"][0]["used"], 5);
     assert_eq!(months["periods"][1]["used"], 4);
+}
+
+#[tokio::test]
+async fn history_outside_the_kept_days_is_clamped_and_says_so() {
+    let w = admin_world();
+    // WHEN the history is asked from before the kept history to after today
+    let (s, _, body) = call(&w, get("/v1/tenants/alpha/usage?from=1969-07-20&to=2099-12-31")).await;
+    // THEN it answers the kept days, from the oldest to today, and names the dates asked
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["periods"].as_array().map(Vec::len), Some(35), "{body}");
+    assert_eq!(body["to"], "2026-11-29");
+    assert_eq!(
+        body["clamped"],
+        serde_json::json!({"from": "1969-07-20", "to": "2099-12-31"})
+    );
+    // AND a range within the history says nothing of clamping; a reversed one has no period
+    let (_, _, inside) = call(&w, get("/v1/tenants/alpha/usage?from=2026-11-28")).await;
+    assert!(inside.get("clamped").is_none(), "{inside}");
+    let (s, _, reversed) = call(&w, get("/v1/tenants/alpha/usage?from=2026-11-29&to=2026-11-28")).await;
+    assert_eq!(s, StatusCode::OK, "{reversed}");
+    assert_eq!(reversed["periods"], serde_json::json!([]));
+    assert_eq!(reversed["total"], 0);
 }
 
 #[tokio::test]

@@ -97,6 +97,19 @@ pub(super) struct History {
     pub(super) to: String,
     pub(super) periods: Vec<PeriodUsage>,
     pub(super) total: u64,
+    /// Present when `from` or `to` asked for days outside the kept history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) clamped: Option<Clamped>,
+}
+
+/// What a history was asked for outside the kept history (each the date asked): `from` before
+/// the oldest kept day, `to` after today. The answer starts and ends within the history.
+#[derive(Debug, Serialize)]
+pub(super) struct Clamped {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) to: Option<String>,
 }
 
 /// A counter's period as the API names it: `YYYY-MM-DD` or `YYYY-MM`.

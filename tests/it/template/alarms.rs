@@ -241,6 +241,8 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
         ("AWS/Lambda", "Invocations"),
         ("AWS/Lambda", "Throttles"),
         ("AWS/Lambda", "Duration"),
+        ("AWS/Lambda", "IteratorAge"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
         ("AWS/ApiGateway", "Count"),
         ("AWS/ApiGateway", "5XXError"),
         ("AWS/DynamoDB", "ThrottledRequests"),

@@ -1,10 +1,13 @@
 //! The contract between the code and the SAM templates: what each function reads, uses and
 //! emits must be what the templates set, grant and map. Read from the YAML files themselves.
-//! Here: reading the templates; each contract is a module.
+//! Here: reading the templates; each contract is a module (`stacks` reads the template after
+//! the SAM transform, through `transformed`).
 
 mod alarms;
 mod authorizer;
 mod plan_sync;
+mod stacks;
+mod transformed;
 mod usage_api;
 
 use std::collections::BTreeSet;

@@ -36,6 +36,19 @@ impl UsageApi {
             .ok_or_else(|| Problem::not_found(format!("no tenant `{tenant}` (see GET /v1/tenants)")))
     }
 
+    /// `plan` is one the policy defines, or 409 naming the ones it does: which plans exist is the
+    /// policy's state, not something a request's shape can be wrong about.
+    pub(super) async fn known_plan(&self, plan: &str) -> Result<(), Problem> {
+        let names = self.registry.plan_names().await?;
+        if names.iter().any(|n| n == plan) {
+            return Ok(());
+        }
+        Err(Problem::conflict(
+            "unknown-plan",
+            format!("`plan`: no plan `{plan}`; known plans: {}", names.join(", ")),
+        ))
+    }
+
     /// The usage plan that stands for `plan` in API Gateway.
     async fn usage_plan_id(&self, control: &dyn ControlWrites, plan: &str) -> Result<String, Problem> {
         let plans = control.usage_plans().await?;

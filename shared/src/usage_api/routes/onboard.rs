@@ -40,13 +40,7 @@ pub(in crate::usage_api) async fn onboard(
     JsonBody { value: body, raw }: JsonBody<OnboardRequest>,
 ) -> Answer {
     check_new_tenant_id(&body.tenant).map_err(|e| Problem::bad_request(format!("`tenant`: {e}")))?;
-    if !api.registry.plan_names().await?.contains(&body.plan) {
-        return Err(Problem::bad_request(format!(
-            "`plan`: no plan `{}`; known plans: {}",
-            body.plan,
-            api.registry.plan_names().await?.join(", ")
-        )));
-    }
+    api.known_plan(&body.plan).await?;
     let onboarding = Onboarding {
         api: &api,
         actor: &admin.actor,

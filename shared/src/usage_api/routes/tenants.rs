@@ -92,14 +92,7 @@ pub(in crate::usage_api) async fn move_plan(
     JsonBody { value: body, .. }: JsonBody<PlanChange>,
 ) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
-    let names = api.registry.plan_names().await?;
-    if !names.contains(&body.plan) {
-        return Err(Problem::bad_request(format!(
-            "`plan`: no plan `{}`; known plans: {}",
-            body.plan,
-            names.join(", ")
-        )));
-    }
+    api.known_plan(&body.plan).await?;
     let old = api.tenant_plan(&tenant).await?;
     if old != body.plan {
         move_keys(&api, &tenant, &old, &body.plan).await?;

@@ -15,7 +15,7 @@ use crate::engine::policy::Plan;
 use crate::engine::quota::{Counter, Period, days_from_civil};
 use crate::usage_api::http::{Admin, Answer, QueryNames, Tenant, json, param, query, single_header};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::views::{History, PeriodUsage, period_label, usage_view};
+use crate::usage_api::views::{Clamped, History, PeriodUsage, period_label, usage_view};
 use crate::usage_api::{AuthorizedPlan, AuthorizedTenant, CallerSource, PLAN_CACHE_TTL, UsageApi};
 
 /// The plans `GET /v1/usage` read lately, each with when it was read: a tenant reading its
@@ -125,12 +125,12 @@ pub(in crate::usage_api) async fn history(State(api): Api, admin: Admin<Tenant, 
         }
     };
     let now = api.now();
-    let (from, to) = days_asked(&q, period, now)?;
+    let asked = days_asked(&q, period, now)?;
     api.tenant_plan(&tenant).await?;
     let usage = api.store.usage(&tenant, now).await?;
     let mut periods: Vec<PeriodUsage> = Vec::new();
     let mut last = None;
-    for day in from..=to {
+    for day in asked.from.0..=asked.to.0 {
         let c = period.counter(day_ts(day));
         if last == Some(c) {
             continue;
@@ -147,48 +147,50 @@ pub(in crate::usage_api) async fn history(State(api): Api, admin: Admin<Tenant, 
         &History {
             tenant,
             granularity: period.as_str(),
-            from: period_label(Period::Day.counter(day_ts(from))),
-            to: period_label(Period::Day.counter(day_ts(to))),
+            from: asked.from.1,
+            to: asked.to.1,
             periods,
             total,
+            clamped: asked.clamped,
         },
     ))
 }
 
-/// The days `from` and `to` ask for (days since the epoch), by default the whole history kept
-/// of `period`; refused when reversed, in the future or older than the history kept.
-fn days_asked(q: &[(String, String)], period: Period, now: Timestamp) -> Result<(i64, i64), Problem> {
+/// The days a history answers (days since the epoch, with their labels), and what was asked
+/// outside the kept history.
+struct Asked {
+    from: (i64, String),
+    to: (i64, String),
+    clamped: Option<Clamped>,
+}
+
+/// The days `from` and `to` ask for, by default the whole history kept of `period`. A `from`
+/// older than the kept history starts at its oldest day, a `to` after today ends today; the
+/// answer says so (`clamped`). A `from` after `to` answers no period.
+fn days_asked(q: &[(String, String)], period: Period, now: Timestamp) -> Result<Asked, Problem> {
     let today = (now.as_secs() / 86_400) as i64;
     // The oldest kept period's first day.
     let mut oldest = today;
     while Counter::is_kept(&period.counter(day_ts(oldest - 1)), now) {
         oldest -= 1;
     }
-    let to = param(q, "to")
-        .map(|s| parse_date("to", s))
-        .transpose()?
-        .unwrap_or(today);
-    let from = param(q, "from")
-        .map(|s| parse_date("from", s))
-        .transpose()?
-        .unwrap_or(oldest);
-    if from > to {
-        return Err(Problem::bad_request("`from` is after `to`"));
-    }
-    if to > today {
-        return Err(Problem::bad_request(format!(
-            "`to` is in the future: today is {}",
-            period_label(Period::Day.counter(now))
-        )));
-    }
-    if from < oldest {
-        return Err(Problem::bad_request(format!(
-            "`from` is before the kept history: the oldest {} kept is {} (35 days, 13 months)",
-            period.as_str(),
-            period_label(period.counter(day_ts(oldest)))
-        )));
-    }
-    Ok((from, to))
+    let day = |name: &str| -> Result<Option<(i64, String)>, Problem> {
+        let Some(s) = param(q, name) else { return Ok(None) };
+        Ok(Some((parse_date(name, s)?, s.to_owned())))
+    };
+    let (from, to) = (day("from")?, day("to")?);
+    let early = from.clone().filter(|(d, _)| *d < oldest).map(|(_, s)| s);
+    let late = to.clone().filter(|(d, _)| *d > today).map(|(_, s)| s);
+    let clamped = (early.is_some() || late.is_some()).then(|| Clamped {
+        from: early.clone(),
+        to: late.clone(),
+    });
+    let kept = |d: i64| (d, period_label(Period::Day.counter(day_ts(d))));
+    Ok(Asked {
+        from: from.filter(|_| early.is_none()).unwrap_or_else(|| kept(oldest)),
+        to: to.filter(|_| late.is_none()).unwrap_or_else(|| kept(today)),
+        clamped,
+    })
 }
 
 /// `YYYY-MM-DD` → days since the epoch.
@@ -206,24 +208,25 @@ fn parse_date(name: &str, s: &str) -> Result<i64, Problem> {
         part.parse().map_err(|_| bad())
     };
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || d == 0 {
+    if !(1..=12).contains(&m) || d == 0 {
         return Err(bad());
     }
-    let day = days_from_civil(i64::from(y), m, d);
-    // A day past the month's end (2026-02-30) does not round-trip.
-    let back = Period::Day.counter(Timestamp::from_secs(day as u64 * 86_400));
-    if back
-        != (Counter::Day {
-            y: y as i32,
-            m: m as u8,
-            d: d as u8,
-        })
-    {
+    if d > days_in_month(y, m) {
         return Err(Problem::bad_request(format!(
             "`{name}` = `{s}` is not a day of the calendar"
         )));
     }
-    Ok(day)
+    Ok(days_from_civil(i64::from(y), m, d))
+}
+
+fn days_in_month(y: u32, m: u32) -> u32 {
+    let leap = y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400));
+    match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 fn day_ts(day: i64) -> Timestamp {
