@@ -142,6 +142,7 @@ fn routers(
         clock: clock.clone(),
         admin: AdminAuth::Disabled,
         caller: CallerSource::KeyHeader("x-api-key".into()),
+        stack: None,
     }
     .router();
     let deployed = UsageApi {
@@ -152,6 +153,7 @@ fn routers(
         clock,
         admin: AdminAuth::Iam,
         caller: CallerSource::AuthorizerContext,
+        stack: None,
     }
     .router();
     (local, deployed)

@@ -173,6 +173,7 @@ async fn a_put_to_the_usage_apis_shed_route_in_serve_makes_the_gate_refuse_the_l
         clock,
         admin: AdminAuth::Bearer("ops-token".into()),
         caller: CallerSource::KeyHeader("x-api-key".into()),
+        stack: None,
     }
     .router();
     let router = axum::Router::new()

@@ -106,6 +106,11 @@ pub struct Apply {
     /// Who is applying, for the audit trail (default: $USER).
     #[arg(long)]
     pub actor: Option<String>,
+    /// The Tollgate stack that owns the file's plans: each carries the tag `tollgate:stack` =
+    /// NAME (created so, or tagged), which lets that stack's usage API put keys on them. Without
+    /// it, each plan's tag is left as it is.
+    #[arg(long, value_name = "NAME")]
+    pub stack: Option<String>,
     #[command(flatten)]
     pub live: Live,
 }
@@ -172,6 +177,8 @@ struct Stack {
     table: PolicyTable,
     clock: SystemClock,
     actor: Option<String>,
+    /// The stack name apply tags plans with (`--stack`).
+    owner: Option<String>,
 }
 
 impl Stack {
@@ -183,6 +190,7 @@ impl Stack {
             table: PolicyTable::new(admin_client(&sdk), &live.policy_table),
             clock: SystemClock::new(),
             actor: actor.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty())),
+            owner: None,
             sdk,
         })
     }
@@ -193,6 +201,7 @@ impl Stack {
             table: &self.table,
             clock: &self.clock,
             actor: self.actor.as_deref(),
+            stack: self.owner.as_deref(),
         }
     }
 }
@@ -226,7 +235,8 @@ impl Apply {
             eprintln!("error: the simulator found over-admission under the new plans; nothing was changed");
             return Ok(ExitCode::from(EXIT_OVER_ADMISSION));
         }
-        let stack = Stack::new(&self.live, self.actor.clone()).await?;
+        let mut stack = Stack::new(&self.live, self.actor.clone()).await?;
+        stack.owner = self.stack.clone();
         let cx = stack.context();
         let since = cx.clock.now().as_secs();
         let result = apply::apply(&cx, &file).await;

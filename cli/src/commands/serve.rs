@@ -287,6 +287,7 @@ impl Serve {
                 _ => AdminAuth::Disabled,
             },
             caller: CallerSource::KeyHeader(self.api_key_header.to_ascii_lowercase()),
+            stack: None,
         }
         .router())
     }

@@ -1,12 +1,15 @@
 //! The plan-sync Lambda: on its schedule, on API Gateway management events (EventBridge) and
 //! when invoked directly, makes the policy table say what the usage plans and keys say. Every
-//! trigger runs the same full, idempotent sync; the event only says why it ran (`Invocation`).
+//! trigger runs the same full, idempotent sync, one run at a time (`lease::run_leased`: a run
+//! that finds another under way asks it to run again); the event only says why it ran
+//! (`Invocation`).
 
 use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use tollgate::aws::{admin_client, control_client};
 use tollgate::control::apigateway::{ApiGateway, Backoff};
+use tollgate::control::sync::lease::run_leased;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::SystemClock;
 use tollgate_plan_sync::{Invocation, POLICY_TABLE_VAR as POLICY_TABLE};
@@ -21,14 +24,18 @@ async fn main() -> Result<(), Error> {
     let (control, table, clock) = (&control, &table, &SystemClock::new());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let Invocation { trigger, actor } = Invocation::of(&event.payload);
-        let report = tollgate::control::sync::run(control, table, clock, actor).await?;
+        // The invocation's request id owns the lease: unique per run, and named in the log.
+        let owner = &event.context.request_id;
+        let run = run_leased(control, table, clock, actor, owner).await?;
         tracing::info!(
             trigger,
-            writes = report.writes,
-            problems = report.problems.len(),
+            deferred = run.deferred,
+            rounds = run.rounds.len(),
+            writes = run.rounds.iter().map(|r| r.writes).sum::<u64>(),
+            problems = run.rounds.last().map_or(0, |r| r.problems.len()),
             "sync done"
         );
-        Ok::<_, Error>(serde_json::to_value(&report)?)
+        Ok::<_, Error>(serde_json::to_value(&run)?)
     }))
     .await
 }

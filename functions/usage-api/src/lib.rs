@@ -20,8 +20,16 @@ use tollgate::usage_api::{Actor, AuthorizedPlan, AuthorizedTenant, UsageApi};
 /// The actor the audit trail names for revocations run by the usage API's schedule.
 pub const SCHEDULE_ACTOR: &str = "schedule";
 
+/// The variable naming the stack: every key the usage API creates carries it as its
+/// `tollgate:stack` tag, the tag the function's rights on keys and usage plans need.
+pub const STACK_VAR: &str = "TOLLGATE_STACK_NAME";
 /// What the `usage-api` function reads from its environment (template.yaml sets each).
-pub const FUNCTION_VARIABLES: [&str; 3] = ["TOLLGATE_STATE_TABLE", "TOLLGATE_POLICY_TABLE", "TOLLGATE_LOG"];
+pub const FUNCTION_VARIABLES: [&str; 4] = [
+    "TOLLGATE_STATE_TABLE",
+    "TOLLGATE_POLICY_TABLE",
+    STACK_VAR,
+    "TOLLGATE_LOG",
+];
 /// The DynamoDB actions it calls on the state table (usage reads, resets)...
 pub const STATE_ACTIONS: [&str; 2] = ["dynamodb:GetItem", "dynamodb:UpdateItem"];
 /// ... and on the policy table (registry, idempotency and revocation items, the shed level
@@ -32,17 +40,37 @@ pub const POLICY_ACTIONS: [&str; 4] = [
     "dynamodb:PutItem",
     "dynamodb:Scan",
 ];
-/// The API Gateway calls it makes, as IAM actions on resource paths.
-pub const CONTROL_ACCESS: [(&str, &str); 9] = [
-    ("apigateway:DELETE", "/usageplans/*/keys/*"),
-    ("apigateway:GET", "/apikeys"),
-    ("apigateway:GET", "/apikeys/*"),
-    ("apigateway:GET", "/usageplans"),
-    ("apigateway:GET", "/usageplans/*"),
-    ("apigateway:GET", "/usageplans/*/keys"),
-    ("apigateway:PATCH", "/apikeys/*"),
-    ("apigateway:POST", "/apikeys"),
-    ("apigateway:POST", "/usageplans/*/keys"),
+
+/// What an API Gateway grant is conditioned on: the stack's tag (`tollgate:stack` = the stack's
+/// name), which API Gateway checks on API keys and usage plans (a usage-plan key inherits its
+/// plan's tags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Nothing: reads (`apigateway:GET` of these paths takes no tag condition, and the key list,
+    /// which onboarding searches, is read whole).
+    Any,
+    /// The resource carries the stack's tag (`aws:ResourceTag`): only the stack's keys are
+    /// disabled, only the stack's usage plans gain or lose keys.
+    Tagged,
+    /// The request sets the stack's tag and no other (`aws:RequestTag`, `aws:TagKeys`): a key is
+    /// created only as the stack's. Tagging on create is authorized as `POST` and as `PUT` on
+    /// `/tags/*`, the tagging resource.
+    Tagging,
+}
+
+/// The API Gateway calls it makes, as IAM actions on resource paths, and what each grant is
+/// conditioned on.
+pub const CONTROL_ACCESS: [(&str, &str, Scope); 10] = [
+    ("apigateway:DELETE", "/usageplans/*/keys/*", Scope::Tagged),
+    ("apigateway:GET", "/apikeys", Scope::Any),
+    ("apigateway:GET", "/apikeys/*", Scope::Any),
+    ("apigateway:GET", "/usageplans", Scope::Any),
+    ("apigateway:GET", "/usageplans/*", Scope::Any),
+    ("apigateway:GET", "/usageplans/*/keys", Scope::Any),
+    ("apigateway:PATCH", "/apikeys/*", Scope::Tagged),
+    ("apigateway:POST", "/apikeys", Scope::Tagging),
+    ("apigateway:POST", "/usageplans/*/keys", Scope::Tagged),
+    ("apigateway:PUT", "/tags/*", Scope::Tagging),
 ];
 
 /// Whether an invocation is the function's EventBridge schedule rather than an API request.
@@ -151,6 +179,7 @@ mod tests {
             clock: Arc::new(clock),
             admin: AdminAuth::Iam,
             caller: CallerSource::AuthorizerContext,
+            stack: None,
         };
         (api, dir, audit)
     }

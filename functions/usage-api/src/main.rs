@@ -20,7 +20,7 @@ use tollgate_usage_api::{FUNCTION_VARIABLES as VARIABLES, handle, identity};
 async fn main() -> Result<(), Error> {
     tollgate::logging::init_lambda();
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
-    let (state, policy) = (var(VARIABLES[0])?, var(VARIABLES[1])?);
+    let (state, policy, stack) = (var(VARIABLES[0])?, var(VARIABLES[1])?, var(VARIABLES[2])?);
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let admin = admin_client(&sdk);
     let api = UsageApi {
@@ -34,6 +34,7 @@ async fn main() -> Result<(), Error> {
         clock: Arc::new(SystemClock::new()),
         admin: AdminAuth::Iam,
         caller: CallerSource::AuthorizerContext,
+        stack: Some(stack),
     };
     let router = api.clone().router().layer(from_fn(identity));
     let (api, router) = (&api, &router);

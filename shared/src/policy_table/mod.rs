@@ -8,6 +8,8 @@
 //! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
 //! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
 //! - `sync#meta`: plan sync's `generation` (N);
+//! - `sync#lease`: the plan-sync run under way, `owner` (S), `until` (N, epoch seconds), `rerun`
+//!   (BOOL, another run asked for one more round);
 //! - `idem#<Idempotency-Key>`: the usage API's onboarding record, `record` (S, JSON);
 //! - `idem#<Idempotency-Key>#claim`: an onboarding attempt's claim, `until` (N), `owner` (S);
 //! - `revoke#<key id>`: a rotated-out key's pending revocation, `record` (S, JSON);
@@ -32,6 +34,8 @@ pub const PK: &str = "pk";
 pub const SHED_PK: &str = "shed#level";
 /// Plan sync's generation item.
 pub const META_PK: &str = "sync#meta";
+/// Plan sync's lease: one run at a time without reserved concurrency.
+pub const LEASE_PK: &str = "sync#lease";
 
 pub const KEY_PREFIX: &str = "key#";
 pub const TENANT_PREFIX: &str = "tenant#";

@@ -202,6 +202,10 @@ pub struct UsageApi {
     pub clock: Arc<dyn Clock>,
     pub admin: AdminAuth,
     pub caller: CallerSource,
+    /// The stack the usage API is part of: every key it creates carries `tollgate:stack` = this
+    /// name, the tag its role's rights on keys and usage plans are conditioned on. `None` (local
+    /// serve) creates keys without it.
+    pub stack: Option<String>,
 }
 
 impl UsageApi {

@@ -68,6 +68,7 @@ fn world(admin: AdminAuth) -> World {
         clock: Arc::new(clock.clone()),
         admin,
         caller: CallerSource::KeyHeader("x-api-key".into()),
+        stack: None,
     }
     .router();
     World {
@@ -568,6 +569,7 @@ async fn deployed_own_usage_takes_tenant_and_plan_from_the_authorizer_context_on
         clock: Arc::new(w.clock.clone()),
         admin: AdminAuth::Iam,
         caller: CallerSource::AuthorizerContext,
+        stack: None,
     }
     .router();
     let mut with_context = Request::get("/v1/usage").body(Body::empty()).expect("request");

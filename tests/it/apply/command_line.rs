@@ -2,6 +2,7 @@
 //! bad file refused with the field it names.
 
 use super::{AFTER, World};
+use crate::support::apigateway::UsagePlan;
 use crate::support::emulator;
 
 #[tokio::test]
@@ -9,9 +10,15 @@ async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_o
     use std::process::ExitCode;
     use tollgate_cli::commands::policy::Apply;
 
-    // GIVEN free with acme's key
+    // GIVEN free with acme's key, owned by stack tollgate-it (its tag: moto has no TagResource,
+    // so the plan is created with it rather than tagged by apply)
     let w = World::new("il-central-1").await;
-    let free = w.plan("free", 10.0, 20, 50_000).await;
+    let free = UsagePlan::named("free")
+        .throttle(10.0, 20)
+        .daily_quota(50_000)
+        .tag("tollgate:stack", "tollgate-it")
+        .create(&w.gw)
+        .await;
     w.key("acme", "tg_live_cli", &free).await;
     let dir = std::env::temp_dir().join(emulator::unique("apply-cli"));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -26,6 +33,7 @@ async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_o
             min_decisions: 20.0,
             metrics_namespace: "Tollgate".into(),
             actor: Some("ci".into()),
+            stack: Some("tollgate-it".into()),
             live: emulator::live(w.table.name(), w.region),
         }
     };
@@ -43,7 +51,16 @@ async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_o
         command(AFTER).run().await.map_err(|e| e.to_string()),
         Ok(ExitCode::SUCCESS)
     );
-    assert_eq!(w.gateway().await["gold"].3.len(), 1);
+    let gateway = w.gateway().await;
+    assert_eq!(gateway["gold"].3.len(), 1);
+    // AND with `--stack`, every plan of the file is the stack's: gold created so, free kept so
+    for plan in ["gold", "free"] {
+        assert_eq!(
+            gateway[plan].2.get("tollgate:stack").map(String::as_str),
+            Some("tollgate-it"),
+            "{plan}"
+        );
+    }
     let history = w.table.audit_log().history().await.expect("history");
     assert_eq!(
         (history[0].source.as_str(), history[0].actor.as_deref()),

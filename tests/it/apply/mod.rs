@@ -89,6 +89,7 @@ impl World {
             table: &self.table,
             clock: &self.clock,
             actor: Some("ci"),
+            stack: None,
         }
     }
 

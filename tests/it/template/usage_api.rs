@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_norway::Value;
+use tollgate::control::sync::mapping::TAG_STACK;
+use tollgate_usage_api::Scope;
 
 use super::{TEMPLATE, function, owned, parse, resources, statements, strings, untag, variable_names};
 
@@ -19,6 +21,10 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
     assert_eq!(set, tollgate_usage_api::FUNCTION_VARIABLES.into_iter().collect());
     assert_eq!(untag(&vars["TOLLGATE_STATE_TABLE"]).1, "StateTable");
     assert_eq!(untag(&vars["TOLLGATE_POLICY_TABLE"]).1, "PolicyTable");
+    assert_eq!(
+        untag(&vars[tollgate_usage_api::STACK_VAR]),
+        (Some("!Ref".into()), &Value::from("AWS::StackName"))
+    );
     // AND it may call exactly the DynamoDB actions the usage API calls, per table, and exactly
     // the API Gateway calls it makes
     let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -37,10 +43,11 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
                 let table = untag(&st["Resource"]).1.as_str().expect("a table ARN").to_owned();
                 tables.entry(table).or_default().insert(action);
             } else {
+                let scope = scope(&st["Condition"]);
                 for resource in st["Resource"].as_sequence().expect("resources") {
                     let arn = untag(resource).1.as_str().expect("an ARN").to_owned();
                     let path = arn.rsplit_once("::").expect("an API Gateway ARN").1.to_owned();
-                    control.insert((action.clone(), path));
+                    control.insert((action.clone(), path, scope));
                 }
             }
         }
@@ -66,11 +73,50 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
             ),
         ])
     );
-    let want: BTreeSet<(String, String)> = tollgate_usage_api::CONTROL_ACCESS
+    // AND exactly the API Gateway calls it makes, each write only on the stack's keys and usage
+    // plans (their `tollgate:stack` tag), a key created only with that tag
+    let want: BTreeSet<(String, String, Scope)> = tollgate_usage_api::CONTROL_ACCESS
         .iter()
-        .map(|(a, p)| ((*a).to_owned(), (*p).to_owned()))
+        .map(|(a, p, s)| ((*a).to_owned(), (*p).to_owned(), *s))
         .collect();
     assert_eq!(control, want);
+    assert!(
+        control
+            .iter()
+            .all(|(action, _, scope)| (action == "apigateway:GET") == (*scope == Scope::Any)),
+        "every write is scoped by the stack's tag: {control:?}"
+    );
+}
+
+/// What a statement's `Condition` scopes its API Gateway grant to; anything else fails.
+fn scope(condition: &Value) -> Scope {
+    let stack = parse("!Ref AWS::StackName");
+    let only_stack_tag = parse(&format!(r#"["{TAG_STACK}"]"#));
+    match condition.as_mapping().map(|m| m.len()) {
+        None => Scope::Any,
+        Some(1) if condition["StringEquals"][&format!("aws:ResourceTag/{TAG_STACK}")] == stack => Scope::Tagged,
+        Some(2)
+            if condition["StringEquals"][&format!("aws:RequestTag/{TAG_STACK}")] == stack
+                && condition["ForAllValues:StringEquals"]["aws:TagKeys"] == only_stack_tag =>
+        {
+            Scope::Tagging
+        }
+        _ => panic!("a condition other than the stack's tag: {condition:?}"),
+    }
+}
+
+#[test]
+fn every_usage_plan_of_the_stack_carries_the_stacks_tag() {
+    // The tag the usage API's role needs to put keys on a plan and take them off
+    let t = parse(TEMPLATE);
+    let plans = super::of_type(&t, "AWS::ApiGateway::UsagePlan");
+    assert!(!plans.is_empty());
+    let stack = parse("!Ref AWS::StackName");
+    for (id, plan) in plans {
+        let tags = plan["Properties"]["Tags"].as_sequence().expect("tags");
+        let tagged = tags.iter().any(|t| t["Key"] == TAG_STACK && t["Value"] == stack);
+        assert!(tagged, "{id}: {tags:?}");
+    }
 }
 
 #[test]

@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tollgate::aws::{admin_client, control_client};
 use tollgate::control::apigateway::ApiGateway;
+use tollgate::control::sync::mapping::TAG_STACK;
 use tollgate::directory::{Directory, DynamoDirectory, MemoryDirectory};
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::policy::{Plan, PlanSpec};
@@ -30,6 +31,8 @@ use crate::support::emulator;
 use crate::support::loopback::Running;
 
 const TOKEN: &str = "it-admin-token";
+/// The stack the usage API is part of here: the `tollgate:stack` tag of every key it creates.
+const STACK: &str = "tollgate-it";
 
 // 2026-11-28T10:00:00Z
 const START: Timestamp = Timestamp::from_secs(1_795_860_000);
@@ -125,6 +128,7 @@ impl World {
             clock: Arc::new(clock.clone()),
             admin: AdminAuth::Bearer(TOKEN.into()),
             caller: CallerSource::KeyHeader("x-api-key".into()),
+            stack: Some(STACK.to_owned()),
         };
         let server = Running::start(api.clone().router()).await;
         World {
@@ -204,6 +208,12 @@ impl World {
             .filter(|k| k.customer_id() == Some(tenant))
             .filter_map(|k| k.id().map(str::to_owned))
             .collect()
+    }
+
+    /// The `tollgate:stack` tag of API Gateway's key `id`, as GetApiKey answers.
+    async fn stack_tag_of(&self, id: &str) -> Option<String> {
+        let key = self.gw.get_api_key().api_key(id).send().await.expect("get api key");
+        key.tags().and_then(|t| t.get(TAG_STACK)).cloned()
     }
 
     async fn plan_keys(&self) -> BTreeSet<String> {

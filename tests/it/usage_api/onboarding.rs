@@ -11,7 +11,7 @@ use tollgate::directory::Directory;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::identity::ApiKeyHash;
 
-use super::{World, admitted};
+use super::{STACK, World, admitted};
 use crate::support::emulator;
 use crate::support::fault_proxy::{Fault, FaultProxy};
 
@@ -29,6 +29,8 @@ async fn onboarding_creates_a_key_on_the_usage_plan_that_the_gate_admits_at_once
     assert_eq!(w.keys_of("acme").await, vec![id.clone()]);
     assert!(w.plan_keys().await.contains(&id));
     assert!(admitted(&w.gate(), &value).await);
+    // AND the key is the stack's: tagged with its name, the tag its role may disable it by
+    assert_eq!(w.stack_tag_of(&id).await.as_deref(), Some(STACK));
     // AND the registry holds the hash, never the value
     let rec = w
         .dir

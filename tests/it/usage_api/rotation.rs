@@ -11,7 +11,7 @@ use tollgate::engine::identity::ApiKeyHash;
 use tollgate::usage_api::registry::Registry;
 use tollgate_usage_api::SCHEDULE_ACTOR;
 
-use super::{World, admitted};
+use super::{STACK, World, admitted};
 
 #[tokio::test]
 async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
@@ -26,6 +26,10 @@ async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
         .await;
     let new = rotated["key"]["value"].as_str().expect("new value").to_owned();
     assert_eq!(rotated["revoking"][0]["id"], old_id.as_str());
+    // AND the new key is the stack's, as the onboarded one is: tagged with its name
+    let new_id = rotated["key"]["id"].as_str().expect("new id");
+    assert_eq!(w.stack_tag_of(new_id).await.as_deref(), Some(STACK));
+    assert_eq!(w.stack_tag_of(&old_id).await.as_deref(), Some(STACK));
     // THEN both keys are admitted until the grace period ends
     w.clock.advance(Duration::from_secs(299));
     let tenant_view = w

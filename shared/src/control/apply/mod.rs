@@ -81,6 +81,9 @@ pub struct Context<'a> {
     pub table: &'a PolicyTable,
     pub clock: &'a dyn Clock,
     pub actor: Option<&'a str>,
+    /// The stack that owns the plans apply manages (`tollgate:stack`, which lets that stack's
+    /// usage API put keys on them); `None` leaves each plan's tag as it is.
+    pub stack: Option<&'a str>,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -88,6 +91,7 @@ impl std::fmt::Debug for Context<'_> {
         f.debug_struct("Context")
             .field("table", &self.table.name())
             .field("actor", &self.actor)
+            .field("stack", &self.stack)
             .finish_non_exhaustive()
     }
 }
@@ -97,7 +101,7 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
     let read = |e: ControlError| ApplyError::Read(e.to_string());
     let plans = cx.control.usage_plans().await.map_err(read)?;
     let keys = cx.control.api_keys().await.map_err(read)?;
-    let (steps, mut checkpoint) = plan_apply(file, &plans, &keys)?;
+    let (steps, mut checkpoint) = plan_apply(file, &plans, &keys, cx.stack)?;
     let current = cx.table.read().await.map_err(|e| ApplyError::Read(e.to_string()))?;
     checkpoint.table = current.records.clone();
     let summary = format!("apply: {} API Gateway call(s)", steps.len());

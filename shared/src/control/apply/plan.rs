@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::apigateway::model::{ApiKey, QuotaPeriod, Throttle, UsagePlan};
 use crate::control::apigateway::writes::{NewUsagePlan, Patch};
 use crate::control::apply::ApplyError;
-use crate::control::sync::mapping::{self, TAG_PLAN};
+use crate::control::sync::mapping::{self, TAG_PLAN, TAG_STACK};
 use crate::engine::policy::PlanSpec;
 use crate::policy_file::{PolicyFile, TenantEntry};
 use crate::policy_table::Record;
@@ -222,9 +222,11 @@ fn patches(live: &UsagePlan, throttle: Option<(f64, i32)>, quota: Option<(i32, &
     out
 }
 
-/// The tag step that gives `live` exactly these `tollgate:*` tags, its `tollgate:plan` kept.
-/// Tags a plan without them would default to (priority 0, fail mode open, no shadow) count as
-/// present, so a plan written by hand is not retagged for saying nothing.
+/// The tag step that gives `live` exactly these `tollgate:*` tags, its `tollgate:plan` and
+/// `tollgate:stack` kept unless `want` sets them (the stack's tag is what lets the usage API's
+/// role change the plan's keys). Tags a plan without them would default to (priority 0, fail
+/// mode open, no shadow) count as present, so a plan written by hand is not retagged for saying
+/// nothing.
 fn retag(live: &UsagePlan, want: &BTreeMap<String, String>) -> Option<ApplyStep> {
     let defaults = [
         ("tollgate:priority", "0"),
@@ -240,12 +242,14 @@ fn retag(live: &UsagePlan, want: &BTreeMap<String, String>) -> Option<ApplyStep>
         v
     };
     let have = tollgate_tags(&live.tags);
-    if view(&live.tags) == view(want) {
-        return None;
-    }
     let mut set = want.clone();
-    if let Some(p) = have.get(TAG_PLAN) {
-        set.insert(TAG_PLAN.to_owned(), p.clone());
+    for kept in [TAG_PLAN, TAG_STACK] {
+        if let Some(v) = have.get(kept) {
+            set.entry(kept.to_owned()).or_insert_with(|| v.clone());
+        }
+    }
+    if view(&live.tags) == view(&set) {
+        return None;
     }
     let remove = have.keys().filter(|k| !set.contains_key(*k)).cloned().collect();
     Some(ApplyStep::TagPlan {
@@ -260,14 +264,16 @@ fn retag(live: &UsagePlan, want: &BTreeMap<String, String>) -> Option<ApplyStep>
 type PlanIds<'a> = BTreeMap<&'a str, Option<&'a str>>;
 
 /// The steps that make API Gateway say what the file says, and the checkpoint they start from
-/// (its table part is filled by the caller). Validates everything first.
+/// (its table part is filled by the caller). Validates everything first. With `stack`, every
+/// plan of the file carries `tollgate:stack` = `stack` (created so, or tagged).
 pub fn plan_apply(
     file: &PolicyFile,
     plans: &[UsagePlan],
     keys: &[ApiKey],
+    stack: Option<&str>,
 ) -> Result<(Vec<ApplyStep>, Checkpoint), ApplyError> {
     let mut checkpoint = Checkpoint::default();
-    let (mut steps, ids) = plan_usage_plans(file, plans, &mut checkpoint)?;
+    let (mut steps, ids) = plan_usage_plans(file, plans, stack, &mut checkpoint)?;
     steps.extend(plan_key_moves(file, plans, keys, &ids, &mut checkpoint)?);
     Ok((steps, checkpoint))
 }
@@ -276,6 +282,7 @@ pub fn plan_apply(
 fn plan_usage_plans<'a>(
     file: &'a PolicyFile,
     plans: &'a [UsagePlan],
+    stack: Option<&str>,
     checkpoint: &mut Checkpoint,
 ) -> Result<(Vec<ApplyStep>, PlanIds<'a>), ApplyError> {
     let mut by_name: BTreeMap<&str, Vec<&UsagePlan>> = BTreeMap::new();
@@ -292,7 +299,10 @@ fn plan_usage_plans<'a>(
             [live] => Some(*live),
             _ => None,
         };
-        let fields = usage_fields(name, spec, live.is_none_or(mapping::is_guarded))?;
+        let mut fields = usage_fields(name, spec, live.is_none_or(mapping::is_guarded))?;
+        if let Some(stack) = stack {
+            fields.2.insert(TAG_STACK.to_owned(), stack.to_owned());
+        }
         match matching {
             [] => {
                 create.push(create_plan(name, spec, fields)?);

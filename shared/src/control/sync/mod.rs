@@ -5,10 +5,12 @@
 //!
 //! - `mapping`: pure: what the table should say, and what cannot be honoured (`SyncProblem`).
 //! - `table`: reading the policy table, the minimal diff, applying it without interleaving.
+//! - `lease`: one run at a time (`run_leased`), and a rerun when a change arrives during one.
 //!
-//! The Lambda (`functions/plan-sync`, which owns its environment and IAM contract) and
-//! `tollgate sync` both call `run`.
+//! The Lambda (`functions/plan-sync`, which owns its environment and IAM contract) calls
+//! `lease::run_leased`; `tollgate sync` calls `run` (an operator's sync runs now).
 
+pub mod lease;
 pub mod mapping;
 pub mod table;
 

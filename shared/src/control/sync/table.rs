@@ -127,6 +127,11 @@ impl PolicyTable {
         &self.table
     }
 
+    /// The DynamoDB client, for the sync's lease (`lease`).
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The audit trail, kept in the same table.
     pub fn audit_log(&self) -> crate::policy_table::audit::AuditLog {
         crate::policy_table::audit::AuditLog::new(self.client.clone(), &self.table)

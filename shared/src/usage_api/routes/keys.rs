@@ -52,7 +52,7 @@ pub(in crate::usage_api) async fn rotate(
             description: Some("rotated by the Tollgate usage API".to_owned()),
             enabled: true,
             value: None,
-            tags: Default::default(),
+            tags: api.key_tags(),
         })
         .await?;
     control.create_usage_plan_key(&plan_id, &key.id).await?;

@@ -8,6 +8,7 @@ pub(super) mod shed;
 pub(super) mod tenants;
 pub(super) mod usage;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,7 +17,7 @@ use super::problem::Problem;
 use super::{AuditSink, UsageApi};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::writes::{ControlWrites, Patch};
-use crate::control::sync::mapping::plan_name;
+use crate::control::sync::mapping::{TAG_STACK, plan_name};
 use crate::engine::clock::Timestamp;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 
@@ -62,6 +63,11 @@ impl UsageApi {
                     format!("plan `{plan}` has no usage plan in API Gateway (name it `{plan}` or tag it `tollgate:plan={plan}`)"),
                 )
             })
+    }
+
+    /// The tags of a key the usage API creates: its stack's, when it has one.
+    fn key_tags(&self) -> BTreeMap<String, String> {
+        self.stack.iter().map(|s| (TAG_STACK.to_owned(), s.clone())).collect()
     }
 
     /// API Gateway's write port, or 503 saying how to get one for `what`.

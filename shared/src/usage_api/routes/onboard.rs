@@ -107,7 +107,7 @@ impl Onboarding<'_> {
                         description: Some("created by the Tollgate usage API".to_owned()),
                         enabled: true,
                         value: None,
-                        tags: Default::default(),
+                        tags: api.key_tags(),
                     })
                     .await?
             }

@@ -31,7 +31,7 @@ fn a_changed_rate_a_new_plan_and_a_moved_tenant_are_the_fewest_calls() {
     .expect("valid");
     let plans = [live("p1", "free", 1.0, &["k1"])];
     // WHEN planned
-    let (steps, cp) = plan_apply(&file, &plans, &[key("k1", "acme")]).expect("valid");
+    let (steps, cp) = plan_apply(&file, &plans, &[key("k1", "acme")], None).expect("valid");
     // THEN create gold, patch free's rate only, take the key off free, put it on gold
     let shown: Vec<String> = steps.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -81,7 +81,7 @@ fn a_changed_rate_a_new_plan_and_a_moved_tenant_are_the_fewest_calls() {
 fn what_cannot_be_applied_names_the_field_and_touches_nothing() {
     let plans = [live("p1", "free", 1.0, &[])];
     let big = PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 5\ndaily_quota = 5000000000\n").expect("valid");
-    let e = plan_apply(&big, &plans, &[]).expect_err("too big");
+    let e = plan_apply(&big, &plans, &[], None).expect_err("too big");
     assert!(
         e.to_string()
             .starts_with("plan `free`: `daily_quota`: 5000000000 is above"),
@@ -89,7 +89,7 @@ fn what_cannot_be_applied_names_the_field_and_touches_nothing() {
     );
     let ghost =
         PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 5\n[tenants.ghost]\nplan = \"free\"\n").expect("valid");
-    let e = plan_apply(&ghost, &plans, &[]).expect_err("no keys");
+    let e = plan_apply(&ghost, &plans, &[], None).expect_err("no keys");
     assert!(e.to_string().starts_with("tenant `ghost`: `tenants`"), "{e}");
 }
 
@@ -99,6 +99,42 @@ fn a_file_that_matches_api_gateway_needs_no_call() {
         PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 5\ndaily_quota = 1000\n[tenants.acme]\nplan = \"free\"\n")
             .expect("valid");
     let plans = [live("p1", "free", 1.0, &["k1"])];
-    let (steps, _) = plan_apply(&file, &plans, &[key("k1", "acme")]).expect("valid");
+    let (steps, _) = plan_apply(&file, &plans, &[key("k1", "acme")], None).expect("valid");
     assert!(steps.is_empty(), "{steps:?}");
+}
+
+#[test]
+fn a_stack_name_tags_every_plan_of_the_file_and_a_plans_stack_tag_is_kept_without_one() {
+    // GIVEN free owned by stack `prod` (its tag), and a file changing free and adding gold
+    let file = PolicyFile::parse(
+        "[plans.free]\nrate = 2.0\nburst = 5\ndaily_quota = 1000\n[plans.gold]\nrate = 10.0\nburst = 20\n",
+    )
+    .expect("valid");
+    let mut free = live("p1", "free", 1.0, &[]);
+    free.tags.insert(TAG_STACK.into(), "prod".into());
+    let plans = [free];
+    // WHEN planned without a stack name
+    let (steps, _) = plan_apply(&file, &plans, &[], None).expect("valid");
+    // THEN free keeps its stack's tag (no retag takes it off), and gold is created without one
+    for step in &steps {
+        if let ApplyStep::TagPlan { remove, .. } = step {
+            assert!(!remove.contains(&TAG_STACK.to_owned()), "{step:?}");
+        }
+        if let ApplyStep::CreatePlan(p) = step {
+            assert!(!p.tags.contains_key(TAG_STACK), "{p:?}");
+        }
+    }
+    // WHEN planned with `--stack prod`
+    let (steps, _) = plan_apply(&file, &plans, &[], Some("prod")).expect("valid");
+    // THEN gold is created owned by the stack, and free, which has the tag, is not retagged for it
+    let ApplyStep::CreatePlan(gold) = &steps[0] else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(gold.tags.get(TAG_STACK).map(String::as_str), Some("prod"));
+    // AND a plan without the tag gets it
+    let (steps, _) = plan_apply(&file, &[live("p1", "free", 1.0, &[])], &[], Some("prod")).expect("valid");
+    let tagged = steps.iter().any(|s| {
+        matches!(s, ApplyStep::TagPlan { id, set, .. } if id == "p1" && set.get(TAG_STACK).map(String::as_str) == Some("prod"))
+    });
+    assert!(tagged, "{steps:?}");
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 pub use self::tags::{
-    GUARD_FACTOR, TAG_BURST, TAG_PLAN, TAG_RATE, TAGS, guard, guarded_tags_for, is_guarded, parse_notify,
+    GUARD_FACTOR, TAG_BURST, TAG_PLAN, TAG_RATE, TAG_STACK, TAGS, guard, guarded_tags_for, is_guarded, parse_notify,
     parse_weights, plan_spec, tags_for,
 };
 use crate::control::apigateway::model::{ApiKey, UsagePlan};

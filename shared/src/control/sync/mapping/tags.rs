@@ -21,8 +21,12 @@ pub(super) const TAG_FAIL_MODE: &str = "tollgate:fail_mode";
 pub(super) const TAG_SHADOW: &str = "tollgate:shadow";
 /// Quota-notice thresholds in percent (`80,100`), or `none`.
 pub(super) const TAG_NOTIFY: &str = "tollgate:notify";
-/// Every `tollgate:*` tag sync reads; any other is reported (a typo must not pass silently).
-pub const TAGS: [&str; 10] = [
+/// The stack that owns a usage plan or API key (its name): the usage API's role may change only
+/// the plans and keys that carry its stack's (tag-based access control). It says nothing about
+/// the plan; `policy apply` keeps it.
+pub const TAG_STACK: &str = "tollgate:stack";
+/// Every `tollgate:*` tag sync knows; any other is reported (a typo must not pass silently).
+pub const TAGS: [&str; 11] = [
     TAG_PLAN,
     TAG_RATE,
     TAG_BURST,
@@ -33,6 +37,7 @@ pub const TAGS: [&str; 10] = [
     TAG_FAIL_MODE,
     TAG_SHADOW,
     TAG_NOTIFY,
+    TAG_STACK,
 ];
 
 /// The plan a usage plan describes, validated as a policy file's plan is.

@@ -1,5 +1,8 @@
 //! Plan sync on the emulator, driven through the API Gateway SDK as awscli would: usage plans,
-//! keys and usage-plan keys in; the policy table the authorizer reads out.
+//! keys and usage-plan keys in; the policy table the authorizer reads out. `lease`: one run at a
+//! time, and the rerun a change during a run asks for.
+
+mod lease;
 
 use std::sync::Arc;
 
@@ -24,6 +27,9 @@ struct World {
     table: PolicyTable,
     directory: DynamoDirectory,
     clock: ManualClock,
+    /// The policy table's client and name, to read an item as it is stored.
+    db: aws_sdk_dynamodb::Client,
+    name: String,
 }
 
 impl World {
@@ -44,8 +50,10 @@ impl World {
             gw: control_client(&sdk),
             control: ApiGateway::new(control_client(&control_sdk), fast_backoff(5)),
             table: PolicyTable::new(dynamodb.clone(), &name),
-            directory: DynamoDirectory::new(dynamodb, &name),
+            directory: DynamoDirectory::new(dynamodb.clone(), &name),
             clock: ManualClock::new(Timestamp::from_secs(1_795_000_000)),
+            db: dynamodb,
+            name,
         }
     }
 

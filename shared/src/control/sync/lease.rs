@@ -1,0 +1,276 @@
+//! One plan-sync run at a time without reserved concurrency: the lease item `sync#lease`.
+//!
+//! Concurrent runs are correct anyway (every write is conditioned on `sync#meta`'s generation),
+//! but each re-reads all of API Gateway. So a run first takes the lease (a conditional put with
+//! an owner token and an expiry past the function's timeout). A run that finds it held does not
+//! sync: it sets the lease's `rerun` (an update, so a change that arrived during the holder's run
+//! is never dropped) and returns. The holder, when done, deletes the lease on condition that it
+//! still owns it and `rerun` is still false; when that fails because `rerun` was set, it clears
+//! `rerun`, renews the expiry and runs once more, at most `MAX_ROUNDS` rounds. A crashed holder's
+//! lease lapses at its expiry, read from the injected clock (`until`, epoch seconds).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::Serialize;
+
+use super::table::{PolicyTable, TableError};
+use super::{SyncError, SyncReport};
+use crate::control::apigateway::ControlPlane;
+use crate::engine::clock::{Clock, Timestamp};
+use crate::policy_table::record::number;
+use crate::policy_table::{LEASE_PK, PK, read_item};
+
+/// How long a lease holds without renewal: the plan-sync function's timeout (600 s) and a minute
+/// for clocks that disagree (a template contract test keeps it past the timeout).
+pub const LEASE: Duration = Duration::from_secs(660);
+/// Rounds one holder runs at most; a rerun asked for during the last is left to the next trigger
+/// (the schedule at the latest).
+pub const MAX_ROUNDS: usize = 3;
+/// Tries to take a lease that keeps being released and taken between the put and the update.
+const TAKE_TRIES: u32 = 3;
+
+/// What a leased run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LeasedRun {
+    /// Another run held the lease: this one asked it to run again and did not sync.
+    pub deferred: bool,
+    /// Each round's report, in order (one unless a rerun was asked for).
+    pub rounds: Vec<SyncReport>,
+}
+
+/// What taking the lease came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// This run holds it.
+    Held,
+    /// Another run holds it; its `rerun` is now set.
+    RerunAsked,
+}
+
+/// What letting go came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Deleted: no rerun was asked for since this holder last took or renewed it.
+    Released,
+    /// A rerun was asked for: the lease is still this holder's.
+    Rerun,
+    /// The lease is no longer this holder's (it lapsed and another run took it).
+    Lost,
+}
+
+/// The lease as one run (its `owner` token) sees it.
+#[derive(Debug)]
+pub struct Lease<'a> {
+    table: &'a PolicyTable,
+    owner: String,
+}
+
+impl<'a> Lease<'a> {
+    pub fn new(table: &'a PolicyTable, owner: impl Into<String>) -> Lease<'a> {
+        Lease {
+            table,
+            owner: owner.into(),
+        }
+    }
+
+    /// Takes the lease when it is free or lapsed at `now`; else asks its holder to run again.
+    pub async fn take(&self, now: Timestamp) -> Result<Take, TableError> {
+        for _ in 0..TAKE_TRIES {
+            let put = self
+                .table
+                .client()
+                .put_item()
+                .table_name(self.table.name())
+                .set_item(Some(self.item(now)))
+                .condition_expression("attribute_not_exists(#pk) OR #until < :now")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#until", "until")
+                .expression_attribute_values(":now", secs(now))
+                .send()
+                .await;
+            match put {
+                Ok(_) => return Ok(Take::Held),
+                Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(self.unavailable(e)),
+            }
+            // Held: ask for a rerun, unless it was released or lapsed meanwhile (then take it).
+            let mark = self
+                .table
+                .client()
+                .update_item()
+                .table_name(self.table.name())
+                .key(PK, AttributeValue::S(LEASE_PK.to_owned()))
+                .update_expression("SET #rerun = :true")
+                .condition_expression("attribute_exists(#pk) AND #until >= :now")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#until", "until")
+                .expression_attribute_names("#rerun", "rerun")
+                .expression_attribute_values(":now", secs(now))
+                .expression_attribute_values(":true", AttributeValue::Bool(true))
+                .send()
+                .await;
+            match mark {
+                Ok(_) => return Ok(Take::RerunAsked),
+                Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(self.unavailable(e)),
+            }
+        }
+        Err(TableError::Superseded)
+    }
+
+    /// Holds the lease for another round from `now`, the rerun it answers cleared; `false` when
+    /// it is no longer this holder's.
+    pub async fn renew(&self, now: Timestamp) -> Result<bool, TableError> {
+        let update = self
+            .table
+            .client()
+            .update_item()
+            .table_name(self.table.name())
+            .key(PK, AttributeValue::S(LEASE_PK.to_owned()))
+            .update_expression("SET #rerun = :false, #until = :until")
+            .condition_expression("#owner = :me")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#until", "until")
+            .expression_attribute_names("#rerun", "rerun")
+            .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":until", secs(now.saturating_add(LEASE)))
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(false),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// Lets go, unless a rerun was asked for since this holder last took or renewed the lease:
+    /// the delete's condition fails then, so a rerun set during the release is never lost.
+    pub async fn release(&self) -> Result<Release, TableError> {
+        if self.delete("#owner = :me AND #rerun = :false").await? {
+            return Ok(Release::Released);
+        }
+        let item = read_item(self.table.client(), self.table.name(), LEASE_PK)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let ours = item.as_ref().and_then(|i| i.get("owner")).and_then(|v| v.as_s().ok()) == Some(&self.owner);
+        Ok(if ours { Release::Rerun } else { Release::Lost })
+    }
+
+    /// Lets go whatever was asked (a run that failed, or ran its last round); a lease no longer
+    /// this holder's is left alone.
+    pub async fn abandon(&self) -> Result<(), TableError> {
+        self.delete("#owner = :me").await.map(drop)
+    }
+
+    /// Deletes the lease on `condition`; `false` when the condition failed.
+    async fn delete(&self, condition: &str) -> Result<bool, TableError> {
+        let mut call = self
+            .table
+            .client()
+            .delete_item()
+            .table_name(self.table.name())
+            .key(PK, AttributeValue::S(LEASE_PK.to_owned()))
+            .condition_expression(condition)
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()));
+        if condition.contains("#rerun") {
+            call = call
+                .expression_attribute_names("#rerun", "rerun")
+                .expression_attribute_values(":false", AttributeValue::Bool(false));
+        }
+        match call.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(false),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    fn item(&self, now: Timestamp) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            (PK.to_owned(), AttributeValue::S(LEASE_PK.to_owned())),
+            ("owner".to_owned(), AttributeValue::S(self.owner.clone())),
+            ("until".to_owned(), secs(now.saturating_add(LEASE))),
+            ("rerun".to_owned(), AttributeValue::Bool(false)),
+        ])
+    }
+
+    fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> TableError {
+        TableError::Unavailable {
+            table: self.table.name().to_owned(),
+            detail: DisplayErrorContext(e).to_string(),
+        }
+    }
+}
+
+/// When the lease lapses (epoch seconds), as stored; `None` when none is held.
+pub async fn lease_until(table: &PolicyTable) -> Result<Option<u64>, TableError> {
+    let item = read_item(table.client(), table.name(), LEASE_PK)
+        .await
+        .map_err(|e| TableError::Unavailable {
+            table: table.name().to_owned(),
+            detail: DisplayErrorContext(e).to_string(),
+        })?;
+    Ok(item.and_then(|i| number(&i, "until")))
+}
+
+fn secs(t: Timestamp) -> AttributeValue {
+    AttributeValue::N(t.as_secs().to_string())
+}
+
+/// `sync::run` under the lease, as the plan-sync function runs it: `owner` names this run (the
+/// invocation's request id). A run that finds the lease held asks its holder to run again and
+/// returns `deferred`; the holder runs until no rerun was asked for, at most `MAX_ROUNDS` rounds.
+pub async fn run_leased(
+    control: &dyn ControlPlane,
+    table: &PolicyTable,
+    clock: &dyn Clock,
+    actor: Option<&str>,
+    owner: &str,
+) -> Result<LeasedRun, SyncError> {
+    let lease = Lease::new(table, owner);
+    if lease.take(clock.now()).await? == Take::RerunAsked {
+        tracing::info!("another sync holds the lease; asked it to run again");
+        return Ok(LeasedRun {
+            deferred: true,
+            rounds: Vec::new(),
+        });
+    }
+    let mut done = LeasedRun::default();
+    loop {
+        let report = match super::run(control, table, clock, actor).await {
+            Ok(report) => report,
+            Err(e) => {
+                // The next trigger need not wait for the lease to lapse.
+                if let Err(release) = lease.abandon().await {
+                    tracing::warn!(error = %release, "the sync's lease was not released; it lapses");
+                }
+                return Err(e);
+            }
+        };
+        done.rounds.push(report);
+        match lease.release().await? {
+            Release::Released | Release::Lost => return Ok(done),
+            Release::Rerun if done.rounds.len() < MAX_ROUNDS => {
+                if !lease.renew(clock.now()).await? {
+                    return Ok(done);
+                }
+                tracing::info!(
+                    round = done.rounds.len() + 1,
+                    "a change arrived during the sync; running again"
+                );
+            }
+            Release::Rerun => {
+                tracing::warn!(
+                    rounds = MAX_ROUNDS,
+                    "changes kept arriving; the next trigger syncs the rest"
+                );
+                lease.abandon().await?;
+                return Ok(done);
+            }
+        }
+    }
+}

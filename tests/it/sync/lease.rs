@@ -1,0 +1,178 @@
+//! Plan sync's lease on the emulator: where two runs meet on `sync#lease`. Runs are interleaved
+//! by a control plane that holds one run after its snapshot of API Gateway (`Paused`, the real
+//! adapter underneath); time is the world's `ManualClock`, far from the system's.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tollgate::control::apigateway::model::{ApiKey, UsagePlan};
+use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
+use tollgate::control::sync::lease::{LEASE, Lease, Release, Take, lease_until, run_leased};
+use tollgate::engine::clock::Clock;
+use tollgate::policy_table::{LEASE_PK, read_item};
+
+use super::World;
+
+/// The real control plane, holding the first run that reads the keys until the test lets it
+/// go: that run's snapshot is taken, and the test acts while the run is under way.
+#[derive(Debug)]
+struct Paused<'a> {
+    inner: &'a ApiGateway,
+    reached: Notify,
+    resume: Notify,
+    held: AtomicBool,
+}
+
+impl<'a> Paused<'a> {
+    fn new(inner: &'a ApiGateway) -> Paused<'a> {
+        Paused {
+            inner,
+            reached: Notify::new(),
+            resume: Notify::new(),
+            held: AtomicBool::new(false),
+        }
+    }
+}
+
+#[async_trait]
+impl ControlPlane for Paused<'_> {
+    async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        self.inner.usage_plans().await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError> {
+        let keys = self.inner.api_keys().await;
+        if !self.held.swap(true, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.resume.notified().await;
+        }
+        keys
+    }
+}
+
+impl World {
+    /// The lease item's `owner` and `rerun`, as stored; `None` when there is none.
+    async fn lease(&self) -> Option<(String, bool)> {
+        let item = read_item(&self.db, &self.name, LEASE_PK).await.expect("read lease")?;
+        let owner = item["owner"].as_s().expect("owner").clone();
+        Some((owner, *item["rerun"].as_bool().expect("rerun")))
+    }
+}
+
+#[tokio::test]
+async fn a_run_that_finds_the_lease_held_asks_for_a_rerun_and_the_holder_syncs_what_arrived() {
+    // GIVEN a plan with one key
+    let w = World::new("ap-southeast-4").await;
+    let plan = w.plan("lease-a", 1.0, 5, 1000, &[]).await;
+    w.key("k1", Some("t1"), "tg_live_lease_1", &plan).await;
+    let paused = Paused::new(&w.control);
+
+    // WHEN run A takes the lease and reads API Gateway, and while it is under way a second key
+    // arrives and run B (its trigger) starts
+    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a");
+    let b = async {
+        paused.reached.notified().await;
+        let k2 = w.key("k2", Some("t2"), "tg_live_lease_2", &plan).await;
+        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b")
+            .await
+            .expect("run b");
+        let lease = w.lease().await;
+        paused.resume.notify_one();
+        (b, lease, k2)
+    };
+    let (a, (b, lease_during, k2)) = tokio::join!(a, b);
+    let a = a.expect("run a");
+
+    // THEN B did not sync: it found A's lease and set its rerun
+    assert!(b.deferred && b.rounds.is_empty(), "{b:?}");
+    assert_eq!(lease_during, Some(("run-a".to_owned(), true)));
+    // AND A ran once more: its first round wrote its snapshot (k1), its second the key that
+    // arrived during the first
+    assert!(!a.deferred);
+    assert_eq!(a.rounds.len(), 2, "{a:?}");
+    assert_eq!(a.rounds[0].keys, 1);
+    assert_eq!(a.rounds[1].keys, 2);
+    assert_eq!(
+        a.rounds[1].created,
+        vec![format!("key {k2} → tenant t2"), "tenant#t2 → plan lease-a".to_owned()]
+    );
+    assert_eq!(
+        w.resolve("tg_live_lease_2").await,
+        Some(("t2".into(), "lease-a".into()))
+    );
+    // AND the lease is released
+    assert_eq!(w.lease().await, None);
+}
+
+#[tokio::test]
+async fn a_crashed_holders_lease_lapses_at_its_expiry_on_the_injected_clock() {
+    // GIVEN a run that took the lease and crashed (never released it)
+    let w = World::new("me-central-1").await;
+    let plan = w.plan("lease-b", 1.0, 5, 1000, &[]).await;
+    w.key("k1", Some("t1"), "tg_live_lease_3", &plan).await;
+    let taken_at = w.clock.now();
+    let crashed = Lease::new(&w.table, "crashed");
+    assert_eq!(crashed.take(taken_at).await.expect("take"), Take::Held);
+    // THEN its expiry is the injected clock's time plus the lease (the world's clock is far
+    // from the system's: an expiry from the system clock would differ)
+    let until = lease_until(&w.table).await.expect("read").expect("a lease");
+    assert_eq!(until, taken_at.saturating_add(LEASE).as_secs());
+
+    // WHEN a run starts up to the expiry itself
+    w.clock.set(taken_at.saturating_add(LEASE));
+    let early = run_leased(&w.control, &w.table, &w.clock, None, "early")
+        .await
+        .expect("run");
+    // THEN it does not sync: the lease still holds
+    assert!(early.deferred, "{early:?}");
+    assert_eq!(w.resolve("tg_live_lease_3").await, None);
+
+    // WHEN a run starts one second past the expiry
+    w.clock.advance(Duration::from_secs(1));
+    let late = run_leased(&w.control, &w.table, &w.clock, None, "late")
+        .await
+        .expect("run");
+    // THEN it takes the lapsed lease, syncs once (the crashed run's rerun went with its lease)
+    // and releases it
+    assert!(!late.deferred);
+    assert_eq!(late.rounds.len(), 1, "{late:?}");
+    assert_eq!(
+        w.resolve("tg_live_lease_3").await,
+        Some(("t1".into(), "lease-b".into()))
+    );
+    assert_eq!(w.lease().await, None);
+    // AND the crashed run, were it to wake, finds the lease no longer its own
+    assert_eq!(crashed.release().await.expect("release"), Release::Lost);
+}
+
+#[tokio::test]
+async fn a_rerun_asked_just_before_the_holders_release_makes_the_release_fail_and_is_kept() {
+    // GIVEN run A holding the lease (no API Gateway call is made here)
+    let w = World::new("me-central-1").await;
+    let now = w.clock.now();
+    let a = Lease::new(&w.table, "a");
+    let b = Lease::new(&w.table, "b");
+    assert_eq!(a.take(now).await.expect("take"), Take::Held);
+
+    // WHEN B asks for a rerun after A's last read of the lease, then A releases
+    assert_eq!(b.take(now).await.expect("take"), Take::RerunAsked);
+    // THEN A's release fails on its condition: the lease stays A's, the rerun still asked
+    assert_eq!(a.release().await.expect("release"), Release::Rerun);
+    assert_eq!(w.lease().await, Some(("a".to_owned(), true)));
+
+    // WHEN A renews for its next round (which answers the rerun), and B asks again
+    assert!(a.renew(now).await.expect("renew"));
+    assert_eq!(w.lease().await, Some(("a".to_owned(), false)));
+    assert_eq!(b.take(now).await.expect("take"), Take::RerunAsked);
+    // THEN that rerun is kept as well
+    assert_eq!(a.release().await.expect("release"), Release::Rerun);
+
+    // AND once nothing was asked since A's last renewal, its release deletes the lease
+    assert!(a.renew(now).await.expect("renew"));
+    assert_eq!(a.release().await.expect("release"), Release::Released);
+    assert_eq!(w.lease().await, None);
+    // AND B, whose lease it never was, cannot renew it
+    assert!(!b.renew(now).await.expect("renew"));
+}
