@@ -11,11 +11,12 @@ use axum::http::{StatusCode, Uri};
 use super::Api;
 use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
+use crate::engine::policy::Limits;
 use crate::engine::policy::Plan;
-use crate::engine::quota::{Counter, Period, days_from_civil};
+use crate::engine::quota::{Calendar, Period, days_from_civil, format_utc};
 use crate::usage_api::http::{Admin, Answer, QueryNames, Tenant, json, param, query, single_header};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::views::{History, PeriodUsage, period_label, usage_view};
+use crate::usage_api::views::{History, PeriodUsage, usage_view};
 use crate::usage_api::{AuthorizedPlan, AuthorizedTenant, CallerSource, PLAN_CACHE_TTL, UsageApi};
 
 /// The plans `GET /v1/usage` read lately, each with when it was read: a tenant reading its
@@ -74,7 +75,7 @@ pub(in crate::usage_api) async fn own_usage(
             format!("tenant `{tenant}` is on plan `{plan_name}`, which the policy does not define"),
         )
     })?;
-    let usage = api.store.usage(&tenant, now).await?;
+    let usage = api.store.usage(&tenant, plan.limits(), now).await?;
     Ok(json(StatusCode::OK, &usage_view(&tenant, &plan, &usage, now)))
 }
 
@@ -115,31 +116,32 @@ impl QueryNames for HistoryQuery {
 
 pub(in crate::usage_api) async fn history(State(api): Api, admin: Admin<Tenant, HistoryQuery>) -> Answer {
     let (tenant, q) = (admin.tenant, admin.query);
-    let period = match param(&q, "granularity").unwrap_or("day") {
-        "day" => Period::Day,
-        "month" => Period::Month,
-        other => {
-            return Err(Problem::bad_request(format!(
-                "`granularity` must be `day` or `month`, got `{other}`"
-            )));
-        }
+    let granularity = param(&q, "granularity").unwrap_or("day");
+    let Some(period) = Period::parse(granularity) else {
+        return Err(Problem::bad_request(format!(
+            "`granularity` must be `day`, `week` or `month`, got `{granularity}`"
+        )));
     };
+    let limits = api.tenant_limits(&tenant).await?;
+    let calendar = calendar_of(&limits, period).ok_or_else(|| {
+        Problem::bad_request(format!(
+            "`granularity` = `week`: tenant `{tenant}`'s plan has no weekly quota, so no weeks are counted"
+        ))
+    })?;
     let now = api.now();
-    let (from, to) = days_asked(&q, period, now)?;
-    api.tenant_plan(&tenant).await?;
-    let usage = api.store.usage(&tenant, now).await?;
+    let (from, to) = days_asked(&q, &calendar, now)?;
+    let usage = api.store.usage(&tenant, &limits, now).await?;
     let mut periods: Vec<PeriodUsage> = Vec::new();
-    let mut last = None;
-    for day in from..=to {
-        let c = period.counter(day_ts(day));
-        if last == Some(c) {
-            continue;
-        }
-        last = Some(c);
+    // Every period with a local date from `from` to `to`: at most the kept window's.
+    let (mut t, last) = (calendar.date_start(from), calendar.date_start(to + 1));
+    while t < last {
+        let (c, end) = (calendar.counter(t), calendar.bounds(t).1);
         periods.push(PeriodUsage {
-            period: period_label(c),
+            period: calendar.name(c),
             used: usage.get(c),
+            reset_at: format_utc(end.as_secs()),
         });
+        t = end;
     }
     let total = periods.iter().map(|p| p.used).sum();
     Ok(json(
@@ -147,23 +149,27 @@ pub(in crate::usage_api) async fn history(State(api): Api, admin: Admin<Tenant, 
         &History {
             tenant,
             granularity: period.as_str(),
-            from: period_label(Period::Day.counter(day_ts(from))),
-            to: period_label(Period::Day.counter(day_ts(to))),
+            zone: calendar.zone_name().to_owned(),
+            from: day_name(from),
+            to: day_name(to),
             periods,
             total,
         },
     ))
 }
 
-/// The days `from` and `to` ask for (days since the epoch), by default the whole history kept
-/// of `period`; refused when reversed, in the future or older than the history kept.
-fn days_asked(q: &[(String, String)], period: Period, now: Timestamp) -> Result<(i64, i64), Problem> {
-    let today = (now.as_secs() / 86_400) as i64;
-    // The oldest kept period's first day.
-    let mut oldest = today;
-    while Counter::is_kept(&period.counter(day_ts(oldest - 1)), now) {
-        oldest -= 1;
-    }
+/// The calendar a period kind is counted on under `limits`: the quota's, UTC days and months
+/// without one, and no weeks without a weekly quota.
+fn calendar_of(limits: &Limits, period: Period) -> Option<Calendar> {
+    limits.counted().find(|c| c.period() == period).cloned()
+}
+
+/// The days `from` and `to` ask for (local dates of the calendar's zone, as days since the
+/// epoch), by default the whole history kept; refused when reversed, in the future or older
+/// than the history kept.
+fn days_asked(q: &[(String, String)], calendar: &Calendar, now: Timestamp) -> Result<(i64, i64), Problem> {
+    let today = calendar.local_day(now);
+    let oldest = calendar.local_day(calendar.oldest_kept(now));
     let to = param(q, "to")
         .map(|s| parse_date("to", s))
         .transpose()?
@@ -177,18 +183,24 @@ fn days_asked(q: &[(String, String)], period: Period, now: Timestamp) -> Result<
     }
     if to > today {
         return Err(Problem::bad_request(format!(
-            "`to` is in the future: today is {}",
-            period_label(Period::Day.counter(now))
+            "`to` is in the future: today is {} in {}",
+            day_name(today),
+            calendar.zone_name()
         )));
     }
     if from < oldest {
         return Err(Problem::bad_request(format!(
-            "`from` is before the kept history: the oldest {} kept is {} (35 days, 13 months)",
-            period.as_str(),
-            period_label(period.counter(day_ts(oldest)))
+            "`from` is before the kept history: the oldest {} kept starts {} (28 days, 5 weeks, 13 months)",
+            calendar.period().as_str(),
+            day_name(oldest)
         )));
     }
     Ok((from, to))
+}
+
+fn day_name(day: i64) -> String {
+    let (y, m, d) = crate::engine::quota::civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// `YYYY-MM-DD` → days since the epoch.
@@ -211,21 +223,10 @@ fn parse_date(name: &str, s: &str) -> Result<i64, Problem> {
     }
     let day = days_from_civil(i64::from(y), m, d);
     // A day past the month's end (2026-02-30) does not round-trip.
-    let back = Period::Day.counter(Timestamp::from_secs(day as u64 * 86_400));
-    if back
-        != (Counter::Day {
-            y: y as i32,
-            m: m as u8,
-            d: d as u8,
-        })
-    {
+    if crate::engine::quota::civil_from_days(day) != (i64::from(y), m, d) {
         return Err(Problem::bad_request(format!(
             "`{name}` = `{s}` is not a day of the calendar"
         )));
     }
     Ok(day)
-}
-
-fn day_ts(day: i64) -> Timestamp {
-    Timestamp::from_secs(day.max(0) as u64 * 86_400)
 }
