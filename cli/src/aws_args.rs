@@ -141,6 +141,13 @@ pub struct DynamoArgs {
 
 impl DynamoArgs {
     pub async fn store(&self) -> Result<DynamoStore, AwsError> {
+        let (client, config) = self.client_and_config().await?;
+        Ok(DynamoStore::new(client, config))
+    }
+
+    /// The state client and the store's configuration, for stores made one per simulated
+    /// container.
+    pub async fn client_and_config(&self) -> Result<(aws_sdk_dynamodb::Client, DynamoStoreConfig), AwsError> {
         let sdk = self.aws.sdk_config().await?;
         if self.create_table {
             tollgate::store::dynamodb::create_state_table(&admin_client(&sdk), &self.state_table)
@@ -151,9 +158,6 @@ impl DynamoArgs {
             attempt: Duration::from_millis(self.attempt_timeout_ms.max(1)),
             ..StoreTimeouts::default()
         };
-        Ok(DynamoStore::new(
-            state_client(&sdk, timeouts),
-            DynamoStoreConfig::new(&self.state_table),
-        ))
+        Ok((state_client(&sdk, timeouts), DynamoStoreConfig::new(&self.state_table)))
     }
 }

@@ -127,7 +127,7 @@ async fn an_uncontended_admitted_decision_costs_one_write_unit() {
 
 /// Sends one request through a proxy that injects `fault` into the first send; returns the
 /// decision, the store's stats, and the units the table recorded for the day.
-async fn decide_through(fault: Fault) -> (tollgate::Decision, tollgate::store::dynamodb::StoreStats, u64) {
+async fn decide_through(fault: Fault) -> (tollgate::Decision, Arc<tollgate::store::dynamodb::StoreStats>, u64) {
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let (client, table) = emulator::state_table().await;
     let faulty = state_client(&emulator::sdk_config(&proxy.endpoint()), PATIENT);
@@ -289,7 +289,7 @@ async fn write_until_faults(
     clock: ManualClock,
     tally: Arc<Tally>,
     proxy: FaultProxy,
-) -> tollgate::store::dynamodb::StoreStats {
+) -> Arc<tollgate::store::dynamodb::StoreStats> {
     while proxy.injected() < 1000 {
         clock.advance(Duration::from_millis(1));
         let req = Consume {
@@ -349,7 +349,7 @@ async fn a_thousand_injected_faults_never_charge_a_request_twice() {
     let (day, month) = recorded(&client, &table, "faults", clock.now()).await;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let (admitted, indeterminate) = (get(&tally.admitted), get(&tally.indeterminate));
-    let sum = |f: fn(&tollgate::store::dynamodb::StoreStats) -> u64| stats.iter().map(f).sum::<u64>();
+    let sum = |f: fn(&tollgate::store::dynamodb::StoreStats) -> u64| stats.iter().map(|s| f(s)).sum::<u64>();
     eprintln!(
         "faults injected {}, admitted {admitted}, refused {}, indeterminate {indeterminate}, \
          contention {}, counted {day}; unknown outcomes {}, deduplicated {}, fences {}, writes {}",
@@ -500,12 +500,14 @@ async fn a_container_that_lost_the_race_at_the_edge_holds_off_instead_of_writing
         clock.advance(Duration::from_millis(100));
     }
     // THEN every token went to one of them, the leader paid one write per token, and the one
-    // that kept losing stepped back: far fewer than one write per token
+    // that kept losing stepped back: it holds off past the next token by up to four emission
+    // intervals (1.5 tokens on average from the fourth loss), so it writes for at most half the
+    // tokens
     assert_eq!(admitted, 50);
     assert_eq!(leader.stats().writes(), 50);
     assert_eq!(leader.stats().held_off(), 0);
     assert!(
-        late.stats().writes() <= 15,
+        late.stats().writes() <= 25,
         "late container wrote {} times",
         late.stats().writes()
     );

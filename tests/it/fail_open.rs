@@ -166,9 +166,14 @@ async fn one_tenants_corrupt_item_neither_opens_the_breaker_nor_touches_other_te
         .put_item()
         .table_name(&table)
         .item("pk", AttributeValue::S(broken.tenant.clone()))
-        // A route's TAT the request does not touch: the write succeeds and the item it returns
-        // cannot be read. (A string `tat` itself makes the emulator answer 500 to the condition.)
+        // A route's TAT the request does not touch, and a bucket an hour ahead: the write's
+        // condition fails and the item it returns cannot be read. (A write that lands returns
+        // only what it updated; a string `tat` itself makes the emulator answer 500.)
         .item("r00beef", AttributeValue::S("not a number".into()))
+        .item(
+            "tat",
+            AttributeValue::N((1_795_456_177u64 + 3600).saturating_mul(1_000_000_000).to_string()),
+        )
         .send()
         .await
         .expect("put corrupt item");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tollgate::policy_file::PolicyFile;
-use tollgate::store::MemoryStore;
-use tollgate_cli::simulate::{self, Pattern, Report, Target};
+use tollgate::store::{DynamoStoreConfig, MemoryStore};
+use tollgate_cli::simulate::{self, Fleet, Pattern, Report, Target};
 
 use crate::support::emulator;
 use crate::support::local_gateway::{self as gateway, load};
@@ -70,11 +70,10 @@ async fn weighted_requests_are_counted_in_units() {
 async fn dynamodb_admits_exactly_under_concurrency() {
     // GIVEN the state table on the emulator and 12 tenants with 16 requests in flight
     let (client, table) = emulator::state_table().await;
-    let store = emulator::dynamo_store(&client, &table);
     let file = PolicyFile::parse(SMALL).expect("policy");
     let mut c = load(Pattern::Poisson, 12, 20.0);
     c.requests = Some(300);
-    let target = Target::Dynamo(store);
+    let target = Target::Dynamo(Fleet::new(client, DynamoStoreConfig::new(&table), 1, 1));
     let report = simulate::run(&target, &file, &c, "sim-").await.expect("run");
     // THEN no over-admission, and about one store call per decision (refusals cost none)
     assert_eq!(report.errors, 0, "{}", report.table());

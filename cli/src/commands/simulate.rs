@@ -10,7 +10,7 @@ use tollgate::store::MemoryStore;
 use super::read_policy;
 use crate::aws_args::DynamoArgs;
 use crate::error::{CliError, ErrorKind, FlagError};
-use crate::simulate::{self, Pattern, Target};
+use crate::simulate::{self, Fleet, Pattern, Target};
 
 /// Exit code when `simulate` finds over-admission (errors exit with 1, usage errors with 2).
 pub const EXIT_OVER_ADMISSION: u8 = 3;
@@ -44,6 +44,10 @@ pub struct Simulate {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Simulated containers (with --target dynamodb): each its own store over the one table, as
+    /// Lambda containers are; each request goes to one drawn at random (seeded).
+    #[arg(long, default_value_t = 1)]
+    pub containers: usize,
     /// Seed of the arrival generator: the same seed gives the same arrivals.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -97,7 +101,10 @@ impl Simulate {
     async fn target(&self) -> Result<Target, CliError> {
         Ok(match self.target.as_str() {
             "memory" => Target::Memory(MemoryStore::default()),
-            "dynamodb" => Target::Dynamo(self.dynamo.store().await?),
+            "dynamodb" => {
+                let (client, config) = self.dynamo.client_and_config().await?;
+                Target::Dynamo(Fleet::new(client, config, self.containers, self.seed))
+            }
             url if url.starts_with("http://") || url.starts_with("https://") => Target::Http(url.to_owned()),
             other => return Err(FlagError::Target(other.to_owned()).into()),
         })

@@ -9,6 +9,7 @@
 
 pub mod arrivals;
 pub mod compliance;
+mod fleet;
 mod report;
 mod send;
 
@@ -23,9 +24,10 @@ use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::engine::policy::{Limits, Plan};
 use tollgate::gate::Gate;
 use tollgate::policy_file::PolicyFile;
-use tollgate::store::{DynamoStore, MemoryStore};
+use tollgate::store::MemoryStore;
 
 pub use arrivals::{Arrival, arrivals};
+pub use fleet::Fleet;
 pub use report::{Latency, PolicyResult, REPORT_SCHEMA, Report, TenantResult};
 
 use crate::serve::tenants::{DemoTenant, demo_tenants};
@@ -54,7 +56,8 @@ pub enum Pattern {
 #[derive(Debug)]
 pub enum Target {
     Memory(MemoryStore),
-    Dynamo(DynamoStore),
+    /// Simulated containers over one DynamoDB table, each its own store.
+    Dynamo(Fleet),
     /// A running gateway (`tollgate serve`), by base URL.
     Http(String),
     /// A gate in this process (what `tollgate serve` answers from), whose directory knows the
@@ -160,10 +163,7 @@ pub async fn run(
         p.abort();
         eprintln!();
     }
-    let store_calls = match target {
-        Target::Dynamo(store) => Some(store.stats().writes()),
-        _ => None,
-    };
+    let store_calls = matches!(target, Target::Dynamo(_));
     let run = Run {
         tenants: &cohort.tenants,
         plans: &cohort.plans,
@@ -171,6 +171,10 @@ pub async fn run(
         observed: &observed,
         elapsed,
         store_calls,
+        containers: match target {
+            Target::Dynamo(fleet) => fleet.containers(),
+            _ => 1,
+        },
         t0: start.t0,
     };
     Ok(run.report(target, config))
@@ -186,11 +190,12 @@ async fn send_all(
     done: &AtomicU64,
 ) -> Vec<Observed> {
     let http = reqwest::Client::new();
-    futures::stream::iter(arrivals.iter().copied())
-        .map(|arrival| {
+    futures::stream::iter(arrivals.iter().copied().enumerate())
+        .map(|(index, arrival)| {
             let http = &http;
             async move {
-                let o = send::send(target, http, config, start, cohort.sender(arrival.tenant), arrival).await;
+                let sender = cohort.sender(arrival.tenant);
+                let o = send::send(target, http, config, start, sender, (index as u64, arrival)).await;
                 done.fetch_add(1, Ordering::Relaxed);
                 o
             }

@@ -29,6 +29,8 @@ pub struct Report {
     pub load: f64,
     pub concurrency: usize,
     pub tenants: usize,
+    /// Simulated containers, each its own store (DynamoDB target; 1 otherwise).
+    pub containers: usize,
     pub requests: u64,
     pub admitted: u64,
     pub refused: u64,
@@ -75,6 +77,16 @@ pub struct PolicyResult {
     pub shed: u64,
     pub allowance: u64,
     pub over_admitted: u64,
+    /// Requests the policy admits in arrival order that were refused, over the plan's tenants.
+    pub under_admitted: u64,
+    /// `under_admitted` as a percentage of `allowance` (0 without allowance).
+    pub under_admitted_percent: f64,
+    /// DynamoDB writes (every UpdateItem, failed conditions included) per admitted request
+    /// (DynamoDB target only).
+    pub writes_per_admitted: Option<f64>,
+    /// The most writes one tenant's item received in one simulated second (DynamoDB target
+    /// only): DynamoDB serves about 1,000 per item.
+    pub max_item_writes_per_second: Option<u64>,
     pub pass: bool,
 }
 
@@ -110,7 +122,9 @@ pub(super) struct Run<'a> {
     pub limits: &'a [(Limits, u32)],
     pub observed: &'a [Observed],
     pub elapsed: Duration,
-    pub store_calls: Option<u64>,
+    /// Writes were counted (DynamoDB target).
+    pub store_calls: bool,
+    pub containers: usize,
     pub t0: Timestamp,
 }
 
@@ -130,6 +144,7 @@ impl Run<'_> {
             load: config.load,
             concurrency: config.concurrency,
             tenants: self.tenants.len(),
+            containers: self.containers,
             requests,
             admitted: sum(|t| t.admitted),
             refused: sum(|t| t.refused),
@@ -141,11 +156,29 @@ impl Run<'_> {
             elapsed_secs: elapsed,
             throughput_per_sec: requests as f64 / elapsed.max(1e-9),
             latency_ms: latency(self.observed),
-            store_calls_per_decision: self.store_calls.map(|c| c as f64 / (requests.max(1) as f64)),
+            store_calls_per_decision: self
+                .store_calls
+                .then(|| self.observed.iter().map(|o| o.writes).sum::<u64>() as f64 / (requests.max(1) as f64)),
             fail_open: gated.then(|| tenant_results.iter().filter_map(|t| t.fail_open).sum()),
-            policies: policy_results(&tenant_results),
+            policies: policy_results(&tenant_results, self.store_calls.then(|| self.item_writes())),
             tenant_results,
         }
+    }
+
+    /// Per tenant: its item's writes, and the most in one simulated second.
+    fn item_writes(&self) -> Vec<(u64, u64)> {
+        let mut per_second: BTreeMap<(usize, u64), u64> = BTreeMap::new();
+        let mut totals = vec![(0, 0); self.tenants.len()];
+        for o in self.observed {
+            totals[o.arrival.tenant].0 += o.writes;
+            *per_second
+                .entry((o.arrival.tenant, o.arrival.offset.as_secs()))
+                .or_default() += o.writes;
+        }
+        for ((tenant, _), n) in per_second {
+            totals[tenant].1 = totals[tenant].1.max(n);
+        }
+        totals
     }
 
     /// Each tenant's requests, in arrival order, checked against its plan.
@@ -237,19 +270,27 @@ fn over_admitted(limits: &Limits, admitted: &[Admitted]) -> u64 {
     over
 }
 
-/// The tenants' results summed per plan, plans in name order.
-fn policy_results(tenants: &[TenantResult]) -> Vec<PolicyResult> {
-    let mut policies: BTreeMap<&str, PolicyResult> = BTreeMap::new();
-    for t in tenants {
-        let p = policies.entry(&t.plan).or_insert_with(|| PolicyResult {
-            plan: t.plan.clone(),
-            tenants: 0,
-            requests: 0,
-            admitted: 0,
-            shed: 0,
-            allowance: 0,
-            over_admitted: 0,
-            pass: true,
+/// The tenants' results summed per plan, plans in name order; with each tenant's item writes
+/// (total, busiest second) when they were counted.
+fn policy_results(tenants: &[TenantResult], writes: Option<Vec<(u64, u64)>>) -> Vec<PolicyResult> {
+    let mut policies: BTreeMap<&str, (PolicyResult, u64)> = BTreeMap::new();
+    for (i, t) in tenants.iter().enumerate() {
+        let (p, plan_writes) = policies.entry(&t.plan).or_insert_with(|| {
+            let p = PolicyResult {
+                plan: t.plan.clone(),
+                tenants: 0,
+                requests: 0,
+                admitted: 0,
+                shed: 0,
+                allowance: 0,
+                over_admitted: 0,
+                under_admitted: 0,
+                under_admitted_percent: 0.0,
+                writes_per_admitted: None,
+                max_item_writes_per_second: writes.as_ref().map(|_| 0),
+                pass: true,
+            };
+            (p, 0)
         });
         p.tenants += 1;
         p.requests += t.requests;
@@ -257,9 +298,21 @@ fn policy_results(tenants: &[TenantResult]) -> Vec<PolicyResult> {
         p.shed += t.shed;
         p.allowance += t.allowance;
         p.over_admitted += t.over_admitted;
+        p.under_admitted += t.under_admitted;
         p.pass &= t.pass;
+        if let Some((total, busiest)) = writes.as_ref().map(|w| w[i]) {
+            *plan_writes += total;
+            p.max_item_writes_per_second = p.max_item_writes_per_second.max(Some(busiest));
+        }
     }
-    policies.into_values().collect()
+    policies
+        .into_values()
+        .map(|(mut p, plan_writes)| {
+            p.under_admitted_percent = 100.0 * p.under_admitted as f64 / p.allowance.max(1) as f64;
+            p.writes_per_admitted = writes.is_some().then(|| plan_writes as f64 / p.admitted.max(1) as f64);
+            p
+        })
+        .collect()
 }
 
 /// Latency percentiles in milliseconds (nearest rank), 0 without requests.
@@ -312,6 +365,14 @@ impl Report {
                 p.over_admitted,
                 if p.pass { "pass" } else { "FAIL" }
             );
+        }
+        for p in &self.policies {
+            if let (Some(w), Some(busiest)) = (p.writes_per_admitted, p.max_item_writes_per_second) {
+                out += &format!(
+                    "  {}: {w:.2} writes per admitted request, busiest item {busiest} writes/s, under-admitted {:.2} %\n",
+                    p.plan, p.under_admitted_percent
+                );
+            }
         }
         let failing: Vec<&TenantResult> = self.tenant_results.iter().filter(|t| !t.pass).take(10).collect();
         for t in failing {

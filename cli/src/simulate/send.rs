@@ -12,7 +12,7 @@ use tollgate::gate::{Credential, Gate, GateOutcome, Request};
 use tollgate::store::{Consume, Store};
 
 use super::arrivals::Arrival;
-use super::{Config, Target};
+use super::{Config, Fleet, Target};
 
 /// What happened to one request.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +27,8 @@ pub(super) struct Observed {
     /// Refused with reason `shed`.
     pub shed: bool,
     pub latency: Duration,
+    /// Store writes this request caused (DynamoDB target; 0 otherwise).
+    pub writes: u64,
 }
 
 /// One tenant as the simulation sends for it.
@@ -64,11 +66,11 @@ pub(super) async fn send(
     config: &Config,
     start: Start<'_>,
     sender: Sender<'_>,
-    arrival: Arrival,
+    (index, arrival): (u64, Arrival),
 ) -> Observed {
     match target {
         Target::Memory(store) => decide(store, sender, start.t0, arrival).await,
-        Target::Dynamo(store) => decide(store, sender, start.t0, arrival).await,
+        Target::Dynamo(fleet) => on_a_container(fleet, index, sender, start.t0, arrival).await,
         Target::Http(base) => in_real_time(start, arrival, request(http, base, config, sender.api_key)).await,
         Target::Gate(gate) => in_real_time(start, arrival, ask(gate, config, sender.api_key)).await,
     }
@@ -76,24 +78,40 @@ pub(super) async fn send(
 
 /// A store's decision at the arrival's simulated time.
 async fn decide(store: &dyn Store, sender: Sender<'_>, t0: Timestamp, arrival: Arrival) -> Observed {
-    let now = t0.saturating_add(arrival.offset);
-    let begun = Instant::now();
-    let result = store
-        .consume(&Consume {
-            tenant: sender.id,
-            limits: sender.limits,
-            weight: sender.weight,
-            now,
-        })
-        .await;
+    let (req, begun) = (sender.at(t0, arrival), Instant::now());
+    let result = store.consume(&req).await;
+    simulated(arrival, req.now, begun, result.ok().map(|d| d.allowed), 0)
+}
+
+/// A simulated container's decision at the arrival's simulated time, and the writes it caused.
+async fn on_a_container(fleet: &Fleet, index: u64, sender: Sender<'_>, t0: Timestamp, arrival: Arrival) -> Observed {
+    let (req, begun) = (sender.at(t0, arrival), Instant::now());
+    let (result, writes) = fleet.consume(index, &req).await;
+    simulated(arrival, req.now, begun, result.ok().map(|d| d.allowed), writes)
+}
+
+impl<'a> Sender<'a> {
+    fn at(&self, t0: Timestamp, arrival: Arrival) -> Consume<'a> {
+        Consume {
+            tenant: self.id,
+            limits: self.limits,
+            weight: self.weight,
+            now: t0.saturating_add(arrival.offset),
+        }
+    }
+}
+
+/// What happened to a request decided at its simulated time `now`.
+fn simulated(arrival: Arrival, now: Timestamp, begun: Instant, admitted: Option<bool>, writes: u64) -> Observed {
     Observed {
         arrival,
         sent: now,
         answered: now,
-        admitted: result.ok().map(|d| d.allowed),
+        admitted,
         fail_open: false,
         shed: false,
         latency: begun.elapsed(),
+        writes,
     }
 }
 
@@ -115,6 +133,7 @@ async fn in_real_time(start: Start<'_>, arrival: Arrival, answer: impl Future<Ou
         fail_open,
         shed,
         latency: begun.elapsed(),
+        writes: 0,
     }
 }
 

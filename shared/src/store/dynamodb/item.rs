@@ -25,23 +25,34 @@ pub const TTL: &str = "ttl";
 pub const OPS: usize = 7;
 const OP_ATTRS: [&str; OPS] = ["o0", "o1", "o2", "o3", "o4", "o5", "o6"];
 
-/// An operation id: milliseconds of its send time in the high bits, random bits below, and its
-/// slot as the remainder modulo `OPS`. Ids only need to be unique and roughly increasing; the
-/// store keeps them above every id it has seen (a Lamport clock), so a slow clock costs at most
-/// one refused write.
+/// An operation id: `(ms << RANDOM_BITS | random) * OPS + slot`, with `ms` the send time in
+/// milliseconds, `random` drawn per id, and `slot` the remainder modulo `OPS`. Ids only need to be
+/// unique and roughly increasing; the store keeps them above every id it has seen (a Lamport
+/// clock), so a slow clock costs at most one refused write. When the floor wins over the clock,
+/// the time part steps past the floor's and the random bits are kept: two containers that saw
+/// the same item and drew the same slot still send different ids.
 pub fn op_id(now: Timestamp, floor: u64, slot: usize, random: u64) -> u64 {
-    let now_id = (now.as_nanos() / 1_000_000) << 20;
+    let now_ms = now.as_nanos() / 1_000_000;
+    let ops = OPS as u64;
     // A floor more than a day ahead of this clock can only come from a malformed item: following
     // it could overflow the id space, so it is not followed that far.
-    let floor = floor.min(now_id.saturating_add(MAX_AHEAD));
-    let base = (now_id | (random & 0xf_ffff)).max(floor);
-    let slot = (slot % OPS) as u64;
-    let id = base - base % OPS as u64 + slot;
-    if id < base { id + OPS as u64 } else { id }
+    let floor_ms = (floor / ops) >> RANDOM_BITS;
+    let ms = if floor_ms >= now_ms {
+        floor_ms.saturating_add(1).min(now_ms.saturating_add(MAX_AHEAD_MS))
+    } else {
+        now_ms
+    };
+    let ms = ms.min(MAX_MS);
+    ((ms << RANDOM_BITS) | (random & RANDOM_MASK)) * ops + (slot % OPS) as u64
 }
 
-/// How far ahead of the local clock an id floor is followed: a day, in id units.
-const MAX_AHEAD: u64 = 86_400_000 << 20;
+/// Random bits per operation id, below its time part.
+const RANDOM_BITS: u32 = 19;
+const RANDOM_MASK: u64 = (1 << RANDOM_BITS) - 1;
+/// The largest time part that keeps an id within `u64` (about the year 2128).
+const MAX_MS: u64 = (u64::MAX / OPS as u64) >> RANDOM_BITS;
+/// How far ahead of the local clock an id floor is followed: a day.
+const MAX_AHEAD_MS: u64 = 86_400_000;
 
 /// The slot an operation id lives in.
 pub fn slot_of(op: u64) -> usize {
@@ -52,7 +63,7 @@ const TTL_SECS: u64 = (MONTHS_KEPT as u64 + 1) * 31 * 86_400;
 
 /// The attribute that holds one bucket's TAT: `tat` for the plan's bucket, `r<6 hex>` for a
 /// route's. Stored as the route's 24-bit hash so that cached items hold no strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TatAttr(u32);
 
 impl TatAttr {
@@ -182,22 +193,30 @@ pub struct Write {
 /// Every send, the first included, requires that `op` is greater than its slot's value and sets
 /// the slot to it: an operation can then apply at most once, however its sends arrive.
 pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op: u64) -> Write {
+    admit_at(limits, guess, now, now, weight, op)
+}
+
+/// `admit` for units that may be spent until `anchor` (a lease, or requests coalesced from
+/// `now` to `anchor`): their emission slots start no earlier than `anchor` and end within the
+/// tolerance as of `now`, so each unit conforms whenever in `[now, anchor]` it is spent.
+pub fn admit_at(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp, weight: u32, op: u64) -> Write {
     let mut w = Expr::default();
     let n = u64::from(weight);
-    let now_ns = now.as_nanos();
+    let anchor = anchor.max(now);
+    let anchor_ns = anchor.as_nanos();
     if let Some((id, bucket)) = &limits.bucket {
         w.name("#b", id.attribute());
         let inc = bucket.interval().saturating_mul(n);
         let tat = guess.state(limits, now).tat;
-        if tat.is_some_and(|t| t > now) {
+        if tat.is_some_and(|t| t > anchor) {
             // Busy bucket: move the TAT forward by the increment, as long as the result stays
             // within the tolerance. Concurrent writers do not conflict unless at the edge.
-            let max = now_ns.saturating_add(bucket.capacity()).saturating_sub(inc);
-            w.value(":inc", inc).value(":now", now_ns).value(":bmax", max);
+            let max = now.as_nanos().saturating_add(bucket.capacity()).saturating_sub(inc);
+            w.value(":inc", inc).value(":now", anchor_ns).value(":bmax", max);
             w.set("#b = #b + :inc");
             w.cond("#b > :now AND #b <= :bmax");
         } else {
-            w.value(":nt", now_ns.saturating_add(inc)).value(":now", now_ns);
+            w.value(":nt", anchor_ns.saturating_add(inc)).value(":now", anchor_ns);
             w.set("#b = :nt");
             w.cond("(attribute_not_exists(#b) OR #b <= :now)");
         }
@@ -389,16 +408,16 @@ mod tests {
 
     #[test]
     fn operation_ids_name_their_slot_and_stay_above_the_floor() {
+        let ms = NOW.as_nanos() / 1_000_000;
         for slot in 0..OPS {
-            for random in [0, 1, 0xf_ffff, u64::MAX] {
+            for random in [0, 1, 0x7_ffff, u64::MAX] {
                 let id = op_id(NOW, 0, slot, random);
                 assert_eq!(slot_of(id), slot);
-                let ms = NOW.as_nanos() / 1_000_000;
-                assert!((ms..=ms + 1).contains(&(id >> 20)), "time in the high bits");
+                assert_eq!((id / OPS as u64) >> RANDOM_BITS, ms, "time in the high bits");
                 // GIVEN a floor above the clock (another container's ids) THEN ids exceed it
-                let floor = id + 1_000_000;
+                let floor = id + 1_000_000_000;
                 let above = op_id(NOW, floor, slot, random);
-                assert!(above >= floor && above < floor + OPS as u64);
+                assert!(above > floor, "{above} <= {floor}");
                 assert_eq!(slot_of(above), slot);
                 // GIVEN a malformed item's slot near the top of the id space THEN no overflow,
                 // and the id still names its slot
@@ -406,6 +425,25 @@ mod tests {
                 assert_eq!(slot_of(wild), slot);
             }
         }
+    }
+
+    #[test]
+    fn ids_drawn_from_the_same_floor_and_slot_by_two_containers_differ() {
+        // GIVEN two containers that saw the same item, whose greatest id is ahead of their
+        // clocks (the floor wins), and drew the same slot
+        let floor = op_id(NOW.saturating_add(Duration::from_secs(5)), 0, 4, 12_345);
+        for slot in 0..OPS {
+            // WHEN each draws its id with its own random bits
+            let a = op_id(NOW, floor, slot, 1);
+            let b = op_id(NOW, floor, slot, 2);
+            // THEN both are above the floor, in the slot, and different
+            assert!(a > floor && b > floor);
+            assert_eq!((slot_of(a), slot_of(b)), (slot, slot));
+            assert_ne!(a, b, "slot {slot}");
+        }
+        // AND the same holds when the floor is exactly this clock's own id
+        let own = op_id(NOW, 0, 2, 7);
+        assert_ne!(op_id(NOW, own, 2, 8), op_id(NOW, own, 2, 9));
     }
 
     #[test]

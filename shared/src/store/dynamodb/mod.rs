@@ -7,25 +7,37 @@
 //! cached item needs no call for up to `max_cached_refusal`: state only moves forward (TATs grow,
 //! counters grow within their period), so a request refused on an older view is refused on the
 //! current one too, unless an operator reset the item or raised the plan; after that bound the
-//! next request writes, and the write's failed condition is the re-check.
+//! next request writes, and the write's failed condition is the re-check. A write that lands
+//! returns only what it updated (`UPDATED_NEW`: the bucket's TAT, the counters, the slot), which
+//! is all a decision reads.
+//!
+//! One writer per tenant and bucket per process (`lanes`): requests of one process never race
+//! each other. While a write is in flight the others wait, and the next write carries all their
+//! units at once (group commit); each is then decided from the item that write returns. A
+//! process that sees a tenant often takes a lease: the write charges a few more units than asked,
+//! and the next requests spend them without a call. See `lanes` for the bounds.
 //!
 //! Every send carries an operation id and the condition that the id is greater than its slot's
 //! value (`item::admit`), so a request applies at most once whatever the order in which its sends
-//! arrive. A resend after an unknown outcome (timeout, lost connection) that finds its id in the
-//! item is recognised as applied; one that finds its slot overwritten cannot tell, and says so
-//! (`Indeterminate`); one that is refused with its id absent first claims the slot (`item::fence`)
-//! so that the earlier send can no longer land, then refuses.
+//! arrive. A resend after an unknown outcome (timeout, lost connection, a 5xx) that finds its id
+//! in the item is recognised as applied; one that finds its slot overwritten cannot tell, and
+//! says so (`Indeterminate`); one that is refused with its id absent first claims the slot
+//! (`item::fence`) so that the earlier send can no longer land, then refuses. Once a send's
+//! outcome is unknown, every later failure of the same operation is indeterminate too.
 //!
-//! At the bucket's edge, a container that lost a race for the last token holds off that tenant
-//! for a jittered time that grows fourfold with each loss (a success takes one step back), up to
-//! `max_hold_off`, refusing from its cache meanwhile: many containers flooding one tenant then pay
-//! about one write per token instead of one each, and a lone container never holds off.
+//! At the bucket's edge, a process that lost the race for the last token holds off that bucket
+//! (not the tenant's others) until the next token and a jitter of a few emission intervals,
+//! refusing from its cache meanwhile: many containers flooding one tenant then pay about one
+//! write per token instead of one each, and a lone container never holds off.
 
 pub mod item;
+mod lanes;
 mod predictions;
+mod write;
 
 use std::collections::HashMap;
-
+use std::ops::Deref;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -37,26 +49,36 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
 };
 
-use self::item::{OpStatus, Snapshot, TatAttr, Write};
+use self::item::{Snapshot, TatAttr, Write};
+use self::lanes::Lanes;
 use self::predictions::{Predictions, Race, Seen};
 use super::{Consume, Reset, Store, StoreError, Usage};
 use crate::engine;
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::{Decision, Reason};
+use crate::engine::policy::Limits;
 
 #[derive(Debug, Clone)]
 pub struct DynamoStoreConfig {
     pub table: String,
     /// Writes per decision at most (conflicts and unknown outcomes included).
     pub max_attempts: u32,
-    /// Tenants whose last-seen item is kept for predictions; bounds memory.
+    /// Tenants whose last-seen item is kept for predictions, and tenants with a write in flight
+    /// or a lease at once; bounds memory.
     pub cache_capacity: usize,
     /// How long a refusal computed from the cached item may stand without asking the store: an
     /// operator's reset or a plan upgrade is seen within this time. One write per tenant per
     /// this time, per container, re-checks a flooding tenant.
     pub max_cached_refusal: Duration,
-    /// The longest a container holds off a tenant after losing races at the bucket's edge.
+    /// The longest jitter step of a hold-off after a lost race at the bucket's edge.
     pub max_hold_off: Duration,
+    /// How long leased units may be spent, and the window over which a process's rate for a
+    /// tenant is observed: a process that saw more than one request in the last span leases
+    /// about as many units as it saw. Zero: no leases (one write per admitted request).
+    pub lease_span: Duration,
+    /// Requests waiting for one tenant's write at most; past it a request is refused as
+    /// contention (item-scoped). Bounds memory.
+    pub max_waiting: usize,
 }
 
 impl DynamoStoreConfig {
@@ -66,7 +88,9 @@ impl DynamoStoreConfig {
             max_attempts: 4,
             cache_capacity: 10_000,
             max_cached_refusal: Duration::from_secs(2),
-            max_hold_off: Duration::from_secs(60),
+            max_hold_off: Duration::from_secs(1),
+            lease_span: Duration::from_millis(500),
+            max_waiting: 1024,
         }
     }
 }
@@ -77,7 +101,7 @@ pub struct StoreStats {
     /// UpdateItem calls sent.
     pub writes: AtomicU64,
     /// Write units by DynamoDB's billing rule: one per started KB of the written item, also for
-    /// a failed condition.
+    /// a failed condition (the item never exceeds 1 KB, so one per call).
     pub write_units: AtomicU64,
     /// Write capacity as the service reported it, in thousandths of a unit.
     pub reported_milli_units: AtomicU64,
@@ -91,14 +115,47 @@ pub struct StoreStats {
     pub cached_denials: AtomicU64,
     /// Cached refusals older than `max_cached_refusal` sent to the store again.
     pub rechecks: AtomicU64,
-    /// Requests refused without a call because this container is holding off the tenant after
-    /// losing races at the bucket's edge.
+    /// Requests refused without a call because this container is holding off the bucket after
+    /// losing races at its edge.
     pub held_off: AtomicU64,
     /// Writes that claimed a refused resend's operation id so its earlier send cannot land.
     pub fences: AtomicU64,
+    /// Requests decided by a write another request of this process started (group commit).
+    pub coalesced: AtomicU64,
+    /// Requests admitted from leased units, without a call.
+    pub leased: AtomicU64,
+    /// Units leased beyond what the requests of their write asked for.
+    pub lease_units: AtomicU64,
+    /// Leased units that lapsed unspent (charged, never admitted: the under-admission of leases).
+    pub lapsed_units: AtomicU64,
 }
 
 static EMPTY: std::sync::LazyLock<HashMap<String, AttributeValue>> = std::sync::LazyLock::new(HashMap::new);
+
+macro_rules! getters {
+    ($($name:ident),*) => {
+        impl StoreStats {
+            $(pub fn $name(&self) -> u64 {
+                self.$name.load(Ordering::Relaxed)
+            })*
+        }
+    };
+}
+getters!(
+    writes,
+    write_units,
+    conflicts,
+    unknown_outcomes,
+    deduplicated,
+    cached_denials,
+    rechecks,
+    held_off,
+    fences,
+    coalesced,
+    leased,
+    lease_units,
+    lapsed_units
+);
 
 impl StoreStats {
     fn count_units(&self, item: &HashMap<String, AttributeValue>, reported: Option<f64>) {
@@ -110,46 +167,35 @@ impl StoreStats {
         }
     }
 
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-    pub fn write_units(&self) -> u64 {
-        self.write_units.load(Ordering::Relaxed)
-    }
     pub fn reported_write_units(&self) -> f64 {
         self.reported_milli_units.load(Ordering::Relaxed) as f64 / 1000.0
-    }
-    pub fn conflicts(&self) -> u64 {
-        self.conflicts.load(Ordering::Relaxed)
-    }
-    pub fn unknown_outcomes(&self) -> u64 {
-        self.unknown_outcomes.load(Ordering::Relaxed)
-    }
-    pub fn deduplicated(&self) -> u64 {
-        self.deduplicated.load(Ordering::Relaxed)
-    }
-    pub fn cached_denials(&self) -> u64 {
-        self.cached_denials.load(Ordering::Relaxed)
-    }
-    pub fn rechecks(&self) -> u64 {
-        self.rechecks.load(Ordering::Relaxed)
-    }
-    pub fn held_off(&self) -> u64 {
-        self.held_off.load(Ordering::Relaxed)
-    }
-    pub fn fences(&self) -> u64 {
-        self.fences.load(Ordering::Relaxed)
     }
 }
 
 #[derive(Debug)]
 pub struct DynamoStore {
+    core: Arc<Core>,
+    lanes: Arc<Lanes>,
+}
+
+/// What the writes share: the client, the predictions, the stats and the id clock. Behind an
+/// `Arc` so that a lane's write runs as its own task, which no caller's cancellation can stop
+/// halfway.
+#[derive(Debug)]
+pub struct Core {
     client: Client,
     config: DynamoStoreConfig,
     predictions: Predictions,
-    stats: StoreStats,
+    stats: Arc<StoreStats>,
     /// The greatest operation id sent or seen: new ids go above it (a Lamport clock).
     last_op: AtomicU64,
+}
+
+impl Deref for DynamoStore {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 enum Attempt {
@@ -161,28 +207,32 @@ enum Attempt {
 impl DynamoStore {
     pub fn new(client: Client, config: DynamoStoreConfig) -> DynamoStore {
         DynamoStore {
-            client,
-            predictions: Predictions::new(config.cache_capacity, config.max_hold_off),
-            config,
-            stats: StoreStats::default(),
-            last_op: AtomicU64::new(0),
+            lanes: Arc::new(Lanes::new(config.cache_capacity, config.max_waiting)),
+            core: Arc::new(Core {
+                client,
+                predictions: Predictions::new(config.cache_capacity, config.max_hold_off),
+                config,
+                stats: Arc::default(),
+                last_op: AtomicU64::new(0),
+            }),
         }
     }
+}
 
+impl DynamoStore {
+    /// The stats, kept past the store (a lane's write may still hold the store's core).
+    pub fn into_stats(self) -> Arc<StoreStats> {
+        self.core.stats.clone()
+    }
+}
+
+impl Core {
     pub fn stats(&self) -> &StoreStats {
         &self.stats
     }
 
-    pub fn into_stats(self) -> StoreStats {
-        self.stats
-    }
-
-    fn seen(&self, tenant: &str) -> Option<Seen> {
-        self.predictions.seen(tenant)
-    }
-
-    fn touch(&self, tenant: &str, now: Timestamp) {
-        self.predictions.touch(tenant, now);
+    fn seen(&self, tenant: &str, bucket: Option<TatAttr>) -> Option<Seen> {
+        self.predictions.seen(tenant, bucket)
     }
 
     /// Keeps the item as seen, and every operation id in it below the next one this container
@@ -199,10 +249,10 @@ impl DynamoStore {
         let slot = rand::random::<u32>() as usize % item::OPS;
         let mut last = self.last_op.load(Ordering::Relaxed);
         loop {
-            let id = item::op_id(now, last.saturating_add(1), slot, rand::random());
+            let id = item::op_id(now, last, slot, rand::random());
             match self
                 .last_op
-                .compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(last, id.max(last), Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => return id,
                 Err(current) => last = current,
@@ -221,7 +271,7 @@ impl DynamoStore {
             .set_condition_expression(w.condition)
             .set_expression_attribute_names(Some(w.names))
             .set_expression_attribute_values(Some(w.values))
-            .return_values(ReturnValue::AllNew)
+            .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
@@ -235,24 +285,34 @@ impl DynamoStore {
                 let item = out.attributes().unwrap_or(&EMPTY);
                 self.stats
                     .count_units(item, out.consumed_capacity().and_then(|c| c.capacity_units()));
-                Ok(Attempt::Applied(Snapshot::parse(item).map_err(corrupt)?))
+                let updated = Snapshot::parse(item).map_err(corrupt)?;
+                // The rest of the item as last seen: other buckets' TATs stay predictable.
+                let mut after = self.seen(req.tenant, None).map(|s| s.snap).unwrap_or_default();
+                absorb(&mut after, updated);
+                Ok(Attempt::Applied(after))
             }
-            Err(SdkError::ServiceError(e)) => match e.err() {
-                UpdateItemError::ConditionalCheckFailedException(c) => {
-                    // A failed condition still consumes write capacity.
-                    let item = c.item().unwrap_or(&EMPTY);
-                    self.stats.count_units(item, None);
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    Ok(Attempt::Refused(Snapshot::parse(item).map_err(corrupt)?))
+            Err(SdkError::ServiceError(e)) => {
+                // A 5xx: the service may have applied the write before failing.
+                if e.raw().status().is_server_error() {
+                    return Ok(Attempt::Unknown(DisplayErrorContext(e.err()).to_string()));
                 }
-                // Throughput exceeded on this item's partition: the table serves other tenants.
-                e @ (UpdateItemError::ProvisionedThroughputExceededException(_)
-                | UpdateItemError::ThrottlingException(_)) => Err(StoreError::Throttled {
-                    tenant: req.tenant.to_owned(),
-                    detail: DisplayErrorContext(e).to_string(),
-                }),
-                other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
-            },
+                match e.err() {
+                    UpdateItemError::ConditionalCheckFailedException(c) => {
+                        // A failed condition still consumes write capacity.
+                        let item = c.item().unwrap_or(&EMPTY);
+                        self.stats.count_units(item, None);
+                        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                        Ok(Attempt::Refused(Snapshot::parse(item).map_err(corrupt)?))
+                    }
+                    // Throughput exceeded on this item's partition: the table serves other tenants.
+                    e @ (UpdateItemError::ProvisionedThroughputExceededException(_)
+                    | UpdateItemError::ThrottlingException(_)) => Err(StoreError::Throttled {
+                        tenant: req.tenant.to_owned(),
+                        detail: DisplayErrorContext(e).to_string(),
+                    }),
+                    other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
+                }
+            }
             Err(e @ SdkError::ConstructionFailure(_)) => {
                 Err(StoreError::Unavailable(DisplayErrorContext(e).to_string()))
             }
@@ -260,43 +320,30 @@ impl DynamoStore {
             Err(e) => Ok(Attempt::Unknown(DisplayErrorContext(e).to_string())),
         }
     }
+}
 
-    /// A resend of `op` was refused and `op` is not in the item: `refusal` stands only once the
-    /// earlier send can no longer land. Claims `op`'s slot; if the earlier send got there first,
-    /// the request was admitted after all.
-    async fn fence(
-        &self,
-        req: &Consume<'_>,
-        op: u64,
-        refusal: Decision,
-        attempts: u32,
-    ) -> Result<Decision, StoreError> {
-        self.stats.fences.fetch_add(1, Ordering::Relaxed);
-        let indeterminate = |detail: &str| StoreError::Indeterminate {
-            attempts: attempts + 1,
-            detail: detail.to_owned(),
-        };
-        match self.send(req, item::fence(req.now, op)).await? {
-            Attempt::Applied(_) => Ok(refusal),
-            Attempt::Refused(current) => match current.op_status(op) {
-                OpStatus::Applied => {
-                    self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    let decision = engine::admitted(req.limits, &current.state(req.limits, req.now), req.now);
-                    self.remember(req.tenant, current, req.now, Race::Neither);
-                    Ok(decision)
-                }
-                _ => Err(indeterminate(
-                    "an earlier send may have applied; its operation id was overwritten",
-                )),
-            },
-            Attempt::Unknown(detail) => Err(indeterminate(&detail)),
+/// Lays what a write updated over the item as last seen.
+fn absorb(base: &mut Snapshot, updated: Snapshot) {
+    for (attr, tat) in updated.tats {
+        match base.tats.iter_mut().find(|(a, _)| *a == attr) {
+            Some(slot) => slot.1 = tat,
+            None => base.tats.push((attr, tat)),
         }
+    }
+    for (counter, n) in updated.counters {
+        match base.counters.iter_mut().find(|(c, _)| *c == counter) {
+            Some(slot) => slot.1 = n,
+            None => base.counters.push((counter, n)),
+        }
+    }
+    for (held, new) in base.ops.iter_mut().zip(updated.ops) {
+        *held = (*held).max(new);
     }
 }
 
 /// A refusal for a request the cached item would admit, while this container holds off the
-/// tenant: the figures of the cached item, no token left, and the hold-off as the wait.
-fn held_off(limits: &crate::engine::policy::Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
+/// bucket: the figures of the cached item, no token left, and the hold-off as the wait.
+fn held_off(limits: &Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
     let mut d = engine::admitted(limits, &snap.state(limits, now), now);
     d.allowed = false;
     d.reason = Some(Reason::Rate);
@@ -307,22 +354,26 @@ fn held_off(limits: &crate::engine::policy::Limits, snap: &Snapshot, now: Timest
     d
 }
 
+/// The bucket attribute a request draws from (`None`: no rate limit).
+fn bucket_of(limits: &Limits) -> Option<TatAttr> {
+    limits
+        .bucket
+        .as_ref()
+        .and_then(|(id, _)| TatAttr::parse(id.attribute()))
+}
+
 /// What the container's last sight of the item says before any write.
 enum Prediction {
     /// A refusal the cached item still decides, or the hold-off after a lost race.
     Answered(Decision),
-    /// Write, starting from this guess of the item; `recheck`: a cached refusal too old to stand,
-    /// which the write re-checks.
-    Write { guess: Snapshot, recheck: bool },
+    /// Write; `recheck`: a cached refusal too old to stand, which the write re-checks.
+    Write { recheck: bool },
 }
 
-impl DynamoStore {
+impl Core {
     fn predict(&self, req: &Consume<'_>) -> Prediction {
-        let Some(seen) = self.seen(req.tenant) else {
-            return Prediction::Write {
-                guess: Snapshot::default(),
-                recheck: false,
-            };
+        let Some(seen) = self.seen(req.tenant, bucket_of(req.limits)) else {
+            return Prediction::Write { recheck: false };
         };
         let eval = engine::evaluate(req.limits, &seen.snap.state(req.limits, req.now), req.now, req.weight);
         let mut recheck = false;
@@ -334,126 +385,29 @@ impl DynamoStore {
             }
             // Too old to stand: the write re-checks it (its failed condition returns the item,
             // so an exact refusal costs no read).
-            self.touch(req.tenant, req.now);
+            self.predictions.touch(req.tenant, req.now);
             self.stats.rechecks.fetch_add(1, Ordering::Relaxed);
             recheck = true;
         } else if req.now < seen.hold_until {
             self.stats.held_off.fetch_add(1, Ordering::Relaxed);
             return Prediction::Answered(held_off(req.limits, &seen.snap, req.now, seen.hold_until));
         }
-        Prediction::Write {
-            guess: seen.snap,
-            recheck,
-        }
-    }
-
-    /// After a send of `op` had an unknown outcome and a resend was refused: the answer when the
-    /// refusing item shows what became of `op`, `None` when it surely did not land.
-    fn resend_found(
-        &self,
-        req: &Consume<'_>,
-        current: &Snapshot,
-        op: u64,
-        attempt: u32,
-        last_unknown: &str,
-    ) -> Option<Result<Decision, StoreError>> {
-        match current.op_status(op) {
-            OpStatus::Applied => {
-                // An earlier send whose answer was lost did land: admitted, once.
-                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                let state = current.state(req.limits, req.now);
-                self.remember(req.tenant, current.clone(), req.now, Race::Won);
-                Some(Ok(engine::admitted(req.limits, &state, req.now)))
-            }
-            OpStatus::Overwritten => {
-                self.remember(req.tenant, current.clone(), req.now, Race::Neither);
-                Some(Err(StoreError::Indeterminate {
-                    attempts: attempt,
-                    detail: format!("{last_unknown}; the operation id was overwritten before the resend"),
-                }))
-            }
-            OpStatus::NotApplied => None,
-        }
-    }
-
-    /// Remembers the item a write's condition refused, and whether that lost a race.
-    fn remember_refused(&self, req: &Consume<'_>, current: Snapshot, recheck: bool) {
-        let now_eval = engine::evaluate(req.limits, &current.state(req.limits, req.now), req.now, req.weight);
-        // Expecting a token and finding none: lost the race for the bucket's last one.
-        let race = match now_eval.decision {
-            Decision {
-                allowed: false,
-                reason: Some(Reason::Rate),
-                retry_after: Some(wait),
-                ..
-            } if !recheck => {
-                let interval = req.limits.bucket.as_ref().map_or(0, |(_, b)| b.interval());
-                Race::Lost(wait + Duration::from_nanos(interval))
-            }
-            _ => Race::Neither,
-        };
-        self.remember(req.tenant, current, req.now, race);
+        Prediction::Write { recheck }
     }
 }
 
 #[async_trait]
 impl Store for DynamoStore {
     async fn consume(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
-        let (mut guess, recheck) = match self.predict(req) {
-            Prediction::Answered(decision) => return Ok(decision),
-            Prediction::Write { guess, recheck } => (guess, recheck),
-        };
-        // Set once a send of it had an unknown outcome: from then on every send is that operation.
-        let mut pending: Option<u64> = None;
-        let mut last_unknown = String::new();
-        for attempt in 1..=self.config.max_attempts {
-            let eval = engine::evaluate(req.limits, &guess.state(req.limits, req.now), req.now, req.weight);
-            if eval.next.is_none() && !(recheck && attempt == 1) {
-                if attempt == 1 {
-                    // A cold cache refuses only what no state could admit (weight over burst).
-                    self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
-                }
-                return match pending {
-                    Some(op) => self.fence(req, op, eval.decision, attempt - 1).await,
-                    None => Ok(eval.decision),
-                };
-            }
-            let op = match pending {
-                Some(op) => op,
-                None => self.next_op(req.now),
-            };
-            let w = item::admit(req.limits, &guess, req.now, req.weight, op);
-            match self.send(req, w).await? {
-                Attempt::Applied(after) => {
-                    let decision = engine::admitted(req.limits, &after.state(req.limits, req.now), req.now);
-                    self.remember(req.tenant, after, req.now, Race::Won);
-                    return Ok(decision);
-                }
-                Attempt::Refused(current) => {
-                    if pending.is_some()
-                        && let Some(answer) = self.resend_found(req, &current, op, attempt, &last_unknown)
-                    {
-                        return answer;
-                    }
-                    self.remember_refused(req, current.clone(), recheck);
-                    guess = current;
-                }
-                Attempt::Unknown(detail) => {
-                    self.stats.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(tenant = req.tenant, attempt, %detail, "state write outcome unknown; resending idempotently");
-                    pending = Some(op);
-                    last_unknown = detail;
-                }
-            }
+        // Units this process already paid for come first: the cached item counts them as spent.
+        if let Some(decision) = self.lanes.spend_lease(req, &self.stats) {
+            return Ok(decision);
         }
-        let attempts = self.config.max_attempts;
-        Err(match pending {
-            Some(_) => StoreError::Indeterminate {
-                attempts,
-                detail: last_unknown,
-            },
-            None => StoreError::Contention { attempts },
-        })
+        let recheck = match self.predict(req) {
+            Prediction::Answered(decision) => return Ok(decision),
+            Prediction::Write { recheck } => recheck,
+        };
+        Lanes::decide(&self.lanes, &self.core, req, recheck).await
     }
 
     async fn usage(&self, tenant: &str, now: Timestamp) -> Result<Usage, StoreError> {
