@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tollgate::store::MemoryStore;
 
+use crate::support::emulator;
 use crate::support::local_gateway::{start, start_declared, start_with};
 use crate::support::loopback;
 
@@ -276,4 +277,120 @@ async fn a_repeated_api_key_header_is_401() {
     assert_eq!(body["reason"], "unauthorized");
     let after = get(&gw.base, Some("tg_demo_free_0")).await;
     assert_eq!(header(&after, "x-ratelimit-remaining"), Some("4"));
+}
+
+/// One tenant at 5/s with a burst of 10, failing open (the default fail mode).
+const FIVE_PER_SECOND: &str = "[plans.five]\nrate = 5.0\nburst = 10\n";
+
+/// A gateway as `tollgate serve --store dynamodb` builds it at its defaults: the state client's
+/// 1 s attempt timeout, `DynamoStoreConfig::new` (4 attempts), the 150 ms store budget, one demo
+/// tenant.
+async fn dynamodb_gateway(table: &str) -> (loopback::Running, String, Arc<tollgate::store::DynamoStore>) {
+    use tollgate::aws::{StoreTimeouts, state_client};
+    use tollgate::store::{DynamoStore, DynamoStoreConfig};
+    let timeouts = StoreTimeouts {
+        attempt: std::time::Duration::from_millis(1000),
+        ..StoreTimeouts::default()
+    };
+    let client = state_client(&emulator::sdk_config(&emulator::endpoint()), timeouts);
+    let store = Arc::new(DynamoStore::new(client, DynamoStoreConfig::new(table)));
+    let gw = start_with(FIVE_PER_SECOND, store.clone(), 1, None).await;
+    let file = tollgate::policy_file::PolicyFile::parse(FIVE_PER_SECOND).expect("policy");
+    let key = tollgate_cli::tenants::demo_tenants(&file, 1)[0].api_key.clone();
+    (gw, key, store)
+}
+
+/// What keep-alive clients saw: requests admitted, answers other than 200 or 429, the first
+/// send, the first answer and the last answer.
+struct Calls {
+    admitted: u64,
+    odd: u64,
+    first_send: std::time::Instant,
+    first_answer: std::time::Instant,
+    last_answer: std::time::Instant,
+}
+
+/// `clients` keep-alive clients spread over `bases`, each calling as soon as it is answered for
+/// `secs`.
+async fn keep_calling(bases: &[String], key: &str, clients: usize, secs: u64) -> Calls {
+    use std::time::{Duration, Instant};
+    let first_send = Instant::now();
+    let end = first_send + Duration::from_secs(secs);
+    let tasks = (0..clients).map(|i| {
+        let (base, key) = (bases[i % bases.len()].clone(), key.to_owned());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut admitted, mut odd, mut first, mut last) = (0u64, 0u64, None, end);
+            while Instant::now() < end {
+                let r = http.get(format!("{base}/hello")).header("x-api-key", &key).send().await;
+                last = Instant::now();
+                first = first.or(Some(last));
+                match r.map(|r| r.status().as_u16()) {
+                    Ok(200) => admitted += 1,
+                    Ok(429) => {}
+                    _ => odd += 1,
+                }
+            }
+            (admitted, odd, first.unwrap_or(end), last)
+        })
+    });
+    let mut calls = Calls {
+        admitted: 0,
+        odd: 0,
+        first_send,
+        first_answer: end,
+        last_answer: first_send,
+    };
+    for r in futures::future::join_all(tasks).await {
+        let (admitted, odd, first, last) = r.expect("client");
+        calls.admitted += admitted;
+        calls.odd += odd;
+        calls.first_answer = calls.first_answer.min(first);
+        calls.last_answer = calls.last_answer.max(last);
+    }
+    calls
+}
+
+/// 64 clients on one tenant for 10 s through `processes` gateways over one table: nothing over
+/// the allowance `burst + rate × elapsed` from the first send to the last answer, and at least
+/// 95 % of the allowance from the first answer (the store's first decision) to the last.
+async fn sixty_four_clients_through(processes: usize) {
+    let (_, table) = emulator::state_table().await;
+    let mut gateways = Vec::new();
+    for _ in 0..processes {
+        gateways.push(dynamodb_gateway(&table).await);
+    }
+    let bases: Vec<String> = gateways.iter().map(|(gw, _, _)| gw.base.clone()).collect();
+    let calls = keep_calling(&bases, &gateways[0].1, 64, 10).await;
+    let allowance = |secs: f64| 10.0 + 5.0 * secs;
+    let most = allowance((calls.last_answer - calls.first_send).as_secs_f64());
+    let least = 0.95 * allowance((calls.last_answer - calls.first_answer).as_secs_f64());
+    let admitted = calls.admitted;
+    eprintln!("{processes} process(es), 64 clients: {admitted} admitted, at most {most:.1}, at least {least:.1}");
+    for (_, _, store) in &gateways {
+        let s = store.stats();
+        eprintln!(
+            "writes {} conflicts {} coalesced {} cached denials {} held off {} passed on {} abandoned {}",
+            s.writes(),
+            s.conflicts(),
+            s.coalesced(),
+            s.cached_denials(),
+            s.held_off(),
+            s.passed_on(),
+            s.abandoned(),
+        );
+    }
+    assert_eq!(calls.odd, 0, "answers other than 200 and 429");
+    assert!(admitted as f64 <= most, "over-admitted: {admitted} > {most:.1}");
+    assert!(admitted as f64 >= least, "under-admitted: {admitted} < {least:.1}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_keep_alive_clients_on_one_tenant_through_one_process_get_the_allowance() {
+    sixty_four_clients_through(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_keep_alive_clients_split_over_two_processes_get_the_allowance() {
+    sixty_four_clients_through(2).await;
 }

@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-use super::item::TatAttr;
-use super::write::{Ask, Batch, Decided, Granted};
+use super::item::{Snapshot, TatAttr};
+use super::write::{Answer, Ask, Batch, Decided, Granted};
 use super::{Core, StoreStats, bucket_of};
 use crate::engine;
 use crate::engine::clock::Timestamp;
@@ -275,26 +275,14 @@ impl Driver {
     /// Answers what the lease covers, then takes the next batch; `None` (and the lane released)
     /// when nobody waits.
     fn take(&self) -> Option<Taken> {
+        // The item as the last write returned it: it decides every refusal it can.
+        let item = self.core.seen(&self.key.0, self.key.1).map(|s| s.snap);
         // Lane map before lane, as everywhere: the lane is removed while no request can join it.
         let mut map = lock(&self.lanes.map);
         let mut st = lock(&self.lane.state);
         let stats = &self.core.stats;
         let st = &mut *st;
-        st.waiting.retain(|w| !w.tx.is_closed());
-        if let Some(lease) = st.lease.as_mut() {
-            let mut kept = VecDeque::with_capacity(st.waiting.len());
-            for w in st.waiting.drain(..) {
-                let req = consume(&self.key.0, &w.limits, w.ask);
-                match lease.spend(&req) {
-                    Some(d) => {
-                        stats.leased.fetch_add(1, Ordering::Relaxed);
-                        let _ = w.tx.send(Ok(d));
-                    }
-                    None => kept.push_back(w),
-                }
-            }
-            st.waiting = kept;
-        }
+        self.answer_early(st, item.as_ref());
         let Some(first) = st.waiting.front() else {
             st.writing = false;
             // A lane holding leased units stays (until they lapse and the map is full).
@@ -337,6 +325,35 @@ impl Driver {
         })
     }
 
+    /// Answers, without a write, the waiting requests the lease covers and those the item the
+    /// last write returned refuses (they waited for that write's answer, and it decides them);
+    /// drops those whose caller is gone.
+    fn answer_early(&self, st: &mut LaneState, item: Option<&Snapshot>) {
+        let stats = &self.core.stats;
+        let mut kept = VecDeque::with_capacity(st.waiting.len());
+        for w in st.waiting.drain(..) {
+            if w.tx.is_closed() {
+                continue;
+            }
+            let req = consume(&self.key.0, &w.limits, w.ask);
+            if let Some(d) = st.lease.as_mut().and_then(|l| l.spend(&req)) {
+                stats.leased.fetch_add(1, Ordering::Relaxed);
+                let _ = w.tx.send(Ok(d));
+                continue;
+            }
+            if let Some(item) = item.filter(|_| !w.recheck) {
+                let eval = engine::evaluate(req.limits, &item.state(req.limits, req.now), req.now, req.weight);
+                if eval.next.is_none() {
+                    stats.cached_denials.fetch_add(1, Ordering::Relaxed);
+                    let _ = w.tx.send(Ok(eval.decision));
+                    continue;
+                }
+            }
+            kept.push_back(w);
+        }
+        st.waiting = kept;
+    }
+
     /// Sends each answer, keeps the lease, and queues again (first, alone) what the write did
     /// not decide.
     fn finish(&self, taken: Taken, decided: Decided) {
@@ -351,8 +368,10 @@ impl Driver {
                 left: granted.units,
             });
         }
+        let mut answers = decided.answers;
+        self.pass_on(&taken.waiters, &mut answers);
         let mut again = Vec::new();
-        for (mut w, answer) in taken.waiters.into_iter().zip(decided.answers) {
+        for (mut w, answer) in taken.waiters.into_iter().zip(answers) {
             match answer {
                 Some(result) => {
                     let _ = w.tx.send(result);
@@ -365,6 +384,30 @@ impl Driver {
         }
         for w in again.into_iter().rev() {
             st.waiting.push_front(w);
+        }
+    }
+}
+
+impl Driver {
+    /// Units admitted to a request that is gone (its caller's budget ran out during the write)
+    /// go to a request of the same batch and weight that was refused: they are charged, and any
+    /// request of the batch conforms at the write (`item::admit_at`), so none is lost.
+    fn pass_on(&self, waiters: &[Waiter], answers: &mut [Answer]) {
+        let admitted = |a: &Answer| matches!(a, Some(Ok(d)) if d.allowed);
+        let refused = |a: &Answer| matches!(a, Some(Ok(d)) if !d.allowed);
+        let gone: Vec<usize> = (0..waiters.len())
+            .filter(|&i| waiters[i].tx.is_closed() && admitted(&answers[i]))
+            .collect();
+        for i in gone {
+            let weight = waiters[i].ask.weight;
+            let Some(j) = (0..waiters.len())
+                .find(|&j| !waiters[j].tx.is_closed() && waiters[j].ask.weight == weight && refused(&answers[j]))
+            else {
+                self.core.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            answers.swap(i, j);
+            self.core.stats.passed_on.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

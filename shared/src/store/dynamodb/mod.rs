@@ -128,6 +128,11 @@ pub struct StoreStats {
     pub lease_units: AtomicU64,
     /// Leased units that lapsed unspent (charged, never admitted: the under-admission of leases).
     pub lapsed_units: AtomicU64,
+    /// Admissions whose request was gone when its write returned (the caller's budget ran out),
+    /// passed on to a refused request of the same write.
+    pub passed_on: AtomicU64,
+    /// Such admissions with nobody to pass them on to: charged, never admitted.
+    pub abandoned: AtomicU64,
 }
 
 static EMPTY: std::sync::LazyLock<HashMap<String, AttributeValue>> = std::sync::LazyLock::new(HashMap::new);
@@ -154,7 +159,9 @@ getters!(
     coalesced,
     leased,
     lease_units,
-    lapsed_units
+    lapsed_units,
+    passed_on,
+    abandoned
 );
 
 impl StoreStats {
