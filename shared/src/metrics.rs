@@ -11,6 +11,9 @@ pub const DECISIONS: &str = "Decisions";
 pub const THROTTLES_RATE: &str = "ThrottlesRate";
 pub const THROTTLES_DAILY_QUOTA: &str = "ThrottlesDailyQuota";
 pub const THROTTLES_MONTHLY_QUOTA: &str = "ThrottlesMonthlyQuota";
+/// Authorizer: refused because the tenant's state item could not take the write (throttled by
+/// DynamoDB, contended past the attempts, malformed, no room): 429 `store_busy`, never a fail mode.
+pub const THROTTLES_STORE_BUSY: &str = "ThrottlesStoreBusy";
 /// Authorizer: admitted without the store's answer (fail open).
 pub const FAIL_OPEN: &str = "FailOpen";
 /// Authorizer: refused because the store did not answer (fail closed).
@@ -34,6 +37,7 @@ pub const AUTHORIZER: &[&str] = &[
     THROTTLES_RATE,
     THROTTLES_DAILY_QUOTA,
     THROTTLES_MONTHLY_QUOTA,
+    THROTTLES_STORE_BUSY,
     FAIL_OPEN,
     FAIL_CLOSED,
     SHADOW_DENIALS,

@@ -166,8 +166,11 @@ fn gate_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<GateConfig
         },
         bypass_key_ids: env.list("TOLLGATE_BYPASS_KEY_IDS").into_iter().collect::<HashSet<_>>(),
         skip_routes,
-        // The default (5 s): not a variable, so the template sets nothing new.
+        // The defaults (shed level 5 s; a stale directory answer up to 15 min, a directory
+        // failure remembered 1 s): not variables, so the template sets nothing new.
         shed_ttl: GateConfig::default().shed_ttl,
+        directory_stale: GateConfig::default().directory_stale,
+        directory_retry: GateConfig::default().directory_retry,
         fail_mode: match env.get("TOLLGATE_FAIL_MODE").as_deref().map(str::trim).unwrap_or("") {
             "" | "plan" => None,
             "open" => Some(FailMode::Open),

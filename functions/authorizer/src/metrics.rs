@@ -11,15 +11,29 @@ use tollgate::engine::policy::FailMode;
 use tollgate::gate::{GateOutcome, Mode};
 use tollgate::metrics as names;
 
-/// Counts for one decision, rendered as one EMF line.
+/// Counts for one decision, rendered as one EMF line: the decision's only log line, so it also
+/// carries what the decision was (outcome, mode, reason, key id) as properties, which cost no
+/// metric series.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Sample {
     pub plan: String,
     pub tenant: String,
+    /// `allow` or `throttle`.
+    pub outcome: &'static str,
+    /// `mode_name` of the verdict.
+    pub mode: &'static str,
+    /// The refusal's reason, or the decision's when a shadow plan admitted a refusal.
+    pub reason: Option<&'static str>,
+    /// API Gateway's key id (never the key); none for a token's tenant.
+    pub key_id: Option<String>,
+    /// The store error's text, when the store gave no decision.
+    pub store_detail: Option<String>,
     pub decisions: u32,
     pub throttles_rate: u32,
     pub throttles_daily: u32,
     pub throttles_monthly: u32,
+    /// Refused because the tenant's item could not take the write (`store_busy`).
+    pub throttles_store_busy: u32,
     /// Refused by the shed level (no budget consumed).
     pub shed: u32,
     pub fail_open: u32,
@@ -40,6 +54,7 @@ const METRICS: &[&str] = &[
     names::THROTTLES_RATE,
     names::THROTTLES_DAILY_QUOTA,
     names::THROTTLES_MONTHLY_QUOTA,
+    names::THROTTLES_STORE_BUSY,
     names::FAIL_OPEN,
     names::FAIL_CLOSED,
     names::SHADOW_DENIALS,
@@ -56,9 +71,17 @@ impl Sample {
             GateOutcome::Throttle(v) => (v, true),
             GateOutcome::Unauthorized(_) | GateOutcome::Unavailable(_) => return None,
         };
+        let reason = v
+            .refusal
+            .map(|r| r.reason)
+            .or_else(|| v.decision.as_ref().and_then(|d| d.reason).map(|r| r.as_str()));
         let mut s = Sample {
             plan: v.plan.name().to_owned(),
             tenant: v.tenant.clone(),
+            outcome: if throttled { "throttle" } else { "allow" },
+            mode: mode_name(&v.mode),
+            reason,
+            key_id: v.key_id.clone(),
             decisions: 1,
             key_cache_hits: u32::from(v.cached_credentials),
             store_latency: v.store_latency,
@@ -73,10 +96,12 @@ impl Sample {
                 mode: FailMode::Closed, ..
             } => s.fail_closed = 1,
             Mode::Failed { .. } => s.fail_open = u32::from(!throttled),
+            Mode::Busy { .. } => s.throttles_store_busy = u32::from(throttled),
             Mode::Enforced | Mode::Shed { .. } => {}
         }
-        if let Mode::Failed { kind, .. } = &v.mode {
+        if let Mode::Failed { kind, error, .. } | Mode::Busy { kind, error } = &v.mode {
             s.store_error = Some(*kind);
+            s.store_detail = Some(error.clone());
         }
         if throttled && let Some(reason) = v.decision.as_ref().and_then(|d| d.reason) {
             match reason {
@@ -89,12 +114,13 @@ impl Sample {
         Some(s)
     }
 
-    fn values(&self) -> [u32; 10] {
+    fn values(&self) -> [u32; 11] {
         [
             self.decisions,
             self.throttles_rate,
             self.throttles_daily,
             self.throttles_monthly,
+            self.throttles_store_busy,
             self.fail_open,
             self.fail_closed,
             self.shadow_denials,
@@ -102,6 +128,23 @@ impl Sample {
             self.key_cache_hits,
             self.shed,
         ]
+    }
+}
+
+/// How a verdict was decided, as the `mode` of `context` and of the decision's log line.
+pub fn mode_name(mode: &Mode) -> &'static str {
+    match mode {
+        Mode::Enforced => "enforced",
+        Mode::Bypass => "bypass",
+        Mode::Shadow { .. } => "shadow",
+        Mode::Shed { .. } => "shed",
+        Mode::Busy { .. } => "store_busy",
+        Mode::Failed {
+            mode: FailMode::Open, ..
+        } => "fail_open",
+        Mode::Failed {
+            mode: FailMode::Closed, ..
+        } => "fail_closed",
     }
 }
 
@@ -142,6 +185,19 @@ impl Emf {
         }
         if let Some(kind) = sample.store_error {
             doc.insert("StoreError".into(), json!(kind));
+        }
+        // The decision itself, as properties: this line is the decision's only log line.
+        doc.insert("TenantId".into(), json!(sample.tenant));
+        doc.insert("Outcome".into(), json!(sample.outcome));
+        doc.insert("Mode".into(), json!(sample.mode));
+        for (key, value) in [
+            ("Reason", sample.reason.map(str::to_owned)),
+            ("KeyId", sample.key_id.clone()),
+            ("StoreErrorDetail", sample.store_detail.clone()),
+        ] {
+            if let Some(value) = value {
+                doc.insert(key.into(), json!(value));
+            }
         }
         if let Some(latency) = sample.store_latency {
             metrics.push(json!({"Name": names::STORE_LATENCY, "Unit": "Milliseconds"}));

@@ -3,17 +3,24 @@
 //! A full cache evicts its oldest entries one at a time, never all at once, and unknown answers
 //! live in a space of their own ([`AnswerCache`]): a flood of random keys can only displace other
 //! unknown keys, never a known tenant's entry.
+//!
+//! A cache may keep expired entries for a grace period (`with_grace`): `get` never returns them,
+//! `get_stale` does, so a caller whose source is unreachable can answer from its last good
+//! answer, no older than its time to live plus the grace.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::engine::clock::Timestamp;
 
 #[derive(Debug)]
 pub struct TtlCache<K, V> {
     capacity: usize,
+    /// How long an expired entry is kept for `get_stale`.
+    grace: Duration,
     inner: Mutex<Inner<K, V>>,
 }
 
@@ -30,9 +37,15 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     /// The table is sized once: growing it while serving would leave the old ones as fragments.
     /// Untouched slots cost address space, not resident memory.
     pub fn new(capacity: usize) -> Self {
+        TtlCache::with_grace(capacity, Duration::ZERO)
+    }
+
+    /// A cache that keeps each entry `grace` past its expiry for [`TtlCache::get_stale`].
+    pub fn with_grace(capacity: usize, grace: Duration) -> Self {
         let capacity = capacity.max(1);
         TtlCache {
             capacity,
+            grace,
             inner: Mutex::new(Inner {
                 entries: HashMap::with_capacity(capacity),
                 order: VecDeque::with_capacity(capacity),
@@ -52,13 +65,26 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
             .map(|(v, _)| v.clone())
     }
 
+    /// The entry, expired or not, as long as it is within its grace: the last good answer.
+    pub fn get_stale<Q: Hash + Eq + ?Sized>(&self, key: &Q, now: Timestamp) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        let inner = self.lock();
+        inner
+            .entries
+            .get(key)
+            .filter(|(_, exp)| now < exp.saturating_add(self.grace))
+            .map(|(v, _)| v.clone())
+    }
+
     pub fn insert(&self, key: K, value: V, expires: Timestamp, now: Timestamp) {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        // Drop what expired (and stale order elements) from the front.
+        // Drop what is past its grace (and stale order elements) from the front.
         while let Some((k, exp)) = inner.order.front() {
             let current = inner.entries.get(k).map(|(_, e)| *e);
-            if current == Some(*exp) && now < *exp {
+            if current == Some(*exp) && now < exp.saturating_add(self.grace) {
                 break;
             }
             if current == Some(*exp) {
@@ -125,10 +151,23 @@ pub struct AnswerCache<K, V> {
 impl<K: Hash + Eq + Clone, V: Clone> AnswerCache<K, V> {
     /// Room for `capacity` found answers and, apart, `capacity` unknown ones.
     pub fn new(capacity: usize) -> Self {
+        AnswerCache::with_grace(capacity, Duration::ZERO)
+    }
+
+    /// As `new`, each answer kept `grace` past its expiry for [`AnswerCache::get_stale`].
+    pub fn with_grace(capacity: usize, grace: Duration) -> Self {
         AnswerCache {
-            found: TtlCache::new(capacity),
-            missing: TtlCache::new(capacity),
+            found: TtlCache::with_grace(capacity, grace),
+            missing: TtlCache::with_grace(capacity, grace),
         }
+    }
+
+    /// The last answer within its grace, expired or not (`None`: none kept).
+    pub fn get_stale(&self, key: &K, now: Timestamp) -> Option<Option<V>> {
+        if let Some(v) = self.found.get_stale(key, now) {
+            return Some(Some(v));
+        }
+        self.missing.get_stale(key, now).map(|()| None)
     }
 
     /// `Some(answer)` on a hit (`Some(None)`: known to be unknown), `None` on a miss.
@@ -193,6 +232,27 @@ mod tests {
             [c.get(&"b", t(1)), c.get(&"c", t(1)), c.get(&"d", t(1))],
             [Some(1), Some(2), Some(3)]
         );
+    }
+
+    #[test]
+    fn an_expired_entry_is_stale_within_its_grace_and_gone_after() {
+        // GIVEN a cache with a minute's grace and an entry that expires at 10 s
+        let c = TtlCache::with_grace(4, std::time::Duration::from_secs(60));
+        let t = Timestamp::from_secs;
+        c.insert("a", 1, t(10), t(0));
+        // THEN past its expiry it is no longer fresh but still the last good answer
+        assert_eq!(c.get(&"a", t(10)), None);
+        assert_eq!(c.get_stale(&"a", t(69)), Some(1));
+        // AND an insert inside the grace keeps it, one past the grace drops it
+        c.insert("b", 2, t(80), t(60));
+        assert_eq!(c.get_stale(&"a", t(69)), Some(1));
+        c.insert("c", 3, t(200), t(70));
+        assert_eq!(c.get_stale(&"a", t(70)), None);
+        assert_eq!(c.len(), 2);
+        // AND without a grace nothing is stale
+        let plain = TtlCache::new(4);
+        plain.insert("a", 1, t(10), t(0));
+        assert_eq!(plain.get_stale(&"a", t(10)), None);
     }
 
     #[test]

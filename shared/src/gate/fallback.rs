@@ -1,28 +1,37 @@
 //! Bounded fail-open: while the store cannot decide, a fail-open answer is still the engine's,
 //! from a per-container in-memory store. Each tenant gets at most its plan's burst and rate here,
-//! and its quotas minus the usage this container last saw the store report, so one container
-//! over-admits a tenant by at most `burst + rate × outage` (plus, for a tenant it has never seen
-//! the store decide, its quota's remainder), and an outage over `c` containers by `c` times that.
+//! and its quotas minus the usage this container last saw the store report and minus what it
+//! admitted here since, so one container over-admits a tenant's rate by at most
+//! `burst + rate × outage`, and an outage over `c` containers by `c` times that.
+//!
+//! Nothing it admits goes uncounted: every admission is owed to the store (`owed`) and settled
+//! into the tenant's counters once the store answers again (`Store::settle`, one idempotent write
+//! per tenant), so quotas, usage and history count it. Quotas can still be overshot during an
+//! outage by what other containers admitted meanwhile, never under-counted.
 
 use std::time::Duration;
 
+use crate::engine::State;
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::Decision;
 use crate::engine::policy::Limits;
 use crate::engine::quota::{Counter, Period, QuotaStatus};
-use crate::store::{Consume, MemoryStore, StoreError};
+use crate::store::{Consume, MemoryStore, Settled, StoreError};
 
 use super::cache::TtlCache;
+use super::owed::{Ledger, Outcome, Pending};
 
 /// A usage figure is only used in its own period; past that it is dead weight.
 const SEEN_TTL: Duration = Duration::from_secs(32 * 86_400);
 
 #[derive(Debug)]
 pub struct Fallback {
-    /// Fail-open admissions, by tenant: the bucket and the quota units spent without the store.
+    /// Fail-open admissions, by tenant: the bucket spent without the store.
     spent: MemoryStore,
     /// The quota usage the store last reported for each tenant.
     seen: TtlCache<String, Seen>,
+    /// Units admitted here, not yet settled into the store.
+    owed: Ledger,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,15 +48,33 @@ impl Seen {
         };
         slot.filter(|(c, _)| *c == period.counter(now)).map_or(0, |(_, n)| n)
     }
+
+    /// Adds settled units of the current periods: the store holds them now, so the figures it
+    /// last reported were short of them.
+    fn add(&mut self, units: &[(Counter, u64)], now: Timestamp) {
+        for period in [Period::Day, Period::Month] {
+            let current = period.counter(now);
+            let settled: u64 = units.iter().filter(|(c, _)| *c == current).map(|(_, n)| n).sum();
+            if settled > 0 {
+                let used = self.used(period, now) + settled;
+                let slot = match period {
+                    Period::Day => &mut self.day,
+                    Period::Month => &mut self.month,
+                };
+                *slot = Some((current, used));
+            }
+        }
+    }
 }
 
 impl Fallback {
     /// Room for `tenants` tenants (beyond that, only tenants whose state is that of a fresh one
-    /// make room, as in every memory store).
+    /// make room, as in every memory store), and as many owing the store at once.
     pub fn new(tenants: usize) -> Fallback {
         Fallback {
             spent: MemoryStore::with_capacity(tenants),
             seen: TtlCache::new(tenants),
+            owed: Ledger::new(tenants),
         }
     }
 
@@ -69,26 +96,74 @@ impl Fallback {
     }
 
     /// The engine's decision for a request the store could not decide. Quota figures are against
-    /// the plan's quotas: what the store last reported plus what was admitted here since.
-    /// `StoreError::Full` when every tenant it tracks still has state it may not forget.
+    /// the plan's quotas: what the store last reported plus what was admitted here and not yet
+    /// settled. `StoreError::Full` when the tenant cannot be tracked (every tenant tracked still
+    /// has state it may not forget, or owes the store): admitting it would go uncounted.
     pub fn decide(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
-        let seen = self.seen.get(req.tenant, req.now).unwrap_or_default();
-        let (day, month) = (seen.used(Period::Day, req.now), seen.used(Period::Month, req.now));
-        // The local store counts only what it admitted: give it what is left of each quota.
-        let left = Limits {
+        let now = req.now;
+        let mut book = self.owed.lock();
+        if !self.owed.has_room(&book, req.tenant) {
+            return Err(StoreError::Full {
+                capacity: book.len(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let seen = self.seen.get(req.tenant, now).unwrap_or_default();
+        let counters = [Period::Day.counter(now), Period::Month.counter(now)];
+        let used = |period: Period, counter: Counter| {
+            seen.used(period, now) + Ledger::owed(&book, req.tenant, counter)
+        };
+        let state = State {
+            tat: None,
+            daily_used: used(Period::Day, counters[0]),
+            monthly_used: used(Period::Month, counters[1]),
+        };
+        let quotas = Limits {
+            bucket: None,
+            ..req.limits.clone()
+        };
+        let by_quota = crate::engine::evaluate(&quotas, &state, now, req.weight);
+        if by_quota.next.is_none() {
+            return Ok(by_quota.decision);
+        }
+        // The quotas admit: the bucket decides (and is spent only now).
+        let bucket = Limits {
             bucket: req.limits.bucket.clone(),
-            daily: req.limits.daily.map(|q| q.saturating_sub(day)),
-            monthly: req.limits.monthly.map(|q| q.saturating_sub(month)),
+            ..Limits::UNLIMITED
         };
-        let mut decision = self.spent.decide(&Consume { limits: &left, ..*req })?;
-        let restate = |q: &mut Option<QuotaStatus>, limit: Option<u64>, used: u64| {
-            if let (Some(q), Some(limit)) = (q.as_mut(), limit) {
-                *q = QuotaStatus::new(q.period, limit, used.saturating_add(q.used), req.now);
-            }
-        };
-        restate(&mut decision.daily, req.limits.daily, day);
-        restate(&mut decision.monthly, req.limits.monthly, month);
+        let mut decision = self.spent.decide(&Consume { limits: &bucket, ..*req })?;
+        if decision.allowed {
+            (decision.daily, decision.monthly) = (by_quota.decision.daily, by_quota.decision.monthly);
+            self.owed.add(&mut book, req.tenant, &counters, u64::from(req.weight));
+        } else {
+            let status = |q: Option<u64>, period, used| q.map(|q| QuotaStatus::new(period, q, used, now));
+            decision.daily = status(req.limits.daily, Period::Day, state.daily_used);
+            decision.monthly = status(req.limits.monthly, Period::Month, state.monthly_used);
+        }
         Ok(decision)
+    }
+
+    /// Whether any tenant owes the store: one atomic load, on every decision the store made.
+    pub fn owes(&self) -> bool {
+        self.owed.owes()
+    }
+
+    /// A charge to settle: `tenant`'s when it owes, else another owing tenant's.
+    pub fn take_charge(&self, tenant: &str, draw: impl FnOnce() -> u64) -> Option<Pending<'_>> {
+        self.owed.take(tenant, draw)
+    }
+
+    /// Records a settlement's outcome. Settled units count as the store's usage from now on,
+    /// in the figures this container last saw too (the store's next answer will include them).
+    pub fn settled(&self, pending: Pending<'_>, outcome: &Result<Settled, StoreError>, now: Timestamp) {
+        let tenant = pending.tenant.clone();
+        if let Outcome::Settled(units) = self.owed.report(pending, outcome) {
+            let mut seen = self.seen.get(&*tenant, now).unwrap_or_default();
+            seen.add(&units, now);
+            if !self.seen.update(&*tenant, seen, now) {
+                self.seen.insert(tenant.into(), seen, now.saturating_add(SEEN_TTL), now);
+            }
+        }
     }
 }
 

@@ -2,16 +2,29 @@
 //! refuses what the shed level sheds (before the store), decides through the store within a time
 //! budget, and applies the plan's fail mode and shadow setting. The authorizer Lambda and the
 //! CLI's local gateway both answer from it.
+//!
+//! What the store's answers mean here:
+//! - a decision stands (a shadow plan's refusal is admitted and reported);
+//! - an error about the tenant's item (throttled, contended, malformed, no room) is an answer
+//!   from a working store: `429 store_busy` with a short `Retry-After`, never the fail mode,
+//!   since admitting there would let the tenant's own load bypass its limits;
+//! - only a store that cannot answer (timeout, unavailable, breaker open) gets the plan's fail
+//!   mode; failing open, the container's fallback decides, and what it admits is settled into
+//!   the store once it answers again (`fallback`, `settle`). A shadow plan is admitted whatever
+//!   the fail mode.
 
 pub mod breaker;
 pub mod cache;
 pub mod fallback;
+pub mod owed;
+mod resolve;
+mod settle;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::directory::{Directory, DirectoryError, Resolved};
+use crate::directory::{Directory, Resolved};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::engine::decision::{Decision, ceil_secs};
 use crate::engine::identity::ApiKeyHash;
@@ -25,6 +38,8 @@ use self::fallback::Fallback;
 
 /// Plans are few (API Gateway allows 300 usage plans per region).
 const PLAN_CACHE_CAPACITY: usize = 1024;
+/// `Retry-After` of a `store_busy` refusal: the item takes writes again within a second or so.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Debug, Clone)]
 pub struct GateConfig {
@@ -45,6 +60,12 @@ pub struct GateConfig {
     /// How long the shed level is trusted before the directory is asked again: one read per
     /// this interval per container, never one per request.
     pub shed_ttl: Duration,
+    /// How long past its expiry a cached directory answer (key, tenant, plan) is still served
+    /// while the directory cannot answer: the staleness bound of an outage of the policy table.
+    pub directory_stale: Duration,
+    /// How long a directory failure stands before the directory is asked again: meanwhile,
+    /// requests the caches cannot answer get their 503 at once.
+    pub directory_retry: Duration,
 }
 
 impl Default for GateConfig {
@@ -59,6 +80,8 @@ impl Default for GateConfig {
             skip_routes: Vec::new(),
             fail_mode: None,
             shed_ttl: Duration::from_secs(5),
+            directory_stale: Duration::from_secs(15 * 60),
+            directory_retry: Duration::from_secs(1),
         }
     }
 }
@@ -94,7 +117,16 @@ pub enum Mode {
     /// The plan's priority is below the shed level: refused (or, for a shadow plan, reported as
     /// `Shadow { would_deny: true }`) without asking the store. No budget consumed.
     Shed { level: u8 },
-    /// The store could not decide (it failed, or the breaker is open); the fail mode answered.
+    /// The store answered with an error about the tenant's item (throttled, contended,
+    /// malformed, no room): refused with `store_busy` and a short wait (a shadow plan is
+    /// admitted). Never the fail mode: the store works, and the tenant's own load is the cause.
+    Busy {
+        error: String,
+        /// `StoreError::kind()`.
+        kind: &'static str,
+    },
+    /// The store could not answer (it timed out, was unreachable, or the breaker is open); the
+    /// fail mode answered (open for a shadow plan, whatever its fail mode).
     /// Failing open, `decision` is the per-container fallback's: the tenant's plan rate and burst
     /// and what is left of its quotas, so an admission here is a bounded fail-open admission.
     Failed {
@@ -139,7 +171,8 @@ pub struct Verdict {
 /// Why a request was refused, and when to retry: what a `429` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
-    /// `rate`, `daily_quota`, `monthly_quota`, `shed`, or `store_unavailable` (fail closed).
+    /// `rate`, `daily_quota`, `monthly_quota`, `shed`, `store_busy` (the tenant's item could not
+    /// take the write), or `store_unavailable` (fail closed).
     pub reason: &'static str,
     /// Whole seconds, at least 1: the decision's wait, or the breaker's cool-down when the store
     /// could not decide.
@@ -168,6 +201,7 @@ pub struct Gate {
     breaker: Breaker,
     fallback: Fallback,
     shed: ShedCache,
+    directory_down: resolve::DirectoryDown,
 }
 
 /// The shed level as last read (`None` before the first read), and until when it is trusted.
@@ -187,12 +221,13 @@ impl Gate {
         clock: Arc<dyn Clock>,
     ) -> Gate {
         Gate {
-            keys: AnswerCache::new(config.key_cache_capacity),
-            tenants: AnswerCache::new(config.key_cache_capacity),
-            plans: TtlCache::new(PLAN_CACHE_CAPACITY),
+            keys: AnswerCache::with_grace(config.key_cache_capacity, config.directory_stale),
+            tenants: AnswerCache::with_grace(config.key_cache_capacity, config.directory_stale),
+            plans: TtlCache::with_grace(PLAN_CACHE_CAPACITY, config.directory_stale),
             breaker: Breaker::new(config.breaker, config.store_budget),
             fallback: Fallback::new(config.key_cache_capacity),
             shed: ShedCache::default(),
+            directory_down: resolve::DirectoryDown::default(),
             config,
             directory,
             store,
@@ -235,48 +270,29 @@ impl Gate {
         match result {
             Ok(decision) => {
                 self.fallback.observe(&verdict.tenant, &decision, now);
+                // The store answers: what the fallback admitted meanwhile is owed to it.
+                self.settle(&verdict.tenant, now).await;
                 decided(verdict, decision)
             }
-            Err((error, kind)) => self.store_failed(verdict, (&limits, weight, now), error, kind),
+            Err(Failure {
+                scope: ErrorScope::Item,
+                error,
+                kind,
+            }) => busy(verdict, error, kind),
+            Err(Failure { error, kind, .. }) => self.store_failed(verdict, (&limits, weight, now), error, kind),
         }
     }
 
-    /// The caller's credentials resolved to a tenant and plan, or the answer when they do not.
-    async fn authenticate(&self, req: &Request<'_>, now: Timestamp) -> Result<Verdict, GateOutcome> {
-        let resolved = match req.credential {
-            Credential::ApiKey(raw) if !raw.is_empty() => self.resolve_key(ApiKeyHash::of(raw), now).await,
-            Credential::Tenant(tenant) => self.resolve_tenant(tenant, now).await,
-            _ => return Err(GateOutcome::Unauthorized("missing credentials")),
-        };
-        let (resolved, cached_credentials) = match resolved {
-            Ok((Some(r), cached)) => (r, cached),
-            Ok((None, _)) => return Err(GateOutcome::Unauthorized("unknown or disabled credentials")),
-            Err(e) => return Err(GateOutcome::Unavailable(e.to_string())),
-        };
-        Ok(Verdict {
-            tenant: resolved.tenant.into_string(),
-            key_id: Some(resolved.key_id.into_string()).filter(|k| !k.is_empty()),
-            plan: resolved.plan,
-            mode: Mode::Enforced,
-            decision: None,
-            store_latency: None,
-            cached_credentials,
-            refusal: None,
-        })
-    }
-
-    /// The store's decision within the budget, through the breaker (the error's text and kind
-    /// when there is none), and how long the store took when it was called.
-    async fn consume(
-        &self,
-        consume: &Consume<'_>,
-        now: Timestamp,
-    ) -> (Result<Decision, (String, &'static str)>, Option<Duration>) {
+    /// The store's decision within the budget, through the breaker (what failed when there is
+    /// none), and how long the store took when it was called.
+    async fn consume(&self, consume: &Consume<'_>, now: Timestamp) -> (Result<Decision, Failure>, Option<Duration>) {
         let Some(call) = self.breaker.permits(now) else {
-            return (
-                Err(("circuit breaker open: store not called".to_owned(), "breaker_open")),
-                None,
-            );
+            let open = Failure {
+                error: "circuit breaker open: store not called".to_owned(),
+                kind: "breaker_open",
+                scope: ErrorScope::Store,
+            };
+            return (Err(open), None);
         };
         let started = Instant::now();
         let result = match tokio::time::timeout(self.config.store_budget, self.store.consume(consume)).await {
@@ -291,10 +307,16 @@ impl Gate {
             Err(e) if e.scope() == ErrorScope::Item => call.success(),
             Err(_) => call.failure(self.clock.now()),
         }
-        (result.map_err(|e| (e.to_string(), e.kind())), latency)
+        let failure = |e: StoreError| Failure {
+            error: e.to_string(),
+            kind: e.kind(),
+            scope: e.scope(),
+        };
+        (result.map_err(failure), latency)
     }
 
-    /// The store could not decide: the fail mode answers.
+    /// The store could not answer: the fail mode answers; a shadow plan's is open, whatever it
+    /// says (a shadow plan never refuses).
     fn store_failed(
         &self,
         mut verdict: Verdict,
@@ -302,8 +324,10 @@ impl Gate {
         error: String,
         kind: &'static str,
     ) -> GateOutcome {
-        let mode = self.config.fail_mode.unwrap_or_else(|| verdict.plan.fail_mode());
-        tracing::warn!(tenant = %verdict.tenant, ?mode, kind, %error, "store could not decide: applying fail mode");
+        let mode = match self.config.fail_mode.unwrap_or_else(|| verdict.plan.fail_mode()) {
+            _ if verdict.plan.shadow() => FailMode::Open,
+            mode => mode,
+        };
         verdict.mode = Mode::Failed { mode, error, kind };
         match mode {
             // Open, but bounded: the fallback holds the tenant to its plan in this container.
@@ -327,6 +351,8 @@ impl Gate {
                 }
                 // The fallback is full of tenants it may not forget: admitting one more
                 // would be admission without a bound, so this one fails closed, and says so.
+                // A shadow plan is still admitted: it never refuses.
+                Err(_) if verdict.plan.shadow() => GateOutcome::Allow(verdict),
                 Err(_) => {
                     if let Mode::Failed { mode, .. } = &mut verdict.mode {
                         *mode = FailMode::Closed;
@@ -377,73 +403,35 @@ impl Gate {
         GateOutcome::Throttle(verdict)
     }
 
-    /// The key's tenant and plan, and whether that came from the cache.
-    async fn resolve_key(&self, hash: ApiKeyHash, now: Timestamp) -> Result<(Option<Resolved>, bool), DirectoryError> {
-        if let Some(hit) = self.keys.get(&hash, now) {
-            return Ok((hit, true));
-        }
-        let found = match self.directory.key(&hash).await?.filter(|k| k.enabled) {
-            Some(key) => self.plan_of(&key.tenant, now).await?.map(|plan| Resolved {
-                tenant: key.tenant.into(),
-                key_id: key.key_id.into(),
-                plan,
-            }),
-            None => None,
-        };
-        self.keys
-            .insert(hash, found.clone(), self.expiry(found.is_some(), now), now);
-        Ok((found, false))
-    }
-
-    /// A token's tenant and its plan, and whether that came from the cache.
-    async fn resolve_tenant(&self, tenant: &str, now: Timestamp) -> Result<(Option<Resolved>, bool), DirectoryError> {
-        let resolved = |plan: Option<Arc<Plan>>| {
-            plan.map(|plan| Resolved {
-                tenant: tenant.into(),
-                key_id: "".into(),
-                plan,
-            })
-        };
-        if let Some(hit) = self.tenants.get(&tenant.to_owned(), now) {
-            return Ok((resolved(hit), true));
-        }
-        let plan = self.plan_of(tenant, now).await?;
-        self.tenants
-            .insert(tenant.to_owned(), plan.clone(), self.expiry(plan.is_some(), now), now);
-        Ok((resolved(plan), false))
-    }
-
-    /// Tenant → plan name → plan. Plans are cached by name, so every tenant on a plan shares one
-    /// `Plan` in memory, and a new tenant costs one directory read less.
-    async fn plan_of(&self, tenant: &str, now: Timestamp) -> Result<Option<Arc<Plan>>, DirectoryError> {
-        let Some(name) = self.directory.tenant_plan(tenant).await? else {
-            return Ok(None);
-        };
-        if let Some(plan) = self.plans.get(&name, now) {
-            return Ok(plan);
-        }
-        let plan = self.directory.plan(&name).await?;
-        self.plans
-            .insert(name, plan.clone(), self.expiry(plan.is_some(), now), now);
-        Ok(plan)
-    }
-
-    /// When a directory answer stops being trusted: found ones live longer than unknown ones.
-    fn expiry(&self, found: bool, now: Timestamp) -> Timestamp {
-        let ttl = if found {
-            self.config.key_ttl
-        } else {
-            self.config.unknown_key_ttl
-        };
-        now.saturating_add(ttl)
-    }
-
     fn is_skip_route(&self, resource: &str, method: &str) -> bool {
         self.config
             .skip_routes
             .iter()
             .any(|r| split_route(r).is_some_and(|(path, m)| path == resource && (m == "*" || m == method)))
     }
+}
+
+/// Why the store gave no decision: its error's text, `StoreError::kind()` (or `breaker_open`),
+/// and whether it is about the tenant's item or the store as a whole.
+#[derive(Debug)]
+struct Failure {
+    error: String,
+    kind: &'static str,
+    scope: ErrorScope,
+}
+
+/// The store answered with an error about the tenant's item: `429 store_busy`, a short wait; a
+/// shadow plan is admitted.
+fn busy(mut verdict: Verdict, error: String, kind: &'static str) -> GateOutcome {
+    verdict.mode = Mode::Busy { error, kind };
+    if verdict.plan.shadow() {
+        return GateOutcome::Allow(verdict);
+    }
+    verdict.refusal = Some(Refusal {
+        reason: "store_busy",
+        retry_after_secs: BUSY_RETRY_AFTER_SECS,
+    });
+    GateOutcome::Throttle(verdict)
 }
 
 fn refusal_of(d: &Decision) -> Refusal {

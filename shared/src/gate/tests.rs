@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 
 use super::*;
-use crate::directory::MemoryDirectory;
+use crate::directory::{DirectoryError, MemoryDirectory};
 use crate::engine::clock::ManualClock;
 use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Consume, Reset, Store, StoreError, Usage};
+use super::{Charge, Consume, Reset, Settled, Store, StoreError, Usage};
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::Decision;
 use crate::engine::policy::BucketId;
@@ -48,6 +48,8 @@ pub struct MemoryStore {
     full_refusals: AtomicU64,
     /// Request time (s) of the last "store full" warning.
     last_full_warning: AtomicU64,
+    /// The last charge id drawn.
+    charge_ids: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -60,6 +62,8 @@ struct Entry {
     history: Vec<(Counter, u64)>,
     /// Days since the epoch of the current counters: a new day is the only time they can roll.
     epoch_day: u64,
+    /// The greatest charge id settled: a charge applies only above it, so at most once.
+    charged: u64,
 }
 
 impl Entry {
@@ -71,6 +75,21 @@ impl Entry {
             month: (Period::Month.counter(now), 0),
             history: Vec::new(),
             epoch_day: epoch_day(now),
+            charged: 0,
+        }
+    }
+
+    /// Adds `n` units to `c`'s counter: the current day or month, or a closed period still
+    /// inside the kept window. Units of a period outside it are gone with their period.
+    fn charge(&mut self, c: Counter, n: u64, now: Timestamp) {
+        if self.day.0 == c {
+            self.day.1 += n;
+        } else if self.month.0 == c {
+            self.month.1 += n;
+        } else if let Some(slot) = self.history.iter_mut().find(|(h, _)| *h == c) {
+            slot.1 += n;
+        } else if c.is_kept(now) && c < c.period().counter(now) {
+            self.history.push((c, n));
         }
     }
 
@@ -159,6 +178,7 @@ impl MemoryStore {
             evictions: AtomicU64::new(0),
             full_refusals: AtomicU64::new(0),
             last_full_warning: AtomicU64::new(0),
+            charge_ids: AtomicU64::new(0),
         }
     }
 
@@ -205,6 +225,36 @@ impl MemoryStore {
             entry.month.1 = next.monthly_used;
         }
         Ok(eval.decision)
+    }
+
+    /// `Store::settle`, synchronously.
+    pub fn settle_now(&self, charge: &Charge<'_>) -> Result<Settled, StoreError> {
+        let mut guard = self.shard(charge.tenant);
+        let shard = &mut *guard;
+        let entry = match shard.tenants.get_mut(charge.tenant) {
+            Some(e) => e,
+            None => {
+                if shard.tenants.len() >= self.per_shard {
+                    self.evict(shard, charge.now)?;
+                }
+                shard
+                    .tenants
+                    .entry(charge.tenant.into())
+                    .or_insert_with(|| Entry::new(charge.now))
+            }
+        };
+        match charge.id.cmp(&entry.charged) {
+            std::cmp::Ordering::Equal => return Ok(Settled::Applied),
+            std::cmp::Ordering::Less if charge.resent => return Ok(Settled::Unknown),
+            std::cmp::Ordering::Less => return Ok(Settled::Stale),
+            std::cmp::Ordering::Greater => {}
+        }
+        entry.roll(charge.now);
+        entry.charged = charge.id;
+        for &(c, n) in charge.units {
+            entry.charge(c, n, charge.now);
+        }
+        Ok(Settled::Applied)
     }
 
     fn shard_index(&self, tenant: &str) -> usize {
@@ -290,6 +340,14 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    fn charge_id(&self, _now: Timestamp) -> u64 {
+        self.charge_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    async fn settle(&self, charge: &Charge<'_>) -> Result<Settled, StoreError> {
+        self.settle_now(charge)
     }
 }
 

@@ -1,6 +1,10 @@
 //! The port every state store implements: "consume N units for tenant T under these limits at
 //! time now", answered with a `Decision`. Adapters: `memory` (embedded, the CLI's default) and
 //! `dynamodb` (one conditional write per decision).
+//!
+//! A second write path settles what a container admitted while the store could not answer
+//! (`Store::settle`): those units are added to the tenant's counters once, however often the
+//! charge is sent, so quotas, usage and history count every admitted request.
 
 use std::fmt;
 use std::time::Duration;
@@ -34,6 +38,36 @@ pub struct Usage {
     pub days: Vec<(Counter, u64)>,
     pub months: Vec<(Counter, u64)>,
     pub tat: Option<Timestamp>,
+}
+
+/// Units admitted without the store (a container's fail-open fallback), to be added to the
+/// tenant's counters at most once.
+///
+/// `id` comes from [`Store::charge_id`], drawn just before the first send. Only after a send
+/// whose outcome is unknown is the charge sent again under the same id (`resent`); a charge
+/// refused as [`Settled::Stale`] is sent again under a fresh id.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    pub tenant: &'a str,
+    /// Units per counter: the periods in which the admissions fell.
+    pub units: &'a [(Counter, u64)],
+    pub id: u64,
+    /// An earlier send of this `id` had an unknown outcome: it may have been added already.
+    pub resent: bool,
+    pub now: Timestamp,
+}
+
+/// What became of a charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Added: by this send, or by an earlier send of the same id.
+    Applied,
+    /// Surely not added: the item's ids are ahead of this one (another container's clock, or
+    /// writes since the id was drawn). Draw a fresh id and settle again.
+    Stale,
+    /// An earlier send may have added it and the item no longer tells: not added again, so the
+    /// units are counted at most once (and, in this rare case, perhaps not at all).
+    Unknown,
 }
 
 /// What an operator's reset clears: the rate state (every bucket of the tenant), and the
@@ -157,4 +191,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// An operator's reset: clears what `reset` names for the tenant, in one write. Containers
     /// holding a cached refusal see it within their `max_cached_refusal`.
     async fn reset(&self, tenant: &str, reset: Reset, now: Timestamp) -> Result<(), StoreError>;
+
+    /// A fresh id for a [`Charge`], above every id this store has sent or seen. No IO.
+    fn charge_id(&self, now: Timestamp) -> u64;
+
+    /// Adds a charge's units to the tenant's counters, at most once per id, whatever its quotas
+    /// say (the requests were admitted already). Leaves the rate state alone.
+    async fn settle(&self, charge: &Charge<'_>) -> Result<Settled, StoreError>;
 }

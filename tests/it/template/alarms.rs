@@ -232,6 +232,7 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
         "NoticesSent",
         "Shed",
         "ThrottlesMonthlyQuota",
+        "ThrottlesStoreBusy",
     ] {
         assert!(ours.contains(m), "the template watches {m}");
     }

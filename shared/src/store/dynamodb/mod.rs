@@ -23,6 +23,7 @@
 
 pub mod item;
 mod predictions;
+mod settle;
 
 use std::collections::HashMap;
 
@@ -39,7 +40,7 @@ use aws_sdk_dynamodb::types::{
 
 use self::item::{OpStatus, Snapshot, TatAttr, Write};
 use self::predictions::{Predictions, Race, Seen};
-use super::{Consume, Reset, Store, StoreError, Usage};
+use super::{Charge, Consume, Reset, Settled, Store, StoreError, Usage};
 use crate::engine;
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::{Decision, Reason};
@@ -539,6 +540,14 @@ impl Store for DynamoStore {
         // This process's cached view must not refuse on the state just cleared.
         self.predictions.forget(tenant);
         Ok(())
+    }
+
+    fn charge_id(&self, now: Timestamp) -> u64 {
+        self.next_op(now)
+    }
+
+    async fn settle(&self, charge: &Charge<'_>) -> Result<Settled, StoreError> {
+        self.settle_charge(charge).await
     }
 }
 
