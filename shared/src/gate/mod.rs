@@ -469,4 +469,6 @@ fn decided(mut verdict: Verdict, decision: Decision) -> GateOutcome {
 }
 
 #[cfg(test)]
+mod store_tests;
+#[cfg(test)]
 mod tests;
