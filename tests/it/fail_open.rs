@@ -1,6 +1,8 @@
 //! The gate when the store cannot decide: fail-open is bounded per container by the plan (burst,
-//! rate, what is left of the quotas), one tenant's broken item does not open the breaker for
-//! everyone, and a flood of unknown keys does not cost known tenants policy-table reads.
+//! rate, what is left of the quotas) over the injected outage, what it admitted is in the
+//! tenant's counters once the store answers again, one tenant's broken item is refused without
+//! opening the breaker for everyone, and a flood of unknown keys does not cost known tenants
+//! policy-table reads.
 //!
 //! Outages are the loopback fault proxy black-holing the emulator (moto cannot fail that way).
 
@@ -49,24 +51,31 @@ fn request(key: &str) -> Request<'_> {
     }
 }
 
-/// Containers in the outage test: gates of their own over one state table.
+/// Containers in the outage test.
 const CONTAINERS: usize = 2;
+/// Each container's store budget and breaker in the outage test. Not the shipped 150 ms and
+/// 5 s: the emulator is single-threaded and shared by every test of this binary, and at 150 ms
+/// its queueing alone would fail open outside the injected outage, which is the window this test
+/// bounds (the shipped defaults have their own test below).
+const BUDGET: Duration = Duration::from_secs(1);
+const COOL_DOWN: Duration = Duration::from_millis(500);
 
 /// `CONTAINERS` gates, each with its own cache, breaker and fallback, over one state table
-/// reached by `client`, with a quick breaker.
+/// reached by `client`.
 fn containers(
     file: &PolicyFile,
     tenants: &[DemoTenant],
     client: &aws_sdk_dynamodb::Client,
     table: &str,
 ) -> Vec<Target> {
-    let budget = Duration::from_secs(1);
-    let cool_down = Duration::from_millis(500);
     (0..CONTAINERS)
         .map(|_| {
             let config = GateConfig {
-                store_budget: budget,
-                breaker: BreakerConfig { failures: 3, cool_down },
+                store_budget: BUDGET,
+                breaker: BreakerConfig {
+                    failures: 3,
+                    cool_down: COOL_DOWN,
+                },
                 ..GateConfig::default()
             };
             Target::Gate(Arc::new(Gate::new(
@@ -82,7 +91,7 @@ fn containers(
 #[tokio::test]
 async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_times_the_outage() {
     // GIVEN two containers (a gate each, with its own cache, breaker and fallback) over one
-    // DynamoDB table through a fault proxy, with a quick breaker
+    // DynamoDB table through a fault proxy
     let file = PolicyFile::parse(PLANS).expect("policy");
     let (_, table) = emulator::state_table().await;
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
@@ -95,7 +104,6 @@ async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_time
     let gates = containers(&file, &tenants, &client, &table);
     // WHEN each container is offered twice the plans' rates for 6 s and the store is black-holed
     // for 2 s of it
-    let outage = Duration::from_secs(2);
     let sim = Config {
         load: 2.0,
         concurrency: 512,
@@ -105,16 +113,20 @@ async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_time
     let faults = proxy.clone();
     let outage_task = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        let began = Instant::now();
         faults.begin_outage();
-        tokio::time::sleep(outage).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
         faults.end_outage();
+        began.elapsed()
     });
     let reports = futures::future::join_all(gates.iter().map(|g| simulate::run(g, &file, &sim, ""))).await;
-    outage_task.await.expect("outage");
+    // The outage as injected: from the proxy's first black-holed connection to its last.
+    let outage = outage_task.await.expect("outage");
     // THEN in each container each tenant's fail-open admissions stay within burst + rate × the
-    // outage it saw (the store's, plus up to a cool-down and a budget to notice it is back;
-    // longer when the shared emulator is slow) and within a quota's remainder, so over all
-    // containers within CONTAINERS times that
+    // window in which the container could fail open: the injected outage, plus what it takes to
+    // notice the end (a request black-holed just before it fails a budget later, the breaker
+    // then stays open a cool-down, and its probe takes up to a budget), and within a quota
+    let window = (outage + 2 * BUDGET + COOL_DOWN).as_secs_f64();
     let mut totals: HashMap<String, (u64, f64)> = HashMap::new();
     for (c, report) in reports.into_iter().enumerate() {
         let report = report.expect("run");
@@ -122,14 +134,13 @@ async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_time
         assert!(felt > 0, "container {c} felt the outage\n{}", report.table());
         for t in &report.tenant_results {
             let spec = file.plans[&t.plan].spec();
-            let seen = t.fail_open_secs.expect("measured");
-            let mut bound = f64::from(spec.burst.expect("burst")) + spec.rate.expect("rate") * seen;
+            let mut bound = f64::from(spec.burst.expect("burst")) + spec.rate.expect("rate") * window;
             if let Some(q) = spec.daily_quota {
                 bound = bound.min(q as f64);
             }
             let fail_open = t.fail_open.expect("counted");
             eprintln!(
-                "container {c}, {}: {} of {} admitted, {fail_open} failing open over {seen:.2} s (store black-holed {:.1} s), bound {bound:.1}",
+                "container {c}, {}: {} of {} admitted, {fail_open} failing open (store black-holed {:.2} s, window {window:.2} s), bound {bound:.1}",
                 t.tenant,
                 t.admitted,
                 t.requests,
@@ -184,20 +195,19 @@ async fn one_tenants_corrupt_item_neither_opens_the_breaker_nor_touches_other_te
         Arc::new(clock.clone()),
     );
     // WHEN the broken tenant sends four times the breaker's failure threshold
-    let mut admitted = 0;
     for _ in 0..20 {
         match gate.check(request(&broken.api_key)).await {
-            GateOutcome::Allow(v) => {
-                assert!(matches!(v.mode, Mode::Failed { kind: "corrupt", .. }), "{:?}", v.mode);
-                admitted += 1;
+            // THEN each is refused 429 store_busy, never failing open (an item-scoped error is
+            // an answer from a working store), and the breaker stays closed
+            GateOutcome::Throttle(v) => {
+                assert!(matches!(v.mode, Mode::Busy { kind: "corrupt", .. }), "{:?}", v.mode);
+                assert_eq!(v.refusal.map(|r| (r.reason, r.retry_after_secs)), Some(("store_busy", 1)));
             }
-            GateOutcome::Throttle(v) => assert!(matches!(v.mode, Mode::Failed { kind: "corrupt", .. })),
             other => panic!("unexpected {other:?}"),
         }
     }
-    // THEN it fails open within its burst (no time passed), the breaker stays closed
-    assert_eq!(admitted, 5, "the steady plan's burst");
     assert_eq!(gate.breaker().state(), BreakerState::Closed { failures: 0 });
+    assert!(!gate.owes(), "nothing admitted without the store");
     // AND the other tenant is decided by the store as usual
     match gate.check(request(&healthy.api_key)).await {
         GateOutcome::Allow(v) => assert_eq!(v.mode, Mode::Enforced),
@@ -205,22 +215,28 @@ async fn one_tenants_corrupt_item_neither_opens_the_breaker_nor_touches_other_te
     }
 }
 
-/// Where the 64-client run of the issue stood: 64 keep-alive clients on one tenant, for 8 s,
-/// default budget and fail mode, a daily quota of 100.
+/// Where the 64-client run stood (131 admitted on a daily quota of 100, and a day counter of
+/// 83): what was admitted without the store was never written. A quota above what the test
+/// can spend, so that the fallback has something to admit.
 const HOT: &str = r#"
 [plans.hot]
-rate = 50.0
-burst = 100
-daily_quota = 100
+rate = 20.0
+burst = 20
+daily_quota = 1000
 "#;
 
+/// Clients of the shipped-defaults outage test.
+const CLIENTS: usize = 1;
+
 #[tokio::test]
-async fn sixty_four_clients_on_one_tenant_at_the_default_budget_stay_within_the_fail_open_bound() {
-    // GIVEN one container's gate at the defaults (150 ms budget, the plan's fail mode: open) over
-    // DynamoDB on the emulator, which queues 64 clients past the budget
+async fn after_an_injected_outage_the_day_counter_equals_the_requests_admitted_at_the_shipped_defaults() {
+    // GIVEN one container's gate at the shipped defaults (150 ms budget, breaker 5 failures and
+    // 5 s, the plan's fail mode: open), DynamoStoreConfig::new (4 attempts) and the authorizer's
+    // attempt timeout, over DynamoDB on the emulator through the fault proxy
     let file = PolicyFile::parse(HOT).expect("policy");
     let (_, table) = emulator::state_table().await;
-    let client = state_client(&emulator::sdk_config(&emulator::endpoint()), StoreTimeouts::default());
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let client = state_client(&emulator::sdk_config(&proxy.endpoint()), StoreTimeouts::default());
     let tenants = demo_tenants(&file, 1);
     let gate = Arc::new(Gate::new(
         GateConfig::default(),
@@ -228,24 +244,34 @@ async fn sixty_four_clients_on_one_tenant_at_the_default_budget_stay_within_the_
         Arc::new(DynamoStore::new(client.clone(), DynamoStoreConfig::new(&table))),
         Arc::new(SystemClock::new()),
     ));
-    // WHEN 64 clients call as fast as they are answered for 8 s
+    // WHEN a client calls as fast as it is answered for 9 s (a Lambda container serves one
+    // request at a time), and the store is unreachable from 1 s to 2.5 s (requests already sent
+    // are answered: a write applied with its answer lost is the store's indeterminate case,
+    // which the settlement cannot tell from one that was not, docs/design/decision.md)
     let admitted = Arc::new(AtomicU64::new(0));
-    let answered = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + Duration::from_secs(8);
-    let clients: Vec<_> = (0..64)
+    let fail_open = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(9);
+    let faults = proxy.clone();
+    let outage = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        faults.begin_unreachable();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        faults.end_outage();
+    });
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (gate, admitted, answered, key) = (
+            let (gate, admitted, fail_open, key) = (
                 gate.clone(),
                 admitted.clone(),
-                answered.clone(),
+                fail_open.clone(),
                 tenants[0].api_key.clone(),
             );
             tokio::spawn(async move {
                 while Instant::now() < end {
-                    if let GateOutcome::Allow(_) = gate.check(request(&key)).await {
+                    if let GateOutcome::Allow(v) = gate.check(request(&key)).await {
                         admitted.fetch_add(1, Ordering::Relaxed);
+                        fail_open.fetch_add(u64::from(v.mode.is_fail_open()), Ordering::Relaxed);
                     }
-                    answered.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
@@ -253,17 +279,27 @@ async fn sixty_four_clients_on_one_tenant_at_the_default_budget_stay_within_the_
     for c in clients {
         c.await.expect("client");
     }
-    // THEN at most the quota went through the store, and at most what was left of it the store
-    // had last reported failed open on top: never more than twice the quota
-    let admitted = admitted.load(Ordering::Relaxed);
+    outage.await.expect("outage");
+    // AND then one request at a time until nothing is owed (each settles one tenant's charge)
+    for _ in 0..50 {
+        if !gate.owes() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let GateOutcome::Allow(_) = gate.check(request(&tenants[0].api_key)).await {
+            admitted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // THEN the day counter holds every admitted request, those admitted without the store too
+    let (admitted, fail_open) = (admitted.load(Ordering::Relaxed), fail_open.load(Ordering::Relaxed));
     let (patient, _) = emulator::state_table().await;
     let recorded = day_counter(&patient, &table, &tenants[0].tenant).await;
     eprintln!(
-        "64 clients, 8 s, daily quota 100: {admitted} admitted of {} answered, day counter {recorded}",
-        answered.load(Ordering::Relaxed)
+        "{CLIENTS} client(s), 9 s, 1.5 s unreachable: {admitted} admitted ({fail_open} failing open), day counter {recorded}"
     );
-    assert!(recorded <= 100);
-    assert!(admitted <= 200, "{admitted} admitted against a daily quota of 100");
+    assert!(fail_open > 0, "the outage was felt");
+    assert!(!gate.owes(), "everything was settled");
+    assert_eq!(recorded, admitted);
 }
 
 /// The tenant's day counter in the state table (0 when it has none).

@@ -239,6 +239,12 @@ impl Gate {
         &self.breaker
     }
 
+    /// Whether requests admitted without the store are still to be settled into it (they are,
+    /// one tenant per request, once the store answers again).
+    pub fn owes(&self) -> bool {
+        self.fallback.owes()
+    }
+
     pub async fn check(&self, req: Request<'_>) -> GateOutcome {
         let now = self.clock.now();
         let mut verdict = match self.authenticate(&req, now).await {

@@ -75,6 +75,8 @@ pub struct FaultProxy {
     held: Arc<AtomicU64>,
     /// An outage: every new connection stalls and open ones are cut.
     outage: Arc<AtomicBool>,
+    /// Unreachable: every new connection stalls; open ones are answered.
+    unreachable: Arc<AtomicBool>,
 }
 
 impl FaultProxy {
@@ -90,6 +92,7 @@ impl FaultProxy {
             injected: Arc::default(),
             held: Arc::default(),
             outage: Arc::default(),
+            unreachable: Arc::default(),
         };
         let this = proxy.clone();
         proxy.addr = proxy::tcp(move |client| this.accept(client, upstream)).await;
@@ -117,7 +120,7 @@ impl FaultProxy {
 
     /// The outage's stall, else the next queued fault, else perhaps a random one.
     fn next_fault(&self) -> Option<Fault> {
-        if self.outage.load(Ordering::SeqCst) {
+        if self.outage.load(Ordering::SeqCst) || self.unreachable.load(Ordering::SeqCst) {
             return Some(Fault::Stall);
         }
         self.faults.lock().expect("faults").pop_front().or_else(|| {
@@ -190,8 +193,15 @@ impl FaultProxy {
         self.outage.store(true, Ordering::SeqCst);
     }
 
+    /// Makes the store unreachable until `end_outage`: new connections stall, and requests
+    /// already on their way are answered, so no write is applied with its answer lost.
+    pub fn begin_unreachable(&self) {
+        self.unreachable.store(true, Ordering::SeqCst);
+    }
+
     pub fn end_outage(&self) {
         self.outage.store(false, Ordering::SeqCst);
+        self.unreachable.store(false, Ordering::SeqCst);
     }
 
     /// Connections accepted so far.
