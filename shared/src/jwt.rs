@@ -4,11 +4,13 @@
 //! The key set is kept fresh by `Jwks`: refetched when its time to live runs out (the source's
 //! `Cache-Control: max-age`, else a configured default) and when a token names a key id it does
 //! not hold (rotation), at most once per `min_refresh` and by one caller at a time. A failed
-//! fetch keeps the last good set. The fetching itself is behind `JwksSource` (HTTP in the
+//! fetch keeps the last good set. Each fetched key is made a decoding key once, when its set
+//! arrives, not once per token. The fetching itself is behind `JwksSource` (HTTP in the
 //! authorizer), and `now` is always an argument, so expiry and refresh are as testable as
 //! everything else.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -118,6 +120,8 @@ impl JwksPolicy {
 #[derive(Debug)]
 struct KeySnapshot {
     keys: JwkSet,
+    /// `keys`' decoding keys, in the same order (an unusable key's error instead).
+    decoding: Vec<Result<DecodingKey, String>>,
     /// Bumped by every fetch attempt, good or failed: callers that waited for an attempt see
     /// that it happened and do not fetch again.
     attempt: u64,
@@ -127,14 +131,45 @@ struct KeySnapshot {
 }
 
 impl KeySnapshot {
-    fn find(&self, kid: Option<&str>) -> Option<&jsonwebtoken::jwk::Jwk> {
+    fn new(keys: JwkSet, attempt: u64, attempted_at: Timestamp, refresh_at: Timestamp, decoded: &AtomicU64) -> Self {
+        let decoding = keys.keys.iter().map(|jwk| decoding_key(jwk, decoded)).collect();
+        KeySnapshot {
+            keys,
+            decoding,
+            attempt,
+            attempted_at,
+            refresh_at,
+        }
+    }
+
+    /// The index of the key a token names.
+    fn position(&self, kid: Option<&str>) -> Option<usize> {
         match kid {
-            Some(kid) => self.keys.find(kid),
+            Some(kid) => self
+                .keys
+                .keys
+                .iter()
+                .position(|k| k.common.key_id.as_deref() == Some(kid)),
             // A token without a key id is only accepted when the set leaves no choice.
-            None if self.keys.keys.len() == 1 => self.keys.keys.first(),
+            None if self.keys.keys.len() == 1 => Some(0),
             None => None,
         }
     }
+
+    fn find(&self, kid: Option<&str>) -> Option<&jsonwebtoken::jwk::Jwk> {
+        self.position(kid).map(|i| &self.keys.keys[i])
+    }
+
+    /// The decoding key of the key a token names: built when the set arrived.
+    fn decoding(&self, kid: Option<&str>) -> Option<&Result<DecodingKey, String>> {
+        self.position(kid).and_then(|i| self.decoding.get(i))
+    }
+}
+
+/// The decoding key of `jwk`, counted in `decoded`: the one place one is built.
+fn decoding_key(jwk: &jsonwebtoken::jwk::Jwk, decoded: &AtomicU64) -> Result<DecodingKey, String> {
+    decoded.fetch_add(1, Ordering::Relaxed);
+    DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())
 }
 
 /// A JWKS kept fresh from a `JwksSource`; shared by every request of a container.
@@ -145,6 +180,8 @@ pub struct Jwks {
     current: RwLock<Arc<KeySnapshot>>,
     /// Held by the one caller that fetches; the others wait for its result (single flight).
     fetching: tokio::sync::Mutex<()>,
+    /// Decoding keys built so far: one per key per fetched set, never one per token.
+    decoded: AtomicU64,
 }
 
 impl Jwks {
@@ -152,18 +189,21 @@ impl Jwks {
     /// the caller's to answer (the authorizer fails its cold start).
     pub async fn load(source: Arc<dyn JwksSource>, policy: JwksPolicy, now: Timestamp) -> Result<Jwks, JwksFetchError> {
         let fetched = source.fetch().await?;
-        let snapshot = KeySnapshot {
-            refresh_at: now.saturating_add(policy.ttl(fetched.max_age)),
-            keys: fetched.keys,
-            attempt: 0,
-            attempted_at: now,
-        };
+        let decoded = AtomicU64::new(0);
+        let refresh_at = now.saturating_add(policy.ttl(fetched.max_age));
+        let snapshot = KeySnapshot::new(fetched.keys, 0, now, refresh_at, &decoded);
         Ok(Jwks {
             source,
             policy,
             current: RwLock::new(Arc::new(snapshot)),
             fetching: tokio::sync::Mutex::new(()),
+            decoded,
         })
+    }
+
+    /// Decoding keys built since the first fetch (for tests: one per key per fetch).
+    pub fn decoded_keys(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
     }
 
     pub fn policy(&self) -> JwksPolicy {
@@ -217,17 +257,15 @@ impl Jwks {
                     .filter_map(|k| k.common.key_id.as_deref())
                     .collect();
                 tracing::info!(keys = ?ids, "JWKS refreshed");
-                KeySnapshot {
-                    refresh_at: now.saturating_add(self.policy.ttl(fetched.max_age)),
-                    keys: fetched.keys,
-                    attempt: latest.attempt + 1,
-                    attempted_at: now,
-                }
+                let refresh_at = now.saturating_add(self.policy.ttl(fetched.max_age));
+                KeySnapshot::new(fetched.keys, latest.attempt + 1, now, refresh_at, &self.decoded)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
+                // The last good set, its decoding keys with it.
                 KeySnapshot {
                     keys: latest.keys.clone(),
+                    decoding: latest.decoding.clone(),
                     attempt: latest.attempt + 1,
                     attempted_at: now,
                     refresh_at: now.saturating_add(self.policy.min_refresh),
@@ -263,10 +301,11 @@ impl JwtVerifier {
             return Err(JwtError::Algorithm(format!("{:?}", header.alg)));
         }
         let keys = self.keys.for_key(header.kid.as_deref(), now).await;
-        let jwk = keys
-            .find(header.kid.as_deref())
-            .ok_or_else(|| JwtError::UnknownKey(header.kid.clone()))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| JwtError::Invalid(e.to_string()))?;
+        let key = keys
+            .decoding(header.kid.as_deref())
+            .ok_or_else(|| JwtError::UnknownKey(header.kid.clone()))?
+            .as_ref()
+            .map_err(|e| JwtError::Invalid(e.clone()))?;
         // Signature, algorithm, issuer and audience here; time below, against the injected `now`.
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.config.issuer]);
@@ -274,7 +313,7 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&["iss", "aud", "exp"]);
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        let claims = decode::<Map<String, Value>>(token, &key, &validation)
+        let claims = decode::<Map<String, Value>>(token, key, &validation)
             .map_err(|e| JwtError::Invalid(e.to_string()))?
             .claims;
         let now = now.as_secs();

@@ -129,6 +129,11 @@ impl Authorizer {
         &self.gate
     }
 
+    /// The token verifier, when tenants come from bearer tokens.
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        self.jwt.as_ref()
+    }
+
     /// Answers one event, REST or HTTP API. Never panics on input: a malformed event is an
     /// `InvalidEvent` error.
     pub async fn handle(&self, event: Value) -> Result<Value, AuthorizerError> {

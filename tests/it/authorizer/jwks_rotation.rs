@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use tollgate::engine::clock::Clock as _;
 use tollgate::jwt::JwksPolicy;
 
 use super::tokens::{ATTACKER_KEY, ES256, RS256, RS256_KEY, admits, claims, es256, jwt_stack_on, token};
@@ -25,6 +26,12 @@ async fn a_token_signed_with_a_rotated_in_key_is_accepted_without_a_restart() {
     let old_key = token(RS256, "test-rs256", RS256_KEY, claims("acme", 3600, json!({})));
     assert!(admits(&s, &old_key).await);
     assert_eq!(server.fetches(), 2, "known key ids fetch nothing");
+    // AND decoding keys were built once per key per fetched set, never per token
+    let verifier = s.authorizer.jwt().expect("jwt mode");
+    for _ in 0..20 {
+        verifier.verify(&old_key, s.clock.now()).await.expect("verified");
+    }
+    assert_eq!(verifier.keys().decoded_keys(), 1 + 2, "one key at cold start, two on the refresh");
 }
 
 #[tokio::test]
