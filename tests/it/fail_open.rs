@@ -201,7 +201,10 @@ async fn one_tenants_corrupt_item_neither_opens_the_breaker_nor_touches_other_te
             // an answer from a working store), and the breaker stays closed
             GateOutcome::Throttle(v) => {
                 assert!(matches!(v.mode, Mode::Busy { kind: "corrupt", .. }), "{:?}", v.mode);
-                assert_eq!(v.refusal.map(|r| (r.reason, r.retry_after_secs)), Some(("store_busy", 1)));
+                assert_eq!(
+                    v.refusal.map(|r| (r.reason, r.retry_after_secs)),
+                    Some(("store_busy", 1))
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

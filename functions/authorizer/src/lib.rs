@@ -537,9 +537,9 @@ mod tests {
             _ => None,
         })
         .expect("config");
-        let clock = Arc::new(tollgate::engine::clock::ManualClock::new(tollgate::engine::clock::Timestamp::from_secs(
-            1_795_456_177,
-        )));
+        let clock = Arc::new(tollgate::engine::clock::ManualClock::new(
+            tollgate::engine::clock::Timestamp::from_secs(1_795_456_177),
+        ));
         let authorizer = Authorizer::new(
             &config,
             Arc::new(tollgate::directory::MemoryDirectory::from_file(&file)),
@@ -556,7 +556,8 @@ mod tests {
         let _guard = tracing::subscriber::set_default(subscriber);
         // WHEN one request is admitted and the next refused
         let mut event: Value =
-            serde_json::from_str(include_str!("../../../tests/fixtures/authorizer/rest-request.json")).expect("fixture");
+            serde_json::from_str(include_str!("../../../tests/fixtures/authorizer/rest-request.json"))
+                .expect("fixture");
         event["headers"]["x-api-key"] = json!("abc");
         event["multiValueHeaders"]["x-api-key"] = json!(["abc"]);
         for expected in ["Allow", "Deny"] {

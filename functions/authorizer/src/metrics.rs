@@ -387,4 +387,53 @@ mod tests {
         let admitted = Sample::of(&GateOutcome::Allow(verdict)).expect("sample");
         assert_eq!((admitted.fail_open, admitted.store_error), (1, Some("timeout")));
     }
+
+    #[test]
+    fn a_store_busy_refusal_counts_under_its_own_metric_and_says_so_in_its_line() {
+        // GIVEN a refusal because the tenant's item was contended
+        let file = tollgate::policy_file::PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 1\n").expect("policy");
+        let verdict = tollgate::gate::Verdict {
+            tenant: "acme".into(),
+            key_id: Some("k1".into()),
+            plan: file.plans["free"].clone(),
+            mode: Mode::Busy {
+                error: "store contention: no decision after 4 attempts".into(),
+                kind: "contention",
+            },
+            decision: None,
+            store_latency: Some(Duration::from_millis(40)),
+            cached_credentials: false,
+            refusal: Some(tollgate::gate::Refusal {
+                reason: "store_busy",
+                retry_after_secs: 1,
+            }),
+        };
+        // WHEN sampled and rendered
+        let sample = Sample::of(&GateOutcome::Throttle(verdict)).expect("sample");
+        let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
+        // THEN it is a ThrottlesStoreBusy, neither a fail-open nor a fail-closed answer
+        assert_eq!(
+            (sample.throttles_store_busy, sample.fail_open, sample.fail_closed),
+            (1, 0, 0)
+        );
+        assert_eq!(doc["ThrottlesStoreBusy"], 1);
+        assert!(tollgate::metrics::AUTHORIZER.contains(&"ThrottlesStoreBusy"));
+        // AND the line tells the decision: outcome, mode, reason, key id, the store's error
+        assert_eq!(
+            (
+                &doc["Outcome"],
+                &doc["Mode"],
+                &doc["Reason"],
+                &doc["KeyId"],
+                &doc["StoreError"]
+            ),
+            (
+                &json!("throttle"),
+                &json!("store_busy"),
+                &json!("store_busy"),
+                &json!("k1"),
+                &json!("contention")
+            )
+        );
+    }
 }

@@ -110,9 +110,7 @@ impl Fallback {
         }
         let seen = self.seen.get(req.tenant, now).unwrap_or_default();
         let counters = [Period::Day.counter(now), Period::Month.counter(now)];
-        let used = |period: Period, counter: Counter| {
-            seen.used(period, now) + Ledger::owed(&book, req.tenant, counter)
-        };
+        let used = |period: Period, counter: Counter| seen.used(period, now) + Ledger::owed(&book, req.tenant, counter);
         let state = State {
             tat: None,
             daily_used: used(Period::Day, counters[0]),
@@ -131,7 +129,10 @@ impl Fallback {
             bucket: req.limits.bucket.clone(),
             ..Limits::UNLIMITED
         };
-        let mut decision = self.spent.decide(&Consume { limits: &bucket, ..*req })?;
+        let mut decision = self.spent.decide(&Consume {
+            limits: &bucket,
+            ..*req
+        })?;
         if decision.allowed {
             (decision.daily, decision.monthly) = (by_quota.decision.daily, by_quota.decision.monthly);
             self.owed.add(&mut book, req.tenant, &counters, u64::from(req.weight));

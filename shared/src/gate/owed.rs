@@ -224,7 +224,10 @@ mod tests {
         let ledger = Ledger::new(10);
         ledger.add(&mut ledger.lock(), "a", &[day()], 5);
         let pending = ledger.take("a", || 7).expect("owes");
-        assert_eq!((pending.units.clone(), pending.id, pending.resent), (vec![(day(), 5)], 7, false));
+        assert_eq!(
+            (pending.units.clone(), pending.id, pending.resent),
+            (vec![(day(), 5)], 7, false)
+        );
         ledger.add(&mut ledger.lock(), "a", &[day()], 2);
         // THEN no second charge goes out for the tenant meanwhile
         assert!(ledger.take("a", || 8).is_none());
@@ -244,11 +247,17 @@ mod tests {
         ledger.add(&mut ledger.lock(), "a", &[day()], 5);
         // WHEN the send's outcome is unknown, and more units are admitted
         let pending = ledger.take("a", || 7).expect("owes");
-        ledger.report(pending, &Err(StoreError::Timeout(std::time::Duration::from_millis(150))));
+        ledger.report(
+            pending,
+            &Err(StoreError::Timeout(std::time::Duration::from_millis(150))),
+        );
         ledger.add(&mut ledger.lock(), "a", &[day()], 1);
         // THEN the resend carries the first send's units and id, marked as a resend
         let again = ledger.take("a", || 99).expect("owes");
-        assert_eq!((again.units.clone(), again.id, again.resent), (vec![(day(), 5)], 7, true));
+        assert_eq!(
+            (again.units.clone(), again.id, again.resent),
+            (vec![(day(), 5)], 7, true)
+        );
         // AND a request that goes away mid-send leaves it a resend too
         drop(again);
         let third = ledger.take("a", || 100).expect("owes");

@@ -41,7 +41,9 @@ impl Gate {
                 Ok(Settled::Unknown) => {
                     tracing::warn!(tenant = %who, ?units, id, "fail-open admissions perhaps not counted: a settlement's outcome is lost")
                 }
-                Err(e) => tracing::warn!(tenant = %who, ?units, id, error = %e, "settling fail-open admissions failed; kept for a later request"),
+                Err(e) => {
+                    tracing::warn!(tenant = %who, ?units, id, error = %e, "settling fail-open admissions failed; kept for a later request")
+                }
             }
             let stale = matches!(outcome, Ok(Settled::Stale));
             self.fallback.settled(pending, &outcome, now);

@@ -175,7 +175,11 @@ async fn an_item_scoped_error_is_a_429_store_busy_never_the_fail_mode() {
                             retry_after_secs: 1
                         })
                     );
-                    assert!(matches!(v.mode, Mode::Busy { kind: k, .. } if k == kind), "{:?}", v.mode);
+                    assert!(
+                        matches!(v.mode, Mode::Busy { kind: k, .. } if k == kind),
+                        "{:?}",
+                        v.mode
+                    );
                 }
                 other => panic!("{kind}: expected store_busy, got {other:?}"),
             }
@@ -219,7 +223,11 @@ async fn what_the_fallback_admitted_is_in_the_day_counter_once_the_store_answers
         clock.advance(Duration::from_secs(1));
     }
     assert_eq!(total, 2 + 2, "the burst, then the rate: 1/s for the 2 s after it");
-    assert_eq!(day_counter(&store, "f", clock.now()).await, 0, "the store saw none of them");
+    assert_eq!(
+        day_counter(&store, "f", clock.now()).await,
+        0,
+        "the store saw none of them"
+    );
     // WHEN the store answers again (after the breaker's cool-down, which the outage opened)
     store.fail_with(None);
     clock.advance(gate.config.breaker.cool_down);
@@ -229,7 +237,11 @@ async fn what_the_fallback_admitted_is_in_the_day_counter_once_the_store_answers
     clock.advance(Duration::from_secs(1));
     total += admitted(&gate, "f", 1).await;
     assert_eq!(day_counter(&store, "f", clock.now()).await, total);
-    assert_eq!(store.settles.load(std::sync::atomic::Ordering::SeqCst), 1, "one write per tenant");
+    assert_eq!(
+        store.settles.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one write per tenant"
+    );
 }
 
 #[tokio::test]

@@ -460,4 +460,53 @@ mod tests {
         assert!(d.allowed);
         assert_eq!((store.evictions(), store.full_refusals()), (1, 0));
     }
+
+    #[tokio::test]
+    async fn a_charge_is_added_once_per_id_and_a_lower_id_is_never_applied() {
+        // GIVEN a tenant with 1 unit today
+        let store = MemoryStore::default();
+        let l = limits(Some(100));
+        store.decide(&consume("a", &l, NOW)).expect("decides");
+        let yesterday = Timestamp::from_secs(NOW.as_secs() - 86_400);
+        let units = [(Period::Day.counter(yesterday), 2), (Period::Day.counter(NOW), 5)];
+        let charge = |id, resent| Charge {
+            tenant: "a",
+            units: &units,
+            id,
+            resent,
+            now: NOW,
+        };
+        // WHEN a charge is settled, then sent again under its id
+        let (first, second) = (store.charge_id(NOW), store.charge_id(NOW));
+        assert_eq!(
+            store.settle_now(&charge(second, false)).expect("settles"),
+            Settled::Applied
+        );
+        assert_eq!(
+            store.settle_now(&charge(second, true)).expect("settles"),
+            Settled::Applied
+        );
+        // THEN it counted once, yesterday's units in yesterday's counter, whatever the quota
+        let d = store.decide(&consume("a", &l, NOW)).expect("decides");
+        assert_eq!(d.daily.map(|q| q.used), Some(1 + 5 + 1));
+        let usage = store.usage("a", NOW).await.expect("usage");
+        assert_eq!(usage.get(Period::Day.counter(yesterday)), 2);
+        // AND an id below the last one settled is stale, or unknown when it was sent before
+        assert_eq!(
+            store.settle_now(&charge(first, false)).expect("answers"),
+            Settled::Stale
+        );
+        assert_eq!(
+            store.settle_now(&charge(first, true)).expect("answers"),
+            Settled::Unknown
+        );
+        assert_eq!(
+            store
+                .usage("a", NOW)
+                .await
+                .expect("usage")
+                .get(Period::Day.counter(NOW)),
+            7
+        );
+    }
 }

@@ -31,7 +31,11 @@ async fn a_token_signed_with_a_rotated_in_key_is_accepted_without_a_restart() {
     for _ in 0..20 {
         verifier.verify(&old_key, s.clock.now()).await.expect("verified");
     }
-    assert_eq!(verifier.keys().decoded_keys(), 1 + 2, "one key at cold start, two on the refresh");
+    assert_eq!(
+        verifier.keys().decoded_keys(),
+        1 + 2,
+        "one key at cold start, two on the refresh"
+    );
 }
 
 #[tokio::test]
