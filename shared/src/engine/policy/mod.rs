@@ -10,7 +10,10 @@ mod validate;
 
 pub use validate::{check_resource_path, split_route};
 
-/// Most requests per second a plan may allow (an emission interval of 1 µs).
+/// Most requests per second a plan may allow (an emission interval of 1 µs). What the DynamoDB
+/// store serves one tenant is lower: about 1,000 admitted requests per second on its one item
+/// without leases (past that, `429 store_busy`, never over-admission), more with leases
+/// (docs/configuration.md, "The largest rate per tenant").
 pub const MAX_RATE: f64 = 1_000_000.0;
 /// Most route overrides per plan: each is one attribute of the tenant's state item, which must
 /// stay under 1 KB so a decision costs one write unit.
