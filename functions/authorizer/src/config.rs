@@ -92,7 +92,7 @@ impl Config {
             gate: gate_config(&env)?,
             store_attempt: Duration::from_millis(env.number("TOLLGATE_STORE_ATTEMPT_MS", 60)?.max(1)),
             metrics_namespace: env.text_or("TOLLGATE_METRICS_NAMESPACE", "Tollgate"),
-            // Off by default: each tenant series is 10 custom metrics, and containers pick their
+            // Off by default: each tenant series is 11 custom metrics, and containers pick their
             // tenants independently (docs/operations.md, costs).
             tenant_dimensions: env.number("TOLLGATE_METRICS_TENANT_DIMENSIONS", 0)? as usize,
         })
