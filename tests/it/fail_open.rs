@@ -232,7 +232,7 @@ daily_quota = 1000
 const CLIENTS: usize = 1;
 
 #[tokio::test]
-async fn after_an_injected_outage_the_day_counter_equals_the_requests_admitted_at_the_shipped_defaults() {
+async fn after_an_injected_outage_the_day_counter_holds_every_admitted_request_at_the_shipped_defaults() {
     // GIVEN one container's gate at the shipped defaults (150 ms budget, breaker 5 failures and
     // 5 s, the plan's fail mode: open), DynamoStoreConfig::new (4 attempts) and the authorizer's
     // attempt timeout, over DynamoDB on the emulator through the fault proxy
@@ -253,6 +253,8 @@ async fn after_an_injected_outage_the_day_counter_equals_the_requests_admitted_a
     // which the settlement cannot tell from one that was not, docs/design/decision.md)
     let admitted = Arc::new(AtomicU64::new(0));
     let fail_open = Arc::new(AtomicU64::new(0));
+    // Fail-open admissions whose store call was cut by the budget: that write may have landed.
+    let unknown = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + Duration::from_secs(9);
     let faults = proxy.clone();
     let outage = tokio::spawn(async move {
@@ -263,10 +265,11 @@ async fn after_an_injected_outage_the_day_counter_equals_the_requests_admitted_a
     });
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (gate, admitted, fail_open, key) = (
+            let (gate, admitted, fail_open, unknown, key) = (
                 gate.clone(),
                 admitted.clone(),
                 fail_open.clone(),
+                unknown.clone(),
                 tenants[0].api_key.clone(),
             );
             tokio::spawn(async move {
@@ -274,6 +277,14 @@ async fn after_an_injected_outage_the_day_counter_equals_the_requests_admitted_a
                     if let GateOutcome::Allow(v) = gate.check(request(&key)).await {
                         admitted.fetch_add(1, Ordering::Relaxed);
                         fail_open.fetch_add(u64::from(v.mode.is_fail_open()), Ordering::Relaxed);
+                        let cut = matches!(
+                            v.mode,
+                            Mode::Failed {
+                                kind: "timeout" | "indeterminate",
+                                ..
+                            }
+                        );
+                        unknown.fetch_add(u64::from(cut), Ordering::Relaxed);
                     }
                 }
             })
@@ -283,8 +294,9 @@ async fn after_an_injected_outage_the_day_counter_equals_the_requests_admitted_a
         c.await.expect("client");
     }
     outage.await.expect("outage");
-    // AND then one request at a time until nothing is owed (each settles one tenant's charge)
-    for _ in 0..50 {
+    // AND then one request at a time until nothing is owed (each settles one tenant's charge;
+    // the emulator may be busy with other tests for a while)
+    for _ in 0..600 {
         if !gate.owes() {
             break;
         }
@@ -293,16 +305,25 @@ async fn after_an_injected_outage_the_day_counter_equals_the_requests_admitted_a
             admitted.fetch_add(1, Ordering::Relaxed);
         }
     }
-    // THEN the day counter holds every admitted request, those admitted without the store too
+    // THEN the day counter holds every admitted request, those admitted without the store too,
+    // and at most one more for each admission whose own store call's outcome was unknown (its
+    // write may have landed after the budget: unknown counts either way)
     let (admitted, fail_open) = (admitted.load(Ordering::Relaxed), fail_open.load(Ordering::Relaxed));
+    let unknown = unknown.load(Ordering::Relaxed);
     let (patient, _) = emulator::state_table().await;
     let recorded = day_counter(&patient, &table, &tenants[0].tenant).await;
     eprintln!(
-        "{CLIENTS} client(s), 9 s, 1.5 s unreachable: {admitted} admitted ({fail_open} failing open), day counter {recorded}"
+        "{CLIENTS} client(s), 9 s, 1.5 s unreachable: {admitted} admitted ({fail_open} failing open, \
+         {unknown} after an unknown outcome), day counter {recorded}"
     );
     assert!(fail_open > 0, "the outage was felt");
     assert!(!gate.owes(), "everything was settled");
-    assert_eq!(recorded, admitted);
+    assert!(
+        recorded >= admitted,
+        "{} admitted requests uncounted",
+        admitted - recorded
+    );
+    assert!(recorded <= admitted + unknown, "counted twice");
 }
 
 /// The tenant's day counter in the state table (0 when it has none).
@@ -378,8 +399,14 @@ async fn a_flood_of_unknown_keys_costs_known_tenants_no_policy_table_reads() {
         reads: AtomicU64::new(0),
     });
     let clock = ManualClock::new(Timestamp::from_secs(1_795_456_177));
-    let config = GateConfig::default();
-    let flood = config.key_cache_capacity + 2_000;
+    // A key cache of 500, not the shipped 10,000: what is tested is a flood past the capacity,
+    // whatever it is, and a flood past 10,000 is 12,000 reads that saturate the emulator, which
+    // every test of this binary shares (the fail-open tests above time their store on it).
+    let config = GateConfig {
+        key_cache_capacity: 500,
+        ..GateConfig::default()
+    };
+    let flood = config.key_cache_capacity + 200;
     let gate = Gate::new(
         config,
         directory.clone(),

@@ -1,9 +1,18 @@
 //! Settling what the fallback admitted: once the store decides again, the request that saw it
-//! carries one charge (its tenant's, else another owing tenant's) to `Store::settle`, within the
-//! store budget and through the breaker. One write per owing tenant, each at most once: a charge
-//! whose outcome is unknown is sent again under the same id on a later request.
+//! carries one charge (its tenant's, else another owing tenant's) to `Store::settle`, through the
+//! breaker, within `SETTLE_BUDGETS` store budgets. One write per owing tenant, each at most once: a
+//! charge whose outcome is unknown is sent again under the same id on a later request.
+//!
+//! More than one budget: the store resends an unknown outcome at once under the same id, where a
+//! resend on a later request may find the id's slot taken by a decision meanwhile and must then
+//! drop the charge (it cannot tell whether it landed). Cutting the store short at one budget
+//! turned most settlements on a slow store into such drops.
 
 use super::Gate;
+
+/// How many store budgets a settlement may take: the request that carries it waits that long at
+/// most, once per owing tenant.
+pub const SETTLE_BUDGETS: u32 = 5;
 use crate::engine::clock::Timestamp;
 use crate::store::{Charge, Settled, StoreError};
 
@@ -25,7 +34,7 @@ impl Gate {
                 resent: pending.resent,
                 now,
             };
-            let budget = self.config.store_budget;
+            let budget = self.config.store_budget * SETTLE_BUDGETS;
             let outcome = match tokio::time::timeout(budget, self.store.settle(&charge)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(StoreError::Timeout(budget)),
