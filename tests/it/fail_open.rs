@@ -228,8 +228,36 @@ burst = 20
 daily_quota = 1000
 "#;
 
-/// Clients of the shipped-defaults outage test.
-const CLIENTS: usize = 1;
+/// What one client saw: admitted requests, those admitted failing open, and requests (admitted
+/// or refused) whose own store call had an unknown outcome (cut by the budget, or resends that
+/// never heard back): their writes may have landed.
+#[derive(Debug, Default)]
+struct Tally {
+    admitted: u64,
+    fail_open: u64,
+    unknown: u64,
+}
+
+impl Tally {
+    async fn call(&mut self, gate: &Gate, key: &str) {
+        let outcome = gate.check(request(key)).await;
+        let (GateOutcome::Allow(v) | GateOutcome::Throttle(v)) = &outcome else {
+            panic!("unexpected {outcome:?}");
+        };
+        let unknown = matches!(
+            v.mode,
+            Mode::Failed {
+                kind: "timeout" | "indeterminate",
+                ..
+            }
+        );
+        self.unknown += u64::from(unknown);
+        if let GateOutcome::Allow(v) = &outcome {
+            self.admitted += 1;
+            self.fail_open += u64::from(v.mode.is_fail_open());
+        }
+    }
+}
 
 #[tokio::test]
 async fn after_an_injected_outage_the_day_counter_holds_every_admitted_request_at_the_shipped_defaults() {
@@ -241,21 +269,17 @@ async fn after_an_injected_outage_the_day_counter_holds_every_admitted_request_a
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let client = state_client(&emulator::sdk_config(&proxy.endpoint()), StoreTimeouts::default());
     let tenants = demo_tenants(&file, 1);
-    let gate = Arc::new(Gate::new(
+    let key = &tenants[0].api_key;
+    let gate = Gate::new(
         GateConfig::default(),
         Arc::new(directory_with(&file, &tenants)),
         Arc::new(DynamoStore::new(client.clone(), DynamoStoreConfig::new(&table))),
         Arc::new(SystemClock::new()),
-    ));
-    // WHEN a client calls as fast as it is answered for 9 s (a Lambda container serves one
+    );
+    // WHEN one client calls as fast as it is answered for 9 s (a Lambda container serves one
     // request at a time), and the store is unreachable from 1 s to 2.5 s (requests already sent
     // are answered: a write applied with its answer lost is the store's indeterminate case,
     // which the settlement cannot tell from one that was not, docs/design/decision.md)
-    let admitted = Arc::new(AtomicU64::new(0));
-    let fail_open = Arc::new(AtomicU64::new(0));
-    // Fail-open admissions whose store call was cut by the budget: that write may have landed.
-    let unknown = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + Duration::from_secs(9);
     let faults = proxy.clone();
     let outage = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -263,35 +287,10 @@ async fn after_an_injected_outage_the_day_counter_holds_every_admitted_request_a
         tokio::time::sleep(Duration::from_millis(1500)).await;
         faults.end_outage();
     });
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (gate, admitted, fail_open, unknown, key) = (
-                gate.clone(),
-                admitted.clone(),
-                fail_open.clone(),
-                unknown.clone(),
-                tenants[0].api_key.clone(),
-            );
-            tokio::spawn(async move {
-                while Instant::now() < end {
-                    if let GateOutcome::Allow(v) = gate.check(request(&key)).await {
-                        admitted.fetch_add(1, Ordering::Relaxed);
-                        fail_open.fetch_add(u64::from(v.mode.is_fail_open()), Ordering::Relaxed);
-                        let cut = matches!(
-                            v.mode,
-                            Mode::Failed {
-                                kind: "timeout" | "indeterminate",
-                                ..
-                            }
-                        );
-                        unknown.fetch_add(u64::from(cut), Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.await.expect("client");
+    let mut tally = Tally::default();
+    let end = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < end {
+        tally.call(&gate, key).await;
     }
     outage.await.expect("outage");
     // AND then one request at a time until nothing is owed (each settles one tenant's charge;
@@ -301,20 +300,21 @@ async fn after_an_injected_outage_the_day_counter_holds_every_admitted_request_a
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if let GateOutcome::Allow(_) = gate.check(request(&tenants[0].api_key)).await {
-            admitted.fetch_add(1, Ordering::Relaxed);
-        }
+        tally.call(&gate, key).await;
     }
     // THEN the day counter holds every admitted request, those admitted without the store too,
-    // and at most one more for each admission whose own store call's outcome was unknown (its
+    // and at most one more for each request whose own store call's outcome was unknown (its
     // write may have landed after the budget: unknown counts either way)
-    let (admitted, fail_open) = (admitted.load(Ordering::Relaxed), fail_open.load(Ordering::Relaxed));
-    let unknown = unknown.load(Ordering::Relaxed);
     let (patient, _) = emulator::state_table().await;
     let recorded = day_counter(&patient, &table, &tenants[0].tenant).await;
+    let Tally {
+        admitted,
+        fail_open,
+        unknown,
+    } = tally;
     eprintln!(
-        "{CLIENTS} client(s), 9 s, 1.5 s unreachable: {admitted} admitted ({fail_open} failing open, \
-         {unknown} after an unknown outcome), day counter {recorded}"
+        "9 s, 1.5 s unreachable: {admitted} admitted ({fail_open} failing open), {unknown} unknown \
+         outcomes, day counter {recorded}"
     );
     assert!(fail_open > 0, "the outage was felt");
     assert!(!gate.owes(), "everything was settled");
