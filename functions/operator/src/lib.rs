@@ -33,21 +33,21 @@ pub enum Trigger {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AlarmsError {
+pub enum OperatorError {
     #[error("invalid event: {0}")]
     InvalidEvent(String),
 }
 
 /// Reads the event's kind: `Records` from `aws:dynamodb` is a stream batch, `detail-type`
 /// `Scheduled Event` a schedule; anything else is an error.
-pub fn trigger(payload: Value) -> Result<Trigger, AlarmsError> {
+pub fn trigger(payload: Value) -> Result<Trigger, OperatorError> {
     if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
         return Ok(Trigger::Scheduled(payload));
     }
     if stack::is_request(&payload) {
         return serde_json::from_value(payload)
             .map(|r| Trigger::Stack(Box::new(r)))
-            .map_err(|e| AlarmsError::InvalidEvent(format!("CloudFormation custom-resource request: {e}")));
+            .map_err(|e| OperatorError::InvalidEvent(format!("CloudFormation custom-resource request: {e}")));
     }
     let from_dynamodb = payload
         .pointer("/Records/0/eventSource")
@@ -56,9 +56,9 @@ pub fn trigger(payload: Value) -> Result<Trigger, AlarmsError> {
     if payload.get("Records").is_some_and(Value::is_array) && from_dynamodb {
         return serde_json::from_value(payload)
             .map(Trigger::Stream)
-            .map_err(|e| AlarmsError::InvalidEvent(format!("DynamoDB stream batch: {e}")));
+            .map_err(|e| OperatorError::InvalidEvent(format!("DynamoDB stream batch: {e}")));
     }
-    Err(AlarmsError::InvalidEvent(
+    Err(OperatorError::InvalidEvent(
         "neither a DynamoDB stream batch (Records), a Scheduled Event (detail-type) nor a CloudFormation request (RequestType)".into(),
     ))
 }
@@ -264,10 +264,10 @@ mod tests {
         let kinesis = json!({ "Records": [{ "eventSource": "aws:kinesis" }] });
         // THEN the schedule is recognised, and the others are invalid events, not a panic
         assert!(matches!(trigger(scheduled), Ok(Trigger::Scheduled(_))));
-        assert!(matches!(trigger(kinesis), Err(AlarmsError::InvalidEvent(_))));
+        assert!(matches!(trigger(kinesis), Err(OperatorError::InvalidEvent(_))));
         assert!(matches!(
             trigger(json!({ "hello": 1 })),
-            Err(AlarmsError::InvalidEvent(_))
+            Err(OperatorError::InvalidEvent(_))
         ));
     }
 }
