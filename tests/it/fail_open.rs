@@ -116,10 +116,14 @@ async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_time
     // longer when the shared emulator is slow) and within a quota's remainder, so over all
     // containers within CONTAINERS times that
     let mut totals: HashMap<String, (u64, f64)> = HashMap::new();
+    let mut felt = 0;
     for (c, report) in reports.into_iter().enumerate() {
         let report = report.expect("run");
-        let felt = report.fail_open.expect("the gate target counts fail-open admissions");
-        assert!(felt > 0, "container {c} felt the outage\n{}", report.table());
+        // A container may sit the whole outage out: one that lost the races at a bucket's edge
+        // holds off that tenant (answering from its cache, no write to fail), and a tenant out
+        // of quota is refused from the cache. So the outage must be felt somewhere, not in each.
+        felt += report.fail_open.expect("the gate target counts fail-open admissions");
+        eprintln!("container {c}:\n{}", report.table());
         for t in &report.tenant_results {
             let spec = file.plans[&t.plan].spec();
             let seen = t.fail_open_secs.expect("measured");
@@ -145,6 +149,7 @@ async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_time
             total.1 = total.1.max(bound);
         }
     }
+    assert!(felt > 0, "no container failed open: the outage was not felt");
     for (tenant, (fail_open, bound)) in totals {
         eprintln!(
             "{tenant}: {fail_open} failing open over {CONTAINERS} containers, bound {:.1}",
