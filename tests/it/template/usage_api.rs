@@ -86,6 +86,15 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
             .all(|(action, _, scope)| (action == "apigateway:GET") == (*scope == Scope::Any)),
         "every write is scoped by the stack's tag: {control:?}"
     );
+    // AND tagging an existing resource (TagResource overwrites a value) is refused on a key or
+    // plan another stack's tag already names
+    assert!(
+        control
+            .iter()
+            .filter(|(_, path, _)| path.starts_with("/tags/"))
+            .all(|(_, _, scope)| *scope == Scope::Retagging),
+        "{control:?}"
+    );
 }
 
 /// What a statement's `Condition` scopes its API Gateway grant to; anything else fails.
@@ -100,6 +109,14 @@ fn scope(condition: &Value) -> Scope {
                 && condition["ForAllValues:StringEquals"]["aws:TagKeys"] == only_stack_tag =>
         {
             Scope::Tagging
+        }
+        // A tag request on an existing resource: its own tag, if any, must be the stack's.
+        Some(3)
+            if condition["StringEquals"][&format!("aws:RequestTag/{TAG_STACK}")] == stack
+                && condition["ForAllValues:StringEquals"]["aws:TagKeys"] == only_stack_tag
+                && condition["StringEqualsIfExists"][&format!("aws:ResourceTag/{TAG_STACK}")] == stack =>
+        {
+            Scope::Retagging
         }
         _ => panic!("a condition other than the stack's tag: {condition:?}"),
     }
