@@ -25,6 +25,8 @@ pub enum FlagError {
     ApiKeyHeader(String),
     #[error("--prefix must not be empty: every alarm under it is managed")]
     EmptyPrefix,
+    #[error("--stack {0:?} is not a CloudFormation stack name (a letter, then letters, digits and `-`)")]
+    NotAStackName(String),
     #[error("--openapi: cannot read {}: {source}", path.display())]
     OpenApiRead { path: PathBuf, source: std::io::Error },
     #[error("--openapi {}: {source}", path.display())]

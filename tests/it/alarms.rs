@@ -16,7 +16,7 @@ use tollgate::control::{AlarmPort, CloudWatchAlarms, sync_plan_alarms};
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::policy::Plan;
 use tollgate::policy_file::PolicyFile;
-use tollgate_operator::config::{ALARM_TOPIC, PLAN_ALARM_PREFIX, alarm_settings};
+use tollgate_operator::config::{ALARM_TOPIC, STACK_NAME, alarm_settings};
 
 use crate::support::cbor_shim;
 use crate::support::emulator;
@@ -54,6 +54,11 @@ impl AlarmPort for Counted {
         self.deletes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(names).await
     }
+    /// A `DescribeAlarms` too, by name.
+    async fn existing(&self, names: &[String]) -> Result<Vec<String>, AlarmError> {
+        self.describes.fetch_add(1, Ordering::SeqCst);
+        self.inner.existing(names).await
+    }
 }
 
 /// A policy table, the CloudWatch client and a prefix of their own.
@@ -66,6 +71,7 @@ struct World {
     directory: DynamoDirectory,
     settings: AlarmSettings,
     shim: PagingProxy,
+    stack: String,
 }
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:tollgate-alarms";
@@ -78,10 +84,10 @@ impl World {
         tollgate::directory::dynamodb::create_policy_table(&dynamodb, &table_name)
             .await
             .expect("policy table");
-        let prefix = format!("{}-plan-", emulator::unique("stack"));
+        let stack = emulator::unique("stack");
         // As the operator function reads its environment.
         let settings = alarm_settings(|k| match k {
-            PLAN_ALARM_PREFIX => Some(prefix.clone()),
+            STACK_NAME => Some(stack.clone()),
             ALARM_TOPIC => Some(TOPIC.to_owned()),
             _ => None,
         })
@@ -102,6 +108,7 @@ impl World {
             table_name,
             settings,
             shim,
+            stack,
         }
     }
 
@@ -320,7 +327,8 @@ async fn the_cli_syncs_plan_alarms_from_a_policy_table() {
     w.put_plans(PLANS).await;
     let sync = || Sync {
         policy_table: w.table_name.clone(),
-        prefix: w.settings.prefix.clone(),
+        stack: Some(w.stack.clone()),
+        prefix: None,
         namespace: "Tollgate".into(),
         percent: 10.0,
         minutes: 15,
@@ -343,4 +351,79 @@ async fn the_cli_syncs_plan_alarms_from_a_policy_table() {
             ..AlarmReport::default()
         }
     );
+}
+
+#[tokio::test]
+async fn alarms_move_from_their_former_names_and_a_second_stack_named_like_them_keeps_its_own() {
+    // GIVEN stack S's alarms under their former names (`S-plan-free`, `S-plan-gold`), and a
+    // second stack named `S-plan-b` with its alarm for plan free under its former and its new
+    // name: the first is under S's former prefix (not a plan S knows), the second under no
+    // prefix of S's
+    let w = World::new().await;
+    w.put_plans(PLANS).await;
+    let former = |plan: &str| format!("{}{plan}", tollgate::control::legacy_plan_alarm_prefix(&w.stack));
+    let second = format!("{}-plan-b", w.stack);
+    let theirs = [
+        format!("{}free", tollgate::control::legacy_plan_alarm_prefix(&second)),
+        format!("{}free", tollgate::control::plan_alarm_prefix(&second)),
+    ];
+    for name in [former("free"), former("gold"), theirs[0].clone(), theirs[1].clone()] {
+        put_alarm(&w.cloudwatch, &name).await;
+    }
+    // WHEN S's alarms are synced
+    let report = w.sync().await;
+    // THEN its alarms are created under the new names and the former ones deleted, by name
+    assert_eq!(report.created, [w.name("free"), w.name("gold")]);
+    assert_eq!(report.migrated, [former("free"), former("gold")]);
+    let mut left: Vec<String> = every_alarm_starting(&w.cloudwatch, &w.stack).await;
+    left.sort();
+    let mut want = vec![w.name("free"), w.name("gold"), theirs[0].clone(), theirs[1].clone()];
+    want.sort();
+    // AND the second stack's alarms are all still there
+    assert_eq!(left, want);
+    // AND a further run looks up no former name
+    w.port.calls();
+    assert_eq!(w.sync().await.migrated, Vec::<String>::new());
+    assert_eq!(w.port.calls(), (1, 0, 0));
+}
+
+pub async fn put_alarm(cloudwatch: &aws_sdk_cloudwatch::Client, name: &str) {
+    cloudwatch
+        .put_metric_alarm()
+        .alarm_name(name)
+        .namespace("Tollgate")
+        .metric_name("Decisions")
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(1.0)
+        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .expect("put alarm");
+}
+
+/// Every metric alarm whose name starts with `prefix`, all pages.
+pub async fn every_alarm_starting(cloudwatch: &aws_sdk_cloudwatch::Client, prefix: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut token = None;
+    loop {
+        let page = cloudwatch
+            .describe_alarms()
+            .alarm_name_prefix(prefix)
+            .alarm_types(AlarmType::MetricAlarm)
+            .set_next_token(token)
+            .send()
+            .await
+            .expect("describe alarms");
+        names.extend(
+            page.metric_alarms()
+                .iter()
+                .filter_map(|a| a.alarm_name().map(str::to_owned)),
+        );
+        match page.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+            _ => return names,
+        }
+    }
 }

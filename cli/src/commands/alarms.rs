@@ -2,8 +2,11 @@
 //! operator function does on its schedule.
 
 use tollgate::aws::{admin_client, cloudwatch_client};
+use tollgate::control::alarms::is_stack_name;
 use tollgate::control::sync::table::PolicyTable;
-use tollgate::control::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
+use tollgate::control::{
+    AlarmSettings, CloudWatchAlarms, legacy_plan_alarm_prefix, plan_alarm_prefix, sync_plan_alarms,
+};
 
 use crate::aws_args::AwsArgs;
 use crate::error::{CliError, FlagError};
@@ -16,8 +19,9 @@ pub struct Alarms {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AlarmsCommand {
-    /// Create, update and delete the per-plan alarms (named PREFIX + plan) so that they match the
-    /// plans of the policy table; alarms under the prefix that no plan calls for are deleted.
+    /// Create, update and delete the per-plan alarms (named STACK/plan/ + plan, or PREFIX + plan)
+    /// so that they match the plans of the policy table; alarms under the prefix that no plan
+    /// calls for are deleted.
     Sync(Sync),
 }
 
@@ -38,9 +42,18 @@ pub struct Sync {
     /// The DynamoDB policy table whose plans the alarms follow.
     #[arg(long, default_value = "tollgate-policy")]
     pub policy_table: String,
-    /// Alarm names start with this; every alarm under it is managed. Give each stack its own.
+    /// The stack whose alarms these are, as its operator function names them (`STACK/plan/`
+    /// + the plan), alarms under their former names (`STACK-plan-` + the plan) moved.
+    #[arg(
+        long,
+        env = "TOLLGATE_STACK_NAME",
+        conflicts_with = "prefix",
+        required_unless_present = "prefix"
+    )]
+    pub stack: Option<String>,
+    /// Outside a stack: alarm names start with this; every alarm under it is managed.
     #[arg(long, env = "TOLLGATE_PLAN_ALARM_PREFIX")]
-    pub prefix: String,
+    pub prefix: Option<String>,
     /// The namespace of the authorizer's metrics.
     #[arg(long, env = "TOLLGATE_METRICS_NAMESPACE", default_value = tollgate::metrics::DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -71,11 +84,17 @@ impl Alarms {
 
 impl Sync {
     pub async fn run(self) -> Result<(), CliError> {
-        if self.prefix.is_empty() {
-            return Err(FlagError::EmptyPrefix.into());
-        }
+        let (prefix, legacy_prefix) = match (self.stack, self.prefix) {
+            (Some(stack), _) if is_stack_name(&stack) => {
+                (plan_alarm_prefix(&stack), Some(legacy_plan_alarm_prefix(&stack)))
+            }
+            (Some(stack), _) => return Err(FlagError::NotAStackName(stack).into()),
+            (None, Some(prefix)) if !prefix.is_empty() => (prefix, None),
+            (None, _) => return Err(FlagError::EmptyPrefix.into()),
+        };
         let settings = AlarmSettings {
-            prefix: self.prefix,
+            prefix,
+            legacy_prefix,
             namespace: self.namespace,
             threshold_percent: self.percent,
             minutes: self.minutes,
@@ -92,6 +111,7 @@ impl Sync {
                 ("created", &report.created),
                 ("updated", &report.updated),
                 ("deleted", &report.deleted),
+                ("moved", &report.migrated),
             ] {
                 for name in names {
                     println!("{what:<8} {name}");

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tollgate::control::AlarmSettings;
 use tollgate::control::shed::controller::{Config as ShedConfig, DEFAULT_MIN_STEP};
+use tollgate::control::{AlarmSettings, legacy_plan_alarm_prefix, plan_alarm_prefix};
 use tollgate::metrics;
 
 /// The state table: its stream feeds the function, and the notice markers live in it.
@@ -15,8 +15,9 @@ pub const STATE_TABLE: &str = "TOLLGATE_STATE_TABLE";
 pub const POLICY_TABLE: &str = "TOLLGATE_POLICY_TABLE";
 /// The topic quota notices go to.
 pub const NOTICE_TOPIC: &str = "TOLLGATE_NOTICE_TOPIC_ARN";
-/// Per-plan alarms: every alarm under this prefix is the function's to create and delete.
-pub const PLAN_ALARM_PREFIX: &str = "TOLLGATE_PLAN_ALARM_PREFIX";
+/// The stack's name: its per-plan alarms are named from it (`tollgate::control::plan_alarm_prefix`;
+/// every alarm under that prefix is the function's to create and delete).
+pub const STACK_NAME: &str = "TOLLGATE_STACK_NAME";
 /// The authorizer's metric namespace, which the plan alarms read.
 pub const METRICS_NAMESPACE: &str = "TOLLGATE_METRICS_NAMESPACE";
 pub const PLAN_ALARM_PERCENT: &str = "TOLLGATE_PLAN_ALARM_PERCENT";
@@ -34,7 +35,7 @@ pub fn variables() -> BTreeSet<&'static str> {
         STATE_TABLE,
         POLICY_TABLE,
         NOTICE_TOPIC,
-        PLAN_ALARM_PREFIX,
+        STACK_NAME,
         METRICS_NAMESPACE,
         PLAN_ALARM_PERCENT,
         PLAN_ALARM_MINUTES,
@@ -96,12 +97,20 @@ fn number<T: std::str::FromStr + Copy>(
 
 /// The per-plan alarms' settings (`lookup` is `std::env::var` in `main`).
 pub fn alarm_settings(lookup: impl Fn(&str) -> Option<String>) -> Result<AlarmSettings, ConfigError> {
-    let prefix = get(&lookup, PLAN_ALARM_PREFIX).ok_or(ConfigError::Missing {
-        var: PLAN_ALARM_PREFIX,
-        why: "every alarm under it is managed, so it must be this stack's own",
+    let stack = get(&lookup, STACK_NAME).ok_or(ConfigError::Missing {
+        var: STACK_NAME,
+        why: "the per-plan alarms are named from it, and every alarm under their prefix is managed",
     })?;
+    if !tollgate::control::alarms::is_stack_name(&stack) {
+        return Err(ConfigError::Invalid {
+            var: STACK_NAME,
+            value: stack,
+            why: "must be a CloudFormation stack name: a letter, then letters, digits and `-`",
+        });
+    }
     Ok(AlarmSettings {
-        prefix,
+        prefix: plan_alarm_prefix(&stack),
+        legacy_prefix: Some(legacy_plan_alarm_prefix(&stack)),
         namespace: get(&lookup, METRICS_NAMESPACE).unwrap_or_else(|| metrics::DEFAULT_NAMESPACE.to_owned()),
         threshold_percent: number(
             &lookup,
@@ -149,19 +158,22 @@ mod tests {
     fn alarm_settings_errors_name_the_variable() {
         assert!(matches!(
             alarm_settings(|_| None),
-            Err(ConfigError::Missing {
-                var: PLAN_ALARM_PREFIX,
-                ..
-            })
+            Err(ConfigError::Missing { var: STACK_NAME, .. })
         ));
         let bad = alarm_settings(|k| match k {
-            PLAN_ALARM_PREFIX => Some("p-".into()),
+            STACK_NAME => Some("p".into()),
             PLAN_ALARM_PERCENT => Some("150".into()),
             _ => None,
         });
         assert!(bad.expect_err("invalid").to_string().contains(PLAN_ALARM_PERCENT));
-        let ok = alarm_settings(|k| (k == PLAN_ALARM_PREFIX).then(|| "p-".into())).expect("defaults");
+        let not_a_stack = alarm_settings(|k| (k == STACK_NAME).then(|| "p/plan".into()));
+        assert!(not_a_stack.expect_err("invalid").to_string().contains(STACK_NAME));
+        let ok = alarm_settings(|k| (k == STACK_NAME).then(|| "p".into())).expect("defaults");
         assert_eq!((ok.threshold_percent, ok.minutes), (DEFAULT_PERCENT, DEFAULT_MINUTES));
+        assert_eq!(
+            (ok.prefix.as_str(), ok.legacy_prefix.as_deref()),
+            ("p/plan/", Some("p-plan-"))
+        );
     }
 
     #[test]

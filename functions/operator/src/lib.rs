@@ -30,6 +30,9 @@ pub enum Trigger {
     Scheduled(Value),
     /// CloudFormation's request for the stack's custom resource.
     Stack(Box<stack::Request>),
+    /// A custom-resource request that does not parse, and why: still answered (`FAILED`, or
+    /// `SUCCESS` for a `Delete`), so CloudFormation does not wait an hour for it.
+    Unreadable(Box<stack::Envelope>, String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +48,17 @@ pub fn trigger(payload: Value) -> Result<Trigger, OperatorError> {
         return Ok(Trigger::Scheduled(payload));
     }
     if stack::is_request(&payload) {
-        return serde_json::from_value(payload)
-            .map(|r| Trigger::Stack(Box::new(r)))
-            .map_err(|e| OperatorError::InvalidEvent(format!("CloudFormation custom-resource request: {e}")));
+        return match (stack::request(&payload), stack::envelope(&payload)) {
+            (Ok(r), _) => Ok(Trigger::Stack(Box::new(r))),
+            (Err(e), Some(envelope)) => Ok(Trigger::Unreadable(
+                Box::new(envelope),
+                format!("CloudFormation custom-resource request: {e}"),
+            )),
+            // No ResponseURL to answer at.
+            (Err(e), None) => Err(OperatorError::InvalidEvent(format!(
+                "CloudFormation custom-resource request: {e}"
+            ))),
+        };
     }
     let from_dynamodb = payload
         .pointer("/Records/0/eventSource")

@@ -11,7 +11,7 @@ use tollgate::aws::{admin_client, control_client};
 use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::control::sync::lease::run_leased;
 use tollgate::control::sync::table::PolicyTable;
-use tollgate::engine::clock::SystemClock;
+use tollgate::engine::clock::{SystemClock, Timestamp};
 use tollgate_plan_sync::{Invocation, POLICY_TABLE_VAR as POLICY_TABLE};
 
 #[tokio::main(flavor = "current_thread")]
@@ -26,7 +26,10 @@ async fn main() -> Result<(), Error> {
         let Invocation { trigger, actor } = Invocation::of(&event.payload);
         // The invocation's request id owns the lease: unique per run, and named in the log.
         let owner = &event.context.request_id;
-        let run = run_leased(control, table, clock, actor, owner).await?;
+        // The lease holds until the invocation's deadline (plus a margin): Lambda stops the
+        // run then, so a stopped run never blocks the next for longer.
+        let deadline = Timestamp::from_nanos(event.context.deadline.saturating_mul(1_000_000));
+        let run = run_leased(control, table, clock, actor, owner, deadline).await?;
         tracing::info!(
             trigger,
             deferred = run.deferred,

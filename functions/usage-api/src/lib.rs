@@ -53,9 +53,14 @@ pub enum Scope {
     /// disabled, only the stack's usage plans gain or lose keys.
     Tagged,
     /// The request sets the stack's tag and no other (`aws:RequestTag`, `aws:TagKeys`): a key is
-    /// created only as the stack's. Tagging on create is authorized as `POST` and as `PUT` on
-    /// `/tags/*`, the tagging resource.
+    /// created only as the stack's.
     Tagging,
+    /// `Tagging`, and the resource's own `tollgate:stack`, when it has one, is the stack's
+    /// (`StringEqualsIfExists` on `aws:ResourceTag`): `PUT` on `/tags/*`, the tagging resource,
+    /// which tagging on create may need too and which is also `TagResource`. `TagResource`
+    /// overwrites a value, so without the resource condition the role could claim another
+    /// stack's key or plan and then write it.
+    Retagging,
 }
 
 /// The API Gateway calls it makes, as IAM actions on resource paths, and what each grant is
@@ -70,7 +75,7 @@ pub const CONTROL_ACCESS: [(&str, &str, Scope); 10] = [
     ("apigateway:PATCH", "/apikeys/*", Scope::Tagged),
     ("apigateway:POST", "/apikeys", Scope::Tagging),
     ("apigateway:POST", "/usageplans/*/keys", Scope::Tagged),
-    ("apigateway:PUT", "/tags/*", Scope::Tagging),
+    ("apigateway:PUT", "/tags/*", Scope::Retagging),
 ];
 
 /// Whether an invocation is the function's EventBridge schedule rather than an API request.

@@ -11,12 +11,41 @@ use crate::engine::policy::PlanSpec;
 
 use crate::metrics;
 
+/// The prefix of a stack's per-plan alarms: `{stack}/plan/`, the one place they are named.
+/// `/` is in no CloudFormation stack name (`[A-Za-z][-A-Za-z0-9]*`) nor plan name, and CloudWatch
+/// allows it in an alarm name: no other stack's prefix starts with this one (a stack named
+/// `{stack}-plan-b` has `{stack}-plan-b/plan/`), and no alarm of the template (`{stack}-...`) is
+/// under it.
+pub fn plan_alarm_prefix(stack: &str) -> String {
+    format!("{stack}/plan/")
+}
+
+/// The prefix the per-plan alarms had before, `{stack}-plan-`: also the start of every alarm of a
+/// stack named `{stack}-plan-...`, so alarms under it are only ever deleted by exact name, one per
+/// plan the stack knows (`AlarmSettings::legacy_prefix`), never by the prefix.
+pub fn legacy_plan_alarm_prefix(stack: &str) -> String {
+    format!("{stack}-plan-")
+}
+
+/// Whether `name` can be a CloudFormation stack's name: a letter, then letters, digits and `-`,
+/// at most 128 characters.
+pub fn is_stack_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 128
+        && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// How plan alarms are named and when they fire.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlarmSettings {
     /// Every alarm of this sync is named `{prefix}{plan}`; any other alarm under the prefix is
-    /// an orphan and deleted. Give each stack its own.
+    /// an orphan and deleted. Give each stack its own (`plan_alarm_prefix`).
     pub prefix: String,
+    /// The same alarms' former names are `{legacy_prefix}{plan}`: when sync creates a plan's
+    /// alarm, the alarm of that exact former name, if any, is deleted after it (a migration
+    /// that reads nothing once done).
+    pub legacy_prefix: Option<String>,
     /// The authorizer's `TOLLGATE_METRICS_NAMESPACE`.
     pub namespace: String,
     /// Alarm when more than this percentage of a plan's decisions are refused...
@@ -221,6 +250,8 @@ pub struct AlarmReport {
     pub created: Vec<String>,
     pub updated: Vec<String>,
     pub deleted: Vec<String>,
+    /// Alarms under their former names, deleted once their plan's alarm was created.
+    pub migrated: Vec<String>,
     pub unchanged: usize,
 }
 
@@ -232,6 +263,7 @@ mod tests {
         // The operator function's defaults (`functions/operator/src/config.rs`).
         AlarmSettings {
             prefix: "s-plan-".to_owned(),
+            legacy_prefix: None,
             namespace: metrics::DEFAULT_NAMESPACE.to_owned(),
             threshold_percent: 10.0,
             minutes: 15,
@@ -277,6 +309,19 @@ mod tests {
             "per plan, never per tenant, and only emitted metrics"
         );
         assert!(alarms[1].description.contains("daily quota 100"));
+    }
+
+    #[test]
+    fn no_stacks_plan_alarm_prefix_starts_another_stacks() {
+        // GIVEN a stack and a second one whose name starts with the first's former prefix
+        let (a, b) = ("api", "api-plan-b");
+        assert!(is_stack_name(a) && is_stack_name(b));
+        // THEN the second's alarms were under the first's former prefix, and are not under its
+        // new one, nor is any name a plan can give (plan names have no `/`)
+        assert!(plan_alarm_prefix(b).starts_with(&legacy_plan_alarm_prefix(a)));
+        assert!(!plan_alarm_prefix(b).starts_with(&plan_alarm_prefix(a)));
+        assert_eq!(plan_alarm_prefix(a), "api/plan/");
+        assert!(!is_stack_name("api/plan") && !is_stack_name("1api") && !is_stack_name(""));
     }
 
     #[test]

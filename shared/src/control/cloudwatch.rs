@@ -27,6 +27,8 @@ pub trait AlarmPort: Send + Sync {
     async fn put(&self, alarm: &AlarmDefinition) -> Result<(), AlarmError>;
     /// Deletes alarms by name.
     async fn delete(&self, names: &[String]) -> Result<(), AlarmError>;
+    /// Those of `names` that name a metric alarm (looked up by exact name, never by prefix).
+    async fn existing(&self, names: &[String]) -> Result<Vec<String>, AlarmError>;
 }
 
 /// The SDK adapter; the client comes from `aws::cloudwatch_client`.
@@ -132,6 +134,32 @@ impl AlarmPort for CloudWatchAlarms {
         }
         Ok(())
     }
+
+    async fn existing(&self, names: &[String]) -> Result<Vec<String>, AlarmError> {
+        let mut found = Vec::new();
+        // `DescribeAlarms` takes at most 100 names, as `DeleteAlarms` does.
+        for batch in names.chunks(DELETE_BATCH) {
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .client
+                    .describe_alarms()
+                    .set_alarm_names(Some(batch.to_vec()))
+                    .alarm_types(AlarmType::MetricAlarm)
+                    .set_next_token(token.take())
+                    .send()
+                    .await
+                    .map_err(failed("DescribeAlarms"))?;
+                let named = page.metric_alarms().iter().filter_map(|a| a.alarm_name());
+                found.extend(named.filter(|n| batch.iter().any(|b| b == n)).map(str::to_owned));
+                match page.next_token() {
+                    Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// An alarm as CloudWatch describes it, normalised. An alarm of another shape (a single metric,
@@ -233,7 +261,66 @@ pub async fn sync_alarms(
         port.delete(&orphans).await?;
         report.deleted = orphans;
     }
+    report.migrated = migrate(port, &report.created, settings).await?;
     Ok(report)
+}
+
+/// Deletes the former names of the alarms just `created`, by exact name: the first sync under
+/// the new names moves every alarm, and later ones look only when they create one. A failure
+/// leaves the former alarm beside the new one; the next creation or the stack's deletion removes
+/// it.
+async fn migrate(
+    port: &dyn AlarmPort,
+    created: &[String],
+    settings: &AlarmSettings,
+) -> Result<Vec<String>, AlarmError> {
+    let Some(legacy) = &settings.legacy_prefix else {
+        return Ok(Vec::new());
+    };
+    let former: Vec<String> = created
+        .iter()
+        .filter_map(|name| name.strip_prefix(&settings.prefix))
+        .map(|plan| format!("{legacy}{plan}"))
+        .collect();
+    if former.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found = port.existing(&former).await?;
+    if !found.is_empty() {
+        port.delete(&found).await?;
+    }
+    Ok(found)
+}
+
+/// Deletes every per-plan alarm of `stack`: all under its prefix, and under their former names
+/// those of the plans it knows (`plans`), by exact name. What the stack's deletion does.
+pub async fn delete_stack_alarms(
+    port: &dyn AlarmPort,
+    stack: &str,
+    plans: impl IntoIterator<Item = &str>,
+) -> Result<Vec<String>, AlarmError> {
+    let prefix = crate::control::alarms::plan_alarm_prefix(stack);
+    let mut names: Vec<String> = port.describe(&prefix).await?.into_iter().map(|a| a.name).collect();
+    let legacy = crate::control::alarms::legacy_plan_alarm_prefix(stack);
+    let former: Vec<String> = plans.into_iter().map(|plan| format!("{legacy}{plan}")).collect();
+    if !former.is_empty() {
+        names.extend(port.existing(&former).await?);
+    }
+    port.delete(&names).await?;
+    Ok(names)
+}
+
+/// The plans of the policy table (strongly consistent read, as plan sync reads it).
+pub async fn table_plans(table: &PolicyTable) -> Result<BTreeMap<String, PlanSpec>, AlarmError> {
+    let current = table.read().await.map_err(|e| AlarmError::Plans(e.to_string()))?;
+    Ok(current
+        .records
+        .into_iter()
+        .filter_map(|(pk, record)| match record {
+            Record::Plan { spec, .. } => policy_table::plan_name(&pk).map(|name| (name.to_owned(), spec)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// The entry point: the plans of the policy table (strongly consistent read, as plan sync reads
@@ -243,16 +330,7 @@ pub async fn sync_plan_alarms(
     table: &PolicyTable,
     settings: &AlarmSettings,
 ) -> Result<AlarmReport, AlarmError> {
-    let current = table.read().await.map_err(|e| AlarmError::Plans(e.to_string()))?;
-    let plans: BTreeMap<String, PlanSpec> = current
-        .records
-        .into_iter()
-        .filter_map(|(pk, record)| match record {
-            Record::Plan { spec, .. } => policy_table::plan_name(&pk).map(|name| (name.to_owned(), spec)),
-            _ => None,
-        })
-        .collect();
-    sync_alarms(port, &plans, settings).await
+    sync_alarms(port, &table_plans(table).await?, settings).await
 }
 
 // The shed controller's port: the state of the one alarm it follows.

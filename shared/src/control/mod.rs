@@ -21,6 +21,10 @@ pub mod diff;
 pub mod shed;
 pub mod sync;
 
-pub use alarms::{AlarmChange, AlarmDefinition, AlarmError, AlarmReport, AlarmSettings};
+pub use alarms::{
+    AlarmChange, AlarmDefinition, AlarmError, AlarmReport, AlarmSettings, legacy_plan_alarm_prefix, plan_alarm_prefix,
+};
 #[cfg(feature = "cloudwatch")]
-pub use cloudwatch::{AlarmPort, CloudWatchAlarms, CloudWatchMetrics, sync_alarms, sync_plan_alarms};
+pub use cloudwatch::{
+    AlarmPort, CloudWatchAlarms, CloudWatchMetrics, delete_stack_alarms, sync_alarms, sync_plan_alarms, table_plans,
+};

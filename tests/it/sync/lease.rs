@@ -1,6 +1,7 @@
 //! Plan sync's lease on the emulator: where two runs meet on `sync#lease`. Runs are interleaved
 //! by a control plane that holds one run after its snapshot of API Gateway (`Paused`, the real
-//! adapter underneath); time is the world's `ManualClock`, far from the system's.
+//! adapter underneath); time is the world's `ManualClock`, far from the system's, and each run's
+//! deadline is given as the function gives its invocation's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,11 +10,18 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tollgate::control::apigateway::model::{ApiKey, UsagePlan};
 use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
-use tollgate::control::sync::lease::{LEASE, Lease, Release, Take, lease_until, run_leased};
+use tollgate::control::sync::lease::{LEASE_MARGIN, Lease, MIN_ROUND, Release, Take, expiry, lease_until, run_leased};
+use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
+use tollgate::engine::clock::Timestamp;
 use tollgate::policy_table::{LEASE_PK, read_item};
 
 use super::World;
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+
+/// A fresh invocation's time: the plan-sync function's timeout.
+const INVOCATION: Duration = Duration::from_secs(600);
 
 /// The real control plane, holding the first run that reads the keys until the test lets it
 /// go: that run's snapshot is taken, and the test acts while the run is under way.
@@ -53,6 +61,11 @@ impl ControlPlane for Paused<'_> {
 }
 
 impl World {
+    /// The deadline of an invocation starting now.
+    fn deadline(&self) -> Timestamp {
+        self.clock.now().saturating_add(INVOCATION)
+    }
+
     /// The lease item's `owner` and `rerun`, as stored; `None` when there is none.
     async fn lease(&self) -> Option<(String, bool)> {
         let item = read_item(&self.db, &self.name, LEASE_PK).await.expect("read lease")?;
@@ -71,11 +84,11 @@ async fn a_run_that_finds_the_lease_held_asks_for_a_rerun_and_the_holder_syncs_w
 
     // WHEN run A takes the lease and reads API Gateway, and while it is under way a second key
     // arrives and run B (its trigger) starts
-    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a");
+    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline());
     let b = async {
         paused.reached.notified().await;
         let k2 = w.key("k2", Some("t2"), "tg_live_lease_2", &plan).await;
-        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b")
+        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline())
             .await
             .expect("run b");
         let lease = w.lease().await;
@@ -107,22 +120,28 @@ async fn a_run_that_finds_the_lease_held_asks_for_a_rerun_and_the_holder_syncs_w
 }
 
 #[tokio::test]
-async fn a_crashed_holders_lease_lapses_at_its_expiry_on_the_injected_clock() {
-    // GIVEN a run that took the lease and crashed (never released it)
+async fn a_holder_stopped_right_after_renewing_blocks_others_only_until_its_deadline_and_margin() {
+    // GIVEN a run that took the lease, renewed it for another round one second before its
+    // invocation's deadline, and was stopped there (never released it)
     let w = World::new("me-central-1").await;
     let plan = w.plan("lease-b", 1.0, 5, 1000, &[]).await;
     w.key("k1", Some("t1"), "tg_live_lease_3", &plan).await;
-    let taken_at = w.clock.now();
+    let deadline = w.deadline();
     let crashed = Lease::new(&w.table, "crashed");
-    assert_eq!(crashed.take(taken_at).await.expect("take"), Take::Held);
-    // THEN its expiry is the injected clock's time plus the lease (the world's clock is far
-    // from the system's: an expiry from the system clock would differ)
+    assert_eq!(
+        crashed.take(w.clock.now(), expiry(deadline)).await.expect("take"),
+        Take::Held
+    );
+    w.clock.set(Timestamp::from_secs(deadline.as_secs() - 1));
+    assert!(crashed.renew(expiry(deadline)).await.expect("renew"));
+    // THEN its expiry is still its deadline plus the margin, not the renewal's time plus a
+    // timeout (the world's clock is far from the system's: an expiry from it would differ)
     let until = lease_until(&w.table).await.expect("read").expect("a lease");
-    assert_eq!(until, taken_at.saturating_add(LEASE).as_secs());
+    assert_eq!(until, deadline.saturating_add(LEASE_MARGIN).as_secs());
 
     // WHEN a run starts up to the expiry itself
-    w.clock.set(taken_at.saturating_add(LEASE));
-    let early = run_leased(&w.control, &w.table, &w.clock, None, "early")
+    w.clock.set(deadline.saturating_add(LEASE_MARGIN));
+    let early = run_leased(&w.control, &w.table, &w.clock, None, "early", w.deadline())
         .await
         .expect("run");
     // THEN it does not sync: the lease still holds
@@ -131,7 +150,7 @@ async fn a_crashed_holders_lease_lapses_at_its_expiry_on_the_injected_clock() {
 
     // WHEN a run starts one second past the expiry
     w.clock.advance(Duration::from_secs(1));
-    let late = run_leased(&w.control, &w.table, &w.clock, None, "late")
+    let late = run_leased(&w.control, &w.table, &w.clock, None, "late", w.deadline())
         .await
         .expect("run");
     // THEN it takes the lapsed lease, syncs once (the crashed run's rerun went with its lease)
@@ -148,31 +167,82 @@ async fn a_crashed_holders_lease_lapses_at_its_expiry_on_the_injected_clock() {
 }
 
 #[tokio::test]
+async fn a_rerun_asked_too_near_the_deadline_is_left_to_the_next_trigger_with_the_lease_released() {
+    // GIVEN a plan with one key, and run A whose invocation has less than a round's time left
+    // once its first round is done (the injected clock stands still during the round)
+    let w = World::new("ap-southeast-3").await;
+    let plan = w.plan("lease-d", 1.0, 5, 1000, &[]).await;
+    w.key("k1", Some("t1"), "tg_live_lease_5", &plan).await;
+    let paused = Paused::new(&w.control);
+    let deadline = w.clock.now().saturating_add(MIN_ROUND - Duration::from_secs(1));
+
+    // WHEN run B asks A for a rerun during A's round
+    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", deadline);
+    let b = async {
+        paused.reached.notified().await;
+        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline()).await;
+        paused.resume.notify_one();
+        b.expect("run b")
+    };
+    let (a, b) = tokio::join!(a, b);
+    // THEN A ran one round, did not start another, and let the lease go, so the next trigger
+    // runs at once and syncs what B asked for
+    assert!(b.deferred);
+    assert_eq!(a.expect("run a").rounds.len(), 1);
+    assert_eq!(w.lease().await, None);
+}
+
+#[tokio::test]
+async fn a_release_that_fails_abandons_the_lease_so_the_next_trigger_need_not_wait() {
+    // GIVEN a holder whose table calls go through a proxy that loses its release's delete on
+    // every attempt the SDK makes (3), and lets the next delete through
+    let w = World::new("eu-south-1").await;
+    let plan = w.plan("lease-e", 1.0, 5, 1000, &[]).await;
+    w.key("k1", Some("t1"), "tg_live_lease_6", &plan).await;
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let sdk = emulator::sdk_config_in(&proxy.endpoint(), "eu-south-1");
+    let table = PolicyTable::new(tollgate::aws::admin_client(&sdk), &w.name);
+    let lost = Some(Fault::LoseRequest);
+    proxy.inject_on("POST", "DynamoDB_20120810.DeleteItem", &[lost, lost, lost]);
+    // WHEN it runs
+    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline()).await;
+    // THEN the run fails on its release, and the lease is abandoned all the same
+    assert!(run.is_err(), "{run:?}");
+    assert_eq!(
+        proxy.seen("POST", "DynamoDB_20120810.DeleteItem"),
+        4,
+        "3 lost, then the abandon"
+    );
+    assert_eq!(w.lease().await, None);
+}
+
+#[tokio::test]
 async fn a_rerun_asked_just_before_the_holders_release_makes_the_release_fail_and_is_kept() {
     // GIVEN run A holding the lease (no API Gateway call is made here)
     let w = World::new("me-central-1").await;
     let now = w.clock.now();
+    let until = expiry(w.deadline());
     let a = Lease::new(&w.table, "a");
     let b = Lease::new(&w.table, "b");
-    assert_eq!(a.take(now).await.expect("take"), Take::Held);
+    assert_eq!(a.take(now, until).await.expect("take"), Take::Held);
 
     // WHEN B asks for a rerun after A's last read of the lease, then A releases
-    assert_eq!(b.take(now).await.expect("take"), Take::RerunAsked);
+    assert_eq!(b.take(now, until).await.expect("take"), Take::RerunAsked);
     // THEN A's release fails on its condition: the lease stays A's, the rerun still asked
     assert_eq!(a.release().await.expect("release"), Release::Rerun);
     assert_eq!(w.lease().await, Some(("a".to_owned(), true)));
 
     // WHEN A renews for its next round (which answers the rerun), and B asks again
-    assert!(a.renew(now).await.expect("renew"));
+    assert!(a.renew(until).await.expect("renew"));
     assert_eq!(w.lease().await, Some(("a".to_owned(), false)));
-    assert_eq!(b.take(now).await.expect("take"), Take::RerunAsked);
+    assert_eq!(b.take(now, until).await.expect("take"), Take::RerunAsked);
     // THEN that rerun is kept as well
     assert_eq!(a.release().await.expect("release"), Release::Rerun);
 
     // AND once nothing was asked since A's last renewal, its release deletes the lease
-    assert!(a.renew(now).await.expect("renew"));
+    assert!(a.renew(until).await.expect("renew"));
     assert_eq!(a.release().await.expect("release"), Release::Released);
     assert_eq!(w.lease().await, None);
     // AND B, whose lease it never was, cannot renew it
-    assert!(!b.renew(now).await.expect("renew"));
+    assert!(!b.renew(until).await.expect("renew"));
 }

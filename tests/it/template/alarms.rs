@@ -278,10 +278,21 @@ fn operator_function_calls() -> BTreeMap<String, BTreeSet<String>> {
             "PolicyTable.Arn".to_owned(),
             owned(&["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:PutItem"]),
         ),
+        // the per-plan alarms, named by the code (a pattern of its prefix), and their former
+        // names, only deleted
         (
-            "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${AWS::StackName}-plan-*"
-                .to_owned(),
+            format!(
+                "arn:${{AWS::Partition}}:cloudwatch:${{AWS::Region}}:${{AWS::AccountId}}:alarm:{}*",
+                tollgate::control::plan_alarm_prefix("${AWS::StackName}")
+            ),
             owned(&["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"]),
+        ),
+        (
+            format!(
+                "arn:${{AWS::Partition}}:cloudwatch:${{AWS::Region}}:${{AWS::AccountId}}:alarm:{}*",
+                tollgate::control::legacy_plan_alarm_prefix("${AWS::StackName}")
+            ),
+            owned(&["cloudwatch:DeleteAlarms"]),
         ),
         ("NoticeTopic".to_owned(), owned(&["sns:Publish"])),
         ("NoticeFailureQueue.Arn".to_owned(), owned(&["sqs:SendMessage"])),
@@ -310,6 +321,7 @@ fn the_operator_function_gets_its_variables_and_only_the_access_it_uses() {
     assert_eq!(untag(&vars[tollgate_operator::STATE_TABLE]).1, "StateTable");
     assert_eq!(untag(&vars[tollgate_operator::POLICY_TABLE]).1, "PolicyTable");
     assert_eq!(untag(&vars[tollgate_operator::config::NOTICE_TOPIC]).1, "NoticeTopic");
+    assert_eq!(untag(&vars[tollgate_operator::config::STACK_NAME]).1, "AWS::StackName");
     // AND it is granted exactly the actions the code calls, each on its one resource
     let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut marker_condition = None;

@@ -88,6 +88,22 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
     );
 }
 
+#[test]
+fn the_usage_api_tags_only_resources_no_other_stacks_tag_names() {
+    // GIVEN the grants the template holds (the test above holds it to `CONTROL_ACCESS`)
+    // THEN tagging an existing resource (TagResource overwrites a value) is refused on a key or
+    // plan another stack's tag already names
+    let tagging: Vec<_> = tollgate_usage_api::CONTROL_ACCESS
+        .iter()
+        .filter(|(_, path, _)| path.starts_with("/tags/"))
+        .collect();
+    assert!(!tagging.is_empty());
+    assert!(
+        tagging.iter().all(|(_, _, scope)| *scope == Scope::Retagging),
+        "{tagging:?}"
+    );
+}
+
 /// What a statement's `Condition` scopes its API Gateway grant to; anything else fails.
 fn scope(condition: &Value) -> Scope {
     let stack = parse("!Ref AWS::StackName");
@@ -100,6 +116,14 @@ fn scope(condition: &Value) -> Scope {
                 && condition["ForAllValues:StringEquals"]["aws:TagKeys"] == only_stack_tag =>
         {
             Scope::Tagging
+        }
+        // A tag request on an existing resource: its own tag, if any, must be the stack's.
+        Some(3)
+            if condition["StringEquals"][&format!("aws:RequestTag/{TAG_STACK}")] == stack
+                && condition["ForAllValues:StringEquals"]["aws:TagKeys"] == only_stack_tag
+                && condition["StringEqualsIfExists"][&format!("aws:ResourceTag/{TAG_STACK}")] == stack =>
+        {
+            Scope::Retagging
         }
         _ => panic!("a condition other than the stack's tag: {condition:?}"),
     }

@@ -6,8 +6,12 @@
 //! sync: it sets the lease's `rerun` (an update, so a change that arrived during the holder's run
 //! is never dropped) and returns. The holder, when done, deletes the lease on condition that it
 //! still owns it and `rerun` is still false; when that fails because `rerun` was set, it clears
-//! `rerun`, renews the expiry and runs once more, at most `MAX_ROUNDS` rounds. A crashed holder's
-//! lease lapses at its expiry, read from the injected clock (`until`, epoch seconds).
+//! `rerun`, renews the expiry and runs once more, at most `MAX_ROUNDS` rounds, and only while the
+//! invocation has the time a round needs (`MIN_ROUND`, or the last round's time if longer). The
+//! expiry (`until`, epoch seconds) is the invocation's deadline plus `LEASE_MARGIN`, whenever it
+//! is taken or renewed: a holder stopped at its timeout blocks other runs for the margin, not for
+//! another timeout. Every error of `release` or `renew` abandons the lease (best effort; it lapses
+//! at its expiry otherwise), and lapses are read from the injected clock.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,9 +27,13 @@ use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_table::record::number;
 use crate::policy_table::{LEASE_PK, PK, read_item};
 
-/// How long a lease holds without renewal: the plan-sync function's timeout (600 s) and a minute
-/// for clocks that disagree (a template contract test keeps it past the timeout).
-pub const LEASE: Duration = Duration::from_secs(660);
+/// How long a lease holds past its holder's deadline: for clocks that disagree (Lambda stops the
+/// holder at the deadline, so it never writes after it).
+pub const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// The least time left before the deadline with which a holder starts another round; a round
+/// that took longer than this asks for its own time (a template contract test keeps it below the
+/// function's timeout).
+pub const MIN_ROUND: Duration = Duration::from_secs(60);
 /// Rounds one holder runs at most; a rerun asked for during the last is left to the next trigger
 /// (the schedule at the latest).
 pub const MAX_ROUNDS: usize = 3;
@@ -76,15 +84,16 @@ impl<'a> Lease<'a> {
         }
     }
 
-    /// Takes the lease when it is free or lapsed at `now`; else asks its holder to run again.
-    pub async fn take(&self, now: Timestamp) -> Result<Take, TableError> {
+    /// Takes the lease, held until `until`, when it is free or lapsed at `now`; else asks its
+    /// holder to run again.
+    pub async fn take(&self, now: Timestamp, until: Timestamp) -> Result<Take, TableError> {
         for _ in 0..TAKE_TRIES {
             let put = self
                 .table
                 .client()
                 .put_item()
                 .table_name(self.table.name())
-                .set_item(Some(self.item(now)))
+                .set_item(Some(self.item(until)))
                 .condition_expression("attribute_not_exists(#pk) OR #until < :now")
                 .expression_attribute_names("#pk", PK)
                 .expression_attribute_names("#until", "until")
@@ -121,9 +130,9 @@ impl<'a> Lease<'a> {
         Err(TableError::Superseded)
     }
 
-    /// Holds the lease for another round from `now`, the rerun it answers cleared; `false` when
-    /// it is no longer this holder's.
-    pub async fn renew(&self, now: Timestamp) -> Result<bool, TableError> {
+    /// Holds the lease for another round, until `until`, the rerun it answers cleared; `false`
+    /// when it is no longer this holder's.
+    pub async fn renew(&self, until: Timestamp) -> Result<bool, TableError> {
         let update = self
             .table
             .client()
@@ -137,7 +146,7 @@ impl<'a> Lease<'a> {
             .expression_attribute_names("#rerun", "rerun")
             .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
-            .expression_attribute_values(":until", secs(now.saturating_add(LEASE)))
+            .expression_attribute_values(":until", secs(until))
             .send()
             .await;
         match update {
@@ -189,11 +198,11 @@ impl<'a> Lease<'a> {
         }
     }
 
-    fn item(&self, now: Timestamp) -> HashMap<String, AttributeValue> {
+    fn item(&self, until: Timestamp) -> HashMap<String, AttributeValue> {
         HashMap::from([
             (PK.to_owned(), AttributeValue::S(LEASE_PK.to_owned())),
             ("owner".to_owned(), AttributeValue::S(self.owner.clone())),
-            ("until".to_owned(), secs(now.saturating_add(LEASE))),
+            ("until".to_owned(), secs(until)),
             ("rerun".to_owned(), AttributeValue::Bool(false)),
         ])
     }
@@ -221,18 +230,26 @@ fn secs(t: Timestamp) -> AttributeValue {
     AttributeValue::N(t.as_secs().to_string())
 }
 
+/// The lease's expiry for an invocation that ends at `deadline`.
+pub fn expiry(deadline: Timestamp) -> Timestamp {
+    deadline.saturating_add(LEASE_MARGIN)
+}
+
 /// `sync::run` under the lease, as the plan-sync function runs it: `owner` names this run (the
-/// invocation's request id). A run that finds the lease held asks its holder to run again and
-/// returns `deferred`; the holder runs until no rerun was asked for, at most `MAX_ROUNDS` rounds.
+/// invocation's request id), `deadline` is when the invocation is stopped (the lease holds until
+/// `expiry(deadline)`). A run that finds the lease held asks its holder to run again and returns
+/// `deferred`; the holder runs until no rerun was asked for, at most `MAX_ROUNDS` rounds, and
+/// starts one only with the time it needs; a rerun it does not run is left to the next trigger.
 pub async fn run_leased(
     control: &dyn ControlPlane,
     table: &PolicyTable,
     clock: &dyn Clock,
     actor: Option<&str>,
     owner: &str,
+    deadline: Timestamp,
 ) -> Result<LeasedRun, SyncError> {
     let lease = Lease::new(table, owner);
-    if lease.take(clock.now()).await? == Take::RerunAsked {
+    if lease.take(clock.now(), expiry(deadline)).await? == Take::RerunAsked {
         tracing::info!("another sync holds the lease; asked it to run again");
         return Ok(LeasedRun {
             deferred: true,
@@ -241,29 +258,13 @@ pub async fn run_leased(
     }
     let mut done = LeasedRun::default();
     loop {
-        let report = match super::run(control, table, clock, actor).await {
-            Ok(report) => report,
-            Err(e) => {
-                // The next trigger need not wait for the lease to lapse.
-                if let Err(release) = lease.abandon().await {
-                    tracing::warn!(error = %release, "the sync's lease was not released; it lapses");
-                }
-                return Err(e);
-            }
-        };
-        done.rounds.push(report);
-        match lease.release().await? {
+        let started = clock.now();
+        let report = super::run(control, table, clock, actor).await;
+        let took = clock.now().saturating_since(started);
+        done.rounds.push(abandon_on_error(&lease, report).await?);
+        match abandon_on_error(&lease, lease.release().await).await? {
             Release::Released | Release::Lost => return Ok(done),
-            Release::Rerun if done.rounds.len() < MAX_ROUNDS => {
-                if !lease.renew(clock.now()).await? {
-                    return Ok(done);
-                }
-                tracing::info!(
-                    round = done.rounds.len() + 1,
-                    "a change arrived during the sync; running again"
-                );
-            }
-            Release::Rerun => {
+            Release::Rerun if done.rounds.len() >= MAX_ROUNDS => {
                 tracing::warn!(
                     rounds = MAX_ROUNDS,
                     "changes kept arriving; the next trigger syncs the rest"
@@ -271,6 +272,38 @@ pub async fn run_leased(
                 lease.abandon().await?;
                 return Ok(done);
             }
+            Release::Rerun if deadline.saturating_since(clock.now()) < took.max(MIN_ROUND) => {
+                tracing::warn!(
+                    took_secs = took.as_secs(),
+                    "a change arrived during the sync, too near the deadline for another round; \
+                     the next trigger syncs it"
+                );
+                lease.abandon().await?;
+                return Ok(done);
+            }
+            Release::Rerun => {
+                if !abandon_on_error(&lease, lease.renew(expiry(deadline)).await).await? {
+                    return Ok(done);
+                }
+                tracing::info!(
+                    round = done.rounds.len() + 1,
+                    "a change arrived during the sync; running again"
+                );
+            }
+        }
+    }
+}
+
+/// `result`, the lease abandoned first when it is an error: the next trigger need not wait for
+/// the lease to lapse (if abandoning fails too, it lapses at its expiry).
+async fn abandon_on_error<T, E: Into<SyncError>>(lease: &Lease<'_>, result: Result<T, E>) -> Result<T, SyncError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            if let Err(release) = lease.abandon().await {
+                tracing::warn!(error = %release, "the sync's lease was not released; it lapses");
+            }
+            Err(e.into())
         }
     }
 }
