@@ -12,6 +12,7 @@ use crate::engine::policy::Plan;
 use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;
 use crate::policy_table::KeyRecord;
+use crate::policy_table::write::{Changed, Verdict};
 
 #[derive(Debug, Default)]
 pub struct MemoryDirectory {
@@ -77,6 +78,20 @@ impl MemoryDirectory {
         self.write().tenants.remove(tenant);
     }
 
+    /// The key's record as `decide` makes it from the record as it is, in one step under the lock.
+    pub fn update_key(
+        &self,
+        hash: &ApiKeyHash,
+        decide: impl Fn(Option<&KeyRecord>) -> Verdict<KeyRecord>,
+    ) -> Changed<KeyRecord> {
+        update(&mut self.write().keys, *hash, decide)
+    }
+
+    /// The tenant's plan as `decide` makes it, in one step under the lock.
+    pub fn update_tenant(&self, tenant: &str, decide: impl Fn(Option<&String>) -> Verdict<String>) -> Changed<String> {
+        update(&mut self.write().tenants, tenant.to_owned(), decide)
+    }
+
     pub(crate) fn snapshot_tenants(&self) -> HashMap<String, String> {
         self.read().tenants.clone()
     }
@@ -101,6 +116,27 @@ impl MemoryDirectory {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// One entry of `map` as `decide` makes it.
+fn update<K: std::hash::Hash + Eq, T: Clone>(
+    map: &mut HashMap<K, T>,
+    key: K,
+    decide: impl Fn(Option<&T>) -> Verdict<T>,
+) -> Changed<T> {
+    let before = map.get(&key).cloned();
+    let after = match decide(before.as_ref()) {
+        Verdict::Put(value) => {
+            map.insert(key, value.clone());
+            Some(value)
+        }
+        Verdict::Delete => {
+            map.remove(&key);
+            None
+        }
+        Verdict::Leave => before.clone(),
+    };
+    Changed { before, after }
 }
 
 #[async_trait]

@@ -14,9 +14,13 @@
 //! - `idem#<Idempotency-Key>#claim`: an onboarding attempt's claim, `until` (N), `owner` (S);
 //! - `revoke#<key id>`: a rotated-out key's pending revocation, `record` (S, JSON);
 //! - `audit#<id>`: one change record (`audit`).
+//!
+//! Every item also carries its own `version` (N; a plan's is the plan's version), which its writers
+//! condition their writes on: the protocol is `write`.
 
 pub mod audit;
 pub mod record;
+pub mod write;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;

@@ -129,12 +129,8 @@ pub fn render(record: &Record) -> Result<Item, serde_json::Error> {
             (SPEC.to_owned(), AttributeValue::S(serde_json::to_string(spec)?)),
             ("version".to_owned(), AttributeValue::N(version.to_string())),
         ]),
-        Record::Tenant { plan } => HashMap::from([("plan".to_owned(), AttributeValue::S(plan.clone()))]),
-        Record::Key(k) => HashMap::from([
-            ("tenant".to_owned(), AttributeValue::S(k.tenant.clone())),
-            ("key_id".to_owned(), AttributeValue::S(k.key_id.clone())),
-            ("enabled".to_owned(), AttributeValue::Bool(k.enabled)),
-        ]),
+        Record::Tenant { plan } => tenant_item(plan),
+        Record::Key(k) => key_item(k),
         Record::Shed(state) => {
             let mut item = shed_item(state);
             item.remove(PK);
@@ -142,6 +138,20 @@ pub fn render(record: &Record) -> Result<Item, serde_json::Error> {
         }
         Record::Malformed => HashMap::new(),
     })
+}
+
+/// A `key#…` item's attributes.
+pub fn key_item(k: &KeyRecord) -> Item {
+    HashMap::from([
+        ("tenant".to_owned(), AttributeValue::S(k.tenant.clone())),
+        ("key_id".to_owned(), AttributeValue::S(k.key_id.clone())),
+        ("enabled".to_owned(), AttributeValue::Bool(k.enabled)),
+    ])
+}
+
+/// A `tenant#…` item's attributes.
+pub fn tenant_item(plan: &str) -> Item {
+    HashMap::from([("plan".to_owned(), AttributeValue::S(plan.to_owned()))])
 }
 
 /// Reads the stored form; `Invalid` names the attribute.

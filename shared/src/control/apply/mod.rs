@@ -389,5 +389,11 @@ async fn restore_table(table: &PolicyTable, items: &BTreeMap<String, Record>) ->
     if changes.is_empty() {
         return Ok(0);
     }
-    table.apply(&current, &changes).await
+    // Each item is written on condition that it is still as read here; one another writer changed
+    // meanwhile is left as it is, and reported.
+    let applied = table.apply(&current, &changes).await?;
+    if !applied.deferred.is_empty() {
+        return Err(TableError::Changed(applied.deferred));
+    }
+    Ok(applied.writes)
 }

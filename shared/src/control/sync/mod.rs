@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use self::mapping::SyncProblem;
-use self::table::{PolicyTable, TableError, TableWrite};
+use self::table::{PolicyTable, TableError};
 use crate::control::apigateway::{ControlError, ControlPlane};
 use crate::engine::clock::Clock;
 use crate::policy_table::Record;
@@ -54,6 +54,10 @@ pub struct SyncReport {
     pub revoked: Vec<String>,
     /// What API Gateway says that Tollgate does not enforce as written; left untouched.
     pub problems: Vec<SyncProblem>,
+    /// Items another writer changed while this sync ran, left as that writer made them (the next
+    /// sync reads its change).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<String>,
     /// Policy-table writes made: items, generation updates and the audit record.
     pub writes: u64,
     /// Times the run started over because another sync wrote first.
@@ -88,6 +92,11 @@ impl SyncReport {
         }
         for p in &self.problems {
             out.push_str(&format!("not enforced: {}: {}\n", p.subject, p.reason));
+        }
+        for pk in &self.deferred {
+            out.push_str(&format!(
+                "left to the next sync (changed meanwhile by another writer): {pk}\n"
+            ));
         }
         out.push_str(&format!(
             "{} table write{}{}\n",
@@ -134,16 +143,14 @@ pub async fn run_as(
 ) -> Result<(SyncReport, Vec<ItemChange>), SyncError> {
     let mut retries = 0;
     loop {
-        // The generation is read before API Gateway, and every write is conditioned on it: if it
-        // has moved by then, another sync applied a snapshot at least as new, and this one starts
-        // over rather than write an older view.
+        // The table is read before API Gateway: a change another writer makes after this read
+        // moves the versions of the items it writes, so this sync's writes over them fail their
+        // condition rather than undo it (`table::PolicyTable::apply`).
         let as_of = clock.now();
-        let before = table.generation().await?;
+        let current = table.read().await?;
         let plans = control.usage_plans().await?;
         let keys = control.api_keys().await?;
         let desired = mapping::desired(&plans, &keys);
-        let mut current = table.read().await?;
-        current.generation = before;
         let changes = table::diff(&desired, &current);
         let mut report = SyncReport {
             table: table.name().to_owned(),
@@ -156,27 +163,16 @@ pub async fn run_as(
             retries,
             ..SyncReport::default()
         };
-        for change in &changes {
-            match change {
-                TableWrite::Put { pk, record, existed } => {
-                    let list = if *existed {
-                        &mut report.changed
-                    } else {
-                        &mut report.created
-                    };
-                    list.push(label(pk, record));
-                }
-                TableWrite::Delete { pk, was } => report.revoked.push(label(pk, was)),
-            }
-        }
         if changes.is_empty() {
             return Ok((report, Vec::new()));
         }
         match table.apply(&current, &changes).await {
-            Ok(writes) => {
-                report.writes = writes;
-                let items = item_changes(&current, &changes);
-                if !record {
+            Ok(applied) => {
+                report.writes = applied.writes;
+                report.deferred = applied.deferred;
+                list(&mut report, &applied.items);
+                let items = applied.items;
+                if !record || items.is_empty() {
                     return Ok((report, items));
                 }
                 if let Some((id, audit_writes)) =
@@ -189,7 +185,8 @@ pub async fn run_as(
                     created = report.created.len(),
                     changed = report.changed.len(),
                     revoked = report.revoked.len(),
-                    writes,
+                    deferred = report.deferred.len(),
+                    writes = applied.writes,
                     "policy table synced"
                 );
                 return Ok((report, items));
@@ -206,23 +203,16 @@ pub async fn run_as(
     }
 }
 
-/// Each written item before and after.
-fn item_changes(current: &table::Current, changes: &[TableWrite]) -> Vec<ItemChange> {
-    changes
-        .iter()
-        .map(|c| match c {
-            TableWrite::Put { pk, record, .. } => ItemChange {
-                pk: pk.clone(),
-                before: current.records.get(pk).cloned(),
-                after: Some(record.clone()),
-            },
-            TableWrite::Delete { pk, was } => ItemChange {
-                pk: pk.clone(),
-                before: Some(was.clone()),
-                after: None,
-            },
-        })
-        .collect()
+/// The report's lists of the items written.
+fn list(report: &mut SyncReport, items: &[ItemChange]) {
+    for item in items {
+        match (&item.before, &item.after) {
+            (None, Some(after)) => report.created.push(label(&item.pk, after)),
+            (Some(_), Some(after)) => report.changed.push(label(&item.pk, after)),
+            (Some(before), None) => report.revoked.push(label(&item.pk, before)),
+            (None, None) => {}
+        }
+    }
 }
 
 /// Records applied writes in the audit trail. The writes stand whether or not this succeeds (the

@@ -1,27 +1,27 @@
 //! The policy table as plan sync writes it: read it whole, compute the fewest writes that make it
 //! say what API Gateway says, and apply them so that two syncs never interleave.
 //!
-//! Concurrency: the item `sync#meta` holds a `generation`. Every batch of writes is one
-//! `TransactWriteItems` that also moves the generation on, on condition that it is still the one
-//! this sync read before it read API Gateway. A sync that loses starts over from a fresh read, so
-//! the table only ever holds one sync's complete view (plus, after a crash part-way, a prefix that
-//! the next run completes), and a sync whose snapshot of API Gateway is older than one already
-//! applied never writes. No clock is compared: machines' clocks may disagree.
+//! Concurrency, with other syncs: the item `sync#meta` holds a `generation`. A sync that has
+//! writes to make first moves it on, on condition that it is still the one read before the table
+//! and API Gateway; a sync that loses starts over from a fresh read, so a sync whose snapshot is
+//! older than one already claimed never writes. No clock is compared: machines' clocks may
+//! disagree. With every writer (the usage API, apply): the table is read before API Gateway, and
+//! each item is written on condition that it is still at the version read (`policy_table::write`),
+//! so a change another writer made after this sync's read is never undone by it. A write that
+//! loses is decided again: a key revocation still applies to an enabled key, anything else is left
+//! to the next sync. A crash part-way leaves a prefix of the writes, which the next run completes.
 
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::control::sync::mapping::Desired;
+use crate::policy_table::audit::ItemChange;
 use crate::policy_table::record::{number, parse, render};
-use crate::policy_table::{PK, Record, key_pk, plan_pk, read_item, tenant_pk};
-
-use crate::policy_table::META_PK;
-/// TransactWriteItems takes 100 actions; one is the generation update.
-const BATCH: usize = 99;
+use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, Written, version_of};
+use crate::policy_table::{META_PK, PK, Record, key_pk, plan_pk, read_item, tenant_pk};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -34,6 +34,11 @@ pub enum TableError {
     Superseded,
     #[error("policy item `{pk}` cannot be written: {detail}")]
     Invalid { pk: String, detail: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// Items another writer changed while they were being written back, left as it made them.
+    #[error("policy items changed by another writer meanwhile, left as they are: {}", .0.join(", "))]
+    Changed(Vec<String>),
 }
 
 /// What the table holds now.
@@ -41,6 +46,19 @@ pub enum TableError {
 pub struct Current {
     pub generation: u64,
     pub records: BTreeMap<String, Record>,
+    /// Each record's item version, the condition of a write over it.
+    pub versions: BTreeMap<String, u64>,
+}
+
+/// What `PolicyTable::apply` wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Each item written, before and after.
+    pub items: Vec<ItemChange>,
+    /// Items another writer changed since they were read, left as that writer left them.
+    pub deferred: Vec<String>,
+    /// Policy-table writes made: items and the generation update.
+    pub writes: u64,
 }
 
 /// One write.
@@ -175,6 +193,7 @@ impl PolicyTable {
                 };
                 if let Some(record) = parse(pk, item) {
                     current.records.insert(pk.clone(), record);
+                    current.versions.insert(pk.clone(), version_of(item));
                 }
             }
             match page.last_evaluated_key() {
@@ -184,89 +203,126 @@ impl PolicyTable {
         }
     }
 
-    /// Applies `changes` in batches, each moving the generation on. Returns the writes made
-    /// (items plus generation updates).
-    pub async fn apply(&self, current: &Current, changes: &[TableWrite]) -> Result<u64, TableError> {
-        let mut writes = 0;
-        for (generation, batch) in (current.generation..).zip(changes.chunks(BATCH)) {
-            let mut actions = vec![self.bump(generation)];
-            for change in batch {
-                actions.push(self.action(change)?);
-            }
-            let result = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(actions))
-                .send()
-                .await;
-            match result {
-                Ok(_) => {}
-                // The generation moved, or another transaction was writing the same items: either
-                // way another sync got there first.
-                Err(SdkError::ServiceError(e)) if superseded(e.err()) => return Err(TableError::Superseded),
-                Err(e) => return Err(self.unavailable(e)),
-            }
-            writes += batch.len() as u64 + 1;
+    /// Claims the run (moves the generation on, if it is still the one read), then writes
+    /// `changes` item by item, each on condition that the item is still at the version read
+    /// (`policy_table::write`). A write that loses to another writer is decided again
+    /// (`reconsider`).
+    pub async fn apply(&self, current: &Current, changes: &[TableWrite]) -> Result<Applied, TableError> {
+        let mut applied = Applied::default();
+        if changes.is_empty() {
+            return Ok(applied);
         }
-        Ok(writes)
+        self.claim(current.generation).await?;
+        applied.writes = 1;
+        for change in changes {
+            let pk = change.pk();
+            let before = current.records.get(pk).cloned();
+            let expect = match before {
+                Some(_) => Expect::At(current.versions.get(pk).copied().unwrap_or(0)),
+                None => Expect::Absent,
+            };
+            let made = match self.write(change, expect).await? {
+                Written::Done => Some(item_change(change, before)),
+                Written::Conflict => self.reconsider(change).await?,
+            };
+            match made {
+                Some(item) => {
+                    applied.writes += 1;
+                    applied.items.push(item);
+                }
+                None => applied.deferred.push(pk.to_owned()),
+            }
+        }
+        Ok(applied)
     }
 
-    /// Moves the generation on if it is still `generation`.
-    fn bump(&self, generation: u64) -> TransactWriteItem {
-        let condition = if generation == 0 {
-            "attribute_not_exists(#g)"
-        } else {
-            "#g = :g"
-        };
-        let mut values = HashMap::from([(":next".to_owned(), AttributeValue::N((generation + 1).to_string()))]);
-        if generation != 0 {
-            values.insert(":g".to_owned(), AttributeValue::N(generation.to_string()));
+    /// A write another writer got to first, decided again: revocation wins. A key this sync
+    /// revokes is revoked still while its item holds an enabled key; every other write is left
+    /// (`None`) as the other writer made it: that writer's API Gateway change triggers the next
+    /// sync, which reads it.
+    async fn reconsider(&self, change: &TableWrite) -> Result<Option<ItemChange>, TableError> {
+        let pk = change.pk();
+        if !matches!(
+            change,
+            TableWrite::Delete {
+                was: Record::Key(_),
+                ..
+            }
+        ) {
+            return Ok(None);
         }
-        let update = Update::builder()
-            .table_name(&self.table)
-            .key(PK, AttributeValue::S(META_PK.to_owned()))
-            .update_expression("SET #g = :next")
-            .condition_expression(condition)
-            .expression_attribute_names("#g", "generation")
-            .set_expression_attribute_values(Some(values))
-            .build()
-            .expect("table, key and update expression are set");
-        TransactWriteItem::builder().update(update).build()
+        for _ in 0..ATTEMPTS {
+            let Some(item) = read_item(&self.client, &self.table, pk)
+                .await
+                .map_err(|e| self.unavailable(e))?
+            else {
+                return Ok(None);
+            };
+            let fresh = parse(pk, &item);
+            if !matches!(&fresh, Some(Record::Key(k)) if k.enabled) {
+                return Ok(None);
+            }
+            if self.write(change, Expect::At(version_of(&item))).await? == Written::Done {
+                return Ok(Some(item_change(change, fresh)));
+            }
+        }
+        Err(TableError::Write(WriteError::Contended {
+            pk: pk.to_owned(),
+            attempts: ATTEMPTS,
+        }))
     }
 
-    fn action(&self, change: &TableWrite) -> Result<TransactWriteItem, TableError> {
-        Ok(match change {
+    /// One conditional write.
+    async fn write(&self, change: &TableWrite, expect: Expect) -> Result<Written, TableError> {
+        let written = match change {
             TableWrite::Put { pk, record, .. } => {
-                let mut item = render(record).map_err(|e| TableError::Invalid {
+                let item = render(record).map_err(|e| TableError::Invalid {
                     pk: pk.clone(),
                     detail: e.to_string(),
                 })?;
-                item.insert(PK.to_owned(), AttributeValue::S(pk.clone()));
-                let put = Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .build()
-                    .expect("table and item are set");
-                TransactWriteItem::builder().put(put).build()
+                write::put(&self.client, &self.table, pk, item, expect).await
             }
-            TableWrite::Delete { pk, .. } => {
-                let delete = Delete::builder()
-                    .table_name(&self.table)
-                    .key(PK, AttributeValue::S(pk.clone()))
-                    .build()
-                    .expect("table and key are set");
-                TransactWriteItem::builder().delete(delete).build()
+            TableWrite::Delete { pk, .. } => write::delete(&self.client, &self.table, pk, expect).await,
+        };
+        Ok(written?)
+    }
+
+    /// Moves the generation on if it is still `generation`; `Superseded` if another sync moved it.
+    async fn claim(&self, generation: u64) -> Result<(), TableError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(META_PK.to_owned()))
+            .update_expression("SET #g = :next")
+            .expression_attribute_names("#g", "generation")
+            .expression_attribute_values(":next", AttributeValue::N((generation + 1).to_string()));
+        update = if generation == 0 {
+            update.condition_expression("attribute_not_exists(#g)")
+        } else {
+            update
+                .condition_expression("#g = :g")
+                .expression_attribute_values(":g", AttributeValue::N(generation.to_string()))
+        };
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(TableError::Superseded)
             }
-        })
+            Err(e) => Err(self.unavailable(e)),
+        }
     }
 }
 
-fn superseded(e: &TransactWriteItemsError) -> bool {
-    match e {
-        TransactWriteItemsError::TransactionCanceledException(c) => c
-            .cancellation_reasons()
-            .iter()
-            .any(|r| matches!(r.code(), Some("ConditionalCheckFailed" | "TransactionConflict"))),
-        _ => false,
+/// A write as made: the item before and after.
+fn item_change(change: &TableWrite, before: Option<Record>) -> ItemChange {
+    let after = match change {
+        TableWrite::Put { record, .. } => Some(record.clone()),
+        TableWrite::Delete { .. } => None,
+    };
+    ItemChange {
+        pk: change.pk().to_owned(),
+        before,
+        after,
     }
 }

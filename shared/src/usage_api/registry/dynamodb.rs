@@ -8,18 +8,26 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use serde::de::DeserializeOwned;
 
-use super::{IdempotencyRecord, ManualShed, Registry, Revocation, SHED_ATTEMPTS, ShedChange, to_json};
+use super::{Changed, Decide, IdempotencyRecord, ManualShed, Registry, Revocation, SHED_ATTEMPTS, ShedChange, to_json};
 use crate::control::shed::table::{ShedError, ShedTable, Written};
 use crate::directory::{DirectoryError, DynamoDirectory};
 use crate::engine::identity::ApiKeyHash;
-use crate::policy_table::record::{CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, claim_item, json_item, parse, string};
+use crate::policy_table::record::{
+    CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, claim_item, json_item, key_item, key_record, parse, string, tenant_item,
+    tenant_plan,
+};
+use crate::policy_table::write::{self, WriteError};
 use crate::policy_table::{
-    self, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, REVOKE_PREFIX, Record, TENANT_PREFIX, idem_claim_pk, idem_pk,
+    self, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, REVOKE_PREFIX, Record, TENANT_PREFIX, idem_claim_pk, idem_pk, key_pk,
     revoke_pk, tenant_pk,
 };
 
 fn unavailable<E: std::error::Error + 'static>(e: E) -> DirectoryError {
     DirectoryError::Unavailable(DisplayErrorContext(e).to_string())
+}
+
+fn write_error(e: WriteError) -> DirectoryError {
+    DirectoryError::Unavailable(e.to_string())
 }
 
 fn shed_error(e: ShedError) -> DirectoryError {
@@ -156,16 +164,25 @@ impl Registry for DynamoDirectory {
         Ok(names)
     }
 
-    async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError> {
-        DynamoDirectory::put_tenant(self, tenant, plan).await
+    async fn change_key(
+        &self,
+        hash: &ApiKeyHash,
+        decide: Decide<'_, KeyRecord>,
+    ) -> Result<Changed<KeyRecord>, DirectoryError> {
+        let pk = key_pk(&hash.to_hex());
+        let parse = |i: &Item| key_record(i).ok();
+        write::change(self.client(), self.table(), &pk, parse, key_item, decide)
+            .await
+            .map_err(write_error)
     }
 
-    async fn remove_tenant(&self, tenant: &str) -> Result<(), DirectoryError> {
-        self.delete_pk(tenant_pk(tenant)).await
-    }
-
-    async fn put_key(&self, hash: &ApiKeyHash, record: &KeyRecord) -> Result<(), DirectoryError> {
-        DynamoDirectory::put_key(self, hash, record).await
+    async fn change_tenant(&self, tenant: &str, decide: Decide<'_, String>) -> Result<Changed<String>, DirectoryError> {
+        let pk = tenant_pk(tenant);
+        let parse = |i: &Item| tenant_plan(i).ok();
+        let render = |plan: &String| tenant_item(plan);
+        write::change(self.client(), self.table(), &pk, parse, render, decide)
+            .await
+            .map_err(write_error)
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError> {

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{IdempotencyRecord, ManualShed, Registry, Revocation, ShedChange, to_json};
+use super::{Changed, Decide, IdempotencyRecord, ManualShed, Registry, Revocation, ShedChange, to_json};
 use crate::directory::{Directory, DirectoryError, MemoryDirectory};
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::shed::ShedState;
@@ -33,19 +33,16 @@ impl Registry for MemoryDirectory {
         Ok(names)
     }
 
-    async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError> {
-        MemoryDirectory::put_tenant(self, tenant, plan);
-        Ok(())
+    async fn change_key(
+        &self,
+        hash: &ApiKeyHash,
+        decide: Decide<'_, KeyRecord>,
+    ) -> Result<Changed<KeyRecord>, DirectoryError> {
+        Ok(self.update_key(hash, decide))
     }
 
-    async fn remove_tenant(&self, tenant: &str) -> Result<(), DirectoryError> {
-        MemoryDirectory::remove_tenant(self, tenant);
-        Ok(())
-    }
-
-    async fn put_key(&self, hash: &ApiKeyHash, record: &KeyRecord) -> Result<(), DirectoryError> {
-        MemoryDirectory::put_key(self, *hash, record.clone());
-        Ok(())
+    async fn change_tenant(&self, tenant: &str, decide: Decide<'_, String>) -> Result<Changed<String>, DirectoryError> {
+        Ok(self.update_tenant(tenant, decide))
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError> {

@@ -14,6 +14,10 @@ use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::shed::{SetBy, ShedState};
 use crate::policy_table::KeyRecord;
+pub use crate::policy_table::write::{Changed, Verdict};
+
+/// A writer's decision for an item, from the item as it is (`None`: there is none).
+pub type Decide<'a, T> = &'a (dyn Fn(Option<&T>) -> Verdict<T> + Send + Sync);
 
 /// A manual shed write retries this many times when the controller writes in between (as
 /// `tollgate shed set` does).
@@ -58,10 +62,15 @@ pub trait Registry: Directory {
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError>;
     /// The names of the plans the directory knows, sorted.
     async fn plan_names(&self) -> Result<Vec<String>, DirectoryError>;
-    async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError>;
-    /// Removes the tenant's plan record (its keys stay, disabled by the caller).
-    async fn remove_tenant(&self, tenant: &str) -> Result<(), DirectoryError>;
-    async fn put_key(&self, hash: &ApiKeyHash, record: &KeyRecord) -> Result<(), DirectoryError>;
+    /// Writes the key's record as `decide` chooses from the record as it is, on condition that
+    /// it is still so (`policy_table::write::change`: on a conflict, read and decided again).
+    async fn change_key(
+        &self,
+        hash: &ApiKeyHash,
+        decide: Decide<'_, KeyRecord>,
+    ) -> Result<Changed<KeyRecord>, DirectoryError>;
+    /// The same for the tenant's plan record (its plan's name).
+    async fn change_tenant(&self, tenant: &str, decide: Decide<'_, String>) -> Result<Changed<String>, DirectoryError>;
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError>;
     /// Writes the record unless one exists for `key`; `false` when one did.
     async fn put_idempotency(&self, key: &str, record: &IdempotencyRecord) -> Result<bool, DirectoryError>;

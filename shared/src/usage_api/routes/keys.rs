@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::{Api, disable_key};
+use super::{Api, create, disable_key, key_change, revoke};
 use crate::control::apigateway::writes::NewApiKey;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::quota::format_utc;
@@ -64,7 +64,7 @@ pub(in crate::usage_api) async fn rotate(
     };
     let at = now.saturating_add(Duration::from_secs(grace)).as_secs();
     let revoking = schedule_revocations(&api, &tenant, at).await?;
-    api.registry.put_key(&hash, &record).await?;
+    api.registry.change_key(&hash, &create(&record)).await?;
     api.audit(
         &actor,
         format!(
@@ -146,21 +146,8 @@ impl UsageApi {
             }
             let mut items = Vec::new();
             if let Some(hash) = ApiKeyHash::from_hex(&r.hash) {
-                let before = KeyRecord {
-                    tenant: r.tenant.clone(),
-                    key_id: r.key_id.clone(),
-                    enabled: true,
-                };
-                let after = KeyRecord {
-                    enabled: false,
-                    ..before.clone()
-                };
-                self.registry.put_key(&hash, &after).await?;
-                items.push(ItemChange {
-                    pk: key_pk(&r.hash),
-                    before: Some(Record::Key(before)),
-                    after: Some(Record::Key(after)),
-                });
+                let changed = self.registry.change_key(&hash, &revoke).await?;
+                items.extend(key_change(&hash, changed));
             }
             self.registry.remove_revocation(&r.key_id).await?;
             self.audit(

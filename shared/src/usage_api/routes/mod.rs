@@ -19,7 +19,10 @@ use crate::control::apigateway::ControlError;
 use crate::control::apigateway::writes::{ControlWrites, Patch};
 use crate::control::sync::mapping::{TAG_STACK, plan_name};
 use crate::engine::clock::Timestamp;
+use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
+use crate::policy_table::{KeyRecord, Record, key_pk, tenant_pk};
+use crate::usage_api::registry::{Changed, Verdict};
 
 /// The ports, as a handler takes them.
 type Api = State<Arc<UsageApi>>;
@@ -123,4 +126,44 @@ async fn disable_key(control: &dyn ControlWrites, id: &str) -> Result<(), Proble
         Ok(()) | Err(ControlError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The decision that revokes a key: an enabled record is written disabled, anything else (already
+/// disabled, or removed by sync) is left as it is.
+fn revoke(current: Option<&KeyRecord>) -> Verdict<KeyRecord> {
+    match current {
+        Some(k) if k.enabled => Verdict::Put(KeyRecord {
+            enabled: false,
+            ..k.clone()
+        }),
+        _ => Verdict::Leave,
+    }
+}
+
+/// The decision that creates an item: written when there is none, else left as it is (a revoked
+/// key stays revoked; a tenant another writer made is not overwritten).
+fn create<T: Clone + Sync>(value: &T) -> impl Fn(Option<&T>) -> Verdict<T> + Send + Sync + '_ {
+    move |current| match current {
+        None => Verdict::Put(value.clone()),
+        Some(_) => Verdict::Leave,
+    }
+}
+
+/// A key write for the audit trail; `None` when nothing was written.
+fn key_change(hash: &ApiKeyHash, changed: Changed<KeyRecord>) -> Option<ItemChange> {
+    changed.wrote().then(|| ItemChange {
+        pk: key_pk(&hash.to_hex()),
+        before: changed.before.map(Record::Key),
+        after: changed.after.map(Record::Key),
+    })
+}
+
+/// A tenant write for the audit trail; `None` when nothing was written.
+fn tenant_change(tenant: &str, changed: Changed<String>) -> Option<ItemChange> {
+    let plan = |plan| Record::Tenant { plan };
+    changed.wrote().then(|| ItemChange {
+        pk: tenant_pk(tenant),
+        before: changed.before.map(plan),
+        after: changed.after.map(plan),
+    })
 }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::Api;
+use super::{Api, create};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::ItemChange;
@@ -166,8 +166,16 @@ impl Onboarding<'_> {
             key_id: key.id.clone(),
             enabled: true,
         };
-        api.registry.put_key(&hash, &record).await?;
-        api.registry.put_tenant(&body.tenant, &body.plan).await?;
+        // Written where there is none yet; a retry finds them as the first attempt left them.
+        api.registry.change_key(&hash, &create(&record)).await?;
+        let tenant = api.registry.change_tenant(&body.tenant, &create(&body.plan)).await?;
+        if tenant.after.as_ref() != Some(&body.plan) {
+            // Onboarded meanwhile by another request (the key stays, on no tenant's plan).
+            return Err(Problem::conflict(
+                "tenant-exists",
+                format!("tenant `{}` was onboarded meanwhile by another request", body.tenant),
+            ));
+        }
         let id = format!(
             "usage-api-onboard-{}",
             &hex::encode(Sha256::digest(self.idem.as_bytes()))[..16]
@@ -176,6 +184,7 @@ impl Onboarding<'_> {
             "onboard tenant {} on plan {} with key {}",
             body.tenant, body.plan, key.id
         );
+        // The record a retry writes again is the first attempt's: the items as onboarding made them.
         let items = vec![
             ItemChange {
                 pk: tenant_pk(&body.tenant),

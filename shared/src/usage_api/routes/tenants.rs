@@ -6,11 +6,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 
-use super::{Api, disable_key, plan_keys};
-use crate::policy_table::audit::ItemChange;
-use crate::policy_table::{KeyRecord, Record, key_pk, tenant_pk};
+use super::{Api, disable_key, key_change, plan_keys, revoke, tenant_change};
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
+use crate::usage_api::registry::Verdict;
 use crate::usage_api::views::{TenantPage, TenantSummary, tenant_view};
 use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, UsageApi};
 
@@ -96,17 +95,26 @@ pub(in crate::usage_api) async fn move_plan(
     let old = api.tenant_plan(&tenant).await?;
     if old != body.plan {
         move_keys(&api, &tenant, &old, &body.plan).await?;
-        api.registry.put_tenant(&tenant, &body.plan).await?;
+        let new = body.plan.clone();
+        let changed = api
+            .registry
+            .change_tenant(&tenant, &|current| match current {
+                Some(plan) if *plan == old => Verdict::Put(new.clone()),
+                _ => Verdict::Leave,
+            })
+            .await?;
+        if changed.after.as_ref() != Some(&body.plan) {
+            return Err(Problem::conflict(
+                "tenant-changed",
+                format!(
+                    "tenant `{tenant}` was moved or offboarded meanwhile by another request; read it and try again"
+                ),
+            ));
+        }
         api.audit(
             &actor,
             format!("move tenant {tenant} from plan {old} to {}", body.plan),
-            vec![ItemChange {
-                pk: tenant_pk(&tenant),
-                before: Some(Record::Tenant { plan: old }),
-                after: Some(Record::Tenant {
-                    plan: body.plan.clone(),
-                }),
-            }],
+            tenant_change(&tenant, changed).into_iter().collect(),
         )
         .await?;
     }
@@ -161,25 +169,11 @@ pub(in crate::usage_api) async fn offboard(State(api): Api, admin: Admin<Tenant>
             }
         }
         api.registry.remove_revocation(&k.key_id).await?;
-        if k.enabled {
-            let after = KeyRecord {
-                enabled: false,
-                ..k.clone()
-            };
-            api.registry.put_key(&h, &after).await?;
-            items.push(ItemChange {
-                pk: key_pk(&h.to_hex()),
-                before: Some(Record::Key(k)),
-                after: Some(Record::Key(after)),
-            });
-        }
+        let changed = api.registry.change_key(&h, &revoke).await?;
+        items.extend(key_change(&h, changed));
     }
-    api.registry.remove_tenant(&tenant).await?;
-    items.push(ItemChange {
-        pk: tenant_pk(&tenant),
-        before: Some(Record::Tenant { plan }),
-        after: None,
-    });
+    let changed = api.registry.change_tenant(&tenant, &|_| Verdict::Delete).await?;
+    items.extend(tenant_change(&tenant, changed));
     api.audit(
         &actor,
         format!("offboard tenant {tenant}: keys disabled, usage history kept"),

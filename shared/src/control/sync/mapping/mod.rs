@@ -103,12 +103,15 @@ impl Desired {
             let Some(on) = plans_of.get(key.id.as_str()) else {
                 continue; // on no plan: not admitted, and revoked if the table has it
             };
+            // Disabled comes first: revocation wins over whatever else the key says, so a disabled
+            // key is revoked (its item removed, by hash or by id) even with a problem that would
+            // otherwise hold it as it is.
+            if !key.enabled {
+                continue;
+            }
             let Some(hash) = self.admissible(key, on) else {
                 continue;
             };
-            if !key.enabled {
-                continue; // disabled: revoked
-            }
             let tenant = key.tenant();
             tenant_plans
                 .entry(tenant.to_owned())

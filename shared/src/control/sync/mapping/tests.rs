@@ -198,3 +198,44 @@ fn weights_parse_and_reject() {
     assert!(parse_weights("POST").is_err());
     assert!(parse_weights("POST=-1").is_err());
 }
+
+#[test]
+fn a_disabled_key_with_any_other_problem_is_revoked() {
+    // GIVEN three disabled keys, each with a problem that holds an enabled key: on two plans, no
+    // value, an invalid tenant; and the table still enforcing each (their items enabled)
+    let mut a = plan("p1", "free");
+    let mut b = plan("p2", "basic");
+    a.key_ids = vec!["k1".into(), "k2".into(), "k3".into()];
+    b.key_ids = vec!["k1".into()];
+    let two_plans = key("k1", Some("acme"), false);
+    let mut blind = key("k2", Some("blind"), false);
+    let blind_hash = blind.hash.take().expect("hash");
+    let invalid = key("k3", Some("bad tenant!"), false);
+    let mut current = crate::control::sync::table::Current::default();
+    for (hash, k) in [
+        (two_plans.hash.expect("hash"), &two_plans),
+        (blind_hash, &blind),
+        (invalid.hash.expect("hash"), &invalid),
+    ] {
+        let record = KeyRecord {
+            tenant: k.tenant().to_owned(),
+            key_id: k.id.clone(),
+            enabled: true,
+        };
+        current
+            .records
+            .insert(key_pk(&hash.to_hex()), crate::policy_table::Record::Key(record));
+    }
+    // WHEN mapped and compared with the table
+    let d = desired(&[a, b], &[two_plans.clone(), blind.clone(), invalid.clone()]);
+    let writes = crate::control::sync::table::diff(&d, &current);
+    // THEN nothing of them is held, and each key's item is removed: revoked
+    assert!(d.held_key_ids.is_empty(), "{d:?}");
+    assert!(!d.held.iter().any(|pk| pk.starts_with("key#")), "{d:?}");
+    let deleted: Vec<&str> = writes
+        .iter()
+        .filter(|w| matches!(w, crate::control::sync::table::TableWrite::Delete { .. }))
+        .map(|w| w.pk())
+        .collect();
+    assert_eq!(deleted.len(), 3, "{writes:?}");
+}
