@@ -19,6 +19,7 @@ pub struct Sample {
     pub decisions: u32,
     pub throttles_rate: u32,
     pub throttles_daily: u32,
+    pub throttles_weekly: u32,
     pub throttles_monthly: u32,
     /// Refused by the shed level (no budget consumed).
     pub shed: u32,
@@ -39,6 +40,7 @@ const METRICS: &[&str] = &[
     names::DECISIONS,
     names::THROTTLES_RATE,
     names::THROTTLES_DAILY_QUOTA,
+    names::THROTTLES_WEEKLY_QUOTA,
     names::THROTTLES_MONTHLY_QUOTA,
     names::FAIL_OPEN,
     names::FAIL_CLOSED,
@@ -82,6 +84,7 @@ impl Sample {
             match reason {
                 Reason::Rate => s.throttles_rate = 1,
                 Reason::DailyQuota => s.throttles_daily = 1,
+                Reason::WeeklyQuota => s.throttles_weekly = 1,
                 Reason::MonthlyQuota => s.throttles_monthly = 1,
                 Reason::Shed => s.shed = 1,
             }
@@ -89,11 +92,12 @@ impl Sample {
         Some(s)
     }
 
-    fn values(&self) -> [u32; 10] {
+    fn values(&self) -> [u32; 11] {
         [
             self.decisions,
             self.throttles_rate,
             self.throttles_daily,
+            self.throttles_weekly,
             self.throttles_monthly,
             self.fail_open,
             self.fail_closed,
@@ -305,6 +309,7 @@ mod tests {
             retry_after: Some(Duration::from_secs(1)),
             rate: None,
             daily: None,
+            weekly: None,
             monthly: None,
         };
         let verdict = tollgate::gate::Verdict {

@@ -12,8 +12,8 @@ use super::*;
 use crate::directory::{Directory, MemoryDirectory};
 use crate::engine::clock::{ManualClock, Timestamp};
 use crate::engine::identity::ApiKeyHash;
-use crate::engine::policy::{Plan, PlanSpec};
-use crate::engine::quota::Period;
+use crate::engine::policy::{Limits, Plan, PlanSpec};
+use crate::engine::quota::{Calendar, DAYS_KEPT, Period};
 use crate::policy_table::KeyRecord;
 use crate::policy_table::audit::Source;
 use crate::store::{Consume, MemoryStore};
@@ -174,8 +174,12 @@ async fn own_usage_reports_the_callers_plan_and_counts_and_spends_nothing() {
     assert_eq!(first["month"]["used"], 3);
     assert_eq!(first["rate"]["limit"], 5);
     assert_eq!(first, second);
-    let usage = w.store.usage("alpha", w.clock.now()).await.expect("usage");
-    assert_eq!(usage.get(Period::Day.counter(w.clock.now())), 3);
+    let usage = w
+        .store
+        .usage("alpha", &Limits::UNLIMITED, w.clock.now())
+        .await
+        .expect("usage");
+    assert_eq!(usage.get(Calendar::utc(Period::Day).counter(w.clock.now())), 3);
 }
 
 #[tokio::test]
@@ -452,7 +456,7 @@ async fn history_outside_the_kept_days_is_clamped_and_says_so() {
     let (s, _, body) = call(&w, get("/v1/tenants/alpha/usage?from=1969-07-20&to=2099-12-31")).await;
     // THEN it answers the kept days, from the oldest to today, and names the dates asked
     assert_eq!(s, StatusCode::OK, "{body}");
-    assert_eq!(body["periods"].as_array().map(Vec::len), Some(35), "{body}");
+    assert_eq!(body["periods"].as_array().map(Vec::len), Some(DAYS_KEPT as usize), "{body}");
     assert_eq!(body["to"], "2026-11-29");
     assert_eq!(
         body["clamped"],
@@ -480,9 +484,13 @@ async fn reset_clears_what_it_names_and_is_audited() {
     .await;
     // THEN the day counts 0, the month keeps 5, and one record names the reset and its actor
     assert_eq!(s, StatusCode::OK, "{body}");
-    let usage = w.store.usage("alpha", w.clock.now()).await.expect("usage");
-    assert_eq!(usage.get(Period::Day.counter(w.clock.now())), 0);
-    assert_eq!(usage.get(Period::Month.counter(w.clock.now())), 5);
+    let usage = w
+        .store
+        .usage("alpha", &Limits::UNLIMITED, w.clock.now())
+        .await
+        .expect("usage");
+    assert_eq!(usage.get(Calendar::utc(Period::Day).counter(w.clock.now())), 0);
+    assert_eq!(usage.get(Calendar::utc(Period::Month).counter(w.clock.now())), 5);
     assert_eq!(usage.tat, None);
     let records = w.audit.records();
     assert_eq!(records.len(), 1);
@@ -516,8 +524,12 @@ async fn offboarding_disables_keys_keeps_history_and_is_audited() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert!(w.dir.resolve(&ApiKeyHash::of(KEY)).await.expect("dir").is_none());
     assert_eq!(w.dir.tenant_plan("alpha").await.expect("dir"), None);
-    let usage = w.store.usage("alpha", w.clock.now()).await.expect("usage");
-    assert_eq!(usage.get(Period::Month.counter(w.clock.now())), 2);
+    let usage = w
+        .store
+        .usage("alpha", &Limits::UNLIMITED, w.clock.now())
+        .await
+        .expect("usage");
+    assert_eq!(usage.get(Calendar::utc(Period::Month).counter(w.clock.now())), 2);
     assert_eq!(w.audit.records().len(), 1);
 }
 

@@ -74,10 +74,20 @@ async fn reset_clears_the_day_in_the_table_and_is_in_the_audit_trail() {
         .expect("answer");
     // THEN the day counts 0, the month keeps 3, and the audit trail in the policy table names it
     assert_eq!(res.status(), StatusCode::OK);
-    let usage = w.store.usage("hooli", w.clock.now()).await.expect("usage");
+    let usage = w
+        .store
+        .usage("hooli", &tollgate::engine::policy::Limits::UNLIMITED, w.clock.now())
+        .await
+        .expect("usage");
     let now = w.clock.now();
-    assert_eq!(usage.get(tollgate::engine::quota::Period::Day.counter(now)), 0);
-    assert_eq!(usage.get(tollgate::engine::quota::Period::Month.counter(now)), 3);
+    assert_eq!(
+        usage.get(tollgate::engine::quota::Calendar::utc(tollgate::engine::quota::Period::Day).counter(now)),
+        0
+    );
+    assert_eq!(
+        usage.get(tollgate::engine::quota::Calendar::utc(tollgate::engine::quota::Period::Month).counter(now)),
+        3
+    );
     assert_eq!(usage.tat, None);
     let history = w.audit.history().await.expect("audit history");
     assert_eq!(history.len(), 1);
@@ -136,9 +146,13 @@ async fn tenant_a_key_cannot_read_or_change_tenant_b_on_any_route() {
     // AND b is untouched: plan, keys, usage
     assert_eq!(w.dir.tenant_plan("b").await.expect("dir").as_deref(), Some("free"));
     assert!(w.dir.resolve(&ApiKeyHash::of("key-b")).await.expect("dir").is_some());
-    let usage = w.store.usage("b", w.clock.now()).await.expect("usage");
+    let usage = w
+        .store
+        .usage("b", &tollgate::engine::policy::Limits::UNLIMITED, w.clock.now())
+        .await
+        .expect("usage");
     assert_eq!(
-        usage.get(tollgate::engine::quota::Period::Day.counter(w.clock.now())),
+        usage.get(tollgate::engine::quota::Calendar::utc(tollgate::engine::quota::Period::Day).counter(w.clock.now())),
         2
     );
     assert!(w.audit.history().await.expect("audit").is_empty());
