@@ -96,6 +96,17 @@ pub fn desired(
         if limited(spec.monthly_quota) {
             refusals.push(("monthly", metrics::THROTTLES_MONTHLY_QUOTA));
         }
+        // Calendar quotas (`quota`, `quotas`): each kind's refusals, once per kind.
+        for q in spec.quota.iter().chain(&spec.quotas).filter(|q| q.limit >= 0) {
+            let kind = match q.period.as_str() {
+                "day" => ("daily", metrics::THROTTLES_DAILY_QUOTA),
+                "week" => ("weekly", metrics::THROTTLES_WEEKLY_QUOTA),
+                _ => ("monthly", metrics::THROTTLES_MONTHLY_QUOTA),
+            };
+            if !refusals.contains(&kind) {
+                refusals.push(kind);
+            }
+        }
         if refusals.is_empty() || spec.shadow {
             continue;
         }
@@ -166,6 +177,9 @@ fn description(plan: &str, spec: &PlanSpec, settings: &AlarmSettings) -> String 
     }
     if let Some(q) = spec.monthly_quota.filter(|q| *q >= 0) {
         limits.push(format!("monthly quota {q}"));
+    }
+    if let Some(q) = crate::control::sync::mapping::quota::render(spec) {
+        limits.push(format!("quotas {q}"));
     }
     let mut s = String::new();
     let _ = write!(

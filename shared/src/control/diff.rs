@@ -208,6 +208,8 @@ fn fields(have: &PlanSpec, want: &PlanSpec) -> Vec<FieldChange> {
             .collect();
         if r.is_empty() { "none".to_owned() } else { r.join(", ") }
     };
+    // Calendar quotas in the `tollgate:quotas` spelling: one way to write each.
+    let quotas = |s: &PlanSpec| crate::control::sync::mapping::quota::render(s).unwrap_or_else(|| "none".to_owned());
     let notify = |s: &PlanSpec| match &s.notify {
         None => "default".to_owned(),
         Some(t) if t.is_empty() => "none".to_owned(),
@@ -218,6 +220,7 @@ fn fields(have: &PlanSpec, want: &PlanSpec) -> Vec<FieldChange> {
         ("burst", opt(have.burst), opt(want.burst)),
         ("daily_quota", opt(have.daily_quota), opt(want.daily_quota)),
         ("monthly_quota", opt(have.monthly_quota), opt(want.monthly_quota)),
+        ("quotas", quotas(have), quotas(want)),
         ("priority", have.priority.to_string(), want.priority.to_string()),
         ("weights", weights(have), weights(want)),
         ("routes", routes(have), routes(want)),
