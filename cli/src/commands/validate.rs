@@ -19,12 +19,19 @@ fn unlimited_or<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "unlimited".to_owned(), |v| v.to_string())
 }
 
-/// A quota with its calendar: `1000`, or `5000 from monday America/New_York`, or
-/// `15000 from the 15th America/New_York`.
-fn quota(plan: &tollgate::engine::policy::Plan, period: Period) -> String {
-    let Some(q) = plan.limits().quota(period) else {
-        return "unlimited".to_owned();
-    };
+/// The plan's quotas with their calendars: `day 1000, month 30000`, or `week 5000 from monday
+/// (America/New_York), month 15000 from day 15 (America/New_York)`; `none` without quotas.
+fn quotas(plan: &tollgate::engine::policy::Plan) -> String {
+    let all: Vec<String> = Period::ALL.into_iter().filter_map(|p| quota(plan, p)).collect();
+    if all.is_empty() {
+        "none".to_owned()
+    } else {
+        all.join(", ")
+    }
+}
+
+fn quota(plan: &tollgate::engine::policy::Plan, period: Period) -> Option<String> {
+    let q = plan.limits().quota(period)?;
     let c = &q.calendar;
     let anchored = plan.limits().tenant_anchored[period.index()];
     let start = match period {
@@ -37,17 +44,17 @@ fn quota(plan: &tollgate::engine::policy::Plan, period: Period) -> String {
     let zone = if c.zone_name() == "UTC" {
         String::new()
     } else {
-        format!(" {}", c.zone_name())
+        format!(" ({})", c.zone_name())
     };
-    format!("{}{start}{zone}", q.limit)
+    Some(format!("{} {}{start}{zone}", period.as_str(), q.limit))
 }
 
 impl Validate {
     pub fn run(self) -> Result<(), CliError> {
         let file = read_policy(Some(&self.file))?;
         println!(
-            "{:<14} {:>10} {:>7} {:>6}  {:<12} {:<12} {:<12}  routes",
-            "plan", "rate/s", "burst", "fail", "daily", "weekly", "monthly"
+            "{:<14} {:>10} {:>7} {:>6}  quotas; routes",
+            "plan", "rate/s", "burst", "fail"
         );
         for (name, plan) in &file.plans {
             let spec = plan.spec();
@@ -56,15 +63,17 @@ impl Validate {
                 .iter()
                 .map(|r| format!("{} {}/s burst {}", r.route, r.rate, r.burst))
                 .collect();
+            let routes = if routes.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", routes.join(", "))
+            };
             println!(
-                "{name:<14} {:>10} {:>7} {:>6}  {:<12} {:<12} {:<12}  {}",
+                "{name:<14} {:>10} {:>7} {:>6}  {}{routes}",
                 unlimited_or(spec.rate),
                 spec.burst.map_or_else(|| "-".to_owned(), |b| b.to_string()),
                 format!("{:?}", plan.fail_mode()).to_lowercase(),
-                quota(plan, Period::Day),
-                quota(plan, Period::Week),
-                quota(plan, Period::Month),
-                routes.join(", ")
+                quotas(plan),
             );
         }
         println!(

@@ -96,30 +96,27 @@ pub struct Headline {
 }
 
 impl Decision {
-    /// The limit a client should watch: on a refusal the one that bit, otherwise the one with the
-    /// fewest requests left. `None` for a plan without limits.
-    pub fn headline(&self) -> Option<Headline> {
+    /// Every limit of the decision, summarised: the rate, then each quota, days first.
+    fn summaries(&self) -> impl Iterator<Item = Headline> + '_ {
         let rate = self.rate.map(|r| Headline {
             name: "rate",
             limit: u64::from(r.limit),
             remaining: u64::from(r.remaining),
             reset_after: r.reset_after,
         });
-        let quota = |q: Option<QuotaStatus>, name| {
-            q.map(|q| Headline {
-                name,
-                limit: q.limit,
-                remaining: q.remaining,
-                reset_after: q.reset_after,
-            })
-        };
-        let all = [
-            rate,
-            quota(self.daily, "day"),
-            quota(self.weekly, "week"),
-            quota(self.monthly, "month"),
-        ];
-        let mut candidates = all.into_iter().flatten();
+        let quotas = self.quotas().map(|q| Headline {
+            name: q.period.as_str(),
+            limit: q.limit,
+            remaining: q.remaining,
+            reset_after: q.reset_after,
+        });
+        rate.into_iter().chain(quotas)
+    }
+
+    /// The limit a client should watch: on a refusal the one that bit, otherwise the one with the
+    /// fewest requests left. `None` for a plan without limits.
+    pub fn headline(&self) -> Option<Headline> {
+        let mut candidates = self.summaries();
         match self.reason {
             Some(reason) => candidates.find(|h| h.name == reason.policy_name()),
             None => candidates.min_by_key(|h| h.remaining),
@@ -136,6 +133,7 @@ impl Decision {
     /// and `Retry-After` on a refusal. Seconds are rounded up so a client never retries early.
     /// A quota's window is its current period's true length (23 or 25 hours on a DST day, 28 to
     /// 31 days for a month), and its reset the end of that period in the quota's zone.
+    /// `RateLimit` has an item per limit, the headline first; `X-RateLimit-*` is the headline.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::with_capacity(6);
         let mut policies = Vec::with_capacity(4);
@@ -151,7 +149,10 @@ impl Decision {
         }
         if let Some(h) = self.headline() {
             let reset = ceil_secs(h.reset_after);
-            out.push(("RateLimit", format!("\"{}\";r={};t={reset}", h.name, h.remaining)));
+            let item = |h: &Headline| format!("\"{}\";r={};t={}", h.name, h.remaining, ceil_secs(h.reset_after));
+            let others = self.summaries().filter(|o| o.name != h.name).map(|o| item(&o));
+            let items: Vec<String> = std::iter::once(item(&h)).chain(others).collect();
+            out.push(("RateLimit", items.join(", ")));
             out.push(("X-RateLimit-Limit", h.limit.to_string()));
             out.push(("X-RateLimit-Remaining", h.remaining.to_string()));
             out.push(("X-RateLimit-Reset", reset.to_string()));
@@ -246,7 +247,7 @@ mod tests {
                     "RateLimit-Policy",
                     "\"rate\";q=10;w=10, \"day\";q=1000;w=86400".to_owned()
                 ),
-                ("RateLimit", "\"rate\";r=0;t=10".to_owned()),
+                ("RateLimit", "\"rate\";r=0;t=10, \"day\";r=997;t=3600".to_owned()),
                 ("X-RateLimit-Limit", "10".to_owned()),
                 ("X-RateLimit-Remaining", "0".to_owned()),
                 ("X-RateLimit-Reset", "10".to_owned()),

@@ -55,7 +55,10 @@ async fn history_over_days_and_a_month_boundary_equals_what_was_admitted() {
     assert_eq!(got, want);
     assert_eq!(
         months["periods"],
-        json!([{"period": "2026-11", "used": 7}, {"period": "2026-12", "used": 1}])
+        json!([
+            {"period": "2026-11", "used": 7, "reset_at": "2026-12-01T00:00:00Z"},
+            {"period": "2026-12", "used": 1, "reset_at": "2027-01-01T00:00:00Z"}
+        ])
     );
 }
 
