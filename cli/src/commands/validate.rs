@@ -33,11 +33,9 @@ fn quotas(plan: &tollgate::engine::policy::Plan) -> String {
 fn quota(plan: &tollgate::engine::policy::Plan, period: Period) -> Option<String> {
     let q = plan.limits().quota(period)?;
     let c = &q.calendar;
-    let anchored = plan.limits().tenant_anchored[period.index()];
     let start = match period {
         Period::Day => String::new(),
         Period::Week => format!(" from {}", WEEKDAYS[usize::from(c.week_start())]),
-        Period::Month if anchored => " from the tenant's day".to_owned(),
         Period::Month if c.anchor() == 1 => String::new(),
         Period::Month => format!(" from day {}", c.anchor()),
     };

@@ -79,7 +79,7 @@ pub struct PlanSpec {
 /// A quota as written: a limit per day, week or month, in an IANA time zone (default UTC),
 /// weeks from a weekday (default Monday), months from a day of the month (default the 1st; a
 /// later day than a month has starts that month on its last day) or from the tenant's own
-/// anchor day (`anchor = "tenant"`).
+/// anchor day (`anchor = "tenant"`, refused until tenants carry one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSpec {
@@ -159,15 +159,12 @@ impl BucketId {
 pub struct Limits {
     pub bucket: Option<(BucketId, Bucket)>,
     pub quotas: [Option<Quota>; 3],
-    /// Which quotas start on the tenant's own anchor day (`anchor = "tenant"`), by period index.
-    pub tenant_anchored: [bool; 3],
 }
 
 impl Limits {
     pub const UNLIMITED: Limits = Limits {
         bucket: None,
         quotas: [None, None, None],
-        tenant_anchored: [false; 3],
     };
 
     /// A bucket and quotas on UTC days and UTC months from the 1st.
@@ -181,7 +178,6 @@ impl Limits {
         Limits {
             bucket,
             quotas: [quota(daily, Period::Day), None, quota(monthly, Period::Month)],
-            tenant_anchored: [false; 3],
         }
     }
 
@@ -211,17 +207,6 @@ impl Limits {
     /// Every quota, days first.
     pub fn quotas(&self) -> impl Iterator<Item = &Quota> {
         self.quotas.iter().flatten()
-    }
-
-    /// These limits for a tenant whose own anchor day is `day`: quotas written with
-    /// `anchor = "tenant"` start their months on it (clamped to each month's last day).
-    pub fn anchored(mut self, day: Option<u8>) -> Limits {
-        for (quota, anchored) in self.quotas.iter_mut().zip(self.tenant_anchored) {
-            if let (Some(q), true, Some(day)) = (quota.as_mut(), anchored, day) {
-                q.calendar = q.calendar.with_anchor(day);
-            }
-        }
-        self
     }
 }
 

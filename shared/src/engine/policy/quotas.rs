@@ -16,19 +16,16 @@ pub const WEEKDAYS: [&str; 7] = [
     "sunday",
 ];
 
-/// The checked quotas: by period index, with the field each came from and whether it follows the
-/// tenant's anchor.
+/// The checked quotas: by period index, with the field each came from.
 pub(super) struct Checked {
     pub quotas: [Option<Quota>; 3],
     pub fields: [Option<String>; 3],
-    pub tenant_anchored: [bool; 3],
 }
 
 pub(super) fn quotas(check: &Check, spec: &PlanSpec) -> Result<Checked, PolicyError> {
     let mut out = Checked {
         quotas: [None, None, None],
         fields: [None, None, None],
-        tenant_anchored: [false; 3],
     };
     let legacy = [
         (spec.daily_quota, "daily_quota", Period::Day),
@@ -40,7 +37,7 @@ pub(super) fn quotas(check: &Check, spec: &PlanSpec) -> Result<Checked, PolicyEr
                 limit,
                 calendar: Calendar::utc(period),
             };
-            out.put(check, field.to_owned(), quota, false)?;
+            out.put(check, field.to_owned(), quota)?;
         }
     }
     let written = spec
@@ -49,9 +46,8 @@ pub(super) fn quotas(check: &Check, spec: &PlanSpec) -> Result<Checked, PolicyEr
         .map(|q| ("quota".to_owned(), q))
         .chain(spec.quotas.iter().enumerate().map(|(i, q)| (format!("quotas[{i}]"), q)));
     for (field, q) in written {
-        let (quota, tenant) = checked_spec(check, &field, q)?;
-        if let Some(quota) = quota {
-            out.put(check, format!("{field}.limit"), quota, tenant)?;
+        if let Some(quota) = checked_spec(check, &field, q)? {
+            out.put(check, format!("{field}.limit"), quota)?;
         }
     }
     // A shorter period may not allow more than a longer one: its quota could never be used.
@@ -69,7 +65,7 @@ pub(super) fn quotas(check: &Check, spec: &PlanSpec) -> Result<Checked, PolicyEr
 }
 
 impl Checked {
-    fn put(&mut self, check: &Check, field: String, quota: Quota, tenant: bool) -> Result<(), PolicyError> {
+    fn put(&mut self, check: &Check, field: String, quota: Quota) -> Result<(), PolicyError> {
         let i = quota.calendar.period().index();
         if let Some(other) = &self.fields[i] {
             let period = quota.calendar.period().as_str();
@@ -81,7 +77,6 @@ impl Checked {
         }
         self.quotas[i] = Some(quota);
         self.fields[i] = Some(field);
-        self.tenant_anchored[i] = tenant;
         Ok(())
     }
 
@@ -90,8 +85,8 @@ impl Checked {
     }
 }
 
-/// One written quota: `None` when unlimited (`limit = -1`); the flag says `anchor = "tenant"`.
-fn checked_spec(check: &Check, field: &str, q: &QuotaSpec) -> Result<(Option<Quota>, bool), PolicyError> {
+/// One written quota: `None` when unlimited (`limit = -1`).
+fn checked_spec(check: &Check, field: &str, q: &QuotaSpec) -> Result<Option<Quota>, PolicyError> {
     let Some(period) = Period::parse(&q.period) else {
         return Err(check.fail(
             &format!("{field}.period"),
@@ -127,10 +122,16 @@ fn checked_spec(check: &Check, field: &str, q: &QuotaSpec) -> Result<(Option<Quo
             ));
         }
     };
-    let (anchor, tenant) = match (&q.anchor, period) {
-        (None, _) => (1, false),
-        (Some(AnchorSpec::Day(d @ 1..=31)), Period::Month) => (*d as u8, false),
-        (Some(AnchorSpec::Named(n)), Period::Month) if n == "tenant" => (1, true),
+    let anchor = match (&q.anchor, period) {
+        (None, _) => 1,
+        (Some(AnchorSpec::Day(d @ 1..=31)), Period::Month) => *d as u8,
+        (Some(AnchorSpec::Named(n)), Period::Month) if n == "tenant" => {
+            return Err(check.fail(
+                &format!("{field}.anchor"),
+                &format!("{n:?}"),
+                "a tenant's own anchor day is not stored with tenants yet: write the day of the month (1 to 31)",
+            ));
+        }
         (Some(AnchorSpec::Day(d)), Period::Month) => {
             return Err(check.fail(
                 &format!("{field}.anchor"),
@@ -155,7 +156,7 @@ fn checked_spec(check: &Check, field: &str, q: &QuotaSpec) -> Result<(Option<Quo
     };
     let limit = checked_limit(check, Some(q.limit), &format!("{field}.limit"))?;
     let calendar = Calendar::new(period, tz, week_start, anchor);
-    Ok((limit.map(|limit| Quota { limit, calendar }), tenant))
+    Ok(limit.map(|limit| Quota { limit, calendar }))
 }
 
 pub(super) fn checked_limit(check: &Check, q: Option<i64>, field: &str) -> Result<Option<u64>, PolicyError> {

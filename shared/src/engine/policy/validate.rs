@@ -46,7 +46,6 @@ pub(super) fn plan(name: &str, spec: PlanSpec) -> Result<Plan, PolicyError> {
     let limits = Limits {
         bucket: bucket.map(|b| (BucketId::Plan, b)),
         quotas: quotas.quotas,
-        tenant_anchored: quotas.tenant_anchored,
     };
     check_weights(&check, &spec, &limits, &quotas.fields)?;
     check_notify(&check, spec.notify.as_deref())?;
