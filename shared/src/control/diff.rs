@@ -183,11 +183,15 @@ pub fn diff(file: &PolicyFile, plans: &[UsagePlan], keys: &[ApiKey], current: &C
     out
 }
 
-/// One way to write each meaning: `-1` quotas are none, routes in name order.
+/// One way to write each meaning: `-1` quotas are none, routes in name order, a single `quota`
+/// as the first of `quotas` (as plan sync reads them back from `tollgate:quotas`).
 fn normalize(spec: &PlanSpec) -> PlanSpec {
     let mut s = spec.clone();
     s.daily_quota = s.daily_quota.filter(|q| *q >= 0);
     s.monthly_quota = s.monthly_quota.filter(|q| *q >= 0);
+    if let Some(q) = s.quota.take() {
+        s.quotas.insert(0, q);
+    }
     s.routes.sort_by(|a, b| a.route.cmp(&b.route));
     s
 }
@@ -244,6 +248,15 @@ mod tests {
 
     fn usage_plan(name: &str, rate: f64) -> UsagePlan {
         UsagePlan::daily(&format!("id-{name}"), name, rate, 5)
+    }
+
+    #[test]
+    fn a_single_quota_and_the_same_in_quotas_are_no_drift() {
+        let one = PolicyFile::parse("[plans.w]\nquota = { limit = 5, period = \"week\", start = \"monday\" }\n")
+            .expect("policy");
+        let many = PolicyFile::parse("[plans.w]\nquotas = [{ limit = 5, period = \"week\", start = \"monday\" }]\n")
+            .expect("policy");
+        assert_eq!(normalize(one.plans["w"].spec()), normalize(many.plans["w"].spec()));
     }
 
     #[test]
