@@ -123,10 +123,12 @@ pub(in crate::usage_api) async fn history(State(api): Api, admin: Admin<Tenant, 
         )));
     };
     let limits = api.tenant_limits(&tenant).await?;
+    // Whether the plan counts weeks is the policy's state, not the request's shape: 409.
     let calendar = calendar_of(&limits, period).ok_or_else(|| {
-        Problem::bad_request(format!(
-            "`granularity` = `week`: tenant `{tenant}`'s plan has no weekly quota, so no weeks are counted"
-        ))
+        Problem::conflict(
+            "no-weekly-quota",
+            format!("`granularity` = `week`: tenant `{tenant}`'s plan has no weekly quota, so no weeks are counted"),
+        )
     })?;
     let now = api.now();
     let asked = days_asked(&q, &calendar, now)?;

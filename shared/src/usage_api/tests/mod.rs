@@ -342,7 +342,6 @@ async fn bad_input_is_a_problem_naming_what_to_change() {
         ("/v1/tenants?limit=1&limit=2", "twice"),
         ("/v1/tenants?plan=%zz", "percent"),
         ("/v1/tenants/alpha/usage?from=2026-13-01", "`from`"),
-        ("/v1/tenants/alpha/usage?granularity=week", "granularity"),
         ("/v1/tenants/alpha/usage?from=2026-02-30", "calendar"),
         ("/v1/tenants/%FF", "tenant"),
     ];
@@ -388,6 +387,11 @@ async fn bad_input_is_a_problem_naming_what_to_change() {
             send("PUT", "/v1/tenants/alpha/plan", "{\"plan\":\"gold\"}"),
             StatusCode::CONFLICT,
             "known plans: ",
+        ),
+        (
+            get("/v1/tenants/alpha/usage?granularity=week"),
+            StatusCode::CONFLICT,
+            "no weekly quota",
         ),
         (get("/v1/nowhere"), StatusCode::NOT_FOUND, "no route"),
         (
