@@ -122,4 +122,7 @@ async fn weekly_history_is_by_local_weeks_and_clamped_to_the_kept_ones() {
     let (_, _, inside) = call(&w, get("/v1/tenants/delta/usage?granularity=week&from=2026-10-27")).await;
     assert!(inside.get("clamped").is_none(), "{inside}");
     assert_eq!(inside["periods"][0]["period"], "2026-10-26");
+    // AND a plan without a weekly quota counts no weeks: 409, the policy's state
+    let (s, ct, none) = call(&w, get("/v1/tenants/alpha/usage?granularity=week")).await;
+    assert_problem(s, &ct, &none, StatusCode::CONFLICT, "no weekly quota");
 }

@@ -388,11 +388,6 @@ async fn bad_input_is_a_problem_naming_what_to_change() {
             StatusCode::CONFLICT,
             "known plans: ",
         ),
-        (
-            get("/v1/tenants/alpha/usage?granularity=week"),
-            StatusCode::CONFLICT,
-            "no weekly quota",
-        ),
         (get("/v1/nowhere"), StatusCode::NOT_FOUND, "no route"),
         (
             send("PATCH", "/v1/tenants", "{}"),
