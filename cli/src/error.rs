@@ -19,6 +19,8 @@ pub enum FlagError {
     RollbackThreshold(f64),
     #[error("--duration {0} must be a positive number of seconds")]
     Duration(f64),
+    #[error("--start: {0}")]
+    Start(String),
     #[error("--target {0:?} is not memory, dynamodb or an http(s):// URL")]
     Target(String),
     #[error("--api-key-header {0:?} is not a header name")]

@@ -25,11 +25,11 @@ const RATE: u32 = 1_000_000;
 const TICK: std::time::Duration = std::time::Duration::from_micros(1);
 
 fn limits() -> Limits {
-    Limits {
-        bucket: Some((BucketId::Plan, Bucket::per_second(f64::from(RATE), RATE))),
-        daily: None,
-        monthly: None,
-    }
+    Limits::utc(
+        Some((BucketId::Plan, Bucket::per_second(f64::from(RATE), RATE))),
+        None,
+        None,
+    )
 }
 
 fn quota() -> Quota {

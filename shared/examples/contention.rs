@@ -53,11 +53,11 @@ impl Tally {
 }
 
 fn limits() -> Limits {
-    Limits {
-        bucket: Some((BucketId::Plan, Bucket::per_second(1.0, BURST))),
-        daily: Some(1_000_000),
-        monthly: None,
-    }
+    Limits::utc(
+        Some((BucketId::Plan, Bucket::per_second(1.0, BURST))),
+        Some(1_000_000),
+        None,
+    )
 }
 
 #[tokio::main]

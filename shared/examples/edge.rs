@@ -94,11 +94,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = state_client(&sdk, timeouts);
     let table = format!("edge-{:x}", rand::random::<u32>());
     create_state_table(&client, &table).await?;
-    let limits = Arc::new(Limits {
-        bucket: Some((BucketId::Plan, Bucket::per_second(RATE, BURST))),
-        daily: None,
-        monthly: None,
-    });
+    let limits = Arc::new(Limits::utc(
+        Some((BucketId::Plan, Bucket::per_second(RATE, BURST))),
+        None,
+        None,
+    ));
     let clock = Arc::new(SystemClock::new());
 
     println!("rate {RATE}/s, burst {BURST}, each container one request every {PACE:?}, {seconds} s");

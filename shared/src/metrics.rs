@@ -10,6 +10,7 @@ pub const DECISIONS: &str = "Decisions";
 /// Authorizer: refused by the plan's (or a route's) rate.
 pub const THROTTLES_RATE: &str = "ThrottlesRate";
 pub const THROTTLES_DAILY_QUOTA: &str = "ThrottlesDailyQuota";
+pub const THROTTLES_WEEKLY_QUOTA: &str = "ThrottlesWeeklyQuota";
 pub const THROTTLES_MONTHLY_QUOTA: &str = "ThrottlesMonthlyQuota";
 /// Authorizer: admitted without the store's answer (fail open).
 pub const FAIL_OPEN: &str = "FailOpen";
@@ -33,6 +34,7 @@ pub const AUTHORIZER: &[&str] = &[
     DECISIONS,
     THROTTLES_RATE,
     THROTTLES_DAILY_QUOTA,
+    THROTTLES_WEEKLY_QUOTA,
     THROTTLES_MONTHLY_QUOTA,
     FAIL_OPEN,
     FAIL_CLOSED,

@@ -167,6 +167,9 @@ mod tests {
             daily_quota = 1
         "#;
         let file = PolicyFile::parse(src).expect("the largest window and quota are valid");
-        assert_eq!(file.plans["edge"].limits().daily, Some(999_999_999_999_999));
+        assert_eq!(
+            file.plans["edge"].limits().limit(crate::engine::quota::Period::Day),
+            Some(999_999_999_999_999)
+        );
     }
 }

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::decision::{Decision, Reason};
+use tollgate::engine::policy::Limits;
 use tollgate::engine::policy::{Plan, PlanSpec};
-use tollgate::engine::quota::Period;
+use tollgate::engine::quota::{Calendar, Period};
 use tollgate::store::{Consume, MemoryStore, Store};
 
 use crate::support::emulator;
@@ -133,23 +134,33 @@ async fn quota_exhaustion_and_reset(t: &mut Driver<'_>) {
     assert_eq!(t.burst(&p, 4).await, 3);
     let d = t.transcript.last().cloned().expect("decided");
     assert_eq!(d.reason, Some(Reason::DailyQuota));
-    assert_eq!(d.retry_after, Some(Period::Day.reset_after(t.clock.now())));
+    assert_eq!(
+        d.retry_after,
+        Some(Calendar::utc(Period::Day).reset_after(t.clock.now()))
+    );
     // WHEN the UTC day turns THEN 2 more pass and the month's quota bites
-    t.clock.set(Period::Day.end(t.clock.now()));
+    t.clock.set(Calendar::utc(Period::Day).bounds(t.clock.now()).1);
     assert_eq!(t.burst(&p, 3).await, 2);
     let d = t.transcript.last().cloned().expect("decided");
     assert_eq!(d.reason, Some(Reason::MonthlyQuota));
-    assert_eq!(d.retry_after, Some(Period::Month.reset_after(t.clock.now())));
+    assert_eq!(
+        d.retry_after,
+        Some(Calendar::utc(Period::Month).reset_after(t.clock.now()))
+    );
     // WHEN the month turns THEN requests pass again
-    t.clock.set(Period::Month.end(t.clock.now()));
+    t.clock.set(Calendar::utc(Period::Month).bounds(t.clock.now()).1);
     assert_eq!(t.burst(&p, 3).await, 3);
 }
 
 async fn unlimited(t: &mut Driver<'_>) {
     let p = plan("daily_quota = -1");
     assert_eq!(t.burst(&p, 50).await, 50);
-    let usage = t.store.usage(&t.tenant, t.clock.now()).await.expect("usage");
-    assert_eq!(usage.get(Period::Day.counter(t.clock.now())), 50);
+    let usage = t
+        .store
+        .usage(&t.tenant, &Limits::UNLIMITED, t.clock.now())
+        .await
+        .expect("usage");
+    assert_eq!(usage.get(Calendar::utc(Period::Day).counter(t.clock.now())), 50);
 }
 
 async fn weights(t: &mut Driver<'_>) {
@@ -208,10 +219,14 @@ async fn usage_history(t: &mut Driver<'_>) {
         assert_eq!(t.burst(&p, day).await, day);
         t.advance(Duration::from_secs(86_400));
     }
-    let usage = t.store.usage(&t.tenant, t.clock.now()).await.expect("usage");
-    let days: Vec<u64> = usage.days.iter().map(|(_, n)| *n).collect();
+    let usage = t
+        .store
+        .usage(&t.tenant, &Limits::UNLIMITED, t.clock.now())
+        .await
+        .expect("usage");
+    let days: Vec<u64> = usage.of(Period::Day).iter().map(|(_, n)| *n).collect();
     assert_eq!(days, [1, 2, 3]);
-    assert_eq!(usage.months.iter().map(|(_, n)| n).sum::<u64>(), 6);
+    assert_eq!(usage.of(Period::Month).iter().map(|(_, n)| n).sum::<u64>(), 6);
 }
 
 async fn edges_of_the_accepted_range(t: &mut Driver<'_>) {

@@ -28,7 +28,10 @@ async fn check(dir: &dyn Directory) {
         .expect("known key");
     assert_eq!(&*resolved.tenant, "acme");
     assert_eq!(resolved.plan.name(), "free");
-    assert_eq!(resolved.plan.limits().daily, Some(1000));
+    assert_eq!(
+        resolved.plan.limits().limit(tollgate::engine::quota::Period::Day),
+        Some(1000)
+    );
     // THEN an unknown key resolves to nothing
     assert!(dir.resolve(&ApiKeyHash::of("abd")).await.expect("lookup").is_none());
 }

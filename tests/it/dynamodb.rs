@@ -10,8 +10,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
 use tollgate::aws::state_client;
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
+use tollgate::engine::policy::Limits;
 use tollgate::engine::policy::{Plan, PlanSpec};
-use tollgate::engine::quota::Period;
+use tollgate::engine::quota::{Calendar, Period};
 use tollgate::store::dynamodb::item::item_size;
 use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store, StoreError};
 
@@ -77,10 +78,14 @@ async fn concurrent_writers_never_over_admit_the_daily_quota() {
         assert_eq!(admitted, 100, "repetition {rep}");
         // THEN the billed counter agrees with what was admitted
         let usage = emulator::dynamo_store(&client, &table)
-            .usage(&tenant, NOW)
+            .usage(&tenant, &Limits::UNLIMITED, NOW)
             .await
             .expect("usage");
-        assert_eq!(usage.get(Period::Day.counter(NOW)), 100, "repetition {rep}");
+        assert_eq!(
+            usage.get(Calendar::utc(Period::Day).counter(NOW)),
+            100,
+            "repetition {rep}"
+        );
     }
 }
 
@@ -142,10 +147,14 @@ async fn decide_through(fault: Fault) -> (tollgate::Decision, tollgate::store::d
     proxy.inject(fault);
     let d = store.consume(&req).await.expect("decision after resend");
     let usage = emulator::dynamo_store(&client, &table)
-        .usage("faulty", NOW)
+        .usage("faulty", &Limits::UNLIMITED, NOW)
         .await
         .expect("usage");
-    (d, store.into_stats(), usage.get(Period::Day.counter(NOW)))
+    (
+        d,
+        store.into_stats(),
+        usage.get(Calendar::utc(Period::Day).counter(NOW)),
+    )
 }
 
 #[tokio::test]
@@ -243,7 +252,10 @@ async fn recorded(client: &aws_sdk_dynamodb::Client, table: &str, tenant: &str, 
         item.get(&c.to_string())
             .map_or(0, |v| v.as_n().expect("number").parse::<u64>().expect("integer"))
     };
-    (n(Period::Day.counter(now)), n(Period::Month.counter(now)))
+    (
+        n(Calendar::utc(Period::Day).counter(now)),
+        n(Calendar::utc(Period::Month).counter(now)),
+    )
 }
 
 #[tokio::test]
@@ -378,7 +390,7 @@ async fn a_slow_clock_at_midnight_keeps_the_new_days_usage() {
     // GIVEN a container past midnight that admitted a request on the new day, and another
     // container whose clock is 300 ms slow, still on the old day
     let (client, table) = emulator::state_table().await;
-    let midnight = Period::Day.end(NOW);
+    let midnight = Calendar::utc(Period::Day).bounds(NOW).1;
     let fast = emulator::dynamo_store(&client, &table);
     let slow = emulator::dynamo_store(&client, &table);
     let p = plan("rate = 1.0\nburst = 5\ndaily_quota = 100");
@@ -428,7 +440,7 @@ async fn an_operator_reset_is_seen_within_the_cached_refusal_bound() {
         .table_name(&table)
         .key("pk", AttributeValue::S("reset".into()))
         .update_expression("REMOVE #d")
-        .expression_attribute_names("#d", Period::Day.counter(NOW).to_string())
+        .expression_attribute_names("#d", Calendar::utc(Period::Day).counter(NOW).to_string())
         .send()
         .await
         .expect("reset");

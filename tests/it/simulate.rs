@@ -107,6 +107,99 @@ async fn a_gateway_under_load_admits_no_more_than_the_policy() {
     assert_matches_schema(&serde_json::from_str(&json).expect("value"));
 }
 
+/// The shipped calendar example: a day, a week from Monday and a month from the 15th, in New
+/// York, at one request per 500 s.
+const CALENDAR: &str = include_str!("../../infra/policies/calendar.toml");
+
+/// The calendar example at an eighth of its rate and about that of its quotas, so 40 days on
+/// the emulator stay under two thousand requests: the same calendars, the same binding order
+/// (each day, then each week on its Sunday, the 23-hour 14 March included, then the month).
+const CALENDAR_SLOW: &str = r#"
+[plans.nyc]
+rate = 0.00025
+burst = 5
+quotas = [
+  { limit = 12, period = "day", zone = "America/New_York" },
+  { limit = 80, period = "week", start = "monday", zone = "America/New_York" },
+  { limit = 250, period = "month", anchor = 15, zone = "America/New_York" },
+]
+"#;
+
+/// Twice the plan's rate for 40 simulated days from 2027-03-01, across the change to daylight
+/// saving time in New York on 2027-03-14 (a 23-hour day, a 167-hour week).
+fn across_march_dst(tenants: usize) -> simulate::Config {
+    let mut c = load(Pattern::Poisson, tenants, 40.0 * 86_400.0);
+    c.load = 2.0;
+    c.start = Some(tollgate::engine::clock::Timestamp::from_secs(1_803_859_200)); // 2027-03-01T00:00:00Z
+    c
+}
+
+/// The per-period check passed, every kind of quota was spent at least once, and the periods
+/// the DST change shaped were checked with their true lengths.
+fn assert_every_period_holds(report: &Report, limits: [u64; 3]) {
+    assert!(report.pass, "{}", report.table());
+    assert_eq!(report.over_admitted, 0);
+    let periods = &report.quota_periods;
+    assert!(periods.iter().all(|p| p.pass), "{}", report.table());
+    for (kind, limit) in ["day", "week", "month"].into_iter().zip(limits) {
+        assert!(
+            periods.iter().any(|p| p.period == kind && p.most_used == limit),
+            "no {kind} was spent:\n{}",
+            report.table()
+        );
+    }
+    let find = |kind: &str, name: &str| {
+        periods
+            .iter()
+            .find(|p| p.period == kind && p.name == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}:\n{}", report.table()))
+    };
+    let dst_day = find("day", "2027-03-14");
+    assert_eq!(
+        (dst_day.start.as_str(), dst_day.end.as_str(), dst_day.hours),
+        ("2027-03-14T05:00:00Z", "2027-03-15T04:00:00Z", 23.0)
+    );
+    assert_eq!(find("week", "2027-03-08").hours, 167.0);
+    let month = find("month", "2027-03-15");
+    assert_eq!(
+        (month.start.as_str(), month.end.as_str()),
+        ("2027-03-15T04:00:00Z", "2027-04-15T04:00:00Z")
+    );
+    assert!(
+        report
+            .table()
+            .contains("2027-03-14 (America/New_York): 2027-03-14T05:00:00Z to 2027-03-15T04:00:00Z, 23 h")
+    );
+}
+
+#[tokio::test]
+async fn forty_days_across_the_march_dst_change_hold_every_period_on_the_memory_store() {
+    // GIVEN the calendar plan, 4 tenants at twice its rate for 40 days across the DST change
+    let file = PolicyFile::parse(CALENDAR).expect("policy");
+    let report = simulate::run(&Target::Memory(MemoryStore::default()), &file, &across_march_dst(4), "")
+        .await
+        .expect("run");
+    // THEN no period of any quota admitted more than its limit, in-order replay agrees
+    assert_every_period_holds(&report, [100, 650, 2000]);
+    assert_eq!(report.under_admitted, 0, "{}", report.table());
+    assert_matches_schema(&serde_json::to_value(&report).expect("json"));
+}
+
+#[tokio::test]
+async fn forty_days_across_the_march_dst_change_hold_every_period_on_dynamodb() {
+    // GIVEN the state table on the emulator and one tenant of the calendar plan, 40 days
+    let (client, table) = emulator::state_table().await;
+    let store = emulator::dynamo_store(&client, &table);
+    let file = PolicyFile::parse(CALENDAR_SLOW).expect("policy");
+    let report = simulate::run(&Target::Dynamo(store), &file, &across_march_dst(1), "dst-")
+        .await
+        .expect("run");
+    // THEN no errors, and no period of any quota admitted more than its limit
+    assert_eq!(report.errors, 0, "{}", report.table());
+    assert_every_period_holds(&report, [12, 80, 250]);
+    assert_matches_schema(&serde_json::to_value(&report).expect("json"));
+}
+
 /// Validates `value` against the report's JSON Schema: the subset it uses (`type`, `enum`,
 /// `required`, `properties`, `additionalProperties: false`, `items`).
 fn assert_matches_schema(value: &Value) {

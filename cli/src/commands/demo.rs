@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tollgate::engine::clock::{Clock, ManualClock, SystemClock};
+use tollgate::engine::clock::{Clock, ManualClock, SystemClock, Timestamp};
+use tollgate::engine::quota::{Quota, format_utc};
 use tollgate::store::{Consume, MemoryStore, StoreError};
 
 use super::read_policy;
-use crate::error::CliError;
+use crate::error::{CliError, FlagError};
 
 /// A demo that cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,9 @@ pub struct Demo {
     /// Resource path of the requests (plans may override routes).
     #[arg(long, default_value = "/items")]
     pub path: String,
+    /// When the first request is sent, RFC 3339 (e.g. 2027-03-10T15:00:00Z); now when absent.
+    #[arg(long)]
+    pub at: Option<String>,
 }
 
 impl Demo {
@@ -52,7 +56,11 @@ impl Demo {
             }
         })?;
         let store = MemoryStore::default();
-        let clock = ManualClock::new(SystemClock::new().now());
+        let start = match &self.at {
+            Some(at) => parse_at(at)?,
+            None => SystemClock::new().now(),
+        };
+        let clock = ManualClock::new(start);
         let (limits, weight) = plan.limits_for(&self.path, &self.method);
         println!(
             "tenant `demo` on plan `{}`: {} {} x{} (weight {weight}), {} ms apart\n",
@@ -75,8 +83,44 @@ impl Demo {
             println!("#{i:<3} {status}\n     {}", headers.join("\n     "));
             clock.advance(Duration::from_millis(self.interval_ms));
         }
+        println!("\nquota periods at {}:", format_utc(start.as_secs()));
+        for q in limits.quotas() {
+            println!("  {}", period_line(q, start));
+        }
         Ok(())
     }
+}
+
+/// `--at` as a timestamp.
+fn parse_at(at: &str) -> Result<Timestamp, CliError> {
+    let t: jiff::Timestamp = at
+        .parse()
+        .map_err(|e| FlagError::Start(format!("--at {at:?} is not an RFC 3339 time: {e}")))?;
+    let secs = u64::try_from(t.as_second()).map_err(|_| FlagError::Start(format!("--at {at:?} is before 1970")))?;
+    Ok(Timestamp::from_secs(secs))
+}
+
+/// One quota's current period: its bounds in UTC and in its zone, and its length.
+fn period_line(q: &Quota, now: Timestamp) -> String {
+    let c = &q.calendar;
+    let (start, end) = c.bounds(now);
+    let local = |t: Timestamp| {
+        let ts = jiff::Timestamp::from_second(t.as_secs() as i64).unwrap_or_default();
+        format!("{} {}", c.zone().to_datetime(ts), c.zone().to_offset(ts))
+    };
+    let length = end.saturating_since(start).as_secs();
+    format!(
+        "{} quota {} ({}): {} to {} = {} to {} local, {} d {} h",
+        c.period().as_str(),
+        q.limit,
+        c.zone_name(),
+        format_utc(start.as_secs()),
+        format_utc(end.as_secs()),
+        local(start),
+        local(end),
+        length / 86_400,
+        length % 86_400 / 3600
+    )
 }
 
 #[cfg(test)]
@@ -91,12 +135,29 @@ mod tests {
             interval_ms: 0,
             method: "GET".into(),
             path: "/items".into(),
+            at: None,
         }
     }
 
     #[test]
     fn demo_runs_on_the_example_tiers() {
         assert!(demo("free", 7).run().is_ok());
+    }
+
+    #[test]
+    fn a_calendar_period_is_shown_with_its_local_bounds() {
+        let src = r#"plans.w.quotas = [{ limit = 5, period = "week", start = "monday", zone = "America/New_York" }]"#;
+        let file = tollgate::policy_file::PolicyFile::parse(src).expect("valid");
+        let q = file.plans["w"]
+            .limits()
+            .quota(tollgate::engine::quota::Period::Week)
+            .expect("week");
+        let line = period_line(q, parse_at("2027-03-10T15:00:00Z").expect("time"));
+        assert_eq!(
+            line,
+            "week quota 5 (America/New_York): 2027-03-08T05:00:00Z to 2027-03-15T04:00:00Z = \
+             2027-03-08T00:00:00 -05 to 2027-03-15T00:00:00 -04 local, 6 d 23 h"
+        );
     }
 
     #[test]

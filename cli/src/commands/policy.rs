@@ -311,6 +311,7 @@ pub async fn verify(file: &PolicyFile) -> Result<bool, SimulateError> {
         path: "/hello".into(),
         api_key_header: "x-api-key".into(),
         progress: false,
+        start: None,
     };
     let target = simulate::Target::Memory(MemoryStore::default());
     let report = simulate::run(&target, file, &config, "").await?;

@@ -56,6 +56,10 @@ pub struct Simulate {
     /// Header carrying the API key (gateway target).
     #[arg(long, default_value = "x-api-key")]
     pub api_key_header: String,
+    /// Simulated start of the arrivals, RFC 3339 (e.g. 2027-03-01T00:00:00Z), to run across a
+    /// given calendar day, week, month or DST change; store targets only. Default: now.
+    #[arg(long)]
+    pub start: Option<String>,
     /// Write the JSON compliance report here (schema: infra/schemas/simulate-report.schema.json).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -70,13 +74,20 @@ impl Simulate {
         if !(self.duration.is_finite() && self.duration > 0.0) {
             return Err(FlagError::Duration(self.duration).into());
         }
+        let start = self.start()?;
         let target = self.target().await?;
+        if start.is_some() && matches!(target, Target::Http(_)) {
+            return Err(
+                FlagError::Start("a gateway runs in real time: --start applies to store targets".into()).into(),
+            );
+        }
         // Fresh tenant ids per run in a shared table, so runs do not inherit each other's state.
         let prefix = match target {
             Target::Dynamo(_) => format!("sim{:08x}-", rand::random::<u32>()),
             _ => String::new(),
         };
-        let report = simulate::run(&target, &file, &self.config(), &prefix).await?;
+        let config = simulate::Config { start, ..self.config() };
+        let report = simulate::run(&target, &file, &config, &prefix).await?;
         print!("{}", report.table());
         if let Some(path) = &self.report {
             let json = serde_json::to_string_pretty(&report)?;
@@ -103,6 +114,18 @@ impl Simulate {
         })
     }
 
+    /// `--start` as a timestamp.
+    fn start(&self) -> Result<Option<tollgate::engine::clock::Timestamp>, CliError> {
+        let Some(s) = &self.start else { return Ok(None) };
+        let t: jiff::Timestamp = s.parse().map_err(|e| {
+            FlagError::Start(format!(
+                "{s:?} is not an RFC 3339 time such as 2027-03-01T00:00:00Z: {e}"
+            ))
+        })?;
+        let secs = u64::try_from(t.as_second()).map_err(|_| FlagError::Start(format!("{s:?} is before 1970")))?;
+        Ok(Some(tollgate::engine::clock::Timestamp::from_secs(secs)))
+    }
+
     fn config(&self) -> simulate::Config {
         simulate::Config {
             tenants: self.tenants.max(1),
@@ -116,6 +139,7 @@ impl Simulate {
             path: self.path.clone(),
             api_key_header: self.api_key_header.clone(),
             progress: true,
+            start: None,
         }
     }
 }

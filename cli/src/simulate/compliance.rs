@@ -6,13 +6,14 @@
 //! `units × T ≤ capacity + (last answer − first send)`, with `T` the emission interval and
 //! `capacity = burst × T`.
 //!
-//! Quotas: the units admitted in a UTC day (month) never exceed the daily (monthly) quota.
+//! Quotas: the units admitted in each period of a quota's calendar (a day, week or month in its
+//! zone, with its exact boundaries, DST included) never exceed the quota.
 
 use std::collections::BTreeMap;
 
 use tollgate::engine::clock::Timestamp;
 use tollgate::engine::gcra::Bucket;
-use tollgate::engine::quota::{Counter, Period};
+use tollgate::engine::quota::{Calendar, Counter};
 
 /// One admitted request as seen from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +54,21 @@ pub fn bucket_excess(bucket: &Bucket, admitted: &[Admitted]) -> u64 {
     }
 }
 
-/// Units admitted beyond `quota` per period of `period` (summed over periods).
-pub fn quota_excess(period: Period, quota: u64, admitted: &[Admitted]) -> u64 {
+/// Units admitted in each period of `calendar`, by the period an admission was answered in.
+pub fn per_period(calendar: &Calendar, admitted: &[Admitted]) -> BTreeMap<Counter, u64> {
     let mut used: BTreeMap<Counter, u64> = BTreeMap::new();
     for a in admitted {
-        *used.entry(period.counter(a.answered)).or_default() += u64::from(a.weight);
+        *used.entry(calendar.counter(a.answered)).or_default() += u64::from(a.weight);
     }
-    used.values().map(|u| u.saturating_sub(quota)).sum()
+    used
+}
+
+/// Units admitted beyond `quota` per period of `calendar` (summed over periods).
+pub fn quota_excess(calendar: &Calendar, quota: u64, admitted: &[Admitted]) -> u64 {
+    per_period(calendar, admitted)
+        .values()
+        .map(|u| u.saturating_sub(quota))
+        .sum()
 }
 
 #[cfg(test)]
@@ -124,7 +133,31 @@ mod tests {
     fn quota_excess_is_counted_per_utc_day() {
         let day = 86_400_000;
         let seen = [at(0), at(1), at(2), at(day), at(day + 1)];
-        assert_eq!(quota_excess(Period::Day, 2, &seen), 1);
-        assert_eq!(quota_excess(Period::Day, 3, &seen), 0);
+        let utc = Calendar::utc(tollgate::engine::quota::Period::Day);
+        assert_eq!(quota_excess(&utc, 2, &seen), 1);
+        assert_eq!(quota_excess(&utc, 3, &seen), 0);
+    }
+
+    #[test]
+    fn quota_periods_follow_the_zone_across_a_dst_change() {
+        // GIVEN a day quota of 2 in New York
+        let ny = tollgate::engine::quota::zone("America/New_York").expect("zone");
+        let day = Calendar::new(tollgate::engine::quota::Period::Day, ny, 0, 1);
+        let t = |secs: u64| Admitted {
+            sent: Timestamp::from_secs(secs),
+            answered: Timestamp::from_secs(secs),
+            weight: 1,
+        };
+        // 2027-03-14T04:30Z (23:30 EST the 13th) and a day of seconds later, 2027-03-15T04:30Z
+        // (00:30 EDT the 15th: the 14th had 23 hours)
+        let a = 1_804_998_600u64;
+        let b = a + 86_400;
+        let seen = [t(a), t(a + 1), t(b), t(b + 1)];
+        // THEN the pairs fall in local days two apart (the 13th and the 15th): nothing over
+        assert_eq!(quota_excess(&day, 2, &seen), 0);
+        let days: Vec<String> = per_period(&day, &seen).keys().map(|c| day.name(*c)).collect();
+        assert_eq!(days, ["2027-03-13", "2027-03-15"]);
+        // AND a third request in the 15th's 23-hour predecessor's successor is one too many
+        assert_eq!(quota_excess(&day, 2, &[t(b), t(b + 1), t(b + 20 * 3600)]), 1);
     }
 }

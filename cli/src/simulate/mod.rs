@@ -91,6 +91,8 @@ pub struct Config {
     pub api_key_header: String,
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// The simulated start (store targets): `None` starts now.
+    pub start: Option<tollgate::engine::clock::Timestamp>,
 }
 
 /// The simulated tenants: the demo tenants of a policy file, spread over its plans, with the
@@ -150,7 +152,7 @@ pub async fn run(
         .then(|| tokio::spawn(send::draw_progress(done.clone(), arrivals.len() as u64)));
     let clock = SystemClock::new();
     let start = Start {
-        t0: clock.now(),
+        t0: config.start.unwrap_or_else(|| clock.now()),
         started: Instant::now(),
         clock: &clock,
     };

@@ -3,13 +3,15 @@
 //! (`infra/schemas/simulate-report.schema.json`) or as a table.
 
 use std::collections::BTreeMap;
+
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate::engine::quota::Counter;
 
 use serde::{Deserialize, Serialize};
 use tollgate::engine::clock::Timestamp;
 use tollgate::engine::policy::{Limits, Plan};
-use tollgate::engine::quota::Period;
+use tollgate::engine::quota::format_utc;
 use tollgate::store::{Consume, MemoryStore};
 
 use super::compliance::{self, Admitted};
@@ -52,6 +54,33 @@ pub struct Report {
     pub fail_open: Option<u64>,
     pub policies: Vec<PolicyResult>,
     pub tenant_results: Vec<TenantResult>,
+    /// The quota check per period: every period of every plan's quotas that saw an admission.
+    #[serde(default)]
+    pub quota_periods: Vec<PeriodResult>,
+}
+
+/// One period of one plan's quota: its true bounds in its zone, and the most any tenant of the
+/// plan was admitted in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodResult {
+    pub plan: String,
+    /// `day`, `week` or `month`.
+    pub period: String,
+    pub zone: String,
+    /// The period's first local date.
+    pub name: String,
+    /// Its first instant and the next period's, UTC.
+    pub start: String,
+    pub end: String,
+    /// Its length in hours: 23 or 25 on a day with a DST change.
+    pub hours: f64,
+    pub limit: u64,
+    /// The most units one tenant of the plan was admitted in the period.
+    pub most_used: u64,
+    /// Units admitted beyond the limit, over the plan's tenants.
+    pub over_admitted: u64,
+    pub pass: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +148,7 @@ impl Run<'_> {
     pub fn report(&self, target: &Target, config: &Config) -> Report {
         let gated = matches!(target, Target::Gate(_));
         let tenant_results = self.tenant_results(gated);
+        let quota_periods = self.quota_periods();
         let sum = |f: fn(&TenantResult) -> u64| tenant_results.iter().map(f).sum::<u64>();
         let over = sum(|t| t.over_admitted);
         let requests = self.observed.len() as u64;
@@ -145,7 +175,50 @@ impl Run<'_> {
             fail_open: gated.then(|| tenant_results.iter().filter_map(|t| t.fail_open).sum()),
             policies: policy_results(&tenant_results),
             tenant_results,
+            quota_periods,
         }
+    }
+
+    /// Every period of every plan's quotas that saw an admission, plans and periods in order.
+    fn quota_periods(&self) -> Vec<PeriodResult> {
+        let mut found: BTreeMap<(String, usize, Counter), PeriodResult> = BTreeMap::new();
+        for (i, (limits, weight)) in self.limits.iter().enumerate() {
+            let admitted: Vec<Admitted> = (self.observed.iter())
+                .filter(|o| o.arrival.tenant == i && o.admitted == Some(true))
+                .map(|o| Admitted {
+                    sent: o.sent,
+                    answered: o.answered,
+                    weight: *weight,
+                })
+                .collect();
+            let plan = self.plans[i].name();
+            for quota in limits.quotas() {
+                let calendar = &quota.calendar;
+                for (counter, used) in compliance::per_period(calendar, &admitted) {
+                    let kind = calendar.period().index();
+                    let (start, end) = calendar.bounds(counter.start());
+                    let p = found
+                        .entry((plan.to_owned(), kind, counter))
+                        .or_insert_with(|| PeriodResult {
+                            plan: plan.to_owned(),
+                            period: calendar.period().as_str().to_owned(),
+                            zone: calendar.zone_name().to_owned(),
+                            name: calendar.name(counter),
+                            start: format_utc(start.as_secs()),
+                            end: format_utc(end.as_secs()),
+                            hours: end.saturating_since(start).as_secs_f64() / 3600.0,
+                            limit: quota.limit,
+                            most_used: 0,
+                            over_admitted: 0,
+                            pass: true,
+                        });
+                    p.most_used = p.most_used.max(used);
+                    p.over_admitted += used.saturating_sub(quota.limit);
+                    p.pass = p.over_admitted == 0;
+                }
+            }
+        }
+        found.into_values().collect()
     }
 
     /// Each tenant's requests, in arrival order, checked against its plan.
@@ -229,10 +302,8 @@ fn over_admitted(limits: &Limits, admitted: &[Admitted]) -> u64 {
         .bucket
         .as_ref()
         .map_or(0, |(_, b)| compliance::bucket_excess(b, admitted));
-    for (period, quota) in [(Period::Day, limits.daily), (Period::Month, limits.monthly)] {
-        if let Some(q) = quota {
-            over += compliance::quota_excess(period, q, admitted);
-        }
+    for q in limits.quotas() {
+        over += compliance::quota_excess(&q.calendar, q.limit, admitted);
     }
     over
 }
@@ -279,6 +350,51 @@ fn latency(observed: &[Observed]) -> Latency {
         p95: pct(95.0),
         p99: pct(99.0),
         max: latencies.last().copied().unwrap_or(0.0),
+    }
+}
+
+impl Report {
+    /// The per-period quota check: a summary line, then the periods a DST change shaped and any
+    /// period that was over.
+    fn periods_table(&self) -> String {
+        if self.quota_periods.is_empty() {
+            return String::new();
+        }
+        let over = self.quota_periods.iter().filter(|p| !p.pass).count();
+        let count = |kind: &str| self.quota_periods.iter().filter(|p| p.period == kind).count();
+        let mut out = format!(
+            "quota periods checked: {} ({} days, {} weeks, {} months), {over} over   {}\n",
+            self.quota_periods.len(),
+            count("day"),
+            count("week"),
+            count("month"),
+            if over == 0 { "PASS" } else { "FAIL" }
+        );
+        for p in self.quota_periods.iter().filter(|p| !p.pass || is_odd(p)) {
+            out += &format!(
+                "  {} {} {} ({}): {} to {}, {} h, most used {} of {}{}\n",
+                p.plan,
+                p.period,
+                p.name,
+                p.zone,
+                p.start,
+                p.end,
+                p.hours,
+                p.most_used,
+                p.limit,
+                if p.pass { "" } else { "  OVER" }
+            );
+        }
+        out
+    }
+}
+
+/// A day that is not 24 hours or a week that is not 168: the periods a DST change shaped.
+fn is_odd(p: &PeriodResult) -> bool {
+    match p.period.as_str() {
+        "day" => p.hours != 24.0,
+        "week" => p.hours != 168.0,
+        _ => false,
     }
 }
 
@@ -335,6 +451,7 @@ impl Report {
             "latency ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}\n",
             self.latency_ms.p50, self.latency_ms.p95, self.latency_ms.p99, self.latency_ms.max
         );
+        out += &self.periods_table();
         if let Some(c) = self.store_calls_per_decision {
             out += &format!("store calls per decision: {c:.2}\n");
         }

@@ -30,7 +30,14 @@ async fn main() -> Result<(), Error> {
     );
     let clock = SystemClock::new();
     // Open the TLS connection now, not inside the first request's time budget.
-    if let Err(e) = store.usage("tollgate#warm-up", clock.now()).await {
+    if let Err(e) = store
+        .usage(
+            "tollgate#warm-up",
+            &tollgate::engine::policy::Limits::UNLIMITED,
+            clock.now(),
+        )
+        .await
+    {
         tracing::warn!(error = %e, "state table warm-up failed");
     }
     let directory = DynamoDirectory::new(policy_client(&sdk, Duration::from_millis(500)), &config.policy_table);

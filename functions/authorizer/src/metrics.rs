@@ -19,6 +19,7 @@ pub struct Sample {
     pub decisions: u32,
     pub throttles_rate: u32,
     pub throttles_daily: u32,
+    pub throttles_weekly: u32,
     pub throttles_monthly: u32,
     /// Refused by the shed level (no budget consumed).
     pub shed: u32,
@@ -39,6 +40,7 @@ const METRICS: &[&str] = &[
     names::DECISIONS,
     names::THROTTLES_RATE,
     names::THROTTLES_DAILY_QUOTA,
+    names::THROTTLES_WEEKLY_QUOTA,
     names::THROTTLES_MONTHLY_QUOTA,
     names::FAIL_OPEN,
     names::FAIL_CLOSED,
@@ -82,6 +84,7 @@ impl Sample {
             match reason {
                 Reason::Rate => s.throttles_rate = 1,
                 Reason::DailyQuota => s.throttles_daily = 1,
+                Reason::WeeklyQuota => s.throttles_weekly = 1,
                 Reason::MonthlyQuota => s.throttles_monthly = 1,
                 Reason::Shed => s.shed = 1,
             }
@@ -89,11 +92,12 @@ impl Sample {
         Some(s)
     }
 
-    fn values(&self) -> [u32; 10] {
+    fn values(&self) -> [u32; 11] {
         [
             self.decisions,
             self.throttles_rate,
             self.throttles_daily,
+            self.throttles_weekly,
             self.throttles_monthly,
             self.fail_open,
             self.fail_closed,
@@ -271,20 +275,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_shed_refusal_counts_as_shed_and_as_no_other_throttle() {
-        // GIVEN a verdict refused by the shed level
+    /// A verdict of tenant `acme` on a rate-limited plan.
+    fn verdict(mode: Mode, decision: tollgate::engine::decision::Decision) -> tollgate::gate::Verdict {
         let file = tollgate::policy_file::PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 1\n").expect("policy");
-        let verdict = tollgate::gate::Verdict {
+        tollgate::gate::Verdict {
             tenant: "acme".into(),
             key_id: None,
             plan: file.plans["free"].clone(),
-            mode: Mode::Shed { level: 1 },
-            decision: Some(tollgate::engine::decision::Decision::shed(Duration::from_secs(5))),
+            mode,
+            decision: Some(decision),
             store_latency: None,
             cached_credentials: false,
             refusal: None,
-        };
+        }
+    }
+
+    /// A refusal for `reason`, retried in a second.
+    fn refusal(reason: Reason) -> tollgate::engine::decision::Decision {
+        tollgate::engine::decision::Decision {
+            allowed: false,
+            reason: Some(reason),
+            retry_after: Some(Duration::from_secs(1)),
+            rate: None,
+            daily: None,
+            weekly: None,
+            monthly: None,
+        }
+    }
+
+    #[test]
+    fn each_quota_refusal_counts_under_its_own_period_and_no_other() {
+        let counts = |s: &Sample| (s.throttles_daily, s.throttles_weekly, s.throttles_monthly);
+        for (reason, want, name) in [
+            (Reason::DailyQuota, (1, 0, 0), "ThrottlesDailyQuota"),
+            (Reason::WeeklyQuota, (0, 1, 0), "ThrottlesWeeklyQuota"),
+            (Reason::MonthlyQuota, (0, 0, 1), "ThrottlesMonthlyQuota"),
+        ] {
+            // GIVEN a refusal by one quota WHEN it is sampled and rendered
+            let sample = Sample::of(&GateOutcome::Throttle(verdict(Mode::Enforced, refusal(reason)))).expect("sample");
+            let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
+            // THEN only that period's throttle counts, under its metric name
+            assert_eq!((counts(&sample), sample.throttles_rate), (want, 0), "{name}");
+            assert_eq!(doc[name], 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_shed_refusal_counts_as_shed_and_as_no_other_throttle() {
+        // GIVEN a verdict refused by the shed level
+        let verdict = verdict(
+            Mode::Shed { level: 1 },
+            tollgate::engine::decision::Decision::shed(Duration::from_secs(5)),
+        );
         // WHEN sampled and rendered
         let sample = Sample::of(&GateOutcome::Throttle(verdict)).expect("sample");
         let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
@@ -298,29 +340,14 @@ mod tests {
     #[test]
     fn a_fail_open_refusal_is_a_throttle_not_a_fail_closed_and_carries_the_store_error() {
         // GIVEN a refusal by the fail-open fallback (the tenant was over its rate without the store)
-        let file = tollgate::policy_file::PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 1\n").expect("policy");
-        let decision = tollgate::engine::decision::Decision {
-            allowed: false,
-            reason: Some(Reason::Rate),
-            retry_after: Some(Duration::from_secs(1)),
-            rate: None,
-            daily: None,
-            monthly: None,
-        };
-        let verdict = tollgate::gate::Verdict {
-            tenant: "acme".into(),
-            key_id: None,
-            plan: file.plans["free"].clone(),
-            mode: Mode::Failed {
+        let verdict = verdict(
+            Mode::Failed {
                 mode: FailMode::Open,
                 error: "store did not answer".into(),
                 kind: "timeout",
             },
-            decision: Some(decision),
-            store_latency: None,
-            cached_credentials: false,
-            refusal: None,
-        };
+            refusal(Reason::Rate),
+        );
         // WHEN it is sampled and rendered
         let sample = Sample::of(&GateOutcome::Throttle(verdict.clone())).expect("sample");
         // THEN it counts as a rate throttle, neither a fail-open admission nor a fail-closed answer

@@ -1,6 +1,7 @@
 //! Per-plan alarms (pure): one alarm per plan that can refuse, on the share of its decisions
-//! answered 429 (`(ThrottlesRate + ThrottlesDailyQuota + ThrottlesMonthlyQuota) / Decisions`,
-//! the authorizer's EMF metrics with the `Plan` dimension), and the fewest changes from the
+//! answered 429 (`(ThrottlesRate + ThrottlesDailyQuota + ThrottlesWeeklyQuota +
+//! ThrottlesMonthlyQuota) / Decisions`, of the metrics the plan can produce: the authorizer's EMF
+//! metrics with the `Plan` dimension), and the fewest changes from the
 //! alarms CloudWatch holds under the prefix to those. The count follows the plans, never the
 //! tenants: no alarm has a `Tenant` dimension.
 
@@ -125,6 +126,17 @@ pub fn desired(
         if limited(spec.monthly_quota) {
             refusals.push(("monthly", metrics::THROTTLES_MONTHLY_QUOTA));
         }
+        // Calendar quotas (`quota`, `quotas`): each kind's refusals, once per kind.
+        for q in spec.quota.iter().chain(&spec.quotas).filter(|q| q.limit >= 0) {
+            let kind = match q.period.as_str() {
+                "day" => ("daily", metrics::THROTTLES_DAILY_QUOTA),
+                "week" => ("weekly", metrics::THROTTLES_WEEKLY_QUOTA),
+                _ => ("monthly", metrics::THROTTLES_MONTHLY_QUOTA),
+            };
+            if !refusals.contains(&kind) {
+                refusals.push(kind);
+            }
+        }
         if refusals.is_empty() || spec.shadow {
             continue;
         }
@@ -195,6 +207,9 @@ fn description(plan: &str, spec: &PlanSpec, settings: &AlarmSettings) -> String 
     }
     if let Some(q) = spec.monthly_quota.filter(|q| *q >= 0) {
         limits.push(format!("monthly quota {q}"));
+    }
+    if let Some(q) = crate::control::sync::mapping::quota::render(spec) {
+        limits.push(format!("quotas {q}"));
     }
     let mut s = String::new();
     let _ = write!(
@@ -322,6 +337,25 @@ mod tests {
         assert!(!plan_alarm_prefix(b).starts_with(&plan_alarm_prefix(a)));
         assert_eq!(plan_alarm_prefix(a), "api/plan/");
         assert!(!is_stack_name("api/plan") && !is_stack_name("1api") && !is_stack_name(""));
+    }
+
+    #[test]
+    fn calendar_quotas_are_watched_once_per_kind_weeks_included() {
+        // GIVEN a plan with a weekly and a monthly quota on calendars, and one whose only quota
+        // is a day in another zone (`quota`)
+        let plans = plans(
+            "[plans.cal]\nquotas = [{ limit = 100, period = \"week\", start = \"monday\", zone = \"America/New_York\" }, \
+             { limit = 1000, period = \"month\", anchor = 15 }]\n\
+             [plans.day]\nquota = { limit = 10, period = \"day\", zone = \"Asia/Kolkata\" }\n",
+        );
+        // WHEN the alarms are derived
+        let alarms = desired(&plans, &settings()).expect("alarms");
+        // THEN the weekly refusals are watched beside the monthly ones, each kind once
+        assert_eq!(alarms[0].expression.1, "100 * (weekly + monthly) / decisions");
+        let names: Vec<&str> = alarms[0].metrics.iter().map(|m| m.metric_name.as_str()).collect();
+        assert_eq!(names, ["Decisions", "ThrottlesMonthlyQuota", "ThrottlesWeeklyQuota"]);
+        assert!(alarms[0].description.contains("week"), "{}", alarms[0].description);
+        assert_eq!(alarms[1].expression.1, "100 * (daily) / decisions");
     }
 
     #[test]

@@ -183,11 +183,15 @@ pub fn diff(file: &PolicyFile, plans: &[UsagePlan], keys: &[ApiKey], current: &C
     out
 }
 
-/// One way to write each meaning: `-1` quotas are none, routes in name order.
+/// One way to write each meaning: `-1` quotas are none, routes in name order, a single `quota`
+/// as the first of `quotas` (as plan sync reads them back from `tollgate:quotas`).
 fn normalize(spec: &PlanSpec) -> PlanSpec {
     let mut s = spec.clone();
     s.daily_quota = s.daily_quota.filter(|q| *q >= 0);
     s.monthly_quota = s.monthly_quota.filter(|q| *q >= 0);
+    if let Some(q) = s.quota.take() {
+        s.quotas.insert(0, q);
+    }
     s.routes.sort_by(|a, b| a.route.cmp(&b.route));
     s
 }
@@ -208,6 +212,8 @@ fn fields(have: &PlanSpec, want: &PlanSpec) -> Vec<FieldChange> {
             .collect();
         if r.is_empty() { "none".to_owned() } else { r.join(", ") }
     };
+    // Calendar quotas in the `tollgate:quotas` spelling: one way to write each.
+    let quotas = |s: &PlanSpec| crate::control::sync::mapping::quota::render(s).unwrap_or_else(|| "none".to_owned());
     let notify = |s: &PlanSpec| match &s.notify {
         None => "default".to_owned(),
         Some(t) if t.is_empty() => "none".to_owned(),
@@ -218,6 +224,7 @@ fn fields(have: &PlanSpec, want: &PlanSpec) -> Vec<FieldChange> {
         ("burst", opt(have.burst), opt(want.burst)),
         ("daily_quota", opt(have.daily_quota), opt(want.daily_quota)),
         ("monthly_quota", opt(have.monthly_quota), opt(want.monthly_quota)),
+        ("quotas", quotas(have), quotas(want)),
         ("priority", have.priority.to_string(), want.priority.to_string()),
         ("weights", weights(have), weights(want)),
         ("routes", routes(have), routes(want)),
@@ -241,6 +248,15 @@ mod tests {
 
     fn usage_plan(name: &str, rate: f64) -> UsagePlan {
         UsagePlan::daily(&format!("id-{name}"), name, rate, 5)
+    }
+
+    #[test]
+    fn a_single_quota_and_the_same_in_quotas_are_no_drift() {
+        let one = PolicyFile::parse("[plans.w]\nquota = { limit = 5, period = \"week\", start = \"monday\" }\n")
+            .expect("policy");
+        let many = PolicyFile::parse("[plans.w]\nquotas = [{ limit = 5, period = \"week\", start = \"monday\" }]\n")
+            .expect("policy");
+        assert_eq!(normalize(one.plans["w"].spec()), normalize(many.plans["w"].spec()));
     }
 
     #[test]

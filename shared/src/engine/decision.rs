@@ -13,6 +13,7 @@ use crate::engine::quota::{Period, QuotaStatus};
 pub enum Reason {
     Rate,
     DailyQuota,
+    WeeklyQuota,
     MonthlyQuota,
     /// The plan's priority is below the shed level (`shed`): refused before the store, so no
     /// budget was consumed.
@@ -24,8 +25,18 @@ impl Reason {
         match self {
             Reason::Rate => "rate",
             Reason::DailyQuota => "daily_quota",
+            Reason::WeeklyQuota => "weekly_quota",
             Reason::MonthlyQuota => "monthly_quota",
             Reason::Shed => "shed",
+        }
+    }
+
+    /// The refusal of a period kind's quota.
+    pub fn quota(period: Period) -> Reason {
+        match period {
+            Period::Day => Reason::DailyQuota,
+            Period::Week => Reason::WeeklyQuota,
+            Period::Month => Reason::MonthlyQuota,
         }
     }
 
@@ -34,6 +45,7 @@ impl Reason {
         match self {
             Reason::Rate => "rate",
             Reason::DailyQuota => "day",
+            Reason::WeeklyQuota => "week",
             Reason::MonthlyQuota => "month",
             // No budget was read: no limit is the headline.
             Reason::Shed => "shed",
@@ -69,6 +81,8 @@ pub struct Decision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daily: Option<QuotaStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<QuotaStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub monthly: Option<QuotaStatus>,
 }
 
@@ -82,53 +96,63 @@ pub struct Headline {
 }
 
 impl Decision {
-    /// The limit a client should watch: on a refusal the one that bit, otherwise the one with the
-    /// fewest requests left. `None` for a plan without limits.
-    pub fn headline(&self) -> Option<Headline> {
+    /// Every limit of the decision, summarised: the rate, then each quota, days first.
+    fn summaries(&self) -> impl Iterator<Item = Headline> + '_ {
         let rate = self.rate.map(|r| Headline {
             name: "rate",
             limit: u64::from(r.limit),
             remaining: u64::from(r.remaining),
             reset_after: r.reset_after,
         });
-        let quota = |q: Option<QuotaStatus>, name| {
-            q.map(|q| Headline {
-                name,
-                limit: q.limit,
-                remaining: q.remaining,
-                reset_after: q.reset_after,
-            })
-        };
-        let all = [rate, quota(self.daily, "day"), quota(self.monthly, "month")];
-        let mut candidates = all.into_iter().flatten();
+        let quotas = self.quotas().map(|q| Headline {
+            name: q.period.as_str(),
+            limit: q.limit,
+            remaining: q.remaining,
+            reset_after: q.reset_after,
+        });
+        rate.into_iter().chain(quotas)
+    }
+
+    /// The limit a client should watch: on a refusal the one that bit, otherwise the one with the
+    /// fewest requests left. `None` for a plan without limits.
+    pub fn headline(&self) -> Option<Headline> {
+        let mut candidates = self.summaries();
         match self.reason {
             Some(reason) => candidates.find(|h| h.name == reason.policy_name()),
             None => candidates.min_by_key(|h| h.remaining),
         }
     }
 
+    /// The quotas' states, days first.
+    pub fn quotas(&self) -> impl Iterator<Item = QuotaStatus> {
+        [self.daily, self.weekly, self.monthly].into_iter().flatten()
+    }
+
     /// HTTP response headers: `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers),
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until reset),
     /// and `Retry-After` on a refusal. Seconds are rounded up so a client never retries early.
+    /// A quota's window is its current period's true length (23 or 25 hours on a DST day, 28 to
+    /// 31 days for a month), and its reset the end of that period in the quota's zone.
+    /// `RateLimit` has an item per limit, the headline first; `X-RateLimit-*` is the headline.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::with_capacity(6);
-        let mut policies = Vec::with_capacity(3);
+        let mut policies = Vec::with_capacity(4);
         if let Some(r) = self.rate {
             policies.push(format!("\"rate\";q={};w={}", r.limit, ceil_secs(r.window).max(1)));
         }
-        for q in [self.daily, self.monthly].into_iter().flatten() {
-            let (name, window) = match q.period {
-                Period::Day => ("day", 86_400),
-                Period::Month => ("month", 2_592_000),
-            };
-            policies.push(format!("\"{name}\";q={};w={window}", q.limit));
+        for q in self.quotas() {
+            let name = q.period.as_str();
+            policies.push(format!("\"{name}\";q={};w={}", q.limit, ceil_secs(q.window).max(1)));
         }
         if !policies.is_empty() {
             out.push(("RateLimit-Policy", policies.join(", ")));
         }
         if let Some(h) = self.headline() {
             let reset = ceil_secs(h.reset_after);
-            out.push(("RateLimit", format!("\"{}\";r={};t={reset}", h.name, h.remaining)));
+            let item = |h: &Headline| format!("\"{}\";r={};t={}", h.name, h.remaining, ceil_secs(h.reset_after));
+            let others = self.summaries().filter(|o| o.name != h.name).map(|o| item(&o));
+            let items: Vec<String> = std::iter::once(item(&h)).chain(others).collect();
+            out.push(("RateLimit", items.join(", ")));
             out.push(("X-RateLimit-Limit", h.limit.to_string()));
             out.push(("X-RateLimit-Remaining", h.remaining.to_string()));
             out.push(("X-RateLimit-Reset", reset.to_string()));
@@ -150,6 +174,7 @@ impl Decision {
             retry_after: Some(retry_after),
             rate: None,
             daily: None,
+            weekly: None,
             monthly: None,
         }
     }
@@ -190,6 +215,12 @@ mod tests {
             used,
             remaining: limit - used,
             reset_after: Duration::from_secs(reset),
+            counter: crate::engine::quota::Counter::Start { period, minute: 0 },
+            window: Duration::from_secs(match period {
+                Period::Day => 86_400,
+                Period::Week => 604_800,
+                Period::Month => 2_592_000,
+            }),
         }
     }
 
@@ -206,6 +237,7 @@ mod tests {
                 window: Duration::from_secs(10),
             }),
             daily: Some(quota(Period::Day, 1000, 3, 3600)),
+            weekly: None,
             monthly: None,
         };
         assert_eq!(
@@ -215,7 +247,7 @@ mod tests {
                     "RateLimit-Policy",
                     "\"rate\";q=10;w=10, \"day\";q=1000;w=86400".to_owned()
                 ),
-                ("RateLimit", "\"rate\";r=0;t=10".to_owned()),
+                ("RateLimit", "\"rate\";r=0;t=10, \"day\";r=997;t=3600".to_owned()),
                 ("X-RateLimit-Limit", "10".to_owned()),
                 ("X-RateLimit-Remaining", "0".to_owned()),
                 ("X-RateLimit-Reset", "10".to_owned()),
@@ -237,6 +269,7 @@ mod tests {
                 window: Duration::from_secs(5),
             }),
             daily: Some(quota(Period::Day, 100, 98, 60)),
+            weekly: None,
             monthly: Some(quota(Period::Month, 10_000, 98, 86_400)),
         };
         let h = d.headline().expect("has limits");
@@ -252,6 +285,7 @@ mod tests {
             retry_after: None,
             rate: None,
             daily: None,
+            weekly: None,
             monthly: None,
         };
         assert!(d.headers().is_empty());
@@ -274,6 +308,7 @@ mod tests {
             retry_after: Some(Duration::from_millis(10)),
             rate: None,
             daily: Some(quota(Period::Day, 5, 5, 7)),
+            weekly: None,
             monthly: None,
         };
         let json = serde_json::to_value(&d).expect("serializes");

@@ -1,4 +1,4 @@
-//! One decision from a tenant's state: the token bucket and both quotas, combined. Pure.
+//! One decision from a tenant's state: the token bucket and the plan's quotas, combined. Pure.
 //!
 //! Every store calls this, so they all answer alike; a store's only job is to apply the
 //! admitted state change atomically.
@@ -12,12 +12,18 @@ use crate::engine::policy::Limits;
 use crate::engine::quota::{Period, QuotaStatus};
 
 /// What a tenant's state holds for one request's limits: the TAT of the bucket the request
-/// draws from, and the current period's quota counters.
+/// draws from, and the units used in each quota's current period (by `Period::index`; the
+/// counters of period kinds the plan has no quota for count too, as usage).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct State {
     pub tat: Option<Timestamp>,
-    pub daily_used: u64,
-    pub monthly_used: u64,
+    pub used: [u64; 3],
+}
+
+impl State {
+    pub fn used(&self, period: Period) -> u64 {
+        self.used[period.index()]
+    }
 }
 
 /// The decision and, when admitted, the state to write.
@@ -57,17 +63,18 @@ pub fn evaluate(limits: &Limits, state: &State, now: Timestamp, weight: u32) -> 
         }
     });
 
-    let mut quota = |limit: Option<u64>, used: u64, period: Period, reason: Reason| {
-        limit.map(|limit| {
-            let status = QuotaStatus::new(period, limit, used, now);
+    let mut quotas: [Option<QuotaStatus>; 3] = [None; 3];
+    for (slot, quota) in quotas.iter_mut().zip(&limits.quotas) {
+        if let Some(q) = quota {
+            let period = q.calendar.period();
+            let status = QuotaStatus::new(q, state.used(period), now);
             if !status.admits(n) {
-                refuse(&mut refusal, reason, status.reset_after);
+                refuse(&mut refusal, Reason::quota(period), status.reset_after);
             }
-            status
-        })
-    };
-    let daily = quota(limits.daily, state.daily_used, Period::Day, Reason::DailyQuota);
-    let monthly = quota(limits.monthly, state.monthly_used, Period::Month, Reason::MonthlyQuota);
+            *slot = Some(status);
+        }
+    }
+    let [daily, weekly, monthly] = quotas;
 
     if let Some((reason, retry_after)) = refusal {
         return Evaluation {
@@ -77,17 +84,17 @@ pub fn evaluate(limits: &Limits, state: &State, now: Timestamp, weight: u32) -> 
                 retry_after: Some(retry_after),
                 rate,
                 daily,
+                weekly,
                 monthly,
             },
             next: None,
         };
     }
+    // Saturating: unlimited counters of a long-lived tenant, or a hand-edited item, must not
+    // wrap (quotas are at most 15 digits, so a limited counter never gets near).
     let next = State {
         tat: next_tat,
-        // Saturating: unlimited counters of a long-lived tenant, or a hand-edited item, must not
-        // wrap (quotas are at most 15 digits, so a limited counter never gets near).
-        daily_used: state.daily_used.saturating_add(n),
-        monthly_used: state.monthly_used.saturating_add(n),
+        used: state.used.map(|u| u.saturating_add(n)),
     };
     Evaluation {
         decision: admitted(limits, &next, now),
@@ -102,14 +109,15 @@ pub fn admitted(limits: &Limits, after: &State, now: Timestamp) -> Decision {
         let free = b.capacity().saturating_sub(crate::engine::clock::duration_nanos(ahead)) / b.interval();
         rate_status(b.burst(), u32::try_from(free).unwrap_or(u32::MAX), ahead, b.window())
     });
-    let quota = |limit: Option<u64>, used, period| limit.map(|l| QuotaStatus::new(period, l, used, now));
+    let quota = |p: Period| limits.quota(p).map(|q| QuotaStatus::new(q, after.used(p), now));
     Decision {
         allowed: true,
         reason: None,
         retry_after: None,
         rate,
-        daily: quota(limits.daily, after.daily_used, Period::Day),
-        monthly: quota(limits.monthly, after.monthly_used, Period::Month),
+        daily: quota(Period::Day),
+        weekly: quota(Period::Week),
+        monthly: quota(Period::Month),
     }
 }
 
@@ -139,11 +147,7 @@ mod tests {
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 
     fn limits(rate: f64, burst: u32, daily: Option<u64>, monthly: Option<u64>) -> Limits {
-        Limits {
-            bucket: Some((BucketId::Plan, Bucket::per_second(rate, burst))),
-            daily,
-            monthly,
-        }
+        Limits::utc(Some((BucketId::Plan, Bucket::per_second(rate, burst))), daily, monthly)
     }
 
     #[test]
@@ -151,8 +155,7 @@ mod tests {
         let l = limits(1.0, 5, Some(100), Some(1000));
         let e = evaluate(&l, &State::default(), NOW, 2);
         let next = e.next.expect("admitted");
-        assert_eq!(next.daily_used, 2);
-        assert_eq!(next.monthly_used, 2);
+        assert_eq!(next.used, [2, 2, 2]);
         assert_eq!(next.tat, Some(NOW.saturating_add(Duration::from_secs(2))));
         assert_eq!(e.decision.rate.map(|r| r.remaining), Some(3));
         assert_eq!(e.decision.daily.map(|q| q.remaining), Some(98));
@@ -163,13 +166,14 @@ mod tests {
     fn quota_refusal_waits_until_the_period_ends() {
         let l = limits(100.0, 100, Some(10), None);
         let state = State {
-            daily_used: 10,
+            used: [10, 0, 0],
             ..State::default()
         };
         let e = evaluate(&l, &state, NOW, 1);
         assert_eq!(e.next, None);
         assert_eq!(e.decision.reason, Some(Reason::DailyQuota));
-        assert_eq!(e.decision.retry_after, Some(Period::Day.reset_after(NOW)));
+        let day = crate::engine::quota::Calendar::utc(Period::Day);
+        assert_eq!(e.decision.retry_after, Some(day.reset_after(NOW)));
     }
 
     #[test]
@@ -177,8 +181,7 @@ mod tests {
         let l = limits(1.0, 1, Some(100), Some(5));
         let state = State {
             tat: Some(NOW.saturating_add(Duration::from_secs(1))),
-            daily_used: 5,
-            monthly_used: 5,
+            used: [5, 5, 5],
         };
         let e = evaluate(&l, &state, NOW, 1);
         assert_eq!(e.decision.reason, Some(Reason::MonthlyQuota));
@@ -188,7 +191,7 @@ mod tests {
     fn unlimited_always_admits_and_still_counts() {
         let e = evaluate(&Limits::UNLIMITED, &State::default(), NOW, 3);
         assert!(e.decision.allowed);
-        assert_eq!(e.next.map(|s| s.daily_used), Some(3));
+        assert_eq!(e.next.map(|s| s.used(Period::Day)), Some(3));
         assert_eq!(e.decision.rate, None);
     }
 
@@ -199,7 +202,7 @@ mod tests {
 
         use super::*;
         use crate::engine::policy::{MAX_QUOTA, MAX_WINDOW_SECS, Plan, PlanSpec};
-        use crate::engine::quota::Counter;
+        use crate::engine::quota::{Calendar, Counter};
 
         const NS: u64 = 1_000_000_000;
 
@@ -290,13 +293,16 @@ mod tests {
                 let mut state = State::default();
                 let mut admitted: Vec<(u64, u64)> = Vec::new();
                 let mut per_period: HashMap<Counter, u64> = HashMap::new();
+                let calendars: Vec<Calendar> = Period::ALL
+                    .iter()
+                    .map(|p| limits.quota(*p).map_or_else(|| Calendar::utc(*p), |q| q.calendar.clone()))
+                    .collect();
                 let roll = |state: &mut State, before: u64, after: u64| {
                     let (b, a) = (Timestamp::from_nanos(before), Timestamp::from_nanos(after));
-                    if Period::Day.counter(b) != Period::Day.counter(a) {
-                        state.daily_used = 0;
-                    }
-                    if Period::Month.counter(b) != Period::Month.counter(a) {
-                        state.monthly_used = 0;
+                    for (used, c) in state.used.iter_mut().zip(&calendars) {
+                        if c.counter(b) != c.counter(a) {
+                            *used = 0;
+                        }
                     }
                 };
                 for (i, (kind, frac, is_heavy)) in steps.into_iter().enumerate() {
@@ -319,7 +325,7 @@ mod tests {
                             }
                             state = next;
                             admitted.push((now, u64::from(n)));
-                            for c in [Period::Day.counter(at), Period::Month.counter(at)] {
+                            for c in calendars.iter().map(|c| c.counter(at)) {
                                 *per_period.entry(c).or_default() += u64::from(n);
                             }
                         }
@@ -335,10 +341,7 @@ mod tests {
                     }
                 }
                 for (c, used) in per_period {
-                    let limit = match c {
-                        Counter::Day { .. } => limits.daily,
-                        Counter::Month { .. } => limits.monthly,
-                    };
+                    let limit = limits.limit(c.period());
                     prop_assert!(limit.is_none_or(|l| used <= l), "{c}: {used} > {limit:?}");
                 }
                 let burst = u128::from(bucket.burst());

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::Decision;
-use crate::engine::policy::Limits;
-use crate::engine::quota::{Counter, Period, QuotaStatus};
+use crate::engine::quota::{Counter, QuotaStatus};
 use crate::store::{Consume, MemoryStore, StoreError};
 
 use super::cache::TtlCache;
@@ -25,19 +24,16 @@ pub struct Fallback {
     seen: TtlCache<String, Seen>,
 }
 
+/// Each period kind's counter and its usage, by `Period::index`.
 #[derive(Debug, Clone, Copy, Default)]
-struct Seen {
-    day: Option<(Counter, u64)>,
-    month: Option<(Counter, u64)>,
-}
+struct Seen([Option<(Counter, u64)>; 3]);
 
 impl Seen {
-    fn used(&self, period: Period, now: Timestamp) -> u64 {
-        let slot = match period {
-            Period::Day => self.day,
-            Period::Month => self.month,
-        };
-        slot.filter(|(c, _)| *c == period.counter(now)).map_or(0, |(_, n)| n)
+    /// What the store reported for the current period of `counter`'s kind.
+    fn used(&self, counter: Counter) -> u64 {
+        self.0[counter.period().index()]
+            .filter(|(c, _)| *c == counter)
+            .map_or(0, |(_, n)| n)
     }
 }
 
@@ -53,14 +49,13 @@ impl Fallback {
 
     /// Remembers the quota usage of a decision the store made at `now`.
     pub fn observe(&self, tenant: &str, decision: &Decision, now: Timestamp) {
-        if decision.daily.is_none() && decision.monthly.is_none() {
+        if decision.quotas().next().is_none() {
             return;
         }
-        let at = |q: Option<QuotaStatus>, period: Period| q.map(|q| (period.counter(now), q.used));
-        let seen = Seen {
-            day: at(decision.daily, Period::Day),
-            month: at(decision.monthly, Period::Month),
-        };
+        let mut seen = Seen::default();
+        for q in decision.quotas() {
+            seen.0[q.period.index()] = Some((q.counter, q.used));
+        }
         // On the request path: a known tenant's figures are replaced in place, no key allocated.
         if !self.seen.update(tenant, seen, now) {
             self.seen
@@ -73,21 +68,25 @@ impl Fallback {
     /// `StoreError::Full` when every tenant it tracks still has state it may not forget.
     pub fn decide(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
         let seen = self.seen.get(req.tenant, req.now).unwrap_or_default();
-        let (day, month) = (seen.used(Period::Day, req.now), seen.used(Period::Month, req.now));
+        let used =
+            (req.limits.quotas.each_ref()).map(|q| q.as_ref().map_or(0, |q| seen.used(q.calendar.counter(req.now))));
         // The local store counts only what it admitted: give it what is left of each quota.
-        let left = Limits {
-            bucket: req.limits.bucket.clone(),
-            daily: req.limits.daily.map(|q| q.saturating_sub(day)),
-            monthly: req.limits.monthly.map(|q| q.saturating_sub(month)),
-        };
-        let mut decision = self.spent.decide(&Consume { limits: &left, ..*req })?;
-        let restate = |q: &mut Option<QuotaStatus>, limit: Option<u64>, used: u64| {
-            if let (Some(q), Some(limit)) = (q.as_mut(), limit) {
-                *q = QuotaStatus::new(q.period, limit, used.saturating_add(q.used), req.now);
+        let mut left = req.limits.clone();
+        for (q, used) in left.quotas.iter_mut().zip(used) {
+            if let Some(q) = q.as_mut() {
+                q.limit = q.limit.saturating_sub(used);
             }
-        };
-        restate(&mut decision.daily, req.limits.daily, day);
-        restate(&mut decision.monthly, req.limits.monthly, month);
+        }
+        let mut decision = self.spent.decide(&Consume { limits: &left, ..*req })?;
+        for (slot, quota) in [&mut decision.daily, &mut decision.weekly, &mut decision.monthly]
+            .into_iter()
+            .zip(&req.limits.quotas)
+        {
+            if let (Some(q), Some(quota)) = (slot.as_mut(), quota) {
+                let before = used[quota.calendar.period().index()];
+                *q = QuotaStatus::new(quota, before.saturating_add(q.used), req.now);
+            }
+        }
         Ok(decision)
     }
 }
@@ -97,15 +96,16 @@ mod tests {
     use super::*;
     use crate::engine::gcra::Bucket;
     use crate::engine::policy::BucketId;
+    use crate::engine::policy::Limits;
 
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 
     fn limits() -> Limits {
-        Limits {
-            bucket: Some((BucketId::Plan, Bucket::per_second(10.0, 50))),
-            daily: Some(100),
-            monthly: Some(1_000),
-        }
+        Limits::utc(
+            Some((BucketId::Plan, Bucket::per_second(10.0, 50))),
+            Some(100),
+            Some(1_000),
+        )
     }
 
     fn admitted(f: &Fallback, tenant: &str, now: Timestamp, n: usize) -> usize {
@@ -137,11 +137,7 @@ mod tests {
         let decision = crate::store::MemoryStore::default()
             .decide(&Consume {
                 tenant: "a",
-                limits: &Limits {
-                    bucket: None,
-                    daily: Some(100),
-                    monthly: None,
-                },
+                limits: &Limits::utc(None, Some(100), None),
                 weight: 90,
                 now: NOW,
             })

@@ -6,7 +6,12 @@
 //! make a level be crossed again; the notice's marker keeps that from notifying twice.
 
 use crate::engine::policy::Plan;
-use crate::engine::quota::{Counter, Period};
+use crate::engine::quota::{Calendar, Counter};
+
+/// Whether `counter` names a period of `calendar` (and not of another calendar of its kind).
+fn same_calendar(calendar: &Calendar, counter: Counter) -> bool {
+    calendar.counter(counter.start()) == counter
+}
 
 /// The usage at which `threshold` percent of `limit` is reached: ⌈limit × threshold / 100⌉, but
 /// never past the usage at which no request of `min_weight` fits any more, so that 100 % is
@@ -23,6 +28,8 @@ pub fn level(limit: u64, min_weight: u32, threshold: u8) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Crossing {
     pub counter: Counter,
+    /// The quota's calendar, which names the counter's period and its end.
+    pub calendar: Calendar,
     pub threshold: u8,
     /// The counter after the change.
     pub used: u64,
@@ -40,16 +47,21 @@ pub fn crossings(plan: &Plan, old: &[(Counter, u64)], new: &[(Counter, u64)]) ->
         if used <= before {
             continue;
         }
-        let limit = match counter.period() {
-            Period::Day => plan.limits().daily,
-            Period::Month => plan.limits().monthly,
+        // Only the current calendar's counters: a counter of the same kind left by a calendar
+        // the plan no longer has is history, not this quota's usage.
+        let Some(quota) = plan.limits().quota(counter.period()) else {
+            continue;
         };
-        let Some(limit) = limit else { continue };
+        if !same_calendar(&quota.calendar, counter) {
+            continue;
+        }
+        let limit = quota.limit;
         for &threshold in &thresholds {
             let at = level(limit, plan.min_weight(), threshold);
             if before < at && at <= used {
                 out.push(Crossing {
                     counter,
+                    calendar: quota.calendar.clone(),
                     threshold,
                     used,
                     limit,
@@ -99,6 +111,7 @@ mod tests {
             found,
             vec![Crossing {
                 counter: day(),
+                calendar: Calendar::utc(crate::engine::quota::Period::Day),
                 threshold: 80,
                 used: 800,
                 limit: 1000

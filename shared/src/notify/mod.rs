@@ -24,7 +24,7 @@ use crate::directory::{Directory, DirectoryError};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::engine::identity::validate_tenant_id;
 use crate::engine::policy::Plan;
-use crate::engine::quota::{Counter, format_utc};
+use crate::engine::quota::{Calendar, Counter, format_utc};
 use crate::gate::cache::TtlCache;
 
 pub mod crossing;
@@ -74,6 +74,8 @@ pub struct Notice {
     pub tenant: String,
     pub plan: String,
     pub counter: Counter,
+    /// The quota's calendar: the period's name, zone and end.
+    pub calendar: Calendar,
     pub threshold: u8,
     pub used: u64,
     pub limit: u64,
@@ -97,12 +99,15 @@ impl Notice {
         }
     }
 
-    /// `2026-11-23` for a day, `2026-11` for a month.
+    /// The period's first local date: `2026-11-23` for a day or week, `2026-11` for a month
+    /// from the 1st, `2026-11-15` for a month from the 15th.
     pub fn period_start(&self) -> String {
-        match self.counter {
-            Counter::Day { y, m, d } => format!("{y:04}-{m:02}-{d:02}"),
-            Counter::Month { y, m } => format!("{y:04}-{m:02}"),
-        }
+        self.calendar.name(self.counter)
+    }
+
+    /// When the period ends.
+    fn period_end(&self) -> Timestamp {
+        self.calendar.bounds(self.counter.start()).1
     }
 
     /// The message body.
@@ -114,10 +119,11 @@ impl Notice {
             "plan": self.plan,
             "period": self.counter.period().as_str(),
             "period_start": self.period_start(),
+            "zone": self.calendar.zone_name(),
             "threshold": self.threshold,
             "used": self.used,
             "limit": self.limit,
-            "resets_at": format_utc(self.counter.end().as_secs()),
+            "resets_at": format_utc(self.period_end().as_secs()),
             "at": self.at.map(|t| format_utc(t.as_secs())),
         })
     }
@@ -141,10 +147,7 @@ impl Notice {
             "Tollgate: {} used {}% of its {} quota",
             self.tenant,
             self.threshold,
-            match self.counter.period() {
-                crate::engine::quota::Period::Day => "daily",
-                crate::engine::quota::Period::Month => "monthly",
-            }
+            self.counter.period().adjective()
         );
         if s.is_ascii() && s.len() <= 100 && !s.contains(char::is_control) {
             s
@@ -155,7 +158,7 @@ impl Notice {
 
     /// When its marker may go: past the period, and past the stream's retention after it.
     pub fn expires(&self) -> Timestamp {
-        self.counter.end().saturating_add(MARKER_KEPT)
+        self.period_end().saturating_add(MARKER_KEPT)
     }
 }
 
@@ -269,6 +272,7 @@ impl Notifier {
                 tenant: change.tenant.clone(),
                 plan: plan.name().to_owned(),
                 counter: crossed.counter,
+                calendar: crossed.calendar,
                 threshold: crossed.threshold,
                 used: crossed.used,
                 limit: crossed.limit,

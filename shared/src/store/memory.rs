@@ -4,7 +4,7 @@
 //! compare-and-set: nothing else can touch the tenant in between.
 //!
 //! Bounded without forgetting usage: only a tenant whose state is what a fresh tenant would have
-//! at that instant (every bucket full, nothing counted in the current day or month) is evicted.
+//! at that instant (every bucket full, nothing counted in any current period) is evicted.
 //! When a shard holds nothing evictable, a new tenant is refused with `StoreError::Full` (the
 //! gate answers it with the fail mode) instead of resetting someone's quota.
 
@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use super::{Consume, Reset, Store, StoreError, Usage};
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::Decision;
-use crate::engine::policy::BucketId;
-use crate::engine::quota::{Counter, Period};
+use crate::engine::policy::{BucketId, Limits};
+use crate::engine::quota::{Calendar, Counter};
 use crate::engine::{self, State};
 
 /// At most one "store full" warning per this much request time: a flood of new tenants must not
@@ -54,45 +54,56 @@ pub struct MemoryStore {
 struct Entry {
     tat: Option<Timestamp>,
     routes: Vec<(Box<str>, Timestamp)>,
-    day: (Counter, u64),
-    month: (Counter, u64),
+    /// Each period kind's current counter, by `Period::index`.
+    current: [Option<Current>; 3],
     /// Closed periods inside the kept window.
     history: Vec<(Counter, u64)>,
-    /// Days since the epoch of the current counters: a new day is the only time they can roll.
-    epoch_day: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    counter: Counter,
+    used: u64,
+    /// When the counter's period ends.
+    end: Timestamp,
 }
 
 impl Entry {
-    fn new(now: Timestamp) -> Entry {
+    fn new() -> Entry {
         Entry {
             tat: None,
             routes: Vec::new(),
-            day: (Period::Day.counter(now), 0),
-            month: (Period::Month.counter(now), 0),
+            current: [None; 3],
             history: Vec::new(),
-            epoch_day: epoch_day(now),
         }
     }
 
-    /// Rolls the current counters over when `now` is in a later period.
-    fn roll(&mut self, now: Timestamp) {
-        let today = epoch_day(now);
-        if today <= self.epoch_day {
-            return;
-        }
-        self.epoch_day = today;
-        for (slot, period) in [(&mut self.day, Period::Day), (&mut self.month, Period::Month)] {
-            let current = period.counter(now);
-            if slot.0 < current {
-                if slot.1 > 0 {
-                    self.history.push(*slot);
-                }
-                *slot = (current, 0);
+    /// The current counter of `calendar`'s kind, rolled over when `now` is in a later period or
+    /// the plan's calendar changed (the new calendar's period counts from zero).
+    fn current(&mut self, calendar: &Calendar, now: Timestamp) -> &mut Current {
+        let i = calendar.period().index();
+        let counter = calendar.counter(now);
+        let stale = self.current[i].is_none_or(|c| c.counter != counter);
+        if stale {
+            if let Some(old) = self.current[i].take()
+                && old.used > 0
+            {
+                self.history.push((old.counter, old.used));
+                let window = calendar.window(now);
+                self.history
+                    .retain(|(c, _)| c.period() != calendar.period() || window.is_kept(*c));
             }
+            self.current[i] = Some(Current {
+                counter,
+                used: 0,
+                end: calendar.bounds(now).1,
+            });
         }
-        if !self.history.is_empty() {
-            self.history.retain(|(c, _)| c.is_kept(now));
-        }
+        self.current[i].get_or_insert(Current {
+            counter,
+            used: 0,
+            end: now,
+        })
     }
 
     fn tat(&self, id: &BucketId) -> Option<Timestamp> {
@@ -113,30 +124,17 @@ impl Entry {
     }
 
     /// From when this entry decides exactly like no entry at all: every bucket full (TATs
-    /// passed) and the current counters' day and month over (or nothing counted in them). Closed
+    /// passed) and every current counter's period over (or nothing counted in it). Closed
     /// periods' history does not decide anything, so it does not hold a tenant in memory.
     fn fresh_at(&self) -> Timestamp {
-        let start = Timestamp::from_secs(self.epoch_day * 86_400);
-        let day_end = if self.day.1 > 0 {
-            Period::Day.end(start)
-        } else {
-            Timestamp::default()
-        };
-        let month_end = if self.month.1 > 0 {
-            Period::Month.end(start)
-        } else {
-            Timestamp::default()
-        };
+        let counted = self.current.iter().flatten().filter(|c| c.used > 0).map(|c| c.end);
         self.routes
             .iter()
             .map(|(_, t)| *t)
             .chain(self.tat)
-            .fold(day_end.max(month_end), Timestamp::max)
+            .chain(counted)
+            .fold(Timestamp::default(), Timestamp::max)
     }
-}
-
-fn epoch_day(t: Timestamp) -> u64 {
-    t.as_secs() / 86_400
 }
 
 impl Default for MemoryStore {
@@ -183,26 +181,28 @@ impl MemoryStore {
                 if shard.tenants.len() >= self.per_shard {
                     self.evict(shard, req.now)?;
                 }
-                shard
-                    .tenants
-                    .entry(req.tenant.into())
-                    .or_insert_with(|| Entry::new(req.now))
+                shard.tenants.entry(req.tenant.into()).or_insert_with(Entry::new)
             }
         };
-        entry.roll(req.now);
         let bucket = req.limits.bucket.as_ref().map(|(id, _)| id);
-        let state = State {
+        let mut state = State {
             tat: bucket.and_then(|id| entry.tat(id)),
-            daily_used: entry.day.1,
-            monthly_used: entry.month.1,
+            ..State::default()
         };
+        for calendar in req.limits.counted() {
+            state.used[calendar.period().index()] = entry.current(calendar, req.now).used;
+        }
         let eval = engine::evaluate(req.limits, &state, req.now, req.weight);
         if let Some(next) = eval.next {
             if let (Some(id), Some(tat)) = (bucket, next.tat) {
                 entry.set_tat(id, tat);
             }
-            entry.day.1 = next.daily_used;
-            entry.month.1 = next.monthly_used;
+            for calendar in req.limits.counted() {
+                let p = calendar.period();
+                if let Some(current) = entry.current[p.index()].as_mut() {
+                    current.used = next.used(p);
+                }
+            }
         }
         Ok(eval.decision)
     }
@@ -260,13 +260,13 @@ impl Store for MemoryStore {
         self.decide(req)
     }
 
-    async fn usage(&self, tenant: &str, now: Timestamp) -> Result<Usage, StoreError> {
+    async fn usage(&self, tenant: &str, limits: &Limits, now: Timestamp) -> Result<Usage, StoreError> {
         let mut shard = self.shard(tenant);
         Ok(match shard.tenants.get_mut(tenant) {
             Some(e) => {
-                e.roll(now);
-                let current = [e.day, e.month].into_iter().filter(|(_, n)| *n > 0);
-                let mut usage = Usage::from_counters(e.history.iter().copied().chain(current), now);
+                let current = e.current.iter().flatten().filter(|c| c.used > 0);
+                let counters = e.history.iter().copied().chain(current.map(|c| (c.counter, c.used)));
+                let mut usage = Usage::from_counters(counters, limits, now);
                 usage.tat = e.tat;
                 usage
             }
@@ -274,19 +274,15 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn reset(&self, tenant: &str, reset: Reset, now: Timestamp) -> Result<(), StoreError> {
+    async fn reset(&self, tenant: &str, reset: Reset, limits: &Limits, now: Timestamp) -> Result<(), StoreError> {
         let mut shard = self.shard(tenant);
         if let Some(e) = shard.tenants.get_mut(tenant) {
-            e.roll(now);
             if reset.rate {
                 e.tat = None;
                 e.routes.clear();
             }
-            if reset.day {
-                e.day.1 = 0;
-            }
-            if reset.month {
-                e.month.1 = 0;
+            for calendar in limits.counted().filter(|c| reset.clears(c.period())) {
+                e.current(calendar, now).used = 0;
             }
         }
         Ok(())
@@ -298,18 +294,14 @@ mod tests {
     use super::*;
     use crate::engine::decision::Reason;
     use crate::engine::gcra::Bucket;
-    use crate::engine::policy::Limits;
+    use crate::engine::quota::Period;
 
     // 2026-11-23T17:49:37Z
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn limits(daily: Option<u64>) -> Limits {
-        Limits {
-            bucket: Some((BucketId::Plan, Bucket::per_second(1.0, 5))),
-            daily,
-            monthly: None,
-        }
+        Limits::utc(Some((BucketId::Plan, Bucket::per_second(1.0, 5))), daily, None)
     }
 
     fn consume<'a>(tenant: &'a str, limits: &'a Limits, now: Timestamp) -> Consume<'a> {
@@ -372,7 +364,7 @@ mod tests {
         let second = store.decide(&consume(newcomer, &l, NOW.saturating_add(HOUR)));
         // THEN it is refused, without touching the held tenant, until the month's counter ends
         // (every request counts towards the month, limited or not)
-        let month_end = Period::Month.end(NOW).saturating_since(NOW);
+        let month_end = Calendar::utc(Period::Month).reset_after(NOW);
         assert!(
             matches!(first, StoreError::Full { retry_after, .. } if retry_after == month_end),
             "{first}"
@@ -393,7 +385,7 @@ mod tests {
         let store = MemoryStore::with_capacity(1);
         let l = limits(Some(100));
         assert!(store.decide(&consume("old", &l, NOW)).expect("decides").allowed);
-        let next_month = Period::Month.end(NOW).saturating_add(HOUR);
+        let next_month = Calendar::utc(Period::Month).bounds(NOW).1.saturating_add(HOUR);
         // WHEN a new tenant arrives in that shard next month
         let newcomer = &neighbours(&store, "old", 1)[0];
         let d = store.decide(&consume(newcomer, &l, next_month)).expect("room was made");

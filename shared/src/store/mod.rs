@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::Decision;
 use crate::engine::policy::Limits;
-use crate::engine::quota::Counter;
+use crate::engine::quota::{Calendar, Counter, Period};
 
 pub mod dynamodb;
 pub mod memory;
@@ -27,48 +27,71 @@ pub struct Consume<'a> {
     pub now: Timestamp,
 }
 
-/// A tenant's recorded usage: the kept daily and monthly counters, oldest first, and the plan
-/// bucket's TAT (`None`: never used, or reset).
+/// A tenant's recorded usage: the kept counters of each period kind (by `Period::index`), oldest
+/// first, and the plan bucket's TAT (`None`: never used, or reset).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
-    pub days: Vec<(Counter, u64)>,
-    pub months: Vec<(Counter, u64)>,
+    pub counters: [Vec<(Counter, u64)>; 3],
     pub tat: Option<Timestamp>,
 }
 
 /// What an operator's reset clears: the rate state (every bucket of the tenant), and the
-/// counters of the current day and month. The operation-id slots are never touched.
+/// counters of the current periods it names. The operation-id slots are never touched.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reset {
     pub rate: bool,
     pub day: bool,
+    pub week: bool,
     pub month: bool,
 }
 
+impl Reset {
+    /// Whether the current period of this kind is cleared.
+    pub fn clears(&self, period: Period) -> bool {
+        match period {
+            Period::Day => self.day,
+            Period::Week => self.week,
+            Period::Month => self.month,
+        }
+    }
+}
+
 impl Usage {
-    pub(crate) fn from_counters(counters: impl IntoIterator<Item = (Counter, u64)>, now: Timestamp) -> Usage {
+    /// The counters inside the kept window of the calendars `limits` counts on (UTC ones for the
+    /// other kinds), sorted.
+    pub(crate) fn from_counters(
+        counters: impl IntoIterator<Item = (Counter, u64)>,
+        limits: &Limits,
+        now: Timestamp,
+    ) -> Usage {
+        let windows = Period::ALL.map(|p| {
+            let calendar = limits.counted().find(|c| c.period() == p);
+            calendar.map_or_else(|| Calendar::utc(p).window(now), |c| c.window(now))
+        });
         let mut usage = Usage::default();
         for (c, n) in counters {
-            if !c.is_kept(now) {
-                continue;
-            }
-            match c {
-                Counter::Day { .. } => usage.days.push((c, n)),
-                Counter::Month { .. } => usage.months.push((c, n)),
+            let i = c.period().index();
+            if windows[i].is_kept(c) {
+                usage.counters[i].push((c, n));
             }
         }
-        usage.days.sort_unstable();
-        usage.months.sort_unstable();
+        for list in &mut usage.counters {
+            list.sort_unstable();
+        }
         usage
+    }
+
+    /// The kept counters of one period kind, oldest first.
+    pub fn of(&self, period: Period) -> &[(Counter, u64)] {
+        &self.counters[period.index()]
     }
 
     /// Units used in the period of `counter` (0 when nothing was recorded).
     pub fn get(&self, counter: Counter) -> u64 {
-        let list = match counter {
-            Counter::Day { .. } => &self.days,
-            Counter::Month { .. } => &self.months,
-        };
-        list.iter().find(|(c, _)| *c == counter).map_or(0, |(_, n)| *n)
+        self.of(counter.period())
+            .iter()
+            .find(|(c, _)| *c == counter)
+            .map_or(0, |(_, n)| *n)
     }
 }
 
@@ -151,10 +174,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Decides the request and, when it is admitted, records it, atomically.
     async fn consume(&self, req: &Consume<'_>) -> Result<Decision, StoreError>;
 
-    /// The tenant's recorded usage inside the kept window.
-    async fn usage(&self, tenant: &str, now: Timestamp) -> Result<Usage, StoreError>;
+    /// The tenant's recorded usage inside the kept window of the calendars `limits` counts on.
+    async fn usage(&self, tenant: &str, limits: &Limits, now: Timestamp) -> Result<Usage, StoreError>;
 
-    /// An operator's reset: clears what `reset` names for the tenant, in one write. Containers
-    /// holding a cached refusal see it within their `max_cached_refusal`.
-    async fn reset(&self, tenant: &str, reset: Reset, now: Timestamp) -> Result<(), StoreError>;
+    /// An operator's reset: clears what `reset` names for the tenant (the current periods of
+    /// `limits`' calendars), in one write. Containers holding a cached refusal see it within
+    /// their `max_cached_refusal`.
+    async fn reset(&self, tenant: &str, reset: Reset, limits: &Limits, now: Timestamp) -> Result<(), StoreError>;
 }

@@ -9,7 +9,7 @@ use crate::engine::clock::Timestamp;
 use crate::engine::decision::ceil_secs;
 use crate::engine::gcra;
 use crate::engine::policy::Plan;
-use crate::engine::quota::{Counter, Period, format_utc};
+use crate::engine::quota::{Calendar, Period, format_utc};
 use crate::engine::shed::ShedState;
 use crate::store::Usage;
 
@@ -31,7 +31,12 @@ pub(super) struct QuotaView {
     remaining: Option<u64>,
     /// Seconds until the period ends.
     reset: u64,
+    /// When the period ends (the next starts), UTC.
     reset_at: String,
+    /// The period as its calendar names it: its first local date.
+    period: String,
+    /// The IANA time zone the period's boundaries are local midnights of.
+    zone: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,11 +45,15 @@ pub(super) struct UsageView {
     plan: String,
     rate: Option<RateView>,
     day: QuotaView,
+    /// Present when the plan has a weekly quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    week: Option<QuotaView>,
     month: QuotaView,
 }
 
 /// A tenant's usage at `now` under its plan: the bucket as a request now would find it (one
-/// spending nothing), and the day's and month's counts against the quotas.
+/// spending nothing), and each period's count against its quota, on the quota's calendar (UTC
+/// days and months for the kinds the plan has no quota of).
 pub(super) fn usage_view(tenant: &str, plan: &Plan, usage: &Usage, now: Timestamp) -> UsageView {
     let limits = plan.limits();
     let rate = limits.bucket.as_ref().map(|(_, b)| {
@@ -63,36 +72,47 @@ pub(super) fn usage_view(tenant: &str, plan: &Plan, usage: &Usage, now: Timestam
             reset: ceil_secs(reset),
         }
     });
-    let quota = |period: Period, limit: Option<u64>| {
-        let used = usage.get(period.counter(now));
-        let end = period.end(now);
+    let quota = |calendar: &Calendar| {
+        let limit = limits.limit(calendar.period());
+        let counter = calendar.counter(now);
+        let used = usage.get(counter);
+        let end = calendar.bounds(now).1;
         QuotaView {
             used,
             limit,
             remaining: limit.map(|l| l.saturating_sub(used)),
             reset: ceil_secs(end.saturating_since(now)),
             reset_at: format_utc(end.as_secs()),
+            period: calendar.name(counter),
+            zone: calendar.zone_name().to_owned(),
         }
     };
+    let view = |p: Period| limits.counted().find(|c| c.period() == p).map(quota);
     UsageView {
         tenant: tenant.to_owned(),
         plan: plan.name().to_owned(),
         rate,
-        day: quota(Period::Day, limits.daily),
-        month: quota(Period::Month, limits.monthly),
+        day: view(Period::Day).unwrap_or_else(|| quota(&Calendar::utc(Period::Day))),
+        week: view(Period::Week),
+        month: view(Period::Month).unwrap_or_else(|| quota(&Calendar::utc(Period::Month))),
     }
 }
 
 #[derive(Debug, Serialize)]
 pub(super) struct PeriodUsage {
+    /// The period's first local date.
     pub(super) period: String,
     pub(super) used: u64,
+    /// When the period ends (the next starts), UTC.
+    pub(super) reset_at: String,
 }
 
 #[derive(Debug, Serialize)]
 pub(super) struct History {
     pub(super) tenant: String,
     pub(super) granularity: &'static str,
+    /// The IANA time zone of the periods' boundaries.
+    pub(super) zone: String,
     pub(super) from: String,
     pub(super) to: String,
     pub(super) periods: Vec<PeriodUsage>,
@@ -110,14 +130,6 @@ pub(super) struct Clamped {
     pub(super) from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) to: Option<String>,
-}
-
-/// A counter's period as the API names it: `YYYY-MM-DD` or `YYYY-MM`.
-pub(super) fn period_label(c: Counter) -> String {
-    match c {
-        Counter::Day { y, m, d } => format!("{y:04}-{m:02}-{d:02}"),
-        Counter::Month { y, m } => format!("{y:04}-{m:02}"),
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -200,6 +212,7 @@ pub(super) struct ResetDone {
     pub(super) tenant: String,
     pub(super) rate: bool,
     pub(super) day: bool,
+    pub(super) week: bool,
     pub(super) month: bool,
 }
 

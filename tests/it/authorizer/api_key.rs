@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tollgate::engine::quota::Period;
+use tollgate::engine::quota::{Calendar, Period};
 use tollgate_authorizer::{AuthorizerError, CONTEXT_HEADERS};
 
 use super::{FIXTURE, NOW, assert_first_admission, assert_known_context, call, effect, event, stack};
@@ -65,7 +65,7 @@ async fn an_exhausted_daily_quota_waits_until_utc_midnight() {
     let r = call(&s, "tg_quota_key").await;
     assert_eq!(effect(&r), "Deny");
     assert_eq!(r["context"]["reason"], "daily_quota");
-    let midnight = Period::Day.reset_after(NOW).as_secs();
+    let midnight = Calendar::utc(Period::Day).reset_after(NOW).as_secs();
     assert_eq!(r["context"]["retryAfter"], midnight.to_string());
 }
 

@@ -11,7 +11,8 @@ use tollgate::control::apigateway::Backoff;
 pub struct UsagePlan {
     name: String,
     throttle: Option<(f64, i32)>,
-    daily_quota: Option<i32>,
+    /// Limit, period and offset.
+    quota: Option<(i32, QuotaPeriodType, i32)>,
     tags: Vec<(String, String)>,
     stages: Vec<ApiStage>,
 }
@@ -30,8 +31,13 @@ impl UsagePlan {
     }
 
     /// A quota of `limit` requests a day from midnight UTC (offset 0).
-    pub fn daily_quota(mut self, limit: i32) -> UsagePlan {
-        self.daily_quota = Some(limit);
+    pub fn daily_quota(self, limit: i32) -> UsagePlan {
+        self.quota(limit, QuotaPeriodType::Day, 0)
+    }
+
+    /// A quota of `limit` requests per `period`, starting on the day `offset` says.
+    pub fn quota(mut self, limit: i32, period: QuotaPeriodType, offset: i32) -> UsagePlan {
+        self.quota = Some((limit, period, offset));
         self
     }
 
@@ -51,12 +57,12 @@ impl UsagePlan {
         if let Some((rate, burst)) = self.throttle {
             req = req.throttle(ThrottleSettings::builder().rate_limit(rate).burst_limit(burst).build());
         }
-        if let Some(limit) = self.daily_quota {
+        if let Some((limit, period, offset)) = self.quota {
             req = req.quota(
                 QuotaSettings::builder()
                     .limit(limit)
-                    .period(QuotaPeriodType::Day)
-                    .offset(0)
+                    .period(period)
+                    .offset(offset)
                     .build(),
             );
         }

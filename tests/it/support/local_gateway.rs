@@ -80,5 +80,6 @@ pub fn load(pattern: Pattern, tenants: usize, secs: f64) -> Config {
         path: "/hello".into(),
         api_key_header: "x-api-key".into(),
         progress: false,
+        start: None,
     }
 }

@@ -6,13 +6,13 @@ mod lease;
 
 use std::sync::Arc;
 
-use aws_sdk_apigateway::types::{ApiStage, Op, PatchOperation, ThrottleSettings};
+use aws_sdk_apigateway::types::{ApiStage, Op, PatchOperation, QuotaPeriodType, ThrottleSettings};
 use tollgate::aws::{admin_client, control_client};
 use tollgate::control::apigateway::ApiGateway;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::sync::{self, SyncReport};
 use tollgate::directory::{Directory, DynamoDirectory};
-use tollgate::engine::clock::{ManualClock, Timestamp};
+use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::identity::ApiKeyHash;
 
 use crate::support::apigateway::{UsagePlan, fast_backoff, key_on_plan};
@@ -261,13 +261,17 @@ async fn what_cannot_be_honoured_is_reported_and_the_table_keeps_enforcing_the_o
     w.key("k", Some("acme"), "tg_live_week", &plan).await;
     w.sync().await;
 
-    // WHEN its quota becomes weekly, which Tollgate cannot enforce exactly
-    w.patch_plan(&plan, "/quota/period", "WEEK").await;
+    // WHEN its quota's period becomes one API Gateway does not have (the emulator takes any)
+    w.patch_plan(&plan, "/quota/period", "YEAR").await;
     let report = w.sync().await;
 
-    // THEN it is reported with the reason, nothing is written, and the daily quota still holds
+    // THEN it is reported naming the field, nothing is written, and the daily quota still holds
     assert_eq!(report.problems.len(), 1, "{}", report.table());
-    assert!(report.problems[0].reason.contains("WEEK"));
+    assert!(
+        report.problems[0].reason.starts_with("quota.period = `YEAR`"),
+        "{}",
+        report.table()
+    );
     assert_eq!(report.writes, 0);
     let spec = w
         .directory
@@ -278,6 +282,60 @@ async fn what_cannot_be_honoured_is_reported_and_the_table_keeps_enforcing_the_o
         .spec()
         .clone();
     assert_eq!(spec.daily_quota, Some(100));
+}
+
+#[tokio::test]
+async fn week_quotas_and_offsets_become_enforced_plans_and_a_week_ends_on_its_day() {
+    // GIVEN a usage plan with 5 requests a WEEK from Monday (offset 1) and one with a MONTH from
+    // the 15th (offset 14), each with a key
+    let w = World::new("ap-south-1").await;
+    let weekly = UsagePlan::named("weekly")
+        .throttle(100.0, 200)
+        .quota(5, QuotaPeriodType::Week, 1)
+        .create(&w.gw)
+        .await;
+    let billing = UsagePlan::named("billing")
+        .throttle(100.0, 200)
+        .quota(20, QuotaPeriodType::Month, 14)
+        .create(&w.gw)
+        .await;
+    w.key("kw", Some("acme"), "tg_live_weekly", &weekly).await;
+    w.key("km", Some("initech"), "tg_live_billing", &billing).await;
+    // AND one whose offset is no weekday
+    UsagePlan::named("eighth-day")
+        .quota(5, QuotaPeriodType::Week, 7)
+        .create(&w.gw)
+        .await;
+
+    // WHEN sync runs
+    let report = w.sync().await;
+
+    // THEN both are enforced plans; only the eighth day is reported, naming the field
+    assert_eq!(report.problems.len(), 1, "{}", report.table());
+    assert!(report.problems[0].subject.contains("eighth-day"), "{}", report.table());
+    assert!(
+        report.problems[0]
+            .reason
+            .starts_with("quota.offset = 7: a WEEK quota's offset is the day it starts")
+    );
+    assert_eq!(
+        w.resolve("tg_live_weekly").await,
+        Some(("acme".into(), "weekly".into()))
+    );
+    assert_eq!(
+        w.resolve("tg_live_billing").await,
+        Some(("initech".into(), "billing".into()))
+    );
+    // AND a burst past the weekly limit is refused (429) after 5, told to come back when the
+    // week ends: Monday 2026-11-23T00:00:00Z, from Wednesday 2026-11-18T11:06:41Z
+    let (admitted, wait) = gate::burst(Arc::new(w.directory.clone()), &w.clock, &secret("tg_live_weekly")).await;
+    let monday = Timestamp::from_secs(1_795_392_000);
+    assert_eq!((admitted, wait), (5, monday.saturating_since(w.clock.now())));
+    assert_eq!(wait.as_secs(), 391_999);
+    // AND the month from the 15th admits its 20 and waits for 2026-12-15T00:00:00Z
+    let (admitted, wait) = gate::burst(Arc::new(w.directory.clone()), &w.clock, &secret("tg_live_billing")).await;
+    let fifteenth = Timestamp::from_secs(1_797_292_800);
+    assert_eq!((admitted, wait), (20, fifteenth.saturating_since(w.clock.now())));
 }
 
 #[tokio::test]

@@ -231,6 +231,7 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
         "StoreLatency",
         "NoticesSent",
         "Shed",
+        "ThrottlesWeeklyQuota",
         "ThrottlesMonthlyQuota",
     ] {
         assert!(ours.contains(m), "the template watches {m}");

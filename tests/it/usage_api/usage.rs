@@ -55,7 +55,10 @@ async fn history_over_days_and_a_month_boundary_equals_what_was_admitted() {
     assert_eq!(got, want);
     assert_eq!(
         months["periods"],
-        json!([{"period": "2026-11", "used": 7}, {"period": "2026-12", "used": 1}])
+        json!([
+            {"period": "2026-11", "used": 7, "reset_at": "2026-12-01T00:00:00Z"},
+            {"period": "2026-12", "used": 1, "reset_at": "2027-01-01T00:00:00Z"}
+        ])
     );
 }
 
@@ -74,10 +77,20 @@ async fn reset_clears_the_day_in_the_table_and_is_in_the_audit_trail() {
         .expect("answer");
     // THEN the day counts 0, the month keeps 3, and the audit trail in the policy table names it
     assert_eq!(res.status(), StatusCode::OK);
-    let usage = w.store.usage("hooli", w.clock.now()).await.expect("usage");
+    let usage = w
+        .store
+        .usage("hooli", &tollgate::engine::policy::Limits::UNLIMITED, w.clock.now())
+        .await
+        .expect("usage");
     let now = w.clock.now();
-    assert_eq!(usage.get(tollgate::engine::quota::Period::Day.counter(now)), 0);
-    assert_eq!(usage.get(tollgate::engine::quota::Period::Month.counter(now)), 3);
+    assert_eq!(
+        usage.get(tollgate::engine::quota::Calendar::utc(tollgate::engine::quota::Period::Day).counter(now)),
+        0
+    );
+    assert_eq!(
+        usage.get(tollgate::engine::quota::Calendar::utc(tollgate::engine::quota::Period::Month).counter(now)),
+        3
+    );
     assert_eq!(usage.tat, None);
     let history = w.audit.history().await.expect("audit history");
     assert_eq!(history.len(), 1);
@@ -136,9 +149,13 @@ async fn tenant_a_key_cannot_read_or_change_tenant_b_on_any_route() {
     // AND b is untouched: plan, keys, usage
     assert_eq!(w.dir.tenant_plan("b").await.expect("dir").as_deref(), Some("free"));
     assert!(w.dir.resolve(&ApiKeyHash::of("key-b")).await.expect("dir").is_some());
-    let usage = w.store.usage("b", w.clock.now()).await.expect("usage");
+    let usage = w
+        .store
+        .usage("b", &tollgate::engine::policy::Limits::UNLIMITED, w.clock.now())
+        .await
+        .expect("usage");
     assert_eq!(
-        usage.get(tollgate::engine::quota::Period::Day.counter(w.clock.now())),
+        usage.get(tollgate::engine::quota::Calendar::utc(tollgate::engine::quota::Period::Day).counter(w.clock.now())),
         2
     );
     assert!(w.audit.history().await.expect("audit").is_empty());

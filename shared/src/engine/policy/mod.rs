@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 
 use crate::engine::gcra::Bucket;
+use crate::engine::quota::{Calendar, Period, Quota};
 use serde::{Deserialize, Serialize};
 
+mod quotas;
 mod validate;
+
+pub use quotas::WEEKDAYS;
 
 pub use validate::{check_resource_path, split_route};
 
@@ -42,6 +46,14 @@ pub struct PlanSpec {
     pub daily_quota: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_quota: Option<i64>,
+    /// One quota on a calendar: `quota = { limit = 5000, period = "week", start = "monday",
+    /// zone = "Europe/Berlin" }`. `daily_quota` and `monthly_quota` are UTC days and UTC
+    /// months from the 1st.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaSpec>,
+    /// Several quotas on calendars, at most one per period kind across every quota field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaSpec>,
     /// Higher is more important; consulted when shedding load.
     #[serde(default)]
     pub priority: u8,
@@ -62,6 +74,35 @@ pub struct PlanSpec {
     /// requests are refused). Unset: `DEFAULT_NOTIFY`; empty: no notices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Vec<u8>>,
+}
+
+/// A quota as written: a limit per day, week or month, in an IANA time zone (default UTC),
+/// weeks from a weekday (default Monday), months from a day of the month (default the 1st; a
+/// later day than a month has starts that month on its last day) or from the tenant's own
+/// anchor day (`anchor = "tenant"`, refused until tenants carry one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    pub limit: i64,
+    /// `day`, `week` or `month`.
+    pub period: String,
+    /// Weeks: the weekday a week starts on, `monday` … `sunday`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// Months: the day of the month a period starts on, 1 to 31, or `"tenant"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<AnchorSpec>,
+    /// An IANA time zone name such as `America/New_York`; default `UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// A month's anchor as written: a day of the month, or `"tenant"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AnchorSpec {
+    Day(i64),
+    Named(String),
 }
 
 /// A per-route override, keyed like API Gateway's throttle keys: `/path/METHOD`, where the
@@ -112,20 +153,61 @@ impl BucketId {
     }
 }
 
-/// What the engine needs for one request: the bucket to draw from and the quotas.
+/// What the engine needs for one request: the bucket to draw from and the quotas, at most one
+/// per period kind (indexed by `Period::index`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub bucket: Option<(BucketId, Bucket)>,
-    pub daily: Option<u64>,
-    pub monthly: Option<u64>,
+    pub quotas: [Option<Quota>; 3],
 }
 
 impl Limits {
     pub const UNLIMITED: Limits = Limits {
         bucket: None,
-        daily: None,
-        monthly: None,
+        quotas: [None, None, None],
     };
+
+    /// A bucket and quotas on UTC days and UTC months from the 1st.
+    pub fn utc(bucket: Option<(BucketId, Bucket)>, daily: Option<u64>, monthly: Option<u64>) -> Limits {
+        let quota = |limit: Option<u64>, period| {
+            limit.map(|limit| Quota {
+                limit,
+                calendar: Calendar::utc(period),
+            })
+        };
+        Limits {
+            bucket,
+            quotas: [quota(daily, Period::Day), None, quota(monthly, Period::Month)],
+        }
+    }
+
+    /// The quota of a period kind.
+    pub fn quota(&self, period: Period) -> Option<&Quota> {
+        self.quotas[period.index()].as_ref()
+    }
+
+    /// The limit of a period kind's quota.
+    pub fn limit(&self, period: Period) -> Option<u64> {
+        self.quota(period).map(|q| q.limit)
+    }
+
+    /// The calendars a request is counted on, days first: each quota's, and UTC days and UTC
+    /// months from the 1st for the kinds without a quota (usage is recorded without limits too).
+    pub fn counted(&self) -> impl Iterator<Item = &Calendar> {
+        static UTC_DAY: std::sync::LazyLock<Calendar> = std::sync::LazyLock::new(|| Calendar::utc(Period::Day));
+        static UTC_MONTH: std::sync::LazyLock<Calendar> = std::sync::LazyLock::new(|| Calendar::utc(Period::Month));
+        Period::ALL.into_iter().filter_map(move |p| match (self.quota(p), p) {
+            (Some(q), _) => Some(&q.calendar),
+            (None, Period::Day) => Some(&*UTC_DAY),
+            (None, Period::Month) => Some(&*UTC_MONTH),
+            (None, Period::Week) => None,
+        })
+    }
+
+    /// Every quota, days first.
+    pub fn quotas(&self) -> impl Iterator<Item = &Quota> {
+        self.quotas.iter().flatten()
+    }
 }
 
 /// A validated plan.
@@ -230,6 +312,8 @@ impl PlanSpec {
             burst: None,
             daily_quota: None,
             monthly_quota: None,
+            quota: None,
+            quotas: Vec::new(),
             priority: 0,
             weights: BTreeMap::new(),
             routes: Vec::new(),
@@ -269,8 +353,8 @@ mod tests {
             ),
         )
         .expect("valid");
-        assert_eq!(plan.limits().daily, Some(10_000));
-        assert_eq!(plan.limits().monthly, None);
+        assert_eq!(plan.limits().limit(Period::Day), Some(10_000));
+        assert_eq!(plan.limits().limit(Period::Month), None);
         assert_eq!(plan.weight("POST"), 5);
         assert_eq!(plan.weight("GET"), 1);
         let (limits, _) = plan.limits_for("/search", "GET");

@@ -6,18 +6,18 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use super::{
-    BucketId, Limits, MAX_NOTIFY, MAX_PLAN_NAME, MAX_QUOTA, MAX_RATE, MAX_ROUTES, MAX_WINDOW_SECS, Plan, PlanSpec,
-    PolicyError, Route, RouteSpec,
+    BucketId, Limits, MAX_NOTIFY, MAX_PLAN_NAME, MAX_RATE, MAX_ROUTES, MAX_WINDOW_SECS, Plan, PlanSpec, PolicyError,
+    Route, RouteSpec,
 };
 use crate::engine::gcra::Bucket;
 
 /// The plan being checked, for errors.
-struct Check<'a> {
+pub(super) struct Check<'a> {
     plan: &'a str,
 }
 
 impl Check<'_> {
-    fn fail(&self, field: &str, value: &dyn fmt::Display, reason: &str) -> PolicyError {
+    pub(super) fn fail(&self, field: &str, value: &dyn fmt::Display, reason: &str) -> PolicyError {
         PolicyError {
             plan: self.plan.to_owned(),
             field: field.to_owned(),
@@ -42,19 +42,12 @@ pub(super) fn plan(name: &str, spec: PlanSpec) -> Result<Plan, PolicyError> {
         (Some(rate), None) => return Err(check.fail("burst", &"(missing)", &format!("required with rate = {rate}"))),
         (None, Some(burst)) => return Err(check.fail("rate", &"(missing)", &format!("required with burst = {burst}"))),
     };
-    let daily = checked_quota(&check, spec.daily_quota, "daily_quota")?;
-    let monthly = checked_quota(&check, spec.monthly_quota, "monthly_quota")?;
-    if let (Some(d), Some(m)) = (daily, monthly)
-        && d > m
-    {
-        return Err(check.fail("daily_quota", &d, &format!("exceeds monthly_quota = {m}")));
-    }
+    let quotas = super::quotas::quotas(&check, &spec)?;
     let limits = Limits {
         bucket: bucket.map(|b| (BucketId::Plan, b)),
-        daily,
-        monthly,
+        quotas: quotas.quotas,
     };
-    check_weights(&check, &spec, &limits)?;
+    check_weights(&check, &spec, &limits, &quotas.fields)?;
     check_notify(&check, spec.notify.as_deref())?;
     let routes = checked_routes(&check, &spec)?;
     Ok(Plan {
@@ -67,7 +60,12 @@ pub(super) fn plan(name: &str, spec: PlanSpec) -> Result<Plan, PolicyError> {
 
 /// Each weight is a method (or `*`) and fits the plan's burst and quotas: a request heavier than
 /// any of them could never pass.
-fn check_weights(check: &Check, spec: &PlanSpec, limits: &Limits) -> Result<(), PolicyError> {
+fn check_weights(
+    check: &Check,
+    spec: &PlanSpec,
+    limits: &Limits,
+    fields: &[Option<String>; 3],
+) -> Result<(), PolicyError> {
     for (method, &weight) in &spec.weights {
         let field = format!("weights.{method}");
         if method != "*" && !is_http_method(method) {
@@ -85,8 +83,8 @@ fn check_weights(check: &Check, spec: &PlanSpec, limits: &Limits) -> Result<(), 
                 &format!("exceeds burst = {}: such a request could never pass", b.burst()),
             ));
         }
-        for (quota, name) in [(limits.daily, "daily_quota"), (limits.monthly, "monthly_quota")] {
-            if let Some(q) = quota
+        for (quota, name) in limits.quotas.iter().zip(fields) {
+            if let (Some(q), Some(name)) = (quota.as_ref().map(|q| q.limit), name)
                 && u64::from(weight) > q
             {
                 return Err(check.fail(
@@ -233,24 +231,6 @@ fn checked_bucket(
         ));
     }
     Ok(bucket)
-}
-
-fn checked_quota(check: &Check, q: Option<i64>, field: &str) -> Result<Option<u64>, PolicyError> {
-    match q {
-        None | Some(-1) => Ok(None),
-        Some(0) => Err(check.fail(
-            field,
-            &0,
-            "must be at least 1, or -1 for unlimited: a quota of 0 refuses every request, and its Retry-After would promise otherwise (to suspend a tenant, disable its keys)",
-        )),
-        Some(n) if n > MAX_QUOTA => Err(check.fail(
-            field,
-            &n,
-            "must be at most 999999999999999 (RateLimit-Policy carries it as a Structured Field integer of at most 15 digits), or -1 for unlimited",
-        )),
-        Some(n) if n > 0 => Ok(Some(n as u64)),
-        Some(n) => Err(check.fail(field, &n, "must be at least 1, or -1 for unlimited")),
-    }
 }
 
 fn is_name_byte(b: u8) -> bool {

@@ -3,7 +3,14 @@
 //! Layout (one item per tenant, key `pk` = tenant id):
 //! - `tat`: the plan bucket's theoretical arrival time, ns since the epoch;
 //! - `r<6 hex>`: a route override's TAT;
-//! - `dYYYYMMDD`, `mYYYYMM`: units used per UTC day and month, the last 35 days and 13 months;
+//! - counters, units used per period of each quota's calendar (`engine::quota`): `dYYYYMMDD` for
+//!   a UTC day and `mYYYYMM` for a UTC month from the 1st (the names items had before calendars,
+//!   so they keep counting), and `D`/`W`/`M` + the period's start as epoch minutes in base 36
+//!   (`Whkmn3`) for every other day, week and month. Only the period kinds a request counts on
+//!   are written: each quota's, and the UTC day and month when the plan has no quota of that kind.
+//!   The last 28 days, 5 weeks and 13 months are kept; each write removes the counter of each
+//!   kind that just left its window, and every older one it knows of (a calendar change leaves
+//!   the old calendar's counters to age out the same way);
 //! - `o0`..`o6`: operation-id slots. An operation id names its slot (`id % OPS`); a write
 //!   applies only if its id is greater than its slot's value and sets the slot to it, so a slot
 //!   only grows and an operation applies at most once, whatever the order of arrival;
@@ -17,7 +24,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use crate::engine::State;
 use crate::engine::clock::Timestamp;
 use crate::engine::policy::Limits;
-use crate::engine::quota::{Counter, MONTHS_KEPT, Period};
+use crate::engine::quota::{Calendar, Counter, MONTHS_KEPT, Period, Window};
 
 pub const PK: &str = "pk";
 pub const TTL: &str = "ttl";
@@ -109,11 +116,14 @@ impl Snapshot {
             let attr = TatAttr::parse(id.attribute())?;
             self.tats.iter().find(|(a, _)| *a == attr).map(|(_, t)| *t)
         });
-        State {
+        let mut state = State {
             tat,
-            daily_used: self.counter(Period::Day.counter(now)),
-            monthly_used: self.counter(Period::Month.counter(now)),
+            ..State::default()
+        };
+        for calendar in limits.counted() {
+            state.used[calendar.period().index()] = self.counter(calendar.counter(now));
         }
+        state
     }
 
     /// What the item says of operation `op`: applied (its slot holds it), perhaps applied and
@@ -138,10 +148,11 @@ impl Snapshot {
 
     /// What is worth caching: the TATs, the current counters, and expired counters to remove;
     /// without spare capacity, since a cache holds one per tenant.
-    pub fn compact(mut self, now: Timestamp) -> Snapshot {
-        let (day, month) = (Period::Day.counter(now), Period::Month.counter(now));
+    pub fn compact(mut self, limits: &Limits, now: Timestamp) -> Snapshot {
+        let current: Vec<Counter> = limits.counted().map(|c| c.counter(now)).collect();
+        let windows = windows(limits, now);
         self.counters
-            .retain(|(c, _)| *c == day || *c == month || is_expired(*c, now));
+            .retain(|(c, _)| current.contains(c) || windows[c.period().index()].is_expired(*c));
         self.counters.shrink_to_fit();
         self.tats.shrink_to_fit();
         self.ops = [0; OPS];
@@ -160,11 +171,15 @@ pub enum OpStatus {
     NotApplied,
 }
 
-/// Whether a writer at `now` may remove `c`: only counters that left the kept window behind
-/// the writer's own period. A counter of the writer's period or a later one (another container's
-/// clock is ahead, around midnight) is someone's current usage.
-fn is_expired(c: Counter, now: Timestamp) -> bool {
-    c <= c.period().expired_counter(now)
+/// Each period kind's kept window at `now`: its counted calendar's, else the UTC one's. A writer
+/// removes only counters that left the window behind its own period: a counter of the writer's
+/// period or a later one (another container's clock is ahead, around midnight) is someone's
+/// current usage.
+fn windows(limits: &Limits, now: Timestamp) -> [Window; 3] {
+    Period::ALL.map(|p| match limits.counted().find(|c| c.period() == p) {
+        Some(c) => c.window(now),
+        None => Calendar::utc(p).window(now),
+    })
 }
 
 /// One decision as an UpdateItem: expressions, names and values.
@@ -203,13 +218,16 @@ pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op:
         }
     }
     w.value(":n", n);
-    for (period, quota, key, max) in [
-        (Period::Day, limits.daily, "#d", ":dmax"),
-        (Period::Month, limits.monthly, "#m", ":mmax"),
-    ] {
-        w.name(key, &period.counter(now).to_string());
+    for calendar in limits.counted() {
+        let period = calendar.period();
+        let (key, max) = match period {
+            Period::Day => ("#d", ":dmax"),
+            Period::Week => ("#w", ":wmax"),
+            Period::Month => ("#m", ":mmax"),
+        };
+        w.name(key, &calendar.counter(now).to_string());
         w.add(&format!("{key} :n"));
-        if let Some(q) = quota {
+        if let Some(q) = limits.limit(period) {
             w.value(max, q.saturating_sub(n));
             w.cond(&format!("(attribute_not_exists({key}) OR {key} <= {max})"));
         }
@@ -217,10 +235,17 @@ pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op:
     w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
     w.set("#ttl = :ttl");
     claim_slot(&mut w, op);
-    let mut stale: Vec<String> = [Period::Day, Period::Month]
-        .iter()
-        .map(|p| p.expired_counter(now))
-        .chain(guess.counters.iter().map(|(c, _)| *c).filter(|c| is_expired(*c, now)))
+    let windows = windows(limits, now);
+    let mut stale: Vec<String> = limits
+        .counted()
+        .map(|c| c.expired(now))
+        .chain(
+            guess
+                .counters
+                .iter()
+                .map(|(c, _)| *c)
+                .filter(|c| windows[c.period().index()].is_expired(*c)),
+        )
         .map(|c| c.to_string())
         .collect();
     stale.sort_unstable();
@@ -326,7 +351,7 @@ mod tests {
     use crate::engine::gcra::Bucket;
     use crate::engine::identity::MAX_TENANT_ID;
     use crate::engine::policy::{BucketId, MAX_ROUTES};
-    use crate::engine::quota::DAYS_KEPT;
+    use crate::engine::quota::{DAYS_KEPT, WEEKS_KEPT};
     use std::time::Duration;
 
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
@@ -341,11 +366,16 @@ mod tests {
     }
 
     fn limits() -> Limits {
-        Limits {
-            bucket: Some((BucketId::Plan, Bucket::per_second(10.0, 20))),
-            daily: Some(1000),
-            monthly: None,
-        }
+        Limits::utc(Some((BucketId::Plan, Bucket::per_second(10.0, 20))), Some(1000), None)
+    }
+
+    /// The attribute names a write removes.
+    fn removed(w: &Write) -> Vec<&str> {
+        w.names
+            .iter()
+            .filter(|(k, _)| k.starts_with("#x"))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     #[test]
@@ -366,7 +396,7 @@ mod tests {
         );
         assert_eq!(w.names["#o"], "o3");
         assert_eq!(w.names["#d"], "d20261123");
-        assert_eq!(w.names["#x0"], "d20261019");
+        assert_eq!(w.names["#x0"], "d20261026");
         assert_eq!(w.names["#x1"], "m202510");
         assert_eq!(w.values[":dmax"], AttributeValue::N("999".into()));
     }
@@ -440,30 +470,26 @@ mod tests {
         let tomorrow = NOW.saturating_add(Duration::from_secs(86_400));
         let next_month = NOW.saturating_add(Duration::from_secs(31 * 86_400));
         let old = Timestamp::from_secs(NOW.as_secs() - 40 * 86_400);
+        let (day, month) = (Calendar::utc(Period::Day), Calendar::utc(Period::Month));
         let guess = Snapshot {
             counters: vec![
-                (Period::Day.counter(tomorrow), 3),
-                (Period::Month.counter(next_month), 3),
-                (Period::Day.counter(NOW), 9),
-                (Period::Day.counter(old), 1),
+                (day.counter(tomorrow), 3),
+                (month.counter(next_month), 3),
+                (day.counter(NOW), 9),
+                (day.counter(old), 1),
             ],
             ..Snapshot::default()
         };
         // WHEN it writes
         let w = admit(&limits(), &guess, NOW, 1, op_id(NOW, 0, 0, 0));
         // THEN it removes only the counter behind the kept window
-        let removed: Vec<&str> = w
-            .names
-            .iter()
-            .filter(|(k, _)| k.starts_with("#x"))
-            .map(|(_, v)| v.as_str())
-            .collect();
+        let removed = removed(&w);
         assert!(removed.contains(&"d20261014"), "{removed:?}");
         for kept in ["d20261124", "m202612", "d20261123"] {
             assert!(!removed.contains(&kept), "{kept} removed: {removed:?}");
         }
         // AND its cache keeps no future counter as one to remove
-        let cached = guess.compact(NOW);
+        let cached = guess.compact(&limits(), NOW);
         assert!(!cached.counters.iter().any(|(c, _)| c.to_string() == "d20261124"));
     }
 
@@ -476,7 +502,7 @@ mod tests {
         item.insert("d20261123".to_owned(), AttributeValue::N("9".into()));
         item.insert("o0".to_owned(), AttributeValue::N("77".into()));
         let snap = Snapshot::parse(&item).expect("parses");
-        assert_eq!(snap.state(&limits(), NOW).daily_used, 9);
+        assert_eq!(snap.state(&limits(), NOW).used(Period::Day), 9);
         assert_eq!(snap.state(&limits(), NOW).tat, Some(Timestamp::from_nanos(123)));
         assert_eq!(snap.ops[0], 77);
         item.insert("tat".to_owned(), AttributeValue::S("soon".into()));
@@ -486,6 +512,11 @@ mod tests {
         );
     }
 
+    /// The largest item: the longest tenant id, every route override, every operation-id slot,
+    /// and, for a plan with a day, a week and a month quota, every kept counter of each kind at
+    /// ten digits, with the longest names (UTC days `dYYYYMMDD`, other periods named by a
+    /// six-digit start), plus one counter per kind left by a calendar change within the window
+    /// (a change of zone, week start or anchor leaves the old calendar's counters to age out).
     #[test]
     fn the_largest_possible_item_fits_in_one_write_unit() {
         let mut item = HashMap::new();
@@ -496,13 +527,22 @@ mod tests {
             item.insert(format!("r{i:06x}"), big.clone());
         }
         let counter = AttributeValue::N("9999999999".into());
-        for back in 0..DAYS_KEPT {
+        // Start minutes with six base-36 digits: periods after 2084.
+        let far = 36u32.pow(5);
+        let day = Calendar::utc(Period::Day);
+        for back in 0..=DAYS_KEPT {
             let t = Timestamp::from_secs(NOW.as_secs() - u64::from(back) * 86_400);
-            item.insert(Period::Day.counter(t).to_string(), counter.clone());
+            item.insert(day.counter(t).to_string(), counter.clone());
         }
-        for back in 0..MONTHS_KEPT {
-            let t = Timestamp::from_secs(NOW.as_secs() - u64::from(back) * 28 * 86_400);
-            item.insert(Period::Month.counter(t).to_string(), counter.clone());
+        for kind in [Period::Week, Period::Month] {
+            for i in 0..=kind.kept() as u32 {
+                let c = Counter::Start {
+                    period: kind,
+                    minute: far + i * 10_080,
+                };
+                assert_eq!(c.to_string().len(), 7);
+                item.insert(c.to_string(), counter.clone());
+            }
         }
         item.insert(
             TTL.to_owned(),
@@ -511,7 +551,45 @@ mod tests {
         for name in OP_ATTRS {
             item.insert(name.to_owned(), big.clone());
         }
+        let counters = item.keys().filter(|k| Counter::parse(k).is_some()).count();
+        assert_eq!(counters, (DAYS_KEPT + WEEKS_KEPT + MONTHS_KEPT + 3) as usize);
         let size = item_size(&item);
         assert!(size <= 1024, "largest item is {size} bytes");
+    }
+
+    #[test]
+    fn a_plan_with_calendars_writes_only_its_kinds_and_removes_per_kind() {
+        // GIVEN a plan with a week from Monday and a month from the 15th in New York, no day
+        let spec = r#"quotas = [
+            { limit = 100, period = "week", start = "monday", zone = "America/New_York" },
+            { limit = 300, period = "month", anchor = 15, zone = "America/New_York" } ]"#;
+        let plan = crate::engine::policy::Plan::new("cal", toml::from_str(spec).expect("spec")).expect("valid");
+        let limits = plan.limits();
+        // AND an item holding an expired week and a week of another calendar still kept
+        let week = limits.quota(Period::Week).expect("week").calendar.clone();
+        let old_week = week.expired(NOW);
+        let other = Counter::Start {
+            period: Period::Week,
+            minute: (week.counter(NOW).start().as_secs() / 60 - 60) as u32,
+        };
+        let guess = Snapshot {
+            counters: vec![(old_week, 5), (other, 7)],
+            ..Snapshot::default()
+        };
+        // WHEN it writes
+        let w = admit(limits, &guess, NOW, 1, op_id(NOW, 0, 0, 0));
+        // THEN it counts the UTC day (usage), the week and the month, and conditions the last two
+        assert_eq!(w.names["#d"], "d20261123");
+        assert!(w.names["#w"].starts_with('W'), "{:?}", w.names);
+        assert!(w.names["#m"].starts_with('M'), "{:?}", w.names);
+        let cond = w.condition.clone().expect("conditional");
+        assert!(cond.contains("#w <= :wmax") && cond.contains("#m <= :mmax"), "{cond}");
+        assert!(!cond.contains(":dmax"), "{cond}");
+        assert_eq!(w.values[":wmax"], AttributeValue::N("99".into()));
+        // AND removes the expired week and each kind's counter that just left, never the kept one
+        let removed = removed(&w);
+        assert!(removed.contains(&old_week.to_string().as_str()), "{removed:?}");
+        assert!(!removed.contains(&other.to_string().as_str()), "{removed:?}");
+        assert_eq!(removed.len(), 3, "{removed:?}");
     }
 }

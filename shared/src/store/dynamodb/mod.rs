@@ -43,6 +43,7 @@ use super::{Consume, Reset, Store, StoreError, Usage};
 use crate::engine;
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::{Decision, Reason};
+use crate::engine::policy::Limits;
 
 #[derive(Debug, Clone)]
 pub struct DynamoStoreConfig {
@@ -187,9 +188,9 @@ impl DynamoStore {
 
     /// Keeps the item as seen, and every operation id in it below the next one this container
     /// draws.
-    fn remember(&self, tenant: &str, snap: Snapshot, now: Timestamp, race: Race) {
+    fn remember(&self, req: &Consume<'_>, snap: Snapshot, race: Race) {
         self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
-        self.predictions.remember(tenant, snap, now, race);
+        self.predictions.remember(req.tenant, snap, req.limits, req.now, race);
     }
 
     /// A fresh operation id above every id this container has sent or seen, in a slot drawn at
@@ -282,7 +283,7 @@ impl DynamoStore {
                 OpStatus::Applied => {
                     self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
                     let decision = engine::admitted(req.limits, &current.state(req.limits, req.now), req.now);
-                    self.remember(req.tenant, current, req.now, Race::Neither);
+                    self.remember(req, current, Race::Neither);
                     Ok(decision)
                 }
                 _ => Err(indeterminate(
@@ -296,7 +297,7 @@ impl DynamoStore {
 
 /// A refusal for a request the cached item would admit, while this container holds off the
 /// tenant: the figures of the cached item, no token left, and the hold-off as the wait.
-fn held_off(limits: &crate::engine::policy::Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
+fn held_off(limits: &Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
     let mut d = engine::admitted(limits, &snap.state(limits, now), now);
     d.allowed = false;
     d.reason = Some(Reason::Rate);
@@ -362,11 +363,11 @@ impl DynamoStore {
                 // An earlier send whose answer was lost did land: admitted, once.
                 self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
                 let state = current.state(req.limits, req.now);
-                self.remember(req.tenant, current.clone(), req.now, Race::Won);
+                self.remember(req, current.clone(), Race::Won);
                 Some(Ok(engine::admitted(req.limits, &state, req.now)))
             }
             OpStatus::Overwritten => {
-                self.remember(req.tenant, current.clone(), req.now, Race::Neither);
+                self.remember(req, current.clone(), Race::Neither);
                 Some(Err(StoreError::Indeterminate {
                     attempts: attempt,
                     detail: format!("{last_unknown}; the operation id was overwritten before the resend"),
@@ -392,7 +393,7 @@ impl DynamoStore {
             }
             _ => Race::Neither,
         };
-        self.remember(req.tenant, current, req.now, race);
+        self.remember(req, current, race);
     }
 }
 
@@ -426,7 +427,7 @@ impl Store for DynamoStore {
             match self.send(req, w).await? {
                 Attempt::Applied(after) => {
                     let decision = engine::admitted(req.limits, &after.state(req.limits, req.now), req.now);
-                    self.remember(req.tenant, after, req.now, Race::Won);
+                    self.remember(req, after, Race::Won);
                     return Ok(decision);
                 }
                 Attempt::Refused(current) => {
@@ -456,7 +457,7 @@ impl Store for DynamoStore {
         })
     }
 
-    async fn usage(&self, tenant: &str, now: Timestamp) -> Result<Usage, StoreError> {
+    async fn usage(&self, tenant: &str, limits: &Limits, now: Timestamp) -> Result<Usage, StoreError> {
         let out = self
             .client
             .get_item()
@@ -472,7 +473,7 @@ impl Store for DynamoStore {
         })?;
         let plan_tat = TatAttr::parse(crate::engine::policy::BucketId::Plan.attribute());
         let tat = snap.tats.iter().find(|(a, _)| Some(*a) == plan_tat).map(|(_, t)| *t);
-        let mut usage = Usage::from_counters(snap.counters, now);
+        let mut usage = Usage::from_counters(snap.counters, limits, now);
         usage.tat = tat;
         Ok(usage)
     }
@@ -480,7 +481,7 @@ impl Store for DynamoStore {
     /// One consistent read for the names of the tenant's TAT attributes (routes vary by plan),
     /// then one `UpdateItem`: `REMOVE` the TATs, `SET` the current counters to 0. The operation-id
     /// slots stay: a late resend of an earlier request must still find its id refused.
-    async fn reset(&self, tenant: &str, reset: Reset, now: Timestamp) -> Result<(), StoreError> {
+    async fn reset(&self, tenant: &str, reset: Reset, limits: &Limits, now: Timestamp) -> Result<(), StoreError> {
         let unavailable = |e: String| StoreError::Unavailable(e);
         let out = self
             .client
@@ -496,13 +497,11 @@ impl Store for DynamoStore {
         if reset.rate {
             names.extend(found.keys().filter(|n| TatAttr::parse(n).is_some()).cloned());
         }
-        let mut sets: Vec<String> = Vec::new();
-        if reset.day {
-            sets.push(crate::engine::quota::Period::Day.counter(now).to_string());
-        }
-        if reset.month {
-            sets.push(crate::engine::quota::Period::Month.counter(now).to_string());
-        }
+        let sets: Vec<String> = limits
+            .counted()
+            .filter(|c| reset.clears(c.period()))
+            .map(|c| c.counter(now).to_string())
+            .collect();
         if names.is_empty() && sets.is_empty() {
             return Ok(());
         }

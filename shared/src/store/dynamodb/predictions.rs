@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::item::{Snapshot, TatAttr};
 use crate::engine::clock::{Timestamp, duration_nanos};
+use crate::engine::policy::Limits;
 use crate::engine::quota::Counter;
 
 #[derive(Debug)]
@@ -83,13 +84,13 @@ impl Predictions {
         }
     }
 
-    pub(super) fn remember(&self, tenant: &str, snap: Snapshot, now: Timestamp, race: Race) {
+    pub(super) fn remember(&self, tenant: &str, snap: Snapshot, limits: &Limits, now: Timestamp, race: Race) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= self.capacity && !cache.contains_key(tenant) {
             // Dropping a prediction costs at most one extra write later; keep it simple.
             cache.clear();
         }
-        let snap = snap.compact(now);
+        let snap = snap.compact(limits, now);
         let (mut losses, mut hold_until) = cache
             .get(tenant)
             .map_or((0, Timestamp::from_nanos(0)), |c| (c.losses, c.hold_until));

@@ -53,6 +53,16 @@ impl UsageApi {
         ))
     }
 
+    /// The limits of the tenant's plan, whose calendars its usage is counted on; a plan the
+    /// policy does not define counts on UTC days and months.
+    pub(super) async fn tenant_limits(&self, tenant: &str) -> Result<crate::engine::policy::Limits, Problem> {
+        let plan = self.tenant_plan(tenant).await?;
+        Ok(match self.registry.plan(&plan).await? {
+            Some(p) => p.limits().clone(),
+            None => crate::engine::policy::Limits::UNLIMITED,
+        })
+    }
+
     /// The usage plan that stands for `plan` in API Gateway.
     async fn usage_plan_id(&self, control: &dyn ControlWrites, plan: &str) -> Result<String, Problem> {
         let plans = control.usage_plans().await?;

@@ -1,16 +1,16 @@
-//! `POST /v1/tenants/{tenant}/reset`, admin: clears a tenant's rate bucket and the current
-//! day's and month's counts it names; the usage history of other periods stays.
+//! `POST /v1/tenants/{tenant}/reset`, admin: clears a tenant's rate bucket and the counts of the
+//! current day, week and month it names (on the plan's calendars); the usage history of other
+//! periods stays.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::Api;
-use crate::engine::quota::Period;
 use crate::store::Reset;
 use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, json};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::views::{ResetDone, period_label};
+use crate::usage_api::views::ResetDone;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +19,8 @@ pub(in crate::usage_api) struct ResetRequest {
     rate: bool,
     #[serde(default)]
     day: bool,
+    #[serde(default)]
+    week: bool,
     #[serde(default)]
     month: bool,
 }
@@ -29,31 +31,32 @@ pub(in crate::usage_api) async fn reset(
     JsonBody { value: body, .. }: JsonBody<ResetRequest>,
 ) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
-    if !(body.rate || body.day || body.month) {
+    if !(body.rate || body.day || body.week || body.month) {
         return Err(Problem::bad_request(
-            "nothing to reset: set one or more of `rate`, `day`, `month` to true",
+            "nothing to reset: set one or more of `rate`, `day`, `week`, `month` to true",
         ));
     }
-    api.tenant_plan(&tenant).await?;
+    let limits = api.tenant_limits(&tenant).await?;
     let now = api.now();
     let what = Reset {
         rate: body.rate,
         day: body.day,
+        week: body.week,
         month: body.month,
     };
-    api.store.reset(&tenant, what, now).await?;
-    let names: Vec<&str> = [(body.rate, "rate"), (body.day, "day"), (body.month, "month")]
-        .into_iter()
-        .filter_map(|(on, n)| on.then_some(n))
-        .collect();
+    api.store.reset(&tenant, what, &limits, now).await?;
+    let mut names: Vec<String> = Vec::new();
+    if body.rate {
+        names.push("rate".to_owned());
+    }
+    for calendar in limits.counted().filter(|c| what.clears(c.period())) {
+        let period = calendar.period().as_str();
+        let name = calendar.name(calendar.counter(now));
+        names.push(format!("{period} {name} ({})", calendar.zone_name()));
+    }
     api.audit(
         &actor,
-        format!(
-            "reset tenant {tenant}: {} (day {}, month {})",
-            names.join(", "),
-            period_label(Period::Day.counter(now)),
-            period_label(Period::Month.counter(now))
-        ),
+        format!("reset tenant {tenant}: {}", names.join(", ")),
         Vec::new(),
     )
     .await?;
@@ -63,6 +66,7 @@ pub(in crate::usage_api) async fn reset(
             tenant,
             rate: body.rate,
             day: body.day,
+            week: body.week,
             month: body.month,
         },
     ))

@@ -11,11 +11,12 @@ use axum::http::{StatusCode, Uri};
 use super::Api;
 use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
+use crate::engine::policy::Limits;
 use crate::engine::policy::Plan;
-use crate::engine::quota::{Counter, Period, days_from_civil};
+use crate::engine::quota::{Calendar, Period, days_from_civil, format_utc};
 use crate::usage_api::http::{Admin, Answer, QueryNames, Tenant, json, param, query, single_header};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::views::{Clamped, History, PeriodUsage, period_label, usage_view};
+use crate::usage_api::views::{Clamped, History, PeriodUsage, usage_view};
 use crate::usage_api::{AuthorizedPlan, AuthorizedTenant, CallerSource, PLAN_CACHE_TTL, UsageApi};
 
 /// The plans `GET /v1/usage` read lately, each with when it was read: a tenant reading its
@@ -74,7 +75,7 @@ pub(in crate::usage_api) async fn own_usage(
             format!("tenant `{tenant}` is on plan `{plan_name}`, which the policy does not define"),
         )
     })?;
-    let usage = api.store.usage(&tenant, now).await?;
+    let usage = api.store.usage(&tenant, plan.limits(), now).await?;
     Ok(json(StatusCode::OK, &usage_view(&tenant, &plan, &usage, now)))
 }
 
@@ -115,31 +116,36 @@ impl QueryNames for HistoryQuery {
 
 pub(in crate::usage_api) async fn history(State(api): Api, admin: Admin<Tenant, HistoryQuery>) -> Answer {
     let (tenant, q) = (admin.tenant, admin.query);
-    let period = match param(&q, "granularity").unwrap_or("day") {
-        "day" => Period::Day,
-        "month" => Period::Month,
-        other => {
-            return Err(Problem::bad_request(format!(
-                "`granularity` must be `day` or `month`, got `{other}`"
-            )));
-        }
+    let granularity = param(&q, "granularity").unwrap_or("day");
+    let Some(period) = Period::parse(granularity) else {
+        return Err(Problem::bad_request(format!(
+            "`granularity` must be `day`, `week` or `month`, got `{granularity}`"
+        )));
     };
+    let limits = api.tenant_limits(&tenant).await?;
+    // Whether the plan counts weeks is the policy's state, not the request's shape: 409.
+    let calendar = calendar_of(&limits, period).ok_or_else(|| {
+        Problem::conflict(
+            "no-weekly-quota",
+            format!("`granularity` = `week`: tenant `{tenant}`'s plan has no weekly quota, so no weeks are counted"),
+        )
+    })?;
     let now = api.now();
-    let asked = days_asked(&q, period, now)?;
-    api.tenant_plan(&tenant).await?;
-    let usage = api.store.usage(&tenant, now).await?;
+    let asked = days_asked(&q, &calendar, now)?;
+    let usage = api.store.usage(&tenant, &limits, now).await?;
     let mut periods: Vec<PeriodUsage> = Vec::new();
-    let mut last = None;
-    for day in asked.from.0..=asked.to.0 {
-        let c = period.counter(day_ts(day));
-        if last == Some(c) {
-            continue;
+    // Every period with a local date from `from` to `to`, both within the kept window.
+    if asked.from <= asked.to {
+        let (mut t, last) = (calendar.date_start(asked.from), calendar.date_start(asked.to + 1));
+        while t < last {
+            let (c, end) = (calendar.counter(t), calendar.bounds(t).1);
+            periods.push(PeriodUsage {
+                period: calendar.name(c),
+                used: usage.get(c),
+                reset_at: format_utc(end.as_secs()),
+            });
+            t = end;
         }
-        last = Some(c);
-        periods.push(PeriodUsage {
-            period: period_label(c),
-            used: usage.get(c),
-        });
     }
     let total = periods.iter().map(|p| p.used).sum();
     Ok(json(
@@ -147,8 +153,9 @@ pub(in crate::usage_api) async fn history(State(api): Api, admin: Admin<Tenant, 
         &History {
             tenant,
             granularity: period.as_str(),
-            from: asked.from.1,
-            to: asked.to.1,
+            zone: calendar.zone_name().to_owned(),
+            from: day_name(asked.from),
+            to: day_name(asked.to),
             periods,
             total,
             clamped: asked.clamped,
@@ -156,41 +163,48 @@ pub(in crate::usage_api) async fn history(State(api): Api, admin: Admin<Tenant, 
     ))
 }
 
-/// The days a history answers (days since the epoch, with their labels), and what was asked
-/// outside the kept history.
+/// The calendar a period kind is counted on under `limits`: the quota's, UTC days and months
+/// without one, and no weeks without a weekly quota.
+fn calendar_of(limits: &Limits, period: Period) -> Option<Calendar> {
+    limits.counted().find(|c| c.period() == period).cloned()
+}
+
+/// The local dates a history answers (days since the epoch in the calendar's zone), and what was
+/// asked outside the kept history.
 struct Asked {
-    from: (i64, String),
-    to: (i64, String),
+    from: i64,
+    to: i64,
     clamped: Option<Clamped>,
 }
 
-/// The days `from` and `to` ask for, by default the whole history kept of `period`. A `from`
-/// older than the kept history starts at its oldest day, a `to` after today ends today; the
-/// answer says so (`clamped`). A `from` after `to` answers no period.
-fn days_asked(q: &[(String, String)], period: Period, now: Timestamp) -> Result<Asked, Problem> {
-    let today = (now.as_secs() / 86_400) as i64;
-    // The oldest kept period's first day.
-    let mut oldest = today;
-    while Counter::is_kept(&period.counter(day_ts(oldest - 1)), now) {
-        oldest -= 1;
-    }
+/// The days `from` and `to` ask for, by default the whole history kept of the calendar's period
+/// (28 days, 5 weeks, 13 months). A `from` older than the kept history starts at its oldest
+/// period's first day, a `to` after today ends today; the answer says so (`clamped`). A `from`
+/// after `to` answers no period.
+fn days_asked(q: &[(String, String)], calendar: &Calendar, now: Timestamp) -> Result<Asked, Problem> {
+    let today = calendar.local_day(now);
+    let oldest = calendar.local_day(calendar.oldest_kept(now));
     let day = |name: &str| -> Result<Option<(i64, String)>, Problem> {
         let Some(s) = param(q, name) else { return Ok(None) };
         Ok(Some((parse_date(name, s)?, s.to_owned())))
     };
     let (from, to) = (day("from")?, day("to")?);
-    let early = from.clone().filter(|(d, _)| *d < oldest).map(|(_, s)| s);
-    let late = to.clone().filter(|(d, _)| *d > today).map(|(_, s)| s);
+    let early = from.as_ref().filter(|(d, _)| *d < oldest).map(|(_, s)| s.clone());
+    let late = to.as_ref().filter(|(d, _)| *d > today).map(|(_, s)| s.clone());
     let clamped = (early.is_some() || late.is_some()).then(|| Clamped {
         from: early.clone(),
         to: late.clone(),
     });
-    let kept = |d: i64| (d, period_label(Period::Day.counter(day_ts(d))));
     Ok(Asked {
-        from: from.filter(|_| early.is_none()).unwrap_or_else(|| kept(oldest)),
-        to: to.filter(|_| late.is_none()).unwrap_or_else(|| kept(today)),
+        from: from.map_or(oldest, |(d, _)| d.max(oldest)),
+        to: to.map_or(today, |(d, _)| d.min(today)),
         clamped,
     })
+}
+
+fn day_name(day: i64) -> String {
+    let (y, m, d) = crate::engine::quota::civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// `YYYY-MM-DD` → days since the epoch.
@@ -227,8 +241,4 @@ fn days_in_month(y: u32, m: u32) -> u32 {
         4 | 6 | 9 | 11 => 30,
         _ => 31,
     }
-}
-
-fn day_ts(day: i64) -> Timestamp {
-    Timestamp::from_secs(day.max(0) as u64 * 86_400)
 }

@@ -9,6 +9,7 @@
 //! nothing Tollgate admitted unless it is beyond the guard. The tags are read first when present;
 //! a plan without them is enforced by its own numbers, by both. The tag language is `tags`.
 
+pub mod quota;
 pub mod tags;
 
 use std::collections::{BTreeMap, BTreeSet};

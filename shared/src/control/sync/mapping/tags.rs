@@ -26,7 +26,8 @@ pub(super) const TAG_NOTIFY: &str = "tollgate:notify";
 /// the plan; `policy apply` keeps it.
 pub const TAG_STACK: &str = "tollgate:stack";
 /// Every `tollgate:*` tag sync knows; any other is reported (a typo must not pass silently).
-pub const TAGS: [&str; 11] = [
+pub const TAGS: [&str; 12] = [
+    super::quota::TAG_QUOTAS,
     TAG_PLAN,
     TAG_RATE,
     TAG_BURST,
@@ -98,20 +99,10 @@ fn throttle(plan: &UsagePlan, spec: &mut PlanSpec) -> Result<(), String> {
 /// own period is the exact number, and the plan's own quota the guard.
 fn quota(plan: &UsagePlan, spec: &mut PlanSpec) -> Result<(), String> {
     if let Some(q) = &plan.quota {
-        if q.offset != 0 {
-            return Err(format!(
-                "quota offset {} is not enforced: Tollgate's periods start at 00:00 UTC and on the 1st; set offset 0",
-                q.offset
-            ));
-        }
-        match q.period {
-            QuotaPeriod::Day => spec.daily_quota = Some(i64::from(q.limit)),
-            QuotaPeriod::Month => spec.monthly_quota = Some(i64::from(q.limit)),
-            QuotaPeriod::Week => {
-                return Err("WEEK quotas are not enforced: use DAY or MONTH, and a tollgate:daily_quota or tollgate:monthly_quota tag for the other period".into());
-            }
-            QuotaPeriod::Other(ref p) => return Err(format!("quota period `{p}` is unknown")),
-        }
+        super::quota::own_quota(q, spec)?;
+    }
+    if let Some(v) = tag(plan, super::quota::TAG_QUOTAS) {
+        super::quota::tagged_quotas(v, spec).map_err(|e| format!("tag `{}` = {v:?}: {e}", super::quota::TAG_QUOTAS))?;
     }
     for (name, slot) in [
         (TAG_DAILY, &mut spec.daily_quota),
@@ -230,7 +221,9 @@ pub fn is_guarded(plan: &UsagePlan) -> bool {
         Some(QuotaPeriod::Month) => Some(TAG_MONTHLY),
         _ => None,
     };
-    plan.tags.contains_key(TAG_RATE) || own.is_some_and(|t| plan.tags.contains_key(t))
+    let week_tagged = plan.quota.as_ref().is_some_and(|q| q.period == QuotaPeriod::Week)
+        && tag(plan, super::quota::TAG_QUOTAS).is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("week:")));
+    plan.tags.contains_key(TAG_RATE) || own.is_some_and(|t| plan.tags.contains_key(t)) || week_tagged
 }
 
 /// The tags of a guarded plan: `tags_for` with every exact number in a tag.
@@ -255,6 +248,9 @@ pub fn tags_for(name: &str, spec: &PlanSpec, own_quota: Option<QuotaPeriod>) -> 
         if let Some(q) = positive(quota).filter(|_| own_quota.as_ref() != Some(&period)) {
             tags.insert(tag.to_owned(), q.to_string());
         }
+    }
+    if let Some(quotas) = super::quota::render(spec) {
+        tags.insert(super::quota::TAG_QUOTAS.to_owned(), quotas);
     }
     tags.insert(TAG_PRIORITY.to_owned(), spec.priority.to_string());
     if !spec.weights.is_empty() {

@@ -4,7 +4,7 @@ use super::tags::*;
 use super::*;
 use crate::control::apigateway::model::{Quota, QuotaPeriod, Stage, Throttle};
 use crate::engine::identity::ApiKeyHash;
-use crate::engine::policy::FailMode;
+use crate::engine::policy::{FailMode, Plan};
 
 fn plan(id: &str, name: &str) -> UsagePlan {
     UsagePlan::daily(id, name, 10.0, 20)
@@ -53,12 +53,6 @@ fn a_usage_plan_with_tags_and_a_method_throttle_becomes_a_plan() {
 
 #[test]
 fn what_cannot_be_honoured_is_reported_and_held() {
-    let mut week = plan("p1", "weekly");
-    week.quota = Some(Quota {
-        limit: 10,
-        period: QuotaPeriod::Week,
-        offset: 0,
-    });
     let mut offset = plan("p2", "offset");
     offset.quota = Some(Quota {
         limit: 10,
@@ -69,15 +63,56 @@ fn what_cannot_be_honoured_is_reported_and_held() {
     typo.tags.insert("tollgate:fail-mode".into(), "open".into());
     let mut bad = plan("p4", "bad");
     bad.tags.insert(TAG_PRIORITY.into(), "high".into());
-    let d = desired(&[week, offset, typo, bad], &[]);
+    let mut zone = plan("p5", "zone");
+    zone.tags
+        .insert(quota::TAG_QUOTAS.into(), "week:10:monday:Mars/Olympus".into());
+    let d = desired(&[offset, typo, bad, zone], &[]);
     assert!(d.plans.is_empty());
     assert_eq!(d.problems.len(), 4, "{:?}", d.problems);
-    for name in ["weekly", "offset", "typo", "bad"] {
+    for name in ["offset", "typo", "bad", "zone"] {
         assert!(d.held.contains(&plan_pk(name)), "{name}");
     }
-    assert!(d.problems.iter().any(|p| p.reason.contains("WEEK")));
-    assert!(d.problems.iter().any(|p| p.reason.contains("offset 2")));
+    assert!(d.problems.iter().any(|p| p.reason.contains("quota.offset = 2")));
     assert!(d.problems.iter().any(|p| p.reason.contains("tollgate:fail-mode")));
+    assert!(
+        d.problems
+            .iter()
+            .any(|p| p.reason.contains("`quotas[0].zone` = \"Mars/Olympus\"")),
+        "{:?}",
+        d.problems
+    );
+}
+
+#[test]
+fn week_quotas_and_offsets_become_enforced_plans() {
+    // GIVEN a WEEK quota from Monday (offset 1) and a MONTH quota from the 15th (offset 14)
+    let mut week = plan("p1", "weekly");
+    week.quota = Some(Quota {
+        limit: 5000,
+        period: QuotaPeriod::Week,
+        offset: 1,
+    });
+    let mut month = plan("p2", "billing");
+    month.quota = Some(Quota {
+        limit: 20_000,
+        period: QuotaPeriod::Month,
+        offset: 14,
+    });
+    // WHEN mapped THEN both are plans, nothing held
+    let d = desired(&[week, month], &[]);
+    assert!(d.problems.is_empty() && d.held.is_empty(), "{:?}", d.problems);
+    let weekly = Plan::new("weekly", d.plans["weekly"].clone()).expect("valid");
+    let w = weekly.limits().quota(crate::engine::quota::Period::Week).expect("week");
+    assert_eq!(
+        (w.limit, w.calendar.week_start(), w.calendar.zone_name()),
+        (5000, 0, "UTC")
+    );
+    let billing = Plan::new("billing", d.plans["billing"].clone()).expect("valid");
+    let m = billing
+        .limits()
+        .quota(crate::engine::quota::Period::Month)
+        .expect("month");
+    assert_eq!((m.limit, m.calendar.anchor()), (20_000, 15));
 }
 
 #[test]
@@ -123,7 +158,7 @@ fn tenants_on_a_held_plan_and_keys_without_a_value_keep_what_they_had() {
     weekly.quota = Some(Quota {
         limit: 10,
         period: QuotaPeriod::Week,
-        offset: 0,
+        offset: 7,
     });
     weekly.key_ids = vec!["k1".into(), "k2".into()];
     let mut blind = key("k2", Some("blind"), true);

@@ -1,0 +1,311 @@
+//! A quota's calendar: which period kind, in which IANA time zone, starting on which weekday or
+//! day of the month. Period boundaries are exact instants from the bundled tz database (static
+//! data, no IO): a day in a zone with daylight saving lasts 23 or 25 hours, a day a zone skipped
+//! (Pacific/Apia, 2011-12-30) lasts no time and so never contains an instant.
+//!
+//! A period is named by its first local date (its *label*, as days since 1970-01-01) and starts
+//! at the first instant whose local date is that date or later; it ends where the next one
+//! starts. So periods are contiguous and ordered, and each instant is in exactly one.
+
+use std::time::Duration;
+
+use jiff::tz::{AmbiguousOffset, TimeZone};
+
+use super::{Counter, Period, civil_from_days, days_from_civil};
+use crate::engine::clock::Timestamp;
+
+const SECS_PER_DAY: i64 = 86_400;
+
+/// The calendar of one quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Calendar {
+    period: Period,
+    zone: TimeZone,
+    /// Weeks: the first day, 0 = Monday … 6 = Sunday.
+    week_start: u8,
+    /// Months: the day of the month a period starts on, 1..=31, clamped to the month's last day.
+    anchor: u8,
+}
+
+impl Calendar {
+    /// The period in UTC, weeks from Monday, months from the 1st.
+    pub fn utc(period: Period) -> Calendar {
+        Calendar {
+            period,
+            zone: TimeZone::UTC,
+            week_start: 0,
+            anchor: 1,
+        }
+    }
+
+    /// A calendar; `week_start` (0 = Monday) is used by weeks and `anchor` (1..=31) by months
+    /// only, and both are brought into range.
+    pub fn new(period: Period, zone: TimeZone, week_start: u8, anchor: u8) -> Calendar {
+        Calendar {
+            period,
+            zone,
+            week_start: week_start % 7,
+            anchor: anchor.clamp(1, 31),
+        }
+    }
+
+    /// This calendar with months starting on `anchor` (a tenant's own day).
+    pub fn with_anchor(&self, anchor: u8) -> Calendar {
+        Calendar::new(self.period, self.zone.clone(), self.week_start, anchor)
+    }
+
+    pub fn period(&self) -> Period {
+        self.period
+    }
+
+    pub fn zone(&self) -> &TimeZone {
+        &self.zone
+    }
+
+    /// The IANA name of the zone (`UTC` for UTC).
+    pub fn zone_name(&self) -> &str {
+        self.zone.iana_name().unwrap_or("UTC")
+    }
+
+    pub fn week_start(&self) -> u8 {
+        self.week_start
+    }
+
+    pub fn anchor(&self) -> u8 {
+        self.anchor
+    }
+
+    fn is_utc(&self) -> bool {
+        self.zone == TimeZone::UTC
+    }
+
+    /// Whether the period's counters keep the names of UTC days (`dYYYYMMDD`) and UTC months
+    /// from the 1st (`mYYYYMM`), so items written before calendars existed keep counting.
+    fn is_legacy(&self) -> bool {
+        self.is_utc() && matches!((self.period, self.anchor), (Period::Day, _) | (Period::Month, 1))
+    }
+
+    /// Start and end of the period containing `now`.
+    pub fn bounds(&self, now: Timestamp) -> (Timestamp, Timestamp) {
+        let label = self.label(now);
+        (self.start_of(label), self.start_of(self.next(label)))
+    }
+
+    /// Time left until the period containing `now` ends.
+    pub fn reset_after(&self, now: Timestamp) -> Duration {
+        self.bounds(now).1.saturating_since(now)
+    }
+
+    /// The counter of the period containing `now`.
+    pub fn counter(&self, now: Timestamp) -> Counter {
+        self.counter_of(self.label(now))
+    }
+
+    /// The counter of the period `Period::kept` periods before the one containing `now`: the one
+    /// that falls out of the kept window when this period starts.
+    pub fn expired(&self, now: Timestamp) -> Counter {
+        self.counter_of(self.back(self.label(now), self.period.kept()))
+    }
+
+    /// The kept window at `now`, to test many counters against.
+    pub fn window(&self, now: Timestamp) -> Window {
+        let label = self.label(now);
+        Window {
+            period: self.period,
+            gone: self.counter_of(self.back(label, self.period.kept())).start(),
+            current: self.counter_of(label).start(),
+        }
+    }
+
+    /// The local date (days since 1970-01-01) of `t` in this calendar's zone.
+    pub fn local_day(&self, t: Timestamp) -> i64 {
+        if self.is_utc() {
+            return (t.as_secs() / SECS_PER_DAY as u64) as i64;
+        }
+        let dt = self.zone.to_datetime(to_jiff(t));
+        days_from_civil(i64::from(dt.year()), dt.month() as u32, dt.day() as u32)
+    }
+
+    /// The first instant of local date `day` (or of the first later date the zone has).
+    pub fn date_start(&self, day: i64) -> Timestamp {
+        self.start_of(day)
+    }
+
+    /// The first instant of the oldest period in the kept window at `now`.
+    pub fn oldest_kept(&self, now: Timestamp) -> Timestamp {
+        self.start_of(self.back(self.label(now), self.period.kept() - 1))
+    }
+
+    /// A period as people name it: its first local date, `YYYY-MM-DD`, or `YYYY-MM` for a
+    /// month from the 1st.
+    pub fn name(&self, c: Counter) -> String {
+        let (y, m, d) = civil_from_days(match c {
+            Counter::Start { .. } => self.local_day(c.start()),
+            _ => (c.start().as_secs() / SECS_PER_DAY as u64) as i64,
+        });
+        if self.period == Period::Month && self.anchor == 1 {
+            format!("{y:04}-{m:02}")
+        } else {
+            format!("{y:04}-{m:02}-{d:02}")
+        }
+    }
+
+    fn counter_of(&self, label: i64) -> Counter {
+        if self.is_legacy() {
+            let (y, m, d) = civil_from_days(label);
+            return match self.period {
+                Period::Month => Counter::Month {
+                    y: y as i32,
+                    m: m as u8,
+                },
+                _ => Counter::Day {
+                    y: y as i32,
+                    m: m as u8,
+                    d: d as u8,
+                },
+            };
+        }
+        let minute = self.start_of(label).as_secs() / 60;
+        Counter::Start {
+            period: self.period,
+            minute: u32::try_from(minute).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The label of the period containing `now`: the period of its local date, moved by one
+    /// where a transition at midnight puts `now` before that period's first instant or past
+    /// its last.
+    fn label(&self, now: Timestamp) -> i64 {
+        let mut label = self.label_of_day(self.local_day(now));
+        for _ in 0..3 {
+            if now < self.start_of(label) {
+                label = self.label_of_day(label - 1);
+            } else if now >= self.start_of(self.next(label)) {
+                label = self.next(label);
+            } else {
+                break;
+            }
+        }
+        label
+    }
+
+    /// The label of the period whose local dates include `day`.
+    fn label_of_day(&self, day: i64) -> i64 {
+        match self.period {
+            Period::Day => day,
+            Period::Week => day - (weekday(day) - i64::from(self.week_start)).rem_euclid(7),
+            Period::Month => {
+                let (y, m, d) = civil_from_days(day);
+                if d >= self.anchor_in(y, m) {
+                    days_from_civil(y, m, self.anchor_in(y, m))
+                } else {
+                    self.month_label(y, m, -1)
+                }
+            }
+        }
+    }
+
+    fn next(&self, label: i64) -> i64 {
+        self.back(label, -1)
+    }
+
+    /// The label `k` periods before `label` (after, for negative `k`).
+    fn back(&self, label: i64, k: i64) -> i64 {
+        match self.period {
+            Period::Day => label - k,
+            Period::Week => label - 7 * k,
+            Period::Month => {
+                let (y, m, _) = civil_from_days(label);
+                self.month_label(y, m, -k)
+            }
+        }
+    }
+
+    /// The label of the month `delta` months from (`y`, `m`).
+    fn month_label(&self, y: i64, m: u32, delta: i64) -> i64 {
+        let months = y * 12 + i64::from(m) - 1 + delta;
+        let (ny, nm) = (months.div_euclid(12), (months.rem_euclid(12) + 1) as u32);
+        days_from_civil(ny, nm, self.anchor_in(ny, nm))
+    }
+
+    fn anchor_in(&self, y: i64, m: u32) -> u32 {
+        u32::from(self.anchor).min(days_in_month(y, m))
+    }
+
+    /// The first instant whose local date is `day` or later: local midnight, or where a gap
+    /// that swallows midnight ends, or the earlier of two midnights.
+    fn start_of(&self, day: i64) -> Timestamp {
+        let utc = Timestamp::from_secs((day * SECS_PER_DAY).max(0) as u64);
+        if self.is_utc() {
+            return utc;
+        }
+        let (y, m, d) = civil_from_days(day);
+        let Ok(date) = jiff::civil::Date::new(y as i16, m as i8, d as i8) else {
+            return utc;
+        };
+        let ambiguous = self
+            .zone
+            .to_ambiguous_timestamp(date.to_datetime(jiff::civil::Time::midnight()));
+        let found = match ambiguous.offset() {
+            AmbiguousOffset::Unambiguous { .. } => ambiguous.compatible(),
+            AmbiguousOffset::Fold { .. } => ambiguous.earlier(),
+            AmbiguousOffset::Gap { .. } => ambiguous.compatible().map(|after| {
+                // The gap's own instant: the transition at or before the shifted midnight.
+                let probe = after.checked_add(jiff::SignedDuration::from_nanos(1)).unwrap_or(after);
+                self.zone.preceding(probe).next().map_or(after, |t| t.timestamp())
+            }),
+        };
+        found.map_or(utc, from_jiff)
+    }
+}
+
+/// The kept window of one period kind at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    period: Period,
+    /// Start of the last period that left the window.
+    gone: Timestamp,
+    /// Start of the current period.
+    current: Timestamp,
+}
+
+impl Window {
+    /// Whether a writer may remove `c`: a counter of this kind that started no later than the
+    /// period that left the window (whatever calendar wrote it). Never one of the writer's own
+    /// period or a later one: another container's clock may be ahead.
+    pub fn is_expired(&self, c: Counter) -> bool {
+        c.period() == self.period && c.start() <= self.gone
+    }
+
+    /// Whether `c` is a counter of this kind inside the window (the current period included,
+    /// later ones not).
+    pub fn is_kept(&self, c: Counter) -> bool {
+        c.period() == self.period && c.start() > self.gone && c.start() <= self.current
+    }
+}
+
+/// 0 = Monday … 6 = Sunday; 1970-01-01 was a Thursday.
+fn weekday(day: i64) -> i64 {
+    (day + 3).rem_euclid(7)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    (days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)) as u32
+}
+
+fn to_jiff(t: Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_nanosecond(i128::from(t.as_nanos())).unwrap_or(jiff::Timestamp::MAX)
+}
+
+fn from_jiff(t: jiff::Timestamp) -> Timestamp {
+    Timestamp::from_nanos(u64::try_from(t.as_nanosecond().max(0)).unwrap_or(u64::MAX))
+}
+
+/// A zone by its IANA name, from the bundled database; `UTC` and `Etc/UTC` are UTC itself.
+pub fn zone(name: &str) -> Option<TimeZone> {
+    match name {
+        "UTC" | "Etc/UTC" => Some(TimeZone::UTC),
+        _ => TimeZone::get(name).ok(),
+    }
+}

@@ -1,0 +1,259 @@
+//! Calendars and counters: names, exact boundaries across DST and skipped days, and the
+//! property that periods tile time.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+// 2026-11-23T17:49:37Z
+const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
+
+fn cal(period: Period, zone_name: &str, week_start: u8, anchor: u8) -> Calendar {
+    Calendar::new(period, zone(zone_name).expect("known zone"), week_start, anchor)
+}
+
+fn at(rfc3339: &str) -> Timestamp {
+    let t: jiff::Timestamp = rfc3339.parse().expect("timestamp");
+    Timestamp::from_secs(t.as_second() as u64)
+}
+
+fn utc(t: Timestamp) -> String {
+    format_utc(t.as_secs())
+}
+
+#[test]
+fn utc_days_and_months_keep_their_names() {
+    assert_eq!(Calendar::utc(Period::Day).counter(NOW).to_string(), "d20261123");
+    assert_eq!(Calendar::utc(Period::Month).counter(NOW).to_string(), "m202611");
+    let (start, end) = Calendar::utc(Period::Month).bounds(NOW);
+    assert_eq!(
+        (utc(start).as_str(), utc(end).as_str()),
+        ("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")
+    );
+    assert_eq!(Calendar::utc(Period::Day).expired(NOW).to_string(), "d20261026");
+    assert_eq!(Calendar::utc(Period::Month).expired(NOW).to_string(), "m202510");
+}
+
+#[test]
+fn other_periods_are_named_by_their_start_minute() {
+    // GIVEN a week from Monday in New York WHEN named THEN `W` and the start minute in base 36
+    let week = cal(Period::Week, "America/New_York", 0, 1);
+    let c = week.counter(NOW);
+    let (start, _) = week.bounds(NOW);
+    assert_eq!(utc(start), "2026-11-23T05:00:00Z"); // Monday 00:00 EST
+    assert_eq!(
+        c,
+        Counter::Start {
+            period: Period::Week,
+            minute: (start.as_secs() / 60) as u32
+        }
+    );
+    assert!(c.to_string().starts_with('W') && c.to_string().len() <= 7, "{c}");
+    assert_eq!(Counter::parse(&c.to_string()), Some(c));
+    // AND a UTC month on another anchor is named by start too
+    let m15 = cal(Period::Month, "UTC", 0, 15);
+    assert!(m15.counter(NOW).to_string().starts_with('M'));
+}
+
+#[test]
+fn parse_round_trips_and_rejects_other_names() {
+    for name in ["d20261123", "m202611", "d20240229", "W0", "Dhkmn3", "M5ag2q0"] {
+        assert_eq!(Counter::parse(name).map(|c| c.to_string()).as_deref(), Some(name));
+    }
+    for name in [
+        "tat",
+        "d2026112",
+        "m202613",
+        "x20261123",
+        "d2026112a",
+        "pk",
+        "ttl",
+        "W",
+        "W01",
+        "WAB",
+        "Wzzzzzzz",
+    ] {
+        assert_eq!(Counter::parse(name), None, "{name}");
+    }
+}
+
+#[test]
+fn a_counter_fits_in_eight_bytes() {
+    // Caches keep a few per tenant for thousands of tenants.
+    assert_eq!(std::mem::size_of::<Counter>(), 8);
+}
+
+#[test]
+fn dst_days_last_23_and_25_hours_in_new_york() {
+    let day = cal(Period::Day, "America/New_York", 0, 1);
+    // 2026-03-08: clocks go from 02:00 EST to 03:00 EDT
+    let (start, end) = day.bounds(at("2026-03-08T12:00:00Z"));
+    assert_eq!(
+        (utc(start).as_str(), utc(end).as_str()),
+        ("2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z")
+    );
+    assert_eq!(end.saturating_since(start), Duration::from_secs(23 * 3600));
+    // 2026-11-01: back from 02:00 EDT to 01:00 EST
+    let (start, end) = day.bounds(at("2026-11-01T12:00:00Z"));
+    assert_eq!(end.saturating_since(start), Duration::from_secs(25 * 3600));
+    // AND the week that holds the March change is 7 days less an hour
+    let week = cal(Period::Week, "America/New_York", 0, 1);
+    let (start, end) = week.bounds(at("2026-03-08T12:00:00Z"));
+    assert_eq!(utc(start), "2026-03-02T05:00:00Z");
+    assert_eq!(utc(end), "2026-03-09T04:00:00Z");
+}
+
+#[test]
+fn apia_skipped_30_december_2011() {
+    // Samoa moved from UTC-10 to UTC+14: local 2011-12-29 24:00 was followed by 2011-12-31 00:00.
+    let day = cal(Period::Day, "Pacific/Apia", 0, 1);
+    let (start, end) = day.bounds(at("2011-12-30T09:59:59Z"));
+    assert_eq!(utc(end), "2011-12-30T10:00:00Z");
+    let (next_start, next_end) = day.bounds(end);
+    assert_eq!(next_start, end, "the 31st starts where the 29th ends");
+    assert_eq!(next_end.saturating_since(next_start), Duration::from_secs(86_400));
+    assert!(start < end);
+}
+
+#[test]
+fn a_repeated_midnight_starts_the_day_at_the_first_and_a_skipped_one_at_the_gap() {
+    // Havana, 2023-11-05: 01:00 CDT back to 00:00 CST, so midnight happened twice
+    let havana = cal(Period::Day, "America/Havana", 0, 1);
+    let (start, end) = havana.bounds(at("2023-11-05T12:00:00Z"));
+    assert_eq!(utc(start), "2023-11-05T04:00:00Z");
+    assert_eq!(end.saturating_since(start), Duration::from_secs(25 * 3600));
+    // São Paulo, 2018-11-04: 00:00 BRT forward to 01:00 BRST, so that day had no midnight
+    let sao_paulo = cal(Period::Day, "America/Sao_Paulo", 0, 1);
+    let (start, end) = sao_paulo.bounds(at("2018-11-04T12:00:00Z"));
+    assert_eq!(utc(start), "2018-11-04T03:00:00Z");
+    assert_eq!(end.saturating_since(start), Duration::from_secs(23 * 3600));
+}
+
+#[test]
+fn month_anchors_clamp_to_the_last_day() {
+    // GIVEN months anchored on the 31st WHEN February comes THEN it starts on the 28th
+    let m31 = cal(Period::Month, "UTC", 0, 31);
+    let (start, end) = m31.bounds(at("2027-02-10T00:00:00Z"));
+    assert_eq!(
+        (utc(start).as_str(), utc(end).as_str()),
+        ("2027-01-31T00:00:00Z", "2027-02-28T00:00:00Z")
+    );
+    let (start, end) = m31.bounds(at("2027-03-01T00:00:00Z"));
+    assert_eq!(
+        (utc(start).as_str(), utc(end).as_str()),
+        ("2027-02-28T00:00:00Z", "2027-03-31T00:00:00Z")
+    );
+    // AND the 15th in New York starts at local midnight
+    let m15 = cal(Period::Month, "America/New_York", 0, 15);
+    let (start, end) = m15.bounds(at("2026-03-20T00:00:00Z"));
+    assert_eq!(
+        (utc(start).as_str(), utc(end).as_str()),
+        ("2026-03-15T04:00:00Z", "2026-04-15T04:00:00Z")
+    );
+}
+
+#[test]
+fn kept_window_has_exactly_the_kept_periods() {
+    for calendar in [
+        Calendar::utc(Period::Day),
+        cal(Period::Week, "Europe/Berlin", 0, 1),
+        cal(Period::Month, "Asia/Kolkata", 0, 15),
+    ] {
+        let window = calendar.window(NOW);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut t = NOW;
+        for _ in 0..800 {
+            seen.insert(calendar.counter(t));
+            t = Timestamp::from_secs(t.as_secs().saturating_sub(86_400));
+        }
+        let kept = seen.iter().filter(|c| window.is_kept(**c)).count();
+        assert_eq!(kept as i64, calendar.period().kept(), "{calendar:?}");
+        assert!(window.is_expired(calendar.expired(NOW)));
+        assert!(!window.is_expired(calendar.counter(NOW)));
+    }
+}
+
+#[test]
+fn utc_times_format_as_rfc_3339() {
+    assert_eq!(format_utc(NOW.as_secs()), "2026-11-23T17:49:37Z");
+    assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+}
+
+/// Zones with DST both ways, half- and quarter-hour offsets, a skipped day (Apia 2011), a
+/// repeated midnight (Havana), and a DST change at midnight (São Paulo until 2019).
+const ZONES: [&str; 12] = [
+    "UTC",
+    "America/New_York",
+    "Europe/Berlin",
+    "Australia/Lord_Howe",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Adelaide",
+    "Pacific/Apia",
+    "Pacific/Kiritimati",
+    "America/Havana",
+    "America/Sao_Paulo",
+    "America/St_Johns",
+];
+
+fn any_calendar() -> impl Strategy<Value = Calendar> {
+    (0..ZONES.len(), 0u8..3, 0u8..7, 1u8..=31).prop_map(|(z, p, w, a)| cal(Period::ALL[p as usize], ZONES[z], w, a))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Boundaries are contiguous and ordered, and every instant is in exactly one period: the
+    /// period of `t` contains `t`, the next one starts where it ends, and every instant between
+    /// its start and its end has the same period.
+    #[test]
+    fn periods_tile_time(calendar in any_calendar(), secs in 31_536_000u64..4_102_444_800, probe in 0f64..1.0) {
+        let now = Timestamp::from_secs(secs);
+        let (start, end) = calendar.bounds(now);
+        prop_assert!(start <= now && now < end, "{start:?} {now:?} {end:?}");
+        let (next_start, next_end) = calendar.bounds(end);
+        prop_assert_eq!(next_start, end);
+        prop_assert!(next_end > next_start);
+        let before = Timestamp::from_nanos(start.as_nanos() - 1);
+        prop_assert_eq!(calendar.bounds(before).1, start);
+        prop_assert_ne!(calendar.counter(before), calendar.counter(now));
+        let inside = Timestamp::from_nanos(start.as_nanos() + ((end.as_nanos() - start.as_nanos()) as f64 * probe) as u64);
+        let inside = inside.min(Timestamp::from_nanos(end.as_nanos() - 1));
+        prop_assert_eq!(calendar.bounds(inside), (start, end));
+        prop_assert_eq!(calendar.counter(inside), calendar.counter(now));
+        // AND a period is never longer than its kind allows (a day a zone moved by a day: 48 h)
+        let longest = match calendar.period() { Period::Day => 49, Period::Week => 8 * 24, Period::Month => 33 * 24 };
+        prop_assert!(end.saturating_since(start) <= Duration::from_secs(longest * 3600));
+        prop_assert!(calendar.counter(now) < calendar.counter(end));
+    }
+
+    /// The same around the zone's transitions, where a wrong boundary would show: just before,
+    /// at and after each of the next few transitions.
+    #[test]
+    fn periods_tile_time_around_transitions(calendar in any_calendar(), secs in 31_536_000u64..4_102_444_800) {
+        let from = jiff::Timestamp::from_second(secs as i64).expect("in range");
+        for transition in calendar.zone().following(from).take(4) {
+            let t = transition.timestamp().as_nanosecond() as u64;
+            for delta in [-3_600_000_000_000i64, -1, 0, 1, 1_800_000_000_000, 3_600_000_000_000] {
+                let now = Timestamp::from_nanos(t.saturating_add_signed(delta));
+                let (start, end) = calendar.bounds(now);
+                prop_assert!(start <= now && now < end, "{calendar:?} at {now:?}: {start:?}..{end:?}");
+                prop_assert_eq!(calendar.bounds(end).0, end);
+                prop_assert_eq!(calendar.bounds(Timestamp::from_nanos(start.as_nanos() - 1)).1, start);
+                // AND a period starts at a local midnight, or where a gap swallowed it
+                let local = calendar.zone().to_datetime(jiff::Timestamp::from_nanosecond(i128::from(start.as_nanos())).expect("ts"));
+                let before = calendar.zone().to_datetime(jiff::Timestamp::from_nanosecond(i128::from(start.as_nanos()) - 1).expect("ts"));
+                prop_assert!(local.time() == jiff::civil::Time::midnight() || before.date() < local.date(),
+                    "{calendar:?}: period starts at local {local} after {before}");
+            }
+        }
+    }
+
+    #[test]
+    fn civil_round_trip(z in -1_000_000i64..1_000_000) {
+        let (y, m, d) = civil_from_days(z);
+        prop_assert_eq!(days_from_civil(y, m, d), z);
+    }
+}
