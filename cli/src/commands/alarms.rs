@@ -5,7 +5,7 @@ use tollgate::aws::{admin_client, cloudwatch_client};
 use tollgate::control::alarms::is_stack_name;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::{
-    AlarmSettings, CloudWatchAlarms, legacy_plan_alarm_prefix, plan_alarm_prefix, sync_plan_alarms,
+    AlarmSettings, CloudWatchAlarms, FormerNames, legacy_plan_alarm_prefix, plan_alarm_prefix, sync_plan_alarms,
 };
 
 use crate::aws_args::AwsArgs;
@@ -103,7 +103,7 @@ impl Sync {
         let sdk = self.aws.sdk_config().await?;
         let table = PolicyTable::new(admin_client(&sdk), &self.policy_table);
         let cloudwatch = CloudWatchAlarms::new(cloudwatch_client(&sdk));
-        let report = sync_plan_alarms(&cloudwatch, &table, &settings).await?;
+        let report = sync_plan_alarms(&cloudwatch, &table, &settings, FormerNames::OfEvery).await?;
         if self.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

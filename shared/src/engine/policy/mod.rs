@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
-pub use validate::{check_resource_path, split_route};
+pub use validate::{check_resource_path, is_plan_name, split_route};
 
 /// Most requests per second a plan may allow (an emission interval of 1 µs).
 pub const MAX_RATE: f64 = 1_000_000.0;
