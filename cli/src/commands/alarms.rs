@@ -19,7 +19,7 @@ pub struct Alarms {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AlarmsCommand {
-    /// Create, update and delete the per-plan alarms (named STACK/plan/ + plan, or PREFIX + plan)
+    /// Create, update and delete the per-plan alarms (named tollgate/STACK/plan/ + plan, or PREFIX + plan)
     /// so that they match the plans of the policy table; alarms under the prefix that no plan
     /// calls for are deleted.
     Sync(Sync),
@@ -42,8 +42,9 @@ pub struct Sync {
     /// The DynamoDB policy table whose plans the alarms follow.
     #[arg(long, default_value = "tollgate-policy")]
     pub policy_table: String,
-    /// The stack whose alarms these are, as its operator function names them (`STACK/plan/`
-    /// + the plan), alarms under their former names (`STACK-plan-` + the plan) moved.
+    /// The stack whose alarms these are, as its operator function names them
+    /// (`tollgate/STACK/plan/` + the plan), alarms under their former names (`STACK-plan-` + the
+    /// plan) moved.
     #[arg(
         long,
         env = "TOLLGATE_STACK_NAME",
@@ -51,8 +52,9 @@ pub struct Sync {
         required_unless_present = "prefix"
     )]
     pub stack: Option<String>,
-    /// Outside a stack: alarm names start with this; every alarm under it is managed.
-    #[arg(long, env = "TOLLGATE_PLAN_ALARM_PREFIX")]
+    /// Outside a stack: alarm names start with this; every alarm under it is managed. A flag
+    /// only: the operator function's environment sets `TOLLGATE_STACK_NAME`, which would conflict.
+    #[arg(long)]
     pub prefix: Option<String>,
     /// The namespace of the authorizer's metrics.
     #[arg(long, env = "TOLLGATE_METRICS_NAMESPACE", default_value = tollgate::metrics::DEFAULT_NAMESPACE)]

@@ -66,8 +66,7 @@ pub enum Scope {
 
 /// The tagging resource of API keys only (`/tags/` + the key's ARN, URL-encoded), in the
 /// template's `!Sub` spelling: no usage plan or API can be tagged through it.
-pub const TAG_API_KEYS: &str =
-    "/tags/arn%3A${AWS::Partition}%3Aapigateway%3A${AWS::Region}%3A%3A%2Fapikeys%2F*";
+pub const TAG_API_KEYS: &str = "/tags/arn%3A${AWS::Partition}%3Aapigateway%3A${AWS::Region}%3A%3A%2Fapikeys%2F*";
 
 /// The API Gateway calls it makes, as IAM actions on resource paths, and what each grant is
 /// conditioned on.
