@@ -12,7 +12,7 @@ use aws_sdk_cloudwatch::types::{AlarmType, MetricAlarm};
 use tollgate::aws::{admin_client, cloudwatch_client};
 use tollgate::control::alarms::{AlarmDefinition, AlarmError, AlarmReport, AlarmSettings};
 use tollgate::control::sync::table::PolicyTable;
-use tollgate::control::{AlarmPort, CloudWatchAlarms, sync_plan_alarms};
+use tollgate::control::{AlarmPort, CloudWatchAlarms, FormerNames, sync_plan_alarms};
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::policy::Plan;
 use tollgate::policy_file::PolicyFile;
@@ -22,12 +22,14 @@ use crate::support::cbor_shim;
 use crate::support::emulator;
 use crate::support::proxy::PagingProxy;
 
-/// The SDK adapter with a count of each call: a forwarding wrapper, not a fake.
+/// The SDK adapter with a count of each call: a forwarding wrapper, not a fake. Puts after the
+/// first `puts_ok` fail unsent (a CloudWatch outage partway through a run).
 struct Counted {
     inner: CloudWatchAlarms,
     describes: AtomicUsize,
     puts: AtomicUsize,
     deletes: AtomicUsize,
+    puts_ok: AtomicUsize,
 }
 
 impl Counted {
@@ -47,7 +49,12 @@ impl AlarmPort for Counted {
         self.inner.describe(prefix).await
     }
     async fn put(&self, alarm: &AlarmDefinition) -> Result<(), AlarmError> {
-        self.puts.fetch_add(1, Ordering::SeqCst);
+        if self.puts.fetch_add(1, Ordering::SeqCst) >= self.puts_ok.load(Ordering::SeqCst) {
+            return Err(AlarmError::CloudWatch {
+                operation: "PutMetricAlarm",
+                detail: "injected: CloudWatch unavailable".to_owned(),
+            });
+        }
         self.inner.put(alarm).await
     }
     async fn delete(&self, names: &[String]) -> Result<(), AlarmError> {
@@ -100,6 +107,7 @@ impl World {
                 describes: AtomicUsize::new(0),
                 puts: AtomicUsize::new(0),
                 deletes: AtomicUsize::new(0),
+                puts_ok: AtomicUsize::new(usize::MAX),
             },
             cloudwatch,
             table: PolicyTable::new(dynamodb.clone(), &table_name),
@@ -129,10 +137,13 @@ impl World {
             .expect("delete plan");
     }
 
+    /// A scheduled run after the container's first.
     async fn sync(&self) -> AlarmReport {
-        sync_plan_alarms(&self.port, &self.table, &self.settings)
-            .await
-            .expect("alarm sync")
+        self.sync_looking_up(FormerNames::OfCreated).await.expect("alarm sync")
+    }
+
+    async fn sync_looking_up(&self, former: FormerNames) -> Result<AlarmReport, AlarmError> {
+        sync_plan_alarms(&self.port, &self.table, &self.settings, former).await
     }
 
     /// What CloudWatch holds under the prefix, read independently of the adapter.
@@ -376,6 +387,8 @@ async fn alarms_move_from_their_former_names_and_a_second_stack_named_like_them_
     assert_eq!(report.created, [w.name("free"), w.name("gold")]);
     assert_eq!(report.migrated, [former("free"), former("gold")]);
     let mut left: Vec<String> = every_alarm_starting(&w.cloudwatch, &w.stack).await;
+    left.extend(every_alarm_starting(&w.cloudwatch, &w.settings.prefix).await);
+    left.extend(every_alarm_starting(&w.cloudwatch, &tollgate::control::plan_alarm_prefix(&second)).await);
     left.sort();
     let mut want = vec![w.name("free"), w.name("gold"), theirs[0].clone(), theirs[1].clone()];
     want.sort();
@@ -385,6 +398,35 @@ async fn alarms_move_from_their_former_names_and_a_second_stack_named_like_them_
     w.port.calls();
     assert_eq!(w.sync().await.migrated, Vec::<String>::new());
     assert_eq!(w.port.calls(), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn a_former_name_left_by_a_run_that_failed_partway_is_deleted_by_the_next_containers_first_run() {
+    // GIVEN stack S's alarms under their former names, and a run whose second put fails: free's
+    // alarm is created under its new name, and the run stops before any former name is deleted
+    let w = World::new().await;
+    w.put_plans(PLANS).await;
+    let former = |plan: &str| format!("{}{plan}", tollgate::control::legacy_plan_alarm_prefix(&w.stack));
+    for plan in ["free", "gold"] {
+        put_alarm(&w.cloudwatch, &former(plan)).await;
+    }
+    w.port.puts_ok.store(1, Ordering::SeqCst);
+    assert!(w.sync_looking_up(FormerNames::OfEvery).await.is_err());
+    w.port.puts_ok.store(usize::MAX, Ordering::SeqCst);
+    // WHEN the same container runs again, then a new one runs for the first time
+    let next = w.sync().await;
+    // THEN the next run creates gold and moves only its alarm: free's former one stays beside
+    // its new one, a duplicate no later run of that container creates again
+    assert_eq!(next.created, [w.name("gold")]);
+    assert_eq!(next.migrated, [former("gold")]);
+    let after_cold_start = w.sync_looking_up(FormerNames::OfEvery).await.expect("sync");
+    // AND the new container's first run, looking up every plan's former name, deletes it
+    assert_eq!(after_cold_start.migrated, [former("free")]);
+    assert_eq!(
+        every_alarm_starting(&w.cloudwatch, &former("")).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(w.alarms().await.len(), 2);
 }
 
 pub async fn put_alarm(cloudwatch: &aws_sdk_cloudwatch::Client, name: &str) {

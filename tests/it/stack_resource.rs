@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 use tollgate::aws::{admin_client, cloudwatch_client};
-use tollgate::control::CloudWatchAlarms;
+use tollgate::control::alarms::AlarmSettings;
 use tollgate::control::sync::table::PolicyTable;
+use tollgate::control::{CloudWatchAlarms, legacy_plan_alarm_prefix, plan_alarm_prefix};
 use tollgate::directory::DynamoDirectory;
 use tollgate::policy_file::PolicyFile;
 use tollgate_operator::stack::{self, Ports};
@@ -38,6 +39,7 @@ struct World {
     cloudwatch: aws_sdk_cloudwatch::Client,
     alarms: CloudWatchAlarms,
     plans: PolicyTable,
+    settings: AlarmSettings,
     stack: String,
     receiver: Running,
     received: Received,
@@ -66,11 +68,18 @@ impl World {
         let router = Router::new()
             .route("/{*path}", put(receive))
             .with_state(received.clone());
+        let stack = emulator::unique("stack");
+        // As the operator function reads its environment.
+        let settings = tollgate_operator::config::alarm_settings(|k| {
+            (k == tollgate_operator::config::STACK_NAME).then(|| stack.clone())
+        })
+        .expect("settings");
         World {
             alarms: CloudWatchAlarms::new(cloudwatch.clone()),
             cloudwatch,
             plans: PolicyTable::new(dynamodb, &table),
-            stack: emulator::unique("stack"),
+            settings,
+            stack,
             receiver: Running::start(router).await,
             received,
             _shim: shim,
@@ -81,9 +90,11 @@ impl World {
         crate::alarms::put_alarm(&self.cloudwatch, name).await;
     }
 
-    /// The names of the alarms that start with this stack's name.
+    /// The names of the alarms that start with this stack's name or its plan alarms' prefix.
     async fn names(&self) -> Vec<String> {
         let mut names = every_alarm_starting(&self.cloudwatch, &self.stack).await;
+        let root = tollgate::control::alarms::PLAN_ALARM_ROOT;
+        names.extend(every_alarm_starting(&self.cloudwatch, &format!("{root}{}", self.stack)).await);
         names.sort();
         names
     }
@@ -113,6 +124,7 @@ impl World {
             plan_alarms: &self.alarms,
             shed_alarms: &self.alarms,
             plans: &self.plans,
+            settings: &self.settings,
         }
     }
 
@@ -141,46 +153,88 @@ impl World {
     }
 }
 
+/// A policy table on a closed loopback port: any read of it fails.
+fn unreachable_table() -> PolicyTable {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    PolicyTable::new(admin_client(&emulator::sdk_config(&endpoint)), "unreachable")
+}
+
 #[tokio::test]
 async fn deleting_the_stack_deletes_its_plan_alarms_and_no_other_stacks_and_answers_cloudformation() {
-    // GIVEN three per-plan alarms under the stack's prefix, two under their former names (plans
-    // the policy table has), the backend's alarm, and a second stack named `STACK-plan-b` with
-    // alarms under its former and its new names (the first also under this stack's former prefix)
+    // GIVEN three per-plan alarms under the stack's prefix, one of them also under its former
+    // name, the backend's alarm, and a second stack named `STACK-plan-b` with alarms under its
+    // former and its new names (the first also under this stack's former prefix)
     let w = World::new().await;
-    let prefix = tollgate::control::plan_alarm_prefix(&w.stack);
-    let former = tollgate::control::legacy_plan_alarm_prefix(&w.stack);
+    let (prefix, former) = (plan_alarm_prefix(&w.stack), legacy_plan_alarm_prefix(&w.stack));
     for plan in ["basic", "free", "premium"] {
         w.put_alarm(&format!("{prefix}{plan}")).await;
     }
     w.put_alarm(&format!("{former}free")).await;
-    w.put_alarm(&format!("{former}gold")).await;
     let second = format!("{}-plan-b", w.stack);
     let mut kept = vec![
         format!("{}-backend", w.stack),
-        format!("{}free", tollgate::control::legacy_plan_alarm_prefix(&second)),
-        format!("{}free", tollgate::control::plan_alarm_prefix(&second)),
+        format!("{}free", legacy_plan_alarm_prefix(&second)),
+        format!("{}free", plan_alarm_prefix(&second)),
     ];
     for name in &kept {
         w.put_alarm(name).await;
     }
-    // WHEN CloudFormation deletes the custom resource
-    let (at, answer) = w.handle(&w.request("Delete", "")).await;
+    // WHEN CloudFormation deletes the custom resource, the policy table out of reach (the
+    // deletion reads no table)
+    let plans = unreachable_table();
+    let ports = Ports {
+        plans: &plans,
+        ..w.ports()
+    };
+    let (at, answer) = w.handle_within(&w.request("Delete", ""), &ports, INVOCATION).await;
     // THEN this stack's alarms are gone (found across pages), every other one is kept
     kept.sort();
     assert_eq!(w.names().await, kept);
-    // AND CloudFormation got SUCCESS at its presigned URL, for its request
+    // AND CloudFormation got SUCCESS at its presigned URL, for its request, nothing left
     assert_eq!(at, "/cfn-answers/Delete?X-Amz-Signature=abc");
     assert_eq!(answer["Status"], "SUCCESS", "{answer}");
-    assert!(
-        answer["Reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("deleted 5 alarms")),
+    assert_eq!(
+        answer["Reason"].as_str(),
+        Some(format!("deleted 4 alarms of stack {}", w.stack).as_str()),
         "{answer}"
     );
     assert_eq!(answer["RequestId"], "req-1");
     assert_eq!(answer["LogicalResourceId"], "StackCheck");
     assert_eq!(answer["PhysicalResourceId"], prefix.as_str());
     assert!(answer["StackId"].as_str().is_some_and(|s| s.contains(&w.stack)));
+}
+
+#[tokio::test]
+async fn create_and_update_move_every_plans_alarm_from_its_former_name() {
+    // GIVEN the policy table's plans (free, gold) with alarms under their former names, and
+    // free's also under its new name (a run failed between the two)
+    let w = World::new().await;
+    let former = legacy_plan_alarm_prefix(&w.stack);
+    for plan in ["free", "gold"] {
+        w.put_alarm(&format!("{former}{plan}")).await;
+    }
+    w.put_alarm(&format!("{}free", plan_alarm_prefix(&w.stack))).await;
+    // WHEN the stack is updated (nothing of StackCheck's own changed)
+    let mut update = w.payload("Update", "");
+    update["OldResourceProperties"] = json!({ "ShedAlarmName": "" });
+    let (_, answer) = w.handle(&stack::request(&update).expect("request")).await;
+    // THEN only the new names are left, and the answer says so
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    let new = |plan: &str| format!("{}{plan}", plan_alarm_prefix(&w.stack));
+    assert_eq!(w.names().await, [new("free"), new("gold")]);
+    assert!(
+        answer["Reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("2 moved from their former names")),
+        "{answer}"
+    );
+    // AND a Create does the same
+    w.put_alarm(&format!("{former}gold")).await;
+    let (_, answer) = w.handle(&w.request("Create", "")).await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    assert_eq!(w.names().await, [new("free"), new("gold")]);
 }
 
 #[tokio::test]
@@ -194,7 +248,7 @@ async fn a_delete_that_fails_on_cloudwatch_answers_success_saying_so() {
     let ports = Ports {
         plan_alarms: &down,
         shed_alarms: &down,
-        plans: &w.plans,
+        ..w.ports()
     };
     // WHEN the stack is deleted
     let (_, answer) = w.handle_within(&w.request("Delete", ""), &ports, INVOCATION).await;
@@ -231,9 +285,8 @@ async fn work_that_would_outlast_the_invocation_is_answered_before_its_deadline(
 }
 
 #[tokio::test]
-async fn a_request_that_cannot_be_read_or_run_is_still_answered() {
-    // GIVEN a Create whose properties do not parse, and one the function cannot run (its
-    // environment is wrong, as `main` finds at a cold start)
+async fn a_request_that_cannot_be_read_is_still_answered() {
+    // GIVEN a Create whose properties do not parse
     let w = World::new().await;
     let http = reqwest::Client::new();
     let mut bad = w.payload("Create", "");
@@ -241,7 +294,7 @@ async fn a_request_that_cannot_be_read_or_run_is_still_answered() {
     let Ok(tollgate_operator::Trigger::Unreadable(envelope, why)) = tollgate_operator::trigger(bad) else {
         panic!("an unreadable request is still one to answer");
     };
-    // WHEN each is answered
+    // WHEN it is answered
     let sent = stack::answer_unrunnable(&envelope, &why, &http)
         .await
         .expect("answered");
@@ -257,21 +310,46 @@ async fn a_request_that_cannot_be_read_or_run_is_still_answered() {
             .is_some_and(|r| r.contains("ResourceProperties")),
         "{answer}"
     );
-    let cold = "the operator function cannot start: TOLLGATE_STACK_NAME must be set";
-    for (kind, status) in [("Create", "FAILED"), ("Update", "FAILED"), ("Delete", "SUCCESS")] {
-        let envelope = stack::envelope(&w.payload(kind, "")).expect("envelope");
-        let sent = stack::answer_unrunnable(&envelope, cold, &http)
-            .await
-            .expect("answered");
-        let (_, answer) = w.received_answer(sent);
-        // AND a Delete never blocks the stack's deletion
-        assert_eq!(answer["Status"], status, "{kind}: {answer}");
-        assert!(answer["Reason"].as_str().is_some_and(|r| r.contains(cold)), "{answer}");
-    }
 }
 
 #[tokio::test]
-async fn a_shed_alarm_that_does_not_exist_fails_a_create_or_a_change_but_not_a_rollback() {
+async fn a_function_that_cannot_start_answers_custom_resource_requests_and_fails_other_events() {
+    // GIVEN the reason a cold start gives (`main`, from a `ConfigError::reason`)
+    let w = World::new().await;
+    let http = reqwest::Client::new();
+    let cold = "the operator function cannot start: TOLLGATE_STACK_NAME must be set";
+    // WHEN each kind of custom-resource request arrives
+    for (kind, status) in [("Create", "FAILED"), ("Update", "FAILED"), ("Delete", "SUCCESS")] {
+        let sent = stack::answer_unstarted(&w.payload(kind, ""), cold, &http)
+            .await
+            .expect("answered");
+        let (_, answer) = w.received_answer(sent);
+        // THEN it is answered with the reason, and a Delete never blocks the stack's deletion
+        assert_eq!(answer["Status"], status, "{kind}: {answer}");
+        assert!(answer["Reason"].as_str().is_some_and(|r| r.contains(cold)), "{answer}");
+    }
+    // AND a scheduled event, a stream batch, or a request without a ResponseURL fails with the
+    // reason, answering nothing
+    let no_url = {
+        let mut p = w.payload("Create", "");
+        p.as_object_mut().expect("object").remove("ResponseURL");
+        p
+    };
+    let has_url_but_no_type = json!({"ResponseURL": w.payload("Create", "")["ResponseURL"]});
+    for event in [
+        json!({"detail-type": "Scheduled Event"}),
+        json!({"Records": []}),
+        no_url,
+        has_url_but_no_type,
+    ] {
+        let failed = stack::answer_unstarted(&event, cold, &http).await;
+        assert_eq!(failed, Err(cold.to_owned()), "{event}");
+    }
+    assert!(w.received.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn a_shed_alarm_that_does_not_exist_fails_a_create_but_no_update() {
     let w = World::new().await;
     let missing = format!("{}-no-such-alarm", w.stack);
     // WHEN the stack is created with a ShedAlarmName no alarm has
@@ -283,20 +361,24 @@ async fn a_shed_alarm_that_does_not_exist_fails_a_create_or_a_change_but_not_a_r
         reason.contains(&missing) && reason.contains("ShedAlarmName empty"),
         "{reason}"
     );
-    // AND an Update that changes the name to it fails too
+    // AND an Update that changes the name to it succeeds with a warning: a rollback from it to
+    // a name whose alarm was deleted since is such an Update, and failing it would leave the
+    // stack in UPDATE_ROLLBACK_FAILED (the shed controller fails each run on it instead)
     let update = |old: &str| {
         let mut p = w.payload("Update", &missing);
         p["OldResourceProperties"] = json!({ "ShedAlarmName": old });
         p["PhysicalResourceId"] = json!("StackCheck-physical");
         stack::request(&p).expect("request")
     };
-    let (_, answer) = w.handle(&update("")).await;
-    assert_eq!(answer["Status"], "FAILED", "{answer}");
-    // AND an Update that keeps it (as a rollback restores properties) succeeds: failing it would
-    // leave the stack in UPDATE_ROLLBACK_FAILED
-    let (_, answer) = w.handle(&update(&missing)).await;
-    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
-    assert_eq!(answer["PhysicalResourceId"], "StackCheck-physical");
+    for old in ["", "another-alarm", missing.as_str()] {
+        let (_, answer) = w.handle(&update(old)).await;
+        assert_eq!(answer["Status"], "SUCCESS", "from {old:?}: {answer}");
+        assert_eq!(answer["PhysicalResourceId"], "StackCheck-physical");
+        let warned = answer["Reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("warning") && r.contains(&missing));
+        assert_eq!(warned, old != missing, "from {old:?}: {answer}");
+    }
     // AND once the alarm exists, or with no shed alarm, Create and Update succeed
     w.put_alarm(&missing).await;
     for (kind, alarm) in [

@@ -5,7 +5,7 @@ use tollgate::aws::{admin_client, cloudwatch_client};
 use tollgate::control::alarms::is_stack_name;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::{
-    AlarmSettings, CloudWatchAlarms, legacy_plan_alarm_prefix, plan_alarm_prefix, sync_plan_alarms,
+    AlarmSettings, CloudWatchAlarms, FormerNames, legacy_plan_alarm_prefix, plan_alarm_prefix, sync_plan_alarms,
 };
 
 use crate::aws_args::AwsArgs;
@@ -19,7 +19,7 @@ pub struct Alarms {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AlarmsCommand {
-    /// Create, update and delete the per-plan alarms (named STACK/plan/ + plan, or PREFIX + plan)
+    /// Create, update and delete the per-plan alarms (named tollgate/STACK/plan/ + plan, or PREFIX + plan)
     /// so that they match the plans of the policy table; alarms under the prefix that no plan
     /// calls for are deleted.
     Sync(Sync),
@@ -42,8 +42,9 @@ pub struct Sync {
     /// The DynamoDB policy table whose plans the alarms follow.
     #[arg(long, default_value = "tollgate-policy")]
     pub policy_table: String,
-    /// The stack whose alarms these are, as its operator function names them (`STACK/plan/`
-    /// + the plan), alarms under their former names (`STACK-plan-` + the plan) moved.
+    /// The stack whose alarms these are, as its operator function names them
+    /// (`tollgate/STACK/plan/` + the plan), alarms under their former names (`STACK-plan-` + the
+    /// plan) moved.
     #[arg(
         long,
         env = "TOLLGATE_STACK_NAME",
@@ -51,8 +52,9 @@ pub struct Sync {
         required_unless_present = "prefix"
     )]
     pub stack: Option<String>,
-    /// Outside a stack: alarm names start with this; every alarm under it is managed.
-    #[arg(long, env = "TOLLGATE_PLAN_ALARM_PREFIX")]
+    /// Outside a stack: alarm names start with this; every alarm under it is managed. A flag
+    /// only: the operator function's environment sets `TOLLGATE_STACK_NAME`, which would conflict.
+    #[arg(long)]
     pub prefix: Option<String>,
     /// The namespace of the authorizer's metrics.
     #[arg(long, env = "TOLLGATE_METRICS_NAMESPACE", default_value = tollgate::metrics::DEFAULT_NAMESPACE)]
@@ -103,7 +105,7 @@ impl Sync {
         let sdk = self.aws.sdk_config().await?;
         let table = PolicyTable::new(admin_client(&sdk), &self.policy_table);
         let cloudwatch = CloudWatchAlarms::new(cloudwatch_client(&sdk));
-        let report = sync_plan_alarms(&cloudwatch, &table, &settings).await?;
+        let report = sync_plan_alarms(&cloudwatch, &table, &settings, FormerNames::OfEvery).await?;
         if self.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

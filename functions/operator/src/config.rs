@@ -73,6 +73,17 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The error without the variable's value, for CloudFormation's stack events (a value may
+    /// not be fit to show there); the log has the whole error.
+    pub fn reason(&self) -> String {
+        match self {
+            ConfigError::Missing { var, why } => format!("{var} must be set: {why}"),
+            ConfigError::Invalid { var, why, .. } => format!("{var} is invalid: {why}"),
+        }
+    }
+}
+
 /// A variable's value; empty counts as unset.
 fn get(lookup: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
     lookup(var).filter(|v| !v.is_empty())
@@ -166,13 +177,20 @@ mod tests {
             _ => None,
         });
         assert!(bad.expect_err("invalid").to_string().contains(PLAN_ALARM_PERCENT));
-        let not_a_stack = alarm_settings(|k| (k == STACK_NAME).then(|| "p/plan".into()));
-        assert!(not_a_stack.expect_err("invalid").to_string().contains(STACK_NAME));
+        let not_a_stack = alarm_settings(|k| (k == STACK_NAME).then(|| "p/plan-s3cr3t".into()));
+        let not_a_stack = not_a_stack.expect_err("invalid");
+        assert!(
+            not_a_stack.to_string().contains("p/plan-s3cr3t"),
+            "the log has the value"
+        );
+        // AND the reason CloudFormation is given names the variable, never its value
+        let reason = not_a_stack.reason();
+        assert!(reason.contains(STACK_NAME) && !reason.contains("s3cr3t"), "{reason}");
         let ok = alarm_settings(|k| (k == STACK_NAME).then(|| "p".into())).expect("defaults");
         assert_eq!((ok.threshold_percent, ok.minutes), (DEFAULT_PERCENT, DEFAULT_MINUTES));
         assert_eq!(
             (ok.prefix.as_str(), ok.legacy_prefix.as_deref()),
-            ("p/plan/", Some("p-plan-"))
+            ("tollgate/p/plan/", Some("p-plan-"))
         );
     }
 

@@ -5,6 +5,7 @@
 //! reason (every other event fails with it): a deployment is told, not left waiting an hour.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::BehaviorVersion;
@@ -14,7 +15,7 @@ use tollgate::aws::{admin_client, cloudwatch_client, notice_client, policy_clien
 use tollgate::control::shed::controller::Controller;
 use tollgate::control::shed::table::ShedTable;
 use tollgate::control::sync::table::PolicyTable;
-use tollgate::control::{AlarmSettings, CloudWatchAlarms, sync_plan_alarms};
+use tollgate::control::{AlarmSettings, CloudWatchAlarms, FormerNames, sync_plan_alarms};
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::notify::{Markers, Notifier, SnsPublisher};
@@ -22,8 +23,30 @@ use tollgate_operator::Trigger;
 use tollgate_operator::config::{self, NOTICE_TOPIC, POLICY_TABLE, STATE_TABLE};
 use tollgate_operator::stack::{self, Ports};
 
-fn var(name: &str) -> Result<String, Error> {
-    std::env::var(name).map_err(|_| format!("{name} is not set").into())
+/// Why the function cannot start: `detail` for its log, `reason` (variables named, never their
+/// values) for its answers.
+struct Unstarted {
+    detail: String,
+    reason: String,
+}
+
+impl From<config::ConfigError> for Unstarted {
+    fn from(e: config::ConfigError) -> Unstarted {
+        Unstarted {
+            detail: e.to_string(),
+            reason: e.reason(),
+        }
+    }
+}
+
+fn var(name: &str) -> Result<String, Unstarted> {
+    std::env::var(name).map_err(|_| {
+        let reason = format!("{name} is not set");
+        Unstarted {
+            detail: reason.clone(),
+            reason,
+        }
+    })
 }
 
 /// Everything an invocation uses, built once.
@@ -35,9 +58,13 @@ struct Operator {
     alarm_settings: AlarmSettings,
     clock: SystemClock,
     namespace: String,
+    /// Whether this container's scheduled runs have looked up every plan's former alarm name
+    /// (the first one does: a run that failed between a new name and the former one's deletion
+    /// left a duplicate).
+    swept: AtomicBool,
 }
 
-async fn build() -> Result<Operator, Error> {
+async fn build() -> Result<Operator, Unstarted> {
     let (state, policy, topic) = (var(STATE_TABLE)?, var(POLICY_TABLE)?, var(NOTICE_TOPIC)?);
     // Settings are checked before the first event: a wrong variable fails the deployment's
     // first invocation with the variable's name, not a scheduled run hours later.
@@ -67,6 +94,7 @@ async fn build() -> Result<Operator, Error> {
         namespace: alarm_settings.namespace.clone(),
         alarm_settings,
         clock: SystemClock::new(),
+        swept: AtomicBool::new(false),
     })
 }
 
@@ -89,7 +117,13 @@ impl Operator {
             // the invocation, so Lambda's `Errors` (and the alarm on it) see it.
             Trigger::Scheduled(_) => {
                 let shed = self.shed.run(self.clock.now()).await;
-                let alarms = sync_plan_alarms(&self.cloudwatch, &self.plans, &self.alarm_settings).await;
+                let former = if self.swept.load(Ordering::Relaxed) {
+                    FormerNames::OfCreated
+                } else {
+                    FormerNames::OfEvery
+                };
+                let alarms = sync_plan_alarms(&self.cloudwatch, &self.plans, &self.alarm_settings, former).await;
+                self.swept.fetch_or(alarms.is_ok(), Ordering::Relaxed);
                 tracing::info!(shed = ?shed, plan_alarms = ?alarms, "scheduled jobs ran");
                 Ok(json!({ "shed": serde_json::to_value(shed?)?, "plan_alarms": serde_json::to_value(alarms?)? }))
             }
@@ -98,6 +132,7 @@ impl Operator {
                     plan_alarms: &self.cloudwatch,
                     shed_alarms: &self.cloudwatch,
                     plans: &self.plans,
+                    settings: &self.alarm_settings,
                 };
                 let left = time_left(event.context.deadline);
                 Ok(stack::handle(&request, &ports, http, left).await?)
@@ -121,14 +156,11 @@ async fn main() -> Result<(), Error> {
             lambda_runtime::run(service_fn(move |event| operator.handle(event, http))).await
         }
         Err(e) => {
-            let why = format!("the operator function cannot start: {e}");
-            tracing::error!(error = %why, "cold start failed");
-            let why = why.as_str();
+            tracing::error!(error = %e.detail, "the operator function cannot start");
+            let reason = format!("the operator function cannot start: {}", e.reason);
+            let reason = reason.as_str();
             lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-                match stack::envelope(&event.payload).filter(|_| stack::is_request(&event.payload)) {
-                    Some(envelope) => Ok(stack::answer_unrunnable(&envelope, why, http).await?),
-                    None => Err::<Value, Error>(why.into()),
-                }
+                Ok::<Value, Error>(stack::answer_unstarted(&event.payload, reason, http).await?)
             }))
             .await
         }

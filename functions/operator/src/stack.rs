@@ -6,17 +6,22 @@
 //! - `Create`: the alarm `ShedAlarmName` names exists (else the deployment fails saying so,
 //!   instead of the controller failing every minute); with `SettleSeconds`, a wait that lets a
 //!   new IAM role reach API Gateway before the account setting that depends on it.
-//! - `Update`: fails only when `ShedAlarmName` changed (from `OldResourceProperties`) and the
-//!   new name names no alarm. An unchanged name is not checked again: a rollback sends the
-//!   properties being restored as an `Update`, and failing it (an alarm deleted since) would
-//!   leave the stack in `UPDATE_ROLLBACK_FAILED`.
+//! - `Update`: never fails on `ShedAlarmName`. A rollback sends the properties being restored as
+//!   an `Update`, and failing it (their alarm deleted since) would leave the stack in
+//!   `UPDATE_ROLLBACK_FAILED`; a changed name that names no alarm is a warning in the answer, and
+//!   the shed controller fails each scheduled run on it (the function's errors alarm).
+//! - `Create` and `Update` also sync the per-plan alarms, former names of every plan looked up
+//!   (`FormerNames::OfEvery`): an upgrade moves them at once; a failure is in the reason only.
 //! - `Delete`: the stack's per-plan alarms are deleted (`control::delete_stack_alarms`: all
-//!   under its prefix, the former names of the plans in the policy table by exact name), and
-//!   the answer is `SUCCESS` even when that fails (the reason says what was left): a failed
-//!   `Delete` would block the stack's deletion.
-//! - A request that cannot be read (`trigger`), a function that cannot start (`main`) and work
-//!   that would outlast the invocation (`ANSWER_RESERVE` before its deadline) answer `FAILED`,
-//!   or `SUCCESS` for a `Delete`, with the reason.
+//!   under its prefix, then their former names, by exact name; no table is read), and the answer
+//!   is `SUCCESS` even when that fails (the reason says what was left): a failed `Delete` would
+//!   block the stack's deletion.
+//! - A request that cannot be read (`trigger`), a function that cannot start (`answer_unstarted`)
+//!   and work that would outlast the invocation (`ANSWER_RESERVE` before its deadline) answer
+//!   `FAILED`, or `SUCCESS` for a `Delete`, with the reason.
+//!
+//! An answer's `Reason` is at most `MAX_REASON` bytes (CloudFormation refuses a body over 4096)
+//! and names variables, never their values.
 //!
 //! The stack is the one named in the request's `StackId`: its alarms are named from it.
 
@@ -28,7 +33,9 @@ use tollgate::control::alarms::is_stack_name;
 use tollgate::control::shed::alarm::Alarms;
 use tollgate::control::shed::table::ShedError;
 use tollgate::control::sync::table::PolicyTable;
-use tollgate::control::{AlarmPort, delete_stack_alarms, plan_alarm_prefix, table_plans};
+use tollgate::control::{
+    AlarmPort, AlarmSettings, FormerNames, delete_stack_alarms, plan_alarm_prefix, sync_plan_alarms,
+};
 
 /// The longest `SettleSeconds` honoured: the wait must end well within the function's timeout.
 pub const MAX_SETTLE_SECS: u64 = 20;
@@ -36,6 +43,8 @@ pub const MAX_SETTLE_SECS: u64 = 20;
 /// up and answered as such. The answer's own `PUT` is bounded by `ANSWER_TIMEOUT`, within it.
 pub const ANSWER_RESERVE: Duration = Duration::from_secs(5);
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
+/// The longest `Reason` answered, in bytes: the whole body must stay under CloudFormation's 4096.
+pub const MAX_REASON: usize = 1024;
 
 /// What every answer needs, read from any custom-resource request field by field: a request
 /// whose other fields do not parse is still answered.
@@ -123,8 +132,10 @@ pub fn is_request(payload: &Value) -> bool {
 pub struct Ports<'a> {
     pub plan_alarms: &'a dyn AlarmPort,
     pub shed_alarms: &'a dyn Alarms,
-    /// The policy table: its plans name the alarms still under their former names.
+    /// The policy table: its plans are the alarms' on `Create` and `Update`.
     pub plans: &'a PolicyTable,
+    /// The per-plan alarms' settings, as the scheduled sync uses them.
+    pub settings: &'a AlarmSettings,
 }
 
 impl std::fmt::Debug for Ports<'_> {
@@ -143,38 +154,52 @@ pub async fn run(request: &Request, ports: &Ports<'_>) -> Result<String, String>
             let stack = e
                 .stack_name()
                 .ok_or_else(|| format!("StackId `{}` names no stack: no alarm deleted", e.stack_id))?;
-            delete_plan_alarms(ports, stack).await
+            delete_stack_alarms(ports.plan_alarms, stack)
+                .await
+                .map(|deleted| format!("deleted {} alarms of stack {stack}", deleted.len()))
+                .map_err(|e| {
+                    format!(
+                        "alarms of stack `{stack}` left (under {} and their former names): {e}",
+                        plan_alarm_prefix(stack)
+                    )
+                })
         }
         "Create" => {
             check_shed_alarm(ports.shed_alarms, &p.shed_alarm_name).await?;
             settle(p.settle_seconds.as_deref()).await?;
-            Ok("checked".to_owned())
+            Ok(format!("checked; {}", sync_alarms(ports).await))
         }
         "Update" => {
             let old = request.old_properties.as_ref().map(|o| o.shed_alarm_name.as_str());
-            if old == Some(p.shed_alarm_name.as_str()) {
-                return Ok("ShedAlarmName unchanged: not checked again".to_owned());
-            }
-            check_shed_alarm(ports.shed_alarms, &p.shed_alarm_name).await?;
-            Ok("checked".to_owned())
+            let shed = if old == Some(p.shed_alarm_name.as_str()) {
+                "ShedAlarmName unchanged: not checked again".to_owned()
+            } else {
+                match check_shed_alarm(ports.shed_alarms, &p.shed_alarm_name).await {
+                    Ok(()) => "checked".to_owned(),
+                    Err(why) => {
+                        tracing::warn!(warning = %why, "stack update: the shed alarm");
+                        format!("warning: {why}; until then the shed controller fails each run")
+                    }
+                }
+            };
+            Ok(format!("{shed}; {}", sync_alarms(ports).await))
         }
         other => Err(format!("unknown RequestType `{other}`")),
     }
 }
 
-/// Deletes the stack's per-plan alarms; the policy table unreadable, those under the prefix.
-async fn delete_plan_alarms(ports: &Ports<'_>, stack: &str) -> Result<String, String> {
-    let (plans, unread) = match table_plans(ports.plans).await {
-        Ok(plans) => (plans.into_keys().collect::<Vec<_>>(), None),
-        Err(e) => (Vec::new(), Some(e)),
-    };
-    let deleted = delete_stack_alarms(ports.plan_alarms, stack, plans.iter().map(String::as_str))
-        .await
-        .map_err(|e| format!("deleting the alarms of stack `{stack}`: {e}"))?;
-    let done = format!("deleted {} alarms of stack {stack}", deleted.len());
-    match unread {
-        None => Ok(done),
-        Some(e) => Err(format!("{done}; alarms under their former names left: {e}")),
+/// The per-plan alarms synced, every former name looked up; what happened, for the reason.
+async fn sync_alarms(ports: &Ports<'_>) -> String {
+    match sync_plan_alarms(ports.plan_alarms, ports.plans, ports.settings, FormerNames::OfEvery).await {
+        Ok(report) => format!(
+            "plan alarms: {} created, {} moved from their former names",
+            report.created.len(),
+            report.migrated.len()
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "stack check: plan alarm sync failed; the schedule retries it");
+            format!("plan alarms not synced (the schedule retries): {e}")
+        }
     }
 }
 
@@ -216,6 +241,7 @@ pub fn answer(envelope: &Envelope, outcome: &Result<String, String>) -> Value {
         Err(why) if envelope.is_delete() => ("SUCCESS", format!("deleted with errors: {why}")),
         Err(why) => ("FAILED", why.clone()),
     };
+    let reason = capped(reason, MAX_REASON);
     json!({
         "Status": status,
         "Reason": reason,
@@ -224,6 +250,21 @@ pub fn answer(envelope: &Envelope, outcome: &Result<String, String>) -> Value {
         "RequestId": envelope.request_id,
         "LogicalResourceId": envelope.logical_resource_id,
     })
+}
+
+/// `reason`, cut to at most `max` bytes on a character boundary (`…` saying so).
+pub fn capped(mut reason: String, max: usize) -> String {
+    const MORE: &str = "…";
+    if reason.len() <= max {
+        return reason;
+    }
+    let mut end = max.saturating_sub(MORE.len());
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    reason.push_str(MORE);
+    reason
 }
 
 /// Runs `request` within `time_left` (the invocation's, less `ANSWER_RESERVE`) and puts the
@@ -251,6 +292,16 @@ pub async fn answer_unrunnable(envelope: &Envelope, why: &str, http: &reqwest::C
     respond(envelope, Err(format!("nothing done: {why}")), http).await
 }
 
+/// What a function that could not start (`reason`, naming variables, not their values) does with
+/// an event: a custom-resource request is answered (`answer_unrunnable`); any other event, or a
+/// request without a `ResponseURL`, fails with the reason, answering nothing.
+pub async fn answer_unstarted(payload: &Value, reason: &str, http: &reqwest::Client) -> Result<Value, String> {
+    match envelope(payload).filter(|_| is_request(payload)) {
+        Some(envelope) => answer_unrunnable(&envelope, reason, http).await,
+        None => Err(reason.to_owned()),
+    }
+}
+
 /// Logs `outcome` and puts its answer (a presigned S3 URL: no content type, which the signature
 /// does not cover). An answer that cannot be delivered is the invocation's error: CloudFormation
 /// would otherwise wait an hour for it.
@@ -270,9 +321,44 @@ async fn respond(
         .body(body.to_string())
         .send()
         .await
-        .map_err(|e| format!("answering CloudFormation: {e}"))?;
+        // Without the URL: it is presigned, a credential until it expires.
+        .map_err(|e| format!("answering CloudFormation: {}", e.without_url()))?;
     if !response.status().is_success() {
         return Err(format!("answering CloudFormation: HTTP {}", response.status()));
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_reason_is_cut_on_a_character_boundary_and_the_answer_fits() {
+        // GIVEN a failure whose reason is far over the limit, in characters of 1 to 4 bytes
+        let envelope = Envelope {
+            request_type: "Create".to_owned(),
+            response_url: "https://example/answer".to_owned(),
+            stack_id: format!(
+                "arn:aws:cloudformation:us-east-1:123456789012:stack/{}/1",
+                "s".repeat(128)
+            ),
+            request_id: "r".repeat(36),
+            logical_resource_id: "StackCheck".to_owned(),
+            physical_resource_id: None,
+        };
+        for unit in ["a", "é", "€", "😀"] {
+            let why = unit.repeat(4000);
+            // WHEN it is answered
+            let body = answer(&envelope, &Err(why.clone()));
+            // THEN the reason is at most MAX_REASON bytes, a prefix of the reason saying it was
+            // cut, and the body stays under CloudFormation's 4096 bytes
+            let reason = body["Reason"].as_str().expect("reason");
+            assert!(reason.len() <= MAX_REASON && reason.len() > MAX_REASON - 8, "{unit}");
+            assert!(why.starts_with(reason.trim_end_matches('…')) && reason.ends_with('…'));
+            assert!(body.to_string().len() < 4096);
+        }
+        // AND a short reason is left whole
+        assert_eq!(capped("done".to_owned(), MAX_REASON), "done");
+    }
 }

@@ -56,12 +56,17 @@ pub enum Scope {
     /// created only as the stack's.
     Tagging,
     /// `Tagging`, and the resource's own `tollgate:stack`, when it has one, is the stack's
-    /// (`StringEqualsIfExists` on `aws:ResourceTag`): `PUT` on `/tags/*`, the tagging resource,
+    /// (`StringEqualsIfExists` on `aws:ResourceTag`): `PUT` on `TAG_API_KEYS`, the tagging resource,
     /// which tagging on create may need too and which is also `TagResource`. `TagResource`
     /// overwrites a value, so without the resource condition the role could claim another
-    /// stack's key or plan and then write it.
+    /// stack's key and then write it; the condition passes on a resource without the tag, so
+    /// the resource is API keys only.
     Retagging,
 }
+
+/// The tagging resource of API keys only (`/tags/` + the key's ARN, URL-encoded), in the
+/// template's `!Sub` spelling: no usage plan or API can be tagged through it.
+pub const TAG_API_KEYS: &str = "/tags/arn%3A${AWS::Partition}%3Aapigateway%3A${AWS::Region}%3A%3A%2Fapikeys%2F*";
 
 /// The API Gateway calls it makes, as IAM actions on resource paths, and what each grant is
 /// conditioned on.
@@ -75,7 +80,7 @@ pub const CONTROL_ACCESS: [(&str, &str, Scope); 10] = [
     ("apigateway:PATCH", "/apikeys/*", Scope::Tagged),
     ("apigateway:POST", "/apikeys", Scope::Tagging),
     ("apigateway:POST", "/usageplans/*/keys", Scope::Tagged),
-    ("apigateway:PUT", "/tags/*", Scope::Retagging),
+    ("apigateway:PUT", TAG_API_KEYS, Scope::Retagging),
 ];
 
 /// Whether an invocation is the function's EventBridge schedule rather than an API request.

@@ -12,13 +12,17 @@ use crate::engine::policy::PlanSpec;
 
 use crate::metrics;
 
-/// The prefix of a stack's per-plan alarms: `{stack}/plan/`, the one place they are named.
-/// `/` is in no CloudFormation stack name (`[A-Za-z][-A-Za-z0-9]*`) nor plan name, and CloudWatch
-/// allows it in an alarm name: no other stack's prefix starts with this one (a stack named
-/// `{stack}-plan-b` has `{stack}-plan-b/plan/`), and no alarm of the template (`{stack}-...`) is
-/// under it.
+/// The start of every per-plan alarm name, whatever the stack: no former prefix (`STACK-plan-`,
+/// which has a `-` before any `/`) starts any name under it, so a stack still on the former
+/// names never deletes another's alarms under the new ones.
+pub const PLAN_ALARM_ROOT: &str = "tollgate/";
+
+/// The prefix of a stack's per-plan alarms: `tollgate/{stack}/plan/`, the one place they are
+/// named. `/` is in no CloudFormation stack name (`[A-Za-z][-A-Za-z0-9]*`) nor plan name, and
+/// CloudWatch allows it in an alarm name: no stack's prefix starts another's names, and no alarm
+/// of the template (`{stack}-...`) is under it.
 pub fn plan_alarm_prefix(stack: &str) -> String {
-    format!("{stack}/plan/")
+    format!("{PLAN_ALARM_ROOT}{stack}/plan/")
 }
 
 /// The prefix the per-plan alarms had before, `{stack}-plan-`: also the start of every alarm of a
@@ -326,16 +330,42 @@ mod tests {
         assert!(alarms[1].description.contains("daily quota 100"));
     }
 
+    /// Every stack name of up to three characters over letters that spell `tollgate` and
+    /// `plan`, `-` and a digit, and longer ones built to collide.
+    fn stack_names() -> Vec<String> {
+        let alphabet = ['t', 'o', 'l', 'g', 'a', 'e', 'p', 'n', '-', '1'];
+        let mut names: Vec<String> = vec![String::new()];
+        for _ in 0..3 {
+            let longer: Vec<String> = names
+                .iter()
+                .flat_map(|n| alphabet.iter().map(move |c| format!("{n}{c}")))
+                .collect();
+            names.extend(longer);
+        }
+        names.extend(["tollgate", "tollgate-plan", "api", "api-plan-b", "api-plan-b-plan-c"].map(String::from));
+        names.retain(|n| is_stack_name(n));
+        names.sort();
+        names.dedup();
+        names
+    }
+
     #[test]
-    fn no_stacks_plan_alarm_prefix_starts_another_stacks() {
-        // GIVEN a stack and a second one whose name starts with the first's former prefix
-        let (a, b) = ("api", "api-plan-b");
-        assert!(is_stack_name(a) && is_stack_name(b));
-        // THEN the second's alarms were under the first's former prefix, and are not under its
-        // new one, nor is any name a plan can give (plan names have no `/`)
-        assert!(plan_alarm_prefix(b).starts_with(&legacy_plan_alarm_prefix(a)));
-        assert!(!plan_alarm_prefix(b).starts_with(&plan_alarm_prefix(a)));
-        assert_eq!(plan_alarm_prefix(a), "api/plan/");
+    fn no_stacks_former_or_new_prefix_starts_another_stacks_new_names() {
+        // GIVEN every stack name of a small alphabet and the collisions a `-plan-` name invites
+        let stacks = stack_names();
+        assert!(stacks.len() > 500 && stacks.contains(&"api-plan-b".to_owned()));
+        for a in &stacks {
+            let (former, new) = (legacy_plan_alarm_prefix(a), plan_alarm_prefix(a));
+            for b in &stacks {
+                // WHEN stack `b` names a plan's alarm (a plan name that starts like a prefix too)
+                let name = format!("{}plan-x", plan_alarm_prefix(b));
+                // THEN no former prefix starts it (a stack not yet upgraded deletes nothing of
+                // it), and no other stack's new prefix does
+                assert!(!name.starts_with(&former), "{a:?}'s former prefix starts {name:?}");
+                assert_eq!(name.starts_with(&new), a == b, "{a:?}'s prefix and {name:?}");
+            }
+        }
+        assert_eq!(plan_alarm_prefix("api"), "tollgate/api/plan/");
         assert!(!is_stack_name("api/plan") && !is_stack_name("1api") && !is_stack_name(""));
     }
 

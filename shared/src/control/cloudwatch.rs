@@ -14,7 +14,7 @@ use crate::control::alarms::{AlarmChange, AlarmDefinition, AlarmError, AlarmRepo
 use crate::control::shed::AlarmState;
 use crate::control::shed::table::ShedError;
 use crate::control::sync::table::PolicyTable;
-use crate::engine::policy::PlanSpec;
+use crate::engine::policy::{PlanSpec, is_plan_name};
 use crate::policy_table::{self, Record};
 use aws_sdk_cloudwatch::types::StateValue;
 
@@ -226,13 +226,25 @@ fn read(alarm: &MetricAlarm, prefix: &str) -> Result<AlarmDefinition, AlarmError
     })
 }
 
+/// Which former names a sync looks up, by exact name (`AlarmSettings::legacy_prefix`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormerNames {
+    /// Those of the alarms it creates: a run that creates none looks up none.
+    OfCreated,
+    /// Those of every alarm the plans call for (at most 100 names a call): also finds a former
+    /// alarm left beside its plan's new one by a run that failed between the two. What a
+    /// container's first run, `tollgate alarms sync` and the stack's `Create` and `Update` do.
+    OfEvery,
+}
+
 /// Makes the alarms under `settings.prefix` match `plans`: describe, diff, put what differs,
-/// delete orphans. Idempotent: a second run with the same plans makes one `DescribeAlarms` call
-/// (per page) and nothing else.
+/// delete orphans, then the former names `former` says. Idempotent: a second run with the same
+/// plans and `OfCreated` makes one `DescribeAlarms` call (per page) and nothing else.
 pub async fn sync_alarms(
     port: &dyn AlarmPort,
     plans: &BTreeMap<String, PlanSpec>,
     settings: &AlarmSettings,
+    former: FormerNames,
 ) -> Result<AlarmReport, AlarmError> {
     let desired = crate::control::alarms::desired(plans, settings)?;
     let current = port.describe(&settings.prefix).await?;
@@ -261,25 +273,29 @@ pub async fn sync_alarms(
         port.delete(&orphans).await?;
         report.deleted = orphans;
     }
-    report.migrated = migrate(port, &report.created, settings).await?;
+    let moved: Vec<String> = match former {
+        FormerNames::OfCreated => report.created.clone(),
+        FormerNames::OfEvery => desired.into_iter().map(|a| a.name).collect(),
+    };
+    report.migrated = migrate(port, &moved, &settings.prefix, settings.legacy_prefix.as_deref()).await?;
     Ok(report)
 }
 
-/// Deletes the former names of the alarms just `created`, by exact name: the first sync under
-/// the new names moves every alarm, and later ones look only when they create one. A failure
-/// leaves the former alarm beside the new one; the next creation or the stack's deletion removes
-/// it.
+/// Deletes the former names of the alarms `names` (under `prefix`), by exact name: the first
+/// sync under the new names moves every alarm. A failure leaves the former alarm beside the new
+/// one; the next `OfEvery` run or the stack's deletion removes it.
 async fn migrate(
     port: &dyn AlarmPort,
-    created: &[String],
-    settings: &AlarmSettings,
+    names: &[String],
+    prefix: &str,
+    legacy: Option<&str>,
 ) -> Result<Vec<String>, AlarmError> {
-    let Some(legacy) = &settings.legacy_prefix else {
+    let Some(legacy) = legacy else {
         return Ok(Vec::new());
     };
-    let former: Vec<String> = created
+    let former: Vec<String> = names
         .iter()
-        .filter_map(|name| name.strip_prefix(&settings.prefix))
+        .filter_map(|name| name.strip_prefix(prefix))
         .map(|plan| format!("{legacy}{plan}"))
         .collect();
     if former.is_empty() {
@@ -292,25 +308,24 @@ async fn migrate(
     Ok(found)
 }
 
-/// Deletes every per-plan alarm of `stack`: all under its prefix, and under their former names
-/// those of the plans it knows (`plans`), by exact name. What the stack's deletion does.
-pub async fn delete_stack_alarms(
-    port: &dyn AlarmPort,
-    stack: &str,
-    plans: impl IntoIterator<Item = &str>,
-) -> Result<Vec<String>, AlarmError> {
+/// Deletes every per-plan alarm of `stack`: first all under its prefix (`DescribeAlarms` by
+/// prefix, all pages), then the former names of those plans, by exact name. Reads no table: a
+/// plan whose alarm never moved keeps its former one (docs/operations.md). What the stack's
+/// deletion does.
+pub async fn delete_stack_alarms(port: &dyn AlarmPort, stack: &str) -> Result<Vec<String>, AlarmError> {
     let prefix = crate::control::alarms::plan_alarm_prefix(stack);
     let mut names: Vec<String> = port.describe(&prefix).await?.into_iter().map(|a| a.name).collect();
-    let legacy = crate::control::alarms::legacy_plan_alarm_prefix(stack);
-    let former: Vec<String> = plans.into_iter().map(|plan| format!("{legacy}{plan}")).collect();
-    if !former.is_empty() {
-        names.extend(port.existing(&former).await?);
+    if !names.is_empty() {
+        port.delete(&names).await?;
     }
-    port.delete(&names).await?;
+    let legacy = crate::control::alarms::legacy_plan_alarm_prefix(stack);
+    let former = migrate(port, &names, &prefix, Some(&legacy)).await?;
+    names.extend(former);
     Ok(names)
 }
 
-/// The plans of the policy table (strongly consistent read, as plan sync reads it).
+/// The plans of the policy table (strongly consistent read, as plan sync reads it). A plan name
+/// the plan-name rule refuses is left out (and logged): alarm names are built from these.
 pub async fn table_plans(table: &PolicyTable) -> Result<BTreeMap<String, PlanSpec>, AlarmError> {
     let current = table.read().await.map_err(|e| AlarmError::Plans(e.to_string()))?;
     Ok(current
@@ -319,6 +334,13 @@ pub async fn table_plans(table: &PolicyTable) -> Result<BTreeMap<String, PlanSpe
         .filter_map(|(pk, record)| match record {
             Record::Plan { spec, .. } => policy_table::plan_name(&pk).map(|name| (name.to_owned(), spec)),
             _ => None,
+        })
+        .filter(|(name, _)| {
+            let valid = is_plan_name(name);
+            if !valid {
+                tracing::warn!(plan = %name.escape_debug(), "a plan item whose name no plan can have: no alarm for it");
+            }
+            valid
         })
         .collect())
 }
@@ -329,8 +351,9 @@ pub async fn sync_plan_alarms(
     port: &dyn AlarmPort,
     table: &PolicyTable,
     settings: &AlarmSettings,
+    former: FormerNames,
 ) -> Result<AlarmReport, AlarmError> {
-    sync_alarms(port, &table_plans(table).await?, settings).await
+    sync_alarms(port, &table_plans(table).await?, settings, former).await
 }
 
 // The shed controller's port: the state of the one alarm it follows.

@@ -26,5 +26,6 @@ pub use alarms::{
 };
 #[cfg(feature = "cloudwatch")]
 pub use cloudwatch::{
-    AlarmPort, CloudWatchAlarms, CloudWatchMetrics, delete_stack_alarms, sync_alarms, sync_plan_alarms, table_plans,
+    AlarmPort, CloudWatchAlarms, CloudWatchMetrics, FormerNames, delete_stack_alarms, sync_alarms, sync_plan_alarms,
+    table_plans,
 };

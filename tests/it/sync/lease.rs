@@ -246,3 +246,29 @@ async fn a_rerun_asked_just_before_the_holders_release_makes_the_release_fail_an
     // AND B, whose lease it never was, cannot renew it
     assert!(!b.renew(until).await.expect("renew"));
 }
+
+#[tokio::test]
+async fn a_take_whose_answer_is_lost_is_retried_onto_the_runs_own_lease_and_the_run_syncs() {
+    // GIVEN a run whose table calls go through a proxy that applies its first PutItem (the
+    // lease's take) and loses the answer, so the SDK sends the put again
+    let w = World::new("il-central-1").await;
+    let plan = w.plan("lease-f", 1.0, 5, 1000, &[]).await;
+    w.key("k1", Some("t1"), "tg_live_lease_7", &plan).await;
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let sdk = emulator::sdk_config_in(&proxy.endpoint(), "il-central-1");
+    let table = PolicyTable::new(tollgate::aws::admin_client(&sdk), &w.name);
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseResponse)]);
+    // WHEN it runs
+    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline())
+        .await
+        .expect("run");
+    // THEN the retry finds the lease its own: the run syncs instead of deferring to itself
+    assert!(
+        proxy.seen("POST", "DynamoDB_20120810.PutItem") >= 2,
+        "the put was sent again"
+    );
+    assert!(!run.deferred, "{run:?}");
+    assert_eq!(run.rounds.len(), 1);
+    // AND releases the lease: the next run need not wait for its expiry
+    assert_eq!(w.lease().await, None);
+}

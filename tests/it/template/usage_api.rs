@@ -46,7 +46,8 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
                 let scope = scope(&st["Condition"]);
                 for resource in st["Resource"].as_sequence().expect("resources") {
                     let arn = untag(resource).1.as_str().expect("an ARN").to_owned();
-                    let path = arn.rsplit_once("::").expect("an API Gateway ARN").1.to_owned();
+                    // After the Region (`${AWS::Region}::`): a tagging path holds another ARN.
+                    let path = arn.split_once("}::").expect("an API Gateway ARN").1.to_owned();
                     control.insert((action.clone(), path, scope));
                 }
             }
@@ -91,8 +92,9 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
 #[test]
 fn the_usage_api_tags_only_resources_no_other_stacks_tag_names() {
     // GIVEN the grants the template holds (the test above holds it to `CONTROL_ACCESS`)
-    // THEN tagging an existing resource (TagResource overwrites a value) is refused on a key or
-    // plan another stack's tag already names
+    // THEN tagging an existing resource (TagResource overwrites a value) is refused on a key
+    // another stack's tag already names, and on anything but an API key (the condition passes
+    // on an untagged usage plan or API)
     let tagging: Vec<_> = tollgate_usage_api::CONTROL_ACCESS
         .iter()
         .filter(|(_, path, _)| path.starts_with("/tags/"))
@@ -100,6 +102,13 @@ fn the_usage_api_tags_only_resources_no_other_stacks_tag_names() {
     assert!(!tagging.is_empty());
     assert!(
         tagging.iter().all(|(_, _, scope)| *scope == Scope::Retagging),
+        "{tagging:?}"
+    );
+    let api_keys = "/tags/arn%3A${AWS::Partition}%3Aapigateway%3A${AWS::Region}%3A%3A%2Fapikeys%2F";
+    assert!(
+        tagging
+            .iter()
+            .all(|(_, path, _)| path.strip_prefix(api_keys).is_some_and(|id| id == "*")),
         "{tagging:?}"
     );
 }

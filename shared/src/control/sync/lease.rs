@@ -2,7 +2,7 @@
 //!
 //! Concurrent runs are correct anyway (every write is conditioned on `sync#meta`'s generation),
 //! but each re-reads all of API Gateway. So a run first takes the lease (a conditional put with
-//! an owner token and an expiry past the function's timeout). A run that finds it held does not
+//! an owner token and an expiry). A run that finds it held does not
 //! sync: it sets the lease's `rerun` (an update, so a change that arrived during the holder's run
 //! is never dropped) and returns. The holder, when done, deletes the lease on condition that it
 //! still owns it and `rerun` is still false; when that fails because `rerun` was set, it clears
@@ -10,8 +10,10 @@
 //! invocation has the time a round needs (`MIN_ROUND`, or the last round's time if longer). The
 //! expiry (`until`, epoch seconds) is the invocation's deadline plus `LEASE_MARGIN`, whenever it
 //! is taken or renewed: a holder stopped at its timeout blocks other runs for the margin, not for
-//! another timeout. Every error of `release` or `renew` abandons the lease (best effort; it lapses
-//! at its expiry otherwise), and lapses are read from the injected clock.
+//! another timeout. The take also succeeds on a lease this run already holds (a retried put whose
+//! first answer was lost). Every error of `take`, `release` or `renew` abandons the lease (best
+//! effort; it lapses at its expiry otherwise; completed rounds' reports are kept), and lapses are
+//! read from the injected clock.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -84,8 +86,11 @@ impl<'a> Lease<'a> {
         }
     }
 
-    /// Takes the lease, held until `until`, when it is free or lapsed at `now`; else asks its
-    /// holder to run again.
+    /// Takes the lease, held until `until`, when it is free, lapsed at `now` or already this
+    /// holder's (the SDK's retry of a put that landed but whose answer was lost: without it the
+    /// run would defer to itself and block every run until the expiry); else asks its holder to
+    /// run again. A rerun asked between the landed put and its retry is cleared by the retry:
+    /// the run it asked for has not read anything yet.
     pub async fn take(&self, now: Timestamp, until: Timestamp) -> Result<Take, TableError> {
         for _ in 0..TAKE_TRIES {
             let put = self
@@ -94,10 +99,12 @@ impl<'a> Lease<'a> {
                 .put_item()
                 .table_name(self.table.name())
                 .set_item(Some(self.item(until)))
-                .condition_expression("attribute_not_exists(#pk) OR #until < :now")
+                .condition_expression("attribute_not_exists(#pk) OR #until < :now OR #owner = :me")
                 .expression_attribute_names("#pk", PK)
                 .expression_attribute_names("#until", "until")
+                .expression_attribute_names("#owner", "owner")
                 .expression_attribute_values(":now", secs(now))
+                .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
                 .send()
                 .await;
             match put {
@@ -249,7 +256,8 @@ pub async fn run_leased(
     deadline: Timestamp,
 ) -> Result<LeasedRun, SyncError> {
     let lease = Lease::new(table, owner);
-    if lease.take(clock.now(), expiry(deadline)).await? == Take::RerunAsked {
+    // A take that failed may have landed: abandoned, as after any other error.
+    if abandon_on_error(&lease, lease.take(clock.now(), expiry(deadline)).await).await? == Take::RerunAsked {
         tracing::info!("another sync holds the lease; asked it to run again");
         return Ok(LeasedRun {
             deferred: true,
@@ -269,7 +277,7 @@ pub async fn run_leased(
                     rounds = MAX_ROUNDS,
                     "changes kept arriving; the next trigger syncs the rest"
                 );
-                lease.abandon().await?;
+                abandon_keeping(&lease).await;
                 return Ok(done);
             }
             Release::Rerun if deadline.saturating_since(clock.now()) < took.max(MIN_ROUND) => {
@@ -278,7 +286,7 @@ pub async fn run_leased(
                     "a change arrived during the sync, too near the deadline for another round; \
                      the next trigger syncs it"
                 );
-                lease.abandon().await?;
+                abandon_keeping(&lease).await;
                 return Ok(done);
             }
             Release::Rerun => {
@@ -294,15 +302,21 @@ pub async fn run_leased(
     }
 }
 
+/// Abandons the lease after completed rounds, whose reports stand whatever happens to it: if
+/// abandoning fails, it lapses at its expiry.
+async fn abandon_keeping(lease: &Lease<'_>) {
+    if let Err(e) = lease.abandon().await {
+        tracing::warn!(error = %e, "the sync's lease was not released; it lapses");
+    }
+}
+
 /// `result`, the lease abandoned first when it is an error: the next trigger need not wait for
 /// the lease to lapse (if abandoning fails too, it lapses at its expiry).
 async fn abandon_on_error<T, E: Into<SyncError>>(lease: &Lease<'_>, result: Result<T, E>) -> Result<T, SyncError> {
     match result {
         Ok(value) => Ok(value),
         Err(e) => {
-            if let Err(release) = lease.abandon().await {
-                tracing::warn!(error = %release, "the sync's lease was not released; it lapses");
-            }
+            abandon_keeping(lease).await;
             Err(e.into())
         }
     }

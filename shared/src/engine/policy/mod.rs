@@ -12,7 +12,7 @@ mod validate;
 
 pub use quotas::WEEKDAYS;
 
-pub use validate::{check_resource_path, split_route};
+pub use validate::{check_resource_path, is_plan_name, split_route};
 
 /// Most requests per second a plan may allow (an emission interval of 1 µs).
 pub const MAX_RATE: f64 = 1_000_000.0;

@@ -29,7 +29,7 @@ impl Check<'_> {
 
 pub(super) fn plan(name: &str, spec: PlanSpec) -> Result<Plan, PolicyError> {
     let check = Check { plan: name };
-    if name.is_empty() || name.len() > MAX_PLAN_NAME || !name.bytes().all(is_name_byte) {
+    if !is_plan_name(name) {
         return Err(check.fail(
             "name",
             &format!("{name:?}"),
@@ -231,6 +231,11 @@ fn checked_bucket(
         ));
     }
     Ok(bucket)
+}
+
+/// Whether `name` can name a plan: 1 to `MAX_PLAN_NAME` characters of `A-Z a-z 0-9 . _ -`.
+pub fn is_plan_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_PLAN_NAME && name.bytes().all(is_name_byte)
 }
 
 fn is_name_byte(b: u8) -> bool {
