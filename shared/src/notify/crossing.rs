@@ -191,6 +191,30 @@ mod tests {
     }
 
     #[test]
+    fn a_month_anchored_on_the_tenant_is_the_tenant_s_own() {
+        // GIVEN a monthly quota of 10 from each tenant's own day, and a tenant on the 15th
+        let spec = toml::from_str(r#"quota = { limit = 10, period = "month", anchor = "tenant" }"#).expect("spec");
+        let plan = Plan::new("m", spec).expect("valid");
+        let own = plan.limits().clone().anchored(Some(15));
+        let now = crate::engine::clock::Timestamp::from_secs(1_795_860_000); // 2026-11-28
+        let counter = own
+            .quota(crate::engine::quota::Period::Month)
+            .expect("month")
+            .calendar
+            .counter(now);
+        // WHEN its counter from 2026-11-15 reaches 8, and the 1st's (the fallback's) does too
+        let found = crossings(&plan, Some(15), &[], &[(counter, 8), (month(), 8)]);
+        // THEN only its own month's notice is due, named from the 15th
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].calendar.name(found[0].counter), "2026-11-15");
+        // AND a tenant without an anchor day counts from the 1st
+        assert_eq!(
+            thresholds(&crossings(&plan, None, &[], &[(counter, 8), (month(), 8)])),
+            vec![("m202611".into(), 80)]
+        );
+    }
+
+    #[test]
     fn levels_round_up_and_stay_within_the_quota() {
         assert_eq!(level(1000, 1, 80), 800);
         assert_eq!(level(999, 1, 80), 800, "799.2 rounds up: the level is never early");

@@ -210,6 +210,9 @@ pub struct BatchOutcome {
 pub const PLAN_TTL: Duration = Duration::from_secs(60);
 const PLAN_CACHE: usize = 10_000;
 
+/// A tenant's plan and its own anchor day.
+type TenantPlan = (Arc<Plan>, Option<u8>);
+
 /// Turns state changes into notices. Built once per container.
 #[derive(Debug)]
 pub struct Notifier {
@@ -218,7 +221,7 @@ pub struct Notifier {
     publisher: Arc<dyn Publisher>,
     clock: Arc<dyn Clock>,
     /// Tenant → its plan and anchor day (`None`: no plan), cached for `PLAN_TTL`.
-    plans: TtlCache<String, Option<(Arc<Plan>, Option<u8>)>>,
+    plans: TtlCache<String, Option<TenantPlan>>,
 }
 
 impl Notifier {
@@ -284,7 +287,7 @@ impl Notifier {
     }
 
     /// The tenant's plan and anchor day.
-    async fn plan(&self, tenant: &str) -> Result<Option<(Arc<Plan>, Option<u8>)>, NotifyError> {
+    async fn plan(&self, tenant: &str) -> Result<Option<TenantPlan>, NotifyError> {
         let now = self.clock.now();
         if let Some(plan) = self.plans.get(tenant, now) {
             return Ok(plan);
