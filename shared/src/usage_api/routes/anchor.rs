@@ -9,7 +9,7 @@ use super::{Api, tenant_change};
 use crate::engine::quota::{Calendar, Period, civil_from_days};
 use crate::policy_table::TenantRecord;
 use crate::usage_api::UsageApi;
-use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, json};
+use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, json, whole_number};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::Verdict;
 use crate::usage_api::views::tenant_view;
@@ -17,13 +17,14 @@ use crate::usage_api::views::tenant_view;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(in crate::usage_api) struct AnchorChange {
-    anchor: i64,
+    /// A JSON number: `15.0` is the integer 15, as JSON Schema says.
+    anchor: serde_json::Number,
 }
 
 /// An anchor day as sent, or 400.
-pub(super) fn checked_anchor(day: i64) -> Result<u8, Problem> {
-    match day {
-        1..=31 => Ok(day as u8),
+pub(super) fn checked_anchor(day: &serde_json::Number) -> Result<u8, Problem> {
+    match whole_number(day, 31) {
+        Some(d @ 1..=31) => Ok(d as u8),
         _ => Err(Problem::bad_request(format!(
             "`anchor` must be a day of the month from 1 to 31 (a later day than a month has is its last day), got {day}"
         ))),
@@ -50,7 +51,7 @@ pub(in crate::usage_api) async fn set_anchor(
     JsonBody { value: body, .. }: JsonBody<AnchorChange>,
 ) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
-    let day = checked_anchor(body.anchor)?;
+    let day = checked_anchor(&body.anchor)?;
     let changed = api
         .registry
         .change_tenant(&tenant, &|current| match current {

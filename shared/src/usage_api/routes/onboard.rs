@@ -25,7 +25,7 @@ pub(in crate::usage_api) struct OnboardRequest {
     plan: String,
     /// The day its months start on (1 to 31); the onboarding day when absent.
     #[serde(default)]
-    anchor: Option<i64>,
+    anchor: Option<serde_json::Number>,
 }
 
 /// One onboarding: the request, its `Idempotency-Key`, and the fingerprint of its body.
@@ -46,7 +46,7 @@ pub(in crate::usage_api) async fn onboard(
     JsonBody { value: body, raw }: JsonBody<OnboardRequest>,
 ) -> Answer {
     check_new_tenant_id(&body.tenant).map_err(|e| Problem::bad_request(format!("`tenant`: {e}")))?;
-    let anchor = body.anchor.map(checked_anchor).transpose()?;
+    let anchor = body.anchor.as_ref().map(checked_anchor).transpose()?;
     api.known_plan(&body.plan).await?;
     let anchor = match anchor {
         Some(day) => day,
