@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::engine::identity::ApiKeyHash;
-use crate::engine::policy::{Limits, Plan, PolicyError};
+use crate::engine::policy::{Plan, PolicyError};
 use crate::engine::shed::ShedState;
 use crate::policy_table::{KeyRecord, TenantRecord};
 
@@ -26,15 +26,6 @@ pub struct Resolved {
     pub plan: Arc<Plan>,
     /// The tenant's own anchor day, for a plan whose months start on it (`Limits::anchored`).
     pub anchor: Option<u8>,
-}
-
-impl Resolved {
-    /// The limits for a request to `path` with `method`, months on the tenant's anchor day
-    /// where its plan says so, and the request's weight.
-    pub fn limits_for(&self, path: &str, method: &str) -> (Limits, u32) {
-        let (limits, weight) = self.plan.limits_for(path, method);
-        (limits.anchored(self.anchor), weight)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
