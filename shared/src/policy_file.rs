@@ -22,6 +22,9 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawTenant {
     plan: String,
+    /// The day its months start on where its plan's monthly quota says `anchor = "tenant"`.
+    #[serde(default)]
+    anchor: Option<i64>,
     #[serde(default)]
     api_key_sha256: Vec<String>,
 }
@@ -36,6 +39,8 @@ pub struct PolicyFile {
 #[derive(Debug, Clone)]
 pub struct TenantEntry {
     pub plan: String,
+    /// The tenant's anchor day, 1 to 31.
+    pub anchor: Option<u8>,
     pub api_keys: Vec<ApiKeyHash>,
 }
 
@@ -69,6 +74,11 @@ impl PolicyFile {
             if !plans.contains_key(&t.plan) {
                 return Err(fail(format!("plan `{}` is not defined in this file", t.plan)));
             }
+            let anchor = match t.anchor {
+                None => None,
+                Some(d @ 1..=31) => Some(d as u8),
+                Some(d) => return Err(fail(format!("anchor = {d}: must be a day of the month from 1 to 31"))),
+            };
             let api_keys = t
                 .api_key_sha256
                 .iter()
@@ -88,7 +98,14 @@ impl PolicyFile {
                     return Err(fail(reason));
                 }
             }
-            tenants.insert(id, TenantEntry { plan: t.plan, api_keys });
+            tenants.insert(
+                id,
+                TenantEntry {
+                    plan: t.plan,
+                    anchor,
+                    api_keys,
+                },
+            );
         }
         Ok(PolicyFile { plans, tenants })
     }
@@ -110,6 +127,18 @@ mod tests {
     fn tenant_on_an_undefined_plan_is_rejected() {
         let e = PolicyFile::parse("[tenants.acme]\nplan = \"gold\"").expect_err("undefined plan");
         assert_eq!(e.to_string(), "tenant `acme`: plan `gold` is not defined in this file");
+    }
+
+    #[test]
+    fn a_tenant_anchor_is_a_day_of_the_month() {
+        let plans = "[plans.free]\nquota = { limit = 10, period = \"month\", anchor = \"tenant\" }\n";
+        let ok = PolicyFile::parse(&format!("{plans}[tenants.acme]\nplan = \"free\"\nanchor = 15")).expect("valid");
+        assert_eq!(ok.tenants["acme"].anchor, Some(15));
+        let e = PolicyFile::parse(&format!("{plans}[tenants.acme]\nplan = \"free\"\nanchor = 0")).expect_err("0");
+        assert_eq!(
+            e.to_string(),
+            "tenant `acme`: anchor = 0: must be a day of the month from 1 to 31"
+        );
     }
 
     #[test]

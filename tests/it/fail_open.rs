@@ -21,7 +21,7 @@ use tollgate::engine::policy::Plan;
 use tollgate::gate::breaker::{BreakerConfig, BreakerState};
 use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Mode, Request};
 use tollgate::policy_file::PolicyFile;
-use tollgate::policy_table::KeyRecord;
+use tollgate::policy_table::{KeyRecord, TenantRecord};
 use tollgate::store::{DynamoStore, DynamoStoreConfig, MemoryStore};
 use tollgate_cli::serve::tenants::{DemoTenant, demo_tenants, directory_with};
 use tollgate_cli::simulate::{self, Config, Pattern, Target};
@@ -304,9 +304,9 @@ impl Directory for Counting {
         self.inner.key(hash).await
     }
 
-    async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
+    async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.tenant_plan(tenant).await
+        self.inner.tenant(tenant).await
     }
 
     async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {

@@ -43,6 +43,10 @@ pub struct Demo {
     /// When the first request is sent, RFC 3339 (e.g. 2027-03-10T15:00:00Z); now when absent.
     #[arg(long)]
     pub at: Option<String>,
+    /// The demo tenant's own anchor day (1 to 31): where the plan's monthly quota says
+    /// `anchor = "tenant"`, its months start on this day (else on the 1st).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=31))]
+    pub anchor: Option<u8>,
 }
 
 impl Demo {
@@ -62,8 +66,10 @@ impl Demo {
         };
         let clock = ManualClock::new(start);
         let (limits, weight) = plan.limits_for(&self.path, &self.method);
+        let limits = limits.anchored(self.anchor);
+        let anchor = self.anchor.map_or(String::new(), |d| format!(", anchor day {d}"));
         println!(
-            "tenant `demo` on plan `{}`: {} {} x{} (weight {weight}), {} ms apart\n",
+            "tenant `demo`{anchor} on plan `{}`: {} {} x{} (weight {weight}), {} ms apart\n",
             plan.name(),
             self.method,
             self.path,
@@ -136,6 +142,7 @@ mod tests {
             method: "GET".into(),
             path: "/items".into(),
             at: None,
+            anchor: None,
         }
     }
 
@@ -157,6 +164,20 @@ mod tests {
             line,
             "week quota 5 (America/New_York): 2027-03-08T05:00:00Z to 2027-03-15T04:00:00Z = \
              2027-03-08T00:00:00 -05 to 2027-03-15T00:00:00 -04 local, 6 d 23 h"
+        );
+    }
+
+    #[test]
+    fn a_tenant_anchored_month_runs_from_the_demo_tenant_s_day() {
+        let src = r#"plans.m.quota = { limit = 5, period = "month", anchor = "tenant", zone = "America/New_York" }"#;
+        let file = tollgate::policy_file::PolicyFile::parse(src).expect("valid");
+        let limits = file.plans["m"].limits().clone().anchored(Some(15));
+        let q = limits.quota(tollgate::engine::quota::Period::Month).expect("month");
+        let line = period_line(q, parse_at("2027-03-10T15:00:00Z").expect("time"));
+        assert_eq!(
+            line,
+            "month quota 5 (America/New_York): 2027-02-15T05:00:00Z to 2027-03-15T04:00:00Z = \
+             2027-02-15T00:00:00 -05 to 2027-03-15T00:00:00 -04 local, 27 d 23 h"
         );
     }
 

@@ -36,6 +36,7 @@ fn quota(plan: &tollgate::engine::policy::Plan, period: Period) -> Option<String
     let start = match period {
         Period::Day => String::new(),
         Period::Week => format!(" from {}", WEEKDAYS[usize::from(c.week_start())]),
+        Period::Month if c.is_tenant_anchored() => " from the tenant's anchor day (else the 1st)".to_owned(),
         Period::Month if c.anchor() == 1 => String::new(),
         Period::Month => format!(" from day {}", c.anchor()),
     };

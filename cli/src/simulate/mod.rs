@@ -115,7 +115,11 @@ impl Cohort {
         let plans: Vec<Arc<Plan>> = tenants.iter().map(|t| file.plans[&t.plan].clone()).collect();
         let limits = plans
             .iter()
-            .map(|p| p.limits_for(&config.path, &config.method))
+            .zip(&tenants)
+            .map(|(p, t)| {
+                let (limits, weight) = p.limits_for(&config.path, &config.method);
+                (limits.anchored(Some(t.anchor)), weight)
+            })
             .collect();
         let ids = tenants.iter().map(|t| format!("{run_prefix}{}", t.tenant)).collect();
         Ok(Cohort {

@@ -282,6 +282,7 @@ mod tests {
             tenant: "acme".into(),
             key_id: None,
             plan: file.plans["free"].clone(),
+            anchor: None,
             mode,
             decision: Some(decision),
             store_latency: None,

@@ -14,7 +14,7 @@ use crate::engine::policy::Plan;
 use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;
 use crate::policy_table::record::{self, Item, render};
-use crate::policy_table::{KeyRecord, PK, Record, SHED_PK, key_pk, plan_pk, tenant_pk};
+use crate::policy_table::{KeyRecord, PK, Record, SHED_PK, TenantRecord, key_pk, plan_pk, tenant_pk};
 
 #[derive(Debug, Clone)]
 pub struct DynamoDirectory {
@@ -81,8 +81,12 @@ impl DynamoDirectory {
     }
 
     pub async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError> {
-        let record = Record::Tenant { plan: plan.to_owned() };
-        self.put_record(tenant_pk(tenant), &record).await
+        self.put_tenant_record(tenant, &TenantRecord::on(plan)).await
+    }
+
+    pub async fn put_tenant_record(&self, tenant: &str, record: &TenantRecord) -> Result<(), DirectoryError> {
+        self.put_record(tenant_pk(tenant), &Record::Tenant(record.clone()))
+            .await
     }
 
     /// Writes every plan, tenant and key of a policy file (keys under ids `<tenant>-<n>`).
@@ -91,7 +95,7 @@ impl DynamoDirectory {
             self.put_plan(plan, 1).await?;
         }
         for (tenant, entry) in &file.tenants {
-            self.put_tenant(tenant, &entry.plan).await?;
+            self.put_tenant_record(tenant, &entry.into()).await?;
             for (i, hash) in entry.api_keys.iter().enumerate() {
                 let record = KeyRecord {
                     tenant: tenant.clone(),
@@ -130,10 +134,10 @@ impl Directory for DynamoDirectory {
         record::key_record(&item).map(Some).map_err(invalid(&label))
     }
 
-    async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
+    async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
         let pk = tenant_pk(tenant);
         match self.get(pk.clone()).await? {
-            Some(item) => record::tenant_plan(&item).map(Some).map_err(invalid(&pk)),
+            Some(item) => record::tenant_record(&item).map(Some).map_err(invalid(&pk)),
             None => Ok(None),
         }
     }

@@ -11,8 +11,8 @@ use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::Plan;
 use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;
-use crate::policy_table::KeyRecord;
 use crate::policy_table::write::{Changed, Verdict};
+use crate::policy_table::{KeyRecord, TenantRecord};
 
 #[derive(Debug, Default)]
 pub struct MemoryDirectory {
@@ -23,7 +23,7 @@ pub struct MemoryDirectory {
 #[derive(Debug, Default)]
 struct Inner {
     keys: HashMap<ApiKeyHash, KeyRecord>,
-    tenants: HashMap<String, String>,
+    tenants: HashMap<String, TenantRecord>,
     plans: HashMap<String, Arc<Plan>>,
     shed: ShedState,
 }
@@ -35,7 +35,7 @@ impl MemoryDirectory {
             dir.put_plan(plan.clone());
         }
         for (id, t) in &file.tenants {
-            dir.put_tenant(id, &t.plan);
+            dir.put_tenant_record(id, t.into());
             for (i, hash) in t.api_keys.iter().enumerate() {
                 dir.put_key(
                     *hash,
@@ -55,7 +55,11 @@ impl MemoryDirectory {
     }
 
     pub fn put_tenant(&self, tenant: &str, plan: &str) {
-        self.write().tenants.insert(tenant.to_owned(), plan.to_owned());
+        self.put_tenant_record(tenant, TenantRecord::on(plan));
+    }
+
+    pub fn put_tenant_record(&self, tenant: &str, record: TenantRecord) {
+        self.write().tenants.insert(tenant.to_owned(), record);
     }
 
     pub fn put_key(&self, hash: ApiKeyHash, record: KeyRecord) {
@@ -87,12 +91,16 @@ impl MemoryDirectory {
         update(&mut self.write().keys, *hash, decide)
     }
 
-    /// The tenant's plan as `decide` makes it, in one step under the lock.
-    pub fn update_tenant(&self, tenant: &str, decide: impl Fn(Option<&String>) -> Verdict<String>) -> Changed<String> {
+    /// The tenant's record as `decide` makes it, in one step under the lock.
+    pub fn update_tenant(
+        &self,
+        tenant: &str,
+        decide: impl Fn(Option<&TenantRecord>) -> Verdict<TenantRecord>,
+    ) -> Changed<TenantRecord> {
         update(&mut self.write().tenants, tenant.to_owned(), decide)
     }
 
-    pub(crate) fn snapshot_tenants(&self) -> HashMap<String, String> {
+    pub(crate) fn snapshot_tenants(&self) -> HashMap<String, TenantRecord> {
         self.read().tenants.clone()
     }
 
@@ -145,7 +153,7 @@ impl Directory for MemoryDirectory {
         Ok(self.read().keys.get(hash).cloned())
     }
 
-    async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
+    async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
         Ok(self.read().tenants.get(tenant).cloned())
     }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::{Plan, PolicyError};
 use crate::engine::shed::ShedState;
-use crate::policy_table::KeyRecord;
+use crate::policy_table::{KeyRecord, TenantRecord};
 
 pub mod dynamodb;
 pub mod memory;
@@ -24,6 +24,8 @@ pub struct Resolved {
     pub tenant: Box<str>,
     pub key_id: Box<str>,
     pub plan: Arc<Plan>,
+    /// The tenant's own anchor day, for a plan whose months start on it (`Limits::anchored`).
+    pub anchor: Option<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,27 +41,33 @@ pub enum DirectoryError {
 #[async_trait]
 pub trait Directory: Send + Sync + fmt::Debug {
     async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError>;
-    /// The plan name of a tenant.
-    async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError>;
+    /// A tenant's plan name and anchor day: one read.
+    async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError>;
     async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError>;
     /// The shed level; level 0 when none is stored. The gate caches it (`GateConfig::shed_ttl`).
     async fn shed(&self) -> Result<ShedState, DirectoryError>;
+
+    /// The plan name of a tenant.
+    async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
+        Ok(self.tenant(tenant).await?.map(|t| t.plan))
+    }
 
     /// Key → tenant → plan. `None` for an unknown or disabled key, or a tenant without a plan.
     async fn resolve(&self, hash: &ApiKeyHash) -> Result<Option<Resolved>, DirectoryError> {
         let Some(key) = self.key(hash).await?.filter(|k| k.enabled) else {
             return Ok(None);
         };
-        let Some(plan_name) = self.tenant_plan(&key.tenant).await? else {
+        let Some(record) = self.tenant(&key.tenant).await? else {
             return Ok(None);
         };
-        let Some(plan) = self.plan(&plan_name).await? else {
+        let Some(plan) = self.plan(&record.plan).await? else {
             return Ok(None);
         };
         Ok(Some(Resolved {
             tenant: key.tenant.into(),
             key_id: key.key_id.into(),
             plan,
+            anchor: record.anchor,
         }))
     }
 }

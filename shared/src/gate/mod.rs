@@ -125,6 +125,8 @@ pub struct Verdict {
     pub tenant: String,
     pub key_id: Option<String>,
     pub plan: Arc<Plan>,
+    /// The tenant's own anchor day (`Resolved::anchor`).
+    pub anchor: Option<u8>,
     pub mode: Mode,
     /// `None` when no decision was made (bypass, failing closed); the fallback's when failing
     /// open.
@@ -156,6 +158,9 @@ pub enum GateOutcome {
     Unavailable(String),
 }
 
+/// A tenant's plan and its own anchor day, as resolved and cached.
+type TenantPlan = (Arc<Plan>, Option<u8>);
+
 #[derive(Debug)]
 pub struct Gate {
     config: GateConfig,
@@ -163,7 +168,7 @@ pub struct Gate {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     keys: AnswerCache<ApiKeyHash, Resolved>,
-    tenants: AnswerCache<String, Arc<Plan>>,
+    tenants: AnswerCache<String, TenantPlan>,
     plans: TtlCache<String, Option<Arc<Plan>>>,
     breaker: Breaker,
     fallback: Fallback,
@@ -224,6 +229,7 @@ impl Gate {
             return shed(verdict, level);
         }
         let (limits, weight) = verdict.plan.limits_for(req.resource, req.method);
+        let limits = limits.anchored(verdict.anchor);
         let consume = Consume {
             tenant: &verdict.tenant,
             limits: &limits,
@@ -257,6 +263,7 @@ impl Gate {
             tenant: resolved.tenant.into_string(),
             key_id: Some(resolved.key_id.into_string()).filter(|k| !k.is_empty()),
             plan: resolved.plan,
+            anchor: resolved.anchor,
             mode: Mode::Enforced,
             decision: None,
             store_latency: None,
@@ -383,10 +390,11 @@ impl Gate {
             return Ok((hit, true));
         }
         let found = match self.directory.key(&hash).await?.filter(|k| k.enabled) {
-            Some(key) => self.plan_of(&key.tenant, now).await?.map(|plan| Resolved {
+            Some(key) => self.plan_of(&key.tenant, now).await?.map(|(plan, anchor)| Resolved {
                 tenant: key.tenant.into(),
                 key_id: key.key_id.into(),
                 plan,
+                anchor,
             }),
             None => None,
         };
@@ -397,11 +405,12 @@ impl Gate {
 
     /// A token's tenant and its plan, and whether that came from the cache.
     async fn resolve_tenant(&self, tenant: &str, now: Timestamp) -> Result<(Option<Resolved>, bool), DirectoryError> {
-        let resolved = |plan: Option<Arc<Plan>>| {
-            plan.map(|plan| Resolved {
+        let resolved = |found: Option<TenantPlan>| {
+            found.map(|(plan, anchor)| Resolved {
                 tenant: tenant.into(),
                 key_id: "".into(),
                 plan,
+                anchor,
             })
         };
         if let Some(hit) = self.tenants.get(&tenant.to_owned(), now) {
@@ -413,19 +422,20 @@ impl Gate {
         Ok((resolved(plan), false))
     }
 
-    /// Tenant → plan name → plan. Plans are cached by name, so every tenant on a plan shares one
-    /// `Plan` in memory, and a new tenant costs one directory read less.
-    async fn plan_of(&self, tenant: &str, now: Timestamp) -> Result<Option<Arc<Plan>>, DirectoryError> {
-        let Some(name) = self.directory.tenant_plan(tenant).await? else {
+    /// Tenant → plan name and anchor day (one read) → plan. Plans are cached by name, so every
+    /// tenant on a plan shares one `Plan` in memory, and a new tenant costs one directory read less.
+    async fn plan_of(&self, tenant: &str, now: Timestamp) -> Result<Option<TenantPlan>, DirectoryError> {
+        let Some(record) = self.directory.tenant(tenant).await? else {
             return Ok(None);
         };
-        if let Some(plan) = self.plans.get(&name, now) {
-            return Ok(plan);
+        let anchor = record.anchor;
+        if let Some(plan) = self.plans.get(&record.plan, now) {
+            return Ok(plan.map(|p| (p, anchor)));
         }
-        let plan = self.directory.plan(&name).await?;
+        let plan = self.directory.plan(&record.plan).await?;
         self.plans
-            .insert(name, plan.clone(), self.expiry(plan.is_some(), now), now);
-        Ok(plan)
+            .insert(record.plan, plan.clone(), self.expiry(plan.is_some(), now), now);
+        Ok(plan.map(|p| (p, anchor)))
     }
 
     /// When a directory answer stops being trusted: found ones live longer than unknown ones.

@@ -9,7 +9,7 @@ use crate::directory::MemoryDirectory;
 use crate::engine::clock::ManualClock;
 use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;
-use crate::policy_table::KeyRecord;
+use crate::policy_table::{KeyRecord, TenantRecord};
 use crate::store::MemoryStore;
 
 const PLANS: &str = r#"
@@ -48,8 +48,8 @@ impl Directory for Counting {
     async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError> {
         self.inner.key(hash).await
     }
-    async fn tenant_plan(&self, tenant: &str) -> Result<Option<String>, DirectoryError> {
-        self.inner.tenant_plan(tenant).await
+    async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
+        self.inner.tenant(tenant).await
     }
     async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
         self.inner.plan(name).await

@@ -38,8 +38,9 @@ pub struct Crossing {
 
 /// The thresholds of `plan` that the change from `old` to `new` crossed, in counter and
 /// threshold order. A counter missing from `old` was 0 (a new item, or a new period).
-pub fn crossings(plan: &Plan, old: &[(Counter, u64)], new: &[(Counter, u64)]) -> Vec<Crossing> {
+pub fn crossings(plan: &Plan, anchor: Option<u8>, old: &[(Counter, u64)], new: &[(Counter, u64)]) -> Vec<Crossing> {
     let mut out = Vec::new();
+    let limits = plan.limits().clone().anchored(anchor);
     let mut thresholds = plan.notify().to_vec();
     thresholds.sort_unstable();
     for &(counter, used) in new {
@@ -49,7 +50,7 @@ pub fn crossings(plan: &Plan, old: &[(Counter, u64)], new: &[(Counter, u64)]) ->
         }
         // Only the current calendar's counters: a counter of the same kind left by a calendar
         // the plan no longer has is history, not this quota's usage.
-        let Some(quota) = plan.limits().quota(counter.period()) else {
+        let Some(quota) = limits.quota(counter.period()) else {
             continue;
         };
         if !same_calendar(&quota.calendar, counter) {
@@ -105,7 +106,7 @@ mod tests {
         // GIVEN a daily quota of 1000 with the default thresholds (80, 100)
         let plan = plan(1000, 30_000, None);
         // WHEN the day's counter goes from 799 to 800
-        let found = crossings(&plan, &[(day(), 799)], &[(day(), 800)]);
+        let found = crossings(&plan, None, &[(day(), 799)], &[(day(), 800)]);
         // THEN 80 % of the day is crossed, with the usage after the change
         assert_eq!(
             found,
@@ -118,7 +119,7 @@ mod tests {
             }]
         );
         // AND the next change, already past the level, crosses nothing
-        assert!(crossings(&plan, &[(day(), 800)], &[(day(), 801)]).is_empty());
+        assert!(crossings(&plan, None, &[(day(), 800)], &[(day(), 801)]).is_empty());
     }
 
     #[test]
@@ -126,7 +127,7 @@ mod tests {
         // GIVEN thresholds 50, 90 and 100 on a day of 10 and a month of 20
         let plan = plan(10, 20, Some(vec![100, 50, 90]));
         // WHEN one change takes the day from 4 to 10 and the month from 9 to 15
-        let found = crossings(&plan, &[(day(), 4), (month(), 9)], &[(day(), 10), (month(), 15)]);
+        let found = crossings(&plan, None, &[(day(), 4), (month(), 9)], &[(day(), 10), (month(), 15)]);
         // THEN each crossed threshold is reported once, in order
         assert_eq!(
             thresholds(&found),
@@ -144,7 +145,7 @@ mod tests {
         // GIVEN a day of 2 (80 % is 2 after rounding up)
         let plan = plan(2, 100, None);
         // WHEN the first write of the day lands on an item without the counter
-        let found = crossings(&plan, &[], &[(day(), 2)]);
+        let found = crossings(&plan, None, &[], &[(day(), 2)]);
         // THEN 80 and 100 are both crossed
         assert_eq!(
             thresholds(&found),
@@ -163,7 +164,7 @@ mod tests {
         };
         let plan = Plan::new("heavy", spec).expect("valid");
         // WHEN the counter reaches 10: one unit is left, and no request fits in it
-        let found = crossings(&plan, &[(day(), 8)], &[(day(), 10)]);
+        let found = crossings(&plan, None, &[(day(), 8)], &[(day(), 10)]);
         // THEN the quota counts as spent (100 %), though the counter never reaches 11
         assert_eq!(thresholds(&found), vec![("d20261123".into(), 100)]);
         assert_eq!(level(11, 2, 100), 10);
@@ -184,9 +185,33 @@ mod tests {
         let quiet = plan(100, 1000, Some(vec![]));
         // WHEN counters move past every level
         // THEN an unlimited period, a shrinking counter (a reset) and an empty list cross nothing
-        assert!(crossings(&no_month, &[], &[(month(), 10_000)]).is_empty());
-        assert!(crossings(&no_month, &[(day(), 100)], &[(day(), 0)]).is_empty());
-        assert!(crossings(&quiet, &[], &[(day(), 100)]).is_empty());
+        assert!(crossings(&no_month, None, &[], &[(month(), 10_000)]).is_empty());
+        assert!(crossings(&no_month, None, &[(day(), 100)], &[(day(), 0)]).is_empty());
+        assert!(crossings(&quiet, None, &[], &[(day(), 100)]).is_empty());
+    }
+
+    #[test]
+    fn a_month_anchored_on_the_tenant_is_the_tenant_s_own() {
+        // GIVEN a monthly quota of 10 from each tenant's own day, and a tenant on the 15th
+        let spec = toml::from_str(r#"quota = { limit = 10, period = "month", anchor = "tenant" }"#).expect("spec");
+        let plan = Plan::new("m", spec).expect("valid");
+        let own = plan.limits().clone().anchored(Some(15));
+        let now = crate::engine::clock::Timestamp::from_secs(1_795_860_000); // 2026-11-28
+        let counter = own
+            .quota(crate::engine::quota::Period::Month)
+            .expect("month")
+            .calendar
+            .counter(now);
+        // WHEN its counter from 2026-11-15 reaches 8, and the 1st's (the fallback's) does too
+        let found = crossings(&plan, Some(15), &[], &[(counter, 8), (month(), 8)]);
+        // THEN only its own month's notice is due, named from the 15th
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].calendar.name(found[0].counter), "2026-11-15");
+        // AND a tenant without an anchor day counts from the 1st
+        assert_eq!(
+            thresholds(&crossings(&plan, None, &[], &[(counter, 8), (month(), 8)])),
+            vec![("m202611".into(), 80)]
+        );
     }
 
     #[test]

@@ -210,6 +210,9 @@ pub struct BatchOutcome {
 pub const PLAN_TTL: Duration = Duration::from_secs(60);
 const PLAN_CACHE: usize = 10_000;
 
+/// A tenant's plan and its own anchor day.
+type TenantPlan = (Arc<Plan>, Option<u8>);
+
 /// Turns state changes into notices. Built once per container.
 #[derive(Debug)]
 pub struct Notifier {
@@ -217,8 +220,8 @@ pub struct Notifier {
     markers: Markers,
     publisher: Arc<dyn Publisher>,
     clock: Arc<dyn Clock>,
-    /// Tenant → its plan (`None`: no plan), cached for `PLAN_TTL`.
-    plans: TtlCache<String, Option<Arc<Plan>>>,
+    /// Tenant → its plan and anchor day (`None`: no plan), cached for `PLAN_TTL`.
+    plans: TtlCache<String, Option<TenantPlan>>,
 }
 
 impl Notifier {
@@ -263,11 +266,11 @@ impl Notifier {
         if change.new.is_empty() {
             return Ok(());
         }
-        let Some(plan) = self.plan(&change.tenant).await? else {
+        let Some((plan, anchor)) = self.plan(&change.tenant).await? else {
             out.skipped += 1;
             return Ok(());
         };
-        for crossed in crossing::crossings(&plan, &change.old, &change.new) {
+        for crossed in crossing::crossings(&plan, anchor, &change.old, &change.new) {
             let notice = Notice {
                 tenant: change.tenant.clone(),
                 plan: plan.name().to_owned(),
@@ -283,7 +286,8 @@ impl Notifier {
         Ok(())
     }
 
-    async fn plan(&self, tenant: &str) -> Result<Option<Arc<Plan>>, NotifyError> {
+    /// The tenant's plan and anchor day.
+    async fn plan(&self, tenant: &str) -> Result<Option<TenantPlan>, NotifyError> {
         let now = self.clock.now();
         if let Some(plan) = self.plans.get(tenant, now) {
             return Ok(plan);
@@ -292,8 +296,8 @@ impl Notifier {
             tenant: tenant.to_owned(),
             source,
         };
-        let plan = match self.directory.tenant_plan(tenant).await.map_err(err)? {
-            Some(name) => self.directory.plan(&name).await.map_err(err)?,
+        let plan = match self.directory.tenant(tenant).await.map_err(err)? {
+            Some(t) => self.directory.plan(&t.plan).await.map_err(err)?.map(|p| (p, t.anchor)),
             None => None,
         };
         self.plans

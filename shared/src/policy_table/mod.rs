@@ -4,7 +4,8 @@
 //!
 //! One string key, `pk`. The item kinds, by key:
 //! - `key#<sha256 hex>`: an API key → `tenant` (S), `key_id` (S), `enabled` (BOOL);
-//! - `tenant#<id>`: `plan` (S);
+//! - `tenant#<id>`: `plan` (S), and `anchor` (N, 1 to 31: the day its months start on, for
+//!   plans whose monthly quota says `anchor = "tenant"`) when it has one;
 //! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
 //! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
 //! - `sync#meta`: plan sync's `generation` (N);
@@ -30,7 +31,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::engine::policy::PlanSpec;
 
-pub use record::{KeyRecord, Record};
+pub use record::{KeyRecord, Record, TenantRecord};
 
 /// The table's only key attribute.
 pub const PK: &str = "pk";

@@ -9,6 +9,7 @@ use super::{PK, SHED_PK};
 use crate::engine::clock::Timestamp;
 use crate::engine::policy::PlanSpec;
 use crate::engine::shed::{SetBy, ShedState};
+use crate::policy_file::TenantEntry;
 
 /// A DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
@@ -22,6 +23,38 @@ pub struct KeyRecord {
     pub enabled: bool,
 }
 
+/// What a tenant is on: its plan, and the day its months start on where its plan's monthly
+/// quota is anchored on the tenant (`None`: it carries none).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TenantRecord {
+    pub plan: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<u8>,
+}
+
+impl TenantRecord {
+    /// A tenant on `plan` without an anchor day.
+    pub fn on(plan: &str) -> TenantRecord {
+        TenantRecord {
+            plan: plan.to_owned(),
+            anchor: None,
+        }
+    }
+}
+
+impl From<&TenantEntry> for TenantRecord {
+    /// The record of a policy file's tenant.
+    fn from(entry: &TenantEntry) -> TenantRecord {
+        TenantRecord {
+            plan: entry.plan.clone(),
+            anchor: entry.anchor,
+        }
+    }
+}
+
+/// The attribute of a `tenant#…` item holding its anchor day.
+pub const ANCHOR: &str = "anchor";
+
 /// A policy-table item of a managed kind, as sync, apply and the audit trail see it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -30,9 +63,7 @@ pub enum Record {
         spec: PlanSpec,
         version: u64,
     },
-    Tenant {
-        plan: String,
-    },
+    Tenant(TenantRecord),
     Key(KeyRecord),
     /// The shed level: never read or written by sync, recorded in the audit trail by the shed
     /// controller and `tollgate shed`.
@@ -83,7 +114,7 @@ pub fn parse(pk: &str, item: &Item) -> Option<Record> {
             spec,
             version: number(item, "version").unwrap_or(0),
         }),
-        "tenant" => tenant_plan(item).map(|plan| Record::Tenant { plan }),
+        "tenant" => tenant_record(item).map(Record::Tenant),
         "key" => key_record(item).map(Record::Key),
         _ => return None,
     };
@@ -108,9 +139,22 @@ pub fn key_record(item: &Item) -> Result<KeyRecord, String> {
     })
 }
 
-/// A `tenant#…` item: its plan's name.
-pub fn tenant_plan(item: &Item) -> Result<String, String> {
-    required(item, "plan")
+/// A `tenant#…` item: its plan's name and anchor day.
+pub fn tenant_record(item: &Item) -> Result<TenantRecord, String> {
+    let anchor = match item.get(ANCHOR) {
+        None => None,
+        Some(v) => Some(
+            v.as_n()
+                .ok()
+                .and_then(|n| n.parse::<u8>().ok())
+                .filter(|d| (1..=31).contains(d))
+                .ok_or_else(|| format!("attribute `{ANCHOR}` must be a day of the month from 1 to 31, not {v:?}"))?,
+        ),
+    };
+    Ok(TenantRecord {
+        plan: required(item, "plan")?,
+        anchor,
+    })
 }
 
 /// The attribute of a `plan#…` item holding its spec as JSON.
@@ -129,7 +173,7 @@ pub fn render(record: &Record) -> Result<Item, serde_json::Error> {
             (SPEC.to_owned(), AttributeValue::S(serde_json::to_string(spec)?)),
             ("version".to_owned(), AttributeValue::N(version.to_string())),
         ]),
-        Record::Tenant { plan } => tenant_item(plan),
+        Record::Tenant(t) => tenant_item(t),
         Record::Key(k) => key_item(k),
         Record::Shed(state) => {
             let mut item = shed_item(state);
@@ -150,8 +194,12 @@ pub fn key_item(k: &KeyRecord) -> Item {
 }
 
 /// A `tenant#…` item's attributes.
-pub fn tenant_item(plan: &str) -> Item {
-    HashMap::from([("plan".to_owned(), AttributeValue::S(plan.to_owned()))])
+pub fn tenant_item(t: &TenantRecord) -> Item {
+    let mut item = HashMap::from([("plan".to_owned(), AttributeValue::S(t.plan.clone()))]);
+    if let Some(day) = t.anchor {
+        item.insert(ANCHOR.to_owned(), AttributeValue::N(day.to_string()));
+    }
+    item
 }
 
 /// Reads the stored form; `Invalid` names the attribute.
@@ -212,6 +260,24 @@ mod tests {
             version: 7,
         };
         assert_eq!(parse_shed(&shed_item(&s)), Ok(s));
+    }
+
+    #[test]
+    fn tenant_items_round_trip_with_and_without_an_anchor() {
+        // GIVEN a tenant with an anchor day and one without WHEN stored and read back THEN same
+        for t in [
+            TenantRecord::on("free"),
+            TenantRecord {
+                plan: "pro".into(),
+                anchor: Some(15),
+            },
+        ] {
+            assert_eq!(tenant_record(&tenant_item(&t)), Ok(t));
+        }
+        // AND an anchor outside 1 to 31 is refused, naming the attribute
+        let mut item = tenant_item(&TenantRecord::on("free"));
+        item.insert(ANCHOR.into(), AttributeValue::N("32".into()));
+        assert!(tenant_record(&item).expect_err("32").contains("`anchor`"));
     }
 
     #[test]

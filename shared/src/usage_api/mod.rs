@@ -30,7 +30,7 @@ pub use self::http::check_new_tenant_id;
 use self::problem::Problem;
 use self::registry::Registry;
 use self::routes::usage::PlanCache;
-use self::routes::{keys, onboard, reset, shed, tenants, usage};
+use self::routes::{anchor, keys, onboard, reset, shed, tenants, usage};
 use crate::control::apigateway::writes::ControlWrites;
 use crate::engine::clock::Clock;
 use crate::policy_table::audit::{AuditError, AuditLog, ChangeRecord};
@@ -54,7 +54,7 @@ pub const PLAN_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Every route the router serves, as OpenAPI paths with their methods (checked against
 /// `functions/usage-api/openapi.yaml` by a test).
-pub const ROUTES: [(&str, &str); 12] = [
+pub const ROUTES: [(&str, &str); 13] = [
     ("/v1/usage", "get"),
     ("/v1/shed", "get"),
     ("/v1/shed", "put"),
@@ -65,6 +65,7 @@ pub const ROUTES: [(&str, &str); 12] = [
     ("/v1/tenants/{tenant}", "delete"),
     ("/v1/tenants/{tenant}/usage", "get"),
     ("/v1/tenants/{tenant}/plan", "put"),
+    ("/v1/tenants/{tenant}/anchor", "put"),
     ("/v1/tenants/{tenant}/keys", "post"),
     ("/v1/tenants/{tenant}/reset", "post"),
 ];
@@ -222,6 +223,7 @@ impl UsageApi {
             .route("/v1/tenants/{tenant}", get(tenants::show).delete(tenants::offboard))
             .route("/v1/tenants/{tenant}/usage", get(usage::history))
             .route("/v1/tenants/{tenant}/plan", put(tenants::move_plan))
+            .route("/v1/tenants/{tenant}/anchor", put(anchor::set_anchor))
             .route("/v1/tenants/{tenant}/keys", post(keys::rotate))
             .route("/v1/tenants/{tenant}/reset", post(reset::reset))
             .fallback(http::not_found)

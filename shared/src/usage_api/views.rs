@@ -8,7 +8,7 @@ use super::problem::Problem;
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::ceil_secs;
 use crate::engine::gcra;
-use crate::engine::policy::Plan;
+use crate::engine::policy::{Limits, Plan};
 use crate::engine::quota::{Calendar, Period, format_utc};
 use crate::engine::shed::ShedState;
 use crate::store::Usage;
@@ -54,8 +54,7 @@ pub(super) struct UsageView {
 /// A tenant's usage at `now` under its plan: the bucket as a request now would find it (one
 /// spending nothing), and each period's count against its quota, on the quota's calendar (UTC
 /// days and months for the kinds the plan has no quota of).
-pub(super) fn usage_view(tenant: &str, plan: &Plan, usage: &Usage, now: Timestamp) -> UsageView {
-    let limits = plan.limits();
+pub(super) fn usage_view(tenant: &str, plan: &Plan, limits: &Limits, usage: &Usage, now: Timestamp) -> UsageView {
     let rate = limits.bucket.as_ref().map(|(_, b)| {
         let (remaining, reset) = match b.check(usage.tat, now, 0) {
             gcra::BucketOutcome::Allow {
@@ -157,13 +156,16 @@ pub(super) struct KeyView {
 pub(super) struct TenantView {
     tenant: String,
     plan: String,
+    /// The day its months start on where its plan's monthly quota is anchored on the tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anchor: Option<u8>,
     keys: Vec<KeyView>,
 }
 
 /// A tenant with its plan and keys, each rotated-out key with when it is revoked; 404 for an
 /// unknown tenant.
 pub(super) async fn tenant_view(api: &UsageApi, tenant: &str) -> Result<TenantView, Problem> {
-    let plan = api.tenant_plan(tenant).await?;
+    let record = api.tenant_record(tenant).await?;
     let revocations = api.registry.revocations().await?;
     let keys = api
         .registry
@@ -181,7 +183,8 @@ pub(super) async fn tenant_view(api: &UsageApi, tenant: &str) -> Result<TenantVi
         .collect();
     Ok(TenantView {
         tenant: tenant.to_owned(),
-        plan,
+        plan: record.plan,
+        anchor: record.anchor,
         keys,
     })
 }
@@ -197,6 +200,9 @@ pub(super) struct IssuedKey {
 pub(super) struct Onboarded {
     pub(super) tenant: String,
     pub(super) plan: String,
+    /// The day its months start on, where its plan's monthly quota is anchored on the tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) anchor: Option<u8>,
     pub(super) key: IssuedKey,
 }
 

@@ -249,3 +249,57 @@ async fn a_rotation_while_sync_runs_is_not_undone_by_that_sync() {
         .expect("tenant item");
     assert!(record::number::<u64>(&tenant, "version").is_some(), "{tenant:?}");
 }
+
+#[tokio::test]
+async fn an_anchor_set_while_sync_runs_is_kept_by_that_sync_and_the_next() {
+    // GIVEN tenant acme onboarded with anchor day 15 and synced, then its key moved to usage
+    // plan pro in API Gateway directly (so a sync writes acme's item)
+    let b = Both::new("cn-northwest-1").await;
+    let res =
+        b.w.admin(reqwest::Method::POST, "/v1/tenants")
+            .header("idempotency-key", "idem-acme")
+            .json(&json!({"tenant": "acme", "plan": "free", "anchor": 15}))
+            .send()
+            .await
+            .expect("answer");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let key_id = res.json::<Value>().await.expect("json")["key"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    b.sync().await;
+    let gw = &b.w.gw;
+    let plans = gw.get_usage_plans().send().await.expect("plans");
+    let pro = plans
+        .items()
+        .iter()
+        .find(|p| p.name() == Some("pro"))
+        .and_then(|p| p.id());
+    let pro = pro.expect("usage plan pro");
+    let moved = gw
+        .delete_usage_plan_key()
+        .usage_plan_id(&b.w.free_plan_id)
+        .key_id(&key_id);
+    moved.send().await.expect("off free");
+    let onto = gw
+        .create_usage_plan_key()
+        .usage_plan_id(pro)
+        .key_id(&key_id)
+        .key_type("API_KEY");
+    onto.send().await.expect("onto pro");
+    // WHEN its anchor day is set to the 20th after a sync read API Gateway, and that sync then
+    // writes acme's item (moved to pro)
+    let set = b.request(
+        reqwest::Method::PUT,
+        "/v1/tenants/acme/anchor",
+        Some(json!({"anchor": 20})),
+    );
+    let report = b.sync_with(After::ApiKeys, set).await;
+    // THEN that sync's write lost to the anchor's and left the item as the usage API made it
+    let acme = || async { b.registry.tenant("acme").await.expect("table").expect("acme") };
+    assert!(report.deferred.contains(&tenant_pk("acme")), "{report:?}");
+    assert_eq!((acme().await.plan.as_str(), acme().await.anchor), ("free", Some(20)));
+    // AND the next sync moves acme to pro with its anchor day kept
+    b.sync().await;
+    assert_eq!((acme().await.plan.as_str(), acme().await.anchor), ("pro", Some(20)));
+}

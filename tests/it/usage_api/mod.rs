@@ -4,6 +4,7 @@
 //! fault proxy (hand-written: neither moto nor axum lose answers on demand) loses a response.
 //! Here: the world every suite runs in.
 
+mod anchor;
 mod interleaving;
 mod onboarding;
 mod rotation;

@@ -112,7 +112,10 @@ impl SyncReport {
 fn label(pk: &str, record: &Record) -> String {
     match record {
         Record::Plan { version, .. } => format!("{pk} (version {version})"),
-        Record::Tenant { plan } => format!("{pk} → plan {plan}"),
+        Record::Tenant(t) => match t.anchor {
+            Some(day) => format!("{pk} → plan {}, anchor day {day}", t.plan),
+            None => format!("{pk} → plan {}", t.plan),
+        },
         Record::Key(k) => format!("key {} → tenant {}", k.key_id, k.tenant),
         Record::Shed(s) => format!("{pk} → level {} ({})", s.level, s.set_by),
         Record::Malformed => format!("{pk} (malformed)"),

@@ -21,7 +21,7 @@ use crate::control::sync::mapping::Desired;
 use crate::policy_table::audit::ItemChange;
 use crate::policy_table::record::{number, parse, render};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, Written, version_of};
-use crate::policy_table::{META_PK, PK, Record, key_pk, plan_pk, read_item, tenant_pk};
+use crate::policy_table::{META_PK, PK, Record, TenantRecord, key_pk, plan_pk, read_item, tenant_pk};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -95,7 +95,17 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<TableWrite> {
         );
     }
     for (tenant, plan) in &desired.tenants {
-        want.insert(tenant_pk(tenant), Record::Tenant { plan: plan.clone() });
+        let pk = tenant_pk(tenant);
+        // API Gateway knows nothing of a tenant's anchor day: the one the table holds is kept.
+        let anchor = match current.records.get(&pk) {
+            Some(Record::Tenant(t)) => t.anchor,
+            _ => None,
+        };
+        let record = Record::Tenant(TenantRecord {
+            plan: plan.clone(),
+            anchor,
+        });
+        want.insert(pk, record);
     }
     for (hash, record) in &desired.keys {
         want.insert(key_pk(hash), Record::Key(record.clone()));

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 mod quotas;
 mod validate;
 
-pub use quotas::WEEKDAYS;
+pub use quotas::{TENANT_ANCHOR, WEEKDAYS};
 
 pub use validate::{check_resource_path, is_plan_name, split_route};
 
@@ -78,8 +78,8 @@ pub struct PlanSpec {
 
 /// A quota as written: a limit per day, week or month, in an IANA time zone (default UTC),
 /// weeks from a weekday (default Monday), months from a day of the month (default the 1st; a
-/// later day than a month has starts that month on its last day) or from the tenant's own
-/// anchor day (`anchor = "tenant"`, refused until tenants carry one).
+/// later day than a month has starts that month on its last day) or from each tenant's own
+/// anchor day (`anchor = "tenant"`; the 1st for a tenant without one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSpec {
@@ -179,6 +179,20 @@ impl Limits {
             bucket,
             quotas: [quota(daily, Period::Day), None, quota(monthly, Period::Month)],
         }
+    }
+
+    /// These limits for a tenant whose anchor day is `anchor`: months anchored on the tenant
+    /// (`anchor = "tenant"`) start on that day; without one they keep the plan's fallback (the
+    /// 1st). Every other quota is as the plan says.
+    pub fn anchored(mut self, anchor: Option<u8>) -> Limits {
+        if let Some(day) = anchor {
+            for q in self.quotas.iter_mut().flatten() {
+                if q.calendar.is_tenant_anchored() {
+                    q.calendar = q.calendar.with_anchor(day);
+                }
+            }
+        }
+        self
     }
 
     /// The quota of a period kind.
@@ -429,6 +443,65 @@ mod tests {
         // AND a listed method heavier than the unlisted ones does not raise the minimum
         let heavy_post = Plan::new("h", spec("weights = { POST = 5 }")).expect("valid");
         assert_eq!(heavy_post.min_weight(), 1);
+    }
+
+    #[test]
+    fn months_anchored_on_the_tenant_start_on_its_day_else_the_1st() {
+        use crate::engine::clock::Timestamp;
+        // GIVEN a monthly quota on the tenant's anchor, in New York, beside a weekly one
+        let plan = Plan::new(
+            "p",
+            spec(
+                r#"quotas = [{ limit = 10, period = "week" },
+                   { limit = 100, period = "month", anchor = "tenant", zone = "America/New_York" }]"#,
+            ),
+        )
+        .expect("valid");
+        let month = |limits: &Limits| limits.quota(Period::Month).expect("monthly").calendar.clone();
+        // 2027-03-20T12:00:00Z
+        let now = Timestamp::from_secs(1_805_544_000);
+        // WHEN the tenant carries none THEN months start on the 1st (local midnight)
+        let plain = plan.limits().clone().anchored(None);
+        assert_eq!(month(&plain).anchor(), 1);
+        assert_eq!(
+            crate::engine::quota::format_utc(month(&plain).bounds(now).0.as_secs()),
+            "2027-03-01T05:00:00Z"
+        );
+        // WHEN it carries the 15th THEN its month runs from the 15th, and the week is untouched
+        let own = plan.limits().clone().anchored(Some(15));
+        assert_eq!(
+            crate::engine::quota::format_utc(month(&own).bounds(now).0.as_secs()),
+            "2027-03-15T04:00:00Z"
+        );
+        assert_eq!(own.quota(Period::Week), plan.limits().quota(Period::Week));
+        // AND the 31st is clamped to February's last day
+        let late = plan.limits().clone().anchored(Some(31));
+        let (start, end) = month(&late).bounds(now);
+        assert_eq!(
+            crate::engine::quota::format_utc(start.as_secs()),
+            "2027-02-28T05:00:00Z"
+        );
+        assert_eq!(crate::engine::quota::format_utc(end.as_secs()), "2027-03-31T04:00:00Z");
+        // AND a fixed anchor is never moved by a tenant's
+        let fixed = Plan::new("f", spec(r#"quota = { limit = 100, period = "month", anchor = 5 }"#)).expect("valid");
+        assert_eq!(month(&fixed.limits().clone().anchored(Some(15))).anchor(), 5);
+    }
+
+    #[test]
+    fn tenant_anchors_are_for_months_only() {
+        let cases = [
+            (
+                r#"quota = { limit = 10, period = "week", anchor = "tenant" }"#,
+                "plan `p`: `quota.anchor` = \"tenant\": only months have an anchor",
+            ),
+            (
+                r#"quotas = [{ limit = 10, period = "month", anchor = "customer" }]"#,
+                "plan `p`: `quotas[0].anchor` = \"customer\": must be a day of the month from 1 to 31, or \"tenant\" (each tenant's own day, the 1st for a tenant without one)",
+            ),
+        ];
+        for (src, message) in cases {
+            assert_eq!(invalid(src).to_string(), message, "for {src:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,9 @@ use super::validate::Check;
 use super::{AnchorSpec, MAX_QUOTA, PlanSpec, PolicyError, QuotaSpec};
 use crate::engine::quota::{Calendar, Period, Quota, zone};
 
+/// The anchor that starts a tenant's months on its own day: `anchor = "tenant"`.
+pub const TENANT_ANCHOR: &str = "tenant";
+
 /// The weekdays a week may start on, 0 = Monday.
 pub const WEEKDAYS: [&str; 7] = [
     "monday",
@@ -122,16 +125,11 @@ fn checked_spec(check: &Check, field: &str, q: &QuotaSpec) -> Result<Option<Quot
             ));
         }
     };
-    let anchor = match (&q.anchor, period) {
-        (None, _) => 1,
-        (Some(AnchorSpec::Day(d @ 1..=31)), Period::Month) => *d as u8,
-        (Some(AnchorSpec::Named(n)), Period::Month) if n == "tenant" => {
-            return Err(check.fail(
-                &format!("{field}.anchor"),
-                &format!("{n:?}"),
-                "a tenant's own anchor day is not stored with tenants yet: write the day of the month (1 to 31)",
-            ));
-        }
+    let (anchor, tenant) = match (&q.anchor, period) {
+        (None, _) => (1, false),
+        (Some(AnchorSpec::Day(d @ 1..=31)), Period::Month) => (*d as u8, false),
+        // A tenant without an anchor of its own counts months from the 1st.
+        (Some(AnchorSpec::Named(n)), Period::Month) if n == TENANT_ANCHOR => (1, true),
         (Some(AnchorSpec::Day(d)), Period::Month) => {
             return Err(check.fail(
                 &format!("{field}.anchor"),
@@ -143,7 +141,7 @@ fn checked_spec(check: &Check, field: &str, q: &QuotaSpec) -> Result<Option<Quot
             return Err(check.fail(
                 &format!("{field}.anchor"),
                 &format!("{n:?}"),
-                "must be a day of the month from 1 to 31, or \"tenant\"",
+                "must be a day of the month from 1 to 31, or \"tenant\" (each tenant's own day, the 1st for a tenant without one)",
             ));
         }
         (Some(a), _) => {
@@ -156,6 +154,7 @@ fn checked_spec(check: &Check, field: &str, q: &QuotaSpec) -> Result<Option<Quot
     };
     let limit = checked_limit(check, Some(q.limit), &format!("{field}.limit"))?;
     let calendar = Calendar::new(period, tz, week_start, anchor);
+    let calendar = if tenant { calendar.tenant_anchored() } else { calendar };
     Ok(limit.map(|limit| Quota { limit, calendar }))
 }
 

@@ -25,6 +25,9 @@ pub struct Calendar {
     week_start: u8,
     /// Months: the day of the month a period starts on, 1..=31, clamped to the month's last day.
     anchor: u8,
+    /// Months: from each tenant's own anchor day (`Limits::anchored`); `anchor` is the day of a
+    /// tenant that carries none.
+    tenant_anchor: bool,
 }
 
 impl Calendar {
@@ -35,6 +38,7 @@ impl Calendar {
             zone: TimeZone::UTC,
             week_start: 0,
             anchor: 1,
+            tenant_anchor: false,
         }
     }
 
@@ -46,12 +50,30 @@ impl Calendar {
             zone,
             week_start: week_start % 7,
             anchor: anchor.clamp(1, 31),
+            tenant_anchor: false,
         }
     }
 
     /// This calendar with months starting on `anchor` (a tenant's own day).
     pub fn with_anchor(&self, anchor: u8) -> Calendar {
-        Calendar::new(self.period, self.zone.clone(), self.week_start, anchor)
+        Calendar {
+            anchor: anchor.clamp(1, 31),
+            ..self.clone()
+        }
+    }
+
+    /// This calendar's months from each tenant's own anchor day, `self.anchor()` for a tenant
+    /// that carries none. Other periods have no anchor: unchanged.
+    pub fn tenant_anchored(self) -> Calendar {
+        Calendar {
+            tenant_anchor: self.period == Period::Month,
+            ..self
+        }
+    }
+
+    /// Whether months start on each tenant's own anchor day (`tenant_anchored`).
+    pub fn is_tenant_anchored(&self) -> bool {
+        self.tenant_anchor
     }
 
     pub fn period(&self) -> Period {

@@ -14,12 +14,12 @@ use crate::directory::{DirectoryError, DynamoDirectory};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::record::{
     CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, claim_item, json_item, key_item, key_record, parse, string, tenant_item,
-    tenant_plan,
+    tenant_record,
 };
 use crate::policy_table::write::{self, WriteError};
 use crate::policy_table::{
-    self, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, REVOKE_PREFIX, Record, TENANT_PREFIX, idem_claim_pk, idem_pk, key_pk,
-    revoke_pk, tenant_pk,
+    self, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, REVOKE_PREFIX, Record, TENANT_PREFIX, TenantRecord, idem_claim_pk,
+    idem_pk, key_pk, revoke_pk, tenant_pk,
 };
 
 fn unavailable<E: std::error::Error + 'static>(e: E) -> DirectoryError {
@@ -122,17 +122,17 @@ impl DynamoDirectory {
 
 #[async_trait]
 impl Registry for DynamoDirectory {
-    async fn tenants(&self) -> Result<Vec<(String, String)>, DirectoryError> {
+    async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError> {
         let mut all: Vec<_> = self
             .scan_prefix(TENANT_PREFIX)
             .await?
             .iter()
             .filter_map(|i| match record_of(i)? {
-                Record::Tenant { plan } => Some((key_after(i, TENANT_PREFIX)?, plan)),
+                Record::Tenant(t) => Some((key_after(i, TENANT_PREFIX)?, t)),
                 _ => None,
             })
             .collect();
-        all.sort();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(all)
     }
 
@@ -176,11 +176,14 @@ impl Registry for DynamoDirectory {
             .map_err(write_error)
     }
 
-    async fn change_tenant(&self, tenant: &str, decide: Decide<'_, String>) -> Result<Changed<String>, DirectoryError> {
+    async fn change_tenant(
+        &self,
+        tenant: &str,
+        decide: Decide<'_, TenantRecord>,
+    ) -> Result<Changed<TenantRecord>, DirectoryError> {
         let pk = tenant_pk(tenant);
-        let parse = |i: &Item| tenant_plan(i).ok();
-        let render = |plan: &String| tenant_item(plan);
-        write::change(self.client(), self.table(), &pk, parse, render, decide)
+        let parse = |i: &Item| tenant_record(i).ok();
+        write::change(self.client(), self.table(), &pk, parse, tenant_item, decide)
             .await
             .map_err(write_error)
     }

@@ -7,13 +7,13 @@ use super::{Changed, Decide, IdempotencyRecord, ManualShed, Registry, Revocation
 use crate::directory::{Directory, DirectoryError, MemoryDirectory};
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::shed::ShedState;
-use crate::policy_table::{KeyRecord, REVOKE_PREFIX, idem_claim_pk, idem_pk, revoke_pk};
+use crate::policy_table::{KeyRecord, REVOKE_PREFIX, TenantRecord, idem_claim_pk, idem_pk, revoke_pk};
 
 #[async_trait]
 impl Registry for MemoryDirectory {
-    async fn tenants(&self) -> Result<Vec<(String, String)>, DirectoryError> {
+    async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError> {
         let mut all: Vec<_> = self.snapshot_tenants().into_iter().collect();
-        all.sort();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(all)
     }
 
@@ -41,7 +41,11 @@ impl Registry for MemoryDirectory {
         Ok(self.update_key(hash, decide))
     }
 
-    async fn change_tenant(&self, tenant: &str, decide: Decide<'_, String>) -> Result<Changed<String>, DirectoryError> {
+    async fn change_tenant(
+        &self,
+        tenant: &str,
+        decide: Decide<'_, TenantRecord>,
+    ) -> Result<Changed<TenantRecord>, DirectoryError> {
         Ok(self.update_tenant(tenant, decide))
     }
 

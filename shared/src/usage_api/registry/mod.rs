@@ -13,8 +13,8 @@ use crate::directory::{Directory, DirectoryError};
 use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::shed::{SetBy, ShedState};
-use crate::policy_table::KeyRecord;
 pub use crate::policy_table::write::{Changed, Verdict};
+use crate::policy_table::{KeyRecord, TenantRecord};
 
 /// A writer's decision for an item, from the item as it is (`None`: there is none).
 pub type Decide<'a, T> = &'a (dyn Fn(Option<&T>) -> Verdict<T> + Send + Sync);
@@ -56,8 +56,8 @@ pub struct Revocation {
 
 #[async_trait]
 pub trait Registry: Directory {
-    /// Every tenant with its plan, sorted by tenant id.
-    async fn tenants(&self) -> Result<Vec<(String, String)>, DirectoryError>;
+    /// Every tenant with its record, sorted by tenant id.
+    async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError>;
     /// The keys of one tenant (hash and record), sorted by key id.
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError>;
     /// The names of the plans the directory knows, sorted.
@@ -69,8 +69,12 @@ pub trait Registry: Directory {
         hash: &ApiKeyHash,
         decide: Decide<'_, KeyRecord>,
     ) -> Result<Changed<KeyRecord>, DirectoryError>;
-    /// The same for the tenant's plan record (its plan's name).
-    async fn change_tenant(&self, tenant: &str, decide: Decide<'_, String>) -> Result<Changed<String>, DirectoryError>;
+    /// The same for the tenant's record (its plan's name and anchor day).
+    async fn change_tenant(
+        &self,
+        tenant: &str,
+        decide: Decide<'_, TenantRecord>,
+    ) -> Result<Changed<TenantRecord>, DirectoryError>;
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError>;
     /// Writes the record unless one exists for `key`; `false` when one did.
     async fn put_idempotency(&self, key: &str, record: &IdempotencyRecord) -> Result<bool, DirectoryError>;

@@ -1,6 +1,7 @@
 //! The use cases, one module each, and what several of them share: the tenant's plan, the usage
 //! plan standing for a plan in API Gateway, the audit record of a change.
 
+pub(super) mod anchor;
 pub(super) mod keys;
 pub(super) mod onboard;
 pub(super) mod reset;
@@ -21,7 +22,7 @@ use crate::control::sync::mapping::{TAG_STACK, plan_name};
 use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
-use crate::policy_table::{KeyRecord, Record, key_pk, tenant_pk};
+use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::registry::{Changed, Verdict};
 
 /// The ports, as a handler takes them.
@@ -34,8 +35,13 @@ impl UsageApi {
 
     /// A tenant's plan, or 404.
     pub(super) async fn tenant_plan(&self, tenant: &str) -> Result<String, Problem> {
+        Ok(self.tenant_record(tenant).await?.plan)
+    }
+
+    /// A tenant's record (plan and anchor day), or 404.
+    pub(super) async fn tenant_record(&self, tenant: &str) -> Result<TenantRecord, Problem> {
         self.registry
-            .tenant_plan(tenant)
+            .tenant(tenant)
             .await?
             .ok_or_else(|| Problem::not_found(format!("no tenant `{tenant}` (see GET /v1/tenants)")))
     }
@@ -53,12 +59,13 @@ impl UsageApi {
         ))
     }
 
-    /// The limits of the tenant's plan, whose calendars its usage is counted on; a plan the
-    /// policy does not define counts on UTC days and months.
+    /// The limits of the tenant's plan, whose calendars its usage is counted on (months on its
+    /// own anchor day where the plan says so); a plan the policy does not define counts on UTC
+    /// days and months.
     pub(super) async fn tenant_limits(&self, tenant: &str) -> Result<crate::engine::policy::Limits, Problem> {
-        let plan = self.tenant_plan(tenant).await?;
-        Ok(match self.registry.plan(&plan).await? {
-            Some(p) => p.limits().clone(),
+        let record = self.tenant_record(tenant).await?;
+        Ok(match self.registry.plan(&record.plan).await? {
+            Some(p) => p.limits().clone().anchored(record.anchor),
             None => crate::engine::policy::Limits::UNLIMITED,
         })
     }
@@ -169,11 +176,10 @@ fn key_change(hash: &ApiKeyHash, changed: Changed<KeyRecord>) -> Option<ItemChan
 }
 
 /// A tenant write for the audit trail; `None` when nothing was written.
-fn tenant_change(tenant: &str, changed: Changed<String>) -> Option<ItemChange> {
-    let plan = |plan| Record::Tenant { plan };
+fn tenant_change(tenant: &str, changed: Changed<TenantRecord>) -> Option<ItemChange> {
     changed.wrote().then(|| ItemChange {
         pk: tenant_pk(tenant),
-        before: changed.before.map(plan),
-        after: changed.after.map(plan),
+        before: changed.before.map(Record::Tenant),
+        after: changed.after.map(Record::Tenant),
     })
 }

@@ -6,11 +6,12 @@ use axum::extract::State;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::anchor::checked_anchor;
 use super::{Api, create};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::ItemChange;
-use crate::policy_table::{KeyRecord, Record, key_pk, tenant_pk};
+use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, check_new_tenant_id, created};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::IdempotencyRecord;
@@ -22,6 +23,9 @@ use crate::usage_api::{ONBOARDING_CLAIM_SECS, UsageApi};
 pub(in crate::usage_api) struct OnboardRequest {
     tenant: String,
     plan: String,
+    /// The day its months start on (1 to 31); the onboarding day when absent.
+    #[serde(default)]
+    anchor: Option<serde_json::Number>,
 }
 
 /// One onboarding: the request, its `Idempotency-Key`, and the fingerprint of its body.
@@ -31,6 +35,8 @@ struct Onboarding<'a> {
     idem: &'a str,
     fingerprint: String,
     request: OnboardRequest,
+    /// The tenant's anchor day: the request's, else today in its plan's monthly zone.
+    anchor: u8,
 }
 
 pub(in crate::usage_api) async fn onboard(
@@ -40,13 +46,19 @@ pub(in crate::usage_api) async fn onboard(
     JsonBody { value: body, raw }: JsonBody<OnboardRequest>,
 ) -> Answer {
     check_new_tenant_id(&body.tenant).map_err(|e| Problem::bad_request(format!("`tenant`: {e}")))?;
+    let anchor = body.anchor.as_ref().map(checked_anchor).transpose()?;
     api.known_plan(&body.plan).await?;
+    let anchor = match anchor {
+        Some(day) => day,
+        None => api.onboarding_day(&body.plan).await?,
+    };
     let onboarding = Onboarding {
         api: &api,
         actor: &admin.actor,
         idem: &idem,
         fingerprint: hex::encode(Sha256::digest(&raw)),
         request: body,
+        anchor,
     };
     if let Some(done) = api.registry.idempotency(&idem).await? {
         return onboarding.replay(&done).await;
@@ -113,7 +125,7 @@ impl Onboarding<'_> {
             }
         };
         control.create_usage_plan_key(&plan_id, &key.id).await?;
-        self.record(&key).await?;
+        let anchor = self.record(&key).await?;
         let done = IdempotencyRecord {
             fingerprint: self.fingerprint.clone(),
             tenant: body.tenant.clone(),
@@ -128,6 +140,7 @@ impl Onboarding<'_> {
         Ok(created(Onboarded {
             tenant: self.request.tenant,
             plan: self.request.plan,
+            anchor,
             key: IssuedKey {
                 id: key.id,
                 value: key.value,
@@ -157,8 +170,8 @@ impl Onboarding<'_> {
 
     /// Writes the key and tenant records, then their audit record, under an id of the
     /// Idempotency-Key: a retry after a failure below writes the same record again (kept once),
-    /// and a replay finds it written.
-    async fn record(&self, key: &CreatedKey) -> Result<(), Problem> {
+    /// and a replay finds it written. The tenant's anchor day as stored.
+    async fn record(&self, key: &CreatedKey) -> Result<Option<u8>, Problem> {
         let (api, body) = (self.api, &self.request);
         let hash = ApiKeyHash::of(&key.value);
         let record = KeyRecord {
@@ -168,14 +181,19 @@ impl Onboarding<'_> {
         };
         // Written where there is none yet; a retry finds them as the first attempt left them.
         api.registry.change_key(&hash, &create(&record)).await?;
-        let tenant = api.registry.change_tenant(&body.tenant, &create(&body.plan)).await?;
-        if tenant.after.as_ref() != Some(&body.plan) {
+        let made = TenantRecord {
+            plan: body.plan.clone(),
+            anchor: Some(self.anchor),
+        };
+        let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
+        // A retry finds the first attempt's record, anchor day included.
+        let Some(made) = tenant.after.filter(|t| t.plan == body.plan) else {
             // Onboarded meanwhile by another request (the key stays, on no tenant's plan).
             return Err(Problem::conflict(
                 "tenant-exists",
                 format!("tenant `{}` was onboarded meanwhile by another request", body.tenant),
             ));
-        }
+        };
         let id = format!(
             "usage-api-onboard-{}",
             &hex::encode(Sha256::digest(self.idem.as_bytes()))[..16]
@@ -184,14 +202,13 @@ impl Onboarding<'_> {
             "onboard tenant {} on plan {} with key {}",
             body.tenant, body.plan, key.id
         );
+        let anchor = made.anchor;
         // The record a retry writes again is the first attempt's: the items as onboarding made them.
         let items = vec![
             ItemChange {
                 pk: tenant_pk(&body.tenant),
                 before: None,
-                after: Some(Record::Tenant {
-                    plan: body.plan.clone(),
-                }),
+                after: Some(Record::Tenant(made)),
             },
             ItemChange {
                 pk: key_pk(&hash.to_hex()),
@@ -199,7 +216,8 @@ impl Onboarding<'_> {
                 after: Some(Record::Key(record)),
             },
         ];
-        api.audit_as(id, self.actor, summary, items).await
+        api.audit_as(id, self.actor, summary, items).await?;
+        Ok(anchor)
     }
 
     /// The answer to a retried onboarding: the same tenant, plan and key, the value read back
@@ -212,7 +230,7 @@ impl Onboarding<'_> {
                 format!("`Idempotency-Key` {idem:?} was used for another request body; use a new key"),
             ));
         }
-        if self.api.registry.tenant_plan(&done.tenant).await?.is_none() {
+        let Some(made) = self.api.registry.tenant(&done.tenant).await? else {
             return Err(Problem::conflict(
                 "tenant-offboarded",
                 format!(
@@ -220,7 +238,7 @@ impl Onboarding<'_> {
                     done.tenant
                 ),
             ));
-        }
+        };
         let control = self.api.control("answering a retried onboarding")?;
         let key = control.api_key(&done.key_id).await?.ok_or_else(|| {
             Problem::conflict(
@@ -231,6 +249,7 @@ impl Onboarding<'_> {
         Ok(created(Onboarded {
             tenant: done.tenant.clone(),
             plan: done.plan.clone(),
+            anchor: made.anchor,
             key: IssuedKey {
                 id: key.id,
                 value: key.value,

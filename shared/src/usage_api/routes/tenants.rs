@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 
 use super::{Api, disable_key, key_change, plan_keys, revoke, tenant_change};
+use crate::policy_table::TenantRecord;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::Verdict;
@@ -43,12 +44,12 @@ pub(in crate::usage_api) async fn list(State(api): Api, admin: Admin<NoTenant, T
         ));
     }
     api.sweep(&admin.actor).await?;
-    let all: Vec<(String, String)> = api
+    let all: Vec<(String, TenantRecord)> = api
         .registry
         .tenants()
         .await?
         .into_iter()
-        .filter(|(_, p)| plan.is_none_or(|want| p == want))
+        .filter(|(_, t)| plan.is_none_or(|want| t.plan == want))
         .collect();
     let (page, next) = page(&all, cursor, limit);
     Ok(json(
@@ -56,7 +57,7 @@ pub(in crate::usage_api) async fn list(State(api): Api, admin: Admin<NoTenant, T
         &TenantPage {
             tenants: page
                 .into_iter()
-                .map(|(tenant, plan)| TenantSummary { tenant, plan })
+                .map(|(tenant, t)| TenantSummary { tenant, plan: t.plan })
                 .collect(),
             next_cursor: next,
         },
@@ -96,14 +97,18 @@ pub(in crate::usage_api) async fn move_plan(
     if old != body.plan {
         move_keys(&api, &tenant, &old, &body.plan).await?;
         let new = body.plan.clone();
+        // The tenant's anchor day moves with it.
         let changed = api
             .registry
             .change_tenant(&tenant, &|current| match current {
-                Some(plan) if *plan == old => Verdict::Put(new.clone()),
+                Some(t) if t.plan == old => Verdict::Put(TenantRecord {
+                    plan: new.clone(),
+                    ..t.clone()
+                }),
                 _ => Verdict::Leave,
             })
             .await?;
-        if changed.after.as_ref() != Some(&body.plan) {
+        if changed.after.as_ref().map(|t| &t.plan) != Some(&body.plan) {
             return Err(Problem::conflict(
                 "tenant-changed",
                 format!(

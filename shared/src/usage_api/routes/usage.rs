@@ -75,8 +75,14 @@ pub(in crate::usage_api) async fn own_usage(
             format!("tenant `{tenant}` is on plan `{plan_name}`, which the policy does not define"),
         )
     })?;
-    let usage = api.store.usage(&tenant, plan.limits(), now).await?;
-    Ok(json(StatusCode::OK, &usage_view(&tenant, &plan, &usage, now)))
+    // The tenant's anchor day is read only for a plan whose months start on it.
+    let anchor = match plan.limits().quotas().any(|q| q.calendar.is_tenant_anchored()) {
+        true => api.tenant_record(&tenant).await?.anchor,
+        false => None,
+    };
+    let limits = plan.limits().clone().anchored(anchor);
+    let usage = api.store.usage(&tenant, &limits, now).await?;
+    Ok(json(StatusCode::OK, &usage_view(&tenant, &plan, &limits, &usage, now)))
 }
 
 /// The tenant calling `GET /v1/usage`: the authorizer's, or the one whose key the request

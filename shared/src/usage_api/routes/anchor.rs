@@ -1,0 +1,81 @@
+//! `PUT /v1/tenants/{tenant}/anchor`, admin: the day a tenant's months start on, for plans whose
+//! monthly quota says `anchor = "tenant"`; and the anchor day an onboarding gives by default.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::{Api, tenant_change};
+use crate::engine::quota::{Calendar, Period, civil_from_days};
+use crate::policy_table::TenantRecord;
+use crate::usage_api::UsageApi;
+use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, json, whole_number};
+use crate::usage_api::problem::Problem;
+use crate::usage_api::registry::Verdict;
+use crate::usage_api::views::tenant_view;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(in crate::usage_api) struct AnchorChange {
+    /// A JSON number: `15.0` is the integer 15, as JSON Schema says.
+    anchor: serde_json::Number,
+}
+
+/// An anchor day as sent, or 400.
+pub(super) fn checked_anchor(day: &serde_json::Number) -> Result<u8, Problem> {
+    match whole_number(day, 31) {
+        Some(d @ 1..=31) => Ok(d as u8),
+        _ => Err(Problem::bad_request(format!(
+            "`anchor` must be a day of the month from 1 to 31 (a later day than a month has is its last day), got {day}"
+        ))),
+    }
+}
+
+impl UsageApi {
+    /// Today's day of the month in the zone of `plan`'s monthly quota (UTC without one): the
+    /// anchor day of a tenant onboarded now.
+    pub(super) async fn onboarding_day(&self, plan: &str) -> Result<u8, Problem> {
+        let calendar = match self.registry.plan(plan).await? {
+            Some(p) => p.limits().quota(Period::Month).map(|q| q.calendar.clone()),
+            None => None,
+        };
+        let calendar = calendar.unwrap_or_else(|| Calendar::utc(Period::Month));
+        let (_, _, day) = civil_from_days(calendar.local_day(self.now()));
+        Ok(day as u8)
+    }
+}
+
+pub(in crate::usage_api) async fn set_anchor(
+    State(api): Api,
+    admin: Admin<Tenant>,
+    JsonBody { value: body, .. }: JsonBody<AnchorChange>,
+) -> Answer {
+    let (actor, tenant) = (admin.actor, admin.tenant);
+    let day = checked_anchor(&body.anchor)?;
+    let changed = api
+        .registry
+        .change_tenant(&tenant, &|current| match current {
+            Some(t) if t.anchor != Some(day) => Verdict::Put(TenantRecord {
+                anchor: Some(day),
+                ..t.clone()
+            }),
+            _ => Verdict::Leave,
+        })
+        .await?;
+    if changed.after.is_none() {
+        return Err(Problem::not_found(format!(
+            "no tenant `{tenant}` (see GET /v1/tenants)"
+        )));
+    }
+    let from = changed.before.as_ref().and_then(|t| t.anchor);
+    if let Some(item) = tenant_change(&tenant, changed) {
+        let from = from.map_or("none".to_owned(), |d| d.to_string());
+        api.audit(
+            &actor,
+            format!("set tenant {tenant}'s anchor day from {from} to {day}"),
+            vec![item],
+        )
+        .await?;
+    }
+    Ok(json(StatusCode::OK, &tenant_view(&api, &tenant).await?))
+}
