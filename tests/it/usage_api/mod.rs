@@ -6,6 +6,7 @@
 
 mod interleaving;
 mod onboarding;
+mod rollback;
 mod rotation;
 mod usage;
 

@@ -12,13 +12,19 @@
 //!
 //! One change: read everything, validate everything (nothing is touched on an error), take the
 //! checkpoint (the managed usage plans as API Gateway has them, the memberships of the keys that
-//! move, the policy table), make the API Gateway calls, sync the table, record the change. A
-//! failure part-way puts API Gateway back at the checkpoint (re-read, then the calls that undo
-//! what is there) and the table at the checkpoint's items, and records the change as `Restored`.
-//! A rollback is the same change with the steps computed from an old checkpoint.
+//! move), make the API Gateway calls, read what they left (`since::Left`), sync the table, record
+//! the change with the items its sync wrote (before and after, with versions). A failure part-way
+//! puts API Gateway back at the checkpoint (re-read, then the calls that undo what is there),
+//! then, if the table was reached, syncs it again, and records the change as `Restored`.
+//!
+//! A rollback is the same change with the steps computed from an old change's checkpoint, made
+//! only when everything that change touched is still as it left it: its usage plans and keys in
+//! API Gateway, its policy items at the versions it wrote. Otherwise it names what changed since
+//! and changes nothing (`ApplyError::Conflict`), so it never undoes a later change.
 
 pub mod error;
 pub mod plan;
+pub mod since;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,10 +38,9 @@ use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::ApplyPort;
 use crate::control::sync::SyncReport;
 use crate::control::sync::mapping::{self, TAG_PLAN};
-use crate::control::sync::table::{PolicyTable, TableError, TableWrite};
+use crate::control::sync::table::{PolicyTable, TableError};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_file::PolicyFile;
-use crate::policy_table::Record;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 
 /// What a change did.
@@ -101,36 +106,79 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
     let read = |e: ControlError| ApplyError::Read(e.to_string());
     let plans = cx.control.usage_plans().await.map_err(read)?;
     let keys = cx.control.api_keys().await.map_err(read)?;
-    let (steps, mut checkpoint) = plan_apply(file, &plans, &keys, cx.stack)?;
-    let current = cx.table.read().await.map_err(|e| ApplyError::Read(e.to_string()))?;
-    checkpoint.table = current.records.clone();
+    let (steps, checkpoint) = plan_apply(file, &plans, &keys, cx.stack)?;
+    let generation = cx
+        .table
+        .generation()
+        .await
+        .map_err(|e| ApplyError::Read(e.to_string()))?;
     let summary = format!("apply: {} API Gateway call(s)", steps.len());
-    Pending::new(cx, Source::Apply, summary, checkpoint, current.generation)
+    Pending::new(cx, Source::Apply, summary, checkpoint, generation)
         .run(cx, steps)
         .await
 }
 
-/// Puts API Gateway and the table back at change `id`'s checkpoint, as a new change.
+/// Puts back what change `id` changed in API Gateway and the table, as a new change; refused,
+/// with nothing changed, when anything it touched was changed since (`ApplyError::Conflict`).
 pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyError> {
     let record = cx.table.audit_log().get(id).await?;
     let target: Checkpoint = record
         .checkpoint
-        .and_then(|c| serde_json::from_value(c).ok())
+        .as_ref()
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
         .ok_or_else(|| ApplyError::NoCheckpoint(id.to_owned()))?;
     let read = |e: ControlError| ApplyError::Read(e.to_string());
     let plans = cx.control.usage_plans().await.map_err(read)?;
-    let current = cx.table.read().await.map_err(|e| ApplyError::Read(e.to_string()))?;
+    let conflicts = conflicts(cx, &record, &target, &plans).await?;
+    if !conflicts.is_empty() {
+        return Err(ApplyError::Conflict {
+            change_id: id.to_owned(),
+            items: conflicts,
+        });
+    }
+    let generation = cx
+        .table
+        .generation()
+        .await
+        .map_err(|e| ApplyError::Read(e.to_string()))?;
     let steps = plan_restore(&target, &plans);
-    let mut checkpoint = checkpoint_now(&target, &plans, &steps);
-    checkpoint.table = current.records.clone();
+    let checkpoint = checkpoint_now(&target, &plans, &steps);
     let summary = format!("rollback to before {id}: {} API Gateway call(s)", steps.len());
-    Pending::new(cx, Source::Rollback, summary, checkpoint, current.generation)
+    Pending::new(cx, Source::Rollback, summary, checkpoint, generation)
         .run(cx, steps)
         .await
 }
 
-/// A rollback's own checkpoint: the plans and keys of `target` as they are now (its table part
-/// is filled by the caller).
+/// What was changed since change `record` by another writer: its usage plans and keys (`plans`
+/// is API Gateway now) and the policy items it wrote. A change that did not finish
+/// (`Incomplete`) left nothing known: its rollback finishes its restore, unchecked.
+async fn conflicts(
+    cx: &Context<'_>,
+    record: &ChangeRecord,
+    target: &Checkpoint,
+    plans: &[UsagePlan],
+) -> Result<Vec<String>, ApplyError> {
+    let mut out = match (&record.outcome, &target.left) {
+        (_, Some(left)) => since::gateway_conflicts(target, left, plans),
+        (ChangeOutcome::Incomplete { .. }, None) => Vec::new(),
+        (ChangeOutcome::Restored { .. }, None) => return Err(ApplyError::NothingToUndo(record.id.clone())),
+        (ChangeOutcome::Applied, None) => return Err(ApplyError::NoCheckpoint(record.id.clone())),
+    };
+    // One read per item the change wrote, not the whole table.
+    let mut now = BTreeMap::new();
+    for item in &record.items {
+        let found = cx
+            .table
+            .item(&item.pk)
+            .await
+            .map_err(|e| ApplyError::Read(e.to_string()))?;
+        now.insert(item.pk.clone(), found);
+    }
+    out.extend(since::item_conflicts(&record.items, &now));
+    Ok(out)
+}
+
+/// A rollback's own checkpoint: the plans and keys of `target` as they are now.
 fn checkpoint_now(target: &Checkpoint, plans: &[UsagePlan], steps: &[ApplyStep]) -> Checkpoint {
     let known: BTreeSet<&str> = target.plans.iter().map(|p| p.id.as_str()).collect();
     let mut checkpoint = Checkpoint::default();
@@ -187,8 +235,8 @@ impl Pending {
     }
 
     /// Steps, then sync, then the record; on failure the checkpoint back and a `Restored` record.
-    async fn run(self, cx: &Context<'_>, steps: Vec<ApplyStep>) -> Result<ApplyReport, ApplyError> {
-        let failure = match execute(cx.control, &steps).await {
+    async fn run(mut self, cx: &Context<'_>, steps: Vec<ApplyStep>) -> Result<ApplyReport, ApplyError> {
+        let failure = match self.execute(cx, &steps).await {
             Err((done, failed_at, e)) => Failure {
                 done,
                 failed_at,
@@ -204,10 +252,33 @@ impl Pending {
             },
         };
         tracing::warn!(failed_at = %failure.failed_at, error = %failure.error, "change failed part-way; restoring the checkpoint");
-        match restore(cx, &self.checkpoint).await {
+        // What the change left is unknown: a rollback of this record finishes its restore.
+        self.checkpoint.left = None;
+        let table_reached = failure.done.len() == steps.len();
+        match restore(cx, &self.checkpoint, table_reached).await {
             Ok(undone) => Err(self.restored(cx, failure, undone).await),
             Err(restore_error) => Err(self.restore_failed(cx, failure, restore_error).await),
         }
+    }
+
+    /// The steps, then what they left in API Gateway (read again: the plans a rollback will
+    /// expect to find as they are now). No step, nothing to read.
+    async fn execute(
+        &mut self,
+        cx: &Context<'_>,
+        steps: &[ApplyStep],
+    ) -> Result<Vec<String>, (Vec<String>, String, ControlError)> {
+        let done = execute(cx.control, steps).await?;
+        if !steps.is_empty() {
+            let plans = cx.control.usage_plans().await.map_err(|e| {
+                let at = "reading the usage plans the change left".to_owned();
+                (done.clone(), at, e)
+            })?;
+            self.checkpoint.left = Some(since::Left::read(&self.checkpoint, &plans));
+        } else {
+            self.checkpoint.left = Some(since::Left::default());
+        }
+        Ok(done)
     }
 
     /// Everything made: the audit record of the change, unless it changed nothing.
@@ -352,48 +423,23 @@ async fn execute(
 }
 
 /// API Gateway back at the checkpoint (from a fresh read: a call that lost its answer may or may
-/// not have happened), then the table at its items. Returns the calls that undid the change.
-async fn restore(cx: &Context<'_>, checkpoint: &Checkpoint) -> Result<Vec<String>, String> {
+/// not have happened); then, if the change reached the table, a sync that makes it say what API
+/// Gateway says again, under the write protocol (each item on the version it read): an item
+/// another writer changed meanwhile is left as it is, and the restore fails naming it. Returns the
+/// calls that undid the change.
+async fn restore(cx: &Context<'_>, checkpoint: &Checkpoint, table_reached: bool) -> Result<Vec<String>, String> {
     let plans = cx.control.usage_plans().await.map_err(|e| e.to_string())?;
     let steps = plan_restore(checkpoint, &plans);
     let undone = execute(cx.control, &steps)
         .await
         .map_err(|(_, at, e)| format!("{at}: {e}"))?;
-    restore_table(cx.table, &checkpoint.table)
-        .await
-        .map_err(|e| e.to_string())?;
+    if table_reached {
+        let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !sync.deferred.is_empty() {
+            return Err(TableError::Changed(sync.deferred).to_string());
+        }
+    }
     Ok(undone)
-}
-
-/// The policy table back at the checkpoint's items (written only where they differ).
-async fn restore_table(table: &PolicyTable, items: &BTreeMap<String, Record>) -> Result<u64, TableError> {
-    let current = table.read().await?;
-    let mut changes = Vec::new();
-    for (pk, record) in items {
-        if current.records.get(pk) != Some(record) {
-            changes.push(TableWrite::Put {
-                pk: pk.clone(),
-                record: record.clone(),
-                existed: current.records.contains_key(pk),
-            });
-        }
-    }
-    for (pk, was) in &current.records {
-        if !items.contains_key(pk) {
-            changes.push(TableWrite::Delete {
-                pk: pk.clone(),
-                was: was.clone(),
-            });
-        }
-    }
-    if changes.is_empty() {
-        return Ok(0);
-    }
-    // Each item is written on condition that it is still as read here; one another writer changed
-    // meanwhile is left as it is, and reported.
-    let applied = table.apply(&current, &changes).await?;
-    if !applied.deferred.is_empty() {
-        return Err(TableError::Changed(applied.deferred));
-    }
-    Ok(applied.writes)
 }

@@ -12,7 +12,6 @@ use crate::control::apply::ApplyError;
 use crate::control::sync::mapping::{self, TAG_PLAN, TAG_STACK};
 use crate::engine::policy::PlanSpec;
 use crate::policy_file::{PolicyFile, TenantEntry};
-use crate::policy_table::Record;
 
 /// A usage plan as a checkpoint keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +41,7 @@ impl PlanState {
     }
 
     /// The plan's name in the policy: its `tollgate:plan` tag, else the usage plan's name.
-    fn plan_name(&self) -> String {
+    pub(super) fn plan_name(&self) -> String {
         self.tags.get(TAG_PLAN).cloned().unwrap_or_else(|| self.name.clone())
     }
 }
@@ -54,7 +53,8 @@ fn tollgate_tags(tags: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The state a change starts from, enough to put it back: stored in its audit record.
+/// What a change touched in API Gateway, as it was before and as the change left it: stored in
+/// its audit record, with the policy items the change wrote (no snapshot of the table).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Every usage plan the change may touch, as it was.
@@ -63,8 +63,9 @@ pub struct Checkpoint {
     pub absent_plans: Vec<String>,
     /// Key id → ids of the usage plans it was on, for every key the change may move.
     pub keys: BTreeMap<String, Vec<String>>,
-    /// The policy table's plan, tenant and key items.
-    pub table: BTreeMap<String, Record>,
+    /// The same plans and keys as the change left them (`None`: it did not finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<super::since::Left>,
 }
 
 /// One API Gateway call of a change.
@@ -263,8 +264,7 @@ fn retag(live: &UsagePlan, want: &BTreeMap<String, String>) -> Option<ApplyStep>
 /// Plan name → the id of its usage plan (`None`: created by this change).
 type PlanIds<'a> = BTreeMap<&'a str, Option<&'a str>>;
 
-/// The steps that make API Gateway say what the file says, and the checkpoint they start from
-/// (its table part is filled by the caller). Validates everything first. With `stack`, every
+/// The steps that make API Gateway say what the file says, and the checkpoint they start from. Validates everything first. With `stack`, every
 /// plan of the file carries `tollgate:stack` = `stack` (created so, or tagged).
 pub fn plan_apply(
     file: &PolicyFile,

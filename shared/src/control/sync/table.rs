@@ -170,6 +170,15 @@ impl PolicyTable {
         Ok(meta.and_then(|item| number(&item, "generation")).unwrap_or(0))
     }
 
+    /// The item at `pk` and its version (`None`: none, or not a policy record), strongly
+    /// consistent.
+    pub async fn item(&self, pk: &str) -> Result<Option<(Record, u64)>, TableError> {
+        let item = read_item(&self.client, &self.table, pk)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(item.and_then(|i| parse(pk, &i).map(|r| (r, version_of(&i)))))
+    }
+
     /// The generation, then every managed item (strongly consistent, all pages).
     pub async fn read(&self) -> Result<Current, TableError> {
         let mut current = Current {
@@ -222,7 +231,7 @@ impl PolicyTable {
                 None => Expect::Absent,
             };
             let made = match self.write(change, expect).await? {
-                Written::Done => Some(item_change(change, before)),
+                Written::Done => Some(item_change(change, before, expect)),
                 Written::Conflict => self.reconsider(change).await?,
             };
             match made {
@@ -262,8 +271,9 @@ impl PolicyTable {
             if !matches!(&fresh, Some(Record::Key(k)) if k.enabled) {
                 return Ok(None);
             }
-            if self.write(change, Expect::At(version_of(&item))).await? == Written::Done {
-                return Ok(Some(item_change(change, fresh)));
+            let expect = Expect::At(version_of(&item));
+            if self.write(change, expect).await? == Written::Done {
+                return Ok(Some(item_change(change, fresh, expect)));
             }
         }
         Err(TableError::Write(WriteError::Contended {
@@ -314,15 +324,21 @@ impl PolicyTable {
     }
 }
 
-/// A write as made: the item before and after.
-fn item_change(change: &TableWrite, before: Option<Record>) -> ItemChange {
-    let after = match change {
-        TableWrite::Put { record, .. } => Some(record.clone()),
-        TableWrite::Delete { .. } => None,
+/// A write as made over an item found as `expect`ed: the item before and after, and its versions.
+fn item_change(change: &TableWrite, before: Option<Record>, expect: Expect) -> ItemChange {
+    let (after, after_version) = match change {
+        TableWrite::Put { record, .. } => (Some(record.clone()), Some(expect.next())),
+        TableWrite::Delete { .. } => (None, None),
+    };
+    let before_version = match expect {
+        Expect::At(v) => Some(v),
+        Expect::Absent => None,
     };
     ItemChange {
         pk: change.pk().to_owned(),
         before,
         after,
+        before_version,
+        after_version,
     }
 }

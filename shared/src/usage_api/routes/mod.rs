@@ -155,6 +155,7 @@ fn key_change(hash: &ApiKeyHash, changed: Changed<KeyRecord>) -> Option<ItemChan
         pk: key_pk(&hash.to_hex()),
         before: changed.before.map(Record::Key),
         after: changed.after.map(Record::Key),
+        ..ItemChange::default()
     })
 }
 
@@ -165,5 +166,6 @@ fn tenant_change(tenant: &str, changed: Changed<String>) -> Option<ItemChange> {
         pk: tenant_pk(tenant),
         before: changed.before.map(plan),
         after: changed.after.map(plan),
+        ..ItemChange::default()
     })
 }

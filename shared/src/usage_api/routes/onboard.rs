@@ -192,11 +192,13 @@ impl Onboarding<'_> {
                 after: Some(Record::Tenant {
                     plan: body.plan.clone(),
                 }),
+                ..ItemChange::default()
             },
             ItemChange {
                 pk: key_pk(&hash.to_hex()),
                 before: None,
                 after: Some(Record::Key(record)),
+                ..ItemChange::default()
             },
         ];
         api.audit_as(id, self.actor, summary, items).await
