@@ -202,7 +202,7 @@ async fn an_offboarding_between_syncs_reads_stays_revoked_when_sync_writes_the_s
     assert_eq!(b.enabled(&value).await, Some(false), "{report:?}");
     assert_eq!(b.tenant_plan("hooli").await, None, "{report:?}");
     let key_pk = tollgate::policy_table::key_pk(&ApiKeyHash::of(&value).to_hex());
-    assert!(report.deferred.contains(&key_pk), "{report:?}");
+    assert!(report.left_to_other_writers.contains(&key_pk), "{report:?}");
 }
 
 #[tokio::test]

@@ -437,8 +437,8 @@ async fn restore(cx: &Context<'_>, checkpoint: &Checkpoint, table_reached: bool)
         let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, false)
             .await
             .map_err(|e| e.to_string())?;
-        if !sync.deferred.is_empty() {
-            return Err(TableError::Changed(sync.deferred).to_string());
+        if !sync.left_to_other_writers.is_empty() {
+            return Err(TableError::Changed(sync.left_to_other_writers).to_string());
         }
     }
     Ok(undone)

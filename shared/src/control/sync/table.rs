@@ -56,7 +56,7 @@ pub struct Applied {
     /// Each item written, before and after.
     pub items: Vec<ItemChange>,
     /// Items another writer changed since they were read, left as that writer left them.
-    pub deferred: Vec<String>,
+    pub left_to_other_writers: Vec<String>,
     /// Policy-table writes made: items and the generation update.
     pub writes: u64,
 }
@@ -239,7 +239,7 @@ impl PolicyTable {
                     applied.writes += 1;
                     applied.items.push(item);
                 }
-                None => applied.deferred.push(pk.to_owned()),
+                None => applied.left_to_other_writers.push(pk.to_owned()),
             }
         }
         Ok(applied)
