@@ -81,7 +81,10 @@ impl DynamoDirectory {
     }
 
     pub async fn put_tenant(&self, tenant: &str, plan: &str) -> Result<(), DirectoryError> {
-        let record = Record::Tenant { plan: plan.to_owned() };
+        let record = Record::Tenant {
+            plan: plan.to_owned(),
+            moving_until: None,
+        };
         self.put_record(tenant_pk(tenant), &record).await
     }
 

@@ -32,6 +32,10 @@ pub enum Record {
     },
     Tenant {
         plan: String,
+        /// A move to `plan` is under way until then (epoch seconds): its keys may be on no plan
+        /// for a moment, and sync holds them (`control::sync::mapping`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        moving_until: Option<u64>,
     },
     Key(KeyRecord),
     /// The shed level: never read or written by sync, recorded in the audit trail by the shed
@@ -83,7 +87,10 @@ pub fn parse(pk: &str, item: &Item) -> Option<Record> {
             spec,
             version: number(item, "version").unwrap_or(0),
         }),
-        "tenant" => tenant_plan(item).map(|plan| Record::Tenant { plan }),
+        "tenant" => tenant_plan(item).map(|plan| Record::Tenant {
+            plan,
+            moving_until: number(item, MOVING_UNTIL),
+        }),
         "key" => key_record(item).map(Record::Key),
         _ => return None,
     };
@@ -113,6 +120,9 @@ pub fn tenant_plan(item: &Item) -> Result<String, String> {
     required(item, "plan")
 }
 
+/// The attribute of a `tenant#…` item saying a move of its keys is under way, until when.
+pub const MOVING_UNTIL: &str = "moving_until";
+
 /// The attribute of a `plan#…` item holding its spec as JSON.
 pub const SPEC: &str = "spec";
 
@@ -129,7 +139,13 @@ pub fn render(record: &Record) -> Result<Item, serde_json::Error> {
             (SPEC.to_owned(), AttributeValue::S(serde_json::to_string(spec)?)),
             ("version".to_owned(), AttributeValue::N(version.to_string())),
         ]),
-        Record::Tenant { plan } => tenant_item(plan),
+        Record::Tenant { plan, moving_until } => {
+            let mut item = tenant_item(plan);
+            if let Some(until) = moving_until {
+                item.insert(MOVING_UNTIL.to_owned(), AttributeValue::N(until.to_string()));
+            }
+            item
+        }
         Record::Key(k) => key_item(k),
         Record::Shed(state) => {
             let mut item = shed_item(state);

@@ -28,13 +28,14 @@ pub mod since;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::Serialize;
 
 pub use self::error::ApplyError;
 pub use self::plan::{ApplyStep, Checkpoint, PlanState, plan_apply, plan_restore};
 use crate::control::apigateway::ControlError;
-use crate::control::apigateway::model::UsagePlan;
+use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::writes::ApplyPort;
 use crate::control::sync::SyncReport;
 use crate::control::sync::mapping::{self, TAG_PLAN};
@@ -113,10 +114,24 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
         .await
         .map_err(|e| ApplyError::Read(e.to_string()))?;
     let summary = format!("apply: {} API Gateway call(s)", steps.len());
-    Pending::new(cx, Source::Apply, summary, checkpoint, generation)
-        .run(cx, steps)
-        .await
+    let mut pending = Pending::new(cx, Source::Apply, summary, checkpoint, generation);
+    pending.movers = movers(file, &keys);
+    pending.run(cx, steps).await
 }
+
+/// Key id → its tenant and the plan the file puts it on, for every key of the file's tenants.
+fn movers(file: &PolicyFile, keys: &[ApiKey]) -> BTreeMap<String, (String, String)> {
+    keys.iter()
+        .filter_map(|k| {
+            let entry = file.tenants.get(k.tenant())?;
+            Some((k.id.clone(), (k.tenant().to_owned(), entry.plan.clone())))
+        })
+        .collect()
+}
+
+/// How long a tenant's mark as moving holds (`PolicyTable::mark_moving`): long enough for its
+/// keys' calls, retries included; a change that stops part-way leaves its keys held no longer.
+const MOVE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Puts back what change `id` changed in API Gateway and the table, as a new change; refused,
 /// with nothing changed, when anything it touched was changed since (`ApplyError::Conflict`).
@@ -213,6 +228,9 @@ struct Pending {
     as_of: Timestamp,
     /// The policy table's generation when the change was read.
     generation: u64,
+    /// Key id → its tenant and the plan it moves to: the tenant is marked as moving in the
+    /// table before its first key moves (apply only).
+    movers: BTreeMap<String, (String, String)>,
 }
 
 /// Where a change failed part-way.
@@ -231,17 +249,14 @@ impl Pending {
             checkpoint,
             as_of: cx.clock.now(),
             generation,
+            movers: BTreeMap::new(),
         }
     }
 
     /// Steps, then sync, then the record; on failure the checkpoint back and a `Restored` record.
     async fn run(mut self, cx: &Context<'_>, steps: Vec<ApplyStep>) -> Result<ApplyReport, ApplyError> {
         let failure = match self.execute(cx, &steps).await {
-            Err((done, failed_at, e)) => Failure {
-                done,
-                failed_at,
-                error: e.to_string(),
-            },
+            Err((done, failed_at, error)) => Failure { done, failed_at, error },
             Ok(done) => match crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, false).await {
                 Ok((sync, items)) => return self.commit(cx, done, sync, items).await,
                 Err(e) => Failure {
@@ -254,8 +269,10 @@ impl Pending {
         tracing::warn!(failed_at = %failure.failed_at, error = %failure.error, "change failed part-way; restoring the checkpoint");
         // What the change left is unknown: a rollback of this record finishes its restore.
         self.checkpoint.left = None;
-        let table_reached = failure.done.len() == steps.len();
-        match restore(cx, &self.checkpoint, table_reached).await {
+        // The table was reached by the sync, or by the marks of moving tenants.
+        let marked: BTreeSet<&str> = self.movers.values().map(|(t, _)| t.as_str()).collect();
+        let table_reached = failure.done.len() == steps.len() || !marked.is_empty();
+        match restore(cx, &self.checkpoint, table_reached, &marked).await {
             Ok(undone) => Err(self.restored(cx, failure, undone).await),
             Err(restore_error) => Err(self.restore_failed(cx, failure, restore_error).await),
         }
@@ -267,12 +284,18 @@ impl Pending {
         &mut self,
         cx: &Context<'_>,
         steps: &[ApplyStep],
-    ) -> Result<Vec<String>, (Vec<String>, String, ControlError)> {
-        let done = execute(cx.control, steps).await?;
+    ) -> Result<Vec<String>, (Vec<String>, String, String)> {
+        let until = cx.clock.now().saturating_add(MOVE_WINDOW).as_secs();
+        let mover = Mover {
+            table: cx.table,
+            movers: &self.movers,
+            until,
+        };
+        let done = execute(cx.control, steps, Some(&mover)).await?;
         if !steps.is_empty() {
             let plans = cx.control.usage_plans().await.map_err(|e| {
                 let at = "reading the usage plans the change left".to_owned();
-                (done.clone(), at, e)
+                (done.clone(), at, e.to_string())
             })?;
             self.checkpoint.left = Some(since::Left::read(&self.checkpoint, &plans));
         } else {
@@ -389,15 +412,51 @@ impl Pending {
     }
 }
 
-/// Runs `steps` in order; on failure, what was done and which step failed.
+/// Marks each tenant as moving before its first key moves.
+struct Mover<'a> {
+    table: &'a PolicyTable,
+    movers: &'a BTreeMap<String, (String, String)>,
+    until: u64,
+}
+
+impl Mover<'_> {
+    /// Marks the tenant of the key `step` moves, unless marked already (in `marked`).
+    async fn mark(&self, step: &ApplyStep, marked: &mut BTreeSet<String>) -> Result<(), (String, String)> {
+        let (ApplyStep::RemoveKey { key_id, .. } | ApplyStep::AddKey { key_id, .. }) = step else {
+            return Ok(());
+        };
+        let Some((tenant, plan)) = self.movers.get(key_id) else {
+            return Ok(());
+        };
+        if !marked.insert(tenant.clone()) {
+            return Ok(());
+        }
+        self.table.mark_moving(tenant, plan, self.until).await.map_err(|e| {
+            (
+                format!("marking tenant {tenant} as moving to plan {plan}"),
+                e.to_string(),
+            )
+        })
+    }
+}
+
+/// Runs `steps` in order, each key's tenant marked as moving first when `mover` says; on failure,
+/// what was done, which step failed and why.
 async fn execute(
     control: &dyn ApplyPort,
     steps: &[ApplyStep],
-) -> Result<Vec<String>, (Vec<String>, String, ControlError)> {
+    mover: Option<&Mover<'_>>,
+) -> Result<Vec<String>, (Vec<String>, String, String)> {
     let mut done = Vec::new();
+    let mut marked = BTreeSet::new();
     // Plan name → id of the usage plans created so far, for the keys put on them.
     let mut created: BTreeMap<String, String> = BTreeMap::new();
     for step in steps {
+        if let Some(mover) = mover
+            && let Err((at, e)) = mover.mark(step, &mut marked).await
+        {
+            return Err((done, at, e));
+        }
         let r = match step {
             ApplyStep::CreatePlan(p) => control.create_usage_plan(p).await.map(|id| {
                 created.insert(p.name.clone(), id);
@@ -416,23 +475,32 @@ async fn execute(
         };
         match r {
             Ok(()) => done.push(step.to_string()),
-            Err(e) => return Err((done, step.to_string(), e)),
+            Err(e) => return Err((done, step.to_string(), e.to_string())),
         }
     }
     Ok(done)
 }
 
 /// API Gateway back at the checkpoint (from a fresh read: a call that lost its answer may or may
-/// not have happened); then, if the change reached the table, a sync that makes it say what API
+/// not have happened); then the marks of the tenants it was moving taken off; then, if the change
+/// reached the table, a sync that makes it say what API
 /// Gateway says again, under the write protocol (each item on the version it read): an item
 /// another writer changed meanwhile is left as it is, and the restore fails naming it. Returns the
 /// calls that undid the change.
-async fn restore(cx: &Context<'_>, checkpoint: &Checkpoint, table_reached: bool) -> Result<Vec<String>, String> {
+async fn restore(
+    cx: &Context<'_>,
+    checkpoint: &Checkpoint,
+    table_reached: bool,
+    marked: &BTreeSet<&str>,
+) -> Result<Vec<String>, String> {
     let plans = cx.control.usage_plans().await.map_err(|e| e.to_string())?;
     let steps = plan_restore(checkpoint, &plans);
-    let undone = execute(cx.control, &steps)
+    let undone = execute(cx.control, &steps, None)
         .await
         .map_err(|(_, at, e)| format!("{at}: {e}"))?;
+    for tenant in marked {
+        cx.table.unmark_moving(tenant).await.map_err(|e| e.to_string())?;
+    }
     if table_reached {
         let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, false)
             .await

@@ -372,7 +372,9 @@ fn update_plan(
     Ok(update.into_iter().chain(retag(live, &tags)).collect())
 }
 
-/// The key moves that put every tenant of the file on its plan, removals first.
+/// The key moves that put every tenant of the file on its plan: per key, off its old plans and
+/// onto the new one, back to back (off first: API Gateway refuses a key on two plans of one
+/// stage), so that no key waits on no plan while others move.
 fn plan_key_moves(
     file: &PolicyFile,
     plans: &[UsagePlan],
@@ -411,8 +413,6 @@ fn plan_key_moves(
             }
         }
     }
-    // Removals before additions: API Gateway refuses a key on two plans of one stage.
-    moves.sort_by_key(|s| !matches!(s, ApplyStep::RemoveKey { .. }));
     Ok(moves)
 }
 

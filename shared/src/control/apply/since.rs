@@ -169,7 +169,10 @@ mod tests {
             },
             ItemChange {
                 pk: "tenant#gone".into(),
-                before: Some(Record::Tenant { plan: "free".into() }),
+                before: Some(Record::Tenant {
+                    plan: "free".into(),
+                    moving_until: None,
+                }),
                 after: None,
                 before_version: Some(3),
                 after_version: None,
@@ -181,7 +184,16 @@ mod tests {
         ]);
         assert!(item_conflicts(&items, &now).is_empty());
         now.insert("key#aa".into(), Some((key(false), 2)));
-        now.insert("tenant#gone".into(), Some((Record::Tenant { plan: "pro".into() }, 1)));
+        now.insert(
+            "tenant#gone".into(),
+            Some((
+                Record::Tenant {
+                    plan: "pro".into(),
+                    moving_until: None,
+                },
+                1,
+            )),
+        );
         let c = item_conflicts(&items, &now);
         assert_eq!(
             c,

@@ -112,7 +112,7 @@ impl SyncReport {
 fn label(pk: &str, record: &Record) -> String {
     match record {
         Record::Plan { version, .. } => format!("{pk} (version {version})"),
-        Record::Tenant { plan } => format!("{pk} → plan {plan}"),
+        Record::Tenant { plan, .. } => format!("{pk} → plan {plan}"),
         Record::Key(k) => format!("key {} → tenant {}", k.key_id, k.tenant),
         Record::Shed(s) => format!("{pk} → level {} ({})", s.level, s.set_by),
         Record::Malformed => format!("{pk} (malformed)"),
@@ -150,7 +150,7 @@ pub async fn run_as(
         let current = table.read().await?;
         let plans = control.usage_plans().await?;
         let keys = control.api_keys().await?;
-        let desired = mapping::desired(&plans, &keys);
+        let desired = mapping::desired_moving(&plans, &keys, &current.moving(as_of));
         let changes = table::diff(&desired, &current);
         let mut report = SyncReport {
             table: table.name().to_owned(),

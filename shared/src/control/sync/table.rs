@@ -18,10 +18,13 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::control::sync::mapping::Desired;
+use crate::engine::clock::Timestamp;
 use crate::policy_table::audit::ItemChange;
 use crate::policy_table::record::{number, parse, render};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, Written, version_of};
-use crate::policy_table::{META_PK, PK, Record, key_pk, plan_pk, read_item, tenant_pk};
+use crate::policy_table::{
+    KEY_PREFIX, META_PK, PK, PLAN_PREFIX, Record, TENANT_PREFIX, key_pk, plan_pk, read_item, tenant_pk,
+};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -48,6 +51,28 @@ pub struct Current {
     pub records: BTreeMap<String, Record>,
     /// Each record's item version, the condition of a write over it.
     pub versions: BTreeMap<String, u64>,
+}
+
+impl Current {
+    /// Tenant → the plan a move under way takes it to, for each tenant record that says one is
+    /// under way at `now` (`moving_until` later than it).
+    pub fn moving(&self, now: Timestamp) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (pk, record) in &self.records {
+            if let (
+                Some(tenant),
+                Record::Tenant {
+                    plan,
+                    moving_until: Some(until),
+                },
+            ) = (pk.strip_prefix(TENANT_PREFIX), record)
+                && *until > now.as_secs()
+            {
+                out.insert(tenant.to_owned(), plan.clone());
+            }
+        }
+        out
+    }
 }
 
 /// What `PolicyTable::apply` wrote.
@@ -95,7 +120,13 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<TableWrite> {
         );
     }
     for (tenant, plan) in &desired.tenants {
-        want.insert(tenant_pk(tenant), Record::Tenant { plan: plan.clone() });
+        want.insert(
+            tenant_pk(tenant),
+            Record::Tenant {
+                plan: plan.clone(),
+                moving_until: None,
+            },
+        );
     }
     for (hash, record) in &desired.keys {
         want.insert(key_pk(hash), Record::Key(record.clone()));
@@ -179,6 +210,45 @@ impl PolicyTable {
         Ok(item.and_then(|i| parse(pk, &i).map(|r| (r, version_of(&i)))))
     }
 
+    /// Marks `tenant` as moving to `plan` until `until` (epoch seconds): its record names `plan`,
+    /// so that a sync while its keys move holds them (`mapping::desired_moving`). Written on the
+    /// version read (`policy_table::write::change`); the next sync that finds every key of the
+    /// tenant on `plan` writes the record without the mark.
+    pub async fn mark_moving(&self, tenant: &str, plan: &str, until: u64) -> Result<(), TableError> {
+        let pk = tenant_pk(tenant);
+        let parse = |i: &Item| parse(&pk, i);
+        let render = |r: &Record| render(r).unwrap_or_default();
+        let marked = Record::Tenant {
+            plan: plan.to_owned(),
+            moving_until: Some(until),
+        };
+        write::change(&self.client, &self.table, &pk, parse, render, |_| {
+            write::Verdict::Put(marked.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Takes `tenant`'s mark as moving off, if it has one (its plan as it is: the next sync decides
+    /// it from API Gateway).
+    pub async fn unmark_moving(&self, tenant: &str) -> Result<(), TableError> {
+        let pk = tenant_pk(tenant);
+        let parse = |i: &Item| parse(&pk, i);
+        let render = |r: &Record| render(r).unwrap_or_default();
+        write::change(&self.client, &self.table, &pk, parse, render, |now| match now {
+            Some(Record::Tenant {
+                plan,
+                moving_until: Some(_),
+            }) => write::Verdict::Put(Record::Tenant {
+                plan: plan.clone(),
+                moving_until: None,
+            }),
+            _ => write::Verdict::Leave,
+        })
+        .await?;
+        Ok(())
+    }
+
     /// The generation, then every managed item (strongly consistent, all pages).
     pub async fn read(&self) -> Result<Current, TableError> {
         let mut current = Current {
@@ -192,6 +262,13 @@ impl PolicyTable {
                 .scan()
                 .table_name(&self.table)
                 .consistent_read(true)
+                // Only the kinds sync manages come back: the audit trail's records, the largest
+                // items, stay in the table (read, not sent).
+                .filter_expression("begins_with(#pk, :plan) OR begins_with(#pk, :tenant) OR begins_with(#pk, :key)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_values(":plan", AttributeValue::S(PLAN_PREFIX.to_owned()))
+                .expression_attribute_values(":tenant", AttributeValue::S(TENANT_PREFIX.to_owned()))
+                .expression_attribute_values(":key", AttributeValue::S(KEY_PREFIX.to_owned()))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await

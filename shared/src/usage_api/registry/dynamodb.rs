@@ -128,7 +128,7 @@ impl Registry for DynamoDirectory {
             .await?
             .iter()
             .filter_map(|i| match record_of(i)? {
-                Record::Tenant { plan } => Some((key_after(i, TENANT_PREFIX)?, plan)),
+                Record::Tenant { plan, .. } => Some((key_after(i, TENANT_PREFIX)?, plan)),
                 _ => None,
             })
             .collect();

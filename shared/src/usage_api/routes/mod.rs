@@ -161,7 +161,10 @@ fn key_change(hash: &ApiKeyHash, changed: Changed<KeyRecord>) -> Option<ItemChan
 
 /// A tenant write for the audit trail; `None` when nothing was written.
 fn tenant_change(tenant: &str, changed: Changed<String>) -> Option<ItemChange> {
-    let plan = |plan| Record::Tenant { plan };
+    let plan = |plan| Record::Tenant {
+        plan,
+        moving_until: None,
+    };
     changed.wrote().then(|| ItemChange {
         pk: tenant_pk(tenant),
         before: changed.before.map(plan),

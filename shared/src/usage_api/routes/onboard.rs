@@ -191,6 +191,7 @@ impl Onboarding<'_> {
                 before: None,
                 after: Some(Record::Tenant {
                     plan: body.plan.clone(),
+                    moving_until: None,
                 }),
                 ..ItemChange::default()
             },
