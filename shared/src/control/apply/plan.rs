@@ -274,7 +274,30 @@ pub fn plan_apply(
 ) -> Result<(Vec<ApplyStep>, Checkpoint), ApplyError> {
     let mut checkpoint = Checkpoint::default();
     let (mut steps, ids) = plan_usage_plans(file, plans, stack, &mut checkpoint)?;
-    steps.extend(plan_key_moves(file, plans, keys, &ids, &mut checkpoint)?);
+    let moves = plan_key_moves(file, plans, keys, &ids, &mut checkpoint)?;
+    // A plan created for moved keys covers the API stages of the plans they come from (without
+    // those plans' method throttles), so that the keys keep reaching what they reached.
+    for m in &moves {
+        let ApplyStep::AddKey {
+            plan_id: None,
+            plan,
+            key_id,
+        } = m
+        else {
+            continue;
+        };
+        let from = plans.iter().filter(|p| p.key_ids.contains(key_id));
+        let stages = from.flat_map(|p| p.stages.iter().map(|s| (s.api_id.clone(), s.stage.clone())));
+        if let Some(ApplyStep::CreatePlan(new)) = steps
+            .iter_mut()
+            .find(|s| matches!(s, ApplyStep::CreatePlan(n) if n.name == *plan))
+        {
+            new.stages.extend(stages);
+            new.stages.sort();
+            new.stages.dedup();
+        }
+    }
+    steps.extend(moves);
     Ok((steps, checkpoint))
 }
 
@@ -334,7 +357,7 @@ fn create_plan(name: &str, spec: &PlanSpec, (throttle, quota, tags): UsageFields
         return Err(ApplyError::invalid(
             format!("plan `{name}`"),
             "routes",
-            "per-method throttles live on a usage plan's API stages, and apply creates plans without stages: create the plan with its stages (console or template), then apply",
+            "per-method throttles live on a usage plan's API stages, and apply creates a plan with its tenants' stages but no method throttle: create the plan with its stages (console or template), then apply",
         ));
     }
     Ok(ApplyStep::CreatePlan(NewUsagePlan {
