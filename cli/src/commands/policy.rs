@@ -1,7 +1,7 @@
 //! `tollgate policy`: policy as code over the live stack. `diff` compares a policy file with
 //! API Gateway's usage plans and keys and with the policy table; `apply` makes them say what the
-//! file says, all or nothing; `history` lists the audit trail; `rollback` puts a change's
-//! checkpoint back.
+//! file says, all or nothing; `history` lists the audit trail; `rollback` puts back what a change
+//! changed, unless another writer changed it since.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,9 @@ pub const EXIT_OVER_ADMISSION: u8 = super::simulate::EXIT_OVER_ADMISSION;
 pub const EXIT_RESTORED: u8 = 5;
 /// Exit code of `policy apply --watch` that rolled back on the authorizer's metrics.
 pub const EXIT_ROLLED_BACK: u8 = 6;
+/// Exit code of `policy rollback` refused because another writer changed what the change left
+/// (the message names each usage plan, key and policy item); nothing was changed.
+pub const EXIT_CONFLICT: u8 = 7;
 
 #[derive(Debug, clap::Args)]
 pub struct Policy {
@@ -50,8 +53,9 @@ pub enum PolicyCommand {
     /// file's tenants' keys say what the file says, then sync the policy table, as one audited
     /// change. Validates everything first; a failure part-way puts everything back (exit 5).
     Apply(Apply),
-    /// Put API Gateway and the policy table back where they were before a change (an apply or a
-    /// rollback, by its id in `policy history`), as a new audited change.
+    /// Put back what a change (an apply or a rollback, by its id in `policy history`) changed in
+    /// API Gateway and the policy table, as a new audited change; only when all of it is still as
+    /// that change left it, else it names what changed since and changes nothing (exit 7).
     Rollback(Rollback),
     /// List every recorded change to the policy, newest first: sync runs, applies, rollbacks and
     /// usage-API changes.
@@ -220,6 +224,10 @@ fn finish(json: bool, result: Result<ApplyReport, ApplyError>) -> Result<ExitCod
         Err(e @ ApplyError::Restored { .. }) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(EXIT_RESTORED))
+        }
+        Err(e @ ApplyError::Conflict { .. }) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_CONFLICT))
         }
         Err(e) => Err(e.into()),
     }

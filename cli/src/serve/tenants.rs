@@ -48,6 +48,7 @@ pub fn directory_with(file: &PolicyFile, demo: &[DemoTenant]) -> MemoryDirectory
             TenantRecord {
                 plan: t.plan.clone(),
                 anchor: Some(t.anchor),
+                moving_until: None,
             },
         );
         directory.put_key(

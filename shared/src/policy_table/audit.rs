@@ -1,7 +1,8 @@
 //! The audit trail: every change to the policy (by plan sync, `tollgate policy apply`, a
-//! rollback, the usage API) is one immutable record of what the policy table held before and
-//! after, and for changes made through API Gateway, the usage plans as they were (the checkpoint
-//! a rollback restores).
+//! rollback, the usage API) is one immutable record of the policy items it wrote, before and
+//! after, and for changes made through API Gateway, the usage plans and keys it touched as they
+//! were and as it left them (the checkpoint a rollback puts back). No record holds the whole
+//! table.
 //!
 //! Records live in the policy table as `audit#<id>` items, written once with a condition that
 //! the id is new: a retried write of the same change is recognised, not duplicated. The id of a
@@ -47,12 +48,18 @@ impl Source {
     }
 }
 
-/// One policy-table item before and after a change (`None`: absent).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One policy-table item before and after a change (`None`: absent), with its versions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ItemChange {
     pub pk: String,
     pub before: Option<Record>,
     pub after: Option<Record>,
+    /// The item's version before and after the change (`None`: absent, or not recorded). A
+    /// rollback puts back only items still at `after_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_version: Option<u64>,
 }
 
 /// How a change ended.
@@ -85,7 +92,8 @@ pub struct ChangeRecord {
     pub actor: Option<String>,
     pub summary: String,
     pub items: Vec<ItemChange>,
-    /// API Gateway's usage plans and key associations before the change, for changes made there.
+    /// The usage plans and key associations the change touched, before it and as it left them,
+    /// for changes made through API Gateway (`control::apply::Checkpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<serde_json::Value>,
     pub outcome: ChangeOutcome,

@@ -6,6 +6,8 @@
 //! - `key#<sha256 hex>`: an API key → `tenant` (S), `key_id` (S), `enabled` (BOOL);
 //! - `tenant#<id>`: `plan` (S), and `anchor` (N, 1 to 31: the day its months start on, for
 //!   plans whose monthly quota says `anchor = "tenant"`) when it has one;
+//!   `moving_until` (N, epoch seconds) while a move of its keys to `plan` is under way
+//!   (`control::apply` marks it; sync holds its keys until then);
 //! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
 //! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
 //! - `sync#meta`: plan sync's `generation` (N);

@@ -30,6 +30,10 @@ pub struct TenantRecord {
     pub plan: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor: Option<u8>,
+    /// A move to `plan` is under way until then (epoch seconds): its keys may be on no plan
+    /// for a moment, and sync holds them (`control::sync::mapping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_until: Option<u64>,
 }
 
 impl TenantRecord {
@@ -38,6 +42,7 @@ impl TenantRecord {
         TenantRecord {
             plan: plan.to_owned(),
             anchor: None,
+            moving_until: None,
         }
     }
 }
@@ -48,6 +53,7 @@ impl From<&TenantEntry> for TenantRecord {
         TenantRecord {
             plan: entry.plan.clone(),
             anchor: entry.anchor,
+            moving_until: None,
         }
     }
 }
@@ -154,8 +160,12 @@ pub fn tenant_record(item: &Item) -> Result<TenantRecord, String> {
     Ok(TenantRecord {
         plan: required(item, "plan")?,
         anchor,
+        moving_until: number(item, MOVING_UNTIL),
     })
 }
+
+/// The attribute of a `tenant#…` item saying a move of its keys is under way, until when.
+pub const MOVING_UNTIL: &str = "moving_until";
 
 /// The attribute of a `plan#…` item holding its spec as JSON.
 pub const SPEC: &str = "spec";
@@ -198,6 +208,9 @@ pub fn tenant_item(t: &TenantRecord) -> Item {
     let mut item = HashMap::from([("plan".to_owned(), AttributeValue::S(t.plan.clone()))]);
     if let Some(day) = t.anchor {
         item.insert(ANCHOR.to_owned(), AttributeValue::N(day.to_string()));
+    }
+    if let Some(until) = t.moving_until {
+        item.insert(MOVING_UNTIL.to_owned(), AttributeValue::N(until.to_string()));
     }
     item
 }
@@ -270,6 +283,7 @@ mod tests {
             TenantRecord {
                 plan: "pro".into(),
                 anchor: Some(15),
+                moving_until: Some(1_800_000_000),
             },
         ] {
             assert_eq!(tenant_record(&tenant_item(&t)), Ok(t));

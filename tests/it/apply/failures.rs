@@ -100,8 +100,9 @@ async fn a_table_sync_that_fails_part_way_is_undone_in_api_gateway_and_the_table
     }
     w.sync().await;
     let (gateway0, table0) = (w.gateway().await, w.records().await);
-    // AND the policy table takes the first 60 item writes and loses the 61st
-    let mut faults = vec![None; 60];
+    // AND the policy table takes the first 160 item writes (100 tenants marked as moving, then 60
+    // of the sync's) and loses the 161st
+    let mut faults = vec![None; 160];
     faults.push(Some(Fault::LoseRequest));
     w.proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &faults);
 
@@ -121,7 +122,7 @@ async fn a_table_sync_that_fails_part_way_is_undone_in_api_gateway_and_the_table
     };
     assert_eq!(failed_at, "syncing the policy table");
     assert_eq!((done.len(), undone.len()), (201, 201), "{err}");
-    assert!(w.proxy.seen("POST", "DynamoDB_20120810.PutItem") > 61);
+    assert!(w.proxy.seen("POST", "DynamoDB_20120810.PutItem") > 161);
     assert_eq!(w.gateway().await, gateway0);
     assert_eq!(w.records().await, table0);
     assert_eq!(w.resolve_plan("tg_live_batch_000").await, Some("free".to_owned()));

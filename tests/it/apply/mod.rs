@@ -6,6 +6,7 @@
 
 mod command_line;
 mod failures;
+mod moves;
 mod round_trip;
 mod watch;
 

@@ -70,15 +70,15 @@ impl ControlPlane for Hooked {
 }
 
 /// The usage API on a policy table, and plan sync over the same table and API Gateway.
-struct Both {
-    w: World,
+pub(super) struct Both {
+    pub(super) w: World,
     registry: DynamoDirectory,
-    table: PolicyTable,
+    pub(super) table: PolicyTable,
     sdk: aws_config::SdkConfig,
 }
 
 impl Both {
-    async fn new(region: &'static str) -> Both {
+    pub(super) async fn new(region: &'static str) -> Both {
         let (w, registry, sdk, table) = World::on_policy_table(region).await;
         let table = PolicyTable::new(admin_client(&sdk), &table);
         Both {
@@ -90,7 +90,7 @@ impl Both {
     }
 
     /// Onboards `tenant`; its key's id and value.
-    async fn onboard(&self, tenant: &str) -> (String, String) {
+    pub(super) async fn onboard(&self, tenant: &str) -> (String, String) {
         let (status, body) = self
             .w
             .onboard_via(&self.w.base, tenant, &format!("idem-{tenant}"))
@@ -102,6 +102,11 @@ impl Both {
             key["id"].as_str().expect("id").to_owned(),
             key["value"].as_str().expect("value").to_owned(),
         )
+    }
+
+    /// API Gateway, as sync and apply reach it.
+    pub(super) fn control(&self) -> ApiGateway {
+        ApiGateway::new(control_client(&self.sdk), fast_backoff(5))
     }
 
     /// A sync that runs `hook` at `after`.
@@ -118,20 +123,20 @@ impl Both {
         report
     }
 
-    async fn sync(&self) -> SyncReport {
-        let control = ApiGateway::new(control_client(&self.sdk), fast_backoff(5));
+    pub(super) async fn sync(&self) -> SyncReport {
+        let control = self.control();
         sync::run(&control, &self.table, &self.w.clock, None)
             .await
             .expect("sync")
     }
 
     /// Whether the table has the key of `value`, and enabled.
-    async fn enabled(&self, value: &str) -> Option<bool> {
+    pub(super) async fn enabled(&self, value: &str) -> Option<bool> {
         let key = self.registry.key(&ApiKeyHash::of(value)).await.expect("table");
         key.map(|k| k.enabled)
     }
 
-    async fn tenant_plan(&self, tenant: &str) -> Option<String> {
+    pub(super) async fn tenant_plan(&self, tenant: &str) -> Option<String> {
         self.registry.tenant_plan(tenant).await.expect("table")
     }
 
@@ -197,7 +202,7 @@ async fn an_offboarding_between_syncs_reads_stays_revoked_when_sync_writes_the_s
     assert_eq!(b.enabled(&value).await, Some(false), "{report:?}");
     assert_eq!(b.tenant_plan("hooli").await, None, "{report:?}");
     let key_pk = tollgate::policy_table::key_pk(&ApiKeyHash::of(&value).to_hex());
-    assert!(report.deferred.contains(&key_pk), "{report:?}");
+    assert!(report.left_to_other_writers.contains(&key_pk), "{report:?}");
 }
 
 #[tokio::test]
@@ -297,7 +302,7 @@ async fn an_anchor_set_while_sync_runs_is_kept_by_that_sync_and_the_next() {
     let report = b.sync_with(After::ApiKeys, set).await;
     // THEN that sync's write lost to the anchor's and left the item as the usage API made it
     let acme = || async { b.registry.tenant("acme").await.expect("table").expect("acme") };
-    assert!(report.deferred.contains(&tenant_pk("acme")), "{report:?}");
+    assert!(report.left_to_other_writers.contains(&tenant_pk("acme")), "{report:?}");
     assert_eq!((acme().await.plan.as_str(), acme().await.anchor), ("free", Some(20)));
     // AND the next sync moves acme to pro with its anchor day kept
     b.sync().await;

@@ -7,6 +7,7 @@
 mod anchor;
 mod interleaving;
 mod onboarding;
+mod rollback;
 mod rotation;
 mod usage;
 

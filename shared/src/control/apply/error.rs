@@ -17,6 +17,16 @@ pub enum ApplyError {
     Read(String),
     #[error("no API Gateway checkpoint in change `{0}` (only apply and rollback changes have one)")]
     NoCheckpoint(String),
+    /// What the change being rolled back left was changed since by another writer: each item
+    /// named (a usage plan, a key's plans, a policy item); nothing was changed.
+    #[error(
+        "change `{change_id}` was changed since by another writer, so rolling it back would undo that: {}; nothing was changed",
+        list(items)
+    )]
+    Conflict { change_id: String, items: Vec<String> },
+    /// The change failed and was put back when it was made: nothing of it is left to undo.
+    #[error("change `{0}` failed and was put back when it was made; nothing to roll back")]
+    NothingToUndo(String),
     #[error(transparent)]
     Audit(#[from] AuditError),
     /// Everything was applied and synced, but the audit record could not be written: the change

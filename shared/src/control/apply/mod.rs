@@ -12,30 +12,36 @@
 //!
 //! One change: read everything, validate everything (nothing is touched on an error), take the
 //! checkpoint (the managed usage plans as API Gateway has them, the memberships of the keys that
-//! move, the policy table), make the API Gateway calls, sync the table, record the change. A
-//! failure part-way puts API Gateway back at the checkpoint (re-read, then the calls that undo
-//! what is there) and the table at the checkpoint's items, and records the change as `Restored`.
-//! A rollback is the same change with the steps computed from an old checkpoint.
+//! move), make the API Gateway calls, read what they left (`since::Left`), sync the table, record
+//! the change with the items its sync wrote (before and after, with versions). A failure part-way
+//! puts API Gateway back at the checkpoint (re-read, then the calls that undo what is there),
+//! then, if the table was reached, syncs it again, and records the change as `Restored`.
+//!
+//! A rollback is the same change with the steps computed from an old change's checkpoint, made
+//! only when everything that change touched is still as it left it: its usage plans and keys in
+//! API Gateway, its policy items at the versions it wrote. Otherwise it names what changed since
+//! and changes nothing (`ApplyError::Conflict`), so it never undoes a later change.
 
 pub mod error;
 pub mod plan;
+pub mod since;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::Serialize;
 
 pub use self::error::ApplyError;
 pub use self::plan::{ApplyStep, Checkpoint, PlanState, plan_apply, plan_restore};
 use crate::control::apigateway::ControlError;
-use crate::control::apigateway::model::UsagePlan;
+use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::writes::ApplyPort;
 use crate::control::sync::SyncReport;
 use crate::control::sync::mapping::{self, TAG_PLAN};
-use crate::control::sync::table::{PolicyTable, TableError, TableWrite};
+use crate::control::sync::table::{PolicyTable, TableError};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_file::PolicyFile;
-use crate::policy_table::Record;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 
 /// What a change did.
@@ -101,36 +107,93 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
     let read = |e: ControlError| ApplyError::Read(e.to_string());
     let plans = cx.control.usage_plans().await.map_err(read)?;
     let keys = cx.control.api_keys().await.map_err(read)?;
-    let (steps, mut checkpoint) = plan_apply(file, &plans, &keys, cx.stack)?;
-    let current = cx.table.read().await.map_err(|e| ApplyError::Read(e.to_string()))?;
-    checkpoint.table = current.records.clone();
-    let summary = format!("apply: {} API Gateway call(s)", steps.len());
-    Pending::new(cx, Source::Apply, summary, checkpoint, current.generation)
-        .run(cx, steps)
+    let (steps, checkpoint) = plan_apply(file, &plans, &keys, cx.stack)?;
+    let generation = cx
+        .table
+        .generation()
         .await
+        .map_err(|e| ApplyError::Read(e.to_string()))?;
+    let summary = format!("apply: {} API Gateway call(s)", steps.len());
+    let mut pending = Pending::new(cx, Source::Apply, summary, checkpoint, generation);
+    pending.movers = movers(file, &keys);
+    pending.run(cx, steps).await
 }
 
-/// Puts API Gateway and the table back at change `id`'s checkpoint, as a new change.
+/// Key id → its tenant and the plan the file puts it on, for every key of the file's tenants.
+fn movers(file: &PolicyFile, keys: &[ApiKey]) -> BTreeMap<String, (String, String)> {
+    keys.iter()
+        .filter_map(|k| {
+            let entry = file.tenants.get(k.tenant())?;
+            Some((k.id.clone(), (k.tenant().to_owned(), entry.plan.clone())))
+        })
+        .collect()
+}
+
+/// How long a tenant's mark as moving holds (`PolicyTable::mark_moving`): long enough for its
+/// keys' calls, retries included; a change that stops part-way leaves its keys held no longer.
+const MOVE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Puts back what change `id` changed in API Gateway and the table, as a new change; refused,
+/// with nothing changed, when anything it touched was changed since (`ApplyError::Conflict`).
 pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyError> {
     let record = cx.table.audit_log().get(id).await?;
     let target: Checkpoint = record
         .checkpoint
-        .and_then(|c| serde_json::from_value(c).ok())
+        .as_ref()
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
         .ok_or_else(|| ApplyError::NoCheckpoint(id.to_owned()))?;
     let read = |e: ControlError| ApplyError::Read(e.to_string());
     let plans = cx.control.usage_plans().await.map_err(read)?;
-    let current = cx.table.read().await.map_err(|e| ApplyError::Read(e.to_string()))?;
+    let conflicts = conflicts(cx, &record, &target, &plans).await?;
+    if !conflicts.is_empty() {
+        return Err(ApplyError::Conflict {
+            change_id: id.to_owned(),
+            items: conflicts,
+        });
+    }
+    let generation = cx
+        .table
+        .generation()
+        .await
+        .map_err(|e| ApplyError::Read(e.to_string()))?;
     let steps = plan_restore(&target, &plans);
-    let mut checkpoint = checkpoint_now(&target, &plans, &steps);
-    checkpoint.table = current.records.clone();
+    let checkpoint = checkpoint_now(&target, &plans, &steps);
     let summary = format!("rollback to before {id}: {} API Gateway call(s)", steps.len());
-    Pending::new(cx, Source::Rollback, summary, checkpoint, current.generation)
+    Pending::new(cx, Source::Rollback, summary, checkpoint, generation)
         .run(cx, steps)
         .await
 }
 
-/// A rollback's own checkpoint: the plans and keys of `target` as they are now (its table part
-/// is filled by the caller).
+/// What was changed since change `record` by another writer: its usage plans and keys (`plans`
+/// is API Gateway now) and the policy items it wrote. A change that did not finish
+/// (`Incomplete`) left nothing known: its rollback finishes its restore, unchecked.
+async fn conflicts(
+    cx: &Context<'_>,
+    record: &ChangeRecord,
+    target: &Checkpoint,
+    plans: &[UsagePlan],
+) -> Result<Vec<String>, ApplyError> {
+    let mut out = match (&record.outcome, &target.left) {
+        (_, Some(left)) => since::gateway_conflicts(target, left, plans),
+        (ChangeOutcome::Incomplete { .. }, None) => Vec::new(),
+        (ChangeOutcome::Restored { .. }, None) => return Err(ApplyError::NothingToUndo(record.id.clone())),
+        (ChangeOutcome::Applied, None) => return Err(ApplyError::NoCheckpoint(record.id.clone())),
+    };
+    // One read per item the change wrote, not the whole table.
+    let mut now = BTreeMap::new();
+    for item in &record.items {
+        let found = cx
+            .table
+            .item(&item.pk)
+            .await
+            .map_err(|e| ApplyError::Read(e.to_string()))?;
+        now.insert(item.pk.clone(), found);
+    }
+    out.extend(since::item_conflicts(&record.items, &now));
+    Ok(out)
+}
+
+/// A rollback's own checkpoint: the plans and keys of `target` as they are now.
 fn checkpoint_now(target: &Checkpoint, plans: &[UsagePlan], steps: &[ApplyStep]) -> Checkpoint {
     let known: BTreeSet<&str> = target.plans.iter().map(|p| p.id.as_str()).collect();
     let mut checkpoint = Checkpoint::default();
@@ -165,6 +228,9 @@ struct Pending {
     as_of: Timestamp,
     /// The policy table's generation when the change was read.
     generation: u64,
+    /// Key id → its tenant and the plan it moves to: the tenant is marked as moving in the
+    /// table before its first key moves (apply only).
+    movers: BTreeMap<String, (String, String)>,
 }
 
 /// Where a change failed part-way.
@@ -183,17 +249,14 @@ impl Pending {
             checkpoint,
             as_of: cx.clock.now(),
             generation,
+            movers: BTreeMap::new(),
         }
     }
 
     /// Steps, then sync, then the record; on failure the checkpoint back and a `Restored` record.
-    async fn run(self, cx: &Context<'_>, steps: Vec<ApplyStep>) -> Result<ApplyReport, ApplyError> {
-        let failure = match execute(cx.control, &steps).await {
-            Err((done, failed_at, e)) => Failure {
-                done,
-                failed_at,
-                error: e.to_string(),
-            },
+    async fn run(mut self, cx: &Context<'_>, steps: Vec<ApplyStep>) -> Result<ApplyReport, ApplyError> {
+        let failure = match self.execute(cx, &steps).await {
+            Err((done, failed_at, error)) => Failure { done, failed_at, error },
             Ok(done) => match crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, false).await {
                 Ok((sync, items)) => return self.commit(cx, done, sync, items).await,
                 Err(e) => Failure {
@@ -204,10 +267,41 @@ impl Pending {
             },
         };
         tracing::warn!(failed_at = %failure.failed_at, error = %failure.error, "change failed part-way; restoring the checkpoint");
-        match restore(cx, &self.checkpoint).await {
+        // What the change left is unknown: a rollback of this record finishes its restore.
+        self.checkpoint.left = None;
+        // The table was reached by the sync, or by the marks of moving tenants.
+        let marked: BTreeSet<&str> = self.movers.values().map(|(t, _)| t.as_str()).collect();
+        let table_reached = failure.done.len() == steps.len() || !marked.is_empty();
+        match restore(cx, &self.checkpoint, table_reached, &marked).await {
             Ok(undone) => Err(self.restored(cx, failure, undone).await),
             Err(restore_error) => Err(self.restore_failed(cx, failure, restore_error).await),
         }
+    }
+
+    /// The steps, then what they left in API Gateway (read again: the plans a rollback will
+    /// expect to find as they are now). No step, nothing to read.
+    async fn execute(
+        &mut self,
+        cx: &Context<'_>,
+        steps: &[ApplyStep],
+    ) -> Result<Vec<String>, (Vec<String>, String, String)> {
+        let until = cx.clock.now().saturating_add(MOVE_WINDOW).as_secs();
+        let mover = Mover {
+            table: cx.table,
+            movers: &self.movers,
+            until,
+        };
+        let done = execute(cx.control, steps, Some(&mover)).await?;
+        if !steps.is_empty() {
+            let plans = cx.control.usage_plans().await.map_err(|e| {
+                let at = "reading the usage plans the change left".to_owned();
+                (done.clone(), at, e.to_string())
+            })?;
+            self.checkpoint.left = Some(since::Left::read(&self.checkpoint, &plans));
+        } else {
+            self.checkpoint.left = Some(since::Left::default());
+        }
+        Ok(done)
     }
 
     /// Everything made: the audit record of the change, unless it changed nothing.
@@ -318,15 +412,51 @@ impl Pending {
     }
 }
 
-/// Runs `steps` in order; on failure, what was done and which step failed.
+/// Marks each tenant as moving before its first key moves.
+struct Mover<'a> {
+    table: &'a PolicyTable,
+    movers: &'a BTreeMap<String, (String, String)>,
+    until: u64,
+}
+
+impl Mover<'_> {
+    /// Marks the tenant of the key `step` moves, unless marked already (in `marked`).
+    async fn mark(&self, step: &ApplyStep, marked: &mut BTreeSet<String>) -> Result<(), (String, String)> {
+        let (ApplyStep::RemoveKey { key_id, .. } | ApplyStep::AddKey { key_id, .. }) = step else {
+            return Ok(());
+        };
+        let Some((tenant, plan)) = self.movers.get(key_id) else {
+            return Ok(());
+        };
+        if !marked.insert(tenant.clone()) {
+            return Ok(());
+        }
+        self.table.mark_moving(tenant, plan, self.until).await.map_err(|e| {
+            (
+                format!("marking tenant {tenant} as moving to plan {plan}"),
+                e.to_string(),
+            )
+        })
+    }
+}
+
+/// Runs `steps` in order, each key's tenant marked as moving first when `mover` says; on failure,
+/// what was done, which step failed and why.
 async fn execute(
     control: &dyn ApplyPort,
     steps: &[ApplyStep],
-) -> Result<Vec<String>, (Vec<String>, String, ControlError)> {
+    mover: Option<&Mover<'_>>,
+) -> Result<Vec<String>, (Vec<String>, String, String)> {
     let mut done = Vec::new();
+    let mut marked = BTreeSet::new();
     // Plan name → id of the usage plans created so far, for the keys put on them.
     let mut created: BTreeMap<String, String> = BTreeMap::new();
     for step in steps {
+        if let Some(mover) = mover
+            && let Err((at, e)) = mover.mark(step, &mut marked).await
+        {
+            return Err((done, at, e));
+        }
         let r = match step {
             ApplyStep::CreatePlan(p) => control.create_usage_plan(p).await.map(|id| {
                 created.insert(p.name.clone(), id);
@@ -345,55 +475,39 @@ async fn execute(
         };
         match r {
             Ok(()) => done.push(step.to_string()),
-            Err(e) => return Err((done, step.to_string(), e)),
+            Err(e) => return Err((done, step.to_string(), e.to_string())),
         }
     }
     Ok(done)
 }
 
 /// API Gateway back at the checkpoint (from a fresh read: a call that lost its answer may or may
-/// not have happened), then the table at its items. Returns the calls that undid the change.
-async fn restore(cx: &Context<'_>, checkpoint: &Checkpoint) -> Result<Vec<String>, String> {
+/// not have happened); then the marks of the tenants it was moving taken off; then, if the change
+/// reached the table, a sync that makes it say what API
+/// Gateway says again, under the write protocol (each item on the version it read): an item
+/// another writer changed meanwhile is left as it is, and the restore fails naming it. Returns the
+/// calls that undid the change.
+async fn restore(
+    cx: &Context<'_>,
+    checkpoint: &Checkpoint,
+    table_reached: bool,
+    marked: &BTreeSet<&str>,
+) -> Result<Vec<String>, String> {
     let plans = cx.control.usage_plans().await.map_err(|e| e.to_string())?;
     let steps = plan_restore(checkpoint, &plans);
-    let undone = execute(cx.control, &steps)
+    let undone = execute(cx.control, &steps, None)
         .await
         .map_err(|(_, at, e)| format!("{at}: {e}"))?;
-    restore_table(cx.table, &checkpoint.table)
-        .await
-        .map_err(|e| e.to_string())?;
+    for tenant in marked {
+        cx.table.unmark_moving(tenant).await.map_err(|e| e.to_string())?;
+    }
+    if table_reached {
+        let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !sync.left_to_other_writers.is_empty() {
+            return Err(TableError::Changed(sync.left_to_other_writers).to_string());
+        }
+    }
     Ok(undone)
-}
-
-/// The policy table back at the checkpoint's items (written only where they differ).
-async fn restore_table(table: &PolicyTable, items: &BTreeMap<String, Record>) -> Result<u64, TableError> {
-    let current = table.read().await?;
-    let mut changes = Vec::new();
-    for (pk, record) in items {
-        if current.records.get(pk) != Some(record) {
-            changes.push(TableWrite::Put {
-                pk: pk.clone(),
-                record: record.clone(),
-                existed: current.records.contains_key(pk),
-            });
-        }
-    }
-    for (pk, was) in &current.records {
-        if !items.contains_key(pk) {
-            changes.push(TableWrite::Delete {
-                pk: pk.clone(),
-                was: was.clone(),
-            });
-        }
-    }
-    if changes.is_empty() {
-        return Ok(0);
-    }
-    // Each item is written on condition that it is still as read here; one another writer changed
-    // meanwhile is left as it is, and reported.
-    let applied = table.apply(&current, &changes).await?;
-    if !applied.deferred.is_empty() {
-        return Err(TableError::Changed(applied.deferred));
-    }
-    Ok(applied.writes)
 }

@@ -12,7 +12,6 @@ use crate::control::apply::ApplyError;
 use crate::control::sync::mapping::{self, TAG_PLAN, TAG_STACK};
 use crate::engine::policy::PlanSpec;
 use crate::policy_file::{PolicyFile, TenantEntry};
-use crate::policy_table::Record;
 
 /// A usage plan as a checkpoint keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +41,7 @@ impl PlanState {
     }
 
     /// The plan's name in the policy: its `tollgate:plan` tag, else the usage plan's name.
-    fn plan_name(&self) -> String {
+    pub(super) fn plan_name(&self) -> String {
         self.tags.get(TAG_PLAN).cloned().unwrap_or_else(|| self.name.clone())
     }
 }
@@ -54,7 +53,8 @@ fn tollgate_tags(tags: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The state a change starts from, enough to put it back: stored in its audit record.
+/// What a change touched in API Gateway, as it was before and as the change left it: stored in
+/// its audit record, with the policy items the change wrote (no snapshot of the table).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Every usage plan the change may touch, as it was.
@@ -63,8 +63,9 @@ pub struct Checkpoint {
     pub absent_plans: Vec<String>,
     /// Key id → ids of the usage plans it was on, for every key the change may move.
     pub keys: BTreeMap<String, Vec<String>>,
-    /// The policy table's plan, tenant and key items.
-    pub table: BTreeMap<String, Record>,
+    /// The same plans and keys as the change left them (`None`: it did not finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<super::since::Left>,
 }
 
 /// One API Gateway call of a change.
@@ -263,8 +264,7 @@ fn retag(live: &UsagePlan, want: &BTreeMap<String, String>) -> Option<ApplyStep>
 /// Plan name → the id of its usage plan (`None`: created by this change).
 type PlanIds<'a> = BTreeMap<&'a str, Option<&'a str>>;
 
-/// The steps that make API Gateway say what the file says, and the checkpoint they start from
-/// (its table part is filled by the caller). Validates everything first. With `stack`, every
+/// The steps that make API Gateway say what the file says, and the checkpoint they start from. Validates everything first. With `stack`, every
 /// plan of the file carries `tollgate:stack` = `stack` (created so, or tagged).
 pub fn plan_apply(
     file: &PolicyFile,
@@ -274,7 +274,30 @@ pub fn plan_apply(
 ) -> Result<(Vec<ApplyStep>, Checkpoint), ApplyError> {
     let mut checkpoint = Checkpoint::default();
     let (mut steps, ids) = plan_usage_plans(file, plans, stack, &mut checkpoint)?;
-    steps.extend(plan_key_moves(file, plans, keys, &ids, &mut checkpoint)?);
+    let moves = plan_key_moves(file, plans, keys, &ids, &mut checkpoint)?;
+    // A plan created for moved keys covers the API stages of the plans they come from (without
+    // those plans' method throttles), so that the keys keep reaching what they reached.
+    for m in &moves {
+        let ApplyStep::AddKey {
+            plan_id: None,
+            plan,
+            key_id,
+        } = m
+        else {
+            continue;
+        };
+        let from = plans.iter().filter(|p| p.key_ids.contains(key_id));
+        let stages = from.flat_map(|p| p.stages.iter().map(|s| (s.api_id.clone(), s.stage.clone())));
+        if let Some(ApplyStep::CreatePlan(new)) = steps
+            .iter_mut()
+            .find(|s| matches!(s, ApplyStep::CreatePlan(n) if n.name == *plan))
+        {
+            new.stages.extend(stages);
+            new.stages.sort();
+            new.stages.dedup();
+        }
+    }
+    steps.extend(moves);
     Ok((steps, checkpoint))
 }
 
@@ -334,7 +357,7 @@ fn create_plan(name: &str, spec: &PlanSpec, (throttle, quota, tags): UsageFields
         return Err(ApplyError::invalid(
             format!("plan `{name}`"),
             "routes",
-            "per-method throttles live on a usage plan's API stages, and apply creates plans without stages: create the plan with its stages (console or template), then apply",
+            "per-method throttles live on a usage plan's API stages, and apply creates a plan with its tenants' stages but no method throttle: create the plan with its stages (console or template), then apply",
         ));
     }
     Ok(ApplyStep::CreatePlan(NewUsagePlan {
@@ -372,7 +395,9 @@ fn update_plan(
     Ok(update.into_iter().chain(retag(live, &tags)).collect())
 }
 
-/// The key moves that put every tenant of the file on its plan, removals first.
+/// The key moves that put every tenant of the file on its plan: per key, off its old plans and
+/// onto the new one, back to back (off first: API Gateway refuses a key on two plans of one
+/// stage), so that no key waits on no plan while others move.
 fn plan_key_moves(
     file: &PolicyFile,
     plans: &[UsagePlan],
@@ -411,8 +436,6 @@ fn plan_key_moves(
             }
         }
     }
-    // Removals before additions: API Gateway refuses a key on two plans of one stage.
-    moves.sort_by_key(|s| !matches!(s, ApplyStep::RemoveKey { .. }));
     Ok(moves)
 }
 

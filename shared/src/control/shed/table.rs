@@ -151,6 +151,7 @@ impl ShedTable {
                 pk: SHED_PK.to_owned(),
                 before: (from.version > 0).then(|| Record::Shed(from.clone())),
                 after: Some(Record::Shed(to.clone())),
+                ..ItemChange::default()
             }],
             checkpoint: None,
             outcome: audit::ChangeOutcome::Applied,

@@ -57,7 +57,7 @@ pub struct SyncReport {
     /// Items another writer changed while this sync ran, left as that writer made them (the next
     /// sync reads its change).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub deferred: Vec<String>,
+    pub left_to_other_writers: Vec<String>,
     /// Policy-table writes made: items, generation updates and the audit record.
     pub writes: u64,
     /// Times the run started over because another sync wrote first.
@@ -93,7 +93,7 @@ impl SyncReport {
         for p in &self.problems {
             out.push_str(&format!("not enforced: {}: {}\n", p.subject, p.reason));
         }
-        for pk in &self.deferred {
+        for pk in &self.left_to_other_writers {
             out.push_str(&format!(
                 "left to the next sync (changed meanwhile by another writer): {pk}\n"
             ));
@@ -153,7 +153,7 @@ pub async fn run_as(
         let current = table.read().await?;
         let plans = control.usage_plans().await?;
         let keys = control.api_keys().await?;
-        let desired = mapping::desired(&plans, &keys);
+        let desired = mapping::desired_moving(&plans, &keys, &current.moving(as_of));
         let changes = table::diff(&desired, &current);
         let mut report = SyncReport {
             table: table.name().to_owned(),
@@ -172,7 +172,7 @@ pub async fn run_as(
         match table.apply(&current, &changes).await {
             Ok(applied) => {
                 report.writes = applied.writes;
-                report.deferred = applied.deferred;
+                report.left_to_other_writers = applied.left_to_other_writers;
                 list(&mut report, &applied.items);
                 let items = applied.items;
                 if !record || items.is_empty() {
@@ -188,7 +188,7 @@ pub async fn run_as(
                     created = report.created.len(),
                     changed = report.changed.len(),
                     revoked = report.revoked.len(),
-                    deferred = report.deferred.len(),
+                    left_to_other_writers = report.left_to_other_writers.len(),
                     writes = applied.writes,
                     "policy table synced"
                 );

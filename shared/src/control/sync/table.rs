@@ -18,10 +18,13 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::control::sync::mapping::Desired;
+use crate::engine::clock::Timestamp;
 use crate::policy_table::audit::ItemChange;
 use crate::policy_table::record::{number, parse, render};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, Written, version_of};
-use crate::policy_table::{META_PK, PK, Record, TenantRecord, key_pk, plan_pk, read_item, tenant_pk};
+use crate::policy_table::{
+    KEY_PREFIX, META_PK, PK, PLAN_PREFIX, Record, TENANT_PREFIX, TenantRecord, key_pk, plan_pk, read_item, tenant_pk,
+};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -50,13 +53,36 @@ pub struct Current {
     pub versions: BTreeMap<String, u64>,
 }
 
+impl Current {
+    /// Tenant → the plan a move under way takes it to, for each tenant record that says one is
+    /// under way at `now` (`moving_until` later than it).
+    pub fn moving(&self, now: Timestamp) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (pk, record) in &self.records {
+            if let (
+                Some(tenant),
+                Record::Tenant(TenantRecord {
+                    plan,
+                    moving_until: Some(until),
+                    ..
+                }),
+            ) = (pk.strip_prefix(TENANT_PREFIX), record)
+                && *until > now.as_secs()
+            {
+                out.insert(tenant.to_owned(), plan.clone());
+            }
+        }
+        out
+    }
+}
+
 /// What `PolicyTable::apply` wrote.
 #[derive(Debug, Clone, Default)]
 pub struct Applied {
     /// Each item written, before and after.
     pub items: Vec<ItemChange>,
     /// Items another writer changed since they were read, left as that writer left them.
-    pub deferred: Vec<String>,
+    pub left_to_other_writers: Vec<String>,
     /// Policy-table writes made: items and the generation update.
     pub writes: u64,
 }
@@ -104,6 +130,7 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<TableWrite> {
         let record = Record::Tenant(TenantRecord {
             plan: plan.clone(),
             anchor,
+            moving_until: None,
         });
         want.insert(pk, record);
     }
@@ -180,6 +207,56 @@ impl PolicyTable {
         Ok(meta.and_then(|item| number(&item, "generation")).unwrap_or(0))
     }
 
+    /// The item at `pk` and its version (`None`: none, or not a policy record), strongly
+    /// consistent.
+    pub async fn item(&self, pk: &str) -> Result<Option<(Record, u64)>, TableError> {
+        let item = read_item(&self.client, &self.table, pk)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(item.and_then(|i| parse(pk, &i).map(|r| (r, version_of(&i)))))
+    }
+
+    /// Marks `tenant` as moving to `plan` until `until` (epoch seconds): its record names `plan`,
+    /// so that a sync while its keys move holds them (`mapping::desired_moving`). Written on the
+    /// version read (`policy_table::write::change`); the next sync that finds every key of the
+    /// tenant on `plan` writes the record without the mark.
+    pub async fn mark_moving(&self, tenant: &str, plan: &str, until: u64) -> Result<(), TableError> {
+        let pk = tenant_pk(tenant);
+        let parse = |i: &Item| parse(&pk, i);
+        let render = |r: &Record| render(r).unwrap_or_default();
+        write::change(&self.client, &self.table, &pk, parse, render, |now| {
+            // The tenant's anchor day is not the move's to change.
+            let anchor = match now {
+                Some(Record::Tenant(t)) => t.anchor,
+                _ => None,
+            };
+            write::Verdict::Put(Record::Tenant(TenantRecord {
+                plan: plan.to_owned(),
+                anchor,
+                moving_until: Some(until),
+            }))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Takes `tenant`'s mark as moving off, if it has one (its plan as it is: the next sync decides
+    /// it from API Gateway).
+    pub async fn unmark_moving(&self, tenant: &str) -> Result<(), TableError> {
+        let pk = tenant_pk(tenant);
+        let parse = |i: &Item| parse(&pk, i);
+        let render = |r: &Record| render(r).unwrap_or_default();
+        write::change(&self.client, &self.table, &pk, parse, render, |now| match now {
+            Some(Record::Tenant(t)) if t.moving_until.is_some() => write::Verdict::Put(Record::Tenant(TenantRecord {
+                moving_until: None,
+                ..t.clone()
+            })),
+            _ => write::Verdict::Leave,
+        })
+        .await?;
+        Ok(())
+    }
+
     /// The generation, then every managed item (strongly consistent, all pages).
     pub async fn read(&self) -> Result<Current, TableError> {
         let mut current = Current {
@@ -193,6 +270,13 @@ impl PolicyTable {
                 .scan()
                 .table_name(&self.table)
                 .consistent_read(true)
+                // Only the kinds sync manages come back: the audit trail's records, the largest
+                // items, stay in the table (read, not sent).
+                .filter_expression("begins_with(#pk, :plan) OR begins_with(#pk, :tenant) OR begins_with(#pk, :key)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_values(":plan", AttributeValue::S(PLAN_PREFIX.to_owned()))
+                .expression_attribute_values(":tenant", AttributeValue::S(TENANT_PREFIX.to_owned()))
+                .expression_attribute_values(":key", AttributeValue::S(KEY_PREFIX.to_owned()))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
@@ -232,7 +316,7 @@ impl PolicyTable {
                 None => Expect::Absent,
             };
             let made = match self.write(change, expect).await? {
-                Written::Done => Some(item_change(change, before)),
+                Written::Done => Some(item_change(change, before, expect)),
                 Written::Conflict => self.reconsider(change).await?,
             };
             match made {
@@ -240,7 +324,7 @@ impl PolicyTable {
                     applied.writes += 1;
                     applied.items.push(item);
                 }
-                None => applied.deferred.push(pk.to_owned()),
+                None => applied.left_to_other_writers.push(pk.to_owned()),
             }
         }
         Ok(applied)
@@ -272,8 +356,9 @@ impl PolicyTable {
             if !matches!(&fresh, Some(Record::Key(k)) if k.enabled) {
                 return Ok(None);
             }
-            if self.write(change, Expect::At(version_of(&item))).await? == Written::Done {
-                return Ok(Some(item_change(change, fresh)));
+            let expect = Expect::At(version_of(&item));
+            if self.write(change, expect).await? == Written::Done {
+                return Ok(Some(item_change(change, fresh, expect)));
             }
         }
         Err(TableError::Write(WriteError::Contended {
@@ -324,15 +409,21 @@ impl PolicyTable {
     }
 }
 
-/// A write as made: the item before and after.
-fn item_change(change: &TableWrite, before: Option<Record>) -> ItemChange {
-    let after = match change {
-        TableWrite::Put { record, .. } => Some(record.clone()),
-        TableWrite::Delete { .. } => None,
+/// A write as made over an item found as `expect`ed: the item before and after, and its versions.
+fn item_change(change: &TableWrite, before: Option<Record>, expect: Expect) -> ItemChange {
+    let (after, after_version) = match change {
+        TableWrite::Put { record, .. } => (Some(record.clone()), Some(expect.next())),
+        TableWrite::Delete { .. } => (None, None),
+    };
+    let before_version = match expect {
+        Expect::At(v) => Some(v),
+        Expect::Absent => None,
     };
     ItemChange {
         pk: change.pk().to_owned(),
         before,
         after,
+        before_version,
+        after_version,
     }
 }

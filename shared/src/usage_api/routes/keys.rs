@@ -77,6 +77,7 @@ pub(in crate::usage_api) async fn rotate(
             pk: key_pk(&hash.to_hex()),
             before: None,
             after: Some(Record::Key(record)),
+            ..ItemChange::default()
         }],
     )
     .await?;

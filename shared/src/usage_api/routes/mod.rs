@@ -172,6 +172,7 @@ fn key_change(hash: &ApiKeyHash, changed: Changed<KeyRecord>) -> Option<ItemChan
         pk: key_pk(&hash.to_hex()),
         before: changed.before.map(Record::Key),
         after: changed.after.map(Record::Key),
+        ..ItemChange::default()
     })
 }
 
@@ -181,5 +182,6 @@ fn tenant_change(tenant: &str, changed: Changed<TenantRecord>) -> Option<ItemCha
         pk: tenant_pk(tenant),
         before: changed.before.map(Record::Tenant),
         after: changed.after.map(Record::Tenant),
+        ..ItemChange::default()
     })
 }

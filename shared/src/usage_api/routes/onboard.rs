@@ -184,6 +184,7 @@ impl Onboarding<'_> {
         let made = TenantRecord {
             plan: body.plan.clone(),
             anchor: Some(self.anchor),
+            moving_until: None,
         };
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
         // A retry finds the first attempt's record, anchor day included.
@@ -209,11 +210,13 @@ impl Onboarding<'_> {
                 pk: tenant_pk(&body.tenant),
                 before: None,
                 after: Some(Record::Tenant(made)),
+                ..ItemChange::default()
             },
             ItemChange {
                 pk: key_pk(&hash.to_hex()),
                 before: None,
                 after: Some(Record::Key(record)),
+                ..ItemChange::default()
             },
         ];
         api.audit_as(id, self.actor, summary, items).await?;

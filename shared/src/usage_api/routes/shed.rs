@@ -90,6 +90,7 @@ async fn write_shed(api: &UsageApi, actor: &str, level: u8, set_by: SetBy, reaso
                 pk: SHED_PK.to_owned(),
                 before: (from.version > 0).then(|| Record::Shed(from.clone())),
                 after: Some(Record::Shed(to.clone())),
+                ..ItemChange::default()
             }],
         )
         .await?;

@@ -1,6 +1,7 @@
 //! `plan_apply` and `plan_restore` on usage plans and keys as API Gateway might hold them.
 
 use super::*;
+use crate::control::apigateway::model::Stage;
 use crate::engine::identity::ApiKeyHash;
 
 fn live(id: &str, name: &str, rate: f64, keys: &[&str]) -> UsagePlan {
@@ -137,4 +138,31 @@ fn a_stack_name_tags_every_plan_of_the_file_and_a_plans_stack_tag_is_kept_withou
         matches!(s, ApplyStep::TagPlan { id, set, .. } if id == "p1" && set.get(TAG_STACK).map(String::as_str) == Some("prod"))
     });
     assert!(tagged, "{steps:?}");
+}
+
+#[test]
+fn a_plan_apply_creates_gets_the_stages_of_the_plans_its_tenants_come_from() {
+    // GIVEN acme's key on free, which covers two API stages (one with a method throttle)
+    let file =
+        PolicyFile::parse("[plans.gold]\nrate = 10.0\nburst = 20\n[tenants.acme]\nplan = \"gold\"\n").expect("valid");
+    let stage = |api: &str, throttles: BTreeMap<String, Throttle>| Stage {
+        api_id: api.into(),
+        stage: "prod".into(),
+        throttles,
+    };
+    let mut free = live("p1", "free", 1.0, &["k1"]);
+    let method = BTreeMap::from([("/hello/GET".to_owned(), Throttle { rate: 1.0, burst: 1 })]);
+    free.stages = vec![stage("api2", method), stage("api1", BTreeMap::new())];
+    // WHEN acme is moved to gold, which apply creates
+    let (steps, _) = plan_apply(&file, &[free], &[key("k1", "acme")], None).expect("valid");
+    // THEN gold covers free's stages (without free's method throttles): acme's key keeps reaching
+    // the APIs it reached
+    let ApplyStep::CreatePlan(gold) = &steps[0] else {
+        panic!("{steps:?}")
+    };
+    let want = [
+        ("api1".to_owned(), "prod".to_owned()),
+        ("api2".to_owned(), "prod".to_owned()),
+    ];
+    assert_eq!(gold.stages, want);
 }

@@ -56,10 +56,19 @@ pub fn plan_name(plan: &UsagePlan) -> &str {
 
 /// What the usage plans and keys say, for the policy table.
 pub fn desired(plans: &[UsagePlan], keys: &[ApiKey]) -> Desired {
+    desired_moving(plans, keys, &BTreeMap::new())
+}
+
+/// The same, with `moving`: tenant → the plan a move under way takes its keys to (the table's
+/// tenant records that say so). A key of such a tenant is moving, not revoked: on no plan (just
+/// taken off its old one) it is held as the table has it, and on two plans, one of them the
+/// target, it is enforced on the target. The tenant is held (its record, which names the target,
+/// stays) until every key of it is on the target alone.
+pub fn desired_moving(plans: &[UsagePlan], keys: &[ApiKey], moving: &BTreeMap<String, String>) -> Desired {
     let mut out = Desired::default();
     out.add_plans(plans);
-    let tenant_plans = out.add_keys(plans, keys);
-    out.add_tenants(tenant_plans);
+    let tenant_plans = out.add_keys(plans, keys, moving);
+    out.add_tenants(tenant_plans, moving);
     out.problems.sort();
     out.problems.dedup();
     out
@@ -91,7 +100,12 @@ impl Desired {
     }
 
     /// Every enabled key on one plan; returns each tenant's plans, by name, as its keys say.
-    fn add_keys<'p>(&mut self, plans: &'p [UsagePlan], keys: &[ApiKey]) -> BTreeMap<String, BTreeSet<&'p str>> {
+    fn add_keys<'p>(
+        &mut self,
+        plans: &'p [UsagePlan],
+        keys: &[ApiKey],
+        moving: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, BTreeSet<&'p str>> {
         // Key id → the plans it is on.
         let mut plans_of: BTreeMap<&str, Vec<&UsagePlan>> = BTreeMap::new();
         for plan in plans {
@@ -101,8 +115,15 @@ impl Desired {
         }
         let mut tenant_plans: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
         for key in keys {
+            let target = moving.get(key.tenant());
             let Some(on) = plans_of.get(key.id.as_str()) else {
-                continue; // on no plan: not admitted, and revoked if the table has it
+                // On no plan: revoked if the table has it, unless its tenant is moving (taken
+                // off the old plan, about to be on the new one).
+                if let (Some(_), Some(hash), true) = (target, &key.hash, key.enabled) {
+                    self.held.insert(key_pk(&hash.to_hex()));
+                    self.held.insert(tenant_pk(key.tenant()));
+                }
+                continue;
             };
             // Disabled comes first: revocation wins over whatever else the key says, so a disabled
             // key is revoked (its item removed, by hash or by id) even with a problem that would
@@ -110,6 +131,15 @@ impl Desired {
             if !key.enabled {
                 continue;
             }
+            // On two plans, one of them its moving tenant's target: on the target.
+            let on_target: Vec<&UsagePlan>;
+            let on = match target {
+                Some(t) if on.len() > 1 && on.iter().any(|p| plan_name(p) == t) => {
+                    on_target = on.iter().copied().filter(|p| plan_name(p) == t).collect();
+                    &on_target
+                }
+                _ => on,
+            };
             let Some(hash) = self.admissible(key, on) else {
                 continue;
             };
@@ -168,9 +198,16 @@ impl Desired {
     }
 
     /// Each tenant's plan, when all its keys are on one.
-    fn add_tenants(&mut self, tenant_plans: BTreeMap<String, BTreeSet<&str>>) {
+    fn add_tenants(&mut self, tenant_plans: BTreeMap<String, BTreeSet<&str>>, moving: &BTreeMap<String, String>) {
         for (tenant, names) in tenant_plans {
-            if names.len() == 1 {
+            let pk = tenant_pk(&tenant);
+            let moved = moving
+                .get(&tenant)
+                .is_none_or(|t| names.len() == 1 && names.contains(t.as_str()));
+            if !moved || (moving.contains_key(&tenant) && self.held.contains(&pk)) {
+                // Moving, not yet all on the target: its record (the target) stays as it is.
+                self.held.insert(pk);
+            } else if names.len() == 1 {
                 let name = names.into_iter().next().unwrap_or_default();
                 // A tenant on a held plan keeps the plan the table gives it: pointing it at a plan
                 // item that is not written would leave it with no plan at all.

@@ -274,3 +274,39 @@ fn a_disabled_key_with_any_other_problem_is_revoked() {
         .collect();
     assert_eq!(deleted.len(), 3, "{writes:?}");
 }
+
+#[test]
+fn a_key_of_a_moving_tenant_is_moving_not_revoked() {
+    // GIVEN acme moving to gold (its record says so): k1 taken off free, k2 on free and gold,
+    // k3 still on free only; and beta, not moving, with its key on no plan
+    let mut free = plan("p1", "free");
+    let mut gold = plan("p2", "gold");
+    free.key_ids = vec!["k2".into(), "k3".into()];
+    gold.key_ids = vec!["k2".into()];
+    let keys = [
+        key("k1", Some("acme"), true),
+        key("k2", Some("acme"), true),
+        key("k3", Some("acme"), true),
+        key("k4", Some("beta"), true),
+    ];
+    let hash = |k: &ApiKey| key_pk(&k.hash.expect("hash").to_hex());
+    let moving = BTreeMap::from([("acme".to_owned(), "gold".to_owned())]);
+    let d = desired_moving(&[free.clone(), gold.clone()], &keys, &moving);
+    // THEN k1 (on no plan) is held as the table has it, k2 is enforced (on gold), acme's record
+    // stays (held: not all its keys on gold yet); beta's key, on no plan, is revoked
+    assert!(d.held.contains(&hash(&keys[0])), "{d:?}");
+    assert!(d.keys.contains_key(&hash(&keys[1])["key#".len()..]), "{d:?}");
+    assert!(d.held.contains(&tenant_pk("acme")), "{d:?}");
+    assert!(!d.held.contains(&hash(&keys[3])) && !d.keys.contains_key(&hash(&keys[3])["key#".len()..]));
+    assert!(d.problems.is_empty(), "{:?}", d.problems);
+    // WHEN every key of acme is on gold alone THEN acme is on gold, nothing held
+    free.key_ids.clear();
+    gold.key_ids = vec!["k1".into(), "k2".into(), "k3".into()];
+    let d = desired_moving(&[free.clone(), gold.clone()], &keys[..3], &moving);
+    assert_eq!(d.tenants.get("acme").map(String::as_str), Some("gold"));
+    assert!(d.held.is_empty(), "{d:?}");
+    // AND without the mark, the same key on no plan is revoked (not held)
+    gold.key_ids = vec!["k2".into(), "k3".into()];
+    let d = desired_moving(&[free, gold], &keys[..3], &BTreeMap::new());
+    assert!(!d.held.contains(&hash(&keys[0])), "{d:?}");
+}

@@ -1,0 +1,160 @@
+//! A move without a gap: `policy apply` takes each key off its old plan and puts it on the new one
+//! back to back, after marking its tenant as moving, and a sync that runs in between (as the
+//! management event of the removal triggers one) treats the key as moving, not revoked. The sync
+//! is driven through apply's control-plane port: one full sync right after every key removal.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tollgate::control::apigateway::model::{ApiKey, UsagePlan};
+use tollgate::control::apigateway::writes::{ApplyPort, ControlWrites, CreatedKey, NewApiKey, NewUsagePlan, Patch};
+use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
+use tollgate::control::apply::{self, Context};
+use tollgate::control::sync::table::PolicyTable;
+use tollgate::control::sync::{self, SyncReport};
+use tollgate::engine::clock::ManualClock;
+use tollgate::policy_file::PolicyFile;
+use tollgate::policy_table::Record;
+
+use super::World;
+
+/// API Gateway as apply calls it, with a sync of the same table (reading API Gateway directly)
+/// right after every `DeleteUsagePlanKey`; each sync's report is kept.
+#[derive(Debug)]
+struct SyncAfterRemoval<'a> {
+    inner: &'a ApiGateway,
+    direct: &'a ApiGateway,
+    table: &'a PolicyTable,
+    clock: &'a ManualClock,
+    reports: Mutex<Vec<SyncReport>>,
+}
+
+#[async_trait]
+impl ControlPlane for SyncAfterRemoval<'_> {
+    async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        self.inner.usage_plans().await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError> {
+        self.inner.api_keys().await
+    }
+}
+
+#[async_trait]
+impl ControlWrites for SyncAfterRemoval<'_> {
+    async fn create_usage_plan(&self, plan: &NewUsagePlan) -> Result<String, ControlError> {
+        self.inner.create_usage_plan(plan).await
+    }
+
+    async fn update_usage_plan(&self, id: &str, patches: &[Patch]) -> Result<(), ControlError> {
+        self.inner.update_usage_plan(id, patches).await
+    }
+
+    async fn delete_usage_plan(&self, id: &str) -> Result<(), ControlError> {
+        self.inner.delete_usage_plan(id).await
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<CreatedKey, ControlError> {
+        self.inner.create_api_key(key).await
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<CreatedKey>, ControlError> {
+        self.inner.api_key(id).await
+    }
+
+    async fn update_api_key(&self, id: &str, patches: &[Patch]) -> Result<(), ControlError> {
+        self.inner.update_api_key(id, patches).await
+    }
+
+    async fn delete_api_key(&self, id: &str) -> Result<(), ControlError> {
+        self.inner.delete_api_key(id).await
+    }
+
+    async fn create_usage_plan_key(&self, plan_id: &str, key_id: &str) -> Result<(), ControlError> {
+        self.inner.create_usage_plan_key(plan_id, key_id).await
+    }
+
+    async fn delete_usage_plan_key(&self, plan_id: &str, key_id: &str) -> Result<(), ControlError> {
+        self.inner.delete_usage_plan_key(plan_id, key_id).await?;
+        let report = sync::run(self.direct, self.table, self.clock, None)
+            .await
+            .expect("sync");
+        self.reports.lock().expect("reports").push(report);
+        Ok(())
+    }
+
+    async fn usage_plan(&self, id: &str) -> Result<Option<UsagePlan>, ControlError> {
+        self.inner.usage_plan(id).await
+    }
+}
+
+#[async_trait]
+impl ApplyPort for SyncAfterRemoval<'_> {
+    async fn tag_usage_plan(
+        &self,
+        id: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), ControlError> {
+        self.inner.tag_usage_plan(id, set, remove).await
+    }
+}
+
+#[tokio::test]
+async fn a_move_of_500_tenants_with_a_sync_after_each_removal_leaves_no_tenant_refused() {
+    // GIVEN 500 tenants, one key each, on free, synced; and a file moving them all to gold
+    const TENANTS: usize = 500;
+    let w = World::new("cn-north-1").await;
+    let free = w.plan("free", 10.0, 20, 50_000).await;
+    w.plan("gold", 5.0, 5, 100).await;
+    let mut file = String::from(
+        "[plans.free]\nrate = 10.0\nburst = 20\ndaily_quota = 50000\n\
+         [plans.gold]\nrate = 5.0\nburst = 5\ndaily_quota = 100\n",
+    );
+    for i in 0..TENANTS {
+        w.key(&format!("m{i:03}"), &format!("tg_live_move_{i:03}"), &free).await;
+        file.push_str(&format!("[tenants.m{i:03}]\nplan = \"gold\"\n"));
+    }
+    w.sync().await;
+    // AND a sync after every key removal, as each removal's management event triggers
+    let control = SyncAfterRemoval {
+        inner: &w.control,
+        direct: &w.direct,
+        table: &w.table,
+        clock: &w.clock,
+        reports: Mutex::new(Vec::new()),
+    };
+    let cx = Context {
+        control: &control,
+        ..w.cx()
+    };
+
+    // WHEN the file is applied
+    let report = apply::apply(&cx, &PolicyFile::parse(&file).expect("file"))
+        .await
+        .expect("apply");
+
+    // THEN a sync ran after each of the 500 removals, and none revoked anything
+    let reports = control.reports.into_inner().expect("reports");
+    assert_eq!(reports.len(), TENANTS, "{}", report.table());
+    for (i, r) in reports.iter().enumerate() {
+        assert!(r.revoked.is_empty(), "sync after removal {i} revoked: {}", r.table());
+    }
+    // AND every tenant ends on gold, its key enabled
+    let records = w.records().await;
+    for i in 0..TENANTS {
+        let tenant = records.get(&format!("tenant#m{i:03}"));
+        assert!(
+            matches!(tenant, Some(Record::Tenant(t)) if t.plan == "gold"),
+            "m{i:03}: {tenant:?}"
+        );
+    }
+    let enabled = records
+        .values()
+        .filter(|r| matches!(r, Record::Key(k) if k.enabled))
+        .count();
+    assert_eq!(enabled, TENANTS);
+    let last = format!("tg_live_move_{:03}", TENANTS - 1);
+    assert_eq!(w.resolve_plan(&last).await.as_deref(), Some("gold"));
+}
