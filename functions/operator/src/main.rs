@@ -131,13 +131,12 @@ impl Operator {
                 let ports = Ports {
                     plan_alarms: &self.cloudwatch,
                     shed_alarms: &self.cloudwatch,
-                    plans: &self.plans,
-                    settings: &self.alarm_settings,
+                    namespace: &self.namespace,
                 };
                 let left = time_left(event.context.deadline);
                 Ok(stack::handle(&request, &ports, http, left).await?)
             }
-            Trigger::Unreadable(envelope, why) => Ok(stack::answer_unrunnable(&envelope, &why, http).await?),
+            Trigger::Unreadable(envelope, why) => Ok(stack::answer_unreadable(&envelope, &why, http).await?),
         }
     }
 }
