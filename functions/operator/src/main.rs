@@ -115,7 +115,11 @@ impl Operator {
             }
             // Both jobs run each minute, each whatever the other's outcome; either failing fails
             // the invocation, so Lambda's `Errors` (and the alarm on it) see it.
-            Trigger::Scheduled(_) => {
+            Trigger::Scheduled(event) => {
+                if tollgate_operator::is_stale(&event, self.clock.now()) {
+                    tracing::warn!(time = ?event.get("time"), "a scheduled event delivered again after its minute: skipped");
+                    return Ok(json!({ "skipped": "stale scheduled event" }));
+                }
                 let shed = self.shed.run(self.clock.now()).await;
                 let former = if self.swept.load(Ordering::Relaxed) {
                     FormerNames::OfCreated
