@@ -365,6 +365,39 @@ async fn the_cli_syncs_plan_alarms_from_a_policy_table() {
 }
 
 #[tokio::test]
+async fn the_cli_refuses_a_prefix_under_the_stacks_root_and_names_the_flag_to_use() {
+    use tollgate_cli::aws_args::AwsArgs;
+    use tollgate_cli::commands::alarms::Sync;
+    // GIVEN a policy table with plans
+    let w = World::new().await;
+    w.put_plans(PLANS).await;
+    // WHEN `tollgate alarms sync --prefix` is given a prefix under `tollgate/`, where the
+    // stacks' alarms are (it would delete every alarm under it that no plan calls for)
+    let prefix = format!("{}{}/plan/", tollgate::control::alarms::PLAN_ALARM_ROOT, w.stack);
+    let refused = Sync {
+        policy_table: w.table_name.clone(),
+        stack: None,
+        prefix: Some(prefix),
+        namespace: "Tollgate".into(),
+        percent: 10.0,
+        minutes: 15,
+        topic_arn: None,
+        json: true,
+        aws: AwsArgs {
+            endpoint_url: Some(w.shim.endpoint()),
+            region: Some("us-east-1".into()),
+            profile: None,
+        },
+    }
+    .run()
+    .await;
+    // THEN it is refused, naming the flag to use, and no alarm is made
+    let error = refused.expect_err("refused").to_string();
+    assert!(error.contains("--stack") && error.contains("tollgate/"), "{error}");
+    assert!(w.alarms().await.is_empty());
+}
+
+#[tokio::test]
 async fn alarms_move_from_their_former_names_and_a_second_stack_named_like_them_keeps_its_own() {
     // GIVEN stack S's alarms under their former names (`S-plan-free`, `S-plan-gold`), and a
     // second stack named `S-plan-b` with its alarm for plan free under its former and its new
