@@ -62,7 +62,7 @@ impl AlarmPort for Counted {
         self.inner.delete(names).await
     }
     /// A `DescribeAlarms` too, by name.
-    async fn existing(&self, names: &[String]) -> Result<Vec<String>, AlarmError> {
+    async fn existing(&self, names: &[String]) -> Result<Vec<AlarmDefinition>, AlarmError> {
         self.describes.fetch_add(1, Ordering::SeqCst);
         self.inner.existing(names).await
     }
@@ -365,6 +365,39 @@ async fn the_cli_syncs_plan_alarms_from_a_policy_table() {
 }
 
 #[tokio::test]
+async fn the_cli_refuses_a_prefix_under_the_stacks_root_and_names_the_flag_to_use() {
+    use tollgate_cli::aws_args::AwsArgs;
+    use tollgate_cli::commands::alarms::Sync;
+    // GIVEN a policy table with plans
+    let w = World::new().await;
+    w.put_plans(PLANS).await;
+    // WHEN `tollgate alarms sync --prefix` is given a prefix under `tollgate/`, where the
+    // stacks' alarms are (it would delete every alarm under it that no plan calls for)
+    let prefix = format!("{}{}/plan/", tollgate::control::alarms::PLAN_ALARM_ROOT, w.stack);
+    let refused = Sync {
+        policy_table: w.table_name.clone(),
+        stack: None,
+        prefix: Some(prefix),
+        namespace: "Tollgate".into(),
+        percent: 10.0,
+        minutes: 15,
+        topic_arn: None,
+        json: true,
+        aws: AwsArgs {
+            endpoint_url: Some(w.shim.endpoint()),
+            region: Some("us-east-1".into()),
+            profile: None,
+        },
+    }
+    .run()
+    .await;
+    // THEN it is refused, naming the flag to use, and no alarm is made
+    let error = refused.expect_err("refused").to_string();
+    assert!(error.contains("--stack") && error.contains("tollgate/"), "{error}");
+    assert!(w.alarms().await.is_empty());
+}
+
+#[tokio::test]
 async fn alarms_move_from_their_former_names_and_a_second_stack_named_like_them_keeps_its_own() {
     // GIVEN stack S's alarms under their former names (`S-plan-free`, `S-plan-gold`), and a
     // second stack named `S-plan-b` with its alarm for plan free under its former and its new
@@ -378,9 +411,9 @@ async fn alarms_move_from_their_former_names_and_a_second_stack_named_like_them_
         format!("{}free", tollgate::control::legacy_plan_alarm_prefix(&second)),
         format!("{}free", tollgate::control::plan_alarm_prefix(&second)),
     ];
-    for name in [former("free"), former("gold"), theirs[0].clone(), theirs[1].clone()] {
-        put_alarm(&w.cloudwatch, &name).await;
-    }
+    put_former_alarms(&w.cloudwatch, &w.stack, PLANS).await;
+    put_former_alarms(&w.cloudwatch, &second, "[plans.free]\nrate = 1.0\nburst = 1\n").await;
+    put_alarm(&w.cloudwatch, &theirs[1]).await;
     // WHEN S's alarms are synced
     let report = w.sync().await;
     // THEN its alarms are created under the new names and the former ones deleted, by name
@@ -407,9 +440,7 @@ async fn a_former_name_left_by_a_run_that_failed_partway_is_deleted_by_the_next_
     let w = World::new().await;
     w.put_plans(PLANS).await;
     let former = |plan: &str| format!("{}{plan}", tollgate::control::legacy_plan_alarm_prefix(&w.stack));
-    for plan in ["free", "gold"] {
-        put_alarm(&w.cloudwatch, &former(plan)).await;
-    }
+    put_former_alarms(&w.cloudwatch, &w.stack, PLANS).await;
     w.port.puts_ok.store(1, Ordering::SeqCst);
     assert!(w.sync_looking_up(FormerNames::OfEvery).await.is_err());
     w.port.puts_ok.store(usize::MAX, Ordering::SeqCst);
@@ -427,6 +458,74 @@ async fn a_former_name_left_by_a_run_that_failed_partway_is_deleted_by_the_next_
         Vec::<String>::new()
     );
     assert_eq!(w.alarms().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_containers_first_run_deletes_its_stacks_former_alarms_and_only_those() {
+    // GIVEN stack S (as `api`) with plans free, gold and `b-plan-free`, their alarms under the
+    // former names as the former version wrote them, and a former alarm of a plan removed since
+    // (`gone`); a second stack `S-plan-b` (as `api-plan-b`) whose former alarm for its plan free
+    // has the very name S's plan `b-plan-free` had (`S-plan-b-plan-free`); and an alarm of the
+    // user's own under S's former prefix
+    let w = World::new().await;
+    let plans = "[plans.free]\nrate = 1.0\nburst = 5\n[plans.gold]\nrate = 5.0\nburst = 5\n\
+                 [plans.b-plan-free]\nrate = 2.0\nburst = 2\n";
+    w.put_plans(plans).await;
+    let former = |plan: &str| format!("{}{plan}", tollgate::control::legacy_plan_alarm_prefix(&w.stack));
+    put_former_alarms(&w.cloudwatch, &w.stack, "[plans.free]\nrate = 1.0\nburst = 5\n[plans.gold]\nrate = 5.0\nburst = 5\n[plans.gone]\nrate = 1.0\nburst = 1\n").await;
+    let second = format!("{}-plan-b", w.stack);
+    put_former_alarms(&w.cloudwatch, &second, "[plans.free]\nrate = 1.0\nburst = 1\n").await;
+    let mine = former("mine");
+    put_alarm(&w.cloudwatch, &mine).await;
+    // (and one of the user's made like a former alarm, on plan `own`, but described their way)
+    put_former_alarms(&w.cloudwatch, &w.stack, "[plans.own]\nrate = 1.0\nburst = 1\n").await;
+    w.port
+        .inner
+        .put(&AlarmDefinition {
+            description: "my own alarm on plan own".into(),
+            ..described(&w.cloudwatch, &former("own")).await
+        })
+        .await
+        .expect("put");
+    // WHEN a container's first run syncs S's alarms
+    let report = w.sync_looking_up(FormerNames::OfEvery).await.expect("sync");
+    // THEN S's former alarms are deleted, the removed plan's too; the second stack's alarm
+    // (its metrics on plan `free`, not `b-plan-free`) and the user's are kept
+    assert_eq!(report.migrated, [former("free"), former("gold"), former("gone")]);
+    let mut left = every_alarm_starting(&w.cloudwatch, &former("")).await;
+    left.sort();
+    assert_eq!(left, [former("b-plan-free"), mine, former("own")]);
+    assert_eq!(w.alarms().await.len(), 3, "S's alarms under the new names");
+}
+
+/// The alarm `name` as the adapter reads it.
+async fn described(cloudwatch: &aws_sdk_cloudwatch::Client, name: &str) -> AlarmDefinition {
+    let port = CloudWatchAlarms::new(cloudwatch.clone());
+    let mut found = port.existing(&[name.to_owned()]).await.expect("describe");
+    found.pop().expect("the alarm")
+}
+
+/// Alarms as the former version named and wrote them for `stack`'s plans in `toml`
+/// (`STACK-plan-PLAN`, the operator function's default settings), put one by one.
+pub async fn put_former_alarms(cloudwatch: &aws_sdk_cloudwatch::Client, stack: &str, toml: &str) {
+    let plans: BTreeMap<String, tollgate::engine::policy::PlanSpec> = PolicyFile::parse(toml)
+        .expect("policy")
+        .plans
+        .iter()
+        .map(|(name, plan)| (name.clone(), plan.spec().clone()))
+        .collect();
+    let mut settings = alarm_settings(|k| match k {
+        STACK_NAME => Some(stack.to_owned()),
+        ALARM_TOPIC => Some(TOPIC.to_owned()),
+        _ => None,
+    })
+    .expect("settings");
+    settings.prefix = tollgate::control::legacy_plan_alarm_prefix(stack);
+    settings.legacy_prefix = None;
+    let port = CloudWatchAlarms::new(cloudwatch.clone());
+    for alarm in tollgate::control::alarms::desired(&plans, &settings).expect("alarms") {
+        port.put(&alarm).await.expect("put former alarm");
+    }
 }
 
 pub async fn put_alarm(cloudwatch: &aws_sdk_cloudwatch::Client, name: &str) {

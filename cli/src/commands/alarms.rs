@@ -2,7 +2,7 @@
 //! operator function does on its schedule.
 
 use tollgate::aws::{admin_client, cloudwatch_client};
-use tollgate::control::alarms::is_stack_name;
+use tollgate::control::alarms::{PLAN_ALARM_ROOT, is_stack_name};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::{
     AlarmSettings, CloudWatchAlarms, FormerNames, legacy_plan_alarm_prefix, plan_alarm_prefix, sync_plan_alarms,
@@ -52,8 +52,9 @@ pub struct Sync {
         required_unless_present = "prefix"
     )]
     pub stack: Option<String>,
-    /// Outside a stack: alarm names start with this; every alarm under it is managed. A flag
-    /// only: the operator function's environment sets `TOLLGATE_STACK_NAME`, which would conflict.
+    /// Outside a stack: alarm names start with this; every alarm under it is managed. Never under
+    /// `tollgate/` (the stacks' alarms: `--stack`). A flag only: the operator function's
+    /// environment sets `TOLLGATE_STACK_NAME`, which would conflict.
     #[arg(long)]
     pub prefix: Option<String>,
     /// The namespace of the authorizer's metrics.
@@ -91,6 +92,9 @@ impl Sync {
                 (plan_alarm_prefix(&stack), Some(legacy_plan_alarm_prefix(&stack)))
             }
             (Some(stack), _) => return Err(FlagError::NotAStackName(stack).into()),
+            (None, Some(prefix)) if prefix.starts_with(PLAN_ALARM_ROOT) => {
+                return Err(FlagError::StackRootPrefix(prefix).into());
+            }
             (None, Some(prefix)) if !prefix.is_empty() => (prefix, None),
             (None, _) => return Err(FlagError::EmptyPrefix.into()),
         };

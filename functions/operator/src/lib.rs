@@ -176,6 +176,24 @@ pub async fn handle_stream(
     response
 }
 
+/// The oldest scheduled event a run acts on. Lambda retries a failed asynchronous invocation
+/// minutes later with the same event; by then the next minute's run has done the work, and after
+/// the stack's deletion a retry would put back the plan alarms it deleted.
+pub const MAX_EVENT_AGE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Whether the scheduled `event` (its `time`, RFC 3339) is older than `MAX_EVENT_AGE` at `now`.
+/// An event without a readable `time` is not: the schedule's runs must not stop on it.
+pub fn is_stale(event: &Value, now: Timestamp) -> bool {
+    let Some(time) = event.get("time").and_then(Value::as_str) else {
+        return false;
+    };
+    let Ok(time) = time.parse::<jiff::Timestamp>() else {
+        return false;
+    };
+    let age = i128::from(now.as_nanos()) - time.as_nanosecond();
+    age > MAX_EVENT_AGE.as_nanos() as i128
+}
+
 /// How long after the invocation's deadline a claim stays its own: the deadline is when Lambda
 /// stops it, and the margin covers the clocks of two containers.
 pub const LEASE_MARGIN_MS: u64 = 5_000;
@@ -266,6 +284,25 @@ mod tests {
         // WHEN read
         // THEN none of them is a change to notify about, and reading them did not fail
         assert!(changes(&event).is_empty());
+    }
+
+    #[test]
+    fn a_scheduled_event_older_than_the_limit_is_stale() {
+        // GIVEN a run at a known time, and scheduled events of several ages
+        let now = Timestamp::from_secs(1_796_000_000);
+        let at = |secs_ago: i64| {
+            let t = jiff::Timestamp::from_second(1_796_000_000 - secs_ago).expect("time");
+            json!({ "detail-type": "Scheduled Event", "time": t.to_string() })
+        };
+        // THEN this minute's event and one just under the limit are run; a retry minutes later,
+        // or one just over the limit, is not
+        assert!(!is_stale(&at(0), now) && !is_stale(&at(30), now));
+        assert!(!is_stale(&at(MAX_EVENT_AGE.as_secs() as i64), now));
+        assert!(is_stale(&at(MAX_EVENT_AGE.as_secs() as i64 + 1), now));
+        assert!(is_stale(&at(600), now));
+        // AND an event without a readable time is run
+        assert!(!is_stale(&json!({ "detail-type": "Scheduled Event" }), now));
+        assert!(!is_stale(&json!({ "time": "yesterday" }), now));
     }
 
     #[test]

@@ -115,7 +115,11 @@ impl Operator {
             }
             // Both jobs run each minute, each whatever the other's outcome; either failing fails
             // the invocation, so Lambda's `Errors` (and the alarm on it) see it.
-            Trigger::Scheduled(_) => {
+            Trigger::Scheduled(event) => {
+                if tollgate_operator::is_stale(&event, self.clock.now()) {
+                    tracing::warn!(time = ?event.get("time"), "a scheduled event delivered again after its minute: skipped");
+                    return Ok(json!({ "skipped": "stale scheduled event" }));
+                }
                 let shed = self.shed.run(self.clock.now()).await;
                 let former = if self.swept.load(Ordering::Relaxed) {
                     FormerNames::OfCreated
@@ -131,13 +135,12 @@ impl Operator {
                 let ports = Ports {
                     plan_alarms: &self.cloudwatch,
                     shed_alarms: &self.cloudwatch,
-                    plans: &self.plans,
-                    settings: &self.alarm_settings,
+                    namespace: &self.namespace,
                 };
                 let left = time_left(event.context.deadline);
                 Ok(stack::handle(&request, &ports, http, left).await?)
             }
-            Trigger::Unreadable(envelope, why) => Ok(stack::answer_unrunnable(&envelope, &why, http).await?),
+            Trigger::Unreadable(envelope, why) => Ok(stack::answer_unreadable(&envelope, &why, http).await?),
         }
     }
 }

@@ -6,22 +6,25 @@
 //! - `Create`: the alarm `ShedAlarmName` names exists (else the deployment fails saying so,
 //!   instead of the controller failing every minute); with `SettleSeconds`, a wait that lets a
 //!   new IAM role reach API Gateway before the account setting that depends on it.
-//! - `Update`: never fails on `ShedAlarmName`. A rollback sends the properties being restored as
-//!   an `Update`, and failing it (their alarm deleted since) would leave the stack in
-//!   `UPDATE_ROLLBACK_FAILED`; a changed name that names no alarm is a warning in the answer, and
-//!   the shed controller fails each scheduled run on it (the function's errors alarm).
-//! - `Create` and `Update` also sync the per-plan alarms, former names of every plan looked up
-//!   (`FormerNames::OfEvery`): an upgrade moves them at once; a failure is in the reason only.
+//! - `Update`: always `SUCCESS`, unless the request cannot be read. A rollback sends the
+//!   properties being restored as an `Update`, and failing it would leave the stack in
+//!   `UPDATE_ROLLBACK_FAILED`; a changed `ShedAlarmName` that names no alarm, a deadline reached
+//!   or a function that cannot start is a warning in the reason (the shed controller then fails
+//!   each scheduled run: the function's errors alarm).
+//! - Neither syncs the per-plan alarms: that reads the whole policy table, which need not fit in
+//!   one answer's time. Each operator container's first scheduled run does it, former names
+//!   moved (`FormerNames::OfEvery`).
 //! - `Delete`: the stack's per-plan alarms are deleted (`control::delete_stack_alarms`: all
-//!   under its prefix, then their former names, by exact name; no table is read), and the answer
-//!   is `SUCCESS` even when that fails (the reason says what was left): a failed `Delete` would
-//!   block the stack's deletion.
+//!   under its prefix, and those under its former prefix proven its; no table is read), and the
+//!   answer is `SUCCESS` even when that fails (the reason says what was left): a failed `Delete`
+//!   would block the stack's deletion.
 //! - A request that cannot be read (`trigger`), a function that cannot start (`answer_unstarted`)
 //!   and work that would outlast the invocation (`ANSWER_RESERVE` before its deadline) answer
-//!   `FAILED`, or `SUCCESS` for a `Delete`, with the reason.
+//!   `FAILED` for a `Create`, `SUCCESS` otherwise (an unreadable `Update`: `FAILED`), with the
+//!   reason.
 //!
-//! An answer's `Reason` is at most `MAX_REASON` bytes (CloudFormation refuses a body over 4096)
-//! and names variables, never their values.
+//! An answer's `Reason` is at most `MAX_REASON` bytes as JSON (CloudFormation refuses a body over
+//! 4096) and names variables, never their values.
 //!
 //! The stack is the one named in the request's `StackId`: its alarms are named from it.
 
@@ -32,10 +35,7 @@ use serde_json::{Value, json};
 use tollgate::control::alarms::is_stack_name;
 use tollgate::control::shed::alarm::Alarms;
 use tollgate::control::shed::table::ShedError;
-use tollgate::control::sync::table::PolicyTable;
-use tollgate::control::{
-    AlarmPort, AlarmSettings, FormerNames, delete_stack_alarms, plan_alarm_prefix, sync_plan_alarms,
-};
+use tollgate::control::{AlarmPort, delete_stack_alarms, plan_alarm_prefix};
 
 /// The longest `SettleSeconds` honoured: the wait must end well within the function's timeout.
 pub const MAX_SETTLE_SECS: u64 = 20;
@@ -43,7 +43,8 @@ pub const MAX_SETTLE_SECS: u64 = 20;
 /// up and answered as such. The answer's own `PUT` is bounded by `ANSWER_TIMEOUT`, within it.
 pub const ANSWER_RESERVE: Duration = Duration::from_secs(5);
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
-/// The longest `Reason` answered, in bytes: the whole body must stay under CloudFormation's 4096.
+/// The longest `Reason` answered, in bytes once JSON-escaped: the whole body must stay under
+/// CloudFormation's 4096.
 pub const MAX_REASON: usize = 1024;
 
 /// What every answer needs, read from any custom-resource request field by field: a request
@@ -81,6 +82,10 @@ impl Envelope {
 
     fn is_delete(&self) -> bool {
         self.request_type == "Delete"
+    }
+
+    fn is_update(&self) -> bool {
+        self.request_type == "Update"
     }
 }
 
@@ -132,10 +137,8 @@ pub fn is_request(payload: &Value) -> bool {
 pub struct Ports<'a> {
     pub plan_alarms: &'a dyn AlarmPort,
     pub shed_alarms: &'a dyn Alarms,
-    /// The policy table: its plans are the alarms' on `Create` and `Update`.
-    pub plans: &'a PolicyTable,
-    /// The per-plan alarms' settings, as the scheduled sync uses them.
-    pub settings: &'a AlarmSettings,
+    /// The authorizer's metric namespace, which the plan alarms read (`is_former_alarm`).
+    pub namespace: &'a str,
 }
 
 impl std::fmt::Debug for Ports<'_> {
@@ -154,12 +157,12 @@ pub async fn run(request: &Request, ports: &Ports<'_>) -> Result<String, String>
             let stack = e
                 .stack_name()
                 .ok_or_else(|| format!("StackId `{}` names no stack: no alarm deleted", e.stack_id))?;
-            delete_stack_alarms(ports.plan_alarms, stack)
+            delete_stack_alarms(ports.plan_alarms, stack, ports.namespace)
                 .await
                 .map(|deleted| format!("deleted {} alarms of stack {stack}", deleted.len()))
                 .map_err(|e| {
                     format!(
-                        "alarms of stack `{stack}` left (under {} and their former names): {e}",
+                        "alarms of stack `{stack}` left (under {} and its former prefix): {e}",
                         plan_alarm_prefix(stack)
                     )
                 })
@@ -167,39 +170,20 @@ pub async fn run(request: &Request, ports: &Ports<'_>) -> Result<String, String>
         "Create" => {
             check_shed_alarm(ports.shed_alarms, &p.shed_alarm_name).await?;
             settle(p.settle_seconds.as_deref()).await?;
-            Ok(format!("checked; {}", sync_alarms(ports).await))
+            Ok("checked".to_owned())
         }
         "Update" => {
             let old = request.old_properties.as_ref().map(|o| o.shed_alarm_name.as_str());
-            let shed = if old == Some(p.shed_alarm_name.as_str()) {
-                "ShedAlarmName unchanged: not checked again".to_owned()
-            } else {
-                match check_shed_alarm(ports.shed_alarms, &p.shed_alarm_name).await {
-                    Ok(()) => "checked".to_owned(),
-                    Err(why) => {
-                        tracing::warn!(warning = %why, "stack update: the shed alarm");
-                        format!("warning: {why}; until then the shed controller fails each run")
-                    }
-                }
-            };
-            Ok(format!("{shed}; {}", sync_alarms(ports).await))
+            if old == Some(p.shed_alarm_name.as_str()) {
+                return Ok("ShedAlarmName unchanged: not checked again".to_owned());
+            }
+            // An `Err` of an `Update` is answered `SUCCESS`, as a warning (`answer`).
+            check_shed_alarm(ports.shed_alarms, &p.shed_alarm_name)
+                .await
+                .map(|()| "checked".to_owned())
+                .map_err(|why| format!("{why}; until then the shed controller fails each run"))
         }
         other => Err(format!("unknown RequestType `{other}`")),
-    }
-}
-
-/// The per-plan alarms synced, every former name looked up; what happened, for the reason.
-async fn sync_alarms(ports: &Ports<'_>) -> String {
-    match sync_plan_alarms(ports.plan_alarms, ports.plans, ports.settings, FormerNames::OfEvery).await {
-        Ok(report) => format!(
-            "plan alarms: {} created, {} moved from their former names",
-            report.created.len(),
-            report.migrated.len()
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "stack check: plan alarm sync failed; the schedule retries it");
-            format!("plan alarms not synced (the schedule retries): {e}")
-        }
     }
 }
 
@@ -229,8 +213,10 @@ async fn settle(seconds: Option<&str>) -> Result<(), String> {
 }
 
 /// The answer CloudFormation reads at the `ResponseURL`. A `Delete` is always `SUCCESS`: what
-/// failed is in the reason, and the stack's deletion goes on.
-pub fn answer(envelope: &Envelope, outcome: &Result<String, String>) -> Value {
+/// failed is in the reason, and the stack's deletion goes on. An `Update` too, what failed a
+/// warning, unless the request was `unreadable` (its properties are wrong; the rollback's are
+/// the ones that were read before).
+pub fn answer(envelope: &Envelope, outcome: &Result<String, String>, unreadable: bool) -> Value {
     let physical = envelope.physical_resource_id.clone().unwrap_or_else(|| {
         envelope
             .stack_name()
@@ -239,6 +225,7 @@ pub fn answer(envelope: &Envelope, outcome: &Result<String, String>) -> Value {
     let (status, reason) = match outcome {
         Ok(done) => ("SUCCESS", done.clone()),
         Err(why) if envelope.is_delete() => ("SUCCESS", format!("deleted with errors: {why}")),
+        Err(why) if envelope.is_update() && !unreadable => ("SUCCESS", format!("warning: {why}")),
         Err(why) => ("FAILED", why.clone()),
     };
     let reason = capped(reason, MAX_REASON);
@@ -252,15 +239,21 @@ pub fn answer(envelope: &Envelope, outcome: &Result<String, String>) -> Value {
     })
 }
 
-/// `reason`, cut to at most `max` bytes on a character boundary (`…` saying so).
+/// `reason`, cut on a character boundary (`…` saying so) so that as a JSON string, escapes
+/// included and quotes not, it is at most `max` bytes: a control character is six.
 pub fn capped(mut reason: String, max: usize) -> String {
     const MORE: &str = "…";
-    if reason.len() <= max {
+    let escaped = |c: char| serde_json::to_string(&c).map_or(6, |s| s.len() - 2);
+    if reason.chars().map(escaped).sum::<usize>() <= max {
         return reason;
     }
-    let mut end = max.saturating_sub(MORE.len());
-    while !reason.is_char_boundary(end) {
-        end -= 1;
+    let (mut end, mut len) = (0, 0);
+    for (at, c) in reason.char_indices() {
+        len += escaped(c);
+        if len > max.saturating_sub(MORE.len()) {
+            break;
+        }
+        end = at + c.len_utf8();
     }
     reason.truncate(end);
     reason.push_str(MORE);
@@ -283,21 +276,21 @@ pub async fn handle(
             ANSWER_RESERVE.as_secs()
         )),
     };
-    respond(&request.envelope, outcome, http).await
+    respond(&request.envelope, outcome, false, http).await
 }
 
-/// Answers a request that cannot be run (unreadable, or the function could not start): `FAILED`,
-/// or `SUCCESS` with nothing done for a `Delete`.
-pub async fn answer_unrunnable(envelope: &Envelope, why: &str, http: &reqwest::Client) -> Result<Value, String> {
-    respond(envelope, Err(format!("nothing done: {why}")), http).await
+/// Answers a request that cannot be read: `FAILED`, or `SUCCESS` with nothing done for a
+/// `Delete`.
+pub async fn answer_unreadable(envelope: &Envelope, why: &str, http: &reqwest::Client) -> Result<Value, String> {
+    respond(envelope, Err(format!("nothing done: {why}")), true, http).await
 }
 
 /// What a function that could not start (`reason`, naming variables, not their values) does with
-/// an event: a custom-resource request is answered (`answer_unrunnable`); any other event, or a
-/// request without a `ResponseURL`, fails with the reason, answering nothing.
+/// an event: a custom-resource request is answered, nothing done (`FAILED` for a `Create`); any
+/// other event, or a request without a `ResponseURL`, fails with the reason, answering nothing.
 pub async fn answer_unstarted(payload: &Value, reason: &str, http: &reqwest::Client) -> Result<Value, String> {
     match envelope(payload).filter(|_| is_request(payload)) {
-        Some(envelope) => answer_unrunnable(&envelope, reason, http).await,
+        Some(envelope) => respond(&envelope, Err(format!("nothing done: {reason}")), false, http).await,
         None => Err(reason.to_owned()),
     }
 }
@@ -308,13 +301,14 @@ pub async fn answer_unstarted(payload: &Value, reason: &str, http: &reqwest::Cli
 async fn respond(
     envelope: &Envelope,
     outcome: Result<String, String>,
+    unreadable: bool,
     http: &reqwest::Client,
 ) -> Result<Value, String> {
     match &outcome {
         Ok(done) => tracing::info!(request = %envelope.request_type, done = %done, "stack check"),
         Err(why) => tracing::error!(request = %envelope.request_type, error = %why, "stack check failed"),
     }
-    let body = answer(envelope, &outcome);
+    let body = answer(envelope, &outcome, unreadable);
     let response = http
         .put(&envelope.response_url)
         .timeout(ANSWER_TIMEOUT)
@@ -350,7 +344,7 @@ mod tests {
         for unit in ["a", "é", "€", "😀"] {
             let why = unit.repeat(4000);
             // WHEN it is answered
-            let body = answer(&envelope, &Err(why.clone()));
+            let body = answer(&envelope, &Err(why.clone()), false);
             // THEN the reason is at most MAX_REASON bytes, a prefix of the reason saying it was
             // cut, and the body stays under CloudFormation's 4096 bytes
             let reason = body["Reason"].as_str().expect("reason");
@@ -358,6 +352,9 @@ mod tests {
             assert!(why.starts_with(reason.trim_end_matches('…')) && reason.ends_with('…'));
             assert!(body.to_string().len() < 4096);
         }
+        // AND a reason whose characters JSON escapes into six bytes each is cut to fit too
+        let body = answer(&envelope, &Err("\u{1}".repeat(4000)), false);
+        assert!(body.to_string().len() < 4096, "{}", body.to_string().len());
         // AND a short reason is left whole
         assert_eq!(capped("done".to_owned(), MAX_REASON), "done");
     }

@@ -9,7 +9,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use tollgate::aws::{admin_client, control_client};
 use tollgate::control::apigateway::{ApiGateway, Backoff};
-use tollgate::control::sync::lease::run_leased;
+use tollgate::control::sync::lease::{invocation_owner, run_leased};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::{SystemClock, Timestamp};
 use tollgate_plan_sync::{Invocation, POLICY_TABLE_VAR as POLICY_TABLE};
@@ -24,8 +24,9 @@ async fn main() -> Result<(), Error> {
     let (control, table, clock) = (&control, &table, &SystemClock::new());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let Invocation { trigger, actor } = Invocation::of(&event.payload);
-        // The invocation's request id owns the lease: unique per run, and named in the log.
-        let owner = &event.context.request_id;
+        // The invocation's own token owns the lease (`invocation_owner`: the request id and a
+        // nonce, as a twice-delivered event keeps its request id).
+        let owner = &invocation_owner(&event.context.request_id);
         // The lease holds until the invocation's deadline (plus a margin): Lambda stops the
         // run then, so a stopped run never blocks the next for longer.
         let deadline = Timestamp::from_nanos(event.context.deadline.saturating_mul(1_000_000));

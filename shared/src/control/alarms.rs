@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::engine::policy::PlanSpec;
+use crate::engine::policy::{PlanSpec, is_plan_name};
 
 use crate::metrics;
 
@@ -26,10 +26,37 @@ pub fn plan_alarm_prefix(stack: &str) -> String {
 }
 
 /// The prefix the per-plan alarms had before, `{stack}-plan-`: also the start of every alarm of a
-/// stack named `{stack}-plan-...`, so alarms under it are only ever deleted by exact name, one per
-/// plan the stack knows (`AlarmSettings::legacy_prefix`), never by the prefix.
+/// stack named `{stack}-plan-...` and of any alarm a user names so, so an alarm under it is only
+/// deleted when `is_former_alarm` proves it this stack's.
 pub fn legacy_plan_alarm_prefix(stack: &str) -> String {
     format!("{stack}-plan-")
+}
+
+/// Whether `alarm`, under a stack's former prefix `legacy_prefix`, is that stack's former plan
+/// alarm: its name's rest is a plan name, every metric it reads is in `namespace` with the one
+/// dimension `Plan` equal to that rest, and its description starts as Tollgate writes it for
+/// that plan. The namespace is every stack's (`Tollgate`), but the name and the `Plan` dimension
+/// together name one stack: `STACK-plan-PLAN` with `Plan` = `PLAN` leaves one `STACK`. So the
+/// former alarm `api-plan-b-plan-free` is stack `api`'s when its metrics are on plan
+/// `b-plan-free`, and stack `api-plan-b`'s when on plan `free`; an alarm of the user's own
+/// lacks the description or the dimension.
+pub fn is_former_alarm(alarm: &AlarmDefinition, legacy_prefix: &str, namespace: &str) -> bool {
+    let Some(plan) = alarm.name.strip_prefix(legacy_prefix) else {
+        return false;
+    };
+    let on_plan = |m: &MetricQuery| {
+        m.namespace == namespace
+            && matches!(m.dimensions.as_slice(), [(name, value)] if name == "Plan" && value == plan)
+    };
+    is_plan_name(plan)
+        && !alarm.metrics.is_empty()
+        && alarm.metrics.iter().all(on_plan)
+        && alarm.description.starts_with(&description_start(plan))
+}
+
+/// How a plan alarm's description starts, in every version: what `is_former_alarm` checks.
+fn description_start(plan: &str) -> String {
+    format!("Tollgate plan {plan} (")
 }
 
 /// Whether `name` can be a CloudFormation stack's name: a letter, then letters, digits and `-`,
@@ -48,8 +75,8 @@ pub struct AlarmSettings {
     /// an orphan and deleted. Give each stack its own (`plan_alarm_prefix`).
     pub prefix: String,
     /// The same alarms' former names are `{legacy_prefix}{plan}`: when sync creates a plan's
-    /// alarm, the alarm of that exact former name, if any, is deleted after it (a migration
-    /// that reads nothing once done).
+    /// alarm, the alarm of that exact former name, if it is this stack's (`is_former_alarm`), is
+    /// deleted after it (a migration that reads nothing once done).
     pub legacy_prefix: Option<String>,
     /// The authorizer's `TOLLGATE_METRICS_NAMESPACE`.
     pub namespace: String,
@@ -218,11 +245,12 @@ fn description(plan: &str, spec: &PlanSpec, settings: &AlarmSettings) -> String 
     let mut s = String::new();
     let _ = write!(
         s,
-        "Tollgate plan {plan} ({}): more than {}% of its decisions answered 429 in each of {} \
+        "{}{}): more than {}% of its decisions answered 429 in each of {} \
          minutes. Callers on this plan are being told to slow down: see the dashboard's throttles \
          by reason and plan and top throttled tenants, then raise the plan's limits or talk to \
          the tenant. Kept in step with the policy table by the operator function; edits here are \
          overwritten.",
+        description_start(plan),
         limits.join("; "),
         settings.threshold_percent,
         settings.minutes,
@@ -269,7 +297,8 @@ pub struct AlarmReport {
     pub created: Vec<String>,
     pub updated: Vec<String>,
     pub deleted: Vec<String>,
-    /// Alarms under their former names, deleted once their plan's alarm was created.
+    /// This stack's alarms under their former names, deleted: those of the alarms created, or
+    /// every one (`FormerNames::OfEvery`).
     pub migrated: Vec<String>,
     pub unchanged: usize,
 }

@@ -27,8 +27,8 @@ pub trait AlarmPort: Send + Sync {
     async fn put(&self, alarm: &AlarmDefinition) -> Result<(), AlarmError>;
     /// Deletes alarms by name.
     async fn delete(&self, names: &[String]) -> Result<(), AlarmError>;
-    /// Those of `names` that name a metric alarm (looked up by exact name, never by prefix).
-    async fn existing(&self, names: &[String]) -> Result<Vec<String>, AlarmError>;
+    /// The metric alarms `names` name (looked up by exact name, never by prefix).
+    async fn existing(&self, names: &[String]) -> Result<Vec<AlarmDefinition>, AlarmError>;
 }
 
 /// The SDK adapter; the client comes from `aws::cloudwatch_client`.
@@ -135,7 +135,7 @@ impl AlarmPort for CloudWatchAlarms {
         Ok(())
     }
 
-    async fn existing(&self, names: &[String]) -> Result<Vec<String>, AlarmError> {
+    async fn existing(&self, names: &[String]) -> Result<Vec<AlarmDefinition>, AlarmError> {
         let mut found = Vec::new();
         // `DescribeAlarms` takes at most 100 names, as `DeleteAlarms` does.
         for batch in names.chunks(DELETE_BATCH) {
@@ -150,8 +150,11 @@ impl AlarmPort for CloudWatchAlarms {
                     .send()
                     .await
                     .map_err(failed("DescribeAlarms"))?;
-                let named = page.metric_alarms().iter().filter_map(|a| a.alarm_name());
-                found.extend(named.filter(|n| batch.iter().any(|b| b == n)).map(str::to_owned));
+                for alarm in page.metric_alarms() {
+                    if batch.iter().any(|b| Some(b.as_str()) == alarm.alarm_name()) {
+                        found.push(read(alarm, "")?);
+                    }
+                }
                 match page.next_token() {
                     Some(t) if !t.is_empty() => token = Some(t.to_owned()),
                     _ => break,
@@ -226,14 +229,16 @@ fn read(alarm: &MetricAlarm, prefix: &str) -> Result<AlarmDefinition, AlarmError
     })
 }
 
-/// Which former names a sync looks up, by exact name (`AlarmSettings::legacy_prefix`).
+/// Which former names a sync looks up (`AlarmSettings::legacy_prefix`). Either way only an alarm
+/// `is_former_alarm` proves this stack's is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormerNames {
-    /// Those of the alarms it creates: a run that creates none looks up none.
+    /// Those of the alarms it creates, by exact name: a run that creates none looks up none.
     OfCreated,
-    /// Those of every alarm the plans call for (at most 100 names a call): also finds a former
-    /// alarm left beside its plan's new one by a run that failed between the two. What a
-    /// container's first run, `tollgate alarms sync` and the stack's `Create` and `Update` do.
+    /// Every alarm under the former prefix (`DescribeAlarms` by prefix, all pages): also finds
+    /// a former alarm left beside its plan's new one by a run that failed between the two, and
+    /// one of a plan removed before it moved. What a container's first scheduled run and
+    /// `tollgate alarms sync` do.
     OfEvery,
 }
 
@@ -273,54 +278,71 @@ pub async fn sync_alarms(
         port.delete(&orphans).await?;
         report.deleted = orphans;
     }
-    let moved: Vec<String> = match former {
-        FormerNames::OfCreated => report.created.clone(),
-        FormerNames::OfEvery => desired.into_iter().map(|a| a.name).collect(),
-    };
-    report.migrated = migrate(port, &moved, &settings.prefix, settings.legacy_prefix.as_deref()).await?;
+    if let Some(legacy) = &settings.legacy_prefix {
+        let of = match former {
+            FormerNames::OfCreated => Some(report.created.as_slice()),
+            FormerNames::OfEvery => None,
+        };
+        let found = former_alarms(port, legacy, &settings.namespace, of, &settings.prefix).await?;
+        if !found.is_empty() {
+            port.delete(&found).await?;
+        }
+        report.migrated = found;
+    }
     Ok(report)
 }
 
-/// Deletes the former names of the alarms `names` (under `prefix`), by exact name: the first
-/// sync under the new names moves every alarm. A failure leaves the former alarm beside the new
-/// one; the next `OfEvery` run or the stack's deletion removes it.
-async fn migrate(
+/// This stack's alarms under the former prefix `legacy` (`is_former_alarm`, metrics in
+/// `namespace`): with `of`, only the former names of those alarms (under `prefix`), by exact
+/// name; without, every one under it. A failure to delete them leaves the former alarm beside
+/// the new one; the next `OfEvery` run or the stack's deletion removes it.
+async fn former_alarms(
     port: &dyn AlarmPort,
-    names: &[String],
+    legacy: &str,
+    namespace: &str,
+    of: Option<&[String]>,
     prefix: &str,
-    legacy: Option<&str>,
 ) -> Result<Vec<String>, AlarmError> {
-    let Some(legacy) = legacy else {
-        return Ok(Vec::new());
+    let found = match of {
+        None => port.describe(legacy).await?,
+        Some(names) => {
+            let former: Vec<String> = names
+                .iter()
+                .filter_map(|name| name.strip_prefix(prefix))
+                .map(|plan| format!("{legacy}{plan}"))
+                .collect();
+            if former.is_empty() {
+                return Ok(Vec::new());
+            }
+            port.existing(&former).await?
+        }
     };
-    let former: Vec<String> = names
-        .iter()
-        .filter_map(|name| name.strip_prefix(prefix))
-        .map(|plan| format!("{legacy}{plan}"))
+    let mut ours: Vec<String> = found
+        .into_iter()
+        .filter(|alarm| crate::control::alarms::is_former_alarm(alarm, legacy, namespace))
+        .map(|alarm| alarm.name)
         .collect();
-    if former.is_empty() {
-        return Ok(Vec::new());
-    }
-    let found = port.existing(&former).await?;
-    if !found.is_empty() {
-        port.delete(&found).await?;
-    }
-    Ok(found)
+    ours.sort();
+    Ok(ours)
 }
 
-/// Deletes every per-plan alarm of `stack`: first all under its prefix (`DescribeAlarms` by
-/// prefix, all pages), then the former names of those plans, by exact name. Reads no table: a
-/// plan whose alarm never moved keeps its former one (docs/operations.md). What the stack's
-/// deletion does.
-pub async fn delete_stack_alarms(port: &dyn AlarmPort, stack: &str) -> Result<Vec<String>, AlarmError> {
+/// Deletes every per-plan alarm of `stack` (its plan alarms' metrics in `namespace`): all under
+/// its prefix and those under the former prefix `is_former_alarm` proves its, both found by
+/// `DescribeAlarms` by prefix (all pages) before any is deleted, then deleted together (at most
+/// 100 a call; only names just described, as AWS once documented that a name naming no alarm
+/// fails the whole call). Reads no table. What the stack's deletion does.
+pub async fn delete_stack_alarms(
+    port: &dyn AlarmPort,
+    stack: &str,
+    namespace: &str,
+) -> Result<Vec<String>, AlarmError> {
     let prefix = crate::control::alarms::plan_alarm_prefix(stack);
     let mut names: Vec<String> = port.describe(&prefix).await?.into_iter().map(|a| a.name).collect();
+    let legacy = crate::control::alarms::legacy_plan_alarm_prefix(stack);
+    names.extend(former_alarms(port, &legacy, namespace, None, &prefix).await?);
     if !names.is_empty() {
         port.delete(&names).await?;
     }
-    let legacy = crate::control::alarms::legacy_plan_alarm_prefix(stack);
-    let former = migrate(port, &names, &prefix, Some(&legacy)).await?;
-    names.extend(former);
     Ok(names)
 }
 

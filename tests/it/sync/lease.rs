@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tollgate::control::apigateway::model::{ApiKey, UsagePlan};
 use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
-use tollgate::control::sync::lease::{LEASE_MARGIN, Lease, MIN_ROUND, Release, Take, expiry, lease_until, run_leased};
+use tollgate::control::sync::lease::{
+    LEASE_MARGIN, Lease, MIN_ROUND, Release, Take, expiry, invocation_owner, lease_until, run_leased,
+};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::clock::Timestamp;
@@ -271,4 +273,24 @@ async fn a_take_whose_answer_is_lost_is_retried_onto_the_runs_own_lease_and_the_
     assert_eq!(run.rounds.len(), 1);
     // AND releases the lease: the next run need not wait for its expiry
     assert_eq!(w.lease().await, None);
+}
+
+#[tokio::test]
+async fn two_invocations_of_one_request_id_never_both_hold_the_lease() {
+    // GIVEN Lambda delivering one event twice: two invocations with the same request id, each
+    // with the owner token it draws once
+    let w = World::new("ap-southeast-5").await;
+    let (now, until) = (w.clock.now(), expiry(w.deadline()));
+    let (first, second) = (invocation_owner("req-dup"), invocation_owner("req-dup"));
+    assert!(
+        first.starts_with("req-dup/"),
+        "the request id names the owner in the log"
+    );
+    let (a, b) = (Lease::new(&w.table, first), Lease::new(&w.table, second));
+    // WHEN both take the lease
+    // THEN only the first holds it; the second asks it for a rerun
+    assert_eq!(a.take(now, until).await.expect("take"), Take::Held);
+    assert_eq!(b.take(now, until).await.expect("take"), Take::RerunAsked);
+    // AND the first's own retried take still finds it its own
+    assert_eq!(a.take(now, until).await.expect("take"), Take::Held);
 }

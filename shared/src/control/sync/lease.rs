@@ -71,6 +71,14 @@ pub enum Release {
     Lost,
 }
 
+/// The owner token of one invocation: its request id (named in the log) and a random nonce.
+/// Lambda keeps the request id when it delivers one event twice, and a take succeeds on a lease
+/// its owner holds: without the nonce both deliveries would hold the lease. Drawn once per
+/// invocation, so the SDK's retries of one put carry the same token.
+pub fn invocation_owner(request_id: &str) -> String {
+    format!("{request_id}/{:016x}", rand::random::<u64>())
+}
+
 /// The lease as one run (its `owner` token) sees it.
 #[derive(Debug)]
 pub struct Lease<'a> {
