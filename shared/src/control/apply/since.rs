@@ -181,13 +181,7 @@ mod tests {
         ]);
         assert!(item_conflicts(&items, &now).is_empty());
         now.insert("key#aa".into(), Some((key(false), 2)));
-        now.insert(
-            "tenant#gone".into(),
-            Some((
-                Record::Tenant(TenantRecord::on("pro")),
-                1,
-            )),
-        );
+        now.insert("tenant#gone".into(), Some((Record::Tenant(TenantRecord::on("pro")), 1)));
         let c = item_conflicts(&items, &now);
         assert_eq!(
             c,
