@@ -28,7 +28,7 @@ pub enum FlagError {
     #[error("--prefix must not be empty: every alarm under it is managed")]
     EmptyPrefix,
     #[error(
-        "--prefix {0:?} is under `tollgate/`, where the stacks' plan alarms are: use --stack STACK for a stack's alarms"
+        "--prefix {0:?} reaches into `tollgate/`, where the stacks' plan alarms are: use --stack STACK for a stack's alarms"
     )]
     StackRootPrefix(String),
     #[error("--stack {0:?} is not a CloudFormation stack name (a letter, then letters, digits and `-`)")]

@@ -372,28 +372,31 @@ async fn the_cli_refuses_a_prefix_under_the_stacks_root_and_names_the_flag_to_us
     let w = World::new().await;
     w.put_plans(PLANS).await;
     // WHEN `tollgate alarms sync --prefix` is given a prefix under `tollgate/`, where the
-    // stacks' alarms are (it would delete every alarm under it that no plan calls for)
-    let prefix = format!("{}{}/plan/", tollgate::control::alarms::PLAN_ALARM_ROOT, w.stack);
-    let refused = Sync {
-        policy_table: w.table_name.clone(),
-        stack: None,
-        prefix: Some(prefix),
-        namespace: "Tollgate".into(),
-        percent: 10.0,
-        minutes: 15,
-        topic_arn: None,
-        json: true,
-        aws: AwsArgs {
-            endpoint_url: Some(w.shim.endpoint()),
-            region: Some("us-east-1".into()),
-            profile: None,
-        },
+    // stacks' alarms are, or a start of it (either would delete every alarm under it that no
+    // plan calls for)
+    let root = tollgate::control::alarms::PLAN_ALARM_ROOT;
+    for prefix in [format!("{root}{}/plan/", w.stack), "tollgate".to_owned()] {
+        let refused = Sync {
+            policy_table: w.table_name.clone(),
+            stack: None,
+            prefix: Some(prefix.clone()),
+            namespace: "Tollgate".into(),
+            percent: 10.0,
+            minutes: 15,
+            topic_arn: None,
+            json: true,
+            aws: AwsArgs {
+                endpoint_url: Some(w.shim.endpoint()),
+                region: Some("us-east-1".into()),
+                profile: None,
+            },
+        }
+        .run()
+        .await;
+        // THEN it is refused, naming the flag to use, and no alarm is made
+        let error = refused.expect_err(&prefix).to_string();
+        assert!(error.contains("--stack") && error.contains("tollgate/"), "{error}");
     }
-    .run()
-    .await;
-    // THEN it is refused, naming the flag to use, and no alarm is made
-    let error = refused.expect_err("refused").to_string();
-    assert!(error.contains("--stack") && error.contains("tollgate/"), "{error}");
     assert!(w.alarms().await.is_empty());
 }
 

@@ -92,7 +92,11 @@ impl Sync {
                 (plan_alarm_prefix(&stack), Some(legacy_plan_alarm_prefix(&stack)))
             }
             (Some(stack), _) => return Err(FlagError::NotAStackName(stack).into()),
-            (None, Some(prefix)) if prefix.starts_with(PLAN_ALARM_ROOT) => {
+            // Under the stacks' root, or a start of it (`tollgate`, `toll`): it would reach every
+            // stack's alarms and delete those no plan of this table calls for.
+            (None, Some(prefix))
+                if prefix.starts_with(PLAN_ALARM_ROOT) || PLAN_ALARM_ROOT.starts_with(prefix.as_str()) =>
+            {
                 return Err(FlagError::StackRootPrefix(prefix).into());
             }
             (None, Some(prefix)) if !prefix.is_empty() => (prefix, None),

@@ -250,8 +250,8 @@ pub fn expiry(deadline: Timestamp) -> Timestamp {
     deadline.saturating_add(LEASE_MARGIN)
 }
 
-/// `sync::run` under the lease, as the plan-sync function runs it: `owner` names this run (the
-/// invocation's request id), `deadline` is when the invocation is stopped (the lease holds until
+/// `sync::run` under the lease, as the plan-sync function runs it: `owner` names this run
+/// (`invocation_owner`: the request id and a nonce drawn once per invocation), `deadline` is when the invocation is stopped (the lease holds until
 /// `expiry(deadline)`). A run that finds the lease held asks its holder to run again and returns
 /// `deferred`; the holder runs until no rerun was asked for, at most `MAX_ROUNDS` rounds, and
 /// starts one only with the time it needs; a rerun it does not run is left to the next trigger.
