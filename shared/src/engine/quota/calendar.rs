@@ -101,6 +101,11 @@ impl Calendar {
         self.counter_of(self.label(now))
     }
 
+    /// Whether `c` names one of this calendar's periods (not another calendar's of its kind).
+    pub fn owns(&self, c: Counter) -> bool {
+        c.period() == self.period && self.counter(c.start()) == c
+    }
+
     /// The counter of the period `Period::kept` periods before the one containing `now`: the one
     /// that falls out of the kept window when this period starts.
     pub fn expired(&self, now: Timestamp) -> Counter {
