@@ -3,14 +3,14 @@
 //! Layout (one item per tenant, key `pk` = tenant id):
 //! - `tat`: the plan bucket's theoretical arrival time, ns since the epoch;
 //! - `r<6 hex>`: a route override's TAT;
-//! - counters, units used per period of each quota's calendar (`engine::quota`): `dYYYYMMDD` for
-//!   a UTC day and `mYYYYMM` for a UTC month from the 1st (the names items had before calendars,
-//!   so they keep counting), and `D`/`W`/`M` + the period's start as epoch minutes in base 36
-//!   (`Whkmn3`) for every other day, week and month. Only the period kinds a request counts on
-//!   are written: each quota's, and the UTC day and month when the plan has no quota of that kind.
-//!   The last 28 days, 5 weeks and 13 months are kept; each write removes the counter of each
-//!   kind that just left its window, and every older one it knows of (a calendar change leaves
-//!   the old calendar's counters to age out the same way);
+//! - counters, units used per period of each quota's calendar (`engine::quota`), named by the
+//!   period's kind and first local date: `dYYYYMMDD` for a day and `mYYYYMM` for a month from the
+//!   1st (the names UTC ones had before calendars, so old items keep counting), `W`/`M` + the
+//!   date in base 36 (`Wg18`) for a week or a month from another day. Only the period kinds a
+//!   request counts on are written: each quota's, and the UTC day and month when the plan has no
+//!   quota of that kind. The last 28 days, 5 weeks and 13 months are kept; each write removes the
+//!   counter of each kind that just left its window, every older one it knows of, and the
+//!   counters of another calendar of its kinds (a calendar change) whose period surely ended;
 //! - `o0`..`o6`: operation-id slots. An operation id names its slot (`id % OPS`); a write
 //!   applies only if its id is greater than its slot's value and sets the slot to it, so a slot
 //!   only grows and an operation applies at most once, whatever the order of arrival;
@@ -152,7 +152,7 @@ impl Snapshot {
         let current: Vec<Counter> = limits.counted().map(|c| c.counter(now)).collect();
         let windows = windows(limits, now);
         self.counters
-            .retain(|(c, _)| current.contains(c) || windows[c.period().index()].is_expired(*c));
+            .retain(|(c, _)| current.contains(c) || removable(limits, &windows, *c));
         self.counters.shrink_to_fit();
         self.tats.shrink_to_fit();
         self.ops = [0; OPS];
@@ -180,6 +180,17 @@ fn windows(limits: &Limits, now: Timestamp) -> [Window; 3] {
         Some(c) => c.window(now),
         None => Calendar::utc(p).window(now),
     })
+}
+
+/// Whether a writer removes `c`: it left the kept window of its kind; or it is a counter of
+/// another calendar of a kind the request counts on (the plan's zone, start day or anchor
+/// changed) whose period surely ended: it no longer counts and is not shown. A period of the
+/// old calendar that may still be running is left alone: containers that still have the old
+/// plan count on it, and removing it would hand them a fresh quota.
+fn removable(limits: &Limits, windows: &[Window; 3], c: Counter) -> bool {
+    let window = &windows[c.period().index()];
+    window.is_expired(c)
+        || (window.has_ended(c) && limits.counted().any(|cal| cal.period() == c.period() && !cal.owns(c)))
 }
 
 /// One decision as an UpdateItem: expressions, names and values.
@@ -244,7 +255,7 @@ pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op:
                 .counters
                 .iter()
                 .map(|(c, _)| *c)
-                .filter(|c| windows[c.period().index()].is_expired(*c)),
+                .filter(|c| removable(limits, &windows, *c)),
         )
         .map(|c| c.to_string())
         .collect();
@@ -352,6 +363,7 @@ mod tests {
     use crate::engine::identity::MAX_TENANT_ID;
     use crate::engine::policy::{BucketId, MAX_ROUTES};
     use crate::engine::quota::{DAYS_KEPT, WEEKS_KEPT};
+
     use std::time::Duration;
 
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
@@ -512,49 +524,94 @@ mod tests {
         );
     }
 
+    /// What `w` does to the counters of `item` (its other attributes are set at their largest
+    /// by the size test itself): ADD creates a counter at ten digits, REMOVE removes it.
+    fn apply(item: &mut HashMap<String, AttributeValue>, w: &Write) {
+        let section = |verb: &str| -> Vec<String> {
+            let Some(at) = w.update.find(verb) else {
+                return Vec::new();
+            };
+            let rest = &w.update[at + verb.len()..];
+            let end = [" SET ", " ADD ", " REMOVE "].iter().filter_map(|v| rest.find(v)).min();
+            rest[..end.unwrap_or(rest.len())]
+                .split(", ")
+                .map(|part| w.names[part.split(' ').next().unwrap_or(part)].clone())
+                .collect()
+        };
+        for name in section("ADD ") {
+            item.insert(name, AttributeValue::N("9999999999".into()));
+        }
+        for name in section("REMOVE ") {
+            item.remove(&name);
+        }
+    }
+
+    fn plan(spec: &str) -> crate::engine::policy::Plan {
+        crate::engine::policy::Plan::new("p", toml::from_str(spec).expect("spec")).expect("valid")
+    }
+
     /// The largest item: the longest tenant id, every route override, every operation-id slot,
-    /// and, for a plan with a day, a week and a month quota, every kept counter of each kind at
-    /// ten digits, with the longest names (UTC days `dYYYYMMDD`, other periods named by a
-    /// six-digit start), plus one counter per kind left by a calendar change within the window
-    /// (a change of zone, week start or anchor leaves the old calendar's counters to age out).
+    /// and the counters that writes really leave. Built by writing, not by construction: a
+    /// plan with a day, a week and a month quota (the longest names: `dYYYYMMDD`, `mYYYYMM`,
+    /// weeks with four base-36 digits after 2097) is written every few hours for 800 days by
+    /// a container whose clock is right and one whose clock is two hours ahead, each reading
+    /// the item before writing; half way, the plan's week start and month anchor change and,
+    /// for two days, a container that still has the old plan writes beside the new ones.
     #[test]
     fn the_largest_possible_item_fits_in_one_write_unit() {
-        let mut item = HashMap::new();
-        item.insert(PK.to_owned(), AttributeValue::S("t".repeat(MAX_TENANT_ID)));
+        let mut fixed = HashMap::new();
+        fixed.insert(PK.to_owned(), AttributeValue::S("t".repeat(MAX_TENANT_ID)));
         let big = AttributeValue::N(u64::MAX.to_string());
-        item.insert("tat".to_owned(), big.clone());
+        fixed.insert("tat".to_owned(), big.clone());
         for i in 0..MAX_ROUTES {
-            item.insert(format!("r{i:06x}"), big.clone());
+            fixed.insert(format!("r{i:06x}"), big.clone());
         }
-        let counter = AttributeValue::N("9999999999".into());
-        // Start minutes with six base-36 digits: periods after 2084.
-        let far = 36u32.pow(5);
-        let day = Calendar::utc(Period::Day);
-        for back in 0..=DAYS_KEPT {
-            let t = Timestamp::from_secs(NOW.as_secs() - u64::from(back) * 86_400);
-            item.insert(day.counter(t).to_string(), counter.clone());
+        for name in OP_ATTRS {
+            fixed.insert(name.to_owned(), big.clone());
         }
-        for kind in [Period::Week, Period::Month] {
-            for i in 0..=kind.kept() as u32 {
-                let c = Counter::Start {
-                    period: kind,
-                    minute: far + i * 10_080,
-                };
-                assert_eq!(c.to_string().len(), 7);
-                item.insert(c.to_string(), counter.clone());
+        fixed.insert(TTL.to_owned(), AttributeValue::N(u64::from(u32::MAX).to_string()));
+        let old = plan(
+            r#"quotas = [ { limit = 1, period = "day", zone = "Europe/Berlin" },
+               { limit = 1, period = "week", start = "monday", zone = "America/New_York" },
+               { limit = 1, period = "month" } ]"#,
+        );
+        let new = plan(
+            r#"quotas = [ { limit = 1, period = "day", zone = "Asia/Tokyo" },
+               { limit = 1, period = "week", start = "sunday", zone = "Asia/Tokyo" },
+               { limit = 1, period = "month", anchor = 31, zone = "Asia/Tokyo" } ]"#,
+        );
+        // 2100-01-01
+        let from = 4_102_444_800u64;
+        let (mut counters, mut largest, mut most) = (HashMap::new(), 0, 0);
+        for step in 0..800 * 6 {
+            let now = Timestamp::from_secs(from + step * 4 * 3600);
+            let ahead = now.saturating_add(Duration::from_secs(2 * 3600));
+            let day = step / 6;
+            let mut writers = vec![(&old, now), (&old, ahead)];
+            if day >= 400 {
+                writers = vec![(&new, now), (&new, ahead)];
+                if day < 402 {
+                    writers.push((&old, now));
+                }
+            }
+            for (plan, t) in writers {
+                let guess = Snapshot::parse(&counters).expect("parses");
+                apply(&mut counters, &admit(plan.limits(), &guess, t, 1, op_id(t, 0, 0, 0)));
+                let mut item = fixed.clone();
+                item.extend(counters.clone());
+                largest = largest.max(item_size(&item));
+                most = most.max(counters.len());
             }
         }
-        item.insert(
-            TTL.to_owned(),
-            AttributeValue::N((NOW.as_secs() + TTL_SECS).to_string()),
+        assert!(largest <= 1024, "largest item is {largest} bytes ({most} counters)");
+        // AND the kept history is all there at the end: 28 days, 5 weeks, 13 months
+        let kept = DAYS_KEPT + WEEKS_KEPT + MONTHS_KEPT;
+        assert_eq!(
+            counters.len(),
+            kept as usize,
+            "{:?}",
+            counters.keys().collect::<Vec<_>>()
         );
-        for name in OP_ATTRS {
-            item.insert(name.to_owned(), big.clone());
-        }
-        let counters = item.keys().filter(|k| Counter::parse(k).is_some()).count();
-        assert_eq!(counters, (DAYS_KEPT + WEEKS_KEPT + MONTHS_KEPT + 3) as usize);
-        let size = item_size(&item);
-        assert!(size <= 1024, "largest item is {size} bytes");
     }
 
     #[test]
@@ -568,12 +625,13 @@ mod tests {
         // AND an item holding an expired week and a week of another calendar still kept
         let week = limits.quota(Period::Week).expect("week").calendar.clone();
         let old_week = week.expired(NOW);
-        let other = Counter::Start {
-            period: Period::Week,
-            minute: (week.counter(NOW).start().as_secs() / 60 - 60) as u32,
-        };
+        // AND weeks from Sunday of a calendar the plan had: one that may still be running (a
+        // container with the old plan counts on it) and one that surely ended
+        let first = week.counter(NOW).first_day();
+        let other = Counter::of(Period::Week, first - 1);
+        let ended = Counter::of(Period::Week, first - 15);
         let guess = Snapshot {
-            counters: vec![(old_week, 5), (other, 7)],
+            counters: vec![(old_week, 5), (other, 7), (ended, 2)],
             ..Snapshot::default()
         };
         // WHEN it writes
@@ -586,10 +644,12 @@ mod tests {
         assert!(cond.contains("#w <= :wmax") && cond.contains("#m <= :mmax"), "{cond}");
         assert!(!cond.contains(":dmax"), "{cond}");
         assert_eq!(w.values[":wmax"], AttributeValue::N("99".into()));
-        // AND removes the expired week and each kind's counter that just left, never the kept one
+        // AND removes the expired week, each kind's counter that just left, and the other
+        // calendar's week that ended, never the one that may still be running
         let removed = removed(&w);
         assert!(removed.contains(&old_week.to_string().as_str()), "{removed:?}");
+        assert!(removed.contains(&ended.to_string().as_str()), "{removed:?}");
         assert!(!removed.contains(&other.to_string().as_str()), "{removed:?}");
-        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert_eq!(removed.len(), 4, "{removed:?}");
     }
 }
