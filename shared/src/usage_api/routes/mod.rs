@@ -53,14 +53,14 @@ impl UsageApi {
         ))
     }
 
-    /// The limits of the tenant's plan, whose calendars its usage is counted on; a plan the
-    /// policy does not define counts on UTC days and months.
+    /// The limits of the tenant's plan, whose calendars its usage is counted on; 503 for a plan
+    /// the policy does not define, as `GET /v1/usage` answers.
     pub(super) async fn tenant_limits(&self, tenant: &str) -> Result<crate::engine::policy::Limits, Problem> {
         let plan = self.tenant_plan(tenant).await?;
-        Ok(match self.registry.plan(&plan).await? {
-            Some(p) => p.limits().clone(),
-            None => crate::engine::policy::Limits::UNLIMITED,
-        })
+        match self.registry.plan(&plan).await? {
+            Some(p) => Ok(p.limits().clone()),
+            None => Err(Problem::undefined_plan(tenant, &plan)),
+        }
     }
 
     /// The usage plan that stands for `plan` in API Gateway.

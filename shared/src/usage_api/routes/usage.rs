@@ -69,12 +69,10 @@ pub(in crate::usage_api) async fn own_usage(
         Some(p) => p.0.clone(),
         None => api.tenant_plan(&tenant).await?,
     };
-    let plan = plans.plan(&api, &plan_name).await?.ok_or_else(|| {
-        Problem::unavailable(
-            "policy-unavailable",
-            format!("tenant `{tenant}` is on plan `{plan_name}`, which the policy does not define"),
-        )
-    })?;
+    let plan = plans
+        .plan(&api, &plan_name)
+        .await?
+        .ok_or_else(|| Problem::undefined_plan(&tenant, &plan_name))?;
     let usage = api.store.usage(&tenant, plan.limits(), now).await?;
     Ok(json(StatusCode::OK, &usage_view(&tenant, &plan, &usage, now)))
 }
