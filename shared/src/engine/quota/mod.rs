@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::engine::clock::Timestamp;
 
 pub mod calendar;
+pub mod reference;
 
 pub use calendar::{Calendar, Window, zone};
 

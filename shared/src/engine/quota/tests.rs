@@ -308,6 +308,26 @@ proptest! {
         }
     }
 
+    /// The calendar and an independent statement of its periods (jiff's local dates and civil
+    /// arithmetic) agree on the period of every instant.
+    #[test]
+    fn the_reference_agrees(calendar in any_calendar(), secs in 31_536_000u64..4_102_444_800) {
+        let now = Timestamp::from_secs(secs);
+        prop_assert_eq!(reference::counter(&calendar, now), calendar.counter(now), "{:?}", calendar);
+    }
+
+    /// Near the end of the clock's range (u64 nanoseconds end on 2554-07-21): no panic, bounds
+    /// around the instant (an end past the range saturates), names that read back.
+    #[test]
+    fn the_end_of_time_is_sane(calendar in any_calendar(), back in 0u64..40 * 86_400) {
+        let now = Timestamp::from_nanos(u64::MAX - back * 1_000_000_000);
+        let (start, end) = calendar.bounds(now);
+        prop_assert!(start <= now && now <= end, "{start:?} {now:?} {end:?}");
+        let c = calendar.counter(now);
+        prop_assert_eq!(Counter::parse(&c.to_string()), Some(c));
+        prop_assert_eq!(calendar.bounds_of(c).0, start);
+    }
+
     #[test]
     fn civil_round_trip(z in -1_000_000i64..1_000_000) {
         let (y, m, d) = civil_from_days(z);
