@@ -139,13 +139,19 @@ impl ApplyStep {
     }
 }
 
-/// A usage plan's throttle, quota (limit, period) and `tollgate:*` tags.
-type UsageFields = (Option<Throttle>, Option<(i32, QuotaPeriod)>, BTreeMap<String, String>);
+/// A usage plan's throttle, quota (limit, period, offset) and `tollgate:*` tags.
+type UsageFields = (
+    Option<Throttle>,
+    Option<(i32, QuotaPeriod, i32)>,
+    BTreeMap<String, String>,
+);
 
 /// The usage-plan fields and tags that say `spec`. A guarded plan (`mapping::is_guarded`; every
 /// plan apply creates) keeps the exact numbers in tags and its own throttle and quota at the
-/// guard above them; a plan without those tags keeps them in its own throttle and quota (the
-/// first of DAY, MONTH), the rest in tags.
+/// guard above them; a plan without those tags keeps them in its own throttle and quota, the
+/// rest in tags. The own quota is the first of: `daily_quota`, `monthly_quota`, a `quota` or
+/// `quotas` entry a usage plan says exactly (a UTC week from any day, a UTC month from day 1 to
+/// 28, with its offset), so that a plan synced from such a usage plan is applied back unchanged.
 fn usage_fields(name: &str, spec: &PlanSpec, guarded: bool) -> Result<UsageFields, ApplyError> {
     let invalid = |field: &str, reason: String| ApplyError::invalid(format!("plan `{name}`"), field, reason);
     let wide = |n: f64| if guarded { mapping::guard(n) } else { n };
@@ -173,21 +179,33 @@ fn usage_fields(name: &str, spec: &PlanSpec, guarded: bool) -> Result<UsageField
             .map_err(|_| invalid(field, format!("{q} is above API Gateway's quota limit ({})", i32::MAX))),
         None => Ok(None),
     };
-    let quota = match own(spec.daily_quota, "daily_quota", QuotaPeriod::Day)? {
-        Some(q) => Some(q),
-        None => own(spec.monthly_quota, "monthly_quota", QuotaPeriod::Month)?,
+    let entry = spec
+        .quota
+        .iter()
+        .chain(&spec.quotas)
+        .find_map(|q| mapping::quota::usage_plan_quota(q).map(|own| (q, own)));
+    let (quota, own_entry) = match own(spec.daily_quota, "daily_quota", QuotaPeriod::Day)? {
+        Some((q, p)) => (Some((q, p, 0)), None),
+        None => match (own(spec.monthly_quota, "monthly_quota", QuotaPeriod::Month)?, entry) {
+            (Some((q, p)), _) => (Some((q, p, 0)), None),
+            (None, Some((e, (period, offset)))) => {
+                let q = own(Some(e.limit), "quotas", period)?;
+                (q.map(|(q, p)| (q, p, offset)), Some(e))
+            }
+            (None, None) => (None, None),
+        },
     };
     let mut tags = if guarded {
         mapping::guarded_tags_for(name, spec)
     } else {
-        mapping::tags_for(name, spec, quota.as_ref().map(|(_, p)| p.clone()))
+        mapping::tags_for(name, spec, quota.as_ref().map(|(_, p, _)| p.clone()), own_entry)
     };
     // The tag only renames; a usage plan named as the plan needs none.
     tags.remove(TAG_PLAN);
     Ok((throttle, quota, tags))
 }
 
-/// The patches that give `live` this throttle and quota (offset 0 when a quota is set).
+/// The patches that give `live` this throttle and quota.
 fn patches(live: &UsagePlan, throttle: Option<(f64, i32)>, quota: Option<(i32, &str, i32)>) -> Vec<Patch> {
     let mut out = Vec::new();
     let have_t = live.throttle.map(|t| (t.rate, t.burst));
@@ -367,7 +385,7 @@ fn update_plan(
     let update = ApplyStep::update(
         live,
         throttle.map(|t| (t.rate, t.burst)),
-        quota.as_ref().map(|(l, p)| (*l, p.as_str(), 0)),
+        quota.as_ref().map(|(l, p, o)| (*l, p.as_str(), *o)),
     );
     Ok(update.into_iter().chain(retag(live, &tags)).collect())
 }
@@ -492,7 +510,7 @@ fn counterparts<'a>(checkpoint: &'a Checkpoint, plans: &'a [UsagePlan]) -> (Coun
                 quota: was
                     .quota
                     .as_ref()
-                    .map(|(limit, period, _)| (*limit, QuotaPeriod::parse(period))),
+                    .map(|(limit, period, offset)| (*limit, QuotaPeriod::parse(period), *offset)),
                 stages: Vec::new(),
                 tags: was.tags.clone(),
             }));
