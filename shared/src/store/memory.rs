@@ -84,8 +84,13 @@ impl Entry {
     /// the DynamoDB item. A calendar change (another zone, start day or anchor) makes the new
     /// calendar's counter current, with what history already holds for it.
     fn used(&mut self, calendar: &Calendar, now: Timestamp) -> &mut u64 {
+        self.used_in(calendar, calendar.counter(now), now)
+    }
+
+    /// `used`, for `counter`, the one of `calendar`'s period containing `now`, found by the caller
+    /// (once per decision).
+    fn used_in(&mut self, calendar: &Calendar, counter: Counter, now: Timestamp) -> &mut u64 {
         let i = calendar.period().index();
-        let counter = calendar.counter(now);
         let current = self.current[i];
         if current.is_some_and(|c| c.counter > counter && calendar.owns(c.counter)) {
             let slot = match self.history.iter().position(|(h, _)| *h == counter) {
@@ -207,8 +212,11 @@ impl MemoryStore {
             tat: bucket.and_then(|id| entry.tat(id)),
             ..State::default()
         };
+        let mut counters = [None; 3];
         for calendar in req.limits.counted() {
-            state.used[calendar.period().index()] = *entry.used(calendar, req.now);
+            let (i, counter) = (calendar.period().index(), calendar.counter(req.now));
+            counters[i] = Some(counter);
+            state.used[i] = *entry.used_in(calendar, counter, req.now);
         }
         let eval = engine::evaluate(req.limits, &state, req.now, req.weight);
         if let Some(next) = eval.next {
@@ -216,7 +224,10 @@ impl MemoryStore {
                 entry.set_tat(id, tat);
             }
             for calendar in req.limits.counted() {
-                *entry.used(calendar, req.now) = next.used(calendar.period());
+                let p = calendar.period();
+                if let Some(counter) = counters[p.index()] {
+                    *entry.used_in(calendar, counter, req.now) = next.used(p);
+                }
             }
         }
         Ok(eval.decision)

@@ -83,8 +83,15 @@ impl Calendar {
 
     /// Start and end of the period containing `now`.
     pub fn bounds(&self, now: Timestamp) -> (Timestamp, Timestamp) {
-        let label = self.label(now);
-        (self.start_of(label), self.start_of(self.next(label)))
+        let (_, start, end) = self.span(now);
+        (start, end)
+    }
+
+    /// The counter, start and end of the period containing `now`, found once: what a decision
+    /// needs of each quota.
+    pub fn current(&self, now: Timestamp) -> (Counter, Timestamp, Timestamp) {
+        let (label, start, end) = self.span(now);
+        (self.counter_of(label), start, end)
     }
 
     /// Time left until the period containing `now` ends.
@@ -162,17 +169,27 @@ impl Calendar {
     /// where a transition at midnight puts `now` before that period's first instant or past
     /// its last.
     fn label(&self, now: Timestamp) -> i64 {
+        self.span(now).0
+    }
+
+    /// `label`, with the period's start and end found on the way (each boundary is looked up in
+    /// the zone once).
+    fn span(&self, now: Timestamp) -> (i64, Timestamp, Timestamp) {
         let mut label = self.label_of_day(self.local_day(now));
+        let (mut start, mut end) = (self.start_of(label), self.start_of(self.next(label)));
         for _ in 0..3 {
-            if now < self.start_of(label) {
+            if now < start {
+                // The previous period ends where this one starts.
                 label = self.label_of_day(label - 1);
-            } else if now >= self.start_of(self.next(label)) {
+                (start, end) = (self.start_of(label), start);
+            } else if now >= end {
                 label = self.next(label);
+                (start, end) = (end, self.start_of(self.next(label)));
             } else {
                 break;
             }
         }
-        label
+        (label, start, end)
     }
 
     /// The label of the period whose local dates include `day`.

@@ -257,9 +257,9 @@ pub struct QuotaStatus {
 
 impl QuotaStatus {
     pub fn new(quota: &Quota, used: u64, now: Timestamp) -> Self {
-        let (start, end) = quota.calendar.bounds(now);
+        let (counter, start, end) = quota.calendar.current(now);
         QuotaStatus {
-            counter: quota.calendar.counter(now),
+            counter,
             period: quota.calendar.period(),
             limit: quota.limit,
             used,
