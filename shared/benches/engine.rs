@@ -1,4 +1,5 @@
-//! The in-memory engine against `governor`, in the same run: one hot key, and 10k keys.
+//! The in-memory engine against `governor`, in the same run: one hot key, and 10k keys; and a
+//! plan with a day, a week and a month quota in a zone with DST against the same quotas in UTC.
 //!
 //! Both sides look the key up in a concurrent map (keyed limiter against keyed limiter) and read
 //! time from an in-process fake clock, so the figures compare the engines, not the machine's
@@ -107,9 +108,44 @@ fn bench(c: &mut Criterion) {
     many.finish();
 }
 
+/// Quotas on calendars against UTC quotas, each a hot key on its own store.
+fn bench_quotas(c: &mut Criterion) {
+    let clock = ManualClock::new(Timestamp::from_secs(1_795_456_177));
+    // Quotas on calendars: the same hot key, its plan's day, week and month in New York (each
+    // boundary looked up in the tz database) against a day and a month in UTC (arithmetic).
+    let mut zoned = c.benchmark_group("quotas_hot_key");
+    zoned.throughput(Throughput::Elements(1));
+    for (name, spec) in [
+        ("utc", "daily_quota = 1000000000\nmonthly_quota = 1000000000\n"),
+        (
+            "new_york",
+            "quotas = [ { limit = 1000000000, period = \"day\", zone = \"America/New_York\" },\n\
+             { limit = 1000000000, period = \"week\", start = \"monday\", zone = \"America/New_York\" },\n\
+             { limit = 1000000000, period = \"month\", anchor = 15, zone = \"America/New_York\" } ]\n",
+        ),
+    ] {
+        let spec = format!("rate = {RATE}.0\nburst = {RATE}\n{spec}");
+        let plan = tollgate::engine::policy::Plan::new(name, toml::from_str(&spec).expect("spec")).expect("valid");
+        let store = MemoryStore::default();
+        zoned.bench_function(name, |b| {
+            b.iter(|| {
+                let req = Consume {
+                    tenant: black_box("hot"),
+                    limits: plan.limits(),
+                    weight: 1,
+                    now: clock.now(),
+                };
+                clock.advance(TICK);
+                black_box(store.decide(&req).is_ok_and(|d| d.allowed))
+            })
+        });
+    }
+    zoned.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench
+    targets = bench, bench_quotas
 }
 criterion_main!(benches);

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use tollgate::engine::clock::Timestamp;
 use tollgate::engine::gcra::Bucket;
-use tollgate::engine::quota::{Calendar, Counter};
+use tollgate::engine::quota::{Calendar, Counter, reference};
 
 /// One admitted request as seen from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +54,12 @@ pub fn bucket_excess(bucket: &Bucket, admitted: &[Admitted]) -> u64 {
     }
 }
 
-/// Units admitted in each period of `calendar`, by the period an admission was answered in.
+/// Units admitted in each period of `calendar`, by the period an admission was answered in,
+/// found by `quota::reference` (jiff's local dates), not by the calendar the store counted with.
 pub fn per_period(calendar: &Calendar, admitted: &[Admitted]) -> BTreeMap<Counter, u64> {
     let mut used: BTreeMap<Counter, u64> = BTreeMap::new();
     for a in admitted {
-        *used.entry(calendar.counter(a.answered)).or_default() += u64::from(a.weight);
+        *used.entry(reference::counter(calendar, a.answered)).or_default() += u64::from(a.weight);
     }
     used
 }

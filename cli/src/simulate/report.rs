@@ -196,7 +196,7 @@ impl Run<'_> {
                 let calendar = &quota.calendar;
                 for (counter, used) in compliance::per_period(calendar, &admitted) {
                     let kind = calendar.period().index();
-                    let (start, end) = calendar.bounds(counter.start());
+                    let (start, end) = calendar.bounds_of(counter);
                     let p = found
                         .entry((plan.to_owned(), kind, counter))
                         .or_insert_with(|| PeriodResult {

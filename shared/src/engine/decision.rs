@@ -215,7 +215,7 @@ mod tests {
             used,
             remaining: limit - used,
             reset_after: Duration::from_secs(reset),
-            counter: crate::engine::quota::Counter::Start { period, minute: 0 },
+            counter: crate::engine::quota::Counter::of(period, 0),
             window: Duration::from_secs(match period {
                 Period::Day => 86_400,
                 Period::Week => 604_800,

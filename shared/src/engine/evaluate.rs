@@ -325,7 +325,8 @@ mod tests {
                             }
                             state = next;
                             admitted.push((now, u64::from(n)));
-                            for c in calendars.iter().map(|c| c.counter(at)) {
+                            // Grouped by the reference, not by the counters the state rolled on.
+                            for c in calendars.iter().map(|c| crate::engine::quota::reference::counter(c, at)) {
                                 *per_period.entry(c).or_default() += u64::from(n);
                             }
                         }

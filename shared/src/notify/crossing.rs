@@ -8,11 +8,6 @@
 use crate::engine::policy::Plan;
 use crate::engine::quota::{Calendar, Counter};
 
-/// Whether `counter` names a period of `calendar` (and not of another calendar of its kind).
-fn same_calendar(calendar: &Calendar, counter: Counter) -> bool {
-    calendar.counter(counter.start()) == counter
-}
-
 /// The usage at which `threshold` percent of `limit` is reached: ⌈limit × threshold / 100⌉, but
 /// never past the usage at which no request of `min_weight` fits any more, so that 100 % is
 /// reached whenever the quota is spent, even when the cheapest request weighs more than the
@@ -53,7 +48,7 @@ pub fn crossings(plan: &Plan, anchor: Option<u8>, old: &[(Counter, u64)], new: &
         let Some(quota) = limits.quota(counter.period()) else {
             continue;
         };
-        if !same_calendar(&quota.calendar, counter) {
+        if !quota.calendar.owns(counter) {
             continue;
         }
         let limit = quota.limit;

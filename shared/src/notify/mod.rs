@@ -107,7 +107,7 @@ impl Notice {
 
     /// When the period ends.
     fn period_end(&self) -> Timestamp {
-        self.calendar.bounds(self.counter.start()).1
+        self.calendar.bounds_of(self.counter).1
     }
 
     /// The message body.

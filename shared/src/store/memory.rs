@@ -78,32 +78,55 @@ impl Entry {
         }
     }
 
-    /// The current counter of `calendar`'s kind, rolled over when `now` is in a later period or
-    /// the plan's calendar changed (the new calendar's period counts from zero).
-    fn current(&mut self, calendar: &Calendar, now: Timestamp) -> &mut Current {
+    /// The count of `calendar`'s period containing `now`. The current counter only rolls
+    /// forward: a request stamped in an earlier period of the same calendar (it reached the lock
+    /// after one stamped in the next period) counts in that period's history slot, as it would in
+    /// the DynamoDB item. A calendar change (another zone, start day or anchor) makes the new
+    /// calendar's counter current, with what history already holds for it.
+    fn used(&mut self, calendar: &Calendar, now: Timestamp) -> &mut u64 {
+        self.used_in(calendar, calendar.counter(now), now)
+    }
+
+    /// `used`, for `counter`, the one of `calendar`'s period containing `now`, found by the caller
+    /// (once per decision).
+    fn used_in(&mut self, calendar: &Calendar, counter: Counter, now: Timestamp) -> &mut u64 {
         let i = calendar.period().index();
-        let counter = calendar.counter(now);
-        let stale = self.current[i].is_none_or(|c| c.counter != counter);
-        if stale {
-            if let Some(old) = self.current[i].take()
-                && old.used > 0
-            {
+        let current = self.current[i];
+        if current.is_some_and(|c| c.counter > counter && calendar.owns(c.counter)) {
+            let slot = match self.history.iter().position(|(h, _)| *h == counter) {
+                Some(slot) => slot,
+                None => {
+                    self.history.push((counter, 0));
+                    self.history.len() - 1
+                }
+            };
+            return &mut self.history[slot].1;
+        }
+        if current.is_none_or(|c| c.counter != counter) {
+            if let Some(old) = current.filter(|c| c.used > 0) {
                 self.history.push((old.counter, old.used));
-                let window = calendar.window(now);
-                self.history
-                    .retain(|(c, _)| c.period() != calendar.period() || window.is_kept(*c));
             }
+            let used = match self.history.iter().position(|(h, _)| *h == counter) {
+                Some(slot) => self.history.swap_remove(slot).1,
+                None => 0,
+            };
+            // Only what left the window goes: a later period of another calendar is kept for
+            // when the plan changes back.
+            let window = calendar.window(now);
+            self.history.retain(|(c, _)| !window.is_expired(*c));
             self.current[i] = Some(Current {
                 counter,
-                used: 0,
+                used,
                 end: calendar.bounds(now).1,
             });
         }
-        self.current[i].get_or_insert(Current {
-            counter,
-            used: 0,
-            end: now,
-        })
+        &mut self.current[i]
+            .get_or_insert(Current {
+                counter,
+                used: 0,
+                end: now,
+            })
+            .used
     }
 
     fn tat(&self, id: &BucketId) -> Option<Timestamp> {
@@ -189,8 +212,11 @@ impl MemoryStore {
             tat: bucket.and_then(|id| entry.tat(id)),
             ..State::default()
         };
+        let mut counters = [None; 3];
         for calendar in req.limits.counted() {
-            state.used[calendar.period().index()] = entry.current(calendar, req.now).used;
+            let (i, counter) = (calendar.period().index(), calendar.counter(req.now));
+            counters[i] = Some(counter);
+            state.used[i] = *entry.used_in(calendar, counter, req.now);
         }
         let eval = engine::evaluate(req.limits, &state, req.now, req.weight);
         if let Some(next) = eval.next {
@@ -199,8 +225,8 @@ impl MemoryStore {
             }
             for calendar in req.limits.counted() {
                 let p = calendar.period();
-                if let Some(current) = entry.current[p.index()].as_mut() {
-                    current.used = next.used(p);
+                if let Some(counter) = counters[p.index()] {
+                    *entry.used_in(calendar, counter, req.now) = next.used(p);
                 }
             }
         }
@@ -282,7 +308,7 @@ impl Store for MemoryStore {
                 e.routes.clear();
             }
             for calendar in limits.counted().filter(|c| reset.clears(c.period())) {
-                e.current(calendar, now).used = 0;
+                *e.used(calendar, now) = 0;
             }
         }
         Ok(())
@@ -377,6 +403,59 @@ mod tests {
             .decide(&consume("held", &l, NOW))
             .expect("held tenants are served");
         assert_eq!(held.daily.map(|q| q.used), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_request_stamped_before_midnight_that_arrives_after_one_stamped_after_counts_in_its_own_day() {
+        // GIVEN a daily quota of 3, spent by three requests stamped just after midnight
+        let l = Limits::utc(None, Some(3), None);
+        let midnight = Calendar::utc(Period::Day).bounds(NOW).1;
+        let before = Timestamp::from_nanos(midnight.as_nanos() - 1_000_000);
+        let after = midnight.saturating_add(Duration::from_millis(1));
+        let store = MemoryStore::default();
+        for _ in 0..3 {
+            assert!(store.decide(&consume("t", &l, after)).expect("decides").allowed);
+        }
+        // WHEN a request stamped a millisecond before midnight reaches the lock after them
+        let late = store.decide(&consume("t", &l, before)).expect("decides");
+        // THEN it is decided on the day it was stamped in, which had nothing counted
+        assert!(late.allowed);
+        assert_eq!(late.daily.map(|q| q.used), Some(1));
+        // AND today's count is intact: the next request of today is refused
+        let next = store.decide(&consume("t", &l, after)).expect("decides");
+        assert!(!next.allowed, "the late request wiped today's count");
+        // AND the usage holds both days
+        let usage = store.usage("t", &l, after).await.expect("usage");
+        let days: Vec<u64> = usage.of(Period::Day).iter().map(|(_, n)| *n).collect();
+        assert_eq!(days, vec![1, 3]);
+    }
+
+    #[test]
+    fn a_calendar_changed_back_finds_its_count_again() {
+        // GIVEN a weekly quota of 4 from Monday with 3 counted, then the plan's weeks start on
+        // Sunday for one request
+        let weekly = |start: u8| Limits {
+            bucket: None,
+            quotas: [
+                None,
+                Some(crate::engine::quota::Quota {
+                    limit: 4,
+                    calendar: Calendar::new(Period::Week, jiff::tz::TimeZone::UTC, start, 1),
+                }),
+                None,
+            ],
+        };
+        let (monday, sunday) = (weekly(0), weekly(6));
+        let store = MemoryStore::default();
+        for _ in 0..3 {
+            assert!(store.decide(&consume("t", &monday, NOW)).expect("decides").allowed);
+        }
+        assert!(store.decide(&consume("t", &sunday, NOW)).expect("decides").allowed);
+        // WHEN the weeks start on Monday again, in the same week
+        let back = store.decide(&consume("t", &monday, NOW)).expect("decides");
+        // THEN the Monday week's count is where it was
+        assert_eq!(back.weekly.map(|q| q.used), Some(4));
+        assert!(!store.decide(&consume("t", &monday, NOW)).expect("decides").allowed);
     }
 
     #[test]

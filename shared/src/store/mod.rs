@@ -58,20 +58,22 @@ impl Reset {
 
 impl Usage {
     /// The counters inside the kept window of the calendars `limits` counts on (UTC ones for the
-    /// other kinds), sorted.
+    /// other kinds), sorted: only those calendars' own periods (another calendar's counters,
+    /// left by a calendar change, are not this plan's history).
     pub(crate) fn from_counters(
         counters: impl IntoIterator<Item = (Counter, u64)>,
         limits: &Limits,
         now: Timestamp,
     ) -> Usage {
-        let windows = Period::ALL.map(|p| {
-            let calendar = limits.counted().find(|c| c.period() == p);
-            calendar.map_or_else(|| Calendar::utc(p).window(now), |c| c.window(now))
+        let calendars = Period::ALL.map(|p| limits.counted().find(|c| c.period() == p));
+        let windows = Period::ALL.map(|p| match calendars[p.index()] {
+            Some(c) => c.window(now),
+            None => Calendar::utc(p).window(now),
         });
         let mut usage = Usage::default();
         for (c, n) in counters {
             let i = c.period().index();
-            if windows[i].is_kept(c) {
+            if windows[i].is_kept(c) && calendars[i].is_none_or(|cal| cal.owns(c)) {
                 usage.counters[i].push((c, n));
             }
         }

@@ -60,6 +60,15 @@ impl Problem {
         p.retry_after = Some(5);
         p
     }
+
+    /// A tenant on a plan the policy does not define: its periods are unknown until the policy
+    /// has the plan again (a sync or an apply in progress), so every usage route says so alike.
+    pub fn undefined_plan(tenant: &str, plan: &str) -> Problem {
+        Problem::unavailable(
+            "policy-unavailable",
+            format!("tenant `{tenant}` is on plan `{plan}`, which the policy does not define"),
+        )
+    }
 }
 
 impl IntoResponse for Problem {

@@ -9,6 +9,7 @@ use tollgate::policy_table::Record;
 use tollgate::policy_table::audit::{ChangeOutcome, Source};
 
 use super::{AFTER, BEFORE, World};
+use crate::support::apigateway::UsagePlan;
 
 #[tokio::test]
 async fn diff_apply_rollback_round_trip() {
@@ -115,4 +116,36 @@ async fn applying_the_same_file_twice_changes_nothing_the_second_time() {
     assert_eq!(w.control.calls() - calls, 2 * (1 + 2 + 1));
     assert_eq!(w.gateway().await, gateway);
     assert_eq!(w.table.audit_log().history().await.expect("history").len(), history);
+}
+
+#[tokio::test]
+async fn a_synced_week_and_month_with_offsets_are_applied_back_unchanged() {
+    use aws_sdk_apigateway::types::QuotaPeriodType;
+    // GIVEN usage plans written by hand: a WEEK quota from Monday (offset 1) and a MONTH quota
+    // from the 15th (offset 14), synced
+    let w = World::new("ap-southeast-6").await;
+    let weekly = UsagePlan::named("weekly")
+        .throttle(10.0, 20)
+        .quota(700, QuotaPeriodType::Week, 1)
+        .create(&w.gw)
+        .await;
+    UsagePlan::named("billing")
+        .throttle(10.0, 20)
+        .quota(3000, QuotaPeriodType::Month, 14)
+        .create(&w.gw)
+        .await;
+    w.key("acme", "tg_live_weekly", &weekly).await;
+    w.sync().await;
+    let gateway = w.gateway().await;
+    // WHEN the policy that says the same is applied
+    let file = "[plans.weekly]\nrate = 10.0\nburst = 20\n\
+                quotas = [ { limit = 700, period = \"week\", start = \"monday\" } ]\n\
+                [plans.billing]\nrate = 10.0\nburst = 20\n\
+                quotas = [ { limit = 3000, period = \"month\", anchor = 15 } ]\n\
+                [tenants.acme]\nplan = \"weekly\"\n";
+    let report = w.apply(file).await.expect("apply");
+    // THEN API Gateway is as it was: each quota and its offset stay the usage plan's own
+    assert!(report.steps.is_empty(), "{}", report.table());
+    assert_eq!(w.gateway().await, gateway);
+    assert_eq!(gateway["weekly"].1, Some((700, "WEEK".to_owned(), 1)));
 }

@@ -23,8 +23,8 @@ pub struct NewUsagePlan {
     pub name: String,
     pub description: Option<String>,
     pub throttle: Option<Throttle>,
-    /// Limit and period (DAY, WEEK, MONTH).
-    pub quota: Option<(i32, QuotaPeriod)>,
+    /// Limit, period (DAY, WEEK, MONTH) and offset (the day a week or month starts on).
+    pub quota: Option<(i32, QuotaPeriod, i32)>,
     /// `(api id, stage)` pairs the plan covers.
     pub stages: Vec<(String, String)>,
     pub tags: BTreeMap<String, String>,
@@ -162,11 +162,12 @@ impl ControlWrites for ApiGateway {
                     .build(),
             );
         }
-        if let Some((limit, period)) = &plan.quota {
+        if let Some((limit, period, offset)) = &plan.quota {
             call = call.quota(
                 sdk::QuotaSettings::builder()
                     .limit(*limit)
                     .period(sdk::QuotaPeriodType::from(period.as_str()))
+                    .offset(*offset)
                     .build(),
             );
         }

@@ -54,6 +54,9 @@ pub struct SyncReport {
     pub revoked: Vec<String>,
     /// What API Gateway says that Tollgate does not enforce as written; left untouched.
     pub problems: Vec<SyncProblem>,
+    /// Plans enforced with something of theirs ignored (a DAY quota's offset).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<SyncProblem>,
     /// Items another writer changed while this sync ran, left as that writer made them (the next
     /// sync reads its change).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -92,6 +95,9 @@ impl SyncReport {
         }
         for p in &self.problems {
             out.push_str(&format!("not enforced: {}: {}\n", p.subject, p.reason));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("enforced, with a warning: {}: {}\n", w.subject, w.reason));
         }
         for pk in &self.left_to_other_writers {
             out.push_str(&format!(
@@ -163,6 +169,7 @@ pub async fn run_as(
             tenants: desired.tenants.len(),
             keys: desired.keys.len(),
             problems: desired.problems.clone(),
+            warnings: desired.warnings.clone(),
             retries,
             ..SyncReport::default()
         };

@@ -6,12 +6,14 @@
 //! A period is named by its first local date (its *label*, as days since 1970-01-01) and starts
 //! at the first instant whose local date is that date or later; it ends where the next one
 //! starts. So periods are contiguous and ordered, and each instant is in exactly one.
+//!
+//! Zone names that are UTC by another spelling (`GMT`, `Etc/UCT`, `Zulu`, …) are UTC itself.
 
 use std::time::Duration;
 
 use jiff::tz::{AmbiguousOffset, TimeZone};
 
-use super::{Counter, Period, civil_from_days, days_from_civil};
+use super::{Counter, Period, civil_from_days, days_from_civil, days_in_month};
 use crate::engine::clock::Timestamp;
 
 const SECS_PER_DAY: i64 = 86_400;
@@ -101,16 +103,17 @@ impl Calendar {
         self.zone == TimeZone::UTC
     }
 
-    /// Whether the period's counters keep the names of UTC days (`dYYYYMMDD`) and UTC months
-    /// from the 1st (`mYYYYMM`), so items written before calendars existed keep counting.
-    fn is_legacy(&self) -> bool {
-        self.is_utc() && matches!((self.period, self.anchor), (Period::Day, _) | (Period::Month, 1))
-    }
-
     /// Start and end of the period containing `now`.
     pub fn bounds(&self, now: Timestamp) -> (Timestamp, Timestamp) {
-        let label = self.label(now);
-        (self.start_of(label), self.start_of(self.next(label)))
+        let (_, start, end) = self.span(now);
+        (start, end)
+    }
+
+    /// The counter, start and end of the period containing `now`, found once: what a decision
+    /// needs of each quota.
+    pub fn current(&self, now: Timestamp) -> (Counter, Timestamp, Timestamp) {
+        let (label, start, end) = self.span(now);
+        (self.counter_of(label), start, end)
     }
 
     /// Time left until the period containing `now` ends.
@@ -121,6 +124,11 @@ impl Calendar {
     /// The counter of the period containing `now`.
     pub fn counter(&self, now: Timestamp) -> Counter {
         self.counter_of(self.label(now))
+    }
+
+    /// Whether `c` names one of this calendar's periods (not another calendar's of its kind).
+    pub fn owns(&self, c: Counter) -> bool {
+        c.period() == self.period && self.counter_of(self.label_of_day(c.first_day())) == c
     }
 
     /// The counter of the period `Period::kept` periods before the one containing `now`: the one
@@ -134,8 +142,8 @@ impl Calendar {
         let label = self.label(now);
         Window {
             period: self.period,
-            gone: self.counter_of(self.back(label, self.period.kept())).start(),
-            current: self.counter_of(label).start(),
+            gone: self.back(label, self.period.kept()),
+            current: label,
         }
     }
 
@@ -161,10 +169,7 @@ impl Calendar {
     /// A period as people name it: its first local date, `YYYY-MM-DD`, or `YYYY-MM` for a
     /// month from the 1st.
     pub fn name(&self, c: Counter) -> String {
-        let (y, m, d) = civil_from_days(match c {
-            Counter::Start { .. } => self.local_day(c.start()),
-            _ => (c.start().as_secs() / SECS_PER_DAY as u64) as i64,
-        });
+        let (y, m, d) = civil_from_days(c.first_day());
         if self.period == Period::Month && self.anchor == 1 {
             format!("{y:04}-{m:02}")
         } else {
@@ -173,42 +178,40 @@ impl Calendar {
     }
 
     fn counter_of(&self, label: i64) -> Counter {
-        if self.is_legacy() {
-            let (y, m, d) = civil_from_days(label);
-            return match self.period {
-                Period::Month => Counter::Month {
-                    y: y as i32,
-                    m: m as u8,
-                },
-                _ => Counter::Day {
-                    y: y as i32,
-                    m: m as u8,
-                    d: d as u8,
-                },
-            };
-        }
-        let minute = self.start_of(label).as_secs() / 60;
-        Counter::Start {
-            period: self.period,
-            minute: u32::try_from(minute).unwrap_or(u32::MAX),
-        }
+        Counter::of(self.period, label)
+    }
+
+    /// Start and end of the period `c` names, in this calendar (the period of `c`'s first date).
+    pub fn bounds_of(&self, c: Counter) -> (Timestamp, Timestamp) {
+        let label = self.label_of_day(c.first_day());
+        (self.start_of(label), self.start_of(self.next(label)))
     }
 
     /// The label of the period containing `now`: the period of its local date, moved by one
     /// where a transition at midnight puts `now` before that period's first instant or past
     /// its last.
     fn label(&self, now: Timestamp) -> i64 {
+        self.span(now).0
+    }
+
+    /// `label`, with the period's start and end found on the way (each boundary is looked up in
+    /// the zone once).
+    fn span(&self, now: Timestamp) -> (i64, Timestamp, Timestamp) {
         let mut label = self.label_of_day(self.local_day(now));
+        let (mut start, mut end) = (self.start_of(label), self.start_of(self.next(label)));
         for _ in 0..3 {
-            if now < self.start_of(label) {
+            if now < start {
+                // The previous period ends where this one starts.
                 label = self.label_of_day(label - 1);
-            } else if now >= self.start_of(self.next(label)) {
+                (start, end) = (self.start_of(label), start);
+            } else if now >= end {
                 label = self.next(label);
+                (start, end) = (end, self.start_of(self.next(label)));
             } else {
                 break;
             }
         }
-        label
+        (label, start, end)
     }
 
     /// The label of the period whose local dates include `day`.
@@ -285,10 +288,10 @@ impl Calendar {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     period: Period,
-    /// Start of the last period that left the window.
-    gone: Timestamp,
-    /// Start of the current period.
-    current: Timestamp,
+    /// First local date of the last period that left the window.
+    gone: i64,
+    /// First local date of the current period.
+    current: i64,
 }
 
 impl Window {
@@ -296,24 +299,31 @@ impl Window {
     /// period that left the window (whatever calendar wrote it). Never one of the writer's own
     /// period or a later one: another container's clock may be ahead.
     pub fn is_expired(&self, c: Counter) -> bool {
-        c.period() == self.period && c.start() <= self.gone
+        c.period() == self.period && c.first_day() <= self.gone
+    }
+
+    /// Whether `c`, a counter of this kind, surely ended before the current period started,
+    /// whatever calendar (zone, start day, anchor) it belongs to: it started more than the
+    /// longest period of its kind, plus two days for zones that differ, before.
+    pub fn has_ended(&self, c: Counter) -> bool {
+        let longest = match self.period {
+            Period::Day => 1,
+            Period::Week => 7,
+            Period::Month => 31,
+        };
+        c.period() == self.period && c.first_day() + longest + 2 <= self.current
     }
 
     /// Whether `c` is a counter of this kind inside the window (the current period included,
     /// later ones not).
     pub fn is_kept(&self, c: Counter) -> bool {
-        c.period() == self.period && c.start() > self.gone && c.start() <= self.current
+        c.period() == self.period && c.first_day() > self.gone && c.first_day() <= self.current
     }
 }
 
 /// 0 = Monday … 6 = Sunday; 1970-01-01 was a Thursday.
 fn weekday(day: i64) -> i64 {
     (day + 3).rem_euclid(7)
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    (days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)) as u32
 }
 
 fn to_jiff(t: Timestamp) -> jiff::Timestamp {
@@ -324,10 +334,13 @@ fn from_jiff(t: jiff::Timestamp) -> Timestamp {
     Timestamp::from_nanos(u64::try_from(t.as_nanosecond().max(0)).unwrap_or(u64::MAX))
 }
 
-/// A zone by its IANA name, from the bundled database; `UTC` and `Etc/UTC` are UTC itself.
+/// A zone by its IANA name, from the bundled database; the names of UTC and of the fixed offset
+/// 0 are UTC itself (its fast path, and one spelling in what the usage API shows).
 pub fn zone(name: &str) -> Option<TimeZone> {
     match name {
-        "UTC" | "Etc/UTC" => Some(TimeZone::UTC),
+        "UTC" | "Etc/UTC" | "GMT" | "Etc/GMT" | "UCT" | "Etc/UCT" | "Zulu" | "Etc/Zulu" | "Universal"
+        | "Etc/Universal" | "Greenwich" | "Etc/Greenwich" | "GMT0" | "Etc/GMT0" | "GMT+0" | "GMT-0" | "Etc/GMT+0"
+        | "Etc/GMT-0" => Some(TimeZone::UTC),
         _ => TimeZone::get(name).ok(),
     }
 }

@@ -1,11 +1,14 @@
 //! Quotas on a calendar: day, week and month periods in a time zone (`calendar`), the counter
 //! that names a period, and a quota's state at an instant.
 //!
-//! Counter names double as DynamoDB attribute names. A UTC day is `dYYYYMMDD` and a UTC month
-//! from the 1st is `mYYYYMM`, as before calendars existed, so existing items keep counting; every
-//! other period is named by its kind (`D`, `W`, `M`) and the epoch minute of its first instant in
-//! base 36 (`W` + at most 6 digits until 2554), so a tenant's usage history is a handful of short
-//! attributes on its one state item.
+//! Counter names double as DynamoDB attribute names. A period is named by its kind and its first
+//! local date, never by an instant, so the name does not depend on how the zone is spelled or on
+//! the tz database's version: a day is `dYYYYMMDD` and a month from the 1st `mYYYYMM` (the names
+//! UTC days and months had before calendars existed, so existing items keep counting); a week
+//! and a month from another day are `W`/`M` and the date as days since 1970-01-01 in base 36
+//! (`Wfrb`, at most 4 digits until the year 6568). The week's start day and the month's anchor
+//! are implied by the date; the zone is not part of the name on purpose: a calendar change that
+//! keeps the current period's first local date keeps counting in it.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -16,6 +19,7 @@ use serde::Serialize;
 use crate::engine::clock::Timestamp;
 
 pub mod calendar;
+pub mod reference;
 
 pub use calendar::{Calendar, Window, zone};
 
@@ -87,41 +91,75 @@ impl Period {
 /// One period's counter. Eight bytes: caches hold many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Counter {
-    /// A UTC day, `dYYYYMMDD`.
+    /// A day, `dYYYYMMDD`: its local date.
     Day { y: i32, m: u8, d: u8 },
-    /// A UTC month from the 1st, `mYYYYMM`.
+    /// A month from the 1st, `mYYYYMM`.
     Month { y: i32, m: u8 },
-    /// Any other period: its kind and the epoch minute it starts at, `D`/`W`/`M` + base 36.
-    Start { period: Period, minute: u32 },
+    /// A week, or a month from another day: `W`/`M` + its first local date (days since
+    /// 1970-01-01) in base 36.
+    Start { period: Period, day: u32 },
 }
 
+/// The most base-36 digits of a date in a `Start` name. Names with more are not counters: five
+/// or six digits were the start minutes of an earlier naming that never shipped in a release,
+/// and such attributes are ignored (and expire with the idle item).
+const MAX_DATE_DIGITS: usize = 4;
+
 impl Counter {
+    /// The counter of a period of `period` kind whose first local date is `day` (days since
+    /// 1970-01-01, brought into the range names can hold).
+    pub fn of(period: Period, day: i64) -> Counter {
+        let day = day.clamp(0, 36_i64.pow(MAX_DATE_DIGITS as u32) - 1);
+        let (y, m, d) = civil_from_days(day);
+        match period {
+            Period::Day => Counter::Day {
+                y: y as i32,
+                m: m as u8,
+                d: d as u8,
+            },
+            Period::Month if d == 1 => Counter::Month {
+                y: y as i32,
+                m: m as u8,
+            },
+            _ => Counter::Start {
+                period,
+                day: day as u32,
+            },
+        }
+    }
+
     /// Parses a counter name; `None` for anything else (other attributes of the state item).
     pub fn parse(name: &str) -> Option<Counter> {
         let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        match (name.as_bytes().first(), name.len()) {
+        let c = match (name.as_bytes().first(), name.len()) {
             (Some(b'd'), 9) if digits(&name[1..]) => {
                 let (y, m, d) = (
                     name[1..5].parse().ok()?,
                     name[5..7].parse().ok()?,
                     name[7..9].parse().ok()?,
                 );
-                ((1..=12).contains(&m) && (1..=31).contains(&d)).then_some(Counter::Day { y, m, d })
+                let valid =
+                    (1..=12).contains(&m) && d >= 1 && u32::from(d) <= days_in_month(i64::from(y), u32::from(m));
+                valid.then_some(Counter::Day { y, m, d })?
             }
             (Some(b'm'), 7) if digits(&name[1..]) => {
                 let (y, m) = (name[1..5].parse().ok()?, name[5..7].parse().ok()?);
-                (1..=12).contains(&m).then_some(Counter::Month { y, m })
+                (1..=12).contains(&m).then_some(Counter::Month { y, m })?
             }
-            (Some(&letter), 2..=8) => {
-                let period = Period::ALL.into_iter().find(|p| p.letter() as u8 == letter)?;
+            (Some(&letter), 2..) if name.len() <= MAX_DATE_DIGITS + 1 => {
+                let period = [Period::Week, Period::Month]
+                    .into_iter()
+                    .find(|p| p.letter() as u8 == letter)?;
                 let digits = &name[1..];
                 let canonical = digits.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
                     && (digits == "0" || !digits.starts_with('0'));
-                let minute = u32::from_str_radix(digits, 36).ok().filter(|_| canonical)?;
-                Some(Counter::Start { period, minute })
+                let day = u32::from_str_radix(digits, 36).ok().filter(|_| canonical)?;
+                Counter::Start { period, day }
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        // One name per period: a month from the 1st is only ever `mYYYYMM`.
+        (Counter::of(c.period(), c.first_day()) == c).then_some(c)
     }
 
     pub fn period(&self) -> Period {
@@ -132,24 +170,30 @@ impl Counter {
         }
     }
 
-    /// The first instant of the counter's period (to the minute, for names by start).
-    pub fn start(&self) -> Timestamp {
-        let day = |y: i32, m: u8, d: u8| {
-            let days = days_from_civil(i64::from(y), u32::from(m), u32::from(d));
-            Timestamp::from_secs(days.max(0) as u64 * SECS_PER_DAY)
-        };
+    /// The period's first local date, as days since 1970-01-01.
+    pub fn first_day(&self) -> i64 {
         match *self {
-            Counter::Day { y, m, d } => day(y, m, d),
-            Counter::Month { y, m } => day(y, m, 1),
-            Counter::Start { minute, .. } => Timestamp::from_secs(u64::from(minute) * 60),
+            Counter::Day { y, m, d } => days_from_civil(i64::from(y), u32::from(m), u32::from(d)),
+            Counter::Month { y, m } => days_from_civil(i64::from(y), u32::from(m), 1),
+            Counter::Start { day, .. } => i64::from(day),
         }
     }
 }
 
 impl Ord for Counter {
-    /// By kind, then by start.
+    /// By kind, then by first date, then (for values built by hand that `of` and `parse` never
+    /// give, such as `Start` for a month from the 1st) by variant and fields: total, and equal
+    /// exactly when `Eq` says so.
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.period(), self.start()).cmp(&(other.period(), other.start()))
+        let key = |c: &Counter| {
+            let raw = match *c {
+                Counter::Day { y, m, d } => (0, y, u32::from(m) << 8 | u32::from(d)),
+                Counter::Month { y, m } => (1, y, u32::from(m)),
+                Counter::Start { day, .. } => (2, 0, day),
+            };
+            (c.period(), c.first_day(), raw)
+        };
+        key(self).cmp(&key(other))
     }
 }
 
@@ -164,9 +208,9 @@ impl fmt::Display for Counter {
         match *self {
             Counter::Day { y, m, d } => write!(f, "d{y:04}{m:02}{d:02}"),
             Counter::Month { y, m } => write!(f, "m{y:04}{m:02}"),
-            Counter::Start { period, minute } => {
+            Counter::Start { period, day } => {
                 let mut digits = [0u8; 7];
-                let (mut n, mut i) = (minute, digits.len());
+                let (mut n, mut i) = (day, digits.len());
                 loop {
                     i -= 1;
                     digits[i] = b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize];
@@ -213,9 +257,9 @@ pub struct QuotaStatus {
 
 impl QuotaStatus {
     pub fn new(quota: &Quota, used: u64, now: Timestamp) -> Self {
-        let (start, end) = quota.calendar.bounds(now);
+        let (counter, start, end) = quota.calendar.current(now);
         QuotaStatus {
-            counter: quota.calendar.counter(now),
+            counter,
             period: quota.calendar.period(),
             limit: quota.limit,
             used,
@@ -250,6 +294,11 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+pub(crate) fn days_in_month(y: i64, m: u32) -> u32 {
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    (days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)) as u32
 }
 
 pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {

@@ -37,29 +37,66 @@ fn utc_days_and_months_keep_their_names() {
 }
 
 #[test]
-fn other_periods_are_named_by_their_start_minute() {
-    // GIVEN a week from Monday in New York WHEN named THEN `W` and the start minute in base 36
+fn periods_are_named_by_kind_and_first_local_date() {
+    // GIVEN a week from Monday in New York WHEN named THEN `W` and its first date in base 36
     let week = cal(Period::Week, "America/New_York", 0, 1);
-    let c = week.counter(NOW);
     let (start, _) = week.bounds(NOW);
     assert_eq!(utc(start), "2026-11-23T05:00:00Z"); // Monday 00:00 EST
     assert_eq!(
-        c,
+        week.counter(NOW),
         Counter::Start {
             period: Period::Week,
-            minute: (start.as_secs() / 60) as u32
+            day: 20_780
         }
     );
-    assert!(c.to_string().starts_with('W') && c.to_string().len() <= 7, "{c}");
-    assert_eq!(Counter::parse(&c.to_string()), Some(c));
-    // AND a UTC month on another anchor is named by start too
-    let m15 = cal(Period::Month, "UTC", 0, 15);
-    assert!(m15.counter(NOW).to_string().starts_with('M'));
+    assert_eq!(week.counter(NOW).to_string(), "Wg18");
+    // AND a month from the 15th is `M` and the 15th; one from the 1st keeps `mYYYYMM` in any zone
+    assert_eq!(cal(Period::Month, "UTC", 0, 15).counter(NOW).to_string(), "Mg10");
+    assert_eq!(
+        cal(Period::Month, "Asia/Tokyo", 0, 1).counter(NOW).to_string(),
+        "m202611"
+    );
+    // AND a day is its local date in any zone: Tokyo is already on the 24th
+    assert_eq!(
+        cal(Period::Day, "Asia/Tokyo", 0, 1).counter(NOW).to_string(),
+        "d20261124"
+    );
+}
+
+#[test]
+fn the_same_period_has_one_name_whatever_the_zone_is_called() {
+    // GIVEN UTC, its other spellings, and London in winter (the same instants as UTC)
+    for period in Period::ALL {
+        let utc = cal(period, "UTC", 0, 1).counter(NOW);
+        for name in [
+            "GMT",
+            "Etc/GMT",
+            "UCT",
+            "Zulu",
+            "Etc/Universal",
+            "Universal",
+            "Etc/UCT",
+            "Etc/Zulu",
+            "Greenwich",
+            "Etc/Greenwich",
+            "GMT0",
+            "Etc/GMT0",
+            "Etc/GMT+0",
+            "Etc/GMT-0",
+            "Europe/London",
+        ] {
+            // THEN each names the period as UTC does, and the aliases are UTC itself
+            assert_eq!(cal(period, name, 0, 1).counter(NOW), utc, "{name} {period:?}");
+            if name != "Europe/London" {
+                assert_eq!(cal(period, name, 0, 1).zone_name(), "UTC", "{name}");
+            }
+        }
+    }
 }
 
 #[test]
 fn parse_round_trips_and_rejects_other_names() {
-    for name in ["d20261123", "m202611", "d20240229", "W0", "Dhkmn3", "M5ag2q0"] {
+    for name in ["d20261123", "m202611", "d20240229", "W0", "Wg18", "Mg10", "Mzzzz"] {
         assert_eq!(Counter::parse(name).map(|c| c.to_string()).as_deref(), Some(name));
     }
     for name in [
@@ -68,15 +105,35 @@ fn parse_round_trips_and_rejects_other_names() {
         "m202613",
         "x20261123",
         "d2026112a",
+        "d20260231",
         "pk",
         "ttl",
         "W",
         "W01",
         "WAB",
+        "Dg18",
+        // a month from the 1st is only `mYYYYMM`: 2026-11-01
+        "Mg0m", // start minutes, an earlier naming: not counters
+        "Whkmn3",
+        "Dhkmn3",
+        "M5ag2q0",
         "Wzzzzzzz",
     ] {
         assert_eq!(Counter::parse(name), None, "{name}");
     }
+}
+
+#[test]
+fn counters_order_by_kind_then_date_and_agree_with_eq() {
+    let hand_made = Counter::Start {
+        period: Period::Month,
+        day: 20_758,
+    }; // 2026-11-01
+    let month = Counter::parse("m202611").expect("month");
+    assert_eq!(month.first_day(), hand_made.first_day());
+    assert_ne!(month.cmp(&hand_made), std::cmp::Ordering::Equal);
+    assert!(Counter::parse("d20261231") < Counter::parse("Wg18"));
+    assert!(Counter::parse("Mg10") < Counter::parse("m202612"));
 }
 
 #[test]
@@ -249,6 +306,26 @@ proptest! {
                     "{calendar:?}: period starts at local {local} after {before}");
             }
         }
+    }
+
+    /// The calendar and an independent statement of its periods (jiff's local dates and civil
+    /// arithmetic) agree on the period of every instant.
+    #[test]
+    fn the_reference_agrees(calendar in any_calendar(), secs in 31_536_000u64..4_102_444_800) {
+        let now = Timestamp::from_secs(secs);
+        prop_assert_eq!(reference::counter(&calendar, now), calendar.counter(now), "{:?}", calendar);
+    }
+
+    /// Near the end of the clock's range (u64 nanoseconds end on 2554-07-21): no panic, bounds
+    /// around the instant (an end past the range saturates), names that read back.
+    #[test]
+    fn the_end_of_time_is_sane(calendar in any_calendar(), back in 0u64..40 * 86_400) {
+        let now = Timestamp::from_nanos(u64::MAX - back * 1_000_000_000);
+        let (start, end) = calendar.bounds(now);
+        prop_assert!(start <= now && now <= end, "{start:?} {now:?} {end:?}");
+        let c = calendar.counter(now);
+        prop_assert_eq!(Counter::parse(&c.to_string()), Some(c));
+        prop_assert_eq!(calendar.bounds_of(c).0, start);
     }
 
     #[test]

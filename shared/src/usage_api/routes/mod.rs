@@ -60,14 +60,14 @@ impl UsageApi {
     }
 
     /// The limits of the tenant's plan, whose calendars its usage is counted on (months on its
-    /// own anchor day where the plan says so); a plan the policy does not define counts on UTC
-    /// days and months.
+    /// own anchor day where the plan says so); 503 for a plan the policy does not define, as
+    /// `GET /v1/usage` answers.
     pub(super) async fn tenant_limits(&self, tenant: &str) -> Result<crate::engine::policy::Limits, Problem> {
         let record = self.tenant_record(tenant).await?;
-        Ok(match self.registry.plan(&record.plan).await? {
-            Some(p) => p.limits().clone().anchored(record.anchor),
-            None => crate::engine::policy::Limits::UNLIMITED,
-        })
+        match self.registry.plan(&record.plan).await? {
+            Some(p) => Ok(p.limits().clone().anchored(record.anchor)),
+            None => Err(Problem::undefined_plan(tenant, &record.plan)),
+        }
     }
 
     /// The usage plan that stands for `plan` in API Gateway.

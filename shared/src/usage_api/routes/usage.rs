@@ -69,12 +69,10 @@ pub(in crate::usage_api) async fn own_usage(
         Some(p) => p.0.clone(),
         None => api.tenant_plan(&tenant).await?,
     };
-    let plan = plans.plan(&api, &plan_name).await?.ok_or_else(|| {
-        Problem::unavailable(
-            "policy-unavailable",
-            format!("tenant `{tenant}` is on plan `{plan_name}`, which the policy does not define"),
-        )
-    })?;
+    let plan = plans
+        .plan(&api, &plan_name)
+        .await?
+        .ok_or_else(|| Problem::undefined_plan(&tenant, &plan_name))?;
     // The tenant's anchor day is read only for a plan whose months start on it.
     let anchor = match plan.limits().quotas().any(|q| q.calendar.is_tenant_anchored()) {
         true => api.tenant_record(&tenant).await?.anchor,

@@ -126,3 +126,15 @@ async fn weekly_history_is_by_local_weeks_and_clamped_to_the_kept_ones() {
     let (s, ct, none) = call(&w, get("/v1/tenants/alpha/usage?granularity=week")).await;
     assert_problem(s, &ct, &none, StatusCode::CONFLICT, "no weekly quota");
 }
+
+#[tokio::test]
+async fn a_tenant_on_a_plan_the_policy_lacks_gets_503_from_history_as_from_its_own_usage() {
+    // GIVEN alpha on a plan the policy does not define (a sync or an apply in progress)
+    let w = admin_world();
+    w.dir.put_tenant("alpha", "gone");
+    // WHEN its history is read
+    let (s, ct, history) = call(&w, get("/v1/tenants/alpha/usage")).await;
+    // THEN it answers 503 naming the plan, as `GET /v1/usage` does, not a history on UTC days
+    assert_problem(s, &ct, &history, StatusCode::SERVICE_UNAVAILABLE, "plan `gone`");
+    assert_eq!(history["type"], "urn:tollgate:problem:policy-unavailable");
+}

@@ -47,6 +47,8 @@ pub struct Desired {
     /// so their item's key (the hash) is unknown here.
     pub held_key_ids: BTreeSet<String>,
     pub problems: Vec<SyncProblem>,
+    /// Plans enforced all the same, with what Tollgate does not take from them (a DAY offset).
+    pub warnings: Vec<SyncProblem>,
 }
 
 /// The plan name a usage plan stands for: its `tollgate:plan` tag, else its name.
@@ -85,6 +87,12 @@ impl Desired {
             if let [plan] = group.as_slice() {
                 match plan_spec(plan) {
                     Ok(spec) => {
+                        if let Some(reason) = plan.quota.as_ref().and_then(quota::day_offset_warning) {
+                            self.warnings.push(SyncProblem {
+                                subject: subject(plan),
+                                reason,
+                            });
+                        }
                         self.plans.insert((*name).to_owned(), spec);
                     }
                     Err(reason) => self.hold(plan_pk(name), subject(plan), reason),

@@ -1,16 +1,18 @@
 //! A usage plan's quota as a plan's quota, and the `tollgate:quotas` tag that carries quotas on a
 //! calendar a usage plan cannot say (a zone, a month anchor API Gateway has no offset for).
 //!
-//! API Gateway's `offset`: its references disagree (the CloudFormation and older SDK references
-//! call it the day a period starts, 0 = Sunday for `WEEK`; the current API reference calls it
-//! requests taken off the first period). Tollgate reads it as the start day, the reading whose
-//! ranges API Gateway accepts (see docs/plan-sync.md): `WEEK` 0 to 6 is the weekday a week
-//! starts on, 0 = Sunday; `MONTH` 0 to 27 starts months on day `offset + 1`; `DAY` takes 0 only.
+//! API Gateway's `offset`: its references disagree (SDK references generated from the API model
+//! call it the day a period starts, 0 = Sunday for `WEEK`; CloudFormation and the API reference
+//! call it requests taken off the first period). Tollgate reads it as the start day (see
+//! docs/plan-sync.md, which says what is unverified): `WEEK` 0 to 6 is the weekday a week starts
+//! on, 0 = Sunday; `MONTH` 0 to 27 starts months on day `offset + 1`; a `DAY` offset is ignored.
 //! Periods are UTC, as API Gateway's are.
 
 use crate::control::apigateway::model::{Quota, QuotaPeriod};
 use crate::engine::policy::{AnchorSpec, PlanSpec, QuotaSpec, WEEKDAYS};
-use crate::engine::quota::Period;
+use jiff::tz::TimeZone;
+
+use crate::engine::quota::{Period, zone};
 
 /// Tag carrying quotas on calendars: `week:5000:monday:America/New_York,month:15000:15` (period,
 /// limit, start day or anchor or `-`, and an optional zone), one entry per period kind. An entry
@@ -32,7 +34,9 @@ pub(super) fn own_quota(q: &Quota, spec: &mut PlanSpec) -> Result<(), String> {
         zone: None,
     };
     match (&q.period, q.offset) {
-        (QuotaPeriod::Day, 0) => spec.daily_quota = Some(limit),
+        // A DAY offset has no day to name: the plan is enforced as a UTC day, with a warning
+        // (`day_offset_warning`).
+        (QuotaPeriod::Day, o) if o >= 0 => spec.daily_quota = Some(limit),
         (QuotaPeriod::Month, 0) => spec.monthly_quota = Some(limit),
         (QuotaPeriod::Week, o @ 0..=6) => {
             // 0 = Sunday; WEEKDAYS counts from Monday.
@@ -44,9 +48,7 @@ pub(super) fn own_quota(q: &Quota, spec: &mut PlanSpec) -> Result<(), String> {
                 .push(entry("month", None, Some(AnchorSpec::Day(i64::from(o) + 1))));
         }
         (QuotaPeriod::Day, o) => {
-            return Err(format!(
-                "quota.offset = {o}: a DAY quota starts at 00:00 UTC and takes offset 0 only"
-            ));
+            return Err(format!("quota.offset = {o}: an offset is not negative"));
         }
         (QuotaPeriod::Week, o) => {
             return Err(format!(
@@ -65,6 +67,49 @@ pub(super) fn own_quota(q: &Quota, spec: &mut PlanSpec) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The usage-plan quota (period, offset) that says a `quota`/`quotas` entry exactly: a day, a
+/// week from any day or a month from day 1 to 28, in UTC (API Gateway's periods are UTC), the
+/// inverse of `own_quota`; `None` for any other, which only the `tollgate:quotas` tag says.
+pub fn usage_plan_quota(q: &QuotaSpec) -> Option<(QuotaPeriod, i32)> {
+    if q.zone.as_deref().is_some_and(|z| zone(z) != Some(TimeZone::UTC)) {
+        return None;
+    }
+    match (Period::parse(&q.period)?, &q.start, &q.anchor) {
+        (Period::Day, None, None) => Some((QuotaPeriod::Day, 0)),
+        (Period::Week, start, None) => {
+            let monday = match start {
+                None => 0,
+                Some(day) => WEEKDAYS.iter().position(|w| w.eq_ignore_ascii_case(day))?,
+            };
+            // 0 = Sunday for API Gateway; WEEKDAYS counts from Monday.
+            Some((QuotaPeriod::Week, ((monday + 1) % 7) as i32))
+        }
+        (Period::Month, None, anchor) => {
+            let day = match anchor {
+                None => 1,
+                Some(AnchorSpec::Day(d)) => *d,
+                Some(AnchorSpec::Named(_)) => return None,
+            };
+            (1..=i64::from(MAX_MONTH_OFFSET) + 1)
+                .contains(&day)
+                .then(|| (QuotaPeriod::Month, (day - 1) as i32))
+        }
+        _ => None,
+    }
+}
+
+/// What a sync reports of a DAY quota with an offset above 0, which it enforces as a UTC day
+/// from 00:00 all the same: neither reading of `offset` changes that day (it has no start day
+/// to move, and requests taken off the plan's first period were taken long ago).
+pub fn day_offset_warning(q: &Quota) -> Option<String> {
+    (q.period == QuotaPeriod::Day && q.offset > 0).then(|| {
+        format!(
+            "quota.offset = {}: a DAY quota is enforced from 00:00 UTC, its offset ignored",
+            q.offset
+        )
+    })
 }
 
 /// The `tollgate:quotas` tag into `spec`: each entry replaces what the spec had of its kind.
@@ -148,6 +193,31 @@ mod tests {
     }
 
     #[test]
+    fn a_week_or_month_entry_a_usage_plan_says_maps_back_to_its_offset() {
+        // GIVEN every WEEK and MONTH offset WHEN read into an entry and written back THEN the same
+        for (period, offsets) in [(QuotaPeriod::Week, 0..=6), (QuotaPeriod::Month, 1..=MAX_MONTH_OFFSET)] {
+            for o in offsets {
+                let spec = own(period.clone(), o).expect("maps");
+                assert_eq!(usage_plan_quota(&spec.quotas[0]), Some((period.clone(), o)));
+            }
+        }
+        // AND an entry in another zone, or a month from the 29th, is the tag's only
+        let entry = |period: &str, anchor: Option<i64>, zone: Option<&str>| QuotaSpec {
+            limit: 1,
+            period: period.to_owned(),
+            start: None,
+            anchor: anchor.map(AnchorSpec::Day),
+            zone: zone.map(str::to_owned),
+        };
+        assert_eq!(usage_plan_quota(&entry("week", None, Some("Europe/Berlin"))), None);
+        assert_eq!(usage_plan_quota(&entry("month", Some(29), None)), None);
+        assert_eq!(
+            usage_plan_quota(&entry("week", None, Some("GMT"))),
+            Some((QuotaPeriod::Week, 1))
+        );
+    }
+
+    #[test]
     fn every_offset_api_gateway_takes_is_a_start_day() {
         // GIVEN every WEEK and MONTH offset API Gateway accepts WHEN mapped THEN a valid plan
         for o in 0..=6 {
@@ -178,7 +248,7 @@ mod tests {
     #[test]
     fn offsets_out_of_range_name_the_field() {
         for (period, offset, says) in [
-            (QuotaPeriod::Day, 1, "quota.offset = 1: a DAY quota"),
+            (QuotaPeriod::Day, -1, "quota.offset = -1"),
             (QuotaPeriod::Week, 7, "quota.offset = 7: a WEEK quota"),
             (QuotaPeriod::Month, 28, "quota.offset = 28: a MONTH quota"),
             (QuotaPeriod::Week, -1, "quota.offset = -1"),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::control::apigateway::model::{QuotaPeriod, UsagePlan};
 use crate::control::sync::mapping::plan_name;
-use crate::engine::policy::{FailMode, Plan, PlanSpec, RouteSpec};
+use crate::engine::policy::{FailMode, Plan, PlanSpec, QuotaSpec, RouteSpec};
 
 /// Tag naming the plan when the usage plan's own name is not the plan's (e.g. stack-prefixed).
 pub const TAG_PLAN: &str = "tollgate:plan";
@@ -221,14 +221,22 @@ pub fn is_guarded(plan: &UsagePlan) -> bool {
         Some(QuotaPeriod::Month) => Some(TAG_MONTHLY),
         _ => None,
     };
-    let week_tagged = plan.quota.as_ref().is_some_and(|q| q.period == QuotaPeriod::Week)
-        && tag(plan, super::quota::TAG_QUOTAS).is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("week:")));
-    plan.tags.contains_key(TAG_RATE) || own.is_some_and(|t| plan.tags.contains_key(t)) || week_tagged
+    // Or an own quota whose exact number is a `quota`/`quotas` entry in the quotas tag.
+    let kind = match plan.quota.as_ref().map(|q| &q.period) {
+        Some(QuotaPeriod::Day) => Some("day:"),
+        Some(QuotaPeriod::Week) => Some("week:"),
+        Some(QuotaPeriod::Month) => Some("month:"),
+        _ => None,
+    };
+    let entry_tagged = kind.is_some_and(|kind| {
+        tag(plan, super::quota::TAG_QUOTAS).is_some_and(|v| v.split(',').any(|e| e.trim().starts_with(kind)))
+    });
+    plan.tags.contains_key(TAG_RATE) || own.is_some_and(|t| plan.tags.contains_key(t)) || entry_tagged
 }
 
 /// The tags of a guarded plan: `tags_for` with every exact number in a tag.
 pub fn guarded_tags_for(name: &str, spec: &PlanSpec) -> BTreeMap<String, String> {
-    let mut tags = tags_for(name, spec, None);
+    let mut tags = tags_for(name, spec, None, None);
     if let (Some(rate), Some(burst)) = (spec.rate, spec.burst) {
         tags.insert(TAG_RATE.to_owned(), rate.to_string());
         tags.insert(TAG_BURST.to_owned(), burst.to_string());
@@ -238,7 +246,15 @@ pub fn guarded_tags_for(name: &str, spec: &PlanSpec) -> BTreeMap<String, String>
 
 /// The usage-plan tags that carry what a usage plan cannot say, for a plan written as a spec:
 /// the inverse of `plan_spec` for everything but the throttle, the quota and per-method throttles.
-pub fn tags_for(name: &str, spec: &PlanSpec, own_quota: Option<QuotaPeriod>) -> BTreeMap<String, String> {
+///
+/// `own_quota` is the kind the usage plan's own quota says, and `own_entry` the `quota` or
+/// `quotas` entry it says, if it is one: neither is repeated in a tag.
+pub fn tags_for(
+    name: &str,
+    spec: &PlanSpec,
+    own_quota: Option<QuotaPeriod>,
+    own_entry: Option<&QuotaSpec>,
+) -> BTreeMap<String, String> {
     let mut tags = BTreeMap::from([(TAG_PLAN.to_owned(), name.to_owned())]);
     let positive = |q: Option<i64>| q.filter(|q| *q >= 0);
     for (period, tag, quota) in [
@@ -249,7 +265,12 @@ pub fn tags_for(name: &str, spec: &PlanSpec, own_quota: Option<QuotaPeriod>) -> 
             tags.insert(tag.to_owned(), q.to_string());
         }
     }
-    if let Some(quotas) = super::quota::render(spec) {
+    let mut tagged = spec.clone();
+    if let Some(own) = own_entry {
+        tagged.quota = tagged.quota.filter(|q| q != own);
+        tagged.quotas.retain(|q| q != own);
+    }
+    if let Some(quotas) = super::quota::render(&tagged) {
         tags.insert(super::quota::TAG_QUOTAS.to_owned(), quotas);
     }
     tags.insert(TAG_PRIORITY.to_owned(), spec.priority.to_string());

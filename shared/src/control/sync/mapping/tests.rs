@@ -33,6 +33,7 @@ fn a_usage_plan_with_tags_and_a_method_throttle_becomes_a_plan() {
             ..PlanSpec::unlimited()
         },
         Some(QuotaPeriod::Day),
+        None,
     );
     p.stages = vec![Stage {
         api_id: "a".into(),
@@ -56,8 +57,8 @@ fn what_cannot_be_honoured_is_reported_and_held() {
     let mut offset = plan("p2", "offset");
     offset.quota = Some(Quota {
         limit: 10,
-        period: QuotaPeriod::Day,
-        offset: 2,
+        period: QuotaPeriod::Week,
+        offset: 9,
     });
     let mut typo = plan("p3", "typo");
     typo.tags.insert("tollgate:fail-mode".into(), "open".into());
@@ -72,7 +73,7 @@ fn what_cannot_be_honoured_is_reported_and_held() {
     for name in ["offset", "typo", "bad", "zone"] {
         assert!(d.held.contains(&plan_pk(name)), "{name}");
     }
-    assert!(d.problems.iter().any(|p| p.reason.contains("quota.offset = 2")));
+    assert!(d.problems.iter().any(|p| p.reason.contains("quota.offset = 9")));
     assert!(d.problems.iter().any(|p| p.reason.contains("tollgate:fail-mode")));
     assert!(
         d.problems
@@ -81,6 +82,28 @@ fn what_cannot_be_honoured_is_reported_and_held() {
         "{:?}",
         d.problems
     );
+}
+
+#[test]
+fn a_day_quota_with_an_offset_is_enforced_as_a_utc_day_with_a_warning() {
+    // GIVEN a DAY quota with offset 3
+    let mut day = plan("p1", "daily");
+    day.quota = Some(Quota {
+        limit: 100,
+        period: QuotaPeriod::Day,
+        offset: 3,
+    });
+    // WHEN mapped THEN the plan is enforced, a UTC day of 100, and the offset reported
+    let d = desired(&[day], &[]);
+    assert!(d.problems.is_empty() && d.held.is_empty(), "{:?}", d.problems);
+    assert_eq!(d.plans["daily"].daily_quota, Some(100));
+    assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+    assert!(
+        d.warnings[0].reason.starts_with("quota.offset = 3: a DAY quota"),
+        "{:?}",
+        d.warnings
+    );
+    assert!(d.warnings[0].subject.contains("p1"), "{:?}", d.warnings);
 }
 
 #[test]
@@ -185,13 +208,13 @@ fn the_notify_tag_sets_the_thresholds_and_round_trips() {
     // THEN the plan carries them, the tag written back for it says the same, and a
     // threshold past 100 is reported with the tag's name
     assert_eq!(spec.notify, Some(vec![50, 90, 100]));
-    assert_eq!(tags_for("basic", &spec, None)[TAG_NOTIFY], "50,90,100");
+    assert_eq!(tags_for("basic", &spec, None, None)[TAG_NOTIFY], "50,90,100");
     assert_eq!(plan_spec(&off).expect("valid").notify, Some(vec![]));
     let e = plan_spec(&bad).expect_err("101+ refused");
     assert!(e.contains("notify[1]") && e.contains("120"), "{e}");
     // AND a plan without the tag keeps the defaults, and no tag is written for it
     assert_eq!(plan_spec(&plan("p4", "plain")).expect("valid").notify, None);
-    assert!(!tags_for("plain", &PlanSpec::unlimited(), None).contains_key(TAG_NOTIFY));
+    assert!(!tags_for("plain", &PlanSpec::unlimited(), None, None).contains_key(TAG_NOTIFY));
 }
 
 #[test]
