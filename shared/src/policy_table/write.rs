@@ -11,10 +11,10 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 
 use super::record::{Item, number};
-use super::{PK, read_item};
+use super::{PK, read_item, shown_pk};
 
 /// The attribute holding an item's version.
 pub const VERSION: &str = "version";
@@ -50,7 +50,7 @@ impl Expect {
     }
 
     /// The condition expression, its names and values.
-    fn condition(self) -> (String, HashMap<String, String>, Option<HashMap<String, AttributeValue>>) {
+    pub(crate) fn condition(self) -> (String, HashMap<String, String>, Option<HashMap<String, AttributeValue>>) {
         let names = HashMap::from([("#pk".to_owned(), PK.to_owned()), ("#v".to_owned(), VERSION.to_owned())]);
         match self {
             Expect::Absent => (
@@ -84,14 +84,17 @@ pub enum Written {
 pub enum WriteError {
     /// The store failed. `outcome_known`: the write surely did not happen (the store refused
     /// it); otherwise it may have (the answer was lost).
-    #[error("policy item `{pk}`: store unavailable: {detail}")]
+    #[error("policy item `{}`: store unavailable: {detail}", shown_pk(pk))]
     Unavailable {
         pk: String,
         detail: String,
         outcome_known: bool,
     },
     /// Other writers changed the item at every attempt; nothing was written (determinate).
-    #[error("policy item `{pk}` changed under every one of {attempts} attempts; try again")]
+    #[error(
+        "policy item `{}` changed under every one of {attempts} attempts; try again",
+        shown_pk(pk)
+    )]
     Contended { pk: String, attempts: usize },
 }
 
@@ -138,18 +141,20 @@ macro_rules! conditioned {
     }};
 }
 
-/// Puts `item` at `pk` if the item there is as `expect`ed; the item is written at the next
-/// version (its own `version`, if any, is replaced).
-pub async fn put(
-    client: &Client,
-    table: &str,
-    pk: &str,
-    mut item: Item,
-    expect: Expect,
-) -> Result<Written, WriteError> {
+/// `item` as written at `pk` over `expect`: its key and next version.
+fn stamped(pk: &str, mut item: Item, expect: Expect) -> Item {
     item.insert(PK.to_owned(), AttributeValue::S(pk.to_owned()));
     item.insert(VERSION.to_owned(), AttributeValue::N(expect.next().to_string()));
-    let put = client.put_item().table_name(table).set_item(Some(item));
+    item
+}
+
+/// Puts `item` at `pk` if the item there is as `expect`ed; the item is written at the next
+/// version (its own `version`, if any, is replaced).
+pub async fn put(client: &Client, table: &str, pk: &str, item: Item, expect: Expect) -> Result<Written, WriteError> {
+    let put = client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(stamped(pk, item, expect)));
     conditioned!(put, expect, pk)
 }
 
@@ -172,6 +177,37 @@ pub enum Verdict<T> {
     Delete,
     /// Nothing to write.
     Leave,
+}
+
+/// `put`'s request as one action of a transaction (`TransactWriteItems`).
+pub fn put_action(table: &str, pk: &str, item: Item, expect: Expect) -> TransactWriteItem {
+    let (condition, names, values) = expect.condition();
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(stamped(pk, item, expect)))
+        .condition_expression(condition)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(values)
+        .build()
+        .expect("table and item are set");
+    TransactWriteItem::builder().put(put).build()
+}
+
+/// `delete`'s request as one action of a transaction; `None` for `Absent` (nothing to delete).
+pub fn delete_action(table: &str, pk: &str, expect: Expect) -> Option<TransactWriteItem> {
+    if expect == Expect::Absent {
+        return None;
+    }
+    let (condition, names, values) = expect.condition();
+    let delete = Delete::builder()
+        .table_name(table)
+        .key(PK, AttributeValue::S(pk.to_owned()))
+        .condition_expression(condition)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(values)
+        .build()
+        .expect("table and key are set");
+    Some(TransactWriteItem::builder().delete(delete).build())
 }
 
 /// What `change` did: the item before (as last read) and after.

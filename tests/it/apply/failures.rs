@@ -84,9 +84,9 @@ async fn an_apply_that_fails_part_way_ends_exactly_at_the_checkpoint() {
 }
 
 #[tokio::test]
-async fn a_table_sync_that_fails_part_way_is_undone_in_api_gateway_and_the_table() {
+async fn a_table_sync_that_fails_between_batches_is_undone_in_api_gateway_and_the_table() {
     // GIVEN 100 tenants on free, synced, and a file moving them all to a new plan: 101 table
-    // writes, one item at a time
+    // writes, two transactions
     let w = World::build("ap-southeast-3", true).await;
     let free = w.plan("free", 10.0, 20, 50_000).await;
     let mut file = String::from(
@@ -100,16 +100,18 @@ async fn a_table_sync_that_fails_part_way_is_undone_in_api_gateway_and_the_table
     }
     w.sync().await;
     let (gateway0, table0) = (w.gateway().await, w.records().await);
-    // AND the policy table takes the first 60 item writes and loses the 61st
-    let mut faults = vec![None; 60];
-    faults.push(Some(Fault::LoseRequest));
-    w.proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &faults);
+    // AND the policy table takes the first transaction and loses the second
+    w.proxy.inject_on(
+        "POST",
+        "DynamoDB_20120810.TransactWriteItems",
+        &[None, Some(Fault::LoseRequest)],
+    );
 
     // WHEN applied
     let err = w.apply(&file).await.expect_err("the sync fails");
 
-    // THEN every API Gateway call was made and undone, and the items written to the table were
-    // put back: both exactly as they were
+    // THEN every API Gateway call was made and undone, and the first batch written to the table
+    // was put back: both exactly as they were
     let ApplyError::Restored {
         failed_at,
         done,
@@ -121,7 +123,7 @@ async fn a_table_sync_that_fails_part_way_is_undone_in_api_gateway_and_the_table
     };
     assert_eq!(failed_at, "syncing the policy table");
     assert_eq!((done.len(), undone.len()), (201, 201), "{err}");
-    assert!(w.proxy.seen("POST", "DynamoDB_20120810.PutItem") > 61);
+    assert_eq!(w.proxy.seen("POST", "DynamoDB_20120810.TransactWriteItems"), 3);
     assert_eq!(w.gateway().await, gateway0);
     assert_eq!(w.records().await, table0);
     assert_eq!(w.resolve_plan("tg_live_batch_000").await, Some("free".to_owned()));
