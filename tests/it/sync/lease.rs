@@ -14,7 +14,8 @@ use tollgate::control::sync::lease::{LEASE_MARGIN, Lease, MIN_ROUND, Release, Ta
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::clock::Timestamp;
-use tollgate::policy_table::{LEASE_PK, read_item};
+use tollgate::policy_table::write::{self, Expect, Written};
+use tollgate::policy_table::{LEASE_PK, read_item, record, tenant_pk};
 
 use super::World;
 use crate::support::emulator;
@@ -245,4 +246,47 @@ async fn a_rerun_asked_just_before_the_holders_release_makes_the_release_fail_an
     assert_eq!(w.lease().await, None);
     // AND B, whose lease it never was, cannot renew it
     assert!(!b.renew(until).await.expect("renew"));
+}
+
+#[tokio::test]
+async fn items_another_writer_changed_under_a_round_are_synced_in_the_next_round_of_the_same_run() {
+    // GIVEN two plans, and a key of t2 on plan p not yet synced
+    let w = World::new("us-gov-west-1").await;
+    let p = w.plan("defer-p", 1.0, 5, 1000, &[]).await;
+    w.plan("defer-q", 2.0, 5, 1000, &[]).await;
+    w.key("k1", Some("t1"), "tg_live_defer_1", &p).await;
+    w.sync().await;
+    w.key("k2", Some("t2"), "tg_live_defer_2", &p).await;
+    let paused = Paused::new(&w.control);
+
+    // WHEN a leased run reads API Gateway, and before it writes another writer puts t2 on plan q
+    let run = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline());
+    let other = async {
+        paused.reached.notified().await;
+        let written = write::put(
+            &w.db,
+            &w.name,
+            &tenant_pk("t2"),
+            record::tenant_item("defer-q"),
+            Expect::Absent,
+        )
+        .await
+        .expect("write");
+        paused.resume.notify_one();
+        written
+    };
+    let (run, written) = tokio::join!(run, other);
+    let run = run.expect("run");
+
+    // THEN the round that lost t2 to the other writer left it, and the run synced it in its next
+    // round, with no other trigger: t2 is on p, as API Gateway says
+    assert_eq!(written, Written::Done);
+    assert_eq!(run.rounds.len(), 2, "{run:?}");
+    assert_eq!(run.rounds[0].deferred, vec![tenant_pk("t2")], "{run:?}");
+    assert!(run.rounds[1].deferred.is_empty(), "{run:?}");
+    assert_eq!(
+        w.resolve("tg_live_defer_2").await,
+        Some(("t2".into(), "defer-p".into()))
+    );
+    assert_eq!(w.lease().await, None);
 }
