@@ -34,6 +34,9 @@ pub enum Fault {
     /// Answer `429 TooManyRequestsException` as API Gateway's control plane does, without
     /// forwarding: the request is refused unexecuted.
     TooManyRequests,
+    /// Forward the request and let the emulator apply it, then answer DynamoDB's `500
+    /// InternalServerError` in place of its response: a store failing while it applies a write.
+    InternalError,
     /// Read the request and hold it until `release`, then forward it and deliver the answer: the
     /// caller is paused at that call while others run (after `release`, a hold passes at once).
     Hold,
@@ -261,6 +264,10 @@ async fn serve_matching(
     }
     match fault {
         Some(Fault::TooManyRequests) => throttle(&mut client).await,
+        Some(Fault::InternalError) => {
+            proxy::deliver_unheard(upstream, &request).await;
+            internal_error(&mut client).await;
+        }
         Some(Fault::LoseRequest) => {}
         Some(Fault::Stall) => tokio::time::sleep(Duration::from_secs(60)).await,
         // Applied by the emulator, the answer never delivered.
@@ -281,6 +288,16 @@ async fn serve_matching(
         }
     }
     let _ = client.shutdown().await;
+}
+
+/// DynamoDB's answer when it fails internally.
+async fn internal_error(client: &mut TcpStream) {
+    let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error"}"#;
+    let answer = format!(
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(answer.as_bytes()).await;
 }
 
 /// API Gateway's answer to a throttled control-plane call.
@@ -339,6 +356,12 @@ async fn serve(
             tokio::select! {
                 _ = drain => {}
                 _ = forward => { let _ = from_server.read_to_end(&mut sink).await; }
+            }
+        }
+        Some(Fault::InternalError) => {
+            if let Some(request) = proxy::read_request(&mut client).await {
+                proxy::deliver_unheard(upstream, &request).await;
+                internal_error(&mut client).await;
             }
         }
         Some(Fault::Pass | Fault::Hold) | None => {

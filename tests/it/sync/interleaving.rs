@@ -49,3 +49,32 @@ async fn a_sync_paused_before_its_writes_does_not_write_after_a_newer_sync() {
     assert!(w.resolve("tg_acme").await.is_some());
     assert!(proxy.injected() >= 1, "A was held");
 }
+
+#[tokio::test]
+async fn a_sync_batch_whose_answer_was_lost_is_reported_and_audited_as_written() {
+    // GIVEN a plan with a key, and the table's first transaction answered to no one (the SDK
+    // resends it; the resend is cancelled by the batch itself)
+    let w = World::new("cn-north-1").await;
+    let free = w.plan("free", 1.0, 5, 1000, &[]).await;
+    let key = w.key("acme", Some("acme"), "tg_acme", &free).await;
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    proxy.inject_on(
+        "POST",
+        "DynamoDB_20120810.TransactWriteItems",
+        &[Some(Fault::LoseResponse)],
+    );
+    let sdk = emulator::sdk_config_in(&proxy.endpoint(), "cn-north-1");
+    let table = PolicyTable::new(admin_client(&sdk), &w.name);
+    // WHEN synced through the proxy
+    let report = sync::run(&w.control, &table, &w.clock, None).await.expect("sync");
+    // THEN the batch counts as written, once: its items are reported and audited, no round lost
+    assert_eq!(proxy.injected(), 1);
+    assert_eq!(report.retries, 0, "{report:?}");
+    assert_eq!(report.created.len(), 3, "the plan, the key, the tenant: {report:?}");
+    assert!(
+        report.created.contains(&format!("key {key} → tenant acme")),
+        "{report:?}"
+    );
+    assert!(report.change_id.is_some(), "{report:?}");
+    assert!(w.resolve("tg_acme").await.is_some());
+}

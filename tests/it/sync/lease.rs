@@ -268,7 +268,7 @@ async fn items_another_writer_changed_under_a_round_are_synced_in_the_next_round
             &w.name,
             &tenant_pk("t2"),
             record::tenant_item("defer-q"),
-            Expect::Absent,
+            &Expect::Absent,
         )
         .await
         .expect("write");

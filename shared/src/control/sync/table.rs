@@ -19,12 +19,14 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, ConditionCheck, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 
 use crate::control::sync::mapping::Desired;
 use crate::policy_table::audit::ItemChange;
-use crate::policy_table::record::{number, parse, render};
-use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, version_of};
+use crate::policy_table::record::{is_gone, number, parse, render};
+use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError};
 use crate::policy_table::{META_PK, PK, Record, key_pk, plan_pk, read_item, shown_pk, tenant_pk};
 
 type Item = HashMap<String, AttributeValue>;
@@ -53,8 +55,9 @@ pub enum TableError {
 pub struct Current {
     pub generation: u64,
     pub records: BTreeMap<String, Record>,
-    /// Each record's item version, the condition of a write over it.
-    pub versions: BTreeMap<String, u64>,
+    /// What a write over each record's item (and each deleted item's tombstone) expects: the
+    /// version read.
+    pub versions: BTreeMap<String, Expect>,
 }
 
 /// What `PolicyTable::apply` wrote.
@@ -174,7 +177,7 @@ impl PolicyTable {
         let meta = read_item(&self.client, &self.table, META_PK)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(meta.and_then(|item| number(&item, "generation")).unwrap_or(0))
+        Ok(meta.and_then(|item| number(&item, GENERATION)).unwrap_or(0))
     }
 
     /// The generation, then every managed item (strongly consistent, all pages).
@@ -198,9 +201,12 @@ impl PolicyTable {
                 let Some(pk) = item.get(PK).and_then(|v| v.as_s().ok()) else {
                     continue;
                 };
-                if let Some(record) = parse(pk, item) {
+                let record = parse(pk, item);
+                if record.is_some() || is_gone(item) {
+                    current.versions.insert(pk.clone(), Expect::of(Some(item)));
+                }
+                if let Some(record) = record {
                     current.records.insert(pk.clone(), record);
-                    current.versions.insert(pk.clone(), version_of(item));
                 }
             }
             match page.last_evaluated_key() {
@@ -221,6 +227,7 @@ impl PolicyTable {
         let mut run = Run {
             generation: current.generation,
             claimed: false,
+            token: write::token(),
         };
         let mut lost = Vec::new();
         for batch in changes.chunks(BATCH) {
@@ -288,7 +295,7 @@ impl PolicyTable {
             if !matches!(&fresh, Some(Record::Key(k)) if k.enabled) {
                 return Ok(None);
             }
-            if let Sent::Done(writes) = self.transact(run, &[(change, Expect::At(version_of(&item)))]).await? {
+            if let Sent::Done(writes) = self.transact(run, &[(change, Expect::of(Some(&item)))]).await? {
                 return Ok(Some((item_change(change, fresh), writes)));
             }
         }
@@ -298,11 +305,17 @@ impl PolicyTable {
         }))
     }
 
-    /// One transaction: `sync#meta`'s action, then `items` each on its condition.
+    /// One transaction: `sync#meta`'s action, then `items` each on its condition. A resend of a
+    /// transaction that landed (its answer lost) is cancelled by the transaction itself: the
+    /// items returned with the cancellation, holding this transaction's tokens, say it landed.
     async fn transact(&self, run: &mut Run, items: &[(&TableWrite, Expect)]) -> Result<Sent, TableError> {
         let mut actions = vec![self.meta(run)];
+        let mut stamps = Vec::new();
         for (change, expect) in items {
-            actions.push(self.action(change, *expect)?);
+            let token = write::token();
+            let (action, version) = self.action(change, expect, &token)?;
+            actions.push(action);
+            stamps.push((token, version));
         }
         let sent = self
             .client
@@ -311,27 +324,29 @@ impl PolicyTable {
             .send()
             .await;
         let reasons = match sent {
-            Ok(_) => {
-                let writes = items.len() as u64 + u64::from(!run.claimed);
-                run.claimed = true;
-                return Ok(Sent::Done(writes));
-            }
+            Ok(_) => return Ok(Sent::Done(run.landed(items.len()))),
             Err(SdkError::ServiceError(e)) => match e.err() {
                 TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons().to_vec(),
                 _ => return Err(self.unavailable(SdkError::ServiceError(e))),
             },
             Err(e) => return Err(self.unavailable(e)),
         };
-        let failed = |r: &aws_sdk_dynamodb::types::CancellationReason| {
-            matches!(r.code(), Some("ConditionalCheckFailed" | "TransactionConflict"))
+        let failed =
+            |r: &CancellationReason| matches!(r.code(), Some("ConditionalCheckFailed" | "TransactionConflict"));
+        let ours = |i: usize, r: &CancellationReason| {
+            let (token, version) = &stamps[i];
+            write::is_ours(r.item(), token, *version)
         };
+        let meta_ours = reasons.first().is_some_and(|r| !run.claimed && run.is_claim(r.item()));
+        let item_reasons = reasons.iter().skip(1).take(items.len()).enumerate();
+        if meta_ours || item_reasons.clone().any(|(i, r)| ours(i, r)) {
+            return Ok(Sent::Done(run.landed(items.len())));
+        }
         // The meta action fails when another sync claimed since this one read the table.
         if reasons.first().is_some_and(failed) {
             return Err(TableError::Superseded);
         }
-        let at: Vec<usize> = (0..items.len())
-            .filter(|i| reasons.get(i + 1).is_some_and(failed))
-            .collect();
+        let at: Vec<usize> = item_reasons.filter(|(_, r)| failed(r)).map(|(i, _)| i).collect();
         if at.is_empty() {
             return Err(TableError::Unavailable {
                 table: self.table.clone(),
@@ -342,10 +357,11 @@ impl PolicyTable {
     }
 
     /// `sync#meta`'s action in a batch: the claim (the generation moved on from the one read,
-    /// if it is still that), or once claimed, a check that it is still this run's.
+    /// if it is still that, by this run's token), or once claimed, a check that it is still this
+    /// run's.
     fn meta(&self, run: &Run) -> TransactWriteItem {
         let key = HashMap::from([(PK.to_owned(), AttributeValue::S(META_PK.to_owned()))]);
-        let names = HashMap::from([("#g".to_owned(), "generation".to_owned())]);
+        let mut names = HashMap::from([("#g".to_owned(), GENERATION.to_owned())]);
         if run.claimed {
             let check = ConditionCheck::builder()
                 .table_name(&self.table)
@@ -357,7 +373,11 @@ impl PolicyTable {
                 .expect("table, key and condition are set");
             return TransactWriteItem::builder().condition_check(check).build();
         }
-        let mut values = HashMap::from([(":next".to_owned(), AttributeValue::N((run.generation + 1).to_string()))]);
+        names.insert("#w".to_owned(), write::WRITER.to_owned());
+        let mut values = HashMap::from([
+            (":next".to_owned(), AttributeValue::N((run.generation + 1).to_string())),
+            (":w".to_owned(), AttributeValue::S(run.token.clone())),
+        ]);
         let condition = if run.generation == 0 {
             "attribute_not_exists(#g)"
         } else {
@@ -367,38 +387,65 @@ impl PolicyTable {
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key))
-            .update_expression("SET #g = :next")
+            .update_expression("SET #g = :next, #w = :w")
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .expect("table, key and update expression are set");
         TransactWriteItem::builder().update(update).build()
     }
 
-    /// One item's action, on condition `expect`.
-    fn action(&self, change: &TableWrite, expect: Expect) -> Result<TransactWriteItem, TableError> {
-        match change {
-            TableWrite::Put { pk, record, .. } => {
-                let item = render(record).map_err(|e| TableError::Invalid {
-                    pk: shown_pk(pk),
-                    detail: e.to_string(),
-                })?;
-                Ok(write::put_action(&self.table, pk, item, expect))
-            }
-            TableWrite::Delete { pk, .. } => Ok(write::delete_action(&self.table, pk, expect)
-                .expect("a delete is of an item read, never of an absent one")),
-        }
+    /// One item's action by `token`, on condition `expect` (a delete leaves the item's tombstone,
+    /// `policy_table::write`), and the version it writes.
+    fn action(
+        &self,
+        change: &TableWrite,
+        expect: &Expect,
+        token: &str,
+    ) -> Result<(TransactWriteItem, u64), TableError> {
+        let item = match change {
+            TableWrite::Put { pk, record, .. } => render(record).map_err(|e| TableError::Invalid {
+                pk: shown_pk(pk),
+                detail: e.to_string(),
+            })?,
+            TableWrite::Delete { .. } => write::tombstone(),
+        };
+        Ok(write::put_action(&self.table, change.pk(), item, expect, token)?)
     }
 }
+
+/// `sync#meta`'s attribute holding the generation.
+const GENERATION: &str = "generation";
 
 /// TransactWriteItems takes 100 actions; one is `sync#meta`'s.
 pub const BATCH: usize = 99;
 
-/// A run's hold on `sync#meta`: the generation read, and whether this run moved it on.
+/// A run's hold on `sync#meta`: the generation read, whether this run moved it on, and the
+/// token its claim carries.
 struct Run {
     generation: u64,
     claimed: bool,
+    token: String,
+}
+
+impl Run {
+    /// Whether `meta` (as returned with a cancelled claim) is this run's claim, landed.
+    fn is_claim(&self, meta: Option<&Item>) -> bool {
+        meta.is_some_and(|m| {
+            number(m, GENERATION) == Some(self.generation + 1)
+                && m.get(write::WRITER).and_then(|w| w.as_s().ok()) == Some(&self.token)
+        })
+    }
+
+    /// The writes of a transaction of `items` that landed (the generation update when it
+    /// claimed), the run claimed from now on.
+    fn landed(&mut self, items: usize) -> u64 {
+        let writes = items as u64 + u64::from(!self.claimed);
+        self.claimed = true;
+        writes
+    }
 }
 
 /// What a transaction came to.
@@ -411,10 +458,7 @@ enum Sent {
 
 /// What a write of `change` expects, from the table as read.
 fn expect_of(current: &Current, change: &TableWrite) -> Expect {
-    match current.records.get(change.pk()) {
-        Some(_) => Expect::At(current.versions.get(change.pk()).copied().unwrap_or(0)),
-        None => Expect::Absent,
-    }
+    current.versions.get(change.pk()).cloned().unwrap_or(Expect::Absent)
 }
 
 /// A write as made: the item before and after.
