@@ -4,7 +4,8 @@
 //! control-plane port: the usage API's requests run right before sync reads the usage plans
 //! (after it read the table), right after, or right after it read the keys, and before sync
 //! writes. In each test sync has something to write over the items the usage API changed, from
-//! reads older than that change: only the write protocol's conditions stop it.
+//! reads older than that change: only the write protocol's conditions stop it. Last, two usage-API
+//! requests on one tenant, interleaved by a loopback proxy holding one's API Gateway call.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,10 +22,12 @@ use tollgate::control::sync::{self, SyncReport};
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_table::{record, shown_pk, tenant_pk};
-use tollgate::usage_api::registry::Registry;
+use tollgate::usage_api::registry::{Registry, Verdict};
 
 use super::World;
 use crate::support::apigateway::fast_backoff;
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
 
 type Hook = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -294,4 +297,41 @@ async fn a_rotation_while_sync_runs_is_not_undone_by_that_sync() {
         .expect("read")
         .expect("tenant item");
     assert!(record::number::<u64>(&tenant, "version").is_some(), "{tenant:?}");
+}
+
+#[tokio::test]
+async fn an_offboarding_keeps_a_tenant_moved_to_another_plan_meanwhile() {
+    // GIVEN tenant acme on free, the usage API's API Gateway calls through a proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, _, _) = World::on_policy_table_via("us-gov-east-1", Some(&proxy.endpoint())).await;
+    let (status, body) = w.onboard_via(&w.base, "acme", "idem-acme").await.expect("onboard");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // WHEN acme is offboarded, and another writer moves it to pro after the offboarding read its
+    // plan (while the offboarding disables its key; the emulator fails a move's API Gateway calls
+    // on a key another request is taking off its plan, so the move is the table's write alone)
+    proxy.inject_on("PATCH", "/apikeys/", &[Some(Fault::Hold)]);
+    let offboard = w.admin(reqwest::Method::DELETE, "/v1/tenants/acme").send();
+    let moving = async {
+        proxy.wait_held().await;
+        let moved = registry
+            .change_tenant("acme", &|_| Verdict::Put("pro".to_owned()))
+            .await
+            .expect("move");
+        proxy.release();
+        moved
+    };
+    let (offboarded, moved) = tokio::join!(offboard, moving);
+    let offboarded = offboarded.expect("answer");
+    // THEN the move stands: acme is on pro, and the offboarding, which read free, says so
+    assert_eq!(moved.after.as_deref(), Some("pro"));
+    assert_eq!(
+        registry.tenant_plan("acme").await.expect("table").as_deref(),
+        Some("pro")
+    );
+    assert_eq!(
+        offboarded.status(),
+        StatusCode::CONFLICT,
+        "{:?}",
+        offboarded.text().await
+    );
 }
