@@ -335,3 +335,53 @@ async fn an_offboarding_keeps_a_tenant_moved_to_another_plan_meanwhile() {
         offboarded.text().await
     );
 }
+
+#[tokio::test]
+async fn an_onboarding_that_finds_its_tenant_onboarded_on_another_plan_meanwhile_leaves_no_enabled_key() {
+    // GIVEN the usage API's API Gateway calls through a proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, _, _) = World::on_policy_table_via("cn-northwest-1", Some(&proxy.endpoint())).await;
+    // WHEN acme is onboarded on free, and, once that onboarding created its key and before it put
+    // the key on free, onboarded on pro by another request
+    proxy.inject_on("POST", "/keys", &[Some(Fault::Hold)]);
+    let first = w.onboard_via(&w.base, "acme", "idem-free");
+    let second = async {
+        proxy.wait_held().await;
+        let body = json!({"tenant": "acme", "plan": "pro"});
+        let second = w
+            .admin(reqwest::Method::POST, "/v1/tenants")
+            .header("idempotency-key", "idem-pro")
+            .json(&body)
+            .send()
+            .await
+            .expect("answer");
+        proxy.release();
+        (second.status(), second.json::<Value>().await.expect("json"))
+    };
+    let (first, (status, body)) = tokio::join!(first, second);
+    let (first, _) = first.expect("answer");
+    // THEN the second stands: acme on pro with its key; the first answers 409 and leaves its key
+    // disabled in API Gateway and out of the table
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(first, StatusCode::CONFLICT);
+    assert_eq!(
+        registry.tenant_plan("acme").await.expect("table").as_deref(),
+        Some("pro")
+    );
+    let pro_key = body["key"]["id"].as_str().expect("id");
+    let keys = registry.keys_of("acme").await.expect("keys");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].1.key_id, pro_key);
+    let gateway = w.gw.get_api_keys().send().await.expect("keys");
+    let enabled: Vec<_> = gateway
+        .items()
+        .iter()
+        .filter(|k| k.enabled())
+        .filter_map(|k| k.id())
+        .collect();
+    assert_eq!(enabled, vec![pro_key]);
+    // AND a retry of the first gets the same answer, and enables nothing
+    let (again, _) = w.onboard_via(&w.base, "acme", "idem-free").await.expect("answer");
+    assert_eq!(again, StatusCode::CONFLICT);
+    assert_eq!(registry.keys_of("acme").await.expect("keys").len(), 1);
+}
