@@ -11,6 +11,7 @@ mod dynamodb;
 mod fail_open;
 mod gateway;
 mod notify;
+mod policy_table;
 mod shed;
 mod simulate;
 mod stack_resource;

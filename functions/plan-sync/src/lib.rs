@@ -11,13 +11,14 @@ pub const FUNCTION_VARIABLES: [&str; 2] = [POLICY_TABLE_VAR, "TOLLGATE_LOG"];
 /// The DynamoDB actions sync, its lease (`sync#lease`: conditional `PutItem` to take it,
 /// `UpdateItem` to ask its holder for a rerun or renew it, `GetItem`, conditional `DeleteItem`
 /// to release it) and its audit trail call on the policy table (a transaction needs the actions
-/// of its parts).
-pub const TABLE_ACTIONS: [&str; 5] = [
+/// of its parts: sync's batches put items, update `sync#meta` or check it, `ConditionCheckItem`).
+pub const TABLE_ACTIONS: [&str; 6] = [
     "dynamodb:GetItem",
     "dynamodb:Scan",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
+    "dynamodb:ConditionCheckItem",
 ];
 /// The API Gateway resources sync reads (`apigateway:GET`), as paths.
 pub const CONTROL_PATHS: [&str; 3] = ["/usageplans", "/usageplans/*/keys", "/apikeys"];

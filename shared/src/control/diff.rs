@@ -15,6 +15,7 @@ use crate::control::sync::mapping::{self, SyncProblem};
 use crate::control::sync::table::{self, Current, TableWrite};
 use crate::engine::policy::PlanSpec;
 use crate::policy_file::PolicyFile;
+use crate::policy_table::shown_pk;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -175,9 +176,9 @@ pub fn diff(file: &PolicyFile, plans: &[UsagePlan], keys: &[ApiKey], current: &C
     out.drift = table::diff(&desired, current)
         .iter()
         .map(|c| match c {
-            TableWrite::Put { pk, existed: true, .. } => format!("~ {pk}"),
-            TableWrite::Put { pk, existed: false, .. } => format!("+ {pk}"),
-            TableWrite::Delete { pk, .. } => format!("- {pk}"),
+            TableWrite::Put { pk, existed: true, .. } => format!("~ {}", shown_pk(pk)),
+            TableWrite::Put { pk, existed: false, .. } => format!("+ {}", shown_pk(pk)),
+            TableWrite::Delete { pk, .. } => format!("- {}", shown_pk(pk)),
         })
         .collect();
     out

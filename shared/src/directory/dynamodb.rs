@@ -49,7 +49,8 @@ impl DynamoDirectory {
             .send()
             .await
             .map_err(|e| DirectoryError::Unavailable(DisplayErrorContext(e).to_string()))?;
-        Ok(out.item)
+        // A deleted item's tombstone (`policy_table::write`) is no item.
+        Ok(out.item.filter(|i| !record::is_gone(i)))
     }
 
     async fn put(&self, mut item: Item, pk: String) -> Result<(), DirectoryError> {

@@ -30,8 +30,13 @@ pub struct Resolved {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
+    /// The store failed; nothing was written.
     #[error("policy store unavailable: {0}")]
     Unavailable(String),
+    /// A write failed without a known outcome: it may have landed (its answer was lost, or the
+    /// store failed while applying it).
+    #[error("policy store write of unknown outcome: {0}")]
+    Indeterminate(String),
     #[error("policy item `{item}` is invalid: {reason}")]
     Invalid { item: String, reason: String },
     #[error("stored plan is invalid: {0}")]

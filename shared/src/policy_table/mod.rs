@@ -56,6 +56,15 @@ pub fn key_pk(hash_hex: &str) -> String {
     format!("{KEY_PREFIX}{hash_hex}")
 }
 
+/// An item's key as errors, reports, logs and audit records show it: a key item's hash as 8 hex
+/// digits (`key#1a2b3c4d…`, as `ApiKeyHash` displays it), any other key as it is.
+pub fn shown_pk(pk: &str) -> String {
+    match pk.strip_prefix(KEY_PREFIX) {
+        Some(hash) if hash.len() > 8 => format!("{KEY_PREFIX}{}…", &hash[..hash.floor_char_boundary(8)]),
+        _ => pk.to_owned(),
+    }
+}
+
 pub fn tenant_pk(tenant: &str) -> String {
     format!("{TENANT_PREFIX}{tenant}")
 }
@@ -128,5 +137,20 @@ pub async fn plans(client: &Client, table: &str) -> Result<Vec<(String, PlanSpec
             Some(k) if !k.is_empty() => start = Some(k.clone()),
             _ => return Ok(out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_items_hash_is_shown_as_8_hex_digits_and_other_keys_as_they_are() {
+        let hash = crate::engine::identity::ApiKeyHash::of("tg_live_secret");
+        let shown = shown_pk(&key_pk(&hash.to_hex()));
+        assert_eq!(shown, format!("key#{hash}"));
+        assert!(!shown.contains(&hash.to_hex()));
+        assert_eq!(shown_pk("tenant#acme"), "tenant#acme");
+        assert_eq!(shown_pk("key#é"), "key#é");
     }
 }

@@ -112,8 +112,20 @@ pub fn claim_item(pk: String, until: u64, owner: String) -> Item {
     ])
 }
 
-/// A managed item, or `None` for items of other kinds (the sync's own meta item among them).
+/// The attribute of a deleted item's tombstone (`write::tombstone`).
+pub const GONE: &str = "gone";
+
+/// Whether `item` is a deleted item's tombstone: no item, to every reader.
+pub fn is_gone(item: &Item) -> bool {
+    item.get(GONE).and_then(|v| v.as_bool().ok()).copied().unwrap_or(false)
+}
+
+/// A managed item, or `None` for items of other kinds (the sync's own meta item among them) and
+/// tombstones.
 pub fn parse(pk: &str, item: &Item) -> Option<Record> {
+    if is_gone(item) {
+        return None;
+    }
     let kind = pk.split_once('#')?.0;
     let record = match kind {
         "plan" => plan_spec(item).map(|spec| Record::Plan {

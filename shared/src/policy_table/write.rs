@@ -1,57 +1,86 @@
 //! The write protocol every writer of a policy item follows (the table in ARCHITECTURE.md says
 //! who writes what). Each item carries its own `version` (N), one more on every write; a write is
-//! conditioned on the version its writer read (`attribute_not_exists(pk)` for a new item), so no
-//! writer overwrites or removes what it did not read. On a conflict the writer reads that item
-//! again and decides again (`change`), a bounded number of times.
+//! conditioned on the version its writer read (`attribute_not_exists(pk)` for an item that never
+//! was), so no writer overwrites or removes what it did not read. On a conflict the writer reads
+//! that item again and decides again (`change`), a bounded number of times.
+//!
+//! Versions never restart: a delete leaves a tombstone (`gone`, the next version, no record), so
+//! an item deleted and made again is at a version no earlier reader holds, and a writer that read
+//! "no item" never writes over one made and deleted since. Readers see a tombstone as no item
+//! (`record::parse`, the directory). Each write carries its own token (`writer`): the SDK resends
+//! a write whose answer was lost, the resend fails its condition against the write itself, and the
+//! item returned with the failure (`ALL_OLD`) holding this token at this write's version says it
+//! landed.
 //!
 //! Items stored before versions existed have no `version`: they read as version 0, and a write
-//! over one is conditioned on `attribute_not_exists(version)`.
+//! over one is conditioned on `attribute_not_exists(version)`; a `version` that is not a number is
+//! conditioned on as stored (the item stays writable) and written over with version 1.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
 
-use super::record::{Item, number};
-use super::{PK, read_item};
+use super::record::{GONE, Item, is_gone, number};
+use super::{PK, read_item, shown_pk};
 
 /// The attribute holding an item's version.
 pub const VERSION: &str = "version";
+/// The attribute holding the token of the write that made the item as it is.
+pub const WRITER: &str = "writer";
 /// Times `change` reads and decides again after losing to another writer.
 pub const ATTEMPTS: usize = 3;
 
-/// An item's version as stored: 0 for an item written before items carried one.
+/// An item's version as stored: 0 for an item written before items carried one (or whose
+/// version is not a number).
 pub fn version_of(item: &Item) -> u64 {
     number(item, VERSION).unwrap_or(0)
 }
 
 /// What a conditional write expects to find.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Expect {
-    /// No item.
+    /// No item, not even a tombstone.
     Absent,
-    /// The item at this version (0: an item without `version`).
+    /// The item (or its tombstone) at this version (0: an item without `version`).
     At(u64),
+    /// The item with this `version` as stored, not a version number.
+    Stored(AttributeValue),
 }
 
 impl Expect {
     /// What an item read as `item` expects.
     pub fn of(item: Option<&Item>) -> Expect {
-        item.map_or(Expect::Absent, |i| Expect::At(version_of(i)))
+        match item.map(|i| i.get(VERSION)) {
+            None => Expect::Absent,
+            Some(None) => Expect::At(0),
+            Some(Some(v)) => match v.as_n().ok().and_then(|n| n.parse().ok()) {
+                Some(n) => Expect::At(n),
+                None => Expect::Stored(v.clone()),
+            },
+        }
     }
 
-    /// The version a put over this writes.
-    pub fn next(self) -> u64 {
+    /// The version a write over this writes; `None` past the largest.
+    pub fn next(&self) -> Option<u64> {
         match self {
-            Expect::Absent => 1,
-            Expect::At(v) => v + 1,
+            Expect::Absent | Expect::Stored(_) => Some(1),
+            Expect::At(v) => v.checked_add(1),
         }
     }
 
     /// The condition expression, its names and values.
-    fn condition(self) -> (String, HashMap<String, String>, Option<HashMap<String, AttributeValue>>) {
-        let names = HashMap::from([("#pk".to_owned(), PK.to_owned()), ("#v".to_owned(), VERSION.to_owned())]);
+    fn condition(&self) -> (String, HashMap<String, String>, Option<HashMap<String, AttributeValue>>) {
+        let version = HashMap::from([("#v".to_owned(), VERSION.to_owned())]);
+        let equal = |v: AttributeValue| {
+            (
+                "#v = :v".to_owned(),
+                version.clone(),
+                Some(HashMap::from([(":v".to_owned(), v)])),
+            )
+        };
         match self {
             Expect::Absent => (
                 "attribute_not_exists(#pk)".to_owned(),
@@ -60,14 +89,11 @@ impl Expect {
             ),
             Expect::At(0) => (
                 "attribute_exists(#pk) AND attribute_not_exists(#v)".to_owned(),
-                names,
+                HashMap::from([("#pk".to_owned(), PK.to_owned()), ("#v".to_owned(), VERSION.to_owned())]),
                 None,
             ),
-            Expect::At(v) => (
-                "#v = :v".to_owned(),
-                HashMap::from([("#v".to_owned(), VERSION.to_owned())]),
-                Some(HashMap::from([(":v".to_owned(), AttributeValue::N(v.to_string()))])),
-            ),
+            Expect::At(v) => equal(AttributeValue::N(v.to_string())),
+            Expect::Stored(raw) => equal(raw.clone()),
         }
     }
 }
@@ -83,16 +109,22 @@ pub enum Written {
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// The store failed. `outcome_known`: the write surely did not happen (the store refused
-    /// it); otherwise it may have (the answer was lost).
-    #[error("policy item `{pk}`: store unavailable: {detail}")]
+    /// it); otherwise it may have (the answer was lost, or the store failed while applying it).
+    #[error("policy item `{}`: store unavailable: {detail}", shown_pk(pk))]
     Unavailable {
         pk: String,
         detail: String,
         outcome_known: bool,
     },
     /// Other writers changed the item at every attempt; nothing was written (determinate).
-    #[error("policy item `{pk}` changed under every one of {attempts} attempts; try again")]
+    #[error(
+        "policy item `{}` changed under every one of {attempts} attempts; try again",
+        shown_pk(pk)
+    )]
     Contended { pk: String, attempts: usize },
+    /// The item's version is the largest there is: nothing was written (determinate).
+    #[error("policy item `{}` is at the largest version; it cannot be written", shown_pk(pk))]
+    Exhausted { pk: String },
 }
 
 impl WriteError {
@@ -100,22 +132,56 @@ impl WriteError {
     pub fn is_determinate(&self) -> bool {
         match self {
             WriteError::Unavailable { outcome_known, .. } => *outcome_known,
-            WriteError::Contended { .. } => true,
+            WriteError::Contended { .. } | WriteError::Exhausted { .. } => true,
         }
     }
 }
 
-/// A failed call: a conflict when the condition failed, else the error.
-fn failed<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
-    pk: &str,
-    e: SdkError<E, R>,
-) -> Result<Written, WriteError> {
+/// A fresh write token.
+pub fn token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Whether `item` (as returned with a failed condition) is the write of `token` at `version`: a
+/// resend of that write, landed.
+pub fn is_ours(item: Option<&Item>, token: &str, version: u64) -> bool {
+    item.is_some_and(|i| {
+        i.get(WRITER).and_then(|w| w.as_s().ok()).is_some_and(|w| w == token) && number(i, VERSION) == Some(version)
+    })
+}
+
+/// `item` as written at `pk` over `expect` by `token`: its key, next version and token, and
+/// that version.
+fn stamped(pk: &str, mut item: Item, expect: &Expect, token: &str) -> Result<(Item, u64), WriteError> {
+    let version = expect
+        .next()
+        .ok_or_else(|| WriteError::Exhausted { pk: pk.to_owned() })?;
+    item.insert(PK.to_owned(), AttributeValue::S(pk.to_owned()));
+    item.insert(VERSION.to_owned(), AttributeValue::N(version.to_string()));
+    item.insert(WRITER.to_owned(), AttributeValue::S(token.to_owned()));
+    Ok((item, version))
+}
+
+/// A deleted item's tombstone: no record, only its version (`stamped`).
+pub fn tombstone() -> Item {
+    HashMap::from([(GONE.to_owned(), AttributeValue::Bool(true))])
+}
+
+/// A failed put: a conflict when the condition failed (unless the item is this very put,
+/// resent after its answer was lost: done), else the error. A refusal of the store (4xx) is
+/// determinate; a 5xx or a lost answer is not.
+fn failed(pk: &str, e: SdkError<PutItemError>, token: &str, version: u64) -> Result<Written, WriteError> {
     if let SdkError::ServiceError(s) = &e
-        && s.err().code() == Some("ConditionalCheckFailedException")
+        && let PutItemError::ConditionalCheckFailedException(c) = s.err()
     {
-        return Ok(Written::Conflict);
+        let ours = is_ours(c.item(), token, version);
+        return Ok(if ours { Written::Done } else { Written::Conflict });
     }
-    let outcome_known = matches!(e, SdkError::ServiceError(_) | SdkError::ConstructionFailure(_));
+    let outcome_known = match &e {
+        SdkError::ServiceError(s) => !s.raw().status().is_server_error(),
+        SdkError::ConstructionFailure(_) => true,
+        _ => false,
+    };
     Err(WriteError::Unavailable {
         pk: pk.to_owned(),
         detail: DisplayErrorContext(e).to_string(),
@@ -123,46 +189,55 @@ fn failed<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R
     })
 }
 
-/// Sends a put or delete request on condition `expect`: `Conflict` when it fails. (A macro: the
-/// two requests' builders share no trait.)
-macro_rules! conditioned {
-    ($request:expr, $expect:expr, $pk:expr) => {{
-        let (condition, names, values) = $expect.condition();
-        let sent = $request
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(values)
-            .send()
-            .await;
-        sent.map_or_else(|e| failed($pk, e), |_| Ok(Written::Done))
-    }};
-}
-
 /// Puts `item` at `pk` if the item there is as `expect`ed; the item is written at the next
 /// version (its own `version`, if any, is replaced).
-pub async fn put(
-    client: &Client,
-    table: &str,
-    pk: &str,
-    mut item: Item,
-    expect: Expect,
-) -> Result<Written, WriteError> {
-    item.insert(PK.to_owned(), AttributeValue::S(pk.to_owned()));
-    item.insert(VERSION.to_owned(), AttributeValue::N(expect.next().to_string()));
-    let put = client.put_item().table_name(table).set_item(Some(item));
-    conditioned!(put, expect, pk)
+pub async fn put(client: &Client, table: &str, pk: &str, item: Item, expect: &Expect) -> Result<Written, WriteError> {
+    let token = token();
+    let (item, version) = stamped(pk, item, expect, &token)?;
+    let (condition, names, values) = expect.condition();
+    let sent = client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression(condition)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(values)
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        .send()
+        .await;
+    sent.map_or_else(|e| failed(pk, e, &token, version), |_| Ok(Written::Done))
 }
 
-/// Deletes the item at `pk` if it is as `expect`ed (`Absent`: nothing to delete, done).
-pub async fn delete(client: &Client, table: &str, pk: &str, expect: Expect) -> Result<Written, WriteError> {
-    if expect == Expect::Absent {
+/// Deletes the item at `pk` if it is as `expect`ed, leaving its tombstone (`Absent`: nothing to
+/// delete, done).
+pub async fn delete(client: &Client, table: &str, pk: &str, expect: &Expect) -> Result<Written, WriteError> {
+    if *expect == Expect::Absent {
         return Ok(Written::Done);
     }
-    let delete = client
-        .delete_item()
+    put(client, table, pk, tombstone(), expect).await
+}
+
+/// `put`'s request as one action of a transaction (`TransactWriteItems`) by `token`, and the
+/// version it writes.
+pub fn put_action(
+    table: &str,
+    pk: &str,
+    item: Item,
+    expect: &Expect,
+    token: &str,
+) -> Result<(TransactWriteItem, u64), WriteError> {
+    let (item, version) = stamped(pk, item, expect, token)?;
+    let (condition, names, values) = expect.condition();
+    let put = Put::builder()
         .table_name(table)
-        .key(PK, AttributeValue::S(pk.to_owned()));
-    conditioned!(delete, expect, pk)
+        .set_item(Some(item))
+        .condition_expression(condition)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(values)
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        .build()
+        .expect("table and item are set");
+    Ok((TransactWriteItem::builder().put(put).build(), version))
 }
 
 /// What a writer decides for an item, given the item as it is.
@@ -190,7 +265,8 @@ impl<T: PartialEq> Changed<T> {
 /// Reads `pk` (strongly consistent), lets `decide` choose from the item as it is, and writes that
 /// on condition that the item is still as read; on a conflict, reads and decides again, at most
 /// `ATTEMPTS` times. `parse` reads an item as `T` (`Err` for an item that does not parse, which
-/// `decide` sees as `None` but is still conditioned on); `render` gives the attributes of a `T`.
+/// `decide` sees as `None` but is still conditioned on; a tombstone is no item); `render` gives
+/// the attributes of a `T`.
 pub async fn change<T: Clone>(
     client: &Client,
     table: &str,
@@ -208,11 +284,13 @@ pub async fn change<T: Clone>(
                 outcome_known: true,
             })?;
         let expect = Expect::of(item.as_ref());
-        let before = item.as_ref().and_then(&parse);
+        let live = item.filter(|i| !is_gone(i));
+        let before = live.as_ref().and_then(&parse);
         let (written, after) = match decide(before.as_ref()) {
             Verdict::Leave => (Written::Done, before.clone()),
-            Verdict::Put(value) => (put(client, table, pk, render(&value), expect).await?, Some(value)),
-            Verdict::Delete => (delete(client, table, pk, expect).await?, None),
+            Verdict::Put(value) => (put(client, table, pk, render(&value), &expect).await?, Some(value)),
+            Verdict::Delete if live.is_none() => (Written::Done, None),
+            Verdict::Delete => (delete(client, table, pk, &expect).await?, None),
         };
         if written == Written::Done {
             return Ok(Changed { before, after });

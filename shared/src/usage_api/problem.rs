@@ -91,7 +91,16 @@ impl IntoResponse for Problem {
 impl From<DirectoryError> for Problem {
     fn from(e: DirectoryError) -> Problem {
         tracing::warn!(error = %e, "usage api: policy table");
-        Problem::unavailable("policy-unavailable", format!("the policy table could not be used: {e}"))
+        match e {
+            DirectoryError::Indeterminate(_) => Problem::unavailable(
+                "policy-write-unknown",
+                format!(
+                    "a policy table write may or may not have been made ({e}): read the tenant before retrying \
+                     (an onboarding retried with the same Idempotency-Key is safe)"
+                ),
+            ),
+            _ => Problem::unavailable("policy-unavailable", format!("the policy table could not be used: {e}")),
+        }
     }
 }
 

@@ -84,9 +84,9 @@ async fn an_apply_that_fails_part_way_ends_exactly_at_the_checkpoint() {
 }
 
 #[tokio::test]
-async fn a_table_sync_that_fails_part_way_is_undone_in_api_gateway_and_the_table() {
+async fn a_table_sync_that_fails_between_batches_is_undone_in_api_gateway_and_the_table() {
     // GIVEN 100 tenants on free, synced, and a file moving them all to a new plan: 101 table
-    // writes, one item at a time
+    // writes, two transactions
     let w = World::build("ap-southeast-3", true).await;
     let free = w.plan("free", 10.0, 20, 50_000).await;
     let mut file = String::from(
@@ -100,17 +100,19 @@ async fn a_table_sync_that_fails_part_way_is_undone_in_api_gateway_and_the_table
     }
     w.sync().await;
     let (gateway0, table0) = (w.gateway().await, w.records().await);
-    // AND the policy table takes the first 160 item writes (100 tenants marked as moving, then 60
-    // of the sync's) and loses the 161st
-    let mut faults = vec![None; 160];
-    faults.push(Some(Fault::LoseRequest));
-    w.proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &faults);
+    // AND the policy table takes the first of the sync's transactions (the tenants are marked as
+    // moving by single writes before it) and loses the second
+    w.proxy.inject_on(
+        "POST",
+        "DynamoDB_20120810.TransactWriteItems",
+        &[None, Some(Fault::LoseRequest)],
+    );
 
     // WHEN applied
     let err = w.apply(&file).await.expect_err("the sync fails");
 
-    // THEN every API Gateway call was made and undone, and the items written to the table were
-    // put back: both exactly as they were
+    // THEN every API Gateway call was made and undone, and the first batch written to the table
+    // was put back: both exactly as they were
     let ApplyError::Restored {
         failed_at,
         done,
@@ -122,7 +124,8 @@ async fn a_table_sync_that_fails_part_way_is_undone_in_api_gateway_and_the_table
     };
     assert_eq!(failed_at, "syncing the policy table");
     assert_eq!((done.len(), undone.len()), (201, 201), "{err}");
-    assert!(w.proxy.seen("POST", "DynamoDB_20120810.PutItem") > 161);
+    // (the sync's two transactions, the second lost; the restore's sync, again 101 writes: two)
+    assert_eq!(w.proxy.seen("POST", "DynamoDB_20120810.TransactWriteItems"), 4);
     assert_eq!(w.gateway().await, gateway0);
     assert_eq!(w.records().await, table0);
     assert_eq!(w.resolve_plan("tg_live_batch_000").await, Some("free".to_owned()));

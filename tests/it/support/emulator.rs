@@ -22,7 +22,11 @@ pub fn sdk_config(endpoint: &str) -> SdkConfig {
 }
 
 /// The same in another region: the emulator keeps regions apart, so tests that list everything
-/// of a kind (usage plans, API keys) each take a region of their own.
+/// of a kind (usage plans, API keys) each take a region of their own: every test that syncs, and
+/// every test that creates usage plans or keys, in a region no syncing test uses. The emulator
+/// serves every region botocore names, the isolated partitions' too (`us-iso-east-1`,
+/// `us-iso-west-1`, `us-isob-east-1`, `eu-isoe-west-1`, `eusc-de-east-1`): there are more such
+/// tests than commercial regions. `us-east-1` is for tests that list no usage plans or keys.
 pub fn sdk_config_in(endpoint: &str, region: &'static str) -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())

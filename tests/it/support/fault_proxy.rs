@@ -34,6 +34,12 @@ pub enum Fault {
     /// Answer `429 TooManyRequestsException` as API Gateway's control plane does, without
     /// forwarding: the request is refused unexecuted.
     TooManyRequests,
+    /// Forward the request and let the emulator apply it, then answer DynamoDB's `500
+    /// InternalServerError` in place of its response: a store failing while it applies a write.
+    InternalError,
+    /// Read the request and hold it until `release`, then forward it and deliver the answer: the
+    /// caller is paused at that call while others run (after `release`, a hold passes at once).
+    Hold,
 }
 
 /// Faults for the requests of one call: its method, and `path` found in its request line or
@@ -75,6 +81,9 @@ pub struct FaultProxy {
     held: Arc<AtomicU64>,
     /// An outage: every new connection stalls and open ones are cut.
     outage: Arc<AtomicBool>,
+    /// Requests held (`Fault::Hold`) so far, and whether they may go on.
+    holding: Arc<AtomicU64>,
+    released: Arc<AtomicBool>,
 }
 
 impl FaultProxy {
@@ -90,6 +99,8 @@ impl FaultProxy {
             injected: Arc::default(),
             held: Arc::default(),
             outage: Arc::default(),
+            holding: Arc::default(),
+            released: Arc::default(),
         };
         let this = proxy.clone();
         proxy.addr = proxy::tcp(move |client| this.accept(client, upstream)).await;
@@ -108,7 +119,8 @@ impl FaultProxy {
         let this = self.clone();
         async move {
             if by_rule {
-                serve_matching(client, upstream, this.rules, this.injected).await;
+                let hold = this.hold();
+                serve_matching(client, upstream, this.rules, this.injected, hold).await;
             } else {
                 serve(client, upstream, fault, this.held, this.outage).await;
             }
@@ -134,6 +146,25 @@ impl FaultProxy {
             per_million: (share * 1e6) as u32,
             faults: faults.to_vec(),
         });
+    }
+
+    fn hold(&self) -> Hold {
+        Hold {
+            holding: self.holding.clone(),
+            released: self.released.clone(),
+        }
+    }
+
+    /// Waits until a request is held (`Fault::Hold`).
+    pub async fn wait_held(&self) {
+        while self.holding.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Lets held requests, and every later hold, go on.
+    pub fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
     }
 
     /// Faults injected so far.
@@ -200,12 +231,19 @@ impl FaultProxy {
     }
 }
 
+/// What `Fault::Hold` waits on.
+struct Hold {
+    holding: Arc<AtomicU64>,
+    released: Arc<AtomicBool>,
+}
+
 /// Reads the request first, and answers it by the first rule it matches.
 async fn serve_matching(
     mut client: TcpStream,
     upstream: SocketAddr,
     rules: Arc<Mutex<Vec<Rule>>>,
     injected: Arc<AtomicU64>,
+    hold: Hold,
 ) {
     let Some(request) = proxy::read_request(&mut client).await else {
         return;
@@ -226,11 +264,21 @@ async fn serve_matching(
     }
     match fault {
         Some(Fault::TooManyRequests) => throttle(&mut client).await,
+        Some(Fault::InternalError) => {
+            proxy::deliver_unheard(upstream, &request).await;
+            internal_error(&mut client).await;
+        }
         Some(Fault::LoseRequest) => {}
         Some(Fault::Stall) => tokio::time::sleep(Duration::from_secs(60)).await,
         // Applied by the emulator, the answer never delivered.
         Some(Fault::LoseResponse | Fault::Delay(_)) => proxy::deliver_unheard(upstream, &request).await,
-        Some(Fault::Pass) | None => {
+        Some(Fault::Pass | Fault::Hold) | None => {
+            if fault == Some(Fault::Hold) {
+                hold.holding.fetch_add(1, Ordering::SeqCst);
+                while !hold.released.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;
             };
@@ -240,6 +288,16 @@ async fn serve_matching(
         }
     }
     let _ = client.shutdown().await;
+}
+
+/// DynamoDB's answer when it fails internally.
+async fn internal_error(client: &mut TcpStream) {
+    let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error"}"#;
+    let answer = format!(
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(answer.as_bytes()).await;
 }
 
 /// API Gateway's answer to a throttled control-plane call.
@@ -300,7 +358,13 @@ async fn serve(
                 _ = forward => { let _ = from_server.read_to_end(&mut sink).await; }
             }
         }
-        Some(Fault::Pass) | None => {
+        Some(Fault::InternalError) => {
+            if let Some(request) = proxy::read_request(&mut client).await {
+                proxy::deliver_unheard(upstream, &request).await;
+                internal_error(&mut client).await;
+            }
+        }
+        Some(Fault::Pass | Fault::Hold) | None => {
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;
             };

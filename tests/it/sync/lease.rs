@@ -16,7 +16,8 @@ use tollgate::control::sync::lease::{
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::clock::Timestamp;
-use tollgate::policy_table::{LEASE_PK, read_item};
+use tollgate::policy_table::write::{self, Expect, Written};
+use tollgate::policy_table::{LEASE_PK, TenantRecord, read_item, record, tenant_pk};
 
 use super::World;
 use crate::support::emulator;
@@ -172,7 +173,7 @@ async fn a_holder_stopped_right_after_renewing_blocks_others_only_until_its_dead
 async fn a_rerun_asked_too_near_the_deadline_is_left_to_the_next_trigger_with_the_lease_released() {
     // GIVEN a plan with one key, and run A whose invocation has less than a round's time left
     // once its first round is done (the injected clock stands still during the round)
-    let w = World::new("ap-southeast-3").await;
+    let w = World::new("us-iso-east-1").await;
     let plan = w.plan("lease-d", 1.0, 5, 1000, &[]).await;
     w.key("k1", Some("t1"), "tg_live_lease_5", &plan).await;
     let paused = Paused::new(&w.control);
@@ -198,11 +199,11 @@ async fn a_rerun_asked_too_near_the_deadline_is_left_to_the_next_trigger_with_th
 async fn a_release_that_fails_abandons_the_lease_so_the_next_trigger_need_not_wait() {
     // GIVEN a holder whose table calls go through a proxy that loses its release's delete on
     // every attempt the SDK makes (3), and lets the next delete through
-    let w = World::new("eu-south-1").await;
+    let w = World::new("eu-isoe-west-1").await;
     let plan = w.plan("lease-e", 1.0, 5, 1000, &[]).await;
     w.key("k1", Some("t1"), "tg_live_lease_6", &plan).await;
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
-    let sdk = emulator::sdk_config_in(&proxy.endpoint(), "eu-south-1");
+    let sdk = emulator::sdk_config_in(&proxy.endpoint(), "eu-isoe-west-1");
     let table = PolicyTable::new(tollgate::aws::admin_client(&sdk), &w.name);
     let lost = Some(Fault::LoseRequest);
     proxy.inject_on("POST", "DynamoDB_20120810.DeleteItem", &[lost, lost, lost]);
@@ -221,7 +222,7 @@ async fn a_release_that_fails_abandons_the_lease_so_the_next_trigger_need_not_wa
 #[tokio::test]
 async fn a_rerun_asked_just_before_the_holders_release_makes_the_release_fail_and_is_kept() {
     // GIVEN run A holding the lease (no API Gateway call is made here)
-    let w = World::new("me-central-1").await;
+    let w = World::new("us-east-1").await;
     let now = w.clock.now();
     let until = expiry(w.deadline());
     let a = Lease::new(&w.table, "a");
@@ -253,11 +254,11 @@ async fn a_rerun_asked_just_before_the_holders_release_makes_the_release_fail_an
 async fn a_take_whose_answer_is_lost_is_retried_onto_the_runs_own_lease_and_the_run_syncs() {
     // GIVEN a run whose table calls go through a proxy that applies its first PutItem (the
     // lease's take) and loses the answer, so the SDK sends the put again
-    let w = World::new("il-central-1").await;
+    let w = World::new("eusc-de-east-1").await;
     let plan = w.plan("lease-f", 1.0, 5, 1000, &[]).await;
     w.key("k1", Some("t1"), "tg_live_lease_7", &plan).await;
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
-    let sdk = emulator::sdk_config_in(&proxy.endpoint(), "il-central-1");
+    let sdk = emulator::sdk_config_in(&proxy.endpoint(), "eusc-de-east-1");
     let table = PolicyTable::new(tollgate::aws::admin_client(&sdk), &w.name);
     proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseResponse)]);
     // WHEN it runs
@@ -279,7 +280,7 @@ async fn a_take_whose_answer_is_lost_is_retried_onto_the_runs_own_lease_and_the_
 async fn two_invocations_of_one_request_id_never_both_hold_the_lease() {
     // GIVEN Lambda delivering one event twice: two invocations with the same request id, each
     // with the owner token it draws once
-    let w = World::new("ap-southeast-5").await;
+    let w = World::new("us-east-1").await;
     let (now, until) = (w.clock.now(), expiry(w.deadline()));
     let (first, second) = (invocation_owner("req-dup"), invocation_owner("req-dup"));
     assert!(
@@ -293,4 +294,47 @@ async fn two_invocations_of_one_request_id_never_both_hold_the_lease() {
     assert_eq!(b.take(now, until).await.expect("take"), Take::RerunAsked);
     // AND the first's own retried take still finds it its own
     assert_eq!(a.take(now, until).await.expect("take"), Take::Held);
+}
+
+#[tokio::test]
+async fn items_another_writer_changed_under_a_round_are_synced_in_the_next_round_of_the_same_run() {
+    // GIVEN two plans, and a key of t2 on plan p not yet synced
+    let w = World::new("eu-west-3").await;
+    let p = w.plan("defer-p", 1.0, 5, 1000, &[]).await;
+    w.plan("defer-q", 2.0, 5, 1000, &[]).await;
+    w.key("k1", Some("t1"), "tg_live_defer_1", &p).await;
+    w.sync().await;
+    w.key("k2", Some("t2"), "tg_live_defer_2", &p).await;
+    let paused = Paused::new(&w.control);
+
+    // WHEN a leased run reads API Gateway, and before it writes another writer puts t2 on plan q
+    let run = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline());
+    let other = async {
+        paused.reached.notified().await;
+        let written = write::put(
+            &w.db,
+            &w.name,
+            &tenant_pk("t2"),
+            record::tenant_item(&TenantRecord::on("defer-q")),
+            &Expect::Absent,
+        )
+        .await
+        .expect("write");
+        paused.resume.notify_one();
+        written
+    };
+    let (run, written) = tokio::join!(run, other);
+    let run = run.expect("run");
+
+    // THEN the round that lost t2 to the other writer left it, and the run synced it in its next
+    // round, with no other trigger: t2 is on p, as API Gateway says
+    assert_eq!(written, Written::Done);
+    assert_eq!(run.rounds.len(), 2, "{run:?}");
+    assert_eq!(run.rounds[0].left_to_other_writers, vec![tenant_pk("t2")], "{run:?}");
+    assert!(run.rounds[1].left_to_other_writers.is_empty(), "{run:?}");
+    assert_eq!(
+        w.resolve("tg_live_defer_2").await,
+        Some(("t2".into(), "defer-p".into()))
+    );
+    assert_eq!(w.lease().await, None);
 }

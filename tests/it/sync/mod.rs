@@ -2,6 +2,7 @@
 //! keys and usage-plan keys in; the policy table the authorizer reads out. `lease`: one run at a
 //! time, and the rerun a change during a run asks for.
 
+mod interleaving;
 mod lease;
 
 use std::sync::Arc;

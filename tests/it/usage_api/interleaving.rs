@@ -1,7 +1,11 @@
 //! Plan sync and the usage API writing the same policy items: a usage-API change made while a
-//! sync is under way (after it read API Gateway, or between its reads) is never undone by that
-//! sync. The interleaving is driven through sync's control-plane port: the usage API's request
-//! runs right after sync read the usage plans or the keys, and before sync writes.
+//! sync is under way (between its read of the table and its reads of API Gateway, between those,
+//! or after them) is never undone by that sync. The interleaving is driven through sync's
+//! control-plane port: the usage API's requests run right before sync reads the usage plans
+//! (after it read the table), right after, or right after it read the keys, and before sync
+//! writes. In each test sync has something to write over the items the usage API changed, from
+//! reads older than that change: only the write protocol's conditions stop it. Last, two usage-API
+//! requests on one tenant, interleaved by a loopback proxy holding one's API Gateway call.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,38 +21,46 @@ use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::sync::{self, SyncReport};
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::identity::ApiKeyHash;
-use tollgate::policy_table::{record, tenant_pk};
+use tollgate::policy_table::{TenantRecord, record, shown_pk, tenant_pk};
+use tollgate::usage_api::registry::{Registry, Verdict};
 
 use super::World;
 use crate::support::apigateway::fast_backoff;
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
 
 type Hook = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// When sync's hook runs: right after it read the usage plans, or the keys.
+/// Where sync's hooks run: before it reads the usage plans (it has read the table), right after,
+/// or right after it read the keys.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum After {
-    UsagePlans,
-    ApiKeys,
+enum At {
+    BeforeUsagePlans,
+    AfterUsagePlans,
+    AfterApiKeys,
 }
 
-/// API Gateway as sync reads it, running `hook` once at `after`.
+/// API Gateway as sync reads it, running each hook once at its point.
 struct Hooked {
     inner: ApiGateway,
-    after: After,
-    hook: Mutex<Option<Hook>>,
+    hooks: Mutex<Vec<(At, Hook)>>,
 }
 
 impl std::fmt::Debug for Hooked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooked").field("after", &self.after).finish()
+        f.debug_struct("Hooked").finish_non_exhaustive()
     }
 }
 
 impl Hooked {
-    async fn run(&self, at: After) {
-        if at == self.after
-            && let Some(hook) = self.hook.lock().await.take()
-        {
+    async fn run(&self, at: At) {
+        let due: Vec<Hook> = {
+            let mut hooks = self.hooks.lock().await;
+            let (due, rest) = hooks.drain(..).partition(|(when, _)| *when == at);
+            *hooks = rest;
+            due.into_iter().map(|(_, hook)| hook).collect()
+        };
+        for hook in due {
             hook.await;
         }
     }
@@ -57,14 +69,15 @@ impl Hooked {
 #[async_trait]
 impl ControlPlane for Hooked {
     async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        self.run(At::BeforeUsagePlans).await;
         let plans = self.inner.usage_plans().await?;
-        self.run(After::UsagePlans).await;
+        self.run(At::AfterUsagePlans).await;
         Ok(plans)
     }
 
     async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError> {
         let keys = self.inner.api_keys().await?;
-        self.run(After::ApiKeys).await;
+        self.run(At::AfterApiKeys).await;
         Ok(keys)
     }
 }
@@ -109,17 +122,16 @@ impl Both {
         ApiGateway::new(control_client(&self.sdk), fast_backoff(5))
     }
 
-    /// A sync that runs `hook` at `after`.
-    async fn sync_with(&self, after: After, hook: Hook) -> SyncReport {
+    /// A sync that runs each hook at its point.
+    async fn sync_with(&self, hooks: Vec<(At, Hook)>) -> SyncReport {
         let control = Hooked {
-            inner: ApiGateway::new(control_client(&self.sdk), fast_backoff(5)),
-            after,
-            hook: Mutex::new(Some(hook)),
+            inner: self.control(),
+            hooks: Mutex::new(hooks),
         };
         let report = sync::run(&control, &self.table, &self.w.clock, None)
             .await
             .expect("sync");
-        assert!(control.hook.lock().await.is_none(), "the hook ran");
+        assert!(control.hooks.lock().await.is_empty(), "every hook ran");
         report
     }
 
@@ -152,11 +164,11 @@ impl Both {
         })
     }
 
-    fn onboarding(&self, tenant: &str) -> Hook {
+    fn onboarding(&self, tenant: &str, idem: &str) -> Hook {
         let req = self
             .w
             .admin(reqwest::Method::POST, "/v1/tenants")
-            .header("idempotency-key", format!("idem-{tenant}"))
+            .header("idempotency-key", idem)
             .json(&json!({"tenant": tenant, "plan": "free"}));
         Box::pin(async move {
             let res = req.send().await.expect("answer");
@@ -165,23 +177,50 @@ impl Both {
     }
 }
 
+/// The usage API's answer to onboarding `tenant` under `idem`, replayed: its key's id and value.
+async fn onboarded(b: &Both, tenant: &str, idem: &str) -> (String, String) {
+    let (status, body) = b.w.onboard_via(&b.w.base, tenant, idem).await.expect("replay");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let key = &body["key"];
+    (
+        key["id"].as_str().expect("id").to_owned(),
+        key["value"].as_str().expect("value").to_owned(),
+    )
+}
+
 #[tokio::test]
 async fn an_offboarding_after_sync_read_api_gateway_is_not_undone_by_that_sync() {
-    // GIVEN tenant acme onboarded and synced
+    // GIVEN tenant acme onboarded after a sync read the table (the sync will create acme's
+    // items), and offboarded after that sync read API Gateway (acme's key still enabled there)
     let b = Both::new("mx-central-1").await;
-    let (_, value) = b.onboard("acme").await;
     b.sync().await;
-    assert_eq!(b.enabled(&value).await, Some(true));
-    // WHEN acme is offboarded after a sync read API Gateway (its key still enabled there), and
-    // that sync then writes
+    let onboard = b.onboarding("acme", "idem-acme");
     let offboard = b.request(reqwest::Method::DELETE, "/v1/tenants/acme", None);
-    let report = b.sync_with(After::ApiKeys, offboard).await;
-    // THEN acme's key is still revoked and acme still has no plan
-    assert_ne!(b.enabled(&value).await, Some(true), "{report:?}");
+    // WHEN that sync writes
+    let report = b
+        .sync_with(vec![(At::BeforeUsagePlans, onboard), (At::AfterApiKeys, offboard)])
+        .await;
+    // THEN acme's key is still revoked and acme still has no plan: the sync created neither
+    let keys = b.registry.keys_of("acme").await.expect("keys");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(!keys[0].1.enabled, "{report:?}");
     assert_eq!(b.tenant_plan("acme").await, None, "{report:?}");
+    assert!(report.created.is_empty(), "{report:?}");
+    assert_eq!(
+        report.left_to_other_writers.len(),
+        2,
+        "the key and the tenant: {report:?}"
+    );
     // AND the next sync, which reads API Gateway after the offboarding, keeps it so
     b.sync().await;
-    assert_ne!(b.enabled(&value).await, Some(true));
+    assert!(
+        b.registry
+            .keys_of("acme")
+            .await
+            .expect("keys")
+            .iter()
+            .all(|(_, k)| !k.enabled)
+    );
     assert_eq!(b.tenant_plan("acme").await, None);
 }
 
@@ -195,59 +234,76 @@ async fn an_offboarding_between_syncs_reads_stays_revoked_when_sync_writes_the_s
     // before it read the keys (the key disabled): the sync revokes items the offboarding wrote
     // since the sync read them
     let offboard = b.request(reqwest::Method::DELETE, "/v1/tenants/hooli", None);
-    let report = b.sync_with(After::UsagePlans, offboard).await;
+    let report = b.sync_with(vec![(At::AfterUsagePlans, offboard)]).await;
     // THEN the key is revoked and hooli has no plan; the sync's own revocation of the key lost
     // to the offboarding's, so the key's item stays as the offboarding left it (disabled), for the
     // next sync to read
     assert_eq!(b.enabled(&value).await, Some(false), "{report:?}");
     assert_eq!(b.tenant_plan("hooli").await, None, "{report:?}");
     let key_pk = tollgate::policy_table::key_pk(&ApiKeyHash::of(&value).to_hex());
-    assert!(report.left_to_other_writers.contains(&key_pk), "{report:?}");
+    assert!(report.left_to_other_writers.contains(&shown_pk(&key_pk)), "{report:?}");
 }
 
 #[tokio::test]
-async fn a_key_onboarded_while_sync_runs_is_not_deleted_by_that_sync() {
-    // GIVEN tenant acme onboarded and synced
+async fn a_tenant_onboarded_again_while_sync_runs_is_not_deleted_by_that_sync() {
+    // GIVEN tenant globex onboarded and synced
     let b = Both::new("ap-southeast-5").await;
-    b.onboard("acme").await;
+    let (_, first) = b.onboard("globex").await;
     b.sync().await;
-    // WHEN globex is onboarded after a sync read API Gateway, and that sync then writes
-    let report = b.sync_with(After::ApiKeys, b.onboarding("globex")).await;
-    // THEN globex's key and plan stand
-    let (status, body) =
-        b.w.onboard_via(&b.w.base, "globex", "idem-globex")
-            .await
-            .expect("replay");
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let value = body["key"]["value"].as_str().expect("value");
-    assert_eq!(b.enabled(value).await, Some(true), "{report:?}");
+    // WHEN globex is offboarded after a sync read the table (the sync will remove globex's items,
+    // as it read them) and onboarded again, with a new key, after the sync read API Gateway; and
+    // that sync then writes
+    let offboard = b.request(reqwest::Method::DELETE, "/v1/tenants/globex", None);
+    let onboard = b.onboarding("globex", "idem-globex-again");
+    let report = b
+        .sync_with(vec![(At::BeforeUsagePlans, offboard), (At::AfterApiKeys, onboard)])
+        .await;
+    // THEN globex's new key and its plan stand, and the first key stays revoked
+    let (_, value) = onboarded(&b, "globex", "idem-globex-again").await;
+    assert_eq!(b.enabled(&value).await, Some(true), "{report:?}");
     assert_eq!(b.tenant_plan("globex").await.as_deref(), Some("free"), "{report:?}");
+    assert_ne!(b.enabled(&first).await, Some(true), "{report:?}");
+    assert!(report.revoked.is_empty(), "{report:?}");
     // AND the next sync keeps them
     b.sync().await;
-    assert_eq!(b.enabled(value).await, Some(true));
+    assert_eq!(b.enabled(&value).await, Some(true));
+    assert_eq!(b.tenant_plan("globex").await.as_deref(), Some("free"));
 }
 
 #[tokio::test]
 async fn a_rotation_while_sync_runs_is_not_undone_by_that_sync() {
-    // GIVEN tenant initech onboarded and synced
+    // GIVEN tenant initech onboarded after a sync read the table (the sync will create initech's
+    // items as API Gateway shows them), and its key rotated with no grace (the old key revoked at
+    // once, a new one issued) after the sync read API Gateway
     let b = Both::new("ap-southeast-7").await;
-    let (_, old) = b.onboard("initech").await;
     b.sync().await;
-    // WHEN its key is rotated with no grace (the old key revoked at once, a new one issued)
-    // after a sync read API Gateway, and that sync then writes
+    let onboard = b.onboarding("initech", "idem-initech");
     let rotate = b.request(
         reqwest::Method::POST,
         "/v1/tenants/initech/keys",
         Some(json!({"grace_seconds": 0})),
     );
-    let report = b.sync_with(After::ApiKeys, rotate).await;
+    // WHEN that sync writes
+    let report = b
+        .sync_with(vec![(At::BeforeUsagePlans, onboard), (At::AfterApiKeys, rotate)])
+        .await;
     // THEN the old key stays revoked and the new one enabled
-    assert_ne!(b.enabled(&old).await, Some(true), "{report:?}");
+    let (_, old) = onboarded(&b, "initech", "idem-initech").await;
+    assert_eq!(b.enabled(&old).await, Some(false), "{report:?}");
     let view = b.w.get_json("/v1/tenants/initech").await;
     let keys = view["keys"].as_array().expect("keys");
     assert_eq!(keys.iter().filter(|k| k["enabled"] == true).count(), 1, "{view}");
     assert_eq!(b.tenant_plan("initech").await.as_deref(), Some("free"));
-    // AND every item the sync left carries a version
+    // AND the sync wrote none of initech's items: the old key and the tenant, both made by the
+    // usage API since the sync read the table, are left to the next sync
+    let old_pk = shown_pk(&tollgate::policy_table::key_pk(&ApiKeyHash::of(&old).to_hex()));
+    assert!(report.created.is_empty() && report.changed.is_empty(), "{report:?}");
+    assert!(report.left_to_other_writers.contains(&old_pk), "{report:?}");
+    assert!(
+        report.left_to_other_writers.contains(&tenant_pk("initech")),
+        "{report:?}"
+    );
+    // AND every item the usage API left carries a version
     let tenant = tollgate::policy_table::read_item(&admin_client(&b.sdk), b.table.name(), &tenant_pk("initech"))
         .await
         .expect("read")
@@ -299,7 +355,7 @@ async fn an_anchor_set_while_sync_runs_is_kept_by_that_sync_and_the_next() {
         "/v1/tenants/acme/anchor",
         Some(json!({"anchor": 20})),
     );
-    let report = b.sync_with(After::ApiKeys, set).await;
+    let report = b.sync_with(vec![(At::AfterApiKeys, set)]).await;
     // THEN that sync's write lost to the anchor's and left the item as the usage API made it
     let acme = || async { b.registry.tenant("acme").await.expect("table").expect("acme") };
     assert!(report.left_to_other_writers.contains(&tenant_pk("acme")), "{report:?}");
@@ -307,4 +363,91 @@ async fn an_anchor_set_while_sync_runs_is_kept_by_that_sync_and_the_next() {
     // AND the next sync moves acme to pro with its anchor day kept
     b.sync().await;
     assert_eq!((acme().await.plan.as_str(), acme().await.anchor), ("pro", Some(20)));
+}
+
+#[tokio::test]
+async fn an_offboarding_keeps_a_tenant_moved_to_another_plan_meanwhile() {
+    // GIVEN tenant acme on free, the usage API's API Gateway calls through a proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, _, _) = World::on_policy_table_via("us-west-1", Some(&proxy.endpoint())).await;
+    let (status, body) = w.onboard_via(&w.base, "acme", "idem-acme").await.expect("onboard");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // WHEN acme is offboarded, and another writer moves it to pro after the offboarding read its
+    // plan (while the offboarding disables its key; the emulator fails a move's API Gateway calls
+    // on a key another request is taking off its plan, so the move is the table's write alone)
+    proxy.inject_on("PATCH", "/apikeys/", &[Some(Fault::Hold)]);
+    let offboard = w.admin(reqwest::Method::DELETE, "/v1/tenants/acme").send();
+    let moving = async {
+        proxy.wait_held().await;
+        let moved = registry
+            .change_tenant("acme", &|_| Verdict::Put(TenantRecord::on("pro")))
+            .await
+            .expect("move");
+        proxy.release();
+        moved
+    };
+    let (offboarded, moved) = tokio::join!(offboard, moving);
+    let offboarded = offboarded.expect("answer");
+    // THEN the move stands: acme is on pro, and the offboarding, which read free, says so
+    assert_eq!(moved.after.map(|t| t.plan).as_deref(), Some("pro"));
+    assert_eq!(
+        registry.tenant_plan("acme").await.expect("table").as_deref(),
+        Some("pro")
+    );
+    assert_eq!(
+        offboarded.status(),
+        StatusCode::CONFLICT,
+        "{:?}",
+        offboarded.text().await
+    );
+}
+
+#[tokio::test]
+async fn an_onboarding_that_finds_its_tenant_onboarded_on_another_plan_meanwhile_leaves_no_enabled_key() {
+    // GIVEN the usage API's API Gateway calls through a proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, _, _) = World::on_policy_table_via("sa-east-1", Some(&proxy.endpoint())).await;
+    // WHEN acme is onboarded on free, and, once that onboarding created its key and before it put
+    // the key on free, onboarded on pro by another request
+    proxy.inject_on("POST", "/keys", &[Some(Fault::Hold)]);
+    let first = w.onboard_via(&w.base, "acme", "idem-free");
+    let second = async {
+        proxy.wait_held().await;
+        let body = json!({"tenant": "acme", "plan": "pro"});
+        let second = w
+            .admin(reqwest::Method::POST, "/v1/tenants")
+            .header("idempotency-key", "idem-pro")
+            .json(&body)
+            .send()
+            .await
+            .expect("answer");
+        proxy.release();
+        (second.status(), second.json::<Value>().await.expect("json"))
+    };
+    let (first, (status, body)) = tokio::join!(first, second);
+    let (first, _) = first.expect("answer");
+    // THEN the second stands: acme on pro with its key; the first answers 409 and leaves its key
+    // disabled in API Gateway and out of the table
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(first, StatusCode::CONFLICT);
+    assert_eq!(
+        registry.tenant_plan("acme").await.expect("table").as_deref(),
+        Some("pro")
+    );
+    let pro_key = body["key"]["id"].as_str().expect("id");
+    let keys = registry.keys_of("acme").await.expect("keys");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].1.key_id, pro_key);
+    let gateway = w.gw.get_api_keys().send().await.expect("keys");
+    let enabled: Vec<_> = gateway
+        .items()
+        .iter()
+        .filter(|k| k.enabled())
+        .filter_map(|k| k.id())
+        .collect();
+    assert_eq!(enabled, vec![pro_key]);
+    // AND a retry of the first gets the same answer, and enables nothing
+    let (again, _) = w.onboard_via(&w.base, "acme", "idem-free").await.expect("answer");
+    assert_eq!(again, StatusCode::CONFLICT);
+    assert_eq!(registry.keys_of("acme").await.expect("keys").len(), 1);
 }

@@ -74,6 +74,14 @@ impl World {
     /// The Lambda's setup: the registry in a DynamoDB policy table holding the plans. Also
     /// returns the registry, the SDK configuration and the table's name.
     async fn on_policy_table(region: &'static str) -> (World, DynamoDirectory, aws_config::SdkConfig, String) {
+        World::on_policy_table_via(region, None).await
+    }
+
+    /// `on_policy_table`, the usage API's API Gateway calls served by `control_endpoint`.
+    async fn on_policy_table_via(
+        region: &'static str,
+        control_endpoint: Option<&str>,
+    ) -> (World, DynamoDirectory, aws_config::SdkConfig, String) {
         let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
         let table = emulator::unique("registry");
         tollgate::directory::dynamodb::create_policy_table(&admin_client(&sdk), &table)
@@ -82,7 +90,7 @@ impl World {
         let registry = DynamoDirectory::new(admin_client(&sdk), &table);
         registry.put_plan(&plan("free"), 1).await.expect("plan");
         registry.put_plan(&plan("pro"), 1).await.expect("plan");
-        let w = World::with(region, Some(Arc::new(registry.clone())), None, None).await;
+        let w = World::with(region, Some(Arc::new(registry.clone())), control_endpoint, None).await;
         (w, registry, sdk, table)
     }
 

@@ -95,16 +95,21 @@ pub fn gateway_conflicts(checkpoint: &Checkpoint, left: &Left, plans: &[UsagePla
 }
 
 /// The policy items a change wrote that are no longer as it left them: an item it wrote at
-/// another version now, or one it removed there again. `now` gives an item's record and version.
-pub fn item_conflicts(items: &[ItemChange], now: &BTreeMap<String, Option<(Record, u64)>>) -> Vec<String> {
+/// another version now, or one it removed there again. `now` gives an item's record and version
+/// (a `None` record: a deleted item's tombstone). An item the change removed is as it left it
+/// while absent or its tombstone is at the version the delete wrote.
+pub fn item_conflicts(items: &[ItemChange], now: &BTreeMap<String, Option<(Option<Record>, u64)>>) -> Vec<String> {
     let mut out = Vec::new();
     for item in items {
         let current = now.get(&item.pk).cloned().flatten();
         let same = match (&item.after, item.after_version, &current) {
             (None, _, None) => true,
-            (Some(_), Some(v), Some((_, version))) => v == *version,
+            (None, Some(v), Some((None, version))) => v == *version,
+            // Recorded without the tombstone's version: absent, as it left it.
+            (None, None, Some((None, _))) => true,
+            (Some(_), Some(v), Some((Some(_), version))) => v == *version,
             // Written before items carried versions: the record itself.
-            (Some(after), None, Some((record, _))) => after == record,
+            (Some(after), None, Some((Some(record), _))) => after == record,
             _ => false,
         };
         if !same {
@@ -172,16 +177,24 @@ mod tests {
                 before: Some(Record::Tenant(TenantRecord::on("free"))),
                 after: None,
                 before_version: Some(3),
-                after_version: None,
+                after_version: Some(4),
             },
         ];
         let mut now = BTreeMap::from([
-            ("key#aa".to_owned(), Some((key(true), 1))),
+            ("key#aa".to_owned(), Some((Some(key(true)), 1))),
             ("tenant#gone".to_owned(), None),
         ]);
         assert!(item_conflicts(&items, &now).is_empty());
-        now.insert("key#aa".into(), Some((key(false), 2)));
-        now.insert("tenant#gone".into(), Some((Record::Tenant(TenantRecord::on("pro")), 1)));
+        // The delete's own tombstone is as it left the item; one made again and deleted since is not.
+        now.insert("tenant#gone".into(), Some((None, 4)));
+        assert!(item_conflicts(&items, &now).is_empty());
+        now.insert("tenant#gone".into(), Some((None, 6)));
+        assert_eq!(item_conflicts(&items, &now), ["tenant#gone (changed since)"]);
+        now.insert("key#aa".into(), Some((Some(key(false)), 2)));
+        now.insert(
+            "tenant#gone".into(),
+            Some((Some(Record::Tenant(TenantRecord::on("pro"))), 5)),
+        );
         let c = item_conflicts(&items, &now);
         assert_eq!(
             c,

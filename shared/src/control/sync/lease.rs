@@ -1,19 +1,20 @@
 //! One plan-sync run at a time without reserved concurrency: the lease item `sync#lease`.
 //!
-//! Concurrent runs are correct anyway (every write is conditioned on `sync#meta`'s generation),
-//! but each re-reads all of API Gateway. So a run first takes the lease (a conditional put with
-//! an owner token and an expiry). A run that finds it held does not
-//! sync: it sets the lease's `rerun` (an update, so a change that arrived during the holder's run
-//! is never dropped) and returns. The holder, when done, deletes the lease on condition that it
-//! still owns it and `rerun` is still false; when that fails because `rerun` was set, it clears
-//! `rerun`, renews the expiry and runs once more, at most `MAX_ROUNDS` rounds, and only while the
-//! invocation has the time a round needs (`MIN_ROUND`, or the last round's time if longer). The
-//! expiry (`until`, epoch seconds) is the invocation's deadline plus `LEASE_MARGIN`, whenever it
-//! is taken or renewed: a holder stopped at its timeout blocks other runs for the margin, not for
-//! another timeout. The take also succeeds on a lease this run already holds (a retried put whose
-//! first answer was lost). Every error of `take`, `release` or `renew` abandons the lease (best
-//! effort; it lapses at its expiry otherwise; completed rounds' reports are kept), and lapses are
-//! read from the injected clock.
+//! Concurrent runs are correct anyway (every batch of a run's writes is conditioned on
+//! `sync#meta`'s generation, `table`), but each re-reads all of API Gateway. So a run first takes
+//! the lease (a conditional put with an owner token and an expiry). A run that finds it held does
+//! not sync: it sets the lease's `rerun` (an update, so a change that arrived during the holder's
+//! run is never dropped) and returns. The holder, when done, deletes the lease on condition that
+//! it still owns it and `rerun` is still false; when that fails because `rerun` was set, it clears
+//! `rerun`, renews the expiry and runs once more (as it does, without trying the delete, when its
+//! round left items another writer changed meanwhile), at most `MAX_ROUNDS`
+//! rounds, and only while the invocation has the time a round needs (`MIN_ROUND`, or the last
+//! round's time if longer). The expiry (`until`, epoch seconds) is the invocation's deadline plus
+//! `LEASE_MARGIN`, whenever it is taken or renewed: a holder stopped at its timeout blocks other
+//! runs for the margin, not for another timeout. The take also succeeds on a lease this run
+//! already holds (a retried put whose first answer was lost). Every error of `take`, `release` or
+//! `renew` abandons the lease (best effort; it lapses at its expiry otherwise; completed rounds'
+//! reports are kept), and lapses are read from the injected clock.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -251,10 +252,12 @@ pub fn expiry(deadline: Timestamp) -> Timestamp {
 }
 
 /// `sync::run` under the lease, as the plan-sync function runs it: `owner` names this run
-/// (`invocation_owner`: the request id and a nonce drawn once per invocation), `deadline` is when the invocation is stopped (the lease holds until
-/// `expiry(deadline)`). A run that finds the lease held asks its holder to run again and returns
-/// `deferred`; the holder runs until no rerun was asked for, at most `MAX_ROUNDS` rounds, and
-/// starts one only with the time it needs; a rerun it does not run is left to the next trigger.
+/// (`invocation_owner`: the request id and a nonce drawn once per invocation), `deadline` is when
+/// the invocation is stopped (the lease holds until `expiry(deadline)`). A run that finds the
+/// lease held asks its holder to run again and returns `deferred`; the holder runs until no rerun
+/// was asked for and no item was left to other writers (`SyncReport::left_to_other_writers`), at
+/// most `MAX_ROUNDS` rounds, and starts one only with the time it needs; a rerun it does not run
+/// is left to the next trigger.
 pub async fn run_leased(
     control: &dyn ControlPlane,
     table: &PolicyTable,
@@ -277,8 +280,16 @@ pub async fn run_leased(
         let started = clock.now();
         let report = super::run(control, table, clock, actor).await;
         let took = clock.now().saturating_since(started);
-        done.rounds.push(abandon_on_error(&lease, report).await?);
-        match abandon_on_error(&lease, lease.release().await).await? {
+        let report = abandon_on_error(&lease, report).await?;
+        // Items another writer changed under this round are read again in the next, as if a
+        // rerun was asked for: no other trigger may come for them.
+        let release = if report.left_to_other_writers.is_empty() {
+            abandon_on_error(&lease, lease.release().await).await?
+        } else {
+            Release::Rerun
+        };
+        done.rounds.push(report);
+        match release {
             Release::Released | Release::Lost => return Ok(done),
             Release::Rerun if done.rounds.len() >= MAX_ROUNDS => {
                 tracing::warn!(

@@ -1,29 +1,36 @@
 //! The policy table as plan sync writes it: read it whole, compute the fewest writes that make it
 //! say what API Gateway says, and apply them so that two syncs never interleave.
 //!
-//! Concurrency, with other syncs: the item `sync#meta` holds a `generation`. A sync that has
-//! writes to make first moves it on, on condition that it is still the one read before the table
-//! and API Gateway; a sync that loses starts over from a fresh read, so a sync whose snapshot is
-//! older than one already claimed never writes. No clock is compared: machines' clocks may
-//! disagree. With every writer (the usage API, apply): the table is read before API Gateway, and
-//! each item is written on condition that it is still at the version read (`policy_table::write`),
-//! so a change another writer made after this sync's read is never undone by it. A write that
-//! loses is decided again: a key revocation still applies to an enabled key, anything else is left
-//! to the next sync. A crash part-way leaves a prefix of the writes, which the next run completes.
+//! Concurrency, with other syncs: the item `sync#meta` holds a `generation`. A sync writes in
+//! `TransactWriteItems` batches that each carry `sync#meta`: the first moves the generation on,
+//! on condition that it is still the one read before the table and API Gateway; every later
+//! batch checks that it is still this run's. A sync that loses starts over from a fresh read, so
+//! no batch of a sync lands after another sync claimed, and a sync whose snapshot is older than
+//! one already claimed never writes. No clock is compared: machines' clocks may disagree. With
+//! every writer (the usage API, apply): the table is read before API Gateway, and each item is
+//! written on condition that it is still at the version read (`policy_table::write`), so a change
+//! another writer made after this sync's read is never undone by it. A batch cancelled by such
+//! items is sent again without them, and each of them is decided again: a key revocation still
+//! applies to an enabled key (itself a batch with `sync#meta`), anything else is left to the next
+//! sync. A crash part-way leaves a prefix of the batches, which the next run completes.
 
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, ConditionCheck, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 
 use crate::control::sync::mapping::Desired;
 use crate::engine::clock::Timestamp;
 use crate::policy_table::audit::ItemChange;
-use crate::policy_table::record::{number, parse, render};
-use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, Written, version_of};
+use crate::policy_table::record::{is_gone, number, parse, render};
+use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, version_of};
 use crate::policy_table::{
-    KEY_PREFIX, META_PK, PK, PLAN_PREFIX, Record, TENANT_PREFIX, TenantRecord, key_pk, plan_pk, read_item, tenant_pk,
+    KEY_PREFIX, META_PK, PK, PLAN_PREFIX, Record, TENANT_PREFIX, TenantRecord, key_pk, plan_pk, read_item, shown_pk,
+    tenant_pk,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -40,7 +47,10 @@ pub enum TableError {
     #[error(transparent)]
     Write(#[from] WriteError),
     /// Items another writer changed while they were being written back, left as it made them.
-    #[error("policy items changed by another writer meanwhile, left as they are: {}", .0.join(", "))]
+    #[error(
+        "policy items changed by another writer meanwhile, left as they are: {}",
+        .0.iter().map(|pk| shown_pk(pk)).collect::<Vec<_>>().join(", ")
+    )]
     Changed(Vec<String>),
 }
 
@@ -49,8 +59,9 @@ pub enum TableError {
 pub struct Current {
     pub generation: u64,
     pub records: BTreeMap<String, Record>,
-    /// Each record's item version, the condition of a write over it.
-    pub versions: BTreeMap<String, u64>,
+    /// What a write over each record's item (and each deleted item's tombstone) expects: the
+    /// version read.
+    pub versions: BTreeMap<String, Expect>,
 }
 
 impl Current {
@@ -204,16 +215,20 @@ impl PolicyTable {
         let meta = read_item(&self.client, &self.table, META_PK)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(meta.and_then(|item| number(&item, "generation")).unwrap_or(0))
+        Ok(meta.and_then(|item| number(&item, GENERATION)).unwrap_or(0))
     }
 
-    /// The item at `pk` and its version (`None`: none, or not a policy record), strongly
-    /// consistent.
-    pub async fn item(&self, pk: &str) -> Result<Option<(Record, u64)>, TableError> {
+    /// The item at `pk` and its version, strongly consistent: `None` when there is none (or it is
+    /// not a policy record), a `None` record for a deleted item's tombstone.
+    pub async fn item(&self, pk: &str) -> Result<Option<(Option<Record>, u64)>, TableError> {
         let item = read_item(&self.client, &self.table, pk)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(item.and_then(|i| parse(pk, &i).map(|r| (r, version_of(&i)))))
+        Ok(item.and_then(|i| match parse(pk, &i) {
+            Some(record) => Some((Some(record), version_of(&i))),
+            None if is_gone(&i) => Some((None, version_of(&i))),
+            None => None,
+        }))
     }
 
     /// Marks `tenant` as moving to `plan` until `until` (epoch seconds): its record names `plan`,
@@ -285,9 +300,12 @@ impl PolicyTable {
                 let Some(pk) = item.get(PK).and_then(|v| v.as_s().ok()) else {
                     continue;
                 };
-                if let Some(record) = parse(pk, item) {
+                let record = parse(pk, item);
+                if record.is_some() || is_gone(item) {
+                    current.versions.insert(pk.clone(), Expect::of(Some(item)));
+                }
+                if let Some(record) = record {
                     current.records.insert(pk.clone(), record);
-                    current.versions.insert(pk.clone(), version_of(item));
                 }
             }
             match page.last_evaluated_key() {
@@ -297,44 +315,63 @@ impl PolicyTable {
         }
     }
 
-    /// Claims the run (moves the generation on, if it is still the one read), then writes
-    /// `changes` item by item, each on condition that the item is still at the version read
-    /// (`policy_table::write`). A write that loses to another writer is decided again
-    /// (`reconsider`).
+    /// Writes `changes` in `TransactWriteItems` batches of at most `BATCH` items. Each batch
+    /// carries `sync#meta`: the first moves the generation on from the one read (the claim), the
+    /// others check that it is still this run's, so no batch of a sync lands after another sync
+    /// claimed (`Superseded`: read again). Each item is conditioned on the version read
+    /// (`policy_table::write`); a batch cancelled by items another writer changed is sent again
+    /// without them, and those are decided again (`reconsider`).
     pub async fn apply(&self, current: &Current, changes: &[TableWrite]) -> Result<Applied, TableError> {
         let mut applied = Applied::default();
-        if changes.is_empty() {
-            return Ok(applied);
+        let mut run = Run {
+            generation: current.generation,
+            claimed: false,
+            token: write::token(),
+        };
+        let mut lost = Vec::new();
+        for batch in changes.chunks(BATCH) {
+            let mut pending: Vec<(&TableWrite, Expect)> = batch.iter().map(|c| (c, expect_of(current, c))).collect();
+            while !pending.is_empty() {
+                match self.transact(&mut run, &pending).await? {
+                    Sent::Done(writes) => {
+                        applied.writes += writes;
+                        for (change, expect) in &pending {
+                            let before = current.records.get(change.pk()).cloned();
+                            applied.items.push(item_change(change, before, expect));
+                        }
+                        break;
+                    }
+                    Sent::Conflicts(at) => {
+                        let mut i = 0;
+                        pending.retain(|(change, _)| {
+                            i += 1;
+                            let keep = !at.contains(&(i - 1));
+                            if !keep {
+                                lost.push(*change);
+                            }
+                            keep
+                        });
+                    }
+                }
+            }
         }
-        self.claim(current.generation).await?;
-        applied.writes = 1;
-        for change in changes {
-            let pk = change.pk();
-            let before = current.records.get(pk).cloned();
-            let expect = match before {
-                Some(_) => Expect::At(current.versions.get(pk).copied().unwrap_or(0)),
-                None => Expect::Absent,
-            };
-            let made = match self.write(change, expect).await? {
-                Written::Done => Some(item_change(change, before, expect)),
-                Written::Conflict => self.reconsider(change).await?,
-            };
-            match made {
-                Some(item) => {
-                    applied.writes += 1;
+        for change in lost {
+            match self.reconsider(&mut run, change).await? {
+                Some((item, writes)) => {
+                    applied.writes += writes;
                     applied.items.push(item);
                 }
-                None => applied.left_to_other_writers.push(pk.to_owned()),
+                None => applied.left_to_other_writers.push(shown_pk(change.pk())),
             }
         }
         Ok(applied)
     }
 
     /// A write another writer got to first, decided again: revocation wins. A key this sync
-    /// revokes is revoked still while its item holds an enabled key; every other write is left
-    /// (`None`) as the other writer made it: that writer's API Gateway change triggers the next
-    /// sync, which reads it.
-    async fn reconsider(&self, change: &TableWrite) -> Result<Option<ItemChange>, TableError> {
+    /// revokes is revoked still while its item holds an enabled key (with `sync#meta`, as a
+    /// batch); every other write is left (`None`) as the other writer made it: that writer's API
+    /// Gateway change triggers the next sync, which reads it.
+    async fn reconsider(&self, run: &mut Run, change: &TableWrite) -> Result<Option<(ItemChange, u64)>, TableError> {
         let pk = change.pk();
         if !matches!(
             change,
@@ -356,74 +393,189 @@ impl PolicyTable {
             if !matches!(&fresh, Some(Record::Key(k)) if k.enabled) {
                 return Ok(None);
             }
-            let expect = Expect::At(version_of(&item));
-            if self.write(change, expect).await? == Written::Done {
-                return Ok(Some(item_change(change, fresh, expect)));
+            let expect = Expect::of(Some(&item));
+            if let Sent::Done(writes) = self.transact(run, &[(change, expect.clone())]).await? {
+                return Ok(Some((item_change(change, fresh, &expect), writes)));
             }
         }
         Err(TableError::Write(WriteError::Contended {
-            pk: pk.to_owned(),
+            pk: shown_pk(pk),
             attempts: ATTEMPTS,
         }))
     }
 
-    /// One conditional write.
-    async fn write(&self, change: &TableWrite, expect: Expect) -> Result<Written, TableError> {
-        let written = match change {
-            TableWrite::Put { pk, record, .. } => {
-                let item = render(record).map_err(|e| TableError::Invalid {
-                    pk: pk.clone(),
-                    detail: e.to_string(),
-                })?;
-                write::put(&self.client, &self.table, pk, item, expect).await
-            }
-            TableWrite::Delete { pk, .. } => write::delete(&self.client, &self.table, pk, expect).await,
+    /// One transaction: `sync#meta`'s action, then `items` each on its condition. A resend of a
+    /// transaction that landed (its answer lost) is cancelled by the transaction itself: the
+    /// items returned with the cancellation, holding this transaction's tokens, say it landed.
+    async fn transact(&self, run: &mut Run, items: &[(&TableWrite, Expect)]) -> Result<Sent, TableError> {
+        let mut actions = vec![self.meta(run)];
+        let mut stamps = Vec::new();
+        for (change, expect) in items {
+            let token = write::token();
+            let (action, version) = self.action(change, expect, &token)?;
+            actions.push(action);
+            stamps.push((token, version));
+        }
+        let sent = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await;
+        let reasons = match sent {
+            Ok(_) => return Ok(Sent::Done(run.landed(items.len()))),
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons().to_vec(),
+                _ => return Err(self.unavailable(SdkError::ServiceError(e))),
+            },
+            Err(e) => return Err(self.unavailable(e)),
         };
-        Ok(written?)
+        let failed =
+            |r: &CancellationReason| matches!(r.code(), Some("ConditionalCheckFailed" | "TransactionConflict"));
+        let ours = |i: usize, r: &CancellationReason| {
+            let (token, version) = &stamps[i];
+            write::is_ours(r.item(), token, *version)
+        };
+        let meta_ours = reasons.first().is_some_and(|r| !run.claimed && run.is_claim(r.item()));
+        let item_reasons = reasons.iter().skip(1).take(items.len()).enumerate();
+        if meta_ours || item_reasons.clone().any(|(i, r)| ours(i, r)) {
+            return Ok(Sent::Done(run.landed(items.len())));
+        }
+        // The meta action fails when another sync claimed since this one read the table.
+        if reasons.first().is_some_and(failed) {
+            return Err(TableError::Superseded);
+        }
+        let at: Vec<usize> = item_reasons.filter(|(_, r)| failed(r)).map(|(i, _)| i).collect();
+        if at.is_empty() {
+            return Err(TableError::Unavailable {
+                table: self.table.clone(),
+                detail: format!("transaction cancelled: {reasons:?}"),
+            });
+        }
+        Ok(Sent::Conflicts(at))
     }
 
-    /// Moves the generation on if it is still `generation`; `Superseded` if another sync moved it.
-    async fn claim(&self, generation: u64) -> Result<(), TableError> {
-        let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, AttributeValue::S(META_PK.to_owned()))
-            .update_expression("SET #g = :next")
-            .expression_attribute_names("#g", "generation")
-            .expression_attribute_values(":next", AttributeValue::N((generation + 1).to_string()));
-        update = if generation == 0 {
-            update.condition_expression("attribute_not_exists(#g)")
-        } else {
-            update
+    /// `sync#meta`'s action in a batch: the claim (the generation moved on from the one read,
+    /// if it is still that, by this run's token), or once claimed, a check that it is still this
+    /// run's.
+    fn meta(&self, run: &Run) -> TransactWriteItem {
+        let key = HashMap::from([(PK.to_owned(), AttributeValue::S(META_PK.to_owned()))]);
+        let mut names = HashMap::from([("#g".to_owned(), GENERATION.to_owned())]);
+        if run.claimed {
+            let check = ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(key))
                 .condition_expression("#g = :g")
-                .expression_attribute_values(":g", AttributeValue::N(generation.to_string()))
-        };
-        match update.send().await {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Err(TableError::Superseded)
-            }
-            Err(e) => Err(self.unavailable(e)),
+                .set_expression_attribute_names(Some(names))
+                .expression_attribute_values(":g", AttributeValue::N((run.generation + 1).to_string()))
+                .build()
+                .expect("table, key and condition are set");
+            return TransactWriteItem::builder().condition_check(check).build();
         }
+        names.insert("#w".to_owned(), write::WRITER.to_owned());
+        let mut values = HashMap::from([
+            (":next".to_owned(), AttributeValue::N((run.generation + 1).to_string())),
+            (":w".to_owned(), AttributeValue::S(run.token.clone())),
+        ]);
+        let condition = if run.generation == 0 {
+            "attribute_not_exists(#g)"
+        } else {
+            values.insert(":g".to_owned(), AttributeValue::N(run.generation.to_string()));
+            "#g = :g"
+        };
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .update_expression("SET #g = :next, #w = :w")
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .expect("table, key and update expression are set");
+        TransactWriteItem::builder().update(update).build()
+    }
+
+    /// One item's action by `token`, on condition `expect` (a delete leaves the item's tombstone,
+    /// `policy_table::write`), and the version it writes.
+    fn action(
+        &self,
+        change: &TableWrite,
+        expect: &Expect,
+        token: &str,
+    ) -> Result<(TransactWriteItem, u64), TableError> {
+        let item = match change {
+            TableWrite::Put { pk, record, .. } => render(record).map_err(|e| TableError::Invalid {
+                pk: shown_pk(pk),
+                detail: e.to_string(),
+            })?,
+            TableWrite::Delete { .. } => write::tombstone(),
+        };
+        Ok(write::put_action(&self.table, change.pk(), item, expect, token)?)
     }
 }
 
-/// A write as made over an item found as `expect`ed: the item before and after, and its versions.
-fn item_change(change: &TableWrite, before: Option<Record>, expect: Expect) -> ItemChange {
-    let (after, after_version) = match change {
-        TableWrite::Put { record, .. } => (Some(record.clone()), Some(expect.next())),
-        TableWrite::Delete { .. } => (None, None),
+/// `sync#meta`'s attribute holding the generation.
+const GENERATION: &str = "generation";
+
+/// TransactWriteItems takes 100 actions; one is `sync#meta`'s.
+pub const BATCH: usize = 99;
+
+/// A run's hold on `sync#meta`: the generation read, whether this run moved it on, and the
+/// token its claim carries.
+struct Run {
+    generation: u64,
+    claimed: bool,
+    token: String,
+}
+
+impl Run {
+    /// Whether `meta` (as returned with a cancelled claim) is this run's claim, landed.
+    fn is_claim(&self, meta: Option<&Item>) -> bool {
+        meta.is_some_and(|m| {
+            number(m, GENERATION) == Some(self.generation + 1)
+                && m.get(write::WRITER).and_then(|w| w.as_s().ok()) == Some(&self.token)
+        })
+    }
+
+    /// The writes of a transaction of `items` that landed (the generation update when it
+    /// claimed), the run claimed from now on.
+    fn landed(&mut self, items: usize) -> u64 {
+        let writes = items as u64 + u64::from(!self.claimed);
+        self.claimed = true;
+        writes
+    }
+}
+
+/// What a transaction came to.
+enum Sent {
+    /// Landed: the writes it made (items, and the generation update when it claimed).
+    Done(u64),
+    /// Cancelled because these items (indexes) changed since they were read.
+    Conflicts(Vec<usize>),
+}
+
+/// What a write of `change` expects, from the table as read.
+fn expect_of(current: &Current, change: &TableWrite) -> Expect {
+    current.versions.get(change.pk()).cloned().unwrap_or(Expect::Absent)
+}
+
+/// A write as made over an item found as `expect`ed: the item before and after, and its versions
+/// (a delete's after is its tombstone's version).
+fn item_change(change: &TableWrite, before: Option<Record>, expect: &Expect) -> ItemChange {
+    let after = match change {
+        TableWrite::Put { record, .. } => Some(record.clone()),
+        TableWrite::Delete { .. } => None,
     };
     let before_version = match expect {
-        Expect::At(v) => Some(v),
-        Expect::Absent => None,
+        Expect::At(v) => Some(*v),
+        Expect::Absent | Expect::Stored(_) => None,
     };
     ItemChange {
         pk: change.pk().to_owned(),
         before,
         after,
         before_version,
-        after_version,
+        after_version: expect.next(),
     }
 }

@@ -13,8 +13,8 @@ use crate::control::shed::table::{ShedError, ShedTable, Written};
 use crate::directory::{DirectoryError, DynamoDirectory};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::record::{
-    CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, claim_item, json_item, key_item, key_record, parse, string, tenant_item,
-    tenant_record,
+    CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, claim_item, is_gone, json_item, key_item, key_record, parse, string,
+    tenant_item, tenant_record,
 };
 use crate::policy_table::write::{self, WriteError};
 use crate::policy_table::{
@@ -26,8 +26,13 @@ fn unavailable<E: std::error::Error + 'static>(e: E) -> DirectoryError {
     DirectoryError::Unavailable(DisplayErrorContext(e).to_string())
 }
 
+/// A failed protocol write, determinate (nothing written) or not.
 fn write_error(e: WriteError) -> DirectoryError {
-    DirectoryError::Unavailable(e.to_string())
+    if e.is_determinate() {
+        DirectoryError::Unavailable(e.to_string())
+    } else {
+        DirectoryError::Indeterminate(e.to_string())
+    }
 }
 
 fn shed_error(e: ShedError) -> DirectoryError {
@@ -158,6 +163,7 @@ impl Registry for DynamoDirectory {
             .scan_prefix(PLAN_PREFIX)
             .await?
             .iter()
+            .filter(|i| !is_gone(i))
             .filter_map(|i| key_after(i, PLAN_PREFIX))
             .collect();
         names.sort();

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchor::checked_anchor;
-use super::{Api, create};
+use super::{Api, create, disable_key};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::ItemChange;
@@ -125,7 +125,7 @@ impl Onboarding<'_> {
             }
         };
         control.create_usage_plan_key(&plan_id, &key.id).await?;
-        let anchor = self.record(&key).await?;
+        let anchor = self.record(&key, control, &plan_id).await?;
         let done = IdempotencyRecord {
             fingerprint: self.fingerprint.clone(),
             tenant: body.tenant.clone(),
@@ -149,13 +149,15 @@ impl Onboarding<'_> {
     }
 
     /// Refuses a tenant that exists, unless it is this very onboarding's (`key_id` the key an
-    /// earlier attempt created), interrupted after its records were written.
+    /// earlier attempt created), interrupted after its tenant record (on this plan), or its key
+    /// record, was written.
     async fn check_tenant_free(&self, key_id: Option<&str>) -> Result<(), Problem> {
         let (api, tenant) = (self.api, &self.request.tenant);
-        if api.registry.tenant_plan(tenant).await?.is_none() {
+        let Some(plan) = api.registry.tenant_plan(tenant).await? else {
             return Ok(());
-        }
+        };
         let ours = match key_id {
+            Some(_) if plan == self.request.plan => true,
             Some(id) => api.registry.keys_of(tenant).await?.iter().any(|(_, r)| r.key_id == id),
             None => false,
         };
@@ -168,10 +170,18 @@ impl Onboarding<'_> {
         ))
     }
 
-    /// Writes the key and tenant records, then their audit record, under an id of the
-    /// Idempotency-Key: a retry after a failure below writes the same record again (kept once),
-    /// and a replay finds it written. The tenant's anchor day as stored.
-    async fn record(&self, key: &CreatedKey) -> Result<Option<u8>, Problem> {
+    /// Writes the tenant record (created where there is none), then the key's, then their audit
+    /// record, under an id of the Idempotency-Key: a retry after a failure below writes the same
+    /// record again (kept once), and a replay finds it written. A tenant another request
+    /// onboarded meanwhile on another plan keeps it: this onboarding's key is disabled and taken
+    /// off `plan_id` again, never recorded (a retry finds the tenant is not its own: 409 again).
+    /// The tenant's anchor day as stored.
+    async fn record(
+        &self,
+        key: &CreatedKey,
+        control: &dyn ControlWrites,
+        plan_id: &str,
+    ) -> Result<Option<u8>, Problem> {
         let (api, body) = (self.api, &self.request);
         let hash = ApiKeyHash::of(&key.value);
         let record = KeyRecord {
@@ -180,7 +190,6 @@ impl Onboarding<'_> {
             enabled: true,
         };
         // Written where there is none yet; a retry finds them as the first attempt left them.
-        api.registry.change_key(&hash, &create(&record)).await?;
         let made = TenantRecord {
             plan: body.plan.clone(),
             anchor: Some(self.anchor),
@@ -189,12 +198,18 @@ impl Onboarding<'_> {
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
         // A retry finds the first attempt's record, anchor day included.
         let Some(made) = tenant.after.filter(|t| t.plan == body.plan) else {
-            // Onboarded meanwhile by another request (the key stays, on no tenant's plan).
+            disable_key(control, &key.id).await?;
+            control.delete_usage_plan_key(plan_id, &key.id).await?;
             return Err(Problem::conflict(
                 "tenant-exists",
-                format!("tenant `{}` was onboarded meanwhile by another request", body.tenant),
+                format!(
+                    "tenant `{}` was onboarded meanwhile by another request on another plan; this onboarding's key is \
+                     disabled",
+                    body.tenant
+                ),
             ));
         };
+        api.registry.change_key(&hash, &create(&record)).await?;
         let id = format!(
             "usage-api-onboard-{}",
             &hex::encode(Sha256::digest(self.idem.as_bytes()))[..16]

@@ -177,13 +177,31 @@ pub(in crate::usage_api) async fn offboard(State(api): Api, admin: Admin<Tenant>
         let changed = api.registry.change_key(&h, &revoke).await?;
         items.extend(key_change(&h, changed));
     }
-    let changed = api.registry.change_tenant(&tenant, &|_| Verdict::Delete).await?;
+    // The tenant as read: one moved meanwhile (or offboarded and onboarded again) is not removed.
+    let changed = api
+        .registry
+        .change_tenant(&tenant, &|current| match current {
+            Some(now) if now.plan == plan => Verdict::Delete,
+            _ => Verdict::Leave,
+        })
+        .await?;
+    let moved = changed.after.as_ref().map(|t| t.plan.clone());
     items.extend(tenant_change(&tenant, changed));
-    api.audit(
-        &actor,
-        format!("offboard tenant {tenant}: keys disabled, usage history kept"),
-        items,
-    )
-    .await?;
+    let summary = match &moved {
+        None => format!("offboard tenant {tenant}: keys disabled, usage history kept"),
+        Some(now) => {
+            format!("offboard tenant {tenant}: keys disabled; the tenant, moved to plan {now} meanwhile, kept")
+        }
+    };
+    api.audit(&actor, summary, items).await?;
+    if let Some(now) = moved {
+        return Err(Problem::conflict(
+            "tenant-changed",
+            format!(
+                "tenant `{tenant}` was moved to plan `{now}` meanwhile by another request; its keys are disabled, \
+                 the tenant is kept: read it and offboard it again"
+            ),
+        ));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
