@@ -123,6 +123,7 @@ async fn a_synced_week_and_month_with_offsets_are_applied_back_unchanged() {
     use aws_sdk_apigateway::types::QuotaPeriodType;
     // GIVEN usage plans written by hand: a WEEK quota from Monday (offset 1) and a MONTH quota
     // from the 15th (offset 14), synced
+    let _region = crate::support::emulator::claim("ap-southeast-6").await;
     let w = World::new("ap-southeast-6").await;
     let weekly = UsagePlan::named("weekly")
         .throttle(10.0, 20)

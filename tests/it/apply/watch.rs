@@ -83,6 +83,7 @@ async fn the_watch_reads_the_authorizers_metrics_from_cloudwatch() {
     // GIVEN the authorizer's stack-wide counts in CloudWatch two minutes ago (the emulator,
     // reached through the CBOR shim: the SDK speaks only rpc-v2-cbor to CloudWatch)
     let shim = crate::support::cbor_shim::start(&emulator::endpoint(), 100).await;
+    let _region = crate::support::emulator::claim("sa-east-1").await;
     let client = tollgate::aws::cloudwatch_client(&emulator::sdk_config_in(&shim.endpoint(), "sa-east-1"));
     let namespace = emulator::unique("Tollgate");
     let at = std::time::SystemTime::now()

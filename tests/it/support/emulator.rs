@@ -27,6 +27,7 @@ pub fn sdk_config(endpoint: &str) -> SdkConfig {
 /// serves every region botocore names, the isolated partitions' too (`us-iso-east-1`,
 /// `us-iso-west-1`, `us-isob-east-1`, `eu-isoe-west-1`, `eusc-de-east-1`): there are more such
 /// tests than commercial regions. `us-east-1` is for tests that list no usage plans or keys.
+/// Past that, tests that must share a region `claim` it first and run one after the other.
 pub fn sdk_config_in(endpoint: &str, region: &'static str) -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -76,4 +77,22 @@ pub fn dynamo_store(client: &aws_sdk_dynamodb::Client, table: &str) -> DynamoSto
     // The concurrency tests push many writers at the edge of one bucket at once.
     config.max_attempts = 16;
     DynamoStore::new(client.clone(), config)
+}
+
+/// Holds `region` for the calling test until the guard drops: tests that share a region (there
+/// are more tests that list usage plans or keys than regions) take turns instead of seeing each
+/// other's plans half made.
+pub async fn claim(region: &'static str) -> tokio::sync::OwnedMutexGuard<()> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Turns = Mutex<HashMap<&'static str, Arc<tokio::sync::Mutex<()>>>>;
+    static REGIONS: OnceLock<Turns> = OnceLock::new();
+    let lock = REGIONS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(region)
+        .or_default()
+        .clone();
+    lock.lock_owned().await
 }

@@ -78,6 +78,7 @@ fn gate(w: &World, registry: &DynamoDirectory) -> Gate {
 async fn a_burst_past_a_monthly_quota_is_refused_until_the_tenant_s_own_anchor_day() {
     // GIVEN plan monthly (5 a month in New York, from the tenant's day) at 2026-11-29T03:00Z,
     // still the 28th in New York (22:00)
+    let _region = crate::support::emulator::claim("ap-northeast-3").await;
     let (w, registry) = world("ap-northeast-3").await;
     w.clock.set(START.saturating_add(Duration::from_secs(17 * 3600)));
     // WHEN acme is onboarded with anchor day 15, and hooli with none
@@ -116,6 +117,7 @@ async fn a_burst_past_a_monthly_quota_is_refused_until_the_tenant_s_own_anchor_d
 #[tokio::test]
 async fn changing_the_anchor_moves_the_period_the_gate_and_the_usage_api_count() {
     // GIVEN acme onboarded on the 15th, its month's quota spent
+    let _region = crate::support::emulator::claim("ap-northeast-2").await;
     let (w, registry) = world("ap-northeast-2").await;
     let acme = onboard(&w, "acme", json!({"anchor": 15})).await;
     let key = acme["key"]["value"].as_str().expect("value").to_owned();

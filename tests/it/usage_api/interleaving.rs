@@ -369,6 +369,7 @@ async fn an_anchor_set_while_sync_runs_is_kept_by_that_sync_and_the_next() {
 async fn an_offboarding_keeps_a_tenant_moved_to_another_plan_meanwhile() {
     // GIVEN tenant acme on free, the usage API's API Gateway calls through a proxy
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let _region = crate::support::emulator::claim("us-west-1").await;
     let (w, registry, _, _) = World::on_policy_table_via("us-west-1", Some(&proxy.endpoint())).await;
     let (status, body) = w.onboard_via(&w.base, "acme", "idem-acme").await.expect("onboard");
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -406,6 +407,7 @@ async fn an_offboarding_keeps_a_tenant_moved_to_another_plan_meanwhile() {
 async fn an_onboarding_that_finds_its_tenant_onboarded_on_another_plan_meanwhile_leaves_no_enabled_key() {
     // GIVEN the usage API's API Gateway calls through a proxy
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let _region = crate::support::emulator::claim("sa-east-1").await;
     let (w, registry, _, _) = World::on_policy_table_via("sa-east-1", Some(&proxy.endpoint())).await;
     // WHEN acme is onboarded on free, and, once that onboarding created its key and before it put
     // the key on free, onboarded on pro by another request

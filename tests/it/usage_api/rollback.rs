@@ -65,6 +65,7 @@ impl Both {
 #[tokio::test]
 async fn a_rollback_after_a_later_offboarding_leaves_it_and_names_the_conflict() {
     // GIVEN acme onboarded on free and synced, then moved to pro by `policy apply`
+    let _region = crate::support::emulator::claim("ap-southeast-6").await;
     let b = Both::new("ap-southeast-6").await;
     let (key_id, value) = b.onboard("acme").await;
     b.sync().await;

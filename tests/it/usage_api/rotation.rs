@@ -16,6 +16,7 @@ use super::{STACK, World, admitted};
 #[tokio::test]
 async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
     // GIVEN tenant umbrella onboarded with key 1
+    let _region = crate::support::emulator::claim("us-west-1").await;
     let w = World::new("us-west-1").await;
     let (_, body) = w.onboard_via(&w.base, "umbrella", "idem-u").await.expect("onboard");
     let old_id = body["key"]["id"].as_str().expect("id").to_owned();
@@ -61,6 +62,7 @@ async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
 #[tokio::test]
 async fn a_second_rotation_never_postpones_the_first_ones_revocation() {
     // GIVEN tenant parasol's first key rotated out with 300 s of grace
+    let _region = crate::support::emulator::claim("ap-northeast-2").await;
     let w = World::new("ap-northeast-2").await;
     let (_, body) = w.onboard_via(&w.base, "parasol", "idem-p").await.expect("onboard");
     let first = body["key"]["value"].as_str().expect("value").to_owned();
@@ -91,6 +93,7 @@ async fn a_second_rotation_never_postpones_the_first_ones_revocation() {
 async fn the_scheduled_sweep_revokes_exactly_the_rotated_keys_past_their_deadline() {
     // GIVEN the Lambda's setup (the registry in a DynamoDB policy table) and two tenants, each
     // rotated: stark's old key with 100 s of grace, wayne's with 300 s
+    let _region = crate::support::emulator::claim("ap-northeast-3").await;
     let (w, registry, ..) = World::on_policy_table("ap-northeast-3").await;
     let mut old = BTreeMap::new();
     for (tenant, grace) in [("stark", 100), ("wayne", 300)] {
