@@ -512,12 +512,15 @@ async fn a_container_that_lost_the_race_at_the_edge_holds_off_instead_of_writing
         clock.advance(Duration::from_millis(100));
     }
     // THEN every token went to one of them, the leader paid one write per token, and the one
-    // that kept losing stepped back: far fewer than one write per token
+    // that kept losing stepped back: after each lost token it holds off the next one (its
+    // hold-off ends within one interval past the next token, 99 ms after it asked, and it asks
+    // again 100 ms later: it writes early only for a jitter under 1 ms, 1 % of its losses), so
+    // about one write per two tokens
     assert_eq!(admitted, 50);
     assert_eq!(leader.stats().writes(), 50);
     assert_eq!(leader.stats().held_off(), 0);
     assert!(
-        late.stats().writes() <= 15,
+        late.stats().writes() <= 30,
         "late container wrote {} times",
         late.stats().writes()
     );

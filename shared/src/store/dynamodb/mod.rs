@@ -16,10 +16,11 @@
 //! (`Indeterminate`); one that is refused with its id absent first claims the slot (`item::fence`)
 //! so that the earlier send can no longer land, then refuses.
 //!
-//! At the bucket's edge, a container that lost a race for the last token holds off that tenant
-//! for a jittered time that grows fourfold with each loss (a success takes one step back), up to
-//! `max_hold_off`, refusing from its cache meanwhile: many containers flooding one tenant then pay
-//! about one write per token instead of one each, and a lone container never holds off.
+//! At the bucket's edge, a container that lost a race for the last token holds off that bucket
+//! until its next token plus a jitter of less than one emission interval (at most
+//! `max_hold_off`), refusing from its cache meanwhile: containers flooding one tenant then do not
+//! all write for the same token, and requests of one process that race each other (a concurrent
+//! `tollgate serve`) cannot lock the tenant out: a loser skips at most the token it lost.
 
 pub mod item;
 mod predictions;
@@ -56,7 +57,8 @@ pub struct DynamoStoreConfig {
     /// operator's reset or a plan upgrade is seen within this time. One write per tenant per
     /// this time, per container, re-checks a flooding tenant.
     pub max_cached_refusal: Duration,
-    /// The longest a container holds off a tenant after losing races at the bucket's edge.
+    /// The longest a container holds off a bucket after losing a race at its edge; the hold-off
+    /// ends less than one emission interval after the bucket's next token in any case.
     pub max_hold_off: Duration,
 }
 
@@ -178,8 +180,8 @@ impl DynamoStore {
         self.stats
     }
 
-    fn seen(&self, tenant: &str) -> Option<Seen> {
-        self.predictions.seen(tenant)
+    fn seen(&self, req: &Consume<'_>) -> Option<Seen> {
+        self.predictions.seen(req.tenant, bucket_of(req.limits))
     }
 
     fn touch(&self, tenant: &str, now: Timestamp) {
@@ -295,8 +297,16 @@ impl DynamoStore {
     }
 }
 
+/// The attribute of the bucket a request takes its token from.
+fn bucket_of(limits: &Limits) -> Option<TatAttr> {
+    limits
+        .bucket
+        .as_ref()
+        .and_then(|(id, _)| TatAttr::parse(id.attribute()))
+}
+
 /// A refusal for a request the cached item would admit, while this container holds off the
-/// tenant: the figures of the cached item, no token left, and the hold-off as the wait.
+/// bucket: the figures of the cached item, no token left, and the hold-off as the wait.
 fn held_off(limits: &Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
     let mut d = engine::admitted(limits, &snap.state(limits, now), now);
     d.allowed = false;
@@ -319,7 +329,7 @@ enum Prediction {
 
 impl DynamoStore {
     fn predict(&self, req: &Consume<'_>) -> Prediction {
-        let Some(seen) = self.seen(req.tenant) else {
+        let Some(seen) = self.seen(req) else {
             return Prediction::Write {
                 guess: Snapshot::default(),
                 recheck: false,
@@ -363,7 +373,7 @@ impl DynamoStore {
                 // An earlier send whose answer was lost did land: admitted, once.
                 self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
                 let state = current.state(req.limits, req.now);
-                self.remember(req, current.clone(), Race::Won);
+                self.remember(req, current.clone(), Race::Won(bucket_of(req.limits)));
                 Some(Ok(engine::admitted(req.limits, &state, req.now)))
             }
             OpStatus::Overwritten => {
@@ -387,10 +397,11 @@ impl DynamoStore {
                 reason: Some(Reason::Rate),
                 retry_after: Some(wait),
                 ..
-            } if !recheck => {
-                let interval = req.limits.bucket.as_ref().map_or(0, |(_, b)| b.interval());
-                Race::Lost(wait + Duration::from_nanos(interval))
-            }
+            } if !recheck => Race::Lost {
+                bucket: bucket_of(req.limits),
+                next_token: wait,
+                interval: Duration::from_nanos(req.limits.bucket.as_ref().map_or(0, |(_, b)| b.interval())),
+            },
             _ => Race::Neither,
         };
         self.remember(req, current, race);
@@ -427,7 +438,7 @@ impl Store for DynamoStore {
             match self.send(req, w).await? {
                 Attempt::Applied(after) => {
                     let decision = engine::admitted(req.limits, &after.state(req.limits, req.now), req.now);
-                    self.remember(req, after, Race::Won);
+                    self.remember(req, after, Race::Won(bucket_of(req.limits)));
                     return Ok(decision);
                 }
                 Attempt::Refused(current) => {
