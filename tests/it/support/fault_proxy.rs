@@ -34,6 +34,9 @@ pub enum Fault {
     /// Answer `429 TooManyRequestsException` as API Gateway's control plane does, without
     /// forwarding: the request is refused unexecuted.
     TooManyRequests,
+    /// Forward the request and let the emulator apply it, then answer `500
+    /// InternalServerError` in its place: a server error that says nothing of the outcome.
+    InternalError,
 }
 
 /// Faults for the requests of one call: its method, and `path` found in its request line or
@@ -226,6 +229,10 @@ async fn serve_matching(
     }
     match fault {
         Some(Fault::TooManyRequests) => throttle(&mut client).await,
+        Some(Fault::InternalError) => {
+            proxy::deliver_unheard(upstream, &request).await;
+            internal_error(&mut client).await;
+        }
         Some(Fault::LoseRequest) => {}
         Some(Fault::Stall) => tokio::time::sleep(Duration::from_secs(60)).await,
         // Applied by the emulator, the answer never delivered.
@@ -247,6 +254,16 @@ async fn throttle(client: &mut TcpStream) {
     let body = r#"{"message":"Too Many Requests"}"#;
     let answer = format!(
         "HTTP/1.1 429 Too Many Requests\r\nx-amzn-ErrorType: TooManyRequestsException\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(answer.as_bytes()).await;
+}
+
+/// DynamoDB's answer to a request that met an internal error, applied or not.
+async fn internal_error(client: &mut TcpStream) {
+    let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error"}"#;
+    let answer = format!(
+        "HTTP/1.1 500 Internal Server Error\r\nx-amzn-ErrorType: InternalServerError\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = client.write_all(answer.as_bytes()).await;
@@ -282,6 +299,12 @@ async fn serve(
         Some(Fault::TooManyRequests) => {
             if proxy::read_request(&mut client).await.is_some() {
                 throttle(&mut client).await;
+            }
+        }
+        Some(Fault::InternalError) => {
+            if let Some(request) = proxy::read_request(&mut client).await {
+                proxy::deliver_unheard(upstream, &request).await;
+                internal_error(&mut client).await;
             }
         }
         Some(Fault::LoseResponse) => {

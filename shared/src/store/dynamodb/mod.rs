@@ -11,8 +11,8 @@
 //!
 //! Every send carries an operation id and the condition that the id is greater than its slot's
 //! value (`item::admit`), so a request applies at most once whatever the order in which its sends
-//! arrive. A resend after an unknown outcome (timeout, lost connection) that finds its id in the
-//! item is recognised as applied; one that finds its slot overwritten cannot tell, and says so
+//! arrive. A resend after an unknown outcome (timeout, lost connection, 5xx) that finds its id in
+//! the item is recognised as applied; one that finds its slot overwritten cannot tell, and says so
 //! (`Indeterminate`); one that is refused with its id absent first claims the slot (`item::fence`)
 //! so that the earlier send can no longer land, then refuses.
 //!
@@ -240,8 +240,8 @@ impl DynamoStore {
                     .count_units(item, out.consumed_capacity().and_then(|c| c.capacity_units()));
                 Ok(Attempt::Applied(Snapshot::parse(item).map_err(corrupt)?))
             }
-            Err(SdkError::ServiceError(e)) => match e.err() {
-                UpdateItemError::ConditionalCheckFailedException(c) => {
+            Err(SdkError::ServiceError(e)) => match (e.raw().status().as_u16(), e.err()) {
+                (_, UpdateItemError::ConditionalCheckFailedException(c)) => {
                     // A failed condition still consumes write capacity.
                     let item = c.item().unwrap_or(&EMPTY);
                     self.stats.count_units(item, None);
@@ -249,12 +249,19 @@ impl DynamoStore {
                     Ok(Attempt::Refused(Snapshot::parse(item).map_err(corrupt)?))
                 }
                 // Throughput exceeded on this item's partition: the table serves other tenants.
-                e @ (UpdateItemError::ProvisionedThroughputExceededException(_)
-                | UpdateItemError::ThrottlingException(_)) => Err(StoreError::Throttled {
+                (
+                    _,
+                    e @ (UpdateItemError::ProvisionedThroughputExceededException(_)
+                    | UpdateItemError::ThrottlingException(_)),
+                ) => Err(StoreError::Throttled {
                     tenant: req.tenant.to_owned(),
                     detail: DisplayErrorContext(e).to_string(),
                 }),
-                other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
+                // A server error says nothing of the outcome: the write may have been applied.
+                (status, e) if status >= 500 || matches!(e, UpdateItemError::InternalServerError(_)) => {
+                    Ok(Attempt::Unknown(DisplayErrorContext(e).to_string()))
+                }
+                (_, other) => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
             },
             Err(e @ SdkError::ConstructionFailure(_)) => {
                 Err(StoreError::Unavailable(DisplayErrorContext(e).to_string()))
@@ -279,7 +286,8 @@ impl DynamoStore {
             attempts: attempts + 1,
             detail: detail.to_owned(),
         };
-        match self.send(req, item::fence(req.now, op)).await? {
+        let sent = self.send(req, item::fence(req.now, op)).await;
+        match sent.map_err(|e| after_unknown(e, Some(op), attempts + 1, "the fence failed"))? {
             Attempt::Applied(_) => Ok(refusal),
             Attempt::Refused(current) => match current.op_status(op) {
                 OpStatus::Applied => {
@@ -294,6 +302,18 @@ impl DynamoStore {
             },
             Attempt::Unknown(detail) => Err(indeterminate(&detail)),
         }
+    }
+}
+
+/// An error from a send: after an earlier send of the same operation had an unknown outcome,
+/// that one may have landed, so the request's outcome is unknown whatever this send's error.
+fn after_unknown(e: StoreError, pending: Option<u64>, attempts: u32, last_unknown: &str) -> StoreError {
+    match (pending, e) {
+        (_, e @ (StoreError::Indeterminate { .. } | StoreError::Corrupt { .. })) | (None, e) => e,
+        (Some(_), e) => StoreError::Indeterminate {
+            attempts,
+            detail: format!("{last_unknown}; then: {e}"),
+        },
     }
 }
 
@@ -435,7 +455,11 @@ impl Store for DynamoStore {
                 None => self.next_op(req.now),
             };
             let w = item::admit(req.limits, &guess, req.now, req.weight, op);
-            match self.send(req, w).await? {
+            match self
+                .send(req, w)
+                .await
+                .map_err(|e| after_unknown(e, pending, attempt, &last_unknown))?
+            {
                 Attempt::Applied(after) => {
                     let decision = engine::admitted(req.limits, &after.state(req.limits, req.now), req.now);
                     self.remember(req, after, Race::Won(bucket_of(req.limits)));
