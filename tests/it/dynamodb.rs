@@ -133,10 +133,24 @@ async fn an_uncontended_admitted_decision_costs_one_write_unit() {
 /// Sends one request through a proxy that injects `fault` into the first send; returns the
 /// decision, the store's stats, and the units the table recorded for the day.
 async fn decide_through(fault: Fault) -> (tollgate::Decision, tollgate::store::dynamodb::StoreStats, u64) {
+    let (d, stats, recorded) = try_through(&[fault]).await;
+    (d.expect("decision after resend"), stats, recorded)
+}
+
+/// Sends one request through a proxy that injects `faults` into the first sends, with the
+/// shipped store defaults; returns the answer, the store's stats, and the units the table
+/// recorded for the day.
+async fn try_through(
+    faults: &[Fault],
+) -> (
+    Result<tollgate::Decision, StoreError>,
+    tollgate::store::dynamodb::StoreStats,
+    u64,
+) {
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let (client, table) = emulator::state_table().await;
     let faulty = state_client(&emulator::sdk_config(&proxy.endpoint()), PATIENT);
-    let store = emulator::dynamo_store(&faulty, &table);
+    let store = DynamoStore::new(faulty, DynamoStoreConfig::new(&table));
     let p = plan("rate = 10.0\nburst = 10\ndaily_quota = 100");
     let req = Consume {
         tenant: "faulty",
@@ -144,8 +158,10 @@ async fn decide_through(fault: Fault) -> (tollgate::Decision, tollgate::store::d
         weight: 1,
         now: NOW,
     };
-    proxy.inject(fault);
-    let d = store.consume(&req).await.expect("decision after resend");
+    for fault in faults {
+        proxy.inject(*fault);
+    }
+    let d = store.consume(&req).await;
     let usage = emulator::dynamo_store(&client, &table)
         .usage("faulty", &Limits::UNLIMITED, NOW)
         .await
@@ -155,6 +171,27 @@ async fn decide_through(fault: Fault) -> (tollgate::Decision, tollgate::store::d
         store.into_stats(),
         usage.get(Calendar::utc(Period::Day).counter(NOW)),
     )
+}
+
+#[tokio::test]
+async fn a_server_error_is_an_unknown_outcome_resent_and_counted_once() {
+    // GIVEN a proxy that lets the write reach DynamoDB and answers 500 in its place
+    let (d, stats, recorded) = try_through(&[Fault::InternalError]).await;
+    // THEN the 500 is not taken for "not applied": the resend recognises the landed write
+    let d = d.expect("decision after resend");
+    assert!(d.allowed);
+    assert_eq!((stats.unknown_outcomes(), stats.deduplicated()), (1, 1));
+    assert_eq!(recorded, 1);
+}
+
+#[tokio::test]
+async fn an_error_on_the_resend_after_an_unknown_outcome_is_indeterminate() {
+    // GIVEN a first send that lands unheard, and a resend refused unexecuted
+    let (d, _, recorded) = try_through(&[Fault::LoseResponse, Fault::TooManyRequests]).await;
+    // THEN the answer says the outcome is unknown, not "surely not applied": the first landed
+    let e = d.expect_err("an error");
+    assert!(e.is_indeterminate(), "{e:?}");
+    assert_eq!(recorded, 1);
 }
 
 #[tokio::test]
@@ -512,12 +549,15 @@ async fn a_container_that_lost_the_race_at_the_edge_holds_off_instead_of_writing
         clock.advance(Duration::from_millis(100));
     }
     // THEN every token went to one of them, the leader paid one write per token, and the one
-    // that kept losing stepped back: far fewer than one write per token
+    // that kept losing stepped back: after each lost token it holds off the next one (its
+    // hold-off ends within one interval past the next token, 99 ms after it asked, and it asks
+    // again 100 ms later: it writes early only for a jitter under 1 ms, 1 % of its losses), so
+    // about one write per two tokens
     assert_eq!(admitted, 50);
     assert_eq!(leader.stats().writes(), 50);
     assert_eq!(leader.stats().held_off(), 0);
     assert!(
-        late.stats().writes() <= 15,
+        late.stats().writes() <= 30,
         "late container wrote {} times",
         late.stats().writes()
     );

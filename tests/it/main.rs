@@ -6,6 +6,7 @@ mod alarms;
 mod apply;
 mod authorizer;
 mod conformance;
+mod contention;
 mod directory;
 mod dynamodb;
 mod fail_open;

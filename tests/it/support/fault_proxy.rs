@@ -290,21 +290,21 @@ async fn serve_matching(
     let _ = client.shutdown().await;
 }
 
-/// DynamoDB's answer when it fails internally.
-async fn internal_error(client: &mut TcpStream) {
-    let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error"}"#;
-    let answer = format!(
-        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = client.write_all(answer.as_bytes()).await;
-}
-
 /// API Gateway's answer to a throttled control-plane call.
 async fn throttle(client: &mut TcpStream) {
     let body = r#"{"message":"Too Many Requests"}"#;
     let answer = format!(
         "HTTP/1.1 429 Too Many Requests\r\nx-amzn-ErrorType: TooManyRequestsException\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(answer.as_bytes()).await;
+}
+
+/// DynamoDB's answer to a request that met an internal error, applied or not.
+async fn internal_error(client: &mut TcpStream) {
+    let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error"}"#;
+    let answer = format!(
+        "HTTP/1.1 500 Internal Server Error\r\nx-amzn-ErrorType: InternalServerError\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = client.write_all(answer.as_bytes()).await;
@@ -342,6 +342,12 @@ async fn serve(
                 throttle(&mut client).await;
             }
         }
+        Some(Fault::InternalError) => {
+            if let Some(request) = proxy::read_request(&mut client).await {
+                proxy::deliver_unheard(upstream, &request).await;
+                internal_error(&mut client).await;
+            }
+        }
         Some(Fault::LoseResponse) => {
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;
@@ -356,12 +362,6 @@ async fn serve(
             tokio::select! {
                 _ = drain => {}
                 _ = forward => { let _ = from_server.read_to_end(&mut sink).await; }
-            }
-        }
-        Some(Fault::InternalError) => {
-            if let Some(request) = proxy::read_request(&mut client).await {
-                proxy::deliver_unheard(upstream, &request).await;
-                internal_error(&mut client).await;
             }
         }
         Some(Fault::Pass | Fault::Hold) | None => {

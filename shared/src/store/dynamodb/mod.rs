@@ -11,15 +11,16 @@
 //!
 //! Every send carries an operation id and the condition that the id is greater than its slot's
 //! value (`item::admit`), so a request applies at most once whatever the order in which its sends
-//! arrive. A resend after an unknown outcome (timeout, lost connection) that finds its id in the
-//! item is recognised as applied; one that finds its slot overwritten cannot tell, and says so
+//! arrive. A resend after an unknown outcome (timeout, lost connection, 5xx) that finds its id in
+//! the item is recognised as applied; one that finds its slot overwritten cannot tell, and says so
 //! (`Indeterminate`); one that is refused with its id absent first claims the slot (`item::fence`)
 //! so that the earlier send can no longer land, then refuses.
 //!
-//! At the bucket's edge, a container that lost a race for the last token holds off that tenant
-//! for a jittered time that grows fourfold with each loss (a success takes one step back), up to
-//! `max_hold_off`, refusing from its cache meanwhile: many containers flooding one tenant then pay
-//! about one write per token instead of one each, and a lone container never holds off.
+//! At the bucket's edge, a container that lost a race for the last token holds off that bucket
+//! until its next token plus a jitter of less than one emission interval (at most
+//! `max_hold_off`), refusing from its cache meanwhile: containers flooding one tenant then do not
+//! all write for the same token, and requests of one process that race each other (a concurrent
+//! `tollgate serve`) cannot lock the tenant out: a loser skips at most the token it lost.
 
 pub mod item;
 mod predictions;
@@ -56,7 +57,8 @@ pub struct DynamoStoreConfig {
     /// operator's reset or a plan upgrade is seen within this time. One write per tenant per
     /// this time, per container, re-checks a flooding tenant.
     pub max_cached_refusal: Duration,
-    /// The longest a container holds off a tenant after losing races at the bucket's edge.
+    /// The longest a container holds off a bucket after losing a race at its edge; the hold-off
+    /// ends less than one emission interval after the bucket's next token in any case.
     pub max_hold_off: Duration,
 }
 
@@ -178,8 +180,8 @@ impl DynamoStore {
         self.stats
     }
 
-    fn seen(&self, tenant: &str) -> Option<Seen> {
-        self.predictions.seen(tenant)
+    fn seen(&self, req: &Consume<'_>) -> Option<Seen> {
+        self.predictions.seen(req.tenant, bucket_of(req.limits))
     }
 
     fn touch(&self, tenant: &str, now: Timestamp) {
@@ -238,8 +240,8 @@ impl DynamoStore {
                     .count_units(item, out.consumed_capacity().and_then(|c| c.capacity_units()));
                 Ok(Attempt::Applied(Snapshot::parse(item).map_err(corrupt)?))
             }
-            Err(SdkError::ServiceError(e)) => match e.err() {
-                UpdateItemError::ConditionalCheckFailedException(c) => {
+            Err(SdkError::ServiceError(e)) => match (e.raw().status().as_u16(), e.err()) {
+                (_, UpdateItemError::ConditionalCheckFailedException(c)) => {
                     // A failed condition still consumes write capacity.
                     let item = c.item().unwrap_or(&EMPTY);
                     self.stats.count_units(item, None);
@@ -247,12 +249,19 @@ impl DynamoStore {
                     Ok(Attempt::Refused(Snapshot::parse(item).map_err(corrupt)?))
                 }
                 // Throughput exceeded on this item's partition: the table serves other tenants.
-                e @ (UpdateItemError::ProvisionedThroughputExceededException(_)
-                | UpdateItemError::ThrottlingException(_)) => Err(StoreError::Throttled {
+                (
+                    _,
+                    e @ (UpdateItemError::ProvisionedThroughputExceededException(_)
+                    | UpdateItemError::ThrottlingException(_)),
+                ) => Err(StoreError::Throttled {
                     tenant: req.tenant.to_owned(),
                     detail: DisplayErrorContext(e).to_string(),
                 }),
-                other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
+                // A server error says nothing of the outcome: the write may have been applied.
+                (status, e) if status >= 500 || matches!(e, UpdateItemError::InternalServerError(_)) => {
+                    Ok(Attempt::Unknown(DisplayErrorContext(e).to_string()))
+                }
+                (_, other) => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
             },
             Err(e @ SdkError::ConstructionFailure(_)) => {
                 Err(StoreError::Unavailable(DisplayErrorContext(e).to_string()))
@@ -277,7 +286,8 @@ impl DynamoStore {
             attempts: attempts + 1,
             detail: detail.to_owned(),
         };
-        match self.send(req, item::fence(req.now, op)).await? {
+        let sent = self.send(req, item::fence(req.now, op)).await;
+        match sent.map_err(|e| after_unknown(e, Some(op), attempts + 1, "the fence failed"))? {
             Attempt::Applied(_) => Ok(refusal),
             Attempt::Refused(current) => match current.op_status(op) {
                 OpStatus::Applied => {
@@ -295,8 +305,28 @@ impl DynamoStore {
     }
 }
 
+/// An error from a send: after an earlier send of the same operation had an unknown outcome,
+/// that one may have landed, so the request's outcome is unknown whatever this send's error.
+fn after_unknown(e: StoreError, pending: Option<u64>, attempts: u32, last_unknown: &str) -> StoreError {
+    match (pending, e) {
+        (_, e @ (StoreError::Indeterminate { .. } | StoreError::Corrupt { .. })) | (None, e) => e,
+        (Some(_), e) => StoreError::Indeterminate {
+            attempts,
+            detail: format!("{last_unknown}; then: {e}"),
+        },
+    }
+}
+
+/// The attribute of the bucket a request takes its token from.
+fn bucket_of(limits: &Limits) -> Option<TatAttr> {
+    limits
+        .bucket
+        .as_ref()
+        .and_then(|(id, _)| TatAttr::parse(id.attribute()))
+}
+
 /// A refusal for a request the cached item would admit, while this container holds off the
-/// tenant: the figures of the cached item, no token left, and the hold-off as the wait.
+/// bucket: the figures of the cached item, no token left, and the hold-off as the wait.
 fn held_off(limits: &Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
     let mut d = engine::admitted(limits, &snap.state(limits, now), now);
     d.allowed = false;
@@ -319,7 +349,7 @@ enum Prediction {
 
 impl DynamoStore {
     fn predict(&self, req: &Consume<'_>) -> Prediction {
-        let Some(seen) = self.seen(req.tenant) else {
+        let Some(seen) = self.seen(req) else {
             return Prediction::Write {
                 guess: Snapshot::default(),
                 recheck: false,
@@ -363,7 +393,7 @@ impl DynamoStore {
                 // An earlier send whose answer was lost did land: admitted, once.
                 self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
                 let state = current.state(req.limits, req.now);
-                self.remember(req, current.clone(), Race::Won);
+                self.remember(req, current.clone(), Race::Won(bucket_of(req.limits)));
                 Some(Ok(engine::admitted(req.limits, &state, req.now)))
             }
             OpStatus::Overwritten => {
@@ -387,10 +417,11 @@ impl DynamoStore {
                 reason: Some(Reason::Rate),
                 retry_after: Some(wait),
                 ..
-            } if !recheck => {
-                let interval = req.limits.bucket.as_ref().map_or(0, |(_, b)| b.interval());
-                Race::Lost(wait + Duration::from_nanos(interval))
-            }
+            } if !recheck => Race::Lost {
+                bucket: bucket_of(req.limits),
+                next_token: wait,
+                interval: Duration::from_nanos(req.limits.bucket.as_ref().map_or(0, |(_, b)| b.interval())),
+            },
             _ => Race::Neither,
         };
         self.remember(req, current, race);
@@ -424,10 +455,14 @@ impl Store for DynamoStore {
                 None => self.next_op(req.now),
             };
             let w = item::admit(req.limits, &guess, req.now, req.weight, op);
-            match self.send(req, w).await? {
+            match self
+                .send(req, w)
+                .await
+                .map_err(|e| after_unknown(e, pending, attempt, &last_unknown))?
+            {
                 Attempt::Applied(after) => {
                     let decision = engine::admitted(req.limits, &after.state(req.limits, req.now), req.now);
-                    self.remember(req, after, Race::Won);
+                    self.remember(req, after, Race::Won(bucket_of(req.limits)));
                     return Ok(decision);
                 }
                 Attempt::Refused(current) => {

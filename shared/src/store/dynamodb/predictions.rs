@@ -1,6 +1,7 @@
 //! The container's predictions: each tenant's item as this container last saw it, compacted,
-//! with when it was checked and the hold-off after lost races. A wrong prediction costs one more
-//! write, never a wrong answer (the write's failed condition returns the item as it is).
+//! with when it was checked and the hold-off of one bucket after a lost race. A wrong prediction
+//! costs one more write, never a wrong answer (the write's failed condition returns the item as
+//! it is).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,23 +27,35 @@ struct Cached {
     counters: Box<[(Counter, u64)]>,
     /// When the store last answered (or was last asked) for this tenant.
     checked: Timestamp,
-    /// Races lost in a row at the bucket's edge.
-    losses: u8,
-    /// No write for this tenant before this time, unless the cached item shows a free token.
-    hold_until: Timestamp,
+    /// The bucket this container lost a race on last, if any.
+    hold: Option<Hold>,
+}
+
+/// A hold-off on one bucket (`None`: the plan's bucket when the attribute is unknown): no write
+/// for it before `until`.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    bucket: Option<TatAttr>,
+    until: Timestamp,
 }
 
 /// What the cache knows of a tenant.
 pub(super) struct Seen {
     pub snap: Snapshot,
     pub checked: Timestamp,
+    /// Until when this container holds off the bucket asked about.
     pub hold_until: Timestamp,
 }
 
-/// How a write's answer moves the hold-off.
+/// How a write's answer moves the hold-off of a bucket.
 pub(super) enum Race {
-    Won,
-    Lost(Duration),
+    Won(Option<TatAttr>),
+    /// Lost the bucket's last token; the next one is `next_token` away, `interval` apart.
+    Lost {
+        bucket: Option<TatAttr>,
+        next_token: Duration,
+        interval: Duration,
+    },
     Neither,
 }
 
@@ -56,7 +69,8 @@ impl Predictions {
         }
     }
 
-    pub(super) fn seen(&self, tenant: &str) -> Option<Seen> {
+    /// The tenant's cached item, and the hold-off of `bucket`.
+    pub(super) fn seen(&self, tenant: &str, bucket: Option<TatAttr>) -> Option<Seen> {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -68,7 +82,10 @@ impl Predictions {
                     ..Snapshot::default()
                 },
                 checked: c.checked,
-                hold_until: c.hold_until,
+                hold_until: c
+                    .hold
+                    .filter(|h| h.bucket == bucket)
+                    .map_or(Timestamp::from_nanos(0), |h| h.until),
             })
     }
 
@@ -91,29 +108,12 @@ impl Predictions {
             cache.clear();
         }
         let snap = snap.compact(limits, now);
-        let (mut losses, mut hold_until) = cache
-            .get(tenant)
-            .map_or((0, Timestamp::from_nanos(0)), |c| (c.losses, c.hold_until));
-        match race {
-            // One success does not make this container the only one at the edge: the hold-off
-            // shrinks by one step rather than vanishing, so a winner by chance steps back again.
-            Race::Won => (losses, hold_until) = (losses.saturating_sub(1), Timestamp::from_nanos(0)),
-            Race::Lost(window) => {
-                losses = losses.saturating_add(1);
-                let cap = duration_nanos(self.max_hold_off).max(1);
-                let span = duration_nanos(window)
-                    .saturating_mul(1 << (2 * u32::from(losses.min(16))))
-                    .clamp(1, cap);
-                hold_until = now.saturating_add(Duration::from_nanos(rand::random::<u64>() % span));
-            }
-            Race::Neither => {}
-        }
+        let hold = self.next_hold(cache.get(tenant).and_then(|c| c.hold), race, now);
         let cached = Cached {
             tats: snap.tats.into_boxed_slice(),
             counters: snap.counters.into_boxed_slice(),
             checked: now,
-            losses,
-            hold_until,
+            hold,
         };
         match cache.get_mut(tenant) {
             Some(slot) => *slot = cached,
@@ -121,5 +121,64 @@ impl Predictions {
                 cache.insert(tenant.into(), cached);
             }
         }
+    }
+
+    /// The hold-off after a write's answer. A lost race holds its bucket off until the next token
+    /// plus a jitter of less than one emission interval (at most `max_hold_off`), so that
+    /// containers at the edge do not all write for the same token, and a container that lost
+    /// never skips more than that token: requests of one process that race each other cannot
+    /// lock the tenant out, and other buckets of the tenant are not held off.
+    fn next_hold(&self, hold: Option<Hold>, race: Race, now: Timestamp) -> Option<Hold> {
+        match race {
+            Race::Won(bucket) => hold.filter(|h| h.bucket != bucket),
+            Race::Lost {
+                bucket,
+                next_token,
+                interval,
+            } => {
+                let jitter = rand::random::<u64>() % duration_nanos(interval).max(1);
+                let span = next_token
+                    .saturating_add(Duration::from_nanos(jitter))
+                    .min(self.max_hold_off);
+                Some(Hold {
+                    bucket,
+                    until: now.saturating_add(span),
+                })
+            }
+            Race::Neither => hold,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
+
+    #[test]
+    fn a_lost_race_holds_off_only_its_bucket_and_not_past_the_next_token_and_one_interval() {
+        // GIVEN a container at the shipped cap that keeps losing a route's races
+        let p = Predictions::new(10, Duration::from_secs(60));
+        let route = TatAttr::parse("r00ab12");
+        let (next_token, interval) = (Duration::from_millis(150), Duration::from_millis(200));
+        for _ in 0..50 {
+            let lost = Race::Lost {
+                bucket: route,
+                next_token,
+                interval,
+            };
+            p.remember("t", Snapshot::default(), &Limits::UNLIMITED, NOW, lost);
+            // THEN however many it lost, the hold-off ends after the next token and less than one
+            // interval past it
+            let held = p.seen("t", route).expect("cached").hold_until;
+            assert!(held >= NOW.saturating_add(next_token), "{held:?}");
+            assert!(held < NOW.saturating_add(next_token + interval), "{held:?}");
+            // AND the tenant's other buckets are not held off
+            assert_eq!(p.seen("t", None).expect("cached").hold_until, Timestamp::from_nanos(0));
+        }
+        // AND a won race on the bucket ends its hold-off
+        p.remember("t", Snapshot::default(), &Limits::UNLIMITED, NOW, Race::Won(route));
+        assert_eq!(p.seen("t", route).expect("cached").hold_until, Timestamp::from_nanos(0));
     }
 }

@@ -77,17 +77,34 @@ fn operation_ids_name_their_slot_and_stay_above_the_floor() {
             let id = op_id(NOW, 0, slot, random);
             assert_eq!(slot_of(id), slot);
             let ms = NOW.as_nanos() / 1_000_000;
-            assert!((ms..=ms + 1).contains(&(id >> 20)), "time in the high bits");
-            // GIVEN a floor above the clock (another container's ids) THEN ids exceed it
-            let floor = id + 1_000_000;
+            assert_eq!(id >> 20, ms, "time in the high bits");
+            // GIVEN a floor above the clock (another container's ids) THEN ids exceed it, by
+            // about a millisecond's worth
+            let floor = id + 1_000_000_000;
             let above = op_id(NOW, floor, slot, random);
-            assert!(above >= floor && above < floor + OPS as u64);
+            assert!(above > floor, "{above} <= {floor}");
+            assert!(above >> 20 == (floor >> 20) + 1, "{above} far above {floor}");
             assert_eq!(slot_of(above), slot);
             // GIVEN a malformed item's slot near the top of the id space THEN no overflow,
             // and the id still names its slot
             let wild = op_id(NOW, u64::MAX, slot, random);
             assert_eq!(slot_of(wild), slot);
         }
+    }
+}
+
+#[test]
+fn ids_drawn_from_the_same_floor_and_slot_by_two_containers_differ() {
+    // GIVEN two containers that saw the same item, whose ids are ahead of both their clocks (the
+    // floor wins over the clock), and drew the same slot
+    let floor = op_id(NOW.saturating_add(Duration::from_secs(5)), 0, 4, 12_345);
+    for slot in 0..OPS {
+        // WHEN each draws its id with its own random bits
+        let (a, b) = (op_id(NOW, floor, slot, 1), op_id(NOW, floor, slot, 2));
+        // THEN both are above the floor, in the slot drawn, and not the same id
+        assert!(a > floor && b > floor);
+        assert_eq!((slot_of(a), slot_of(b)), (slot, slot));
+        assert_ne!(a, b, "slot {slot}");
     }
 }
 
