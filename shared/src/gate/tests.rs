@@ -165,3 +165,62 @@ async fn the_level_is_read_once_per_ttl_not_per_request() {
     assert!(matches!(ask(&gate, "f").await, GateOutcome::Throttle(_)));
     assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 2);
 }
+
+/// A store whose every answer is one item-scoped error. Hand-written: neither moto nor the
+/// memory store throttles one item or loses `max_attempts` races on demand.
+#[derive(Debug)]
+struct Busy(fn() -> StoreError);
+
+#[async_trait]
+impl Store for Busy {
+    async fn consume(&self, _: &Consume<'_>) -> Result<Decision, StoreError> {
+        Err((self.0)())
+    }
+    async fn usage(&self, _: &str, _: &Limits, _: Timestamp) -> Result<crate::store::Usage, StoreError> {
+        Err((self.0)())
+    }
+    async fn reset(&self, _: &str, _: crate::store::Reset, _: &Limits, _: Timestamp) -> Result<(), StoreError> {
+        Err((self.0)())
+    }
+}
+
+#[tokio::test]
+async fn a_throttled_or_contended_item_is_refused_store_busy_never_failed_open() {
+    let errors: [fn() -> StoreError; 2] = [
+        || StoreError::Throttled {
+            tenant: "f".into(),
+            detail: "ProvisionedThroughputExceededException".into(),
+        },
+        || StoreError::Contention { attempts: 4 },
+    ];
+    for error in errors {
+        // GIVEN the shipped gate (the free plan fails open) over a store whose item is busy
+        let file = PolicyFile::parse(PLANS).expect("policy");
+        let dir = Arc::new(MemoryDirectory::from_file(&file));
+        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_800_000_000)));
+        let gate = Gate::new(GateConfig::default(), dir, Arc::new(Busy(error)), clock);
+        // WHEN the tenant asks more often than its burst
+        for _ in 0..5 {
+            // THEN each request is refused store_busy with a short wait, never admitted by the
+            // fallback
+            match ask(&gate, "f").await {
+                GateOutcome::Throttle(v) => {
+                    let refusal = Refusal {
+                        reason: "store_busy",
+                        retry_after_secs: BUSY_RETRY_AFTER_SECS,
+                    };
+                    assert_eq!(v.refusal, Some(refusal));
+                    assert!(matches!(v.mode, Mode::Busy { kind, .. } if kind == error().kind()));
+                }
+                other => panic!("expected store_busy, got {other:?}"),
+            }
+        }
+        // AND the breaker stays closed: other tenants are unaffected
+        assert_eq!(
+            gate.breaker().state(),
+            crate::gate::breaker::BreakerState::Closed { failures: 0 }
+        );
+        // AND a shadow plan is admitted, reported busy
+        assert!(matches!(ask(&gate, "t").await, GateOutcome::Allow(v) if matches!(v.mode, Mode::Busy { .. })));
+    }
+}
