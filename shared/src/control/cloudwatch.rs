@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::error::DisplayErrorContext;
+use aws_sdk_cloudwatch::operation::describe_alarms::builders::DescribeAlarmsFluentBuilder;
 use aws_sdk_cloudwatch::types::{
     AlarmType, ComparisonOperator, Dimension, Metric, MetricAlarm, MetricDataQuery, MetricStat,
 };
@@ -56,26 +57,8 @@ const DELETE_BATCH: usize = 100;
 #[async_trait]
 impl AlarmPort for CloudWatchAlarms {
     async fn describe(&self, prefix: &str) -> Result<Vec<AlarmDefinition>, AlarmError> {
-        let mut alarms = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .describe_alarms()
-                .alarm_name_prefix(prefix)
-                .alarm_types(AlarmType::MetricAlarm)
-                .set_next_token(token.take())
-                .send()
-                .await
-                .map_err(failed("DescribeAlarms"))?;
-            for alarm in page.metric_alarms() {
-                alarms.push(read(alarm, prefix)?);
-            }
-            match page.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => return Ok(alarms),
-            }
-        }
+        let alarms = self.metric_alarms(|r| r.alarm_name_prefix(prefix)).await?;
+        alarms.iter().map(|a| read(a, prefix)).collect()
     }
 
     async fn put(&self, alarm: &AlarmDefinition) -> Result<(), AlarmError> {
@@ -139,29 +122,39 @@ impl AlarmPort for CloudWatchAlarms {
         let mut found = Vec::new();
         // `DescribeAlarms` takes at most 100 names, as `DeleteAlarms` does.
         for batch in names.chunks(DELETE_BATCH) {
-            let mut token: Option<String> = None;
-            loop {
-                let page = self
-                    .client
-                    .describe_alarms()
-                    .set_alarm_names(Some(batch.to_vec()))
-                    .alarm_types(AlarmType::MetricAlarm)
-                    .set_next_token(token.take())
-                    .send()
-                    .await
-                    .map_err(failed("DescribeAlarms"))?;
-                for alarm in page.metric_alarms() {
-                    if batch.iter().any(|b| Some(b.as_str()) == alarm.alarm_name()) {
-                        found.push(read(alarm, "")?);
-                    }
-                }
-                match page.next_token() {
-                    Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                    _ => break,
-                }
+            let alarms = self.metric_alarms(|r| r.set_alarm_names(Some(batch.to_vec()))).await?;
+            for alarm in alarms
+                .iter()
+                .filter(|a| batch.iter().any(|b| Some(b.as_str()) == a.alarm_name()))
+            {
+                found.push(read(alarm, "")?);
             }
         }
         Ok(found)
+    }
+}
+
+impl CloudWatchAlarms {
+    /// Every metric alarm `DescribeAlarms` answers for the request `by` shapes, all pages.
+    async fn metric_alarms(
+        &self,
+        by: impl Fn(DescribeAlarmsFluentBuilder) -> DescribeAlarmsFluentBuilder,
+    ) -> Result<Vec<MetricAlarm>, AlarmError> {
+        let mut alarms = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = by(self.client.describe_alarms())
+                .alarm_types(AlarmType::MetricAlarm)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(failed("DescribeAlarms"))?;
+            alarms.extend(page.metric_alarms().iter().cloned());
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(alarms),
+            }
+        }
     }
 }
 
