@@ -289,19 +289,7 @@ async fn a_plan_whose_limits_change_gets_its_alarm_updated_and_no_other() {
     assert_eq!(report.updated, [w.name("free"), w.name("gold")]);
     assert!(w.alarms().await.values().all(|a| a.threshold() == Some(25.0)));
     // AND WHEN someone edits an alarm by hand THEN the next sync puts it back
-    w.cloudwatch
-        .put_metric_alarm()
-        .alarm_name(w.name("free"))
-        .namespace("Tollgate")
-        .metric_name("Decisions")
-        .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
-        .period(60)
-        .evaluation_periods(1)
-        .threshold(1.0)
-        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
-        .send()
-        .await
-        .expect("hand edit");
+    put_alarm(&w.cloudwatch, &w.name("free")).await;
     w.port.calls();
     assert_eq!(w.sync().await.updated, [w.name("free")]);
     assert_eq!(w.port.calls(), (1, 1, 0));
