@@ -4,10 +4,11 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use tollgate::control::shed::table::ShedError;
+use tollgate::policy_file::PolicyFileError;
+use tollgate::store::StoreError;
+
 use crate::aws_args::AwsError;
-use crate::commands::ReadPolicyError;
-use crate::commands::demo::DemoError;
-use crate::commands::shed::ShedLevelError;
 use crate::serve::ServeError;
 use crate::serve::routing::OpenApiError;
 use crate::simulate::SimulateError;
@@ -37,6 +38,33 @@ pub enum FlagError {
     OpenApiRead { path: PathBuf, source: std::io::Error },
     #[error("--openapi {}: {source}", path.display())]
     OpenApi { path: PathBuf, source: OpenApiError },
+}
+
+/// A policy file that cannot be used: unreadable, or invalid (named by its path).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadPolicyError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{name}: {source}")]
+    Invalid { name: String, source: PolicyFileError },
+}
+
+/// A demo that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("no plan `{plan}`; this policy has: {known}")]
+    UnknownPlan { plan: String, known: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The shed level could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ShedLevelError {
+    #[error(transparent)]
+    Table(#[from] ShedError),
+    #[error("the shed level in `{table}` kept changing under {attempts} attempts: try again")]
+    KeptChanging { table: String, attempts: usize },
 }
 
 /// What went wrong, by concern: the CLI's own errors, and the library's as it words them.

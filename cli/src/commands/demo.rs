@@ -6,19 +6,10 @@ use std::time::Duration;
 
 use tollgate::engine::clock::{Clock, ManualClock, SystemClock, Timestamp};
 use tollgate::engine::quota::{Quota, format_utc};
-use tollgate::store::{Consume, MemoryStore, StoreError};
+use tollgate::store::{Consume, MemoryStore};
 
 use super::read_policy;
-use crate::error::{CliError, FlagError};
-
-/// A demo that cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    #[error("no plan `{plan}`; this policy has: {known}")]
-    UnknownPlan { plan: String, known: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+use crate::error::{CliError, DemoError, FlagError};
 
 #[derive(Debug, clap::Args)]
 pub struct Demo {

@@ -14,19 +14,10 @@ pub mod validate;
 use std::path::PathBuf;
 
 use tokio::runtime::Builder;
-use tollgate::policy_file::{PolicyFile, PolicyFileError};
+use tollgate::policy_file::PolicyFile;
 
 use crate::EXAMPLE_POLICY;
-use crate::error::{CliError, ErrorKind};
-
-/// A policy file that cannot be used: unreadable, or invalid (named by its path).
-#[derive(Debug, thiserror::Error)]
-pub enum ReadPolicyError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{name}: {source}")]
-    Invalid { name: String, source: PolicyFileError },
-}
+use crate::error::{CliError, ErrorKind, ReadPolicyError};
 
 /// Reads and validates a policy file; the shipped example tiers when no path is given.
 pub fn read_policy(path: Option<&PathBuf>) -> Result<PolicyFile, ReadPolicyError> {

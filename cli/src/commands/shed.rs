@@ -1,24 +1,15 @@
 //! `tollgate shed`: the shed level by hand. `set` overrides the controller until `clear` hands
 //! the level back to it; `status` shows the level and which plans it sheds.
 
-use tollgate::control::shed::table::{ShedError, ShedTable, Written};
+use tollgate::control::shed::table::{ShedTable, Written};
 use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
 use tollgate::engine::shed::{SetBy, ShedState, sheds};
 
 use crate::aws_args::AwsArgs;
-use crate::error::CliError;
+use crate::error::{CliError, ShedLevelError};
 
 /// A manual write retries this many times when the controller writes in between.
 const ATTEMPTS: usize = 3;
-
-/// The shed level could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum ShedLevelError {
-    #[error(transparent)]
-    Table(#[from] ShedError),
-    #[error("the shed level in `{table}` kept changing under {ATTEMPTS} attempts: try again")]
-    KeptChanging { table: String },
-}
 
 #[derive(Debug, clap::Args)]
 pub struct Shed {
@@ -139,6 +130,7 @@ pub async fn set(
     }
     Err(ShedLevelError::KeptChanging {
         table: table.name().to_owned(),
+        attempts: ATTEMPTS,
     })
 }
 

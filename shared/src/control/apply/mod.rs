@@ -12,7 +12,7 @@
 //!
 //! One change: read everything, validate everything (nothing is touched on an error), take the
 //! checkpoint (the managed usage plans as API Gateway has them, the memberships of the keys that
-//! move), make the API Gateway calls, read what they left (`since::Left`), sync the table, record
+//! move), make the API Gateway calls, read what they left (`Left`), sync the table, record
 //! the change with the items its sync wrote (before and after, with versions). A failure part-way
 //! puts API Gateway back at the checkpoint (re-read, then the calls that undo what is there),
 //! then, if the table was reached, syncs it again, and records the change as `Restored`.
@@ -297,9 +297,9 @@ impl Pending {
                 let at = "reading the usage plans the change left".to_owned();
                 (done.clone(), at, e.to_string())
             })?;
-            self.checkpoint.left = Some(since::Left::read(&self.checkpoint, &plans));
+            self.checkpoint.left = Some(plan::Left::read(&self.checkpoint, &plans));
         } else {
-            self.checkpoint.left = Some(since::Left::default());
+            self.checkpoint.left = Some(plan::Left::default());
         }
         Ok(done)
     }

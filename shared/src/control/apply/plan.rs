@@ -65,7 +65,17 @@ pub struct Checkpoint {
     pub keys: BTreeMap<String, Vec<String>>,
     /// The same plans and keys as the change left them (`None`: it did not finish).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub left: Option<super::since::Left>,
+    pub left: Option<Left>,
+}
+
+/// API Gateway as a change left it: what a rollback expects to find.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Left {
+    /// Plan name → its usage plan as the change left it (`None`: there was none), for every plan
+    /// of the checkpoint and every plan the change created.
+    pub plans: BTreeMap<String, Option<PlanState>>,
+    /// Key id → the names of the plans the change left it on, for every key it may have moved.
+    pub keys: BTreeMap<String, Vec<String>>,
 }
 
 /// One API Gateway call of a change.

@@ -2,29 +2,17 @@
 //! what is still as the change left it, and otherwise names what changed and does nothing.
 //!
 //! A change records what it touched, not a snapshot: the usage plans it may change and the keys
-//! it may move (its `Checkpoint`, as they were before), the same as it left them (`Left`), and
+//! it may move (its `Checkpoint`, as they were before), the same as it left them (`Left`, kept beside it in `plan`), and
 //! the policy items its sync wrote, before and after, with their versions (the audit record's
 //! items). Nothing here calls API Gateway or the table.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
-use super::plan::{Checkpoint, PlanState};
+use super::plan::{Checkpoint, Left, PlanState};
 use crate::control::apigateway::model::UsagePlan;
 use crate::control::sync::mapping;
 use crate::policy_table::Record;
 use crate::policy_table::audit::ItemChange;
-
-/// API Gateway as a change left it: what a rollback expects to find.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Left {
-    /// Plan name → its usage plan as the change left it (`None`: there was none), for every plan
-    /// of the checkpoint and every plan the change created.
-    pub plans: BTreeMap<String, Option<PlanState>>,
-    /// Key id → the names of the plans the change left it on, for every key it may have moved.
-    pub keys: BTreeMap<String, Vec<String>>,
-}
 
 impl Left {
     /// What `plans` (read right after the change's calls) say of what `checkpoint` touched.

@@ -7,6 +7,7 @@ use crate::engine::gcra::Bucket;
 use crate::engine::quota::{Calendar, Period, Quota};
 use serde::{Deserialize, Serialize};
 
+mod check;
 mod quotas;
 mod validate;
 

@@ -1,7 +1,7 @@
 //! A plan's quotas as written (`daily_quota`, `monthly_quota`, `quota`, `quotas`) checked into at
 //! most one `Quota` per period kind, each error naming the field.
 
-use super::validate::Check;
+use super::check::Check;
 use super::{AnchorSpec, MAX_QUOTA, PlanSpec, PolicyError, QuotaSpec};
 use crate::engine::quota::{Calendar, Period, Quota, zone};
 

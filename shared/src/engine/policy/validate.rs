@@ -1,31 +1,14 @@
 //! `Plan::new`'s checks: every field of a `PlanSpec` against what the engine and the stores can
 //! honour exactly, each refusal naming the plan, the field, the value and the reason.
 
-use std::fmt;
-
 use sha2::{Digest, Sha256};
 
+use super::check::Check;
 use super::{
     BucketId, Limits, MAX_NOTIFY, MAX_PLAN_NAME, MAX_RATE, MAX_ROUTES, MAX_WINDOW_SECS, Plan, PlanSpec, PolicyError,
     Route, RouteSpec,
 };
 use crate::engine::gcra::Bucket;
-
-/// The plan being checked, for errors.
-pub(super) struct Check<'a> {
-    plan: &'a str,
-}
-
-impl Check<'_> {
-    pub(super) fn fail(&self, field: &str, value: &dyn fmt::Display, reason: &str) -> PolicyError {
-        PolicyError {
-            plan: self.plan.to_owned(),
-            field: field.to_owned(),
-            value: value.to_string(),
-            reason: reason.to_owned(),
-        }
-    }
-}
 
 pub(super) fn plan(name: &str, spec: PlanSpec) -> Result<Plan, PolicyError> {
     let check = Check { plan: name };
