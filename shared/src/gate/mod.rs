@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::directory::{Directory, DirectoryError, Resolved};
+use crate::engine::clock::ceil_secs;
 use crate::engine::clock::{Clock, Timestamp};
-use crate::engine::decision::{Decision, ceil_secs};
+use crate::engine::decision::Decision;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::{FailMode, Limits, Plan, split_route};
 use crate::engine::shed::SHED_RETRY_AFTER;

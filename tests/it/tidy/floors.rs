@@ -27,7 +27,7 @@ fn floor(module: &str) -> Option<usize> {
 }
 
 /// The identifier `s` starts with.
-fn ident(s: &str) -> Option<&str> {
+pub(super) fn ident(s: &str) -> Option<&str> {
     s.split(|c: char| !(c.is_alphanumeric() || c == '_')).next()
 }
 
@@ -37,7 +37,7 @@ fn inside_ident(before: &str) -> bool {
 }
 
 /// A source with its comments cut, lines kept.
-fn without_comments(text: &str) -> String {
+pub(super) fn without_comments(text: &str) -> String {
     text.lines().map(|l| format!("{}\n", code(l))).collect()
 }
 
@@ -66,7 +66,7 @@ fn named_modules(text: &str, root: &str) -> Vec<String> {
 }
 
 /// The first segment of each item of a `{...}` group (the text after its `{`).
-fn group_heads(group: &str) -> Vec<String> {
+pub(super) fn group_heads(group: &str) -> Vec<String> {
     let (mut depth, mut item_start, mut heads) = (0usize, 0usize, Vec::new());
     for (i, c) in group.char_indices() {
         let end_of_item = match c {
@@ -135,7 +135,7 @@ fn evasions(text: &str) -> Vec<&'static str> {
 
 /// A file's module path under `shared/src` (`control/sync/mod.rs` → `control`, `sync`); empty
 /// for `lib.rs`.
-fn module_path(file: &Path, src: &Path) -> Vec<String> {
+pub(super) fn module_path(file: &Path, src: &Path) -> Vec<String> {
     let Ok(rel) = file.strip_prefix(src) else {
         return Vec::new();
     };
