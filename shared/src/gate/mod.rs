@@ -24,6 +24,8 @@ use self::breaker::{Breaker, BreakerConfig};
 use self::cache::{AnswerCache, TtlCache};
 use self::fallback::Fallback;
 
+/// `Retry-After` of a `store_busy` refusal: the item takes writes again within a second or so.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
 /// Plans are few (API Gateway allows 300 usage plans per region).
 const PLAN_CACHE_CAPACITY: usize = 1024;
 
@@ -95,6 +97,15 @@ pub enum Mode {
     /// The plan's priority is below the shed level: refused (or, for a shadow plan, reported as
     /// `Shadow { would_deny: true }`) without asking the store. No budget consumed.
     Shed { level: u8 },
+    /// The store answered that the tenant's item cannot take the write now (throttled, or
+    /// contended past its attempts): refused with `store_busy` and a short wait (a shadow plan is
+    /// admitted). Never the fail mode: the store works, and admitting would let the tenant's own
+    /// load bypass its limits.
+    Busy {
+        error: String,
+        /// `StoreError::kind()`.
+        kind: &'static str,
+    },
     /// The store could not decide (it failed, or the breaker is open); the fail mode answered.
     /// Failing open, `decision` is the per-container fallback's: the tenant's plan rate and burst
     /// and what is left of its quotas, so an admission here is a bounded fail-open admission.
@@ -142,7 +153,8 @@ pub struct Verdict {
 /// Why a request was refused, and when to retry: what a `429` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
-    /// `rate`, `daily_quota`, `monthly_quota`, `shed`, or `store_unavailable` (fail closed).
+    /// `rate`, `daily_quota`, `monthly_quota`, `shed`, `store_busy` (the tenant's item could not
+    /// take the write), or `store_unavailable` (fail closed).
     pub reason: &'static str,
     /// Whole seconds, at least 1: the decision's wait, or the breaker's cool-down when the store
     /// could not decide.
@@ -244,7 +256,8 @@ impl Gate {
                 self.fallback.observe(&verdict.tenant, &decision, now);
                 decided(verdict, decision)
             }
-            Err((error, kind)) => self.store_failed(verdict, (&limits, weight, now), error, kind),
+            Err((error, kind, true)) => busy(verdict, error, kind),
+            Err((error, kind, false)) => self.store_failed(verdict, (&limits, weight, now), error, kind),
         }
     }
 
@@ -279,10 +292,14 @@ impl Gate {
         &self,
         consume: &Consume<'_>,
         now: Timestamp,
-    ) -> (Result<Decision, (String, &'static str)>, Option<Duration>) {
+    ) -> (Result<Decision, (String, &'static str, bool)>, Option<Duration>) {
         let Some(call) = self.breaker.permits(now) else {
             return (
-                Err(("circuit breaker open: store not called".to_owned(), "breaker_open")),
+                Err((
+                    "circuit breaker open: store not called".to_owned(),
+                    "breaker_open",
+                    false,
+                )),
                 None,
             );
         };
@@ -299,7 +316,7 @@ impl Gate {
             Err(e) if e.scope() == ErrorScope::Item => call.success(),
             Err(_) => call.failure(self.clock.now()),
         }
-        (result.map_err(|e| (e.to_string(), e.kind())), latency)
+        (result.map_err(|e| (e.to_string(), e.kind(), e.is_busy())), latency)
     }
 
     /// The store could not decide: the fail mode answers.
@@ -473,6 +490,21 @@ fn shed(mut verdict: Verdict, level: u8) -> GateOutcome {
     verdict.mode = Mode::Shed { level };
     verdict.decision = Some(Decision::shed(SHED_RETRY_AFTER));
     verdict.refusal = verdict.decision.as_ref().map(refusal_of);
+    GateOutcome::Throttle(verdict)
+}
+
+/// The store answered that the tenant's item is busy: 429 `store_busy`, or admitted when the
+/// plan is shadow.
+fn busy(mut verdict: Verdict, error: String, kind: &'static str) -> GateOutcome {
+    tracing::warn!(tenant = %verdict.tenant, kind, %error, "tenant's state item busy: refused store_busy");
+    verdict.mode = Mode::Busy { error, kind };
+    if verdict.plan.shadow() {
+        return GateOutcome::Allow(verdict);
+    }
+    verdict.refusal = Some(Refusal {
+        reason: "store_busy",
+        retry_after_secs: BUSY_RETRY_AFTER_SECS,
+    });
     GateOutcome::Throttle(verdict)
 }
 

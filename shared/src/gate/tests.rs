@@ -165,3 +165,123 @@ async fn the_level_is_read_once_per_ttl_not_per_request() {
     assert!(matches!(ask(&gate, "f").await, GateOutcome::Throttle(_)));
     assert_eq!(dir.shed_reads.load(Ordering::SeqCst), 2);
 }
+
+/// A store whose every call fails with one error, or (`None`) never answers. Hand-written:
+/// neither moto nor the memory store throttles one item or loses `max_attempts` races on demand.
+#[derive(Debug)]
+struct Failing(Failure);
+
+type Failure = Option<fn() -> StoreError>;
+
+impl Failing {
+    async fn fail<T>(&self) -> Result<T, StoreError> {
+        match self.0 {
+            Some(error) => Err(error()),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Failing {
+    async fn consume(&self, _: &Consume<'_>) -> Result<Decision, StoreError> {
+        self.fail().await
+    }
+    async fn usage(&self, _: &str, _: &Limits, _: Timestamp) -> Result<crate::store::Usage, StoreError> {
+        self.fail().await
+    }
+    async fn reset(&self, _: &str, _: crate::store::Reset, _: &Limits, _: Timestamp) -> Result<(), StoreError> {
+        self.fail().await
+    }
+}
+
+/// The gate over `store`, with `fail_mode` over every plan's (`None`: each plan's own, the free
+/// plan's `open` by default), and a short budget for the store that never answers.
+fn failing_gate(store: Failing, fail_mode: Option<FailMode>) -> Gate {
+    let file = PolicyFile::parse(PLANS).expect("policy");
+    let dir = Arc::new(MemoryDirectory::from_file(&file));
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_800_000_000)));
+    let config = GateConfig {
+        store_budget: Duration::from_millis(10),
+        fail_mode,
+        ..GateConfig::default()
+    };
+    Gate::new(config, dir, Arc::new(store), clock)
+}
+
+const FAIL_MODES: [Option<FailMode>; 3] = [None, Some(FailMode::Open), Some(FailMode::Closed)];
+
+#[tokio::test]
+async fn a_throttled_or_contended_item_is_refused_store_busy_whatever_the_fail_mode() {
+    let errors: [fn() -> StoreError; 2] = [
+        || StoreError::Throttled {
+            tenant: "f".into(),
+            detail: "ProvisionedThroughputExceededException".into(),
+        },
+        || StoreError::Contention { attempts: 4 },
+    ];
+    for (error, fail_mode) in errors.into_iter().flat_map(|e| FAIL_MODES.map(|m| (e, m))) {
+        // GIVEN the gate, failing open (the free plan's default, or the override) or closed,
+        // over a store whose item is busy
+        let gate = failing_gate(Failing(Some(error)), fail_mode);
+        // WHEN the tenant asks more often than its burst
+        for _ in 0..5 {
+            // THEN each request is refused store_busy with a short wait, never admitted by the
+            // fallback nor refused store_unavailable
+            match ask(&gate, "f").await {
+                GateOutcome::Throttle(v) => {
+                    let refusal = Refusal {
+                        reason: "store_busy",
+                        retry_after_secs: BUSY_RETRY_AFTER_SECS,
+                    };
+                    assert_eq!(v.refusal, Some(refusal), "{fail_mode:?}");
+                    assert!(matches!(v.mode, Mode::Busy { kind, .. } if kind == error().kind()));
+                }
+                other => panic!("{fail_mode:?}: expected store_busy, got {other:?}"),
+            }
+        }
+        // AND the breaker stays closed: other tenants are unaffected
+        assert_eq!(
+            gate.breaker().state(),
+            crate::gate::breaker::BreakerState::Closed { failures: 0 }
+        );
+        // AND a shadow plan is admitted, reported busy
+        assert!(matches!(ask(&gate, "t").await, GateOutcome::Allow(v) if matches!(v.mode, Mode::Busy { .. })));
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_answer_still_gets_the_fail_mode() {
+    let failures: [(Failure, &str); 2] = [
+        (
+            Some(|| StoreError::Unavailable("connection refused".into())),
+            "unavailable",
+        ),
+        (None, "timeout"),
+    ];
+    for ((failure, kind), fail_mode) in failures.into_iter().flat_map(|f| FAIL_MODES.map(|m| (f, m))) {
+        // GIVEN the gate over a store that refuses connections, or never answers
+        let gate = failing_gate(Failing(failure), fail_mode);
+        // WHEN the free tenant (burst 2) asks twice, and then once more
+        let outcomes = [ask(&gate, "f").await, ask(&gate, "f").await, ask(&gate, "f").await];
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let v = match outcome {
+                GateOutcome::Allow(v) | GateOutcome::Throttle(v) => v,
+                other => panic!("unexpected {other:?}"),
+            };
+            // THEN the fail mode answers, naming the store's error, never store_busy
+            let mode = fail_mode.unwrap_or(FailMode::Open);
+            assert!(
+                matches!(&v.mode, Mode::Failed { mode: m, kind: k, .. } if *m == mode && *k == kind),
+                "{fail_mode:?}, request {i}: {:?}",
+                v.mode
+            );
+            let reason = v.refusal.map(|r| r.reason);
+            match mode {
+                // failing open: the fallback admits the burst and refuses past it
+                FailMode::Open => assert_eq!(reason, [None, None, Some("rate")][i], "request {i}"),
+                FailMode::Closed => assert_eq!(reason, Some("store_unavailable")),
+            }
+        }
+    }
+}
