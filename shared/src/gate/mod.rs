@@ -394,7 +394,12 @@ impl Gate {
         fresh
     }
 
+    /// Refuses while the store cannot answer, except a shadow plan: it never refuses, whatever
+    /// the fail mode, and its mode still says the store failed.
     fn fail_closed(&self, mut verdict: Verdict) -> GateOutcome {
+        if verdict.plan.shadow() {
+            return GateOutcome::Allow(verdict);
+        }
         verdict.refusal = Some(Refusal {
             reason: "store_unavailable",
             retry_after_secs: ceil_secs(self.config.breaker.cool_down).max(1),

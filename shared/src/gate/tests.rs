@@ -285,3 +285,27 @@ async fn a_store_that_cannot_answer_still_gets_the_fail_mode() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_shadow_plan_is_admitted_whatever_the_fail_mode_while_the_store_cannot_answer() {
+    for fail_mode in FAIL_MODES {
+        // GIVEN the gate over a store that refuses connections, under each fail mode
+        let failure: Failure = Some(|| StoreError::Unavailable("connection refused".into()));
+        let gate = failing_gate(Failing(failure), fail_mode);
+        // WHEN the shadow tenant (burst 2) asks more often than its burst
+        for i in 0..4 {
+            // THEN each request is admitted, reported as a store failure, never refused
+            match ask(&gate, "t").await {
+                GateOutcome::Allow(v) => {
+                    assert!(
+                        matches!(v.mode, Mode::Failed { .. }),
+                        "{fail_mode:?}, request {i}: {:?}",
+                        v.mode
+                    );
+                    assert_eq!(v.refusal, None);
+                }
+                other => panic!("{fail_mode:?}, request {i}: expected Allow, got {other:?}"),
+            }
+        }
+    }
+}
