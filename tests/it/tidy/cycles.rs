@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::floors::{group_heads, ident, module_path, without_comments};
+use super::floors::module_path;
+use super::paths::{Named, blanked, named};
 use super::{relative, sources, workspace_root};
 
 /// The `src` folders of the workspace's crates.
@@ -38,62 +39,39 @@ fn children(src: &Path, path: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
-/// The paths a source names, made absolute: `crate::a::b` and groups under it, `super::` chains
-/// climbed from the file's module path `path`, and `self::` from a `mod.rs`. Each path is cut
-/// to what `ident`s it starts with; test modules (after `#[cfg(test)]`) are left out.
-fn named_paths(text: &str, path: &[String]) -> Vec<Vec<String>> {
-    let code = without_comments(text);
-    let code = code.split("#[cfg(test)]").next().unwrap_or_default();
-    let mut out = Vec::new();
-    for (at, _) in code.match_indices("::") {
-        let before = &code[..at];
-        let word_start = before
-            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
-            .map_or(0, |i| i + 1);
-        let (word, head) = (&before[word_start..], &before[..word_start]);
-        if head.ends_with("::") {
-            continue; // inside a path, not its start
-        }
-        let mut base: Vec<String> = match word {
-            "crate" => Vec::new(),
-            "self" => path.to_vec(),
-            "super" => path.to_vec(),
-            _ => continue,
-        };
-        let mut rest = &code[at + 2..];
-        if word == "super" {
-            base.pop();
-            while let Some(next) = rest.strip_prefix("super::") {
-                base.pop();
-                rest = next;
-            }
-        }
-        out.extend(segments(rest).into_iter().map(|tail| [base.clone(), tail].concat()));
+/// The paths a file names outside its test modules, and the file's module path (a binary's
+/// `main.rs` is its crate's root).
+fn code_paths(src: &Path, file: &Path) -> (Vec<String>, Vec<Named>) {
+    let mut path = module_path(file, src);
+    if path == ["main"] {
+        path.clear();
     }
-    out
+    let text = std::fs::read_to_string(file).expect("readable source");
+    let named = named(&text, &path, None).into_iter().filter(|n| !n.in_test).collect();
+    (path, named)
 }
 
-/// The module paths a path's tail names: `a::b::C` → `[a, b, C]`; `a::{b, c::d}` → `[a, b]`,
-/// `[a, c]`.
-fn segments(mut rest: &str) -> Vec<Vec<String>> {
-    let mut prefix = Vec::new();
-    loop {
-        rest = rest.trim_start();
-        if let Some(group) = rest.strip_prefix('{') {
-            return group_heads(group)
-                .into_iter()
-                .map(|h| [prefix.clone(), vec![h]].concat())
-                .collect();
-        }
-        let Some(word) = ident(rest).filter(|w| !w.is_empty()) else {
-            return vec![prefix];
-        };
-        prefix.push(word.to_owned());
-        match rest[word.len()..].strip_prefix("::") {
-            Some(next) => rest = next,
-            None => return vec![prefix],
+/// Module → name → the child a `pub use` of the module's root file takes it from: a sibling
+/// reached through its parent's re-export is that child all the same.
+fn re_exports(src: &Path, files: &[PathBuf]) -> BTreeMap<Vec<String>, BTreeMap<String, String>> {
+    let mut out: BTreeMap<Vec<String>, BTreeMap<String, String>> = BTreeMap::new();
+    for file in files.iter().filter(|f| f.ends_with("mod.rs") || f.ends_with("lib.rs")) {
+        let (path, _) = code_paths(src, file);
+        let text = std::fs::read_to_string(file).expect("readable source");
+        let code = blanked(&text);
+        for statement in code.split(';').filter(|s| s.trim_start().starts_with("pub use ")) {
+            for n in named(statement, &path, None) {
+                let (Some(child), Some(last)) = (n.path.get(path.len()), n.path.last()) else {
+                    continue;
+                };
+                let shown = n.alias.clone().unwrap_or_else(|| last.clone());
+                if n.path.starts_with(&path) && n.path.len() > path.len() + 1 && shown != "*" {
+                    out.entry(path.clone()).or_default().insert(shown, child.clone());
+                }
+            }
         }
     }
+    out
 }
 
 /// Child → the children it names, each with the file that names it.
@@ -103,25 +81,28 @@ type Edges = BTreeMap<String, BTreeSet<(String, String)>>;
 fn sibling_edges(src: &Path) -> BTreeMap<Vec<String>, Edges> {
     let mut edges: BTreeMap<Vec<String>, Edges> = BTreeMap::new();
     // Test modules may use any sibling: they sit above the code they test.
-    let code = sources(src)
-        .into_iter()
-        .filter(|f| !f.ends_with("tests.rs") && !f.components().any(|c| c.as_os_str() == "tests"));
-    for file in code {
-        let mut path = module_path(&file, src);
-        if path == ["main"] {
-            path.clear(); // a binary's root
-        }
-        let text = std::fs::read_to_string(&file).expect("readable source");
-        for named in named_paths(&text, &path) {
+    let is_test = |f: &PathBuf| f.ends_with("tests.rs") || f.components().any(|c| c.as_os_str() == "tests");
+    let files: Vec<PathBuf> = sources(src).into_iter().filter(|f| !is_test(f)).collect();
+    let re_exported = re_exports(src, &files);
+    for file in &files {
+        let (path, named) = code_paths(src, file);
+        for named in named.into_iter().map(|n| n.path) {
             let common = path.iter().zip(&named).take_while(|(a, b)| a == b).count();
             if common >= path.len() || common >= named.len() {
                 continue; // an ancestor's item, or a child of this module
             }
             let parent = path[..common].to_vec();
-            let (from, to) = (&path[common], &named[common]);
-            if children(src, &parent).contains(to) {
+            let from = &path[common];
+            let to = match children(src, &parent).contains(&named[common]) {
+                true => named[common].clone(),
+                false => match re_exported.get(&parent).and_then(|r| r.get(&named[common])) {
+                    Some(child) => child.clone(),
+                    None => continue,
+                },
+            };
+            if to != *from {
                 let by = edges.entry(parent).or_default().entry(from.clone()).or_default();
-                by.insert((to.clone(), relative(&file)));
+                by.insert((to, relative(file)));
             }
         }
     }
@@ -178,17 +159,20 @@ fn no_two_children_of_a_module_import_each_other() {
 }
 
 #[test]
-fn the_cycle_check_reads_crate_super_and_grouped_paths() {
+fn the_cycle_check_sees_paths_after_a_test_module_and_through_re_exports() {
+    // GIVEN a file whose production code follows a test module
+    let text = "#[cfg(test)]\nmod tests { use super::super::plan::X; }\npub fn f() { super::plan::Y::new(); }";
     let path: Vec<String> = ["control", "apply", "since"].map(str::to_owned).to_vec();
-    let text = "use super::plan::{Checkpoint, Left};\nuse crate::control::{sync::mapping, apigateway};\nfn f() { super::super::alarms::x(); }\n";
-    let named = named_paths(text, &path);
-    for expected in [
-        &["control", "apply", "plan", "Checkpoint"][..],
-        &["control", "apply", "plan", "Left"],
-        &["control", "sync"],
-        &["control", "apigateway"],
-        &["control", "alarms", "x"],
-    ] {
-        assert!(named.iter().any(|n| n == expected), "{expected:?} not in {named:?}");
-    }
+    let named: Vec<Named> = named(text, &path, None).into_iter().filter(|n| !n.in_test).collect();
+    // THEN the production path is read, and the test module's is not
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(named[0].path, ["control", "apply", "plan", "Y", "new"]);
+    // AND the library's re-exports are known by name, with their aliases
+    let src = workspace_root().join("shared/src");
+    let re_exported = re_exports(&src, &sources(&src));
+    let apply = ["control".to_owned(), "apply".to_owned()];
+    assert_eq!(
+        re_exported[apply.as_slice()].get("plan_apply").map(String::as_str),
+        Some("plan")
+    );
 }

@@ -5,6 +5,7 @@
 mod clients;
 mod cycles;
 mod floors;
+mod paths;
 mod sizes;
 
 use std::path::{Path, PathBuf};
