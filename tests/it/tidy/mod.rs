@@ -1,6 +1,6 @@
 //! Conventions the compiler cannot check, checked over the workspace's own sources, as ordinary
-//! tests: who may build DynamoDB clients, the library's floors, no import cycle between files, and the size of files and
-//! functions.
+//! tests: who may build DynamoDB clients, the library's floors, no import cycle between files,
+//! and the size of files and functions.
 
 mod clients;
 mod cycles;
