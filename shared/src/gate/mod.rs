@@ -37,6 +37,14 @@ pub struct GateConfig {
     pub key_ttl: Duration,
     /// How long an unknown key stays unknown (guessing keys costs no directory reads).
     pub unknown_key_ttl: Duration,
+    /// How long past `key_ttl` a resolved key (or token tenant) is still served while the
+    /// directory cannot answer: the last good answer, so a policy-table outage does not refuse
+    /// every tenant. A key revoked meanwhile is seen once the directory answers again.
+    pub stale_for: Duration,
+    /// After the directory fails, how long a key not in the cache is answered unavailable
+    /// without asking it again: an outage costs one directory call per interval, not one per
+    /// request, each waiting for its timeout.
+    pub directory_error_ttl: Duration,
     pub key_cache_capacity: usize,
     pub breaker: BreakerConfig,
     /// Key ids (API Gateway's) that never consume budget. Still authenticated.
@@ -56,6 +64,8 @@ impl Default for GateConfig {
             store_budget: Duration::from_millis(150),
             key_ttl: Duration::from_secs(60),
             unknown_key_ttl: Duration::from_secs(10),
+            stale_for: Duration::from_secs(600),
+            directory_error_ttl: Duration::from_secs(1),
             key_cache_capacity: 10_000,
             breaker: BreakerConfig::default(),
             bypass_key_ids: HashSet::new(),
@@ -186,6 +196,8 @@ pub struct Gate {
     breaker: Breaker,
     fallback: Fallback,
     shed: ShedCache,
+    /// Until when the directory is not asked after a failure (`directory_error_ttl`).
+    directory_failed_until: Mutex<Timestamp>,
 }
 
 /// The shed level as last read (`None` before the first read), and until when it is trusted.
@@ -205,12 +217,13 @@ impl Gate {
         clock: Arc<dyn Clock>,
     ) -> Gate {
         Gate {
-            keys: AnswerCache::new(config.key_cache_capacity),
-            tenants: AnswerCache::new(config.key_cache_capacity),
+            keys: AnswerCache::new(config.key_cache_capacity, config.stale_for),
+            tenants: AnswerCache::new(config.key_cache_capacity, config.stale_for),
             plans: TtlCache::new(PLAN_CACHE_CAPACITY),
             breaker: Breaker::new(config.breaker, config.store_budget),
             fallback: Fallback::new(config.key_cache_capacity),
             shed: ShedCache::default(),
+            directory_failed_until: Mutex::new(Timestamp::from_nanos(0)),
             config,
             directory,
             store,
@@ -412,18 +425,30 @@ impl Gate {
         if let Some(hit) = self.keys.get(&hash, now) {
             return Ok((hit, true));
         }
-        let found = match self.directory.key(&hash).await?.filter(|k| k.enabled) {
-            Some(key) => self.plan_of(&key.tenant, now).await?.map(|(plan, anchor)| Resolved {
-                tenant: key.tenant.into(),
-                key_id: key.key_id.into(),
-                plan,
-                anchor,
-            }),
-            None => None,
+        let looked_up = match self.directory_failed(now) {
+            Some(e) => Err(e),
+            None => self.lookup_key(&hash, now).await,
         };
-        self.keys
-            .insert(hash, found.clone(), self.expiry(found.is_some(), now), now);
-        Ok((found, false))
+        match looked_up {
+            Ok(found) => {
+                let expires = self.expiry(found.is_some(), now);
+                self.keys.insert(hash, found.clone(), expires, now);
+                Ok((found, false))
+            }
+            Err(e) => self.stale(self.keys.get_stale(&hash, now), e, now),
+        }
+    }
+
+    async fn lookup_key(&self, hash: &ApiKeyHash, now: Timestamp) -> Result<Option<Resolved>, DirectoryError> {
+        let Some(key) = self.directory.key(hash).await?.filter(|k| k.enabled) else {
+            return Ok(None);
+        };
+        Ok(self.plan_of(&key.tenant, now).await?.map(|(plan, anchor)| Resolved {
+            tenant: key.tenant.into(),
+            key_id: key.key_id.into(),
+            plan,
+            anchor,
+        }))
     }
 
     /// A token's tenant and its plan, and whether that came from the cache.
@@ -436,13 +461,47 @@ impl Gate {
                 anchor,
             })
         };
-        if let Some(hit) = self.tenants.get(&tenant.to_owned(), now) {
+        let key = tenant.to_owned();
+        if let Some(hit) = self.tenants.get(&key, now) {
             return Ok((resolved(hit), true));
         }
-        let plan = self.plan_of(tenant, now).await?;
-        self.tenants
-            .insert(tenant.to_owned(), plan.clone(), self.expiry(plan.is_some(), now), now);
-        Ok((resolved(plan), false))
+        let looked_up = match self.directory_failed(now) {
+            Some(e) => Err(e),
+            None => self.plan_of(tenant, now).await,
+        };
+        match looked_up {
+            Ok(plan) => {
+                let expires = self.expiry(plan.is_some(), now);
+                self.tenants.insert(key, plan.clone(), expires, now);
+                Ok((resolved(plan), false))
+            }
+            Err(e) => self.stale(resolved(self.tenants.get_stale(&key, now)), e, now),
+        }
+    }
+
+    /// The directory could not answer: the last good answer if there is one, else the error;
+    /// and the directory is left alone for `directory_error_ttl`.
+    fn stale(
+        &self,
+        last_good: Option<Resolved>,
+        error: DirectoryError,
+        now: Timestamp,
+    ) -> Result<(Option<Resolved>, bool), DirectoryError> {
+        if !matches!(error, DirectoryError::Held) {
+            tracing::warn!(%error, served_stale = last_good.is_some(), "policy directory could not answer");
+            *self.directory_failed_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                now.saturating_add(self.config.directory_error_ttl);
+        }
+        match last_good {
+            Some(resolved) => Ok((Some(resolved), true)),
+            None => Err(error),
+        }
+    }
+
+    /// `Held` while a recent failure keeps the directory from being asked.
+    fn directory_failed(&self, now: Timestamp) -> Option<DirectoryError> {
+        let until = *self.directory_failed_until.lock().unwrap_or_else(|e| e.into_inner());
+        (now < until).then_some(DirectoryError::Held)
     }
 
     /// Tenant → plan name and anchor day (one read) → plan. Plans are cached by name, so every

@@ -1,6 +1,6 @@
 //! The gate's unit tests: one decision end to end on the memory store and directory.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
@@ -36,19 +36,33 @@ plan = "gold"
 plan = "trial"
 "#;
 
-/// The memory directory, counting shed-level reads.
+/// The memory directory, counting shed-level and tenant reads, that can be made to fail.
 #[derive(Debug)]
 struct Counting {
     inner: MemoryDirectory,
     shed_reads: AtomicU64,
+    tenant_reads: AtomicU64,
+    down: AtomicBool,
+}
+
+impl Counting {
+    fn up(&self) -> Result<(), DirectoryError> {
+        match self.down.load(Ordering::SeqCst) {
+            true => Err(DirectoryError::Unavailable("connection refused".into())),
+            false => Ok(()),
+        }
+    }
 }
 
 #[async_trait]
 impl Directory for Counting {
     async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError> {
+        self.up()?;
         self.inner.key(hash).await
     }
     async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
+        self.tenant_reads.fetch_add(1, Ordering::SeqCst);
+        self.up()?;
         self.inner.tenant(tenant).await
     }
     async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
@@ -65,6 +79,8 @@ fn gate(config: GateConfig) -> (Gate, Arc<Counting>, Arc<ManualClock>) {
     let dir = Arc::new(Counting {
         inner: MemoryDirectory::from_file(&file),
         shed_reads: AtomicU64::new(0),
+        tenant_reads: AtomicU64::new(0),
+        down: AtomicBool::new(false),
     });
     let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_800_000_000)));
     let gate = Gate::new(config, dir.clone(), Arc::new(MemoryStore::default()), clock.clone());
@@ -308,4 +324,63 @@ async fn a_shadow_plan_is_admitted_whatever_the_fail_mode_while_the_store_cannot
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_resolved_caller_is_served_its_last_good_answer_while_the_directory_cannot_answer() {
+    let config = GateConfig::default();
+    let key = "gold-key";
+    let credentials = [Credential::Tenant("g"), Credential::ApiKey(key)];
+    for credential in credentials {
+        // GIVEN a gold caller resolved once, at the shipped TTL and staleness bound
+        let (gate, dir, clock) = gate(config.clone());
+        let record = KeyRecord {
+            tenant: "g".into(),
+            key_id: "k-gold".into(),
+            enabled: true,
+        };
+        dir.inner.put_key(ApiKeyHash::of(key), record);
+        let ask = || {
+            gate.check(Request {
+                credential,
+                method: "GET",
+                resource: "/hello",
+            })
+        };
+        assert!(matches!(ask().await, GateOutcome::Allow(_)), "{credential:?}");
+        // WHEN the directory stops answering, and the cached answer expires
+        dir.down.store(true, Ordering::SeqCst);
+        clock.advance(config.key_ttl + Duration::from_secs(1));
+        // THEN the caller keeps its tenant and plan, decided by the store as usual
+        match ask().await {
+            GateOutcome::Allow(v) => {
+                assert_eq!((v.tenant.as_str(), v.plan.name()), ("g", "gold"));
+                assert!(v.cached_credentials && v.decision.is_some());
+            }
+            other => panic!("{credential:?}: expected the last good answer, got {other:?}"),
+        }
+        // AND past the bound it is unavailable, not served older answers
+        clock.advance(config.stale_for);
+        assert!(matches!(ask().await, GateOutcome::Unavailable(_)), "{credential:?}");
+    }
+}
+
+#[tokio::test]
+async fn after_a_directory_failure_uncached_callers_are_answered_without_asking_it_for_a_second() {
+    // GIVEN a directory that cannot answer, and no caller cached
+    let config = GateConfig::default();
+    let (gate, dir, clock) = gate(config.clone());
+    dir.down.store(true, Ordering::SeqCst);
+    // WHEN one caller fails, and others ask within `directory_error_ttl`
+    assert!(matches!(ask(&gate, "f").await, GateOutcome::Unavailable(_)));
+    for tenant in ["g", "t", "g"] {
+        // THEN they are unavailable at once, and the directory is not asked again
+        assert!(matches!(ask(&gate, tenant).await, GateOutcome::Unavailable(_)));
+    }
+    assert_eq!(dir.tenant_reads.load(Ordering::SeqCst), 1);
+    // AND once it has passed, the next caller asks: the directory answers again
+    dir.down.store(false, Ordering::SeqCst);
+    clock.advance(config.directory_error_ttl);
+    assert!(matches!(ask(&gate, "g").await, GateOutcome::Allow(_)));
+    assert_eq!(dir.tenant_reads.load(Ordering::SeqCst), 2);
 }
