@@ -13,6 +13,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
+use crate::aws::attr::{number, string};
 use crate::engine::clock::Timestamp;
 
 const PK: &str = "pk";
@@ -41,10 +42,6 @@ pub struct Markers {
 }
 
 type Item = HashMap<String, AttributeValue>;
-
-fn s(item: &Item, attr: &str) -> Option<String> {
-    item.get(attr).and_then(|v| v.as_s().ok()).cloned()
-}
 
 impl Markers {
     pub fn new(client: Client, table: impl Into<String>) -> Markers {
@@ -94,15 +91,11 @@ impl Markers {
                     PutItemError::ConditionalCheckFailedException(c) => c.item().cloned().unwrap_or_default(),
                     _ => Item::new(),
                 };
-                Ok(match (s(&old, "state").as_deref(), s(&old, "owner")) {
+                Ok(match (string(&old, "state").as_deref(), string(&old, "owner")) {
                     (Some(SENT), _) => Claim::Sent,
                     (_, Some(o)) if o == owner => Claim::Won,
                     _ => Claim::Held {
-                        lease_ms: old
-                            .get("lease")
-                            .and_then(|v| v.as_n().ok())
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(0),
+                        lease_ms: number(&old, "lease").unwrap_or(0),
                     },
                 })
             }
