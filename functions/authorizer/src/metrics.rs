@@ -158,18 +158,7 @@ impl Emf {
             doc.insert(names::STORE_LATENCY.into(), json!(latency.as_secs_f64() * 1000.0));
         }
         let millis = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        doc.insert(
-            "_aws".into(),
-            json!({
-                "Timestamp": millis,
-                "CloudWatchMetrics": [{
-                    "Namespace": self.namespace,
-                    "Dimensions": dimensions,
-                    "Metrics": metrics,
-                }],
-            }),
-        );
-        Value::Object(doc)
+        names::emf(doc, &self.namespace, millis, dimensions, metrics)
     }
 }
 
@@ -178,18 +167,9 @@ impl Emf {
     /// type): the caller got a 5xx. Stack-wide only: there is no plan to name.
     pub fn render_error(&self, kind: &str, at: SystemTime) -> Value {
         let millis = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        json!({
-            names::ERRORS: 1,
-            "Error": kind,
-            "_aws": {
-                "Timestamp": millis,
-                "CloudWatchMetrics": [{
-                    "Namespace": self.namespace,
-                    "Dimensions": [[]],
-                    "Metrics": [{"Name": names::ERRORS, "Unit": "Count"}],
-                }],
-            },
-        })
+        let values = Map::from_iter([(names::ERRORS.into(), json!(1)), ("Error".into(), json!(kind))]);
+        let metrics = vec![json!({"Name": names::ERRORS, "Unit": "Count"})];
+        names::emf(values, &self.namespace, millis, vec![json!([])], metrics)
     }
 }
 

@@ -7,7 +7,7 @@ use serde_norway::Value;
 use tollgate::control::sync::mapping::TAG_STACK;
 use tollgate_usage_api::Scope;
 
-use super::{TEMPLATE, function, owned, parse, resources, statements, strings, untag, variable_names};
+use super::{TEMPLATE, function, owned, parse, resources, sequence, statements, strings, untag, variable_names};
 
 #[test]
 fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
@@ -66,11 +66,11 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
         BTreeMap::from([
             (
                 "dynamodb:PutItem".to_owned(),
-                parse(r#"["tenant#*", "key#*", "idem#*", "revoke#*", "audit#*", "shed#level"]"#),
+                sequence(tollgate_usage_api::policy_put_keys()),
             ),
             (
                 "dynamodb:DeleteItem".to_owned(),
-                parse(r#"["tenant#*", "revoke#*", "idem#*"]"#),
+                sequence(tollgate_usage_api::policy_delete_keys()),
             ),
         ])
     );

@@ -10,7 +10,7 @@ use super::{Api, disable_key, key_change, plan_keys, revoke, tenant_change};
 use crate::policy_table::TenantRecord;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::Verdict;
+use crate::usage_api::registry::ItemAction;
 use crate::usage_api::views::{TenantPage, TenantSummary, tenant_view};
 use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, UsageApi};
 
@@ -101,11 +101,11 @@ pub(in crate::usage_api) async fn move_plan(
         let changed = api
             .registry
             .change_tenant(&tenant, &|current| match current {
-                Some(t) if t.plan == old => Verdict::Put(TenantRecord {
+                Some(t) if t.plan == old => ItemAction::Put(TenantRecord {
                     plan: new.clone(),
                     ..t.clone()
                 }),
-                _ => Verdict::Leave,
+                _ => ItemAction::Leave,
             })
             .await?;
         if changed.after.as_ref().map(|t| &t.plan) != Some(&body.plan) {
@@ -181,8 +181,8 @@ pub(in crate::usage_api) async fn offboard(State(api): Api, admin: Admin<Tenant>
     let changed = api
         .registry
         .change_tenant(&tenant, &|current| match current {
-            Some(now) if now.plan == plan => Verdict::Delete,
-            _ => Verdict::Leave,
+            Some(now) if now.plan == plan => ItemAction::Delete,
+            _ => ItemAction::Leave,
         })
         .await?;
     let moved = changed.after.as_ref().map(|t| t.plan.clone());
