@@ -83,8 +83,10 @@ pub struct FaultProxy {
     injected: Arc<AtomicU64>,
     /// Delayed requests not yet answered by the emulator.
     held: Arc<AtomicU64>,
-    /// An outage: every new connection stalls and open ones are cut.
+    /// An outage: every new connection stalls (or, `refusing`, is cut after its request) and
+    /// open ones are cut.
     outage: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
     /// Requests held (`Fault::Hold`) so far, and whether they may go on.
     holding: Arc<AtomicU64>,
     released: Arc<AtomicBool>,
@@ -103,6 +105,7 @@ impl FaultProxy {
             injected: Arc::default(),
             held: Arc::default(),
             outage: Arc::default(),
+            refusing: Arc::default(),
             holding: Arc::default(),
             released: Arc::default(),
         };
@@ -134,7 +137,10 @@ impl FaultProxy {
     /// The outage's stall, else the next queued fault, else perhaps a random one.
     fn next_fault(&self) -> Option<Fault> {
         if self.outage.load(Ordering::SeqCst) {
-            return Some(Fault::Stall);
+            return Some(match self.refusing.load(Ordering::SeqCst) {
+                true => Fault::LoseRequest,
+                false => Fault::Stall,
+            });
         }
         self.faults.lock().expect("faults").pop_front().or_else(|| {
             let random = self.random.lock().expect("random");
@@ -225,8 +231,17 @@ impl FaultProxy {
         self.outage.store(true, Ordering::SeqCst);
     }
 
+    /// An outage that fails each call at once instead of letting it time out: open connections
+    /// are cut, new ones cut after their request, until `end_outage`. Its start and end are
+    /// sharp whatever the client's timeouts.
+    pub fn begin_refusing_outage(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        self.outage.store(true, Ordering::SeqCst);
+    }
+
     pub fn end_outage(&self) {
         self.outage.store(false, Ordering::SeqCst);
+        self.refusing.store(false, Ordering::SeqCst);
     }
 
     /// Connections accepted so far.
