@@ -328,9 +328,11 @@ impl Recent {
         let label = (word & ((1 << LABEL_BITS) - 1)) as i64;
         let offset = ((word >> LABEL_BITS) & ((1 << OFFSET_BITS) - 1)) as i64 - (1 << (OFFSET_BITS - 1));
         let length = word >> (LABEL_BITS + OFFSET_BITS);
-        let start = u64::try_from(label * SECS_PER_DAY + offset).ok()?;
-        let (start, end) = (Timestamp::from_secs(start), Timestamp::from_secs(start + length));
-        (start <= now && now < end).then_some((label, start, end))
+        let first = u64::try_from(label * SECS_PER_DAY + offset).ok()?;
+        // The bounds are whole seconds: `now` is inside exactly when its whole seconds are.
+        let secs = now.as_secs();
+        (first <= secs && secs < first + length)
+            .then(|| (label, Timestamp::from_secs(first), Timestamp::from_secs(first + length)))
     }
 
     fn put(&self, now: Timestamp, (label, start, end): (i64, Timestamp, Timestamp)) {
