@@ -78,55 +78,67 @@ impl Entry {
         }
     }
 
-    /// The count of `calendar`'s period containing `now`. The current counter only rolls
-    /// forward: a request stamped in an earlier period of the same calendar (it reached the lock
-    /// after one stamped in the next period) counts in that period's history slot, as it would in
-    /// the DynamoDB item. A calendar change (another zone, start day or anchor) makes the new
-    /// calendar's counter current, with what history already holds for it.
+    /// The count of `calendar`'s period containing `now`.
     fn used(&mut self, calendar: &Calendar, now: Timestamp) -> &mut u64 {
-        self.used_in(calendar, calendar.counter(now), now)
+        let counter = calendar.counter(now);
+        self.settle(calendar, counter, now);
+        self.count(calendar.period().index(), counter)
     }
 
-    /// `used`, for `counter`, the one of `calendar`'s period containing `now`, found by the caller
-    /// (once per decision).
-    fn used_in(&mut self, calendar: &Calendar, counter: Counter, now: Timestamp) -> &mut u64 {
+    /// Makes room for the count of `counter`, the one of `calendar`'s period containing `now`
+    /// (found by the caller). The current counter only rolls forward: a request stamped in an
+    /// earlier period of the same calendar (it reached the lock after one stamped in the next
+    /// period) counts in that period's history slot, as it would in the DynamoDB item. A calendar
+    /// change (another zone, start day or anchor) makes the new calendar's counter current, with
+    /// what history already holds for it.
+    #[inline]
+    fn settle(&mut self, calendar: &Calendar, counter: Counter, now: Timestamp) {
+        if !matches!(self.current[calendar.period().index()], Some(c) if c.counter == counter) {
+            self.roll(calendar, counter, now);
+        }
+    }
+
+    /// `settle` when `counter` is not the current one.
+    #[inline(never)]
+    fn roll(&mut self, calendar: &Calendar, counter: Counter, now: Timestamp) {
         let i = calendar.period().index();
         let current = self.current[i];
         if current.is_some_and(|c| c.counter > counter && calendar.owns(c.counter)) {
-            let slot = match self.history.iter().position(|(h, _)| *h == counter) {
-                Some(slot) => slot,
-                None => {
-                    self.history.push((counter, 0));
-                    self.history.len() - 1
-                }
-            };
-            return &mut self.history[slot].1;
+            return;
         }
-        if current.is_none_or(|c| c.counter != counter) {
-            if let Some(old) = current.filter(|c| c.used > 0) {
-                self.history.push((old.counter, old.used));
+        if let Some(old) = current.filter(|c| c.used > 0) {
+            self.history.push((old.counter, old.used));
+        }
+        let used = match self.history.iter().position(|(h, _)| *h == counter) {
+            Some(at) => self.history.swap_remove(at).1,
+            None => 0,
+        };
+        // Only what left the window goes: a later period of another calendar is kept for when
+        // the plan changes back.
+        let window = calendar.window(now);
+        self.history.retain(|(c, _)| !window.is_expired(*c));
+        self.current[i] = Some(Current {
+            counter,
+            used,
+            end: calendar.bounds(now).1,
+        });
+    }
+
+    /// The count of `counter`, of the kind at index `i`, once settled: the current one's, or
+    /// its history slot (made on first use).
+    #[inline]
+    fn count(&mut self, i: usize, counter: Counter) -> &mut u64 {
+        if let Some(current) = self.current[i].as_mut().filter(|c| c.counter == counter) {
+            return &mut current.used;
+        }
+        let at = match self.history.iter().position(|(h, _)| *h == counter) {
+            Some(at) => at,
+            None => {
+                self.history.push((counter, 0));
+                self.history.len() - 1
             }
-            let used = match self.history.iter().position(|(h, _)| *h == counter) {
-                Some(slot) => self.history.swap_remove(slot).1,
-                None => 0,
-            };
-            // Only what left the window goes: a later period of another calendar is kept for
-            // when the plan changes back.
-            let window = calendar.window(now);
-            self.history.retain(|(c, _)| !window.is_expired(*c));
-            self.current[i] = Some(Current {
-                counter,
-                used,
-                end: calendar.bounds(now).1,
-            });
-        }
-        &mut self.current[i]
-            .get_or_insert(Current {
-                counter,
-                used: 0,
-                end: now,
-            })
-            .used
+        };
+        &mut self.history[at].1
     }
 
     fn tat(&self, id: &BucketId) -> Option<Timestamp> {
@@ -215,18 +227,18 @@ impl MemoryStore {
         let mut counters = [None; 3];
         for calendar in req.limits.counted() {
             let (i, counter) = (calendar.period().index(), calendar.counter(req.now));
+            entry.settle(calendar, counter, req.now);
+            state.used[i] = *entry.count(i, counter);
             counters[i] = Some(counter);
-            state.used[i] = *entry.used_in(calendar, counter, req.now);
         }
         let eval = engine::evaluate(req.limits, &state, req.now, req.weight);
         if let Some(next) = eval.next {
             if let (Some(id), Some(tat)) = (bucket, next.tat) {
                 entry.set_tat(id, tat);
             }
-            for calendar in req.limits.counted() {
-                let p = calendar.period();
-                if let Some(counter) = counters[p.index()] {
-                    *entry.used_in(calendar, counter, req.now) = next.used(p);
+            for (i, (counter, used)) in counters.into_iter().zip(next.used).enumerate() {
+                if let Some(counter) = counter {
+                    *entry.count(i, counter) = used;
                 }
             }
         }

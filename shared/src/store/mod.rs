@@ -68,7 +68,7 @@ impl Usage {
         let calendars = Period::ALL.map(|p| limits.counted().find(|c| c.period() == p));
         let windows = Period::ALL.map(|p| match calendars[p.index()] {
             Some(c) => c.window(now),
-            None => Calendar::utc(p).window(now),
+            None => Calendar::utc_shared(p).window(now),
         });
         let mut usage = Usage::default();
         for (c, n) in counters {

@@ -209,13 +209,10 @@ impl Limits {
     /// The calendars a request is counted on, days first: each quota's, and UTC days and UTC
     /// months from the 1st for the kinds without a quota (usage is recorded without limits too).
     pub fn counted(&self) -> impl Iterator<Item = &Calendar> {
-        static UTC_DAY: std::sync::LazyLock<Calendar> = std::sync::LazyLock::new(|| Calendar::utc(Period::Day));
-        static UTC_MONTH: std::sync::LazyLock<Calendar> = std::sync::LazyLock::new(|| Calendar::utc(Period::Month));
         Period::ALL.into_iter().filter_map(move |p| match (self.quota(p), p) {
             (Some(q), _) => Some(&q.calendar),
-            (None, Period::Day) => Some(&*UTC_DAY),
-            (None, Period::Month) => Some(&*UTC_MONTH),
             (None, Period::Week) => None,
+            (None, _) => Some(Calendar::utc_shared(p)),
         })
     }
 

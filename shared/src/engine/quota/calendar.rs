@@ -9,6 +9,8 @@
 //!
 //! Zone names that are UTC by another spelling (`GMT`, `Etc/UCT`, `Zulu`, …) are UTC itself.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use jiff::tz::{AmbiguousOffset, TimeZone};
@@ -30,29 +32,37 @@ pub struct Calendar {
     /// Months: from each tenant's own anchor day (`Limits::anchored`); `anchor` is the day of a
     /// tenant that carries none.
     tenant_anchor: bool,
+    /// `zone` is UTC: periods are plain arithmetic.
+    utc: bool,
+    /// The period found last, reused while decisions fall in it.
+    recent: Recent,
 }
 
 impl Calendar {
     /// The period in UTC, weeks from Monday, months from the 1st.
     pub fn utc(period: Period) -> Calendar {
-        Calendar {
-            period,
-            zone: TimeZone::UTC,
-            week_start: 0,
-            anchor: 1,
-            tenant_anchor: false,
-        }
+        Calendar::new(period, TimeZone::UTC, 0, 1)
+    }
+
+    /// `utc(period)`, one per process: what a request is counted on for a kind its plan has no
+    /// quota of, so that every decision shares its recent period.
+    pub fn utc_shared(period: Period) -> &'static Calendar {
+        static UTC: LazyLock<[Calendar; 3]> = LazyLock::new(|| Period::ALL.map(Calendar::utc));
+        &UTC[period.index()]
     }
 
     /// A calendar; `week_start` (0 = Monday) is used by weeks and `anchor` (1..=31) by months
     /// only, and both are brought into range.
     pub fn new(period: Period, zone: TimeZone, week_start: u8, anchor: u8) -> Calendar {
+        let utc = zone == TimeZone::UTC;
         Calendar {
             period,
             zone,
             week_start: week_start % 7,
             anchor: anchor.clamp(1, 31),
             tenant_anchor: false,
+            utc,
+            recent: Recent::default(),
         }
     }
 
@@ -60,6 +70,7 @@ impl Calendar {
     pub fn with_anchor(&self, anchor: u8) -> Calendar {
         Calendar {
             anchor: anchor.clamp(1, 31),
+            recent: Recent::default(),
             ..self.clone()
         }
     }
@@ -99,10 +110,6 @@ impl Calendar {
         self.anchor
     }
 
-    fn is_utc(&self) -> bool {
-        self.zone == TimeZone::UTC
-    }
-
     /// Start and end of the period containing `now`.
     pub fn bounds(&self, now: Timestamp) -> (Timestamp, Timestamp) {
         let (_, start, end) = self.span(now);
@@ -111,6 +118,7 @@ impl Calendar {
 
     /// The counter, start and end of the period containing `now`, found once: what a decision
     /// needs of each quota.
+    #[inline]
     pub fn current(&self, now: Timestamp) -> (Counter, Timestamp, Timestamp) {
         let (label, start, end) = self.span(now);
         (self.counter_of(label), start, end)
@@ -122,6 +130,7 @@ impl Calendar {
     }
 
     /// The counter of the period containing `now`.
+    #[inline]
     pub fn counter(&self, now: Timestamp) -> Counter {
         self.counter_of(self.label(now))
     }
@@ -149,7 +158,7 @@ impl Calendar {
 
     /// The local date (days since 1970-01-01) of `t` in this calendar's zone.
     pub fn local_day(&self, t: Timestamp) -> i64 {
-        if self.is_utc() {
+        if self.utc {
             return (t.as_secs() / SECS_PER_DAY as u64) as i64;
         }
         let dt = self.zone.to_datetime(to_jiff(t));
@@ -190,13 +199,22 @@ impl Calendar {
     /// The label of the period containing `now`: the period of its local date, moved by one
     /// where a transition at midnight puts `now` before that period's first instant or past
     /// its last.
+    #[inline]
     fn label(&self, now: Timestamp) -> i64 {
         self.span(now).0
     }
 
-    /// `label`, with the period's start and end found on the way (each boundary is looked up in
-    /// the zone once).
+    /// `label`, with the period's start and end: the period found last when it contains `now`,
+    /// else `search`.
+    #[inline]
     fn span(&self, now: Timestamp) -> (i64, Timestamp, Timestamp) {
+        self.recent.get(now).unwrap_or_else(|| self.search(now))
+    }
+
+    /// `span`, found from the local date of `now` (each boundary is looked up in the zone once),
+    /// and kept as the recent period.
+    #[inline(never)]
+    fn search(&self, now: Timestamp) -> (i64, Timestamp, Timestamp) {
         let mut label = self.label_of_day(self.local_day(now));
         let (mut start, mut end) = (self.start_of(label), self.start_of(self.next(label)));
         for _ in 0..3 {
@@ -211,6 +229,7 @@ impl Calendar {
                 break;
             }
         }
+        self.recent.put(now, (label, start, end));
         (label, start, end)
     }
 
@@ -261,7 +280,7 @@ impl Calendar {
     /// that swallows midnight ends, or the earlier of two midnights.
     fn start_of(&self, day: i64) -> Timestamp {
         let utc = Timestamp::from_secs((day * SECS_PER_DAY).max(0) as u64);
-        if self.is_utc() {
+        if self.utc {
             return utc;
         }
         let (y, m, d) = civil_from_days(day);
@@ -281,6 +300,73 @@ impl Calendar {
             }),
         };
         found.map_or(utc, from_jiff)
+    }
+}
+
+/// The period a calendar found last, kept beside it for the next decisions, which mostly fall in
+/// the same period: a zoned boundary is a search of the tz database. Keyed on the instant asked
+/// about, never on a clock: a hit is the period that contains it (periods tile time, so that is
+/// the one `search` finds), and an instant outside it is searched for and replaces it. Clones
+/// share it (the gate clones a plan's limits for each request); a calendar with other periods
+/// (`with_anchor`) gets its own.
+///
+/// One atomic word, so a reader never sees half an update: the label (22 bits, days from
+/// 1970-01-01), the start less the label's UTC midnight (20 bits, seconds, offset by 2^19) and
+/// the length (22 bits, seconds). A period that does not fit, or does not start and end on a
+/// whole second, is not kept; 0 (no length) contains no instant.
+#[derive(Clone, Default)]
+struct Recent(Arc<AtomicU64>);
+
+const LABEL_BITS: u32 = 22;
+const OFFSET_BITS: u32 = 20;
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+impl Recent {
+    #[inline]
+    fn get(&self, now: Timestamp) -> Option<(i64, Timestamp, Timestamp)> {
+        let word = self.0.load(Ordering::Relaxed);
+        let label = (word & ((1 << LABEL_BITS) - 1)) as i64;
+        let offset = ((word >> LABEL_BITS) & ((1 << OFFSET_BITS) - 1)) as i64 - (1 << (OFFSET_BITS - 1));
+        let length = word >> (LABEL_BITS + OFFSET_BITS);
+        let first = u64::try_from(label * SECS_PER_DAY + offset).ok()?;
+        // The bounds are whole seconds: `now` is inside exactly when its whole seconds are.
+        let secs = now.as_secs();
+        (first <= secs && secs < first + length)
+            .then(|| (label, Timestamp::from_secs(first), Timestamp::from_secs(first + length)))
+    }
+
+    fn put(&self, now: Timestamp, (label, start, end): (i64, Timestamp, Timestamp)) {
+        let whole = |t: Timestamp| t.as_nanos().is_multiple_of(NANOS_PER_SEC).then(|| t.as_secs() as i64);
+        let (Some(first), Some(last)) = (whole(start), whole(end)) else {
+            return;
+        };
+        let offset = first - label * SECS_PER_DAY + (1 << (OFFSET_BITS - 1));
+        let length = last - first;
+        let fits = (0..1 << LABEL_BITS).contains(&label)
+            && (0..1 << OFFSET_BITS).contains(&offset)
+            && (0..1 << (64 - LABEL_BITS - OFFSET_BITS)).contains(&length);
+        if fits && start <= now && now < end {
+            self.0.store(
+                label as u64 | (offset as u64) << LABEL_BITS | (length as u64) << (LABEL_BITS + OFFSET_BITS),
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// Any two calendars of the same period kind, zone, week start and anchor have the same
+/// periods: what either found last does not tell them apart.
+impl PartialEq for Recent {
+    fn eq(&self, _: &Recent) -> bool {
+        true
+    }
+}
+
+impl Eq for Recent {}
+
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
     }
 }
 

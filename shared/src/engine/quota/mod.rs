@@ -10,7 +10,6 @@
 //! are implied by the date; the zone is not part of the name on purpose: a calendar change that
 //! keeps the current period's first local date keeps counting in it.
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::time::Duration;
 
@@ -88,63 +87,54 @@ impl Period {
     }
 }
 
-/// One period's counter. Eight bytes: caches hold many.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Counter {
-    /// A day, `dYYYYMMDD`: its local date.
-    Day { y: i32, m: u8, d: u8 },
-    /// A month from the 1st, `mYYYYMM`.
-    Month { y: i32, m: u8 },
-    /// A week, or a month from another day: `W`/`M` + its first local date (days since
-    /// 1970-01-01) in base 36.
-    Start { period: Period, day: u32 },
+/// One period's counter: its kind and its first local date (days since 1970-01-01), which is
+/// all its name says. Eight bytes: caches hold many. Ordered by kind, then by first date.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Counter {
+    period: Period,
+    day: u32,
 }
 
-/// The most base-36 digits of a date in a `Start` name. Names with more are not counters: five
+/// The most base-36 digits of a date in a `W`/`M` name. Names with more are not counters: five
 /// or six digits were the start minutes of an earlier naming that never shipped in a release,
 /// and such attributes are ignored (and expire with the idle item).
 const MAX_DATE_DIGITS: usize = 4;
+
+/// How a counter is spelled: `dYYYYMMDD`, `mYYYYMM`, or `W`/`M` and the date in base 36.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    Date,
+    YearMonth,
+    Base36,
+}
 
 impl Counter {
     /// The counter of a period of `period` kind whose first local date is `day` (days since
     /// 1970-01-01, brought into the range names can hold).
     pub fn of(period: Period, day: i64) -> Counter {
-        let day = day.clamp(0, 36_i64.pow(MAX_DATE_DIGITS as u32) - 1);
-        let (y, m, d) = civil_from_days(day);
-        match period {
-            Period::Day => Counter::Day {
-                y: y as i32,
-                m: m as u8,
-                d: d as u8,
-            },
-            Period::Month if d == 1 => Counter::Month {
-                y: y as i32,
-                m: m as u8,
-            },
-            _ => Counter::Start {
-                period,
-                day: day as u32,
-            },
+        Counter {
+            period,
+            day: day.clamp(0, 36_i64.pow(MAX_DATE_DIGITS as u32) - 1) as u32,
         }
     }
 
     /// Parses a counter name; `None` for anything else (other attributes of the state item).
     pub fn parse(name: &str) -> Option<Counter> {
         let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        let c = match (name.as_bytes().first(), name.len()) {
+        let (period, day, spelling) = match (name.as_bytes().first(), name.len()) {
             (Some(b'd'), 9) if digits(&name[1..]) => {
-                let (y, m, d) = (
+                let (y, m, d): (i64, u32, u32) = (
                     name[1..5].parse().ok()?,
                     name[5..7].parse().ok()?,
                     name[7..9].parse().ok()?,
                 );
-                let valid =
-                    (1..=12).contains(&m) && d >= 1 && u32::from(d) <= days_in_month(i64::from(y), u32::from(m));
-                valid.then_some(Counter::Day { y, m, d })?
+                let valid = (1..=12).contains(&m) && d >= 1 && d <= days_in_month(y, m);
+                (Period::Day, valid.then(|| days_from_civil(y, m, d))?, Spelling::Date)
             }
             (Some(b'm'), 7) if digits(&name[1..]) => {
-                let (y, m) = (name[1..5].parse().ok()?, name[5..7].parse().ok()?);
-                (1..=12).contains(&m).then_some(Counter::Month { y, m })?
+                let (y, m): (i64, u32) = (name[1..5].parse().ok()?, name[5..7].parse().ok()?);
+                let day = (1..=12).contains(&m).then(|| days_from_civil(y, m, 1))?;
+                (Period::Month, day, Spelling::YearMonth)
             }
             (Some(&letter), 2..) if name.len() <= MAX_DATE_DIGITS + 1 => {
                 let period = [Period::Week, Period::Month]
@@ -154,63 +144,43 @@ impl Counter {
                 let canonical = digits.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
                     && (digits == "0" || !digits.starts_with('0'));
                 let day = u32::from_str_radix(digits, 36).ok().filter(|_| canonical)?;
-                Counter::Start { period, day }
+                (period, i64::from(day), Spelling::Base36)
             }
             _ => return None,
         };
-        // One name per period: a month from the 1st is only ever `mYYYYMM`.
-        (Counter::of(c.period(), c.first_day()) == c).then_some(c)
+        // One name per period: a date names can hold, and a month from the 1st only ever as
+        // `mYYYYMM`.
+        let c = Counter::of(period, day);
+        (c.first_day() == day && c.spelling() == spelling).then_some(c)
     }
 
     pub fn period(&self) -> Period {
-        match self {
-            Counter::Day { .. } => Period::Day,
-            Counter::Month { .. } => Period::Month,
-            Counter::Start { period, .. } => *period,
-        }
+        self.period
     }
 
     /// The period's first local date, as days since 1970-01-01.
     pub fn first_day(&self) -> i64 {
-        match *self {
-            Counter::Day { y, m, d } => days_from_civil(i64::from(y), u32::from(m), u32::from(d)),
-            Counter::Month { y, m } => days_from_civil(i64::from(y), u32::from(m), 1),
-            Counter::Start { day, .. } => i64::from(day),
+        i64::from(self.day)
+    }
+
+    fn spelling(&self) -> Spelling {
+        match self.period {
+            Period::Day => Spelling::Date,
+            Period::Month if civil_from_days(self.first_day()).2 == 1 => Spelling::YearMonth,
+            _ => Spelling::Base36,
         }
-    }
-}
-
-impl Ord for Counter {
-    /// By kind, then by first date, then (for values built by hand that `of` and `parse` never
-    /// give, such as `Start` for a month from the 1st) by variant and fields: total, and equal
-    /// exactly when `Eq` says so.
-    fn cmp(&self, other: &Self) -> Ordering {
-        let key = |c: &Counter| {
-            let raw = match *c {
-                Counter::Day { y, m, d } => (0, y, u32::from(m) << 8 | u32::from(d)),
-                Counter::Month { y, m } => (1, y, u32::from(m)),
-                Counter::Start { day, .. } => (2, 0, day),
-            };
-            (c.period(), c.first_day(), raw)
-        };
-        key(self).cmp(&key(other))
-    }
-}
-
-impl PartialOrd for Counter {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
     }
 }
 
 impl fmt::Display for Counter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Counter::Day { y, m, d } => write!(f, "d{y:04}{m:02}{d:02}"),
-            Counter::Month { y, m } => write!(f, "m{y:04}{m:02}"),
-            Counter::Start { period, day } => {
+        let (y, m, d) = civil_from_days(self.first_day());
+        match self.spelling() {
+            Spelling::Date => write!(f, "d{y:04}{m:02}{d:02}"),
+            Spelling::YearMonth => write!(f, "m{y:04}{m:02}"),
+            Spelling::Base36 => {
                 let mut digits = [0u8; 7];
-                let (mut n, mut i) = (day, digits.len());
+                let (mut n, mut i) = (self.day, digits.len());
                 loop {
                     i -= 1;
                     digits[i] = b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize];
@@ -222,11 +192,18 @@ impl fmt::Display for Counter {
                 write!(
                     f,
                     "{}{}",
-                    period.letter(),
+                    self.period.letter(),
                     std::str::from_utf8(&digits[i..]).unwrap_or("0")
                 )
             }
         }
+    }
+}
+
+/// Its name: what it is in the DynamoDB item.
+impl fmt::Debug for Counter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -266,6 +243,15 @@ impl QuotaStatus {
             remaining: quota.limit.saturating_sub(used),
             reset_after: end.saturating_since(now),
             window: end.saturating_since(start),
+        }
+    }
+
+    /// The same period's status with `used` units used.
+    pub fn with_used(self, used: u64) -> Self {
+        QuotaStatus {
+            used,
+            remaining: self.limit.saturating_sub(used),
+            ..self
         }
     }
 

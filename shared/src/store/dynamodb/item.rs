@@ -190,7 +190,7 @@ pub enum OpStatus {
 fn windows(limits: &Limits, now: Timestamp) -> [Window; 3] {
     Period::ALL.map(|p| match limits.counted().find(|c| c.period() == p) {
         Some(c) => c.window(now),
-        None => Calendar::utc(p).window(now),
+        None => Calendar::utc_shared(p).window(now),
     })
 }
 
