@@ -32,6 +32,8 @@ pub const FUNCTION_VARIABLES: [&str; 4] = [
 ];
 /// The DynamoDB actions it calls on the state table (usage reads, resets)...
 pub const STATE_ACTIONS: [&str; 2] = ["dynamodb:GetItem", "dynamodb:UpdateItem"];
+/// ... on the policy table's indexes (a tenant's keys, the revocations due)...
+pub const INDEX_ACTIONS: [&str; 1] = ["dynamodb:Query"];
 /// ... and on the policy table (registry, idempotency and revocation items, the shed level
 /// (`GetItem`, conditional `PutItem`; plans' priorities by `Scan`), audit records).
 pub const POLICY_ACTIONS: [&str; 4] = [
@@ -70,13 +72,14 @@ pub const TAG_API_KEYS: &str = "/tags/arn%3A${AWS::Partition}%3Aapigateway%3A${A
 
 /// The API Gateway calls it makes, as IAM actions on resource paths, and what each grant is
 /// conditioned on.
-pub const CONTROL_ACCESS: [(&str, &str, Scope); 10] = [
+pub const CONTROL_ACCESS: [(&str, &str, Scope); 11] = [
     ("apigateway:DELETE", "/usageplans/*/keys/*", Scope::Tagged),
     ("apigateway:GET", "/apikeys", Scope::Any),
     ("apigateway:GET", "/apikeys/*", Scope::Any),
     ("apigateway:GET", "/usageplans", Scope::Any),
     ("apigateway:GET", "/usageplans/*", Scope::Any),
     ("apigateway:GET", "/usageplans/*/keys", Scope::Any),
+    ("apigateway:GET", "/usageplans/*/keys/*", Scope::Any),
     ("apigateway:PATCH", "/apikeys/*", Scope::Tagged),
     ("apigateway:POST", "/apikeys", Scope::Tagging),
     ("apigateway:POST", "/usageplans/*/keys", Scope::Tagged),
@@ -215,7 +218,12 @@ mod tests {
         // THEN the key due is revoked, audited as the schedule, and no longer resolves
         assert_eq!(out, json!({"revoked": ["k1"]}));
         assert!(dir.resolve(&ApiKeyHash::of("old-key")).await.expect("dir").is_none());
-        assert!(Registry::revocations(dir.as_ref()).await.expect("dir").is_empty());
+        assert!(
+            Registry::due_revocations(dir.as_ref(), u64::MAX)
+                .await
+                .expect("dir")
+                .is_empty()
+        );
         let records = audit.records();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].actor.as_deref(), Some(SCHEDULE_ACTOR));

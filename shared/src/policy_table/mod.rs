@@ -15,8 +15,14 @@
 //!   (BOOL, another run asked for one more round);
 //! - `idem#<Idempotency-Key>`: the usage API's onboarding record, `record` (S, JSON);
 //! - `idem#<Idempotency-Key>#claim`: an onboarding attempt's claim, `until` (N), `owner` (S);
-//! - `revoke#<key id>`: a rotated-out key's pending revocation, `record` (S, JSON);
+//! - `revoke#<key id>`: a rotated-out key's pending revocation, `record` (S, JSON), `queue` (S,
+//!   always `revoke`) and `due` (N, epoch seconds);
 //! - `audit#<id>`: one change record (`audit`).
+//!
+//! Two indexes (`INDEXES`, declared alike in template.yaml) answer the usage API's lookups
+//! without a scan: `by-tenant`, the `key#…` items by their `tenant`, and `by-due`, the
+//! `revoke#…` items by `queue` and `due` (sparse: no other item carries those). A tombstone
+//! carries neither, so a deleted item leaves both.
 //!
 //! Every item also carries its own `version` (N; a plan's is the plan's version), which its writers
 //! condition their writes on: the protocol is `write`.
@@ -31,6 +37,7 @@ use aws_sdk_dynamodb::operation::get_item::GetItemError;
 use aws_sdk_dynamodb::operation::scan::ScanError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use crate::aws::{KeyKind, TableIndex};
 use crate::engine::policy::PlanSpec;
 
 pub use record::{KeyRecord, Record, TenantRecord};
@@ -43,6 +50,29 @@ pub const SHED_PK: &str = "shed#level";
 pub const META_PK: &str = "sync#meta";
 /// Plan sync's lease: one run at a time without reserved concurrency.
 pub const LEASE_PK: &str = "sync#lease";
+
+/// The index of `key#…` items by the tenant they resolve to.
+pub const BY_TENANT: &str = "by-tenant";
+/// The index of pending revocations by due time.
+pub const BY_DUE: &str = "by-due";
+/// The attributes `by-due` is keyed on, and the one value of `QUEUE`.
+pub const QUEUE: &str = "queue";
+pub const DUE: &str = "due";
+pub const REVOKE_QUEUE: &str = "revoke";
+
+/// The policy table's indexes.
+pub const INDEXES: [TableIndex; 2] = [
+    TableIndex {
+        name: BY_TENANT,
+        partition: "tenant",
+        sort: None,
+    },
+    TableIndex {
+        name: BY_DUE,
+        partition: QUEUE,
+        sort: Some((DUE, KeyKind::Number)),
+    },
+];
 
 pub const KEY_PREFIX: &str = "key#";
 pub const TENANT_PREFIX: &str = "tenant#";

@@ -58,6 +58,10 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
         BTreeMap::from([
             ("StateTable.Arn".to_owned(), owned(&tollgate_usage_api::STATE_ACTIONS)),
             ("PolicyTable.Arn".to_owned(), owned(&tollgate_usage_api::POLICY_ACTIONS)),
+            (
+                "${PolicyTable.Arn}/index/*".to_owned(),
+                owned(&tollgate_usage_api::INDEX_ACTIONS)
+            ),
         ])
     );
     // AND of the policy table it writes only its own items, never a plan or the sync's meta
@@ -252,4 +256,57 @@ fn the_usage_api_serves_every_route_admin_routes_on_iam_and_usage_behind_the_aut
         .expect("url")
         .to_owned();
     assert!(url.contains("${UsageApi}.execute-api"), "{url}");
+}
+
+#[test]
+fn the_policy_table_declares_the_indexes_the_usage_api_queries() {
+    // GIVEN the template's policy table
+    let t = parse(TEMPLATE);
+    let table = &resources(&t)["PolicyTable"]["Properties"];
+    let types: BTreeMap<String, String> = table["AttributeDefinitions"]
+        .as_sequence()
+        .expect("attributes")
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().expect("a string").to_owned();
+            (s("AttributeName"), s("AttributeType"))
+        })
+        .collect();
+    // THEN its indexes are `policy_table::INDEXES`: names, keys and key types, every attribute
+    let mut declared = BTreeSet::new();
+    for index in table["GlobalSecondaryIndexes"].as_sequence().expect("indexes") {
+        assert_eq!(index["Projection"]["ProjectionType"], "ALL");
+        let keys: Vec<(String, String)> = index["KeySchema"]
+            .as_sequence()
+            .expect("key schema")
+            .iter()
+            .map(|k| {
+                let name = k["AttributeName"].as_str().expect("name").to_owned();
+                let kind = format!("{}:{}", k["KeyType"].as_str().expect("type"), types[&name]);
+                (name, kind)
+            })
+            .collect();
+        declared.insert((index["IndexName"].as_str().expect("name").to_owned(), keys));
+    }
+    let wanted: BTreeSet<(String, Vec<(String, String)>)> = tollgate::policy_table::INDEXES
+        .iter()
+        .map(|i| {
+            let mut keys = vec![(i.partition.to_owned(), "HASH:S".to_owned())];
+            if let Some((sort, kind)) = i.sort {
+                let t = match kind {
+                    tollgate::aws::KeyKind::String => "S",
+                    tollgate::aws::KeyKind::Number => "N",
+                };
+                keys.push((sort.to_owned(), format!("RANGE:{t}")));
+            }
+            (i.name.to_owned(), keys)
+        })
+        .collect();
+    // AND no attribute is declared that no key uses (CloudFormation refuses one)
+    let used: BTreeSet<&str> = (declared.iter().flat_map(|(_, keys)| keys.iter()))
+        .map(|(name, _)| name.as_str())
+        .chain(["pk"])
+        .collect();
+    assert_eq!(types.keys().map(String::as_str).collect::<BTreeSet<_>>(), used);
+    assert_eq!(declared, wanted);
 }

@@ -9,6 +9,7 @@ mod interleaving;
 mod onboarding;
 mod rollback;
 mod rotation;
+mod scale;
 mod usage;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,8 @@
 //! The registry on the policy table: `tenant#…` and `key#…` as plan sync writes them, and the
 //! usage API's own `idem#<Idempotency-Key>` and `revoke#<key id>` items (a JSON record each),
-//! which sync ignores. Admin routes only: listing scans the table, reads are strongly consistent.
+//! which sync ignores. A tenant's keys and the revocations due are queries of the table's
+//! indexes (`policy_table::INDEXES`, eventually consistent); listing tenants and plan names scans
+//! the table; item reads are strongly consistent.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
@@ -18,8 +20,8 @@ use crate::policy_table::record::{
 };
 use crate::policy_table::write::{self, WriteError};
 use crate::policy_table::{
-    self, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, REVOKE_PREFIX, Record, TENANT_PREFIX, TenantRecord, idem_claim_pk,
-    idem_pk, key_pk, revoke_pk, tenant_pk,
+    self, BY_DUE, BY_TENANT, DUE, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, QUEUE, REVOKE_QUEUE, Record, TENANT_PREFIX,
+    TenantRecord, idem_claim_pk, idem_pk, key_pk, revoke_pk, tenant_pk,
 };
 
 fn unavailable<E: std::error::Error + 'static>(e: E) -> DirectoryError {
@@ -75,6 +77,40 @@ impl DynamoDirectory {
         }
     }
 
+    /// Every item of `index` whose key matches `condition` (`#k` and `#s` its attribute names,
+    /// `:k` and `:s` their values), all pages.
+    async fn query_index(
+        &self,
+        index: &str,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Vec<Item>, DirectoryError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let mut query = self
+                .client()
+                .query()
+                .table_name(self.table())
+                .index_name(index)
+                .key_condition_expression(condition)
+                .set_exclusive_start_key(start.take());
+            for (k, v) in names {
+                query = query.expression_attribute_names(*k, *v);
+            }
+            for (k, v) in &values {
+                query = query.expression_attribute_values(*k, v.clone());
+            }
+            let page = query.send().await.map_err(unavailable)?;
+            items.extend(page.items().iter().cloned());
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
     /// Writes a record as JSON under `pk`; with `only_new`, unless an item is there (`false`).
     async fn put_json<T: serde::Serialize>(
         &self,
@@ -82,7 +118,12 @@ impl DynamoDirectory {
         value: &T,
         only_new: bool,
     ) -> Result<bool, DirectoryError> {
-        let item = json_item(pk.clone(), to_json(&pk, value)?);
+        self.put_item(json_item(pk.clone(), to_json(&pk, value)?), only_new)
+            .await
+    }
+
+    /// Writes `item`; with `only_new`, unless an item is there (`false`).
+    async fn put_item(&self, item: Item, only_new: bool) -> Result<bool, DirectoryError> {
         let mut put = self.client().put_item().table_name(self.table()).set_item(Some(item));
         if only_new {
             put = put.condition_expression(format!("attribute_not_exists({PK})"));
@@ -142,8 +183,9 @@ impl Registry for DynamoDirectory {
     }
 
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError> {
+        let by_tenant = vec![(":k", AttributeValue::S(tenant.to_owned()))];
         let mut keys: Vec<_> = self
-            .scan_prefix(KEY_PREFIX)
+            .query_index(BY_TENANT, "#k = :k", &[("#k", "tenant")], by_tenant)
             .await?
             .iter()
             .filter_map(|i| {
@@ -233,9 +275,18 @@ impl Registry for DynamoDirectory {
         self.delete_pk(idem_claim_pk(key)).await
     }
 
-    async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError> {
+    async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError> {
+        self.get_json(revoke_pk(key_id)).await
+    }
+
+    async fn due_revocations(&self, now: u64) -> Result<Vec<Revocation>, DirectoryError> {
+        let values = vec![
+            (":k", AttributeValue::S(REVOKE_QUEUE.to_owned())),
+            (":s", AttributeValue::N(now.to_string())),
+        ];
+        // The index is sorted by due time: the query reads the due revocations and no others.
         Ok(self
-            .scan_prefix(REVOKE_PREFIX)
+            .query_index(BY_DUE, "#k = :k AND #s <= :s", &[("#k", QUEUE), ("#s", DUE)], values)
             .await?
             .iter()
             .filter_map(|i| serde_json::from_str(&string(i, JSON_ATTR)?).ok())
@@ -243,7 +294,11 @@ impl Registry for DynamoDirectory {
     }
 
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {
-        self.put_json(revoke_pk(&r.key_id), r, false).await.map(drop)
+        let pk = revoke_pk(&r.key_id);
+        let mut item = json_item(pk.clone(), to_json(&pk, r)?);
+        item.insert(QUEUE.to_owned(), AttributeValue::S(REVOKE_QUEUE.to_owned()));
+        item.insert(DUE.to_owned(), AttributeValue::N(r.at.to_string()));
+        self.put_item(item, false).await.map(drop)
     }
 
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {

@@ -74,13 +74,23 @@ impl Registry for MemoryDirectory {
         Ok(())
     }
 
-    async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError> {
+    async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError> {
         Ok(self
+            .other_items()
+            .get(&revoke_pk(key_id))
+            .and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    async fn due_revocations(&self, now: u64) -> Result<Vec<Revocation>, DirectoryError> {
+        let mut due: Vec<Revocation> = self
             .other_items()
             .with_prefix(REVOKE_PREFIX)
             .into_iter()
             .filter_map(|v| serde_json::from_str(&v).ok())
-            .collect())
+            .filter(|r: &Revocation| r.at <= now)
+            .collect();
+        due.sort_by_key(|r| r.at);
+        Ok(due)
     }
 
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {

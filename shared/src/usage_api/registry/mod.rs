@@ -58,7 +58,8 @@ pub struct Revocation {
 pub trait Registry: Directory {
     /// Every tenant with its record, sorted by tenant id.
     async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError>;
-    /// The keys of one tenant (hash and record), sorted by key id.
+    /// The keys of one tenant (hash and record), sorted by key id. On the policy table a query of
+    /// the index by tenant (eventually consistent: a key written a moment ago may be missing).
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError>;
     /// The names of the plans the directory knows, sorted.
     async fn plan_names(&self) -> Result<Vec<String>, DirectoryError>;
@@ -84,7 +85,12 @@ pub trait Registry: Directory {
     async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError>;
     /// Lets go of a claim (the attempt failed: a retry may start at once).
     async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError>;
-    async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError>;
+    /// The pending revocation of one key.
+    async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError>;
+    /// The pending revocations due at `now` (epoch seconds) or before, earliest first. On the
+    /// policy table a query of the index by due time (eventually consistent: one written a moment
+    /// ago may be found by the next sweep only).
+    async fn due_revocations(&self, now: u64) -> Result<Vec<Revocation>, DirectoryError>;
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError>;
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError>;
     /// Every plan's name and priority, by name.
