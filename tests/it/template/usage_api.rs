@@ -53,15 +53,13 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
             }
         }
     }
+    let indexes = "${PolicyTable.Arn}/index/*".to_owned();
     assert_eq!(
         tables,
         BTreeMap::from([
             ("StateTable.Arn".to_owned(), owned(&tollgate_usage_api::STATE_ACTIONS)),
             ("PolicyTable.Arn".to_owned(), owned(&tollgate_usage_api::POLICY_ACTIONS)),
-            (
-                "${PolicyTable.Arn}/index/*".to_owned(),
-                owned(&tollgate_usage_api::INDEX_ACTIONS)
-            ),
+            (indexes, owned(&tollgate_usage_api::INDEX_ACTIONS)),
         ])
     );
     // AND of the policy table it writes only its own items, never a plan or the sync's meta

@@ -6,6 +6,7 @@
 
 mod anchor;
 mod interleaving;
+mod moves;
 mod onboarding;
 mod rollback;
 mod rotation;
