@@ -118,6 +118,9 @@ impl JwksPolicy {
 #[derive(Debug)]
 struct KeySnapshot {
     keys: JwkSet,
+    /// Each key of `keys`, at the same index, built once per fetch rather than per token (or why
+    /// it cannot verify). BENCHMARKS.md measures what that saves: little, the signature is the cost.
+    decoding: Vec<Result<DecodingKey, String>>,
     /// Bumped by every fetch attempt, good or failed: callers that waited for an attempt see
     /// that it happened and do not fetch again.
     attempt: u64,
@@ -127,13 +130,34 @@ struct KeySnapshot {
 }
 
 impl KeySnapshot {
-    fn find(&self, kid: Option<&str>) -> Option<&jsonwebtoken::jwk::Jwk> {
-        match kid {
-            Some(kid) => self.keys.find(kid),
-            // A token without a key id is only accepted when the set leaves no choice.
-            None if self.keys.keys.len() == 1 => self.keys.keys.first(),
-            None => None,
+    fn new(keys: JwkSet, attempt: u64, attempted_at: Timestamp, refresh_at: Timestamp) -> KeySnapshot {
+        let decoding = keys
+            .keys
+            .iter()
+            .map(|jwk| DecodingKey::from_jwk(jwk).map_err(|e| e.to_string()))
+            .collect();
+        KeySnapshot {
+            keys,
+            decoding,
+            attempt,
+            attempted_at,
+            refresh_at,
         }
+    }
+
+    /// The key a token naming `kid` is verified with, or why that key cannot verify.
+    fn find(&self, kid: Option<&str>) -> Option<&Result<DecodingKey, String>> {
+        let index = match kid {
+            Some(kid) => self
+                .keys
+                .keys
+                .iter()
+                .position(|k| k.common.key_id.as_deref() == Some(kid))?,
+            // A token without a key id is only accepted when the set leaves no choice.
+            None if self.keys.keys.len() == 1 => 0,
+            None => return None,
+        };
+        self.decoding.get(index)
     }
 }
 
@@ -152,12 +176,7 @@ impl Jwks {
     /// the caller's to answer (the authorizer fails its cold start).
     pub async fn load(source: Arc<dyn JwksSource>, policy: JwksPolicy, now: Timestamp) -> Result<Jwks, JwksFetchError> {
         let fetched = source.fetch().await?;
-        let snapshot = KeySnapshot {
-            refresh_at: now.saturating_add(policy.ttl(fetched.max_age)),
-            keys: fetched.keys,
-            attempt: 0,
-            attempted_at: now,
-        };
+        let snapshot = KeySnapshot::new(fetched.keys, 0, now, now.saturating_add(policy.ttl(fetched.max_age)));
         Ok(Jwks {
             source,
             policy,
@@ -217,17 +236,14 @@ impl Jwks {
                     .filter_map(|k| k.common.key_id.as_deref())
                     .collect();
                 tracing::info!(keys = ?ids, "JWKS refreshed");
-                KeySnapshot {
-                    refresh_at: now.saturating_add(self.policy.ttl(fetched.max_age)),
-                    keys: fetched.keys,
-                    attempt: latest.attempt + 1,
-                    attempted_at: now,
-                }
+                let refresh_at = now.saturating_add(self.policy.ttl(fetched.max_age));
+                KeySnapshot::new(fetched.keys, latest.attempt + 1, now, refresh_at)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
                 KeySnapshot {
                     keys: latest.keys.clone(),
+                    decoding: latest.decoding.clone(),
                     attempt: latest.attempt + 1,
                     attempted_at: now,
                     refresh_at: now.saturating_add(self.policy.min_refresh),
@@ -263,10 +279,11 @@ impl JwtVerifier {
             return Err(JwtError::Algorithm(format!("{:?}", header.alg)));
         }
         let keys = self.keys.for_key(header.kid.as_deref(), now).await;
-        let jwk = keys
+        let key = keys
             .find(header.kid.as_deref())
-            .ok_or_else(|| JwtError::UnknownKey(header.kid.clone()))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| JwtError::Invalid(e.to_string()))?;
+            .ok_or_else(|| JwtError::UnknownKey(header.kid.clone()))?
+            .as_ref()
+            .map_err(|e| JwtError::Invalid(e.clone()))?;
         // Signature, algorithm, issuer and audience here; time below, against the injected `now`.
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.config.issuer]);
@@ -274,7 +291,7 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&["iss", "aud", "exp"]);
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        let claims = decode::<Map<String, Value>>(token, &key, &validation)
+        let claims = decode::<Map<String, Value>>(token, key, &validation)
             .map_err(|e| JwtError::Invalid(e.to_string()))?
             .claims;
         let now = now.as_secs();

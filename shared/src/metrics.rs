@@ -28,6 +28,9 @@ pub const ERRORS: &str = "Errors";
 pub const NOTICES_SENT: &str = "NoticesSent";
 /// Authorizer: requests refused by priority shedding.
 pub const SHED: &str = "Shed";
+/// Authorizer: refused `store_busy`: the tenant's state item could not take the write (throttled,
+/// or contended past the store's attempts).
+pub const THROTTLES_STORE_BUSY: &str = "ThrottlesStoreBusy";
 
 /// Every metric the authorizer emits.
 pub const AUTHORIZER: &[&str] = &[
@@ -44,6 +47,7 @@ pub const AUTHORIZER: &[&str] = &[
     STORE_LATENCY,
     ERRORS,
     SHED,
+    THROTTLES_STORE_BUSY,
 ];
 
 /// Every metric the companion functions emit.

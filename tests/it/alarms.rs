@@ -222,17 +222,19 @@ async fn each_plan_that_can_refuse_gets_one_alarm_that_reads_back_as_defined() {
             ("ThrottlesDailyQuota".to_owned(), "gold".to_owned()),
             ("ThrottlesMonthlyQuota".to_owned(), "gold".to_owned()),
             ("ThrottlesRate".to_owned(), "gold".to_owned()),
+            ("ThrottlesStoreBusy".to_owned(), "gold".to_owned()),
         ]
     );
     assert_eq!(
         metrics(&alarms[&w.name("free")]),
         [
             ("Decisions".to_owned(), "free".to_owned()),
-            ("ThrottlesRate".to_owned(), "free".to_owned())
+            ("ThrottlesRate".to_owned(), "free".to_owned()),
+            ("ThrottlesStoreBusy".to_owned(), "free".to_owned()),
         ]
     );
     let expression = gold.metrics().iter().find_map(|q| q.expression()).expect("expression");
-    assert_eq!(expression, "100 * (rate + daily + monthly) / decisions");
+    assert_eq!(expression, "100 * (rate + daily + monthly + busy) / decisions");
     assert_eq!(gold.threshold(), Some(10.0));
     assert_eq!(gold.alarm_actions(), [TOPIC]);
     assert_eq!(gold.ok_actions(), [TOPIC]);
@@ -280,7 +282,12 @@ async fn a_plan_whose_limits_change_gets_its_alarm_updated_and_no_other() {
     let gold = &w.alarms().await[&w.name("gold")];
     assert_eq!(
         metrics(gold).iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
-        ["Decisions", "ThrottlesDailyQuota", "ThrottlesRate"]
+        [
+            "Decisions",
+            "ThrottlesDailyQuota",
+            "ThrottlesRate",
+            "ThrottlesStoreBusy"
+        ]
     );
     assert!(gold.alarm_description().unwrap_or("").contains("daily quota 20000"));
     // AND WHEN the threshold changes THEN every plan alarm is put again with it

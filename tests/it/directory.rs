@@ -1,12 +1,20 @@
-//! The policy directory: memory and DynamoDB adapters resolve keys alike.
+//! The policy directory: memory and DynamoDB adapters resolve keys alike, and the gate serves
+//! its last good answers while the policy table cannot answer.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use tollgate::directory::dynamodb::create_policy_table;
 use tollgate::directory::{Directory, DynamoDirectory, MemoryDirectory};
+use tollgate::engine::clock::{ManualClock, Timestamp};
 use tollgate::engine::identity::ApiKeyHash;
+use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::KeyRecord;
+use tollgate::store::MemoryStore;
 
 use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
 
 const POLICY: &str = r#"
 [plans.free]
@@ -90,4 +98,52 @@ async fn dynamodb_directory_resolves_keys_to_plans() {
         err.to_string(),
         "stored plan is invalid: plan `bad`: `burst` = (missing): required with rate = 1"
     );
+}
+
+#[tokio::test]
+async fn while_the_policy_table_is_unreachable_a_resolved_key_keeps_working_within_its_bound() {
+    // GIVEN acme's key in a policy table the gate reads through a fault proxy, with the
+    // authorizer's policy client and the shipped gate settings
+    let admin = tollgate::aws::admin_client(&emulator::sdk_config(&emulator::endpoint()));
+    let table = emulator::unique("policy");
+    create_policy_table(&admin, &table).await.expect("table");
+    DynamoDirectory::new(admin, &table)
+        .load(&PolicyFile::parse(POLICY).expect("policy"))
+        .await
+        .expect("load");
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let client = tollgate::aws::policy_client(&emulator::sdk_config(&proxy.endpoint()), Duration::from_millis(500));
+    let config = GateConfig::default();
+    let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
+    let gate = Gate::new(
+        config.clone(),
+        Arc::new(DynamoDirectory::new(client, &table)),
+        Arc::new(MemoryStore::default()),
+        Arc::new(clock.clone()),
+    );
+    let ask = |key: &'static str| {
+        gate.check(Request {
+            credential: Credential::ApiKey(key),
+            method: "GET",
+            resource: "/hello",
+        })
+    };
+    assert!(matches!(ask("abc").await, GateOutcome::Allow(_)));
+    // WHEN every connection to the table is lost, after the key's cache entry expired
+    proxy.inject_randomly(1.0, &[Fault::LoseRequest]);
+    clock.advance(config.key_ttl + Duration::from_secs(1));
+    // THEN acme is still resolved (its last good answer), once the table has been tried
+    assert!(matches!(ask("abc").await, GateOutcome::Allow(v) if v.tenant == "acme"));
+    let tried = proxy.injected();
+    assert!(tried > 0, "the table was asked");
+    // AND a key never resolved is 503 at once, without asking the table again this second
+    assert!(matches!(ask("abd").await, GateOutcome::Unavailable(_)));
+    assert_eq!(proxy.injected(), tried);
+    // AND past the staleness bound acme is unavailable too
+    clock.advance(config.stale_for);
+    assert!(matches!(ask("abc").await, GateOutcome::Unavailable(_)));
+    // AND once the table answers again, so does the gate
+    proxy.heal();
+    clock.advance(config.directory_error_ttl);
+    assert!(matches!(ask("abc").await, GateOutcome::Allow(_)));
 }

@@ -4,8 +4,11 @@
 use std::sync::Arc;
 
 use serde_json::Value;
+use tollgate::aws::state_client;
 use tollgate::store::MemoryStore;
 
+use crate::support::emulator::{self, PATIENT};
+use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::local_gateway::{start, start_declared, start_with};
 use crate::support::loopback;
 
@@ -84,6 +87,34 @@ async fn a_burst_past_the_limit_gets_429_with_retry_after_and_the_template_body(
         .collect();
     template_keys.sort_unstable();
     assert_eq!(keys, template_keys);
+}
+
+#[tokio::test]
+async fn a_throttled_state_item_gets_429_store_busy_with_retry_after_on_a_plan_failing_open() {
+    // GIVEN the gateway over DynamoDB on the emulator, through a proxy that answers the next
+    // write ProvisionedThroughputExceededException
+    let (_, table) = emulator::state_table().await;
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let client = state_client(&emulator::sdk_config(&proxy.endpoint()), PATIENT);
+    let gw = start(Arc::new(emulator::dynamo_store(&client, &table)), 1, None).await;
+    proxy.inject(Fault::ThroughputExceeded);
+    // WHEN a tenant whose plan fails open (premium) calls
+    let r = get(&gw.base, Some("tg_demo_premium_0")).await;
+    // THEN 429 with Retry-After 1 and reason store_busy, not a fail-open admission; no RateLimit
+    // headers, since the store decided nothing
+    assert_eq!(proxy.injected(), 1);
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after"), Some("1"));
+    for h in RATE_LIMIT_HEADERS {
+        assert!(header(&r, h).is_none(), "{h}");
+    }
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(
+        (body["reason"].as_str(), body["retryAfter"].as_str()),
+        (Some("store_busy"), Some("1"))
+    );
+    // AND once the item takes writes again, the tenant is served
+    assert_eq!(get(&gw.base, Some("tg_demo_premium_0")).await.status(), 200);
 }
 
 #[tokio::test]

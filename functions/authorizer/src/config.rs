@@ -23,6 +23,7 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_BYPASS_KEY_IDS",
     "TOLLGATE_KEY_CACHE_TTL_MS",
     "TOLLGATE_UNKNOWN_KEY_TTL_MS",
+    "TOLLGATE_KEY_STALE_MS",
     "TOLLGATE_KEY_CACHE_CAPACITY",
     "TOLLGATE_BREAKER_FAILURES",
     "TOLLGATE_BREAKER_COOL_DOWN_MS",
@@ -163,6 +164,9 @@ fn gate_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<GateConfig
         store_budget: Duration::from_millis(budget),
         key_ttl: Duration::from_millis(env.number("TOLLGATE_KEY_CACHE_TTL_MS", 60_000)?),
         unknown_key_ttl: Duration::from_millis(env.number("TOLLGATE_UNKNOWN_KEY_TTL_MS", 10_000)?),
+        stale_for: Duration::from_millis(env.number("TOLLGATE_KEY_STALE_MS", 600_000)?),
+        // The default (1 s): not a variable, like `shed_ttl`.
+        directory_error_ttl: GateConfig::default().directory_error_ttl,
         key_cache_capacity: env.number("TOLLGATE_KEY_CACHE_CAPACITY", 10_000)? as usize,
         breaker: BreakerConfig {
             failures: env.number("TOLLGATE_BREAKER_FAILURES", 5)?.max(1) as u32,

@@ -409,6 +409,7 @@ fn mode_name(mode: &Mode) -> &'static str {
         Mode::Bypass => "bypass",
         Mode::Shadow { .. } => "shadow",
         Mode::Shed { .. } => "shed",
+        Mode::Busy { .. } => "store_busy",
         Mode::Failed {
             mode: FailMode::Open, ..
         } => "fail_open",

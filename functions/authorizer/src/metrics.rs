@@ -23,13 +23,16 @@ pub struct Sample {
     pub throttles_monthly: u32,
     /// Refused by the shed level (no budget consumed).
     pub shed: u32,
+    /// Refused `store_busy`: the tenant's item could not take the write.
+    pub throttles_store_busy: u32,
     pub fail_open: u32,
     pub fail_closed: u32,
     pub shadow_denials: u32,
     pub bypass: u32,
     pub key_cache_hits: u32,
     pub store_latency: Option<Duration>,
-    /// Why the store could not decide (`StoreError::kind()`, or `breaker_open`): a property of
+    /// Why the store could not decide (`StoreError::kind()`, or `breaker_open`), or why the item
+    /// was busy: a property of
     /// the line, not a dimension, so it costs no extra metric series.
     pub store_error: Option<&'static str>,
 }
@@ -48,6 +51,7 @@ const METRICS: &[&str] = &[
     names::BYPASS,
     names::KEY_CACHE_HITS,
     names::SHED,
+    names::THROTTLES_STORE_BUSY,
 ];
 
 impl Sample {
@@ -75,9 +79,10 @@ impl Sample {
                 mode: FailMode::Closed, ..
             } => s.fail_closed = 1,
             Mode::Failed { .. } => s.fail_open = u32::from(!throttled),
+            Mode::Busy { .. } => s.throttles_store_busy = u32::from(throttled),
             Mode::Enforced | Mode::Shed { .. } => {}
         }
-        if let Mode::Failed { kind, .. } = &v.mode {
+        if let Mode::Failed { kind, .. } | Mode::Busy { kind, .. } = &v.mode {
             s.store_error = Some(*kind);
         }
         if throttled && let Some(reason) = v.decision.as_ref().and_then(|d| d.reason) {
@@ -92,7 +97,7 @@ impl Sample {
         Some(s)
     }
 
-    fn values(&self) -> [u32; 11] {
+    fn values(&self) -> [u32; 12] {
         [
             self.decisions,
             self.throttles_rate,
@@ -105,6 +110,7 @@ impl Sample {
             self.bypass,
             self.key_cache_hits,
             self.shed,
+            self.throttles_store_busy,
         ]
     }
 }
@@ -358,5 +364,37 @@ mod tests {
         // AND the same verdict admitted is one fail-open admission
         let admitted = Sample::of(&GateOutcome::Allow(verdict)).expect("sample");
         assert_eq!((admitted.fail_open, admitted.store_error), (1, Some("timeout")));
+    }
+
+    #[test]
+    fn a_store_busy_refusal_counts_under_its_own_metric_and_no_other_throttle() {
+        // GIVEN a refusal because the tenant's item was throttled (no decision from the store)
+        let mut verdict = verdict(
+            Mode::Busy {
+                error: "throttled".into(),
+                kind: "throttled",
+            },
+            refusal(Reason::Rate),
+        );
+        verdict.decision = None;
+        // WHEN sampled and rendered
+        let sample = Sample::of(&GateOutcome::Throttle(verdict)).expect("sample");
+        let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
+        // THEN `ThrottlesStoreBusy` is 1, declared, with the store's error; no other throttle or
+        // fail mode counts
+        assert_eq!(sample.throttles_store_busy, 1);
+        assert_eq!((sample.throttles_rate, sample.fail_open, sample.fail_closed), (0, 0, 0));
+        assert_eq!(
+            (doc["ThrottlesStoreBusy"].clone(), doc["StoreError"].clone()),
+            (json!(1), json!("throttled"))
+        );
+        let names = &doc["_aws"]["CloudWatchMetrics"][0]["Metrics"];
+        assert!(
+            names
+                .as_array()
+                .expect("list")
+                .iter()
+                .any(|m| m["Name"] == "ThrottlesStoreBusy")
+        );
     }
 }

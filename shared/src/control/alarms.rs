@@ -1,7 +1,7 @@
 //! Per-plan alarms (pure): one alarm per plan that can refuse, on the share of its decisions
 //! answered 429 (`(ThrottlesRate + ThrottlesDailyQuota + ThrottlesWeeklyQuota +
-//! ThrottlesMonthlyQuota) / Decisions`, of the metrics the plan can produce: the authorizer's EMF
-//! metrics with the `Plan` dimension), and the fewest changes from the
+//! ThrottlesMonthlyQuota + ThrottlesStoreBusy) / Decisions`, of the metrics the plan can produce:
+//! the authorizer's EMF metrics with the `Plan` dimension), and the fewest changes from the
 //! alarms CloudWatch holds under the prefix to those. The count follows the plans, never the
 //! tenants: no alarm has a `Tenant` dimension.
 
@@ -171,6 +171,9 @@ pub fn desired(
         if refusals.is_empty() || spec.shadow {
             continue;
         }
+        // Every plan that writes the store can be refused `store_busy` (its tenant's item
+        // throttled or contended): a 429 like the others.
+        refusals.push(("busy", metrics::THROTTLES_STORE_BUSY));
         let name = format!("{}{plan}", settings.prefix);
         if name.len() > MAX_NAME {
             return Err(AlarmError::NameTooLong { name });
@@ -188,7 +191,7 @@ pub fn desired(
         queries.sort_by(|a, b| a.id.cmp(&b.id));
         let sum = refusals.iter().map(|(id, _)| *id).collect::<Vec<_>>().join(" + ");
         // Per-plan alarms are metric math over only the metrics a plan can produce: each one is
-        // billed, so a plan without quotas pays for two, not four.
+        // billed, so a plan without quotas pays for three, not six.
         let expression = (
             "throttled_percent".to_owned(),
             format!("100 * ({sum}) / decisions"),
@@ -344,10 +347,13 @@ mod tests {
         // THEN one per refusing plan, named under the prefix, each with only its own metrics
         let names: Vec<&str> = alarms.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["s-plan-free", "s-plan-gold"]);
-        assert_eq!(alarms[0].expression.1, "100 * (rate) / decisions");
-        assert_eq!(alarms[1].expression.1, "100 * (rate + daily + monthly) / decisions");
+        assert_eq!(alarms[0].expression.1, "100 * (rate + busy) / decisions");
+        assert_eq!(
+            alarms[1].expression.1,
+            "100 * (rate + daily + monthly + busy) / decisions"
+        );
         let ids: Vec<&str> = alarms[1].metrics.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids, ["daily", "decisions", "monthly", "rate"]);
+        assert_eq!(ids, ["busy", "daily", "decisions", "monthly", "rate"]);
         assert!(
             alarms
                 .iter()
@@ -410,11 +416,43 @@ mod tests {
         // WHEN the alarms are derived
         let alarms = desired(&plans, &settings()).expect("alarms");
         // THEN the weekly refusals are watched beside the monthly ones, each kind once
-        assert_eq!(alarms[0].expression.1, "100 * (weekly + monthly) / decisions");
+        assert_eq!(alarms[0].expression.1, "100 * (weekly + monthly + busy) / decisions");
         let names: Vec<&str> = alarms[0].metrics.iter().map(|m| m.metric_name.as_str()).collect();
-        assert_eq!(names, ["Decisions", "ThrottlesMonthlyQuota", "ThrottlesWeeklyQuota"]);
+        assert_eq!(
+            names,
+            [
+                "ThrottlesStoreBusy",
+                "Decisions",
+                "ThrottlesMonthlyQuota",
+                "ThrottlesWeeklyQuota"
+            ]
+        );
         assert!(alarms[0].description.contains("week"), "{}", alarms[0].description);
-        assert_eq!(alarms[1].expression.1, "100 * (daily) / decisions");
+        assert_eq!(alarms[1].expression.1, "100 * (daily + busy) / decisions");
+    }
+
+    #[test]
+    fn a_plan_with_every_limit_reads_every_refusal_metric_within_cloudwatchs_ten() {
+        // GIVEN a plan with a rate, a daily, a weekly and a monthly quota
+        let plans = plans(
+            "[plans.all]\nrate = 1.0\nburst = 2\ndaily_quota = 10\nmonthly_quota = 100\n\
+             quotas = [{ limit = 50, period = \"week\" }]\n",
+        );
+        // WHEN its alarm is derived
+        let alarms = desired(&plans, &settings()).expect("alarms");
+        // THEN it reads the decisions and every metric that counts a 429, `store_busy`'s
+        // included, and no more than the 10 metrics CloudWatch allows an alarm's math
+        let mut read: Vec<&str> = alarms[0].metrics.iter().map(|m| m.metric_name.as_str()).collect();
+        read.sort();
+        let mut want: Vec<&str> = metrics::AUTHORIZER
+            .iter()
+            .copied()
+            .filter(|m| m.starts_with("Throttles"))
+            .chain([metrics::DECISIONS])
+            .collect();
+        want.sort();
+        assert_eq!(read, want);
+        assert!(read.contains(&metrics::THROTTLES_STORE_BUSY) && read.len() <= 10);
     }
 
     #[test]

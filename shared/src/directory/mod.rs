@@ -41,6 +41,9 @@ pub enum DirectoryError {
     Invalid { item: String, reason: String },
     #[error("stored plan is invalid: {0}")]
     Plan(#[from] PolicyError),
+    /// Not asked: the directory failed a moment ago (the gate's `directory_error_ttl`).
+    #[error("policy store not asked: it failed a moment ago")]
+    Held,
 }
 
 #[async_trait]

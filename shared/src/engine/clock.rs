@@ -108,6 +108,32 @@ impl Clock for ManualClock {
     }
 }
 
+/// Whole seconds, rounded up.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Serialises a `Duration` as whole seconds, rounded up.
+pub(crate) mod secs_ceil {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(super::ceil_secs(*d))
+    }
+}
+
+/// Serialises an optional wait as whole seconds, rounded up and at least 1.
+pub(crate) mod opt_secs_ceil {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_u64(super::ceil_secs(*d).max(1)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::engine::clock::ceil_secs;
 use crate::engine::quota::{Period, QuotaStatus};
 
 /// Which limit refused a request.
@@ -60,10 +61,10 @@ pub struct RateStatus {
     pub limit: u32,
     pub remaining: u32,
     /// Until the bucket is full again.
-    #[serde(with = "secs_ceil")]
+    #[serde(with = "crate::engine::clock::secs_ceil")]
     pub reset_after: Duration,
     /// Time for an empty bucket to refill: the policy window.
-    #[serde(with = "secs_ceil")]
+    #[serde(with = "crate::engine::clock::secs_ceil")]
     pub window: Duration,
 }
 
@@ -74,7 +75,10 @@ pub struct Decision {
     /// The limit that refused the request (the one with the longest wait when several did).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
-    #[serde(skip_serializing_if = "Option::is_none", with = "opt_secs_ceil")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::clock::opt_secs_ceil"
+    )]
     pub retry_after: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateStatus>,
@@ -176,30 +180,6 @@ impl Decision {
             daily: None,
             weekly: None,
             monthly: None,
-        }
-    }
-}
-
-/// Whole seconds, rounded up.
-pub fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-pub(crate) mod secs_ceil {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(super::ceil_secs(*d))
-    }
-}
-
-mod opt_secs_ceil {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_u64(super::ceil_secs(*d).max(1)),
-            None => s.serialize_none(),
         }
     }
 }

@@ -8,12 +8,15 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::engine::clock::Timestamp;
 
 #[derive(Debug)]
 pub struct TtlCache<K, V> {
     capacity: usize,
+    /// How long past its expiry an entry is kept for `get_stale` (zero: dropped at expiry).
+    grace: Duration,
     inner: Mutex<Inner<K, V>>,
 }
 
@@ -30,9 +33,15 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     /// The table is sized once: growing it while serving would leave the old ones as fragments.
     /// Untouched slots cost address space, not resident memory.
     pub fn new(capacity: usize) -> Self {
+        Self::with_grace(capacity, Duration::ZERO)
+    }
+
+    /// A cache that keeps each entry `grace` past its expiry, for `get_stale` only.
+    pub fn with_grace(capacity: usize, grace: Duration) -> Self {
         let capacity = capacity.max(1);
         TtlCache {
             capacity,
+            grace,
             inner: Mutex::new(Inner {
                 entries: HashMap::with_capacity(capacity),
                 order: VecDeque::with_capacity(capacity),
@@ -52,13 +61,27 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
             .map(|(v, _)| v.clone())
     }
 
+    /// An entry that expired at most `grace` ago (or is live): the last good answer, for when
+    /// the source cannot answer.
+    pub fn get_stale<Q: Hash + Eq + ?Sized>(&self, key: &Q, now: Timestamp) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        let inner = self.lock();
+        inner
+            .entries
+            .get(key)
+            .filter(|(_, exp)| now < exp.saturating_add(self.grace))
+            .map(|(v, _)| v.clone())
+    }
+
     pub fn insert(&self, key: K, value: V, expires: Timestamp, now: Timestamp) {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        // Drop what expired (and stale order elements) from the front.
+        // Drop what expired past its grace (and stale order elements) from the front.
         while let Some((k, exp)) = inner.order.front() {
             let current = inner.entries.get(k).map(|(_, e)| *e);
-            if current == Some(*exp) && now < *exp {
+            if current == Some(*exp) && now < exp.saturating_add(self.grace) {
                 break;
             }
             if current == Some(*exp) {
@@ -123,12 +146,19 @@ pub struct AnswerCache<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> AnswerCache<K, V> {
-    /// Room for `capacity` found answers and, apart, `capacity` unknown ones.
-    pub fn new(capacity: usize) -> Self {
+    /// Room for `capacity` found answers and, apart, `capacity` unknown ones. Found answers are
+    /// kept `grace` past their expiry for `get_stale`; unknown ones are not (a key onboarded
+    /// meanwhile would be refused).
+    pub fn new(capacity: usize, grace: Duration) -> Self {
         AnswerCache {
-            found: TtlCache::new(capacity),
+            found: TtlCache::with_grace(capacity, grace),
             missing: TtlCache::new(capacity),
         }
+    }
+
+    /// The last good found answer, if it expired at most `grace` ago.
+    pub fn get_stale(&self, key: &K, now: Timestamp) -> Option<V> {
+        self.found.get_stale(key, now)
     }
 
     /// `Some(answer)` on a hit (`Some(None)`: known to be unknown), `None` on a miss.
@@ -209,7 +239,7 @@ mod tests {
     #[test]
     fn a_flood_of_unknown_keys_never_displaces_a_found_answer() {
         // GIVEN a known key cached
-        let c: AnswerCache<u32, &str> = AnswerCache::new(10);
+        let c: AnswerCache<u32, &str> = AnswerCache::new(10, Duration::ZERO);
         let t = Timestamp::from_secs;
         c.insert(0, Some("acme"), t(60), t(0));
         // WHEN ten times the capacity of unknown keys are cached after it

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::directory::{Directory, DirectoryError, Resolved};
+use crate::engine::clock::ceil_secs;
 use crate::engine::clock::{Clock, Timestamp};
-use crate::engine::decision::{Decision, ceil_secs};
+use crate::engine::decision::Decision;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::{FailMode, Limits, Plan, split_route};
 use crate::engine::shed::SHED_RETRY_AFTER;
@@ -23,6 +24,8 @@ use self::breaker::{Breaker, BreakerConfig};
 use self::cache::{AnswerCache, TtlCache};
 use self::fallback::Fallback;
 
+/// `Retry-After` of a `store_busy` refusal: the item takes writes again within a second or so.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
 /// Plans are few (API Gateway allows 300 usage plans per region).
 const PLAN_CACHE_CAPACITY: usize = 1024;
 
@@ -34,6 +37,14 @@ pub struct GateConfig {
     pub key_ttl: Duration,
     /// How long an unknown key stays unknown (guessing keys costs no directory reads).
     pub unknown_key_ttl: Duration,
+    /// How long past `key_ttl` a resolved key (or token tenant) is still served while the
+    /// directory cannot answer: the last good answer, so a policy-table outage does not refuse
+    /// every tenant. A key revoked meanwhile is seen once the directory answers again.
+    pub stale_for: Duration,
+    /// After the directory fails, how long a key not in the cache is answered unavailable
+    /// without asking it again: an outage costs one directory call per interval, not one per
+    /// request, each waiting for its timeout.
+    pub directory_error_ttl: Duration,
     pub key_cache_capacity: usize,
     pub breaker: BreakerConfig,
     /// Key ids (API Gateway's) that never consume budget. Still authenticated.
@@ -53,6 +64,8 @@ impl Default for GateConfig {
             store_budget: Duration::from_millis(150),
             key_ttl: Duration::from_secs(60),
             unknown_key_ttl: Duration::from_secs(10),
+            stale_for: Duration::from_secs(600),
+            directory_error_ttl: Duration::from_secs(1),
             key_cache_capacity: 10_000,
             breaker: BreakerConfig::default(),
             bypass_key_ids: HashSet::new(),
@@ -94,6 +107,15 @@ pub enum Mode {
     /// The plan's priority is below the shed level: refused (or, for a shadow plan, reported as
     /// `Shadow { would_deny: true }`) without asking the store. No budget consumed.
     Shed { level: u8 },
+    /// The store answered that the tenant's item cannot take the write now (throttled, or
+    /// contended past its attempts): refused with `store_busy` and a short wait (a shadow plan is
+    /// admitted). Never the fail mode: the store works, and admitting would let the tenant's own
+    /// load bypass its limits.
+    Busy {
+        error: String,
+        /// `StoreError::kind()`.
+        kind: &'static str,
+    },
     /// The store could not decide (it failed, or the breaker is open); the fail mode answered.
     /// Failing open, `decision` is the per-container fallback's: the tenant's plan rate and burst
     /// and what is left of its quotas, so an admission here is a bounded fail-open admission.
@@ -141,7 +163,8 @@ pub struct Verdict {
 /// Why a request was refused, and when to retry: what a `429` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
-    /// `rate`, `daily_quota`, `monthly_quota`, `shed`, or `store_unavailable` (fail closed).
+    /// `rate`, `daily_quota`, `monthly_quota`, `shed`, `store_busy` (the tenant's item could not
+    /// take the write), or `store_unavailable` (fail closed).
     pub reason: &'static str,
     /// Whole seconds, at least 1: the decision's wait, or the breaker's cool-down when the store
     /// could not decide.
@@ -173,6 +196,8 @@ pub struct Gate {
     breaker: Breaker,
     fallback: Fallback,
     shed: ShedCache,
+    /// Until when the directory is not asked after a failure (`directory_error_ttl`).
+    directory_failed_until: Mutex<Timestamp>,
 }
 
 /// The shed level as last read (`None` before the first read), and until when it is trusted.
@@ -192,12 +217,13 @@ impl Gate {
         clock: Arc<dyn Clock>,
     ) -> Gate {
         Gate {
-            keys: AnswerCache::new(config.key_cache_capacity),
-            tenants: AnswerCache::new(config.key_cache_capacity),
+            keys: AnswerCache::new(config.key_cache_capacity, config.stale_for),
+            tenants: AnswerCache::new(config.key_cache_capacity, config.stale_for),
             plans: TtlCache::new(PLAN_CACHE_CAPACITY),
             breaker: Breaker::new(config.breaker, config.store_budget),
             fallback: Fallback::new(config.key_cache_capacity),
             shed: ShedCache::default(),
+            directory_failed_until: Mutex::new(Timestamp::from_nanos(0)),
             config,
             directory,
             store,
@@ -243,7 +269,8 @@ impl Gate {
                 self.fallback.observe(&verdict.tenant, &decision, now);
                 decided(verdict, decision)
             }
-            Err((error, kind)) => self.store_failed(verdict, (&limits, weight, now), error, kind),
+            Err((error, kind, true)) => busy(verdict, error, kind),
+            Err((error, kind, false)) => self.store_failed(verdict, (&limits, weight, now), error, kind),
         }
     }
 
@@ -278,10 +305,14 @@ impl Gate {
         &self,
         consume: &Consume<'_>,
         now: Timestamp,
-    ) -> (Result<Decision, (String, &'static str)>, Option<Duration>) {
+    ) -> (Result<Decision, (String, &'static str, bool)>, Option<Duration>) {
         let Some(call) = self.breaker.permits(now) else {
             return (
-                Err(("circuit breaker open: store not called".to_owned(), "breaker_open")),
+                Err((
+                    "circuit breaker open: store not called".to_owned(),
+                    "breaker_open",
+                    false,
+                )),
                 None,
             );
         };
@@ -298,7 +329,7 @@ impl Gate {
             Err(e) if e.scope() == ErrorScope::Item => call.success(),
             Err(_) => call.failure(self.clock.now()),
         }
-        (result.map_err(|e| (e.to_string(), e.kind())), latency)
+        (result.map_err(|e| (e.to_string(), e.kind(), e.is_busy())), latency)
     }
 
     /// The store could not decide: the fail mode answers.
@@ -376,7 +407,12 @@ impl Gate {
         fresh
     }
 
+    /// Refuses while the store cannot answer, except a shadow plan: it never refuses, whatever
+    /// the fail mode, and its mode still says the store failed.
     fn fail_closed(&self, mut verdict: Verdict) -> GateOutcome {
+        if verdict.plan.shadow() {
+            return GateOutcome::Allow(verdict);
+        }
         verdict.refusal = Some(Refusal {
             reason: "store_unavailable",
             retry_after_secs: ceil_secs(self.config.breaker.cool_down).max(1),
@@ -389,18 +425,30 @@ impl Gate {
         if let Some(hit) = self.keys.get(&hash, now) {
             return Ok((hit, true));
         }
-        let found = match self.directory.key(&hash).await?.filter(|k| k.enabled) {
-            Some(key) => self.plan_of(&key.tenant, now).await?.map(|(plan, anchor)| Resolved {
-                tenant: key.tenant.into(),
-                key_id: key.key_id.into(),
-                plan,
-                anchor,
-            }),
-            None => None,
+        let looked_up = match self.directory_failed(now) {
+            Some(e) => Err(e),
+            None => self.lookup_key(&hash, now).await,
         };
-        self.keys
-            .insert(hash, found.clone(), self.expiry(found.is_some(), now), now);
-        Ok((found, false))
+        match looked_up {
+            Ok(found) => {
+                let expires = self.expiry(found.is_some(), now);
+                self.keys.insert(hash, found.clone(), expires, now);
+                Ok((found, false))
+            }
+            Err(e) => self.stale(self.keys.get_stale(&hash, now), e, now),
+        }
+    }
+
+    async fn lookup_key(&self, hash: &ApiKeyHash, now: Timestamp) -> Result<Option<Resolved>, DirectoryError> {
+        let Some(key) = self.directory.key(hash).await?.filter(|k| k.enabled) else {
+            return Ok(None);
+        };
+        Ok(self.plan_of(&key.tenant, now).await?.map(|(plan, anchor)| Resolved {
+            tenant: key.tenant.into(),
+            key_id: key.key_id.into(),
+            plan,
+            anchor,
+        }))
     }
 
     /// A token's tenant and its plan, and whether that came from the cache.
@@ -413,13 +461,47 @@ impl Gate {
                 anchor,
             })
         };
-        if let Some(hit) = self.tenants.get(&tenant.to_owned(), now) {
+        let key = tenant.to_owned();
+        if let Some(hit) = self.tenants.get(&key, now) {
             return Ok((resolved(hit), true));
         }
-        let plan = self.plan_of(tenant, now).await?;
-        self.tenants
-            .insert(tenant.to_owned(), plan.clone(), self.expiry(plan.is_some(), now), now);
-        Ok((resolved(plan), false))
+        let looked_up = match self.directory_failed(now) {
+            Some(e) => Err(e),
+            None => self.plan_of(tenant, now).await,
+        };
+        match looked_up {
+            Ok(plan) => {
+                let expires = self.expiry(plan.is_some(), now);
+                self.tenants.insert(key, plan.clone(), expires, now);
+                Ok((resolved(plan), false))
+            }
+            Err(e) => self.stale(resolved(self.tenants.get_stale(&key, now)), e, now),
+        }
+    }
+
+    /// The directory could not answer: the last good answer if there is one, else the error;
+    /// and the directory is left alone for `directory_error_ttl`.
+    fn stale(
+        &self,
+        last_good: Option<Resolved>,
+        error: DirectoryError,
+        now: Timestamp,
+    ) -> Result<(Option<Resolved>, bool), DirectoryError> {
+        if !matches!(error, DirectoryError::Held) {
+            tracing::warn!(%error, served_stale = last_good.is_some(), "policy directory could not answer");
+            *self.directory_failed_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                now.saturating_add(self.config.directory_error_ttl);
+        }
+        match last_good {
+            Some(resolved) => Ok((Some(resolved), true)),
+            None => Err(error),
+        }
+    }
+
+    /// `Held` while a recent failure keeps the directory from being asked.
+    fn directory_failed(&self, now: Timestamp) -> Option<DirectoryError> {
+        let until = *self.directory_failed_until.lock().unwrap_or_else(|e| e.into_inner());
+        (now < until).then_some(DirectoryError::Held)
     }
 
     /// Tenant → plan name and anchor day (one read) → plan. Plans are cached by name, so every
@@ -472,6 +554,21 @@ fn shed(mut verdict: Verdict, level: u8) -> GateOutcome {
     verdict.mode = Mode::Shed { level };
     verdict.decision = Some(Decision::shed(SHED_RETRY_AFTER));
     verdict.refusal = verdict.decision.as_ref().map(refusal_of);
+    GateOutcome::Throttle(verdict)
+}
+
+/// The store answered that the tenant's item is busy: 429 `store_busy`, or admitted when the
+/// plan is shadow.
+fn busy(mut verdict: Verdict, error: String, kind: &'static str) -> GateOutcome {
+    tracing::warn!(tenant = %verdict.tenant, kind, %error, "tenant's state item busy: refused store_busy");
+    verdict.mode = Mode::Busy { error, kind };
+    if verdict.plan.shadow() {
+        return GateOutcome::Allow(verdict);
+    }
+    verdict.refusal = Some(Refusal {
+        reason: "store_busy",
+        retry_after_secs: BUSY_RETRY_AFTER_SECS,
+    });
     GateOutcome::Throttle(verdict)
 }
 

@@ -147,6 +147,12 @@ impl StoreError {
         matches!(self, StoreError::Indeterminate { .. } | StoreError::Timeout(_))
     }
 
+    /// Whether the store answered that the tenant's item cannot take the write now (throttled,
+    /// or contended past `max_attempts`): surely not applied, and no sign of an outage.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Throttled { .. } | StoreError::Contention { .. })
+    }
+
     pub fn scope(&self) -> ErrorScope {
         match self {
             StoreError::Throttled { .. }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::UsageApi;
 use super::problem::Problem;
 use crate::engine::clock::Timestamp;
-use crate::engine::decision::ceil_secs;
+use crate::engine::clock::ceil_secs;
 use crate::engine::gcra;
 use crate::engine::policy::{Limits, Plan};
 use crate::engine::quota::{Calendar, Period, format_utc};

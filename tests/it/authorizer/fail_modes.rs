@@ -1,5 +1,6 @@
-//! Answers given without the state store: a shed plan, a store that times out (each plan's fail
-//! mode, the operator's override), and the breaker that stops calling it.
+//! Answers given without the state store's decision: a shed plan, a throttled state item
+//! (`store_busy`, whatever the fail mode), a store that times out (each plan's fail mode, the
+//! operator's override), and the breaker that stops calling it.
 
 use std::time::Duration;
 
@@ -112,4 +113,48 @@ async fn the_breaker_opens_after_failures_and_recovers_after_a_probe() {
         s.authorizer.gate().breaker().state(),
         BreakerState::Closed { failures: 0 }
     );
+}
+
+#[tokio::test]
+async fn a_throttled_state_item_is_refused_store_busy_whatever_the_fail_mode_and_charges_nothing() {
+    // GIVEN a state table whose next 8 writes DynamoDB refuses for throughput
+    // (ProvisionedThroughputExceededException), and no other store fault
+    let s = stack(&[]).await;
+    for _ in 0..8 {
+        s.proxy.inject(Fault::ThroughputExceeded);
+    }
+    // WHEN tenants on a plan failing open and on one failing closed call 4 times each
+    for key in ["tg_open_key", "tg_closed_key"] {
+        for _ in 0..4 {
+            let r = call(&s, key).await;
+            // THEN each is denied store_busy with a retry after 1 s: neither admitted by the
+            // fail-open fallback nor refused store_unavailable
+            assert_eq!(effect(&r), "Deny", "{key}: {r}");
+            let ctx = &r["context"];
+            assert_eq!(
+                (ctx["mode"].as_str(), ctx["reason"].as_str(), ctx["retryAfter"].as_str()),
+                (Some("store_busy"), Some("store_busy"), Some("1")),
+                "{key}"
+            );
+            assert_known_context(&r);
+        }
+    }
+    assert_eq!(s.proxy.injected(), 8, "every decision wrote once, and was refused");
+    // AND the breaker stays closed: a busy item is an answer, not an outage
+    assert_eq!(
+        s.authorizer.gate().breaker().state(),
+        BreakerState::Closed { failures: 0 }
+    );
+    // AND nothing was charged: with the writes taken again, the open plan's whole burst of 10 is
+    // admitted (no time passes), and the next request is refused for its rate
+    for i in 0..10 {
+        let r = call(&s, "tg_open_key").await;
+        assert_eq!(
+            (effect(&r), r["context"]["mode"].as_str()),
+            ("Allow", Some("enforced")),
+            "{i}"
+        );
+    }
+    let r = call(&s, "tg_open_key").await;
+    assert_eq!((effect(&r), r["context"]["reason"].as_str()), ("Deny", Some("rate")));
 }

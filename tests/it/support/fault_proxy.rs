@@ -1,5 +1,6 @@
 //! A loopback TCP proxy in front of the emulator that loses requests or responses, delivers a
-//! request late, answers `TooManyRequests` in the emulator's place, or black-holes everything
+//! request late, answers `TooManyRequests` or DynamoDB's throughput refusal in the emulator's
+//! place, or black-holes everything
 //! during an outage, on demand: on the next connections, or on the requests of one API call
 //! (`inject_on`, matched by method and path). Hand-written because moto cannot fail this way: it
 //! answers every request it receives, at once, and never throttles. The emulator closes each
@@ -34,6 +35,9 @@ pub enum Fault {
     /// Answer `429 TooManyRequestsException` as API Gateway's control plane does, without
     /// forwarding: the request is refused unexecuted.
     TooManyRequests,
+    /// Answer DynamoDB's `400 ProvisionedThroughputExceededException` without forwarding: the
+    /// item's partition refused the write unexecuted, as DynamoDB does past an item's capacity.
+    ThroughputExceeded,
     /// Forward the request and let the emulator apply it, then answer DynamoDB's `500
     /// InternalServerError` in place of its response: a store failing while it applies a write.
     InternalError,
@@ -264,6 +268,7 @@ async fn serve_matching(
     }
     match fault {
         Some(Fault::TooManyRequests) => throttle(&mut client).await,
+        Some(Fault::ThroughputExceeded) => throughput_exceeded(&mut client).await,
         Some(Fault::InternalError) => {
             proxy::deliver_unheard(upstream, &request).await;
             internal_error(&mut client).await;
@@ -293,18 +298,43 @@ async fn serve_matching(
 /// API Gateway's answer to a throttled control-plane call.
 async fn throttle(client: &mut TcpStream) {
     let body = r#"{"message":"Too Many Requests"}"#;
-    let answer = format!(
-        "HTTP/1.1 429 Too Many Requests\r\nx-amzn-ErrorType: TooManyRequestsException\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = client.write_all(answer.as_bytes()).await;
+    error_answer(
+        client,
+        "429 Too Many Requests",
+        "TooManyRequestsException",
+        "application/json",
+        body,
+    )
+    .await;
+}
+
+/// DynamoDB's answer to a write past its item's (partition's) throughput, not applied.
+async fn throughput_exceeded(client: &mut TcpStream) {
+    let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded."}"#;
+    let error = "ProvisionedThroughputExceededException";
+    error_answer(client, "400 Bad Request", error, DYNAMODB_JSON, body).await;
 }
 
 /// DynamoDB's answer to a request that met an internal error, applied or not.
 async fn internal_error(client: &mut TcpStream) {
     let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error"}"#;
+    error_answer(
+        client,
+        "500 Internal Server Error",
+        "InternalServerError",
+        DYNAMODB_JSON,
+        body,
+    )
+    .await;
+}
+
+const DYNAMODB_JSON: &str = "application/x-amz-json-1.0";
+
+/// An AWS error answer: `status` (code and phrase), its `x-amzn-ErrorType`, and `body`; the
+/// connection closes after it.
+async fn error_answer(client: &mut TcpStream, status: &str, error: &str, content_type: &str, body: &str) {
     let answer = format!(
-        "HTTP/1.1 500 Internal Server Error\r\nx-amzn-ErrorType: InternalServerError\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nx-amzn-ErrorType: {error}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = client.write_all(answer.as_bytes()).await;
@@ -340,6 +370,11 @@ async fn serve(
         Some(Fault::TooManyRequests) => {
             if proxy::read_request(&mut client).await.is_some() {
                 throttle(&mut client).await;
+            }
+        }
+        Some(Fault::ThroughputExceeded) => {
+            if proxy::read_request(&mut client).await.is_some() {
+                throughput_exceeded(&mut client).await;
             }
         }
         Some(Fault::InternalError) => {

@@ -162,8 +162,15 @@ fn named_metrics(t: &Value) -> BTreeSet<(String, String)> {
             }
         }
     }
+    for widget in dashboard(t)["widgets"].as_array().expect("widgets") {
+        out.extend(widget_metrics(widget));
+    }
+    out
+}
+
+/// The dashboard's body, with a placeholder where each `${...}` of its `!Sub` goes.
+fn dashboard(t: &Value) -> serde_json::Value {
     let (_, body) = untag(&t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]);
-    // The body is a !Sub string: put a placeholder where each ${...} goes, then read the JSON.
     let mut json = String::new();
     let mut rest = body.as_str().expect("dashboard body");
     while let Some((before, after)) = rest.split_once("${") {
@@ -172,36 +179,99 @@ fn named_metrics(t: &Value) -> BTreeSet<(String, String)> {
         rest = after.split_once('}').expect("closed ${").1;
     }
     json.push_str(rest);
-    let dashboard: serde_json::Value = serde_json::from_str(&json).expect("dashboard JSON");
-    for widget in dashboard["widgets"].as_array().expect("widgets") {
-        let mut previous: Vec<String> = Vec::new();
-        for line in widget["properties"]["metrics"].as_array().into_iter().flatten() {
-            let items = line.as_array().expect("metric line");
-            if let Some(e) = items[0]["expression"].as_str() {
-                out.extend(expression_metrics(e));
-                continue;
-            }
-            let names: Vec<&str> = items.iter().filter_map(serde_json::Value::as_str).collect();
-            let current: Vec<String> = if names == ["..."] {
-                previous.clone()
-            } else {
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        if *n == "." {
-                            previous[i].clone()
-                        } else {
-                            (*n).to_owned()
-                        }
-                    })
-                    .collect()
-            };
-            out.insert((current[0].clone(), current[1].clone()));
-            previous = current;
+    serde_json::from_str(&json).expect("dashboard JSON")
+}
+
+/// Every `(namespace, metric)` a dashboard widget names, its `.` and `...` shorthands expanded.
+fn widget_metrics(widget: &serde_json::Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut previous: Vec<String> = Vec::new();
+    for line in widget["properties"]["metrics"].as_array().into_iter().flatten() {
+        let items = line.as_array().expect("metric line");
+        if let Some(e) = items[0]["expression"].as_str() {
+            out.extend(expression_metrics(e));
+            continue;
         }
+        let names: Vec<&str> = items.iter().filter_map(serde_json::Value::as_str).collect();
+        let current: Vec<String> = if names == ["..."] {
+            previous.clone()
+        } else {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    if *n == "." {
+                        previous[i].clone()
+                    } else {
+                        (*n).to_owned()
+                    }
+                })
+                .collect()
+        };
+        out.insert((current[0].clone(), current[1].clone()));
+        previous = current;
     }
     out
+}
+
+#[test]
+fn every_refusal_the_authorizer_counts_is_in_the_throttling_alarm_and_the_throttle_widgets() {
+    use tollgate::metrics;
+    let t = parse(TEMPLATE);
+    // GIVEN every metric that counts a 429 of the authorizer's, by reason
+    let refusals: BTreeSet<&str> = metrics::AUTHORIZER
+        .iter()
+        .copied()
+        .filter(|m| m.starts_with("Throttles"))
+        .collect();
+    assert!(refusals.contains(metrics::THROTTLES_STORE_BUSY), "{refusals:?}");
+    // WHEN the throttling alarm's math is read
+    let p = &t["Resources"]["ThrottlingAlarm"]["Properties"];
+    let queries = p["Metrics"].as_sequence().expect("metric math");
+    let id_of = |metric: &str| {
+        queries
+            .iter()
+            .find(|q| q["MetricStat"]["Metric"]["MetricName"] == metric)
+            .and_then(|q| q["Id"].as_str())
+            .unwrap_or_else(|| panic!("the throttling alarm reads {metric}"))
+    };
+    let expression = queries
+        .iter()
+        .find(|q| q["ReturnData"] == true)
+        .and_then(|q| q["Expression"].as_str())
+        .expect("the expression the alarm watches");
+    // THEN it sums each of them over the decisions, within CloudWatch's 10 metrics an alarm's
+    // math may read
+    let sum: Vec<&str> = refusals.iter().map(|m| id_of(m)).collect();
+    let (summed, over) = expression
+        .strip_prefix("100 * (")
+        .and_then(|e| e.split_once(") / "))
+        .expect("100 * (a + b ...) / decisions");
+    assert_eq!(
+        summed.split(" + ").collect::<BTreeSet<_>>(),
+        sum.into_iter().collect::<BTreeSet<_>>(),
+        "{expression}"
+    );
+    assert_eq!(over, id_of(metrics::DECISIONS));
+    assert!(queries.iter().filter(|q| !q["MetricStat"].is_null()).count() <= 10);
+    // AND the dashboard's throttle widgets show each of them
+    for title in [
+        "Decisions and throttles",
+        "Throttles by reason and plan",
+        "Top throttled tenants",
+    ] {
+        let widget = dashboard(&t)["widgets"]
+            .as_array()
+            .expect("widgets")
+            .iter()
+            .find(|w| w["properties"]["title"].as_str().is_some_and(|x| x.starts_with(title)))
+            .cloned()
+            .unwrap_or_else(|| panic!("a widget {title:?}"));
+        let shown: BTreeSet<String> = widget_metrics(&widget).into_iter().map(|(_, m)| m).collect();
+        for m in &refusals {
+            assert!(shown.contains(*m), "{title:?} shows {m}");
+        }
+    }
 }
 
 #[test]
@@ -233,6 +303,7 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
         "Shed",
         "ThrottlesWeeklyQuota",
         "ThrottlesMonthlyQuota",
+        "ThrottlesStoreBusy",
     ] {
         assert!(ours.contains(m), "the template watches {m}");
     }

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use super::{code, relative, sources, workspace_root};
+use super::paths::{Named, blanked, named};
+use super::{relative, sources, workspace_root};
 
 /// The top-level modules of crate `tollgate`, lowest floor first. A module may import from a
 /// strictly lower floor only.
@@ -26,101 +27,10 @@ fn floor(module: &str) -> Option<usize> {
     FLOORS.iter().position(|f| f.contains(&module))
 }
 
-/// The identifier `s` starts with.
-fn ident(s: &str) -> Option<&str> {
-    s.split(|c: char| !(c.is_alphanumeric() || c == '_')).next()
-}
-
-/// Whether `before` ends inside an identifier (`my_crate::` is not `crate::`).
-fn inside_ident(before: &str) -> bool {
-    before.ends_with(|c: char| c.is_alphanumeric() || c == '_')
-}
-
-/// A source with its comments cut, lines kept.
-fn without_comments(text: &str) -> String {
-    text.lines().map(|l| format!("{}\n", code(l))).collect()
-}
-
-/// The top-level modules a source names through `crate::` (or `tollgate::`, for code outside
-/// the crate): in plain paths, and in grouped imports however nested and however many lines
-/// they span (`use crate::{gate, store::{Store, memory}}`).
-fn named_modules(text: &str, root: &str) -> Vec<String> {
-    let code = without_comments(text);
-    let prefix = format!("{root}::");
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(found) = code[at..].find(&prefix) {
-        let start = at + found;
-        at = start + prefix.len();
-        if inside_ident(&code[..start]) {
-            continue;
-        }
-        let rest = code[at..].trim_start();
-        match rest.strip_prefix('{') {
-            Some(group) => out.extend(group_heads(group)),
-            None => out.extend(ident(rest).map(str::to_owned)),
-        }
-    }
-    out.retain(|m| !m.is_empty());
-    out
-}
-
-/// The first segment of each item of a `{...}` group (the text after its `{`).
-fn group_heads(group: &str) -> Vec<String> {
-    let (mut depth, mut item_start, mut heads) = (0usize, 0usize, Vec::new());
-    for (i, c) in group.char_indices() {
-        let end_of_item = match c {
-            '{' => {
-                depth += 1;
-                false
-            }
-            '}' if depth > 0 => {
-                depth -= 1;
-                false
-            }
-            '}' => true,
-            ',' => depth == 0,
-            _ => false,
-        };
-        if end_of_item {
-            heads.extend(ident(group[item_start..i].trim_start()).map(str::to_owned));
-            item_start = i + 1;
-        }
-        if c == '}' && depth == 0 && end_of_item {
-            break;
-        }
-    }
-    heads
-}
-
-/// The top-level modules that `super::` chains climbing to the crate root name, from a file at
-/// module path `path`: `super::super::control` from `gate/cache.rs` names `control`.
-fn modules_through_super(text: &str, path: &[String]) -> Vec<String> {
-    let code = without_comments(text);
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(found) = code[at..].find("super::") {
-        let start = at + found;
-        let mut rest = &code[start..];
-        let mut depth = 0;
-        while let Some(next) = rest.strip_prefix("super::") {
-            depth += 1;
-            rest = next;
-        }
-        at = code.len() - rest.len();
-        // At the root, only a top-level module's name matters: an inline `mod tests` of a
-        // `mod.rs` reaches its parent's items, not the root's, with the same `super::`.
-        if !inside_ident(&code[..start]) && depth == path.len() {
-            out.extend(ident(rest).filter(|m| floor(m).is_some()).map(str::to_owned));
-        }
-    }
-    out
-}
-
 /// Ways to name a module that the checks above would not read: renaming the crate, or loading a
 /// file from another folder.
 fn evasions(text: &str) -> Vec<&'static str> {
-    let code = without_comments(text);
+    let code = blanked(text);
     [
         ("use crate as", "a renamed crate"),
         ("extern crate self as", "a renamed crate"),
@@ -135,7 +45,7 @@ fn evasions(text: &str) -> Vec<&'static str> {
 
 /// A file's module path under `shared/src` (`control/sync/mod.rs` → `control`, `sync`); empty
 /// for `lib.rs`.
-fn module_path(file: &Path, src: &Path) -> Vec<String> {
+pub(super) fn module_path(file: &Path, src: &Path) -> Vec<String> {
     let Ok(rel) = file.strip_prefix(src) else {
         return Vec::new();
     };
@@ -167,12 +77,15 @@ fn imports_against_the_floors() -> Vec<String> {
             found.push(format!("{}: module `{module}` has no floor in FLOORS", relative(&file)));
             continue;
         };
-        let named = named_modules(&text, "crate")
-            .into_iter()
-            .chain(modules_through_super(&text, &path));
-        for named in named {
-            if named != *module && floor(&named).is_none_or(|f| f >= own) {
-                found.push(format!("{}: {module} -> {named}", relative(&file)));
+        for named in named(&text, &path, None) {
+            if named.is_root_glob() {
+                found.push(format!("{}: a glob of the crate root", relative(&file)));
+            }
+            let Some(first) = named.path.first().filter(|f| *f != "*") else {
+                continue;
+            };
+            if first != module && floor(first).is_none_or(|f| f >= own) {
+                found.push(format!("{}: {module} -> {first}", relative(&file)));
             }
         }
     }
@@ -189,9 +102,17 @@ fn authorizer_imports_above_the_decision_path() -> Vec<String> {
                 .into_iter()
                 .map(|what| format!("{}: {what}", relative(&file))),
         );
-        for named in named_modules(&text, "tollgate") {
-            if ABOVE_THE_DECISION_PATH.contains(&named.as_str()) {
-                found.push(format!("{}: {named}", relative(&file)));
+        let path = module_path(&file, &workspace_root().join("functions/authorizer/src"));
+        for named in named(&text, &path, Some("tollgate")).into_iter().filter(|n| n.external) {
+            if named.is_root_glob() {
+                found.push(format!("{}: a glob of the library's root", relative(&file)));
+            }
+            if let Some(first) = named
+                .path
+                .first()
+                .filter(|f| ABOVE_THE_DECISION_PATH.contains(&f.as_str()))
+            {
+                found.push(format!("{}: {first}", relative(&file)));
             }
         }
     }
@@ -214,29 +135,36 @@ fn the_authorizer_never_imports_the_control_plane() {
 }
 
 #[test]
-fn the_floor_check_reads_grouped_and_nested_paths() {
-    // GIVEN sources written the ways rustfmt lays out imports and paths
-    assert_eq!(named_modules("use crate::gate::Gate;", "crate"), ["gate"]);
-    assert_eq!(
-        named_modules("use crate::{control::sync, store::Store};", "crate"),
-        ["control", "store"]
-    );
-    let nested = "use crate::{\n    engine::{clock, gcra::{Bucket, X}},\n    usage_api::Api,\n};";
-    assert_eq!(named_modules(nested, "crate"), ["engine", "usage_api"]);
-    assert_eq!(
-        named_modules("let x = crate::usage_api::f(crate::engine::g());", "crate"),
-        ["usage_api", "engine"]
-    );
-    // THEN comments and other crates' `crate` are not imports
-    assert!(named_modules("// crate::control is above", "crate").is_empty());
-    assert!(named_modules("use my_crate::control;", "crate").is_empty());
-    // AND `super::` chains that climb to the crate root name a top-level module
-    let cache = ["gate".to_owned(), "cache".to_owned()];
-    assert_eq!(
-        modules_through_super("use super::super::control::X;", &cache),
-        ["control"]
-    );
-    assert!(modules_through_super("use super::breaker::Breaker;", &cache).is_empty());
+fn the_floor_check_reads_every_way_to_name_a_module() {
+    // GIVEN sources that reach `control` from `gate` the ways Rust allows
+    let gate = |file: &[&str]| file.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let reaches = |text: &str, file: &[&str]| -> bool {
+        named(text, &gate(file), None)
+            .iter()
+            .any(|n: &Named| n.path.first().is_some_and(|f| f == "control"))
+    };
+    for (text, file) in [
+        ("use crate::control::X;", &["gate"][..]),
+        ("use crate::{engine::{clock, gcra::{Bucket}}, control::Y};", &["gate"]),
+        ("let x = crate::engine::g(crate::control::f());", &["gate"]),
+        ("use super::super::control::X;", &["gate", "cache"]),
+        ("use super::super::{control::shed::ShedState};", &["gate", "cache"]),
+        (
+            "#[cfg(test)]\nmod tests {\n    use super::super::control::X;\n}",
+            &["gate"],
+        ),
+    ] {
+        assert!(reaches(text, file), "{text}");
+    }
+    // AND a glob of the root, which would let `control::x()` pass unread
+    assert!(named("use crate::*;", &[], None)[0].is_root_glob());
+    assert!(named("use super::super::*;", &gate(&["gate", "cache"]), None)[0].is_root_glob());
+    // THEN a child's or a sibling's path, a comment or another crate's `crate` is not `control`
+    assert!(!reaches("use super::breaker::Breaker;", &["gate", "cache"]));
+    assert!(!reaches(
+        "// crate::control is above\nuse my_crate::control;",
+        &["gate"]
+    ));
     // AND renaming the crate or loading a file from elsewhere is caught
     assert_eq!(evasions("use crate as c;"), ["a renamed crate"]);
     assert_eq!(

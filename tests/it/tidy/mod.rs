@@ -1,9 +1,11 @@
 //! Conventions the compiler cannot check, checked over the workspace's own sources, as ordinary
-//! tests: who may build DynamoDB clients, the library's floors, and the size of files and
-//! functions.
+//! tests: who may build DynamoDB clients, the library's floors, no import cycle between files,
+//! and the size of files and functions.
 
 mod clients;
+mod cycles;
 mod floors;
+mod paths;
 mod sizes;
 
 use std::path::{Path, PathBuf};

@@ -245,10 +245,10 @@ pub struct QuotaStatus {
     pub used: u64,
     pub remaining: u64,
     /// Until the period ends.
-    #[serde(with = "crate::engine::decision::secs_ceil")]
+    #[serde(with = "crate::engine::clock::secs_ceil")]
     pub reset_after: Duration,
     /// The whole current period's length: 23 or 25 hours on a day with a DST change.
-    #[serde(with = "crate::engine::decision::secs_ceil")]
+    #[serde(with = "crate::engine::clock::secs_ceil")]
     pub window: Duration,
     /// The current period's counter.
     #[serde(skip)]
