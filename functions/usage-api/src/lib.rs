@@ -32,15 +32,19 @@ pub const FUNCTION_VARIABLES: [&str; 4] = [
 ];
 /// The DynamoDB actions it calls on the state table (usage reads, resets)...
 pub const STATE_ACTIONS: [&str; 2] = ["dynamodb:GetItem", "dynamodb:UpdateItem"];
-/// ... on the policy table's indexes (a tenant's keys, the revocations due)...
+/// ... on the policy table's one index, `by-tenant` (a tenant's keys)...
 pub const INDEX_ACTIONS: [&str; 1] = ["dynamodb:Query"];
 /// ... and on the policy table (registry, idempotency and revocation items, the shed level
-/// (`GetItem`, conditional `PutItem`; plans' priorities by `Scan`), audit records).
-pub const POLICY_ACTIONS: [&str; 4] = [
+/// (`GetItem`, conditional `PutItem`; plans' priorities by `Scan`, as the sweep's first run on a
+/// table finds the revocations stored before buckets), audit records; the sweep's buckets and
+/// cursor (`BatchGetItem`, `UpdateItem`)).
+pub const POLICY_ACTIONS: [&str; 6] = [
+    "dynamodb:BatchGetItem",
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:Scan",
+    "dynamodb:UpdateItem",
 ];
 
 /// What an API Gateway grant is conditioned on: the stack's tag (`tollgate:stack` = the stack's
@@ -222,6 +226,7 @@ mod tests {
             Registry::due_revocations(dir.as_ref(), u64::MAX)
                 .await
                 .expect("dir")
+                .due
                 .is_empty()
         );
         let records = audit.records();

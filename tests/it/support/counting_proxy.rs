@@ -1,7 +1,7 @@
 //! A loopback proxy that counts what passes through it: API Gateway calls, and DynamoDB calls
-//! with the items each read (`GetItem`: the item found; `Query` and `Scan`: `ScannedCount`, the
-//! items read before any filter, which is what DynamoDB charges). Hand-written because the
-//! emulator keeps no such count; built on the HTTP proxy of `proxy`.
+//! with the items each read (`GetItem`: the item found; `BatchGetItem`: the items found; `Query`
+//! and `Scan`: `ScannedCount`, the items read before any filter, which is what DynamoDB charges).
+//! Hand-written because the emulator keeps no such count; built on the HTTP proxy of `proxy`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -95,6 +95,10 @@ fn shape(path: &str) -> String {
 fn items_read(answer: &serde_json::Value) -> u64 {
     if let Some(scanned) = answer.get("ScannedCount").and_then(serde_json::Value::as_u64) {
         return scanned;
+    }
+    if let Some(tables) = answer.get("Responses").and_then(serde_json::Value::as_object) {
+        let found = tables.values().filter_map(serde_json::Value::as_array).map(Vec::len).sum::<usize>();
+        return found as u64;
     }
     u64::from(answer.get("Item").is_some())
 }

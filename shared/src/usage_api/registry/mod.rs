@@ -5,6 +5,7 @@
 
 mod dynamodb;
 mod memory;
+mod sweep;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,31 @@ pub struct IdempotencyRecord {
     pub tenant: String,
     pub plan: String,
     pub key_id: String,
+}
+
+/// A sweep leaves the bucket of a minute open (read again by every run) until this many minutes
+/// after that minute began: a rotation writes its revocations within a minute of the instant
+/// their deadline counts from (the usage API's function stops after 29 s), so no revocation lands
+/// in a bucket the cursor has passed.
+pub const SWEEP_SETTLE_MINUTES: u64 = 2;
+/// The most buckets (minutes) one run of the sweep reads: one `BatchGetItem`. After an outage the
+/// sweep catches up this many minutes a run.
+pub const SWEEP_BUCKETS: u64 = 60;
+/// The most keys one run of the sweep revokes (each a few API Gateway and DynamoDB calls); the
+/// rest are the next run's.
+pub const SWEEP_REVOCATIONS: usize = 25;
+
+/// What one run of the sweep found: the revocations due, and, on the policy table, what is done
+/// once they are revoked and audited (`Registry::swept`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DueRevocations {
+    /// Due at the run's instant, earliest bucket first, at most `SWEEP_REVOCATIONS`.
+    pub due: Vec<Revocation>,
+    /// The buckets (minutes) every key of which is then revoked or no longer pending, and that no
+    /// writer adds to any more: deleted.
+    pub closed: Vec<u64>,
+    /// The minute the cursor then moves to, when it moves.
+    pub cursor: Option<u64>,
 }
 
 /// A rotated-out key, revoked once `at` (epoch seconds) has passed.
@@ -87,11 +113,19 @@ pub trait Registry: Directory {
     async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError>;
     /// The pending revocation of one key.
     async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError>;
-    /// The pending revocations due at `now` (epoch seconds) or before, earliest first. On the
-    /// policy table a query of the index by due time (eventually consistent: one written a moment
-    /// ago may be found by the next sweep only).
-    async fn due_revocations(&self, now: u64) -> Result<Vec<Revocation>, DirectoryError>;
+    /// The pending revocations due at `now` (epoch seconds) or before, for one run of the sweep.
+    /// On the policy table: the buckets from the cursor's minute to `now`'s (at most
+    /// `SWEEP_BUCKETS`) and the revocations they list, a few reads whatever the table holds; on
+    /// the first run on a table (no cursor), one scan enqueues the revocations stored before
+    /// buckets existed.
+    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError>;
+    /// What follows a run whose revocations are all revoked and audited: its closed buckets
+    /// deleted, its cursor moved.
+    async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError>;
+    /// Writes the revocation; on the policy table its key goes into the bucket of its minute
+    /// first, so a revocation is never stored where the sweep cannot find it.
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError>;
+    /// Removes the revocation (its bucket entry is the sweep's to drop).
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError>;
     /// Every plan's name and priority, by name.
     async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError>;

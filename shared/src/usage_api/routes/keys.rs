@@ -83,8 +83,7 @@ pub(in crate::usage_api) async fn rotate(
         }],
     )
     .await?;
-    // A grace of 0 revokes now: the keys it scheduled, not through the index, which may not
-    // have them yet.
+    // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep.
     let now = now.as_secs();
     for r in scheduled.iter().filter(|r| r.at <= now) {
         api.revoke_one(&actor, r).await?;
@@ -137,16 +136,19 @@ impl UsageApi {
     /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
     /// the registry, audited as `actor`; the keys revoked. Deployed, a schedule runs it every
     /// minute, so an old key stops at its deadline even when no admin route is called; every
-    /// admin route that reads or changes keys runs it first as well.
+    /// admin route that reads or changes keys runs it first as well. One run revokes at most
+    /// `SWEEP_REVOCATIONS` keys; a run that fails leaves its buckets and cursor for the next.
     pub async fn revoke_due(&self, actor: &str) -> Result<Vec<Revocation>, Problem> {
-        let due = self.registry.due_revocations(self.now().as_secs()).await?;
-        for r in &due {
+        let run = self.registry.due_revocations(self.now().as_secs()).await?;
+        for r in &run.due {
             self.revoke_one(actor, r).await?;
         }
-        Ok(due)
+        self.registry.swept(&run).await?;
+        Ok(run.due)
     }
 
-    /// Revokes one key whose grace period is over.
+    /// Revokes one key whose grace period is over; its revocation is removed once the key is
+    /// disabled and the change audited.
     async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
         if let Some(control) = &self.control {
             disable_key(control.as_ref(), &r.key_id).await?;
@@ -156,13 +158,13 @@ impl UsageApi {
             let changed = self.registry.change_key(&hash, &revoke).await?;
             items.extend(key_change(&hash, changed));
         }
-        self.registry.remove_revocation(&r.key_id).await?;
         self.audit(
             actor,
             format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant),
             items,
         )
-        .await
+        .await?;
+        self.registry.remove_revocation(&r.key_id).await.map_err(Problem::from)
     }
 
     /// `revoke_due` as the admin routes run it first.
