@@ -75,7 +75,10 @@ pub async fn read_many(client: &Client, table: &str, pks: &[String]) -> Result<V
             match page.unprocessed_keys().and_then(|u| u.get(table)) {
                 Some(left) if !left.keys().is_empty() && round + 1 < ROUNDS => ask = left.clone(),
                 Some(left) if !left.keys().is_empty() => {
-                    return Err(format!("DynamoDB left {} items unread {ROUNDS} times", left.keys().len()));
+                    return Err(format!(
+                        "DynamoDB left {} items unread {ROUNDS} times",
+                        left.keys().len()
+                    ));
                 }
                 _ => break,
             }

@@ -97,7 +97,11 @@ fn items_read(answer: &serde_json::Value) -> u64 {
         return scanned;
     }
     if let Some(tables) = answer.get("Responses").and_then(serde_json::Value::as_object) {
-        let found = tables.values().filter_map(serde_json::Value::as_array).map(Vec::len).sum::<usize>();
+        let found = tables
+            .values()
+            .filter_map(serde_json::Value::as_array)
+            .map(Vec::len)
+            .sum::<usize>();
         return found as u64;
     }
     u64::from(answer.get("Item").is_some())

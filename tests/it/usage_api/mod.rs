@@ -11,6 +11,8 @@ mod onboarding;
 mod rollback;
 mod rotation;
 mod scale;
+mod sweep;
+mod upgrade;
 mod usage;
 
 use std::collections::BTreeSet;

@@ -382,9 +382,14 @@ impl Registry for DynamoDirectory {
     }
 
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {
-        due::enqueue(self.client(), self.table(), minute_of(r.at), std::slice::from_ref(&r.key_id))
-            .await
-            .map_err(write_error)?;
+        due::enqueue(
+            self.client(),
+            self.table(),
+            minute_of(r.at),
+            std::slice::from_ref(&r.key_id),
+        )
+        .await
+        .map_err(write_error)?;
         self.put_json(revoke_pk(&r.key_id), r, false).await.map(drop)
     }
 
