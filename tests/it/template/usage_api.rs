@@ -67,24 +67,7 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
     );
     // AND of the policy table it writes only its own items, never a plan or the sync's meta;
     // updates only the sweep's buckets and cursor; reads in batches only revocation items
-    assert_eq!(
-        policy_writes,
-        BTreeMap::from([
-            ("dynamodb:BatchGetItem".to_owned(), parse(r#"["revoke#*"]"#)),
-            (
-                "dynamodb:UpdateItem".to_owned(),
-                parse(&format!(r#"["{}*"]"#, tollgate::policy_table::DUE_PREFIX)),
-            ),
-            (
-                "dynamodb:PutItem".to_owned(),
-                parse(r#"["tenant#*", "key#*", "idem#*", "revoke#*", "audit#*", "shed#level"]"#),
-            ),
-            (
-                "dynamodb:DeleteItem".to_owned(),
-                parse(r#"["tenant#*", "revoke#*", "idem#*"]"#),
-            ),
-        ])
-    );
+    assert_eq!(policy_writes, own_items());
     // AND exactly the API Gateway calls it makes, each write only on the stack's keys and usage
     // plans (their `tollgate:stack` tag), a key created only with that tag
     let want: BTreeSet<(String, String, Scope)> = tollgate_usage_api::CONTROL_ACCESS
@@ -122,6 +105,26 @@ fn the_usage_api_tags_only_resources_no_other_stacks_tag_names() {
             .all(|(_, path, _)| path.strip_prefix(api_keys).is_some_and(|id| id == "*")),
         "{tagging:?}"
     );
+}
+
+/// The items of the policy table the usage API may write, update and read in batches, by action
+/// (the `dynamodb:LeadingKeys` each is conditioned on).
+fn own_items() -> BTreeMap<String, Value> {
+    BTreeMap::from([
+        ("dynamodb:BatchGetItem".to_owned(), parse(r#"["revoke#*"]"#)),
+        (
+            "dynamodb:UpdateItem".to_owned(),
+            parse(&format!(r#"["{}*"]"#, tollgate::policy_table::DUE_PREFIX)),
+        ),
+        (
+            "dynamodb:PutItem".to_owned(),
+            parse(r#"["tenant#*", "key#*", "idem#*", "revoke#*", "audit#*", "shed#level"]"#),
+        ),
+        (
+            "dynamodb:DeleteItem".to_owned(),
+            parse(r#"["tenant#*", "revoke#*", "idem#*"]"#),
+        ),
+    ])
 }
 
 /// What a statement's `Condition` scopes its API Gateway grant to; anything else fails.
