@@ -1,5 +1,6 @@
-//! Building AWS clients with explicit time budgets. Called once, from a `main` or a test setup;
-//! nothing on a request path builds a client. Every DynamoDB client of the workspace is built
+//! Building AWS clients with explicit time budgets, and reading DynamoDB attributes (`attr`, for
+//! the items of both tables). Clients are built once, from a `main` or a test setup; nothing on a
+//! request path builds a client. Every DynamoDB client of the workspace is built
 //! here (a test in `tests/it/tidy/clients.rs` fails on any other), so no state write can go out through a
 //! client with the SDK's blind retries.
 
@@ -98,6 +99,23 @@ pub fn notice_client(sdk: &SdkConfig) -> aws_sdk_sns::Client {
         )
         .build();
     aws_sdk_sns::Client::from_conf(conf)
+}
+
+/// Reading an attribute of a DynamoDB item, whichever table it is from.
+pub mod attr {
+    use std::collections::HashMap;
+
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    /// A number attribute, `None` when missing or not of `T`.
+    pub fn number<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, attr: &str) -> Option<T> {
+        item.get(attr)?.as_n().ok()?.parse().ok()
+    }
+
+    /// A string attribute, `None` when missing or not a string.
+    pub fn string(item: &HashMap<String, AttributeValue>, attr: &str) -> Option<String> {
+        item.get(attr)?.as_s().ok().cloned()
+    }
 }
 
 /// Creates an on-demand table keyed by the string attribute `pk`, with TTL on `ttl` if given:

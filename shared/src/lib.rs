@@ -5,8 +5,8 @@
 //! plane or the usage API (`tests/it/tidy/floors.rs` checks both):
 //!
 //! 1. `engine`: pure decisions; time is an argument.
-//! 2. `metrics` (metric names), `aws` (SDK client builders), `logging` (the functions'), `policy_file`,
-//!    `jwt`.
+//! 2. `metrics` (metric names, the EMF document), `aws` (SDK client builders, attribute readers),
+//!    `logging` (the functions'), `policy_file`, `jwt`.
 //! 3. `policy_table`: the policy table's layout, its items and the audit trail.
 //! 4. `store` (tenant state) and `directory` (policy reads).
 //! 5. `gate`: one decision end to end, over a store and a directory, with the fallbacks.

@@ -1,6 +1,9 @@
 //! The CloudWatch metric names Tollgate emits, all in one namespace (the authorizer's
 //! `TOLLGATE_METRICS_NAMESPACE`, `Tollgate` in the template). Emitters use these constants and
 //! `tests/it/template/alarms.rs` fails on an alarm or dashboard widget naming anything else.
+//! Functions emit them as Embedded Metric Format documents (`emf`) on stdout.
+
+use serde_json::{Map, Value, json};
 
 /// The namespace the template configures; functions read theirs from the environment.
 pub const DEFAULT_NAMESPACE: &str = "Tollgate";
@@ -56,4 +59,29 @@ pub const FUNCTIONS: &[&str] = &[NOTICES_SENT];
 /// Whether some Tollgate function emits `name`.
 pub fn is_emitted(name: &str) -> bool {
     AUTHORIZER.contains(&name) || FUNCTIONS.contains(&name)
+}
+
+/// An Embedded Metric Format document: `values` (each metric's value, and any other field) with
+/// the `_aws` member that has CloudWatch Logs extract `metrics` (`{"Name", "Unit"}` each) in
+/// `namespace`, under each set of `dimensions`, at `millis` since the epoch. Lambda ships a
+/// function's stdout to CloudWatch Logs: printing it is the whole emission, no API call.
+pub fn emf(
+    mut values: Map<String, Value>,
+    namespace: &str,
+    millis: u64,
+    dimensions: Vec<Value>,
+    metrics: Vec<Value>,
+) -> Value {
+    values.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": millis,
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": dimensions,
+                "Metrics": metrics,
+            }],
+        }),
+    );
+    Value::Object(values)
 }

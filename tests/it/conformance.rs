@@ -5,11 +5,12 @@ use std::time::Duration;
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::decision::{Decision, Reason};
 use tollgate::engine::policy::Limits;
-use tollgate::engine::policy::{Plan, PlanSpec};
+use tollgate::engine::policy::Plan;
 use tollgate::engine::quota::{Calendar, Period};
 use tollgate::store::{Consume, MemoryStore, Store};
 
 use crate::support::emulator;
+use crate::support::plan;
 
 /// 2026-11-23T17:49:37Z
 const START: Timestamp = Timestamp::from_secs(1_795_456_177);
@@ -26,10 +27,6 @@ const SCENARIOS: &[&str] = &[
     "usage_history",
     "edges_of_the_accepted_range",
 ];
-
-fn plan(toml_src: &str) -> Plan {
-    Plan::new("test", toml::from_str::<PlanSpec>(toml_src).expect("spec")).expect("valid plan")
-}
 
 /// Drives one tenant through a store with a manual clock and records every decision.
 struct Driver<'a> {

@@ -8,16 +8,13 @@ use std::time::Duration;
 use futures::future::join_all;
 use tollgate::aws::state_client;
 use tollgate::engine::clock::Timestamp;
-use tollgate::engine::policy::{Plan, PlanSpec};
+use tollgate::engine::policy::Plan;
 use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store};
 
 use crate::support::emulator::{self, PATIENT};
+use crate::support::plan;
 
 const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
-
-fn plan(toml_src: &str) -> Plan {
-    Plan::new("test", toml::from_str::<PlanSpec>(toml_src).expect("spec")).expect("valid plan")
-}
 
 /// `clients` concurrent requests for one tenant at each step of `step` over `duration` of
 /// simulated time, all through one store; returns how many were admitted.

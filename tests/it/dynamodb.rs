@@ -11,22 +11,19 @@ use futures::future::join_all;
 use tollgate::aws::state_client;
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::policy::Limits;
-use tollgate::engine::policy::{Plan, PlanSpec};
+use tollgate::engine::policy::Plan;
 use tollgate::engine::quota::{Calendar, Period};
 use tollgate::store::dynamodb::item::item_size;
 use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store, StoreError};
 
 use crate::support::emulator::{self, PATIENT};
 use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::plan;
 
 const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 const WRITERS: usize = 64;
 const REQUESTS_PER_WRITER: usize = 3;
 const REPETITIONS: usize = 20;
-
-fn plan(toml_src: &str) -> Plan {
-    Plan::new("test", toml::from_str::<PlanSpec>(toml_src).expect("spec")).expect("valid plan")
-}
 
 /// 64 writers, each a separate store (as separate Lambda containers are), send requests for one
 /// tenant at one instant. Returns how many were admitted.

@@ -36,7 +36,7 @@ rate = 5.0
 burst = 5
 
 [plans.quota]
-rate = 20.0
+rate = 5.0
 burst = 10
 daily_quota = 30
 "#;
@@ -52,6 +52,11 @@ fn request(key: &str) -> Request<'_> {
 /// Containers in the outage test: gates of their own over one state table.
 const CONTAINERS: usize = 2;
 
+/// The outage containers' store budget and breaker cool-down: a quick breaker, so the test is
+/// short; the bound below is computed from them.
+const BUDGET: Duration = Duration::from_secs(1);
+const COOL_DOWN: Duration = Duration::from_millis(500);
+
 /// `CONTAINERS` gates, each with its own cache, breaker and fallback, over one state table
 /// reached by `client`, with a quick breaker.
 fn containers(
@@ -60,13 +65,14 @@ fn containers(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
 ) -> Vec<Target> {
-    let budget = Duration::from_secs(1);
-    let cool_down = Duration::from_millis(500);
     (0..CONTAINERS)
         .map(|_| {
             let config = GateConfig {
-                store_budget: budget,
-                breaker: BreakerConfig { failures: 3, cool_down },
+                store_budget: BUDGET,
+                breaker: BreakerConfig {
+                    failures: 3,
+                    cool_down: COOL_DOWN,
+                },
                 ..GateConfig::default()
             };
             Target::Gate(Arc::new(Gate::new(
@@ -93,11 +99,11 @@ async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_time
     let client = state_client(&emulator::sdk_config(&proxy.endpoint()), timeouts);
     let tenants = demo_tenants(&file, 2);
     let gates = containers(&file, &tenants, &client, &table);
-    // WHEN each container is offered twice the plans' rates for 6 s and the store is black-holed
-    // for 2 s of it
+    // WHEN each container is offered four times the plans' rates for 6 s and the store is
+    // black-holed for 2 s of it (four times: an unbounded fallback would pass the bound below)
     let outage = Duration::from_secs(2);
     let sim = Config {
-        load: 2.0,
+        load: 3.0,
         concurrency: 512,
         seed: 11,
         ..load(Pattern::Steady, tenants.len(), 6.0)
@@ -112,9 +118,11 @@ async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_time
     let reports = futures::future::join_all(gates.iter().map(|g| simulate::run(g, &file, &sim, ""))).await;
     outage_task.await.expect("outage");
     // THEN in each container each tenant's fail-open admissions stay within burst + rate × the
-    // outage it saw (the store's, plus up to a cool-down and a budget to notice it is back;
-    // longer when the shared emulator is slow) and within a quota's remainder, so over all
-    // containers within CONTAINERS times that
+    // window the injected outage can make a container fail open: the outage, a budget for a call
+    // sent just before its end to time out, the cool-down of a breaker it opened, and a budget
+    // for the probe that closes it (the emulator answers within the budget once the outage
+    // ends); and within a quota's remainder. Over all containers: CONTAINERS times that.
+    let window = (outage + BUDGET + COOL_DOWN + BUDGET).as_secs_f64();
     let mut totals: HashMap<String, (u64, f64)> = HashMap::new();
     let mut felt = 0;
     for (c, report) in reports.into_iter().enumerate() {
@@ -127,13 +135,13 @@ async fn a_store_outage_fails_open_at_most_containers_times_burst_plus_rate_time
         for t in &report.tenant_results {
             let spec = file.plans[&t.plan].spec();
             let seen = t.fail_open_secs.expect("measured");
-            let mut bound = f64::from(spec.burst.expect("burst")) + spec.rate.expect("rate") * seen;
+            let mut bound = f64::from(spec.burst.expect("burst")) + spec.rate.expect("rate") * window;
             if let Some(q) = spec.daily_quota {
                 bound = bound.min(q as f64);
             }
             let fail_open = t.fail_open.expect("counted");
             eprintln!(
-                "container {c}, {}: {} of {} admitted, {fail_open} failing open over {seen:.2} s (store black-holed {:.1} s), bound {bound:.1}",
+                "container {c}, {}: {} of {} admitted, {fail_open} failing open over {seen:.2} s (store black-holed {:.1} s, window {window:.1} s), bound {bound:.1}",
                 t.tenant,
                 t.admitted,
                 t.requests,

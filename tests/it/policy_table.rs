@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use tollgate::aws::admin_client;
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::policy_table::record::{self, Item};
-use tollgate::policy_table::write::{self, Expect, Verdict, WriteError, Written};
+use tollgate::policy_table::write::{self, Expect, ItemAction, WriteError, Written};
 use tollgate::policy_table::{PK, TenantRecord, read_item, tenant_pk};
 
 use crate::support::emulator;
@@ -41,7 +41,7 @@ async fn set_plan(db: &aws_sdk_dynamodb::Client, table: &str, tenant: &str, plan
         &tenant_pk(tenant),
         parse,
         |p: &String| record::tenant_item(&TenantRecord::on(p)),
-        |_| Verdict::Put(plan.clone()),
+        |_| ItemAction::Put(plan.clone()),
     )
     .await
     .expect("write")
@@ -115,7 +115,7 @@ async fn an_item_whose_version_is_not_a_number_stays_writable_and_the_largest_is
         &tenant_pk("full"),
         parse,
         |p: &String| record::tenant_item(&TenantRecord::on(p)),
-        |_| Verdict::Put("pro".to_owned()),
+        |_| ItemAction::Put("pro".to_owned()),
     )
     .await;
     // THEN the first is written (conditioned on its version as stored), at version 1

@@ -1,7 +1,7 @@
 //! `tollgate shed`: the shed level by hand. `set` overrides the controller until `clear` hands
 //! the level back to it; `status` shows the level and which plans it sheds.
 
-use tollgate::control::shed::table::{ShedTable, Written};
+use tollgate::control::shed::table::ShedTable;
 use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
 use tollgate::engine::shed::{SetBy, ShedState, sheds};
 
@@ -124,8 +124,8 @@ pub async fn set(
             .set(&from, level, set_by.clone(), reason, Some(actor), now)
             .await?
         {
-            Written::Applied(state) => return Ok(state),
-            Written::Superseded => continue,
+            Some(state) => return Ok(state),
+            None => continue,
         }
     }
     Err(ShedLevelError::KeptChanging {

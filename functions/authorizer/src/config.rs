@@ -36,7 +36,7 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_JWT_ROUTE_SCOPES",
     "TOLLGATE_METRICS_NAMESPACE",
     "TOLLGATE_METRICS_TENANT_DIMENSIONS",
-    "TOLLGATE_LOG",
+    tollgate::logging::LOG_VAR,
 ];
 
 /// The tables the authorizer uses, by the variable that names them, with the DynamoDB actions
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn variables_lists_everything_read() {
         use std::cell::RefCell;
-        let mut read = std::collections::BTreeSet::from(["TOLLGATE_LOG".to_owned()]);
+        let mut read = std::collections::BTreeSet::from([tollgate::logging::LOG_VAR.to_owned()]);
         for source in ["api_key", "jwt"] {
             let seen = RefCell::new(Vec::new());
             let values = lookup(&[

@@ -29,13 +29,12 @@ use lambda_runtime::Diagnostic;
 use serde_json::{Map, Value, json};
 use tollgate::Clock;
 use tollgate::directory::Directory;
-use tollgate::engine::policy::FailMode;
 use tollgate::gate::{Credential, Gate, GateOutcome, Mode, Request, Verdict};
 use tollgate::jwt::{FetchedKeys, JwksFetchError, JwksSource, JwtVerifier};
 use tollgate::store::Store;
 
 pub use config::Config;
-use metrics::{Emf, Sample};
+use metrics::{Emf, Sample, mode_name};
 
 /// Response header ← `context` key, for the gateway responses and integrations that map
 /// `context.authorizer.<key>` to a header. The template's `ACCESS_DENIED` response uses these.
@@ -245,14 +244,10 @@ impl Authorizer {
             println!("{}", self.emf.render(&sample, SystemTime::now()));
         }
         match outcome {
-            GateOutcome::Allow(v) => {
-                log(&v, "allow");
-                Ok((v, true, api_key))
-            }
-            GateOutcome::Throttle(v) => {
-                log(&v, "throttle");
-                Ok((v, false, None))
-            }
+            // The EMF line above is the decision's one log line: it names the tenant, key id,
+            // plan, mode and reason besides the counts.
+            GateOutcome::Allow(v) => Ok((v, true, api_key)),
+            GateOutcome::Throttle(v) => Ok((v, false, None)),
             GateOutcome::Unauthorized(why) => {
                 tracing::info!(reason = why, method, resource, "unauthorized");
                 Err(AuthorizerError::Unauthorized)
@@ -387,35 +382,6 @@ fn http_route<'a>(route_key: &'a str, request_method: &'a str) -> Result<(&'a st
         _ => Err(AuthorizerError::InvalidEvent(format!(
             "routeKey {route_key:?} is not METHOD /path or $default"
         ))),
-    }
-}
-
-fn log(v: &Verdict, outcome: &str) {
-    let reason = v.decision.as_ref().and_then(|d| d.reason).map(|r| r.as_str());
-    tracing::info!(
-        outcome,
-        tenant = %v.tenant,
-        key_id = v.key_id.as_deref().unwrap_or(""),
-        plan = v.plan.name(),
-        mode = mode_name(&v.mode),
-        reason,
-        store_ms = v.store_latency.map(|d| d.as_secs_f64() * 1000.0),
-    );
-}
-
-fn mode_name(mode: &Mode) -> &'static str {
-    match mode {
-        Mode::Enforced => "enforced",
-        Mode::Bypass => "bypass",
-        Mode::Shadow { .. } => "shadow",
-        Mode::Shed { .. } => "shed",
-        Mode::Busy { .. } => "store_busy",
-        Mode::Failed {
-            mode: FailMode::Open, ..
-        } => "fail_open",
-        Mode::Failed {
-            mode: FailMode::Closed, ..
-        } => "fail_closed",
     }
 }
 

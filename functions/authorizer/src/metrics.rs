@@ -35,6 +35,14 @@ pub struct Sample {
     /// was busy: a property of
     /// the line, not a dimension, so it costs no extra metric series.
     pub store_error: Option<&'static str>,
+    /// `allow` or `throttle`: with the fields below, what the decision's log line says besides
+    /// the counts (it is the decision's only line).
+    pub outcome: &'static str,
+    pub key_id: Option<String>,
+    /// As the response context's `mode`.
+    pub mode: &'static str,
+    /// The refusal's reason, as the response context's `reason`.
+    pub reason: Option<&'static str>,
 }
 
 /// The counts of a decision line, in the order of `Sample::values`; names from
@@ -68,6 +76,10 @@ impl Sample {
             decisions: 1,
             key_cache_hits: u32::from(v.cached_credentials),
             store_latency: v.store_latency,
+            outcome: if throttled { "throttle" } else { "allow" },
+            key_id: v.key_id.clone(),
+            mode: mode_name(&v.mode),
+            reason: v.refusal.map(|r| r.reason),
             ..Sample::default()
         };
         match &v.mode {
@@ -153,23 +165,23 @@ impl Emf {
         if let Some(kind) = sample.store_error {
             doc.insert("StoreError".into(), json!(kind));
         }
+        // Properties, not dimensions: they cost no metric series. `Tenant` is a dimension only
+        // for the tenants given one; the tenant is named in every line.
+        doc.insert("TenantId".into(), json!(sample.tenant));
+        doc.insert("Outcome".into(), json!(sample.outcome));
+        doc.insert("Mode".into(), json!(sample.mode));
+        if let Some(key_id) = &sample.key_id {
+            doc.insert("KeyId".into(), json!(key_id));
+        }
+        if let Some(reason) = sample.reason {
+            doc.insert("Reason".into(), json!(reason));
+        }
         if let Some(latency) = sample.store_latency {
             metrics.push(json!({"Name": names::STORE_LATENCY, "Unit": "Milliseconds"}));
             doc.insert(names::STORE_LATENCY.into(), json!(latency.as_secs_f64() * 1000.0));
         }
         let millis = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        doc.insert(
-            "_aws".into(),
-            json!({
-                "Timestamp": millis,
-                "CloudWatchMetrics": [{
-                    "Namespace": self.namespace,
-                    "Dimensions": dimensions,
-                    "Metrics": metrics,
-                }],
-            }),
-        );
-        Value::Object(doc)
+        names::emf(doc, &self.namespace, millis, dimensions, metrics)
     }
 }
 
@@ -178,18 +190,26 @@ impl Emf {
     /// type): the caller got a 5xx. Stack-wide only: there is no plan to name.
     pub fn render_error(&self, kind: &str, at: SystemTime) -> Value {
         let millis = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        json!({
-            names::ERRORS: 1,
-            "Error": kind,
-            "_aws": {
-                "Timestamp": millis,
-                "CloudWatchMetrics": [{
-                    "Namespace": self.namespace,
-                    "Dimensions": [[]],
-                    "Metrics": [{"Name": names::ERRORS, "Unit": "Count"}],
-                }],
-            },
-        })
+        let values = Map::from_iter([(names::ERRORS.into(), json!(1)), ("Error".into(), json!(kind))]);
+        let metrics = vec![json!({"Name": names::ERRORS, "Unit": "Count"})];
+        names::emf(values, &self.namespace, millis, vec![json!([])], metrics)
+    }
+}
+
+/// The decision's `mode`, as the response context and the log line name it.
+pub fn mode_name(mode: &Mode) -> &'static str {
+    match mode {
+        Mode::Enforced => "enforced",
+        Mode::Bypass => "bypass",
+        Mode::Shadow { .. } => "shadow",
+        Mode::Shed { .. } => "shed",
+        Mode::Busy { .. } => "store_busy",
+        Mode::Failed {
+            mode: FailMode::Open, ..
+        } => "fail_open",
+        Mode::Failed {
+            mode: FailMode::Closed, ..
+        } => "fail_closed",
     }
 }
 
@@ -229,6 +249,35 @@ mod tests {
             let name = m["Name"].as_str().expect("name");
             assert!(tollgate::metrics::AUTHORIZER.contains(&name), "{name}");
         }
+    }
+
+    #[test]
+    fn a_decision_line_says_who_was_decided_and_why_as_properties() {
+        // GIVEN a refusal of acme's key k1 for its rate, with no tenant series
+        let sample = Sample {
+            plan: "free".into(),
+            tenant: "acme".into(),
+            decisions: 1,
+            throttles_rate: 1,
+            outcome: "throttle",
+            key_id: Some("k1".into()),
+            mode: "enforced",
+            reason: Some("rate"),
+            ..Sample::default()
+        };
+        let doc = Emf::new("Tollgate", 0).render(&sample, UNIX_EPOCH);
+        // THEN the one line names the tenant, key id, outcome, mode and reason, none of them a
+        // dimension: the decision needs no second log line
+        for (field, value) in [
+            ("TenantId", "acme"),
+            ("KeyId", "k1"),
+            ("Outcome", "throttle"),
+            ("Mode", "enforced"),
+            ("Reason", "rate"),
+        ] {
+            assert_eq!(doc[field], value, "{field}");
+        }
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[], ["Plan"]]));
     }
 
     #[test]

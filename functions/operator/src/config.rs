@@ -8,6 +8,8 @@ use std::time::Duration;
 use tollgate::control::shed::controller::{Config as ShedConfig, DEFAULT_MIN_STEP};
 use tollgate::control::{AlarmSettings, legacy_plan_alarm_prefix, plan_alarm_prefix};
 use tollgate::metrics;
+use tollgate::notify::marker;
+use tollgate::policy_table::{AUDIT_PREFIX, SHED_PK};
 
 /// The state table: its stream feeds the function, and the notice markers live in it.
 pub const STATE_TABLE: &str = "TOLLGATE_STATE_TABLE";
@@ -27,7 +29,7 @@ pub const ALARM_TOPIC: &str = "TOLLGATE_ALARM_TOPIC_ARN";
 /// The alarm the shed controller follows; empty: shedding is off.
 pub const SHED_ALARM: &str = "TOLLGATE_SHED_ALARM";
 pub const SHED_MIN_STEP_SECS: &str = "TOLLGATE_SHED_MIN_STEP_SECS";
-pub const LOG: &str = "TOLLGATE_LOG";
+pub const LOG: &str = tollgate::logging::LOG_VAR;
 
 /// Every variable the function reads.
 pub fn variables() -> BTreeSet<&'static str> {
@@ -54,6 +56,36 @@ pub const STREAM_ACTIONS: [&str; 3] = [
     "dynamodb:GetRecords",
     "dynamodb:GetShardIterator",
 ];
+
+/// What it calls with no resource-level permission: finding the state table's stream, reading
+/// the shed alarm and the plan alarms.
+pub const UNSCOPED_ACTIONS: [&str; 2] = ["dynamodb:ListStreams", "cloudwatch:DescribeAlarms"];
+/// What it calls on the policy table: plans (notices, plan alarms, the shed steps), and the shed
+/// level with its audit record.
+pub const POLICY_ACTIONS: [&str; 3] = ["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:PutItem"];
+/// What it calls on its per-plan alarms (`plan_alarm_prefix`)...
+pub const PLAN_ALARM_ACTIONS: [&str; 2] = ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"];
+/// ... and on the alarms under their former names (`legacy_plan_alarm_prefix`): only deletes.
+pub const LEGACY_PLAN_ALARM_ACTIONS: [&str; 1] = ["cloudwatch:DeleteAlarms"];
+/// What it calls on the notice topic...
+pub const NOTICE_TOPIC_ACTIONS: [&str; 1] = ["sns:Publish"];
+/// ... and on the topic's KMS key, to publish to an encrypted topic.
+pub const NOTICE_KEY_ACTIONS: [&str; 2] = ["kms:Decrypt", "kms:GenerateDataKey"];
+/// What the event source mapping does to the notice failure queue, as the function's role: a
+/// batch it gives up on goes there.
+pub const FAILURE_QUEUE_ACTIONS: [&str; 1] = ["sqs:SendMessage"];
+
+/// The policy items it writes (the `dynamodb:LeadingKeys` of its `PutItem` grant): the shed level
+/// and audit records, never a plan or a key.
+pub fn policy_write_keys() -> [String; 2] {
+    [SHED_PK.to_owned(), format!("{AUDIT_PREFIX}*")]
+}
+
+/// The state items it writes (the `dynamodb:LeadingKeys` of its grant on the state table): the
+/// notice markers only, never a tenant's item.
+pub fn marker_keys() -> [String; 1] {
+    [format!("{}*", marker::PREFIX)]
+}
 
 const DEFAULT_PERCENT: f64 = 10.0;
 const DEFAULT_MINUTES: u32 = 15;

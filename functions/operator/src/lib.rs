@@ -132,17 +132,10 @@ fn counters(image: &serde_dynamo::Item) -> Result<Vec<(tollgate::engine::quota::
 /// dimension), which the dashboard shows. Lambda ships stdout to CloudWatch Logs, which
 /// extracts it: no API call.
 pub fn notices_metric(namespace: &str, sent: usize, at: Timestamp) -> Value {
-    serde_json::json!({
-        "_aws": {
-            "Timestamp": at.as_nanos() / 1_000_000,
-            "CloudWatchMetrics": [{
-                "Namespace": namespace,
-                "Dimensions": [[]],
-                "Metrics": [{ "Name": tollgate::metrics::NOTICES_SENT, "Unit": "Count" }],
-            }],
-        },
-        tollgate::metrics::NOTICES_SENT: sent,
-    })
+    use serde_json::json;
+    let values = serde_json::Map::from_iter([(tollgate::metrics::NOTICES_SENT.into(), json!(sent))]);
+    let metrics = vec![json!({ "Name": tollgate::metrics::NOTICES_SENT, "Unit": "Count" })];
+    tollgate::metrics::emf(values, namespace, at.as_nanos() / 1_000_000, vec![json!([])], metrics)
 }
 
 /// Handles a stream batch: notices for every threshold crossed, and the record to resume from

@@ -7,7 +7,7 @@ use serde_json::Value;
 /// The environment variable naming the policy table.
 pub const POLICY_TABLE_VAR: &str = "TOLLGATE_POLICY_TABLE";
 /// Every variable the function reads (the template sets exactly these).
-pub const FUNCTION_VARIABLES: [&str; 2] = [POLICY_TABLE_VAR, "TOLLGATE_LOG"];
+pub const FUNCTION_VARIABLES: [&str; 2] = [POLICY_TABLE_VAR, tollgate::logging::LOG_VAR];
 /// The DynamoDB actions sync, its lease (`sync#lease`: conditional `PutItem` to take it,
 /// `UpdateItem` to ask its holder for a rerun or renew it, `GetItem`, conditional `DeleteItem`
 /// to release it) and its audit trail call on the policy table (a transaction needs the actions

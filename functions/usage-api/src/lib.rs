@@ -15,6 +15,9 @@ use lambda_http::request::{LambdaRequest, RequestContext};
 use lambda_http::tower::ServiceExt;
 use lambda_http::{Adapter, Error, LambdaEvent};
 use serde_json::Value;
+use tollgate::policy_table::{
+    AUDIT_PREFIX, DUE_PREFIX, IDEM_PREFIX, KEY_PREFIX, REVOKE_PREFIX, SHED_PK, TENANT_PREFIX,
+};
 use tollgate::usage_api::{Actor, AuthorizedPlan, AuthorizedTenant, UsageApi};
 
 /// The actor the audit trail names for revocations run by the usage API's schedule.
@@ -28,7 +31,7 @@ pub const FUNCTION_VARIABLES: [&str; 4] = [
     "TOLLGATE_STATE_TABLE",
     "TOLLGATE_POLICY_TABLE",
     STACK_VAR,
-    "TOLLGATE_LOG",
+    tollgate::logging::LOG_VAR,
 ];
 /// The DynamoDB actions it calls on the state table (usage reads, resets)...
 pub const STATE_ACTIONS: [&str; 2] = ["dynamodb:GetItem", "dynamodb:UpdateItem"];
@@ -46,6 +49,38 @@ pub const POLICY_ACTIONS: [&str; 6] = [
     "dynamodb:Scan",
     "dynamodb:UpdateItem",
 ];
+
+/// The policy items it puts (the `dynamodb:LeadingKeys` of its `PutItem` grant): tenants, keys,
+/// its idempotency and revocation items, audit records and the shed level; never a plan or plan
+/// sync's items.
+pub fn policy_put_keys() -> Vec<String> {
+    let mut keys = patterns(&[TENANT_PREFIX, KEY_PREFIX, IDEM_PREFIX, REVOKE_PREFIX, AUDIT_PREFIX]);
+    keys.push(SHED_PK.to_owned());
+    keys
+}
+
+/// The policy items it deletes (the `dynamodb:LeadingKeys` of its `DeleteItem` grant): tenants,
+/// revocations and the sweep's buckets done, and idempotency claims.
+pub fn policy_delete_keys() -> Vec<String> {
+    patterns(&[TENANT_PREFIX, REVOKE_PREFIX, IDEM_PREFIX])
+}
+
+/// The policy items it updates (the `dynamodb:LeadingKeys` of its `UpdateItem` grant): the
+/// sweep's buckets and cursor only.
+pub fn policy_update_keys() -> Vec<String> {
+    patterns(&[DUE_PREFIX])
+}
+
+/// The policy items it reads in batches (the `dynamodb:LeadingKeys` of its `BatchGetItem`
+/// grant): the sweep's buckets and the revocations they list.
+pub fn policy_batch_get_keys() -> Vec<String> {
+    patterns(&[REVOKE_PREFIX])
+}
+
+/// `LeadingKeys` patterns of the items under `prefixes`.
+fn patterns(prefixes: &[&str]) -> Vec<String> {
+    prefixes.iter().map(|p| format!("{p}*")).collect()
+}
 
 /// What an API Gateway grant is conditioned on: the stack's tag (`tollgate:stack` = the stack's
 /// name), which API Gateway checks on API keys and usage plans (a usage-plan key inherits its

@@ -11,7 +11,7 @@ use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::Plan;
 use crate::engine::shed::ShedState;
 use crate::policy_file::PolicyFile;
-use crate::policy_table::write::{Changed, Verdict};
+use crate::policy_table::write::{Changed, ItemAction};
 use crate::policy_table::{KeyRecord, TenantRecord};
 
 #[derive(Debug, Default)]
@@ -86,7 +86,7 @@ impl MemoryDirectory {
     pub fn update_key(
         &self,
         hash: &ApiKeyHash,
-        decide: impl Fn(Option<&KeyRecord>) -> Verdict<KeyRecord>,
+        decide: impl Fn(Option<&KeyRecord>) -> ItemAction<KeyRecord>,
     ) -> Changed<KeyRecord> {
         update(&mut self.write().keys, *hash, decide)
     }
@@ -95,7 +95,7 @@ impl MemoryDirectory {
     pub fn update_tenant(
         &self,
         tenant: &str,
-        decide: impl Fn(Option<&TenantRecord>) -> Verdict<TenantRecord>,
+        decide: impl Fn(Option<&TenantRecord>) -> ItemAction<TenantRecord>,
     ) -> Changed<TenantRecord> {
         update(&mut self.write().tenants, tenant.to_owned(), decide)
     }
@@ -130,19 +130,19 @@ impl MemoryDirectory {
 fn update<K: std::hash::Hash + Eq, T: Clone>(
     map: &mut HashMap<K, T>,
     key: K,
-    decide: impl Fn(Option<&T>) -> Verdict<T>,
+    decide: impl Fn(Option<&T>) -> ItemAction<T>,
 ) -> Changed<T> {
     let before = map.get(&key).cloned();
     let after = match decide(before.as_ref()) {
-        Verdict::Put(value) => {
+        ItemAction::Put(value) => {
             map.insert(key, value.clone());
             Some(value)
         }
-        Verdict::Delete => {
+        ItemAction::Delete => {
             map.remove(&key);
             None
         }
-        Verdict::Leave => before.clone(),
+        ItemAction::Leave => before.clone(),
     };
     Changed { before, after }
 }

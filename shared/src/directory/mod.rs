@@ -18,6 +18,9 @@ pub mod memory;
 pub use dynamodb::DynamoDirectory;
 pub use memory::MemoryDirectory;
 
+/// A tenant's plan and its own anchor day, as its readers resolve and cache them.
+pub type TenantPlan = (Arc<Plan>, Option<u8>);
+
 /// A key resolved all the way to its tenant's plan. Boxed strings: caches hold one per key.
 #[derive(Debug, Clone)]
 pub struct Resolved {

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::directory::{Directory, DirectoryError, Resolved};
+use crate::directory::{Directory, DirectoryError, Resolved, TenantPlan};
 use crate::engine::clock::ceil_secs;
 use crate::engine::clock::{Clock, Timestamp};
 use crate::engine::decision::Decision;
@@ -180,9 +180,6 @@ pub enum GateOutcome {
     /// The policy directory could not answer: the caller cannot be authenticated.
     Unavailable(String),
 }
-
-/// A tenant's plan and its own anchor day, as resolved and cached.
-type TenantPlan = (Arc<Plan>, Option<u8>);
 
 #[derive(Debug)]
 pub struct Gate {

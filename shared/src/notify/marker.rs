@@ -13,6 +13,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
+use crate::aws::attr::{number, string};
 use crate::engine::clock::Timestamp;
 
 const PK: &str = "pk";
@@ -34,6 +35,23 @@ pub enum Claim {
     Held { lease_ms: u64 },
 }
 
+/// A marker call the store did not answer: what was being done, and the store's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing} notice marker: {detail}")]
+pub struct MarkerError {
+    doing: &'static str,
+    detail: String,
+}
+
+impl MarkerError {
+    fn new<E: std::error::Error + 'static>(doing: &'static str, e: E) -> MarkerError {
+        MarkerError {
+            doing,
+            detail: DisplayErrorContext(e).to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Markers {
     client: Client,
@@ -41,10 +59,6 @@ pub struct Markers {
 }
 
 type Item = HashMap<String, AttributeValue>;
-
-fn s(item: &Item, attr: &str) -> Option<String> {
-    item.get(attr).and_then(|v| v.as_s().ok()).cloned()
-}
 
 impl Markers {
     pub fn new(client: Client, table: impl Into<String>) -> Markers {
@@ -64,7 +78,7 @@ impl Markers {
         now: Timestamp,
         lease: Timestamp,
         expires: Timestamp,
-    ) -> Result<Claim, String> {
+    ) -> Result<Claim, MarkerError> {
         let item = HashMap::from([
             (PK.to_owned(), AttributeValue::S(pk.to_owned())),
             ("state".to_owned(), AttributeValue::S(PENDING.to_owned())),
@@ -94,25 +108,21 @@ impl Markers {
                     PutItemError::ConditionalCheckFailedException(c) => c.item().cloned().unwrap_or_default(),
                     _ => Item::new(),
                 };
-                Ok(match (s(&old, "state").as_deref(), s(&old, "owner")) {
+                Ok(match (string(&old, "state").as_deref(), string(&old, "owner")) {
                     (Some(SENT), _) => Claim::Sent,
                     (_, Some(o)) if o == owner => Claim::Won,
                     _ => Claim::Held {
-                        lease_ms: old
-                            .get("lease")
-                            .and_then(|v| v.as_n().ok())
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(0),
+                        lease_ms: number(&old, "lease").unwrap_or(0),
                     },
                 })
             }
-            Err(e) => Err(format!("claiming notice marker: {}", DisplayErrorContext(e))),
+            Err(e) => Err(MarkerError::new("claiming", e)),
         }
     }
 
     /// Marks `owner`'s claim sent. `Ok(false)`: the claim was no longer this owner's (its lease
     /// ran out and another took it over, so the notice may go out twice).
-    pub async fn confirm(&self, pk: &str, owner: &str, now: Timestamp) -> Result<bool, String> {
+    pub async fn confirm(&self, pk: &str, owner: &str, now: Timestamp) -> Result<bool, MarkerError> {
         let sent = self
             .client
             .update_item()
@@ -132,13 +142,13 @@ impl Markers {
         match sent {
             Ok(_) => Ok(true),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(false),
-            Err(e) => Err(format!("confirming notice marker: {}", DisplayErrorContext(e))),
+            Err(e) => Err(MarkerError::new("confirming", e)),
         }
     }
 
     /// Gives up `owner`'s pending claim after a failed publish, so that the redelivered record
     /// claims it afresh at once instead of waiting for the lease.
-    pub async fn release(&self, pk: &str, owner: &str) -> Result<(), String> {
+    pub async fn release(&self, pk: &str, owner: &str) -> Result<(), MarkerError> {
         let done = self
             .client
             .delete_item()
@@ -154,7 +164,7 @@ impl Markers {
         match done {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(()),
-            Err(e) => Err(format!("releasing notice marker: {}", DisplayErrorContext(e))),
+            Err(e) => Err(MarkerError::new("releasing", e)),
         }
     }
 }

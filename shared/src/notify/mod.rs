@@ -20,10 +20,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::directory::{Directory, DirectoryError};
+use crate::directory::{Directory, DirectoryError, TenantPlan};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::engine::identity::validate_tenant_id;
-use crate::engine::policy::Plan;
 use crate::engine::quota::{Calendar, Counter, format_utc};
 use crate::gate::cache::TtlCache;
 
@@ -170,10 +169,10 @@ pub enum NotifyError {
         #[source]
         source: DirectoryError,
     },
-    #[error("{0}")]
-    Marker(String),
-    #[error("{0}")]
-    Publish(String),
+    #[error(transparent)]
+    Marker(#[from] marker::MarkerError),
+    #[error(transparent)]
+    Publish(#[from] sns::PublishError),
     #[error("notice `{id}` is claimed by another invocation until {lease_ms} ms since the epoch")]
     Held { id: String, lease_ms: u64 },
 }
@@ -209,9 +208,6 @@ pub struct BatchOutcome {
 /// How long a tenant's plan is cached: plan changes reach notices within this.
 pub const PLAN_TTL: Duration = Duration::from_secs(60);
 const PLAN_CACHE: usize = 10_000;
-
-/// A tenant's plan and its own anchor day.
-type TenantPlan = (Arc<Plan>, Option<u8>);
 
 /// Turns state changes into notices. Built once per container.
 #[derive(Debug)]

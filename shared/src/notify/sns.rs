@@ -10,8 +10,13 @@ use super::Notice;
 #[async_trait]
 pub trait Publisher: Send + Sync + std::fmt::Debug {
     /// Publishes one notice; an error means it may not have gone out.
-    async fn publish(&self, notice: &Notice) -> Result<(), String>;
+    async fn publish(&self, notice: &Notice) -> Result<(), PublishError>;
 }
+
+/// A notice that may not have gone out, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PublishError(pub String);
 
 /// Publishes to one SNS topic.
 #[derive(Debug, Clone)]
@@ -39,8 +44,8 @@ fn attribute(data_type: &str, value: String) -> Result<MessageAttributeValue, St
 
 #[async_trait]
 impl Publisher for SnsPublisher {
-    async fn publish(&self, notice: &Notice) -> Result<(), String> {
-        let body = serde_json::to_string(&notice.message()).map_err(|e| e.to_string())?;
+    async fn publish(&self, notice: &Notice) -> Result<(), PublishError> {
+        let body = serde_json::to_string(&notice.message()).map_err(|e| PublishError(e.to_string()))?;
         let mut request = self
             .client
             .publish()
@@ -48,12 +53,12 @@ impl Publisher for SnsPublisher {
             .message(body)
             .subject(notice.subject());
         for (name, data_type, value) in notice.attributes() {
-            request = request.message_attributes(name, attribute(data_type, value)?);
+            request = request.message_attributes(name, attribute(data_type, value).map_err(PublishError)?);
         }
         request
             .send()
             .await
-            .map_err(|e| format!("publishing notice {}: {}", notice.id(), DisplayErrorContext(e)))?;
+            .map_err(|e| PublishError(format!("publishing notice {}: {}", notice.id(), DisplayErrorContext(e))))?;
         Ok(())
     }
 }

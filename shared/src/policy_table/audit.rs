@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::record::{number, string};
-use super::{AUDIT_PREFIX, PK, Record, read_item};
+use super::{AUDIT_PREFIX, PK, PrefixScan, Record, read_item};
 
 /// A record's JSON is stored in parts of at most this many bytes: DynamoDB items stop at 400 KB.
 const PART: usize = 300_000;
@@ -248,34 +248,26 @@ impl AuditLog {
     /// Every change, newest first. Reads the policy table whole: an operator's command, not a
     /// request path.
     pub async fn history(&self) -> Result<Vec<Entry>, AuditError> {
+        let scan = PrefixScan {
+            prefixes: &[AUDIT_PREFIX],
+            // The header of each record; its further parts have no time.
+            having: Some("time"),
+            ..PrefixScan::default()
+        };
+        let items = scan
+            .items(&self.client, &self.table)
+            .await
+            .map_err(|e| self.unavailable(e))?;
         let mut entries = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(pk, :p) AND attribute_exists(#t)")
-                .expression_attribute_names("#t", "time")
-                .expression_attribute_values(":p", AttributeValue::S(AUDIT_PREFIX.to_owned()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            for item in page.items() {
-                let Some(pk) = string(item, PK) else { continue };
-                entries.push(Entry {
-                    id: pk.trim_start_matches(AUDIT_PREFIX).to_owned(),
-                    time: number(item, "time").unwrap_or(0),
-                    source: string(item, "source").unwrap_or_default(),
-                    actor: string(item, "actor"),
-                    summary: string(item, "summary").unwrap_or_default(),
-                });
-            }
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
-            }
+        for item in &items {
+            let Some(pk) = string(item, PK) else { continue };
+            entries.push(Entry {
+                id: pk.trim_start_matches(AUDIT_PREFIX).to_owned(),
+                time: number(item, "time").unwrap_or(0),
+                source: string(item, "source").unwrap_or_default(),
+                actor: string(item, "actor"),
+                summary: string(item, "summary").unwrap_or_default(),
+            });
         }
         entries.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
         Ok(entries)

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 
 use super::record::{Item, JSON_ATTR, number, string};
 use super::write::{WriteError, unavailable};
-use super::{DUE_CURSOR_PK, DUE_PREFIX, PK, REVOKE_PREFIX, due_pk, read_item};
+use super::{DUE_CURSOR_PK, DUE_PREFIX, PK, PrefixScan, REVOKE_PREFIX, due_pk, read_item};
 
 /// A bucket's attribute: the ids of the keys falling due in its minute (SS).
 pub const DUE_KEYS: &str = "keys";
@@ -150,25 +150,13 @@ pub async fn set_cursor(client: &Client, table: &str, minute: u64) -> Result<(),
 /// Every `revoke#<key id>` item, by one scan of the whole table (all pages): what the sweep's
 /// first run on a table enqueues, revocations written before buckets were. Never on a later run.
 pub async fn revocation_items(client: &Client, table: &str) -> Result<Vec<Item>, String> {
-    let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let page = client
-            .scan()
-            .table_name(table)
-            .consistent_read(true)
-            .filter_expression("begins_with(#pk, :p) AND attribute_exists(#r)")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#r", JSON_ATTR)
-            .expression_attribute_values(":p", AttributeValue::S(REVOKE_PREFIX.to_owned()))
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .map_err(|e| format!("scanning for revocations: {}", DisplayErrorContext(e)))?;
-        items.extend(page.items().iter().cloned());
-        match page.last_evaluated_key() {
-            Some(k) if !k.is_empty() => start = Some(k.clone()),
-            _ => return Ok(items),
-        }
-    }
+    let scan = PrefixScan {
+        prefixes: &[REVOKE_PREFIX],
+        consistent: true,
+        having: Some(JSON_ATTR),
+        ..PrefixScan::default()
+    };
+    scan.items(client, table)
+        .await
+        .map_err(|e| format!("scanning for revocations: {}", DisplayErrorContext(e)))
 }

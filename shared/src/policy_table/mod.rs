@@ -10,9 +10,9 @@
 //!   (`control::apply` marks it; sync holds its keys until then);
 //! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
 //! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
-//! - `sync#meta`: plan sync's `generation` (N);
+//! - `sync#meta`: plan sync's `generation` (N; `sync_items`);
 //! - `sync#lease`: the plan-sync run under way, `owner` (S), `until` (N, epoch seconds), `rerun`
-//!   (BOOL, another run asked for one more round);
+//!   (BOOL, another run asked for one more round; `sync_items`);
 //! - `idem#<Idempotency-Key>`: the usage API's onboarding record, `record` (S, JSON);
 //! - `idem#<Idempotency-Key>#claim`: an onboarding attempt's claim, `until` (N), `owner` (S);
 //! - `revoke#<key id>`: a rotated-out key's pending revocation, `record` (S, JSON);
@@ -31,7 +31,10 @@
 pub mod audit;
 pub mod due;
 pub mod record;
+pub mod sync_items;
 pub mod write;
+
+use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
@@ -142,29 +145,80 @@ pub async fn read_item(client: &Client, table: &str, pk: &str) -> Result<Option<
 /// Every stored plan's name and spec, by scanning the `plan#` items (all pages). A plan whose item
 /// does not parse is left out: it is plan sync's to report.
 pub async fn plans(client: &Client, table: &str) -> Result<Vec<(String, PlanSpec)>, SdkError<ScanError>> {
+    let scan = PrefixScan {
+        prefixes: &[PLAN_PREFIX],
+        projection: &[PK, record::SPEC],
+        ..PrefixScan::default()
+    };
     let mut out = Vec::new();
-    let mut start: Option<record::Item> = None;
-    loop {
-        let page = client
-            .scan()
-            .table_name(table)
-            .filter_expression("begins_with(#pk, :plan)")
-            .projection_expression("#pk, #spec")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#spec", record::SPEC)
-            .expression_attribute_values(":plan", AttributeValue::S(PLAN_PREFIX.to_owned()))
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await?;
-        for item in page.items() {
-            let name = record::string(item, PK).and_then(|pk| plan_name(&pk).map(str::to_owned));
-            if let (Some(name), Ok(spec)) = (name, record::plan_spec(item)) {
-                out.push((name, spec));
-            }
+    for item in scan.items(client, table).await? {
+        let name = record::string(&item, PK).and_then(|pk| plan_name(&pk).map(str::to_owned));
+        if let (Some(name), Ok(spec)) = (name, record::plan_spec(&item)) {
+            out.push((name, spec));
         }
-        match page.last_evaluated_key() {
-            Some(k) if !k.is_empty() => start = Some(k.clone()),
-            _ => return Ok(out),
+    }
+    Ok(out)
+}
+
+/// A scan for the items whose key starts with one of `prefixes`, every page: off the request
+/// path only, since a scan reads the whole table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrefixScan<'a> {
+    pub prefixes: &'a [&'a str],
+    /// Strongly consistent: for a writer that steps from what it read.
+    pub consistent: bool,
+    /// The attributes sent back; every attribute when empty.
+    pub projection: &'a [&'a str],
+    /// Only the items that have this attribute.
+    pub having: Option<&'a str>,
+}
+
+impl PrefixScan<'_> {
+    /// The items found, in the table's order.
+    pub async fn items(&self, client: &Client, table: &str) -> Result<Vec<record::Item>, SdkError<ScanError>> {
+        let mut names = HashMap::from([("#pk".to_owned(), PK.to_owned())]);
+        let mut values = HashMap::new();
+        let mut filter = Vec::new();
+        for (i, prefix) in self.prefixes.iter().enumerate() {
+            filter.push(format!("begins_with(#pk, :p{i})"));
+            values.insert(format!(":p{i}"), AttributeValue::S((*prefix).to_owned()));
+        }
+        let mut filter = filter.join(" OR ");
+        if let Some(attr) = self.having {
+            filter = format!("({filter}) AND attribute_exists(#having)");
+            names.insert("#having".to_owned(), attr.to_owned());
+        }
+        let mut projection = Vec::new();
+        for (i, attr) in self.projection.iter().enumerate() {
+            let name = if *attr == PK {
+                "#pk".to_owned()
+            } else {
+                format!("#a{i}")
+            };
+            names.insert(name.clone(), (*attr).to_owned());
+            projection.push(name);
+        }
+        let projection = (!projection.is_empty()).then(|| projection.join(", "));
+        let mut out = Vec::new();
+        let mut start: Option<record::Item> = None;
+        loop {
+            let page = client
+                .scan()
+                .table_name(table)
+                .set_consistent_read(self.consistent.then_some(true))
+                .filter_expression(&filter)
+                .set_projection_expression(projection.clone())
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await?;
+            let next = page.last_evaluated_key().filter(|k| !k.is_empty()).cloned();
+            out.extend(page.items.unwrap_or_default());
+            match next {
+                Some(k) => start = Some(k),
+                None => return Ok(out),
+            }
         }
     }
 }

@@ -78,15 +78,7 @@ pub enum Record {
     Malformed,
 }
 
-/// A number attribute, `None` when missing or not of `T`.
-pub fn number<T: std::str::FromStr>(item: &Item, attr: &str) -> Option<T> {
-    item.get(attr)?.as_n().ok()?.parse().ok()
-}
-
-/// A string attribute, `None` when missing or not a string.
-pub fn string(item: &Item, attr: &str) -> Option<String> {
-    item.get(attr)?.as_s().ok().cloned()
-}
+pub use crate::aws::attr::{number, string};
 
 /// The attribute of the usage API's own items (`idem#…`, `revoke#…`): the record as JSON.
 pub const JSON_ATTR: &str = "record";

@@ -23,7 +23,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
 
-use super::record::{GONE, Item, is_gone, number};
+use super::record::{GONE, Item, is_gone, number, string};
 use super::{PK, read_item, shown_pk};
 
 /// The attribute holding an item's version.
@@ -142,12 +142,15 @@ pub fn token() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// Whether `item` (as returned with a failed condition) was last written by `token`.
+pub fn written_by(item: Option<&Item>, token: &str) -> bool {
+    item.and_then(|i| string(i, WRITER)).is_some_and(|w| w == token)
+}
+
 /// Whether `item` (as returned with a failed condition) is the write of `token` at `version`: a
 /// resend of that write, landed.
 pub fn is_ours(item: Option<&Item>, token: &str, version: u64) -> bool {
-    item.is_some_and(|i| {
-        i.get(WRITER).and_then(|w| w.as_s().ok()).is_some_and(|w| w == token) && number(i, VERSION) == Some(version)
-    })
+    written_by(item, token) && item.and_then(|i| number(i, VERSION)) == Some(version)
 }
 
 /// `item` as written at `pk` over `expect` by `token`: its key, next version and token, and
@@ -248,7 +251,7 @@ pub fn put_action(
 
 /// What a writer decides for an item, given the item as it is.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict<T> {
+pub enum ItemAction<T> {
     Put(T),
     Delete,
     /// Nothing to write.
@@ -279,7 +282,7 @@ pub async fn change<T: Clone>(
     pk: &str,
     parse: impl Fn(&Item) -> Option<T>,
     render: impl Fn(&T) -> Item,
-    decide: impl Fn(Option<&T>) -> Verdict<T>,
+    decide: impl Fn(Option<&T>) -> ItemAction<T>,
 ) -> Result<Changed<T>, WriteError> {
     for _ in 0..ATTEMPTS {
         let item = read_item(client, table, pk)
@@ -293,10 +296,10 @@ pub async fn change<T: Clone>(
         let live = item.filter(|i| !is_gone(i));
         let before = live.as_ref().and_then(&parse);
         let (written, after) = match decide(before.as_ref()) {
-            Verdict::Leave => (Written::Done, before.clone()),
-            Verdict::Put(value) => (put(client, table, pk, render(&value), &expect).await?, Some(value)),
-            Verdict::Delete if live.is_none() => (Written::Done, None),
-            Verdict::Delete => (delete(client, table, pk, &expect).await?, None),
+            ItemAction::Leave => (Written::Done, before.clone()),
+            ItemAction::Put(value) => (put(client, table, pk, render(&value), &expect).await?, Some(value)),
+            ItemAction::Delete if live.is_none() => (Written::Done, None),
+            ItemAction::Delete => (delete(client, table, pk, &expect).await?, None),
         };
         if written == Written::Done {
             return Ok(Changed { before, after });

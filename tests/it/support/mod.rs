@@ -13,3 +13,10 @@ pub mod loopback;
 pub mod paging_shim;
 pub mod proxy;
 pub mod subscriber;
+
+use tollgate::engine::policy::{Plan, PlanSpec};
+
+/// A plan named `test` from its TOML spec, which must be valid.
+pub fn plan(toml_src: &str) -> Plan {
+    Plan::new("test", toml::from_str::<PlanSpec>(toml_src).expect("spec")).expect("valid plan")
+}

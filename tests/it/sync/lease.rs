@@ -17,7 +17,7 @@ use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::clock::Timestamp;
 use tollgate::policy_table::write::{self, Expect, Written};
-use tollgate::policy_table::{LEASE_PK, TenantRecord, read_item, record, tenant_pk};
+use tollgate::policy_table::{LEASE_PK, TenantRecord, read_item, record, sync_items, tenant_pk};
 
 use super::World;
 use crate::support::emulator;
@@ -72,8 +72,8 @@ impl World {
     /// The lease item's `owner` and `rerun`, as stored; `None` when there is none.
     async fn lease(&self) -> Option<(String, bool)> {
         let item = read_item(&self.db, &self.name, LEASE_PK).await.expect("read lease")?;
-        let owner = item["owner"].as_s().expect("owner").clone();
-        Some((owner, *item["rerun"].as_bool().expect("rerun")))
+        let owner = sync_items::lease_owner(&item).expect("owner");
+        Some((owner, sync_items::lease_rerun(&item).expect("rerun")))
     }
 }
 

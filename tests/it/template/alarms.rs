@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_norway::Value;
 
-use super::{TEMPLATE, function, of_type, owned, parse, resource_name, statements, strings, untag, variable_names};
+use super::{
+    TEMPLATE, function, of_type, owned, parse, resource_name, sequence, statements, strings, untag, variable_names,
+};
 
 /// The statements of a key policy, by principal (`Service` name or `AWS` ARN as written).
 fn key_policy_principals(key: &Value) -> BTreeMap<String, (BTreeSet<String>, Value)> {
@@ -329,49 +331,29 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
     }
 }
 
-/// What the operator function's code calls, by the resource it is granted on.
+/// What the operator function's code calls, by the resource it is granted on
+/// (`tollgate_operator::config`).
 fn operator_function_calls() -> BTreeMap<String, BTreeSet<String>> {
+    use tollgate_operator::config::*;
+    let alarms = |prefix: String| {
+        format!("arn:${{AWS::Partition}}:cloudwatch:${{AWS::Region}}:${{AWS::AccountId}}:alarm:{prefix}*")
+    };
     BTreeMap::from([
+        ("StateTable.Arn".to_owned(), owned(&MARKER_ACTIONS)),
+        ("StateTable.StreamArn".to_owned(), owned(&STREAM_ACTIONS)),
+        ("*".to_owned(), owned(&UNSCOPED_ACTIONS)),
+        ("PolicyTable.Arn".to_owned(), owned(&POLICY_ACTIONS)),
         (
-            "StateTable.Arn".to_owned(),
-            owned(&tollgate_operator::config::MARKER_ACTIONS),
+            alarms(tollgate::control::plan_alarm_prefix("${AWS::StackName}")),
+            owned(&PLAN_ALARM_ACTIONS),
         ),
         (
-            "StateTable.StreamArn".to_owned(),
-            owned(&tollgate_operator::config::STREAM_ACTIONS),
+            alarms(tollgate::control::legacy_plan_alarm_prefix("${AWS::StackName}")),
+            owned(&LEGACY_PLAN_ALARM_ACTIONS),
         ),
-        // ListStreams and DescribeAlarms have no resource-level permission
-        (
-            "*".to_owned(),
-            owned(&["dynamodb:ListStreams", "cloudwatch:DescribeAlarms"]),
-        ),
-        // plans (notices, plan alarms, the shed steps), and the shed level with its audit
-        (
-            "PolicyTable.Arn".to_owned(),
-            owned(&["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:PutItem"]),
-        ),
-        // the per-plan alarms, named by the code (a pattern of its prefix), and their former
-        // names, only deleted
-        (
-            format!(
-                "arn:${{AWS::Partition}}:cloudwatch:${{AWS::Region}}:${{AWS::AccountId}}:alarm:{}*",
-                tollgate::control::plan_alarm_prefix("${AWS::StackName}")
-            ),
-            owned(&["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"]),
-        ),
-        (
-            format!(
-                "arn:${{AWS::Partition}}:cloudwatch:${{AWS::Region}}:${{AWS::AccountId}}:alarm:{}*",
-                tollgate::control::legacy_plan_alarm_prefix("${AWS::StackName}")
-            ),
-            owned(&["cloudwatch:DeleteAlarms"]),
-        ),
-        ("NoticeTopic".to_owned(), owned(&["sns:Publish"])),
-        ("NoticeFailureQueue.Arn".to_owned(), owned(&["sqs:SendMessage"])),
-        (
-            "(the topic's key)".to_owned(),
-            owned(&["kms:Decrypt", "kms:GenerateDataKey"]),
-        ),
+        ("NoticeTopic".to_owned(), owned(&NOTICE_TOPIC_ACTIONS)),
+        ("NoticeFailureQueue.Arn".to_owned(), owned(&FAILURE_QUEUE_ACTIONS)),
+        ("(the topic's key)".to_owned(), owned(&NOTICE_KEY_ACTIONS)),
     ])
 }
 
@@ -420,15 +402,14 @@ fn the_operator_function_gets_its_variables_and_only_the_access_it_uses() {
     // AND of the policy it writes only the shed level and audit records, never a plan or key
     assert_eq!(
         shed_condition,
-        Some(parse(&format!(
-            "[\"{}\", \"audit#*\"]",
-            tollgate::policy_table::SHED_PK
-        ))),
+        Some(sequence(tollgate_operator::config::policy_write_keys())),
         "the shed level's writes are limited to its own item and the audit trail"
     );
     // AND on the state table only the notice markers' keys, never a tenant's item
-    let prefix = format!("{}*", tollgate::notify::marker::PREFIX);
-    assert_eq!(marker_condition, Some(Value::Sequence(vec![Value::from(prefix)])));
+    assert_eq!(
+        marker_condition,
+        Some(sequence(tollgate_operator::config::marker_keys()))
+    );
 }
 
 #[test]

@@ -95,3 +95,8 @@ fn resource_name(v: &Value) -> String {
 fn owned(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| (*n).to_owned()).collect()
 }
+
+/// Strings as a YAML sequence, to compare with a list a template holds.
+fn sequence(items: impl IntoIterator<Item = String>) -> Value {
+    Value::Sequence(items.into_iter().map(Value::from).collect())
+}

@@ -7,7 +7,7 @@ use serde_norway::Value;
 use tollgate::control::sync::mapping::TAG_STACK;
 use tollgate_usage_api::Scope;
 
-use super::{TEMPLATE, function, owned, parse, resources, statements, strings, untag, variable_names};
+use super::{TEMPLATE, function, owned, parse, resources, sequence, statements, strings, untag, variable_names};
 
 #[test]
 fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
@@ -111,20 +111,14 @@ fn the_usage_api_tags_only_resources_no_other_stacks_tag_names() {
 /// (the `dynamodb:LeadingKeys` each is conditioned on).
 fn own_items() -> BTreeMap<String, Value> {
     BTreeMap::from([
-        ("dynamodb:BatchGetItem".to_owned(), parse(r#"["revoke#*"]"#)),
-        (
-            "dynamodb:UpdateItem".to_owned(),
-            parse(&format!(r#"["{}*"]"#, tollgate::policy_table::DUE_PREFIX)),
-        ),
-        (
-            "dynamodb:PutItem".to_owned(),
-            parse(r#"["tenant#*", "key#*", "idem#*", "revoke#*", "audit#*", "shed#level"]"#),
-        ),
-        (
-            "dynamodb:DeleteItem".to_owned(),
-            parse(r#"["tenant#*", "revoke#*", "idem#*"]"#),
-        ),
+        ("dynamodb:PutItem", tollgate_usage_api::policy_put_keys()),
+        ("dynamodb:DeleteItem", tollgate_usage_api::policy_delete_keys()),
+        ("dynamodb:UpdateItem", tollgate_usage_api::policy_update_keys()),
+        ("dynamodb:BatchGetItem", tollgate_usage_api::policy_batch_get_keys()),
     ])
+    .into_iter()
+    .map(|(action, keys)| (action.to_owned(), sequence(keys)))
+    .collect()
 }
 
 /// What a statement's `Condition` scopes its API Gateway grant to; anything else fails.

@@ -22,7 +22,7 @@ use tollgate::control::sync::{self, SyncReport};
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_table::{TenantRecord, record, shown_pk, tenant_pk};
-use tollgate::usage_api::registry::{Registry, Verdict};
+use tollgate::usage_api::registry::{ItemAction, Registry};
 
 use super::World;
 use crate::support::apigateway::fast_backoff;
@@ -386,7 +386,7 @@ async fn an_offboarding_keeps_a_tenant_moved_to_another_plan_meanwhile() {
     let moving = async {
         proxy.wait_held().await;
         let moved = registry
-            .change_tenant("acme", &|_| Verdict::Put(TenantRecord::on("pro")))
+            .change_tenant("acme", &|_| ItemAction::Put(TenantRecord::on("pro")))
             .await
             .expect("move");
         proxy.release();

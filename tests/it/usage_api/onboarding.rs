@@ -167,15 +167,15 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
         .await
         .expect("delete");
     let until = w.clock.now().as_secs() + tollgate::usage_api::ONBOARDING_CLAIM_SECS;
+    let claim = tollgate::policy_table::record::claim_item(
+        tollgate::policy_table::idem_claim_pk("idem-s"),
+        until,
+        "crashed".into(),
+    );
     admin_client(&sdk)
         .put_item()
         .table_name(&table)
-        .item(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S("idem#idem-s#claim".into()),
-        )
-        .item("until", aws_sdk_dynamodb::types::AttributeValue::N(until.to_string()))
-        .item("owner", aws_sdk_dynamodb::types::AttributeValue::S("crashed".into()))
+        .set_item(Some(claim))
         .send()
         .await
         .expect("claim");

@@ -13,7 +13,7 @@ use crate::control::shed::ShedStep;
 use crate::control::shed::alarm::Alarms;
 use crate::control::shed::decide;
 use crate::control::shed::needs_priorities;
-use crate::control::shed::table::{ShedError, ShedTable, Written};
+use crate::control::shed::table::{ShedError, ShedTable};
 use crate::engine::clock::Timestamp;
 use crate::engine::shed::SetBy;
 
@@ -29,9 +29,9 @@ pub struct Config {
     pub min_step: Duration,
 }
 
-/// What one run did.
+/// What one run of the controller did: the alarm it read, the level before and after, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Report {
+pub struct ShedRun {
     /// `None` when no alarm is designated (shedding off).
     pub alarm: Option<AlarmState>,
     pub before: u8,
@@ -67,10 +67,10 @@ impl<A: Alarms> Controller<A> {
 
     /// One run at `now`. Calls: `DescribeAlarms` once, `GetItem` once (strongly consistent);
     /// when it may step, a `Scan` of the plans, one conditional `PutItem` and the audit record.
-    pub async fn run(&self, now: Timestamp) -> Result<Report, ShedError> {
+    pub async fn run(&self, now: Timestamp) -> Result<ShedRun, ShedError> {
         if self.config.alarm.is_empty() {
             let level = self.table.get().await?.level;
-            return Ok(Report {
+            return Ok(ShedRun {
                 alarm: None,
                 before: level,
                 after: level,
@@ -84,7 +84,7 @@ impl<A: Alarms> Controller<A> {
         } else {
             Vec::new()
         };
-        let report = |after, outcome| Report {
+        let report = |after, outcome| ShedRun {
             alarm: Some(alarm),
             before: state.level,
             after,
@@ -100,7 +100,7 @@ impl<A: Alarms> Controller<A> {
             .set(&state, level, SetBy::Controller, &reason, None, now)
             .await?
         {
-            Written::Applied(to) => {
+            Some(to) => {
                 let outcome = if to.level > state.level {
                     RunOutcome::Raised
                 } else {
@@ -109,7 +109,7 @@ impl<A: Alarms> Controller<A> {
                 tracing::warn!(from = state.level, to = to.level, alarm = %self.config.alarm, ?alarm, "shed level changed");
                 Ok(report(to.level, outcome))
             }
-            Written::Superseded => Ok(report(state.level, RunOutcome::Superseded)),
+            None => Ok(report(state.level, RunOutcome::Superseded)),
         }
     }
 }

@@ -4,18 +4,14 @@
 //! same level never both step from it; every write is audited (`audit::Source::Shed`).
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::error::DisplayErrorContext;
 
 use crate::engine::clock::Timestamp;
 use crate::engine::shed::{SetBy, ShedState};
 use crate::policy_table::audit::{self, AuditLog, ChangeRecord, ItemChange, Source};
 use crate::policy_table::record::{parse_shed, shed_item};
-use crate::policy_table::{self, PK, Record, SHED_PK, read_item};
-
-/// The attribute naming the write that put the item (a random token per `set`).
-const WRITER: &str = "writer";
+use crate::policy_table::write::{self, Expect, WriteError};
+use crate::policy_table::{self, Record, SHED_PK, read_item};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShedError {
@@ -33,15 +29,6 @@ pub enum ShedError {
         #[source]
         source: audit::AuditError,
     },
-}
-
-/// Whether a conditional write landed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Written {
-    /// Written and audited; the new state.
-    Applied(ShedState),
-    /// Another writer moved the level since it was read: nothing written.
-    Superseded,
 }
 
 /// The shed level's item, for the controller and the CLI.
@@ -70,6 +57,18 @@ impl ShedTable {
         }
     }
 
+    /// A failed write of the level: the store's failure as `unavailable`'s (its outcome,
+    /// known or not, is not told apart: a retried `set` reads the level again first).
+    fn write_error(&self, e: WriteError) -> ShedError {
+        match e {
+            WriteError::Unavailable { detail, .. } => ShedError::Unavailable {
+                table: self.table.clone(),
+                detail,
+            },
+            other => ShedError::Invalid(other.to_string()),
+        }
+    }
+
     /// The stored level (strongly consistent: a writer must step from the latest one). No item
     /// is level 0, the controller's.
     pub async fn get(&self) -> Result<ShedState, ShedError> {
@@ -82,9 +81,10 @@ impl ShedTable {
         }
     }
 
-    /// Writes `level` over `from` (the state read), on condition that nobody wrote since, then
-    /// audits the change under `actor` (the manual actor when not given). `Superseded` when
-    /// another writer was first.
+    /// Writes `level` over `from` (the state read), on condition that nobody wrote since
+    /// (`policy_table::write`), then audits the change under `actor` (the manual actor when not
+    /// given). The new state, written and audited; `None` when another writer moved the level
+    /// since it was read (nothing written).
     pub async fn set(
         &self,
         from: &ShedState,
@@ -93,48 +93,27 @@ impl ShedTable {
         reason: &str,
         actor: Option<&str>,
         now: Timestamp,
-    ) -> Result<Written, ShedError> {
+    ) -> Result<Option<ShedState>, ShedError> {
+        // Version 0 is the absent item (`ShedTable::get`).
+        let expect = if from.version == 0 {
+            Expect::Absent
+        } else {
+            Expect::At(from.version)
+        };
         let to = ShedState {
             level,
             set_by,
             since: now,
             reason: reason.to_owned(),
-            version: from.version + 1,
+            version: expect
+                .next()
+                .ok_or_else(|| ShedError::Invalid(format!("version {} is the largest", from.version)))?,
         };
-        // Which writer this is: two runs that computed the same step write equal states, so
-        // only this token tells a resend of this very put from another run's.
-        let writer = format!("{:016x}", rand::random::<u64>());
-        let mut item = shed_item(&to);
-        item.insert(WRITER.to_owned(), AttributeValue::S(writer.clone()));
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            // Version 0 is the absent item; `version = :v` never holds for it.
-            .condition_expression(format!("attribute_not_exists({PK}) OR version = :v"))
-            .expression_attribute_values(":v", AttributeValue::N(from.version.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match put {
-            Ok(_) => {}
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
-                // The SDK resends a put whose answer was lost; the resend then fails its
-                // condition against the put itself. That is this write, applied: audit it.
-                let ours = match e.err() {
-                    PutItemError::ConditionalCheckFailedException(c) => c
-                        .item()
-                        .and_then(|i| i.get(WRITER))
-                        .and_then(|w| w.as_s().ok())
-                        .is_some_and(|w| *w == writer),
-                    _ => false,
-                };
-                if !ours {
-                    return Ok(Written::Superseded);
-                }
-            }
-            Err(e) => return Err(self.unavailable(e)),
+        let written = write::put(&self.client, &self.table, SHED_PK, shed_item(&to), &expect)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        if written == write::Written::Conflict {
+            return Ok(None);
         }
         let actor = match (&to.set_by, actor) {
             (_, Some(actor)) => Some(actor.to_owned()),
@@ -162,7 +141,7 @@ impl ShedTable {
             .record(&record)
             .await
             .map_err(|source| ShedError::Audit { level, source })?;
-        Ok(Written::Applied(to))
+        Ok(Some(to))
     }
 
     /// Every plan's priority: a scan of the policy table for `plan#` items. Called by the

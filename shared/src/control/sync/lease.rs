@@ -7,7 +7,7 @@
 //! run is never dropped) and returns. The holder, when done, deletes the lease on condition that
 //! it still owns it and `rerun` is still false; when that fails because `rerun` was set, it clears
 //! `rerun`, renews the expiry and runs once more (as it does, without trying the delete, when its
-//! round left items another writer changed meanwhile), at most `MAX_ROUNDS`
+//! round left items another writer changed meanwhile), at most `MAX_LEASED_ROUNDS`
 //! rounds, and only while the invocation has the time a round needs (`MIN_ROUND`, or the last
 //! round's time if longer). The expiry (`until`, epoch seconds) is the invocation's deadline plus
 //! `LEASE_MARGIN`, whenever it is taken or renewed: a holder stopped at its timeout blocks other
@@ -16,7 +16,6 @@
 //! `renew` abandons the lease (best effort; it lapses at its expiry otherwise; completed rounds'
 //! reports are kept), and lapses are read from the injected clock.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
@@ -27,8 +26,8 @@ use super::table::{PolicyTable, TableError};
 use super::{SyncError, SyncReport};
 use crate::control::apigateway::ControlPlane;
 use crate::engine::clock::{Clock, Timestamp};
-use crate::policy_table::record::number;
-use crate::policy_table::{LEASE_PK, PK, read_item};
+use crate::policy_table::sync_items::{LEASE_OWNER, LEASE_RERUN, LEASE_UNTIL, lease_item, lease_owner};
+use crate::policy_table::{LEASE_PK, PK, read_item, sync_items};
 
 /// How long a lease holds past its holder's deadline: for clocks that disagree (Lambda stops the
 /// holder at the deadline, so it never writes after it).
@@ -39,7 +38,7 @@ pub const LEASE_MARGIN: Duration = Duration::from_secs(30);
 pub const MIN_ROUND: Duration = Duration::from_secs(60);
 /// Rounds one holder runs at most; a rerun asked for during the last is left to the next trigger
 /// (the schedule at the latest).
-pub const MAX_ROUNDS: usize = 3;
+pub const MAX_LEASED_ROUNDS: usize = 3;
 /// Tries to take a lease that keeps being released and taken between the put and the update.
 const TAKE_TRIES: u32 = 3;
 
@@ -107,11 +106,11 @@ impl<'a> Lease<'a> {
                 .client()
                 .put_item()
                 .table_name(self.table.name())
-                .set_item(Some(self.item(until)))
+                .set_item(Some(lease_item(&self.owner, until.as_secs())))
                 .condition_expression("attribute_not_exists(#pk) OR #until < :now OR #owner = :me")
                 .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#until", "until")
-                .expression_attribute_names("#owner", "owner")
+                .expression_attribute_names("#until", LEASE_UNTIL)
+                .expression_attribute_names("#owner", LEASE_OWNER)
                 .expression_attribute_values(":now", secs(now))
                 .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
                 .send()
@@ -131,8 +130,8 @@ impl<'a> Lease<'a> {
                 .update_expression("SET #rerun = :true")
                 .condition_expression("attribute_exists(#pk) AND #until >= :now")
                 .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#until", "until")
-                .expression_attribute_names("#rerun", "rerun")
+                .expression_attribute_names("#until", LEASE_UNTIL)
+                .expression_attribute_names("#rerun", LEASE_RERUN)
                 .expression_attribute_values(":now", secs(now))
                 .expression_attribute_values(":true", AttributeValue::Bool(true))
                 .send()
@@ -157,9 +156,9 @@ impl<'a> Lease<'a> {
             .key(PK, AttributeValue::S(LEASE_PK.to_owned()))
             .update_expression("SET #rerun = :false, #until = :until")
             .condition_expression("#owner = :me")
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_names("#until", "until")
-            .expression_attribute_names("#rerun", "rerun")
+            .expression_attribute_names("#owner", LEASE_OWNER)
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_names("#rerun", LEASE_RERUN)
             .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
             .expression_attribute_values(":until", secs(until))
@@ -181,7 +180,7 @@ impl<'a> Lease<'a> {
         let item = read_item(self.table.client(), self.table.name(), LEASE_PK)
             .await
             .map_err(|e| self.unavailable(e))?;
-        let ours = item.as_ref().and_then(|i| i.get("owner")).and_then(|v| v.as_s().ok()) == Some(&self.owner);
+        let ours = item.as_ref().and_then(lease_owner).as_ref() == Some(&self.owner);
         Ok(if ours { Release::Rerun } else { Release::Lost })
     }
 
@@ -200,11 +199,11 @@ impl<'a> Lease<'a> {
             .table_name(self.table.name())
             .key(PK, AttributeValue::S(LEASE_PK.to_owned()))
             .condition_expression(condition)
-            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#owner", LEASE_OWNER)
             .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()));
         if condition.contains("#rerun") {
             call = call
-                .expression_attribute_names("#rerun", "rerun")
+                .expression_attribute_names("#rerun", LEASE_RERUN)
                 .expression_attribute_values(":false", AttributeValue::Bool(false));
         }
         match call.send().await {
@@ -212,15 +211,6 @@ impl<'a> Lease<'a> {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(false),
             Err(e) => Err(self.unavailable(e)),
         }
-    }
-
-    fn item(&self, until: Timestamp) -> HashMap<String, AttributeValue> {
-        HashMap::from([
-            (PK.to_owned(), AttributeValue::S(LEASE_PK.to_owned())),
-            ("owner".to_owned(), AttributeValue::S(self.owner.clone())),
-            ("until".to_owned(), secs(until)),
-            ("rerun".to_owned(), AttributeValue::Bool(false)),
-        ])
     }
 
     fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> TableError {
@@ -239,7 +229,7 @@ pub async fn lease_until(table: &PolicyTable) -> Result<Option<u64>, TableError>
             table: table.name().to_owned(),
             detail: DisplayErrorContext(e).to_string(),
         })?;
-    Ok(item.and_then(|i| number(&i, "until")))
+    Ok(item.as_ref().and_then(sync_items::lease_until))
 }
 
 fn secs(t: Timestamp) -> AttributeValue {
@@ -256,7 +246,7 @@ pub fn expiry(deadline: Timestamp) -> Timestamp {
 /// the invocation is stopped (the lease holds until `expiry(deadline)`). A run that finds the
 /// lease held asks its holder to run again and returns `deferred`; the holder runs until no rerun
 /// was asked for and no item was left to other writers (`SyncReport::left_to_other_writers`), at
-/// most `MAX_ROUNDS` rounds, and starts one only with the time it needs; a rerun it does not run
+/// most `MAX_LEASED_ROUNDS` rounds, and starts one only with the time it needs; a rerun it does not run
 /// is left to the next trigger.
 pub async fn run_leased(
     control: &dyn ControlPlane,
@@ -291,9 +281,9 @@ pub async fn run_leased(
         done.rounds.push(report);
         match release {
             Release::Released | Release::Lost => return Ok(done),
-            Release::Rerun if done.rounds.len() >= MAX_ROUNDS => {
+            Release::Rerun if done.rounds.len() >= MAX_LEASED_ROUNDS => {
                 tracing::warn!(
-                    rounds = MAX_ROUNDS,
+                    rounds = MAX_LEASED_ROUNDS,
                     "changes kept arriving; the next trigger syncs the rest"
                 );
                 abandon_keeping(&lease).await;

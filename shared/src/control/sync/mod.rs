@@ -25,8 +25,8 @@ use crate::engine::clock::Clock;
 use crate::policy_table::Record;
 use crate::policy_table::audit::{AuditLog, ChangeOutcome, ChangeRecord, ItemChange, Source};
 
-/// Times a sync starts over after losing to a concurrent one.
-const MAX_ROUNDS: u32 = 5;
+/// Rounds (read, decide, write) a sync makes at most while concurrent syncs keep claiming first.
+const MAX_CONTENDED_ROUNDS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -201,13 +201,13 @@ pub async fn run_as(
                 );
                 return Ok((report, items));
             }
-            Err(TableError::Superseded) if retries + 1 < MAX_ROUNDS => {
+            Err(TableError::Superseded) if retries + 1 < MAX_CONTENDED_ROUNDS => {
                 retries += 1;
                 let wait = Duration::from_millis(50 + rand::random::<u64>() % 200);
                 tracing::info!(retries, ?wait, "another sync wrote first; reading again");
                 tokio::time::sleep(wait).await;
             }
-            Err(TableError::Superseded) => return Err(SyncError::Contended(MAX_ROUNDS)),
+            Err(TableError::Superseded) => return Err(SyncError::Contended(MAX_CONTENDED_ROUNDS)),
             Err(e) => return Err(e.into()),
         }
     }

@@ -26,14 +26,13 @@ use aws_sdk_dynamodb::types::{
 use crate::control::sync::mapping::Desired;
 use crate::engine::clock::Timestamp;
 use crate::policy_table::audit::ItemChange;
-use crate::policy_table::record::{is_gone, number, parse, render};
+use crate::policy_table::record::{Item, is_gone, parse, render, string};
+use crate::policy_table::sync_items::{GENERATION, generation};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, version_of};
 use crate::policy_table::{
-    KEY_PREFIX, META_PK, PK, PLAN_PREFIX, Record, TENANT_PREFIX, TenantRecord, key_pk, plan_pk, read_item, shown_pk,
-    tenant_pk,
+    KEY_PREFIX, META_PK, PK, PLAN_PREFIX, PrefixScan, Record, TENANT_PREFIX, TenantRecord, key_pk, plan_pk, read_item,
+    shown_pk, tenant_pk,
 };
-
-type Item = HashMap<String, AttributeValue>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -215,7 +214,7 @@ impl PolicyTable {
         let meta = read_item(&self.client, &self.table, META_PK)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(meta.and_then(|item| number(&item, GENERATION)).unwrap_or(0))
+        Ok(meta.as_ref().and_then(generation).unwrap_or(0))
     }
 
     /// The item at `pk` and its version, strongly consistent: `None` when there is none (or it is
@@ -245,7 +244,7 @@ impl PolicyTable {
                 Some(Record::Tenant(t)) => t.anchor,
                 _ => None,
             };
-            write::Verdict::Put(Record::Tenant(TenantRecord {
+            write::ItemAction::Put(Record::Tenant(TenantRecord {
                 plan: plan.to_owned(),
                 anchor,
                 moving_until: Some(until),
@@ -262,11 +261,13 @@ impl PolicyTable {
         let parse = |i: &Item| parse(&pk, i);
         let render = |r: &Record| render(r).unwrap_or_default();
         write::change(&self.client, &self.table, &pk, parse, render, |now| match now {
-            Some(Record::Tenant(t)) if t.moving_until.is_some() => write::Verdict::Put(Record::Tenant(TenantRecord {
-                moving_until: None,
-                ..t.clone()
-            })),
-            _ => write::Verdict::Leave,
+            Some(Record::Tenant(t)) if t.moving_until.is_some() => {
+                write::ItemAction::Put(Record::Tenant(TenantRecord {
+                    moving_until: None,
+                    ..t.clone()
+                }))
+            }
+            _ => write::ItemAction::Leave,
         })
         .await?;
         Ok(())
@@ -278,41 +279,28 @@ impl PolicyTable {
             generation: self.generation().await?,
             ..Current::default()
         };
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                // Only the kinds sync manages come back: the audit trail's records, the largest
-                // items, stay in the table (read, not sent).
-                .filter_expression("begins_with(#pk, :plan) OR begins_with(#pk, :tenant) OR begins_with(#pk, :key)")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_values(":plan", AttributeValue::S(PLAN_PREFIX.to_owned()))
-                .expression_attribute_values(":tenant", AttributeValue::S(TENANT_PREFIX.to_owned()))
-                .expression_attribute_values(":key", AttributeValue::S(KEY_PREFIX.to_owned()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            for item in page.items() {
-                let Some(pk) = item.get(PK).and_then(|v| v.as_s().ok()) else {
-                    continue;
-                };
-                let record = parse(pk, item);
-                if record.is_some() || is_gone(item) {
-                    current.versions.insert(pk.clone(), Expect::of(Some(item)));
-                }
-                if let Some(record) = record {
-                    current.records.insert(pk.clone(), record);
-                }
+        let scan = PrefixScan {
+            // Only the kinds sync manages come back: the audit trail's records, the largest
+            // items, stay in the table (read, not sent).
+            prefixes: &[PLAN_PREFIX, TENANT_PREFIX, KEY_PREFIX],
+            consistent: true,
+            ..PrefixScan::default()
+        };
+        let items = scan
+            .items(&self.client, &self.table)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        for item in &items {
+            let Some(pk) = string(item, PK) else { continue };
+            let record = parse(&pk, item);
+            if record.is_some() || is_gone(item) {
+                current.versions.insert(pk.clone(), Expect::of(Some(item)));
             }
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(current),
+            if let Some(record) = record {
+                current.records.insert(pk, record);
             }
         }
+        Ok(current)
     }
 
     /// Writes `changes` in `TransactWriteItems` batches of at most `BATCH` items. Each batch
@@ -515,9 +503,6 @@ impl PolicyTable {
     }
 }
 
-/// `sync#meta`'s attribute holding the generation.
-const GENERATION: &str = "generation";
-
 /// TransactWriteItems takes 100 actions; one is `sync#meta`'s.
 pub const BATCH: usize = 99;
 
@@ -532,10 +517,7 @@ struct Run {
 impl Run {
     /// Whether `meta` (as returned with a cancelled claim) is this run's claim, landed.
     fn is_claim(&self, meta: Option<&Item>) -> bool {
-        meta.is_some_and(|m| {
-            number(m, GENERATION) == Some(self.generation + 1)
-                && m.get(write::WRITER).and_then(|w| w.as_s().ok()) == Some(&self.token)
-        })
+        meta.and_then(generation) == Some(self.generation + 1) && write::written_by(meta, &self.token)
     }
 
     /// The writes of a transaction of `items` that landed (the generation update when it

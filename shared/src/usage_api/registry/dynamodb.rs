@@ -19,7 +19,7 @@ use super::{
     Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, SHED_ATTEMPTS, ShedChange,
     to_json,
 };
-use crate::control::shed::table::{ShedError, ShedTable, Written};
+use crate::control::shed::table::{ShedError, ShedTable};
 use crate::directory::{DirectoryError, DynamoDirectory};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::due::{self, minute_of};
@@ -29,8 +29,8 @@ use crate::policy_table::record::{
 };
 use crate::policy_table::write::{self, WriteError};
 use crate::policy_table::{
-    self, BY_TENANT, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, REVOKE_PREFIX, Record, TENANT_PREFIX, TenantRecord,
-    idem_claim_pk, idem_pk, key_pk, revoke_pk, tenant_pk,
+    self, BY_TENANT, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, PrefixScan, REVOKE_PREFIX, Record, TENANT_PREFIX,
+    TenantRecord, idem_claim_pk, idem_pk, key_pk, revoke_pk, tenant_pk,
 };
 
 fn unavailable<E: std::error::Error + 'static>(e: E) -> DirectoryError {
@@ -87,26 +87,12 @@ impl DynamoDirectory {
     /// Every item whose `pk` starts with `prefix`, strongly consistent. Admin routes only: a
     /// scan reads the whole policy table.
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<Item>, DirectoryError> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client()
-                .scan()
-                .table_name(self.table())
-                .consistent_read(true)
-                .filter_expression(format!("begins_with({PK}, :p)"))
-                .expression_attribute_values(":p", AttributeValue::S(prefix.to_owned()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            items.extend(page.items().iter().cloned());
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(items),
-            }
-        }
+        let scan = PrefixScan {
+            prefixes: &[prefix],
+            consistent: true,
+            ..PrefixScan::default()
+        };
+        scan.items(self.client(), self.table()).await.map_err(unavailable)
     }
 
     /// Every item of `index` whose key matches `condition` and that passes `filter`, all pages;
@@ -419,7 +405,7 @@ impl Registry for DynamoDirectory {
                 )
                 .await
                 .map_err(shed_error)?;
-            if let Written::Applied(to) = written {
+            if let Some(to) = written {
                 return Ok(Some(ShedChange {
                     from,
                     to,

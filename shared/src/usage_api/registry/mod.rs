@@ -14,11 +14,11 @@ use crate::directory::{Directory, DirectoryError};
 use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::shed::{SetBy, ShedState};
-pub use crate::policy_table::write::{Changed, Verdict};
+pub use crate::policy_table::write::{Changed, ItemAction};
 use crate::policy_table::{KeyRecord, TenantRecord};
 
 /// A writer's decision for an item, from the item as it is (`None`: there is none).
-pub type Decide<'a, T> = &'a (dyn Fn(Option<&T>) -> Verdict<T> + Send + Sync);
+pub type Decide<'a, T> = &'a (dyn Fn(Option<&T>) -> ItemAction<T> + Send + Sync);
 
 /// A manual shed write retries this many times when the controller writes in between (as
 /// `tollgate shed set` does).

@@ -11,7 +11,7 @@ use crate::policy_table::TenantRecord;
 use crate::usage_api::UsageApi;
 use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, json, whole_number};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::Verdict;
+use crate::usage_api::registry::ItemAction;
 use crate::usage_api::views::tenant_view;
 
 #[derive(Debug, Deserialize)]
@@ -55,11 +55,11 @@ pub(in crate::usage_api) async fn set_anchor(
     let changed = api
         .registry
         .change_tenant(&tenant, &|current| match current {
-            Some(t) if t.anchor != Some(day) => Verdict::Put(TenantRecord {
+            Some(t) if t.anchor != Some(day) => ItemAction::Put(TenantRecord {
                 anchor: Some(day),
                 ..t.clone()
             }),
-            _ => Verdict::Leave,
+            _ => ItemAction::Leave,
         })
         .await?;
     if changed.after.is_none() {

@@ -26,7 +26,7 @@ use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
-use crate::usage_api::registry::{Changed, Verdict};
+use crate::usage_api::registry::{Changed, ItemAction};
 use usage_plans::UsagePlans;
 
 /// The ports, as a handler takes them.
@@ -141,22 +141,22 @@ async fn disable_key(control: &dyn ControlWrites, id: &str) -> Result<(), Proble
 
 /// The decision that revokes a key: an enabled record is written disabled, anything else (already
 /// disabled, or removed by sync) is left as it is.
-fn revoke(current: Option<&KeyRecord>) -> Verdict<KeyRecord> {
+fn revoke(current: Option<&KeyRecord>) -> ItemAction<KeyRecord> {
     match current {
-        Some(k) if k.enabled => Verdict::Put(KeyRecord {
+        Some(k) if k.enabled => ItemAction::Put(KeyRecord {
             enabled: false,
             ..k.clone()
         }),
-        _ => Verdict::Leave,
+        _ => ItemAction::Leave,
     }
 }
 
 /// The decision that creates an item: written when there is none, else left as it is (a revoked
 /// key stays revoked; a tenant another writer made is not overwritten).
-fn create<T: Clone + Sync>(value: &T) -> impl Fn(Option<&T>) -> Verdict<T> + Send + Sync + '_ {
+fn create<T: Clone + Sync>(value: &T) -> impl Fn(Option<&T>) -> ItemAction<T> + Send + Sync + '_ {
     move |current| match current {
-        None => Verdict::Put(value.clone()),
-        Some(_) => Verdict::Leave,
+        None => ItemAction::Put(value.clone()),
+        Some(_) => ItemAction::Leave,
     }
 }
 

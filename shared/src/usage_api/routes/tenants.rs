@@ -15,7 +15,7 @@ use crate::control::apigateway::writes::ControlWrites;
 use crate::policy_table::TenantRecord;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::{Changed, Verdict};
+use crate::usage_api::registry::{Changed, ItemAction};
 use crate::usage_api::views::{TenantPage, TenantSummary, tenant_view};
 use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, MOVE_WINDOW, UsageApi};
 
@@ -127,12 +127,12 @@ async fn set_plan(
     let changed = api
         .registry
         .change_tenant(tenant, &|current| match current {
-            Some(t) if t.plan == from => Verdict::Put(TenantRecord {
+            Some(t) if t.plan == from => ItemAction::Put(TenantRecord {
                 plan: to.to_owned(),
                 moving_until,
                 ..t.clone()
             }),
-            _ => Verdict::Leave,
+            _ => ItemAction::Leave,
         })
         .await?;
     if changed.after.as_ref().map(|t| t.plan.as_str()) != Some(to) {
@@ -246,8 +246,8 @@ pub(in crate::usage_api) async fn offboard(
     let changed = api
         .registry
         .change_tenant(&tenant, &|current| match current {
-            Some(now) if now.plan == plan => Verdict::Delete,
-            _ => Verdict::Leave,
+            Some(now) if now.plan == plan => ItemAction::Delete,
+            _ => ItemAction::Leave,
         })
         .await?;
     let moved = changed.after.as_ref().map(|t| t.plan.clone());
