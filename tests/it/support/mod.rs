@@ -3,7 +3,6 @@
 
 pub mod apigateway;
 pub mod cbor_shim;
-pub mod counting_proxy;
 pub mod emulator;
 pub mod fault_proxy;
 pub mod gate;

@@ -8,7 +8,6 @@ pub(super) mod reset;
 pub(super) mod shed;
 pub(super) mod tenants;
 pub(super) mod usage;
-pub(super) mod usage_plans;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,16 +17,13 @@ use axum::extract::State;
 use super::problem::Problem;
 use super::{AuditSink, UsageApi};
 use crate::control::apigateway::ControlError;
-use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::{ControlWrites, Patch};
-use crate::control::sync::mapping::TAG_STACK;
-use crate::directory::DirectoryError;
+use crate::control::sync::mapping::{TAG_STACK, plan_name};
 use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::registry::{Changed, ItemAction};
-use usage_plans::UsagePlans;
 
 /// The ports, as a handler takes them.
 type Api = State<Arc<UsageApi>>;
@@ -53,14 +49,10 @@ impl UsageApi {
     /// `plan` is one the policy defines, or 409 naming the ones it does: which plans exist is the
     /// policy's state, not something a request's shape can be wrong about.
     pub(super) async fn known_plan(&self, plan: &str) -> Result<(), Problem> {
-        // One read of the plan's item (one stored but invalid exists as well: it is sync's to
-        // report); the names are listed only to refuse.
-        match self.registry.plan(plan).await {
-            Ok(Some(_)) | Err(DirectoryError::Invalid { .. } | DirectoryError::Plan(_)) => return Ok(()),
-            Ok(None) => {}
-            Err(e) => return Err(e.into()),
-        }
         let names = self.registry.plan_names().await?;
+        if names.iter().any(|n| n == plan) {
+            return Ok(());
+        }
         Err(Problem::conflict(
             "unknown-plan",
             format!("`plan`: no plan `{plan}`; known plans: {}", names.join(", ")),
@@ -78,14 +70,19 @@ impl UsageApi {
         }
     }
 
-    /// The usage plan that stands for `plan` in API Gateway, resolved through `plans`.
-    async fn usage_plan(
-        &self,
-        plans: &UsagePlans,
-        control: &dyn ControlWrites,
-        plan: &str,
-    ) -> Result<UsagePlan, Problem> {
-        plans.of(control, plan, self.now()).await
+    /// The usage plan that stands for `plan` in API Gateway.
+    async fn usage_plan_id(&self, control: &dyn ControlWrites, plan: &str) -> Result<String, Problem> {
+        let plans = control.usage_plans().await?;
+        plans
+            .iter()
+            .find(|p| plan_name(p) == plan)
+            .map(|p| p.id.clone())
+            .ok_or_else(|| {
+                Problem::conflict(
+                    "plan-without-usage-plan",
+                    format!("plan `{plan}` has no usage plan in API Gateway (name it `{plan}` or tag it `tollgate:plan={plan}`)"),
+                )
+            })
     }
 
     /// The tags of a key the usage API creates: its stack's, when it has one.
@@ -129,6 +126,15 @@ impl UsageApi {
         AuditSink::record(self.audit.as_ref(), &record).await?;
         Ok(())
     }
+}
+
+/// The ids of the keys on a usage plan: a plan key is removed only when it is there.
+async fn plan_keys(control: &dyn ControlWrites, plan_id: &str) -> Result<Vec<String>, Problem> {
+    Ok(control
+        .usage_plan(plan_id)
+        .await?
+        .map(|p| p.key_ids)
+        .unwrap_or_default())
 }
 
 /// Disables a key in API Gateway; a key API Gateway does not have is as good as disabled.
