@@ -316,6 +316,11 @@ proptest! {
         let c = calendar.counter(now);
         prop_assert_eq!(Counter::parse(&c.to_string()), Some(c));
         prop_assert_eq!(calendar.bounds_of(c).0, start);
+        // AND asked again, from the period it kept, the same calendar answers as a new one:
+        // the kept end, saturated at the clock's end, is not cut to whole seconds
+        let fresh = Calendar::new(calendar.period(), calendar.zone().clone(), calendar.week_start(), calendar.anchor());
+        prop_assert_eq!(calendar.bounds(now), fresh.bounds(now));
+        prop_assert_eq!(calendar.window(now), fresh.window(now));
     }
 
     /// A calendar answers as a new one would, whatever it found before: the period it keeps
