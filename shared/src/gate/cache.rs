@@ -124,6 +124,15 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
         }
     }
 
+    /// Forgets `key`'s entry, live or kept for `get_stale`. Its place in the eviction order is
+    /// left to go stale (as a re-insert's is).
+    pub fn remove<Q: Hash + Eq + ?Sized>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
+        self.lock().entries.remove(key);
+    }
+
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
@@ -169,10 +178,18 @@ impl<K: Hash + Eq + Clone, V: Clone> AnswerCache<K, V> {
         self.missing.get(key, now).map(|()| None)
     }
 
+    /// The directory's answer for `key`; it replaces any earlier one, so a key now unknown (a
+    /// revoked one) leaves no last good answer behind for `get_stale`.
     pub fn insert(&self, key: K, answer: Option<V>, expires: Timestamp, now: Timestamp) {
         match answer {
-            Some(v) => self.found.insert(key, v, expires, now),
-            None => self.missing.insert(key, (), expires, now),
+            Some(v) => {
+                self.missing.remove(&key);
+                self.found.insert(key, v, expires, now);
+            }
+            None => {
+                self.found.remove(&key);
+                self.missing.insert(key, (), expires, now);
+            }
         }
     }
 }

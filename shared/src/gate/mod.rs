@@ -476,18 +476,24 @@ impl Gate {
         }
     }
 
-    /// The directory could not answer: the last good answer if there is one, else the error;
-    /// and the directory is left alone for `directory_error_ttl`.
+    /// The directory could not answer: while the store is unreachable (or held after failing),
+    /// the last good answer if there is one, else the error; and the directory is left alone
+    /// for `directory_error_ttl`. An error of one item (invalid, or a plan this build cannot
+    /// read) is that caller's alone: no last good answer, no hold on everyone else.
     fn stale(
         &self,
         last_good: Option<Resolved>,
         error: DirectoryError,
         now: Timestamp,
     ) -> Result<(Option<Resolved>, bool), DirectoryError> {
-        if !matches!(error, DirectoryError::Held) {
-            tracing::warn!(%error, served_stale = last_good.is_some(), "policy directory could not answer");
-            *self.directory_failed_until.lock().unwrap_or_else(|e| e.into_inner()) =
-                now.saturating_add(self.config.directory_error_ttl);
+        match &error {
+            DirectoryError::Held => {}
+            DirectoryError::Unavailable(_) | DirectoryError::Indeterminate(_) => {
+                tracing::warn!(%error, served_stale = last_good.is_some(), "policy directory unreachable");
+                *self.directory_failed_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                    now.saturating_add(self.config.directory_error_ttl);
+            }
+            DirectoryError::Invalid { .. } | DirectoryError::Plan(_) => return Err(error),
         }
         match last_good {
             Some(resolved) => Ok((Some(resolved), true)),

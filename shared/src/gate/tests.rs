@@ -43,6 +43,8 @@ struct Counting {
     shed_reads: AtomicU64,
     tenant_reads: AtomicU64,
     down: AtomicBool,
+    /// Reads of tenant `f` fail as an invalid item (one bad item, the store up).
+    invalid: AtomicBool,
 }
 
 impl Counting {
@@ -63,6 +65,12 @@ impl Directory for Counting {
     async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
         self.tenant_reads.fetch_add(1, Ordering::SeqCst);
         self.up()?;
+        if tenant == "f" && self.invalid.load(Ordering::SeqCst) {
+            return Err(DirectoryError::Invalid {
+                item: "tenant#f".into(),
+                reason: "not a tenant record".into(),
+            });
+        }
         self.inner.tenant(tenant).await
     }
     async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
@@ -81,6 +89,7 @@ fn gate(config: GateConfig) -> (Gate, Arc<Counting>, Arc<ManualClock>) {
         shed_reads: AtomicU64::new(0),
         tenant_reads: AtomicU64::new(0),
         down: AtomicBool::new(false),
+        invalid: AtomicBool::new(false),
     });
     let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_800_000_000)));
     let gate = Gate::new(config, dir.clone(), Arc::new(MemoryStore::default()), clock.clone());
@@ -383,4 +392,50 @@ async fn after_a_directory_failure_uncached_callers_are_answered_without_asking_
     clock.advance(config.directory_error_ttl);
     assert!(matches!(ask(&gate, "g").await, GateOutcome::Allow(_)));
     assert_eq!(dir.tenant_reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_key_revoked_before_the_directory_fails_is_not_served_its_older_answer() {
+    // GIVEN a gold key resolved, then disabled and seen disabled once its cached answer expired
+    let config = GateConfig::default();
+    let (gate, dir, clock) = gate(config.clone());
+    let key = "gold-key";
+    let record = |enabled| KeyRecord {
+        tenant: "g".into(),
+        key_id: "k-gold".into(),
+        enabled,
+    };
+    dir.inner.put_key(ApiKeyHash::of(key), record(true));
+    let ask = || {
+        gate.check(Request {
+            credential: Credential::ApiKey(key),
+            method: "GET",
+            resource: "/hello",
+        })
+    };
+    assert!(matches!(ask().await, GateOutcome::Allow(_)));
+    dir.inner.put_key(ApiKeyHash::of(key), record(false));
+    clock.advance(config.key_ttl);
+    assert!(matches!(ask().await, GateOutcome::Unauthorized(_)));
+    // WHEN the directory stops answering after the unknown answer expired
+    clock.advance(config.unknown_key_ttl);
+    dir.down.store(true, Ordering::SeqCst);
+    // THEN the key is not admitted on its answer from before the revocation
+    assert!(matches!(ask().await, GateOutcome::Unavailable(_)));
+}
+
+#[tokio::test]
+async fn one_invalid_item_neither_holds_the_directory_nor_is_served_stale() {
+    // GIVEN gold resolved, and a directory whose reads of f fail as an invalid item
+    let config = GateConfig::default();
+    let (gate, dir, clock) = gate(config.clone());
+    assert!(matches!(ask(&gate, "g").await, GateOutcome::Allow(_)));
+    dir.invalid.store(true, Ordering::SeqCst);
+    // WHEN g's cached answer has expired, f asks, and g right after it
+    clock.advance(config.key_ttl);
+    assert!(matches!(ask(&gate, "f").await, GateOutcome::Unavailable(_)));
+    // THEN g is read again at once (no hold), and f's error is f's alone
+    let reads = dir.tenant_reads.load(Ordering::SeqCst);
+    assert!(matches!(ask(&gate, "g").await, GateOutcome::Allow(v) if !v.cached_credentials));
+    assert_eq!(dir.tenant_reads.load(Ordering::SeqCst), reads + 1);
 }
