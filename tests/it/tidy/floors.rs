@@ -33,8 +33,13 @@ fn evasions(text: &str) -> Vec<&'static str> {
     let code = blanked(text);
     [
         ("use crate as", "a renamed crate"),
+        ("crate::{self", "a renamed crate"),
         ("extern crate self as", "a renamed crate"),
         ("use tollgate as", "a renamed crate"),
+        ("tollgate::{self", "a renamed crate"),
+        ("extern crate tollgate", "a renamed crate"),
+        ("::tollgate::", "a path from the extern prelude"),
+        ("super as ", "a renamed ancestor module"),
         ("#[path", "a module loaded from another path"),
     ]
     .into_iter()
@@ -167,6 +172,18 @@ fn the_floor_check_reads_every_way_to_name_a_module() {
     ));
     // AND renaming the crate or loading a file from elsewhere is caught
     assert_eq!(evasions("use crate as c;"), ["a renamed crate"]);
+    for text in [
+        "use crate::{self as c};",
+        "use tollgate::{self as t};",
+        "extern crate tollgate as tg;",
+    ] {
+        assert_eq!(evasions(text), ["a renamed crate"], "{text}");
+    }
+    assert_eq!(
+        evasions("use ::tollgate::control::X;"),
+        ["a path from the extern prelude"]
+    );
+    assert_eq!(evasions("use super::super as root;"), ["a renamed ancestor module"]);
     assert_eq!(
         evasions("#[path = \"../control/x.rs\"]\nmod x;"),
         ["a module loaded from another path"]
