@@ -53,12 +53,7 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     where
         K: Borrow<Q>,
     {
-        let inner = self.lock();
-        inner
-            .entries
-            .get(key)
-            .filter(|(_, exp)| now < *exp)
-            .map(|(v, _)| v.clone())
+        self.get_within(key, now, Duration::ZERO)
     }
 
     /// An entry that expired at most `grace` ago (or is live): the last good answer, for when
@@ -67,11 +62,19 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     where
         K: Borrow<Q>,
     {
+        self.get_within(key, now, self.grace)
+    }
+
+    /// An entry that expired less than `past` ago, or is live.
+    fn get_within<Q: Hash + Eq + ?Sized>(&self, key: &Q, now: Timestamp, past: Duration) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         let inner = self.lock();
         inner
             .entries
             .get(key)
-            .filter(|(_, exp)| now < exp.saturating_add(self.grace))
+            .filter(|(_, exp)| now < exp.saturating_add(past))
             .map(|(v, _)| v.clone())
     }
 
