@@ -24,6 +24,8 @@ pub enum FlagError {
     Start(String),
     #[error("--target {0:?} is not memory, dynamodb or an http(s):// URL")]
     Target(String),
+    #[error("--containers {0}")]
+    Containers(&'static str),
     #[error("--api-key-header {0:?} is not a header name")]
     ApiKeyHeader(String),
     #[error("--prefix must not be empty: every alarm under it is managed")]

@@ -153,6 +153,7 @@ async fn first_request_admitted(directory: DynamoDirectory, raw: &str) -> bool {
         credential: Credential::ApiKey(raw),
         method: "GET",
         resource: "/hello",
+        stage_skip_routes: None,
     };
     matches!(gate.check(req).await, GateOutcome::Allow(_))
 }

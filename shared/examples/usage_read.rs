@@ -199,6 +199,7 @@ async fn main() -> Result<(), Error> {
             credential: Credential::ApiKey(KEY),
             method: "GET",
             resource: "/hello",
+            stage_skip_routes: None,
         })
     };
     let read = || {

@@ -126,6 +126,7 @@ async fn while_the_policy_table_is_unreachable_a_resolved_key_keeps_working_with
             credential: Credential::ApiKey(key),
             method: "GET",
             resource: "/hello",
+            stage_skip_routes: None,
         })
     };
     assert!(matches!(ask("abc").await, GateOutcome::Allow(_)));

@@ -47,6 +47,7 @@ fn request(key: &str) -> Request<'_> {
         credential: Credential::ApiKey(key),
         method: "GET",
         resource: "/hello",
+        stage_skip_routes: None,
     }
 }
 

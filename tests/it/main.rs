@@ -13,6 +13,7 @@ mod fail_open;
 mod gateway;
 mod notify;
 mod policy_table;
+mod serve;
 mod shed;
 mod simulate;
 mod stack_resource;

@@ -137,7 +137,7 @@ impl Rig {
     async fn requests(&self, n: usize) -> usize {
         let limits = self.plan.limits().clone();
         let requests = (0..n).map(|_| {
-            let store = emulator::dynamo_store(&self.state, &self.state_table);
+            let store = emulator::contended_store(&self.state, &self.state_table);
             let limits = limits.clone();
             async move {
                 let req = Consume {

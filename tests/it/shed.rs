@@ -280,6 +280,7 @@ impl TableGate {
                 credential: Credential::Tenant(tenant),
                 method: "GET",
                 resource: "/hello",
+                stage_skip_routes: None,
             })
             .await
     }

@@ -74,7 +74,7 @@ async fn dynamodb_admits_exactly_under_concurrency() {
     let file = PolicyFile::parse(SMALL).expect("policy");
     let mut c = load(Pattern::Poisson, 12, 20.0);
     c.requests = Some(300);
-    let target = Target::Dynamo(store);
+    let target = Target::Dynamo(vec![store]);
     let report = simulate::run(&target, &file, &c, "sim-").await.expect("run");
     // THEN no over-admission, and about one store call per decision (refusals cost none)
     assert_eq!(report.errors, 0, "{}", report.table());
@@ -191,7 +191,7 @@ async fn forty_days_across_the_march_dst_change_hold_every_period_on_dynamodb() 
     let (client, table) = emulator::state_table().await;
     let store = emulator::dynamo_store(&client, &table);
     let file = PolicyFile::parse(CALENDAR_SLOW).expect("policy");
-    let report = simulate::run(&Target::Dynamo(store), &file, &across_march_dst(1), "dst-")
+    let report = simulate::run(&Target::Dynamo(vec![store]), &file, &across_march_dst(1), "dst-")
         .await
         .expect("run");
     // THEN no errors, and no period of any quota admitted more than its limit
@@ -247,4 +247,42 @@ fn check(schema: &Value, value: &Value, at: &str) {
             check(schema_items, v, &format!("{at}[{i}]"));
         }
     }
+}
+
+#[tokio::test]
+async fn containers_each_keep_their_own_store_and_the_report_counts_writes_per_item() {
+    // GIVEN the hot/slow policy on the emulator, spread over 4 containers (4 store instances)
+    let (client, table) = emulator::state_table().await;
+    let stores = (0..4).map(|_| emulator::dynamo_store(&client, &table)).collect();
+    let hot = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/policies/hot.toml");
+    let file = PolicyFile::parse(&std::fs::read_to_string(hot).expect("hot.toml")).expect("policy");
+    // WHEN the slow tenant alone is offered its rate for 10 simulated seconds (the hot one's
+    // 100,000 requests are the benchmark's, not a test's)
+    let mut c = load(Pattern::Steady, 1, 10.0);
+    c.load = 1.0;
+    // One request at a time: at 10 requests/s a real container's write (milliseconds) never
+    // overlaps the next request, while 16 in flight in simulated time would overlap 1.6 s of
+    // arrivals and race containers against each other that never meet in real time.
+    c.concurrency = 1;
+    let slow_only = PolicyFile::parse("[plans.slow]\nrate = 10.0\nburst = 20\n").expect("slow");
+    assert_eq!(slow_only.plans["slow"].spec(), file.plans["slow"].spec());
+    let report = simulate::run(&Target::Dynamo(stores), &slow_only, &c, "containers-")
+        .await
+        .expect("run");
+    // THEN nothing is over-admitted or under-admitted, and a slow tenant costs exactly one write
+    // per admitted request, whichever container served it
+    assert_eq!(report.errors, 0, "{}", report.table());
+    assert!(report.pass, "{}", report.table());
+    let slow = &report.policies[0];
+    assert_eq!(
+        (slow.plan.as_str(), slow.under_admitted),
+        ("slow", 0),
+        "{}",
+        report.table()
+    );
+    assert_eq!(slow.writes_per_admitted, Some(1.0), "{}", report.table());
+    // one write per request at 10 per second, in steady arrivals
+    assert_eq!(slow.max_item_writes_per_second, Some(10), "{}", report.table());
+    assert_eq!(report.target, "dynamodb (4 containers)");
+    assert_matches_schema(&serde_json::to_value(&report).expect("json"));
 }

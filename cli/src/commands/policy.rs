@@ -112,7 +112,8 @@ pub struct Apply {
     pub actor: Option<String>,
     /// The Tollgate stack that owns the file's plans: each carries the tag `tollgate:stack` =
     /// NAME (created so, or tagged), which lets that stack's usage API put keys on them. Without
-    /// it, each plan's tag is left as it is.
+    /// it, the table's own stack (its `sync#scope`), else each plan's tag is left as it is; a
+    /// NAME other than the table's stack is refused.
     #[arg(long, value_name = "NAME")]
     pub stack: Option<String>,
     #[command(flatten)]
@@ -155,11 +156,12 @@ impl Diff {
         let file = read_policy(Some(&self.file))?;
         let sdk = self.live.aws.sdk_config().await?;
         let control = ApiGateway::new(control_client(&sdk), Backoff::default());
-        let plans = control.usage_plans().await?;
+        let table = PolicyTable::new(admin_client(&sdk), &self.live.policy_table);
+        // Only the plans the table mirrors, as sync and apply see them.
+        let plans =
+            tollgate::control::sync::scope::in_scope(table.scope().await?.as_ref(), control.usage_plans().await?);
         let keys = control.api_keys().await?;
-        let current = PolicyTable::new(admin_client(&sdk), &self.live.policy_table)
-            .read()
-            .await?;
+        let current = table.read().await?;
         let diff = diff::diff(&file, &plans, &keys, &current);
         if self.live.json {
             println!("{}", serde_json::to_string(&diff)?);

@@ -44,6 +44,10 @@ pub struct Simulate {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Simulated containers (--target dynamodb): each its own store instance on the same tables,
+    /// the requests dealt to them in turn, as a gateway spreads them over Lambda containers.
+    #[arg(long, default_value_t = 1)]
+    pub containers: usize,
     /// Seed of the arrival generator: the same seed gives the same arrivals.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -107,8 +111,25 @@ impl Simulate {
     /// What `--target` names.
     async fn target(&self) -> Result<Target, CliError> {
         Ok(match self.target.as_str() {
+            _ if self.containers == 0 => return Err(FlagError::Containers("must be at least 1").into()),
+            "memory" if self.containers > 1 => {
+                return Err(
+                    FlagError::Containers("needs --target dynamodb: an in-memory store is one container").into(),
+                );
+            }
             "memory" => Target::Memory(MemoryStore::default()),
-            "dynamodb" => Target::Dynamo(self.dynamo.store().await?),
+            "dynamodb" => {
+                let mut stores = Vec::with_capacity(self.containers);
+                for _ in 0..self.containers {
+                    stores.push(self.dynamo.store().await?);
+                }
+                Target::Dynamo(stores)
+            }
+            _ if self.containers > 1 => {
+                return Err(
+                    FlagError::Containers("needs --target dynamodb: a gateway has the containers it has").into(),
+                );
+            }
             url if url.starts_with("http://") || url.starts_with("https://") => Target::Http(url.to_owned()),
             other => return Err(FlagError::Target(other.to_owned()).into()),
         })

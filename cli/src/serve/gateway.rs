@@ -102,6 +102,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             credential: key.map_or(Credential::None, Credential::ApiKey),
             method: req.method().as_str(),
             resource: &resource,
+            stage_skip_routes: None,
         };
         s.gate.check(request).await
     };

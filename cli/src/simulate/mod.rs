@@ -11,6 +11,7 @@ pub mod arrivals;
 pub mod compliance;
 mod report;
 mod send;
+mod writes;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ use send::{Observed, Sender, Start};
 pub enum SimulateError {
     #[error("the policy has no plans")]
     NoPlans,
+    #[error("--containers must be at least 1")]
+    NoContainers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -54,7 +57,11 @@ pub enum Pattern {
 #[derive(Debug)]
 pub enum Target {
     Memory(MemoryStore),
-    Dynamo(DynamoStore),
+    /// DynamoDB through one store instance per simulated container (`--containers`), on the
+    /// same tables: requests are dealt to them in turn, as a gateway spreads them over Lambda
+    /// containers, so that what one container's store keeps (its lanes, predictions and hold-offs)
+    /// is what one container would keep.
+    Dynamo(Vec<DynamoStore>),
     /// A running gateway (`tollgate serve`), by base URL.
     Http(String),
     /// A gate in this process (what `tollgate serve` answers from), whose directory knows the
@@ -66,6 +73,7 @@ impl Target {
     fn name(&self) -> String {
         match self {
             Target::Memory(_) => "memory".into(),
+            Target::Dynamo(stores) if stores.len() > 1 => format!("dynamodb ({} containers)", stores.len()),
             Target::Dynamo(_) => "dynamodb".into(),
             Target::Http(url) => url.clone(),
             Target::Gate(_) => "gate".into(),
@@ -150,6 +158,12 @@ pub async fn run(
     run_prefix: &str,
 ) -> Result<Report, SimulateError> {
     let cohort = Cohort::new(file, config, run_prefix)?;
+    if let Target::Dynamo(stores) = target {
+        if stores.is_empty() {
+            return Err(SimulateError::NoContainers);
+        }
+        stores.iter().for_each(|s| s.stats().track_item_writes());
+    }
     let arrivals = arrivals(&cohort.plans, config);
     let done = Arc::new(AtomicU64::new(0));
     let progress = (config.progress && std::io::stderr().is_terminal())
@@ -167,7 +181,11 @@ pub async fn run(
         eprintln!();
     }
     let store_calls = match target {
-        Target::Dynamo(store) => Some(store.stats().writes()),
+        Target::Dynamo(stores) => Some(stores.iter().map(|s| s.stats().writes()).sum()),
+        _ => None,
+    };
+    let item_writes = match target {
+        Target::Dynamo(stores) => Some(writes::ItemWrites::of(stores, &cohort.ids)),
         _ => None,
     };
     let run = Run {
@@ -177,6 +195,7 @@ pub async fn run(
         observed: &observed,
         elapsed,
         store_calls,
+        item_writes,
         t0: start.t0,
     };
     Ok(run.report(target, config))
@@ -192,11 +211,12 @@ async fn send_all(
     done: &AtomicU64,
 ) -> Vec<Observed> {
     let http = reqwest::Client::new();
-    futures::stream::iter(arrivals.iter().copied())
-        .map(|arrival| {
+    futures::stream::iter(arrivals.iter().copied().enumerate())
+        .map(|(i, arrival)| {
             let http = &http;
             async move {
-                let o = send::send(target, http, config, start, cohort.sender(arrival.tenant), arrival).await;
+                let sender = cohort.sender(arrival.tenant);
+                let o = send::send(target, http, config, start, sender, (i, arrival)).await;
                 done.fetch_add(1, Ordering::Relaxed);
                 o
             }

@@ -16,6 +16,7 @@ use tollgate::store::{Consume, MemoryStore};
 
 use super::compliance::{self, Admitted};
 use super::send::Observed;
+use super::writes::ItemWrites;
 use super::{Config, Pattern, Target};
 use crate::serve::tenants::DemoTenant;
 
@@ -104,6 +105,15 @@ pub struct PolicyResult {
     pub shed: u64,
     pub allowance: u64,
     pub over_admitted: u64,
+    /// Requests the policy admits in arrival order that were refused, and their share of the
+    /// allowance in percent.
+    pub under_admitted: u64,
+    pub under_admitted_percent: f64,
+    /// Store writes per admitted request (DynamoDB target only).
+    pub writes_per_admitted: Option<f64>,
+    /// The most writes one tenant item of the plan took in one second of simulated time
+    /// (DynamoDB target only).
+    pub max_item_writes_per_second: Option<u64>,
     pub pass: bool,
 }
 
@@ -124,6 +134,10 @@ pub struct TenantResult {
     pub allowance: u64,
     pub over_admitted: u64,
     pub under_admitted: u64,
+    /// Store writes for this tenant, and the most in one second of simulated time (DynamoDB
+    /// target only).
+    pub writes: Option<u64>,
+    pub max_item_writes_per_second: Option<u64>,
     /// Of `admitted`, those made failing open (gate target only).
     pub fail_open: Option<u64>,
     /// From the first fail-open admission's send to the last one's answer: the outage as this
@@ -140,6 +154,7 @@ pub(super) struct Run<'a> {
     pub observed: &'a [Observed],
     pub elapsed: Duration,
     pub store_calls: Option<u64>,
+    pub item_writes: Option<ItemWrites>,
     pub t0: Timestamp,
 }
 
@@ -264,6 +279,8 @@ impl Run<'_> {
             allowance,
             over_admitted: over,
             under_admitted: allowance.saturating_sub(admitted_n),
+            writes: self.item_writes.as_ref().map(|w| w.tenant(i).0),
+            max_item_writes_per_second: self.item_writes.as_ref().map(|w| w.tenant(i).1),
             fail_open: gated.then(|| seen.iter().filter(|o| o.fail_open).count() as u64),
             fail_open_secs: gated.then(|| fail_open_span(seen)),
             pass: over == 0,
@@ -320,6 +337,11 @@ fn policy_results(tenants: &[TenantResult]) -> Vec<PolicyResult> {
             shed: 0,
             allowance: 0,
             over_admitted: 0,
+            under_admitted: 0,
+            under_admitted_percent: 0.0,
+            // The sum of the tenants' writes until the end, then per admitted request.
+            writes_per_admitted: t.writes.map(|_| 0.0),
+            max_item_writes_per_second: t.max_item_writes_per_second.map(|_| 0),
             pass: true,
         });
         p.tenants += 1;
@@ -328,7 +350,16 @@ fn policy_results(tenants: &[TenantResult]) -> Vec<PolicyResult> {
         p.shed += t.shed;
         p.allowance += t.allowance;
         p.over_admitted += t.over_admitted;
+        p.under_admitted += t.under_admitted;
+        p.writes_per_admitted = p.writes_per_admitted.zip(t.writes).map(|(a, b)| a + b as f64);
+        p.max_item_writes_per_second = (p.max_item_writes_per_second)
+            .zip(t.max_item_writes_per_second)
+            .map(|(a, b)| a.max(b));
         p.pass &= t.pass;
+    }
+    for p in policies.values_mut() {
+        p.under_admitted_percent = 100.0 * p.under_admitted as f64 / p.allowance.max(1) as f64;
+        p.writes_per_admitted = p.writes_per_admitted.map(|w| w / p.admitted.max(1) as f64);
     }
     policies.into_values().collect()
 }
@@ -454,6 +485,14 @@ impl Report {
         out += &self.periods_table();
         if let Some(c) = self.store_calls_per_decision {
             out += &format!("store calls per decision: {c:.2}\n");
+        }
+        for p in &self.policies {
+            if let (Some(w), Some(max)) = (p.writes_per_admitted, p.max_item_writes_per_second) {
+                out += &format!(
+                    "{}: {w:.2} writes per admitted request, at most {max} writes in one second to one item, {:.2} % under-admitted\n",
+                    p.plan, p.under_admitted_percent
+                );
+            }
         }
         if let Some(n) = self.fail_open.filter(|n| *n > 0) {
             out += &format!("admitted failing open (store unavailable, bounded per container): {n}\n");

@@ -64,11 +64,12 @@ pub(super) async fn send(
     config: &Config,
     start: Start<'_>,
     sender: Sender<'_>,
-    arrival: Arrival,
+    (index, arrival): (usize, Arrival),
 ) -> Observed {
     match target {
         Target::Memory(store) => decide(store, sender, start.t0, arrival).await,
-        Target::Dynamo(store) => decide(store, sender, start.t0, arrival).await,
+        // Dealt to the containers in turn.
+        Target::Dynamo(stores) => decide(&stores[index % stores.len()], sender, start.t0, arrival).await,
         Target::Http(base) => in_real_time(start, arrival, request(http, base, config, sender.api_key)).await,
         Target::Gate(gate) => in_real_time(start, arrival, ask(gate, config, sender.api_key)).await,
     }
@@ -157,6 +158,7 @@ async fn ask(gate: &Gate, config: &Config, key: &str) -> Answer {
             credential: Credential::ApiKey(key),
             method: &config.method,
             resource: &config.path,
+            stage_skip_routes: None,
         })
         .await;
     let (admitted, fail_open) = match &outcome {

@@ -36,6 +36,11 @@ use tollgate::store::Store;
 pub use config::Config;
 use metrics::{Emf, Sample, mode_name};
 
+/// The stage variable naming skip routes of that stage only (comma-separated `/path/METHOD`, as
+/// `TOLLGATE_SKIP_ROUTES`): the template's usage API skips its `GET /v1/usage` this way, so
+/// that route stays charged on every other API behind the authorizer.
+pub const STAGE_SKIP_ROUTES: &str = "tollgateSkipRoutes";
+
 /// Response header ← `context` key, for the gateway responses and integrations that map
 /// `context.authorizer.<key>` to a header. The template's `ACCESS_DENIED` response uses these.
 pub const CONTEXT_HEADERS: &[(&str, &str)] = &[
@@ -164,6 +169,7 @@ impl Authorizer {
             resource,
             api_key: header(&self.api_key_header),
             authorization: header("authorization"),
+            stage_skip_routes: event.stage_variables.get(STAGE_SKIP_ROUTES).map(String::as_str),
         };
         let (verdict, allowed, api_key) = self.decide(&call).await?;
         Ok(policy_response(
@@ -196,6 +202,7 @@ impl Authorizer {
             resource,
             api_key: header(&self.api_key_header),
             authorization: header("authorization"),
+            stage_skip_routes: event.stage_variables.get(STAGE_SKIP_ROUTES).map(String::as_str),
         };
         match self.decide(&call).await {
             Ok((verdict, allowed, _)) => Ok(simple_response(&verdict, allowed)),
@@ -238,6 +245,7 @@ impl Authorizer {
                 credential,
                 method,
                 resource,
+                stage_skip_routes: call.stage_skip_routes,
             })
             .await;
         if let Some(sample) = Sample::of(&outcome) {
@@ -299,6 +307,8 @@ struct Call<'a> {
     resource: &'a str,
     api_key: HeaderValue<'a>,
     authorization: HeaderValue<'a>,
+    /// The stage's own skip routes (`STAGE_SKIP_ROUTES`).
+    stage_skip_routes: Option<&'a str>,
 }
 
 /// A credential header as the event carries it. Its `Debug` never shows the value: a key or a

@@ -3,11 +3,26 @@
 //! the library's (`tollgate::control::sync::run`).
 
 use serde_json::Value;
+use tollgate::control::sync::scope::Scope;
 
 /// The environment variable naming the policy table.
 pub const POLICY_TABLE_VAR: &str = "TOLLGATE_POLICY_TABLE";
+/// The environment variable naming the stack: plans tagged `tollgate:stack` with it are mirrored.
+pub const STACK_VAR: &str = "TOLLGATE_STACK";
+/// The environment variable listing the stack's API stages (`API_ID:STAGE,...`): untagged plans
+/// attached to one of them are mirrored too.
+pub const API_STAGES_VAR: &str = "TOLLGATE_API_STAGES";
 /// Every variable the function reads (the template sets exactly these).
-pub const FUNCTION_VARIABLES: [&str; 2] = [POLICY_TABLE_VAR, tollgate::logging::LOG_VAR];
+pub const FUNCTION_VARIABLES: [&str; 4] = [POLICY_TABLE_VAR, STACK_VAR, API_STAGES_VAR, tollgate::logging::LOG_VAR];
+
+/// The scope the function writes into its table (`tollgate::control::sync::scope`), from its
+/// environment's values; an error names the variable to fix.
+pub fn scope(stack: Option<&str>, stages: Option<&str>) -> Result<Scope, String> {
+    let stack = stack
+        .filter(|s| !s.is_empty())
+        .ok_or(format!("{STACK_VAR} is not set"))?;
+    Scope::parse(stack, stages.unwrap_or("")).map_err(|e| format!("{API_STAGES_VAR}: {e}"))
+}
 /// The DynamoDB actions sync, its lease (`sync#lease`: conditional `PutItem` to take it,
 /// `UpdateItem` to ask its holder for a rerun or renew it, `GetItem`, conditional `DeleteItem`
 /// to release it) and its audit trail call on the policy table (a transaction needs the actions
@@ -62,6 +77,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_scope_comes_from_the_environment_and_an_error_names_the_variable() {
+        let s = scope(Some("api"), Some("a1:prod,,")).expect("valid");
+        assert_eq!((s.stack.as_str(), s.stages.len()), ("api", 1));
+        assert!(scope(None, Some("a1:prod")).expect_err("no stack").contains(STACK_VAR));
+        assert!(
+            scope(Some("api"), Some("prod"))
+                .expect_err("no colon")
+                .contains(API_STAGES_VAR)
+        );
+    }
 
     #[test]
     fn a_management_event_names_its_caller_and_a_direct_invocation_names_nothing() {

@@ -12,18 +12,23 @@ use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::control::sync::lease::{invocation_owner, run_leased};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::{SystemClock, Timestamp};
-use tollgate_plan_sync::{Invocation, POLICY_TABLE_VAR as POLICY_TABLE};
+use tollgate_plan_sync::{API_STAGES_VAR, Invocation, POLICY_TABLE_VAR as POLICY_TABLE, STACK_VAR, scope};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     tollgate::logging::init_lambda();
     let table = std::env::var(POLICY_TABLE).map_err(|_| format!("{POLICY_TABLE} is not set"))?;
+    let var = |name: &str| std::env::var(name).ok();
+    let scope = scope(var(STACK_VAR).as_deref(), var(API_STAGES_VAR).as_deref())?;
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let control = ApiGateway::new(control_client(&sdk), Backoff::default());
     let table = PolicyTable::new(admin_client(&sdk), table);
-    let (control, table, clock) = (&control, &table, &SystemClock::new());
+    let (control, table, clock, scope) = (&control, &table, &SystemClock::new(), &scope);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let Invocation { trigger, actor } = Invocation::of(&event.payload);
+        // The table mirrors what this stack's template names; writing it on every run (a read,
+        // and a put only on a change) follows a stack update's new stages at once.
+        table.set_scope(scope).await?;
         // The invocation's own token owns the lease (`invocation_owner`: the request id and a
         // nonce, as a twice-delivered event keeps its request id).
         let owner = &invocation_owner(&event.context.request_id);

@@ -92,6 +92,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The API Gateway resource (route template), e.g. `/pets/{id}`.
     pub resource: &'a str,
+    /// The skip routes of the request's stage alone (its `tollgateSkipRoutes` stage variable).
+    pub stage_skip_routes: Option<&'a str>,
 }
 
 /// How an admitted or refused request was decided.
@@ -242,7 +244,7 @@ impl Gate {
             .key_id
             .as_ref()
             .is_some_and(|k| self.config.bypass_key_ids.contains(k));
-        if bypass_key || self.is_skip_route(req.resource, req.method) {
+        if bypass_key || self.is_skip_route(req.resource, req.method, req.stage_skip_routes) {
             verdict.mode = Mode::Bypass;
             return GateOutcome::Allow(verdict);
         }
@@ -533,10 +535,14 @@ impl Gate {
         now.saturating_add(ttl)
     }
 
-    fn is_skip_route(&self, resource: &str, method: &str) -> bool {
+    /// Whether the configuration or the request's stage skips the route (a non-route skips none).
+    fn is_skip_route(&self, resource: &str, method: &str, stage: Option<&str>) -> bool {
+        let stage_routes = stage.into_iter().flat_map(|s| s.split(',')).map(str::trim);
         self.config
             .skip_routes
             .iter()
+            .map(String::as_str)
+            .chain(stage_routes)
             .any(|r| split_route(r).is_some_and(|(path, m)| path == resource && (m == "*" || m == method)))
     }
 }

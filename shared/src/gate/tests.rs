@@ -109,6 +109,7 @@ async fn ask(gate: &Gate, tenant: &str) -> GateOutcome {
         credential: Credential::Tenant(tenant),
         method: "GET",
         resource: "/hello",
+        stage_skip_routes: None,
     })
     .await
 }
@@ -354,6 +355,7 @@ async fn a_resolved_caller_is_served_its_last_good_answer_while_the_directory_ca
                 credential,
                 method: "GET",
                 resource: "/hello",
+                stage_skip_routes: None,
             })
         };
         assert!(matches!(ask().await, GateOutcome::Allow(_)), "{credential:?}");
@@ -411,6 +413,7 @@ async fn a_key_revoked_before_the_directory_fails_is_not_served_its_older_answer
             credential: Credential::ApiKey(key),
             method: "GET",
             resource: "/hello",
+            stage_skip_routes: None,
         })
     };
     assert!(matches!(ask().await, GateOutcome::Allow(_)));

@@ -11,6 +11,8 @@
 //! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
 //! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
 //! - `sync#meta`: plan sync's `generation` (N; `sync_items`);
+//! - `sync#scope`: which usage plans the table mirrors, `stack` (S) and `stages` (L of S,
+//!   `API_ID:STAGE`), as the deployed plan-sync function was configured (`sync_items`);
 //! - `sync#lease`: the plan-sync run under way, `owner` (S), `until` (N, epoch seconds), `rerun`
 //!   (BOOL, another run asked for one more round; `sync_items`);
 //! - `idem#<Idempotency-Key>`: the usage API's onboarding record, `record` (S, JSON);
@@ -46,6 +48,8 @@ pub const SHED_PK: &str = "shed#level";
 pub const META_PK: &str = "sync#meta";
 /// Plan sync's lease: one run at a time without reserved concurrency.
 pub const LEASE_PK: &str = "sync#lease";
+/// Which usage plans the table mirrors (`control::sync::scope`).
+pub const SCOPE_PK: &str = "sync#scope";
 
 pub const KEY_PREFIX: &str = "key#";
 pub const TENANT_PREFIX: &str = "tenant#";

@@ -1,13 +1,14 @@
-//! Plan sync's own items: `sync#meta` (the generation each batch of a run claims or checks) and
-//! `sync#lease` (one deployed run at a time). Their layout is here; their writers are in
-//! `control::sync` (`table.rs` and `lease.rs`).
+//! Plan sync's own items: `sync#meta` (the generation each batch of a run claims or checks),
+//! `sync#lease` (one deployed run at a time) and `sync#scope` (which usage plans the table
+//! mirrors). Their layout is here; their writers are in `control::sync` (`table.rs`, `lease.rs`
+//! and `scope.rs`).
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::record::{Item, number, string};
-use super::{LEASE_PK, PK};
+use super::{LEASE_PK, PK, SCOPE_PK};
 
 /// `sync#meta`'s attribute holding the generation.
 pub const GENERATION: &str = "generation";
@@ -48,4 +49,34 @@ pub fn lease_until(lease: &Item) -> Option<u64> {
 /// Whether another run asked the holder for one more round.
 pub fn lease_rerun(lease: &Item) -> Option<bool> {
     lease.get(LEASE_RERUN)?.as_bool().ok().copied()
+}
+
+/// The scope's attribute naming the stack.
+pub const SCOPE_STACK: &str = "stack";
+/// The scope's attribute listing the stack's API stages (`API_ID:STAGE`).
+pub const SCOPE_STAGES: &str = "stages";
+
+/// The scope item: the stack's name and its API stages; `pk` included.
+pub fn scope_item(stack: &str, stages: &[String]) -> Item {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(SCOPE_PK.to_owned())),
+        (SCOPE_STACK.to_owned(), AttributeValue::S(stack.to_owned())),
+        (
+            SCOPE_STAGES.to_owned(),
+            AttributeValue::L(stages.iter().map(|s| AttributeValue::S(s.clone())).collect()),
+        ),
+    ])
+}
+
+/// The stack and stages a scope item names; `None` when it is not one.
+pub fn scope_of(item: &Item) -> Option<(String, Vec<String>)> {
+    let stack = string(item, SCOPE_STACK)?;
+    let stages = item
+        .get(SCOPE_STAGES)?
+        .as_l()
+        .ok()?
+        .iter()
+        .map(|v| v.as_s().ok().cloned())
+        .collect::<Option<Vec<String>>>()?;
+    Some((stack, stages))
 }

@@ -103,7 +103,7 @@ impl Usage {
 /// (`is_indeterminate`), and is the failure about the store as a whole or about one tenant's item
 /// (`scope`)? Only store-wide failures say anything about other tenants, so only they may move a
 /// circuit breaker.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The request may have been applied (timeout, connection lost after sending).
     #[error("store outcome unknown after {attempts} attempt(s): {detail}")]

@@ -30,6 +30,27 @@ struct SyncAfterRemoval<'a> {
     reports: Mutex<Vec<SyncReport>>,
 }
 
+impl<'a> SyncAfterRemoval<'a> {
+    fn of(w: &'a World) -> SyncAfterRemoval<'a> {
+        SyncAfterRemoval {
+            inner: &w.control,
+            direct: &w.direct,
+            table: &w.table,
+            clock: &w.clock,
+            reports: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A sync ran after each of `removals` key removals, and none revoked anything.
+    fn assert_none_revoked(self, removals: usize, change: &str) {
+        let reports = self.reports.into_inner().expect("reports");
+        assert_eq!(reports.len(), removals, "{change}");
+        for (i, r) in reports.iter().enumerate() {
+            assert!(r.revoked.is_empty(), "sync after removal {i} revoked: {}", r.table());
+        }
+    }
+}
+
 #[async_trait]
 impl ControlPlane for SyncAfterRemoval<'_> {
     async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError> {
@@ -118,13 +139,7 @@ async fn a_move_of_500_tenants_with_a_sync_after_each_removal_leaves_no_tenant_r
     }
     w.sync().await;
     // AND a sync after every key removal, as each removal's management event triggers
-    let control = SyncAfterRemoval {
-        inner: &w.control,
-        direct: &w.direct,
-        table: &w.table,
-        clock: &w.clock,
-        reports: Mutex::new(Vec::new()),
-    };
+    let control = SyncAfterRemoval::of(&w);
     let cx = Context {
         control: &control,
         ..w.cx()
@@ -136,11 +151,7 @@ async fn a_move_of_500_tenants_with_a_sync_after_each_removal_leaves_no_tenant_r
         .expect("apply");
 
     // THEN a sync ran after each of the 500 removals, and none revoked anything
-    let reports = control.reports.into_inner().expect("reports");
-    assert_eq!(reports.len(), TENANTS, "{}", report.table());
-    for (i, r) in reports.iter().enumerate() {
-        assert!(r.revoked.is_empty(), "sync after removal {i} revoked: {}", r.table());
-    }
+    control.assert_none_revoked(TENANTS, &report.table());
     // AND every tenant ends on gold, its key enabled
     let records = w.records().await;
     for i in 0..TENANTS {
@@ -157,4 +168,53 @@ async fn a_move_of_500_tenants_with_a_sync_after_each_removal_leaves_no_tenant_r
     assert_eq!(enabled, TENANTS);
     let last = format!("tg_live_move_{:03}", TENANTS - 1);
     assert_eq!(w.resolve_plan(&last).await.as_deref(), Some("gold"));
+}
+
+#[tokio::test]
+async fn a_rollback_of_a_move_with_a_sync_after_each_removal_leaves_no_tenant_refused() {
+    // GIVEN 50 tenants, one key each, moved from rfree to rgold by an apply, synced
+    const TENANTS: usize = 50;
+    let _region = crate::support::emulator::claim("ap-southeast-6").await;
+    let w = World::new("ap-southeast-6").await;
+    let free = w.plan("rfree", 10.0, 20, 50_000).await;
+    w.plan("rgold", 5.0, 5, 100).await;
+    let mut file = String::from(
+        "[plans.rfree]\nrate = 10.0\nburst = 20\ndaily_quota = 50000\n\
+         [plans.rgold]\nrate = 5.0\nburst = 5\ndaily_quota = 100\n",
+    );
+    for i in 0..TENANTS {
+        w.key(&format!("r{i:03}"), &format!("tg_live_back_{i:03}"), &free).await;
+        file.push_str(&format!("[tenants.r{i:03}]\nplan = \"rgold\"\n"));
+    }
+    w.sync().await;
+    let moved = w.apply(&file).await.expect("apply");
+    let id = moved.change_id.expect("recorded");
+    // AND a sync after every key removal of the rollback, as each removal's event triggers
+    let control = SyncAfterRemoval::of(&w);
+    let cx = Context {
+        control: &control,
+        ..w.cx()
+    };
+
+    // WHEN the move is rolled back
+    let report = apply::rollback(&cx, &id).await.expect("rollback");
+
+    // THEN a sync ran after each removal, and none revoked anything: each key went back to rfree
+    // right after leaving rgold, its tenant marked as moving first
+    control.assert_none_revoked(TENANTS, &report.table());
+    // AND every tenant ends on rfree, its key enabled
+    let records = w.records().await;
+    for i in 0..TENANTS {
+        let tenant = records.get(&format!("tenant#r{i:03}"));
+        assert!(
+            matches!(tenant, Some(Record::Tenant(t)) if t.plan == "rfree"),
+            "r{i:03}: {tenant:?}"
+        );
+    }
+    // (other tests' keys share this region: only this test's tenants are counted)
+    let enabled = records
+        .values()
+        .filter(|r| matches!(r, Record::Key(k) if k.enabled && k.tenant.len() == 4 && k.tenant.starts_with('r')))
+        .count();
+    assert_eq!(enabled, TENANTS);
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tollgate::control::apply;
+use tollgate::control::apigateway::ControlPlane as _;
+use tollgate::control::apply::{self, ApplyError, Context};
+use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::Record;
 use tollgate::policy_table::audit::{ChangeOutcome, Source};
 
@@ -149,4 +151,53 @@ async fn a_synced_week_and_month_with_offsets_are_applied_back_unchanged() {
     assert!(report.steps.is_empty(), "{}", report.table());
     assert_eq!(w.gateway().await, gateway);
     assert_eq!(gateway["weekly"].1, Some((700, "WEEK".to_owned(), 1)));
+}
+
+#[tokio::test]
+async fn apply_tags_the_plans_it_manages_for_the_tables_stack_and_refuses_another_stack() {
+    use tollgate::control::sync::scope::Scope;
+    // GIVEN a table that mirrors stack `api` (as its plan-sync function wrote), and no plans
+    let _region = crate::support::emulator::claim("ap-northeast-3").await;
+    let w = World::new("ap-northeast-3").await;
+    let scope = Scope::parse("api", "").expect("scope");
+    w.table.set_scope(&scope).await.expect("scope");
+    let file = "[plans.scoped]\nrate = 1.0\nburst = 5\ndaily_quota = 100\n";
+
+    // WHEN applied for another stack THEN it is refused by the flag's name, nothing created
+    let cx = Context {
+        stack: Some("other"),
+        ..w.cx()
+    };
+    let err = apply::apply(&cx, &PolicyFile::parse(file).expect("file"))
+        .await
+        .expect_err("another stack");
+    assert!(
+        matches!(&err, ApplyError::Invalid { field, .. } if field == "--stack"),
+        "{err}"
+    );
+    assert!(!w.gateway().await.contains_key("scoped"));
+
+    // WHEN a tenant whose only key is on another stack's plan is named THEN that key is not
+    // this stack's to move: refused, and the key stays where it is
+    let theirs = UsagePlan::named("apply-theirs").throttle(1.0, 5).create(&w.gw).await;
+    crate::support::apigateway::key_on_plan(&w.gw, "k", Some("shared"), "tg_live_scope_shared_0001", &theirs).await;
+    let shared = format!("{file}[tenants.shared]\nplan = \"scoped\"\n");
+    let err = w.apply(&shared).await.expect_err("not this stack's key");
+    assert!(
+        matches!(&err, ApplyError::Invalid { field, .. } if field == "tenants"),
+        "{err}"
+    );
+    assert_eq!(
+        w.gateway().await["apply-theirs"].3.len(),
+        1,
+        "the key is still on its own plan"
+    );
+
+    // WHEN applied without --stack THEN the plan it creates carries the table's stack, so the
+    // table's own sync mirrors it
+    w.apply(file).await.expect("apply");
+    let plans = w.direct.usage_plans().await.expect("plans");
+    let created = plans.iter().find(|p| p.name == "scoped").expect("created");
+    assert_eq!(created.tags.get("tollgate:stack").map(String::as_str), Some("api"));
+    assert!(w.table.item("plan#scoped").await.expect("read").is_some(), "mirrored");
 }

@@ -130,6 +130,34 @@ async fn bypass_keys_and_skip_routes_consume_nothing() {
 }
 
 #[tokio::test]
+async fn a_stage_s_skip_routes_apply_on_that_stage_only() {
+    let s = stack(&[]).await;
+    // GIVEN one stage (the usage API's) names /v1/usage/GET in its `tollgateSkipRoutes`
+    let on_stage = || {
+        let mut e = event(Some("tg_acme_key"), "GET", "/v1/usage");
+        e["stageVariables"] = json!({ tollgate_authorizer::STAGE_SKIP_ROUTES: "/v1/usage/GET, junk" });
+        e
+    };
+    // WHEN that stage's route is asked more often than the burst (5) THEN all pass as bypass
+    for _ in 0..8 {
+        let r = s.authorizer.handle(on_stage()).await.expect("policy");
+        assert_eq!((effect(&r), r["context"]["mode"].as_str()), ("Allow", Some("bypass")));
+    }
+    // AND the same path on another API (no stage variable) is charged: the first of it sees
+    // the whole burst, since the stage's requests took nothing
+    let other = s
+        .authorizer
+        .handle(event(Some("tg_acme_key"), "GET", "/v1/usage"))
+        .await
+        .expect("policy");
+    assert_eq!(
+        (effect(&other), other["context"]["mode"].as_str()),
+        ("Allow", Some("enforced"))
+    );
+    assert_eq!(other["context"]["remaining"], "4");
+}
+
+#[tokio::test]
 async fn shadow_plans_decide_and_record_but_always_allow() {
     let s = stack(&[]).await;
     let first = call(&s, "tg_shadow_key").await;

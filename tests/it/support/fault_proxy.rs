@@ -87,8 +87,10 @@ pub struct FaultProxy {
     /// open ones are cut.
     outage: Arc<AtomicBool>,
     refusing: Arc<AtomicBool>,
-    /// Requests held (`Fault::Hold`) so far, and whether they may go on.
+    /// Requests held (`Fault::Hold`) so far, how many of them were let go, and whether every
+    /// hold may go on.
     holding: Arc<AtomicU64>,
+    let_go: Arc<AtomicU64>,
     released: Arc<AtomicBool>,
 }
 
@@ -107,6 +109,7 @@ impl FaultProxy {
             outage: Arc::default(),
             refusing: Arc::default(),
             holding: Arc::default(),
+            let_go: Arc::default(),
             released: Arc::default(),
         };
         let this = proxy.clone();
@@ -161,6 +164,7 @@ impl FaultProxy {
     fn hold(&self) -> Hold {
         Hold {
             holding: self.holding.clone(),
+            let_go: self.let_go.clone(),
             released: self.released.clone(),
         }
     }
@@ -170,6 +174,18 @@ impl FaultProxy {
         while self.holding.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Waits until `n` requests were held, in all.
+    pub async fn wait_holds(&self, n: u64) {
+        while self.holding.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Lets the requests held so far go on; later ones are held again.
+    pub fn release_held(&self) {
+        self.let_go.store(self.holding.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     /// Lets held requests, and every later hold, go on.
@@ -253,7 +269,18 @@ impl FaultProxy {
 /// What `Fault::Hold` waits on.
 struct Hold {
     holding: Arc<AtomicU64>,
+    let_go: Arc<AtomicU64>,
     released: Arc<AtomicBool>,
+}
+
+impl Hold {
+    /// Holds one request until it is let go.
+    async fn wait(&self) {
+        let ticket = self.holding.fetch_add(1, Ordering::SeqCst);
+        while !self.released.load(Ordering::SeqCst) && self.let_go.load(Ordering::SeqCst) <= ticket {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// Reads the request first, and answers it by the first rule it matches.
@@ -294,10 +321,7 @@ async fn serve_matching(
         Some(Fault::LoseResponse | Fault::Delay(_)) => proxy::deliver_unheard(upstream, &request).await,
         Some(Fault::Pass | Fault::Hold) | None => {
             if fault == Some(Fault::Hold) {
-                hold.holding.fetch_add(1, Ordering::SeqCst);
-                while !hold.released.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                hold.wait().await;
             }
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;

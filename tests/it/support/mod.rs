@@ -11,6 +11,7 @@ pub mod local_gateway;
 pub mod loopback;
 pub mod paging_shim;
 pub mod proxy;
+pub mod serve_process;
 pub mod subscriber;
 
 use tollgate::engine::policy::{Plan, PlanSpec};

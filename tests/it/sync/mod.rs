@@ -134,7 +134,7 @@ async fn sync_mirrors_usage_plans_and_keys_and_a_second_run_writes_nothing() {
         .await;
     w.key("acme-1", Some("acme"), "tg_live_acme_1", &premium).await;
     w.key("acme-2", Some("acme"), "tg_live_acme_2", &premium).await;
-    w.key("hobbyist", None, "tg_live_hobby", &free).await;
+    let hobbyist = w.key("hobbyist", None, "tg_live_hobby", &free).await;
 
     // WHEN synced
     let first = w.sync().await;
@@ -152,7 +152,8 @@ async fn sync_mirrors_usage_plans_and_keys_and_a_second_run_writes_nothing() {
     );
     assert_eq!(
         w.resolve("tg_live_hobby").await,
-        Some(("hobbyist".into(), "free".into()))
+        Some((hobbyist, "free".into())),
+        "a key without customerId is a tenant of its own, by key id"
     );
     let plan = w.directory.plan("premium").await.expect("read").expect("premium plan");
     let spec = plan.spec();
@@ -429,5 +430,83 @@ async fn policy_diff_exits_4_on_drift_and_0_once_api_gateway_and_the_table_match
     w.sync().await;
     // THEN there is nothing left to report: exit 0
     assert_eq!(diff().run().await.map_err(|e| e.to_string()), Ok(ExitCode::SUCCESS));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sync_apply_and_diff_mirror_only_the_plans_of_the_tables_stack() {
+    use tollgate::control::sync::scope::Scope;
+
+    // GIVEN, in one Region, a plan tagged for this stack, an untagged plan on one of its stages,
+    // a plan tagged for another stack on that same stage, and an untagged plan elsewhere
+    let _region = emulator::claim("ap-northeast-3").await;
+    let w = World::new("ap-northeast-3").await;
+    // (a stack name of this test's own: plans persist in the emulator's Region)
+    let stack = emulator::unique("stack");
+    let on = |api: &str| ApiStage::builder().api_id(api).stage("prod").build();
+    let plans = [
+        ("ours", Some(stack.as_str()), None),
+        ("staged", None, Some("mine")),
+        ("theirs", Some("other"), Some("mine")),
+        ("elsewhere", None, Some("notmine")),
+    ];
+    for ((name, tag, api), who) in plans.into_iter().zip(["a", "b", "c", "d"]) {
+        let plan = UsagePlan::named(name).throttle(1.0, 5).daily_quota(100);
+        let plan = tag.into_iter().fold(plan, |p, t| p.tag("tollgate:stack", t));
+        let plan = api
+            .into_iter()
+            .fold(plan, |p, api| p.stage(on(api)))
+            .create(&w.gw)
+            .await;
+        w.key(who, Some(who), &format!("tg_live_{who}"), &plan).await;
+    }
+    // AND the table's scope, as the deployed plan-sync function writes it
+    let scope = Scope::parse(&stack, "mine:prod").expect("scope");
+    w.table.set_scope(&scope).await.expect("scope written");
+    assert_eq!(w.table.scope().await.expect("scope"), Some(scope.clone()));
+
+    // WHEN synced THEN only this stack's plans and their tenants are mirrored
+    let report = w.sync().await;
+    assert_eq!(
+        (report.usage_plans, report.plans, report.tenants),
+        (2, 2, 2),
+        "{report:?}"
+    );
+    assert_eq!(w.resolve("tg_live_a").await, Some(("a".into(), "ours".into())));
+    assert_eq!(w.resolve("tg_live_b").await, Some(("b".into(), "staged".into())));
+    assert_eq!(w.resolve("tg_live_c").await, None, "another stack's plan");
+    assert_eq!(w.resolve("tg_live_d").await, None, "a plan on no stage of this stack");
+
+    // AND `policy diff` sees the same plans: a file naming only this stack's two is in step
+    let dir = std::env::temp_dir().join(emulator::unique("policy-file"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("tiers.toml");
+    let plans = "[plans.ours]\nrate = 1.0\nburst = 5\ndaily_quota = 100\n\n[plans.staged]\nrate = 1.0\nburst = 5\ndaily_quota = 100\n";
+    std::fs::write(&file, plans).expect("write file");
+    let diff = tollgate_cli::commands::policy::Diff {
+        file: file.clone(),
+        live: emulator::live(w.table.name(), "ap-northeast-3"),
+    };
+    let code = diff.run().await.map_err(|e| e.to_string());
+    assert_eq!(
+        code,
+        Ok(std::process::ExitCode::SUCCESS),
+        "the other plans are not drift"
+    );
+
+    // AND a second sync with the scope unchanged writes nothing, and rewriting the same scope
+    // is a read only
+    w.table.set_scope(&scope).await.expect("same scope");
+    assert_eq!(w.sync().await.writes, 0);
+
+    // WHEN the scope admits no plan at all (a stack whose plans lack the tag and name no
+    // stage) THEN sync refuses, naming what to fix, and the table keeps enforcing
+    let none = Scope::parse(&emulator::unique("stack"), "").expect("scope");
+    w.table.set_scope(&none).await.expect("scope");
+    let err = sync::run(&w.control, &w.table, &w.clock, None)
+        .await
+        .expect_err("an empty scope");
+    assert!(err.to_string().contains("TOLLGATE_API_STAGES"), "{err}");
+    assert_eq!(w.resolve("tg_live_a").await, Some(("a".into(), "ours".into())));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -174,6 +174,18 @@ fn the_usage_api_function_revokes_rotated_keys_on_a_one_minute_schedule() {
 }
 
 #[test]
+fn reading_usage_is_skipped_by_the_authorizer_on_the_usage_api_s_stage_only() {
+    // GIVEN the template WHEN the usage API's stage and the authorizer's settings are read
+    let t = parse(TEMPLATE);
+    let stage = &resources(&t)["UsageApi"]["Properties"]["Variables"];
+    let all = untag(&function(&t, "authorizer")["Properties"]["Environment"]["Variables"]["TOLLGATE_SKIP_ROUTES"]).1;
+    // THEN GET /v1/usage is a skip route of that stage alone: the same path on another API
+    // behind the authorizer stays charged
+    assert_eq!(stage[tollgate_authorizer::STAGE_SKIP_ROUTES], "/v1/usage/GET");
+    assert!(!format!("{all:?}").contains("/v1/usage"), "{all:?}");
+}
+
+#[test]
 fn the_usage_api_serves_every_route_admin_routes_on_iam_and_usage_behind_the_authorizer() {
     // GIVEN the template's usage API definition
     let t = parse(TEMPLATE);
@@ -215,9 +227,6 @@ fn the_usage_api_serves_every_route_admin_routes_on_iam_and_usage_behind_the_aut
             .expect("uri")
             .contains("${AuthorizerFunction.Arn}")
     );
-    // AND reading usage is never charged: the authorizer skips its route
-    let skip = untag(&function(&t, "authorizer")["Properties"]["Environment"]["Variables"]["TOLLGATE_SKIP_ROUTES"]).1;
-    assert!(format!("{skip:?}").contains("/v1/usage/GET"), "{skip:?}");
     // AND API Gateway's own refusals answer problem documents with their status
     let responses = body["x-amazon-apigateway-gateway-responses"]
         .as_mapping()

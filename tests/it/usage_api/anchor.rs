@@ -23,7 +23,10 @@ async fn world(region: &'static str) -> (World, DynamoDirectory) {
     let spec: PlanSpec = toml::from_str(MONTHLY).expect("spec");
     let plan = Plan::new("monthly", spec).expect("plan");
     registry.put_plan(&plan, 1).await.expect("plan");
-    UsagePlan::named("monthly").create(&w.gw).await;
+    UsagePlan::named("monthly")
+        .tag(tollgate::control::sync::mapping::TAG_STACK, super::STACK)
+        .create(&w.gw)
+        .await;
     (w, registry)
 }
 
@@ -53,6 +56,7 @@ async fn burst(gate: &Gate, key: &str) -> (u32, u64) {
                 credential: Credential::ApiKey(key),
                 method: "GET",
                 resource: "/hello",
+                stage_skip_routes: None,
             })
             .await;
         match out {

@@ -107,8 +107,8 @@ impl World {
     ) -> World {
         let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
         let gw = control_client(&sdk);
-        let free_plan_id = UsagePlan::named("free").create(&gw).await;
-        UsagePlan::named("pro").create(&gw).await;
+        let free_plan_id = UsagePlan::named("free").tag(TAG_STACK, STACK).create(&gw).await;
+        UsagePlan::named("pro").tag(TAG_STACK, STACK).create(&gw).await;
         let dir = Arc::new(MemoryDirectory::default());
         dir.put_plan(plan("free"));
         dir.put_plan(plan("pro"));
@@ -263,6 +263,7 @@ async fn admitted(gate: &Gate, key: &str) -> bool {
             credential: Credential::ApiKey(key),
             method: "GET",
             resource: "/hello",
+            stage_skip_routes: None,
         })
         .await;
     matches!(out, GateOutcome::Allow(_))

@@ -11,6 +11,8 @@ use tollgate::directory::Directory;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::identity::ApiKeyHash;
 
+use tollgate::control::sync::mapping::TAG_STACK;
+
 use super::{STACK, World, admitted};
 use crate::support::emulator;
 use crate::support::fault_proxy::{Fault, FaultProxy};
@@ -225,4 +227,78 @@ async fn a_lost_create_api_key_answer_is_found_by_name_on_retry_not_created_agai
     let id = body["key"]["id"].as_str().expect("id").to_owned();
     assert_eq!(w.keys_of("wayne").await, vec![id.clone()]);
     assert_eq!(w.plan_keys().await, BTreeSet::from([id]));
+}
+
+#[tokio::test]
+async fn onboarding_puts_the_key_on_its_own_stacks_plan_never_anothers_of_the_same_name() {
+    // GIVEN two usage plans `solo` in one Region, another stack's made first, then this stack's
+    let w = World::new("us-west-1").await;
+    let solo =
+        |stack: &str| crate::support::apigateway::UsagePlan::named(&emulator::unique("solo")).tag(TAG_STACK, stack);
+    let name = emulator::unique("solo");
+    let theirs = solo("another-stack").tag("tollgate:plan", &name).create(&w.gw).await;
+    let ours = solo(STACK).tag("tollgate:plan", &name).create(&w.gw).await;
+    w.dir.put_plan(super::plan(&name));
+    // WHEN a tenant is onboarded on that plan
+    let res = (w.admin(reqwest::Method::POST, "/v1/tenants"))
+        .header("idempotency-key", "idem-solo")
+        .json(&json!({"tenant": "solo-acme", "plan": name}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.expect("json");
+    let id = body["key"]["id"].as_str().expect("key id");
+    // THEN its key is on this stack's plan, never on the other stack's
+    let on =
+        w.gw.get_usage_plans()
+            .key_id(id)
+            .send()
+            .await
+            .expect("plans of the key");
+    let plans: Vec<&str> = on.items().iter().filter_map(|p| p.id()).collect();
+    assert_eq!(plans, [ours.as_str()], "the other stack's is {theirs}");
+}
+
+#[tokio::test]
+async fn a_tenant_whose_plan_has_no_usage_plan_of_the_stack_any_more_is_still_offboarded() {
+    // GIVEN acme onboarded on a plan of this stack's, whose usage plan then stops standing for it
+    let w = World::new("us-west-1").await;
+    let name = emulator::unique("gone");
+    let plan = crate::support::apigateway::UsagePlan::named(&name)
+        .tag(TAG_STACK, STACK)
+        .create(&w.gw)
+        .await;
+    w.dir.put_plan(super::plan(&name));
+    let res = (w.admin(reqwest::Method::POST, "/v1/tenants"))
+        .header("idempotency-key", "idem-gone")
+        .json(&json!({"tenant": "gone-acme", "plan": name}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.expect("json");
+    let id = body["key"]["id"].as_str().expect("key id").to_owned();
+    // (renamed: the emulator cannot untag; either way no usage plan of the stack's stands for
+    // the tenant's plan any more)
+    let rename = aws_sdk_apigateway::types::PatchOperation::builder()
+        .op(aws_sdk_apigateway::types::Op::Replace)
+        .path("/name")
+        .value(format!("{name}-renamed"))
+        .build();
+    (w.gw.update_usage_plan().usage_plan_id(&plan).patch_operations(rename))
+        .send()
+        .await
+        .expect("rename");
+    // WHEN the tenant is offboarded
+    let res = w
+        .admin(reqwest::Method::DELETE, "/v1/tenants/gone-acme")
+        .send()
+        .await
+        .expect("answer");
+    // THEN it is (there is no usage plan of the stack's to take its key off) and its key is
+    // disabled in API Gateway
+    assert!(res.status().is_success(), "{}", res.status());
+    let key = w.gw.get_api_key().api_key(&id).send().await.expect("key");
+    assert!(!key.enabled());
 }

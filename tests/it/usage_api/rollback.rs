@@ -27,7 +27,9 @@ impl Both {
             table: &self.table,
             clock: &self.w.clock,
             actor: Some("ci"),
-            stack: None,
+            // As `--stack` does: the plans apply manages are the usage API's stack's, which is
+            // what lets it put keys on them.
+            stack: Some(super::STACK),
         }
     }
 

@@ -100,12 +100,14 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
-    /// The tenant a key spends for: its `customerId` when set, else its name. Rotated keys of one
-    /// customer share one budget.
+    /// The tenant a key spends for: its `customerId` when set, so that rotated keys of one
+    /// customer share one budget; else the key's own id, a tenant of its own. Never its name:
+    /// names are not unique, and two customers' `prod` keys would share a budget and see each
+    /// other's usage.
     pub fn tenant(&self) -> &str {
         self.customer_id
             .as_deref()
             .filter(|c| !c.is_empty())
-            .unwrap_or(&self.name)
+            .unwrap_or(&self.id)
     }
 }

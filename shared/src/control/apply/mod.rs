@@ -39,6 +39,7 @@ use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::writes::ApplyPort;
 use crate::control::sync::SyncReport;
 use crate::control::sync::mapping::{self, TAG_PLAN};
+use crate::control::sync::scope::in_scope;
 use crate::control::sync::table::{PolicyTable, TableError};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_file::PolicyFile;
@@ -105,9 +106,14 @@ impl std::fmt::Debug for Context<'_> {
 /// Applies a policy file: see the module documentation.
 pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, ApplyError> {
     let read = |e: ControlError| ApplyError::Read(e.to_string());
-    let plans = cx.control.usage_plans().await.map_err(read)?;
-    let keys = cx.control.api_keys().await.map_err(read)?;
-    let (steps, checkpoint) = plan_apply(file, &plans, &keys, cx.stack)?;
+    let (plans, stack, scoped) = scoped_plans(cx).await?;
+    let mut keys = cx.control.api_keys().await.map_err(read)?;
+    if scoped {
+        // Only keys on the stack's plans are its tenants' (another stack's tenant may share a
+        // customerId): a key on no plan of the stack is left alone.
+        keys.retain(|k| plans.iter().any(|p| p.key_ids.contains(&k.id)));
+    }
+    let (steps, checkpoint) = plan_apply(file, &plans, &keys, stack.as_deref())?;
     let generation = cx
         .table
         .generation()
@@ -117,6 +123,43 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
     let mut pending = Pending::new(cx, Source::Apply, summary, checkpoint, generation);
     pending.movers = movers(file, &keys);
     pending.run(cx, steps).await
+}
+
+/// The usage plans the table mirrors (`sync::scope`), the stack whose tag the plans apply
+/// manages get (`--stack`, else the table's, so that a plan apply creates is one sync mirrors),
+/// and whether the table has a scope. A `--stack` other than the table's is refused: that
+/// stack's sync would not mirror the plans.
+async fn scoped_plans(cx: &Context<'_>) -> Result<(Vec<UsagePlan>, Option<String>, bool), ApplyError> {
+    let scope = cx.table.scope().await.map_err(|e| ApplyError::Read(e.to_string()))?;
+    let stack = match (cx.stack, &scope) {
+        (Some(given), Some(s)) if given != s.stack => {
+            return Err(ApplyError::invalid(
+                "policy apply",
+                "--stack",
+                format!(
+                    "the policy table `{}` mirrors the usage plans of stack `{}`, not `{given}`",
+                    cx.table.name(),
+                    s.stack
+                ),
+            ));
+        }
+        (Some(given), _) => Some(given.to_owned()),
+        (None, scope) => scope.as_ref().map(|s| s.stack.clone()),
+    };
+    let plans = cx
+        .control
+        .usage_plans()
+        .await
+        .map_err(|e| ApplyError::Read(e.to_string()))?;
+    Ok((in_scope(scope.as_ref(), plans), stack, scope.is_some()))
+}
+
+/// The usage plans the table mirrors (`sync::scope`): every read of a change (apply, its
+/// restore, rollback) sees only those, so it never touches another stack's plans or keys.
+async fn usage_plans(cx: &Context<'_>) -> Result<Vec<UsagePlan>, String> {
+    let scope = cx.table.scope().await.map_err(|e| e.to_string())?;
+    let plans = cx.control.usage_plans().await.map_err(|e| e.to_string())?;
+    Ok(in_scope(scope.as_ref(), plans))
 }
 
 /// Key id → its tenant and the plan the file puts it on, for every key of the file's tenants.
@@ -143,7 +186,7 @@ pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyEr
         .and_then(|c| serde_json::from_value(c.clone()).ok())
         .ok_or_else(|| ApplyError::NoCheckpoint(id.to_owned()))?;
     let read = |e: ControlError| ApplyError::Read(e.to_string());
-    let plans = cx.control.usage_plans().await.map_err(read)?;
+    let plans = usage_plans(cx).await.map_err(ApplyError::Read)?;
     let conflicts = conflicts(cx, &record, &target, &plans).await?;
     if !conflicts.is_empty() {
         return Err(ApplyError::Conflict {
@@ -159,9 +202,25 @@ pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyEr
     let steps = plan_restore(&target, &plans);
     let checkpoint = checkpoint_now(&target, &plans, &steps);
     let summary = format!("rollback to before {id}: {} API Gateway call(s)", steps.len());
-    Pending::new(cx, Source::Rollback, summary, checkpoint, generation)
-        .run(cx, steps)
-        .await
+    let mut pending = Pending::new(cx, Source::Rollback, summary, checkpoint, generation);
+    pending.movers = restored_movers(&steps, &cx.control.api_keys().await.map_err(read)?);
+    pending.run(cx, steps).await
+}
+
+/// Key id → its tenant and the plan a rollback puts it back on, for every key it puts on a
+/// plan: each tenant is marked as moving before its first key moves, as `apply` does, so that
+/// a sync between a key's removal and its addition holds it instead of revoking it.
+fn restored_movers(steps: &[ApplyStep], keys: &[ApiKey]) -> BTreeMap<String, (String, String)> {
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            ApplyStep::AddKey { plan, key_id, .. } => {
+                let key = keys.iter().find(|k| k.id == *key_id)?;
+                Some((key_id.clone(), (key.tenant().to_owned(), plan.clone())))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// What was changed since change `record` by another writer: its usage plans and keys (`plans`
@@ -293,9 +352,9 @@ impl Pending {
         };
         let done = execute(cx.control, steps, Some(&mover)).await?;
         if !steps.is_empty() {
-            let plans = cx.control.usage_plans().await.map_err(|e| {
+            let plans = usage_plans(cx).await.map_err(|e| {
                 let at = "reading the usage plans the change left".to_owned();
-                (done.clone(), at, e.to_string())
+                (done.clone(), at, e)
             })?;
             self.checkpoint.left = Some(plan::Left::read(&self.checkpoint, &plans));
         } else {
@@ -493,7 +552,7 @@ async fn restore(
     table_reached: bool,
     marked: &BTreeSet<&str>,
 ) -> Result<Vec<String>, String> {
-    let plans = cx.control.usage_plans().await.map_err(|e| e.to_string())?;
+    let plans = usage_plans(cx).await?;
     let steps = plan_restore(checkpoint, &plans);
     let undone = execute(cx.control, &steps, None)
         .await

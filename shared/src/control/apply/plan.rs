@@ -475,7 +475,7 @@ fn tenant_keys<'k>(tenant: &str, entry: &TenantEntry, keys: &'k [ApiKey]) -> Res
         return Err(invalid(
             "tenants",
             format!(
-                "no API key in API Gateway has customerId (or, without one, name) `{tenant}`; apply moves keys between plans but does not create them"
+                "no API key in API Gateway has customerId (or, without one, id) `{tenant}`; apply moves keys between plans but does not create them"
             ),
         ));
     }

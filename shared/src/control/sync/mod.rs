@@ -6,12 +6,14 @@
 //! - `mapping`: pure: what the table should say, and what cannot be honoured (`SyncProblem`).
 //! - `table`: reading the policy table, the minimal diff, applying it without interleaving.
 //! - `lease`: one run at a time (`run_leased`), and a rerun when a change arrives during one.
+//! - `scope`: which usage plans the table mirrors (a stack's own, not the Region's).
 //!
 //! The Lambda (`functions/plan-sync`, which owns its environment and IAM contract) calls
 //! `lease::run_leased`; `tollgate sync` calls `run` (an operator's sync runs now).
 
 pub mod lease;
 pub mod mapping;
+pub mod scope;
 pub mod table;
 
 use std::time::Duration;
@@ -22,8 +24,8 @@ use self::mapping::SyncProblem;
 use self::table::{PolicyTable, TableError};
 use crate::control::apigateway::{ControlError, ControlPlane};
 use crate::engine::clock::Clock;
-use crate::policy_table::Record;
 use crate::policy_table::audit::{AuditLog, ChangeOutcome, ChangeRecord, ItemChange, Source};
+use crate::policy_table::{PLAN_PREFIX, Record};
 
 /// Rounds (read, decide, write) a sync makes at most while concurrent syncs keep claiming first.
 const MAX_CONTENDED_ROUNDS: u32 = 5;
@@ -36,6 +38,12 @@ pub enum SyncError {
     Table(#[from] TableError),
     #[error("other syncs kept changing the policy table; gave up after {0} rounds (run sync again)")]
     Contended(u32),
+    /// The table's scope admits no usage plan while the table enforces some: mirroring that
+    /// would revoke every key, so nothing is written.
+    #[error(
+        "no usage plan is stack `{stack}`'s (tagged tollgate:stack={stack}, or on one of its API stages) while the policy table enforces {plans} plan(s); nothing was changed: tag the stack's usage plans, or list their stages in TOLLGATE_API_STAGES"
+    )]
+    EmptyScope { stack: String, plans: usize },
 }
 
 /// What one run did, for people (`table`) and machines (JSON).
@@ -157,7 +165,17 @@ pub async fn run_as(
         // condition rather than undo it (`table::PolicyTable::apply`).
         let as_of = clock.now();
         let current = table.read().await?;
-        let plans = control.usage_plans().await?;
+        let scope = table.scope().await?;
+        let plans = scope::in_scope(scope.as_ref(), control.usage_plans().await?);
+        if let Some(scope) = scope.filter(|_| plans.is_empty()) {
+            let enforced = current.records.keys().filter(|pk| pk.starts_with(PLAN_PREFIX)).count();
+            if enforced > 0 {
+                return Err(SyncError::EmptyScope {
+                    stack: scope.stack,
+                    plans: enforced,
+                });
+            }
+        }
         let keys = control.api_keys().await?;
         let desired = mapping::desired_moving(&plans, &keys, &current.moving(as_of));
         let changes = table::diff(&desired, &current);

@@ -202,7 +202,7 @@ impl PolicyTable {
         crate::policy_table::audit::AuditLog::new(self.client.clone(), &self.table)
     }
 
-    fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> TableError {
+    pub(super) fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> TableError {
         TableError::Unavailable {
             table: self.table.clone(),
             detail: DisplayErrorContext(e).to_string(),

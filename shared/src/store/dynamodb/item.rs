@@ -71,7 +71,7 @@ const TTL_SECS: u64 = (MONTHS_KEPT as u64 + 1) * 31 * 86_400;
 
 /// The attribute that holds one bucket's TAT: `tat` for the plan's bucket, `r<6 hex>` for a
 /// route's. Stored as the route's 24-bit hash so that cached items hold no strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TatAttr(u32);
 
 impl TatAttr {
@@ -220,22 +220,32 @@ pub struct Write {
 /// Every send, the first included, requires that `op` is greater than its slot's value and sets
 /// the slot to it: an operation can then apply at most once, however its sends arrive.
 pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op: u64) -> Write {
+    admit_at(limits, guess, now, now, weight, op)
+}
+
+/// `admit` for requests that arrived from `now` to `anchor` and are decided together (one
+/// process's requests coalesced into one write): the units' emission slots start no earlier than
+/// `anchor` and end within the tolerance as of `now`, so each unit conforms at whichever instant
+/// of the two its request arrived, and the item never ends below where the requests one at a
+/// time would have left it.
+pub fn admit_at(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp, weight: u32, op: u64) -> Write {
     let mut w = Expr::default();
     let n = u64::from(weight);
-    let now_ns = now.as_nanos();
+    let anchor = anchor.max(now);
+    let (now_ns, anchor_ns) = (now.as_nanos(), anchor.as_nanos());
     if let Some((id, bucket)) = &limits.bucket {
         w.name("#b", id.attribute());
         let inc = bucket.interval().saturating_mul(n);
         let tat = guess.state(limits, now).tat;
-        if tat.is_some_and(|t| t > now) {
+        if tat.is_some_and(|t| t > anchor) {
             // Busy bucket: move the TAT forward by the increment, as long as the result stays
             // within the tolerance. Concurrent writers do not conflict unless at the edge.
             let max = now_ns.saturating_add(bucket.capacity()).saturating_sub(inc);
-            w.value(":inc", inc).value(":now", now_ns).value(":bmax", max);
+            w.value(":inc", inc).value(":now", anchor_ns).value(":bmax", max);
             w.set("#b = #b + :inc");
             w.cond("#b > :now AND #b <= :bmax");
         } else {
-            w.value(":nt", now_ns.saturating_add(inc)).value(":now", now_ns);
+            w.value(":nt", anchor_ns.saturating_add(inc)).value(":now", anchor_ns);
             w.set("#b = :nt");
             w.cond("(attribute_not_exists(#b) OR #b <= :now)");
         }

@@ -16,17 +16,24 @@
 //! (`Indeterminate`); one that is refused with its id absent first claims the slot (`item::fence`)
 //! so that the earlier send can no longer land, then refuses.
 //!
-//! At the bucket's edge, a container that lost a race for the last token holds off that bucket
-//! until its next token plus a jitter of less than one emission interval (at most
-//! `max_hold_off`), refusing from its cache meanwhile: containers flooding one tenant then do not
-//! all write for the same token, and requests of one process that race each other (a concurrent
-//! `tollgate serve`) cannot lock the tenant out: a loser skips at most the token it lost.
+//! Requests of one process for one tenant and bucket never race each other (`lanes`): one write
+//! is in flight at a time, and a request that waited for it decides from the item it returned.
+//!
+//! At the bucket's edge, a container that lost a race for the last token (to another container)
+//! holds off that bucket until its next token plus a jitter of less than one emission interval
+//! (at most `max_hold_off`), refusing from its cache meanwhile: containers flooding one tenant
+//! then do not all write for the same token, and a loser skips at most the token it lost.
 
+mod coalesce;
 pub mod item;
+mod lanes;
 mod predictions;
+mod stats;
+mod write;
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -38,8 +45,11 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
 };
 
-use self::item::{OpStatus, Snapshot, TatAttr, Write};
+use self::item::{Snapshot, TatAttr, Write};
+use self::lanes::Lanes;
 use self::predictions::{Predictions, Race, Seen};
+pub use self::stats::{ItemWrites, StoreStats};
+use self::write::Batch;
 use super::{Consume, Reset, Store, StoreError, Usage};
 use crate::engine;
 use crate::engine::clock::Timestamp;
@@ -60,6 +70,10 @@ pub struct DynamoStoreConfig {
     /// The longest a container holds off a bucket after losing a race at its edge; the hold-off
     /// ends less than one emission interval after the bucket's next token in any case.
     pub max_hold_off: Duration,
+    /// One write in flight per tenant and bucket in this process, the other requests deciding
+    /// from the item it returns. Off, requests of one process race each other as those of
+    /// separate containers do: kept as the baseline the benchmarks compare against.
+    pub coalesce: bool,
 }
 
 impl DynamoStoreConfig {
@@ -70,89 +84,23 @@ impl DynamoStoreConfig {
             cache_capacity: 10_000,
             max_cached_refusal: Duration::from_secs(2),
             max_hold_off: Duration::from_secs(60),
+            coalesce: true,
         }
     }
-}
-
-/// Counters of what the store did, for metrics and for the write-unit tests.
-#[derive(Debug, Default)]
-pub struct StoreStats {
-    /// UpdateItem calls sent.
-    pub writes: AtomicU64,
-    /// Write units by DynamoDB's billing rule: one per started KB of the written item, also for
-    /// a failed condition.
-    pub write_units: AtomicU64,
-    /// Write capacity as the service reported it, in thousandths of a unit.
-    pub reported_milli_units: AtomicU64,
-    /// Writes whose condition failed (a wrong prediction, a lost race, or an edge deny).
-    pub conflicts: AtomicU64,
-    /// Writes whose outcome was unknown.
-    pub unknown_outcomes: AtomicU64,
-    /// Resends recognised as already applied.
-    pub deduplicated: AtomicU64,
-    /// Denials answered from the cached item, without a call.
-    pub cached_denials: AtomicU64,
-    /// Cached refusals older than `max_cached_refusal` sent to the store again.
-    pub rechecks: AtomicU64,
-    /// Requests refused without a call because this container is holding off the tenant after
-    /// losing races at the bucket's edge.
-    pub held_off: AtomicU64,
-    /// Writes that claimed a refused resend's operation id so its earlier send cannot land.
-    pub fences: AtomicU64,
 }
 
 static EMPTY: std::sync::LazyLock<HashMap<String, AttributeValue>> = std::sync::LazyLock::new(HashMap::new);
 
-impl StoreStats {
-    fn count_units(&self, item: &HashMap<String, AttributeValue>, reported: Option<f64>) {
-        let units = item::item_size(item).div_ceil(1024).max(1) as u64;
-        self.write_units.fetch_add(units, Ordering::Relaxed);
-        if let Some(r) = reported {
-            self.reported_milli_units
-                .fetch_add((r * 1000.0).round() as u64, Ordering::Relaxed);
-        }
-    }
-
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-    pub fn write_units(&self) -> u64 {
-        self.write_units.load(Ordering::Relaxed)
-    }
-    pub fn reported_write_units(&self) -> f64 {
-        self.reported_milli_units.load(Ordering::Relaxed) as f64 / 1000.0
-    }
-    pub fn conflicts(&self) -> u64 {
-        self.conflicts.load(Ordering::Relaxed)
-    }
-    pub fn unknown_outcomes(&self) -> u64 {
-        self.unknown_outcomes.load(Ordering::Relaxed)
-    }
-    pub fn deduplicated(&self) -> u64 {
-        self.deduplicated.load(Ordering::Relaxed)
-    }
-    pub fn cached_denials(&self) -> u64 {
-        self.cached_denials.load(Ordering::Relaxed)
-    }
-    pub fn rechecks(&self) -> u64 {
-        self.rechecks.load(Ordering::Relaxed)
-    }
-    pub fn held_off(&self) -> u64 {
-        self.held_off.load(Ordering::Relaxed)
-    }
-    pub fn fences(&self) -> u64 {
-        self.fences.load(Ordering::Relaxed)
-    }
-}
-
+/// Its parts are shared with the tasks that hold lanes' turns (`coalesce`).
 #[derive(Debug)]
 pub struct DynamoStore {
     client: Client,
-    config: DynamoStoreConfig,
-    predictions: Predictions,
-    stats: StoreStats,
+    config: Arc<DynamoStoreConfig>,
+    predictions: Arc<Predictions>,
+    lanes: Arc<Lanes>,
+    stats: Arc<StoreStats>,
     /// The greatest operation id sent or seen: new ids go above it (a Lamport clock).
-    last_op: AtomicU64,
+    last_op: Arc<AtomicU64>,
 }
 
 enum Attempt {
@@ -165,10 +113,23 @@ impl DynamoStore {
     pub fn new(client: Client, config: DynamoStoreConfig) -> DynamoStore {
         DynamoStore {
             client,
-            predictions: Predictions::new(config.cache_capacity, config.max_hold_off),
-            config,
-            stats: StoreStats::default(),
-            last_op: AtomicU64::new(0),
+            predictions: Arc::new(Predictions::new(config.cache_capacity, config.max_hold_off)),
+            lanes: Arc::default(),
+            config: Arc::new(config),
+            stats: Arc::default(),
+            last_op: Arc::default(),
+        }
+    }
+
+    /// The same store, for a task that outlives the request that spawned it.
+    fn handle(&self) -> DynamoStore {
+        DynamoStore {
+            client: self.client.clone(),
+            config: self.config.clone(),
+            predictions: self.predictions.clone(),
+            lanes: self.lanes.clone(),
+            stats: self.stats.clone(),
+            last_op: self.last_op.clone(),
         }
     }
 
@@ -177,7 +138,7 @@ impl DynamoStore {
     }
 
     pub fn into_stats(self) -> StoreStats {
-        self.stats
+        Arc::try_unwrap(self.stats).unwrap_or_else(|shared| shared.copied())
     }
 
     fn seen(&self, req: &Consume<'_>) -> Option<Seen> {
@@ -215,6 +176,7 @@ impl DynamoStore {
 
     async fn send(&self, req: &Consume<'_>, w: Write) -> Result<Attempt, StoreError> {
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats.count_item_write(req.tenant, req.now.as_secs());
         let result = self
             .client
             .update_item()
@@ -270,39 +232,6 @@ impl DynamoStore {
             Err(e) => Ok(Attempt::Unknown(DisplayErrorContext(e).to_string())),
         }
     }
-
-    /// A resend of `op` was refused and `op` is not in the item: `refusal` stands only once the
-    /// earlier send can no longer land. Claims `op`'s slot; if the earlier send got there first,
-    /// the request was admitted after all.
-    async fn fence(
-        &self,
-        req: &Consume<'_>,
-        op: u64,
-        refusal: Decision,
-        attempts: u32,
-    ) -> Result<Decision, StoreError> {
-        self.stats.fences.fetch_add(1, Ordering::Relaxed);
-        let indeterminate = |detail: &str| StoreError::Indeterminate {
-            attempts: attempts + 1,
-            detail: detail.to_owned(),
-        };
-        let sent = self.send(req, item::fence(req.now, op)).await;
-        match sent.map_err(|e| after_unknown(e, Some(op), attempts + 1, "the fence failed"))? {
-            Attempt::Applied(_) => Ok(refusal),
-            Attempt::Refused(current) => match current.op_status(op) {
-                OpStatus::Applied => {
-                    self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    let decision = engine::admitted(req.limits, &current.state(req.limits, req.now), req.now);
-                    self.remember(req, current, Race::Neither);
-                    Ok(decision)
-                }
-                _ => Err(indeterminate(
-                    "an earlier send may have applied; its operation id was overwritten",
-                )),
-            },
-            Attempt::Unknown(detail) => Err(indeterminate(&detail)),
-        }
-    }
 }
 
 /// An error from a send: after an earlier send of the same operation had an unknown outcome,
@@ -343,8 +272,12 @@ enum Prediction {
     /// A refusal the cached item still decides, or the hold-off after a lost race.
     Answered(Decision),
     /// Write, starting from this guess of the item; `recheck`: a cached refusal too old to stand,
-    /// which the write re-checks.
-    Write { guess: Snapshot, recheck: bool },
+    /// which the write re-checks; `version`: the cached item's (0: none).
+    Write {
+        guess: Snapshot,
+        recheck: bool,
+        version: u64,
+    },
 }
 
 impl DynamoStore {
@@ -353,6 +286,7 @@ impl DynamoStore {
             return Prediction::Write {
                 guess: Snapshot::default(),
                 recheck: false,
+                version: 0,
             };
         };
         let eval = engine::evaluate(req.limits, &seen.snap.state(req.limits, req.now), req.now, req.weight);
@@ -375,35 +309,7 @@ impl DynamoStore {
         Prediction::Write {
             guess: seen.snap,
             recheck,
-        }
-    }
-
-    /// After a send of `op` had an unknown outcome and a resend was refused: the answer when the
-    /// refusing item shows what became of `op`, `None` when it surely did not land.
-    fn resend_found(
-        &self,
-        req: &Consume<'_>,
-        current: &Snapshot,
-        op: u64,
-        attempt: u32,
-        last_unknown: &str,
-    ) -> Option<Result<Decision, StoreError>> {
-        match current.op_status(op) {
-            OpStatus::Applied => {
-                // An earlier send whose answer was lost did land: admitted, once.
-                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                let state = current.state(req.limits, req.now);
-                self.remember(req, current.clone(), Race::Won(bucket_of(req.limits)));
-                Some(Ok(engine::admitted(req.limits, &state, req.now)))
-            }
-            OpStatus::Overwritten => {
-                self.remember(req, current.clone(), Race::Neither);
-                Some(Err(StoreError::Indeterminate {
-                    attempts: attempt,
-                    detail: format!("{last_unknown}; the operation id was overwritten before the resend"),
-                }))
-            }
-            OpStatus::NotApplied => None,
+            version: seen.version,
         }
     }
 
@@ -431,65 +337,19 @@ impl DynamoStore {
 #[async_trait]
 impl Store for DynamoStore {
     async fn consume(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
-        let (mut guess, recheck) = match self.predict(req) {
+        let (guess, recheck, version) = match self.predict(req) {
             Prediction::Answered(decision) => return Ok(decision),
-            Prediction::Write { guess, recheck } => (guess, recheck),
+            Prediction::Write {
+                guess,
+                recheck,
+                version,
+            } => (guess, recheck, version),
         };
-        // Set once a send of it had an unknown outcome: from then on every send is that operation.
-        let mut pending: Option<u64> = None;
-        let mut last_unknown = String::new();
-        for attempt in 1..=self.config.max_attempts {
-            let eval = engine::evaluate(req.limits, &guess.state(req.limits, req.now), req.now, req.weight);
-            if eval.next.is_none() && !(recheck && attempt == 1) {
-                if attempt == 1 {
-                    // A cold cache refuses only what no state could admit (weight over burst).
-                    self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
-                }
-                return match pending {
-                    Some(op) => self.fence(req, op, eval.decision, attempt - 1).await,
-                    None => Ok(eval.decision),
-                };
-            }
-            let op = match pending {
-                Some(op) => op,
-                None => self.next_op(req.now),
-            };
-            let w = item::admit(req.limits, &guess, req.now, req.weight, op);
-            match self
-                .send(req, w)
-                .await
-                .map_err(|e| after_unknown(e, pending, attempt, &last_unknown))?
-            {
-                Attempt::Applied(after) => {
-                    let decision = engine::admitted(req.limits, &after.state(req.limits, req.now), req.now);
-                    self.remember(req, after, Race::Won(bucket_of(req.limits)));
-                    return Ok(decision);
-                }
-                Attempt::Refused(current) => {
-                    if pending.is_some()
-                        && let Some(answer) = self.resend_found(req, &current, op, attempt, &last_unknown)
-                    {
-                        return answer;
-                    }
-                    self.remember_refused(req, current.clone(), recheck);
-                    guess = current;
-                }
-                Attempt::Unknown(detail) => {
-                    self.stats.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(tenant = req.tenant, attempt, %detail, "state write outcome unknown; resending idempotently");
-                    pending = Some(op);
-                    last_unknown = detail;
-                }
-            }
+        if self.config.coalesce {
+            self.coalesced(req, guess, recheck, version).await
+        } else {
+            self.write(req, &mut Batch::alone(), guess, recheck).await
         }
-        let attempts = self.config.max_attempts;
-        Err(match pending {
-            Some(_) => StoreError::Indeterminate {
-                attempts,
-                detail: last_unknown,
-            },
-            None => StoreError::Contention { attempts },
-        })
     }
 
     async fn usage(&self, tenant: &str, limits: &Limits, now: Timestamp) -> Result<Usage, StoreError> {

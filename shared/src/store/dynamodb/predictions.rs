@@ -1,10 +1,12 @@
 //! The container's predictions: each tenant's item as this container last saw it, compacted,
-//! with when it was checked and the hold-off of one bucket after a lost race. A wrong prediction
+//! with when it was checked, a version that changes whenever it is remembered anew, and the
+//! hold-off of one bucket after a lost race. A wrong prediction
 //! costs one more write, never a wrong answer (the write's failed condition returns the item as
 //! it is).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::item::{Snapshot, TatAttr};
@@ -17,6 +19,8 @@ pub(super) struct Predictions {
     cache: Mutex<HashMap<Box<str>, Cached>>,
     capacity: usize,
     max_hold_off: Duration,
+    /// The last version handed out: versions are unique within the process.
+    versions: AtomicU64,
 }
 
 /// A tenant's compacted snapshot as kept between decisions: two boxed slices, no spare capacity,
@@ -27,6 +31,7 @@ struct Cached {
     counters: Box<[(Counter, u64)]>,
     /// When the store last answered (or was last asked) for this tenant.
     checked: Timestamp,
+    version: u64,
     /// The bucket this container lost a race on last, if any.
     hold: Option<Hold>,
 }
@@ -43,6 +48,8 @@ struct Hold {
 pub(super) struct Seen {
     pub snap: Snapshot,
     pub checked: Timestamp,
+    /// Changes whenever an answer of the store is remembered (0: nothing cached).
+    pub version: u64,
     /// Until when this container holds off the bucket asked about.
     pub hold_until: Timestamp,
 }
@@ -66,6 +73,7 @@ impl Predictions {
             cache: Mutex::new(HashMap::with_capacity(capacity)),
             capacity,
             max_hold_off,
+            versions: AtomicU64::new(0),
         }
     }
 
@@ -82,6 +90,7 @@ impl Predictions {
                     ..Snapshot::default()
                 },
                 checked: c.checked,
+                version: c.version,
                 hold_until: c
                     .hold
                     .filter(|h| h.bucket == bucket)
@@ -89,8 +98,17 @@ impl Predictions {
             })
     }
 
-    /// Marks a cached tenant as being re-checked, so that concurrent requests keep using the
-    /// cache while one of them asks the store.
+    /// The version of the tenant's cached item (0: none): a request that waited for another's
+    /// write compares it with the one it predicted from.
+    pub(super) fn version(&self, tenant: &str) -> u64 {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .map_or(0, |c| c.version)
+    }
+
+    /// Drops the tenant's cached item (after an operator's reset).
     pub(super) fn forget(&self, tenant: &str) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant);
     }
@@ -113,6 +131,7 @@ impl Predictions {
             tats: snap.tats.into_boxed_slice(),
             counters: snap.counters.into_boxed_slice(),
             checked: now,
+            version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
             hold,
         };
         match cache.get_mut(tenant) {

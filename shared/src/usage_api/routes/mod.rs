@@ -17,6 +17,7 @@ use axum::extract::State;
 use super::problem::Problem;
 use super::{AuditSink, UsageApi};
 use crate::control::apigateway::ControlError;
+use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::{ControlWrites, Patch};
 use crate::control::sync::mapping::{TAG_STACK, plan_name};
 use crate::engine::clock::Timestamp;
@@ -70,19 +71,31 @@ impl UsageApi {
         }
     }
 
-    /// The usage plan that stands for `plan` in API Gateway.
+    /// The usage plan that stands for `plan` in API Gateway: with a stack, only among the usage
+    /// plans tagged with it, so that another stack's plan of the same name in the Region is
+    /// never the one a key goes on.
     async fn usage_plan_id(&self, control: &dyn ControlWrites, plan: &str) -> Result<String, Problem> {
+        self.find_usage_plan(control, plan).await?.ok_or_else(|| {
+            let reason = match &self.stack {
+                Some(s) => format!(
+                    "plan `{plan}` has no usage plan of stack `{s}` in API Gateway: create one named `{plan}` (or tagged `tollgate:plan={plan}`) and tagged `{TAG_STACK}={s}`, or tag one of your own so (never one another stack's tag names)"
+                ),
+                None => format!("plan `{plan}` has no usage plan in API Gateway (name it `{plan}` or tag it `tollgate:plan={plan}`)"),
+            };
+            Problem::conflict("plan-without-usage-plan", reason)
+        })
+    }
+
+    /// `usage_plan_id`, or `None` when there is none: a route that only takes keys off a plan
+    /// (offboarding, the old plan of a move) has nothing to take off then.
+    async fn find_usage_plan(&self, control: &dyn ControlWrites, plan: &str) -> Result<Option<String>, Problem> {
         let plans = control.usage_plans().await?;
-        plans
+        let ours = |p: &&UsagePlan| self.stack.as_ref().is_none_or(|s| p.tags.get(TAG_STACK) == Some(s));
+        Ok(plans
             .iter()
+            .filter(ours)
             .find(|p| plan_name(p) == plan)
-            .map(|p| p.id.clone())
-            .ok_or_else(|| {
-                Problem::conflict(
-                    "plan-without-usage-plan",
-                    format!("plan `{plan}` has no usage plan in API Gateway (name it `{plan}` or tag it `tollgate:plan={plan}`)"),
-                )
-            })
+            .map(|p| p.id.clone()))
     }
 
     /// The tags of a key the usage API creates: its stack's, when it has one.

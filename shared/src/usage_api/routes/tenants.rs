@@ -132,21 +132,23 @@ async fn move_keys(api: &UsageApi, tenant: &str, old: &str, new: &str) -> Result
     let Some(control) = &api.control else {
         return Ok(());
     };
-    let (from, to) = (
-        api.usage_plan_id(control.as_ref(), old).await?,
-        api.usage_plan_id(control.as_ref(), new).await?,
-    );
+    // The old plan may have no usage plan of the stack's: then no key is on it to take off.
+    let from = api.find_usage_plan(control.as_ref(), old).await?;
+    let to = api.usage_plan_id(control.as_ref(), new).await?;
     // Off the old plan first: API Gateway refuses a key on two plans of one stage. A key the new
     // plan refuses goes back on the old one, so it is never left on no plan.
-    let on_old = plan_keys(control.as_ref(), &from).await?;
+    let on_old = match &from {
+        Some(from) => plan_keys(control.as_ref(), from).await?,
+        None => Vec::new(),
+    };
     for (_, k) in api.registry.keys_of(tenant).await? {
-        let was_on_old = on_old.contains(&k.key_id);
-        if was_on_old {
-            control.delete_usage_plan_key(&from, &k.key_id).await?;
+        let was_on_old = from.as_ref().filter(|_| on_old.contains(&k.key_id));
+        if let Some(from) = was_on_old {
+            control.delete_usage_plan_key(from, &k.key_id).await?;
         }
         if let Err(e) = control.create_usage_plan_key(&to, &k.key_id).await {
-            if was_on_old {
-                control.create_usage_plan_key(&from, &k.key_id).await?;
+            if let Some(from) = was_on_old {
+                control.create_usage_plan_key(from, &k.key_id).await?;
             }
             return Err(e.into());
         }
@@ -157,19 +159,23 @@ async fn move_keys(api: &UsageApi, tenant: &str, old: &str, new: &str) -> Result
 pub(in crate::usage_api) async fn offboard(State(api): Api, admin: Admin<Tenant>) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
     let plan = api.tenant_plan(&tenant).await?;
+    // A plan without a usage plan of the stack's has no key on it to take off; the keys are
+    // disabled all the same.
     let (plan_id, on_plan) = match &api.control {
-        Some(c) => {
-            let id = api.usage_plan_id(c.as_ref(), &plan).await?;
-            let keys = plan_keys(c.as_ref(), &id).await?;
-            (Some(id), keys)
-        }
+        Some(c) => match api.find_usage_plan(c.as_ref(), &plan).await? {
+            Some(id) => {
+                let keys = plan_keys(c.as_ref(), &id).await?;
+                (Some(id), keys)
+            }
+            None => (None, Vec::new()),
+        },
         None => (None, Vec::new()),
     };
     let mut items = Vec::new();
     for (h, k) in api.registry.keys_of(&tenant).await? {
-        if let (Some(c), Some(plan_id)) = (&api.control, &plan_id) {
+        if let Some(c) = &api.control {
             disable_key(c.as_ref(), &k.key_id).await?;
-            if on_plan.contains(&k.key_id) {
+            if let Some(plan_id) = plan_id.as_ref().filter(|_| on_plan.contains(&k.key_id)) {
                 c.delete_usage_plan_key(plan_id, &k.key_id).await?;
             }
         }

@@ -21,16 +21,14 @@ pub fn plan_restore(checkpoint: &Checkpoint, plans: &[UsagePlan]) -> Vec<ApplySt
         .filter(|p| !kept.contains(p.id.as_str()))
         .filter(|p| checkpoint.absent_plans.iter().any(|n| n == mapping::plan_name(p)))
         .collect();
-    let (removes, adds) = restore_keys(checkpoint, plans, &now_of);
     let mut steps = creates;
-    steps.extend(removes);
+    steps.extend(restore_keys(checkpoint, plans, &now_of));
     // Plans created by the change: every key off, then the plan itself.
     for p in &extra {
         for k in p.key_ids.iter().filter(|k| !checkpoint.keys.contains_key(*k)) {
             steps.push(ApplyStep::remove_key(p, k));
         }
     }
-    steps.extend(adds);
     steps.extend(restore_fields(checkpoint, &now_of));
     for p in extra {
         steps.push(ApplyStep::DeletePlan {
@@ -70,16 +68,14 @@ fn counterparts<'a>(checkpoint: &'a Checkpoint, plans: &'a [UsagePlan]) -> (Coun
     (now_of, creates)
 }
 
-/// The removals and additions that put every checkpoint key back on the plans it was on.
-fn restore_keys(
-    checkpoint: &Checkpoint,
-    plans: &[UsagePlan],
-    now_of: &Counterparts<'_>,
-) -> (Vec<ApplyStep>, Vec<ApplyStep>) {
+/// The removals and additions that put every checkpoint key back on the plans it was on: per
+/// key, off and back on, back to back (as `policy apply` moves keys), so that no key waits on no
+/// plan while the others move.
+fn restore_keys(checkpoint: &Checkpoint, plans: &[UsagePlan], now_of: &Counterparts<'_>) -> Vec<ApplyStep> {
     let by_id: BTreeMap<&str, &UsagePlan> = plans.iter().map(|p| (p.id.as_str(), p)).collect();
-    let mut removes = Vec::new();
-    let mut adds = Vec::new();
+    let mut steps = Vec::new();
     for (key_id, was) in &checkpoint.keys {
+        let (mut removes, mut adds) = (Vec::new(), Vec::new());
         let now: Vec<&UsagePlan> = plans.iter().filter(|p| p.key_ids.contains(key_id)).collect();
         // Live plans to put it back on, or (Err) plans being created again.
         let targets: Vec<Result<&UsagePlan, &PlanState>> = was
@@ -111,8 +107,10 @@ fn restore_keys(
                 }),
             }
         }
+        steps.append(&mut removes);
+        steps.append(&mut adds);
     }
-    (removes, adds)
+    steps
 }
 
 /// The updates and retags that give each surviving checkpoint plan its throttle, quota and tags back.

@@ -79,6 +79,31 @@ fn a_changed_rate_a_new_plan_and_a_moved_tenant_are_the_fewest_calls() {
 }
 
 #[test]
+fn a_restore_moves_each_key_off_and_back_on_back_to_back() {
+    // GIVEN acme's two keys moved from free to gold by an apply
+    let file = PolicyFile::parse(
+        "[plans.free]\nrate = 1.0\nburst = 5\n[plans.gold]\nrate = 1.0\nburst = 5\n[tenants.acme]\nplan = \"gold\"\n",
+    )
+    .expect("valid");
+    let before = [live("p1", "free", 1.0, &["k1", "k2"]), live("p2", "gold", 1.0, &[])];
+    let keys = [key("k1", "acme"), key("k2", "acme")];
+    let (_, cp) = plan_apply(&file, &before, &keys, None).expect("valid");
+    // WHEN restored from where the apply left them
+    let after = [live("p1", "free", 1.0, &[]), live("p2", "gold", 1.0, &["k1", "k2"])];
+    let undo: Vec<String> = plan_restore(&cp, &after).iter().map(ToString::to_string).collect();
+    // THEN each key leaves gold and is back on free before the next key moves
+    assert_eq!(
+        undo,
+        [
+            "take key k1 off plan gold",
+            "put key k1 on plan free",
+            "take key k2 off plan gold",
+            "put key k2 on plan free",
+        ]
+    );
+}
+
+#[test]
 fn what_cannot_be_applied_names_the_field_and_touches_nothing() {
     let plans = [live("p1", "free", 1.0, &[])];
     let big = PolicyFile::parse("[plans.free]\nrate = 1.0\nburst = 5\ndaily_quota = 5000000000\n").expect("valid");

@@ -139,7 +139,7 @@ fn week_quotas_and_offsets_become_enforced_plans() {
 }
 
 #[test]
-fn keys_resolve_to_customer_or_name_and_rotation_shares_a_tenant() {
+fn keys_resolve_to_customer_or_their_own_id_and_rotation_shares_a_tenant() {
     let mut p = plan("p1", "free");
     p.key_ids = vec!["k1".into(), "k2".into(), "k3".into(), "k4".into()];
     let keys = [
@@ -153,9 +153,29 @@ fn keys_resolve_to_customer_or_name_and_rotation_shares_a_tenant() {
     let tenants: Vec<&str> = d.keys.values().map(|k| k.tenant.as_str()).collect();
     assert_eq!(d.keys.len(), 3, "disabled and plan-less keys are not admitted");
     assert_eq!(tenants.iter().filter(|t| **t == "acme").count(), 2);
-    assert!(tenants.contains(&"name-k3"));
+    assert!(
+        tenants.contains(&"k3"),
+        "a key without customerId is a tenant of its own: {tenants:?}"
+    );
     assert_eq!(d.tenants.len(), 2);
     assert!(d.problems.is_empty());
+}
+
+#[test]
+fn two_keys_of_one_name_without_customer_id_are_two_tenants() {
+    // GIVEN two customers' keys, both named `prod`, neither with a customerId
+    let mut p = plan("p1", "free");
+    p.key_ids = vec!["k1".into(), "k2".into()];
+    let mut keys = [key("k1", None, true), key("k2", None, true)];
+    for k in &mut keys {
+        k.name = "prod".into();
+    }
+    // WHEN sync maps them
+    let d = desired(&[p], &keys);
+    // THEN each is a tenant of its own, by key id: they share no budget and no usage
+    let tenants: BTreeSet<&str> = d.keys.values().map(|k| k.tenant.as_str()).collect();
+    assert_eq!(tenants, BTreeSet::from(["k1", "k2"]));
+    assert_eq!(d.tenants.len(), 2);
 }
 
 #[test]

@@ -1,0 +1,327 @@
+//! The conditional writes that decide a request and the requests its turn carries (a batch): up
+//! to `max_attempts` sends (a wrong guess, a lost race, an unknown outcome), the answers taken
+//! from the item the store returned.
+//!
+//! A batch shares its write's outcome: admitted (each request answered from the returned item at
+//! its own arrival) or the same error. When the write's condition fails, the batch shrinks to
+//! what the returned item admits (`coalesce::carry`: the requests it refuses are answered, those
+//! past its tokens go back to the lane) and the next write carries that. A race is lost by one
+//! request, never by a batch: the hold-off after a lost race is derived from the request holding
+//! the turn alone, so a batch too big for the tokens left never holds the lane off tokens that
+//! are there. While a send's outcome is unknown the batch stays as sent, so a resend that finds
+//! its operation applied answers exactly the requests it carried.
+
+use std::sync::atomic::Ordering;
+
+use super::item::{self, OpStatus, Snapshot};
+use super::lanes::{Joined, Waiter};
+use super::predictions::Race;
+use super::{Attempt, DynamoStore, after_unknown, bucket_of};
+use crate::engine;
+use crate::engine::State;
+use crate::engine::clock::Timestamp;
+use crate::engine::decision::Decision;
+use crate::engine::policy::Limits;
+use crate::store::{Consume, StoreError};
+
+/// Requests one write carries at most, the holder's own included.
+const MAX_CARRIED: usize = 256;
+
+/// The engine's view of `guess` for units that start no earlier than `anchor` (≥ `now`).
+fn state_from(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp) -> State {
+    let mut state = guess.state(limits, now);
+    if anchor > now {
+        state.tat = Some(state.tat.map_or(anchor, |t| t.max(anchor)));
+    }
+    state
+}
+
+/// The requests a write carries beside the one holding the turn (the head), in arrival order,
+/// and the lane those it no longer carries go back to.
+pub(super) struct Batch<'a> {
+    carried: Vec<Waiter>,
+    lane: Option<&'a Joined>,
+}
+
+/// What the sends came to.
+enum Outcome {
+    /// Applied: the item the write returned, which admits the head and every carried request.
+    Admitted(Snapshot),
+    /// The head's refusal; nothing carried.
+    Refused(Decision),
+}
+
+impl<'a> Batch<'a> {
+    /// A request alone.
+    pub(super) fn alone() -> Batch<'static> {
+        Batch {
+            carried: Vec::new(),
+            lane: None,
+        }
+    }
+
+    pub(super) fn of(lane: &'a Joined, carried: Vec<Waiter>) -> Batch<'a> {
+        Batch {
+            carried,
+            lane: Some(lane),
+        }
+    }
+
+    /// The batch as one request (every unit, as of the earliest arrival), and the latest arrival.
+    fn whole<'r>(&self, head: &Consume<'r>) -> (Consume<'r>, Timestamp) {
+        let from = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::min);
+        let to = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
+        let weight = self.carried.iter().fold(head.weight, |n, w| n.saturating_add(w.weight));
+        (
+            Consume {
+                weight,
+                now: from,
+                ..*head
+            },
+            to,
+        )
+    }
+
+    /// Gives the carried requests back to the lane, undecided.
+    fn give_back(&mut self) {
+        let carried = std::mem::take(&mut self.carried);
+        if let Some(lane) = self.lane {
+            lane.put_back(carried);
+        }
+    }
+}
+
+impl DynamoStore {
+    /// Decides `head` and the requests `batch` carries, starting from `guess`; `recheck`: the
+    /// head's cached refusal was too old to stand. Every carried request is answered or given
+    /// back to the lane.
+    pub(super) async fn write(
+        &self,
+        head: &Consume<'_>,
+        batch: &mut Batch<'_>,
+        guess: Snapshot,
+        recheck: bool,
+    ) -> Result<Decision, StoreError> {
+        let result = self.attempts(head, batch, guess, recheck).await;
+        let carried = std::mem::take(&mut batch.carried);
+        match result {
+            Ok(Outcome::Admitted(after)) => {
+                for w in carried {
+                    let _ =
+                        w.tx.send(Ok(engine::admitted(&w.limits, &after.state(&w.limits, w.now), w.now)));
+                }
+                Ok(engine::admitted(
+                    head.limits,
+                    &after.state(head.limits, head.now),
+                    head.now,
+                ))
+            }
+            Ok(Outcome::Refused(decision)) => Ok(decision),
+            Err(e) => {
+                for w in carried {
+                    let _ = w.tx.send(Err(e.clone()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn attempts(
+        &self,
+        head: &Consume<'_>,
+        batch: &mut Batch<'_>,
+        mut guess: Snapshot,
+        recheck: bool,
+    ) -> Result<Outcome, StoreError> {
+        // Set once a send of it had an unknown outcome: from then on every send is that operation,
+        // for the same batch.
+        let mut pending: Option<u64> = None;
+        let mut last_unknown = String::new();
+        for attempt in 1..=self.config.max_attempts {
+            let (whole, anchor) = batch.whole(head);
+            let state = state_from(head.limits, &guess, whole.now, anchor);
+            let eval = engine::evaluate(head.limits, &state, whole.now, whole.weight);
+            if eval.next.is_none() && !(recheck && attempt == 1) {
+                if attempt == 1 {
+                    // A cold cache refuses only what no state could admit (weight over burst).
+                    self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
+                }
+                return self
+                    .refused(head, batch, &guess, pending.map(|op| (op, attempt - 1)))
+                    .await;
+            }
+            let op = pending.unwrap_or_else(|| self.next_op(head.now));
+            let w = item::admit_at(head.limits, &guess, whole.now, anchor, whole.weight, op);
+            match self
+                .send(&whole, w)
+                .await
+                .map_err(|e| after_unknown(e, pending, attempt, &last_unknown))?
+            {
+                Attempt::Applied(after) => {
+                    self.remember(&whole, after.clone(), Race::Won(bucket_of(head.limits)));
+                    return Ok(Outcome::Admitted(after));
+                }
+                Attempt::Refused(current) => {
+                    if pending.is_some()
+                        && let Some(found) = self.resend_found(&whole, &current, op, attempt, &last_unknown)
+                    {
+                        return found.map(Outcome::Admitted);
+                    }
+                    self.remember_refused(head, current.clone(), recheck);
+                    guess = current;
+                    if pending.is_none() {
+                        self.shrink(head, &guess, batch);
+                    }
+                }
+                Attempt::Unknown(detail) => {
+                    self.stats.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(tenant = head.tenant, attempt, %detail, "state write outcome unknown; resending idempotently");
+                    pending = Some(op);
+                    last_unknown = detail;
+                }
+            }
+        }
+        let attempts = self.config.max_attempts;
+        Err(match pending {
+            Some(_) => StoreError::Indeterminate {
+                attempts,
+                detail: last_unknown,
+            },
+            None => StoreError::Contention { attempts },
+        })
+    }
+
+    /// The batch's write was refused by its condition: it carries from now on only what the
+    /// returned item admits alongside the head.
+    fn shrink(&self, head: &Consume<'_>, guess: &Snapshot, batch: &mut Batch<'_>) {
+        if batch.carried.is_empty() {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut batch.carried);
+        let carried = self.carry(head, guess, &mut waiting);
+        batch.carried = waiting;
+        batch.give_back();
+        batch.carried = carried;
+    }
+
+    /// `guess` admits not the batch (as last sent, when `pending` has its operation): once an
+    /// earlier send can no longer land, the head's refusal from `guess`, the carried requests
+    /// back to the lane.
+    async fn refused(
+        &self,
+        head: &Consume<'_>,
+        batch: &mut Batch<'_>,
+        guess: &Snapshot,
+        pending: Option<(u64, u32)>,
+    ) -> Result<Outcome, StoreError> {
+        let mut attempts = 0;
+        if let Some((op, sent)) = pending {
+            let (whole, _) = batch.whole(head);
+            if let Some(current) = self.fence(&whole, op, sent).await? {
+                return Ok(Outcome::Admitted(current));
+            }
+            attempts = sent + 1;
+        }
+        batch.give_back();
+        let alone = engine::evaluate(head.limits, &guess.state(head.limits, head.now), head.now, head.weight);
+        match alone.next {
+            None => Ok(Outcome::Refused(alone.decision)),
+            // Only a batch frozen by an unknown outcome gets here: it is surely not applied.
+            Some(_) => Err(StoreError::Contention { attempts }),
+        }
+    }
+
+    /// A resend of `op` was refused and `op` is not in the item: the refusal stands only once
+    /// the earlier send can no longer land. Claims `op`'s slot: `None` once it did; the item if
+    /// the earlier send got there first (`req` admitted after all).
+    async fn fence(&self, req: &Consume<'_>, op: u64, attempts: u32) -> Result<Option<Snapshot>, StoreError> {
+        self.stats.fences.fetch_add(1, Ordering::Relaxed);
+        let indeterminate = |detail: &str| StoreError::Indeterminate {
+            attempts: attempts + 1,
+            detail: detail.to_owned(),
+        };
+        let sent = self.send(req, item::fence(req.now, op)).await;
+        match sent.map_err(|e| after_unknown(e, Some(op), attempts + 1, "the fence failed"))? {
+            Attempt::Applied(_) => Ok(None),
+            Attempt::Refused(current) => match current.op_status(op) {
+                OpStatus::Applied => {
+                    self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                    self.remember(req, current.clone(), Race::Neither);
+                    Ok(Some(current))
+                }
+                _ => Err(indeterminate(
+                    "an earlier send may have applied; its operation id was overwritten",
+                )),
+            },
+            Attempt::Unknown(detail) => Err(indeterminate(&detail)),
+        }
+    }
+
+    /// After a send of `op` had an unknown outcome and a resend was refused: the item when the
+    /// refusing item shows `op` applied, the error when it cannot tell, `None` when `op` surely
+    /// did not land.
+    fn resend_found(
+        &self,
+        req: &Consume<'_>,
+        current: &Snapshot,
+        op: u64,
+        attempt: u32,
+        last_unknown: &str,
+    ) -> Option<Result<Snapshot, StoreError>> {
+        match current.op_status(op) {
+            OpStatus::Applied => {
+                // An earlier send whose answer was lost did land: admitted, once.
+                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                self.remember(req, current.clone(), Race::Won(bucket_of(req.limits)));
+                Some(Ok(current.clone()))
+            }
+            OpStatus::Overwritten => {
+                self.remember(req, current.clone(), Race::Neither);
+                Some(Err(StoreError::Indeterminate {
+                    attempts: attempt,
+                    detail: format!("{last_unknown}; the operation id was overwritten before the resend"),
+                }))
+            }
+            OpStatus::NotApplied => None,
+        }
+    }
+}
+
+impl DynamoStore {
+    /// Takes out of `waiting` the requests to carry with `req` on the item `guess`; answers
+    /// those the item refuses and drops those whose caller is gone. The rest stay for the next
+    /// turn.
+    pub(super) fn carry(&self, req: &Consume<'_>, guess: &Snapshot, waiting: &mut Vec<Waiter>) -> Vec<Waiter> {
+        let same_periods = |w: &Waiter| req.limits.counted().all(|c| c.counter(w.now) == c.counter(req.now));
+        let (mut from, mut to, mut total) = (req.now, req.now, req.weight);
+        let mut carried = Vec::new();
+        let mut kept = Vec::with_capacity(waiting.len());
+        for w in waiting.drain(..) {
+            if w.tx.is_closed() {
+                continue;
+            }
+            if w.limits != *req.limits || !same_periods(&w) || carried.len() + 1 >= MAX_CARRIED {
+                kept.push(w);
+                continue;
+            }
+            let alone = engine::evaluate(&w.limits, &guess.state(&w.limits, w.now), w.now, w.weight);
+            if alone.next.is_none() {
+                self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
+                let _ = w.tx.send(Ok(alone.decision));
+                continue;
+            }
+            let (f, t, n) = (from.min(w.now), to.max(w.now), total.saturating_add(w.weight));
+            if engine::evaluate(req.limits, &state_from(req.limits, guess, f, t), f, n)
+                .next
+                .is_some()
+            {
+                (from, to, total) = (f, t, n);
+                carried.push(w);
+            } else {
+                kept.push(w);
+            }
+        }
+        *waiting = kept;
+        carried
+    }
+}
