@@ -14,6 +14,10 @@
 //! - `o0`..`o6`: operation-id slots. An operation id names its slot (`id % OPS`); a write
 //!   applies only if its id is greater than its slot's value and sets the slot to it, so a slot
 //!   only grows and an operation applies at most once, whatever the order of arrival;
+//! - `b<nonce>`: a container's write-back marker (`charge`): the `seq` of the last charge of that
+//!   writer applied to the item, in seconds since the epoch (or just above the writer's last);
+//!   a charge applies only above it. Any write removes the markers it knows of that are older
+//!   than `MARKER_KEPT`;
 //! - `ttl`: epoch seconds after which DynamoDB may delete the idle item (past the kept window).
 
 use std::collections::HashMap;
@@ -25,6 +29,7 @@ use crate::engine::State;
 use crate::engine::clock::Timestamp;
 use crate::engine::policy::Limits;
 use crate::engine::quota::{Calendar, Counter, MONTHS_KEPT, Period, Window};
+use crate::store::Charge;
 
 pub const PK: &str = "pk";
 pub const TTL: &str = "ttl";
@@ -62,6 +67,34 @@ const MAX_MS: u64 = (1 << 44) - 1;
 /// How far ahead of the local clock an id floor is followed: a day.
 const MAX_AHEAD_MS: u64 = 86_400_000;
 
+/// How long a write-back marker is kept: a writer resends a charge for at most a day after its
+/// first send (`gate::write_back`), and a send lands within 15 minutes of being signed or never
+/// (SigV4), so a marker older than two days guards nothing.
+pub const MARKER_KEPT_SECS: u64 = 2 * 86_400;
+
+/// The attribute of a writer's write-back marker: `b` and the nonce in base 36.
+pub fn marker(writer: u64) -> String {
+    let mut digits = Vec::new();
+    let mut n = writer;
+    loop {
+        digits.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    std::iter::once('b').chain(digits.into_iter().rev()).collect()
+}
+
+/// The writer of a marker attribute; `None` for any other name.
+fn parse_marker(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix('b').filter(|d| (1..=13).contains(&d.len()))?;
+    if !digits.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
+        return None;
+    }
+    u64::from_str_radix(digits, 36).ok()
+}
+
 /// The slot an operation id lives in.
 pub fn slot_of(op: u64) -> usize {
     (op % OPS as u64) as usize
@@ -97,6 +130,8 @@ pub struct Snapshot {
     pub tats: Vec<(TatAttr, Timestamp)>,
     pub counters: Vec<(Counter, u64)>,
     pub ops: [u64; OPS],
+    /// Write-back markers: writer, seq.
+    pub markers: Vec<(u64, u64)>,
 }
 
 impl Snapshot {
@@ -117,6 +152,8 @@ impl Snapshot {
                 snap.counters.push((counter, number()?));
             } else if let Some(i) = OP_ATTRS.iter().position(|a| a == name) {
                 snap.ops[i] = number()?;
+            } else if let Some(writer) = parse_marker(name) {
+                snap.markers.push((writer, number()?));
             }
         }
         Ok(snap)
@@ -166,10 +203,17 @@ impl Snapshot {
         self.counters
             .retain(|(c, _)| current.contains(c) || removable(limits, &windows, *c));
         self.counters.shrink_to_fit();
+        self.markers.retain(|m| marker_expired(*m, now));
+        self.markers.shrink_to_fit();
         self.tats.shrink_to_fit();
         self.ops = [0; OPS];
         self
     }
+}
+
+/// Whether a write removes a marker: it is older than `MARKER_KEPT_SECS`.
+fn marker_expired((_, seq): (u64, u64), now: Timestamp) -> bool {
+    seq.saturating_add(MARKER_KEPT_SECS) < now.as_secs()
 }
 
 /// What an item says of one operation id.
@@ -280,6 +324,13 @@ pub fn admit_at(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Times
                 .filter(|c| removable(limits, &windows, *c)),
         )
         .map(|c| c.to_string())
+        .chain(
+            guess
+                .markers
+                .iter()
+                .filter(|m| marker_expired(**m, now))
+                .map(|(w, _)| marker(*w)),
+        )
         .collect();
     stale.sort_unstable();
     stale.dedup();
@@ -299,6 +350,25 @@ pub fn fence(now: Timestamp, op: u64) -> Write {
     w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
     w.set("#ttl = :ttl");
     claim_slot(&mut w, op);
+    w.finish()
+}
+
+/// The write that adds a charge (`Store::charge`) to the counters, conditioned on its writer's
+/// marker being below its `seq` and raising the marker to it: a resend of an applied charge is
+/// refused by the condition, so it counts once. A counter may end above its quota (admissions
+/// made without the store); the bucket is left alone.
+pub fn charge(c: &Charge, now: Timestamp) -> Write {
+    let mut w = Expr::default();
+    w.name("#wb", &marker(c.writer)).value(":seq", c.seq);
+    w.set("#wb = :seq");
+    w.cond("(attribute_not_exists(#wb) OR #wb < :seq)");
+    w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
+    w.set("#ttl = :ttl");
+    for (i, (counter, n)) in c.counts.iter().enumerate() {
+        w.name(&format!("#c{i}"), &counter.to_string());
+        w.values.insert(format!(":c{i}"), AttributeValue::N(n.to_string()));
+        w.add(&format!("#c{i} :c{i}"));
+    }
     w.finish()
 }
 
