@@ -195,3 +195,61 @@ async fn a_write_back_whose_answers_are_lost_is_sent_again_and_counts_once() {
     assert_eq!((wb.applied, wb.deduplicated, wb.pending_tenants), (0, 1, 0));
     assert_eq!(recorded, admitted);
 }
+
+#[tokio::test]
+async fn a_fence_whose_answer_is_lost_is_not_taken_for_the_write_it_fenced() {
+    // GIVEN a gate over the shipped store (4 attempts) through a fault proxy that loses the 4
+    // sends of the first decision's write before they reach the store (its outcome unknown: the
+    // gate fails open), lets the next decision's write through, applies the fence the store
+    // then sends for the unknown write but loses its answer, and lets everything after through.
+    // The budget and timeouts are the emulator's patient ones: each send is one the test
+    // injected for.
+    let file = PolicyFile::parse(QUOTA).expect("policy");
+    let (patient, table) = emulator::state_table().await;
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let client = state_client(&emulator::sdk_config(&proxy.endpoint()), emulator::PATIENT);
+    let tenants = demo_tenants(&file, 1);
+    let tenant = &tenants[0];
+    let config = DynamoStoreConfig::new(&table);
+    let attempts = config.max_attempts as usize;
+    let store = Arc::new(DynamoStore::new(client, config));
+    let clock = ManualClock::new(Timestamp::from_secs(1_795_456_177));
+    let gate = Gate::new(
+        GateConfig {
+            store_budget: Duration::from_secs(30),
+            ..GateConfig::default()
+        },
+        Arc::new(directory_with(&file, &tenants)),
+        store.clone(),
+        Arc::new(clock.clone()),
+    );
+    let mut faults = vec![Some(Fault::LoseRequest); attempts];
+    faults.extend([None, Some(Fault::LoseResponse)]);
+    proxy.inject_on("POST", "UpdateItem", &faults);
+    // WHEN the tenant sends one request the store cannot decide, then 2 it decides (the fence is
+    // sent again with the second: its first answer was lost)
+    let mut admitted = 0;
+    for i in 0..3 {
+        clock.advance(Duration::from_millis(300));
+        match gate.check(request(&tenant.api_key)).await {
+            GateOutcome::Allow(v) => {
+                assert_eq!(v.mode.is_fail_open(), i == 0, "request {i}: {:?}", v.mode);
+                admitted += 1;
+            }
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    // THEN the second fence found the slot fenced, not the write applied: nothing is taken off
+    // the fail-open admission written back, and the counter is what was admitted
+    let recorded = day_counters(&patient, &table, &tenant.tenant).await;
+    let stats = store.stats();
+    eprintln!(
+        "{admitted} admitted, day counter {recorded}; write-back {:?}; {} units charged unanswered",
+        gate.fallback().write_back_stats(),
+        stats.unanswered()
+    );
+    // the unknown write's sends, 2 decisions, 2 fences, 1 charge
+    assert_eq!(proxy.seen("POST", "UpdateItem"), attempts as u64 + 2 + 2 + 1);
+    assert_eq!(stats.unanswered(), 0);
+    assert_eq!(recorded, admitted);
+}

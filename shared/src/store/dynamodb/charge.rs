@@ -8,7 +8,8 @@
 //! admissions: the counter then ends at exactly what was admitted. A batch whose sends all had
 //! unknown outcomes (`Indeterminate`) is kept as unresolved: its operation's slot is avoided by
 //! this container's next ids for the tenant, and when the gate next asks, one fence decides it
-//! (`item::fence`: applied, its units are reported; not, it can never land). A slot another
+//! (`item::fence`: applied, its units are reported; not, it can never land; an earlier fence of
+//! it that landed unanswered is told from it by the value it left, `item::fenced`). A slot another
 //! container overwrote first cannot tell (`StoreStats::unanswered_lost`).
 
 use std::collections::HashMap;
@@ -149,6 +150,8 @@ impl DynamoStore {
                 Ok(Attempt::Applied(_)) => {}
                 Ok(Attempt::Refused(current)) => match current.op_status(op) {
                     OpStatus::Applied => add(&mut charged, &units),
+                    // An earlier fence of it landed, its answer lost: never applied.
+                    OpStatus::Fenced => {}
                     _ => self.lost(tenant, u32::try_from(units.first().map_or(0, |u| u.1)).unwrap_or(0)),
                 },
                 Ok(Attempt::Unknown(_)) | Err(_) => still.push((op, units)),

@@ -13,7 +13,9 @@
 //!   counters of another calendar of its kinds (a calendar change) whose period surely ended;
 //! - `o0`..`o6`: operation-id slots. An operation id names its slot (`id % OPS`); a write
 //!   applies only if its id is greater than its slot's value and sets the slot to it, so a slot
-//!   only grows and an operation applies at most once, whatever the order of arrival;
+//!   only grows and an operation applies at most once, whatever the order of arrival. A fence
+//!   (`fence`) sets the slot to `fenced(id)`, a value no operation id takes, so that a later look
+//!   tells a fenced operation from an applied one;
 //! - `b<nonce>`: a container's write-back marker (`charge`): the `seq` of the last charge of that
 //!   writer applied to the item, in seconds since the epoch (or just above the writer's last);
 //!   a charge applies only above it. Any write removes the markers it knows of that are older
@@ -93,6 +95,13 @@ fn parse_marker(name: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(digits, 36).ok()
+}
+
+/// The value a fence of `op` leaves in its slot: `op` with every bit below the time part set.
+/// No operation id has it (their low 20 bits stay below `SPREAD * OPS`); it is above `op` (which
+/// can then never land) and below every id of a later millisecond.
+pub fn fenced(op: u64) -> u64 {
+    op | ((1 << 20) - 1)
 }
 
 /// The slot an operation id lives in.
@@ -179,6 +188,9 @@ impl Snapshot {
     /// since overwritten (its slot holds a greater id), or not applied (yet).
     pub fn op_status(&self, op: u64) -> OpStatus {
         let held = self.ops[slot_of(op)];
+        if held == fenced(op) {
+            return OpStatus::Fenced;
+        }
         match held.cmp(&op) {
             std::cmp::Ordering::Equal => OpStatus::Applied,
             std::cmp::Ordering::Greater => OpStatus::Overwritten,
@@ -225,6 +237,10 @@ pub enum OpStatus {
     /// Its slot holds a smaller id (or none): it has not applied, and can until its slot moves
     /// past it.
     NotApplied,
+    /// A fence claimed its slot (`fenced`) before it landed: it never applied, and never will.
+    /// (Another operation of the same millisecond and slot fenced after this one applied reads
+    /// the same: it is then taken for not applied, and its units may count twice, never less.)
+    Fenced,
 }
 
 /// Each period kind's kept window at `now`: its counted calendar's, else the UTC one's. A writer
@@ -345,11 +361,18 @@ pub fn admit_at(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Times
 /// The write that makes `op` impossible without changing anything else: it claims `op`'s slot.
 /// Sent when a resend after an unknown outcome ends in a refusal, so that the earlier send, if
 /// it is still on its way, can no longer apply, and the refusal is final.
+///
+/// The slot is set to `fenced(op)`, not `op`: a fence whose answer is lost and that is sent again
+/// must find the slot fenced, not take its own landing for the operation's.
 pub fn fence(now: Timestamp, op: u64) -> Write {
     let mut w = Expr::default();
     w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
     w.set("#ttl = :ttl");
-    claim_slot(&mut w, op);
+    w.name("#o", OP_ATTRS[slot_of(op)])
+        .value(":op", op)
+        .value(":fenced", fenced(op));
+    w.set("#o = :fenced");
+    w.cond("(attribute_not_exists(#o) OR #o < :op)");
     w.finish()
 }
 

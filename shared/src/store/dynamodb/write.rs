@@ -255,6 +255,8 @@ impl DynamoStore {
         match sent.map_err(|e| after_unknown(e, Some(op), attempts + 1, "the fence failed"))? {
             Attempt::Applied(_) => Ok(None),
             Attempt::Refused(current) => match current.op_status(op) {
+                // An earlier fence of it landed.
+                OpStatus::Fenced => Ok(None),
                 OpStatus::Applied => {
                     self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
                     self.remember(req, current.clone(), Race::Neither);
@@ -293,7 +295,7 @@ impl DynamoStore {
                     detail: format!("{last_unknown}; the operation id was overwritten before the resend"),
                 }))
             }
-            OpStatus::NotApplied => None,
+            OpStatus::NotApplied | OpStatus::Fenced => None,
         }
     }
 }
