@@ -269,8 +269,10 @@ async fn sixty_four_clients_on_one_tenant_at_the_default_budget_stay_within_the_
     for c in clients {
         c.await.expect("client");
     }
-    // THEN at most the quota went through the store, and at most what was left of it the store
-    // had last reported failed open on top: never more than twice the quota
+    // THEN at most the quota was admitted by the store, and at most what was left of it the store
+    // had last reported failed open on top: never more than twice the quota. (The day counter
+    // takes in the fail-open admissions as they are written back, so it is printed, not bounded
+    // by the quota: `write_back::after_an_injected_outage…` holds it to the requests admitted.)
     let admitted = admitted.load(Ordering::Relaxed);
     let (patient, _) = emulator::state_table().await;
     let recorded = day_counter(&patient, &table, &tenants[0].tenant).await;
@@ -278,7 +280,6 @@ async fn sixty_four_clients_on_one_tenant_at_the_default_budget_stay_within_the_
         "64 clients, 8 s, daily quota 100: {admitted} admitted of {} answered, day counter {recorded}",
         answered.load(Ordering::Relaxed)
     );
-    assert!(recorded <= 100);
     assert!(admitted <= 200, "{admitted} admitted against a daily quota of 100");
 }
 

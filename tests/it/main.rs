@@ -22,3 +22,4 @@ mod sync;
 mod template;
 mod tidy;
 mod usage_api;
+mod write_back;

@@ -3,15 +3,18 @@
 //! and its quotas minus the usage this container last saw the store report, so one container
 //! over-admits a tenant by at most `burst + rate × outage` (plus, for a tenant it has never seen
 //! the store decide, its quota's remainder), and an outage over `c` containers by `c` times that.
+//! Every admission is kept for the write-back (`write_back`), which charges it to the tenant's
+//! counters once the store answers again.
 
 use std::time::Duration;
 
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::Decision;
 use crate::engine::quota::{Counter, QuotaStatus};
-use crate::store::{Consume, MemoryStore, StoreError};
+use crate::store::{Consume, MemoryStore, Store, StoreError};
 
 use super::cache::TtlCache;
+use super::write_back::{WriteBack, WriteBackStats};
 
 /// A usage figure is only used in its own period; past that it is dead weight.
 const SEEN_TTL: Duration = Duration::from_secs(32 * 86_400);
@@ -22,6 +25,9 @@ pub struct Fallback {
     spent: MemoryStore,
     /// The quota usage the store last reported for each tenant.
     seen: TtlCache<String, Seen>,
+    /// The admissions made here, until they are written to the store.
+    write_back: WriteBack,
+    capacity: usize,
 }
 
 /// Each period kind's counter and its usage, by `Period::index`.
@@ -44,6 +50,8 @@ impl Fallback {
         Fallback {
             spent: MemoryStore::with_capacity(tenants),
             seen: TtlCache::new(tenants),
+            write_back: WriteBack::new(tenants),
+            capacity: tenants,
         }
     }
 
@@ -65,8 +73,16 @@ impl Fallback {
 
     /// The engine's decision for a request the store could not decide. Quota figures are against
     /// the plan's quotas: what the store last reported plus what was admitted here since.
-    /// `StoreError::Full` when every tenant it tracks still has state it may not forget.
+    /// `StoreError::Full` when every tenant it tracks still has state it may not forget, or the
+    /// write-back holds as many other tenants as it may. An admission is kept for the write-back.
     pub fn decide(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
+        let full = || StoreError::Full {
+            capacity: self.capacity,
+            retry_after: Duration::ZERO,
+        };
+        if !self.write_back.has_room(req.tenant) {
+            return Err(full());
+        }
         let seen = self.seen.get(req.tenant, req.now).unwrap_or_default();
         let used =
             (req.limits.quotas.each_ref()).map(|q| q.as_ref().map_or(0, |q| seen.used(q.calendar.counter(req.now))));
@@ -87,7 +103,23 @@ impl Fallback {
                 *q = QuotaStatus::new(quota, before.saturating_add(q.used), req.now);
             }
         }
+        if decision.allowed && !self.write_back.admitted(req.tenant, req.limits, req.weight, req.now) {
+            return Err(full());
+        }
         Ok(decision)
+    }
+
+    /// The store decided `req`: its quota usage is remembered (`observe`), and the tenant's
+    /// pending write-back, if any, is sent (within `budget`).
+    pub async fn answered(&self, store: &dyn Store, req: &Consume<'_>, decision: &Decision, budget: Duration) {
+        self.observe(req.tenant, decision, req.now);
+        (self.write_back)
+            .settle(store, req.tenant, req.limits, req.now, budget)
+            .await;
+    }
+
+    pub fn write_back_stats(&self) -> WriteBackStats {
+        self.write_back.stats()
     }
 }
 

@@ -6,14 +6,14 @@
 pub mod breaker;
 pub mod cache;
 pub mod fallback;
+pub mod write_back;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::directory::{Directory, DirectoryError, Resolved, TenantPlan};
-use crate::engine::clock::ceil_secs;
-use crate::engine::clock::{Clock, Timestamp};
+use crate::engine::clock::{Clock, Timestamp, ceil_secs};
 use crate::engine::decision::Decision;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::policy::{FailMode, Limits, Plan, split_route};
@@ -37,13 +37,11 @@ pub struct GateConfig {
     pub key_ttl: Duration,
     /// How long an unknown key stays unknown (guessing keys costs no directory reads).
     pub unknown_key_ttl: Duration,
-    /// How long past `key_ttl` a resolved key (or token tenant) is still served while the
-    /// directory cannot answer: the last good answer, so a policy-table outage does not refuse
-    /// every tenant. A key revoked meanwhile is seen once the directory answers again.
+    /// How long past `key_ttl` a resolved key (or token tenant) is still served while the directory
+    /// cannot answer (a policy-table outage); a key revoked meanwhile is seen once it answers.
     pub stale_for: Duration,
-    /// After the directory fails, how long a key not in the cache is answered unavailable
-    /// without asking it again: an outage costs one directory call per interval, not one per
-    /// request, each waiting for its timeout.
+    /// After the directory fails, how long a key not in the cache is answered unavailable without
+    /// asking it again: an outage costs one directory call per interval, not one per request.
     pub directory_error_ttl: Duration,
     pub key_cache_capacity: usize,
     pub breaker: BreakerConfig,
@@ -53,8 +51,7 @@ pub struct GateConfig {
     pub skip_routes: Vec<String>,
     /// Overrides every plan's fail mode when set (an operator's switch during an incident).
     pub fail_mode: Option<FailMode>,
-    /// How long the shed level is trusted before the directory is asked again: one read per
-    /// this interval per container, never one per request.
+    /// How long the shed level is trusted before the directory is asked again (one read per interval).
     pub shed_ttl: Duration,
 }
 
@@ -119,8 +116,7 @@ pub enum Mode {
         kind: &'static str,
     },
     /// The store could not decide (it failed, or the breaker is open); the fail mode answered.
-    /// Failing open, `decision` is the per-container fallback's: the tenant's plan rate and burst
-    /// and what is left of its quotas, so an admission here is a bounded fail-open admission.
+    /// Failing open, `decision` is the per-container fallback's (`fallback`), written back later.
     Failed {
         mode: FailMode,
         error: String,
@@ -152,8 +148,7 @@ pub struct Verdict {
     /// The tenant's own anchor day (`Resolved::anchor`).
     pub anchor: Option<u8>,
     pub mode: Mode,
-    /// `None` when no decision was made (bypass, failing closed); the fallback's when failing
-    /// open.
+    /// `None` when no decision was made (bypass, failing closed); the fallback's failing open.
     pub decision: Option<Decision>,
     pub store_latency: Option<Duration>,
     /// The credentials were resolved from the per-process cache, not the directory.
@@ -168,8 +163,7 @@ pub struct Refusal {
     /// `rate`, `daily_quota`, `monthly_quota`, `shed`, `store_busy` (the tenant's item could not
     /// take the write), or `store_unavailable` (fail closed).
     pub reason: &'static str,
-    /// Whole seconds, at least 1: the decision's wait, or the breaker's cool-down when the store
-    /// could not decide.
+    /// Whole seconds, at least 1: the decision's wait, or the breaker's cool-down (no decision).
     pub retry_after_secs: u64,
 }
 
@@ -199,9 +193,9 @@ pub struct Gate {
     directory_failed_until: Mutex<Timestamp>,
 }
 
-/// The shed level as last read (`None` before the first read), and until when it is trusted.
-/// One caller refreshes it when it expires; the others answer from the stale level meanwhile (a
-/// few seconds' difference at most), except before the first read, when they wait for it.
+/// The shed level as last read (`None` before the first read), and until when it is trusted. One
+/// caller refreshes it when it expires; the others answer from the stale level meanwhile, except
+/// before the first read, when they wait for it.
 #[derive(Debug, Default)]
 struct ShedCache {
     level: Mutex<(Option<u8>, Timestamp)>,
@@ -232,6 +226,10 @@ impl Gate {
 
     pub fn breaker(&self) -> &Breaker {
         &self.breaker
+    }
+
+    pub fn fallback(&self) -> &Fallback {
+        &self.fallback
     }
 
     pub async fn check(&self, req: Request<'_>) -> GateOutcome {
@@ -265,7 +263,8 @@ impl Gate {
         verdict.store_latency = latency;
         match result {
             Ok(decision) => {
-                self.fallback.observe(&verdict.tenant, &decision, now);
+                let budget = self.config.store_budget;
+                self.fallback.answered(&*self.store, &consume, &decision, budget).await;
                 decided(verdict, decision)
             }
             Err((error, kind, true)) => busy(verdict, error, kind),

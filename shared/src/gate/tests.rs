@@ -219,6 +219,14 @@ impl Store for Failing {
     async fn reset(&self, _: &str, _: crate::store::Reset, _: &Limits, _: Timestamp) -> Result<(), StoreError> {
         self.fail().await
     }
+    async fn charge(
+        &self,
+        _: &str,
+        _: &crate::store::Charge,
+        _: Timestamp,
+    ) -> Result<crate::store::Charged, StoreError> {
+        self.fail().await
+    }
 }
 
 /// The gate over `store`, with `fail_mode` over every plan's (`None`: each plan's own, the free

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Consume, Reset, Store, StoreError, Usage};
+use super::{Charge, Charged, Consume, Reset, Store, StoreError, Usage};
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::Decision;
 use crate::engine::policy::{BucketId, Limits};
@@ -58,6 +58,8 @@ struct Entry {
     current: [Option<Current>; 3],
     /// Closed periods inside the kept window.
     history: Vec<(Counter, u64)>,
+    /// The last charge applied of each writer (`Store::charge`): writer, seq.
+    charged: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +77,7 @@ impl Entry {
             routes: Vec::new(),
             current: [None; 3],
             history: Vec::new(),
+            charged: Vec::new(),
         }
     }
 
@@ -324,6 +327,28 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    /// The same contract as the DynamoDB store's: a writer's charge applies once, by its `seq`.
+    /// (Its answer always reaches the caller, so the gate sends each once; a second call with
+    /// the same `seq` is still refused.) A tenant not held needs room, as a decision does.
+    async fn charge(&self, tenant: &str, charge: &Charge, now: Timestamp) -> Result<Charged, StoreError> {
+        let mut guard = self.shard(tenant);
+        let shard = &mut *guard;
+        if !shard.tenants.contains_key(tenant) && shard.tenants.len() >= self.per_shard {
+            self.evict(shard, now)?;
+        }
+        let e = shard.tenants.entry(tenant.into()).or_insert_with(Entry::new);
+        match e.charged.iter_mut().find(|(w, _)| *w == charge.writer) {
+            Some((_, seq)) if *seq >= charge.seq => return Ok(Charged::AlreadyApplied),
+            Some((_, seq)) => *seq = charge.seq,
+            None => e.charged.push((charge.writer, charge.seq)),
+        }
+        for &(counter, n) in &charge.counts {
+            let used = e.count(counter.period().index(), counter);
+            *used = used.saturating_add_signed(n);
+        }
+        Ok(Charged::Applied)
     }
 }
 

@@ -35,6 +35,29 @@ pub struct Usage {
     pub tat: Option<Timestamp>,
 }
 
+/// Units to add to a tenant's counters once, whatever the number of sends: what a container
+/// admitted without the store (the gate's fail-open fallback, positive) net of what the store
+/// charged for requests that got the fail mode instead of its answer (negative). `writer` (a
+/// per-container nonce) and `seq` (greater for each new charge of that writer) make it
+/// idempotent: a store applies a writer's charge only if its `seq` is above the last one it
+/// applied for that writer and tenant, so a resend of the same charge never counts twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub writer: u64,
+    pub seq: u64,
+    /// Units by counter, as a decision at that period would have counted them.
+    pub counts: Vec<(Counter, i64)>,
+}
+
+/// How a charge ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charged {
+    /// This send applied it.
+    Applied,
+    /// An earlier send of it had (its answer lost): nothing added again.
+    AlreadyApplied,
+}
+
 /// What an operator's reset clears: the rate state (every bucket of the tenant), and the
 /// counters of the current periods it names. The operation-id slots are never touched.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -189,4 +212,22 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// `limits`' calendars), in one write. Containers holding a cached refusal see it within
     /// their `max_cached_refusal`.
     async fn reset(&self, tenant: &str, reset: Reset, limits: &Limits, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Adds `charge` to the tenant's counters, once whatever the number of calls with it (see
+    /// `Charge`). An error leaves it to be sent again as it is.
+    async fn charge(&self, tenant: &str, charge: &Charge, now: Timestamp) -> Result<Charged, StoreError>;
+
+    /// The units this store charged for `tenant` that the gate answered without its answer (the
+    /// caller stopped waiting, or the outcome was unknown and has since been found applied),
+    /// negative, to be netted against the fallback's admissions; taken, so each is reported
+    /// once. A store whose answer always reaches its caller has none.
+    async fn unanswered(&self, _tenant: &str, _now: Timestamp) -> Vec<(Counter, i64)> {
+        Vec::new()
+    }
+
+    /// Whether `unanswered` may have something for any tenant: the request path asks this
+    /// first, without a lock or a call.
+    fn owes(&self) -> bool {
+        false
+    }
 }

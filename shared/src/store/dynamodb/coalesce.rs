@@ -110,7 +110,12 @@ impl DynamoStore {
                 now,
             };
             let answer = self.decide_turn(&req, (guess, recheck, version), waiting, &lane).await;
-            let _ = tx.send(answer);
+            // Charged, and its caller answered without it (the gate's fail mode).
+            if let Err(Ok(d)) = tx.send(answer)
+                && d.allowed
+            {
+                self.charged_unanswered(&tenant, &limits, now, weight);
+            }
             self.answer_queued(&tenant, &lane);
         } else {
             lane.put_back(waiting);

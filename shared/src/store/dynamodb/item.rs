@@ -13,7 +13,13 @@
 //!   counters of another calendar of its kinds (a calendar change) whose period surely ended;
 //! - `o0`..`o6`: operation-id slots. An operation id names its slot (`id % OPS`); a write
 //!   applies only if its id is greater than its slot's value and sets the slot to it, so a slot
-//!   only grows and an operation applies at most once, whatever the order of arrival;
+//!   only grows and an operation applies at most once, whatever the order of arrival. A fence
+//!   (`fence`) sets the slot to `fenced(id)`, a value no operation id takes, so that a later look
+//!   tells a fenced operation from an applied one;
+//! - `b<nonce>`: a container's write-back marker (`charge`): the `seq` of the last charge of that
+//!   writer applied to the item, in seconds since the epoch (or just above the writer's last);
+//!   a charge applies only above it. Any write removes the markers it knows of that are older
+//!   than `MARKER_KEPT`;
 //! - `ttl`: epoch seconds after which DynamoDB may delete the idle item (past the kept window).
 
 use std::collections::HashMap;
@@ -25,6 +31,7 @@ use crate::engine::State;
 use crate::engine::clock::Timestamp;
 use crate::engine::policy::Limits;
 use crate::engine::quota::{Calendar, Counter, MONTHS_KEPT, Period, Window};
+use crate::store::Charge;
 
 pub const PK: &str = "pk";
 pub const TTL: &str = "ttl";
@@ -62,6 +69,41 @@ const MAX_MS: u64 = (1 << 44) - 1;
 /// How far ahead of the local clock an id floor is followed: a day.
 const MAX_AHEAD_MS: u64 = 86_400_000;
 
+/// How long a write-back marker is kept: a writer resends a charge for at most a day after its
+/// first send (`gate::write_back`), and a send lands within 15 minutes of being signed or never
+/// (SigV4), so a marker older than two days guards nothing.
+pub const MARKER_KEPT_SECS: u64 = 2 * 86_400;
+
+/// The attribute of a writer's write-back marker: `b` and the nonce in base 36.
+pub fn marker(writer: u64) -> String {
+    let mut digits = Vec::new();
+    let mut n = writer;
+    loop {
+        digits.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    std::iter::once('b').chain(digits.into_iter().rev()).collect()
+}
+
+/// The writer of a marker attribute; `None` for any other name.
+fn parse_marker(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix('b').filter(|d| (1..=13).contains(&d.len()))?;
+    if !digits.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
+        return None;
+    }
+    u64::from_str_radix(digits, 36).ok()
+}
+
+/// The value a fence of `op` leaves in its slot: `op` with every bit below the time part set.
+/// No operation id has it (their low 20 bits stay below `SPREAD * OPS`); it is above `op` (which
+/// can then never land) and below every id of a later millisecond.
+pub fn fenced(op: u64) -> u64 {
+    op | ((1 << 20) - 1)
+}
+
 /// The slot an operation id lives in.
 pub fn slot_of(op: u64) -> usize {
     (op % OPS as u64) as usize
@@ -97,6 +139,8 @@ pub struct Snapshot {
     pub tats: Vec<(TatAttr, Timestamp)>,
     pub counters: Vec<(Counter, u64)>,
     pub ops: [u64; OPS],
+    /// Write-back markers: writer, seq.
+    pub markers: Vec<(u64, u64)>,
 }
 
 impl Snapshot {
@@ -117,6 +161,8 @@ impl Snapshot {
                 snap.counters.push((counter, number()?));
             } else if let Some(i) = OP_ATTRS.iter().position(|a| a == name) {
                 snap.ops[i] = number()?;
+            } else if let Some(writer) = parse_marker(name) {
+                snap.markers.push((writer, number()?));
             }
         }
         Ok(snap)
@@ -142,6 +188,9 @@ impl Snapshot {
     /// since overwritten (its slot holds a greater id), or not applied (yet).
     pub fn op_status(&self, op: u64) -> OpStatus {
         let held = self.ops[slot_of(op)];
+        if held == fenced(op) {
+            return OpStatus::Fenced;
+        }
         match held.cmp(&op) {
             std::cmp::Ordering::Equal => OpStatus::Applied,
             std::cmp::Ordering::Greater => OpStatus::Overwritten,
@@ -166,10 +215,17 @@ impl Snapshot {
         self.counters
             .retain(|(c, _)| current.contains(c) || removable(limits, &windows, *c));
         self.counters.shrink_to_fit();
+        self.markers.retain(|m| marker_expired(*m, now));
+        self.markers.shrink_to_fit();
         self.tats.shrink_to_fit();
         self.ops = [0; OPS];
         self
     }
+}
+
+/// Whether a write removes a marker: it is older than `MARKER_KEPT_SECS`.
+fn marker_expired((_, seq): (u64, u64), now: Timestamp) -> bool {
+    seq.saturating_add(MARKER_KEPT_SECS) < now.as_secs()
 }
 
 /// What an item says of one operation id.
@@ -181,6 +237,10 @@ pub enum OpStatus {
     /// Its slot holds a smaller id (or none): it has not applied, and can until its slot moves
     /// past it.
     NotApplied,
+    /// A fence claimed its slot (`fenced`) before it landed: it never applied, and never will.
+    /// (Another operation of the same millisecond and slot fenced after this one applied reads
+    /// the same: it is then taken for not applied, and its units may count twice, never less.)
+    Fenced,
 }
 
 /// Each period kind's kept window at `now`: its counted calendar's, else the UTC one's. A writer
@@ -280,6 +340,13 @@ pub fn admit_at(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Times
                 .filter(|c| removable(limits, &windows, *c)),
         )
         .map(|c| c.to_string())
+        .chain(
+            guess
+                .markers
+                .iter()
+                .filter(|m| marker_expired(**m, now))
+                .map(|(w, _)| marker(*w)),
+        )
         .collect();
     stale.sort_unstable();
     stale.dedup();
@@ -294,11 +361,37 @@ pub fn admit_at(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Times
 /// The write that makes `op` impossible without changing anything else: it claims `op`'s slot.
 /// Sent when a resend after an unknown outcome ends in a refusal, so that the earlier send, if
 /// it is still on its way, can no longer apply, and the refusal is final.
+///
+/// The slot is set to `fenced(op)`, not `op`: a fence whose answer is lost and that is sent again
+/// must find the slot fenced, not take its own landing for the operation's.
 pub fn fence(now: Timestamp, op: u64) -> Write {
     let mut w = Expr::default();
     w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
     w.set("#ttl = :ttl");
-    claim_slot(&mut w, op);
+    w.name("#o", OP_ATTRS[slot_of(op)])
+        .value(":op", op)
+        .value(":fenced", fenced(op));
+    w.set("#o = :fenced");
+    w.cond("(attribute_not_exists(#o) OR #o < :op)");
+    w.finish()
+}
+
+/// The write that adds a charge (`Store::charge`) to the counters, conditioned on its writer's
+/// marker being below its `seq` and raising the marker to it: a resend of an applied charge is
+/// refused by the condition, so it counts once. A counter may end above its quota (admissions
+/// made without the store); the bucket is left alone.
+pub fn charge(c: &Charge, now: Timestamp) -> Write {
+    let mut w = Expr::default();
+    w.name("#wb", &marker(c.writer)).value(":seq", c.seq);
+    w.set("#wb = :seq");
+    w.cond("(attribute_not_exists(#wb) OR #wb < :seq)");
+    w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
+    w.set("#ttl = :ttl");
+    for (i, (counter, n)) in c.counts.iter().enumerate() {
+        w.name(&format!("#c{i}"), &counter.to_string());
+        w.values.insert(format!(":c{i}"), AttributeValue::N(n.to_string()));
+        w.add(&format!("#c{i} :c{i}"));
+    }
     w.finish()
 }
 

@@ -68,6 +68,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Lanes {
+    /// Whether no request waits for, holds or is carried by any lane.
+    pub(super) fn is_empty(&self) -> bool {
+        lock(&self.map).is_empty()
+    }
+
     pub(super) fn join(self: &Arc<Self>, tenant: &str, bucket: Option<TatAttr>) -> Joined {
         let key: Key = (tenant.into(), bucket);
         let lane = lock(&self.map).entry(key.clone()).or_default().clone();

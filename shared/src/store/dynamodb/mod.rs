@@ -24,6 +24,7 @@
 //! (at most `max_hold_off`), refusing from its cache meanwhile: containers flooding one tenant
 //! then do not all write for the same token, and a loser skips at most the token it lost.
 
+mod charge;
 mod coalesce;
 pub mod item;
 mod lanes;
@@ -45,16 +46,18 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
 };
 
+use self::charge::Unanswered;
 use self::item::{Snapshot, TatAttr, Write};
 use self::lanes::Lanes;
 use self::predictions::{Predictions, Race, Seen};
 pub use self::stats::{ItemWrites, StoreStats};
 use self::write::Batch;
-use super::{Consume, Reset, Store, StoreError, Usage};
+use super::{Charge, Charged, Consume, Reset, Store, StoreError, Usage};
 use crate::engine;
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::{Decision, Reason};
 use crate::engine::policy::Limits;
+use crate::engine::quota::Counter;
 
 #[derive(Debug, Clone)]
 pub struct DynamoStoreConfig {
@@ -101,6 +104,8 @@ pub struct DynamoStore {
     stats: Arc<StoreStats>,
     /// The greatest operation id sent or seen: new ids go above it (a Lamport clock).
     last_op: Arc<AtomicU64>,
+    /// Units charged for requests answered without this store's answer (`charge`).
+    unanswered: Arc<Unanswered>,
 }
 
 enum Attempt {
@@ -118,6 +123,7 @@ impl DynamoStore {
             config: Arc::new(config),
             stats: Arc::default(),
             last_op: Arc::default(),
+            unanswered: Arc::default(),
         }
     }
 
@@ -130,7 +136,19 @@ impl DynamoStore {
             lanes: self.lanes.clone(),
             stats: self.stats.clone(),
             last_op: self.last_op.clone(),
+            unanswered: self.unanswered.clone(),
         }
+    }
+
+    /// Whether every write of this store has ended and answered its requests (no lane in use).
+    pub fn lanes_idle(&self) -> bool {
+        self.lanes.is_empty()
+    }
+
+    /// `lanes_idle`, and nothing it charged unanswered is still to be reported
+    /// (`Store::unanswered`).
+    pub fn is_settled(&self) -> bool {
+        self.lanes_idle() && !self.unanswered.owes()
     }
 
     pub fn stats(&self) -> &StoreStats {
@@ -158,9 +176,16 @@ impl DynamoStore {
 
     /// A fresh operation id above every id this container has sent or seen, in a slot drawn at
     /// random: concurrent writers then seldom share a slot (and race on its order), and an id
-    /// survives each later write to the tenant with probability `1 - 1/OPS`.
-    fn next_op(&self, now: Timestamp) -> u64 {
-        let slot = rand::random::<u32>() as usize % item::OPS;
+    /// survives each later write to the tenant with probability `1 - 1/OPS`. Never the slot of
+    /// one of the tenant's unresolved operations (`charge`), which a fence still has to read.
+    fn next_op(&self, tenant: &str, now: Timestamp) -> u64 {
+        let avoid = self.unanswered.slots(tenant);
+        let free = (0..item::OPS).filter(|s| avoid & (1 << s) == 0).count().max(1);
+        let nth = rand::random::<u32>() as usize % free;
+        let slot = (0..item::OPS)
+            .filter(|s| avoid & (1 << s) == 0)
+            .nth(nth)
+            .unwrap_or(nth % item::OPS);
         let mut last = self.last_op.load(Ordering::Relaxed);
         loop {
             let id = item::op_id(now, last.saturating_add(1), slot, rand::random());
@@ -433,6 +458,18 @@ impl Store for DynamoStore {
         // This process's cached view must not refuse on the state just cleared.
         self.predictions.forget(tenant);
         Ok(())
+    }
+
+    async fn charge(&self, tenant: &str, charge: &Charge, now: Timestamp) -> Result<Charged, StoreError> {
+        self.charge_item(tenant, charge, now).await
+    }
+
+    async fn unanswered(&self, tenant: &str, now: Timestamp) -> Vec<(Counter, i64)> {
+        self.take_unanswered(tenant, now).await
+    }
+
+    fn owes(&self) -> bool {
+        self.unanswered.owes()
     }
 }
 

@@ -29,6 +29,8 @@ pub(super) struct Predictions {
 struct Cached {
     tats: Box<[(TatAttr, Timestamp)]>,
     counters: Box<[(Counter, u64)]>,
+    /// Write-back markers old enough for the next write to remove (almost always none).
+    markers: Box<[(u64, u64)]>,
     /// When the store last answered (or was last asked) for this tenant.
     checked: Timestamp,
     version: u64,
@@ -87,6 +89,7 @@ impl Predictions {
                 snap: Snapshot {
                     tats: c.tats.to_vec(),
                     counters: c.counters.to_vec(),
+                    markers: c.markers.to_vec(),
                     ..Snapshot::default()
                 },
                 checked: c.checked,
@@ -130,6 +133,7 @@ impl Predictions {
         let cached = Cached {
             tats: snap.tats.into_boxed_slice(),
             counters: snap.counters.into_boxed_slice(),
+            markers: snap.markers.into_boxed_slice(),
             checked: now,
             version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
             hold,

@@ -43,6 +43,14 @@ pub struct StoreStats {
     /// Requests that waited for another request's write to the same bucket and then decided
     /// from the item it returned.
     pub coalesced: AtomicU64,
+    /// Charges (`Store::charge`) applied, and resends of one found already applied.
+    pub charges: AtomicU64,
+    pub charges_deduplicated: AtomicU64,
+    /// Units charged for requests answered without the store's answer, reported to the gate
+    /// (`Store::unanswered`), and those whose outcome stayed unknown (their slot overwritten
+    /// before it was checked) or that found no room: neither reported nor known.
+    pub unanswered: AtomicU64,
+    pub unanswered_lost: AtomicU64,
     /// Writes per tenant item and second of the writing request's time, kept only once asked
     /// for (`track_item_writes`): what `tollgate simulate` reports as the busiest item's writes
     /// per second, which DynamoDB caps near 1,000 write units.
@@ -83,6 +91,10 @@ impl StoreStats {
             held_off: c(&self.held_off),
             fences: c(&self.fences),
             coalesced: c(&self.coalesced),
+            charges: c(&self.charges),
+            charges_deduplicated: c(&self.charges_deduplicated),
+            unanswered: c(&self.unanswered),
+            unanswered_lost: c(&self.unanswered_lost),
             item_writes: match self.item_writes.get() {
                 Some(log) => OnceLock::from(Mutex::new(lock(log).clone())),
                 None => OnceLock::new(),
@@ -131,5 +143,17 @@ impl StoreStats {
     }
     pub fn coalesced(&self) -> u64 {
         self.coalesced.load(Ordering::Relaxed)
+    }
+    pub fn charges(&self) -> u64 {
+        self.charges.load(Ordering::Relaxed)
+    }
+    pub fn charges_deduplicated(&self) -> u64 {
+        self.charges_deduplicated.load(Ordering::Relaxed)
+    }
+    pub fn unanswered(&self) -> u64 {
+        self.unanswered.load(Ordering::Relaxed)
+    }
+    pub fn unanswered_lost(&self) -> u64 {
+        self.unanswered_lost.load(Ordering::Relaxed)
     }
 }

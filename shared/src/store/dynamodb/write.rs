@@ -41,6 +41,8 @@ fn state_from(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timesta
 pub(super) struct Batch<'a> {
     carried: Vec<Waiter>,
     lane: Option<&'a Joined>,
+    /// The operation of a send whose outcome was unknown, and the batch's units then.
+    unknown: Option<(u64, Vec<(crate::engine::quota::Counter, i64)>)>,
 }
 
 /// What the sends came to.
@@ -57,6 +59,7 @@ impl<'a> Batch<'a> {
         Batch {
             carried: Vec::new(),
             lane: None,
+            unknown: None,
         }
     }
 
@@ -64,6 +67,7 @@ impl<'a> Batch<'a> {
         Batch {
             carried,
             lane: Some(lane),
+            unknown: None,
         }
     }
 
@@ -107,8 +111,10 @@ impl DynamoStore {
         match result {
             Ok(Outcome::Admitted(after)) => {
                 for w in carried {
-                    let _ =
-                        w.tx.send(Ok(engine::admitted(&w.limits, &after.state(&w.limits, w.now), w.now)));
+                    let answer = engine::admitted(&w.limits, &after.state(&w.limits, w.now), w.now);
+                    if w.tx.send(Ok(answer)).is_err() {
+                        self.charged_unanswered(head.tenant, &w.limits, w.now, w.weight);
+                    }
                 }
                 Ok(engine::admitted(
                     head.limits,
@@ -118,6 +124,10 @@ impl DynamoStore {
             }
             Ok(Outcome::Refused(decision)) => Ok(decision),
             Err(e) => {
+                // Perhaps charged, answered with the fail mode: found out when the gate asks.
+                if let Some((op, units)) = batch.unknown.take().filter(|_| e.is_indeterminate()) {
+                    self.unresolved(head.tenant, op, units);
+                }
                 for w in carried {
                     let _ = w.tx.send(Err(e.clone()));
                 }
@@ -150,7 +160,7 @@ impl DynamoStore {
                     .refused(head, batch, &guess, pending.map(|op| (op, attempt - 1)))
                     .await;
             }
-            let op = pending.unwrap_or_else(|| self.next_op(head.now));
+            let op = pending.unwrap_or_else(|| self.next_op(head.tenant, head.now));
             let w = item::admit_at(head.limits, &guess, whole.now, anchor, whole.weight, op);
             match self
                 .send(&whole, w)
@@ -177,6 +187,7 @@ impl DynamoStore {
                     self.stats.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(tenant = head.tenant, attempt, %detail, "state write outcome unknown; resending idempotently");
                     pending = Some(op);
+                    batch.unknown = Some((op, super::charge::counts(head.limits, whole.now, whole.weight)));
                     last_unknown = detail;
                 }
             }
@@ -244,6 +255,8 @@ impl DynamoStore {
         match sent.map_err(|e| after_unknown(e, Some(op), attempts + 1, "the fence failed"))? {
             Attempt::Applied(_) => Ok(None),
             Attempt::Refused(current) => match current.op_status(op) {
+                // An earlier fence of it landed.
+                OpStatus::Fenced => Ok(None),
                 OpStatus::Applied => {
                     self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
                     self.remember(req, current.clone(), Race::Neither);
@@ -282,7 +295,7 @@ impl DynamoStore {
                     detail: format!("{last_unknown}; the operation id was overwritten before the resend"),
                 }))
             }
-            OpStatus::NotApplied => None,
+            OpStatus::NotApplied | OpStatus::Fenced => None,
         }
     }
 }

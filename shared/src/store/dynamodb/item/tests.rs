@@ -127,9 +127,29 @@ fn an_item_tells_applied_overwritten_and_not_applied_operations_apart() {
 fn a_fence_claims_the_slot_and_changes_nothing_else() {
     let op = op_id(NOW, 0, 6, 9);
     let w = fence(NOW, op);
-    assert_eq!(w.update, "SET #ttl = :ttl, #o = :op");
+    assert_eq!(w.update, "SET #ttl = :ttl, #o = :fenced");
     assert_eq!(w.condition.as_deref(), Some("(attribute_not_exists(#o) OR #o < :op)"));
     assert_eq!(w.names["#o"], "o6");
+    assert_eq!(w.values[":fenced"], AttributeValue::N(fenced(op).to_string()));
+}
+
+#[test]
+fn a_fenced_operation_is_told_from_an_applied_one() {
+    // GIVEN ids of every slot, with the largest and smallest random bits
+    for slot in 0..OPS {
+        for random in [0, SPREAD - 1, u64::MAX] {
+            let op = op_id(NOW, 0, slot, random);
+            // THEN the value a fence leaves is no id, is above the operation's and below every
+            // id of the next millisecond
+            let next_ms = op_id(NOW.saturating_add(Duration::from_millis(1)), 0, slot, 0);
+            assert!(op < fenced(op) && fenced(op) < next_ms);
+            assert!(fenced(op) % (1 << 20) >= SPREAD * OPS as u64);
+            // AND an item whose slot holds it says the operation was fenced, not applied
+            let mut snap = Snapshot::default();
+            snap.ops[slot] = fenced(op);
+            assert_eq!(snap.op_status(op), OpStatus::Fenced);
+        }
+    }
 }
 
 #[test]
