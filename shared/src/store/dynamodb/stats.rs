@@ -43,6 +43,12 @@ pub struct StoreStats {
     /// Requests that waited for another request's write to the same bucket and then decided
     /// from the item it returned.
     pub coalesced: AtomicU64,
+    /// Requests admitted from units this container leased, without a call.
+    pub leased: AtomicU64,
+    /// Units leased by applied writes.
+    pub leased_units: AtomicU64,
+    /// Leased units that ended unspent (charged, never admitted).
+    pub lapsed_units: AtomicU64,
     /// Writes per tenant item and second of the writing request's time, kept only once asked
     /// for (`track_item_writes`): what `tollgate simulate` reports as the busiest item's writes
     /// per second, which DynamoDB caps near 1,000 write units.
@@ -83,6 +89,9 @@ impl StoreStats {
             held_off: c(&self.held_off),
             fences: c(&self.fences),
             coalesced: c(&self.coalesced),
+            leased: c(&self.leased),
+            leased_units: c(&self.leased_units),
+            lapsed_units: c(&self.lapsed_units),
             item_writes: match self.item_writes.get() {
                 Some(log) => OnceLock::from(Mutex::new(lock(log).clone())),
                 None => OnceLock::new(),
@@ -131,5 +140,14 @@ impl StoreStats {
     }
     pub fn coalesced(&self) -> u64 {
         self.coalesced.load(Ordering::Relaxed)
+    }
+    pub fn leased(&self) -> u64 {
+        self.leased.load(Ordering::Relaxed)
+    }
+    pub fn leased_units(&self) -> u64 {
+        self.leased_units.load(Ordering::Relaxed)
+    }
+    pub fn lapsed_units(&self) -> u64 {
+        self.lapsed_units.load(Ordering::Relaxed)
     }
 }
