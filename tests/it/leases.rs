@@ -176,3 +176,47 @@ async fn a_container_that_vanishes_holding_units_never_over_admits_and_its_units
     }
     assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted after the loss");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_a_container_spends_late_in_its_span_never_add_to_another_containers_burst() {
+    // GIVEN a container that leased units on a hot tenant: 200 requests within 200 µs
+    let (client, table) = emulator::state_table().await;
+    let p = hot();
+    let first = emulator::dynamo_store(&client, &table);
+    let mut admitted = Vec::new();
+    for i in 0..200u64 {
+        let now = NOW.saturating_add(Duration::from_micros(i));
+        if consume(&first, p.limits(), now).await {
+            admitted.push(now);
+        }
+    }
+    let stats = first.stats();
+    let held = stats.leased_units() - stats.leased() - stats.lapsed_units();
+    assert!(held > 0, "the container holds no units");
+    // WHEN, 300 ms later (within the span), another container takes what the bucket gives at
+    // once, and then the first spends the units it still holds
+    let later = NOW.saturating_add(Duration::from_millis(300));
+    let second = emulator::dynamo_store(&client, &table);
+    for i in 0..1000u64 {
+        let now = later.saturating_add(Duration::from_micros(i));
+        if consume(&second, p.limits(), now).await {
+            admitted.push(now);
+        }
+    }
+    let after = later.saturating_add(Duration::from_millis(2));
+    let mut spent = 0;
+    for i in 0..held {
+        let now = after.saturating_add(Duration::from_micros(i));
+        if consume(&first, p.limits(), now).await {
+            admitted.push(now);
+            spent += 1;
+        }
+    }
+    eprintln!(
+        "{held} units held, {spent} spent late, {} admitted in all",
+        admitted.len()
+    );
+    // THEN the first container's late units came out of the bucket, not on top of the burst
+    // the second container was given
+    assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
+}
