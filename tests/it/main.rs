@@ -11,6 +11,7 @@ mod directory;
 mod dynamodb;
 mod fail_open;
 mod gateway;
+mod leases;
 mod notify;
 mod policy_table;
 mod serve;

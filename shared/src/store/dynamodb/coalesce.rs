@@ -134,6 +134,10 @@ impl DynamoStore {
                 weight: w.weight,
                 now: w.now,
             };
+            if let Some(decision) = self.spend_lease(&req) {
+                let _ = w.tx.send(Ok(decision));
+                continue;
+            }
             match self.predict(&req) {
                 Prediction::Answered(decision) => {
                     self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -154,6 +158,10 @@ impl DynamoStore {
         mut waiting: Vec<Waiter>,
         lane: &Joined,
     ) -> Result<Decision, StoreError> {
+        if let Some(decision) = self.spend_lease(req) {
+            lane.put_back(waiting);
+            return Ok(decision);
+        }
         let (guess, recheck) = if self.predictions.version(req.tenant) == version {
             (guess, recheck)
         } else {

@@ -19,6 +19,9 @@
 //! Requests of one process for one tenant and bucket never race each other (`lanes`): one write
 //! is in flight at a time, and a request that waited for it decides from the item it returned.
 //!
+//! A container busy on a tenant of a fast plan leases units ahead with its write and spends them
+//! without a call (`leases`): one write per lease instead of one per admitted request.
+//!
 //! At the bucket's edge, a container that lost a race for the last token (to another container)
 //! holds off that bucket until its next token plus a jitter of less than one emission interval
 //! (at most `max_hold_off`), refusing from its cache meanwhile: containers flooding one tenant
@@ -28,6 +31,7 @@ mod charge;
 mod coalesce;
 pub mod item;
 mod lanes;
+mod leases;
 mod predictions;
 mod stats;
 mod write;
@@ -49,6 +53,8 @@ use aws_sdk_dynamodb::types::{
 use self::charge::Unanswered;
 use self::item::{Snapshot, TatAttr, Write};
 use self::lanes::Lanes;
+pub use self::leases::{LEASE_FROM_RATE, lease_bound};
+use self::leases::{Leases, Spent};
 use self::predictions::{Predictions, Race, Seen};
 pub use self::stats::{ItemWrites, StoreStats};
 use self::write::Batch;
@@ -77,6 +83,9 @@ pub struct DynamoStoreConfig {
     /// from the item it returns. Off, requests of one process race each other as those of
     /// separate containers do: kept as the baseline the benchmarks compare against.
     pub coalesce: bool,
+    /// How long units a container leases for a busy tenant stay spendable (`leases`); cut per
+    /// plan to half the bucket's tolerance. Zero: no leases, one write per admitted request.
+    pub lease_span: Duration,
 }
 
 impl DynamoStoreConfig {
@@ -88,6 +97,7 @@ impl DynamoStoreConfig {
             max_cached_refusal: Duration::from_secs(2),
             max_hold_off: Duration::from_secs(60),
             coalesce: true,
+            lease_span: Duration::from_millis(500),
         }
     }
 }
@@ -101,6 +111,7 @@ pub struct DynamoStore {
     config: Arc<DynamoStoreConfig>,
     predictions: Arc<Predictions>,
     lanes: Arc<Lanes>,
+    leases: Arc<Leases>,
     stats: Arc<StoreStats>,
     /// The greatest operation id sent or seen: new ids go above it (a Lamport clock).
     last_op: Arc<AtomicU64>,
@@ -120,6 +131,7 @@ impl DynamoStore {
             client,
             predictions: Arc::new(Predictions::new(config.cache_capacity, config.max_hold_off)),
             lanes: Arc::default(),
+            leases: Arc::new(Leases::new(config.cache_capacity, config.lease_span)),
             config: Arc::new(config),
             stats: Arc::default(),
             last_op: Arc::default(),
@@ -134,6 +146,7 @@ impl DynamoStore {
             config: self.config.clone(),
             predictions: self.predictions.clone(),
             lanes: self.lanes.clone(),
+            leases: self.leases.clone(),
             stats: self.stats.clone(),
             last_op: self.last_op.clone(),
             unanswered: self.unanswered.clone(),
@@ -338,6 +351,28 @@ impl DynamoStore {
         }
     }
 
+    /// The answer a lease gave, counted; units of a lease that ended unspent, counted as lapsed.
+    fn leased(&self, spent: Spent) -> Option<Decision> {
+        match spent {
+            Spent::Admitted(decision) => {
+                self.stats.leased.fetch_add(1, Ordering::Relaxed);
+                Some(decision)
+            }
+            Spent::None { lapsed } => {
+                self.stats.lapsed_units.fetch_add(lapsed, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// A request that waited in its lane, admitted from a lease granted meanwhile if one covers it.
+    fn spend_lease(&self, req: &Consume<'_>) -> Option<Decision> {
+        let spent = self
+            .leases
+            .spend(req.tenant, bucket_of(req.limits), req.limits, req.now, req.weight);
+        self.leased(spent)
+    }
+
     /// Remembers the item a write's condition refused, and whether that lost a race.
     fn remember_refused(&self, req: &Consume<'_>, current: Snapshot, recheck: bool) {
         let now_eval = engine::evaluate(req.limits, &current.state(req.limits, req.now), req.now, req.weight);
@@ -362,6 +397,12 @@ impl DynamoStore {
 #[async_trait]
 impl Store for DynamoStore {
     async fn consume(&self, req: &Consume<'_>) -> Result<Decision, StoreError> {
+        let spent = self
+            .leases
+            .arrive(req.tenant, bucket_of(req.limits), req.limits, req.now, req.weight);
+        if let Some(decision) = self.leased(spent) {
+            return Ok(decision);
+        }
         let (guess, recheck, version) = match self.predict(req) {
             Prediction::Answered(decision) => return Ok(decision),
             Prediction::Write {
@@ -455,8 +496,10 @@ impl Store for DynamoStore {
                 if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {}
             Err(e) => return Err(unavailable(DisplayErrorContext(e).to_string())),
         }
-        // This process's cached view must not refuse on the state just cleared.
+        // This process's cached view must not refuse on the state just cleared, and units it
+        // leased before the reset are not in the cleared counters.
         self.predictions.forget(tenant);
+        self.leases.forget(tenant);
         Ok(())
     }
 

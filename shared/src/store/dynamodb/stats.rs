@@ -51,6 +51,12 @@ pub struct StoreStats {
     /// before it was checked) or that found no room: neither reported nor known.
     pub unanswered: AtomicU64,
     pub unanswered_lost: AtomicU64,
+    /// Requests admitted from units this container leased, without a call.
+    pub leased: AtomicU64,
+    /// Units leased by applied writes.
+    pub leased_units: AtomicU64,
+    /// Leased units that ended unspent (charged, never admitted).
+    pub lapsed_units: AtomicU64,
     /// Writes per tenant item and second of the writing request's time, kept only once asked
     /// for (`track_item_writes`): what `tollgate simulate` reports as the busiest item's writes
     /// per second, which DynamoDB caps near 1,000 write units.
@@ -95,6 +101,9 @@ impl StoreStats {
             charges_deduplicated: c(&self.charges_deduplicated),
             unanswered: c(&self.unanswered),
             unanswered_lost: c(&self.unanswered_lost),
+            leased: c(&self.leased),
+            leased_units: c(&self.leased_units),
+            lapsed_units: c(&self.lapsed_units),
             item_writes: match self.item_writes.get() {
                 Some(log) => OnceLock::from(Mutex::new(lock(log).clone())),
                 None => OnceLock::new(),
@@ -155,5 +164,14 @@ impl StoreStats {
     }
     pub fn unanswered_lost(&self) -> u64 {
         self.unanswered_lost.load(Ordering::Relaxed)
+    }
+    pub fn leased(&self) -> u64 {
+        self.leased.load(Ordering::Relaxed)
+    }
+    pub fn leased_units(&self) -> u64 {
+        self.leased_units.load(Ordering::Relaxed)
+    }
+    pub fn lapsed_units(&self) -> u64 {
+        self.lapsed_units.load(Ordering::Relaxed)
     }
 }

@@ -12,9 +12,11 @@
 //! its operation applied answers exactly the requests it carried.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::item::{self, OpStatus, Snapshot};
 use super::lanes::{Joined, Waiter};
+use super::leases::Grant;
 use super::predictions::Race;
 use super::{Attempt, DynamoStore, after_unknown, bucket_of};
 use crate::engine;
@@ -43,6 +45,8 @@ pub(super) struct Batch<'a> {
     lane: Option<&'a Joined>,
     /// The operation of a send whose outcome was unknown, and the batch's units then.
     unknown: Option<(u64, Vec<(crate::engine::quota::Counter, i64)>)>,
+    /// Units leased beside the requests, and the lease's span (`leases`).
+    lease: Option<(u32, Duration)>,
 }
 
 /// What the sends came to.
@@ -60,6 +64,7 @@ impl<'a> Batch<'a> {
             carried: Vec::new(),
             lane: None,
             unknown: None,
+            lease: None,
         }
     }
 
@@ -68,14 +73,24 @@ impl<'a> Batch<'a> {
             carried,
             lane: Some(lane),
             unknown: None,
+            lease: None,
         }
     }
 
-    /// The batch as one request (every unit, as of the earliest arrival), and the latest arrival.
+    /// The batch as one request (every unit, the lease's included, as of the earliest arrival),
+    /// and its anchor: the latest arrival, or the end of the lease's span.
     fn whole<'r>(&self, head: &Consume<'r>) -> (Consume<'r>, Timestamp) {
+        self.whole_with(head, self.lease)
+    }
+
+    fn whole_with<'r>(&self, head: &Consume<'r>, lease: Option<(u32, Duration)>) -> (Consume<'r>, Timestamp) {
         let from = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::min);
-        let to = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
-        let weight = self.carried.iter().fold(head.weight, |n, w| n.saturating_add(w.weight));
+        let mut to = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
+        let mut weight = self.carried.iter().fold(head.weight, |n, w| n.saturating_add(w.weight));
+        if let Some((units, span)) = lease.filter(|(units, _)| *units > 0) {
+            weight = weight.saturating_add(units);
+            to = to.max(head.now.saturating_add(span));
+        }
         (
             Consume {
                 weight,
@@ -84,6 +99,24 @@ impl<'a> Batch<'a> {
             },
             to,
         )
+    }
+
+    /// Cuts the lease to the most units `guess` admits beside the requests (none if it admits
+    /// no lease at all): halving, a few evaluations.
+    fn fit_lease(&mut self, head: &Consume<'_>, guess: &Snapshot) {
+        let Some((mut units, span)) = self.lease else { return };
+        while units > 0 {
+            let (whole, anchor) = self.whole_with(head, Some((units, span)));
+            let state = state_from(head.limits, guess, whole.now, anchor);
+            if engine::evaluate(head.limits, &state, whole.now, whole.weight)
+                .next
+                .is_some()
+            {
+                break;
+            }
+            units /= 2;
+        }
+        self.lease = (units > 0).then_some((units, span));
     }
 
     /// Gives the carried requests back to the lane, undecided.
@@ -106,10 +139,20 @@ impl DynamoStore {
         guess: Snapshot,
         recheck: bool,
     ) -> Result<Decision, StoreError> {
+        let weight = batch.whole_with(head, None).0.weight;
+        batch.lease = self.leases.wanted(
+            head.tenant,
+            bucket_of(head.limits),
+            head.limits,
+            &guess,
+            head.now,
+            weight,
+        );
         let result = self.attempts(head, batch, guess, recheck).await;
         let carried = std::mem::take(&mut batch.carried);
         match result {
             Ok(Outcome::Admitted(after)) => {
+                self.grant_lease(head, batch, &after);
                 for w in carried {
                     let answer = engine::admitted(&w.limits, &after.state(&w.limits, w.now), w.now);
                     if w.tx.send(Ok(answer)).is_err() {
@@ -148,6 +191,9 @@ impl DynamoStore {
         let mut pending: Option<u64> = None;
         let mut last_unknown = String::new();
         for attempt in 1..=self.config.max_attempts {
+            if pending.is_none() {
+                batch.fit_lease(head, &guess);
+            }
             let (whole, anchor) = batch.whole(head);
             let state = state_from(head.limits, &guess, whole.now, anchor);
             let eval = engine::evaluate(head.limits, &state, whole.now, whole.weight);
@@ -200,6 +246,28 @@ impl DynamoStore {
             },
             None => StoreError::Contention { attempts },
         })
+    }
+
+    /// Keeps the units the batch's applied write leased, until the end of its span or of the
+    /// first quota period to end.
+    fn grant_lease(&self, head: &Consume<'_>, batch: &Batch<'_>, after: &Snapshot) {
+        let Some((units, _)) = batch.lease else { return };
+        let (whole, anchor) = batch.whole(head);
+        let until = head
+            .limits
+            .counted()
+            .map(|c| c.bounds(whole.now).1)
+            .fold(anchor, Timestamp::min);
+        let grant = Grant {
+            limits: head.limits.clone(),
+            after: after.clone(),
+            from: whole.now,
+            until,
+            units: u64::from(units),
+        };
+        self.stats.leased_units.fetch_add(u64::from(units), Ordering::Relaxed);
+        let lapsed = self.leases.grant(head.tenant, bucket_of(head.limits), grant);
+        self.stats.lapsed_units.fetch_add(lapsed, Ordering::Relaxed);
     }
 
     /// The batch's write was refused by its condition: it carries from now on only what the

@@ -1,0 +1,469 @@
+//! Leases: units a container charged ahead with one write and spends without a call.
+//!
+//! The container meters each tenant's arrivals per bucket over spans of `lease_span`. When a
+//! write goes out for a tenant that this container saw more than once per span, the write also
+//! charges a lease: about two thirds of the units seen in the last span, at most an eighth of the
+//! burst and of what each quota has left (`wanted`), fitted to what the item admits. The lease's
+//! emission slots start at the end of its span (`item::admit_at`'s anchor), and the write's
+//! condition holds them as of its earliest arrival, so a unit spent at any instant of the span
+//! conforms whatever the other containers do meanwhile: the item is at least as full as if every
+//! unit had been admitted at the write. Units unspent when the span (or a quota period) ends
+//! lapse: charged, never admitted. A container that vanishes holding units loses at most one
+//! lease per bucket, and the bucket has them back once the TAT it wrote has passed: within the
+//! span plus the lease's own emission time (`lease_bound`).
+//!
+//! A tenant seen at most once per span takes no lease (one write per admitted request), nor does
+//! a plan slower than `LEASE_FROM_RATE` or whose eighth of the burst is under two units: there
+//! one write per admitted request leaves the item room, and the lanes already write once for all
+//! of a container's concurrent requests. The span is cut to half the bucket's tolerance: while a
+//! tenant's containers hold leases, the burst available at once is cut by the plan's rate times
+//! the span (at most half), the price of units spendable anywhere in the span.
+//!
+//! Headers of a request admitted from a lease: the item's figures as the lease's write returned
+//! them, every remaining count cut to the units this container still holds, which the tenant
+//! surely has: never above the truth.
+//!
+//! Bounded: at most `capacity` tenants and buckets are metered; when full, entries idle for two
+//! spans are dropped (at most once per span), and a tenant that finds no room takes no lease.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::item::{Snapshot, TatAttr};
+use crate::engine;
+use crate::engine::clock::Timestamp;
+use crate::engine::decision::Decision;
+use crate::engine::policy::Limits;
+
+type Key = (Box<str>, Option<TatAttr>);
+
+/// A lease's units as charged: what a write granted this container.
+#[derive(Debug, Clone)]
+pub(super) struct Grant {
+    pub limits: Limits,
+    /// The item the write returned.
+    pub after: Snapshot,
+    /// Spendable from the write's earliest arrival until this instant (the span's end, or the
+    /// end of the first quota period to end).
+    pub from: Timestamp,
+    pub until: Timestamp,
+    pub units: u64,
+}
+
+#[derive(Debug)]
+struct Lease {
+    grant: Grant,
+    left: u64,
+}
+
+/// Units seen per span: the span under way and the one before.
+#[derive(Debug, Clone, Copy)]
+struct Meter {
+    start: Timestamp,
+    this: u64,
+    last: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    meter: Meter,
+    lease: Option<Lease>,
+}
+
+/// What a spend found. Returned once per request, never stored: not worth a box.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Spent {
+    Admitted(Decision),
+    /// No lease covers the request; `lapsed` units of a lease that ended unspent.
+    None {
+        lapsed: u64,
+    },
+}
+
+#[derive(Debug)]
+pub(super) struct Leases {
+    map: Mutex<HashMap<Key, Entry>>,
+    capacity: usize,
+    span: Duration,
+    next_sweep: Mutex<Timestamp>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The slowest plan that takes leases, in units per second: a quarter of what one DynamoDB item
+/// takes in writes. Below it, one write per admitted request leaves the item room, and a
+/// container's burst is not cut by a lease's span.
+pub const LEASE_FROM_RATE: u64 = 250;
+
+/// The span leases of `limits` last: `span`, cut to half the bucket's tolerance. `None`: the
+/// plan takes no leases (no bucket, a rate under `LEASE_FROM_RATE`, or an eighth of its burst
+/// under two units).
+pub(super) fn span_for(limits: &Limits, span: Duration) -> Option<Duration> {
+    let (_, bucket) = limits.bucket.as_ref()?;
+    let slow = bucket.interval() > 1_000_000_000 / LEASE_FROM_RATE;
+    if span.is_zero() || slow || bucket.burst() / 8 < 2 {
+        return None;
+    }
+    let half_tolerance = Duration::from_nanos(bucket.capacity().saturating_sub(bucket.interval()) / 2);
+    Some(span.min(half_tolerance)).filter(|s| !s.is_zero())
+}
+
+/// How long after a lease's write its units are the bucket's again, at the latest, whether
+/// spent or not: the span plus the emission time of the largest lease (an eighth of the burst).
+pub fn lease_bound(limits: &Limits, span: Duration) -> Duration {
+    let Some((_, bucket)) = &limits.bucket else {
+        return Duration::ZERO;
+    };
+    let Some(span) = span_for(limits, span) else {
+        return Duration::ZERO;
+    };
+    span + Duration::from_nanos(bucket.interval().saturating_mul(u64::from(bucket.burst() / 8)))
+}
+
+impl Leases {
+    pub(super) fn new(capacity: usize, span: Duration) -> Leases {
+        Leases {
+            map: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            span,
+            next_sweep: Mutex::new(Timestamp::from_secs(0)),
+        }
+    }
+
+    /// Counts `weight` units of `tenant`'s bucket arriving at `now`; then spends them from a
+    /// lease if one covers them.
+    pub(super) fn arrive(
+        &self,
+        tenant: &str,
+        bucket: Option<TatAttr>,
+        limits: &Limits,
+        now: Timestamp,
+        weight: u32,
+    ) -> Spent {
+        let Some(span) = span_for(limits, self.span) else {
+            return Spent::None { lapsed: 0 };
+        };
+        let mut map = lock(&self.map);
+        let key: Key = (tenant.into(), bucket);
+        if !map.contains_key(&key) {
+            if map.len() >= self.capacity && !self.sweep(&mut map, now) {
+                return Spent::None { lapsed: 0 };
+            }
+            map.insert(
+                key.clone(),
+                Entry {
+                    meter: Meter {
+                        start: now,
+                        this: 0,
+                        last: 0,
+                    },
+                    lease: None,
+                },
+            );
+        }
+        let Some(entry) = map.get_mut(&key) else {
+            return Spent::None { lapsed: 0 };
+        };
+        entry.meter.count(now, span, u64::from(weight));
+        entry.spend(limits, now, weight)
+    }
+
+    /// Spends units for a request already counted (one that waited in its lane while a write
+    /// granted a lease).
+    pub(super) fn spend(
+        &self,
+        tenant: &str,
+        bucket: Option<TatAttr>,
+        limits: &Limits,
+        now: Timestamp,
+        weight: u32,
+    ) -> Spent {
+        match lock(&self.map).get_mut(&(tenant.into(), bucket)) {
+            Some(entry) => entry.spend(limits, now, weight),
+            None => Spent::None { lapsed: 0 },
+        }
+    }
+
+    /// The lease a write for `weight` units (the request and those it carries) would like to add:
+    /// `None` when the tenant takes none.
+    pub(super) fn wanted(
+        &self,
+        tenant: &str,
+        bucket: Option<TatAttr>,
+        limits: &Limits,
+        guess: &Snapshot,
+        now: Timestamp,
+        weight: u32,
+    ) -> Option<(u32, Duration)> {
+        let span = span_for(limits, self.span)?;
+        let (_, b) = limits.bucket.as_ref()?;
+        let seen = {
+            let map = lock(&self.map);
+            let entry = map.get(&(tenant.into(), bucket))?;
+            if entry.lease.as_ref().is_some_and(|l| l.left > 0 && now < l.grant.until) {
+                // Another request of this bucket still holds units: no second lease.
+                return None;
+            }
+            entry.meter.seen(now, span)
+        };
+        let mut units = (seen * 2 / 3)
+            .saturating_sub(u64::from(weight))
+            .min(u64::from(b.burst() / 8));
+        let state = guess.state(limits, now);
+        for period in crate::engine::quota::Period::ALL {
+            if let Some(q) = limits.limit(period) {
+                units = units.min(q.saturating_sub(state.used(period)) / 8);
+            }
+        }
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        (units >= 1).then_some((units, span))
+    }
+
+    /// Keeps the units a write granted; a lease still held (a write that raced with another's
+    /// grant) lapses and its units are returned as lapsed.
+    pub(super) fn grant(&self, tenant: &str, bucket: Option<TatAttr>, grant: Grant) -> u64 {
+        let mut map = lock(&self.map);
+        let Some(entry) = map.get_mut(&(tenant.into(), bucket)) else {
+            // Swept meanwhile: the units lapse.
+            return grant.units;
+        };
+        let left = grant.units;
+        let old = entry.lease.replace(Lease { grant, left });
+        old.map_or(0, |l| l.left)
+    }
+
+    /// Drops `tenant`'s leases (an operator reset its item).
+    pub(super) fn forget(&self, tenant: &str) {
+        lock(&self.map).retain(|(t, _), _| &**t != tenant);
+    }
+
+    /// Drops entries idle for two spans and holding no live lease, at most once per span; whether
+    /// there is room now.
+    fn sweep(&self, map: &mut HashMap<Key, Entry>, now: Timestamp) -> bool {
+        let mut next = lock(&self.next_sweep);
+        if now < *next {
+            return false;
+        }
+        *next = now.saturating_add(self.span);
+        let idle = self.span.saturating_mul(2);
+        map.retain(|_, e| {
+            e.lease.as_ref().is_some_and(|l| l.left > 0 && now < l.grant.until)
+                || now.saturating_since(e.meter.start) < idle
+        });
+        map.len() < self.capacity
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+}
+
+impl Entry {
+    fn spend(&mut self, limits: &Limits, now: Timestamp, weight: u32) -> Spent {
+        let Some(lease) = &mut self.lease else {
+            return Spent::None { lapsed: 0 };
+        };
+        match lease.spend(limits, now, weight) {
+            Some(decision) => Spent::Admitted(decision),
+            None if now >= lease.grant.until || lease.left == 0 => {
+                let lapsed = lease.left;
+                self.lease = None;
+                Spent::None { lapsed }
+            }
+            None => Spent::None { lapsed: 0 },
+        }
+    }
+}
+
+impl Meter {
+    fn count(&mut self, now: Timestamp, span: Duration, units: u64) {
+        let elapsed = now.saturating_since(self.start);
+        if elapsed >= span.saturating_mul(2) {
+            *self = Meter {
+                start: now,
+                this: 0,
+                last: 0,
+            };
+        } else if elapsed >= span {
+            *self = Meter {
+                start: self.start.saturating_add(span),
+                this: 0,
+                last: self.this,
+            };
+        }
+        self.this = self.this.saturating_add(units);
+    }
+
+    /// Units seen over the last full span, or in the one under way if more.
+    fn seen(&self, now: Timestamp, span: Duration) -> u64 {
+        match now.saturating_since(self.start) {
+            e if e >= span.saturating_mul(2) => 0,
+            e if e >= span => self.this,
+            _ => self.this.max(self.last),
+        }
+    }
+}
+
+impl Lease {
+    /// Spends `weight` units for a request at `now` if this lease covers it: the same limits,
+    /// within the lease's time, and enough units left.
+    fn spend(&mut self, limits: &Limits, now: Timestamp, weight: u32) -> Option<Decision> {
+        let g = &self.grant;
+        let n = u64::from(weight);
+        // Before `from` the write's condition did not hold the units; at `until` they lapse.
+        if *limits != g.limits || now < g.from || now >= g.until || self.left < n {
+            return None;
+        }
+        self.left -= n;
+        let mut d = engine::admitted(limits, &g.after.state(limits, now), now);
+        let held = self.left;
+        if let Some(rate) = &mut d.rate {
+            rate.remaining = rate.remaining.min(u32::try_from(held).unwrap_or(u32::MAX));
+        }
+        for q in [&mut d.daily, &mut d.weekly, &mut d.monthly].into_iter().flatten() {
+            q.remaining = q.remaining.min(held);
+            q.used = q.limit - q.remaining;
+        }
+        Some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gcra::Bucket;
+    use crate::engine::policy::BucketId;
+
+    fn limits(rate: f64, burst: u32) -> Limits {
+        let bucket = Bucket::per_second(rate, burst);
+        Limits::utc(Some((BucketId::Plan, bucket)), Some(1_000_000), None)
+    }
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp::from_nanos(ms * 1_000_000)
+    }
+
+    #[test]
+    fn a_slow_tenant_or_a_small_burst_takes_no_lease() {
+        let leases = Leases::new(100, Duration::from_millis(500));
+        // A plan whose eighth of the burst is one unit, or under LEASE_FROM_RATE: one write per
+        // admitted request leaves the item room.
+        let small = limits(5000.0, 10);
+        assert!(span_for(&small, Duration::from_millis(500)).is_none());
+        let slow = limits(249.0, 1000);
+        assert!(span_for(&slow, Duration::from_millis(500)).is_none());
+        // A tenant seen once per span: one write per admitted request.
+        let big = limits(1000.0, 1000);
+        for i in 0..10 {
+            let _ = leases.arrive("t", None, &big, t(i * 600), 1);
+        }
+        let wanted = leases.wanted("t", None, &big, &Snapshot::default(), t(6000), 1);
+        assert_eq!(wanted, None);
+    }
+
+    #[test]
+    fn a_busy_tenant_leases_two_thirds_of_what_it_saw_at_most_an_eighth_of_the_burst() {
+        let leases = Leases::new(100, Duration::from_millis(500));
+        let big = limits(1000.0, 2000);
+        for i in 0..60 {
+            let _ = leases.arrive("t", None, &big, t(i * 10), 1);
+        }
+        // 50 seen in the last full span: 2/3 of it, less the write's own unit.
+        let (units, span) = leases
+            .wanted("t", None, &big, &Snapshot::default(), t(600), 1)
+            .expect("a lease");
+        assert_eq!((units, span), (32, Duration::from_millis(500)));
+        for i in 0..4000 {
+            let _ = leases.arrive("u", None, &big, t(i / 8), 1);
+        }
+        let (units, _) = leases
+            .wanted("u", None, &big, &Snapshot::default(), t(500), 1)
+            .expect("a lease");
+        assert_eq!(units, 2000 / 8);
+    }
+
+    #[test]
+    fn units_are_spent_within_the_grant_only_and_headers_never_show_more_than_is_held() {
+        let leases = Leases::new(100, Duration::from_millis(500));
+        let big = limits(1000.0, 1000);
+        let _ = leases.arrive("t", None, &big, t(1000), 1);
+        let grant = Grant {
+            limits: big.clone(),
+            after: Snapshot::default(),
+            from: t(1000),
+            until: t(1500),
+            units: 3,
+        };
+        assert_eq!(leases.grant("t", None, grant), 0);
+        // Before the write's earliest arrival: not covered.
+        assert!(matches!(
+            leases.arrive("t", None, &big, t(999), 1),
+            Spent::None { lapsed: 0 }
+        ));
+        for left in [2, 1, 0] {
+            let Spent::Admitted(d) = leases.arrive("t", None, &big, t(1200), 1) else {
+                panic!("a unit of the lease")
+            };
+            assert!(d.allowed);
+            assert_eq!(d.rate.expect("rate").remaining, left);
+            assert_eq!(d.daily.expect("daily").remaining, u64::from(left));
+        }
+        // Spent: the next request writes.
+        assert!(matches!(leases.arrive("t", None, &big, t(1200), 1), Spent::None { .. }));
+    }
+
+    #[test]
+    fn units_unspent_at_the_end_of_the_span_lapse_and_other_limits_never_spend_them() {
+        let leases = Leases::new(100, Duration::from_millis(500));
+        let big = limits(1000.0, 1000);
+        let _ = leases.arrive("t", None, &big, t(1000), 1);
+        let grant = Grant {
+            limits: big.clone(),
+            after: Snapshot::default(),
+            from: t(1000),
+            until: t(1500),
+            units: 5,
+        };
+        leases.grant("t", None, grant);
+        let other = limits(1000.0, 2000);
+        assert!(matches!(
+            leases.arrive("t", None, &other, t(1100), 1),
+            Spent::None { .. }
+        ));
+        assert!(matches!(leases.arrive("t", None, &big, t(1100), 1), Spent::Admitted(_)));
+        assert!(matches!(
+            leases.arrive("t", None, &big, t(1500), 1),
+            Spent::None { lapsed: 4 }
+        ));
+    }
+
+    #[test]
+    fn a_full_map_drops_idle_tenants_and_never_grows_past_its_capacity() {
+        let leases = Leases::new(4, Duration::from_millis(500));
+        let big = limits(1000.0, 1000);
+        for i in 0..4 {
+            let _ = leases.arrive(&format!("t{i}"), None, &big, t(0), 1);
+        }
+        let _ = leases.arrive("new", None, &big, t(100), 1);
+        assert_eq!(leases.len(), 4, "no room while every entry is recent");
+        let _ = leases.arrive("new", None, &big, t(2000), 1);
+        assert_eq!(leases.len(), 1, "idle entries dropped");
+    }
+
+    #[test]
+    fn a_lease_never_holds_more_than_half_the_bucket_tolerance() {
+        // 10,000/s with a burst of 1,000: a tolerance of about 100 ms.
+        let fast = limits(10_000.0, 1000);
+        let span = span_for(&fast, Duration::from_millis(500)).expect("a span");
+        assert!(span <= Duration::from_millis(50), "{span:?}");
+        assert_eq!(
+            lease_bound(&fast, Duration::from_millis(500)),
+            span + Duration::from_micros(100 * 125)
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! Leases for hot tenants, at the shipped store defaults (`DynamoStoreConfig::new`): many
+//! containers on one tenant write far less than once per admitted request and never over-admit;
+//! a container that vanishes holding units never causes over-admission, and the bucket has its
+//! units back within `lease_bound`.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tollgate::engine::clock::Timestamp;
+use tollgate::engine::policy::{Limits, Plan};
+use tollgate::store::dynamodb::lease_bound;
+use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store, StoreError};
+use tollgate_cli::simulate::compliance::{Admitted, bucket_excess};
+
+use crate::support::emulator;
+use crate::support::plan;
+
+const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
+
+/// A plan well above `LEASE_FROM_RATE`, whose eighth of the burst is 125 units.
+fn hot() -> Plan {
+    plan("rate = 1000.0\nburst = 1000")
+}
+
+fn at(offset: Duration) -> Timestamp {
+    NOW.saturating_add(offset)
+}
+
+/// Units the admitted requests took beyond the plan's bucket, in the worst window (0: exact).
+fn excess(limits: &Limits, admitted: &[Timestamp]) -> u64 {
+    let Some((_, bucket)) = &limits.bucket else { return 0 };
+    let admitted: Vec<Admitted> = admitted
+        .iter()
+        .map(|&t| Admitted {
+            sent: t,
+            answered: t,
+            weight: 1,
+        })
+        .collect();
+    bucket_excess(bucket, &admitted)
+}
+
+/// Admitted? A request that lost its races (`Contention`) is refused `store_busy` by the gate,
+/// never admitted.
+async fn consume(store: &DynamoStore, limits: &Limits, now: Timestamp) -> bool {
+    let req = Consume {
+        tenant: "hot",
+        limits,
+        weight: 1,
+        now,
+    };
+    match store.consume(&req).await {
+        Ok(decision) => decision.allowed,
+        Err(StoreError::Contention { .. }) => false,
+        Err(e) => panic!("a decision: {e}"),
+    }
+}
+
+/// Eight containers' stores at the shipped defaults on one table, and the requests at `rate`
+/// per second for `duration` of simulated time, dealt to them in turn, eight at a time as
+/// concurrent invocations would be: the admitted requests' times, and the stores.
+async fn eight_containers(p: &Plan, rate: u64, duration: Duration) -> (Vec<Timestamp>, Vec<DynamoStore>) {
+    let (client, table) = emulator::state_table().await;
+    let stores: Vec<DynamoStore> = (0..8).map(|_| emulator::dynamo_store(&client, &table)).collect();
+    let step = Duration::from_nanos(1_000_000_000 / rate);
+    let steps = (duration.as_nanos() / step.as_nanos()) as u32;
+    let mut admitted = Vec::new();
+    for round in 0..steps / 8 {
+        let decided = join_all((0..8u32).map(|i| {
+            let now = at(step * (round * 8 + i));
+            let (store, limits) = (&stores[i as usize], p.limits());
+            async move { (now, consume(store, limits, now).await) }
+        }))
+        .await;
+        admitted.extend(decided.into_iter().filter(|(_, a)| *a).map(|(t, _)| t));
+    }
+    (admitted, stores)
+}
+
+fn report(what: &str, admitted: &[Timestamp], stores: &[DynamoStore]) -> (u64, u64) {
+    let sum = |f: fn(&DynamoStore) -> u64| stores.iter().map(f).sum::<u64>();
+    let writes = sum(|s| s.stats().writes());
+    let (conflicts, leased) = (sum(|s| s.stats().conflicts()), sum(|s| s.stats().leased()));
+    let lapsed = sum(|s| s.stats().lapsed_units());
+    let n = admitted.len() as u64;
+    eprintln!(
+        "{what}: {n} admitted, {writes} writes ({conflicts} refused by their condition), {leased} from leases, {lapsed} units lapsed"
+    );
+    (n, writes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_on_a_hot_tenant_at_its_rate_lease_units_and_write_far_less_than_they_admit() {
+    // GIVEN a tenant at 1,000/s (burst 1,000) served by eight containers
+    let p = hot();
+    // WHEN its rate arrives for 3 s, one request per ms
+    let duration = Duration::from_secs(3);
+    let (admitted, stores) = eight_containers(&p, 1000, duration).await;
+    let (n, writes) = report("8 containers at 1,000/s for 3 s", &admitted, &stores);
+    // THEN nothing beyond the bucket in any window
+    assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
+    // AND every request admitted: the arrivals never need more than a token each
+    assert_eq!(n, 3000, "under-admitted");
+    // AND far fewer writes than admissions: each container sees about 62 units per 500 ms span
+    // and leases two thirds of what it saw, so a write admits dozens
+    assert!(writes * 10 <= n, "{writes} writes for {n} admitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_on_a_hot_tenant_at_twice_its_rate_never_over_admit_and_lose_at_most_the_lease_span() {
+    // GIVEN a tenant at 1,000/s (burst 1,000) served by eight containers
+    let p = hot();
+    // WHEN twice its rate arrives for 3 s: the bucket runs at its edge
+    let duration = Duration::from_secs(3);
+    let (admitted, stores) = eight_containers(&p, 2000, duration).await;
+    let (n, _) = report("8 containers at 2,000/s for 3 s", &admitted, &stores);
+    // THEN nothing beyond the bucket in any window
+    assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
+    // AND the allowance but for what a lease's span holds of the burst while leases are taken
+    // (the rate times the span: `leases`), and 5 % for races lost at the edge
+    let span = DynamoStoreConfig::new("t").lease_span;
+    let allowance = 1000 + 1000 * duration.as_secs();
+    let held = (1000.0 * span.as_secs_f64()) as u64;
+    assert!(n * 100 >= (allowance - held) * 95, "{n} admitted of {allowance}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_vanishes_holding_units_never_over_admits_and_its_units_are_back_within_the_bound() {
+    // GIVEN a container at the shipped defaults that takes leases on a hot tenant: requests
+    // every 2 ms (500/s, half the rate) for 600 ms
+    let (client, table) = emulator::state_table().await;
+    let p = hot();
+    let first = emulator::dynamo_store(&client, &table);
+    let mut admitted = Vec::new();
+    let mut last = NOW;
+    for i in 0..300u32 {
+        last = at(Duration::from_millis(2) * i);
+        if consume(&first, p.limits(), last).await {
+            admitted.push(last);
+        }
+    }
+    let stats = first.stats();
+    assert!(stats.leased() > 0, "the container took no lease");
+    let held = stats.leased_units() - stats.leased() - stats.lapsed_units();
+    eprintln!(
+        "{} admitted, {} leased units, {held} held when it vanished",
+        admitted.len(),
+        stats.leased_units()
+    );
+    assert!(held > 0, "the container held no units when it vanished");
+    // WHEN it vanishes holding them
+    drop(first);
+    // THEN another container, at the stated bound after the last request, finds the bucket
+    // whole: every unit the lost lease held is back
+    let span = DynamoStoreConfig::new(&table).lease_span;
+    let back = last.saturating_add(lease_bound(p.limits(), span));
+    let usage = emulator::dynamo_store(&client, &table)
+        .usage("hot", p.limits(), back)
+        .await
+        .expect("usage");
+    let interval = Duration::from_millis(1);
+    assert!(
+        usage.tat.is_none_or(|tat| tat <= back.saturating_add(interval)),
+        "the bucket is still held at {back:?}: TAT {:?}",
+        usage.tat
+    );
+    // AND a burst at any time after the loss is admitted only within the plan, the lost
+    // container's admissions included
+    let second = emulator::dynamo_store(&client, &table);
+    let burst_at = last.saturating_add(Duration::from_millis(1));
+    for i in 0..1500u64 {
+        let now = burst_at.saturating_add(Duration::from_micros(i));
+        if consume(&second, p.limits(), now).await {
+            admitted.push(now);
+        }
+    }
+    assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted after the loss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_a_container_spends_late_in_its_span_never_add_to_another_containers_burst() {
+    // GIVEN a container that leased units on a hot tenant: 200 requests within 200 µs
+    let (client, table) = emulator::state_table().await;
+    let p = hot();
+    let first = emulator::dynamo_store(&client, &table);
+    let mut admitted = Vec::new();
+    for i in 0..200u64 {
+        let now = NOW.saturating_add(Duration::from_micros(i));
+        if consume(&first, p.limits(), now).await {
+            admitted.push(now);
+        }
+    }
+    let stats = first.stats();
+    let held = stats.leased_units() - stats.leased() - stats.lapsed_units();
+    assert!(held > 0, "the container holds no units");
+    // WHEN, 300 ms later (within the span), another container takes what the bucket gives at
+    // once, and then the first spends the units it still holds
+    let later = NOW.saturating_add(Duration::from_millis(300));
+    let second = emulator::dynamo_store(&client, &table);
+    for i in 0..1000u64 {
+        let now = later.saturating_add(Duration::from_micros(i));
+        if consume(&second, p.limits(), now).await {
+            admitted.push(now);
+        }
+    }
+    let after = later.saturating_add(Duration::from_millis(2));
+    let mut spent = 0;
+    for i in 0..held {
+        let now = after.saturating_add(Duration::from_micros(i));
+        if consume(&first, p.limits(), now).await {
+            admitted.push(now);
+            spent += 1;
+        }
+    }
+    eprintln!(
+        "{held} units held, {spent} spent late, {} admitted in all",
+        admitted.len()
+    );
+    // THEN the first container's late units came out of the bucket, not on top of the burst
+    // the second container was given
+    assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
+}
