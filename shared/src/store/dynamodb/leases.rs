@@ -1,7 +1,8 @@
 //! Leases: units a container charged ahead with one write and spends without a call.
 //!
 //! The container meters each tenant's arrivals per bucket over spans of `lease_span`. When a
-//! write goes out for a tenant that this container saw more than once per span, the write also
+//! write goes out for a tenant of which this container saw `LEASE_FROM_SEEN` (8) units or more
+//! in the last span, the write also
 //! charges a lease: about two thirds of the units seen in the last span, at most an eighth of the
 //! burst and of what each quota has left (`wanted`), fitted to what the item admits. The lease's
 //! emission slots start at the end of its span (`item::admit_at`'s anchor), and the write's
@@ -12,7 +13,7 @@
 //! lease per bucket, and the bucket has them back once the TAT it wrote has passed: within the
 //! span plus the lease's own emission time (`lease_bound`).
 //!
-//! A tenant seen at most once per span takes no lease (one write per admitted request), nor does
+//! A tenant seen less often takes no lease (one write per admitted request), nor does
 //! a plan slower than `LEASE_FROM_RATE` or whose eighth of the burst is under two units: there
 //! one write per admitted request leaves the item room, and the lanes already write once for all
 //! of a container's concurrent requests. The span is cut to half the bucket's tolerance: while a
@@ -98,6 +99,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// takes in writes. Below it, one write per admitted request leaves the item room, and a
 /// container's burst is not cut by a lease's span.
 pub const LEASE_FROM_RATE: u64 = 250;
+
+/// Units a container must have seen of a tenant's bucket in the last span to lease: a few
+/// requests at once (a client's small burst) are written one by one, so usage never counts
+/// units leased for them and left unspent.
+pub const LEASE_FROM_SEEN: u64 = 8;
 
 /// The span leases of `limits` last: `span`, cut to half the bucket's tolerance. `None`: the
 /// plan takes no leases (no bucket, a rate under `LEASE_FROM_RATE`, or an eighth of its burst
@@ -210,6 +216,9 @@ impl Leases {
             }
             entry.meter.seen(now, span)
         };
+        if seen < LEASE_FROM_SEEN {
+            return None;
+        }
         let mut units = (seen * 2 / 3)
             .saturating_sub(u64::from(weight))
             .min(u64::from(b.burst() / 8));
@@ -364,6 +373,13 @@ mod tests {
         }
         let wanted = leases.wanted("t", None, &big, &Snapshot::default(), t(6000), 1);
         assert_eq!(wanted, None);
+        // A client's small burst: seven at once are written one by one, never leased ahead.
+        for _ in 0..7 {
+            let _ = leases.arrive("u", None, &big, t(0), 1);
+        }
+        assert_eq!(leases.wanted("u", None, &big, &Snapshot::default(), t(0), 1), None);
+        let _ = leases.arrive("u", None, &big, t(0), 1);
+        assert!(leases.wanted("u", None, &big, &Snapshot::default(), t(0), 1).is_some());
     }
 
     #[test]
