@@ -168,7 +168,7 @@ async fn sixty_four_keep_alive_clients_through_one_serve_process_get_the_allowan
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "over-admits whenever the emulator misses the store budget and the breaker opens, so not in infra/test: run alone"]
+#[ignore = "real time on the machine's cores: run alone, as infra/test does"]
 async fn sixty_four_keep_alive_clients_over_two_serve_processes_get_the_allowance_and_no_more() {
     run(2, &[]).await.holds_the_allowance();
 }
