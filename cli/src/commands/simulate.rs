@@ -120,8 +120,11 @@ impl Simulate {
             "memory" => Target::Memory(MemoryStore::default()),
             "dynamodb" => {
                 let mut stores = Vec::with_capacity(self.containers);
+                let mut args = self.dynamo.clone();
                 for _ in 0..self.containers {
-                    stores.push(self.dynamo.store().await?);
+                    stores.push(args.store().await?);
+                    // `--create-table` makes the table once, with the first container's store.
+                    args.create_table = false;
                 }
                 Target::Dynamo(stores)
             }
