@@ -403,19 +403,25 @@ mod tests {
         assert_eq!(units, 2000 / 8);
     }
 
-    #[test]
-    fn units_are_spent_within_the_grant_only_and_headers_never_show_more_than_is_held() {
+    /// Tenant `t` seen at 1 s, holding `units` granted from 1 s to 1.5 s.
+    fn granted(limits: &Limits, units: u64) -> Leases {
         let leases = Leases::new(100, Duration::from_millis(500));
-        let big = limits(1000.0, 1000);
-        let _ = leases.arrive("t", None, &big, t(1000), 1);
+        let _ = leases.arrive("t", None, limits, t(1000), 1);
         let grant = Grant {
-            limits: big.clone(),
+            limits: limits.clone(),
             after: Snapshot::default(),
             from: t(1000),
             until: t(1500),
-            units: 3,
+            units,
         };
         assert_eq!(leases.grant("t", None, grant), 0);
+        leases
+    }
+
+    #[test]
+    fn units_are_spent_within_the_grant_only_and_headers_never_show_more_than_is_held() {
+        let big = limits(1000.0, 1000);
+        let leases = granted(&big, 3);
         // Before the write's earliest arrival: not covered.
         assert!(matches!(
             leases.arrive("t", None, &big, t(999), 1),
@@ -435,17 +441,8 @@ mod tests {
 
     #[test]
     fn units_unspent_at_the_end_of_the_span_lapse_and_other_limits_never_spend_them() {
-        let leases = Leases::new(100, Duration::from_millis(500));
         let big = limits(1000.0, 1000);
-        let _ = leases.arrive("t", None, &big, t(1000), 1);
-        let grant = Grant {
-            limits: big.clone(),
-            after: Snapshot::default(),
-            from: t(1000),
-            until: t(1500),
-            units: 5,
-        };
-        leases.grant("t", None, grant);
+        let leases = granted(&big, 5);
         let other = limits(1000.0, 2000);
         assert!(matches!(
             leases.arrive("t", None, &other, t(1100), 1),
