@@ -136,10 +136,14 @@ fn required(item: &Item, attr: &str) -> Result<String, String> {
     string(item, attr).ok_or_else(|| format!("attribute `{attr}` is missing or not a string"))
 }
 
+/// The attribute of a `key#…` item naming its tenant: the key of the `by-tenant` index, so no
+/// other item kind may carry it.
+pub const KEY_TENANT: &str = "tenant";
+
 /// A `key#…` item. A missing `enabled` reads as disabled.
 pub fn key_record(item: &Item) -> Result<KeyRecord, String> {
     Ok(KeyRecord {
-        tenant: required(item, "tenant")?,
+        tenant: required(item, KEY_TENANT)?,
         key_id: required(item, "key_id")?,
         enabled: item
             .get("enabled")
@@ -201,7 +205,7 @@ pub fn render(record: &Record) -> Result<Item, serde_json::Error> {
 /// A `key#…` item's attributes.
 pub fn key_item(k: &KeyRecord) -> Item {
     HashMap::from([
-        ("tenant".to_owned(), AttributeValue::S(k.tenant.clone())),
+        (KEY_TENANT.to_owned(), AttributeValue::S(k.tenant.clone())),
         ("key_id".to_owned(), AttributeValue::S(k.key_id.clone())),
         ("enabled".to_owned(), AttributeValue::Bool(k.enabled)),
     ])

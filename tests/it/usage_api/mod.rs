@@ -6,9 +6,13 @@
 
 mod anchor;
 mod interleaving;
+mod moves;
 mod onboarding;
 mod rollback;
 mod rotation;
+mod scale;
+mod sweep;
+mod upgrade;
 mod usage;
 
 use std::collections::BTreeSet;

@@ -8,6 +8,7 @@ pub(super) mod reset;
 pub(super) mod shed;
 pub(super) mod tenants;
 pub(super) mod usage;
+pub(super) mod usage_plans;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,12 +20,14 @@ use super::{AuditSink, UsageApi};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::{ControlWrites, Patch};
-use crate::control::sync::mapping::{TAG_STACK, plan_name};
+use crate::control::sync::mapping::TAG_STACK;
+use crate::directory::DirectoryError;
 use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::registry::{Changed, ItemAction};
+use usage_plans::UsagePlans;
 
 /// The ports, as a handler takes them.
 type Api = State<Arc<UsageApi>>;
@@ -50,10 +53,14 @@ impl UsageApi {
     /// `plan` is one the policy defines, or 409 naming the ones it does: which plans exist is the
     /// policy's state, not something a request's shape can be wrong about.
     pub(super) async fn known_plan(&self, plan: &str) -> Result<(), Problem> {
-        let names = self.registry.plan_names().await?;
-        if names.iter().any(|n| n == plan) {
-            return Ok(());
+        // One read of the plan's item (one stored but invalid exists as well: it is sync's to
+        // report); the names are listed only to refuse.
+        match self.registry.plan(plan).await {
+            Ok(Some(_)) | Err(DirectoryError::Invalid { .. } | DirectoryError::Plan(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
         }
+        let names = self.registry.plan_names().await?;
         Err(Problem::conflict(
             "unknown-plan",
             format!("`plan`: no plan `{plan}`; known plans: {}", names.join(", ")),
@@ -71,11 +78,16 @@ impl UsageApi {
         }
     }
 
-    /// The usage plan that stands for `plan` in API Gateway: with a stack, only among the usage
-    /// plans tagged with it, so that another stack's plan of the same name in the Region is
-    /// never the one a key goes on.
-    async fn usage_plan_id(&self, control: &dyn ControlWrites, plan: &str) -> Result<String, Problem> {
-        self.find_usage_plan(control, plan).await?.ok_or_else(|| {
+    /// The usage plan that stands for `plan` in API Gateway, resolved through `plans`: with a
+    /// stack, only among the usage plans tagged with it, so that another stack's plan of the same
+    /// name in the Region is never the one a key goes on; 409 when there is none.
+    async fn usage_plan(
+        &self,
+        plans: &UsagePlans,
+        control: &dyn ControlWrites,
+        plan: &str,
+    ) -> Result<UsagePlan, Problem> {
+        self.find_usage_plan(plans, control, plan).await?.ok_or_else(|| {
             let reason = match &self.stack {
                 Some(s) => format!(
                     "plan `{plan}` has no usage plan of stack `{s}` in API Gateway: create one named `{plan}` (or tagged `tollgate:plan={plan}`) and tagged `{TAG_STACK}={s}`, or tag one of your own so (never one another stack's tag names)"
@@ -86,16 +98,15 @@ impl UsageApi {
         })
     }
 
-    /// `usage_plan_id`, or `None` when there is none: a route that only takes keys off a plan
+    /// `usage_plan`, or `None` when there is none: a route that only takes keys off a plan
     /// (offboarding, the old plan of a move) has nothing to take off then.
-    async fn find_usage_plan(&self, control: &dyn ControlWrites, plan: &str) -> Result<Option<String>, Problem> {
-        let plans = control.usage_plans().await?;
-        let ours = |p: &&UsagePlan| self.stack.as_ref().is_none_or(|s| p.tags.get(TAG_STACK) == Some(s));
-        Ok(plans
-            .iter()
-            .filter(ours)
-            .find(|p| plan_name(p) == plan)
-            .map(|p| p.id.clone()))
+    async fn find_usage_plan(
+        &self,
+        plans: &UsagePlans,
+        control: &dyn ControlWrites,
+        plan: &str,
+    ) -> Result<Option<UsagePlan>, Problem> {
+        plans.of(control, plan, self.stack.as_deref(), self.now()).await
     }
 
     /// The tags of a key the usage API creates: its stack's, when it has one.
@@ -139,15 +150,6 @@ impl UsageApi {
         AuditSink::record(self.audit.as_ref(), &record).await?;
         Ok(())
     }
-}
-
-/// The ids of the keys on a usage plan: a plan key is removed only when it is there.
-async fn plan_keys(control: &dyn ControlWrites, plan_id: &str) -> Result<Vec<String>, Problem> {
-    Ok(control
-        .usage_plan(plan_id)
-        .await?
-        .map(|p| p.key_ids)
-        .unwrap_or_default())
 }
 
 /// Disables a key in API Gateway; a key API Gateway does not have is as good as disabled.

@@ -2,11 +2,14 @@
 //! `Idempotency-Key`. A retry with the same key and body answers as the first attempt did (the
 //! key's value read back from API Gateway); concurrent attempts with one key run one at a time.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchor::checked_anchor;
+use super::usage_plans::UsagePlans;
 use super::{Api, create, disable_key};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
@@ -31,6 +34,7 @@ pub(in crate::usage_api) struct OnboardRequest {
 /// One onboarding: the request, its `Idempotency-Key`, and the fingerprint of its body.
 struct Onboarding<'a> {
     api: &'a UsageApi,
+    plans: &'a UsagePlans,
     actor: &'a str,
     idem: &'a str,
     fingerprint: String,
@@ -41,6 +45,7 @@ struct Onboarding<'a> {
 
 pub(in crate::usage_api) async fn onboard(
     State(api): Api,
+    State(plans): State<Arc<UsagePlans>>,
     admin: Admin,
     IdempotencyKey(idem): IdempotencyKey,
     JsonBody { value: body, raw }: JsonBody<OnboardRequest>,
@@ -54,6 +59,7 @@ pub(in crate::usage_api) async fn onboard(
     };
     let onboarding = Onboarding {
         api: &api,
+        plans: &plans,
         actor: &admin.actor,
         idem: &idem,
         fingerprint: hex::encode(Sha256::digest(&raw)),
@@ -104,12 +110,12 @@ impl Onboarding<'_> {
         let (api, body) = (self.api, &self.request);
         // A key created by an attempt whose answer was lost has this name: found, not created again.
         let name = key_name(&body.tenant, self.idem);
-        let existing = control.api_keys().await?.into_iter().find(|k| k.name == name);
-        self.check_tenant_free(existing.as_ref().map(|k| k.id.as_str())).await?;
-        let plan_id = api.usage_plan_id(control, &body.plan).await?;
+        let existing = control.api_key_named(&name).await?;
+        self.check_tenant_free(existing.as_deref()).await?;
+        let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;
         let key = match existing {
-            Some(k) => control.api_key(&k.id).await?.ok_or_else(|| {
-                Problem::conflict("key-vanished", format!("API key {} was deleted meanwhile; retry", k.id))
+            Some(id) => control.api_key(&id).await?.ok_or_else(|| {
+                Problem::conflict("key-vanished", format!("API key {id} was deleted meanwhile; retry"))
             })?,
             None => {
                 control
