@@ -216,6 +216,7 @@ mod tests {
                 key_id: "k1".into(),
                 hash: hash.to_hex(),
                 at: 1000,
+                attempts: 0,
             },
         )
         .await

@@ -57,6 +57,8 @@ pub const PLAN_CACHE_TTL: Duration = Duration::from_secs(60);
 /// usage plan renamed, retagged or deleted is seen by the next request after this at the latest;
 /// one created is seen at once (a plan not found reads them again).
 pub const USAGE_PLANS_TTL: Duration = Duration::from_secs(60);
+/// The longest a revocation that keeps failing waits between attempts (`routes::keys`).
+pub const MAX_REVOCATION_BACKOFF: Duration = Duration::from_secs(3_600);
 /// How long a move that takes keys off their old plan before putting them on the new one marks
 /// its tenant as moving, so that a sync in between holds its keys (as `policy apply` does).
 pub const MOVE_WINDOW: Duration = Duration::from_secs(120);

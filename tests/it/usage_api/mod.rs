@@ -6,6 +6,7 @@
 
 mod anchor;
 mod interleaving;
+mod key_list;
 mod moves;
 mod onboarding;
 mod rollback;

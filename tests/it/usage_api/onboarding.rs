@@ -312,7 +312,10 @@ async fn a_usage_plan_made_after_the_usage_plans_were_read_is_found_at_once() {
     // WHEN a plan gold and its usage plan are made, well within the reuse time, and a tenant
     // onboarded on it
     registry.put_plan(&super::plan("gold"), 1).await.expect("plan");
-    let gold = crate::support::apigateway::UsagePlan::named("gold").tag(TAG_STACK, STACK).create(&w.gw).await;
+    let gold = crate::support::apigateway::UsagePlan::named("gold")
+        .tag(TAG_STACK, STACK)
+        .create(&w.gw)
+        .await;
     w.clock.advance(Duration::from_secs(1));
     let res = w
         .admin(reqwest::Method::POST, "/v1/tenants")

@@ -1,7 +1,8 @@
 //! The revocation sweep on the policy table: its first run enqueues the revocations stored before
 //! due-minute buckets existed (one scan, never again), a run after an outage catches up
 //! `SWEEP_BUCKETS` minutes at a time, and a rotation that fails between its bucket entry and its
-//! revocation item leaves nothing the sweep cannot find.
+//! revocation item leaves nothing the sweep cannot find, and a key API Gateway refuses to disable
+//! is postponed without holding up the others.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tollgate::aws::admin_client;
 use tollgate::directory::{Directory, DynamoDirectory};
+use tollgate::engine::clock::Clock;
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_table::due::{self, minute_of};
 use tollgate::policy_table::record::json_item;
@@ -78,6 +80,7 @@ async fn the_first_sweep_enqueues_revocations_stored_before_buckets_by_one_scan_
             key_id: id.clone(),
             hash: ApiKeyHash::of(value).to_hex(),
             at,
+            attempts: 0,
         };
         let item = json_item(revoke_pk(id), serde_json::to_string(&r).expect("json"));
         client
@@ -177,10 +180,59 @@ async fn a_rotation_failing_between_its_two_writes_leaves_no_revocation_the_swee
         .expect("buckets");
     assert!(left.is_empty(), "{left:?}");
     // AND a rotation retried after the failures revokes the old key at its deadline
+    // (and the key of the first failed rotation, listed on the tenant before it failed, too)
     let rotated: Value = rotate(&w, "brittle", 60).await.json().await.expect("json");
-    assert_eq!(rotated["revoking"][0]["id"], old.0.as_str(), "{rotated}");
+    let revoking = rotated["revoking"].as_array().expect("revoking");
+    assert!(revoking.iter().any(|k| k["id"] == old.0.as_str()), "{rotated}");
     w.clock.advance(Duration::from_secs(60));
     let revoked = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
-    assert_eq!(revoked.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&old.0]);
+    assert!(revoked.iter().any(|r| r.key_id == old.0), "{revoked:?}");
     assert!(!enabled(&w, &registry, &old).await);
+}
+
+#[tokio::test]
+async fn a_key_api_gateway_refuses_to_disable_is_postponed_and_the_keys_after_it_are_revoked() {
+    // GIVEN tenants stuck and fine, the usage API's API Gateway calls through the proxy, and
+    // stuck rotated with a minute's grace
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, ..) = World::on_policy_table_via("tg-sweep-4", Some(&proxy.endpoint())).await;
+    let (stuck, fine) = (onboarded(&w, "stuck").await, onboarded(&w, "fine").await);
+    w.api.revoke_due(SCHEDULE_ACTOR).await.expect("first sweep");
+    assert_eq!(rotate(&w, "stuck", 60).await.status(), StatusCode::CREATED);
+    // WHEN API Gateway refuses to disable stuck's old key twice: once in the sweep a rotation of
+    // fine runs first, at stuck's deadline, once in the schedule's run at fine's deadline
+    proxy.inject_on(
+        "PATCH",
+        &format!("/apikeys/{}", stuck.0),
+        &[Some(Fault::AccessDenied); 2],
+    );
+    w.clock.advance(Duration::from_secs(60));
+    let res = rotate(&w, "fine", 60).await;
+    assert_eq!(res.status(), StatusCode::CREATED, "a refused key fails no admin route");
+    w.clock.advance(Duration::from_secs(61));
+    let run = w
+        .api
+        .revoke_due(SCHEDULE_ACTOR)
+        .await
+        .expect("a refused key fails no run");
+    // THEN fine's old key is revoked; stuck's is postponed, two failures counted
+    assert_eq!(run.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&fine.0]);
+    assert!(!enabled(&w, &registry, &fine).await);
+    assert!(enabled(&w, &registry, &stuck).await);
+    let later = registry
+        .revocation(&stuck.0)
+        .await
+        .expect("read")
+        .expect("still pending");
+    assert_eq!(later.attempts, 2);
+    assert!(later.at > w.clock.now().as_secs(), "{later:?}");
+    // AND an admin route that sweeps first answers meanwhile
+    let res = w.admin(Method::GET, "/v1/tenants/stuck").send().await.expect("answer");
+    assert_eq!(res.status(), StatusCode::OK);
+    // AND once its backoff is over (and its bucket settled) the sweep revokes it
+    assert_eq!(proxy.seen("PATCH", &format!("/apikeys/{}", stuck.0)), 2);
+    w.clock.advance(Duration::from_secs(120 + SWEEP_SETTLE_MINUTES * 60));
+    let run = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    assert_eq!(run.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&stuck.0]);
+    assert!(!enabled(&w, &registry, &stuck).await);
 }

@@ -78,6 +78,13 @@ pub struct Revocation {
     /// The key's hash (hex), to disable its record.
     pub hash: String,
     pub at: u64,
+    /// How many times revoking it failed (each postpones it: `routes::keys::revocation_backoff`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[async_trait]

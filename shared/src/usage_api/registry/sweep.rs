@@ -85,6 +85,7 @@ mod tests {
             key_id: key_id.into(),
             hash: "00".into(),
             at,
+            attempts: 0,
         };
         (key_id.to_owned(), r)
     }

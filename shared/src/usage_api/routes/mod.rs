@@ -50,6 +50,79 @@ impl UsageApi {
             .ok_or_else(|| Problem::not_found(format!("no tenant `{tenant}` (see GET /v1/tenants)")))
     }
 
+    /// A tenant's record with the keys it lists (key id → hash), read strongly consistent, or
+    /// 404. A record without the list (written before the usage API kept one, or made by sync)
+    /// gets it once from the index (its enabled keys), written on the version read; a writer
+    /// that listed them meanwhile is kept.
+    pub(super) async fn tenant_keys(&self, tenant: &str) -> Result<(TenantRecord, BTreeMap<String, String>), Problem> {
+        let record = self.tenant_record(tenant).await?;
+        if let Some(keys) = &record.keys {
+            return Ok((record.clone(), keys.clone()));
+        }
+        let found: BTreeMap<String, String> = (self.registry.keys_of(tenant).await?.into_iter())
+            .filter(|(_, k)| k.enabled)
+            .map(|(h, k)| (k.key_id, h.to_hex()))
+            .collect();
+        let changed = self
+            .registry
+            .change_tenant(tenant, &|current| match current {
+                Some(t) if t.keys.is_none() => ItemAction::Put(TenantRecord {
+                    keys: Some(found.clone()),
+                    ..t.clone()
+                }),
+                _ => ItemAction::Leave,
+            })
+            .await?;
+        let Some(after) = changed.after else {
+            return Err(Problem::not_found(format!(
+                "no tenant `{tenant}` (see GET /v1/tenants)"
+            )));
+        };
+        let keys = after.keys.clone().unwrap_or(found);
+        Ok((after, keys))
+    }
+
+    /// Lists key `id` (hash `hash`) on the tenant, on the version read (re-read on a conflict,
+    /// so two rotations at once both keep their keys). The record as it is after; `None` when the
+    /// tenant is gone. A record without a list is left so: its keys are read from the index.
+    pub(super) async fn list_key(&self, tenant: &str, id: &str, hash: &str) -> Result<Changed<TenantRecord>, Problem> {
+        let changed = self
+            .registry
+            .change_tenant(tenant, &|current| match current {
+                Some(t) if t.keys.as_ref().is_some_and(|k| !k.contains_key(id)) => {
+                    let mut keys = t.keys.clone().unwrap_or_default();
+                    keys.insert(id.to_owned(), hash.to_owned());
+                    ItemAction::Put(TenantRecord {
+                        keys: Some(keys),
+                        ..t.clone()
+                    })
+                }
+                _ => ItemAction::Leave,
+            })
+            .await?;
+        Ok(changed)
+    }
+
+    /// Takes key `id` off the tenant's list, its revocation done (so the list stays as short as
+    /// the keys not yet revoked).
+    pub(super) async fn unlist_key(&self, tenant: &str, id: &str) -> Result<Changed<TenantRecord>, Problem> {
+        let changed = self
+            .registry
+            .change_tenant(tenant, &|current| match current {
+                Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(id)) => {
+                    let mut keys = t.keys.clone().unwrap_or_default();
+                    keys.remove(id);
+                    ItemAction::Put(TenantRecord {
+                        keys: Some(keys),
+                        ..t.clone()
+                    })
+                }
+                _ => ItemAction::Leave,
+            })
+            .await?;
+        Ok(changed)
+    }
+
     /// `plan` is one the policy defines, or 409 naming the ones it does: which plans exist is the
     /// policy's state, not something a request's shape can be wrong about.
     pub(super) async fn known_plan(&self, plan: &str) -> Result<(), Problem> {

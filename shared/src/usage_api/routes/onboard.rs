@@ -2,6 +2,7 @@
 //! `Idempotency-Key`. A retry with the same key and body answers as the first attempt did (the
 //! key's value read back from API Gateway); concurrent attempts with one key run one at a time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -164,7 +165,7 @@ impl Onboarding<'_> {
         };
         let ours = match key_id {
             Some(_) if plan == self.request.plan => true,
-            Some(id) => api.registry.keys_of(tenant).await?.iter().any(|(_, r)| r.key_id == id),
+            Some(id) => api.tenant_keys(tenant).await?.1.contains_key(id),
             None => false,
         };
         if ours {
@@ -200,8 +201,14 @@ impl Onboarding<'_> {
             plan: body.plan.clone(),
             anchor: Some(self.anchor),
             moving_until: None,
+            keys: Some(BTreeMap::from([(key.id.clone(), hash.to_hex())])),
         };
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
+        // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too.
+        let tenant = match &tenant.after {
+            Some(t) if t.plan == body.plan => api.list_key(&body.tenant, &key.id, &hash.to_hex()).await?,
+            _ => tenant,
+        };
         // A retry finds the first attempt's record, anchor day included.
         let Some(made) = tenant.after.filter(|t| t.plan == body.plan) else {
             disable_key(control, &key.id).await?;

@@ -12,6 +12,7 @@ use super::usage_plans::{UsagePlans, share_a_stage};
 use super::{Api, disable_key, key_change, revoke, tenant_change};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::writes::ControlWrites;
+use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::TenantRecord;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
@@ -99,10 +100,24 @@ pub(in crate::usage_api) async fn move_plan(
 ) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
     api.known_plan(&body.plan).await?;
-    let old = api.tenant_plan(&tenant).await?;
+    let (mut record, keys) = api.tenant_keys(&tenant).await?;
+    let keys: Vec<String> = keys.into_keys().collect();
+    // A move interrupted under its mark (keys perhaps on no plan) is finished first, whatever
+    // this request asks: the tenant's plan is already the one it was moving to.
+    if let (Some(c), Some(_)) = (&api.control, record.moving_until) {
+        let changed = finish_move(&api, &plans, c.as_ref(), &tenant, &record.plan, &keys).await?;
+        api.audit(
+            &actor,
+            format!("finish moving tenant {tenant} to plan {}", record.plan),
+            tenant_change(&tenant, changed).into_iter().collect(),
+        )
+        .await?;
+        record.moving_until = None;
+    }
+    let old = record.plan;
     if old != body.plan {
         let changed = match &api.control {
-            Some(c) => move_tenant(&api, &plans, c.as_ref(), &tenant, &old, &body.plan).await?,
+            Some(c) => move_tenant(&api, &plans, c.as_ref(), &tenant, (&old, &body.plan), &keys).await?,
             None => set_plan(&api, &tenant, &old, &body.plan, None).await?,
         };
         api.audit(
@@ -144,37 +159,40 @@ async fn set_plan(
     Ok(changed)
 }
 
-/// Moves the tenant's enabled keys from the usage plan of `old` to that of `new`, and its record.
-/// Where the plans share no API stage, each key goes on the new plan before it leaves the old
-/// one, and is never on no plan. Where they share one, API Gateway refuses a key on both: the
-/// tenant is first marked as moving to `new` (`MOVE_WINDOW`), so that a sync between the two
-/// calls holds its keys instead of revoking them, each key leaves the old plan and joins the new
-/// one back to back, and the mark is taken off. The tenant's record, before and after.
+/// Moves the tenant's listed keys from the usage plan of `old` to that of `new`, and its record.
+/// Where the plans share no API stage (or `old` has no usage plan of the stack's), each key goes
+/// on the new plan before it leaves the old one, and is never on no plan. Where they share one,
+/// API Gateway refuses a key on both: the tenant is first marked as moving to `new`
+/// (`MOVE_WINDOW`), so that a sync between the two calls holds its keys instead of revoking
+/// them, each key leaves the old plan and joins the new one back to back, and the mark is taken
+/// off. A move killed in between leaves the mark, and the next move request finishes it
+/// (`finish_move`). The tenant's record, before and after.
 async fn move_tenant(
     api: &UsageApi,
     plans: &UsagePlans,
     control: &dyn ControlWrites,
     tenant: &str,
-    old: &str,
-    new: &str,
+    (old, new): (&str, &str),
+    keys: &[String],
 ) -> Result<Changed<TenantRecord>, Problem> {
-    let from = api.usage_plan(plans, control, old).await?;
+    // The old plan may have no usage plan of the stack's: then no key is on it to take off.
+    let from = api.find_usage_plan(plans, control, old).await?;
     let to = api.usage_plan(plans, control, new).await?;
-    let keys: Vec<String> = (api.registry.keys_of(tenant).await?.into_iter())
-        .filter(|(_, k)| k.enabled)
-        .map(|(_, k)| k.key_id)
-        .collect();
-    if !share_a_stage(&from, &to) {
-        match on_then_off(control, &from.id, &to.id, &keys).await {
+    let from = match from {
+        Some(f) if share_a_stage(&f, &to) => f,
+        from => match on_then_off(control, from.as_ref().map(|f| f.id.as_str()), &to.id, keys).await {
             Ok(()) => return set_plan(api, tenant, old, new, None).await,
-            // The stages changed since they were read: the marked order below.
-            Err(ControlError::Conflict { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+            Err(e) => match (e, from) {
+                // The stages changed since they were read: the marked order below.
+                (ControlError::Conflict { .. }, Some(f)) => f,
+                (e, _) => return Err(e.into()),
+            },
+        },
+    };
     let until = api.now().saturating_add(MOVE_WINDOW).as_secs();
     let marked = set_plan(api, tenant, old, new, Some(until)).await?;
-    if let Err(e) = off_then_on(control, &from.id, &to.id, &keys).await {
+    if let Err(e) = off_then_on(control, &from.id, &to.id, keys).await {
+        // Back on the old plan, even when putting a key back failed (its problem is logged).
         set_plan(api, tenant, new, old, None).await?;
         return Err(e);
     }
@@ -185,12 +203,59 @@ async fn move_tenant(
     })
 }
 
-/// Puts each key on plan `to`, then takes it off plan `from` where it is there.
-async fn on_then_off(control: &dyn ControlWrites, from: &str, to: &str, keys: &[String]) -> Result<(), ControlError> {
+/// Finishes a move to `plan` that was killed under its mark: each key is put on the usage plan
+/// of `plan` (taken off the stack's plan of a shared stage it is still on, if any), then the mark
+/// is taken off. The tenant's record, before and after.
+async fn finish_move(
+    api: &UsageApi,
+    plans: &UsagePlans,
+    control: &dyn ControlWrites,
+    tenant: &str,
+    plan: &str,
+    keys: &[String],
+) -> Result<Changed<TenantRecord>, Problem> {
+    let to = api.usage_plan(plans, control, plan).await?;
     for key in keys {
-        let was_on = control.on_usage_plan(from, key).await?;
+        match control.create_usage_plan_key(&to.id, key).await {
+            Ok(()) => continue,
+            Err(ControlError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Still on the plan the move started from, which shares a stage with `to`.
+        let sharing = plans.sharing(control, &to, api.stack.as_deref(), api.now()).await?;
+        let mut from = None;
+        for p in sharing {
+            if control.on_usage_plan(&p.id, key).await? {
+                from = Some(p.id);
+                break;
+            }
+        }
+        let Some(from) = from else {
+            return Err(ControlError::Conflict {
+                operation: "CreateUsagePlanKey",
+                detail: format!("key {key} is on another usage plan of a stage of `{plan}`'s"),
+            }
+            .into());
+        };
+        off_then_on(control, &from, &to.id, std::slice::from_ref(key)).await?;
+    }
+    set_plan(api, tenant, plan, plan, None).await
+}
+
+/// Puts each key on plan `to`, then takes it off plan `from` where it is there.
+async fn on_then_off(
+    control: &dyn ControlWrites,
+    from: Option<&str>,
+    to: &str,
+    keys: &[String],
+) -> Result<(), ControlError> {
+    for key in keys {
+        let was_on = match from {
+            Some(from) => control.on_usage_plan(from, key).await?,
+            None => false,
+        };
         control.create_usage_plan_key(to, key).await?;
-        if was_on {
+        if let (true, Some(from)) = (was_on, from) {
             control.delete_usage_plan_key(from, key).await?;
         }
     }
@@ -198,7 +263,8 @@ async fn on_then_off(control: &dyn ControlWrites, from: &str, to: &str, keys: &[
 }
 
 /// Takes each key off plan `from` and puts it on plan `to`, back to back. A key `to` refuses goes
-/// back on `from`, as do the keys moved before it, so a failed move leaves no key on no plan.
+/// back on `from`, as do the keys moved before it, so a failed move leaves no key on no plan; a
+/// key that cannot be put back is logged and the others still are.
 async fn off_then_on(control: &dyn ControlWrites, from: &str, to: &str, keys: &[String]) -> Result<(), Problem> {
     let mut moved: Vec<&str> = Vec::new();
     for key in keys {
@@ -208,8 +274,13 @@ async fn off_then_on(control: &dyn ControlWrites, from: &str, to: &str, keys: &[
         }
         if let Err(e) = control.create_usage_plan_key(to, key).await {
             for back in moved.iter().copied().chain(was_on.then_some(key.as_str())) {
-                control.delete_usage_plan_key(to, back).await?;
-                control.create_usage_plan_key(from, back).await?;
+                let put_back = match control.delete_usage_plan_key(to, back).await {
+                    Ok(()) => control.create_usage_plan_key(from, back).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(b) = put_back {
+                    tracing::warn!(key_id = %back, error = %b, "usage api: a key of a failed move was not put back");
+                }
             }
             return Err(e.into());
         }
@@ -224,7 +295,13 @@ pub(in crate::usage_api) async fn offboard(
     admin: Admin<Tenant>,
 ) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
-    let plan = api.tenant_plan(&tenant).await?;
+    // The keys the tenant lists (strongly consistent: a key rotated in a moment ago among them),
+    // and any the index knows besides (keys made outside the usage API).
+    let (record, mut keys) = api.tenant_keys(&tenant).await?;
+    for (h, k) in api.registry.keys_of(&tenant).await? {
+        keys.entry(k.key_id).or_insert_with(|| h.to_hex());
+    }
+    let plan = record.plan;
     // A plan without a usage plan of the stack's has no key on it to take off; the keys are
     // disabled all the same.
     let plan_id = match &api.control {
@@ -232,19 +309,23 @@ pub(in crate::usage_api) async fn offboard(
         None => None,
     };
     let mut items = Vec::new();
-    for (h, k) in api.registry.keys_of(&tenant).await? {
+    for (key_id, hash) in &keys {
+        // Disabled in API Gateway whatever the registry says: a key sync removed from the table
+        // (disabled, or deleted) is disabled again, or found gone, and is done.
         if let Some(c) = &api.control {
-            disable_key(c.as_ref(), &k.key_id).await?;
+            disable_key(c.as_ref(), key_id).await?;
             // One call per key, however many keys the plan has.
             if let Some(plan_id) = &plan_id
-                && c.on_usage_plan(plan_id, &k.key_id).await?
+                && c.on_usage_plan(plan_id, key_id).await?
             {
-                c.delete_usage_plan_key(plan_id, &k.key_id).await?;
+                c.delete_usage_plan_key(plan_id, key_id).await?;
             }
         }
-        api.registry.remove_revocation(&k.key_id).await?;
-        let changed = api.registry.change_key(&h, &revoke).await?;
-        items.extend(key_change(&h, changed));
+        api.registry.remove_revocation(key_id).await?;
+        if let Some(h) = ApiKeyHash::from_hex(hash) {
+            let changed = api.registry.change_key(&h, &revoke).await?;
+            items.extend(key_change(&h, changed));
+        }
     }
     // The tenant as read: one moved meanwhile (or offboarded and onboarded again) is not removed.
     let changed = api

@@ -42,11 +42,47 @@ impl UsagePlans {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, plans));
         Ok(found)
     }
+
+    /// The stack's usage plans other than `to` that share an API stage with it (from the plans
+    /// read less than `USAGE_PLANS_TTL` before `now`, else read again).
+    pub(in crate::usage_api) async fn sharing(
+        &self,
+        control: &dyn ControlWrites,
+        to: &UsagePlan,
+        stack: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Vec<UsagePlan>, Problem> {
+        let cached = {
+            let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            held.as_ref()
+                .filter(|(at, _)| now.saturating_since(*at) < USAGE_PLANS_TTL)
+                .map(|(_, plans)| plans.clone())
+        };
+        let plans = match cached {
+            Some(plans) => plans,
+            None => {
+                let plans = control.usage_plans_alone().await?;
+                *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, plans.clone()));
+                plans
+            }
+        };
+        Ok(plans
+            .into_iter()
+            .filter(|p| p.id != to.id && ours(p, stack) && share_a_stage(p, to))
+            .collect())
+    }
+}
+
+fn ours(p: &UsagePlan, stack: Option<&str>) -> bool {
+    stack.is_none_or(|s| p.tags.get(TAG_STACK).map(String::as_str) == Some(s))
 }
 
 fn find(plans: &[UsagePlan], plan: &str, stack: Option<&str>) -> Option<UsagePlan> {
-    let ours = |p: &&UsagePlan| stack.is_none_or(|s| p.tags.get(TAG_STACK).map(String::as_str) == Some(s));
-    plans.iter().filter(ours).find(|p| plan_name(p) == plan).cloned()
+    plans
+        .iter()
+        .filter(|p| ours(p, stack))
+        .find(|p| plan_name(p) == plan)
+        .cloned()
 }
 
 /// Whether two usage plans cover an API stage in common: API Gateway refuses a key on both.
