@@ -10,7 +10,8 @@ use aws_config::SdkConfig;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TimeToLiveSpecification,
 };
 
 /// Time limits for the state store's client. The SDK sets no operation or attempt timeout by
@@ -126,25 +127,84 @@ pub async fn create_table(
     pk: &str,
     ttl: Option<&str>,
 ) -> Result<(), String> {
+    create_indexed_table(client, table, pk, ttl, &[]).await
+}
+
+/// A global secondary index of a table, projecting every attribute: its name, its partition key
+/// (a string attribute) and its sort key, if any (a string or a number attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableIndex {
+    pub name: &'static str,
+    pub partition: &'static str,
+    pub sort: Option<(&'static str, KeyKind)>,
+}
+
+/// The type of an index's sort key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    String,
+    Number,
+}
+
+fn attribute(name: &str, kind: KeyKind) -> Result<AttributeDefinition, String> {
+    let kind = match kind {
+        KeyKind::String => ScalarAttributeType::S,
+        KeyKind::Number => ScalarAttributeType::N,
+    };
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(kind)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, String> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// `create_table` with `indexes`.
+pub async fn create_indexed_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    pk: &str,
+    ttl: Option<&str>,
+    indexes: &[TableIndex],
+) -> Result<(), String> {
     let build_err = |e: aws_sdk_dynamodb::error::BuildError| e.to_string();
-    client
+    let mut create = client
         .create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(pk)
-                .attribute_type(ScalarAttributeType::S)
+        .attribute_definitions(attribute(pk, KeyKind::String)?)
+        .key_schema(key(pk, KeyType::Hash)?);
+    let mut defined = vec![pk];
+    for index in indexes {
+        let mut schema = vec![key(index.partition, KeyType::Hash)?];
+        let mut attrs = vec![(index.partition, KeyKind::String)];
+        if let Some((sort, kind)) = index.sort {
+            schema.push(key(sort, KeyType::Range)?);
+            attrs.push((sort, kind));
+        }
+        for (name, kind) in attrs {
+            if !defined.contains(&name) {
+                defined.push(name);
+                create = create.attribute_definitions(attribute(name, kind)?);
+            }
+        }
+        create = create.global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(index.name)
+                .set_key_schema(Some(schema))
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
                 .build()
                 .map_err(build_err)?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(pk)
-                .key_type(KeyType::Hash)
-                .build()
-                .map_err(build_err)?,
-        )
+        );
+    }
+    create
         .send()
         .await
         .map_err(|e| format!("creating table {table}: {e:?}"))?;

@@ -49,6 +49,7 @@ pub fn directory_with(file: &PolicyFile, demo: &[DemoTenant]) -> MemoryDirectory
                 plan: t.plan.clone(),
                 anchor: Some(t.anchor),
                 moving_until: None,
+                keys: None,
             },
         );
         directory.put_key(

@@ -15,7 +15,9 @@ use lambda_http::request::{LambdaRequest, RequestContext};
 use lambda_http::tower::ServiceExt;
 use lambda_http::{Adapter, Error, LambdaEvent};
 use serde_json::Value;
-use tollgate::policy_table::{AUDIT_PREFIX, IDEM_PREFIX, KEY_PREFIX, REVOKE_PREFIX, SHED_PK, TENANT_PREFIX};
+use tollgate::policy_table::{
+    AUDIT_PREFIX, DUE_PREFIX, IDEM_PREFIX, KEY_PREFIX, REVOKE_PREFIX, SHED_PK, TENANT_PREFIX,
+};
 use tollgate::usage_api::{Actor, AuthorizedPlan, AuthorizedTenant, UsageApi};
 
 /// The actor the audit trail names for revocations run by the usage API's schedule.
@@ -33,13 +35,19 @@ pub const FUNCTION_VARIABLES: [&str; 4] = [
 ];
 /// The DynamoDB actions it calls on the state table (usage reads, resets)...
 pub const STATE_ACTIONS: [&str; 2] = ["dynamodb:GetItem", "dynamodb:UpdateItem"];
+/// ... on the policy table's one index, `by-tenant` (a tenant's keys)...
+pub const INDEX_ACTIONS: [&str; 1] = ["dynamodb:Query"];
 /// ... and on the policy table (registry, idempotency and revocation items, the shed level
-/// (`GetItem`, conditional `PutItem`; plans' priorities by `Scan`), audit records).
-pub const POLICY_ACTIONS: [&str; 4] = [
+/// (`GetItem`, conditional `PutItem`; plans' priorities by `Scan`, as the sweep's first run on a
+/// table finds the revocations stored before buckets), audit records; the sweep's buckets and
+/// cursor (`BatchGetItem`, `UpdateItem`)).
+pub const POLICY_ACTIONS: [&str; 6] = [
+    "dynamodb:BatchGetItem",
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:Scan",
+    "dynamodb:UpdateItem",
 ];
 
 /// The policy items it puts (the `dynamodb:LeadingKeys` of its `PutItem` grant): tenants, keys,
@@ -52,9 +60,21 @@ pub fn policy_put_keys() -> Vec<String> {
 }
 
 /// The policy items it deletes (the `dynamodb:LeadingKeys` of its `DeleteItem` grant): tenants,
-/// revocations done, and idempotency claims.
+/// revocations and the sweep's buckets done, and idempotency claims.
 pub fn policy_delete_keys() -> Vec<String> {
     patterns(&[TENANT_PREFIX, REVOKE_PREFIX, IDEM_PREFIX])
+}
+
+/// The policy items it updates (the `dynamodb:LeadingKeys` of its `UpdateItem` grant): the
+/// sweep's buckets and cursor only.
+pub fn policy_update_keys() -> Vec<String> {
+    patterns(&[DUE_PREFIX])
+}
+
+/// The policy items it reads in batches (the `dynamodb:LeadingKeys` of its `BatchGetItem`
+/// grant): the sweep's buckets and the revocations they list.
+pub fn policy_batch_get_keys() -> Vec<String> {
+    patterns(&[REVOKE_PREFIX])
 }
 
 /// `LeadingKeys` patterns of the items under `prefixes`.
@@ -91,13 +111,14 @@ pub const TAG_API_KEYS: &str = "/tags/arn%3A${AWS::Partition}%3Aapigateway%3A${A
 
 /// The API Gateway calls it makes, as IAM actions on resource paths, and what each grant is
 /// conditioned on.
-pub const CONTROL_ACCESS: [(&str, &str, Scope); 10] = [
+pub const CONTROL_ACCESS: [(&str, &str, Scope); 11] = [
     ("apigateway:DELETE", "/usageplans/*/keys/*", Scope::Tagged),
     ("apigateway:GET", "/apikeys", Scope::Any),
     ("apigateway:GET", "/apikeys/*", Scope::Any),
     ("apigateway:GET", "/usageplans", Scope::Any),
     ("apigateway:GET", "/usageplans/*", Scope::Any),
     ("apigateway:GET", "/usageplans/*/keys", Scope::Any),
+    ("apigateway:GET", "/usageplans/*/keys/*", Scope::Any),
     ("apigateway:PATCH", "/apikeys/*", Scope::Tagged),
     ("apigateway:POST", "/apikeys", Scope::Tagging),
     ("apigateway:POST", "/usageplans/*/keys", Scope::Tagged),
@@ -195,6 +216,7 @@ mod tests {
                 key_id: "k1".into(),
                 hash: hash.to_hex(),
                 at: 1000,
+                attempts: 0,
             },
         )
         .await
@@ -236,7 +258,13 @@ mod tests {
         // THEN the key due is revoked, audited as the schedule, and no longer resolves
         assert_eq!(out, json!({"revoked": ["k1"]}));
         assert!(dir.resolve(&ApiKeyHash::of("old-key")).await.expect("dir").is_none());
-        assert!(Registry::revocations(dir.as_ref()).await.expect("dir").is_empty());
+        assert!(
+            Registry::due_revocations(dir.as_ref(), u64::MAX)
+                .await
+                .expect("dir")
+                .due
+                .is_empty()
+        );
         let records = audit.records();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].actor.as_deref(), Some(SCHEDULE_ACTOR));

@@ -162,5 +162,5 @@ impl Directory for DynamoDirectory {
 
 /// Creates the policy table as the SAM template does; for local emulators and tests.
 pub async fn create_policy_table(client: &Client, table: &str) -> Result<(), String> {
-    crate::aws::create_table(client, table, PK, None).await
+    crate::aws::create_indexed_table(client, table, PK, None, &crate::policy_table::INDEXES).await
 }

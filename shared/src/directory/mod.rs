@@ -47,6 +47,10 @@ pub enum DirectoryError {
     /// Not asked: the directory failed a moment ago (the gate's `directory_error_ttl`).
     #[error("policy store not asked: it failed a moment ago")]
     Held,
+    /// A query of an index DynamoDB does not serve yet: missing, or being built after the update
+    /// that added it; nothing was written.
+    #[error("policy table index `{index}` is not active yet: {detail}")]
+    IndexNotReady { index: String, detail: String },
 }
 
 #[async_trait]

@@ -100,8 +100,7 @@ pub enum Mode {
     Enforced,
     /// Bypass key or skip route: authenticated, no budget consumed.
     Bypass,
-    /// Shadow plan: decided and recorded, but always allowed. `would_deny` says what enforcing
-    /// would have done.
+    /// Shadow plan: decided and recorded, always allowed; `would_deny`: what enforcing would do.
     Shadow { would_deny: bool },
     /// The plan's priority is below the shed level: refused (or, for a shadow plan, reported as
     /// `Shadow { would_deny: true }`) without asking the store. No budget consumed.
@@ -477,10 +476,9 @@ impl Gate {
         }
     }
 
-    /// The directory could not answer: while the store is unreachable (or held after failing),
-    /// the last good answer if there is one, else the error; and the directory is left alone
-    /// for `directory_error_ttl`. An error of one item (invalid, or a plan this build cannot
-    /// read) is that caller's alone: no last good answer, no hold on everyone else.
+    /// The directory could not answer: while the store is unreachable (or held after failing), the
+    /// last good answer if there is one, else the error, and the directory is left alone for
+    /// `directory_error_ttl`. An item's error (invalid, a plan this build cannot read) is its caller's.
     fn stale(
         &self,
         last_good: Option<Resolved>,
@@ -494,7 +492,9 @@ impl Gate {
                 *self.directory_failed_until.lock().unwrap_or_else(|e| e.into_inner()) =
                     now.saturating_add(self.config.directory_error_ttl);
             }
-            DirectoryError::Invalid { .. } | DirectoryError::Plan(_) => return Err(error),
+            DirectoryError::Invalid { .. } | DirectoryError::Plan(_) | DirectoryError::IndexNotReady { .. } => {
+                return Err(error);
+            }
         }
         match last_good {
             Some(resolved) => Ok((Some(resolved), true)),

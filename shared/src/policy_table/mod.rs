@@ -18,12 +18,20 @@
 //! - `idem#<Idempotency-Key>`: the usage API's onboarding record, `record` (S, JSON);
 //! - `idem#<Idempotency-Key>#claim`: an onboarding attempt's claim, `until` (N), `owner` (S);
 //! - `revoke#<key id>`: a rotated-out key's pending revocation, `record` (S, JSON);
+//! - `revoke#due#<minute>`: the ids of the keys whose revocation falls due in that minute (epoch
+//!   minutes), `keys` (SS): the sweep's bucket (`due`);
+//! - `revoke#due#cursor`: the last minute the sweep is done with, `minute` (N);
 //! - `audit#<id>`: one change record (`audit`).
+//!
+//! One index (`INDEXES`, declared alike in template.yaml) answers the usage API's lookup of a
+//! tenant's keys without a scan: `by-tenant`, the items by their `tenant` attribute, which only
+//! `key#…` items carry (a tombstone carries none, so a deleted key leaves it).
 //!
 //! Every item also carries its own `version` (N; a plan's is the plan's version), which its writers
 //! condition their writes on: the protocol is `write`.
 
 pub mod audit;
+pub mod due;
 pub mod record;
 pub mod sync_items;
 pub mod write;
@@ -36,6 +44,7 @@ use aws_sdk_dynamodb::operation::get_item::GetItemError;
 use aws_sdk_dynamodb::operation::scan::ScanError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use crate::aws::TableIndex;
 use crate::engine::policy::PlanSpec;
 
 pub use record::{KeyRecord, Record, TenantRecord};
@@ -50,6 +59,16 @@ pub const META_PK: &str = "sync#meta";
 pub const LEASE_PK: &str = "sync#lease";
 /// Which usage plans the table mirrors (`control::sync::scope`).
 pub const SCOPE_PK: &str = "sync#scope";
+
+/// The index of `key#…` items by the tenant they resolve to (`record::KEY_TENANT`).
+pub const BY_TENANT: &str = "by-tenant";
+
+/// The policy table's indexes: one, as DynamoDB adds at most one to a table per update.
+pub const INDEXES: [TableIndex; 1] = [TableIndex {
+    name: BY_TENANT,
+    partition: record::KEY_TENANT,
+    sort: None,
+}];
 
 pub const KEY_PREFIX: &str = "key#";
 pub const TENANT_PREFIX: &str = "tenant#";
@@ -93,6 +112,16 @@ pub fn idem_claim_pk(key: &str) -> String {
 /// A rotated-out key's pending revocation.
 pub fn revoke_pk(key_id: &str) -> String {
     format!("{REVOKE_PREFIX}{key_id}")
+}
+
+/// The prefix of the sweep's own items, buckets and cursor: no API Gateway key id holds a `#`.
+pub const DUE_PREFIX: &str = "revoke#due#";
+/// The sweep's cursor.
+pub const DUE_CURSOR_PK: &str = "revoke#due#cursor";
+
+/// The bucket of the revocations falling due in `minute` (epoch seconds / 60).
+pub fn due_pk(minute: u64) -> String {
+    format!("{DUE_PREFIX}{minute}")
 }
 
 pub fn audit_pk(id: &str) -> String {

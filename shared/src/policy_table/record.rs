@@ -1,7 +1,7 @@
 //! The items of the policy table (layout in the parent module): their types, and how each is
 //! read from and written to DynamoDB attributes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
@@ -34,6 +34,12 @@ pub struct TenantRecord {
     /// for a moment, and sync holds them (`control::sync::mapping`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving_until: Option<u64>,
+    /// The tenant's keys the usage API made and has not yet revoked: key id → the key's hash
+    /// (hex), never its value. Read with the tenant's item (strongly consistent), so rotation,
+    /// moves and offboarding never miss a key written a moment ago. `None` on an item written
+    /// before the usage API kept the list, or made by sync: read from the index once, then kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<BTreeMap<String, String>>,
 }
 
 impl TenantRecord {
@@ -43,6 +49,7 @@ impl TenantRecord {
             plan: plan.to_owned(),
             anchor: None,
             moving_until: None,
+            keys: None,
         }
     }
 }
@@ -54,6 +61,7 @@ impl From<&TenantEntry> for TenantRecord {
             plan: entry.plan.clone(),
             anchor: entry.anchor,
             moving_until: None,
+            keys: None,
         }
     }
 }
@@ -136,10 +144,14 @@ fn required(item: &Item, attr: &str) -> Result<String, String> {
     string(item, attr).ok_or_else(|| format!("attribute `{attr}` is missing or not a string"))
 }
 
+/// The attribute of a `key#…` item naming its tenant: the key of the `by-tenant` index, so no
+/// other item kind may carry it.
+pub const KEY_TENANT: &str = "tenant";
+
 /// A `key#…` item. A missing `enabled` reads as disabled.
 pub fn key_record(item: &Item) -> Result<KeyRecord, String> {
     Ok(KeyRecord {
-        tenant: required(item, "tenant")?,
+        tenant: required(item, KEY_TENANT)?,
         key_id: required(item, "key_id")?,
         enabled: item
             .get("enabled")
@@ -165,8 +177,24 @@ pub fn tenant_record(item: &Item) -> Result<TenantRecord, String> {
         plan: required(item, "plan")?,
         anchor,
         moving_until: number(item, MOVING_UNTIL),
+        keys: match item.get(TENANT_KEYS) {
+            None => None,
+            Some(v) => Some(
+                v.as_m()
+                    .ok()
+                    .and_then(|m| {
+                        m.iter()
+                            .map(|(id, h)| Some((id.clone(), h.as_s().ok()?.clone())))
+                            .collect::<Option<BTreeMap<_, _>>>()
+                    })
+                    .ok_or_else(|| format!("attribute `{TENANT_KEYS}` must map key ids to hashes, not {v:?}"))?,
+            ),
+        },
     })
 }
+
+/// The attribute of a `tenant#…` item listing its keys (`TenantRecord::keys`), a map.
+pub const TENANT_KEYS: &str = "keys";
 
 /// The attribute of a `tenant#…` item saying a move of its keys is under way, until when.
 pub const MOVING_UNTIL: &str = "moving_until";
@@ -201,7 +229,7 @@ pub fn render(record: &Record) -> Result<Item, serde_json::Error> {
 /// A `key#…` item's attributes.
 pub fn key_item(k: &KeyRecord) -> Item {
     HashMap::from([
-        ("tenant".to_owned(), AttributeValue::S(k.tenant.clone())),
+        (KEY_TENANT.to_owned(), AttributeValue::S(k.tenant.clone())),
         ("key_id".to_owned(), AttributeValue::S(k.key_id.clone())),
         ("enabled".to_owned(), AttributeValue::Bool(k.enabled)),
     ])
@@ -215,6 +243,10 @@ pub fn tenant_item(t: &TenantRecord) -> Item {
     }
     if let Some(until) = t.moving_until {
         item.insert(MOVING_UNTIL.to_owned(), AttributeValue::N(until.to_string()));
+    }
+    if let Some(keys) = &t.keys {
+        let map = keys.iter().map(|(id, h)| (id.clone(), AttributeValue::S(h.clone())));
+        item.insert(TENANT_KEYS.to_owned(), AttributeValue::M(map.collect()));
     }
     item
 }
@@ -288,6 +320,11 @@ mod tests {
                 plan: "pro".into(),
                 anchor: Some(15),
                 moving_until: Some(1_800_000_000),
+                keys: Some(BTreeMap::from([("k1".into(), "ab".into())])),
+            },
+            TenantRecord {
+                keys: Some(BTreeMap::new()),
+                ..TenantRecord::on("free")
             },
         ] {
             assert_eq!(tenant_record(&tenant_item(&t)), Ok(t));

@@ -180,16 +180,22 @@ fn failed(pk: &str, e: SdkError<PutItemError>, token: &str, version: u64) -> Res
         let ours = is_ours(c.item(), token, version);
         return Ok(if ours { Written::Done } else { Written::Conflict });
     }
+    Err(unavailable(pk, e))
+}
+
+/// A write of `pk` the store failed: determinate when the store refused it (4xx) or it was never
+/// sent; a 5xx or a lost answer is not.
+pub fn unavailable<E: std::error::Error + Send + Sync + 'static>(pk: &str, e: SdkError<E>) -> WriteError {
     let outcome_known = match &e {
         SdkError::ServiceError(s) => !s.raw().status().is_server_error(),
         SdkError::ConstructionFailure(_) => true,
         _ => false,
     };
-    Err(WriteError::Unavailable {
+    WriteError::Unavailable {
         pk: pk.to_owned(),
         detail: DisplayErrorContext(e).to_string(),
         outcome_known,
-    })
+    }
 }
 
 /// Puts `item` at `pk` if the item there is as `expect`ed; the item is written at the next

@@ -30,6 +30,7 @@ pub use self::http::check_new_tenant_id;
 use self::problem::Problem;
 use self::registry::Registry;
 use self::routes::usage::PlanCache;
+use self::routes::usage_plans::UsagePlans;
 use self::routes::{anchor, keys, onboard, reset, shed, tenants, usage};
 use crate::control::apigateway::writes::ControlWrites;
 use crate::engine::clock::Clock;
@@ -51,6 +52,16 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub const ONBOARDING_CLAIM_SECS: u64 = 60;
 /// How long a plan read for `GET /v1/usage` is reused (the authorizer trusts keys as long).
 pub const PLAN_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// How long the usage plans read to resolve a plan's id are reused (`routes::usage_plans`): a
+/// usage plan renamed, retagged or deleted is seen by the next request after this at the latest;
+/// one created is seen at once (a plan not found reads them again).
+pub const USAGE_PLANS_TTL: Duration = Duration::from_secs(60);
+/// The longest a revocation that keeps failing waits between attempts (`routes::keys`).
+pub const MAX_REVOCATION_BACKOFF: Duration = Duration::from_secs(3_600);
+/// How long a move that takes keys off their old plan before putting them on the new one marks
+/// its tenant as moving, so that a sync in between holds its keys (as `policy apply` does).
+pub const MOVE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Every route the router serves, as OpenAPI paths with their methods (checked against
 /// `functions/usage-api/openapi.yaml` by a test).
@@ -215,6 +226,7 @@ impl UsageApi {
         let state = RouterState {
             api: Arc::new(self),
             plans: Arc::new(PlanCache::default()),
+            usage_plans: Arc::new(UsagePlans::default()),
         };
         Router::new()
             .route("/v1/usage", get(usage::own_usage))
@@ -232,12 +244,20 @@ impl UsageApi {
     }
 }
 
-/// The router's state: the ports, and the plans `GET /v1/usage` read lately. Handlers take the
-/// part they use (`State<Arc<UsageApi>>`, `State<Arc<PlanCache>>`).
+/// The router's state: the ports, the plans `GET /v1/usage` read lately, and the usage plans the
+/// admin routes resolved. Handlers take the part they use (`State<Arc<UsageApi>>`,
+/// `State<Arc<PlanCache>>`, `State<Arc<UsagePlans>>`).
 #[derive(Debug, Clone)]
 struct RouterState {
     api: Arc<UsageApi>,
     plans: Arc<PlanCache>,
+    usage_plans: Arc<UsagePlans>,
+}
+
+impl FromRef<RouterState> for Arc<UsagePlans> {
+    fn from_ref(state: &RouterState) -> Arc<UsagePlans> {
+        state.usage_plans.clone()
+    }
 }
 
 impl FromRef<RouterState> for Arc<UsageApi> {

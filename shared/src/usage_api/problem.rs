@@ -11,6 +11,9 @@ use crate::store::StoreError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// The `Retry-After` of a route that needs an index DynamoDB is still building (minutes).
+pub const INDEX_RETRY_SECS: u64 = 60;
+
 /// One problem: `kind` names it (the `type` URI's last segment), `detail` says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -99,6 +102,17 @@ impl From<DirectoryError> for Problem {
                      (an onboarding retried with the same Idempotency-Key is safe)"
                 ),
             ),
+            DirectoryError::IndexNotReady { ref index, .. } => {
+                let mut p = Problem::unavailable(
+                    "policy-index-not-ready",
+                    format!(
+                        "the policy table's index `{index}` is not active yet: DynamoDB builds it after the stack \
+                         update that adds it, and a tenant's keys are read through it; retry once it is ACTIVE ({e})"
+                    ),
+                );
+                p.retry_after = Some(INDEX_RETRY_SECS);
+                p
+            }
             _ => Problem::unavailable("policy-unavailable", format!("the policy table could not be used: {e}")),
         }
     }

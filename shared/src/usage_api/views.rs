@@ -166,21 +166,18 @@ pub(super) struct TenantView {
 /// unknown tenant.
 pub(super) async fn tenant_view(api: &UsageApi, tenant: &str) -> Result<TenantView, Problem> {
     let record = api.tenant_record(tenant).await?;
-    let revocations = api.registry.revocations().await?;
-    let keys = api
-        .registry
-        .keys_of(tenant)
-        .await?
-        .into_iter()
-        .map(|(_, r)| KeyView {
-            revoke_at: revocations
-                .iter()
-                .find(|v| v.key_id == r.key_id)
-                .map(|v| format_utc(v.at)),
+    let mut keys = Vec::new();
+    for (_, r) in api.registry.keys_of(tenant).await? {
+        let pending = match r.enabled {
+            true => api.registry.revocation(&r.key_id).await?,
+            false => None,
+        };
+        keys.push(KeyView {
+            revoke_at: pending.map(|v| format_utc(v.at)),
             id: r.key_id,
             enabled: r.enabled,
-        })
-        .collect();
+        });
+    }
     Ok(TenantView {
         tenant: tenant.to_owned(),
         plan: record.plan,

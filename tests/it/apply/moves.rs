@@ -108,6 +108,18 @@ impl ControlWrites for SyncAfterRemoval<'_> {
     async fn usage_plan(&self, id: &str) -> Result<Option<UsagePlan>, ControlError> {
         self.inner.usage_plan(id).await
     }
+
+    async fn on_usage_plan(&self, plan_id: &str, key_id: &str) -> Result<bool, ControlError> {
+        self.inner.on_usage_plan(plan_id, key_id).await
+    }
+
+    async fn usage_plans_alone(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        self.inner.usage_plans_alone().await
+    }
+
+    async fn api_key_named(&self, name: &str) -> Result<Option<String>, ControlError> {
+        self.inner.api_key_named(name).await
+    }
 }
 
 #[async_trait]

@@ -35,6 +35,9 @@ pub enum Fault {
     /// Answer `429 TooManyRequestsException` as API Gateway's control plane does, without
     /// forwarding: the request is refused unexecuted.
     TooManyRequests,
+    /// Answer `403 AccessDeniedException` without forwarding, as API Gateway does to a caller
+    /// whose IAM policy does not cover the resource: refused unexecuted, never retried.
+    AccessDenied,
     /// Answer DynamoDB's `400 ProvisionedThroughputExceededException` without forwarding: the
     /// item's partition refused the write unexecuted, as DynamoDB does past an item's capacity.
     ThroughputExceeded,
@@ -310,6 +313,7 @@ async fn serve_matching(
     }
     match fault {
         Some(Fault::TooManyRequests) => throttle(&mut client).await,
+        Some(Fault::AccessDenied) => access_denied(&mut client).await,
         Some(Fault::ThroughputExceeded) => throughput_exceeded(&mut client).await,
         Some(Fault::InternalError) => {
             proxy::deliver_unheard(upstream, &request).await;
@@ -341,6 +345,19 @@ async fn throttle(client: &mut TcpStream) {
         client,
         "429 Too Many Requests",
         "TooManyRequestsException",
+        "application/json",
+        body,
+    )
+    .await;
+}
+
+/// API Gateway's answer to a call IAM does not allow, not applied.
+async fn access_denied(client: &mut TcpStream) {
+    let body = r#"{"message":"User is not authorized to perform: apigateway:PATCH"}"#;
+    error_answer(
+        client,
+        "403 Forbidden",
+        "AccessDeniedException",
         "application/json",
         body,
     )
@@ -406,14 +423,13 @@ async fn serve(
         Some(Fault::Stall) => {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         }
-        Some(Fault::TooManyRequests) => {
+        Some(f @ (Fault::TooManyRequests | Fault::AccessDenied | Fault::ThroughputExceeded)) => {
             if proxy::read_request(&mut client).await.is_some() {
-                throttle(&mut client).await;
-            }
-        }
-        Some(Fault::ThroughputExceeded) => {
-            if proxy::read_request(&mut client).await.is_some() {
-                throughput_exceeded(&mut client).await;
+                match f {
+                    Fault::TooManyRequests => throttle(&mut client).await,
+                    Fault::AccessDenied => access_denied(&mut client).await,
+                    _ => throughput_exceeded(&mut client).await,
+                }
             }
         }
         Some(Fault::InternalError) => {

@@ -3,6 +3,7 @@
 
 pub mod apigateway;
 pub mod cbor_shim;
+pub mod counting_proxy;
 pub mod emulator;
 pub mod fault_proxy;
 pub mod gate;

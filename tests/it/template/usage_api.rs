@@ -34,7 +34,10 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
         assert_eq!(st["Effect"], "Allow");
         for action in strings(&st["Action"]) {
             if untag(&st["Resource"]).1.as_str() == Some("PolicyTable.Arn")
-                && matches!(action.as_str(), "dynamodb:PutItem" | "dynamodb:DeleteItem")
+                && matches!(
+                    action.as_str(),
+                    "dynamodb:PutItem" | "dynamodb:DeleteItem" | "dynamodb:UpdateItem" | "dynamodb:BatchGetItem"
+                )
             {
                 let keys = st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"].clone();
                 policy_writes.insert(action.clone(), keys);
@@ -53,27 +56,18 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
             }
         }
     }
+    let index = format!("${{PolicyTable.Arn}}/index/{}", tollgate::policy_table::BY_TENANT);
     assert_eq!(
         tables,
         BTreeMap::from([
             ("StateTable.Arn".to_owned(), owned(&tollgate_usage_api::STATE_ACTIONS)),
             ("PolicyTable.Arn".to_owned(), owned(&tollgate_usage_api::POLICY_ACTIONS)),
+            (index, owned(&tollgate_usage_api::INDEX_ACTIONS)),
         ])
     );
-    // AND of the policy table it writes only its own items, never a plan or the sync's meta
-    assert_eq!(
-        policy_writes,
-        BTreeMap::from([
-            (
-                "dynamodb:PutItem".to_owned(),
-                sequence(tollgate_usage_api::policy_put_keys()),
-            ),
-            (
-                "dynamodb:DeleteItem".to_owned(),
-                sequence(tollgate_usage_api::policy_delete_keys()),
-            ),
-        ])
-    );
+    // AND of the policy table it writes only its own items, never a plan or the sync's meta;
+    // updates only the sweep's buckets and cursor; reads in batches only revocation items
+    assert_eq!(policy_writes, own_items());
     // AND exactly the API Gateway calls it makes, each write only on the stack's keys and usage
     // plans (their `tollgate:stack` tag), a key created only with that tag
     let want: BTreeSet<(String, String, Scope)> = tollgate_usage_api::CONTROL_ACCESS
@@ -111,6 +105,20 @@ fn the_usage_api_tags_only_resources_no_other_stacks_tag_names() {
             .all(|(_, path, _)| path.strip_prefix(api_keys).is_some_and(|id| id == "*")),
         "{tagging:?}"
     );
+}
+
+/// The items of the policy table the usage API may write, update and read in batches, by action
+/// (the `dynamodb:LeadingKeys` each is conditioned on).
+fn own_items() -> BTreeMap<String, Value> {
+    BTreeMap::from([
+        ("dynamodb:PutItem", tollgate_usage_api::policy_put_keys()),
+        ("dynamodb:DeleteItem", tollgate_usage_api::policy_delete_keys()),
+        ("dynamodb:UpdateItem", tollgate_usage_api::policy_update_keys()),
+        ("dynamodb:BatchGetItem", tollgate_usage_api::policy_batch_get_keys()),
+    ])
+    .into_iter()
+    .map(|(action, keys)| (action.to_owned(), sequence(keys)))
+    .collect()
 }
 
 /// What a statement's `Condition` scopes its API Gateway grant to; anything else fails.
@@ -261,4 +269,59 @@ fn the_usage_api_serves_every_route_admin_routes_on_iam_and_usage_behind_the_aut
         .expect("url")
         .to_owned();
     assert!(url.contains("${UsageApi}.execute-api"), "{url}");
+}
+
+#[test]
+fn the_policy_table_declares_the_one_index_the_usage_api_queries() {
+    // GIVEN the template's policy table
+    let t = parse(TEMPLATE);
+    let table = &resources(&t)["PolicyTable"]["Properties"];
+    let types: BTreeMap<String, String> = table["AttributeDefinitions"]
+        .as_sequence()
+        .expect("attributes")
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().expect("a string").to_owned();
+            (s("AttributeName"), s("AttributeType"))
+        })
+        .collect();
+    // THEN its indexes are `policy_table::INDEXES`: names, keys and key types, every attribute
+    let mut declared = BTreeSet::new();
+    for index in table["GlobalSecondaryIndexes"].as_sequence().expect("indexes") {
+        assert_eq!(index["Projection"]["ProjectionType"], "ALL");
+        let keys: Vec<(String, String)> = index["KeySchema"]
+            .as_sequence()
+            .expect("key schema")
+            .iter()
+            .map(|k| {
+                let name = k["AttributeName"].as_str().expect("name").to_owned();
+                let kind = format!("{}:{}", k["KeyType"].as_str().expect("type"), types[&name]);
+                (name, kind)
+            })
+            .collect();
+        declared.insert((index["IndexName"].as_str().expect("name").to_owned(), keys));
+    }
+    let wanted: BTreeSet<(String, Vec<(String, String)>)> = tollgate::policy_table::INDEXES
+        .iter()
+        .map(|i| {
+            let mut keys = vec![(i.partition.to_owned(), "HASH:S".to_owned())];
+            if let Some((sort, kind)) = i.sort {
+                let t = match kind {
+                    tollgate::aws::KeyKind::String => "S",
+                    tollgate::aws::KeyKind::Number => "N",
+                };
+                keys.push((sort.to_owned(), format!("RANGE:{t}")));
+            }
+            (i.name.to_owned(), keys)
+        })
+        .collect();
+    // AND no attribute is declared that no key uses (CloudFormation refuses one)
+    let used: BTreeSet<&str> = (declared.iter().flat_map(|(_, keys)| keys.iter()))
+        .map(|(name, _)| name.as_str())
+        .chain(["pk"])
+        .collect();
+    assert_eq!(types.keys().map(String::as_str).collect::<BTreeSet<_>>(), used);
+    assert_eq!(declared, wanted);
+    // AND there is one: a stack update may add only one index to a table
+    assert_eq!(declared.len(), 1, "{declared:?}");
 }

@@ -92,7 +92,12 @@ pub(super) struct Both {
 
 impl Both {
     pub(super) async fn new(region: &'static str) -> Both {
-        let (w, registry, sdk, table) = World::on_policy_table(region).await;
+        Both::via(region, None).await
+    }
+
+    /// `new`, the usage API's API Gateway calls served by `control_endpoint`.
+    pub(super) async fn via(region: &'static str, control_endpoint: Option<&str>) -> Both {
+        let (w, registry, sdk, table) = World::on_policy_table_via(region, control_endpoint).await;
         let table = PolicyTable::new(admin_client(&sdk), &table);
         Both {
             w,

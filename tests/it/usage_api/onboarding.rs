@@ -302,3 +302,32 @@ async fn a_tenant_whose_plan_has_no_usage_plan_of_the_stack_any_more_is_still_of
     let key = w.gw.get_api_key().api_key(&id).send().await.expect("key");
     assert!(!key.enabled());
 }
+
+#[tokio::test]
+async fn a_usage_plan_made_after_the_usage_plans_were_read_is_found_at_once() {
+    // GIVEN the usage API on a policy table, its usage plans read by a first onboarding
+    let (w, registry, ..) = World::on_policy_table("tg-plans-1").await;
+    let (status, body) = w.onboard_via(&w.base, "acme", "idem-acme").await.expect("answer");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // WHEN a plan gold and its usage plan are made, well within the reuse time, and a tenant
+    // onboarded on it
+    registry.put_plan(&super::plan("gold"), 1).await.expect("plan");
+    let gold = crate::support::apigateway::UsagePlan::named("gold")
+        .tag(TAG_STACK, STACK)
+        .create(&w.gw)
+        .await;
+    w.clock.advance(Duration::from_secs(1));
+    let res = w
+        .admin(reqwest::Method::POST, "/v1/tenants")
+        .header("idempotency-key", "idem-globex")
+        .json(&json!({"tenant": "globex", "plan": "gold"}))
+        .send()
+        .await
+        .expect("answer");
+    // THEN the usage plans are read again, and the key is on gold
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let key: Value = res.json().await.expect("json");
+    let id = key["key"]["id"].as_str().expect("id");
+    let on_gold = w.gw.get_usage_plan_key().usage_plan_id(&gold).key_id(id).send().await;
+    assert!(on_gold.is_ok(), "{on_gold:?}");
+}

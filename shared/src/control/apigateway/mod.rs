@@ -265,9 +265,9 @@ pub(super) fn usage_plan_of(p: &sdk::UsagePlan) -> UsagePlan {
     }
 }
 
-#[async_trait]
-impl ControlPlane for ApiGateway {
-    async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError> {
+impl ApiGateway {
+    /// Every usage plan without its keys: `GetUsagePlans` alone, all pages.
+    pub(super) async fn plans_alone(&self) -> Result<Vec<UsagePlan>, ControlError> {
         let mut plans = Vec::new();
         let mut position: Option<String> = None;
         loop {
@@ -283,9 +283,16 @@ impl ControlPlane for ApiGateway {
             plans.extend(page.items().iter().map(usage_plan_of));
             position = page.position().map(str::to_owned);
             if position.is_none() {
-                break;
+                return Ok(plans);
             }
         }
+    }
+}
+
+#[async_trait]
+impl ControlPlane for ApiGateway {
+    async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        let mut plans = self.plans_alone().await?;
         for plan in &mut plans {
             plan.key_ids = self.plan_keys(&plan.id).await?;
         }
@@ -293,6 +300,13 @@ impl ControlPlane for ApiGateway {
     }
 
     async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError> {
+        self.keys_named(None).await
+    }
+}
+
+impl ApiGateway {
+    /// The API keys whose names start with `name_query` (every key for `None`), all pages.
+    pub(super) async fn keys_named(&self, name_query: Option<&str>) -> Result<Vec<ApiKey>, ControlError> {
         let mut keys = Vec::new();
         let mut position: Option<String> = None;
         loop {
@@ -301,6 +315,7 @@ impl ControlPlane for ApiGateway {
                     self.client
                         .get_api_keys()
                         .include_values(true)
+                        .set_name_query(name_query.map(str::to_owned))
                         .limit(PAGE)
                         .set_position(position.clone())
                         .send()

@@ -137,8 +137,16 @@ pub trait ControlWrites: ControlPlane {
     async fn update_api_key(&self, id: &str, patches: &[Patch]) -> Result<(), ControlError>;
     /// Deleting a key that is gone is `Ok`.
     async fn delete_api_key(&self, id: &str) -> Result<(), ControlError>;
-    /// Putting a key on a plan it is already on is `Ok`.
+    /// Putting a key on a plan it is already on is `Ok`; any other conflict (API Gateway refuses a
+    /// key on two plans of one API stage) is `ControlError::Conflict`.
     async fn create_usage_plan_key(&self, plan_id: &str, key_id: &str) -> Result<(), ControlError>;
+    /// Whether the key is on the plan (`GetUsagePlanKey`): one call, however many keys the plan has.
+    async fn on_usage_plan(&self, plan_id: &str, key_id: &str) -> Result<bool, ControlError>;
+    /// Every usage plan without its keys (`GetUsagePlans` alone): what resolving a plan's id needs.
+    async fn usage_plans_alone(&self) -> Result<Vec<UsagePlan>, ControlError>;
+    /// The id of the key named exactly `name`, found with `GetApiKeys`' `nameQuery` (names that start
+    /// with it), not by reading every key.
+    async fn api_key_named(&self, name: &str) -> Result<Option<String>, ControlError>;
     /// Taking a key off a plan it is not on is `Ok`.
     async fn delete_usage_plan_key(&self, plan_id: &str, key_id: &str) -> Result<(), ControlError>;
     /// A usage plan by id, with its key ids; `None` when it does not exist.
@@ -268,9 +276,40 @@ impl ControlWrites for ApiGateway {
             })
             .await;
         match r {
-            Err(ControlError::Conflict { .. }) => Ok(()),
+            // API Gateway says "conflict" both for a key on this plan already and for a key on
+            // another plan of one of its stages: only the first is done.
+            Err(e @ ControlError::Conflict { .. }) => match self.on_usage_plan(plan_id, key_id).await? {
+                true => Ok(()),
+                false => Err(e),
+            },
             r => r.map(drop),
         }
+    }
+
+    async fn on_usage_plan(&self, plan_id: &str, key_id: &str) -> Result<bool, ControlError> {
+        let r = self
+            .retrying("GetUsagePlanKey", || {
+                self.client()
+                    .get_usage_plan_key()
+                    .usage_plan_id(plan_id)
+                    .key_id(key_id)
+                    .send()
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(ControlError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn usage_plans_alone(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        self.plans_alone().await
+    }
+
+    async fn api_key_named(&self, name: &str) -> Result<Option<String>, ControlError> {
+        let keys = self.keys_named(Some(name)).await?;
+        Ok(keys.into_iter().find(|k| k.name == name).map(|k| k.id))
     }
 
     async fn delete_usage_plan_key(&self, plan_id: &str, key_id: &str) -> Result<(), ControlError> {

@@ -132,15 +132,17 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<TableWrite> {
     }
     for (tenant, plan) in &desired.tenants {
         let pk = tenant_pk(tenant);
-        // API Gateway knows nothing of a tenant's anchor day: the one the table holds is kept.
-        let anchor = match current.records.get(&pk) {
-            Some(Record::Tenant(t)) => t.anchor,
-            _ => None,
+        // API Gateway knows nothing of a tenant's anchor day, nor of the keys the usage API
+        // lists for it: the ones the table holds are kept.
+        let (anchor, keys) = match current.records.get(&pk) {
+            Some(Record::Tenant(t)) => (t.anchor, t.keys.clone()),
+            _ => (None, None),
         };
         let record = Record::Tenant(TenantRecord {
             plan: plan.clone(),
             anchor,
             moving_until: None,
+            keys,
         });
         want.insert(pk, record);
     }
@@ -239,15 +241,16 @@ impl PolicyTable {
         let parse = |i: &Item| parse(&pk, i);
         let render = |r: &Record| render(r).unwrap_or_default();
         write::change(&self.client, &self.table, &pk, parse, render, |now| {
-            // The tenant's anchor day is not the move's to change.
-            let anchor = match now {
-                Some(Record::Tenant(t)) => t.anchor,
-                _ => None,
+            // The tenant's anchor day and its keys are not the move's to change.
+            let (anchor, keys) = match now {
+                Some(Record::Tenant(t)) => (t.anchor, t.keys.clone()),
+                _ => (None, None),
             };
             write::ItemAction::Put(Record::Tenant(TenantRecord {
                 plan: plan.to_owned(),
                 anchor,
                 moving_until: Some(until),
+                keys,
             }))
         })
         .await?;

@@ -1,29 +1,58 @@
 //! The registry on the policy table: `tenant#…` and `key#…` as plan sync writes them, and the
 //! usage API's own `idem#<Idempotency-Key>` and `revoke#<key id>` items (a JSON record each),
-//! which sync ignores. Admin routes only: listing scans the table, reads are strongly consistent.
+//! which sync ignores, and the sweep's buckets and cursor (`policy_table::due`, `sweep`). A
+//! tenant's keys are a query of the table's index (`policy_table::BY_TENANT`, eventually
+//! consistent); listing tenants and plan names scans the table; item reads are strongly
+//! consistent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::query::QueryError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use serde::de::DeserializeOwned;
 
-use super::{Changed, Decide, IdempotencyRecord, ManualShed, Registry, Revocation, SHED_ATTEMPTS, ShedChange, to_json};
+use super::sweep::{first_bucket, first_cursor, plan, window};
+use super::{
+    Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, SHED_ATTEMPTS, ShedChange,
+    to_json,
+};
 use crate::control::shed::table::{ShedError, ShedTable};
 use crate::directory::{DirectoryError, DynamoDirectory};
 use crate::engine::identity::ApiKeyHash;
+use crate::policy_table::due::{self, minute_of};
 use crate::policy_table::record::{
-    CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, claim_item, is_gone, json_item, key_item, key_record, parse, string,
-    tenant_item, tenant_record,
+    CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, KEY_TENANT, claim_item, is_gone, json_item, key_item, key_record, parse,
+    string, tenant_item, tenant_record,
 };
 use crate::policy_table::write::{self, WriteError};
 use crate::policy_table::{
-    self, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, PrefixScan, REVOKE_PREFIX, Record, TENANT_PREFIX, TenantRecord,
-    idem_claim_pk, idem_pk, key_pk, revoke_pk, tenant_pk,
+    self, BY_TENANT, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, PrefixScan, REVOKE_PREFIX, Record, TENANT_PREFIX,
+    TenantRecord, idem_claim_pk, idem_pk, key_pk, revoke_pk, tenant_pk,
 };
 
 fn unavailable<E: std::error::Error + 'static>(e: E) -> DirectoryError {
     DirectoryError::Unavailable(DisplayErrorContext(e).to_string())
+}
+
+/// A failed query of `index`: `IndexNotReady` when DynamoDB says the index is missing or still
+/// being built (a stack update adding it backfills it first).
+fn query_error(index: &str, e: SdkError<QueryError>) -> DirectoryError {
+    let about_index = e.as_service_error().is_some_and(|s| {
+        let message = s.message().unwrap_or_default();
+        matches!(s.code(), Some("ValidationException" | "ResourceNotFoundException"))
+            && message.contains(index)
+            && message.to_lowercase().contains("index")
+    });
+    match about_index {
+        true => DirectoryError::IndexNotReady {
+            index: index.to_owned(),
+            detail: DisplayErrorContext(e).to_string(),
+        },
+        false => unavailable(e),
+    }
 }
 
 /// A failed protocol write, determinate (nothing written) or not.
@@ -44,6 +73,11 @@ fn key_after(item: &Item, prefix: &str) -> Option<String> {
     Some(string(item, PK)?.strip_prefix(prefix)?.to_owned())
 }
 
+/// The revocation a `revoke#…` item holds; `None` when its record does not parse.
+fn revocation_of(item: &Item) -> Option<Revocation> {
+    serde_json::from_str(&string(item, JSON_ATTR)?).ok()
+}
+
 /// The managed record an item holds, as sync reads it.
 fn record_of(item: &Item) -> Option<Record> {
     parse(&string(item, PK)?, item)
@@ -61,6 +95,66 @@ impl DynamoDirectory {
         scan.items(self.client(), self.table()).await.map_err(unavailable)
     }
 
+    /// Every item of `index` whose key matches `condition` and that passes `filter`, all pages;
+    /// `names` and `values` are the expressions' attribute names and values.
+    async fn query_index(
+        &self,
+        index: &str,
+        (condition, filter): (&str, &str),
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Vec<Item>, DirectoryError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let mut query = self
+                .client()
+                .query()
+                .table_name(self.table())
+                .index_name(index)
+                .key_condition_expression(condition)
+                .filter_expression(filter)
+                .set_exclusive_start_key(start.take());
+            for (k, v) in names {
+                query = query.expression_attribute_names(*k, *v);
+            }
+            for (k, v) in &values {
+                query = query.expression_attribute_values(*k, v.clone());
+            }
+            let page = query.send().await.map_err(|e| query_error(index, e))?;
+            items.extend(page.items().iter().cloned());
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// The sweep's first run on this table: every revocation stored enqueued in its bucket (or
+    /// the first after the cursor, when already due) by one scan, then the cursor written; the
+    /// cursor.
+    async fn enqueue_stored(&self, now: u64) -> Result<u64, DirectoryError> {
+        let (client, table) = (self.client(), self.table());
+        let cursor = first_cursor(now);
+        let mut buckets: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for item in due::revocation_items(client, table)
+            .await
+            .map_err(DirectoryError::Unavailable)?
+        {
+            if let (Some(id), Some(r)) = (key_after(&item, REVOKE_PREFIX), revocation_of(&item)) {
+                buckets.entry(first_bucket(r.at, cursor)).or_default().push(id);
+            }
+        }
+        for (minute, ids) in &buckets {
+            // A bucket item holds a few thousand ids well under DynamoDB's 400 KB.
+            for chunk in ids.chunks(1_000) {
+                due::enqueue(client, table, *minute, chunk).await.map_err(write_error)?;
+            }
+        }
+        due::set_cursor(client, table, cursor).await.map_err(write_error)?;
+        Ok(cursor)
+    }
+
     /// Writes a record as JSON under `pk`; with `only_new`, unless an item is there (`false`).
     async fn put_json<T: serde::Serialize>(
         &self,
@@ -68,7 +162,12 @@ impl DynamoDirectory {
         value: &T,
         only_new: bool,
     ) -> Result<bool, DirectoryError> {
-        let item = json_item(pk.clone(), to_json(&pk, value)?);
+        self.put_item(json_item(pk.clone(), to_json(&pk, value)?), only_new)
+            .await
+    }
+
+    /// Writes `item`; with `only_new`, unless an item is there (`false`).
+    async fn put_item(&self, item: Item, only_new: bool) -> Result<bool, DirectoryError> {
         let mut put = self.client().put_item().table_name(self.table()).set_item(Some(item));
         if only_new {
             put = put.condition_expression(format!("attribute_not_exists({PK})"));
@@ -128,8 +227,15 @@ impl Registry for DynamoDirectory {
     }
 
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError> {
+        let values = vec![
+            (":k", AttributeValue::S(tenant.to_owned())),
+            (":key", AttributeValue::S(KEY_PREFIX.to_owned())),
+        ];
+        // Only key items carry `tenant`; the filter keeps the answer to them should another kind
+        // ever carry one.
+        let expressions = ("#k = :k", "begins_with(#pk, :key)");
         let mut keys: Vec<_> = self
-            .scan_prefix(KEY_PREFIX)
+            .query_index(BY_TENANT, expressions, &[("#k", KEY_TENANT), ("#pk", PK)], values)
             .await?
             .iter()
             .filter_map(|i| {
@@ -219,16 +325,57 @@ impl Registry for DynamoDirectory {
         self.delete_pk(idem_claim_pk(key)).await
     }
 
-    async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError> {
-        Ok(self
-            .scan_prefix(REVOKE_PREFIX)
-            .await?
+    async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError> {
+        self.get_json(revoke_pk(key_id)).await
+    }
+
+    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError> {
+        let (client, table) = (self.client(), self.table());
+        let cursor = match due::cursor(client, table).await.map_err(DirectoryError::Unavailable)? {
+            Some(cursor) => cursor,
+            None => self.enqueue_stored(now).await?,
+        };
+        let Some((first, last)) = window(cursor, now) else {
+            return Ok(DueRevocations::default());
+        };
+        let buckets = due::buckets(client, table, first, last)
+            .await
+            .map_err(DirectoryError::Unavailable)?;
+        let ids: BTreeSet<&String> = buckets.iter().flat_map(|(_, ids)| ids).collect();
+        let pks: Vec<String> = ids.into_iter().map(|id| revoke_pk(id)).collect();
+        let pending: HashMap<String, Revocation> = due::read_many(client, table, &pks)
+            .await
+            .map_err(DirectoryError::Unavailable)?
             .iter()
-            .filter_map(|i| serde_json::from_str(&string(i, JSON_ATTR)?).ok())
-            .collect())
+            .filter_map(|i| Some((key_after(i, REVOKE_PREFIX)?, revocation_of(i)?)))
+            .collect();
+        Ok(plan(now, cursor, last, &buckets, &pending))
+    }
+
+    async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError> {
+        // The buckets before the cursor: a run that fails between them finds them again.
+        for minute in &run.closed {
+            due::delete_bucket(self.client(), self.table(), *minute)
+                .await
+                .map_err(write_error)?;
+        }
+        match run.cursor {
+            Some(minute) => due::set_cursor(self.client(), self.table(), minute)
+                .await
+                .map_err(write_error),
+            None => Ok(()),
+        }
     }
 
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {
+        due::enqueue(
+            self.client(),
+            self.table(),
+            minute_of(r.at),
+            std::slice::from_ref(&r.key_id),
+        )
+        .await
+        .map_err(write_error)?;
         self.put_json(revoke_pk(&r.key_id), r, false).await.map(drop)
     }
 

@@ -3,7 +3,10 @@
 
 use async_trait::async_trait;
 
-use super::{Changed, Decide, IdempotencyRecord, ManualShed, Registry, Revocation, ShedChange, to_json};
+use super::{
+    Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, SWEEP_REVOCATIONS,
+    ShedChange, to_json,
+};
 use crate::directory::{Directory, DirectoryError, MemoryDirectory};
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::shed::ShedState;
@@ -74,13 +77,32 @@ impl Registry for MemoryDirectory {
         Ok(())
     }
 
-    async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError> {
+    async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError> {
         Ok(self
+            .other_items()
+            .get(&revoke_pk(key_id))
+            .and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    /// Every revocation held, read in memory: no buckets, no cursor.
+    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError> {
+        let mut due: Vec<Revocation> = self
             .other_items()
             .with_prefix(REVOKE_PREFIX)
             .into_iter()
             .filter_map(|v| serde_json::from_str(&v).ok())
-            .collect())
+            .filter(|r: &Revocation| r.at <= now)
+            .collect();
+        due.sort_by_key(|r| r.at);
+        due.truncate(SWEEP_REVOCATIONS);
+        Ok(DueRevocations {
+            due,
+            ..DueRevocations::default()
+        })
+    }
+
+    async fn swept(&self, _run: &DueRevocations) -> Result<(), DirectoryError> {
+        Ok(())
     }
 
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {

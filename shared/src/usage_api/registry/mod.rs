@@ -5,6 +5,7 @@
 
 mod dynamodb;
 mod memory;
+mod sweep;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,31 @@ pub struct IdempotencyRecord {
     pub key_id: String,
 }
 
+/// A sweep leaves the bucket of a minute open (read again by every run) until this many minutes
+/// after that minute began: a rotation writes its revocations within a minute of the instant
+/// their deadline counts from (the usage API's function stops after 29 s), so no revocation lands
+/// in a bucket the cursor has passed.
+pub const SWEEP_SETTLE_MINUTES: u64 = 2;
+/// The most buckets (minutes) one run of the sweep reads: one `BatchGetItem`. After an outage the
+/// sweep catches up this many minutes a run.
+pub const SWEEP_BUCKETS: u64 = 60;
+/// The most keys one run of the sweep revokes (each a few API Gateway and DynamoDB calls); the
+/// rest are the next run's.
+pub const SWEEP_REVOCATIONS: usize = 25;
+
+/// What one run of the sweep found: the revocations due, and, on the policy table, what is done
+/// once they are revoked and audited (`Registry::swept`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DueRevocations {
+    /// Due at the run's instant, earliest bucket first, at most `SWEEP_REVOCATIONS`.
+    pub due: Vec<Revocation>,
+    /// The buckets (minutes) every key of which is then revoked or no longer pending, and that no
+    /// writer adds to any more: deleted.
+    pub closed: Vec<u64>,
+    /// The minute the cursor then moves to, when it moves.
+    pub cursor: Option<u64>,
+}
+
 /// A rotated-out key, revoked once `at` (epoch seconds) has passed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
@@ -52,13 +78,21 @@ pub struct Revocation {
     /// The key's hash (hex), to disable its record.
     pub hash: String,
     pub at: u64,
+    /// How many times revoking it failed (each postpones it: `routes::keys::revocation_backoff`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[async_trait]
 pub trait Registry: Directory {
     /// Every tenant with its record, sorted by tenant id.
     async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError>;
-    /// The keys of one tenant (hash and record), sorted by key id.
+    /// The keys of one tenant (hash and record), sorted by key id. On the policy table a query of
+    /// the index by tenant (eventually consistent: a key written a moment ago may be missing).
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError>;
     /// The names of the plans the directory knows, sorted.
     async fn plan_names(&self) -> Result<Vec<String>, DirectoryError>;
@@ -84,8 +118,21 @@ pub trait Registry: Directory {
     async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError>;
     /// Lets go of a claim (the attempt failed: a retry may start at once).
     async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError>;
-    async fn revocations(&self) -> Result<Vec<Revocation>, DirectoryError>;
+    /// The pending revocation of one key.
+    async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError>;
+    /// The pending revocations due at `now` (epoch seconds) or before, for one run of the sweep.
+    /// On the policy table: the buckets from the cursor's minute to `now`'s (at most
+    /// `SWEEP_BUCKETS`) and the revocations they list, a few reads whatever the table holds; on
+    /// the first run on a table (no cursor), one scan enqueues the revocations stored before
+    /// buckets existed.
+    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError>;
+    /// What follows a run whose revocations are all revoked and audited: its closed buckets
+    /// deleted, its cursor moved.
+    async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError>;
+    /// Writes the revocation; on the policy table its key goes into the bucket of its minute
+    /// first, so a revocation is never stored where the sweep cannot find it.
     async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError>;
+    /// Removes the revocation (its bucket entry is the sweep's to drop).
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError>;
     /// Every plan's name and priority, by name.
     async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError>;

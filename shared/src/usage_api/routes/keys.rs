@@ -2,23 +2,26 @@
 //! tenant's current ones for revocation after a grace period; `UsageApi::revoke_due` revokes
 //! those whose grace period is over.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::{Api, create, disable_key, key_change, revoke};
+use super::usage_plans::UsagePlans;
+use super::{Api, create, disable_key, key_change, revoke, tenant_change};
 use crate::control::apigateway::writes::NewApiKey;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::quota::format_utc;
 use crate::policy_table::audit::ItemChange;
-use crate::policy_table::{KeyRecord, Record, key_pk};
+use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk};
 use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, created, whole_number};
 use crate::usage_api::problem::Problem;
+use crate::usage_api::registry::Changed;
 use crate::usage_api::registry::Revocation;
 use crate::usage_api::views::{IssuedKey, KeyView, Rotated};
-use crate::usage_api::{MAX_GRACE_SECS, UsageApi};
+use crate::usage_api::{MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, UsageApi};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +33,7 @@ pub(in crate::usage_api) struct Rotation {
 
 pub(in crate::usage_api) async fn rotate(
     State(api): Api,
+    State(plans): State<Arc<UsagePlans>>,
     admin: Admin<Tenant>,
     JsonBody { value: body, .. }: JsonBody<Rotation>,
 ) -> Answer {
@@ -40,10 +44,12 @@ pub(in crate::usage_api) async fn rotate(
             "`grace_seconds` must be an integer from 0 to {MAX_GRACE_SECS} (30 days), got {n}"
         ))
     })?;
-    let plan = api.tenant_plan(&tenant).await?;
+    // The tenant and its keys first, strongly consistent: a tenant that cannot be read (404,
+    // 503) gets no new key, so a retry never leaves an orphan enabled key behind.
+    let (record, listed) = api.tenant_keys(&tenant).await?;
     let control = api.control("key rotation")?.clone();
     api.sweep(&actor).await?;
-    let plan_id = api.usage_plan_id(control.as_ref(), &plan).await?;
+    let plan_id = api.usage_plan(&plans, control.as_ref(), &record.plan).await?.id;
     let now = api.now();
     let key = control
         .create_api_key(&NewApiKey {
@@ -62,9 +68,21 @@ pub(in crate::usage_api) async fn rotate(
         key_id: key.id.clone(),
         enabled: true,
     };
+    // Listed on the tenant before anything else is written: a rotation at the same time adds its
+    // own key to the list as it is then, so neither is lost.
+    let tenant_changed = api.list_key(&tenant, &key.id, &hash.to_hex()).await?;
+    if tenant_changed.after.is_none() {
+        disable_key(control.as_ref(), &key.id).await?;
+        return Err(Problem::conflict(
+            "tenant-changed",
+            format!("tenant `{tenant}` was offboarded meanwhile by another request; the new key is disabled"),
+        ));
+    }
     let at = now.saturating_add(Duration::from_secs(grace)).as_secs();
-    let revoking = schedule_revocations(&api, &tenant, at).await?;
+    // The keys listed before this rotation: another rotation's new key is never revoked here.
+    let (revoking, scheduled) = schedule_revocations(&api, &tenant, &listed, at).await?;
     api.registry.change_key(&hash, &create(&record)).await?;
+    let items = rotation_items(&tenant, tenant_changed, &hash, record);
     api.audit(
         &actor,
         format!(
@@ -73,16 +91,15 @@ pub(in crate::usage_api) async fn rotate(
             revoking.len(),
             format_utc(at)
         ),
-        vec![ItemChange {
-            pk: key_pk(&hash.to_hex()),
-            before: None,
-            after: Some(Record::Key(record)),
-            ..ItemChange::default()
-        }],
+        items,
     )
     .await?;
-    // A grace of 0 revokes now.
-    api.sweep(&actor).await?;
+    // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
+    // that fails is postponed, as the sweep does).
+    let now = now.as_secs();
+    for r in scheduled.iter().filter(|r| r.at <= now) {
+        api.revoke_or_postpone(&actor, r).await?;
+    }
     Ok(created(Rotated {
         tenant,
         key: IssuedKey {
@@ -93,72 +110,118 @@ pub(in crate::usage_api) async fn rotate(
     }))
 }
 
-/// Schedules the revocation of the tenant's enabled keys at `at` (epoch seconds); the keys.
-async fn schedule_revocations(api: &UsageApi, tenant: &str, at: u64) -> Result<Vec<KeyView>, Problem> {
-    // A key already on its way out keeps its earlier deadline: a second rotation with a longer
-    // grace must not postpone the first one's revocation.
-    let pending: HashMap<String, u64> = api
-        .registry
-        .revocations()
-        .await?
-        .into_iter()
-        .map(|r| (r.key_id, r.at))
-        .collect();
+/// A rotation's writes for the audit trail: the tenant's list (when written) and the new key.
+fn rotation_items(tenant: &str, listed: Changed<TenantRecord>, hash: &ApiKeyHash, key: KeyRecord) -> Vec<ItemChange> {
+    let mut items: Vec<ItemChange> = tenant_change(tenant, listed).into_iter().collect();
+    items.push(ItemChange {
+        pk: key_pk(&hash.to_hex()),
+        before: None,
+        after: Some(Record::Key(key)),
+        ..ItemChange::default()
+    });
+    items
+}
+
+/// Schedules the revocation of the tenant's `listed` keys (id → hash) at `at` (epoch seconds);
+/// the keys, and the revocations written.
+async fn schedule_revocations(
+    api: &UsageApi,
+    tenant: &str,
+    listed: &BTreeMap<String, String>,
+    at: u64,
+) -> Result<(Vec<KeyView>, Vec<Revocation>), Problem> {
     let mut revoking = Vec::new();
-    for (h, k) in api.registry.keys_of(tenant).await? {
-        if !k.enabled {
-            continue;
-        }
-        let at = pending.get(&k.key_id).map_or(at, |&earlier| earlier.min(at));
-        api.registry
-            .put_revocation(&Revocation {
-                tenant: tenant.to_owned(),
-                key_id: k.key_id.clone(),
-                hash: h.to_hex(),
-                at,
-            })
-            .await?;
+    let mut scheduled = Vec::new();
+    for (id, hash) in listed {
+        // A key already on its way out keeps its earlier deadline: a second rotation with a
+        // longer grace must not postpone the first one's revocation.
+        let pending = api.registry.revocation(id).await?;
+        let at = pending.as_ref().map_or(at, |earlier| earlier.at.min(at));
+        let r = Revocation {
+            tenant: tenant.to_owned(),
+            key_id: id.clone(),
+            hash: hash.clone(),
+            at,
+            attempts: pending.map_or(0, |p| p.attempts),
+        };
+        api.registry.put_revocation(&r).await?;
+        scheduled.push(r);
         revoking.push(KeyView {
-            id: k.key_id,
+            id: id.clone(),
             enabled: true,
             revoke_at: Some(format_utc(at)),
         });
     }
-    Ok(revoking)
+    Ok((revoking, scheduled))
+}
+
+/// How long a revocation that failed waits before the sweep tries it again: a minute, doubling
+/// with each failure, at most `MAX_REVOCATION_BACKOFF`.
+pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
+    60u64
+        .saturating_mul(1u64 << attempts.min(16))
+        .min(MAX_REVOCATION_BACKOFF.as_secs())
 }
 
 impl UsageApi {
     /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
-    /// the registry, audited as `actor`; the keys revoked. Deployed, a schedule runs it every
-    /// minute, so an old key stops at its deadline even when no admin route is called; every
-    /// admin route that reads or changes keys runs it first as well.
+    /// the registry, audited as `actor`, taken off the tenant's list; the keys revoked. Deployed,
+    /// a schedule runs it every minute, so an old key stops at its deadline even when no admin
+    /// route is called; every admin route that reads or changes keys runs it first as well. One
+    /// run revokes at most `SWEEP_REVOCATIONS` keys. A key whose revocation fails (API Gateway
+    /// refuses it) is postponed to a later bucket (`revocation_backoff`) and the run goes on, so
+    /// one key never holds up the others; a run that cannot read or write the table fails and
+    /// leaves its buckets and cursor for the next.
     pub async fn revoke_due(&self, actor: &str) -> Result<Vec<Revocation>, Problem> {
-        let now = self.now().as_secs();
-        let due: Vec<Revocation> = self
-            .registry
-            .revocations()
-            .await?
-            .into_iter()
-            .filter(|r| r.at <= now)
-            .collect();
-        for r in &due {
-            if let Some(control) = &self.control {
-                disable_key(control.as_ref(), &r.key_id).await?;
+        let run = self.registry.due_revocations(self.now().as_secs()).await?;
+        let mut revoked = Vec::new();
+        for r in &run.due {
+            if self.revoke_or_postpone(actor, r).await? {
+                revoked.push(r.clone());
             }
-            let mut items = Vec::new();
-            if let Some(hash) = ApiKeyHash::from_hex(&r.hash) {
-                let changed = self.registry.change_key(&hash, &revoke).await?;
-                items.extend(key_change(&hash, changed));
-            }
-            self.registry.remove_revocation(&r.key_id).await?;
-            self.audit(
-                actor,
-                format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant),
-                items,
-            )
-            .await?;
         }
-        Ok(due)
+        self.registry.swept(&run).await?;
+        Ok(revoked)
+    }
+
+    /// Revokes one key (`true`), or, when that fails, writes its revocation again later
+    /// (`false`); fails only when the revocation cannot be written.
+    pub(super) async fn revoke_or_postpone(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
+        let Err(e) = self.revoke_one(actor, r).await else {
+            return Ok(true);
+        };
+        let later = Revocation {
+            at: self.now().as_secs().saturating_add(revocation_backoff(r.attempts)),
+            attempts: r.attempts.saturating_add(1),
+            ..r.clone()
+        };
+        tracing::warn!(
+            key_id = %r.key_id, tenant = %r.tenant, attempts = later.attempts, retry_at = later.at,
+            problem = %e.detail, "usage api: revoking a key failed; postponed"
+        );
+        self.registry.put_revocation(&later).await?;
+        Ok(false)
+    }
+
+    /// Revokes one key whose grace period is over; its revocation is removed, and the key taken
+    /// off its tenant's list, once the key is disabled and the change audited.
+    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
+        if let Some(control) = &self.control {
+            disable_key(control.as_ref(), &r.key_id).await?;
+        }
+        let mut items = Vec::new();
+        if let Some(hash) = ApiKeyHash::from_hex(&r.hash) {
+            let changed = self.registry.change_key(&hash, &revoke).await?;
+            items.extend(key_change(&hash, changed));
+        }
+        self.audit(
+            actor,
+            format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant),
+            items,
+        )
+        .await?;
+        self.registry.remove_revocation(&r.key_id).await?;
+        self.unlist_key(&r.tenant, &r.key_id).await.map(drop)
     }
 
     /// `revoke_due` as the admin routes run it first.

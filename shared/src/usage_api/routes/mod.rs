@@ -8,6 +8,7 @@ pub(super) mod reset;
 pub(super) mod shed;
 pub(super) mod tenants;
 pub(super) mod usage;
+pub(super) mod usage_plans;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,12 +20,14 @@ use super::{AuditSink, UsageApi};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::{ControlWrites, Patch};
-use crate::control::sync::mapping::{TAG_STACK, plan_name};
+use crate::control::sync::mapping::TAG_STACK;
+use crate::directory::DirectoryError;
 use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::registry::{Changed, ItemAction};
+use usage_plans::UsagePlans;
 
 /// The ports, as a handler takes them.
 type Api = State<Arc<UsageApi>>;
@@ -47,13 +50,90 @@ impl UsageApi {
             .ok_or_else(|| Problem::not_found(format!("no tenant `{tenant}` (see GET /v1/tenants)")))
     }
 
+    /// A tenant's record with the keys it lists (key id → hash), read strongly consistent, or
+    /// 404. A record without the list (written before the usage API kept one, or made by sync)
+    /// gets it once from the index (its enabled keys), written on the version read; a writer
+    /// that listed them meanwhile is kept.
+    pub(super) async fn tenant_keys(&self, tenant: &str) -> Result<(TenantRecord, BTreeMap<String, String>), Problem> {
+        let record = self.tenant_record(tenant).await?;
+        if let Some(keys) = &record.keys {
+            return Ok((record.clone(), keys.clone()));
+        }
+        let found: BTreeMap<String, String> = (self.registry.keys_of(tenant).await?.into_iter())
+            .filter(|(_, k)| k.enabled)
+            .map(|(h, k)| (k.key_id, h.to_hex()))
+            .collect();
+        let changed = self
+            .registry
+            .change_tenant(tenant, &|current| match current {
+                Some(t) if t.keys.is_none() => ItemAction::Put(TenantRecord {
+                    keys: Some(found.clone()),
+                    ..t.clone()
+                }),
+                _ => ItemAction::Leave,
+            })
+            .await?;
+        let Some(after) = changed.after else {
+            return Err(Problem::not_found(format!(
+                "no tenant `{tenant}` (see GET /v1/tenants)"
+            )));
+        };
+        let keys = after.keys.clone().unwrap_or(found);
+        Ok((after, keys))
+    }
+
+    /// Lists key `id` (hash `hash`) on the tenant, on the version read (re-read on a conflict,
+    /// so two rotations at once both keep their keys). The record as it is after; `None` when the
+    /// tenant is gone. A record without a list is left so: its keys are read from the index.
+    pub(super) async fn list_key(&self, tenant: &str, id: &str, hash: &str) -> Result<Changed<TenantRecord>, Problem> {
+        let changed = self
+            .registry
+            .change_tenant(tenant, &|current| match current {
+                Some(t) if t.keys.as_ref().is_some_and(|k| !k.contains_key(id)) => {
+                    let mut keys = t.keys.clone().unwrap_or_default();
+                    keys.insert(id.to_owned(), hash.to_owned());
+                    ItemAction::Put(TenantRecord {
+                        keys: Some(keys),
+                        ..t.clone()
+                    })
+                }
+                _ => ItemAction::Leave,
+            })
+            .await?;
+        Ok(changed)
+    }
+
+    /// Takes key `id` off the tenant's list, its revocation done (so the list stays as short as
+    /// the keys not yet revoked).
+    pub(super) async fn unlist_key(&self, tenant: &str, id: &str) -> Result<Changed<TenantRecord>, Problem> {
+        let changed = self
+            .registry
+            .change_tenant(tenant, &|current| match current {
+                Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(id)) => {
+                    let mut keys = t.keys.clone().unwrap_or_default();
+                    keys.remove(id);
+                    ItemAction::Put(TenantRecord {
+                        keys: Some(keys),
+                        ..t.clone()
+                    })
+                }
+                _ => ItemAction::Leave,
+            })
+            .await?;
+        Ok(changed)
+    }
+
     /// `plan` is one the policy defines, or 409 naming the ones it does: which plans exist is the
     /// policy's state, not something a request's shape can be wrong about.
     pub(super) async fn known_plan(&self, plan: &str) -> Result<(), Problem> {
-        let names = self.registry.plan_names().await?;
-        if names.iter().any(|n| n == plan) {
-            return Ok(());
+        // One read of the plan's item (one stored but invalid exists as well: it is sync's to
+        // report); the names are listed only to refuse.
+        match self.registry.plan(plan).await {
+            Ok(Some(_)) | Err(DirectoryError::Invalid { .. } | DirectoryError::Plan(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
         }
+        let names = self.registry.plan_names().await?;
         Err(Problem::conflict(
             "unknown-plan",
             format!("`plan`: no plan `{plan}`; known plans: {}", names.join(", ")),
@@ -71,11 +151,16 @@ impl UsageApi {
         }
     }
 
-    /// The usage plan that stands for `plan` in API Gateway: with a stack, only among the usage
-    /// plans tagged with it, so that another stack's plan of the same name in the Region is
-    /// never the one a key goes on.
-    async fn usage_plan_id(&self, control: &dyn ControlWrites, plan: &str) -> Result<String, Problem> {
-        self.find_usage_plan(control, plan).await?.ok_or_else(|| {
+    /// The usage plan that stands for `plan` in API Gateway, resolved through `plans`: with a
+    /// stack, only among the usage plans tagged with it, so that another stack's plan of the same
+    /// name in the Region is never the one a key goes on; 409 when there is none.
+    async fn usage_plan(
+        &self,
+        plans: &UsagePlans,
+        control: &dyn ControlWrites,
+        plan: &str,
+    ) -> Result<UsagePlan, Problem> {
+        self.find_usage_plan(plans, control, plan).await?.ok_or_else(|| {
             let reason = match &self.stack {
                 Some(s) => format!(
                     "plan `{plan}` has no usage plan of stack `{s}` in API Gateway: create one named `{plan}` (or tagged `tollgate:plan={plan}`) and tagged `{TAG_STACK}={s}`, or tag one of your own so (never one another stack's tag names)"
@@ -86,16 +171,15 @@ impl UsageApi {
         })
     }
 
-    /// `usage_plan_id`, or `None` when there is none: a route that only takes keys off a plan
+    /// `usage_plan`, or `None` when there is none: a route that only takes keys off a plan
     /// (offboarding, the old plan of a move) has nothing to take off then.
-    async fn find_usage_plan(&self, control: &dyn ControlWrites, plan: &str) -> Result<Option<String>, Problem> {
-        let plans = control.usage_plans().await?;
-        let ours = |p: &&UsagePlan| self.stack.as_ref().is_none_or(|s| p.tags.get(TAG_STACK) == Some(s));
-        Ok(plans
-            .iter()
-            .filter(ours)
-            .find(|p| plan_name(p) == plan)
-            .map(|p| p.id.clone()))
+    async fn find_usage_plan(
+        &self,
+        plans: &UsagePlans,
+        control: &dyn ControlWrites,
+        plan: &str,
+    ) -> Result<Option<UsagePlan>, Problem> {
+        plans.of(control, plan, self.stack.as_deref(), self.now()).await
     }
 
     /// The tags of a key the usage API creates: its stack's, when it has one.
@@ -139,15 +223,6 @@ impl UsageApi {
         AuditSink::record(self.audit.as_ref(), &record).await?;
         Ok(())
     }
-}
-
-/// The ids of the keys on a usage plan: a plan key is removed only when it is there.
-async fn plan_keys(control: &dyn ControlWrites, plan_id: &str) -> Result<Vec<String>, Problem> {
-    Ok(control
-        .usage_plan(plan_id)
-        .await?
-        .map(|p| p.key_ids)
-        .unwrap_or_default())
 }
 
 /// Disables a key in API Gateway; a key API Gateway does not have is as good as disabled.

@@ -2,11 +2,15 @@
 //! `Idempotency-Key`. A retry with the same key and body answers as the first attempt did (the
 //! key's value read back from API Gateway); concurrent attempts with one key run one at a time.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use axum::extract::State;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchor::checked_anchor;
+use super::usage_plans::UsagePlans;
 use super::{Api, create, disable_key};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
@@ -31,6 +35,7 @@ pub(in crate::usage_api) struct OnboardRequest {
 /// One onboarding: the request, its `Idempotency-Key`, and the fingerprint of its body.
 struct Onboarding<'a> {
     api: &'a UsageApi,
+    plans: &'a UsagePlans,
     actor: &'a str,
     idem: &'a str,
     fingerprint: String,
@@ -41,6 +46,7 @@ struct Onboarding<'a> {
 
 pub(in crate::usage_api) async fn onboard(
     State(api): Api,
+    State(plans): State<Arc<UsagePlans>>,
     admin: Admin,
     IdempotencyKey(idem): IdempotencyKey,
     JsonBody { value: body, raw }: JsonBody<OnboardRequest>,
@@ -54,6 +60,7 @@ pub(in crate::usage_api) async fn onboard(
     };
     let onboarding = Onboarding {
         api: &api,
+        plans: &plans,
         actor: &admin.actor,
         idem: &idem,
         fingerprint: hex::encode(Sha256::digest(&raw)),
@@ -104,12 +111,12 @@ impl Onboarding<'_> {
         let (api, body) = (self.api, &self.request);
         // A key created by an attempt whose answer was lost has this name: found, not created again.
         let name = key_name(&body.tenant, self.idem);
-        let existing = control.api_keys().await?.into_iter().find(|k| k.name == name);
-        self.check_tenant_free(existing.as_ref().map(|k| k.id.as_str())).await?;
-        let plan_id = api.usage_plan_id(control, &body.plan).await?;
+        let existing = control.api_key_named(&name).await?;
+        self.check_tenant_free(existing.as_deref()).await?;
+        let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;
         let key = match existing {
-            Some(k) => control.api_key(&k.id).await?.ok_or_else(|| {
-                Problem::conflict("key-vanished", format!("API key {} was deleted meanwhile; retry", k.id))
+            Some(id) => control.api_key(&id).await?.ok_or_else(|| {
+                Problem::conflict("key-vanished", format!("API key {id} was deleted meanwhile; retry"))
             })?,
             None => {
                 control
@@ -158,7 +165,7 @@ impl Onboarding<'_> {
         };
         let ours = match key_id {
             Some(_) if plan == self.request.plan => true,
-            Some(id) => api.registry.keys_of(tenant).await?.iter().any(|(_, r)| r.key_id == id),
+            Some(id) => api.tenant_keys(tenant).await?.1.contains_key(id),
             None => false,
         };
         if ours {
@@ -194,8 +201,14 @@ impl Onboarding<'_> {
             plan: body.plan.clone(),
             anchor: Some(self.anchor),
             moving_until: None,
+            keys: Some(BTreeMap::from([(key.id.clone(), hash.to_hex())])),
         };
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
+        // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too.
+        let tenant = match &tenant.after {
+            Some(t) if t.plan == body.plan => api.list_key(&body.tenant, &key.id, &hash.to_hex()).await?,
+            _ => tenant,
+        };
         // A retry finds the first attempt's record, anchor day included.
         let Some(made) = tenant.after.filter(|t| t.plan == body.plan) else {
             disable_key(control, &key.id).await?;

@@ -1,18 +1,24 @@
 //! The tenants, admin: `GET /v1/tenants` (a page, by plan), `GET /v1/tenants/{tenant}`,
 //! `PUT /v1/tenants/{tenant}/plan` (a move) and `DELETE /v1/tenants/{tenant}` (offboarding).
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 
-use super::{Api, disable_key, key_change, plan_keys, revoke, tenant_change};
+use super::usage_plans::{UsagePlans, share_a_stage};
+use super::{Api, disable_key, key_change, revoke, tenant_change};
+use crate::control::apigateway::ControlError;
+use crate::control::apigateway::writes::ControlWrites;
+use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::TenantRecord;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::ItemAction;
+use crate::usage_api::registry::{Changed, ItemAction};
 use crate::usage_api::views::{TenantPage, TenantSummary, tenant_view};
-use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, UsageApi};
+use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, MOVE_WINDOW, UsageApi};
 
 /// The query of `GET /v1/tenants`.
 pub(in crate::usage_api) struct TenantFilters;
@@ -88,34 +94,32 @@ pub(in crate::usage_api) struct PlanChange {
 
 pub(in crate::usage_api) async fn move_plan(
     State(api): Api,
+    State(plans): State<Arc<UsagePlans>>,
     admin: Admin<Tenant>,
     JsonBody { value: body, .. }: JsonBody<PlanChange>,
 ) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
     api.known_plan(&body.plan).await?;
-    let old = api.tenant_plan(&tenant).await?;
+    let (mut record, keys) = api.tenant_keys(&tenant).await?;
+    let keys: Vec<String> = keys.into_keys().collect();
+    // A move interrupted under its mark (keys perhaps on no plan) is finished first, whatever
+    // this request asks: the tenant's plan is already the one it was moving to.
+    if let (Some(c), Some(_)) = (&api.control, record.moving_until) {
+        let changed = finish_move(&api, &plans, c.as_ref(), &tenant, &record.plan, &keys).await?;
+        api.audit(
+            &actor,
+            format!("finish moving tenant {tenant} to plan {}", record.plan),
+            tenant_change(&tenant, changed).into_iter().collect(),
+        )
+        .await?;
+        record.moving_until = None;
+    }
+    let old = record.plan;
     if old != body.plan {
-        move_keys(&api, &tenant, &old, &body.plan).await?;
-        let new = body.plan.clone();
-        // The tenant's anchor day moves with it.
-        let changed = api
-            .registry
-            .change_tenant(&tenant, &|current| match current {
-                Some(t) if t.plan == old => ItemAction::Put(TenantRecord {
-                    plan: new.clone(),
-                    ..t.clone()
-                }),
-                _ => ItemAction::Leave,
-            })
-            .await?;
-        if changed.after.as_ref().map(|t| &t.plan) != Some(&body.plan) {
-            return Err(Problem::conflict(
-                "tenant-changed",
-                format!(
-                    "tenant `{tenant}` was moved or offboarded meanwhile by another request; read it and try again"
-                ),
-            ));
-        }
+        let changed = match &api.control {
+            Some(c) => move_tenant(&api, &plans, c.as_ref(), &tenant, (&old, &body.plan), &keys).await?,
+            None => set_plan(&api, &tenant, &old, &body.plan, None).await?,
+        };
         api.audit(
             &actor,
             format!("move tenant {tenant} from plan {old} to {}", body.plan),
@@ -126,62 +130,202 @@ pub(in crate::usage_api) async fn move_plan(
     Ok(json(StatusCode::OK, &tenant_view(&api, &tenant).await?))
 }
 
-/// Moves the tenant's keys from the usage plan of `old` to that of `new` in API Gateway (none
-/// to move where there is no API Gateway).
-async fn move_keys(api: &UsageApi, tenant: &str, old: &str, new: &str) -> Result<(), Problem> {
-    let Some(control) = &api.control else {
-        return Ok(());
-    };
+/// Writes the tenant's record from plan `from` to plan `to` (its anchor day kept), marked as moving
+/// until `moving_until` or not; 409 when another request moved or offboarded it meanwhile.
+async fn set_plan(
+    api: &UsageApi,
+    tenant: &str,
+    from: &str,
+    to: &str,
+    moving_until: Option<u64>,
+) -> Result<Changed<TenantRecord>, Problem> {
+    let changed = api
+        .registry
+        .change_tenant(tenant, &|current| match current {
+            Some(t) if t.plan == from => ItemAction::Put(TenantRecord {
+                plan: to.to_owned(),
+                moving_until,
+                ..t.clone()
+            }),
+            _ => ItemAction::Leave,
+        })
+        .await?;
+    if changed.after.as_ref().map(|t| t.plan.as_str()) != Some(to) {
+        return Err(Problem::conflict(
+            "tenant-changed",
+            format!("tenant `{tenant}` was moved or offboarded meanwhile by another request; read it and try again"),
+        ));
+    }
+    Ok(changed)
+}
+
+/// Moves the tenant's listed keys from the usage plan of `old` to that of `new`, and its record.
+/// Where the plans share no API stage (or `old` has no usage plan of the stack's), each key goes
+/// on the new plan before it leaves the old one, and is never on no plan. Where they share one,
+/// API Gateway refuses a key on both: the tenant is first marked as moving to `new`
+/// (`MOVE_WINDOW`), so that a sync between the two calls holds its keys instead of revoking
+/// them, each key leaves the old plan and joins the new one back to back, and the mark is taken
+/// off. A move killed in between leaves the mark, and the next move request finishes it
+/// (`finish_move`). The tenant's record, before and after.
+async fn move_tenant(
+    api: &UsageApi,
+    plans: &UsagePlans,
+    control: &dyn ControlWrites,
+    tenant: &str,
+    (old, new): (&str, &str),
+    keys: &[String],
+) -> Result<Changed<TenantRecord>, Problem> {
     // The old plan may have no usage plan of the stack's: then no key is on it to take off.
-    let from = api.find_usage_plan(control.as_ref(), old).await?;
-    let to = api.usage_plan_id(control.as_ref(), new).await?;
-    // Off the old plan first: API Gateway refuses a key on two plans of one stage. A key the new
-    // plan refuses goes back on the old one, so it is never left on no plan.
-    let on_old = match &from {
-        Some(from) => plan_keys(control.as_ref(), from).await?,
-        None => Vec::new(),
+    let from = api.find_usage_plan(plans, control, old).await?;
+    let to = api.usage_plan(plans, control, new).await?;
+    let from = match from {
+        Some(f) if share_a_stage(&f, &to) => f,
+        from => match on_then_off(control, from.as_ref().map(|f| f.id.as_str()), &to.id, keys).await {
+            Ok(()) => return set_plan(api, tenant, old, new, None).await,
+            Err(e) => match (e, from) {
+                // The stages changed since they were read: the marked order below.
+                (ControlError::Conflict { .. }, Some(f)) => f,
+                (e, _) => return Err(e.into()),
+            },
+        },
     };
-    for (_, k) in api.registry.keys_of(tenant).await? {
-        let was_on_old = from.as_ref().filter(|_| on_old.contains(&k.key_id));
-        if let Some(from) = was_on_old {
-            control.delete_usage_plan_key(from, &k.key_id).await?;
+    let until = api.now().saturating_add(MOVE_WINDOW).as_secs();
+    let marked = set_plan(api, tenant, old, new, Some(until)).await?;
+    if let Err(e) = off_then_on(control, &from.id, &to.id, keys).await {
+        // Back on the old plan, even when putting a key back failed (its problem is logged).
+        set_plan(api, tenant, new, old, None).await?;
+        return Err(e);
+    }
+    let done = set_plan(api, tenant, new, new, None).await?;
+    Ok(Changed {
+        before: marked.before,
+        ..done
+    })
+}
+
+/// Finishes a move to `plan` that was killed under its mark: each key is put on the usage plan
+/// of `plan` (taken off the stack's plan of a shared stage it is still on, if any), then the mark
+/// is taken off. The tenant's record, before and after.
+async fn finish_move(
+    api: &UsageApi,
+    plans: &UsagePlans,
+    control: &dyn ControlWrites,
+    tenant: &str,
+    plan: &str,
+    keys: &[String],
+) -> Result<Changed<TenantRecord>, Problem> {
+    let to = api.usage_plan(plans, control, plan).await?;
+    for key in keys {
+        match control.create_usage_plan_key(&to.id, key).await {
+            Ok(()) => continue,
+            Err(ControlError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
-        if let Err(e) = control.create_usage_plan_key(&to, &k.key_id).await {
-            if let Some(from) = was_on_old {
-                control.create_usage_plan_key(from, &k.key_id).await?;
+        // Still on the plan the move started from, which shares a stage with `to`.
+        let sharing = plans.sharing(control, &to, api.stack.as_deref(), api.now()).await?;
+        let mut from = None;
+        for p in sharing {
+            if control.on_usage_plan(&p.id, key).await? {
+                from = Some(p.id);
+                break;
             }
-            return Err(e.into());
+        }
+        let Some(from) = from else {
+            return Err(ControlError::Conflict {
+                operation: "CreateUsagePlanKey",
+                detail: format!("key {key} is on another usage plan of a stage of `{plan}`'s"),
+            }
+            .into());
+        };
+        off_then_on(control, &from, &to.id, std::slice::from_ref(key)).await?;
+    }
+    set_plan(api, tenant, plan, plan, None).await
+}
+
+/// Puts each key on plan `to`, then takes it off plan `from` where it is there.
+async fn on_then_off(
+    control: &dyn ControlWrites,
+    from: Option<&str>,
+    to: &str,
+    keys: &[String],
+) -> Result<(), ControlError> {
+    for key in keys {
+        let was_on = match from {
+            Some(from) => control.on_usage_plan(from, key).await?,
+            None => false,
+        };
+        control.create_usage_plan_key(to, key).await?;
+        if let (true, Some(from)) = (was_on, from) {
+            control.delete_usage_plan_key(from, key).await?;
         }
     }
     Ok(())
 }
 
-pub(in crate::usage_api) async fn offboard(State(api): Api, admin: Admin<Tenant>) -> Answer {
+/// Takes each key off plan `from` and puts it on plan `to`, back to back. A key `to` refuses goes
+/// back on `from`, as do the keys moved before it, so a failed move leaves no key on no plan; a
+/// key that cannot be put back is logged and the others still are.
+async fn off_then_on(control: &dyn ControlWrites, from: &str, to: &str, keys: &[String]) -> Result<(), Problem> {
+    let mut moved: Vec<&str> = Vec::new();
+    for key in keys {
+        let was_on = control.on_usage_plan(from, key).await?;
+        if was_on {
+            control.delete_usage_plan_key(from, key).await?;
+        }
+        if let Err(e) = control.create_usage_plan_key(to, key).await {
+            for back in moved.iter().copied().chain(was_on.then_some(key.as_str())) {
+                let put_back = match control.delete_usage_plan_key(to, back).await {
+                    Ok(()) => control.create_usage_plan_key(from, back).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(b) = put_back {
+                    tracing::warn!(key_id = %back, error = %b, "usage api: a key of a failed move was not put back");
+                }
+            }
+            return Err(e.into());
+        }
+        moved.push(key);
+    }
+    Ok(())
+}
+
+pub(in crate::usage_api) async fn offboard(
+    State(api): Api,
+    State(plans): State<Arc<UsagePlans>>,
+    admin: Admin<Tenant>,
+) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
-    let plan = api.tenant_plan(&tenant).await?;
+    // The keys the tenant lists (strongly consistent: a key rotated in a moment ago among them),
+    // and any the index knows besides (keys made outside the usage API).
+    let (record, mut keys) = api.tenant_keys(&tenant).await?;
+    for (h, k) in api.registry.keys_of(&tenant).await? {
+        keys.entry(k.key_id).or_insert_with(|| h.to_hex());
+    }
+    let plan = record.plan;
     // A plan without a usage plan of the stack's has no key on it to take off; the keys are
     // disabled all the same.
-    let (plan_id, on_plan) = match &api.control {
-        Some(c) => match api.find_usage_plan(c.as_ref(), &plan).await? {
-            Some(id) => {
-                let keys = plan_keys(c.as_ref(), &id).await?;
-                (Some(id), keys)
-            }
-            None => (None, Vec::new()),
-        },
-        None => (None, Vec::new()),
+    let plan_id = match &api.control {
+        Some(c) => api.find_usage_plan(&plans, c.as_ref(), &plan).await?.map(|p| p.id),
+        None => None,
     };
     let mut items = Vec::new();
-    for (h, k) in api.registry.keys_of(&tenant).await? {
+    for (key_id, hash) in &keys {
+        // Disabled in API Gateway whatever the registry says: a key sync removed from the table
+        // (disabled, or deleted) is disabled again, or found gone, and is done.
         if let Some(c) = &api.control {
-            disable_key(c.as_ref(), &k.key_id).await?;
-            if let Some(plan_id) = plan_id.as_ref().filter(|_| on_plan.contains(&k.key_id)) {
-                c.delete_usage_plan_key(plan_id, &k.key_id).await?;
+            disable_key(c.as_ref(), key_id).await?;
+            // One call per key, however many keys the plan has.
+            if let Some(plan_id) = &plan_id
+                && c.on_usage_plan(plan_id, key_id).await?
+            {
+                c.delete_usage_plan_key(plan_id, key_id).await?;
             }
         }
-        api.registry.remove_revocation(&k.key_id).await?;
-        let changed = api.registry.change_key(&h, &revoke).await?;
-        items.extend(key_change(&h, changed));
+        api.registry.remove_revocation(key_id).await?;
+        if let Some(h) = ApiKeyHash::from_hex(hash) {
+            let changed = api.registry.change_key(&h, &revoke).await?;
+            items.extend(key_change(&h, changed));
+        }
     }
     // The tenant as read: one moved meanwhile (or offboarded and onboarded again) is not removed.
     let changed = api

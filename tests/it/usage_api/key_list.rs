@@ -1,0 +1,300 @@
+//! A tenant's keys as its own item lists them: rotation, moves and offboarding read them with the
+//! tenant (strongly consistent), never only from the eventually consistent `by-tenant` index; a
+//! key revoked leaves the list; an item without a list (older code) gets one from the index once.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tollgate::directory::{Directory, DirectoryError, DynamoDirectory};
+use tollgate::engine::identity::ApiKeyHash;
+use tollgate::engine::policy::Plan;
+use tollgate::engine::shed::ShedState;
+use tollgate::policy_table::{KeyRecord, TenantRecord};
+use tollgate::usage_api::registry::{
+    Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, ShedChange,
+};
+use tollgate_usage_api::SCHEDULE_ACTOR;
+
+use super::{World, plan};
+use crate::support::emulator;
+
+/// A key as the index lists it: its tenant, hash and record.
+type Listed = (String, (ApiKeyHash, KeyRecord));
+
+/// The registry on a policy table whose index by tenant lags: `keys_of` answers as it did when
+/// `freeze` was called, as DynamoDB's eventually consistent index may for a moment after a write.
+/// Hand-written because moto's index is always consistent; every other call goes to the table.
+#[derive(Debug, Clone)]
+struct LaggingIndex {
+    inner: DynamoDirectory,
+    frozen: Arc<Mutex<Option<Vec<Listed>>>>,
+}
+
+impl LaggingIndex {
+    async fn freeze(&self) {
+        let mut all = Vec::new();
+        for (t, _) in self.inner.tenants().await.expect("tenants") {
+            for k in self.inner.keys_of(&t).await.expect("keys") {
+                all.push((t.clone(), k));
+            }
+        }
+        *self.frozen.lock().expect("lock") = Some(all);
+    }
+}
+
+#[async_trait]
+impl Directory for LaggingIndex {
+    async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError> {
+        self.inner.key(hash).await
+    }
+    async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
+        self.inner.tenant(tenant).await
+    }
+    async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
+        self.inner.plan(name).await
+    }
+    async fn shed(&self) -> Result<ShedState, DirectoryError> {
+        self.inner.shed().await
+    }
+}
+
+#[async_trait]
+impl Registry for LaggingIndex {
+    async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError> {
+        self.inner.tenants().await
+    }
+    async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError> {
+        let frozen = self.frozen.lock().expect("lock").clone();
+        match frozen {
+            Some(all) => Ok(all.into_iter().filter(|(t, _)| t == tenant).map(|(_, k)| k).collect()),
+            None => self.inner.keys_of(tenant).await,
+        }
+    }
+    async fn plan_names(&self) -> Result<Vec<String>, DirectoryError> {
+        self.inner.plan_names().await
+    }
+    async fn change_key(
+        &self,
+        hash: &ApiKeyHash,
+        decide: Decide<'_, KeyRecord>,
+    ) -> Result<Changed<KeyRecord>, DirectoryError> {
+        self.inner.change_key(hash, decide).await
+    }
+    async fn change_tenant(
+        &self,
+        tenant: &str,
+        decide: Decide<'_, TenantRecord>,
+    ) -> Result<Changed<TenantRecord>, DirectoryError> {
+        self.inner.change_tenant(tenant, decide).await
+    }
+    async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError> {
+        self.inner.idempotency(key).await
+    }
+    async fn put_idempotency(&self, key: &str, record: &IdempotencyRecord) -> Result<bool, DirectoryError> {
+        self.inner.put_idempotency(key, record).await
+    }
+    async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError> {
+        self.inner.claim_idempotency(key, now, until).await
+    }
+    async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError> {
+        self.inner.release_idempotency(key).await
+    }
+    async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError> {
+        self.inner.revocation(key_id).await
+    }
+    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError> {
+        self.inner.due_revocations(now).await
+    }
+    async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError> {
+        self.inner.swept(run).await
+    }
+    async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {
+        self.inner.put_revocation(r).await
+    }
+    async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
+        self.inner.remove_revocation(key_id).await
+    }
+    async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError> {
+        self.inner.plan_priorities().await
+    }
+    async fn set_shed(&self, write: ManualShed<'_>) -> Result<Option<ShedChange>, DirectoryError> {
+        self.inner.set_shed(write).await
+    }
+}
+
+/// A world whose registry's index lags (`LaggingIndex`), and that registry.
+async fn lagging(region: &'static str) -> (World, LaggingIndex) {
+    let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
+    let table = emulator::unique("keylist");
+    let client = tollgate::aws::admin_client(&sdk);
+    tollgate::directory::dynamodb::create_policy_table(&client, &table)
+        .await
+        .expect("policy table");
+    let inner = DynamoDirectory::new(client, &table);
+    inner.put_plan(&plan("free"), 1).await.expect("plan");
+    inner.put_plan(&plan("pro"), 1).await.expect("plan");
+    let registry = LaggingIndex {
+        inner,
+        frozen: Arc::new(Mutex::new(None)),
+    };
+    let w = World::with(region, Some(Arc::new(registry.clone())), None, None).await;
+    w.api.revoke_due(SCHEDULE_ACTOR).await.expect("first sweep");
+    (w, registry)
+}
+
+async fn onboarded(w: &World, tenant: &str) -> String {
+    let (status, body) = w
+        .onboard_via(&w.base, tenant, &format!("idem-{tenant}"))
+        .await
+        .expect("onboard");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["key"]["id"].as_str().expect("id").to_owned()
+}
+
+async fn rotated(w: &World, tenant: &str, grace: u64) -> Value {
+    let res = (w.admin(Method::POST, &format!("/v1/tenants/{tenant}/keys")))
+        .json(&json!({ "grace_seconds": grace }))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    res.json().await.expect("json")
+}
+
+async fn enabled_in_gateway(w: &World, id: &str) -> bool {
+    w.gw.get_api_key().api_key(id).send().await.expect("key").enabled()
+}
+
+/// The key ids the tenant's item lists.
+async fn listed(registry: &LaggingIndex, tenant: &str) -> Option<BTreeSet<String>> {
+    let t = registry.inner.tenant(tenant).await.expect("tenant")?;
+    t.keys.map(|k| k.into_keys().collect())
+}
+
+#[tokio::test]
+async fn a_key_rotated_in_a_moment_ago_is_disabled_by_offboarding_while_the_index_lags() {
+    // GIVEN acme onboarded, the index then lagging, and acme rotated (grace one hour)
+    let (w, registry) = lagging("tg-keylist-1").await;
+    let first = onboarded(&w, "acme").await;
+    registry.freeze().await;
+    let new = rotated(&w, "acme", 3600).await["key"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // WHEN acme is offboarded before the index has the new key
+    let res = w
+        .admin(Method::DELETE, "/v1/tenants/acme")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // THEN both keys are disabled in API Gateway
+    assert!(!enabled_in_gateway(&w, &first).await);
+    assert!(
+        !enabled_in_gateway(&w, &new).await,
+        "the rotated-in key is left enabled"
+    );
+}
+
+#[tokio::test]
+async fn a_key_rotated_in_a_moment_ago_moves_with_its_tenant_and_is_revoked_by_the_next_rotation() {
+    // GIVEN globex onboarded on free, the index then lagging, and globex rotated
+    let (w, registry) = lagging("tg-keylist-2").await;
+    onboarded(&w, "globex").await;
+    registry.freeze().await;
+    let second = rotated(&w, "globex", 3600).await["key"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // WHEN globex moves to pro, then is rotated again
+    let res = (w.admin(Method::PUT, "/v1/tenants/globex/plan"))
+        .json(&json!({"plan": "pro"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::OK);
+    let third: Value = rotated(&w, "globex", 60).await;
+    // THEN the second key is on pro, and the third rotation schedules its revocation
+    let pro = (w.gw.get_usage_plans().key_id(&second).send().await.expect("plans"))
+        .items()
+        .iter()
+        .filter_map(|p| p.name().map(str::to_owned))
+        .collect::<Vec<_>>();
+    assert_eq!(pro, ["pro"]);
+    let revoking: Vec<&str> = (third["revoking"].as_array().expect("revoking").iter())
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    assert!(revoking.contains(&second.as_str()), "{third}");
+}
+
+#[tokio::test]
+async fn a_revoked_key_leaves_its_tenants_list() {
+    // GIVEN initech onboarded, rotated twice with no grace
+    let (w, registry) = lagging("tg-keylist-3").await;
+    let first = onboarded(&w, "initech").await;
+    let second = rotated(&w, "initech", 0).await["key"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let third = rotated(&w, "initech", 0).await["key"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // THEN the first two are revoked and the list holds the third alone
+    assert!(!enabled_in_gateway(&w, &first).await);
+    assert!(!enabled_in_gateway(&w, &second).await);
+    assert_eq!(listed(&registry, "initech").await, Some(BTreeSet::from([third])));
+}
+
+#[tokio::test]
+async fn a_tenant_item_without_a_list_gets_one_from_the_index_once() {
+    // GIVEN hooli onboarded, its item then written as older code wrote it (no list)
+    let (w, registry) = lagging("tg-keylist-4").await;
+    let first = onboarded(&w, "hooli").await;
+    let record = registry.inner.tenant("hooli").await.expect("read").expect("tenant");
+    let old = TenantRecord { keys: None, ..record };
+    registry
+        .inner
+        .put_tenant_record("hooli", &old)
+        .await
+        .expect("older item");
+    // WHEN hooli is rotated
+    let rotation = rotated(&w, "hooli", 60).await;
+    let new = rotation["key"]["id"].as_str().expect("id").to_owned();
+    // THEN the first key is scheduled for revocation and the list holds both keys
+    assert_eq!(rotation["revoking"][0]["id"], first.as_str(), "{rotation}");
+    assert_eq!(
+        listed(&registry, "hooli").await,
+        Some(BTreeSet::from([first.clone(), new]))
+    );
+    // AND once the first is revoked the list holds the new key alone
+    w.clock.advance(Duration::from_secs(61 + 120));
+    w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    assert!(!enabled_in_gateway(&w, &first).await);
+    assert_eq!(listed(&registry, "hooli").await.map(|l| l.len()), Some(1));
+}
+
+#[tokio::test]
+async fn offboarding_disables_a_listed_key_that_api_gateway_no_longer_has() {
+    // GIVEN wayne onboarded and rotated, its first key then deleted in API Gateway
+    let (w, _registry) = lagging("tg-keylist-5").await;
+    let first = onboarded(&w, "wayne").await;
+    let new = rotated(&w, "wayne", 3600).await["key"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    w.gw.delete_api_key().api_key(&first).send().await.expect("delete");
+    // WHEN wayne is offboarded
+    let res = w
+        .admin(Method::DELETE, "/v1/tenants/wayne")
+        .send()
+        .await
+        .expect("answer");
+    // THEN it is: the gone key is as good as disabled, the other is disabled
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert!(!enabled_in_gateway(&w, &new).await);
+}

@@ -1,0 +1,192 @@
+//! What the usage API's operations cost does not grow with the number of keys: onboarding, a
+//! rotation, the sweep that revokes the rotated-out key, a move and an offboarding make the same
+//! API Gateway calls and read the same DynamoDB items with `SMALL` keys as with `large()`. API
+//! Gateway's paging is emulated (the paging shim, `PAGE` items a page, API Gateway's default) and
+//! every call is counted (the counting proxy): a path that read every key, or scanned the policy
+//! table, makes more calls or reads more items with more keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tollgate::aws::admin_client;
+use tollgate::directory::DynamoDirectory;
+use tollgate::engine::identity::ApiKeyHash;
+use tollgate::policy_table::record::{Item, key_item, tenant_item};
+use tollgate::policy_table::{KeyRecord, PK, TenantRecord, key_pk, revoke_pk, tenant_pk};
+
+use super::{World, plan};
+use crate::support::counting_proxy::{CountingProxy, Counts};
+use crate::support::{emulator, paging_shim};
+
+/// API Gateway's default page.
+const PAGE: usize = 25;
+const SMALL: usize = 100;
+
+/// The larger size: 1,000 keys here (seeding 10,000 on the single-threaded emulator takes
+/// minutes, too long for every run of the suite); `TOLLGATE_SCALE_KEYS=10000` runs it at 10,000,
+/// as BENCHMARKS.md records. The counts are equal at any two sizes or the test fails.
+fn large() -> usize {
+    std::env::var("TOLLGATE_SCALE_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000)
+}
+
+/// `n` keys of tenants `seed-<i>`, on the free usage plan and in the policy table, and a pending
+/// revocation, due in a year, for every tenth (stored as before buckets: the sweep's first run
+/// enqueues them).
+async fn seed(w: &World, dynamodb: &aws_sdk_dynamodb::Client, table: &str, n: usize) {
+    let keys = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let value = format!("tg_seed_{i:06}_0123456789abcdef");
+            let key =
+                w.gw.create_api_key()
+                    .name(format!("seed-{i}"))
+                    .customer_id(format!("seed-{i}"))
+                    .value(&value)
+                    .enabled(true)
+                    .send()
+                    .await
+                    .expect("create key");
+            let id = key.id.expect("id");
+            w.gw.create_usage_plan_key()
+                .usage_plan_id(&w.free_plan_id)
+                .key_id(&id)
+                .key_type("API_KEY")
+                .send()
+                .await
+                .expect("plan key");
+            (i, id, value)
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    let mut items: Vec<Item> = Vec::new();
+    for (i, id, value) in keys {
+        let tenant = format!("seed-{i}");
+        let hash = ApiKeyHash::of(&value).to_hex();
+        let record = KeyRecord {
+            tenant: tenant.clone(),
+            key_id: id.clone(),
+            enabled: true,
+        };
+        items.push(with_pk(key_item(&record), key_pk(&hash)));
+        items.push(with_pk(tenant_item(&TenantRecord::on("free")), tenant_pk(&tenant)));
+        if i % 10 == 0 {
+            let r = json!({"tenant": tenant, "key_id": id, "hash": hash, "at": super::START.as_secs() + 365 * 86_400});
+            let mut item = with_pk(Item::new(), revoke_pk(&id));
+            item.insert("record".into(), s(&r.to_string()));
+            items.push(item);
+        }
+    }
+    for batch in items.chunks(25) {
+        let writes = batch
+            .iter()
+            .map(|i| {
+                let put = PutRequest::builder().set_item(Some(i.clone())).build().expect("put");
+                WriteRequest::builder().put_request(put).build()
+            })
+            .collect();
+        let out = dynamodb
+            .batch_write_item()
+            .request_items(table, writes)
+            .send()
+            .await
+            .expect("seed the table");
+        assert!(out.unprocessed_items().is_none_or(|u| u.is_empty()));
+    }
+}
+
+fn s(v: &str) -> aws_sdk_dynamodb::types::AttributeValue {
+    aws_sdk_dynamodb::types::AttributeValue::S(v.to_owned())
+}
+
+fn with_pk(mut item: Item, pk: String) -> Item {
+    item.insert(PK.to_owned(), s(&pk));
+    item
+}
+
+/// Each operation on tenant acme, with what it cost, among `keys` other keys in `region`.
+async fn costs(region: &'static str, keys: usize) -> Vec<(&'static str, Counts)> {
+    let shim = paging_shim::start(&emulator::endpoint(), PAGE).await;
+    let control = CountingProxy::start(&shim.endpoint()).await;
+    let dynamo = CountingProxy::start(&emulator::endpoint()).await;
+    let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
+    let table = emulator::unique("scale");
+    tollgate::directory::dynamodb::create_policy_table(&admin_client(&sdk), &table)
+        .await
+        .expect("policy table");
+    let counted = admin_client(&emulator::sdk_config_in(&dynamo.endpoint(), region));
+    let registry = DynamoDirectory::new(counted, &table);
+    registry.put_plan(&plan("free"), 1).await.expect("plan");
+    registry.put_plan(&plan("pro"), 1).await.expect("plan");
+    let w = World::with(region, Some(Arc::new(registry)), Some(&control.endpoint()), None).await;
+    seed(&w, &admin_client(&sdk), &table, keys).await;
+    // The sweep's first run on the table, its one scan, before anything is counted.
+    w.api.revoke_due("schedule").await.expect("first sweep");
+    let both = || (control.counts(), dynamo.counts());
+    // What was counted since `before`: API Gateway's calls and DynamoDB's, and the items read.
+    let since = |(c, d): (Counts, Counts)| {
+        let (mut counts, db) = (control.counts().since(&c), dynamo.counts().since(&d));
+        counts.calls.extend(db.calls);
+        counts.dynamodb_items_read = db.dynamodb_items_read;
+        counts
+    };
+    let step = async |method: Method, path: &str, body: serde_json::Value, want: StatusCode| {
+        let before = both();
+        let req = w.admin(method, path).header("idempotency-key", "idem-acme");
+        let res = req.json(&body).send().await.expect("answer");
+        assert_eq!(res.status(), want, "{path}: {:?}", res.text().await);
+        since(before)
+    };
+    let onboard = json!({"tenant": "acme", "plan": "free"});
+    let mut out = vec![(
+        "onboarding",
+        step(Method::POST, "/v1/tenants", onboard, StatusCode::CREATED).await,
+    )];
+    let grace = json!({"grace_seconds": 60});
+    let rotation = step(Method::POST, "/v1/tenants/acme/keys", grace, StatusCode::CREATED).await;
+    out.push(("rotation", rotation));
+    w.clock.advance(Duration::from_secs(61));
+    let before = both();
+    let revoked = w.api.revoke_due("schedule").await.expect("sweep");
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    out.push(("sweep", since(before)));
+    let pro = json!({"plan": "pro"});
+    out.push((
+        "move",
+        step(Method::PUT, "/v1/tenants/acme/plan", pro, StatusCode::OK).await,
+    ));
+    let offboard = step(Method::DELETE, "/v1/tenants/acme", json!({}), StatusCode::NO_CONTENT).await;
+    out.push(("offboarding", offboard));
+    assert!(shim.partial_pages() == 0, "no call of the usage API read past a page");
+    out
+}
+
+#[tokio::test]
+async fn onboarding_rotation_sweep_move_and_offboarding_cost_the_same_with_100_and_with_many_more_keys() {
+    // GIVEN 100 keys in one Region, and many more in another, API Gateway paged 25 items a page
+    // (Regions of their own: no other test sees these keys)
+    let large = large();
+    // WHEN acme is onboarded, rotated, swept, moved and offboarded in each
+    let small = costs("tg-scale-1", SMALL).await;
+    let many = costs("tg-scale-2", large).await;
+    // THEN each operation made the same API Gateway and DynamoDB calls and read the same items
+    for ((name, a), (_, b)) in small.iter().zip(&many) {
+        eprintln!(
+            "{name:<12} {SMALL} keys: {} API Gateway calls, {} DynamoDB calls, {} items read; {large} keys: {}, {}, {}  {:?}",
+            a.api_gateway(),
+            a.dynamodb(),
+            a.dynamodb_items_read,
+            b.api_gateway(),
+            b.dynamodb(),
+            b.dynamodb_items_read,
+            b.calls
+        );
+    }
+    assert_eq!(small, many);
+}

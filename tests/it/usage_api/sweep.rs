@@ -1,0 +1,238 @@
+//! The revocation sweep on the policy table: its first run enqueues the revocations stored before
+//! due-minute buckets existed (one scan, never again), a run after an outage catches up
+//! `SWEEP_BUCKETS` minutes at a time, and a rotation that fails between its bucket entry and its
+//! revocation item leaves nothing the sweep cannot find, and a key API Gateway refuses to disable
+//! is postponed without holding up the others.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tollgate::aws::admin_client;
+use tollgate::directory::{Directory, DynamoDirectory};
+use tollgate::engine::clock::Clock;
+use tollgate::engine::identity::ApiKeyHash;
+use tollgate::policy_table::due::{self, minute_of};
+use tollgate::policy_table::record::json_item;
+use tollgate::policy_table::revoke_pk;
+use tollgate::usage_api::registry::{Registry, Revocation, SWEEP_BUCKETS, SWEEP_SETTLE_MINUTES};
+use tollgate_usage_api::SCHEDULE_ACTOR;
+
+use super::{START, World, plan};
+use crate::support::counting_proxy::CountingProxy;
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+
+/// A world on a fresh policy table whose DynamoDB calls go through `endpoint`; the registry, and
+/// a client and the table's name for the test's own reads and writes.
+async fn world_via(region: &'static str, endpoint: &str) -> (World, DynamoDirectory, aws_sdk_dynamodb::Client, String) {
+    let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
+    let table = emulator::unique("sweep");
+    let client = admin_client(&sdk);
+    tollgate::directory::dynamodb::create_policy_table(&client, &table)
+        .await
+        .expect("policy table");
+    let registry = DynamoDirectory::new(admin_client(&emulator::sdk_config_in(endpoint, region)), &table);
+    registry.put_plan(&plan("free"), 1).await.expect("plan");
+    let w = World::with(region, Some(std::sync::Arc::new(registry.clone())), None, None).await;
+    (w, registry, client, table)
+}
+
+/// Onboards `tenant`: its key's id and value.
+async fn onboarded(w: &World, tenant: &str) -> (String, String) {
+    let (status, body) = w
+        .onboard_via(&w.base, tenant, &format!("idem-{tenant}"))
+        .await
+        .expect("onboard");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let key = |k: &str| body["key"][k].as_str().expect("key").to_owned();
+    (key("id"), key("value"))
+}
+
+/// Whether the key is enabled, in API Gateway and in the table alike.
+async fn enabled(w: &World, registry: &DynamoDirectory, (id, value): &(String, String)) -> bool {
+    let in_gw = w.gw.get_api_key().api_key(id).send().await.expect("key").enabled();
+    let in_table = registry.resolve(&ApiKeyHash::of(value)).await.expect("table").is_some();
+    assert_eq!(in_gw, in_table, "{id}: API Gateway and the table agree");
+    in_gw
+}
+
+async fn rotate(w: &World, tenant: &str, grace: u64) -> reqwest::Response {
+    let path = format!("/v1/tenants/{tenant}/keys");
+    let body = json!({ "grace_seconds": grace });
+    w.admin(Method::POST, &path).json(&body).send().await.expect("answer")
+}
+
+#[tokio::test]
+async fn the_first_sweep_enqueues_revocations_stored_before_buckets_by_one_scan_and_revokes_them() {
+    // GIVEN a policy table as the previous release left it: two keys with a pending revocation
+    // each (a `revoke#<key id>` item holding its record, no bucket, no cursor), one past its
+    // deadline, one due in ten minutes
+    let counted = CountingProxy::start(&emulator::endpoint()).await;
+    let (w, registry, client, table) = world_via("tg-sweep-1", &counted.endpoint()).await;
+    let (past, later) = (onboarded(&w, "legacy").await, onboarded(&w, "patient").await);
+    for ((id, value), tenant, at) in [
+        (&past, "legacy", START.as_secs() - 60),
+        (&later, "patient", START.as_secs() + 600),
+    ] {
+        let r = Revocation {
+            tenant: tenant.into(),
+            key_id: id.clone(),
+            hash: ApiKeyHash::of(value).to_hex(),
+            at,
+            attempts: 0,
+        };
+        let item = json_item(revoke_pk(id), serde_json::to_string(&r).expect("json"));
+        client
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .expect("seed");
+    }
+    // WHEN the schedule's sweep runs for the first time
+    let first = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    // THEN the key past its deadline is revoked, in API Gateway and in the table; the other not yet
+    assert_eq!(first.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&past.0]);
+    assert!(!enabled(&w, &registry, &past).await);
+    assert!(enabled(&w, &registry, &later).await);
+    assert_eq!(
+        counted.counts().calls.get("Scan"),
+        Some(&1),
+        "one scan: {:?}",
+        counted.counts()
+    );
+    // AND the cursor is written, so no later run scans; the later key is revoked at its deadline
+    assert!(due::cursor(&client, &table).await.expect("cursor").is_some());
+    w.clock.advance(Duration::from_secs(600));
+    let second = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    assert_eq!(second.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&later.0]);
+    assert!(!enabled(&w, &registry, &later).await);
+    assert_eq!(
+        counted.counts().calls.get("Scan"),
+        Some(&1),
+        "still one: {:?}",
+        counted.counts()
+    );
+}
+
+#[tokio::test]
+async fn after_an_outage_each_run_catches_up_sweep_buckets_minutes() {
+    // GIVEN a tenant whose key is rotated out at START (a minute's first second) with a grace of
+    // SWEEP_BUCKETS + 30 minutes, the sweep having run then
+    let (w, registry, ..) = World::on_policy_table("tg-sweep-2").await;
+    let old = onboarded(&w, "outage").await;
+    w.api.revoke_due(SCHEDULE_ACTOR).await.expect("first sweep");
+    let grace = (SWEEP_BUCKETS + 30) * 60;
+    assert_eq!(rotate(&w, "outage", grace).await.status(), StatusCode::CREATED);
+    // WHEN no sweep runs for three hours, then the schedule runs three times
+    w.clock.advance(Duration::from_secs(3 * 3600));
+    let runs = [
+        w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep"),
+        w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep"),
+        w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep"),
+    ];
+    // THEN the first run reads the SWEEP_BUCKETS minutes after the cursor (which the sweep at
+    // START left SWEEP_SETTLE_MINUTES back), all before the deadline's: nothing; the second
+    // reads the deadline's minute and revokes the key; the third finds nothing left
+    assert!(SWEEP_BUCKETS - SWEEP_SETTLE_MINUTES < grace / 60);
+    assert!(runs[0].is_empty(), "{:?}", runs[0]);
+    assert_eq!(runs[1].iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&old.0]);
+    assert!(runs[2].is_empty());
+    assert!(!enabled(&w, &registry, &old).await);
+}
+
+#[tokio::test]
+async fn a_rotation_failing_between_its_two_writes_leaves_no_revocation_the_sweep_cannot_find() {
+    // GIVEN tenant brittle with one key, the registry's DynamoDB calls through the fault proxy,
+    // and the sweep having run once
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, client, table) = world_via("tg-sweep-3", &proxy.endpoint()).await;
+    let old = onboarded(&w, "brittle").await;
+    w.api.revoke_due(SCHEDULE_ACTOR).await.expect("first sweep");
+    // The SDK's three attempts (its standard retries), each refused unexecuted.
+    let refused = [Some(Fault::ThroughputExceeded); 3];
+    // WHEN a rotation's bucket entry is refused at every attempt, and another's revocation item
+    for op in ["UpdateItem", "PutItem"] {
+        proxy.inject_on("POST", &format!("DynamoDB_20120810.{op}"), &refused);
+        let res = rotate(&w, "brittle", 60).await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{op}");
+        // THEN no revocation is stored without its bucket entry: past the grace period the
+        // sweep revokes every key that has one (here none: each rotation failed before it)
+        w.clock.advance(Duration::from_secs(61));
+        let pending = registry.revocation(&old.0).await.expect("read");
+        w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+        assert_eq!(
+            enabled(&w, &registry, &old).await,
+            pending.is_none(),
+            "{op}: {pending:?}"
+        );
+    }
+    // AND the entry left without a revocation (the second rotation's, due a minute after it) is
+    // passed over: once its minute settles the cursor moves past it and its bucket is gone
+    let orphan = minute_of(START.as_secs() + 61 + 60);
+    w.clock.advance(Duration::from_secs(SWEEP_SETTLE_MINUTES * 60));
+    w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    assert!(due::cursor(&client, &table).await.expect("cursor") >= Some(orphan));
+    let left = due::buckets(&client, &table, orphan - 3, orphan)
+        .await
+        .expect("buckets");
+    assert!(left.is_empty(), "{left:?}");
+    // AND a rotation retried after the failures revokes the old key at its deadline
+    // (and the key of the first failed rotation, listed on the tenant before it failed, too)
+    let rotated: Value = rotate(&w, "brittle", 60).await.json().await.expect("json");
+    let revoking = rotated["revoking"].as_array().expect("revoking");
+    assert!(revoking.iter().any(|k| k["id"] == old.0.as_str()), "{rotated}");
+    w.clock.advance(Duration::from_secs(60));
+    let revoked = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    assert!(revoked.iter().any(|r| r.key_id == old.0), "{revoked:?}");
+    assert!(!enabled(&w, &registry, &old).await);
+}
+
+#[tokio::test]
+async fn a_key_api_gateway_refuses_to_disable_is_postponed_and_the_keys_after_it_are_revoked() {
+    // GIVEN tenants stuck and fine, the usage API's API Gateway calls through the proxy, and
+    // stuck rotated with a minute's grace
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, ..) = World::on_policy_table_via("tg-sweep-4", Some(&proxy.endpoint())).await;
+    let (stuck, fine) = (onboarded(&w, "stuck").await, onboarded(&w, "fine").await);
+    w.api.revoke_due(SCHEDULE_ACTOR).await.expect("first sweep");
+    assert_eq!(rotate(&w, "stuck", 60).await.status(), StatusCode::CREATED);
+    // WHEN API Gateway refuses to disable stuck's old key twice: once in the sweep a rotation of
+    // fine runs first, at stuck's deadline, once in the schedule's run at fine's deadline
+    proxy.inject_on(
+        "PATCH",
+        &format!("/apikeys/{}", stuck.0),
+        &[Some(Fault::AccessDenied); 2],
+    );
+    w.clock.advance(Duration::from_secs(60));
+    let res = rotate(&w, "fine", 60).await;
+    assert_eq!(res.status(), StatusCode::CREATED, "a refused key fails no admin route");
+    w.clock.advance(Duration::from_secs(61));
+    let run = w
+        .api
+        .revoke_due(SCHEDULE_ACTOR)
+        .await
+        .expect("a refused key fails no run");
+    // THEN fine's old key is revoked; stuck's is postponed, two failures counted
+    assert_eq!(run.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&fine.0]);
+    assert!(!enabled(&w, &registry, &fine).await);
+    assert!(enabled(&w, &registry, &stuck).await);
+    let later = registry
+        .revocation(&stuck.0)
+        .await
+        .expect("read")
+        .expect("still pending");
+    assert_eq!(later.attempts, 2);
+    assert!(later.at > w.clock.now().as_secs(), "{later:?}");
+    // AND an admin route that sweeps first answers meanwhile
+    let res = w.admin(Method::GET, "/v1/tenants/stuck").send().await.expect("answer");
+    assert_eq!(res.status(), StatusCode::OK);
+    // AND once its backoff is over (and its bucket settled) the sweep revokes it
+    assert_eq!(proxy.seen("PATCH", &format!("/apikeys/{}", stuck.0)), 2);
+    w.clock.advance(Duration::from_secs(120 + SWEEP_SETTLE_MINUTES * 60));
+    let run = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    assert_eq!(run.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&stuck.0]);
+    assert!(!enabled(&w, &registry, &stuck).await);
+}

@@ -1,0 +1,66 @@
+//! The usage API on a policy table the previous release made, before the stack update that adds
+//! the `by-tenant` index has finished: DynamoDB refuses a query of an index it does not serve
+//! yet, and every route that reads the index answers a 503 problem saying so; a rotation of a
+//! tenant whose item lists its keys needs no index.
+
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tollgate::aws::admin_client;
+use tollgate::directory::DynamoDirectory;
+use tollgate::policy_table::PK;
+use tollgate::usage_api::problem::INDEX_RETRY_SECS;
+
+use super::{World, plan};
+use crate::support::emulator;
+
+#[tokio::test]
+async fn routes_reading_a_tenants_keys_answer_503_until_the_index_exists() {
+    // GIVEN a policy table without the index (as the previous template made it)
+    let sdk = emulator::sdk_config_in(&emulator::endpoint(), "tg-upgrade-1");
+    let table = emulator::unique("no-index");
+    tollgate::aws::create_table(&admin_client(&sdk), &table, PK, None)
+        .await
+        .expect("table");
+    let registry = DynamoDirectory::new(admin_client(&sdk), &table);
+    registry.put_plan(&plan("free"), 1).await.expect("plan");
+    let w = World::with("tg-upgrade-1", Some(Arc::new(registry)), None, None).await;
+    // WHEN a tenant is onboarded (no index needed), then rotated, read and offboarded
+    let (status, body) = w.onboard_via(&w.base, "early", "idem-early").await.expect("onboard");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let rotate = w.admin(Method::POST, "/v1/tenants/early/keys");
+    let rotated = rotate
+        .json(&serde_json::json!({"grace_seconds": 60}))
+        .send()
+        .await
+        .expect("answer");
+    let read = w.admin(Method::GET, "/v1/tenants/early").send().await.expect("answer");
+    let offboarded = w
+        .admin(Method::DELETE, "/v1/tenants/early")
+        .send()
+        .await
+        .expect("answer");
+    // THEN the rotation works (the tenant's item lists its keys); the read and the offboarding
+    // (which also disables keys only the index knows) answer 503, a problem naming the index, to
+    // be retried in a minute
+    assert_eq!(rotated.status(), StatusCode::CREATED);
+    for res in [read, offboarded] {
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let retry = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(retry, Some(INDEX_RETRY_SECS.to_string()));
+        let problem: Value = res.json().await.expect("problem");
+        assert_eq!(
+            problem["type"], "urn:tollgate:problem:policy-index-not-ready",
+            "{problem}"
+        );
+        assert!(
+            problem["detail"].as_str().expect("detail").contains("`by-tenant`"),
+            "{problem}"
+        );
+    }
+}
