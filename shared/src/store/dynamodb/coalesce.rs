@@ -134,6 +134,10 @@ impl DynamoStore {
                 weight: w.weight,
                 now: w.now,
             };
+            // A caller gone is charged nothing: no unit of a lease is spent for it.
+            if w.tx.is_closed() {
+                continue;
+            }
             if let Some(decision) = self.spend_lease(&req) {
                 let _ = w.tx.send(Ok(decision));
                 continue;

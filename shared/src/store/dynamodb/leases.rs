@@ -10,8 +10,9 @@
 //! conforms whatever the other containers do meanwhile: the item is at least as full as if every
 //! unit had been admitted at the write. Units unspent when the span (or a quota period) ends
 //! lapse: charged, never admitted. A container that vanishes holding units loses at most one
-//! lease per bucket, and the bucket has them back once the TAT it wrote has passed: within the
-//! span plus the lease's own emission time (`lease_bound`).
+//! lease per bucket, and the bucket has them back once the TAT it wrote has passed: the lease
+//! delays the bucket by at most the span plus its own emission time (`lease_bound`) beyond
+//! where the requests alone would have left it.
 //!
 //! A tenant seen less often takes no lease (one write per admitted request), nor does
 //! a plan slower than `LEASE_FROM_RATE` or whose eighth of the burst is under two units: there
@@ -118,8 +119,18 @@ pub(super) fn span_for(limits: &Limits, span: Duration) -> Option<Duration> {
     Some(span.min(half_tolerance)).filter(|s| !s.is_zero())
 }
 
-/// How long after a lease's write its units are the bucket's again, at the latest, whether
-/// spent or not: the span plus the emission time of the largest lease (an eighth of the burst).
+/// The most units a lease may take of what the quotas have left on `item`: an eighth of each.
+pub(super) fn quota_cap(limits: &Limits, item: &Snapshot, now: Timestamp) -> u64 {
+    let state = item.state(limits, now);
+    crate::engine::quota::Period::ALL
+        .into_iter()
+        .filter_map(|p| limits.limit(p).map(|q| q.saturating_sub(state.used(p)) / 8))
+        .fold(u64::MAX, u64::min)
+}
+
+/// How far a lease delays its bucket, at most, beyond where the requests its write admitted
+/// would have left it (for a bucket idle before the write: how long after it the units are the
+/// bucket's again, spent or not): the span plus the largest lease's emission time.
 pub fn lease_bound(limits: &Limits, span: Duration) -> Duration {
     let Some((_, bucket)) = &limits.bucket else {
         return Duration::ZERO;
@@ -219,16 +230,10 @@ impl Leases {
         if seen < LEASE_FROM_SEEN {
             return None;
         }
-        let mut units = (seen * 2 / 3)
+        let units = (seen * 2 / 3)
             .saturating_sub(u64::from(weight))
             .min(u64::from(b.burst() / 8));
-        let state = guess.state(limits, now);
-        for period in crate::engine::quota::Period::ALL {
-            if let Some(q) = limits.limit(period) {
-                units = units.min(q.saturating_sub(state.used(period)) / 8);
-            }
-        }
-        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        let units = u32::try_from(units.min(quota_cap(limits, guess, now))).unwrap_or(u32::MAX);
         (units >= 1).then_some((units, span))
     }
 

@@ -104,7 +104,10 @@ impl<'a> Batch<'a> {
     /// Cuts the lease to the most units `guess` admits beside the requests (none if it admits
     /// no lease at all): halving, a few evaluations.
     fn fit_lease(&mut self, head: &Consume<'_>, guess: &Snapshot) {
-        let Some((mut units, span)) = self.lease else { return };
+        let Some((units, span)) = self.lease else { return };
+        // The quotas' share again, on the item as now known (a refused write returns it).
+        let cap = super::leases::quota_cap(head.limits, guess, head.now);
+        let mut units = u32::try_from(u64::from(units).min(cap)).unwrap_or(u32::MAX);
         while units > 0 {
             let (whole, anchor) = self.whole_with(head, Some((units, span)));
             let state = state_from(head.limits, guess, whole.now, anchor);
@@ -149,10 +152,14 @@ impl DynamoStore {
             weight,
         );
         let result = self.attempts(head, batch, guess, recheck).await;
+        if let Ok(Outcome::Admitted(after)) = &result {
+            // With the carried requests still in the batch: the lease is spendable from the
+            // earliest arrival its write held.
+            self.grant_lease(head, batch, after);
+        }
         let carried = std::mem::take(&mut batch.carried);
         match result {
             Ok(Outcome::Admitted(after)) => {
-                self.grant_lease(head, batch, &after);
                 for w in carried {
                     let answer = engine::admitted(&w.limits, &after.state(&w.limits, w.now), w.now);
                     if w.tx.send(Ok(answer)).is_err() {
