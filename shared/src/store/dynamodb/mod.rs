@@ -97,6 +97,8 @@ pub struct DynamoStore {
     client: Client,
     config: Arc<DynamoStoreConfig>,
     predictions: Arc<Predictions>,
+    /// Update and condition expressions by write shape, built once each.
+    shapes: Arc<item::Shapes>,
     lanes: Arc<Lanes>,
     stats: Arc<StoreStats>,
     /// The greatest operation id sent or seen: new ids go above it (a Lamport clock).
@@ -114,6 +116,7 @@ impl DynamoStore {
         DynamoStore {
             client,
             predictions: Arc::new(Predictions::new(config.cache_capacity, config.max_hold_off)),
+            shapes: Arc::default(),
             lanes: Arc::default(),
             config: Arc::new(config),
             stats: Arc::default(),
@@ -127,6 +130,7 @@ impl DynamoStore {
             client: self.client.clone(),
             config: self.config.clone(),
             predictions: self.predictions.clone(),
+            shapes: self.shapes.clone(),
             lanes: self.lanes.clone(),
             stats: self.stats.clone(),
             last_op: self.last_op.clone(),
@@ -182,8 +186,8 @@ impl DynamoStore {
             .update_item()
             .table_name(&self.config.table)
             .key(item::PK, AttributeValue::S(req.tenant.to_owned()))
-            .update_expression(w.update)
-            .set_condition_expression(w.condition)
+            .update_expression(w.exprs.update.clone())
+            .set_condition_expression(w.exprs.condition.clone())
             .set_expression_attribute_names(Some(w.names))
             .set_expression_attribute_values(Some(w.values))
             .return_values(ReturnValue::AllNew)

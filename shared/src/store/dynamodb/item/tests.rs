@@ -34,14 +34,14 @@ fn removed(w: &Write) -> Vec<&str> {
 #[test]
 fn idle_guess_sets_tat_and_counts_in_one_expression() {
     let op = op_id(NOW, 0, 3, 42);
-    let w = admit(&limits(), &Snapshot::default(), NOW, 1, op);
+    let w = admit(&Shapes::default(), &limits(), &Snapshot::default(), NOW, 1, op);
     assert_eq!(
-        w.update,
+        w.exprs.update,
         "SET #b = :nt, #ttl = :ttl, #o = :op ADD #d :n, #m :n REMOVE #x0, #x1"
     );
     // THEN the first send is as conditional on its operation id as any resend
     assert_eq!(
-        w.condition.as_deref(),
+        w.exprs.condition.as_deref(),
         Some(
             "(attribute_not_exists(#b) OR #b <= :now) AND (attribute_not_exists(#d) OR #d <= :dmax) \
              AND (attribute_not_exists(#o) OR #o < :op)"
@@ -60,9 +60,9 @@ fn busy_guess_increments_within_the_tolerance() {
         tats: vec![(TatAttr::PLAN, NOW.saturating_add(Duration::from_millis(500)))],
         ..Snapshot::default()
     };
-    let w = admit(&limits(), &guess, NOW, 2, op_id(NOW, 0, 0, 1));
-    assert!(w.update.starts_with("SET #b = #b + :inc"));
-    let cond = w.condition.expect("conditional");
+    let w = admit(&Shapes::default(), &limits(), &guess, NOW, 2, op_id(NOW, 0, 0, 1));
+    assert!(w.exprs.update.starts_with("SET #b = #b + :inc"));
+    let cond = w.exprs.condition.clone().expect("conditional");
     assert!(cond.starts_with("#b > :now AND #b <= :bmax"), "{cond}");
     assert!(cond.ends_with("(attribute_not_exists(#o) OR #o < :op)"), "{cond}");
     // capacity 2 s, increment 200 ms
@@ -127,8 +127,11 @@ fn an_item_tells_applied_overwritten_and_not_applied_operations_apart() {
 fn a_fence_claims_the_slot_and_changes_nothing_else() {
     let op = op_id(NOW, 0, 6, 9);
     let w = fence(NOW, op);
-    assert_eq!(w.update, "SET #ttl = :ttl, #o = :op");
-    assert_eq!(w.condition.as_deref(), Some("(attribute_not_exists(#o) OR #o < :op)"));
+    assert_eq!(w.exprs.update, "SET #ttl = :ttl, #o = :op");
+    assert_eq!(
+        w.exprs.condition.as_deref(),
+        Some("(attribute_not_exists(#o) OR #o < :op)")
+    );
     assert_eq!(w.names["#o"], "o6");
 }
 
@@ -151,7 +154,7 @@ fn a_writer_never_removes_a_counter_of_its_period_or_a_later_one() {
         ..Snapshot::default()
     };
     // WHEN it writes
-    let w = admit(&limits(), &guess, NOW, 1, op_id(NOW, 0, 0, 0));
+    let w = admit(&Shapes::default(), &limits(), &guess, NOW, 1, op_id(NOW, 0, 0, 0));
     // THEN it removes only the counter behind the kept window
     let removed = removed(&w);
     assert!(removed.contains(&"d20261014"), "{removed:?}");
@@ -186,10 +189,10 @@ fn snapshot_round_trip_and_malformed_attributes() {
 /// by the size test itself): ADD creates a counter at ten digits, REMOVE removes it.
 fn apply(item: &mut HashMap<String, AttributeValue>, w: &Write) {
     let section = |verb: &str| -> Vec<String> {
-        let Some(at) = w.update.find(verb) else {
+        let Some(at) = w.exprs.update.find(verb) else {
             return Vec::new();
         };
-        let rest = &w.update[at + verb.len()..];
+        let rest = &w.exprs.update[at + verb.len()..];
         let end = [" SET ", " ADD ", " REMOVE "].iter().filter_map(|v| rest.find(v)).min();
         rest[..end.unwrap_or(rest.len())]
             .split(", ")
@@ -254,7 +257,10 @@ fn the_largest_possible_item_fits_in_one_write_unit() {
         }
         for (plan, t) in writers {
             let guess = Snapshot::parse(&counters).expect("parses");
-            apply(&mut counters, &admit(plan.limits(), &guess, t, 1, op_id(t, 0, 0, 0)));
+            apply(
+                &mut counters,
+                &admit(&Shapes::default(), plan.limits(), &guess, t, 1, op_id(t, 0, 0, 0)),
+            );
             let mut item = fixed.clone();
             item.extend(counters.clone());
             largest = largest.max(item_size(&item));
@@ -293,12 +299,12 @@ fn a_plan_with_calendars_writes_only_its_kinds_and_removes_per_kind() {
         ..Snapshot::default()
     };
     // WHEN it writes
-    let w = admit(limits, &guess, NOW, 1, op_id(NOW, 0, 0, 0));
+    let w = admit(&Shapes::default(), limits, &guess, NOW, 1, op_id(NOW, 0, 0, 0));
     // THEN it counts the UTC day (usage), the week and the month, and conditions the last two
     assert_eq!(w.names["#d"], "d20261123");
     assert!(w.names["#w"].starts_with('W'), "{:?}", w.names);
     assert!(w.names["#m"].starts_with('M'), "{:?}", w.names);
-    let cond = w.condition.clone().expect("conditional");
+    let cond = w.exprs.condition.clone().expect("conditional");
     assert!(cond.contains("#w <= :wmax") && cond.contains("#m <= :mmax"), "{cond}");
     assert!(!cond.contains(":dmax"), "{cond}");
     assert_eq!(w.values[":wmax"], AttributeValue::N("99".into()));
@@ -309,4 +315,45 @@ fn a_plan_with_calendars_writes_only_its_kinds_and_removes_per_kind() {
     assert!(removed.contains(&ended.to_string().as_str()), "{removed:?}");
     assert!(!removed.contains(&other.to_string().as_str()), "{removed:?}");
     assert_eq!(removed.len(), 4, "{removed:?}");
+}
+
+#[test]
+fn writes_of_one_shape_share_their_expressions_built_once() {
+    // GIVEN one store's shapes and two writes of the same plan, idle bucket, for two tenants'
+    // items at two instants of the same day, each in its own slot
+    let shapes = Shapes::default();
+    let later = NOW.saturating_add(Duration::from_secs(60));
+    let a = admit(&shapes, &limits(), &Snapshot::default(), NOW, 1, op_id(NOW, 0, 1, 7));
+    let b = admit(
+        &shapes,
+        &limits(),
+        &Snapshot::default(),
+        later,
+        3,
+        op_id(later, 0, 5, 9),
+    );
+    // THEN they share one expression, built once, and differ only in names and values
+    assert!(Arc::ptr_eq(&a.exprs, &b.exprs));
+    assert_eq!(shapes.len(), 1);
+    assert_ne!((&a.names, &a.values), (&b.names, &b.values));
+    // AND the shared expression is the one built afresh for either write
+    let fresh = admit(
+        &Shapes::default(),
+        &limits(),
+        &Snapshot::default(),
+        later,
+        3,
+        op_id(later, 0, 5, 9),
+    );
+    assert_eq!(fresh, b);
+    // WHEN the bucket is busy THEN that is another shape, built once too
+    let busy = Snapshot {
+        tats: vec![(TatAttr::PLAN, NOW.saturating_add(Duration::from_millis(500)))],
+        ..Snapshot::default()
+    };
+    let c = admit(&shapes, &limits(), &busy, NOW, 1, op_id(NOW, 0, 2, 3));
+    let d = admit(&shapes, &limits(), &busy, NOW, 1, op_id(NOW, 0, 4, 4));
+    assert!(!Arc::ptr_eq(&a.exprs, &c.exprs));
+    assert!(Arc::ptr_eq(&c.exprs, &d.exprs));
+    assert_eq!(shapes.len(), 2);
 }
