@@ -357,3 +357,112 @@ fn writes_of_one_shape_share_their_expressions_built_once() {
     assert!(Arc::ptr_eq(&c.exprs, &d.exprs));
     assert_eq!(shapes.len(), 2);
 }
+
+/// The `#name` and `:value` placeholders an expression uses.
+fn placeholders(expr: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find(['#', ':']) {
+        let end = rest[at + 1..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(rest.len(), |e| at + 1 + e);
+        found.push(rest[at..end].to_owned());
+        rest = &rest[end..];
+    }
+    found
+}
+
+/// Plans of every shape: plan and route buckets, no bucket, week quotas, calendars in zones,
+/// months anchored on the tenant.
+fn limits_of_every_shape() -> Vec<Limits> {
+    let plan = |spec: &str| crate::engine::policy::Plan::new("p", toml::from_str(spec).expect("spec")).expect("valid");
+    let routed = plan(
+        r#"rate = 10.0
+           burst = 20
+           daily_quota = 1000
+           routes = [ { route = "/search/GET", rate = 1.0, burst = 5 } ]"#,
+    );
+    let calendars = plan(
+        r#"rate = 5.0
+           burst = 5
+           quotas = [ { limit = 100, period = "week", start = "monday", zone = "America/New_York" },
+           { limit = 300, period = "month", anchor = "tenant", zone = "Asia/Tokyo" } ]"#,
+    );
+    let week_only = plan(r#"quota = { limit = 50, period = "week", start = "sunday" }"#);
+    let mut all = vec![
+        Limits::UNLIMITED,
+        limits(),
+        Limits::utc(None, None, Some(10)),
+        Limits::utc(Some((BucketId::Plan, Bucket::per_second(1.0, 1))), Some(5), Some(9)),
+        routed.limits().clone(),
+        routed.limits_for("/search", "GET").0,
+        week_only.limits().clone(),
+    ];
+    for anchor in [None, Some(1), Some(15), Some(31)] {
+        all.push(calendars.limits().clone().anchored(anchor));
+    }
+    all
+}
+
+/// Items a write under `limits` may see on day `day` at `now`: none, and items holding counters
+/// of its calendars and others (some long expired, more or fewer) with the bucket idle or busy.
+fn guesses(limits: &Limits, day: u64, now: Timestamp) -> Vec<Snapshot> {
+    let attr = limits
+        .bucket
+        .as_ref()
+        .and_then(|(id, _)| TatAttr::parse(id.attribute()));
+    let counters: Vec<(Counter, u64)> = limits
+        .counted()
+        .flat_map(|c| [c.counter(now), c.expired(now)])
+        .chain((0..(day % 3) as i64).map(|i| Counter::of(Period::Day, 20_000 - 40 - i)))
+        .chain([Counter::of(Period::Week, 20_000 - 7 * (day as i64 % 3) - 60)])
+        .map(|c| (c, 3))
+        .collect();
+    let mut guesses = vec![Snapshot::default()];
+    for tat in [now, now.saturating_add(Duration::from_millis(300))] {
+        guesses.push(Snapshot {
+            tats: attr.map(|a| (a, tat)).into_iter().collect(),
+            counters: counters.clone(),
+            ..Snapshot::default()
+        });
+    }
+    guesses
+}
+
+#[test]
+fn a_shared_shape_writes_exactly_what_a_write_built_alone_would() {
+    // GIVEN one store's shapes, shared by writes of plans of every shape, on items busy and idle
+    // holding counters to remove, at instants across days and months, of two weights
+    let all = limits_of_every_shape();
+    let shapes = Shapes::default();
+    let mut writes = 0;
+    for day in 0..70u64 {
+        let now = NOW.saturating_add(Duration::from_secs(day * 86_400 + day * 3_533));
+        for limits in &all {
+            for guess in &guesses(limits, day, now) {
+                for weight in [1, 4] {
+                    let op = op_id(now, 0, (day % 7) as usize, day);
+                    let shared = admit(&shapes, limits, guess, now, weight, op);
+                    let alone = admit(&Shapes::default(), limits, guess, now, weight, op);
+                    // THEN each write is the one built for it alone
+                    assert_eq!(shared, alone, "{limits:?} {guess:?} at {now:?}");
+                    // AND names and values are exactly the placeholders its expressions use
+                    let mut used = placeholders(&shared.exprs.update);
+                    used.extend(shared.exprs.condition.iter().flat_map(|c| placeholders(c)));
+                    used.sort();
+                    used.dedup();
+                    let mut given: Vec<String> = shared.names.keys().chain(shared.values.keys()).cloned().collect();
+                    given.sort();
+                    assert_eq!(used, given, "{:?}", shared.exprs);
+                    writes += 1;
+                }
+            }
+        }
+    }
+    // AND every one of them went through a kept shape (fewer than the most kept)
+    assert!(
+        writes > 1_000 && shapes.len() < MAX_SHAPES,
+        "{writes} writes, {} shapes",
+        shapes.len()
+    );
+}
