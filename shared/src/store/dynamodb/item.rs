@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
@@ -265,22 +266,116 @@ fn removable(limits: &Limits, windows: &[Window; 3], c: Counter) -> bool {
         || (window.has_ended(c) && limits.counted().any(|cal| cal.period() == c.period() && !cal.owns(c)))
 }
 
-/// One decision as an UpdateItem: expressions, names and values.
+/// One decision as an UpdateItem: expressions (shared by every write of the same shape), names
+/// and values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
-    pub update: String,
-    pub condition: Option<String>,
+    pub exprs: Arc<Exprs>,
     pub names: HashMap<String, String>,
     pub values: HashMap<String, AttributeValue>,
 }
+
+/// A write's update and condition expressions.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Exprs {
+    pub update: String,
+    pub condition: Option<String>,
+}
+
+/// What an admitting write's expressions depend on: the bucket's shape, the period kinds it
+/// counts on and which of them a quota limits, how many counters and markers it removes. A plan
+/// has a handful (bucket busy or idle, a removal or not); names and values fill them per write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Shape {
+    /// `Some(true)`: busy, the TAT moves forward; `Some(false)`: idle, the TAT is set.
+    bucket: Option<bool>,
+    /// Per period kind (`Period::ALL`): counted, and whether a quota limits it.
+    periods: [Option<bool>; 3],
+    removed: usize,
+}
+
+/// Expressions by shape, built once each: behind the store, shared by its writes.
+#[derive(Debug, Default)]
+pub struct Shapes {
+    built: Mutex<HashMap<Shape, Arc<Exprs>>>,
+}
+
+/// Shapes kept at most. Beyond (only an item with unusually many counters or markers to remove
+/// gets there), expressions are built for the one write.
+const MAX_SHAPES: usize = 64;
+
+impl Shapes {
+    fn get(&self, shape: Shape) -> Arc<Exprs> {
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(exprs) = built.get(&shape) {
+            return exprs.clone();
+        }
+        let exprs = Arc::new(shape.exprs());
+        if built.len() < MAX_SHAPES {
+            built.insert(shape, exprs.clone());
+        }
+        exprs
+    }
+
+    /// How many shapes have expressions built.
+    pub fn count(&self) -> usize {
+        self.built.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// The name and quota-value keys of a period kind's counter.
+fn period_keys(period: Period) -> (&'static str, &'static str) {
+    match period {
+        Period::Day => ("#d", ":dmax"),
+        Period::Week => ("#w", ":wmax"),
+        Period::Month => ("#m", ":mmax"),
+    }
+}
+
+impl Shape {
+    fn exprs(&self) -> Exprs {
+        let mut w = Expr::default();
+        match self.bucket {
+            // Busy bucket: move the TAT forward by the increment, as long as the result stays
+            // within the tolerance. Concurrent writers do not conflict unless at the edge.
+            Some(true) => {
+                w.set("#b = #b + :inc");
+                w.cond("#b > :now AND #b <= :bmax");
+            }
+            Some(false) => {
+                w.set("#b = :nt");
+                w.cond("(attribute_not_exists(#b) OR #b <= :now)");
+            }
+            None => {}
+        }
+        for (period, counted) in Period::ALL.into_iter().zip(self.periods) {
+            let Some(limited) = counted else { continue };
+            let (key, max) = period_keys(period);
+            w.add(&format!("{key} :n"));
+            if limited {
+                w.cond(&format!("(attribute_not_exists({key}) OR {key} <= {max})"));
+            }
+        }
+        w.set("#ttl = :ttl");
+        w.set("#o = :op");
+        w.cond(CLAIM);
+        for i in 0..self.removed {
+            w.remove(&format!("#x{i}"));
+        }
+        w.finish()
+    }
+}
+
+/// The condition of every send: its operation id is above its slot's.
+const CLAIM: &str = "(attribute_not_exists(#o) OR #o < :op)";
 
 /// Builds the conditional write that admits `weight` units at `now`, shaped by `guess` (the item
 /// as last seen). A wrong guess makes the condition fail; it never makes the write wrong.
 ///
 /// Every send, the first included, requires that `op` is greater than its slot's value and sets
 /// the slot to it: an operation can then apply at most once, however its sends arrive.
-pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op: u64) -> Write {
-    admit_at(limits, guess, now, now, weight, op)
+pub fn admit(shapes: &Shapes, limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op: u64) -> Write {
+    admit_at(shapes, limits, guess, now, now, weight, op)
 }
 
 /// `admit` for requests that arrived from `now` to `anchor` and are decided together (one
@@ -288,46 +383,70 @@ pub fn admit(limits: &Limits, guess: &Snapshot, now: Timestamp, weight: u32, op:
 /// `anchor` and end within the tolerance as of `now`, so each unit conforms at whichever instant
 /// of the two its request arrived, and the item never ends below where the requests one at a
 /// time would have left it.
-pub fn admit_at(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp, weight: u32, op: u64) -> Write {
-    let mut w = Expr::default();
+pub fn admit_at(
+    shapes: &Shapes,
+    limits: &Limits,
+    guess: &Snapshot,
+    now: Timestamp,
+    anchor: Timestamp,
+    weight: u32,
+    op: u64,
+) -> Write {
+    let mut names = HashMap::with_capacity(8);
+    let mut values = HashMap::with_capacity(8);
+    let mut name = |key: &str, attr: String| names.insert(key.to_owned(), attr);
+    let mut value = |key: &str, n: u64| values.insert(key.to_owned(), AttributeValue::N(n.to_string()));
     let n = u64::from(weight);
     let anchor = anchor.max(now);
     let (now_ns, anchor_ns) = (now.as_nanos(), anchor.as_nanos());
+    let mut shape = Shape {
+        bucket: None,
+        periods: [None; 3],
+        removed: 0,
+    };
     if let Some((id, bucket)) = &limits.bucket {
-        w.name("#b", id.attribute());
+        name("#b", id.attribute().to_owned());
         let inc = bucket.interval().saturating_mul(n);
-        let tat = guess.state(limits, now).tat;
-        if tat.is_some_and(|t| t > anchor) {
-            // Busy bucket: move the TAT forward by the increment, as long as the result stays
-            // within the tolerance. Concurrent writers do not conflict unless at the edge.
-            let max = now_ns.saturating_add(bucket.capacity()).saturating_sub(inc);
-            w.value(":inc", inc).value(":now", anchor_ns).value(":bmax", max);
-            w.set("#b = #b + :inc");
-            w.cond("#b > :now AND #b <= :bmax");
+        let busy = guess.state(limits, now).tat.is_some_and(|t| t > anchor);
+        if busy {
+            value(":inc", inc);
+            value(":bmax", now_ns.saturating_add(bucket.capacity()).saturating_sub(inc));
         } else {
-            w.value(":nt", anchor_ns.saturating_add(inc)).value(":now", anchor_ns);
-            w.set("#b = :nt");
-            w.cond("(attribute_not_exists(#b) OR #b <= :now)");
+            value(":nt", anchor_ns.saturating_add(inc));
         }
+        value(":now", anchor_ns);
+        shape.bucket = Some(busy);
     }
-    w.value(":n", n);
+    value(":n", n);
     for calendar in limits.counted() {
         let period = calendar.period();
-        let (key, max) = match period {
-            Period::Day => ("#d", ":dmax"),
-            Period::Week => ("#w", ":wmax"),
-            Period::Month => ("#m", ":mmax"),
-        };
-        w.name(key, &calendar.counter(now).to_string());
-        w.add(&format!("{key} :n"));
-        if let Some(q) = limits.limit(period) {
-            w.value(max, q.saturating_sub(n));
-            w.cond(&format!("(attribute_not_exists({key}) OR {key} <= {max})"));
+        let (key, max) = period_keys(period);
+        name(key, calendar.counter(now).to_string());
+        let limit = limits.limit(period);
+        if let Some(q) = limit {
+            value(max, q.saturating_sub(n));
         }
+        shape.periods[period.index()] = Some(limit.is_some());
     }
-    w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
-    w.set("#ttl = :ttl");
-    claim_slot(&mut w, op);
+    name("#ttl", TTL.to_owned());
+    value(":ttl", now.as_secs() + TTL_SECS);
+    name("#o", OP_ATTRS[slot_of(op)].to_owned());
+    value(":op", op);
+    let stale = stale(limits, guess, now);
+    shape.removed = stale.len();
+    for (i, attr) in stale.into_iter().enumerate() {
+        name(&format!("#x{i}"), attr);
+    }
+    Write {
+        exprs: shapes.get(shape),
+        names,
+        values,
+    }
+}
+
+/// The attributes a write at `now` removes, sorted: each counted period kind's expired counter,
+/// the counters of `guess` that are removable, and its expired write-back markers.
+fn stale(limits: &Limits, guess: &Snapshot, now: Timestamp) -> Vec<String> {
     let windows = windows(limits, now);
     let mut stale: Vec<String> = limits
         .counted()
@@ -350,12 +469,7 @@ pub fn admit_at(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Times
         .collect();
     stale.sort_unstable();
     stale.dedup();
-    for (i, name) in stale.iter().enumerate() {
-        let key = format!("#x{i}");
-        w.name(&key, name);
-        w.remove(&key);
-    }
-    w.finish()
+    stale
 }
 
 /// The write that makes `op` impossible without changing anything else: it claims `op`'s slot.
@@ -365,61 +479,72 @@ pub fn admit_at(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Times
 /// The slot is set to `fenced(op)`, not `op`: a fence whose answer is lost and that is sent again
 /// must find the slot fenced, not take its own landing for the operation's.
 pub fn fence(now: Timestamp, op: u64) -> Write {
-    let mut w = Expr::default();
-    w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
-    w.set("#ttl = :ttl");
-    w.name("#o", OP_ATTRS[slot_of(op)])
-        .value(":op", op)
-        .value(":fenced", fenced(op));
-    w.set("#o = :fenced");
-    w.cond("(attribute_not_exists(#o) OR #o < :op)");
-    w.finish()
+    static FENCE: LazyLock<Arc<Exprs>> = LazyLock::new(|| {
+        Arc::new(Exprs {
+            update: "SET #ttl = :ttl, #o = :fenced".to_owned(),
+            condition: Some(CLAIM.to_owned()),
+        })
+    });
+    let names = HashMap::from([
+        ("#ttl".to_owned(), TTL.to_owned()),
+        ("#o".to_owned(), OP_ATTRS[slot_of(op)].to_owned()),
+    ]);
+    let values = HashMap::from([
+        (":ttl".to_owned(), number(now.as_secs() + TTL_SECS)),
+        (":op".to_owned(), number(op)),
+        (":fenced".to_owned(), number(fenced(op))),
+    ]);
+    Write {
+        exprs: FENCE.clone(),
+        names,
+        values,
+    }
 }
 
 /// The write that adds a charge (`Store::charge`) to the counters, conditioned on its writer's
 /// marker being below its `seq` and raising the marker to it: a resend of an applied charge is
 /// refused by the condition, so it counts once. A counter may end above its quota (admissions
-/// made without the store); the bucket is left alone.
+/// made without the store); the bucket is left alone. Rare (a write-back), so its expressions are
+/// built for the one write.
 pub fn charge(c: &Charge, now: Timestamp) -> Write {
     let mut w = Expr::default();
-    w.name("#wb", &marker(c.writer)).value(":seq", c.seq);
+    let mut names = HashMap::from([
+        ("#wb".to_owned(), marker(c.writer)),
+        ("#ttl".to_owned(), TTL.to_owned()),
+    ]);
+    let mut values = HashMap::from([
+        (":seq".to_owned(), number(c.seq)),
+        (":ttl".to_owned(), number(now.as_secs() + TTL_SECS)),
+    ]);
     w.set("#wb = :seq");
     w.cond("(attribute_not_exists(#wb) OR #wb < :seq)");
-    w.name("#ttl", TTL).value(":ttl", now.as_secs() + TTL_SECS);
     w.set("#ttl = :ttl");
     for (i, (counter, n)) in c.counts.iter().enumerate() {
-        w.name(&format!("#c{i}"), &counter.to_string());
-        w.values.insert(format!(":c{i}"), AttributeValue::N(n.to_string()));
+        names.insert(format!("#c{i}"), counter.to_string());
+        values.insert(format!(":c{i}"), AttributeValue::N(n.to_string()));
         w.add(&format!("#c{i} :c{i}"));
     }
-    w.finish()
+    Write {
+        exprs: Arc::new(w.finish()),
+        names,
+        values,
+    }
 }
 
-fn claim_slot(w: &mut Expr, op: u64) {
-    w.name("#o", OP_ATTRS[slot_of(op)]).value(":op", op);
-    w.set("#o = :op");
-    w.cond("(attribute_not_exists(#o) OR #o < :op)");
+fn number(n: u64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
 }
 
+/// Joins an update's and a condition's parts; used once per shape.
 #[derive(Default)]
 struct Expr {
     set: Vec<String>,
     add: Vec<String>,
     remove: Vec<String>,
     cond: Vec<String>,
-    names: HashMap<String, String>,
-    values: HashMap<String, AttributeValue>,
 }
 
 impl Expr {
-    fn name(&mut self, key: &str, attr: &str) -> &mut Self {
-        self.names.insert(key.to_owned(), attr.to_owned());
-        self
-    }
-    fn value(&mut self, key: &str, n: u64) -> &mut Self {
-        self.values.insert(key.to_owned(), AttributeValue::N(n.to_string()));
-        self
-    }
     fn set(&mut self, s: &str) {
         self.set.push(s.to_owned());
     }
@@ -432,7 +557,7 @@ impl Expr {
     fn cond(&mut self, s: &str) {
         self.cond.push(s.to_owned());
     }
-    fn finish(self) -> Write {
+    fn finish(self) -> Exprs {
         let mut update = String::new();
         for (verb, parts) in [("SET", &self.set), ("ADD", &self.add), ("REMOVE", &self.remove)] {
             if !parts.is_empty() {
@@ -444,11 +569,9 @@ impl Expr {
                 );
             }
         }
-        Write {
+        Exprs {
             update,
             condition: (!self.cond.is_empty()).then(|| self.cond.join(" AND ")),
-            names: self.names,
-            values: self.values,
         }
     }
 }

@@ -110,6 +110,8 @@ pub struct DynamoStore {
     client: Client,
     config: Arc<DynamoStoreConfig>,
     predictions: Arc<Predictions>,
+    /// Update and condition expressions by write shape, built once each.
+    shapes: Arc<item::Shapes>,
     lanes: Arc<Lanes>,
     leases: Arc<Leases>,
     stats: Arc<StoreStats>,
@@ -130,6 +132,7 @@ impl DynamoStore {
         DynamoStore {
             client,
             predictions: Arc::new(Predictions::new(config.cache_capacity, config.max_hold_off)),
+            shapes: Arc::default(),
             lanes: Arc::default(),
             leases: Arc::new(Leases::new(config.cache_capacity, config.lease_span)),
             config: Arc::new(config),
@@ -145,6 +148,7 @@ impl DynamoStore {
             client: self.client.clone(),
             config: self.config.clone(),
             predictions: self.predictions.clone(),
+            shapes: self.shapes.clone(),
             lanes: self.lanes.clone(),
             leases: self.leases.clone(),
             stats: self.stats.clone(),
@@ -220,10 +224,18 @@ impl DynamoStore {
             .update_item()
             .table_name(&self.config.table)
             .key(item::PK, AttributeValue::S(req.tenant.to_owned()))
-            .update_expression(w.update)
-            .set_condition_expression(w.condition)
+            .update_expression(w.exprs.update.clone())
+            .set_condition_expression(w.exprs.condition.clone())
             .set_expression_attribute_names(Some(w.names))
             .set_expression_attribute_values(Some(w.values))
+            // The whole item, not `UPDATED_NEW`: return values cost no capacity, and the item is
+            // under 1 KB. The decision needs only the attributes the write sets, but the cache
+            // also keeps the tenant's other buckets' TATs (a route's write would otherwise leave
+            // the plan's next write to guess its shape, and miss when busy), the other slots'
+            // operation ids keep this container's ids above every other's, and the item's size
+            // counts the write units. An attribute a write did not return cannot be taken from an
+            // older view as current: an operator's reset removes TATs and zeroes counters, and
+            // the older view would revive them, refusing as if freshly checked.
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)

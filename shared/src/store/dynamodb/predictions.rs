@@ -5,8 +5,8 @@
 //! it is).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::item::{Snapshot, TatAttr};
@@ -16,14 +16,13 @@ use crate::engine::quota::Counter;
 
 #[derive(Debug)]
 pub(super) struct Predictions {
-    cache: Mutex<HashMap<Box<str>, Cached>>,
-    capacity: usize,
+    cache: Mutex<Ring>,
     max_hold_off: Duration,
     /// The last version handed out: versions are unique within the process.
     versions: AtomicU64,
 }
 
-/// A tenant's compacted snapshot as kept between decisions: two boxed slices, no spare capacity,
+/// A tenant's compacted snapshot as kept between decisions: boxed slices, no spare capacity,
 /// and what this container knows of its own dealings with the tenant.
 #[derive(Debug)]
 struct Cached {
@@ -68,67 +67,160 @@ pub(super) enum Race {
     Neither,
 }
 
+/// The cached tenants, at most `capacity`: a full cache evicts one entry at a time, by second
+/// chance (CLOCK). Every entry has a bit set when it is used; the hand sweeps the slots, clearing
+/// set bits and evicting the first entry whose bit was clear. A tenant in use survives a flood of
+/// new ones, which evict each other; each insert costs O(1) amortised (a sweep clears each bit
+/// it passes), and no allocation beyond the entry's own.
+#[derive(Debug)]
+struct Ring {
+    index: HashMap<Arc<str>, usize>,
+    slots: Vec<Option<Entry>>,
+    /// Slots emptied by `remove`, filled before any eviction.
+    free: Vec<usize>,
+    hand: usize,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    tenant: Arc<str>,
+    cached: Cached,
+    /// Used since the hand last passed: spared once.
+    used: bool,
+}
+
+impl Ring {
+    /// Sized once: growing the tables while serving would leave the old ones as fragments. The
+    /// index gets twice the entries it ever holds: an eviction leaves a tombstone, and a table
+    /// out of room for new keys that is at most half full is rehashed in place, never grown.
+    fn new(capacity: usize) -> Ring {
+        Ring {
+            index: HashMap::with_capacity(capacity.saturating_mul(2)),
+            slots: Vec::with_capacity(capacity),
+            free: Vec::new(),
+            hand: 0,
+            capacity,
+        }
+    }
+
+    fn get(&self, tenant: &str) -> Option<&Cached> {
+        let at = *self.index.get(tenant)?;
+        self.slots[at].as_ref().map(|e| &e.cached)
+    }
+
+    /// The tenant's entry, marked used.
+    fn get_used(&mut self, tenant: &str) -> Option<&mut Cached> {
+        let at = *self.index.get(tenant)?;
+        self.slots[at].as_mut().map(|e| {
+            e.used = true;
+            &mut e.cached
+        })
+    }
+
+    /// Replaces the tenant's entry, or adds it (not yet marked used: a tenant seen once is the
+    /// first to go), evicting one entry when full.
+    fn insert(&mut self, tenant: &str, cached: Cached) {
+        if let Some(entry) = self.get_used(tenant) {
+            *entry = cached;
+            return;
+        }
+        if self.capacity == 0 {
+            return;
+        }
+        let at = match self.free.pop() {
+            Some(at) => at,
+            None if self.slots.len() < self.capacity => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+            None => self.evict(),
+        };
+        let tenant: Arc<str> = tenant.into();
+        self.index.insert(tenant.clone(), at);
+        self.slots[at] = Some(Entry {
+            tenant,
+            cached,
+            used: false,
+        });
+    }
+
+    /// Empties the slot of the first entry not used since the hand last passed it.
+    fn evict(&mut self) -> usize {
+        loop {
+            let at = self.hand;
+            self.hand = (self.hand + 1) % self.slots.len();
+            match &mut self.slots[at] {
+                Some(e) if e.used => e.used = false,
+                Some(e) => {
+                    self.index.remove(&e.tenant);
+                    self.slots[at] = None;
+                    return at;
+                }
+                None => return at,
+            }
+        }
+    }
+
+    fn remove(&mut self, tenant: &str) {
+        if let Some(at) = self.index.remove(tenant) {
+            self.slots[at] = None;
+            self.free.push(at);
+        }
+    }
+}
+
 impl Predictions {
     pub(super) fn new(capacity: usize, max_hold_off: Duration) -> Predictions {
         Predictions {
-            // Sized once: growing the table while serving would leave the old ones as fragments.
-            cache: Mutex::new(HashMap::with_capacity(capacity)),
-            capacity,
+            cache: Mutex::new(Ring::new(capacity)),
             max_hold_off,
             versions: AtomicU64::new(0),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The tenant's cached item, and the hold-off of `bucket`.
     pub(super) fn seen(&self, tenant: &str, bucket: Option<TatAttr>) -> Option<Seen> {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tenant)
-            .map(|c| Seen {
-                snap: Snapshot {
-                    tats: c.tats.to_vec(),
-                    counters: c.counters.to_vec(),
-                    markers: c.markers.to_vec(),
-                    ..Snapshot::default()
-                },
-                checked: c.checked,
-                version: c.version,
-                hold_until: c
-                    .hold
-                    .filter(|h| h.bucket == bucket)
-                    .map_or(Timestamp::from_nanos(0), |h| h.until),
-            })
+        self.lock().get_used(tenant).map(|c| Seen {
+            snap: Snapshot {
+                tats: c.tats.to_vec(),
+                counters: c.counters.to_vec(),
+                markers: c.markers.to_vec(),
+                ..Snapshot::default()
+            },
+            checked: c.checked,
+            version: c.version,
+            hold_until: c
+                .hold
+                .filter(|h| h.bucket == bucket)
+                .map_or(Timestamp::from_nanos(0), |h| h.until),
+        })
     }
 
     /// The version of the tenant's cached item (0: none): a request that waited for another's
     /// write compares it with the one it predicted from.
     pub(super) fn version(&self, tenant: &str) -> u64 {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tenant)
-            .map_or(0, |c| c.version)
+        self.lock().get(tenant).map_or(0, |c| c.version)
     }
 
     /// Drops the tenant's cached item (after an operator's reset).
     pub(super) fn forget(&self, tenant: &str) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant);
+        self.lock().remove(tenant);
     }
 
     pub(super) fn touch(&self, tenant: &str, now: Timestamp) {
-        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(tenant) {
+        if let Some(c) = self.lock().get_used(tenant) {
             c.checked = c.checked.max(now);
         }
     }
 
     pub(super) fn remember(&self, tenant: &str, snap: Snapshot, limits: &Limits, now: Timestamp, race: Race) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= self.capacity && !cache.contains_key(tenant) {
-            // Dropping a prediction costs at most one extra write later; keep it simple.
-            cache.clear();
-        }
         let snap = snap.compact(limits, now);
+        let mut cache = self.lock();
         let hold = self.next_hold(cache.get(tenant).and_then(|c| c.hold), race, now);
         let cached = Cached {
             tats: snap.tats.into_boxed_slice(),
@@ -138,12 +230,7 @@ impl Predictions {
             version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
             hold,
         };
-        match cache.get_mut(tenant) {
-            Some(slot) => *slot = cached,
-            None => {
-                cache.insert(tenant.into(), cached);
-            }
-        }
+        cache.insert(tenant, cached);
     }
 
     /// The hold-off after a write's answer. A lost race holds its bucket off until the next token
@@ -178,6 +265,57 @@ mod tests {
     use super::*;
 
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
+
+    fn remember(p: &Predictions, tenant: &str) {
+        p.remember(tenant, Snapshot::default(), &Limits::UNLIMITED, NOW, Race::Neither);
+    }
+
+    fn cached(p: &Predictions, tenants: impl Iterator<Item = String>) -> Vec<String> {
+        tenants.filter(|t| p.lock().get(t).is_some()).collect()
+    }
+
+    #[test]
+    fn a_full_cache_evicts_tenants_not_in_use_and_keeps_those_in_use() {
+        // GIVEN a full cache of 100 tenants, of which the first 10 keep being asked about
+        let p = Predictions::new(100, Duration::from_secs(60));
+        let name = |i: usize| format!("t{i}");
+        for i in 0..100 {
+            remember(&p, &name(i));
+        }
+        for round in 0..5 {
+            for i in 0..10 {
+                assert!(p.seen(&name(i), None).is_some(), "t{i} in round {round}");
+            }
+            // WHEN 50 new tenants arrive per round, 250 in all
+            for i in 0..50 {
+                remember(&p, &name(1_000 + round * 50 + i));
+            }
+        }
+        // THEN the tenants in use are all still cached, the cache is full and no larger
+        assert_eq!(cached(&p, (0..10).map(name)).len(), 10);
+        let ring = p.lock();
+        assert_eq!((ring.index.len(), ring.slots.len()), (100, 100));
+        drop(ring);
+        // AND the newest tenants are cached, the oldest unused ones evicted first
+        assert_eq!(cached(&p, (1_200..1_250).map(name)).len(), 50);
+        assert!(cached(&p, (10..100).map(name)).is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_tenant_frees_its_slot_for_the_next_one() {
+        let p = Predictions::new(2, Duration::from_secs(60));
+        remember(&p, "a");
+        remember(&p, "b");
+        assert!(p.seen("a", None).is_some() && p.seen("b", None).is_some());
+        p.forget("a");
+        remember(&p, "c");
+        // THEN "c" took "a"'s slot: "b", in use, was not evicted
+        assert_eq!(cached(&p, ["a", "b", "c"].map(String::from).into_iter()), ["b", "c"]);
+        // AND a cache of no capacity keeps nothing
+        let none = Predictions::new(0, Duration::from_secs(60));
+        remember(&none, "a");
+        assert!(none.seen("a", None).is_none());
+    }
 
     #[test]
     fn a_lost_race_holds_off_only_its_bucket_and_not_past_the_next_token_and_one_interval() {

@@ -214,7 +214,7 @@ impl DynamoStore {
                     .await;
             }
             let op = pending.unwrap_or_else(|| self.next_op(head.tenant, head.now));
-            let w = item::admit_at(head.limits, &guess, whole.now, anchor, whole.weight, op);
+            let w = item::admit_at(&self.shapes, head.limits, &guess, whole.now, anchor, whole.weight, op);
             match self
                 .send(&whole, w)
                 .await

@@ -34,14 +34,14 @@ fn removed(w: &Write) -> Vec<&str> {
 #[test]
 fn idle_guess_sets_tat_and_counts_in_one_expression() {
     let op = op_id(NOW, 0, 3, 42);
-    let w = admit(&limits(), &Snapshot::default(), NOW, 1, op);
+    let w = admit(&Shapes::default(), &limits(), &Snapshot::default(), NOW, 1, op);
     assert_eq!(
-        w.update,
+        w.exprs.update,
         "SET #b = :nt, #ttl = :ttl, #o = :op ADD #d :n, #m :n REMOVE #x0, #x1"
     );
     // THEN the first send is as conditional on its operation id as any resend
     assert_eq!(
-        w.condition.as_deref(),
+        w.exprs.condition.as_deref(),
         Some(
             "(attribute_not_exists(#b) OR #b <= :now) AND (attribute_not_exists(#d) OR #d <= :dmax) \
              AND (attribute_not_exists(#o) OR #o < :op)"
@@ -60,9 +60,9 @@ fn busy_guess_increments_within_the_tolerance() {
         tats: vec![(TatAttr::PLAN, NOW.saturating_add(Duration::from_millis(500)))],
         ..Snapshot::default()
     };
-    let w = admit(&limits(), &guess, NOW, 2, op_id(NOW, 0, 0, 1));
-    assert!(w.update.starts_with("SET #b = #b + :inc"));
-    let cond = w.condition.expect("conditional");
+    let w = admit(&Shapes::default(), &limits(), &guess, NOW, 2, op_id(NOW, 0, 0, 1));
+    assert!(w.exprs.update.starts_with("SET #b = #b + :inc"));
+    let cond = w.exprs.condition.clone().expect("conditional");
     assert!(cond.starts_with("#b > :now AND #b <= :bmax"), "{cond}");
     assert!(cond.ends_with("(attribute_not_exists(#o) OR #o < :op)"), "{cond}");
     // capacity 2 s, increment 200 ms
@@ -127,10 +127,21 @@ fn an_item_tells_applied_overwritten_and_not_applied_operations_apart() {
 fn a_fence_claims_the_slot_and_changes_nothing_else() {
     let op = op_id(NOW, 0, 6, 9);
     let w = fence(NOW, op);
-    assert_eq!(w.update, "SET #ttl = :ttl, #o = :fenced");
-    assert_eq!(w.condition.as_deref(), Some("(attribute_not_exists(#o) OR #o < :op)"));
+    assert_eq!(w.exprs.update, "SET #ttl = :ttl, #o = :fenced");
+    assert_eq!(
+        w.exprs.condition.as_deref(),
+        Some("(attribute_not_exists(#o) OR #o < :op)")
+    );
     assert_eq!(w.names["#o"], "o6");
     assert_eq!(w.values[":fenced"], AttributeValue::N(fenced(op).to_string()));
+    // AND its names and values are exactly the placeholders its expressions use
+    let mut used = placeholders(&w.exprs.update);
+    used.extend(w.exprs.condition.iter().flat_map(|c| placeholders(c)));
+    used.sort();
+    used.dedup();
+    let mut given: Vec<String> = w.names.keys().chain(w.values.keys()).cloned().collect();
+    given.sort();
+    assert_eq!(used, given);
 }
 
 #[test]
@@ -171,7 +182,7 @@ fn a_writer_never_removes_a_counter_of_its_period_or_a_later_one() {
         ..Snapshot::default()
     };
     // WHEN it writes
-    let w = admit(&limits(), &guess, NOW, 1, op_id(NOW, 0, 0, 0));
+    let w = admit(&Shapes::default(), &limits(), &guess, NOW, 1, op_id(NOW, 0, 0, 0));
     // THEN it removes only the counter behind the kept window
     let removed = removed(&w);
     assert!(removed.contains(&"d20261014"), "{removed:?}");
@@ -206,10 +217,10 @@ fn snapshot_round_trip_and_malformed_attributes() {
 /// by the size test itself): ADD creates a counter at ten digits, REMOVE removes it.
 fn apply(item: &mut HashMap<String, AttributeValue>, w: &Write) {
     let section = |verb: &str| -> Vec<String> {
-        let Some(at) = w.update.find(verb) else {
+        let Some(at) = w.exprs.update.find(verb) else {
             return Vec::new();
         };
-        let rest = &w.update[at + verb.len()..];
+        let rest = &w.exprs.update[at + verb.len()..];
         let end = [" SET ", " ADD ", " REMOVE "].iter().filter_map(|v| rest.find(v)).min();
         rest[..end.unwrap_or(rest.len())]
             .split(", ")
@@ -274,7 +285,10 @@ fn the_largest_possible_item_fits_in_one_write_unit() {
         }
         for (plan, t) in writers {
             let guess = Snapshot::parse(&counters).expect("parses");
-            apply(&mut counters, &admit(plan.limits(), &guess, t, 1, op_id(t, 0, 0, 0)));
+            apply(
+                &mut counters,
+                &admit(&Shapes::default(), plan.limits(), &guess, t, 1, op_id(t, 0, 0, 0)),
+            );
             let mut item = fixed.clone();
             item.extend(counters.clone());
             largest = largest.max(item_size(&item));
@@ -313,12 +327,12 @@ fn a_plan_with_calendars_writes_only_its_kinds_and_removes_per_kind() {
         ..Snapshot::default()
     };
     // WHEN it writes
-    let w = admit(limits, &guess, NOW, 1, op_id(NOW, 0, 0, 0));
+    let w = admit(&Shapes::default(), limits, &guess, NOW, 1, op_id(NOW, 0, 0, 0));
     // THEN it counts the UTC day (usage), the week and the month, and conditions the last two
     assert_eq!(w.names["#d"], "d20261123");
     assert!(w.names["#w"].starts_with('W'), "{:?}", w.names);
     assert!(w.names["#m"].starts_with('M'), "{:?}", w.names);
-    let cond = w.condition.clone().expect("conditional");
+    let cond = w.exprs.condition.clone().expect("conditional");
     assert!(cond.contains("#w <= :wmax") && cond.contains("#m <= :mmax"), "{cond}");
     assert!(!cond.contains(":dmax"), "{cond}");
     assert_eq!(w.values[":wmax"], AttributeValue::N("99".into()));
@@ -329,4 +343,176 @@ fn a_plan_with_calendars_writes_only_its_kinds_and_removes_per_kind() {
     assert!(removed.contains(&ended.to_string().as_str()), "{removed:?}");
     assert!(!removed.contains(&other.to_string().as_str()), "{removed:?}");
     assert_eq!(removed.len(), 4, "{removed:?}");
+}
+
+#[test]
+fn writes_of_one_shape_share_their_expressions_built_once() {
+    // GIVEN one store's shapes and two writes of the same plan, idle bucket, for two tenants'
+    // items at two instants of the same day, each in its own slot
+    let shapes = Shapes::default();
+    let later = NOW.saturating_add(Duration::from_secs(60));
+    let a = admit(&shapes, &limits(), &Snapshot::default(), NOW, 1, op_id(NOW, 0, 1, 7));
+    let b = admit(
+        &shapes,
+        &limits(),
+        &Snapshot::default(),
+        later,
+        3,
+        op_id(later, 0, 5, 9),
+    );
+    // THEN they share one expression, built once, and differ only in names and values
+    assert!(Arc::ptr_eq(&a.exprs, &b.exprs));
+    assert_eq!(shapes.count(), 1);
+    assert_ne!((&a.names, &a.values), (&b.names, &b.values));
+    // AND the shared expression is the one built afresh for either write
+    let fresh = admit(
+        &Shapes::default(),
+        &limits(),
+        &Snapshot::default(),
+        later,
+        3,
+        op_id(later, 0, 5, 9),
+    );
+    assert_eq!(fresh, b);
+    // WHEN the bucket is busy THEN that is another shape, built once too
+    let busy = Snapshot {
+        tats: vec![(TatAttr::PLAN, NOW.saturating_add(Duration::from_millis(500)))],
+        ..Snapshot::default()
+    };
+    let c = admit(&shapes, &limits(), &busy, NOW, 1, op_id(NOW, 0, 2, 3));
+    let d = admit(&shapes, &limits(), &busy, NOW, 1, op_id(NOW, 0, 4, 4));
+    assert!(!Arc::ptr_eq(&a.exprs, &c.exprs));
+    assert!(Arc::ptr_eq(&c.exprs, &d.exprs));
+    assert_eq!(shapes.count(), 2);
+}
+
+/// The `#name` and `:value` placeholders an expression uses.
+fn placeholders(expr: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find(['#', ':']) {
+        let end = rest[at + 1..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(rest.len(), |e| at + 1 + e);
+        found.push(rest[at..end].to_owned());
+        rest = &rest[end..];
+    }
+    found
+}
+
+/// Plans of every shape: plan and route buckets, no bucket, week quotas, calendars in zones,
+/// months anchored on the tenant.
+fn limits_of_every_shape() -> Vec<Limits> {
+    let plan = |spec: &str| crate::engine::policy::Plan::new("p", toml::from_str(spec).expect("spec")).expect("valid");
+    let routed = plan(
+        r#"rate = 10.0
+           burst = 20
+           daily_quota = 1000
+           routes = [ { route = "/search/GET", rate = 1.0, burst = 5 } ]"#,
+    );
+    let calendars = plan(
+        r#"rate = 5.0
+           burst = 5
+           quotas = [ { limit = 100, period = "week", start = "monday", zone = "America/New_York" },
+           { limit = 300, period = "month", anchor = "tenant", zone = "Asia/Tokyo" } ]"#,
+    );
+    let week_only = plan(r#"quota = { limit = 50, period = "week", start = "sunday" }"#);
+    let mut all = vec![
+        Limits::UNLIMITED,
+        limits(),
+        Limits::utc(None, None, Some(10)),
+        Limits::utc(Some((BucketId::Plan, Bucket::per_second(1.0, 1))), Some(5), Some(9)),
+        routed.limits().clone(),
+        routed.limits_for("/search", "GET").0,
+        week_only.limits().clone(),
+    ];
+    for anchor in [None, Some(1), Some(15), Some(31)] {
+        all.push(calendars.limits().clone().anchored(anchor));
+    }
+    all
+}
+
+/// Items a write under `limits` may see on day `day` at `now`: none, and items holding counters
+/// of its calendars and others (some long expired, more or fewer) with the bucket idle or busy.
+fn guesses(limits: &Limits, day: u64, now: Timestamp) -> Vec<Snapshot> {
+    let attr = limits
+        .bucket
+        .as_ref()
+        .and_then(|(id, _)| TatAttr::parse(id.attribute()));
+    let counters: Vec<(Counter, u64)> = limits
+        .counted()
+        .flat_map(|c| [c.counter(now), c.expired(now)])
+        .chain((0..(day % 3) as i64).map(|i| Counter::of(Period::Day, 20_000 - 40 - i)))
+        .chain([Counter::of(Period::Week, 20_000 - 7 * (day as i64 % 3) - 60)])
+        .map(|c| (c, 3))
+        .collect();
+    // Write-back markers: none to two expired ones (by a second or by days) beside live ones
+    // (a second within `MARKER_KEPT_SECS`, and just written).
+    let secs = now.as_secs();
+    let expired = (0..day % 3).map(|i| (u64::MAX - i, secs - MARKER_KEPT_SECS - 1 - i * 86_400));
+    let live = [(day, secs - MARKER_KEPT_SECS), (day + 1_000, secs)];
+    let markers: Vec<(u64, u64)> = expired.chain(live.into_iter().take(day as usize % 3)).collect();
+    let mut guesses = vec![Snapshot::default()];
+    for tat in [now, now.saturating_add(Duration::from_millis(300))] {
+        guesses.push(Snapshot {
+            tats: attr.map(|a| (a, tat)).into_iter().collect(),
+            counters: counters.clone(),
+            ..Snapshot::default()
+        });
+        guesses.push(Snapshot {
+            tats: attr.map(|a| (a, tat)).into_iter().collect(),
+            markers: markers.clone(),
+            ..Snapshot::default()
+        });
+        guesses.push(Snapshot {
+            tats: attr.map(|a| (a, tat)).into_iter().collect(),
+            counters: counters.clone(),
+            markers: markers.clone(),
+            ..Snapshot::default()
+        });
+    }
+    guesses
+}
+
+#[test]
+fn a_shared_shape_writes_exactly_what_a_write_built_alone_would() {
+    // GIVEN one store's shapes, shared by writes of plans of every shape, on items busy and idle
+    // holding counters to remove, at instants across days and months, of two weights
+    let all = limits_of_every_shape();
+    let shapes = Shapes::default();
+    let mut writes = 0;
+    for day in 0..70u64 {
+        let now = NOW.saturating_add(Duration::from_secs(day * 86_400 + day * 3_533));
+        for limits in &all {
+            for guess in &guesses(limits, day, now) {
+                for weight in [1, 4] {
+                    let op = op_id(now, 0, (day % 7) as usize, day);
+                    let shared = admit(&shapes, limits, guess, now, weight, op);
+                    let alone = admit(&Shapes::default(), limits, guess, now, weight, op);
+                    // THEN each write is the one built for it alone
+                    assert_eq!(shared, alone, "{limits:?} {guess:?} at {now:?}");
+                    // AND names and values are exactly the placeholders its expressions use
+                    let mut used = placeholders(&shared.exprs.update);
+                    used.extend(shared.exprs.condition.iter().flat_map(|c| placeholders(c)));
+                    used.sort();
+                    used.dedup();
+                    let mut given: Vec<String> = shared.names.keys().chain(shared.values.keys()).cloned().collect();
+                    given.sort();
+                    assert_eq!(used, given, "{:?}", shared.exprs);
+                    // AND it removes every expired marker of the item, and no live one
+                    for (writer, seq) in &guess.markers {
+                        let gone = removed(&shared).contains(&marker(*writer).as_str());
+                        assert_eq!(gone, marker_expired((*writer, *seq), now), "{writer} {seq} at {now:?}");
+                    }
+                    writes += 1;
+                }
+            }
+        }
+    }
+    // AND every one of them went through a kept shape (fewer than the most kept)
+    assert!(
+        writes > 1_000 && shapes.count() < MAX_SHAPES,
+        "{writes} writes, {} shapes",
+        shapes.count()
+    );
 }
