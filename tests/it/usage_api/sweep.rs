@@ -2,7 +2,8 @@
 //! due-minute buckets existed (one scan, never again), a run after an outage catches up
 //! `SWEEP_BUCKETS` minutes at a time, and a rotation that fails between its bucket entry and its
 //! revocation item leaves nothing the sweep cannot find, and a key API Gateway refuses to disable
-//! is postponed without holding up the others.
+//! is postponed without holding up the others; a rotation that fails after making its key leaves
+//! that key disabled.
 
 use std::time::Duration;
 
@@ -235,4 +236,31 @@ async fn a_key_api_gateway_refuses_to_disable_is_postponed_and_the_keys_after_it
     let run = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
     assert_eq!(run.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&stuck.0]);
     assert!(!enabled(&w, &registry, &stuck).await);
+}
+
+#[tokio::test]
+async fn a_rotation_that_fails_after_making_its_key_leaves_that_key_disabled() {
+    // GIVEN an onboarded tenant, the usage API's API Gateway calls through the proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, ..) = World::on_policy_table_via("tg-sweep-5", Some(&proxy.endpoint())).await;
+    let first = onboarded(&w, "tenant").await;
+    // WHEN a rotation's new key is refused on the tenant's usage plan
+    proxy.inject_on(
+        "POST",
+        &format!("/usageplans/{}/keys", w.free_plan_id),
+        &[Some(Fault::AccessDenied)],
+    );
+    let res = rotate(&w, "tenant", 60).await;
+    assert!(!res.status().is_success(), "{}", res.status());
+    // THEN the key it made is disabled (listed nowhere, nothing would ever revoke it), and the
+    // tenant's first key is untouched
+    let keys = w.gw.get_api_keys().customer_id("tenant").send().await.expect("keys");
+    let made: Vec<_> = keys
+        .items()
+        .iter()
+        .filter(|k| k.id() != Some(first.0.as_str()))
+        .collect();
+    assert_eq!(made.len(), 1, "the rotation made one key");
+    assert!(!made[0].enabled(), "the failed rotation's key is enabled");
+    assert!(enabled(&w, &registry, &first).await);
 }

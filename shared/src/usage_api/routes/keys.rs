@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::usage_plans::UsagePlans;
 use super::{Api, create, disable_key, key_change, revoke, tenant_change};
-use crate::control::apigateway::writes::NewApiKey;
+use crate::control::apigateway::writes::{ControlWrites, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::quota::format_utc;
 use crate::policy_table::audit::ItemChange;
@@ -29,6 +29,30 @@ pub(in crate::usage_api) struct Rotation {
     /// How long the tenant's current keys keep working, in seconds. A JSON number: `60.0` is
     /// the integer 60, as JSON Schema says.
     grace_seconds: serde_json::Number,
+}
+
+/// A rotation's new key put on the tenant's usage plan and listed on the tenant. On any error
+/// the key is disabled: unlisted, nothing would ever revoke it, and a retry starts clean.
+async fn put_on_plan_and_list(
+    api: &UsageApi,
+    control: &dyn ControlWrites,
+    (tenant, plan_id): (&str, &str),
+    key_id: &str,
+    hash: &ApiKeyHash,
+) -> Result<Changed<TenantRecord>, Problem> {
+    let listed = async {
+        control.create_usage_plan_key(plan_id, key_id).await?;
+        api.list_key(tenant, key_id, &hash.to_hex()).await
+    };
+    match listed.await {
+        Ok(changed) => Ok(changed),
+        Err(e) => {
+            if let Err(d) = disable_key(control, key_id).await {
+                tracing::warn!(tenant, key_id, error = ?d, "a rotation that failed could not disable its new key");
+            }
+            Err(e)
+        }
+    }
 }
 
 pub(in crate::usage_api) async fn rotate(
@@ -61,7 +85,6 @@ pub(in crate::usage_api) async fn rotate(
             tags: api.key_tags(),
         })
         .await?;
-    control.create_usage_plan_key(&plan_id, &key.id).await?;
     let hash = ApiKeyHash::of(&key.value);
     let record = KeyRecord {
         tenant: tenant.clone(),
@@ -70,7 +93,7 @@ pub(in crate::usage_api) async fn rotate(
     };
     // Listed on the tenant before anything else is written: a rotation at the same time adds its
     // own key to the list as it is then, so neither is lost.
-    let tenant_changed = api.list_key(&tenant, &key.id, &hash.to_hex()).await?;
+    let tenant_changed = put_on_plan_and_list(&api, control.as_ref(), (&tenant, &plan_id), &key.id, &hash).await?;
     if tenant_changed.after.is_none() {
         disable_key(control.as_ref(), &key.id).await?;
         return Err(Problem::conflict(

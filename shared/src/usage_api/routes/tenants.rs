@@ -14,6 +14,7 @@ use crate::control::apigateway::ControlError;
 use crate::control::apigateway::writes::ControlWrites;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::TenantRecord;
+use crate::policy_table::audit::ItemChange;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, ItemAction};
@@ -289,6 +290,33 @@ async fn off_then_on(control: &dyn ControlWrites, from: &str, to: &str, keys: &[
     Ok(())
 }
 
+/// One key of an offboarded tenant: disabled in API Gateway whatever the registry says (a key
+/// sync removed from the table, disabled or deleted, is disabled again, or found gone, and is
+/// done), taken off `plan_id` (one call per key, however many keys the plan has), its revocation
+/// dropped and its item revoked.
+async fn offboard_key(
+    api: &UsageApi,
+    plan_id: Option<&str>,
+    key_id: &str,
+    hash: &str,
+    items: &mut Vec<ItemChange>,
+) -> Result<(), Problem> {
+    if let Some(c) = &api.control {
+        disable_key(c.as_ref(), key_id).await?;
+        if let Some(plan_id) = plan_id
+            && c.on_usage_plan(plan_id, key_id).await?
+        {
+            c.delete_usage_plan_key(plan_id, key_id).await?;
+        }
+    }
+    api.registry.remove_revocation(key_id).await?;
+    if let Some(h) = ApiKeyHash::from_hex(hash) {
+        let changed = api.registry.change_key(&h, &revoke).await?;
+        items.extend(key_change(&h, changed));
+    }
+    Ok(())
+}
+
 pub(in crate::usage_api) async fn offboard(
     State(api): Api,
     State(plans): State<Arc<UsagePlans>>,
@@ -309,32 +337,41 @@ pub(in crate::usage_api) async fn offboard(
         None => None,
     };
     let mut items = Vec::new();
-    for (key_id, hash) in &keys {
-        // Disabled in API Gateway whatever the registry says: a key sync removed from the table
-        // (disabled, or deleted) is disabled again, or found gone, and is done.
-        if let Some(c) = &api.control {
-            disable_key(c.as_ref(), key_id).await?;
-            // One call per key, however many keys the plan has.
-            if let Some(plan_id) = &plan_id
-                && c.on_usage_plan(plan_id, key_id).await?
-            {
-                c.delete_usage_plan_key(plan_id, key_id).await?;
-            }
+    let mut disabled = std::collections::BTreeSet::new();
+    let mut pending = keys;
+    let mut rounds = 0;
+    let changed = loop {
+        for (key_id, hash) in &pending {
+            offboard_key(&api, plan_id.as_deref(), key_id, hash, &mut items).await?;
+            disabled.insert(key_id.clone());
         }
-        api.registry.remove_revocation(key_id).await?;
-        if let Some(h) = ApiKeyHash::from_hex(hash) {
-            let changed = api.registry.change_key(&h, &revoke).await?;
-            items.extend(key_change(&h, changed));
+        // The tenant as read: one moved meanwhile (or offboarded and onboarded again) is not
+        // removed, nor one that lists a key this offboarding has not disabled (a rotation at the
+        // same time): that key is disabled too, and the delete tried again.
+        let changed = api
+            .registry
+            .change_tenant(&tenant, &|current| match current {
+                Some(now) if now.plan == plan && now.keys.iter().flatten().all(|(k, _)| disabled.contains(k)) => {
+                    ItemAction::Delete
+                }
+                _ => ItemAction::Leave,
+            })
+            .await?;
+        pending = match &changed.after {
+            Some(now) if now.plan == plan && rounds < crate::policy_table::write::ATTEMPTS => now
+                .keys
+                .iter()
+                .flatten()
+                .filter(|(k, _)| !disabled.contains(*k))
+                .map(|(k, h)| (k.clone(), h.clone()))
+                .collect(),
+            _ => break changed,
+        };
+        if pending.is_empty() {
+            break changed;
         }
-    }
-    // The tenant as read: one moved meanwhile (or offboarded and onboarded again) is not removed.
-    let changed = api
-        .registry
-        .change_tenant(&tenant, &|current| match current {
-            Some(now) if now.plan == plan => ItemAction::Delete,
-            _ => ItemAction::Leave,
-        })
-        .await?;
+        rounds += 1;
+    };
     let moved = changed.after.as_ref().map(|t| t.plan.clone());
     items.extend(tenant_change(&tenant, changed));
     let summary = match &moved {
