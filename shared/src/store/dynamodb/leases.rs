@@ -166,25 +166,17 @@ impl Leases {
         };
         let mut map = lock(&self.map);
         let key: Key = (tenant.into(), bucket);
-        if !map.contains_key(&key) {
-            if map.len() >= self.capacity && !self.sweep(&mut map, now) {
-                return Spent::None { lapsed: 0 };
-            }
-            map.insert(
-                key.clone(),
-                Entry {
-                    meter: Meter {
-                        start: now,
-                        this: 0,
-                        last: 0,
-                    },
-                    lease: None,
-                },
-            );
-        }
-        let Some(entry) = map.get_mut(&key) else {
+        if !map.contains_key(&key) && map.len() >= self.capacity && !self.sweep(&mut map, now) {
             return Spent::None { lapsed: 0 };
-        };
+        }
+        let entry = map.entry(key).or_insert_with(|| Entry {
+            meter: Meter {
+                start: now,
+                this: 0,
+                last: 0,
+            },
+            lease: None,
+        });
         entry.meter.count(now, span, u64::from(weight));
         entry.spend(limits, now, weight)
     }
