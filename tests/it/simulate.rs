@@ -107,6 +107,24 @@ async fn a_gateway_under_load_admits_no_more_than_the_policy() {
     assert_matches_schema(&serde_json::from_str(&json).expect("value"));
 }
 
+#[tokio::test]
+async fn a_run_in_which_every_request_failed_does_not_pass() {
+    // GIVEN a gateway address nothing listens on
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", unreachable.local_addr().expect("addr"));
+    drop(unreachable);
+    let file = PolicyFile::parse(SMALL).expect("policy");
+    // WHEN simulate drives it
+    let report = simulate::run(&Target::Http(base), &file, &load(Pattern::Steady, 2, 1.0), "")
+        .await
+        .expect("run");
+    // THEN every request is an error, nothing was over-admitted, and the run does not pass
+    assert!(report.requests > 0);
+    assert_eq!(report.errors, report.requests, "{}", report.table());
+    assert_eq!(report.over_admitted, 0);
+    assert!(!report.pass, "{}", report.table());
+}
+
 /// The shipped calendar example: a day, a week from Monday and a month from the 15th, in New
 /// York, at one request per 500 s.
 const CALENDAR: &str = include_str!("../../infra/policies/calendar.toml");

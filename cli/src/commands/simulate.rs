@@ -10,7 +10,7 @@ use tollgate::store::MemoryStore;
 use super::read_policy;
 use crate::aws_args::DynamoArgs;
 use crate::error::{CliError, ErrorKind, FlagError};
-use crate::simulate::{self, Pattern, Target};
+use crate::simulate::{self, Pattern, SimulateError, Target};
 
 /// Exit code when `simulate` finds over-admission (errors exit with 1, usage errors with 2).
 pub const EXIT_OVER_ADMISSION: u8 = 3;
@@ -100,6 +100,12 @@ impl Simulate {
                 source,
             })?;
             println!("report: {}", path.display());
+        }
+        if report.requests > 0 && report.errors == report.requests {
+            return Err(ErrorKind::from(SimulateError::NothingAnswered {
+                requests: report.requests,
+            })
+            .into());
         }
         Ok(if report.pass {
             ExitCode::SUCCESS

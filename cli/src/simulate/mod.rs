@@ -40,6 +40,10 @@ pub enum SimulateError {
     NoPlans,
     #[error("--containers must be at least 1")]
     NoContainers,
+    #[error(
+        "all {requests} requests failed, so nothing was checked: is the target reachable (--target, --endpoint-url)?"
+    )]
+    NothingAnswered { requests: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
