@@ -29,6 +29,40 @@ use crate::store::{Consume, StoreError};
 /// Requests one write carries at most, the holder's own included.
 const MAX_CARRIED: usize = 256;
 
+/// The instant a batch's units start no earlier than. Without a lease, its latest arrival: each
+/// carried request then conforms at its own arrival. With a lease whose units `guess` shows
+/// starting past the latest arrival (a busy bucket, whose TAT only grows), the same: the lease is
+/// spendable until its first unit's slot (`lease_until`), the write keeps the bucket's shape
+/// whatever other containers wrote since, and the TAT is not pushed past where the units leave it.
+/// Otherwise the end of the lease's span: an idle bucket's lease is spendable for the whole span.
+fn anchor(head: &Consume<'_>, guess: &Snapshot, latest: Timestamp, lease: Option<(u32, Duration)>) -> Timestamp {
+    let Some((_, span)) = lease else { return latest };
+    let busy = guess.state(head.limits, head.now).tat.is_some_and(|tat| tat > latest);
+    if busy {
+        latest
+    } else {
+        latest.max(head.now.saturating_add(span))
+    }
+}
+
+/// Until when a lease's units are spendable: the end of its span, of the first quota period to
+/// end, and the slot of its first unit on the item `after` the write (past it, a unit spent would
+/// count as emitted before it was).
+fn lease_until(limits: &Limits, after: &Snapshot, from: Timestamp, span_end: Timestamp, units: u32) -> Timestamp {
+    let end = limits
+        .counted()
+        .map(|c| c.bounds(from).1)
+        .fold(span_end, Timestamp::min);
+    let first_slot = limits.bucket.as_ref().and_then(|(_, bucket)| {
+        let tat = after.state(limits, from).tat?;
+        Some(Timestamp::from_nanos(
+            tat.as_nanos()
+                .saturating_sub(bucket.interval().saturating_mul(u64::from(units))),
+        ))
+    });
+    first_slot.map_or(end, |slot| end.min(slot))
+}
+
 /// The engine's view of `guess` for units that start no earlier than `anchor` (≥ `now`).
 fn state_from(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp) -> State {
     let mut state = guess.state(limits, now);
@@ -53,6 +87,10 @@ pub(super) struct Batch<'a> {
 enum Outcome {
     /// Applied: the item the write returned, which admits the head and every carried request.
     Admitted(Snapshot),
+    /// Applied, as a later item shows (a resend or a fence found the operation's id): it admits
+    /// the head and every carried request, but no longer tells where the write left the bucket,
+    /// so a lease's first slot is unknown and its units lapse.
+    Found(Snapshot),
     /// The head's refusal; nothing carried.
     Refused(Decision),
 }
@@ -78,27 +116,30 @@ impl<'a> Batch<'a> {
     }
 
     /// The batch as one request (every unit, the lease's included, as of the earliest arrival),
-    /// and its anchor: the latest arrival, or the end of the lease's span.
-    fn whole<'r>(&self, head: &Consume<'r>) -> (Consume<'r>, Timestamp) {
-        self.whole_with(head, self.lease)
+    /// and its anchor (`anchor`).
+    fn whole<'r>(&self, head: &Consume<'r>, guess: &Snapshot) -> (Consume<'r>, Timestamp) {
+        self.whole_with(head, guess, self.lease)
     }
 
-    fn whole_with<'r>(&self, head: &Consume<'r>, lease: Option<(u32, Duration)>) -> (Consume<'r>, Timestamp) {
+    fn whole_with<'r>(
+        &self,
+        head: &Consume<'r>,
+        guess: &Snapshot,
+        lease: Option<(u32, Duration)>,
+    ) -> (Consume<'r>, Timestamp) {
         let from = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::min);
-        let mut to = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
+        let latest = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
         let mut weight = self.carried.iter().fold(head.weight, |n, w| n.saturating_add(w.weight));
-        if let Some((units, span)) = lease.filter(|(units, _)| *units > 0) {
+        let lease = lease.filter(|(units, _)| *units > 0);
+        if let Some((units, _)) = lease {
             weight = weight.saturating_add(units);
-            to = to.max(head.now.saturating_add(span));
         }
-        (
-            Consume {
-                weight,
-                now: from,
-                ..*head
-            },
-            to,
-        )
+        let whole = Consume {
+            weight,
+            now: from,
+            ..*head
+        };
+        (whole, anchor(head, guess, latest, lease))
     }
 
     /// Cuts the lease to the most units `guess` admits beside the requests (none if it admits
@@ -109,7 +150,7 @@ impl<'a> Batch<'a> {
         let cap = super::leases::quota_cap(head.limits, guess, head.now);
         let mut units = u32::try_from(u64::from(units).min(cap)).unwrap_or(u32::MAX);
         while units > 0 {
-            let (whole, anchor) = self.whole_with(head, Some((units, span)));
+            let (whole, anchor) = self.whole_with(head, guess, Some((units, span)));
             let state = state_from(head.limits, guess, whole.now, anchor);
             if engine::evaluate(head.limits, &state, whole.now, whole.weight)
                 .next
@@ -142,7 +183,7 @@ impl DynamoStore {
         guess: Snapshot,
         recheck: bool,
     ) -> Result<Decision, StoreError> {
-        let weight = batch.whole_with(head, None).0.weight;
+        let weight = batch.whole_with(head, &Snapshot::default(), None).0.weight;
         batch.lease = self.leases.wanted(
             head.tenant,
             bucket_of(head.limits),
@@ -152,14 +193,20 @@ impl DynamoStore {
             weight,
         );
         let result = self.attempts(head, batch, guess, recheck).await;
-        if let Ok(Outcome::Admitted(after)) = &result {
+        match &result {
             // With the carried requests still in the batch: the lease is spendable from the
             // earliest arrival its write held.
-            self.grant_lease(head, batch, after);
+            Ok(Outcome::Admitted(after)) => self.grant_lease(head, batch, after),
+            Ok(Outcome::Found(_)) => {
+                let units = batch.lease.map_or(0, |(units, _)| u64::from(units));
+                self.stats.leased_units.fetch_add(units, Ordering::Relaxed);
+                self.stats.lapsed_units.fetch_add(units, Ordering::Relaxed);
+            }
+            _ => {}
         }
         let carried = std::mem::take(&mut batch.carried);
         match result {
-            Ok(Outcome::Admitted(after)) => {
+            Ok(Outcome::Admitted(after) | Outcome::Found(after)) => {
                 for w in carried {
                     let answer = engine::admitted(&w.limits, &after.state(&w.limits, w.now), w.now);
                     if w.tx.send(Ok(answer)).is_err() {
@@ -201,7 +248,7 @@ impl DynamoStore {
             if pending.is_none() {
                 batch.fit_lease(head, &guess);
             }
-            let (whole, anchor) = batch.whole(head);
+            let (whole, anchor) = batch.whole(head, &guess);
             let state = state_from(head.limits, &guess, whole.now, anchor);
             let eval = engine::evaluate(head.limits, &state, whole.now, whole.weight);
             if eval.next.is_none() && !(recheck && attempt == 1) {
@@ -228,7 +275,7 @@ impl DynamoStore {
                     if pending.is_some()
                         && let Some(found) = self.resend_found(&whole, &current, op, attempt, &last_unknown)
                     {
-                        return found.map(Outcome::Admitted);
+                        return found.map(Outcome::Found);
                     }
                     self.remember_refused(head, current.clone(), recheck);
                     guess = current;
@@ -258,13 +305,9 @@ impl DynamoStore {
     /// Keeps the units the batch's applied write leased, until the end of its span or of the
     /// first quota period to end.
     fn grant_lease(&self, head: &Consume<'_>, batch: &Batch<'_>, after: &Snapshot) {
-        let Some((units, _)) = batch.lease else { return };
-        let (whole, anchor) = batch.whole(head);
-        let until = head
-            .limits
-            .counted()
-            .map(|c| c.bounds(whole.now).1)
-            .fold(anchor, Timestamp::min);
+        let Some((units, span)) = batch.lease else { return };
+        let (whole, _) = batch.whole(head, after);
+        let until = lease_until(head.limits, after, whole.now, head.now.saturating_add(span), units);
         let grant = Grant {
             limits: head.limits.clone(),
             after: after.clone(),
@@ -302,9 +345,9 @@ impl DynamoStore {
     ) -> Result<Outcome, StoreError> {
         let mut attempts = 0;
         if let Some((op, sent)) = pending {
-            let (whole, _) = batch.whole(head);
+            let (whole, _) = batch.whole(head, guess);
             if let Some(current) = self.fence(&whole, op, sent).await? {
-                return Ok(Outcome::Admitted(current));
+                return Ok(Outcome::Found(current));
             }
             attempts = sent + 1;
         }
