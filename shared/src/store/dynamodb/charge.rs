@@ -26,6 +26,12 @@ use crate::store::{Charge, Charged, Consume, StoreError};
 /// Units by counter.
 type Counts = Vec<(Counter, i64)>;
 
+/// Unresolved operations kept per tenant: one per operation-id slot. Past it (a long outage
+/// of timeouts) the container's next ids would share their slots, and each would cost a fence
+/// on the store's return; their units are counted lost instead (the counter may then count them
+/// twice, never less), so what a tenant owes and the fences it costs stay bounded.
+const UNRESOLVED_MAX: usize = item::OPS;
+
 /// What the store owes the gate for each tenant: units charged unanswered, and batches whose
 /// outcome is not known yet (their operation id and units).
 #[derive(Debug, Default)]
@@ -71,6 +77,19 @@ impl Unanswered {
         true
     }
 
+    /// Keeps `tenant`'s batch `op` of unknown outcome, to be fenced later; `false` when the map
+    /// is full of other tenants or the tenant already has `UNRESOLVED_MAX`.
+    fn owe_unresolved(&self, tenant: &str, capacity: usize, op: u64, units: Counts) -> bool {
+        let mut kept = false;
+        let room = self.owe(tenant, capacity, |o| {
+            if o.unresolved.len() < UNRESOLVED_MAX {
+                o.unresolved.push((op, units));
+                kept = true;
+            }
+        });
+        room && kept
+    }
+
     pub(super) fn owes(&self) -> bool {
         self.len.load(Ordering::Relaxed) > 0
     }
@@ -113,7 +132,7 @@ impl DynamoStore {
         let weight = units.first().map_or(0, |(_, n)| *n);
         if !self
             .unanswered
-            .owe(tenant, self.config.cache_capacity, |o| o.unresolved.push((op, units)))
+            .owe_unresolved(tenant, self.config.cache_capacity, op, units)
         {
             self.lost(tenant, u32::try_from(weight).unwrap_or(u32::MAX));
         }
@@ -217,5 +236,23 @@ impl DynamoStore {
             attempts: self.config.max_attempts,
             detail: unknown.unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::quota::Period;
+
+    #[test]
+    fn a_tenant_keeps_one_unresolved_operation_per_slot_at_most() {
+        let owed = Unanswered::default();
+        let units = || vec![(Counter::of(Period::Day, 0), 1)];
+        for op in 0..item::OPS as u64 {
+            assert!(owed.owe_unresolved("t", 10, op, units()), "operation {op}");
+        }
+        assert!(!owed.owe_unresolved("t", 10, 99, units()), "past one per slot");
+        assert!(owed.owe_unresolved("u", 10, 99, units()), "another tenant has room");
+        assert_eq!(owed.take("t").map(|o| o.unresolved.len()), Some(item::OPS));
     }
 }
