@@ -60,6 +60,16 @@ async fn consume(store: &DynamoStore, limits: &Limits, now: Timestamp) -> bool {
 /// per second for `duration` of simulated time, dealt to them in turn, eight at a time as
 /// concurrent invocations would be: the admitted requests' times, and the stores.
 async fn eight_containers(p: &Plan, rate: u64, duration: Duration) -> (Vec<Timestamp>, Vec<DynamoStore>) {
+    eight_containers_from(p, NOW, rate, duration).await
+}
+
+/// `eight_containers` from `start`.
+async fn eight_containers_from(
+    p: &Plan,
+    start: Timestamp,
+    rate: u64,
+    duration: Duration,
+) -> (Vec<Timestamp>, Vec<DynamoStore>) {
     let (client, table) = emulator::state_table().await;
     let stores: Vec<DynamoStore> = (0..8).map(|_| emulator::dynamo_store(&client, &table)).collect();
     let step = Duration::from_nanos(1_000_000_000 / rate);
@@ -67,7 +77,7 @@ async fn eight_containers(p: &Plan, rate: u64, duration: Duration) -> (Vec<Times
     let mut admitted = Vec::new();
     for round in 0..steps / 8 {
         let decided = join_all((0..8u32).map(|i| {
-            let now = at(step * (round * 8 + i));
+            let now = start.saturating_add(step * (round * 8 + i));
             let (store, limits) = (&stores[i as usize], p.limits());
             async move { (now, consume(store, limits, now).await) }
         }))
@@ -218,5 +228,30 @@ async fn units_a_container_spends_late_in_its_span_never_add_to_another_containe
     );
     // THEN the first container's late units came out of the bucket, not on top of the burst
     // the second container was given
+    assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_leased_before_a_quota_period_ends_are_never_spent_in_the_next() {
+    // GIVEN a hot tenant with a daily quota (UTC) of 400, served by eight containers
+    let p = plan("rate = 1000.0\nburst = 1000\ndaily_quota = 400");
+    let midnight = Timestamp::from_secs((NOW.as_secs() / 86_400 + 1) * 86_400);
+    let start = Timestamp::from_nanos(midnight.as_nanos() - 100_000_000);
+    // WHEN 2,000/s arrive from 100 ms before midnight to 900 ms after: 200 requests on the
+    // first day, which leave its quota unspent and the containers holding leased units at
+    // midnight, and 1,800 on the second, which its quota limits
+    let (admitted, stores) = eight_containers_from(&p, start, 2000, Duration::from_millis(1000)).await;
+    report("8 containers across midnight", &admitted, &stores);
+    assert!(
+        stores.iter().any(|s| s.stats().leased() > 0),
+        "no lease was taken: the test shows nothing"
+    );
+    // THEN each day admits at most its quota: a unit leased on the first day is never spent on
+    // the second, whose quota it was not charged to
+    let first_day = admitted.iter().filter(|t| **t < midnight).count();
+    let second_day = admitted.len() - first_day;
+    assert!(first_day <= 400, "{first_day} admitted before midnight");
+    assert!(second_day <= 400, "{second_day} admitted after midnight");
+    // AND nothing beyond the bucket in any window
     assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
 }
