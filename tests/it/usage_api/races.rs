@@ -1,0 +1,78 @@
+//! Two usage-API requests on one tenant, the second run to completion at a chosen point of the
+//! first (a hook of the registry, `wrapped`): whatever the order, no key is left enabled that no
+//! tenant lists, or on a usage plan its tenant is not on.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tollgate::directory::Directory;
+
+use super::World;
+use super::wrapped::{At, Hook, Wrapped, wrapped};
+
+/// A request run as a hook, and its answer once it ran: status and body.
+fn answered(req: reqwest::RequestBuilder) -> (Hook, oneshot::Receiver<(StatusCode, Value)>) {
+    let (tx, rx) = oneshot::channel();
+    let hook: Hook = Box::pin(async move {
+        let res = req.send().await.expect("answer");
+        let status = res.status();
+        let body = res.json().await.unwrap_or(Value::Null);
+        tx.send((status, body)).expect("the test waits for it");
+    });
+    (hook, rx)
+}
+
+async fn onboarded(w: &World, tenant: &str) -> String {
+    let (status, body) = w
+        .onboard_via(&w.base, tenant, &format!("idem-{tenant}"))
+        .await
+        .expect("onboard");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["key"]["id"].as_str().expect("id").to_owned()
+}
+
+fn rotation(w: &World, tenant: &str, grace: u64) -> reqwest::RequestBuilder {
+    (w.admin(Method::POST, &format!("/v1/tenants/{tenant}/keys"))).json(&json!({ "grace_seconds": grace }))
+}
+
+async fn enabled_in_gateway(w: &World, id: &str) -> bool {
+    w.gw.get_api_key().api_key(id).send().await.expect("key").enabled()
+}
+
+/// The keys of `tenant` API Gateway has enabled that its item does not list.
+async fn enabled_unlisted(w: &World, registry: &Wrapped, tenant: &str) -> Vec<String> {
+    let item = registry.inner.tenant(tenant).await.expect("tenant");
+    let listed: BTreeSet<String> = item.and_then(|t| t.keys).into_iter().flat_map(|k| k.into_keys()).collect();
+    let mut found = Vec::new();
+    for id in w.keys_of(tenant).await {
+        if enabled_in_gateway(w, &id).await && !listed.contains(&id) {
+            found.push(id);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disabled_too() {
+    // GIVEN acme onboarded
+    let (w, registry) = wrapped("tg-races-1", None).await;
+    let first = onboarded(&w, "acme").await;
+    // WHEN acme is offboarded, and right before the offboarding writes acme's item (its first
+    // key disabled by then) a rotation of acme runs to completion and lists its new key
+    let (rotating, rotated) = answered(rotation(&w, "acme", 3600));
+    registry.hook(At::TenantWrite, rotating);
+    let offboarded = w.admin(Method::DELETE, "/v1/tenants/acme").send().await.expect("answer");
+    let (status, body) = rotated.await.expect("the rotation ran");
+    // THEN the rotation issued its key, and the offboarding still removed acme
+    assert!(registry.hooks_ran());
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(offboarded.status(), StatusCode::NO_CONTENT);
+    assert_eq!(registry.inner.tenant("acme").await.expect("tenant"), None);
+    // AND the rotated-in key is disabled like the first: no key of acme is enabled and unlisted
+    let new = body["key"]["id"].as_str().expect("id");
+    assert!(!enabled_in_gateway(&w, &first).await);
+    assert!(!enabled_in_gateway(&w, new).await, "the rotated-in key is left enabled");
+    assert_eq!(enabled_unlisted(&w, &registry, "acme").await, Vec::<String>::new());
+}
