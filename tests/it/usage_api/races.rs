@@ -76,3 +76,65 @@ async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disable
     assert!(!enabled_in_gateway(&w, new).await, "the rotated-in key is left enabled");
     assert_eq!(enabled_unlisted(&w, &registry, "acme").await, Vec::<String>::new());
 }
+
+/// The usage plans API Gateway has key `id` on, by name.
+async fn plans_of(w: &World, id: &str) -> Vec<String> {
+    let plans = w.gw.get_usage_plans().key_id(id).send().await.expect("plans");
+    plans.items().iter().filter_map(|p| p.name().map(str::to_owned)).collect()
+}
+
+/// Every key of `tenant` API Gateway has enabled is listed on its item and on `plan`'s usage plan
+/// alone.
+async fn enabled_keys_on(w: &World, registry: &Wrapped, tenant: &str, plan: &str) {
+    assert_eq!(enabled_unlisted(w, registry, tenant).await, Vec::<String>::new());
+    for id in w.keys_of(tenant).await {
+        if enabled_in_gateway(w, &id).await {
+            assert_eq!(plans_of(w, &id).await, [plan], "key {id}");
+        }
+    }
+}
+
+fn move_to(w: &World, tenant: &str, plan: &str) -> reqwest::RequestBuilder {
+    (w.admin(Method::PUT, &format!("/v1/tenants/{tenant}/plan"))).json(&json!({ "plan": plan }))
+}
+
+#[tokio::test]
+async fn a_rotation_whose_tenant_moved_before_it_listed_its_key_answers_409_and_leaves_the_key_disabled() {
+    // GIVEN globex onboarded on free
+    let (w, registry) = wrapped("tg-races-2", None).await;
+    onboarded(&w, "globex").await;
+    // WHEN globex is rotated, and once the rotation put its new key on free (the plan it read),
+    // right before it lists the key, globex is moved to pro
+    let (moving, moved) = answered(move_to(&w, "globex", "pro"));
+    registry.hook(At::TenantWrite, moving);
+    let res = rotation(&w, "globex", 3600).send().await.expect("answer");
+    let (status, body) = (res.status(), res.json::<Value>().await.expect("json"));
+    // THEN the move stands and the rotation answers 409: its tenant changed, its key disabled
+    assert!(registry.hooks_ran());
+    assert_eq!(moved.await.expect("the move ran").0, StatusCode::OK);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:tenant-changed", "{body}");
+    // AND every enabled key of globex is listed and on pro alone
+    enabled_keys_on(&w, &registry, "globex", "pro").await;
+}
+
+#[tokio::test]
+async fn a_key_a_rotation_lists_while_a_move_moves_the_keys_moves_too() {
+    // GIVEN hooli onboarded on free
+    let (w, registry) = wrapped("tg-races-3", None).await;
+    onboarded(&w, "hooli").await;
+    // WHEN hooli moves to pro, and once the move put the keys it read on pro, right before it
+    // writes hooli's plan, a rotation of hooli runs to completion (on free, its key listed)
+    let (rotating, rotated) = answered(rotation(&w, "hooli", 3600));
+    registry.hook(At::TenantWrite, rotating);
+    let res = move_to(&w, "hooli", "pro").send().await.expect("answer");
+    // THEN both succeed: hooli is on pro with the rotated-in key
+    assert!(registry.hooks_ran());
+    let (status, body) = rotated.await.expect("the rotation ran");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(res.status(), StatusCode::OK);
+    let new = body["key"]["id"].as_str().expect("id");
+    assert!(enabled_in_gateway(&w, new).await);
+    // AND every enabled key of hooli is listed and on pro alone
+    enabled_keys_on(&w, &registry, "hooli", "pro").await;
+}

@@ -31,28 +31,48 @@ pub(in crate::usage_api) struct Rotation {
     grace_seconds: serde_json::Number,
 }
 
-/// A rotation's new key put on the tenant's usage plan and listed on the tenant. On any error
-/// the key is disabled: unlisted, nothing would ever revoke it, and a retry starts clean.
+/// A rotation's new key put on the usage plan of `plan` and listed on the tenant, while the
+/// tenant is still on that plan and not moving. On any error the key is disabled and taken off
+/// the plan: unlisted, nothing would ever revoke it, and a retry starts clean. A tenant moved or
+/// offboarded meanwhile is a 409 `tenant-changed`.
 async fn put_on_plan_and_list(
     api: &UsageApi,
     control: &dyn ControlWrites,
-    (tenant, plan_id): (&str, &str),
+    (tenant, plan, plan_id): (&str, &str, &str),
     key_id: &str,
     hash: &ApiKeyHash,
 ) -> Result<Changed<TenantRecord>, Problem> {
     let listed = async {
         control.create_usage_plan_key(plan_id, key_id).await?;
-        api.list_key(tenant, key_id, &hash.to_hex()).await
-    };
-    match listed.await {
-        Ok(changed) => Ok(changed),
-        Err(e) => {
-            if let Err(d) = disable_key(control, key_id).await {
-                tracing::warn!(tenant, key_id, error = ?d, "a rotation that failed could not disable its new key");
-            }
-            Err(e)
+        let changed = api.list_key((tenant, plan), key_id, &hash.to_hex()).await?;
+        match &changed.after {
+            Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(key_id)) => Ok(changed),
+            Some(t) if t.plan != plan || t.moving_until.is_some() => Err(Problem::conflict(
+                "tenant-changed",
+                format!(
+                    "tenant `{tenant}` was moved, or is moving, to plan `{}` meanwhile by another request; the new key \
+                     is disabled: rotate again once the move is done",
+                    t.plan
+                ),
+            )),
+            _ => Err(Problem::conflict(
+                "tenant-changed",
+                format!("tenant `{tenant}` was offboarded meanwhile by another request; the new key is disabled"),
+            )),
         }
+    };
+    let e = match listed.await {
+        Ok(changed) => return Ok(changed),
+        Err(e) => e,
+    };
+    let undone = match disable_key(control, key_id).await {
+        Ok(()) => control.delete_usage_plan_key(plan_id, key_id).await.map_err(Problem::from),
+        Err(d) => Err(d),
+    };
+    if let Err(d) = undone {
+        tracing::warn!(tenant, key_id, error = ?d, "a rotation that failed could not disable its new key");
     }
+    Err(e)
 }
 
 pub(in crate::usage_api) async fn rotate(
@@ -69,8 +89,19 @@ pub(in crate::usage_api) async fn rotate(
         ))
     })?;
     // The tenant and its keys first, strongly consistent: a tenant that cannot be read (404,
-    // 503) gets no new key, so a retry never leaves an orphan enabled key behind.
+    // 503) gets no new key, so a retry never leaves an orphan enabled key behind; nor does a
+    // tenant moving (its keys between two usage plans).
     let (record, listed) = api.tenant_keys(&tenant).await?;
+    if record.moving_until.is_some() {
+        return Err(Problem::conflict(
+            "tenant-changed",
+            format!(
+                "tenant `{tenant}` is moving to plan `{}`: rotate once the move is done (a move interrupted is finished \
+                 by PUT /v1/tenants/{tenant}/plan); no key was issued",
+                record.plan
+            ),
+        ));
+    }
     let control = api.control("key rotation")?.clone();
     api.sweep(&actor).await?;
     let plan_id = api.usage_plan(&plans, control.as_ref(), &record.plan).await?.id;
@@ -86,26 +117,20 @@ pub(in crate::usage_api) async fn rotate(
         })
         .await?;
     let hash = ApiKeyHash::of(&key.value);
-    let record = KeyRecord {
+    let key_record = KeyRecord {
         tenant: tenant.clone(),
         key_id: key.id.clone(),
         enabled: true,
     };
     // Listed on the tenant before anything else is written: a rotation at the same time adds its
     // own key to the list as it is then, so neither is lost.
-    let tenant_changed = put_on_plan_and_list(&api, control.as_ref(), (&tenant, &plan_id), &key.id, &hash).await?;
-    if tenant_changed.after.is_none() {
-        disable_key(control.as_ref(), &key.id).await?;
-        return Err(Problem::conflict(
-            "tenant-changed",
-            format!("tenant `{tenant}` was offboarded meanwhile by another request; the new key is disabled"),
-        ));
-    }
+    let on = (tenant.as_str(), record.plan.as_str(), plan_id.as_str());
+    let tenant_changed = put_on_plan_and_list(&api, control.as_ref(), on, &key.id, &hash).await?;
     let at = now.saturating_add(Duration::from_secs(grace)).as_secs();
     // The keys listed before this rotation: another rotation's new key is never revoked here.
     let (revoking, scheduled) = schedule_revocations(&api, &tenant, &listed, at).await?;
-    api.registry.change_key(&hash, &create(&record)).await?;
-    let items = rotation_items(&tenant, tenant_changed, &hash, record);
+    api.registry.change_key(&hash, &create(&key_record)).await?;
+    let items = rotation_items(&tenant, tenant_changed, &hash, key_record);
     api.audit(
         &actor,
         format!(

@@ -204,20 +204,25 @@ impl Onboarding<'_> {
             keys: Some(BTreeMap::from([(key.id.clone(), hash.to_hex())])),
         };
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
-        // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too.
+        // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too,
+        // unless it is moving.
         let tenant = match &tenant.after {
-            Some(t) if t.plan == body.plan => api.list_key(&body.tenant, &key.id, &hash.to_hex()).await?,
+            Some(t) if t.plan == body.plan => {
+                api.list_key((&body.tenant, &body.plan), &key.id, &hash.to_hex())
+                    .await?
+            }
             _ => tenant,
         };
+        let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
         // A retry finds the first attempt's record, anchor day included.
-        let Some(made) = tenant.after.filter(|t| t.plan == body.plan) else {
+        let Some(made) = tenant.after.filter(|t| t.plan == body.plan && listed(t)) else {
             disable_key(control, &key.id).await?;
             control.delete_usage_plan_key(plan_id, &key.id).await?;
             return Err(Problem::conflict(
                 "tenant-exists",
                 format!(
-                    "tenant `{}` was onboarded meanwhile by another request on another plan; this onboarding's key is \
-                     disabled",
+                    "tenant `{}` was onboarded meanwhile by another request on another plan, or is moving; this \
+                     onboarding's key is disabled",
                     body.tenant
                 ),
             ));
