@@ -15,8 +15,8 @@ use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::ControlWrites;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::TenantRecord;
-use crate::policy_table::write::ATTEMPTS;
 use crate::policy_table::audit::ItemChange;
+use crate::policy_table::write::ATTEMPTS;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, ItemAction};
@@ -231,7 +231,10 @@ async fn move_unmarked(
     let mut moving = keys.to_vec();
     let mut moved = Vec::new();
     for _ in 0..=ATTEMPTS {
-        match (on_then_off(control, from.map(|f| f.id.as_str()), to, &moving).await, from) {
+        match (
+            on_then_off(control, from.map(|f| f.id.as_str()), to, &moving).await,
+            from,
+        ) {
             (Ok(()), _) => {}
             (Err(ControlError::Conflict { .. }), Some(f)) => return Ok(Err(f.clone())),
             (Err(e), _) => return Err(e.into()),
