@@ -1,16 +1,22 @@
-//! Two usage-API requests on one tenant, the second run to completion at a chosen point of the
-//! first (a hook of the registry, `wrapped`): whatever the order, no key is left enabled that no
-//! tenant lists, or on a usage plan its tenant is not on.
+//! Two usage-API requests on one tenant (or a request and the revocation sweep), the second run
+//! to completion at a chosen point of the first (a hook of the registry, `wrapped`): whatever the
+//! order, no key is left enabled that no tenant lists, or on a usage plan its tenant is not on,
+//! and no revocation is stored where the sweep never looks, or stripped of its failed attempts.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tollgate::directory::Directory;
+use tollgate::usage_api::registry::Registry;
+use tollgate_usage_api::SCHEDULE_ACTOR;
 
 use super::World;
 use super::wrapped::{At, Hook, Wrapped, wrapped};
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
 
 /// A request run as a hook, and its answer once it ran: status and body.
 fn answered(req: reqwest::RequestBuilder) -> (Hook, oneshot::Receiver<(StatusCode, Value)>) {
@@ -44,7 +50,11 @@ async fn enabled_in_gateway(w: &World, id: &str) -> bool {
 /// The keys of `tenant` API Gateway has enabled that its item does not list.
 async fn enabled_unlisted(w: &World, registry: &Wrapped, tenant: &str) -> Vec<String> {
     let item = registry.inner.tenant(tenant).await.expect("tenant");
-    let listed: BTreeSet<String> = item.and_then(|t| t.keys).into_iter().flat_map(|k| k.into_keys()).collect();
+    let listed: BTreeSet<String> = item
+        .and_then(|t| t.keys)
+        .into_iter()
+        .flat_map(|k| k.into_keys())
+        .collect();
     let mut found = Vec::new();
     for id in w.keys_of(tenant).await {
         if enabled_in_gateway(w, &id).await && !listed.contains(&id) {
@@ -63,7 +73,11 @@ async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disable
     // key disabled by then) a rotation of acme runs to completion and lists its new key
     let (rotating, rotated) = answered(rotation(&w, "acme", 3600));
     registry.hook(At::TenantWrite, rotating);
-    let offboarded = w.admin(Method::DELETE, "/v1/tenants/acme").send().await.expect("answer");
+    let offboarded = w
+        .admin(Method::DELETE, "/v1/tenants/acme")
+        .send()
+        .await
+        .expect("answer");
     let (status, body) = rotated.await.expect("the rotation ran");
     // THEN the rotation issued its key, and the offboarding still removed acme
     assert!(registry.hooks_ran());
@@ -80,7 +94,11 @@ async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disable
 /// The usage plans API Gateway has key `id` on, by name.
 async fn plans_of(w: &World, id: &str) -> Vec<String> {
     let plans = w.gw.get_usage_plans().key_id(id).send().await.expect("plans");
-    plans.items().iter().filter_map(|p| p.name().map(str::to_owned)).collect()
+    plans
+        .items()
+        .iter()
+        .filter_map(|p| p.name().map(str::to_owned))
+        .collect()
 }
 
 /// Every key of `tenant` API Gateway has enabled is listed on its item and on `plan`'s usage plan
@@ -137,4 +155,66 @@ async fn a_key_a_rotation_lists_while_a_move_moves_the_keys_moves_too() {
     assert!(enabled_in_gateway(&w, new).await);
     // AND every enabled key of hooli is listed and on pro alone
     enabled_keys_on(&w, &registry, "hooli", "pro").await;
+}
+
+/// Tenant `tenant` onboarded and rotated with ten minutes of grace; its first key's id.
+async fn rotated_out(w: &World, tenant: &str) -> String {
+    let first = onboarded(w, tenant).await;
+    let res = rotation(w, tenant, 600).send().await.expect("answer");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    first
+}
+
+/// The sweep past the end of `rotated_out`'s grace (and the minutes a bucket stays open), as a
+/// hook; whether it revokes key `key` is `revoked`.
+fn sweep_after_the_grace(w: &World, key: &str, revoked: bool) -> Hook {
+    let (api, clock, key) = (w.api.clone(), w.clock.clone(), key.to_owned());
+    Box::pin(async move {
+        clock.advance(Duration::from_secs(600 + 180));
+        let run = api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+        assert_eq!(run.iter().any(|r| r.key_id == key), revoked, "{run:?}");
+    })
+}
+
+#[tokio::test]
+async fn a_revocation_the_sweep_removed_while_a_rotation_rescheduled_it_stays_removed() {
+    // GIVEN initech's first key rotated out with ten minutes of grace
+    let (w, registry) = wrapped("tg-races-4", None).await;
+    let first = rotated_out(&w, "initech").await;
+    // WHEN initech is rotated again with a minute of grace, and once that rotation read the
+    // first key's revocation, the sweep, past its deadline, revokes the first key
+    registry.hook(
+        At::RevocationRead(first.clone()),
+        sweep_after_the_grace(&w, &first, true),
+    );
+    let again = rotation(&w, "initech", 60).send().await.expect("answer");
+    // THEN the first key is revoked, and no revocation of it is stored again (in the bucket of
+    // its earlier deadline, behind the sweep's cursor, no run would ever read it)
+    assert!(registry.hooks_ran());
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert!(!enabled_in_gateway(&w, &first).await);
+    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn a_rotation_keeps_the_failed_attempts_of_a_revocation_the_sweep_postponed_meanwhile() {
+    // GIVEN umbrella's first key rotated out with ten minutes of grace, API Gateway behind a proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry) = wrapped("tg-races-5", Some(&proxy.endpoint())).await;
+    let first = rotated_out(&w, "umbrella").await;
+    // WHEN umbrella is rotated again with a minute of grace, and once that rotation read the
+    // first key's revocation, the sweep, past its deadline, fails to revoke the first key (API
+    // Gateway refuses to disable it) and postpones it
+    proxy.inject_on("PATCH", &format!("/apikeys/{first}"), &[Some(Fault::AccessDenied)]);
+    registry.hook(
+        At::RevocationRead(first.clone()),
+        sweep_after_the_grace(&w, &first, false),
+    );
+    let again = rotation(&w, "umbrella", 60).send().await.expect("answer");
+    // THEN the revocation still counts the failed attempt (its next back-off doubles)
+    assert!(registry.hooks_ran());
+    assert_eq!(proxy.injected(), 1);
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let pending = registry.inner.revocation(&first).await.expect("read");
+    assert_eq!(pending.map(|r| r.attempts), Some(1));
 }

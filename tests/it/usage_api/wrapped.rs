@@ -48,7 +48,9 @@ pub(super) struct Wrapped {
 
 impl std::fmt::Debug for Wrapped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wrapped").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Wrapped")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,8 +181,8 @@ impl Registry for Wrapped {
     async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError> {
         self.inner.swept(run).await
     }
-    async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {
-        self.inner.put_revocation(r).await
+    async fn put_revocation(&self, r: &Revocation, read: Option<&Revocation>) -> Result<bool, DirectoryError> {
+        self.inner.put_revocation(r, read).await
     }
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
         self.inner.remove_revocation(key_id).await

@@ -12,9 +12,11 @@ use serde::Deserialize;
 use super::usage_plans::UsagePlans;
 use super::{Api, create, disable_key, key_change, revoke, tenant_change};
 use crate::control::apigateway::writes::{ControlWrites, NewApiKey};
+use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::quota::format_utc;
 use crate::policy_table::audit::ItemChange;
+use crate::policy_table::write::ATTEMPTS;
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk};
 use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, created, whole_number};
 use crate::usage_api::problem::Problem;
@@ -66,7 +68,10 @@ async fn put_on_plan_and_list(
         Err(e) => e,
     };
     let undone = match disable_key(control, key_id).await {
-        Ok(()) => control.delete_usage_plan_key(plan_id, key_id).await.map_err(Problem::from),
+        Ok(()) => control
+            .delete_usage_plan_key(plan_id, key_id)
+            .await
+            .map_err(Problem::from),
         Err(d) => Err(d),
     };
     if let Err(d) = undone {
@@ -88,9 +93,11 @@ pub(in crate::usage_api) async fn rotate(
             "`grace_seconds` must be an integer from 0 to {MAX_GRACE_SECS} (30 days), got {n}"
         ))
     })?;
-    // The tenant and its keys first, strongly consistent: a tenant that cannot be read (404,
-    // 503) gets no new key, so a retry never leaves an orphan enabled key behind; nor does a
-    // tenant moving (its keys between two usage plans).
+    // The keys due revoked first, so none of them is scheduled again below. Then the tenant and
+    // its keys, strongly consistent: a tenant that cannot be read (404, 503) gets no new key, so
+    // a retry never leaves an orphan enabled key behind; nor does a tenant moving (its keys
+    // between two usage plans).
+    api.sweep(&actor).await?;
     let (record, listed) = api.tenant_keys(&tenant).await?;
     if record.moving_until.is_some() {
         return Err(Problem::conflict(
@@ -103,7 +110,6 @@ pub(in crate::usage_api) async fn rotate(
         ));
     }
     let control = api.control("key rotation")?.clone();
-    api.sweep(&actor).await?;
     let plan_id = api.usage_plan(&plans, control.as_ref(), &record.plan).await?.id;
     let now = api.now();
     let key = control
@@ -171,7 +177,7 @@ fn rotation_items(tenant: &str, listed: Changed<TenantRecord>, hash: &ApiKeyHash
 }
 
 /// Schedules the revocation of the tenant's `listed` keys (id → hash) at `at` (epoch seconds);
-/// the keys, and the revocations written.
+/// the keys, and the revocations as they then are.
 async fn schedule_revocations(
     api: &UsageApi,
     tenant: &str,
@@ -181,26 +187,56 @@ async fn schedule_revocations(
     let mut revoking = Vec::new();
     let mut scheduled = Vec::new();
     for (id, hash) in listed {
-        // A key already on its way out keeps its earlier deadline: a second rotation with a
-        // longer grace must not postpone the first one's revocation.
-        let pending = api.registry.revocation(id).await?;
-        let at = pending.as_ref().map_or(at, |earlier| earlier.at.min(at));
-        let r = Revocation {
+        let asked = Revocation {
             tenant: tenant.to_owned(),
             key_id: id.clone(),
             hash: hash.clone(),
             at,
-            attempts: pending.map_or(0, |p| p.attempts),
+            attempts: 0,
         };
-        api.registry.put_revocation(&r).await?;
-        scheduled.push(r);
+        let Some(r) = schedule(api, asked).await? else {
+            continue;
+        };
         revoking.push(KeyView {
             id: id.clone(),
             enabled: true,
-            revoke_at: Some(format_utc(at)),
+            revoke_at: Some(format_utc(r.at)),
         });
+        scheduled.push(r);
     }
     Ok((revoking, scheduled))
+}
+
+/// Schedules revocation `asked`, written only while the key's revocation is as read (re-read
+/// and decided again on a conflict, `ATTEMPTS` times): created where there is none; one already
+/// due earlier kept as it is (a second rotation with a longer grace must not postpone the
+/// first one's revocation), a later one brought forward with its failed `attempts` kept. The
+/// revocation as it then is; `None` when one read was removed meanwhile (the sweep revoked the
+/// key, or its tenant was offboarded): it is not written again.
+async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation>, Problem> {
+    let mut seen = false;
+    for _ in 0..ATTEMPTS {
+        let pending = api.registry.revocation(&asked.key_id).await?;
+        let r = match &pending {
+            None if seen => return Ok(None),
+            None => asked.clone(),
+            Some(p) if p.at <= asked.at => return Ok(Some(p.clone())),
+            Some(p) => Revocation {
+                at: asked.at,
+                ..p.clone()
+            },
+        };
+        seen |= pending.is_some();
+        if api.registry.put_revocation(&r, pending.as_ref()).await? {
+            return Ok(Some(r));
+        }
+    }
+    // As the write protocol fails after its attempts: determinate, nothing more written.
+    Err(DirectoryError::Unavailable(format!(
+        "the revocation of key {} kept changing while it was scheduled",
+        asked.key_id
+    ))
+    .into())
 }
 
 /// How long a revocation that failed waits before the sweep tries it again: a minute, doubling
@@ -243,11 +279,13 @@ impl UsageApi {
             attempts: r.attempts.saturating_add(1),
             ..r.clone()
         };
+        // Written over the revocation as this run read it: one a rotation changed meanwhile, or
+        // an offboarding removed, is left as it made it.
+        let postponed = self.registry.put_revocation(&later, Some(r)).await?;
         tracing::warn!(
             key_id = %r.key_id, tenant = %r.tenant, attempts = later.attempts, retry_at = later.at,
-            problem = %e.detail, "usage api: revoking a key failed; postponed"
+            postponed, problem = %e.detail, "usage api: revoking a key failed; postponed"
         );
-        self.registry.put_revocation(&later).await?;
         Ok(false)
     }
 
