@@ -80,6 +80,17 @@ async fn put_on_plan_and_list(
     Err(e)
 }
 
+/// A rotation refused for a tenant marked as moving to `plan`.
+fn moving(tenant: &str, plan: &str) -> Problem {
+    Problem::conflict(
+        "tenant-changed",
+        format!(
+            "tenant `{tenant}` is moving to plan `{plan}`: rotate once the move is done (a move interrupted is finished \
+             by PUT /v1/tenants/{tenant}/plan); no key was issued"
+        ),
+    )
+}
+
 pub(in crate::usage_api) async fn rotate(
     State(api): Api,
     State(plans): State<Arc<UsagePlans>>,
@@ -100,14 +111,7 @@ pub(in crate::usage_api) async fn rotate(
     api.sweep(&actor).await?;
     let (record, listed) = api.tenant_keys(&tenant).await?;
     if record.moving_until.is_some() {
-        return Err(Problem::conflict(
-            "tenant-changed",
-            format!(
-                "tenant `{tenant}` is moving to plan `{}`: rotate once the move is done (a move interrupted is finished \
-                 by PUT /v1/tenants/{tenant}/plan); no key was issued",
-                record.plan
-            ),
-        ));
+        return Err(moving(&tenant, &record.plan));
     }
     let control = api.control("key rotation")?.clone();
     let plan_id = api.usage_plan(&plans, control.as_ref(), &record.plan).await?.id;
@@ -279,13 +283,15 @@ impl UsageApi {
             attempts: r.attempts.saturating_add(1),
             ..r.clone()
         };
-        // Written over the revocation as this run read it: one a rotation changed meanwhile, or
-        // an offboarding removed, is left as it made it.
-        let postponed = self.registry.put_revocation(&later, Some(r)).await?;
         tracing::warn!(
             key_id = %r.key_id, tenant = %r.tenant, attempts = later.attempts, retry_at = later.at,
-            postponed, problem = %e.detail, "usage api: revoking a key failed; postponed"
+            problem = %e.detail, "usage api: revoking a key failed; postponed"
         );
+        // Written over the revocation as this run read it: one a rotation changed meanwhile, or
+        // an offboarding removed, is left as it made it. A write that fails fails the run.
+        if !self.registry.put_revocation(&later, Some(r)).await? {
+            tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
+        }
         Ok(false)
     }
 
