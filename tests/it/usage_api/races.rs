@@ -91,6 +91,40 @@ async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disable
     assert_eq!(enabled_unlisted(&w, &registry, "acme").await, Vec::<String>::new());
 }
 
+/// The key ids of `tenant`'s items the policy table has enabled.
+async fn enabled_items(registry: &Wrapped, tenant: &str) -> Vec<String> {
+    let keys = registry.inner.keys_of(tenant).await.expect("keys");
+    keys.into_iter()
+        .filter(|(_, k)| k.enabled)
+        .map(|(_, k)| k.key_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rotation_whose_tenant_is_offboarded_while_it_schedules_answers_409_and_revokes_its_key() {
+    // GIVEN soylent onboarded
+    let (w, registry) = wrapped("tg-races-6", None).await;
+    let first = onboarded(&w, "soylent").await;
+    // WHEN soylent is rotated, and once the rotation listed its new key and read the first
+    // key's revocation, soylent is offboarded
+    let (offboarding, offboarded) = answered(w.admin(Method::DELETE, "/v1/tenants/soylent"));
+    registry.hook(At::RevocationRead(first.clone()), offboarding);
+    let res = rotation(&w, "soylent", 3600).send().await.expect("answer");
+    let (status, body) = (res.status(), res.json::<Value>().await.expect("json"));
+    // THEN the offboarding removed soylent
+    assert!(registry.hooks_ran());
+    assert_eq!(offboarded.await.expect("the offboarding ran").0, StatusCode::NO_CONTENT);
+    assert_eq!(registry.inner.tenant("soylent").await.expect("tenant"), None);
+    // AND no key of soylent is enabled, in API Gateway or in the policy table
+    for id in w.keys_of("soylent").await {
+        assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
+    }
+    assert_eq!(enabled_items(&registry, "soylent").await, Vec::<String>::new());
+    // AND the rotation answers 409: its key is not issued
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:tenant-changed", "{body}");
+}
+
 /// The usage plans API Gateway has key `id` on, by name.
 async fn plans_of(w: &World, id: &str) -> Vec<String> {
     let plans = w.gw.get_usage_plans().key_id(id).send().await.expect("plans");

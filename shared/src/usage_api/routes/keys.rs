@@ -20,8 +20,7 @@ use crate::policy_table::write::ATTEMPTS;
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk};
 use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, created, whole_number};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::Changed;
-use crate::usage_api::registry::Revocation;
+use crate::usage_api::registry::{Changed, ItemAction, Revocation};
 use crate::usage_api::views::{IssuedKey, KeyView, Rotated};
 use crate::usage_api::{MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, UsageApi};
 
@@ -33,19 +32,22 @@ pub(in crate::usage_api) struct Rotation {
     grace_seconds: serde_json::Number,
 }
 
-/// A rotation's new key put on the usage plan of `plan` and listed on the tenant, while the
-/// tenant is still on that plan and not moving. On any error the key is disabled and taken off
-/// the plan: unlisted, nothing would ever revoke it, and a retry starts clean. A tenant moved or
-/// offboarded meanwhile is a 409 `tenant-changed`.
+/// A rotation's new key put on the usage plan of `plan`, its item written, and the key listed on
+/// the tenant, while the tenant is still on that plan and not moving. The item comes before the
+/// listing: an offboarding that finds the key listed finds its item too, and revokes it. On any
+/// error the key is withdrawn: unlisted, nothing would ever revoke it, and a retry starts clean.
+/// A tenant moved or offboarded meanwhile is a 409 `tenant-changed`.
 async fn put_on_plan_and_list(
     api: &UsageApi,
     control: &dyn ControlWrites,
     (tenant, plan, plan_id): (&str, &str, &str),
-    key_id: &str,
+    key: &KeyRecord,
     hash: &ApiKeyHash,
 ) -> Result<Changed<TenantRecord>, Problem> {
+    let key_id = key.key_id.as_str();
     let listed = async {
         control.create_usage_plan_key(plan_id, key_id).await?;
+        api.registry.change_key(hash, &create(key)).await?;
         let changed = api.list_key((tenant, plan), key_id, &hash.to_hex()).await?;
         match &changed.after {
             Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(key_id)) => Ok(changed),
@@ -67,17 +69,52 @@ async fn put_on_plan_and_list(
         Ok(changed) => return Ok(changed),
         Err(e) => e,
     };
-    let undone = match disable_key(control, key_id).await {
-        Ok(()) => control
-            .delete_usage_plan_key(plan_id, key_id)
-            .await
-            .map_err(Problem::from),
-        Err(d) => Err(d),
+    withdraw(api, control, (tenant, plan_id), key_id, hash).await;
+    Err(e)
+}
+
+/// A rotation's new key that is not issued: disabled in API Gateway, its item revoked, taken off
+/// the usage plan `plan_id`. A step that fails is logged (the key then waits for an offboarding).
+async fn withdraw(
+    api: &UsageApi,
+    control: &dyn ControlWrites,
+    (tenant, plan_id): (&str, &str),
+    key_id: &str,
+    hash: &ApiKeyHash,
+) {
+    let undone = async {
+        disable_key(control, key_id).await?;
+        api.registry.change_key(hash, &revoke).await?;
+        control.delete_usage_plan_key(plan_id, key_id).await?;
+        Ok::<(), Problem>(())
     };
-    if let Err(d) = undone {
+    if let Err(d) = undone.await {
         tracing::warn!(tenant, key_id, error = ?d, "a rotation that failed could not disable its new key");
     }
-    Err(e)
+}
+
+/// The new key of a rotation that wrote everything, still listed on its tenant (read again,
+/// strongly consistent). An offboarding that ran meanwhile may have missed its item, written
+/// after the offboarding looked: the key is withdrawn and the rotation answers 409.
+async fn still_listed(
+    api: &UsageApi,
+    control: &dyn ControlWrites,
+    (tenant, plan_id): (&str, &str),
+    key_id: &str,
+    hash: &ApiKeyHash,
+) -> Result<(), Problem> {
+    let now = api.registry.change_tenant(tenant, &|_| ItemAction::Leave).await?;
+    let keys = now.after.and_then(|t| t.keys);
+    if keys.is_some_and(|k| k.contains_key(key_id)) {
+        return Ok(());
+    }
+    withdraw(api, control, (tenant, plan_id), key_id, hash).await;
+    Err(Problem::conflict(
+        "tenant-changed",
+        format!(
+            "tenant `{tenant}` was offboarded, or its new key revoked, meanwhile by another request; the new key is disabled"
+        ),
+    ))
 }
 
 /// A rotation refused for a tenant marked as moving to `plan`.
@@ -132,14 +169,13 @@ pub(in crate::usage_api) async fn rotate(
         key_id: key.id.clone(),
         enabled: true,
     };
-    // Listed on the tenant before anything else is written: a rotation at the same time adds its
-    // own key to the list as it is then, so neither is lost.
+    // Its item written and listed on the tenant before any revocation: a rotation at the same
+    // time adds its own key to the list as it is then, so neither is lost.
     let on = (tenant.as_str(), record.plan.as_str(), plan_id.as_str());
-    let tenant_changed = put_on_plan_and_list(&api, control.as_ref(), on, &key.id, &hash).await?;
+    let tenant_changed = put_on_plan_and_list(&api, control.as_ref(), on, &key_record, &hash).await?;
     let at = now.saturating_add(Duration::from_secs(grace)).as_secs();
     // The keys listed before this rotation: another rotation's new key is never revoked here.
     let (revoking, scheduled) = schedule_revocations(&api, &tenant, &listed, at).await?;
-    api.registry.change_key(&hash, &create(&key_record)).await?;
     let items = rotation_items(&tenant, tenant_changed, &hash, key_record);
     api.audit(
         &actor,
@@ -158,6 +194,7 @@ pub(in crate::usage_api) async fn rotate(
     for r in scheduled.iter().filter(|r| r.at <= now) {
         api.revoke_or_postpone(&actor, r).await?;
     }
+    still_listed(&api, control.as_ref(), (&tenant, &plan_id), &key.id, &hash).await?;
     Ok(created(Rotated {
         tenant,
         key: IssuedKey {
