@@ -89,6 +89,36 @@ async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disable
     assert!(!enabled_in_gateway(&w, &first).await);
     assert!(!enabled_in_gateway(&w, new).await, "the rotated-in key is left enabled");
     assert_eq!(enabled_unlisted(&w, &registry, "acme").await, Vec::<String>::new());
+    // AND no revocation of the first key is left behind for the sweep (its tenant is gone)
+    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn a_rotation_run_while_offboarding_drops_a_revocation_schedules_none_for_the_sweep() {
+    // GIVEN tyrell onboarded
+    let (w, registry) = wrapped("tg-races-7", None).await;
+    let first = onboarded(&w, "tyrell").await;
+    // WHEN tyrell is offboarded, and right after the offboarding dropped the first key's
+    // revocation (there is none), a rotation of tyrell runs to completion
+    let (rotating, rotated) = answered(rotation(&w, "tyrell", 3600));
+    registry.hook(At::RevocationRemoved(first.clone()), rotating);
+    let offboarded = w
+        .admin(Method::DELETE, "/v1/tenants/tyrell")
+        .send()
+        .await
+        .expect("answer");
+    // THEN the offboarding removed tyrell, both keys disabled
+    assert!(registry.hooks_ran());
+    assert_eq!(offboarded.status(), StatusCode::NO_CONTENT);
+    let (status, body) = rotated.await.expect("the rotation ran");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(registry.inner.tenant("tyrell").await.expect("tenant"), None);
+    for id in w.keys_of("tyrell").await {
+        assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
+    }
+    assert_eq!(enabled_items(&registry, "tyrell").await, Vec::<String>::new());
+    // AND the first key's revocation the rotation scheduled is not left behind for the sweep
+    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
 }
 
 /// The key ids of `tenant`'s items the policy table has enabled.
@@ -115,11 +145,13 @@ async fn a_rotation_whose_tenant_is_offboarded_while_it_schedules_answers_409_an
     assert!(registry.hooks_ran());
     assert_eq!(offboarded.await.expect("the offboarding ran").0, StatusCode::NO_CONTENT);
     assert_eq!(registry.inner.tenant("soylent").await.expect("tenant"), None);
-    // AND no key of soylent is enabled, in API Gateway or in the policy table
+    // AND no key of soylent is enabled, in API Gateway or in the policy table, and no revocation
+    // is left behind for the sweep
     for id in w.keys_of("soylent").await {
         assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
     }
     assert_eq!(enabled_items(&registry, "soylent").await, Vec::<String>::new());
+    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
     // AND the rotation answers 409: its key is not issued
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["type"], "urn:tollgate:problem:tenant-changed", "{body}");

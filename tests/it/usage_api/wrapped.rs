@@ -35,6 +35,8 @@ pub(super) enum At {
     TenantWrite,
     /// Right after the revocation of this key id was read.
     RevocationRead(String),
+    /// Right after the revocation of this key id was removed.
+    RevocationRemoved(String),
 }
 
 /// The registry on a policy table, its index lagging once `freeze` is called, running each hook
@@ -185,7 +187,9 @@ impl Registry for Wrapped {
         self.inner.put_revocation(r, read).await
     }
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
-        self.inner.remove_revocation(key_id).await
+        self.inner.remove_revocation(key_id).await?;
+        self.run(&At::RevocationRemoved(key_id.to_owned())).await;
+        Ok(())
     }
     async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError> {
         self.inner.plan_priorities().await

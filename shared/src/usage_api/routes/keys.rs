@@ -253,7 +253,8 @@ async fn schedule_revocations(
 /// due earlier kept as it is (a second rotation with a longer grace must not postpone the
 /// first one's revocation), a later one brought forward with its failed `attempts` kept. The
 /// revocation as it then is; `None` when one read was removed meanwhile (the sweep revoked the
-/// key, or its tenant was offboarded): it is not written again.
+/// key, or its tenant was offboarded): it is not written again; `None` too when the key's item
+/// is found revoked once the revocation is written: the revocation is removed (`written`).
 async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation>, Problem> {
     let mut seen = false;
     for _ in 0..ATTEMPTS {
@@ -269,7 +270,7 @@ async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation
         };
         seen |= pending.is_some();
         if api.registry.put_revocation(&r, pending.as_ref()).await? {
-            return Ok(Some(r));
+            return written(api, r).await;
         }
     }
     // As the write protocol fails after its attempts: determinate, nothing more written.
@@ -278,6 +279,22 @@ async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation
         asked.key_id
     ))
     .into())
+}
+
+/// A revocation just written, unless its key's item is revoked by now (read strongly
+/// consistent): then it is removed and `None`. Whoever revokes a key (offboarding, the sweep)
+/// revokes its item before removing its revocation, so a revocation written for a key revoked
+/// meanwhile is removed by one or the other, never left for a sweep to find.
+async fn written(api: &UsageApi, r: Revocation) -> Result<Option<Revocation>, Problem> {
+    let Some(hash) = ApiKeyHash::from_hex(&r.hash) else {
+        return Ok(Some(r));
+    };
+    let item = api.registry.change_key(&hash, &|_| ItemAction::Leave).await?;
+    if item.after.is_none_or(|k| k.enabled) {
+        return Ok(Some(r));
+    }
+    api.registry.remove_revocation(&r.key_id).await?;
+    Ok(None)
 }
 
 /// How long a revocation that failed waits before the sweep tries it again: a minute, doubling

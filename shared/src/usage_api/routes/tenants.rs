@@ -382,8 +382,9 @@ async fn off_then_on(control: &dyn ControlWrites, from: &str, to: &str, keys: &[
 
 /// One key of an offboarded tenant: disabled in API Gateway whatever the registry says (a key
 /// sync removed from the table, disabled or deleted, is disabled again, or found gone, and is
-/// done), taken off `plan_id` (one call per key, however many keys the plan has), its revocation
-/// dropped and its item revoked.
+/// done), taken off `plan_id` (one call per key, however many keys the plan has), its item
+/// revoked and then its revocation dropped (in that order: a rotation that schedules the key's
+/// revocation meanwhile finds the item revoked, or has its revocation dropped here).
 async fn offboard_key(
     api: &UsageApi,
     plan_id: Option<&str>,
@@ -399,11 +400,11 @@ async fn offboard_key(
             c.delete_usage_plan_key(plan_id, key_id).await?;
         }
     }
-    api.registry.remove_revocation(key_id).await?;
     if let Some(h) = ApiKeyHash::from_hex(hash) {
         let changed = api.registry.change_key(&h, &revoke).await?;
         items.extend(key_change(&h, changed));
     }
+    api.registry.remove_revocation(key_id).await?;
     Ok(())
 }
 
