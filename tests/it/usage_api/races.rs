@@ -10,7 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tollgate::directory::Directory;
-use tollgate::usage_api::registry::Registry;
+use tollgate::policy_table::TenantRecord;
+use tollgate::usage_api::registry::{ItemAction, Registry};
 use tollgate_usage_api::SCHEDULE_ACTOR;
 
 use super::World;
@@ -283,4 +284,51 @@ async fn a_rotation_keeps_the_failed_attempts_of_a_revocation_the_sweep_postpone
     assert_eq!(again.status(), StatusCode::CREATED);
     let pending = registry.inner.revocation(&first).await.expect("read");
     assert_eq!(pending.map(|r| r.attempts), Some(1));
+}
+
+/// Marks `tenant` as moving until `until` (on the plan it is on, as `policy apply` does when the
+/// plan is the target), or, with `None`, takes the mark off.
+async fn mark_moving(registry: &Wrapped, tenant: &str, until: Option<u64>) {
+    let mark = |t: Option<&TenantRecord>| match t {
+        Some(t) => ItemAction::Put(TenantRecord {
+            moving_until: until,
+            ..t.clone()
+        }),
+        None => ItemAction::Leave,
+    };
+    registry.inner.change_tenant(tenant, &mark).await.expect("mark");
+}
+
+#[tokio::test]
+async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
+    // GIVEN an onboarding of wonka on free refused (its key disabled): right before it wrote
+    // wonka's item, another onboarding of wonka on free ran to completion and wonka was marked
+    // as moving
+    let (w, registry) = wrapped("tg-races-8", None).await;
+    let other = (w.admin(Method::POST, "/v1/tenants"))
+        .header("idempotency-key", "idem-other")
+        .json(&json!({ "tenant": "wonka", "plan": "free" }));
+    let marker = registry.clone();
+    registry.hook(
+        At::TenantWrite,
+        Box::pin(async move {
+            let res = other.send().await.expect("answer");
+            assert_eq!(res.status(), StatusCode::CREATED);
+            mark_moving(&marker, "wonka", Some(u64::MAX)).await;
+        }),
+    );
+    let (status, body) = w.onboard_via(&w.base, "wonka", "idem-again").await.expect("onboard");
+    assert!(registry.hooks_ran());
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // WHEN the move is done and that onboarding is retried with the same Idempotency-Key
+    mark_moving(&registry, "wonka", None).await;
+    let (status, body) = w.onboard_via(&w.base, "wonka", "idem-again").await.expect("onboard");
+    // THEN wonka lists no key API Gateway has disabled
+    let item = registry.inner.tenant("wonka").await.expect("tenant").expect("wonka");
+    for id in item.keys.into_iter().flat_map(|k| k.into_keys()) {
+        assert!(enabled_in_gateway(&w, &id).await, "key {id} is listed, and disabled");
+    }
+    // AND the retry is refused: its key is disabled
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:key-disabled", "{body}");
 }
