@@ -332,3 +332,35 @@ async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["type"], "urn:tollgate:problem:key-disabled", "{body}");
 }
+
+#[tokio::test]
+async fn a_rotation_that_fails_once_its_key_is_listed_withdraws_the_key() {
+    // GIVEN cyberdyne onboarded, the revocation of its first key impossible to write
+    let (w, registry) = wrapped("tg-races-9", None).await;
+    let first = onboarded(&w, "cyberdyne").await;
+    registry.fail_revocation_writes(&first);
+    // WHEN cyberdyne is rotated: its new key is listed, then scheduling the revocation fails
+    let res = rotation(&w, "cyberdyne", 3600).send().await.expect("answer");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // THEN the first key is the only key of cyberdyne enabled, in API Gateway and in the policy
+    // table, and the only one listed: the new key, never answered, is withdrawn
+    let mut enabled = Vec::new();
+    for id in w.keys_of("cyberdyne").await {
+        if enabled_in_gateway(&w, &id).await {
+            enabled.push(id);
+        }
+    }
+    assert_eq!(enabled, std::slice::from_ref(&first));
+    assert_eq!(
+        enabled_items(&registry, "cyberdyne").await,
+        std::slice::from_ref(&first)
+    );
+    let item = registry
+        .inner
+        .tenant("cyberdyne")
+        .await
+        .expect("tenant")
+        .expect("cyberdyne");
+    let listed: Vec<String> = item.keys.into_iter().flat_map(|k| k.into_keys()).collect();
+    assert_eq!(listed, [first]);
+}

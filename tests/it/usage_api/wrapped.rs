@@ -46,6 +46,9 @@ pub(super) struct Wrapped {
     pub(super) inner: DynamoDirectory,
     frozen: Arc<Mutex<Option<Vec<Listed>>>>,
     hooks: Arc<Mutex<Vec<(At, Hook)>>>,
+    /// Key ids whose revocation cannot be written (`put_revocation` fails, as when DynamoDB is
+    /// unavailable): a hand-made fault, as moto cannot be made to fail one write.
+    failing: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Wrapped {
@@ -72,6 +75,11 @@ impl Wrapped {
     /// Runs `hook` once, at `at`.
     pub(super) fn hook(&self, at: At, hook: Hook) {
         self.hooks.lock().expect("hooks").push((at, hook));
+    }
+
+    /// From now on the revocation of key `key_id` cannot be written.
+    pub(super) fn fail_revocation_writes(&self, key_id: &str) {
+        self.failing.lock().expect("failing").push(key_id.to_owned());
     }
 
     /// Whether every hook ran.
@@ -108,6 +116,7 @@ pub(super) async fn wrapped(region: &'static str, control_endpoint: Option<&str>
         inner,
         frozen: Arc::default(),
         hooks: Arc::default(),
+        failing: Arc::default(),
     };
     let w = World::with(region, Some(Arc::new(registry.clone())), control_endpoint, None).await;
     w.api.revoke_due(SCHEDULE_ACTOR).await.expect("first sweep");
@@ -184,6 +193,11 @@ impl Registry for Wrapped {
         self.inner.swept(run).await
     }
     async fn put_revocation(&self, r: &Revocation, read: Option<&Revocation>) -> Result<bool, DirectoryError> {
+        if self.failing.lock().expect("failing").contains(&r.key_id) {
+            return Err(DirectoryError::Unavailable(
+                "the table is unavailable (injected)".to_owned(),
+            ));
+        }
         self.inner.put_revocation(r, read).await
     }
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {

@@ -74,7 +74,8 @@ async fn put_on_plan_and_list(
 }
 
 /// A rotation's new key that is not issued: disabled in API Gateway, its item revoked, taken off
-/// the usage plan `plan_id`. A step that fails is logged (the key then waits for an offboarding).
+/// the tenant's list and the usage plan `plan_id`. A step that fails is logged (the key then
+/// waits for an offboarding).
 async fn withdraw(
     api: &UsageApi,
     control: &dyn ControlWrites,
@@ -85,6 +86,7 @@ async fn withdraw(
     let undone = async {
         disable_key(control, key_id).await?;
         api.registry.change_key(hash, &revoke).await?;
+        api.unlist_key(tenant, key_id).await?;
         control.delete_usage_plan_key(plan_id, key_id).await?;
         Ok::<(), Problem>(())
     };
@@ -95,20 +97,13 @@ async fn withdraw(
 
 /// The new key of a rotation that wrote everything, still listed on its tenant (read again,
 /// strongly consistent). An offboarding that ran meanwhile may have missed its item, written
-/// after the offboarding looked: the key is withdrawn and the rotation answers 409.
-async fn still_listed(
-    api: &UsageApi,
-    control: &dyn ControlWrites,
-    (tenant, plan_id): (&str, &str),
-    key_id: &str,
-    hash: &ApiKeyHash,
-) -> Result<(), Problem> {
+/// after the offboarding looked: the rotation answers 409 (and withdraws the key).
+async fn still_listed(api: &UsageApi, tenant: &str, key_id: &str) -> Result<(), Problem> {
     let now = api.registry.change_tenant(tenant, &|_| ItemAction::Leave).await?;
     let keys = now.after.and_then(|t| t.keys);
     if keys.is_some_and(|k| k.contains_key(key_id)) {
         return Ok(());
     }
-    withdraw(api, control, (tenant, plan_id), key_id, hash).await;
     Err(Problem::conflict(
         "tenant-changed",
         format!(
@@ -174,27 +169,16 @@ pub(in crate::usage_api) async fn rotate(
     let on = (tenant.as_str(), record.plan.as_str(), plan_id.as_str());
     let tenant_changed = put_on_plan_and_list(&api, control.as_ref(), on, &key_record, &hash).await?;
     let at = now.saturating_add(Duration::from_secs(grace)).as_secs();
-    // The keys listed before this rotation: another rotation's new key is never revoked here.
-    let (revoking, scheduled) = schedule_revocations(&api, &tenant, &listed, at).await?;
     let items = rotation_items(&tenant, tenant_changed, &hash, key_record);
-    api.audit(
-        &actor,
-        format!(
-            "rotate keys of tenant {tenant}: new key {}, {} revoked at {}",
-            key.id,
-            revoking.len(),
-            format_utc(at)
-        ),
-        items,
-    )
-    .await?;
-    // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
-    // that fails is postponed, as the sweep does).
-    let now = now.as_secs();
-    for r in scheduled.iter().filter(|r| r.at <= now) {
-        api.revoke_or_postpone(&actor, r).await?;
-    }
-    still_listed(&api, control.as_ref(), (&tenant, &plan_id), &key.id, &hash).await?;
+    // A rotation that fails from here on withdraws its key too: listed, it would work, but its
+    // value never reaches the client.
+    let revoking = match revoke_listed(&api, &actor, (&tenant, &key.id), &listed, (now.as_secs(), at), items).await {
+        Ok(revoking) => revoking,
+        Err(e) => {
+            withdraw(&api, control.as_ref(), (&tenant, &plan_id), &key.id, &hash).await;
+            return Err(e);
+        }
+    };
     Ok(created(Rotated {
         tenant,
         key: IssuedKey {
@@ -203,6 +187,34 @@ pub(in crate::usage_api) async fn rotate(
         },
         revoking,
     }))
+}
+
+/// The rest of a rotation whose new key `key_id` is listed: the revocation of the keys `listed`
+/// before it scheduled at `at` (another rotation's new key is never revoked here), its writes
+/// (`items`) audited, the keys due by `now` revoked, and its tenant read again (`still_listed`);
+/// the keys being revoked.
+async fn revoke_listed(
+    api: &UsageApi,
+    actor: &str,
+    (tenant, key_id): (&str, &str),
+    listed: &BTreeMap<String, String>,
+    (now, at): (u64, u64),
+    items: Vec<ItemChange>,
+) -> Result<Vec<KeyView>, Problem> {
+    let (revoking, scheduled) = schedule_revocations(api, tenant, listed, at).await?;
+    let summary = format!(
+        "rotate keys of tenant {tenant}: new key {key_id}, {} revoked at {}",
+        revoking.len(),
+        format_utc(at)
+    );
+    api.audit(actor, summary, items).await?;
+    // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
+    // that fails is postponed, as the sweep does).
+    for r in scheduled.iter().filter(|r| r.at <= now) {
+        api.revoke_or_postpone(actor, r).await?;
+    }
+    still_listed(api, tenant, key_id).await?;
+    Ok(revoking)
 }
 
 /// A rotation's writes for the audit trail: the tenant's list (when written) and the new key.
