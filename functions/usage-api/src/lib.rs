@@ -218,6 +218,7 @@ mod tests {
                 at: 1000,
                 attempts: 0,
             },
+            None,
         )
         .await
         .expect("revocation");

@@ -458,3 +458,24 @@ async fn an_onboarding_that_finds_its_tenant_onboarded_on_another_plan_meanwhile
     assert_eq!(again, StatusCode::CONFLICT);
     assert_eq!(registry.keys_of("acme").await.expect("keys").len(), 1);
 }
+
+#[tokio::test]
+async fn an_onboarding_retried_onto_the_tenant_item_a_sync_made_lists_its_key() {
+    // GIVEN an onboarding of acme whose key reached its usage plan but whose answer to that call
+    // was lost (the table untouched), and a sync since, which made acme's item as API Gateway
+    // shows it: without a list of keys
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let b = Both::via("tg-sync-made-1", Some(&proxy.endpoint())).await;
+    proxy.inject_on("POST", "/keys", &[Some(Fault::LoseResponse)]);
+    let (failed, problem) = b.w.onboard_via(&b.w.base, "acme", "idem-acme").await.expect("answer");
+    assert_eq!(failed, StatusCode::BAD_GATEWAY, "{problem}");
+    b.sync().await;
+    let made = b.registry.tenant("acme").await.expect("read").expect("made by sync");
+    assert_eq!(made.keys, None, "{made:?}");
+    // WHEN the onboarding is retried
+    let (id, _) = onboarded(&b, "acme", "idem-acme").await;
+    // THEN acme's item lists the key
+    let after = b.registry.tenant("acme").await.expect("read").expect("acme");
+    let listed: Option<Vec<String>> = after.keys.map(|k| k.into_keys().collect());
+    assert_eq!(listed, Some(vec![id]));
+}

@@ -3,148 +3,16 @@
 //! key revoked leaves the list; an item without a list (older code) gets one from the index once.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tollgate::directory::{Directory, DirectoryError, DynamoDirectory};
-use tollgate::engine::identity::ApiKeyHash;
-use tollgate::engine::policy::Plan;
-use tollgate::engine::shed::ShedState;
-use tollgate::policy_table::{KeyRecord, TenantRecord};
-use tollgate::usage_api::registry::{
-    Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, ShedChange,
-};
+use tollgate::directory::Directory;
+use tollgate::policy_table::TenantRecord;
 use tollgate_usage_api::SCHEDULE_ACTOR;
 
-use super::{World, plan};
-use crate::support::emulator;
-
-/// A key as the index lists it: its tenant, hash and record.
-type Listed = (String, (ApiKeyHash, KeyRecord));
-
-/// The registry on a policy table whose index by tenant lags: `keys_of` answers as it did when
-/// `freeze` was called, as DynamoDB's eventually consistent index may for a moment after a write.
-/// Hand-written because moto's index is always consistent; every other call goes to the table.
-#[derive(Debug, Clone)]
-struct LaggingIndex {
-    inner: DynamoDirectory,
-    frozen: Arc<Mutex<Option<Vec<Listed>>>>,
-}
-
-impl LaggingIndex {
-    async fn freeze(&self) {
-        let mut all = Vec::new();
-        for (t, _) in self.inner.tenants().await.expect("tenants") {
-            for k in self.inner.keys_of(&t).await.expect("keys") {
-                all.push((t.clone(), k));
-            }
-        }
-        *self.frozen.lock().expect("lock") = Some(all);
-    }
-}
-
-#[async_trait]
-impl Directory for LaggingIndex {
-    async fn key(&self, hash: &ApiKeyHash) -> Result<Option<KeyRecord>, DirectoryError> {
-        self.inner.key(hash).await
-    }
-    async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
-        self.inner.tenant(tenant).await
-    }
-    async fn plan(&self, name: &str) -> Result<Option<Arc<Plan>>, DirectoryError> {
-        self.inner.plan(name).await
-    }
-    async fn shed(&self) -> Result<ShedState, DirectoryError> {
-        self.inner.shed().await
-    }
-}
-
-#[async_trait]
-impl Registry for LaggingIndex {
-    async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError> {
-        self.inner.tenants().await
-    }
-    async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError> {
-        let frozen = self.frozen.lock().expect("lock").clone();
-        match frozen {
-            Some(all) => Ok(all.into_iter().filter(|(t, _)| t == tenant).map(|(_, k)| k).collect()),
-            None => self.inner.keys_of(tenant).await,
-        }
-    }
-    async fn plan_names(&self) -> Result<Vec<String>, DirectoryError> {
-        self.inner.plan_names().await
-    }
-    async fn change_key(
-        &self,
-        hash: &ApiKeyHash,
-        decide: Decide<'_, KeyRecord>,
-    ) -> Result<Changed<KeyRecord>, DirectoryError> {
-        self.inner.change_key(hash, decide).await
-    }
-    async fn change_tenant(
-        &self,
-        tenant: &str,
-        decide: Decide<'_, TenantRecord>,
-    ) -> Result<Changed<TenantRecord>, DirectoryError> {
-        self.inner.change_tenant(tenant, decide).await
-    }
-    async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError> {
-        self.inner.idempotency(key).await
-    }
-    async fn put_idempotency(&self, key: &str, record: &IdempotencyRecord) -> Result<bool, DirectoryError> {
-        self.inner.put_idempotency(key, record).await
-    }
-    async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError> {
-        self.inner.claim_idempotency(key, now, until).await
-    }
-    async fn release_idempotency(&self, key: &str) -> Result<(), DirectoryError> {
-        self.inner.release_idempotency(key).await
-    }
-    async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError> {
-        self.inner.revocation(key_id).await
-    }
-    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError> {
-        self.inner.due_revocations(now).await
-    }
-    async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError> {
-        self.inner.swept(run).await
-    }
-    async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {
-        self.inner.put_revocation(r).await
-    }
-    async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
-        self.inner.remove_revocation(key_id).await
-    }
-    async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError> {
-        self.inner.plan_priorities().await
-    }
-    async fn set_shed(&self, write: ManualShed<'_>) -> Result<Option<ShedChange>, DirectoryError> {
-        self.inner.set_shed(write).await
-    }
-}
-
-/// A world whose registry's index lags (`LaggingIndex`), and that registry.
-async fn lagging(region: &'static str) -> (World, LaggingIndex) {
-    let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
-    let table = emulator::unique("keylist");
-    let client = tollgate::aws::admin_client(&sdk);
-    tollgate::directory::dynamodb::create_policy_table(&client, &table)
-        .await
-        .expect("policy table");
-    let inner = DynamoDirectory::new(client, &table);
-    inner.put_plan(&plan("free"), 1).await.expect("plan");
-    inner.put_plan(&plan("pro"), 1).await.expect("plan");
-    let registry = LaggingIndex {
-        inner,
-        frozen: Arc::new(Mutex::new(None)),
-    };
-    let w = World::with(region, Some(Arc::new(registry.clone())), None, None).await;
-    w.api.revoke_due(SCHEDULE_ACTOR).await.expect("first sweep");
-    (w, registry)
-}
+use super::World;
+use super::wrapped::{Wrapped, wrapped};
 
 async fn onboarded(w: &World, tenant: &str) -> String {
     let (status, body) = w
@@ -170,7 +38,7 @@ async fn enabled_in_gateway(w: &World, id: &str) -> bool {
 }
 
 /// The key ids the tenant's item lists.
-async fn listed(registry: &LaggingIndex, tenant: &str) -> Option<BTreeSet<String>> {
+async fn listed(registry: &Wrapped, tenant: &str) -> Option<BTreeSet<String>> {
     let t = registry.inner.tenant(tenant).await.expect("tenant")?;
     t.keys.map(|k| k.into_keys().collect())
 }
@@ -178,7 +46,7 @@ async fn listed(registry: &LaggingIndex, tenant: &str) -> Option<BTreeSet<String
 #[tokio::test]
 async fn a_key_rotated_in_a_moment_ago_is_disabled_by_offboarding_while_the_index_lags() {
     // GIVEN acme onboarded, the index then lagging, and acme rotated (grace one hour)
-    let (w, registry) = lagging("tg-keylist-1").await;
+    let (w, registry) = wrapped("tg-keylist-1", None).await;
     let first = onboarded(&w, "acme").await;
     registry.freeze().await;
     let new = rotated(&w, "acme", 3600).await["key"]["id"]
@@ -203,7 +71,7 @@ async fn a_key_rotated_in_a_moment_ago_is_disabled_by_offboarding_while_the_inde
 #[tokio::test]
 async fn a_key_rotated_in_a_moment_ago_moves_with_its_tenant_and_is_revoked_by_the_next_rotation() {
     // GIVEN globex onboarded on free, the index then lagging, and globex rotated
-    let (w, registry) = lagging("tg-keylist-2").await;
+    let (w, registry) = wrapped("tg-keylist-2", None).await;
     onboarded(&w, "globex").await;
     registry.freeze().await;
     let second = rotated(&w, "globex", 3600).await["key"]["id"]
@@ -234,7 +102,7 @@ async fn a_key_rotated_in_a_moment_ago_moves_with_its_tenant_and_is_revoked_by_t
 #[tokio::test]
 async fn a_revoked_key_leaves_its_tenants_list() {
     // GIVEN initech onboarded, rotated twice with no grace
-    let (w, registry) = lagging("tg-keylist-3").await;
+    let (w, registry) = wrapped("tg-keylist-3", None).await;
     let first = onboarded(&w, "initech").await;
     let second = rotated(&w, "initech", 0).await["key"]["id"]
         .as_str()
@@ -253,7 +121,7 @@ async fn a_revoked_key_leaves_its_tenants_list() {
 #[tokio::test]
 async fn a_tenant_item_without_a_list_gets_one_from_the_index_once() {
     // GIVEN hooli onboarded, its item then written as older code wrote it (no list)
-    let (w, registry) = lagging("tg-keylist-4").await;
+    let (w, registry) = wrapped("tg-keylist-4", None).await;
     let first = onboarded(&w, "hooli").await;
     let record = registry.inner.tenant("hooli").await.expect("read").expect("tenant");
     let old = TenantRecord { keys: None, ..record };
@@ -281,7 +149,7 @@ async fn a_tenant_item_without_a_list_gets_one_from_the_index_once() {
 #[tokio::test]
 async fn offboarding_disables_a_listed_key_that_api_gateway_no_longer_has() {
     // GIVEN wayne onboarded and rotated, its first key then deleted in API Gateway
-    let (w, _registry) = lagging("tg-keylist-5").await;
+    let (w, _registry) = wrapped("tg-keylist-5", None).await;
     let first = onboarded(&w, "wayne").await;
     let new = rotated(&w, "wayne", 3600).await["key"]["id"]
         .as_str()

@@ -9,12 +9,14 @@ mod interleaving;
 mod key_list;
 mod moves;
 mod onboarding;
+mod races;
 mod rollback;
 mod rotation;
 mod scale;
 mod sweep;
 mod upgrade;
 mod usage;
+mod wrapped;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! `SWEEP_BUCKETS` minutes at a time, and a rotation that fails between its bucket entry and its
 //! revocation item leaves nothing the sweep cannot find, and a key API Gateway refuses to disable
 //! is postponed without holding up the others; a rotation that fails after making its key leaves
-//! that key disabled.
+//! that key disabled; a revocation is written over only as it was read.
 
 use std::time::Duration;
 
@@ -263,4 +263,28 @@ async fn a_rotation_that_fails_after_making_its_key_leaves_that_key_disabled() {
     assert_eq!(made.len(), 1, "the rotation made one key");
     assert!(!made[0].enabled(), "the failed rotation's key is enabled");
     assert!(enabled(&w, &registry, &first).await);
+}
+
+#[tokio::test]
+async fn a_revocation_is_written_over_only_as_it_was_read_whatever_its_json_spelling() {
+    // GIVEN a revocation stored by another writer, its JSON spelled otherwise (spaced, fields in
+    // another order) than this one spells it, after two failed attempts
+    let (_w, registry, client, table) = world_via("tg-sweep-spelling", &emulator::endpoint()).await;
+    let spelled = r#"{ "attempts": 2, "at": 1795863600, "hash": "00", "key_id": "k1", "tenant": "acme" }"#;
+    let item = json_item(revoke_pk("k1"), spelled.to_owned());
+    let put = client.put_item().table_name(&table).set_item(Some(item));
+    put.send().await.expect("seed");
+    let read = registry.revocation("k1").await.expect("read").expect("stored");
+    // WHEN a writer brings it forward over what it read, and another over an older read
+    let forward = Revocation {
+        at: START.as_secs() + 60,
+        ..read.clone()
+    };
+    let written = registry.put_revocation(&forward, Some(&read)).await.expect("write");
+    let stale = Revocation { attempts: 0, ..read };
+    let over_stale = registry.put_revocation(&stale, Some(&stale)).await.expect("write");
+    // THEN the first is written (its attempts kept), the second is not
+    assert!(written);
+    assert!(!over_stale);
+    assert_eq!(registry.revocation("k1").await.expect("read"), Some(forward));
 }

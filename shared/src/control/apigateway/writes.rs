@@ -108,12 +108,13 @@ impl std::fmt::Debug for NewApiKey {
     }
 }
 
-/// A key API Gateway created (or holds): its id and value. The value is handed to the caller
-/// exactly once and never stored by Tollgate.
+/// A key API Gateway created (or holds): its id, value, and whether it is enabled. The value is
+/// handed to the caller exactly once and never stored by Tollgate.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CreatedKey {
     pub id: String,
     pub value: String,
+    pub enabled: bool,
 }
 
 impl std::fmt::Debug for CreatedKey {
@@ -225,6 +226,7 @@ impl ControlWrites for ApiGateway {
         Ok(CreatedKey {
             id: created.id().unwrap_or_default().to_owned(),
             value: created.value().unwrap_or_default().to_owned(),
+            enabled: created.enabled(),
         })
     }
 
@@ -238,6 +240,7 @@ impl ControlWrites for ApiGateway {
             Ok(k) => Ok(Some(CreatedKey {
                 id: k.id().unwrap_or_default().to_owned(),
                 value: k.value().unwrap_or_default().to_owned(),
+                enabled: k.enabled(),
             })),
             Err(ControlError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),

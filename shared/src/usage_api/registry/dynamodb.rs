@@ -181,6 +181,47 @@ impl DynamoDirectory {
         }
     }
 
+    /// Writes `json` under `pk` while the record stored there is `read` (spelled `spelled`);
+    /// whether it did. A record spelled otherwise (another writer's JSON of the same record) is
+    /// compared again on its own spelling, once.
+    async fn replace_json<T>(
+        &self,
+        pk: String,
+        json: String,
+        (read, spelled): (&T, String),
+    ) -> Result<bool, DirectoryError>
+    where
+        T: DeserializeOwned + PartialEq,
+    {
+        let mut expected = spelled;
+        for _ in 0..2 {
+            let put = self
+                .client()
+                .put_item()
+                .table_name(self.table())
+                .set_item(Some(json_item(pk.clone(), json.clone())))
+                .condition_expression("#json = :read")
+                .expression_attribute_names("#json", JSON_ATTR)
+                .expression_attribute_values(":read", AttributeValue::S(expected.clone()))
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .send()
+                .await;
+            let stored = match put {
+                Ok(_) => return Ok(true),
+                Err(SdkError::ServiceError(e)) => match e.err() {
+                    PutItemError::ConditionalCheckFailedException(c) => c.item().and_then(|i| string(i, JSON_ATTR)),
+                    _ => return Err(unavailable(SdkError::ServiceError(e))),
+                },
+                Err(e) => return Err(unavailable(e)),
+            };
+            match stored {
+                Some(s) if s != expected && serde_json::from_str::<T>(&s).ok().as_ref() == Some(read) => expected = s,
+                _ => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
     async fn delete_pk(&self, pk: String) -> Result<(), DirectoryError> {
         self.client()
             .delete_item()
@@ -367,7 +408,7 @@ impl Registry for DynamoDirectory {
         }
     }
 
-    async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {
+    async fn put_revocation(&self, r: &Revocation, read: Option<&Revocation>) -> Result<bool, DirectoryError> {
         due::enqueue(
             self.client(),
             self.table(),
@@ -376,7 +417,12 @@ impl Registry for DynamoDirectory {
         )
         .await
         .map_err(write_error)?;
-        self.put_json(revoke_pk(&r.key_id), r, false).await.map(drop)
+        let pk = revoke_pk(&r.key_id);
+        let Some(read) = read else {
+            return self.put_json(pk, r, true).await;
+        };
+        self.replace_json(pk.clone(), to_json(&pk, r)?, (read, to_json(&pk, read)?))
+            .await
     }
 
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {

@@ -105,11 +105,14 @@ impl Registry for MemoryDirectory {
         Ok(())
     }
 
-    async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError> {
+    async fn put_revocation(&self, r: &Revocation, read: Option<&Revocation>) -> Result<bool, DirectoryError> {
         let pk = revoke_pk(&r.key_id);
         let json = to_json(&pk, r)?;
-        self.other_items().put(&pk, json);
-        Ok(())
+        let as_read = |held: Option<&String>| {
+            let held: Option<Revocation> = held.and_then(|v| serde_json::from_str(v).ok());
+            held.as_ref() == read
+        };
+        Ok(self.other_items().put_if(&pk, json, as_read))
     }
 
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {

@@ -129,9 +129,12 @@ pub trait Registry: Directory {
     /// What follows a run whose revocations are all revoked and audited: its closed buckets
     /// deleted, its cursor moved.
     async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError>;
-    /// Writes the revocation; on the policy table its key goes into the bucket of its minute
-    /// first, so a revocation is never stored where the sweep cannot find it.
-    async fn put_revocation(&self, r: &Revocation) -> Result<(), DirectoryError>;
+    /// Writes the revocation while the one stored is `read` (`None`: there is none), so a
+    /// writer never brings back one removed meanwhile (its key revoked) nor overwrites a
+    /// postponement it did not read; `false` when it is not. On the policy table its key goes
+    /// into the bucket of its minute first, so a revocation is never stored where the sweep
+    /// cannot find it (an entry whose write then fails is passed over).
+    async fn put_revocation(&self, r: &Revocation, read: Option<&Revocation>) -> Result<bool, DirectoryError>;
     /// Removes the revocation (its bucket entry is the sweep's to drop).
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError>;
     /// Every plan's name and priority, by name.

@@ -12,14 +12,15 @@ use serde::Deserialize;
 use super::usage_plans::UsagePlans;
 use super::{Api, create, disable_key, key_change, revoke, tenant_change};
 use crate::control::apigateway::writes::{ControlWrites, NewApiKey};
+use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::quota::format_utc;
 use crate::policy_table::audit::ItemChange;
+use crate::policy_table::write::ATTEMPTS;
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk};
 use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, created, whole_number};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::Changed;
-use crate::usage_api::registry::Revocation;
+use crate::usage_api::registry::{Changed, ItemAction, Revocation};
 use crate::usage_api::views::{IssuedKey, KeyView, Rotated};
 use crate::usage_api::{MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, UsageApi};
 
@@ -31,28 +32,95 @@ pub(in crate::usage_api) struct Rotation {
     grace_seconds: serde_json::Number,
 }
 
-/// A rotation's new key put on the tenant's usage plan and listed on the tenant. On any error
-/// the key is disabled: unlisted, nothing would ever revoke it, and a retry starts clean.
+/// A rotation's new key put on the usage plan of `plan`, its item written, and the key listed on
+/// the tenant, while the tenant is still on that plan and not moving. The item comes before the
+/// listing: an offboarding that finds the key listed finds its item too, and revokes it. On any
+/// error the key is withdrawn: unlisted, nothing would ever revoke it, and a retry starts clean.
+/// A tenant moved or offboarded meanwhile is a 409 `tenant-changed`.
 async fn put_on_plan_and_list(
+    api: &UsageApi,
+    control: &dyn ControlWrites,
+    (tenant, plan, plan_id): (&str, &str, &str),
+    key: &KeyRecord,
+    hash: &ApiKeyHash,
+) -> Result<Changed<TenantRecord>, Problem> {
+    let key_id = key.key_id.as_str();
+    let listed = async {
+        control.create_usage_plan_key(plan_id, key_id).await?;
+        api.registry.change_key(hash, &create(key)).await?;
+        let changed = api.list_key((tenant, plan), key_id, &hash.to_hex()).await?;
+        match &changed.after {
+            Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(key_id)) => Ok(changed),
+            Some(t) if t.plan != plan || t.moving_until.is_some() => Err(Problem::conflict(
+                "tenant-changed",
+                format!(
+                    "tenant `{tenant}` was moved, or is moving, to plan `{}` meanwhile by another request; the new key \
+                     is disabled: rotate again once the move is done",
+                    t.plan
+                ),
+            )),
+            _ => Err(Problem::conflict(
+                "tenant-changed",
+                format!("tenant `{tenant}` was offboarded meanwhile by another request; the new key is disabled"),
+            )),
+        }
+    };
+    let e = match listed.await {
+        Ok(changed) => return Ok(changed),
+        Err(e) => e,
+    };
+    withdraw(api, control, (tenant, plan_id), key_id, hash).await;
+    Err(e)
+}
+
+/// A rotation's new key that is not issued: disabled in API Gateway, its item revoked, taken off
+/// the tenant's list and the usage plan `plan_id`. A step that fails is logged (the key then
+/// waits for an offboarding).
+async fn withdraw(
     api: &UsageApi,
     control: &dyn ControlWrites,
     (tenant, plan_id): (&str, &str),
     key_id: &str,
     hash: &ApiKeyHash,
-) -> Result<Changed<TenantRecord>, Problem> {
-    let listed = async {
-        control.create_usage_plan_key(plan_id, key_id).await?;
-        api.list_key(tenant, key_id, &hash.to_hex()).await
+) {
+    let undone = async {
+        disable_key(control, key_id).await?;
+        api.registry.change_key(hash, &revoke).await?;
+        api.unlist_key(tenant, key_id).await?;
+        control.delete_usage_plan_key(plan_id, key_id).await?;
+        Ok::<(), Problem>(())
     };
-    match listed.await {
-        Ok(changed) => Ok(changed),
-        Err(e) => {
-            if let Err(d) = disable_key(control, key_id).await {
-                tracing::warn!(tenant, key_id, error = ?d, "a rotation that failed could not disable its new key");
-            }
-            Err(e)
-        }
+    if let Err(d) = undone.await {
+        tracing::warn!(tenant, key_id, error = ?d, "a rotation that failed could not disable its new key");
     }
+}
+
+/// The new key of a rotation that wrote everything, still listed on its tenant (read again,
+/// strongly consistent). An offboarding that ran meanwhile may have missed its item, written
+/// after the offboarding looked: the rotation answers 409 (and withdraws the key).
+async fn still_listed(api: &UsageApi, tenant: &str, key_id: &str) -> Result<(), Problem> {
+    let now = api.registry.change_tenant(tenant, &|_| ItemAction::Leave).await?;
+    let keys = now.after.and_then(|t| t.keys);
+    if keys.is_some_and(|k| k.contains_key(key_id)) {
+        return Ok(());
+    }
+    Err(Problem::conflict(
+        "tenant-changed",
+        format!(
+            "tenant `{tenant}` was offboarded, or its new key revoked, meanwhile by another request; the new key is disabled"
+        ),
+    ))
+}
+
+/// A rotation refused for a tenant marked as moving to `plan`.
+fn moving(tenant: &str, plan: &str) -> Problem {
+    Problem::conflict(
+        "tenant-changed",
+        format!(
+            "tenant `{tenant}` is moving to plan `{plan}`: rotate once the move is done (a move interrupted is finished \
+             by PUT /v1/tenants/{tenant}/plan); no key was issued"
+        ),
+    )
 }
 
 pub(in crate::usage_api) async fn rotate(
@@ -68,11 +136,16 @@ pub(in crate::usage_api) async fn rotate(
             "`grace_seconds` must be an integer from 0 to {MAX_GRACE_SECS} (30 days), got {n}"
         ))
     })?;
-    // The tenant and its keys first, strongly consistent: a tenant that cannot be read (404,
-    // 503) gets no new key, so a retry never leaves an orphan enabled key behind.
-    let (record, listed) = api.tenant_keys(&tenant).await?;
-    let control = api.control("key rotation")?.clone();
+    // The keys due revoked first, so none of them is scheduled again below. Then the tenant and
+    // its keys, strongly consistent: a tenant that cannot be read (404, 503) gets no new key, so
+    // a retry never leaves an orphan enabled key behind; nor does a tenant moving (its keys
+    // between two usage plans).
     api.sweep(&actor).await?;
+    let (record, listed) = api.tenant_keys(&tenant).await?;
+    if record.moving_until.is_some() {
+        return Err(moving(&tenant, &record.plan));
+    }
+    let control = api.control("key rotation")?.clone();
     let plan_id = api.usage_plan(&plans, control.as_ref(), &record.plan).await?.id;
     let now = api.now();
     let key = control
@@ -86,43 +159,26 @@ pub(in crate::usage_api) async fn rotate(
         })
         .await?;
     let hash = ApiKeyHash::of(&key.value);
-    let record = KeyRecord {
+    let key_record = KeyRecord {
         tenant: tenant.clone(),
         key_id: key.id.clone(),
         enabled: true,
     };
-    // Listed on the tenant before anything else is written: a rotation at the same time adds its
-    // own key to the list as it is then, so neither is lost.
-    let tenant_changed = put_on_plan_and_list(&api, control.as_ref(), (&tenant, &plan_id), &key.id, &hash).await?;
-    if tenant_changed.after.is_none() {
-        disable_key(control.as_ref(), &key.id).await?;
-        return Err(Problem::conflict(
-            "tenant-changed",
-            format!("tenant `{tenant}` was offboarded meanwhile by another request; the new key is disabled"),
-        ));
-    }
+    // Its item written and listed on the tenant before any revocation: a rotation at the same
+    // time adds its own key to the list as it is then, so neither is lost.
+    let on = (tenant.as_str(), record.plan.as_str(), plan_id.as_str());
+    let tenant_changed = put_on_plan_and_list(&api, control.as_ref(), on, &key_record, &hash).await?;
     let at = now.saturating_add(Duration::from_secs(grace)).as_secs();
-    // The keys listed before this rotation: another rotation's new key is never revoked here.
-    let (revoking, scheduled) = schedule_revocations(&api, &tenant, &listed, at).await?;
-    api.registry.change_key(&hash, &create(&record)).await?;
-    let items = rotation_items(&tenant, tenant_changed, &hash, record);
-    api.audit(
-        &actor,
-        format!(
-            "rotate keys of tenant {tenant}: new key {}, {} revoked at {}",
-            key.id,
-            revoking.len(),
-            format_utc(at)
-        ),
-        items,
-    )
-    .await?;
-    // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
-    // that fails is postponed, as the sweep does).
-    let now = now.as_secs();
-    for r in scheduled.iter().filter(|r| r.at <= now) {
-        api.revoke_or_postpone(&actor, r).await?;
-    }
+    let items = rotation_items(&tenant, tenant_changed, &hash, key_record);
+    // A rotation that fails from here on withdraws its key too: listed, it would work, but its
+    // value never reaches the client.
+    let revoking = match revoke_listed(&api, &actor, (&tenant, &key.id), &listed, (now.as_secs(), at), items).await {
+        Ok(revoking) => revoking,
+        Err(e) => {
+            withdraw(&api, control.as_ref(), (&tenant, &plan_id), &key.id, &hash).await;
+            return Err(e);
+        }
+    };
     Ok(created(Rotated {
         tenant,
         key: IssuedKey {
@@ -131,6 +187,34 @@ pub(in crate::usage_api) async fn rotate(
         },
         revoking,
     }))
+}
+
+/// The rest of a rotation whose new key `key_id` is listed: the revocation of the keys `listed`
+/// before it scheduled at `at` (another rotation's new key is never revoked here), its writes
+/// (`items`) audited, the keys due by `now` revoked, and its tenant read again (`still_listed`);
+/// the keys being revoked.
+async fn revoke_listed(
+    api: &UsageApi,
+    actor: &str,
+    (tenant, key_id): (&str, &str),
+    listed: &BTreeMap<String, String>,
+    (now, at): (u64, u64),
+    items: Vec<ItemChange>,
+) -> Result<Vec<KeyView>, Problem> {
+    let (revoking, scheduled) = schedule_revocations(api, tenant, listed, at).await?;
+    let summary = format!(
+        "rotate keys of tenant {tenant}: new key {key_id}, {} revoked at {}",
+        revoking.len(),
+        format_utc(at)
+    );
+    api.audit(actor, summary, items).await?;
+    // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
+    // that fails is postponed, as the sweep does).
+    for r in scheduled.iter().filter(|r| r.at <= now) {
+        api.revoke_or_postpone(actor, r).await?;
+    }
+    still_listed(api, tenant, key_id).await?;
+    Ok(revoking)
 }
 
 /// A rotation's writes for the audit trail: the tenant's list (when written) and the new key.
@@ -146,7 +230,7 @@ fn rotation_items(tenant: &str, listed: Changed<TenantRecord>, hash: &ApiKeyHash
 }
 
 /// Schedules the revocation of the tenant's `listed` keys (id → hash) at `at` (epoch seconds);
-/// the keys, and the revocations written.
+/// the keys, and the revocations as they then are.
 async fn schedule_revocations(
     api: &UsageApi,
     tenant: &str,
@@ -156,26 +240,73 @@ async fn schedule_revocations(
     let mut revoking = Vec::new();
     let mut scheduled = Vec::new();
     for (id, hash) in listed {
-        // A key already on its way out keeps its earlier deadline: a second rotation with a
-        // longer grace must not postpone the first one's revocation.
-        let pending = api.registry.revocation(id).await?;
-        let at = pending.as_ref().map_or(at, |earlier| earlier.at.min(at));
-        let r = Revocation {
+        let asked = Revocation {
             tenant: tenant.to_owned(),
             key_id: id.clone(),
             hash: hash.clone(),
             at,
-            attempts: pending.map_or(0, |p| p.attempts),
+            attempts: 0,
         };
-        api.registry.put_revocation(&r).await?;
-        scheduled.push(r);
+        let Some(r) = schedule(api, asked).await? else {
+            continue;
+        };
         revoking.push(KeyView {
             id: id.clone(),
             enabled: true,
-            revoke_at: Some(format_utc(at)),
+            revoke_at: Some(format_utc(r.at)),
         });
+        scheduled.push(r);
     }
     Ok((revoking, scheduled))
+}
+
+/// Schedules revocation `asked`, written only while the key's revocation is as read (re-read
+/// and decided again on a conflict, `ATTEMPTS` times): created where there is none; one already
+/// due earlier kept as it is (a second rotation with a longer grace must not postpone the
+/// first one's revocation), a later one brought forward with its failed `attempts` kept. The
+/// revocation as it then is; `None` when one read was removed meanwhile (the sweep revoked the
+/// key, or its tenant was offboarded): it is not written again; `None` too when the key's item
+/// is found revoked once the revocation is written: the revocation is removed (`written`).
+async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation>, Problem> {
+    let mut seen = false;
+    for _ in 0..ATTEMPTS {
+        let pending = api.registry.revocation(&asked.key_id).await?;
+        let r = match &pending {
+            None if seen => return Ok(None),
+            None => asked.clone(),
+            Some(p) if p.at <= asked.at => return Ok(Some(p.clone())),
+            Some(p) => Revocation {
+                at: asked.at,
+                ..p.clone()
+            },
+        };
+        seen |= pending.is_some();
+        if api.registry.put_revocation(&r, pending.as_ref()).await? {
+            return written(api, r).await;
+        }
+    }
+    // As the write protocol fails after its attempts: determinate, nothing more written.
+    Err(DirectoryError::Unavailable(format!(
+        "the revocation of key {} kept changing while it was scheduled",
+        asked.key_id
+    ))
+    .into())
+}
+
+/// A revocation just written, unless its key's item is revoked by now (read strongly
+/// consistent): then it is removed and `None`. Whoever revokes a key (offboarding, the sweep)
+/// revokes its item before removing its revocation, so a revocation written for a key revoked
+/// meanwhile is removed by one or the other, never left for a sweep to find.
+async fn written(api: &UsageApi, r: Revocation) -> Result<Option<Revocation>, Problem> {
+    let Some(hash) = ApiKeyHash::from_hex(&r.hash) else {
+        return Ok(Some(r));
+    };
+    let item = api.registry.change_key(&hash, &|_| ItemAction::Leave).await?;
+    if item.after.is_none_or(|k| k.enabled) {
+        return Ok(Some(r));
+    }
+    api.registry.remove_revocation(&r.key_id).await?;
+    Ok(None)
 }
 
 /// How long a revocation that failed waits before the sweep tries it again: a minute, doubling
@@ -222,7 +353,11 @@ impl UsageApi {
             key_id = %r.key_id, tenant = %r.tenant, attempts = later.attempts, retry_at = later.at,
             problem = %e.detail, "usage api: revoking a key failed; postponed"
         );
-        self.registry.put_revocation(&later).await?;
+        // Written over the revocation as this run read it: one a rotation changed meanwhile, or
+        // an offboarding removed, is left as it made it. A write that fails fails the run.
+        if !self.registry.put_revocation(&later, Some(r)).await? {
+            tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
+        }
         Ok(false)
     }
 

@@ -59,10 +59,7 @@ impl UsageApi {
         if let Some(keys) = &record.keys {
             return Ok((record.clone(), keys.clone()));
         }
-        let found: BTreeMap<String, String> = (self.registry.keys_of(tenant).await?.into_iter())
-            .filter(|(_, k)| k.enabled)
-            .map(|(h, k)| (k.key_id, h.to_hex()))
-            .collect();
+        let found = self.indexed_keys(tenant).await?;
         let changed = self
             .registry
             .change_tenant(tenant, &|current| match current {
@@ -82,45 +79,84 @@ impl UsageApi {
         Ok((after, keys))
     }
 
-    /// Lists key `id` (hash `hash`) on the tenant, on the version read (re-read on a conflict,
-    /// so two rotations at once both keep their keys). The record as it is after; `None` when the
-    /// tenant is gone. A record without a list is left so: its keys are read from the index.
-    pub(super) async fn list_key(&self, tenant: &str, id: &str, hash: &str) -> Result<Changed<TenantRecord>, Problem> {
-        let changed = self
-            .registry
-            .change_tenant(tenant, &|current| match current {
-                Some(t) if t.keys.as_ref().is_some_and(|k| !k.contains_key(id)) => {
-                    let mut keys = t.keys.clone().unwrap_or_default();
-                    keys.insert(id.to_owned(), hash.to_owned());
-                    ItemAction::Put(TenantRecord {
-                        keys: Some(keys),
-                        ..t.clone()
-                    })
-                }
-                _ => ItemAction::Leave,
-            })
-            .await?;
-        Ok(changed)
+    /// Lists key `id` (hash `hash`) on the tenant while it is on `plan`, the plan whose usage
+    /// plan the key went on, and not moving (`edit_keys`: two rotations at once both keep their
+    /// keys; an item without a list gets one from the index, with this key). The record as it is
+    /// after, which lists the key unless the tenant moved, is moving or is gone (`None`).
+    pub(super) async fn list_key(
+        &self,
+        (tenant, plan): (&str, &str),
+        id: &str,
+        hash: &str,
+    ) -> Result<Changed<TenantRecord>, Problem> {
+        let add = |t: &TenantRecord, keys: &mut BTreeMap<String, String>| {
+            if t.plan != plan || t.moving_until.is_some() {
+                return Edit::Refused;
+            }
+            match keys.insert(id.to_owned(), hash.to_owned()).as_deref() == Some(hash) {
+                true => Edit::Same,
+                false => Edit::Changed,
+            }
+        };
+        self.edit_keys(tenant, &add, true).await
     }
 
     /// Takes key `id` off the tenant's list, its revocation done (so the list stays as short as
-    /// the keys not yet revoked).
+    /// the keys not yet revoked). An item without a list is left so.
     pub(super) async fn unlist_key(&self, tenant: &str, id: &str) -> Result<Changed<TenantRecord>, Problem> {
-        let changed = self
-            .registry
-            .change_tenant(tenant, &|current| match current {
-                Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(id)) => {
-                    let mut keys = t.keys.clone().unwrap_or_default();
-                    keys.remove(id);
-                    ItemAction::Put(TenantRecord {
-                        keys: Some(keys),
-                        ..t.clone()
-                    })
-                }
-                _ => ItemAction::Leave,
-            })
-            .await?;
-        Ok(changed)
+        let remove = |_: &TenantRecord, keys: &mut BTreeMap<String, String>| match keys.remove(id) {
+            Some(_) => Edit::Changed,
+            None => Edit::Same,
+        };
+        self.edit_keys(tenant, &remove, false).await
+    }
+
+    /// Edits the tenant's key list: `edit` changes the list of the record as it is, or refuses
+    /// the record; written on the version read, and on a conflict read and edited again, so two
+    /// writers at once both keep their edits. A record without a list is left so, or, with
+    /// `fill`, its list is made from the index (its enabled keys, the one read `keys_of` costs
+    /// only then) and edited. The record as it is after; `None` when the tenant is gone.
+    async fn edit_keys(
+        &self,
+        tenant: &str,
+        edit: &(dyn Fn(&TenantRecord, &mut BTreeMap<String, String>) -> Edit + Send + Sync),
+        fill: bool,
+    ) -> Result<Changed<TenantRecord>, Problem> {
+        let mut indexed: Option<BTreeMap<String, String>> = None;
+        loop {
+            let from_index = indexed.as_ref();
+            let changed = self
+                .registry
+                .change_tenant(tenant, &|current| {
+                    let Some(t) = current else {
+                        return ItemAction::Leave;
+                    };
+                    let Some(mut keys) = t.keys.clone().or_else(|| from_index.cloned()) else {
+                        return ItemAction::Leave;
+                    };
+                    match (edit(t, &mut keys), t.keys.is_none()) {
+                        (Edit::Changed, _) | (Edit::Same, true) => ItemAction::Put(TenantRecord {
+                            keys: Some(keys),
+                            ..t.clone()
+                        }),
+                        (Edit::Same, false) | (Edit::Refused, _) => ItemAction::Leave,
+                    }
+                })
+                .await?;
+            let unlisted = changed.after.as_ref().is_some_and(|t| t.keys.is_none());
+            if !(fill && unlisted && indexed.is_none()) {
+                return Ok(changed);
+            }
+            indexed = Some(self.indexed_keys(tenant).await?);
+        }
+    }
+
+    /// The tenant's enabled keys as the `by-tenant` index has them (key id → hash).
+    async fn indexed_keys(&self, tenant: &str) -> Result<BTreeMap<String, String>, Problem> {
+        Ok((self.registry.keys_of(tenant).await?.into_iter())
+            .filter(|(_, k)| k.enabled)
+            .map(|(h, k)| (k.key_id, h.to_hex()))
+            .collect())
     }
 
     /// `plan` is one the policy defines, or 409 naming the ones it does: which plans exist is the
@@ -223,6 +259,16 @@ impl UsageApi {
         AuditSink::record(self.audit.as_ref(), &record).await?;
         Ok(())
     }
+}
+
+/// What an edit of a tenant's key list makes of the record as it is.
+enum Edit {
+    /// The list changed: written.
+    Changed,
+    /// The list is as the edit wants it.
+    Same,
+    /// The record is not one this edit is for (the tenant moved, say): left.
+    Refused,
 }
 
 /// Disables a key in API Gateway; a key API Gateway does not have is as good as disabled.

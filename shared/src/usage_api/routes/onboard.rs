@@ -99,6 +99,27 @@ pub(in crate::usage_api) async fn onboard(
     answer
 }
 
+/// The key an earlier attempt created, found by name, as API Gateway now holds it: one deleted
+/// meanwhile is a 409 `key-vanished`; one disabled meanwhile (the attempt refused, or its tenant
+/// offboarded, since) a 409 `key-disabled`, never answered, listed or enabled again.
+fn reused(key: Option<CreatedKey>, id: &str) -> Result<CreatedKey, Problem> {
+    match key {
+        Some(k) if k.enabled => Ok(k),
+        Some(_) => Err(Problem::conflict(
+            "key-disabled",
+            format!(
+                "API key {id}, made by an earlier attempt of this onboarding, was disabled since (the tenant was \
+                 onboarded by another request, was moving, or was offboarded): read the tenant, and onboard again \
+                 with a new `Idempotency-Key` if need be"
+            ),
+        )),
+        None => Err(Problem::conflict(
+            "key-vanished",
+            format!("API key {id} was deleted meanwhile; retry"),
+        )),
+    }
+}
+
 /// The name of the key an onboarding creates: one per tenant and Idempotency-Key.
 fn key_name(tenant: &str, idempotency_key: &str) -> String {
     let digest = Sha256::digest(idempotency_key.as_bytes());
@@ -115,9 +136,7 @@ impl Onboarding<'_> {
         self.check_tenant_free(existing.as_deref()).await?;
         let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;
         let key = match existing {
-            Some(id) => control.api_key(&id).await?.ok_or_else(|| {
-                Problem::conflict("key-vanished", format!("API key {id} was deleted meanwhile; retry"))
-            })?,
+            Some(id) => reused(control.api_key(&id).await?, &id)?,
             None => {
                 control
                     .create_api_key(&NewApiKey {
@@ -204,20 +223,25 @@ impl Onboarding<'_> {
             keys: Some(BTreeMap::from([(key.id.clone(), hash.to_hex())])),
         };
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
-        // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too.
+        // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too,
+        // unless it is moving.
         let tenant = match &tenant.after {
-            Some(t) if t.plan == body.plan => api.list_key(&body.tenant, &key.id, &hash.to_hex()).await?,
+            Some(t) if t.plan == body.plan => {
+                api.list_key((&body.tenant, &body.plan), &key.id, &hash.to_hex())
+                    .await?
+            }
             _ => tenant,
         };
+        let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
         // A retry finds the first attempt's record, anchor day included.
-        let Some(made) = tenant.after.filter(|t| t.plan == body.plan) else {
+        let Some(made) = tenant.after.filter(|t| t.plan == body.plan && listed(t)) else {
             disable_key(control, &key.id).await?;
             control.delete_usage_plan_key(plan_id, &key.id).await?;
             return Err(Problem::conflict(
                 "tenant-exists",
                 format!(
-                    "tenant `{}` was onboarded meanwhile by another request on another plan; this onboarding's key is \
-                     disabled",
+                    "tenant `{}` was onboarded meanwhile by another request on another plan, or is moving; this \
+                     onboarding's key is disabled",
                     body.tenant
                 ),
             ));

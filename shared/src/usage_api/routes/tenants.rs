@@ -11,10 +11,12 @@ use serde::Deserialize;
 use super::usage_plans::{UsagePlans, share_a_stage};
 use super::{Api, disable_key, key_change, revoke, tenant_change};
 use crate::control::apigateway::ControlError;
+use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::ControlWrites;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::TenantRecord;
 use crate::policy_table::audit::ItemChange;
+use crate::policy_table::write::ATTEMPTS;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, ItemAction};
@@ -152,10 +154,7 @@ async fn set_plan(
         })
         .await?;
     if changed.after.as_ref().map(|t| t.plan.as_str()) != Some(to) {
-        return Err(Problem::conflict(
-            "tenant-changed",
-            format!("tenant `{tenant}` was moved or offboarded meanwhile by another request; read it and try again"),
-        ));
+        return Err(moved_meanwhile(tenant));
     }
     Ok(changed)
 }
@@ -167,7 +166,8 @@ async fn set_plan(
 /// (`MOVE_WINDOW`), so that a sync between the two calls holds its keys instead of revoking
 /// them, each key leaves the old plan and joins the new one back to back, and the mark is taken
 /// off. A move killed in between leaves the mark, and the next move request finishes it
-/// (`finish_move`). The tenant's record, before and after.
+/// (`finish_move`). Either way the record changes plan only while it lists no key the move has
+/// not moved: a key a rotation listed meanwhile moves too. The tenant's record, before and after.
 async fn move_tenant(
     api: &UsageApi,
     plans: &UsagePlans,
@@ -181,18 +181,30 @@ async fn move_tenant(
     let to = api.usage_plan(plans, control, new).await?;
     let from = match from {
         Some(f) if share_a_stage(&f, &to) => f,
-        from => match on_then_off(control, from.as_ref().map(|f| f.id.as_str()), &to.id, keys).await {
-            Ok(()) => return set_plan(api, tenant, old, new, None).await,
-            Err(e) => match (e, from) {
-                // The stages changed since they were read: the marked order below.
-                (ControlError::Conflict { .. }, Some(f)) => f,
-                (e, _) => return Err(e.into()),
-            },
+        from => match move_unmarked(api, control, tenant, (old, new), (from.as_ref(), &to.id), keys).await? {
+            Ok(changed) => return Ok(changed),
+            // The stages changed since they were read: the marked order below.
+            Err(f) => f,
         },
     };
     let until = api.now().saturating_add(MOVE_WINDOW).as_secs();
-    let marked = set_plan(api, tenant, old, new, Some(until)).await?;
-    if let Err(e) = off_then_on(control, &from.id, &to.id, keys).await {
+    // Marked while it lists only the keys to move (nothing has moved yet: a key listed meanwhile
+    // joins them); once marked, no rotation lists a key on it.
+    let mut keys = keys.to_vec();
+    let mut marked = None;
+    for _ in 0..=ATTEMPTS {
+        match write_moved(api, tenant, (old, new), Some(until), &keys).await? {
+            Ok(changed) => {
+                marked = Some(changed);
+                break;
+            }
+            Err(listed) => keys.extend(listed),
+        }
+    }
+    let Some(marked) = marked else {
+        return Err(keys_kept_changing(tenant));
+    };
+    if let Err(e) = off_then_on(control, &from.id, &to.id, &keys).await {
         // Back on the old plan, even when putting a key back failed (its problem is logged).
         set_plan(api, tenant, new, old, None).await?;
         return Err(e);
@@ -202,6 +214,84 @@ async fn move_tenant(
         before: marked.before,
         ..done
     })
+}
+
+/// The unmarked order, plans `(from, to)`: each key on `to`, then off `from`, then the record
+/// moved; a key listed meanwhile (a rotation at once, on `from`) moves too, and the record is
+/// written again. `Err(from)` when API Gateway refused a key on `to` for sharing a stage with
+/// `from`.
+async fn move_unmarked(
+    api: &UsageApi,
+    control: &dyn ControlWrites,
+    tenant: &str,
+    (old, new): (&str, &str),
+    (from, to): (Option<&UsagePlan>, &str),
+    keys: &[String],
+) -> Result<Result<Changed<TenantRecord>, UsagePlan>, Problem> {
+    let mut moving = keys.to_vec();
+    let mut moved = Vec::new();
+    for _ in 0..=ATTEMPTS {
+        match (
+            on_then_off(control, from.map(|f| f.id.as_str()), to, &moving).await,
+            from,
+        ) {
+            (Ok(()), _) => {}
+            (Err(ControlError::Conflict { .. }), Some(f)) => return Ok(Err(f.clone())),
+            (Err(e), _) => return Err(e.into()),
+        }
+        moved.append(&mut moving);
+        match write_moved(api, tenant, (old, new), None, &moved).await? {
+            Ok(changed) => return Ok(Ok(changed)),
+            Err(listed) => moving = listed,
+        }
+    }
+    Err(keys_kept_changing(tenant))
+}
+
+/// Writes the tenant's record from plan `from` to plan `to` (marked as moving until
+/// `moving_until`, or not) while it lists no key but `moved`; else the keys it lists besides.
+/// 409 when another request moved or offboarded it meanwhile.
+async fn write_moved(
+    api: &UsageApi,
+    tenant: &str,
+    (from, to): (&str, &str),
+    moving_until: Option<u64>,
+    moved: &[String],
+) -> Result<Result<Changed<TenantRecord>, Vec<String>>, Problem> {
+    let besides = |t: &TenantRecord| -> Vec<String> {
+        let listed = t.keys.iter().flat_map(|k| k.keys());
+        listed.filter(|k| !moved.contains(k)).cloned().collect()
+    };
+    let changed = api
+        .registry
+        .change_tenant(tenant, &|current| match current {
+            Some(t) if t.plan == from && besides(t).is_empty() => ItemAction::Put(TenantRecord {
+                plan: to.to_owned(),
+                moving_until,
+                ..t.clone()
+            }),
+            _ => ItemAction::Leave,
+        })
+        .await?;
+    match &changed.after {
+        Some(t) if t.plan == to => Ok(Ok(changed)),
+        Some(t) if t.plan == from => Ok(Err(besides(t))),
+        _ => Err(moved_meanwhile(tenant)),
+    }
+}
+
+fn moved_meanwhile(tenant: &str) -> Problem {
+    Problem::conflict(
+        "tenant-changed",
+        format!("tenant `{tenant}` was moved or offboarded meanwhile by another request; read it and try again"),
+    )
+}
+
+fn keys_kept_changing(tenant: &str) -> Problem {
+    Problem::conflict(
+        "tenant-changed",
+        format!("the keys of tenant `{tenant}` kept changing during its move (rotations at once); try again"),
+    )
 }
 
 /// Finishes a move to `plan` that was killed under its mark: each key is put on the usage plan
@@ -292,8 +382,9 @@ async fn off_then_on(control: &dyn ControlWrites, from: &str, to: &str, keys: &[
 
 /// One key of an offboarded tenant: disabled in API Gateway whatever the registry says (a key
 /// sync removed from the table, disabled or deleted, is disabled again, or found gone, and is
-/// done), taken off `plan_id` (one call per key, however many keys the plan has), its revocation
-/// dropped and its item revoked.
+/// done), taken off `plan_id` (one call per key, however many keys the plan has), its item
+/// revoked and then its revocation dropped (in that order: a rotation that schedules the key's
+/// revocation meanwhile finds the item revoked, or has its revocation dropped here).
 async fn offboard_key(
     api: &UsageApi,
     plan_id: Option<&str>,
@@ -309,11 +400,11 @@ async fn offboard_key(
             c.delete_usage_plan_key(plan_id, key_id).await?;
         }
     }
-    api.registry.remove_revocation(key_id).await?;
     if let Some(h) = ApiKeyHash::from_hex(hash) {
         let changed = api.registry.change_key(&h, &revoke).await?;
         items.extend(key_change(&h, changed));
     }
+    api.registry.remove_revocation(key_id).await?;
     Ok(())
 }
 
@@ -358,7 +449,7 @@ pub(in crate::usage_api) async fn offboard(
             })
             .await?;
         pending = match &changed.after {
-            Some(now) if now.plan == plan && rounds < crate::policy_table::write::ATTEMPTS => now
+            Some(now) if now.plan == plan && rounds < ATTEMPTS => now
                 .keys
                 .iter()
                 .flatten()

@@ -1,0 +1,366 @@
+//! Two usage-API requests on one tenant (or a request and the revocation sweep), the second run
+//! to completion at a chosen point of the first (a hook of the registry, `wrapped`): whatever the
+//! order, no key is left enabled that no tenant lists, or on a usage plan its tenant is not on,
+//! and no revocation is stored where the sweep never looks, or stripped of its failed attempts.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tollgate::directory::Directory;
+use tollgate::policy_table::TenantRecord;
+use tollgate::usage_api::registry::{ItemAction, Registry};
+use tollgate_usage_api::SCHEDULE_ACTOR;
+
+use super::World;
+use super::wrapped::{At, Hook, Wrapped, wrapped};
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+
+/// A request run as a hook, and its answer once it ran: status and body.
+fn answered(req: reqwest::RequestBuilder) -> (Hook, oneshot::Receiver<(StatusCode, Value)>) {
+    let (tx, rx) = oneshot::channel();
+    let hook: Hook = Box::pin(async move {
+        let res = req.send().await.expect("answer");
+        let status = res.status();
+        let body = res.json().await.unwrap_or(Value::Null);
+        tx.send((status, body)).expect("the test waits for it");
+    });
+    (hook, rx)
+}
+
+async fn onboarded(w: &World, tenant: &str) -> String {
+    let (status, body) = w
+        .onboard_via(&w.base, tenant, &format!("idem-{tenant}"))
+        .await
+        .expect("onboard");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["key"]["id"].as_str().expect("id").to_owned()
+}
+
+fn rotation(w: &World, tenant: &str, grace: u64) -> reqwest::RequestBuilder {
+    (w.admin(Method::POST, &format!("/v1/tenants/{tenant}/keys"))).json(&json!({ "grace_seconds": grace }))
+}
+
+async fn enabled_in_gateway(w: &World, id: &str) -> bool {
+    w.gw.get_api_key().api_key(id).send().await.expect("key").enabled()
+}
+
+/// The keys of `tenant` API Gateway has enabled that its item does not list.
+async fn enabled_unlisted(w: &World, registry: &Wrapped, tenant: &str) -> Vec<String> {
+    let item = registry.inner.tenant(tenant).await.expect("tenant");
+    let listed: BTreeSet<String> = item
+        .and_then(|t| t.keys)
+        .into_iter()
+        .flat_map(|k| k.into_keys())
+        .collect();
+    let mut found = Vec::new();
+    for id in w.keys_of(tenant).await {
+        if enabled_in_gateway(w, &id).await && !listed.contains(&id) {
+            found.push(id);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disabled_too() {
+    // GIVEN acme onboarded
+    let (w, registry) = wrapped("tg-races-1", None).await;
+    let first = onboarded(&w, "acme").await;
+    // WHEN acme is offboarded, and right before the offboarding writes acme's item (its first
+    // key disabled by then) a rotation of acme runs to completion and lists its new key
+    let (rotating, rotated) = answered(rotation(&w, "acme", 3600));
+    registry.hook(At::TenantWrite, rotating);
+    let offboarded = w
+        .admin(Method::DELETE, "/v1/tenants/acme")
+        .send()
+        .await
+        .expect("answer");
+    let (status, body) = rotated.await.expect("the rotation ran");
+    // THEN the rotation issued its key, and the offboarding still removed acme
+    assert!(registry.hooks_ran());
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(offboarded.status(), StatusCode::NO_CONTENT);
+    assert_eq!(registry.inner.tenant("acme").await.expect("tenant"), None);
+    // AND the rotated-in key is disabled like the first: no key of acme is enabled and unlisted
+    let new = body["key"]["id"].as_str().expect("id");
+    assert!(!enabled_in_gateway(&w, &first).await);
+    assert!(!enabled_in_gateway(&w, new).await, "the rotated-in key is left enabled");
+    assert_eq!(enabled_unlisted(&w, &registry, "acme").await, Vec::<String>::new());
+    // AND no revocation of the first key is left behind for the sweep (its tenant is gone)
+    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn a_rotation_run_while_offboarding_drops_a_revocation_schedules_none_for_the_sweep() {
+    // GIVEN tyrell onboarded
+    let (w, registry) = wrapped("tg-races-7", None).await;
+    let first = onboarded(&w, "tyrell").await;
+    // WHEN tyrell is offboarded, and right after the offboarding dropped the first key's
+    // revocation (there is none), a rotation of tyrell runs to completion
+    let (rotating, rotated) = answered(rotation(&w, "tyrell", 3600));
+    registry.hook(At::RevocationRemoved(first.clone()), rotating);
+    let offboarded = w
+        .admin(Method::DELETE, "/v1/tenants/tyrell")
+        .send()
+        .await
+        .expect("answer");
+    // THEN the offboarding removed tyrell, both keys disabled
+    assert!(registry.hooks_ran());
+    assert_eq!(offboarded.status(), StatusCode::NO_CONTENT);
+    let (status, body) = rotated.await.expect("the rotation ran");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(registry.inner.tenant("tyrell").await.expect("tenant"), None);
+    for id in w.keys_of("tyrell").await {
+        assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
+    }
+    assert_eq!(enabled_items(&registry, "tyrell").await, Vec::<String>::new());
+    // AND the first key's revocation the rotation scheduled is not left behind for the sweep
+    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+}
+
+/// The key ids of `tenant`'s items the policy table has enabled.
+async fn enabled_items(registry: &Wrapped, tenant: &str) -> Vec<String> {
+    let keys = registry.inner.keys_of(tenant).await.expect("keys");
+    keys.into_iter()
+        .filter(|(_, k)| k.enabled)
+        .map(|(_, k)| k.key_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rotation_whose_tenant_is_offboarded_while_it_schedules_answers_409_and_revokes_its_key() {
+    // GIVEN soylent onboarded
+    let (w, registry) = wrapped("tg-races-6", None).await;
+    let first = onboarded(&w, "soylent").await;
+    // WHEN soylent is rotated, and once the rotation listed its new key and read the first
+    // key's revocation, soylent is offboarded
+    let (offboarding, offboarded) = answered(w.admin(Method::DELETE, "/v1/tenants/soylent"));
+    registry.hook(At::RevocationRead(first.clone()), offboarding);
+    let res = rotation(&w, "soylent", 3600).send().await.expect("answer");
+    let (status, body) = (res.status(), res.json::<Value>().await.expect("json"));
+    // THEN the offboarding removed soylent
+    assert!(registry.hooks_ran());
+    assert_eq!(offboarded.await.expect("the offboarding ran").0, StatusCode::NO_CONTENT);
+    assert_eq!(registry.inner.tenant("soylent").await.expect("tenant"), None);
+    // AND no key of soylent is enabled, in API Gateway or in the policy table, and no revocation
+    // is left behind for the sweep
+    for id in w.keys_of("soylent").await {
+        assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
+    }
+    assert_eq!(enabled_items(&registry, "soylent").await, Vec::<String>::new());
+    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+    // AND the rotation answers 409: its key is not issued
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:tenant-changed", "{body}");
+}
+
+/// The usage plans API Gateway has key `id` on, by name.
+async fn plans_of(w: &World, id: &str) -> Vec<String> {
+    let plans = w.gw.get_usage_plans().key_id(id).send().await.expect("plans");
+    plans
+        .items()
+        .iter()
+        .filter_map(|p| p.name().map(str::to_owned))
+        .collect()
+}
+
+/// Every key of `tenant` API Gateway has enabled is listed on its item and on `plan`'s usage plan
+/// alone.
+async fn enabled_keys_on(w: &World, registry: &Wrapped, tenant: &str, plan: &str) {
+    assert_eq!(enabled_unlisted(w, registry, tenant).await, Vec::<String>::new());
+    for id in w.keys_of(tenant).await {
+        if enabled_in_gateway(w, &id).await {
+            assert_eq!(plans_of(w, &id).await, [plan], "key {id}");
+        }
+    }
+}
+
+fn move_to(w: &World, tenant: &str, plan: &str) -> reqwest::RequestBuilder {
+    (w.admin(Method::PUT, &format!("/v1/tenants/{tenant}/plan"))).json(&json!({ "plan": plan }))
+}
+
+#[tokio::test]
+async fn a_rotation_whose_tenant_moved_before_it_listed_its_key_answers_409_and_leaves_the_key_disabled() {
+    // GIVEN globex onboarded on free
+    let (w, registry) = wrapped("tg-races-2", None).await;
+    onboarded(&w, "globex").await;
+    // WHEN globex is rotated, and once the rotation put its new key on free (the plan it read),
+    // right before it lists the key, globex is moved to pro
+    let (moving, moved) = answered(move_to(&w, "globex", "pro"));
+    registry.hook(At::TenantWrite, moving);
+    let res = rotation(&w, "globex", 3600).send().await.expect("answer");
+    let (status, body) = (res.status(), res.json::<Value>().await.expect("json"));
+    // THEN the move stands and the rotation answers 409: its tenant changed, its key disabled
+    assert!(registry.hooks_ran());
+    assert_eq!(moved.await.expect("the move ran").0, StatusCode::OK);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:tenant-changed", "{body}");
+    // AND every enabled key of globex is listed and on pro alone
+    enabled_keys_on(&w, &registry, "globex", "pro").await;
+}
+
+#[tokio::test]
+async fn a_key_a_rotation_lists_while_a_move_moves_the_keys_moves_too() {
+    // GIVEN hooli onboarded on free
+    let (w, registry) = wrapped("tg-races-3", None).await;
+    onboarded(&w, "hooli").await;
+    // WHEN hooli moves to pro, and once the move put the keys it read on pro, right before it
+    // writes hooli's plan, a rotation of hooli runs to completion (on free, its key listed)
+    let (rotating, rotated) = answered(rotation(&w, "hooli", 3600));
+    registry.hook(At::TenantWrite, rotating);
+    let res = move_to(&w, "hooli", "pro").send().await.expect("answer");
+    // THEN both succeed: hooli is on pro with the rotated-in key
+    assert!(registry.hooks_ran());
+    let (status, body) = rotated.await.expect("the rotation ran");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(res.status(), StatusCode::OK);
+    let new = body["key"]["id"].as_str().expect("id");
+    assert!(enabled_in_gateway(&w, new).await);
+    // AND every enabled key of hooli is listed and on pro alone
+    enabled_keys_on(&w, &registry, "hooli", "pro").await;
+}
+
+/// Tenant `tenant` onboarded and rotated with ten minutes of grace; its first key's id.
+async fn rotated_out(w: &World, tenant: &str) -> String {
+    let first = onboarded(w, tenant).await;
+    let res = rotation(w, tenant, 600).send().await.expect("answer");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    first
+}
+
+/// The sweep past the end of `rotated_out`'s grace (and the minutes a bucket stays open), as a
+/// hook; whether it revokes key `key` is `revoked`.
+fn sweep_after_the_grace(w: &World, key: &str, revoked: bool) -> Hook {
+    let (api, clock, key) = (w.api.clone(), w.clock.clone(), key.to_owned());
+    Box::pin(async move {
+        clock.advance(Duration::from_secs(600 + 180));
+        let run = api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+        assert_eq!(run.iter().any(|r| r.key_id == key), revoked, "{run:?}");
+    })
+}
+
+#[tokio::test]
+async fn a_revocation_the_sweep_removed_while_a_rotation_rescheduled_it_stays_removed() {
+    // GIVEN initech's first key rotated out with ten minutes of grace
+    let (w, registry) = wrapped("tg-races-4", None).await;
+    let first = rotated_out(&w, "initech").await;
+    // WHEN initech is rotated again with a minute of grace, and once that rotation read the
+    // first key's revocation, the sweep, past its deadline, revokes the first key
+    registry.hook(
+        At::RevocationRead(first.clone()),
+        sweep_after_the_grace(&w, &first, true),
+    );
+    let again = rotation(&w, "initech", 60).send().await.expect("answer");
+    // THEN the first key is revoked, and no revocation of it is stored again (in the bucket of
+    // its earlier deadline, behind the sweep's cursor, no run would ever read it)
+    assert!(registry.hooks_ran());
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert!(!enabled_in_gateway(&w, &first).await);
+    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn a_rotation_keeps_the_failed_attempts_of_a_revocation_the_sweep_postponed_meanwhile() {
+    // GIVEN umbrella's first key rotated out with ten minutes of grace, API Gateway behind a proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry) = wrapped("tg-races-5", Some(&proxy.endpoint())).await;
+    let first = rotated_out(&w, "umbrella").await;
+    // WHEN umbrella is rotated again with a minute of grace, and once that rotation read the
+    // first key's revocation, the sweep, past its deadline, fails to revoke the first key (API
+    // Gateway refuses to disable it) and postpones it
+    proxy.inject_on("PATCH", &format!("/apikeys/{first}"), &[Some(Fault::AccessDenied)]);
+    registry.hook(
+        At::RevocationRead(first.clone()),
+        sweep_after_the_grace(&w, &first, false),
+    );
+    let again = rotation(&w, "umbrella", 60).send().await.expect("answer");
+    // THEN the revocation still counts the failed attempt (its next back-off doubles)
+    assert!(registry.hooks_ran());
+    assert_eq!(proxy.injected(), 1);
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let pending = registry.inner.revocation(&first).await.expect("read");
+    assert_eq!(pending.map(|r| r.attempts), Some(1));
+}
+
+/// Marks `tenant` as moving until `until` (on the plan it is on, as `policy apply` does when the
+/// plan is the target), or, with `None`, takes the mark off.
+async fn mark_moving(registry: &Wrapped, tenant: &str, until: Option<u64>) {
+    let mark = |t: Option<&TenantRecord>| match t {
+        Some(t) => ItemAction::Put(TenantRecord {
+            moving_until: until,
+            ..t.clone()
+        }),
+        None => ItemAction::Leave,
+    };
+    registry.inner.change_tenant(tenant, &mark).await.expect("mark");
+}
+
+#[tokio::test]
+async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
+    // GIVEN an onboarding of wonka on free refused (its key disabled): right before it wrote
+    // wonka's item, another onboarding of wonka on free ran to completion and wonka was marked
+    // as moving
+    let (w, registry) = wrapped("tg-races-8", None).await;
+    let other = (w.admin(Method::POST, "/v1/tenants"))
+        .header("idempotency-key", "idem-other")
+        .json(&json!({ "tenant": "wonka", "plan": "free" }));
+    let marker = registry.clone();
+    registry.hook(
+        At::TenantWrite,
+        Box::pin(async move {
+            let res = other.send().await.expect("answer");
+            assert_eq!(res.status(), StatusCode::CREATED);
+            mark_moving(&marker, "wonka", Some(u64::MAX)).await;
+        }),
+    );
+    let (status, body) = w.onboard_via(&w.base, "wonka", "idem-again").await.expect("onboard");
+    assert!(registry.hooks_ran());
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // WHEN the move is done and that onboarding is retried with the same Idempotency-Key
+    mark_moving(&registry, "wonka", None).await;
+    let (status, body) = w.onboard_via(&w.base, "wonka", "idem-again").await.expect("onboard");
+    // THEN wonka lists no key API Gateway has disabled
+    let item = registry.inner.tenant("wonka").await.expect("tenant").expect("wonka");
+    for id in item.keys.into_iter().flat_map(|k| k.into_keys()) {
+        assert!(enabled_in_gateway(&w, &id).await, "key {id} is listed, and disabled");
+    }
+    // AND the retry is refused: its key is disabled
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:key-disabled", "{body}");
+}
+
+#[tokio::test]
+async fn a_rotation_that_fails_once_its_key_is_listed_withdraws_the_key() {
+    // GIVEN cyberdyne onboarded, the revocation of its first key impossible to write
+    let (w, registry) = wrapped("tg-races-9", None).await;
+    let first = onboarded(&w, "cyberdyne").await;
+    registry.fail_revocation_writes(&first);
+    // WHEN cyberdyne is rotated: its new key is listed, then scheduling the revocation fails
+    let res = rotation(&w, "cyberdyne", 3600).send().await.expect("answer");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // THEN the first key is the only key of cyberdyne enabled, in API Gateway and in the policy
+    // table, and the only one listed: the new key, never answered, is withdrawn
+    let mut enabled = Vec::new();
+    for id in w.keys_of("cyberdyne").await {
+        if enabled_in_gateway(&w, &id).await {
+            enabled.push(id);
+        }
+    }
+    assert_eq!(enabled, std::slice::from_ref(&first));
+    assert_eq!(
+        enabled_items(&registry, "cyberdyne").await,
+        std::slice::from_ref(&first)
+    );
+    let item = registry
+        .inner
+        .tenant("cyberdyne")
+        .await
+        .expect("tenant")
+        .expect("cyberdyne");
+    let listed: Vec<String> = item.keys.into_iter().flat_map(|k| k.into_keys()).collect();
+    assert_eq!(listed, [first]);
+}
