@@ -255,3 +255,34 @@ async fn units_leased_before_a_quota_period_ends_are_never_spent_in_the_next() {
     // AND nothing beyond the bucket in any window
     assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_container_below_the_rate_counts_at_most_one_lease_beyond_what_it_admitted() {
+    // GIVEN one container serving a hot tenant (1,000/s, a daily quota) at a tenth of its rate:
+    // enough to lease, and its own writes alone move the bucket
+    let (client, table) = emulator::state_table().await;
+    let p = plan("rate = 1000.0\nburst = 1000\ndaily_quota = 1000000");
+    let store = emulator::dynamo_store(&client, &table);
+    // WHEN a request arrives every 10 ms for 3 s
+    let mut admitted = 0u64;
+    let mut last = NOW;
+    for i in 0..300u32 {
+        last = at(Duration::from_millis(10) * i);
+        admitted += u64::from(consume(&store, p.limits(), last).await);
+    }
+    assert_eq!(admitted, 300, "under-admitted");
+    let stats = store.stats();
+    assert!(stats.leased() > 0, "no lease was taken: the test shows nothing");
+    // THEN the day's counter is what it admitted plus at most the lease it still holds, or the
+    // last one that lapsed: leases are cut to what the container spends before they end, so
+    // the quota is not burnt at the plan's rate instead of the tenant's
+    let usage = store.usage("hot", p.limits(), last).await.expect("usage");
+    let day: u64 = usage.counters[0].iter().map(|(_, n)| n).sum();
+    let one_lease = 1000 / 8;
+    assert!(
+        day <= admitted + one_lease,
+        "the day's counter reads {day} for {admitted} admitted ({} leased units, {} lapsed)",
+        stats.leased_units(),
+        stats.lapsed_units()
+    );
+}

@@ -2,13 +2,14 @@
 //!
 //! The container meters each tenant's arrivals per bucket over spans of `lease_span`. When a
 //! write goes out for a tenant of which this container saw `LEASE_FROM_SEEN` (8) units or more
-//! in the last span, or is on pace to in the span under way (`Meter::projected`), the write also
-//! charges a lease: about two thirds of the units seen, at most an eighth of the burst and of
-//! what each quota has left (`wanted`), fitted to what the item admits. No leased unit is spent
-//! after its emission slot has begun: on a bucket the cached item shows idle, the lease's slots
-//! start at the end of its span (`item::admit_at`'s anchor) and it is spendable for the span; on
-//! one it shows busy, the write moves the TAT on from wherever it stands, and the lease is
-//! spendable until its first unit's slot on the returned item (`write::lease_until`). The
+//! in the last span, the write also charges a lease: about two thirds of the units seen in the
+//! last span, at most an eighth of the burst and of what each quota has left (`wanted`), fitted
+//! to what the item admits. No leased unit is spent after its emission slot has begun: on a
+//! bucket the cached item shows idle, the lease's slots start at the end of its span
+//! (`item::admit_at`'s anchor) and it is spendable for the span; on one it shows busy, the write
+//! moves the TAT on from wherever it stands, the lease is spendable until its first unit's slot
+//! on the returned item (`write::lease_until`), and it is cut to what the container spends by the
+//! TAT it saw, so that it does not lapse (`Batch::fit_lease`). The
 //! write's condition holds the units as of its earliest arrival, so a unit spent at any instant
 //! the lease allows conforms whatever the other containers do meanwhile: the item is at least as
 //! full as if every unit had been admitted when spent. Units unspent when their time (or a quota
@@ -21,8 +22,8 @@
 //! a plan slower than `LEASE_FROM_RATE` or whose eighth of the burst is under two units: there
 //! one write per admitted request leaves the item room, and the lanes already write once for all
 //! of a container's concurrent requests. The span is cut to half the bucket's tolerance: while a
-//! tenant's containers hold leases, the burst available at once is cut by the plan's rate times
-//! the span (at most half), the price of units spendable anywhere in the span.
+//! tenant's containers hold leases, the burst available at once is cut by up to the plan's rate
+//! times the span (at most half), the price of units spendable ahead of their slots.
 //!
 //! Headers of a request admitted from a lease: the item's figures as the lease's write returned
 //! them, every remaining count cut to the units this container still holds, which the tenant
@@ -49,8 +50,8 @@ pub(super) struct Grant {
     pub limits: Limits,
     /// The item the write returned.
     pub after: Snapshot,
-    /// Spendable from the write's earliest arrival until this instant (the span's end, or the
-    /// end of the first quota period to end).
+    /// Spendable from the write's earliest arrival until this instant (`write::lease_until`:
+    /// the span's end, the end of the first quota period to end, or the first unit's slot).
     pub from: Timestamp,
     pub until: Timestamp,
     pub units: u64,
@@ -108,10 +109,6 @@ pub const LEASE_FROM_RATE: u64 = 250;
 /// requests at once (a client's small burst) are written one by one, so usage never counts
 /// units leased for them and left unspent.
 pub const LEASE_FROM_SEEN: u64 = 8;
-
-/// Units a container must have counted in the span under way before it projects their pace over
-/// the span (`Meter::projected`).
-const PROJECT_FROM: u64 = 3;
 
 /// The span leases of `limits` last: `span`, cut to half the bucket's tolerance. `None`: the
 /// plan takes no leases (no bucket, a rate under `LEASE_FROM_RATE`, or an eighth of its burst
@@ -312,27 +309,13 @@ impl Meter {
         self.this = self.this.saturating_add(units);
     }
 
-    /// Units seen over the last full span, or those of the span under way projected over a whole
-    /// span if more.
+    /// Units seen over the last full span, or in the one under way if more.
     fn seen(&self, now: Timestamp, span: Duration) -> u64 {
         match now.saturating_since(self.start) {
             e if e >= span.saturating_mul(2) => 0,
             e if e >= span => self.this,
-            e => self.projected(e, span).max(self.last),
+            _ => self.this.max(self.last),
         }
-    }
-
-    /// The span under way's units at the pace they came, over a whole span: a container that
-    /// starts serving a busy tenant leases after a few requests, not after eight written one by
-    /// one. Counted only once `PROJECT_FROM` units came over at least a sixteenth of the span (a
-    /// burst at one instant says nothing of a pace), and from the units after the first, which
-    /// may have opened the span: never above the pace seen.
-    fn projected(&self, elapsed: Duration, span: Duration) -> u64 {
-        if self.this < PROJECT_FROM || elapsed < span / 16 {
-            return self.this;
-        }
-        let pace = u128::from(self.this - 1) * span.as_nanos() / elapsed.as_nanos().max(1);
-        u64::try_from(pace).unwrap_or(u64::MAX).max(self.this)
     }
 }
 
@@ -419,30 +402,6 @@ mod tests {
             .wanted("u", None, &big, &Snapshot::default(), t(500), 1)
             .expect("a lease");
         assert_eq!(units, 2000 / 8);
-    }
-
-    #[test]
-    fn a_container_new_to_a_busy_tenant_leases_on_the_pace_of_its_first_requests() {
-        let leases = Leases::new(100, Duration::from_millis(500));
-        let hot = limits(10_000.0, 10_000);
-        let wanted = |tenant: &str, ms: u64| {
-            leases
-                .wanted(tenant, None, &hot, &Snapshot::default(), t(ms), 1)
-                .map(|(units, _)| units)
-        };
-        // One of 200 containers serving 10,000/s: a request every 20 ms.
-        for ms in [0, 20] {
-            let _ = leases.arrive("t", None, &hot, t(ms), 1);
-        }
-        assert_eq!(wanted("t", 20), None, "two requests tell no pace");
-        let _ = leases.arrive("t", None, &hot, t(40), 1);
-        // Two after the first in 40 ms: 25 over the span; two thirds, less the write's own.
-        assert_eq!(wanted("t", 40), Some(15));
-        // Three within a sixteenth of the span tell no pace either.
-        for ms in [0, 10, 20] {
-            let _ = leases.arrive("u", None, &hot, t(ms), 1);
-        }
-        assert_eq!(wanted("u", 20), None);
     }
 
     /// Tenant `t` seen at 1 s, holding `units` granted from 1 s to 1.5 s.

@@ -149,6 +149,15 @@ impl<'a> Batch<'a> {
         // The quotas' share again, on the item as now known (a refused write returns it).
         let cap = super::leases::quota_cap(head.limits, guess, head.now);
         let mut units = u32::try_from(u64::from(units).min(cap)).unwrap_or(u32::MAX);
+        let latest = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
+        if let Some(tat) = guess.state(head.limits, head.now).tat.filter(|t| *t > latest) {
+            // A busy bucket's lease is spendable until its first unit's slot, which is no sooner
+            // than the guess's TAT (a TAT only grows): cut to what this container spends by then
+            // at the pace the lease was sized for, a whole span's, so that it does not lapse.
+            let window = tat.saturating_since(latest).min(span);
+            let fit = u128::from(units) * window.as_nanos() / span.as_nanos().max(1);
+            units = u32::try_from(fit).unwrap_or(units);
+        }
         while units > 0 {
             let (whole, anchor) = self.whole_with(head, guess, Some((units, span)));
             let state = state_from(head.limits, guess, whole.now, anchor);
@@ -302,8 +311,7 @@ impl DynamoStore {
         })
     }
 
-    /// Keeps the units the batch's applied write leased, until the end of its span or of the
-    /// first quota period to end.
+    /// Keeps the units the batch's applied write leased, until `lease_until`.
     fn grant_lease(&self, head: &Consume<'_>, batch: &Batch<'_>, after: &Snapshot) {
         let Some((units, span)) = batch.lease else { return };
         let (whole, _) = batch.whole(head, after);
