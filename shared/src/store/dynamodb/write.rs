@@ -29,40 +29,6 @@ use crate::store::{Consume, StoreError};
 /// Requests one write carries at most, the holder's own included.
 const MAX_CARRIED: usize = 256;
 
-/// The instant a batch's units start no earlier than. Without a lease, its latest arrival: each
-/// carried request then conforms at its own arrival. With a lease whose units `guess` shows
-/// starting past the latest arrival (a busy bucket, whose TAT only grows), the same: the lease is
-/// spendable until its first unit's slot (`lease_until`), the write keeps the bucket's shape
-/// whatever other containers wrote since, and the TAT is not pushed past where the units leave it.
-/// Otherwise the end of the lease's span: an idle bucket's lease is spendable for the whole span.
-fn anchor(head: &Consume<'_>, guess: &Snapshot, latest: Timestamp, lease: Option<(u32, Duration)>) -> Timestamp {
-    let Some((_, span)) = lease else { return latest };
-    let busy = guess.state(head.limits, head.now).tat.is_some_and(|tat| tat > latest);
-    if busy {
-        latest
-    } else {
-        latest.max(head.now.saturating_add(span))
-    }
-}
-
-/// Until when a lease's units are spendable: the end of its span, of the first quota period to
-/// end, and the slot of its first unit on the item `after` the write (past it, a unit spent would
-/// count as emitted before it was).
-fn lease_until(limits: &Limits, after: &Snapshot, from: Timestamp, span_end: Timestamp, units: u32) -> Timestamp {
-    let end = limits
-        .counted()
-        .map(|c| c.bounds(from).1)
-        .fold(span_end, Timestamp::min);
-    let first_slot = limits.bucket.as_ref().and_then(|(_, bucket)| {
-        let tat = after.state(limits, from).tat?;
-        Some(Timestamp::from_nanos(
-            tat.as_nanos()
-                .saturating_sub(bucket.interval().saturating_mul(u64::from(units))),
-        ))
-    });
-    first_slot.map_or(end, |slot| end.min(slot))
-}
-
 /// The engine's view of `guess` for units that start no earlier than `anchor` (≥ `now`).
 fn state_from(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp) -> State {
     let mut state = guess.state(limits, now);
@@ -87,10 +53,6 @@ pub(super) struct Batch<'a> {
 enum Outcome {
     /// Applied: the item the write returned, which admits the head and every carried request.
     Admitted(Snapshot),
-    /// Applied, as a later item shows (a resend or a fence found the operation's id): it admits
-    /// the head and every carried request, but no longer tells where the write left the bucket,
-    /// so a lease's first slot is unknown and its units lapse.
-    Found(Snapshot),
     /// The head's refusal; nothing carried.
     Refused(Decision),
 }
@@ -116,30 +78,27 @@ impl<'a> Batch<'a> {
     }
 
     /// The batch as one request (every unit, the lease's included, as of the earliest arrival),
-    /// and its anchor (`anchor`).
-    fn whole<'r>(&self, head: &Consume<'r>, guess: &Snapshot) -> (Consume<'r>, Timestamp) {
-        self.whole_with(head, guess, self.lease)
+    /// and its anchor: the latest arrival, or the end of the lease's span.
+    fn whole<'r>(&self, head: &Consume<'r>) -> (Consume<'r>, Timestamp) {
+        self.whole_with(head, self.lease)
     }
 
-    fn whole_with<'r>(
-        &self,
-        head: &Consume<'r>,
-        guess: &Snapshot,
-        lease: Option<(u32, Duration)>,
-    ) -> (Consume<'r>, Timestamp) {
+    fn whole_with<'r>(&self, head: &Consume<'r>, lease: Option<(u32, Duration)>) -> (Consume<'r>, Timestamp) {
         let from = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::min);
-        let latest = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
+        let mut to = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
         let mut weight = self.carried.iter().fold(head.weight, |n, w| n.saturating_add(w.weight));
-        let lease = lease.filter(|(units, _)| *units > 0);
-        if let Some((units, _)) = lease {
+        if let Some((units, span)) = lease.filter(|(units, _)| *units > 0) {
             weight = weight.saturating_add(units);
+            to = to.max(head.now.saturating_add(span));
         }
-        let whole = Consume {
-            weight,
-            now: from,
-            ..*head
-        };
-        (whole, anchor(head, guess, latest, lease))
+        (
+            Consume {
+                weight,
+                now: from,
+                ..*head
+            },
+            to,
+        )
     }
 
     /// Cuts the lease to the most units `guess` admits beside the requests (none if it admits
@@ -149,17 +108,8 @@ impl<'a> Batch<'a> {
         // The quotas' share again, on the item as now known (a refused write returns it).
         let cap = super::leases::quota_cap(head.limits, guess, head.now);
         let mut units = u32::try_from(u64::from(units).min(cap)).unwrap_or(u32::MAX);
-        let latest = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
-        if let Some(tat) = guess.state(head.limits, head.now).tat.filter(|t| *t > latest) {
-            // A busy bucket's lease is spendable until its first unit's slot, which is no sooner
-            // than the guess's TAT (a TAT only grows): cut to what this container spends by then
-            // at the pace the lease was sized for, a whole span's, so that it does not lapse.
-            let window = tat.saturating_since(latest).min(span);
-            let fit = u128::from(units) * window.as_nanos() / span.as_nanos().max(1);
-            units = u32::try_from(fit).unwrap_or(units);
-        }
         while units > 0 {
-            let (whole, anchor) = self.whole_with(head, guess, Some((units, span)));
+            let (whole, anchor) = self.whole_with(head, Some((units, span)));
             let state = state_from(head.limits, guess, whole.now, anchor);
             if engine::evaluate(head.limits, &state, whole.now, whole.weight)
                 .next
@@ -192,7 +142,7 @@ impl DynamoStore {
         guess: Snapshot,
         recheck: bool,
     ) -> Result<Decision, StoreError> {
-        let weight = batch.whole_with(head, &Snapshot::default(), None).0.weight;
+        let weight = batch.whole_with(head, None).0.weight;
         batch.lease = self.leases.wanted(
             head.tenant,
             bucket_of(head.limits),
@@ -202,20 +152,14 @@ impl DynamoStore {
             weight,
         );
         let result = self.attempts(head, batch, guess, recheck).await;
-        match &result {
+        if let Ok(Outcome::Admitted(after)) = &result {
             // With the carried requests still in the batch: the lease is spendable from the
             // earliest arrival its write held.
-            Ok(Outcome::Admitted(after)) => self.grant_lease(head, batch, after),
-            Ok(Outcome::Found(_)) => {
-                let units = batch.lease.map_or(0, |(units, _)| u64::from(units));
-                self.stats.leased_units.fetch_add(units, Ordering::Relaxed);
-                self.stats.lapsed_units.fetch_add(units, Ordering::Relaxed);
-            }
-            _ => {}
+            self.grant_lease(head, batch, after);
         }
         let carried = std::mem::take(&mut batch.carried);
         match result {
-            Ok(Outcome::Admitted(after) | Outcome::Found(after)) => {
+            Ok(Outcome::Admitted(after)) => {
                 for w in carried {
                     let answer = engine::admitted(&w.limits, &after.state(&w.limits, w.now), w.now);
                     if w.tx.send(Ok(answer)).is_err() {
@@ -257,7 +201,7 @@ impl DynamoStore {
             if pending.is_none() {
                 batch.fit_lease(head, &guess);
             }
-            let (whole, anchor) = batch.whole(head, &guess);
+            let (whole, anchor) = batch.whole(head);
             let state = state_from(head.limits, &guess, whole.now, anchor);
             let eval = engine::evaluate(head.limits, &state, whole.now, whole.weight);
             if eval.next.is_none() && !(recheck && attempt == 1) {
@@ -284,7 +228,7 @@ impl DynamoStore {
                     if pending.is_some()
                         && let Some(found) = self.resend_found(&whole, &current, op, attempt, &last_unknown)
                     {
-                        return found.map(Outcome::Found);
+                        return found.map(Outcome::Admitted);
                     }
                     self.remember_refused(head, current.clone(), recheck);
                     guess = current;
@@ -311,11 +255,16 @@ impl DynamoStore {
         })
     }
 
-    /// Keeps the units the batch's applied write leased, until `lease_until`.
+    /// Keeps the units the batch's applied write leased, until the end of its span or of the
+    /// first quota period to end.
     fn grant_lease(&self, head: &Consume<'_>, batch: &Batch<'_>, after: &Snapshot) {
-        let Some((units, span)) = batch.lease else { return };
-        let (whole, _) = batch.whole(head, after);
-        let until = lease_until(head.limits, after, whole.now, head.now.saturating_add(span), units);
+        let Some((units, _)) = batch.lease else { return };
+        let (whole, anchor) = batch.whole(head);
+        let until = head
+            .limits
+            .counted()
+            .map(|c| c.bounds(whole.now).1)
+            .fold(anchor, Timestamp::min);
         let grant = Grant {
             limits: head.limits.clone(),
             after: after.clone(),
@@ -353,9 +302,9 @@ impl DynamoStore {
     ) -> Result<Outcome, StoreError> {
         let mut attempts = 0;
         if let Some((op, sent)) = pending {
-            let (whole, _) = batch.whole(head, guess);
+            let (whole, _) = batch.whole(head);
             if let Some(current) = self.fence(&whole, op, sent).await? {
-                return Ok(Outcome::Found(current));
+                return Ok(Outcome::Admitted(current));
             }
             attempts = sent + 1;
         }
