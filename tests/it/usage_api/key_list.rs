@@ -14,15 +14,6 @@ use tollgate_usage_api::SCHEDULE_ACTOR;
 use super::World;
 use super::wrapped::{Wrapped, wrapped};
 
-async fn onboarded(w: &World, tenant: &str) -> String {
-    let (status, body) = w
-        .onboard_via(&w.base, tenant, &format!("idem-{tenant}"))
-        .await
-        .expect("onboard");
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["key"]["id"].as_str().expect("id").to_owned()
-}
-
 async fn rotated(w: &World, tenant: &str, grace: u64) -> Value {
     let res = (w.admin(Method::POST, &format!("/v1/tenants/{tenant}/keys")))
         .json(&json!({ "grace_seconds": grace }))
@@ -47,7 +38,7 @@ async fn listed(registry: &Wrapped, tenant: &str) -> Option<BTreeSet<String>> {
 async fn a_key_rotated_in_a_moment_ago_is_disabled_by_offboarding_while_the_index_lags() {
     // GIVEN acme onboarded, the index then lagging, and acme rotated (grace one hour)
     let (w, registry) = wrapped("tg-keylist-1", None).await;
-    let first = onboarded(&w, "acme").await;
+    let first = w.onboarded("acme").await;
     registry.freeze().await;
     let new = rotated(&w, "acme", 3600).await["key"]["id"]
         .as_str()
@@ -72,7 +63,7 @@ async fn a_key_rotated_in_a_moment_ago_is_disabled_by_offboarding_while_the_inde
 async fn a_key_rotated_in_a_moment_ago_moves_with_its_tenant_and_is_revoked_by_the_next_rotation() {
     // GIVEN globex onboarded on free, the index then lagging, and globex rotated
     let (w, registry) = wrapped("tg-keylist-2", None).await;
-    onboarded(&w, "globex").await;
+    w.onboarded("globex").await;
     registry.freeze().await;
     let second = rotated(&w, "globex", 3600).await["key"]["id"]
         .as_str()
@@ -103,7 +94,7 @@ async fn a_key_rotated_in_a_moment_ago_moves_with_its_tenant_and_is_revoked_by_t
 async fn a_revoked_key_leaves_its_tenants_list() {
     // GIVEN initech onboarded, rotated twice with no grace
     let (w, registry) = wrapped("tg-keylist-3", None).await;
-    let first = onboarded(&w, "initech").await;
+    let first = w.onboarded("initech").await;
     let second = rotated(&w, "initech", 0).await["key"]["id"]
         .as_str()
         .expect("id")
@@ -122,7 +113,7 @@ async fn a_revoked_key_leaves_its_tenants_list() {
 async fn a_tenant_item_without_a_list_gets_one_from_the_index_once() {
     // GIVEN hooli onboarded, its item then written as older code wrote it (no list)
     let (w, registry) = wrapped("tg-keylist-4", None).await;
-    let first = onboarded(&w, "hooli").await;
+    let first = w.onboarded("hooli").await;
     let record = registry.inner.tenant("hooli").await.expect("read").expect("tenant");
     let old = TenantRecord { keys: None, ..record };
     registry
@@ -150,7 +141,7 @@ async fn a_tenant_item_without_a_list_gets_one_from_the_index_once() {
 async fn offboarding_disables_a_listed_key_that_api_gateway_no_longer_has() {
     // GIVEN wayne onboarded and rotated, its first key then deleted in API Gateway
     let (w, _registry) = wrapped("tg-keylist-5", None).await;
-    let first = onboarded(&w, "wayne").await;
+    let first = w.onboarded("wayne").await;
     let new = rotated(&w, "wayne", 3600).await["key"]["id"]
         .as_str()
         .expect("id")

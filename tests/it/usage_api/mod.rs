@@ -199,6 +199,16 @@ impl World {
             .header("connection", "close")
     }
 
+    /// Onboards `tenant` through the API (201 expected): its key id.
+    async fn onboarded(&self, tenant: &str) -> String {
+        let (status, body) = self
+            .onboard_via(&self.base, tenant, &format!("idem-{tenant}"))
+            .await
+            .expect("onboard");
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["key"]["id"].as_str().expect("id").to_owned()
+    }
+
     async fn onboard_via(&self, base: &str, tenant: &str, idem: &str) -> Result<(StatusCode, Value), reqwest::Error> {
         let res = self
             .http

@@ -31,15 +31,6 @@ fn answered(req: reqwest::RequestBuilder) -> (Hook, oneshot::Receiver<(StatusCod
     (hook, rx)
 }
 
-async fn onboarded(w: &World, tenant: &str) -> String {
-    let (status, body) = w
-        .onboard_via(&w.base, tenant, &format!("idem-{tenant}"))
-        .await
-        .expect("onboard");
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["key"]["id"].as_str().expect("id").to_owned()
-}
-
 fn rotation(w: &World, tenant: &str, grace: u64) -> reqwest::RequestBuilder {
     (w.admin(Method::POST, &format!("/v1/tenants/{tenant}/keys"))).json(&json!({ "grace_seconds": grace }))
 }
@@ -69,7 +60,7 @@ async fn enabled_unlisted(w: &World, registry: &Wrapped, tenant: &str) -> Vec<St
 async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disabled_too() {
     // GIVEN acme onboarded
     let (w, registry) = wrapped("tg-races-1", None).await;
-    let first = onboarded(&w, "acme").await;
+    let first = w.onboarded("acme").await;
     // WHEN acme is offboarded, and right before the offboarding writes acme's item (its first
     // key disabled by then) a rotation of acme runs to completion and lists its new key
     let (rotating, rotated) = answered(rotation(&w, "acme", 3600));
@@ -98,7 +89,7 @@ async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disable
 async fn a_rotation_run_while_offboarding_drops_a_revocation_schedules_none_for_the_sweep() {
     // GIVEN tyrell onboarded
     let (w, registry) = wrapped("tg-races-7", None).await;
-    let first = onboarded(&w, "tyrell").await;
+    let first = w.onboarded("tyrell").await;
     // WHEN tyrell is offboarded, and right after the offboarding dropped the first key's
     // revocation (there is none), a rotation of tyrell runs to completion
     let (rotating, rotated) = answered(rotation(&w, "tyrell", 3600));
@@ -135,7 +126,7 @@ async fn enabled_items(registry: &Wrapped, tenant: &str) -> Vec<String> {
 async fn a_rotation_whose_tenant_is_offboarded_while_it_schedules_answers_409_and_revokes_its_key() {
     // GIVEN soylent onboarded
     let (w, registry) = wrapped("tg-races-6", None).await;
-    let first = onboarded(&w, "soylent").await;
+    let first = w.onboarded("soylent").await;
     // WHEN soylent is rotated, and once the rotation listed its new key and read the first
     // key's revocation, soylent is offboarded
     let (offboarding, offboarded) = answered(w.admin(Method::DELETE, "/v1/tenants/soylent"));
@@ -187,7 +178,7 @@ fn move_to(w: &World, tenant: &str, plan: &str) -> reqwest::RequestBuilder {
 async fn a_rotation_whose_tenant_moved_before_it_listed_its_key_answers_409_and_leaves_the_key_disabled() {
     // GIVEN globex onboarded on free
     let (w, registry) = wrapped("tg-races-2", None).await;
-    onboarded(&w, "globex").await;
+    w.onboarded("globex").await;
     // WHEN globex is rotated, and once the rotation put its new key on free (the plan it read),
     // right before it lists the key, globex is moved to pro
     let (moving, moved) = answered(move_to(&w, "globex", "pro"));
@@ -207,7 +198,7 @@ async fn a_rotation_whose_tenant_moved_before_it_listed_its_key_answers_409_and_
 async fn a_key_a_rotation_lists_while_a_move_moves_the_keys_moves_too() {
     // GIVEN hooli onboarded on free
     let (w, registry) = wrapped("tg-races-3", None).await;
-    onboarded(&w, "hooli").await;
+    w.onboarded("hooli").await;
     // WHEN hooli moves to pro, and once the move put the keys it read on pro, right before it
     // writes hooli's plan, a rotation of hooli runs to completion (on free, its key listed)
     let (rotating, rotated) = answered(rotation(&w, "hooli", 3600));
@@ -226,7 +217,7 @@ async fn a_key_a_rotation_lists_while_a_move_moves_the_keys_moves_too() {
 
 /// Tenant `tenant` onboarded and rotated with ten minutes of grace; its first key's id.
 async fn rotated_out(w: &World, tenant: &str) -> String {
-    let first = onboarded(w, tenant).await;
+    let first = w.onboarded(tenant).await;
     let res = rotation(w, tenant, 600).send().await.expect("answer");
     assert_eq!(res.status(), StatusCode::CREATED);
     first
@@ -337,7 +328,7 @@ async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
 async fn a_rotation_that_fails_once_its_key_is_listed_withdraws_the_key() {
     // GIVEN cyberdyne onboarded, the revocation of its first key impossible to write
     let (w, registry) = wrapped("tg-races-9", None).await;
-    let first = onboarded(&w, "cyberdyne").await;
+    let first = w.onboarded("cyberdyne").await;
     registry.fail_revocation_writes(&first);
     // WHEN cyberdyne is rotated: its new key is listed, then scheduling the revocation fails
     let res = rotation(&w, "cyberdyne", 3600).send().await.expect("answer");
