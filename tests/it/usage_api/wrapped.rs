@@ -144,6 +144,10 @@ impl Registry for Wrapped {
     async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError> {
         self.inner.tenants().await
     }
+    // A read, not a write: no hook fires on it.
+    async fn tenant_now(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
+        self.inner.tenant_now(tenant).await
+    }
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError> {
         let frozen = self.frozen.lock().expect("lock").clone();
         match frozen {

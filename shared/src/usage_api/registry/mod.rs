@@ -109,6 +109,11 @@ pub trait Registry: Directory {
         tenant: &str,
         decide: Decide<'_, TenantRecord>,
     ) -> Result<Changed<TenantRecord>, DirectoryError>;
+    /// The tenant's record as it is now: read strongly consistent, as a writer reads it before
+    /// deciding (`Directory::tenant` may answer from before the latest write).
+    async fn tenant_now(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {
+        Ok(self.change_tenant(tenant, &|_| ItemAction::Leave).await?.after)
+    }
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError>;
     /// Writes the record unless one exists for `key`; `false` when one did.
     async fn put_idempotency(&self, key: &str, record: &IdempotencyRecord) -> Result<bool, DirectoryError>;

@@ -55,7 +55,11 @@ impl UsageApi {
     /// gets it once from the index (its enabled keys), written on the version read; a writer
     /// that listed them meanwhile is kept.
     pub(super) async fn tenant_keys(&self, tenant: &str) -> Result<(TenantRecord, BTreeMap<String, String>), Problem> {
-        let record = self.tenant_record(tenant).await?;
+        let record = self
+            .registry
+            .tenant_now(tenant)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no tenant `{tenant}` (see GET /v1/tenants)")))?;
         if let Some(keys) = &record.keys {
             return Ok((record.clone(), keys.clone()));
         }
