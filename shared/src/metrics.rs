@@ -34,6 +34,10 @@ pub const SHED: &str = "Shed";
 /// Authorizer: refused `store_busy`: the tenant's state item could not take the write (throttled,
 /// or contended past the store's attempts).
 pub const THROTTLES_STORE_BUSY: &str = "ThrottlesStoreBusy";
+/// Authorizer: units the fail-open fallback admitted that never reached the tenant's counters
+/// (a write-back given up after a day without a known outcome, or of a period past the kept
+/// window), counted on the decision line after the container dropped them.
+pub const WRITE_BACK_LOST: &str = "WriteBackLost";
 
 /// Every metric the authorizer emits.
 pub const AUTHORIZER: &[&str] = &[
@@ -51,6 +55,7 @@ pub const AUTHORIZER: &[&str] = &[
     ERRORS,
     SHED,
     THROTTLES_STORE_BUSY,
+    WRITE_BACK_LOST,
 ];
 
 /// Every metric the companion functions emit.

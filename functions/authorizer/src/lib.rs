@@ -34,7 +34,7 @@ use tollgate::jwt::{FetchedKeys, JwksFetchError, JwksSource, JwtVerifier};
 use tollgate::store::Store;
 
 pub use config::Config;
-use metrics::{Emf, Sample, mode_name};
+use metrics::{Emf, Lost, Sample, mode_name};
 
 /// The stage variable naming skip routes of that stage only (comma-separated `/path/METHOD`, as
 /// `TOLLGATE_SKIP_ROUTES`): the template's usage API skips its `GET /v1/usage` this way, so
@@ -110,6 +110,7 @@ pub struct Authorizer {
     jwt: Option<JwtVerifier>,
     api_key_header: String,
     emf: Emf,
+    lost: Lost,
 }
 
 impl Authorizer {
@@ -127,6 +128,7 @@ impl Authorizer {
             jwt,
             api_key_header: config.api_key_header.clone(),
             emf: Emf::new(&config.metrics_namespace, config.tenant_dimensions),
+            lost: Lost::default(),
         }
     }
 
@@ -248,7 +250,9 @@ impl Authorizer {
                 stage_skip_routes: call.stage_skip_routes,
             })
             .await;
-        if let Some(sample) = Sample::of(&outcome) {
+        if let Some(mut sample) = Sample::of(&outcome) {
+            let dropped = self.gate.fallback().write_back_stats();
+            sample.write_back_lost = self.lost.since_last(dropped.expired_units + dropped.given_up_units);
             println!("{}", self.emf.render(&sample, SystemTime::now()));
         }
         match outcome {

@@ -25,6 +25,9 @@ pub struct Sample {
     pub shed: u32,
     /// Refused `store_busy`: the tenant's item could not take the write.
     pub throttles_store_busy: u32,
+    /// Units of fail-open admissions this container dropped from its write-back since its last
+    /// line (`Lost`).
+    pub write_back_lost: u32,
     pub fail_open: u32,
     pub fail_closed: u32,
     pub shadow_denials: u32,
@@ -60,6 +63,7 @@ const METRICS: &[&str] = &[
     names::KEY_CACHE_HITS,
     names::SHED,
     names::THROTTLES_STORE_BUSY,
+    names::WRITE_BACK_LOST,
 ];
 
 impl Sample {
@@ -109,7 +113,7 @@ impl Sample {
         Some(s)
     }
 
-    fn values(&self) -> [u32; 12] {
+    fn values(&self) -> [u32; 13] {
         [
             self.decisions,
             self.throttles_rate,
@@ -123,7 +127,23 @@ impl Sample {
             self.key_cache_hits,
             self.shed,
             self.throttles_store_busy,
+            self.write_back_lost,
         ]
+    }
+}
+
+/// What a container's write-back dropped, as the gate counts it in all (`WriteBackStats`): the
+/// part not yet on a decision line.
+#[derive(Debug, Default)]
+pub struct Lost {
+    reported: std::sync::atomic::AtomicU64,
+}
+
+impl Lost {
+    /// The units dropped since the last call, given the total dropped so far (which only grows).
+    pub fn since_last(&self, total: u64) -> u32 {
+        let before = self.reported.fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        u32::try_from(total.saturating_sub(before)).unwrap_or(u32::MAX)
     }
 }
 
@@ -216,6 +236,15 @@ pub fn mode_name(mode: &Mode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_the_write_back_dropped_are_reported_once() {
+        let lost = Lost::default();
+        assert_eq!(lost.since_last(0), 0);
+        assert_eq!(lost.since_last(5), 5);
+        assert_eq!(lost.since_last(5), 0, "already on a line");
+        assert_eq!(lost.since_last(7), 2);
+    }
 
     #[test]
     fn an_error_is_counted_stack_wide_under_errors() {

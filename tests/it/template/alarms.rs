@@ -306,6 +306,7 @@ fn every_metric_the_alarms_and_dashboard_name_is_one_that_is_emitted() {
         "ThrottlesWeeklyQuota",
         "ThrottlesMonthlyQuota",
         "ThrottlesStoreBusy",
+        "WriteBackLost",
     ] {
         assert!(ours.contains(m), "the template watches {m}");
     }
