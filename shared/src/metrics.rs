@@ -34,9 +34,9 @@ pub const SHED: &str = "Shed";
 /// Authorizer: refused `store_busy`: the tenant's state item could not take the write (throttled,
 /// or contended past the store's attempts).
 pub const THROTTLES_STORE_BUSY: &str = "ThrottlesStoreBusy";
-/// Authorizer: units the fail-open fallback admitted that never reached the tenant's counters
-/// (a write-back given up after a day without a known outcome, or of a period past the kept
-/// window), counted on the decision line after the container dropped them.
+/// Authorizer: units of the fail-open write-back a container dropped (given up after a day
+/// without a known outcome, or of a period past the kept window), counted on the decision line
+/// after it dropped them: the tenant's counters may be off by up to that many, usually low.
 pub const WRITE_BACK_LOST: &str = "WriteBackLost";
 
 /// Every metric the authorizer emits.

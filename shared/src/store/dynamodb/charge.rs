@@ -176,8 +176,12 @@ impl DynamoStore {
                 Ok(Attempt::Unknown(_)) | Err(_) => still.push((op, units)),
             }
         }
-        if !still.is_empty() {
-            self.unanswered.owe(tenant, usize::MAX, |o| o.unresolved.extend(still));
+        // Back with what other writes left meanwhile, within the same bound: past it, lost.
+        for (op, units) in still {
+            let weight = units.first().map_or(0, |(_, n)| *n);
+            if !self.unanswered.owe_unresolved(tenant, usize::MAX, op, units) {
+                self.lost(tenant, u32::try_from(weight).unwrap_or(u32::MAX));
+            }
         }
         let units: i64 = charged
             .iter()

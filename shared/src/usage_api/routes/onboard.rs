@@ -179,7 +179,8 @@ impl Onboarding<'_> {
     /// record, was written.
     async fn check_tenant_free(&self, key_id: Option<&str>) -> Result<(), Problem> {
         let (api, tenant) = (self.api, &self.request.tenant);
-        let Some(plan) = api.registry.tenant_plan(tenant).await? else {
+        // Read as it is now: the key list below is, and a tenant offboarded a moment ago is free.
+        let Some(plan) = api.registry.tenant_now(tenant).await?.map(|t| t.plan) else {
             return Ok(());
         };
         let ours = match key_id {
