@@ -14,7 +14,7 @@ use tollgate::engine::clock::{ManualClock, SystemClock, Timestamp};
 use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::policy_file::PolicyFile;
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
-use tollgate_cli::serve::tenants::{demo_tenants, directory_with};
+use tollgate_cli::serve::tenants::{DemoTenant, demo_tenants, directory_with};
 
 use crate::support::emulator;
 use crate::support::fault_proxy::{Fault, FaultProxy};
@@ -143,19 +143,27 @@ async fn after_an_injected_outage_at_the_shipped_defaults_the_day_counter_equals
     assert_eq!(recorded, admitted, "the day counter against the requests admitted");
 }
 
-#[tokio::test]
-async fn a_write_back_whose_answers_are_lost_is_sent_again_and_counts_once() {
-    // GIVEN a gate over the shipped store (4 attempts) through a fault proxy, whose first 3
-    // writes are refused unexecuted (a store-wide error below the breaker's threshold: the
-    // gate fails open), and whose writes after the next one land with their answers lost, for
-    // as many sends as the store makes. The budget and timeouts are the emulator's patient
-    // ones: each send must be one the test injected for, never a resend after a slow answer.
-    let file = PolicyFile::parse(QUOTA).expect("policy");
+/// A gate over the shipped store (`DynamoStoreConfig::new`: its attempts) through a fault
+/// proxy, on a manual clock, with the emulator's patient timeouts and a 30 s budget: each send
+/// is one a test injected a fault for, never a resend after a slow answer.
+struct Proxied {
+    gate: Gate,
+    store: Arc<DynamoStore>,
+    proxy: FaultProxy,
+    clock: ManualClock,
+    /// The table's client, straight to the emulator.
+    patient: aws_sdk_dynamodb::Client,
+    table: String,
+    tenant: DemoTenant,
+    attempts: usize,
+}
+
+async fn proxied(policy: &str) -> Proxied {
+    let file = PolicyFile::parse(policy).expect("policy");
     let (patient, table) = emulator::state_table().await;
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let client = state_client(&emulator::sdk_config(&proxy.endpoint()), emulator::PATIENT);
     let tenants = demo_tenants(&file, 1);
-    let tenant = &tenants[0];
     let config = DynamoStoreConfig::new(&table);
     let attempts = config.max_attempts as usize;
     let store = Arc::new(DynamoStore::new(client, config));
@@ -169,6 +177,36 @@ async fn a_write_back_whose_answers_are_lost_is_sent_again_and_counts_once() {
         store.clone(),
         Arc::new(clock.clone()),
     );
+    let tenant = tenants.into_iter().next().expect("a tenant");
+    Proxied {
+        gate,
+        store,
+        proxy,
+        clock,
+        patient,
+        table,
+        tenant,
+        attempts,
+    }
+}
+
+#[tokio::test]
+async fn a_write_back_whose_answers_are_lost_is_sent_again_and_counts_once() {
+    // GIVEN a gate over the shipped store (4 attempts) through a fault proxy, whose first 3
+    // writes are refused unexecuted (a store-wide error below the breaker's threshold: the
+    // gate fails open), and whose writes after the next one land with their answers lost, for
+    // as many sends as the store makes. The budget and timeouts are the emulator's patient
+    // ones: each send must be one the test injected for, never a resend after a slow answer.
+    let Proxied {
+        gate,
+        proxy,
+        clock,
+        patient,
+        table,
+        tenant,
+        attempts,
+        ..
+    } = proxied(QUOTA).await;
     let mut faults = vec![Some(Fault::TooManyRequests); 3];
     faults.push(None);
     faults.extend(std::iter::repeat_n(Some(Fault::LoseResponse), attempts));
@@ -204,25 +242,16 @@ async fn a_fence_whose_answer_is_lost_is_not_taken_for_the_write_it_fenced() {
     // then sends for the unknown write but loses its answer, and lets everything after through.
     // The budget and timeouts are the emulator's patient ones: each send is one the test
     // injected for.
-    let file = PolicyFile::parse(QUOTA).expect("policy");
-    let (patient, table) = emulator::state_table().await;
-    let proxy = FaultProxy::start(&emulator::endpoint()).await;
-    let client = state_client(&emulator::sdk_config(&proxy.endpoint()), emulator::PATIENT);
-    let tenants = demo_tenants(&file, 1);
-    let tenant = &tenants[0];
-    let config = DynamoStoreConfig::new(&table);
-    let attempts = config.max_attempts as usize;
-    let store = Arc::new(DynamoStore::new(client, config));
-    let clock = ManualClock::new(Timestamp::from_secs(1_795_456_177));
-    let gate = Gate::new(
-        GateConfig {
-            store_budget: Duration::from_secs(30),
-            ..GateConfig::default()
-        },
-        Arc::new(directory_with(&file, &tenants)),
-        store.clone(),
-        Arc::new(clock.clone()),
-    );
+    let Proxied {
+        gate,
+        store,
+        proxy,
+        clock,
+        patient,
+        table,
+        tenant,
+        attempts,
+    } = proxied(QUOTA).await;
     let mut faults = vec![Some(Fault::LoseRequest); attempts];
     faults.extend([None, Some(Fault::LoseResponse)]);
     proxy.inject_on("POST", "UpdateItem", &faults);
