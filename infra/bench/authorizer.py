@@ -5,9 +5,13 @@ its DynamoDB traffic going through a counting proxy to the local emulator:
 
   1. start -> ready: spawn to the first poll for an invocation, median of N runs;
   2. peak RSS (VmHWM) after DECISIONS decisions spread over TENANTS tenants;
-  3. DynamoDB calls per admitted decision, and per refused decision during a flood.
+  3. DynamoDB calls per admitted decision, and per refused decision during a flood;
+  4. decision time, p50 and p99: from handing the function an event to its answer, as the
+     Runtime API sees it (so it includes the emulator's answer to every call the decision makes).
 
 The baseline is examples/echo.rs (lambda_runtime alone), measured the same way in the same run.
+With --previous, a build of an earlier commit (on tables of its own, seeded by its own CLI) runs
+the same load in the same run, for the figures that change from one commit to the next.
 Run through infra/bench/authorizer (builds the binaries, starts the emulator).
 """
 
@@ -91,6 +95,8 @@ class RuntimeApi:
         self.errors = 0
         self.allowed = 0
         self.first_poll = None
+        self.handed = {}
+        self.decision_ms = []
         self.cond = threading.Condition()
         api = self
 
@@ -113,6 +119,7 @@ class RuntimeApi:
                     body = json.dumps(api.events[api.served]).encode()
                     request_id = f"req-{api.served}"
                     api.served += 1
+                    api.handed[request_id] = time.monotonic()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Lambda-Runtime-Aws-Request-Id", request_id)
@@ -126,7 +133,12 @@ class RuntimeApi:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                answered_at = time.monotonic()
+                request_id = self.path.split("/")[-2]
                 with api.cond:
+                    handed = api.handed.pop(request_id, None)
+                    if handed is not None:
+                        api.decision_ms.append((answered_at - handed) * 1000)
                     api.answered += 1
                     api.allowed += b'"Effect":"Allow"' in body
                     api.errors += self.path.endswith("/error")
@@ -152,7 +164,8 @@ class RuntimeApi:
                 self.cond.wait()
 
 
-def environment(args, runtime_port, ddb_endpoint):
+def environment(args, runtime_port, ddb_endpoint, tables=None):
+    state_table, policy_table = tables or (args.state_table, args.policy_table)
     env = dict(os.environ)
     env.update({
         "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{runtime_port}",
@@ -165,8 +178,8 @@ def environment(args, runtime_port, ddb_endpoint):
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_ENDPOINT_URL": ddb_endpoint,
-        "TOLLGATE_STATE_TABLE": args.state_table,
-        "TOLLGATE_POLICY_TABLE": args.policy_table,
+        "TOLLGATE_STATE_TABLE": state_table,
+        "TOLLGATE_POLICY_TABLE": policy_table,
         # The emulator is single-threaded and slower than DynamoDB: do not let budgets trip.
         "TOLLGATE_STORE_BUDGET_MS": "5000",
         "TOLLGATE_STORE_ATTEMPT_MS": "5000",
@@ -210,22 +223,35 @@ def peak_rss_kib(pid):
     return 0
 
 
-def load_run(binary, args, proxy, events_phases):
-    """Feeds phases of events to one process; returns (peak RSS KiB, per-phase op counts)."""
+def percentile(values, q):
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else None
+
+
+def load_run(binary, args, proxy, events_phases, tables=None):
+    """Feeds phases of events to one process; returns (peak RSS KiB, per-phase op counts,
+    errors, decision times in ms of the first phase)."""
     api = RuntimeApi()
-    proc = subprocess.Popen([binary], env=environment(args, api.port, f"http://127.0.0.1:{proxy.port}"),
+    proc = subprocess.Popen([binary], env=environment(args, api.port, f"http://127.0.0.1:{proxy.port}", tables),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     counts = []
+    first_phase_ms = None
     for phase in events_phases:
         proxy.reset()
         allowed_before = api.allowed
         api.run(phase)
         counts.append((proxy.snapshot(), api.allowed - allowed_before))
+        if first_phase_ms is None:
+            first_phase_ms = list(api.decision_ms)
     rss = peak_rss_kib(proc.pid)
     proc.kill()
     proc.wait()
     api.server.shutdown()
-    return rss, counts, api.errors
+    return rss, counts, api.errors, first_phase_ms
+
+
+def times(ms):
+    return {"p50": percentile(ms, 0.50), "p99": percentile(ms, 0.99)}
 
 
 def main():
@@ -239,6 +265,9 @@ def main():
     p.add_argument("--decisions", type=int, default=100_000)
     p.add_argument("--flood", type=int, default=10_000)
     p.add_argument("--start-runs", type=int, default=20)
+    p.add_argument("--previous", help="an earlier commit's authorizer, run on its own tables")
+    p.add_argument("--previous-state-table")
+    p.add_argument("--previous-policy-table")
     args = p.parse_args()
 
     moto = f"http://127.0.0.1:{args.moto_port}"
@@ -249,9 +278,9 @@ def main():
     keys = [f"tg_bench_{i:06d}" for i in range(args.tenants)]
     admitted = [event(keys[i % args.tenants]) for i in range(args.decisions)]
     flood = [event(keys[0])] * args.flood
-    ours_rss, ((load_counts, load_allowed), (flood_counts, flood_allowed)), errors = load_run(
+    ours_rss, ((load_counts, load_allowed), (flood_counts, flood_allowed)), errors, ours_ms = load_run(
         args.authorizer, args, proxy, [admitted, flood])
-    base_rss, _, _ = load_run(args.baseline, args, proxy, [admitted])
+    base_rss, _, _, base_ms = load_run(args.baseline, args, proxy, [admitted])
 
     writes = load_counts.get("UpdateItem", 0)
     flood_refused = args.flood - flood_allowed
@@ -261,6 +290,7 @@ def main():
                      "ratio": round(ours_start / base_start, 2)},
         "peak_rss_mib": {"authorizer": round(ours_rss / 1024, 1), "baseline": round(base_rss / 1024, 1),
                          "ratio": round(ours_rss / base_rss, 2)},
+        "decision_ms": {"authorizer": times(ours_ms), "baseline": times(base_ms)},
         "decisions": args.decisions, "tenants": args.tenants, "errors": errors,
         "dynamodb_calls_per_decision": {op: round(n / args.decisions, 3) for op, n in sorted(load_counts.items())},
         "admitted": load_allowed,
@@ -269,6 +299,19 @@ def main():
                   "calls": flood_counts,
                   "dynamodb_calls_per_refused_decision": round(max(flood_writes_beyond_admitted, 0) / max(flood_refused, 1), 4)},
     }
+    if args.previous:
+        tables = (args.previous_state_table, args.previous_policy_table)
+        prev_rss, ((prev_counts, prev_allowed), _), prev_errors, prev_ms = load_run(
+            args.previous, args, proxy, [admitted, flood], tables)
+        report["previous"] = {
+            "peak_rss_mib": round(prev_rss / 1024, 1),
+            "rss_ratio": round(ours_rss / prev_rss, 2),
+            "decision_ms": times(prev_ms),
+            "p50_ratio": round(times(ours_ms)["p50"] / times(prev_ms)["p50"], 2),
+            "p99_ratio": round(times(ours_ms)["p99"] / times(prev_ms)["p99"], 2),
+            "errors": prev_errors, "admitted": prev_allowed,
+            "state_writes_per_admitted_decision": round(prev_counts.get("UpdateItem", 0) / max(prev_allowed, 1), 3),
+        }
     print(json.dumps(report, indent=2))
 
 

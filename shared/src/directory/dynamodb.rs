@@ -16,10 +16,17 @@ use crate::policy_file::PolicyFile;
 use crate::policy_table::record::{self, Item, render};
 use crate::policy_table::{KeyRecord, PK, Record, SHED_PK, TenantRecord, key_pk, plan_pk, tenant_pk};
 
+/// The pages a revocation sweep run reads of its first runs' scan (for revocations an earlier
+/// release stored without buckets), and the items a page: a run stays well inside its
+/// function's time whatever the table holds, and a larger table takes more runs.
+pub const FIRST_SWEEP_SCAN: (usize, i32) = (10, 1_000);
+
 #[derive(Debug, Clone)]
 pub struct DynamoDirectory {
     client: Client,
     table: String,
+    /// Pages a revocation sweep run reads of its first runs' scan, and items a page.
+    first_sweep_scan: (usize, i32),
 }
 
 impl DynamoDirectory {
@@ -27,7 +34,21 @@ impl DynamoDirectory {
         DynamoDirectory {
             client,
             table: table.into(),
+            first_sweep_scan: FIRST_SWEEP_SCAN,
         }
+    }
+
+    /// The pages a revocation sweep run reads of the scan its first runs on a table make (for
+    /// revocations stored before buckets), and the items a page (`FIRST_SWEEP_SCAN` unless set):
+    /// a test makes them small to see the scan span runs without seeding tens of thousands of
+    /// items.
+    pub fn with_first_sweep_scan(mut self, pages: usize, items: i32) -> DynamoDirectory {
+        self.first_sweep_scan = (pages.max(1), items.max(1));
+        self
+    }
+
+    pub(crate) fn first_sweep_scan(&self) -> (usize, i32) {
+        self.first_sweep_scan
     }
 
     pub(crate) fn client(&self) -> &Client {

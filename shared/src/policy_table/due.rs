@@ -117,27 +117,108 @@ pub async fn delete_bucket(client: &Client, table: &str, minute: u64) -> Result<
     Ok(())
 }
 
-/// The cursor; `None` before the sweep's first run on this table.
-pub async fn cursor(client: &Client, table: &str) -> Result<Option<u64>, String> {
+/// The cursor item's attributes while the sweep's first runs on a table enqueue the revocations
+/// an earlier release stored without buckets (by a scan, a few pages a run): the key the scan
+/// goes on after (S; none before its first page), how many revocations already due it has
+/// enqueued (N), and the cursor it began at (N), the cursor once the scan is done.
+pub const SCAN_FROM: &str = "scan_from";
+pub const SCAN_DUE: &str = "scan_due";
+pub const SCAN_FIRST: &str = "scan_first";
+
+/// Where the sweep stands on a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cursor {
+    /// Enqueueing the revocations stored before buckets (`None`: not begun).
+    Enqueueing(Option<Enqueueing>),
+    /// Done with the buckets up to this minute.
+    At(u64),
+}
+
+impl Cursor {
+    /// The last minute the sweep is done with, once it sweeps.
+    pub fn minute(&self) -> Option<u64> {
+        match self {
+            Cursor::At(minute) => Some(*minute),
+            Cursor::Enqueueing(_) => None,
+        }
+    }
+}
+
+/// How far the first runs' scan has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueueing {
+    /// The cursor the sweep starts from once the scan is done (the buckets open when it began).
+    pub first: u64,
+    /// The key the next page starts after; `None` once a page ended at the table's end.
+    pub from: Option<String>,
+    /// Revocations found already due and enqueued so far (they are spread over the buckets
+    /// after `first`, as many a bucket as one run revokes).
+    pub due: u64,
+}
+
+/// The cursor item, read strongly consistent.
+pub async fn cursor(client: &Client, table: &str) -> Result<Cursor, String> {
     let item = read_item(client, table, DUE_CURSOR_PK)
         .await
         .map_err(|e| format!("reading {DUE_CURSOR_PK}: {}", DisplayErrorContext(e)))?;
-    Ok(item.and_then(|i| number(&i, CURSOR_MINUTE)))
+    let Some(item) = item else {
+        return Ok(Cursor::Enqueueing(None));
+    };
+    if let Some(minute) = number(&item, CURSOR_MINUTE) {
+        return Ok(Cursor::At(minute));
+    }
+    Ok(Cursor::Enqueueing(number(&item, SCAN_FIRST).map(|first| Enqueueing {
+        first,
+        from: string(&item, SCAN_FROM),
+        due: number(&item, SCAN_DUE).unwrap_or(0),
+    })))
+}
+
+/// Records how far the first runs' scan has come, while the sweep has no cursor yet: a run that
+/// finds the cursor written leaves it. Two runs scanning at once write what each enqueued; the
+/// one written last may send the next run back over pages both read, which enqueues nothing new.
+pub async fn set_enqueueing(client: &Client, table: &str, at: &Enqueueing) -> Result<(), WriteError> {
+    let mut update = client
+        .update_item()
+        .table_name(table)
+        .key(PK, AttributeValue::S(DUE_CURSOR_PK.to_owned()))
+        .condition_expression("attribute_not_exists(#m)")
+        .expression_attribute_names("#m", CURSOR_MINUTE)
+        .expression_attribute_names("#first", SCAN_FIRST)
+        .expression_attribute_names("#due", SCAN_DUE)
+        .expression_attribute_names("#from", SCAN_FROM)
+        .expression_attribute_values(":first", AttributeValue::N(at.first.to_string()))
+        .expression_attribute_values(":due", AttributeValue::N(at.due.to_string()));
+    update = match &at.from {
+        Some(from) => update
+            .update_expression("SET #first = :first, #due = :due, #from = :from")
+            .expression_attribute_values(":from", AttributeValue::S(from.clone())),
+        None => update.update_expression("SET #first = :first, #due = :due REMOVE #from"),
+    };
+    conditional(update.send().await)
 }
 
 /// Moves the cursor to `minute`, never back: a run that finds it moved further by another leaves
-/// it there.
+/// it there. The first runs' scan state goes with the first.
 pub async fn set_cursor(client: &Client, table: &str, minute: u64) -> Result<(), WriteError> {
     let sent = client
         .update_item()
         .table_name(table)
         .key(PK, AttributeValue::S(DUE_CURSOR_PK.to_owned()))
-        .update_expression("SET #m = :m")
+        .update_expression("SET #m = :m REMOVE #first, #due, #from")
         .condition_expression("attribute_not_exists(#m) OR #m < :m")
         .expression_attribute_names("#m", CURSOR_MINUTE)
+        .expression_attribute_names("#first", SCAN_FIRST)
+        .expression_attribute_names("#due", SCAN_DUE)
+        .expression_attribute_names("#from", SCAN_FROM)
         .expression_attribute_values(":m", AttributeValue::N(minute.to_string()))
         .send()
         .await;
+    conditional(sent)
+}
+
+/// A cursor write's answer: one whose condition failed left the cursor as another run put it.
+fn conditional<T>(sent: Result<T, SdkError<UpdateItemError>>) -> Result<(), WriteError> {
     match sent {
         Ok(_) => Ok(()),
         Err(SdkError::ServiceError(e)) if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {
@@ -147,16 +228,25 @@ pub async fn set_cursor(client: &Client, table: &str, minute: u64) -> Result<(),
     }
 }
 
-/// Every `revoke#<key id>` item, by one scan of the whole table (all pages): what the sweep's
-/// first run on a table enqueues, revocations written before buckets were. Never on a later run.
-pub async fn revocation_items(client: &Client, table: &str) -> Result<Vec<Item>, String> {
+/// One page of the scan for `revoke#<key id>` items (at most `limit` items read, after the key
+/// `from`): the revocations an earlier release wrote before buckets were, which the sweep's
+/// first runs enqueue. The key the next page starts after; `None` at the table's end.
+pub async fn revocation_page(
+    client: &Client,
+    table: &str,
+    from: Option<&str>,
+    limit: i32,
+) -> Result<(Vec<Item>, Option<String>), String> {
     let scan = PrefixScan {
         prefixes: &[REVOKE_PREFIX],
         consistent: true,
         having: Some(JSON_ATTR),
         ..PrefixScan::default()
     };
-    scan.items(client, table)
+    let start = from.map(|pk| HashMap::from([(PK.to_owned(), AttributeValue::S(pk.to_owned()))]));
+    let (items, next) = scan
+        .page(client, table, start, Some(limit))
         .await
-        .map_err(|e| format!("scanning for revocations: {}", DisplayErrorContext(e)))
+        .map_err(|e| format!("scanning for revocations: {}", DisplayErrorContext(e)))?;
+    Ok((items, next.as_ref().and_then(|k| string(k, PK))))
 }

@@ -180,6 +180,27 @@ pub struct PrefixScan<'a> {
 impl PrefixScan<'_> {
     /// The items found, in the table's order.
     pub async fn items(&self, client: &Client, table: &str) -> Result<Vec<record::Item>, SdkError<ScanError>> {
+        let mut out = Vec::new();
+        let mut start: Option<record::Item> = None;
+        loop {
+            let (items, next) = self.page(client, table, start.take(), None).await?;
+            out.extend(items);
+            match next {
+                Some(k) => start = Some(k),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// One page: the items found among at most `limit` items read (one MB's worth without),
+    /// from after `start`, and where the next page starts (`None` at the table's end).
+    pub async fn page(
+        &self,
+        client: &Client,
+        table: &str,
+        start: Option<record::Item>,
+        limit: Option<i32>,
+    ) -> Result<(Vec<record::Item>, Option<record::Item>), SdkError<ScanError>> {
         let mut names = HashMap::from([("#pk".to_owned(), PK.to_owned())]);
         let mut values = HashMap::new();
         let mut filter = Vec::new();
@@ -202,28 +223,20 @@ impl PrefixScan<'_> {
             names.insert(name.clone(), (*attr).to_owned());
             projection.push(name);
         }
-        let projection = (!projection.is_empty()).then(|| projection.join(", "));
-        let mut out = Vec::new();
-        let mut start: Option<record::Item> = None;
-        loop {
-            let page = client
-                .scan()
-                .table_name(table)
-                .set_consistent_read(self.consistent.then_some(true))
-                .filter_expression(&filter)
-                .set_projection_expression(projection.clone())
-                .set_expression_attribute_names(Some(names.clone()))
-                .set_expression_attribute_values(Some(values.clone()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await?;
-            let next = page.last_evaluated_key().filter(|k| !k.is_empty()).cloned();
-            out.extend(page.items.unwrap_or_default());
-            match next {
-                Some(k) => start = Some(k),
-                None => return Ok(out),
-            }
-        }
+        let page = client
+            .scan()
+            .table_name(table)
+            .set_consistent_read(self.consistent.then_some(true))
+            .filter_expression(filter)
+            .set_projection_expression((!projection.is_empty()).then(|| projection.join(", ")))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .set_exclusive_start_key(start)
+            .set_limit(limit)
+            .send()
+            .await?;
+        let next = page.last_evaluated_key().filter(|k| !k.is_empty()).cloned();
+        Ok((page.items.unwrap_or_default(), next))
     }
 }
 

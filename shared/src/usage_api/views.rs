@@ -11,6 +11,7 @@ use crate::engine::gcra;
 use crate::engine::policy::{Limits, Plan};
 use crate::engine::quota::{Calendar, Period, format_utc};
 use crate::engine::shed::ShedState;
+use crate::policy_table::TenantRecord;
 use crate::store::Usage;
 
 #[derive(Debug, Serialize)]
@@ -166,6 +167,26 @@ pub(super) struct TenantView {
 /// unknown tenant.
 pub(super) async fn tenant_view(api: &UsageApi, tenant: &str) -> Result<TenantView, Problem> {
     let record = api.tenant_record(tenant).await?;
+    let keys = key_views(api, tenant).await?;
+    Ok(tenant_view_of(tenant, record, keys))
+}
+
+/// The tenant's answer from its record and its keys as `key_views` read them. A route that
+/// changes the record but not the keys (a move, an anchor day) reads the keys before it changes
+/// anything: their index read is the one that can fail (503 while DynamoDB builds the index),
+/// and then it fails with nothing done.
+pub(super) fn tenant_view_of(tenant: &str, record: TenantRecord, keys: Vec<KeyView>) -> TenantView {
+    TenantView {
+        tenant: tenant.to_owned(),
+        plan: record.plan,
+        anchor: record.anchor,
+        keys,
+    }
+}
+
+/// The tenant's keys (through the `by-tenant` index), each rotated-out key with when it is
+/// revoked.
+pub(super) async fn key_views(api: &UsageApi, tenant: &str) -> Result<Vec<KeyView>, Problem> {
     let mut keys = Vec::new();
     for (_, r) in api.registry.keys_of(tenant).await? {
         let pending = match r.enabled {
@@ -178,12 +199,7 @@ pub(super) async fn tenant_view(api: &UsageApi, tenant: &str) -> Result<TenantVi
             enabled: r.enabled,
         });
     }
-    Ok(TenantView {
-        tenant: tenant.to_owned(),
-        plan: record.plan,
-        anchor: record.anchor,
-        keys,
-    })
+    Ok(keys)
 }
 
 #[derive(Debug, Serialize)]

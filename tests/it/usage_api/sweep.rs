@@ -1,5 +1,6 @@
-//! The revocation sweep on the policy table: its first run enqueues the revocations stored before
-//! due-minute buckets existed (one scan, never again), a run after an outage catches up
+//! The revocation sweep on the policy table: its first runs enqueue the revocations stored before
+//! due-minute buckets existed (one scan, a few pages a run, never again; those already due
+//! spread over buckets of one run's worth), a run after an outage catches up
 //! `SWEEP_BUCKETS` minutes at a time, and a rotation that fails between its bucket entry and its
 //! revocation item leaves nothing the sweep cannot find, and a key API Gateway refuses to disable
 //! is postponed without holding up the others; a rotation that fails after making its key leaves
@@ -10,13 +11,14 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tollgate::aws::admin_client;
+use tollgate::directory::dynamodb::FIRST_SWEEP_SCAN;
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::Clock;
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_table::due::{self, minute_of};
 use tollgate::policy_table::record::json_item;
 use tollgate::policy_table::revoke_pk;
-use tollgate::usage_api::registry::{Registry, Revocation, SWEEP_BUCKETS, SWEEP_SETTLE_MINUTES};
+use tollgate::usage_api::registry::{Registry, Revocation, SWEEP_BUCKETS, SWEEP_REVOCATIONS, SWEEP_SETTLE_MINUTES};
 use tollgate_usage_api::SCHEDULE_ACTOR;
 
 use super::{START, World, plan};
@@ -27,13 +29,23 @@ use crate::support::fault_proxy::{Fault, FaultProxy};
 /// A world on a fresh policy table whose DynamoDB calls go through `endpoint`; the registry, and
 /// a client and the table's name for the test's own reads and writes.
 async fn world_via(region: &'static str, endpoint: &str) -> (World, DynamoDirectory, aws_sdk_dynamodb::Client, String) {
+    world_with(region, endpoint, FIRST_SWEEP_SCAN).await
+}
+
+/// `world_via`, the first sweep runs' scan reading `(pages, items)` a run.
+async fn world_with(
+    region: &'static str,
+    endpoint: &str,
+    (pages, items): (usize, i32),
+) -> (World, DynamoDirectory, aws_sdk_dynamodb::Client, String) {
     let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
     let table = emulator::unique("sweep");
     let client = admin_client(&sdk);
     tollgate::directory::dynamodb::create_policy_table(&client, &table)
         .await
         .expect("policy table");
-    let registry = DynamoDirectory::new(admin_client(&emulator::sdk_config_in(endpoint, region)), &table);
+    let registry = DynamoDirectory::new(admin_client(&emulator::sdk_config_in(endpoint, region)), &table)
+        .with_first_sweep_scan(pages, items);
     registry.put_plan(&plan("free"), 1).await.expect("plan");
     let w = World::with(region, Some(std::sync::Arc::new(registry.clone())), None, None).await;
     (w, registry, client, table)
@@ -62,6 +74,81 @@ async fn rotate(w: &World, tenant: &str, grace: u64) -> reqwest::Response {
     let path = format!("/v1/tenants/{tenant}/keys");
     let body = json!({ "grace_seconds": grace });
     w.admin(Method::POST, &path).json(&body).send().await.expect("answer")
+}
+
+/// Stores a revocation of `key` (of `tenant`, due at `at`) as the previous release did: a
+/// `revoke#<key id>` item holding its record, no bucket.
+async fn seed_legacy(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    (id, value): &(String, String),
+    tenant: &str,
+    at: u64,
+) {
+    let r = Revocation {
+        tenant: tenant.into(),
+        key_id: id.clone(),
+        hash: ApiKeyHash::of(value).to_hex(),
+        at,
+        attempts: 0,
+    };
+    let item = json_item(revoke_pk(id), serde_json::to_string(&r).expect("json"));
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("seed");
+}
+
+#[tokio::test]
+async fn the_first_sweeps_scan_a_few_pages_a_run_and_spread_what_is_due_over_buckets_of_one_runs_worth() {
+    // GIVEN a table as the previous release left it, with more revocations already due than one
+    // run revokes, and the first sweep runs reading one page of 8 items of their scan a run (the
+    // shipped 10 pages of 1,000 would need tens of thousands of items to span runs)
+    let counted = CountingProxy::start(&emulator::endpoint()).await;
+    let (w, registry, client, table) = world_with("tg-sweep-6", &counted.endpoint(), (1, 8)).await;
+    let n = SWEEP_REVOCATIONS + 5;
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let tenant = format!("legacy{i}");
+        let key = onboarded(&w, &tenant).await;
+        seed_legacy(&client, &table, &key, &tenant, START.as_secs() - 60).await;
+        keys.push(key);
+    }
+    // WHEN the schedule's sweep runs until it revokes something
+    let mut runs = 0;
+    let revoked = loop {
+        let before = counted.counts();
+        let revoked = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+        let scans = counted.counts().since(&before).calls.get("Scan").copied().unwrap_or(0);
+        // THEN each run scans one page at most, and revokes nothing before the scan is done
+        assert!(scans <= 1, "run {runs}: {scans} scans");
+        runs += 1;
+        if !revoked.is_empty() || runs > 100 {
+            break revoked;
+        }
+    };
+    assert!(runs > 2, "the scan spanned {runs} runs");
+    // AND the keys already due fill the buckets after the cursor one run's worth each: the first
+    // run after the scan revokes SWEEP_REVOCATIONS of them, the next the rest, with no scan
+    assert_eq!(revoked.len(), SWEEP_REVOCATIONS);
+    let now = minute_of(w.clock.now().as_secs());
+    let left = due::buckets(&client, &table, now - 10, now + 10)
+        .await
+        .expect("buckets");
+    assert!(left.iter().all(|(_, ids)| ids.len() <= SWEEP_REVOCATIONS), "{left:?}");
+    let before = counted.counts();
+    let rest = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    assert_eq!(rest.len(), n - SWEEP_REVOCATIONS);
+    assert_eq!(
+        counted.counts().since(&before).calls.get("Scan").copied().unwrap_or(0),
+        0
+    );
+    for key in &keys {
+        assert!(!enabled(&w, &registry, key).await, "{}", key.0);
+    }
 }
 
 #[tokio::test]
@@ -105,7 +192,7 @@ async fn the_first_sweep_enqueues_revocations_stored_before_buckets_by_one_scan_
         counted.counts()
     );
     // AND the cursor is written, so no later run scans; the later key is revoked at its deadline
-    assert!(due::cursor(&client, &table).await.expect("cursor").is_some());
+    assert!(due::cursor(&client, &table).await.expect("cursor").minute().is_some());
     w.clock.advance(Duration::from_secs(600));
     let second = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
     assert_eq!(second.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&later.0]);
@@ -175,7 +262,7 @@ async fn a_rotation_failing_between_its_two_writes_leaves_no_revocation_the_swee
     let orphan = minute_of(START.as_secs() + 61 + 60);
     w.clock.advance(Duration::from_secs(SWEEP_SETTLE_MINUTES * 60));
     w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
-    assert!(due::cursor(&client, &table).await.expect("cursor") >= Some(orphan));
+    assert!(due::cursor(&client, &table).await.expect("cursor").minute() >= Some(orphan));
     let left = due::buckets(&client, &table, orphan - 3, orphan)
         .await
         .expect("buckets");

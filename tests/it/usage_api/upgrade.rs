@@ -1,14 +1,14 @@
 //! The usage API on a policy table the previous release made, before the stack update that adds
 //! the `by-tenant` index has finished: DynamoDB refuses a query of an index it does not serve
-//! yet, and every route that reads the index answers a 503 problem saying so; a rotation of a
-//! tenant whose item lists its keys needs no index.
+//! yet, and every route that reads the index answers a 503 problem saying so, having changed
+//! nothing; a rotation of a tenant whose item lists its keys needs no index.
 
 use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tollgate::aws::admin_client;
-use tollgate::directory::DynamoDirectory;
+use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::policy_table::PK;
 use tollgate::usage_api::problem::INDEX_RETRY_SECS;
 
@@ -25,8 +25,11 @@ async fn routes_reading_a_tenants_keys_answer_503_until_the_index_exists() {
         .expect("table");
     let registry = DynamoDirectory::new(admin_client(&sdk), &table);
     registry.put_plan(&plan("free"), 1).await.expect("plan");
+    registry.put_plan(&plan("pro"), 1).await.expect("plan");
     let w = World::with("tg-upgrade-1", Some(Arc::new(registry)), None, None).await;
-    // WHEN a tenant is onboarded (no index needed), then rotated, read and offboarded
+    let stored = DynamoDirectory::new(admin_client(&sdk), &table);
+    // WHEN a tenant is onboarded (no index needed), then rotated, read, moved, given an anchor
+    // day and offboarded
     let (status, body) = w.onboard_via(&w.base, "early", "idem-early").await.expect("onboard");
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let rotate = w.admin(Method::POST, "/v1/tenants/early/keys");
@@ -36,16 +39,31 @@ async fn routes_reading_a_tenants_keys_answer_503_until_the_index_exists() {
         .await
         .expect("answer");
     let read = w.admin(Method::GET, "/v1/tenants/early").send().await.expect("answer");
+    let before = stored.tenant("early").await.expect("read").expect("tenant");
+    let moved = w
+        .admin(Method::PUT, "/v1/tenants/early/plan")
+        .json(&serde_json::json!({"plan": "pro"}))
+        .send()
+        .await
+        .expect("answer");
+    let anchored = w
+        .admin(Method::PUT, "/v1/tenants/early/anchor")
+        .json(&serde_json::json!({"anchor": (before.anchor.unwrap_or(1) % 28) + 1}))
+        .send()
+        .await
+        .expect("answer");
+    let after = stored.tenant("early").await.expect("read").expect("tenant");
     let offboarded = w
         .admin(Method::DELETE, "/v1/tenants/early")
         .send()
         .await
         .expect("answer");
-    // THEN the rotation works (the tenant's item lists its keys); the read and the offboarding
-    // (which also disables keys only the index knows) answer 503, a problem naming the index, to
-    // be retried in a minute
+    // THEN the rotation works (the tenant's item lists its keys); the read, the move, the anchor
+    // day and the offboarding (which also disables keys only the index knows) answer 503, a
+    // problem naming the index, to be retried in a minute, and the tenant is as it was
     assert_eq!(rotated.status(), StatusCode::CREATED);
-    for res in [read, offboarded] {
+    assert_eq!((after.plan.as_str(), after.anchor), ("free", before.anchor));
+    for res in [read, moved, anchored, offboarded] {
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         let retry = res
             .headers()

@@ -22,7 +22,7 @@ use super::{
 use crate::control::shed::table::{ShedError, ShedTable};
 use crate::directory::{DirectoryError, DynamoDirectory};
 use crate::engine::identity::ApiKeyHash;
-use crate::policy_table::due::{self, minute_of};
+use crate::policy_table::due::{self, Cursor, Enqueueing, minute_of};
 use crate::policy_table::record::{
     CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, KEY_TENANT, claim_item, is_gone, json_item, key_item, key_record, parse,
     string, tenant_item, tenant_record,
@@ -130,29 +130,45 @@ impl DynamoDirectory {
         }
     }
 
-    /// The sweep's first run on this table: every revocation stored enqueued in its bucket (or
-    /// the first after the cursor, when already due) by one scan, then the cursor written; the
-    /// cursor.
-    async fn enqueue_stored(&self, now: u64) -> Result<u64, DirectoryError> {
+    /// The sweep's first runs on this table: the revocations an earlier release stored without
+    /// buckets, enqueued a few pages of their scan a run (`FIRST_SWEEP_SCAN`), each in its bucket (those
+    /// already due spread over the buckets after the cursor, as many a bucket as one run
+    /// revokes: no bucket outgrows an item, and no run reads more than it revokes). The cursor
+    /// once the scan is done; `None` while pages remain (the run revokes nothing).
+    async fn enqueue_stored(&self, now: u64, from: Option<Enqueueing>) -> Result<Option<u64>, DirectoryError> {
         let (client, table) = (self.client(), self.table());
-        let cursor = first_cursor(now);
+        let mut at = from.unwrap_or(Enqueueing {
+            first: first_cursor(now),
+            from: None,
+            due: 0,
+        });
         let mut buckets: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        for item in due::revocation_items(client, table)
-            .await
-            .map_err(DirectoryError::Unavailable)?
-        {
-            if let (Some(id), Some(r)) = (key_after(&item, REVOKE_PREFIX), revocation_of(&item)) {
-                buckets.entry(first_bucket(r.at, cursor)).or_default().push(id);
+        let mut done = false;
+        let (pages, page) = self.first_sweep_scan();
+        for _ in 0..pages {
+            let (items, next) = due::revocation_page(client, table, at.from.as_deref(), page)
+                .await
+                .map_err(DirectoryError::Unavailable)?;
+            for item in &items {
+                if let (Some(id), Some(r)) = (key_after(item, REVOKE_PREFIX), revocation_of(item)) {
+                    buckets.entry(first_bucket(r.at, &mut at)).or_default().push(id);
+                }
+            }
+            at.from = next;
+            if at.from.is_none() {
+                done = true;
+                break;
             }
         }
         for (minute, ids) in &buckets {
-            // A bucket item holds a few thousand ids well under DynamoDB's 400 KB.
-            for chunk in ids.chunks(1_000) {
-                due::enqueue(client, table, *minute, chunk).await.map_err(write_error)?;
-            }
+            due::enqueue(client, table, *minute, ids).await.map_err(write_error)?;
         }
-        due::set_cursor(client, table, cursor).await.map_err(write_error)?;
-        Ok(cursor)
+        if !done {
+            due::set_enqueueing(client, table, &at).await.map_err(write_error)?;
+            return Ok(None);
+        }
+        due::set_cursor(client, table, at.first).await.map_err(write_error)?;
+        Ok(Some(at.first))
     }
 
     /// Writes a record as JSON under `pk`; with `only_new`, unless an item is there (`false`).
@@ -373,8 +389,11 @@ impl Registry for DynamoDirectory {
     async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError> {
         let (client, table) = (self.client(), self.table());
         let cursor = match due::cursor(client, table).await.map_err(DirectoryError::Unavailable)? {
-            Some(cursor) => cursor,
-            None => self.enqueue_stored(now).await?,
+            Cursor::At(cursor) => cursor,
+            Cursor::Enqueueing(from) => match self.enqueue_stored(now, from).await? {
+                Some(cursor) => cursor,
+                None => return Ok(DueRevocations::default()),
+            },
         };
         let Some((first, last)) = window(cursor, now) else {
             return Ok(DueRevocations::default());

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{DueRevocations, Revocation, SWEEP_BUCKETS, SWEEP_REVOCATIONS, SWEEP_SETTLE_MINUTES};
-use crate::policy_table::due::minute_of;
+use crate::policy_table::due::{Enqueueing, minute_of};
 
 /// The last minute whose bucket no writer adds to any more at `now` (epoch seconds).
 fn settled(now: u64) -> u64 {
@@ -17,10 +17,17 @@ pub(super) fn first_cursor(now: u64) -> u64 {
     settled(now)
 }
 
-/// The bucket a revocation due at `at` is enqueued in by the first run, its cursor `cursor`:
-/// its own, or the first after the cursor for one already due.
-pub(super) fn first_bucket(at: u64, cursor: u64) -> u64 {
-    minute_of(at).max(cursor + 1)
+/// The bucket the first runs on a table enqueue a revocation due at `due_at` in: its own
+/// minute's, or, for one already due when their scan began, one of the buckets after the cursor
+/// it began at, `SWEEP_REVOCATIONS` a bucket (what one run revokes), counted in `scan.due`.
+pub(super) fn first_bucket(due_at: u64, scan: &mut Enqueueing) -> u64 {
+    let own = minute_of(due_at);
+    if own > scan.first {
+        return own;
+    }
+    let bucket = scan.first + 1 + scan.due / SWEEP_REVOCATIONS as u64;
+    scan.due += 1;
+    bucket
 }
 
 /// The minutes a run at `now` reads after `cursor`: up to `now`'s, at most `SWEEP_BUCKETS`.
@@ -78,6 +85,24 @@ pub(super) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revocations_already_due_when_the_first_scan_began_fill_the_buckets_after_it_one_runs_worth_each() {
+        let mut scan = Enqueueing {
+            first: 100,
+            from: None,
+            due: 0,
+        };
+        let per = SWEEP_REVOCATIONS as u64;
+        let past: Vec<u64> = (0..2 * per + 1).map(|_| first_bucket(60, &mut scan)).collect();
+        assert_eq!(past[0], 101);
+        assert_eq!(past[per as usize - 1], 101);
+        assert_eq!(past[per as usize], 102);
+        assert_eq!(past[2 * per as usize], 103);
+        // one due later stays in its own minute's bucket, and counts for nothing
+        assert_eq!(first_bucket(500 * 60, &mut scan), 500);
+        assert_eq!(scan.due, 2 * per + 1);
+    }
 
     fn revocation(key_id: &str, at: u64) -> (String, Revocation) {
         let r = Revocation {

@@ -12,7 +12,7 @@ use crate::usage_api::UsageApi;
 use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, json, whole_number};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::ItemAction;
-use crate::usage_api::views::tenant_view;
+use crate::usage_api::views::{key_views, tenant_view_of};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +52,7 @@ pub(in crate::usage_api) async fn set_anchor(
 ) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
     let day = checked_anchor(&body.anchor)?;
+    let views = key_views(&api, &tenant).await?;
     let changed = api
         .registry
         .change_tenant(&tenant, &|current| match current {
@@ -62,11 +63,11 @@ pub(in crate::usage_api) async fn set_anchor(
             _ => ItemAction::Leave,
         })
         .await?;
-    if changed.after.is_none() {
+    let Some(record) = changed.after.clone() else {
         return Err(Problem::not_found(format!(
             "no tenant `{tenant}` (see GET /v1/tenants)"
         )));
-    }
+    };
     let from = changed.before.as_ref().and_then(|t| t.anchor);
     if let Some(item) = tenant_change(&tenant, changed) {
         let from = from.map_or("none".to_owned(), |d| d.to_string());
@@ -77,5 +78,5 @@ pub(in crate::usage_api) async fn set_anchor(
         )
         .await?;
     }
-    Ok(json(StatusCode::OK, &tenant_view(&api, &tenant).await?))
+    Ok(json(StatusCode::OK, &tenant_view_of(&tenant, record, views)))
 }

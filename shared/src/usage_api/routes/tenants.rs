@@ -20,7 +20,7 @@ use crate::policy_table::write::ATTEMPTS;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, ItemAction};
-use crate::usage_api::views::{TenantPage, TenantSummary, tenant_view};
+use crate::usage_api::views::{TenantPage, TenantSummary, key_views, tenant_view, tenant_view_of};
 use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, MOVE_WINDOW, UsageApi};
 
 /// The query of `GET /v1/tenants`.
@@ -105,6 +105,7 @@ pub(in crate::usage_api) async fn move_plan(
     api.known_plan(&body.plan).await?;
     let (mut record, keys) = api.tenant_keys(&tenant).await?;
     let keys: Vec<String> = keys.into_keys().collect();
+    let views = key_views(&api, &tenant).await?;
     // A move interrupted under its mark (keys perhaps on no plan) is finished first, whatever
     // this request asks: the tenant's plan is already the one it was moving to.
     if let (Some(c), Some(_)) = (&api.control, record.moving_until) {
@@ -130,7 +131,8 @@ pub(in crate::usage_api) async fn move_plan(
         )
         .await?;
     }
-    Ok(json(StatusCode::OK, &tenant_view(&api, &tenant).await?))
+    let record = api.tenant_record(&tenant).await?;
+    Ok(json(StatusCode::OK, &tenant_view_of(&tenant, record, views)))
 }
 
 /// Writes the tenant's record from plan `from` to plan `to` (its anchor day kept), marked as moving
