@@ -48,8 +48,8 @@ pub const MAX_PAGE: usize = 1000;
 pub const MAX_SHED_REASON: usize = 500;
 /// Longest `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
-/// How long an onboarding attempt holds its Idempotency-Key against concurrent ones.
-pub const ONBOARDING_CLAIM_SECS: u64 = 60;
+/// How long an onboarding or rotation attempt holds its Idempotency-Key against concurrent ones.
+pub const IDEMPOTENCY_CLAIM_SECS: u64 = 60;
 /// How long a plan read for `GET /v1/usage` is reused (the authorizer trusts keys as long).
 pub const PLAN_CACHE_TTL: Duration = Duration::from_secs(60);
 

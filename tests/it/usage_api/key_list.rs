@@ -15,11 +15,7 @@ use super::World;
 use super::wrapped::{Wrapped, wrapped};
 
 async fn rotated(w: &World, tenant: &str, grace: u64) -> Value {
-    let res = (w.admin(Method::POST, &format!("/v1/tenants/{tenant}/keys")))
-        .json(&json!({ "grace_seconds": grace }))
-        .send()
-        .await
-        .expect("answer");
+    let res = w.rotation(tenant, grace).send().await.expect("answer");
     assert_eq!(res.status(), StatusCode::CREATED);
     res.json().await.expect("json")
 }

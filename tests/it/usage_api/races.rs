@@ -32,7 +32,7 @@ fn answered(req: reqwest::RequestBuilder) -> (Hook, oneshot::Receiver<(StatusCod
 }
 
 fn rotation(w: &World, tenant: &str, grace: u64) -> reqwest::RequestBuilder {
-    (w.admin(Method::POST, &format!("/v1/tenants/{tenant}/keys"))).json(&json!({ "grace_seconds": grace }))
+    w.rotation(tenant, grace)
 }
 
 async fn enabled_in_gateway(w: &World, id: &str) -> bool {

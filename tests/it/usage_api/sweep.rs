@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tollgate::aws::admin_client;
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::Clock;
@@ -59,9 +59,7 @@ async fn enabled(w: &World, registry: &DynamoDirectory, (id, value): &(String, S
 }
 
 async fn rotate(w: &World, tenant: &str, grace: u64) -> reqwest::Response {
-    let path = format!("/v1/tenants/{tenant}/keys");
-    let body = json!({ "grace_seconds": grace });
-    w.admin(Method::POST, &path).json(&body).send().await.expect("answer")
+    w.rotation(tenant, grace).send().await.expect("answer")
 }
 
 #[tokio::test]

@@ -29,12 +29,7 @@ async fn routes_reading_a_tenants_keys_answer_503_until_the_index_exists() {
     // WHEN a tenant is onboarded (no index needed), then rotated, read and offboarded
     let (status, body) = w.onboard_via(&w.base, "early", "idem-early").await.expect("onboard");
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let rotate = w.admin(Method::POST, "/v1/tenants/early/keys");
-    let rotated = rotate
-        .json(&serde_json::json!({"grace_seconds": 60}))
-        .send()
-        .await
-        .expect("answer");
+    let rotated = w.rotation("early", 60).send().await.expect("answer");
     let read = w.admin(Method::GET, "/v1/tenants/early").send().await.expect("answer");
     let offboarded = w
         .admin(Method::DELETE, "/v1/tenants/early")

@@ -2,6 +2,7 @@
 //! plan standing for a plan in API Gateway, the audit record of a change.
 
 pub(super) mod anchor;
+mod idempotency;
 pub(super) mod keys;
 pub(super) mod onboard;
 pub(super) mod reset;
