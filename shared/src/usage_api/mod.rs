@@ -46,6 +46,10 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 /// Longest `reason` of a shed level set through the API.
 pub const MAX_SHED_REASON: usize = 500;
+/// The most keys the usage API lists on one tenant (its item's `keys`, the keys not yet revoked):
+/// an onboarding or rotation that would list one more answers 409 `key-limit` and issues none.
+/// Each entry is under 100 bytes, so the item stays far inside DynamoDB's 400 KB.
+pub const MAX_TENANT_KEYS: usize = 100;
 /// Longest `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// How long an onboarding or rotation attempt holds its Idempotency-Key against concurrent ones.

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tollgate::directory::Directory;
+use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::policy_table::TenantRecord;
+use tollgate::usage_api::MAX_TENANT_KEYS;
+use tollgate::usage_api::registry::{ItemAction, Registry};
 use tollgate_usage_api::SCHEDULE_ACTOR;
 
 use super::World;
-use super::wrapped::{Wrapped, wrapped};
+use super::wrapped::{At, Wrapped, wrapped};
 
 async fn rotated(w: &World, tenant: &str, grace: u64) -> Value {
     let res = w.rotation(tenant, grace).send().await.expect("answer");
@@ -152,4 +154,67 @@ async fn offboarding_disables_a_listed_key_that_api_gateway_no_longer_has() {
     // THEN it is: the gone key is as good as disabled, the other is disabled
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert!(!enabled_in_gateway(&w, &new).await);
+}
+
+/// Lists made-up keys on `tenant`'s item (as rotated-out keys not yet revoked are listed) until it
+/// lists `n`.
+async fn fill(registry: &DynamoDirectory, tenant: &str, n: usize) {
+    let decide = |t: Option<&TenantRecord>| {
+        let Some(t) = t else { return ItemAction::Leave };
+        let mut keys = t.keys.clone().unwrap_or_default();
+        for i in 0.. {
+            if keys.len() >= n {
+                break;
+            }
+            keys.insert(format!("made-up-{i:03}"), format!("{i:064x}"));
+        }
+        ItemAction::Put(TenantRecord {
+            keys: Some(keys),
+            ..t.clone()
+        })
+    };
+    registry.change_tenant(tenant, &decide).await.expect("filled");
+}
+
+#[tokio::test]
+async fn a_rotation_of_a_tenant_listing_the_most_keys_answers_key_limit_and_writes_nothing() {
+    // GIVEN acme onboarded on a policy table, its item listing MAX_TENANT_KEYS keys
+    let (w, registry, ..) = World::on_policy_table("tg-key-limit-1").await;
+    let own = w.onboarded("acme").await;
+    fill(&registry, "acme", MAX_TENANT_KEYS).await;
+    let before = registry.tenant_now("acme").await.expect("read");
+    // WHEN it is rotated
+    let (status, body) = w.rotate_via(&w.base, ("acme", 60), "idem-full").await.expect("answer");
+    // THEN a 409 `key-limit` naming the limit; API Gateway holds no new key, the item is as it was
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:key-limit", "{body}");
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(detail.contains(&format!("{MAX_TENANT_KEYS} keys")), "{detail}");
+    assert_eq!(w.keys_of("acme").await, vec![own]);
+    assert_eq!(registry.tenant_now("acme").await.expect("read"), before);
+}
+
+#[tokio::test]
+async fn a_rotation_that_finds_the_list_filled_meanwhile_lists_nothing_and_disables_its_key() {
+    // GIVEN acme onboarded on a policy table, its item one key short of MAX_TENANT_KEYS, and the
+    // list filled by another writer right before the rotation lists its new key
+    let (w, registry) = wrapped("tg-key-limit-2", None).await;
+    w.onboarded("acme").await;
+    fill(&registry.inner, "acme", MAX_TENANT_KEYS - 1).await;
+    let inner = registry.inner.clone();
+    registry.hook(
+        At::TenantWrite,
+        Box::pin(async move { fill(&inner, "acme", MAX_TENANT_KEYS).await }),
+    );
+    // WHEN it is rotated
+    let (status, body) = w.rotate_via(&w.base, ("acme", 60), "idem-race").await.expect("answer");
+    // THEN a 409 `key-limit`; the list holds MAX_TENANT_KEYS keys, not one more, and the key the
+    // rotation made is disabled in API Gateway
+    assert!(registry.hooks_ran());
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:key-limit", "{body}");
+    assert_eq!(listed(&registry, "acme").await.map(|k| k.len()), Some(MAX_TENANT_KEYS));
+    let keys = w.gw.get_api_keys().customer_id("acme").send().await.expect("keys");
+    let enabled: Vec<_> = keys.items().iter().filter(|k| k.enabled()).collect();
+    assert_eq!(enabled.len(), 1, "only the onboarded key: {enabled:?}");
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::idempotency::{Once, fingerprint, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, create, disable_key, key_change, revoke, tenant_change};
+use super::{Api, create, disable_key, full, key_change, key_limit, revoke, tenant_change};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
@@ -53,6 +53,7 @@ async fn put_on_plan_and_list(
         let changed = api.list_key((tenant, plan), key_id, &hash.to_hex()).await?;
         match &changed.after {
             Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(key_id)) => Ok(changed),
+            Some(t) if full(t.keys.as_ref(), Some(key_id)) => Err(key_limit(tenant)),
             Some(t) if t.plan != plan || t.moving_until.is_some() => Err(Problem::conflict(
                 "tenant-changed",
                 format!(
@@ -184,8 +185,15 @@ impl Rotating<'_> {
         }
         let control = api.control("key rotation")?.clone();
         let plan_id = api.usage_plan(self.plans, control.as_ref(), &record.plan).await?.id;
+        // A key an earlier attempt made (its answer lost) has its name: found, not created again.
+        let name = key_name(tenant, &format!("rotation:{}", self.idem));
+        let existing = control.api_key_named(&name).await?;
+        // A tenant with a full list gets no key: nothing is written.
+        if full(Some(&listed), existing.as_deref()) {
+            return Err(key_limit(tenant));
+        }
         // Not among the keys this rotation revokes (a retry finds it listed).
-        let key = self.new_key(control.as_ref()).await?;
+        let key = self.new_key(control.as_ref(), name, existing).await?;
         listed.remove(&key.id);
         let hash = ApiKeyHash::of(&key.value);
         let key_record = KeyRecord {
@@ -238,11 +246,15 @@ impl Rotating<'_> {
         Ok((done, answer))
     }
 
-    /// The rotation's new key: created, or, made by an attempt whose answer was lost, found by
-    /// its name (one per tenant and Idempotency-Key), not created again.
-    async fn new_key(&self, control: &dyn ControlWrites) -> Result<CreatedKey, Problem> {
-        let name = key_name(self.tenant, &format!("rotation:{}", self.idem));
-        if let Some(id) = control.api_key_named(&name).await? {
+    /// The rotation's new key, named `name`: created, or the key `existing` of that name an
+    /// earlier attempt made.
+    async fn new_key(
+        &self,
+        control: &dyn ControlWrites,
+        name: String,
+        existing: Option<String>,
+    ) -> Result<CreatedKey, Problem> {
+        if let Some(id) = existing {
             return reused(control.api_key(&id).await?, &id);
         }
         let key = NewApiKey {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::anchor::checked_anchor;
 use super::idempotency::{Once, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, create, disable_key};
+use super::{Api, create, disable_key, full, key_limit};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::ItemChange;
@@ -189,9 +189,15 @@ impl Onboarding<'_> {
         };
         let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
         // A retry finds the first attempt's record, anchor day included.
-        let Some(made) = tenant.after.filter(|t| t.plan == body.plan && listed(t)) else {
+        let Some(made) = tenant.after.clone().filter(|t| t.plan == body.plan && listed(t)) else {
             disable_key(control, &key.id).await?;
             control.delete_usage_plan_key(plan_id, &key.id).await?;
+            if tenant
+                .after
+                .is_some_and(|t| t.plan == body.plan && full(t.keys.as_ref(), Some(&key.id)))
+            {
+                return Err(key_limit(&body.tenant));
+            }
             return Err(Problem::conflict(
                 "tenant-exists",
                 format!(
