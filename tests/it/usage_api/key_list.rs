@@ -2,7 +2,7 @@
 //! tenant (strongly consistent), never only from the eventually consistent `by-tenant` index; a
 //! key revoked leaves the list; an item without a list (older code) gets one from the index once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -217,4 +217,37 @@ async fn a_rotation_that_finds_the_list_filled_meanwhile_lists_nothing_and_disab
     let keys = w.gw.get_api_keys().customer_id("acme").send().await.expect("keys");
     let enabled: Vec<_> = keys.items().iter().filter(|k| k.enabled()).collect();
     assert_eq!(enabled.len(), 1, "only the onboarded key: {enabled:?}");
+}
+
+#[tokio::test]
+async fn an_onboarding_that_finds_its_tenant_made_meanwhile_with_a_full_list_answers_key_limit() {
+    // GIVEN an onboarding of acme on free, and another writer that makes acme on free listing
+    // MAX_TENANT_KEYS keys right before the onboarding writes acme's item
+    let (w, registry) = wrapped("tg-key-limit-3", None).await;
+    let inner = registry.inner.clone();
+    registry.hook(
+        At::TenantWrite,
+        Box::pin(async move {
+            let made = |_: Option<&TenantRecord>| {
+                ItemAction::Put(TenantRecord {
+                    plan: "free".to_owned(),
+                    anchor: None,
+                    moving_until: None,
+                    keys: Some(BTreeMap::new()),
+                })
+            };
+            inner.change_tenant("acme", &made).await.expect("made");
+            fill(&inner, "acme", MAX_TENANT_KEYS).await;
+        }),
+    );
+    // WHEN acme is onboarded
+    let (status, body) = w.onboard_via(&w.base, "acme", "idem-full").await.expect("answer");
+    // THEN a 409 `key-limit`; the list holds MAX_TENANT_KEYS keys, not one more, and no key of
+    // acme is enabled in API Gateway
+    assert!(registry.hooks_ran());
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:key-limit", "{body}");
+    assert_eq!(listed(&registry, "acme").await.map(|k| k.len()), Some(MAX_TENANT_KEYS));
+    let keys = w.gw.get_api_keys().customer_id("acme").send().await.expect("keys");
+    assert!(keys.items().iter().all(|k| !k.enabled()), "{keys:?}");
 }
