@@ -10,6 +10,7 @@ mod key_list;
 mod moves;
 mod onboarding;
 mod races;
+mod retention;
 mod rollback;
 mod rotation;
 mod rotation_retries;

@@ -80,6 +80,7 @@ async fn the_first_sweep_enqueues_revocations_stored_before_buckets_by_one_scan_
             hash: ApiKeyHash::of(value).to_hex(),
             at,
             attempts: 0,
+            delete: false,
         };
         let item = json_item(revoke_pk(id), serde_json::to_string(&r).expect("json"));
         client

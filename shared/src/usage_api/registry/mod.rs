@@ -77,7 +77,8 @@ pub struct DueRevocations {
     pub cursor: Option<u64>,
 }
 
-/// A rotated-out key, revoked once `at` (epoch seconds) has passed.
+/// A rotated-out key, revoked once `at` (epoch seconds) has passed; or a revoked one, deleted from
+/// API Gateway once `at` has passed (`delete`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     pub tenant: String,
@@ -88,10 +89,18 @@ pub struct Revocation {
     /// How many times revoking it failed (each postpones it: `routes::keys::revocation_backoff`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// The key is revoked already: at `at` it is deleted from API Gateway, its retention
+    /// (`REVOKED_KEY_RETENTION`) over, unless it was enabled again meanwhile.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delete: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[async_trait]

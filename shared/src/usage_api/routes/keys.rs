@@ -24,7 +24,7 @@ use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, Tenant, cr
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, IdempotencyRecord, ItemAction, Revocation};
 use crate::usage_api::views::{IssuedKey, KeyView, Rotated};
-use crate::usage_api::{MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, UsageApi};
+use crate::usage_api::{MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, REVOKED_KEY_RETENTION, UsageApi};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -351,6 +351,7 @@ async fn schedule_revocations(
             hash: hash.clone(),
             at,
             attempts: 0,
+            delete: false,
         };
         scheduled.extend(schedule(api, asked).await?);
     }
@@ -371,6 +372,8 @@ async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation
         let r = match &pending {
             None if seen => return Ok(None),
             None => asked.clone(),
+            // The key is revoked already, its deletion pending: nothing to schedule.
+            Some(p) if p.delete => return Ok(None),
             Some(p) if p.at <= asked.at => return Ok(Some(p.clone())),
             Some(p) => Revocation {
                 at: asked.at,
@@ -416,7 +419,9 @@ pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
 
 impl UsageApi {
     /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
-    /// the registry, audited as `actor`, taken off the tenant's list; the keys revoked. Deployed,
+    /// the registry, audited as `actor`, taken off the tenant's list, and their deletion from API
+    /// Gateway scheduled after `REVOKED_KEY_RETENTION`; deletes the revoked keys whose retention
+    /// is over; the keys revoked or deleted (`delete`). Deployed,
     /// a schedule runs it every minute, so an old key stops at its deadline even when no admin
     /// route is called; every admin route that reads or changes keys runs it first as well. One
     /// run revokes at most `SWEEP_REVOCATIONS` keys. A key whose revocation fails (API Gateway
@@ -458,9 +463,15 @@ impl UsageApi {
         Ok(false)
     }
 
-    /// Revokes one key whose grace period is over; its revocation is removed, and the key taken
-    /// off its tenant's list, once the key is disabled and the change audited.
+    /// Revokes one key whose grace period is over; once the key is disabled and the change
+    /// audited, its revocation becomes its deletion from API Gateway after
+    /// `REVOKED_KEY_RETENTION` (written over the revocation as read: one a rotation changed
+    /// meanwhile, or an offboarding removed, is left so), and the key is taken off its tenant's
+    /// list. A revocation already so (`delete`) deletes the key (`delete_one`).
     async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
+        if r.delete {
+            return self.delete_one(actor, r).await;
+        }
         if let Some(control) = &self.control {
             disable_key(control.as_ref(), &r.key_id).await?;
         }
@@ -475,8 +486,39 @@ impl UsageApi {
             items,
         )
         .await?;
-        self.registry.remove_revocation(&r.key_id).await?;
+        let deletion = Revocation {
+            at: self.now().as_secs().saturating_add(REVOKED_KEY_RETENTION.as_secs()),
+            attempts: 0,
+            delete: true,
+            ..r.clone()
+        };
+        if !self.registry.put_revocation(&deletion, Some(r)).await? {
+            tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
+        }
         self.unlist_key(&r.tenant, &r.key_id).await.map(drop)
+    }
+
+    /// Deletes a revoked key from API Gateway, its retention over, so that revoked keys do not
+    /// fill the account's key quota; audited, and its record removed. A key API Gateway has
+    /// enabled again (by hand, since) is not deleted; one it no longer has is done.
+    async fn delete_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
+        if let Some(control) = &self.control {
+            match control.api_key(&r.key_id).await? {
+                Some(k) if k.enabled => {
+                    tracing::warn!(key_id = %r.key_id, "usage api: a revoked key is enabled again; not deleted");
+                }
+                Some(_) => {
+                    control.delete_api_key(&r.key_id).await?;
+                    let summary = format!(
+                        "delete key {} of tenant {} from API Gateway (revoked, retention over)",
+                        r.key_id, r.tenant
+                    );
+                    self.audit(actor, summary, Vec::new()).await?;
+                }
+                None => {}
+            }
+        }
+        self.registry.remove_revocation(&r.key_id).await.map_err(Problem::from)
     }
 
     /// `revoke_due` as the admin routes run it first.
