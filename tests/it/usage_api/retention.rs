@@ -1,5 +1,6 @@
 //! Revoked keys leave API Gateway: the sweep deletes a rotated-out key `REVOKED_KEY_RETENTION`
-//! after it revoked it, not before, and never one enabled again by hand meanwhile.
+//! after it revoked it (or an offboarding disabled it), not before, and never one enabled again by
+//! hand meanwhile.
 
 use std::time::Duration;
 
@@ -81,4 +82,27 @@ async fn a_revoked_key_enabled_again_by_hand_is_not_deleted() {
     sweep_hourly_until(&w, at + REVOKED_KEY_RETENTION.as_secs() + 180).await;
     // THEN API Gateway still has it, enabled
     assert_eq!(in_gateway(&w, &old).await, Some(true));
+}
+
+#[tokio::test]
+async fn an_offboarded_tenants_keys_are_deleted_once_their_retention_is_over() {
+    // GIVEN initech onboarded, its first key rotated out and revoked, then offboarded
+    let (w, ..) = World::on_policy_table("tg-retention-3").await;
+    let (old, _) = revoked(&w, "initech").await;
+    let keys = w.keys_of("initech").await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let res = w
+        .admin(reqwest::Method::DELETE, "/v1/tenants/initech")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let at = w.clock.now().as_secs();
+    // WHEN the sweep runs past the retention
+    sweep_hourly_until(&w, at + REVOKED_KEY_RETENTION.as_secs() + 180).await;
+    // THEN API Gateway has neither key any more: the one the sweep revoked, nor the one the
+    // offboarding disabled
+    for id in keys {
+        assert_eq!(in_gateway(&w, &id).await, None, "{id} (revoked: {old})");
+    }
 }
