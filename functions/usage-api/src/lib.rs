@@ -111,7 +111,8 @@ pub const TAG_API_KEYS: &str = "/tags/arn%3A${AWS::Partition}%3Aapigateway%3A${A
 
 /// The API Gateway calls it makes, as IAM actions on resource paths, and what each grant is
 /// conditioned on.
-pub const CONTROL_ACCESS: [(&str, &str, Scope); 11] = [
+pub const CONTROL_ACCESS: [(&str, &str, Scope); 12] = [
+    ("apigateway:DELETE", "/apikeys/*", Scope::Tagged),
     ("apigateway:DELETE", "/usageplans/*/keys/*", Scope::Tagged),
     ("apigateway:GET", "/apikeys", Scope::Any),
     ("apigateway:GET", "/apikeys/*", Scope::Any),
@@ -217,6 +218,7 @@ mod tests {
                 hash: hash.to_hex(),
                 at: 1000,
                 attempts: 0,
+                delete: false,
             },
             None,
         )
@@ -259,13 +261,12 @@ mod tests {
         // THEN the key due is revoked, audited as the schedule, and no longer resolves
         assert_eq!(out, json!({"revoked": ["k1"]}));
         assert!(dir.resolve(&ApiKeyHash::of("old-key")).await.expect("dir").is_none());
-        assert!(
-            Registry::due_revocations(dir.as_ref(), u64::MAX)
-                .await
-                .expect("dir")
-                .due
-                .is_empty()
-        );
+        // (what stays is its deletion from API Gateway, after the retention)
+        let left = Registry::due_revocations(dir.as_ref(), u64::MAX)
+            .await
+            .expect("dir")
+            .due;
+        assert!(left.iter().all(|r| r.delete), "{left:?}");
         let records = audit.records();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].actor.as_deref(), Some(SCHEDULE_ACTOR));

@@ -46,10 +46,18 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 /// Longest `reason` of a shed level set through the API.
 pub const MAX_SHED_REASON: usize = 500;
+/// The most keys the usage API lists on one tenant (its item's `keys`, the keys not yet revoked):
+/// an onboarding or rotation that would list one more answers 409 `key-limit` and issues none.
+/// Each entry is under 100 bytes, so the item stays far inside DynamoDB's 400 KB.
+pub const MAX_TENANT_KEYS: usize = 100;
+/// How long a revoked key stays in API Gateway, disabled, before the sweep deletes it (so that
+/// revoked keys do not fill the account's quota of 10,000 keys): a week, in which an operator can
+/// still find it, or enable it again by hand (then it is not deleted).
+pub const REVOKED_KEY_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 /// Longest `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
-/// How long an onboarding attempt holds its Idempotency-Key against concurrent ones.
-pub const ONBOARDING_CLAIM_SECS: u64 = 60;
+/// How long an onboarding or rotation attempt holds its Idempotency-Key against concurrent ones.
+pub const IDEMPOTENCY_CLAIM_SECS: u64 = 60;
 /// How long a plan read for `GET /v1/usage` is reused (the authorizer trusts keys as long).
 pub const PLAN_CACHE_TTL: Duration = Duration::from_secs(60);
 

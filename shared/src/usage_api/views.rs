@@ -190,7 +190,7 @@ pub(super) async fn key_views(api: &UsageApi, tenant: &str) -> Result<Vec<KeyVie
     let mut keys = Vec::new();
     for (_, r) in api.registry.keys_of(tenant).await? {
         let pending = match r.enabled {
-            true => api.registry.revocation(&r.key_id).await?,
+            true => api.registry.revocation(&r.key_id).await?.filter(|v| !v.delete),
             false => None,
         };
         keys.push(KeyView {

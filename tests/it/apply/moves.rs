@@ -230,3 +230,49 @@ async fn a_rollback_of_a_move_with_a_sync_after_each_removal_leaves_no_tenant_re
         .count();
     assert_eq!(enabled, TENANTS);
 }
+
+#[tokio::test]
+async fn a_plan_apply_creates_for_moved_tenants_covers_the_api_stages_they_come_from() {
+    use aws_sdk_apigateway::types::ApiStage;
+
+    use crate::support::apigateway::UsagePlan as NewPlan;
+    // GIVEN acme's key on free, whose usage plan covers two API stages, and initech's on basic,
+    // which covers none; synced; and no usage plan for gold
+    let w = World::new("tg-apply-stages-1").await;
+    let on = |api: &str| ApiStage::builder().api_id(api).stage("prod").build();
+    let free = NewPlan::named("free")
+        .throttle(10.0, 20)
+        .daily_quota(50_000)
+        .stage(on("api2"))
+        .stage(on("api1"))
+        .create(&w.gw)
+        .await;
+    let basic = w.plan("basic", 10.0, 20, 50_000).await;
+    let acme = w.key("acme", "tg_live_staged_acme", &free).await;
+    let initech = w.key("initech", "tg_live_staged_initech", &basic).await;
+    w.sync().await;
+    // WHEN a file that creates gold and moves both tenants to it is applied
+    let file = "[plans.free]\nrate = 10.0\nburst = 20\ndaily_quota = 50000\n\
+                [plans.basic]\nrate = 10.0\nburst = 20\ndaily_quota = 50000\n\
+                [plans.gold]\nrate = 5.0\nburst = 5\ndaily_quota = 100\n\
+                [tenants.acme]\nplan = \"gold\"\n[tenants.initech]\nplan = \"gold\"\n";
+    w.apply(file).await.expect("apply");
+    // THEN gold's usage plan covers free's stages, so acme's key reaches what it reached (a plan
+    // without them answers 403 on every apiKeyRequired method), and holds both keys
+    let plans = w.direct.usage_plans().await.expect("usage plans");
+    let gold = plans
+        .iter()
+        .find(|p| tollgate::control::sync::mapping::plan_name(p) == "gold")
+        .expect("gold created");
+    let stages: Vec<(&str, &str)> = gold
+        .stages
+        .iter()
+        .map(|s| (s.api_id.as_str(), s.stage.as_str()))
+        .collect();
+    assert_eq!(stages, vec![("api1", "prod"), ("api2", "prod")]);
+    let mut keys = gold.key_ids.clone();
+    keys.sort();
+    let mut want = vec![acme, initech];
+    want.sort();
+    assert_eq!(keys, want);
+}

@@ -157,9 +157,13 @@ impl Both {
         self.registry.tenant_plan(tenant).await.expect("table")
     }
 
-    /// An admin request to the usage API, run as a hook.
+    /// An admin request to the usage API under a new Idempotency-Key (which the routes that take
+    /// none ignore), run as a hook.
     fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Hook {
-        let mut req = self.w.admin(method, path);
+        let mut req = self
+            .w
+            .admin(method, path)
+            .header("idempotency-key", crate::support::emulator::unique("idem"));
         if let Some(body) = body {
             req = req.json(&body);
         }

@@ -2,24 +2,22 @@
 //! tenant (strongly consistent), never only from the eventually consistent `by-tenant` index; a
 //! key revoked leaves the list; an item without a list (older code) gets one from the index once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tollgate::directory::Directory;
+use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::policy_table::TenantRecord;
+use tollgate::usage_api::MAX_TENANT_KEYS;
+use tollgate::usage_api::registry::{ItemAction, Registry};
 use tollgate_usage_api::SCHEDULE_ACTOR;
 
 use super::World;
-use super::wrapped::{Wrapped, wrapped};
+use super::wrapped::{At, Wrapped, wrapped};
 
 async fn rotated(w: &World, tenant: &str, grace: u64) -> Value {
-    let res = (w.admin(Method::POST, &format!("/v1/tenants/{tenant}/keys")))
-        .json(&json!({ "grace_seconds": grace }))
-        .send()
-        .await
-        .expect("answer");
+    let res = w.rotation(tenant, grace).send().await.expect("answer");
     assert_eq!(res.status(), StatusCode::CREATED);
     res.json().await.expect("json")
 }
@@ -156,4 +154,100 @@ async fn offboarding_disables_a_listed_key_that_api_gateway_no_longer_has() {
     // THEN it is: the gone key is as good as disabled, the other is disabled
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert!(!enabled_in_gateway(&w, &new).await);
+}
+
+/// Lists made-up keys on `tenant`'s item (as rotated-out keys not yet revoked are listed) until it
+/// lists `n`.
+async fn fill(registry: &DynamoDirectory, tenant: &str, n: usize) {
+    let decide = |t: Option<&TenantRecord>| {
+        let Some(t) = t else { return ItemAction::Leave };
+        let mut keys = t.keys.clone().unwrap_or_default();
+        for i in 0.. {
+            if keys.len() >= n {
+                break;
+            }
+            keys.insert(format!("made-up-{i:03}"), format!("{i:064x}"));
+        }
+        ItemAction::Put(TenantRecord {
+            keys: Some(keys),
+            ..t.clone()
+        })
+    };
+    registry.change_tenant(tenant, &decide).await.expect("filled");
+}
+
+#[tokio::test]
+async fn a_rotation_of_a_tenant_listing_the_most_keys_answers_key_limit_and_writes_nothing() {
+    // GIVEN acme onboarded on a policy table, its item listing MAX_TENANT_KEYS keys
+    let (w, registry, ..) = World::on_policy_table("tg-key-limit-1").await;
+    let own = w.onboarded("acme").await;
+    fill(&registry, "acme", MAX_TENANT_KEYS).await;
+    let before = registry.tenant_now("acme").await.expect("read");
+    // WHEN it is rotated
+    let (status, body) = w.rotate_via(&w.base, ("acme", 60), "idem-full").await.expect("answer");
+    // THEN a 409 `key-limit` naming the limit; API Gateway holds no new key, the item is as it was
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:key-limit", "{body}");
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(detail.contains(&format!("{MAX_TENANT_KEYS} keys")), "{detail}");
+    assert_eq!(w.keys_of("acme").await, vec![own]);
+    assert_eq!(registry.tenant_now("acme").await.expect("read"), before);
+}
+
+#[tokio::test]
+async fn a_rotation_that_finds_the_list_filled_meanwhile_lists_nothing_and_disables_its_key() {
+    // GIVEN acme onboarded on a policy table, its item one key short of MAX_TENANT_KEYS, and the
+    // list filled by another writer right before the rotation lists its new key
+    let (w, registry) = wrapped("tg-key-limit-2", None).await;
+    w.onboarded("acme").await;
+    fill(&registry.inner, "acme", MAX_TENANT_KEYS - 1).await;
+    let inner = registry.inner.clone();
+    registry.hook(
+        At::TenantWrite,
+        Box::pin(async move { fill(&inner, "acme", MAX_TENANT_KEYS).await }),
+    );
+    // WHEN it is rotated
+    let (status, body) = w.rotate_via(&w.base, ("acme", 60), "idem-race").await.expect("answer");
+    // THEN a 409 `key-limit`; the list holds MAX_TENANT_KEYS keys, not one more, and the key the
+    // rotation made is disabled in API Gateway
+    assert!(registry.hooks_ran());
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:key-limit", "{body}");
+    assert_eq!(listed(&registry, "acme").await.map(|k| k.len()), Some(MAX_TENANT_KEYS));
+    let keys = w.gw.get_api_keys().customer_id("acme").send().await.expect("keys");
+    let enabled: Vec<_> = keys.items().iter().filter(|k| k.enabled()).collect();
+    assert_eq!(enabled.len(), 1, "only the onboarded key: {enabled:?}");
+}
+
+#[tokio::test]
+async fn an_onboarding_that_finds_its_tenant_made_meanwhile_with_a_full_list_answers_key_limit() {
+    // GIVEN an onboarding of acme on free, and another writer that makes acme on free listing
+    // MAX_TENANT_KEYS keys right before the onboarding writes acme's item
+    let (w, registry) = wrapped("tg-key-limit-3", None).await;
+    let inner = registry.inner.clone();
+    registry.hook(
+        At::TenantWrite,
+        Box::pin(async move {
+            let made = |_: Option<&TenantRecord>| {
+                ItemAction::Put(TenantRecord {
+                    plan: "free".to_owned(),
+                    anchor: None,
+                    moving_until: None,
+                    keys: Some(BTreeMap::new()),
+                })
+            };
+            inner.change_tenant("acme", &made).await.expect("made");
+            fill(&inner, "acme", MAX_TENANT_KEYS).await;
+        }),
+    );
+    // WHEN acme is onboarded
+    let (status, body) = w.onboard_via(&w.base, "acme", "idem-full").await.expect("answer");
+    // THEN a 409 `key-limit`; the list holds MAX_TENANT_KEYS keys, not one more, and no key of
+    // acme is enabled in API Gateway
+    assert!(registry.hooks_ran());
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:key-limit", "{body}");
+    assert_eq!(listed(&registry, "acme").await.map(|k| k.len()), Some(MAX_TENANT_KEYS));
+    let keys = w.gw.get_api_keys().customer_id("acme").send().await.expect("keys");
+    assert!(keys.items().iter().all(|k| !k.enabled()), "{keys:?}");
 }

@@ -10,8 +10,10 @@ mod key_list;
 mod moves;
 mod onboarding;
 mod races;
+mod retention;
 mod rollback;
 mod rotation;
+mod rotation_retries;
 mod scale;
 mod sweep;
 mod upgrade;
@@ -180,15 +182,33 @@ impl World {
         answer.json().await.expect("json")
     }
 
-    /// An admin's `POST path` with `body`, answered in JSON.
-    async fn post_json(&self, path: &str, body: Value) -> Value {
-        let answer = self
-            .admin(reqwest::Method::POST, path)
-            .json(&body)
+    /// An admin's rotation of `tenant`'s keys with `grace` seconds, under a new
+    /// Idempotency-Key.
+    fn rotation(&self, tenant: &str, grace: u64) -> reqwest::RequestBuilder {
+        self.admin(reqwest::Method::POST, &format!("/v1/tenants/{tenant}/keys"))
+            .header("idempotency-key", emulator::unique("rotation"))
+            .json(&json!({ "grace_seconds": grace }))
+    }
+
+    /// A rotation of `tenant`'s keys with `grace` seconds under Idempotency-Key `idem`, sent to
+    /// `base`: its status and JSON.
+    async fn rotate_via(
+        &self,
+        base: &str,
+        (tenant, grace): (&str, u64),
+        idem: &str,
+    ) -> Result<(StatusCode, Value), reqwest::Error> {
+        let res = self
+            .http
+            .post(format!("{base}/v1/tenants/{tenant}/keys"))
+            .bearer_auth(TOKEN)
+            .header("connection", "close")
+            .header("idempotency-key", idem)
+            .json(&json!({ "grace_seconds": grace }))
             .send()
-            .await
-            .expect("answer");
-        answer.json().await.expect("json")
+            .await?;
+        let status = res.status();
+        Ok((status, res.json().await.unwrap_or(Value::Null)))
     }
 
     fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

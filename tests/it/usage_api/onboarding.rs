@@ -168,7 +168,7 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
         .send()
         .await
         .expect("delete");
-    let until = w.clock.now().as_secs() + tollgate::usage_api::ONBOARDING_CLAIM_SECS;
+    let until = w.clock.now().as_secs() + tollgate::usage_api::IDEMPOTENCY_CLAIM_SECS;
     let claim = tollgate::policy_table::record::claim_item(
         tollgate::policy_table::idem_claim_pk("idem-s"),
         until,
@@ -184,7 +184,7 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
     let (busy, problem) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
     assert_eq!(busy, StatusCode::CONFLICT, "{problem}");
     w.clock
-        .advance(Duration::from_secs(tollgate::usage_api::ONBOARDING_CLAIM_SECS));
+        .advance(Duration::from_secs(tollgate::usage_api::IDEMPOTENCY_CLAIM_SECS));
     let (s3, third) = w.onboard_via(&w.base, "stark", "idem-s").await.expect("answer");
     assert_eq!(s3, StatusCode::CREATED, "{third}");
     assert_eq!(third["key"], first["key"]);

@@ -32,7 +32,7 @@ fn answered(req: reqwest::RequestBuilder) -> (Hook, oneshot::Receiver<(StatusCod
 }
 
 fn rotation(w: &World, tenant: &str, grace: u64) -> reqwest::RequestBuilder {
-    (w.admin(Method::POST, &format!("/v1/tenants/{tenant}/keys"))).json(&json!({ "grace_seconds": grace }))
+    w.rotation(tenant, grace)
 }
 
 async fn enabled_in_gateway(w: &World, id: &str) -> bool {
@@ -81,8 +81,9 @@ async fn a_key_rotated_in_right_before_offboarding_deletes_the_tenant_is_disable
     assert!(!enabled_in_gateway(&w, &first).await);
     assert!(!enabled_in_gateway(&w, new).await, "the rotated-in key is left enabled");
     assert_eq!(enabled_unlisted(&w, &registry, "acme").await, Vec::<String>::new());
-    // AND no revocation of the first key is left behind for the sweep (its tenant is gone)
-    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+    // AND no revocation of the first key is left behind for the sweep (its tenant is gone): only
+    // its deletion after the retention
+    only_its_deletion(&registry, &first).await;
 }
 
 #[tokio::test]
@@ -90,10 +91,10 @@ async fn a_rotation_run_while_offboarding_drops_a_revocation_schedules_none_for_
     // GIVEN tyrell onboarded
     let (w, registry) = wrapped("tg-races-7", None).await;
     let first = w.onboarded("tyrell").await;
-    // WHEN tyrell is offboarded, and right after the offboarding dropped the first key's
-    // revocation (there is none), a rotation of tyrell runs to completion
+    // WHEN tyrell is offboarded, and right after the offboarding turned the first key's
+    // revocation (there is none) into its deletion, a rotation of tyrell runs to completion
     let (rotating, rotated) = answered(rotation(&w, "tyrell", 3600));
-    registry.hook(At::RevocationRemoved(first.clone()), rotating);
+    registry.hook(At::RevocationWritten(first.clone()), rotating);
     let offboarded = w
         .admin(Method::DELETE, "/v1/tenants/tyrell")
         .send()
@@ -109,8 +110,14 @@ async fn a_rotation_run_while_offboarding_drops_a_revocation_schedules_none_for_
         assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
     }
     assert_eq!(enabled_items(&registry, "tyrell").await, Vec::<String>::new());
-    // AND the first key's revocation the rotation scheduled is not left behind for the sweep
-    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+    // AND no revocation of the first key is left behind for the sweep: only its deletion
+    only_its_deletion(&registry, &first).await;
+}
+
+/// Key `id` has no revocation pending, only its deletion after the retention.
+async fn only_its_deletion(registry: &Wrapped, id: &str) {
+    let stored = registry.inner.revocation(id).await.expect("read");
+    assert!(stored.as_ref().is_some_and(|r| r.delete), "{stored:?}");
 }
 
 /// The key ids of `tenant`'s items the policy table has enabled.
@@ -138,12 +145,12 @@ async fn a_rotation_whose_tenant_is_offboarded_while_it_schedules_answers_409_an
     assert_eq!(offboarded.await.expect("the offboarding ran").0, StatusCode::NO_CONTENT);
     assert_eq!(registry.inner.tenant("soylent").await.expect("tenant"), None);
     // AND no key of soylent is enabled, in API Gateway or in the policy table, and no revocation
-    // is left behind for the sweep
+    // is left behind for the sweep: only the first key's deletion
     for id in w.keys_of("soylent").await {
         assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
     }
     assert_eq!(enabled_items(&registry, "soylent").await, Vec::<String>::new());
-    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+    only_its_deletion(&registry, &first).await;
     // AND the rotation answers 409: its key is not issued
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["type"], "urn:tollgate:problem:tenant-changed", "{body}");
@@ -247,11 +254,12 @@ async fn a_revocation_the_sweep_removed_while_a_rotation_rescheduled_it_stays_re
     );
     let again = rotation(&w, "initech", 60).send().await.expect("answer");
     // THEN the first key is revoked, and no revocation of it is stored again (in the bucket of
-    // its earlier deadline, behind the sweep's cursor, no run would ever read it)
+    // its earlier deadline, behind the sweep's cursor, no run would ever read it): only its
+    // deletion after the retention, as the sweep wrote it
     assert!(registry.hooks_ran());
     assert_eq!(again.status(), StatusCode::CREATED);
     assert!(!enabled_in_gateway(&w, &first).await);
-    assert_eq!(registry.inner.revocation(&first).await.expect("read"), None);
+    only_its_deletion(&registry, &first).await;
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tollgate::directory::Directory;
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::usage_api::registry::Registry;
@@ -23,8 +23,13 @@ async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
     let old = body["key"]["value"].as_str().expect("value").to_owned();
     // WHEN it is rotated with a 300 s grace period
     let rotated: Value = w
-        .post_json("/v1/tenants/umbrella/keys", json!({"grace_seconds": 300}))
-        .await;
+        .rotation("umbrella", 300)
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
     let new = rotated["key"]["value"].as_str().expect("new value").to_owned();
     assert_eq!(rotated["revoking"][0]["id"], old_id.as_str());
     // AND the new key is the stack's, as the onboarded one is: tagged with its name
@@ -66,11 +71,7 @@ async fn a_second_rotation_never_postpones_the_first_ones_revocation() {
     let w = World::new("ap-northeast-2").await;
     let (_, body) = w.onboard_via(&w.base, "parasol", "idem-p").await.expect("onboard");
     let first = body["key"]["value"].as_str().expect("value").to_owned();
-    let rotate = |grace: u64| {
-        w.admin(reqwest::Method::POST, "/v1/tenants/parasol/keys")
-            .json(&json!({ "grace_seconds": grace }))
-            .send()
-    };
+    let rotate = |grace: u64| w.rotation("parasol", grace).send();
     let second: Value = rotate(300).await.expect("answer").json().await.expect("json");
     let second = second["key"]["value"].as_str().expect("value").to_owned();
     // WHEN it is rotated again a minute later, with an hour of grace
@@ -102,12 +103,7 @@ async fn the_scheduled_sweep_revokes_exactly_the_rotated_keys_past_their_deadlin
             .await
             .expect("onboard");
         old.insert(tenant, body["key"].clone());
-        let res = w
-            .admin(reqwest::Method::POST, &format!("/v1/tenants/{tenant}/keys"))
-            .json(&json!({"grace_seconds": grace}))
-            .send()
-            .await
-            .expect("answer");
+        let res = w.rotation(tenant, grace).send().await.expect("answer");
         assert_eq!(res.status(), StatusCode::CREATED);
     }
     let enabled = |tenant: &'static str| {

@@ -138,7 +138,9 @@ async fn costs(region: &'static str, keys: usize) -> Vec<(&'static str, Counts)>
     };
     let step = async |method: Method, path: &str, body: serde_json::Value, want: StatusCode| {
         let before = both();
-        let req = w.admin(method, path).header("idempotency-key", "idem-acme");
+        let req = w
+            .admin(method, path)
+            .header("idempotency-key", format!("idem-acme-{path}"));
         let res = req.json(&body).send().await.expect("answer");
         assert_eq!(res.status(), want, "{path}: {:?}", res.text().await);
         since(before)

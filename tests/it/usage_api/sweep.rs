@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tollgate::aws::admin_client;
 use tollgate::directory::dynamodb::FIRST_SWEEP_SCAN;
 use tollgate::directory::{Directory, DynamoDirectory};
@@ -71,9 +71,7 @@ async fn enabled(w: &World, registry: &DynamoDirectory, (id, value): &(String, S
 }
 
 async fn rotate(w: &World, tenant: &str, grace: u64) -> reqwest::Response {
-    let path = format!("/v1/tenants/{tenant}/keys");
-    let body = json!({ "grace_seconds": grace });
-    w.admin(Method::POST, &path).json(&body).send().await.expect("answer")
+    w.rotation(tenant, grace).send().await.expect("answer")
 }
 
 /// Stores a revocation of `key` (of `tenant`, due at `at`) as the previous release did: a
@@ -169,6 +167,7 @@ async fn the_first_sweep_enqueues_revocations_stored_before_buckets_by_one_scan_
             hash: ApiKeyHash::of(value).to_hex(),
             at,
             attempts: 0,
+            delete: false,
         };
         let item = json_item(revoke_pk(id), serde_json::to_string(&r).expect("json"));
         client

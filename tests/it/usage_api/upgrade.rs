@@ -32,12 +32,7 @@ async fn routes_reading_a_tenants_keys_answer_503_until_the_index_exists() {
     // day and offboarded
     let (status, body) = w.onboard_via(&w.base, "early", "idem-early").await.expect("onboard");
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let rotate = w.admin(Method::POST, "/v1/tenants/early/keys");
-    let rotated = rotate
-        .json(&serde_json::json!({"grace_seconds": 60}))
-        .send()
-        .await
-        .expect("answer");
+    let rotated = w.rotation("early", 60).send().await.expect("answer");
     let read = w.admin(Method::GET, "/v1/tenants/early").send().await.expect("answer");
     let before = stored.tenant("early").await.expect("read").expect("tenant");
     let moved = w

@@ -37,6 +37,8 @@ pub(super) enum At {
     RevocationRead(String),
     /// Right after the revocation of this key id was removed.
     RevocationRemoved(String),
+    /// Right after the revocation of this key id was written.
+    RevocationWritten(String),
 }
 
 /// The registry on a policy table, its index lagging once `freeze` is called, running each hook
@@ -202,7 +204,9 @@ impl Registry for Wrapped {
                 "the table is unavailable (injected)".to_owned(),
             ));
         }
-        self.inner.put_revocation(r, read).await
+        let written = self.inner.put_revocation(r, read).await;
+        self.run(&At::RevocationWritten(r.key_id.clone())).await;
+        written
     }
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
         self.inner.remove_revocation(key_id).await?;

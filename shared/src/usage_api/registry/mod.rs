@@ -7,6 +7,8 @@ mod dynamodb;
 mod memory;
 mod sweep;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -34,15 +36,20 @@ pub struct ShedChange {
     pub audited: bool,
 }
 
-/// What an `Idempotency-Key` was first used for. Holds the key's id, never its value: a retry
-/// reads the value back from API Gateway.
+/// What an `Idempotency-Key` was first used for: an onboarding, or a rotation (`revoking`). Holds
+/// the key's id, never its value: a retry reads the value back from API Gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
-    /// SHA-256 (hex) of the request body: the same key with another body is a conflict.
+    /// SHA-256 (hex) of the request (an onboarding's body; a rotation's tenant and body): the
+    /// same key with another request is a conflict.
     pub fingerprint: String,
     pub tenant: String,
     pub plan: String,
+    /// The key the request made.
     pub key_id: String,
+    /// A rotation's: the keys it scheduled for revocation, by id, and when (epoch seconds).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoking: BTreeMap<String, u64>,
 }
 
 /// A sweep leaves the bucket of a minute open (read again by every run) until this many minutes
@@ -70,7 +77,8 @@ pub struct DueRevocations {
     pub cursor: Option<u64>,
 }
 
-/// A rotated-out key, revoked once `at` (epoch seconds) has passed.
+/// A rotated-out key, revoked once `at` (epoch seconds) has passed; or a revoked one, deleted from
+/// API Gateway once `at` has passed (`delete`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     pub tenant: String,
@@ -81,10 +89,18 @@ pub struct Revocation {
     /// How many times revoking it failed (each postpones it: `routes::keys::revocation_backoff`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// The key is revoked already: at `at` it is deleted from API Gateway, its retention
+    /// (`REVOKED_KEY_RETENTION`) over, unless it was enabled again meanwhile.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delete: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[async_trait]

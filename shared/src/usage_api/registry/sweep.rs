@@ -111,6 +111,7 @@ mod tests {
             hash: "00".into(),
             at,
             attempts: 0,
+            delete: false,
         };
         (key_id.to_owned(), r)
     }

@@ -7,22 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::response::Response;
 use serde::Deserialize;
 
+use super::idempotency::{Once, fingerprint, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, create, disable_key, key_change, revoke, tenant_change};
-use crate::control::apigateway::writes::{ControlWrites, NewApiKey};
+use super::{Api, create, disable_key, full, key_change, key_limit, revoke, tenant_change};
+use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::quota::format_utc;
 use crate::policy_table::audit::ItemChange;
 use crate::policy_table::write::ATTEMPTS;
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk};
-use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, created, whole_number};
+use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, Tenant, created, whole_number};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::{Changed, ItemAction, Revocation};
+use crate::usage_api::registry::{Changed, IdempotencyRecord, ItemAction, Revocation};
 use crate::usage_api::views::{IssuedKey, KeyView, Rotated};
-use crate::usage_api::{MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, UsageApi};
+use crate::usage_api::{MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, REVOKED_KEY_RETENTION, UsageApi};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +53,7 @@ async fn put_on_plan_and_list(
         let changed = api.list_key((tenant, plan), key_id, &hash.to_hex()).await?;
         match &changed.after {
             Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(key_id)) => Ok(changed),
+            Some(t) if full(t.keys.as_ref(), Some(key_id)) => Err(key_limit(tenant)),
             Some(t) if t.plan != plan || t.moving_until.is_some() => Err(Problem::conflict(
                 "tenant-changed",
                 format!(
@@ -127,7 +130,8 @@ pub(in crate::usage_api) async fn rotate(
     State(api): Api,
     State(plans): State<Arc<UsagePlans>>,
     admin: Admin<Tenant>,
-    JsonBody { value: body, .. }: JsonBody<Rotation>,
+    IdempotencyKey(idem): IdempotencyKey,
+    JsonBody { value: body, raw }: JsonBody<Rotation>,
 ) -> Answer {
     let (actor, tenant) = (admin.actor, admin.tenant);
     let n = &body.grace_seconds;
@@ -136,85 +140,187 @@ pub(in crate::usage_api) async fn rotate(
             "`grace_seconds` must be an integer from 0 to {MAX_GRACE_SECS} (30 days), got {n}"
         ))
     })?;
-    // The keys due revoked first, so none of them is scheduled again below. Then the tenant and
-    // its keys, strongly consistent: a tenant that cannot be read (404, 503) gets no new key, so
-    // a retry never leaves an orphan enabled key behind; nor does a tenant moving (its keys
-    // between two usage plans).
-    api.sweep(&actor).await?;
-    let (record, listed) = api.tenant_keys(&tenant).await?;
-    if record.moving_until.is_some() {
-        return Err(moving(&tenant, &record.plan));
+    let fingerprint = fingerprint(&[b"rotation", tenant.as_bytes(), &raw]);
+    let rotating = Rotating {
+        api: &api,
+        plans: &plans,
+        actor: &actor,
+        tenant: &tenant,
+        idem: &idem,
+        fingerprint: &fingerprint,
+        grace,
+    };
+    let once = Once {
+        idem: &idem,
+        fingerprint: &fingerprint,
+        what: "a rotation",
+    };
+    once.run(&api, |done| rotating.replay(done), rotating.attempt()).await
+}
+
+/// One rotation: the tenant, its `Idempotency-Key`, fingerprint and grace period.
+struct Rotating<'a> {
+    api: &'a UsageApi,
+    plans: &'a UsagePlans,
+    actor: &'a str,
+    tenant: &'a str,
+    idem: &'a str,
+    /// The request's fingerprint (`idempotency::fingerprint` of its tenant and body).
+    fingerprint: &'a str,
+    grace: u64,
+}
+
+impl Rotating<'_> {
+    /// One attempt, holding the claim on the Idempotency-Key: its record and answer.
+    async fn attempt(&self) -> Result<(IdempotencyRecord, Response), Problem> {
+        let (api, actor, tenant) = (self.api, self.actor, self.tenant);
+        // The keys due revoked first, so none of them is scheduled again below. Then the tenant
+        // and its keys, strongly consistent: a tenant that cannot be read (404, 503) gets no new
+        // key, so a retry never leaves an orphan enabled key behind; nor does a tenant moving
+        // (its keys between two usage plans).
+        api.sweep(actor).await?;
+        let (record, mut listed) = api.tenant_keys(tenant).await?;
+        if record.moving_until.is_some() {
+            return Err(moving(tenant, &record.plan));
+        }
+        let control = api.control("key rotation")?.clone();
+        let plan_id = api.usage_plan(self.plans, control.as_ref(), &record.plan).await?.id;
+        // A key an earlier attempt made (its answer lost) has its name: found, not created again.
+        let name = key_name(tenant, &format!("rotation:{}", self.idem));
+        let existing = control.api_key_named(&name).await?;
+        // A tenant with a full list gets no key: nothing is written.
+        if full(Some(&listed), existing.as_deref()) {
+            return Err(key_limit(tenant));
+        }
+        // Not among the keys this rotation revokes (a retry finds it listed).
+        let key = self.new_key(control.as_ref(), name, existing).await?;
+        listed.remove(&key.id);
+        let hash = ApiKeyHash::of(&key.value);
+        let key_record = KeyRecord {
+            tenant: tenant.to_owned(),
+            key_id: key.id.clone(),
+            enabled: true,
+        };
+        // Its item written and listed on the tenant before any revocation: a rotation at the
+        // same time adds its own key to the list as it is then, so neither is lost.
+        let on = (tenant, record.plan.as_str(), plan_id.as_str());
+        let tenant_changed = put_on_plan_and_list(api, control.as_ref(), on, &key_record, &hash).await?;
+        let now = api.now();
+        let at = now.saturating_add(Duration::from_secs(self.grace)).as_secs();
+        let items = rotation_items(tenant, tenant_changed, &hash, key_record);
+        // Audited under an id of the Idempotency-Key: a retry writes it once.
+        let audit_id = fingerprint(&[b"rotation-audit", tenant.as_bytes(), self.idem.as_bytes()]);
+        let audit_id = format!("usage-api-rotate-{}", &audit_id[..16]);
+        // A rotation that fails from here on withdraws its key too: listed, it would work, but
+        // its value never reaches the client.
+        let revoked = revoke_listed(
+            api,
+            (actor, audit_id),
+            (tenant, &key.id),
+            &listed,
+            (now.as_secs(), at),
+            items,
+        );
+        let revoking = match revoked.await {
+            Ok(revoking) => revoking,
+            Err(e) => {
+                withdraw(api, control.as_ref(), (tenant, &plan_id), &key.id, &hash).await;
+                return Err(e);
+            }
+        };
+        let done = IdempotencyRecord {
+            fingerprint: self.fingerprint.to_owned(),
+            tenant: tenant.to_owned(),
+            plan: record.plan,
+            key_id: key.id.clone(),
+            revoking: revoking.iter().map(|r| (r.key_id.clone(), r.at)).collect(),
+        };
+        let answer = created(Rotated {
+            tenant: tenant.to_owned(),
+            key: IssuedKey {
+                id: key.id,
+                value: key.value,
+            },
+            revoking: revoking_view(&done),
+        });
+        Ok((done, answer))
     }
-    let control = api.control("key rotation")?.clone();
-    let plan_id = api.usage_plan(&plans, control.as_ref(), &record.plan).await?.id;
-    let now = api.now();
-    let key = control
-        .create_api_key(&NewApiKey {
-            name: format!("tollgate-{tenant}-{:x}", now.as_nanos()),
-            customer_id: Some(tenant.clone()),
+
+    /// The rotation's new key, named `name`: created, or the key `existing` of that name an
+    /// earlier attempt made.
+    async fn new_key(
+        &self,
+        control: &dyn ControlWrites,
+        name: String,
+        existing: Option<String>,
+    ) -> Result<CreatedKey, Problem> {
+        if let Some(id) = existing {
+            return reused(control.api_key(&id).await?, &id);
+        }
+        let key = NewApiKey {
+            name,
+            customer_id: Some(self.tenant.to_owned()),
             description: Some("rotated by the Tollgate usage API".to_owned()),
             enabled: true,
             value: None,
-            tags: api.key_tags(),
-        })
-        .await?;
-    let hash = ApiKeyHash::of(&key.value);
-    let key_record = KeyRecord {
-        tenant: tenant.clone(),
-        key_id: key.id.clone(),
+            tags: self.api.key_tags(),
+        };
+        Ok(control.create_api_key(&key).await?)
+    }
+
+    /// The answer to a retried rotation: the same key, the value read back from API Gateway
+    /// (never stored here), and the revocations it scheduled. A key disabled or deleted since
+    /// is a 409.
+    async fn replay(&self, done: IdempotencyRecord) -> Answer {
+        let control = self.api.control("answering a retried rotation")?;
+        let key = reused(control.api_key(&done.key_id).await?, &done.key_id)?;
+        Ok(created(Rotated {
+            tenant: done.tenant.clone(),
+            key: IssuedKey {
+                id: key.id,
+                value: key.value,
+            },
+            revoking: revoking_view(&done),
+        }))
+    }
+}
+
+/// The keys a rotation scheduled for revocation, as its answer shows them.
+fn revoking_view(done: &IdempotencyRecord) -> Vec<KeyView> {
+    let view = |(id, at): (&String, &u64)| KeyView {
+        id: id.clone(),
         enabled: true,
+        revoke_at: Some(format_utc(*at)),
     };
-    // Its item written and listed on the tenant before any revocation: a rotation at the same
-    // time adds its own key to the list as it is then, so neither is lost.
-    let on = (tenant.as_str(), record.plan.as_str(), plan_id.as_str());
-    let tenant_changed = put_on_plan_and_list(&api, control.as_ref(), on, &key_record, &hash).await?;
-    let at = now.saturating_add(Duration::from_secs(grace)).as_secs();
-    let items = rotation_items(&tenant, tenant_changed, &hash, key_record);
-    // A rotation that fails from here on withdraws its key too: listed, it would work, but its
-    // value never reaches the client.
-    let revoking = match revoke_listed(&api, &actor, (&tenant, &key.id), &listed, (now.as_secs(), at), items).await {
-        Ok(revoking) => revoking,
-        Err(e) => {
-            withdraw(&api, control.as_ref(), (&tenant, &plan_id), &key.id, &hash).await;
-            return Err(e);
-        }
-    };
-    Ok(created(Rotated {
-        tenant,
-        key: IssuedKey {
-            id: key.id,
-            value: key.value,
-        },
-        revoking,
-    }))
+    done.revoking.iter().map(view).collect()
 }
 
 /// The rest of a rotation whose new key `key_id` is listed: the revocation of the keys `listed`
 /// before it scheduled at `at` (another rotation's new key is never revoked here), its writes
-/// (`items`) audited, the keys due by `now` revoked, and its tenant read again (`still_listed`);
-/// the keys being revoked.
+/// (`items`) audited as `actor` under `audit_id`, the keys due by `now` revoked, and its tenant
+/// read again (`still_listed`); the revocations scheduled.
 async fn revoke_listed(
     api: &UsageApi,
-    actor: &str,
+    (actor, audit_id): (&str, String),
     (tenant, key_id): (&str, &str),
     listed: &BTreeMap<String, String>,
     (now, at): (u64, u64),
     items: Vec<ItemChange>,
-) -> Result<Vec<KeyView>, Problem> {
-    let (revoking, scheduled) = schedule_revocations(api, tenant, listed, at).await?;
+) -> Result<Vec<Revocation>, Problem> {
+    let scheduled = schedule_revocations(api, tenant, listed, at).await?;
     let summary = format!(
         "rotate keys of tenant {tenant}: new key {key_id}, {} revoked at {}",
-        revoking.len(),
+        scheduled.len(),
         format_utc(at)
     );
-    api.audit(actor, summary, items).await?;
+    api.audit_as(audit_id, actor, summary, items).await?;
     // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
     // that fails is postponed, as the sweep does).
     for r in scheduled.iter().filter(|r| r.at <= now) {
         api.revoke_or_postpone(actor, r).await?;
     }
     still_listed(api, tenant, key_id).await?;
-    Ok(revoking)
+    Ok(scheduled)
 }
 
 /// A rotation's writes for the audit trail: the tenant's list (when written) and the new key.
@@ -230,14 +336,13 @@ fn rotation_items(tenant: &str, listed: Changed<TenantRecord>, hash: &ApiKeyHash
 }
 
 /// Schedules the revocation of the tenant's `listed` keys (id → hash) at `at` (epoch seconds);
-/// the keys, and the revocations as they then are.
+/// the revocations as they then are.
 async fn schedule_revocations(
     api: &UsageApi,
     tenant: &str,
     listed: &BTreeMap<String, String>,
     at: u64,
-) -> Result<(Vec<KeyView>, Vec<Revocation>), Problem> {
-    let mut revoking = Vec::new();
+) -> Result<Vec<Revocation>, Problem> {
     let mut scheduled = Vec::new();
     for (id, hash) in listed {
         let asked = Revocation {
@@ -246,18 +351,11 @@ async fn schedule_revocations(
             hash: hash.clone(),
             at,
             attempts: 0,
+            delete: false,
         };
-        let Some(r) = schedule(api, asked).await? else {
-            continue;
-        };
-        revoking.push(KeyView {
-            id: id.clone(),
-            enabled: true,
-            revoke_at: Some(format_utc(r.at)),
-        });
-        scheduled.push(r);
+        scheduled.extend(schedule(api, asked).await?);
     }
-    Ok((revoking, scheduled))
+    Ok(scheduled)
 }
 
 /// Schedules revocation `asked`, written only while the key's revocation is as read (re-read
@@ -274,6 +372,8 @@ async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation
         let r = match &pending {
             None if seen => return Ok(None),
             None => asked.clone(),
+            // The key is revoked already, its deletion pending: nothing to schedule.
+            Some(p) if p.delete => return Ok(None),
             Some(p) if p.at <= asked.at => return Ok(Some(p.clone())),
             Some(p) => Revocation {
                 at: asked.at,
@@ -319,7 +419,9 @@ pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
 
 impl UsageApi {
     /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
-    /// the registry, audited as `actor`, taken off the tenant's list; the keys revoked. Deployed,
+    /// the registry, audited as `actor`, taken off the tenant's list, and their deletion from API
+    /// Gateway scheduled after `REVOKED_KEY_RETENTION`; deletes the revoked keys whose retention
+    /// is over; the keys revoked or deleted (`delete`). Deployed,
     /// a schedule runs it every minute, so an old key stops at its deadline even when no admin
     /// route is called; every admin route that reads or changes keys runs it first as well. One
     /// run revokes at most `SWEEP_REVOCATIONS` keys. A key whose revocation fails (API Gateway
@@ -361,9 +463,15 @@ impl UsageApi {
         Ok(false)
     }
 
-    /// Revokes one key whose grace period is over; its revocation is removed, and the key taken
-    /// off its tenant's list, once the key is disabled and the change audited.
+    /// Revokes one key whose grace period is over; once the key is disabled and the change
+    /// audited, its revocation becomes its deletion from API Gateway after
+    /// `REVOKED_KEY_RETENTION` (written over the revocation as read: one a rotation changed
+    /// meanwhile, or an offboarding removed, is left so), and the key is taken off its tenant's
+    /// list. A revocation already so (`delete`) deletes the key (`delete_one`).
     async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
+        if r.delete {
+            return self.delete_one(actor, r).await;
+        }
         if let Some(control) = &self.control {
             disable_key(control.as_ref(), &r.key_id).await?;
         }
@@ -378,8 +486,39 @@ impl UsageApi {
             items,
         )
         .await?;
-        self.registry.remove_revocation(&r.key_id).await?;
+        let deletion = Revocation {
+            at: self.now().as_secs().saturating_add(REVOKED_KEY_RETENTION.as_secs()),
+            attempts: 0,
+            delete: true,
+            ..r.clone()
+        };
+        if !self.registry.put_revocation(&deletion, Some(r)).await? {
+            tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
+        }
         self.unlist_key(&r.tenant, &r.key_id).await.map(drop)
+    }
+
+    /// Deletes a revoked key from API Gateway, its retention over, so that revoked keys do not
+    /// fill the account's key quota; audited, and its record removed. A key API Gateway has
+    /// enabled again (by hand, since) is not deleted; one it no longer has is done.
+    async fn delete_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
+        if let Some(control) = &self.control {
+            match control.api_key(&r.key_id).await? {
+                Some(k) if k.enabled => {
+                    tracing::warn!(key_id = %r.key_id, "usage api: a revoked key is enabled again; not deleted");
+                }
+                Some(_) => {
+                    control.delete_api_key(&r.key_id).await?;
+                    let summary = format!(
+                        "delete key {} of tenant {} from API Gateway (revoked, retention over)",
+                        r.key_id, r.tenant
+                    );
+                    self.audit(actor, summary, Vec::new()).await?;
+                }
+                None => {}
+            }
+        }
+        self.registry.remove_revocation(&r.key_id).await.map_err(Problem::from)
     }
 
     /// `revoke_due` as the admin routes run it first.

@@ -2,6 +2,7 @@
 //! plan standing for a plan in API Gateway, the audit record of a change.
 
 pub(super) mod anchor;
+mod idempotency;
 pub(super) mod keys;
 pub(super) mod onboard;
 pub(super) mod reset;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use axum::extract::State;
 
 use super::problem::Problem;
-use super::{AuditSink, UsageApi};
+use super::{AuditSink, MAX_TENANT_KEYS, UsageApi};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::{ControlWrites, Patch};
@@ -84,9 +85,10 @@ impl UsageApi {
     }
 
     /// Lists key `id` (hash `hash`) on the tenant while it is on `plan`, the plan whose usage
-    /// plan the key went on, and not moving (`edit_keys`: two rotations at once both keep their
-    /// keys; an item without a list gets one from the index, with this key). The record as it is
-    /// after, which lists the key unless the tenant moved, is moving or is gone (`None`).
+    /// plan the key went on, not moving, and listing fewer than `MAX_TENANT_KEYS` keys
+    /// (`edit_keys`: two rotations at once both keep their keys; an item without a list gets
+    /// one from the index, with this key). The record as it is after, which lists the key unless
+    /// the tenant moved, is moving, has a full list (`full`) or is gone (`None`).
     pub(super) async fn list_key(
         &self,
         (tenant, plan): (&str, &str),
@@ -94,7 +96,7 @@ impl UsageApi {
         hash: &str,
     ) -> Result<Changed<TenantRecord>, Problem> {
         let add = |t: &TenantRecord, keys: &mut BTreeMap<String, String>| {
-            if t.plan != plan || t.moving_until.is_some() {
+            if t.plan != plan || t.moving_until.is_some() || full(Some(keys), Some(id)) {
                 return Edit::Refused;
             }
             match keys.insert(id.to_owned(), hash.to_owned()).as_deref() == Some(hash) {
@@ -263,6 +265,23 @@ impl UsageApi {
         AuditSink::record(self.audit.as_ref(), &record).await?;
         Ok(())
     }
+}
+
+/// Whether `keys` (a tenant's list) has no room for key `id`: it lists `MAX_TENANT_KEYS` others.
+pub(super) fn full(keys: Option<&BTreeMap<String, String>>, id: Option<&str>) -> bool {
+    keys.is_some_and(|k| k.len() >= MAX_TENANT_KEYS && !id.is_some_and(|id| k.contains_key(id)))
+}
+
+/// The answer to an onboarding or rotation that would list more than `MAX_TENANT_KEYS` keys on
+/// `tenant`.
+pub(super) fn key_limit(tenant: &str) -> Problem {
+    Problem::conflict(
+        "key-limit",
+        format!(
+            "tenant `{tenant}` lists {MAX_TENANT_KEYS} keys not yet revoked, the most a tenant may have (MAX_TENANT_KEYS): \
+             no key was issued; send the request again once rotated-out keys are revoked (their grace periods over)"
+        ),
+    )
 }
 
 /// What an edit of a tenant's key list makes of the record as it is.

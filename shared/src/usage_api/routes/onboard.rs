@@ -6,21 +6,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::response::Response;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchor::checked_anchor;
+use super::idempotency::{Once, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, create, disable_key};
+use super::{Api, create, disable_key, full, key_limit};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::ItemChange;
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
+use crate::usage_api::UsageApi;
 use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, check_new_tenant_id, created};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::IdempotencyRecord;
 use crate::usage_api::views::{IssuedKey, Onboarded};
-use crate::usage_api::{ONBOARDING_CLAIM_SECS, UsageApi};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,68 +69,23 @@ pub(in crate::usage_api) async fn onboard(
         request: body,
         anchor,
     };
-    if let Some(done) = api.registry.idempotency(&idem).await? {
-        return onboarding.replay(&done).await;
-    }
     let control = api.control("onboarding")?.clone();
-    // One attempt per Idempotency-Key at a time: two at once would both create a key. The
-    // claim outlasts any attempt (the function's timeout is 29 s) and lapses after a crash.
-    let now = api.now().as_secs();
-    if !api
-        .registry
-        .claim_idempotency(&idem, now, now + ONBOARDING_CLAIM_SECS)
-        .await?
-    {
-        if let Some(done) = api.registry.idempotency(&idem).await? {
-            return onboarding.replay(&done).await;
-        }
-        return Err(Problem::conflict(
-            "idempotency-in-progress",
-            format!(
-                "an onboarding with this Idempotency-Key is in progress: send the same request again in a few \
-                 seconds (at most {ONBOARDING_CLAIM_SECS}) for its answer"
-            ),
-        ));
-    }
-    // The attempt lets go of the key when done: a failed one so the client's retry need not
-    // wait, a finished one as its idempotency record answers from now on.
-    let answer = onboarding.attempt(control.as_ref()).await;
-    if let Err(e) = api.registry.release_idempotency(&idem).await {
-        tracing::warn!(error = %e, "usage api: an onboarding claim was not released; it lapses");
-    }
-    answer
-}
-
-/// The key an earlier attempt created, found by name, as API Gateway now holds it: one deleted
-/// meanwhile is a 409 `key-vanished`; one disabled meanwhile (the attempt refused, or its tenant
-/// offboarded, since) a 409 `key-disabled`, never answered, listed or enabled again.
-fn reused(key: Option<CreatedKey>, id: &str) -> Result<CreatedKey, Problem> {
-    match key {
-        Some(k) if k.enabled => Ok(k),
-        Some(_) => Err(Problem::conflict(
-            "key-disabled",
-            format!(
-                "API key {id}, made by an earlier attempt of this onboarding, was disabled since (the tenant was \
-                 onboarded by another request, was moving, or was offboarded): read the tenant, and onboard again \
-                 with a new `Idempotency-Key` if need be"
-            ),
-        )),
-        None => Err(Problem::conflict(
-            "key-vanished",
-            format!("API key {id} was deleted meanwhile; retry"),
-        )),
-    }
-}
-
-/// The name of the key an onboarding creates: one per tenant and Idempotency-Key.
-fn key_name(tenant: &str, idempotency_key: &str) -> String {
-    let digest = Sha256::digest(idempotency_key.as_bytes());
-    format!("tollgate-{tenant}-{}", hex::encode(&digest[..6]))
+    let once = Once {
+        idem: &idem,
+        fingerprint: &onboarding.fingerprint,
+        what: "an onboarding",
+    };
+    once.run(
+        &api,
+        |done| onboarding.replay(done),
+        onboarding.attempt(control.as_ref()),
+    )
+    .await
 }
 
 impl Onboarding<'_> {
-    /// One attempt, holding the claim on the Idempotency-Key.
-    async fn attempt(self, control: &dyn ControlWrites) -> Answer {
+    /// One attempt, holding the claim on the Idempotency-Key: its record and answer.
+    async fn attempt(&self, control: &dyn ControlWrites) -> Result<(IdempotencyRecord, Response), Problem> {
         let (api, body) = (self.api, &self.request);
         // A key created by an attempt whose answer was lost has this name: found, not created again.
         let name = key_name(&body.tenant, self.idem);
@@ -157,21 +114,18 @@ impl Onboarding<'_> {
             tenant: body.tenant.clone(),
             plan: body.plan.clone(),
             key_id: key.id.clone(),
+            revoking: BTreeMap::new(),
         };
-        if !api.registry.put_idempotency(self.idem, &done).await? {
-            // Another attempt with this key finished first: answer as it did.
-            let first = api.registry.idempotency(self.idem).await?.unwrap_or(done);
-            return self.replay(&first).await;
-        }
-        Ok(created(Onboarded {
-            tenant: self.request.tenant,
-            plan: self.request.plan,
+        let answer = created(Onboarded {
+            tenant: body.tenant.clone(),
+            plan: body.plan.clone(),
             anchor,
             key: IssuedKey {
                 id: key.id,
                 value: key.value,
             },
-        }))
+        });
+        Ok((done, answer))
     }
 
     /// Refuses a tenant that exists, unless it is this very onboarding's (`key_id` the key an
@@ -235,9 +189,15 @@ impl Onboarding<'_> {
         };
         let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
         // A retry finds the first attempt's record, anchor day included.
-        let Some(made) = tenant.after.filter(|t| t.plan == body.plan && listed(t)) else {
+        let Some(made) = tenant.after.clone().filter(|t| t.plan == body.plan && listed(t)) else {
             disable_key(control, &key.id).await?;
             control.delete_usage_plan_key(plan_id, &key.id).await?;
+            if tenant
+                .after
+                .is_some_and(|t| t.plan == body.plan && full(t.keys.as_ref(), Some(&key.id)))
+            {
+                return Err(key_limit(&body.tenant));
+            }
             return Err(Problem::conflict(
                 "tenant-exists",
                 format!(
@@ -278,14 +238,8 @@ impl Onboarding<'_> {
 
     /// The answer to a retried onboarding: the same tenant, plan and key, the value read back
     /// from API Gateway (never stored here).
-    async fn replay(&self, done: &IdempotencyRecord) -> Answer {
+    async fn replay(&self, done: IdempotencyRecord) -> Answer {
         let idem = self.idem;
-        if done.fingerprint != self.fingerprint {
-            return Err(Problem::conflict(
-                "idempotency-key-reused",
-                format!("`Idempotency-Key` {idem:?} was used for another request body; use a new key"),
-            ));
-        }
         let Some(made) = self.api.registry.tenant(&done.tenant).await? else {
             return Err(Problem::conflict(
                 "tenant-offboarded",

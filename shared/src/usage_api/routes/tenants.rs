@@ -19,9 +19,9 @@ use crate::policy_table::audit::ItemChange;
 use crate::policy_table::write::ATTEMPTS;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::{Changed, ItemAction};
+use crate::usage_api::registry::{Changed, ItemAction, Revocation};
 use crate::usage_api::views::{TenantPage, TenantSummary, key_views, tenant_view, tenant_view_of};
-use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, MOVE_WINDOW, UsageApi};
+use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, MOVE_WINDOW, REVOKED_KEY_RETENTION, UsageApi};
 
 /// The query of `GET /v1/tenants`.
 pub(in crate::usage_api) struct TenantFilters;
@@ -385,11 +385,13 @@ async fn off_then_on(control: &dyn ControlWrites, from: &str, to: &str, keys: &[
 /// One key of an offboarded tenant: disabled in API Gateway whatever the registry says (a key
 /// sync removed from the table, disabled or deleted, is disabled again, or found gone, and is
 /// done), taken off `plan_id` (one call per key, however many keys the plan has), its item
-/// revoked and then its revocation dropped (in that order: a rotation that schedules the key's
-/// revocation meanwhile finds the item revoked, or has its revocation dropped here).
+/// revoked and then its pending revocation made its deletion from API Gateway after
+/// `REVOKED_KEY_RETENTION` (in that order: a rotation that schedules the key's revocation
+/// meanwhile finds the item revoked, or finds the deletion and schedules nothing). A deletion
+/// already pending (a key the sweep revoked) is kept; a revocation changed meanwhile is left.
 async fn offboard_key(
     api: &UsageApi,
-    plan_id: Option<&str>,
+    (tenant, plan_id): (&str, Option<&str>),
     key_id: &str,
     hash: &str,
     items: &mut Vec<ItemChange>,
@@ -406,7 +408,21 @@ async fn offboard_key(
         let changed = api.registry.change_key(&h, &revoke).await?;
         items.extend(key_change(&h, changed));
     }
-    api.registry.remove_revocation(key_id).await?;
+    let read = api.registry.revocation(key_id).await?;
+    if read.as_ref().is_some_and(|r| r.delete) {
+        return Ok(());
+    }
+    let deletion = Revocation {
+        tenant: tenant.to_owned(),
+        key_id: key_id.to_owned(),
+        hash: hash.to_owned(),
+        at: api.now().as_secs().saturating_add(REVOKED_KEY_RETENTION.as_secs()),
+        attempts: 0,
+        delete: true,
+    };
+    if !api.registry.put_revocation(&deletion, read.as_ref()).await? {
+        tracing::info!(key_id, "usage api: a revocation changed meanwhile is left as it is");
+    }
     Ok(())
 }
 
@@ -435,7 +451,7 @@ pub(in crate::usage_api) async fn offboard(
     let mut rounds = 0;
     let changed = loop {
         for (key_id, hash) in &pending {
-            offboard_key(&api, plan_id.as_deref(), key_id, hash, &mut items).await?;
+            offboard_key(&api, (&tenant, plan_id.as_deref()), key_id, hash, &mut items).await?;
             disabled.insert(key_id.clone());
         }
         // The tenant as read: one moved meanwhile (or offboarded and onboarded again) is not

@@ -1,0 +1,108 @@
+//! Revoked keys leave API Gateway: the sweep deletes a rotated-out key `REVOKED_KEY_RETENTION`
+//! after it revoked it (or an offboarding disabled it), not before, and never one enabled again by
+//! hand meanwhile.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tollgate::engine::clock::Clock;
+use tollgate::usage_api::REVOKED_KEY_RETENTION;
+use tollgate_usage_api::SCHEDULE_ACTOR;
+
+use super::World;
+
+/// Tenant `tenant`'s first key, rotated out with a minute of grace and revoked by the sweep past
+/// it; its id, and the instant it was revoked (epoch seconds).
+async fn revoked(w: &World, tenant: &str) -> (String, u64) {
+    let old = w.onboarded(tenant).await;
+    let res = w.rotation(tenant, 60).send().await.expect("answer");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    w.clock.advance(Duration::from_secs(60 + 180));
+    let run = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    assert!(run.iter().any(|r| r.key_id == old), "{run:?}");
+    (old, w.clock.now().as_secs())
+}
+
+/// The sweep run every hour (as every minute, deployed: its cursor keeps up) until `until`.
+async fn sweep_hourly_until(w: &World, until: u64) {
+    while w.clock.now().as_secs() < until {
+        let step = (until - w.clock.now().as_secs()).min(3_600);
+        w.clock.advance(Duration::from_secs(step));
+        w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
+    }
+}
+
+/// Whether API Gateway has key `id`, and whether enabled.
+async fn in_gateway(w: &World, id: &str) -> Option<bool> {
+    let keys = w.gw.get_api_keys().send().await.expect("keys");
+    keys.items().iter().find(|k| k.id() == Some(id)).map(|k| k.enabled())
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_deleted_from_api_gateway_once_its_retention_is_over_and_not_before() {
+    // GIVEN acme's first key revoked by the sweep (rotated out), on a policy table
+    let (w, ..) = World::on_policy_table("tg-retention-1").await;
+    let (old, at) = revoked(&w, "acme").await;
+    assert_eq!(in_gateway(&w, &old).await, Some(false));
+    // WHEN the sweep runs until a minute before its retention ends
+    let end = at + REVOKED_KEY_RETENTION.as_secs();
+    sweep_hourly_until(&w, end - 60).await;
+    // THEN API Gateway still has it, disabled
+    assert_eq!(in_gateway(&w, &old).await, Some(false));
+    // AND once the retention is over (and the minutes a bucket stays open), the sweep deletes it,
+    // audited as the schedule
+    sweep_hourly_until(&w, end + 180).await;
+    assert_eq!(in_gateway(&w, &old).await, None);
+    let history = w.audit.history().await.expect("history");
+    let deleted: Vec<_> = history
+        .iter()
+        .filter(|e| e.summary.starts_with(&format!("delete key {old} ")))
+        .collect();
+    assert_eq!(deleted.len(), 1, "{history:?}");
+    assert_eq!(deleted[0].actor.as_deref(), Some(SCHEDULE_ACTOR));
+}
+
+#[tokio::test]
+async fn a_revoked_key_enabled_again_by_hand_is_not_deleted() {
+    // GIVEN umbrella's first key revoked by the sweep, then enabled again in API Gateway by hand
+    let (w, ..) = World::on_policy_table("tg-retention-2").await;
+    let (old, at) = revoked(&w, "umbrella").await;
+    let enable = aws_sdk_apigateway::types::PatchOperation::builder()
+        .op(aws_sdk_apigateway::types::Op::Replace)
+        .path("/enabled")
+        .value("true")
+        .build();
+    w.gw.update_api_key()
+        .api_key(&old)
+        .patch_operations(enable)
+        .send()
+        .await
+        .expect("enabled");
+    // WHEN the sweep runs past its retention
+    sweep_hourly_until(&w, at + REVOKED_KEY_RETENTION.as_secs() + 180).await;
+    // THEN API Gateway still has it, enabled
+    assert_eq!(in_gateway(&w, &old).await, Some(true));
+}
+
+#[tokio::test]
+async fn an_offboarded_tenants_keys_are_deleted_once_their_retention_is_over() {
+    // GIVEN initech onboarded, its first key rotated out and revoked, then offboarded
+    let (w, ..) = World::on_policy_table("tg-retention-3").await;
+    let (old, _) = revoked(&w, "initech").await;
+    let keys = w.keys_of("initech").await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let res = w
+        .admin(reqwest::Method::DELETE, "/v1/tenants/initech")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let at = w.clock.now().as_secs();
+    // WHEN the sweep runs past the retention
+    sweep_hourly_until(&w, at + REVOKED_KEY_RETENTION.as_secs() + 180).await;
+    // THEN API Gateway has neither key any more: the one the sweep revoked, nor the one the
+    // offboarding disabled
+    for id in keys {
+        assert_eq!(in_gateway(&w, &id).await, None, "{id} (revoked: {old})");
+    }
+}
