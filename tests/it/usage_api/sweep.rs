@@ -89,6 +89,7 @@ async fn seed_legacy(
         hash: ApiKeyHash::of(value).to_hex(),
         at,
         attempts: 0,
+        delete: false,
     };
     let item = json_item(revoke_pk(id), serde_json::to_string(&r).expect("json"));
     client
@@ -102,7 +103,7 @@ async fn seed_legacy(
 
 #[tokio::test]
 async fn the_first_sweeps_scan_a_few_pages_a_run_and_spread_what_is_due_over_buckets_of_one_runs_worth() {
-    // GIVEN a table as the previous release left it, with more revocations already due than one
+    // GIVEN a table as the previous release left it, with more revocations long due than one
     // run revokes, and the first sweep runs reading one page of 8 items of their scan a run (the
     // shipped 10 pages of 1,000 would need tens of thousands of items to span runs)
     let counted = CountingProxy::start(&emulator::endpoint()).await;
@@ -112,7 +113,8 @@ async fn the_first_sweeps_scan_a_few_pages_a_run_and_spread_what_is_due_over_buc
     for i in 0..n {
         let tenant = format!("legacy{i}");
         let key = onboarded(&w, &tenant).await;
-        seed_legacy(&client, &table, &key, &tenant, START.as_secs() - 60).await;
+        // Due an hour ago: in a bucket the sweep is done with, so the first runs re-enqueue it.
+        seed_legacy(&client, &table, &key, &tenant, START.as_secs() - 3600).await;
         keys.push(key);
     }
     // WHEN the schedule's sweep runs until it revokes something
@@ -157,27 +159,8 @@ async fn the_first_sweep_enqueues_revocations_stored_before_buckets_by_one_scan_
     let counted = CountingProxy::start(&emulator::endpoint()).await;
     let (w, registry, client, table) = world_via("tg-sweep-1", &counted.endpoint()).await;
     let (past, later) = (onboarded(&w, "legacy").await, onboarded(&w, "patient").await);
-    for ((id, value), tenant, at) in [
-        (&past, "legacy", START.as_secs() - 60),
-        (&later, "patient", START.as_secs() + 600),
-    ] {
-        let r = Revocation {
-            tenant: tenant.into(),
-            key_id: id.clone(),
-            hash: ApiKeyHash::of(value).to_hex(),
-            at,
-            attempts: 0,
-            delete: false,
-        };
-        let item = json_item(revoke_pk(id), serde_json::to_string(&r).expect("json"));
-        client
-            .put_item()
-            .table_name(&table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .expect("seed");
-    }
+    seed_legacy(&client, &table, &past, "legacy", START.as_secs() - 60).await;
+    seed_legacy(&client, &table, &later, "patient", START.as_secs() + 600).await;
     // WHEN the schedule's sweep runs for the first time
     let first = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
     // THEN the key past its deadline is revoked, in API Gateway and in the table; the other not yet
