@@ -16,7 +16,7 @@ use lambda_http::tower::ServiceExt;
 use lambda_http::{Adapter, Error, LambdaEvent};
 use serde_json::Value;
 use tollgate::policy_table::{
-    AUDIT_PREFIX, DUE_PREFIX, IDEM_PREFIX, KEY_PREFIX, REVOKE_PREFIX, SHED_PK, TENANT_PREFIX,
+    AUDIT_PREFIX, DUE_PREFIX, IDEM_CLAIM_PREFIX, IDEM_PREFIX, KEY_PREFIX, REVOKE_PREFIX, SHED_PK, TENANT_PREFIX,
 };
 use tollgate::usage_api::{Actor, AuthorizedPlan, AuthorizedTenant, UsageApi};
 
@@ -54,7 +54,14 @@ pub const POLICY_ACTIONS: [&str; 6] = [
 /// its idempotency and revocation items, audit records and the shed level; never a plan or plan
 /// sync's items.
 pub fn policy_put_keys() -> Vec<String> {
-    let mut keys = patterns(&[TENANT_PREFIX, KEY_PREFIX, IDEM_PREFIX, REVOKE_PREFIX, AUDIT_PREFIX]);
+    let mut keys = patterns(&[
+        TENANT_PREFIX,
+        KEY_PREFIX,
+        IDEM_PREFIX,
+        IDEM_CLAIM_PREFIX,
+        REVOKE_PREFIX,
+        AUDIT_PREFIX,
+    ]);
     keys.push(SHED_PK.to_owned());
     keys
 }
@@ -62,7 +69,7 @@ pub fn policy_put_keys() -> Vec<String> {
 /// The policy items it deletes (the `dynamodb:LeadingKeys` of its `DeleteItem` grant): tenants,
 /// revocations and the sweep's buckets done, and idempotency claims.
 pub fn policy_delete_keys() -> Vec<String> {
-    patterns(&[TENANT_PREFIX, REVOKE_PREFIX, IDEM_PREFIX])
+    patterns(&[TENANT_PREFIX, REVOKE_PREFIX, IDEM_PREFIX, IDEM_CLAIM_PREFIX])
 }
 
 /// The policy items it updates (the `dynamodb:LeadingKeys` of its `UpdateItem` grant): the
@@ -262,7 +269,7 @@ mod tests {
         assert_eq!(out, json!({"revoked": ["k1"]}));
         assert!(dir.resolve(&ApiKeyHash::of("old-key")).await.expect("dir").is_none());
         // (what stays is its deletion from API Gateway, after the retention)
-        let left = Registry::due_revocations(dir.as_ref(), u64::MAX)
+        let left = Registry::due_revocations(dir.as_ref(), u64::MAX, true)
             .await
             .expect("dir")
             .due;

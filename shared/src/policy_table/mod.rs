@@ -16,7 +16,8 @@
 //! - `sync#lease`: the plan-sync run under way, `owner` (S), `until` (N, epoch seconds), `rerun`
 //!   (BOOL, another run asked for one more round; `sync_items`);
 //! - `idem#<Idempotency-Key>`: the usage API's onboarding record, `record` (S, JSON);
-//! - `idem#<Idempotency-Key>#claim`: an onboarding attempt's claim, `until` (N), `owner` (S);
+//! - `idemclaim#<Idempotency-Key>`: an onboarding or rotation attempt's claim, `until` (N),
+//!   `owner` (S);
 //! - `revoke#<key id>`: a rotated-out key's pending revocation, `record` (S, JSON);
 //! - `revoke#due#<minute>`: the ids of the keys whose revocation falls due in that minute (epoch
 //!   minutes), `keys` (SS): the sweep's bucket (`due`);
@@ -74,6 +75,7 @@ pub const KEY_PREFIX: &str = "key#";
 pub const TENANT_PREFIX: &str = "tenant#";
 pub const PLAN_PREFIX: &str = "plan#";
 pub const IDEM_PREFIX: &str = "idem#";
+pub const IDEM_CLAIM_PREFIX: &str = "idemclaim#";
 pub const REVOKE_PREFIX: &str = "revoke#";
 pub const AUDIT_PREFIX: &str = "audit#";
 
@@ -104,9 +106,11 @@ pub fn idem_pk(key: &str) -> String {
     format!("{IDEM_PREFIX}{key}")
 }
 
-/// The claim an onboarding attempt holds on its idempotency key while it runs.
+/// The claim an onboarding or rotation attempt holds on its idempotency key while it runs: under
+/// a prefix of its own, since any visible character may be in a key (`idem#` + `X#claim` is the
+/// record of key `X#claim`).
 pub fn idem_claim_pk(key: &str) -> String {
-    format!("{IDEM_PREFIX}{key}#claim")
+    format!("{IDEM_CLAIM_PREFIX}{key}")
 }
 
 /// A rotated-out key's pending revocation.

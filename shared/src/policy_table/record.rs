@@ -90,7 +90,7 @@ pub use crate::aws::attr::{number, string};
 
 /// The attribute of the usage API's own items (`idem#…`, `revoke#…`): the record as JSON.
 pub const JSON_ATTR: &str = "record";
-/// The attributes of an onboarding claim (`idem#…#claim`): until when it holds (epoch seconds),
+/// The attributes of an onboarding claim (`idemclaim#…`): until when it holds (epoch seconds),
 /// and the attempt that holds it.
 pub const CLAIM_UNTIL: &str = "until";
 pub const CLAIM_OWNER: &str = "owner";

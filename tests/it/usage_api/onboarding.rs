@@ -201,7 +201,7 @@ async fn the_policy_table_as_registry_onboards_lists_and_answers_retries() {
         .table_name(&table)
         .key(
             "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S("idem#idem-s#claim".into()),
+            aws_sdk_dynamodb::types::AttributeValue::S("idemclaim#idem-s".into()),
         )
         .send()
         .await

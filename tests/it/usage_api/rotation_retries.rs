@@ -1,11 +1,14 @@
 //! Rotation under an `Idempotency-Key`: a retry answers the first attempt's new key and makes no
 //! other, after a lost answer or after a failure whose outcome was unknown; two attempts at once
-//! make one key; the same key for another request is a conflict that makes nothing.
+//! make one key; the same key for another request is a conflict that makes nothing; a retry
+//! whose key a later rotation rotated out is refused.
 
 use std::collections::BTreeSet;
 
 use reqwest::StatusCode;
 use serde_json::Value;
+
+use tollgate::usage_api::registry::Registry;
 
 use super::World;
 use crate::support::emulator;
@@ -114,4 +117,34 @@ async fn two_rotations_at_once_with_one_idempotency_key_make_one_key() {
     let (status, again) = w.rotate_via(&w.base, ("acme", 300), "idem-c").await.expect("answer");
     assert_eq!(status, StatusCode::CREATED, "{again}");
     assert_eq!(new_key(&again), new);
+}
+
+#[tokio::test]
+async fn a_retry_whose_key_a_later_rotation_rotated_out_is_refused_and_revokes_nothing_new() {
+    // GIVEN tenant acme rotated under Idempotency-Key r1, its answer lost before its record was
+    // written (the record removed here), and rotated again under r2, which rotated r1's key out
+    let (w, registry, sdk, table) = World::on_policy_table("tg-rotation-retry-4").await;
+    let client = tollgate::aws::admin_client(&sdk);
+    w.onboarded("acme").await;
+    let (s1, first) = w.rotate_via(&w.base, ("acme", 300), "r1").await.expect("rotate");
+    assert_eq!(s1, StatusCode::CREATED, "{first}");
+    client
+        .delete_item()
+        .table_name(&table)
+        .key(
+            tollgate::policy_table::PK,
+            aws_sdk_dynamodb::types::AttributeValue::S(tollgate::policy_table::idem_pk("r1")),
+        )
+        .send()
+        .await
+        .expect("lose r1's record");
+    let (s2, second) = w.rotate_via(&w.base, ("acme", 300), "r2").await.expect("rotate");
+    assert_eq!(s2, StatusCode::CREATED, "{second}");
+    // WHEN r1 is retried
+    let (status, body) = w.rotate_via(&w.base, ("acme", 300), "r1").await.expect("retry");
+    // THEN it is refused (its key is on its way out), and the newer rotation's key keeps working
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:key-rotated-out", "{body}");
+    let newest = new_key(&second);
+    assert!(registry.revocation(&newest).await.expect("read").is_none());
 }

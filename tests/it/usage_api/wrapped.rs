@@ -192,8 +192,8 @@ impl Registry for Wrapped {
         self.run(&At::RevocationRead(key_id.to_owned())).await;
         read
     }
-    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError> {
-        self.inner.due_revocations(now).await
+    async fn due_revocations(&self, now: u64, first_scan: bool) -> Result<DueRevocations, DirectoryError> {
+        self.inner.due_revocations(now, first_scan).await
     }
     async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError> {
         self.inner.swept(run).await

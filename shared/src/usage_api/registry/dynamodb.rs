@@ -133,7 +133,7 @@ impl DynamoDirectory {
     /// The sweep's first runs on this table: the revocations an earlier release stored without
     /// buckets, enqueued a few pages of their scan a run (`FIRST_SWEEP_SCAN`), each in its bucket (those
     /// already due spread over the buckets after the cursor, as many a bucket as one run
-    /// revokes: no bucket outgrows an item, and no run reads more than it revokes). The cursor
+    /// revokes: no bucket outgrows an item). The cursor
     /// once the scan is done; `None` while pages remain (the run revokes nothing).
     async fn enqueue_stored(&self, now: u64, from: Option<Enqueueing>) -> Result<Option<u64>, DirectoryError> {
         let (client, table) = (self.client(), self.table());
@@ -386,10 +386,13 @@ impl Registry for DynamoDirectory {
         self.get_json(revoke_pk(key_id)).await
     }
 
-    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError> {
+    async fn due_revocations(&self, now: u64, first_scan: bool) -> Result<DueRevocations, DirectoryError> {
         let (client, table) = (self.client(), self.table());
         let cursor = match due::cursor(client, table).await.map_err(DirectoryError::Unavailable)? {
             Cursor::At(cursor) => cursor,
+            // An admin route's run leaves the scan to the schedule's: concurrent requests would
+            // read the same pages at once, on the request path.
+            Cursor::Enqueueing(_) if !first_scan => return Ok(DueRevocations::default()),
             Cursor::Enqueueing(from) => match self.enqueue_stored(now, from).await? {
                 Some(cursor) => cursor,
                 None => return Ok(DueRevocations::default()),

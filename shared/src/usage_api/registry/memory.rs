@@ -85,7 +85,7 @@ impl Registry for MemoryDirectory {
     }
 
     /// Every revocation held, read in memory: no buckets, no cursor.
-    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError> {
+    async fn due_revocations(&self, now: u64, _first_scan: bool) -> Result<DueRevocations, DirectoryError> {
         let mut due: Vec<Revocation> = self
             .other_items()
             .with_prefix(REVOKE_PREFIX)

@@ -144,9 +144,10 @@ pub trait Registry: Directory {
     /// The pending revocations due at `now` (epoch seconds) or before, for one run of the sweep.
     /// On the policy table: the buckets from the cursor's minute to `now`'s (at most
     /// `SWEEP_BUCKETS`) and the revocations they list, a few reads whatever the table holds; on
-    /// the first run on a table (no cursor), one scan enqueues the revocations stored before
-    /// buckets existed.
-    async fn due_revocations(&self, now: u64) -> Result<DueRevocations, DirectoryError>;
+    /// the first runs on a table (no cursor), a scan, a few pages a run, enqueues the revocations
+    /// stored before buckets existed: only a run with `first_scan` (the schedule's) scans, one
+    /// without finds nothing due until that scan is done.
+    async fn due_revocations(&self, now: u64, first_scan: bool) -> Result<DueRevocations, DirectoryError>;
     /// What follows a run whose revocations are all revoked and audited: its closed buckets
     /// deleted, its cursor moved.
     async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError>;

@@ -47,35 +47,46 @@ impl Once<'_> {
             .claim_idempotency(idem, now, now + IDEMPOTENCY_CLAIM_SECS)
             .await?
         {
-            if let Some(done) = api.registry.idempotency(idem).await? {
-                self.same_request(&done)?;
-                return replay(done).await;
-            }
-            return Err(Problem::conflict(
-                "idempotency-in-progress",
-                format!(
-                    "{} with this Idempotency-Key is in progress: send the same request again in a few seconds (at most \
-                     {IDEMPOTENCY_CLAIM_SECS}) for its answer",
-                    self.what
-                ),
-            ));
+            return Err(self.in_progress());
+        }
+        // An attempt that finished between the read above and the claim: answer as it did, and
+        // never run a second.
+        if let Some(done) = api.registry.idempotency(idem).await? {
+            release(api, idem).await;
+            self.same_request(&done)?;
+            return replay(done).await;
         }
         let answer = match attempt.await {
             Ok((done, response)) => match api.registry.put_idempotency(idem, &done).await {
                 Ok(true) => Ok(response),
-                // Another attempt with this key finished first: answer as it did.
+                // Another attempt with this key finished first (this one's claim lapsed): answer
+                // as it did, if it was this request.
                 Ok(false) => match api.registry.idempotency(idem).await {
-                    Ok(first) => replay(first.unwrap_or(done)).await,
+                    Ok(Some(first)) => match self.same_request(&first) {
+                        Ok(()) => replay(first).await,
+                        Err(e) => Err(e),
+                    },
+                    Ok(None) => Ok(response),
                     Err(e) => Err(e.into()),
                 },
                 Err(e) => Err(e.into()),
             },
             Err(e) => Err(e),
         };
-        if let Err(e) = api.registry.release_idempotency(idem).await {
-            tracing::warn!(error = %e, "usage api: an idempotency claim was not released; it lapses");
-        }
+        release(api, idem).await;
         answer
+    }
+
+    /// 409 `idempotency-in-progress`: another attempt holds the key's claim.
+    fn in_progress(&self) -> Problem {
+        Problem::conflict(
+            "idempotency-in-progress",
+            format!(
+                "{} with this Idempotency-Key is in progress: send the same request again in a few seconds (at most \
+                 {IDEMPOTENCY_CLAIM_SECS}) for its answer",
+                self.what
+            ),
+        )
     }
 
     /// Refuses a record written for another request under this key.
@@ -90,6 +101,13 @@ impl Once<'_> {
                 self.idem
             ),
         ))
+    }
+}
+
+/// Lets go of the key's claim; one left lapses.
+async fn release(api: &UsageApi, idem: &str) {
+    if let Err(e) = api.registry.release_idempotency(idem).await {
+        tracing::warn!(error = %e, "usage api: an idempotency claim was not released; it lapses");
     }
 }
 
@@ -127,7 +145,11 @@ pub(super) fn reused(key: Option<CreatedKey>, id: &str) -> Result<CreatedKey, Pr
         )),
         None => Err(Problem::conflict(
             "key-vanished",
-            format!("API key {id} was deleted meanwhile; retry"),
+            format!(
+                "API key {id}, made by an earlier attempt with this Idempotency-Key, is gone from API Gateway (deleted, \
+                 or revoked and deleted after its retention): read the tenant, and send the request again with a new \
+                 `Idempotency-Key` if need be"
+            ),
         )),
     }
 }

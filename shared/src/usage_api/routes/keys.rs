@@ -255,7 +255,21 @@ impl Rotating<'_> {
         existing: Option<String>,
     ) -> Result<CreatedKey, Problem> {
         if let Some(id) = existing {
-            return reused(control.api_key(&id).await?, &id);
+            let key = reused(control.api_key(&id).await?, &id)?;
+            // A rotation since (its answer lost, this is its retry) scheduled this key's
+            // revocation: answering with it would hand out a key about to stop, and revoke the
+            // newer rotation's key besides.
+            if self.api.registry.revocation(&id).await?.is_some() {
+                return Err(Problem::conflict(
+                    "key-rotated-out",
+                    format!(
+                        "API key {id}, made by an earlier attempt with this Idempotency-Key, was rotated out since by \
+                         another rotation: read the tenant, and send the request again with a new `Idempotency-Key` \
+                         if need be"
+                    ),
+                ));
+            }
+            return Ok(key);
         }
         let key = NewApiKey {
             name,
@@ -429,7 +443,13 @@ impl UsageApi {
     /// one key never holds up the others; a run that cannot read or write the table fails and
     /// leaves its buckets and cursor for the next.
     pub async fn revoke_due(&self, actor: &str) -> Result<Vec<Revocation>, Problem> {
-        let run = self.registry.due_revocations(self.now().as_secs()).await?;
+        self.revoke_due_as(actor, true).await
+    }
+
+    /// `revoke_due`; with `first_scan` false (an admin route's run), it leaves the scan the first
+    /// runs on a table make to the schedule.
+    async fn revoke_due_as(&self, actor: &str, first_scan: bool) -> Result<Vec<Revocation>, Problem> {
+        let run = self.registry.due_revocations(self.now().as_secs(), first_scan).await?;
         let mut revoked = Vec::new();
         for r in &run.due {
             if self.revoke_or_postpone(actor, r).await? {
@@ -521,8 +541,8 @@ impl UsageApi {
         self.registry.remove_revocation(&r.key_id).await.map_err(Problem::from)
     }
 
-    /// `revoke_due` as the admin routes run it first.
+    /// `revoke_due` as the admin routes run it first (never the first runs' scan).
     pub(super) async fn sweep(&self, actor: &str) -> Result<(), Problem> {
-        self.revoke_due(actor).await.map(drop)
+        self.revoke_due_as(actor, false).await.map(drop)
     }
 }
