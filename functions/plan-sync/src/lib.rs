@@ -2,8 +2,11 @@
 //! needs, the events that run it) and the reading of an invocation's event. The sync itself is
 //! the library's (`tollgate::control::sync::run`).
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 use tollgate::control::sync::scope::Scope;
+use tollgate::control::sync::scoped::{Named, Work};
 
 /// The environment variable naming the policy table.
 pub const POLICY_TABLE_VAR: &str = "TOLLGATE_POLICY_TABLE";
@@ -35,8 +38,12 @@ pub const TABLE_ACTIONS: [&str; 6] = [
     "dynamodb:DeleteItem",
     "dynamodb:ConditionCheckItem",
 ];
-/// The API Gateway resources sync reads (`apigateway:GET`), as paths.
-pub const CONTROL_PATHS: [&str; 3] = ["/usageplans", "/usageplans/*/keys", "/apikeys"];
+/// The DynamoDB actions an event-scoped sync calls on the policy table's `by-tenant` index (a
+/// tenant's keys: `tollgate::policy_table::key_pks_of`).
+pub const INDEX_ACTIONS: [&str; 1] = ["dynamodb:Query"];
+/// The API Gateway resources sync reads (`apigateway:GET`), as paths: the lists, and one key
+/// (`GetApiKey`, an event-scoped sync's).
+pub const CONTROL_PATHS: [&str; 4] = ["/usageplans", "/usageplans/*/keys", "/apikeys", "/apikeys/*"];
 /// The management calls after which a sync runs (the template's EventBridge rule): every call
 /// that changes a usage plan, a key, their association, or the `tollgate:*` tags.
 pub const TRIGGER_EVENTS: [&str; 11] = [
@@ -53,8 +60,11 @@ pub const TRIGGER_EVENTS: [&str; 11] = [
     "UntagResource",
 ];
 
-/// Why a sync ran and who caused it, as its event says. Every trigger runs the same sync; these
-/// only go to the log and the audit trail.
+/// The `detail-type` of a management call's event (CloudTrail through EventBridge).
+pub const MANAGEMENT_EVENT: &str = "AWS API Call via CloudTrail";
+
+/// Why a sync ran and who caused it, as its event says (the log and the audit trail), and what it
+/// syncs (`work`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Invocation<'a> {
     /// The EventBridge `detail-type` (a schedule says `Scheduled Event`), else `invoke`.
@@ -69,6 +79,20 @@ impl<'a> Invocation<'a> {
             trigger: payload.get("detail-type").and_then(Value::as_str).unwrap_or("invoke"),
             actor: payload.pointer("/detail/userIdentity/arn").and_then(Value::as_str),
         }
+    }
+}
+
+/// What an invocation syncs: a management event the key or plan it names (`None` when it names
+/// nothing sync reads); the schedule, a direct invocation and an event that names no one key or
+/// plan, everything.
+pub fn work(payload: &Value) -> Option<Work> {
+    if payload.get("detail-type").and_then(Value::as_str) != Some(MANAGEMENT_EVENT) {
+        return Some(Work::Full);
+    }
+    match payload.get("detail").map_or(Named::Unknown, Named::of_event) {
+        Named::Target(target) => Some(Work::Targets(BTreeSet::from([target]))),
+        Named::Nothing => None,
+        Named::Unknown => Some(Work::Full),
     }
 }
 
@@ -88,6 +112,29 @@ mod tests {
                 .expect_err("no colon")
                 .contains(API_STAGES_VAR)
         );
+    }
+
+    /// EventBridge events of API Gateway's management calls as CloudTrail records them (path
+    /// parameters by name, a body as `<operation>Input`, the new resource in `responseElements`,
+    /// a key's value hidden), a tag change on a stage, a schedule's event and a direct call, each
+    /// with what it should sync.
+    const EVENTS: &str = include_str!("../fixtures/events.json");
+
+    #[test]
+    fn a_management_event_syncs_the_key_or_plan_it_names_and_anything_else_everything() {
+        use tollgate::control::sync::scoped::Target;
+        let cases: Vec<Value> = serde_json::from_str(EVENTS).expect("fixtures");
+        assert!(cases.len() >= 10);
+        for case in &cases {
+            let expect = case["expect"].as_str().expect("expect");
+            let want = match expect.split_once(':') {
+                Some(("key", id)) => Some(Work::Targets(BTreeSet::from([Target::Key(id.into())]))),
+                Some(("plan", id)) => Some(Work::Targets(BTreeSet::from([Target::Plan(id.into())]))),
+                _ if expect == "nothing" => None,
+                _ => Some(Work::Full),
+            };
+            assert_eq!(work(&case["event"]), want, "{}", case["event"]);
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The plan-sync Lambda: on its schedule, on API Gateway management events (EventBridge) and
-//! when invoked directly, makes the policy table say what the usage plans and keys say. Every
-//! trigger runs the same full, idempotent sync, one run at a time (`lease::run_leased`: a run
-//! that finds another under way asks it to run again); the event only says why it ran
-//! (`Invocation`).
+//! when invoked directly, makes the policy table say what the usage plans and keys say, one run at
+//! a time (`lease::run_leased`: a run that finds another under way asks it to run again). A
+//! management event syncs the key or plan it names (`work`); the schedule, a direct invocation
+//! and an event that names no one key or plan sync everything.
 
 use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
@@ -12,7 +12,7 @@ use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::control::sync::lease::{invocation_owner, run_leased};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::{SystemClock, Timestamp};
-use tollgate_plan_sync::{API_STAGES_VAR, Invocation, POLICY_TABLE_VAR as POLICY_TABLE, STACK_VAR, scope};
+use tollgate_plan_sync::{API_STAGES_VAR, Invocation, POLICY_TABLE_VAR as POLICY_TABLE, STACK_VAR, scope, work};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -26,6 +26,10 @@ async fn main() -> Result<(), Error> {
     let (control, table, clock, scope) = (&control, &table, &SystemClock::new(), &scope);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let Invocation { trigger, actor } = Invocation::of(&event.payload);
+        let Some(work) = work(&event.payload) else {
+            tracing::info!(trigger, "the event names nothing sync reads");
+            return Ok(Value::Null);
+        };
         // The table mirrors what this stack's template names; writing it on every run (a read,
         // and a put only on a change) follows a stack update's new stages at once.
         table.set_scope(scope).await?;
@@ -35,7 +39,7 @@ async fn main() -> Result<(), Error> {
         // The lease holds until the invocation's deadline (plus a margin): Lambda stops the
         // run then, so a stopped run never blocks the next for longer.
         let deadline = Timestamp::from_nanos(event.context.deadline.saturating_mul(1_000_000));
-        let run = run_leased(control, table, clock, actor, owner, deadline).await?;
+        let run = run_leased(control, table, clock, actor, owner, deadline, &work).await?;
         tracing::info!(
             trigger,
             deferred = run.deferred,

@@ -13,6 +13,7 @@ use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
 use tollgate::control::sync::lease::{
     LEASE_MARGIN, Lease, MIN_ROUND, Release, Take, expiry, invocation_owner, lease_until, run_leased,
 };
+use tollgate::control::sync::scoped::Work;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::clock::Timestamp;
@@ -87,11 +88,11 @@ async fn a_run_that_finds_the_lease_held_asks_for_a_rerun_and_the_holder_syncs_w
 
     // WHEN run A takes the lease and reads API Gateway, and while it is under way a second key
     // arrives and run B (its trigger) starts
-    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline());
+    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline(), &Work::Full);
     let b = async {
         paused.reached.notified().await;
         let k2 = w.key("k2", Some("t2"), "tg_live_lease_2", &plan).await;
-        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline())
+        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline(), &Work::Full)
             .await
             .expect("run b");
         let lease = w.lease().await;
@@ -144,7 +145,7 @@ async fn a_holder_stopped_right_after_renewing_blocks_others_only_until_its_dead
 
     // WHEN a run starts up to the expiry itself
     w.clock.set(deadline.saturating_add(LEASE_MARGIN));
-    let early = run_leased(&w.control, &w.table, &w.clock, None, "early", w.deadline())
+    let early = run_leased(&w.control, &w.table, &w.clock, None, "early", w.deadline(), &Work::Full)
         .await
         .expect("run");
     // THEN it does not sync: the lease still holds
@@ -153,7 +154,7 @@ async fn a_holder_stopped_right_after_renewing_blocks_others_only_until_its_dead
 
     // WHEN a run starts one second past the expiry
     w.clock.advance(Duration::from_secs(1));
-    let late = run_leased(&w.control, &w.table, &w.clock, None, "late", w.deadline())
+    let late = run_leased(&w.control, &w.table, &w.clock, None, "late", w.deadline(), &Work::Full)
         .await
         .expect("run");
     // THEN it takes the lapsed lease, syncs once (the crashed run's rerun went with its lease)
@@ -180,10 +181,10 @@ async fn a_rerun_asked_too_near_the_deadline_is_left_to_the_next_trigger_with_th
     let deadline = w.clock.now().saturating_add(MIN_ROUND - Duration::from_secs(1));
 
     // WHEN run B asks A for a rerun during A's round
-    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", deadline);
+    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", deadline, &Work::Full);
     let b = async {
         paused.reached.notified().await;
-        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline()).await;
+        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline(), &Work::Full).await;
         paused.resume.notify_one();
         b.expect("run b")
     };
@@ -208,7 +209,7 @@ async fn a_release_that_fails_abandons_the_lease_so_the_next_trigger_need_not_wa
     let lost = Some(Fault::LoseRequest);
     proxy.inject_on("POST", "DynamoDB_20120810.DeleteItem", &[lost, lost, lost]);
     // WHEN it runs
-    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline()).await;
+    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline(), &Work::Full).await;
     // THEN the run fails on its release, and the lease is abandoned all the same
     assert!(run.is_err(), "{run:?}");
     assert_eq!(
@@ -262,7 +263,7 @@ async fn a_take_whose_answer_is_lost_is_retried_onto_the_runs_own_lease_and_the_
     let table = PolicyTable::new(tollgate::aws::admin_client(&sdk), &w.name);
     proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseResponse)]);
     // WHEN it runs
-    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline())
+    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline(), &Work::Full)
         .await
         .expect("run");
     // THEN the retry finds the lease its own: the run syncs instead of deferring to itself
@@ -308,7 +309,7 @@ async fn items_another_writer_changed_under_a_round_are_synced_in_the_next_round
     let paused = Paused::new(&w.control);
 
     // WHEN a leased run reads API Gateway, and before it writes another writer puts t2 on plan q
-    let run = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline());
+    let run = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline(), &Work::Full);
     let other = async {
         paused.reached.notified().await;
         let written = write::put(

@@ -4,6 +4,7 @@
 
 mod interleaving;
 mod lease;
+mod scoped;
 
 use std::sync::Arc;
 

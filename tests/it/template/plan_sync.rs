@@ -97,11 +97,18 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
     // AND it may call exactly the DynamoDB actions sync calls, on the policy table only, and
     // read exactly the API Gateway collections sync reads
     let mut dynamodb = BTreeSet::new();
+    let mut index = BTreeSet::new();
     let mut apigateway = BTreeSet::new();
     for st in statements(f) {
         assert_eq!(st["Effect"], "Allow");
         for action in strings(&st["Action"]) {
-            if action.starts_with("dynamodb:") {
+            if action.starts_with("dynamodb:") && untag(&st["Resource"]).0.as_deref() == Some("!Sub") {
+                assert_eq!(
+                    untag(&st["Resource"]).1,
+                    &Value::from("${PolicyTable.Arn}/index/by-tenant")
+                );
+                index.insert(action);
+            } else if action.starts_with("dynamodb:") {
                 assert_eq!(
                     untag(&st["Resource"]),
                     (Some("!GetAtt".into()), &Value::from("PolicyTable.Arn"))
@@ -122,6 +129,11 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
         .map(|a| (*a).to_owned())
         .collect();
     assert_eq!(dynamodb, want);
+    let want: BTreeSet<String> = tollgate_plan_sync::INDEX_ACTIONS
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    assert_eq!(index, want);
     let paths: BTreeSet<String> = tollgate_plan_sync::CONTROL_PATHS
         .iter()
         .map(|p| (*p).to_owned())
