@@ -25,10 +25,20 @@ async fn main() -> Result<(), Error> {
     let table = PolicyTable::new(admin_client(&sdk), table);
     let (control, table, clock, scope) = (&control, &table, &SystemClock::new(), &scope);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let Invocation { trigger, actor } = Invocation::of(&event.payload);
+        let Invocation {
+            trigger,
+            actor,
+            messages,
+        } = Invocation::of(&event.payload);
+        // A batch from the queue is answered with the messages to deliver again: none (a failed
+        // sync is an error, and the whole batch comes again).
+        let answer = |run: Value| match messages.is_empty() {
+            true => run,
+            false => serde_json::json!({ "batchItemFailures": [] }),
+        };
         let Some(work) = work(&event.payload) else {
             tracing::info!(trigger, "the event names nothing sync reads");
-            return Ok(Value::Null);
+            return Ok(answer(Value::Null));
         };
         // The table mirrors what this stack's template names; writing it on every run (a read,
         // and a put only on a change) follows a stack update's new stages at once.
@@ -39,16 +49,18 @@ async fn main() -> Result<(), Error> {
         // The lease holds until the invocation's deadline (plus a margin): Lambda stops the
         // run then, so a stopped run never blocks the next for longer.
         let deadline = Timestamp::from_nanos(event.context.deadline.saturating_mul(1_000_000));
-        let run = run_leased(control, table, clock, actor, owner, deadline, &work).await?;
+        let run = run_leased(control, table, clock, actor.as_deref(), owner, deadline, &work).await?;
         tracing::info!(
             trigger,
+            events = messages.len(),
+            scoped = run.rounds.first().is_some_and(|r| !r.targets.is_empty()),
             deferred = run.deferred,
             rounds = run.rounds.len(),
             writes = run.rounds.iter().map(|r| r.writes).sum::<u64>(),
             problems = run.rounds.last().map_or(0, |r| r.problems.len()),
             "sync done"
         );
-        Ok::<_, Error>(serde_json::to_value(&run)?)
+        Ok::<_, Error>(answer(serde_json::to_value(&run)?))
     }))
     .await
 }
