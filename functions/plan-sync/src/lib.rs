@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use tollgate::control::apigateway::pace::DEFAULT_CALLS_PER_SECOND;
 use tollgate::control::sync::scope::Scope;
 use tollgate::control::sync::scoped::{Named, Work};
 
@@ -15,8 +16,31 @@ pub const STACK_VAR: &str = "TOLLGATE_STACK";
 /// The environment variable listing the stack's API stages (`API_ID:STAGE,...`): untagged plans
 /// attached to one of them are mirrored too.
 pub const API_STAGES_VAR: &str = "TOLLGATE_API_STAGES";
+/// The environment variable of the API Gateway calls a second sync makes at most
+/// (`tollgate::control::apigateway::pace`; the template's `SyncCallsPerSecond`).
+pub const CALLS_PER_SECOND_VAR: &str = "TOLLGATE_SYNC_CALLS_PER_SECOND";
 /// Every variable the function reads (the template sets exactly these).
-pub const FUNCTION_VARIABLES: [&str; 4] = [POLICY_TABLE_VAR, STACK_VAR, API_STAGES_VAR, tollgate::logging::LOG_VAR];
+pub const FUNCTION_VARIABLES: [&str; 5] = [
+    POLICY_TABLE_VAR,
+    STACK_VAR,
+    API_STAGES_VAR,
+    CALLS_PER_SECOND_VAR,
+    tollgate::logging::LOG_VAR,
+];
+
+/// The calls a second from the environment's value (`DEFAULT_CALLS_PER_SECOND` when unset); an
+/// error names the variable.
+pub fn calls_per_second(value: Option<&str>) -> Result<f64, String> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_CALLS_PER_SECOND);
+    };
+    match value.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{CALLS_PER_SECOND_VAR}: {value:?} is not a number of calls a second above 0"
+        )),
+    }
+}
 
 /// The scope the function writes into its table (`tollgate::control::sync::scope`), from its
 /// environment's values; an error names the variable to fix.
@@ -180,6 +204,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_pace_comes_from_the_environment_with_a_default_and_an_error_names_the_variable() {
+        assert_eq!(calls_per_second(None), Ok(DEFAULT_CALLS_PER_SECOND));
+        assert_eq!(calls_per_second(Some(" 0.5 ")), Ok(0.5));
+        for bad in ["0", "-1", "fast", "inf"] {
+            assert!(
+                calls_per_second(Some(bad))
+                    .expect_err(bad)
+                    .contains(CALLS_PER_SECOND_VAR)
+            );
+        }
+    }
 
     #[test]
     fn the_scope_comes_from_the_environment_and_an_error_names_the_variable() {

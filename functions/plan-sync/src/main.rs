@@ -7,12 +7,18 @@
 use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
+use std::sync::Arc;
 use tollgate::aws::{admin_client, control_client};
+
+use tollgate::control::apigateway::pace::{Pace, Sleep};
 use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::control::sync::lease::{invocation_owner, run_leased};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::{SystemClock, Timestamp};
-use tollgate_plan_sync::{API_STAGES_VAR, Invocation, POLICY_TABLE_VAR as POLICY_TABLE, STACK_VAR, scope, work};
+use tollgate_plan_sync::{
+    API_STAGES_VAR, CALLS_PER_SECOND_VAR, Invocation, POLICY_TABLE_VAR as POLICY_TABLE, STACK_VAR, calls_per_second,
+    scope, work,
+};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -21,7 +27,10 @@ async fn main() -> Result<(), Error> {
     let var = |name: &str| std::env::var(name).ok();
     let scope = scope(var(STACK_VAR).as_deref(), var(API_STAGES_VAR).as_deref())?;
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let control = ApiGateway::new(control_client(&sdk), Backoff::default());
+    // Every API Gateway call waits its turn: the sync's share of the account's management API.
+    let rate = calls_per_second(var(CALLS_PER_SECOND_VAR).as_deref())?;
+    let pace = Pace::new(rate, Arc::new(SystemClock::new()), Arc::new(Sleep))?;
+    let control = ApiGateway::new(control_client(&sdk), Backoff::default()).paced(Arc::new(pace));
     let table = PolicyTable::new(admin_client(&sdk), table);
     let (control, table, clock, scope) = (&control, &table, &SystemClock::new(), &scope);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {

@@ -4,6 +4,7 @@
 
 mod interleaving;
 mod lease;
+mod pace;
 mod scoped;
 
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use crate::support::counting_proxy::{CountingProxy, Counts, Meters, PAGE, SMALL,
 use crate::support::{emulator, paging_shim};
 
 /// `n` keys of tenants `seed-<i>` on the usage plan `plan_id`.
-async fn seed(w: &World, plan_id: &str, n: usize) {
+pub(super) async fn seed(w: &World, plan_id: &str, n: usize) {
     futures::stream::iter(0..n)
         .for_each_concurrent(8, |i| async move {
             let key =

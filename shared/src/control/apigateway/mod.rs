@@ -3,6 +3,7 @@
 //! fault proxy in front of the local emulator rather than replacing it.
 
 pub mod model;
+pub mod pace;
 pub mod writes;
 
 use std::fmt;
@@ -138,6 +139,8 @@ pub struct ApiGateway {
     client: Client,
     backoff: Backoff,
     calls: Arc<AtomicU64>,
+    /// Every call (retries too) waits its turn here, when set.
+    pace: Option<Arc<pace::Pace>>,
 }
 
 impl ApiGateway {
@@ -146,6 +149,16 @@ impl ApiGateway {
             client,
             backoff,
             calls: Arc::default(),
+            pace: None,
+        }
+    }
+
+    /// This adapter with every call paced (`pace`): the plan-sync function keeps to its share of
+    /// the account's management-API budget.
+    pub fn paced(self, pace: Arc<pace::Pace>) -> ApiGateway {
+        ApiGateway {
+            pace: Some(pace),
+            ..self
         }
     }
 
@@ -195,6 +208,9 @@ impl ApiGateway {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if let Some(pace) = &self.pace {
+                pace.wait().await;
+            }
             self.calls.fetch_add(1, Ordering::Relaxed);
             let failure = match call().await {
                 Ok(v) => return Ok(v),
