@@ -20,7 +20,7 @@ use crate::support::{emulator, paging_shim};
 
 /// A pause that moves the manual clock on by the wait, at once.
 #[derive(Debug)]
-struct Advance(Arc<ManualClock>);
+pub(super) struct Advance(pub(super) Arc<ManualClock>);
 
 #[async_trait]
 impl Pause for Advance {

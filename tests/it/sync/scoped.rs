@@ -134,3 +134,83 @@ async fn an_event_scoped_sync_costs_the_same_with_100_and_with_many_more_keys() 
     // AND a full sync, counted the same way, grows with the keys (the counting sees growth)
     assert!(many_full.api_gateway() > small_full.api_gateway());
 }
+
+/// The sync's API Gateway calls at 1,000, 10,000 and 100,000 keys, through the synthetic API
+/// Gateway (`support::synthetic_gateway`: one plan, every key on it, pages of 500 as the SDK asks
+/// them), counted: a full sync's reads (`GetUsagePlans`, `GetUsagePlanKeys` and `GetApiKeys`,
+/// all pages: the baseline) and a key's event-scoped sync, each paced at the default 2 calls a
+/// second on a manual clock (the time it would take, with no real sleeping). The figures of
+/// BENCHMARKS.md; ignored by default (the listing of 100,000 keys takes a while in a debug build).
+#[tokio::test]
+#[ignore]
+async fn sync_calls_and_paced_time_at_1000_10000_and_100000_keys() {
+    use std::sync::Arc;
+
+    use tollgate::control::apigateway::ControlPlane;
+    use tollgate::control::apigateway::pace::{DEFAULT_CALLS_PER_SECOND, Pace};
+    use tollgate::directory::DynamoDirectory;
+    use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
+
+    use super::pace::Advance;
+    use crate::support::synthetic_gateway;
+
+    let region = "tg-sync-synthetic";
+    let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
+    let mut scoped_calls = Vec::new();
+    for n in [1_000, 10_000, 100_000] {
+        let gateway = synthetic_gateway::start(n).await;
+        let counted = CountingProxy::start(&gateway).await;
+        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_795_000_000)));
+        let pace = Pace::new(
+            DEFAULT_CALLS_PER_SECOND,
+            clock.clone(),
+            Arc::new(Advance(clock.clone())),
+        );
+        let control = ApiGateway::new(
+            control_client(&emulator::sdk_config_in(&counted.endpoint(), region)),
+            fast_backoff(5),
+        )
+        .paced(Arc::new(pace.expect("pace")));
+        // A full sync's API Gateway reads: every plan with its keys, every key
+        let started = clock.now();
+        let plans = control.usage_plans().await.expect("plans");
+        let keys = control.api_keys().await.expect("keys");
+        assert_eq!((plans[0].key_ids.len(), keys.len()), (n, n));
+        let full = counted.counts();
+        let full_secs = clock.now().saturating_since(started).as_secs_f64();
+        // A key's event: its table holds the plan (a scoped sync reads no other key's items)
+        let name = emulator::unique("synthetic");
+        tollgate::directory::dynamodb::create_policy_table(&admin_client(&sdk), &name)
+            .await
+            .expect("policy table");
+        let spec = tollgate::engine::policy::PlanSpec {
+            rate: Some(1.0),
+            burst: Some(5),
+            daily_quota: Some(1000),
+            ..tollgate::engine::policy::PlanSpec::unlimited()
+        };
+        let free = tollgate::engine::policy::Plan::new("free", spec).expect("plan");
+        let directory = DynamoDirectory::new(admin_client(&sdk), &name);
+        directory.put_plan(&free, 1).await.expect("plan item");
+        let table = PolicyTable::new(admin_client(&sdk), &name);
+        let started = clock.now();
+        let target = Target::Key(synthetic_gateway::key_id(n / 2));
+        let outcome = scoped::run(&control, &table, clock.as_ref(), None, &target).await;
+        let Outcome::Synced(report) = outcome.expect("scoped sync") else {
+            panic!("the key's event needed a full sync");
+        };
+        assert_eq!(report.created.len(), 2, "the key and its tenant: {report:?}");
+        let scoped = counted.counts().since(&full);
+        let scoped_secs = clock.now().saturating_since(started).as_secs_f64();
+        eprintln!(
+            "{n:>7} keys: full sync {} API Gateway calls ({:?}), {full_secs:.1} s paced; key event {} ({:?}), {scoped_secs:.1} s",
+            full.api_gateway(),
+            full.calls,
+            scoped.api_gateway(),
+            scoped.calls
+        );
+        scoped_calls.push(scoped.api_gateway());
+    }
+    // THEN a key's event costs the same at every size
+    assert!(scoped_calls.windows(2).all(|w| w[0] == w[1]), "{scoped_calls:?}");
+}
