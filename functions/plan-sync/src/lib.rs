@@ -2,8 +2,12 @@
 //! needs, the events that run it) and the reading of an invocation's event. The sync itself is
 //! the library's (`tollgate::control::sync::run`).
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
+use tollgate::control::apigateway::pace::DEFAULT_CALLS_PER_SECOND;
 use tollgate::control::sync::scope::Scope;
+use tollgate::control::sync::scoped::{Named, Work};
 
 /// The environment variable naming the policy table.
 pub const POLICY_TABLE_VAR: &str = "TOLLGATE_POLICY_TABLE";
@@ -12,8 +16,31 @@ pub const STACK_VAR: &str = "TOLLGATE_STACK";
 /// The environment variable listing the stack's API stages (`API_ID:STAGE,...`): untagged plans
 /// attached to one of them are mirrored too.
 pub const API_STAGES_VAR: &str = "TOLLGATE_API_STAGES";
+/// The environment variable of the API Gateway calls a second sync makes at most
+/// (`tollgate::control::apigateway::pace`; the template's `SyncCallsPerSecond`).
+pub const CALLS_PER_SECOND_VAR: &str = "TOLLGATE_SYNC_CALLS_PER_SECOND";
 /// Every variable the function reads (the template sets exactly these).
-pub const FUNCTION_VARIABLES: [&str; 4] = [POLICY_TABLE_VAR, STACK_VAR, API_STAGES_VAR, tollgate::logging::LOG_VAR];
+pub const FUNCTION_VARIABLES: [&str; 5] = [
+    POLICY_TABLE_VAR,
+    STACK_VAR,
+    API_STAGES_VAR,
+    CALLS_PER_SECOND_VAR,
+    tollgate::logging::LOG_VAR,
+];
+
+/// The calls a second from the environment's value (`DEFAULT_CALLS_PER_SECOND` when unset); an
+/// error names the variable.
+pub fn calls_per_second(value: Option<&str>) -> Result<f64, String> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_CALLS_PER_SECOND);
+    };
+    match value.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{CALLS_PER_SECOND_VAR}: {value:?} is not a number of calls a second above 0"
+        )),
+    }
+}
 
 /// The scope the function writes into its table (`tollgate::control::sync::scope`), from its
 /// environment's values; an error names the variable to fix.
@@ -35,10 +62,22 @@ pub const TABLE_ACTIONS: [&str; 6] = [
     "dynamodb:DeleteItem",
     "dynamodb:ConditionCheckItem",
 ];
-/// The API Gateway resources sync reads (`apigateway:GET`), as paths.
-pub const CONTROL_PATHS: [&str; 3] = ["/usageplans", "/usageplans/*/keys", "/apikeys"];
-/// The management calls after which a sync runs (the template's EventBridge rule): every call
-/// that changes a usage plan, a key, their association, or the `tollgate:*` tags.
+/// The DynamoDB actions an event-scoped sync calls on the policy table's `by-tenant` index (a
+/// tenant's keys: `tollgate::policy_table::key_pks_of`).
+pub const INDEX_ACTIONS: [&str; 1] = ["dynamodb:Query"];
+/// The SQS actions the function's event source mapping needs on the management events' queue.
+pub const QUEUE_ACTIONS: [&str; 4] = [
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+    "sqs:ChangeMessageVisibility",
+];
+/// The API Gateway resources sync reads (`apigateway:GET`), as paths: the lists, and one key
+/// (`GetApiKey`, an event-scoped sync's).
+pub const CONTROL_PATHS: [&str; 4] = ["/usageplans", "/usageplans/*/keys", "/apikeys", "/apikeys/*"];
+/// The management calls after which a sync runs (the template's EventBridge rule, into the queue
+/// the function takes batches from): every call that changes a usage plan, a key, their
+/// association, or the `tollgate:*` tags.
 pub const TRIGGER_EVENTS: [&str; 11] = [
     "CreateApiKey",
     "UpdateApiKey",
@@ -53,22 +92,110 @@ pub const TRIGGER_EVENTS: [&str; 11] = [
     "UntagResource",
 ];
 
-/// Why a sync ran and who caused it, as its event says. Every trigger runs the same sync; these
-/// only go to the log and the audit trail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Invocation<'a> {
-    /// The EventBridge `detail-type` (a schedule says `Scheduled Event`), else `invoke`.
-    pub trigger: &'a str,
-    /// The IAM principal whose management call sent the event, when it names one.
-    pub actor: Option<&'a str>,
+/// The `detail-type` of a management call's event (CloudTrail through EventBridge).
+pub const MANAGEMENT_EVENT: &str = "AWS API Call via CloudTrail";
+
+/// Why a sync ran and who caused it, as its event says (the log and the audit trail), and what it
+/// syncs (`work`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The EventBridge `detail-type` (a schedule says `Scheduled Event`), `management events`
+    /// for a batch from the queue, else `invoke`.
+    pub trigger: String,
+    /// The IAM principal whose management calls sent the events, when they name one (and the
+    /// same one, for a batch).
+    pub actor: Option<String>,
+    /// The messages of a batch from the queue, by id; none for any other invocation.
+    pub messages: Vec<String>,
 }
 
-impl<'a> Invocation<'a> {
-    pub fn of(payload: &'a Value) -> Invocation<'a> {
+impl Invocation {
+    pub fn of(payload: &Value) -> Invocation {
+        let Some(records) = batch(payload) else {
+            return Invocation {
+                trigger: payload
+                    .get("detail-type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("invoke")
+                    .to_owned(),
+                actor: actor(payload),
+                messages: Vec::new(),
+            };
+        };
+        let actors: BTreeSet<Option<String>> = records
+            .iter()
+            .map(|(_, event)| event.as_ref().and_then(actor))
+            .collect();
         Invocation {
-            trigger: payload.get("detail-type").and_then(Value::as_str).unwrap_or("invoke"),
-            actor: payload.pointer("/detail/userIdentity/arn").and_then(Value::as_str),
+            trigger: "management events".to_owned(),
+            actor: match actors.len() {
+                1 => actors.into_iter().next().flatten(),
+                _ => None,
+            },
+            messages: records.into_iter().map(|(id, _)| id).collect(),
         }
+    }
+}
+
+fn actor(event: &Value) -> Option<String> {
+    event
+        .pointer("/detail/userIdentity/arn")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// A batch from the queue (`Records` from `aws:sqs`): each message's id and its body, the
+/// EventBridge event (`None` when the body is not JSON).
+fn batch(payload: &Value) -> Option<Vec<(String, Option<Value>)>> {
+    let records = payload.get("Records")?.as_array()?;
+    let from_sqs = |r: &Value| r.get("eventSource").and_then(Value::as_str) == Some("aws:sqs");
+    if !records.iter().all(from_sqs) {
+        return None;
+    }
+    Some(
+        records
+            .iter()
+            .map(|r| {
+                let id = r
+                    .get("messageId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = r.get("body").and_then(Value::as_str);
+                (id, body.and_then(|b| serde_json::from_str(b).ok()))
+            })
+            .collect(),
+    )
+}
+
+/// What an invocation syncs (`None`: nothing). A management event, the key or plan it names; a
+/// batch of them from the queue, every key and plan they name, each once however many events
+/// name it (coalesced); the schedule, a direct invocation, and an event (or a batch with one)
+/// that names no one key or plan, everything.
+pub fn work(payload: &Value) -> Option<Work> {
+    let Some(records) = batch(payload) else {
+        return event_work(payload);
+    };
+    let mut targets = BTreeSet::new();
+    for (_, event) in records {
+        match event.as_ref().map_or(Some(Work::Full), event_work) {
+            Some(Work::Full) => return Some(Work::Full),
+            Some(Work::Targets(named)) => targets.extend(named),
+            None => {}
+        }
+    }
+    (!targets.is_empty()).then_some(Work::Targets(targets))
+}
+
+/// What one EventBridge event (or a direct invocation's payload) syncs.
+fn event_work(event: &Value) -> Option<Work> {
+    if event.get("detail-type").and_then(Value::as_str) != Some(MANAGEMENT_EVENT) {
+        return Some(Work::Full);
+    }
+    match event.get("detail").map_or(Named::Unknown, Named::of_event) {
+        Named::Target(target) => Some(Work::Targets(BTreeSet::from([target]))),
+        Named::Nothing => None,
+        Named::Unknown => Some(Work::Full),
     }
 }
 
@@ -77,6 +204,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_pace_comes_from_the_environment_with_a_default_and_an_error_names_the_variable() {
+        assert_eq!(calls_per_second(None), Ok(DEFAULT_CALLS_PER_SECOND));
+        assert_eq!(calls_per_second(Some(" 0.5 ")), Ok(0.5));
+        for bad in ["0", "-1", "fast", "inf"] {
+            assert!(
+                calls_per_second(Some(bad))
+                    .expect_err(bad)
+                    .contains(CALLS_PER_SECOND_VAR)
+            );
+        }
+    }
 
     #[test]
     fn the_scope_comes_from_the_environment_and_an_error_names_the_variable() {
@@ -90,26 +230,85 @@ mod tests {
         );
     }
 
+    /// EventBridge events of API Gateway's management calls as CloudTrail records them (path
+    /// parameters by name, a body as `<operation>Input`, the new resource in `responseElements`,
+    /// a key's value hidden), a tag change on a stage, a schedule's event and a direct call, each
+    /// with what it should sync.
+    const EVENTS: &str = include_str!("../fixtures/events.json");
+
+    #[test]
+    fn a_management_event_syncs_the_key_or_plan_it_names_and_anything_else_everything() {
+        use tollgate::control::sync::scoped::Target;
+        let cases: Vec<Value> = serde_json::from_str(EVENTS).expect("fixtures");
+        assert!(cases.len() >= 10);
+        for case in &cases {
+            let expect = case["expect"].as_str().expect("expect");
+            let want = match expect.split_once(':') {
+                Some(("key", id)) => Some(Work::Targets(BTreeSet::from([Target::Key(id.into())]))),
+                Some(("plan", id)) => Some(Work::Targets(BTreeSet::from([Target::Plan(id.into())]))),
+                _ if expect == "nothing" => None,
+                _ => Some(Work::Full),
+            };
+            assert_eq!(work(&case["event"]), want, "{}", case["event"]);
+        }
+    }
+
+    /// An SQS batch of the fixtures' events (by index), as the queue delivers them to Lambda.
+    fn batch_of(cases: &[Value], picks: &[usize]) -> Value {
+        let records: Vec<Value> = picks
+            .iter()
+            .enumerate()
+            .map(|(i, &pick)| {
+                json!({
+                    "messageId": format!("m{i}"),
+                    "receiptHandle": "AQEB",
+                    "body": cases[pick]["event"].to_string(),
+                    "attributes": { "ApproximateReceiveCount": "1" },
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:plan-sync",
+                    "awsRegion": "eu-west-1",
+                })
+            })
+            .collect();
+        json!({ "Records": records })
+    }
+
+    #[test]
+    fn a_batch_of_events_syncs_each_key_and_plan_once_and_everything_if_one_names_neither() {
+        use tollgate::control::sync::scoped::Target;
+        let cases: Vec<Value> = serde_json::from_str(EVENTS).expect("fixtures");
+        // GIVEN the key's update five times, the key put on a plan, the plan updated twice, a
+        // stage tagged
+        let batch = batch_of(&cases, &[1, 1, 1, 1, 1, 3, 6, 6, 10]);
+        // THEN the key and the plan are synced once each, for the one caller, all messages named
+        let key = Target::Key("k7x2v9w1q3".into());
+        let plan = Target::Plan("p1a2b3".into());
+        assert_eq!(work(&batch), Some(Work::Targets(BTreeSet::from([key, plan]))));
+        let of = Invocation::of(&batch);
+        assert_eq!(
+            of.actor.as_deref(),
+            Some("arn:aws:sts::123456789012:assumed-role/ops/alice")
+        );
+        assert_eq!(of.messages.len(), 9);
+        // AND a batch with ImportApiKeys, or a body that is not an event, syncs everything
+        assert_eq!(work(&batch_of(&cases, &[1, 11])), Some(Work::Full));
+        let mut broken = batch_of(&cases, &[1]);
+        broken["Records"][0]["body"] = json!("{not json");
+        assert_eq!(work(&broken), Some(Work::Full));
+        // AND a batch that names nothing sync reads syncs nothing
+        assert_eq!(work(&batch_of(&cases, &[10, 10])), None);
+    }
+
     #[test]
     fn a_management_event_names_its_caller_and_a_direct_invocation_names_nothing() {
         let event = json!({
             "detail-type": "AWS API Call via CloudTrail",
             "detail": { "eventName": "CreateApiKey", "userIdentity": { "arn": "arn:aws:iam::1:user/ops" } },
         });
-        assert_eq!(
-            Invocation::of(&event),
-            Invocation {
-                trigger: "AWS API Call via CloudTrail",
-                actor: Some("arn:aws:iam::1:user/ops"),
-            }
-        );
-        let direct = json!({});
-        assert_eq!(
-            Invocation::of(&direct),
-            Invocation {
-                trigger: "invoke",
-                actor: None,
-            }
-        );
+        let of = Invocation::of(&event);
+        assert_eq!(of.trigger, "AWS API Call via CloudTrail");
+        assert_eq!(of.actor.as_deref(), Some("arn:aws:iam::1:user/ops"));
+        let direct = Invocation::of(&json!({}));
+        assert_eq!((direct.trigger.as_str(), direct.actor), ("invoke", None));
     }
 }

@@ -42,6 +42,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::get_item::GetItemError;
+use aws_sdk_dynamodb::operation::query::QueryError;
 use aws_sdk_dynamodb::operation::scan::ScanError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
@@ -148,6 +149,37 @@ pub async fn read_item(client: &Client, table: &str, pk: &str) -> Result<Option<
         .send()
         .await?;
     Ok(out.item)
+}
+
+/// The keys (`key#…`) of the items the index `BY_TENANT` holds for `tenant`, all pages. The index
+/// is eventually consistent: a key item written a moment ago may be missing.
+pub async fn key_pks_of(client: &Client, table: &str, tenant: &str) -> Result<Vec<String>, SdkError<QueryError>> {
+    let mut pks = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .query()
+            .table_name(table)
+            .index_name(BY_TENANT)
+            .key_condition_expression("#t = :t")
+            .projection_expression("#pk")
+            .expression_attribute_names("#t", record::KEY_TENANT)
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":t", AttributeValue::S(tenant.to_owned()))
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await?;
+        pks.extend(
+            page.items()
+                .iter()
+                .filter_map(|i| record::string(i, PK))
+                .filter(|pk| pk.starts_with(KEY_PREFIX)),
+        );
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => return Ok(pks),
+        }
+    }
 }
 
 /// Every stored plan's name and spec, by scanning the `plan#` items (all pages). A plan whose item

@@ -55,6 +55,61 @@ impl Counts {
     }
 }
 
+/// API Gateway's default page, as the scale tests' paging shim serves it.
+pub const PAGE: usize = 25;
+/// The smaller number of keys the scale tests compare costs at.
+pub const SMALL: usize = 100;
+
+/// The larger: 1,000 keys (seeding 10,000 on the single-threaded emulator takes minutes, too long
+/// for every run of the suite); `TOLLGATE_SCALE_KEYS=10000` runs at 10,000, as BENCHMARKS.md
+/// records. The counts are equal at any two sizes or the tests fail.
+pub fn large() -> usize {
+    std::env::var("TOLLGATE_SCALE_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000)
+}
+
+/// Each step's costs at `SMALL` keys and at `large` side by side, for the record (`--nocapture`).
+pub fn print_costs(small: &[(&str, Counts)], many: &[(&str, Counts)], large: usize) {
+    for ((name, a), (_, b)) in small.iter().zip(many) {
+        eprintln!(
+            "{name:<13} {SMALL} keys: {} API Gateway calls, {} DynamoDB calls, {} items read; {large} keys: {}, {}, {}  {:?}",
+            a.api_gateway(),
+            a.dynamodb(),
+            a.dynamodb_items_read,
+            b.api_gateway(),
+            b.dynamodb(),
+            b.dynamodb_items_read,
+            b.calls
+        );
+    }
+}
+
+/// A counting proxy in front of API Gateway and one in front of DynamoDB, read together.
+#[derive(Debug, Clone)]
+pub struct Meters {
+    pub control: CountingProxy,
+    pub dynamodb: CountingProxy,
+}
+
+impl Meters {
+    /// Both counts now.
+    pub fn read(&self) -> (Counts, Counts) {
+        (self.control.counts(), self.dynamodb.counts())
+    }
+
+    /// What was counted since `before`, as one: API Gateway's calls and DynamoDB's, and the items
+    /// DynamoDB read.
+    pub fn since(&self, (control, dynamodb): &(Counts, Counts)) -> Counts {
+        let mut counts = self.control.counts().since(control);
+        let db = self.dynamodb.counts().since(dynamodb);
+        counts.calls.extend(db.calls);
+        counts.dynamodb_items_read = db.dynamodb_items_read;
+        counts
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Counter(Arc<Mutex<Counts>>);
 

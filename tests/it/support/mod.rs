@@ -14,6 +14,7 @@ pub mod paging_shim;
 pub mod proxy;
 pub mod serve_process;
 pub mod subscriber;
+pub mod synthetic_gateway;
 
 use tollgate::engine::policy::{Plan, PlanSpec};
 

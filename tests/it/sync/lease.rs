@@ -3,6 +3,7 @@
 //! adapter underneath); time is the world's `ManualClock`, far from the system's, and each run's
 //! deadline is given as the function gives its invocation's.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
 use tollgate::control::sync::lease::{
     LEASE_MARGIN, Lease, MIN_ROUND, Release, Take, expiry, invocation_owner, lease_until, run_leased,
 };
+use tollgate::control::sync::scoped::{Target, Work};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::clock::Timestamp;
@@ -87,11 +89,11 @@ async fn a_run_that_finds_the_lease_held_asks_for_a_rerun_and_the_holder_syncs_w
 
     // WHEN run A takes the lease and reads API Gateway, and while it is under way a second key
     // arrives and run B (its trigger) starts
-    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline());
+    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline(), &Work::Full);
     let b = async {
         paused.reached.notified().await;
         let k2 = w.key("k2", Some("t2"), "tg_live_lease_2", &plan).await;
-        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline())
+        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline(), &Work::Full)
             .await
             .expect("run b");
         let lease = w.lease().await;
@@ -144,7 +146,7 @@ async fn a_holder_stopped_right_after_renewing_blocks_others_only_until_its_dead
 
     // WHEN a run starts up to the expiry itself
     w.clock.set(deadline.saturating_add(LEASE_MARGIN));
-    let early = run_leased(&w.control, &w.table, &w.clock, None, "early", w.deadline())
+    let early = run_leased(&w.control, &w.table, &w.clock, None, "early", w.deadline(), &Work::Full)
         .await
         .expect("run");
     // THEN it does not sync: the lease still holds
@@ -153,7 +155,7 @@ async fn a_holder_stopped_right_after_renewing_blocks_others_only_until_its_dead
 
     // WHEN a run starts one second past the expiry
     w.clock.advance(Duration::from_secs(1));
-    let late = run_leased(&w.control, &w.table, &w.clock, None, "late", w.deadline())
+    let late = run_leased(&w.control, &w.table, &w.clock, None, "late", w.deadline(), &Work::Full)
         .await
         .expect("run");
     // THEN it takes the lapsed lease, syncs once (the crashed run's rerun went with its lease)
@@ -180,10 +182,10 @@ async fn a_rerun_asked_too_near_the_deadline_is_left_to_the_next_trigger_with_th
     let deadline = w.clock.now().saturating_add(MIN_ROUND - Duration::from_secs(1));
 
     // WHEN run B asks A for a rerun during A's round
-    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", deadline);
+    let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", deadline, &Work::Full);
     let b = async {
         paused.reached.notified().await;
-        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline()).await;
+        let b = run_leased(&w.control, &w.table, &w.clock, None, "run-b", w.deadline(), &Work::Full).await;
         paused.resume.notify_one();
         b.expect("run b")
     };
@@ -208,7 +210,7 @@ async fn a_release_that_fails_abandons_the_lease_so_the_next_trigger_need_not_wa
     let lost = Some(Fault::LoseRequest);
     proxy.inject_on("POST", "DynamoDB_20120810.DeleteItem", &[lost, lost, lost]);
     // WHEN it runs
-    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline()).await;
+    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline(), &Work::Full).await;
     // THEN the run fails on its release, and the lease is abandoned all the same
     assert!(run.is_err(), "{run:?}");
     assert_eq!(
@@ -262,7 +264,7 @@ async fn a_take_whose_answer_is_lost_is_retried_onto_the_runs_own_lease_and_the_
     let table = PolicyTable::new(tollgate::aws::admin_client(&sdk), &w.name);
     proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseResponse)]);
     // WHEN it runs
-    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline())
+    let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline(), &Work::Full)
         .await
         .expect("run");
     // THEN the retry finds the lease its own: the run syncs instead of deferring to itself
@@ -308,21 +310,8 @@ async fn items_another_writer_changed_under_a_round_are_synced_in_the_next_round
     let paused = Paused::new(&w.control);
 
     // WHEN a leased run reads API Gateway, and before it writes another writer puts t2 on plan q
-    let run = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline());
-    let other = async {
-        paused.reached.notified().await;
-        let written = write::put(
-            &w.db,
-            &w.name,
-            &tenant_pk("t2"),
-            record::tenant_item(&TenantRecord::on("defer-q")),
-            &Expect::Absent,
-        )
-        .await
-        .expect("write");
-        paused.resume.notify_one();
-        written
-    };
+    let run = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline(), &Work::Full);
+    let other = t2_put_on(&w, &paused, "defer-q");
     let (run, written) = tokio::join!(run, other);
     let run = run.expect("run");
 
@@ -335,6 +324,80 @@ async fn items_another_writer_changed_under_a_round_are_synced_in_the_next_round
     assert_eq!(
         w.resolve("tg_live_defer_2").await,
         Some(("t2".into(), "defer-p".into()))
+    );
+    assert_eq!(w.lease().await, None);
+}
+
+/// Another writer putting tenant t2 on `plan` while `paused` holds a run, then letting it go on.
+async fn t2_put_on(w: &World, paused: &Paused<'_>, plan: &str) -> Written {
+    paused.reached.notified().await;
+    let item = record::tenant_item(&TenantRecord::on(plan));
+    let written = write::put(&w.db, &w.name, &tenant_pk("t2"), item, &Expect::Absent).await;
+    paused.resume.notify_one();
+    written.expect("write")
+}
+
+/// API Gateway as a scoped sync reads it, held once right after its last read (a key's plans).
+struct PausedScoped<'a>(Paused<'a>);
+
+impl std::fmt::Debug for PausedScoped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PausedScoped").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl ControlPlane for PausedScoped<'_> {
+    async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        self.0.inner.usage_plans().await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError> {
+        self.0.inner.api_keys().await
+    }
+
+    async fn key_by_id(&self, id: &str) -> Result<Option<ApiKey>, ControlError> {
+        self.0.inner.key_by_id(id).await
+    }
+
+    async fn plans_of_key(&self, key_id: &str) -> Result<Vec<UsagePlan>, ControlError> {
+        let plans = self.0.inner.plans_of_key(key_id).await;
+        if !self.0.held.swap(true, Ordering::SeqCst) {
+            self.0.reached.notify_one();
+            self.0.resume.notified().await;
+        }
+        plans
+    }
+}
+
+#[tokio::test]
+async fn items_another_writer_changed_under_a_scoped_round_are_synced_by_the_same_scoped_work() {
+    // GIVEN two plans, and a key of t2 on plan p not yet synced
+    let w = World::new("tg-sync-lease-scoped").await;
+    let p = w.plan("scoped-p", 1.0, 5, 1000, &[]).await;
+    w.plan("scoped-q", 2.0, 5, 1000, &[]).await;
+    w.key("k1", Some("t1"), "tg_live_scoped_1", &p).await;
+    w.sync().await;
+    let k2 = w.key("k2", Some("t2"), "tg_live_scoped_2", &p).await;
+    let paused = PausedScoped(Paused::new(&w.control));
+
+    // WHEN a leased run syncs k2's event, and after it read API Gateway another writer puts t2 on
+    // plan q
+    let work = Work::Targets(BTreeSet::from([Target::Key(k2.clone())]));
+    let run = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline(), &work);
+    let other = t2_put_on(&w, &paused.0, "scoped-q");
+    let (run, written) = tokio::join!(run, other);
+    let run = run.expect("run");
+
+    // THEN the round that lost t2 left it, and the next round synced k2's event again, scoped (no
+    // full sync): t2 is on p, as API Gateway says
+    assert_eq!(written, Written::Done);
+    assert_eq!(run.rounds.len(), 2, "{run:?}");
+    assert_eq!(run.rounds[0].left_to_other_writers, vec![tenant_pk("t2")], "{run:?}");
+    assert_eq!(run.rounds[1].targets, vec![format!("api key {k2}")], "{run:?}");
+    assert_eq!(
+        w.resolve("tg_live_scoped_2").await,
+        Some(("t2".into(), "scoped-p".into()))
     );
     assert_eq!(w.lease().await, None);
 }

@@ -4,6 +4,8 @@
 
 mod interleaving;
 mod lease;
+mod pace;
+mod scoped;
 
 use std::sync::Arc;
 

@@ -71,6 +71,11 @@ fn statements(f: &Value) -> impl Iterator<Item = &Value> {
         .expect("inline policies")
         .iter()
         .flat_map(|policy| policy["Statement"].as_sequence().expect("statements"))
+        // A statement under a condition (`!If [Cond, statement, !Ref AWS::NoValue]`): the statement.
+        .map(|st| match untag(st) {
+            (Some(tag), Value::Sequence(branches)) if tag == "!If" && branches.len() == 3 => &branches[1],
+            _ => st,
+        })
 }
 
 fn strings(v: &Value) -> Vec<String> {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_norway::Value;
 use tollgate::policy_file::PolicyFile;
 
-use super::{TEMPLATE, TIERS, function, of_type, parse, statements, strings, untag, variable_names};
+use super::{TEMPLATE, TIERS, function, of_type, parse, resources, statements, strings, untag, variable_names};
 
 #[test]
 fn the_usage_plans_mirror_the_example_tiers() {
@@ -97,11 +97,25 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
     // AND it may call exactly the DynamoDB actions sync calls, on the policy table only, and
     // read exactly the API Gateway collections sync reads
     let mut dynamodb = BTreeSet::new();
+    let mut index = BTreeSet::new();
+    let mut queue = BTreeSet::new();
     let mut apigateway = BTreeSet::new();
     for st in statements(f) {
         assert_eq!(st["Effect"], "Allow");
         for action in strings(&st["Action"]) {
-            if action.starts_with("dynamodb:") {
+            if action.starts_with("sqs:") {
+                assert_eq!(
+                    untag(&st["Resource"]),
+                    (Some("!GetAtt".into()), &Value::from("PlanSyncQueue.Arn"))
+                );
+                queue.insert(action);
+            } else if action.starts_with("dynamodb:") && untag(&st["Resource"]).0.as_deref() == Some("!Sub") {
+                assert_eq!(
+                    untag(&st["Resource"]).1,
+                    &Value::from("${PolicyTable.Arn}/index/by-tenant")
+                );
+                index.insert(action);
+            } else if action.starts_with("dynamodb:") {
                 assert_eq!(
                     untag(&st["Resource"]),
                     (Some("!GetAtt".into()), &Value::from("PolicyTable.Arn"))
@@ -122,6 +136,16 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
         .map(|a| (*a).to_owned())
         .collect();
     assert_eq!(dynamodb, want);
+    let want: BTreeSet<String> = tollgate_plan_sync::INDEX_ACTIONS
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    assert_eq!(index, want);
+    let want: BTreeSet<String> = tollgate_plan_sync::QUEUE_ACTIONS
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    assert_eq!(queue, want);
     let paths: BTreeSet<String> = tollgate_plan_sync::CONTROL_PATHS
         .iter()
         .map(|p| (*p).to_owned())
@@ -158,6 +182,35 @@ fn plan_sync_runs_on_its_schedule_and_on_every_usage_plan_or_key_change() {
     assert_eq!(names, want);
     assert_eq!(
         untag(&rule["Properties"]["Targets"][0]["Arn"]),
-        (Some("!GetAtt".into()), &Value::from("PlanSyncFunction.Arn"))
+        (Some("!GetAtt".into()), &Value::from("PlanSyncQueue.Arn"))
+    );
+    // AND the function takes them from that queue in batches gathered over a window, answering
+    // with the messages to deliver again; a batch that keeps failing goes to a dead-letter queue
+    let mappings = of_type(&t, "AWS::Lambda::EventSourceMapping");
+    let (_, esm) = mappings
+        .iter()
+        .find(|(_, m)| untag(&m["Properties"]["FunctionName"]).1 == "PlanSyncFunction")
+        .expect("plan sync's event source mapping");
+    let p = &esm["Properties"];
+    assert_eq!(
+        untag(&p["EventSourceArn"]),
+        (Some("!GetAtt".into()), &Value::from("PlanSyncQueue.Arn"))
+    );
+    assert!(p["MaximumBatchingWindowInSeconds"].as_u64().is_some_and(|w| w >= 1));
+    assert!(p["BatchSize"].as_u64().is_some_and(|b| b > 1));
+    assert_eq!(strings(&p["FunctionResponseTypes"]), vec!["ReportBatchItemFailures"]);
+    let q = &resources(&t)["PlanSyncQueue"]["Properties"];
+    let timeout = f["Properties"]["Timeout"].as_u64().expect("a timeout");
+    assert!(q["VisibilityTimeout"].as_u64().is_some_and(|v| v >= timeout));
+    assert_eq!(
+        untag(&q["RedrivePolicy"]["deadLetterTargetArn"]),
+        (Some("!GetAtt".into()), &Value::from("PlanSyncDeadLetterQueue.Arn"))
+    );
+    // AND only the rule may send to the queue
+    let policy = &resources(&t)["PlanSyncQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
+    assert_eq!(policy["Principal"]["Service"], "events.amazonaws.com");
+    assert_eq!(
+        untag(&policy["Condition"]["ArnEquals"]["aws:SourceArn"]),
+        (Some("!GetAtt".into()), &Value::from("PlanSyncOnManagementEvents.Arn"))
     );
 }

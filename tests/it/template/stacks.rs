@@ -174,6 +174,18 @@ fn the_stream_mapping_and_its_failure_destination_are_watched() {
     assert!(!mappings.is_empty());
     for (id, m) in mappings {
         let p = stack.eval(&m["Properties"]).expect("properties");
+        // THEN a queue's mapping: the queue's dead-letter queue alarms on its first message
+        if let Some(queue) = p["EventSourceArn"].as_str().filter(|arn| arn.contains("Queue")) {
+            let logical = queue.trim_start_matches('<').trim_end_matches(".Arn>");
+            let source = stack.eval(&t["Resources"][logical]["Properties"]).expect("queue");
+            let dead = source["RedrivePolicy"]["deadLetterTargetArn"]
+                .as_str()
+                .expect("dead-letter queue");
+            let name = dead.replace(".Arn>", ".QueueName>");
+            let set_aside = alarms.on("AWS/SQS", "ApproximateNumberOfMessagesVisible", ("QueueName", &name));
+            assert_eq!(set_aside.len(), 1, "{id}: messages in {name}");
+            continue;
+        }
         // THEN the function it feeds has an alarm on how far behind the stream it reads
         let function = p["FunctionName"].as_str().expect("function");
         let age = alarms.on("AWS/Lambda", "IteratorAge", ("FunctionName", function));

@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use tollgate::aws::{admin_client, control_client};
 use tollgate::control::apigateway::model::{ApiKey, UsagePlan};
 use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
+use tollgate::control::sync::scoped::{self, Outcome, Target};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::sync::{self, SyncReport};
 use tollgate::directory::{Directory, DynamoDirectory};
@@ -38,6 +39,8 @@ enum At {
     BeforeUsagePlans,
     AfterUsagePlans,
     AfterApiKeys,
+    /// After an event-scoped sync's last read of API Gateway (a key's plans).
+    AfterPlansOfKey,
 }
 
 /// API Gateway as sync reads it, running each hook once at its point.
@@ -79,6 +82,16 @@ impl ControlPlane for Hooked {
         let keys = self.inner.api_keys().await?;
         self.run(At::AfterApiKeys).await;
         Ok(keys)
+    }
+
+    async fn key_by_id(&self, id: &str) -> Result<Option<ApiKey>, ControlError> {
+        self.inner.key_by_id(id).await
+    }
+
+    async fn plans_of_key(&self, key_id: &str) -> Result<Vec<UsagePlan>, ControlError> {
+        let plans = self.inner.plans_of_key(key_id).await?;
+        self.run(At::AfterPlansOfKey).await;
+        Ok(plans)
     }
 }
 
@@ -138,6 +151,41 @@ impl Both {
             .expect("sync");
         assert!(control.hooks.lock().await.is_empty(), "every hook ran");
         report
+    }
+
+    /// Moves the key `key_id` from usage plan free to pro in API Gateway directly.
+    async fn move_to_pro(&self, key_id: &str) {
+        let gw = &self.w.gw;
+        let plans = gw.get_usage_plans().send().await.expect("plans");
+        let pro = plans
+            .items()
+            .iter()
+            .find(|p| p.name() == Some("pro"))
+            .and_then(|p| p.id());
+        let pro = pro.expect("usage plan pro");
+        let off = gw
+            .delete_usage_plan_key()
+            .usage_plan_id(&self.w.free_plan_id)
+            .key_id(key_id);
+        off.send().await.expect("off free");
+        let onto = gw.create_usage_plan_key().usage_plan_id(pro).key_id(key_id);
+        onto.key_type("API_KEY").send().await.expect("onto pro");
+    }
+
+    /// An event-scoped sync of `target` that runs each hook at its point.
+    async fn scoped_with(&self, target: &Target, hooks: Vec<(At, Hook)>) -> SyncReport {
+        let control = Hooked {
+            inner: self.control(),
+            hooks: Mutex::new(hooks),
+        };
+        let outcome = scoped::run(&control, &self.table, &self.w.clock, None, target)
+            .await
+            .expect("scoped sync");
+        assert!(control.hooks.lock().await.is_empty(), "every hook ran");
+        match outcome {
+            Outcome::Synced(report) => *report,
+            Outcome::NeedsFull(why) => panic!("a scoped sync of {target:?} needed a full one: {why}"),
+        }
     }
 
     pub(super) async fn sync(&self) -> SyncReport {
@@ -338,25 +386,7 @@ async fn an_anchor_set_while_sync_runs_is_kept_by_that_sync_and_the_next() {
         .expect("id")
         .to_owned();
     b.sync().await;
-    let gw = &b.w.gw;
-    let plans = gw.get_usage_plans().send().await.expect("plans");
-    let pro = plans
-        .items()
-        .iter()
-        .find(|p| p.name() == Some("pro"))
-        .and_then(|p| p.id());
-    let pro = pro.expect("usage plan pro");
-    let moved = gw
-        .delete_usage_plan_key()
-        .usage_plan_id(&b.w.free_plan_id)
-        .key_id(&key_id);
-    moved.send().await.expect("off free");
-    let onto = gw
-        .create_usage_plan_key()
-        .usage_plan_id(pro)
-        .key_id(&key_id)
-        .key_type("API_KEY");
-    onto.send().await.expect("onto pro");
+    b.move_to_pro(&key_id).await;
     // WHEN its anchor day is set to the 20th after a sync read API Gateway, and that sync then
     // writes acme's item (moved to pro)
     let set = b.request(
@@ -482,4 +512,30 @@ async fn an_onboarding_retried_onto_the_tenant_item_a_sync_made_lists_its_key() 
     let after = b.registry.tenant("acme").await.expect("read").expect("acme");
     let listed: Option<Vec<String>> = after.keys.map(|k| k.into_keys().collect());
     assert_eq!(listed, Some(vec![id]));
+}
+
+#[tokio::test]
+async fn an_offboarding_after_an_event_scoped_sync_read_api_gateway_is_not_undone_by_it() {
+    // GIVEN tenant acme onboarded on free and synced, then its key moved to usage plan pro in API
+    // Gateway directly: the management event's scoped sync of the key will write acme's item
+    let _region = emulator::claim("ap-southeast-4").await;
+    let b = Both::new("ap-southeast-4").await;
+    let (key_id, value) = b.onboard("acme").await;
+    b.sync().await;
+    b.move_to_pro(&key_id).await;
+    // WHEN acme is offboarded after that scoped sync read API Gateway (the key enabled, on pro),
+    // and the sync then writes
+    let offboard = b.request(reqwest::Method::DELETE, "/v1/tenants/acme", None);
+    let target = Target::Key(key_id.clone());
+    let report = b.scoped_with(&target, vec![(At::AfterPlansOfKey, offboard)]).await;
+    // THEN acme stays offboarded: its key revoked, no plan; the sync's write of the tenant lost
+    // to the offboarding's and is left to the next sync
+    assert_ne!(b.enabled(&value).await, Some(true), "{report:?}");
+    assert_eq!(b.tenant_plan("acme").await, None, "{report:?}");
+    assert!(report.created.is_empty() && report.changed.is_empty(), "{report:?}");
+    assert!(report.left_to_other_writers.contains(&tenant_pk("acme")), "{report:?}");
+    // AND the next scoped sync of the key, which reads the key disabled, keeps it so
+    let again = b.scoped_with(&target, Vec::new()).await;
+    assert_ne!(b.enabled(&value).await, Some(true), "{again:?}");
+    assert_eq!(b.tenant_plan("acme").await, None, "{again:?}");
 }

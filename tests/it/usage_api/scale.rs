@@ -19,22 +19,8 @@ use tollgate::policy_table::record::{Item, key_item, tenant_item};
 use tollgate::policy_table::{KeyRecord, PK, TenantRecord, key_pk, revoke_pk, tenant_pk};
 
 use super::{World, plan};
-use crate::support::counting_proxy::{CountingProxy, Counts};
+use crate::support::counting_proxy::{CountingProxy, Counts, Meters, PAGE, SMALL, large, print_costs};
 use crate::support::{emulator, paging_shim};
-
-/// API Gateway's default page.
-const PAGE: usize = 25;
-const SMALL: usize = 100;
-
-/// The larger size: 1,000 keys here (seeding 10,000 on the single-threaded emulator takes
-/// minutes, too long for every run of the suite); `TOLLGATE_SCALE_KEYS=10000` runs it at 10,000,
-/// as BENCHMARKS.md records. The counts are equal at any two sizes or the test fails.
-fn large() -> usize {
-    std::env::var("TOLLGATE_SCALE_KEYS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000)
-}
 
 /// `n` keys of tenants `seed-<i>`, on the free usage plan and in the policy table, and a pending
 /// revocation, due in a year, for every tenth (stored as before buckets: the sweep's first run
@@ -128,14 +114,12 @@ async fn costs(region: &'static str, keys: usize) -> Vec<(&'static str, Counts)>
     seed(&w, &admin_client(&sdk), &table, keys).await;
     // The sweep's first run on the table, its one scan, before anything is counted.
     w.api.revoke_due("schedule").await.expect("first sweep");
-    let both = || (control.counts(), dynamo.counts());
-    // What was counted since `before`: API Gateway's calls and DynamoDB's, and the items read.
-    let since = |(c, d): (Counts, Counts)| {
-        let (mut counts, db) = (control.counts().since(&c), dynamo.counts().since(&d));
-        counts.calls.extend(db.calls);
-        counts.dynamodb_items_read = db.dynamodb_items_read;
-        counts
+    let meters = Meters {
+        control: control.clone(),
+        dynamodb: dynamo,
     };
+    let both = || meters.read();
+    let since = |before: (Counts, Counts)| meters.since(&before);
     let step = async |method: Method, path: &str, body: serde_json::Value, want: StatusCode| {
         let before = both();
         let req = w
@@ -178,17 +162,6 @@ async fn onboarding_rotation_sweep_move_and_offboarding_cost_the_same_with_100_a
     let small = costs("tg-scale-1", SMALL).await;
     let many = costs("tg-scale-2", large).await;
     // THEN each operation made the same API Gateway and DynamoDB calls and read the same items
-    for ((name, a), (_, b)) in small.iter().zip(&many) {
-        eprintln!(
-            "{name:<12} {SMALL} keys: {} API Gateway calls, {} DynamoDB calls, {} items read; {large} keys: {}, {}, {}  {:?}",
-            a.api_gateway(),
-            a.dynamodb(),
-            a.dynamodb_items_read,
-            b.api_gateway(),
-            b.dynamodb(),
-            b.dynamodb_items_read,
-            b.calls
-        );
-    }
+    print_costs(&small, &many, large);
     assert_eq!(small, many);
 }

@@ -3,6 +3,7 @@
 //! fault proxy in front of the local emulator rather than replacing it.
 
 pub mod model;
+pub mod pace;
 pub mod writes;
 
 use std::fmt;
@@ -53,6 +54,31 @@ pub trait ControlPlane: Send + Sync + fmt::Debug {
     async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError>;
     /// Every API key, its value hashed.
     async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError>;
+
+    // What an event-scoped sync reads (`control::sync::scoped`). Each default reads everything
+    // and picks out what was asked: the same answer at a larger cost, for ports that only list.
+
+    /// One API key by id, its value hashed; `None` when it does not exist.
+    async fn key_by_id(&self, id: &str) -> Result<Option<ApiKey>, ControlError> {
+        Ok(self.api_keys().await?.into_iter().find(|k| k.id == id))
+    }
+    /// The usage plans the key is on, each listing that key alone among its keys.
+    async fn plans_of_key(&self, key_id: &str) -> Result<Vec<UsagePlan>, ControlError> {
+        let mut plans = self.usage_plans().await?;
+        plans.retain(|p| p.key_ids.iter().any(|k| k == key_id));
+        for plan in &mut plans {
+            plan.key_ids = vec![key_id.to_owned()];
+        }
+        Ok(plans)
+    }
+    /// Every usage plan, without its keys.
+    async fn plans_without_keys(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        let mut plans = self.usage_plans().await?;
+        for plan in &mut plans {
+            plan.key_ids.clear();
+        }
+        Ok(plans)
+    }
 }
 
 /// Retries of throttled (and unanswered) control-plane calls: exponential, full jitter.
@@ -113,6 +139,8 @@ pub struct ApiGateway {
     client: Client,
     backoff: Backoff,
     calls: Arc<AtomicU64>,
+    /// Every call (retries too) waits its turn here, when set.
+    pace: Option<Arc<pace::Pace>>,
 }
 
 impl ApiGateway {
@@ -121,6 +149,16 @@ impl ApiGateway {
             client,
             backoff,
             calls: Arc::default(),
+            pace: None,
+        }
+    }
+
+    /// This adapter with every call paced (`pace`): the plan-sync function keeps to its share of
+    /// the account's management-API budget.
+    pub fn paced(self, pace: Arc<pace::Pace>) -> ApiGateway {
+        ApiGateway {
+            pace: Some(pace),
+            ..self
         }
     }
 
@@ -170,6 +208,9 @@ impl ApiGateway {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if let Some(pace) = &self.pace {
+                pace.wait().await;
+            }
             self.calls.fetch_add(1, Ordering::Relaxed);
             let failure = match call().await {
                 Ok(v) => return Ok(v),
@@ -268,6 +309,11 @@ pub(super) fn usage_plan_of(p: &sdk::UsagePlan) -> UsagePlan {
 impl ApiGateway {
     /// Every usage plan without its keys: `GetUsagePlans` alone, all pages.
     pub(super) async fn plans_alone(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        self.plans_listed(None).await
+    }
+
+    /// `GetUsagePlans`, all pages: every plan, or with `key_id` the plans that key is on.
+    async fn plans_listed(&self, key_id: Option<&str>) -> Result<Vec<UsagePlan>, ControlError> {
         let mut plans = Vec::new();
         let mut position: Option<String> = None;
         loop {
@@ -275,6 +321,7 @@ impl ApiGateway {
                 .retrying("GetUsagePlans", || {
                     self.client
                         .get_usage_plans()
+                        .set_key_id(key_id.map(str::to_owned))
                         .limit(PAGE)
                         .set_position(position.clone())
                         .send()
@@ -302,6 +349,56 @@ impl ControlPlane for ApiGateway {
     async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError> {
         self.keys_named(None).await
     }
+
+    /// `GetApiKey` with its value: one call.
+    async fn key_by_id(&self, id: &str) -> Result<Option<ApiKey>, ControlError> {
+        let r = self
+            .retrying("GetApiKey", || {
+                self.client.get_api_key().api_key(id).include_value(true).send()
+            })
+            .await;
+        match r {
+            Ok(k) => Ok(Some(api_key_of(
+                k.id(),
+                k.name(),
+                k.customer_id(),
+                k.enabled(),
+                k.value(),
+            ))),
+            Err(ControlError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GetUsagePlans` with `keyId`: the plans the key is on, whatever the number of keys.
+    async fn plans_of_key(&self, key_id: &str) -> Result<Vec<UsagePlan>, ControlError> {
+        let mut plans = self.plans_listed(Some(key_id)).await?;
+        for plan in &mut plans {
+            plan.key_ids = vec![key_id.to_owned()];
+        }
+        Ok(plans)
+    }
+
+    async fn plans_without_keys(&self) -> Result<Vec<UsagePlan>, ControlError> {
+        self.plans_alone().await
+    }
+}
+
+/// An API key as the port gives it: its value hashed here, so the raw value goes no further.
+fn api_key_of(
+    id: Option<&str>,
+    name: Option<&str>,
+    customer_id: Option<&str>,
+    enabled: bool,
+    value: Option<&str>,
+) -> ApiKey {
+    ApiKey {
+        id: id.unwrap_or_default().to_owned(),
+        name: name.unwrap_or_default().to_owned(),
+        customer_id: customer_id.map(str::to_owned),
+        enabled,
+        hash: value.filter(|v| !v.is_empty()).map(ApiKeyHash::of),
+    }
 }
 
 impl ApiGateway {
@@ -321,14 +418,11 @@ impl ApiGateway {
                         .send()
                 })
                 .await?;
-            keys.extend(page.items().iter().map(|k| ApiKey {
-                id: k.id().unwrap_or_default().to_owned(),
-                name: k.name().unwrap_or_default().to_owned(),
-                customer_id: k.customer_id().map(str::to_owned),
-                enabled: k.enabled(),
-                // Hashed here: the raw value goes no further.
-                hash: k.value().filter(|v| !v.is_empty()).map(ApiKeyHash::of),
-            }));
+            keys.extend(
+                page.items()
+                    .iter()
+                    .map(|k| api_key_of(k.id(), k.name(), k.customer_id(), k.enabled(), k.value())),
+            );
             position = page.position().map(str::to_owned);
             if position.is_none() {
                 return Ok(keys);

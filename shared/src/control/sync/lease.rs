@@ -22,6 +22,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 
+use super::scoped::{self, Work};
 use super::table::{PolicyTable, TableError};
 use super::{SyncError, SyncReport};
 use crate::control::apigateway::ControlPlane;
@@ -241,7 +242,9 @@ pub fn expiry(deadline: Timestamp) -> Timestamp {
     deadline.saturating_add(LEASE_MARGIN)
 }
 
-/// `sync::run` under the lease, as the plan-sync function runs it: `owner` names this run
+/// A sync under the lease, as the plan-sync function runs it: its first round syncs `work`
+/// (`scoped::round`: an event's key or plan, or everything), as does a round for items another
+/// writer changed under the last; a rerun another run asked for syncs everything. `owner` names this run
 /// (`invocation_owner`: the request id and a nonce drawn once per invocation), `deadline` is when
 /// the invocation is stopped (the lease holds until `expiry(deadline)`). A run that finds the
 /// lease held asks its holder to run again and returns `deferred`; the holder runs until no rerun
@@ -255,6 +258,7 @@ pub async fn run_leased(
     actor: Option<&str>,
     owner: &str,
     deadline: Timestamp,
+    work: &Work,
 ) -> Result<LeasedRun, SyncError> {
     let lease = Lease::new(table, owner);
     // A take that failed may have landed: abandoned, as after any other error.
@@ -266,14 +270,17 @@ pub async fn run_leased(
         });
     }
     let mut done = LeasedRun::default();
+    let mut work = work;
     loop {
         let started = clock.now();
-        let report = super::run(control, table, clock, actor).await;
+        let report = scoped::round(control, table, clock, actor, work).await;
         let took = clock.now().saturating_since(started);
         let report = abandon_on_error(&lease, report).await?;
         // Items another writer changed under this round are read again in the next, as if a
-        // rerun was asked for: no other trigger may come for them.
+        // rerun was asked for: no other trigger may come for them. That round syncs the same
+        // work; a rerun another run asked for syncs everything (it does not say what changed).
         let release = if report.left_to_other_writers.is_empty() {
+            work = &Work::Full;
             abandon_on_error(&lease, lease.release().await).await?
         } else {
             Release::Rerun

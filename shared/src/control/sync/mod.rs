@@ -14,6 +14,7 @@
 pub mod lease;
 pub mod mapping;
 pub mod scope;
+pub mod scoped;
 pub mod table;
 
 use std::time::Duration;
@@ -21,9 +22,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use self::mapping::SyncProblem;
-use self::table::{PolicyTable, TableError};
+use self::table::{PolicyTable, TableError, TableWrite};
+use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::{ControlError, ControlPlane};
-use crate::engine::clock::Clock;
+use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_table::audit::{AuditLog, ChangeOutcome, ChangeRecord, ItemChange, Source};
 use crate::policy_table::{PLAN_PREFIX, Record};
 
@@ -76,11 +78,33 @@ pub struct SyncReport {
     /// The audit record of the writes (`tollgate policy history`); none when nothing changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change_id: Option<String>,
+    /// The keys and plans an event-scoped sync synced (`scoped`); none for a full sync.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
 }
 
 impl SyncReport {
     pub fn is_noop(&self) -> bool {
         self.writes == 0
+    }
+
+    /// Adds another scoped run's report to this one (`scoped::run_each`).
+    fn absorb(&mut self, other: SyncReport) {
+        self.usage_plans += other.usage_plans;
+        self.api_keys += other.api_keys;
+        self.plans += other.plans;
+        self.tenants += other.tenants;
+        self.keys += other.keys;
+        self.created.extend(other.created);
+        self.changed.extend(other.changed);
+        self.revoked.extend(other.revoked);
+        self.problems.extend(other.problems);
+        self.warnings.extend(other.warnings);
+        self.left_to_other_writers.extend(other.left_to_other_writers);
+        self.writes += other.writes;
+        self.retries += other.retries;
+        self.change_id = other.change_id.or(self.change_id.take());
+        self.targets.extend(other.targets);
     }
 
     /// The report as a person reads it.
@@ -179,7 +203,30 @@ pub async fn run_as(
         let keys = control.api_keys().await?;
         let desired = mapping::desired_moving(&plans, &keys, &current.moving(as_of));
         let changes = table::diff(&desired, &current);
-        let mut report = SyncReport {
+        let report = SyncReport::of(table, &plans, &keys, &desired, retries);
+        let decided = Decided {
+            as_of,
+            current,
+            changes,
+            report,
+        };
+        match write(table, decided, actor, record).await {
+            Err(TableError::Superseded) => contended(&mut retries).await?,
+            written => return Ok(written?),
+        }
+    }
+}
+
+impl SyncReport {
+    /// A round's report before its writes: what it read, and what it enforces.
+    fn of(
+        table: &PolicyTable,
+        plans: &[UsagePlan],
+        keys: &[ApiKey],
+        desired: &mapping::Desired,
+        retries: u32,
+    ) -> SyncReport {
+        SyncReport {
             table: table.name().to_owned(),
             usage_plans: plans.len(),
             api_keys: keys.len(),
@@ -190,45 +237,70 @@ pub async fn run_as(
             warnings: desired.warnings.clone(),
             retries,
             ..SyncReport::default()
-        };
-        if changes.is_empty() {
-            return Ok((report, Vec::new()));
-        }
-        match table.apply(&current, &changes).await {
-            Ok(applied) => {
-                report.writes = applied.writes;
-                report.left_to_other_writers = applied.left_to_other_writers;
-                list(&mut report, &applied.items);
-                let items = applied.items;
-                if !record || items.is_empty() {
-                    return Ok((report, items));
-                }
-                if let Some((id, audit_writes)) =
-                    audit(&table.audit_log(), &current, items.clone(), &report, as_of, actor).await
-                {
-                    report.change_id = Some(id);
-                    report.writes += audit_writes;
-                }
-                tracing::info!(
-                    created = report.created.len(),
-                    changed = report.changed.len(),
-                    revoked = report.revoked.len(),
-                    left_to_other_writers = report.left_to_other_writers.len(),
-                    writes = applied.writes,
-                    "policy table synced"
-                );
-                return Ok((report, items));
-            }
-            Err(TableError::Superseded) if retries + 1 < MAX_CONTENDED_ROUNDS => {
-                retries += 1;
-                let wait = Duration::from_millis(50 + rand::random::<u64>() % 200);
-                tracing::info!(retries, ?wait, "another sync wrote first; reading again");
-                tokio::time::sleep(wait).await;
-            }
-            Err(TableError::Superseded) => return Err(SyncError::Contended(MAX_CONTENDED_ROUNDS)),
-            Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// What a round read and decided: when, the table as read, the writes, and its report so far.
+struct Decided {
+    as_of: Timestamp,
+    current: table::Current,
+    changes: Vec<TableWrite>,
+    report: SyncReport,
+}
+
+/// Writes what a round decided with the write protocol (`table::PolicyTable::apply`), and
+/// reports and audits it (no audit with `record` false). `Superseded` when another sync claimed
+/// since the round read the table.
+async fn write(
+    table: &PolicyTable,
+    decided: Decided,
+    actor: Option<&str>,
+    record: bool,
+) -> Result<(SyncReport, Vec<ItemChange>), TableError> {
+    let Decided {
+        as_of,
+        current,
+        changes,
+        mut report,
+    } = decided;
+    if changes.is_empty() {
+        return Ok((report, Vec::new()));
+    }
+    let applied = table.apply(&current, &changes).await?;
+    report.writes = applied.writes;
+    report.left_to_other_writers = applied.left_to_other_writers;
+    list(&mut report, &applied.items);
+    let items = applied.items;
+    if !record || items.is_empty() {
+        return Ok((report, items));
+    }
+    if let Some((id, audit_writes)) = audit(&table.audit_log(), &current, items.clone(), &report, as_of, actor).await {
+        report.change_id = Some(id);
+        report.writes += audit_writes;
+    }
+    tracing::info!(
+        created = report.created.len(),
+        changed = report.changed.len(),
+        revoked = report.revoked.len(),
+        left_to_other_writers = report.left_to_other_writers.len(),
+        writes = applied.writes,
+        "policy table synced"
+    );
+    Ok((report, items))
+}
+
+/// Another sync wrote first: waits a moment before the next round, or gives up after
+/// `MAX_CONTENDED_ROUNDS`.
+async fn contended(retries: &mut u32) -> Result<(), SyncError> {
+    if *retries + 1 >= MAX_CONTENDED_ROUNDS {
+        return Err(SyncError::Contended(MAX_CONTENDED_ROUNDS));
+    }
+    *retries += 1;
+    let wait = Duration::from_millis(50 + rand::random::<u64>() % 200);
+    tracing::info!(retries = *retries, ?wait, "another sync wrote first; reading again");
+    tokio::time::sleep(wait).await;
+    Ok(())
 }
 
 /// The report's lists of the items written.
@@ -250,7 +322,7 @@ async fn audit(
     current: &table::Current,
     items: Vec<ItemChange>,
     report: &SyncReport,
-    as_of: crate::engine::clock::Timestamp,
+    as_of: Timestamp,
     actor: Option<&str>,
 ) -> Option<(String, u64)> {
     let mut record = ChangeRecord {

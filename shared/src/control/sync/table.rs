@@ -14,7 +14,7 @@
 //! applies to an enabled key (itself a batch with `sync#meta`), anything else is left to the next
 //! sync. A crash part-way leaves a prefix of the batches, which the next run completes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
@@ -64,6 +64,17 @@ pub struct Current {
 }
 
 impl Current {
+    /// The item at `pk` as read: its record and the version a write over it expects.
+    fn add(&mut self, pk: String, item: &Item) {
+        let record = parse(&pk, item);
+        if record.is_some() || is_gone(item) {
+            self.versions.insert(pk.clone(), Expect::of(Some(item)));
+        }
+        if let Some(record) = record {
+            self.records.insert(pk, record);
+        }
+    }
+
     /// Tenant → the plan a move under way takes it to, for each tenant record that says one is
     /// under way at `now` (`moving_until` later than it).
     pub fn moving(&self, now: Timestamp) -> BTreeMap<String, String> {
@@ -294,16 +305,36 @@ impl PolicyTable {
             .await
             .map_err(|e| self.unavailable(e))?;
         for item in &items {
-            let Some(pk) = string(item, PK) else { continue };
-            let record = parse(&pk, item);
-            if record.is_some() || is_gone(item) {
-                current.versions.insert(pk.clone(), Expect::of(Some(item)));
-            }
-            if let Some(record) = record {
-                current.records.insert(pk, record);
+            if let Some(pk) = string(item, PK) {
+                current.add(pk, item);
             }
         }
         Ok(current)
+    }
+
+    /// The generation, then the items at `pks` (strongly consistent, one read each): what an
+    /// event-scoped sync decides over (`scoped`).
+    pub async fn read_items(&self, pks: &BTreeSet<String>) -> Result<Current, TableError> {
+        let mut current = Current {
+            generation: self.generation().await?,
+            ..Current::default()
+        };
+        for pk in pks {
+            let item = read_item(&self.client, &self.table, pk)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            if let Some(item) = item {
+                current.add(pk.clone(), &item);
+            }
+        }
+        Ok(current)
+    }
+
+    /// The keys of `tenant`'s key items, through the index (eventually consistent).
+    pub async fn key_pks_of(&self, tenant: &str) -> Result<Vec<String>, TableError> {
+        crate::policy_table::key_pks_of(&self.client, &self.table, tenant)
+            .await
+            .map_err(|e| self.unavailable(e))
     }
 
     /// Writes `changes` in `TransactWriteItems` batches of at most `BATCH` items. Each batch
