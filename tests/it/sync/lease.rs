@@ -3,7 +3,6 @@
 //! adapter underneath); time is the world's `ManualClock`, far from the system's, and each run's
 //! deadline is given as the function gives its invocation's.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
 use tollgate::control::sync::lease::{
     LEASE_MARGIN, Lease, MIN_ROUND, Release, Take, expiry, invocation_owner, lease_until, run_leased,
 };
-use tollgate::control::sync::scoped::{Target, Work};
+use tollgate::control::sync::scoped::Work;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::clock::Timestamp;
@@ -311,7 +310,20 @@ async fn items_another_writer_changed_under_a_round_are_synced_in_the_next_round
 
     // WHEN a leased run reads API Gateway, and before it writes another writer puts t2 on plan q
     let run = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline(), &Work::Full);
-    let other = t2_put_on(&w, &paused, "defer-q");
+    let other = async {
+        paused.reached.notified().await;
+        let written = write::put(
+            &w.db,
+            &w.name,
+            &tenant_pk("t2"),
+            record::tenant_item(&TenantRecord::on("defer-q")),
+            &Expect::Absent,
+        )
+        .await
+        .expect("write");
+        paused.resume.notify_one();
+        written
+    };
     let (run, written) = tokio::join!(run, other);
     let run = run.expect("run");
 
@@ -324,80 +336,6 @@ async fn items_another_writer_changed_under_a_round_are_synced_in_the_next_round
     assert_eq!(
         w.resolve("tg_live_defer_2").await,
         Some(("t2".into(), "defer-p".into()))
-    );
-    assert_eq!(w.lease().await, None);
-}
-
-/// Another writer putting tenant t2 on `plan` while `paused` holds a run, then letting it go on.
-async fn t2_put_on(w: &World, paused: &Paused<'_>, plan: &str) -> Written {
-    paused.reached.notified().await;
-    let item = record::tenant_item(&TenantRecord::on(plan));
-    let written = write::put(&w.db, &w.name, &tenant_pk("t2"), item, &Expect::Absent).await;
-    paused.resume.notify_one();
-    written.expect("write")
-}
-
-/// API Gateway as a scoped sync reads it, held once right after its last read (a key's plans).
-struct PausedScoped<'a>(Paused<'a>);
-
-impl std::fmt::Debug for PausedScoped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PausedScoped").finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl ControlPlane for PausedScoped<'_> {
-    async fn usage_plans(&self) -> Result<Vec<UsagePlan>, ControlError> {
-        self.0.inner.usage_plans().await
-    }
-
-    async fn api_keys(&self) -> Result<Vec<ApiKey>, ControlError> {
-        self.0.inner.api_keys().await
-    }
-
-    async fn key_by_id(&self, id: &str) -> Result<Option<ApiKey>, ControlError> {
-        self.0.inner.key_by_id(id).await
-    }
-
-    async fn plans_of_key(&self, key_id: &str) -> Result<Vec<UsagePlan>, ControlError> {
-        let plans = self.0.inner.plans_of_key(key_id).await;
-        if !self.0.held.swap(true, Ordering::SeqCst) {
-            self.0.reached.notify_one();
-            self.0.resume.notified().await;
-        }
-        plans
-    }
-}
-
-#[tokio::test]
-async fn items_another_writer_changed_under_a_scoped_round_are_synced_by_the_same_scoped_work() {
-    // GIVEN two plans, and a key of t2 on plan p not yet synced
-    let w = World::new("tg-sync-lease-scoped").await;
-    let p = w.plan("scoped-p", 1.0, 5, 1000, &[]).await;
-    w.plan("scoped-q", 2.0, 5, 1000, &[]).await;
-    w.key("k1", Some("t1"), "tg_live_scoped_1", &p).await;
-    w.sync().await;
-    let k2 = w.key("k2", Some("t2"), "tg_live_scoped_2", &p).await;
-    let paused = PausedScoped(Paused::new(&w.control));
-
-    // WHEN a leased run syncs k2's event, and after it read API Gateway another writer puts t2 on
-    // plan q
-    let work = Work::Targets(BTreeSet::from([Target::Key(k2.clone())]));
-    let run = run_leased(&paused, &w.table, &w.clock, None, "run-a", w.deadline(), &work);
-    let other = t2_put_on(&w, &paused.0, "scoped-q");
-    let (run, written) = tokio::join!(run, other);
-    let run = run.expect("run");
-
-    // THEN the round that lost t2 left it, and the next round synced k2's event again, scoped (no
-    // full sync): t2 is on p, as API Gateway says
-    assert_eq!(written, Written::Done);
-    assert_eq!(run.rounds.len(), 2, "{run:?}");
-    assert_eq!(run.rounds[0].left_to_other_writers, vec![tenant_pk("t2")], "{run:?}");
-    assert_eq!(run.rounds[1].targets, vec![format!("api key {k2}")], "{run:?}");
-    assert_eq!(
-        w.resolve("tg_live_scoped_2").await,
-        Some(("t2".into(), "scoped-p".into()))
     );
     assert_eq!(w.lease().await, None);
 }

@@ -243,8 +243,7 @@ pub fn expiry(deadline: Timestamp) -> Timestamp {
 }
 
 /// A sync under the lease, as the plan-sync function runs it: its first round syncs `work`
-/// (`scoped::round`: an event's key or plan, or everything), as does a round for items another
-/// writer changed under the last; a rerun another run asked for syncs everything. `owner` names this run
+/// (`scoped::round`: an event's key or plan, or everything), a rerun everything. `owner` names this run
 /// (`invocation_owner`: the request id and a nonce drawn once per invocation), `deadline` is when
 /// the invocation is stopped (the lease holds until `expiry(deadline)`). A run that finds the
 /// lease held asks its holder to run again and returns `deferred`; the holder runs until no rerun
@@ -270,17 +269,15 @@ pub async fn run_leased(
         });
     }
     let mut done = LeasedRun::default();
-    let mut work = work;
     loop {
         let started = clock.now();
+        let work = if done.rounds.is_empty() { work } else { &Work::Full };
         let report = scoped::round(control, table, clock, actor, work).await;
         let took = clock.now().saturating_since(started);
         let report = abandon_on_error(&lease, report).await?;
         // Items another writer changed under this round are read again in the next, as if a
-        // rerun was asked for: no other trigger may come for them. That round syncs the same
-        // work; a rerun another run asked for syncs everything (it does not say what changed).
+        // rerun was asked for: no other trigger may come for them.
         let release = if report.left_to_other_writers.is_empty() {
-            work = &Work::Full;
             abandon_on_error(&lease, lease.release().await).await?
         } else {
             Release::Rerun
