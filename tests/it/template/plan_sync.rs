@@ -201,7 +201,14 @@ fn plan_sync_runs_on_its_schedule_and_on_every_usage_plan_or_key_change() {
     assert_eq!(strings(&p["FunctionResponseTypes"]), vec!["ReportBatchItemFailures"]);
     let q = &resources(&t)["PlanSyncQueue"]["Properties"];
     let timeout = f["Properties"]["Timeout"].as_u64().expect("a timeout");
-    assert!(q["VisibilityTimeout"].as_u64().is_some_and(|v| v >= timeout));
+    // (six times the timeout, as Lambda advises, so a throttled batch is retried within it; and
+    // never more batches at once than the function's reserved executions)
+    assert!(q["VisibilityTimeout"].as_u64().is_some_and(|v| v >= 6 * timeout));
+    let reserved = &untag(&f["Properties"]["ReservedConcurrentExecutions"]).1[1];
+    let at_once = p["ScalingConfig"]["MaximumConcurrency"]
+        .as_u64()
+        .expect("a maximum concurrency");
+    assert!(reserved.as_u64().is_some_and(|r| at_once <= r), "{reserved:?}");
     assert_eq!(
         untag(&q["RedrivePolicy"]["deadLetterTargetArn"]),
         (Some("!GetAtt".into()), &Value::from("PlanSyncDeadLetterQueue.Arn"))

@@ -88,11 +88,12 @@ fn with_reserved_concurrency_0_no_function_reserves_any() {
     for (id, reserved) in &none {
         assert_eq!(reserved, &None, "{id} reserves concurrency");
     }
-    // AND by default the authorizer gets its share and plan sync runs one at a time
+    // AND by default the authorizer gets its share, and plan sync two executions (the
+    // schedule's run and a queued batch's; its lease runs one sync at a time)
     let by_default = reservations(&[]);
     let reserved = |id: &str| by_default.iter().find(|(f, _)| f == id).and_then(|(_, r)| r.clone());
     assert_eq!(reserved("AuthorizerFunction"), Some(Value::from("100")));
-    assert_eq!(reserved("PlanSyncFunction"), Some(Value::from(1)));
+    assert_eq!(reserved("PlanSyncFunction"), Some(Value::from(2)));
 }
 
 /// The alarms of a transformed template, as a stack with default parameters gets them.
