@@ -195,7 +195,14 @@ fn event_work(event: &Value) -> Option<Work> {
     match event.get("detail").map_or(Named::Unknown, Named::of_event) {
         Named::Target(target) => Some(Work::Targets(BTreeSet::from([target]))),
         Named::Nothing => None,
-        Named::Unknown => Some(Work::Full),
+        Named::Unknown => {
+            let name = event.pointer("/detail/eventName").and_then(Value::as_str).unwrap_or("");
+            tracing::info!(
+                event = name,
+                "an event names no key or plan this sync knows; syncing everything"
+            );
+            Some(Work::Full)
+        }
     }
 }
 
