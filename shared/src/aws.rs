@@ -130,13 +130,15 @@ pub async fn create_table(
     create_indexed_table(client, table, pk, ttl, &[]).await
 }
 
-/// A global secondary index of a table, projecting every attribute: its name, its partition key
-/// (a string attribute) and its sort key, if any (a string or a number attribute).
+/// A global secondary index of a table: its name, its partition key (a string attribute), its
+/// sort key, if any (a string or a number attribute), and what it projects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableIndex {
     pub name: &'static str,
     pub partition: &'static str,
     pub sort: Option<(&'static str, KeyKind)>,
+    /// Every attribute (`true`), or only the table's and the index's keys.
+    pub all_attributes: bool,
 }
 
 /// The type of an index's sort key.
@@ -195,11 +197,15 @@ pub async fn create_indexed_table(
                 create = create.attribute_definitions(attribute(name, kind)?);
             }
         }
+        let projection = match index.all_attributes {
+            true => ProjectionType::All,
+            false => ProjectionType::KeysOnly,
+        };
         create = create.global_secondary_indexes(
             GlobalSecondaryIndex::builder()
                 .index_name(index.name)
                 .set_key_schema(Some(schema))
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .projection(Projection::builder().projection_type(projection).build())
                 .build()
                 .map_err(build_err)?,
         );

@@ -24,9 +24,11 @@
 //! - `revoke#due#cursor`: the last minute the sweep is done with, `minute` (N);
 //! - `audit#<id>`: one change record (`audit`).
 //!
-//! One index (`INDEXES`, declared alike in template.yaml) answers the usage API's lookup of a
-//! tenant's keys without a scan: `by-tenant`, the items by their `tenant` attribute, which only
-//! `key#…` items carry (a tombstone carries none, so a deleted key leaves it).
+//! Two sparse indexes (`INDEXES`, declared alike in template.yaml) answer the usage API without a
+//! scan: `by-tenant`, the items by their `tenant` attribute, which only `key#…` items carry (a
+//! tenant's keys), and `by-plan`, the items by their `plan` attribute, which only `tenant#…` items
+//! carry (the tenants, a page at a time). A tombstone carries neither, so a deleted item leaves
+//! both.
 //!
 //! Every item also carries its own `version` (N; a plan's is the plan's version), which its writers
 //! condition their writes on: the protocol is `write`.
@@ -65,12 +67,26 @@ pub const SCOPE_PK: &str = "sync#scope";
 /// The index of `key#…` items by the tenant they resolve to (`record::KEY_TENANT`).
 pub const BY_TENANT: &str = "by-tenant";
 
-/// The policy table's indexes: one, as DynamoDB adds at most one to a table per update.
-pub const INDEXES: [TableIndex; 1] = [TableIndex {
-    name: BY_TENANT,
-    partition: record::KEY_TENANT,
-    sort: None,
-}];
+/// The index of `tenant#…` items by their plan's name (`record::TENANT_PLAN`), sorted by `pk`:
+/// the tenants listed a page at a time, without a scan of the table. Keys only: `pk` and `plan`.
+pub const BY_PLAN: &str = "by-plan";
+
+/// The policy table's indexes. DynamoDB adds at most one to a table per update, so a release adds
+/// at most one (docs/deploy.md, upgrading).
+pub const INDEXES: [TableIndex; 2] = [
+    TableIndex {
+        name: BY_TENANT,
+        partition: record::KEY_TENANT,
+        sort: None,
+        all_attributes: true,
+    },
+    TableIndex {
+        name: BY_PLAN,
+        partition: record::TENANT_PLAN,
+        sort: Some((PK, crate::aws::KeyKind::String)),
+        all_attributes: false,
+    },
+];
 
 pub const KEY_PREFIX: &str = "key#";
 pub const TENANT_PREFIX: &str = "tenant#";

@@ -174,7 +174,7 @@ pub fn tenant_record(item: &Item) -> Result<TenantRecord, String> {
         ),
     };
     Ok(TenantRecord {
-        plan: required(item, "plan")?,
+        plan: required(item, TENANT_PLAN)?,
         anchor,
         moving_until: number(item, MOVING_UNTIL),
         keys: match item.get(TENANT_KEYS) {
@@ -195,6 +195,9 @@ pub fn tenant_record(item: &Item) -> Result<TenantRecord, String> {
 
 /// The attribute of a `tenant#…` item listing its keys (`TenantRecord::keys`), a map.
 pub const TENANT_KEYS: &str = "keys";
+/// The attribute of a `tenant#…` item naming its plan: the key of the `by-plan` index, so no
+/// other kind of item may carry it.
+pub const TENANT_PLAN: &str = "plan";
 
 /// The attribute of a `tenant#…` item saying a move of its keys is under way, until when.
 pub const MOVING_UNTIL: &str = "moving_until";
@@ -237,7 +240,7 @@ pub fn key_item(k: &KeyRecord) -> Item {
 
 /// A `tenant#…` item's attributes.
 pub fn tenant_item(t: &TenantRecord) -> Item {
-    let mut item = HashMap::from([("plan".to_owned(), AttributeValue::S(t.plan.clone()))]);
+    let mut item = HashMap::from([(TENANT_PLAN.to_owned(), AttributeValue::S(t.plan.clone()))]);
     if let Some(day) = t.anchor {
         item.insert(ANCHOR.to_owned(), AttributeValue::N(day.to_string()));
     }

@@ -7,6 +7,7 @@
 mod anchor;
 mod interleaving;
 mod key_list;
+mod listing;
 mod moves;
 mod onboarding;
 mod races;

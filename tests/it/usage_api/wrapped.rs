@@ -15,7 +15,8 @@ use tollgate::engine::policy::Plan;
 use tollgate::engine::shed::ShedState;
 use tollgate::policy_table::{KeyRecord, TenantRecord};
 use tollgate::usage_api::registry::{
-    Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, ShedChange,
+    Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, ShedChange, TenantPosition,
+    TenantsPage,
 };
 use tollgate_usage_api::SCHEDULE_ACTOR;
 
@@ -66,9 +67,10 @@ impl Wrapped {
     /// may for a moment after a write.
     pub(super) async fn freeze(&self) {
         let mut all = Vec::new();
-        for (t, _) in self.inner.tenants().await.expect("tenants") {
-            for k in self.inner.keys_of(&t).await.expect("keys") {
-                all.push((t.clone(), k));
+        let tenants = self.inner.tenant_page(None, None, 1_000).await.expect("tenants");
+        for t in tenants.tenants {
+            for k in self.inner.keys_of(&t.tenant).await.expect("keys") {
+                all.push((t.tenant.clone(), k));
             }
         }
         *self.frozen.lock().expect("lock") = Some(all);
@@ -143,8 +145,13 @@ impl Directory for Wrapped {
 
 #[async_trait]
 impl Registry for Wrapped {
-    async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError> {
-        self.inner.tenants().await
+    async fn tenant_page(
+        &self,
+        plan: Option<&str>,
+        after: Option<&TenantPosition>,
+        limit: usize,
+    ) -> Result<TenantsPage, DirectoryError> {
+        self.inner.tenant_page(plan, after, limit).await
     }
     // A read, not a write: no hook fires on it.
     async fn tenant_now(&self, tenant: &str) -> Result<Option<TenantRecord>, DirectoryError> {

@@ -2,22 +2,23 @@
 //! usage API's own `idem#<Idempotency-Key>` and `revoke#<key id>` items (a JSON record each),
 //! which sync ignores, and the sweep's buckets and cursor (`policy_table::due`, `sweep`). A
 //! tenant's keys are a query of the table's index (`policy_table::BY_TENANT`, eventually
-//! consistent); listing tenants and plan names scans the table; item reads are strongly
+//! consistent), and the tenants a page of the other (`policy_table::BY_PLAN`, `tenant_list`);
+//! listing plan names scans the table (only to refuse an unknown plan); item reads are strongly
 //! consistent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::operation::query::QueryError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use serde::de::DeserializeOwned;
 
+use super::indexes::query_error;
 use super::sweep::{first_bucket, first_cursor, plan, window};
 use super::{
     Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, SHED_ATTEMPTS, ShedChange,
-    to_json,
+    TenantPosition, TenantsPage, to_json,
 };
 use crate::control::shed::table::{ShedError, ShedTable};
 use crate::directory::{DirectoryError, DynamoDirectory};
@@ -29,30 +30,12 @@ use crate::policy_table::record::{
 };
 use crate::policy_table::write::{self, WriteError};
 use crate::policy_table::{
-    self, BY_TENANT, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, PrefixScan, REVOKE_PREFIX, Record, TENANT_PREFIX,
-    TenantRecord, idem_claim_pk, idem_pk, key_pk, revoke_pk, tenant_pk,
+    self, BY_TENANT, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, PrefixScan, REVOKE_PREFIX, Record, TenantRecord,
+    idem_claim_pk, idem_pk, key_pk, revoke_pk, tenant_pk,
 };
 
 fn unavailable<E: std::error::Error + 'static>(e: E) -> DirectoryError {
     DirectoryError::Unavailable(DisplayErrorContext(e).to_string())
-}
-
-/// A failed query of `index`: `IndexNotReady` when DynamoDB says the index is missing or still
-/// being built (a stack update adding it backfills it first).
-fn query_error(index: &str, e: SdkError<QueryError>) -> DirectoryError {
-    let about_index = e.as_service_error().is_some_and(|s| {
-        let message = s.message().unwrap_or_default();
-        matches!(s.code(), Some("ValidationException" | "ResourceNotFoundException"))
-            && message.contains(index)
-            && message.to_lowercase().contains("index")
-    });
-    match about_index {
-        true => DirectoryError::IndexNotReady {
-            index: index.to_owned(),
-            detail: DisplayErrorContext(e).to_string(),
-        },
-        false => unavailable(e),
-    }
 }
 
 /// A failed protocol write, determinate (nothing written) or not.
@@ -269,18 +252,13 @@ impl DynamoDirectory {
 
 #[async_trait]
 impl Registry for DynamoDirectory {
-    async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError> {
-        let mut all: Vec<_> = self
-            .scan_prefix(TENANT_PREFIX)
-            .await?
-            .iter()
-            .filter_map(|i| match record_of(i)? {
-                Record::Tenant(t) => Some((key_after(i, TENANT_PREFIX)?, t)),
-                _ => None,
-            })
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(all)
+    async fn tenant_page(
+        &self,
+        plan: Option<&str>,
+        after: Option<&TenantPosition>,
+        limit: usize,
+    ) -> Result<TenantsPage, DirectoryError> {
+        super::indexes::tenant_page(self, plan, after, limit).await
     }
 
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError> {

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::{
     Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, SWEEP_REVOCATIONS,
-    ShedChange, to_json,
+    ShedChange, TenantPosition, TenantsPage, to_json,
 };
 use crate::directory::{Directory, DirectoryError, MemoryDirectory};
 use crate::engine::identity::ApiKeyHash;
@@ -14,10 +14,21 @@ use crate::policy_table::{KeyRecord, REVOKE_PREFIX, TenantRecord, idem_claim_pk,
 
 #[async_trait]
 impl Registry for MemoryDirectory {
-    async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError> {
-        let mut all: Vec<_> = self.snapshot_tenants().into_iter().collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(all)
+    async fn tenant_page(
+        &self,
+        plan: Option<&str>,
+        after: Option<&TenantPosition>,
+        limit: usize,
+    ) -> Result<TenantsPage, DirectoryError> {
+        let mut all: Vec<TenantPosition> = (self.snapshot_tenants().into_iter())
+            .filter(|(_, t)| plan.is_none_or(|want| t.plan == want))
+            .map(|(tenant, t)| TenantPosition { plan: t.plan, tenant })
+            .filter(|p| after.is_none_or(|a| p > a))
+            .collect();
+        all.sort();
+        let next = (all.len() > limit).then(|| all[limit - 1].clone());
+        all.truncate(limit);
+        Ok(TenantsPage { tenants: all, next })
     }
 
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError> {

@@ -4,6 +4,7 @@
 //! `tollgate serve`, on `MemoryDirectory` (`memory`).
 
 mod dynamodb;
+mod indexes;
 mod memory;
 mod sweep;
 
@@ -18,6 +19,21 @@ use crate::engine::identity::ApiKeyHash;
 use crate::engine::shed::{SetBy, ShedState};
 pub use crate::policy_table::write::{Changed, ItemAction};
 use crate::policy_table::{KeyRecord, TenantRecord};
+
+/// Where a page of tenants ends: the last tenant listed and its plan's name (the position in the
+/// policy table's `by-plan` index). The next page starts after it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TenantPosition {
+    pub plan: String,
+    pub tenant: String,
+}
+
+/// A page of tenants, each with its plan's name, and where the next one starts, if one may follow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantsPage {
+    pub tenants: Vec<TenantPosition>,
+    pub next: Option<TenantPosition>,
+}
 
 /// A writer's decision for an item, from the item as it is (`None`: there is none).
 pub type Decide<'a, T> = &'a (dyn Fn(Option<&T>) -> ItemAction<T> + Send + Sync);
@@ -105,8 +121,15 @@ fn is_false(b: &bool) -> bool {
 
 #[async_trait]
 pub trait Registry: Directory {
-    /// Every tenant with its record, sorted by tenant id.
-    async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, DirectoryError>;
+    /// At most `limit` tenants after `after`, those on `plan` only when it is given. On `plan`
+    /// they come in tenant order; all of them, grouped by plan. On the policy table a read of its
+    /// `by-plan` index (eventually consistent) of about `limit` entries, whatever the table holds.
+    async fn tenant_page(
+        &self,
+        plan: Option<&str>,
+        after: Option<&TenantPosition>,
+        limit: usize,
+    ) -> Result<TenantsPage, DirectoryError>;
     /// The keys of one tenant (hash and record), sorted by key id. On the policy table a query of
     /// the index by tenant (eventually consistent: a key written a moment ago may be missing).
     async fn keys_of(&self, tenant: &str) -> Result<Vec<(ApiKeyHash, KeyRecord)>, DirectoryError>;

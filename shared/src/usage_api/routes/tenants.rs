@@ -19,7 +19,7 @@ use crate::policy_table::audit::ItemChange;
 use crate::policy_table::write::ATTEMPTS;
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::{Changed, ItemAction, Revocation};
+use crate::usage_api::registry::{Changed, ItemAction, Revocation, TenantPosition};
 use crate::usage_api::views::{TenantPage, TenantSummary, key_views, tenant_view, tenant_view_of};
 use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, MOVE_WINDOW, REVOKED_KEY_RETENTION, UsageApi};
 
@@ -46,42 +46,45 @@ pub(in crate::usage_api) async fn list(State(api): Api, admin: Admin<NoTenant, T
     if plan == Some("") {
         return Err(Problem::bad_request("`plan` must not be empty"));
     }
-    let cursor = param(&q, "cursor");
-    if cursor == Some("") {
-        return Err(Problem::bad_request(
-            "`cursor` must not be empty: omit it for the first page",
-        ));
-    }
+    let after = match param(&q, "cursor") {
+        None => None,
+        Some(c) => Some(
+            position_of(c)
+                .filter(|p| plan.is_none_or(|want| p.plan == want))
+                .ok_or_else(|| {
+                    Problem::bad_request(
+                        "`cursor` must be the `next_cursor` of a page of the same listing (the same `plan`): \
+                         omit it for the first page",
+                    )
+                })?,
+        ),
+    };
     api.sweep(&admin.actor).await?;
-    let all: Vec<(String, TenantRecord)> = api
-        .registry
-        .tenants()
-        .await?
-        .into_iter()
-        .filter(|(_, t)| plan.is_none_or(|want| t.plan == want))
-        .collect();
-    let (page, next) = page(&all, cursor, limit);
+    let page = api.registry.tenant_page(plan, after.as_ref(), limit).await?;
     Ok(json(
         StatusCode::OK,
         &TenantPage {
-            tenants: page
-                .into_iter()
-                .map(|(tenant, t)| TenantSummary { tenant, plan: t.plan })
+            tenants: (page.tenants.into_iter())
+                .map(|p| TenantSummary {
+                    tenant: p.tenant,
+                    plan: p.plan,
+                })
                 .collect(),
-            next_cursor: next,
+            next_cursor: page.next.as_ref().map(cursor_of),
         },
     ))
 }
 
-/// Pages of a sorted list: the items after `cursor`, at most `limit`, and the next cursor.
-fn page<T: Clone>(items: &[(String, T)], cursor: Option<&str>, limit: usize) -> (Vec<(String, T)>, Option<String>) {
-    let start = cursor.map_or(0, |c| items.partition_point(|(id, _)| id.as_str() <= c));
-    let rest = &items[start.min(items.len())..];
-    let taken: Vec<_> = rest.iter().take(limit).cloned().collect();
-    let next = (rest.len() > limit)
-        .then(|| taken.last().map(|(id, _)| id.clone()))
-        .flatten();
-    (taken, next)
+/// A page's `next_cursor`: where it ended, as opaque text (the hex of its JSON), so that no
+/// tenant id or plan name can make it ambiguous.
+fn cursor_of(p: &TenantPosition) -> String {
+    hex::encode(serde_json::to_vec(&(&p.plan, &p.tenant)).unwrap_or_default())
+}
+
+/// The position a cursor stands for; `None` for one no page gave.
+fn position_of(cursor: &str) -> Option<TenantPosition> {
+    let (plan, tenant): (String, String) = serde_json::from_slice(&hex::decode(cursor).ok()?).ok()?;
+    Some(TenantPosition { plan, tenant })
 }
 
 pub(in crate::usage_api) async fn show(State(api): Api, admin: Admin<Tenant>) -> Answer {

@@ -322,12 +322,17 @@ async fn tenants_are_paged_and_filtered_by_plan() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(p1["tenants"][0]["tenant"], "alpha");
     assert_eq!(p1["tenants"][1]["tenant"], "beta");
-    assert_eq!(p1["next_cursor"], "beta");
-    let (_, _, p2) = call(&w, get("/v1/tenants?limit=2&cursor=beta")).await;
+    let cursor = p1["next_cursor"].as_str().expect("a next page");
+    let (_, _, p2) = call(&w, get(&format!("/v1/tenants?limit=2&cursor={cursor}"))).await;
     assert_eq!(p2["tenants"][0]["tenant"], "gamma");
     assert_eq!(p2["next_cursor"], serde_json::Value::Null);
     let (_, _, pro) = call(&w, get("/v1/tenants?plan=pro")).await;
     assert_eq!(pro["tenants"].as_array().map(Vec::len), Some(1));
+    // AND a cursor of another listing, or one no page gave, is refused
+    for other in [format!("plan=pro&cursor={cursor}"), "cursor=beta".to_owned()] {
+        let (s, _, body) = call(&w, get(&format!("/v1/tenants?{other}"))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{other}: {body}");
+    }
     let (_, _, one) = call(&w, get("/v1/tenants/alpha")).await;
     assert_eq!(one["keys"][0]["id"], "k-alpha");
 }

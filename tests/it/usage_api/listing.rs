@@ -1,0 +1,79 @@
+//! `GET /v1/tenants` on the policy table reads its `by-plan` index a page at a time: every tenant
+//! is listed once across the pages, with its plan; one plan's tenants come in tenant order; a
+//! cursor is refused outside its own listing.
+
+use std::collections::BTreeSet;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tollgate::aws::admin_client;
+use tollgate::policy_table::record::tenant_item;
+use tollgate::policy_table::{PK, TenantRecord, tenant_pk};
+
+use super::World;
+
+/// Every page of `query` (`limit` a page), following `next_cursor`: the (tenant, plan) pairs in
+/// the order listed, and the cursors handed out.
+async fn all_pages(w: &World, query: &str, limit: usize) -> (Vec<(String, String)>, Vec<String>) {
+    let (mut listed, mut cursors) = (Vec::new(), Vec::new());
+    let mut path = format!("/v1/tenants?limit={limit}{query}");
+    loop {
+        let page: Value = w.get_json(&path).await;
+        let tenants = page["tenants"].as_array().expect("tenants");
+        assert!(tenants.len() <= limit, "{page}");
+        for t in tenants {
+            let s = |k: &str| t[k].as_str().expect("a string").to_owned();
+            listed.push((s("tenant"), s("plan")));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                cursors.push(c.to_owned());
+                path = format!("/v1/tenants?limit={limit}{query}&cursor={c}");
+            }
+            None => return (listed, cursors),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tenants_are_listed_a_page_at_a_time_each_once_from_the_index() {
+    // GIVEN 23 tenants on free and 12 on pro in the policy table, as plan sync writes them
+    let (w, _registry, sdk, table) = World::on_policy_table("tg-list-1").await;
+    let dynamodb = admin_client(&sdk);
+    let mut want = BTreeSet::new();
+    for i in 0..35 {
+        let (tenant, plan) = (format!("t-{i:02}"), if i % 3 == 0 { "pro" } else { "free" });
+        let mut item = tenant_item(&TenantRecord::on(plan));
+        item.insert(
+            PK.into(),
+            aws_sdk_dynamodb::types::AttributeValue::S(tenant_pk(&tenant)),
+        );
+        (dynamodb.put_item().table_name(&table).set_item(Some(item)))
+            .send()
+            .await
+            .expect("tenant item");
+        want.insert((tenant, plan.to_owned()));
+    }
+    // WHEN all of them are listed 5 a page, and free's 4 a page
+    let (all, cursors) = all_pages(&w, "", 5).await;
+    let (free, free_cursors) = all_pages(&w, "&plan=free", 4).await;
+    // THEN each tenant is listed once, with its plan, in 7 pages
+    assert_eq!(all.len(), want.len(), "{all:?}");
+    assert_eq!(all.iter().cloned().collect::<BTreeSet<_>>(), want);
+    assert_eq!(cursors.len(), 6);
+    // AND free's, in tenant order, only free's
+    let want_free: Vec<_> = want.iter().filter(|(_, p)| p == "free").cloned().collect();
+    assert_eq!(free, want_free);
+    // AND a cursor of one plan's listing is refused by another's, as is one no page gave
+    let refused = [
+        format!("?plan=pro&cursor={}", free_cursors[0]),
+        "?cursor=t-03".to_owned(),
+    ];
+    for query in refused {
+        let answer = (w.admin(reqwest::Method::GET, &format!("/v1/tenants{query}")))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
+}
