@@ -107,7 +107,11 @@ impl From<DirectoryError> for Problem {
                     "policy-index-not-ready",
                     format!(
                         "the policy table's index `{index}` is not active yet: DynamoDB builds it after the stack \
-                         update that adds it, and a tenant's keys are read through it; retry once it is ACTIVE ({e})"
+                         update that adds it, and {what} read through it; retry once it is ACTIVE ({e})",
+                        what = match index.as_str() {
+                            crate::policy_table::BY_PLAN => "the tenants are listed",
+                            _ => "a tenant's keys are",
+                        }
                     ),
                 );
                 p.retry_after = Some(INDEX_RETRY_SECS);

@@ -64,9 +64,11 @@ async fn tenants_are_listed_a_page_at_a_time_each_once_from_the_index() {
     // AND free's, in tenant order, only free's
     let want_free: Vec<_> = want.iter().filter(|(_, p)| p == "free").cloned().collect();
     assert_eq!(free, want_free);
-    // AND a cursor of one plan's listing is refused by another's, as is one no page gave
+    // AND a cursor of one listing is refused by another, as is one no page gave
     let refused = [
         format!("?plan=pro&cursor={}", free_cursors[0]),
+        format!("?cursor={}", free_cursors[0]),
+        format!("?plan=free&cursor={}", cursors[0]),
         "?cursor=t-03".to_owned(),
     ];
     for query in refused {

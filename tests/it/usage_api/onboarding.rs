@@ -12,10 +12,14 @@ use tollgate::engine::clock::Clock;
 use tollgate::engine::identity::ApiKeyHash;
 
 use tollgate::control::sync::mapping::TAG_STACK;
+use tollgate::directory::MemoryDirectory;
+use tollgate::usage_api::UsageApi;
 
 use super::{STACK, World, admitted};
+use crate::support::apigateway::UsagePlan;
 use crate::support::emulator;
 use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::loopback::Running;
 
 #[tokio::test]
 async fn onboarding_creates_a_key_on_the_usage_plan_that_the_gate_admits_at_once() {
@@ -330,4 +334,31 @@ async fn a_usage_plan_made_after_the_usage_plans_were_read_is_found_at_once() {
     let id = key["key"]["id"].as_str().expect("id");
     let on_gold = w.gw.get_usage_plan_key().usage_plan_id(&gold).key_id(id).send().await;
     assert!(on_gold.is_ok(), "{on_gold:?}");
+}
+
+#[tokio::test]
+async fn two_stacks_onboarding_a_tenant_under_the_same_idempotency_key_each_make_their_own_key() {
+    // GIVEN a second stack's usage API beside this one in the same Region: its own free usage
+    // plan (tagged with its name) and its own directory
+    let w = World::new("tg-stacks-1").await;
+    let other_stack = "tollgate-it-other";
+    UsagePlan::named("free").tag(TAG_STACK, other_stack).create(&w.gw).await;
+    let dir = std::sync::Arc::new(MemoryDirectory::default());
+    dir.put_plan(super::plan("free"));
+    let other = UsageApi {
+        registry: dir,
+        stack: Some(other_stack.to_owned()),
+        ..w.api.clone()
+    };
+    let server = Running::start(other.router()).await;
+    // WHEN each onboards tenant acme under the same Idempotency-Key
+    let (s1, first) = w.onboard_via(&w.base, "acme", "idem-same").await.expect("answer");
+    let (s2, second) = w.onboard_via(&server.base, "acme", "idem-same").await.expect("answer");
+    // THEN each made a key of its own, tagged with its stack: neither answers the other's
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED), "{first} {second}");
+    let id = |b: &Value| b["key"]["id"].as_str().expect("key id").to_owned();
+    assert_ne!(id(&first), id(&second));
+    assert_ne!(first["key"]["value"], second["key"]["value"]);
+    assert_eq!(w.stack_tag_of(&id(&first)).await.as_deref(), Some(STACK));
+    assert_eq!(w.stack_tag_of(&id(&second)).await.as_deref(), Some(other_stack));
 }

@@ -1,7 +1,8 @@
 //! The usage API on a policy table the previous release made, before the stack update that adds
 //! the `by-tenant` index has finished: DynamoDB refuses a query of an index it does not serve
 //! yet, and every route that reads the index answers a 503 problem saying so, having changed
-//! nothing; a rotation of a tenant whose item lists its keys needs no index.
+//! nothing; a rotation of a tenant whose item lists its keys needs no index. The same for listing
+//! tenants before the update that adds the `by-plan` index.
 
 use std::sync::Arc;
 
@@ -73,6 +74,45 @@ async fn routes_reading_a_tenants_keys_answer_503_until_the_index_exists() {
         );
         assert!(
             problem["detail"].as_str().expect("detail").contains("`by-tenant`"),
+            "{problem}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn listing_tenants_answers_503_until_the_by_plan_index_exists() {
+    // GIVEN a policy table with `by-tenant` alone (as the previous template made it), a tenant
+    // onboarded on it
+    let sdk = emulator::sdk_config_in(&emulator::endpoint(), "tg-upgrade-2");
+    let table = emulator::unique("one-index");
+    let by_tenant = &tollgate::policy_table::INDEXES[..1];
+    tollgate::aws::create_indexed_table(&admin_client(&sdk), &table, PK, None, by_tenant)
+        .await
+        .expect("table");
+    let registry = DynamoDirectory::new(admin_client(&sdk), &table);
+    registry.put_plan(&plan("free"), 1).await.expect("plan");
+    let w = World::with("tg-upgrade-2", Some(Arc::new(registry)), None, None).await;
+    let (status, body) = w.onboard_via(&w.base, "early", "idem-early").await.expect("onboard");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // WHEN the tenants are listed, all and one plan's
+    for path in ["/v1/tenants", "/v1/tenants?plan=free"] {
+        let res = w.admin(Method::GET, path).send().await.expect("answer");
+        // THEN each answers 503, a problem naming the index, to be retried in a minute
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let retry = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(retry, Some(INDEX_RETRY_SECS.to_string()), "{path}");
+        let problem: Value = res.json().await.expect("problem");
+        assert_eq!(
+            problem["type"], "urn:tollgate:problem:policy-index-not-ready",
+            "{problem}"
+        );
+        let detail = problem["detail"].as_str().expect("detail");
+        assert!(
+            detail.contains("`by-plan`") && detail.contains("tenants are listed"),
             "{problem}"
         );
     }

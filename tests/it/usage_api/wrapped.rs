@@ -67,10 +67,21 @@ impl Wrapped {
     /// may for a moment after a write.
     pub(super) async fn freeze(&self) {
         let mut all = Vec::new();
-        let tenants = self.inner.tenant_page(None, None, 1_000).await.expect("tenants");
-        for t in tenants.tenants {
-            for k in self.inner.keys_of(&t.tenant).await.expect("keys") {
-                all.push((t.tenant.clone(), k));
+        let mut after = None;
+        loop {
+            let page = self
+                .inner
+                .tenant_page(None, after.as_ref(), 100)
+                .await
+                .expect("tenants");
+            for t in &page.tenants {
+                for k in self.inner.keys_of(&t.tenant).await.expect("keys") {
+                    all.push((t.tenant.clone(), k));
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
             }
         }
         *self.frozen.lock().expect("lock") = Some(all);

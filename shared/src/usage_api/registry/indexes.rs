@@ -89,9 +89,11 @@ async fn read(
     match plan {
         Some(plan) => {
             let page = (client.query().table_name(table).index_name(BY_PLAN))
-                .key_condition_expression("#plan = :plan")
+                .key_condition_expression("#plan = :plan AND begins_with(#pk, :tenant)")
                 .expression_attribute_names("#plan", TENANT_PLAN)
+                .expression_attribute_names("#pk", PK)
                 .expression_attribute_values(":plan", AttributeValue::S(plan.to_owned()))
+                .expression_attribute_values(":tenant", AttributeValue::S(TENANT_PREFIX.to_owned()))
                 .set_exclusive_start_key(start)
                 .limit(want)
                 .send()

@@ -20,6 +20,7 @@ impl Registry for MemoryDirectory {
         after: Option<&TenantPosition>,
         limit: usize,
     ) -> Result<TenantsPage, DirectoryError> {
+        let limit = limit.max(1);
         let mut all: Vec<TenantPosition> = (self.snapshot_tenants().into_iter())
             .filter(|(_, t)| plan.is_none_or(|want| t.plan == want))
             .map(|(tenant, t)| TenantPosition { plan: t.plan, tenant })

@@ -121,10 +121,18 @@ pub(super) fn fingerprint(parts: &[&[u8]]) -> String {
     hex::encode(digest.finalize())
 }
 
-/// The name of the key a request creates: one per tenant and `idem` (an Idempotency-Key, or
-/// what stands for it).
-pub(super) fn key_name(tenant: &str, idem: &str) -> String {
-    let digest = Sha256::digest(idem.as_bytes());
+/// The name of the key a request creates: one per stack, tenant and `idem` (an Idempotency-Key,
+/// or what stands for it). Key names are the Region's, not a stack's: with the stack in the
+/// name, another stack's usage API never finds, and answers, a key this one made.
+pub(super) fn key_name(stack: Option<&str>, tenant: &str, idem: &str) -> String {
+    let digest = match stack {
+        Some(stack) => Sha256::new()
+            .chain_update((stack.len() as u64).to_be_bytes())
+            .chain_update(stack)
+            .chain_update(idem)
+            .finalize(),
+        None => Sha256::digest(idem.as_bytes()),
+    };
     format!("tollgate-{tenant}-{}", hex::encode(&digest[..6]))
 }
 

@@ -186,7 +186,7 @@ impl Rotating<'_> {
         let control = api.control("key rotation")?.clone();
         let plan_id = api.usage_plan(self.plans, control.as_ref(), &record.plan).await?.id;
         // A key an earlier attempt made (its answer lost) has its name: found, not created again.
-        let name = key_name(tenant, &format!("rotation:{}", self.idem));
+        let name = key_name(api.stack.as_deref(), tenant, &format!("rotation:{}", self.idem));
         let existing = control.api_key_named(&name).await?;
         // A tenant with a full list gets no key: nothing is written.
         if full(Some(&listed), existing.as_deref()) {

@@ -88,7 +88,7 @@ impl Onboarding<'_> {
     async fn attempt(&self, control: &dyn ControlWrites) -> Result<(IdempotencyRecord, Response), Problem> {
         let (api, body) = (self.api, &self.request);
         // A key created by an attempt whose answer was lost has this name: found, not created again.
-        let name = key_name(&body.tenant, self.idem);
+        let name = key_name(api.stack.as_deref(), &body.tenant, self.idem);
         let existing = control.api_key_named(&name).await?;
         self.check_tenant_free(existing.as_deref()).await?;
         let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;

@@ -46,18 +46,19 @@ pub(in crate::usage_api) async fn list(State(api): Api, admin: Admin<NoTenant, T
     if plan == Some("") {
         return Err(Problem::bad_request("`plan` must not be empty"));
     }
+    if plan.is_some_and(|p| p.len() > MAX_PLAN_BYTES) {
+        return Err(Problem::bad_request(format!(
+            "`plan` is longer than any plan's name can be ({MAX_PLAN_BYTES} bytes)"
+        )));
+    }
     let after = match param(&q, "cursor") {
         None => None,
-        Some(c) => Some(
-            position_of(c)
-                .filter(|p| plan.is_none_or(|want| p.plan == want))
-                .ok_or_else(|| {
-                    Problem::bad_request(
-                        "`cursor` must be the `next_cursor` of a page of the same listing (the same `plan`): \
-                         omit it for the first page",
-                    )
-                })?,
-        ),
+        Some(c) => Some(position_of(c, plan).ok_or_else(|| {
+            Problem::bad_request(
+                "`cursor` must be the `next_cursor` of a page of the same listing (the same `plan`, or none): \
+                 omit it for the first page",
+            )
+        })?),
     };
     api.sweep(&admin.actor).await?;
     let page = api.registry.tenant_page(plan, after.as_ref(), limit).await?;
@@ -70,21 +71,30 @@ pub(in crate::usage_api) async fn list(State(api): Api, admin: Admin<NoTenant, T
                     plan: p.plan,
                 })
                 .collect(),
-            next_cursor: page.next.as_ref().map(cursor_of),
+            next_cursor: page.next.as_ref().map(|p| cursor_of(plan, p)),
         },
     ))
 }
 
-/// A page's `next_cursor`: where it ended, as opaque text (the hex of its JSON), so that no
-/// tenant id or plan name can make it ambiguous.
-fn cursor_of(p: &TenantPosition) -> String {
-    hex::encode(serde_json::to_vec(&(&p.plan, &p.tenant)).unwrap_or_default())
+/// The longest plan name and tenant id a position can hold: the `by-plan` index's partition key
+/// (`plan`) stops at 2,048 bytes and its sort key (`pk`, `tenant#<id>`) at 1,024.
+const MAX_PLAN_BYTES: usize = 2_048;
+const MAX_TENANT_BYTES: usize = 1_024 - crate::policy_table::TENANT_PREFIX.len();
+
+/// A page's `next_cursor`: where it ended and which listing it belongs to (`scope`, the `plan`
+/// asked for, if any), as opaque text (the hex of its JSON), so that no tenant id or plan name
+/// can make it ambiguous.
+fn cursor_of(scope: Option<&str>, p: &TenantPosition) -> String {
+    hex::encode(serde_json::to_vec(&(scope, &p.plan, &p.tenant)).unwrap_or_default())
 }
 
-/// The position a cursor stands for; `None` for one no page gave.
-fn position_of(cursor: &str) -> Option<TenantPosition> {
-    let (plan, tenant): (String, String) = serde_json::from_slice(&hex::decode(cursor).ok()?).ok()?;
-    Some(TenantPosition { plan, tenant })
+/// The position a cursor of the listing `scope` stands for; `None` for one no page of that
+/// listing gave.
+fn position_of(cursor: &str, scope: Option<&str>) -> Option<TenantPosition> {
+    let (of, plan, tenant): (Option<String>, String, String) =
+        serde_json::from_slice(&hex::decode(cursor).ok()?).ok()?;
+    let fits = (1..=MAX_PLAN_BYTES).contains(&plan.len()) && (1..=MAX_TENANT_BYTES).contains(&tenant.len());
+    (fits && of.as_deref() == scope && scope.is_none_or(|s| s == plan)).then_some(TenantPosition { plan, tenant })
 }
 
 pub(in crate::usage_api) async fn show(State(api): Api, admin: Admin<Tenant>) -> Answer {
