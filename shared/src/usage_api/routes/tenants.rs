@@ -53,12 +53,23 @@ pub(in crate::usage_api) async fn list(State(api): Api, admin: Admin<NoTenant, T
     }
     let after = match param(&q, "cursor") {
         None => None,
-        Some(c) => Some(position_of(c, plan).ok_or_else(|| {
-            Problem::bad_request(
-                "`cursor` must be the `next_cursor` of a page of the same listing (the same `plan`, or none): \
-                 omit it for the first page",
-            )
-        })?),
+        Some(c) => {
+            let at = position_of(c).ok_or_else(|| {
+                Problem::bad_request(
+                    "`cursor` must be the `next_cursor` of a page (the hex of a plan's name and of a tenant id, \
+                     joined by a dot): omit it for the first page",
+                )
+            })?;
+            // One plan's listing resumes after the cursor's tenant in that plan, whichever
+            // listing the cursor came from.
+            Some(match plan {
+                Some(plan) => TenantPosition {
+                    plan: plan.to_owned(),
+                    tenant: at.tenant,
+                },
+                None => at,
+            })
+        }
     };
     api.sweep(&admin.actor).await?;
     let page = api.registry.tenant_page(plan, after.as_ref(), limit).await?;
@@ -71,7 +82,7 @@ pub(in crate::usage_api) async fn list(State(api): Api, admin: Admin<NoTenant, T
                     plan: p.plan,
                 })
                 .collect(),
-            next_cursor: page.next.as_ref().map(|p| cursor_of(plan, p)),
+            next_cursor: page.next.as_ref().map(cursor_of),
         },
     ))
 }
@@ -81,20 +92,51 @@ pub(in crate::usage_api) async fn list(State(api): Api, admin: Admin<NoTenant, T
 const MAX_PLAN_BYTES: usize = 2_048;
 const MAX_TENANT_BYTES: usize = 1_024 - crate::policy_table::TENANT_PREFIX.len();
 
-/// A page's `next_cursor`: where it ended and which listing it belongs to (`scope`, the `plan`
-/// asked for, if any), as opaque text (the hex of its JSON), so that no tenant id or plan name
-/// can make it ambiguous.
-fn cursor_of(scope: Option<&str>, p: &TenantPosition) -> String {
-    hex::encode(serde_json::to_vec(&(scope, &p.plan, &p.tenant)).unwrap_or_default())
+/// A page's `next_cursor`: where it ended, `<hex of the plan's name>.<hex of the tenant id>`,
+/// so that no tenant id or plan name can make it ambiguous.
+fn cursor_of(p: &TenantPosition) -> String {
+    format!("{}.{}", hex::encode(&p.plan), hex::encode(&p.tenant))
 }
 
-/// The position a cursor of the listing `scope` stands for; `None` for one no page of that
-/// listing gave.
-fn position_of(cursor: &str, scope: Option<&str>) -> Option<TenantPosition> {
-    let (of, plan, tenant): (Option<String>, String, String) =
-        serde_json::from_slice(&hex::decode(cursor).ok()?).ok()?;
-    let fits = (1..=MAX_PLAN_BYTES).contains(&plan.len()) && (1..=MAX_TENANT_BYTES).contains(&tenant.len());
-    (fits && of.as_deref() == scope && scope.is_none_or(|s| s == plan)).then_some(TenantPosition { plan, tenant })
+/// The position a cursor stands for. Every cursor of that form stands for one: bytes that are
+/// not UTF-8 read as U+FFFD, and a name longer than the index's keys can hold is cut to fit (no
+/// item has one). So a cursor a client made is a place in the listing, not an error; `None` for
+/// one not of that form.
+fn position_of(cursor: &str) -> Option<TenantPosition> {
+    let text = |h: &str, max: usize| {
+        let mut s = String::from_utf8_lossy(&hex::decode(h).ok()?).into_owned();
+        let mut cut = max.min(s.len());
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        Some(s).filter(|s| !s.is_empty())
+    };
+    let (plan, tenant) = cursor.split_once('.')?;
+    Some(TenantPosition {
+        plan: text(plan, MAX_PLAN_BYTES)?,
+        tenant: text(tenant, MAX_TENANT_BYTES)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_every_cursor_of_their_form_is_a_position() {
+        let p = TenantPosition {
+            plan: "free.tier".into(),
+            tenant: "acme.é".into(),
+        };
+        assert_eq!(position_of(&cursor_of(&p)), Some(p));
+        let long = format!("{}.{}", "ff".repeat(3_000), "c3".repeat(2_000));
+        let at = position_of(&long).expect("a position");
+        assert!(at.plan.len() <= MAX_PLAN_BYTES && at.tenant.len() <= MAX_TENANT_BYTES);
+        for bad in ["", "beta", "6162", ".6162", "6162.", "6g.6162", "616.62"] {
+            assert_eq!(position_of(bad), None, "{bad}");
+        }
+    }
 }
 
 pub(in crate::usage_api) async fn show(State(api): Api, admin: Admin<Tenant>) -> Answer {
