@@ -4,6 +4,7 @@
 
 mod alarms;
 mod apply;
+mod audit_table;
 mod authorizer;
 mod conformance;
 mod contention;

@@ -292,7 +292,8 @@ async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_n
     // `serve --policy-table` does, over a DynamoDB state store
     let g = TableGate::new().await;
     // WHEN an operator runs `tollgate shed set 1`
-    let shed_table = ShedTable::new(admin_client(&g.sdk), &g.table);
+    let audit = emulator::audit_table(&admin_client(&g.sdk)).await;
+    let shed_table = ShedTable::new(admin_client(&g.sdk), &g.table).with_audit_table(Some(audit.clone()));
     let set = shed_cli::set(&shed_table, 1, SetBy::Manual("ops".into()), "drill", "ops", NOW)
         .await
         .expect("set");
@@ -328,14 +329,13 @@ async fn tollgate_shed_set_and_clear_reach_a_gate_reading_the_policy_table_and_n
         admitted += usize::from(matches!(g.ask(&g.free).await, GateOutcome::Allow(_)));
     }
     assert_eq!(admitted, 3, "burst 3: nothing was consumed while shed");
-    // THEN both changes are in the audit trail, by ops
-    let history = AuditLog::new(admin_client(&g.sdk), &g.table)
-        .history()
-        .await
-        .expect("history");
+    // THEN both changes are in the audit table, by ops, and none in the policy table
+    let in_table = |t: &str| AuditLog::new(admin_client(&g.sdk), t);
+    let history = in_table(&audit).history().await.expect("history");
     let shed_entries: Vec<_> = history.iter().filter(|e| e.source == "shed").collect();
     assert_eq!(shed_entries.len(), 2, "{history:?}");
     assert!(shed_entries.iter().all(|e| e.actor.as_deref() == Some("ops")));
+    assert!(in_table(&g.table).history().await.expect("legacy").is_empty());
 }
 
 /// SDK configuration whose CloudWatch calls reach the emulator through `cbor_shim` (the SDK
@@ -375,14 +375,15 @@ async fn set_alarm(sdk: &aws_config::SdkConfig, name: &str, state: &str) {
         .expect("set alarm state");
 }
 
+/// The operator's controller on `table`, its records in `audit` (`None`: the policy table).
 fn controller(
     sdk: &aws_config::SdkConfig,
     cw: &aws_config::SdkConfig,
-    table: &str,
+    (table, audit): (&str, Option<&str>),
     alarm: &str,
 ) -> Controller<CloudWatchAlarms> {
     Controller::new(
-        ShedTable::new(admin_client(sdk), table),
+        ShedTable::new(admin_client(sdk), table).with_audit_table(audit.map(str::to_owned)),
         CloudWatchAlarms::new(cloudwatch_client(cw)),
         Config {
             policy_table: table.to_owned(),
@@ -398,7 +399,8 @@ async fn the_controller_raises_a_step_per_run_in_alarm_and_lowers_one_per_run_wh
     let (sdk, table) = policy_table().await;
     let cw = cloudwatch_sdk().await;
     let name = alarm(&cw, "ALARM").await;
-    let c = controller(&sdk, &cw, &table, &name);
+    let audit = emulator::audit_table(&admin_client(&sdk)).await;
+    let c = controller(&sdk, &cw, (&table, Some(&audit)), &name);
     let clock = ManualClock::new(NOW);
     let mut levels = Vec::new();
     // WHEN the controller runs once a minute, four times
@@ -435,12 +437,11 @@ async fn the_controller_raises_a_step_per_run_in_alarm_and_lowers_one_per_run_wh
     clock.advance(Duration::from_secs(60));
     let at_zero = c.run(clock.now()).await.expect("run");
     assert_eq!(at_zero.outcome, RunOutcome::Held { why: Hold::AtZero });
-    // THEN each of the four steps is one audit record by the shed source
-    let history = AuditLog::new(admin_client(&sdk), &table)
-        .history()
-        .await
-        .expect("history");
+    // THEN each of the four steps is one audit record by the shed source, in the audit table
+    let in_table = |t: &str| AuditLog::new(admin_client(&sdk), t);
+    let history = in_table(&audit).history().await.expect("history");
     assert_eq!(history.iter().filter(|e| e.source == "shed").count(), 4, "{history:?}");
+    assert!(in_table(&table).history().await.expect("legacy").is_empty());
 }
 
 #[tokio::test]
@@ -449,7 +450,7 @@ async fn the_controller_leaves_a_manual_level_alone_and_holds_without_data() {
     let (sdk, table) = policy_table().await;
     let cw = cloudwatch_sdk().await;
     let name = alarm(&cw, "INSUFFICIENT_DATA").await;
-    let c = controller(&sdk, &cw, &table, &name);
+    let c = controller(&sdk, &cw, (&table, None), &name);
     // WHEN the controller runs THEN it holds: neither stress nor recovery is known
     let r = c.run(NOW).await.expect("run");
     assert_eq!(
@@ -476,7 +477,7 @@ async fn the_controller_leaves_a_manual_level_alone_and_holds_without_data() {
     let r = c.run(NOW.saturating_add(Duration::from_secs(120))).await.expect("run");
     assert_eq!((r.after, r.outcome), (1, RunOutcome::Raised));
     // GIVEN an alarm name that does not exist THEN the error names it
-    let missing = controller(&sdk, &cw, &table, "no-such-alarm");
+    let missing = controller(&sdk, &cw, (&table, None), "no-such-alarm");
     match missing.run(NOW).await {
         Err(ShedError::AlarmNotFound(n)) => assert_eq!(n, "no-such-alarm"),
         other => panic!("expected AlarmNotFound, got {other:?}"),
@@ -489,7 +490,7 @@ async fn concurrent_runs_step_the_level_once() {
     let (sdk, table) = policy_table().await;
     let cw = cloudwatch_sdk().await;
     let name = alarm(&cw, "ALARM").await;
-    let runs: Vec<_> = (0..8).map(|_| controller(&sdk, &cw, &table, &name)).collect();
+    let runs: Vec<_> = (0..8).map(|_| controller(&sdk, &cw, (&table, None), &name)).collect();
     // WHEN they all run at once
     let reports = futures::future::join_all(runs.iter().map(|c| c.run(NOW))).await;
     let reports: Vec<_> = reports.into_iter().map(|r| r.expect("run")).collect();

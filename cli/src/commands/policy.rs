@@ -16,7 +16,6 @@ use tollgate::control::diff;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::SystemClock;
 use tollgate::policy_file::PolicyFile;
-use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::MemoryStore;
 
 use super::read_policy;
@@ -65,7 +64,7 @@ pub enum PolicyCommand {
 /// Where the live policy is.
 #[derive(Debug, clap::Args)]
 pub struct Live {
-    /// The DynamoDB policy table the authorizer reads (and the audit trail is kept in).
+    /// The DynamoDB policy table the authorizer reads (the audit trail: --audit-table).
     #[arg(long, default_value = "tollgate-policy")]
     pub policy_table: String,
     /// Print JSON instead of a table.
@@ -193,7 +192,9 @@ impl Stack {
         let sdk = live.aws.sdk_config().await?;
         Ok(Stack {
             control: ApiGateway::new(control_client(&sdk), Backoff::default()),
-            table: PolicyTable::new(admin_client(&sdk), &live.policy_table),
+            table: PolicyTable::new(admin_client(&sdk), &live.policy_table)
+                .find_audit_table(live.aws.audit_table.clone())
+                .await?,
             clock: SystemClock::new(),
             actor: actor.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty())),
             owner: None,
@@ -338,8 +339,10 @@ impl Rollback {
 impl History {
     pub async fn run(self) -> Result<(), CliError> {
         let sdk = self.live.aws.sdk_config().await?;
-        let log = AuditLog::new(admin_client(&sdk), &self.live.policy_table);
-        let mut entries = log.history().await?;
+        let table = PolicyTable::new(admin_client(&sdk), &self.live.policy_table)
+            .find_audit_table(self.live.aws.audit_table.clone())
+            .await?;
+        let mut entries = table.audit_log().history().await?;
         entries.truncate(self.limit);
         if self.live.json {
             println!("{}", serde_json::to_string(&entries)?);

@@ -10,12 +10,12 @@ use axum::Router;
 use axum::http::HeaderName;
 use tollgate::aws::{admin_client, control_client, policy_client};
 use tollgate::control::apigateway::{ApiGateway, Backoff};
+use tollgate::control::sync::table::PolicyTable;
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::engine::shed::{SetBy, ShedState};
 use tollgate::gate::{Gate, GateConfig};
 use tollgate::policy_file::PolicyFile;
-use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::Store;
 use tollgate::usage_api::registry::Registry;
 use tollgate::usage_api::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
@@ -140,11 +140,17 @@ impl Serve {
     /// records go to that table, as the deployed function's do.
     async fn tenancy(&self, file: &PolicyFile) -> Result<Tenancy, CliError> {
         if let Some(table) = &self.policy_table {
-            let sdk = self.store.dynamo.aws.sdk_config().await?;
-            let dir = DynamoDirectory::new(policy_client(&sdk, POLICY_READ_BUDGET), table);
+            let aws = &self.store.dynamo.aws;
+            let sdk = aws.sdk_config().await?;
+            let audit = PolicyTable::new(admin_client(&sdk), table)
+                .find_audit_table(aws.audit_table.clone())
+                .await?
+                .audit_log();
+            let dir =
+                DynamoDirectory::new(policy_client(&sdk, POLICY_READ_BUDGET), table).with_audit_table(audit.table());
             return Ok(Tenancy {
                 registry: Arc::new(dir),
-                audit: Arc::new(AuditLog::new(admin_client(&sdk), table)),
+                audit: Arc::new(audit),
                 demo: Vec::new(),
             });
         }

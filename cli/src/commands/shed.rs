@@ -2,6 +2,7 @@
 //! the level back to it; `status` shows the level and which plans it sheds.
 
 use tollgate::control::shed::table::ShedTable;
+use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
 use tollgate::engine::shed::{SetBy, ShedState, sheds};
 
@@ -74,7 +75,12 @@ impl Shed {
             | ShedCommand::Clear(Clear { live, .. })
             | ShedCommand::Status(Status { live }) => live,
         };
-        let table = ShedTable::new(live.aws.admin_client().await?, &live.policy_table);
+        let client = live.aws.admin_client().await?;
+        let audit = PolicyTable::new(client.clone(), &live.policy_table)
+            .find_audit_table(live.aws.audit_table.clone())
+            .await?
+            .audit_log();
+        let table = ShedTable::new(client, &live.policy_table).with_audit_table(Some(audit.table().to_owned()));
         let now = SystemClock::new().now();
         match self.command {
             ShedCommand::Set(s) => {

@@ -34,7 +34,9 @@ impl PlanSync {
                 .map_err(AwsError::CreateTable)?;
         }
         let control = ApiGateway::new(control_client(&sdk), Backoff::default());
-        let table = PolicyTable::new(dynamodb, &self.policy_table);
+        let table = PolicyTable::new(dynamodb, &self.policy_table)
+            .find_audit_table(self.aws.audit_table.clone())
+            .await?;
         let report = tollgate::control::sync::run(&control, &table, &SystemClock::new(), None).await?;
         if self.json {
             println!("{}", serde_json::to_string(&report)?);

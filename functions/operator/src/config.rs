@@ -9,12 +9,14 @@ use tollgate::control::shed::controller::{Config as ShedConfig, DEFAULT_MIN_STEP
 use tollgate::control::{AlarmSettings, legacy_plan_alarm_prefix, plan_alarm_prefix};
 use tollgate::metrics;
 use tollgate::notify::marker;
-use tollgate::policy_table::{AUDIT_PREFIX, SHED_PK};
+use tollgate::policy_table::SHED_PK;
 
 /// The state table: its stream feeds the function, and the notice markers live in it.
 pub const STATE_TABLE: &str = "TOLLGATE_STATE_TABLE";
 /// The policy table: tenants' plans, the shed level.
 pub const POLICY_TABLE: &str = "TOLLGATE_POLICY_TABLE";
+/// The audit table: the shed controller's change records.
+pub const AUDIT_TABLE: &str = "TOLLGATE_AUDIT_TABLE";
 /// The topic quota notices go to.
 pub const NOTICE_TOPIC: &str = "TOLLGATE_NOTICE_TOPIC_ARN";
 /// The stack's name: its per-plan alarms are named from it (`tollgate::control::plan_alarm_prefix`;
@@ -36,6 +38,7 @@ pub fn variables() -> BTreeSet<&'static str> {
     BTreeSet::from([
         STATE_TABLE,
         POLICY_TABLE,
+        AUDIT_TABLE,
         NOTICE_TOPIC,
         STACK_NAME,
         METRICS_NAMESPACE,
@@ -61,8 +64,10 @@ pub const STREAM_ACTIONS: [&str; 3] = [
 /// the shed alarm and the plan alarms.
 pub const UNSCOPED_ACTIONS: [&str; 2] = ["dynamodb:ListStreams", "cloudwatch:DescribeAlarms"];
 /// What it calls on the policy table: plans (notices, plan alarms, the shed steps), and the shed
-/// level with its audit record.
+/// level...
 pub const POLICY_ACTIONS: [&str; 3] = ["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:PutItem"];
+/// ... and on the audit table: the shed level's change records, each put once (append-only).
+pub const AUDIT_ACTIONS: [&str; 1] = ["dynamodb:PutItem"];
 /// What it calls on its per-plan alarms (`plan_alarm_prefix`)...
 pub const PLAN_ALARM_ACTIONS: [&str; 2] = ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"];
 /// ... and on the alarms under their former names (`legacy_plan_alarm_prefix`): only deletes.
@@ -76,9 +81,9 @@ pub const NOTICE_KEY_ACTIONS: [&str; 2] = ["kms:Decrypt", "kms:GenerateDataKey"]
 pub const FAILURE_QUEUE_ACTIONS: [&str; 1] = ["sqs:SendMessage"];
 
 /// The policy items it writes (the `dynamodb:LeadingKeys` of its `PutItem` grant): the shed level
-/// and audit records, never a plan or a key.
-pub fn policy_write_keys() -> [String; 2] {
-    [SHED_PK.to_owned(), format!("{AUDIT_PREFIX}*")]
+/// only, never a plan or a key (its audit records go to the audit table).
+pub fn policy_write_keys() -> [String; 1] {
+    [SHED_PK.to_owned()]
 }
 
 /// The state items it writes (the `dynamodb:LeadingKeys` of its grant on the state table): the

@@ -20,7 +20,7 @@ use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::notify::{Markers, Notifier, SnsPublisher};
 use tollgate_operator::Trigger;
-use tollgate_operator::config::{self, NOTICE_TOPIC, POLICY_TABLE, STATE_TABLE};
+use tollgate_operator::config::{self, AUDIT_TABLE, NOTICE_TOPIC, POLICY_TABLE, STATE_TABLE};
 use tollgate_operator::stack::{self, Ports};
 
 /// Why the function cannot start: `detail` for its log, `reason` (variables named, never their
@@ -66,6 +66,7 @@ struct Operator {
 
 async fn build() -> Result<Operator, Unstarted> {
     let (state, policy, topic) = (var(STATE_TABLE)?, var(POLICY_TABLE)?, var(NOTICE_TOPIC)?);
+    let audit = var(AUDIT_TABLE)?;
     // Settings are checked before the first event: a wrong variable fails the deployment's
     // first invocation with the variable's name, not a scheduled run hours later.
     let env = |k: &str| std::env::var(k).ok();
@@ -86,7 +87,7 @@ async fn build() -> Result<Operator, Unstarted> {
         notifier,
         plans: PolicyTable::new(admin_client(&sdk), &policy),
         shed: Controller::new(
-            ShedTable::new(admin_client(&sdk), &policy),
+            ShedTable::new(admin_client(&sdk), &policy).with_audit_table(Some(audit)),
             cloudwatch.clone(),
             shed_config,
         ),

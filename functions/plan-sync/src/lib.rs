@@ -11,6 +11,9 @@ use tollgate::control::sync::scoped::{Named, Work};
 
 /// The environment variable naming the policy table.
 pub const POLICY_TABLE_VAR: &str = "TOLLGATE_POLICY_TABLE";
+/// The environment variable naming the audit table: the sync's change records go there, and the
+/// scope it writes names it for the CLI (`tollgate::control::sync::scope`).
+pub const AUDIT_TABLE_VAR: &str = "TOLLGATE_AUDIT_TABLE";
 /// The environment variable naming the stack: plans tagged `tollgate:stack` with it are mirrored.
 pub const STACK_VAR: &str = "TOLLGATE_STACK";
 /// The environment variable listing the stack's API stages (`API_ID:STAGE,...`): untagged plans
@@ -20,8 +23,9 @@ pub const API_STAGES_VAR: &str = "TOLLGATE_API_STAGES";
 /// (`tollgate::control::apigateway::pace`; the template's `SyncCallsPerSecond`).
 pub const CALLS_PER_SECOND_VAR: &str = "TOLLGATE_SYNC_CALLS_PER_SECOND";
 /// Every variable the function reads (the template sets exactly these).
-pub const FUNCTION_VARIABLES: [&str; 5] = [
+pub const FUNCTION_VARIABLES: [&str; 6] = [
     POLICY_TABLE_VAR,
+    AUDIT_TABLE_VAR,
     STACK_VAR,
     API_STAGES_VAR,
     CALLS_PER_SECOND_VAR,
@@ -50,10 +54,10 @@ pub fn scope(stack: Option<&str>, stages: Option<&str>) -> Result<Scope, String>
         .ok_or(format!("{STACK_VAR} is not set"))?;
     Scope::parse(stack, stages.unwrap_or("")).map_err(|e| format!("{API_STAGES_VAR}: {e}"))
 }
-/// The DynamoDB actions sync, its lease (`sync#lease`: conditional `PutItem` to take it,
+/// The DynamoDB actions sync and its lease (`sync#lease`: conditional `PutItem` to take it,
 /// `UpdateItem` to ask its holder for a rerun or renew it, `GetItem`, conditional `DeleteItem`
-/// to release it) and its audit trail call on the policy table (a transaction needs the actions
-/// of its parts: sync's batches put items, update `sync#meta` or check it, `ConditionCheckItem`).
+/// to release it) call on the policy table (a transaction needs the actions of its parts: sync's
+/// batches put items, update `sync#meta` or check it, `ConditionCheckItem`).
 pub const TABLE_ACTIONS: [&str; 6] = [
     "dynamodb:GetItem",
     "dynamodb:Scan",
@@ -62,6 +66,9 @@ pub const TABLE_ACTIONS: [&str; 6] = [
     "dynamodb:DeleteItem",
     "dynamodb:ConditionCheckItem",
 ];
+/// The DynamoDB actions it calls on the audit table: a record's parts and its header, each put
+/// once (the header on condition that its id is new). Append-only: no update, no delete.
+pub const AUDIT_ACTIONS: [&str; 1] = ["dynamodb:PutItem"];
 /// The DynamoDB actions an event-scoped sync calls on the policy table's `by-tenant` index (a
 /// tenant's keys: `tollgate::policy_table::key_pks_of`).
 pub const INDEX_ACTIONS: [&str; 1] = ["dynamodb:Query"];

@@ -16,22 +16,25 @@ use tollgate::control::sync::lease::{invocation_owner, run_leased};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::{SystemClock, Timestamp};
 use tollgate_plan_sync::{
-    API_STAGES_VAR, CALLS_PER_SECOND_VAR, Invocation, POLICY_TABLE_VAR as POLICY_TABLE, STACK_VAR, calls_per_second,
-    scope, work,
+    API_STAGES_VAR, AUDIT_TABLE_VAR as AUDIT_TABLE, CALLS_PER_SECOND_VAR, Invocation, POLICY_TABLE_VAR as POLICY_TABLE,
+    STACK_VAR, calls_per_second, scope, work,
 };
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     tollgate::logging::init_lambda();
     let table = std::env::var(POLICY_TABLE).map_err(|_| format!("{POLICY_TABLE} is not set"))?;
+    let audit = std::env::var(AUDIT_TABLE).map_err(|_| format!("{AUDIT_TABLE} is not set"))?;
     let var = |name: &str| std::env::var(name).ok();
-    let scope = scope(var(STACK_VAR).as_deref(), var(API_STAGES_VAR).as_deref())?;
+    let mut scope = scope(var(STACK_VAR).as_deref(), var(API_STAGES_VAR).as_deref())?;
+    // The scope names the audit table: the CLI finds the trail there.
+    scope.audit_table = Some(audit.clone());
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     // Every API Gateway call waits its turn: the sync's share of the account's management API.
     let rate = calls_per_second(var(CALLS_PER_SECOND_VAR).as_deref())?;
     let pace = Pace::new(rate, Arc::new(SystemClock::new()), Arc::new(Sleep))?;
     let control = ApiGateway::new(control_client(&sdk), Backoff::default()).paced(Arc::new(pace));
-    let table = PolicyTable::new(admin_client(&sdk), table);
+    let table = PolicyTable::new(admin_client(&sdk), table).with_audit_table(Some(audit));
     let (control, table, clock, scope) = (&control, &table, &SystemClock::new(), &scope);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let Invocation {

@@ -16,7 +16,7 @@ use lambda_http::tower::ServiceExt;
 use lambda_http::{Adapter, Error, LambdaEvent};
 use serde_json::Value;
 use tollgate::policy_table::{
-    AUDIT_PREFIX, DUE_PREFIX, IDEM_CLAIM_PREFIX, IDEM_PREFIX, KEY_PREFIX, REVOKE_PREFIX, SHED_PK, TENANT_PREFIX,
+    DUE_PREFIX, IDEM_CLAIM_PREFIX, IDEM_PREFIX, KEY_PREFIX, REVOKE_PREFIX, SHED_PK, TENANT_PREFIX,
 };
 use tollgate::usage_api::{Actor, AuthorizedPlan, AuthorizedTenant, UsageApi};
 
@@ -26,11 +26,14 @@ pub const SCHEDULE_ACTOR: &str = "schedule";
 /// The variable naming the stack: every key the usage API creates carries it as its
 /// `tollgate:stack` tag, the tag the function's rights on keys and usage plans need.
 pub const STACK_VAR: &str = "TOLLGATE_STACK_NAME";
+/// The variable naming the audit table, where its changes' records go.
+pub const AUDIT_TABLE_VAR: &str = "TOLLGATE_AUDIT_TABLE";
 /// What the `usage-api` function reads from its environment (template.yaml sets each).
-pub const FUNCTION_VARIABLES: [&str; 4] = [
+pub const FUNCTION_VARIABLES: [&str; 5] = [
     "TOLLGATE_STATE_TABLE",
     "TOLLGATE_POLICY_TABLE",
     STACK_VAR,
+    AUDIT_TABLE_VAR,
     tollgate::logging::LOG_VAR,
 ];
 /// The DynamoDB actions it calls on the state table (usage reads, resets)...
@@ -41,8 +44,8 @@ pub const INDEX_ACTIONS: [&str; 1] = ["dynamodb:Query"];
 pub const LIST_ACTIONS: [&str; 2] = ["dynamodb:Query", "dynamodb:Scan"];
 /// ... and on the policy table (registry, idempotency and revocation items, the shed level
 /// (`GetItem`, conditional `PutItem`; plans' priorities by `Scan`, as the sweep's first run on a
-/// table finds the revocations stored before buckets), audit records; the sweep's buckets and
-/// cursor (`BatchGetItem`, `UpdateItem`)).
+/// table finds the revocations stored before buckets); the sweep's buckets and cursor
+/// (`BatchGetItem`, `UpdateItem`))...
 pub const POLICY_ACTIONS: [&str; 6] = [
     "dynamodb:BatchGetItem",
     "dynamodb:DeleteItem",
@@ -51,19 +54,15 @@ pub const POLICY_ACTIONS: [&str; 6] = [
     "dynamodb:Scan",
     "dynamodb:UpdateItem",
 ];
+/// ... and on the audit table: its changes' records, each part put once (the header on
+/// condition that its id is new). Append-only: it never reads, updates or deletes a record.
+pub const AUDIT_ACTIONS: [&str; 1] = ["dynamodb:PutItem"];
 
 /// The policy items it puts (the `dynamodb:LeadingKeys` of its `PutItem` grant): tenants, keys,
-/// its idempotency and revocation items, audit records and the shed level; never a plan or plan
-/// sync's items.
+/// its idempotency and revocation items and the shed level; never a plan, plan sync's items or
+/// an audit record (those go to the audit table).
 pub fn policy_put_keys() -> Vec<String> {
-    let mut keys = patterns(&[
-        TENANT_PREFIX,
-        KEY_PREFIX,
-        IDEM_PREFIX,
-        IDEM_CLAIM_PREFIX,
-        REVOKE_PREFIX,
-        AUDIT_PREFIX,
-    ]);
+    let mut keys = patterns(&[TENANT_PREFIX, KEY_PREFIX, IDEM_PREFIX, IDEM_CLAIM_PREFIX, REVOKE_PREFIX]);
     keys.push(SHED_PK.to_owned());
     keys
 }

@@ -14,22 +14,23 @@ use tollgate::engine::clock::SystemClock;
 use tollgate::policy_table::audit::AuditLog;
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
 use tollgate::usage_api::{AdminAuth, CallerSource, UsageApi};
-use tollgate_usage_api::{FUNCTION_VARIABLES as VARIABLES, handle, identity};
+use tollgate_usage_api::{AUDIT_TABLE_VAR, FUNCTION_VARIABLES as VARIABLES, handle, identity};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     tollgate::logging::init_lambda();
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let (state, policy, stack) = (var(VARIABLES[0])?, var(VARIABLES[1])?, var(VARIABLES[2])?);
+    let audit = var(AUDIT_TABLE_VAR)?;
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let admin = admin_client(&sdk);
     let api = UsageApi {
-        registry: Arc::new(DynamoDirectory::new(admin.clone(), &policy)),
+        registry: Arc::new(DynamoDirectory::new(admin.clone(), &policy).with_audit_table(&audit)),
         store: Arc::new(DynamoStore::new(
             state_client(&sdk, StoreTimeouts::default()),
             DynamoStoreConfig::new(state),
         )),
-        audit: Arc::new(AuditLog::new(admin, &policy)),
+        audit: Arc::new(AuditLog::new(admin, &audit)),
         control: Some(Arc::new(ApiGateway::new(control_client(&sdk), Backoff::default()))),
         clock: Arc::new(SystemClock::new()),
         admin: AdminAuth::Iam,

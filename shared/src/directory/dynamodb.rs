@@ -27,6 +27,8 @@ pub struct DynamoDirectory {
     table: String,
     /// Pages a revocation sweep run reads of its first runs' scan, and items a page.
     first_sweep_scan: (usize, i32),
+    /// Where the usage API's shed changes are audited (`None`: the policy table itself).
+    audit_table: Option<String>,
 }
 
 impl DynamoDirectory {
@@ -35,7 +37,18 @@ impl DynamoDirectory {
             client,
             table: table.into(),
             first_sweep_scan: FIRST_SWEEP_SCAN,
+            audit_table: None,
         }
+    }
+
+    /// The directory whose shed changes (the usage API's `/v1/shed`) are audited in `table`.
+    pub fn with_audit_table(mut self, table: impl Into<String>) -> DynamoDirectory {
+        self.audit_table = Some(table.into());
+        self
+    }
+
+    pub(crate) fn audit_table(&self) -> Option<String> {
+        self.audit_table.clone()
     }
 
     /// The pages a revocation sweep run reads of the scan its first runs on a table make (for
@@ -184,4 +197,10 @@ impl Directory for DynamoDirectory {
 /// Creates the policy table as the SAM template does; for local emulators and tests.
 pub async fn create_policy_table(client: &Client, table: &str) -> Result<(), String> {
     crate::aws::create_indexed_table(client, table, PK, None, &crate::policy_table::INDEXES).await
+}
+
+/// Creates the audit table (`policy_table::audit`), keyed by `pk` like the policy table, for
+/// local emulators; template.yaml declares it in AWS (`AuditTable`).
+pub async fn create_audit_table(client: &Client, table: &str) -> Result<(), String> {
+    crate::aws::create_table(client, table, PK, None).await
 }

@@ -4,10 +4,15 @@
 //! were and as it left them (the checkpoint a rollback puts back). No record holds the whole
 //! table.
 //!
-//! Records live in the policy table as `audit#<id>` items, written once with a condition that
-//! the id is new: a retried write of the same change is recognised, not duplicated. The id of a
-//! change whose content is given (`ChangeRecord::content_id`) is derived from that content, so an
-//! interrupted `apply` run again records the same change once.
+//! Records live in the audit table, a table of their own (template.yaml's `AuditTable`: its
+//! writers may only put, and its growth never reaches the policy table's scans), as `audit#<id>`
+//! items written once with a condition that the id is new: a retried write of the same change is
+//! recognised, not duplicated. The id of a change whose content is given
+//! (`ChangeRecord::content_id`) is derived from that content, so an interrupted `apply` run again
+//! records the same change once. Records written before the audit table existed stay in the
+//! policy table (the legacy table): a log that names it reads them there too, and never writes
+//! there. Without an audit table (local use, a stack from before), the policy table is the
+//! audit table.
 
 use std::collections::HashMap;
 
@@ -141,26 +146,40 @@ pub enum AuditError {
     Corrupt { id: String, reason: String },
 }
 
-/// The audit trail in the policy table.
+/// The audit trail: records written to `table`, and read from it and from the legacy table.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     client: Client,
     table: String,
+    /// The table records were written to before `table` (the policy table), read only.
+    legacy: Option<String>,
 }
 
 impl AuditLog {
+    /// The trail in `table` alone.
     pub fn new(client: Client, table: impl Into<String>) -> AuditLog {
         AuditLog {
             client,
             table: table.into(),
+            legacy: None,
         }
     }
 
+    /// The trail that also reads the records written before to `legacy` (the policy table);
+    /// nothing more when it is the audit table itself.
+    pub fn with_legacy(mut self, legacy: impl Into<String>) -> AuditLog {
+        let legacy = legacy.into();
+        self.legacy = (legacy != self.table).then_some(legacy);
+        self
+    }
+
+    /// The table records are written to.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> AuditError {
-        AuditError::Unavailable {
-            table: self.table.clone(),
-            detail: DisplayErrorContext(e).to_string(),
-        }
+        self.unavailable_in(&self.table, e)
     }
 
     /// Writes the record once; a record with its id already there is left as it is.
@@ -219,9 +238,16 @@ impl AuditLog {
         }
     }
 
-    /// The whole record of change `id`.
+    /// The whole record of change `id`: in the audit table, else in the legacy table.
     pub async fn get(&self, id: &str) -> Result<ChangeRecord, AuditError> {
-        let header = self.item(&format!("{AUDIT_PREFIX}{id}")).await?;
+        match (self.get_in(&self.table, id).await, &self.legacy) {
+            (Err(AuditError::NotFound(_)), Some(legacy)) => self.get_in(legacy, id).await,
+            (found, _) => found,
+        }
+    }
+
+    async fn get_in(&self, table: &str, id: &str) -> Result<ChangeRecord, AuditError> {
+        let header = self.item(table, &format!("{AUDIT_PREFIX}{id}")).await?;
         let header = header.ok_or_else(|| AuditError::NotFound(id.to_owned()))?;
         let corrupt = |reason: &str| AuditError::Corrupt {
             id: id.to_owned(),
@@ -231,7 +257,7 @@ impl AuditLog {
         let mut json = string(&header, "part").ok_or_else(|| corrupt("no first part"))?;
         for i in 1..parts {
             let item = self
-                .item(&format!("{AUDIT_PREFIX}{id}#{i}"))
+                .item(table, &format!("{AUDIT_PREFIX}{id}#{i}"))
                 .await?
                 .ok_or_else(|| corrupt("a part is missing"))?;
             json.push_str(&string(&item, "part").ok_or_else(|| corrupt("a part is empty"))?);
@@ -239,14 +265,21 @@ impl AuditLog {
         serde_json::from_str(&json).map_err(|e| corrupt(&e.to_string()))
     }
 
-    async fn item(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, AuditError> {
-        read_item(&self.client, &self.table, pk)
+    async fn item(&self, table: &str, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, AuditError> {
+        read_item(&self.client, table, pk)
             .await
-            .map_err(|e| self.unavailable(e))
+            .map_err(|e| self.unavailable_in(table, e))
     }
 
-    /// Every change, newest first. Reads the policy table whole: an operator's command, not a
-    /// request path.
+    fn unavailable_in<E: std::error::Error + 'static>(&self, table: &str, e: E) -> AuditError {
+        AuditError::Unavailable {
+            table: table.to_owned(),
+            detail: DisplayErrorContext(e).to_string(),
+        }
+    }
+
+    /// Every change, newest first: the audit table's and the legacy table's, each id once. Reads
+    /// the tables whole: an operator's command, not a request path.
     pub async fn history(&self) -> Result<Vec<Entry>, AuditError> {
         let scan = PrefixScan {
             prefixes: &[AUDIT_PREFIX],
@@ -254,13 +287,18 @@ impl AuditLog {
             having: Some("time"),
             ..PrefixScan::default()
         };
-        let items = scan
-            .items(&self.client, &self.table)
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        let mut items = Vec::new();
+        for table in std::iter::once(&self.table).chain(&self.legacy) {
+            let found = scan.items(&self.client, table).await;
+            items.extend(found.map_err(|e| self.unavailable_in(table, e))?);
+        }
+        let mut seen = std::collections::HashSet::new();
         let mut entries = Vec::new();
         for item in &items {
             let Some(pk) = string(item, PK) else { continue };
+            if !seen.insert(pk.clone()) {
+                continue;
+            }
             entries.push(Entry {
                 id: pk.trim_start_matches(AUDIT_PREFIX).to_owned(),
                 time: number(item, "time").unwrap_or(0),

@@ -1,6 +1,6 @@
 //! The policy table: the one DynamoDB table every writer of the policy shares. This module is the
 //! only place that knows its layout: the key of every item kind, the item types and how they are
-//! stored, and the audit trail's records.
+//! stored; and the audit table's, the audit trail's records (`audit`).
 //!
 //! One string key, `pk`. The item kinds, by key:
 //! - `key#<sha256 hex>`: an API key → `tenant` (S), `key_id` (S), `enabled` (BOOL);
@@ -12,7 +12,8 @@
 //! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
 //! - `sync#meta`: plan sync's `generation` (N; `sync_items`);
 //! - `sync#scope`: which usage plans the table mirrors, `stack` (S) and `stages` (L of S,
-//!   `API_ID:STAGE`), as the deployed plan-sync function was configured (`sync_items`);
+//!   `API_ID:STAGE`), and the stack's audit table, `audit_table` (S; absent in a scope written
+//!   before it), as the deployed plan-sync function was configured (`sync_items`);
 //! - `sync#lease`: the plan-sync run under way, `owner` (S), `until` (N, epoch seconds), `rerun`
 //!   (BOOL, another run asked for one more round; `sync_items`);
 //! - `idem#<Idempotency-Key>`: the usage API's onboarding record, `record` (S, JSON);
@@ -22,7 +23,10 @@
 //! - `revoke#due#<minute>`: the ids of the keys whose revocation falls due in that minute (epoch
 //!   minutes), `keys` (SS): the sweep's bucket (`due`);
 //! - `revoke#due#cursor`: the last minute the sweep is done with, `minute` (N);
-//! - `audit#<id>`: one change record (`audit`).
+//! - `audit#<id>`: a change record written before the audit table existed, read only (`audit`).
+//!
+//! The audit table, its own DynamoDB table (append-only for its writers), holds the change records
+//! since: `audit#<id>` (the header) and `audit#<id>#<n>` (its further parts), one string key `pk`.
 //!
 //! Two sparse indexes (`INDEXES`, declared alike in template.yaml) answer the usage API without a
 //! scan: `by-tenant`, the items by their `tenant` attribute, which only `key#…` items carry (a

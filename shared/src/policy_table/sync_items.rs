@@ -1,6 +1,6 @@
 //! Plan sync's own items: `sync#meta` (the generation each batch of a run claims or checks),
 //! `sync#lease` (one deployed run at a time) and `sync#scope` (which usage plans the table
-//! mirrors). Their layout is here; their writers are in `control::sync` (`table.rs`, `lease.rs`
+//! mirrors, and where the stack's audit trail is). Their layout is here; their writers are in `control::sync` (`table.rs`, `lease.rs`
 //! and `scope.rs`).
 
 use std::collections::HashMap;
@@ -56,16 +56,28 @@ pub const SCOPE_STACK: &str = "stack";
 /// The scope's attribute listing the stack's API stages (`API_ID:STAGE`).
 pub const SCOPE_STAGES: &str = "stages";
 
-/// The scope item: the stack's name and its API stages; `pk` included.
-pub fn scope_item(stack: &str, stages: &[String]) -> Item {
-    HashMap::from([
+/// The scope's attribute naming the stack's audit table, when it has one.
+pub const SCOPE_AUDIT_TABLE: &str = "audit_table";
+
+/// The scope item: the stack's name, its API stages and its audit table; `pk` included.
+pub fn scope_item(stack: &str, stages: &[String], audit_table: Option<&str>) -> Item {
+    let mut item = HashMap::from([
         (PK.to_owned(), AttributeValue::S(SCOPE_PK.to_owned())),
         (SCOPE_STACK.to_owned(), AttributeValue::S(stack.to_owned())),
         (
             SCOPE_STAGES.to_owned(),
             AttributeValue::L(stages.iter().map(|s| AttributeValue::S(s.clone())).collect()),
         ),
-    ])
+    ]);
+    if let Some(table) = audit_table {
+        item.insert(SCOPE_AUDIT_TABLE.to_owned(), AttributeValue::S(table.to_owned()));
+    }
+    item
+}
+
+/// The audit table a scope item names; `None` when it names none (written before it had one).
+pub fn scope_audit_table(item: &Item) -> Option<String> {
+    string(item, SCOPE_AUDIT_TABLE)
 }
 
 /// The stack and stages a scope item names; `None` when it is not one.

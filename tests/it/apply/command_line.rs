@@ -1,6 +1,9 @@
 //! `tollgate policy apply` as the command line runs it: verified by the simulator first, and a
 //! bad file refused with the field it names.
 
+use tollgate::control::sync::scope::Scope;
+use tollgate::policy_table::audit::AuditLog;
+
 use super::{AFTER, World};
 use crate::support::apigateway::UsagePlan;
 use crate::support::emulator;
@@ -20,6 +23,11 @@ async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_o
         .create(&w.gw)
         .await;
     w.key("acme", "tg_live_cli", &free).await;
+    // AND the table's scope, as the deployed plan sync writes it, naming the stack's audit table
+    let audit = w.audit.clone().expect("an audit table");
+    let mut scope = Scope::parse("tollgate-it", "").expect("scope");
+    scope.audit_table = Some(audit.clone());
+    w.table.set_scope(&scope).await.expect("scope");
     let dir = std::env::temp_dir().join(emulator::unique("apply-cli"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let command = |src: &str| {
@@ -66,5 +74,11 @@ async fn policy_apply_on_the_command_line_verifies_applies_and_names_the_field_o
         (history[0].source.as_str(), history[0].actor.as_deref()),
         ("apply", Some("ci"))
     );
+    // AND the command found the audit table through the scope: its record is there, not in the
+    // policy table
+    let in_table = |t: &str| AuditLog::new(w.db.clone(), t);
+    in_table(&audit).get(&history[0].id).await.expect("in the audit table");
+    let legacy = in_table(w.table.name()).history().await.expect("policy table");
+    assert!(legacy.is_empty(), "{legacy:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

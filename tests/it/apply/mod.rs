@@ -39,6 +39,10 @@ struct World {
     directory: DynamoDirectory,
     clock: ManualClock,
     region: &'static str,
+    /// The policy table's client, and the audit table its records go to (`None`: the policy
+    /// table, as a stack from before the audit table).
+    db: aws_sdk_dynamodb::Client,
+    audit: Option<String>,
 }
 
 impl World {
@@ -60,6 +64,11 @@ impl World {
         tollgate::directory::dynamodb::create_policy_table(&dynamodb, &name)
             .await
             .expect("policy table");
+        // Through the proxy, the layout from before the audit table.
+        let audit = match table_via_proxy {
+            true => None,
+            false => Some(emulator::audit_table(&dynamodb).await),
+        };
         let fast = fast_backoff(6);
         let proxied = emulator::sdk_config_in(&proxy.endpoint(), region);
         World {
@@ -67,10 +76,12 @@ impl World {
             direct: ApiGateway::new(control_client(&sdk), fast),
             control: ApiGateway::new(control_client(&proxied), fast),
             proxy,
-            table: PolicyTable::new(dynamodb.clone(), &name),
-            directory: DynamoDirectory::new(dynamodb, &name),
+            table: PolicyTable::new(dynamodb.clone(), &name).with_audit_table(audit.clone()),
+            directory: DynamoDirectory::new(dynamodb.clone(), &name),
             clock: ManualClock::new(Timestamp::from_secs(1_795_000_000)),
             region,
+            db: dynamodb,
+            audit,
         }
     }
 

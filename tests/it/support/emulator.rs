@@ -49,6 +49,7 @@ pub fn live(policy_table: &str, region: &str) -> tollgate_cli::commands::policy:
             endpoint_url: Some(endpoint()),
             region: Some(region.into()),
             profile: None,
+            audit_table: None,
         },
     }
 }
@@ -104,4 +105,13 @@ pub async fn claim(region: &'static str) -> tokio::sync::OwnedMutexGuard<()> {
         .or_default()
         .clone();
     lock.lock_owned().await
+}
+
+/// A new audit table (`policy_table::audit`), by name.
+pub async fn audit_table(client: &aws_sdk_dynamodb::Client) -> String {
+    let name = unique("audit");
+    tollgate::directory::dynamodb::create_audit_table(client, &name)
+        .await
+        .expect("audit table");
+    name
 }

@@ -17,6 +17,7 @@ use tollgate::control::sync::{self, SyncReport};
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::identity::ApiKeyHash;
+use tollgate::policy_table::audit::AuditLog;
 
 use crate::support::apigateway::{UsagePlan, fast_backoff, key_on_plan};
 use crate::support::paging_shim;
@@ -33,6 +34,8 @@ struct World {
     /// The policy table's client and name, to read an item as it is stored.
     db: aws_sdk_dynamodb::Client,
     name: String,
+    /// The audit table the sync's records go to.
+    audit: String,
 }
 
 impl World {
@@ -48,15 +51,17 @@ impl World {
         tollgate::directory::dynamodb::create_policy_table(&dynamodb, &name)
             .await
             .expect("policy table");
+        let audit = emulator::audit_table(&dynamodb).await;
         let control_sdk = emulator::sdk_config_in(control_endpoint, region);
         World {
             gw: control_client(&sdk),
             control: ApiGateway::new(control_client(&control_sdk), fast_backoff(5)),
-            table: PolicyTable::new(dynamodb.clone(), &name),
+            table: PolicyTable::new(dynamodb.clone(), &name).with_audit_table(Some(audit.clone())),
             directory: DynamoDirectory::new(dynamodb.clone(), &name),
             clock: ManualClock::new(Timestamp::from_secs(1_795_000_000)),
             db: dynamodb,
             name,
+            audit,
         }
     }
 
@@ -206,6 +211,10 @@ async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
     assert_eq!(Some(&history[0].id), report.change_id.as_ref());
     let change = audit.get(&history[0].id).await.expect("record");
     assert_eq!(change.items.len(), 1);
+    // AND the records are in the audit table, none in the policy table
+    let in_table = |t: &str| AuditLog::new(w.db.clone(), t);
+    assert_eq!(in_table(&w.audit).history().await.expect("audit table").len(), 2);
+    assert!(in_table(&w.name).history().await.expect("policy table").is_empty());
     let rate = |r: &Option<tollgate::policy_table::Record>| match r {
         Some(tollgate::policy_table::Record::Plan { spec, .. }) => spec.rate,
         other => panic!("not a plan: {other:?}"),

@@ -344,6 +344,7 @@ fn operator_function_calls() -> BTreeMap<String, BTreeSet<String>> {
         ("StateTable.StreamArn".to_owned(), owned(&STREAM_ACTIONS)),
         ("*".to_owned(), owned(&UNSCOPED_ACTIONS)),
         ("PolicyTable.Arn".to_owned(), owned(&POLICY_ACTIONS)),
+        ("AuditTable.Arn".to_owned(), owned(&AUDIT_ACTIONS)),
         (
             alarms(tollgate::control::plan_alarm_prefix("${AWS::StackName}")),
             owned(&PLAN_ALARM_ACTIONS),
@@ -400,11 +401,12 @@ fn the_operator_function_gets_its_variables_and_only_the_access_it_uses() {
     }
     let want = operator_function_calls();
     assert_eq!(granted, want, "least privilege: exactly what the code calls");
-    // AND of the policy it writes only the shed level and audit records, never a plan or key
+    // AND of the policy it writes only the shed level, never a plan or key (its audit records go
+    // to the audit table)
     assert_eq!(
         shed_condition,
         Some(sequence(tollgate_operator::config::policy_write_keys())),
-        "the shed level's writes are limited to its own item and the audit trail"
+        "the shed level's writes are limited to its own item"
     );
     // AND on the state table only the notice markers' keys, never a tenant's item
     assert_eq!(

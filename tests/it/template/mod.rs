@@ -4,6 +4,7 @@
 //! the SAM transform, through `transformed`).
 
 mod alarms;
+mod audit;
 mod authorizer;
 mod plan_sync;
 mod stacks;

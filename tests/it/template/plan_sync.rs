@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_norway::Value;
 use tollgate::policy_file::PolicyFile;
 
-use super::{TEMPLATE, TIERS, function, of_type, parse, resources, statements, strings, untag, variable_names};
+use super::{TEMPLATE, TIERS, function, of_type, owned, parse, resources, statements, strings, untag, variable_names};
 
 #[test]
 fn the_usage_plans_mirror_the_example_tiers() {
@@ -94,9 +94,10 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
     let set = variable_names(f);
     assert_eq!(set, tollgate_plan_sync::FUNCTION_VARIABLES.into_iter().collect());
     assert_eq!(untag(&vars[tollgate_plan_sync::POLICY_TABLE_VAR]).1, "PolicyTable");
-    // AND it may call exactly the DynamoDB actions sync calls, on the policy table only, and
-    // read exactly the API Gateway collections sync reads
+    // AND it may call exactly the DynamoDB actions sync calls, on the policy table and the audit
+    // table, and read exactly the API Gateway collections sync reads
     let mut dynamodb = BTreeSet::new();
+    let mut audit = BTreeSet::new();
     let mut index = BTreeSet::new();
     let mut queue = BTreeSet::new();
     let mut apigateway = BTreeSet::new();
@@ -115,6 +116,8 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
                     &Value::from("${PolicyTable.Arn}/index/by-tenant")
                 );
                 index.insert(action);
+            } else if action.starts_with("dynamodb:") && untag(&st["Resource"]).1 == "AuditTable.Arn" {
+                audit.insert(action);
             } else if action.starts_with("dynamodb:") {
                 assert_eq!(
                     untag(&st["Resource"]),
@@ -136,6 +139,11 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
         .map(|a| (*a).to_owned())
         .collect();
     assert_eq!(dynamodb, want);
+    assert_eq!(
+        audit,
+        owned(&tollgate_plan_sync::AUDIT_ACTIONS),
+        "the audit table: append-only"
+    );
     let want: BTreeSet<String> = tollgate_plan_sync::INDEX_ACTIONS
         .iter()
         .map(|a| (*a).to_owned())

@@ -62,6 +62,7 @@ fn the_usage_api_function_gets_its_variables_and_only_the_access_it_uses() {
         BTreeMap::from([
             ("StateTable.Arn".to_owned(), owned(&tollgate_usage_api::STATE_ACTIONS)),
             ("PolicyTable.Arn".to_owned(), owned(&tollgate_usage_api::POLICY_ACTIONS)),
+            ("AuditTable.Arn".to_owned(), owned(&tollgate_usage_api::AUDIT_ACTIONS)),
             (
                 index(tollgate::policy_table::BY_TENANT),
                 owned(&tollgate_usage_api::INDEX_ACTIONS)

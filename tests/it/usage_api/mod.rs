@@ -136,13 +136,11 @@ impl World {
         let (client, table) = emulator::state_table().await;
         let store = Arc::new(emulator::dynamo_store(&client, &table));
         let admin = admin_client(&sdk);
-        let policy = emulator::unique("policy");
-        tollgate::directory::dynamodb::create_policy_table(&admin, &policy)
-            .await
-            .expect("policy table");
-        let audit = AuditLog::new(admin, &policy);
+        // The usage API's records go to an audit table, as the deployed function's do.
+        let table = emulator::audit_table(&admin).await;
+        let audit = AuditLog::new(admin, &table);
         let usage_audit = match audit_endpoint {
-            Some(endpoint) => AuditLog::new(admin_client(&emulator::sdk_config_in(endpoint, region)), &policy),
+            Some(endpoint) => AuditLog::new(admin_client(&emulator::sdk_config_in(endpoint, region)), &table),
             None => audit.clone(),
         };
         let clock = ManualClock::new(START);

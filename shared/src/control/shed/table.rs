@@ -36,6 +36,8 @@ pub enum ShedError {
 pub struct ShedTable {
     client: Client,
     table: String,
+    /// Where the level's changes are audited (`None`: the policy table itself).
+    audit: Option<String>,
 }
 
 impl ShedTable {
@@ -43,7 +45,14 @@ impl ShedTable {
         ShedTable {
             client,
             table: table.into(),
+            audit: None,
         }
+    }
+
+    /// The level whose changes are audited in `audit` (`None`: in the policy table).
+    pub fn with_audit_table(mut self, audit: Option<String>) -> ShedTable {
+        self.audit = audit;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -137,7 +146,7 @@ impl ShedTable {
         };
         // The versions make every change's content, hence its id, unique.
         record.id = record.content_id();
-        AuditLog::new(self.client.clone(), &self.table)
+        AuditLog::new(self.client.clone(), self.audit.as_deref().unwrap_or(&self.table))
             .record(&record)
             .await
             .map_err(|source| ShedError::Audit { level, source })?;

@@ -8,12 +8,18 @@
 //! (`sync#scope`), and every writer that mirrors API Gateway (sync, `policy apply`, `rollback`,
 //! `policy diff`) reads it from there, so none of them undoes another's view of which plans
 //! count. A table without a scope (local use, emulators) mirrors every plan.
+//!
+//! The scope also names the stack's audit table (`audit_table`, the plan-sync function's
+//! `TOLLGATE_AUDIT_TABLE`): the CLI finds the audit trail there (`PolicyTable::find_audit_table`)
+//! without a flag. A scope without one (written before the audit table existed) leaves the
+//! trail in the policy table.
 
 use std::collections::BTreeSet;
 
 use super::table::{PolicyTable, TableError};
 use crate::control::apigateway::model::UsagePlan;
 use crate::control::sync::mapping::tags::TAG_STACK;
+use crate::policy_table::audit::AuditLog;
 use crate::policy_table::{SCOPE_PK, read_item, sync_items};
 
 /// The usage plans one stack's table mirrors.
@@ -22,6 +28,8 @@ pub struct Scope {
     pub stack: String,
     /// `API_ID:STAGE`.
     pub stages: BTreeSet<String>,
+    /// The stack's audit table (`None`: the policy table holds the audit trail).
+    pub audit_table: Option<String>,
 }
 
 impl Scope {
@@ -44,6 +52,7 @@ impl Scope {
         Ok(Scope {
             stack: stack.to_owned(),
             stages,
+            audit_table: None,
         })
     }
 
@@ -74,13 +83,36 @@ impl PolicyTable {
         let item = read_item(self.client(), self.name(), SCOPE_PK)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(item
-            .as_ref()
-            .and_then(sync_items::scope_of)
-            .map(|(stack, stages)| Scope {
-                stack,
-                stages: stages.into_iter().collect(),
-            }))
+        let Some(item) = item else { return Ok(None) };
+        Ok(sync_items::scope_of(&item).map(|(stack, stages)| Scope {
+            stack,
+            stages: stages.into_iter().collect(),
+            audit_table: sync_items::scope_audit_table(&item),
+        }))
+    }
+
+    /// The table whose audit records go to `audit` (`None`: to the table itself), the records
+    /// written before still read in this table.
+    pub fn with_audit_table(mut self, audit: Option<String>) -> PolicyTable {
+        self.audit = audit;
+        self
+    }
+
+    /// The audit trail: its own table, the records from before in this one.
+    pub fn audit_log(&self) -> AuditLog {
+        let audit = self.audit.as_deref().unwrap_or(self.name());
+        AuditLog::new(self.client().clone(), audit).with_legacy(self.name())
+    }
+
+    /// The table with its audit trail where the operator's tools find it: in `given` (the CLI's
+    /// `--audit-table`), else in the audit table the scope names, else in the policy table
+    /// itself (local use, a stack from before the audit table).
+    pub async fn find_audit_table(self, given: Option<String>) -> Result<PolicyTable, TableError> {
+        let found = match given {
+            Some(table) => Some(table),
+            None => self.scope().await?.and_then(|s| s.audit_table),
+        };
+        Ok(self.with_audit_table(found))
     }
 
     /// Makes the table's scope `scope`: one read, and a put only when it differs. Its one
@@ -94,7 +126,11 @@ impl PolicyTable {
         self.client()
             .put_item()
             .table_name(self.name())
-            .set_item(Some(sync_items::scope_item(&scope.stack, &stages)))
+            .set_item(Some(sync_items::scope_item(
+                &scope.stack,
+                &stages,
+                scope.audit_table.as_deref(),
+            )))
             .send()
             .await
             .map_err(|e| self.unavailable(e))?;

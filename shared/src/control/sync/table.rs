@@ -191,6 +191,8 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<TableWrite> {
 pub struct PolicyTable {
     client: Client,
     table: String,
+    /// Where audit records are written (`None`: this table; `scope`).
+    pub(super) audit: Option<String>,
 }
 
 impl PolicyTable {
@@ -198,6 +200,7 @@ impl PolicyTable {
         PolicyTable {
             client,
             table: table.into(),
+            audit: None,
         }
     }
 
@@ -208,11 +211,6 @@ impl PolicyTable {
     /// The DynamoDB client, for the sync's lease (`lease`).
     pub(super) fn client(&self) -> &Client {
         &self.client
-    }
-
-    /// The audit trail, kept in the same table.
-    pub fn audit_log(&self) -> crate::policy_table::audit::AuditLog {
-        crate::policy_table::audit::AuditLog::new(self.client.clone(), &self.table)
     }
 
     pub(super) fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> TableError {

@@ -437,7 +437,7 @@ impl Registry for DynamoDirectory {
     }
 
     async fn set_shed(&self, write: ManualShed<'_>) -> Result<Option<ShedChange>, DirectoryError> {
-        let table = ShedTable::new(self.client().clone(), self.table());
+        let table = ShedTable::new(self.client().clone(), self.table()).with_audit_table(self.audit_table());
         for _ in 0..SHED_ATTEMPTS {
             let from = table.get().await.map_err(shed_error)?;
             let written = table
