@@ -9,7 +9,7 @@ use tollgate::control::shed::controller::{Config as ShedConfig, DEFAULT_MIN_STEP
 use tollgate::control::{AlarmSettings, legacy_plan_alarm_prefix, plan_alarm_prefix};
 use tollgate::metrics;
 use tollgate::notify::marker;
-use tollgate::policy_table::SHED_PK;
+use tollgate::policy_table::{AUDIT_PREFIX, SHED_PK};
 
 /// The state table: its stream feeds the function, and the notice markers live in it.
 pub const STATE_TABLE: &str = "TOLLGATE_STATE_TABLE";
@@ -80,10 +80,13 @@ pub const NOTICE_KEY_ACTIONS: [&str; 2] = ["kms:Decrypt", "kms:GenerateDataKey"]
 /// batch it gives up on goes there.
 pub const FAILURE_QUEUE_ACTIONS: [&str; 1] = ["sqs:SendMessage"];
 
-/// The policy items it writes (the `dynamodb:LeadingKeys` of its `PutItem` grant): the shed level
-/// only, never a plan or a key (its audit records go to the audit table).
-pub fn policy_write_keys() -> [String; 1] {
-    [SHED_PK.to_owned()]
+/// The policy items it writes (the `dynamodb:LeadingKeys` of its `PutItem` grant): the shed level,
+/// never a plan or a key. Its audit records go to the audit table; `audit#…` stays for the
+/// release that moves them there: CloudFormation updates the role before the code, and the code
+/// from before writes them here until it is replaced (as the new code does, started without
+/// `TOLLGATE_AUDIT_TABLE`).
+pub fn policy_write_keys() -> [String; 2] {
+    [SHED_PK.to_owned(), format!("{AUDIT_PREFIX}*")]
 }
 
 /// The state items it writes (the `dynamodb:LeadingKeys` of its grant on the state table): the

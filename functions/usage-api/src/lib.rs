@@ -16,7 +16,7 @@ use lambda_http::tower::ServiceExt;
 use lambda_http::{Adapter, Error, LambdaEvent};
 use serde_json::Value;
 use tollgate::policy_table::{
-    DUE_PREFIX, IDEM_CLAIM_PREFIX, IDEM_PREFIX, KEY_PREFIX, REVOKE_PREFIX, SHED_PK, TENANT_PREFIX,
+    AUDIT_PREFIX, DUE_PREFIX, IDEM_CLAIM_PREFIX, IDEM_PREFIX, KEY_PREFIX, REVOKE_PREFIX, SHED_PK, TENANT_PREFIX,
 };
 use tollgate::usage_api::{Actor, AuthorizedPlan, AuthorizedTenant, UsageApi};
 
@@ -59,10 +59,19 @@ pub const POLICY_ACTIONS: [&str; 6] = [
 pub const AUDIT_ACTIONS: [&str; 1] = ["dynamodb:PutItem"];
 
 /// The policy items it puts (the `dynamodb:LeadingKeys` of its `PutItem` grant): tenants, keys,
-/// its idempotency and revocation items and the shed level; never a plan, plan sync's items or
-/// an audit record (those go to the audit table).
+/// its idempotency and revocation items and the shed level; never a plan or plan sync's items.
+/// Audit records go to the audit table; `audit#…` stays for the release that moves them there:
+/// CloudFormation updates the role before the code, and the code from before writes them here
+/// until it is replaced (as the new code does, started without `TOLLGATE_AUDIT_TABLE`).
 pub fn policy_put_keys() -> Vec<String> {
-    let mut keys = patterns(&[TENANT_PREFIX, KEY_PREFIX, IDEM_PREFIX, IDEM_CLAIM_PREFIX, REVOKE_PREFIX]);
+    let mut keys = patterns(&[
+        TENANT_PREFIX,
+        KEY_PREFIX,
+        IDEM_PREFIX,
+        IDEM_CLAIM_PREFIX,
+        REVOKE_PREFIX,
+        AUDIT_PREFIX,
+    ]);
     keys.push(SHED_PK.to_owned());
     keys
 }
