@@ -223,6 +223,20 @@ def peak_rss_kib(pid):
     return 0
 
 
+def rss_split_mib(pid):
+    """Resident memory at the end of a run, anonymous (heap, tables) and file-backed (the binary's
+    pages and the libraries'): the peak's two parts."""
+    fields = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                fields[line.split(":")[0]] = round(int(line.split()[1]) / 1024, 1)
+    return {"anon": fields.get("RssAnon"), "file": fields.get("RssFile")}
+
+
+RSS_SPLIT = {}
+
+
 def percentile(values, q):
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else None
@@ -244,6 +258,7 @@ def load_run(binary, args, proxy, events_phases, tables=None):
         if first_phase_ms is None:
             first_phase_ms = list(api.decision_ms)
     rss = peak_rss_kib(proc.pid)
+    RSS_SPLIT[binary] = rss_split_mib(proc.pid)
     proc.kill()
     proc.wait()
     api.server.shutdown()
@@ -290,6 +305,7 @@ def main():
                      "ratio": round(ours_start / base_start, 2)},
         "peak_rss_mib": {"authorizer": round(ours_rss / 1024, 1), "baseline": round(base_rss / 1024, 1),
                          "ratio": round(ours_rss / base_rss, 2)},
+        "rss_at_end_mib": {"authorizer": RSS_SPLIT[args.authorizer], "baseline": RSS_SPLIT[args.baseline]},
         "decision_ms": {"authorizer": times(ours_ms), "baseline": times(base_ms)},
         "decisions": args.decisions, "tenants": args.tenants, "errors": errors,
         "dynamodb_calls_per_decision": {op: round(n / args.decisions, 3) for op, n in sorted(load_counts.items())},
@@ -300,11 +316,14 @@ def main():
                   "dynamodb_calls_per_refused_decision": round(max(flood_writes_beyond_admitted, 0) / max(flood_refused, 1), 4)},
     }
     if args.previous:
+        # This build's figures first: the previous build's run takes as long again.
+        print(json.dumps(report), file=sys.stderr, flush=True)
         tables = (args.previous_state_table, args.previous_policy_table)
         prev_rss, ((prev_counts, prev_allowed), _), prev_errors, prev_ms = load_run(
             args.previous, args, proxy, [admitted, flood], tables)
         report["previous"] = {
             "peak_rss_mib": round(prev_rss / 1024, 1),
+            "rss_at_end_mib": RSS_SPLIT[args.previous],
             "rss_ratio": round(ours_rss / prev_rss, 2),
             "decision_ms": times(prev_ms),
             "p50_ratio": round(times(ours_ms)["p50"] / times(prev_ms)["p50"], 2),

@@ -6,6 +6,7 @@
 //! Every admission is kept for the write-back (`write_back`), which charges it to the tenant's
 //! counters once the store answers again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::clock::Timestamp;
@@ -23,8 +24,9 @@ const SEEN_TTL: Duration = Duration::from_secs(32 * 86_400);
 pub struct Fallback {
     /// Fail-open admissions, by tenant: the bucket and the quota units spent without the store.
     spent: MemoryStore,
-    /// The quota usage the store last reported for each tenant.
-    seen: TtlCache<String, Seen>,
+    /// The quota usage the store last reported for each tenant. Shared names: the eviction
+    /// order's copy of a key costs no allocation of its own.
+    seen: TtlCache<Arc<str>, Seen>,
     /// The admissions made here, until they are written to the store.
     write_back: WriteBack,
     capacity: usize,
@@ -67,7 +69,7 @@ impl Fallback {
         // On the request path: a known tenant's figures are replaced in place, no key allocated.
         if !self.seen.update(tenant, seen, now) {
             self.seen
-                .insert(tenant.to_owned(), seen, now.saturating_add(SEEN_TTL), now);
+                .insert(Arc::from(tenant), seen, now.saturating_add(SEEN_TTL), now);
         }
     }
 

@@ -25,8 +25,13 @@
 //! them, every remaining count cut to the units this container still holds, which the tenant
 //! surely has: never above the truth.
 //!
-//! Bounded: at most `capacity` tenants and buckets are metered; when full, entries idle for two
-//! spans are dropped (at most once per span), and a tenant that finds no room takes no lease.
+//! Bounded: at most `capacity` tenants and buckets are metered (`DynamoStoreConfig::
+//! lease_meters`); when full, entries idle for two spans are dropped (at most once per span), and
+//! a tenant that finds no room takes no lease (one write per admitted request, as for a tenant
+//! seen less often). A meter counts the last two spans only, so one idle that long holds nothing
+//! worth keeping; an entry holding unspent units of a lease still under way is never dropped
+//! (dropped, they would lapse: charged, never admitted). The lease itself is boxed: most entries
+//! are meters of tenants that never lease, and the map's slots stay small.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -70,7 +75,7 @@ struct Meter {
 #[derive(Debug)]
 struct Entry {
     meter: Meter,
-    lease: Option<Lease>,
+    lease: Option<Box<Lease>>,
 }
 
 /// What a spend found. Returned once per request, never stored: not worth a box.
@@ -238,7 +243,7 @@ impl Leases {
             return grant.units;
         };
         let left = grant.units;
-        let old = entry.lease.replace(Lease { grant, left });
+        let old = entry.lease.replace(Box::new(Lease { grant, left }));
         old.map_or(0, |l| l.left)
     }
 
@@ -463,6 +468,30 @@ mod tests {
         assert_eq!(leases.len(), 4, "no room while every entry is recent");
         let _ = leases.arrive("new", None, &big, t(2000), 1);
         assert_eq!(leases.len(), 1, "idle entries dropped");
+    }
+
+    #[test]
+    fn a_sweep_keeps_an_entry_holding_unspent_units_of_a_live_lease() {
+        // GIVEN a full map whose tenant `t` holds 5 units spendable until 5 s, its meter idle
+        let big = limits(1000.0, 1000);
+        let leases = Leases::new(2, Duration::from_millis(500));
+        let _ = leases.arrive("t", None, &big, t(1000), 1);
+        let _ = leases.arrive("u", None, &big, t(1000), 1);
+        let grant = Grant {
+            limits: big.clone(),
+            after: Snapshot::default(),
+            from: t(1000),
+            until: t(5000),
+            units: 5,
+        };
+        assert_eq!(leases.grant("t", None, grant), 0);
+        // WHEN a new tenant arrives two spans later and the full map is swept
+        let _ = leases.arrive("new", None, &big, t(2500), 1);
+        // THEN only the idle meter without units went; `t`'s units are still spendable
+        assert_eq!(leases.len(), 2);
+        assert!(lock(&leases.map).contains_key(&("t".into(), None)));
+        assert!(!lock(&leases.map).contains_key(&("u".into(), None)));
+        assert!(matches!(leases.spend("t", None, &big, t(2600), 1), Spent::Admitted(_)));
     }
 
     #[test]

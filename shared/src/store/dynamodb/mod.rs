@@ -86,6 +86,10 @@ pub struct DynamoStoreConfig {
     /// How long units a container leases for a busy tenant stay spendable (`leases`); cut per
     /// plan to half the bucket's tolerance. Zero: no leases, one write per admitted request.
     pub lease_span: Duration,
+    /// Tenants and buckets whose arrivals are metered for leases at once (`leases`). A meter
+    /// idle for two spans holds nothing, so this bounds the tenants seen within a second or so,
+    /// not all those cached; a tenant that finds no room takes no lease.
+    pub lease_meters: usize,
 }
 
 impl DynamoStoreConfig {
@@ -98,6 +102,7 @@ impl DynamoStoreConfig {
             max_hold_off: Duration::from_secs(60),
             coalesce: true,
             lease_span: Duration::from_millis(500),
+            lease_meters: 1_024,
         }
     }
 }
@@ -134,7 +139,7 @@ impl DynamoStore {
             predictions: Arc::new(Predictions::new(config.cache_capacity, config.max_hold_off)),
             shapes: Arc::default(),
             lanes: Arc::default(),
-            leases: Arc::new(Leases::new(config.cache_capacity, config.lease_span)),
+            leases: Arc::new(Leases::new(config.lease_meters, config.lease_span)),
             config: Arc::new(config),
             stats: Arc::default(),
             last_op: Arc::default(),
