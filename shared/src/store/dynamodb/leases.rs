@@ -26,11 +26,12 @@
 //! surely has: never above the truth.
 //!
 //! Bounded: at most `capacity` tenants and buckets are metered (`DynamoStoreConfig::
-//! lease_meters`); when full, entries idle for two spans are dropped (at most once per span), and
-//! a tenant that finds no room takes no lease (one write per admitted request, as for a tenant
-//! seen less often). A meter counts the last two spans only, so one idle that long holds nothing
-//! worth keeping; an entry holding unspent units of a lease still under way is never dropped
-//! (dropped, they would lapse: charged, never admitted). The lease itself is boxed: most entries
+//! lease_meters`); when full, entries whose meter began two `lease_span`s ago (1 s by default)
+//! are dropped (at most once per span), and a tenant that finds no room takes no lease (one write
+//! per admitted request, as for a tenant seen less often). A meter counts the last two spans
+//! only, so such an entry holds nothing worth keeping; an entry holding unspent units of a lease
+//! still under way is never dropped (dropped, they would lapse: charged, never admitted), a
+//! safeguard, as a lease ends before its meter can be that old. The lease itself is boxed: most entries
 //! are meters of tenants that never lease, and the map's slots stay small.
 
 use std::collections::HashMap;

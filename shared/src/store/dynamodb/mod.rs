@@ -86,9 +86,10 @@ pub struct DynamoStoreConfig {
     /// How long units a container leases for a busy tenant stay spendable (`leases`); cut per
     /// plan to half the bucket's tolerance. Zero: no leases, one write per admitted request.
     pub lease_span: Duration,
-    /// Tenants and buckets whose arrivals are metered for leases at once (`leases`). A meter
-    /// idle for two spans holds nothing, so this bounds the tenants seen within a second or so,
-    /// not all those cached; a tenant that finds no room takes no lease.
+    /// Tenants and buckets whose arrivals are metered for leases at once (`leases`). A meter that
+    /// began two `lease_span`s ago holds nothing, so this bounds the tenants seen within a second
+    /// or so (at the default span), not all those cached; a tenant that finds no room takes no
+    /// lease. At least 1.
     pub lease_meters: usize,
 }
 
