@@ -66,7 +66,7 @@ struct Operator {
 
 async fn build() -> Result<Operator, Unstarted> {
     let (state, policy, topic) = (var(STATE_TABLE)?, var(POLICY_TABLE)?, var(NOTICE_TOPIC)?);
-    let audit = tollgate::policy_table::audit::table_from_env(AUDIT_TABLE, &policy);
+    let audit = tollgate::policy_table::audit::table_or_policy(std::env::var(AUDIT_TABLE).ok(), &policy);
     // Settings are checked before the first event: a wrong variable fails the deployment's
     // first invocation with the variable's name, not a scheduled run hours later.
     let env = |k: &str| std::env::var(k).ok();

@@ -24,7 +24,7 @@ use tollgate_plan_sync::{
 async fn main() -> Result<(), Error> {
     tollgate::logging::init_lambda();
     let table = std::env::var(POLICY_TABLE).map_err(|_| format!("{POLICY_TABLE} is not set"))?;
-    let audit = tollgate::policy_table::audit::table_from_env(AUDIT_TABLE, &table);
+    let audit = tollgate::policy_table::audit::table_or_policy(std::env::var(AUDIT_TABLE).ok(), &table);
     let var = |name: &str| std::env::var(name).ok();
     let mut scope = scope(var(STACK_VAR).as_deref(), var(API_STAGES_VAR).as_deref())?;
     // The scope names the audit table: the CLI finds the trail there.

@@ -21,7 +21,7 @@ async fn main() -> Result<(), Error> {
     tollgate::logging::init_lambda();
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let (state, policy, stack) = (var(VARIABLES[0])?, var(VARIABLES[1])?, var(VARIABLES[2])?);
-    let audit = tollgate::policy_table::audit::table_from_env(AUDIT_TABLE_VAR, &policy);
+    let audit = tollgate::policy_table::audit::table_or_policy(std::env::var(AUDIT_TABLE_VAR).ok(), &policy);
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let admin = admin_client(&sdk);
     let api = UsageApi {

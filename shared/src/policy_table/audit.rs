@@ -26,15 +26,12 @@ use sha2::{Digest, Sha256};
 use super::record::{number, string};
 use super::{AUDIT_PREFIX, PK, PrefixScan, Record, read_item};
 
-/// The audit table a function names in `var`; without one (the code started in the moment of an
-/// update that added the variable, before its configuration), the policy table, where records
-/// went before the audit table existed and are read from still.
-pub fn table_from_env(var: &str, policy_table: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        tracing::warn!(
-            variable = var,
-            "no audit table named: change records go to the policy table"
-        );
+/// The audit table a function's configuration names (`named`); without one (the code started in
+/// the moment of an update that added its variable, before its configuration), the policy
+/// table, where records went before the audit table existed and are read from still.
+pub fn table_or_policy(named: Option<String>, policy_table: &str) -> String {
+    named.unwrap_or_else(|| {
+        tracing::warn!("no audit table named: change records go to the policy table");
         policy_table.to_owned()
     })
 }
