@@ -37,10 +37,15 @@ pub struct AwsArgs {
     /// Named profile from the shared AWS config files; overrides AWS_PROFILE.
     #[arg(long)]
     pub profile: Option<String>,
-    /// The DynamoDB table the audit trail is written to and read from, for the commands that
-    /// use it (policy apply, rollback, history; shed; sync; serve with --policy-table). Default:
-    /// the one the policy table's `sync#scope` names (the deployed plan sync records its
-    /// stack's), else the policy table itself (local use, a stack from before the audit table).
+}
+
+/// Where the audit trail is, for the commands that write or read it (policy apply, rollback,
+/// history; shed; sync; serve with --policy-table): no other command takes the flag.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuditArgs {
+    /// The DynamoDB table the audit trail is written to and read from. Default: the one the
+    /// policy table's `sync#scope` names (the deployed plan sync records its stack's), else the
+    /// policy table itself (local use, a stack from before the audit table).
     #[arg(long, value_name = "TABLE")]
     pub audit_table: Option<String>,
 }

@@ -90,4 +90,24 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn only_the_commands_that_use_the_audit_trail_take_audit_table() {
+        let parses =
+            |args: &[&str]| Cli::try_parse_from([&["tollgate"], args, &["--audit-table", "t"]].concat()).is_ok();
+        for takes in [
+            &["sync"][..],
+            &["policy", "history"],
+            &["policy", "apply", "p.toml"],
+            &["policy", "rollback", "c1"],
+            &["shed", "status"],
+            &["serve"],
+        ] {
+            assert!(parses(takes), "{takes:?} refused --audit-table");
+        }
+        // Flags a command would accept and ignore mislead: these never touch the audit trail.
+        for ignores in [&["load", "--policy", "p.toml"][..], &["alarms", "sync"], &["simulate"]] {
+            assert!(!parses(ignores), "{ignores:?} took --audit-table");
+        }
+    }
 }

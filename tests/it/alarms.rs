@@ -344,7 +344,6 @@ async fn the_cli_syncs_plan_alarms_from_a_policy_table() {
             endpoint_url: Some(w.shim.endpoint()),
             region: Some("us-east-1".into()),
             profile: None,
-            audit_table: None,
         },
     };
     // WHEN `tollgate alarms sync` runs with the flags the library settings default to
@@ -385,7 +384,6 @@ async fn the_cli_refuses_a_prefix_under_the_stacks_root_and_names_the_flag_to_us
                 endpoint_url: Some(w.shim.endpoint()),
                 region: Some("us-east-1".into()),
                 profile: None,
-                audit_table: None,
             },
         }
         .run()

@@ -19,7 +19,7 @@ use tollgate::policy_file::PolicyFile;
 use tollgate::store::MemoryStore;
 
 use super::read_policy;
-use crate::aws_args::AwsArgs;
+use crate::aws_args::{AuditArgs, AwsArgs};
 use crate::error::{CliError, FlagError};
 use crate::simulate::{self, SimulateError};
 
@@ -72,6 +72,8 @@ pub struct Live {
     pub json: bool,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,7 +195,7 @@ impl Stack {
         Ok(Stack {
             control: ApiGateway::new(control_client(&sdk), Backoff::default()),
             table: PolicyTable::new(admin_client(&sdk), &live.policy_table)
-                .find_audit_table(live.aws.audit_table.clone())
+                .find_audit_table(live.audit.audit_table.clone())
                 .await?,
             clock: SystemClock::new(),
             actor: actor.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty())),
@@ -340,7 +342,7 @@ impl History {
     pub async fn run(self) -> Result<(), CliError> {
         let sdk = self.live.aws.sdk_config().await?;
         let table = PolicyTable::new(admin_client(&sdk), &self.live.policy_table)
-            .find_audit_table(self.live.aws.audit_table.clone())
+            .find_audit_table(self.live.audit.audit_table.clone())
             .await?;
         let mut entries = table.audit_log().history().await?;
         entries.truncate(self.limit);

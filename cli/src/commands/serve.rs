@@ -21,7 +21,7 @@ use tollgate::usage_api::registry::Registry;
 use tollgate::usage_api::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
 
 use super::read_policy;
-use crate::aws_args::StoreArgs;
+use crate::aws_args::{AuditArgs, StoreArgs};
 use crate::error::{CliError, FlagError};
 use crate::serve::ServeError;
 use crate::serve::gateway::{self, GatewayConfig};
@@ -82,6 +82,9 @@ pub struct Serve {
     pub admin_token: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// With --policy-table.
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 /// Where the usage API is mounted in `serve`.
@@ -143,7 +146,7 @@ impl Serve {
             let aws = &self.store.dynamo.aws;
             let sdk = aws.sdk_config().await?;
             let audit = PolicyTable::new(admin_client(&sdk), table)
-                .find_audit_table(aws.audit_table.clone())
+                .find_audit_table(self.audit.audit_table.clone())
                 .await?
                 .audit_log();
             let dir =

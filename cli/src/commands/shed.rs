@@ -6,7 +6,7 @@ use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
 use tollgate::engine::shed::{SetBy, ShedState, sheds};
 
-use crate::aws_args::AwsArgs;
+use crate::aws_args::{AuditArgs, AwsArgs};
 use crate::error::{CliError, ShedLevelError};
 
 /// A manual write retries this many times when the controller writes in between.
@@ -26,6 +26,8 @@ pub struct Live {
     pub policy_table: String,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -77,7 +79,7 @@ impl Shed {
         };
         let client = live.aws.admin_client().await?;
         let audit = PolicyTable::new(client.clone(), &live.policy_table)
-            .find_audit_table(live.aws.audit_table.clone())
+            .find_audit_table(live.audit.audit_table.clone())
             .await?
             .audit_log();
         let table = ShedTable::new(client, &live.policy_table).with_audit_table(Some(audit.table().to_owned()));

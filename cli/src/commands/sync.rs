@@ -6,7 +6,7 @@ use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::SystemClock;
 
-use crate::aws_args::{AwsArgs, AwsError};
+use crate::aws_args::{AuditArgs, AwsArgs, AwsError};
 use crate::error::CliError;
 
 #[derive(Debug, clap::Args)]
@@ -22,6 +22,8 @@ pub struct PlanSync {
     pub json: bool,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 impl PlanSync {
@@ -35,7 +37,7 @@ impl PlanSync {
         }
         let control = ApiGateway::new(control_client(&sdk), Backoff::default());
         let table = PolicyTable::new(dynamodb, &self.policy_table)
-            .find_audit_table(self.aws.audit_table.clone())
+            .find_audit_table(self.audit.audit_table.clone())
             .await?;
         let report = tollgate::control::sync::run(&control, &table, &SystemClock::new(), None).await?;
         if self.json {

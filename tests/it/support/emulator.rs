@@ -49,8 +49,8 @@ pub fn live(policy_table: &str, region: &str) -> tollgate_cli::commands::policy:
             endpoint_url: Some(endpoint()),
             region: Some(region.into()),
             profile: None,
-            audit_table: None,
         },
+        audit: tollgate_cli::aws_args::AuditArgs::default(),
     }
 }
 
