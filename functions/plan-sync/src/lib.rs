@@ -57,7 +57,8 @@ pub fn scope(stack: Option<&str>, stages: Option<&str>) -> Result<Scope, String>
 /// The DynamoDB actions sync and its lease (`sync#lease`: conditional `PutItem` to take it,
 /// `UpdateItem` to ask its holder for a rerun or renew it, `GetItem`, conditional `DeleteItem`
 /// to release it) call on the policy table (a transaction needs the actions of its parts: sync's
-/// batches put items, update `sync#meta` or check it, `ConditionCheckItem`).
+/// batches put items, update `sync#meta` or check it, `ConditionCheckItem`). The reads may read
+/// any item; the writes (`TABLE_WRITE_ACTIONS`) only the items sync owns (`policy_write_keys`).
 pub const TABLE_ACTIONS: [&str; 6] = [
     "dynamodb:GetItem",
     "dynamodb:Scan",
@@ -66,6 +67,26 @@ pub const TABLE_ACTIONS: [&str; 6] = [
     "dynamodb:DeleteItem",
     "dynamodb:ConditionCheckItem",
 ];
+/// The writes among `TABLE_ACTIONS`, each granted on `policy_write_keys` only.
+pub const TABLE_WRITE_ACTIONS: [&str; 4] = [
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:ConditionCheckItem",
+];
+
+/// The policy items sync writes (the `dynamodb:LeadingKeys` of its write grant): plans, tenants,
+/// keys and its own `sync#…` items; never the usage API's revocations, idempotency records or
+/// the shed level. Audit records go to the audit table; `audit#…` stays for the release that
+/// moves them there (the code from before writes them here until CloudFormation replaces it, as
+/// the new code does, started without `TOLLGATE_AUDIT_TABLE`).
+pub fn policy_write_keys() -> Vec<String> {
+    use tollgate::policy_table::{AUDIT_PREFIX, KEY_PREFIX, PLAN_PREFIX, SYNC_PREFIX, TENANT_PREFIX};
+    [PLAN_PREFIX, TENANT_PREFIX, KEY_PREFIX, SYNC_PREFIX, AUDIT_PREFIX]
+        .iter()
+        .map(|p| format!("{p}*"))
+        .collect()
+}
 /// The DynamoDB actions it calls on the audit table: a record's parts and its header, each put
 /// once (the header on condition that its id is new). Append-only: no update, no delete.
 pub const AUDIT_ACTIONS: [&str; 1] = ["dynamodb:PutItem"];

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_norway::Value;
 use tollgate::policy_file::PolicyFile;
 
-use super::{TEMPLATE, TIERS, function, of_type, owned, parse, resources, statements, strings, untag, variable_names};
+use super::{
+    TEMPLATE, TIERS, function, of_type, owned, parse, resources, sequence, statements, strings, untag, variable_names,
+};
 
 #[test]
 fn the_usage_plans_mirror_the_example_tiers() {
@@ -123,6 +125,14 @@ fn the_plan_sync_function_gets_its_variables_and_only_the_access_it_uses() {
                     untag(&st["Resource"]),
                     (Some("!GetAtt".into()), &Value::from("PolicyTable.Arn"))
                 );
+                // Every write only on the items sync writes: a grant without the condition
+                // would let it overwrite the usage API's revocations or the shed level.
+                let keys = &st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"];
+                if tollgate_plan_sync::TABLE_WRITE_ACTIONS.contains(&action.as_str()) {
+                    assert_eq!(keys, &sequence(tollgate_plan_sync::policy_write_keys()), "{action}");
+                } else {
+                    assert!(keys.is_null(), "{action} is a read");
+                }
                 dynamodb.insert(action);
             } else {
                 assert_eq!(action, "apigateway:GET", "plan sync only reads API Gateway");
