@@ -1,6 +1,7 @@
 //! `GET /v1/tenants` on the policy table reads its `by-plan` index a page at a time: every tenant
 //! is listed once across the pages, with its plan; one plan's tenants come in tenant order; a
-//! cursor resumes any listing after its tenant, and one not of its form is refused.
+//! cursor resumes any listing after its tenant (whatever became of that tenant meanwhile), and
+//! one not of its form is refused.
 
 use std::collections::BTreeSet;
 
@@ -8,18 +9,22 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tollgate::aws::admin_client;
 use tollgate::policy_table::record::tenant_item;
+use tollgate::policy_table::write::{self, Expect};
 use tollgate::policy_table::{PK, TenantRecord, tenant_pk};
 
 use super::World;
 
-/// Every page of `query` (`limit` a page), following `next_cursor`: the (tenant, plan) pairs in
-/// the order listed, and the cursors handed out.
-async fn all_pages(w: &World, query: &str, limit: usize) -> (Vec<(String, String)>, Vec<String>) {
+/// Every page of `query` (`limit` a page) from the start or from the cursor `from`, following
+/// `next_cursor`: the (tenant, plan) pairs in the order listed, and the cursors handed out.
+async fn pages_from(w: &World, query: &str, limit: usize, from: Option<&str>) -> (Vec<(String, String)>, Vec<String>) {
     let (mut listed, mut cursors) = (Vec::new(), Vec::new());
     let mut path = format!("/v1/tenants?limit={limit}{query}");
+    if let Some(c) = from {
+        path = format!("{path}&cursor={c}");
+    }
     loop {
         let page: Value = w.get_json(&path).await;
-        let tenants = page["tenants"].as_array().expect("tenants");
+        let tenants = page["tenants"].as_array().unwrap_or_else(|| panic!("{path}: {page}"));
         assert!(tenants.len() <= limit, "{page}");
         for t in tenants {
             let s = |k: &str| t[k].as_str().expect("a string").to_owned();
@@ -33,6 +38,11 @@ async fn all_pages(w: &World, query: &str, limit: usize) -> (Vec<(String, String
             None => return (listed, cursors),
         }
     }
+}
+
+/// Every page of `query`, from the start.
+async fn all_pages(w: &World, query: &str, limit: usize) -> (Vec<(String, String)>, Vec<String>) {
+    pages_from(w, query, limit, None).await
 }
 
 #[tokio::test]
@@ -84,4 +94,49 @@ async fn tenants_are_listed_a_page_at_a_time_each_once_from_the_index() {
             .expect("answer");
         assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{query}");
     }
+}
+
+#[tokio::test]
+async fn a_tenant_offboarded_or_moved_between_pages_leaves_the_rest_of_the_listing_whole() {
+    // GIVEN 12 tenants on free, written through the write protocol as every writer does
+    let (w, _registry, sdk, table) = World::on_policy_table("tg-list-2").await;
+    let dynamodb = admin_client(&sdk);
+    let put = |tenant: String, plan: &'static str, expect: Expect| {
+        let (dynamodb, table) = (dynamodb.clone(), table.clone());
+        async move {
+            let pk = tenant_pk(&tenant);
+            let item = tenant_item(&TenantRecord::on(plan));
+            let written = write::put(&dynamodb, &table, &pk, item, &expect)
+                .await
+                .expect("written");
+            assert_eq!(written, write::Written::Done, "{pk}");
+        }
+    };
+    let tenants: Vec<String> = (0..12).map(|i| format!("t-{i:02}")).collect();
+    for t in &tenants {
+        put(t.clone(), "free", Expect::Absent).await;
+    }
+    // WHEN the first page of free's tenants (4) is read, then the tenant its cursor names is
+    // offboarded (its tombstone) and a tenant not yet listed is moved to pro, then the listing
+    // goes on from the cursor
+    let first: Value = w.get_json("/v1/tenants?plan=free&limit=4").await;
+    let cursor = first["next_cursor"].as_str().expect("a cursor").to_owned();
+    let pk = tenant_pk(&tenants[3]);
+    write::delete(&dynamodb, &table, &pk, &Expect::At(1))
+        .await
+        .expect("offboarded");
+    put(tenants[7].clone(), "pro", Expect::At(1)).await;
+    let (rest, _) = pages_from(&w, "&plan=free", 4, Some(&cursor)).await;
+    // THEN the rest lists every later tenant still on free once, in order: not the offboarded
+    // one, not the moved one, none skipped
+    let want: Vec<(String, String)> = (tenants[4..].iter())
+        .filter(|t| *t != &tenants[7])
+        .map(|t| (t.clone(), "free".to_owned()))
+        .collect();
+    assert_eq!(rest, want);
+    // AND listing all tenants afresh shows the offboarded one nowhere, the moved one on pro
+    let (all, _) = all_pages(&w, "", 5).await;
+    assert!(!all.iter().any(|(t, _)| t == &tenants[3]), "{all:?}");
+    assert!(all.contains(&(tenants[7].clone(), "pro".to_owned())), "{all:?}");
+    assert_eq!(all.len(), 11, "{all:?}");
 }
