@@ -331,7 +331,8 @@ impl Pending {
         // The table was reached by the sync, or by the marks of moving tenants.
         let marked: BTreeSet<&str> = self.movers.values().map(|(t, _)| t.as_str()).collect();
         let table_reached = failure.done.len() == steps.len() || !marked.is_empty();
-        match restore(cx, &self.checkpoint, table_reached, &marked).await {
+        let reached = plan::reached(&self.checkpoint, &steps, failure.done.len());
+        match restore(cx, &reached, table_reached, &marked).await {
             Ok(undone) => Err(self.restored(cx, failure, undone).await),
             Err(restore_error) => Err(self.restore_failed(cx, failure, restore_error).await),
         }
@@ -541,7 +542,8 @@ async fn execute(
 }
 
 /// API Gateway back at the checkpoint (from a fresh read: a call that lost its answer may or may
-/// not have happened); then the marks of the tenants it was moving taken off; then, if the change
+/// not have happened), except that a key disabled since (offboarded, rotated out, revoked: the
+/// revocation wins) is put back on no plan; then the marks of the tenants it was moving taken off; then, if the change
 /// reached the table, a sync that makes it say what API
 /// Gateway says again, under the write protocol (each item on the version it read): an item
 /// another writer changed meanwhile is left as it is, and the restore fails naming it. Returns the
@@ -552,8 +554,15 @@ async fn restore(
     table_reached: bool,
     marked: &BTreeSet<&str>,
 ) -> Result<Vec<String>, String> {
+    let mut checkpoint = checkpoint.clone();
+    for id in checkpoint.keys.keys().cloned().collect::<Vec<_>>() {
+        let key = cx.control.key_by_id(&id).await.map_err(|e| e.to_string())?;
+        if !key.is_some_and(|k| k.enabled) {
+            checkpoint.keys.remove(&id);
+        }
+    }
     let plans = usage_plans(cx).await?;
-    let steps = plan_restore(checkpoint, &plans);
+    let steps = plan_restore(&checkpoint, &plans);
     let undone = execute(cx.control, &steps, None)
         .await
         .map_err(|(_, at, e)| format!("{at}: {e}"))?;

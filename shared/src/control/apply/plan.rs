@@ -490,7 +490,7 @@ fn tenant_keys<'k>(tenant: &str, entry: &TenantEntry, keys: &'k [ApiKey]) -> Res
 }
 
 mod restore;
-pub use restore::plan_restore;
+pub use restore::{plan_restore, reached};
 
 #[cfg(test)]
 mod tests;

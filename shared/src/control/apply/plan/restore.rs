@@ -39,6 +39,24 @@ pub fn plan_restore(checkpoint: &Checkpoint, plans: &[UsagePlan]) -> Vec<ApplySt
     steps
 }
 
+/// The checkpoint of a change that failed after `done` of its `steps`, narrowed to the keys it
+/// may have moved: those of the steps done, and of the step that failed (its call may have
+/// landed). A key the change never reached was moved, if at all, by another writer since the
+/// checkpoint (the usage API's offboarding or move): the restore leaves it as that writer did.
+pub fn reached(checkpoint: &Checkpoint, steps: &[ApplyStep], done: usize) -> Checkpoint {
+    let reached: BTreeSet<&str> = steps
+        .iter()
+        .take(done.saturating_add(1))
+        .filter_map(|s| match s {
+            ApplyStep::AddKey { key_id, .. } | ApplyStep::RemoveKey { key_id, .. } => Some(key_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut narrowed = checkpoint.clone();
+    narrowed.keys.retain(|id, _| reached.contains(id.as_str()));
+    narrowed
+}
+
 /// Each checkpoint plan's usage plan now (by id, else by plan name), and the creates of those gone.
 fn counterparts<'a>(checkpoint: &'a Checkpoint, plans: &'a [UsagePlan]) -> (Counterparts<'a>, Vec<ApplyStep>) {
     let by_id: BTreeMap<&str, &UsagePlan> = plans.iter().map(|p| (p.id.as_str(), p)).collect();
