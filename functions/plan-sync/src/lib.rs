@@ -57,7 +57,8 @@ pub fn scope(stack: Option<&str>, stages: Option<&str>) -> Result<Scope, String>
 /// The DynamoDB actions sync and its lease (`sync#lease`: conditional `PutItem` to take it,
 /// `UpdateItem` to ask its holder for a rerun or renew it, `GetItem`, conditional `DeleteItem`
 /// to release it) call on the policy table (a transaction needs the actions of its parts: sync's
-/// batches put items, update `sync#meta` or check it, `ConditionCheckItem`). The reads may read
+/// batches put items, update `sync#meta` or check it, `ConditionCheckItem`; a full reconcile cut
+/// before the deadline puts, reads and deletes its saved progress, `sync#reconcile…`). The reads may read
 /// any item; the writes (`TABLE_WRITE_ACTIONS`) only the items sync owns (`policy_write_keys`).
 pub const TABLE_ACTIONS: [&str; 6] = [
     "dynamodb:GetItem",

@@ -70,6 +70,8 @@ async fn main() -> Result<(), Error> {
             rounds = run.rounds.len(),
             writes = run.rounds.iter().map(|r| r.writes).sum::<u64>(),
             problems = run.rounds.last().map_or(0, |r| r.problems.len()),
+            saved_progress = run.rounds.iter().any(|r| r.saved_progress),
+            resumed = run.rounds.iter().any(|r| r.resumed_from.is_some()),
             "sync done"
         );
         Ok::<_, Error>(answer(serde_json::to_value(&run)?))

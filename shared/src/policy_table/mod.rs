@@ -16,6 +16,11 @@
 //!   before it), as the deployed plan-sync function was configured (`sync_items`);
 //! - `sync#lease`: the plan-sync run under way, `owner` (S), `until` (N, epoch seconds), `rerun`
 //!   (BOOL, another run asked for one more round; `sync_items`);
+//! - `sync#reconcile`: a full reconcile's saved progress, cut before an invocation's deadline:
+//!   `format` (N), `started` (N, epoch seconds), `save` (S, the save's id) and `chunks` (N); its
+//!   parts `sync#reconcile#<n>`, `save` (S) and `data` (B, under 350 KB each): what it read of
+//!   API Gateway (key values as their SHA-256 only) and the versions of the policy items at its
+//!   start (`sync_items`; `control::sync::progress`);
 //! - `idem#<Idempotency-Key>`: the usage API's onboarding record, `record` (S, JSON);
 //! - `idemclaim#<Idempotency-Key>`: an onboarding or rotation attempt's claim, `until` (N),
 //!   `owner` (S);
@@ -70,6 +75,13 @@ pub const META_PK: &str = "sync#meta";
 pub const LEASE_PK: &str = "sync#lease";
 /// Which usage plans the table mirrors (`control::sync::scope`).
 pub const SCOPE_PK: &str = "sync#scope";
+/// A full reconcile's saved progress (`control::sync::progress`); its parts are `reconcile_part_pk`.
+pub const RECONCILE_PK: &str = "sync#reconcile";
+
+/// The key of part `n` of a reconcile's saved progress.
+pub fn reconcile_part_pk(n: u64) -> String {
+    format!("{RECONCILE_PK}#{n}")
+}
 
 /// The index of `key#…` items by the tenant they resolve to (`record::KEY_TENANT`).
 pub const BY_TENANT: &str = "by-tenant";

@@ -1,14 +1,15 @@
 //! Plan sync's own items: `sync#meta` (the generation each batch of a run claims or checks),
-//! `sync#lease` (one deployed run at a time) and `sync#scope` (which usage plans the table
-//! mirrors, and where the stack's audit trail is). Their layout is here; their writers are in `control::sync` (`table.rs`, `lease.rs`
-//! and `scope.rs`).
+//! `sync#lease` (one deployed run at a time), `sync#scope` (which usage plans the table
+//! mirrors, and where the stack's audit trail is) and `sync#reconcile` with its parts (a full
+//! reconcile's saved progress). Their layout is here; their writers are in `control::sync`
+//! (`table.rs`, `lease.rs`, `scope.rs` and `progress.rs`).
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::record::{Item, number, string};
-use super::{LEASE_PK, PK, SCOPE_PK};
+use super::{LEASE_PK, PK, RECONCILE_PK, SCOPE_PK, reconcile_part_pk};
 
 /// `sync#meta`'s attribute holding the generation.
 pub const GENERATION: &str = "generation";
@@ -91,4 +92,54 @@ pub fn scope_of(item: &Item) -> Option<(String, Vec<String>)> {
         .map(|v| v.as_s().ok().cloned())
         .collect::<Option<Vec<String>>>()?;
     Some((stack, stages))
+}
+
+/// The saved progress's attribute holding its layout's version.
+pub const PROGRESS_FORMAT: &str = "format";
+/// The saved progress's attribute saying when its reconcile started (epoch seconds).
+pub const PROGRESS_STARTED: &str = "started";
+/// The attribute naming the save a head or a part belongs to.
+pub const PROGRESS_SAVE: &str = "save";
+/// The head's attribute counting its parts.
+pub const PROGRESS_PARTS: &str = "chunks";
+/// A part's bytes.
+pub const PROGRESS_DATA: &str = "data";
+
+/// The head of a saved progress: its layout's `format`, when its reconcile `started`, the `save`
+/// it names, and how many `parts` hold it; `pk` included.
+pub fn progress_head(format: u64, started: u64, save: &str, parts: u64) -> Item {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(RECONCILE_PK.to_owned())),
+        (PROGRESS_FORMAT.to_owned(), AttributeValue::N(format.to_string())),
+        (PROGRESS_STARTED.to_owned(), AttributeValue::N(started.to_string())),
+        (PROGRESS_SAVE.to_owned(), AttributeValue::S(save.to_owned())),
+        (PROGRESS_PARTS.to_owned(), AttributeValue::N(parts.to_string())),
+    ])
+}
+
+/// A head as read: format, started, save and parts; `None` when it lacks one of them.
+pub fn progress_of(head: &Item) -> Option<(u64, u64, String, u64)> {
+    Some((
+        number(head, PROGRESS_FORMAT)?,
+        number(head, PROGRESS_STARTED)?,
+        string(head, PROGRESS_SAVE)?,
+        number(head, PROGRESS_PARTS)?,
+    ))
+}
+
+/// Part `n` of the save `save`, holding `data`; `pk` included.
+pub fn progress_part(n: u64, save: &str, data: Vec<u8>) -> Item {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(reconcile_part_pk(n))),
+        (PROGRESS_SAVE.to_owned(), AttributeValue::S(save.to_owned())),
+        (PROGRESS_DATA.to_owned(), AttributeValue::B(data.into())),
+    ])
+}
+
+/// A part's bytes, if it belongs to the save `save`.
+pub fn progress_data(part: &Item, save: &str) -> Option<Vec<u8>> {
+    if string(part, PROGRESS_SAVE)? != save {
+        return None;
+    }
+    Some(part.get(PROGRESS_DATA)?.as_b().ok()?.as_ref().to_vec())
 }

@@ -38,6 +38,9 @@ pub enum Fault {
     /// Answer `403 AccessDeniedException` without forwarding, as API Gateway does to a caller
     /// whose IAM policy does not cover the resource: refused unexecuted, never retried.
     AccessDenied,
+    /// Answer `400 BadRequestException` without forwarding, as API Gateway does to a listing's
+    /// `position` it no longer takes: refused unexecuted, never retried.
+    BadRequest,
     /// Answer DynamoDB's `400 ProvisionedThroughputExceededException` without forwarding: the
     /// item's partition refused the write unexecuted, as DynamoDB does past an item's capacity.
     ThroughputExceeded,
@@ -314,6 +317,7 @@ async fn serve_matching(
     match fault {
         Some(Fault::TooManyRequests) => throttle(&mut client).await,
         Some(Fault::AccessDenied) => access_denied(&mut client).await,
+        Some(Fault::BadRequest) => bad_request(&mut client).await,
         Some(Fault::ThroughputExceeded) => throughput_exceeded(&mut client).await,
         Some(Fault::InternalError) => {
             proxy::deliver_unheard(upstream, &request).await;
@@ -358,6 +362,19 @@ async fn access_denied(client: &mut TcpStream) {
         client,
         "403 Forbidden",
         "AccessDeniedException",
+        "application/json",
+        body,
+    )
+    .await;
+}
+
+/// API Gateway's answer to a request it cannot take (here: a listing's stale `position`).
+async fn bad_request(client: &mut TcpStream) {
+    let body = r#"{"message":"Invalid position"}"#;
+    error_answer(
+        client,
+        "400 Bad Request",
+        "BadRequestException",
         "application/json",
         body,
     )
@@ -423,11 +440,12 @@ async fn serve(
         Some(Fault::Stall) => {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         }
-        Some(f @ (Fault::TooManyRequests | Fault::AccessDenied | Fault::ThroughputExceeded)) => {
+        Some(f @ (Fault::TooManyRequests | Fault::AccessDenied | Fault::BadRequest | Fault::ThroughputExceeded)) => {
             if proxy::read_request(&mut client).await.is_some() {
                 match f {
                     Fault::TooManyRequests => throttle(&mut client).await,
                     Fault::AccessDenied => access_denied(&mut client).await,
+                    Fault::BadRequest => bad_request(&mut client).await,
                     _ => throughput_exceeded(&mut client).await,
                 }
             }

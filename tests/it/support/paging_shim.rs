@@ -49,9 +49,15 @@ impl proxy::Handler for Pager {
             return StatusCode::BAD_GATEWAY.into_response();
         };
         let status = answer.status();
+        // An error keeps its type (`x-amzn-errortype`), by which the SDK names it.
+        let error_type = answer.headers().get("x-amzn-errortype").cloned();
         let text = answer.text().await.unwrap_or_default();
         if parts.method != Method::GET || !status.is_success() || !is_collection(parts.uri.path()) {
-            return (status, text).into_response();
+            let mut response = (status, text).into_response();
+            if let Some(error_type) = error_type {
+                response.headers_mut().insert("x-amzn-errortype", error_type);
+            }
+            return response;
         }
         let Ok(mut json) = serde_json::from_str::<serde_json::Value>(&text) else {
             return (status, text).into_response();

@@ -57,7 +57,8 @@ impl Upstream {
         request.send().await.ok()
     }
 
-    /// The emulator's answer to the request, passed back unchanged (status, content type, body).
+    /// The emulator's answer to the request, passed back unchanged (status, content type, an
+    /// error's type, body).
     pub async fn pass_through(&self, parts: &Parts, body: Bytes) -> Response {
         let Some(answer) = self
             .send(parts.method.clone(), &path_and_query(parts), &parts.headers, body)
@@ -66,11 +67,14 @@ impl Upstream {
             return StatusCode::BAD_GATEWAY.into_response();
         };
         let status = answer.status();
-        let content_type = answer.headers().get("content-type").cloned();
+        let kept: Vec<_> = ["content-type", "x-amzn-errortype"]
+            .into_iter()
+            .filter_map(|name| Some((name, answer.headers().get(name)?.clone())))
+            .collect();
         let bytes = answer.bytes().await.unwrap_or_default();
         let mut response = (status, bytes).into_response();
-        if let Some(ct) = content_type {
-            response.headers_mut().insert("content-type", ct);
+        for (name, value) in kept {
+            response.headers_mut().insert(name, value);
         }
         response
     }

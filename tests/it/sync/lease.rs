@@ -13,6 +13,7 @@ use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
 use tollgate::control::sync::lease::{
     LEASE_MARGIN, Lease, MIN_ROUND, Release, Take, expiry, invocation_owner, lease_until, run_leased,
 };
+use tollgate::control::sync::reconcile::RESUME_MARGIN;
 use tollgate::control::sync::scoped::Work;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
@@ -173,12 +174,16 @@ async fn a_holder_stopped_right_after_renewing_blocks_others_only_until_its_dead
 #[tokio::test]
 async fn a_rerun_asked_too_near_the_deadline_is_left_to_the_next_trigger_with_the_lease_released() {
     // GIVEN a plan with one key, and run A whose invocation has less than a round's time left
-    // once its first round is done (the injected clock stands still during the round)
+    // before a full round's cut (`reconcile::cut_at`) once its first round is done (the injected
+    // clock stands still during the round)
     let w = World::new("us-iso-east-1").await;
     let plan = w.plan("lease-d", 1.0, 5, 1000, &[]).await;
     w.key("k1", Some("t1"), "tg_live_lease_5", &plan).await;
     let paused = Paused::new(&w.control);
-    let deadline = w.clock.now().saturating_add(MIN_ROUND - Duration::from_secs(1));
+    let deadline = w
+        .clock
+        .now()
+        .saturating_add(RESUME_MARGIN + MIN_ROUND - Duration::from_secs(1));
 
     // WHEN run B asks A for a rerun during A's round
     let a = run_leased(&paused, &w.table, &w.clock, None, "run-a", deadline, &Work::Full);

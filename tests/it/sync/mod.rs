@@ -1,10 +1,12 @@
 //! Plan sync on the emulator, driven through the API Gateway SDK as awscli would: usage plans,
 //! keys and usage-plan keys in; the policy table the authorizer reads out. `lease`: one run at a
-//! time, and the rerun a change during a run asks for.
+//! time, and the rerun a change during a run asks for. `resume`: a full reconcile cut before its
+//! deadline and resumed by the next run.
 
 mod interleaving;
 mod lease;
 mod pace;
+mod resume;
 mod scoped;
 
 use std::sync::Arc;

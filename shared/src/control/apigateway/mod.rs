@@ -36,6 +36,24 @@ pub enum ControlError {
     /// It exists already (e.g. the key is on that plan), or conflicts with what exists.
     #[error("API Gateway `{operation}`: conflict: {detail}")]
     Conflict { operation: &'static str, detail: String },
+    /// API Gateway refused the request as malformed (e.g. a listing's `position` it no longer
+    /// takes).
+    #[error("API Gateway `{operation}`: bad request: {detail}")]
+    BadRequest { operation: &'static str, detail: String },
+}
+
+/// One page of a listing, and where the next starts (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+impl<T> Paged<T> {
+    /// The whole listing as one page.
+    pub fn last(items: Vec<T>) -> Paged<T> {
+        Paged { items, next: None }
+    }
 }
 
 /// Which failed calls are sent again.
@@ -79,6 +97,26 @@ pub trait ControlPlane: Send + Sync + fmt::Debug {
         }
         Ok(plans)
     }
+
+    // A full reconcile's reads page by page, so that one cut at its deadline resumes where it
+    // stopped (`control::sync::reconcile`). The defaults read a whole listing as one page: the
+    // plans with their keys, then no key page of their own (override all three or none).
+
+    /// One page of `GetUsagePlans` from `position` (`None`: the first): plans without their keys.
+    async fn usage_plans_page(&self, position: Option<String>) -> Result<Paged<UsagePlan>, ControlError> {
+        let _ = position;
+        Ok(Paged::last(self.usage_plans().await?))
+    }
+    /// One page of the ids of `plan_id`'s keys (`GetUsagePlanKeys`) from `position`.
+    async fn plan_keys_page(&self, plan_id: &str, position: Option<String>) -> Result<Paged<String>, ControlError> {
+        let _ = (plan_id, position);
+        Ok(Paged::last(Vec::new()))
+    }
+    /// One page of `GetApiKeys` from `position`, values hashed.
+    async fn api_keys_page(&self, position: Option<String>) -> Result<Paged<ApiKey>, ControlError> {
+        let _ = position;
+        Ok(Paged::last(self.api_keys().await?))
+    }
 }
 
 /// Retries of throttled (and unanswered) control-plane calls: exponential, full jitter.
@@ -114,6 +152,7 @@ enum Failure {
     Throttled,
     NotFound(String),
     Conflict(String),
+    BadRequest(String),
     Fatal(String),
 }
 
@@ -127,6 +166,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         }
         SdkError::ServiceError(s) if s.err().code() == Some("ConflictException") => {
             Failure::Conflict(s.err().message().unwrap_or_default().to_owned())
+        }
+        SdkError::ServiceError(s) if s.err().code() == Some("BadRequestException") => {
+            Failure::BadRequest(s.err().message().unwrap_or_default().to_owned())
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Failure::Retry,
         _ => Failure::Fatal(DisplayErrorContext(e).to_string()),
@@ -220,6 +262,7 @@ impl ApiGateway {
                 Failure::Fatal(detail) => return Err(ControlError::Failed { operation, detail }),
                 Failure::NotFound(detail) => return Err(ControlError::NotFound { operation, detail }),
                 Failure::Conflict(detail) => return Err(ControlError::Conflict { operation, detail }),
+                Failure::BadRequest(detail) => return Err(ControlError::BadRequest { operation, detail }),
                 Failure::Retry if retry == Retry::Throttled => {
                     return Err(ControlError::Failed {
                         operation,
@@ -247,25 +290,25 @@ impl ApiGateway {
     }
 
     pub(super) async fn plan_keys(&self, plan_id: &str) -> Result<Vec<String>, ControlError> {
-        let mut ids = Vec::new();
-        let mut position: Option<String> = None;
-        loop {
-            let page = self
-                .retrying("GetUsagePlanKeys", || {
-                    self.client
-                        .get_usage_plan_keys()
-                        .usage_plan_id(plan_id)
-                        .limit(PAGE)
-                        .set_position(position.clone())
-                        .send()
-                })
-                .await?;
-            ids.extend(page.items().iter().filter_map(|k| k.id().map(str::to_owned)));
-            position = page.position().map(str::to_owned);
-            if position.is_none() {
-                return Ok(ids);
-            }
-        }
+        all_pages(|position| self.key_ids_page(plan_id, position)).await
+    }
+
+    /// One page of `GetUsagePlanKeys`: key ids.
+    async fn key_ids_page(&self, plan_id: &str, position: Option<String>) -> Result<Paged<String>, ControlError> {
+        let page = self
+            .retrying("GetUsagePlanKeys", || {
+                self.client
+                    .get_usage_plan_keys()
+                    .usage_plan_id(plan_id)
+                    .limit(PAGE)
+                    .set_position(position.clone())
+                    .send()
+            })
+            .await?;
+        Ok(Paged {
+            items: page.items().iter().filter_map(|k| k.id().map(str::to_owned)).collect(),
+            next: page.position().map(str::to_owned),
+        })
     }
 }
 
@@ -314,24 +357,46 @@ impl ApiGateway {
 
     /// `GetUsagePlans`, all pages: every plan, or with `key_id` the plans that key is on.
     async fn plans_listed(&self, key_id: Option<&str>) -> Result<Vec<UsagePlan>, ControlError> {
-        let mut plans = Vec::new();
-        let mut position: Option<String> = None;
-        loop {
-            let page = self
-                .retrying("GetUsagePlans", || {
-                    self.client
-                        .get_usage_plans()
-                        .set_key_id(key_id.map(str::to_owned))
-                        .limit(PAGE)
-                        .set_position(position.clone())
-                        .send()
-                })
-                .await?;
-            plans.extend(page.items().iter().map(usage_plan_of));
-            position = page.position().map(str::to_owned);
-            if position.is_none() {
-                return Ok(plans);
-            }
+        all_pages(|position| self.plans_page(key_id, position)).await
+    }
+
+    /// One page of `GetUsagePlans` (with `key_id`: the plans that key is on).
+    async fn plans_page(
+        &self,
+        key_id: Option<&str>,
+        position: Option<String>,
+    ) -> Result<Paged<UsagePlan>, ControlError> {
+        let page = self
+            .retrying("GetUsagePlans", || {
+                self.client
+                    .get_usage_plans()
+                    .set_key_id(key_id.map(str::to_owned))
+                    .limit(PAGE)
+                    .set_position(position.clone())
+                    .send()
+            })
+            .await?;
+        Ok(Paged {
+            items: page.items().iter().map(usage_plan_of).collect(),
+            next: page.position().map(str::to_owned),
+        })
+    }
+}
+
+/// Every page of a listing, `page` reading one from a position.
+async fn all_pages<T, F, Fut>(page: F) -> Result<Vec<T>, ControlError>
+where
+    F: Fn(Option<String>) -> Fut,
+    Fut: Future<Output = Result<Paged<T>, ControlError>>,
+{
+    let mut items = Vec::new();
+    let mut position = None;
+    loop {
+        let Paged { items: more, next } = page(position).await?;
+        items.extend(more);
+        position = next;
+        if position.is_none() {
+            return Ok(items);
         }
     }
 }
@@ -382,6 +447,18 @@ impl ControlPlane for ApiGateway {
     async fn plans_without_keys(&self) -> Result<Vec<UsagePlan>, ControlError> {
         self.plans_alone().await
     }
+
+    async fn usage_plans_page(&self, position: Option<String>) -> Result<Paged<UsagePlan>, ControlError> {
+        self.plans_page(None, position).await
+    }
+
+    async fn plan_keys_page(&self, plan_id: &str, position: Option<String>) -> Result<Paged<String>, ControlError> {
+        self.key_ids_page(plan_id, position).await
+    }
+
+    async fn api_keys_page(&self, position: Option<String>) -> Result<Paged<ApiKey>, ControlError> {
+        self.keys_page(None, position).await
+    }
 }
 
 /// An API key as the port gives it: its value hashed here, so the raw value goes no further.
@@ -404,29 +481,33 @@ fn api_key_of(
 impl ApiGateway {
     /// The API keys whose names start with `name_query` (every key for `None`), all pages.
     pub(super) async fn keys_named(&self, name_query: Option<&str>) -> Result<Vec<ApiKey>, ControlError> {
-        let mut keys = Vec::new();
-        let mut position: Option<String> = None;
-        loop {
-            let page = self
-                .retrying("GetApiKeys", || {
-                    self.client
-                        .get_api_keys()
-                        .include_values(true)
-                        .set_name_query(name_query.map(str::to_owned))
-                        .limit(PAGE)
-                        .set_position(position.clone())
-                        .send()
-                })
-                .await?;
-            keys.extend(
-                page.items()
-                    .iter()
-                    .map(|k| api_key_of(k.id(), k.name(), k.customer_id(), k.enabled(), k.value())),
-            );
-            position = page.position().map(str::to_owned);
-            if position.is_none() {
-                return Ok(keys);
-            }
-        }
+        all_pages(|position| self.keys_page(name_query, position)).await
+    }
+
+    /// One page of `GetApiKeys` with values, hashed at once.
+    async fn keys_page(
+        &self,
+        name_query: Option<&str>,
+        position: Option<String>,
+    ) -> Result<Paged<ApiKey>, ControlError> {
+        let page = self
+            .retrying("GetApiKeys", || {
+                self.client
+                    .get_api_keys()
+                    .include_values(true)
+                    .set_name_query(name_query.map(str::to_owned))
+                    .limit(PAGE)
+                    .set_position(position.clone())
+                    .send()
+            })
+            .await?;
+        Ok(Paged {
+            items: page
+                .items()
+                .iter()
+                .map(|k| api_key_of(k.id(), k.name(), k.customer_id(), k.enabled(), k.value()))
+                .collect(),
+            next: page.position().map(str::to_owned),
+        })
     }
 }

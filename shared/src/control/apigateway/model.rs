@@ -3,16 +3,18 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::engine::identity::ApiKeyHash;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Throttle {
     /// Requests per second.
     pub rate: f64,
     pub burst: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QuotaPeriod {
     Day,
     Week,
@@ -42,7 +44,7 @@ impl QuotaPeriod {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
     pub limit: i32,
     pub period: QuotaPeriod,
@@ -50,14 +52,14 @@ pub struct Quota {
 }
 
 /// An API stage on a usage plan, with its per-method throttles (`/path/METHOD` → throttle).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
     pub api_id: String,
     pub stage: String,
     pub throttles: BTreeMap<String, Throttle>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsagePlan {
     pub id: String,
     pub name: String,
@@ -89,13 +91,15 @@ impl UsagePlan {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub id: String,
     pub name: String,
     pub customer_id: Option<String>,
     pub enabled: bool,
-    /// The SHA-256 of the key's value; `None` when API Gateway returned no value.
+    /// The SHA-256 of the key's value; `None` when API Gateway returned no value. Saved (a
+    /// reconcile's progress) as its 64 hex digits.
+    #[serde(with = "hash_hex")]
     pub hash: Option<ApiKeyHash>,
 }
 
@@ -109,5 +113,28 @@ impl ApiKey {
             .as_deref()
             .filter(|c| !c.is_empty())
             .unwrap_or(&self.id)
+    }
+}
+
+/// An `Option<ApiKeyHash>` as its 64 hex digits, for a reconcile's saved progress.
+mod hash_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::engine::identity::ApiKeyHash;
+
+    pub fn serialize<S: Serializer>(hash: &Option<ApiKeyHash>, s: S) -> Result<S::Ok, S::Error> {
+        match hash {
+            Some(h) => s.serialize_some(&h.to_hex()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ApiKeyHash>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(hex) => ApiKeyHash::from_hex(&hex)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom("not 64 hex digits")),
+        }
     }
 }

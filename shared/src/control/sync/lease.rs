@@ -9,7 +9,8 @@
 //! `rerun`, renews the expiry and runs once more (as it does, without trying the delete, when its
 //! round left items another writer changed meanwhile), at most `MAX_LEASED_ROUNDS`
 //! rounds, and only while the invocation has the time a round needs (`MIN_ROUND`, or the last
-//! round's time if longer). The expiry (`until`, epoch seconds) is the invocation's deadline plus
+//! round's time if longer) before a full round would stop reading (`reconcile::cut_at`: the
+//! deadline less `reconcile::RESUME_MARGIN`). The expiry (`until`, epoch seconds) is the invocation's deadline plus
 //! `LEASE_MARGIN`, whenever it is taken or renewed: a holder stopped at its timeout blocks other
 //! runs for the margin, not for another timeout. The take also succeeds on a lease this run
 //! already holds (a retried put whose first answer was lost). Every error of `take`, `release` or
@@ -22,6 +23,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 
+use super::reconcile;
 use super::scoped::{self, Work};
 use super::table::{PolicyTable, TableError};
 use super::{SyncError, SyncReport};
@@ -249,7 +251,8 @@ pub fn expiry(deadline: Timestamp) -> Timestamp {
 /// lease held asks its holder to run again and returns `deferred`; the holder runs until no rerun
 /// was asked for and no item was left to other writers (`SyncReport::left_to_other_writers`), at
 /// most `MAX_LEASED_ROUNDS` rounds, and starts one only with the time it needs; a rerun it does not run
-/// is left to the next trigger.
+/// is left to the next trigger. A full round is a `reconcile`: it stops reading API Gateway
+/// `reconcile::RESUME_MARGIN` before the deadline and saves its progress for the next run.
 pub async fn run_leased(
     control: &dyn ControlPlane,
     table: &PolicyTable,
@@ -272,7 +275,8 @@ pub async fn run_leased(
     loop {
         let started = clock.now();
         let work = if done.rounds.is_empty() { work } else { &Work::Full };
-        let report = scoped::round(control, table, clock, actor, work).await;
+        let cut = Some(reconcile::cut_at(deadline));
+        let report = scoped::round(control, table, clock, actor, work, cut).await;
         let took = clock.now().saturating_since(started);
         let report = abandon_on_error(&lease, report).await?;
         // Items another writer changed under this round are read again in the next, as if a
@@ -293,7 +297,7 @@ pub async fn run_leased(
                 abandon_keeping(&lease).await;
                 return Ok(done);
             }
-            Release::Rerun if deadline.saturating_since(clock.now()) < took.max(MIN_ROUND) => {
+            Release::Rerun if reconcile::cut_at(deadline).saturating_since(clock.now()) < took.max(MIN_ROUND) => {
                 tracing::warn!(
                     took_secs = took.as_secs(),
                     "a change arrived during the sync, too near the deadline for another round; \

@@ -7,12 +7,17 @@
 //! - `table`: reading the policy table, the minimal diff, applying it without interleaving.
 //! - `lease`: one run at a time (`run_leased`), and a rerun when a change arrives during one.
 //! - `scope`: which usage plans the table mirrors (a stack's own, not the Region's).
+//! - `reconcile`: the deployed full sync, cut before its deadline and resumed by the next run
+//!   (`listing`: its read of API Gateway page by page; `progress`: what it saves between runs).
 //!
 //! The Lambda (`functions/plan-sync`, which owns its environment and IAM contract) calls
 //! `lease::run_leased`; `tollgate sync` calls `run` (an operator's sync runs now).
 
 pub mod lease;
+pub mod listing;
 pub mod mapping;
+pub mod progress;
+pub mod reconcile;
 pub mod scope;
 pub mod scoped;
 pub mod table;
@@ -81,6 +86,14 @@ pub struct SyncReport {
     /// The keys and plans an event-scoped sync synced (`scoped`); none for a full sync.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
+    /// A full reconcile resumed from progress saved by an earlier run: when it started (the
+    /// policy table's read before its first API Gateway call; epoch seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u64>,
+    /// A full reconcile cut before the invocation's deadline: it wrote nothing and saved what it
+    /// read for the next run to go on from (`reconcile`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub saved_progress: bool,
 }
 
 impl SyncReport {
@@ -105,14 +118,25 @@ impl SyncReport {
         self.retries += other.retries;
         self.change_id = other.change_id.or(self.change_id.take());
         self.targets.extend(other.targets);
+        self.resumed_from = other.resumed_from.or(self.resumed_from);
+        self.saved_progress |= other.saved_progress;
     }
 
     /// The report as a person reads it.
     pub fn table(&self) -> String {
+        if self.saved_progress {
+            return format!(
+                "{} usage plans, {} API keys read so far; stopped before the deadline, progress saved in {}: the next run goes on from it\n",
+                self.usage_plans, self.api_keys, self.table
+            );
+        }
         let mut out = format!(
             "{} usage plans, {} API keys read; {} plans, {} tenants, {} keys enforced in {}\n",
             self.usage_plans, self.api_keys, self.plans, self.tenants, self.keys, self.table
         );
+        if let Some(started) = self.resumed_from {
+            out.push_str(&format!("resumed a reconcile started at {started} (epoch seconds)\n"));
+        }
         for (label, list) in [
             ("created", &self.created),
             ("changed", &self.changed),
@@ -191,25 +215,9 @@ pub async fn run_as(
         let current = table.read().await?;
         let scope = table.scope().await?;
         let plans = scope::in_scope(scope.as_ref(), control.usage_plans().await?);
-        if let Some(scope) = scope.filter(|_| plans.is_empty()) {
-            let enforced = current.records.keys().filter(|pk| pk.starts_with(PLAN_PREFIX)).count();
-            if enforced > 0 {
-                return Err(SyncError::EmptyScope {
-                    stack: scope.stack,
-                    plans: enforced,
-                });
-            }
-        }
+        refuse_empty_scope(scope, &plans, &current)?;
         let keys = control.api_keys().await?;
-        let desired = mapping::desired_moving(&plans, &keys, &current.moving(as_of));
-        let changes = table::diff(&desired, &current);
-        let report = SyncReport::of(table, &plans, &keys, &desired, retries);
-        let decided = Decided {
-            as_of,
-            current,
-            changes,
-            report,
-        };
+        let decided = Decided::of(table, &plans, &keys, as_of, current, retries);
         match write(table, decided, actor, record).await {
             Err(TableError::Superseded) => contended(&mut retries).await?,
             written => return Ok(written?),
@@ -241,12 +249,53 @@ impl SyncReport {
     }
 }
 
+/// Refuses a scope that admits no usage plan while the table enforces some (`EmptyScope`).
+fn refuse_empty_scope(
+    scope: Option<scope::Scope>,
+    plans: &[UsagePlan],
+    current: &table::Current,
+) -> Result<(), SyncError> {
+    if let Some(scope) = scope.filter(|_| plans.is_empty()) {
+        let enforced = current.records.keys().filter(|pk| pk.starts_with(PLAN_PREFIX)).count();
+        if enforced > 0 {
+            return Err(SyncError::EmptyScope {
+                stack: scope.stack,
+                plans: enforced,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What a round read and decided: when, the table as read, the writes, and its report so far.
 struct Decided {
     as_of: Timestamp,
     current: table::Current,
     changes: Vec<TableWrite>,
     report: SyncReport,
+}
+
+impl Decided {
+    /// A full round's decision from the plans in scope and every key, over the table as read at
+    /// `as_of`.
+    fn of(
+        table: &PolicyTable,
+        plans: &[UsagePlan],
+        keys: &[ApiKey],
+        as_of: Timestamp,
+        current: table::Current,
+        retries: u32,
+    ) -> Decided {
+        let desired = mapping::desired_moving(plans, keys, &current.moving(as_of));
+        let changes = table::diff(&desired, &current);
+        let report = SyncReport::of(table, plans, keys, &desired, retries);
+        Decided {
+            as_of,
+            current,
+            changes,
+            report,
+        }
+    }
 }
 
 /// Writes what a round decided with the write protocol (`table::PolicyTable::apply`), and

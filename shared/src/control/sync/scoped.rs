@@ -26,7 +26,7 @@ use super::table::{self, PolicyTable, TableWrite};
 use super::{Decided, SyncError, SyncReport, contended, scope, write};
 use crate::control::apigateway::ControlPlane;
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
-use crate::engine::clock::Clock;
+use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_table::{Record, key_pk, plan_pk, tenant_pk};
 
 /// What one management event names for a scoped sync.
@@ -311,13 +311,15 @@ pub enum Work {
 }
 
 /// `work`'s round: the targets' scoped syncs, or a full sync when one of them needs it (or
-/// `work` is `Full`).
+/// `work` is `Full`): a reconcile that stops reading at `cut` and saves its progress, or goes
+/// on from the progress an earlier run saved (`reconcile`).
 pub async fn round(
     control: &dyn ControlPlane,
     table: &PolicyTable,
     clock: &dyn Clock,
     actor: Option<&str>,
     work: &Work,
+    cut: Option<Timestamp>,
 ) -> Result<SyncReport, SyncError> {
     if let Work::Targets(targets) = work {
         match run_each(control, table, clock, actor, targets).await? {
@@ -325,5 +327,5 @@ pub async fn round(
             Outcome::NeedsFull(why) => tracing::info!(why, "a full sync decides this change"),
         }
     }
-    super::run(control, table, clock, actor).await
+    super::reconcile::run(control, table, clock, actor, cut).await
 }

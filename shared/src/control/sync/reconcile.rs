@@ -1,0 +1,200 @@
+//! The deployed function's full sync (a full round of `lease::run_leased`), resumable across
+//! invocations: one that cannot finish before its invocation's deadline stops reading API Gateway
+//! `RESUME_MARGIN` before it, writes nothing, and saves its progress (`progress`); the next run
+//! that holds the lease (the next schedule, or any trigger whose round is full) goes on from it,
+//! and so on until its read is whole. Each invocation advances by what it can read in its time,
+//! so no number of keys is too many; the API Gateway calls of a cut reconcile, all invocations
+//! together, are those of an uncut one (a page begun is finished; a saved position API Gateway
+//! refuses starts its listing over).
+//!
+//! A reconcile that finishes in the invocation it started in is today's full sync: the table read
+//! before API Gateway, each write at the version read, the `sync#meta` claim on the generation
+//! read, started over when another sync claimed first.
+//!
+//! A resumed one reads the table again when its read of API Gateway is whole, decides from it,
+//! and writes only the items still at the version its start's read found (`StartVersions`): an
+//! item another writer changed, deleted or made since the start (the usage API's onboarding,
+//! rotation, offboarding, an event's scoped sync) is left as that writer made it and listed under
+//! `left_to_other_writers` (the lease runs another round for them), since what this reconcile
+//! read of API Gateway may predate that change. That is the rule "the table is read before API
+//! Gateway" kept across invocations. The other items are written as any sync writes: at the
+//! version the last read found, revocation winning over a change made after that read.
+//!
+//! Its `sync#meta` claim is on the generation of that last read, not its start's. Per-item
+//! versions are what keep another writer's change: every sync write, scoped or full, is
+//! conditioned on its item's version, so any item another sync wrote since the start has moved
+//! on and is left alone here. The generation only keeps the batches of two syncs writing at once
+//! from interleaving, which the last read's generation still does. Claiming on the start's would
+//! let every event-scoped sync that wrote during the cut (they claim too) cancel the reconcile,
+//! which would then never finish while events keep coming; and it would guard nothing more: a
+//! sync that found nothing to write claims nothing, so an item whose API Gateway state changed
+//! back and forth since this reconcile read it is written from this reconcile's older read with
+//! or without the start's generation, until the next reconcile reads it again (as today, within
+//! one run).
+
+use std::time::Duration;
+
+use super::listing::Listing;
+use super::progress::{self, Progress, Saved, StartVersions};
+use super::table::{PolicyTable, TableError};
+use super::{Decided, SyncError, SyncReport, contended, refuse_empty_scope, scope, write};
+use crate::control::apigateway::ControlPlane;
+use crate::engine::clock::{Clock, Timestamp};
+use crate::policy_table::shown_pk;
+
+/// How long before the invocation's deadline a reconcile stops reading API Gateway: the time to
+/// save its progress, or to read the table and write what it decided when its read is whole.
+pub const RESUME_MARGIN: Duration = Duration::from_secs(60);
+
+/// When a reconcile of an invocation ending at `deadline` stops reading.
+pub fn cut_at(deadline: Timestamp) -> Timestamp {
+    Timestamp::from_nanos(deadline.as_nanos().saturating_sub(RESUME_MARGIN.as_nanos() as u64))
+}
+
+/// A full sync that stops reading at `cut` (`None`: never) and saves its progress, or goes on
+/// from the progress an earlier run saved (see the module).
+pub async fn run(
+    control: &dyn ControlPlane,
+    table: &PolicyTable,
+    clock: &dyn Clock,
+    actor: Option<&str>,
+    cut: Option<Timestamp>,
+) -> Result<SyncReport, SyncError> {
+    let run = Run {
+        control,
+        table,
+        clock,
+        actor,
+        cut,
+    };
+    match progress::load(table, clock.now()).await? {
+        Some(saved) => run.resumed(saved).await,
+        None => run.fresh().await,
+    }
+}
+
+/// One reconcile: what it reads and writes, its clock, who it acts for, when it stops reading.
+struct Run<'a> {
+    control: &'a dyn ControlPlane,
+    table: &'a PolicyTable,
+    clock: &'a dyn Clock,
+    actor: Option<&'a str>,
+    cut: Option<Timestamp>,
+}
+
+impl Run<'_> {
+    /// A reconcile from its start: the table, then API Gateway.
+    async fn fresh(&self) -> Result<SyncReport, SyncError> {
+        let mut retries = 0;
+        loop {
+            let as_of = self.clock.now();
+            let current = self.table.read().await?;
+            let mut listing = Listing::default();
+            if !listing.read(self.control, self.clock, self.cut).await? {
+                let progress = Progress {
+                    started: as_of.as_secs(),
+                    versions: StartVersions::of(&current),
+                    listing,
+                };
+                return save(self.table, progress, None, None).await;
+            }
+            let decided = decide(self.table, &listing, as_of, current, retries).await?;
+            match write(self.table, decided, self.actor, true).await {
+                Err(TableError::Superseded) => contended(&mut retries).await?,
+                written => return Ok(written?.0),
+            }
+        }
+    }
+
+    /// A reconcile gone on from `saved`: the rest of API Gateway, then the table read again,
+    /// each write only over an item still as the start found it.
+    async fn resumed(&self, saved: Saved) -> Result<SyncReport, SyncError> {
+        let Progress {
+            started,
+            versions,
+            mut listing,
+        } = saved.progress.clone();
+        tracing::info!(
+            started,
+            at = listing.shown(),
+            "resuming a reconcile from its saved progress"
+        );
+        if !listing.read(self.control, self.clock, self.cut).await? {
+            let progress = Progress {
+                started,
+                versions,
+                listing,
+            };
+            return save(self.table, progress, Some(&saved), Some(started)).await;
+        }
+        let mut retries = 0;
+        loop {
+            let as_of = self.clock.now();
+            let current = self.table.read().await?;
+            let mut decided = decide(self.table, &listing, as_of, current, retries).await?;
+            let (kept, changed): (Vec<_>, Vec<_>) = decided
+                .changes
+                .into_iter()
+                .partition(|c| versions.unchanged(c.pk(), decided.current.versions.get(c.pk())));
+            decided.changes = kept;
+            match write(self.table, decided, self.actor, true).await {
+                Err(TableError::Superseded) => contended(&mut retries).await?,
+                written => {
+                    let (mut report, _) = written?;
+                    report
+                        .left_to_other_writers
+                        .extend(changed.iter().map(|c| shown_pk(c.pk())));
+                    report.resumed_from = Some(started);
+                    progress::clear(self.table, &saved).await?;
+                    tracing::info!(
+                        started,
+                        left_to_other_writers = report.left_to_other_writers.len(),
+                        "a resumed reconcile is done; its saved progress is deleted"
+                    );
+                    return Ok(report);
+                }
+            }
+        }
+    }
+}
+
+/// A whole read's decision over the table as read at `as_of`: the plans in the table's scope.
+async fn decide(
+    table: &PolicyTable,
+    listing: &Listing,
+    as_of: Timestamp,
+    current: super::table::Current,
+    retries: u32,
+) -> Result<Decided, SyncError> {
+    let scope = table.scope().await?;
+    let plans = scope::in_scope(scope.as_ref(), listing.plans.clone());
+    refuse_empty_scope(scope, &plans, &current)?;
+    Ok(Decided::of(table, &plans, &listing.keys, as_of, current, retries))
+}
+
+/// Saves a cut reconcile's `progress` (replacing `previous`); the report says what it read so
+/// far, that it saved, and when it started if it was resumed.
+async fn save(
+    table: &PolicyTable,
+    progress: Progress,
+    previous: Option<&Saved>,
+    resumed_from: Option<u64>,
+) -> Result<SyncReport, SyncError> {
+    let parts = progress::save(table, &progress, previous).await?;
+    tracing::warn!(
+        started = progress.started,
+        at = progress.listing.shown(),
+        plans = progress.listing.plans.len(),
+        keys = progress.listing.keys.len(),
+        items_written = parts,
+        "the reconcile stopped before the deadline; progress saved, the next run goes on from it"
+    );
+    Ok(SyncReport {
+        table: table.name().to_owned(),
+        usage_plans: progress.listing.plans.len(),
+        api_keys: progress.listing.keys.len(),
+        resumed_from,
+        saved_progress: true,
+        ..SyncReport::default()
+    })
+}
