@@ -8,6 +8,7 @@ mod anchor;
 mod interleaving;
 mod key_list;
 mod listing;
+mod marks;
 mod moves;
 mod onboarding;
 mod races;

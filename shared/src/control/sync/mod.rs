@@ -5,6 +5,7 @@
 //!
 //! - `mapping`: pure: what the table should say, and what cannot be honoured (`SyncProblem`).
 //! - `table`: reading the policy table, the minimal diff, applying it without interleaving.
+//! - `moving`: a tenant marked as moving by `policy apply`, over its item as read.
 //! - `lease`: one run at a time (`run_leased`), and a rerun when a change arrives during one.
 //! - `scope`: which usage plans the table mirrors (a stack's own, not the Region's).
 //!
@@ -13,6 +14,7 @@
 
 pub mod lease;
 pub mod mapping;
+pub mod moving;
 pub mod scope;
 pub mod scoped;
 pub mod table;
