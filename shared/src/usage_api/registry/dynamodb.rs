@@ -7,6 +7,7 @@
 //! consistent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
@@ -17,8 +18,8 @@ use serde::de::DeserializeOwned;
 use super::indexes::query_error;
 use super::sweep::{first_bucket, first_cursor, plan, window};
 use super::{
-    Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, SHED_ATTEMPTS, ShedChange,
-    TenantPosition, TenantsPage, to_json,
+    Changed, Decide, DueRevocations, IdempotencyRecord, ItemAction, ManualShed, Registry, Revocation, SHED_ATTEMPTS,
+    ShedChange, TenantPosition, TenantsPage, to_json,
 };
 use crate::control::shed::table::{ShedError, ShedTable};
 use crate::directory::{DirectoryError, DynamoDirectory};
@@ -314,11 +315,31 @@ impl Registry for DynamoDirectory {
         tenant: &str,
         decide: Decide<'_, TenantRecord>,
     ) -> Result<Changed<TenantRecord>, DirectoryError> {
+        // An item that does not parse is an error, never "no tenant": a writer deciding over it
+        // (an onboarding) would take the tenant for free. The reason is kept from the last read.
         let pk = tenant_pk(tenant);
-        let parse = |i: &Item| tenant_record(i).ok();
-        write::change(self.client(), self.table(), &pk, parse, tenant_item, decide)
+        let invalid: Mutex<Option<String>> = Mutex::new(None);
+        let last = |m: &Mutex<Option<String>>| m.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let parse = |i: &Item| {
+            let parsed = tenant_record(i);
+            *invalid.lock().unwrap_or_else(PoisonError::into_inner) = parsed.as_ref().err().cloned();
+            parsed.ok()
+        };
+        let failed: Mutex<Option<String>> = Mutex::new(None);
+        let decide = |now: Option<&TenantRecord>| match last(&invalid) {
+            Some(reason) => {
+                *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+                ItemAction::Leave
+            }
+            None => decide(now),
+        };
+        let changed = write::change(self.client(), self.table(), &pk, parse, tenant_item, decide)
             .await
-            .map_err(write_error)
+            .map_err(write_error)?;
+        match last(&failed) {
+            Some(reason) => Err(DirectoryError::Invalid { item: pk, reason }),
+            None => Ok(changed),
+        }
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError> {
