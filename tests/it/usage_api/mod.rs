@@ -11,6 +11,7 @@ mod listing;
 mod marks;
 mod moves;
 mod onboarding;
+mod own_items;
 mod races;
 mod retention;
 mod rollback;
