@@ -108,6 +108,9 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
     let read = |e: ControlError| ApplyError::Read(e.to_string());
     let (plans, stack, scoped) = scoped_plans(cx).await?;
     let mut keys = cx.control.api_keys().await.map_err(read)?;
+    // Every key read counts as read, on the stack's plans or not (a key a revocation took off
+    // its plan may still be listed on its tenant): only one made since is not.
+    let read_keys = keys_by_tenant(&keys);
     if scoped {
         // Only keys on the stack's plans are its tenants' (another stack's tenant may share a
         // customerId): a key on no plan of the stack is left alone.
@@ -122,7 +125,7 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
     let summary = format!("apply: {} API Gateway call(s)", steps.len());
     let mut pending = Pending::new(cx, Source::Apply, summary, checkpoint, generation);
     pending.movers = movers(file, &keys);
-    pending.read = keys_by_tenant(&keys);
+    pending.read = read_keys;
     pending.run(cx, steps).await
 }
 
