@@ -236,6 +236,7 @@ mod tests {
                 at: 1000,
                 attempts: 0,
                 delete: false,
+                version: 0,
             },
             None,
         )

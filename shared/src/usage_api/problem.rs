@@ -117,6 +117,14 @@ impl From<DirectoryError> for Problem {
                 p.retry_after = Some(INDEX_RETRY_SECS);
                 p
             }
+            DirectoryError::Invalid { ref item, ref reason } => Problem::unavailable(
+                "policy-item-invalid",
+                format!(
+                    "the policy table's item `{}` does not hold a valid record ({reason}), so nothing is decided \
+                     over it: an operator fixes or removes the item",
+                    crate::policy_table::shown_pk(item)
+                ),
+            ),
             _ => Problem::unavailable("policy-unavailable", format!("the policy table could not be used: {e}")),
         }
     }

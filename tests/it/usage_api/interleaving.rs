@@ -98,7 +98,7 @@ impl ControlPlane for Hooked {
 /// The usage API on a policy table, and plan sync over the same table and API Gateway.
 pub(super) struct Both {
     pub(super) w: World,
-    registry: DynamoDirectory,
+    pub(super) registry: DynamoDirectory,
     pub(super) table: PolicyTable,
     sdk: aws_config::SdkConfig,
 }

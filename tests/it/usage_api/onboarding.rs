@@ -14,6 +14,7 @@ use tollgate::engine::identity::ApiKeyHash;
 use tollgate::control::sync::mapping::TAG_STACK;
 use tollgate::directory::MemoryDirectory;
 use tollgate::usage_api::UsageApi;
+use tollgate::usage_api::registry::Registry;
 
 use super::{STACK, World, admitted};
 use crate::support::apigateway::UsagePlan;
@@ -361,4 +362,46 @@ async fn two_stacks_onboarding_a_tenant_under_the_same_idempotency_key_each_make
     assert_ne!(first["key"]["value"], second["key"]["value"]);
     assert_eq!(w.stack_tag_of(&id(&first)).await.as_deref(), Some(STACK));
     assert_eq!(w.stack_tag_of(&id(&second)).await.as_deref(), Some(other_stack));
+}
+
+#[tokio::test]
+async fn an_onboarding_over_a_tenant_item_that_does_not_parse_is_refused_naming_the_item() {
+    // GIVEN the usage API on a DynamoDB policy table whose item for acme does not parse (its
+    // anchor day is 45)
+    let (w, registry, sdk, table) = World::on_policy_table("tg-invalid-1").await;
+    let n = |v: &str| aws_sdk_dynamodb::types::AttributeValue::N(v.into());
+    let s = |v: &str| aws_sdk_dynamodb::types::AttributeValue::S(v.into());
+    let put = admin_client(&sdk).put_item().table_name(&table);
+    let put = put.item("pk", s("tenant#acme")).item("plan", s("pro"));
+    put.item("anchor", n("45"))
+        .item("version", n("3"))
+        .send()
+        .await
+        .expect("put");
+    // WHEN acme is onboarded on free
+    let (status, body) = w.onboard_via(&w.base, "acme", "idem-invalid").await.expect("answer");
+    // THEN the onboarding is refused with a 5xx naming the item, not taken for a free tenant
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:policy-item-invalid", "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.contains("tenant#acme")),
+        "{body}"
+    );
+    // AND the item is as it was, and no key of acme is enabled in API Gateway
+    let item = admin_client(&sdk)
+        .get_item()
+        .table_name(&table)
+        .key("pk", s("tenant#acme"));
+    let item = item.send().await.expect("get").item.expect("item");
+    assert_eq!(
+        (item.get("anchor"), item.get("version")),
+        (Some(&n("45")), Some(&n("3")))
+    );
+    for id in w.keys_of("acme").await {
+        let key = w.gw.get_api_key().api_key(&id).send().await.expect("key");
+        assert!(!key.enabled(), "key {id} of acme is enabled");
+    }
+    // AND the tenant's strongly consistent read says the same
+    let err = registry.tenant_now("acme").await.expect_err("invalid");
+    assert!(err.to_string().contains("tenant#acme"), "{err}");
 }

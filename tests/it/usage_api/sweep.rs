@@ -90,6 +90,7 @@ async fn seed_legacy(
         at,
         attempts: 0,
         delete: false,
+        version: 0,
     };
     let item = json_item(revoke_pk(id), serde_json::to_string(&r).expect("json"));
     client

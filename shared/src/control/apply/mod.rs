@@ -108,6 +108,9 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
     let read = |e: ControlError| ApplyError::Read(e.to_string());
     let (plans, stack, scoped) = scoped_plans(cx).await?;
     let mut keys = cx.control.api_keys().await.map_err(read)?;
+    // Every key read counts as read, on the stack's plans or not (a key a revocation took off
+    // its plan may still be listed on its tenant): only one made since is not.
+    let read_keys = keys_by_tenant(&keys);
     if scoped {
         // Only keys on the stack's plans are its tenants' (another stack's tenant may share a
         // customerId): a key on no plan of the stack is left alone.
@@ -122,6 +125,7 @@ pub async fn apply(cx: &Context<'_>, file: &PolicyFile) -> Result<ApplyReport, A
     let summary = format!("apply: {} API Gateway call(s)", steps.len());
     let mut pending = Pending::new(cx, Source::Apply, summary, checkpoint, generation);
     pending.movers = movers(file, &keys);
+    pending.read = read_keys;
     pending.run(cx, steps).await
 }
 
@@ -172,6 +176,16 @@ fn movers(file: &PolicyFile, keys: &[ApiKey]) -> BTreeMap<String, (String, Strin
         .collect()
 }
 
+/// Tenant → the ids of its keys, as the change read them: a tenant marked as moving lists no
+/// other key (`PolicyTable::mark_moving`).
+fn keys_by_tenant(keys: &[ApiKey]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for k in keys {
+        out.entry(k.tenant().to_owned()).or_default().insert(k.id.clone());
+    }
+    out
+}
+
 /// How long a tenant's mark as moving holds (`PolicyTable::mark_moving`): long enough for its
 /// keys' calls, retries included; a change that stops part-way leaves its keys held no longer.
 const MOVE_WINDOW: Duration = Duration::from_secs(120);
@@ -203,7 +217,9 @@ pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyEr
     let checkpoint = checkpoint_now(&target, &plans, &steps);
     let summary = format!("rollback to before {id}: {} API Gateway call(s)", steps.len());
     let mut pending = Pending::new(cx, Source::Rollback, summary, checkpoint, generation);
-    pending.movers = restored_movers(&steps, &cx.control.api_keys().await.map_err(read)?);
+    let keys = cx.control.api_keys().await.map_err(read)?;
+    pending.movers = restored_movers(&steps, &keys);
+    pending.read = keys_by_tenant(&keys);
     pending.run(cx, steps).await
 }
 
@@ -290,6 +306,8 @@ struct Pending {
     /// Key id → its tenant and the plan it moves to: the tenant is marked as moving in the
     /// table before its first key moves (apply only).
     movers: BTreeMap<String, (String, String)>,
+    /// Tenant → the ids of its keys the change read from API Gateway (`keys_by_tenant`).
+    read: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Where a change failed part-way.
@@ -309,6 +327,7 @@ impl Pending {
             as_of: cx.clock.now(),
             generation,
             movers: BTreeMap::new(),
+            read: BTreeMap::new(),
         }
     }
 
@@ -349,6 +368,7 @@ impl Pending {
         let mover = Mover {
             table: cx.table,
             movers: &self.movers,
+            read: &self.read,
             until,
         };
         let done = execute(cx.control, steps, Some(&mover)).await?;
@@ -476,6 +496,7 @@ impl Pending {
 struct Mover<'a> {
     table: &'a PolicyTable,
     movers: &'a BTreeMap<String, (String, String)>,
+    read: &'a BTreeMap<String, BTreeSet<String>>,
     until: u64,
 }
 
@@ -491,12 +512,17 @@ impl Mover<'_> {
         if !marked.insert(tenant.clone()) {
             return Ok(());
         }
-        self.table.mark_moving(tenant, plan, self.until).await.map_err(|e| {
-            (
-                format!("marking tenant {tenant} as moving to plan {plan}"),
-                e.to_string(),
-            )
-        })
+        // A key the tenant's item lists besides the ones the change read came meanwhile.
+        let read = self.read.get(tenant).cloned().unwrap_or_default();
+        self.table
+            .mark_moving(tenant, plan, self.until, &read)
+            .await
+            .map_err(|e| {
+                (
+                    format!("marking tenant {tenant} as moving to plan {plan}"),
+                    e.to_string(),
+                )
+            })
     }
 }
 

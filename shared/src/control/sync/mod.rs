@@ -5,6 +5,7 @@
 //!
 //! - `mapping`: pure: what the table should say, and what cannot be honoured (`SyncProblem`).
 //! - `table`: reading the policy table, the minimal diff, applying it without interleaving.
+//! - `moving`: a tenant marked as moving by `policy apply`, over its item as read.
 //! - `lease`: one run at a time (`run_leased`), and a rerun when a change arrives during one.
 //! - `scope`: which usage plans the table mirrors (a stack's own, not the Region's).
 //! - `reconcile`: the deployed full sync, cut before its deadline and resumed by the next run
@@ -16,6 +17,7 @@
 pub mod lease;
 pub mod listing;
 pub mod mapping;
+pub mod moving;
 pub mod progress;
 pub mod reconcile;
 pub mod scope;

@@ -43,6 +43,10 @@ pub enum TableError {
     Superseded,
     #[error("policy item `{pk}` cannot be written: {detail}")]
     Invalid { pk: String, detail: String },
+    /// A tenant not marked as moving (`moving`): another writer changed it since the change read
+    /// it, and the mark would undo that.
+    #[error("tenant `{tenant}` not marked as moving: {reason}; apply again to read it as it is now")]
+    NotMarked { tenant: String, reason: String },
     #[error(transparent)]
     Write(#[from] WriteError),
     /// Items another writer changed while they were being written back, left as it made them.
@@ -239,50 +243,6 @@ impl PolicyTable {
             None if is_gone(&i) => Some((None, version_of(&i))),
             None => None,
         }))
-    }
-
-    /// Marks `tenant` as moving to `plan` until `until` (epoch seconds): its record names `plan`,
-    /// so that a sync while its keys move holds them (`mapping::desired_moving`). Written on the
-    /// version read (`policy_table::write::change`); the next sync that finds every key of the
-    /// tenant on `plan` writes the record without the mark.
-    pub async fn mark_moving(&self, tenant: &str, plan: &str, until: u64) -> Result<(), TableError> {
-        let pk = tenant_pk(tenant);
-        let parse = |i: &Item| parse(&pk, i);
-        let render = |r: &Record| render(r).unwrap_or_default();
-        write::change(&self.client, &self.table, &pk, parse, render, |now| {
-            // The tenant's anchor day and its keys are not the move's to change.
-            let (anchor, keys) = match now {
-                Some(Record::Tenant(t)) => (t.anchor, t.keys.clone()),
-                _ => (None, None),
-            };
-            write::ItemAction::Put(Record::Tenant(TenantRecord {
-                plan: plan.to_owned(),
-                anchor,
-                moving_until: Some(until),
-                keys,
-            }))
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Takes `tenant`'s mark as moving off, if it has one (its plan as it is: the next sync decides
-    /// it from API Gateway).
-    pub async fn unmark_moving(&self, tenant: &str) -> Result<(), TableError> {
-        let pk = tenant_pk(tenant);
-        let parse = |i: &Item| parse(&pk, i);
-        let render = |r: &Record| render(r).unwrap_or_default();
-        write::change(&self.client, &self.table, &pk, parse, render, |now| match now {
-            Some(Record::Tenant(t)) if t.moving_until.is_some() => {
-                write::ItemAction::Put(Record::Tenant(TenantRecord {
-                    moving_until: None,
-                    ..t.clone()
-                }))
-            }
-            _ => write::ItemAction::Leave,
-        })
-        .await?;
-        Ok(())
     }
 
     /// The generation, then every managed item (strongly consistent, all pages).

@@ -7,6 +7,7 @@
 //! consistent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
@@ -17,8 +18,8 @@ use serde::de::DeserializeOwned;
 use super::indexes::query_error;
 use super::sweep::{first_bucket, first_cursor, plan, window};
 use super::{
-    Changed, Decide, DueRevocations, IdempotencyRecord, ManualShed, Registry, Revocation, SHED_ATTEMPTS, ShedChange,
-    TenantPosition, TenantsPage, to_json,
+    Changed, Decide, DueRevocations, IdempotencyRecord, ItemAction, ManualShed, Registry, Revocation, SHED_ATTEMPTS,
+    ShedChange, TenantPosition, TenantsPage, to_json,
 };
 use crate::control::shed::table::{ShedError, ShedTable};
 use crate::directory::{DirectoryError, DynamoDirectory};
@@ -28,7 +29,7 @@ use crate::policy_table::record::{
     CLAIM_OWNER, CLAIM_UNTIL, Item, JSON_ATTR, KEY_TENANT, claim_item, is_gone, json_item, key_item, key_record, parse,
     string, tenant_item, tenant_record,
 };
-use crate::policy_table::write::{self, WriteError};
+use crate::policy_table::write::{self, Expect, VERSION, WRITER, WriteError, Written, version_of};
 use crate::policy_table::{
     self, BY_TENANT, KEY_PREFIX, KeyRecord, PK, PLAN_PREFIX, PrefixScan, REVOKE_PREFIX, Record, TenantRecord,
     idem_claim_pk, idem_pk, key_pk, revoke_pk, tenant_pk,
@@ -56,9 +57,21 @@ fn key_after(item: &Item, prefix: &str) -> Option<String> {
     Some(string(item, PK)?.strip_prefix(prefix)?.to_owned())
 }
 
-/// The revocation a `revoke#…` item holds; `None` when its record does not parse.
+/// The revocation a `revoke#…` item holds, with the item's version; `None` when its record
+/// does not parse.
 fn revocation_of(item: &Item) -> Option<Revocation> {
-    serde_json::from_str(&string(item, JSON_ATTR)?).ok()
+    let r: Revocation = serde_json::from_str(&string(item, JSON_ATTR)?).ok()?;
+    Some(Revocation {
+        version: version_of(item),
+        ..r
+    })
+}
+
+/// `item` at version 1, with a fresh writer token (`policy_table::write`).
+fn first_version(mut item: Item) -> Item {
+    item.insert(VERSION.to_owned(), AttributeValue::N("1".to_owned()));
+    item.insert(WRITER.to_owned(), AttributeValue::S(write::token()));
+    item
 }
 
 /// The managed record an item holds, as sync reads it.
@@ -154,35 +167,20 @@ impl DynamoDirectory {
         Ok(Some(at.first))
     }
 
-    /// Writes a record as JSON under `pk`; with `only_new`, unless an item is there (`false`).
-    async fn put_json<T: serde::Serialize>(
-        &self,
-        pk: String,
-        value: &T,
-        only_new: bool,
-    ) -> Result<bool, DirectoryError> {
-        self.put_item(json_item(pk.clone(), to_json(&pk, value)?), only_new)
+    /// Writes `json` under `pk` on condition that the item is as `expect`ed (the version read,
+    /// `policy_table::write`); whether it did. The item keeps the record as JSON (`JSON_ATTR`), as
+    /// the release before reads it, beside its version and writer.
+    async fn put_versioned(&self, pk: String, json: String, expect: &Expect) -> Result<bool, DirectoryError> {
+        let written = write::put(self.client(), self.table(), &pk, json_item(pk.clone(), json), expect)
             .await
+            .map_err(write_error)?;
+        Ok(written == Written::Done)
     }
 
-    /// Writes `item`; with `only_new`, unless an item is there (`false`).
-    async fn put_item(&self, item: Item, only_new: bool) -> Result<bool, DirectoryError> {
-        let mut put = self.client().put_item().table_name(self.table()).set_item(Some(item));
-        if only_new {
-            put = put.condition_expression(format!("attribute_not_exists({PK})"));
-        }
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
-                Ok(false)
-            }
-            Err(e) => Err(unavailable(e)),
-        }
-    }
-
-    /// Writes `json` under `pk` while the record stored there is `read` (spelled `spelled`);
-    /// whether it did. A record spelled otherwise (another writer's JSON of the same record) is
-    /// compared again on its own spelling, once.
+    /// Writes `json` under `pk` while the item there has no version (written by the release
+    /// before versions, which writes none) and its record is `read` (spelled `spelled`); whether
+    /// it did. A record spelled otherwise (another writer's JSON of the same record) is compared
+    /// again on its own spelling, once. The item written is at version 1.
     async fn replace_json<T>(
         &self,
         pk: String,
@@ -198,9 +196,10 @@ impl DynamoDirectory {
                 .client()
                 .put_item()
                 .table_name(self.table())
-                .set_item(Some(json_item(pk.clone(), json.clone())))
-                .condition_expression("#json = :read")
+                .set_item(Some(first_version(json_item(pk.clone(), json.clone()))))
+                .condition_expression("#json = :read AND attribute_not_exists(#v)")
                 .expression_attribute_names("#json", JSON_ATTR)
+                .expression_attribute_names("#v", VERSION)
                 .expression_attribute_values(":read", AttributeValue::S(expected.clone()))
                 .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                 .send()
@@ -233,16 +232,22 @@ impl DynamoDirectory {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, pk: String) -> Result<Option<T>, DirectoryError> {
+        Ok(self.get_versioned(pk).await?.map(|(record, _)| record))
+    }
+
+    /// The record an item holds as JSON, and the item's version (`write::version_of`).
+    async fn get_versioned<T: DeserializeOwned>(&self, pk: String) -> Result<Option<(T, u64)>, DirectoryError> {
         let item = policy_table::read_item(self.client(), self.table(), &pk)
             .await
             .map_err(unavailable)?;
         let Some(item) = item else { return Ok(None) };
+        let version = version_of(&item);
         let json = string(&item, JSON_ATTR).ok_or_else(|| DirectoryError::Invalid {
             item: pk.clone(),
             reason: format!("attribute `{JSON_ATTR}` is missing"),
         })?;
         serde_json::from_str(&json)
-            .map(Some)
+            .map(|record| Some((record, version)))
             .map_err(|e| DirectoryError::Invalid {
                 item: pk,
                 reason: e.to_string(),
@@ -314,11 +319,31 @@ impl Registry for DynamoDirectory {
         tenant: &str,
         decide: Decide<'_, TenantRecord>,
     ) -> Result<Changed<TenantRecord>, DirectoryError> {
+        // An item that does not parse is an error, never "no tenant": a writer deciding over it
+        // (an onboarding) would take the tenant for free. The reason is kept from the last read.
         let pk = tenant_pk(tenant);
-        let parse = |i: &Item| tenant_record(i).ok();
-        write::change(self.client(), self.table(), &pk, parse, tenant_item, decide)
+        let invalid: Mutex<Option<String>> = Mutex::new(None);
+        let last = |m: &Mutex<Option<String>>| m.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let parse = |i: &Item| {
+            let parsed = tenant_record(i);
+            *invalid.lock().unwrap_or_else(PoisonError::into_inner) = parsed.as_ref().err().cloned();
+            parsed.ok()
+        };
+        let failed: Mutex<Option<String>> = Mutex::new(None);
+        let decide = |now: Option<&TenantRecord>| match last(&invalid) {
+            Some(reason) => {
+                *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+                ItemAction::Leave
+            }
+            None => decide(now),
+        };
+        let changed = write::change(self.client(), self.table(), &pk, parse, tenant_item, decide)
             .await
-            .map_err(write_error)
+            .map_err(write_error)?;
+        match last(&failed) {
+            Some(reason) => Err(DirectoryError::Invalid { item: pk, reason }),
+            None => Ok(changed),
+        }
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, DirectoryError> {
@@ -326,7 +351,11 @@ impl Registry for DynamoDirectory {
     }
 
     async fn put_idempotency(&self, key: &str, record: &IdempotencyRecord) -> Result<bool, DirectoryError> {
-        self.put_json(idem_pk(key), record, true).await
+        // Made once, never changed: written where none is, at version 1. A resend of this very
+        // write (its answer lost) finds its own token and is done, not another attempt's record.
+        let pk = idem_pk(key);
+        let json = to_json(&pk, record)?;
+        self.put_versioned(pk, json, &Expect::Absent).await
     }
 
     async fn claim_idempotency(&self, key: &str, now: u64, until: u64) -> Result<bool, DirectoryError> {
@@ -361,7 +390,8 @@ impl Registry for DynamoDirectory {
     }
 
     async fn revocation(&self, key_id: &str) -> Result<Option<Revocation>, DirectoryError> {
-        self.get_json(revoke_pk(key_id)).await
+        let read = self.get_versioned(revoke_pk(key_id)).await?;
+        Ok(read.map(|(r, version)| Revocation { version, ..r }))
     }
 
     async fn due_revocations(&self, now: u64, first_scan: bool) -> Result<DueRevocations, DirectoryError> {
@@ -418,11 +448,16 @@ impl Registry for DynamoDirectory {
         .await
         .map_err(write_error)?;
         let pk = revoke_pk(&r.key_id);
-        let Some(read) = read else {
-            return self.put_json(pk, r, true).await;
-        };
-        self.replace_json(pk.clone(), to_json(&pk, r)?, (read, to_json(&pk, read)?))
-            .await
+        let json = to_json(&pk, r)?;
+        match read {
+            None => self.put_versioned(pk, json, &Expect::Absent).await,
+            // Read from an item of the release before versions: compared on its record.
+            Some(read) if read.version == 0 => {
+                let spelled = to_json(&pk, read)?;
+                self.replace_json(pk, json, (read, spelled)).await
+            }
+            Some(read) => self.put_versioned(pk, json, &Expect::At(read.version)).await,
+        }
     }
 
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {

@@ -94,8 +94,9 @@ pub struct DueRevocations {
 }
 
 /// A rotated-out key, revoked once `at` (epoch seconds) has passed; or a revoked one, deleted from
-/// API Gateway once `at` has passed (`delete`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// API Gateway once `at` has passed (`delete`). Two are equal when their records are (`version`
+/// aside).
+#[derive(Debug, Clone, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     pub tenant: String,
     pub key_id: String,
@@ -109,6 +110,20 @@ pub struct Revocation {
     /// (`REVOKED_KEY_RETENTION`) over, unless it was enabled again meanwhile.
     #[serde(default, skip_serializing_if = "is_false")]
     pub delete: bool,
+    /// The version of the item it was read from (`policy_table::write`), which a write over it
+    /// is conditioned on: 0 for one not read from the policy table, or read from an item written
+    /// before revocations carried one. Not part of the record (its JSON).
+    #[serde(skip)]
+    pub version: u64,
+}
+
+impl PartialEq for Revocation {
+    fn eq(&self, other: &Revocation) -> bool {
+        fn record(r: &Revocation) -> (&str, &str, &str, u64, u32, bool) {
+            (&r.tenant, &r.key_id, &r.hash, r.at, r.attempts, r.delete)
+        }
+        record(self) == record(other)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -176,7 +191,8 @@ pub trait Registry: Directory {
     async fn swept(&self, run: &DueRevocations) -> Result<(), DirectoryError>;
     /// Writes the revocation while the one stored is `read` (`None`: there is none), so a
     /// writer never brings back one removed meanwhile (its key revoked) nor overwrites a
-    /// postponement it did not read; `false` when it is not. On the policy table its key goes
+    /// postponement it did not read; `false` when it is not. On the policy table the write is
+    /// conditioned on the version `read` was read at (`policy_table::write`). On the policy table its key goes
     /// into the bucket of its minute first, so a revocation is never stored where the sweep
     /// cannot find it (an entry whose write then fails is passed over).
     async fn put_revocation(&self, r: &Revocation, read: Option<&Revocation>) -> Result<bool, DirectoryError>;

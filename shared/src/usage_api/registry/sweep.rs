@@ -112,6 +112,7 @@ mod tests {
             at,
             attempts: 0,
             delete: false,
+            version: 0,
         };
         (key_id.to_owned(), r)
     }

@@ -366,6 +366,7 @@ async fn schedule_revocations(
             at,
             attempts: 0,
             delete: false,
+            version: 0,
         };
         scheduled.extend(schedule(api, asked).await?);
     }

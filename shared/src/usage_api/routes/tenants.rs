@@ -473,6 +473,7 @@ async fn offboard_key(
         at: api.now().as_secs().saturating_add(REVOKED_KEY_RETENTION.as_secs()),
         attempts: 0,
         delete: true,
+        version: 0,
     };
     if !api.registry.put_revocation(&deletion, read.as_ref()).await? {
         tracing::info!(key_id, "usage api: a revocation changed meanwhile is left as it is");

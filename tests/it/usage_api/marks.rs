@@ -1,0 +1,144 @@
+//! `policy apply` marking a tenant as moving while the usage API writes the same tenant: apply
+//! reads API Gateway, then (right before its tenant's first key moves) marks the tenant in the
+//! table; a usage-API request run to completion between the two is never undone by the mark. The
+//! interleaving: apply's API Gateway calls go through a loopback proxy holding its first write
+//! (the target plan's throttle, made before any key moves), while the usage API runs.
+
+use std::collections::BTreeMap;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tollgate::aws::control_client;
+use tollgate::control::apigateway::{ApiGateway, ControlPlane};
+use tollgate::control::apply::{self, ApplyError, ApplyReport, Context};
+use tollgate::control::sync::mapping;
+use tollgate::policy_file::PolicyFile;
+use tollgate::usage_api::registry::Registry;
+
+use super::interleaving::Both;
+use crate::support::apigateway::fast_backoff;
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+
+/// Moves acme from free to pro, and gives pro a throttle (apply's first call).
+const TO_PRO: &str = "[plans.pro]\nrate = 7.0\nburst = 7\n[tenants.acme]\nplan = \"pro\"\n";
+
+/// `tollgate policy apply` of `TO_PRO` in `region`, its API Gateway calls through a proxy that
+/// holds its first `PATCH` of a usage plan while `meanwhile` runs; apply's result and
+/// `meanwhile`'s.
+async fn apply_around<T>(
+    b: &Both,
+    region: &'static str,
+    meanwhile: impl std::future::Future<Output = T>,
+) -> (Result<ApplyReport, ApplyError>, T) {
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let sdk = emulator::sdk_config_in(&proxy.endpoint(), region);
+    let control = ApiGateway::new(control_client(&sdk), fast_backoff(5));
+    let cx = Context {
+        control: &control,
+        table: &b.table,
+        clock: &b.w.clock,
+        actor: Some("ci"),
+        stack: Some(super::STACK),
+    };
+    let file = PolicyFile::parse(TO_PRO).expect("file");
+    proxy.inject_on("PATCH", "/usageplans/", &[Some(Fault::Hold)]);
+    let other = async {
+        proxy.wait_held().await;
+        let out = meanwhile.await;
+        proxy.release();
+        out
+    };
+    let (applied, out) = tokio::join!(apply::apply(&cx, &file), other);
+    assert_eq!(proxy.injected(), 1, "apply's first write was held");
+    (applied, out)
+}
+
+/// Key id → the names of the usage plans it is on, for every key on a plan.
+async fn plans_of_keys(b: &Both) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in b.control().usage_plans().await.expect("usage plans") {
+        for id in &p.key_ids {
+            out.entry(id.clone())
+                .or_default()
+                .push(mapping::plan_name(&p).to_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_offboarding_between_apply_s_read_and_its_mark_is_not_undone() {
+    // GIVEN acme onboarded on free and synced
+    let b = Both::new("tg-marks-1").await;
+    let (_, value) = b.onboard("acme").await;
+    b.sync().await;
+    // WHEN apply moves acme to pro, and acme is offboarded after apply read API Gateway and
+    // before it marks acme as moving
+    let offboarding = b.w.admin(Method::DELETE, "/v1/tenants/acme").send();
+    let (applied, offboarded) = apply_around(&b, "tg-marks-1", offboarding).await;
+    // THEN the offboarding stands: acme has no item, its key is not enabled
+    assert_eq!(offboarded.expect("answer").status(), StatusCode::NO_CONTENT);
+    assert_eq!(b.tenant_plan("acme").await, None);
+    assert_ne!(b.enabled(&value).await, Some(true));
+    // AND the apply failed at acme's mark, before moving any key, and put API Gateway back
+    let err = applied.expect_err("acme was offboarded meanwhile");
+    let ApplyError::Restored { failed_at, done, .. } = &err else {
+        panic!("expected a restored change, got {err}");
+    };
+    assert!(failed_at.starts_with("marking tenant acme"), "{err}");
+    assert!(done.iter().all(|step| !step.contains("key")), "{err}");
+    // AND a sync keeps it so
+    b.sync().await;
+    assert_eq!(b.tenant_plan("acme").await, None);
+    assert_ne!(b.enabled(&value).await, Some(true));
+}
+
+#[tokio::test]
+async fn a_rotation_between_apply_s_read_and_its_mark_leaves_no_key_on_the_old_plan() {
+    // GIVEN acme onboarded on free and synced
+    let b = Both::new("tg-marks-2").await;
+    let (first, _) = b.onboard("acme").await;
+    b.sync().await;
+    // WHEN apply moves acme to pro, and a rotation of acme runs to completion after apply read
+    // API Gateway (apply does not know its key) and before apply marks acme as moving
+    let rotating = b.w.rotation("acme", 3600).send();
+    let (applied, rotated) = apply_around(&b, "tg-marks-2", rotating).await;
+    let rotated = rotated.expect("answer");
+    assert_eq!(rotated.status(), StatusCode::CREATED);
+    let body: serde_json::Value = rotated.json().await.expect("json");
+    let new = body["key"]["id"].as_str().expect("id").to_owned();
+    // THEN every key of acme is on the plan the table says acme is on, and only there
+    let plan = b.tenant_plan("acme").await.expect("acme");
+    let on = plans_of_keys(&b).await;
+    for id in [&first, &new] {
+        assert_eq!(on.get(id), Some(&vec![plan.clone()]), "key {id}; acme on {plan}");
+    }
+    // AND the apply failed, naming acme and the key it did not read
+    let err = applied.expect_err("acme listed a key apply did not read");
+    assert!(err.to_string().contains("tenant acme"), "{err}");
+    assert!(err.to_string().contains(&new), "{err}");
+    assert_eq!(plan, "free");
+}
+
+#[tokio::test]
+async fn an_anchor_set_between_apply_s_read_and_its_mark_is_kept_and_acme_moves() {
+    // GIVEN acme onboarded on free and synced
+    let b = Both::new("tg-marks-3").await;
+    let (first, _) = b.onboard("acme").await;
+    b.sync().await;
+    // WHEN apply moves acme to pro, and acme's anchor day is set after apply read API Gateway
+    // and before it marks acme as moving (the tenant's item changed, its keys did not)
+    let anchoring =
+        b.w.admin(Method::PUT, "/v1/tenants/acme/anchor")
+            .json(&json!({"anchor": 20}))
+            .send();
+    let (applied, anchored) = apply_around(&b, "tg-marks-3", anchoring).await;
+    assert_eq!(anchored.expect("answer").status(), StatusCode::OK);
+    // THEN the apply went through: acme and its key on pro, its anchor day kept
+    applied.expect("apply");
+    let acme = b.registry.tenant_now("acme").await.expect("table").expect("acme");
+    assert_eq!((acme.plan.as_str(), acme.anchor), ("pro", Some(20)));
+    assert_eq!(acme.moving_until, None);
+    assert_eq!(plans_of_keys(&b).await.get(&first), Some(&vec!["pro".to_owned()]));
+}
