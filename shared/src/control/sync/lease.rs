@@ -271,7 +271,12 @@ pub async fn run_leased(
     let mut done = LeasedRun::default();
     loop {
         let started = clock.now();
-        let work = if done.rounds.is_empty() { work } else { &Work::Full };
+        // A rerun syncs changes other runs asked for: their principals are not this run's.
+        let (work, actor) = if done.rounds.is_empty() {
+            (work, actor)
+        } else {
+            (&Work::Full, None)
+        };
         let report = scoped::round(control, table, clock, actor, work).await;
         let took = clock.now().saturating_since(started);
         let report = abandon_on_error(&lease, report).await?;

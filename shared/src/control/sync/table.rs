@@ -51,6 +51,9 @@ pub enum TableError {
         .0.iter().map(|pk| shown_pk(pk)).collect::<Vec<_>>().join(", ")
     )]
     Changed(Vec<String>),
+    /// The change's intent could not be put in the audit trail: nothing was written.
+    #[error("nothing was written: {0}")]
+    Unaudited(crate::policy_table::audit::AuditError),
 }
 
 /// What the table holds now.
@@ -567,6 +570,15 @@ enum Sent {
     Done(u64),
     /// Cancelled because these items (indexes) changed since they were read.
     Conflicts(Vec<usize>),
+}
+
+/// The writes `changes` mean to make over the table as read (`current`): each item before, the
+/// version read, and the after intended; what a sync's intent lists (`audit::AuditLog::intend`).
+pub fn intended(current: &Current, changes: &[TableWrite]) -> Vec<ItemChange> {
+    changes
+        .iter()
+        .map(|c| item_change(c, current.records.get(c.pk()).cloned(), &expect_of(current, c)))
+        .collect()
 }
 
 /// What a write of `change` expects, from the table as read.
