@@ -112,7 +112,15 @@ async fn costs(region: &'static str, keys: usize) -> (Vec<(&'static str, Counts)
     let registry = DynamoDirectory::new(counted.clone(), &table);
     registry.put_plan(&plan("free"), 1).await.expect("plan");
     registry.put_plan(&plan("pro"), 1).await.expect("plan");
-    let w = World::with(region, Some(Arc::new(registry)), Some(&control.endpoint()), None).await;
+    // The audit table's calls are counted too: each change's intent and record.
+    let audit = Some(dynamo.endpoint());
+    let w = World::with(
+        region,
+        Some(Arc::new(registry)),
+        Some(&control.endpoint()),
+        audit.as_deref(),
+    )
+    .await;
     seed(&w, &admin_client(&sdk), &table, keys).await;
     // The sweep's first runs on the table, their scan, before anything is counted: each reads at
     // most `FIRST_SWEEP_SCAN` of the table's items (about 2.1 a key), one run more to be sure.

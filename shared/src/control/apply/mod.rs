@@ -33,11 +33,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use self::error::ApplyError;
+use self::plan::checkpoint_now;
 pub use self::plan::{ApplyStep, Checkpoint, PlanState, plan_apply, plan_restore};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::writes::ApplyPort;
-use crate::control::sync::mapping::{self, TAG_PLAN};
 use crate::control::sync::scope::in_scope;
 use crate::control::sync::table::{PolicyTable, TableError};
 use crate::control::sync::{Audited, SyncReport};
@@ -251,33 +251,6 @@ async fn conflicts(
     }
     out.extend(since::item_conflicts(&record.items, &now));
     Ok(out)
-}
-
-/// A rollback's own checkpoint: the plans and keys of `target` as they are now.
-fn checkpoint_now(target: &Checkpoint, plans: &[UsagePlan], steps: &[ApplyStep]) -> Checkpoint {
-    let known: BTreeSet<&str> = target.plans.iter().map(|p| p.id.as_str()).collect();
-    let mut checkpoint = Checkpoint::default();
-    for p in plans {
-        if known.contains(p.id.as_str()) || target.absent_plans.iter().any(|n| n == mapping::plan_name(p)) {
-            checkpoint.plans.push(PlanState::of(p));
-        }
-    }
-    for key_id in target.keys.keys() {
-        let on = plans
-            .iter()
-            .filter(|p| p.key_ids.contains(key_id))
-            .map(|p| p.id.clone())
-            .collect();
-        checkpoint.keys.insert(key_id.clone(), on);
-    }
-    // Plans the restore creates are absent now: rolling this rollback back deletes them again.
-    for step in steps {
-        if let ApplyStep::CreatePlan(p) = step {
-            let name = p.tags.get(TAG_PLAN).cloned().unwrap_or_else(|| p.name.clone());
-            checkpoint.absent_plans.push(name);
-        }
-    }
-    checkpoint
 }
 
 /// A change about to be made: what its audit record says whichever way it ends.

@@ -278,7 +278,7 @@ async fn write(
         return Ok((report, Vec::new()));
     }
     let log = table.audit_log();
-    let intended = table::intended(&current, &changes);
+    let intended = intended(&current, &changes);
     let intent = match audited {
         Audited::Own => Some(change(&current, intended, as_of, actor)),
         Audited::Within(Some(outer)) => Some(ChangeRecord {
@@ -342,6 +342,15 @@ fn list(report: &mut SyncReport, items: &[ItemChange]) {
             (None, None) => {}
         }
     }
+}
+
+/// The writes `changes` mean to make over the table as read (`current`): each item before, the
+/// version read, and the after intended; what a sync's intent lists (`audit::AuditLog::intend`).
+fn intended(current: &table::Current, changes: &[TableWrite]) -> Vec<ItemChange> {
+    changes
+        .iter()
+        .map(|c| table::item_change(c, current.records.get(c.pk()).cloned(), &table::expect_of(current, c)))
+        .collect()
 }
 
 /// A sync's change record, as intended (`items` the writes it means to make) or as made. Its id

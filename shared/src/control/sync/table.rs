@@ -572,23 +572,14 @@ enum Sent {
     Conflicts(Vec<usize>),
 }
 
-/// The writes `changes` mean to make over the table as read (`current`): each item before, the
-/// version read, and the after intended; what a sync's intent lists (`audit::AuditLog::intend`).
-pub fn intended(current: &Current, changes: &[TableWrite]) -> Vec<ItemChange> {
-    changes
-        .iter()
-        .map(|c| item_change(c, current.records.get(c.pk()).cloned(), &expect_of(current, c)))
-        .collect()
-}
-
 /// What a write of `change` expects, from the table as read.
-fn expect_of(current: &Current, change: &TableWrite) -> Expect {
+pub(super) fn expect_of(current: &Current, change: &TableWrite) -> Expect {
     current.versions.get(change.pk()).cloned().unwrap_or(Expect::Absent)
 }
 
 /// A write as made over an item found as `expect`ed: the item before and after, and its versions
 /// (a delete's after is its tombstone's version).
-fn item_change(change: &TableWrite, before: Option<Record>, expect: &Expect) -> ItemChange {
+pub(super) fn item_change(change: &TableWrite, before: Option<Record>, expect: &Expect) -> ItemChange {
     let after = match change {
         TableWrite::Put { record, .. } => Some(record.clone()),
         TableWrite::Delete { .. } => None,

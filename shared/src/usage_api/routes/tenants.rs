@@ -496,14 +496,7 @@ pub(in crate::usage_api) async fn offboard(
         Some(c) => api.find_usage_plan(&plans, c.as_ref(), &plan).await?.map(|p| p.id),
         None => None,
     };
-    // Write-ahead: the intent (the tenant and its keys' items) before the first write.
-    let intended = std::iter::once(tenant_pk(&tenant))
-        .chain(keys.values().map(|hash| key_pk(hash)))
-        .map(touching)
-        .collect();
-    let id = api
-        .intend(&actor, format!("offboard tenant {tenant}"), intended)
-        .await?;
+    let id = intend_offboarding(&api, &actor, &tenant, &keys).await?;
     let mut items = Vec::new();
     let mut disabled = std::collections::BTreeSet::new();
     let mut pending = keys;
@@ -559,4 +552,17 @@ pub(in crate::usage_api) async fn offboard(
         ));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Puts an offboarding's intent (write-ahead) before its first write: the tenant's item and its
+/// keys' (id → hash); its id.
+async fn intend_offboarding(
+    api: &UsageApi,
+    actor: &str,
+    tenant: &str,
+    keys: &std::collections::BTreeMap<String, String>,
+) -> Result<String, Problem> {
+    let pks = std::iter::once(tenant_pk(tenant)).chain(keys.values().map(|hash| key_pk(hash)));
+    let summary = format!("offboard tenant {tenant}");
+    api.intend(actor, summary, pks.map(touching).collect()).await
 }
