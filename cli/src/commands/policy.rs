@@ -353,10 +353,11 @@ impl History {
         println!("{:<20} {:<10} {:<34} summary", "time (UTC)", "source", "change id");
         for e in &entries {
             println!(
-                "{:<20} {:<10} {:<34} {}{}",
+                "{:<20} {:<10} {:<34} {}{}{}",
                 tollgate::engine::quota::format_utc(e.time),
                 e.source,
                 e.id,
+                e.status.map(|s| format!("[{s}] ")).unwrap_or_default(),
                 e.summary,
                 e.actor.as_deref().map(|a| format!(" (by {a})")).unwrap_or_default()
             );

@@ -131,8 +131,8 @@ pub struct Invocation {
     /// The EventBridge `detail-type` (a schedule says `Scheduled Event`), `management events`
     /// for a batch from the queue, else `invoke`.
     pub trigger: String,
-    /// The IAM principal whose management calls sent the events, when they name one (and the
-    /// same one, for a batch).
+    /// The IAM principal whose management calls sent the events, when they name one; for a
+    /// batch, every distinct principal its events name (`, ` between them).
     pub actor: Option<String>,
     /// The messages of a batch from the queue, by id; none for any other invocation.
     pub messages: Vec<String>,
@@ -151,16 +151,13 @@ impl Invocation {
                 messages: Vec::new(),
             };
         };
-        let actors: BTreeSet<Option<String>> = records
+        let actors: BTreeSet<String> = records
             .iter()
-            .map(|(_, event)| event.as_ref().and_then(actor))
+            .filter_map(|(_, event)| event.as_ref().and_then(actor))
             .collect();
         Invocation {
             trigger: "management events".to_owned(),
-            actor: match actors.len() {
-                1 => actors.into_iter().next().flatten(),
-                _ => None,
-            },
+            actor: (!actors.is_empty()).then(|| actors.into_iter().collect::<Vec<_>>().join(", ")),
             messages: records.into_iter().map(|(id, _)| id).collect(),
         }
     }
@@ -346,5 +343,21 @@ mod tests {
         assert_eq!(of.actor.as_deref(), Some("arn:aws:iam::1:user/ops"));
         let direct = Invocation::of(&json!({}));
         assert_eq!((direct.trigger.as_str(), direct.actor), ("invoke", None));
+    }
+
+    #[test]
+    fn a_batch_from_several_callers_names_each_once() {
+        let cases: Vec<Value> = serde_json::from_str(EVENTS).expect("fixtures");
+        // GIVEN a batch of one caller's events, with one event of another caller amid them
+        let mut batch = batch_of(&cases, &[1, 1, 3, 1]);
+        let mut other: Value =
+            serde_json::from_str(batch["Records"][1]["body"].as_str().expect("body")).expect("event");
+        other["detail"]["userIdentity"]["arn"] = json!("arn:aws:iam::123456789012:user/ci");
+        batch["Records"][1]["body"] = json!(other.to_string());
+        // THEN both are named, each once
+        assert_eq!(
+            Invocation::of(&batch).actor.as_deref(),
+            Some("arn:aws:iam::123456789012:user/ci, arn:aws:sts::123456789012:assumed-role/ops/alice")
+        );
     }
 }

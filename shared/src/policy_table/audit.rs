@@ -13,6 +13,14 @@
 //! policy table (the legacy table): a log that names it reads them there too, and never writes
 //! there. Without an audit table (local use, a stack from before), the policy table is the
 //! audit table.
+//!
+//! Write-ahead: before a change's first policy-table write its writer puts the change's intent
+//! (`AuditLog::intend`: the same record, `interrupted`, listing the items it is about to write,
+//! each with the version it read and the after it means to write where known) at
+//! `audit#<id>#intent`; a writer that cannot put it writes nothing. After the writes, the record
+//! as written goes to `audit#<id>`, the same id: the pair is found without a scan. An intent with
+//! no record beside it is a change that stopped after its intent (the process died, or the record
+//! could not be written): `get` and `history` show it as `interrupted`, possibly partly applied.
 
 use std::collections::HashMap;
 
@@ -94,6 +102,10 @@ pub enum ChangeOutcome {
         error: String,
         restore_error: String,
     },
+    /// An intent with no record of how the change ended: the writer stopped after writing it
+    /// (or could not write the record). Possibly partly applied: `items` are the writes it meant
+    /// to make.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,7 +127,8 @@ pub struct ChangeRecord {
 }
 
 impl ChangeRecord {
-    /// An id that is the same for the same change: source, items and checkpoint, not the time.
+    /// An id that is the same for the same change: source, items, checkpoint and outcome, not
+    /// the time nor the summary.
     pub fn content_id(&self) -> String {
         let mut h = Sha256::new();
         h.update(self.source.as_str());
@@ -144,7 +157,16 @@ pub struct Entry {
     pub source: String,
     pub actor: Option<String>,
     pub summary: String,
+    /// `interrupted` for the intent of a change whose record was never written; none otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
 }
+
+/// The status `history` gives an intent with no record.
+pub const INTERRUPTED: &str = "interrupted";
+
+/// The suffix of an intent's key after its change's (`audit#<id>#intent`).
+const INTENT_SUFFIX: &str = "#intent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -194,6 +216,23 @@ impl AuditLog {
 
     /// Writes the record once; a record with its id already there is left as it is.
     pub async fn record(&self, record: &ChangeRecord) -> Result<Recorded, AuditError> {
+        self.put(&record.id, record).await
+    }
+
+    /// Writes the intent of `record` (write-ahead), before the change's first write: the record as
+    /// it is known before the writes, stored `interrupted` under `<id>#intent`, once (an intent
+    /// with its id already there is left as it is). A writer that gets an error here writes
+    /// nothing.
+    pub async fn intend(&self, record: &ChangeRecord) -> Result<Recorded, AuditError> {
+        let intent = ChangeRecord {
+            outcome: ChangeOutcome::Interrupted,
+            ..record.clone()
+        };
+        self.put(&format!("{}{INTENT_SUFFIX}", record.id), &intent).await
+    }
+
+    /// Writes `record` under `key` (its id, or its intent's key) once.
+    async fn put(&self, key: &str, record: &ChangeRecord) -> Result<Recorded, AuditError> {
         let json = serde_json::to_string(record).map_err(|e| AuditError::Corrupt {
             id: record.id.clone(),
             reason: e.to_string(),
@@ -202,10 +241,7 @@ impl AuditLog {
         // Parts first, the header last: a header is only ever visible with all its parts.
         for (i, part) in parts.iter().enumerate().skip(1) {
             let item = HashMap::from([
-                (
-                    PK.to_owned(),
-                    AttributeValue::S(format!("{AUDIT_PREFIX}{}#{i}", record.id)),
-                ),
+                (PK.to_owned(), AttributeValue::S(format!("{AUDIT_PREFIX}{key}#{i}"))),
                 ("part".to_owned(), AttributeValue::S((*part).to_owned())),
             ]);
             self.client
@@ -217,7 +253,7 @@ impl AuditLog {
                 .map_err(|e| self.unavailable(e))?;
         }
         let mut header = HashMap::from([
-            (PK.to_owned(), AttributeValue::S(format!("{AUDIT_PREFIX}{}", record.id))),
+            (PK.to_owned(), AttributeValue::S(format!("{AUDIT_PREFIX}{key}"))),
             ("time".to_owned(), AttributeValue::N(record.time.to_string())),
             (
                 "source".to_owned(),
@@ -248,10 +284,16 @@ impl AuditLog {
         }
     }
 
-    /// The whole record of change `id`: in the audit table, else in the legacy table.
+    /// The whole record of change `id`: in the audit table, else its intent there (`interrupted`:
+    /// the change has no record), else the record in the legacy table.
     pub async fn get(&self, id: &str) -> Result<ChangeRecord, AuditError> {
-        match (self.get_in(&self.table, id).await, &self.legacy) {
+        let found = match self.get_in(&self.table, id).await {
+            Err(AuditError::NotFound(_)) => self.get_in(&self.table, &format!("{id}{INTENT_SUFFIX}")).await,
+            found => found,
+        };
+        match (found, &self.legacy) {
             (Err(AuditError::NotFound(_)), Some(legacy)) => self.get_in(legacy, id).await,
+            (Err(AuditError::NotFound(_)), None) => Err(AuditError::NotFound(id.to_owned())),
             (found, _) => found,
         }
     }
@@ -288,8 +330,9 @@ impl AuditLog {
         }
     }
 
-    /// Every change, newest first: the audit table's and the legacy table's, each id once. Reads
-    /// the tables whole: an operator's command, not a request path.
+    /// Every change, newest first: the audit table's and the legacy table's, each id once, an
+    /// intent only where its change has no record (`interrupted`). Reads the tables whole: an
+    /// operator's command, not a request path.
     pub async fn history(&self) -> Result<Vec<Entry>, AuditError> {
         let scan = PrefixScan {
             prefixes: &[AUDIT_PREFIX],
@@ -302,19 +345,28 @@ impl AuditLog {
             let found = scan.items(&self.client, table).await;
             items.extend(found.map_err(|e| self.unavailable_in(table, e))?);
         }
+        let keys: std::collections::HashSet<String> = items.iter().filter_map(|item| string(item, PK)).collect();
         let mut seen = std::collections::HashSet::new();
         let mut entries = Vec::new();
         for item in &items {
             let Some(pk) = string(item, PK) else { continue };
-            if !seen.insert(pk.clone()) {
+            let key = pk.trim_start_matches(AUDIT_PREFIX);
+            let (id, status) = match key.strip_suffix(INTENT_SUFFIX) {
+                // A change with its record is listed by its record.
+                Some(id) if keys.contains(&format!("{AUDIT_PREFIX}{id}")) => continue,
+                Some(id) => (id, Some(INTERRUPTED)),
+                None => (key, None),
+            };
+            if !seen.insert(id.to_owned()) {
                 continue;
             }
             entries.push(Entry {
-                id: pk.trim_start_matches(AUDIT_PREFIX).to_owned(),
+                id: id.to_owned(),
                 time: number(item, "time").unwrap_or(0),
                 source: string(item, "source").unwrap_or_default(),
                 actor: string(item, "actor"),
                 summary: string(item, "summary").unwrap_or_default(),
+                status,
             });
         }
         entries.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));

@@ -89,14 +89,20 @@ pub const ROUTES: [(&str, &str); 13] = [
     ("/v1/tenants/{tenant}/reset", "post"),
 ];
 
-/// Where the audit records of the usage API go.
+/// Where the audit records of the usage API go: each change's intent before its first write
+/// (write-ahead), its record after.
 #[async_trait]
 pub trait AuditSink: Send + Sync + fmt::Debug {
+    async fn intend(&self, record: &ChangeRecord) -> Result<(), AuditError>;
     async fn record(&self, record: &ChangeRecord) -> Result<(), AuditError>;
 }
 
 #[async_trait]
 impl AuditSink for AuditLog {
+    async fn intend(&self, record: &ChangeRecord) -> Result<(), AuditError> {
+        AuditLog::intend(self, record).await.map(drop)
+    }
+
     async fn record(&self, record: &ChangeRecord) -> Result<(), AuditError> {
         AuditLog::record(self, record).await.map(drop)
     }
@@ -105,22 +111,43 @@ impl AuditSink for AuditLog {
 /// The audit trail of `tollgate serve` without a policy table: in this process, readable by
 /// tests and by whoever embeds the router.
 #[derive(Debug, Default)]
-pub struct MemoryAudit(Mutex<Vec<ChangeRecord>>);
+pub struct MemoryAudit {
+    records: Mutex<Vec<ChangeRecord>>,
+    intents: Mutex<Vec<ChangeRecord>>,
+}
 
 impl MemoryAudit {
     pub fn records(&self) -> Vec<ChangeRecord> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The intents written, each once (`interrupted`, as `AuditLog::intend` stores them).
+    pub fn intents(&self) -> Vec<ChangeRecord> {
+        self.intents.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Adds `record` to `list` unless its id is there already (as `AuditLog` keeps the first).
+fn keep_once(list: &Mutex<Vec<ChangeRecord>>, record: ChangeRecord) {
+    let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+    if !list.iter().any(|r| r.id == record.id) {
+        list.push(record);
     }
 }
 
 #[async_trait]
 impl AuditSink for MemoryAudit {
-    /// As `AuditLog`: a record whose id is there already is left as it is.
+    async fn intend(&self, record: &ChangeRecord) -> Result<(), AuditError> {
+        let intent = ChangeRecord {
+            outcome: crate::policy_table::audit::ChangeOutcome::Interrupted,
+            ..record.clone()
+        };
+        keep_once(&self.intents, intent);
+        Ok(())
+    }
+
     async fn record(&self, record: &ChangeRecord) -> Result<(), AuditError> {
-        let mut records = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !records.iter().any(|r| r.id == record.id) {
-            records.push(record.clone());
-        }
+        keep_once(&self.records, record.clone());
         Ok(())
     }
 }

@@ -143,9 +143,21 @@ impl From<AuditError> for Problem {
         Problem::unavailable(
             "audit-unavailable",
             format!(
-                "the change was made but its audit record could not be written ({e}); an onboarding retried \
-                 with the same Idempotency-Key writes it, any other change: read the tenant before retrying"
+                "the change was made but its audit record could not be written ({e}); its intent shows it as \
+                 interrupted in the audit trail; an onboarding retried with the same Idempotency-Key writes the \
+                 record, any other change: read the tenant before retrying"
             ),
+        )
+    }
+}
+
+impl Problem {
+    /// The intent of a change could not be put in the audit trail: nothing was written.
+    pub fn unaudited(e: AuditError) -> Problem {
+        tracing::warn!(error = %e, "usage api: audit trail, before a change");
+        Problem::unavailable(
+            "audit-unavailable",
+            format!("the audit trail could not be written ({e}); no policy item was written: send the request again"),
         )
     }
 }

@@ -2,7 +2,7 @@
 //! checkpoint, and throttled calls back off and complete.
 
 use tollgate::control::apply::ApplyError;
-use tollgate::policy_table::audit::ChangeOutcome;
+use tollgate::policy_table::audit::{ChangeOutcome, INTERRUPTED};
 
 use super::World;
 use crate::support::fault_proxy::Fault;
@@ -154,4 +154,79 @@ async fn throttled_control_plane_calls_back_off_and_complete() {
     assert_eq!(report.steps.len(), 1);
     assert_eq!(w.gateway().await["free"].0, Some((30.0, 20)));
     assert_eq!(w.burst("tg_live_throttled").await.0, 20);
+}
+
+#[tokio::test]
+async fn an_apply_whose_record_is_refused_is_listed_as_interrupted_and_rolls_back_by_its_id() {
+    // GIVEN a synced plan, the policy table (the audit trail's too) reached through the proxy,
+    // and its second PutItem refused: the apply's intent goes through, its record does not
+    let w = World::build("tg-apply-wa-1", true).await;
+    let free = w.plan("free", 10.0, 20, 50_000).await;
+    w.key("acme", "tg_live_apply_wa", &free).await;
+    w.sync().await;
+    let (gateway0, table0) = (w.gateway().await, w.records().await);
+    let put = "DynamoDB_20120810.PutItem";
+    w.proxy.inject_on("POST", put, &[None, Some(Fault::LoseRequest)]);
+
+    // WHEN a new rate is applied
+    let err = w
+        .apply("[plans.free]\nrate = 30.0\nburst = 20\ndaily_quota = 50000\n")
+        .await
+        .expect_err("its record is refused");
+
+    // THEN it says the change stands, unrecorded, and names it
+    let ApplyError::Unrecorded { change_id, .. } = &err else {
+        panic!("expected an unrecorded change, got {err}");
+    };
+    assert_eq!(w.proxy.seen("POST", put), 2, "{err}");
+    assert_eq!(w.gateway().await["free"].0, Some((30.0, 20)));
+    // AND the history lists it as interrupted, by the CLI's user; its intent holds the checkpoint
+    // and the items the sync was to write
+    let log = w.table.audit_log();
+    let history = log.history().await.expect("history");
+    let entry = history.iter().find(|e| &e.id == change_id).expect("listed");
+    assert_eq!((entry.status, entry.actor.as_deref()), (Some(INTERRUPTED), Some("ci")));
+    let intent = log.get(change_id).await.expect("intent");
+    assert_eq!(intent.outcome, ChangeOutcome::Interrupted);
+    assert!(intent.checkpoint.is_some());
+
+    // WHEN it is rolled back by that id THEN API Gateway and the table are as before it
+    w.clock.advance(std::time::Duration::from_secs(1));
+    tollgate::control::apply::rollback(&w.cx(), change_id)
+        .await
+        .expect("rollback");
+    assert_eq!(w.gateway().await, gateway0);
+    let rates = |t: std::collections::BTreeMap<String, tollgate::policy_table::Record>| {
+        t.into_values()
+            .filter_map(|r| match r {
+                tollgate::policy_table::Record::Plan { spec, .. } => Some(spec.rate),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rates(w.records().await), rates(table0));
+}
+
+#[tokio::test]
+async fn an_apply_whose_intent_is_refused_changes_nothing() {
+    // GIVEN a synced plan, and the policy table refusing the next PutItem (the apply's intent)
+    let w = World::build("tg-apply-wa-2", true).await;
+    let free = w.plan("free", 10.0, 20, 50_000).await;
+    w.key("acme", "tg_live_apply_unaudited", &free).await;
+    w.sync().await;
+    let (gateway0, table0) = (w.gateway().await, w.records().await);
+    w.proxy
+        .inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseRequest)]);
+
+    // WHEN a new rate is applied
+    let err = w
+        .apply("[plans.free]\nrate = 30.0\nburst = 20\ndaily_quota = 50000\n")
+        .await
+        .expect_err("its intent is refused");
+
+    // THEN it fails saying nothing was changed, and API Gateway and the table are as they were
+    assert!(matches!(err, ApplyError::Unaudited(_)), "{err}");
+    assert!(err.to_string().ends_with("nothing was changed"), "{err}");
+    assert_eq!(w.gateway().await, gateway0);
+    assert_eq!(w.records().await, table0);
 }

@@ -8,6 +8,7 @@ mod lease;
 mod pace;
 mod resume;
 mod scoped;
+mod write_ahead;
 
 use std::sync::Arc;
 
@@ -175,8 +176,8 @@ async fn sync_mirrors_usage_plans_and_keys_and_a_second_run_writes_nothing() {
     assert_eq!(spec.routes.len(), 1, "the per-method throttle is a route bucket");
     assert_eq!(
         first.writes,
-        2 + 2 + 3 + 1 + 1,
-        "7 items, the generation, the audit record"
+        2 + 2 + 3 + 1 + 2,
+        "7 items, the generation, the audit intent and record"
     );
 
     // AND a second run with no change in API Gateway writes nothing
@@ -198,14 +199,14 @@ async fn a_changed_rate_is_written_alone_and_the_next_decision_uses_it() {
     let report = w.sync().await;
 
     // THEN only the plan item was written, at a new version, with the generation and the audit
-    // record
+    // intent and record
     assert_eq!(
         report.changed,
         vec!["plan#basic (version 2)".to_owned()],
         "{}",
         report.table()
     );
-    assert_eq!(report.writes, 3);
+    assert_eq!(report.writes, 4);
     // AND the audit trail holds both runs, the latest with the plan before and after
     let audit = w.table.audit_log();
     let history = audit.history().await.expect("history");

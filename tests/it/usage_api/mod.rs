@@ -105,6 +105,15 @@ impl World {
         region: &'static str,
         control_endpoint: Option<&str>,
     ) -> (World, DynamoDirectory, aws_config::SdkConfig, String) {
+        World::on_policy_table_with(region, control_endpoint, None).await
+    }
+
+    /// `on_policy_table_via`, the usage API's audit writes sent to `audit_endpoint` (`with`).
+    async fn on_policy_table_with(
+        region: &'static str,
+        control_endpoint: Option<&str>,
+        audit_endpoint: Option<&str>,
+    ) -> (World, DynamoDirectory, aws_config::SdkConfig, String) {
         let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
         let table = emulator::unique("registry");
         tollgate::directory::dynamodb::create_policy_table(&admin_client(&sdk), &table)
@@ -113,7 +122,13 @@ impl World {
         let registry = DynamoDirectory::new(admin_client(&sdk), &table);
         registry.put_plan(&plan("free"), 1).await.expect("plan");
         registry.put_plan(&plan("pro"), 1).await.expect("plan");
-        let w = World::with(region, Some(Arc::new(registry.clone())), control_endpoint, None).await;
+        let w = World::with(
+            region,
+            Some(Arc::new(registry.clone())),
+            control_endpoint,
+            audit_endpoint,
+        )
+        .await;
         (w, registry, sdk, table)
     }
 

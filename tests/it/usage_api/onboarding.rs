@@ -16,11 +16,18 @@ use tollgate::directory::MemoryDirectory;
 use tollgate::usage_api::UsageApi;
 use tollgate::usage_api::registry::Registry;
 
+use tollgate::policy_table::audit::INTERRUPTED;
+use tollgate::policy_table::tenant_pk;
+use tollgate::usage_api::registry::Registry;
+
 use super::{STACK, World, admitted};
 use crate::support::apigateway::UsagePlan;
 use crate::support::emulator;
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::loopback::Running;
+
+/// The usage API's audit writes: DynamoDB PutItems.
+const PUT_ITEM: &str = "DynamoDB_20120810.PutItem";
 
 #[tokio::test]
 async fn onboarding_creates_a_key_on_the_usage_plan_that_the_gate_admits_at_once() {
@@ -84,24 +91,39 @@ async fn a_retried_onboarding_creates_nothing_new_also_after_a_lost_response() {
 }
 
 #[tokio::test]
-async fn an_onboarding_whose_audit_write_failed_writes_it_once_when_retried() {
-    // GIVEN the usage API's audit writes behind a proxy that fails the first one, through all
-    // three of the SDK's attempts
+async fn an_onboarding_whose_record_failed_is_listed_as_interrupted_and_recorded_once_when_retried() {
+    // GIVEN the usage API's audit writes behind a proxy that lets the first through (the
+    // onboarding's intent) and fails the second (its record), through all three of the SDK's
+    // attempts
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let w = World::with("ap-south-2", None, None, Some(&proxy.endpoint())).await;
-    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseRequest); 3]);
-    // WHEN onboarding answers that its audit record could not be written, and is retried with
-    // the same Idempotency-Key, twice
+    let mut faults = vec![None];
+    faults.extend([Some(Fault::LoseRequest); 3]);
+    proxy.inject_on("POST", PUT_ITEM, &faults);
+    // WHEN onboarding answers that its audit record could not be written
     let (failed, problem) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("answer");
-    let (s1, first) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
-    let (s2, second) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
-    // THEN the first says so, the retries answer the one key, and the trail holds the onboarding
-    // exactly once
     assert_eq!(failed, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
     assert!(
         problem["detail"].as_str().expect("detail").contains("Idempotency-Key"),
         "{problem}"
     );
+    // THEN the trail lists the onboarding as interrupted, by the admin, with the tenant's and
+    // the key's items as onboarding writes them
+    let history = w.audit.history().await.expect("history");
+    let [entry] = history.as_slice() else {
+        panic!("one change: {history:?}");
+    };
+    assert_eq!(entry.status, Some(INTERRUPTED), "{history:?}");
+    assert_eq!(entry.actor.as_deref(), Some("admin-token"));
+    let intent = w.audit.get(&entry.id).await.expect("intent");
+    assert_eq!(intent.items.len(), 2, "{intent:?}");
+    assert_eq!(intent.items[0].pk, tenant_pk("initech"));
+    assert!(intent.items.iter().all(|i| i.after.is_some()));
+    // WHEN it is retried with the same Idempotency-Key, twice
+    let (s1, first) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
+    let (s2, second) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
+    // THEN the retries answer the one key, and the trail holds the onboarding exactly once,
+    // recorded
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(first, second);
     assert_eq!(w.keys_of("initech").await.len(), 1);
@@ -111,6 +133,40 @@ async fn an_onboarding_whose_audit_write_failed_writes_it_once_when_retried() {
         .filter(|e| e.summary.contains("onboard tenant initech"))
         .collect();
     assert_eq!(onboards.len(), 1, "{history:?}");
+    assert_eq!((&onboards[0].id, onboards[0].status), (&entry.id, None));
+}
+
+#[tokio::test]
+async fn an_onboarding_whose_intent_is_refused_writes_no_policy_item_and_answers_503() {
+    // GIVEN the usage API on a policy table, its audit writes behind a proxy that fails the
+    // first (the onboarding's intent) through all three of the SDK's attempts
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, ..) = World::on_policy_table_with("tg-onboard-wa", None, Some(&proxy.endpoint())).await;
+    proxy.inject_on("POST", PUT_ITEM, &[Some(Fault::LoseRequest); 3]);
+    // WHEN an admin onboards a tenant
+    let (status, problem) = w.onboard_via(&w.base, "umbrella", "idem-u").await.expect("answer");
+    // THEN the answer is a 503 problem saying nothing was written
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(
+        problem["type"].as_str().map(|t| t.ends_with("audit-unavailable")),
+        Some(true),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("no policy item was written"),
+        "{problem}"
+    );
+    // AND the policy table holds neither the tenant nor a key of it, and the trail nothing
+    assert_eq!(registry.tenant("umbrella").await.expect("read"), None);
+    assert!(registry.keys_of("umbrella").await.expect("keys").is_empty());
+    assert!(w.audit.history().await.expect("history").is_empty());
+    // AND the same request, once the trail answers, onboards the tenant
+    let (retried, body) = w.onboard_via(&w.base, "umbrella", "idem-u").await.expect("retry");
+    assert_eq!(retried, StatusCode::CREATED, "{body}");
+    assert!(registry.tenant("umbrella").await.expect("read").is_some());
 }
 
 #[tokio::test]

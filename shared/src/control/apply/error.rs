@@ -29,13 +29,21 @@ pub enum ApplyError {
     NothingToUndo(String),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The change's intent could not be put in the audit trail (write-ahead): nothing was changed.
+    #[error("the audit trail could not be written ({0}); nothing was changed")]
+    Unaudited(String),
     /// Everything was applied and synced, but the audit record could not be written: the change
-    /// stands, unrecorded (and cannot be rolled back by id).
+    /// stands, its intent in the audit trail (`interrupted`, with its checkpoint: a rollback by
+    /// id puts it back).
     #[error(
-        "applied ({}) and the policy table synced, but the audit record could not be written: {error}",
+        "applied ({}) and the policy table synced, but the audit record could not be written: {error}; `tollgate policy history` shows change {change_id} as interrupted",
         list(done)
     )]
-    Unrecorded { done: Vec<String>, error: String },
+    Unrecorded {
+        done: Vec<String>,
+        error: String,
+        change_id: String,
+    },
     /// Failed part-way, and API Gateway and the table are back at the checkpoint.
     #[error(
         "{failed_at} failed: {error}\n  done before the failure: {}\n  undone: {}\nAPI Gateway and the policy table are back at the checkpoint{}",

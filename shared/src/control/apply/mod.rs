@@ -33,14 +33,14 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use self::error::ApplyError;
+use self::plan::checkpoint_now;
 pub use self::plan::{ApplyStep, Checkpoint, PlanState, plan_apply, plan_restore};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::writes::ApplyPort;
-use crate::control::sync::SyncReport;
-use crate::control::sync::mapping::{self, TAG_PLAN};
 use crate::control::sync::scope::in_scope;
 use crate::control::sync::table::{PolicyTable, TableError};
+use crate::control::sync::{Audited, SyncReport};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_file::PolicyFile;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
@@ -250,7 +250,8 @@ async fn conflicts(
 ) -> Result<Vec<String>, ApplyError> {
     let mut out = match (&record.outcome, &target.left) {
         (_, Some(left)) => since::gateway_conflicts(target, left, plans),
-        (ChangeOutcome::Incomplete { .. }, None) => Vec::new(),
+        // An interrupted change (its intent alone) is unknown the same way.
+        (ChangeOutcome::Incomplete { .. } | ChangeOutcome::Interrupted, None) => Vec::new(),
         (ChangeOutcome::Restored { .. }, None) => return Err(ApplyError::NothingToUndo(record.id.clone())),
         (ChangeOutcome::Applied, None) => return Err(ApplyError::NoCheckpoint(record.id.clone())),
     };
@@ -268,33 +269,6 @@ async fn conflicts(
     Ok(out)
 }
 
-/// A rollback's own checkpoint: the plans and keys of `target` as they are now.
-fn checkpoint_now(target: &Checkpoint, plans: &[UsagePlan], steps: &[ApplyStep]) -> Checkpoint {
-    let known: BTreeSet<&str> = target.plans.iter().map(|p| p.id.as_str()).collect();
-    let mut checkpoint = Checkpoint::default();
-    for p in plans {
-        if known.contains(p.id.as_str()) || target.absent_plans.iter().any(|n| n == mapping::plan_name(p)) {
-            checkpoint.plans.push(PlanState::of(p));
-        }
-    }
-    for key_id in target.keys.keys() {
-        let on = plans
-            .iter()
-            .filter(|p| p.key_ids.contains(key_id))
-            .map(|p| p.id.clone())
-            .collect();
-        checkpoint.keys.insert(key_id.clone(), on);
-    }
-    // Plans the restore creates are absent now: rolling this rollback back deletes them again.
-    for step in steps {
-        if let ApplyStep::CreatePlan(p) = step {
-            let name = p.tags.get(TAG_PLAN).cloned().unwrap_or_else(|| p.name.clone());
-            checkpoint.absent_plans.push(name);
-        }
-    }
-    checkpoint
-}
-
 /// A change about to be made: what its audit record says whichever way it ends.
 struct Pending {
     source: Source,
@@ -308,6 +282,8 @@ struct Pending {
     movers: BTreeMap<String, (String, String)>,
     /// Tenant → the ids of its keys the change read from API Gateway (`keys_by_tenant`).
     read: BTreeMap<String, BTreeSet<String>>,
+    /// The change's id, fixed before its first write: its intent's and its record's.
+    id: String,
 }
 
 /// Where a change failed part-way.
@@ -328,14 +304,57 @@ impl Pending {
             generation,
             movers: BTreeMap::new(),
             read: BTreeMap::new(),
+            id: String::new(),
         }
     }
 
-    /// Steps, then sync, then the record; on failure the checkpoint back and a `Restored` record.
+    /// Fixes the change's id before its first write: the same change (its checkpoint and
+    /// `steps`) from the same table generation is one record, however often it is retried.
+    fn fix_id(&mut self, cx: &Context<'_>, steps: &[ApplyStep]) {
+        use sha2::{Digest, Sha256};
+        let intent = self.record(cx, self.summary.clone(), Vec::new(), ChangeOutcome::Applied);
+        let mut h = Sha256::new();
+        h.update(intent.content_id());
+        for step in steps {
+            h.update(step.to_string());
+            h.update([0]);
+        }
+        let digest = h.finalize();
+        self.id = format!(
+            "{}-{}-g{}",
+            self.source.as_str(),
+            hex::encode(&digest[..8]),
+            self.generation
+        );
+    }
+
+    /// The change's intent (write-ahead, `AuditLog::intend`): put before its first write, the API
+    /// Gateway calls' and the policy table's; when it cannot be, nothing is changed.
+    async fn intend(&self, cx: &Context<'_>) -> Result<(), ApplyError> {
+        let intent = self.record(cx, self.summary.clone(), Vec::new(), ChangeOutcome::Interrupted);
+        cx.table
+            .audit_log()
+            .intend(&intent)
+            .await
+            .map(drop)
+            .map_err(|e| ApplyError::Unaudited(e.to_string()))
+    }
+
+    /// The intent, steps, then sync, then the record; on failure the checkpoint back and a
+    /// `Restored` record. Without steps the intent is put by the sync, before its first write (a
+    /// change that writes nothing has none).
     async fn run(mut self, cx: &Context<'_>, steps: Vec<ApplyStep>) -> Result<ApplyReport, ApplyError> {
+        self.fix_id(cx, &steps);
+        let intent = self.record(cx, self.summary.clone(), Vec::new(), ChangeOutcome::Interrupted);
+        let audited = if steps.is_empty() {
+            Audited::Within(Some(&intent))
+        } else {
+            self.intend(cx).await?;
+            Audited::Within(None)
+        };
         let failure = match self.execute(cx, &steps).await {
             Err((done, failed_at, error)) => Failure { done, failed_at, error },
-            Ok(done) => match crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, false).await {
+            Ok(done) => match crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, audited).await {
                 Ok((sync, items)) => return self.commit(cx, done, sync, items).await,
                 Err(e) => Failure {
                     done,
@@ -409,6 +428,7 @@ impl Pending {
             .map_err(|e| ApplyError::Unrecorded {
                 done: report.steps.clone(),
                 error: e.to_string(),
+                change_id: record.id.clone(),
             })?;
         report.sync.writes += recorded.writes;
         report.change_id = Some(record.id);
@@ -476,8 +496,8 @@ impl Pending {
         items: Vec<ItemChange>,
         outcome: ChangeOutcome,
     ) -> ChangeRecord {
-        let mut record = ChangeRecord {
-            id: String::new(),
+        ChangeRecord {
+            id: self.id.clone(),
             time: self.as_of.as_secs(),
             source: self.source,
             actor: cx.actor.map(str::to_owned),
@@ -485,10 +505,7 @@ impl Pending {
             items,
             checkpoint: serde_json::to_value(&self.checkpoint).ok(),
             outcome,
-        };
-        // The same change from the same table generation is one record, however often it is retried.
-        record.id = format!("{}-g{}", record.content_id(), self.generation);
-        record
+        }
     }
 }
 
@@ -596,7 +613,8 @@ async fn restore(
         cx.table.unmark_moving(tenant).await.map_err(|e| e.to_string())?;
     }
     if table_reached {
-        let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, false)
+        // The change's intent was put before the steps.
+        let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, Audited::Within(None))
             .await
             .map_err(|e| e.to_string())?;
         if !sync.left_to_other_writers.is_empty() {

@@ -492,5 +492,32 @@ fn tenant_keys<'k>(tenant: &str, entry: &TenantEntry, keys: &'k [ApiKey]) -> Res
 mod restore;
 pub use restore::{plan_restore, reached};
 
+/// A rollback's own checkpoint: the plans and keys of `target` as they are now.
+pub(super) fn checkpoint_now(target: &Checkpoint, plans: &[UsagePlan], steps: &[ApplyStep]) -> Checkpoint {
+    let known: BTreeSet<&str> = target.plans.iter().map(|p| p.id.as_str()).collect();
+    let mut checkpoint = Checkpoint::default();
+    for p in plans {
+        if known.contains(p.id.as_str()) || target.absent_plans.iter().any(|n| n == mapping::plan_name(p)) {
+            checkpoint.plans.push(PlanState::of(p));
+        }
+    }
+    for key_id in target.keys.keys() {
+        let on = plans
+            .iter()
+            .filter(|p| p.key_ids.contains(key_id))
+            .map(|p| p.id.clone())
+            .collect();
+        checkpoint.keys.insert(key_id.clone(), on);
+    }
+    // Plans the restore creates are absent now: rolling this rollback back deletes them again.
+    for step in steps {
+        if let ApplyStep::CreatePlan(p) = step {
+            let name = p.tags.get(TAG_PLAN).cloned().unwrap_or_else(|| p.name.clone());
+            checkpoint.absent_plans.push(name);
+        }
+    }
+    checkpoint
+}
+
 #[cfg(test)]
 mod tests;

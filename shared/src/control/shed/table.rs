@@ -23,7 +23,15 @@ pub enum ShedError {
     AlarmUnavailable { alarm: String, detail: String },
     #[error("alarm `{0}` does not exist: check the alarm named by TOLLGATE_SHED_ALARM")]
     AlarmNotFound(String),
-    #[error("shed level {level} was written but its audit record was not: {source}")]
+    #[error("shed level {level} was not written: its intent could not be put in the audit trail: {source}")]
+    Unaudited {
+        level: u8,
+        #[source]
+        source: audit::AuditError,
+    },
+    #[error(
+        "shed level {level} was written but its audit record was not (its intent shows it as interrupted): {source}"
+    )]
     Audit {
         level: u8,
         #[source]
@@ -91,9 +99,10 @@ impl ShedTable {
     }
 
     /// Writes `level` over `from` (the state read), on condition that nobody wrote since
-    /// (`policy_table::write`), then audits the change under `actor` (the manual actor when not
-    /// given). The new state, written and audited; `None` when another writer moved the level
-    /// since it was read (nothing written).
+    /// (`policy_table::write`), audited under `actor` (the manual actor when not given): its
+    /// intent first (nothing is written without it), its record after. The new state, written
+    /// and audited; `None` when another writer moved the level since it was read (nothing
+    /// written; recorded so, closing the intent).
     pub async fn set(
         &self,
         from: &ShedState,
@@ -118,39 +127,30 @@ impl ShedTable {
                 .next()
                 .ok_or_else(|| ShedError::Invalid(format!("version {} is the largest", from.version)))?,
         };
+        let record = change(from, &to, reason, actor, now);
+        let log = AuditLog::new(self.client.clone(), self.audit.as_deref().unwrap_or(&self.table));
+        // Write-ahead: the intent first; without it nothing is written.
+        log.intend(&record)
+            .await
+            .map_err(|source| ShedError::Unaudited { level, source })?;
         let written = write::put(&self.client, &self.table, SHED_PK, shed_item(&to), &expect)
             .await
             .map_err(|e| self.write_error(e))?;
-        if written == write::Written::Conflict {
-            return Ok(None);
-        }
-        let actor = match (&to.set_by, actor) {
-            (_, Some(actor)) => Some(actor.to_owned()),
-            (SetBy::Manual(actor), None) => Some(actor.clone()),
-            (SetBy::Controller, None) => None,
+        let record = match written {
+            write::Written::Conflict => ChangeRecord {
+                items: Vec::new(),
+                outcome: audit::ChangeOutcome::Restored {
+                    failed_at: format!("writing {SHED_PK}"),
+                    error: "another writer changed the level first; nothing was written".to_owned(),
+                },
+                ..record
+            },
+            _ => record,
         };
-        let mut record = ChangeRecord {
-            id: String::new(),
-            time: now.as_secs(),
-            source: Source::Shed,
-            actor,
-            summary: format!("shed level {} -> {} ({}): {reason}", from.level, to.level, to.set_by),
-            items: vec![ItemChange {
-                pk: SHED_PK.to_owned(),
-                before: (from.version > 0).then(|| Record::Shed(from.clone())),
-                after: Some(Record::Shed(to.clone())),
-                ..ItemChange::default()
-            }],
-            checkpoint: None,
-            outcome: audit::ChangeOutcome::Applied,
-        };
-        // The versions make every change's content, hence its id, unique.
-        record.id = record.content_id();
-        AuditLog::new(self.client.clone(), self.audit.as_deref().unwrap_or(&self.table))
-            .record(&record)
+        log.record(&record)
             .await
             .map_err(|source| ShedError::Audit { level, source })?;
-        Ok(Some(to))
+        Ok(record.outcome.eq(&audit::ChangeOutcome::Applied).then_some(to))
     }
 
     /// Every plan's priority: a scan of the policy table for `plan#` items. Called by the
@@ -168,4 +168,32 @@ impl ShedTable {
         out.sort();
         Ok(out)
     }
+}
+
+/// The record of the level's change from `from` to `to`, by `actor` (the manual actor when not
+/// given).
+fn change(from: &ShedState, to: &ShedState, reason: &str, actor: Option<&str>, now: Timestamp) -> ChangeRecord {
+    let actor = match (&to.set_by, actor) {
+        (_, Some(actor)) => Some(actor.to_owned()),
+        (SetBy::Manual(actor), None) => Some(actor.clone()),
+        (SetBy::Controller, None) => None,
+    };
+    let mut record = ChangeRecord {
+        id: String::new(),
+        time: now.as_secs(),
+        source: Source::Shed,
+        actor,
+        summary: format!("shed level {} -> {} ({}): {reason}", from.level, to.level, to.set_by),
+        items: vec![ItemChange {
+            pk: SHED_PK.to_owned(),
+            before: (from.version > 0).then(|| Record::Shed(from.clone())),
+            after: Some(Record::Shed(to.clone())),
+            ..ItemChange::default()
+        }],
+        checkpoint: None,
+        outcome: audit::ChangeOutcome::Applied,
+    };
+    // The versions make every change's content, hence its id, unique.
+    record.id = record.content_id();
+    record
 }

@@ -274,7 +274,12 @@ pub async fn run_leased(
     let mut done = LeasedRun::default();
     loop {
         let started = clock.now();
-        let work = if done.rounds.is_empty() { work } else { &Work::Full };
+        // A rerun syncs changes other runs asked for: their principals are not this run's.
+        let (work, actor) = if done.rounds.is_empty() {
+            (work, actor)
+        } else {
+            (&Work::Full, None)
+        };
         let cut = Some(reconcile::cut_at(deadline));
         let report = scoped::round(control, table, clock, actor, work, cut).await;
         let took = clock.now().saturating_since(started);

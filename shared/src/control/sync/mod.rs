@@ -33,7 +33,7 @@ use self::table::{PolicyTable, TableError, TableWrite};
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::{ControlError, ControlPlane};
 use crate::engine::clock::{Clock, Timestamp};
-use crate::policy_table::audit::{AuditLog, ChangeOutcome, ChangeRecord, ItemChange, Source};
+use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 use crate::policy_table::{PLAN_PREFIX, Record};
 
 /// Rounds (read, decide, write) a sync makes at most while concurrent syncs keep claiming first.
@@ -194,19 +194,28 @@ pub async fn run(
     clock: &dyn Clock,
     actor: Option<&str>,
 ) -> Result<SyncReport, SyncError> {
-    run_as(control, table, clock, actor, true)
+    run_as(control, table, clock, actor, Audited::Own)
         .await
         .map(|(report, _)| report)
 }
 
-/// `run`, returning the items written too; with `record` false it writes no audit record (the
-/// caller records the writes as part of a larger change: `policy apply`, `rollback`).
+/// How a sync's writes are audited.
+#[derive(Debug, Clone, Copy)]
+pub enum Audited<'a> {
+    /// As a change of its own: its intent before the first write, its record after.
+    Own,
+    /// As part of a larger change whose record the caller writes (`policy apply`, `rollback`):
+    /// the caller's intent is put before the first write, unless `None` (put already).
+    Within(Option<&'a ChangeRecord>),
+}
+
+/// `run`, returning the items written too, audited as `audited` says.
 pub async fn run_as(
     control: &dyn ControlPlane,
     table: &PolicyTable,
     clock: &dyn Clock,
     actor: Option<&str>,
-    record: bool,
+    audited: Audited<'_>,
 ) -> Result<(SyncReport, Vec<ItemChange>), SyncError> {
     let mut retries = 0;
     loop {
@@ -220,7 +229,7 @@ pub async fn run_as(
         refuse_empty_scope(scope, &plans, &current)?;
         let keys = control.api_keys().await?;
         let decided = Decided::of(table, &plans, &keys, as_of, current, retries);
-        match write(table, decided, actor, record).await {
+        match write(table, decided, actor, audited).await {
             Err(TableError::Superseded) => contended(&mut retries).await?,
             written => return Ok(written?),
         }
@@ -301,13 +310,14 @@ impl Decided {
 }
 
 /// Writes what a round decided with the write protocol (`table::PolicyTable::apply`), and
-/// reports and audits it (no audit with `record` false). `Superseded` when another sync claimed
-/// since the round read the table.
+/// reports and audits it: the intent first (write-ahead: when it cannot be put, nothing is
+/// written), the record after. `Superseded` when another sync claimed since the round read the
+/// table.
 async fn write(
     table: &PolicyTable,
     decided: Decided,
     actor: Option<&str>,
-    record: bool,
+    audited: Audited<'_>,
 ) -> Result<(SyncReport, Vec<ItemChange>), TableError> {
     let Decided {
         as_of,
@@ -318,17 +328,36 @@ async fn write(
     if changes.is_empty() {
         return Ok((report, Vec::new()));
     }
+    let log = table.audit_log();
+    let intended = intended(&current, &changes);
+    let intent = match audited {
+        Audited::Own => Some(change(&current, intended, as_of, actor)),
+        Audited::Within(Some(outer)) => Some(ChangeRecord {
+            items: intended,
+            ..outer.clone()
+        }),
+        Audited::Within(None) => None,
+    };
+    if let Some(intent) = &intent {
+        report.writes += log.intend(intent).await.map_err(TableError::Unaudited)?.writes;
+    }
+    let mut own = intent.filter(|_| matches!(audited, Audited::Own));
     let applied = table.apply(&current, &changes).await?;
-    report.writes = applied.writes;
+    report.writes += applied.writes;
     report.left_to_other_writers = applied.left_to_other_writers;
     list(&mut report, &applied.items);
     let items = applied.items;
-    if !record || items.is_empty() {
-        return Ok((report, items));
-    }
-    if let Some((id, audit_writes)) = audit(&table.audit_log(), &current, items.clone(), &report, as_of, actor).await {
-        report.change_id = Some(id);
-        report.writes += audit_writes;
+    if let Some(record) = own.as_mut() {
+        record.items = items.clone();
+        record.summary = summary(&report);
+        report.change_id = Some(record.id.clone());
+        // The writes stand whether or not the record is written: its intent names them.
+        match log.record(record).await {
+            Ok(recorded) => report.writes += recorded.writes,
+            Err(e) => {
+                tracing::error!(error = %e, change_id = %record.id, "policy table synced, but the audit record could not be written: its intent shows the change as interrupted")
+            }
+        }
     }
     tracing::info!(
         created = report.created.len(),
@@ -366,38 +395,40 @@ fn list(report: &mut SyncReport, items: &[ItemChange]) {
     }
 }
 
-/// Records applied writes in the audit trail. The writes stand whether or not this succeeds (the
-/// next change is audited as usual), so a failure is logged, not returned.
-async fn audit(
-    log: &AuditLog,
-    current: &table::Current,
-    items: Vec<ItemChange>,
-    report: &SyncReport,
-    as_of: Timestamp,
-    actor: Option<&str>,
-) -> Option<(String, u64)> {
+/// The writes `changes` mean to make over the table as read (`current`): each item before, the
+/// version read, and the after intended; what a sync's intent lists (`audit::AuditLog::intend`).
+fn intended(current: &table::Current, changes: &[TableWrite]) -> Vec<ItemChange> {
+    changes
+        .iter()
+        .map(|c| table::item_change(c, current.records.get(c.pk()).cloned(), &table::expect_of(current, c)))
+        .collect()
+}
+
+/// A sync's change record, as intended (`items` the writes it means to make) or as made. Its id
+/// is fixed by the intent: the content's (the same writes from the same generation are one
+/// change, however often retried), with the generation it claims (the same items can change back
+/// and forth over time).
+fn change(current: &table::Current, items: Vec<ItemChange>, as_of: Timestamp, actor: Option<&str>) -> ChangeRecord {
     let mut record = ChangeRecord {
         id: String::new(),
         time: as_of.as_secs(),
         source: Source::Sync,
         actor: actor.map(str::to_owned),
-        summary: format!(
-            "sync: {} created, {} changed, {} revoked",
-            report.created.len(),
-            report.changed.len(),
-            report.revoked.len()
-        ),
+        summary: format!("sync: {} item(s) to write", items.len()),
         items,
         checkpoint: None,
         outcome: ChangeOutcome::Applied,
     };
-    // A sync's id carries its generation: the same items can change back and forth over time.
     record.id = format!("{}-g{}", record.content_id(), current.generation + 1);
-    match log.record(&record).await {
-        Ok(recorded) => Some((record.id, recorded.writes)),
-        Err(e) => {
-            tracing::error!(error = %e, "policy table synced, but the audit record could not be written");
-            None
-        }
-    }
+    record
+}
+
+/// The summary of a sync's record, from its report.
+fn summary(report: &SyncReport) -> String {
+    format!(
+        "sync: {} created, {} changed, {} revoked",
+        report.created.len(),
+        report.changed.len(),
+        report.revoked.len()
+    )
 }

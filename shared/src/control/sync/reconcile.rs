@@ -37,7 +37,7 @@ use std::time::Duration;
 use super::listing::Listing;
 use super::progress::{self, Progress, Saved, StartVersions};
 use super::table::{PolicyTable, TableError};
-use super::{Decided, SyncError, SyncReport, contended, refuse_empty_scope, scope, write};
+use super::{Audited, Decided, SyncError, SyncReport, contended, refuse_empty_scope, scope, write};
 use crate::control::apigateway::ControlPlane;
 use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_table::shown_pk;
@@ -99,7 +99,7 @@ impl Run<'_> {
                 return save(self.table, progress, None, None).await;
             }
             let decided = decide(self.table, &listing, as_of, current, retries).await?;
-            match write(self.table, decided, self.actor, true).await {
+            match write(self.table, decided, self.actor, Audited::Own).await {
                 Err(TableError::Superseded) => contended(&mut retries).await?,
                 written => return Ok(written?.0),
             }
@@ -137,7 +137,7 @@ impl Run<'_> {
                 .into_iter()
                 .partition(|c| versions.unchanged(c.pk(), decided.current.versions.get(c.pk())));
             decided.changes = kept;
-            match write(self.table, decided, self.actor, true).await {
+            match write(self.table, decided, self.actor, Audited::Own).await {
                 Err(TableError::Superseded) => contended(&mut retries).await?,
                 written => {
                     let (mut report, _) = written?;

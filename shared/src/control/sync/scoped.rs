@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::mapping::{self, plan_name};
 use super::table::{self, PolicyTable, TableWrite};
-use super::{Decided, SyncError, SyncReport, contended, scope, write};
+use super::{Audited, Decided, SyncError, SyncReport, contended, scope, write};
 use crate::control::apigateway::ControlPlane;
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::engine::clock::{Clock, Timestamp};
@@ -120,7 +120,7 @@ pub async fn run(
         };
         decided.report.retries = retries;
         decided.report.targets = vec![shown(target)];
-        match write(table, decided, actor, true).await {
+        match write(table, decided, actor, Audited::Own).await {
             Err(table::TableError::Superseded) => contended(&mut retries).await?,
             written => return Ok(Outcome::Synced(Box::new(written?.0))),
         }

@@ -55,6 +55,9 @@ pub enum TableError {
         .0.iter().map(|pk| shown_pk(pk)).collect::<Vec<_>>().join(", ")
     )]
     Changed(Vec<String>),
+    /// The change's intent could not be put in the audit trail: nothing was written.
+    #[error("nothing was written: {0}")]
+    Unaudited(crate::policy_table::audit::AuditError),
 }
 
 /// What the table holds now.
@@ -530,13 +533,13 @@ enum Sent {
 }
 
 /// What a write of `change` expects, from the table as read.
-fn expect_of(current: &Current, change: &TableWrite) -> Expect {
+pub(super) fn expect_of(current: &Current, change: &TableWrite) -> Expect {
     current.versions.get(change.pk()).cloned().unwrap_or(Expect::Absent)
 }
 
 /// A write as made over an item found as `expect`ed: the item before and after, and its versions
 /// (a delete's after is its tombstone's version).
-fn item_change(change: &TableWrite, before: Option<Record>, expect: &Expect) -> ItemChange {
+pub(super) fn item_change(change: &TableWrite, before: Option<Record>, expect: &Expect) -> ItemChange {
     let after = match change {
         TableWrite::Put { record, .. } => Some(record.clone()),
         TableWrite::Delete { .. } => None,

@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::{Api, tenant_change};
+use super::{Api, tenant_change, touching};
 use crate::engine::quota::{Calendar, Period, civil_from_days};
-use crate::policy_table::TenantRecord;
+use crate::policy_table::{TenantRecord, tenant_pk};
 use crate::usage_api::UsageApi;
 use crate::usage_api::http::{Admin, Answer, JsonBody, Tenant, json, whole_number};
 use crate::usage_api::problem::Problem;
@@ -53,6 +53,8 @@ pub(in crate::usage_api) async fn set_anchor(
     let (actor, tenant) = (admin.actor, admin.tenant);
     let day = checked_anchor(&body.anchor)?;
     let views = key_views(&api, &tenant).await?;
+    let summary = format!("set tenant {tenant}'s anchor day to {day}");
+    let id = api.intend(&actor, summary, vec![touching(tenant_pk(&tenant))]).await?;
     let changed = api
         .registry
         .change_tenant(&tenant, &|current| match current {
@@ -69,14 +71,13 @@ pub(in crate::usage_api) async fn set_anchor(
         )));
     };
     let from = changed.before.as_ref().and_then(|t| t.anchor);
-    if let Some(item) = tenant_change(&tenant, changed) {
-        let from = from.map_or("none".to_owned(), |d| d.to_string());
-        api.audit(
-            &actor,
-            format!("set tenant {tenant}'s anchor day from {from} to {day}"),
-            vec![item],
-        )
-        .await?;
-    }
+    let from = from.map_or("none".to_owned(), |d| d.to_string());
+    // The record closes the intent, also when nothing was written (the day was that already).
+    let items: Vec<_> = tenant_change(&tenant, changed).into_iter().collect();
+    let summary = match items.is_empty() {
+        false => format!("set tenant {tenant}'s anchor day from {from} to {day}"),
+        true => format!("set tenant {tenant}'s anchor day to {day}: it was so already, nothing written"),
+    };
+    api.audit_as(id, &actor, summary, items).await?;
     Ok(json(StatusCode::OK, &tenant_view_of(&tenant, record, views)))
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::idempotency::{Once, fingerprint, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, create, disable_key, full, key_change, key_limit, revoke, tenant_change};
+use super::{Api, create, disable_key, full, key_change, key_limit, revoke, tenant_change, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
@@ -201,6 +201,13 @@ impl Rotating<'_> {
             key_id: key.id.clone(),
             enabled: true,
         };
+        // Audited under an id of the Idempotency-Key: a retry writes it once. Write-ahead: the
+        // intent (the new key's item, the tenant listing it) before the first write.
+        let audit_id = fingerprint(&[b"rotation-audit", tenant.as_bytes(), self.idem.as_bytes()]);
+        let audit_id = format!("usage-api-rotate-{}", &audit_id[..16]);
+        let intended = rotation_intent(tenant, &record, &hash, &key_record);
+        let summary = format!("rotate keys of tenant {tenant}: new key {}", key.id);
+        api.intend_as(&audit_id, actor, summary, intended).await?;
         // Its item written and listed on the tenant before any revocation: a rotation at the
         // same time adds its own key to the list as it is then, so neither is lost.
         let on = (tenant, record.plan.as_str(), plan_id.as_str());
@@ -208,9 +215,6 @@ impl Rotating<'_> {
         let now = api.now();
         let at = now.saturating_add(Duration::from_secs(self.grace)).as_secs();
         let items = rotation_items(tenant, tenant_changed, &hash, key_record);
-        // Audited under an id of the Idempotency-Key: a retry writes it once.
-        let audit_id = fingerprint(&[b"rotation-audit", tenant.as_bytes(), self.idem.as_bytes()]);
-        let audit_id = format!("usage-api-rotate-{}", &audit_id[..16]);
         // A rotation that fails from here on withdraws its key too: listed, it would work, but
         // its value never reaches the client.
         let revoked = revoke_listed(
@@ -335,6 +339,21 @@ async fn revoke_listed(
     }
     still_listed(api, tenant, key_id).await?;
     Ok(scheduled)
+}
+
+/// What a rotation means to write, for its intent: the tenant (`record` as read) listing the new
+/// key, and the new key's item.
+fn rotation_intent(tenant: &str, record: &TenantRecord, hash: &ApiKeyHash, key: &KeyRecord) -> Vec<ItemChange> {
+    let mut listing = record.clone();
+    listing
+        .keys
+        .get_or_insert_with(BTreeMap::new)
+        .insert(key.key_id.clone(), hash.to_hex());
+    let listed = Changed {
+        before: Some(record.clone()),
+        after: Some(listing),
+    };
+    rotation_items(tenant, listed, hash, key.clone())
 }
 
 /// A rotation's writes for the audit trail: the tenant's list (when written) and the new key.
@@ -493,20 +512,19 @@ impl UsageApi {
         if r.delete {
             return self.delete_one(actor, r).await;
         }
+        let summary = format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant);
+        let hash = ApiKeyHash::from_hex(&r.hash);
+        let intended = hash.iter().map(|h| touching(key_pk(&h.to_hex()))).collect();
+        let id = self.intend(actor, summary.clone(), intended).await?;
         if let Some(control) = &self.control {
             disable_key(control.as_ref(), &r.key_id).await?;
         }
         let mut items = Vec::new();
-        if let Some(hash) = ApiKeyHash::from_hex(&r.hash) {
+        if let Some(hash) = hash {
             let changed = self.registry.change_key(&hash, &revoke).await?;
             items.extend(key_change(&hash, changed));
         }
-        self.audit(
-            actor,
-            format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant),
-            items,
-        )
-        .await?;
+        self.audit_as(id, actor, summary, items).await?;
         let deletion = Revocation {
             at: self.now().as_secs().saturating_add(REVOKED_KEY_RETENTION.as_secs()),
             attempts: 0,
@@ -529,12 +547,13 @@ impl UsageApi {
                     tracing::warn!(key_id = %r.key_id, "usage api: a revoked key is enabled again; not deleted");
                 }
                 Some(_) => {
-                    control.delete_api_key(&r.key_id).await?;
                     let summary = format!(
                         "delete key {} of tenant {} from API Gateway (revoked, retention over)",
                         r.key_id, r.tenant
                     );
-                    self.audit(actor, summary, Vec::new()).await?;
+                    let id = self.intend(actor, summary.clone(), Vec::new()).await?;
+                    control.delete_api_key(&r.key_id).await?;
+                    self.audit_as(id, actor, summary, Vec::new()).await?;
                 }
                 None => {}
             }

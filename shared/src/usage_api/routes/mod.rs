@@ -242,28 +242,57 @@ impl UsageApi {
         })
     }
 
-    async fn audit(&self, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
-        let now = self.now();
-        let id = format!("usage-api-{:x}-{:08x}", now.as_nanos(), rand::random::<u32>());
-        self.audit_as(id, actor, summary, items).await
+    /// Puts the intent of a change about to be made (write-ahead, `AuditLog::intend`) under a
+    /// new id, before the change's first write: `items` the writes it means to make (`touching`
+    /// where their after is not known yet). Returns the id its record goes under (`audit_as`); a
+    /// 503 when the intent cannot be put, and then the change writes nothing.
+    async fn intend(&self, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<String, Problem> {
+        let id = self.new_change_id();
+        self.intend_as(&id, actor, summary, items).await?;
+        Ok(id)
     }
 
-    /// Audits under a given id: a retried request that writes the same id again leaves the first
-    /// record as it is (`AuditLog::record`), so a retry never duplicates nor loses it.
+    /// A new change's id: the time and a random part.
+    fn new_change_id(&self) -> String {
+        format!("usage-api-{:x}-{:08x}", self.now().as_nanos(), rand::random::<u32>())
+    }
+
+    /// `intend` under a given id (one of an Idempotency-Key: a retry puts it once).
+    async fn intend_as(&self, id: &str, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
+        let record = self.change(id.to_owned(), actor, summary, items);
+        AuditSink::intend(self.audit.as_ref(), &record)
+            .await
+            .map_err(Problem::unaudited)
+    }
+
+    /// Audits under a given id, its intent's: a retried request that writes the same id again
+    /// leaves the first record as it is (`AuditLog::record`), so a retry never duplicates nor
+    /// loses it. A record that cannot be written leaves the intent naming the change.
     async fn audit_as(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
-        let now = self.now();
-        let record = ChangeRecord {
+        let record = self.change(id, actor, summary, items);
+        AuditSink::record(self.audit.as_ref(), &record).await?;
+        Ok(())
+    }
+
+    fn change(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> ChangeRecord {
+        ChangeRecord {
             id,
-            time: now.as_secs(),
+            time: self.now().as_secs(),
             source: Source::UsageApi,
             actor: Some(actor.to_owned()),
             summary,
             items,
             checkpoint: None,
             outcome: ChangeOutcome::Applied,
-        };
-        AuditSink::record(self.audit.as_ref(), &record).await?;
-        Ok(())
+        }
+    }
+}
+
+/// An item a change is about to write, its after not known yet (an intent's item).
+pub(super) fn touching(pk: String) -> ItemChange {
+    ItemChange {
+        pk,
+        ..ItemChange::default()
     }
 }
 

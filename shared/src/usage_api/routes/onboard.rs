@@ -177,6 +177,17 @@ impl Onboarding<'_> {
             moving_until: None,
             keys: Some(BTreeMap::from([(key.id.clone(), hash.to_hex())])),
         };
+        let id = format!(
+            "usage-api-onboard-{}",
+            &hex::encode(Sha256::digest(self.idem.as_bytes()))[..16]
+        );
+        let summary = format!(
+            "onboard tenant {} on plan {} with key {}",
+            body.tenant, body.plan, key.id
+        );
+        // Write-ahead: the intent, with the items as onboarding makes them, before the first.
+        let items = onboarding_items(&body.tenant, &made, &hash, &record);
+        api.intend_as(&id, self.actor, summary.clone(), items).await?;
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
         // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too,
         // unless it is moving.
@@ -208,32 +219,10 @@ impl Onboarding<'_> {
             ));
         };
         api.registry.change_key(&hash, &create(&record)).await?;
-        let id = format!(
-            "usage-api-onboard-{}",
-            &hex::encode(Sha256::digest(self.idem.as_bytes()))[..16]
-        );
-        let summary = format!(
-            "onboard tenant {} on plan {} with key {}",
-            body.tenant, body.plan, key.id
-        );
-        let anchor = made.anchor;
         // The record a retry writes again is the first attempt's: the items as onboarding made them.
-        let items = vec![
-            ItemChange {
-                pk: tenant_pk(&body.tenant),
-                before: None,
-                after: Some(Record::Tenant(made)),
-                ..ItemChange::default()
-            },
-            ItemChange {
-                pk: key_pk(&hash.to_hex()),
-                before: None,
-                after: Some(Record::Key(record)),
-                ..ItemChange::default()
-            },
-        ];
+        let items = onboarding_items(&body.tenant, &made, &hash, &record);
         api.audit_as(id, self.actor, summary, items).await?;
-        Ok(anchor)
+        Ok(made.anchor)
     }
 
     /// The answer to a retried onboarding: the same tenant, plan and key, the value read back
@@ -266,4 +255,22 @@ impl Onboarding<'_> {
             },
         }))
     }
+}
+
+/// An onboarding's writes for the audit trail: the tenant and its key, as it makes them.
+fn onboarding_items(tenant: &str, made: &TenantRecord, hash: &ApiKeyHash, key: &KeyRecord) -> Vec<ItemChange> {
+    vec![
+        ItemChange {
+            pk: tenant_pk(tenant),
+            before: None,
+            after: Some(Record::Tenant(made.clone())),
+            ..ItemChange::default()
+        },
+        ItemChange {
+            pk: key_pk(&hash.to_hex()),
+            before: None,
+            after: Some(Record::Key(key.clone())),
+            ..ItemChange::default()
+        },
+    ]
 }

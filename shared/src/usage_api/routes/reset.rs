@@ -44,6 +44,7 @@ pub(in crate::usage_api) async fn reset(
         week: body.week,
         month: body.month,
     };
+    let id = api.intend(&actor, format!("reset tenant {tenant}"), Vec::new()).await?;
     api.store.reset(&tenant, what, &limits, now).await?;
     let mut names: Vec<String> = Vec::new();
     if body.rate {
@@ -54,7 +55,8 @@ pub(in crate::usage_api) async fn reset(
         let name = calendar.name(calendar.counter(now));
         names.push(format!("{period} {name} ({})", calendar.zone_name()));
     }
-    api.audit(
+    api.audit_as(
+        id,
         &actor,
         format!("reset tenant {tenant}: {}", names.join(", ")),
         Vec::new(),

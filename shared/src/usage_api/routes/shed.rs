@@ -82,8 +82,10 @@ async fn write_shed(api: &UsageApi, actor: &str, level: u8, set_by: SetBy, reaso
             ),
         ));
     };
+    // In this process the level and its record are written together: no intent is needed.
     if !audited {
-        api.audit(
+        api.audit_as(
+            api.new_change_id(),
             actor,
             format!("shed level {} -> {} ({}): {reason}", from.level, to.level, to.set_by),
             vec![ItemChange {

@@ -9,14 +9,14 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 
 use super::usage_plans::{UsagePlans, share_a_stage};
-use super::{Api, disable_key, key_change, revoke, tenant_change};
+use super::{Api, disable_key, key_change, revoke, tenant_change, touching};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::ControlWrites;
 use crate::engine::identity::ApiKeyHash;
-use crate::policy_table::TenantRecord;
 use crate::policy_table::audit::ItemChange;
 use crate::policy_table::write::ATTEMPTS;
+use crate::policy_table::{TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, ItemAction, Revocation, TenantPosition, TenantsPage};
@@ -162,28 +162,25 @@ pub(in crate::usage_api) async fn move_plan(
     let views = key_views(&api, &tenant).await?;
     // A move interrupted under its mark (keys perhaps on no plan) is finished first, whatever
     // this request asks: the tenant's plan is already the one it was moving to.
+    let pk = || vec![touching(tenant_pk(&tenant))];
     if let (Some(c), Some(_)) = (&api.control, record.moving_until) {
+        let summary = format!("finish moving tenant {tenant} to plan {}", record.plan);
+        let id = api.intend(&actor, summary.clone(), pk()).await?;
         let changed = finish_move(&api, &plans, c.as_ref(), &tenant, &record.plan, &keys).await?;
-        api.audit(
-            &actor,
-            format!("finish moving tenant {tenant} to plan {}", record.plan),
-            tenant_change(&tenant, changed).into_iter().collect(),
-        )
-        .await?;
+        let items = tenant_change(&tenant, changed).into_iter().collect();
+        api.audit_as(id, &actor, summary, items).await?;
         record.moving_until = None;
     }
     let old = record.plan;
     if old != body.plan {
+        let summary = format!("move tenant {tenant} from plan {old} to {}", body.plan);
+        let id = api.intend(&actor, summary.clone(), pk()).await?;
         let changed = match &api.control {
             Some(c) => move_tenant(&api, &plans, c.as_ref(), &tenant, (&old, &body.plan), &keys).await?,
             None => set_plan(&api, &tenant, &old, &body.plan, None).await?,
         };
-        api.audit(
-            &actor,
-            format!("move tenant {tenant} from plan {old} to {}", body.plan),
-            tenant_change(&tenant, changed).into_iter().collect(),
-        )
-        .await?;
+        let items = tenant_change(&tenant, changed).into_iter().collect();
+        api.audit_as(id, &actor, summary, items).await?;
     }
     let record = api.tenant_record(&tenant).await?;
     Ok(json(StatusCode::OK, &tenant_view_of(&tenant, record, views)))
@@ -500,6 +497,7 @@ pub(in crate::usage_api) async fn offboard(
         Some(c) => api.find_usage_plan(&plans, c.as_ref(), &plan).await?.map(|p| p.id),
         None => None,
     };
+    let id = intend_offboarding(&api, &actor, &tenant, &keys).await?;
     let mut items = Vec::new();
     let mut disabled = std::collections::BTreeSet::new();
     let mut pending = keys;
@@ -544,7 +542,7 @@ pub(in crate::usage_api) async fn offboard(
             format!("offboard tenant {tenant}: keys disabled; the tenant, moved to plan {now} meanwhile, kept")
         }
     };
-    api.audit(&actor, summary, items).await?;
+    api.audit_as(id, &actor, summary, items).await?;
     if let Some(now) = moved {
         return Err(Problem::conflict(
             "tenant-changed",
@@ -555,4 +553,17 @@ pub(in crate::usage_api) async fn offboard(
         ));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Puts an offboarding's intent (write-ahead) before its first write: the tenant's item and its
+/// keys' (id → hash); its id.
+async fn intend_offboarding(
+    api: &UsageApi,
+    actor: &str,
+    tenant: &str,
+    keys: &std::collections::BTreeMap<String, String>,
+) -> Result<String, Problem> {
+    let pks = std::iter::once(tenant_pk(tenant)).chain(keys.values().map(|hash| key_pk(hash)));
+    let summary = format!("offboard tenant {tenant}");
+    api.intend(actor, summary, pks.map(touching).collect()).await
 }
