@@ -25,6 +25,7 @@
 pub mod error;
 pub mod plan;
 pub mod since;
+mod steps;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,11 +36,12 @@ use serde::Serialize;
 pub use self::error::ApplyError;
 use self::plan::checkpoint_now;
 pub use self::plan::{ApplyStep, Checkpoint, PlanState, plan_apply, plan_restore};
+use self::steps::{Mover, execute, restore};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::writes::ApplyPort;
 use crate::control::sync::scope::in_scope;
-use crate::control::sync::table::{PolicyTable, TableError};
+use crate::control::sync::table::PolicyTable;
 use crate::control::sync::{Audited, SyncReport};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::policy_file::PolicyFile;
@@ -369,8 +371,8 @@ impl Pending {
         // The table was reached by the sync, or by the marks of moving tenants.
         let marked: BTreeSet<&str> = self.movers.values().map(|(t, _)| t.as_str()).collect();
         let table_reached = failure.done.len() == steps.len() || !marked.is_empty();
-        let reached = plan::reached(&self.checkpoint, &steps, failure.done.len());
-        match restore(cx, &reached, table_reached, &marked).await {
+        let failed = (steps.as_slice(), failure.done.len());
+        match restore(cx, &self.checkpoint, failed, table_reached, &marked).await {
             Ok(undone) => Err(self.restored(cx, failure, undone).await),
             Err(restore_error) => Err(self.restore_failed(cx, failure, restore_error).await),
         }
@@ -507,119 +509,4 @@ impl Pending {
             outcome,
         }
     }
-}
-
-/// Marks each tenant as moving before its first key moves.
-struct Mover<'a> {
-    table: &'a PolicyTable,
-    movers: &'a BTreeMap<String, (String, String)>,
-    read: &'a BTreeMap<String, BTreeSet<String>>,
-    until: u64,
-}
-
-impl Mover<'_> {
-    /// Marks the tenant of the key `step` moves, unless marked already (in `marked`).
-    async fn mark(&self, step: &ApplyStep, marked: &mut BTreeSet<String>) -> Result<(), (String, String)> {
-        let (ApplyStep::RemoveKey { key_id, .. } | ApplyStep::AddKey { key_id, .. }) = step else {
-            return Ok(());
-        };
-        let Some((tenant, plan)) = self.movers.get(key_id) else {
-            return Ok(());
-        };
-        if !marked.insert(tenant.clone()) {
-            return Ok(());
-        }
-        // A key the tenant's item lists besides the ones the change read came meanwhile.
-        let read = self.read.get(tenant).cloned().unwrap_or_default();
-        self.table
-            .mark_moving(tenant, plan, self.until, &read)
-            .await
-            .map_err(|e| {
-                (
-                    format!("marking tenant {tenant} as moving to plan {plan}"),
-                    e.to_string(),
-                )
-            })
-    }
-}
-
-/// Runs `steps` in order, each key's tenant marked as moving first when `mover` says; on failure,
-/// what was done, which step failed and why.
-async fn execute(
-    control: &dyn ApplyPort,
-    steps: &[ApplyStep],
-    mover: Option<&Mover<'_>>,
-) -> Result<Vec<String>, (Vec<String>, String, String)> {
-    let mut done = Vec::new();
-    let mut marked = BTreeSet::new();
-    // Plan name → id of the usage plans created so far, for the keys put on them.
-    let mut created: BTreeMap<String, String> = BTreeMap::new();
-    for step in steps {
-        if let Some(mover) = mover
-            && let Err((at, e)) = mover.mark(step, &mut marked).await
-        {
-            return Err((done, at, e));
-        }
-        let r = match step {
-            ApplyStep::CreatePlan(p) => control.create_usage_plan(p).await.map(|id| {
-                created.insert(p.name.clone(), id);
-            }),
-            ApplyStep::UpdatePlan { id, patches, .. } => control.update_usage_plan(id, patches).await,
-            ApplyStep::TagPlan { id, set, remove, .. } => control.tag_usage_plan(id, set, remove).await,
-            ApplyStep::RemoveKey { plan_id, key_id, .. } => control.delete_usage_plan_key(plan_id, key_id).await,
-            ApplyStep::AddKey { plan_id, plan, key_id } => match plan_id.as_ref().or_else(|| created.get(plan)) {
-                Some(id) => control.create_usage_plan_key(id, key_id).await,
-                None => Err(ControlError::NotFound {
-                    operation: "CreateUsagePlanKey",
-                    detail: format!("usage plan {plan} was not created"),
-                }),
-            },
-            ApplyStep::DeletePlan { id, .. } => control.delete_usage_plan(id).await,
-        };
-        match r {
-            Ok(()) => done.push(step.to_string()),
-            Err(e) => return Err((done, step.to_string(), e.to_string())),
-        }
-    }
-    Ok(done)
-}
-
-/// API Gateway back at the checkpoint (from a fresh read: a call that lost its answer may or may
-/// not have happened), except that a key disabled since (offboarded, rotated out, revoked: the
-/// revocation wins) is put back on no plan; then the marks of the tenants it was moving taken off; then, if the change
-/// reached the table, a sync that makes it say what API
-/// Gateway says again, under the write protocol (each item on the version it read): an item
-/// another writer changed meanwhile is left as it is, and the restore fails naming it. Returns the
-/// calls that undid the change.
-async fn restore(
-    cx: &Context<'_>,
-    checkpoint: &Checkpoint,
-    table_reached: bool,
-    marked: &BTreeSet<&str>,
-) -> Result<Vec<String>, String> {
-    let mut checkpoint = checkpoint.clone();
-    for id in checkpoint.keys.keys().cloned().collect::<Vec<_>>() {
-        let key = cx.control.key_by_id(&id).await.map_err(|e| e.to_string())?;
-        if !key.is_some_and(|k| k.enabled) {
-            checkpoint.keys.remove(&id);
-        }
-    }
-    let plans = usage_plans(cx).await?;
-    let steps = plan_restore(&checkpoint, &plans);
-    let undone = execute(cx.control, &steps, None)
-        .await
-        .map_err(|(_, at, e)| format!("{at}: {e}"))?;
-    for tenant in marked {
-        cx.table.unmark_moving(tenant).await.map_err(|e| e.to_string())?;
-    }
-    if table_reached {
-        // The change's intent was put before the steps.
-        let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, Audited::Within(None))
-            .await
-            .map_err(|e| e.to_string())?;
-        if !sync.left_to_other_writers.is_empty() {
-            return Err(TableError::Changed(sync.left_to_other_writers).to_string());
-        }
-    }
-    Ok(undone)
 }

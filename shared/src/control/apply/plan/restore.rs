@@ -39,22 +39,50 @@ pub fn plan_restore(checkpoint: &Checkpoint, plans: &[UsagePlan]) -> Vec<ApplySt
     steps
 }
 
-/// The checkpoint of a change that failed after `done` of its `steps`, narrowed to the keys it
-/// may have moved: those of the steps done, and of the step that failed (its call may have
-/// landed). A key the change never reached was moved, if at all, by another writer since the
-/// checkpoint (the usage API's offboarding or move): the restore leaves it as that writer did.
-pub fn reached(checkpoint: &Checkpoint, steps: &[ApplyStep], done: usize) -> Checkpoint {
-    let reached: BTreeSet<&str> = steps
-        .iter()
-        .take(done.saturating_add(1))
-        .filter_map(|s| match s {
-            ApplyStep::AddKey { key_id, .. } | ApplyStep::RemoveKey { key_id, .. } => Some(key_id.as_str()),
-            _ => None,
-        })
-        .collect();
+/// The checkpoint of a change that failed after `done` of its `steps`, narrowed to the keys the
+/// restore may put back: those its steps reached (the one that failed included: its call may have
+/// landed), and of those only the ones still where the change left them (`plans` is API Gateway
+/// now), with or without the failed step. A key the change never reached, or one another writer
+/// moved since the change moved it (the usage API's offboarding or move), stays as that writer
+/// left it.
+pub fn reached(checkpoint: &Checkpoint, steps: &[ApplyStep], done: usize, plans: &[UsagePlan]) -> Checkpoint {
+    let name_of = |id: &str| {
+        (checkpoint.plans.iter().find(|p| p.id == id).map(PlanState::plan_name))
+            .or_else(|| {
+                plans
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map(|p| mapping::plan_name(p).to_owned())
+            })
+            .unwrap_or_else(|| id.to_owned())
+    };
     let mut narrowed = checkpoint.clone();
-    narrowed.keys.retain(|id, _| reached.contains(id.as_str()));
+    narrowed.keys.retain(|key, was| {
+        let mut left: BTreeSet<String> = was.iter().map(|id| name_of(id)).collect();
+        let mut reached = false;
+        for (i, step) in steps.iter().enumerate().take(done.saturating_add(1)) {
+            let before_failed = left.clone();
+            match step {
+                ApplyStep::RemoveKey { plan, key_id, .. } if key_id == key => left.remove(plan),
+                ApplyStep::AddKey { plan, key_id, .. } if key_id == key => left.insert(plan.clone()),
+                _ => continue,
+            };
+            reached = true;
+            if i == done && on_plans(plans, key) == before_failed {
+                return true;
+            }
+        }
+        reached && on_plans(plans, key) == left
+    });
     narrowed
+}
+
+/// The names of the plans `key` is on in `plans`.
+fn on_plans(plans: &[UsagePlan], key: &str) -> BTreeSet<String> {
+    (plans.iter())
+        .filter(|p| p.key_ids.iter().any(|k| k == key))
+        .map(|p| mapping::plan_name(p).to_owned())
+        .collect()
 }
 
 /// Each checkpoint plan's usage plan now (by id, else by plan name), and the creates of those gone.

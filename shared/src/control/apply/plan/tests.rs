@@ -191,3 +191,39 @@ fn a_plan_apply_creates_gets_the_stages_of_the_plans_its_tenants_come_from() {
     ];
     assert_eq!(gold.stages, want);
 }
+
+#[test]
+fn a_restore_puts_back_only_keys_the_change_reached_and_left_where_they_are() {
+    // GIVEN free with k1, k2 and k3, and a change moving each to pro, k1 first
+    let file = PolicyFile::parse(
+        "[plans.free]\nrate = 1.0\nburst = 5\ndaily_quota = 5\n[plans.pro]\nrate = 1.0\nburst = 5\ndaily_quota = 5\n\
+         [tenants.a]\nplan = \"pro\"\n[tenants.b]\nplan = \"pro\"\n[tenants.c]\nplan = \"pro\"\n",
+    )
+    .expect("valid");
+    let before = [
+        live("p1", "free", 1.0, &["k1", "k2", "k3"]),
+        live("p2", "pro", 1.0, &[]),
+    ];
+    let keys = [key("k1", "a"), key("k2", "b"), key("k3", "c")];
+    let (steps, cp) = plan_apply(&file, &before, &keys, None).expect("valid");
+    let shown: Vec<String> = steps.iter().map(ToString::to_string).collect();
+    let at = |step: &str| shown.iter().position(|s| s == step).expect(step);
+    let failed = at("take key k2 off plan free");
+    assert!(at("put key k1 on plan pro") < failed && failed < at("take key k3 off plan free"));
+    let kept =
+        |now: &[UsagePlan], done: usize| -> Vec<String> { reached(&cp, &steps, done, now).keys.into_keys().collect() };
+    // WHEN the change failed at k2's removal, its answer lost: k1 moved, k2 maybe, k3 not reached
+    // THEN k1 (on pro, as left) and k2 (on free or on none) are put back, k3 is left
+    let landed = [live("p1", "free", 1.0, &["k3"]), live("p2", "pro", 1.0, &["k1"])];
+    assert_eq!(kept(&landed, failed), ["k1", "k2"]);
+    let refused = [live("p1", "free", 1.0, &["k2", "k3"]), live("p2", "pro", 1.0, &["k1"])];
+    assert_eq!(kept(&refused, failed), ["k1", "k2"]);
+    // AND a key another writer moved since the change moved it, or one it never reached that
+    // another writer moved, is left where that writer put it
+    let elsewhere = [
+        live("p1", "free", 1.0, &["k2"]),
+        live("p2", "pro", 1.0, &["k3"]),
+        live("p3", "gold", 1.0, &["k1"]),
+    ];
+    assert_eq!(kept(&elsewhere, failed), ["k2"]);
+}

@@ -1,0 +1,128 @@
+//! Making a change's steps in API Gateway (`execute`), each moved tenant marked as moving first
+//! (`Mover`), and putting API Gateway and the table back after a change failed part-way
+//! (`restore`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::plan::{self, ApplyStep, Checkpoint, plan_restore};
+use super::{Context, usage_plans};
+use crate::control::apigateway::ControlError;
+use crate::control::apigateway::writes::ApplyPort;
+use crate::control::sync::Audited;
+use crate::control::sync::table::{PolicyTable, TableError};
+
+/// Marks each tenant as moving before its first key moves.
+pub(super) struct Mover<'a> {
+    pub(super) table: &'a PolicyTable,
+    pub(super) movers: &'a BTreeMap<String, (String, String)>,
+    pub(super) read: &'a BTreeMap<String, BTreeSet<String>>,
+    pub(super) until: u64,
+}
+
+impl Mover<'_> {
+    /// Marks the tenant of the key `step` moves, unless marked already (in `marked`).
+    async fn mark(&self, step: &ApplyStep, marked: &mut BTreeSet<String>) -> Result<(), (String, String)> {
+        let (ApplyStep::RemoveKey { key_id, .. } | ApplyStep::AddKey { key_id, .. }) = step else {
+            return Ok(());
+        };
+        let Some((tenant, plan)) = self.movers.get(key_id) else {
+            return Ok(());
+        };
+        if !marked.insert(tenant.clone()) {
+            return Ok(());
+        }
+        // A key the tenant's item lists besides the ones the change read came meanwhile.
+        let read = self.read.get(tenant).cloned().unwrap_or_default();
+        self.table
+            .mark_moving(tenant, plan, self.until, &read)
+            .await
+            .map_err(|e| {
+                (
+                    format!("marking tenant {tenant} as moving to plan {plan}"),
+                    e.to_string(),
+                )
+            })
+    }
+}
+
+/// Runs `steps` in order, each key's tenant marked as moving first when `mover` says; on failure,
+/// what was done, which step failed and why.
+pub(super) async fn execute(
+    control: &dyn ApplyPort,
+    steps: &[ApplyStep],
+    mover: Option<&Mover<'_>>,
+) -> Result<Vec<String>, (Vec<String>, String, String)> {
+    let mut done = Vec::new();
+    let mut marked = BTreeSet::new();
+    // Plan name → id of the usage plans created so far, for the keys put on them.
+    let mut created: BTreeMap<String, String> = BTreeMap::new();
+    for step in steps {
+        if let Some(mover) = mover
+            && let Err((at, e)) = mover.mark(step, &mut marked).await
+        {
+            return Err((done, at, e));
+        }
+        let r = match step {
+            ApplyStep::CreatePlan(p) => control.create_usage_plan(p).await.map(|id| {
+                created.insert(p.name.clone(), id);
+            }),
+            ApplyStep::UpdatePlan { id, patches, .. } => control.update_usage_plan(id, patches).await,
+            ApplyStep::TagPlan { id, set, remove, .. } => control.tag_usage_plan(id, set, remove).await,
+            ApplyStep::RemoveKey { plan_id, key_id, .. } => control.delete_usage_plan_key(plan_id, key_id).await,
+            ApplyStep::AddKey { plan_id, plan, key_id } => match plan_id.as_ref().or_else(|| created.get(plan)) {
+                Some(id) => control.create_usage_plan_key(id, key_id).await,
+                None => Err(ControlError::NotFound {
+                    operation: "CreateUsagePlanKey",
+                    detail: format!("usage plan {plan} was not created"),
+                }),
+            },
+            ApplyStep::DeletePlan { id, .. } => control.delete_usage_plan(id).await,
+        };
+        match r {
+            Ok(()) => done.push(step.to_string()),
+            Err(e) => return Err((done, step.to_string(), e.to_string())),
+        }
+    }
+    Ok(done)
+}
+
+/// API Gateway back at the checkpoint (from a fresh read: a call that lost its answer may or may
+/// not have happened) for the keys the change left where they are (`plan::reached`: a key another
+/// writer moved since stays), except that a key disabled since (offboarded, rotated out, revoked:
+/// the revocation wins) is put back on no plan; then the marks of the tenants it was moving taken
+/// off; then, if the change reached the table, a sync that makes it say what API Gateway says
+/// again, under the write protocol (each item on the version it read): an item another writer
+/// changed meanwhile is left as it is, and the restore fails naming it. `failed` is the change's
+/// steps and how many were done before it failed. Returns the calls that undid the change.
+pub(super) async fn restore(
+    cx: &Context<'_>,
+    checkpoint: &Checkpoint,
+    failed: (&[ApplyStep], usize),
+    table_reached: bool,
+    marked: &BTreeSet<&str>,
+) -> Result<Vec<String>, String> {
+    let plans = usage_plans(cx).await?;
+    let mut checkpoint = plan::reached(checkpoint, failed.0, failed.1, &plans);
+    // One listing, as the change read them: `GetApiKeys` is what every writer may call.
+    let keys = cx.control.api_keys().await.map_err(|e| e.to_string())?;
+    checkpoint
+        .keys
+        .retain(|id, _| keys.iter().any(|k| k.id == *id && k.enabled));
+    let steps = plan_restore(&checkpoint, &plans);
+    let undone = execute(cx.control, &steps, None)
+        .await
+        .map_err(|(_, at, e)| format!("{at}: {e}"))?;
+    for tenant in marked {
+        cx.table.unmark_moving(tenant).await.map_err(|e| e.to_string())?;
+    }
+    if table_reached {
+        // The change's intent was put before the steps.
+        let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, Audited::Within(None))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !sync.left_to_other_writers.is_empty() {
+            return Err(TableError::Changed(sync.left_to_other_writers).to_string());
+        }
+    }
+    Ok(undone)
+}
