@@ -230,3 +230,27 @@ async fn an_apply_whose_intent_is_refused_changes_nothing() {
     assert_eq!(w.gateway().await, gateway0);
     assert_eq!(w.records().await, table0);
 }
+
+#[tokio::test]
+async fn an_apply_without_steps_whose_intent_is_refused_writes_no_item_unaudited() {
+    // GIVEN a plan synced, then a key made in API Gateway that the table does not have yet, and
+    // the policy table refusing every PutItem (the audit records: this stack has no audit table)
+    let w = World::build("tg-apply-wa-3", true).await;
+    let free = w.plan("free", 10.0, 20, 50_000).await;
+    w.key("acme", "tg_live_apply_nosteps_a", &free).await;
+    w.sync().await;
+    w.key("beta", "tg_live_apply_nosteps_b", &free).await;
+    let table0 = w.records().await;
+    w.proxy
+        .inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseRequest); 10]);
+
+    // WHEN the file API Gateway already matches is applied (no API Gateway step: only the sync)
+    let err = w
+        .apply("[plans.free]\nrate = 10.0\nburst = 20\ndaily_quota = 50000\n")
+        .await
+        .expect_err("its intent is refused");
+
+    // THEN no policy item was written, by its sync or by the restore after it: nothing is
+    // written without its intent
+    assert_eq!(w.records().await, table0, "{err}");
+}

@@ -36,7 +36,7 @@ use serde::Serialize;
 pub use self::error::ApplyError;
 use self::plan::checkpoint_now;
 pub use self::plan::{ApplyStep, Checkpoint, PlanState, plan_apply, plan_restore};
-use self::steps::{Mover, execute, restore};
+use self::steps::{Mover, execute, marked_by, restore};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::writes::ApplyPort;
@@ -369,10 +369,12 @@ impl Pending {
         // What the change left is unknown: a rollback of this record finishes its restore.
         self.checkpoint.left = None;
         // The table was reached by the sync, or by the marks of moving tenants.
-        let marked: BTreeSet<&str> = self.movers.values().map(|(t, _)| t.as_str()).collect();
+        let marked = marked_by(&self.movers, &steps, &failure);
         let table_reached = failure.done.len() == steps.len() || !marked.is_empty();
         let failed = (steps.as_slice(), failure.done.len());
-        match restore(cx, &self.checkpoint, failed, table_reached, &marked).await {
+        // Without steps the intent may not be put yet (the sync's own was refused): the restore's
+        // sync puts it before its first write too.
+        match restore(cx, &self.checkpoint, failed, (table_reached, audited), &marked).await {
             Ok(undone) => Err(self.restored(cx, failure, undone).await),
             Err(restore_error) => Err(self.restore_failed(cx, failure, restore_error).await),
         }

@@ -36,13 +36,29 @@ impl Mover<'_> {
         self.table
             .mark_moving(tenant, plan, self.until, &read)
             .await
-            .map_err(|e| {
-                (
-                    format!("marking tenant {tenant} as moving to plan {plan}"),
-                    e.to_string(),
-                )
-            })
+            .map_err(|e| (format!("{MARKING} {tenant} as moving to plan {plan}"), e.to_string()))
     }
+}
+
+/// How a failed mark names its step.
+const MARKING: &str = "marking tenant";
+
+/// The tenants a change that failed part-way marked as moving: those of the keys its steps
+/// reached, the failed step's too unless its mark was what failed (refused: another writer
+/// changed the tenant, and a mark there now is not this change's to take off).
+pub(super) fn marked_by<'m>(
+    movers: &'m BTreeMap<String, (String, String)>,
+    steps: &[ApplyStep],
+    failure: &super::Failure,
+) -> BTreeSet<&'m str> {
+    let reached = failure.done.len() + usize::from(!failure.failed_at.starts_with(MARKING));
+    (steps.iter().take(reached))
+        .filter_map(|s| match s {
+            ApplyStep::RemoveKey { key_id, .. } | ApplyStep::AddKey { key_id, .. } => movers.get(key_id),
+            _ => None,
+        })
+        .map(|(tenant, _)| tenant.as_str())
+        .collect()
 }
 
 /// Runs `steps` in order, each key's tenant marked as moving first when `mover` says; on failure,
@@ -90,15 +106,15 @@ pub(super) async fn execute(
 /// not have happened) for the keys the change left where they are (`plan::reached`: a key another
 /// writer moved since stays), except that a key disabled since (offboarded, rotated out, revoked:
 /// the revocation wins) is put back on no plan; then the marks of the tenants it was moving taken
-/// off; then, if the change reached the table, a sync that makes it say what API Gateway says
-/// again, under the write protocol (each item on the version it read): an item another writer
+/// off; then, if the change reached the table, a sync (audited as the change's: `audited`) that
+/// makes it say what API Gateway says again, under the write protocol (each item on the version it read): an item another writer
 /// changed meanwhile is left as it is, and the restore fails naming it. `failed` is the change's
 /// steps and how many were done before it failed. Returns the calls that undid the change.
 pub(super) async fn restore(
     cx: &Context<'_>,
     checkpoint: &Checkpoint,
     failed: (&[ApplyStep], usize),
-    table_reached: bool,
+    (table_reached, audited): (bool, Audited<'_>),
     marked: &BTreeSet<&str>,
 ) -> Result<Vec<String>, String> {
     let plans = usage_plans(cx).await?;
@@ -116,8 +132,7 @@ pub(super) async fn restore(
         cx.table.unmark_moving(tenant).await.map_err(|e| e.to_string())?;
     }
     if table_reached {
-        // The change's intent was put before the steps.
-        let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, Audited::Within(None))
+        let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, audited)
             .await
             .map_err(|e| e.to_string())?;
         if !sync.left_to_other_writers.is_empty() {
