@@ -4,12 +4,17 @@
 //! write goes out for a tenant of which this container saw `LEASE_FROM_SEEN` (8) units or more
 //! in the last span, the write also
 //! charges a lease: about two thirds of the units seen in the last span, at most an eighth of the
-//! burst and of what each quota has left (`wanted`), fitted to what the item admits. The lease's
-//! emission slots start at the end of its span (`item::admit_at`'s anchor), and the write's
-//! condition holds them as of its earliest arrival, so a unit spent at any instant of the span
-//! conforms whatever the other containers do meanwhile: the item is at least as full as if every
-//! unit had been admitted at the write. Units unspent when the span (or a quota period) ends
-//! lapse: charged, never admitted. A container that vanishes holding units loses at most one
+//! burst and of what each quota has left (`wanted`), fitted to what the item admits. No leased
+//! unit is spent after its emission slot has begun. When the cached item shows the TAT less than
+//! half a span past the write's latest arrival, the lease's slots start at the end of its span
+//! (`item::admit_at`'s anchor) and it is spendable for the span. When it shows the TAT further
+//! ahead, the write moves the TAT on from wherever it stands (the busy shape, no anchor), and the
+//! lease is spendable until its first unit's slot on the returned item (`write::lease_until`),
+//! cut beforehand to what the container spends by the TAT it saw. The write's condition holds the
+//! units as of its earliest arrival, so a unit spent at any instant the lease allows conforms
+//! whatever the other containers do meanwhile: the item is at least as full as if every unit had
+//! been admitted when spent. Units unspent when their time (or a quota period) ends lapse:
+//! charged, never admitted. A container that vanishes holding units loses at most one
 //! lease per bucket, and the bucket has them back once the TAT it wrote has passed: the lease
 //! delays the bucket by at most the span plus its own emission time (`lease_bound`) beyond
 //! where the requests alone would have left it.
@@ -18,8 +23,8 @@
 //! a plan slower than `LEASE_FROM_RATE` or whose eighth of the burst is under two units: there
 //! one write per admitted request leaves the item room, and the lanes already write once for all
 //! of a container's concurrent requests. The span is cut to half the bucket's tolerance: while a
-//! tenant's containers hold leases, the burst available at once is cut by the plan's rate times
-//! the span (at most half), the price of units spendable anywhere in the span.
+//! tenant's containers hold leases, the burst available at once is cut by up to the plan's rate
+//! times the span (at most half), the price of units spendable ahead of their slots.
 //!
 //! Headers of a request admitted from a lease: the item's figures as the lease's write returned
 //! them, every remaining count cut to the units this container still holds, which the tenant
@@ -52,8 +57,8 @@ pub(super) struct Grant {
     pub limits: Limits,
     /// The item the write returned.
     pub after: Snapshot,
-    /// Spendable from the write's earliest arrival until this instant (the span's end, or the
-    /// end of the first quota period to end).
+    /// Spendable from the write's earliest arrival until this instant (`write::lease_until`:
+    /// the span's end, the end of the first quota period to end, or the first unit's slot).
     pub from: Timestamp,
     pub until: Timestamp,
     pub units: u64,

@@ -53,7 +53,7 @@ use aws_sdk_dynamodb::types::{
 use self::charge::Unanswered;
 use self::item::{Snapshot, TatAttr, Write};
 use self::lanes::Lanes;
-pub use self::leases::{LEASE_FROM_RATE, lease_bound};
+pub use self::leases::{LEASE_FROM_RATE, LEASE_FROM_SEEN, lease_bound};
 use self::leases::{Leases, Spent};
 use self::predictions::{Predictions, Race, Seen};
 pub use self::stats::{ItemWrites, StoreStats};

@@ -29,6 +29,46 @@ use crate::store::{Consume, StoreError};
 /// Requests one write carries at most, the holder's own included.
 const MAX_CARRIED: usize = 256;
 
+/// The instant a batch's units start no earlier than. Without a lease, its latest arrival: each
+/// carried request then conforms at its own arrival. With a lease, on a bucket `guess` shows
+/// busy at least half a span past the latest arrival, the same: the write moves the TAT on from
+/// wherever it stands (the busy shape, whose condition holds whatever other containers wrote
+/// since, as a TAT only grows) and the lease is spendable until its first unit's slot
+/// (`lease_until`). Otherwise the end of the lease's span (idle shape, or busy past the span's
+/// end): a unit spent at any instant of the span conforms.
+fn anchor(head: &Consume<'_>, guess: &Snapshot, latest: Timestamp, lease: Option<(u32, Duration)>) -> Timestamp {
+    let Some((_, span)) = lease else { return latest };
+    match busy_window(head.limits, guess, latest, span) {
+        Some(_) => latest,
+        None => latest.max(head.now.saturating_add(span)),
+    }
+}
+
+/// How far past `latest` the TAT stands on `guess`, when that is at least half of `span` (a
+/// lease then takes the busy shape, `anchor`).
+fn busy_window(limits: &Limits, guess: &Snapshot, latest: Timestamp, span: Duration) -> Option<Duration> {
+    let tat = guess.state(limits, latest).tat?;
+    Some(tat.saturating_since(latest)).filter(|ahead| *ahead >= span / 2)
+}
+
+/// Until when a lease's units are spendable: the end of its span, of the first quota period to
+/// end, and the slot of its first unit on the item `after` the write (past it, a unit spent would
+/// count as emitted before it was).
+fn lease_until(limits: &Limits, after: &Snapshot, from: Timestamp, span_end: Timestamp, units: u32) -> Timestamp {
+    let end = limits
+        .counted()
+        .map(|c| c.bounds(from).1)
+        .fold(span_end, Timestamp::min);
+    let first_slot = limits.bucket.as_ref().and_then(|(_, bucket)| {
+        let tat = after.state(limits, from).tat?;
+        Some(Timestamp::from_nanos(
+            tat.as_nanos()
+                .saturating_sub(bucket.interval().saturating_mul(u64::from(units))),
+        ))
+    });
+    first_slot.map_or(end, |slot| end.min(slot))
+}
+
 /// The engine's view of `guess` for units that start no earlier than `anchor` (≥ `now`).
 fn state_from(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp) -> State {
     let mut state = guess.state(limits, now);
@@ -45,14 +85,32 @@ pub(super) struct Batch<'a> {
     lane: Option<&'a Joined>,
     /// The operation of a send whose outcome was unknown, and the batch's units then.
     unknown: Option<(u64, Vec<(crate::engine::quota::Counter, i64)>)>,
-    /// Units leased beside the requests, and the lease's span (`leases`).
-    lease: Option<(u32, Duration)>,
+    /// Units leased beside the requests (`leases`): as asked, as cut to the item last seen.
+    lease: Option<Ask>,
+}
+
+/// The lease a write asks for: the units wanted, those it carries after the last cut, its span.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    wanted: u32,
+    units: u32,
+    span: Duration,
+}
+
+impl Ask {
+    fn carried(&self) -> Option<(u32, Duration)> {
+        (self.units > 0).then_some((self.units, self.span))
+    }
 }
 
 /// What the sends came to.
 enum Outcome {
     /// Applied: the item the write returned, which admits the head and every carried request.
     Admitted(Snapshot),
+    /// Applied, as a later item shows (a resend or a fence found the operation's id): it admits
+    /// the head and every carried request, but no longer tells where the write left the bucket,
+    /// so a lease's first slot is unknown and its units lapse.
+    Found(Snapshot),
     /// The head's refusal; nothing carried.
     Refused(Decision),
 }
@@ -78,38 +136,54 @@ impl<'a> Batch<'a> {
     }
 
     /// The batch as one request (every unit, the lease's included, as of the earliest arrival),
-    /// and its anchor: the latest arrival, or the end of the lease's span.
-    fn whole<'r>(&self, head: &Consume<'r>) -> (Consume<'r>, Timestamp) {
-        self.whole_with(head, self.lease)
+    /// and its anchor (`anchor`).
+    fn whole<'r>(&self, head: &Consume<'r>, guess: &Snapshot) -> (Consume<'r>, Timestamp) {
+        self.whole_with(head, guess, self.lease.and_then(|a| a.carried()))
     }
 
-    fn whole_with<'r>(&self, head: &Consume<'r>, lease: Option<(u32, Duration)>) -> (Consume<'r>, Timestamp) {
+    fn latest(&self, head: &Consume<'_>) -> Timestamp {
+        self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max)
+    }
+
+    fn whole_with<'r>(
+        &self,
+        head: &Consume<'r>,
+        guess: &Snapshot,
+        lease: Option<(u32, Duration)>,
+    ) -> (Consume<'r>, Timestamp) {
         let from = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::min);
-        let mut to = self.carried.iter().map(|w| w.now).fold(head.now, Timestamp::max);
         let mut weight = self.carried.iter().fold(head.weight, |n, w| n.saturating_add(w.weight));
-        if let Some((units, span)) = lease.filter(|(units, _)| *units > 0) {
+        let lease = lease.filter(|(units, _)| *units > 0);
+        if let Some((units, _)) = lease {
             weight = weight.saturating_add(units);
-            to = to.max(head.now.saturating_add(span));
         }
-        (
-            Consume {
-                weight,
-                now: from,
-                ..*head
-            },
-            to,
-        )
+        let whole = Consume {
+            weight,
+            now: from,
+            ..*head
+        };
+        (whole, anchor(head, guess, self.latest(head), lease))
     }
 
-    /// Cuts the lease to the most units `guess` admits beside the requests (none if it admits
-    /// no lease at all): halving, a few evaluations.
+    /// Cuts the lease, from the units wanted, to the most `guess` admits beside the requests
+    /// (none if it admits no lease at all): halving, a few evaluations. On a bucket busy far
+    /// enough ahead for the busy shape (`anchor`), first to what this container spends by the
+    /// TAT the guess shows (a lease lasts two thirds of a span at the pace it was sized for),
+    /// so that a container alone below the plan's rate does not see it lapse.
     fn fit_lease(&mut self, head: &Consume<'_>, guess: &Snapshot) {
-        let Some((units, span)) = self.lease else { return };
+        let Some(ask) = self.lease else { return };
         // The quotas' share again, on the item as now known (a refused write returns it).
         let cap = super::leases::quota_cap(head.limits, guess, head.now);
-        let mut units = u32::try_from(u64::from(units).min(cap)).unwrap_or(u32::MAX);
+        let mut units = u32::try_from(u64::from(ask.wanted).min(cap)).unwrap_or(u32::MAX);
+        if let Some(window) = busy_window(head.limits, guess, self.latest(head), ask.span) {
+            let lasts = ask.span.saturating_mul(2) / 3;
+            if window < lasts {
+                let fit = u128::from(units) * window.as_nanos() / lasts.as_nanos().max(1);
+                units = u32::try_from(fit).unwrap_or(units);
+            }
+        }
         while units > 0 {
-            let (whole, anchor) = self.whole_with(head, Some((units, span)));
+            let (whole, anchor) = self.whole_with(head, guess, Some((units, ask.span)));
             let state = state_from(head.limits, guess, whole.now, anchor);
             if engine::evaluate(head.limits, &state, whole.now, whole.weight)
                 .next
@@ -119,7 +193,7 @@ impl<'a> Batch<'a> {
             }
             units /= 2;
         }
-        self.lease = (units > 0).then_some((units, span));
+        self.lease = Some(Ask { units, ..ask });
     }
 
     /// Gives the carried requests back to the lane, undecided.
@@ -142,24 +216,40 @@ impl DynamoStore {
         guess: Snapshot,
         recheck: bool,
     ) -> Result<Decision, StoreError> {
-        let weight = batch.whole_with(head, None).0.weight;
-        batch.lease = self.leases.wanted(
-            head.tenant,
-            bucket_of(head.limits),
-            head.limits,
-            &guess,
-            head.now,
-            weight,
-        );
+        let weight = batch.whole_with(head, &guess, None).0.weight;
+        batch.lease = self
+            .leases
+            .wanted(
+                head.tenant,
+                bucket_of(head.limits),
+                head.limits,
+                &guess,
+                head.now,
+                weight,
+            )
+            .map(|(wanted, span)| Ask {
+                wanted,
+                units: wanted,
+                span,
+            });
         let result = self.attempts(head, batch, guess, recheck).await;
-        if let Ok(Outcome::Admitted(after)) = &result {
+        match &result {
             // With the carried requests still in the batch: the lease is spendable from the
             // earliest arrival its write held.
-            self.grant_lease(head, batch, after);
+            Ok(Outcome::Admitted(after)) => self.grant_lease(head, batch, after),
+            Ok(Outcome::Found(_)) => {
+                let units = batch
+                    .lease
+                    .and_then(|a| a.carried())
+                    .map_or(0, |(units, _)| u64::from(units));
+                self.stats.leased_units.fetch_add(units, Ordering::Relaxed);
+                self.stats.lapsed_units.fetch_add(units, Ordering::Relaxed);
+            }
+            _ => {}
         }
         let carried = std::mem::take(&mut batch.carried);
         match result {
-            Ok(Outcome::Admitted(after)) => {
+            Ok(Outcome::Admitted(after) | Outcome::Found(after)) => {
                 for w in carried {
                     let answer = engine::admitted(&w.limits, &after.state(&w.limits, w.now), w.now);
                     if w.tx.send(Ok(answer)).is_err() {
@@ -201,7 +291,7 @@ impl DynamoStore {
             if pending.is_none() {
                 batch.fit_lease(head, &guess);
             }
-            let (whole, anchor) = batch.whole(head);
+            let (whole, anchor) = batch.whole(head, &guess);
             let state = state_from(head.limits, &guess, whole.now, anchor);
             let eval = engine::evaluate(head.limits, &state, whole.now, whole.weight);
             if eval.next.is_none() && !(recheck && attempt == 1) {
@@ -228,7 +318,7 @@ impl DynamoStore {
                     if pending.is_some()
                         && let Some(found) = self.resend_found(&whole, &current, op, attempt, &last_unknown)
                     {
-                        return found.map(Outcome::Admitted);
+                        return found.map(Outcome::Found);
                     }
                     self.remember_refused(head, current.clone(), recheck);
                     guess = current;
@@ -255,16 +345,13 @@ impl DynamoStore {
         })
     }
 
-    /// Keeps the units the batch's applied write leased, until the end of its span or of the
-    /// first quota period to end.
+    /// Keeps the units the batch's applied write leased, until `lease_until`.
     fn grant_lease(&self, head: &Consume<'_>, batch: &Batch<'_>, after: &Snapshot) {
-        let Some((units, _)) = batch.lease else { return };
-        let (whole, anchor) = batch.whole(head);
-        let until = head
-            .limits
-            .counted()
-            .map(|c| c.bounds(whole.now).1)
-            .fold(anchor, Timestamp::min);
+        let Some((units, span)) = batch.lease.and_then(|a| a.carried()) else {
+            return;
+        };
+        let (whole, _) = batch.whole_with(head, after, None);
+        let until = lease_until(head.limits, after, whole.now, head.now.saturating_add(span), units);
         let grant = Grant {
             limits: head.limits.clone(),
             after: after.clone(),
@@ -302,9 +389,9 @@ impl DynamoStore {
     ) -> Result<Outcome, StoreError> {
         let mut attempts = 0;
         if let Some((op, sent)) = pending {
-            let (whole, _) = batch.whole(head);
+            let (whole, _) = batch.whole(head, guess);
             if let Some(current) = self.fence(&whole, op, sent).await? {
-                return Ok(Outcome::Admitted(current));
+                return Ok(Outcome::Found(current));
             }
             attempts = sent + 1;
         }
