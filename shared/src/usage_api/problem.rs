@@ -157,7 +157,9 @@ impl Problem {
         tracing::warn!(error = %e, "usage api: audit trail, before a change");
         Problem::unavailable(
             "audit-unavailable",
-            format!("the audit trail could not be written ({e}); no policy item was written: send the request again"),
+            format!(
+                "the audit trail could not be written ({e}); no tenant or key item was written: send the request again, with the same Idempotency-Key if it had one"
+            ),
         )
     }
 }

@@ -155,7 +155,7 @@ async fn an_onboarding_whose_intent_is_refused_writes_no_policy_item_and_answers
         problem["detail"]
             .as_str()
             .expect("detail")
-            .contains("no policy item was written"),
+            .contains("no tenant or key item was written"),
         "{problem}"
     );
     // AND the policy table holds neither the tenant nor a key of it, and the trail nothing
