@@ -18,7 +18,6 @@ use tollgate::usage_api::registry::Registry;
 
 use tollgate::policy_table::audit::INTERRUPTED;
 use tollgate::policy_table::tenant_pk;
-use tollgate::usage_api::registry::Registry;
 
 use super::{STACK, World, admitted};
 use crate::support::apigateway::UsagePlan;
