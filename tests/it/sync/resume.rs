@@ -265,3 +265,54 @@ async fn a_saved_position_api_gateway_refuses_starts_that_listing_over() {
     assert_eq!((resumed.keys, resumed.tenants), (30, 30), "{resumed:?}");
     assert!(admitted(&p.w, "tg_seed_000029_0123456789abcdef").await);
 }
+
+#[tokio::test]
+async fn a_key_moved_between_plans_during_the_cut_is_not_revoked_by_the_resumed_reconcile() {
+    // GIVEN two plans, mover's key on the one listed second, synced
+    let p = Paged::new("tg-resume-5").await;
+    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
+    let gold = p.w.plan("gold", 10.0, 20, 10000, &[]).await;
+    let listed = p.w.gw.get_usage_plans().send().await.expect("plans");
+    let first = listed.items()[0].id().expect("id").to_owned();
+    let (to, from) = if first == free { (free, gold) } else { (gold, free) };
+    let mover = p.w.key("mover", Some("mover"), "tg_mover", &from).await;
+    p.w.sync().await;
+    // AND a reconcile cut after GetUsagePlans and the first plan's keys (`to`: not the key's yet)
+    let (cut, calls) = p.reconcile(&p.w.table, Some(2)).await;
+    assert!(cut.saved_progress && calls == 2, "{cut:?}");
+    // WHEN, before it resumes, the key is moved from `from` to `to` in API Gateway (as an
+    // operator or the usage API does; no key item is written)
+    p.w.gw
+        .delete_usage_plan_key()
+        .usage_plan_id(&from)
+        .key_id(&mover)
+        .send()
+        .await
+        .expect("off from");
+    p.w.gw
+        .create_usage_plan_key()
+        .usage_plan_id(&to)
+        .key_id(&mover)
+        .key_type("API_KEY")
+        .send()
+        .await
+        .expect("onto to");
+    // AND the reconcile resumes: it reads `from`'s keys after the move, so it lists the key on
+    // no plan
+    let (resumed, _) = p.reconcile(&p.w.table, None).await;
+    // THEN the key is not revoked: a key seen on no plan in a listing read across a cut is left
+    // to the next sync
+    assert!(resumed.resumed_from.is_some(), "{resumed:?}");
+    assert!(resumed.revoked.is_empty(), "{resumed:?}");
+    assert!(
+        p.w.resolve("tg_mover").await.is_some(),
+        "moved key revoked: {resumed:?}"
+    );
+    // AND the next reconcile, uncut, reads the key on `to`
+    let (next, _) = p.reconcile(&p.w.table, None).await;
+    assert_eq!(
+        p.w.resolve("tg_mover").await.map(|r| r.0),
+        Some("mover".to_owned()),
+        "{next:?}"
+    );
+}
