@@ -316,3 +316,38 @@ async fn a_key_moved_between_plans_during_the_cut_is_not_revoked_by_the_resumed_
         "{next:?}"
     );
 }
+
+#[tokio::test]
+async fn a_plan_deleted_during_the_cut_is_dropped_from_the_listing_and_the_reconcile_finishes() {
+    // GIVEN two plans with a key each, synced, and a reconcile cut after GetUsagePlans and the
+    // first plan's keys (the second plan's keys are its next page)
+    let p = Paged::new("tg-resume-6").await;
+    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
+    let gold = p.w.plan("gold", 10.0, 20, 10000, &[]).await;
+    let listed = p.w.gw.get_usage_plans().send().await.expect("plans");
+    let first = listed.items()[0].id().expect("id").to_owned();
+    let second = if first == free { gold } else { free };
+    p.w.key("kept", Some("kept"), "tg_kept", &first).await;
+    p.w.key("gone", Some("gone"), "tg_gone", &second).await;
+    p.w.sync().await;
+    let (cut, calls) = p.reconcile(&p.w.table, Some(2)).await;
+    assert!(cut.saved_progress && calls == 2, "{cut:?}");
+    // WHEN the second plan is deleted before the reconcile resumes (API Gateway answers
+    // NotFound for its keys; the emulator does not, the fault proxy does)
+    p.w.gw
+        .delete_usage_plan()
+        .usage_plan_id(&second)
+        .send()
+        .await
+        .expect("delete plan");
+    p.faults
+        .inject_on("GET", &format!("usageplans/{second}/keys"), &[Some(Fault::NotFound)]);
+    let (resumed, _) = p.reconcile(&p.w.table, None).await;
+    // THEN the resumed reconcile drops the plan (API Gateway no longer has it) and finishes:
+    // the first plan's key still resolves, and no progress is left
+    assert!(resumed.resumed_from.is_some() && !resumed.saved_progress, "{resumed:?}");
+    assert_eq!(p.faults.seen("GET", &format!("usageplans/{second}/keys")), 1);
+    assert_eq!(resumed.usage_plans, 1, "{resumed:?}");
+    assert!(p.w.resolve("tg_kept").await.is_some());
+    assert!(!p.saved().await);
+}
