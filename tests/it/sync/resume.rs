@@ -246,6 +246,25 @@ async fn progress_a_day_old_or_of_another_format_is_discarded_and_the_reconcile_
 }
 
 #[tokio::test]
+async fn progress_saved_under_another_scope_is_discarded_and_the_reconcile_starts_over() {
+    use tollgate::control::sync::scope::Scope;
+
+    // GIVEN 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after 2
+    let p = Paged::new("tg-resume-7").await;
+    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
+    seed(&p.w, &free, 30).await;
+    let (cut, _) = p.reconcile(&p.w.table, Some(2)).await;
+    assert!(cut.saved_progress);
+    // WHEN the table's scope is set before the next run (a stack deployed over it)
+    let scope = Scope::parse("other-stack", "api1:prod").expect("scope");
+    p.w.table.set_scope(&scope).await.expect("scope written");
+    let (next, calls) = p.reconcile(&p.w.table, None).await;
+    // THEN the progress is discarded and the reconcile starts over under the new scope
+    assert_eq!((next.resumed_from, calls), (None, 5), "{next:?}");
+    assert!(!p.saved().await);
+}
+
+#[tokio::test]
 async fn a_saved_position_api_gateway_refuses_starts_that_listing_over() {
     // GIVEN 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after the
     // first page of GetApiKeys (its position saved: `25`)

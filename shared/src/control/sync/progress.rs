@@ -5,7 +5,9 @@
 //! Gateway call), the version of every policy item that read found (`StartVersions`: an 8-byte
 //! hash of the item's key and its version, 16 bytes an item), and what it listed of API Gateway
 //! with where it stopped (`listing::Listing`: key values as their SHA-256 only, as `ApiKey` holds
-//! them). It is one blob, `FORMAT`'s layout: a 4-byte length, the listing as JSON, then the
+//! them), and the stack's scope it decides under (`Scope::digest`: progress saved under another
+//! scope is started over, its listing and start read of another stack's mirror). It is one blob,
+//! `FORMAT`'s layout: the scope's 8-byte digest, a 4-byte length, the listing as JSON, then the
 //! versions; cut into parts `sync#reconcile#<n>` under `PART` bytes each, named by the head
 //! `sync#reconcile` (`policy_table::sync_items`). A save writes its parts, then the head; every
 //! part carries the save's id, so a head whose parts are not all its own is never read as
@@ -20,6 +22,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use sha2::{Digest, Sha256};
 
 use super::listing::Listing;
+use super::scope::Scope;
 use super::table::{Current, PolicyTable, TableError};
 use crate::engine::clock::Timestamp;
 use crate::policy_table::sync_items::{PROGRESS_SAVE, progress_data, progress_head, progress_of, progress_part};
@@ -27,7 +30,7 @@ use crate::policy_table::write::{self, Expect};
 use crate::policy_table::{PK, RECONCILE_PK, read_item, reconcile_part_pk};
 
 /// The layout of the saved blob; progress of another is started over.
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
 /// Progress older than this is started over: API Gateway has changed too much since its reads.
 pub const MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 /// The most bytes of the blob one part holds (an item holds at most 400 KB).
@@ -84,13 +87,31 @@ pub struct Progress {
     pub started: u64,
     pub versions: StartVersions,
     pub listing: Listing,
+    /// The scope it decides under (`scope_digest`).
+    pub scope: u64,
+}
+
+/// An 8-byte digest of a table's scope (`None`: every plan), saved with the progress.
+pub fn scope_digest(scope: Option<&Scope>) -> u64 {
+    let shown = scope.map_or_else(String::new, |s| {
+        let stages: Vec<&str> = s.stages.iter().map(String::as_str).collect();
+        format!(
+            "{}\n{}\n{}",
+            s.stack,
+            stages.join(","),
+            s.audit_table.as_deref().unwrap_or("")
+        )
+    });
+    hash(&shown)
 }
 
 impl Progress {
-    /// The blob: the listing's length (4 bytes), the listing as JSON, the versions.
+    /// The blob: the scope's digest (8 bytes), the listing's length (4 bytes), the listing as
+    /// JSON, the versions.
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         let listing = serde_json::to_vec(&self.listing)?;
-        let mut out = Vec::with_capacity(4 + listing.len() + 16 * self.versions.len());
+        let mut out = Vec::with_capacity(12 + listing.len() + 16 * self.versions.len());
+        out.extend_from_slice(&self.scope.to_be_bytes());
         out.extend_from_slice(&(listing.len() as u32).to_be_bytes());
         out.extend_from_slice(&listing);
         for (hash, version) in &self.versions.0 {
@@ -102,6 +123,8 @@ impl Progress {
 
     /// The progress a blob holds; `None` when it is not one.
     fn decode(started: u64, blob: &[u8]) -> Option<Progress> {
+        let scope = u64::from_be_bytes(blob.get(..8)?.try_into().ok()?);
+        let blob = blob.get(8..)?;
         let length = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
         let listing = serde_json::from_slice(blob.get(4..4 + length)?).ok()?;
         let rest = blob.get(4 + length..)?;
@@ -117,6 +140,7 @@ impl Progress {
             started,
             versions: StartVersions(versions),
             listing,
+            scope,
         })
     }
 }
@@ -129,9 +153,9 @@ pub struct Saved {
     parts: u64,
 }
 
-/// The saved progress to go on from at `now`; `None` when there is none. Progress too old, of
-/// another format, or not whole is deleted (the reconcile starts over), and logged.
-pub async fn load(table: &PolicyTable, now: Timestamp) -> Result<Option<Saved>, TableError> {
+/// The saved progress to go on from at `now` under the scope `scope` (`scope_digest`); `None`
+/// when there is none. Progress too old, of another format or scope, or not whole is deleted (the reconcile starts over), and logged.
+pub async fn load(table: &PolicyTable, now: Timestamp, scope: u64) -> Result<Option<Saved>, TableError> {
     let Some(head) = get(table, RECONCILE_PK).await? else {
         return Ok(None);
     };
@@ -155,6 +179,9 @@ pub async fn load(table: &PolicyTable, now: Timestamp) -> Result<Option<Saved>, 
     let Some(progress) = Progress::decode(started, &blob) else {
         return discard(table, "unreadable", Some(&save), parts).await;
     };
+    if progress.scope != scope {
+        return discard(table, "saved under another scope", Some(&save), parts).await;
+    }
     Ok(Some(Saved { progress, save, parts }))
 }
 
@@ -274,6 +301,7 @@ mod tests {
                 }],
                 at: At::Keys(Some("500".into())),
             },
+            scope: scope_digest(None),
         }
     }
 

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use super::listing::Listing;
 use super::progress::{self, Progress, Saved, StartVersions};
+use super::scope::Scope;
 use super::table::{Current, PolicyTable, TableError, TableWrite};
 use super::{Audited, Decided, SyncError, SyncReport, contended, refuse_empty_scope, scope, write};
 use crate::control::apigateway::ControlPlane;
@@ -69,9 +70,12 @@ pub async fn run(
         actor,
         cut,
     };
-    match progress::load(table, clock.now()).await? {
-        Some(saved) => run.resumed(saved).await,
-        None => run.fresh().await,
+    // Read once a run, as the decision read it before: a change of scope during a cut starts
+    // the reconcile over (its progress was read for another stack's mirror).
+    let scope = table.scope().await?;
+    match progress::load(table, clock.now(), progress::scope_digest(scope.as_ref())).await? {
+        Some(saved) => run.resumed(saved, scope).await,
+        None => run.fresh(scope).await,
     }
 }
 
@@ -86,7 +90,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// A reconcile from its start: the table, then API Gateway.
-    async fn fresh(&self) -> Result<SyncReport, SyncError> {
+    async fn fresh(&self, scope: Option<Scope>) -> Result<SyncReport, SyncError> {
         let mut retries = 0;
         loop {
             let as_of = self.clock.now();
@@ -97,10 +101,11 @@ impl Run<'_> {
                     started: as_of.as_secs(),
                     versions: StartVersions::of(&current),
                     listing,
+                    scope: progress::scope_digest(scope.as_ref()),
                 };
                 return save(self.table, progress, None, None).await;
             }
-            let decided = decide(self.table, &listing, as_of, current, retries).await?;
+            let decided = decide(self.table, scope.clone(), &listing, as_of, current, retries)?;
             match write(self.table, decided, self.actor, Audited::Own).await {
                 Err(TableError::Superseded) => contended(&mut retries).await?,
                 written => return Ok(written?.0),
@@ -110,11 +115,12 @@ impl Run<'_> {
 
     /// A reconcile gone on from `saved`: the rest of API Gateway, then the table read again,
     /// each write only over an item still as the start found it.
-    async fn resumed(&self, saved: Saved) -> Result<SyncReport, SyncError> {
+    async fn resumed(&self, saved: Saved, scope: Option<Scope>) -> Result<SyncReport, SyncError> {
         let Progress {
             started,
             versions,
             mut listing,
+            scope: digest,
         } = saved.progress.clone();
         tracing::info!(
             started,
@@ -126,6 +132,7 @@ impl Run<'_> {
                 started,
                 versions,
                 listing,
+                scope: digest,
             };
             return save(self.table, progress, Some(&saved), Some(started)).await;
         }
@@ -133,7 +140,7 @@ impl Run<'_> {
         loop {
             let as_of = self.clock.now();
             let current = self.table.read().await?;
-            let mut decided = decide(self.table, &listing, as_of, current, retries).await?;
+            let mut decided = decide(self.table, scope.clone(), &listing, as_of, current, retries)?;
             let across = AcrossTheCut::of(&listing, &versions, &decided.current);
             let (kept, changed): (Vec<_>, Vec<_>) = decided.changes.into_iter().partition(|c| across.keeps(c));
             decided.changes = kept;
@@ -251,15 +258,16 @@ impl<'a> AcrossTheCut<'a> {
     }
 }
 
-/// A whole read's decision over the table as read at `as_of`: the plans in the table's scope.
-async fn decide(
+/// A whole read's decision over the table as read at `as_of`: the plans in `scope` (the table's,
+/// read as the run began).
+fn decide(
     table: &PolicyTable,
+    scope: Option<Scope>,
     listing: &Listing,
     as_of: Timestamp,
     current: super::table::Current,
     retries: u32,
 ) -> Result<Decided, SyncError> {
-    let scope = table.scope().await?;
     let plans = scope::in_scope(scope.as_ref(), listing.plans.clone());
     refuse_empty_scope(scope, &plans, &current)?;
     Ok(Decided::of(table, &plans, &listing.keys, as_of, current, retries))
