@@ -3,7 +3,8 @@
 //!
 //! What is saved: when the reconcile started (its read of the policy table, before its first API
 //! Gateway call), the version of every policy item that read found (`StartVersions`: an 8-byte
-//! hash of the item's key and its version, 16 bytes an item), and what it listed of API Gateway
+//! hash of the item's key and its version, 16 bytes an item; items whose keys share a hash are
+//! saved as changed), and what it listed of API Gateway
 //! with where it stopped (`listing::Listing`: key values as their SHA-256 only, as `ApiKey` holds
 //! them), and the stack's scope it decides under (`Scope::digest`: progress saved under another
 //! scope is started over, its listing and start read of another stack's mirror). It is one blob,
@@ -46,11 +47,21 @@ pub struct StartVersions(BTreeMap<u64, u64>);
 
 impl StartVersions {
     pub fn of(current: &Current) -> StartVersions {
-        let version = |e: &Expect| match e {
-            Expect::At(v) => *v,
-            Expect::Absent | Expect::Stored(_) => UNKNOWN,
-        };
-        StartVersions(current.versions.iter().map(|(pk, e)| (hash(pk), version(e))).collect())
+        StartVersions::hashed(current, hash)
+    }
+
+    /// The versions by `hash` of each key; two keys of one hash are both `UNKNOWN` (each then
+    /// reads as changed: left to other writers, never written over a version not its own).
+    fn hashed(current: &Current, hash: fn(&str) -> u64) -> StartVersions {
+        let mut out = BTreeMap::new();
+        for (pk, e) in &current.versions {
+            let version = match e {
+                Expect::At(v) => *v,
+                Expect::Absent | Expect::Stored(_) => UNKNOWN,
+            };
+            out.entry(hash(pk)).and_modify(|v| *v = UNKNOWN).or_insert(version);
+        }
+        StartVersions(out)
     }
 
     /// Whether the item at `pk`, found now as `now` (`None`: no item), is as the start found it:
@@ -324,5 +335,33 @@ mod tests {
         assert!(v.unchanged("key#bb", None), "absent then and now");
         assert!(!v.unchanged("key#bb", Some(&Expect::At(1))), "made since");
         assert!(!v.unchanged("plan#odd", Some(&Expect::At(0))), "a version not a number");
+    }
+
+    #[test]
+    fn keys_of_one_hash_read_as_changed() {
+        let mut current = Current::default();
+        current.versions.insert("key#aa".into(), Expect::At(3));
+        current.versions.insert("key#bb".into(), Expect::At(3));
+        // key#bb made to hash as key#aa does
+        let v = StartVersions::hashed(&current, |pk| hash(if pk == "key#bb" { "key#aa" } else { pk }));
+        assert_eq!(v.len(), 1);
+        assert!(
+            !v.unchanged("key#aa", Some(&Expect::At(3))),
+            "a colliding hash is unknown"
+        );
+    }
+
+    #[test]
+    fn the_saved_listing_keeps_its_shape_under_this_format() {
+        // A change here changes what a saved blob means: raise FORMAT with it.
+        let shown = serde_json::to_string(&progress().listing).expect("json");
+        let pinned = concat!(
+            r#"{"plans":[{"id":"p1","name":"free","throttle":{"rate":1.0,"burst":5},"#,
+            r#""quota":{"limit":1000,"period":"Day","offset":0},"stages":[],"tags":{},"#,
+            r#""key_ids":["k1"]}],"keys":[{"id":"k1","name":"one","customer_id":"t","enabled":true,"#,
+            r#""hash":"3ed45fc65e3637f2a32babe91a935248fe15b6636c02133a6d35c15b2a6fb346"}],"#,
+            r#""at":{"Keys":"500"}}"#
+        );
+        assert_eq!((FORMAT, shown.as_str()), (2, pinned));
     }
 }
