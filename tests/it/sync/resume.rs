@@ -19,8 +19,9 @@ use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::{Clock, ManualClock};
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_table::record::Item;
+use tollgate::policy_table::sync_items::progress_part;
 use tollgate::policy_table::write::{self, ItemAction};
-use tollgate::policy_table::{PK, RECONCILE_PK, Record, key_pk, read_item, tenant_pk};
+use tollgate::policy_table::{PK, RECONCILE_PK, Record, key_pk, read_item, reconcile_part_pk, tenant_pk};
 
 use super::pace::Advance;
 use super::scoped::seed;
@@ -369,4 +370,35 @@ async fn a_plan_deleted_during_the_cut_is_dropped_from_the_listing_and_the_recon
     assert_eq!(resumed.usage_plans, 1, "{resumed:?}");
     assert!(p.w.resolve("tg_kept").await.is_some());
     assert!(!p.saved().await);
+}
+
+#[tokio::test]
+async fn parts_of_a_save_cut_short_before_its_head_are_deleted_by_the_next_save() {
+    // GIVEN parts 0 to 4 of a save cut short before its head (no head names them)
+    let p = Paged::new("tg-resume-8").await;
+    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
+    seed(&p.w, &free, 30).await;
+    for n in 0..5 {
+        let part = progress_part(n, "torn", vec![0; 8]);
+        p.w.db
+            .put_item()
+            .table_name(&p.w.name)
+            .set_item(Some(part))
+            .send()
+            .await
+            .expect("part");
+    }
+    // WHEN a reconcile is cut and saves (in one part)
+    let (cut, _) = p.reconcile(&p.w.table, Some(2)).await;
+    assert!(cut.saved_progress, "{cut:?}");
+    // THEN no part but its own is left
+    for n in 1..6 {
+        let part = read_item(&p.w.db, &p.w.name, &reconcile_part_pk(n))
+            .await
+            .expect("read");
+        assert!(part.is_none(), "part {n} left");
+    }
+    // AND the reconcile resumes from it
+    let (resumed, _) = p.reconcile(&p.w.table, None).await;
+    assert!(resumed.resumed_from.is_some(), "{resumed:?}");
 }

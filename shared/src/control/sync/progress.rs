@@ -12,7 +12,8 @@
 //! versions; cut into parts `sync#reconcile#<n>` under `PART` bytes each, named by the head
 //! `sync#reconcile` (`policy_table::sync_items`). A save writes its parts, then the head; every
 //! part carries the save's id, so a head whose parts are not all its own is never read as
-//! progress. Progress older than `MAX_AGE`, of another format or unreadable is deleted and the
+//! progress. After the head it deletes every part past its own (of a larger save, or of one cut
+//! short before its head), so a torn save's parts last until the next save at most. Progress older than `MAX_AGE`, of another format or unreadable is deleted and the
 //! reconcile starts over.
 
 use std::collections::BTreeMap;
@@ -206,8 +207,9 @@ async fn discard(table: &PolicyTable, why: &str, save: Option<&str>, parts: u64)
     Ok(None)
 }
 
-/// Saves `progress` (replacing `previous`, the progress it went on from); the items written.
-pub async fn save(table: &PolicyTable, progress: &Progress, previous: Option<&Saved>) -> Result<u64, TableError> {
+/// Saves `progress` (replacing the progress it went on from, and any part of a save cut short);
+/// the items written.
+pub async fn save(table: &PolicyTable, progress: &Progress) -> Result<u64, TableError> {
     let blob = progress.encode().map_err(|e| TableError::Invalid {
         pk: RECONCILE_PK.to_owned(),
         detail: e.to_string(),
@@ -219,11 +221,28 @@ pub async fn save(table: &PolicyTable, progress: &Progress, previous: Option<&Sa
     }
     let count = parts.len() as u64;
     put(table, progress_head(FORMAT, progress.started, &save, count)).await?;
-    // Parts of a larger earlier save past this one's.
-    for n in count..previous.map_or(0, |p| p.parts) {
-        delete_item(table, &reconcile_part_pk(n), None).await?;
+    // Parts past this save's: of a larger earlier one, or of a save cut short before
+    // its head (never named by one). Parts are always written from 0 and deleted from the end, so
+    // they are contiguous: deleting on until a part was absent takes them all, one call more.
+    let mut n = count;
+    while delete_part(table, n).await? {
+        n += 1;
     }
     Ok(count + 1)
+}
+
+/// Deletes part `n`; whether it was there.
+async fn delete_part(table: &PolicyTable, n: u64) -> Result<bool, TableError> {
+    let gone = table
+        .client()
+        .delete_item()
+        .table_name(table.name())
+        .key(PK, AttributeValue::S(reconcile_part_pk(n)))
+        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .send()
+        .await
+        .map_err(|e| table.unavailable(e))?;
+    Ok(gone.attributes().is_some_and(|a| !a.is_empty()))
 }
 
 /// Deletes `saved` once its reconcile is done.

@@ -103,7 +103,7 @@ impl Run<'_> {
                     listing,
                     scope: progress::scope_digest(scope.as_ref()),
                 };
-                return save(self.table, progress, None, None).await;
+                return save(self.table, progress, None).await;
             }
             let decided = decide(self.table, scope.clone(), &listing, as_of, current, retries)?;
             match write(self.table, decided, self.actor, Audited::Own).await {
@@ -134,7 +134,7 @@ impl Run<'_> {
                 listing,
                 scope: digest,
             };
-            return save(self.table, progress, Some(&saved), Some(started)).await;
+            return save(self.table, progress, Some(started)).await;
         }
         let mut retries = 0;
         loop {
@@ -273,15 +273,10 @@ fn decide(
     Ok(Decided::of(table, &plans, &listing.keys, as_of, current, retries))
 }
 
-/// Saves a cut reconcile's `progress` (replacing `previous`); the report says what it read so
+/// Saves a cut reconcile's `progress` (replacing any earlier); the report says what it read so
 /// far, that it saved, and when it started if it was resumed.
-async fn save(
-    table: &PolicyTable,
-    progress: Progress,
-    previous: Option<&Saved>,
-    resumed_from: Option<u64>,
-) -> Result<SyncReport, SyncError> {
-    let parts = progress::save(table, &progress, previous).await?;
+async fn save(table: &PolicyTable, progress: Progress, resumed_from: Option<u64>) -> Result<SyncReport, SyncError> {
+    let parts = progress::save(table, &progress).await?;
     tracing::warn!(
         started = progress.started,
         at = progress.listing.shown(),
