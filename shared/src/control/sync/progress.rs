@@ -224,6 +224,7 @@ pub async fn save(table: &PolicyTable, progress: &Progress) -> Result<u64, Table
     // Parts past this save's: of a larger earlier one, or of a save cut short before
     // its head (never named by one). Parts are always written from 0 and deleted from the end, so
     // they are contiguous: deleting on until a part was absent takes them all, one call more.
+    // (Only this loop cut short itself can leave a gap; the parts past it are then left.)
     let mut n = count;
     while delete_part(table, n).await? {
         n += 1;
