@@ -385,6 +385,17 @@ async fn bad_request(client: &mut TcpStream) {
     .await;
 }
 
+/// The answer of a fault that refuses the request unexecuted.
+async fn refuse(fault: Fault, client: &mut TcpStream) {
+    match fault {
+        Fault::TooManyRequests => throttle(client).await,
+        Fault::AccessDenied => access_denied(client).await,
+        Fault::BadRequest => bad_request(client).await,
+        Fault::NotFound => not_found(client).await,
+        _ => throughput_exceeded(client).await,
+    }
+}
+
 /// API Gateway's answer to a call naming a usage plan it does not have.
 async fn not_found(client: &mut TcpStream) {
     let body = r#"{"message":"Invalid Usage Plan ID specified"}"#;
@@ -458,13 +469,7 @@ async fn serve(
             | Fault::ThroughputExceeded),
         ) => {
             if proxy::read_request(&mut client).await.is_some() {
-                match f {
-                    Fault::TooManyRequests => throttle(&mut client).await,
-                    Fault::AccessDenied => access_denied(&mut client).await,
-                    Fault::BadRequest => bad_request(&mut client).await,
-                    Fault::NotFound => not_found(&mut client).await,
-                    _ => throughput_exceeded(&mut client).await,
-                }
+                refuse(f, &mut client).await;
             }
         }
         Some(Fault::InternalError) => {
