@@ -77,6 +77,26 @@ impl Paged {
         (report, self.counted.counts().since(&before).api_gateway())
     }
 
+    /// A world with 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after
+    /// `calls` calls, its progress saved.
+    async fn cut_with_30_keys(region: &'static str, calls: u32) -> Paged {
+        let p = Paged::new(region).await;
+        let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
+        seed(&p.w, &free, 30).await;
+        let (cut, _) = p.reconcile(&p.w.table, Some(calls)).await;
+        assert!(cut.saved_progress, "{cut:?}");
+        p
+    }
+
+    /// Two plans, in the order GetUsagePlans lists them.
+    async fn two_plans(&self) -> (String, String) {
+        let free = self.w.plan("free", 1.0, 5, 1000, &[]).await;
+        let gold = self.w.plan("gold", 10.0, 20, 10000, &[]).await;
+        let listed = self.w.gw.get_usage_plans().send().await.expect("plans");
+        let first = listed.items()[0].id().expect("id");
+        if first == free { (free, gold) } else { (gold, free) }
+    }
+
     /// Another empty policy table on the same API Gateway, for an uncut reconcile to compare with.
     async fn baseline(&self) -> PolicyTable {
         let name = emulator::unique("baseline");
@@ -216,11 +236,7 @@ async fn admitted(w: &World, value: &str) -> bool {
 #[tokio::test]
 async fn progress_a_day_old_or_of_another_format_is_discarded_and_the_reconcile_starts_over() {
     // GIVEN 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after 2
-    let p = Paged::new("tg-resume-3").await;
-    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
-    seed(&p.w, &free, 30).await;
-    let (cut, _) = p.reconcile(&p.w.table, Some(2)).await;
-    assert!(cut.saved_progress);
+    let p = Paged::cut_with_30_keys("tg-resume-3", 2).await;
     // WHEN the next run comes more than a day after the reconcile started
     p.clock.advance(MAX_AGE);
     let (late, calls) = p.reconcile(&p.w.table, None).await;
@@ -251,11 +267,7 @@ async fn progress_saved_under_another_scope_is_discarded_and_the_reconcile_start
     use tollgate::control::sync::scope::Scope;
 
     // GIVEN 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after 2
-    let p = Paged::new("tg-resume-7").await;
-    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
-    seed(&p.w, &free, 30).await;
-    let (cut, _) = p.reconcile(&p.w.table, Some(2)).await;
-    assert!(cut.saved_progress);
+    let p = Paged::cut_with_30_keys("tg-resume-7", 2).await;
     // WHEN the table's scope is set before the next run (a stack deployed over it)
     let scope = Scope::parse("other-stack", "api1:prod").expect("scope");
     p.w.table.set_scope(&scope).await.expect("scope written");
@@ -269,11 +281,7 @@ async fn progress_saved_under_another_scope_is_discarded_and_the_reconcile_start
 async fn a_saved_position_api_gateway_refuses_starts_that_listing_over() {
     // GIVEN 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after the
     // first page of GetApiKeys (its position saved: `25`)
-    let p = Paged::new("tg-resume-4").await;
-    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
-    seed(&p.w, &free, 30).await;
-    let (cut, _) = p.reconcile(&p.w.table, Some(4)).await;
-    assert!(cut.saved_progress);
+    let p = Paged::cut_with_30_keys("tg-resume-4", 4).await;
     // WHEN API Gateway refuses that position as the next run goes on from it
     p.faults.inject_on("GET", "position=25", &[Some(Fault::BadRequest)]);
     let (resumed, calls) = p.reconcile(&p.w.table, None).await;
@@ -290,11 +298,7 @@ async fn a_saved_position_api_gateway_refuses_starts_that_listing_over() {
 async fn a_key_moved_between_plans_during_the_cut_is_not_revoked_by_the_resumed_reconcile() {
     // GIVEN two plans, mover's key on the one listed second, synced
     let p = Paged::new("tg-resume-5").await;
-    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
-    let gold = p.w.plan("gold", 10.0, 20, 10000, &[]).await;
-    let listed = p.w.gw.get_usage_plans().send().await.expect("plans");
-    let first = listed.items()[0].id().expect("id").to_owned();
-    let (to, from) = if first == free { (free, gold) } else { (gold, free) };
+    let (to, from) = p.two_plans().await;
     let mover = p.w.key("mover", Some("mover"), "tg_mover", &from).await;
     p.w.sync().await;
     // AND a reconcile cut after GetUsagePlans and the first plan's keys (`to`: not the key's yet)
@@ -342,11 +346,7 @@ async fn a_plan_deleted_during_the_cut_is_dropped_from_the_listing_and_the_recon
     // GIVEN two plans with a key each, synced, and a reconcile cut after GetUsagePlans and the
     // first plan's keys (the second plan's keys are its next page)
     let p = Paged::new("tg-resume-6").await;
-    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
-    let gold = p.w.plan("gold", 10.0, 20, 10000, &[]).await;
-    let listed = p.w.gw.get_usage_plans().send().await.expect("plans");
-    let first = listed.items()[0].id().expect("id").to_owned();
-    let second = if first == free { gold } else { free };
+    let (first, second) = p.two_plans().await;
     p.w.key("kept", Some("kept"), "tg_kept", &first).await;
     p.w.key("gone", Some("gone"), "tg_gone", &second).await;
     p.w.sync().await;
