@@ -41,6 +41,9 @@ pub enum Fault {
     /// Answer `400 BadRequestException` without forwarding, as API Gateway does to a listing's
     /// `position` it no longer takes: refused unexecuted, never retried.
     BadRequest,
+    /// Answer `404 NotFoundException` without forwarding, as API Gateway does to a call naming a
+    /// usage plan it no longer has (the emulator lists a deleted plan's keys still).
+    NotFound,
     /// Answer DynamoDB's `400 ProvisionedThroughputExceededException` without forwarding: the
     /// item's partition refused the write unexecuted, as DynamoDB does past an item's capacity.
     ThroughputExceeded,
@@ -318,6 +321,7 @@ async fn serve_matching(
         Some(Fault::TooManyRequests) => throttle(&mut client).await,
         Some(Fault::AccessDenied) => access_denied(&mut client).await,
         Some(Fault::BadRequest) => bad_request(&mut client).await,
+        Some(Fault::NotFound) => not_found(&mut client).await,
         Some(Fault::ThroughputExceeded) => throughput_exceeded(&mut client).await,
         Some(Fault::InternalError) => {
             proxy::deliver_unheard(upstream, &request).await;
@@ -381,6 +385,23 @@ async fn bad_request(client: &mut TcpStream) {
     .await;
 }
 
+/// The answer of a fault that refuses the request unexecuted.
+async fn refuse(fault: Fault, client: &mut TcpStream) {
+    match fault {
+        Fault::TooManyRequests => throttle(client).await,
+        Fault::AccessDenied => access_denied(client).await,
+        Fault::BadRequest => bad_request(client).await,
+        Fault::NotFound => not_found(client).await,
+        _ => throughput_exceeded(client).await,
+    }
+}
+
+/// API Gateway's answer to a call naming a usage plan it does not have.
+async fn not_found(client: &mut TcpStream) {
+    let body = r#"{"message":"Invalid Usage Plan ID specified"}"#;
+    error_answer(client, "404 Not Found", "NotFoundException", "application/json", body).await;
+}
+
 /// DynamoDB's answer to a write past its item's (partition's) throughput, not applied.
 async fn throughput_exceeded(client: &mut TcpStream) {
     let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded."}"#;
@@ -440,14 +461,15 @@ async fn serve(
         Some(Fault::Stall) => {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         }
-        Some(f @ (Fault::TooManyRequests | Fault::AccessDenied | Fault::BadRequest | Fault::ThroughputExceeded)) => {
+        Some(
+            f @ (Fault::TooManyRequests
+            | Fault::AccessDenied
+            | Fault::BadRequest
+            | Fault::NotFound
+            | Fault::ThroughputExceeded),
+        ) => {
             if proxy::read_request(&mut client).await.is_some() {
-                match f {
-                    Fault::TooManyRequests => throttle(&mut client).await,
-                    Fault::AccessDenied => access_denied(&mut client).await,
-                    Fault::BadRequest => bad_request(&mut client).await,
-                    _ => throughput_exceeded(&mut client).await,
-                }
+                refuse(f, &mut client).await;
             }
         }
         Some(Fault::InternalError) => {

@@ -19,8 +19,9 @@ use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::{Clock, ManualClock};
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_table::record::Item;
+use tollgate::policy_table::sync_items::progress_part;
 use tollgate::policy_table::write::{self, ItemAction};
-use tollgate::policy_table::{PK, RECONCILE_PK, Record, key_pk, read_item, tenant_pk};
+use tollgate::policy_table::{PK, RECONCILE_PK, Record, key_pk, read_item, reconcile_part_pk, tenant_pk};
 
 use super::pace::Advance;
 use super::scoped::seed;
@@ -74,6 +75,26 @@ impl Paged {
             .await
             .expect("reconcile");
         (report, self.counted.counts().since(&before).api_gateway())
+    }
+
+    /// A world with 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after
+    /// `calls` calls, its progress saved.
+    async fn cut_with_30_keys(region: &'static str, calls: u32) -> Paged {
+        let p = Paged::new(region).await;
+        let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
+        seed(&p.w, &free, 30).await;
+        let (cut, _) = p.reconcile(&p.w.table, Some(calls)).await;
+        assert!(cut.saved_progress, "{cut:?}");
+        p
+    }
+
+    /// Two plans, in the order GetUsagePlans lists them.
+    async fn two_plans(&self) -> (String, String) {
+        let free = self.w.plan("free", 1.0, 5, 1000, &[]).await;
+        let gold = self.w.plan("gold", 10.0, 20, 10000, &[]).await;
+        let listed = self.w.gw.get_usage_plans().send().await.expect("plans");
+        let first = listed.items()[0].id().expect("id");
+        if first == free { (free, gold) } else { (gold, free) }
     }
 
     /// Another empty policy table on the same API Gateway, for an uncut reconcile to compare with.
@@ -215,11 +236,7 @@ async fn admitted(w: &World, value: &str) -> bool {
 #[tokio::test]
 async fn progress_a_day_old_or_of_another_format_is_discarded_and_the_reconcile_starts_over() {
     // GIVEN 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after 2
-    let p = Paged::new("tg-resume-3").await;
-    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
-    seed(&p.w, &free, 30).await;
-    let (cut, _) = p.reconcile(&p.w.table, Some(2)).await;
-    assert!(cut.saved_progress);
+    let p = Paged::cut_with_30_keys("tg-resume-3", 2).await;
     // WHEN the next run comes more than a day after the reconcile started
     p.clock.advance(MAX_AGE);
     let (late, calls) = p.reconcile(&p.w.table, None).await;
@@ -246,14 +263,25 @@ async fn progress_a_day_old_or_of_another_format_is_discarded_and_the_reconcile_
 }
 
 #[tokio::test]
+async fn progress_saved_under_another_scope_is_discarded_and_the_reconcile_starts_over() {
+    use tollgate::control::sync::scope::Scope;
+
+    // GIVEN 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after 2
+    let p = Paged::cut_with_30_keys("tg-resume-7", 2).await;
+    // WHEN the table's scope is set before the next run (a stack deployed over it)
+    let scope = Scope::parse("other-stack", "api1:prod").expect("scope");
+    p.w.table.set_scope(&scope).await.expect("scope written");
+    let (next, calls) = p.reconcile(&p.w.table, None).await;
+    // THEN the progress is discarded and the reconcile starts over under the new scope
+    assert_eq!((next.resumed_from, calls), (None, 5), "{next:?}");
+    assert!(!p.saved().await);
+}
+
+#[tokio::test]
 async fn a_saved_position_api_gateway_refuses_starts_that_listing_over() {
     // GIVEN 30 keys on a plan (an uncut reconcile: 5 calls), and a reconcile cut after the
     // first page of GetApiKeys (its position saved: `25`)
-    let p = Paged::new("tg-resume-4").await;
-    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
-    seed(&p.w, &free, 30).await;
-    let (cut, _) = p.reconcile(&p.w.table, Some(4)).await;
-    assert!(cut.saved_progress);
+    let p = Paged::cut_with_30_keys("tg-resume-4", 4).await;
     // WHEN API Gateway refuses that position as the next run goes on from it
     p.faults.inject_on("GET", "position=25", &[Some(Fault::BadRequest)]);
     let (resumed, calls) = p.reconcile(&p.w.table, None).await;
@@ -264,4 +292,113 @@ async fn a_saved_position_api_gateway_refuses_starts_that_listing_over() {
     assert!(resumed.resumed_from.is_some(), "{resumed:?}");
     assert_eq!((resumed.keys, resumed.tenants), (30, 30), "{resumed:?}");
     assert!(admitted(&p.w, "tg_seed_000029_0123456789abcdef").await);
+}
+
+#[tokio::test]
+async fn a_key_moved_between_plans_during_the_cut_is_not_revoked_by_the_resumed_reconcile() {
+    // GIVEN two plans, mover's key on the one listed second, synced
+    let p = Paged::new("tg-resume-5").await;
+    let (to, from) = p.two_plans().await;
+    let mover = p.w.key("mover", Some("mover"), "tg_mover", &from).await;
+    p.w.sync().await;
+    // AND a reconcile cut after GetUsagePlans and the first plan's keys (`to`: not the key's yet)
+    let (cut, calls) = p.reconcile(&p.w.table, Some(2)).await;
+    assert!(cut.saved_progress && calls == 2, "{cut:?}");
+    // WHEN, before it resumes, the key is moved from `from` to `to` in API Gateway (as an
+    // operator or the usage API does; no key item is written)
+    p.w.gw
+        .delete_usage_plan_key()
+        .usage_plan_id(&from)
+        .key_id(&mover)
+        .send()
+        .await
+        .expect("off from");
+    p.w.gw
+        .create_usage_plan_key()
+        .usage_plan_id(&to)
+        .key_id(&mover)
+        .key_type("API_KEY")
+        .send()
+        .await
+        .expect("onto to");
+    // AND the reconcile resumes: it reads `from`'s keys after the move, so it lists the key on
+    // no plan
+    let (resumed, _) = p.reconcile(&p.w.table, None).await;
+    // THEN the key is not revoked: a key seen on no plan in a listing read across a cut is left
+    // to the next sync
+    assert!(resumed.resumed_from.is_some(), "{resumed:?}");
+    assert!(resumed.revoked.is_empty(), "{resumed:?}");
+    assert!(
+        p.w.resolve("tg_mover").await.is_some(),
+        "moved key revoked: {resumed:?}"
+    );
+    // AND the next reconcile, uncut, reads the key on `to`
+    let (next, _) = p.reconcile(&p.w.table, None).await;
+    assert_eq!(
+        p.w.resolve("tg_mover").await.map(|r| r.0),
+        Some("mover".to_owned()),
+        "{next:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plan_deleted_during_the_cut_is_dropped_from_the_listing_and_the_reconcile_finishes() {
+    // GIVEN two plans with a key each, synced, and a reconcile cut after GetUsagePlans and the
+    // first plan's keys (the second plan's keys are its next page)
+    let p = Paged::new("tg-resume-6").await;
+    let (first, second) = p.two_plans().await;
+    p.w.key("kept", Some("kept"), "tg_kept", &first).await;
+    p.w.key("gone", Some("gone"), "tg_gone", &second).await;
+    p.w.sync().await;
+    let (cut, calls) = p.reconcile(&p.w.table, Some(2)).await;
+    assert!(cut.saved_progress && calls == 2, "{cut:?}");
+    // WHEN the second plan is deleted before the reconcile resumes (API Gateway answers
+    // NotFound for its keys; the emulator does not, the fault proxy does)
+    p.w.gw
+        .delete_usage_plan()
+        .usage_plan_id(&second)
+        .send()
+        .await
+        .expect("delete plan");
+    p.faults
+        .inject_on("GET", &format!("usageplans/{second}/keys"), &[Some(Fault::NotFound)]);
+    let (resumed, _) = p.reconcile(&p.w.table, None).await;
+    // THEN the resumed reconcile drops the plan (API Gateway no longer has it) and finishes:
+    // the first plan's key still resolves, and no progress is left
+    assert!(resumed.resumed_from.is_some() && !resumed.saved_progress, "{resumed:?}");
+    assert_eq!(p.faults.seen("GET", &format!("usageplans/{second}/keys")), 1);
+    assert_eq!(resumed.usage_plans, 1, "{resumed:?}");
+    assert!(p.w.resolve("tg_kept").await.is_some());
+    assert!(!p.saved().await);
+}
+
+#[tokio::test]
+async fn parts_of_a_save_cut_short_before_its_head_are_deleted_by_the_next_save() {
+    // GIVEN parts 0 to 4 of a save cut short before its head (no head names them)
+    let p = Paged::new("tg-resume-8").await;
+    let free = p.w.plan("free", 1.0, 5, 1000, &[]).await;
+    seed(&p.w, &free, 30).await;
+    for n in 0..5 {
+        let part = progress_part(n, "torn", vec![0; 8]);
+        p.w.db
+            .put_item()
+            .table_name(&p.w.name)
+            .set_item(Some(part))
+            .send()
+            .await
+            .expect("part");
+    }
+    // WHEN a reconcile is cut and saves (in one part)
+    let (cut, _) = p.reconcile(&p.w.table, Some(2)).await;
+    assert!(cut.saved_progress, "{cut:?}");
+    // THEN no part but its own is left
+    for n in 1..6 {
+        let part = read_item(&p.w.db, &p.w.name, &reconcile_part_pk(n))
+            .await
+            .expect("read");
+        assert!(part.is_none(), "part {n} left");
+    }
+    // AND the reconcile resumes from it
+    let (resumed, _) = p.reconcile(&p.w.table, None).await;
+    assert!(resumed.resumed_from.is_some(), "{resumed:?}");
 }

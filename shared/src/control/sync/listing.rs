@@ -64,7 +64,8 @@ impl Listing {
 
     /// Reads page after page until everything is read (`true`) or `cut` has come (`false`),
     /// checked on `clock` before each page. A position API Gateway refuses (`BadRequest`: a
-    /// saved one it no longer takes) starts that listing over.
+    /// saved one it no longer takes) starts that listing over; a listed plan it no longer has
+    /// (`NotFound` on its keys: deleted since it was listed) is dropped.
     pub async fn read(
         &mut self,
         control: &dyn ControlPlane,
@@ -84,6 +85,13 @@ impl Listing {
                         operation,
                         detail,
                         "API Gateway refused a saved position; that listing starts over"
+                    );
+                }
+                Err(ControlError::NotFound { operation, detail }) if self.drop_plan() => {
+                    tracing::warn!(
+                        operation,
+                        detail,
+                        "a listed usage plan is gone; the read goes on without it"
                     );
                 }
                 Err(e) => return Err(e),
@@ -135,6 +143,22 @@ impl Listing {
         } else {
             At::Keys(None)
         }
+    }
+
+    /// Drops the plan whose keys are being listed (API Gateway no longer has it: deleted since
+    /// `GetUsagePlans` listed it, maybe in an earlier invocation) and goes on with the next;
+    /// `false` when the read is not listing a plan's keys. A plan deleted is what a read that
+    /// listed plans after the deletion would have found: no plan, its keys on no other plan.
+    fn drop_plan(&mut self) -> bool {
+        let At::PlanKeys { plan, .. } = self.at else {
+            return false;
+        };
+        if plan >= self.plans.len() {
+            return false;
+        }
+        self.plans.remove(plan);
+        self.at = self.keys_of(plan);
+        true
     }
 
     /// Starts the listing under way over from its first page, what it read of it dropped;

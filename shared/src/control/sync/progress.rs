@@ -3,13 +3,17 @@
 //!
 //! What is saved: when the reconcile started (its read of the policy table, before its first API
 //! Gateway call), the version of every policy item that read found (`StartVersions`: an 8-byte
-//! hash of the item's key and its version, 16 bytes an item), and what it listed of API Gateway
+//! hash of the item's key and its version, 16 bytes an item; items whose keys share a hash are
+//! saved as changed), and what it listed of API Gateway
 //! with where it stopped (`listing::Listing`: key values as their SHA-256 only, as `ApiKey` holds
-//! them). It is one blob, `FORMAT`'s layout: a 4-byte length, the listing as JSON, then the
+//! them), and the stack's scope it decides under (`Scope::digest`: progress saved under another
+//! scope is started over, its listing and start read of another stack's mirror). It is one blob,
+//! `FORMAT`'s layout: the scope's 8-byte digest, a 4-byte length, the listing as JSON, then the
 //! versions; cut into parts `sync#reconcile#<n>` under `PART` bytes each, named by the head
 //! `sync#reconcile` (`policy_table::sync_items`). A save writes its parts, then the head; every
 //! part carries the save's id, so a head whose parts are not all its own is never read as
-//! progress. Progress older than `MAX_AGE`, of another format or unreadable is deleted and the
+//! progress. After the head it deletes every part past its own (of a larger save, or of one cut
+//! short before its head), so a torn save's parts last until the next save at most. Progress older than `MAX_AGE`, of another format or unreadable is deleted and the
 //! reconcile starts over.
 
 use std::collections::BTreeMap;
@@ -20,6 +24,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use sha2::{Digest, Sha256};
 
 use super::listing::Listing;
+use super::scope::Scope;
 use super::table::{Current, PolicyTable, TableError};
 use crate::engine::clock::Timestamp;
 use crate::policy_table::sync_items::{PROGRESS_SAVE, progress_data, progress_head, progress_of, progress_part};
@@ -27,7 +32,7 @@ use crate::policy_table::write::{self, Expect};
 use crate::policy_table::{PK, RECONCILE_PK, read_item, reconcile_part_pk};
 
 /// The layout of the saved blob; progress of another is started over.
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
 /// Progress older than this is started over: API Gateway has changed too much since its reads.
 pub const MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 /// The most bytes of the blob one part holds (an item holds at most 400 KB).
@@ -43,11 +48,21 @@ pub struct StartVersions(BTreeMap<u64, u64>);
 
 impl StartVersions {
     pub fn of(current: &Current) -> StartVersions {
-        let version = |e: &Expect| match e {
-            Expect::At(v) => *v,
-            Expect::Absent | Expect::Stored(_) => UNKNOWN,
-        };
-        StartVersions(current.versions.iter().map(|(pk, e)| (hash(pk), version(e))).collect())
+        StartVersions::hashed(current, hash)
+    }
+
+    /// The versions by `hash` of each key; two keys of one hash are both `UNKNOWN` (each then
+    /// reads as changed: left to other writers, never written over a version not its own).
+    fn hashed(current: &Current, hash: fn(&str) -> u64) -> StartVersions {
+        let mut out = BTreeMap::new();
+        for (pk, e) in &current.versions {
+            let version = match e {
+                Expect::At(v) => *v,
+                Expect::Absent | Expect::Stored(_) => UNKNOWN,
+            };
+            out.entry(hash(pk)).and_modify(|v| *v = UNKNOWN).or_insert(version);
+        }
+        StartVersions(out)
     }
 
     /// Whether the item at `pk`, found now as `now` (`None`: no item), is as the start found it:
@@ -84,13 +99,31 @@ pub struct Progress {
     pub started: u64,
     pub versions: StartVersions,
     pub listing: Listing,
+    /// The scope it decides under (`scope_digest`).
+    pub scope: u64,
+}
+
+/// An 8-byte digest of a table's scope (`None`: every plan), saved with the progress.
+pub fn scope_digest(scope: Option<&Scope>) -> u64 {
+    let shown = scope.map_or_else(String::new, |s| {
+        let stages: Vec<&str> = s.stages.iter().map(String::as_str).collect();
+        format!(
+            "{}\n{}\n{}",
+            s.stack,
+            stages.join(","),
+            s.audit_table.as_deref().unwrap_or("")
+        )
+    });
+    hash(&shown)
 }
 
 impl Progress {
-    /// The blob: the listing's length (4 bytes), the listing as JSON, the versions.
+    /// The blob: the scope's digest (8 bytes), the listing's length (4 bytes), the listing as
+    /// JSON, the versions.
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         let listing = serde_json::to_vec(&self.listing)?;
-        let mut out = Vec::with_capacity(4 + listing.len() + 16 * self.versions.len());
+        let mut out = Vec::with_capacity(12 + listing.len() + 16 * self.versions.len());
+        out.extend_from_slice(&self.scope.to_be_bytes());
         out.extend_from_slice(&(listing.len() as u32).to_be_bytes());
         out.extend_from_slice(&listing);
         for (hash, version) in &self.versions.0 {
@@ -102,6 +135,8 @@ impl Progress {
 
     /// The progress a blob holds; `None` when it is not one.
     fn decode(started: u64, blob: &[u8]) -> Option<Progress> {
+        let scope = u64::from_be_bytes(blob.get(..8)?.try_into().ok()?);
+        let blob = blob.get(8..)?;
         let length = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
         let listing = serde_json::from_slice(blob.get(4..4 + length)?).ok()?;
         let rest = blob.get(4 + length..)?;
@@ -117,6 +152,7 @@ impl Progress {
             started,
             versions: StartVersions(versions),
             listing,
+            scope,
         })
     }
 }
@@ -129,9 +165,9 @@ pub struct Saved {
     parts: u64,
 }
 
-/// The saved progress to go on from at `now`; `None` when there is none. Progress too old, of
-/// another format, or not whole is deleted (the reconcile starts over), and logged.
-pub async fn load(table: &PolicyTable, now: Timestamp) -> Result<Option<Saved>, TableError> {
+/// The saved progress to go on from at `now` under the scope `scope` (`scope_digest`); `None`
+/// when there is none. Progress too old, of another format or scope, or not whole is deleted (the reconcile starts over), and logged.
+pub async fn load(table: &PolicyTable, now: Timestamp, scope: u64) -> Result<Option<Saved>, TableError> {
     let Some(head) = get(table, RECONCILE_PK).await? else {
         return Ok(None);
     };
@@ -155,6 +191,9 @@ pub async fn load(table: &PolicyTable, now: Timestamp) -> Result<Option<Saved>, 
     let Some(progress) = Progress::decode(started, &blob) else {
         return discard(table, "unreadable", Some(&save), parts).await;
     };
+    if progress.scope != scope {
+        return discard(table, "saved under another scope", Some(&save), parts).await;
+    }
     Ok(Some(Saved { progress, save, parts }))
 }
 
@@ -168,8 +207,9 @@ async fn discard(table: &PolicyTable, why: &str, save: Option<&str>, parts: u64)
     Ok(None)
 }
 
-/// Saves `progress` (replacing `previous`, the progress it went on from); the items written.
-pub async fn save(table: &PolicyTable, progress: &Progress, previous: Option<&Saved>) -> Result<u64, TableError> {
+/// Saves `progress` (replacing the progress it went on from, and any part of a save cut short);
+/// the items written.
+pub async fn save(table: &PolicyTable, progress: &Progress) -> Result<u64, TableError> {
     let blob = progress.encode().map_err(|e| TableError::Invalid {
         pk: RECONCILE_PK.to_owned(),
         detail: e.to_string(),
@@ -181,11 +221,29 @@ pub async fn save(table: &PolicyTable, progress: &Progress, previous: Option<&Sa
     }
     let count = parts.len() as u64;
     put(table, progress_head(FORMAT, progress.started, &save, count)).await?;
-    // Parts of a larger earlier save past this one's.
-    for n in count..previous.map_or(0, |p| p.parts) {
-        delete_item(table, &reconcile_part_pk(n), None).await?;
+    // Parts past this save's: of a larger earlier one, or of a save cut short before
+    // its head (never named by one). Parts are always written from 0 and deleted from the end, so
+    // they are contiguous: deleting on until a part was absent takes them all, one call more.
+    // (Only this loop cut short itself can leave a gap; the parts past it are then left.)
+    let mut n = count;
+    while delete_part(table, n).await? {
+        n += 1;
     }
     Ok(count + 1)
+}
+
+/// Deletes part `n`; whether it was there.
+async fn delete_part(table: &PolicyTable, n: u64) -> Result<bool, TableError> {
+    let gone = table
+        .client()
+        .delete_item()
+        .table_name(table.name())
+        .key(PK, AttributeValue::S(reconcile_part_pk(n)))
+        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .send()
+        .await
+        .map_err(|e| table.unavailable(e))?;
+    Ok(gone.attributes().is_some_and(|a| !a.is_empty()))
 }
 
 /// Deletes `saved` once its reconcile is done.
@@ -274,6 +332,7 @@ mod tests {
                 }],
                 at: At::Keys(Some("500".into())),
             },
+            scope: scope_digest(None),
         }
     }
 
@@ -296,5 +355,33 @@ mod tests {
         assert!(v.unchanged("key#bb", None), "absent then and now");
         assert!(!v.unchanged("key#bb", Some(&Expect::At(1))), "made since");
         assert!(!v.unchanged("plan#odd", Some(&Expect::At(0))), "a version not a number");
+    }
+
+    #[test]
+    fn keys_of_one_hash_read_as_changed() {
+        let mut current = Current::default();
+        current.versions.insert("key#aa".into(), Expect::At(3));
+        current.versions.insert("key#bb".into(), Expect::At(3));
+        // key#bb made to hash as key#aa does
+        let v = StartVersions::hashed(&current, |pk| hash(if pk == "key#bb" { "key#aa" } else { pk }));
+        assert_eq!(v.len(), 1);
+        assert!(
+            !v.unchanged("key#aa", Some(&Expect::At(3))),
+            "a colliding hash is unknown"
+        );
+    }
+
+    #[test]
+    fn the_saved_listing_keeps_its_shape_under_this_format() {
+        // A change here changes what a saved blob means: raise FORMAT with it.
+        let shown = serde_json::to_string(&progress().listing).expect("json");
+        let pinned = concat!(
+            r#"{"plans":[{"id":"p1","name":"free","throttle":{"rate":1.0,"burst":5},"#,
+            r#""quota":{"limit":1000,"period":"Day","offset":0},"stages":[],"tags":{},"#,
+            r#""key_ids":["k1"]}],"keys":[{"id":"k1","name":"one","customer_id":"t","enabled":true,"#,
+            r#""hash":"3ed45fc65e3637f2a32babe91a935248fe15b6636c02133a6d35c15b2a6fb346"}],"#,
+            r#""at":{"Keys":"500"}}"#
+        );
+        assert_eq!((FORMAT, shown.as_str()), (2, pinned));
     }
 }
