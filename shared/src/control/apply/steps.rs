@@ -121,9 +121,8 @@ pub(super) async fn restore(
     let mut checkpoint = plan::reached(checkpoint, failed.0, failed.1, &plans);
     // One listing, as the change read them: `GetApiKeys` is what every writer may call.
     let keys = cx.control.api_keys().await.map_err(|e| e.to_string())?;
-    checkpoint
-        .keys
-        .retain(|id, _| keys.iter().any(|k| k.id == *id && k.enabled));
+    let enabled: BTreeSet<&str> = keys.iter().filter(|k| k.enabled).map(|k| k.id.as_str()).collect();
+    checkpoint.keys.retain(|id, _| enabled.contains(id.as_str()));
     let steps = plan_restore(&checkpoint, &plans);
     let undone = execute(cx.control, &steps, None)
         .await
