@@ -15,6 +15,7 @@ mod gateway;
 mod leases;
 mod notify;
 mod policy_table;
+mod predictions;
 mod serve;
 mod shed;
 mod simulate;

@@ -114,6 +114,10 @@ pub struct PolicyResult {
     /// The most writes one tenant item of the plan took in one second of simulated time
     /// (DynamoDB target only).
     pub max_item_writes_per_second: Option<u64>,
+    /// In each second of simulated time from the run's first, the most writes one tenant item
+    /// of the plan took (DynamoDB target only): where the busiest second falls.
+    #[serde(default)]
+    pub item_writes_by_second: Option<Vec<u64>>,
     pub pass: bool,
 }
 
@@ -138,6 +142,10 @@ pub struct TenantResult {
     /// target only).
     pub writes: Option<u64>,
     pub max_item_writes_per_second: Option<u64>,
+    /// This tenant's item's writes in each second of simulated time from the run's first
+    /// (DynamoDB target only).
+    #[serde(default)]
+    pub item_writes_by_second: Option<Vec<u64>>,
     /// Of `admitted`, those made failing open (gate target only).
     pub fail_open: Option<u64>,
     /// From the first fail-open admission's send to the last one's answer: the outage as this
@@ -268,6 +276,7 @@ impl Run<'_> {
         let over = over_admitted(limits, &admitted);
         let allowance = self.allowance(reference, &self.tenants[i].tenant, limits, *weight, seen);
         let count = |want: Option<bool>| seen.iter().filter(|o| o.admitted == want).count() as u64;
+        let writes = self.item_writes.as_ref().map(|w| w.tenant(i));
         let admitted_n = admitted.len() as u64;
         TenantResult {
             tenant: self.tenants[i].tenant.clone(),
@@ -280,8 +289,9 @@ impl Run<'_> {
             allowance,
             over_admitted: over,
             under_admitted: allowance.saturating_sub(admitted_n),
-            writes: self.item_writes.as_ref().map(|w| w.tenant(i).0),
-            max_item_writes_per_second: self.item_writes.as_ref().map(|w| w.tenant(i).1),
+            writes: writes.as_ref().map(|w| w.total),
+            max_item_writes_per_second: writes.as_ref().map(|w| w.busiest()),
+            item_writes_by_second: writes.map(|w| w.by_second),
             fail_open: gated.then(|| seen.iter().filter(|o| o.fail_open).count() as u64),
             fail_open_secs: gated.then(|| fail_open_span(seen)),
             pass: over == 0,
@@ -343,6 +353,7 @@ fn policy_results(tenants: &[TenantResult]) -> Vec<PolicyResult> {
             // The sum of the tenants' writes until the end, then per admitted request.
             writes_per_admitted: t.writes.map(|_| 0.0),
             max_item_writes_per_second: t.max_item_writes_per_second.map(|_| 0),
+            item_writes_by_second: t.item_writes_by_second.as_ref().map(|_| Vec::new()),
             pass: true,
         });
         p.tenants += 1;
@@ -356,6 +367,12 @@ fn policy_results(tenants: &[TenantResult]) -> Vec<PolicyResult> {
         p.max_item_writes_per_second = (p.max_item_writes_per_second)
             .zip(t.max_item_writes_per_second)
             .map(|(a, b)| a.max(b));
+        if let (Some(plan), Some(tenant)) = (&mut p.item_writes_by_second, &t.item_writes_by_second) {
+            if plan.len() < tenant.len() {
+                plan.resize(tenant.len(), 0);
+            }
+            plan.iter_mut().zip(tenant).for_each(|(a, b)| *a = (*a).max(*b));
+        }
         p.pass &= t.pass;
     }
     for p in policies.values_mut() {
@@ -490,8 +507,10 @@ impl Report {
         for p in &self.policies {
             if let (Some(w), Some(max)) = (p.writes_per_admitted, p.max_item_writes_per_second) {
                 out += &format!(
-                    "{}: {w:.2} writes per admitted request, at most {max} writes in one second to one item, {:.2} % under-admitted\n",
-                    p.plan, p.under_admitted_percent
+                    "{}: {w:.2} writes per admitted request, at most {max} writes in one second to one item{}, {:.2} % under-admitted\n",
+                    p.plan,
+                    busiest_second(p.item_writes_by_second.as_deref()),
+                    p.under_admitted_percent
                 );
             }
         }
@@ -505,5 +524,19 @@ impl Report {
             if self.pass { "PASS" } else { "FAIL" }
         );
         out
+    }
+}
+
+/// Where the busiest second fell, and the most writes in any later second: a cold start's
+/// first second is told apart from the rest.
+fn busiest_second(by_second: Option<&[u64]>) -> String {
+    let Some((at, _)) = by_second.and_then(|s| s.iter().enumerate().max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i))))
+    else {
+        return String::new();
+    };
+    let after = by_second.and_then(|s| s.get(1..)).and_then(|s| s.iter().max());
+    match after {
+        Some(after) => format!(" (second {at} of the run; after the first, at most {after})"),
+        None => format!(" (second {at} of the run)"),
     }
 }

@@ -1,15 +1,30 @@
 //! Writes per tenant item, from the simulated containers' stores: what a plan costs in writes per
-//! admitted request, and its busiest item's writes in any one second of simulated time (DynamoDB
-//! takes about 1,000 write units per second on one item).
+//! admitted request, and its item's writes in each second of simulated time (DynamoDB takes about
+//! 1,000 write units per second on one item).
 
 use std::collections::HashMap;
 
 use tollgate::store::DynamoStore;
 
-/// Each tenant's writes, in the cohort's order: in all, and the most in one second.
+/// Each tenant's writes, in the cohort's order: in all, and in each second of the run.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ItemWrites {
-    per_tenant: Vec<(u64, u64)>,
+    per_tenant: Vec<TenantWrites>,
+}
+
+/// One tenant item's writes: in all, and per second from the run's first (the earliest second
+/// any store wrote in), zeros included.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct TenantWrites {
+    pub total: u64,
+    pub by_second: Vec<u64>,
+}
+
+impl TenantWrites {
+    /// The most writes in one second.
+    pub fn busiest(&self) -> u64 {
+        self.by_second.iter().copied().max().unwrap_or_default()
+    }
 }
 
 impl ItemWrites {
@@ -22,23 +37,32 @@ impl ItemWrites {
                 *per_second.entry(item_second).or_default() += n;
             }
         }
-        let mut by_tenant: HashMap<&str, (u64, u64)> = HashMap::new();
-        for ((tenant, _), n) in &per_second {
+        ItemWrites::from_counts(&per_second, ids)
+    }
+
+    fn from_counts(per_second: &tollgate::store::dynamodb::ItemWrites, ids: &[String]) -> ItemWrites {
+        let first = per_second.keys().map(|(_, s)| *s).min().unwrap_or_default();
+        let mut by_tenant: HashMap<&str, TenantWrites> = HashMap::new();
+        for ((tenant, second), n) in per_second {
             let entry = by_tenant.entry(tenant).or_default();
-            entry.0 += n;
-            entry.1 = entry.1.max(*n);
+            let at = usize::try_from(second - first).unwrap_or(usize::MAX);
+            if entry.by_second.len() <= at {
+                entry.by_second.resize(at.saturating_add(1), 0);
+            }
+            entry.total += n;
+            entry.by_second[at] += n;
         }
         ItemWrites {
             per_tenant: ids
                 .iter()
-                .map(|id| by_tenant.get(id.as_str()).copied().unwrap_or_default())
+                .map(|id| by_tenant.get(id.as_str()).cloned().unwrap_or_default())
                 .collect(),
         }
     }
 
-    /// Tenant `i`'s writes in all, and the most in one second.
-    pub fn tenant(&self, i: usize) -> (u64, u64) {
-        self.per_tenant.get(i).copied().unwrap_or_default()
+    /// Tenant `i`'s writes.
+    pub fn tenant(&self, i: usize) -> TenantWrites {
+        self.per_tenant.get(i).cloned().unwrap_or_default()
     }
 }
 
@@ -48,6 +72,16 @@ mod tests {
 
     #[test]
     fn an_unknown_tenant_wrote_nothing() {
-        assert_eq!(ItemWrites::default().tenant(3), (0, 0));
+        assert_eq!(ItemWrites::default().tenant(3), TenantWrites::default());
+    }
+
+    #[test]
+    fn seconds_count_from_the_runs_first_and_quiet_ones_are_zero() {
+        let counts = HashMap::from([(("a".into(), 100), 5), (("a".into(), 103), 2), (("b".into(), 101), 7)]);
+        let w = ItemWrites::from_counts(&counts, &["a".to_owned(), "b".to_owned()]);
+        assert_eq!(w.tenant(0).by_second, [5, 0, 0, 2]);
+        assert_eq!(w.tenant(0).total, 7);
+        assert_eq!(w.tenant(1).by_second, [0, 7]);
+        assert_eq!(w.tenant(1).busiest(), 7);
     }
 }

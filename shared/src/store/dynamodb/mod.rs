@@ -362,8 +362,13 @@ impl DynamoStore {
             self.stats.held_off.fetch_add(1, Ordering::Relaxed);
             return Prediction::Answered(held_off(req.limits, &seen.snap, req.now, seen.hold_until));
         }
+        let guess = if recheck {
+            seen.snap
+        } else {
+            predictions::presume_busy(req.limits, seen.snap, seen.checked, req.now, req.weight)
+        };
         Prediction::Write {
-            guess: seen.snap,
+            guess,
             recheck,
             version: seen.version,
         }

@@ -260,6 +260,49 @@ impl Predictions {
     }
 }
 
+/// How long a bucket seen busy is presumed busy still (`presume_busy`).
+pub(super) const PRESUMED_BUSY_FOR: Duration = Duration::from_secs(60);
+
+/// The guess to write from: `snap` as seen at `checked`, but a bucket that was busy before that
+/// answer's write (its TAT then more than one unit's emission interval ahead) and that the
+/// cache alone shows idle by `now` is presumed busy still, for `PRESUMED_BUSY_FOR`. A tenant
+/// running near its rate keeps its bucket ahead: spread over many containers, each sees it
+/// seconds apart, and a write shaped for an idle bucket would fail its condition (one more write)
+/// on most arrivals. A guess only, as every guess: the write's condition decides, and a wrong
+/// one costs one more write. Never where the presumed TAT would refuse the request itself.
+pub(super) fn presume_busy(
+    limits: &Limits,
+    snap: Snapshot,
+    checked: Timestamp,
+    now: Timestamp,
+    weight: u32,
+) -> Snapshot {
+    let Some((id, bucket)) = limits.bucket.as_ref() else {
+        return snap;
+    };
+    let Some(attr) = TatAttr::parse(id.attribute()) else {
+        return snap;
+    };
+    let Some(at) = snap.tats.iter().position(|(a, _)| *a == attr) else {
+        return snap;
+    };
+    let tat = snap.tats[at].1;
+    let was_busy = duration_nanos(tat.saturating_since(checked)) > bucket.interval();
+    let recent = now.saturating_since(checked) <= PRESUMED_BUSY_FOR;
+    if !(was_busy && recent && tat <= now) {
+        return snap;
+    }
+    let presumed = Timestamp::from_nanos(now.as_nanos().saturating_add(1));
+    let mut state = snap.state(limits, now);
+    state.tat = Some(presumed);
+    if crate::engine::evaluate(limits, &state, now, weight).next.is_none() {
+        return snap;
+    }
+    let mut snap = snap;
+    snap.tats[at].1 = presumed;
+    snap
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +358,41 @@ mod tests {
         let none = Predictions::new(0, Duration::from_secs(60));
         remember(&none, "a");
         assert!(none.seen("a", None).is_none());
+    }
+
+    #[test]
+    fn a_bucket_seen_ahead_is_presumed_ahead_only_while_recent_and_never_to_refuse() {
+        use crate::engine::gcra::Bucket;
+        use crate::engine::policy::BucketId;
+        // GIVEN a 10/s bucket of 20, seen at NOW with its TAT a second ahead
+        let limits = Limits::utc(Some((BucketId::Plan, Bucket::per_second(10.0, 20))), None, None);
+        let attr = TatAttr::parse("tat").expect("plan bucket");
+        let seen = |ahead: Duration| Snapshot {
+            tats: vec![(attr, NOW.saturating_add(ahead))],
+            ..Snapshot::default()
+        };
+        let tat = |s: Snapshot| s.tats[0].1;
+        let later = NOW.saturating_add(Duration::from_secs(10));
+        // THEN 10 s on, the cache alone shows it idle, and it is presumed just ahead
+        let presumed = presume_busy(&limits, seen(Duration::from_secs(1)), NOW, later, 1);
+        assert_eq!(tat(presumed), Timestamp::from_nanos(later.as_nanos() + 1));
+        // AND not past `PRESUMED_BUSY_FOR`
+        let old = NOW.saturating_add(PRESUMED_BUSY_FOR + Duration::from_secs(1));
+        assert_eq!(
+            tat(presume_busy(&limits, seen(Duration::from_secs(1)), NOW, old, 1)),
+            NOW.saturating_add(Duration::from_secs(1))
+        );
+        // AND not for a request of the whole burst, which a bucket just ahead would refuse
+        assert_eq!(
+            tat(presume_busy(&limits, seen(Duration::from_secs(1)), NOW, later, 20)),
+            NOW.saturating_add(Duration::from_secs(1))
+        );
+        // AND not for a bucket seen one unit ahead (this container's own write on an idle one)
+        let own = Duration::from_millis(100);
+        assert_eq!(
+            tat(presume_busy(&limits, seen(own), NOW, later, 1)),
+            NOW.saturating_add(own)
+        );
     }
 
     #[test]
