@@ -324,3 +324,69 @@ async fn containers_below_the_rate_write_about_once_per_lease_they_were_offered(
     let bound = containers * tollgate::store::dynamodb::LEASE_FROM_SEEN + 3 * n / per_write;
     assert!(writes <= bound, "{writes} writes for {n} admitted (at most {bound})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_of_a_lease_on_a_busy_bucket_are_never_spent_past_their_first_slot() {
+    // GIVEN a bucket 300 ms ahead, filled by a container that takes no leases (`lease_span`
+    // zero: the TAT then stands exactly where its requests put it), and a container that then
+    // leases on it, its arrivals 300 ms behind the TAT (past half a span: the busy shape, whose
+    // units take the slots from where the TAT stood, 300 ms on)
+    let (client, table) = emulator::state_table().await;
+    let p = hot();
+    let unleased = || {
+        let mut config = DynamoStoreConfig::new(&table);
+        config.lease_span = Duration::ZERO;
+        DynamoStore::new(client.clone(), config)
+    };
+    let filler = unleased();
+    let mut admitted = Vec::new();
+    for i in 0..300u64 {
+        let now = at(Duration::from_micros(i));
+        assert!(consume(&filler, p.limits(), now).await);
+        admitted.push(now);
+    }
+    let first = emulator::dynamo_store(&client, &table);
+    for i in 0..60u64 {
+        let now = at(Duration::from_millis(1) + Duration::from_micros(i));
+        if consume(&first, p.limits(), now).await {
+            admitted.push(now);
+        }
+    }
+    let stats = first.stats();
+    let held = stats.leased_units() - stats.leased() - stats.lapsed_units();
+    assert!(held > 2, "the container holds {held} units");
+    // WHEN, past the bucket's TAT (so past every slot the units took) but within the lease's
+    // span, another container that takes no leases (so it is given the whole burst at once, the
+    // strictest case) takes what the idle bucket gives, and then the first tries to spend the
+    // units it still holds
+    let tat = first
+        .usage("hot", p.limits(), at(Duration::ZERO))
+        .await
+        .expect("usage")
+        .tat;
+    let later = at(Duration::from_millis(450));
+    assert!(tat.is_some_and(|t| t < later), "the TAT {tat:?} is not past");
+    let second = unleased();
+    for i in 0..1200u64 {
+        let now = later.saturating_add(Duration::from_micros(i));
+        if consume(&second, p.limits(), now).await {
+            admitted.push(now);
+        }
+    }
+    let after = later.saturating_add(Duration::from_millis(2));
+    let mut spent = 0;
+    for i in 0..held {
+        let now = after.saturating_add(Duration::from_micros(i));
+        if consume(&first, p.limits(), now).await {
+            admitted.push(now);
+            spent += 1;
+        }
+    }
+    eprintln!(
+        "{held} units held, {spent} admitted late, {} admitted in all",
+        admitted.len()
+    );
+    // THEN the held units were not spent on top of the second container's burst: past its
+    // first slot a lease's units lapse
+    assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
+}
