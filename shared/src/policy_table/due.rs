@@ -24,6 +24,30 @@ pub const BATCH: usize = 100;
 /// apart and doubling, before the read fails.
 const ROUNDS: u32 = 5;
 
+/// What a key's revocation item (`revoke#<key id>`, written by the usage API's registry) tells
+/// a sync that finds the key gone from API Gateway: the tenant and hash (hex) of a key whose
+/// revocation is past (its deletion pending or done, `delete`). A gone key's item is found by
+/// its hash, which otherwise only a listing of every key gives.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RevokedKey {
+    pub tenant: String,
+    pub hash: String,
+    #[serde(default)]
+    delete: bool,
+}
+
+/// The revoked key `key_id`, if its revocation item says its revocation is past.
+pub async fn revoked_key(client: &Client, table: &str, key_id: &str) -> Result<Option<RevokedKey>, String> {
+    let pk = super::revoke_pk(key_id);
+    let item = read_item(client, table, &pk)
+        .await
+        .map_err(|e| format!("reading {pk}: {}", DisplayErrorContext(&e)))?;
+    let record = item.as_ref().and_then(|i| string(i, JSON_ATTR));
+    Ok(record
+        .and_then(|json| serde_json::from_str::<RevokedKey>(&json).ok())
+        .filter(|r| r.delete))
+}
+
 /// The minute (epoch seconds / 60) an instant in epoch seconds falls in.
 pub fn minute_of(secs: u64) -> u64 {
     secs / 60

@@ -54,6 +54,11 @@ pub const MAX_TENANT_KEYS: usize = 100;
 /// revoked keys do not fill the account's quota of 10,000 keys): a week, in which an operator can
 /// still find it, or enable it again by hand (then it is not deleted).
 pub const REVOKED_KEY_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// How long a deleted key's revocation record is kept after the sweep deleted the key: past the
+/// sync queue's retention (a day) of the deletion's management event, whose sync reads it
+/// (`routes::keys`' `delete_one`). An event redriven from the dead-letter queue later finds no
+/// record and is decided by a full reconcile.
+pub const DELETED_KEY_KEPT: Duration = Duration::from_secs(2 * 86_400);
 /// Longest `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// How long an onboarding or rotation attempt holds its Idempotency-Key against concurrent ones.

@@ -5,11 +5,17 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use tollgate::aws::{admin_client, control_client};
+use tollgate::control::apigateway::ApiGateway;
+use tollgate::control::sync::scoped::{self, Outcome, Target};
+use tollgate::control::sync::table::PolicyTable;
 use tollgate::engine::clock::Clock;
-use tollgate::usage_api::REVOKED_KEY_RETENTION;
+use tollgate::usage_api::registry::Registry;
+use tollgate::usage_api::{DELETED_KEY_KEPT, REVOKED_KEY_RETENTION};
 use tollgate_usage_api::SCHEDULE_ACTOR;
 
 use super::World;
+use crate::support::apigateway::fast_backoff;
 
 /// Tenant `tenant`'s first key, rotated out with a minute of grace and revoked by the sweep past
 /// it; its id, and the instant it was revoked (epoch seconds).
@@ -105,4 +111,27 @@ async fn an_offboarded_tenants_keys_are_deleted_once_their_retention_is_over() {
     for id in keys {
         assert_eq!(in_gateway(&w, &id).await, None, "{id} (revoked: {old})");
     }
+}
+
+#[tokio::test]
+async fn the_sync_of_a_deletion_by_the_sweep_reads_the_kept_record_instead_of_every_key() {
+    // GIVEN hooli's first key revoked by the sweep and deleted once its retention was over
+    let (w, registry, sdk, table) = World::on_policy_table("tg-retention-4").await;
+    let (old, at) = revoked(&w, "hooli").await;
+    let deleted = at + REVOKED_KEY_RETENTION.as_secs() + 180;
+    sweep_hourly_until(&w, deleted).await;
+    assert_eq!(in_gateway(&w, &old).await, None);
+    // WHEN the deletion's management event, which names only the key's id, is synced
+    let control = ApiGateway::new(control_client(&sdk), fast_backoff(5));
+    let policy = PolicyTable::new(admin_client(&sdk), &table);
+    let outcome = scoped::run(&control, &policy, &w.clock, None, &Target::Key(old.clone()))
+        .await
+        .expect("scoped sync");
+    // THEN it is decided from hooli's items, found through the key's kept revocation record: no
+    // full reconcile (a listing of every key in the account)
+    assert!(matches!(outcome, Outcome::Synced(_)), "{outcome:?}");
+    // AND the record goes once it has been kept `DELETED_KEY_KEPT`
+    assert!(registry.revocation(&old).await.expect("read").is_some());
+    sweep_hourly_until(&w, w.clock.now().as_secs() + DELETED_KEY_KEPT.as_secs() + 180).await;
+    assert_eq!(registry.revocation(&old).await.expect("read"), None);
 }

@@ -14,7 +14,8 @@
 //! Gateway the decision is made from: the key is read once before (to know which items to read)
 //! and once after. What a scoped sync cannot decide alone it leaves to a full reconcile
 //! (`Outcome::NeedsFull`, saying why): a key that is gone (its item is found by its hash, which only
-//! a listing gives), a plan new to the table, gone, renamed or out of the stack's scope, a tenant
+//! a listing gives), unless Tollgate's sweep deleted it (its `revoke#` item, kept a while after,
+//! names its tenant and hash: `PolicyTable::revoked_key`), a plan new to the table, gone, renamed or out of the stack's scope, a tenant
 //! pointed at a plan the table does not hold yet, an event of unknown shape or `ImportApiKeys`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,7 @@ use super::{Audited, Decided, SyncError, SyncReport, contended, scope, write};
 use crate::control::apigateway::ControlPlane;
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::engine::clock::{Clock, Timestamp};
+use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::{Record, key_pk, plan_pk, tenant_pk};
 
 /// What one management event names for a scoped sync.
@@ -145,9 +147,14 @@ async fn key_round(
     clock: &dyn Clock,
     key_id: &str,
 ) -> Result<Round, SyncError> {
-    // Which items to read: the key is read once to know them.
-    let Some(first) = control.key_by_id(key_id).await? else {
-        return Ok(Err(format!("api key {key_id} is gone; its item is found by its hash")));
+    // Which items to read: the key is read once to know them; a key gone since Tollgate revoked
+    // it (the sweep deletes revoked keys) by its revocation item.
+    let first = match control.key_by_id(key_id).await? {
+        Some(key) => key,
+        None => match revoked(table, key_id).await? {
+            Some(key) => key,
+            None => return Ok(Err(format!("api key {key_id} is gone; its item is found by its hash"))),
+        },
     };
     let (tenants, pks) = items_of(table, &first).await?;
     // The table, then API Gateway: a change another writer makes after this read fails the
@@ -205,6 +212,21 @@ async fn key_round(
         current,
         changes,
         report,
+    }))
+}
+
+/// A key gone from API Gateway, as far as its revocation item tells it: its tenant and hash,
+/// disabled. `None` when there is none (a key deleted by hand): only a listing finds its item.
+async fn revoked(table: &PolicyTable, key_id: &str) -> Result<Option<ApiKey>, SyncError> {
+    let Some(r) = table.revoked_key(key_id).await? else {
+        return Ok(None);
+    };
+    Ok(ApiKeyHash::from_hex(&r.hash).map(|hash| ApiKey {
+        id: key_id.to_owned(),
+        name: String::new(),
+        customer_id: Some(r.tenant),
+        enabled: false,
+        hash: Some(hash),
     }))
 }
 

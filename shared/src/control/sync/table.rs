@@ -26,6 +26,7 @@ use aws_sdk_dynamodb::types::{
 use crate::control::sync::mapping::Desired;
 use crate::engine::clock::Timestamp;
 use crate::policy_table::audit::ItemChange;
+use crate::policy_table::due::{self, RevokedKey};
 use crate::policy_table::record::{Item, is_gone, parse, render, string};
 use crate::policy_table::sync_items::{GENERATION, generation};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, version_of};
@@ -246,6 +247,18 @@ impl PolicyTable {
             None if is_gone(&i) => Some((None, version_of(&i))),
             None => None,
         }))
+    }
+
+    /// A key gone from API Gateway as its revocation item tells it, if Tollgate revoked it
+    /// (`due::revoked_key`): the sweep deletes revoked keys, and their deletion's event names
+    /// only the key's id.
+    pub async fn revoked_key(&self, key_id: &str) -> Result<Option<RevokedKey>, TableError> {
+        due::revoked_key(&self.client, &self.table, key_id)
+            .await
+            .map_err(|detail| TableError::Unavailable {
+                table: self.table.clone(),
+                detail,
+            })
     }
 
     /// The generation, then every managed item (strongly consistent, all pages).

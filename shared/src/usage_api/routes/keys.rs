@@ -24,7 +24,7 @@ use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, Tenant, cr
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, IdempotencyRecord, ItemAction, Revocation};
 use crate::usage_api::views::{IssuedKey, KeyView, Rotated};
-use crate::usage_api::{MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, REVOKED_KEY_RETENTION, UsageApi};
+use crate::usage_api::{DELETED_KEY_KEPT, MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, REVOKED_KEY_RETENTION, UsageApi};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -538,8 +538,12 @@ impl UsageApi {
     }
 
     /// Deletes a revoked key from API Gateway, its retention over, so that revoked keys do not
-    /// fill the account's key quota; audited, and its record removed. A key API Gateway has
-    /// enabled again (by hand, since) is not deleted; one it no longer has is done.
+    /// fill the account's key quota; audited. Its record is kept for `DELETED_KEY_KEPT` more
+    /// (written over it as read), so that the sync of the deletion's management event, which
+    /// names only the key's id, finds the key's tenant and hash in it instead of listing every
+    /// key (`control::sync::scoped`); the sweep then finds the key gone and removes the record.
+    /// A key API Gateway has enabled again (by hand, since) is not deleted, and its record
+    /// removed; one it no longer has is done, its record removed.
     async fn delete_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
         if let Some(control) = &self.control {
             match control.api_key(&r.key_id).await? {
@@ -554,6 +558,15 @@ impl UsageApi {
                     let id = self.intend(actor, summary.clone(), Vec::new()).await?;
                     control.delete_api_key(&r.key_id).await?;
                     self.audit_as(id, actor, summary, Vec::new()).await?;
+                    let kept = Revocation {
+                        at: self.now().as_secs().saturating_add(DELETED_KEY_KEPT.as_secs()),
+                        attempts: 0,
+                        ..r.clone()
+                    };
+                    if !self.registry.put_revocation(&kept, Some(r)).await? {
+                        tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
+                    }
+                    return Ok(());
                 }
                 None => {}
             }
