@@ -1,6 +1,7 @@
 //! What a container guesses of the item before its one write, against the emulator at the store's
-//! shipped defaults: a tenant it saw running ahead of its bucket is presumed still ahead, one it
-//! saw idle is presumed idle, and either guess right costs one write.
+//! shipped defaults: a tenant whose bucket other containers kept ahead is presumed still ahead,
+//! one it saw idle, or ahead only by its own units, is presumed idle, and either guess right
+//! costs one write.
 
 use std::time::Duration;
 
@@ -14,10 +15,14 @@ use crate::support::plan;
 const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 
 async fn admit(store: &DynamoStore, plan: &Plan, tenant: &str, now: Timestamp) -> bool {
+    admit_n(store, plan, tenant, now, 1).await
+}
+
+async fn admit_n(store: &DynamoStore, plan: &Plan, tenant: &str, now: Timestamp, weight: u32) -> bool {
     let req = Consume {
         tenant,
         limits: plan.limits(),
-        weight: 1,
+        weight,
         now,
     };
     store.consume(&req).await.expect("decision").allowed
@@ -61,4 +66,35 @@ async fn a_container_that_saw_the_bucket_idle_writes_once_when_it_still_is() {
     assert!(admit(&store, &p, "quiet", NOW.saturating_add(Duration::from_secs(10))).await);
     // THEN it guessed the bucket idle: one write each, no failed condition
     assert_eq!((store.stats().writes(), store.stats().conflicts()), (2, 0));
+}
+
+#[tokio::test]
+async fn a_lone_container_ahead_of_the_bucket_by_its_own_units_still_guesses_it_idle_later() {
+    // GIVEN a tenant at 10/s, burst 20, served by one container alone: requests of 5 units,
+    // each leaving the bucket half a second ahead, and bursts of three requests at once
+    let (client, table) = emulator::state_table().await;
+    let store = emulator::dynamo_store(&client, &table);
+    let p = plan("rate = 10.0\nburst = 20");
+    // WHEN the weighted requests come 2 s apart, and the bursts 5 s apart
+    for i in 0..5u64 {
+        assert!(
+            admit_n(
+                &store,
+                &p,
+                "weighted",
+                NOW.saturating_add(Duration::from_secs(2 * i)),
+                5
+            )
+            .await
+        );
+    }
+    for round in 0..4u64 {
+        for i in 0..3u64 {
+            let now = NOW.saturating_add(Duration::from_secs(5 * round) + Duration::from_millis(i));
+            assert!(admit(&store, &p, "bursty", now).await);
+        }
+    }
+    // THEN each request took one write: a bucket ahead by the container's own units says
+    // nothing of other traffic, and its cache is exact
+    assert_eq!((store.stats().writes(), store.stats().conflicts()), (5 + 12, 0));
 }

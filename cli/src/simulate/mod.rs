@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use tollgate::engine::clock::{Clock, SystemClock};
+use tollgate::engine::clock::{Clock, SystemClock, Timestamp};
 use tollgate::engine::policy::{Limits, Plan};
 use tollgate::gate::Gate;
 use tollgate::policy_file::PolicyFile;
@@ -174,7 +174,12 @@ pub async fn run(
         .then(|| tokio::spawn(send::draw_progress(done.clone(), arrivals.len() as u64)));
     let clock = SystemClock::new();
     let start = Start {
-        t0: config.start.unwrap_or_else(|| clock.now()),
+        // On the DynamoDB target (simulated time) a whole second, so that the report's seconds
+        // (`item_writes_by_second`) are whole ones of the run, the first included.
+        t0: config.start.unwrap_or_else(|| match target {
+            Target::Dynamo(_) => Timestamp::from_secs(clock.now().as_secs().saturating_add(1)),
+            _ => clock.now(),
+        }),
         started: Instant::now(),
         clock: &clock,
     };

@@ -115,7 +115,8 @@ pub struct PolicyResult {
     /// (DynamoDB target only).
     pub max_item_writes_per_second: Option<u64>,
     /// In each second of simulated time from the run's first, the most writes one tenant item
-    /// of the plan took (DynamoDB target only): where the busiest second falls.
+    /// of the plan took (DynamoDB target only, and runs of at most `MAX_SECONDS_LISTED`
+    /// seconds): where the busiest second falls.
     #[serde(default)]
     pub item_writes_by_second: Option<Vec<u64>>,
     pub pass: bool,
@@ -142,10 +143,6 @@ pub struct TenantResult {
     /// target only).
     pub writes: Option<u64>,
     pub max_item_writes_per_second: Option<u64>,
-    /// This tenant's item's writes in each second of simulated time from the run's first
-    /// (DynamoDB target only).
-    #[serde(default)]
-    pub item_writes_by_second: Option<Vec<u64>>,
     /// Of `admitted`, those made failing open (gate target only).
     pub fail_open: Option<u64>,
     /// From the first fail-open admission's send to the last one's answer: the outage as this
@@ -197,7 +194,7 @@ impl Run<'_> {
             latency_ms: latency(self.observed),
             store_calls_per_decision: self.store_calls.map(|c| c as f64 / (requests.max(1) as f64)),
             fail_open: gated.then(|| tenant_results.iter().filter_map(|t| t.fail_open).sum()),
-            policies: policy_results(&tenant_results),
+            policies: policy_results(&tenant_results, self.item_writes.as_ref()),
             tenant_results,
             quota_periods,
         }
@@ -291,7 +288,6 @@ impl Run<'_> {
             under_admitted: allowance.saturating_sub(admitted_n),
             writes: writes.as_ref().map(|w| w.total),
             max_item_writes_per_second: writes.as_ref().map(|w| w.busiest()),
-            item_writes_by_second: writes.map(|w| w.by_second),
             fail_open: gated.then(|| seen.iter().filter(|o| o.fail_open).count() as u64),
             fail_open_secs: gated.then(|| fail_open_span(seen)),
             pass: over == 0,
@@ -336,10 +332,14 @@ fn over_admitted(limits: &Limits, admitted: &[Admitted]) -> u64 {
     over
 }
 
-/// The tenants' results summed per plan, plans in name order.
-fn policy_results(tenants: &[TenantResult]) -> Vec<PolicyResult> {
+/// Seconds a run may last for the report to list each one (`item_writes_by_second`).
+pub const MAX_SECONDS_LISTED: usize = 3_600;
+
+/// The tenants' results summed per plan, plans in name order; `writes`: their items' writes, in
+/// the tenants' order.
+fn policy_results(tenants: &[TenantResult], writes: Option<&ItemWrites>) -> Vec<PolicyResult> {
     let mut policies: BTreeMap<&str, PolicyResult> = BTreeMap::new();
-    for t in tenants {
+    for (i, t) in tenants.iter().enumerate() {
         let p = policies.entry(&t.plan).or_insert_with(|| PolicyResult {
             plan: t.plan.clone(),
             tenants: 0,
@@ -353,7 +353,7 @@ fn policy_results(tenants: &[TenantResult]) -> Vec<PolicyResult> {
             // The sum of the tenants' writes until the end, then per admitted request.
             writes_per_admitted: t.writes.map(|_| 0.0),
             max_item_writes_per_second: t.max_item_writes_per_second.map(|_| 0),
-            item_writes_by_second: t.item_writes_by_second.as_ref().map(|_| Vec::new()),
+            item_writes_by_second: t.max_item_writes_per_second.map(|_| Vec::new()),
             pass: true,
         });
         p.tenants += 1;
@@ -367,15 +367,17 @@ fn policy_results(tenants: &[TenantResult]) -> Vec<PolicyResult> {
         p.max_item_writes_per_second = (p.max_item_writes_per_second)
             .zip(t.max_item_writes_per_second)
             .map(|(a, b)| a.max(b));
-        if let (Some(plan), Some(tenant)) = (&mut p.item_writes_by_second, &t.item_writes_by_second) {
+        let by_second = writes.map(|w| w.tenant(i).by_second);
+        if let (Some(plan), Some(tenant)) = (&mut p.item_writes_by_second, by_second) {
             if plan.len() < tenant.len() {
                 plan.resize(tenant.len(), 0);
             }
-            plan.iter_mut().zip(tenant).for_each(|(a, b)| *a = (*a).max(*b));
+            plan.iter_mut().zip(tenant).for_each(|(a, b)| *a = (*a).max(b));
         }
         p.pass &= t.pass;
     }
     for p in policies.values_mut() {
+        p.item_writes_by_second = p.item_writes_by_second.take().filter(|s| s.len() <= MAX_SECONDS_LISTED);
         p.under_admitted_percent = 100.0 * p.under_admitted as f64 / p.allowance.max(1) as f64;
         p.writes_per_admitted = p.writes_per_admitted.map(|w| w / p.admitted.max(1) as f64);
     }

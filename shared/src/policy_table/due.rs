@@ -42,10 +42,17 @@ pub async fn revoked_key(client: &Client, table: &str, key_id: &str) -> Result<O
     let item = read_item(client, table, &pk)
         .await
         .map_err(|e| format!("reading {pk}: {}", DisplayErrorContext(&e)))?;
-    let record = item.as_ref().and_then(|i| string(i, JSON_ATTR));
-    Ok(record
-        .and_then(|json| serde_json::from_str::<RevokedKey>(&json).ok())
-        .filter(|r| r.delete))
+    Ok(item
+        .as_ref()
+        .and_then(|i| string(i, JSON_ATTR))
+        .and_then(|json| RevokedKey::of_record(&json)))
+}
+
+impl RevokedKey {
+    /// From a revocation item's record (its JSON), if the revocation is past.
+    pub fn of_record(json: &str) -> Option<RevokedKey> {
+        serde_json::from_str::<RevokedKey>(json).ok().filter(|r| r.delete)
+    }
 }
 
 /// The minute (epoch seconds / 60) an instant in epoch seconds falls in.

@@ -142,6 +142,10 @@ pub struct Snapshot {
     pub ops: [u64; OPS],
     /// Write-back markers: writer, seq.
     pub markers: Vec<(u64, u64)>,
+    /// A guess only, never read from an item: the cache presumes the bucket busy although its
+    /// TAT shows it idle (`predictions::presumed_busy`), so a lone request's write takes the busy
+    /// shape. Moves no figure: answers come from the engine on the TATs as they are.
+    pub presumed_busy: bool,
 }
 
 impl Snapshot {
@@ -220,6 +224,7 @@ impl Snapshot {
         self.markers.shrink_to_fit();
         self.tats.shrink_to_fit();
         self.ops = [0; OPS];
+        self.presumed_busy = false;
         self
     }
 }
@@ -407,7 +412,7 @@ pub fn admit_at(
     if let Some((id, bucket)) = &limits.bucket {
         name("#b", id.attribute().to_owned());
         let inc = bucket.interval().saturating_mul(n);
-        let busy = guess.state(limits, now).tat.is_some_and(|t| t > anchor);
+        let busy = busy_shape(limits, guess, now, anchor);
         if busy {
             value(":inc", inc);
             value(":bmax", now_ns.saturating_add(bucket.capacity()).saturating_sub(inc));
@@ -442,6 +447,14 @@ pub fn admit_at(
         names,
         values,
     }
+}
+
+/// Whether a write for units from `now` to `anchor` takes the busy shape on `guess`: its TAT
+/// past `anchor`, or a lone request's (`anchor` at `now`) on a bucket the cache presumes busy.
+/// An applied write of the busy shape found the bucket busy (its condition held).
+pub fn busy_shape(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp) -> bool {
+    let anchor = anchor.max(now);
+    guess.state(limits, now).tat.is_some_and(|t| t > anchor) || (guess.presumed_busy && anchor == now)
 }
 
 /// The attributes a write at `now` removes, sorted: each counted period kind's expired counter,

@@ -191,10 +191,12 @@ impl DynamoStore {
     }
 
     /// Keeps the item as seen, and every operation id in it below the next one this container
-    /// draws.
-    fn remember(&self, req: &Consume<'_>, snap: Snapshot, race: Race) {
+    /// draws; `busy`: the plan's bucket was busy before the write it answers
+    /// (`Predictions::remember`).
+    fn remember(&self, req: &Consume<'_>, snap: Snapshot, race: Race, busy: bool) {
         self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
-        self.predictions.remember(req.tenant, snap, req.limits, req.now, race);
+        self.predictions
+            .remember(req.tenant, snap, req.limits, req.now, race, busy);
     }
 
     /// A fresh operation id above every id this container has sent or seen, in a slot drawn at
@@ -302,6 +304,14 @@ fn after_unknown(e: StoreError, pending: Option<u64>, attempts: u32, last_unknow
     }
 }
 
+/// Whether the plan's bucket stood busy before a write (`before`: its TAT then) by other
+/// containers' units: past the request and past what this container knew (`known`). A bucket
+/// ahead by this container's own units tells nothing of the tenant's other traffic
+/// (`predictions::presumed_busy`).
+fn others_ahead(before: Option<Timestamp>, known: Option<Timestamp>, now: Timestamp) -> bool {
+    before.is_some_and(|b| b > now && known.is_none_or(|k| b > k))
+}
+
 /// The attribute of the bucket a request takes its token from.
 fn bucket_of(limits: &Limits) -> Option<TatAttr> {
     limits
@@ -362,13 +372,12 @@ impl DynamoStore {
             self.stats.held_off.fetch_add(1, Ordering::Relaxed);
             return Prediction::Answered(held_off(req.limits, &seen.snap, req.now, seen.hold_until));
         }
-        let guess = if recheck {
-            seen.snap
-        } else {
-            predictions::presume_busy(req.limits, seen.snap, seen.checked, req.now, req.weight)
-        };
+        let presumed_busy = !recheck && predictions::presumed_busy(&seen, req.now);
         Prediction::Write {
-            guess,
+            guess: Snapshot {
+                presumed_busy,
+                ..seen.snap
+            },
             recheck,
             version: seen.version,
         }
@@ -396,8 +405,9 @@ impl DynamoStore {
         self.leased(spent)
     }
 
-    /// Remembers the item a write's condition refused, and whether that lost a race.
-    fn remember_refused(&self, req: &Consume<'_>, current: Snapshot, recheck: bool) {
+    /// Remembers the item a write's condition refused, and whether that lost a race; `known`:
+    /// the TAT of the plan's bucket this container knew before the decision.
+    fn remember_refused(&self, req: &Consume<'_>, current: Snapshot, recheck: bool, known: Option<Timestamp>) {
         let now_eval = engine::evaluate(req.limits, &current.state(req.limits, req.now), req.now, req.weight);
         // Expecting a token and finding none: lost the race for the bucket's last one.
         let race = match now_eval.decision {
@@ -413,7 +423,9 @@ impl DynamoStore {
             },
             _ => Race::Neither,
         };
-        self.remember(req, current, race);
+        // The item as it stood before this write.
+        let busy = others_ahead(current.state(req.limits, req.now).tat, known, req.now);
+        self.remember(req, current, race, busy);
     }
 }
 

@@ -35,6 +35,8 @@ struct Cached {
     version: u64,
     /// The bucket this container lost a race on last, if any.
     hold: Option<Hold>,
+    /// The plan's bucket was busy before the write whose answer this is (`presumed_busy`).
+    busy: bool,
 }
 
 /// A hold-off on one bucket (`None`: the plan's bucket when the attribute is unknown): no write
@@ -53,6 +55,8 @@ pub(super) struct Seen {
     pub version: u64,
     /// Until when this container holds off the bucket asked about.
     pub hold_until: Timestamp,
+    /// The plan's bucket was busy before the write of that answer.
+    pub busy: bool,
 }
 
 /// How a write's answer moves the hold-off of a bucket.
@@ -198,6 +202,7 @@ impl Predictions {
                 .hold
                 .filter(|h| h.bucket == bucket)
                 .map_or(Timestamp::from_nanos(0), |h| h.until),
+            busy: c.busy,
         })
     }
 
@@ -218,7 +223,18 @@ impl Predictions {
         }
     }
 
-    pub(super) fn remember(&self, tenant: &str, snap: Snapshot, limits: &Limits, now: Timestamp, race: Race) {
+    /// Keeps `snap`, the store's answer at `now`; `busy`: the plan's bucket was busy before the
+    /// write that answer is of (an applied write of the busy shape, whose condition held, or a
+    /// failed condition's item with its TAT past the request).
+    pub(super) fn remember(
+        &self,
+        tenant: &str,
+        snap: Snapshot,
+        limits: &Limits,
+        now: Timestamp,
+        race: Race,
+        busy: bool,
+    ) {
         let snap = snap.compact(limits, now);
         let mut cache = self.lock();
         let hold = self.next_hold(cache.get(tenant).and_then(|c| c.hold), race, now);
@@ -229,6 +245,7 @@ impl Predictions {
             checked: now,
             version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
             hold,
+            busy,
         };
         cache.insert(tenant, cached);
     }
@@ -263,44 +280,16 @@ impl Predictions {
 /// How long a bucket seen busy is presumed busy still (`presume_busy`).
 pub(super) const PRESUMED_BUSY_FOR: Duration = Duration::from_secs(60);
 
-/// The guess to write from: `snap` as seen at `checked`, but a bucket that was busy before that
-/// answer's write (its TAT then more than one unit's emission interval ahead) and that the
-/// cache alone shows idle by `now` is presumed busy still, for `PRESUMED_BUSY_FOR`. A tenant
-/// running near its rate keeps its bucket ahead: spread over many containers, each sees it
-/// seconds apart, and a write shaped for an idle bucket would fail its condition (one more write)
-/// on most arrivals. A guess only, as every guess: the write's condition decides, and a wrong
-/// one costs one more write. Never where the presumed TAT would refuse the request itself.
-pub(super) fn presume_busy(
-    limits: &Limits,
-    snap: Snapshot,
-    checked: Timestamp,
-    now: Timestamp,
-    weight: u32,
-) -> Snapshot {
-    let Some((id, bucket)) = limits.bucket.as_ref() else {
-        return snap;
-    };
-    let Some(attr) = TatAttr::parse(id.attribute()) else {
-        return snap;
-    };
-    let Some(at) = snap.tats.iter().position(|(a, _)| *a == attr) else {
-        return snap;
-    };
-    let tat = snap.tats[at].1;
-    let was_busy = duration_nanos(tat.saturating_since(checked)) > bucket.interval();
-    let recent = now.saturating_since(checked) <= PRESUMED_BUSY_FOR;
-    if !(was_busy && recent && tat <= now) {
-        return snap;
-    }
-    let presumed = Timestamp::from_nanos(now.as_nanos().saturating_add(1));
-    let mut state = snap.state(limits, now);
-    state.tat = Some(presumed);
-    if crate::engine::evaluate(limits, &state, now, weight).next.is_none() {
-        return snap;
-    }
-    let mut snap = snap;
-    snap.tats[at].1 = presumed;
-    snap
+/// Whether a lone request's write presumes the plan's bucket busy although the cached TAT shows
+/// it idle by `now`: it was busy before this container's last write for the tenant (`Seen::busy`:
+/// found so by the store, not inferred from a TAT that holds the write's own units), and that
+/// answer is at most `PRESUMED_BUSY_FOR` old. A tenant running near its rate keeps its bucket
+/// ahead: spread over many containers, each sees it seconds apart, and a write shaped for an
+/// idle bucket would fail its condition (one more write) on most arrivals. It shapes the write
+/// only (`item::busy_shape`): every figure and refusal comes from the TATs as they are, and a
+/// wrong presumption costs one more write.
+pub(super) fn presumed_busy(seen: &Seen, now: Timestamp) -> bool {
+    seen.busy && now.saturating_since(seen.checked) <= PRESUMED_BUSY_FOR
 }
 
 #[cfg(test)]
@@ -310,7 +299,14 @@ mod tests {
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 
     fn remember(p: &Predictions, tenant: &str) {
-        p.remember(tenant, Snapshot::default(), &Limits::UNLIMITED, NOW, Race::Neither);
+        p.remember(
+            tenant,
+            Snapshot::default(),
+            &Limits::UNLIMITED,
+            NOW,
+            Race::Neither,
+            false,
+        );
     }
 
     fn cached(p: &Predictions, tenants: impl Iterator<Item = String>) -> Vec<String> {
@@ -361,41 +357,6 @@ mod tests {
     }
 
     #[test]
-    fn a_bucket_seen_ahead_is_presumed_ahead_only_while_recent_and_never_to_refuse() {
-        use crate::engine::gcra::Bucket;
-        use crate::engine::policy::BucketId;
-        // GIVEN a 10/s bucket of 20, seen at NOW with its TAT a second ahead
-        let limits = Limits::utc(Some((BucketId::Plan, Bucket::per_second(10.0, 20))), None, None);
-        let attr = TatAttr::parse("tat").expect("plan bucket");
-        let seen = |ahead: Duration| Snapshot {
-            tats: vec![(attr, NOW.saturating_add(ahead))],
-            ..Snapshot::default()
-        };
-        let tat = |s: Snapshot| s.tats[0].1;
-        let later = NOW.saturating_add(Duration::from_secs(10));
-        // THEN 10 s on, the cache alone shows it idle, and it is presumed just ahead
-        let presumed = presume_busy(&limits, seen(Duration::from_secs(1)), NOW, later, 1);
-        assert_eq!(tat(presumed), Timestamp::from_nanos(later.as_nanos() + 1));
-        // AND not past `PRESUMED_BUSY_FOR`
-        let old = NOW.saturating_add(PRESUMED_BUSY_FOR + Duration::from_secs(1));
-        assert_eq!(
-            tat(presume_busy(&limits, seen(Duration::from_secs(1)), NOW, old, 1)),
-            NOW.saturating_add(Duration::from_secs(1))
-        );
-        // AND not for a request of the whole burst, which a bucket just ahead would refuse
-        assert_eq!(
-            tat(presume_busy(&limits, seen(Duration::from_secs(1)), NOW, later, 20)),
-            NOW.saturating_add(Duration::from_secs(1))
-        );
-        // AND not for a bucket seen one unit ahead (this container's own write on an idle one)
-        let own = Duration::from_millis(100);
-        assert_eq!(
-            tat(presume_busy(&limits, seen(own), NOW, later, 1)),
-            NOW.saturating_add(own)
-        );
-    }
-
-    #[test]
     fn a_lost_race_holds_off_only_its_bucket_and_not_past_the_next_token_and_one_interval() {
         // GIVEN a container at the shipped cap that keeps losing a route's races
         let p = Predictions::new(10, Duration::from_secs(60));
@@ -407,7 +368,7 @@ mod tests {
                 next_token,
                 interval,
             };
-            p.remember("t", Snapshot::default(), &Limits::UNLIMITED, NOW, lost);
+            p.remember("t", Snapshot::default(), &Limits::UNLIMITED, NOW, lost, false);
             // THEN however many it lost, the hold-off ends after the next token and less than one
             // interval past it
             let held = p.seen("t", route).expect("cached").hold_until;
@@ -417,7 +378,14 @@ mod tests {
             assert_eq!(p.seen("t", None).expect("cached").hold_until, Timestamp::from_nanos(0));
         }
         // AND a won race on the bucket ends its hold-off
-        p.remember("t", Snapshot::default(), &Limits::UNLIMITED, NOW, Race::Won(route));
+        p.remember(
+            "t",
+            Snapshot::default(),
+            &Limits::UNLIMITED,
+            NOW,
+            Race::Won(route),
+            false,
+        );
         assert_eq!(p.seen("t", route).expect("cached").hold_until, Timestamp::from_nanos(0));
     }
 }

@@ -18,7 +18,7 @@ use super::item::{self, OpStatus, Snapshot};
 use super::lanes::{Joined, Waiter};
 use super::leases::Grant;
 use super::predictions::Race;
-use super::{Attempt, DynamoStore, after_unknown, bucket_of};
+use super::{Attempt, DynamoStore, after_unknown, bucket_of, others_ahead};
 use crate::engine;
 use crate::engine::State;
 use crate::engine::clock::Timestamp;
@@ -67,6 +67,14 @@ fn lease_until(limits: &Limits, after: &Snapshot, from: Timestamp, span_end: Tim
         ))
     });
     first_slot.map_or(end, |slot| end.min(slot))
+}
+
+/// The plan's bucket's TAT before a busy-shaped write of `whole` that returned `after`.
+fn before_write(limits: &Limits, after: &Snapshot, whole: &Consume<'_>) -> Option<Timestamp> {
+    let (_, bucket) = limits.bucket.as_ref()?;
+    let inc = bucket.interval().saturating_mul(u64::from(whole.weight));
+    let tat = after.state(limits, whole.now).tat?;
+    Some(Timestamp::from_nanos(tat.as_nanos().saturating_sub(inc)))
 }
 
 /// The engine's view of `guess` for units that start no earlier than `anchor` (≥ `now`).
@@ -287,6 +295,8 @@ impl DynamoStore {
         // for the same batch.
         let mut pending: Option<u64> = None;
         let mut last_unknown = String::new();
+        // The TAT this container knew before this decision (the cache's).
+        let known = guess.state(head.limits, head.now).tat;
         for attempt in 1..=self.config.max_attempts {
             if pending.is_none() {
                 batch.fit_lease(head, &guess);
@@ -305,13 +315,17 @@ impl DynamoStore {
             }
             let op = pending.unwrap_or_else(|| self.next_op(head.tenant, head.now));
             let w = item::admit_at(&self.shapes, head.limits, &guess, whole.now, anchor, whole.weight, op);
+            let shape_busy = item::busy_shape(head.limits, &guess, whole.now, anchor);
             match self
                 .send(&whole, w)
                 .await
                 .map_err(|e| after_unknown(e, pending, attempt, &last_unknown))?
             {
                 Attempt::Applied(after) => {
-                    self.remember(&whole, after.clone(), Race::Won(bucket_of(head.limits)));
+                    // Of the busy shape, its condition held: the bucket stood `inc` behind
+                    // the TAT it returned, past the write's arrivals.
+                    let busy = shape_busy && others_ahead(before_write(head.limits, &after, &whole), known, whole.now);
+                    self.remember(&whole, after.clone(), Race::Won(bucket_of(head.limits)), busy);
                     return Ok(Outcome::Admitted(after));
                 }
                 Attempt::Refused(current) => {
@@ -320,7 +334,7 @@ impl DynamoStore {
                     {
                         return found.map(Outcome::Found);
                     }
-                    self.remember_refused(head, current.clone(), recheck);
+                    self.remember_refused(head, current.clone(), recheck, known);
                     guess = current;
                     if pending.is_none() {
                         self.shrink(head, &guess, batch);
@@ -421,7 +435,7 @@ impl DynamoStore {
                 OpStatus::Fenced => Ok(None),
                 OpStatus::Applied => {
                     self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    self.remember(req, current.clone(), Race::Neither);
+                    self.remember(req, current.clone(), Race::Neither, false);
                     Ok(Some(current))
                 }
                 _ => Err(indeterminate(
@@ -447,11 +461,11 @@ impl DynamoStore {
             OpStatus::Applied => {
                 // An earlier send whose answer was lost did land: admitted, once.
                 self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                self.remember(req, current.clone(), Race::Won(bucket_of(req.limits)));
+                self.remember(req, current.clone(), Race::Won(bucket_of(req.limits)), false);
                 Some(Ok(current.clone()))
             }
             OpStatus::Overwritten => {
-                self.remember(req, current.clone(), Race::Neither);
+                self.remember(req, current.clone(), Race::Neither, false);
                 Some(Err(StoreError::Indeterminate {
                     attempts: attempt,
                     detail: format!("{last_unknown}; the operation id was overwritten before the resend"),

@@ -104,6 +104,22 @@ mod tests {
         assert_eq!(scan.due, 2 * per + 1);
     }
 
+    #[test]
+    fn the_sync_reads_a_revoked_keys_tenant_and_hash_from_its_record_and_nothing_from_a_pending_one() {
+        use crate::policy_table::due::RevokedKey;
+        // GIVEN a key's revocation as the registry writes it, pending and then past (`delete`)
+        let (_, pending) = revocation("k1", 60);
+        let json = |r: &Revocation| super::super::to_json("revoke#k1", r).expect("json");
+        // THEN the sync finds nothing in the pending one, and the tenant and hash in the other
+        assert_eq!(RevokedKey::of_record(&json(&pending)), None);
+        let past = Revocation {
+            delete: true,
+            ..pending
+        };
+        let read = RevokedKey::of_record(&json(&past)).expect("a revoked key");
+        assert_eq!((read.tenant.as_str(), read.hash.as_str()), ("acme", "00"));
+    }
+
     fn revocation(key_id: &str, at: u64) -> (String, Revocation) {
         let r = Revocation {
             tenant: "acme".into(),

@@ -480,11 +480,13 @@ impl UsageApi {
         Ok(revoked)
     }
 
-    /// Revokes one key (`true`), or, when that fails, writes its revocation again later
-    /// (`false`); fails only when the revocation cannot be written.
+    /// Revokes or deletes one key (`true`; `false` when there was nothing to do), or, when that
+    /// fails, writes its revocation again later (`false`); fails only when the revocation cannot
+    /// be written.
     pub(super) async fn revoke_or_postpone(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
-        let Err(e) = self.revoke_one(actor, r).await else {
-            return Ok(true);
+        let e = match self.revoke_one(actor, r).await {
+            Ok(done) => return Ok(done),
+            Err(e) => e,
         };
         let later = Revocation {
             at: self.now().as_secs().saturating_add(revocation_backoff(r.attempts)),
@@ -507,8 +509,9 @@ impl UsageApi {
     /// audited, its revocation becomes its deletion from API Gateway after
     /// `REVOKED_KEY_RETENTION` (written over the revocation as read: one a rotation changed
     /// meanwhile, or an offboarding removed, is left so), and the key is taken off its tenant's
-    /// list. A revocation already so (`delete`) deletes the key (`delete_one`).
-    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
+    /// list. A revocation already so (`delete`) deletes the key (`delete_one`). Whether it
+    /// revoked or deleted a key.
+    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
         if r.delete {
             return self.delete_one(actor, r).await;
         }
@@ -534,7 +537,7 @@ impl UsageApi {
         if !self.registry.put_revocation(&deletion, Some(r)).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
-        self.unlist_key(&r.tenant, &r.key_id).await.map(drop)
+        self.unlist_key(&r.tenant, &r.key_id).await.map(|_| true)
     }
 
     /// Deletes a revoked key from API Gateway, its retention over, so that revoked keys do not
@@ -543,8 +546,8 @@ impl UsageApi {
     /// names only the key's id, finds the key's tenant and hash in it instead of listing every
     /// key (`control::sync::scoped`); the sweep then finds the key gone and removes the record.
     /// A key API Gateway has enabled again (by hand, since) is not deleted, and its record
-    /// removed; one it no longer has is done, its record removed.
-    async fn delete_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
+    /// removed; one it no longer has is done, its record removed. Whether it deleted the key.
+    async fn delete_one(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
         if let Some(control) = &self.control {
             match control.api_key(&r.key_id).await? {
                 Some(k) if k.enabled => {
@@ -566,12 +569,13 @@ impl UsageApi {
                     if !self.registry.put_revocation(&kept, Some(r)).await? {
                         tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 None => {}
             }
         }
-        self.registry.remove_revocation(&r.key_id).await.map_err(Problem::from)
+        self.registry.remove_revocation(&r.key_id).await?;
+        Ok(false)
     }
 
     /// `revoke_due` as the admin routes run it first (never the first runs' scan).
