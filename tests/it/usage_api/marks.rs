@@ -1,12 +1,11 @@
 //! `policy apply` marking a tenant as moving while the usage API writes the same tenant: apply
 //! reads API Gateway, then (right before its tenant's first key moves) marks the tenant in the
-//! table; a usage-API request run to completion between the two is never undone by the mark, a
-//! listed key API Gateway no longer has does not stop the move, and another apply's live mark to
-//! another plan is not overwritten. The interleaving: apply's API Gateway calls go through a
-//! loopback proxy holding its first write (the target plan's throttle, made before any key moves)
-//! or its first key's removal (after its mark), while the other writer runs.
+//! table; a usage-API request run to completion between the two is never undone by the mark, and
+//! a listed key gone from API Gateway stops the move only while its item is enabled. The
+//! interleaving: apply's API Gateway calls go through a loopback proxy holding its first write
+//! (the target plan's throttle, made before any key moves), while the usage API runs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -14,9 +13,6 @@ use tollgate::aws::control_client;
 use tollgate::control::apigateway::{ApiGateway, ControlPlane};
 use tollgate::control::apply::{self, ApplyError, ApplyReport};
 use tollgate::control::sync::mapping;
-use tollgate::control::sync::moving::Move;
-use tollgate::control::sync::table::TableError;
-use tollgate::engine::clock::Clock;
 use tollgate::policy_file::PolicyFile;
 use tollgate::policy_table::TenantRecord;
 use tollgate::usage_api::registry::Registry;
@@ -28,8 +24,14 @@ use crate::support::fault_proxy::{Fault, FaultProxy};
 
 /// Moves acme from free to pro, and gives pro a throttle (apply's first call).
 const TO_PRO: &str = "[plans.pro]\nrate = 7.0\nburst = 7\n[tenants.acme]\nplan = \"pro\"\n";
-/// Creates gold and moves acme to it.
-const TO_GOLD: &str = "[plans.gold]\nrate = 5.0\nburst = 5\n[tenants.acme]\nplan = \"gold\"\n";
+
+/// API Gateway in `region` as apply calls it, through a fault proxy.
+async fn proxied(region: &'static str) -> (FaultProxy, ApiGateway) {
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let sdk = emulator::sdk_config_in(&proxy.endpoint(), region);
+    let control = ApiGateway::new(control_client(&sdk), fast_backoff(5));
+    (proxy, control)
+}
 
 /// `tollgate policy apply` of `TO_PRO` in `region`, its API Gateway calls through a proxy that
 /// holds its first `PATCH` of a usage plan while `meanwhile` runs; apply's result and
@@ -39,21 +41,9 @@ async fn apply_around<T>(
     region: &'static str,
     meanwhile: impl std::future::Future<Output = T>,
 ) -> (Result<ApplyReport, ApplyError>, T) {
-    apply_holding(b, region, ("PATCH", "/usageplans/"), meanwhile).await
-}
-
-/// `apply_around`, holding apply's first request `method` to a `path`.
-async fn apply_holding<T>(
-    b: &Both,
-    region: &'static str,
-    (method, path): (&str, &str),
-    meanwhile: impl std::future::Future<Output = T>,
-) -> (Result<ApplyReport, ApplyError>, T) {
-    let proxy = FaultProxy::start(&emulator::endpoint()).await;
-    let sdk = emulator::sdk_config_in(&proxy.endpoint(), region);
-    let control = ApiGateway::new(control_client(&sdk), fast_backoff(5));
+    let (proxy, control) = proxied(region).await;
     let file = PolicyFile::parse(TO_PRO).expect("file");
-    proxy.inject_on(method, path, &[Some(Fault::Hold)]);
+    proxy.inject_on("PATCH", "/usageplans/", &[Some(Fault::Hold)]);
     let other = async {
         proxy.wait_held().await;
         let out = meanwhile.await;
@@ -163,43 +153,22 @@ async fn an_anchor_set_between_apply_s_read_and_its_mark_is_kept_and_acme_moves(
     assert_eq!(plans_of_keys(&b).await.get(&first), Some(&vec!["pro".to_owned()]));
 }
 
-#[tokio::test]
-async fn a_listed_key_api_gateway_no_longer_has_does_not_stop_a_move() {
-    // GIVEN acme onboarded on free, synced, and rotated: it lists its first key and a new one
-    let b = Both::new("tg-marks-4").await;
+/// acme onboarded on free, synced, and rotated, its new key then deleted by hand in API Gateway
+/// (acme still lists it, its item still enabled); its first key's id and the gone key's.
+async fn with_a_key_deleted_by_hand(b: &Both) -> (String, String) {
     let (first, _) = b.onboard("acme").await;
     b.sync().await;
     let rotated = b.w.rotation("acme", 3600).send().await.expect("answer");
     assert_eq!(rotated.status(), StatusCode::CREATED);
     let body: serde_json::Value = rotated.json().await.expect("json");
     let gone = body["key"]["id"].as_str().expect("id").to_owned();
-    // AND the new key deleted by hand in API Gateway, acme still listing it
     b.w.gw.delete_api_key().api_key(&gone).send().await.expect("deleted");
-    // WHEN apply moves acme to pro (it never reads that key), and a sync runs between apply's
-    // read and its mark
-    let (applied, _) = apply_around(&b, "tg-marks-4", b.sync()).await;
-    // THEN the apply went through: acme and its key on pro, its mark taken off
-    applied.expect("a key API Gateway does not have does not refuse the mark");
-    let acme = moved_to_pro(&b, &first).await;
-    // AND the list is the usage API's: the mark and the syncs kept the gone key on it
-    assert!(acme.keys.as_ref().is_some_and(|k| k.contains_key(&gone)), "{acme:?}");
+    (first, gone)
 }
 
-#[tokio::test]
-async fn an_apply_to_another_plan_while_acme_moves_is_refused_and_the_move_finishes() {
-    // GIVEN acme onboarded on free and synced
-    let b = Both::new("tg-marks-5").await;
-    let (first, _) = b.onboard("acme").await;
-    b.sync().await;
-    // WHEN apply moves acme to pro, and while its key's removal from free is held (acme marked
-    // as moving to pro) another apply moves acme to gold
-    let control = b.control();
-    let file = PolicyFile::parse(TO_GOLD).expect("file");
-    let cx = b.cx(&control);
-    let to_gold = apply::apply(&cx, &file);
-    let (applied, other) = apply_holding(&b, "tg-marks-5", ("DELETE", "/keys/"), to_gold).await;
-    // THEN the other apply failed at acme's mark, naming the move under way, and moved no key
-    let err = other.expect_err("acme is moving to pro");
+/// The failed step and error of an apply that failed at acme's mark, having moved no key.
+fn refused_at_acme_s_mark(applied: Result<ApplyReport, ApplyError>) -> String {
+    let err = applied.expect_err("acme not marked");
     let ApplyError::Restored {
         failed_at, done, error, ..
     } = &err
@@ -207,49 +176,56 @@ async fn an_apply_to_another_plan_while_acme_moves_is_refused_and_the_move_finis
         panic!("expected a restored change, got {err}");
     };
     assert!(failed_at.starts_with("marking tenant acme"), "{err}");
-    assert!(error.contains("moving it to plan pro"), "{err}");
     assert!(done.iter().all(|step| !step.contains("key")), "{err}");
-    // AND the first apply finished: acme and its key on pro alone, its mark taken off
-    applied.expect("apply");
-    moved_to_pro(&b, &first).await;
+    error.clone()
 }
 
 #[tokio::test]
-async fn a_live_mark_to_the_same_plan_is_marked_again_and_keeps_the_later_end() {
-    // GIVEN acme onboarded on free, synced, and marked as moving to pro for 1,000 s
-    let b = Both::new("tg-marks-6").await;
-    let (first, _) = b.onboard("acme").await;
-    b.sync().await;
+async fn a_listed_key_deleted_by_hand_stops_a_move_only_until_a_sync_revokes_it() {
+    // GIVEN acme listing a key deleted by hand in API Gateway, its item still enabled
+    let b = Both::new("tg-marks-4").await;
+    let (first, gone) = with_a_key_deleted_by_hand(&b).await;
+    // WHEN apply moves acme to pro before any sync
     let control = b.control();
-    let now = b.w.clock.now().as_secs();
-    let read = BTreeSet::from([first]);
-    let to = |plan, now, until| Move {
-        tenant: "acme",
-        plan,
-        now,
-        until,
-        read: &read,
-    };
-    b.table
-        .mark_moving(&control, &to("pro", now, now + 1000))
-        .await
-        .expect("marked");
-    // WHEN it is marked as moving to pro again, for 120 s (a retry of the same change)
-    b.table
-        .mark_moving(&control, &to("pro", now, now + 120))
-        .await
-        .expect("the same move");
-    // THEN it is marked, its mark ending when the first one does
+    let file = PolicyFile::parse(TO_PRO).expect("file");
+    let refused = apply::apply(&b.cx(&control), &file).await;
+    // THEN it is refused at acme's mark, naming the key: API Gateway does not find it, its item
+    // says it is live
+    let error = refused_at_acme_s_mark(refused);
+    assert!(
+        error.contains(&gone) && error.contains("its item is enabled"),
+        "{error}"
+    );
+    // AND WHEN apply moves acme to pro again, a sync running between apply's read and its mark
+    let (applied, _) = apply_around(&b, "tg-marks-4", b.sync()).await;
+    // THEN the apply went through: acme and its key on pro, its mark taken off
+    applied.expect("a key gone from API Gateway and revoked in the table does not refuse the mark");
+    let acme = moved_to_pro(&b, &first).await;
+    // AND the list is the usage API's: the mark and the syncs kept the gone key on it
+    assert!(acme.keys.as_ref().is_some_and(|k| k.contains_key(&gone)), "{acme:?}");
+}
+
+#[tokio::test]
+async fn a_listed_key_that_cannot_be_looked_up_refuses_the_mark_naming_the_right_it_needs() {
+    // GIVEN acme listing a key apply will not read (deleted by hand)
+    let b = Both::new("tg-marks-5").await;
+    let (_, gone) = with_a_key_deleted_by_hand(&b).await;
+    // WHEN apply moves acme to pro, API Gateway denying it GetApiKey (`GET /apikeys/{id}`)
+    let (proxy, control) = proxied("tg-marks-5").await;
+    proxy.inject_on("GET", "/apikeys/", &[Some(Fault::AccessDenied)]);
+    let file = PolicyFile::parse(TO_PRO).expect("file");
+    let refused = apply::apply(&b.cx(&control), &file).await;
+    // THEN it is refused at acme's mark, saying the key could not be looked up and the right it
+    // needs, not that another writer changed acme
+    assert_eq!(proxy.seen("GET", "/apikeys/"), 1);
+    let error = refused_at_acme_s_mark(refused);
+    assert!(
+        error.contains(&gone) && error.contains("could not be looked up"),
+        "{error}"
+    );
+    assert!(error.contains("`apigateway:GET` on `/apikeys/*`"), "{error}");
+    assert!(!error.contains("apply again"), "{error}");
+    // AND acme is left on free, unmarked
     let acme = b.registry.tenant_now("acme").await.expect("table").expect("acme");
-    assert_eq!((acme.plan.as_str(), acme.moving_until), ("pro", Some(now + 1000)));
-    // AND a mark to gold is refused while that mark holds, and made once it lapsed
-    let err = b.table.mark_moving(&control, &to("gold", now + 999, now + 1119)).await;
-    assert!(matches!(err, Err(TableError::NotMarked { .. })), "{err:?}");
-    let lapsed = now + 1000;
-    b.table
-        .mark_moving(&control, &to("gold", lapsed, lapsed + 120))
-        .await
-        .expect("lapsed");
-    let acme = b.registry.tenant_now("acme").await.expect("table").expect("acme");
-    assert_eq!((acme.plan.as_str(), acme.moving_until), ("gold", Some(lapsed + 120)));
+    assert_eq!((acme.plan.as_str(), acme.moving_until), ("free", None));
 }

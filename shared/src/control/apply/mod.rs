@@ -179,7 +179,7 @@ fn movers(file: &PolicyFile, keys: &[ApiKey]) -> BTreeMap<String, (String, Strin
 }
 
 /// Tenant → the ids of its keys, as the change read them: a tenant marked as moving lists no
-/// other key API Gateway has (`PolicyTable::mark_moving`).
+/// other live key (`PolicyTable::mark_moving`).
 fn keys_by_tenant(keys: &[ApiKey]) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for k in keys {
@@ -387,13 +387,12 @@ impl Pending {
         cx: &Context<'_>,
         steps: &[ApplyStep],
     ) -> Result<Vec<String>, (Vec<String>, String, String)> {
-        let now = cx.clock.now();
+        let until = cx.clock.now().saturating_add(MOVE_WINDOW).as_secs();
         let mover = Mover {
             table: cx.table,
             movers: &self.movers,
             read: &self.read,
-            now: now.as_secs(),
-            until: now.saturating_add(MOVE_WINDOW).as_secs(),
+            until,
         };
         let done = execute(cx.control, steps, Some(&mover)).await?;
         if !steps.is_empty() {

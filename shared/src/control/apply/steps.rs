@@ -17,8 +17,6 @@ pub(super) struct Mover<'a> {
     pub(super) table: &'a PolicyTable,
     pub(super) movers: &'a BTreeMap<String, (String, String)>,
     pub(super) read: &'a BTreeMap<String, BTreeSet<String>>,
-    /// When the change marks (epoch seconds), and until when its marks hold.
-    pub(super) now: u64,
     pub(super) until: u64,
 }
 
@@ -40,13 +38,11 @@ impl Mover<'_> {
         if !marked.insert(tenant.clone()) {
             return Ok(());
         }
-        // A key the tenant's item lists besides the ones the change read came meanwhile, if API
-        // Gateway has it.
+        // A key the tenant's item lists besides the ones the change read came meanwhile, if live.
         let read = self.read.get(tenant).cloned().unwrap_or_default();
         let to = Move {
             tenant,
             plan,
-            now: self.now,
             until: self.until,
             read: &read,
         };

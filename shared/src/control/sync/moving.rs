@@ -5,11 +5,11 @@
 //!
 //! The mark is written over the tenant's item as read (`policy_table::write`), and only while that
 //! item still says what the change read from API Gateway: a tenant offboarded meanwhile (its
-//! item deleted) is not made again; a tenant listing a key the change did not read that API
-//! Gateway has now (a rotation meanwhile, its new key on the old plan) is not moved without it;
-//! and a tenant another change is moving to another plan (its mark still holds) is left to that
-//! change. Each refuses the mark (`TableError::NotMarked`): the change fails and is put back, and
-//! applying it again reads the tenant as it is then.
+//! item deleted) is not made again, and a tenant listing a key the change did not read that is
+//! live (a rotation meanwhile, its new key on the old plan) is not moved without it. Either
+//! refuses the mark (`TableError::NotMarked`): the change fails and is put back, and applying it
+//! again reads the tenant as it is then. A listed key that cannot be looked up refuses it too
+//! (`TableError::KeyLookup`).
 
 use std::collections::BTreeSet;
 
@@ -17,21 +17,20 @@ use super::table::{PolicyTable, TableError};
 use crate::control::apigateway::ControlPlane;
 use crate::policy_table::record::{Item, is_gone, parse, render};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, Written};
-use crate::policy_table::{Record, TenantRecord, read_item, tenant_pk};
+use crate::policy_table::{Record, TenantRecord, key_pk, read_item, tenant_pk};
 
-/// A mark as moving: the tenant moved to `plan`, until `until` (epoch seconds), by a change that
-/// read the tenant's keys `read` from API Gateway at `now` (epoch seconds).
+/// A mark as moving: the tenant moved to `plan` until `until` (epoch seconds), by a change that
+/// read the tenant's keys `read` from API Gateway.
 #[derive(Debug, Clone, Copy)]
 pub struct Move<'a> {
     pub tenant: &'a str,
     pub plan: &'a str,
-    pub now: u64,
     pub until: u64,
     pub read: &'a BTreeSet<String>,
 }
 
 /// Why a mark is refused by the tenant's item alone: the tenant as another writer left it.
-fn refusal(item: Option<&Item>, pk: &str, to: &Move<'_>) -> Result<Option<TenantRecord>, String> {
+fn refusal(item: Option<&Item>, pk: &str) -> Result<Option<TenantRecord>, String> {
     let Some(item) = item else { return Ok(None) };
     if is_gone(item) {
         return Err("its item was deleted (offboarded) meanwhile; an offboarded tenant is not made again".to_owned());
@@ -39,84 +38,87 @@ fn refusal(item: Option<&Item>, pk: &str, to: &Move<'_>) -> Result<Option<Tenant
     let Some(Record::Tenant(t)) = parse(pk, item) else {
         return Err("its item is not a valid tenant record".to_owned());
     };
-    // A live mark to the same plan is this change's own (a retry) or one that moves the tenant
-    // where this one does: the holds it asks of sync are the same, so it is marked again. One to
-    // another plan is another change's, under way: overwriting it would let a sync revoke the
-    // keys that change has taken off their plan and not yet put on its own.
-    if let Some(until) = t.moving_until
-        && until > to.now
-        && t.plan != to.plan
-    {
-        return Err(format!(
-            "another change is moving it to plan {} (its mark holds until {until}, epoch seconds)",
-            t.plan
-        ));
-    }
     Ok(Some(t))
 }
 
-/// Why a mark is refused by a key `t` lists that the change did not read: the first such key API
-/// Gateway has now (`GetApiKey`, once per key: those found gone are added to `gone`). A listed
-/// key API Gateway does not have (deleted by hand, or withdrawn and not unlisted) is no key a
-/// move would leave behind, so it does not refuse the mark: the tenant would never be moved
-/// again otherwise, sync keeping the list as the table holds it.
-async fn unread_key(
-    control: &dyn ControlPlane,
-    t: &TenantRecord,
-    read: &BTreeSet<String>,
-    gone: &mut BTreeSet<String>,
-) -> Result<(), String> {
-    for id in t.keys.iter().flatten().map(|(id, _)| id) {
-        if read.contains(id) || gone.contains(id) {
-            continue;
-        }
-        match control.key_by_id(id).await {
-            Ok(None) => {
-                gone.insert(id.clone());
-            }
-            Ok(Some(_)) => {
-                return Err(format!(
-                    "it lists key {id}, which this change did not read (a rotation meanwhile), so that key would stay on its old plan"
-                ));
-            }
-            Err(e) => {
-                return Err(format!(
-                    "its key {id}, which this change did not read, cannot be read: {e}"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 impl PolicyTable {
-    /// Marks `to.tenant` as moving to `to.plan` until `to.until` (the later of that and a live
-    /// mark's own to the same plan), over its item as read and only while it lists no key API
-    /// Gateway has (`control`) but `to.read` and no other change's live mark; re-read and decided
-    /// again on a conflict. Its anchor day and keys are kept: a listed key found gone stays listed
-    /// (the list is the usage API's, which revokes and unlists its keys). A tenant without an item
-    /// gets one; a deleted one is not made again.
-    pub async fn mark_moving(&self, control: &dyn ControlPlane, to: &Move<'_>) -> Result<(), TableError> {
-        let pk = tenant_pk(to.tenant);
+    /// Refuses the mark of `t` (tenant `to.tenant`) for the first key it lists that the change
+    /// did not read and that is live: API Gateway has it (`GetApiKey`), or, where API Gateway
+    /// answers that it has not, its item `key#…` is there and enabled (read strongly consistent: a
+    /// rotation writes it before listing the key). Keys found gone are added to `gone` and not
+    /// looked up again. A listed key gone from both (deleted by hand and since revoked by a sync,
+    /// or a revoked key deleted after its retention while still listed) is no key a move would
+    /// leave behind, so it does not refuse the mark: the tenant would never be moved again
+    /// otherwise, sync keeping the list as the table holds it.
+    async fn unread_key(
+        &self,
+        control: &dyn ControlPlane,
+        t: &TenantRecord,
+        to: &Move<'_>,
+        gone: &mut BTreeSet<String>,
+    ) -> Result<(), TableError> {
         let refused = |reason| TableError::NotMarked {
             tenant: to.tenant.to_owned(),
             reason,
         };
+        for (id, hash) in t.keys.iter().flatten() {
+            if to.read.contains(id) || gone.contains(id) {
+                continue;
+            }
+            match control.key_by_id(id).await {
+                Ok(Some(_)) => {
+                    return Err(refused(format!(
+                        "it lists key {id}, which this change did not read (a rotation meanwhile), so that key would stay on its old plan"
+                    )));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(TableError::KeyLookup {
+                        tenant: to.tenant.to_owned(),
+                        key_id: id.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+            let pk = key_pk(hash);
+            let item = read_item(self.client(), self.name(), &pk)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let disabled = |i: &Item| is_gone(i) || matches!(parse(&pk, i), Some(Record::Key(k)) if !k.enabled);
+            if item.as_ref().is_some_and(|i| !disabled(i)) {
+                return Err(refused(format!(
+                    "it lists key {id}, which this change did not read: API Gateway does not have it (yet), but its item is enabled (a key just made, or one deleted by hand that no sync has revoked yet)"
+                )));
+            }
+            gone.insert(id.clone());
+        }
+        Ok(())
+    }
+
+    /// Marks `to.tenant` as moving to `to.plan` until `to.until`, over its item as read and only
+    /// while it lists no live key but `to.read` (`unread_key`, through `control`); re-read and
+    /// decided again on a conflict. Its anchor day and keys are kept: a listed key found gone
+    /// stays listed (the list is the usage API's, which revokes and unlists its keys). A tenant
+    /// without an item gets one; a deleted one is not made again.
+    pub async fn mark_moving(&self, control: &dyn ControlPlane, to: &Move<'_>) -> Result<(), TableError> {
+        let pk = tenant_pk(to.tenant);
         let mut gone = BTreeSet::new();
         for _ in 0..ATTEMPTS {
             let item = read_item(self.client(), self.name(), &pk)
                 .await
                 .map_err(|e| self.unavailable(e))?;
-            let now = refusal(item.as_ref(), &pk, to).map_err(refused)?;
+            let now = refusal(item.as_ref(), &pk).map_err(|reason| TableError::NotMarked {
+                tenant: to.tenant.to_owned(),
+                reason,
+            })?;
             if let Some(t) = &now {
-                unread_key(control, t, to.read, &mut gone).await.map_err(refused)?;
+                self.unread_key(control, t, to, &mut gone).await?;
             }
-            let live = now.as_ref().and_then(|t| t.moving_until).filter(|u| *u > to.now);
             let (anchor, keys) = now.map(|t| (t.anchor, t.keys)).unwrap_or_default();
             let marked = Record::Tenant(TenantRecord {
                 plan: to.plan.to_owned(),
                 anchor,
-                moving_until: Some(live.map_or(to.until, |u| u.max(to.until))),
+                moving_until: Some(to.until),
                 keys,
             });
             let attributes = render(&marked).map_err(|e| TableError::Invalid {
