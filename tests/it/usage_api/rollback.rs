@@ -28,7 +28,8 @@ const HOOLI_TO_PRO: &str = "[plans.pro]\nrate = 5.0\nburst = 5\n[tenants.hooli]\
 const TO_GOLD: &str = "[plans.gold]\nrate = 5.0\nburst = 5\n[tenants.acme]\nplan = \"gold\"\n";
 
 impl Both {
-    fn cx<'a>(&'a self, control: &'a ApiGateway) -> Context<'a> {
+    /// What `tollgate policy apply --stack` runs with, calling API Gateway through `control`.
+    pub(super) fn cx<'a>(&'a self, control: &'a ApiGateway) -> Context<'a> {
         Context {
             control,
             table: &self.table,

@@ -179,7 +179,7 @@ fn movers(file: &PolicyFile, keys: &[ApiKey]) -> BTreeMap<String, (String, Strin
 }
 
 /// Tenant → the ids of its keys, as the change read them: a tenant marked as moving lists no
-/// other key (`PolicyTable::mark_moving`).
+/// other live key (`PolicyTable::mark_moving`).
 fn keys_by_tenant(keys: &[ApiKey]) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for k in keys {

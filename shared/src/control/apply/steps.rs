@@ -9,6 +9,7 @@ use super::{Context, usage_plans};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::writes::ApplyPort;
 use crate::control::sync::Audited;
+use crate::control::sync::moving::Move;
 use crate::control::sync::table::{PolicyTable, TableError};
 
 /// Marks each tenant as moving before its first key moves.
@@ -20,8 +21,14 @@ pub(super) struct Mover<'a> {
 }
 
 impl Mover<'_> {
-    /// Marks the tenant of the key `step` moves, unless marked already (in `marked`).
-    async fn mark(&self, step: &ApplyStep, marked: &mut BTreeSet<String>) -> Result<(), (String, String)> {
+    /// Marks the tenant of the key `step` moves, unless marked already (in `marked`); `control`
+    /// looks up the keys its item lists that the change did not read.
+    async fn mark(
+        &self,
+        control: &dyn ApplyPort,
+        step: &ApplyStep,
+        marked: &mut BTreeSet<String>,
+    ) -> Result<(), (String, String)> {
         let (ApplyStep::RemoveKey { key_id, .. } | ApplyStep::AddKey { key_id, .. }) = step else {
             return Ok(());
         };
@@ -31,10 +38,16 @@ impl Mover<'_> {
         if !marked.insert(tenant.clone()) {
             return Ok(());
         }
-        // A key the tenant's item lists besides the ones the change read came meanwhile.
+        // A key the tenant's item lists besides the ones the change read came meanwhile, if live.
         let read = self.read.get(tenant).cloned().unwrap_or_default();
+        let to = Move {
+            tenant,
+            plan,
+            until: self.until,
+            read: &read,
+        };
         self.table
-            .mark_moving(tenant, plan, self.until, &read)
+            .mark_moving(control, &to)
             .await
             .map_err(|e| (format!("{MARKING} {tenant} as moving to plan {plan}"), e.to_string()))
     }
@@ -74,7 +87,7 @@ pub(super) async fn execute(
     let mut created: BTreeMap<String, String> = BTreeMap::new();
     for step in steps {
         if let Some(mover) = mover
-            && let Err((at, e)) = mover.mark(step, &mut marked).await
+            && let Err((at, e)) = mover.mark(control, step, &mut marked).await
         {
             return Err((done, at, e));
         }

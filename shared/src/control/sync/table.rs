@@ -48,6 +48,17 @@ pub enum TableError {
     /// it, and the mark would undo that.
     #[error("tenant `{tenant}` not marked as moving: {reason}; apply again to read it as it is now")]
     NotMarked { tenant: String, reason: String },
+    /// A tenant not marked as moving because a key it lists that the change did not read could
+    /// not be looked up in API Gateway (throttled past the retries, denied, or a server error):
+    /// whether the move would leave that key behind is unknown.
+    #[error(
+        "tenant `{tenant}` not marked as moving: its key {key_id}, which this change did not read, could not be looked up in API Gateway (GetApiKey; the applying identity needs `apigateway:GET` on `/apikeys/*`): {detail}"
+    )]
+    KeyLookup {
+        tenant: String,
+        key_id: String,
+        detail: String,
+    },
     #[error(transparent)]
     Write(#[from] WriteError),
     /// Items another writer changed while they were being written back, left as it made them.
