@@ -9,7 +9,9 @@ use tollgate::aws::{admin_client, control_client};
 use tollgate::control::apigateway::ApiGateway;
 use tollgate::control::sync::scoped::{self, Outcome, Target};
 use tollgate::control::sync::table::PolicyTable;
+use tollgate::directory::Directory;
 use tollgate::engine::clock::Clock;
+use tollgate::engine::identity::ApiKeyHash;
 use tollgate::usage_api::registry::Registry;
 use tollgate::usage_api::{DELETED_KEY_KEPT, REVOKED_KEY_RETENTION};
 use tollgate_usage_api::SCHEDULE_ACTOR;
@@ -115,23 +117,55 @@ async fn an_offboarded_tenants_keys_are_deleted_once_their_retention_is_over() {
 
 #[tokio::test]
 async fn the_sync_of_a_deletion_by_the_sweep_reads_the_kept_record_instead_of_every_key() {
-    // GIVEN hooli's first key revoked by the sweep and deleted once its retention was over
+    // GIVEN hooli's first key revoked by the sweep (its item disabled, no sync since) and
+    // deleted once its retention was over
     let (w, registry, sdk, table) = World::on_policy_table("tg-retention-4").await;
     let (old, at) = revoked(&w, "hooli").await;
     let deleted = at + REVOKED_KEY_RETENTION.as_secs() + 180;
     sweep_hourly_until(&w, deleted).await;
     assert_eq!(in_gateway(&w, &old).await, None);
+    let record = registry.revocation(&old).await.expect("read").expect("kept");
+    let hash = ApiKeyHash::from_hex(&record.hash).expect("hash");
+    assert!(registry.key(&hash).await.expect("read").is_some_and(|k| !k.enabled));
     // WHEN the deletion's management event, which names only the key's id, is synced
     let control = ApiGateway::new(control_client(&sdk), fast_backoff(5));
     let policy = PolicyTable::new(admin_client(&sdk), &table);
     let outcome = scoped::run(&control, &policy, &w.clock, None, &Target::Key(old.clone()))
         .await
         .expect("scoped sync");
-    // THEN it is decided from hooli's items, found through the key's kept revocation record: no
-    // full reconcile (a listing of every key in the account)
-    assert!(matches!(outcome, Outcome::Synced(_)), "{outcome:?}");
+    // THEN it is decided from the items the kept revocation record names, as a full reconcile
+    // decides a gone key: no listing of every key in the account, the key's item removed, and
+    // hooli left on its plan
+    assert!(
+        matches!(outcome, Outcome::Synced(_)),
+        "a full reconcile was needed: {outcome:?}"
+    );
+    assert_eq!(registry.key(&hash).await.expect("read"), None);
+    let tenant = registry.tenant("hooli").await.expect("read").expect("hooli");
+    assert_eq!(tenant.plan, "free");
     // AND the record goes once it has been kept `DELETED_KEY_KEPT`
-    assert!(registry.revocation(&old).await.expect("read").is_some());
     sweep_hourly_until(&w, w.clock.now().as_secs() + DELETED_KEY_KEPT.as_secs() + 180).await;
     assert_eq!(registry.revocation(&old).await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn a_key_deleted_by_hand_before_its_revocation_is_decided_by_a_full_reconcile() {
+    // GIVEN globex's first key rotated out, its revocation pending, deleted by hand meanwhile
+    let (w, _, sdk, table) = World::on_policy_table("tg-retention-5").await;
+    let old = w.onboarded("globex").await;
+    let res = w.rotation("globex", 3_600).send().await.expect("answer");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    w.gw.delete_api_key()
+        .api_key(&old)
+        .send()
+        .await
+        .expect("deleted by hand");
+    // WHEN its deletion's event is synced
+    let control = ApiGateway::new(control_client(&sdk), fast_backoff(5));
+    let policy = PolicyTable::new(admin_client(&sdk), &table);
+    let outcome = scoped::run(&control, &policy, &w.clock, None, &Target::Key(old))
+        .await
+        .expect("scoped sync");
+    // THEN a pending revocation does not say the key's item is decided: a full reconcile is
+    assert!(matches!(outcome, Outcome::NeedsFull(_)), "{outcome:?}");
 }

@@ -14,8 +14,8 @@
 //! Gateway the decision is made from: the key is read once before (to know which items to read)
 //! and once after. What a scoped sync cannot decide alone it leaves to a full reconcile
 //! (`Outcome::NeedsFull`, saying why): a key that is gone (its item is found by its hash, which only
-//! a listing gives), unless Tollgate's sweep deleted it (its `revoke#` item, kept a while after,
-//! names its tenant and hash: `PolicyTable::revoked_key`), a plan new to the table, gone, renamed or out of the stack's scope, a tenant
+//! a listing gives), unless its `revoke#` item says its revocation is past and names its tenant
+//! and hash (`PolicyTable::revoked_key`: the sweep keeps it a while after deleting the key), a plan new to the table, gone, renamed or out of the stack's scope, a tenant
 //! pointed at a plan the table does not hold yet, an event of unknown shape or `ImportApiKeys`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -216,7 +216,8 @@ async fn key_round(
 }
 
 /// A key gone from API Gateway, as far as its revocation item tells it: its tenant and hash,
-/// disabled. `None` when there is none (a key deleted by hand): only a listing finds its item.
+/// disabled. `None` when none says its revocation is past (a key deleted by hand before any
+/// revocation): only a listing finds its item.
 async fn revoked(table: &PolicyTable, key_id: &str) -> Result<Option<ApiKey>, SyncError> {
     let Some(r) = table.revoked_key(key_id).await? else {
         return Ok(None);
