@@ -56,6 +56,35 @@ async fn consume(store: &DynamoStore, limits: &Limits, now: Timestamp) -> bool {
     }
 }
 
+/// From `at`, `drain.1` requests 1 µs apart through `drain.0` (taking what the bucket gives at
+/// once), then, 2 ms on, `spend.1` requests 1 µs apart through `spend.0` (a container spending
+/// the units it holds); the admitted ones' times pushed to `admitted`, and how many of the
+/// second kind were admitted.
+async fn drain_then_spend(
+    limits: &Limits,
+    at: Timestamp,
+    drain: (&DynamoStore, u64),
+    spend: (&DynamoStore, u64),
+    admitted: &mut Vec<Timestamp>,
+) -> u64 {
+    for i in 0..drain.1 {
+        let now = at.saturating_add(Duration::from_micros(i));
+        if consume(drain.0, limits, now).await {
+            admitted.push(now);
+        }
+    }
+    let after = at.saturating_add(Duration::from_millis(2));
+    let mut spent = 0;
+    for i in 0..spend.1 {
+        let now = after.saturating_add(Duration::from_micros(i));
+        if consume(spend.0, limits, now).await {
+            admitted.push(now);
+            spent += 1;
+        }
+    }
+    spent
+}
+
 /// Eight containers' stores at the shipped defaults on one table, and the requests at `rate`
 /// per second for `duration` of simulated time, dealt to them in turn, eight at a time as
 /// concurrent invocations would be: the admitted requests' times, and the stores.
@@ -218,21 +247,8 @@ async fn units_a_container_spends_late_in_its_span_never_add_to_another_containe
     // once, and then the first spends the units it still holds
     let later = NOW.saturating_add(Duration::from_millis(300));
     let second = emulator::dynamo_store(&client, &table);
-    for i in 0..1000u64 {
-        let now = later.saturating_add(Duration::from_micros(i));
-        if consume(&second, p.limits(), now).await {
-            admitted.push(now);
-        }
-    }
-    let after = later.saturating_add(Duration::from_millis(2));
-    let mut spent = 0;
-    for i in 0..held {
-        let now = after.saturating_add(Duration::from_micros(i));
-        if consume(&first, p.limits(), now).await {
-            admitted.push(now);
-            spent += 1;
-        }
-    }
+    let drained = (&second, 1000);
+    let spent = drain_then_spend(p.limits(), later, drained, (&first, held), &mut admitted).await;
     eprintln!(
         "{held} units held, {spent} spent late, {} admitted in all",
         admitted.len()
@@ -367,21 +383,7 @@ async fn units_of_a_lease_on_a_busy_bucket_are_never_spent_past_their_first_slot
     let later = at(Duration::from_millis(450));
     assert!(tat.is_some_and(|t| t < later), "the TAT {tat:?} is not past");
     let second = unleased();
-    for i in 0..1200u64 {
-        let now = later.saturating_add(Duration::from_micros(i));
-        if consume(&second, p.limits(), now).await {
-            admitted.push(now);
-        }
-    }
-    let after = later.saturating_add(Duration::from_millis(2));
-    let mut spent = 0;
-    for i in 0..held {
-        let now = after.saturating_add(Duration::from_micros(i));
-        if consume(&first, p.limits(), now).await {
-            admitted.push(now);
-            spent += 1;
-        }
-    }
+    let spent = drain_then_spend(p.limits(), later, (&second, 1200), (&first, held), &mut admitted).await;
     eprintln!(
         "{held} units held, {spent} admitted late, {} admitted in all",
         admitted.len()
