@@ -3,7 +3,8 @@
 //! its principal and its items; a sync whose intent is refused writes nothing; a batch of events
 //! from several callers names them all. The policy table's client goes through the fault proxy,
 //! which refuses the audit table's PutItems (sync writes its items in transactions: its only
-//! PutItems are its intent and its record).
+//! PutItems are its intent and its record). A round another sync superseded at its claim is
+//! recorded as having written nothing.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -113,6 +114,49 @@ async fn a_sync_whose_intent_is_refused_writes_nothing() {
     assert!(w.table.read().await.expect("table").records.is_empty());
     assert_eq!(w.resolve("tg_live_wa_refused").await, None);
     assert!(w.table.audit_log().history().await.expect("history").is_empty());
+}
+
+#[tokio::test]
+async fn a_sync_round_superseded_at_its_claim_is_recorded_as_having_written_nothing() {
+    // GIVEN a plan with acme's key, not synced, and sync A's intent held on its way to the trail
+    let w = World::new("tg-write-ahead-4").await;
+    let plan = w.plan("basic", 10.0, 20, 50_000, &[]).await;
+    w.key("acme", Some("acme"), "tg_live_wa_first", &plan).await;
+    let (table, proxy) = proxied(&w, "tg-write-ahead-4").await;
+    proxy.inject_on("POST", PUT_ITEM, &[Some(Fault::Hold)]);
+    w.clock.advance(Duration::from_secs(1));
+
+    // WHEN, while it is held, another key is made and sync B runs through (another change, it
+    // claims the generation A read), then A goes on
+    let b = async {
+        proxy.wait_held().await;
+        w.key("beta", Some("beta"), "tg_live_wa_second", &plan).await;
+        let report = w.sync().await;
+        proxy.release();
+        report
+    };
+    let (a, b) = tokio::join!(sync::run(&w.control, &table, &w.clock, Some(OPS)), b);
+
+    // THEN A started over once, found B's writes, and wrote nothing more
+    let a = a.expect("sync A");
+    assert_eq!((a.retries, a.change_id.as_ref()), (1, None), "{a:?}");
+    assert!(w.resolve("tg_live_wa_second").await.is_some());
+    // AND the history lists B's change as recorded, and A's superseded round as a change that
+    // wrote nothing, by its principal: none as interrupted
+    let history = w.table.audit_log().history().await.expect("history");
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history.iter().all(|e| e.status.is_none()), "{history:?}");
+    let [unwritten] = history
+        .iter()
+        .filter(|e| Some(&e.id) != b.change_id.as_ref())
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("one change besides B's: {history:?}");
+    };
+    assert!(unwritten.summary.contains("nothing written"), "{unwritten:?}");
+    assert_eq!(unwritten.actor.as_deref(), Some(OPS));
+    let record = w.table.audit_log().get(&unwritten.id).await.expect("record");
+    assert!(record.items.is_empty(), "{record:?}");
 }
 
 /// An SQS batch of `CreateApiKey` events: each key id with the principal that created it.

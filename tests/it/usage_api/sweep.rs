@@ -3,7 +3,8 @@
 //! spread over buckets of one run's worth), a run after an outage catches up
 //! `SWEEP_BUCKETS` minutes at a time, and a rotation that fails between its bucket entry and its
 //! revocation item leaves nothing the sweep cannot find, and a key API Gateway refuses to disable
-//! is postponed without holding up the others; a rotation that fails after making its key leaves
+//! is postponed without holding up the others (each refused attempt recorded as writing nothing,
+//! never left interrupted); a rotation that fails after making its key leaves
 //! that key disabled; a revocation is written over only as it was read.
 
 use std::time::Duration;
@@ -310,6 +311,19 @@ async fn a_key_api_gateway_refuses_to_disable_is_postponed_and_the_keys_after_it
         .expect("still pending");
     assert_eq!(later.attempts, 2);
     assert!(later.at > w.clock.now().as_secs(), "{later:?}");
+    // AND the trail shows each refused attempt as a change that wrote nothing, none interrupted
+    let history = w.audit.history().await.expect("history");
+    let attempts: Vec<_> = history
+        .iter()
+        .filter(|e| e.summary.starts_with(&format!("revoke key {}", stuck.0)))
+        .collect();
+    assert_eq!(attempts.len(), 2, "{history:?}");
+    assert!(
+        attempts
+            .iter()
+            .all(|e| e.status.is_none() && e.summary.contains("nothing written")),
+        "{history:?}"
+    );
     // AND an admin route that sweeps first answers meanwhile
     let res = w.admin(Method::GET, "/v1/tenants/stuck").send().await.expect("answer");
     assert_eq!(res.status(), StatusCode::OK);
@@ -319,6 +333,8 @@ async fn a_key_api_gateway_refuses_to_disable_is_postponed_and_the_keys_after_it
     let run = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
     assert_eq!(run.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&stuck.0]);
     assert!(!enabled(&w, &registry, &stuck).await);
+    let history = w.audit.history().await.expect("history");
+    assert!(history.iter().all(|e| e.status.is_none()), "{history:?}");
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ use crate::control::sync::mapping::Desired;
 use crate::engine::clock::Timestamp;
 use crate::policy_table::audit::ItemChange;
 use crate::policy_table::record::{Item, is_gone, parse, render, string};
-use crate::policy_table::sync_items::{GENERATION, generation};
+use crate::policy_table::sync_items::{CLAIMED_BY, GENERATION, claimed_by, generation};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, version_of};
 use crate::policy_table::{
     KEY_PREFIX, META_PK, PK, PLAN_PREFIX, PrefixScan, Record, TENANT_PREFIX, TenantRecord, key_pk, plan_pk, read_item,
@@ -38,9 +38,11 @@ use crate::policy_table::{
 pub enum TableError {
     #[error("policy table `{table}` unavailable: {detail}")]
     Unavailable { table: String, detail: String },
-    /// Another sync applied changes since this one read the table: read again.
+    /// Another sync applied changes since this one read the table: read again. `unwritten`:
+    /// this run wrote nothing, and the sync that claimed the generation first is another change
+    /// (`sync#meta` names it): this run's intent can be closed as unwritten.
     #[error("another sync changed the policy table first")]
-    Superseded,
+    Superseded { unwritten: bool },
     #[error("policy item `{pk}` cannot be written: {detail}")]
     Invalid { pk: String, detail: String },
     /// A tenant not marked as moving (`moving`): another writer changed it since the change read
@@ -304,12 +306,18 @@ impl PolicyTable {
     /// claimed (`Superseded`: read again). Each item is conditioned on the version read
     /// (`policy_table::write`); a batch cancelled by items another writer changed is sent again
     /// without them, and those are decided again (`reconsider`).
-    pub async fn apply(&self, current: &Current, changes: &[TableWrite]) -> Result<Applied, TableError> {
+    pub async fn apply(
+        &self,
+        current: &Current,
+        changes: &[TableWrite],
+        change: Option<&str>,
+    ) -> Result<Applied, TableError> {
         let mut applied = Applied::default();
         let mut run = Run {
             generation: current.generation,
             claimed: false,
             token: write::token(),
+            change: change.map(str::to_owned),
         };
         let mut lost = Vec::new();
         for batch in changes.chunks(BATCH) {
@@ -426,7 +434,9 @@ impl PolicyTable {
         }
         // The meta action fails when another sync claimed since this one read the table.
         if reasons.first().is_some_and(failed) {
-            return Err(TableError::Superseded);
+            let by = reasons.first().and_then(|r| r.item()).and_then(claimed_by);
+            let unwritten = !run.claimed && by.is_some_and(|by| Some(by) != run.change);
+            return Err(TableError::Superseded { unwritten });
         }
         let at: Vec<usize> = item_reasons.filter(|(_, r)| failed(r)).map(|(i, _)| i).collect();
         if at.is_empty() {
@@ -460,6 +470,10 @@ impl PolicyTable {
             (":next".to_owned(), AttributeValue::N((run.generation + 1).to_string())),
             (":w".to_owned(), AttributeValue::S(run.token.clone())),
         ]);
+        if let Some(change) = &run.change {
+            names.insert("#c".to_owned(), CLAIMED_BY.to_owned());
+            values.insert(":c".to_owned(), AttributeValue::S(change.clone()));
+        }
         let condition = if run.generation == 0 {
             "attribute_not_exists(#g)"
         } else {
@@ -469,7 +483,10 @@ impl PolicyTable {
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key))
-            .update_expression("SET #g = :next, #w = :w")
+            .update_expression(match run.change {
+                Some(_) => "SET #g = :next, #w = :w, #c = :c",
+                None => "SET #g = :next, #w = :w",
+            })
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
@@ -501,12 +518,13 @@ impl PolicyTable {
 /// TransactWriteItems takes 100 actions; one is `sync#meta`'s.
 pub const BATCH: usize = 99;
 
-/// A run's hold on `sync#meta`: the generation read, whether this run moved it on, and the
-/// token its claim carries.
+/// A run's hold on `sync#meta`: the generation read, whether this run moved it on, the token
+/// its claim carries, and the change (audit id) its claim names.
 struct Run {
     generation: u64,
     claimed: bool,
     token: String,
+    change: Option<String>,
 }
 
 impl Run {

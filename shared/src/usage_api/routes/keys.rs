@@ -17,9 +17,9 @@ use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::quota::format_utc;
-use crate::policy_table::audit::ItemChange;
+use crate::policy_table::audit::{ChangeRecord, ItemChange};
 use crate::policy_table::write::ATTEMPTS;
-use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk};
+use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, Tenant, created, whole_number};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, IdempotencyRecord, ItemAction, Revocation};
@@ -192,6 +192,15 @@ impl Rotating<'_> {
         if full(Some(&listed), existing.as_deref()) {
             return Err(key_limit(tenant));
         }
+        // Audited under an id of the Idempotency-Key: a retry writes it once. Write-ahead: the
+        // intent before the new key is created, so a refused intent leaves no key on the plan;
+        // the key's id and item are not known yet: the intent names the tenant's item, the
+        // record all.
+        let audit_id = fingerprint(&[b"rotation-audit", tenant.as_bytes(), self.idem.as_bytes()]);
+        let audit_id = format!("usage-api-rotate-{}", &audit_id[..16]);
+        let summary = format!("rotate keys of tenant {tenant}: a new key");
+        api.intend_as(&audit_id, actor, summary, vec![touching(tenant_pk(tenant))])
+            .await?;
         // Not among the keys this rotation revokes (a retry finds it listed).
         let key = self.new_key(control.as_ref(), name, existing).await?;
         listed.remove(&key.id);
@@ -201,13 +210,6 @@ impl Rotating<'_> {
             key_id: key.id.clone(),
             enabled: true,
         };
-        // Audited under an id of the Idempotency-Key: a retry writes it once. Write-ahead: the
-        // intent (the new key's item, the tenant listing it) before the first write.
-        let audit_id = fingerprint(&[b"rotation-audit", tenant.as_bytes(), self.idem.as_bytes()]);
-        let audit_id = format!("usage-api-rotate-{}", &audit_id[..16]);
-        let intended = rotation_intent(tenant, &record, &hash, &key_record);
-        let summary = format!("rotate keys of tenant {tenant}: new key {}", key.id);
-        api.intend_as(&audit_id, actor, summary, intended).await?;
         // Its item written and listed on the tenant before any revocation: a rotation at the
         // same time adds its own key to the list as it is then, so neither is lost.
         let on = (tenant, record.plan.as_str(), plan_id.as_str());
@@ -341,21 +343,6 @@ async fn revoke_listed(
     Ok(scheduled)
 }
 
-/// What a rotation means to write, for its intent: the tenant (`record` as read) listing the new
-/// key, and the new key's item.
-fn rotation_intent(tenant: &str, record: &TenantRecord, hash: &ApiKeyHash, key: &KeyRecord) -> Vec<ItemChange> {
-    let mut listing = record.clone();
-    listing
-        .keys
-        .get_or_insert_with(BTreeMap::new)
-        .insert(key.key_id.clone(), hash.to_hex());
-    let listed = Changed {
-        before: Some(record.clone()),
-        after: Some(listing),
-    };
-    rotation_items(tenant, listed, hash, key.clone())
-}
-
 /// A rotation's writes for the audit trail: the tenant's list (when written) and the new key.
 fn rotation_items(tenant: &str, listed: Changed<TenantRecord>, hash: &ApiKeyHash, key: KeyRecord) -> Vec<ItemChange> {
     let mut items: Vec<ItemChange> = tenant_change(tenant, listed).into_iter().collect();
@@ -443,6 +430,15 @@ async fn written(api: &UsageApi, r: Revocation) -> Result<Option<Revocation>, Pr
     Ok(None)
 }
 
+/// The audit id of one attempt at revocation `r` (`what`: `revoke` or `delete`): of its key, due
+/// time and failed attempts, so a run retried puts its intent once, and each postponement is an
+/// attempt of its own.
+fn attempt_id(what: &str, r: &Revocation) -> String {
+    let (at, attempts) = (r.at.to_string(), r.attempts.to_string());
+    let id = fingerprint(&[what.as_bytes(), r.key_id.as_bytes(), at.as_bytes(), attempts.as_bytes()]);
+    format!("usage-api-{what}-{}", &id[..16])
+}
+
 /// How long a revocation that failed waits before the sweep tries it again: a minute, doubling
 /// with each failure, at most `MAX_REVOCATION_BACKOFF`.
 pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
@@ -483,8 +479,10 @@ impl UsageApi {
     /// Revokes one key (`true`), or, when that fails, writes its revocation again later
     /// (`false`); fails only when the revocation cannot be written.
     pub(super) async fn revoke_or_postpone(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
-        let Err(e) = self.revoke_one(actor, r).await else {
-            return Ok(true);
+        let (e, unwritten) = match self.revoke_one(actor, r).await {
+            Ok(None) => return Ok(true),
+            Ok(Some((e, record))) => (e, Some(record)),
+            Err(e) => (e, None),
         };
         let later = Revocation {
             at: self.now().as_secs().saturating_add(revocation_backoff(r.attempts)),
@@ -500,6 +498,11 @@ impl UsageApi {
         if !self.registry.put_revocation(&later, Some(r)).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
+        // The attempt wrote nothing: its intent is closed so, now that no run retries this
+        // attempt (under its id) again.
+        if let Some(record) = unwritten {
+            self.close_unwritten(record).await;
+        }
         Ok(false)
     }
 
@@ -507,17 +510,24 @@ impl UsageApi {
     /// audited, its revocation becomes its deletion from API Gateway after
     /// `REVOKED_KEY_RETENTION` (written over the revocation as read: one a rotation changed
     /// meanwhile, or an offboarding removed, is left so), and the key is taken off its tenant's
-    /// list. A revocation already so (`delete`) deletes the key (`delete_one`).
-    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<(), Problem> {
+    /// list. A revocation already so (`delete`) deletes the key (`delete_one`). Its intent's id is
+    /// the attempt's (`attempt_id`): a run retried reuses it. API Gateway refusing to disable the
+    /// key is `Some`: nothing written, with the record that closes the intent.
+    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<Option<(Problem, ChangeRecord)>, Problem> {
         if r.delete {
-            return self.delete_one(actor, r).await;
+            return self.delete_one(actor, r).await.map(|()| None);
         }
         let summary = format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant);
         let hash = ApiKeyHash::from_hex(&r.hash);
         let intended = hash.iter().map(|h| touching(key_pk(&h.to_hex()))).collect();
-        let id = self.intend(actor, summary.clone(), intended).await?;
-        if let Some(control) = &self.control {
-            disable_key(control.as_ref(), &r.key_id).await?;
+        let id = attempt_id("revoke", r);
+        self.intend_as(&id, actor, summary.clone(), intended).await?;
+        if let Some(control) = &self.control
+            && let Err(e) = disable_key(control.as_ref(), &r.key_id).await
+        {
+            let closing = self.change(id, actor, summary, Vec::new());
+            let closing = closing.unwritten("disabling the key in API Gateway", e.detail.clone());
+            return Ok(Some((e, closing)));
         }
         let mut items = Vec::new();
         if let Some(hash) = hash {
@@ -534,7 +544,7 @@ impl UsageApi {
         if !self.registry.put_revocation(&deletion, Some(r)).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
-        self.unlist_key(&r.tenant, &r.key_id).await.map(drop)
+        self.unlist_key(&r.tenant, &r.key_id).await.map(|_| None)
     }
 
     /// Deletes a revoked key from API Gateway, its retention over, so that revoked keys do not
@@ -551,7 +561,8 @@ impl UsageApi {
                         "delete key {} of tenant {} from API Gateway (revoked, retention over)",
                         r.key_id, r.tenant
                     );
-                    let id = self.intend(actor, summary.clone(), Vec::new()).await?;
+                    let id = attempt_id("delete", r);
+                    self.intend_as(&id, actor, summary.clone(), Vec::new()).await?;
                     control.delete_api_key(&r.key_id).await?;
                     self.audit_as(id, actor, summary, Vec::new()).await?;
                 }
