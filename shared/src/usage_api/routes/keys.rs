@@ -430,15 +430,6 @@ async fn written(api: &UsageApi, r: Revocation) -> Result<Option<Revocation>, Pr
     Ok(None)
 }
 
-/// The audit id of one attempt at revocation `r` (`what`: `revoke` or `delete`): of its key, due
-/// time and failed attempts, so a run retried puts its intent once, and each postponement is an
-/// attempt of its own.
-fn attempt_id(what: &str, r: &Revocation) -> String {
-    let (at, attempts) = (r.at.to_string(), r.attempts.to_string());
-    let id = fingerprint(&[what.as_bytes(), r.key_id.as_bytes(), at.as_bytes(), attempts.as_bytes()]);
-    format!("usage-api-{what}-{}", &id[..16])
-}
-
 /// How long a revocation that failed waits before the sweep tries it again: a minute, doubling
 /// with each failure, at most `MAX_REVOCATION_BACKOFF`.
 pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
@@ -498,8 +489,7 @@ impl UsageApi {
         if !self.registry.put_revocation(&later, Some(r)).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
-        // The attempt wrote nothing: its intent is closed so, now that no run retries this
-        // attempt (under its id) again.
+        // The attempt wrote nothing: its own intent (an id no other run uses) is closed so.
         if let Some(record) = unwritten {
             self.close_unwritten(record).await;
         }
@@ -510,9 +500,11 @@ impl UsageApi {
     /// audited, its revocation becomes its deletion from API Gateway after
     /// `REVOKED_KEY_RETENTION` (written over the revocation as read: one a rotation changed
     /// meanwhile, or an offboarding removed, is left so), and the key is taken off its tenant's
-    /// list. A revocation already so (`delete`) deletes the key (`delete_one`). Its intent's id is
-    /// the attempt's (`attempt_id`): a run retried reuses it. API Gateway refusing to disable the
-    /// key is `Some`: nothing written, with the record that closes the intent.
+    /// list. A revocation already so (`delete`) deletes the key (`delete_one`). Each attempt audits
+    /// under an id of its own: runs at the same time (the schedule's, an admin route's) and a
+    /// retry of one that failed never share one, so no attempt's record hides another's (a
+    /// failed run's intent stays `interrupted`). API Gateway refusing to disable the key is
+    /// `Some`: nothing written, with the record that closes this attempt's own intent.
     async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<Option<(Problem, ChangeRecord)>, Problem> {
         if r.delete {
             return self.delete_one(actor, r).await.map(|()| None);
@@ -520,8 +512,7 @@ impl UsageApi {
         let summary = format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant);
         let hash = ApiKeyHash::from_hex(&r.hash);
         let intended = hash.iter().map(|h| touching(key_pk(&h.to_hex()))).collect();
-        let id = attempt_id("revoke", r);
-        self.intend_as(&id, actor, summary.clone(), intended).await?;
+        let id = self.intend(actor, summary.clone(), intended).await?;
         if let Some(control) = &self.control
             && let Err(e) = disable_key(control.as_ref(), &r.key_id).await
         {
@@ -561,8 +552,7 @@ impl UsageApi {
                         "delete key {} of tenant {} from API Gateway (revoked, retention over)",
                         r.key_id, r.tenant
                     );
-                    let id = attempt_id("delete", r);
-                    self.intend_as(&id, actor, summary.clone(), Vec::new()).await?;
+                    let id = self.intend(actor, summary.clone(), Vec::new()).await?;
                     control.delete_api_key(&r.key_id).await?;
                     self.audit_as(id, actor, summary, Vec::new()).await?;
                 }
