@@ -341,7 +341,8 @@ async fn write(
     if let Some(intent) = &intent {
         report.writes += log.intend(intent).await.map_err(TableError::Unaudited)?.writes;
     }
-    // The claim names the change: a round that loses it to another change wrote nothing.
+    // The claim names the change: a round that loses the generation it read to another change
+    // wrote nothing.
     let claiming = intent.as_ref().map(|i| i.id.clone());
     let mut own = intent.filter(|_| matches!(audited, Audited::Own));
     let applied = match table.apply(&current, &changes, claiming.as_deref()).await {

@@ -39,8 +39,9 @@ pub enum TableError {
     #[error("policy table `{table}` unavailable: {detail}")]
     Unavailable { table: String, detail: String },
     /// Another sync applied changes since this one read the table: read again. `unwritten`:
-    /// this run wrote nothing, and the sync that claimed the generation first is another change
-    /// (`sync#meta` names it): this run's intent can be closed as unwritten.
+    /// this run wrote nothing, another change (`sync#meta` names it) having claimed the very
+    /// generation after the one it read (`Run::lost_to_another`): its intent can be closed as
+    /// unwritten.
     #[error("another sync changed the policy table first")]
     Superseded { unwritten: bool },
     #[error("policy item `{pk}` cannot be written: {detail}")]
@@ -434,9 +435,10 @@ impl PolicyTable {
         }
         // The meta action fails when another sync claimed since this one read the table.
         if reasons.first().is_some_and(failed) {
-            let by = reasons.first().and_then(|r| r.item()).and_then(claimed_by);
-            let unwritten = !run.claimed && by.is_some_and(|by| Some(by) != run.change);
-            return Err(TableError::Superseded { unwritten });
+            let meta = reasons.first().and_then(|r| r.item());
+            return Err(TableError::Superseded {
+                unwritten: run.lost_to_another(meta),
+            });
         }
         let at: Vec<usize> = item_reasons.filter(|(_, r)| failed(r)).map(|(i, _)| i).collect();
         if at.is_empty() {
@@ -470,8 +472,8 @@ impl PolicyTable {
             (":next".to_owned(), AttributeValue::N((run.generation + 1).to_string())),
             (":w".to_owned(), AttributeValue::S(run.token.clone())),
         ]);
+        names.insert("#c".to_owned(), CLAIMED_BY.to_owned());
         if let Some(change) = &run.change {
-            names.insert("#c".to_owned(), CLAIMED_BY.to_owned());
             values.insert(":c".to_owned(), AttributeValue::S(change.clone()));
         }
         let condition = if run.generation == 0 {
@@ -485,7 +487,8 @@ impl PolicyTable {
             .set_key(Some(key))
             .update_expression(match run.change {
                 Some(_) => "SET #g = :next, #w = :w, #c = :c",
-                None => "SET #g = :next, #w = :w",
+                // A claim naming no change leaves no other change's name behind.
+                None => "SET #g = :next, #w = :w REMOVE #c",
             })
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names))
@@ -531,6 +534,17 @@ impl Run {
     /// Whether `meta` (as returned with a cancelled claim) is this run's claim, landed.
     fn is_claim(&self, meta: Option<&Item>) -> bool {
         meta.and_then(generation) == Some(self.generation + 1) && write::written_by(meta, &self.token)
+    }
+
+    /// Whether this run, its claim refused, lost the generation it read to another change:
+    /// `meta` (as returned with the refusal) is at the next generation, claimed by a change
+    /// named and not this run's. Anything else (a later generation, no change named, this run's
+    /// own, e.g. its twin's or its own claim whose answer was lost) may hide a claim of this run
+    /// that landed: its intent is left as it is.
+    fn lost_to_another(&self, meta: Option<&Item>) -> bool {
+        let next = meta.and_then(generation) == Some(self.generation + 1);
+        let by = meta.and_then(claimed_by);
+        !self.claimed && next && by.is_some_and(|by| Some(by) != self.change)
     }
 
     /// The writes of a transaction of `items` that landed (the generation update when it
