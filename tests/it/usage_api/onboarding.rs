@@ -297,6 +297,28 @@ async fn a_lost_create_api_key_answer_is_found_by_name_on_retry_not_created_agai
 }
 
 #[tokio::test]
+async fn an_idempotency_key_sent_again_for_another_tenant_after_a_failed_onboarding_is_audited_apart() {
+    // GIVEN API Gateway behind a proxy that refuses onboarding's first CreateApiKey
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("tg-onboard-audit-1", None, Some(&proxy.endpoint()), None).await;
+    proxy.inject_on("POST", "/apikeys", &[Some(Fault::AccessDenied)]);
+    // WHEN acme's onboarding fails after its intent, and the same Idempotency-Key onboards beta
+    let (failed, problem) = w.onboard_via(&w.base, "acme", "idem-reused").await.expect("answer");
+    let (status, body) = w.onboard_via(&w.base, "beta", "idem-reused").await.expect("answer");
+    assert!(failed.is_server_error() || failed.is_client_error(), "{problem}");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // THEN the trail keeps acme's intent (interrupted) apart from beta's recorded change
+    let history = w.audit.history().await.expect("history");
+    let entry = |tenant: &str| {
+        history
+            .iter()
+            .find(|e| e.summary.starts_with(&format!("onboard tenant {tenant} ")))
+    };
+    assert_eq!(entry("acme").map(|e| e.status), Some(Some(INTERRUPTED)), "{history:?}");
+    assert_eq!(entry("beta").map(|e| e.status), Some(None), "{history:?}");
+}
+
+#[tokio::test]
 async fn onboarding_puts_the_key_on_its_own_stacks_plan_never_anothers_of_the_same_name() {
     // GIVEN two usage plans `solo` in one Region, another stack's made first, then this stack's
     let w = World::new("us-west-1").await;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchor::checked_anchor;
-use super::idempotency::{Once, key_name, reused};
+use super::idempotency::{Once, fingerprint, key_name, reused};
 use super::usage_plans::UsagePlans;
 use super::{Api, create, disable_key, full, key_limit, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
@@ -93,12 +93,11 @@ impl Onboarding<'_> {
         self.check_tenant_free(existing.as_deref()).await?;
         let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;
         // Write-ahead: the intent before the key is created, so a refused intent leaves no key on
-        // the plan. Its id is the Idempotency-Key's (a retry puts it once); the key's id and
-        // item are not known yet: the intent names the tenant's item, the record all.
-        let id = format!(
-            "usage-api-onboard-{}",
-            &hex::encode(Sha256::digest(self.idem.as_bytes()))[..16]
-        );
+        // the plan. Its id is of the tenant and the Idempotency-Key (a retry puts it once; the
+        // key sent again for another tenant after a failed attempt is another change); the key's
+        // id and item are not known yet: the intent names the tenant's item, the record all.
+        let id = fingerprint(&[b"onboard-audit", body.tenant.as_bytes(), self.idem.as_bytes()]);
+        let id = format!("usage-api-onboard-{}", &id[..16]);
         let summary = format!("onboard tenant {} on plan {}", body.tenant, body.plan);
         let intended = vec![touching(tenant_pk(&body.tenant))];
         api.intend_as(&id, self.actor, summary, intended).await?;
