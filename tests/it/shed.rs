@@ -514,6 +514,17 @@ async fn concurrent_runs_step_the_level_once() {
     let landed = [ra.expect("a"), rb.expect("b")].iter().filter(|w| w.is_some()).count();
     assert_eq!(landed, 1);
     assert_eq!(table_.get().await.expect("get").level, 2);
+    // AND the trail shows the other as a change that wrote nothing, not as the step it meant
+    let history = AuditLog::new(admin_client(&sdk), &table)
+        .history()
+        .await
+        .expect("history");
+    let steps: Vec<_> = history
+        .iter()
+        .filter(|e| e.summary.starts_with("shed level 1 -> 2"))
+        .collect();
+    let lost: Vec<_> = steps.iter().filter(|e| e.summary.contains("nothing written")).collect();
+    assert_eq!((steps.len(), lost.len()), (2, 1), "{history:?}");
 }
 
 #[tokio::test]

@@ -21,6 +21,8 @@
 //! as written goes to `audit#<id>`, the same id: the pair is found without a scan. An intent with
 //! no record beside it is a change that stopped after its intent (the process died, or the record
 //! could not be written): `get` and `history` show it as `interrupted`, possibly partly applied.
+//! A change that stops before its first write closes its intent with a record saying so
+//! (`ChangeRecord::unwritten`), and is not listed as interrupted.
 
 use std::collections::HashMap;
 
@@ -137,6 +139,25 @@ impl ChangeRecord {
         h.update(serde_json::to_vec(&self.outcome).unwrap_or_default());
         let digest = h.finalize();
         format!("{}-{}", self.source.as_str(), hex::encode(&digest[..8]))
+    }
+}
+
+impl ChangeRecord {
+    /// The record that closes this change's intent when the change wrote nothing (another
+    /// writer went first, a step before its first write failed): no items, `restored` at
+    /// `failed_at` with `why`, and a summary that says nothing was written, so `history` shows a
+    /// change that never happened as such, not as `interrupted`.
+    pub fn unwritten(self, failed_at: impl Into<String>, why: impl Into<String>) -> ChangeRecord {
+        let why = why.into();
+        ChangeRecord {
+            summary: format!("{}: not made, nothing written ({why})", self.summary),
+            items: Vec::new(),
+            outcome: ChangeOutcome::Restored {
+                failed_at: failed_at.into(),
+                error: why,
+            },
+            ..self
+        }
     }
 }
 

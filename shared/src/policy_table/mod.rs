@@ -10,7 +10,7 @@
 //!   (`control::apply` marks it; sync holds its keys until then);
 //! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
 //! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
-//! - `sync#meta`: plan sync's `generation` (N; `sync_items`);
+//! - `sync#meta`: plan sync's `generation` (N) and the `change` (S, its audit id) that claimed it (`sync_items`);
 //! - `sync#scope`: which usage plans the table mirrors, `stack` (S) and `stages` (L of S,
 //!   `API_ID:STAGE`), and the stack's audit table, `audit_table` (S; absent in a scope written
 //!   before it), as the deployed plan-sync function was configured (`sync_items`);

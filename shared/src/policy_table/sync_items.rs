@@ -13,6 +13,8 @@ use super::{LEASE_PK, PK, RECONCILE_PK, SCOPE_PK, reconcile_part_pk};
 
 /// `sync#meta`'s attribute holding the generation.
 pub const GENERATION: &str = "generation";
+/// `sync#meta`'s attribute naming the change (its audit id) whose sync claimed the generation.
+pub const CLAIMED_BY: &str = "change";
 
 /// The lease's attribute naming the run that holds it.
 pub const LEASE_OWNER: &str = "owner";
@@ -24,6 +26,11 @@ pub const LEASE_RERUN: &str = "rerun";
 /// The generation `sync#meta` holds; `None` when it has none.
 pub fn generation(meta: &Item) -> Option<u64> {
     number(meta, GENERATION)
+}
+
+/// The change whose sync claimed `meta`'s generation; `None` when not named.
+pub fn claimed_by(meta: &Item) -> Option<String> {
+    string(meta, CLAIMED_BY)
 }
 
 /// The lease as `owner` takes it, held until `until` (epoch seconds), no rerun asked; `pk`

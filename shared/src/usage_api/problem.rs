@@ -158,7 +158,7 @@ impl Problem {
         Problem::unavailable(
             "audit-unavailable",
             format!(
-                "the audit trail could not be written ({e}); no tenant or key item was written: send the request again, with the same Idempotency-Key if it had one"
+                "the audit trail could not be written ({e}); no tenant or key item was written and no API key made: send the request again, with the same Idempotency-Key if it had one"
             ),
         )
     }

@@ -1,5 +1,6 @@
 //! Apply, diff and rollback on a healthy control plane: a change and its rollbacks each end
-//! exactly where they should, and a second apply of the same file changes nothing.
+//! exactly where they should, and a second apply of the same file changes nothing. A claim of the
+//! table naming no change (an apply's sync, its intent put before its steps) leaves none named.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,11 +8,17 @@ use std::time::Duration;
 use tollgate::control::apigateway::ControlPlane as _;
 use tollgate::control::apply::{self, ApplyError, Context};
 use tollgate::policy_file::PolicyFile;
-use tollgate::policy_table::Record;
 use tollgate::policy_table::audit::{ChangeOutcome, Source};
+use tollgate::policy_table::{META_PK, Record, read_item, sync_items};
 
 use super::{AFTER, BEFORE, World};
 use crate::support::apigateway::UsagePlan;
+
+/// The change `sync#meta` names as the claimer of its generation.
+async fn claimed_by(w: &World) -> Option<String> {
+    let meta = read_item(&w.db, w.table.name(), META_PK).await.expect("read");
+    meta.as_ref().and_then(sync_items::claimed_by)
+}
 
 #[tokio::test]
 async fn diff_apply_rollback_round_trip() {
@@ -23,9 +30,13 @@ async fn diff_apply_rollback_round_trip() {
 
     // WHEN AFTER (free at 20/s, a new gold plan, acme moved to it) is diffed THEN it drifts
     assert_eq!(w.diff(AFTER).await, ExitCode::from(4));
+    assert!(claimed_by(&w).await.is_some(), "the sync's claim names its change");
     // WHEN applied
     let report = w.apply(AFTER).await.expect("apply");
-    // THEN the calls were made, the table synced, the change recorded; diff shows nothing left
+    // THEN its sync (its intent put before its steps) claimed the table naming no change: the
+    // sync's name is gone with its claim
+    assert_eq!(claimed_by(&w).await, None);
+    // AND the calls were made, the table synced, the change recorded; diff shows nothing left
     assert_eq!(report.steps.len(), 4, "{}", report.table());
     assert_eq!(w.diff(AFTER).await, ExitCode::SUCCESS);
     let gateway1 = w.gateway().await;

@@ -3,7 +3,9 @@
 //! its principal and its items; a sync whose intent is refused writes nothing; a batch of events
 //! from several callers names them all. The policy table's client goes through the fault proxy,
 //! which refuses the audit table's PutItems (sync writes its items in transactions: its only
-//! PutItems are its intent and its record).
+//! PutItems are its intent and its record). A round another sync superseded at its claim is
+//! recorded as having written nothing; one found superseded past the next generation keeps its
+//! intent.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -113,6 +115,84 @@ async fn a_sync_whose_intent_is_refused_writes_nothing() {
     assert!(w.table.read().await.expect("table").records.is_empty());
     assert_eq!(w.resolve("tg_live_wa_refused").await, None);
     assert!(w.table.audit_log().history().await.expect("history").is_empty());
+}
+
+/// Sync A (as `OPS`) on `region`'s world, a plan with acme's key not synced, its intent held on
+/// its way to the trail while, for each of `others`, a key is made and a sync runs through (the
+/// first claims the generation A read); then A goes on. The other syncs' change ids.
+async fn superseded(region: &'static str, others: &[&str]) -> (World, Vec<Option<String>>) {
+    let w = World::new(region).await;
+    let plan = w.plan("basic", 10.0, 20, 50_000, &[]).await;
+    w.key("acme", Some("acme"), "tg_live_wa_first", &plan).await;
+    let (table, proxy) = proxied(&w, region).await;
+    proxy.inject_on("POST", PUT_ITEM, &[Some(Fault::Hold)]);
+    w.clock.advance(Duration::from_secs(1));
+    let runs = async {
+        proxy.wait_held().await;
+        let mut ids = Vec::new();
+        for other in others {
+            w.key(other, Some(other), &format!("tg_live_wa_{other}"), &plan).await;
+            ids.push(w.sync().await.change_id);
+        }
+        proxy.release();
+        ids
+    };
+    let (a, ids) = tokio::join!(sync::run(&w.control, &table, &w.clock, Some(OPS)), runs);
+    // A started over once, found the others' writes, and wrote nothing more
+    let a = a.expect("sync A");
+    assert_eq!((a.retries, a.change_id.as_ref()), (1, None), "{a:?}");
+    for other in others {
+        assert!(w.resolve(&format!("tg_live_wa_{other}")).await.is_some());
+    }
+    (w, ids)
+}
+
+#[tokio::test]
+async fn a_sync_round_superseded_at_its_claim_is_recorded_as_having_written_nothing() {
+    // GIVEN a plan with acme's key, not synced, and sync A's intent held on its way to the trail
+    // WHEN, while it is held, another key is made and sync B runs through (another change, it
+    // claims the generation A read), then A goes on
+    let (w, b) = superseded("tg-write-ahead-4", &["beta"]).await;
+
+    // THEN the history lists B's change as recorded, and A's superseded round as a change that
+    // wrote nothing, by its principal: none as interrupted
+    let history = w.table.audit_log().history().await.expect("history");
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history.iter().all(|e| e.status.is_none()), "{history:?}");
+    let [unwritten] = history
+        .iter()
+        .filter(|e| Some(&e.id) != b[0].as_ref())
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("one change besides B's: {history:?}");
+    };
+    assert!(unwritten.summary.contains("nothing written"), "{unwritten:?}");
+    assert_eq!(unwritten.actor.as_deref(), Some(OPS));
+    let record = w.table.audit_log().get(&unwritten.id).await.expect("record");
+    assert!(record.items.is_empty(), "{record:?}");
+}
+
+#[tokio::test]
+async fn a_sync_round_found_superseded_past_the_next_generation_leaves_its_intent() {
+    // GIVEN a plan with acme's key, not synced, and sync A's intent held on its way to the trail
+    // WHEN, while it is held, syncs B and C run through (B claims the generation A read, C the
+    // one after), then A goes on: sync#meta, two generations on, cannot say whether A's claim
+    // landed (as one whose answer was lost would)
+    let (w, others) = superseded("tg-write-ahead-5", &["beta", "gamma"]).await;
+
+    // THEN B's and C's changes are recorded and A's round is left as its intent: interrupted,
+    // never closed as having written nothing
+    let history = w.table.audit_log().history().await.expect("history");
+    assert_eq!(history.len(), 3, "{history:?}");
+    let [a] = history
+        .iter()
+        .filter(|e| !others.contains(&Some(e.id.clone())))
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("one change besides B's and C's: {history:?}");
+    };
+    assert_eq!(a.status, Some(INTERRUPTED), "{a:?}");
+    assert_eq!(a.actor.as_deref(), Some(OPS));
 }
 
 /// An SQS batch of `CreateApiKey` events: each key id with the principal that created it.

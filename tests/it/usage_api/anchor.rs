@@ -1,6 +1,7 @@
 //! A tenant's own anchor day: onboarding sets it (the request's, else the onboarding day in the
 //! plan's zone), the gate counts months from it with no extra read, `PUT …/anchor` changes it and
-//! the usage API follows, and plan sync never erases it.
+//! the usage API follows, and plan sync never erases it; a change whose tenant went after its
+//! intent is recorded as writing nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use tollgate::gate::{Credential, Gate, GateOutcome, Mode, Request};
 
 use super::{START, World};
 use crate::support::apigateway::UsagePlan;
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
 
 /// Five requests a month in New York, from each tenant's own day (the 1st without one).
 const MONTHLY: &str = r#"quota = { limit = 5, period = "month", anchor = "tenant", zone = "America/New_York" }"#;
@@ -176,4 +179,40 @@ async fn changing_the_anchor_moves_the_period_the_gate_and_the_usage_api_count()
         registry.tenant("acme").await.expect("table").expect("acme").anchor,
         Some(20)
     );
+}
+
+#[tokio::test]
+async fn an_anchor_change_whose_tenant_is_offboarded_after_its_intent_is_recorded_as_writing_nothing() {
+    // GIVEN acme onboarded, and the usage API's next audit write (the anchor change's intent)
+    // held on its way to the trail
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, ..) = World::on_policy_table_with("tg-anchor-gone", None, Some(&proxy.endpoint())).await;
+    w.onboarded("acme").await;
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::Hold)]);
+    // WHEN an admin sets its anchor day, and acme is offboarded while that change's intent is held
+    let set = w
+        .admin(reqwest::Method::PUT, "/v1/tenants/acme/anchor")
+        .json(&json!({"anchor": 20}))
+        .send();
+    let offboard = async {
+        proxy.wait_held().await;
+        let res = w.admin(reqwest::Method::DELETE, "/v1/tenants/acme").send().await;
+        proxy.release();
+        res
+    };
+    let (set, offboarded) = tokio::join!(set, offboard);
+    assert_eq!(offboarded.expect("answer").status(), StatusCode::NO_CONTENT);
+    // THEN the anchor change answers 404, and the trail shows it as a change that wrote
+    // nothing, not as interrupted
+    assert_eq!(set.expect("answer").status(), StatusCode::NOT_FOUND);
+    let history = w.audit.history().await.expect("history");
+    let [entry] = history
+        .iter()
+        .filter(|e| e.summary.starts_with("set tenant acme's anchor day"))
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("one anchor change: {history:?}");
+    };
+    assert_eq!(entry.status, None, "{history:?}");
+    assert!(entry.summary.contains("nothing written"), "{entry:?}");
 }

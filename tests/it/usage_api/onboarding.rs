@@ -106,8 +106,8 @@ async fn an_onboarding_whose_record_failed_is_listed_as_interrupted_and_recorded
         problem["detail"].as_str().expect("detail").contains("Idempotency-Key"),
         "{problem}"
     );
-    // THEN the trail lists the onboarding as interrupted, by the admin, with the tenant's and
-    // the key's items as onboarding writes them
+    // THEN the trail lists the onboarding as interrupted, by the admin, naming the tenant's item
+    // (its key is made after the intent: the record names it)
     let history = w.audit.history().await.expect("history");
     let [entry] = history.as_slice() else {
         panic!("one change: {history:?}");
@@ -115,9 +115,8 @@ async fn an_onboarding_whose_record_failed_is_listed_as_interrupted_and_recorded
     assert_eq!(entry.status, Some(INTERRUPTED), "{history:?}");
     assert_eq!(entry.actor.as_deref(), Some("admin-token"));
     let intent = w.audit.get(&entry.id).await.expect("intent");
-    assert_eq!(intent.items.len(), 2, "{intent:?}");
+    assert_eq!(intent.items.len(), 1, "{intent:?}");
     assert_eq!(intent.items[0].pk, tenant_pk("initech"));
-    assert!(intent.items.iter().all(|i| i.after.is_some()));
     // WHEN it is retried with the same Idempotency-Key, twice
     let (s1, first) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
     let (s2, second) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
@@ -133,6 +132,10 @@ async fn an_onboarding_whose_record_failed_is_listed_as_interrupted_and_recorded
         .collect();
     assert_eq!(onboards.len(), 1, "{history:?}");
     assert_eq!((&onboards[0].id, onboards[0].status), (&entry.id, None));
+    // AND the record holds the tenant's and the key's items as onboarding wrote them
+    let record = w.audit.get(&entry.id).await.expect("record");
+    assert_eq!(record.items.len(), 2, "{record:?}");
+    assert!(record.items.iter().all(|i| i.after.is_some()), "{record:?}");
 }
 
 #[tokio::test]
@@ -162,10 +165,14 @@ async fn an_onboarding_whose_intent_is_refused_writes_no_policy_item_and_answers
     assert_eq!(registry.tenant("umbrella").await.expect("read"), None);
     assert!(registry.keys_of("umbrella").await.expect("keys").is_empty());
     assert!(w.audit.history().await.expect("history").is_empty());
-    // AND the same request, once the trail answers, onboards the tenant
+    // AND API Gateway holds no key of it, on the plan or off it, for a later sync to mirror
+    assert!(w.keys_of("umbrella").await.is_empty());
+    assert!(w.plan_keys().await.is_empty());
+    // AND the same request, once the trail answers, onboards the tenant with one key
     let (retried, body) = w.onboard_via(&w.base, "umbrella", "idem-u").await.expect("retry");
     assert_eq!(retried, StatusCode::CREATED, "{body}");
     assert!(registry.tenant("umbrella").await.expect("read").is_some());
+    assert_eq!(w.keys_of("umbrella").await.len(), 1);
 }
 
 #[tokio::test]
@@ -287,6 +294,28 @@ async fn a_lost_create_api_key_answer_is_found_by_name_on_retry_not_created_agai
     let id = body["key"]["id"].as_str().expect("id").to_owned();
     assert_eq!(w.keys_of("wayne").await, vec![id.clone()]);
     assert_eq!(w.plan_keys().await, BTreeSet::from([id]));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_sent_again_for_another_tenant_after_a_failed_onboarding_is_audited_apart() {
+    // GIVEN API Gateway behind a proxy that refuses onboarding's first CreateApiKey
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("tg-onboard-audit-1", None, Some(&proxy.endpoint()), None).await;
+    proxy.inject_on("POST", "/apikeys", &[Some(Fault::AccessDenied)]);
+    // WHEN acme's onboarding fails after its intent, and the same Idempotency-Key onboards beta
+    let (failed, problem) = w.onboard_via(&w.base, "acme", "idem-reused").await.expect("answer");
+    let (status, body) = w.onboard_via(&w.base, "beta", "idem-reused").await.expect("answer");
+    assert!(failed.is_server_error() || failed.is_client_error(), "{problem}");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // THEN the trail keeps acme's intent (interrupted) apart from beta's recorded change
+    let history = w.audit.history().await.expect("history");
+    let entry = |tenant: &str| {
+        history
+            .iter()
+            .find(|e| e.summary.starts_with(&format!("onboard tenant {tenant} ")))
+    };
+    assert_eq!(entry("acme").map(|e| e.status), Some(Some(INTERRUPTED)), "{history:?}");
+    assert_eq!(entry("beta").map(|e| e.status), Some(None), "{history:?}");
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Rotation under an `Idempotency-Key`: a retry answers the first attempt's new key and makes no
 //! other, after a lost answer or after a failure whose outcome was unknown; two attempts at once
 //! make one key; the same key for another request is a conflict that makes nothing; a retry
-//! whose key a later rotation rotated out is refused.
+//! whose key a later rotation rotated out is refused; one whose intent is refused makes no key.
 
 use std::collections::BTreeSet;
 
@@ -147,4 +147,27 @@ async fn a_retry_whose_key_a_later_rotation_rotated_out_is_refused_and_revokes_n
     assert_eq!(body["type"], "urn:tollgate:problem:key-rotated-out", "{body}");
     let newest = new_key(&second);
     assert!(registry.revocation(&newest).await.expect("read").is_none());
+}
+
+#[tokio::test]
+async fn a_rotation_whose_intent_is_refused_makes_no_key_and_a_retry_makes_one() {
+    // GIVEN acme onboarded on a policy table, then the usage API's audit writes refused through
+    // all three of the SDK's attempts
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, ..) = World::on_policy_table_with("tg-rotation-retry-5", None, Some(&proxy.endpoint())).await;
+    let old = w.onboarded("acme").await;
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseRequest); 3]);
+    // WHEN acme's keys are rotated
+    let (status, problem) = w.rotate_via(&w.base, ("acme", 300), "idem-wa").await.expect("answer");
+    // THEN the answer is a 503 saying nothing was written, and API Gateway holds acme's one key,
+    // alone on the plan: no new key for a later sync to mirror
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["type"], "urn:tollgate:problem:audit-unavailable", "{problem}");
+    assert_eq!(keys(&w, "acme").await, BTreeSet::from([old.clone()]));
+    assert_eq!(w.plan_keys().await, BTreeSet::from([old.clone()]));
+    assert_eq!(registry.keys_of("acme").await.expect("keys").len(), 1);
+    // AND the same request, once the trail answers, makes one new key
+    let (retried, body) = w.rotate_via(&w.base, ("acme", 300), "idem-wa").await.expect("retry");
+    assert_eq!(retried, StatusCode::CREATED, "{body}");
+    assert_eq!(keys(&w, "acme").await, BTreeSet::from([old, new_key(&body)]));
 }

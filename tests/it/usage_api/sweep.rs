@@ -3,7 +3,8 @@
 //! spread over buckets of one run's worth), a run after an outage catches up
 //! `SWEEP_BUCKETS` minutes at a time, and a rotation that fails between its bucket entry and its
 //! revocation item leaves nothing the sweep cannot find, and a key API Gateway refuses to disable
-//! is postponed without holding up the others; a rotation that fails after making its key leaves
+//! is postponed without holding up the others (each refused attempt recorded as writing nothing,
+//! never left interrupted, nor hiding a run at the same time that revoked the key); a rotation that fails after making its key leaves
 //! that key disabled; a revocation is written over only as it was read.
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tollgate::directory::dynamodb::FIRST_SWEEP_SCAN;
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::Clock;
 use tollgate::engine::identity::ApiKeyHash;
+use tollgate::policy_table::audit::Entry;
 use tollgate::policy_table::due::{self, minute_of};
 use tollgate::policy_table::record::json_item;
 use tollgate::policy_table::revoke_pk;
@@ -68,6 +70,16 @@ async fn enabled(w: &World, registry: &DynamoDirectory, (id, value): &(String, S
     let in_table = registry.resolve(&ApiKeyHash::of(value)).await.expect("table").is_some();
     assert_eq!(in_gw, in_table, "{id}: API Gateway and the table agree");
     in_gw
+}
+
+/// The trail's entries of attempts at revoking key `id`.
+async fn revocations_of(w: &World, id: &str) -> Vec<Entry> {
+    let history = w.audit.history().await.expect("history");
+    let summary = format!("revoke key {id} ");
+    history
+        .into_iter()
+        .filter(|e| e.summary.starts_with(&summary))
+        .collect()
 }
 
 async fn rotate(w: &World, tenant: &str, grace: u64) -> reqwest::Response {
@@ -310,6 +322,15 @@ async fn a_key_api_gateway_refuses_to_disable_is_postponed_and_the_keys_after_it
         .expect("still pending");
     assert_eq!(later.attempts, 2);
     assert!(later.at > w.clock.now().as_secs(), "{later:?}");
+    // AND the trail shows each refused attempt as a change that wrote nothing, none interrupted
+    let attempts = revocations_of(&w, &stuck.0).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(
+        attempts
+            .iter()
+            .all(|e| e.status.is_none() && e.summary.contains("nothing written")),
+        "{attempts:?}"
+    );
     // AND an admin route that sweeps first answers meanwhile
     let res = w.admin(Method::GET, "/v1/tenants/stuck").send().await.expect("answer");
     assert_eq!(res.status(), StatusCode::OK);
@@ -319,6 +340,43 @@ async fn a_key_api_gateway_refuses_to_disable_is_postponed_and_the_keys_after_it
     let run = w.api.revoke_due(SCHEDULE_ACTOR).await.expect("sweep");
     assert_eq!(run.iter().map(|r| &r.key_id).collect::<Vec<_>>(), [&stuck.0]);
     assert!(!enabled(&w, &registry, &stuck).await);
+    let history = w.audit.history().await.expect("history");
+    assert!(history.iter().all(|e| e.status.is_none()), "{history:?}");
+}
+
+#[tokio::test]
+async fn a_refused_attempt_never_hides_the_record_of_a_run_at_the_same_time_that_revoked_the_key() {
+    // GIVEN tenant twin rotated with a minute's grace, the usage API's API Gateway calls through
+    // the proxy, and the grace over
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, ..) = World::on_policy_table_via("tg-sweep-7", Some(&proxy.endpoint())).await;
+    let twin = onboarded(&w, "twin").await;
+    w.api.revoke_due(SCHEDULE_ACTOR).await.expect("first sweep");
+    assert_eq!(rotate(&w, "twin", 60).await.status(), StatusCode::CREATED);
+    w.clock.advance(Duration::from_secs(61 + SWEEP_SETTLE_MINUTES * 60));
+    // WHEN two runs read the same revocation: the first's disabling is held while API Gateway
+    // refuses the second's, then goes through
+    proxy.inject_on(
+        "PATCH",
+        &format!("/apikeys/{}", twin.0),
+        &[Some(Fault::Hold), Some(Fault::AccessDenied)],
+    );
+    let (first, second) = tokio::join!(w.api.revoke_due(SCHEDULE_ACTOR), async {
+        proxy.wait_held().await;
+        let run = w.api.revoke_due(SCHEDULE_ACTOR).await;
+        proxy.release();
+        run
+    });
+    // THEN the first run revoked the key, the second postponed it
+    assert_eq!(first.expect("first run").len(), 1);
+    assert!(second.expect("second run").is_empty());
+    assert!(!enabled(&w, &registry, &twin).await);
+    // AND the trail keeps both: the revocation made and the attempt that wrote nothing
+    let attempts = revocations_of(&w, &twin.0).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(attempts.iter().all(|e| e.status.is_none()), "{attempts:?}");
+    let unwritten = attempts.iter().filter(|e| e.summary.contains("nothing written"));
+    assert_eq!(unwritten.count(), 1, "{attempts:?}");
 }
 
 #[tokio::test]

@@ -137,14 +137,9 @@ impl ShedTable {
             .await
             .map_err(|e| self.write_error(e))?;
         let record = match written {
-            write::Written::Conflict => ChangeRecord {
-                items: Vec::new(),
-                outcome: audit::ChangeOutcome::Restored {
-                    failed_at: format!("writing {SHED_PK}"),
-                    error: "another writer changed the level first; nothing was written".to_owned(),
-                },
-                ..record
-            },
+            write::Written::Conflict => {
+                record.unwritten(format!("writing {SHED_PK}"), "another writer changed the level first")
+            }
             _ => record,
         };
         log.record(&record)

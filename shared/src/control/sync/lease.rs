@@ -145,7 +145,7 @@ impl<'a> Lease<'a> {
                 Err(e) => return Err(self.unavailable(e)),
             }
         }
-        Err(TableError::Superseded)
+        Err(TableError::Superseded { unwritten: false })
     }
 
     /// Holds the lease for another round, until `until`, the rerun it answers cleared; `false`

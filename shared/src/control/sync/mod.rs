@@ -33,7 +33,7 @@ use self::table::{PolicyTable, TableError, TableWrite};
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::control::apigateway::{ControlError, ControlPlane};
 use crate::engine::clock::{Clock, Timestamp};
-use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
+use crate::policy_table::audit::{AuditLog, ChangeOutcome, ChangeRecord, ItemChange, Source};
 use crate::policy_table::{PLAN_PREFIX, Record};
 
 /// Rounds (read, decide, write) a sync makes at most while concurrent syncs keep claiming first.
@@ -230,7 +230,7 @@ pub async fn run_as(
         let keys = control.api_keys().await?;
         let decided = Decided::of(table, &plans, &keys, as_of, current, retries);
         match write(table, decided, actor, audited).await {
-            Err(TableError::Superseded) => contended(&mut retries).await?,
+            Err(TableError::Superseded { .. }) => contended(&mut retries).await?,
             written => return Ok(written?),
         }
     }
@@ -341,8 +341,19 @@ async fn write(
     if let Some(intent) = &intent {
         report.writes += log.intend(intent).await.map_err(TableError::Unaudited)?.writes;
     }
+    // The claim names the change: a round that loses the generation it read to another change
+    // wrote nothing.
+    let claiming = intent.as_ref().map(|i| i.id.clone());
     let mut own = intent.filter(|_| matches!(audited, Audited::Own));
-    let applied = table.apply(&current, &changes).await?;
+    let applied = match table.apply(&current, &changes, claiming.as_deref()).await {
+        Err(TableError::Superseded { unwritten: true }) => {
+            if let Some(record) = own {
+                close_unwritten(&log, record).await;
+            }
+            return Err(TableError::Superseded { unwritten: true });
+        }
+        applied => applied?,
+    };
     report.writes += applied.writes;
     report.left_to_other_writers = applied.left_to_other_writers;
     list(&mut report, &applied.items);
@@ -368,6 +379,19 @@ async fn write(
         "policy table synced"
     );
     Ok((report, items))
+}
+
+/// Closes the intent of a round that another sync superseded at its claim, having written
+/// nothing: its record says so (`ChangeRecord::unwritten`), so `history` does not show it as
+/// interrupted. A record that cannot be written leaves the intent as it is.
+async fn close_unwritten(log: &AuditLog, intent: ChangeRecord) {
+    let record = intent.unwritten(
+        "claiming sync#meta",
+        "another sync claimed the policy table first; the next round reads it again",
+    );
+    if let Err(e) = log.record(&record).await {
+        tracing::warn!(error = %e, change_id = %record.id, "a superseded sync round's intent could not be closed");
+    }
 }
 
 /// Another sync wrote first: waits a moment before the next round, or gives up after

@@ -107,7 +107,7 @@ impl Run<'_> {
             }
             let decided = decide(self.table, scope.clone(), &listing, as_of, current, retries)?;
             match write(self.table, decided, self.actor, Audited::Own).await {
-                Err(TableError::Superseded) => contended(&mut retries).await?,
+                Err(TableError::Superseded { .. }) => contended(&mut retries).await?,
                 written => return Ok(written?.0),
             }
         }
@@ -145,7 +145,7 @@ impl Run<'_> {
             let (kept, changed): (Vec<_>, Vec<_>) = decided.changes.into_iter().partition(|c| across.keeps(c));
             decided.changes = kept;
             match write(self.table, decided, self.actor, Audited::Own).await {
-                Err(TableError::Superseded) => contended(&mut retries).await?,
+                Err(TableError::Superseded { .. }) => contended(&mut retries).await?,
                 written => {
                     let (mut report, _) = written?;
                     report

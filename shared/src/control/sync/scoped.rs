@@ -123,7 +123,7 @@ pub async fn run(
         decided.report.retries = retries;
         decided.report.targets = vec![shown(target)];
         match write(table, decided, actor, Audited::Own).await {
-            Err(table::TableError::Superseded) => contended(&mut retries).await?,
+            Err(table::TableError::Superseded { .. }) => contended(&mut retries).await?,
             written => return Ok(Outcome::Synced(Box::new(written?.0))),
         }
     }

@@ -28,7 +28,7 @@ use crate::engine::clock::Timestamp;
 use crate::policy_table::audit::ItemChange;
 use crate::policy_table::due::{self, RevokedKey};
 use crate::policy_table::record::{Item, is_gone, parse, render, string};
-use crate::policy_table::sync_items::{GENERATION, generation};
+use crate::policy_table::sync_items::{CLAIMED_BY, GENERATION, claimed_by, generation};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, version_of};
 use crate::policy_table::{
     KEY_PREFIX, META_PK, PK, PLAN_PREFIX, PrefixScan, Record, TENANT_PREFIX, TenantRecord, key_pk, plan_pk, read_item,
@@ -39,9 +39,12 @@ use crate::policy_table::{
 pub enum TableError {
     #[error("policy table `{table}` unavailable: {detail}")]
     Unavailable { table: String, detail: String },
-    /// Another sync applied changes since this one read the table: read again.
+    /// Another sync applied changes since this one read the table: read again. `unwritten`:
+    /// this run wrote nothing, another change (`sync#meta` names it) having claimed the very
+    /// generation after the one it read (`Run::lost_to_another`): its intent can be closed as
+    /// unwritten.
     #[error("another sync changed the policy table first")]
-    Superseded,
+    Superseded { unwritten: bool },
     #[error("policy item `{pk}` cannot be written: {detail}")]
     Invalid { pk: String, detail: String },
     /// A tenant not marked as moving (`moving`): another writer changed it since the change read
@@ -328,12 +331,18 @@ impl PolicyTable {
     /// claimed (`Superseded`: read again). Each item is conditioned on the version read
     /// (`policy_table::write`); a batch cancelled by items another writer changed is sent again
     /// without them, and those are decided again (`reconsider`).
-    pub async fn apply(&self, current: &Current, changes: &[TableWrite]) -> Result<Applied, TableError> {
+    pub async fn apply(
+        &self,
+        current: &Current,
+        changes: &[TableWrite],
+        change: Option<&str>,
+    ) -> Result<Applied, TableError> {
         let mut applied = Applied::default();
         let mut run = Run {
             generation: current.generation,
             claimed: false,
             token: write::token(),
+            change: change.map(str::to_owned),
         };
         let mut lost = Vec::new();
         for batch in changes.chunks(BATCH) {
@@ -450,7 +459,10 @@ impl PolicyTable {
         }
         // The meta action fails when another sync claimed since this one read the table.
         if reasons.first().is_some_and(failed) {
-            return Err(TableError::Superseded);
+            let meta = reasons.first().and_then(|r| r.item());
+            return Err(TableError::Superseded {
+                unwritten: run.lost_to_another(meta),
+            });
         }
         let at: Vec<usize> = item_reasons.filter(|(_, r)| failed(r)).map(|(i, _)| i).collect();
         if at.is_empty() {
@@ -484,6 +496,10 @@ impl PolicyTable {
             (":next".to_owned(), AttributeValue::N((run.generation + 1).to_string())),
             (":w".to_owned(), AttributeValue::S(run.token.clone())),
         ]);
+        names.insert("#c".to_owned(), CLAIMED_BY.to_owned());
+        if let Some(change) = &run.change {
+            values.insert(":c".to_owned(), AttributeValue::S(change.clone()));
+        }
         let condition = if run.generation == 0 {
             "attribute_not_exists(#g)"
         } else {
@@ -493,7 +509,11 @@ impl PolicyTable {
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key))
-            .update_expression("SET #g = :next, #w = :w")
+            .update_expression(match run.change {
+                Some(_) => "SET #g = :next, #w = :w, #c = :c",
+                // A claim naming no change leaves no other change's name behind.
+                None => "SET #g = :next, #w = :w REMOVE #c",
+            })
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
@@ -525,18 +545,30 @@ impl PolicyTable {
 /// TransactWriteItems takes 100 actions; one is `sync#meta`'s.
 pub const BATCH: usize = 99;
 
-/// A run's hold on `sync#meta`: the generation read, whether this run moved it on, and the
-/// token its claim carries.
+/// A run's hold on `sync#meta`: the generation read, whether this run moved it on, the token
+/// its claim carries, and the change (audit id) its claim names.
 struct Run {
     generation: u64,
     claimed: bool,
     token: String,
+    change: Option<String>,
 }
 
 impl Run {
     /// Whether `meta` (as returned with a cancelled claim) is this run's claim, landed.
     fn is_claim(&self, meta: Option<&Item>) -> bool {
         meta.and_then(generation) == Some(self.generation + 1) && write::written_by(meta, &self.token)
+    }
+
+    /// Whether this run, its claim refused, lost the generation it read to another change:
+    /// `meta` (as returned with the refusal) is at the next generation, claimed by a change
+    /// named and not this run's. Anything else (a later generation, no change named, this run's
+    /// own, e.g. its twin's or its own claim whose answer was lost) may hide a claim of this run
+    /// that landed: its intent is left as it is.
+    fn lost_to_another(&self, meta: Option<&Item>) -> bool {
+        let next = meta.and_then(generation) == Some(self.generation + 1);
+        let by = meta.and_then(claimed_by);
+        !self.claimed && next && by.is_some_and(|by| Some(by) != self.change)
     }
 
     /// The writes of a transaction of `items` that landed (the generation update when it

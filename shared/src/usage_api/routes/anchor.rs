@@ -54,7 +54,9 @@ pub(in crate::usage_api) async fn set_anchor(
     let day = checked_anchor(&body.anchor)?;
     let views = key_views(&api, &tenant).await?;
     let summary = format!("set tenant {tenant}'s anchor day to {day}");
-    let id = api.intend(&actor, summary, vec![touching(tenant_pk(&tenant))]).await?;
+    let id = api
+        .intend(&actor, summary.clone(), vec![touching(tenant_pk(&tenant))])
+        .await?;
     let changed = api
         .registry
         .change_tenant(&tenant, &|current| match current {
@@ -66,9 +68,11 @@ pub(in crate::usage_api) async fn set_anchor(
         })
         .await?;
     let Some(record) = changed.after.clone() else {
-        return Err(Problem::not_found(format!(
-            "no tenant `{tenant}` (see GET /v1/tenants)"
-        )));
+        let problem = Problem::not_found(format!("no tenant `{tenant}` (see GET /v1/tenants)"));
+        let closing = api.change(id, &actor, summary, Vec::new());
+        api.close_unwritten(closing.unwritten("reading the tenant", problem.detail.clone()))
+            .await;
+        return Err(problem);
     };
     let from = changed.before.as_ref().and_then(|t| t.anchor);
     let from = from.map_or("none".to_owned(), |d| d.to_string());

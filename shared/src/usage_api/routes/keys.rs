@@ -17,9 +17,9 @@ use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::quota::format_utc;
-use crate::policy_table::audit::ItemChange;
+use crate::policy_table::audit::{ChangeRecord, ItemChange};
 use crate::policy_table::write::ATTEMPTS;
-use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk};
+use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, Tenant, created, whole_number};
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, IdempotencyRecord, ItemAction, Revocation};
@@ -192,6 +192,15 @@ impl Rotating<'_> {
         if full(Some(&listed), existing.as_deref()) {
             return Err(key_limit(tenant));
         }
+        // Audited under an id of the Idempotency-Key: a retry writes it once. Write-ahead: the
+        // intent before the new key is created, so a refused intent leaves no key on the plan;
+        // the key's id and item are not known yet: the intent names the tenant's item, the
+        // record all.
+        let audit_id = fingerprint(&[b"rotation-audit", tenant.as_bytes(), self.idem.as_bytes()]);
+        let audit_id = format!("usage-api-rotate-{}", &audit_id[..16]);
+        let summary = format!("rotate keys of tenant {tenant}: a new key");
+        api.intend_as(&audit_id, actor, summary, vec![touching(tenant_pk(tenant))])
+            .await?;
         // Not among the keys this rotation revokes (a retry finds it listed).
         let key = self.new_key(control.as_ref(), name, existing).await?;
         listed.remove(&key.id);
@@ -201,13 +210,6 @@ impl Rotating<'_> {
             key_id: key.id.clone(),
             enabled: true,
         };
-        // Audited under an id of the Idempotency-Key: a retry writes it once. Write-ahead: the
-        // intent (the new key's item, the tenant listing it) before the first write.
-        let audit_id = fingerprint(&[b"rotation-audit", tenant.as_bytes(), self.idem.as_bytes()]);
-        let audit_id = format!("usage-api-rotate-{}", &audit_id[..16]);
-        let intended = rotation_intent(tenant, &record, &hash, &key_record);
-        let summary = format!("rotate keys of tenant {tenant}: new key {}", key.id);
-        api.intend_as(&audit_id, actor, summary, intended).await?;
         // Its item written and listed on the tenant before any revocation: a rotation at the
         // same time adds its own key to the list as it is then, so neither is lost.
         let on = (tenant, record.plan.as_str(), plan_id.as_str());
@@ -341,21 +343,6 @@ async fn revoke_listed(
     Ok(scheduled)
 }
 
-/// What a rotation means to write, for its intent: the tenant (`record` as read) listing the new
-/// key, and the new key's item.
-fn rotation_intent(tenant: &str, record: &TenantRecord, hash: &ApiKeyHash, key: &KeyRecord) -> Vec<ItemChange> {
-    let mut listing = record.clone();
-    listing
-        .keys
-        .get_or_insert_with(BTreeMap::new)
-        .insert(key.key_id.clone(), hash.to_hex());
-    let listed = Changed {
-        before: Some(record.clone()),
-        after: Some(listing),
-    };
-    rotation_items(tenant, listed, hash, key.clone())
-}
-
 /// A rotation's writes for the audit trail: the tenant's list (when written) and the new key.
 fn rotation_items(tenant: &str, listed: Changed<TenantRecord>, hash: &ApiKeyHash, key: KeyRecord) -> Vec<ItemChange> {
     let mut items: Vec<ItemChange> = tenant_change(tenant, listed).into_iter().collect();
@@ -451,6 +438,10 @@ pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
         .min(MAX_REVOCATION_BACKOFF.as_secs())
 }
 
+/// A revocation attempt's outcome (`revoke_one`): whether it revoked or deleted a key, or API
+/// Gateway's refusal to disable it with the record that closes the attempt's intent.
+type Attempted = Result<bool, (Problem, ChangeRecord)>;
+
 impl UsageApi {
     /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
     /// the registry, audited as `actor`, taken off the tenant's list, and their deletion from API
@@ -484,9 +475,10 @@ impl UsageApi {
     /// fails, writes its revocation again later (`false`); fails only when the revocation cannot
     /// be written.
     pub(super) async fn revoke_or_postpone(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
-        let e = match self.revoke_one(actor, r).await {
-            Ok(done) => return Ok(done),
-            Err(e) => e,
+        let (e, unwritten) = match self.revoke_one(actor, r).await {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err((e, record))) => (e, Some(record)),
+            Err(e) => (e, None),
         };
         let later = Revocation {
             at: self.now().as_secs().saturating_add(revocation_backoff(r.attempts)),
@@ -502,6 +494,10 @@ impl UsageApi {
         if !self.registry.put_revocation(&later, Some(r)).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
+        // The attempt wrote nothing: its own intent (an id no other run uses) is closed so.
+        if let Some(record) = unwritten {
+            self.close_unwritten(record).await;
+        }
         Ok(false)
     }
 
@@ -509,18 +505,26 @@ impl UsageApi {
     /// audited, its revocation becomes its deletion from API Gateway after
     /// `REVOKED_KEY_RETENTION` (written over the revocation as read: one a rotation changed
     /// meanwhile, or an offboarding removed, is left so), and the key is taken off its tenant's
-    /// list. A revocation already so (`delete`) deletes the key (`delete_one`). Whether it
-    /// revoked or deleted a key.
-    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
+    /// list. A revocation already so (`delete`) deletes the key (`delete_one`). Each attempt audits
+    /// under an id of its own: runs at the same time (the schedule's, an admin route's) and a
+    /// retry of one that failed never share one, so no attempt's record hides another's (a
+    /// failed run's intent stays `interrupted`). `Ok(Ok(_))`: whether it revoked or deleted a
+    /// key; `Ok(Err(_))`: API Gateway refused to disable the key, nothing written, with the
+    /// record that closes this attempt's own intent.
+    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<Attempted, Problem> {
         if r.delete {
-            return self.delete_one(actor, r).await;
+            return self.delete_one(actor, r).await.map(Ok);
         }
         let summary = format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant);
         let hash = ApiKeyHash::from_hex(&r.hash);
         let intended = hash.iter().map(|h| touching(key_pk(&h.to_hex()))).collect();
         let id = self.intend(actor, summary.clone(), intended).await?;
-        if let Some(control) = &self.control {
-            disable_key(control.as_ref(), &r.key_id).await?;
+        if let Some(control) = &self.control
+            && let Err(e) = disable_key(control.as_ref(), &r.key_id).await
+        {
+            let closing = self.change(id, actor, summary, Vec::new());
+            let closing = closing.unwritten("disabling the key in API Gateway", e.detail.clone());
+            return Ok(Err((e, closing)));
         }
         let mut items = Vec::new();
         if let Some(hash) = hash {
@@ -537,7 +541,7 @@ impl UsageApi {
         if !self.registry.put_revocation(&deletion, Some(r)).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
-        self.unlist_key(&r.tenant, &r.key_id).await.map(|_| true)
+        self.unlist_key(&r.tenant, &r.key_id).await.map(|_| Ok(true))
     }
 
     /// Deletes a revoked key from API Gateway, its retention over, so that revoked keys do not

@@ -274,6 +274,14 @@ impl UsageApi {
         Ok(())
     }
 
+    /// Closes the intent of a change that wrote nothing with `record` (`ChangeRecord::unwritten`);
+    /// a record that cannot be written leaves the intent as it is (logged).
+    async fn close_unwritten(&self, record: ChangeRecord) {
+        if let Err(e) = AuditSink::record(self.audit.as_ref(), &record).await {
+            tracing::warn!(error = %e, change_id = %record.id, "usage api: the intent of a change that wrote nothing could not be closed");
+        }
+    }
+
     fn change(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> ChangeRecord {
         ChangeRecord {
             id,

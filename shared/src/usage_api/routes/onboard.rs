@@ -11,9 +11,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchor::checked_anchor;
-use super::idempotency::{Once, key_name, reused};
+use super::idempotency::{Once, fingerprint, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, create, disable_key, full, key_limit};
+use super::{Api, create, disable_key, full, key_limit, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::ItemChange;
@@ -92,6 +92,15 @@ impl Onboarding<'_> {
         let existing = control.api_key_named(&name).await?;
         self.check_tenant_free(existing.as_deref()).await?;
         let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;
+        // Write-ahead: the intent before the key is created, so a refused intent leaves no key on
+        // the plan. Its id is of the tenant and the Idempotency-Key (a retry puts it once; the
+        // key sent again for another tenant after a failed attempt is another change); the key's
+        // id and item are not known yet: the intent names the tenant's item, the record all.
+        let id = fingerprint(&[b"onboard-audit", body.tenant.as_bytes(), self.idem.as_bytes()]);
+        let id = format!("usage-api-onboard-{}", &id[..16]);
+        let summary = format!("onboard tenant {} on plan {}", body.tenant, body.plan);
+        let intended = vec![touching(tenant_pk(&body.tenant))];
+        api.intend_as(&id, self.actor, summary, intended).await?;
         let key = match existing {
             Some(id) => reused(control.api_key(&id).await?, &id)?,
             None => {
@@ -108,7 +117,7 @@ impl Onboarding<'_> {
             }
         };
         control.create_usage_plan_key(&plan_id, &key.id).await?;
-        let anchor = self.record(&key, control, &plan_id).await?;
+        let anchor = self.record(id, &key, control, &plan_id).await?;
         let done = IdempotencyRecord {
             fingerprint: self.fingerprint.clone(),
             tenant: body.tenant.clone(),
@@ -152,13 +161,14 @@ impl Onboarding<'_> {
     }
 
     /// Writes the tenant record (created where there is none), then the key's, then their audit
-    /// record, under an id of the Idempotency-Key: a retry after a failure below writes the same
-    /// record again (kept once), and a replay finds it written. A tenant another request
+    /// record under `id`, its intent's (the Idempotency-Key's): a retry after a failure below
+    /// writes the same record again (kept once), and a replay finds it written. A tenant another request
     /// onboarded meanwhile on another plan keeps it: this onboarding's key is disabled and taken
     /// off `plan_id` again, never recorded (a retry finds the tenant is not its own: 409 again).
     /// The tenant's anchor day as stored.
     async fn record(
         &self,
+        id: String,
         key: &CreatedKey,
         control: &dyn ControlWrites,
         plan_id: &str,
@@ -177,17 +187,10 @@ impl Onboarding<'_> {
             moving_until: None,
             keys: Some(BTreeMap::from([(key.id.clone(), hash.to_hex())])),
         };
-        let id = format!(
-            "usage-api-onboard-{}",
-            &hex::encode(Sha256::digest(self.idem.as_bytes()))[..16]
-        );
         let summary = format!(
             "onboard tenant {} on plan {} with key {}",
             body.tenant, body.plan, key.id
         );
-        // Write-ahead: the intent, with the items as onboarding makes them, before the first.
-        let items = onboarding_items(&body.tenant, &made, &hash, &record);
-        api.intend_as(&id, self.actor, summary.clone(), items).await?;
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
         // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too,
         // unless it is moving.
