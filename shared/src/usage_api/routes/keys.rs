@@ -440,7 +440,7 @@ pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
 
 /// A revocation attempt's outcome (`revoke_one`): whether it revoked or deleted a key, or API
 /// Gateway's refusal to disable it with the record that closes the attempt's intent.
-type Attempted = Result<bool, (Problem, ChangeRecord)>;
+type Attempted = Result<bool, Box<(Problem, ChangeRecord)>>;
 
 impl UsageApi {
     /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
@@ -477,7 +477,10 @@ impl UsageApi {
     pub(super) async fn revoke_or_postpone(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
         let (e, unwritten) = match self.revoke_one(actor, r).await {
             Ok(Ok(done)) => return Ok(done),
-            Ok(Err((e, record))) => (e, Some(record)),
+            Ok(Err(refused)) => {
+                let (e, record) = *refused;
+                (e, Some(record))
+            }
             Err(e) => (e, None),
         };
         let later = Revocation {
@@ -524,7 +527,7 @@ impl UsageApi {
         {
             let closing = self.change(id, actor, summary, Vec::new());
             let closing = closing.unwritten("disabling the key in API Gateway", e.detail.clone());
-            return Ok(Err((e, closing)));
+            return Ok(Err(Box::new((e, closing))));
         }
         let mut items = Vec::new();
         if let Some(hash) = hash {
