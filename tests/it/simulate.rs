@@ -301,6 +301,10 @@ async fn containers_each_keep_their_own_store_and_the_report_counts_writes_per_i
     assert_eq!(slow.writes_per_admitted, Some(1.0), "{}", report.table());
     // one write per request at 10 per second, in steady arrivals
     assert_eq!(slow.max_item_writes_per_second, Some(10), "{}", report.table());
+    // AND each second is listed: they add up to the tenant's writes, the busiest among them
+    let by_second = slow.item_writes_by_second.as_ref().expect("each second listed");
+    assert_eq!(Some(by_second.iter().sum::<u64>()), report.tenant_results[0].writes);
+    assert_eq!(by_second.iter().max().copied(), slow.max_item_writes_per_second);
     assert_eq!(report.target, "dynamodb (4 containers)");
     assert_matches_schema(&serde_json::to_value(&report).expect("json"));
 }

@@ -194,7 +194,7 @@ pub async fn run(
         _ => None,
     };
     let item_writes = match target {
-        Target::Dynamo(stores) => Some(writes::ItemWrites::of(stores, &cohort.ids)),
+        Target::Dynamo(stores) => Some(writes::ItemWrites::of(stores, &cohort.ids, start.t0.as_secs())),
         _ => None,
     };
     let run = Run {

@@ -115,8 +115,8 @@ pub struct PolicyResult {
     /// (DynamoDB target only).
     pub max_item_writes_per_second: Option<u64>,
     /// In each second of simulated time from the run's first, the most writes one tenant item
-    /// of the plan took (DynamoDB target only, and runs of at most `MAX_SECONDS_LISTED`
-    /// seconds): where the busiest second falls.
+    /// of the plan took (DynamoDB target only, and runs of at most
+    /// `writes::MAX_SECONDS_LISTED` seconds): where the busiest second falls.
     #[serde(default)]
     pub item_writes_by_second: Option<Vec<u64>>,
     pub pass: bool,
@@ -287,7 +287,7 @@ impl Run<'_> {
             over_admitted: over,
             under_admitted: allowance.saturating_sub(admitted_n),
             writes: writes.as_ref().map(|w| w.total),
-            max_item_writes_per_second: writes.as_ref().map(|w| w.busiest()),
+            max_item_writes_per_second: writes.as_ref().map(|w| w.busiest),
             fail_open: gated.then(|| seen.iter().filter(|o| o.fail_open).count() as u64),
             fail_open_secs: gated.then(|| fail_open_span(seen)),
             pass: over == 0,
@@ -332,9 +332,6 @@ fn over_admitted(limits: &Limits, admitted: &[Admitted]) -> u64 {
     over
 }
 
-/// Seconds a run may last for the report to list each one (`item_writes_by_second`).
-pub const MAX_SECONDS_LISTED: usize = 3_600;
-
 /// The tenants' results summed per plan, plans in name order; `writes`: their items' writes, in
 /// the tenants' order.
 fn policy_results(tenants: &[TenantResult], writes: Option<&ItemWrites>) -> Vec<PolicyResult> {
@@ -353,7 +350,7 @@ fn policy_results(tenants: &[TenantResult], writes: Option<&ItemWrites>) -> Vec<
             // The sum of the tenants' writes until the end, then per admitted request.
             writes_per_admitted: t.writes.map(|_| 0.0),
             max_item_writes_per_second: t.max_item_writes_per_second.map(|_| 0),
-            item_writes_by_second: t.max_item_writes_per_second.map(|_| Vec::new()),
+            item_writes_by_second: None,
             pass: true,
         });
         p.tenants += 1;
@@ -367,8 +364,9 @@ fn policy_results(tenants: &[TenantResult], writes: Option<&ItemWrites>) -> Vec<
         p.max_item_writes_per_second = (p.max_item_writes_per_second)
             .zip(t.max_item_writes_per_second)
             .map(|(a, b)| a.max(b));
-        let by_second = writes.map(|w| w.tenant(i).by_second);
-        if let (Some(plan), Some(tenant)) = (&mut p.item_writes_by_second, by_second) {
+        let by_second = writes.and_then(|w| w.tenant(i).by_second);
+        if let Some(tenant) = by_second {
+            let plan = p.item_writes_by_second.get_or_insert_with(Vec::new);
             if plan.len() < tenant.len() {
                 plan.resize(tenant.len(), 0);
             }
@@ -377,7 +375,6 @@ fn policy_results(tenants: &[TenantResult], writes: Option<&ItemWrites>) -> Vec<
         p.pass &= t.pass;
     }
     for p in policies.values_mut() {
-        p.item_writes_by_second = p.item_writes_by_second.take().filter(|s| s.len() <= MAX_SECONDS_LISTED);
         p.under_admitted_percent = 100.0 * p.under_admitted as f64 / p.allowance.max(1) as f64;
         p.writes_per_admitted = p.writes_per_admitted.map(|w| w / p.admitted.max(1) as f64);
     }

@@ -6,51 +6,56 @@ use std::collections::HashMap;
 
 use tollgate::store::DynamoStore;
 
-/// Each tenant's writes, in the cohort's order: in all, and in each second of the run.
+/// Seconds a run may span for each one's writes to be listed (`item_writes_by_second`): past
+/// that only the busiest is kept, so a long run's report (and memory) stays small.
+pub const MAX_SECONDS_LISTED: u64 = 3_600;
+
+/// Each tenant's writes, in the cohort's order: in all, the most in one second, and in each
+/// second of a run of at most `MAX_SECONDS_LISTED`.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ItemWrites {
     per_tenant: Vec<TenantWrites>,
 }
 
-/// One tenant item's writes: in all, and per second from the run's first (the earliest second
-/// any store wrote in), zeros included.
+/// One tenant item's writes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct TenantWrites {
     pub total: u64,
-    pub by_second: Vec<u64>,
-}
-
-impl TenantWrites {
-    /// The most writes in one second.
-    pub fn busiest(&self) -> u64 {
-        self.by_second.iter().copied().max().unwrap_or_default()
-    }
+    pub busiest: u64,
+    /// Per second from the run's start, zeros included (`None` past `MAX_SECONDS_LISTED`).
+    pub by_second: Option<Vec<u64>>,
 }
 
 impl ItemWrites {
     /// From every container's store (`StoreStats::track_item_writes` asked before the run), for
-    /// the tenant ids `ids` (as the stores saw them).
-    pub fn of(stores: &[DynamoStore], ids: &[String]) -> ItemWrites {
+    /// the tenant ids `ids` (as the stores saw them), seconds counted from `start` (epoch
+    /// seconds, the run's first).
+    pub fn of(stores: &[DynamoStore], ids: &[String], start: u64) -> ItemWrites {
         let mut per_second: tollgate::store::dynamodb::ItemWrites = HashMap::new();
         for store in stores {
             for (item_second, n) in store.stats().item_writes() {
                 *per_second.entry(item_second).or_default() += n;
             }
         }
-        ItemWrites::from_counts(&per_second, ids)
+        ItemWrites::from_counts(&per_second, ids, start)
     }
 
-    fn from_counts(per_second: &tollgate::store::dynamodb::ItemWrites, ids: &[String]) -> ItemWrites {
-        let first = per_second.keys().map(|(_, s)| *s).min().unwrap_or_default();
+    fn from_counts(per_second: &tollgate::store::dynamodb::ItemWrites, ids: &[String], start: u64) -> ItemWrites {
+        let last = per_second.keys().map(|(_, s)| *s).max().unwrap_or(start);
+        let listed = last.saturating_sub(start) < MAX_SECONDS_LISTED;
         let mut by_tenant: HashMap<&str, TenantWrites> = HashMap::new();
         for ((tenant, second), n) in per_second {
             let entry = by_tenant.entry(tenant).or_default();
-            let at = usize::try_from(second - first).unwrap_or(usize::MAX);
-            if entry.by_second.len() <= at {
-                entry.by_second.resize(at.saturating_add(1), 0);
-            }
             entry.total += n;
-            entry.by_second[at] += n;
+            entry.busiest = entry.busiest.max(*n);
+            if listed {
+                let at = second.saturating_sub(start) as usize;
+                let seconds = entry.by_second.get_or_insert_with(Vec::new);
+                if seconds.len() <= at {
+                    seconds.resize(at + 1, 0);
+                }
+                seconds[at] += n;
+            }
         }
         ItemWrites {
             per_tenant: ids
@@ -76,12 +81,18 @@ mod tests {
     }
 
     #[test]
-    fn seconds_count_from_the_runs_first_and_quiet_ones_are_zero() {
+    fn seconds_count_from_the_runs_start_and_quiet_ones_are_zero() {
         let counts = HashMap::from([(("a".into(), 100), 5), (("a".into(), 103), 2), (("b".into(), 101), 7)]);
-        let w = ItemWrites::from_counts(&counts, &["a".to_owned(), "b".to_owned()]);
-        assert_eq!(w.tenant(0).by_second, [5, 0, 0, 2]);
-        assert_eq!(w.tenant(0).total, 7);
-        assert_eq!(w.tenant(1).by_second, [0, 7]);
-        assert_eq!(w.tenant(1).busiest(), 7);
+        let w = ItemWrites::from_counts(&counts, &["a".to_owned(), "b".to_owned()], 99);
+        assert_eq!(w.tenant(0).by_second, Some(vec![0, 5, 0, 0, 2]));
+        assert_eq!((w.tenant(0).total, w.tenant(0).busiest), (7, 5));
+        assert_eq!(w.tenant(1).by_second, Some(vec![0, 0, 7]));
+    }
+
+    #[test]
+    fn a_run_longer_than_the_listed_seconds_keeps_only_the_busiest() {
+        let counts = HashMap::from([(("a".into(), 0), 5), (("a".into(), MAX_SECONDS_LISTED), 9)]);
+        let w = ItemWrites::from_counts(&counts, &["a".to_owned()], 0);
+        assert_eq!((w.tenant(0).by_second, w.tenant(0).busiest), (None, 9));
     }
 }

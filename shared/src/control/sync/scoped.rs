@@ -23,12 +23,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::mapping::{self, plan_name};
-use super::table::{self, PolicyTable, TableWrite};
+use super::table::{self, PolicyTable, TableError, TableWrite};
 use super::{Audited, Decided, SyncError, SyncReport, contended, scope, write};
 use crate::control::apigateway::ControlPlane;
 use crate::control::apigateway::model::{ApiKey, UsagePlan};
 use crate::engine::clock::{Clock, Timestamp};
 use crate::engine::identity::ApiKeyHash;
+use crate::policy_table::due::{self, RevokedKey};
 use crate::policy_table::{Record, key_pk, plan_pk, tenant_pk};
 
 /// What one management event names for a scoped sync.
@@ -213,6 +214,20 @@ async fn key_round(
         changes,
         report,
     }))
+}
+
+impl PolicyTable {
+    /// A key gone from API Gateway as its revocation item tells it, if Tollgate revoked it
+    /// (`due::revoked_key`): the sweep deletes revoked keys, and their deletion's event names
+    /// only the key's id.
+    pub async fn revoked_key(&self, key_id: &str) -> Result<Option<RevokedKey>, TableError> {
+        due::revoked_key(self.client(), self.name(), key_id)
+            .await
+            .map_err(|detail| TableError::Unavailable {
+                table: self.name().to_owned(),
+                detail,
+            })
+    }
 }
 
 /// A key gone from API Gateway, as far as its revocation item tells it: its tenant and hash,

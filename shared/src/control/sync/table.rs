@@ -2,9 +2,9 @@
 //! say what API Gateway says, and apply them so that two syncs never interleave.
 //!
 //! Concurrency, with other syncs: the item `sync#meta` holds a `generation`. A sync writes in
-//! `TransactWriteItems` batches that each carry `sync#meta`: the first moves the generation on,
-//! on condition that it is still the one read before the table and API Gateway; every later
-//! batch checks that it is still this run's. A sync that loses starts over from a fresh read, so
+//! `TransactWriteItems` batches that each carry `sync#meta`: the first moves the generation on, on
+//! condition that it is still the one read before the table and API Gateway; every later batch
+//! checks that it is still this run's. A sync that loses starts over from a fresh read, so
 //! no batch of a sync lands after another sync claimed, and a sync whose snapshot is older than
 //! one already claimed never writes. No clock is compared: machines' clocks may disagree. With
 //! every writer (the usage API, apply): the table is read before API Gateway, and each item is
@@ -26,7 +26,6 @@ use aws_sdk_dynamodb::types::{
 use crate::control::sync::mapping::Desired;
 use crate::engine::clock::Timestamp;
 use crate::policy_table::audit::ItemChange;
-use crate::policy_table::due::{self, RevokedKey};
 use crate::policy_table::record::{Item, is_gone, parse, render, string};
 use crate::policy_table::sync_items::{CLAIMED_BY, GENERATION, claimed_by, generation};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, version_of};
@@ -261,18 +260,6 @@ impl PolicyTable {
             None if is_gone(&i) => Some((None, version_of(&i))),
             None => None,
         }))
-    }
-
-    /// A key gone from API Gateway as its revocation item tells it, if Tollgate revoked it
-    /// (`due::revoked_key`): the sweep deletes revoked keys, and their deletion's event names
-    /// only the key's id.
-    pub async fn revoked_key(&self, key_id: &str) -> Result<Option<RevokedKey>, TableError> {
-        due::revoked_key(&self.client, &self.table, key_id)
-            .await
-            .map_err(|detail| TableError::Unavailable {
-                table: self.table.clone(),
-                detail,
-            })
     }
 
     /// The generation, then every managed item (strongly consistent, all pages).
@@ -560,11 +547,10 @@ impl Run {
         meta.and_then(generation) == Some(self.generation + 1) && write::written_by(meta, &self.token)
     }
 
-    /// Whether this run, its claim refused, lost the generation it read to another change:
-    /// `meta` (as returned with the refusal) is at the next generation, claimed by a change
-    /// named and not this run's. Anything else (a later generation, no change named, this run's
-    /// own, e.g. its twin's or its own claim whose answer was lost) may hide a claim of this run
-    /// that landed: its intent is left as it is.
+    /// Whether this run, its claim refused, lost the generation it read to another change: `meta`
+    /// (as returned with the refusal) at the next generation, claimed by a change named, not this
+    /// run's. Anything else (a later generation, no change named, its twin's or its own claim whose
+    /// answer was lost) may hide a claim of this run that landed: its intent is left as it is.
     fn lost_to_another(&self, meta: Option<&Item>) -> bool {
         let next = meta.and_then(generation) == Some(self.generation + 1);
         let by = meta.and_then(claimed_by);

@@ -35,8 +35,9 @@ struct Cached {
     version: u64,
     /// The bucket this container lost a race on last, if any.
     hold: Option<Hold>,
-    /// The plan's bucket was busy before the write whose answer this is (`presumed_busy`).
-    busy: bool,
+    /// The bucket found busy by other containers' units before the write whose answer this is
+    /// (`presumed_busy`), if any: the one that request took its token from.
+    busy: Option<Option<TatAttr>>,
 }
 
 /// A hold-off on one bucket (`None`: the plan's bucket when the attribute is unknown): no write
@@ -55,7 +56,8 @@ pub(super) struct Seen {
     pub version: u64,
     /// Until when this container holds off the bucket asked about.
     pub hold_until: Timestamp,
-    /// The plan's bucket was busy before the write of that answer.
+    /// The bucket asked about was found busy by other containers' units before the write of
+    /// that answer.
     pub busy: bool,
 }
 
@@ -202,7 +204,7 @@ impl Predictions {
                 .hold
                 .filter(|h| h.bucket == bucket)
                 .map_or(Timestamp::from_nanos(0), |h| h.until),
-            busy: c.busy,
+            busy: c.busy == Some(bucket),
         })
     }
 
@@ -223,9 +225,8 @@ impl Predictions {
         }
     }
 
-    /// Keeps `snap`, the store's answer at `now`; `busy`: the plan's bucket was busy before the
-    /// write that answer is of (an applied write of the busy shape, whose condition held, or a
-    /// failed condition's item with its TAT past the request).
+    /// Keeps `snap`, the store's answer at `now`; `busy`: the request's bucket stood busy by other
+    /// containers' units before the write that answer is of (`DynamoStore::remember`).
     pub(super) fn remember(
         &self,
         tenant: &str,
@@ -245,7 +246,12 @@ impl Predictions {
             checked: now,
             version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
             hold,
-            busy,
+            busy: busy.then(|| {
+                limits
+                    .bucket
+                    .as_ref()
+                    .and_then(|(id, _)| TatAttr::parse(id.attribute()))
+            }),
         };
         cache.insert(tenant, cached);
     }
@@ -277,13 +283,14 @@ impl Predictions {
     }
 }
 
-/// How long a bucket seen busy is presumed busy still (`presume_busy`).
+/// How long a bucket seen busy is presumed busy still (`presumed_busy`).
 pub(super) const PRESUMED_BUSY_FOR: Duration = Duration::from_secs(60);
 
-/// Whether a lone request's write presumes the plan's bucket busy although the cached TAT shows
-/// it idle by `now`: it was busy before this container's last write for the tenant (`Seen::busy`:
-/// found so by the store, not inferred from a TAT that holds the write's own units), and that
-/// answer is at most `PRESUMED_BUSY_FOR` old. A tenant running near its rate keeps its bucket
+/// Whether a write whose units all arrive at its request's instant (no lease, nothing carried
+/// from later) presumes the request's bucket busy although the cached TAT shows it idle by `now`:
+/// the store found it busy by other containers' units before this container's last write for the
+/// tenant (`Seen::busy`; with nothing cached, any units count as others'), and that answer is at
+/// most `PRESUMED_BUSY_FOR` old. A tenant running near its rate keeps its bucket
 /// ahead: spread over many containers, each sees it seconds apart, and a write shaped for an
 /// idle bucket would fail its condition (one more write) on most arrivals. It shapes the write
 /// only (`item::busy_shape`): every figure and refusal comes from the TATs as they are, and a
@@ -354,6 +361,34 @@ mod tests {
         let none = Predictions::new(0, Duration::from_secs(60));
         remember(&none, "a");
         assert!(none.seen("a", None).is_none());
+    }
+
+    #[test]
+    fn a_bucket_found_busy_is_presumed_so_for_its_own_bucket_and_a_minute_only() {
+        // GIVEN a route's bucket found busy by other containers' units at NOW
+        let p = Predictions::new(10, Duration::from_secs(60));
+        let route = TatAttr::parse("r00ab12");
+        let limits = |attr: &str| {
+            use crate::engine::gcra::Bucket;
+            use crate::engine::policy::BucketId;
+            let id = if attr == "tat" {
+                BucketId::Plan
+            } else {
+                BucketId::Route(attr.into())
+            };
+            Limits::utc(Some((id, Bucket::per_second(10.0, 20))), None, None)
+        };
+        p.remember("t", Snapshot::default(), &limits("r00ab12"), NOW, Race::Neither, true);
+        let seen = |bucket| p.seen("t", bucket).expect("cached");
+        // THEN that bucket is presumed busy for `PRESUMED_BUSY_FOR`, not a moment past it
+        assert!(presumed_busy(&seen(route), NOW.saturating_add(PRESUMED_BUSY_FOR)));
+        let past = NOW.saturating_add(PRESUMED_BUSY_FOR + Duration::from_millis(1));
+        assert!(!presumed_busy(&seen(route), past));
+        // AND the tenant's plan bucket is not
+        assert!(!presumed_busy(&seen(TatAttr::parse("tat")), NOW));
+        // AND an answer found not busy ends it
+        p.remember("t", Snapshot::default(), &limits("r00ab12"), NOW, Race::Neither, false);
+        assert!(!presumed_busy(&seen(route), NOW));
     }
 
     #[test]
