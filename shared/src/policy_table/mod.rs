@@ -66,8 +66,8 @@ pub use record::{KeyRecord, Record, TenantRecord};
 pub const PK: &str = "pk";
 /// The shed level's item.
 pub const SHED_PK: &str = "shed#level";
-/// What plan sync's own items (`sync#meta`, `sync#lease`, `sync#scope`) start with: only sync
-/// writes them.
+/// What plan sync's own items (`sync#meta`, `sync#lease`, `sync#scope`, `sync#reconcile` and its
+/// parts) start with: only sync writes them.
 pub const SYNC_PREFIX: &str = "sync#";
 /// Plan sync's generation item.
 pub const META_PK: &str = "sync#meta";

@@ -330,18 +330,6 @@ impl Pending {
         );
     }
 
-    /// The change's intent (write-ahead, `AuditLog::intend`): put before its first write, the API
-    /// Gateway calls' and the policy table's; when it cannot be, nothing is changed.
-    async fn intend(&self, cx: &Context<'_>) -> Result<(), ApplyError> {
-        let intent = self.record(cx, self.summary.clone(), Vec::new(), ChangeOutcome::Interrupted);
-        cx.table
-            .audit_log()
-            .intend(&intent)
-            .await
-            .map(drop)
-            .map_err(|e| ApplyError::Unaudited(e.to_string()))
-    }
-
     /// The intent, steps, then sync, then the record; on failure the checkpoint back and a
     /// `Restored` record. Without steps the intent is put by the sync, before its first write (a
     /// change that writes nothing has none).
@@ -351,7 +339,13 @@ impl Pending {
         let audited = if steps.is_empty() {
             Audited::Within(Some(&intent))
         } else {
-            self.intend(cx).await?;
+            // Write-ahead: put before the first write, the API Gateway calls' and the policy
+            // table's; when it cannot be, nothing is changed.
+            cx.table
+                .audit_log()
+                .intend(&intent)
+                .await
+                .map_err(|e| ApplyError::Unaudited(e.to_string()))?;
             Audited::Within(None)
         };
         let failure = match self.execute(cx, &steps).await {

@@ -118,7 +118,7 @@ pub(super) async fn execute(
 /// API Gateway back at the checkpoint (from a fresh read: a call that lost its answer may or may
 /// not have happened) for the keys the change left where they are (`plan::reached`: a key another
 /// writer moved since stays), except that a key disabled since (offboarded, rotated out, revoked:
-/// the revocation wins) is put back on no plan; then the marks of the tenants it was moving taken
+/// the revocation wins) is left where it is; then the marks of the tenants it was moving taken
 /// off; then, if the change reached the table, a sync (audited as the change's: `audited`) that
 /// makes it say what API Gateway says again, under the write protocol (each item on the version it read): an item another writer
 /// changed meanwhile is left as it is, and the restore fails naming it. `failed` is the change's

@@ -143,8 +143,8 @@ pub struct Snapshot {
     /// Write-back markers: writer, seq.
     pub markers: Vec<(u64, u64)>,
     /// A guess only, never read from an item: the cache presumes the bucket busy although its
-    /// TAT shows it idle (`predictions::presumed_busy`), so a lone request's write takes the busy
-    /// shape. Moves no figure: answers come from the engine on the TATs as they are.
+    /// TAT shows it idle (`predictions::presumed_busy`), so a write whose units all arrive at its
+    /// request's instant takes the busy shape. Moves no figure: answers come from the engine on the TATs as they are.
     pub presumed_busy: bool,
 }
 
@@ -278,6 +278,8 @@ pub struct Write {
     pub exprs: Arc<Exprs>,
     pub names: HashMap<String, String>,
     pub values: HashMap<String, AttributeValue>,
+    /// Of the busy shape: applied, its condition held the bucket's TAT past the write's arrivals.
+    pub busy: bool,
 }
 
 /// A write's update and condition expressions.
@@ -443,6 +445,7 @@ pub fn admit_at(
         name(&format!("#x{i}"), attr);
     }
     Write {
+        busy: shape.bucket == Some(true),
         exprs: shapes.get(shape),
         names,
         values,
@@ -450,9 +453,8 @@ pub fn admit_at(
 }
 
 /// Whether a write for units from `now` to `anchor` takes the busy shape on `guess`: its TAT
-/// past `anchor`, or a lone request's (`anchor` at `now`) on a bucket the cache presumes busy.
-/// An applied write of the busy shape found the bucket busy (its condition held).
-pub fn busy_shape(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp) -> bool {
+/// past `anchor`, or, for units all arriving at `now`, a bucket the cache presumes busy.
+fn busy_shape(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp) -> bool {
     let anchor = anchor.max(now);
     guess.state(limits, now).tat.is_some_and(|t| t > anchor) || (guess.presumed_busy && anchor == now)
 }
@@ -511,6 +513,7 @@ pub fn fence(now: Timestamp, op: u64) -> Write {
         exprs: FENCE.clone(),
         names,
         values,
+        busy: false,
     }
 }
 
@@ -541,6 +544,7 @@ pub fn charge(c: &Charge, now: Timestamp) -> Write {
         exprs: Arc::new(w.finish()),
         names,
         values,
+        busy: false,
     }
 }
 

@@ -191,8 +191,8 @@ impl DynamoStore {
     }
 
     /// Keeps the item as seen, and every operation id in it below the next one this container
-    /// draws; `busy`: the plan's bucket was busy before the write it answers
-    /// (`Predictions::remember`).
+    /// draws; `busy`: the request's bucket stood busy by other containers' units before the
+    /// write it answers (`Predictions::remember`).
     fn remember(&self, req: &Consume<'_>, snap: Snapshot, race: Race, busy: bool) {
         self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
         self.predictions
@@ -304,7 +304,7 @@ fn after_unknown(e: StoreError, pending: Option<u64>, attempts: u32, last_unknow
     }
 }
 
-/// Whether the plan's bucket stood busy before a write (`before`: its TAT then) by other
+/// Whether the request's bucket stood busy before a write (`before`: its TAT then) by other
 /// containers' units: past the request and past what this container knew (`known`). A bucket
 /// ahead by this container's own units tells nothing of the tenant's other traffic
 /// (`predictions::presumed_busy`).
@@ -411,7 +411,7 @@ impl DynamoStore {
     }
 
     /// Remembers the item a write's condition refused, and whether that lost a race; `known`:
-    /// the TAT of the plan's bucket this container knew before the decision.
+    /// the TAT of the request's bucket this container knew before the decision.
     fn remember_refused(&self, req: &Consume<'_>, current: Snapshot, recheck: bool, known: Option<Timestamp>) {
         let now_eval = engine::evaluate(req.limits, &current.state(req.limits, req.now), req.now, req.weight);
         // Expecting a token and finding none: lost the race for the bucket's last one.

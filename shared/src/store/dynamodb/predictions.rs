@@ -246,12 +246,7 @@ impl Predictions {
             checked: now,
             version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
             hold,
-            busy: busy.then(|| {
-                limits
-                    .bucket
-                    .as_ref()
-                    .and_then(|(id, _)| TatAttr::parse(id.attribute()))
-            }),
+            busy: busy.then(|| super::bucket_of(limits)),
         };
         cache.insert(tenant, cached);
     }

@@ -69,7 +69,7 @@ fn lease_until(limits: &Limits, after: &Snapshot, from: Timestamp, span_end: Tim
     first_slot.map_or(end, |slot| end.min(slot))
 }
 
-/// The plan's bucket's TAT before a busy-shaped write of `whole` that returned `after`.
+/// The request's bucket's TAT before a busy-shaped write of `whole` that returned `after`.
 fn before_write(limits: &Limits, after: &Snapshot, whole: &Consume<'_>) -> Option<Timestamp> {
     let (_, bucket) = limits.bucket.as_ref()?;
     let inc = bucket.interval().saturating_mul(u64::from(whole.weight));
@@ -315,7 +315,7 @@ impl DynamoStore {
             }
             let op = pending.unwrap_or_else(|| self.next_op(head.tenant, head.now));
             let w = item::admit_at(&self.shapes, head.limits, &guess, whole.now, anchor, whole.weight, op);
-            let shape_busy = item::busy_shape(head.limits, &guess, whole.now, anchor);
+            let shape_busy = w.busy;
             match self
                 .send(&whole, w)
                 .await

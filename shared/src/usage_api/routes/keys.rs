@@ -17,7 +17,7 @@ use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
 use crate::engine::quota::format_utc;
-use crate::policy_table::audit::{ChangeRecord, ItemChange};
+use crate::policy_table::audit::ItemChange;
 use crate::policy_table::write::ATTEMPTS;
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, Tenant, created, whole_number};
@@ -438,10 +438,6 @@ pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
         .min(MAX_REVOCATION_BACKOFF.as_secs())
 }
 
-/// A revocation attempt's outcome (`revoke_one`): whether it revoked or deleted a key, or API
-/// Gateway's refusal to disable it with the record that closes the attempt's intent.
-type Attempted = Result<bool, Box<(Problem, ChangeRecord)>>;
-
 impl UsageApi {
     /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
     /// the registry, audited as `actor`, taken off the tenant's list, and their deletion from API
@@ -475,13 +471,9 @@ impl UsageApi {
     /// fails, writes its revocation again later (`false`); fails only when the revocation cannot
     /// be written.
     pub(super) async fn revoke_or_postpone(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
-        let (e, unwritten) = match self.revoke_one(actor, r).await {
-            Ok(Ok(done)) => return Ok(done),
-            Ok(Err(refused)) => {
-                let (e, record) = *refused;
-                (e, Some(record))
-            }
-            Err(e) => (e, None),
+        let e = match self.revoke_one(actor, r).await {
+            Ok(done) => return Ok(done),
+            Err(e) => e,
         };
         let later = Revocation {
             at: self.now().as_secs().saturating_add(revocation_backoff(r.attempts)),
@@ -497,10 +489,6 @@ impl UsageApi {
         if !self.registry.put_revocation(&later, Some(r)).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
-        // The attempt wrote nothing: its own intent (an id no other run uses) is closed so.
-        if let Some(record) = unwritten {
-            self.close_unwritten(record).await;
-        }
         Ok(false)
     }
 
@@ -511,12 +499,11 @@ impl UsageApi {
     /// list. A revocation already so (`delete`) deletes the key (`delete_one`). Each attempt audits
     /// under an id of its own: runs at the same time (the schedule's, an admin route's) and a
     /// retry of one that failed never share one, so no attempt's record hides another's (a
-    /// failed run's intent stays `interrupted`). `Ok(Ok(_))`: whether it revoked or deleted a
-    /// key; `Ok(Err(_))`: API Gateway refused to disable the key, nothing written, with the
-    /// record that closes this attempt's own intent.
-    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<Attempted, Problem> {
+    /// failed run's intent stays `interrupted`); API Gateway refusing to disable the key wrote
+    /// nothing, and closes this attempt's own intent so. Whether it revoked or deleted a key.
+    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
         if r.delete {
-            return self.delete_one(actor, r).await.map(Ok);
+            return self.delete_one(actor, r).await;
         }
         let summary = format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant);
         let hash = ApiKeyHash::from_hex(&r.hash);
@@ -527,7 +514,8 @@ impl UsageApi {
         {
             let closing = self.change(id, actor, summary, Vec::new());
             let closing = closing.unwritten("disabling the key in API Gateway", e.detail.clone());
-            return Ok(Err(Box::new((e, closing))));
+            self.close_unwritten(closing).await;
+            return Err(e);
         }
         let mut items = Vec::new();
         if let Some(hash) = hash {
@@ -544,7 +532,7 @@ impl UsageApi {
         if !self.registry.put_revocation(&deletion, Some(r)).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
-        self.unlist_key(&r.tenant, &r.key_id).await.map(|_| Ok(true))
+        self.unlist_key(&r.tenant, &r.key_id).await.map(|_| true)
     }
 
     /// Deletes a revoked key from API Gateway, its retention over, so that revoked keys do not

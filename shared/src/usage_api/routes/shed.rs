@@ -82,7 +82,8 @@ async fn write_shed(api: &UsageApi, actor: &str, level: u8, set_by: SetBy, reaso
             ),
         ));
     };
-    // In this process the level and its record are written together: no intent is needed.
+    // Only the in-memory directory leaves the record to this route (the DynamoDB one writes it
+    // with the level); nothing in this process can fail between the two: no intent.
     if !audited {
         api.audit_as(
             api.new_change_id(),
