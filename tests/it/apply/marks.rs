@@ -43,6 +43,13 @@ async fn acme(w: &World) -> TenantRecord {
     }
 }
 
+/// acme is on `plan`, unmarked.
+async fn unmarked_on(w: &World, plan: &str) {
+    let acme = acme(w).await;
+    let mark = (acme.moving_until, acme.moving_by.as_deref());
+    assert_eq!((acme.plan.as_str(), mark), (plan, (None, None)), "{acme:?}");
+}
+
 /// acme marked as moving to `plan` by change `by` for 120 s from the clock's now, as apply marks
 /// it; the mark's end.
 async fn mark_by(w: &World, by: &str, plan: &str, key: &str) -> u64 {
@@ -185,11 +192,7 @@ async fn the_rollback_of_a_change_whose_mark_is_still_live_is_not_refused() {
         report.table()
     );
     assert_eq!(w.gateway().await["free"].3, vec![key]);
-    let acme = acme(&w).await;
-    assert_eq!(
-        (acme.plan.as_str(), acme.moving_until, acme.moving_by),
-        ("free", None, None)
-    );
+    unmarked_on(&w, "free").await;
 }
 
 #[tokio::test]
@@ -206,11 +209,7 @@ async fn a_mark_naming_no_change_stops_a_move_until_it_lapses() {
     // AND WHEN it is applied again once that mark lapsed THEN it goes through, acme unmarked
     w.clock.advance(Duration::from_secs(60));
     w.apply(&acme_on("gold")).await.expect("over a lapsed mark");
-    let acme = acme(&w).await;
-    assert_eq!(
-        (acme.plan.as_str(), acme.moving_until, acme.moving_by),
-        ("gold", None, None)
-    );
+    unmarked_on(&w, "gold").await;
 }
 
 #[tokio::test]
@@ -223,10 +222,6 @@ async fn a_mark_naming_no_change_is_taken_off_by_a_failed_apply_s_restore() {
     let (applied, ()) = failing_while(&w, meanwhile).await;
     restored(applied);
     // THEN the restore took that mark off: acme on free, unmarked, its key on free
-    let acme = acme(&w).await;
-    assert_eq!(
-        (acme.plan.as_str(), acme.moving_until, acme.moving_by),
-        ("free", None, None)
-    );
+    unmarked_on(&w, "free").await;
     assert_eq!(w.gateway().await["free"].3, vec![key]);
 }
