@@ -46,10 +46,8 @@ pub fn directory_with(file: &PolicyFile, demo: &[DemoTenant]) -> MemoryDirectory
         directory.put_tenant_record(
             &t.tenant,
             TenantRecord {
-                plan: t.plan.clone(),
                 anchor: Some(t.anchor),
-                moving_until: None,
-                keys: None,
+                ..TenantRecord::on(&t.plan)
             },
         );
         directory.put_key(

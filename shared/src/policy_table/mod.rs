@@ -7,7 +7,8 @@
 //! - `tenant#<id>`: `plan` (S), and `anchor` (N, 1 to 31: the day its months start on, for
 //!   plans whose monthly quota says `anchor = "tenant"`) when it has one;
 //!   `moving_until` (N, epoch seconds) while a move of its keys to `plan` is under way
-//!   (`control::apply` marks it; sync holds its keys until then);
+//!   (`control::apply` marks it; sync holds its keys until then), with `moving_by` (S, the
+//!   audit id of the change that marked it; absent on the usage API's marks and older ones);
 //! - `plan#<name>`: `spec` (S, the plan as JSON), `version` (N);
 //! - `shed#level`: the shed level, one item for the whole table (`record::shed_item`);
 //! - `sync#meta`: plan sync's `generation` (N) and the `change` (S, its audit id) that claimed it (`sync_items`);

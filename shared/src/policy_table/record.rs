@@ -34,6 +34,11 @@ pub struct TenantRecord {
     /// for a moment, and sync holds them (`control::sync::mapping`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving_until: Option<u64>,
+    /// The audit id of the change (`policy apply`, `rollback`) that wrote the mark
+    /// (`moving_until`), removed with it. `None` on a mark the usage API's move wrote, or one
+    /// written by a release from before it: that mark names no change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_by: Option<String>,
     /// The tenant's keys the usage API made and has not yet revoked: key id → the key's hash
     /// (hex), never its value. Read with the tenant's item (strongly consistent), so rotation,
     /// moves and offboarding never miss a key written a moment ago. `None` on an item written
@@ -49,6 +54,7 @@ impl TenantRecord {
             plan: plan.to_owned(),
             anchor: None,
             moving_until: None,
+            moving_by: None,
             keys: None,
         }
     }
@@ -58,10 +64,8 @@ impl From<&TenantEntry> for TenantRecord {
     /// The record of a policy file's tenant.
     fn from(entry: &TenantEntry) -> TenantRecord {
         TenantRecord {
-            plan: entry.plan.clone(),
             anchor: entry.anchor,
-            moving_until: None,
-            keys: None,
+            ..TenantRecord::on(&entry.plan)
         }
     }
 }
@@ -177,6 +181,7 @@ pub fn tenant_record(item: &Item) -> Result<TenantRecord, String> {
         plan: required(item, TENANT_PLAN)?,
         anchor,
         moving_until: number(item, MOVING_UNTIL),
+        moving_by: string(item, MOVING_BY),
         keys: match item.get(TENANT_KEYS) {
             None => None,
             Some(v) => Some(
@@ -201,6 +206,8 @@ pub const TENANT_PLAN: &str = "plan";
 
 /// The attribute of a `tenant#…` item saying a move of its keys is under way, until when.
 pub const MOVING_UNTIL: &str = "moving_until";
+/// The attribute of a `tenant#…` item naming the change that marked it as moving.
+pub const MOVING_BY: &str = "moving_by";
 
 /// The attribute of a `plan#…` item holding its spec as JSON.
 pub const SPEC: &str = "spec";
@@ -246,6 +253,9 @@ pub fn tenant_item(t: &TenantRecord) -> Item {
     }
     if let Some(until) = t.moving_until {
         item.insert(MOVING_UNTIL.to_owned(), AttributeValue::N(until.to_string()));
+    }
+    if let Some(change) = &t.moving_by {
+        item.insert(MOVING_BY.to_owned(), AttributeValue::S(change.clone()));
     }
     if let Some(keys) = &t.keys {
         let map = keys.iter().map(|(id, h)| (id.clone(), AttributeValue::S(h.clone())));
@@ -323,6 +333,7 @@ mod tests {
                 plan: "pro".into(),
                 anchor: Some(15),
                 moving_until: Some(1_800_000_000),
+                moving_by: Some("apply-0123456789abcdef-g7".into()),
                 keys: Some(BTreeMap::from([("k1".into(), "ab".into())])),
             },
             TenantRecord {

@@ -6,6 +6,7 @@
 
 mod command_line;
 mod failures;
+mod marks;
 mod moves;
 mod round_trip;
 mod watch;

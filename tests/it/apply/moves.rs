@@ -276,3 +276,41 @@ async fn a_plan_apply_creates_for_moved_tenants_covers_the_api_stages_they_come_
     want.sort();
     assert_eq!(keys, want);
 }
+
+#[tokio::test]
+async fn an_apply_running_past_a_mark_s_window_marks_each_tenant_for_its_own_window() {
+    // GIVEN acme and beta, one key each, on free, synced; and a file moving both to gold
+    let w = World::new("tg-apply-window-1").await;
+    let free = w.plan("free", 10.0, 20, 50_000).await;
+    w.plan("gold", 5.0, 5, 100).await;
+    w.key("acme", "tg_live_window_acme", &free).await;
+    w.key("beta", "tg_live_window_beta", &free).await;
+    w.sync().await;
+    let file = "[plans.free]\nrate = 10.0\nburst = 20\ndaily_quota = 50000\n\
+                [plans.gold]\nrate = 5.0\nburst = 5\ndaily_quota = 100\n\
+                [tenants.acme]\nplan = \"gold\"\n[tenants.beta]\nplan = \"gold\"\n";
+    // AND a sync after every key removal, and the first key's move onto gold held while the
+    // clock passes a mark's two minutes
+    let control = SyncAfterRemoval::of(&w);
+    let cx = Context {
+        control: &control,
+        ..w.cx()
+    };
+    w.proxy
+        .inject_on("POST", "/keys", &[Some(crate::support::fault_proxy::Fault::Hold)]);
+    let stall = async {
+        w.proxy.wait_held().await;
+        w.clock.advance(std::time::Duration::from_secs(121));
+        w.proxy.release();
+    };
+
+    // WHEN the file is applied
+    let file = PolicyFile::parse(file).expect("file");
+    let (applied, ()) = tokio::join!(apply::apply(&cx, &file), stall);
+    let report = applied.expect("apply");
+
+    // THEN the second tenant's mark, written after the stall, held its key: no sync revoked it
+    control.assert_none_revoked(2, &report.table());
+    assert_eq!(w.resolve_plan("tg_live_window_beta").await.as_deref(), Some("gold"));
+    assert_eq!(w.resolve_plan("tg_live_window_acme").await.as_deref(), Some("gold"));
+}

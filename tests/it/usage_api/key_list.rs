@@ -230,10 +230,8 @@ async fn an_onboarding_that_finds_its_tenant_made_meanwhile_with_a_full_list_ans
         Box::pin(async move {
             let made = |_: Option<&TenantRecord>| {
                 ItemAction::Put(TenantRecord {
-                    plan: "free".to_owned(),
-                    anchor: None,
-                    moving_until: None,
                     keys: Some(BTreeMap::new()),
+                    ..TenantRecord::on("free")
                 })
             };
             inner.change_tenant("acme", &made).await.expect("made");

@@ -29,7 +29,6 @@ mod steps;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -188,10 +187,6 @@ fn keys_by_tenant(keys: &[ApiKey]) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// How long a tenant's mark as moving holds (`PolicyTable::mark_moving`): long enough for its
-/// keys' calls, retries included; a change that stops part-way leaves its keys held no longer.
-const MOVE_WINDOW: Duration = Duration::from_secs(120);
-
 /// Puts back what change `id` changed in API Gateway and the table, as a new change; refused,
 /// with nothing changed, when anything it touched was changed since (`ApplyError::Conflict`).
 pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyError> {
@@ -219,6 +214,8 @@ pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyEr
     let checkpoint = checkpoint_now(&target, &plans, &steps);
     let summary = format!("rollback to before {id}: {} API Gateway call(s)", steps.len());
     let mut pending = Pending::new(cx, Source::Rollback, summary, checkpoint, generation);
+    // Its marks go over the live marks of the change it undoes.
+    pending.undoes = Some(id.to_owned());
     let keys = cx.control.api_keys().await.map_err(read)?;
     pending.movers = restored_movers(&steps, &keys);
     pending.read = keys_by_tenant(&keys);
@@ -284,8 +281,10 @@ struct Pending {
     movers: BTreeMap<String, (String, String)>,
     /// Tenant → the ids of its keys the change read from API Gateway (`keys_by_tenant`).
     read: BTreeMap<String, BTreeSet<String>>,
-    /// The change's id, fixed before its first write: its intent's and its record's.
+    /// The change's id, fixed before its first write: its intent's and its record's, and its marks'.
     id: String,
+    /// The change a rollback undoes (`rollback` only).
+    undoes: Option<String>,
 }
 
 /// Where a change failed part-way.
@@ -294,6 +293,27 @@ struct Failure {
     done: Vec<String>,
     failed_at: String,
     error: String,
+    /// What failed was the mark of the next step's tenant, not a step: that tenant is not marked
+    /// by this change (`steps::marked_by`).
+    at_mark: bool,
+}
+
+impl Failure {
+    fn at(done: Vec<String>, failed_at: String, error: String) -> Failure {
+        Failure {
+            done,
+            failed_at,
+            error,
+            at_mark: false,
+        }
+    }
+
+    fn at_mark(done: Vec<String>, failed_at: String, error: String) -> Failure {
+        Failure {
+            at_mark: true,
+            ..Failure::at(done, failed_at, error)
+        }
+    }
 }
 
 impl Pending {
@@ -307,6 +327,7 @@ impl Pending {
             movers: BTreeMap::new(),
             read: BTreeMap::new(),
             id: String::new(),
+            undoes: None,
         }
     }
 
@@ -349,14 +370,10 @@ impl Pending {
             Audited::Within(None)
         };
         let failure = match self.execute(cx, &steps).await {
-            Err((done, failed_at, error)) => Failure { done, failed_at, error },
+            Err(failure) => failure,
             Ok(done) => match crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, audited).await {
                 Ok((sync, items)) => return self.commit(cx, done, sync, items).await,
-                Err(e) => Failure {
-                    done,
-                    failed_at: "syncing the policy table".to_owned(),
-                    error: e.to_string(),
-                },
+                Err(e) => Failure::at(done, "syncing the policy table".to_owned(), e.to_string()),
             },
         };
         tracing::warn!(failed_at = %failure.failed_at, error = %failure.error, "change failed part-way; restoring the checkpoint");
@@ -368,7 +385,8 @@ impl Pending {
         let failed = (steps.as_slice(), failure.done.len());
         // Without steps the intent may not be put yet (the sync's own was refused): the restore's
         // sync puts it before its first write too.
-        match restore(cx, &self.checkpoint, failed, (table_reached, audited), &marked).await {
+        let marks = (&marked, self.id.as_str());
+        match restore(cx, &self.checkpoint, failed, (table_reached, audited), marks).await {
             Ok(undone) => Err(self.restored(cx, failure, undone).await),
             Err(restore_error) => Err(self.restore_failed(cx, failure, restore_error).await),
         }
@@ -376,23 +394,20 @@ impl Pending {
 
     /// The steps, then what they left in API Gateway (read again: the plans a rollback will
     /// expect to find as they are now). No step, nothing to read.
-    async fn execute(
-        &mut self,
-        cx: &Context<'_>,
-        steps: &[ApplyStep],
-    ) -> Result<Vec<String>, (Vec<String>, String, String)> {
-        let until = cx.clock.now().saturating_add(MOVE_WINDOW).as_secs();
+    async fn execute(&mut self, cx: &Context<'_>, steps: &[ApplyStep]) -> Result<Vec<String>, Failure> {
         let mover = Mover {
             table: cx.table,
             movers: &self.movers,
             read: &self.read,
-            until,
+            clock: cx.clock,
+            change: &self.id,
+            undoes: self.undoes.as_deref(),
         };
         let done = execute(cx.control, steps, Some(&mover)).await?;
         if !steps.is_empty() {
             let plans = usage_plans(cx).await.map_err(|e| {
                 let at = "reading the usage plans the change left".to_owned();
-                (done.clone(), at, e)
+                Failure::at(done.clone(), at, e)
             })?;
             self.checkpoint.left = Some(plan::Left::read(&self.checkpoint, &plans));
         } else {
@@ -435,7 +450,9 @@ impl Pending {
 
     /// Failed, and put back at the checkpoint: recorded as `Restored` where the record can be written.
     async fn restored(&self, cx: &Context<'_>, failure: Failure, undone: Vec<String>) -> ApplyError {
-        let Failure { done, failed_at, error } = failure;
+        let Failure {
+            done, failed_at, error, ..
+        } = failure;
         let outcome = ChangeOutcome::Restored {
             failed_at: failed_at.clone(),
             error: error.clone(),
@@ -466,7 +483,9 @@ impl Pending {
     /// Failed, and the restore failed too. Recorded with its checkpoint, so that `rollback` can
     /// finish what the restore could not.
     async fn restore_failed(&self, cx: &Context<'_>, failure: Failure, restore_error: String) -> ApplyError {
-        let Failure { done, failed_at, error } = failure;
+        let Failure {
+            done, failed_at, error, ..
+        } = failure;
         let outcome = ChangeOutcome::Incomplete {
             failed_at: failed_at.clone(),
             error: error.clone(),

@@ -3,21 +3,31 @@
 //! (`restore`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use super::plan::{self, ApplyStep, Checkpoint, plan_restore};
-use super::{Context, usage_plans};
+use super::{Context, Failure, usage_plans};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::writes::ApplyPort;
 use crate::control::sync::Audited;
 use crate::control::sync::moving::Move;
 use crate::control::sync::table::{PolicyTable, TableError};
+use crate::engine::clock::Clock;
 
-/// Marks each tenant as moving before its first key moves.
+/// How long a tenant's mark as moving holds (`PolicyTable::mark_moving`) from when it is written:
+/// long enough for its keys' calls, retries included; a change that stops part-way leaves its
+/// keys held no longer.
+const MOVE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Marks each tenant as moving before its first key moves, for change `change` (a rollback's
+/// `undoes` the change it undoes); each mark's time read from `clock` as it is written.
 pub(super) struct Mover<'a> {
     pub(super) table: &'a PolicyTable,
     pub(super) movers: &'a BTreeMap<String, (String, String)>,
     pub(super) read: &'a BTreeMap<String, BTreeSet<String>>,
-    pub(super) until: u64,
+    pub(super) clock: &'a dyn Clock,
+    pub(super) change: &'a str,
+    pub(super) undoes: Option<&'a str>,
 }
 
 impl Mover<'_> {
@@ -40,31 +50,35 @@ impl Mover<'_> {
         }
         // A key the tenant's item lists besides the ones the change read came meanwhile, if live.
         let read = self.read.get(tenant).cloned().unwrap_or_default();
+        // Read per mark: a change that runs long still writes each mark for its full window.
+        let now = self.clock.now();
         let to = Move {
             tenant,
             plan,
-            until: self.until,
+            now: now.as_secs(),
+            until: now.saturating_add(MOVE_WINDOW).as_secs(),
             read: &read,
+            by: self.change,
+            undoes: self.undoes,
         };
-        self.table
-            .mark_moving(control, &to)
-            .await
-            .map_err(|e| (format!("{MARKING} {tenant} as moving to plan {plan}"), e.to_string()))
+        self.table.mark_moving(control, &to).await.map_err(|e| {
+            (
+                format!("marking tenant {tenant} as moving to plan {plan}"),
+                e.to_string(),
+            )
+        })
     }
 }
 
-/// How a failed mark names its step.
-const MARKING: &str = "marking tenant";
-
 /// The tenants a change that failed part-way marked as moving: those of the keys its steps
-/// reached, the failed step's too unless its mark was what failed (refused: another writer
-/// changed the tenant, and a mark there now is not this change's to take off).
+/// reached, the failed step's too unless its mark was what failed (`Failure::at_mark`: refused,
+/// another writer changed the tenant).
 pub(super) fn marked_by<'m>(
     movers: &'m BTreeMap<String, (String, String)>,
     steps: &[ApplyStep],
-    failure: &super::Failure,
+    failure: &Failure,
 ) -> BTreeSet<&'m str> {
-    let reached = failure.done.len() + usize::from(!failure.failed_at.starts_with(MARKING));
+    let reached = failure.done.len() + usize::from(!failure.at_mark);
     (steps.iter().take(reached))
         .filter_map(|s| match s {
             ApplyStep::RemoveKey { key_id, .. } | ApplyStep::AddKey { key_id, .. } => movers.get(key_id),
@@ -75,21 +89,21 @@ pub(super) fn marked_by<'m>(
 }
 
 /// Runs `steps` in order, each key's tenant marked as moving first when `mover` says; on failure,
-/// what was done, which step failed and why.
+/// what was done, which step or mark failed and why.
 pub(super) async fn execute(
     control: &dyn ApplyPort,
     steps: &[ApplyStep],
     mover: Option<&Mover<'_>>,
-) -> Result<Vec<String>, (Vec<String>, String, String)> {
+) -> Result<Vec<String>, Failure> {
     let mut done = Vec::new();
     let mut marked = BTreeSet::new();
     // Plan name → id of the usage plans created so far, for the keys put on them.
     let mut created: BTreeMap<String, String> = BTreeMap::new();
     for step in steps {
         if let Some(mover) = mover
-            && let Err((at, e)) = mover.mark(control, step, &mut marked).await
+            && let Err((failed_at, error)) = mover.mark(control, step, &mut marked).await
         {
-            return Err((done, at, e));
+            return Err(Failure::at_mark(done, failed_at, error));
         }
         let r = match step {
             ApplyStep::CreatePlan(p) => control.create_usage_plan(p).await.map(|id| {
@@ -109,7 +123,7 @@ pub(super) async fn execute(
         };
         match r {
             Ok(()) => done.push(step.to_string()),
-            Err(e) => return Err((done, step.to_string(), e.to_string())),
+            Err(e) => return Err(Failure::at(done, step.to_string(), e.to_string())),
         }
     }
     Ok(done)
@@ -119,7 +133,8 @@ pub(super) async fn execute(
 /// not have happened) for the keys the change left where they are (`plan::reached`: a key another
 /// writer moved since stays), except that a key disabled since (offboarded, rotated out, revoked:
 /// the revocation wins) is left where it is; then the marks of the tenants it was moving taken
-/// off; then, if the change reached the table, a sync (audited as the change's: `audited`) that
+/// off where they are still the change's (`marked`: its tenants, and the change's id); then, if
+/// the change reached the table, a sync (audited as the change's: `audited`) that
 /// makes it say what API Gateway says again, under the write protocol (each item on the version it read): an item another writer
 /// changed meanwhile is left as it is, and the restore fails naming it. `failed` is the change's
 /// steps and how many were done before it failed. Returns the calls that undid the change.
@@ -128,7 +143,7 @@ pub(super) async fn restore(
     checkpoint: &Checkpoint,
     failed: (&[ApplyStep], usize),
     (table_reached, audited): (bool, Audited<'_>),
-    marked: &BTreeSet<&str>,
+    (marked, change): (&BTreeSet<&str>, &str),
 ) -> Result<Vec<String>, String> {
     let plans = usage_plans(cx).await?;
     let mut checkpoint = plan::reached(checkpoint, failed.0, failed.1, &plans);
@@ -139,9 +154,12 @@ pub(super) async fn restore(
     let steps = plan_restore(&checkpoint, &plans);
     let undone = execute(cx.control, &steps, None)
         .await
-        .map_err(|(_, at, e)| format!("{at}: {e}"))?;
+        .map_err(|f| format!("{}: {}", f.failed_at, f.error))?;
     for tenant in marked {
-        cx.table.unmark_moving(tenant).await.map_err(|e| e.to_string())?;
+        cx.table
+            .unmark_moving(tenant, change)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     if table_reached {
         let (sync, _) = crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, audited)

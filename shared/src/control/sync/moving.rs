@@ -1,7 +1,10 @@
 //! A tenant marked as moving by `policy apply` and `rollback` (`PolicyTable::mark_moving`), and
 //! the mark taken off by a failed change's restore. The mark names the target plan, so that a
 //! sync while the tenant's keys move holds them (`mapping::desired_moving`); the next sync that
-//! finds every key of the tenant on that plan writes the record without it.
+//! finds every key of the tenant on that plan writes the record without it. It names the change
+//! that wrote it too (`moving_by`, its audit id): a live mark of another change is not
+//! overwritten (`live_mark`), but a rollback marks over the mark of the change it undoes, and a
+//! restore takes off only its own change's marks (`unmark_moving`).
 //!
 //! The mark is written over the tenant's item as read (`policy_table::write`), and only while that
 //! item still says what the change read from API Gateway: a tenant offboarded meanwhile (its
@@ -19,14 +22,38 @@ use crate::policy_table::record::{Item, is_gone, parse, render};
 use crate::policy_table::write::{self, ATTEMPTS, Expect, WriteError, Written};
 use crate::policy_table::{Record, TenantRecord, key_pk, read_item, tenant_pk};
 
-/// A mark as moving: the tenant moved to `plan` until `until` (epoch seconds), by a change that
-/// read the tenant's keys `read` from API Gateway.
+/// A mark as moving: the tenant moved to `plan` until `until` (epoch seconds, read at `now` from
+/// the change's clock), by the change `by` (its audit id) that read the tenant's keys `read` from
+/// API Gateway; `undoes`, the change a rollback undoes.
 #[derive(Debug, Clone, Copy)]
 pub struct Move<'a> {
     pub tenant: &'a str,
     pub plan: &'a str,
+    pub now: u64,
     pub until: u64,
     pub read: &'a BTreeSet<String>,
+    pub by: &'a str,
+    pub undoes: Option<&'a str>,
+}
+
+/// Why a mark is refused by a live mark (`moving_until` after `to.now`) another writer left: one
+/// of another change, neither this one (a retry) nor the one it undoes (a rollback), or one that
+/// names no change (the usage API's move, or a release from before marks named their change).
+fn live_mark(t: &TenantRecord, to: &Move<'_>) -> Result<(), String> {
+    let Some(until) = t.moving_until.filter(|u| *u > to.now) else {
+        return Ok(());
+    };
+    let by = match t.moving_by.as_deref() {
+        Some(by) if by == to.by || Some(by) == to.undoes => return Ok(()),
+        Some(by) => format!("change {by}"),
+        None => "a writer that names no change (a usage API move, or a release from before marks named their change)"
+            .to_owned(),
+    };
+    Err(format!(
+        "{by} marked it as moving to plan {} until {until} (epoch seconds, {} s from now); its move would be undone",
+        t.plan,
+        until - to.now
+    ))
 }
 
 /// Why a mark is refused by the tenant's item alone: the tenant as another writer left it.
@@ -112,6 +139,10 @@ impl PolicyTable {
                 reason,
             })?;
             if let Some(t) = &now {
+                live_mark(t, to).map_err(|reason| TableError::NotMarked {
+                    tenant: to.tenant.to_owned(),
+                    reason,
+                })?;
                 self.unread_key(control, t, to, &mut gone).await?;
             }
             let (anchor, keys) = now.map(|t| (t.anchor, t.keys)).unwrap_or_default();
@@ -119,6 +150,7 @@ impl PolicyTable {
                 plan: to.plan.to_owned(),
                 anchor,
                 moving_until: Some(to.until),
+                moving_by: Some(to.by.to_owned()),
                 keys,
             });
             let attributes = render(&marked).map_err(|e| TableError::Invalid {
@@ -133,16 +165,19 @@ impl PolicyTable {
         Err(WriteError::Contended { pk, attempts: ATTEMPTS }.into())
     }
 
-    /// Takes `tenant`'s mark as moving off, if it has one (its plan as it is: the next sync decides
-    /// it from API Gateway).
-    pub async fn unmark_moving(&self, tenant: &str) -> Result<(), TableError> {
+    /// Takes `tenant`'s mark as moving off if change `by` made it, or if it names no change (as
+    /// the release before did: its maker is unknown); another change's mark stays. Its plan stays
+    /// as it is: the next sync decides it from API Gateway.
+    pub async fn unmark_moving(&self, tenant: &str, by: &str) -> Result<(), TableError> {
         let pk = tenant_pk(tenant);
         let parse = |i: &Item| parse(&pk, i);
         let render = |r: &Record| render(r).unwrap_or_default();
+        let ours = |t: &TenantRecord| t.moving_by.as_deref().is_none_or(|m| m == by);
         write::change(self.client(), self.name(), &pk, parse, render, |now| match now {
-            Some(Record::Tenant(t)) if t.moving_until.is_some() => {
+            Some(Record::Tenant(t)) if t.moving_until.is_some() && ours(t) => {
                 write::ItemAction::Put(Record::Tenant(TenantRecord {
                     moving_until: None,
+                    moving_by: None,
                     ..t.clone()
                 }))
             }
@@ -150,5 +185,52 @@ impl PolicyTable {
         })
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether change `change` (undoing `undoes`) may mark acme at 1,000 over a mark by `by`
+    /// until `until`.
+    fn decided(by: Option<&str>, until: u64, change: &str, undoes: Option<&str>) -> Result<(), String> {
+        let marked = TenantRecord {
+            moving_until: Some(until),
+            moving_by: by.map(str::to_owned),
+            ..TenantRecord::on("gold")
+        };
+        let read = BTreeSet::new();
+        let to = Move {
+            tenant: "acme",
+            plan: "free",
+            now: 1_000,
+            until: 1_120,
+            read: &read,
+            by: change,
+            undoes,
+        };
+        live_mark(&marked, &to)
+    }
+
+    #[test]
+    fn a_live_mark_refuses_another_change_but_not_its_own_nor_its_rollback() {
+        // GIVEN a mark by change a, live until 1,060 WHEN another change b marks at 1,000 THEN
+        // refused, naming a and the end of its mark
+        let refused = decided(Some("a"), 1_060, "b", None).expect_err("a's mark is live");
+        assert!(
+            refused.contains("change a") && refused.contains("until 1060 "),
+            "{refused}"
+        );
+        assert!(refused.contains("60 s from now"), "{refused}");
+        // AND a retry of a, a rollback of a, and any change once the mark lapsed mark over it
+        assert_eq!(decided(Some("a"), 1_060, "a", None), Ok(()));
+        assert_eq!(decided(Some("a"), 1_060, "r", Some("a")), Ok(()));
+        assert!(decided(Some("a"), 1_060, "r", Some("c")).is_err());
+        assert_eq!(decided(Some("a"), 1_000, "b", None), Ok(()));
+        // AND a live mark naming no change refuses every change, a rollback too, until it lapses
+        let refused = decided(None, 1_001, "r", Some("a")).expect_err("live");
+        assert!(refused.contains("names no change"), "{refused}");
+        assert_eq!(decided(None, 999, "b", None), Ok(()));
     }
 }

@@ -170,11 +170,11 @@ pub fn diff(desired: &Desired, current: &Current) -> Vec<TableWrite> {
             Some(Record::Tenant(t)) => (t.anchor, t.keys.clone()),
             _ => (None, None),
         };
+        // Not held: no move under way, so no mark (`moving_until`, `moving_by`).
         let record = Record::Tenant(TenantRecord {
-            plan: plan.clone(),
             anchor,
-            moving_until: None,
             keys,
+            ..TenantRecord::on(plan)
         });
         want.insert(pk, record);
     }

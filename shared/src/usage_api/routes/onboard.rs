@@ -185,6 +185,7 @@ impl Onboarding<'_> {
             plan: body.plan.clone(),
             anchor: Some(self.anchor),
             moving_until: None,
+            moving_by: None,
             keys: Some(BTreeMap::from([(key.id.clone(), hash.to_hex())])),
         };
         let summary = format!(

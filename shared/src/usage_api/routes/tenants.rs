@@ -201,6 +201,8 @@ async fn set_plan(
             Some(t) if t.plan == from => ItemAction::Put(TenantRecord {
                 plan: to.to_owned(),
                 moving_until,
+                // The usage API's mark names no change.
+                moving_by: None,
                 ..t.clone()
             }),
             _ => ItemAction::Leave,
@@ -321,6 +323,8 @@ async fn write_moved(
             Some(t) if t.plan == from && besides(t).is_empty() => ItemAction::Put(TenantRecord {
                 plan: to.to_owned(),
                 moving_until,
+                // The usage API's mark names no change.
+                moving_by: None,
                 ..t.clone()
             }),
             _ => ItemAction::Leave,
