@@ -4,8 +4,10 @@
 pub(super) mod anchor;
 mod idempotency;
 pub(super) mod keys;
+pub(super) mod offboard;
 pub(super) mod onboard;
 pub(super) mod reset;
+mod revocations;
 pub(super) mod shed;
 pub(super) mod tenants;
 pub(super) mod usage;
@@ -282,6 +284,43 @@ impl UsageApi {
         }
     }
 
+    /// Closes intent `id` of a change that failed with `e` at `failed_at`, known to have written
+    /// nothing (`close_unwritten`); `e` handed back.
+    async fn unwritten(&self, id: String, actor: &str, summary: String, failed_at: &str, e: Problem) -> Problem {
+        let closing = self.change(id, actor, summary, Vec::new());
+        self.close_unwritten(closing.unwritten(failed_at, e.detail.clone()))
+            .await;
+        e
+    }
+
+    /// The record of attempt `id` of a request under an Idempotency-Key (`idempotency::attempt_id`)
+    /// whose writes are done: its own (`Recording::Own`), or, when an earlier attempt had made
+    /// every write (its answer lost), its intent closed as unwritten and the change recorded
+    /// under the earlier attempt's id, written once: a record that attempt wrote is kept as it
+    /// is (a change made once is recorded once), one it never wrote (it stopped after its writes)
+    /// is written now.
+    async fn record_attempt(
+        &self,
+        (id, recording): (String, Recording),
+        actor: &str,
+        summary: String,
+        items: Vec<ItemChange>,
+    ) -> Result<(), Problem> {
+        let Recording::Earlier(earlier) = recording else {
+            return self.audit_as(id, actor, summary, items).await;
+        };
+        let why = match &earlier {
+            Some(first) => format!("made by an earlier attempt with this Idempotency-Key, change {first}"),
+            None => "made by an earlier attempt with this Idempotency-Key".to_owned(),
+        };
+        let closing = self.change(id, actor, summary.clone(), Vec::new());
+        self.close_unwritten(closing.unwritten("its first write", why)).await;
+        match earlier {
+            Some(first) => self.audit_as(first, actor, summary, items).await,
+            None => Ok(()),
+        }
+    }
+
     fn change(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> ChangeRecord {
         ChangeRecord {
             id,
@@ -294,6 +333,15 @@ impl UsageApi {
             outcome: ChangeOutcome::Applied,
         }
     }
+}
+
+/// Whose record an attempt of a request under an Idempotency-Key writes (`record_attempt`).
+pub(super) enum Recording {
+    /// Its own: it made writes.
+    Own,
+    /// The earlier attempt's that made every write, named by the key it created (`None`: a key
+    /// that names none).
+    Earlier(Option<String>),
 }
 
 /// An item a change is about to write, its after not known yet (an intent's item).

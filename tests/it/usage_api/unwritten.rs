@@ -1,0 +1,98 @@
+//! Changes of the usage API that stop before their first write close their intent as unwritten
+//! (`not made, nothing written`), never listed `interrupted`: a move that meets a conflict, an
+//! offboarding whose first key API Gateway refuses, a reset the state store refuses.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use tollgate::policy_table::audit::Entry;
+use tollgate::usage_api::UsageApi;
+
+use super::{World, plan};
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::loopback::Running;
+
+/// The one entry of the trail whose summary starts with `what`.
+async fn entry(w: &World, what: &str) -> Entry {
+    let history = w.audit.history().await.expect("history");
+    let found: Vec<_> = history.iter().filter(|e| e.summary.starts_with(what)).collect();
+    let [e] = found.as_slice() else {
+        panic!("one `{what}`: {history:?}");
+    };
+    (*e).clone()
+}
+
+/// `e` is a change closed as unwritten: no status, and its summary says so.
+fn closed(e: &Entry) {
+    assert_eq!(e.status, None, "{e:?}");
+    assert!(e.summary.contains("not made, nothing written"), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_move_to_a_plan_without_a_usage_plan_is_closed_as_unwritten() {
+    // GIVEN acme onboarded, and a plan gold in the policy with no usage plan in API Gateway
+    let w = World::new("tg-unwritten-1").await;
+    w.onboarded("acme").await;
+    w.dir.put_plan(plan("gold"));
+    // WHEN acme is moved to gold
+    let res = (w.admin(reqwest::Method::PUT, "/v1/tenants/acme/plan"))
+        .json(&json!({"plan": "gold"}))
+        .send()
+        .await
+        .expect("answer");
+    // THEN the answer is the 409, and the trail closes the move as unwritten
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    closed(&entry(&w, "move tenant acme from plan free to gold").await);
+}
+
+#[tokio::test]
+async fn an_offboarding_whose_first_key_api_gateway_refuses_is_closed_as_unwritten() {
+    // GIVEN acme onboarded, the usage API's API Gateway calls through a proxy that refuses the
+    // disabling of its key
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("tg-unwritten-2", None, Some(&proxy.endpoint()), None).await;
+    let key = w.onboarded("acme").await;
+    proxy.inject_on("PATCH", &format!("/apikeys/{key}"), &[Some(Fault::AccessDenied)]);
+    // WHEN acme is offboarded
+    let res = (w.admin(reqwest::Method::DELETE, "/v1/tenants/acme"))
+        .send()
+        .await
+        .expect("answer");
+    // THEN it fails, and the trail closes the offboarding as unwritten
+    assert!(
+        res.status().is_server_error() || res.status().is_client_error(),
+        "{res:?}"
+    );
+    assert_eq!(proxy.injected(), 1);
+    closed(&entry(&w, "offboard tenant acme").await);
+}
+
+#[tokio::test]
+async fn a_reset_the_state_store_refuses_is_closed_as_unwritten() {
+    // GIVEN acme onboarded, and the usage API's state store behind a proxy that refuses its
+    // reads and writes
+    let w = World::new("tg-unwritten-3").await;
+    w.onboarded("acme").await;
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (_, table) = emulator::state_table().await;
+    let client = tollgate::aws::admin_client(&emulator::sdk_config(&proxy.endpoint()));
+    let api = UsageApi {
+        store: Arc::new(emulator::dynamo_store(&client, &table)),
+        ..w.api.clone()
+    };
+    let server = Running::start(api.router()).await;
+    proxy.inject_on("POST", "DynamoDB_20120810.GetItem", &[Some(Fault::AccessDenied); 4]);
+    // WHEN acme's day is reset
+    let res = (w.http.post(format!("{}/v1/tenants/acme/reset", server.base)))
+        .bearer_auth(super::TOKEN)
+        .json(&json!({"day": true}))
+        .send()
+        .await
+        .expect("answer");
+    // THEN the answer is a 503, and the trail closes the reset as unwritten
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    closed(&entry(&w, "reset tenant acme").await);
+}
