@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::idempotency::{Once, attempt_id, fingerprint, key_description, key_name, made_by, reused};
+use super::idempotency::{Once, attempt_id, fingerprint, key_description, key_name, reused};
 use super::usage_plans::UsagePlans;
 use super::{Api, Recording, create, disable_key, full, key_limit, revoke, tenant_change, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
@@ -241,10 +241,7 @@ impl Rotating<'_> {
             }
             Err(NotListed::OffPlan(e) | NotListed::Listing(e)) => return Err(e),
         };
-        let recording = match wrote {
-            true => Recording::Own,
-            false => Recording::Earlier(made_by(&key)),
-        };
+        let recording = Recording::of(wrote, &key);
         let now = api.now();
         let at = now.saturating_add(Duration::from_secs(self.grace)).as_secs();
         let items = rotation_items(tenant, tenant_changed, &hash, key_record);
@@ -265,22 +262,28 @@ impl Rotating<'_> {
                 return Err(e);
             }
         };
+        Ok(self.answer(record.plan, key, &revoking))
+    }
+
+    /// A rotation's idempotency record and answer: its new `key`, on `plan`, and the revocations
+    /// it scheduled.
+    fn answer(&self, plan: String, key: CreatedKey, revoking: &[Revocation]) -> (IdempotencyRecord, Response) {
         let done = IdempotencyRecord {
             fingerprint: self.fingerprint.to_owned(),
-            tenant: tenant.to_owned(),
-            plan: record.plan,
+            tenant: self.tenant.to_owned(),
+            plan,
             key_id: key.id.clone(),
             revoking: revoking.iter().map(|r| (r.key_id.clone(), r.at)).collect(),
         };
         let answer = created(Rotated {
-            tenant: tenant.to_owned(),
+            tenant: self.tenant.to_owned(),
             key: IssuedKey {
                 id: key.id,
                 value: key.value,
             },
             revoking: revoking_view(&done),
         });
-        Ok((done, answer))
+        (done, answer)
     }
 
     /// The rotation's new key, named `name`: created, or the key `existing` of that name an

@@ -22,7 +22,7 @@ use super::problem::Problem;
 use super::{AuditSink, MAX_TENANT_KEYS, UsageApi};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::UsagePlan;
-use crate::control::apigateway::writes::{ControlWrites, Patch};
+use crate::control::apigateway::writes::{ControlWrites, CreatedKey, Patch};
 use crate::control::sync::mapping::TAG_STACK;
 use crate::directory::DirectoryError;
 use crate::engine::clock::Timestamp;
@@ -342,6 +342,16 @@ pub(super) enum Recording {
     /// The earlier attempt's that made every write, named by the key it created (`None`: a key
     /// that names none).
     Earlier(Option<String>),
+}
+
+impl Recording {
+    /// An attempt's, which `wrote` or not, with `key` (the key it made, or an earlier attempt's).
+    fn of(wrote: bool, key: &CreatedKey) -> Recording {
+        match wrote {
+            true => Recording::Own,
+            false => Recording::Earlier(idempotency::made_by(key)),
+        }
+    }
 }
 
 /// An item a change is about to write, its after not known yet (an intent's item).

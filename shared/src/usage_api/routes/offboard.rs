@@ -12,10 +12,10 @@ use super::{Api, disable_key, key_change, revoke, tenant_change, touching};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::ItemChange;
 use crate::policy_table::write::ATTEMPTS;
-use crate::policy_table::{key_pk, tenant_pk};
+use crate::policy_table::{TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::http::{Admin, Answer, Tenant};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::{ItemAction, Revocation};
+use crate::usage_api::registry::{Changed, ItemAction, Revocation};
 use crate::usage_api::{REVOKED_KEY_RETENTION, UsageApi};
 
 /// One key of an offboarded tenant: disabled in API Gateway whatever the registry says (a key
@@ -153,15 +153,28 @@ pub(in crate::usage_api) async fn offboard(
         }
         rounds += 1;
     };
+    offboarded(&api, (id, &actor), &tenant, changed, items).await
+}
+
+/// The end of an offboarding whose keys are done and whose tenant's item is as `changed`: its
+/// writes (`items` and the tenant's) audited under `id`, and its answer: 204, or 409 for a tenant
+/// moved meanwhile (kept).
+async fn offboarded(
+    api: &UsageApi,
+    (id, actor): (String, &str),
+    tenant: &str,
+    changed: Changed<TenantRecord>,
+    mut items: Vec<ItemChange>,
+) -> Answer {
     let moved = changed.after.as_ref().map(|t| t.plan.clone());
-    items.extend(tenant_change(&tenant, changed));
+    items.extend(tenant_change(tenant, changed));
     let summary = match &moved {
         None => format!("offboard tenant {tenant}: keys disabled, usage history kept"),
         Some(now) => {
             format!("offboard tenant {tenant}: keys disabled; the tenant, moved to plan {now} meanwhile, kept")
         }
     };
-    api.audit_as(id, &actor, summary, items).await?;
+    api.audit_as(id, actor, summary, items).await?;
     if let Some(now) = moved {
         return Err(Problem::conflict(
             "tenant-changed",

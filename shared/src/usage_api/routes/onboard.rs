@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchor::checked_anchor;
-use super::idempotency::{Once, attempt_id, key_description, key_name, made_by, reused};
+use super::idempotency::{Once, attempt_id, key_description, key_name, reused};
 use super::usage_plans::UsagePlans;
 use super::{Api, Recording, create, disable_key, full, key_limit, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
@@ -224,10 +224,7 @@ impl Onboarding<'_> {
                 .await);
         };
         wrote |= api.registry.change_key(&hash, &create(&record)).await?.wrote();
-        let recording = match wrote {
-            true => Recording::Own,
-            false => Recording::Earlier(made_by(key)),
-        };
+        let recording = Recording::of(wrote, key);
         // The record is the onboarding's: the items as onboarding made them.
         let items = onboarding_items(&body.tenant, &made, &hash, &record);
         api.record_attempt((id, recording), self.actor, summary, items).await?;
