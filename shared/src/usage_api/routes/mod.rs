@@ -259,7 +259,7 @@ impl UsageApi {
         format!("usage-api-{:x}-{:08x}", self.now().as_nanos(), rand::random::<u32>())
     }
 
-    /// `intend` under a given id (one of an Idempotency-Key: a retry puts it once).
+    /// `intend` under a given id (an attempt's under an Idempotency-Key, `idempotency::attempt_id`).
     async fn intend_as(&self, id: &str, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
         let record = self.change(id.to_owned(), actor, summary, items);
         AuditSink::intend(self.audit.as_ref(), &record)
@@ -267,9 +267,9 @@ impl UsageApi {
             .map_err(Problem::unaudited)
     }
 
-    /// Audits under a given id, its intent's: a retried request that writes the same id again
-    /// leaves the first record as it is (`AuditLog::record`), so a retry never duplicates nor
-    /// loses it. A record that cannot be written leaves the intent naming the change.
+    /// Audits under a given id, its intent's: a record already there under it is left as it is
+    /// (`AuditLog::record`), so a change recorded once is never recorded twice. A record that
+    /// cannot be written leaves the intent naming the change.
     async fn audit_as(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
         let record = self.change(id, actor, summary, items);
         AuditSink::record(self.audit.as_ref(), &record).await?;
