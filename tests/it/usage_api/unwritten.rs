@@ -1,13 +1,16 @@
 //! Changes of the usage API that stop before their first write close their intent as unwritten
 //! (`not made, nothing written`), never listed `interrupted`: a move that meets a conflict, an
-//! offboarding whose first key API Gateway refuses, a reset the state store refuses.
+//! offboarding whose first key API Gateway refuses, a reset the state store refuses. A reset
+//! whose write may have landed (its answer lost) stays `interrupted`.
 
 use std::sync::Arc;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
+use tollgate::engine::clock::Clock;
 use tollgate::policy_table::audit::Entry;
+use tollgate::store::{Consume, Store};
 use tollgate::usage_api::UsageApi;
 
 use super::{World, plan};
@@ -95,4 +98,39 @@ async fn a_reset_the_state_store_refuses_is_closed_as_unwritten() {
     // THEN the answer is a 503, and the trail closes the reset as unwritten
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     closed(&entry(&w, "reset tenant acme").await);
+}
+
+#[tokio::test]
+async fn a_reset_whose_answer_is_lost_stays_interrupted() {
+    // GIVEN acme onboarded with one request counted today, and the usage API's state store
+    // behind a proxy that loses the answers of its writes: each write lands, its answer does not
+    let w = World::new("tg-unwritten-4").await;
+    w.onboarded("acme").await;
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (_, table) = emulator::state_table().await;
+    let client = tollgate::aws::admin_client(&emulator::sdk_config(&proxy.endpoint()));
+    let store = Arc::new(emulator::dynamo_store(&client, &table));
+    let free = plan("free");
+    let consume = Consume {
+        tenant: "acme",
+        limits: free.limits(),
+        weight: 1,
+        now: w.clock.now(),
+    };
+    assert!(store.consume(&consume).await.expect("decision").allowed);
+    let api = UsageApi { store, ..w.api.clone() };
+    let server = Running::start(api.router()).await;
+    proxy.inject_on("POST", "DynamoDB_20120810.UpdateItem", &[Some(Fault::LoseResponse); 3]);
+    // WHEN acme's day is reset
+    let res = (w.http.post(format!("{}/v1/tenants/acme/reset", server.base)))
+        .bearer_auth(super::TOKEN)
+        .json(&json!({"day": true}))
+        .send()
+        .await
+        .expect("answer");
+    // THEN the answer is a 503, and the trail keeps the reset interrupted: it may have been made
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(proxy.injected() >= 1);
+    let e = entry(&w, "reset tenant acme").await;
+    assert_eq!(e.status.as_deref(), Some("interrupted"), "{e:?}");
 }
