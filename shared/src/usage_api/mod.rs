@@ -56,7 +56,7 @@ pub const MAX_TENANT_KEYS: usize = 100;
 pub const REVOKED_KEY_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 /// How long a deleted key's revocation record is kept after the sweep deleted the key: past the
 /// sync queue's retention (a day) of the deletion's management event, whose sync reads it
-/// (`routes::keys`' `delete_one`). An event redriven from the dead-letter queue later finds no
+/// (`routes::revocations`' `delete_revoked`). An event redriven from the dead-letter queue later finds no
 /// record and is decided by a full reconcile.
 pub const DELETED_KEY_KEPT: Duration = Duration::from_secs(2 * 86_400);
 /// Longest `Idempotency-Key`.

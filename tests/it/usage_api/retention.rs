@@ -227,3 +227,30 @@ async fn a_deletion_api_gateway_refuses_is_closed_as_unwritten_and_tried_again()
     assert_eq!((deletions.len(), unwritten), (2, 1), "{history:?}");
     assert!(deletions.iter().all(|e| e.status.is_none()), "{history:?}");
 }
+
+#[tokio::test]
+async fn a_run_that_finds_the_key_gone_while_its_deleter_records_leaves_the_record_kept() {
+    // GIVEN hank's first key revoked by the sweep, its retention about to end, the usage API's
+    // audit writes through the proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, ..) = World::on_policy_table_with("tg-retention-8", None, Some(&proxy.endpoint())).await;
+    let (old, at) = revoked(&w, "hank").await;
+    let end = at + REVOKED_KEY_RETENTION.as_secs();
+    sweep_hourly_until(&w, end - 60).await;
+    w.clock.advance(Duration::from_secs(240));
+    // WHEN the schedule's run deletes the key and is held at its audit record, while an admin
+    // route's run reads the deletion and finds the key gone, then goes on
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[None, Some(Fault::Hold)]);
+    let (first, second) = tokio::join!(w.api.revoke_due(SCHEDULE_ACTOR), async {
+        proxy.wait_held().await;
+        let run = w.api.revoke_due("an-admin-route").await;
+        proxy.release();
+        run
+    });
+    assert_eq!(first.expect("first run").len(), 1);
+    second.expect("second run");
+    // THEN the key is gone, and its record is kept for the sync of the deletion's event
+    assert_eq!(in_gateway(&w, &old).await, None);
+    let kept = registry.revocation(&old).await.expect("read").expect("kept");
+    assert!(kept.at > w.clock.now().as_secs(), "{kept:?}");
+}

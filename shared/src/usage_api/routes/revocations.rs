@@ -2,6 +2,7 @@
 //! is over and deletes revoked keys whose retention is over, as the schedule and every admin route
 //! that reads or changes keys run it.
 
+use crate::control::apigateway::writes::ControlWrites;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::key_pk;
 use crate::usage_api::problem::Problem;
@@ -16,6 +17,15 @@ pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
     60u64
         .saturating_mul(1u64 << attempts.min(16))
         .min(MAX_REVOCATION_BACKOFF.as_secs())
+}
+
+/// Revocation `r` after a failed attempt at `now`: tried again after `revocation_backoff`.
+fn postponed(now: u64, r: &Revocation) -> Revocation {
+    Revocation {
+        at: now.saturating_add(revocation_backoff(r.attempts)),
+        attempts: r.attempts.saturating_add(1),
+        ..r.clone()
+    }
 }
 
 impl UsageApi {
@@ -55,11 +65,7 @@ impl UsageApi {
             Ok(done) => return Ok(done),
             Err(e) => e,
         };
-        let later = Revocation {
-            at: self.now().as_secs().saturating_add(revocation_backoff(r.attempts)),
-            attempts: r.attempts.saturating_add(1),
-            ..r.clone()
-        };
+        let later = postponed(self.now().as_secs(), r);
         tracing::warn!(
             key_id = %r.key_id, tenant = %r.tenant, attempts = later.attempts, retry_at = later.at,
             problem = %e.detail, "usage api: revoking a key failed; postponed"
@@ -115,53 +121,87 @@ impl UsageApi {
     }
 
     /// Deletes a revoked key from API Gateway, its retention over, so that revoked keys do not
-    /// fill the account's key quota; audited. Its record is kept for `DELETED_KEY_KEPT` more
-    /// (written over it as read), so that the sync of the deletion's management event, which
-    /// names only the key's id, finds the key's tenant and hash in it instead of listing every
-    /// key (`control::sync::scoped`); the sweep then finds the key gone and removes the record.
-    /// A key API Gateway has enabled again (by hand, since) is not deleted, and its record
-    /// removed; one it no longer has is done, its record removed. Whether it deleted the key.
+    /// fill the account's key quota; audited. Its record is kept for `DELETED_KEY_KEPT` more, so
+    /// that the sync of the deletion's management event, which names only the key's id, finds the
+    /// key's tenant and hash in it instead of listing every key (`control::sync::scoped`); the
+    /// sweep then finds the key gone and removes the record. A key API Gateway has enabled again
+    /// (by hand, since) is not deleted, and its record removed; one it no longer has is done, its
+    /// record removed. Whether it deleted the key.
     async fn delete_one(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
         if let Some(control) = &self.control {
             match control.api_key(&r.key_id).await? {
                 Some(k) if k.enabled => {
                     tracing::warn!(key_id = %r.key_id, "usage api: a revoked key is enabled again; not deleted");
                 }
-                Some(_) => {
-                    let summary = format!(
-                        "delete key {} of tenant {} from API Gateway (revoked, retention over)",
-                        r.key_id, r.tenant
-                    );
-                    let id = self.intend(actor, summary.clone(), Vec::new()).await?;
-                    // Refused (the key still there), it wrote nothing: this attempt's own intent
-                    // is closed so; a key gone all the same leaves it interrupted.
-                    if let Err(e) = control.delete_api_key(&r.key_id).await {
-                        let e = Problem::from(e);
-                        if !matches!(control.api_key(&r.key_id).await, Ok(Some(_))) {
-                            return Err(e);
-                        }
-                        let failed_at = "deleting the key from API Gateway";
-                        return Err(self.unwritten(id, actor, summary, failed_at, e).await);
-                    }
-                    self.audit_as(id, actor, summary, Vec::new()).await?;
-                    let kept = Revocation {
-                        at: self.now().as_secs().saturating_add(DELETED_KEY_KEPT.as_secs()),
-                        attempts: 0,
-                        ..r.clone()
-                    };
-                    if !self.registry.put_revocation(&kept, Some(r)).await? {
-                        tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
-                    }
-                    return Ok(true);
-                }
+                Some(_) => return self.delete_revoked(control.as_ref(), actor, r).await,
                 None => {}
             }
         }
-        // Removed as read: a record another run kept meanwhile (it deleted the key) stays.
+        // Removed as read: a record another run kept meanwhile (it deletes the key) stays.
         if !self.registry.remove_revocation_as_read(r).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
         Ok(false)
+    }
+
+    /// `delete_one` of a key API Gateway has, disabled. The kept record is written over the
+    /// revocation as read BEFORE the deletion: a run that then finds the key gone (an admin
+    /// route's, at once) removes only the revocation as it read it, never the kept record; a
+    /// revocation changed meanwhile (another run keeps it: it deletes the key) is left to that
+    /// run. A deletion that fails puts the revocation back, postponed (`revocation_backoff`).
+    async fn delete_revoked(&self, control: &dyn ControlWrites, actor: &str, r: &Revocation) -> Result<bool, Problem> {
+        let kept = Revocation {
+            at: self.now().as_secs().saturating_add(DELETED_KEY_KEPT.as_secs()),
+            attempts: 0,
+            ..r.clone()
+        };
+        if !self.registry.put_revocation(&kept, Some(r)).await? {
+            tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
+            return Ok(false);
+        }
+        let summary = format!(
+            "delete key {} of tenant {} from API Gateway (revoked, retention over)",
+            r.key_id, r.tenant
+        );
+        let id = match self.intend(actor, summary.clone(), Vec::new()).await {
+            Ok(id) => id,
+            Err(e) => return Err(self.postpone_kept(r, &kept, e).await),
+        };
+        // Refused (the key still there), it wrote nothing: this attempt's own intent is closed
+        // so; a key gone all the same leaves it interrupted.
+        if let Err(e) = control.delete_api_key(&r.key_id).await {
+            let e = Problem::from(e);
+            if !matches!(control.api_key(&r.key_id).await, Ok(Some(_))) {
+                return Err(e);
+            }
+            let e = self
+                .unwritten(id, actor, summary, "deleting the key from API Gateway", e)
+                .await;
+            return Err(self.postpone_kept(r, &kept, e).await);
+        }
+        self.audit_as(id, actor, summary, Vec::new()).await?;
+        Ok(true)
+    }
+
+    /// Puts revocation `r` back, postponed, over the record `kept` in its place (a deletion that
+    /// did not happen); `e` handed back. One changed meanwhile is left as it is.
+    async fn postpone_kept(&self, r: &Revocation, kept: &Revocation, e: Problem) -> Problem {
+        let later = postponed(self.now().as_secs(), r);
+        let put = match self.registry.revocation(&r.key_id).await {
+            Ok(Some(now)) if now == *kept => self.registry.put_revocation(&later, Some(&now)).await,
+            Ok(_) => Ok(false),
+            Err(read) => Err(read),
+        };
+        match put {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is")
+            }
+            Err(w) => {
+                tracing::warn!(key_id = %r.key_id, error = %w, "usage api: a revocation could not be put back; its key's deletion waits for its kept record's end")
+            }
+        }
+        e
     }
 
     /// `revoke_due` as the admin routes run it first (never the first runs' scan).
