@@ -1,7 +1,8 @@
 //! Changes of the usage API that stop before their first write close their intent as unwritten
-//! (`not made, nothing written`), never listed `interrupted`: a move that meets a conflict, an
-//! offboarding whose first key API Gateway refuses, a reset the state store refuses. A reset
-//! whose write may have landed (its answer lost) stays `interrupted`.
+//! (`not made, nothing written`), never listed `interrupted`: a move that meets a conflict, a
+//! reset the state store refuses. An offboarding whose first key fails in API Gateway says only
+//! `no policy item written` (the key may be disabled). A reset whose write may have landed (its
+//! answer lost) stays `interrupted`.
 
 use std::sync::Arc;
 
@@ -34,6 +35,14 @@ fn closed(e: &Entry) {
     assert!(e.summary.contains("not made, nothing written"), "{e:?}");
 }
 
+/// `e` is a change closed having written no policy item: no status, and its summary says only
+/// that (never `not made`).
+fn untabled(e: &Entry) {
+    assert_eq!(e.status, None, "{e:?}");
+    assert!(e.summary.contains(": no policy item written ("), "{e:?}");
+    assert!(!e.summary.contains("not made"), "{e:?}");
+}
+
 #[tokio::test]
 async fn a_move_to_a_plan_without_a_usage_plan_is_closed_as_unwritten() {
     // GIVEN acme onboarded, and a plan gold in the policy with no usage plan in API Gateway
@@ -52,7 +61,7 @@ async fn a_move_to_a_plan_without_a_usage_plan_is_closed_as_unwritten() {
 }
 
 #[tokio::test]
-async fn an_offboarding_whose_first_key_api_gateway_refuses_is_closed_as_unwritten() {
+async fn an_offboarding_whose_first_key_api_gateway_refuses_is_closed_having_written_no_policy_item() {
     // GIVEN acme onboarded, the usage API's API Gateway calls through a proxy that refuses the
     // disabling of its key
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
@@ -64,13 +73,36 @@ async fn an_offboarding_whose_first_key_api_gateway_refuses_is_closed_as_unwritt
         .send()
         .await
         .expect("answer");
-    // THEN it fails, and the trail closes the offboarding as unwritten
+    // THEN it fails, and the trail closes the offboarding having written no policy item
     assert!(
         res.status().is_server_error() || res.status().is_client_error(),
         "{res:?}"
     );
     assert_eq!(proxy.injected(), 1);
-    closed(&entry(&w, "offboard tenant acme").await);
+    untabled(&entry(&w, "offboard tenant acme").await);
+}
+
+#[tokio::test]
+async fn an_offboarding_that_disabled_its_first_key_never_says_not_made() {
+    // GIVEN acme onboarded, the usage API's API Gateway calls through a proxy that refuses
+    // taking its key off the free plan (after the key is disabled)
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("tg-unwritten-5", None, Some(&proxy.endpoint()), None).await;
+    let key = w.onboarded("acme").await;
+    let off_plan = format!("/usageplans/{}/keys/{key}", w.free_plan_id);
+    proxy.inject_on("DELETE", &off_plan, &[Some(Fault::AccessDenied)]);
+    // WHEN acme is offboarded
+    let res = (w.admin(reqwest::Method::DELETE, "/v1/tenants/acme"))
+        .send()
+        .await
+        .expect("answer");
+    // THEN it fails with the key disabled in API Gateway, and the trail says no policy item was
+    // written, not that the offboarding was not made
+    assert!(!res.status().is_success(), "{res:?}");
+    assert_eq!(proxy.injected(), 1);
+    let found = w.gw.get_api_key().api_key(&key).send().await.expect("key");
+    assert!(!found.enabled());
+    untabled(&entry(&w, "offboard tenant acme").await);
 }
 
 #[tokio::test]

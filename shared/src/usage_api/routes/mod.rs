@@ -293,6 +293,15 @@ impl UsageApi {
         e
     }
 
+    /// `unwritten` for a change that may have changed API Gateway but wrote no policy item
+    /// (`ChangeRecord::untabled`).
+    async fn untabled(&self, id: String, actor: &str, summary: String, failed_at: &str, e: Problem) -> Problem {
+        let closing = self.change(id, actor, summary, Vec::new());
+        self.close_unwritten(closing.untabled(failed_at, e.detail.clone()))
+            .await;
+        e
+    }
+
     /// The record of attempt `id` of a request under an Idempotency-Key (`idempotency::attempt_id`)
     /// whose writes are done: its own (`Recording::Own`), or, when an earlier attempt had made
     /// every write (its answer lost), its intent closed as unwritten and the change recorded

@@ -116,10 +116,11 @@ pub(in crate::usage_api) async fn offboard(
         for (key_id, hash) in &pending {
             match offboard_key(&api, (&tenant, plan_id.as_deref()), key_id, hash, &mut items).await {
                 Ok(()) => {}
-                // The first key failed before the policy table: nothing was written.
+                // The first key failed before the policy table: no policy item was written (API
+                // Gateway may have disabled it, or taken it off its plan, before the failure).
                 Err(Offboarded::InGateway(e)) if disabled.is_empty() => {
                     return Err(api
-                        .unwritten(id, &actor, summary, "disabling a key in API Gateway", e)
+                        .untabled(id, &actor, summary, "taking a key off API Gateway", e)
                         .await);
                 }
                 Err(Offboarded::InGateway(e) | Offboarded::InTable(e)) => return Err(e),

@@ -165,12 +165,13 @@ pub(in crate::usage_api) async fn move_plan(
         let id = api.intend(&actor, summary.clone(), pk()).await?;
         let changed = match finish_move(&api, &plans, c.as_ref(), &tenant, &record.plan, &keys).await {
             Ok(changed) => changed,
-            // Its one policy-table write is its last step: a conflict before it wrote nothing.
-            Err(e) => match unmarked(e) {
-                MoveFailed::Unwritten(e) => {
-                    return Err(api.unwritten(id, &actor, summary, "finishing the move", e).await);
+            // Its one policy-table write is its last step: a conflict before it wrote no policy
+            // item (its keys may have moved in API Gateway).
+            Err(e) => match in_gateway(e) {
+                MoveFailed::InGateway(e) => {
+                    return Err(api.untabled(id, &actor, summary, "finishing the move", e).await);
                 }
-                MoveFailed::Other(e) => return Err(e),
+                MoveFailed::Unwritten(e) | MoveFailed::Other(e) => return Err(e),
             },
         };
         let items = tenant_change(&tenant, changed).into_iter().collect();
@@ -189,6 +190,9 @@ pub(in crate::usage_api) async fn move_plan(
             Ok(changed) => changed,
             Err(MoveFailed::Unwritten(e)) => {
                 return Err(api.unwritten(id, &actor, summary, "moving the tenant", e).await);
+            }
+            Err(MoveFailed::InGateway(e)) => {
+                return Err(api.untabled(id, &actor, summary, "moving the tenant", e).await);
             }
             Err(MoveFailed::Other(e)) => return Err(e),
         };
@@ -225,10 +229,13 @@ async fn set_plan(
     Ok(changed)
 }
 
-/// Why a move failed: a conflict found before its first policy-table write (its intent is closed
-/// as unwritten), or anything else (it may have written: it stays interrupted).
+/// Why a move failed: a conflict found before its first write (its intent is closed as
+/// unwritten), one found after API Gateway calls that may have moved keys but before its first
+/// policy-table write (closed saying no policy item was written), or anything else (it may have
+/// written: it stays interrupted).
 enum MoveFailed {
     Unwritten(Problem),
+    InGateway(Problem),
     Other(Problem),
 }
 
@@ -237,6 +244,15 @@ enum MoveFailed {
 fn unmarked(e: Problem) -> MoveFailed {
     match e.status == StatusCode::CONFLICT.as_u16() {
         true => MoveFailed::Unwritten(e),
+        false => MoveFailed::Other(e),
+    }
+}
+
+/// A move's failure after API Gateway calls, before its first policy-table write: `InGateway`
+/// when it is a conflict, else one that may have written.
+fn in_gateway(e: Problem) -> MoveFailed {
+    match e.status == StatusCode::CONFLICT.as_u16() {
+        true => MoveFailed::InGateway(e),
         false => MoveFailed::Other(e),
     }
 }
@@ -261,14 +277,16 @@ async fn move_tenant(
     // The old plan may have no usage plan of the stack's: then no key is on it to take off.
     let from = api.find_usage_plan(plans, control, old).await.map_err(unmarked)?;
     let to = api.usage_plan(plans, control, new).await.map_err(unmarked)?;
-    let from = match from {
-        Some(f) if share_a_stage(&f, &to) => f,
+    // A conflict before the mark wrote no policy item; after the unmarked order's calls, keys
+    // may have moved in API Gateway.
+    let (from, before_mark): (_, fn(Problem) -> MoveFailed) = match from {
+        Some(f) if share_a_stage(&f, &to) => (f, unmarked),
         from => match (move_unmarked(api, control, tenant, (old, new), (from.as_ref(), &to.id), keys).await)
-            .map_err(unmarked)?
+            .map_err(in_gateway)?
         {
             Ok(changed) => return Ok(changed),
             // The stages changed since they were read: the marked order below.
-            Err(f) => f,
+            Err(f) => (f, in_gateway),
         },
     };
     let until = api.now().saturating_add(MOVE_WINDOW).as_secs();
@@ -279,7 +297,7 @@ async fn move_tenant(
     for _ in 0..=ATTEMPTS {
         match write_moved(api, tenant, (old, new), Some(until), &keys)
             .await
-            .map_err(unmarked)?
+            .map_err(before_mark)?
         {
             Ok(changed) => {
                 marked = Some(changed);
@@ -289,7 +307,7 @@ async fn move_tenant(
         }
     }
     let Some(marked) = marked else {
-        return Err(MoveFailed::Unwritten(keys_kept_changing(tenant)));
+        return Err(before_mark(keys_kept_changing(tenant)));
     };
     // Marked: whatever fails now has written.
     if let Err(e) = off_then_on(control, &from.id, &to.id, &keys).await {
