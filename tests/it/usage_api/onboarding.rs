@@ -121,15 +121,14 @@ async fn an_onboarding_whose_record_failed_is_listed_as_interrupted_and_recorded
     let (s1, first) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
     let (s2, second) = w.onboard_via(&w.base, "initech", "idem-i").await.expect("retry");
     // THEN the retries answer the one key, and the trail holds the onboarding exactly once,
-    // recorded under the first attempt's id (each retry, finding every write made, closes its own
-    // intent as unwritten)
+    // recorded
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(first, second);
     assert_eq!(w.keys_of("initech").await.len(), 1);
     let history = w.audit.history().await.expect("history");
     let onboards: Vec<_> = history
         .iter()
-        .filter(|e| e.summary.contains("onboard tenant initech") && !e.summary.contains("not made"))
+        .filter(|e| e.summary.contains("onboard tenant initech"))
         .collect();
     assert_eq!(onboards.len(), 1, "{history:?}");
     assert_eq!((&onboards[0].id, onboards[0].status), (&entry.id, None));
@@ -308,16 +307,14 @@ async fn an_idempotency_key_sent_again_for_another_tenant_after_a_failed_onboard
     let (status, body) = w.onboard_via(&w.base, "beta", "idem-reused").await.expect("answer");
     assert!(failed.is_server_error() || failed.is_client_error(), "{problem}");
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    // THEN the trail keeps acme's attempt, closed as unwritten, apart from beta's recorded change
+    // THEN the trail keeps acme's intent (interrupted) apart from beta's recorded change
     let history = w.audit.history().await.expect("history");
     let entry = |tenant: &str| {
         history
             .iter()
             .find(|e| e.summary.starts_with(&format!("onboard tenant {tenant} ")))
     };
-    let acme = entry("acme").expect("acme's attempt");
-    assert_eq!(acme.status, None, "{history:?}");
-    assert!(acme.summary.contains("not made, nothing written"), "{history:?}");
+    assert_eq!(entry("acme").map(|e| e.status), Some(Some(INTERRUPTED)), "{history:?}");
     assert_eq!(entry("beta").map(|e| e.status), Some(None), "{history:?}");
 }
 

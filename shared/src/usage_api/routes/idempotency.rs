@@ -121,27 +121,13 @@ pub(super) fn fingerprint(parts: &[&[u8]]) -> String {
     hex::encode(digest.finalize())
 }
 
-/// The audit id of one attempt of a request under an Idempotency-Key: `usage-api-<kind>-`, 16 hex
-/// digits of the tenant and the key (shared by the request's attempts, so they are found side by
-/// side), and a random part of the attempt's own. A failed attempt that wrote nothing closes its
-/// own intent so (`ChangeRecord::unwritten`), and a retry that succeeds writes its own record,
-/// never refused as the failed one's.
-pub(super) fn attempt_id(kind: &str, tenant: &str, idem: &str) -> String {
-    let request = fingerprint(&[kind.as_bytes(), tenant.as_bytes(), idem.as_bytes()]);
-    format!("usage-api-{kind}-{}-{:08x}", &request[..16], rand::random::<u32>())
-}
-
-/// The description of the API key an attempt creates: `what`, and the audit id of the attempt's
-/// change, which a retry that finds the key reads back (`made_by`).
-pub(super) fn key_description(what: &str, change: &str) -> String {
-    format!("{what} (change {change})")
-}
-
-/// The audit id of the change whose attempt created `key`, from its description
-/// (`key_description`); `None` for a key described otherwise (made before keys named it).
-pub(super) fn made_by(key: &CreatedKey) -> Option<String> {
-    let description = key.description.as_deref()?.strip_suffix(')')?;
-    description.rsplit_once(" (change ").map(|(_, id)| id.to_owned())
+/// The audit id of a request under an Idempotency-Key: `usage-api-<kind>-` and 16 hex digits of
+/// `label`, the tenant and the key. Every attempt of the request audits under it, so a change is
+/// recorded once (records are written once) and a retry that succeeds records a failed attempt's
+/// change under its intent.
+pub(super) fn audit_id(label: &str, kind: &str, tenant: &str, idem: &str) -> String {
+    let id = fingerprint(&[label.as_bytes(), tenant.as_bytes(), idem.as_bytes()]);
+    format!("usage-api-{kind}-{}", &id[..16])
 }
 
 /// The name of the key a request creates: one per stack, tenant and `idem` (an Idempotency-Key,

@@ -10,9 +10,9 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::idempotency::{Once, attempt_id, fingerprint, key_description, key_name, reused};
+use super::idempotency::{Once, audit_id, fingerprint, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, Recording, create, disable_key, full, key_limit, revoke, tenant_change, touching};
+use super::{Api, create, disable_key, full, key_limit, revoke, tenant_change, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
@@ -38,28 +38,21 @@ pub(in crate::usage_api) struct Rotation {
 /// the tenant, while the tenant is still on that plan and not moving. The item comes before the
 /// listing: an offboarding that finds the key listed finds its item too, and revokes it. On any
 /// error the key is withdrawn: unlisted, nothing would ever revoke it, and a retry starts clean.
-/// A tenant moved or offboarded meanwhile is a 409 `tenant-changed`. The tenant's list as it is
-/// after, and whether this attempt wrote the key's item or list (a retry finds them written).
+/// A tenant moved or offboarded meanwhile is a 409 `tenant-changed`.
 async fn put_on_plan_and_list(
     api: &UsageApi,
     control: &dyn ControlWrites,
     (tenant, plan, plan_id): (&str, &str, &str),
     key: &KeyRecord,
     hash: &ApiKeyHash,
-) -> Result<(Changed<TenantRecord>, bool), NotListed> {
+) -> Result<Changed<TenantRecord>, Problem> {
     let key_id = key.key_id.as_str();
-    if let Err(e) = control.create_usage_plan_key(plan_id, key_id).await {
-        withdraw(api, control, (tenant, plan_id), key_id, hash).await;
-        return Err(NotListed::OffPlan(e.into()));
-    }
     let listed = async {
-        let wrote = api.registry.change_key(hash, &create(key)).await?.wrote();
+        control.create_usage_plan_key(plan_id, key_id).await?;
+        api.registry.change_key(hash, &create(key)).await?;
         let changed = api.list_key((tenant, plan), key_id, &hash.to_hex()).await?;
         match &changed.after {
-            Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(key_id)) => {
-                let wrote = wrote || changed.wrote();
-                Ok((changed, wrote))
-            }
+            Some(t) if t.keys.as_ref().is_some_and(|k| k.contains_key(key_id)) => Ok(changed),
             Some(t) if full(t.keys.as_ref(), Some(key_id)) => Err(key_limit(tenant)),
             Some(t) if t.plan != plan || t.moving_until.is_some() => Err(Problem::conflict(
                 "tenant-changed",
@@ -80,16 +73,7 @@ async fn put_on_plan_and_list(
         Err(e) => e,
     };
     withdraw(api, control, (tenant, plan_id), key_id, hash).await;
-    Err(NotListed::Listing(e))
-}
-
-/// Why a rotation's new key was not listed (`put_on_plan_and_list`).
-enum NotListed {
-    /// API Gateway refused to put it on the usage plan: the policy table was not written to
-    /// unless the key's item is an earlier attempt's (the withdrawal revokes it).
-    OffPlan(Problem),
-    /// A step after: the key's item may be written.
-    Listing(Problem),
+    Err(e)
 }
 
 /// A rotation's new key that is not issued: disabled in API Gateway, its item revoked, taken off
@@ -208,19 +192,17 @@ impl Rotating<'_> {
         if full(Some(&listed), existing.as_deref()) {
             return Err(key_limit(tenant));
         }
+        // Audited under an id of the Idempotency-Key (`audit_id`): a retry writes it once, and a
+        // failed attempt's intent stays `interrupted` until a retry records the change.
         // Write-ahead: the intent before the new key is created, so a refused intent leaves no
-        // key on the plan; its id is this attempt's own (`attempt_id`). The key's id and item are
-        // not known yet: the intent names the tenant's item, the record all.
-        let audit_id = attempt_id("rotate", tenant, self.idem);
+        // key on the plan; the key's id and item are not known yet: the intent names the tenant's
+        // item, the record all.
+        let audit_id = audit_id("rotation-audit", "rotate", tenant, self.idem);
         let summary = format!("rotate keys of tenant {tenant}: a new key");
-        api.intend_as(&audit_id, actor, summary.clone(), vec![touching(tenant_pk(tenant))])
+        api.intend_as(&audit_id, actor, summary, vec![touching(tenant_pk(tenant))])
             .await?;
-        let fresh = existing.is_none();
         // Not among the keys this rotation revokes (a retry finds it listed).
-        let key = match self.new_key(control.as_ref(), name, existing, &audit_id).await {
-            Ok(key) => key,
-            Err(e) => return Err(api.unwritten(audit_id, actor, summary, "making the new key", e).await),
-        };
+        let key = self.new_key(control.as_ref(), name, existing).await?;
         listed.remove(&key.id);
         let hash = ApiKeyHash::of(&key.value);
         let key_record = KeyRecord {
@@ -231,17 +213,7 @@ impl Rotating<'_> {
         // Its item written and listed on the tenant before any revocation: a rotation at the
         // same time adds its own key to the list as it is then, so neither is lost.
         let on = (tenant, record.plan.as_str(), plan_id.as_str());
-        let (tenant_changed, wrote) = match put_on_plan_and_list(api, control.as_ref(), on, &key_record, &hash).await {
-            Ok(listed) => listed,
-            // A key this attempt made had no item: nothing was written.
-            Err(NotListed::OffPlan(e)) if fresh => {
-                return Err(api
-                    .unwritten(audit_id, actor, summary, "putting the new key on its plan", e)
-                    .await);
-            }
-            Err(NotListed::OffPlan(e) | NotListed::Listing(e)) => return Err(e),
-        };
-        let recording = Recording::of(wrote, &key);
+        let tenant_changed = put_on_plan_and_list(api, control.as_ref(), on, &key_record, &hash).await?;
         let now = api.now();
         let at = now.saturating_add(Duration::from_secs(self.grace)).as_secs();
         let items = rotation_items(tenant, tenant_changed, &hash, key_record);
@@ -249,7 +221,7 @@ impl Rotating<'_> {
         // its value never reaches the client.
         let revoked = revoke_listed(
             api,
-            (actor, (audit_id, recording)),
+            (actor, audit_id),
             (tenant, &key.id),
             &listed,
             (now.as_secs(), at),
@@ -293,7 +265,6 @@ impl Rotating<'_> {
         control: &dyn ControlWrites,
         name: String,
         existing: Option<String>,
-        change: &str,
     ) -> Result<CreatedKey, Problem> {
         if let Some(id) = existing {
             let key = reused(control.api_key(&id).await?, &id)?;
@@ -315,7 +286,7 @@ impl Rotating<'_> {
         let key = NewApiKey {
             name,
             customer_id: Some(self.tenant.to_owned()),
-            description: Some(key_description("rotated by the Tollgate usage API", change)),
+            description: Some("rotated by the Tollgate usage API".to_owned()),
             enabled: true,
             value: None,
             tags: self.api.key_tags(),
@@ -352,11 +323,11 @@ fn revoking_view(done: &IdempotencyRecord) -> Vec<KeyView> {
 
 /// The rest of a rotation whose new key `key_id` is listed: the revocation of the keys `listed`
 /// before it scheduled at `at` (another rotation's new key is never revoked here), its writes
-/// (`items`) audited as `actor` under its attempt's id (`record_attempt`), the keys due by `now`
+/// (`items`) audited as `actor` under `audit_id` (written once), the keys due by `now`
 /// revoked, and its tenant read again (`still_listed`); the revocations scheduled.
 async fn revoke_listed(
     api: &UsageApi,
-    (actor, audit): (&str, (String, Recording)),
+    (actor, audit_id): (&str, String),
     (tenant, key_id): (&str, &str),
     listed: &BTreeMap<String, String>,
     (now, at): (u64, u64),
@@ -368,7 +339,7 @@ async fn revoke_listed(
         scheduled.len(),
         format_utc(at)
     );
-    api.record_attempt(audit, actor, summary, items).await?;
+    api.audit_as(audit_id, actor, summary, items).await?;
     // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
     // that fails is postponed, as the sweep does).
     for r in scheduled.iter().filter(|r| r.at <= now) {

@@ -22,7 +22,7 @@ use super::problem::Problem;
 use super::{AuditSink, MAX_TENANT_KEYS, UsageApi};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::UsagePlan;
-use crate::control::apigateway::writes::{ControlWrites, CreatedKey, Patch};
+use crate::control::apigateway::writes::{ControlWrites, Patch};
 use crate::control::sync::mapping::TAG_STACK;
 use crate::directory::DirectoryError;
 use crate::engine::clock::Timestamp;
@@ -259,7 +259,7 @@ impl UsageApi {
         format!("usage-api-{:x}-{:08x}", self.now().as_nanos(), rand::random::<u32>())
     }
 
-    /// `intend` under a given id (an attempt's under an Idempotency-Key, `idempotency::attempt_id`).
+    /// `intend` under a given id (a request's under an Idempotency-Key, `idempotency::audit_id`).
     async fn intend_as(&self, id: &str, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
         let record = self.change(id.to_owned(), actor, summary, items);
         AuditSink::intend(self.audit.as_ref(), &record)
@@ -302,34 +302,6 @@ impl UsageApi {
         e
     }
 
-    /// The record of attempt `id` of a request under an Idempotency-Key (`idempotency::attempt_id`)
-    /// whose writes are done: its own (`Recording::Own`), or, when an earlier attempt had made
-    /// every write (its answer lost), its intent closed as unwritten and the change recorded
-    /// under the earlier attempt's id, written once: a record that attempt wrote is kept as it
-    /// is (a change made once is recorded once), one it never wrote (it stopped after its writes)
-    /// is written now.
-    async fn record_attempt(
-        &self,
-        (id, recording): (String, Recording),
-        actor: &str,
-        summary: String,
-        items: Vec<ItemChange>,
-    ) -> Result<(), Problem> {
-        let Recording::Earlier(earlier) = recording else {
-            return self.audit_as(id, actor, summary, items).await;
-        };
-        let why = match &earlier {
-            Some(first) => format!("made by an earlier attempt with this Idempotency-Key, change {first}"),
-            None => "made by an earlier attempt with this Idempotency-Key".to_owned(),
-        };
-        let closing = self.change(id, actor, summary.clone(), Vec::new());
-        self.close_unwritten(closing.unwritten("its first write", why)).await;
-        match earlier {
-            Some(first) => self.audit_as(first, actor, summary, items).await,
-            None => Ok(()),
-        }
-    }
-
     fn change(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> ChangeRecord {
         ChangeRecord {
             id,
@@ -340,25 +312,6 @@ impl UsageApi {
             items,
             checkpoint: None,
             outcome: ChangeOutcome::Applied,
-        }
-    }
-}
-
-/// Whose record an attempt of a request under an Idempotency-Key writes (`record_attempt`).
-pub(super) enum Recording {
-    /// Its own: it made writes.
-    Own,
-    /// The earlier attempt's that made every write, named by the key it created (`None`: a key
-    /// that names none).
-    Earlier(Option<String>),
-}
-
-impl Recording {
-    /// An attempt's, which `wrote` or not, with `key` (the key it made, or an earlier attempt's).
-    fn of(wrote: bool, key: &CreatedKey) -> Recording {
-        match wrote {
-            true => Recording::Own,
-            false => Recording::Earlier(idempotency::made_by(key)),
         }
     }
 }

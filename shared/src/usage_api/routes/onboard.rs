@@ -11,9 +11,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchor::checked_anchor;
-use super::idempotency::{Once, attempt_id, key_description, key_name, reused};
+use super::idempotency::{Once, audit_id, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, Recording, create, disable_key, full, key_limit, touching};
+use super::{Api, create, disable_key, full, key_limit, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::ItemChange;
@@ -93,41 +93,31 @@ impl Onboarding<'_> {
         self.check_tenant_free(existing.as_deref()).await?;
         let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;
         // Write-ahead: the intent before the key is created, so a refused intent leaves no key on
-        // the plan. Its id is this attempt's own (`attempt_id`); the key's id and item are not
-        // known yet: the intent names the tenant's item, the record all.
-        let id = attempt_id("onboard", &body.tenant, self.idem);
+        // the plan. Its id is of the tenant and the Idempotency-Key (`audit_id`: a retry puts it
+        // once, and a failed attempt's intent stays `interrupted` until a retry records the
+        // change; the key sent again for another tenant after a failed attempt is another
+        // change); the key's id and item are not known yet: the intent names the tenant's item,
+        // the record all.
+        let id = audit_id("onboard-audit", "onboard", &body.tenant, self.idem);
         let summary = format!("onboard tenant {} on plan {}", body.tenant, body.plan);
         let intended = vec![touching(tenant_pk(&body.tenant))];
-        api.intend_as(&id, self.actor, summary.clone(), intended).await?;
-        // Nothing is written to the policy table before `record`: a failure here closes the
-        // intent as unwritten.
-        let keyed = async {
-            let key = match existing {
-                Some(id) => reused(control.api_key(&id).await?, &id)?,
-                None => {
-                    control
-                        .create_api_key(&NewApiKey {
-                            name,
-                            customer_id: Some(body.tenant.clone()),
-                            description: Some(key_description("created by the Tollgate usage API", &id)),
-                            enabled: true,
-                            value: None,
-                            tags: api.key_tags(),
-                        })
-                        .await?
-                }
-            };
-            control.create_usage_plan_key(&plan_id, &key.id).await?;
-            Ok::<_, Problem>(key)
-        };
-        let key = match keyed.await {
-            Ok(key) => key,
-            Err(e) => {
-                return Err(api
-                    .unwritten(id, self.actor, summary, "putting the API key on its plan", e)
-                    .await);
+        api.intend_as(&id, self.actor, summary, intended).await?;
+        let key = match existing {
+            Some(id) => reused(control.api_key(&id).await?, &id)?,
+            None => {
+                control
+                    .create_api_key(&NewApiKey {
+                        name,
+                        customer_id: Some(body.tenant.clone()),
+                        description: Some("created by the Tollgate usage API".to_owned()),
+                        enabled: true,
+                        value: None,
+                        tags: api.key_tags(),
+                    })
+                    .await?
             }
         };
+        control.create_usage_plan_key(&plan_id, &key.id).await?;
         let anchor = self.record(id, &key, control, &plan_id).await?;
         let done = IdempotencyRecord {
             fingerprint: self.fingerprint.clone(),
@@ -172,11 +162,11 @@ impl Onboarding<'_> {
     }
 
     /// Writes the tenant record (created where there is none), then the key's, then their audit
-    /// record under `id`, its intent's; an attempt that finds both written by an earlier one (its
-    /// answer lost) writes that one's record, once (`record_attempt`). A tenant another request
-    /// onboarded meanwhile on another plan keeps it: this onboarding's key is disabled and taken
-    /// off `plan_id` again, never recorded, the intent closed as unwritten (a retry finds the
-    /// tenant is not its own: 409 again). The tenant's anchor day as stored.
+    /// record under `id`, its intent's (the Idempotency-Key's): a retry after a failure below
+    /// writes the same record again (kept once), and a replay finds it written. A tenant another
+    /// request onboarded meanwhile on another plan keeps it: this onboarding's key is disabled and
+    /// taken off `plan_id` again, never recorded (a retry finds the tenant is not its own: 409
+    /// again). The tenant's anchor day as stored.
     async fn record(
         &self,
         id: String,
@@ -203,7 +193,6 @@ impl Onboarding<'_> {
             body.tenant, body.plan, key.id
         );
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
-        let mut wrote = tenant.wrote();
         // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too,
         // unless it is moving.
         let tenant = match &tenant.after {
@@ -213,21 +202,15 @@ impl Onboarding<'_> {
             }
             _ => tenant,
         };
-        wrote |= tenant.wrote();
         let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
         // A retry finds the first attempt's record, anchor day included.
         let Some(made) = tenant.after.clone().filter(|t| t.plan == body.plan && listed(t)) else {
-            // Refused before any write.
-            let e = self.withdraw(control, &key.id, plan_id, tenant.after).await;
-            return Err(api
-                .unwritten(id, self.actor, summary, "writing the tenant's item", e)
-                .await);
+            return Err(self.withdraw(control, &key.id, plan_id, tenant.after).await);
         };
-        wrote |= api.registry.change_key(&hash, &create(&record)).await?.wrote();
-        let recording = Recording::of(wrote, key);
-        // The record is the onboarding's: the items as onboarding made them.
+        api.registry.change_key(&hash, &create(&record)).await?;
+        // The record a retry writes again is the first attempt's: the items as onboarding made them.
         let items = onboarding_items(&body.tenant, &made, &hash, &record);
-        api.record_attempt((id, recording), self.actor, summary, items).await?;
+        api.audit_as(id, self.actor, summary, items).await?;
         Ok(made.anchor)
     }
 
