@@ -1,7 +1,7 @@
 //! Changes of the usage API that stop before their first write close their intent as unwritten
 //! (`not made, nothing written`), never listed `interrupted`: a move that meets a conflict, a
-//! reset the state store refuses. An offboarding whose first key fails in API Gateway says only
-//! `no policy item written` (the key may be disabled). A reset whose write may have landed (its
+//! reset the state store refuses. An offboarding whose first key fails in API Gateway, and a move
+//! that meets a conflict after its key moved there, say only `no policy item written`. A reset whose write may have landed (its
 //! answer lost) stays `interrupted`.
 
 use std::sync::Arc;
@@ -165,4 +165,29 @@ async fn a_reset_whose_answer_is_lost_stays_interrupted() {
     assert!(proxy.injected() >= 1);
     let e = entry(&w, "reset tenant acme").await;
     assert_eq!(e.status, Some("interrupted"), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_move_that_meets_a_conflict_after_its_key_moved_never_says_not_made() {
+    // GIVEN acme onboarded on free, the usage API's API Gateway calls through a proxy that holds
+    // the move's taking of its key off free (free and pro share no stage: the key is on pro by
+    // then)
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("tg-unwritten-6", None, Some(&proxy.endpoint()), None).await;
+    w.onboarded("acme").await;
+    proxy.inject_on("DELETE", "/keys/", &[Some(Fault::Hold)]);
+    // WHEN acme is moved to pro, and put on another plan meanwhile, while the move is held
+    let moving = (w.admin(reqwest::Method::PUT, "/v1/tenants/acme/plan"))
+        .json(&json!({"plan": "pro"}))
+        .send();
+    let meanwhile = async {
+        proxy.wait_held().await;
+        w.dir.put_tenant("acme", "gold");
+        proxy.release();
+    };
+    let (res, ()) = tokio::join!(moving, meanwhile);
+    // THEN the move answers 409, and the trail says it wrote no policy item, not that it was not
+    // made (its key is on pro)
+    assert_eq!(res.expect("answer").status(), StatusCode::CONFLICT);
+    untabled(&entry(&w, "move tenant acme from plan free to pro").await);
 }
