@@ -27,6 +27,18 @@ async fn entries(w: &World, what: &str) -> (Vec<Entry>, Vec<Entry>, Vec<Entry>) 
     kinds
 }
 
+/// The one applied entry of the trail whose summary starts with `what`, the trail holding no
+/// other (none closed as unwritten, none interrupted).
+async fn recorded_once(w: &World, what: &str) -> Entry {
+    let (applied, unwritten, interrupted) = entries(w, what).await;
+    assert_eq!(
+        (applied.len(), unwritten.len(), interrupted.len()),
+        (1, 0, 0),
+        "{applied:?} {unwritten:?} {interrupted:?}"
+    );
+    applied.into_iter().next().expect("one")
+}
+
 /// Removes Idempotency-Key `idem`'s record from `table`, as if the attempt that wrote everything
 /// had lost its answer before writing it.
 async fn lose_idempotency_record(sdk: &aws_config::SdkConfig, table: &str, idem: &str) {
@@ -52,13 +64,8 @@ async fn a_failed_onboarding_attempt_is_recorded_by_its_retry_once() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     // THEN the retry's record closes the failed attempt's intent: the onboarding is recorded
     // once, nothing is interrupted
-    let (applied, unwritten, interrupted) = entries(&w, "onboard tenant acme ").await;
-    assert_eq!(
-        (applied.len(), unwritten.len(), interrupted.len()),
-        (1, 0, 0),
-        "{applied:?} {unwritten:?} {interrupted:?}"
-    );
-    let record = w.audit.get(&applied[0].id).await.expect("record");
+    let applied = recorded_once(&w, "onboard tenant acme ").await;
+    let record = w.audit.get(&applied.id).await.expect("record");
     assert_eq!(record.items.len(), 2, "{record:?}");
 }
 
@@ -81,12 +88,7 @@ async fn an_onboarding_retried_after_a_lost_answer_is_recorded_once() {
         (&first["key"]["id"], &second["key"]["id"]),
         (&third["key"]["id"], &third["key"]["id"])
     );
-    let (applied, unwritten, interrupted) = entries(&w, "onboard tenant globex ").await;
-    assert_eq!(
-        (applied.len(), unwritten.len(), interrupted.len()),
-        (1, 0, 0),
-        "{applied:?} {unwritten:?} {interrupted:?}"
-    );
+    recorded_once(&w, "onboard tenant globex ").await;
 }
 
 #[tokio::test]
@@ -112,12 +114,7 @@ async fn a_failed_rotation_attempt_and_a_retry_after_a_lost_answer_are_recorded_
     assert_eq!(body["key"]["id"], same["key"]["id"]);
     // THEN the rotation is recorded once, by the retry that made it, closing the failed attempt's
     // intent: nothing is interrupted
-    let (applied, unwritten, interrupted) = entries(&w, "rotate keys of tenant acme").await;
-    assert_eq!(
-        (applied.len(), unwritten.len(), interrupted.len()),
-        (1, 0, 0),
-        "{applied:?} {unwritten:?} {interrupted:?}"
-    );
-    let record = w.audit.get(&applied[0].id).await.expect("record");
+    let applied = recorded_once(&w, "rotate keys of tenant acme").await;
+    let record = w.audit.get(&applied.id).await.expect("record");
     assert_eq!(record.items.len(), 2, "{record:?}");
 }

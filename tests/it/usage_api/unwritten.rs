@@ -11,7 +11,7 @@ use serde_json::json;
 
 use tollgate::engine::clock::Clock;
 use tollgate::policy_table::audit::Entry;
-use tollgate::store::{Consume, Store};
+use tollgate::store::{Consume, DynamoStore, Store};
 use tollgate::usage_api::UsageApi;
 
 use super::{World, plan};
@@ -105,30 +105,39 @@ async fn an_offboarding_that_disabled_its_first_key_never_says_not_made() {
     untabled(&entry(&w, "offboard tenant acme").await);
 }
 
-#[tokio::test]
-async fn a_reset_the_state_store_refuses_is_closed_as_unwritten() {
-    // GIVEN acme onboarded, and the usage API's state store behind a proxy that refuses its
-    // reads and writes
-    let w = World::new("tg-unwritten-3").await;
-    w.onboarded("acme").await;
+/// A DynamoDB state store on a fresh table, reached through a fault proxy (returned).
+async fn proxied_store() -> (FaultProxy, Arc<DynamoStore>) {
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let (_, table) = emulator::state_table().await;
     let client = tollgate::aws::admin_client(&emulator::sdk_config(&proxy.endpoint()));
-    let api = UsageApi {
-        store: Arc::new(emulator::dynamo_store(&client, &table)),
-        ..w.api.clone()
-    };
+    (proxy, Arc::new(emulator::dynamo_store(&client, &table)))
+}
+
+/// Resets acme's day through `w`'s usage API served with `store`: the answer's status.
+async fn reset_day(w: &World, store: Arc<DynamoStore>) -> StatusCode {
+    let api = UsageApi { store, ..w.api.clone() };
     let server = Running::start(api.router()).await;
-    proxy.inject_on("POST", "DynamoDB_20120810.GetItem", &[Some(Fault::AccessDenied); 4]);
-    // WHEN acme's day is reset
     let res = (w.http.post(format!("{}/v1/tenants/acme/reset", server.base)))
         .bearer_auth(super::TOKEN)
         .json(&json!({"day": true}))
         .send()
         .await
         .expect("answer");
+    res.status()
+}
+
+#[tokio::test]
+async fn a_reset_the_state_store_refuses_is_closed_as_unwritten() {
+    // GIVEN acme onboarded, and the usage API's state store behind a proxy that refuses its
+    // reads and writes
+    let w = World::new("tg-unwritten-3").await;
+    w.onboarded("acme").await;
+    let (proxy, store) = proxied_store().await;
+    proxy.inject_on("POST", "DynamoDB_20120810.GetItem", &[Some(Fault::AccessDenied); 4]);
+    // WHEN acme's day is reset
+    let status = reset_day(&w, store).await;
     // THEN the answer is a 503, and the trail closes the reset as unwritten
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     closed(&entry(&w, "reset tenant acme").await);
 }
 
@@ -138,10 +147,7 @@ async fn a_reset_whose_answer_is_lost_stays_interrupted() {
     // behind a proxy that loses the answers of its writes: each write lands, its answer does not
     let w = World::new("tg-unwritten-4").await;
     w.onboarded("acme").await;
-    let proxy = FaultProxy::start(&emulator::endpoint()).await;
-    let (_, table) = emulator::state_table().await;
-    let client = tollgate::aws::admin_client(&emulator::sdk_config(&proxy.endpoint()));
-    let store = Arc::new(emulator::dynamo_store(&client, &table));
+    let (proxy, store) = proxied_store().await;
     let free = plan("free");
     let consume = Consume {
         tenant: "acme",
@@ -150,18 +156,11 @@ async fn a_reset_whose_answer_is_lost_stays_interrupted() {
         now: w.clock.now(),
     };
     assert!(store.consume(&consume).await.expect("decision").allowed);
-    let api = UsageApi { store, ..w.api.clone() };
-    let server = Running::start(api.router()).await;
     proxy.inject_on("POST", "DynamoDB_20120810.UpdateItem", &[Some(Fault::LoseResponse); 3]);
     // WHEN acme's day is reset
-    let res = (w.http.post(format!("{}/v1/tenants/acme/reset", server.base)))
-        .bearer_auth(super::TOKEN)
-        .json(&json!({"day": true}))
-        .send()
-        .await
-        .expect("answer");
+    let status = reset_day(&w, store).await;
     // THEN the answer is a 503, and the trail keeps the reset interrupted: it may have been made
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(proxy.injected() >= 1);
     let e = entry(&w, "reset tenant acme").await;
     assert_eq!(e.status, Some("interrupted"), "{e:?}");
