@@ -19,7 +19,7 @@ use tollgate::engine::clock::{Clock, ManualClock, Timestamp};
 use tollgate::engine::shed::{SetBy, ShedState};
 use tollgate::gate::{Credential, Gate, GateConfig, GateOutcome, Request};
 use tollgate::policy_file::PolicyFile;
-use tollgate::policy_table::audit::AuditLog;
+use tollgate::policy_table::audit::{AuditLog, Entry, INTERRUPTED};
 use tollgate::store::{MemoryStore, Store};
 use tollgate::usage_api::{AdminAuth, CallerSource, MemoryAudit, UsageApi};
 use tollgate_cli::commands::serve::USAGE_PREFIX;
@@ -515,16 +515,16 @@ async fn concurrent_runs_step_the_level_once() {
     assert_eq!(landed, 1);
     assert_eq!(table_.get().await.expect("get").level, 2);
     // AND the trail shows the other as a change that wrote nothing, not as the step it meant
-    let history = AuditLog::new(admin_client(&sdk), &table)
-        .history()
-        .await
-        .expect("history");
-    let steps: Vec<_> = history
-        .iter()
-        .filter(|e| e.summary.starts_with("shed level 1 -> 2"))
-        .collect();
+    let steps = steps(&sdk, &table, "shed level 1 -> 2").await;
     let lost: Vec<_> = steps.iter().filter(|e| e.summary.contains("nothing written")).collect();
-    assert_eq!((steps.len(), lost.len()), (2, 1), "{history:?}");
+    assert_eq!((steps.len(), lost.len()), (2, 1), "{steps:?}");
+}
+
+/// The trail's entries whose summary starts with `step` (`shed level 1 -> 2`).
+async fn steps(sdk: &aws_config::SdkConfig, table: &str, step: &str) -> Vec<Entry> {
+    let history = AuditLog::new(admin_client(sdk), table).history().await;
+    let history = history.expect("history");
+    history.into_iter().filter(|e| e.summary.starts_with(step)).collect()
 }
 
 #[tokio::test]
@@ -549,4 +549,31 @@ async fn a_shed_write_whose_answer_was_lost_is_applied_and_audited_not_supersede
         .await
         .expect("history");
     assert_eq!(history.iter().filter(|e| e.source == "shed").count(), 1, "{history:?}");
+}
+
+#[tokio::test]
+async fn a_duplicate_shed_step_that_lost_never_hides_the_winners_change() {
+    // GIVEN the policy table behind a proxy that lets a step's intent and write through, then
+    // loses its record through all three of the SDK's attempts
+    let (sdk, table) = policy_table().await;
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let mut faults = vec![None, None];
+    faults.extend([Some(Fault::LoseRequest); 3]);
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &faults);
+    let through = ShedTable::new(admin_client(&emulator::sdk_config(&proxy.endpoint())), &table);
+    let direct = ShedTable::new(admin_client(&sdk), &table);
+    let before = direct.get().await.expect("get");
+    // WHEN one delivery of a step writes the level and loses its record, and a duplicate
+    // delivery of the same step (the same content) runs after it
+    let won = through.set(&before, 2, SetBy::Controller, "dup", None, NOW).await;
+    let lost = direct.set(&before, 2, SetBy::Controller, "dup", None, NOW).await;
+    assert!(matches!(won, Err(ShedError::Audit { .. })), "{won:?}");
+    assert!(matches!(lost, Ok(None)), "{lost:?}");
+    // THEN the level is written, the winner's change stays interrupted (applied, its record
+    // lost), and the duplicate's record that it wrote nothing is its own
+    assert_eq!(direct.get().await.expect("get").level, 2);
+    let steps = steps(&sdk, &table, "shed level 0 -> 2").await;
+    let interrupted = steps.iter().filter(|e| e.status == Some(INTERRUPTED)).count();
+    let unwritten = steps.iter().filter(|e| e.summary.contains("nothing written")).count();
+    assert_eq!((steps.len(), interrupted, unwritten), (2, 1, 1), "{steps:?}");
 }

@@ -201,6 +201,17 @@ impl OtherItems {
         self.write().remove(k);
     }
 
+    /// Removes the value under `k` when `take` says so of the one there (`None`: absent), in one
+    /// step; whether it did (or found none).
+    pub fn remove_if(&self, k: &str, take: impl FnOnce(Option<&String>) -> bool) -> bool {
+        let mut items = self.write();
+        if !take(items.get(k)) {
+            return false;
+        }
+        items.remove(k);
+        true
+    }
+
     /// The values of every key starting with `prefix`, in key order.
     pub fn with_prefix(&self, prefix: &str) -> Vec<String> {
         self.read()

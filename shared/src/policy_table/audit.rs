@@ -148,14 +148,21 @@ impl ChangeRecord {
     /// `failed_at` with `why`, and a summary that says nothing was written, so `history` shows a
     /// change that never happened as such, not as `interrupted`.
     pub fn unwritten(self, failed_at: impl Into<String>, why: impl Into<String>) -> ChangeRecord {
-        let why = why.into();
+        self.closed("not made, nothing written", failed_at.into(), why.into())
+    }
+
+    /// `unwritten` for a change that stopped after it changed something outside the policy
+    /// table (API Gateway: a key disabled, or put on another usage plan) but before its first
+    /// policy-table write: its summary says only that no policy item was written.
+    pub fn untabled(self, failed_at: impl Into<String>, why: impl Into<String>) -> ChangeRecord {
+        self.closed("no policy item written", failed_at.into(), why.into())
+    }
+
+    fn closed(self, what: &str, failed_at: String, why: String) -> ChangeRecord {
         ChangeRecord {
-            summary: format!("{}: not made, nothing written ({why})", self.summary),
+            summary: format!("{}: {what} ({why})", self.summary),
             items: Vec::new(),
-            outcome: ChangeOutcome::Restored {
-                failed_at: failed_at.into(),
-                error: why,
-            },
+            outcome: ChangeOutcome::Restored { failed_at, error: why },
             ..self
         }
     }

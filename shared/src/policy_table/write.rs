@@ -20,6 +20,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
 
@@ -224,6 +225,35 @@ pub async fn delete(client: &Client, table: &str, pk: &str, expect: &Expect) -> 
         return Ok(Written::Done);
     }
     put(client, table, pk, tombstone(), expect).await
+}
+
+/// Deletes the item at `pk` outright, leaving no tombstone, if it is as `expect`ed (`Absent`:
+/// nothing to delete, done): for items no writer versions again once removed (a key's
+/// revocation). An item gone already is done, whoever removed it.
+pub async fn remove(client: &Client, table: &str, pk: &str, expect: &Expect) -> Result<Written, WriteError> {
+    if *expect == Expect::Absent {
+        return Ok(Written::Done);
+    }
+    let (condition, names, values) = expect.condition();
+    let sent = client
+        .delete_item()
+        .table_name(table)
+        .key(PK, AttributeValue::S(pk.to_owned()))
+        .condition_expression(condition)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(values)
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        .send()
+        .await;
+    match sent {
+        Ok(_) => Ok(Written::Done),
+        Err(SdkError::ServiceError(e)) => match e.err() {
+            DeleteItemError::ConditionalCheckFailedException(c) if c.item().is_none() => Ok(Written::Done),
+            DeleteItemError::ConditionalCheckFailedException(_) => Ok(Written::Conflict),
+            _ => Err(unavailable(pk, SdkError::ServiceError(e))),
+        },
+        Err(e) => Err(unavailable(pk, e)),
+    }
 }
 
 /// `put`'s request as one action of a transaction (`TransactWriteItems`) by `token`, and the

@@ -31,7 +31,7 @@ use self::problem::Problem;
 use self::registry::Registry;
 use self::routes::usage::PlanCache;
 use self::routes::usage_plans::UsagePlans;
-use self::routes::{anchor, keys, onboard, reset, shed, tenants, usage};
+use self::routes::{anchor, keys, offboard, onboard, reset, shed, tenants, usage};
 use crate::control::apigateway::writes::ControlWrites;
 use crate::engine::clock::Clock;
 use crate::policy_table::audit::{AuditError, AuditLog, ChangeRecord};
@@ -56,7 +56,7 @@ pub const MAX_TENANT_KEYS: usize = 100;
 pub const REVOKED_KEY_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 /// How long a deleted key's revocation record is kept after the sweep deleted the key: past the
 /// sync queue's retention (a day) of the deletion's management event, whose sync reads it
-/// (`routes::keys`' `delete_one`). An event redriven from the dead-letter queue later finds no
+/// (`routes::revocations`' `delete_revoked`). An event redriven from the dead-letter queue later finds no
 /// record and is decided by a full reconcile.
 pub const DELETED_KEY_KEPT: Duration = Duration::from_secs(2 * 86_400);
 /// Longest `Idempotency-Key`.
@@ -113,46 +113,32 @@ impl AuditSink for AuditLog {
     }
 }
 
-/// The audit trail of `tollgate serve` without a policy table: in this process, readable by
-/// tests and by whoever embeds the router.
+/// The audit trail of `tollgate serve` without a policy table: the records, in this process,
+/// readable by tests and by whoever embeds the router. Intents are not kept: a process that
+/// stops loses its records with them.
 #[derive(Debug, Default)]
 pub struct MemoryAudit {
     records: Mutex<Vec<ChangeRecord>>,
-    intents: Mutex<Vec<ChangeRecord>>,
 }
 
 impl MemoryAudit {
     pub fn records(&self) -> Vec<ChangeRecord> {
         self.records.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-
-    /// The intents written, each once (`interrupted`, as `AuditLog::intend` stores them).
-    pub fn intents(&self) -> Vec<ChangeRecord> {
-        self.intents.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-/// Adds `record` to `list` unless its id is there already (as `AuditLog` keeps the first).
-fn keep_once(list: &Mutex<Vec<ChangeRecord>>, record: ChangeRecord) {
-    let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
-    if !list.iter().any(|r| r.id == record.id) {
-        list.push(record);
-    }
 }
 
 #[async_trait]
 impl AuditSink for MemoryAudit {
-    async fn intend(&self, record: &ChangeRecord) -> Result<(), AuditError> {
-        let intent = ChangeRecord {
-            outcome: crate::policy_table::audit::ChangeOutcome::Interrupted,
-            ..record.clone()
-        };
-        keep_once(&self.intents, intent);
+    async fn intend(&self, _: &ChangeRecord) -> Result<(), AuditError> {
         Ok(())
     }
 
+    /// Kept unless its id is there already (as `AuditLog` keeps the first).
     async fn record(&self, record: &ChangeRecord) -> Result<(), AuditError> {
-        keep_once(&self.records, record.clone());
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if !records.iter().any(|r| r.id == record.id) {
+            records.push(record.clone());
+        }
         Ok(())
     }
 }
@@ -272,7 +258,7 @@ impl UsageApi {
             .route("/v1/usage", get(usage::own_usage))
             .route("/v1/shed", get(shed::status).put(shed::set).delete(shed::clear))
             .route("/v1/tenants", get(tenants::list).post(onboard::onboard))
-            .route("/v1/tenants/{tenant}", get(tenants::show).delete(tenants::offboard))
+            .route("/v1/tenants/{tenant}", get(tenants::show).delete(offboard::offboard))
             .route("/v1/tenants/{tenant}/usage", get(usage::history))
             .route("/v1/tenants/{tenant}/plan", put(tenants::move_plan))
             .route("/v1/tenants/{tenant}/anchor", put(anchor::set_anchor))

@@ -5,6 +5,7 @@
 //! Here: the world every suite runs in.
 
 mod anchor;
+mod attempts;
 mod interleaving;
 mod key_list;
 mod listing;
@@ -19,6 +20,7 @@ mod rotation;
 mod rotation_retries;
 mod scale;
 mod sweep;
+mod unwritten;
 mod upgrade;
 mod usage;
 mod wrapped;

@@ -18,6 +18,8 @@ use tollgate_usage_api::SCHEDULE_ACTOR;
 
 use super::World;
 use crate::support::apigateway::fast_backoff;
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
 
 /// Tenant `tenant`'s first key, rotated out with a minute of grace and revoked by the sweep past
 /// it; its id, and the instant it was revoked (epoch seconds).
@@ -168,4 +170,87 @@ async fn a_key_deleted_by_hand_before_its_revocation_is_decided_by_a_full_reconc
         .expect("scoped sync");
     // THEN a pending revocation does not say the key's item is decided: a full reconcile is
     assert!(matches!(outcome, Outcome::NeedsFull(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_run_that_finds_the_key_deleted_by_another_run_at_once_leaves_the_record_kept_for_its_sync() {
+    // GIVEN pied's first key revoked by the sweep, its retention about to end, the usage API's
+    // API Gateway calls through the proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, ..) = World::on_policy_table_via("tg-retention-6", Some(&proxy.endpoint())).await;
+    let (old, at) = revoked(&w, "pied").await;
+    let end = at + REVOKED_KEY_RETENTION.as_secs();
+    sweep_hourly_until(&w, end - 60).await;
+    w.clock.advance(Duration::from_secs(240));
+    // WHEN two runs read its deletion at once: the first's read of the key is held while the
+    // second deletes the key and keeps its record, then goes through (finding the key gone)
+    proxy.inject_on("GET", &format!("/apikeys/{old}"), &[Some(Fault::Hold)]);
+    let (first, second) = tokio::join!(w.api.revoke_due(SCHEDULE_ACTOR), async {
+        proxy.wait_held().await;
+        let run = w.api.revoke_due("an-admin-route").await;
+        proxy.release();
+        run
+    });
+    first.expect("first run");
+    assert_eq!(second.expect("second run").len(), 1);
+    // THEN the key is gone, and the record the second run kept is still there for the sync of
+    // the deletion's event
+    assert_eq!(in_gateway(&w, &old).await, None);
+    let kept = registry.revocation(&old).await.expect("read").expect("kept");
+    assert!(kept.at > w.clock.now().as_secs(), "{kept:?}");
+}
+
+#[tokio::test]
+async fn a_deletion_api_gateway_refuses_is_closed_as_unwritten_and_tried_again() {
+    // GIVEN wayne's first key revoked by the sweep, the usage API's API Gateway calls through a
+    // proxy that refuses its deletion once
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, ..) = World::on_policy_table_via("tg-retention-7", Some(&proxy.endpoint())).await;
+    let (old, at) = revoked(&w, "wayne").await;
+    proxy.inject_on("DELETE", &format!("/apikeys/{old}"), &[Some(Fault::AccessDenied)]);
+    // WHEN the sweep runs past its retention
+    sweep_hourly_until(&w, at + REVOKED_KEY_RETENTION.as_secs() + 180).await;
+    assert_eq!(proxy.injected(), 1);
+    // THEN the refused attempt is closed as unwritten, a later run deleted the key, and nothing
+    // is interrupted
+    sweep_hourly_until(&w, w.clock.now().as_secs() + 3_600).await;
+    assert_eq!(in_gateway(&w, &old).await, None);
+    let history = w.audit.history().await.expect("history");
+    let deletions: Vec<_> = history
+        .iter()
+        .filter(|e| e.summary.starts_with(&format!("delete key {old} ")))
+        .collect();
+    let unwritten = deletions
+        .iter()
+        .filter(|e| e.summary.contains("nothing written"))
+        .count();
+    assert_eq!((deletions.len(), unwritten), (2, 1), "{history:?}");
+    assert!(deletions.iter().all(|e| e.status.is_none()), "{history:?}");
+}
+
+#[tokio::test]
+async fn a_run_that_finds_the_key_gone_while_its_deleter_records_leaves_the_record_kept() {
+    // GIVEN hank's first key revoked by the sweep, its retention about to end, the usage API's
+    // audit writes through the proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry, ..) = World::on_policy_table_with("tg-retention-8", None, Some(&proxy.endpoint())).await;
+    let (old, at) = revoked(&w, "hank").await;
+    let end = at + REVOKED_KEY_RETENTION.as_secs();
+    sweep_hourly_until(&w, end - 60).await;
+    w.clock.advance(Duration::from_secs(240));
+    // WHEN the schedule's run deletes the key and is held at its audit record, while an admin
+    // route's run reads the deletion and finds the key gone, then goes on
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[None, Some(Fault::Hold)]);
+    let (first, second) = tokio::join!(w.api.revoke_due(SCHEDULE_ACTOR), async {
+        proxy.wait_held().await;
+        let run = w.api.revoke_due("an-admin-route").await;
+        proxy.release();
+        run
+    });
+    assert_eq!(first.expect("first run").len(), 1);
+    second.expect("second run");
+    // THEN the key is gone, and its record is kept for the sync of the deletion's event
+    assert_eq!(in_gateway(&w, &old).await, None);
+    let kept = registry.revocation(&old).await.expect("read").expect("kept");
+    assert!(kept.at > w.clock.now().as_secs(), "{kept:?}");
 }

@@ -231,6 +231,11 @@ impl Registry for Wrapped {
         self.run(&At::RevocationRemoved(key_id.to_owned())).await;
         Ok(())
     }
+    async fn remove_revocation_as_read(&self, read: &Revocation) -> Result<bool, DirectoryError> {
+        let removed = self.inner.remove_revocation_as_read(read).await?;
+        self.run(&At::RevocationRemoved(read.key_id.clone())).await;
+        Ok(removed)
+    }
     async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError> {
         self.inner.plan_priorities().await
     }

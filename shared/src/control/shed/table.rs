@@ -188,7 +188,9 @@ fn change(from: &ShedState, to: &ShedState, reason: &str, actor: Option<&str>, n
         checkpoint: None,
         outcome: audit::ChangeOutcome::Applied,
     };
-    // The versions make every change's content, hence its id, unique.
-    record.id = record.content_id();
+    // The versions make every change's content unique; the random part makes the id this
+    // writer's own: two deliveries of one step at once (the same content) never share one, so
+    // the loser's record that it wrote nothing never hides the winner's record.
+    record.id = format!("{}-{:08x}", record.content_id(), rand::random::<u32>());
     record
 }

@@ -534,7 +534,22 @@ impl Store for DynamoStore {
             // Gone between the read and the write (TTL): nothing left to reset.
             Err(SdkError::ServiceError(e))
                 if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {}
-            Err(e) => return Err(unavailable(DisplayErrorContext(e).to_string())),
+            // A server error says nothing of the outcome: the counters may have been cleared.
+            Err(SdkError::ServiceError(e))
+                if e.raw().status().as_u16() >= 500 || matches!(e.err(), UpdateItemError::InternalServerError(_)) =>
+            {
+                let detail = DisplayErrorContext(e.into_err()).to_string();
+                return Err(StoreError::Indeterminate { attempts: 1, detail });
+            }
+            // Any other answer of DynamoDB is a refusal, and so is a request never built.
+            Err(e @ (SdkError::ServiceError(_) | SdkError::ConstructionFailure(_))) => {
+                return Err(unavailable(DisplayErrorContext(e).to_string()));
+            }
+            // Timeouts, dropped connections and unreadable responses: the write may have landed.
+            Err(e) => {
+                let detail = DisplayErrorContext(e).to_string();
+                return Err(StoreError::Indeterminate { attempts: 1, detail });
+            }
         }
         // This process's cached view must not refuse on the state just cleared, and units it
         // leased before the reset are not in the cleared counters.

@@ -464,6 +464,15 @@ impl Registry for DynamoDirectory {
         self.delete_pk(revoke_pk(key_id)).await
     }
 
+    async fn remove_revocation_as_read(&self, read: &Revocation) -> Result<bool, DirectoryError> {
+        let pk = revoke_pk(&read.key_id);
+        // Version 0: an item of the release before versions, which has none.
+        let removed = write::remove(self.client(), self.table(), &pk, &Expect::At(read.version))
+            .await
+            .map_err(write_error)?;
+        Ok(removed == Written::Done)
+    }
+
     async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError> {
         ShedTable::new(self.client().clone(), self.table())
             .plans()

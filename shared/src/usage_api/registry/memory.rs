@@ -132,6 +132,14 @@ impl Registry for MemoryDirectory {
         Ok(())
     }
 
+    async fn remove_revocation_as_read(&self, read: &Revocation) -> Result<bool, DirectoryError> {
+        let as_read = |held: Option<&String>| match held {
+            Some(held) => serde_json::from_str::<Revocation>(held).ok().as_ref() == Some(read),
+            None => true,
+        };
+        Ok(self.other_items().remove_if(&revoke_pk(&read.key_id), as_read))
+    }
+
     async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError> {
         let mut out = Vec::new();
         for name in self.plan_list() {

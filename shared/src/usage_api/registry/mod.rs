@@ -103,7 +103,7 @@ pub struct Revocation {
     /// The key's hash (hex), to disable its record.
     pub hash: String,
     pub at: u64,
-    /// How many times revoking it failed (each postpones it: `routes::keys::revocation_backoff`).
+    /// How many times revoking it failed (each postpones it: `routes::revocations::revocation_backoff`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
     /// The key is revoked already: at `at` it is deleted from API Gateway, its retention
@@ -198,6 +198,10 @@ pub trait Registry: Directory {
     async fn put_revocation(&self, r: &Revocation, read: Option<&Revocation>) -> Result<bool, DirectoryError>;
     /// Removes the revocation (its bucket entry is the sweep's to drop).
     async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError>;
+    /// Removes the revocation while it is as `read` (its version, `policy_table::write`); whether
+    /// it did (one gone already is done). One written since (a run at the same time deleted the
+    /// key and kept its record) is left.
+    async fn remove_revocation_as_read(&self, read: &Revocation) -> Result<bool, DirectoryError>;
     /// Every plan's name and priority, by name.
     async fn plan_priorities(&self) -> Result<Vec<(String, u8)>, DirectoryError>;
     /// Sets the shed level by hand over whatever it is: a conditional write on DynamoDB

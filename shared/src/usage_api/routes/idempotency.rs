@@ -121,6 +121,15 @@ pub(super) fn fingerprint(parts: &[&[u8]]) -> String {
     hex::encode(digest.finalize())
 }
 
+/// The audit id of a request under an Idempotency-Key: `usage-api-<kind>-` and 16 hex digits of
+/// `label`, the tenant and the key. Every attempt of the request audits under it, so a change is
+/// recorded once (records are written once) and a retry that succeeds records a failed attempt's
+/// change under its intent.
+pub(super) fn audit_id(label: &str, kind: &str, tenant: &str, idem: &str) -> String {
+    let id = fingerprint(&[label.as_bytes(), tenant.as_bytes(), idem.as_bytes()]);
+    format!("usage-api-{kind}-{}", &id[..16])
+}
+
 /// The name of the key a request creates: one per stack, tenant and `idem` (an Idempotency-Key,
 /// or what stands for it). Key names are the Region's, not a stack's: with the stack in the
 /// name, another stack's usage API never finds, and answers, a key this one made.

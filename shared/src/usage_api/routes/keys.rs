@@ -10,9 +10,9 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::idempotency::{Once, fingerprint, key_name, reused};
+use super::idempotency::{Once, audit_id, fingerprint, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, create, disable_key, full, key_change, key_limit, revoke, tenant_change, touching};
+use super::{Api, create, disable_key, full, key_limit, revoke, tenant_change, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
@@ -24,7 +24,7 @@ use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, Tenant, cr
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::{Changed, IdempotencyRecord, ItemAction, Revocation};
 use crate::usage_api::views::{IssuedKey, KeyView, Rotated};
-use crate::usage_api::{DELETED_KEY_KEPT, MAX_GRACE_SECS, MAX_REVOCATION_BACKOFF, REVOKED_KEY_RETENTION, UsageApi};
+use crate::usage_api::{MAX_GRACE_SECS, UsageApi};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,12 +192,12 @@ impl Rotating<'_> {
         if full(Some(&listed), existing.as_deref()) {
             return Err(key_limit(tenant));
         }
-        // Audited under an id of the Idempotency-Key: a retry writes it once. Write-ahead: the
-        // intent before the new key is created, so a refused intent leaves no key on the plan;
-        // the key's id and item are not known yet: the intent names the tenant's item, the
-        // record all.
-        let audit_id = fingerprint(&[b"rotation-audit", tenant.as_bytes(), self.idem.as_bytes()]);
-        let audit_id = format!("usage-api-rotate-{}", &audit_id[..16]);
+        // Audited under an id of the Idempotency-Key (`audit_id`): a retry writes it once, and a
+        // failed attempt's intent stays `interrupted` until a retry records the change.
+        // Write-ahead: the intent before the new key is created, so a refused intent leaves no
+        // key on the plan; the key's id and item are not known yet: the intent names the tenant's
+        // item, the record all.
+        let audit_id = audit_id("rotation-audit", "rotate", tenant, self.idem);
         let summary = format!("rotate keys of tenant {tenant}: a new key");
         api.intend_as(&audit_id, actor, summary, vec![touching(tenant_pk(tenant))])
             .await?;
@@ -234,22 +234,28 @@ impl Rotating<'_> {
                 return Err(e);
             }
         };
+        Ok(self.answer(record.plan, key, &revoking))
+    }
+
+    /// A rotation's idempotency record and answer: its new `key`, on `plan`, and the revocations
+    /// it scheduled.
+    fn answer(&self, plan: String, key: CreatedKey, revoking: &[Revocation]) -> (IdempotencyRecord, Response) {
         let done = IdempotencyRecord {
             fingerprint: self.fingerprint.to_owned(),
-            tenant: tenant.to_owned(),
-            plan: record.plan,
+            tenant: self.tenant.to_owned(),
+            plan,
             key_id: key.id.clone(),
             revoking: revoking.iter().map(|r| (r.key_id.clone(), r.at)).collect(),
         };
         let answer = created(Rotated {
-            tenant: tenant.to_owned(),
+            tenant: self.tenant.to_owned(),
             key: IssuedKey {
                 id: key.id,
                 value: key.value,
             },
             revoking: revoking_view(&done),
         });
-        Ok((done, answer))
+        (done, answer)
     }
 
     /// The rotation's new key, named `name`: created, or the key `existing` of that name an
@@ -317,8 +323,8 @@ fn revoking_view(done: &IdempotencyRecord) -> Vec<KeyView> {
 
 /// The rest of a rotation whose new key `key_id` is listed: the revocation of the keys `listed`
 /// before it scheduled at `at` (another rotation's new key is never revoked here), its writes
-/// (`items`) audited as `actor` under `audit_id`, the keys due by `now` revoked, and its tenant
-/// read again (`still_listed`); the revocations scheduled.
+/// (`items`) audited as `actor` under `audit_id` (written once), the keys due by `now`
+/// revoked, and its tenant read again (`still_listed`); the revocations scheduled.
 async fn revoke_listed(
     api: &UsageApi,
     (actor, audit_id): (&str, String),
@@ -428,153 +434,4 @@ async fn written(api: &UsageApi, r: Revocation) -> Result<Option<Revocation>, Pr
     }
     api.registry.remove_revocation(&r.key_id).await?;
     Ok(None)
-}
-
-/// How long a revocation that failed waits before the sweep tries it again: a minute, doubling
-/// with each failure, at most `MAX_REVOCATION_BACKOFF`.
-pub(in crate::usage_api) fn revocation_backoff(attempts: u32) -> u64 {
-    60u64
-        .saturating_mul(1u64 << attempts.min(16))
-        .min(MAX_REVOCATION_BACKOFF.as_secs())
-}
-
-impl UsageApi {
-    /// Revokes rotated-out keys whose grace period is over: disabled in API Gateway, disabled in
-    /// the registry, audited as `actor`, taken off the tenant's list, and their deletion from API
-    /// Gateway scheduled after `REVOKED_KEY_RETENTION`; deletes the revoked keys whose retention
-    /// is over; the keys revoked or deleted (`delete`). Deployed,
-    /// a schedule runs it every minute, so an old key stops at its deadline even when no admin
-    /// route is called; every admin route that reads or changes keys runs it first as well. One
-    /// run revokes at most `SWEEP_REVOCATIONS` keys. A key whose revocation fails (API Gateway
-    /// refuses it) is postponed to a later bucket (`revocation_backoff`) and the run goes on, so
-    /// one key never holds up the others; a run that cannot read or write the table fails and
-    /// leaves its buckets and cursor for the next.
-    pub async fn revoke_due(&self, actor: &str) -> Result<Vec<Revocation>, Problem> {
-        self.revoke_due_as(actor, true).await
-    }
-
-    /// `revoke_due`; with `first_scan` false (an admin route's run), it leaves the scan the first
-    /// runs on a table make to the schedule.
-    async fn revoke_due_as(&self, actor: &str, first_scan: bool) -> Result<Vec<Revocation>, Problem> {
-        let run = self.registry.due_revocations(self.now().as_secs(), first_scan).await?;
-        let mut revoked = Vec::new();
-        for r in &run.due {
-            if self.revoke_or_postpone(actor, r).await? {
-                revoked.push(r.clone());
-            }
-        }
-        self.registry.swept(&run).await?;
-        Ok(revoked)
-    }
-
-    /// Revokes or deletes one key (`true`; `false` when there was nothing to do), or, when that
-    /// fails, writes its revocation again later (`false`); fails only when the revocation cannot
-    /// be written.
-    pub(super) async fn revoke_or_postpone(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
-        let e = match self.revoke_one(actor, r).await {
-            Ok(done) => return Ok(done),
-            Err(e) => e,
-        };
-        let later = Revocation {
-            at: self.now().as_secs().saturating_add(revocation_backoff(r.attempts)),
-            attempts: r.attempts.saturating_add(1),
-            ..r.clone()
-        };
-        tracing::warn!(
-            key_id = %r.key_id, tenant = %r.tenant, attempts = later.attempts, retry_at = later.at,
-            problem = %e.detail, "usage api: revoking a key failed; postponed"
-        );
-        // Written over the revocation as this run read it: one a rotation changed meanwhile, or
-        // an offboarding removed, is left as it made it. A write that fails fails the run.
-        if !self.registry.put_revocation(&later, Some(r)).await? {
-            tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
-        }
-        Ok(false)
-    }
-
-    /// Revokes one key whose grace period is over; once the key is disabled and the change
-    /// audited, its revocation becomes its deletion from API Gateway after
-    /// `REVOKED_KEY_RETENTION` (written over the revocation as read: one a rotation changed
-    /// meanwhile, or an offboarding removed, is left so), and the key is taken off its tenant's
-    /// list. A revocation already so (`delete`) deletes the key (`delete_one`). Each attempt audits
-    /// under an id of its own: runs at the same time (the schedule's, an admin route's) and a
-    /// retry of one that failed never share one, so no attempt's record hides another's (a
-    /// failed run's intent stays `interrupted`); API Gateway refusing to disable the key wrote
-    /// nothing, and closes this attempt's own intent so. Whether it revoked or deleted a key.
-    async fn revoke_one(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
-        if r.delete {
-            return self.delete_one(actor, r).await;
-        }
-        let summary = format!("revoke key {} of tenant {} (grace period over)", r.key_id, r.tenant);
-        let hash = ApiKeyHash::from_hex(&r.hash);
-        let intended = hash.iter().map(|h| touching(key_pk(&h.to_hex()))).collect();
-        let id = self.intend(actor, summary.clone(), intended).await?;
-        if let Some(control) = &self.control
-            && let Err(e) = disable_key(control.as_ref(), &r.key_id).await
-        {
-            let closing = self.change(id, actor, summary, Vec::new());
-            let closing = closing.unwritten("disabling the key in API Gateway", e.detail.clone());
-            self.close_unwritten(closing).await;
-            return Err(e);
-        }
-        let mut items = Vec::new();
-        if let Some(hash) = hash {
-            let changed = self.registry.change_key(&hash, &revoke).await?;
-            items.extend(key_change(&hash, changed));
-        }
-        self.audit_as(id, actor, summary, items).await?;
-        let deletion = Revocation {
-            at: self.now().as_secs().saturating_add(REVOKED_KEY_RETENTION.as_secs()),
-            attempts: 0,
-            delete: true,
-            ..r.clone()
-        };
-        if !self.registry.put_revocation(&deletion, Some(r)).await? {
-            tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
-        }
-        self.unlist_key(&r.tenant, &r.key_id).await.map(|_| true)
-    }
-
-    /// Deletes a revoked key from API Gateway, its retention over, so that revoked keys do not
-    /// fill the account's key quota; audited. Its record is kept for `DELETED_KEY_KEPT` more
-    /// (written over it as read), so that the sync of the deletion's management event, which
-    /// names only the key's id, finds the key's tenant and hash in it instead of listing every
-    /// key (`control::sync::scoped`); the sweep then finds the key gone and removes the record.
-    /// A key API Gateway has enabled again (by hand, since) is not deleted, and its record
-    /// removed; one it no longer has is done, its record removed. Whether it deleted the key.
-    async fn delete_one(&self, actor: &str, r: &Revocation) -> Result<bool, Problem> {
-        if let Some(control) = &self.control {
-            match control.api_key(&r.key_id).await? {
-                Some(k) if k.enabled => {
-                    tracing::warn!(key_id = %r.key_id, "usage api: a revoked key is enabled again; not deleted");
-                }
-                Some(_) => {
-                    let summary = format!(
-                        "delete key {} of tenant {} from API Gateway (revoked, retention over)",
-                        r.key_id, r.tenant
-                    );
-                    let id = self.intend(actor, summary.clone(), Vec::new()).await?;
-                    control.delete_api_key(&r.key_id).await?;
-                    self.audit_as(id, actor, summary, Vec::new()).await?;
-                    let kept = Revocation {
-                        at: self.now().as_secs().saturating_add(DELETED_KEY_KEPT.as_secs()),
-                        attempts: 0,
-                        ..r.clone()
-                    };
-                    if !self.registry.put_revocation(&kept, Some(r)).await? {
-                        tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
-                    }
-                    return Ok(true);
-                }
-                None => {}
-            }
-        }
-        self.registry.remove_revocation(&r.key_id).await?;
-        Ok(false)
-    }
-
-    /// `revoke_due` as the admin routes run it first (never the first runs' scan).
-    pub(super) async fn sweep(&self, actor: &str) -> Result<(), Problem> {
-        self.revoke_due_as(actor, false).await.map(drop)
-    }
 }

@@ -4,8 +4,10 @@
 pub(super) mod anchor;
 mod idempotency;
 pub(super) mod keys;
+pub(super) mod offboard;
 pub(super) mod onboard;
 pub(super) mod reset;
+mod revocations;
 pub(super) mod shed;
 pub(super) mod tenants;
 pub(super) mod usage;
@@ -257,7 +259,7 @@ impl UsageApi {
         format!("usage-api-{:x}-{:08x}", self.now().as_nanos(), rand::random::<u32>())
     }
 
-    /// `intend` under a given id (one of an Idempotency-Key: a retry puts it once).
+    /// `intend` under a given id (a request's under an Idempotency-Key, `idempotency::audit_id`).
     async fn intend_as(&self, id: &str, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
         let record = self.change(id.to_owned(), actor, summary, items);
         AuditSink::intend(self.audit.as_ref(), &record)
@@ -265,9 +267,9 @@ impl UsageApi {
             .map_err(Problem::unaudited)
     }
 
-    /// Audits under a given id, its intent's: a retried request that writes the same id again
-    /// leaves the first record as it is (`AuditLog::record`), so a retry never duplicates nor
-    /// loses it. A record that cannot be written leaves the intent naming the change.
+    /// Audits under a given id, its intent's: a record already there under it is left as it is
+    /// (`AuditLog::record`), so a change recorded once is never recorded twice. A record that
+    /// cannot be written leaves the intent naming the change.
     async fn audit_as(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> Result<(), Problem> {
         let record = self.change(id, actor, summary, items);
         AuditSink::record(self.audit.as_ref(), &record).await?;
@@ -280,6 +282,24 @@ impl UsageApi {
         if let Err(e) = AuditSink::record(self.audit.as_ref(), &record).await {
             tracing::warn!(error = %e, change_id = %record.id, "usage api: the intent of a change that wrote nothing could not be closed");
         }
+    }
+
+    /// Closes intent `id` of a change that failed with `e` at `failed_at`, known to have written
+    /// nothing (`close_unwritten`); `e` handed back.
+    async fn unwritten(&self, id: String, actor: &str, summary: String, failed_at: &str, e: Problem) -> Problem {
+        let closing = self.change(id, actor, summary, Vec::new());
+        self.close_unwritten(closing.unwritten(failed_at, e.detail.clone()))
+            .await;
+        e
+    }
+
+    /// `unwritten` for a change that may have changed API Gateway but wrote no policy item
+    /// (`ChangeRecord::untabled`).
+    async fn untabled(&self, id: String, actor: &str, summary: String, failed_at: &str, e: Problem) -> Problem {
+        let closing = self.change(id, actor, summary, Vec::new());
+        self.close_unwritten(closing.untabled(failed_at, e.detail.clone()))
+            .await;
+        e
     }
 
     fn change(&self, id: String, actor: &str, summary: String, items: Vec<ItemChange>) -> ChangeRecord {

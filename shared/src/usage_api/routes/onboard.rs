@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchor::checked_anchor;
-use super::idempotency::{Once, fingerprint, key_name, reused};
+use super::idempotency::{Once, audit_id, key_name, reused};
 use super::usage_plans::UsagePlans;
 use super::{Api, create, disable_key, full, key_limit, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
@@ -93,11 +93,12 @@ impl Onboarding<'_> {
         self.check_tenant_free(existing.as_deref()).await?;
         let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;
         // Write-ahead: the intent before the key is created, so a refused intent leaves no key on
-        // the plan. Its id is of the tenant and the Idempotency-Key (a retry puts it once; the
-        // key sent again for another tenant after a failed attempt is another change); the key's
-        // id and item are not known yet: the intent names the tenant's item, the record all.
-        let id = fingerprint(&[b"onboard-audit", body.tenant.as_bytes(), self.idem.as_bytes()]);
-        let id = format!("usage-api-onboard-{}", &id[..16]);
+        // the plan. Its id is of the tenant and the Idempotency-Key (`audit_id`: a retry puts it
+        // once, and a failed attempt's intent stays `interrupted` until a retry records the
+        // change; the key sent again for another tenant after a failed attempt is another
+        // change); the key's id and item are not known yet: the intent names the tenant's item,
+        // the record all.
+        let id = audit_id("onboard-audit", "onboard", &body.tenant, self.idem);
         let summary = format!("onboard tenant {} on plan {}", body.tenant, body.plan);
         let intended = vec![touching(tenant_pk(&body.tenant))];
         api.intend_as(&id, self.actor, summary, intended).await?;
@@ -162,10 +163,10 @@ impl Onboarding<'_> {
 
     /// Writes the tenant record (created where there is none), then the key's, then their audit
     /// record under `id`, its intent's (the Idempotency-Key's): a retry after a failure below
-    /// writes the same record again (kept once), and a replay finds it written. A tenant another request
-    /// onboarded meanwhile on another plan keeps it: this onboarding's key is disabled and taken
-    /// off `plan_id` again, never recorded (a retry finds the tenant is not its own: 409 again).
-    /// The tenant's anchor day as stored.
+    /// writes the same record again (kept once), and a replay finds it written. A tenant another
+    /// request onboarded meanwhile on another plan keeps it: this onboarding's key is disabled and
+    /// taken off `plan_id` again, never recorded (a retry finds the tenant is not its own: 409
+    /// again). The tenant's anchor day as stored.
     async fn record(
         &self,
         id: String,
@@ -205,28 +206,41 @@ impl Onboarding<'_> {
         let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
         // A retry finds the first attempt's record, anchor day included.
         let Some(made) = tenant.after.clone().filter(|t| t.plan == body.plan && listed(t)) else {
-            disable_key(control, &key.id).await?;
-            control.delete_usage_plan_key(plan_id, &key.id).await?;
-            if tenant
-                .after
-                .is_some_and(|t| t.plan == body.plan && full(t.keys.as_ref(), Some(&key.id)))
-            {
-                return Err(key_limit(&body.tenant));
-            }
-            return Err(Problem::conflict(
-                "tenant-exists",
-                format!(
-                    "tenant `{}` was onboarded meanwhile by another request on another plan, or is moving; this \
-                     onboarding's key is disabled",
-                    body.tenant
-                ),
-            ));
+            return Err(self.withdraw(control, &key.id, plan_id, tenant.after).await);
         };
         api.registry.change_key(&hash, &create(&record)).await?;
         // The record a retry writes again is the first attempt's: the items as onboarding made them.
         let items = onboarding_items(&body.tenant, &made, &hash, &record);
         api.audit_as(id, self.actor, summary, items).await?;
         Ok(made.anchor)
+    }
+
+    /// Withdraws this onboarding's key (disabled, taken off `plan_id`) from a tenant found as
+    /// `found`, not this onboarding's to list it on: the problem to answer.
+    async fn withdraw(
+        &self,
+        control: &dyn ControlWrites,
+        key_id: &str,
+        plan_id: &str,
+        found: Option<TenantRecord>,
+    ) -> Problem {
+        let tenant = &self.request.tenant;
+        if let Err(e) = disable_key(control, key_id).await {
+            return e;
+        }
+        if let Err(e) = control.delete_usage_plan_key(plan_id, key_id).await {
+            return e.into();
+        }
+        if found.is_some_and(|t| t.plan == self.request.plan && full(t.keys.as_ref(), Some(key_id))) {
+            return key_limit(tenant);
+        }
+        Problem::conflict(
+            "tenant-exists",
+            format!(
+                "tenant `{tenant}` was onboarded meanwhile by another request on another plan, or is moving; this \
+                 onboarding's key is disabled"
+            ),
+        )
     }
 
     /// The answer to a retried onboarding: the same tenant, plan and key, the value read back

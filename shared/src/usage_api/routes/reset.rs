@@ -44,8 +44,16 @@ pub(in crate::usage_api) async fn reset(
         week: body.week,
         month: body.month,
     };
-    let id = api.intend(&actor, format!("reset tenant {tenant}"), Vec::new()).await?;
-    api.store.reset(&tenant, what, &limits, now).await?;
+    let summary = format!("reset tenant {tenant}");
+    let id = api.intend(&actor, summary.clone(), Vec::new()).await?;
+    if let Err(e) = api.store.reset(&tenant, what, &limits, now).await {
+        // Surely not applied: the intent is closed so; a reset that may have been applied stays
+        // interrupted.
+        return Err(match e.is_indeterminate() {
+            true => e.into(),
+            false => api.unwritten(id, &actor, summary, "clearing the state", e.into()).await,
+        });
+    }
     let mut names: Vec<String> = Vec::new();
     if body.rate {
         names.push("rate".to_owned());

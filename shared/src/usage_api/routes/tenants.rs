@@ -5,23 +5,20 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use serde::Deserialize;
 
 use super::usage_plans::{UsagePlans, share_a_stage};
-use super::{Api, disable_key, key_change, revoke, tenant_change, touching};
+use super::{Api, tenant_change, touching};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::ControlWrites;
-use crate::engine::identity::ApiKeyHash;
-use crate::policy_table::audit::ItemChange;
 use crate::policy_table::write::ATTEMPTS;
-use crate::policy_table::{TenantRecord, key_pk, tenant_pk};
+use crate::policy_table::{TenantRecord, tenant_pk};
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::{Changed, ItemAction, Revocation, TenantPosition, TenantsPage};
+use crate::usage_api::registry::{Changed, ItemAction, TenantPosition, TenantsPage};
 use crate::usage_api::views::{TenantPage, TenantSummary, key_views, tenant_view, tenant_view_of};
-use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, MOVE_WINDOW, REVOKED_KEY_RETENTION, UsageApi};
+use crate::usage_api::{DEFAULT_PAGE, MAX_PAGE, MOVE_WINDOW, UsageApi};
 
 /// The query of `GET /v1/tenants`.
 pub(in crate::usage_api) struct TenantFilters;
@@ -166,7 +163,17 @@ pub(in crate::usage_api) async fn move_plan(
     if let (Some(c), Some(_)) = (&api.control, record.moving_until) {
         let summary = format!("finish moving tenant {tenant} to plan {}", record.plan);
         let id = api.intend(&actor, summary.clone(), pk()).await?;
-        let changed = finish_move(&api, &plans, c.as_ref(), &tenant, &record.plan, &keys).await?;
+        let changed = match finish_move(&api, &plans, c.as_ref(), &tenant, &record.plan, &keys).await {
+            Ok(changed) => changed,
+            // Its one policy-table write is its last step: a conflict before it wrote no policy
+            // item (its keys may have moved in API Gateway).
+            Err(e) => match in_gateway(e) {
+                MoveFailed::InGateway(e) => {
+                    return Err(api.untabled(id, &actor, summary, "finishing the move", e).await);
+                }
+                MoveFailed::Unwritten(e) | MoveFailed::Other(e) => return Err(e),
+            },
+        };
         let items = tenant_change(&tenant, changed).into_iter().collect();
         api.audit_as(id, &actor, summary, items).await?;
         record.moving_until = None;
@@ -175,9 +182,19 @@ pub(in crate::usage_api) async fn move_plan(
     if old != body.plan {
         let summary = format!("move tenant {tenant} from plan {old} to {}", body.plan);
         let id = api.intend(&actor, summary.clone(), pk()).await?;
-        let changed = match &api.control {
-            Some(c) => move_tenant(&api, &plans, c.as_ref(), &tenant, (&old, &body.plan), &keys).await?,
-            None => set_plan(&api, &tenant, &old, &body.plan, None).await?,
+        let moved = match &api.control {
+            Some(c) => move_tenant(&api, &plans, c.as_ref(), &tenant, (&old, &body.plan), &keys).await,
+            None => set_plan(&api, &tenant, &old, &body.plan, None).await.map_err(unmarked),
+        };
+        let changed = match moved {
+            Ok(changed) => changed,
+            Err(MoveFailed::Unwritten(e)) => {
+                return Err(api.unwritten(id, &actor, summary, "moving the tenant", e).await);
+            }
+            Err(MoveFailed::InGateway(e)) => {
+                return Err(api.untabled(id, &actor, summary, "moving the tenant", e).await);
+            }
+            Err(MoveFailed::Other(e)) => return Err(e),
         };
         let items = tenant_change(&tenant, changed).into_iter().collect();
         api.audit_as(id, &actor, summary, items).await?;
@@ -214,6 +231,34 @@ async fn set_plan(
     Ok(changed)
 }
 
+/// Why a move failed: a conflict found before its first write (its intent is closed as
+/// unwritten), one found after API Gateway calls that may have moved keys but before its first
+/// policy-table write (closed saying no policy item was written), or anything else (it may have
+/// written: it stays interrupted).
+enum MoveFailed {
+    Unwritten(Problem),
+    InGateway(Problem),
+    Other(Problem),
+}
+
+/// A move's failure before its mark: unwritten when it is a conflict (409: decided on what was
+/// read, nothing written), else one that may have written.
+fn unmarked(e: Problem) -> MoveFailed {
+    match e.status == StatusCode::CONFLICT.as_u16() {
+        true => MoveFailed::Unwritten(e),
+        false => MoveFailed::Other(e),
+    }
+}
+
+/// A move's failure after API Gateway calls, before its first policy-table write: `InGateway`
+/// when it is a conflict, else one that may have written.
+fn in_gateway(e: Problem) -> MoveFailed {
+    match e.status == StatusCode::CONFLICT.as_u16() {
+        true => MoveFailed::InGateway(e),
+        false => MoveFailed::Other(e),
+    }
+}
+
 /// Moves the tenant's listed keys from the usage plan of `old` to that of `new`, and its record.
 /// Where the plans share no API stage (or `old` has no usage plan of the stack's), each key goes
 /// on the new plan before it leaves the old one, and is never on no plan. Where they share one,
@@ -230,16 +275,20 @@ async fn move_tenant(
     tenant: &str,
     (old, new): (&str, &str),
     keys: &[String],
-) -> Result<Changed<TenantRecord>, Problem> {
+) -> Result<Changed<TenantRecord>, MoveFailed> {
     // The old plan may have no usage plan of the stack's: then no key is on it to take off.
-    let from = api.find_usage_plan(plans, control, old).await?;
-    let to = api.usage_plan(plans, control, new).await?;
-    let from = match from {
-        Some(f) if share_a_stage(&f, &to) => f,
-        from => match move_unmarked(api, control, tenant, (old, new), (from.as_ref(), &to.id), keys).await? {
+    let from = api.find_usage_plan(plans, control, old).await.map_err(unmarked)?;
+    let to = api.usage_plan(plans, control, new).await.map_err(unmarked)?;
+    // A conflict before the mark wrote no policy item; after the unmarked order's calls, keys
+    // may have moved in API Gateway.
+    let (from, before_mark): (_, fn(Problem) -> MoveFailed) = match from {
+        Some(f) if share_a_stage(&f, &to) => (f, unmarked),
+        from => match (move_unmarked(api, control, tenant, (old, new), (from.as_ref(), &to.id), keys).await)
+            .map_err(in_gateway)?
+        {
             Ok(changed) => return Ok(changed),
             // The stages changed since they were read: the marked order below.
-            Err(f) => f,
+            Err(f) => (f, in_gateway),
         },
     };
     let until = api.now().saturating_add(MOVE_WINDOW).as_secs();
@@ -248,7 +297,10 @@ async fn move_tenant(
     let mut keys = keys.to_vec();
     let mut marked = None;
     for _ in 0..=ATTEMPTS {
-        match write_moved(api, tenant, (old, new), Some(until), &keys).await? {
+        match write_moved(api, tenant, (old, new), Some(until), &keys)
+            .await
+            .map_err(before_mark)?
+        {
             Ok(changed) => {
                 marked = Some(changed);
                 break;
@@ -257,14 +309,15 @@ async fn move_tenant(
         }
     }
     let Some(marked) = marked else {
-        return Err(keys_kept_changing(tenant));
+        return Err(before_mark(keys_kept_changing(tenant)));
     };
+    // Marked: whatever fails now has written.
     if let Err(e) = off_then_on(control, &from.id, &to.id, &keys).await {
         // Back on the old plan, even when putting a key back failed (its problem is logged).
-        set_plan(api, tenant, new, old, None).await?;
-        return Err(e);
+        set_plan(api, tenant, new, old, None).await.map_err(MoveFailed::Other)?;
+        return Err(MoveFailed::Other(e));
     }
-    let done = set_plan(api, tenant, new, new, None).await?;
+    let done = set_plan(api, tenant, new, new, None).await.map_err(MoveFailed::Other)?;
     Ok(Changed {
         before: marked.before,
         ..done
@@ -435,139 +488,4 @@ async fn off_then_on(control: &dyn ControlWrites, from: &str, to: &str, keys: &[
         moved.push(key);
     }
     Ok(())
-}
-
-/// One key of an offboarded tenant: disabled in API Gateway whatever the registry says (a key
-/// sync removed from the table, disabled or deleted, is disabled again, or found gone, and is
-/// done), taken off `plan_id` (one call per key, however many keys the plan has), its item
-/// revoked and then its pending revocation made its deletion from API Gateway after
-/// `REVOKED_KEY_RETENTION` (in that order: a rotation that schedules the key's revocation
-/// meanwhile finds the item revoked, or finds the deletion and schedules nothing). A deletion
-/// already pending (a key the sweep revoked) is kept; a revocation changed meanwhile is left.
-async fn offboard_key(
-    api: &UsageApi,
-    (tenant, plan_id): (&str, Option<&str>),
-    key_id: &str,
-    hash: &str,
-    items: &mut Vec<ItemChange>,
-) -> Result<(), Problem> {
-    if let Some(c) = &api.control {
-        disable_key(c.as_ref(), key_id).await?;
-        if let Some(plan_id) = plan_id
-            && c.on_usage_plan(plan_id, key_id).await?
-        {
-            c.delete_usage_plan_key(plan_id, key_id).await?;
-        }
-    }
-    if let Some(h) = ApiKeyHash::from_hex(hash) {
-        let changed = api.registry.change_key(&h, &revoke).await?;
-        items.extend(key_change(&h, changed));
-    }
-    let read = api.registry.revocation(key_id).await?;
-    if read.as_ref().is_some_and(|r| r.delete) {
-        return Ok(());
-    }
-    let deletion = Revocation {
-        tenant: tenant.to_owned(),
-        key_id: key_id.to_owned(),
-        hash: hash.to_owned(),
-        at: api.now().as_secs().saturating_add(REVOKED_KEY_RETENTION.as_secs()),
-        attempts: 0,
-        delete: true,
-        version: 0,
-    };
-    if !api.registry.put_revocation(&deletion, read.as_ref()).await? {
-        tracing::info!(key_id, "usage api: a revocation changed meanwhile is left as it is");
-    }
-    Ok(())
-}
-
-pub(in crate::usage_api) async fn offboard(
-    State(api): Api,
-    State(plans): State<Arc<UsagePlans>>,
-    admin: Admin<Tenant>,
-) -> Answer {
-    let (actor, tenant) = (admin.actor, admin.tenant);
-    // The keys the tenant lists (strongly consistent: a key rotated in a moment ago among them),
-    // and any the index knows besides (keys made outside the usage API).
-    let (record, mut keys) = api.tenant_keys(&tenant).await?;
-    for (h, k) in api.registry.keys_of(&tenant).await? {
-        keys.entry(k.key_id).or_insert_with(|| h.to_hex());
-    }
-    let plan = record.plan;
-    // A plan without a usage plan of the stack's has no key on it to take off; the keys are
-    // disabled all the same.
-    let plan_id = match &api.control {
-        Some(c) => api.find_usage_plan(&plans, c.as_ref(), &plan).await?.map(|p| p.id),
-        None => None,
-    };
-    let id = intend_offboarding(&api, &actor, &tenant, &keys).await?;
-    let mut items = Vec::new();
-    let mut disabled = std::collections::BTreeSet::new();
-    let mut pending = keys;
-    let mut rounds = 0;
-    let changed = loop {
-        for (key_id, hash) in &pending {
-            offboard_key(&api, (&tenant, plan_id.as_deref()), key_id, hash, &mut items).await?;
-            disabled.insert(key_id.clone());
-        }
-        // The tenant as read: one moved meanwhile (or offboarded and onboarded again) is not
-        // removed, nor one that lists a key this offboarding has not disabled (a rotation at the
-        // same time): that key is disabled too, and the delete tried again.
-        let changed = api
-            .registry
-            .change_tenant(&tenant, &|current| match current {
-                Some(now) if now.plan == plan && now.keys.iter().flatten().all(|(k, _)| disabled.contains(k)) => {
-                    ItemAction::Delete
-                }
-                _ => ItemAction::Leave,
-            })
-            .await?;
-        pending = match &changed.after {
-            Some(now) if now.plan == plan && rounds < ATTEMPTS => now
-                .keys
-                .iter()
-                .flatten()
-                .filter(|(k, _)| !disabled.contains(*k))
-                .map(|(k, h)| (k.clone(), h.clone()))
-                .collect(),
-            _ => break changed,
-        };
-        if pending.is_empty() {
-            break changed;
-        }
-        rounds += 1;
-    };
-    let moved = changed.after.as_ref().map(|t| t.plan.clone());
-    items.extend(tenant_change(&tenant, changed));
-    let summary = match &moved {
-        None => format!("offboard tenant {tenant}: keys disabled, usage history kept"),
-        Some(now) => {
-            format!("offboard tenant {tenant}: keys disabled; the tenant, moved to plan {now} meanwhile, kept")
-        }
-    };
-    api.audit_as(id, &actor, summary, items).await?;
-    if let Some(now) = moved {
-        return Err(Problem::conflict(
-            "tenant-changed",
-            format!(
-                "tenant `{tenant}` was moved to plan `{now}` meanwhile by another request; its keys are disabled, \
-                 the tenant is kept: read it and offboard it again"
-            ),
-        ));
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Puts an offboarding's intent (write-ahead) before its first write: the tenant's item and its
-/// keys' (id → hash); its id.
-async fn intend_offboarding(
-    api: &UsageApi,
-    actor: &str,
-    tenant: &str,
-    keys: &std::collections::BTreeMap<String, String>,
-) -> Result<String, Problem> {
-    let pks = std::iter::once(tenant_pk(tenant)).chain(keys.values().map(|hash| key_pk(hash)));
-    let summary = format!("offboard tenant {tenant}");
-    api.intend(actor, summary, pks.map(touching).collect()).await
 }

@@ -1,0 +1,120 @@
+//! The audit trail of requests under an `Idempotency-Key`: every attempt audits under the id of
+//! the tenant and the key, so a failed attempt's intent is closed by the record of the retry that
+//! makes the change, and a retry after a lost answer, which finds every write made, records the
+//! change once.
+
+use reqwest::StatusCode;
+
+use tollgate::policy_table::audit::{Entry, INTERRUPTED};
+use tollgate::policy_table::{PK, idem_pk};
+
+use super::World;
+use crate::support::emulator;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+
+/// The trail's entries whose summary starts with `what`, by kind: applied records, records of
+/// attempts that wrote nothing, and intents with no record.
+async fn entries(w: &World, what: &str) -> (Vec<Entry>, Vec<Entry>, Vec<Entry>) {
+    let history = w.audit.history().await.expect("history");
+    let mut kinds = (Vec::new(), Vec::new(), Vec::new());
+    for e in history.into_iter().filter(|e| e.summary.starts_with(what)) {
+        match (e.status, e.summary.contains("not made, nothing written")) {
+            (Some(s), _) if s == INTERRUPTED => kinds.2.push(e),
+            (_, true) => kinds.1.push(e),
+            _ => kinds.0.push(e),
+        }
+    }
+    kinds
+}
+
+/// The one applied entry of the trail whose summary starts with `what`, the trail holding no
+/// other (none closed as unwritten, none interrupted).
+async fn recorded_once(w: &World, what: &str) -> Entry {
+    let (applied, unwritten, interrupted) = entries(w, what).await;
+    assert_eq!(
+        (applied.len(), unwritten.len(), interrupted.len()),
+        (1, 0, 0),
+        "{applied:?} {unwritten:?} {interrupted:?}"
+    );
+    applied.into_iter().next().expect("one")
+}
+
+/// Removes Idempotency-Key `idem`'s record from `table`, as if the attempt that wrote everything
+/// had lost its answer before writing it.
+async fn lose_idempotency_record(sdk: &aws_config::SdkConfig, table: &str, idem: &str) {
+    tollgate::aws::admin_client(sdk)
+        .delete_item()
+        .table_name(table)
+        .key(PK, aws_sdk_dynamodb::types::AttributeValue::S(idem_pk(idem)))
+        .send()
+        .await
+        .expect("lose the idempotency record");
+}
+
+#[tokio::test]
+async fn a_failed_onboarding_attempt_is_recorded_by_its_retry_once() {
+    // GIVEN API Gateway behind a proxy that refuses onboarding's first CreateApiKey
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("tg-attempts-1", None, Some(&proxy.endpoint()), None).await;
+    proxy.inject_on("POST", "/apikeys", &[Some(Fault::AccessDenied)]);
+    // WHEN acme's onboarding fails after its intent, and is retried with the same Idempotency-Key
+    let (failed, problem) = w.onboard_via(&w.base, "acme", "idem-a").await.expect("answer");
+    let (status, body) = w.onboard_via(&w.base, "acme", "idem-a").await.expect("answer");
+    assert!(failed.is_client_error() || failed.is_server_error(), "{problem}");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // THEN the retry's record closes the failed attempt's intent: the onboarding is recorded
+    // once, nothing is interrupted
+    let applied = recorded_once(&w, "onboard tenant acme ").await;
+    let record = w.audit.get(&applied.id).await.expect("record");
+    assert_eq!(record.items.len(), 2, "{record:?}");
+}
+
+#[tokio::test]
+async fn an_onboarding_retried_after_a_lost_answer_is_recorded_once() {
+    // GIVEN tenant globex onboarded under Idempotency-Key idem-g, its answer lost before the
+    // key's record was written (removed here): the attempt had written everything, its audit
+    // record too
+    let (w, _, sdk, table) = World::on_policy_table("tg-attempts-2").await;
+    let (s1, first) = w.onboard_via(&w.base, "globex", "idem-g").await.expect("onboard");
+    assert_eq!(s1, StatusCode::CREATED, "{first}");
+    lose_idempotency_record(&sdk, &table, "idem-g").await;
+    // WHEN it is retried with the same Idempotency-Key, twice
+    let (s2, second) = w.onboard_via(&w.base, "globex", "idem-g").await.expect("retry");
+    lose_idempotency_record(&sdk, &table, "idem-g").await;
+    let (s3, third) = w.onboard_via(&w.base, "globex", "idem-g").await.expect("retry");
+    // THEN the retries answer the first attempt's key, and the trail records the onboarding once
+    assert_eq!((s2, s3), (StatusCode::CREATED, StatusCode::CREATED), "{second} {third}");
+    assert_eq!(
+        (&first["key"]["id"], &second["key"]["id"]),
+        (&third["key"]["id"], &third["key"]["id"])
+    );
+    recorded_once(&w, "onboard tenant globex ").await;
+}
+
+#[tokio::test]
+async fn a_failed_rotation_attempt_and_a_retry_after_a_lost_answer_are_recorded_once() {
+    // GIVEN acme onboarded, API Gateway behind a proxy that refuses the rotation's first
+    // CreateApiKey
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, _, sdk, table) = World::on_policy_table_via("tg-attempts-3", Some(&proxy.endpoint())).await;
+    w.onboarded("acme").await;
+    proxy.inject_on("POST", "/apikeys", &[Some(Fault::AccessDenied)]);
+    // WHEN acme's rotation fails after its intent, is retried with the same Idempotency-Key, and
+    // retried again after losing that answer
+    let (failed, problem) = w.rotate_via(&w.base, ("acme", 300), "idem-r").await.expect("answer");
+    let (status, body) = w.rotate_via(&w.base, ("acme", 300), "idem-r").await.expect("retry");
+    lose_idempotency_record(&sdk, &table, "idem-r").await;
+    let (again, same) = w.rotate_via(&w.base, ("acme", 300), "idem-r").await.expect("retry");
+    assert!(failed.is_client_error() || failed.is_server_error(), "{problem}");
+    assert_eq!(
+        (status, again),
+        (StatusCode::CREATED, StatusCode::CREATED),
+        "{body} {same}"
+    );
+    assert_eq!(body["key"]["id"], same["key"]["id"]);
+    // THEN the rotation is recorded once, by the retry that made it, closing the failed attempt's
+    // intent: nothing is interrupted
+    let applied = recorded_once(&w, "rotate keys of tenant acme").await;
+    let record = w.audit.get(&applied.id).await.expect("record");
+    assert_eq!(record.items.len(), 2, "{record:?}");
+}
