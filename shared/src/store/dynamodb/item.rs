@@ -40,36 +40,6 @@ pub const TTL: &str = "ttl";
 pub const OPS: usize = 7;
 const OP_ATTRS: [&str; OPS] = ["o0", "o1", "o2", "o3", "o4", "o5", "o6"];
 
-/// An operation id: milliseconds of its send time in the high bits (`id >> 20`), random bits
-/// below, and its slot as the remainder modulo `OPS`. Ids only need to be unique and roughly
-/// increasing; the store keeps them above every id it has seen (a Lamport clock), so a slow clock
-/// costs at most one refused write. When the floor wins over the clock, the time part steps past
-/// the floor's and the random bits stay: two containers that saw the same item and drew the same
-/// slot still send different ids.
-pub fn op_id(now: Timestamp, floor: u64, slot: usize, random: u64) -> u64 {
-    let now_ms = (now.as_nanos() / 1_000_000).min(MAX_MS);
-    let floor_ms = floor >> 20;
-    // A floor more than a day ahead of this clock can only come from a malformed item: following
-    // it could overflow the id space, so it is not followed that far.
-    let ms = if floor_ms >= now_ms {
-        floor_ms.saturating_add(1).min(now_ms + MAX_AHEAD_MS).min(MAX_MS)
-    } else {
-        now_ms
-    };
-    let ops = OPS as u64;
-    let time = ms << 20;
-    // The low 20 bits: one of `SPREAD` random multiples of `OPS`, shifted to land in the slot.
-    let shift = ((slot % OPS) as u64 + ops - time % ops) % ops;
-    time + (random % SPREAD) * ops + shift
-}
-
-/// How many ids of one millisecond share a slot: as many as fit 20 bits.
-const SPREAD: u64 = ((1 << 20) - OPS as u64) / OPS as u64 + 1;
-/// The largest time part whose ids fit 64 bits.
-const MAX_MS: u64 = (1 << 44) - 1;
-/// How far ahead of the local clock an id floor is followed: a day.
-const MAX_AHEAD_MS: u64 = 86_400_000;
-
 /// How long a write-back marker is kept: a writer resends a charge for at most a day after its
 /// first send (`gate::write_back`), and a send lands within 15 minutes of being signed or never
 /// (SigV4), so a marker older than two days guards nothing.
@@ -593,7 +563,9 @@ impl Expr {
     }
 }
 
+mod ops;
 mod size;
+pub use ops::op_id;
 pub use size::item_size;
 
 #[cfg(test)]

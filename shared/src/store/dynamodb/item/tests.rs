@@ -1,4 +1,5 @@
 //! The state item's attributes, writes and size.
+use super::ops::SPREAD;
 use super::*;
 use crate::engine::gcra::Bucket;
 use crate::engine::identity::MAX_TENANT_ID;
@@ -79,16 +80,42 @@ fn operation_ids_name_their_slot_and_stay_above_the_floor() {
             let ms = NOW.as_nanos() / 1_000_000;
             assert_eq!(id >> 20, ms, "time in the high bits");
             // GIVEN a floor above the clock (another container's ids) THEN ids exceed it, by
-            // about a millisecond's worth
+            // at most a millisecond's worth
             let floor = id + 1_000_000_000;
             let above = op_id(NOW, floor, slot, random);
             assert!(above > floor, "{above} <= {floor}");
-            assert!(above >> 20 == (floor >> 20) + 1, "{above} far above {floor}");
+            assert!(above >> 20 <= (floor >> 20) + 1, "{above} far above {floor}");
             assert_eq!(slot_of(above), slot);
             // GIVEN a malformed item's slot near the top of the id space THEN no overflow,
             // and the id still names its slot
             let wild = op_id(NOW, u64::MAX, slot, random);
             assert_eq!(slot_of(wild), slot);
+        }
+    }
+}
+
+#[test]
+fn ids_that_follow_a_floor_stay_in_its_millisecond_while_their_slot_has_ids_above_it_there() {
+    // GIVEN a floor 5 ms ahead of the clock, early in its millisecond's ids (the 100th of the
+    // slot's `SPREAD`)
+    let floor = op_id(NOW.saturating_add(Duration::from_millis(5)), 0, 4, 100);
+    for slot in 0..OPS {
+        for random in [0, 1, 99, 100, 101, 0xf_ffff, u64::MAX] {
+            // WHEN an id is drawn from it
+            let id = op_id(NOW, floor, slot, random);
+            // THEN it is above the floor, in its slot, and in the floor's millisecond: ids that
+            // follow floors do not run ahead of the clocks, a millisecond per write
+            assert!(id > floor, "{id} <= {floor}");
+            assert_eq!(slot_of(id), slot);
+            assert_eq!(id >> 20, floor >> 20, "slot {slot}, random {random}");
+        }
+        // AND above every id of its millisecond (a fenced slot's value), or above half of them
+        // (two containers would share an id too often), the next millisecond
+        let later = NOW.saturating_add(Duration::from_millis(5));
+        for last in [fenced(op_id(later, 0, slot, 3)), op_id(later, 0, slot, SPREAD / 2 + 1)] {
+            let next = op_id(NOW, last, slot, 7);
+            assert!(next > last && next >> 20 == (last >> 20) + 1, "{next} after {last}");
+            assert_eq!(slot_of(next), slot);
         }
     }
 }
