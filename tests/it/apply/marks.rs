@@ -1,7 +1,8 @@
 //! A tenant's mark as moving names the change that wrote it (`moving_by`): a failed change's
-//! restore takes off only its own marks, another change's live mark refuses a change's mark
-//! unless that change is its rollback, and a mark that names no change (as the release before
-//! wrote every mark) is overwritten only once it lapses, and taken off by any restore.
+//! restore takes off only its own marks (one whose answer was lost too), another change's live
+//! mark refuses a change's mark unless that change is its rollback, and a mark that names no
+//! change (the usage API's move, or a release from before) is overwritten only once it lapses,
+//! and left by a restore while live.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -156,7 +157,12 @@ async fn a_second_apply_moving_a_tenant_another_change_marked_is_refused_and_mov
     // THEN it is refused at acme's mark, naming the other change and when its mark lapses
     assert!(failed_at.starts_with("marking tenant acme"), "{failed_at}");
     assert!(error.contains(&format!("change {OTHER}")), "{error}");
-    assert!(error.contains(&format!("until {until}")), "{error}");
+    assert!(error.contains(&format!("({until} epoch seconds")), "{error}");
+    // AND says what to do: wait until then, or roll that change back
+    assert!(
+        error.contains(&format!("`tollgate policy rollback {OTHER}`")),
+        "{error}"
+    );
     // AND nothing moved: API Gateway as it was, acme's mark the other change's
     assert_eq!(w.gateway().await, gateway0);
     let acme = acme(&w).await;
@@ -182,9 +188,13 @@ async fn the_rollback_of_a_change_whose_mark_is_still_live_is_not_refused() {
     let marked = acme(&w).await;
     assert_eq!(marked.moving_by.as_ref(), Some(id), "{marked:?}");
     assert!(marked.moving_until > Some(w.clock.now().as_secs()), "{marked:?}");
-    // WHEN the change is rolled back, its mark still live
+    // WHEN the change is rolled back by its intent's key (its record found by it), its mark
+    // still live
     w.clock.advance(Duration::from_secs(1));
-    let report = apply::rollback(&w.cx(), id).await.expect("the rollback marks over it");
+    let by_intent = format!("{id}#intent");
+    let report = apply::rollback(&w.cx(), &by_intent)
+        .await
+        .expect("the rollback marks over it");
     // THEN acme's key is back on free, and acme on free, unmarked
     assert!(
         report.steps.iter().any(|s| s.contains("on plan free")),
@@ -199,13 +209,17 @@ async fn the_rollback_of_a_change_whose_mark_is_still_live_is_not_refused() {
 async fn a_mark_naming_no_change_stops_a_move_until_it_lapses() {
     // GIVEN acme on free, marked as moving to gold for 60 s by a mark that names no change
     let (w, _) = acme_on_free("tg-owned-marks-4").await;
-    mark_naming_no_change(&w, "gold", w.clock.now().as_secs() + 60).await;
+    let until = w.clock.now().as_secs() + 60;
+    mark_naming_no_change(&w, "gold", until).await;
     // WHEN an apply moves acme to gold while it is live
     let (failed_at, error) = restored(w.apply(&acme_on("gold")).await);
     // THEN it is refused at acme's mark, saying the mark names no change
     assert!(failed_at.starts_with("marking tenant acme"), "{failed_at}");
     assert!(error.contains("names no change"), "{error}");
-    assert_eq!(acme(&w).await.moving_by, None);
+    assert!(error.contains("finish that usage API move"), "{error}");
+    // AND that mark stands, its end as it was: the refused apply's restore left it
+    let marked = acme(&w).await;
+    assert_eq!((marked.moving_by, marked.moving_until), (None, Some(until)));
     // AND WHEN it is applied again once that mark lapsed THEN it goes through, acme unmarked
     w.clock.advance(Duration::from_secs(60));
     w.apply(&acme_on("gold")).await.expect("over a lapsed mark");
@@ -213,15 +227,36 @@ async fn a_mark_naming_no_change_stops_a_move_until_it_lapses() {
 }
 
 #[tokio::test]
-async fn a_mark_naming_no_change_is_taken_off_by_a_failed_apply_s_restore() {
+async fn a_live_mark_naming_no_change_stands_after_a_failed_apply_s_restore() {
     // GIVEN acme on free, and an apply moving it to gold that marks acme, then is held
     let (w, key) = acme_on_free("tg-owned-marks-5").await;
-    // WHEN acme's mark is rewritten without its change (as a writer of the release before
-    // would), and the apply then fails and is restored
-    let meanwhile = mark_naming_no_change(&w, "gold", w.clock.now().as_secs() + 120);
-    let (applied, ()) = failing_while(&w, meanwhile).await;
+    // WHEN the usage API's move marks acme meanwhile (its mark names no change), and the apply
+    // then fails and is restored
+    let until = w.clock.now().as_secs() + 120;
+    let (applied, ()) = failing_while(&w, mark_naming_no_change(&w, "gold", until)).await;
     restored(applied);
-    // THEN the restore took that mark off: acme on free, unmarked, its key on free
+    // THEN that mark stands as it was written, and acme's key is back on free
+    let acme = acme(&w).await;
+    assert_eq!((acme.moving_by, acme.moving_until), (None, Some(until)));
+    assert_eq!(acme.plan, "gold");
+    assert_eq!(w.gateway().await["free"].3, vec![key]);
+}
+
+#[tokio::test]
+async fn a_mark_whose_answer_was_lost_is_taken_off_by_the_restore() {
+    // GIVEN acme's key on free, synced, gold with no key, and the policy table (the audit trail's
+    // too) reached through the proxy, losing the answer to its second PutItem: the apply's mark
+    let w = World::build("tg-owned-marks-6", true).await;
+    let free = w.plan("free", 10.0, 20, 50_000).await;
+    let key = w.key("acme", "tg_live_owned_marks_6", &free).await;
+    w.sync().await;
+    w.plan("gold", 5.0, 5, 100).await;
+    let put = "DynamoDB_20120810.PutItem";
+    w.proxy.inject_on("POST", put, &[None, Some(Fault::LoseResponse)]);
+    // WHEN an apply moves acme to gold
+    let (failed_at, _) = restored(w.apply(&acme_on("gold")).await);
+    // THEN it fails at acme's mark, and its restore takes that mark off: acme on free, unmarked
+    assert!(failed_at.starts_with("marking tenant acme"), "{failed_at}");
     unmarked_on(&w, "free").await;
     assert_eq!(w.gateway().await["free"].3, vec![key]);
 }

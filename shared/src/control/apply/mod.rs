@@ -214,8 +214,9 @@ pub async fn rollback(cx: &Context<'_>, id: &str) -> Result<ApplyReport, ApplyEr
     let checkpoint = checkpoint_now(&target, &plans, &steps);
     let summary = format!("rollback to before {id}: {} API Gateway call(s)", steps.len());
     let mut pending = Pending::new(cx, Source::Rollback, summary, checkpoint, generation);
-    // Its marks go over the live marks of the change it undoes.
-    pending.undoes = Some(id.to_owned());
+    // Its marks go over the live marks of the change it undoes, by the id its record has (`id`
+    // may name the record's intent).
+    pending.undoes = Some(record.id.clone());
     let keys = cx.control.api_keys().await.map_err(read)?;
     pending.movers = restored_movers(&steps, &keys);
     pending.read = keys_by_tenant(&keys);
@@ -293,26 +294,11 @@ struct Failure {
     done: Vec<String>,
     failed_at: String,
     error: String,
-    /// What failed was the mark of the next step's tenant, not a step: that tenant is not marked
-    /// by this change (`steps::marked_by`).
-    at_mark: bool,
 }
 
 impl Failure {
     fn at(done: Vec<String>, failed_at: String, error: String) -> Failure {
-        Failure {
-            done,
-            failed_at,
-            error,
-            at_mark: false,
-        }
-    }
-
-    fn at_mark(done: Vec<String>, failed_at: String, error: String) -> Failure {
-        Failure {
-            at_mark: true,
-            ..Failure::at(done, failed_at, error)
-        }
+        Failure { done, failed_at, error }
     }
 }
 

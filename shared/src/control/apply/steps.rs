@@ -70,15 +70,16 @@ impl Mover<'_> {
     }
 }
 
-/// The tenants a change that failed part-way marked as moving: those of the keys its steps
-/// reached, the failed step's too unless its mark was what failed (`Failure::at_mark`: refused,
-/// another writer changed the tenant).
+/// The tenants a change that failed part-way may have marked as moving: those of the keys its
+/// steps reached, the failed step's too, even where its mark was what failed (a mark whose answer
+/// was lost may be written; a refused one leaves another writer's mark, which its restore leaves
+/// as it is: `PolicyTable::unmark_moving`).
 pub(super) fn marked_by<'m>(
     movers: &'m BTreeMap<String, (String, String)>,
     steps: &[ApplyStep],
     failure: &Failure,
 ) -> BTreeSet<&'m str> {
-    let reached = failure.done.len() + usize::from(!failure.at_mark);
+    let reached = failure.done.len() + 1;
     (steps.iter().take(reached))
         .filter_map(|s| match s {
             ApplyStep::RemoveKey { key_id, .. } | ApplyStep::AddKey { key_id, .. } => movers.get(key_id),
@@ -103,7 +104,7 @@ pub(super) async fn execute(
         if let Some(mover) = mover
             && let Err((failed_at, error)) = mover.mark(control, step, &mut marked).await
         {
-            return Err(Failure::at_mark(done, failed_at, error));
+            return Err(Failure::at(done, failed_at, error));
         }
         let r = match step {
             ApplyStep::CreatePlan(p) => control.create_usage_plan(p).await.map(|id| {
@@ -133,7 +134,8 @@ pub(super) async fn execute(
 /// not have happened) for the keys the change left where they are (`plan::reached`: a key another
 /// writer moved since stays), except that a key disabled since (offboarded, rotated out, revoked:
 /// the revocation wins) is left where it is; then the marks of the tenants it was moving taken
-/// off where they are still the change's (`marked`: its tenants, and the change's id); then, if
+/// off where they are still the change's (`marked`: its tenants, and the change's id; a lapsed one
+/// naming no change too); then, if
 /// the change reached the table, a sync (audited as the change's: `audited`) that
 /// makes it say what API Gateway says again, under the write protocol (each item on the version it read): an item another writer
 /// changed meanwhile is left as it is, and the restore fails naming it. `failed` is the change's
@@ -155,9 +157,10 @@ pub(super) async fn restore(
     let undone = execute(cx.control, &steps, None)
         .await
         .map_err(|f| format!("{}: {}", f.failed_at, f.error))?;
+    let now = cx.clock.now().as_secs();
     for tenant in marked {
         cx.table
-            .unmark_moving(tenant, change)
+            .unmark_moving(tenant, change, now)
             .await
             .map_err(|e| e.to_string())?;
     }

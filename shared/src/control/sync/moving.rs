@@ -36,21 +36,33 @@ pub struct Move<'a> {
     pub undoes: Option<&'a str>,
 }
 
+/// What a refusal for the tenant as another writer changed it tells to do.
+const AGAIN: &str = "apply again to read it as it is now";
+
 /// Why a mark is refused by a live mark (`moving_until` after `to.now`) another writer left: one
 /// of another change, neither this one (a retry) nor the one it undoes (a rollback), or one that
-/// names no change (the usage API's move, or a release from before marks named their change).
+/// names no change (the usage API's move, or a release from before marks named their change);
+/// and what to do: wait until it lapses, or undo that change, or finish the usage API's move.
 fn live_mark(t: &TenantRecord, to: &Move<'_>) -> Result<(), String> {
     let Some(until) = t.moving_until.filter(|u| *u > to.now) else {
         return Ok(());
     };
-    let by = match t.moving_by.as_deref() {
+    let (by, or) = match t.moving_by.as_deref() {
         Some(by) if by == to.by || Some(by) == to.undoes => return Ok(()),
-        Some(by) => format!("change {by}"),
-        None => "a writer that names no change (a usage API move, or a release from before marks named their change)"
-            .to_owned(),
+        Some(by) => (
+            format!("change {by}"),
+            format!("roll that change back (`tollgate policy rollback {by}`)"),
+        ),
+        None => (
+            "a writer that names no change (a usage API move, or a release from before marks named their change)"
+                .to_owned(),
+            "finish that usage API move".to_owned(),
+        ),
     };
+    let at = jiff::Timestamp::from_second(i64::try_from(until).unwrap_or(i64::MAX))
+        .map_or_else(|_| format!("{until} (epoch seconds)"), |t| t.to_string());
     Err(format!(
-        "{by} marked it as moving to plan {} until {until} (epoch seconds, {} s from now); its move would be undone",
+        "{by} marked it as moving to plan {} until {at} ({until} epoch seconds, {} s from now), and its move would be undone: apply again after {at}, or {or} first",
         t.plan,
         until - to.now
     ))
@@ -84,9 +96,9 @@ impl PolicyTable {
         to: &Move<'_>,
         gone: &mut BTreeSet<String>,
     ) -> Result<(), TableError> {
-        let refused = |reason| TableError::NotMarked {
+        let refused = |reason: String| TableError::NotMarked {
             tenant: to.tenant.to_owned(),
-            reason,
+            reason: format!("{reason}; {AGAIN}"),
         };
         for (id, hash) in t.keys.iter().flatten() {
             if to.read.contains(id) || gone.contains(id) {
@@ -136,7 +148,7 @@ impl PolicyTable {
                 .map_err(|e| self.unavailable(e))?;
             let now = refusal(item.as_ref(), &pk).map_err(|reason| TableError::NotMarked {
                 tenant: to.tenant.to_owned(),
-                reason,
+                reason: format!("{reason}; {AGAIN}"),
             })?;
             if let Some(t) = &now {
                 live_mark(t, to).map_err(|reason| TableError::NotMarked {
@@ -165,16 +177,14 @@ impl PolicyTable {
         Err(WriteError::Contended { pk, attempts: ATTEMPTS }.into())
     }
 
-    /// Takes `tenant`'s mark as moving off if change `by` made it, or if it names no change (as
-    /// the release before did: its maker is unknown); another change's mark stays. Its plan stays
-    /// as it is: the next sync decides it from API Gateway.
-    pub async fn unmark_moving(&self, tenant: &str, by: &str) -> Result<(), TableError> {
+    /// Takes `tenant`'s mark as moving off if change `by` made it (`restore_takes_off`, at `now`).
+    /// Its plan stays as it is: the next sync decides it from API Gateway.
+    pub async fn unmark_moving(&self, tenant: &str, by: &str, now: u64) -> Result<(), TableError> {
         let pk = tenant_pk(tenant);
         let parse = |i: &Item| parse(&pk, i);
         let render = |r: &Record| render(r).unwrap_or_default();
-        let ours = |t: &TenantRecord| t.moving_by.as_deref().is_none_or(|m| m == by);
-        write::change(self.client(), self.name(), &pk, parse, render, |now| match now {
-            Some(Record::Tenant(t)) if t.moving_until.is_some() && ours(t) => {
+        write::change(self.client(), self.name(), &pk, parse, render, |found| match found {
+            Some(Record::Tenant(t)) if restore_takes_off(t, by, now) => {
                 write::ItemAction::Put(Record::Tenant(TenantRecord {
                     moving_until: None,
                     moving_by: None,
@@ -185,6 +195,18 @@ impl PolicyTable {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// Whether the restore of change `by` takes `t`'s mark off at `now`: a mark `by` made, or one
+/// naming no change once lapsed (`moving_until` not after `now`). A change of this release
+/// always names itself in its marks, so a live mark naming no change is another writer's: the
+/// usage API's move, or a writer of the release before.
+fn restore_takes_off(t: &TenantRecord, by: &str, now: u64) -> bool {
+    match (t.moving_until, t.moving_by.as_deref()) {
+        (None, _) => false,
+        (Some(_), Some(m)) => m == by,
+        (Some(until), None) => until <= now,
     }
 }
 
@@ -219,10 +241,18 @@ mod tests {
         // refused, naming a and the end of its mark
         let refused = decided(Some("a"), 1_060, "b", None).expect_err("a's mark is live");
         assert!(
-            refused.contains("change a") && refused.contains("until 1060 "),
+            refused.contains("change a") && refused.contains("(1060 epoch seconds, 60 s from now)"),
             "{refused}"
         );
-        assert!(refused.contains("60 s from now"), "{refused}");
+        // AND says what to do: wait until it lapses, or roll that change back
+        let at = "1970-01-01T00:17:40Z";
+        assert!(refused.contains(&format!("until {at} ")), "{refused}");
+        assert!(
+            refused.ends_with(&format!(
+                "apply again after {at}, or roll that change back (`tollgate policy rollback a`) first"
+            )),
+            "{refused}"
+        );
         // AND a retry of a, a rollback of a, and any change once the mark lapsed mark over it
         assert_eq!(decided(Some("a"), 1_060, "a", None), Ok(()));
         assert_eq!(decided(Some("a"), 1_060, "r", Some("a")), Ok(()));
@@ -231,6 +261,27 @@ mod tests {
         // AND a live mark naming no change refuses every change, a rollback too, until it lapses
         let refused = decided(None, 1_001, "r", Some("a")).expect_err("live");
         assert!(refused.contains("names no change"), "{refused}");
+        assert!(refused.ends_with("or finish that usage API move first"), "{refused}");
         assert_eq!(decided(None, 999, "b", None), Ok(()));
+    }
+
+    #[test]
+    fn a_restore_takes_off_its_own_mark_and_a_lapsed_one_naming_no_change() {
+        let marked = |by: Option<&str>, until: Option<u64>| TenantRecord {
+            moving_until: until,
+            moving_by: by.map(str::to_owned),
+            ..TenantRecord::on("gold")
+        };
+        // GIVEN change a's restore at 1,000 THEN it takes off a's mark, live or lapsed
+        assert!(restore_takes_off(&marked(Some("a"), Some(1_060)), "a", 1_000));
+        assert!(restore_takes_off(&marked(Some("a"), Some(900)), "a", 1_000));
+        // AND not another change's, live or lapsed (that change's restore or a sync does)
+        assert!(!restore_takes_off(&marked(Some("b"), Some(1_060)), "a", 1_000));
+        assert!(!restore_takes_off(&marked(Some("b"), Some(900)), "a", 1_000));
+        // AND one naming no change only once lapsed: live, it is the usage API move's
+        assert!(!restore_takes_off(&marked(None, Some(1_001)), "a", 1_000));
+        assert!(restore_takes_off(&marked(None, Some(1_000)), "a", 1_000));
+        // AND an unmarked tenant is left as it is
+        assert!(!restore_takes_off(&marked(None, None), "a", 1_000));
     }
 }

@@ -47,8 +47,8 @@ pub enum TableError {
     #[error("policy item `{pk}` cannot be written: {detail}")]
     Invalid { pk: String, detail: String },
     /// A tenant not marked as moving (`moving`): another writer changed it since the change read
-    /// it, and the mark would undo that.
-    #[error("tenant `{tenant}` not marked as moving: {reason}; apply again to read it as it is now")]
+    /// it, and the mark would undo that; `reason` says what to do.
+    #[error("tenant `{tenant}` not marked as moving: {reason}")]
     NotMarked { tenant: String, reason: String },
     /// A tenant not marked as moving because a key it lists that the change did not read could
     /// not be looked up in API Gateway (throttled past the retries, denied, or a server error):
