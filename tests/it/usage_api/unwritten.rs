@@ -1,8 +1,8 @@
 //! Changes of the usage API that stop before their first write close their intent as unwritten
 //! (`not made, nothing written`), never listed `interrupted`: a move that meets a conflict, a
 //! reset the state store refuses. An offboarding whose first key fails in API Gateway, and a move
-//! that meets a conflict after its key moved there, say only `no policy item written`. A reset whose write may have landed (its
-//! answer lost) stays `interrupted`.
+//! that meets a conflict after its key moved there, say only `no policy item written`. A reset
+//! whose write may have landed (its answer lost, or a server error) stays `interrupted`.
 
 use std::sync::Arc;
 
@@ -105,11 +105,13 @@ async fn an_offboarding_that_disabled_its_first_key_never_says_not_made() {
     untabled(&entry(&w, "offboard tenant acme").await);
 }
 
-/// A DynamoDB state store on a fresh table, reached through a fault proxy (returned).
+/// A DynamoDB state store on a fresh table, reached through a fault proxy (returned), with the
+/// state store's client: no SDK retries, as deployed (patient timeouts: the emulator is slow on
+/// a busy machine, and a timeout would be an unknown outcome).
 async fn proxied_store() -> (FaultProxy, Arc<DynamoStore>) {
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let (_, table) = emulator::state_table().await;
-    let client = tollgate::aws::admin_client(&emulator::sdk_config(&proxy.endpoint()));
+    let client = tollgate::aws::state_client(&emulator::sdk_config(&proxy.endpoint()), emulator::PATIENT);
     (proxy, Arc::new(emulator::dynamo_store(&client, &table)))
 }
 
@@ -141,11 +143,10 @@ async fn a_reset_the_state_store_refuses_is_closed_as_unwritten() {
     closed(&entry(&w, "reset tenant acme").await);
 }
 
-#[tokio::test]
-async fn a_reset_whose_answer_is_lost_stays_interrupted() {
-    // GIVEN acme onboarded with one request counted today, and the usage API's state store
-    // behind a proxy that loses the answers of its writes: each write lands, its answer does not
-    let w = World::new("tg-unwritten-4").await;
+/// Resets acme's day (onboarded in `region`, one request counted today) while the state store
+/// answers its write with `fault`: the reset's entry in the trail, once the answer was a 503.
+async fn reset_answered(region: &'static str, fault: Fault) -> Entry {
+    let w = World::new(region).await;
     w.onboarded("acme").await;
     let (proxy, store) = proxied_store().await;
     let free = plan("free");
@@ -156,14 +157,32 @@ async fn a_reset_whose_answer_is_lost_stays_interrupted() {
         now: w.clock.now(),
     };
     assert!(store.consume(&consume).await.expect("decision").allowed);
-    proxy.inject_on("POST", "DynamoDB_20120810.UpdateItem", &[Some(Fault::LoseResponse); 3]);
-    // WHEN acme's day is reset
+    proxy.inject_on("POST", "DynamoDB_20120810.UpdateItem", &[Some(fault)]);
     let status = reset_day(&w, store).await;
-    // THEN the answer is a 503, and the trail keeps the reset interrupted: it may have been made
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(proxy.injected() >= 1);
-    let e = entry(&w, "reset tenant acme").await;
-    assert_eq!(e.status, Some("interrupted"), "{e:?}");
+    assert_eq!(proxy.injected(), 1);
+    entry(&w, "reset tenant acme").await
+}
+
+#[tokio::test]
+async fn a_reset_whose_answer_is_lost_or_a_server_error_stays_interrupted() {
+    // GIVEN a reset whose write lands and whose answer is lost, and one whose write lands and is
+    // answered with a 500 THEN the trail keeps each interrupted: it may have been made
+    for (region, fault) in [
+        ("tg-unwritten-4", Fault::LoseResponse),
+        ("tg-unwritten-8", Fault::InternalError),
+    ] {
+        let e = reset_answered(region, fault).await;
+        assert_eq!(e.status, Some("interrupted"), "{fault:?}: {e:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_reset_whose_write_is_throttled_is_closed_as_unwritten() {
+    // GIVEN a reset whose write DynamoDB refuses (throughput exceeded: never applied)
+    let e = reset_answered("tg-unwritten-7", Fault::ThroughputExceeded).await;
+    // THEN the trail closes it as unwritten
+    closed(&e);
 }
 
 #[tokio::test]

@@ -108,14 +108,13 @@ impl std::fmt::Debug for NewApiKey {
     }
 }
 
-/// A key API Gateway created (or holds): its id, value, whether it is enabled, and its
-/// description. The value is handed to the caller exactly once and never stored by Tollgate.
+/// A key API Gateway created (or holds): its id, value, and whether it is enabled. The value is
+/// handed to the caller exactly once and never stored by Tollgate.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CreatedKey {
     pub id: String,
     pub value: String,
     pub enabled: bool,
-    pub description: Option<String>,
 }
 
 impl std::fmt::Debug for CreatedKey {
@@ -228,7 +227,6 @@ impl ControlWrites for ApiGateway {
             id: created.id().unwrap_or_default().to_owned(),
             value: created.value().unwrap_or_default().to_owned(),
             enabled: created.enabled(),
-            description: created.description().map(str::to_owned),
         })
     }
 
@@ -243,7 +241,6 @@ impl ControlWrites for ApiGateway {
                 id: k.id().unwrap_or_default().to_owned(),
                 value: k.value().unwrap_or_default().to_owned(),
                 enabled: k.enabled(),
-                description: k.description().map(str::to_owned),
             })),
             Err(ControlError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
