@@ -401,3 +401,37 @@ async fn a_rotation_that_fails_while_it_schedules_puts_back_the_revocations_it_s
     kept.sort();
     assert_eq!(enabled, kept);
 }
+
+/// Marks `tenant` as moving until `until` (on the plan it is on) by change `by`, as `policy apply`
+/// marks it.
+async fn mark_by(registry: &Wrapped, tenant: &str, by: &str, until: u64) {
+    let mark = |t: Option<&TenantRecord>| match t {
+        Some(t) => ItemAction::Put(TenantRecord {
+            moving_until: Some(until),
+            moving_by: Some(by.to_owned()),
+            ..t.clone()
+        }),
+        None => ItemAction::Leave,
+    };
+    registry.inner.change_tenant(tenant, &mark).await.expect("mark");
+}
+
+#[tokio::test]
+async fn a_move_waits_for_another_change_s_live_mark_and_finishes_a_lapsed_one() {
+    // GIVEN hooli on free, marked as moving there by `policy apply`'s change apply-1
+    let (w, registry) = wrapped("tg-races-11", None).await;
+    w.onboarded("hooli").await;
+    mark_by(&registry, "hooli", "apply-1", u64::MAX).await;
+    // WHEN hooli is moved to pro through the usage API
+    let res = move_to(&w, "hooli", "pro").send().await.expect("answer");
+    // THEN the move is refused while that mark is live, and the mark and plan are as they were
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let t = registry.inner.tenant("hooli").await.expect("read").expect("hooli");
+    assert_eq!((t.plan.as_str(), t.moving_by.as_deref()), ("free", Some("apply-1")));
+    // AND once the mark has lapsed (the change stopped), the move finishes it and moves hooli
+    mark_by(&registry, "hooli", "apply-1", 1).await;
+    let res = move_to(&w, "hooli", "pro").send().await.expect("answer");
+    assert_eq!(res.status(), StatusCode::OK);
+    let t = registry.inner.tenant("hooli").await.expect("read").expect("hooli");
+    assert_eq!((t.plan.as_str(), t.moving_until), ("pro", None));
+}

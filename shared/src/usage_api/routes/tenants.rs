@@ -12,6 +12,7 @@ use super::{Api, tenant_change, touching};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::ControlWrites;
+use crate::engine::quota::format_utc;
 use crate::policy_table::write::ATTEMPTS;
 use crate::policy_table::{TenantRecord, tenant_pk};
 use crate::usage_api::http::{Admin, Answer, JsonBody, NoTenant, QueryNames, Tenant, json, param};
@@ -157,6 +158,7 @@ pub(in crate::usage_api) async fn move_plan(
     let (mut record, keys) = api.tenant_keys(&tenant).await?;
     let keys: Vec<String> = keys.into_keys().collect();
     let views = key_views(&api, &tenant).await?;
+    refuse_live_change(&api, &tenant, &record)?;
     // A move interrupted under its mark (keys perhaps on no plan) is finished first, whatever
     // this request asks: the tenant's plan is already the one it was moving to.
     let pk = || vec![touching(tenant_pk(&tenant))];
@@ -201,6 +203,28 @@ pub(in crate::usage_api) async fn move_plan(
     }
     let record = api.tenant_record(&tenant).await?;
     Ok(json(StatusCode::OK, &tenant_view_of(&tenant, record, views)))
+}
+
+/// 409 while another change's move of the tenant is under way (`policy apply`, `rollback`: their
+/// marks name the change): it is not finished over that change's head, which would take its
+/// mark and could undo its steps. A mark naming no change (this API's own) or lapsed (a change
+/// that stopped) is finished by the move.
+fn refuse_live_change(api: &UsageApi, tenant: &str, record: &TenantRecord) -> Result<(), Problem> {
+    let (Some(by), Some(until)) = (&record.moving_by, record.moving_until) else {
+        return Ok(());
+    };
+    if until <= api.now().as_secs() {
+        return Ok(());
+    }
+    Err(Problem::conflict(
+        "tenant-changed",
+        format!(
+            "tenant `{tenant}` is being moved to plan `{}` by change {by} (`tollgate policy history`) until {}: send the \
+             request again after that; nothing was changed",
+            record.plan,
+            format_utc(until)
+        ),
+    ))
 }
 
 /// Writes the tenant's record from plan `from` to plan `to` (its anchor day kept), marked as moving
