@@ -364,44 +364,6 @@ async fn a_rotation_that_fails_once_its_key_is_listed_withdraws_the_key() {
     assert_eq!(listed, [first]);
 }
 
-#[tokio::test]
-async fn a_rotation_that_fails_while_it_schedules_puts_back_the_revocations_it_scheduled() {
-    // GIVEN stark's first key rotated out with ten minutes of grace: stark lists two keys, the
-    // first due revoked in ten minutes
-    let (w, registry) = wrapped("tg-races-10", None).await;
-    let first = rotated_out(&w, "stark").await;
-    let second = (w.keys_of("stark").await.into_iter())
-        .find(|k| *k != first)
-        .expect("second key");
-    let due = |id: String| {
-        let registry = registry.clone();
-        async move { registry.inner.revocation(&id).await.expect("read").map(|r| r.at) }
-    };
-    let before = due(first.clone()).await;
-    assert!(before.is_some());
-    // WHEN stark is rotated again with a minute of grace, and once it wrote the revocation of one
-    // of its keys, the other's cannot be written (whichever it takes first)
-    for (written, other) in [(&first, &second), (&second, &first)] {
-        let (failing, other) = (registry.clone(), other.clone());
-        registry.hook(
-            At::RevocationWritten(written.clone()),
-            Box::pin(async move { failing.fail_revocation_writes(&other) }),
-        );
-    }
-    let res = rotation(&w, "stark", 60).send().await.expect("answer");
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    // THEN the revocations are as before the rotation: the first key's due at its own time (not
-    // brought forward), none of the second's: a failed rotation leaves the tenant its keys
-    assert_eq!(due(first.clone()).await, before);
-    assert_eq!(due(second.clone()).await, None);
-    // AND those two are stark's enabled keys, the new one withdrawn
-    let mut enabled = enabled_items(&registry, "stark").await;
-    enabled.sort();
-    let mut kept = vec![first, second];
-    kept.sort();
-    assert_eq!(enabled, kept);
-}
-
 /// Marks `tenant` as moving until `until` (on the plan it is on) by change `by`, as `policy apply`
 /// marks it.
 async fn mark_by(registry: &Wrapped, tenant: &str, by: &str, until: u64) {

@@ -217,31 +217,24 @@ impl Rotating<'_> {
         let now = api.now();
         let at = now.saturating_add(Duration::from_secs(self.grace)).as_secs();
         let items = rotation_items(tenant, tenant_changed, &hash, key_record);
-        // A rotation that fails from here on withdraws its key too (listed, it would work, but
-        // its value never reaches the client), and puts back the revocations it scheduled: a
-        // failed rotation leaves the tenant its keys. Once one of them is revoked (a grace of 0)
-        // there is no putting back: the key stays for a retry to hand out.
-        let mut scheduled = Vec::new();
+        // A rotation that fails from here on withdraws its key too: listed, it would work, but
+        // its value never reaches the client.
         let revoked = revoke_listed(
             api,
             (actor, audit_id),
             (tenant, &key.id),
-            (&listed, &mut scheduled),
+            &listed,
             (now.as_secs(), at),
             items,
         );
-        let e = match revoked.await {
-            Ok(()) => {
-                let revoking: Vec<Revocation> = scheduled.into_iter().map(|(r, _)| r).collect();
-                return Ok(self.answer(record.plan, key, &revoking));
+        let revoking = match revoked.await {
+            Ok(revoking) => revoking,
+            Err(e) => {
+                withdraw(api, control.as_ref(), (tenant, &plan_id), &key.id, &hash).await;
+                return Err(e);
             }
-            Err(e) => e,
         };
-        if !matches!(e, Failed::Revoking(_)) {
-            unschedule(api, tenant, &scheduled).await;
-            withdraw(api, control.as_ref(), (tenant, &plan_id), &key.id, &hash).await;
-        }
-        Err(e.into())
+        Ok(self.answer(record.plan, key, &revoking))
     }
 
     /// A rotation's idempotency record and answer: its new `key`, on `plan`, and the revocations
@@ -336,11 +329,11 @@ async fn revoke_listed(
     api: &UsageApi,
     (actor, audit_id): (&str, String),
     (tenant, key_id): (&str, &str),
-    (listed, scheduled): (&BTreeMap<String, String>, &mut Vec<(Revocation, Undo)>),
+    listed: &BTreeMap<String, String>,
     (now, at): (u64, u64),
     items: Vec<ItemChange>,
-) -> Result<(), Failed> {
-    schedule_revocations(api, tenant, listed, at, scheduled).await?;
+) -> Result<Vec<Revocation>, Problem> {
+    let scheduled = schedule_revocations(api, tenant, listed, at).await?;
     let summary = format!(
         "rotate keys of tenant {tenant}: new key {key_id}, {} revoked at {}",
         scheduled.len(),
@@ -349,58 +342,11 @@ async fn revoke_listed(
     api.audit_as(audit_id, actor, summary, items).await?;
     // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
     // that fails is postponed, as the sweep does).
-    for (r, _) in scheduled.iter().filter(|(r, _)| r.at <= now) {
-        api.revoke_or_postpone(actor, r).await.map_err(Failed::Revoking)?;
+    for r in scheduled.iter().filter(|r| r.at <= now) {
+        api.revoke_or_postpone(actor, r).await?;
     }
     still_listed(api, tenant, key_id).await?;
-    Ok(())
-}
-
-/// Why a rotation failed once its key was listed: `Revoking`, while revoking a key at once (a
-/// grace of 0), when no revocation can be put back any more; `Before` that.
-enum Failed {
-    Revoking(Problem),
-    Before(Problem),
-}
-
-impl From<Problem> for Failed {
-    fn from(p: Problem) -> Failed {
-        Failed::Before(p)
-    }
-}
-
-impl From<Failed> for Problem {
-    fn from(f: Failed) -> Problem {
-        let (Failed::Revoking(p) | Failed::Before(p)) = f;
-        p
-    }
-}
-
-/// How to put back a revocation a rotation scheduled: as it was before (`Remove`: there was
-/// none; `PutBack`: due at that later time), or `Nothing` (it was due earlier, left as it was).
-#[derive(Debug, Clone, Copy)]
-enum Undo {
-    Nothing,
-    Remove,
-    PutBack(u64),
-}
-
-/// Puts back the revocations a failed rotation `scheduled`, each only while it is as written
-/// (another writer's change since is left as it is). A step that fails is logged.
-async fn unschedule(api: &UsageApi, tenant: &str, scheduled: &[(Revocation, Undo)]) {
-    for (r, undo) in scheduled {
-        let undone = match undo {
-            Undo::Nothing => continue,
-            Undo::Remove => api.registry.remove_revocation_as_read(r).await,
-            Undo::PutBack(at) => {
-                let back = Revocation { at: *at, ..r.clone() };
-                api.registry.put_revocation(&back, Some(r)).await
-            }
-        };
-        if let Err(e) = undone {
-            tracing::warn!(tenant, key_id = r.key_id, error = %e, "a rotation that failed could not put back a revocation it scheduled");
-        }
-    }
+    Ok(scheduled)
 }
 
 /// A rotation's writes for the audit trail: the tenant's list (when written) and the new key.
@@ -415,16 +361,15 @@ fn rotation_items(tenant: &str, listed: Changed<TenantRecord>, hash: &ApiKeyHash
     items
 }
 
-/// Schedules the revocation of the tenant's `listed` keys (id → hash) at `at` (epoch seconds):
-/// the revocations as they then are, and how to put each back, added to `scheduled` as they are
-/// written (on an error, those written before it).
+/// Schedules the revocation of the tenant's `listed` keys (id → hash) at `at` (epoch seconds);
+/// the revocations as they then are.
 async fn schedule_revocations(
     api: &UsageApi,
     tenant: &str,
     listed: &BTreeMap<String, String>,
     at: u64,
-    scheduled: &mut Vec<(Revocation, Undo)>,
-) -> Result<(), Problem> {
+) -> Result<Vec<Revocation>, Problem> {
+    let mut scheduled = Vec::new();
     for (id, hash) in listed {
         let asked = Revocation {
             tenant: tenant.to_owned(),
@@ -437,41 +382,34 @@ async fn schedule_revocations(
         };
         scheduled.extend(schedule(api, asked).await?);
     }
-    Ok(())
+    Ok(scheduled)
 }
 
 /// Schedules revocation `asked`, written only while the key's revocation is as read (re-read
 /// and decided again on a conflict, `ATTEMPTS` times): created where there is none; one already
 /// due earlier kept as it is (a second rotation with a longer grace must not postpone the
 /// first one's revocation), a later one brought forward with its failed `attempts` kept. The
-/// revocation as it then is, and how to put it back; `None` when one read was removed meanwhile
-/// (the sweep revoked the key, or its tenant was offboarded): it is not written again; `None`
-/// too when the key's item is found revoked once the revocation is written: the revocation is
-/// removed (`written`).
-async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<(Revocation, Undo)>, Problem> {
+/// revocation as it then is; `None` when one read was removed meanwhile (the sweep revoked the
+/// key, or its tenant was offboarded): it is not written again; `None` too when the key's item
+/// is found revoked once the revocation is written: the revocation is removed (`written`).
+async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation>, Problem> {
     let mut seen = false;
     for _ in 0..ATTEMPTS {
         let pending = api.registry.revocation(&asked.key_id).await?;
-        let (r, undo) = match &pending {
+        let r = match &pending {
             None if seen => return Ok(None),
-            None => (asked.clone(), Undo::Remove),
+            None => asked.clone(),
             // The key is revoked already, its deletion pending: nothing to schedule.
             Some(p) if p.delete => return Ok(None),
-            Some(p) if p.at <= asked.at => return Ok(Some((p.clone(), Undo::Nothing))),
-            Some(p) => {
-                let earlier = Revocation {
-                    at: asked.at,
-                    ..p.clone()
-                };
-                (earlier, Undo::PutBack(p.at))
-            }
+            Some(p) if p.at <= asked.at => return Ok(Some(p.clone())),
+            Some(p) => Revocation {
+                at: asked.at,
+                ..p.clone()
+            },
         };
         seen |= pending.is_some();
         if api.registry.put_revocation(&r, pending.as_ref()).await? {
-            // As written: the version a write over it (`unschedule`'s) expects.
-            let version = pending.as_ref().map_or(1, |p| p.version + 1);
-            let r = Revocation { version, ..r };
-            return Ok(written(api, r).await?.map(|r| (r, undo)));
+            return written(api, r).await;
         }
     }
     // As the write protocol fails after its attempts: determinate, nothing more written.
