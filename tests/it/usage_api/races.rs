@@ -397,3 +397,37 @@ async fn a_move_waits_for_another_change_s_live_mark_and_finishes_a_lapsed_one()
     let t = registry.inner.tenant("hooli").await.expect("read").expect("hooli");
     assert_eq!((t.plan.as_str(), t.moving_until), ("pro", None));
 }
+
+/// Runs `hook` right before the `nth` (from 1) write of a tenant's item from now on.
+fn before_tenant_write(registry: &Wrapped, nth: usize, hook: Hook) {
+    let next = match nth {
+        0 | 1 => hook,
+        _ => {
+            let registry = registry.clone();
+            Box::pin(async move { before_tenant_write(&registry, nth - 1, hook) })
+        }
+    };
+    registry.hook(At::TenantWrite, next);
+}
+
+#[tokio::test]
+async fn a_move_finishing_a_lapsed_mark_leaves_a_change_s_mark_written_meanwhile() {
+    // GIVEN hooli on free under a lapsed mark of change apply-1 (an apply that stopped); hooli
+    // moved to pro through the usage API: its first write finishes the marked move, its second
+    // moves hooli
+    for (nth, region) in [(1, "tg-races-12"), (2, "tg-races-13")] {
+        let (w, registry) = wrapped(region, None).await;
+        w.onboarded("hooli").await;
+        mark_by(&registry, "hooli", "apply-1", 1).await;
+        // WHEN `policy apply` runs again and marks hooli right before the move's `nth` write
+        let marker = registry.clone();
+        let mark = Box::pin(async move { mark_by(&marker, "hooli", "apply-2", u64::MAX).await });
+        before_tenant_write(&registry, nth, mark);
+        let res = move_to(&w, "hooli", "pro").send().await.expect("answer");
+        // THEN the move is refused, and apply-2's mark stands
+        assert!(registry.hooks_ran());
+        assert_eq!(res.status(), StatusCode::CONFLICT, "write {nth}");
+        let t = registry.inner.tenant("hooli").await.expect("read").expect("hooli");
+        assert_eq!((t.plan.as_str(), t.moving_by.as_deref()), ("free", Some("apply-2")));
+    }
+}

@@ -213,7 +213,7 @@ fn refuse_live_change(api: &UsageApi, tenant: &str, record: &TenantRecord) -> Re
     let (Some(by), Some(until)) = (&record.moving_by, record.moving_until) else {
         return Ok(());
     };
-    if until <= api.now().as_secs() {
+    if !live_change(record, api.now().as_secs()) {
         return Ok(());
     }
     Err(Problem::conflict(
@@ -227,6 +227,12 @@ fn refuse_live_change(api: &UsageApi, tenant: &str, record: &TenantRecord) -> Re
     ))
 }
 
+/// Whether `t` carries a mark of another change (`policy apply`, `rollback`) that has not lapsed
+/// at `now` (epoch seconds): a move writes nothing over it (`refuse_live_change`).
+fn live_change(t: &TenantRecord, now: u64) -> bool {
+    t.moving_by.is_some() && t.moving_until.is_some_and(|until| until > now)
+}
+
 /// Writes the tenant's record from plan `from` to plan `to` (its anchor day kept), marked as moving
 /// until `moving_until` or not; 409 when another request moved or offboarded it meanwhile.
 async fn set_plan(
@@ -236,10 +242,11 @@ async fn set_plan(
     to: &str,
     moving_until: Option<u64>,
 ) -> Result<Changed<TenantRecord>, Problem> {
+    let now = api.now().as_secs();
     let changed = api
         .registry
         .change_tenant(tenant, &|current| match current {
-            Some(t) if t.plan == from => ItemAction::Put(TenantRecord {
+            Some(t) if t.plan == from && !live_change(t, now) => ItemAction::Put(TenantRecord {
                 plan: to.to_owned(),
                 moving_until,
                 // The usage API's mark names no change.
@@ -249,10 +256,10 @@ async fn set_plan(
             _ => ItemAction::Leave,
         })
         .await?;
-    if changed.after.as_ref().map(|t| t.plan.as_str()) != Some(to) {
-        return Err(moved_meanwhile(tenant));
+    match &changed.after {
+        Some(t) if t.plan == to && !live_change(t, now) => Ok(changed),
+        _ => Err(moved_meanwhile(tenant)),
     }
-    Ok(changed)
 }
 
 /// Why a move failed: a conflict found before its first write (its intent is closed as
@@ -394,20 +401,24 @@ async fn write_moved(
         let listed = t.keys.iter().flat_map(|k| k.keys());
         listed.filter(|k| !moved.contains(k)).cloned().collect()
     };
+    let now = api.now().as_secs();
     let changed = api
         .registry
         .change_tenant(tenant, &|current| match current {
-            Some(t) if t.plan == from && besides(t).is_empty() => ItemAction::Put(TenantRecord {
-                plan: to.to_owned(),
-                moving_until,
-                // The usage API's mark names no change.
-                moving_by: None,
-                ..t.clone()
-            }),
+            Some(t) if t.plan == from && besides(t).is_empty() && !live_change(t, now) => {
+                ItemAction::Put(TenantRecord {
+                    plan: to.to_owned(),
+                    moving_until,
+                    // The usage API's mark names no change.
+                    moving_by: None,
+                    ..t.clone()
+                })
+            }
             _ => ItemAction::Leave,
         })
         .await?;
     match &changed.after {
+        Some(t) if live_change(t, now) => Err(moved_meanwhile(tenant)),
         Some(t) if t.plan == to => Ok(Ok(changed)),
         Some(t) if t.plan == from => Ok(Err(besides(t))),
         _ => Err(moved_meanwhile(tenant)),
