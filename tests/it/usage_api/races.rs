@@ -288,9 +288,15 @@ async fn a_rotation_keeps_the_failed_attempts_of_a_revocation_the_sweep_postpone
 /// Marks `tenant` as moving until `until` (on the plan it is on, as `policy apply` does when the
 /// plan is the target), or, with `None`, takes the mark off.
 async fn mark_moving(registry: &Wrapped, tenant: &str, until: Option<u64>) {
+    mark(registry, tenant, until, None).await;
+}
+
+/// Writes `tenant`'s mark as moving: `until`, by change `by`.
+async fn mark(registry: &Wrapped, tenant: &str, until: Option<u64>, by: Option<&str>) {
     let mark = |t: Option<&TenantRecord>| match t {
         Some(t) => ItemAction::Put(TenantRecord {
             moving_until: until,
+            moving_by: by.map(str::to_owned),
             ..t.clone()
         }),
         None => ItemAction::Leave,
@@ -367,15 +373,7 @@ async fn a_rotation_that_fails_once_its_key_is_listed_withdraws_the_key() {
 /// Marks `tenant` as moving until `until` (on the plan it is on) by change `by`, as `policy apply`
 /// marks it.
 async fn mark_by(registry: &Wrapped, tenant: &str, by: &str, until: u64) {
-    let mark = |t: Option<&TenantRecord>| match t {
-        Some(t) => ItemAction::Put(TenantRecord {
-            moving_until: Some(until),
-            moving_by: Some(by.to_owned()),
-            ..t.clone()
-        }),
-        None => ItemAction::Leave,
-    };
-    registry.inner.change_tenant(tenant, &mark).await.expect("mark");
+    mark(registry, tenant, Some(until), Some(by)).await;
 }
 
 #[tokio::test]
