@@ -422,9 +422,12 @@ async fn a_move_finishing_a_lapsed_mark_leaves_a_change_s_mark_written_meanwhile
         let mark = Box::pin(async move { mark_by(&marker, "hooli", "apply-2", u64::MAX).await });
         before_tenant_write(&registry, nth, mark);
         let res = move_to(&w, "hooli", "pro").send().await.expect("answer");
-        // THEN the move is refused, and apply-2's mark stands
+        // THEN the move is refused, naming apply-2, and apply-2's mark stands
         assert!(registry.hooks_ran());
         assert_eq!(res.status(), StatusCode::CONFLICT, "write {nth}");
+        let problem: Value = res.json().await.expect("problem");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("by change apply-2"), "write {nth}: {problem}");
         let t = registry.inner.tenant("hooli").await.expect("read").expect("hooli");
         assert_eq!((t.plan.as_str(), t.moving_by.as_deref()), ("free", Some("apply-2")));
     }

@@ -210,21 +210,24 @@ pub(in crate::usage_api) async fn move_plan(
 /// mark and could undo its steps. A mark naming no change (this API's own) or lapsed (a change
 /// that stopped) is finished by the move.
 fn refuse_live_change(api: &UsageApi, tenant: &str, record: &TenantRecord) -> Result<(), Problem> {
-    let (Some(by), Some(until)) = (&record.moving_by, record.moving_until) else {
-        return Ok(());
-    };
-    if !live_change(record, api.now().as_secs()) {
-        return Ok(());
+    match live_change(record, api.now().as_secs()) {
+        true => Err(change_under_way(tenant, record)),
+        false => Ok(()),
     }
-    Err(Problem::conflict(
+}
+
+/// The 409 of a move that found `t` under another change's live mark.
+fn change_under_way(tenant: &str, t: &TenantRecord) -> Problem {
+    Problem::conflict(
         "tenant-changed",
         format!(
-            "tenant `{tenant}` is being moved to plan `{}` by change {by} (`tollgate policy history`) until {}: send the \
-             request again after that; nothing was changed",
-            record.plan,
-            format_utc(until)
+            "tenant `{tenant}` is being moved to plan `{}` by change {} (`tollgate policy history`) until {}: send the \
+             request again after that",
+            t.plan,
+            t.moving_by.as_deref().unwrap_or_default(),
+            format_utc(t.moving_until.unwrap_or_default())
         ),
-    ))
+    )
 }
 
 /// Whether `t` carries a mark of another change (`policy apply`, `rollback`) that has not lapsed
@@ -257,7 +260,8 @@ async fn set_plan(
         })
         .await?;
     match &changed.after {
-        Some(t) if t.plan == to && !live_change(t, now) => Ok(changed),
+        Some(t) if live_change(t, now) => Err(change_under_way(tenant, t)),
+        Some(t) if t.plan == to => Ok(changed),
         _ => Err(moved_meanwhile(tenant)),
     }
 }
@@ -418,7 +422,7 @@ async fn write_moved(
         })
         .await?;
     match &changed.after {
-        Some(t) if live_change(t, now) => Err(moved_meanwhile(tenant)),
+        Some(t) if live_change(t, now) => Err(change_under_way(tenant, t)),
         Some(t) if t.plan == to => Ok(Ok(changed)),
         Some(t) if t.plan == from => Ok(Err(besides(t))),
         _ => Err(moved_meanwhile(tenant)),
