@@ -19,6 +19,9 @@ use tollgate::policy_file::PolicyFile;
 use tollgate::store::Store;
 use tollgate::usage_api::registry::Registry;
 use tollgate::usage_api::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use super::read_policy;
 use crate::aws_args::{AuditArgs, StoreArgs};
@@ -100,10 +103,13 @@ struct Tenancy {
 
 impl Serve {
     pub async fn run(self) -> Result<(), CliError> {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+        let filter = std::env::var("TOLLGATE_LOG")
+            .ok()
+            .and_then(|v| v.parse::<Targets>().ok())
+            .unwrap_or_else(|| Targets::new().with_default(LevelFilter::WARN));
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer())
             .init();
         let file = read_policy(self.policy.as_ref())?;
         let tenancy = self.tenancy(&file).await?;
