@@ -6,7 +6,7 @@
 //!
 //! 1. `engine`: pure decisions; time is an argument.
 //! 2. `metrics` (metric names, the EMF document), `aws` (SDK client builders, attribute readers),
-//!    `logging` (the functions'), `policy_file`, `jwt`.
+//!    `logging` (the functions' and `tollgate serve`'s), `policy_file`, `jwt`.
 //! 3. `policy_table`: the policy table's layout, its items and the audit trail.
 //! 4. `store` (tenant state) and `directory` (policy reads).
 //! 5. `gate`: one decision end to end, over a store and a directory, with the fallbacks.
@@ -20,7 +20,7 @@ pub mod directory;
 pub mod engine;
 pub mod gate;
 pub mod jwt;
-#[cfg(feature = "lambda")]
+#[cfg(feature = "logging")]
 pub mod logging;
 pub mod metrics;
 pub mod notify;

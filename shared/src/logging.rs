@@ -1,5 +1,5 @@
-//! How every Lambda function logs: JSON lines on stdout (CloudWatch Logs adds the time), filtered
-//! by `TOLLGATE_LOG` (default `info`). One place, so the four functions log alike.
+//! How Tollgate logs: the functions write JSON lines on stdout (CloudWatch Logs adds the time),
+//! `tollgate serve` text on stderr, both filtered by `TOLLGATE_LOG`. One place, so they log alike.
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -8,26 +8,65 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// The variable that sets the log filter (`info`, `debug`, `tollgate=debug,warn`, ...).
 pub const LOG_VAR: &str = "TOLLGATE_LOG";
 
-/// The filter `TOLLGATE_LOG` names: a level, and levels by target prefix (`tollgate=debug,warn`).
-/// `default` when it is unset or not a filter. A parse of its own rather than `EnvFilter`'s,
-/// whose span and field matching links a regex engine into every function.
-pub fn filter(value: Option<&str>, default: LevelFilter) -> Targets {
-    value
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(default))
+/// The filter `TOLLGATE_LOG` names, or `default` when it is unset; a value that is not a filter
+/// gives `default` and the reason, for the caller to log once its subscriber runs (a typo must
+/// not silence a function). A parse of its own rather than `EnvFilter`'s, whose span and field
+/// matching links a regex engine into every function, and stricter than `Targets`' own, which
+/// reads a misspelt level (`warning`) as a target and so logs nothing.
+pub fn filter(value: Option<&str>, default: LevelFilter) -> (Targets, Option<String>) {
+    match value.map(parse) {
+        None => (Targets::new().with_default(default), None),
+        Some(Ok(targets)) => (targets, None),
+        Some(Err(why)) => (
+            Targets::new().with_default(default),
+            Some(format!("{LOG_VAR} is not a log filter ({why}); logging at `{default}`")),
+        ),
+    }
 }
 
-/// Installs the global subscriber; call once, first thing in `main`.
+/// A comma-separated list of levels (the default for every target) and `target=level` pairs;
+/// empty entries are skipped, a value with no entry is refused.
+fn parse(value: &str) -> Result<Targets, String> {
+    let mut targets = Targets::new();
+    let mut any = false;
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        targets = match entry.split_once('=') {
+            None => targets.with_default(level(entry)?),
+            Some((target, lvl)) => {
+                let target = target.trim();
+                let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+                if target.is_empty() || !target.chars().all(valid) {
+                    return Err(format!("`{target}` is not a module path, in `{entry}`"));
+                }
+                targets.with_target(target, level(lvl.trim())?)
+            }
+        };
+        any = true;
+    }
+    match any {
+        true => Ok(targets),
+        false => Err("it is empty".to_owned()),
+    }
+}
+
+fn level(word: &str) -> Result<LevelFilter, String> {
+    word.parse::<LevelFilter>()
+        .ok()
+        .ok_or_else(|| format!("`{word}` is not one of off, error, warn, info, debug, trace"))
+}
+
+/// Installs the functions' global subscriber; call once, first thing in `main`.
 pub fn init_lambda() {
+    let (filter, bad) = filter(std::env::var(LOG_VAR).ok().as_deref(), LevelFilter::INFO);
     let layer = tracing_subscriber::fmt::layer()
         .json()
         .with_ansi(false)
         .without_time()
         .with_current_span(false);
-    tracing_subscriber::registry()
-        .with(filter(std::env::var(LOG_VAR).ok().as_deref(), LevelFilter::INFO))
-        .with(layer)
-        .init();
+    tracing_subscriber::registry().with(filter).with(layer).init();
+    if let Some(bad) = bad {
+        tracing::warn!("{bad}");
+    }
 }
 
 #[cfg(test)]
@@ -36,15 +75,44 @@ mod tests {
 
     use super::*;
 
+    fn read(value: &str) -> (Targets, Option<String>) {
+        filter(Some(value), LevelFilter::INFO)
+    }
+
     #[test]
     fn the_filter_takes_a_level_and_levels_by_target() {
-        let f = filter(Some("tollgate=debug,warn"), LevelFilter::INFO);
-        assert!(f.would_enable("tollgate::gate", &Level::DEBUG));
-        assert!(!f.would_enable("aws_smithy_runtime", &Level::INFO));
-        assert!(f.would_enable("aws_smithy_runtime", &Level::WARN));
-        let f = filter(None, LevelFilter::INFO);
+        for value in [
+            "tollgate=debug,warn",
+            "warn, tollgate=DEBUG,",
+            " WARN ,tollgate = debug",
+        ] {
+            let (f, bad) = read(value);
+            assert_eq!(bad, None, "{value}");
+            assert!(f.would_enable("tollgate::gate", &Level::DEBUG), "{value}");
+            assert!(!f.would_enable("aws_smithy_runtime", &Level::INFO), "{value}");
+            assert!(f.would_enable("aws_smithy_runtime", &Level::WARN), "{value}");
+        }
+        let (f, _) = filter(None, LevelFilter::INFO);
         assert!(f.would_enable("tollgate", &Level::INFO) && !f.would_enable("tollgate", &Level::DEBUG));
-        let f = filter(Some("tollgate=[span]"), LevelFilter::INFO);
-        assert!(f.would_enable("x", &Level::INFO), "not a filter: the default");
+        let (f, _) = read("off");
+        assert!(!f.would_enable("tollgate", &Level::ERROR));
+    }
+
+    #[test]
+    fn a_value_that_is_not_a_filter_logs_at_the_default_and_says_why() {
+        for value in [
+            "warning",
+            "",
+            " , ",
+            "tollgate[span]=debug",
+            "tollgate=verbose",
+            "=debug",
+        ] {
+            let (f, bad) = read(value);
+            let bad = bad.unwrap_or_else(|| panic!("`{value}` was taken as a filter"));
+            assert!(bad.starts_with("TOLLGATE_LOG is not a log filter"), "{bad}");
+            assert!(f.would_enable("x", &Level::INFO), "{value}: the default");
+            assert!(!f.would_enable("x", &Level::DEBUG), "{value}: the default");
+        }
     }
 }

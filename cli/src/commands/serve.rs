@@ -15,11 +15,12 @@ use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::engine::shed::{SetBy, ShedState};
 use tollgate::gate::{Gate, GateConfig};
+use tollgate::logging;
 use tollgate::policy_file::PolicyFile;
 use tollgate::store::Store;
 use tollgate::usage_api::registry::Registry;
 use tollgate::usage_api::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -103,14 +104,14 @@ struct Tenancy {
 
 impl Serve {
     pub async fn run(self) -> Result<(), CliError> {
-        let filter = std::env::var("TOLLGATE_LOG")
-            .ok()
-            .and_then(|v| v.parse::<Targets>().ok())
-            .unwrap_or_else(|| Targets::new().with_default(LevelFilter::WARN));
+        let (filter, bad) = logging::filter(std::env::var(logging::LOG_VAR).ok().as_deref(), LevelFilter::WARN);
         tracing_subscriber::registry()
             .with(filter)
             .with(tracing_subscriber::fmt::layer())
             .init();
+        if let Some(bad) = bad {
+            tracing::warn!("{bad}");
+        }
         let file = read_policy(self.policy.as_ref())?;
         let tenancy = self.tenancy(&file).await?;
         let directory: Arc<dyn Directory> = tenancy.registry.clone();
