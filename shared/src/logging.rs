@@ -1,5 +1,7 @@
 //! How Tollgate logs: the functions write JSON lines on stdout (CloudWatch Logs adds the time),
-//! `tollgate serve` text on stderr, both filtered by `TOLLGATE_LOG`. One place, so they log alike.
+//! `tollgate serve` text lines, both filtered by `TOLLGATE_LOG`. One place, so they log alike.
+
+use std::env::VarError;
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -21,6 +23,15 @@ pub fn filter(value: Option<&str>, default: LevelFilter) -> (Targets, Option<Str
             Targets::new().with_default(default),
             Some(format!("{LOG_VAR} is not a log filter ({why}); logging at `{default}`")),
         ),
+    }
+}
+
+/// `filter` of the variable as the process has it; a value that is not Unicode is not a filter.
+pub fn from_env(default: LevelFilter) -> (Targets, Option<String>) {
+    match std::env::var(LOG_VAR) {
+        Ok(value) => filter(Some(&value), default),
+        Err(VarError::NotPresent) => filter(None, default),
+        Err(VarError::NotUnicode(_)) => filter(Some("\u{fffd}"), default),
     }
 }
 
@@ -50,14 +61,16 @@ fn parse(value: &str) -> Result<Targets, String> {
 }
 
 fn level(word: &str) -> Result<LevelFilter, String> {
-    word.parse::<LevelFilter>()
-        .ok()
+    // `tracing` reads an empty word as `error`: `tollgate=` would silence every other target.
+    Some(word)
+        .filter(|w| !w.is_empty())
+        .and_then(|w| w.parse::<LevelFilter>().ok())
         .ok_or_else(|| format!("`{word}` is not one of off, error, warn, info, debug, trace"))
 }
 
 /// Installs the functions' global subscriber; call once, first thing in `main`.
 pub fn init_lambda() {
-    let (filter, bad) = filter(std::env::var(LOG_VAR).ok().as_deref(), LevelFilter::INFO);
+    let (filter, bad) = from_env(LevelFilter::INFO);
     let layer = tracing_subscriber::fmt::layer()
         .json()
         .with_ansi(false)

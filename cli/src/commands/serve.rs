@@ -104,7 +104,7 @@ struct Tenancy {
 
 impl Serve {
     pub async fn run(self) -> Result<(), CliError> {
-        let (filter, bad) = logging::filter(std::env::var(logging::LOG_VAR).ok().as_deref(), LevelFilter::WARN);
+        let (filter, bad) = logging::from_env(LevelFilter::WARN);
         tracing_subscriber::registry()
             .with(filter)
             .with(tracing_subscriber::fmt::layer())
