@@ -137,6 +137,22 @@ impl From<StoreError> for Problem {
     }
 }
 
+impl Problem {
+    /// A reset whose write got no answer, or a server error (`StoreError::is_indeterminate`):
+    /// it may have been made. Its intent stays `interrupted` in the audit trail.
+    pub fn reset_unknown(e: StoreError) -> Problem {
+        tracing::warn!(error = %e, "usage api: state store, a reset of unknown outcome");
+        Problem::unavailable(
+            "outcome-unknown",
+            format!(
+                "the reset may or may not have been made ({e}): sending it again is safe, since a reset clears \
+                 to zero; the audit trail lists this attempt `interrupted`, and the reset that answers 200 is \
+                 recorded as a change of its own"
+            ),
+        )
+    }
+}
+
 impl From<AuditError> for Problem {
     fn from(e: AuditError) -> Problem {
         tracing::warn!(error = %e, "usage api: audit trail");
