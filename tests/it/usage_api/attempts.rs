@@ -1,7 +1,8 @@
 //! The audit trail of requests under an `Idempotency-Key`: every attempt audits under the id of
 //! the tenant and the key, so a failed attempt's intent is closed by the record of the retry that
 //! makes the change, and a retry after a lost answer, which finds every write made, records the
-//! change once.
+//! change once. A rotation whose record's write got no answer, though it landed, is made, not
+//! withdrawn.
 
 use reqwest::StatusCode;
 
@@ -117,4 +118,30 @@ async fn a_failed_rotation_attempt_and_a_retry_after_a_lost_answer_are_recorded_
     let applied = recorded_once(&w, "rotate keys of tenant acme").await;
     let record = w.audit.get(&applied.id).await.expect("record");
     assert_eq!(record.items.len(), 2, "{record:?}");
+}
+
+#[tokio::test]
+async fn a_rotation_whose_record_landed_unanswered_is_made_not_withdrawn() {
+    // GIVEN acme onboarded, the usage API's audit writes through a proxy that lets the rotation's
+    // intent through and loses the answer to each of the SDK's three attempts at its record
+    // (the first lands, the others find it there)
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, ..) = World::on_policy_table_with("tg-ctl11-3", None, Some(&proxy.endpoint())).await;
+    let old = w.onboarded("acme").await;
+    let lost = Some(Fault::LoseResponse);
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[None, lost, lost, lost]);
+    // WHEN acme's keys are rotated
+    let (status, body) = w.rotate_via(&w.base, ("acme", 300), "idem-l").await.expect("answer");
+    // THEN the rotation is made: its record is there, so it answers its new key, enabled and on
+    // the plan beside the old one, instead of withdrawing it
+    assert_eq!(proxy.injected(), 3);
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let new = body["key"]["id"].as_str().expect("new key").to_owned();
+    let key = w.gw.get_api_key().api_key(&new).send().await.expect("key");
+    assert!(key.enabled(), "{key:?}");
+    let named = format!("new key {new}");
+    assert_eq!(w.plan_keys().await, std::collections::BTreeSet::from([old, new]));
+    // AND the trail records it once, nothing interrupted
+    let applied = recorded_once(&w, "rotate keys of tenant acme").await;
+    assert!(applied.summary.contains(&named), "{applied:?}");
 }

@@ -276,6 +276,28 @@ impl UsageApi {
         Ok(())
     }
 
+    /// `audit_as` for a change its writer undoes when it cannot record it (a rotation withdraws
+    /// its new key): a record whose write failed (its answer lost, say) is written again, the
+    /// same record, before the change is given up. Records are written once, so that write finds
+    /// the first one there, left as it is, or writes it now: either way the change is recorded,
+    /// and made. The audit table grants its writers only `PutItem`: the record is confirmed by
+    /// putting it, never read back.
+    async fn audit_or_confirm(
+        &self,
+        id: String,
+        actor: &str,
+        summary: String,
+        items: Vec<ItemChange>,
+    ) -> Result<(), Problem> {
+        let record = self.change(id, actor, summary, items);
+        let Err(e) = AuditSink::record(self.audit.as_ref(), &record).await else {
+            return Ok(());
+        };
+        tracing::warn!(error = %e, change_id = %record.id, "usage api: a change's record may or may not have been written; written again");
+        AuditSink::record(self.audit.as_ref(), &record).await?;
+        Ok(())
+    }
+
     /// Closes the intent of a change that wrote nothing with `record` (`ChangeRecord::unwritten`);
     /// a record that cannot be written leaves the intent as it is (logged).
     async fn close_unwritten(&self, record: ChangeRecord) {
