@@ -312,18 +312,22 @@ impl AuditLog {
         }
     }
 
-    /// The whole record of change `id`: in the audit table, else its intent there (`interrupted`:
-    /// the change has no record), else the record in the legacy table.
+    /// The whole record of change `id`: in the audit table, else in the legacy table, else its
+    /// intent (`interrupted`: the change has no record) in the one, else in the other. A record
+    /// in either table closes an intent in either, as `history` lists them: a change begun by
+    /// code that wrote to the policy table (no audit table named yet) may be recorded in the
+    /// audit table by its retry.
     pub async fn get(&self, id: &str) -> Result<ChangeRecord, AuditError> {
-        let found = match self.get_in(&self.table, id).await {
-            Err(AuditError::NotFound(_)) => self.get_in(&self.table, &format!("{id}{INTENT_SUFFIX}")).await,
-            found => found,
-        };
-        match (found, &self.legacy) {
-            (Err(AuditError::NotFound(_)), Some(legacy)) => self.get_in(legacy, id).await,
-            (Err(AuditError::NotFound(_)), None) => Err(AuditError::NotFound(id.to_owned())),
-            (found, _) => found,
+        let intent = format!("{id}{INTENT_SUFFIX}");
+        for key in [id, intent.as_str()] {
+            for table in std::iter::once(&self.table).chain(&self.legacy) {
+                match self.get_in(table, key).await {
+                    Err(AuditError::NotFound(_)) => {}
+                    found => return found,
+                }
+            }
         }
+        Err(AuditError::NotFound(id.to_owned()))
     }
 
     async fn get_in(&self, table: &str, id: &str) -> Result<ChangeRecord, AuditError> {
