@@ -277,11 +277,12 @@ impl UsageApi {
     }
 
     /// `audit_as` for a change its writer undoes when it cannot record it (a rotation withdraws
-    /// its new key): a record whose write failed (its answer lost, say) is written again, the
-    /// same record, before the change is given up. Records are written once, so that write finds
-    /// the first one there, left as it is, or writes it now: either way the change is recorded,
-    /// and made. The audit table grants its writers only `PutItem`: the record is confirmed by
-    /// putting it, never read back.
+    /// its new key): a record whose write may have landed (timed out, its answer lost, a server
+    /// error: `AuditError::is_determinate`) is written again, the same record, before the change
+    /// is given up; one the table refused is not. Records are written once, so that write finds a
+    /// record under the id (the change's, or another attempt's under the same id) left as it is,
+    /// or writes this one: either way the id is recorded. The audit table grants its writers only
+    /// `PutItem`: the record is confirmed by putting it, never read back.
     async fn audit_or_confirm(
         &self,
         id: String,
@@ -293,6 +294,9 @@ impl UsageApi {
         let Err(e) = AuditSink::record(self.audit.as_ref(), &record).await else {
             return Ok(());
         };
+        if e.is_determinate() {
+            return Err(e.into());
+        }
         tracing::warn!(error = %e, change_id = %record.id, "usage api: a change's record may or may not have been written; written again");
         AuditSink::record(self.audit.as_ref(), &record).await?;
         Ok(())
