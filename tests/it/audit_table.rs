@@ -88,7 +88,8 @@ async fn records_from_before_stay_readable_and_new_ones_go_only_to_the_audit_tab
 async fn intents_left_in_the_policy_table_are_listed_and_read_as_their_changes_once() {
     // GIVEN in the policy table, written by code that had no audit table named yet: the intent
     // of a change that stopped, the intent and record of one that finished, and the intent of
-    // one whose retry recorded it in the audit table after the upgrade
+    // one whose retry recorded it in the audit table after the upgrade; and a change whose intent
+    // is in the audit table and whose record is in the policy table
     let (db, policy, audit) = tables().await;
     let before = AuditLog::new(db.clone(), &policy);
     let (stopped, finished, retried) = (change("stopped", 100), change("finished", 110), change("retried", 120));
@@ -100,6 +101,9 @@ async fn intents_left_in_the_policy_table_are_listed_and_read_as_their_changes_o
         .with_audit_table(Some(audit.clone()))
         .audit_log();
     log.record(&retried).await.expect("record");
+    let across = change("across", 130);
+    log.intend(&across).await.expect("intent");
+    before.record(&across).await.expect("record");
     // THEN the history lists each change once, by its id: the stopped one interrupted, the others
     // by their records
     let listed: Vec<(String, Option<&str>)> = (log.history().await.expect("history").into_iter())
@@ -109,6 +113,7 @@ async fn intents_left_in_the_policy_table_are_listed_and_read_as_their_changes_o
     assert_eq!(
         listed,
         [
+            (ids(&across), None),
             (ids(&retried), None),
             (ids(&finished), None),
             (ids(&stopped), Some(INTERRUPTED))
@@ -120,6 +125,8 @@ async fn intents_left_in_the_policy_table_are_listed_and_read_as_their_changes_o
     assert_eq!(interrupted.summary, stopped.summary);
     assert_eq!(log.get(&finished.id).await.expect("finished"), finished);
     assert_eq!(log.get(&retried.id).await.expect("retried"), retried);
+    // AND a record in the policy table is read before an intent in the audit table
+    assert_eq!(log.get(&across.id).await.expect("across"), across);
 }
 
 #[tokio::test]

@@ -46,9 +46,12 @@ async fn the_onboarding(w: &World, what: &str) -> Entry {
 #[tokio::test]
 async fn onboardings_refused_before_any_write_leave_nothing_in_the_trail() {
     // GIVEN acme onboarded (under `idem-acme`), a plan gold in the policy with no usage plan,
-    // and an Idempotency-Key an attempt holds
-    let w = World::new("tg-ctl11-1").await;
+    // an Idempotency-Key an attempt holds, and the usage API's audit writes counted by a proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let w = World::with("tg-ctl11-1", None, None, Some(&proxy.endpoint())).await;
     w.onboarded("acme").await;
+    let puts = || proxy.seen("POST", "DynamoDB_20120810.PutItem");
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[]);
     w.dir.put_plan(plan("gold"));
     let now = w.clock.now().as_secs();
     assert!(
@@ -65,12 +68,14 @@ async fn onboardings_refused_before_any_write_leave_nothing_in_the_trail() {
         refused(&w, ("beta", "nope"), "idem-beta").await,
         refused(&w, ("beta", "gold"), "idem-beta").await,
     ];
+    let refusing = puts();
     // AND acme's onboarding is replayed once acme is offboarded
     let off = (w.admin(Method::DELETE, "/v1/tenants/acme"))
         .send()
         .await
         .expect("answer");
     assert_eq!(off.status(), StatusCode::NO_CONTENT);
+    let offboarded = puts();
     let replayed = refused(&w, ("acme", "free"), "idem-acme").await;
     // THEN each answered its 409
     assert_eq!(
@@ -84,6 +89,11 @@ async fn onboardings_refused_before_any_write_leave_nothing_in_the_trail() {
         ]
     );
     assert_eq!(replayed, "tenant-offboarded");
+    // AND none put anything in the trail (the replay's intent would share the id of acme's
+    // record, and be listed by it): the puts counted are the offboarding's alone
+    assert_eq!(refusing, 0);
+    assert!(offboarded > 0);
+    assert_eq!(puts(), offboarded, "the replay put nothing");
     // AND the trail holds acme's onboarding alone, recorded: no refusal left an intent
     let only = the_onboarding(&w, "onboard tenant acme on plan free with key ").await;
     assert_eq!(only.status, None, "{only:?}");
