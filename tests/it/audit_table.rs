@@ -1,7 +1,8 @@
 //! The audit trail in its own table (`policy_table::audit`) on the emulator: records written
 //! before the audit table stay readable in the policy table, new ones go only to the audit
-//! table; the operator's tools find the audit table through the policy table's scope; the usage
-//! API's shed changes are recorded there.
+//! table, and intents left there are listed and read as their changes; the operator's tools find
+//! the audit table through the policy table's scope; the usage API's shed changes are recorded
+//! there.
 
 use tollgate::aws::admin_client;
 use tollgate::control::sync::scope::Scope;
@@ -9,7 +10,7 @@ use tollgate::control::sync::table::PolicyTable;
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::clock::Timestamp;
 use tollgate::engine::shed::SetBy;
-use tollgate::policy_table::audit::{AuditError, AuditLog, ChangeOutcome, ChangeRecord, Source};
+use tollgate::policy_table::audit::{AuditError, AuditLog, ChangeOutcome, ChangeRecord, INTERRUPTED, Source};
 use tollgate::usage_api::registry::{ManualShed, Registry};
 
 use crate::support::emulator;
@@ -81,6 +82,51 @@ async fn records_from_before_stay_readable_and_new_ones_go_only_to_the_audit_tab
     // once
     log.record(&old).await.expect("retried");
     assert_eq!(log.history().await.expect("history").len(), 2, "each change once");
+}
+
+#[tokio::test]
+async fn intents_left_in_the_policy_table_are_listed_and_read_as_their_changes_once() {
+    // GIVEN in the policy table, written by code that had no audit table named yet: the intent
+    // of a change that stopped, the intent and record of one that finished, and the intent of
+    // one whose retry recorded it in the audit table after the upgrade; and a change whose intent
+    // is in the audit table and whose record is in the policy table
+    let (db, policy, audit) = tables().await;
+    let before = AuditLog::new(db.clone(), &policy);
+    let (stopped, finished, retried) = (change("stopped", 100), change("finished", 110), change("retried", 120));
+    for c in [&stopped, &finished, &retried] {
+        before.intend(c).await.expect("intent");
+    }
+    before.record(&finished).await.expect("record");
+    let log = PolicyTable::new(db.clone(), &policy)
+        .with_audit_table(Some(audit.clone()))
+        .audit_log();
+    log.record(&retried).await.expect("record");
+    let across = change("across", 130);
+    log.intend(&across).await.expect("intent");
+    before.record(&across).await.expect("record");
+    // THEN the history lists each change once, by its id: the stopped one interrupted, the others
+    // by their records
+    let listed: Vec<(String, Option<&str>)> = (log.history().await.expect("history").into_iter())
+        .map(|e| (e.id, e.status))
+        .collect();
+    let ids = |c: &ChangeRecord| c.id.clone();
+    assert_eq!(
+        listed,
+        [
+            (ids(&across), None),
+            (ids(&retried), None),
+            (ids(&finished), None),
+            (ids(&stopped), Some(INTERRUPTED))
+        ]
+    );
+    // AND each is read by its id as listed: the stopped one from its intent, interrupted
+    let interrupted = log.get(&stopped.id).await.expect("the stopped change");
+    assert_eq!(interrupted.outcome, ChangeOutcome::Interrupted);
+    assert_eq!(interrupted.summary, stopped.summary);
+    assert_eq!(log.get(&finished.id).await.expect("finished"), finished);
+    assert_eq!(log.get(&retried.id).await.expect("retried"), retried);
+    // AND a record in the policy table is read before an intent in the audit table
+    assert_eq!(log.get(&across.id).await.expect("across"), across);
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
@@ -198,12 +198,49 @@ const INTENT_SUFFIX: &str = "#intent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// `outcome_known`: a write that surely wrote no record (`AuditError::is_determinate`).
     #[error("audit trail in `{table}` unavailable: {detail}")]
-    Unavailable { table: String, detail: String },
+    Unavailable {
+        table: String,
+        detail: String,
+        outcome_known: bool,
+    },
     #[error("no change `{0}` in the audit trail (see `tollgate policy history`)")]
     NotFound(String),
     #[error("audit record `{id}` is unreadable: {reason}")]
     Corrupt { id: String, reason: String },
+}
+
+impl AuditError {
+    /// Whether the record (or intent) is known not to have been written: the table refused its
+    /// header (a 4xx other than a throttle or a request timeout, which the SDK retries after
+    /// attempts that may have landed), it was never sent, or a part before it failed. A header
+    /// put that timed out, lost its answer, failed to dispatch (a connection the SDK could not
+    /// open is not told apart from one lost after sending, and its earlier attempts may have
+    /// been sent) or got a server error may have landed.
+    pub fn is_determinate(&self) -> bool {
+        match self {
+            AuditError::Unavailable { outcome_known, .. } => *outcome_known,
+            AuditError::NotFound(_) | AuditError::Corrupt { .. } => true,
+        }
+    }
+}
+
+/// Whether a put that failed with `e` surely did not land (`AuditError::is_determinate`).
+fn refused(e: &SdkError<PutItemError>) -> bool {
+    let SdkError::ServiceError(s) = e else {
+        return matches!(e, SdkError::ConstructionFailure(_));
+    };
+    let code = s.err().code().unwrap_or_default();
+    let retried = code.contains("Throttl")
+        || code.contains("LimitExceeded")
+        || code.starts_with("RequestTimeout")
+        || matches!(
+            code,
+            "ProvisionedThroughputExceededException" | "TooManyRequestsException" | "TransactionInProgressException"
+        );
+    let status = s.raw().status();
+    status.is_client_error() && status.as_u16() != 429 && !retried
 }
 
 /// The audit trail: records written to `table`, and read from it and from the legacy table.
@@ -238,8 +275,9 @@ impl AuditLog {
         &self.table
     }
 
-    fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> AuditError {
-        self.unavailable_in(&self.table, e)
+    /// A write to the audit table that failed with `e`, `outcome_known` or not.
+    fn unavailable<E: std::error::Error + 'static>(&self, e: E, outcome_known: bool) -> AuditError {
+        self.unavailable_in(&self.table, e, outcome_known)
     }
 
     /// Writes the record once; a record with its id already there is left as it is.
@@ -278,7 +316,8 @@ impl AuditLog {
                 .set_item(Some(item))
                 .send()
                 .await
-                .map_err(|e| self.unavailable(e))?;
+                // The header, which makes the record, is not sent.
+                .map_err(|e| self.unavailable(e, true))?;
         }
         let mut header = HashMap::from([
             (PK.to_owned(), AttributeValue::S(format!("{AUDIT_PREFIX}{key}"))),
@@ -308,22 +347,29 @@ impl AuditLog {
             Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
                 Ok(Recorded { new: false, writes })
             }
-            Err(e) => Err(self.unavailable(e)),
+            Err(e) => {
+                let known = refused(&e);
+                Err(self.unavailable(e, known))
+            }
         }
     }
 
-    /// The whole record of change `id`: in the audit table, else its intent there (`interrupted`:
-    /// the change has no record), else the record in the legacy table.
+    /// The whole record of change `id`: in the audit table, else in the legacy table, else its
+    /// intent (`interrupted`: the change has no record) in the one, else in the other. A record
+    /// in either table closes an intent in either, as `history` lists them: a change begun by
+    /// code that wrote to the policy table (no audit table named yet) may be recorded in the
+    /// audit table by its retry.
     pub async fn get(&self, id: &str) -> Result<ChangeRecord, AuditError> {
-        let found = match self.get_in(&self.table, id).await {
-            Err(AuditError::NotFound(_)) => self.get_in(&self.table, &format!("{id}{INTENT_SUFFIX}")).await,
-            found => found,
-        };
-        match (found, &self.legacy) {
-            (Err(AuditError::NotFound(_)), Some(legacy)) => self.get_in(legacy, id).await,
-            (Err(AuditError::NotFound(_)), None) => Err(AuditError::NotFound(id.to_owned())),
-            (found, _) => found,
+        let intent = format!("{id}{INTENT_SUFFIX}");
+        for key in [id, intent.as_str()] {
+            for table in std::iter::once(&self.table).chain(&self.legacy) {
+                match self.get_in(table, key).await {
+                    Err(AuditError::NotFound(_)) => {}
+                    found => return found,
+                }
+            }
         }
+        Err(AuditError::NotFound(id.to_owned()))
     }
 
     async fn get_in(&self, table: &str, id: &str) -> Result<ChangeRecord, AuditError> {
@@ -348,13 +394,15 @@ impl AuditLog {
     async fn item(&self, table: &str, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, AuditError> {
         read_item(&self.client, table, pk)
             .await
-            .map_err(|e| self.unavailable_in(table, e))
+            .map_err(|e| self.unavailable_in(table, e, true))
     }
 
-    fn unavailable_in<E: std::error::Error + 'static>(&self, table: &str, e: E) -> AuditError {
+    /// `unavailable` in `table` (a read writes nothing: its outcome is known).
+    fn unavailable_in<E: std::error::Error + 'static>(&self, table: &str, e: E, outcome_known: bool) -> AuditError {
         AuditError::Unavailable {
             table: table.to_owned(),
             detail: DisplayErrorContext(e).to_string(),
+            outcome_known,
         }
     }
 
@@ -371,7 +419,7 @@ impl AuditLog {
         let mut items = Vec::new();
         for table in std::iter::once(&self.table).chain(&self.legacy) {
             let found = scan.items(&self.client, table).await;
-            items.extend(found.map_err(|e| self.unavailable_in(table, e))?);
+            items.extend(found.map_err(|e| self.unavailable_in(table, e, true))?);
         }
         let keys: std::collections::HashSet<String> = items.iter().filter_map(|item| string(item, PK)).collect();
         let mut seen = std::collections::HashSet::new();
@@ -421,6 +469,10 @@ fn split(s: &str, max: usize) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_dynamodb::config::http::HttpResponse;
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_smithy_types::body::SdkBody;
+
     use super::*;
 
     #[test]
@@ -451,5 +503,34 @@ mod tests {
         assert_eq!(a.content_id(), first);
         a.source = Source::Sync;
         assert_ne!(a.content_id(), first);
+    }
+
+    /// A put answered `status` with error `code`.
+    fn answered(status: u16, code: &str) -> SdkError<PutItemError> {
+        let err = PutItemError::generic(ErrorMetadata::builder().code(code).build());
+        let status = status.try_into().expect("a status");
+        SdkError::service_error(err, HttpResponse::new(status, SdkBody::empty()))
+    }
+
+    #[test]
+    fn only_a_refusal_the_sdk_does_not_retry_is_known_to_have_written_nothing() {
+        for code in [
+            "AccessDeniedException",
+            "ValidationException",
+            "ResourceNotFoundException",
+        ] {
+            assert!(refused(&answered(400, code)), "{code}");
+        }
+        for (status, code) in [
+            (400, "ProvisionedThroughputExceededException"),
+            (400, "ThrottlingException"),
+            (400, "RequestLimitExceeded"),
+            (429, "TooManyRequestsException"),
+            (500, "InternalServerError"),
+            (503, "ServiceUnavailable"),
+        ] {
+            assert!(!refused(&answered(status, code)), "{status} {code}");
+        }
+        assert!(!refused(&SdkError::timeout_error("no answer")));
     }
 }

@@ -137,6 +137,23 @@ impl From<StoreError> for Problem {
     }
 }
 
+impl Problem {
+    /// A reset whose write got no answer, or a server error (`StoreError::is_indeterminate`):
+    /// it may have been made. Its intent stays `interrupted` in the audit trail.
+    pub fn reset_unknown(e: StoreError) -> Problem {
+        tracing::warn!(error = %e, "usage api: state store, a reset of unknown outcome");
+        Problem::unavailable(
+            "outcome-unknown",
+            format!(
+                "the reset may or may not have been made ({e}): it may have cleared the counters; sending it \
+                 again clears what was counted since, too, in the period current when it is sent; the audit \
+                 trail lists this attempt `interrupted`, and the reset that answers 200 is recorded as a change \
+                 of its own"
+            ),
+        )
+    }
+}
+
 impl From<AuditError> for Problem {
     fn from(e: AuditError) -> Problem {
         tracing::warn!(error = %e, "usage api: audit trail");
@@ -145,9 +162,10 @@ impl From<AuditError> for Problem {
             format!(
                 "the change was made but its audit record could not be written ({e}); its intent shows it as \
                  interrupted in the audit trail; an onboarding retried with the same Idempotency-Key writes the \
-                 record; a rotation withdrew its new key as far as it could (a retry with the same Idempotency-Key \
-                 that finds it disabled answers 409 `key-disabled`: rotate with a new one); any other change: read \
-                 the tenant before retrying"
+                 record; a rotation, its record not written (nor when sent again, if the first write's outcome \
+                 was unknown), withdrew its new key as far as it could (a retry with the same Idempotency-Key \
+                 that finds it disabled answers 409 `key-disabled`: rotate with a new one); any other change: \
+                 read the tenant before retrying"
             ),
         )
     }

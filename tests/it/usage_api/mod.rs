@@ -14,6 +14,7 @@ mod moves;
 mod onboarding;
 mod own_items;
 mod races;
+mod refusals;
 mod retention;
 mod rollback;
 mod rotation;

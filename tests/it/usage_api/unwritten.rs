@@ -1,8 +1,9 @@
 //! Changes of the usage API that stop before their first write close their intent as unwritten
 //! (`not made, nothing written`), never listed `interrupted`: a move that meets a conflict, a
-//! reset the state store refuses. An offboarding whose first key fails in API Gateway, and a move
-//! that meets a conflict after its key moved there, say only `no policy item written`. A reset
-//! whose write may have landed (its answer lost, or a server error) stays `interrupted`.
+//! reset the state store refuses (503 `store-unavailable`). An offboarding whose first key fails
+//! in API Gateway, and a move that meets a conflict after its key moved there, say only `no
+//! policy item written`. A reset whose write may have landed (its answer lost, or a server error)
+//! answers 503 `outcome-unknown` and stays `interrupted`.
 
 use std::sync::Arc;
 
@@ -115,8 +116,9 @@ async fn proxied_store() -> (FaultProxy, Arc<DynamoStore>) {
     (proxy, Arc::new(emulator::dynamo_store(&client, &table)))
 }
 
-/// Resets acme's day through `w`'s usage API served with `store`: the answer's status.
-async fn reset_day(w: &World, store: Arc<DynamoStore>) -> StatusCode {
+/// Resets acme's day through `w`'s usage API served with `store`: the answer's status and
+/// problem type (`None` for a success).
+async fn reset_day(w: &World, store: Arc<DynamoStore>) -> (StatusCode, Option<String>) {
     let api = UsageApi { store, ..w.api.clone() };
     let server = Running::start(api.router()).await;
     let res = (w.http.post(format!("{}/v1/tenants/acme/reset", server.base)))
@@ -125,7 +127,10 @@ async fn reset_day(w: &World, store: Arc<DynamoStore>) -> StatusCode {
         .send()
         .await
         .expect("answer");
-    res.status()
+    let status = res.status();
+    let body: serde_json::Value = res.json().await.expect("JSON");
+    let kind = body["type"].as_str().filter(|_| !status.is_success());
+    (status, kind.map(str::to_owned))
 }
 
 #[tokio::test]
@@ -137,15 +142,24 @@ async fn a_reset_the_state_store_refuses_is_closed_as_unwritten() {
     let (proxy, store) = proxied_store().await;
     proxy.inject_on("POST", "DynamoDB_20120810.GetItem", &[Some(Fault::AccessDenied); 4]);
     // WHEN acme's day is reset
-    let status = reset_day(&w, store).await;
-    // THEN the answer is a 503, and the trail closes the reset as unwritten
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let answer = reset_day(&w, store).await;
+    // THEN the answer is a 503 `store-unavailable`, and the trail closes the reset as unwritten
+    assert_eq!(answer, unavailable("store-unavailable"));
     closed(&entry(&w, "reset tenant acme").await);
 }
 
+/// A 503 of problem type `kind`, as `reset_day` has it.
+fn unavailable(kind: &str) -> (StatusCode, Option<String>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(format!("urn:tollgate:problem:{kind}")),
+    )
+}
+
 /// Resets acme's day (onboarded in `region`, one request counted today) while the state store
-/// answers its write with `fault`: the reset's entry in the trail, once the answer was a 503.
-async fn reset_answered(region: &'static str, fault: Fault) -> Entry {
+/// answers its write with `fault`: the reset's entry in the trail, once the answer was a 503 of
+/// problem type `kind`.
+async fn reset_answered(region: &'static str, fault: Fault, kind: &str) -> Entry {
     let w = World::new(region).await;
     w.onboarded("acme").await;
     let (proxy, store) = proxied_store().await;
@@ -158,21 +172,22 @@ async fn reset_answered(region: &'static str, fault: Fault) -> Entry {
     };
     assert!(store.consume(&consume).await.expect("decision").allowed);
     proxy.inject_on("POST", "DynamoDB_20120810.UpdateItem", &[Some(fault)]);
-    let status = reset_day(&w, store).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let answer = reset_day(&w, store).await;
+    assert_eq!(answer, unavailable(kind), "{fault:?}");
     assert_eq!(proxy.injected(), 1);
     entry(&w, "reset tenant acme").await
 }
 
 #[tokio::test]
-async fn a_reset_whose_answer_is_lost_or_a_server_error_stays_interrupted() {
+async fn a_reset_whose_answer_is_lost_or_a_server_error_answers_outcome_unknown_and_stays_interrupted() {
     // GIVEN a reset whose write lands and whose answer is lost, and one whose write lands and is
-    // answered with a 500 THEN the trail keeps each interrupted: it may have been made
+    // answered with a 500 THEN each answers 503 `outcome-unknown`, and the trail keeps each
+    // interrupted: it may have been made
     for (region, fault) in [
         ("tg-unwritten-4", Fault::LoseResponse),
         ("tg-unwritten-8", Fault::InternalError),
     ] {
-        let e = reset_answered(region, fault).await;
+        let e = reset_answered(region, fault, "outcome-unknown").await;
         assert_eq!(e.status, Some("interrupted"), "{fault:?}: {e:?}");
     }
 }
@@ -180,8 +195,8 @@ async fn a_reset_whose_answer_is_lost_or_a_server_error_stays_interrupted() {
 #[tokio::test]
 async fn a_reset_whose_write_is_throttled_is_closed_as_unwritten() {
     // GIVEN a reset whose write DynamoDB refuses (throughput exceeded: never applied)
-    let e = reset_answered("tg-unwritten-7", Fault::ThroughputExceeded).await;
-    // THEN the trail closes it as unwritten
+    let e = reset_answered("tg-unwritten-7", Fault::ThroughputExceeded, "store-unavailable").await;
+    // THEN the answer is a 503 `store-unavailable`, and the trail closes it as unwritten
     closed(&e);
 }
 

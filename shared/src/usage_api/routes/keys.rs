@@ -323,8 +323,9 @@ fn revoking_view(done: &IdempotencyRecord) -> Vec<KeyView> {
 
 /// The rest of a rotation whose new key `key_id` is listed: the revocation of the keys `listed`
 /// before it scheduled at `at` (another rotation's new key is never revoked here), its writes
-/// (`items`) audited as `actor` under `audit_id` (written once), the keys due by `now`
-/// revoked, and its tenant read again (`still_listed`); the revocations scheduled.
+/// (`items`) audited as `actor` under `audit_id` (written once; a write of unknown outcome is
+/// written again, `audit_or_confirm`), the keys due by `now` revoked, and its tenant read again
+/// (`still_listed`); the revocations scheduled.
 async fn revoke_listed(
     api: &UsageApi,
     (actor, audit_id): (&str, String),
@@ -339,7 +340,10 @@ async fn revoke_listed(
         scheduled.len(),
         format_utc(at)
     );
-    api.audit_as(audit_id, actor, summary, items).await?;
+    // Recorded (a write that got no answer confirmed by writing it again), the rotation is made
+    // unless a step below fails: then it is withdrawn as before, and its record stays, the trail
+    // listing the rotation as made, with its new key, though that key was withdrawn.
+    api.audit_or_confirm(audit_id, actor, summary, items).await?;
     // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
     // that fails is postponed, as the sweep does).
     for r in scheduled.iter().filter(|r| r.at <= now) {

@@ -50,7 +50,7 @@ pub(in crate::usage_api) async fn reset(
         // Surely not applied: the intent is closed so; a reset that may have been applied stays
         // interrupted.
         return Err(match e.is_indeterminate() {
-            true => e.into(),
+            true => Problem::reset_unknown(e),
             false => api.unwritten(id, &actor, summary, "clearing the state", e.into()).await,
         });
     }
