@@ -3,8 +3,9 @@
 
 use std::env::VarError;
 
+use tracing_subscriber::Registry;
 use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layer, Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The variable that sets the log filter (`info`, `debug`, `tollgate=debug,warn`, ...).
@@ -15,7 +16,7 @@ pub const LOG_VAR: &str = "TOLLGATE_LOG";
 /// not silence a function). A parse of its own rather than `EnvFilter`'s, whose span and field
 /// matching links a regex engine into every function, and stricter than `Targets`' own, which
 /// reads a misspelt level (`warning`) as a target and so logs nothing.
-pub fn filter(value: Option<&str>, default: LevelFilter) -> (Targets, Option<String>) {
+fn filter(value: Option<&str>, default: LevelFilter) -> (Targets, Option<String>) {
     match value.map(parse) {
         None => (Targets::new().with_default(default), None),
         Some(Ok(targets)) => (targets, None),
@@ -27,7 +28,7 @@ pub fn filter(value: Option<&str>, default: LevelFilter) -> (Targets, Option<Str
 }
 
 /// `filter` of the variable as the process has it; a value that is not Unicode is not a filter.
-pub fn from_env(default: LevelFilter) -> (Targets, Option<String>) {
+fn from_env(default: LevelFilter) -> (Targets, Option<String>) {
     match std::env::var(LOG_VAR) {
         Ok(value) => filter(Some(&value), default),
         Err(VarError::NotPresent) => filter(None, default),
@@ -68,14 +69,29 @@ fn level(word: &str) -> Result<LevelFilter, String> {
         .ok_or_else(|| format!("`{word}` is not one of off, error, warn, info, debug, trace"))
 }
 
-/// Installs the functions' global subscriber; call once, first thing in `main`.
+/// Installs the functions' global subscriber (JSON, `info` by default); call once, first thing
+/// in `main`.
 pub fn init_lambda() {
-    let (filter, bad) = from_env(LevelFilter::INFO);
     let layer = tracing_subscriber::fmt::layer()
         .json()
         .with_ansi(false)
         .without_time()
         .with_current_span(false);
+    init(layer, LevelFilter::INFO);
+}
+
+/// Installs `tollgate serve`'s global subscriber (text, `warn` by default); call once.
+pub fn init_local() {
+    init(tracing_subscriber::fmt::layer(), LevelFilter::WARN);
+}
+
+/// `layer` filtered by `TOLLGATE_LOG` (`default` without it), then the reason a value that is
+/// not a filter was set aside, logged once the subscriber can carry it.
+fn init<L>(layer: L, default: LevelFilter)
+where
+    L: Layer<Layered<Targets, Registry>> + Send + Sync + 'static,
+{
+    let (filter, bad) = from_env(default);
     tracing_subscriber::registry().with(filter).with(layer).init();
     if let Some(bad) = bad {
         tracing::warn!("{bad}");

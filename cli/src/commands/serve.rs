@@ -15,14 +15,10 @@ use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::{Clock, SystemClock};
 use tollgate::engine::shed::{SetBy, ShedState};
 use tollgate::gate::{Gate, GateConfig};
-use tollgate::logging;
 use tollgate::policy_file::PolicyFile;
 use tollgate::store::Store;
 use tollgate::usage_api::registry::Registry;
 use tollgate::usage_api::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
-use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use super::read_policy;
 use crate::aws_args::{AuditArgs, StoreArgs};
@@ -104,14 +100,7 @@ struct Tenancy {
 
 impl Serve {
     pub async fn run(self) -> Result<(), CliError> {
-        let (filter, bad) = logging::from_env(LevelFilter::WARN);
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(tracing_subscriber::fmt::layer())
-            .init();
-        if let Some(bad) = bad {
-            tracing::warn!("{bad}");
-        }
+        tollgate::logging::init_local();
         let file = read_policy(self.policy.as_ref())?;
         let tenancy = self.tenancy(&file).await?;
         let directory: Arc<dyn Directory> = tenancy.registry.clone();

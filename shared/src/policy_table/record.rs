@@ -48,6 +48,12 @@ pub struct TenantRecord {
 }
 
 impl TenantRecord {
+    /// When its mark as moving lapses, if the mark is live at `now` (epoch seconds): until then
+    /// no other change writes over it.
+    pub fn live_mark(&self, now: u64) -> Option<u64> {
+        self.moving_until.filter(|until| *until > now)
+    }
+
     /// A tenant on `plan` without an anchor day.
     pub fn on(plan: &str) -> TenantRecord {
         TenantRecord {

@@ -44,7 +44,7 @@ const AGAIN: &str = "apply again to read it as it is now";
 /// names no change (the usage API's move, or a release from before marks named their change);
 /// and what to do: wait until it lapses, or undo that change, or finish the usage API's move.
 fn live_mark(t: &TenantRecord, to: &Move<'_>) -> Result<(), String> {
-    let Some(until) = t.moving_until.filter(|u| *u > to.now) else {
+    let Some(until) = t.live_mark(to.now) else {
         return Ok(());
     };
     let (by, or) = match t.moving_by.as_deref() {
@@ -59,8 +59,7 @@ fn live_mark(t: &TenantRecord, to: &Move<'_>) -> Result<(), String> {
             "finish that usage API move".to_owned(),
         ),
     };
-    let at = jiff::Timestamp::from_second(i64::try_from(until).unwrap_or(i64::MAX))
-        .map_or_else(|_| format!("{until} (epoch seconds)"), |t| t.to_string());
+    let at = crate::engine::quota::format_utc(until);
     Err(format!(
         "{by} marked it as moving to plan {} until {at} ({until} epoch seconds, {} s from now), and its move would be undone: apply again after {at}, or {or} first",
         t.plan,
@@ -206,7 +205,7 @@ fn restore_takes_off(t: &TenantRecord, by: &str, now: u64) -> bool {
     match (t.moving_until, t.moving_by.as_deref()) {
         (None, _) => false,
         (Some(_), Some(m)) => m == by,
-        (Some(until), None) => until <= now,
+        (Some(_), None) => t.live_mark(now).is_none(),
     }
 }
 

@@ -157,8 +157,8 @@ pub(in crate::usage_api) async fn move_plan(
     api.known_plan(&body.plan).await?;
     let (mut record, keys) = api.tenant_keys(&tenant).await?;
     let keys: Vec<String> = keys.into_keys().collect();
-    let views = key_views(&api, &tenant).await?;
     refuse_live_change(&api, &tenant, &record)?;
+    let views = key_views(&api, &tenant).await?;
     // A move interrupted under its mark (keys perhaps on no plan) is finished first, whatever
     // this request asks: the tenant's plan is already the one it was moving to.
     let pk = || vec![touching(tenant_pk(&tenant))];
@@ -233,7 +233,7 @@ fn change_under_way(tenant: &str, t: &TenantRecord) -> Problem {
 /// Whether `t` carries a mark of another change (`policy apply`, `rollback`) that has not lapsed
 /// at `now` (epoch seconds): a move writes nothing over it (`refuse_live_change`).
 fn live_change(t: &TenantRecord, now: u64) -> bool {
-    t.moving_by.is_some() && t.moving_until.is_some_and(|until| until > now)
+    t.moving_by.is_some() && t.live_mark(now).is_some()
 }
 
 /// Writes the tenant's record from plan `from` to plan `to` (its anchor day kept), marked as moving
