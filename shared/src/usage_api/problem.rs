@@ -161,11 +161,9 @@ impl From<AuditError> for Problem {
             "audit-unavailable",
             format!(
                 "the change was made but its audit record could not be written ({e}); its intent shows it as \
-                 interrupted in the audit trail; an onboarding retried with the same Idempotency-Key writes the \
-                 record; a rotation, its record not written (nor when sent again, if the first write's outcome \
-                 was unknown), withdrew its new key as far as it could (a retry with the same Idempotency-Key \
-                 that finds it disabled answers 409 `key-disabled`: rotate with a new one); any other change: \
-                 read the tenant before retrying"
+                 interrupted in the audit trail; an onboarding or a rotation retried with the same \
+                 Idempotency-Key writes the record (and answers its key); any other change: read the tenant \
+                 before retrying"
             ),
         )
     }

@@ -1,9 +1,8 @@
 //! The audit trail of requests under an `Idempotency-Key`: every attempt audits under the id of
 //! the tenant and the key, so a failed attempt's intent is closed by the record of the retry that
 //! makes the change, and a retry after a lost answer, which finds every write made, records the
-//! change once. A rotation whose record's write got no answer, though it landed, is made, not
-//! withdrawn; one whose record the table refuses withdraws its key, having put the record again
-//! only when its first write may have landed.
+//! change once. A rotation whose record cannot be written, or whose write got no answer, keeps
+//! its new key, and its retry records the change and answers the key.
 
 use reqwest::StatusCode;
 
@@ -121,42 +120,37 @@ async fn a_failed_rotation_attempt_and_a_retry_after_a_lost_answer_are_recorded_
     assert_eq!(record.items.len(), 2, "{record:?}");
 }
 
-#[tokio::test]
-async fn a_rotation_whose_record_landed_unanswered_is_made_not_withdrawn() {
-    // GIVEN acme onboarded, the usage API's audit writes through a proxy that lets the rotation's
-    // intent through and loses the answer to each of the SDK's three attempts at its record
-    // (the first lands, the others find it there)
-    let proxy = FaultProxy::start(&emulator::endpoint()).await;
-    let (w, ..) = World::on_policy_table_with("tg-ctl11-3", None, Some(&proxy.endpoint())).await;
-    let old = w.onboarded("acme").await;
-    let lost = Some(Fault::LoseResponse);
-    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[None, lost, lost, lost]);
-    // WHEN acme's keys are rotated
-    let (status, body) = w.rotate_via(&w.base, ("acme", 300), "idem-l").await.expect("answer");
-    // THEN the rotation is made: its record is there, so it answers its new key, enabled and on
-    // the plan beside the old one, instead of withdrawing it
-    assert_eq!(proxy.injected(), 3);
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let new = body["key"]["id"].as_str().expect("new key").to_owned();
-    let key = w.gw.get_api_key().api_key(&new).send().await.expect("key");
+/// The one key of tenant acme that is not `old`: enabled in API Gateway, on the plan beside
+/// `old`, and named in `problem`'s detail.
+async fn kept(w: &World, old: &str, problem: &serde_json::Value) -> String {
+    let made: Vec<_> = w.keys_of("acme").await.into_iter().filter(|k| k != old).collect();
+    let [new] = made.as_slice() else {
+        panic!("one new key: {made:?}");
+    };
+    let key = w.gw.get_api_key().api_key(new).send().await.expect("key");
     assert!(key.enabled(), "{key:?}");
-    let named = format!("new key {new}");
-    assert_eq!(w.plan_keys().await, std::collections::BTreeSet::from([old, new]));
-    // AND the trail records it once, nothing interrupted
-    let applied = recorded_once(&w, "rotate keys of tenant acme").await;
-    assert!(applied.summary.contains(&named), "{applied:?}");
+    let on_plan = std::collections::BTreeSet::from([old.to_owned(), new.clone()]);
+    assert_eq!(w.plan_keys().await, on_plan);
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(new.as_str()), "{problem}");
+    new.clone()
 }
 
 #[tokio::test]
-async fn a_rotation_whose_record_is_refused_withdraws_its_key_putting_it_again_only_when_it_may_have_landed() {
+async fn a_rotation_whose_record_cannot_be_written_keeps_its_key_and_its_retry_records_it_once() {
     // GIVEN acme onboarded, the usage API's audit writes through a proxy that lets a rotation's
-    // intent through, then refuses its record (403: surely unwritten); and, in a second world,
-    // loses each of the SDK's three attempts at the record before the table (its outcome
-    // unknown), then refuses the put that follows
-    let (lost, refused) = (Some(Fault::LoseRequest), Some(Fault::AccessDenied));
+    // intent through, then refuses its record (403); in a second world loses the answer to each
+    // of the SDK's three attempts at it (the first lands, the others find it there); in a third
+    // loses each attempt before the table
+    let (refused, answer, request) = (
+        Some(Fault::AccessDenied),
+        Some(Fault::LoseResponse),
+        Some(Fault::LoseRequest),
+    );
     for (region, faults) in [
         ("tg-ctl11-4", vec![None, refused]),
-        ("tg-ctl11-5", vec![None, lost, lost, lost, refused]),
+        ("tg-ctl11-3", vec![None, answer, answer, answer]),
+        ("tg-ctl11-5", vec![None, request, request, request]),
     ] {
         let proxy = FaultProxy::start(&emulator::endpoint()).await;
         let (w, ..) = World::on_policy_table_with(region, None, Some(&proxy.endpoint())).await;
@@ -164,30 +158,23 @@ async fn a_rotation_whose_record_is_refused_withdraws_its_key_putting_it_again_o
         proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &faults);
         // WHEN acme's keys are rotated
         let (status, problem) = w.rotate_via(&w.base, ("acme", 300), "idem-x").await.expect("answer");
-        // THEN the record is put once more only after the outcome it could not know: every put
-        // the proxy saw was one it faulted or the intent
+        // THEN the answer is a 503 `audit-unavailable` naming the new key, and the record is not
+        // put again: every put the proxy saw was the intent or one it faulted
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{region}: {problem}");
+        assert_eq!(problem["type"], "urn:tollgate:problem:audit-unavailable", "{problem}");
         assert_eq!(
             proxy.seen("POST", "DynamoDB_20120810.PutItem"),
             faults.len() as u64,
             "{region}"
         );
-        assert_eq!(proxy.injected(), faults.len() as u64 - 1, "{region}");
-        // AND the answer is a 503 `audit-unavailable`, the new key disabled and off the plan
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
-        assert_eq!(problem["type"], "urn:tollgate:problem:audit-unavailable", "{problem}");
-        let made: Vec<_> = w.keys_of("acme").await.into_iter().filter(|k| *k != old).collect();
-        let [new] = made.as_slice() else {
-            panic!("one new key: {made:?}");
-        };
-        let key = w.gw.get_api_key().api_key(new).send().await.expect("key");
-        assert!(!key.enabled(), "{key:?}");
-        assert_eq!(w.plan_keys().await, std::collections::BTreeSet::from([old]));
-        // AND the trail lists the rotation by its intent alone, interrupted
-        let (applied, unwritten, interrupted) = entries(&w, "rotate keys of tenant acme").await;
-        assert_eq!(
-            (applied.len(), unwritten.len(), interrupted.len()),
-            (0, 0, 1),
-            "{interrupted:?}"
-        );
+        // AND the new key is kept: enabled, on the plan beside the old one
+        let new = kept(&w, &old, &problem).await;
+        // AND the retry with the same Idempotency-Key answers that key and records the rotation
+        // once, nothing interrupted
+        let (status, body) = w.rotate_via(&w.base, ("acme", 300), "idem-x").await.expect("retry");
+        assert_eq!(status, StatusCode::CREATED, "{region}: {body}");
+        assert_eq!(body["key"]["id"].as_str(), Some(new.as_str()));
+        let applied = recorded_once(&w, "rotate keys of tenant acme").await;
+        assert!(applied.summary.contains(&format!("new key {new}")), "{applied:?}");
     }
 }

@@ -325,6 +325,23 @@ async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
     let (status, body) = w.onboard_via(&w.base, "wonka", "idem-again").await.expect("onboard");
     assert!(registry.hooks_ran());
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // AND the trail closes the refused onboarding's intent as having written no policy item,
+    // beside the other onboarding's record: nothing is left `interrupted`
+    let history = w.audit.history().await.expect("history");
+    let wonka: Vec<_> = history
+        .iter()
+        .filter(|e| e.summary.starts_with("onboard tenant wonka "))
+        .collect();
+    assert_eq!(wonka.len(), 2, "{wonka:?}");
+    assert!(wonka.iter().all(|e| e.status.is_none()), "{wonka:?}");
+    assert_eq!(
+        wonka
+            .iter()
+            .filter(|e| e.summary.contains("no policy item written"))
+            .count(),
+        1,
+        "{wonka:?}"
+    );
     // WHEN the move is done and that onboarding is retried with the same Idempotency-Key
     mark_moving(&registry, "wonka", None).await;
     let (status, body) = w.onboard_via(&w.base, "wonka", "idem-again").await.expect("onboard");
@@ -339,35 +356,55 @@ async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
 }
 
 #[tokio::test]
-async fn a_rotation_that_fails_once_its_key_is_listed_withdraws_the_key() {
+async fn a_rotation_that_fails_once_its_key_is_listed_keeps_the_key_and_its_retry_finishes_it() {
     // GIVEN cyberdyne onboarded, the revocation of its first key impossible to write
     let (w, registry) = wrapped("tg-races-9", None).await;
     let first = w.onboarded("cyberdyne").await;
     registry.fail_revocation_writes(&first);
     // WHEN cyberdyne is rotated: its new key is listed, then scheduling the revocation fails
-    let res = rotation(&w, "cyberdyne", 3600).send().await.expect("answer");
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    // THEN the first key is the only key of cyberdyne enabled, in API Gateway and in the policy
-    // table, and the only one listed: the new key, never answered, is withdrawn
-    let mut enabled = Vec::new();
-    for id in w.keys_of("cyberdyne").await {
-        if enabled_in_gateway(&w, &id).await {
-            enabled.push(id);
-        }
-    }
-    assert_eq!(enabled, std::slice::from_ref(&first));
-    assert_eq!(
-        enabled_items(&registry, "cyberdyne").await,
-        std::slice::from_ref(&first)
-    );
-    let item = registry
-        .inner
-        .tenant("cyberdyne")
+    let (status, problem) = w
+        .rotate_via(&w.base, ("cyberdyne", 3600), "idem-kept")
         .await
-        .expect("tenant")
-        .expect("cyberdyne");
-    let listed: Vec<String> = item.keys.into_iter().flat_map(|k| k.into_keys()).collect();
-    assert_eq!(listed, [first]);
+        .expect("answer");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    // THEN the new key is kept, enabled and listed beside the first, and the answer names it
+    // (a withdrawn key would leave the tenant only keys this rotation may have scheduled for
+    // revocation)
+    let new: Vec<String> = w
+        .keys_of("cyberdyne")
+        .await
+        .into_iter()
+        .filter(|k| *k != first)
+        .collect();
+    let [new] = new.as_slice() else {
+        panic!("one new key: {new:?}");
+    };
+    assert!(enabled_in_gateway(&w, new).await);
+    let mut enabled = enabled_items(&registry, "cyberdyne").await;
+    enabled.sort();
+    let mut both = vec![first.clone(), new.clone()];
+    both.sort();
+    assert_eq!(enabled, both);
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains(new.as_str()) && detail.contains("same Idempotency-Key"),
+        "{detail}"
+    );
+    // AND once revocations can be written, the retry with the same Idempotency-Key answers that
+    // key and schedules the first key's revocation
+    registry.heal_revocation_writes();
+    let (status, body) = w
+        .rotate_via(&w.base, ("cyberdyne", 3600), "idem-kept")
+        .await
+        .expect("retry");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["key"]["id"].as_str(), Some(new.as_str()));
+    assert_eq!(body["revoking"][0]["id"].as_str(), Some(first.as_str()), "{body}");
+    let pending = registry.inner.revocation(&first).await.expect("read");
+    assert!(
+        pending.is_some_and(|r| !r.delete),
+        "the first key's revocation is scheduled"
+    );
 }
 
 /// Marks `tenant` as moving until `until` (on the plan it is on) by change `by`, as `policy apply`

@@ -97,6 +97,11 @@ impl Wrapped {
         self.failing.lock().expect("failing").push(key_id.to_owned());
     }
 
+    /// From now on every revocation can be written again.
+    pub(super) fn heal_revocation_writes(&self) {
+        self.failing.lock().expect("failing").clear();
+    }
+
     /// Whether every hook ran.
     pub(super) fn hooks_ran(&self) -> bool {
         self.hooks.lock().expect("hooks").is_empty()

@@ -98,21 +98,35 @@ async fn withdraw(
     }
 }
 
-/// The new key of a rotation that wrote everything, still listed on its tenant (read again,
-/// strongly consistent). An offboarding that ran meanwhile may have missed its item, written
-/// after the offboarding looked: the rotation answers 409 (and withdraws the key).
-async fn still_listed(api: &UsageApi, tenant: &str, key_id: &str) -> Result<(), Problem> {
+/// Whether the new key of a rotation that wrote everything is still listed on its tenant (read
+/// again, strongly consistent). An offboarding or a rotation with a grace of 0 that ran meanwhile
+/// may have taken it off: the rotation then answers 409 (and withdraws the key).
+async fn still_listed(api: &UsageApi, tenant: &str, key_id: &str) -> Result<bool, Problem> {
     let now = api.registry.change_tenant(tenant, &|_| ItemAction::Leave).await?;
     let keys = now.after.and_then(|t| t.keys);
-    if keys.is_some_and(|k| k.contains_key(key_id)) {
-        return Ok(());
-    }
-    Err(Problem::conflict(
+    Ok(keys.is_some_and(|k| k.contains_key(key_id)))
+}
+
+/// 409 `tenant-changed`: the new key of tenant `tenant` was taken off its list meanwhile.
+fn unlisted(tenant: &str) -> Problem {
+    Problem::conflict(
         "tenant-changed",
         format!(
             "tenant `{tenant}` was offboarded, or its new key revoked, meanwhile by another request; the new key is disabled"
         ),
-    ))
+    )
+}
+
+/// The answer of a rotation whose new key `key_id` is listed and that then failed with `e`: the
+/// key is kept (listed, an offboarding disables it; the next rotation schedules its revocation),
+/// and a retry with the same `Idempotency-Key` finishes the rotation and answers its value.
+fn unfinished(mut e: Problem, key_id: &str) -> Problem {
+    e.detail = format!(
+        "{}; the rotation's new key {key_id} is made and listed on the tenant, its value not in this answer: send the \
+         request again with the same Idempotency-Key to finish the rotation and receive the key",
+        e.detail
+    );
+    e
 }
 
 /// A rotation refused for a tenant marked as moving to `plan`.
@@ -217,8 +231,11 @@ impl Rotating<'_> {
         let now = api.now();
         let at = now.saturating_add(Duration::from_secs(self.grace)).as_secs();
         let items = rotation_items(tenant, tenant_changed, &hash, key_record);
-        // A rotation that fails from here on withdraws its key too: listed, it would work, but
-        // its value never reaches the client.
+        // From here on the key is kept whatever fails: listed, an offboarding disables it and
+        // the next rotation schedules its revocation, and a retry with this Idempotency-Key
+        // finds it and finishes the rotation (withdrawn, it would leave the tenant only the keys
+        // this rotation may have scheduled for revocation). Only a key found taken off the
+        // tenant's list is withdrawn.
         let revoked = revoke_listed(
             api,
             (actor, audit_id),
@@ -227,13 +244,14 @@ impl Rotating<'_> {
             (now.as_secs(), at),
             items,
         );
-        let revoking = match revoked.await {
-            Ok(revoking) => revoking,
-            Err(e) => {
-                withdraw(api, control.as_ref(), (tenant, &plan_id), &key.id, &hash).await;
-                return Err(e);
-            }
-        };
+        let revoking = revoked.await.map_err(|e| unfinished(e, &key.id))?;
+        if !still_listed(api, tenant, &key.id)
+            .await
+            .map_err(|e| unfinished(e, &key.id))?
+        {
+            withdraw(api, control.as_ref(), (tenant, &plan_id), &key.id, &hash).await;
+            return Err(unlisted(tenant));
+        }
         Ok(self.answer(record.plan, key, &revoking))
     }
 
@@ -323,9 +341,8 @@ fn revoking_view(done: &IdempotencyRecord) -> Vec<KeyView> {
 
 /// The rest of a rotation whose new key `key_id` is listed: the revocation of the keys `listed`
 /// before it scheduled at `at` (another rotation's new key is never revoked here), its writes
-/// (`items`) audited as `actor` under `audit_id` (written once; a write of unknown outcome is
-/// written again, `audit_or_confirm`), the keys due by `now` revoked, and its tenant read again
-/// (`still_listed`); the revocations scheduled.
+/// (`items`) audited as `actor` under `audit_id` (written once: a retry finds it), and the keys
+/// due by `now` revoked; the revocations scheduled.
 async fn revoke_listed(
     api: &UsageApi,
     (actor, audit_id): (&str, String),
@@ -340,16 +357,12 @@ async fn revoke_listed(
         scheduled.len(),
         format_utc(at)
     );
-    // Recorded (a write that got no answer confirmed by writing it again), the rotation is made
-    // unless a step below fails: then it is withdrawn as before, and its record stays, the trail
-    // listing the rotation as made, with its new key, though that key was withdrawn.
-    api.audit_or_confirm(audit_id, actor, summary, items).await?;
+    api.audit_as(audit_id, actor, summary, items).await?;
     // A grace of 0 revokes now: the keys it scheduled, without waiting for the next sweep (one
     // that fails is postponed, as the sweep does).
     for r in scheduled.iter().filter(|r| r.at <= now) {
         api.revoke_or_postpone(actor, r).await?;
     }
-    still_listed(api, tenant, key_id).await?;
     Ok(scheduled)
 }
 

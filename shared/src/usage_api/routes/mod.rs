@@ -276,32 +276,6 @@ impl UsageApi {
         Ok(())
     }
 
-    /// `audit_as` for a change its writer undoes when it cannot record it (a rotation withdraws
-    /// its new key): a record whose write may have landed (timed out, its answer lost, a server
-    /// error: `AuditError::is_determinate`) is written again, the same record, before the change
-    /// is given up; one the table refused is not. Records are written once, so that write finds a
-    /// record under the id (the change's, or another attempt's under the same id) left as it is,
-    /// or writes this one: either way the id is recorded. The audit table grants its writers only
-    /// `PutItem`: the record is confirmed by putting it, never read back.
-    async fn audit_or_confirm(
-        &self,
-        id: String,
-        actor: &str,
-        summary: String,
-        items: Vec<ItemChange>,
-    ) -> Result<(), Problem> {
-        let record = self.change(id, actor, summary, items);
-        let Err(e) = AuditSink::record(self.audit.as_ref(), &record).await else {
-            return Ok(());
-        };
-        if e.is_determinate() {
-            return Err(e.into());
-        }
-        tracing::warn!(error = %e, change_id = %record.id, "usage api: a change's record may or may not have been written; written again");
-        AuditSink::record(self.audit.as_ref(), &record).await?;
-        Ok(())
-    }
-
     /// Closes the intent of a change that wrote nothing with `record` (`ChangeRecord::unwritten`);
     /// a record that cannot be written leaves the intent as it is (logged).
     async fn close_unwritten(&self, record: ChangeRecord) {

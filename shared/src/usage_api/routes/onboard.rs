@@ -165,8 +165,9 @@ impl Onboarding<'_> {
     /// record under `id`, its intent's (the Idempotency-Key's): a retry after a failure below
     /// writes the same record again (kept once), and a replay finds it written. A tenant another
     /// request onboarded meanwhile on another plan keeps it: this onboarding's key is disabled and
-    /// taken off `plan_id` again, never recorded (a retry finds the tenant is not its own: 409
-    /// again). The tenant's anchor day as stored.
+    /// taken off `plan_id` again, its intent closed as having written no policy item (a retry
+    /// finds the tenant is not its own, or the key disabled: 409 again). The tenant's anchor day
+    /// as stored.
     async fn record(
         &self,
         id: String,
@@ -205,8 +206,12 @@ impl Onboarding<'_> {
         };
         let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
         // A retry finds the first attempt's record, anchor day included.
+        // Withdrawn, this onboarding wrote no policy item and never will (a retry finds its key
+        // disabled): its intent is closed as such, not left `interrupted`.
         let Some(made) = tenant.after.clone().filter(|t| t.plan == body.plan && listed(t)) else {
-            return Err(self.withdraw(control, &key.id, plan_id, tenant.after).await);
+            let e = self.withdraw(control, &key.id, plan_id, tenant.after).await;
+            let failed_at = "listing its key on the tenant";
+            return Err(api.untabled(id, self.actor, summary, failed_at, e).await);
         };
         api.registry.change_key(&hash, &create(&record)).await?;
         // The record a retry writes again is the first attempt's: the items as onboarding made them.
