@@ -131,29 +131,36 @@ async fn enabled_items(registry: &Wrapped, tenant: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_rotation_whose_tenant_is_offboarded_while_it_schedules_answers_409_and_revokes_its_key() {
-    // GIVEN soylent onboarded
-    let (w, registry) = wrapped("tg-races-6", None).await;
-    let first = w.onboarded("soylent").await;
-    // WHEN soylent is rotated, and once the rotation listed its new key and read the first
-    // key's revocation, soylent is offboarded
-    let (offboarding, offboarded) = answered(w.admin(Method::DELETE, "/v1/tenants/soylent"));
-    registry.hook(At::RevocationRead(first.clone()), offboarding);
-    let res = rotation(&w, "soylent", 3600).send().await.expect("answer");
-    let (status, body) = (res.status(), res.json::<Value>().await.expect("json"));
-    // THEN the offboarding removed soylent
-    assert!(registry.hooks_ran());
-    assert_eq!(offboarded.await.expect("the offboarding ran").0, StatusCode::NO_CONTENT);
-    assert_eq!(registry.inner.tenant("soylent").await.expect("tenant"), None);
-    // AND no key of soylent is enabled, in API Gateway or in the policy table, and no revocation
-    // is left behind for the sweep: only the first key's deletion
-    for id in w.keys_of("soylent").await {
-        assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
+    // GIVEN soylent onboarded; in a second world, the same
+    for (region, written) in [("tg-races-6", false), ("tg-rot12-1", true)] {
+        let (w, registry) = wrapped(region, None).await;
+        let first = w.onboarded("soylent").await;
+        // WHEN soylent is rotated, and once the rotation listed its new key and read the first
+        // key's revocation (in the second world: once it wrote it), soylent is offboarded
+        let (offboarding, offboarded) = answered(w.admin(Method::DELETE, "/v1/tenants/soylent"));
+        let at = match written {
+            false => At::RevocationRead(first.clone()),
+            true => At::RevocationWritten(first.clone()),
+        };
+        registry.hook(at, offboarding);
+        let res = rotation(&w, "soylent", 3600).send().await.expect("answer");
+        let (status, body) = (res.status(), res.json::<Value>().await.expect("json"));
+        // THEN the offboarding removed soylent
+        assert!(registry.hooks_ran(), "{region}");
+        assert_eq!(offboarded.await.expect("the offboarding ran").0, StatusCode::NO_CONTENT);
+        assert_eq!(registry.inner.tenant("soylent").await.expect("tenant"), None);
+        // AND no key of soylent is enabled, in API Gateway or in the policy table, and no
+        // revocation is left behind for the sweep: only the first key's deletion, which the
+        // rotation, finding the key revoked, leaves as the offboarding wrote it
+        for id in w.keys_of("soylent").await {
+            assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
+        }
+        assert_eq!(enabled_items(&registry, "soylent").await, Vec::<String>::new());
+        only_its_deletion(&registry, &first).await;
+        // AND the rotation answers 409: its key is not issued
+        assert_eq!(status, StatusCode::CONFLICT, "{region}: {body}");
+        assert_eq!(body["type"], "urn:tollgate:problem:tenant-changed", "{body}");
     }
-    assert_eq!(enabled_items(&registry, "soylent").await, Vec::<String>::new());
-    only_its_deletion(&registry, &first).await;
-    // AND the rotation answers 409: its key is not issued
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["type"], "urn:tollgate:problem:tenant-changed", "{body}");
 }
 
 /// The usage plans API Gateway has key `id` on, by name.

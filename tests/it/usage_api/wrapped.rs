@@ -231,11 +231,6 @@ impl Registry for Wrapped {
         self.run(&At::RevocationWritten(r.key_id.clone())).await;
         written
     }
-    async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
-        self.inner.remove_revocation(key_id).await?;
-        self.run(&At::RevocationRemoved(key_id.to_owned())).await;
-        Ok(())
-    }
     async fn remove_revocation_as_read(&self, read: &Revocation) -> Result<bool, DirectoryError> {
         let removed = self.inner.remove_revocation_as_read(read).await?;
         self.run(&At::RevocationRemoved(read.key_id.clone())).await;

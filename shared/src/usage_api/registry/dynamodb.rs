@@ -460,10 +460,6 @@ impl Registry for DynamoDirectory {
         }
     }
 
-    async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
-        self.delete_pk(revoke_pk(key_id)).await
-    }
-
     async fn remove_revocation_as_read(&self, read: &Revocation) -> Result<bool, DirectoryError> {
         let pk = revoke_pk(&read.key_id);
         // Version 0: an item of the release before versions, which has none.

@@ -127,11 +127,6 @@ impl Registry for MemoryDirectory {
         Ok(self.other_items().put_if(&pk, json, as_read))
     }
 
-    async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError> {
-        self.other_items().remove(&revoke_pk(key_id));
-        Ok(())
-    }
-
     async fn remove_revocation_as_read(&self, read: &Revocation) -> Result<bool, DirectoryError> {
         let as_read = |held: Option<&String>| match held {
             Some(held) => serde_json::from_str::<Revocation>(held).ok().as_ref() == Some(read),

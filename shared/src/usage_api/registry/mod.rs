@@ -196,8 +196,6 @@ pub trait Registry: Directory {
     /// into the bucket of its minute first, so a revocation is never stored where the sweep
     /// cannot find it (an entry whose write then fails is passed over).
     async fn put_revocation(&self, r: &Revocation, read: Option<&Revocation>) -> Result<bool, DirectoryError>;
-    /// Removes the revocation (its bucket entry is the sweep's to drop).
-    async fn remove_revocation(&self, key_id: &str) -> Result<(), DirectoryError>;
     /// Removes the revocation while it is as `read` (its version, `policy_table::write`); whether
     /// it did (one gone already is done). One written since (a run at the same time deleted the
     /// key and kept its record) is left.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::idempotency::{Once, audit_id, fingerprint, key_name, reused};
 use super::usage_plans::UsagePlans;
-use super::{Api, create, disable_key, full, key_limit, revoke, tenant_change, touching};
+use super::{Api, create, deletion, disable_key, full, key_limit, revoke, tenant_change, touching};
 use crate::control::apigateway::writes::{ControlWrites, CreatedKey, NewApiKey};
 use crate::directory::DirectoryError;
 use crate::engine::identity::ApiKeyHash;
@@ -438,9 +438,11 @@ async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation
 }
 
 /// A revocation just written, unless its key's item is revoked by now (read strongly
-/// consistent): then it is removed and `None`. Whoever revokes a key (offboarding, the sweep)
-/// revokes its item before removing its revocation, so a revocation written for a key revoked
-/// meanwhile is removed by one or the other, never left for a sweep to find.
+/// consistent): then `None`, and the revocation is made the key's deletion from API Gateway
+/// after its retention (`deletion`), written over it as read, as whoever revoked the
+/// key makes it: an offboarding that looked before this revocation was written leaves it to
+/// this; a deletion found there is kept as it is (never removed: the key would stay in API
+/// Gateway for good).
 async fn written(api: &UsageApi, r: Revocation) -> Result<Option<Revocation>, Problem> {
     let Some(hash) = ApiKeyHash::from_hex(&r.hash) else {
         return Ok(Some(r));
@@ -449,6 +451,19 @@ async fn written(api: &UsageApi, r: Revocation) -> Result<Option<Revocation>, Pr
     if item.after.is_none_or(|k| k.enabled) {
         return Ok(Some(r));
     }
-    api.registry.remove_revocation(&r.key_id).await?;
-    Ok(None)
+    for _ in 0..ATTEMPTS {
+        let read = match api.registry.revocation(&r.key_id).await? {
+            Some(read) if !read.delete => read,
+            // Removed (its key deleted since), or a deletion already.
+            _ => return Ok(None),
+        };
+        if api.registry.put_revocation(&deletion(api, &read), Some(&read)).await? {
+            return Ok(None);
+        }
+    }
+    Err(DirectoryError::Unavailable(format!(
+        "the revocation of key {} kept changing while it was made the key's deletion",
+        r.key_id
+    ))
+    .into())
 }

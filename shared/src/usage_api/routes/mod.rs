@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::extract::State;
 
 use super::problem::Problem;
-use super::{AuditSink, MAX_TENANT_KEYS, UsageApi};
+use super::{AuditSink, MAX_TENANT_KEYS, REVOKED_KEY_RETENTION, UsageApi};
 use crate::control::apigateway::ControlError;
 use crate::control::apigateway::model::UsagePlan;
 use crate::control::apigateway::writes::{ControlWrites, Patch};
@@ -29,7 +29,7 @@ use crate::engine::clock::Timestamp;
 use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::audit::{ChangeOutcome, ChangeRecord, ItemChange, Source};
 use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
-use crate::usage_api::registry::{Changed, ItemAction};
+use crate::usage_api::registry::{Changed, ItemAction, Revocation};
 use usage_plans::UsagePlans;
 
 /// The ports, as a handler takes them.
@@ -356,6 +356,18 @@ async fn disable_key(control: &dyn ControlWrites, id: &str) -> Result<(), Proble
     match control.update_api_key(id, &[Patch::replace("/enabled", "false")]).await {
         Ok(()) | Err(ControlError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Revocation `r` made its key's deletion from API Gateway once `REVOKED_KEY_RETENTION` is over
+/// (the key revoked): its failed attempts forgotten, its version kept, for a write over it as
+/// read.
+fn deletion(api: &UsageApi, r: &Revocation) -> Revocation {
+    Revocation {
+        at: api.now().as_secs().saturating_add(REVOKED_KEY_RETENTION.as_secs()),
+        attempts: 0,
+        delete: true,
+        ..r.clone()
     }
 }
 

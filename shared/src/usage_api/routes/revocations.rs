@@ -7,9 +7,9 @@ use crate::engine::identity::ApiKeyHash;
 use crate::policy_table::key_pk;
 use crate::usage_api::problem::Problem;
 use crate::usage_api::registry::Revocation;
-use crate::usage_api::{DELETED_KEY_KEPT, MAX_REVOCATION_BACKOFF, REVOKED_KEY_RETENTION, UsageApi};
+use crate::usage_api::{DELETED_KEY_KEPT, MAX_REVOCATION_BACKOFF, UsageApi};
 
-use super::{disable_key, key_change, revoke, touching};
+use super::{deletion, disable_key, key_change, revoke, touching};
 
 /// How long a revocation that failed waits before the sweep tries it again: a minute, doubling
 /// with each failure, at most `MAX_REVOCATION_BACKOFF`.
@@ -108,13 +108,7 @@ impl UsageApi {
             items.extend(key_change(&hash, changed));
         }
         self.audit_as(id, actor, summary, items).await?;
-        let deletion = Revocation {
-            at: self.now().as_secs().saturating_add(REVOKED_KEY_RETENTION.as_secs()),
-            attempts: 0,
-            delete: true,
-            ..r.clone()
-        };
-        if !self.registry.put_revocation(&deletion, Some(r)).await? {
+        if !self.registry.put_revocation(&deletion(self, r), Some(r)).await? {
             tracing::info!(key_id = %r.key_id, "usage api: a revocation changed meanwhile is left as it is");
         }
         self.unlist_key(&r.tenant, &r.key_id).await.map(|_| true)
