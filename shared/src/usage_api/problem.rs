@@ -162,8 +162,7 @@ impl From<AuditError> for Problem {
             format!(
                 "the change was made but its audit record could not be written ({e}); its intent shows it as \
                  interrupted in the audit trail; an onboarding or a rotation retried with the same \
-                 Idempotency-Key writes the record (and answers its key); any other change: read the tenant \
-                 before retrying"
+                 Idempotency-Key writes the record; any other change: read the tenant before retrying"
             ),
         )
     }

@@ -163,6 +163,33 @@ async fn a_rotation_whose_tenant_is_offboarded_while_it_schedules_answers_409_an
     }
 }
 
+#[tokio::test]
+async fn a_rotation_that_writes_a_revocation_an_offboarding_looked_for_makes_it_the_key_s_deletion() {
+    // GIVEN soylent onboarded
+    let (w, registry) = wrapped("tg-rot12-2", None).await;
+    let first = w.onboarded("soylent").await;
+    // WHEN soylent is offboarded, and right after the offboarding revoked the first key's item
+    // and found no revocation of it, soylent is rotated: the rotation writes that revocation
+    // before the offboarding writes the key's deletion, which then finds it and leaves it
+    let (rotating, rotated) = answered(rotation(&w, "soylent", 3600));
+    registry.hook(At::RevocationRead(first.clone()), rotating);
+    let res = (w.admin(Method::DELETE, "/v1/tenants/soylent"))
+        .send()
+        .await
+        .expect("answer");
+    assert!(registry.hooks_ran());
+    assert!(rotated.await.expect("the rotation ran").0.is_success());
+    // THEN soylent is offboarded, no key of it enabled
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    for id in w.keys_of("soylent").await {
+        assert!(!enabled_in_gateway(&w, &id).await, "key {id}");
+    }
+    // AND the rotation, finding the key it scheduled revoked, made its revocation the key's
+    // deletion: no revocation is left for the sweep, and the key is deleted from API Gateway
+    // in time
+    only_its_deletion(&registry, &first).await;
+}
+
 /// The usage plans API Gateway has key `id` on, by name.
 async fn plans_of(w: &World, id: &str) -> Vec<String> {
     let plans = w.gw.get_usage_plans().key_id(id).send().await.expect("plans");
@@ -364,8 +391,10 @@ async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
 
 #[tokio::test]
 async fn a_rotation_that_fails_once_its_key_is_listed_keeps_the_key_and_its_retry_finishes_it() {
-    // GIVEN cyberdyne onboarded, the revocation of its first key impossible to write
-    let (w, registry) = wrapped("tg-races-9", None).await;
+    // GIVEN cyberdyne onboarded, the revocation of its first key impossible to write, API Gateway
+    // behind a fault proxy
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry) = wrapped("tg-races-9", Some(&proxy.endpoint())).await;
     let first = w.onboarded("cyberdyne").await;
     registry.fail_revocation_writes(&first);
     // WHEN cyberdyne is rotated: its new key is listed, then scheduling the revocation fails
@@ -397,6 +426,16 @@ async fn a_rotation_that_fails_once_its_key_is_listed_keeps_the_key_and_its_retr
         detail.contains(new.as_str()) && detail.contains("same Idempotency-Key"),
         "{detail}"
     );
+    // AND a retry that fails too, API Gateway refusing to put a key on the plan besides, keeps
+    // it: the key is listed, so the retry puts nothing on the plan again, and withdraws nothing
+    let on_plan = format!("/usageplans/{}/keys", w.free_plan_id);
+    proxy.inject_on("POST", &on_plan, &[Some(Fault::AccessDenied)]);
+    let (status, again) = w
+        .rotate_via(&w.base, ("cyberdyne", 3600), "idem-kept")
+        .await
+        .expect("retry");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{again}");
+    assert!(enabled_in_gateway(&w, new).await, "{again}");
     // AND once revocations can be written, the retry with the same Idempotency-Key answers that
     // key and schedules the first key's revocation
     registry.heal_revocation_writes();

@@ -122,8 +122,8 @@ fn unlisted(tenant: &str) -> Problem {
 /// and a retry with the same `Idempotency-Key` finishes the rotation and answers its value.
 fn unfinished(mut e: Problem, key_id: &str) -> Problem {
     e.detail = format!(
-        "{}; the rotation's new key {key_id} is made and listed on the tenant, its value not in this answer: send the \
-         request again with the same Idempotency-Key to finish the rotation and receive the key",
+        "{}; the rotation's new key {key_id} is made and was listed on the tenant, its value not in this answer: \
+         send the request again with the same Idempotency-Key to finish the rotation and receive the key",
         e.detail
     );
     e
@@ -217,17 +217,30 @@ impl Rotating<'_> {
             .await?;
         // Not among the keys this rotation revokes (a retry finds it listed).
         let key = self.new_key(control.as_ref(), name, existing).await?;
-        listed.remove(&key.id);
         let hash = ApiKeyHash::of(&key.value);
         let key_record = KeyRecord {
             tenant: tenant.to_owned(),
             key_id: key.id.clone(),
             enabled: true,
         };
-        // Its item written and listed on the tenant before any revocation: a rotation at the
-        // same time adds its own key to the list as it is then, so neither is lost.
-        let on = (tenant, record.plan.as_str(), plan_id.as_str());
-        let tenant_changed = put_on_plan_and_list(api, control.as_ref(), on, &key_record, &hash).await?;
+        let tenant_changed = match listed.remove(&key.id) {
+            // Listed by an earlier attempt, which put it on the plan and wrote its item first: a
+            // retry finishing it writes none of that again (and so never withdraws it), and
+            // records the listing as that attempt made it.
+            Some(_) => Changed {
+                before: Some(TenantRecord {
+                    keys: Some(listed.clone()),
+                    ..record.clone()
+                }),
+                after: Some(record.clone()),
+            },
+            // Its item written and listed on the tenant before any revocation: a rotation at
+            // the same time adds its own key to the list as it is then, so neither is lost.
+            None => {
+                let on = (tenant, record.plan.as_str(), plan_id.as_str());
+                put_on_plan_and_list(api, control.as_ref(), on, &key_record, &hash).await?
+            }
+        };
         let now = api.now();
         let at = now.saturating_add(Duration::from_secs(self.grace)).as_secs();
         let items = rotation_items(tenant, tenant_changed, &hash, key_record);
@@ -408,7 +421,7 @@ async fn schedule_revocations(
 /// first one's revocation), a later one brought forward with its failed `attempts` kept. The
 /// revocation as it then is; `None` when one read was removed meanwhile (the sweep revoked the
 /// key, or its tenant was offboarded): it is not written again; `None` too when the key's item
-/// is found revoked once the revocation is written: the revocation is removed (`written`).
+/// is found revoked once the revocation is written: the revocation is made the key's deletion (`written`).
 async fn schedule(api: &UsageApi, asked: Revocation) -> Result<Option<Revocation>, Problem> {
     let mut seen = false;
     for _ in 0..ATTEMPTS {

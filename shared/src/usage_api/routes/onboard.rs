@@ -102,6 +102,7 @@ impl Onboarding<'_> {
         let summary = format!("onboard tenant {} on plan {}", body.tenant, body.plan);
         let intended = vec![touching(tenant_pk(&body.tenant))];
         api.intend_as(&id, self.actor, summary, intended).await?;
+        let fresh = existing.is_none();
         let key = match existing {
             Some(id) => reused(control.api_key(&id).await?, &id)?,
             None => {
@@ -118,7 +119,7 @@ impl Onboarding<'_> {
             }
         };
         control.create_usage_plan_key(&plan_id, &key.id).await?;
-        let anchor = self.record(id, &key, control, &plan_id).await?;
+        let anchor = self.record(id, (&key, fresh), control, &plan_id).await?;
         let done = IdempotencyRecord {
             fingerprint: self.fingerprint.clone(),
             tenant: body.tenant.clone(),
@@ -165,13 +166,13 @@ impl Onboarding<'_> {
     /// record under `id`, its intent's (the Idempotency-Key's): a retry after a failure below
     /// writes the same record again (kept once), and a replay finds it written. A tenant another
     /// request onboarded meanwhile on another plan keeps it: this onboarding's key is disabled and
-    /// taken off `plan_id` again, its intent closed as having written no policy item (a retry
-    /// finds the tenant is not its own, or the key disabled: 409 again). The tenant's anchor day
-    /// as stored.
+    /// taken off `plan_id` again (a retry finds the tenant is not its own, or the key disabled:
+    /// 409 again), and, when this attempt made the key (`fresh`), its intent closed as having
+    /// written no policy item. The tenant's anchor day as stored.
     async fn record(
         &self,
         id: String,
-        key: &CreatedKey,
+        (key, fresh): (&CreatedKey, bool),
         control: &dyn ControlWrites,
         plan_id: &str,
     ) -> Result<Option<u8>, Problem> {
@@ -206,12 +207,17 @@ impl Onboarding<'_> {
         };
         let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
         // A retry finds the first attempt's record, anchor day included.
-        // Withdrawn, this onboarding wrote no policy item and never will (a retry finds its key
-        // disabled): its intent is closed as such, not left `interrupted`.
+        // Its key made by this attempt (no earlier one wrote anything) and withdrawn (a retry finds
+        // it disabled), this onboarding wrote no policy item and never will: its intent is closed
+        // as such, not left `interrupted`.
         let Some(made) = tenant.after.clone().filter(|t| t.plan == body.plan && listed(t)) else {
-            let e = self.withdraw(control, &key.id, plan_id, tenant.after).await;
-            let failed_at = "listing its key on the tenant";
-            return Err(api.untabled(id, self.actor, summary, failed_at, e).await);
+            return Err(match self.withdraw(control, &key.id, plan_id, tenant.after).await {
+                Ok(e) if fresh => {
+                    let failed_at = "listing its key on the tenant";
+                    api.untabled(id, self.actor, summary, failed_at, e).await
+                }
+                Ok(e) | Err(e) => e,
+            });
         };
         api.registry.change_key(&hash, &create(&record)).await?;
         // The record a retry writes again is the first attempt's: the items as onboarding made them.
@@ -221,31 +227,28 @@ impl Onboarding<'_> {
     }
 
     /// Withdraws this onboarding's key (disabled, taken off `plan_id`) from a tenant found as
-    /// `found`, not this onboarding's to list it on: the problem to answer.
+    /// `found`, not this onboarding's to list it on: the problem to answer, `Err` when the key
+    /// could not be withdrawn.
     async fn withdraw(
         &self,
         control: &dyn ControlWrites,
         key_id: &str,
         plan_id: &str,
         found: Option<TenantRecord>,
-    ) -> Problem {
+    ) -> Result<Problem, Problem> {
         let tenant = &self.request.tenant;
-        if let Err(e) = disable_key(control, key_id).await {
-            return e;
-        }
-        if let Err(e) = control.delete_usage_plan_key(plan_id, key_id).await {
-            return e.into();
-        }
+        disable_key(control, key_id).await?;
+        control.delete_usage_plan_key(plan_id, key_id).await?;
         if found.is_some_and(|t| t.plan == self.request.plan && full(t.keys.as_ref(), Some(key_id))) {
-            return key_limit(tenant);
+            return Ok(key_limit(tenant));
         }
-        Problem::conflict(
+        Ok(Problem::conflict(
             "tenant-exists",
             format!(
                 "tenant `{tenant}` was onboarded meanwhile by another request on another plan, or is moving; this \
                  onboarding's key is disabled"
             ),
-        )
+        ))
     }
 
     /// The answer to a retried onboarding: the same tenant, plan and key, the value read back
