@@ -4,7 +4,8 @@
 //! API Gateway calls and read the same DynamoDB items with `SMALL` keys as with `large()`. API
 //! Gateway's paging is emulated (the paging shim, `PAGE` items a page, API Gateway's default) and
 //! every call is counted (the counting proxy): a path that read every key, or scanned the policy
-//! table, makes more calls or reads more items with more keys.
+//! table, makes more calls or reads more items with more keys. The audit trail holds a record a
+//! key besides: a path that read it would too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use serde_json::json;
 use tollgate::aws::admin_client;
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::identity::ApiKeyHash;
+use tollgate::policy_table::audit::{ChangeOutcome, ChangeRecord, Source};
 use tollgate::policy_table::record::{Item, key_item, tenant_item};
 use tollgate::policy_table::{KeyRecord, PK, PrefixScan, TENANT_PREFIX, TenantRecord, key_pk, revoke_pk, tenant_pk};
 
@@ -88,6 +90,27 @@ async fn seed(w: &World, dynamodb: &aws_sdk_dynamodb::Client, table: &str, n: us
     }
 }
 
+/// `n` records in the audit trail, as many changes made before: the trail grows with the keys.
+async fn seed_trail(w: &World, n: usize) {
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let record = ChangeRecord {
+                id: format!("usage-api-seed-{i:06}"),
+                time: super::START.as_secs(),
+                source: Source::UsageApi,
+                actor: Some("seed".to_owned()),
+                summary: format!("onboard tenant seed-{i} on plan free"),
+                items: Vec::new(),
+                checkpoint: None,
+                outcome: ChangeOutcome::Applied,
+            };
+            w.audit.record(&record).await.expect("seed the trail");
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+}
+
 fn s(v: &str) -> aws_sdk_dynamodb::types::AttributeValue {
     aws_sdk_dynamodb::types::AttributeValue::S(v.to_owned())
 }
@@ -116,6 +139,7 @@ async fn costs(region: &'static str, keys: usize) -> (Vec<(&'static str, Counts)
     let ends = (control.endpoint(), dynamo.endpoint());
     let w = World::with(region, Some(Arc::new(registry)), Some(&ends.0), Some(&ends.1)).await;
     seed(&w, &admin_client(&sdk), &table, keys).await;
+    seed_trail(&w, keys).await;
     // The sweep's first runs on the table, their scan, before anything is counted: each reads at
     // most `FIRST_SWEEP_SCAN` of the table's items (about 2.1 a key), one run more to be sure.
     let (pages, page) = tollgate::directory::dynamodb::FIRST_SWEEP_SCAN;
