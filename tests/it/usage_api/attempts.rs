@@ -176,8 +176,7 @@ async fn a_rotation_whose_record_cannot_be_written_keeps_its_key_and_its_retry_r
         assert_eq!(body["key"]["id"].as_str(), Some(new.as_str()));
         let applied = recorded_once(&w, "rotate keys of tenant acme").await;
         assert!(applied.summary.contains(&format!("new key {new}")), "{applied:?}");
-        // AND its record holds the key's item and the tenant's list as the first attempt wrote
-        // them
+        // AND its record holds the key's item and the tenant's list with that key
         let record = w.audit.get(&applied.id).await.expect("record");
         assert_eq!(record.items.len(), 2, "{region}: {record:?}");
     }

@@ -453,6 +453,42 @@ async fn a_rotation_that_fails_once_its_key_is_listed_keeps_the_key_and_its_retr
     );
 }
 
+#[tokio::test]
+async fn an_onboarding_that_cannot_withdraw_its_key_stays_interrupted() {
+    // GIVEN API Gateway refusing to disable keys, and right before an onboarding of wonka on free
+    // writes wonka's item, another onboarding of wonka on free runs to completion and wonka is
+    // marked as moving
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, registry) = wrapped("tg-rot12-3", Some(&proxy.endpoint())).await;
+    let other = (w.admin(Method::POST, "/v1/tenants"))
+        .header("idempotency-key", "idem-other")
+        .json(&json!({ "tenant": "wonka", "plan": "free" }));
+    let marker = registry.clone();
+    registry.hook(
+        At::TenantWrite,
+        Box::pin(async move {
+            let res = other.send().await.expect("answer");
+            assert_eq!(res.status(), StatusCode::CREATED);
+            mark_moving(&marker, "wonka", Some(u64::MAX)).await;
+        }),
+    );
+    proxy.inject_on("PATCH", "/apikeys/", &[Some(Fault::AccessDenied)]);
+    // WHEN wonka is onboarded, and that onboarding fails to withdraw its key
+    let (status, body) = w.onboard_via(&w.base, "wonka", "idem-w").await.expect("onboard");
+    assert!(registry.hooks_ran());
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // THEN its intent stays `interrupted`: its key may still work, and a retry once the tenant
+    // is free again may make the onboarding, whose record must then be written under its id.
+    // (The case of an onboarding that created the tenant itself, moved before it listed its
+    // key, cannot be staged on the emulator: its DeleteUsagePlanKey of a key no longer on the
+    // plan answers 500 there, which the withdrawal cannot take as done.)
+    let history = w.audit.history().await.expect("history");
+    let interrupted = history
+        .iter()
+        .any(|e| e.summary.starts_with("onboard tenant wonka ") && e.status.is_some());
+    assert!(interrupted, "{history:?}");
+}
+
 /// Marks `tenant` as moving until `until` (on the plan it is on) by change `by`, as `policy apply`
 /// marks it.
 async fn mark_by(registry: &Wrapped, tenant: &str, by: &str, until: u64) {

@@ -225,8 +225,9 @@ impl Rotating<'_> {
         };
         let tenant_changed = match listed.remove(&key.id) {
             // Listed by an earlier attempt, which put it on the plan and wrote its item first: a
-            // retry finishing it writes none of that again (and so never withdraws it), and
-            // records the listing as that attempt made it.
+            // retry finishing it writes none of that again (and so never withdraws it). Its
+            // record shows the tenant as the retry finds it, against the same without the key
+            // (what the earlier attempt wrote is not known here).
             Some(_) => Changed {
                 before: Some(TenantRecord {
                     keys: Some(listed.clone()),

@@ -167,8 +167,8 @@ impl Onboarding<'_> {
     /// writes the same record again (kept once), and a replay finds it written. A tenant another
     /// request onboarded meanwhile on another plan keeps it: this onboarding's key is disabled and
     /// taken off `plan_id` again (a retry finds the tenant is not its own, or the key disabled:
-    /// 409 again), and, when this attempt made the key (`fresh`), its intent closed as having
-    /// written no policy item. The tenant's anchor day as stored.
+    /// 409 again), and, when this attempt made the key (`fresh`) and wrote no tenant, its intent
+    /// closed as having written no policy item. The tenant's anchor day as stored.
     async fn record(
         &self,
         id: String,
@@ -196,6 +196,7 @@ impl Onboarding<'_> {
             body.tenant, body.plan, key.id
         );
         let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
+        let created = tenant.wrote();
         // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too,
         // unless it is moving.
         let tenant = match &tenant.after {
@@ -206,13 +207,13 @@ impl Onboarding<'_> {
             _ => tenant,
         };
         let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
-        // A retry finds the first attempt's record, anchor day included.
-        // Its key made by this attempt (no earlier one wrote anything) and withdrawn (a retry finds
-        // it disabled), this onboarding wrote no policy item and never will: its intent is closed
-        // as such, not left `interrupted`.
+        // A retry finds the first attempt's record, anchor day included. An attempt that made its
+        // key (no earlier one wrote anything) and did not create the tenant, its key withdrawn (a
+        // retry finds it disabled), wrote no policy item and never will: its intent is closed as
+        // such, not left `interrupted`.
         let Some(made) = tenant.after.clone().filter(|t| t.plan == body.plan && listed(t)) else {
             return Err(match self.withdraw(control, &key.id, plan_id, tenant.after).await {
-                Ok(e) if fresh => {
+                Ok(e) if fresh && !created => {
                     let failed_at = "listing its key on the tenant";
                     api.untabled(id, self.actor, summary, failed_at, e).await
                 }
