@@ -4,7 +4,7 @@
 //! change once. A rotation whose record cannot be written, or whose write got no answer, keeps
 //! its new key, and its retry records the change and answers the key.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 
 use tollgate::policy_table::audit::{Entry, INTERRUPTED};
 use tollgate::policy_table::{PK, idem_pk};
@@ -180,4 +180,34 @@ async fn a_rotation_whose_record_cannot_be_written_keeps_its_key_and_its_retry_r
         let record = w.audit.get(&applied.id).await.expect("record");
         assert_eq!(record.items.len(), 2, "{region}: {record:?}");
     }
+}
+
+#[tokio::test]
+async fn an_onboarding_retried_after_its_tenant_was_moved_answers_its_key_on_the_new_plan() {
+    // GIVEN acme's onboarding under Idempotency-Key idem-m made the tenant and its key and failed
+    // writing its record (the audit table refused it), and acme then moved to pro
+    let proxy = FaultProxy::start(&emulator::endpoint()).await;
+    let (w, ..) = World::on_policy_table_with("tg-rot12-5", None, Some(&proxy.endpoint())).await;
+    proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[None, Some(Fault::AccessDenied)]);
+    let (status, problem) = w.onboard_via(&w.base, "acme", "idem-m").await.expect("answer");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    let moved = (w.admin(Method::PUT, "/v1/tenants/acme/plan"))
+        .json(&serde_json::json!({ "plan": "pro" }))
+        .send()
+        .await
+        .expect("move");
+    assert_eq!(moved.status(), StatusCode::OK);
+    // WHEN the onboarding is retried with the same Idempotency-Key
+    let (status, body) = w.onboard_via(&w.base, "acme", "idem-m").await.expect("retry");
+    // THEN it answers its key, on the plan acme is on now: the key is not put back on free,
+    // nor disabled (it is acme's only key)
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["plan"], "pro", "{body}");
+    let id = body["key"]["id"].as_str().expect("key").to_owned();
+    assert_eq!(w.keys_of("acme").await, [id.clone()]);
+    let key = w.gw.get_api_key().api_key(&id).send().await.expect("key");
+    assert!(key.enabled(), "{key:?}");
+    assert!(w.plan_keys().await.is_empty(), "the key is back on free");
+    // AND the onboarding is recorded once
+    recorded_once(&w, "onboard tenant acme ").await;
 }

@@ -90,7 +90,7 @@ impl Onboarding<'_> {
         // A key created by an attempt whose answer was lost has this name: found, not created again.
         let name = key_name(api.stack.as_deref(), &body.tenant, self.idem);
         let existing = control.api_key_named(&name).await?;
-        self.check_tenant_free(existing.as_deref()).await?;
+        let moved = self.check_tenant_free(existing.as_deref()).await?;
         let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;
         // Write-ahead: the intent before the key is created, so a refused intent leaves no key on
         // the plan. Its id is of the tenant and the Idempotency-Key (`audit_id`: a retry puts it
@@ -118,18 +118,21 @@ impl Onboarding<'_> {
                     .await?
             }
         };
-        control.create_usage_plan_key(&plan_id, &key.id).await?;
-        let anchor = self.record(id, (&key, fresh), control, &plan_id).await?;
+        // A tenant moved since an earlier attempt made it has the key on its new plan.
+        if moved.is_none() {
+            control.create_usage_plan_key(&plan_id, &key.id).await?;
+        }
+        let (anchor, plan) = self.record(id, (&key, fresh), control, (&plan_id, moved)).await?;
         let done = IdempotencyRecord {
             fingerprint: self.fingerprint.clone(),
             tenant: body.tenant.clone(),
-            plan: body.plan.clone(),
+            plan: plan.clone(),
             key_id: key.id.clone(),
             revoking: BTreeMap::new(),
         };
         let answer = created(Onboarded {
             tenant: body.tenant.clone(),
-            plan: body.plan.clone(),
+            plan,
             anchor,
             key: IssuedKey {
                 id: key.id,
@@ -141,20 +144,18 @@ impl Onboarding<'_> {
 
     /// Refuses a tenant that exists, unless it is this very onboarding's (`key_id` the key an
     /// earlier attempt created), interrupted after its tenant record (on this plan), or its key
-    /// record, was written.
-    async fn check_tenant_free(&self, key_id: Option<&str>) -> Result<(), Problem> {
+    /// record, was written. The plan of this onboarding's tenant when it was moved since (it
+    /// lists the key on another plan).
+    async fn check_tenant_free(&self, key_id: Option<&str>) -> Result<Option<String>, Problem> {
         let (api, tenant) = (self.api, &self.request.tenant);
         // Read as it is now: the key list below is, and a tenant offboarded a moment ago is free.
         let Some(plan) = api.registry.tenant_now(tenant).await?.map(|t| t.plan) else {
-            return Ok(());
+            return Ok(None);
         };
-        let ours = match key_id {
-            Some(_) if plan == self.request.plan => true,
-            Some(id) => api.tenant_keys(tenant).await?.1.contains_key(id),
-            None => false,
-        };
-        if ours {
-            return Ok(());
+        match key_id {
+            Some(_) if plan == self.request.plan => return Ok(None),
+            Some(id) if api.tenant_keys(tenant).await?.1.contains_key(id) => return Ok(Some(plan)),
+            _ => {}
         }
         Err(Problem::conflict(
             "tenant-exists",
@@ -174,9 +175,12 @@ impl Onboarding<'_> {
         id: String,
         (key, fresh): (&CreatedKey, bool),
         control: &dyn ControlWrites,
-        plan_id: &str,
-    ) -> Result<Option<u8>, Problem> {
+        (plan_id, moved): (&str, Option<String>),
+    ) -> Result<(Option<u8>, String), Problem> {
         let (api, body) = (self.api, &self.request);
+        // The plan the tenant is on: the request's, or the one it was moved to since an earlier
+        // attempt made it.
+        let plan = moved.unwrap_or_else(|| body.plan.clone());
         let hash = ApiKeyHash::of(&key.value);
         let record = KeyRecord {
             tenant: body.tenant.clone(),
@@ -200,10 +204,7 @@ impl Onboarding<'_> {
         // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too,
         // unless it is moving.
         let tenant = match &tenant.after {
-            Some(t) if t.plan == body.plan => {
-                api.list_key((&body.tenant, &body.plan), &key.id, &hash.to_hex())
-                    .await?
-            }
+            Some(t) if t.plan == plan => api.list_key((&body.tenant, &plan), &key.id, &hash.to_hex()).await?,
             _ => tenant,
         };
         let listed = |t: &TenantRecord| t.keys.as_ref().is_some_and(|k| k.contains_key(&key.id));
@@ -211,7 +212,7 @@ impl Onboarding<'_> {
         // key (no earlier one wrote anything) and did not create the tenant, its key withdrawn (a
         // retry finds it disabled), wrote no policy item and never will: its intent is closed as
         // such, not left `interrupted`.
-        let Some(made) = tenant.after.clone().filter(|t| t.plan == body.plan && listed(t)) else {
+        let Some(made) = tenant.after.clone().filter(|t| t.plan == plan && listed(t)) else {
             return Err(match self.withdraw(control, &key.id, plan_id, tenant.after).await {
                 Ok(e) if fresh && !created => {
                     let failed_at = "listing its key on the tenant";
@@ -224,7 +225,7 @@ impl Onboarding<'_> {
         // The record a retry writes again is the first attempt's: the items as onboarding made them.
         let items = onboarding_items(&body.tenant, &made, &hash, &record);
         api.audit_as(id, self.actor, summary, items).await?;
-        Ok(made.anchor)
+        Ok((made.anchor, made.plan))
     }
 
     /// Withdraws this onboarding's key (disabled, taken off `plan_id`) from a tenant found as
