@@ -44,7 +44,7 @@ async fn recorded_once(w: &World, what: &str) -> Entry {
 /// Removes Idempotency-Key `idem`'s record from `table`, as if the attempt that wrote everything
 /// had lost its answer before writing it.
 async fn lose_idempotency_record(sdk: &aws_config::SdkConfig, table: &str, idem: &str) {
-    tollgate::aws::admin_client(sdk)
+    crate::support::emulator::admin_client(sdk)
         .delete_item()
         .table_name(table)
         .key(PK, aws_sdk_dynamodb::types::AttributeValue::S(idem_pk(idem)))
