@@ -62,11 +62,54 @@ pub fn policy_client(sdk: &SdkConfig, budget: Duration) -> aws_sdk_dynamodb::Cli
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
-/// The client for everything off the request path: creating tables, writing policies, reading
-/// usage. The SDK's standard retries and timeouts apply. Never for state writes: a blind resend
-/// of a state write could charge twice, so those go through `state_client`.
+/// Time limits for the admin client (`admin_client_with`). The SDK sets no attempt or operation
+/// timeout, so a stalled table would hold a call for the whole Lambda timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminTimeouts {
+    pub connect: Duration,
+    /// One HTTP attempt.
+    pub attempt: Duration,
+    /// A call in all, its retries included.
+    pub operation: Duration,
+}
+
+impl Default for AdminTimeouts {
+    /// 2 s a connection, 4 s an attempt, 10 s a call: the usage API's 29 s (template.yaml) holds
+    /// a call that fails and the record that closes its change after it (two calls of 10 s), and
+    /// nothing the CLI or the functions send comes near 4 s when DynamoDB answers (a
+    /// `CreateTable` returns before the table is active, a scan page is at most 1 MB, a
+    /// transaction at most 100 items).
+    fn default() -> Self {
+        AdminTimeouts {
+            connect: Duration::from_secs(2),
+            attempt: Duration::from_secs(4),
+            operation: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The client for everything off the request path: creating tables, writing policies and
+/// audit records, reading usage, within `AdminTimeouts::default()`. The SDK's standard retries
+/// apply (3 attempts; a write that failed after one may have landed:
+/// `policy_table::write::outcome_known`). Never for state writes: a blind resend of a state
+/// write could charge twice, so those go through `state_client`.
 pub fn admin_client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(sdk)
+    admin_client_with(sdk, AdminTimeouts::default())
+}
+
+/// `admin_client` within `timeouts`.
+pub fn admin_client_with(sdk: &SdkConfig, timeouts: AdminTimeouts) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(RetryConfig::standard())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(timeouts.connect)
+                .operation_attempt_timeout(timeouts.attempt)
+                .operation_timeout(timeouts.operation)
+                .build(),
+        )
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
 /// The API Gateway client for plan sync and policy apply. The SDK's retries are off:

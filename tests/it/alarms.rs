@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::support::emulator::admin_client;
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{AlarmType, MetricAlarm};
-use tollgate::aws::{admin_client, cloudwatch_client};
+use tollgate::aws::cloudwatch_client;
 use tollgate::control::alarms::{AlarmDefinition, AlarmError, AlarmReport, AlarmSettings};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::{AlarmPort, CloudWatchAlarms, FormerNames, sync_plan_alarms};

@@ -4,7 +4,7 @@
 //! the audit table through the policy table's scope; the usage API's shed changes are recorded
 //! there.
 
-use tollgate::aws::admin_client;
+use crate::support::emulator::admin_client;
 use tollgate::control::sync::scope::Scope;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::directory::DynamoDirectory;

@@ -52,7 +52,7 @@ async fn memory_directory_resolves_keys_to_plans() {
 
 #[tokio::test]
 async fn dynamodb_directory_resolves_keys_to_plans() {
-    let client = tollgate::aws::admin_client(&emulator::sdk_config(&emulator::endpoint()));
+    let client = crate::support::emulator::admin_client(&emulator::sdk_config(&emulator::endpoint()));
     let table = emulator::unique("policy");
     create_policy_table(&client, &table).await.expect("table");
     let dir = DynamoDirectory::new(client.clone(), &table);
@@ -104,7 +104,7 @@ async fn dynamodb_directory_resolves_keys_to_plans() {
 async fn while_the_policy_table_is_unreachable_a_resolved_key_keeps_working_within_its_bound() {
     // GIVEN acme's key in a policy table the gate reads through a fault proxy, with the
     // authorizer's policy client and the shipped gate settings
-    let admin = tollgate::aws::admin_client(&emulator::sdk_config(&emulator::endpoint()));
+    let admin = crate::support::emulator::admin_client(&emulator::sdk_config(&emulator::endpoint()));
     let table = emulator::unique("policy");
     create_policy_table(&admin, &table).await.expect("table");
     DynamoDirectory::new(admin, &table)

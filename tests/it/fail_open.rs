@@ -337,7 +337,7 @@ async fn a_flood_of_unknown_keys_costs_known_tenants_no_policy_table_reads() {
     // GIVEN known tenants in a policy table on the emulator, their keys cached by the gate
     let file = PolicyFile::parse(PLANS).expect("policy");
     let tenants = demo_tenants(&file, 2);
-    let client = tollgate::aws::admin_client(&emulator::sdk_config(&emulator::endpoint()));
+    let client = crate::support::emulator::admin_client(&emulator::sdk_config(&emulator::endpoint()));
     let table = emulator::unique("policy");
     create_policy_table(&client, &table).await.expect("policy table");
     let inner = DynamoDirectory::new(client, &table);

@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::emulator::admin_client;
 use aws_sdk_dynamodb::types::{StreamSpecification, StreamViewType};
 use aws_sdk_dynamodbstreams::types::{AttributeValue as StreamValue, ShardIteratorType};
 use futures::future::join_all;
 use serde_json::{Value, json};
-use tollgate::aws::{admin_client, notice_client, policy_client};
+use tollgate::aws::{notice_client, policy_client};
 use tollgate::directory::DynamoDirectory;
 use tollgate::directory::dynamodb::create_policy_table;
 use tollgate::engine::clock::{Clock, ManualClock, Timestamp};

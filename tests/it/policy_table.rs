@@ -3,8 +3,8 @@
 //! version is refused rather than wrapped, a write whose answer was lost is done (not a
 //! conflict), and a store's 5xx leaves a write's outcome unknown.
 
+use crate::support::emulator::admin_client;
 use aws_sdk_dynamodb::types::AttributeValue;
-use tollgate::aws::admin_client;
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::policy_table::record::{self, Item};
 use tollgate::policy_table::write::{self, Expect, ItemAction, WriteError, Written};

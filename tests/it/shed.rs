@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate::aws::{admin_client, cloudwatch_client};
+use crate::support::emulator::admin_client;
+use tollgate::aws::cloudwatch_client;
 use tollgate::control::CloudWatchAlarms;
 use tollgate::control::shed::AlarmState;
 use tollgate::control::shed::Hold;

@@ -12,7 +12,8 @@ use axum::routing::put;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use tollgate::aws::{admin_client, cloudwatch_client};
+use crate::support::emulator::admin_client;
+use tollgate::aws::cloudwatch_client;
 use tollgate::control::alarms::AlarmSettings;
 use tollgate::control::{CloudWatchAlarms, legacy_plan_alarm_prefix, plan_alarm_prefix};
 use tollgate::directory::DynamoDirectory;

@@ -27,13 +27,14 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::record::{number, string};
+use super::write;
 use super::{AUDIT_PREFIX, PK, PrefixScan, Record, read_item};
 
 /// The audit table a function's configuration names (`named`); without one (the code started in
@@ -212,35 +213,16 @@ pub enum AuditError {
 }
 
 impl AuditError {
-    /// Whether the record (or intent) is known not to have been written: the table refused its
-    /// header (a 4xx other than a throttle or a request timeout, which the SDK retries after
-    /// attempts that may have landed), it was never sent, or a part before it failed. A header
-    /// put that timed out, lost its answer, failed to dispatch (a connection the SDK could not
-    /// open is not told apart from one lost after sending, and its earlier attempts may have
-    /// been sent) or got a server error may have landed.
+    /// Whether the record (or intent) is known not to have been written: its header's put
+    /// surely wrote nothing (`write::outcome_known`: the table refused it with a 4xx the SDK does
+    /// not retry, or it was never sent), or a part before it failed. A header put that timed out,
+    /// lost its answer, failed to dispatch, was throttled or got a server error may have landed.
     pub fn is_determinate(&self) -> bool {
         match self {
             AuditError::Unavailable { outcome_known, .. } => *outcome_known,
             AuditError::NotFound(_) | AuditError::Corrupt { .. } => true,
         }
     }
-}
-
-/// Whether a put that failed with `e` surely did not land (`AuditError::is_determinate`).
-fn refused(e: &SdkError<PutItemError>) -> bool {
-    let SdkError::ServiceError(s) = e else {
-        return matches!(e, SdkError::ConstructionFailure(_));
-    };
-    let code = s.err().code().unwrap_or_default();
-    let retried = code.contains("Throttl")
-        || code.contains("LimitExceeded")
-        || code.starts_with("RequestTimeout")
-        || matches!(
-            code,
-            "ProvisionedThroughputExceededException" | "TooManyRequestsException" | "TransactionInProgressException"
-        );
-    let status = s.raw().status();
-    status.is_client_error() && status.as_u16() != 429 && !retried
 }
 
 /// The audit trail: records written to `table`, and read from it and from the legacy table.
@@ -348,7 +330,7 @@ impl AuditLog {
                 Ok(Recorded { new: false, writes })
             }
             Err(e) => {
-                let known = refused(&e);
+                let known = write::outcome_known(&e);
                 Err(self.unavailable(e, known))
             }
         }
@@ -469,10 +451,6 @@ fn split(s: &str, max: usize) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use aws_sdk_dynamodb::config::http::HttpResponse;
-    use aws_sdk_dynamodb::error::ErrorMetadata;
-    use aws_smithy_types::body::SdkBody;
-
     use super::*;
 
     #[test]
@@ -503,34 +481,5 @@ mod tests {
         assert_eq!(a.content_id(), first);
         a.source = Source::Sync;
         assert_ne!(a.content_id(), first);
-    }
-
-    /// A put answered `status` with error `code`.
-    fn answered(status: u16, code: &str) -> SdkError<PutItemError> {
-        let err = PutItemError::generic(ErrorMetadata::builder().code(code).build());
-        let status = status.try_into().expect("a status");
-        SdkError::service_error(err, HttpResponse::new(status, SdkBody::empty()))
-    }
-
-    #[test]
-    fn only_a_refusal_the_sdk_does_not_retry_is_known_to_have_written_nothing() {
-        for code in [
-            "AccessDeniedException",
-            "ValidationException",
-            "ResourceNotFoundException",
-        ] {
-            assert!(refused(&answered(400, code)), "{code}");
-        }
-        for (status, code) in [
-            (400, "ProvisionedThroughputExceededException"),
-            (400, "ThrottlingException"),
-            (400, "RequestLimitExceeded"),
-            (429, "TooManyRequestsException"),
-            (500, "InternalServerError"),
-            (503, "ServiceUnavailable"),
-        ] {
-            assert!(!refused(&answered(status, code)), "{status} {code}");
-        }
-        assert!(!refused(&SdkError::timeout_error("no answer")));
     }
 }

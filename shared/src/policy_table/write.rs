@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
@@ -109,8 +109,9 @@ pub enum Written {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// The store failed. `outcome_known`: the write surely did not happen (the store refused
-    /// it); otherwise it may have (the answer was lost, or the store failed while applying it).
+    /// The store failed. `outcome_known`: the write surely did not happen (it was never sent, or
+    /// the store refused it unretried: `outcome_known`); otherwise it may have (the answer was
+    /// lost, the store failed while applying it, or an attempt before a throttle landed).
     #[error("policy item `{}`: store unavailable: {detail}", shown_pk(pk))]
     Unavailable {
         pk: String,
@@ -172,8 +173,7 @@ pub fn tombstone() -> Item {
 }
 
 /// A failed put: a conflict when the condition failed (unless the item is this very put,
-/// resent after its answer was lost: done), else the error. A refusal of the store (4xx) is
-/// determinate; a 5xx or a lost answer is not.
+/// resent after its answer was lost: done), else the error (`unavailable`).
 fn failed(pk: &str, e: SdkError<PutItemError>, token: &str, version: u64) -> Result<Written, WriteError> {
     if let SdkError::ServiceError(s) = &e
         && let PutItemError::ConditionalCheckFailedException(c) = s.err()
@@ -184,14 +184,41 @@ fn failed(pk: &str, e: SdkError<PutItemError>, token: &str, version: u64) -> Res
     Err(unavailable(pk, e))
 }
 
-/// A write of `pk` the store failed: determinate when the store refused it (4xx) or it was never
-/// sent; a 5xx or a lost answer is not.
-pub fn unavailable<E: std::error::Error + Send + Sync + 'static>(pk: &str, e: SdkError<E>) -> WriteError {
-    let outcome_known = match &e {
-        SdkError::ServiceError(s) => !s.raw().status().is_server_error(),
-        SdkError::ConstructionFailure(_) => true,
-        _ => false,
+/// Whether a write that failed with `e` surely wrote nothing: the request was never sent, or the
+/// table refused it with a 4xx the SDK does not retry. The policy and audit tables are written
+/// through `aws::admin_client`, whose standard retries resend an attempt that timed out, lost its
+/// connection or was throttled: the error returned is the last attempt's, and an earlier attempt
+/// may have landed. So a throttle or limit (`ProvisionedThroughputExceededException`,
+/// `ThrottlingException`, `RequestLimitExceeded`, a 429), a request timeout or
+/// `TransactionInProgressException`, which the SDK retries, leaves the outcome unknown, as do a
+/// 5xx, a timeout and a failed dispatch (a connection not opened is not told apart from one lost
+/// after sending).
+pub fn outcome_known<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+    let SdkError::ServiceError(s) = e else {
+        return matches!(e, SdkError::ConstructionFailure(_));
     };
+    let code = s.err().code().unwrap_or_default();
+    let retried = code.contains("Throttl")
+        || code.contains("LimitExceeded")
+        || code.starts_with("RequestTimeout")
+        || matches!(
+            code,
+            "ProvisionedThroughputExceededException"
+                | "TooManyRequestsException"
+                | "TransactionInProgressException"
+                | "SlowDown"
+                | "PriorRequestNotComplete"
+        );
+    let status = s.raw().status();
+    status.is_client_error() && status.as_u16() != 429 && !retried
+}
+
+/// A write of `pk` the store failed, determinate or not as `outcome_known` says.
+pub fn unavailable<E>(pk: &str, e: SdkError<E>) -> WriteError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let outcome_known = outcome_known(&e);
     WriteError::Unavailable {
         pk: pk.to_owned(),
         detail: DisplayErrorContext(e).to_string(),
@@ -339,4 +366,60 @@ pub async fn change<T: Clone>(
         pk: pk.to_owned(),
         attempts: ATTEMPTS,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::config::http::HttpResponse;
+    use aws_sdk_dynamodb::error::{ConnectorError, ErrorMetadata};
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    /// A put answered `status` with error `code`.
+    fn answered(status: u16, code: &str) -> SdkError<PutItemError> {
+        let err = PutItemError::generic(ErrorMetadata::builder().code(code).build());
+        let status = status.try_into().expect("a status");
+        SdkError::service_error(err, HttpResponse::new(status, SdkBody::empty()))
+    }
+
+    #[test]
+    fn only_a_refusal_the_sdk_does_not_retry_or_a_request_never_sent_is_known_to_have_written_nothing() {
+        for code in [
+            "ConditionalCheckFailedException",
+            "ValidationException",
+            "AccessDeniedException",
+            "ResourceNotFoundException",
+        ] {
+            assert!(outcome_known(&answered(400, code)), "{code}");
+        }
+        assert!(outcome_known(&SdkError::<PutItemError>::construction_failure(
+            "no table"
+        )));
+        for (status, code) in [
+            (400, "ProvisionedThroughputExceededException"),
+            (400, "ThrottlingException"),
+            (400, "RequestLimitExceeded"),
+            (400, "TransactionInProgressException"),
+            (408, "RequestTimeoutException"),
+            (429, "TooManyRequestsException"),
+            (429, ""),
+            (500, "InternalServerError"),
+            (503, "ServiceUnavailable"),
+        ] {
+            assert!(!outcome_known(&answered(status, code)), "{status} {code}");
+        }
+        assert!(!outcome_known(&SdkError::<PutItemError>::timeout_error("no answer")));
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let dispatch = SdkError::<TransactWriteItemsError>::dispatch_failure(ConnectorError::io(io.into()));
+        assert!(!outcome_known(&dispatch));
+    }
+
+    #[test]
+    fn a_write_error_is_determinate_as_its_cause_is_known() {
+        assert!(unavailable("plan#free", answered(400, "ValidationException")).is_determinate());
+        let throttled = unavailable("plan#free", answered(400, "ProvisionedThroughputExceededException"));
+        assert!(!throttled.is_determinate());
+    }
 }

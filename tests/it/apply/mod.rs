@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate::aws::{admin_client, control_client, state_client};
+use crate::support::emulator::admin_client;
+use tollgate::aws::{control_client, state_client};
 use tollgate::control::apigateway::{ApiGateway, ControlPlane};
 use tollgate::control::apply::{self, ApplyError, ApplyReport, Context};
 use tollgate::control::sync::table::PolicyTable;

@@ -15,7 +15,7 @@ async fn a_shed_plan_gets_deny_with_reason_shed_and_retry_after_and_the_store_is
     // GIVEN shed level 1 in the policy table (every plan here has priority 0) and a state store
     // that would stall every call
     let s = stalled(&[]).await;
-    let admin = tollgate::aws::admin_client(&emulator::sdk_config(&emulator::endpoint()));
+    let admin = crate::support::emulator::admin_client(&emulator::sdk_config(&emulator::endpoint()));
     let shed = tollgate::control::shed::table::ShedTable::new(admin, &s.policy_table);
     let from = shed.get().await.expect("level");
     shed.set(

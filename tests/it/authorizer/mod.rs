@@ -78,7 +78,7 @@ async fn stack(env: &[(&str, &str)]) -> Stack {
 
 async fn stack_with(env: &[(&str, &str)], jwt: Option<JwtVerifier>) -> Stack {
     let endpoint = emulator::endpoint();
-    let client = tollgate::aws::admin_client(&emulator::sdk_config(&endpoint));
+    let client = crate::support::emulator::admin_client(&emulator::sdk_config(&endpoint));
     let policy_table = emulator::unique("policy");
     create_policy_table(&client, &policy_table).await.expect("policy table");
     let mut policy = PLANS.to_owned();

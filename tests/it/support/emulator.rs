@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
-use tollgate::aws::{StoreTimeouts, state_client};
+use tollgate::aws::{AdminTimeouts, StoreTimeouts, admin_client_with, state_client};
 use tollgate::store::dynamodb::create_state_table;
 use tollgate::store::{DynamoStore, DynamoStoreConfig};
 
@@ -64,6 +64,22 @@ pub const PATIENT: StoreTimeouts = StoreTimeouts {
     connect: Duration::from_secs(5),
     attempt: Duration::from_secs(20),
 };
+
+/// The admin client's time limits for tests: the single-threaded emulator, serving the whole
+/// suite on two cores (syncs and moves of hundreds of tenants among it), now and then takes
+/// longer than the shipped 10 s over one call, which the shipped client would give up and, for
+/// a `CreateTable`, resend. Tests of the shipped limits build the client with them
+/// (`tollgate::aws::admin_client`).
+pub const PATIENT_ADMIN: AdminTimeouts = AdminTimeouts {
+    connect: Duration::from_secs(5),
+    attempt: Duration::from_secs(60),
+    operation: Duration::from_secs(180),
+};
+
+/// The admin client (`tollgate::aws::admin_client`) within `PATIENT_ADMIN`.
+pub fn admin_client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    admin_client_with(sdk, PATIENT_ADMIN)
+}
 
 /// A fresh state table on the emulator and a client for it.
 pub async fn state_table() -> (aws_sdk_dynamodb::Client, String) {

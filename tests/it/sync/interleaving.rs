@@ -2,7 +2,7 @@
 //! before its writes, while a newer sync runs to completion, never writes what its older reads
 //! decided. The pause is a loopback proxy holding the older sync's first write to the table.
 
-use tollgate::aws::admin_client;
+use crate::support::emulator::admin_client;
 use tollgate::control::sync::{self, table::PolicyTable};
 
 use super::{World, patch};

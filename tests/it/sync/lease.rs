@@ -210,7 +210,7 @@ async fn a_release_that_fails_abandons_the_lease_so_the_next_trigger_need_not_wa
     w.key("k1", Some("t1"), "tg_live_lease_6", &plan).await;
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let sdk = emulator::sdk_config_in(&proxy.endpoint(), "eu-isoe-west-1");
-    let table = PolicyTable::new(tollgate::aws::admin_client(&sdk), &w.name);
+    let table = PolicyTable::new(crate::support::emulator::admin_client(&sdk), &w.name);
     let lost = Some(Fault::LoseRequest);
     proxy.inject_on("POST", "DynamoDB_20120810.DeleteItem", &[lost, lost, lost]);
     // WHEN it runs
@@ -265,7 +265,7 @@ async fn a_take_whose_answer_is_lost_is_retried_onto_the_runs_own_lease_and_the_
     w.key("k1", Some("t1"), "tg_live_lease_7", &plan).await;
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let sdk = emulator::sdk_config_in(&proxy.endpoint(), "eusc-de-east-1");
-    let table = PolicyTable::new(tollgate::aws::admin_client(&sdk), &w.name);
+    let table = PolicyTable::new(crate::support::emulator::admin_client(&sdk), &w.name);
     proxy.inject_on("POST", "DynamoDB_20120810.PutItem", &[Some(Fault::LoseResponse)]);
     // WHEN it runs
     let run = run_leased(&w.control, &table, &w.clock, None, "run-a", w.deadline(), &Work::Full)

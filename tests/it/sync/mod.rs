@@ -12,8 +12,9 @@ mod write_ahead;
 
 use std::sync::Arc;
 
+use crate::support::emulator::admin_client;
 use aws_sdk_apigateway::types::{ApiStage, Op, PatchOperation, QuotaPeriodType, ThrottleSettings};
-use tollgate::aws::{admin_client, control_client};
+use tollgate::aws::control_client;
 use tollgate::control::apigateway::ApiGateway;
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::sync::{self, SyncReport};

@@ -5,8 +5,9 @@
 //! the keys or a plan's keys, or scanned the policy table, would cost more with more keys. A full
 //! sync is counted alongside, the baseline, and grows.
 
+use crate::support::emulator::admin_client;
 use futures::StreamExt;
-use tollgate::aws::{admin_client, control_client};
+use tollgate::aws::control_client;
 use tollgate::control::apigateway::ApiGateway;
 use tollgate::control::sync::scoped::{self, Outcome, Target};
 use tollgate::control::sync::table::PolicyTable;

@@ -10,8 +10,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::emulator::admin_client;
 use serde_json::{Value, json};
-use tollgate::aws::admin_client;
 use tollgate::control::sync;
 use tollgate::control::sync::lease::run_leased;
 use tollgate::control::sync::table::PolicyTable;

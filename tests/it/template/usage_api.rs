@@ -341,3 +341,22 @@ fn the_policy_table_declares_the_indexes_the_usage_api_reads() {
     assert_eq!(types.keys().map(String::as_str).collect::<BTreeSet<_>>(), used);
     assert_eq!(declared, wanted);
 }
+
+#[test]
+fn the_usage_api_function_outlasts_a_failed_policy_write_and_the_record_after_it() {
+    // GIVEN the template's usage-api function, and the admin client's shipped time limits
+    let t = parse(TEMPLATE);
+    let timeout = function(&t, "usage-api")["Properties"]["Timeout"]
+        .as_u64()
+        .expect("a timeout");
+    let limits = tollgate::aws::AdminTimeouts::default();
+    // THEN two calls given up at the operation timeout (a write to a stalled table, then the
+    // record closing its change) end before the function's timeout, and an attempt is shorter
+    // than a call: a stalled table is answered 503, not cut off by Lambda
+    let two_calls = 2 * limits.operation.as_secs();
+    assert!(two_calls < timeout, "{two_calls} s of {timeout} s");
+    assert!(
+        limits.connect < limits.attempt && limits.attempt < limits.operation,
+        "{limits:?}"
+    );
+}

@@ -43,7 +43,7 @@ async fn recorded_once(w: &World, what: &str) -> Entry {
 /// Removes Idempotency-Key `idem`'s record from `table`, as if the attempt that wrote everything
 /// had lost its answer before writing it.
 async fn lose_idempotency_record(sdk: &aws_config::SdkConfig, table: &str, idem: &str) {
-    tollgate::aws::admin_client(sdk)
+    crate::support::emulator::admin_client(sdk)
         .delete_item()
         .table_name(table)
         .key(PK, aws_sdk_dynamodb::types::AttributeValue::S(idem_pk(idem)))
@@ -204,7 +204,7 @@ async fn an_onboarding_retried_after_its_tenant_was_moved_answers_its_key_on_the
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["plan"], "pro", "{body}");
     let id = body["key"]["id"].as_str().expect("key").to_owned();
-    assert_eq!(w.keys_of("acme").await, [id.clone()]);
+    assert_eq!(w.keys_of("acme").await, std::slice::from_ref(&id));
     let key = w.gw.get_api_key().api_key(&id).send().await.expect("key");
     assert!(key.enabled(), "{key:?}");
     assert!(w.plan_keys().await.is_empty(), "the key is back on free");

@@ -10,11 +10,12 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::support::emulator::admin_client;
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-use tollgate::aws::{admin_client, control_client};
+use tollgate::aws::control_client;
 use tollgate::control::apigateway::model::{ApiKey, UsagePlan};
 use tollgate::control::apigateway::{ApiGateway, ControlError, ControlPlane};
 use tollgate::control::sync::scoped::{self, Outcome, Target};

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::support::emulator::admin_client;
 use reqwest::StatusCode;
 use serde_json::Value;
-use tollgate::aws::admin_client;
 use tollgate::policy_table::record::tenant_item;
 use tollgate::policy_table::write::{self, Expect};
 use tollgate::policy_table::{PK, TenantRecord, tenant_pk};

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::emulator::admin_client;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tollgate::aws::admin_client;
 use tollgate::directory::Directory;
 use tollgate::engine::clock::Clock;
 use tollgate::engine::identity::ApiKeyHash;

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::support::emulator::admin_client;
 use aws_sdk_dynamodb::types::AttributeValue;
-use tollgate::aws::admin_client;
 use tollgate::directory::DynamoDirectory;
 use tollgate::policy_table::record::{JSON_ATTR, json_item};
 use tollgate::policy_table::{idem_pk, read_item, revoke_pk};

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use crate::support::emulator::admin_client;
 use reqwest::StatusCode;
-use tollgate::aws::{admin_client, control_client};
+use tollgate::aws::control_client;
 use tollgate::control::apigateway::ApiGateway;
 use tollgate::control::sync::scoped::{self, Outcome, Target};
 use tollgate::control::sync::table::PolicyTable;

@@ -124,7 +124,7 @@ async fn a_retry_whose_key_a_later_rotation_rotated_out_is_refused_and_revokes_n
     // GIVEN tenant acme rotated under Idempotency-Key r1, its answer lost before its record was
     // written (the record removed here), and rotated again under r2, which rotated r1's key out
     let (w, registry, sdk, table) = World::on_policy_table("tg-rotation-retry-4").await;
-    let client = tollgate::aws::admin_client(&sdk);
+    let client = crate::support::emulator::admin_client(&sdk);
     w.onboarded("acme").await;
     let (s1, first) = w.rotate_via(&w.base, ("acme", 300), "r1").await.expect("rotate");
     assert_eq!(s1, StatusCode::CREATED, "{first}");

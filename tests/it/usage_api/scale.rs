@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::emulator::admin_client;
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use tollgate::aws::admin_client;
 use tollgate::directory::DynamoDirectory;
 use tollgate::engine::identity::ApiKeyHash;
 use tollgate::policy_table::audit::{ChangeOutcome, ChangeRecord, Source};

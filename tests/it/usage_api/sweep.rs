@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
+use crate::support::emulator::admin_client;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tollgate::aws::admin_client;
 use tollgate::directory::dynamodb::FIRST_SWEEP_SCAN;
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::engine::clock::Clock;

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
+use crate::support::emulator::admin_client;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tollgate::aws::admin_client;
 use tollgate::directory::{Directory, DynamoDirectory};
 use tollgate::policy_table::PK;
 use tollgate::usage_api::problem::INDEX_RETRY_SECS;

@@ -125,7 +125,7 @@ impl Wrapped {
 pub(super) async fn wrapped(region: &'static str, control_endpoint: Option<&str>) -> (World, Wrapped) {
     let sdk = emulator::sdk_config_in(&emulator::endpoint(), region);
     let table = emulator::unique("wrapped");
-    let client = tollgate::aws::admin_client(&sdk);
+    let client = crate::support::emulator::admin_client(&sdk);
     tollgate::directory::dynamodb::create_policy_table(&client, &table)
         .await
         .expect("policy table");

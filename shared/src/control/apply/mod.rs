@@ -297,8 +297,13 @@ struct Failure {
 }
 
 impl Failure {
-    fn at(done: Vec<String>, failed_at: String, error: String) -> Failure {
-        Failure { done, failed_at, error }
+    /// Failed at `failed_at` (a step, or what the change was doing) with `error`, after `done`.
+    fn at(done: Vec<String>, failed_at: impl std::fmt::Display, error: impl std::fmt::Display) -> Failure {
+        Failure {
+            done,
+            failed_at: failed_at.to_string(),
+            error: error.to_string(),
+        }
     }
 }
 
@@ -359,7 +364,7 @@ impl Pending {
             Err(failure) => failure,
             Ok(done) => match crate::control::sync::run_as(cx.control, cx.table, cx.clock, cx.actor, audited).await {
                 Ok((sync, items)) => return self.commit(cx, done, sync, items).await,
-                Err(e) => Failure::at(done, "syncing the policy table".to_owned(), e.to_string()),
+                Err(e) => Failure::at(done, "syncing the policy table", e),
             },
         };
         tracing::warn!(failed_at = %failure.failed_at, error = %failure.error, "change failed part-way; restoring the checkpoint");
@@ -391,10 +396,9 @@ impl Pending {
         };
         let done = execute(cx.control, steps, Some(&mover)).await?;
         if !steps.is_empty() {
-            let plans = usage_plans(cx).await.map_err(|e| {
-                let at = "reading the usage plans the change left".to_owned();
-                Failure::at(done.clone(), at, e)
-            })?;
+            let plans = usage_plans(cx)
+                .await
+                .map_err(|e| Failure::at(done.clone(), "reading the usage plans the change left", e))?;
             self.checkpoint.left = Some(plan::Left::read(&self.checkpoint, &plans));
         } else {
             self.checkpoint.left = Some(plan::Left::default());

@@ -124,7 +124,7 @@ pub(super) async fn execute(
         };
         match r {
             Ok(()) => done.push(step.to_string()),
-            Err(e) => return Err(Failure::at(done, step.to_string(), e.to_string())),
+            Err(e) => return Err(Failure::at(done, step, e)),
         }
     }
     Ok(done)

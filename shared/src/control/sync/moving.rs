@@ -36,8 +36,14 @@ pub struct Move<'a> {
     pub undoes: Option<&'a str>,
 }
 
-/// What a refusal for the tenant as another writer changed it tells to do.
-const AGAIN: &str = "apply again to read it as it is now";
+/// The refusal of `tenant`'s mark for the tenant as another writer changed it (`reason`), which
+/// applying again reads as it is now.
+fn changed_meanwhile(tenant: &str, reason: impl std::fmt::Display) -> TableError {
+    TableError::NotMarked {
+        tenant: tenant.to_owned(),
+        reason: format!("{reason}; apply again to read it as it is now"),
+    }
+}
 
 /// Why a mark is refused by a live mark (`moving_until` after `to.now`) another writer left: one
 /// of another change, neither this one (a retry) nor the one it undoes (a rollback), or one that
@@ -95,19 +101,18 @@ impl PolicyTable {
         to: &Move<'_>,
         gone: &mut BTreeSet<String>,
     ) -> Result<(), TableError> {
-        let refused = |reason: String| TableError::NotMarked {
-            tenant: to.tenant.to_owned(),
-            reason: format!("{reason}; {AGAIN}"),
-        };
         for (id, hash) in t.keys.iter().flatten() {
             if to.read.contains(id) || gone.contains(id) {
                 continue;
             }
             match control.key_by_id(id).await {
                 Ok(Some(_)) => {
-                    return Err(refused(format!(
-                        "it lists key {id}, which this change did not read (a rotation meanwhile), so that key would stay on its old plan"
-                    )));
+                    return Err(changed_meanwhile(
+                        to.tenant,
+                        format!(
+                            "it lists key {id}, which this change did not read (a rotation meanwhile), so that key would stay on its old plan"
+                        ),
+                    ));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -124,9 +129,12 @@ impl PolicyTable {
                 .map_err(|e| self.unavailable(e))?;
             let disabled = |i: &Item| is_gone(i) || matches!(parse(&pk, i), Some(Record::Key(k)) if !k.enabled);
             if item.as_ref().is_some_and(|i| !disabled(i)) {
-                return Err(refused(format!(
-                    "it lists key {id}, which this change did not read: API Gateway does not have it (yet), but its item is enabled (a key just made, or one deleted by hand that no sync has revoked yet)"
-                )));
+                return Err(changed_meanwhile(
+                    to.tenant,
+                    format!(
+                        "it lists key {id}, which this change did not read: API Gateway does not have it (yet), but its item is enabled (a key just made, or one deleted by hand that no sync has revoked yet)"
+                    ),
+                ));
             }
             gone.insert(id.clone());
         }
@@ -145,10 +153,7 @@ impl PolicyTable {
             let item = read_item(self.client(), self.name(), &pk)
                 .await
                 .map_err(|e| self.unavailable(e))?;
-            let now = refusal(item.as_ref(), &pk).map_err(|reason| TableError::NotMarked {
-                tenant: to.tenant.to_owned(),
-                reason: format!("{reason}; {AGAIN}"),
-            })?;
+            let now = refusal(item.as_ref(), &pk).map_err(|reason| changed_meanwhile(to.tenant, reason))?;
             if let Some(t) = &now {
                 live_mark(t, to).map_err(|reason| TableError::NotMarked {
                     tenant: to.tenant.to_owned(),
