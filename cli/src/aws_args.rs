@@ -8,11 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use tollgate::aws::{StoreTimeouts, admin_client, state_client};
+use tollgate::aws::{AdminTimeouts, StoreTimeouts, admin_client_with, state_client};
 use tollgate::store::{DynamoStore, DynamoStoreConfig, MemoryStore, Store};
 
 /// Region used against a loopback endpoint when the chain names none: emulators accept any.
 const LOCAL_REGION: &str = "us-east-1";
+
+/// The CLI's admin DynamoDB client: `tollgate::aws::admin_client_with` within
+/// `AdminTimeouts::INTERACTIVE` (a person waits, no Lambda timeout bounds it).
+pub fn admin_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+    admin_client_with(sdk, AdminTimeouts::INTERACTIVE)
+}
 
 /// AWS that cannot be reached as configured.
 #[derive(Debug, thiserror::Error)]

@@ -88,6 +88,17 @@ impl Default for AdminTimeouts {
     }
 }
 
+impl AdminTimeouts {
+    /// The CLI's (`tollgate`): 5 s a connection, 60 s an attempt, 180 s a call. No Lambda
+    /// timeout bounds it and a person waits at the terminal, so a slow table (a local emulator
+    /// under load, a long way off) is waited for, and a stalled one still ends.
+    pub const INTERACTIVE: AdminTimeouts = AdminTimeouts {
+        connect: Duration::from_secs(5),
+        attempt: Duration::from_secs(60),
+        operation: Duration::from_secs(180),
+    };
+}
+
 /// The client for everything off the request path: creating tables, writing policies and
 /// audit records, reading usage, within `AdminTimeouts::default()`. The SDK's standard retries
 /// apply (3 attempts; a write that failed after one may have landed:

@@ -1,14 +1,14 @@
 //! `tollgate alarms sync`: make the per-plan alarms match the plans of a policy table, as the
 //! operator function does on its schedule.
 
-use tollgate::aws::{admin_client, cloudwatch_client};
+use tollgate::aws::cloudwatch_client;
 use tollgate::control::alarms::{PLAN_ALARM_ROOT, is_stack_name};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::control::{
     AlarmSettings, CloudWatchAlarms, FormerNames, legacy_plan_alarm_prefix, plan_alarm_prefix, sync_plan_alarms,
 };
 
-use crate::aws_args::AwsArgs;
+use crate::aws_args::{AwsArgs, admin_client};
 use crate::error::{CliError, FlagError};
 
 #[derive(Debug, clap::Args)]

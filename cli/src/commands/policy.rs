@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tollgate::aws::{admin_client, control_client};
+use tollgate::aws::control_client;
 use tollgate::control::CloudWatchMetrics;
 use tollgate::control::apigateway::{ApiGateway, Backoff, ControlPlane};
 use tollgate::control::apply::watch::{self, WatchConfig, Watched};
@@ -19,7 +19,7 @@ use tollgate::policy_file::PolicyFile;
 use tollgate::store::MemoryStore;
 
 use super::read_policy;
-use crate::aws_args::{AuditArgs, AwsArgs};
+use crate::aws_args::{AuditArgs, AwsArgs, admin_client};
 use crate::error::{CliError, FlagError};
 use crate::simulate::{self, SimulateError};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderName;
-use tollgate::aws::{admin_client, control_client, policy_client};
+use tollgate::aws::{control_client, policy_client};
 use tollgate::control::apigateway::{ApiGateway, Backoff};
 use tollgate::control::sync::table::PolicyTable;
 use tollgate::directory::{Directory, DynamoDirectory};
@@ -21,7 +21,7 @@ use tollgate::usage_api::registry::Registry;
 use tollgate::usage_api::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
 
 use super::read_policy;
-use crate::aws_args::{AuditArgs, StoreArgs};
+use crate::aws_args::{AuditArgs, StoreArgs, admin_client};
 use crate::error::{CliError, FlagError};
 use crate::serve::ServeError;
 use crate::serve::gateway::{self, GatewayConfig};

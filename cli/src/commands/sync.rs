@@ -29,7 +29,7 @@ pub struct PlanSync {
 impl PlanSync {
     pub async fn run(self) -> Result<(), CliError> {
         let sdk = self.aws.sdk_config().await?;
-        let dynamodb = tollgate::aws::admin_client(&sdk);
+        let dynamodb = crate::aws_args::admin_client(&sdk);
         if self.create_table {
             tollgate::directory::dynamodb::create_policy_table(&dynamodb, &self.policy_table)
                 .await

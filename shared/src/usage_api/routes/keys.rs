@@ -223,25 +223,8 @@ impl Rotating<'_> {
             key_id: key.id.clone(),
             enabled: true,
         };
-        let tenant_changed = match listed.remove(&key.id) {
-            // Listed by an earlier attempt, which put it on the plan and wrote its item first: a
-            // retry finishing it writes none of that again (and so never withdraws it). Its
-            // record shows the tenant as the retry finds it, against the same without the key
-            // (what the earlier attempt wrote is not known here).
-            Some(_) => Changed {
-                before: Some(TenantRecord {
-                    keys: Some(listed.clone()),
-                    ..record.clone()
-                }),
-                after: Some(record.clone()),
-            },
-            // Its item written and listed on the tenant before any revocation: a rotation at
-            // the same time adds its own key to the list as it is then, so neither is lost.
-            None => {
-                let on = (tenant, record.plan.as_str(), plan_id.as_str());
-                put_on_plan_and_list(api, control.as_ref(), on, &key_record, &hash).await?
-            }
-        };
+        let on = (tenant, &record, plan_id.as_str());
+        let tenant_changed = list_new_key(api, control.as_ref(), on, &mut listed, (&key_record, &hash)).await?;
         let now = api.now();
         let at = now.saturating_add(Duration::from_secs(self.grace)).as_secs();
         let items = rotation_items(tenant, tenant_changed, &hash, key_record);
@@ -341,6 +324,33 @@ impl Rotating<'_> {
             revoking: revoking_view(&done),
         }))
     }
+}
+
+/// A rotation's new key listed on its tenant (`record`, its keys `listed` as read, the key taken
+/// off them): put on the plan `plan_id`, its item written and listed (`put_on_plan_and_list`), or
+/// found listed by an earlier attempt, which wrote all of that: a retry finishing it writes none
+/// of it again (and so never withdraws it), and its record shows the tenant as the retry finds it,
+/// against the same without the key (what the earlier attempt wrote is not known here).
+async fn list_new_key(
+    api: &UsageApi,
+    control: &dyn ControlWrites,
+    (tenant, record, plan_id): (&str, &TenantRecord, &str),
+    listed: &mut BTreeMap<String, String>,
+    (key, hash): (&KeyRecord, &ApiKeyHash),
+) -> Result<Changed<TenantRecord>, Problem> {
+    if listed.remove(&key.key_id).is_some() {
+        let before = TenantRecord {
+            keys: Some(listed.clone()),
+            ..record.clone()
+        };
+        return Ok(Changed {
+            before: Some(before),
+            after: Some(record.clone()),
+        });
+    }
+    // Its item written and listed on the tenant before any revocation: a rotation at the same
+    // time adds its own key to the list as it is then, so neither is lost.
+    put_on_plan_and_list(api, control, (tenant, record.plan.as_str(), plan_id), key, hash).await
 }
 
 /// The keys a rotation scheduled for revocation, as its answer shows them.

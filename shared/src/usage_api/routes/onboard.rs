@@ -91,7 +91,10 @@ impl Onboarding<'_> {
         let name = key_name(api.stack.as_deref(), &body.tenant, self.idem);
         let existing = control.api_key_named(&name).await?;
         let moved = self.check_tenant_free(existing.as_deref()).await?;
-        let plan_id = api.usage_plan(self.plans, control, &body.plan).await?.id;
+        let plan_id = api
+            .usage_plan(self.plans, control, moved.as_deref().unwrap_or(&body.plan))
+            .await?
+            .id;
         // Write-ahead: the intent before the key is created, so a refused intent leaves no key on
         // the plan. Its id is of the tenant and the Idempotency-Key (`audit_id`: a retry puts it
         // once, and a failed attempt's intent stays `interrupted` until a retry records the
@@ -154,8 +157,16 @@ impl Onboarding<'_> {
         };
         match key_id {
             Some(_) if plan == self.request.plan => return Ok(None),
-            Some(id) if api.tenant_keys(tenant).await?.1.contains_key(id) => return Ok(Some(plan)),
-            _ => {}
+            Some(id) => {
+                let (now, keys) = api.tenant_keys(tenant).await?;
+                match keys.contains_key(id) {
+                    // Its keys between two usage plans: the move is finished first.
+                    true if now.moving_until.is_some() => return Err(moved_meanwhile(tenant, id)),
+                    true => return Ok(Some(now.plan)),
+                    false => {}
+                }
+            }
+            None => {}
         }
         Err(Problem::conflict(
             "tenant-exists",
@@ -180,6 +191,7 @@ impl Onboarding<'_> {
         let (api, body) = (self.api, &self.request);
         // The plan the tenant is on: the request's, or the one it was moved to since an earlier
         // attempt made it.
+        let was_moved = moved.is_some();
         let plan = moved.unwrap_or_else(|| body.plan.clone());
         let hash = ApiKeyHash::of(&key.value);
         let record = KeyRecord {
@@ -213,6 +225,11 @@ impl Onboarding<'_> {
         // retry finds it disabled), wrote no policy item and never will: its intent is closed as
         // such, not left `interrupted`.
         let Some(made) = tenant.after.clone().filter(|t| t.plan == plan && listed(t)) else {
+            // The tenant this onboarding made, moved since and changed again meanwhile: its key
+            // is the tenant's, never withdrawn here.
+            if was_moved {
+                return Err(moved_meanwhile(&body.tenant, &key.id));
+            }
             return Err(match self.withdraw(control, &key.id, plan_id, tenant.after).await {
                 Ok(e) if fresh && !created => {
                     let failed_at = "listing its key on the tenant";
@@ -222,8 +239,12 @@ impl Onboarding<'_> {
             });
         };
         api.registry.change_key(&hash, &create(&record)).await?;
-        // The record a retry writes again is the first attempt's: the items as onboarding made them.
-        let items = onboarding_items(&body.tenant, &made, &hash, &record);
+        // The record a retry writes again is the first attempt's: the items as onboarding made them
+        // (the key's alone for a tenant moved since: its item no longer is as onboarding made it).
+        let mut items = onboarding_items(&body.tenant, &made, &hash, &record);
+        if was_moved {
+            items.remove(0);
+        }
         api.audit_as(id, self.actor, summary, items).await?;
         Ok((made.anchor, made.plan))
     }
@@ -286,6 +307,19 @@ impl Onboarding<'_> {
 }
 
 /// An onboarding's writes for the audit trail: the tenant and its key, as it makes them.
+/// 409 `tenant-changed`: the tenant an earlier attempt made, listing its key `key_id`, is moving,
+/// or was moved again meanwhile: the key is kept, the onboarding finished by a retry.
+fn moved_meanwhile(tenant: &str, key_id: &str) -> Problem {
+    Problem::conflict(
+        "tenant-changed",
+        format!(
+            "tenant `{tenant}`, made by an earlier attempt with this Idempotency-Key, is moving to another plan, or \
+             was moved meanwhile; its key {key_id} is kept: send the request again with the same Idempotency-Key \
+             once the move is done"
+        ),
+    )
+}
+
 fn onboarding_items(tenant: &str, made: &TenantRecord, hash: &ApiKeyHash, key: &KeyRecord) -> Vec<ItemChange> {
     vec![
         ItemChange {
