@@ -338,12 +338,9 @@ async fn mark(registry: &Wrapped, tenant: &str, until: Option<u64>, by: Option<&
     registry.inner.change_tenant(tenant, &mark).await.expect("mark");
 }
 
-#[tokio::test]
-async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
-    // GIVEN an onboarding of wonka on free refused (its key disabled): right before it wrote
-    // wonka's item, another onboarding of wonka on free ran to completion and wonka was marked
-    // as moving
-    let (w, registry) = wrapped("tg-races-8", None).await;
+/// Right before the next write of a tenant's item, wonka is onboarded on free by another request
+/// (to completion) and then marked as moving.
+fn onboard_and_mark_before_the_next_tenant_write(w: &World, registry: &Wrapped) {
     let other = (w.admin(Method::POST, "/v1/tenants"))
         .header("idempotency-key", "idem-other")
         .json(&json!({ "tenant": "wonka", "plan": "free" }));
@@ -356,6 +353,15 @@ async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
             mark_moving(&marker, "wonka", Some(u64::MAX)).await;
         }),
     );
+}
+
+#[tokio::test]
+async fn a_retried_onboarding_whose_key_was_disabled_meanwhile_is_refused() {
+    // GIVEN an onboarding of wonka on free refused (its key disabled): right before it wrote
+    // wonka's item, another onboarding of wonka on free ran to completion and wonka was marked
+    // as moving
+    let (w, registry) = wrapped("tg-races-8", None).await;
+    onboard_and_mark_before_the_next_tenant_write(&w, &registry);
     let (status, body) = w.onboard_via(&w.base, "wonka", "idem-again").await.expect("onboard");
     assert!(registry.hooks_ran());
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -460,18 +466,7 @@ async fn an_onboarding_that_cannot_withdraw_its_key_stays_interrupted() {
     // marked as moving
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let (w, registry) = wrapped("tg-rot12-3", Some(&proxy.endpoint())).await;
-    let other = (w.admin(Method::POST, "/v1/tenants"))
-        .header("idempotency-key", "idem-other")
-        .json(&json!({ "tenant": "wonka", "plan": "free" }));
-    let marker = registry.clone();
-    registry.hook(
-        At::TenantWrite,
-        Box::pin(async move {
-            let res = other.send().await.expect("answer");
-            assert_eq!(res.status(), StatusCode::CREATED);
-            mark_moving(&marker, "wonka", Some(u64::MAX)).await;
-        }),
-    );
+    onboard_and_mark_before_the_next_tenant_write(&w, &registry);
     proxy.inject_on("PATCH", "/apikeys/", &[Some(Fault::AccessDenied)]);
     // WHEN wonka is onboarded, and that onboarding fails to withdraw its key
     let (status, body) = w.onboard_via(&w.base, "wonka", "idem-w").await.expect("onboard");
