@@ -21,7 +21,7 @@ use tollgate::usage_api::registry::Registry;
 use tollgate::usage_api::{AdminAuth, AuditSink, CallerSource, MemoryAudit, UsageApi};
 
 use super::read_policy;
-use crate::aws_args::{AuditArgs, StoreArgs, admin_client};
+use crate::aws_args::{AuditArgs, StoreArgs};
 use crate::error::{CliError, FlagError};
 use crate::serve::ServeError;
 use crate::serve::gateway::{self, GatewayConfig};
@@ -141,7 +141,9 @@ impl Serve {
         if let Some(table) = &self.policy_table {
             let aws = &self.store.dynamo.aws;
             let sdk = aws.sdk_config().await?;
-            let audit = PolicyTable::new(admin_client(&sdk), table)
+            // The usage API's own limits, as deployed: an attempt must end within its
+            // `Idempotency-Key` claim (60 s), which the CLI's patient limits would outlast.
+            let audit = PolicyTable::new(tollgate::aws::admin_client(&sdk), table)
                 .find_audit_table(self.audit.audit_table.clone())
                 .await?
                 .audit_log();

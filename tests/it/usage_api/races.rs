@@ -474,14 +474,41 @@ async fn an_onboarding_that_cannot_withdraw_its_key_stays_interrupted() {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     // THEN its intent stays `interrupted`: its key may still work, and a retry once the tenant
     // is free again may make the onboarding, whose record must then be written under its id.
-    // (The case of an onboarding that created the tenant itself, moved before it listed its
-    // key, cannot be staged on the emulator: its DeleteUsagePlanKey of a key no longer on the
-    // plan answers 500 there, which the withdrawal cannot take as done.)
+    // (An onboarding that created the tenant itself, moved before it listed its key, keeps the
+    // key and answers 409: `an_onboarding_whose_tenant_is_moved_before_it_lists_its_key_...`.)
     let history = w.audit.history().await.expect("history");
     let interrupted = history
         .iter()
         .any(|e| e.summary.starts_with("onboard tenant wonka ") && e.status.is_some());
     assert!(interrupted, "{history:?}");
+}
+
+#[tokio::test]
+async fn an_onboarding_whose_tenant_is_moved_before_it_lists_its_key_keeps_the_key_for_its_retry() {
+    // GIVEN right after an onboarding of wonka on free made wonka's item (listing its key),
+    // before it lists the key again, wonka is moved to pro, the key with it
+    let (w, registry) = wrapped("tg-rot12-6", None).await;
+    let (moving, moved) = answered(move_to(&w, "wonka", "pro"));
+    before_tenant_write(&registry, 2, moving);
+    let (status, body) = w.onboard_via(&w.base, "wonka", "idem-m").await.expect("onboard");
+    assert!(registry.hooks_ran());
+    assert_eq!(moved.await.expect("the move ran").0, StatusCode::OK);
+    // THEN the onboarding answers 409 `tenant-changed` and keeps the key: it is wonka's only one
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:tenant-changed", "{body}");
+    let keys = w.keys_of("wonka").await;
+    let [key] = keys.as_slice() else {
+        panic!("one key: {keys:?}");
+    };
+    assert!(enabled_in_gateway(&w, key).await, "the tenant's only key was disabled");
+    // AND its retry answers the key on pro, where wonka is
+    let (status, body) = w.onboard_via(&w.base, "wonka", "idem-m").await.expect("retry");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (body["plan"].as_str(), body["key"]["id"].as_str()),
+        (Some("pro"), Some(key.as_str()))
+    );
+    assert!(enabled_in_gateway(&w, key).await);
 }
 
 /// Marks `tenant` as moving until `until` (on the plan it is on) by change `by`, as `policy apply`

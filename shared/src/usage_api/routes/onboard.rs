@@ -91,10 +91,11 @@ impl Onboarding<'_> {
         let name = key_name(api.stack.as_deref(), &body.tenant, self.idem);
         let existing = control.api_key_named(&name).await?;
         let moved = self.check_tenant_free(existing.as_deref()).await?;
-        let plan_id = api
-            .usage_plan(self.plans, control, moved.as_deref().unwrap_or(&body.plan))
-            .await?
-            .id;
+        // The requested plan's usage plan; none for a tenant moved since (its key is on its plan).
+        let plan_id = match moved {
+            None => Some(api.usage_plan(self.plans, control, &body.plan).await?.id),
+            Some(_) => None,
+        };
         // Write-ahead: the intent before the key is created, so a refused intent leaves no key on
         // the plan. Its id is of the tenant and the Idempotency-Key (`audit_id`: a retry puts it
         // once, and a failed attempt's intent stays `interrupted` until a retry records the
@@ -122,10 +123,12 @@ impl Onboarding<'_> {
             }
         };
         // A tenant moved since an earlier attempt made it has the key on its new plan.
-        if moved.is_none() {
-            control.create_usage_plan_key(&plan_id, &key.id).await?;
+        if let Some(plan_id) = &plan_id {
+            control.create_usage_plan_key(plan_id, &key.id).await?;
         }
-        let (anchor, plan) = self.record(id, (&key, fresh), control, (&plan_id, moved)).await?;
+        let (anchor, plan) = self
+            .record(id, (&key, fresh), control, (plan_id.as_deref(), moved))
+            .await?;
         let done = IdempotencyRecord {
             fingerprint: self.fingerprint.clone(),
             tenant: body.tenant.clone(),
@@ -186,13 +189,12 @@ impl Onboarding<'_> {
         id: String,
         (key, fresh): (&CreatedKey, bool),
         control: &dyn ControlWrites,
-        (plan_id, moved): (&str, Option<String>),
+        (plan_id, moved): (Option<&str>, Option<String>),
     ) -> Result<(Option<u8>, String), Problem> {
         let (api, body) = (self.api, &self.request);
         // The plan the tenant is on: the request's, or the one it was moved to since an earlier
         // attempt made it.
-        let was_moved = moved.is_some();
-        let plan = moved.unwrap_or_else(|| body.plan.clone());
+        let plan = moved.clone().unwrap_or_else(|| body.plan.clone());
         let hash = ApiKeyHash::of(&key.value);
         let record = KeyRecord {
             tenant: body.tenant.clone(),
@@ -225,11 +227,11 @@ impl Onboarding<'_> {
         // retry finds it disabled), wrote no policy item and never will: its intent is closed as
         // such, not left `interrupted`.
         let Some(made) = tenant.after.clone().filter(|t| t.plan == plan && listed(t)) else {
-            // The tenant this onboarding made, moved since and changed again meanwhile: its key
-            // is the tenant's, never withdrawn here.
-            if was_moved {
+            // A tenant that lists the key (this onboarding's, moved meanwhile or since) keeps it:
+            // never withdrawn here; a retry answers it on the tenant's plan.
+            let (Some(plan_id), false) = (plan_id, tenant.after.as_ref().is_some_and(listed)) else {
                 return Err(moved_meanwhile(&body.tenant, &key.id));
-            }
+            };
             return Err(match self.withdraw(control, &key.id, plan_id, tenant.after).await {
                 Ok(e) if fresh && !created => {
                     let failed_at = "listing its key on the tenant";
@@ -242,8 +244,8 @@ impl Onboarding<'_> {
         // The record a retry writes again is the first attempt's: the items as onboarding made them
         // (the key's alone for a tenant moved since: its item no longer is as onboarding made it).
         let mut items = onboarding_items(&body.tenant, &made, &hash, &record);
-        if was_moved {
-            items.remove(0);
+        if moved.is_some() {
+            items.retain(|i| i.pk != tenant_pk(&body.tenant));
         }
         api.audit_as(id, self.actor, summary, items).await?;
         Ok((made.anchor, made.plan))
@@ -306,20 +308,20 @@ impl Onboarding<'_> {
     }
 }
 
-/// An onboarding's writes for the audit trail: the tenant and its key, as it makes them.
-/// 409 `tenant-changed`: the tenant an earlier attempt made, listing its key `key_id`, is moving,
-/// or was moved again meanwhile: the key is kept, the onboarding finished by a retry.
+/// 409 `tenant-changed`: the tenant that lists this onboarding's key `key_id` is moving, or was
+/// moved meanwhile: the key is kept, the onboarding finished by a retry.
 fn moved_meanwhile(tenant: &str, key_id: &str) -> Problem {
     Problem::conflict(
         "tenant-changed",
         format!(
-            "tenant `{tenant}`, made by an earlier attempt with this Idempotency-Key, is moving to another plan, or \
-             was moved meanwhile; its key {key_id} is kept: send the request again with the same Idempotency-Key \
-             once the move is done"
+            "tenant `{tenant}`, which lists this onboarding's key {key_id}, is moving to another plan, or was moved \
+             meanwhile; the key is kept: send the request again with the same Idempotency-Key once the move is done \
+             (a move interrupted is finished by PUT /v1/tenants/{tenant}/plan)"
         ),
     )
 }
 
+/// An onboarding's writes for the audit trail: the tenant and its key, as it makes them.
 fn onboarding_items(tenant: &str, made: &TenantRecord, hash: &ApiKeyHash, key: &KeyRecord) -> Vec<ItemChange> {
     vec![
         ItemChange {
