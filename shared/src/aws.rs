@@ -75,7 +75,7 @@ pub struct AdminTimeouts {
 
 impl Default for AdminTimeouts {
     /// 2 s a connection, 4 s an attempt, 10 s a call, the functions' (and `tollgate serve`'s
-    /// usage API's): the usage API's 29 s (template.yaml) holds a call that fails and the record
+    /// audit trail's): the usage API's 29 s (template.yaml) holds a call that fails and the record
     /// that closes its change after it (two calls of 10 s), and nothing the functions send comes
     /// near 4 s when DynamoDB answers (a
     /// `CreateTable` returns before the table is active, a scan page is at most 1 MB, a

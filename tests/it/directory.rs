@@ -129,7 +129,19 @@ async fn while_the_policy_table_is_unreachable_a_resolved_key_keeps_working_with
             stage_skip_routes: None,
         })
     };
-    assert!(matches!(ask("abc").await, GateOutcome::Allow(_)));
+    // The policy client's budget is the authorizer's, 500 ms: a read on an emulator loaded by the
+    // rest of the suite may pass it, so the table answering is asked of up to three reads, each
+    // past the error cache (what the test injects comes after, and is counted from its own start).
+    let allowed_within_three_reads = async || {
+        for _ in 0..3 {
+            if matches!(ask("abc").await, GateOutcome::Allow(_)) {
+                return true;
+            }
+            clock.advance(config.directory_error_ttl);
+        }
+        false
+    };
+    assert!(allowed_within_three_reads().await);
     // WHEN every connection to the table is lost, after the key's cache entry expired
     proxy.inject_randomly(1.0, &[Fault::LoseRequest]);
     clock.advance(config.key_ttl + Duration::from_secs(1));
@@ -146,5 +158,5 @@ async fn while_the_policy_table_is_unreachable_a_resolved_key_keeps_working_with
     // AND once the table answers again, so does the gate
     proxy.heal();
     clock.advance(config.directory_error_ttl);
-    assert!(matches!(ask("abc").await, GateOutcome::Allow(_)));
+    assert!(allowed_within_three_reads().await);
 }

@@ -141,8 +141,9 @@ impl Serve {
         if let Some(table) = &self.policy_table {
             let aws = &self.store.dynamo.aws;
             let sdk = aws.sdk_config().await?;
-            // The usage API's own limits, as deployed: an attempt must end within its
-            // `Idempotency-Key` claim (60 s), which the CLI's patient limits would outlast.
+            // The functions' limits for the audit trail: an attempt must end within its
+            // `Idempotency-Key` claim (60 s), which the CLI's patient limits would outlast. (The
+            // tenant and key writes go through the gate's directory and its policy client.)
             let audit = PolicyTable::new(tollgate::aws::admin_client(&sdk), table)
                 .find_audit_table(self.audit.audit_table.clone())
                 .await?

@@ -509,6 +509,7 @@ async fn an_onboarding_whose_tenant_is_moved_before_it_lists_its_key_keeps_the_k
         (Some("pro"), Some(key.as_str()))
     );
     assert!(enabled_in_gateway(&w, key).await);
+    enabled_keys_on(&w, &registry, "wonka", "pro").await;
 }
 
 /// Marks `tenant` as moving until `until` (on the plan it is on) by change `by`, as `policy apply`

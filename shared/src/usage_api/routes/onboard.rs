@@ -21,7 +21,7 @@ use crate::policy_table::{KeyRecord, Record, TenantRecord, key_pk, tenant_pk};
 use crate::usage_api::UsageApi;
 use crate::usage_api::http::{Admin, Answer, IdempotencyKey, JsonBody, check_new_tenant_id, created};
 use crate::usage_api::problem::Problem;
-use crate::usage_api::registry::IdempotencyRecord;
+use crate::usage_api::registry::{IdempotencyRecord, ItemAction};
 use crate::usage_api::views::{IssuedKey, Onboarded};
 
 #[derive(Debug, Deserialize)]
@@ -213,7 +213,11 @@ impl Onboarding<'_> {
             "onboard tenant {} on plan {} with key {}",
             body.tenant, body.plan, key.id
         );
-        let tenant = api.registry.change_tenant(&body.tenant, &create(&made)).await?;
+        let tenant = match moved {
+            // Moved since, the tenant exists: never made again (an offboarding meanwhile stands).
+            Some(_) => api.registry.change_tenant(&body.tenant, &|_| ItemAction::Leave).await?,
+            None => api.registry.change_tenant(&body.tenant, &create(&made)).await?,
+        };
         let created = tenant.wrote();
         // A tenant onboarded meanwhile on this plan (or by an earlier attempt) lists this key too,
         // unless it is moving.
@@ -227,11 +231,11 @@ impl Onboarding<'_> {
         // retry finds it disabled), wrote no policy item and never will: its intent is closed as
         // such, not left `interrupted`.
         let Some(made) = tenant.after.clone().filter(|t| t.plan == plan && listed(t)) else {
-            // A tenant that lists the key (this onboarding's, moved meanwhile or since) keeps it:
-            // never withdrawn here; a retry answers it on the tenant's plan.
-            let (Some(plan_id), false) = (plan_id, tenant.after.as_ref().is_some_and(listed)) else {
-                return Err(moved_meanwhile(&body.tenant, &key.id));
-            };
+            // A tenant that lists the key (this onboarding's, moved meanwhile or since) keeps it.
+            let found = tenant.after.as_ref();
+            let plan_id = self
+                .to_withdraw(control, &key.id, plan_id, found, moved.is_some())
+                .await?;
             return Err(match self.withdraw(control, &key.id, plan_id, tenant.after).await {
                 Ok(e) if fresh && !created => {
                     let failed_at = "listing its key on the tenant";
@@ -249,6 +253,39 @@ impl Onboarding<'_> {
         }
         api.audit_as(id, self.actor, summary, items).await?;
         Ok((made.anchor, made.plan))
+    }
+
+    /// The requested plan's usage plan `plan_id` to withdraw this onboarding's key from, its tenant
+    /// found as `found`, not listing it. `Err` the answer when the tenant lists the key (this
+    /// onboarding's, moved meanwhile or since: kept, and taken off `plan_id` again when this
+    /// attempt put it back there after a move took it off), or was offboarded after a move.
+    async fn to_withdraw<'p>(
+        &self,
+        control: &dyn ControlWrites,
+        key_id: &str,
+        plan_id: Option<&'p str>,
+        found: Option<&TenantRecord>,
+        moved: bool,
+    ) -> Result<&'p str, Problem> {
+        let tenant = &self.request.tenant;
+        if moved && found.is_none() {
+            return Err(Problem::conflict(
+                "tenant-changed",
+                format!("tenant `{tenant}` was offboarded meanwhile, its keys disabled"),
+            ));
+        }
+        let lists = found.is_some_and(|t| t.keys.as_ref().is_some_and(|k| k.contains_key(key_id)));
+        match plan_id {
+            Some(plan_id) if !lists => Ok(plan_id),
+            _ => {
+                if let Some(plan_id) = plan_id
+                    && control.on_usage_plan(plan_id, key_id).await?
+                {
+                    control.delete_usage_plan_key(plan_id, key_id).await?;
+                }
+                Err(moved_meanwhile(tenant, key_id))
+            }
+        }
     }
 
     /// Withdraws this onboarding's key (disabled, taken off `plan_id`) from a tenant found as
