@@ -77,9 +77,8 @@ impl Default for AdminTimeouts {
     /// 2 s a connection, 4 s an attempt, 10 s a call, the functions' (and `tollgate serve`'s
     /// audit trail's): the usage API's 29 s (template.yaml) holds a call that fails and the record
     /// that closes its change after it (two calls of 10 s), and nothing the functions send comes
-    /// near 4 s when DynamoDB answers (a
-    /// `CreateTable` returns before the table is active, a scan page is at most 1 MB, a
-    /// transaction at most 100 items).
+    /// near 4 s when DynamoDB answers (a scan page is at most 1 MB, a transaction at most 100
+    /// items).
     fn default() -> Self {
         AdminTimeouts {
             connect: Duration::from_secs(2),

@@ -34,7 +34,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::record::{number, string};
-use super::write;
 use super::{AUDIT_PREFIX, PK, PrefixScan, Record, read_item};
 
 /// The audit table a function's configuration names (`named`); without one (the code started in
@@ -199,30 +198,12 @@ const INTENT_SUFFIX: &str = "#intent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// `outcome_known`: a write that surely wrote no record (`AuditError::is_determinate`).
     #[error("audit trail in `{table}` unavailable: {detail}")]
-    Unavailable {
-        table: String,
-        detail: String,
-        outcome_known: bool,
-    },
+    Unavailable { table: String, detail: String },
     #[error("no change `{0}` in the audit trail (see `tollgate policy history`)")]
     NotFound(String),
     #[error("audit record `{id}` is unreadable: {reason}")]
     Corrupt { id: String, reason: String },
-}
-
-impl AuditError {
-    /// Whether the record (or intent) is known not to have been written: its header's put
-    /// surely wrote nothing (`write::outcome_known`: the table refused it with a 4xx the SDK does
-    /// not retry, or it was never sent), or a part before it failed. A header put that timed out,
-    /// lost its answer, failed to dispatch, was throttled or got a server error may have landed.
-    pub fn is_determinate(&self) -> bool {
-        match self {
-            AuditError::Unavailable { outcome_known, .. } => *outcome_known,
-            AuditError::NotFound(_) | AuditError::Corrupt { .. } => true,
-        }
-    }
 }
 
 /// The audit trail: records written to `table`, and read from it and from the legacy table.
@@ -257,9 +238,8 @@ impl AuditLog {
         &self.table
     }
 
-    /// A write to the audit table that failed with `e`, `outcome_known` or not.
-    fn unavailable<E: std::error::Error + 'static>(&self, e: E, outcome_known: bool) -> AuditError {
-        self.unavailable_in(&self.table, e, outcome_known)
+    fn unavailable<E: std::error::Error + 'static>(&self, e: E) -> AuditError {
+        self.unavailable_in(&self.table, e)
     }
 
     /// Writes the record once; a record with its id already there is left as it is.
@@ -298,8 +278,7 @@ impl AuditLog {
                 .set_item(Some(item))
                 .send()
                 .await
-                // The header, which makes the record, is not sent.
-                .map_err(|e| self.unavailable(e, true))?;
+                .map_err(|e| self.unavailable(e))?;
         }
         let mut header = HashMap::from([
             (PK.to_owned(), AttributeValue::S(format!("{AUDIT_PREFIX}{key}"))),
@@ -329,10 +308,7 @@ impl AuditLog {
             Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
                 Ok(Recorded { new: false, writes })
             }
-            Err(e) => {
-                let known = write::outcome_known(&e);
-                Err(self.unavailable(e, known))
-            }
+            Err(e) => Err(self.unavailable(e)),
         }
     }
 
@@ -376,15 +352,13 @@ impl AuditLog {
     async fn item(&self, table: &str, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, AuditError> {
         read_item(&self.client, table, pk)
             .await
-            .map_err(|e| self.unavailable_in(table, e, true))
+            .map_err(|e| self.unavailable_in(table, e))
     }
 
-    /// `unavailable` in `table` (a read writes nothing: its outcome is known).
-    fn unavailable_in<E: std::error::Error + 'static>(&self, table: &str, e: E, outcome_known: bool) -> AuditError {
+    fn unavailable_in<E: std::error::Error + 'static>(&self, table: &str, e: E) -> AuditError {
         AuditError::Unavailable {
             table: table.to_owned(),
             detail: DisplayErrorContext(e).to_string(),
-            outcome_known,
         }
     }
 
@@ -401,7 +375,7 @@ impl AuditLog {
         let mut items = Vec::new();
         for table in std::iter::once(&self.table).chain(&self.legacy) {
             let found = scan.items(&self.client, table).await;
-            items.extend(found.map_err(|e| self.unavailable_in(table, e, true))?);
+            items.extend(found.map_err(|e| self.unavailable_in(table, e))?);
         }
         let keys: std::collections::HashSet<String> = items.iter().filter_map(|item| string(item, PK)).collect();
         let mut seen = std::collections::HashSet::new();
