@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tollgate::policy_file::PolicyFile;
-use tollgate::store::MemoryStore;
+use tollgate::store::{MemoryStore, Store as _};
 use tollgate_cli::simulate::{self, Pattern, Report, Target};
 
 use crate::support::emulator;
@@ -306,5 +306,46 @@ async fn containers_each_keep_their_own_store_and_the_report_counts_writes_per_i
     assert_eq!(Some(by_second.iter().sum::<u64>()), report.tenant_results[0].writes);
     assert_eq!(by_second.iter().max().copied(), slow.max_item_writes_per_second);
     assert_eq!(report.target, "dynamodb (4 containers)");
+    assert_matches_schema(&serde_json::to_value(&report).expect("json"));
+}
+
+#[tokio::test]
+async fn units_leased_and_never_spent_are_what_the_counters_hold_beyond_the_admitted() {
+    // GIVEN a plan that takes leases (1,000/s, a daily quota to count on) served by eight
+    // containers, its requests dealt to them at random
+    let (client, table) = emulator::state_table().await;
+    let stores: Vec<_> = (0..8).map(|_| emulator::dynamo_store(&client, &table)).collect();
+    let file = PolicyFile::parse("[plans.hot]\nrate = 1000.0\nburst = 1000\ndaily_quota = 1000000").expect("policy");
+    let mut c = load(Pattern::Poisson, 1, 1.0);
+    c.load = 1.0;
+    c.dealing = simulate::Dealing::Random;
+    let target = Target::Dynamo(stores);
+    // WHEN a simulated second of its rate arrives
+    let report = simulate::run(&target, &file, &c, "lease-").await.expect("run");
+    assert!(report.pass, "{}", report.table());
+    assert_eq!(report.dealing, Some(simulate::Dealing::Random));
+    let leased = report.leased_units.expect("counted");
+    let unspent = report.unspent_lease_units.expect("counted");
+    assert!(
+        leased > 0,
+        "no lease was taken: the test shows nothing\n{}",
+        report.table()
+    );
+    // THEN the tenant's day counter holds every admitted request and every unit leased and not
+    // spent: charged, never admitted, as the report says
+    let Target::Dynamo(stores) = &target else {
+        unreachable!()
+    };
+    let tenant = &report.tenant_results[0];
+    let plan = file.plans.values().next().expect("plan");
+    // The run's simulated second starts on the next whole second of the wall clock.
+    let now = tollgate::engine::clock::Clock::now(&tollgate::engine::clock::SystemClock::new())
+        .saturating_add(std::time::Duration::from_secs(2));
+    let usage = stores[0]
+        .usage(&format!("lease-{}", tenant.tenant), plan.limits(), now)
+        .await
+        .expect("usage");
+    let day: u64 = usage.counters[0].iter().map(|(_, n)| n).sum();
+    assert_eq!(day, tenant.admitted + unspent, "{}", report.table());
     assert_matches_schema(&serde_json::to_value(&report).expect("json"));
 }

@@ -320,6 +320,7 @@ pub async fn verify(file: &PolicyFile) -> Result<bool, SimulateError> {
         requests: Some(20_000),
         concurrency: 16,
         seed: 1,
+        dealing: simulate::Dealing::Turn,
         method: "GET".into(),
         path: "/hello".into(),
         api_key_header: "x-api-key".into(),

@@ -10,7 +10,7 @@ use tollgate::store::MemoryStore;
 use super::read_policy;
 use crate::aws_args::DynamoArgs;
 use crate::error::{CliError, ErrorKind, FlagError};
-use crate::simulate::{self, Pattern, SimulateError, Target};
+use crate::simulate::{self, Dealing, Pattern, SimulateError, Target};
 
 /// Exit code when `simulate` finds over-admission (errors exit with 1, usage errors with 2).
 pub const EXIT_OVER_ADMISSION: u8 = 3;
@@ -45,9 +45,13 @@ pub struct Simulate {
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
     /// Simulated containers (--target dynamodb): each its own store instance on the same tables,
-    /// the requests dealt to them in turn, as a gateway spreads them over Lambda containers.
+    /// the requests dealt to them (--dealing), as a gateway spreads them over Lambda containers.
     #[arg(long, default_value_t = 1)]
     pub containers: usize,
+    /// How requests are dealt to the containers: `turn` (each gets every n-th) or `random`
+    /// (seeded by --seed; each container's share varies as a Lambda container's does).
+    #[arg(long, value_enum, default_value = "turn")]
+    pub dealing: Dealing,
     /// Seed of the arrival generator: the same seed gives the same arrivals.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -165,6 +169,7 @@ impl Simulate {
             requests: self.requests,
             concurrency: self.concurrency.max(1),
             seed: self.seed,
+            dealing: self.dealing,
             method: self.method.clone(),
             path: self.path.clone(),
             api_key_header: self.api_key_header.clone(),

@@ -57,14 +57,46 @@ pub enum Pattern {
     Poisson,
 }
 
+/// How requests are dealt to the simulated containers (`--containers`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Dealing {
+    /// In turn: each container gets every n-th request, so its share per span barely varies.
+    #[default]
+    Turn,
+    /// Each request to a container drawn at random (seeded by `--seed`): each container's share
+    /// varies from span to span as its own Poisson process would, which units leased on what a
+    /// container saw in the last span must survive.
+    Random,
+}
+
+impl Dealing {
+    /// The container, of `n`, that gets request `index` (in arrival order) of a run seeded
+    /// with `seed`.
+    pub fn container(self, index: usize, n: usize, seed: u64) -> usize {
+        let n = n.max(1);
+        match self {
+            Dealing::Turn => index % n,
+            // SplitMix64 of the seed and the index: the same run deals the same way.
+            Dealing::Random => {
+                let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                (z % n as u64) as usize
+            }
+        }
+    }
+}
+
 /// What the load goes to.
 #[derive(Debug)]
 pub enum Target {
     Memory(MemoryStore),
     /// DynamoDB through one store instance per simulated container (`--containers`), on the
-    /// same tables: requests are dealt to them in turn, as a gateway spreads them over Lambda
-    /// containers, so that what one container's store keeps (its lanes, predictions and hold-offs)
-    /// is what one container would keep.
+    /// same tables: requests are dealt to them (`Dealing`), as a gateway spreads them over Lambda
+    /// containers, so that what one container's store keeps (its lanes, predictions, hold-offs
+    /// and leases) is what one container would keep.
     Dynamo(Vec<DynamoStore>),
     /// A running gateway (`tollgate serve`), by base URL.
     Http(String),
@@ -97,6 +129,8 @@ pub struct Config {
     pub requests: Option<u64>,
     pub concurrency: usize,
     pub seed: u64,
+    /// How requests are dealt to the containers (DynamoDB target).
+    pub dealing: Dealing,
     pub method: String,
     pub path: String,
     /// Header carrying the API key (gateway target).
@@ -193,6 +227,12 @@ pub async fn run(
         Target::Dynamo(stores) => Some(stores.iter().map(|s| s.stats().writes()).sum()),
         _ => None,
     };
+    let leases = match target {
+        Target::Dynamo(stores) => Some(stores.iter().fold((0, 0), |(leased, spent), s| {
+            (leased + s.stats().leased_units(), spent + s.stats().spent_units())
+        })),
+        _ => None,
+    };
     let item_writes = match target {
         Target::Dynamo(stores) => Some(writes::ItemWrites::of(stores, &cohort.ids, start.t0.as_secs())),
         _ => None,
@@ -204,6 +244,7 @@ pub async fn run(
         observed: &observed,
         elapsed,
         store_calls,
+        leases,
         item_writes,
         t0: start.t0,
     };
@@ -233,4 +274,36 @@ async fn send_all(
         .buffer_unordered(config.concurrency.max(1))
         .collect()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dealing;
+
+    #[test]
+    fn dealing_in_turn_gives_each_container_every_nth_request() {
+        let dealt: Vec<usize> = (0..7).map(|i| Dealing::Turn.container(i, 3, 1)).collect();
+        assert_eq!(dealt, [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn dealing_at_random_is_seeded_and_varies_each_containers_share() {
+        let deal = |seed| -> Vec<usize> { (0..10_000).map(|i| Dealing::Random.container(i, 10, seed)).collect() };
+        assert_eq!(deal(1), deal(1), "the same seed deals the same way");
+        assert_ne!(deal(1), deal(2));
+        // Each container gets about a tenth overall; in windows of 100 requests (10 each on
+        // average) its share varies as a Poisson count would (in turn it would be 10 every time).
+        let dealt = deal(1);
+        let overall = dealt.iter().filter(|c| **c == 0).count();
+        assert!((900..1100).contains(&overall), "{overall} of 10,000");
+        let shares: Vec<usize> = dealt
+            .chunks(100)
+            .map(|w| w.iter().filter(|c| **c == 0).count())
+            .collect();
+        assert!(
+            shares.iter().any(|n| *n <= 5) && shares.iter().any(|n| *n >= 15),
+            "{shares:?}"
+        );
+        assert!(dealt.iter().all(|c| *c < 10));
+    }
 }

@@ -17,7 +17,7 @@ use tollgate::store::{Consume, MemoryStore};
 use super::compliance::{self, Admitted};
 use super::send::Observed;
 use super::writes::ItemWrites;
-use super::{Config, Pattern, Target};
+use super::{Config, Dealing, Pattern, Target};
 use crate::serve::tenants::DemoTenant;
 
 /// The report's schema id; `infra/schemas/simulate-report.schema.json` describes it.
@@ -50,6 +50,16 @@ pub struct Report {
     pub latency_ms: Latency,
     /// DynamoDB calls per decision (DynamoDB target only).
     pub store_calls_per_decision: Option<f64>,
+    /// How requests were dealt to the containers (DynamoDB target only).
+    #[serde(default)]
+    pub dealing: Option<Dealing>,
+    /// Units the containers' writes leased, and of those the units no request spent (lapsed, or
+    /// still held when the run ended): charged to the tenants, never admitted (DynamoDB target
+    /// only, all tenants).
+    #[serde(default)]
+    pub leased_units: Option<u64>,
+    #[serde(default)]
+    pub unspent_lease_units: Option<u64>,
     /// Admissions the gate made failing open, without the store (gate target only: a store
     /// never fails open and a gateway's answer does not say).
     pub fail_open: Option<u64>,
@@ -159,6 +169,8 @@ pub(super) struct Run<'a> {
     pub observed: &'a [Observed],
     pub elapsed: Duration,
     pub store_calls: Option<u64>,
+    /// Units leased, and of those spent (DynamoDB target).
+    pub leases: Option<(u64, u64)>,
     pub item_writes: Option<ItemWrites>,
     pub t0: Timestamp,
 }
@@ -193,6 +205,9 @@ impl Run<'_> {
             throughput_per_sec: requests as f64 / elapsed.max(1e-9),
             latency_ms: latency(self.observed),
             store_calls_per_decision: self.store_calls.map(|c| c as f64 / (requests.max(1) as f64)),
+            dealing: matches!(target, Target::Dynamo(_)).then_some(config.dealing),
+            leased_units: self.leases.map(|(leased, _)| leased),
+            unspent_lease_units: self.leases.map(|(leased, spent)| leased.saturating_sub(spent)),
             fail_open: gated.then(|| tenant_results.iter().filter_map(|t| t.fail_open).sum()),
             policies: policy_results(&tenant_results, self.item_writes.as_ref()),
             tenant_results,
@@ -502,6 +517,9 @@ impl Report {
         out += &self.periods_table();
         if let Some(c) = self.store_calls_per_decision {
             out += &format!("store calls per decision: {c:.2}\n");
+        }
+        if let (Some(leased), Some(unspent)) = (self.leased_units, self.unspent_lease_units) {
+            out += &format!("units leased: {leased}, of which never spent (charged, not admitted): {unspent}\n");
         }
         for p in &self.policies {
             if let (Some(w), Some(max)) = (p.writes_per_admitted, p.max_item_writes_per_second) {

@@ -68,8 +68,10 @@ pub(super) async fn send(
 ) -> Observed {
     match target {
         Target::Memory(store) => decide(store, sender, start.t0, arrival).await,
-        // Dealt to the containers in turn.
-        Target::Dynamo(stores) => decide(&stores[index % stores.len()], sender, start.t0, arrival).await,
+        Target::Dynamo(stores) => {
+            let container = config.dealing.container(index, stores.len(), config.seed);
+            decide(&stores[container], sender, start.t0, arrival).await
+        }
         Target::Http(base) => in_real_time(start, arrival, request(http, base, config, sender.api_key)).await,
         Target::Gate(gate) => in_real_time(start, arrival, ask(gate, config, sender.api_key)).await,
     }

@@ -76,6 +76,7 @@ pub fn load(pattern: Pattern, tenants: usize, secs: f64) -> Config {
         requests: None,
         concurrency: 16,
         seed: 7,
+        dealing: Default::default(),
         method: "GET".into(),
         path: "/hello".into(),
         api_key_header: "x-api-key".into(),

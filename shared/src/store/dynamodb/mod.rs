@@ -388,11 +388,13 @@ impl DynamoStore {
         }
     }
 
-    /// The answer a lease gave, counted; units of a lease that ended unspent, counted as lapsed.
-    fn leased(&self, spent: Spent) -> Option<Decision> {
+    /// The answer a lease gave for `weight` units, counted; units of a lease that ended unspent,
+    /// counted as lapsed.
+    fn leased(&self, spent: Spent, weight: u32) -> Option<Decision> {
         match spent {
             Spent::Admitted(decision) => {
                 self.stats.leased.fetch_add(1, Ordering::Relaxed);
+                self.stats.spent_units.fetch_add(u64::from(weight), Ordering::Relaxed);
                 Some(decision)
             }
             Spent::None { lapsed } => {
@@ -407,7 +409,7 @@ impl DynamoStore {
         let spent = self
             .leases
             .spend(req.tenant, bucket_of(req.limits), req.limits, req.now, req.weight);
-        self.leased(spent)
+        self.leased(spent, req.weight)
     }
 
     /// Remembers the item a write's condition refused, and whether that lost a race; `known`:
@@ -440,7 +442,7 @@ impl Store for DynamoStore {
         let spent = self
             .leases
             .arrive(req.tenant, bucket_of(req.limits), req.limits, req.now, req.weight);
-        if let Some(decision) = self.leased(spent) {
+        if let Some(decision) = self.leased(spent, req.weight) {
             return Ok(decision);
         }
         let (guess, recheck, version) = match self.predict(req) {

@@ -55,6 +55,9 @@ pub struct StoreStats {
     pub leased: AtomicU64,
     /// Units leased by applied writes.
     pub leased_units: AtomicU64,
+    /// Units of those admitted, by requests that spent them: the rest lapsed or are still held
+    /// (charged, never admitted, unless spent later).
+    pub spent_units: AtomicU64,
     /// Leased units that ended unspent (charged, never admitted).
     pub lapsed_units: AtomicU64,
     /// Writes per tenant item and second of the writing request's time, kept only once asked
@@ -103,6 +106,7 @@ impl StoreStats {
             unanswered_lost: c(&self.unanswered_lost),
             leased: c(&self.leased),
             leased_units: c(&self.leased_units),
+            spent_units: c(&self.spent_units),
             lapsed_units: c(&self.lapsed_units),
             item_writes: match self.item_writes.get() {
                 Some(log) => OnceLock::from(Mutex::new(lock(log).clone())),
@@ -173,5 +177,8 @@ impl StoreStats {
     }
     pub fn lapsed_units(&self) -> u64 {
         self.lapsed_units.load(Ordering::Relaxed)
+    }
+    pub fn spent_units(&self) -> u64 {
+        self.spent_units.load(Ordering::Relaxed)
     }
 }
