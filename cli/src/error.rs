@@ -26,6 +26,8 @@ pub enum FlagError {
     Target(String),
     #[error("--containers {0}")]
     Containers(&'static str),
+    #[error("--dealing random needs --target dynamodb: it deals requests to the simulated containers (--containers)")]
+    Dealing,
     #[error("--api-key-header {0:?} is not a header name")]
     ApiKeyHeader(String),
     #[error("--prefix must not be empty: every alarm under it is managed")]

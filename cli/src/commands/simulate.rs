@@ -48,8 +48,8 @@ pub struct Simulate {
     /// the requests dealt to them (--dealing), as a gateway spreads them over Lambda containers.
     #[arg(long, default_value_t = 1)]
     pub containers: usize,
-    /// How requests are dealt to the containers: `turn` (each gets every n-th) or `random`
-    /// (seeded by --seed; each container's share varies as a Lambda container's does).
+    /// How requests are dealt to the containers (--target dynamodb): `turn` (each gets every
+    /// n-th) or `random` (each to a container drawn at random, seeded by --seed).
     #[arg(long, value_enum, default_value = "turn")]
     pub dealing: Dealing,
     /// Seed of the arrival generator: the same seed gives the same arrivals.
@@ -122,6 +122,7 @@ impl Simulate {
     async fn target(&self) -> Result<Target, CliError> {
         Ok(match self.target.as_str() {
             _ if self.containers == 0 => return Err(FlagError::Containers("must be at least 1").into()),
+            t if t != "dynamodb" && self.dealing == Dealing::Random => return Err(FlagError::Dealing.into()),
             "memory" if self.containers > 1 => {
                 return Err(
                     FlagError::Containers("needs --target dynamodb: an in-memory store is one container").into(),
@@ -175,6 +176,29 @@ impl Simulate {
             api_key_header: self.api_key_header.clone(),
             progress: true,
             start: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        simulate: super::Simulate,
+    }
+
+    #[tokio::test]
+    async fn random_dealing_is_refused_off_the_dynamodb_target() {
+        for target in ["memory", "http://127.0.0.1:9"] {
+            let cli = Cli::try_parse_from(["tollgate", "--target", target, "--dealing", "random"]).expect("flags");
+            let err = cli.simulate.target().await.expect_err("refused");
+            assert!(
+                err.to_string().contains("--dealing random needs --target dynamodb"),
+                "{err}"
+            );
         }
     }
 }

@@ -64,9 +64,10 @@ pub enum Dealing {
     /// In turn: each container gets every n-th request, so its share per span barely varies.
     #[default]
     Turn,
-    /// Each request to a container drawn at random (seeded by `--seed`): each container's share
-    /// varies from span to span as its own Poisson process would, which units leased on what a
-    /// container saw in the last span must survive.
+    /// Each request to a container drawn at random (seeded by `--seed`), busy or not: each
+    /// container's share varies from span to span as a Poisson count does, which units leased
+    /// on what a container saw in the last span must survive. Unlike a Lambda environment, a
+    /// container may get several requests in flight at once (its lane carries them together).
     Random,
 }
 

@@ -55,7 +55,7 @@ pub struct Report {
     pub dealing: Option<Dealing>,
     /// Units the containers' writes leased, and of those the units no request spent (lapsed, or
     /// still held when the run ended): charged to the tenants, never admitted (DynamoDB target
-    /// only, all tenants).
+    /// only, all tenants; a write whose outcome stayed unknown is in neither).
     #[serde(default)]
     pub leased_units: Option<u64>,
     #[serde(default)]
