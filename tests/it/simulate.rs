@@ -322,8 +322,13 @@ async fn units_leased_and_never_spent_are_what_the_counters_hold_beyond_the_admi
     let target = Target::Dynamo(stores);
     // WHEN a simulated second of its rate arrives
     let report = simulate::run(&target, &file, &c, "lease-").await.expect("run");
-    // (A write whose outcome stayed unknown may have charged units counted nowhere.)
-    assert_eq!(report.errors, 0, "{}", report.table());
+    let Target::Dynamo(stores) = &target else {
+        unreachable!()
+    };
+    // A write whose outcome stayed unknown may have charged units counted nowhere; a request
+    // that lost its four races (an error in the report, on a loaded emulator) charged nothing.
+    let unknown: u64 = stores.iter().map(|s| s.stats().unknown_outcomes()).sum();
+    assert_eq!(unknown, 0, "{}", report.table());
     assert!(report.pass, "{}", report.table());
     assert_eq!(report.dealing, Some(simulate::Dealing::Random));
     let leased = report.leased_units.expect("counted");
@@ -335,9 +340,6 @@ async fn units_leased_and_never_spent_are_what_the_counters_hold_beyond_the_admi
     );
     // THEN the tenant's day counter holds every admitted request and every unit leased and not
     // spent: charged, never admitted, as the report says
-    let Target::Dynamo(stores) = &target else {
-        unreachable!()
-    };
     let tenant = &report.tenant_results[0];
     let plan = file.plans.values().next().expect("plan");
     // Every day counter the item keeps is summed; `now` is after the last arrival.

@@ -55,8 +55,8 @@ pub struct StoreStats {
     pub leased: AtomicU64,
     /// Units leased by applied writes.
     pub leased_units: AtomicU64,
-    /// Units of those admitted, by requests that spent them: the rest lapsed or are still held
-    /// (charged, never admitted, unless spent later).
+    /// Leased units that requests spent, by weight (`leased` counts those requests): the rest
+    /// lapsed or are still held (charged, never admitted, unless spent later).
     pub spent_units: AtomicU64,
     /// Leased units that ended unspent (charged, never admitted).
     pub lapsed_units: AtomicU64,
