@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use tollgate::engine::clock::Timestamp;
 use tollgate::engine::policy::{Limits, Plan};
-use tollgate::store::dynamodb::lease_bound;
+use tollgate::store::dynamodb::{StoreStats, lease_bound};
 use tollgate::store::{Consume, DynamoStore, DynamoStoreConfig, Store, StoreError};
 use tollgate_cli::simulate::compliance::{Admitted, bucket_excess};
 
@@ -38,6 +38,11 @@ fn excess(limits: &Limits, admitted: &[Timestamp]) -> u64 {
         })
         .collect();
     bucket_excess(bucket, &admitted)
+}
+
+/// Units a container still holds: leased, neither spent nor lapsed.
+fn held(stats: &StoreStats) -> u64 {
+    stats.leased_units() - stats.spent_units() - stats.lapsed_units()
 }
 
 /// Admitted? A request that lost its races (`Contention`) is refused `store_busy` by the gate,
@@ -191,7 +196,7 @@ async fn a_container_that_vanishes_holding_units_never_over_admits_and_its_units
     }
     let stats = first.stats();
     assert!(stats.leased() > 0, "the container took no lease");
-    let held = stats.leased_units() - stats.spent_units() - stats.lapsed_units();
+    let held = held(stats);
     eprintln!(
         "{} admitted, {} leased units, {held} held when it vanished",
         admitted.len(),
@@ -241,7 +246,7 @@ async fn units_a_container_spends_late_in_its_span_never_add_to_another_containe
         }
     }
     let stats = first.stats();
-    let held = stats.leased_units() - stats.spent_units() - stats.lapsed_units();
+    let held = held(stats);
     assert!(held > 0, "the container holds no units");
     // WHEN, 300 ms later (within the span), another container takes what the bucket gives at
     // once, and then the first spends the units it still holds
@@ -369,7 +374,7 @@ async fn units_of_a_lease_on_a_busy_bucket_are_never_spent_past_their_first_slot
         }
     }
     let stats = first.stats();
-    let held = stats.leased_units() - stats.spent_units() - stats.lapsed_units();
+    let held = held(stats);
     assert!(held > 2, "the container holds {held} units");
     // WHEN, past the bucket's TAT (so past every slot the units took) but within the lease's
     // span, another container that takes no leases (so it is given the whole burst at once, the
