@@ -397,3 +397,123 @@ async fn units_of_a_lease_on_a_busy_bucket_are_never_spent_past_their_first_slot
     // first slot a lease's units lapse
     assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
 }
+
+/// Requests through `store` at `times` (offsets from `NOW`), one after another: how many were
+/// admitted.
+async fn requests_at(store: &DynamoStore, limits: &Limits, times: impl IntoIterator<Item = Duration>) -> u64 {
+    let mut admitted = 0;
+    for offset in times {
+        admitted += u64::from(consume(store, limits, at(offset)).await);
+    }
+    admitted
+}
+
+/// Fills the bucket `ahead` past `at(offset)` through a container that takes no leases, so that
+/// the TAT stands exactly where its requests put it.
+async fn fill(client: &aws_sdk_dynamodb::Client, table: &str, limits: &Limits, offset: Duration, ahead: u64) {
+    let mut config = DynamoStoreConfig::new(table);
+    config.lease_span = Duration::ZERO;
+    let filler = DynamoStore::new(client.clone(), config);
+    for i in 0..ahead {
+        assert!(consume(&filler, limits, at(offset + Duration::from_micros(i))).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_alone_leases_from_its_eighth_request_in_a_span_and_one_that_finds_others_ahead_from_its_third() {
+    let p = hot();
+    let every_5ms = |n: u32| (0..n).map(|i| Duration::from_millis(5) * i);
+    // GIVEN a container alone on a hot tenant, a request every 5 ms
+    let (client, table) = emulator::state_table().await;
+    let alone = emulator::dynamo_store(&client, &table);
+    // THEN its first seven are written one by one (a client's small burst), its eighth leases
+    assert_eq!(requests_at(&alone, p.limits(), every_5ms(7)).await, 7);
+    assert_eq!(alone.stats().leased_units(), 0, "a lease before the eighth request");
+    let eighth = Duration::from_millis(35);
+    assert_eq!(requests_at(&alone, p.limits(), [eighth]).await, 1);
+    assert!(alone.stats().leased_units() > 0, "no lease at the eighth request");
+    // GIVEN a container whose every answer finds another container's units ahead (the other
+    // writes 20 units before each of its requests)
+    let (client, table) = emulator::state_table().await;
+    let among = emulator::dynamo_store(&client, &table);
+    for (i, offset) in every_5ms(3).enumerate() {
+        fill(&client, &table, p.limits(), offset, 20).await;
+        let request = offset + Duration::from_micros(100);
+        assert_eq!(requests_at(&among, p.limits(), [request]).await, 1);
+        // THEN it leases from its third request, at that pace
+        let leased = among.stats().leased_units();
+        assert_eq!(leased > 0, i == 2, "{leased} units leased at request {}", i + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_among_others_at_a_slow_pace_takes_no_early_lease() {
+    // GIVEN a hot tenant's bucket kept about 50 ms ahead by another container
+    let (client, table) = emulator::state_table().await;
+    let p = hot();
+    let among = emulator::dynamo_store(&client, &table);
+    // WHEN a container sees three requests 150 ms apart: a pace that would not reach the
+    // eighth unit within the span, whatever it finds ahead
+    for i in 0..3u32 {
+        let offset = Duration::from_millis(150) * i;
+        fill(&client, &table, p.limits(), offset, 50).await;
+        assert_eq!(
+            requests_at(&among, p.limits(), [offset + Duration::from_millis(1)]).await,
+            1
+        );
+    }
+    // THEN it takes no lease: one anchored ahead of requests that may not come would keep the
+    // bucket's tokens between from the others
+    assert_eq!(among.stats().leased_units(), 0, "an early lease at a slow pace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_clients_opening_burst_does_not_shorten_its_leases() {
+    // GIVEN a container alone on a hot tenant: a client's eight requests in 7 ms, then one every
+    // 40 ms for 0.88 s
+    let (client, table) = emulator::state_table().await;
+    let p = hot();
+    let alone = emulator::dynamo_store(&client, &table);
+    let opening = (0..8u32).map(|i| Duration::from_millis(1) * i);
+    let after = (1..=22u32).map(|i| Duration::from_millis(40) * i);
+    // WHEN they are decided
+    assert_eq!(requests_at(&alone, p.limits(), opening.chain(after)).await, 30);
+    let stats = alone.stats();
+    assert!(stats.leased_units() > 0, "no lease was taken: the test shows nothing");
+    // THEN no leased unit lapsed: the opening burst's pace, 8 in 7 ms, does not cut the span of
+    // a lease the later pace spends (cut to it, about half the units lapse)
+    assert_eq!(
+        stats.lapsed_units(),
+        0,
+        "{} of {} leased units lapsed",
+        stats.lapsed_units(),
+        stats.leased_units()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_at_one_instant_over_cold_containers_is_admitted_but_for_the_shortest_lease_span() {
+    // GIVEN 16 containers that have never seen a hot tenant (1,000/s, a burst of 1,000)
+    let (client, table) = emulator::state_table().await;
+    let p = hot();
+    let n = 16usize;
+    let stores: Vec<DynamoStore> = (0..n).map(|_| emulator::dynamo_store(&client, &table)).collect();
+    // WHEN twice the burst arrives at one instant, dealt to them in turn, 16 at a time
+    let mut admitted = Vec::new();
+    for _ in 0..2000 / n {
+        let decided = join_all(stores.iter().map(|s| consume(s, p.limits(), NOW))).await;
+        admitted.extend(decided.into_iter().filter(|a| *a).map(|_| NOW));
+    }
+    report("16 cold containers, 2,000 at one instant", &admitted, &stores);
+    // THEN nothing beyond the bucket
+    assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
+    // AND the burst but for what the first lease anchored ahead keeps from it: the rate times
+    // the shortest span a lease of a container among others lasts (a 32nd of half a second)
+    let span = DynamoStoreConfig::new(&table).lease_span;
+    let shortest = (1000.0 * span.as_secs_f64() / 32.0).ceil() as usize;
+    assert!(
+        admitted.len() >= 1000 - shortest,
+        "{} admitted of a burst of 1,000",
+        admitted.len()
+    );
+}

@@ -4,7 +4,13 @@
 //! write goes out for a tenant of which this container saw `LEASE_FROM_SEEN` (8) units or more
 //! in the last span, the write also
 //! charges a lease: about two thirds of the units seen in the last span, at most an eighth of the
-//! burst and of what each quota has left (`wanted`), fitted to what the item admits. No leased
+//! burst and of what each quota has left (`wanted`), fitted to what the item admits. A container
+//! among others (an answer in the last two spans found other containers' units ahead) leases
+//! from `LEASE_FROM_SHARED` (3) units, when their pace would reach the eighth within the span,
+//! and its lease lasts the time those units were seen over (at least a 32nd of the span) instead
+//! of the span: after a burst at one instant its anchor is a few milliseconds ahead, not a whole
+//! span. A container alone keeps the eighth and the whole span, so a client's small burst is
+//! written one by one and its opening pace does not cut later leases short. No leased
 //! unit is spent after its emission slot has begun. When the cached item shows the TAT less than
 //! half a span past the write's latest arrival, the lease's slots start at the end of its span
 //! (`item::admit_at`'s anchor) and it is spendable for the span. When it shows the TAT further
@@ -48,6 +54,7 @@ use crate::engine;
 use crate::engine::clock::Timestamp;
 use crate::engine::decision::Decision;
 use crate::engine::policy::Limits;
+use crate::store::Consume;
 
 type Key = (Box<str>, Option<TatAttr>);
 
@@ -76,6 +83,8 @@ struct Meter {
     start: Timestamp,
     this: u64,
     last: u64,
+    /// When an answer last found other containers' units ahead (`Leases::found_others`).
+    others: Option<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -116,6 +125,19 @@ pub const LEASE_FROM_RATE: u64 = 250;
 /// requests at once (a client's small burst) are written one by one, so usage never counts
 /// units leased for them and left unspent.
 pub const LEASE_FROM_SEEN: u64 = 8;
+
+/// Units a container must have seen to lease when an answer for the tenant found other
+/// containers' units ahead in the span under way or the one before (`Leases::found_others`),
+/// and it sees them at a pace that would reach `LEASE_FROM_SEEN` within the span. Such a tenant
+/// is busy across containers: written one by one up to the eighth, 200 cold containers would
+/// cost its item some 1,600 writes before the first lease.
+pub const LEASE_FROM_SHARED: u64 = 3;
+
+/// The shortest a lease of a container among others lasts, in parts of the span: the lease
+/// lasts the time its units were seen over (`Meter::metered`), so that one taken after a burst
+/// at one instant is anchored a few milliseconds ahead, not a whole span, and the bucket keeps
+/// the tokens between.
+const MIN_SPAN_PARTS: u32 = 32;
 
 /// The span leases of `limits` last: `span`, cut to half the bucket's tolerance. `None`: the
 /// plan takes no leases (no bucket, a rate under `LEASE_FROM_RATE`, or an eighth of its burst
@@ -185,6 +207,7 @@ impl Leases {
                 start: now,
                 this: 0,
                 last: 0,
+                others: None,
             },
             lease: None,
         });
@@ -208,36 +231,50 @@ impl Leases {
         }
     }
 
-    /// The lease a write for `weight` units (the request and those it carries) would like to add:
-    /// `None` when the tenant takes none.
-    pub(super) fn wanted(
-        &self,
-        tenant: &str,
-        bucket: Option<TatAttr>,
-        limits: &Limits,
-        guess: &Snapshot,
-        now: Timestamp,
-        weight: u32,
-    ) -> Option<(u32, Duration)> {
+    /// The lease a write for `head` and `weight` units in all (the request and those it carries)
+    /// would like to add, and its span: `None` when the tenant takes none, or when it would be
+    /// less than the request's own weight (a lease no such request can spend would only lapse).
+    pub(super) fn wanted(&self, head: &Consume<'_>, guess: &Snapshot, weight: u32) -> Option<(u32, Duration)> {
+        let (limits, now, unit) = (head.limits, head.now, head.weight);
         let span = span_for(limits, self.span)?;
         let (_, b) = limits.bucket.as_ref()?;
-        let seen = {
+        let (seen, metered, shared) = {
             let map = lock(&self.map);
-            let entry = map.get(&(tenant.into(), bucket))?;
+            let entry = map.get(&(head.tenant.into(), super::bucket_of(limits)))?;
             if entry.lease.as_ref().is_some_and(|l| l.left > 0 && now < l.grant.until) {
                 // Another request of this bucket still holds units: no second lease.
                 return None;
             }
-            entry.meter.seen(now, span)
+            let m = &entry.meter;
+            (m.seen(now, span), m.metered(now, span), m.among_others(now, span))
         };
-        if seen < LEASE_FROM_SEEN {
+        // Among others, at a pace reaching the eighth unit within the span: from the third. A
+        // slow pace among others would anchor a lease ahead of requests that may not come.
+        let early = shared && u128::from(seen) * span.as_nanos() >= u128::from(LEASE_FROM_SEEN) * metered.as_nanos();
+        if seen < if early { LEASE_FROM_SHARED } else { LEASE_FROM_SEEN } {
             return None;
         }
+        // Among others, the lease lasts the time its units were seen over: a span measured from a
+        // burst at one instant would anchor it far ahead of the bucket's TAT (`write::anchor`).
+        // Alone, the whole span: a client's opening burst says little of its pace after.
+        let span = if shared {
+            span.min(metered.max(span / MIN_SPAN_PARTS))
+        } else {
+            span
+        };
         let units = (seen * 2 / 3)
             .saturating_sub(u64::from(weight))
             .min(u64::from(b.burst() / 8));
         let units = u32::try_from(units.min(quota_cap(limits, guess, now))).unwrap_or(u32::MAX);
-        (units >= 1).then_some((units, span))
+        (units >= unit.max(1)).then_some((units, span))
+    }
+
+    /// Marks `tenant`'s bucket as found busy by other containers' units at `now` (an answer's
+    /// TAT before the write stood past the request and past what this container knew).
+    pub(super) fn found_others(&self, tenant: &str, bucket: Option<TatAttr>, now: Timestamp) {
+        if let Some(entry) = lock(&self.map).get_mut(&(tenant.into(), bucket)) {
+            entry.meter.others = Some(entry.meter.others.map_or(now, |t| t.max(now)));
+        }
     }
 
     /// Keeps the units a write granted; a lease still held (a write that raced with another's
@@ -305,12 +342,14 @@ impl Meter {
                 start: now,
                 this: 0,
                 last: 0,
+                ..*self
             };
         } else if elapsed >= span {
             *self = Meter {
                 start: self.start.saturating_add(span),
                 this: 0,
                 last: self.this,
+                ..*self
             };
         }
         self.this = self.this.saturating_add(units);
@@ -322,6 +361,23 @@ impl Meter {
             e if e >= span.saturating_mul(2) => 0,
             e if e >= span => self.this,
             _ => self.this.max(self.last),
+        }
+    }
+
+    /// Whether an answer found other containers' units ahead within the last two spans: one
+    /// answer that finds none (two writes of this container with no other's between) does not
+    /// make the tenant's bucket its own.
+    fn among_others(&self, now: Timestamp, span: Duration) -> bool {
+        self.others
+            .is_some_and(|t| now.saturating_since(t) < span.saturating_mul(2))
+    }
+
+    /// The time `seen` counted its units over: a whole span, or the part of the one under way
+    /// when that counts more (a meter's first span, or a pace quickening).
+    fn metered(&self, now: Timestamp, span: Duration) -> Duration {
+        match now.saturating_since(self.start) {
+            e if e < span && self.this > self.last => e,
+            _ => span,
         }
     }
 }
@@ -361,8 +417,35 @@ mod tests {
         Limits::utc(Some((BucketId::Plan, bucket)), Some(1_000_000), None)
     }
 
+    /// The plan bucket's attribute, as `DynamoStore` keys it.
+    fn b() -> Option<TatAttr> {
+        super::super::bucket_of(&limits(1000.0, 1000))
+    }
+
     fn t(ms: u64) -> Timestamp {
         Timestamp::from_nanos(ms * 1_000_000)
+    }
+
+    /// The lease a write for one request of `weight` at `now` would like; `shared`: the
+    /// container's last answer found other containers' units ahead.
+    fn wanted(
+        leases: &Leases,
+        tenant: &str,
+        limits: &Limits,
+        shared: bool,
+        now: Timestamp,
+        weight: u32,
+    ) -> Option<(u32, Duration)> {
+        let head = Consume {
+            tenant,
+            limits,
+            weight,
+            now,
+        };
+        if shared {
+            leases.found_others(tenant, b(), now);
+        }
+        leases.wanted(&head, &Snapshot::default(), weight)
     }
 
     #[test]
@@ -377,17 +460,16 @@ mod tests {
         // A tenant seen once per span: one write per admitted request.
         let big = limits(1000.0, 1000);
         for i in 0..10 {
-            let _ = leases.arrive("t", None, &big, t(i * 600), 1);
+            let _ = leases.arrive("t", b(), &big, t(i * 600), 1);
         }
-        let wanted = leases.wanted("t", None, &big, &Snapshot::default(), t(6000), 1);
-        assert_eq!(wanted, None);
+        assert_eq!(wanted(&leases, "t", &big, false, t(6000), 1), None);
         // A client's small burst: seven at once are written one by one, never leased ahead.
         for _ in 0..7 {
-            let _ = leases.arrive("u", None, &big, t(0), 1);
+            let _ = leases.arrive("u", b(), &big, t(0), 1);
         }
-        assert_eq!(leases.wanted("u", None, &big, &Snapshot::default(), t(0), 1), None);
-        let _ = leases.arrive("u", None, &big, t(0), 1);
-        assert!(leases.wanted("u", None, &big, &Snapshot::default(), t(0), 1).is_some());
+        assert_eq!(wanted(&leases, "u", &big, false, t(0), 1), None);
+        let _ = leases.arrive("u", b(), &big, t(0), 1);
+        assert!(wanted(&leases, "u", &big, false, t(0), 1).is_some());
     }
 
     #[test]
@@ -395,26 +477,99 @@ mod tests {
         let leases = Leases::new(100, Duration::from_millis(500));
         let big = limits(1000.0, 2000);
         for i in 0..60 {
-            let _ = leases.arrive("t", None, &big, t(i * 10), 1);
+            let _ = leases.arrive("t", b(), &big, t(i * 10), 1);
         }
         // 50 seen in the last full span: 2/3 of it, less the write's own unit.
-        let (units, span) = leases
-            .wanted("t", None, &big, &Snapshot::default(), t(600), 1)
-            .expect("a lease");
+        let (units, span) = wanted(&leases, "t", &big, false, t(600), 1).expect("a lease");
         assert_eq!((units, span), (32, Duration::from_millis(500)));
         for i in 0..4000 {
-            let _ = leases.arrive("u", None, &big, t(i / 8), 1);
+            let _ = leases.arrive("u", b(), &big, t(i / 8), 1);
         }
-        let (units, _) = leases
-            .wanted("u", None, &big, &Snapshot::default(), t(500), 1)
-            .expect("a lease");
+        let (units, _) = wanted(&leases, "u", &big, false, t(500), 1).expect("a lease");
         assert_eq!(units, 2000 / 8);
+    }
+
+    #[test]
+    fn among_other_containers_a_lease_from_the_third_unit_lasts_the_time_it_was_seen_over() {
+        let big = limits(1000.0, 1000);
+        let span = Duration::from_millis(500);
+        // Cut to half the bucket's tolerance: 499.5 ms.
+        let full = span_for(&big, span).expect("a span");
+        let seen_at = |times: &[u64]| {
+            let leases = Leases::new(100, span);
+            for &ms in times {
+                let _ = leases.arrive("t", b(), &big, t(ms), 1);
+            }
+            leases
+        };
+        // Alone, three units are a client's small burst: no lease before the eighth.
+        let three = seen_at(&[0, 0, 0]);
+        assert_eq!(wanted(&three, "t", &big, false, t(0), 1), None);
+        // Among others, three at one instant: a lease of two thirds less the request, lasting a
+        // 32nd of the span, not the whole span its anchor would be put at.
+        assert_eq!(
+            wanted(&three, "t", &big, true, t(0), 1),
+            Some((1, full / MIN_SPAN_PARTS))
+        );
+        // Three over 30 ms: a pace that reaches the eighth within the span; the lease lasts 30 ms.
+        let quick = seen_at(&[0, 15, 30]);
+        assert_eq!(
+            wanted(&quick, "t", &big, true, t(30), 1),
+            Some((1, Duration::from_millis(30)))
+        );
+        // Three over 300 ms: a slow pace, which would not reach the eighth; no early lease.
+        let slow = seen_at(&[0, 150, 300]);
+        assert_eq!(wanted(&slow, "t", &big, true, t(300), 1), None);
+        // A trickle in the last span, then three in the first 20.5 ms of this one (it began at
+        // 499.5 ms): the pace under way.
+        let quickening = seen_at(&[0, 500, 510, 520]);
+        assert_eq!(
+            wanted(&quickening, "t", &big, true, t(520), 1),
+            Some((1, Duration::from_micros(20_500)))
+        );
+        // Twenty over a whole span, then fewer: the whole span.
+        let steady: Vec<u64> = (0..20).map(|i| i * 25).chain([500, 510]).collect();
+        let steady = seen_at(&steady);
+        assert_eq!(wanted(&steady, "t", &big, true, t(510), 1), Some((12, full)));
+    }
+
+    #[test]
+    fn other_containers_found_ahead_count_for_two_spans_across_the_meters_spans() {
+        // GIVEN a container that found others ahead at 0, its meter then rolling on
+        let big = limits(1000.0, 1000);
+        let full = span_for(&big, Duration::from_millis(500)).expect("a span");
+        let leases = Leases::new(100, Duration::from_millis(500));
+        let _ = leases.arrive("t", b(), &big, t(0), 1);
+        leases.found_others("t", b(), t(0));
+        let just_before = Timestamp::from_nanos(t(0).saturating_add(full * 2).as_nanos() - 1);
+        let _ = leases.arrive("t", b(), &big, just_before, 1);
+        let among = |now| lock(&leases.map)[&("t".into(), b())].meter.among_others(now, full);
+        // THEN it counts as among others for two spans, rolled or not, and no longer
+        assert!(among(just_before));
+        assert!(!among(t(0).saturating_add(full * 2)));
+    }
+
+    #[test]
+    fn a_lease_smaller_than_the_requests_weight_is_not_taken() {
+        // GIVEN a container among others that saw two requests of weight 5 at one instant
+        let big = limits(1000.0, 1000);
+        let leases = Leases::new(100, Duration::from_millis(500));
+        for _ in 0..2 {
+            let _ = leases.arrive("t", b(), &big, t(0), 5);
+        }
+        // THEN a third would lease two thirds of ten units less its own five: one unit, which
+        // no request of weight 5 can spend. None is taken; a request of weight 1 takes it.
+        assert_eq!(wanted(&leases, "t", &big, true, t(0), 5), None);
+        assert_eq!(
+            wanted(&leases, "t", &big, true, t(0), 1).map(|(units, _)| units),
+            Some(5)
+        );
     }
 
     /// Tenant `t` seen at 1 s, holding `units` granted from 1 s to 1.5 s.
     fn granted(limits: &Limits, units: u64) -> Leases {
         let leases = Leases::new(100, Duration::from_millis(500));
-        let _ = leases.arrive("t", None, limits, t(1000), 1);
+        let _ = leases.arrive("t", b(), limits, t(1000), 1);
         let grant = Grant {
             limits: limits.clone(),
             after: Snapshot::default(),
@@ -422,7 +577,7 @@ mod tests {
             until: t(1500),
             units,
         };
-        assert_eq!(leases.grant("t", None, grant), 0);
+        assert_eq!(leases.grant("t", b(), grant), 0);
         leases
     }
 
@@ -432,11 +587,11 @@ mod tests {
         let leases = granted(&big, 3);
         // Before the write's earliest arrival: not covered.
         assert!(matches!(
-            leases.arrive("t", None, &big, t(999), 1),
+            leases.arrive("t", b(), &big, t(999), 1),
             Spent::None { lapsed: 0 }
         ));
         for left in [2, 1, 0] {
-            let Spent::Admitted(d) = leases.arrive("t", None, &big, t(1200), 1) else {
+            let Spent::Admitted(d) = leases.arrive("t", b(), &big, t(1200), 1) else {
                 panic!("a unit of the lease")
             };
             assert!(d.allowed);
@@ -444,7 +599,7 @@ mod tests {
             assert_eq!(d.daily.expect("daily").remaining, u64::from(left));
         }
         // Spent: the next request writes.
-        assert!(matches!(leases.arrive("t", None, &big, t(1200), 1), Spent::None { .. }));
+        assert!(matches!(leases.arrive("t", b(), &big, t(1200), 1), Spent::None { .. }));
     }
 
     #[test]
@@ -453,12 +608,12 @@ mod tests {
         let leases = granted(&big, 5);
         let other = limits(1000.0, 2000);
         assert!(matches!(
-            leases.arrive("t", None, &other, t(1100), 1),
+            leases.arrive("t", b(), &other, t(1100), 1),
             Spent::None { .. }
         ));
-        assert!(matches!(leases.arrive("t", None, &big, t(1100), 1), Spent::Admitted(_)));
+        assert!(matches!(leases.arrive("t", b(), &big, t(1100), 1), Spent::Admitted(_)));
         assert!(matches!(
-            leases.arrive("t", None, &big, t(1500), 1),
+            leases.arrive("t", b(), &big, t(1500), 1),
             Spent::None { lapsed: 4 }
         ));
     }
@@ -468,11 +623,11 @@ mod tests {
         let leases = Leases::new(4, Duration::from_millis(500));
         let big = limits(1000.0, 1000);
         for i in 0..4 {
-            let _ = leases.arrive(&format!("t{i}"), None, &big, t(0), 1);
+            let _ = leases.arrive(&format!("t{i}"), b(), &big, t(0), 1);
         }
-        let _ = leases.arrive("new", None, &big, t(100), 1);
+        let _ = leases.arrive("new", b(), &big, t(100), 1);
         assert_eq!(leases.len(), 4, "no room while every entry is recent");
-        let _ = leases.arrive("new", None, &big, t(2000), 1);
+        let _ = leases.arrive("new", b(), &big, t(2000), 1);
         assert_eq!(leases.len(), 1, "idle entries dropped");
     }
 
@@ -481,8 +636,8 @@ mod tests {
         // GIVEN a full map whose tenant `t` holds 5 units spendable until 5 s, its meter idle
         let big = limits(1000.0, 1000);
         let leases = Leases::new(2, Duration::from_millis(500));
-        let _ = leases.arrive("t", None, &big, t(1000), 1);
-        let _ = leases.arrive("u", None, &big, t(1000), 1);
+        let _ = leases.arrive("t", b(), &big, t(1000), 1);
+        let _ = leases.arrive("u", b(), &big, t(1000), 1);
         let grant = Grant {
             limits: big.clone(),
             after: Snapshot::default(),
@@ -490,14 +645,14 @@ mod tests {
             until: t(5000),
             units: 5,
         };
-        assert_eq!(leases.grant("t", None, grant), 0);
+        assert_eq!(leases.grant("t", b(), grant), 0);
         // WHEN a new tenant arrives two spans later and the full map is swept
-        let _ = leases.arrive("new", None, &big, t(2500), 1);
+        let _ = leases.arrive("new", b(), &big, t(2500), 1);
         // THEN only the idle meter without units went; `t`'s units are still spendable
         assert_eq!(leases.len(), 2);
-        assert!(lock(&leases.map).contains_key(&("t".into(), None)));
-        assert!(!lock(&leases.map).contains_key(&("u".into(), None)));
-        assert!(matches!(leases.spend("t", None, &big, t(2600), 1), Spent::Admitted(_)));
+        assert!(lock(&leases.map).contains_key(&("t".into(), b())));
+        assert!(!lock(&leases.map).contains_key(&("u".into(), b())));
+        assert!(matches!(leases.spend("t", b(), &big, t(2600), 1), Spent::Admitted(_)));
     }
 
     #[test]

@@ -192,9 +192,12 @@ impl DynamoStore {
 
     /// Keeps the item as seen, and every operation id in it below the next one this container
     /// draws; `busy`: the request's bucket stood busy by other containers' units before the
-    /// write it answers (`Predictions::remember`).
+    /// write it answers (`Predictions::remember`, and for leases `Leases::found_others`).
     fn remember(&self, req: &Consume<'_>, snap: Snapshot, race: Race, busy: bool) {
         self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
+        if busy {
+            self.leases.found_others(req.tenant, bucket_of(req.limits), req.now);
+        }
         self.predictions
             .remember(req.tenant, snap, req.limits, req.now, race, busy);
     }

@@ -225,21 +225,11 @@ impl DynamoStore {
         recheck: bool,
     ) -> Result<Decision, StoreError> {
         let weight = batch.whole_with(head, &guess, None).0.weight;
-        batch.lease = self
-            .leases
-            .wanted(
-                head.tenant,
-                bucket_of(head.limits),
-                head.limits,
-                &guess,
-                head.now,
-                weight,
-            )
-            .map(|(wanted, span)| Ask {
-                wanted,
-                units: wanted,
-                span,
-            });
+        batch.lease = self.leases.wanted(head, &guess, weight).map(|(wanted, span)| Ask {
+            wanted,
+            units: wanted,
+            span,
+        });
         let result = self.attempts(head, batch, guess, recheck).await;
         match &result {
             // With the carried requests still in the batch: the lease is spendable from the
