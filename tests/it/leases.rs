@@ -470,25 +470,32 @@ async fn a_container_among_others_at_a_slow_pace_takes_no_early_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_clients_opening_burst_does_not_shorten_its_leases() {
     // GIVEN a container alone on a hot tenant: a client's eight requests in 7 ms, then one every
-    // 40 ms for 0.88 s
+    // 40 ms for 0.88 s; then, as if that container were replaced, a new one on the same pattern
+    // from 0.9 s, while the units the first charged ahead still stand in the bucket
     let (client, table) = emulator::state_table().await;
     let p = hot();
-    let alone = emulator::dynamo_store(&client, &table);
-    let opening = (0..8u32).map(|i| Duration::from_millis(1) * i);
-    let after = (1..=22u32).map(|i| Duration::from_millis(40) * i);
-    // WHEN they are decided
-    assert_eq!(requests_at(&alone, p.limits(), opening.chain(after)).await, 30);
-    let stats = alone.stats();
-    assert!(stats.leased_units() > 0, "no lease was taken: the test shows nothing");
-    // THEN no leased unit lapsed: the opening burst's pace, 8 in 7 ms, does not cut the span of
-    // a lease the later pace spends (cut to it, about half the units lapse)
-    assert_eq!(
-        stats.lapsed_units(),
-        0,
-        "{} of {} leased units lapsed",
-        stats.lapsed_units(),
-        stats.leased_units()
-    );
+    let client_from = |start: Duration| {
+        let opening = (0..8u32).map(move |i| start + Duration::from_millis(1) * i);
+        let after = (1..=22u32).map(move |i| start + Duration::from_millis(40) * i);
+        opening.chain(after)
+    };
+    for start in [Duration::ZERO, Duration::from_millis(900)] {
+        let alone = emulator::dynamo_store(&client, &table);
+        // WHEN they are decided
+        assert_eq!(requests_at(&alone, p.limits(), client_from(start)).await, 30);
+        let stats = alone.stats();
+        assert!(stats.leased_units() > 0, "no lease was taken: the test shows nothing");
+        // THEN no leased unit lapsed: the opening burst's pace, 8 in 7 ms, does not cut the span
+        // of a lease the later pace spends (cut to it, about half the units lapse), nor does the
+        // new container take its predecessor's units for other containers'
+        assert_eq!(
+            stats.lapsed_units(),
+            0,
+            "from {start:?}: {} of {} leased units lapsed",
+            stats.lapsed_units(),
+            stats.leased_units()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,8 +514,8 @@ async fn a_burst_at_one_instant_over_cold_containers_is_admitted_but_for_the_sho
     report("16 cold containers, 2,000 at one instant", &admitted, &stores);
     // THEN nothing beyond the bucket
     assert_eq!(excess(p.limits(), &admitted), 0, "over-admitted");
-    // AND the burst but for what the first lease anchored ahead keeps from it: the rate times
-    // the shortest span a lease of a container among others lasts (a 32nd of half a second)
+    // AND the burst but for what a lease anchored ahead could keep from it: the rate times the
+    // shortest span a lease of a container among others lasts (a 32nd of half a second)
     let span = DynamoStoreConfig::new(&table).lease_span;
     let shortest = (1000.0 * span.as_secs_f64() / 32.0).ceil() as usize;
     assert!(

@@ -192,12 +192,9 @@ impl DynamoStore {
 
     /// Keeps the item as seen, and every operation id in it below the next one this container
     /// draws; `busy`: the request's bucket stood busy by other containers' units before the
-    /// write it answers (`Predictions::remember`, and for leases `Leases::found_others`).
+    /// write it answers (`Predictions::remember`).
     fn remember(&self, req: &Consume<'_>, snap: Snapshot, race: Race, busy: bool) {
         self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
-        if busy {
-            self.leases.found_others(req.tenant, bucket_of(req.limits), req.now);
-        }
         self.predictions
             .remember(req.tenant, snap, req.limits, req.now, race, busy);
     }
@@ -391,6 +388,16 @@ impl DynamoStore {
         }
     }
 
+    /// Marks the request's bucket, for leases, as found `busy` by other containers' units
+    /// (`Leases::found_others`), when this container knew its TAT before the write (`known`):
+    /// knowing nothing (a container just started, or its entry evicted), it would take its own
+    /// or a vanished predecessor's units for others'.
+    fn mark_others(&self, req: &Consume<'_>, busy: bool, known: Option<Timestamp>) {
+        if busy && known.is_some() {
+            self.leases.found_others(req.tenant, bucket_of(req.limits), req.now);
+        }
+    }
+
     /// The answer a lease gave for `weight` units, counted; units of a lease that ended unspent,
     /// counted as lapsed.
     fn leased(&self, spent: Spent, weight: u32) -> Option<Decision> {
@@ -435,6 +442,7 @@ impl DynamoStore {
         };
         // The item as it stood before this write.
         let busy = others_ahead(current.state(req.limits, req.now).tat, known, req.now);
+        self.mark_others(req, busy, known);
         self.remember(req, current, race, busy);
     }
 }

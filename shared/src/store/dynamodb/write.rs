@@ -201,6 +201,10 @@ impl<'a> Batch<'a> {
             }
             units /= 2;
         }
+        // Under the request's weight, no request could spend it: it would only lapse.
+        if units < head.weight {
+            units = 0;
+        }
         self.lease = Some(Ask { units, ..ask });
     }
 
@@ -315,6 +319,7 @@ impl DynamoStore {
                     // Of the busy shape, its condition held: the bucket stood `inc` behind
                     // the TAT it returned, past the write's arrivals.
                     let busy = shape_busy && others_ahead(before_write(head.limits, &after, &whole), known, whole.now);
+                    self.mark_others(&whole, busy, known);
                     self.remember(&whole, after.clone(), Race::Won(bucket_of(head.limits)), busy);
                     return Ok(Outcome::Admitted(after));
                 }
