@@ -465,13 +465,25 @@ async fn a_container_among_others_at_a_slow_pace_takes_no_early_lease() {
     // THEN it takes no lease: one anchored ahead of requests that may not come would keep the
     // bucket's tokens between from the others
     assert_eq!(among.stats().leased_units(), 0, "an early lease at a slow pace");
+    // AND once its pace quickens (three more 5 ms apart, within the same span) it leases: it
+    // was among others all along
+    for i in 0..3u32 {
+        let offset = Duration::from_millis(301) + Duration::from_millis(5) * i;
+        fill(&client, &table, p.limits(), offset, 20).await;
+        assert_eq!(
+            requests_at(&among, p.limits(), [offset + Duration::from_micros(100)]).await,
+            1
+        );
+    }
+    assert!(among.stats().leased_units() > 0, "no early lease at a quick pace");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_clients_opening_burst_does_not_shorten_its_leases() {
-    // GIVEN a container alone on a hot tenant: a client's eight requests in 7 ms, then one every
-    // 40 ms for 0.88 s; then, as if that container were replaced, a new one on the same pattern
-    // from 0.9 s, while the units the first charged ahead still stand in the bucket
+    // GIVEN a container alone on a hot tenant from 10 s: a client's eight requests in 7 ms, then
+    // one every 40 ms for 0.88 s; then, as if it were replaced, the same client on a container
+    // that last served the tenant at 0 s, from 10.9 s, and on a new one from 11.8 s, each while
+    // the units its predecessor charged ahead still stand in the bucket
     let (client, table) = emulator::state_table().await;
     let p = hot();
     let client_from = |start: Duration| {
@@ -479,15 +491,20 @@ async fn a_lone_clients_opening_burst_does_not_shorten_its_leases() {
         let after = (1..=22u32).map(move |i| start + Duration::from_millis(40) * i);
         opening.chain(after)
     };
-    for start in [Duration::ZERO, Duration::from_millis(900)] {
-        let alone = emulator::dynamo_store(&client, &table);
-        // WHEN they are decided
-        assert_eq!(requests_at(&alone, p.limits(), client_from(start)).await, 30);
+    let stale = emulator::dynamo_store(&client, &table);
+    assert_eq!(requests_at(&stale, p.limits(), [Duration::ZERO]).await, 1);
+    let first = emulator::dynamo_store(&client, &table);
+    let new = emulator::dynamo_store(&client, &table);
+    let takeovers = [(&first, 10_000), (&stale, 10_900), (&new, 11_800)];
+    for (alone, start) in takeovers {
+        let start = Duration::from_millis(start);
+        // WHEN the client's requests are decided
+        assert_eq!(requests_at(alone, p.limits(), client_from(start)).await, 30);
         let stats = alone.stats();
         assert!(stats.leased_units() > 0, "no lease was taken: the test shows nothing");
         // THEN no leased unit lapsed: the opening burst's pace, 8 in 7 ms, does not cut the span
-        // of a lease the later pace spends (cut to it, about half the units lapse), nor does the
-        // new container take its predecessor's units for other containers'
+        // of a lease the later pace spends (cut to it, about half the units lapse), nor does a
+        // container take its predecessor's units for other containers'
         assert_eq!(
             stats.lapsed_units(),
             0,

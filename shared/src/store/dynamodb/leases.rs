@@ -272,8 +272,13 @@ impl Leases {
 
     /// Marks `tenant`'s bucket as found busy by other containers' units at `now` (an answer's
     /// TAT before the write stood past the request and past what this container knew).
-    pub(super) fn found_others(&self, tenant: &str, bucket: Option<TatAttr>, now: Timestamp) {
-        if let Some(entry) = lock(&self.map).get_mut(&(tenant.into(), bucket)) {
+    /// Only a meter that counted more than the `weight` units of the write that found them: on
+    /// its first write after a pause, a container whose cached item is old cannot tell a
+    /// vanished predecessor's units from others'.
+    pub(super) fn found_others(&self, tenant: &str, bucket: Option<TatAttr>, now: Timestamp, weight: u32) {
+        if let Some(entry) = lock(&self.map).get_mut(&(tenant.into(), bucket))
+            && entry.meter.this.saturating_add(entry.meter.last) > u64::from(weight)
+        {
             entry.meter.others = Some(entry.meter.others.map_or(now, |t| t.max(now)));
         }
     }
@@ -380,6 +385,9 @@ impl Meter {
     /// writes a second, leases cut short lapsing).
     fn metered(&self, now: Timestamp, span: Duration) -> Duration {
         match now.saturating_since(self.start) {
+            // A request that waited in its lane while later arrivals restarted the meter: its
+            // units were not counted over the span under way.
+            _ if now < self.start => span,
             e if e < span && self.last == 0 => e,
             _ => span,
         }
@@ -447,7 +455,7 @@ mod tests {
             now,
         };
         if shared {
-            leases.found_others(tenant, b(), now);
+            leases.found_others(tenant, b(), now, 0);
         }
         leases.wanted(&head, &Snapshot::default(), weight)
     }
@@ -545,7 +553,7 @@ mod tests {
         let full = span_for(&big, Duration::from_millis(500)).expect("a span");
         let leases = Leases::new(100, Duration::from_millis(500));
         let _ = leases.arrive("t", b(), &big, t(0), 1);
-        leases.found_others("t", b(), t(0));
+        leases.found_others("t", b(), t(0), 0);
         let just_before = Timestamp::from_nanos(t(0).saturating_add(full * 2).as_nanos() - 1);
         let _ = leases.arrive("t", b(), &big, just_before, 1);
         let among = |now| lock(&leases.map)[&("t".into(), b())].meter.among_others(now, full);

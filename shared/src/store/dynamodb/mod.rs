@@ -389,12 +389,14 @@ impl DynamoStore {
     }
 
     /// Marks the request's bucket, for leases, as found `busy` by other containers' units
-    /// (`Leases::found_others`), when this container knew its TAT before the write (`known`):
-    /// knowing nothing (a container just started, or its entry evicted), it would take its own
-    /// or a vanished predecessor's units for others'.
+    /// (`Leases::found_others`), when this container knew its TAT before the write (`known`,
+    /// as the decision began; a retry marks for the units its refusal found): knowing nothing
+    /// (a container just started, or its entry evicted), it would take its own or a vanished
+    /// predecessor's units for others'.
     fn mark_others(&self, req: &Consume<'_>, busy: bool, known: Option<Timestamp>) {
         if busy && known.is_some() {
-            self.leases.found_others(req.tenant, bucket_of(req.limits), req.now);
+            self.leases
+                .found_others(req.tenant, bucket_of(req.limits), req.now, req.weight);
         }
     }
 

@@ -201,10 +201,6 @@ impl<'a> Batch<'a> {
             }
             units /= 2;
         }
-        // Under the request's weight, no request could spend it: it would only lapse.
-        if units < head.weight {
-            units = 0;
-        }
         self.lease = Some(Ask { units, ..ask });
     }
 
