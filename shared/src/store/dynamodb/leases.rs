@@ -6,7 +6,7 @@
 //! last span, at most an eighth of the burst and of what each quota has left (`wanted`), fitted
 //! to what the item admits. A container among others (an answer in the last two spans found
 //! other containers' units ahead, on a bucket it knew before the write, `found_others`) in its
-//! meter's first span (a tenant new to it, or back after a pause of a span or more) leases from
+//! meter's first span (a tenant new to it, or back after a pause of more than a span) leases from
 //! `LEASE_FROM_SHARED` (3) units, when their pace would reach the eighth within the span; if it
 //! saw them within a 32nd of the span, its lease lasts that 32nd instead of the span: after a
 //! burst at one instant its anchor is a few milliseconds ahead, not a whole span. A container
