@@ -40,6 +40,14 @@ fn excess(limits: &Limits, admitted: &[Timestamp]) -> u64 {
     bucket_excess(bucket, &admitted)
 }
 
+/// A container's store that takes no leases (`lease_span` zero): the TAT stands exactly where
+/// its requests put it.
+fn unleased(client: &aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
+    let mut config = DynamoStoreConfig::new(table);
+    config.lease_span = Duration::ZERO;
+    DynamoStore::new(client.clone(), config)
+}
+
 /// Units a container still holds: leased, neither spent nor lapsed.
 fn held(stats: &StoreStats) -> u64 {
     stats.leased_units() - stats.spent_units() - stats.lapsed_units()
@@ -354,12 +362,7 @@ async fn units_of_a_lease_on_a_busy_bucket_are_never_spent_past_their_first_slot
     // units take the slots from where the TAT stood, 300 ms on)
     let (client, table) = emulator::state_table().await;
     let p = hot();
-    let unleased = || {
-        let mut config = DynamoStoreConfig::new(&table);
-        config.lease_span = Duration::ZERO;
-        DynamoStore::new(client.clone(), config)
-    };
-    let filler = unleased();
+    let filler = unleased(&client, &table);
     let mut admitted = Vec::new();
     for i in 0..300u64 {
         let now = at(Duration::from_micros(i));
@@ -387,7 +390,7 @@ async fn units_of_a_lease_on_a_busy_bucket_are_never_spent_past_their_first_slot
         .tat;
     let later = at(Duration::from_millis(450));
     assert!(tat.is_some_and(|t| t < later), "the TAT {tat:?} is not past");
-    let second = unleased();
+    let second = unleased(&client, &table);
     let spent = drain_then_spend(p.limits(), later, (&second, 1200), (&first, held), &mut admitted).await;
     eprintln!(
         "{held} units held, {spent} admitted late, {} admitted in all",
@@ -411,9 +414,7 @@ async fn requests_at(store: &DynamoStore, limits: &Limits, times: impl IntoItera
 /// Fills the bucket `ahead` past `at(offset)` through a container that takes no leases, so that
 /// the TAT stands exactly where its requests put it.
 async fn fill(client: &aws_sdk_dynamodb::Client, table: &str, limits: &Limits, offset: Duration, ahead: u64) {
-    let mut config = DynamoStoreConfig::new(table);
-    config.lease_span = Duration::ZERO;
-    let filler = DynamoStore::new(client.clone(), config);
+    let filler = unleased(client, table);
     for i in 0..ahead {
         assert!(consume(&filler, limits, at(offset + Duration::from_micros(i))).await);
     }
