@@ -225,7 +225,7 @@ pub async fn run(
         eprintln!();
     }
     let store_calls = match target {
-        Target::Dynamo(stores) => Some(stores.iter().map(|s| s.stats().writes()).sum()),
+        Target::Dynamo(stores) => Some(stores.iter().map(|s| s.stats().writes() + s.stats().reads()).sum()),
         _ => None,
     };
     let leases = match target {

@@ -121,6 +121,9 @@ pub struct PolicyResult {
     pub under_admitted_percent: f64,
     /// Store writes per admitted request (DynamoDB target only).
     pub writes_per_admitted: Option<f64>,
+    /// Reads of a tenant's item before its write, per admitted request (DynamoDB target only).
+    #[serde(default)]
+    pub reads_per_admitted: Option<f64>,
     /// The most writes one tenant item of the plan took in one second of simulated time
     /// (DynamoDB target only).
     pub max_item_writes_per_second: Option<u64>,
@@ -153,6 +156,9 @@ pub struct TenantResult {
     /// target only).
     pub writes: Option<u64>,
     pub max_item_writes_per_second: Option<u64>,
+    /// Reads of this tenant's item before a write (DynamoDB target only).
+    #[serde(default)]
+    pub reads: Option<u64>,
     /// Of `admitted`, those made failing open (gate target only).
     pub fail_open: Option<u64>,
     /// From the first fail-open admission's send to the last one's answer: the outage as this
@@ -303,6 +309,7 @@ impl Run<'_> {
             under_admitted: allowance.saturating_sub(admitted_n),
             writes: writes.as_ref().map(|w| w.total),
             max_item_writes_per_second: writes.as_ref().map(|w| w.busiest),
+            reads: writes.as_ref().map(|w| w.reads),
             fail_open: gated.then(|| seen.iter().filter(|o| o.fail_open).count() as u64),
             fail_open_secs: gated.then(|| fail_open_span(seen)),
             pass: over == 0,
@@ -364,6 +371,7 @@ fn policy_results(tenants: &[TenantResult], writes: Option<&ItemWrites>) -> Vec<
             under_admitted_percent: 0.0,
             // The sum of the tenants' writes until the end, then per admitted request.
             writes_per_admitted: t.writes.map(|_| 0.0),
+            reads_per_admitted: t.reads.map(|_| 0.0),
             max_item_writes_per_second: t.max_item_writes_per_second.map(|_| 0),
             item_writes_by_second: None,
             pass: true,
@@ -376,6 +384,7 @@ fn policy_results(tenants: &[TenantResult], writes: Option<&ItemWrites>) -> Vec<
         p.over_admitted += t.over_admitted;
         p.under_admitted += t.under_admitted;
         p.writes_per_admitted = p.writes_per_admitted.zip(t.writes).map(|(a, b)| a + b as f64);
+        p.reads_per_admitted = p.reads_per_admitted.zip(t.reads).map(|(a, b)| a + b as f64);
         p.max_item_writes_per_second = (p.max_item_writes_per_second)
             .zip(t.max_item_writes_per_second)
             .map(|(a, b)| a.max(b));
@@ -392,6 +401,7 @@ fn policy_results(tenants: &[TenantResult], writes: Option<&ItemWrites>) -> Vec<
     for p in policies.values_mut() {
         p.under_admitted_percent = 100.0 * p.under_admitted as f64 / p.allowance.max(1) as f64;
         p.writes_per_admitted = p.writes_per_admitted.map(|w| w / p.admitted.max(1) as f64);
+        p.reads_per_admitted = p.reads_per_admitted.map(|r| r / p.admitted.max(1) as f64);
     }
     policies.into_values().collect()
 }
@@ -524,8 +534,11 @@ impl Report {
         for p in &self.policies {
             if let (Some(w), Some(max)) = (p.writes_per_admitted, p.max_item_writes_per_second) {
                 out += &format!(
-                    "{}: {w:.2} writes per admitted request, at most {max} writes in one second to one item{}, {:.2} % under-admitted\n",
+                    "{}: {w:.2} writes{} per admitted request, at most {max} writes in one second to one item{}, {:.2} % under-admitted\n",
                     p.plan,
+                    p.reads_per_admitted
+                        .filter(|r| *r > 0.0)
+                        .map_or(String::new(), |r| format!(" and {r:.2} reads")),
                     busiest_second(p.item_writes_by_second.as_deref()),
                     p.under_admitted_percent
                 );

@@ -22,6 +22,8 @@ pub(super) struct ItemWrites {
 pub(super) struct TenantWrites {
     pub total: u64,
     pub busiest: u64,
+    /// Reads of the item before a write (`Predictions::read_first` in the store).
+    pub reads: u64,
     /// Per second from the run's start, zeros included (`None` past `MAX_SECONDS_LISTED`).
     pub by_second: Option<Vec<u64>>,
 }
@@ -32,12 +34,20 @@ impl ItemWrites {
     /// seconds, the run's first).
     pub fn of(stores: &[DynamoStore], ids: &[String], start: u64) -> ItemWrites {
         let mut per_second: tollgate::store::dynamodb::ItemWrites = HashMap::new();
+        let mut reads: HashMap<Box<str>, u64> = HashMap::new();
         for store in stores {
             for (item_second, n) in store.stats().item_writes() {
                 *per_second.entry(item_second).or_default() += n;
             }
+            for ((tenant, _), n) in store.stats().item_reads() {
+                *reads.entry(tenant).or_default() += n;
+            }
         }
-        ItemWrites::from_counts(&per_second, ids, start)
+        let mut writes = ItemWrites::from_counts(&per_second, ids, start);
+        for (id, t) in ids.iter().zip(&mut writes.per_tenant) {
+            t.reads = reads.get(id.as_str()).copied().unwrap_or(0);
+        }
+        writes
     }
 
     fn from_counts(per_second: &tollgate::store::dynamodb::ItemWrites, ids: &[String], start: u64) -> ItemWrites {

@@ -118,11 +118,14 @@ async fn the_breaker_opens_after_failures_and_recovers_after_a_probe() {
 #[tokio::test]
 async fn a_throttled_state_item_is_refused_store_busy_whatever_the_fail_mode_and_charges_nothing() {
     // GIVEN a state table whose next 8 writes DynamoDB refuses for throughput
-    // (ProvisionedThroughputExceededException), and no other store fault
+    // (ProvisionedThroughputExceededException), and no other store fault (a tenant's first
+    // decision reads its item first, and the read passes)
     let s = stack(&[]).await;
-    for _ in 0..8 {
-        s.proxy.inject(Fault::ThroughputExceeded);
-    }
+    s.proxy.inject_on(
+        "POST",
+        "DynamoDB_20120810.UpdateItem",
+        &[Some(Fault::ThroughputExceeded); 8],
+    );
     // WHEN tenants on a plan failing open and on one failing closed call 4 times each
     for key in ["tg_open_key", "tg_closed_key"] {
         for _ in 0..4 {

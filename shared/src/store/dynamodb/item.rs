@@ -112,10 +112,9 @@ pub struct Snapshot {
     pub ops: [u64; OPS],
     /// Write-back markers: writer, seq.
     pub markers: Vec<(u64, u64)>,
-    /// A guess only, never read from an item: the cache presumes the bucket busy although its
-    /// TAT shows it idle (`predictions::presumed_busy`), so a write whose units all arrive at its
-    /// request's instant takes the busy shape. Moves no figure: answers come from the engine on the TATs as they are.
-    pub presumed_busy: bool,
+    /// A hint only, never read from an item: the cache cannot tell the bucket's shape or its
+    /// answer, so the decision reads the item before it writes (`predictions::read_first`).
+    pub read_first: bool,
 }
 
 impl Snapshot {
@@ -194,7 +193,7 @@ impl Snapshot {
         self.markers.shrink_to_fit();
         self.tats.shrink_to_fit();
         self.ops = [0; OPS];
-        self.presumed_busy = false;
+        self.read_first = false;
         self
     }
 }
@@ -423,10 +422,10 @@ pub fn admit_at(
 }
 
 /// Whether a write for units from `now` to `anchor` takes the busy shape on `guess`: its TAT
-/// past `anchor`, or, for units all arriving at `now`, a bucket the cache presumes busy.
+/// past `anchor`.
 fn busy_shape(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp) -> bool {
     let anchor = anchor.max(now);
-    guess.state(limits, now).tat.is_some_and(|t| t > anchor) || (guess.presumed_busy && anchor == now)
+    guess.state(limits, now).tat.is_some_and(|t| t > anchor)
 }
 
 /// The attributes a write at `now` removes, sorted: each counted period kind's expired counter,

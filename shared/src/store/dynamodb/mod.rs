@@ -1,9 +1,12 @@
-//! The DynamoDB store: one conditional `UpdateItem` per admitted decision, no read before it.
+//! The DynamoDB store: one conditional `UpdateItem` per admitted decision.
 //!
 //! The write's shape (busy or idle bucket) is predicted from the item as this process last saw
 //! it. When the prediction is wrong, the failed condition hands back the item as it is
 //! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`, free of charge): the answer is then either an
-//! exact deny from that item, or one more write with the right shape. A deny computed from the
+//! exact deny from that item, or one more write with the right shape. On a plan without leases,
+//! where the cache cannot tell (nothing cached, a refusal to re-check, or other writers seen in
+//! the last minute: `Predictions::read_first`), a strongly consistent read comes first and the
+//! write follows the item as it stands; a refusal it shows costs no write. A deny computed from the
 //! cached item needs no call for up to `max_cached_refusal`: state only moves forward (TATs grow,
 //! counters grow within their period), so a request refused on an older view is refused on the
 //! current one too, unless an operator reset the item or raised the plan; after that bound the
@@ -33,6 +36,7 @@ pub mod item;
 mod lanes;
 mod leases;
 mod predictions;
+mod read;
 mod stats;
 mod write;
 
@@ -191,12 +195,10 @@ impl DynamoStore {
     }
 
     /// Keeps the item as seen, and every operation id in it below the next one this container
-    /// draws; `busy`: the request's bucket stood busy by other containers' units before the
-    /// write it answers (`Predictions::remember`).
-    fn remember(&self, req: &Consume<'_>, snap: Snapshot, race: Race, busy: bool) {
+    /// draws.
+    fn remember(&self, req: &Consume<'_>, snap: Snapshot, race: Race) {
         self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
-        self.predictions
-            .remember(req.tenant, snap, req.limits, req.now, race, busy);
+        self.predictions.remember(req.tenant, snap, req.limits, req.now, race);
     }
 
     /// A fresh operation id above every id this container has sent or seen, in a slot drawn at
@@ -307,7 +309,7 @@ fn after_unknown(e: StoreError, pending: Option<u64>, attempts: u32, last_unknow
 /// Whether the request's bucket stood busy before a write (`before`: its TAT then) by other
 /// containers' units: past the request and past what this container knew (`known`). A bucket
 /// ahead by this container's own units tells nothing of the tenant's other traffic
-/// (`predictions::presumed_busy`).
+/// (`Leases::found_others`).
 fn others_ahead(before: Option<Timestamp>, known: Option<Timestamp>, now: Timestamp) -> bool {
     before.is_some_and(|b| b > now && known.is_none_or(|k| b > k))
 }
@@ -348,9 +350,15 @@ enum Prediction {
 
 impl DynamoStore {
     fn predict(&self, req: &Consume<'_>) -> Prediction {
+        // Only for plans with a bucket and no leases, where one write per admitted request is the
+        // design; a faster tenant's containers lease.
+        let unleased = req.limits.bucket.is_some() && leases::span_for(req.limits, self.config.lease_span).is_none();
         let Some(seen) = self.seen(req) else {
             return Prediction::Write {
-                guess: Snapshot::default(),
+                guess: Snapshot {
+                    read_first: unleased,
+                    ..Snapshot::default()
+                },
                 recheck: false,
                 version: 0,
             };
@@ -364,7 +372,7 @@ impl DynamoStore {
                 return Prediction::Answered(eval.decision);
             }
             // Too old to stand: the write re-checks it (its failed condition returns the item,
-            // so an exact refusal costs no read).
+            // so an exact refusal costs no read), or the read does.
             self.touch(req.tenant, req.now);
             self.stats.rechecks.fetch_add(1, Ordering::Relaxed);
             recheck = true;
@@ -372,15 +380,10 @@ impl DynamoStore {
             self.stats.held_off.fetch_add(1, Ordering::Relaxed);
             return Prediction::Answered(held_off(req.limits, &seen.snap, req.now, seen.hold_until));
         }
-        // Only for plans that take no leases: there one write per admitted request is the
-        // design, and a tenant spread over many containers is seen by each only now and then;
-        // a faster tenant's containers lease (measured: presumed, a plan of 1,000/s at half its
-        // rate over 200 containers wrote more and lost more requests).
-        let unleased = leases::span_for(req.limits, self.config.lease_span).is_none();
-        let presumed_busy = !recheck && unleased && predictions::presumed_busy(&seen, req.now);
+        let read_first = unleased && self.predictions.read_first(Some(&seen), req.now, recheck);
         Prediction::Write {
             guess: Snapshot {
-                presumed_busy,
+                read_first,
                 ..seen.snap
             },
             recheck,
@@ -424,8 +427,8 @@ impl DynamoStore {
         self.leased(spent, req.weight)
     }
 
-    /// Remembers the item a write's condition refused, and whether that lost a race; `known`:
-    /// the TAT of the request's bucket this container knew before the decision.
+    /// Remembers the item a write's condition refused (or a read found), and whether that lost a
+    /// race; `known`: the TAT of the request's bucket this container knew before the decision.
     fn remember_refused(&self, req: &Consume<'_>, current: Snapshot, recheck: bool, known: Option<Timestamp>) {
         let now_eval = engine::evaluate(req.limits, &current.state(req.limits, req.now), req.now, req.weight);
         // Expecting a token and finding none: lost the race for the bucket's last one.
@@ -443,9 +446,10 @@ impl DynamoStore {
             _ => Race::Neither,
         };
         // The item as it stood before this write.
-        let busy = others_ahead(current.state(req.limits, req.now).tat, known, req.now);
-        self.mark_others(req, busy, known);
-        self.remember(req, current, race, busy);
+        let found = current.state(req.limits, req.now).tat;
+        self.predictions.found(found, known, req.now);
+        self.mark_others(req, others_ahead(found, known, req.now), known);
+        self.remember(req, current, race);
     }
 }
 

@@ -20,6 +20,9 @@ pub(super) struct Predictions {
     max_hold_off: Duration,
     /// The last version handed out: versions are unique within the process.
     versions: AtomicU64,
+    /// When this container last found another writer's units in a bucket (`found`), in
+    /// nanoseconds of the request's time (0: never).
+    others_seen: AtomicU64,
 }
 
 /// A tenant's compacted snapshot as kept between decisions: boxed slices, no spare capacity,
@@ -35,9 +38,6 @@ struct Cached {
     version: u64,
     /// The bucket this container lost a race on last, if any.
     hold: Option<Hold>,
-    /// The bucket found busy by other containers' units before the write whose answer this is
-    /// (`presumed_busy`), if any: the one that request took its token from.
-    busy: Option<Option<TatAttr>>,
 }
 
 /// A hold-off on one bucket (`None`: the plan's bucket when the attribute is unknown): no write
@@ -56,9 +56,6 @@ pub(super) struct Seen {
     pub version: u64,
     /// Until when this container holds off the bucket asked about.
     pub hold_until: Timestamp,
-    /// The bucket asked about was found busy by other containers' units before the write of
-    /// that answer.
-    pub busy: bool,
 }
 
 /// How a write's answer moves the hold-off of a bucket.
@@ -182,6 +179,7 @@ impl Predictions {
             cache: Mutex::new(Ring::new(capacity)),
             max_hold_off,
             versions: AtomicU64::new(0),
+            others_seen: AtomicU64::new(0),
         }
     }
 
@@ -204,7 +202,6 @@ impl Predictions {
                 .hold
                 .filter(|h| h.bucket == bucket)
                 .map_or(Timestamp::from_nanos(0), |h| h.until),
-            busy: c.busy == Some(bucket),
         })
     }
 
@@ -225,17 +222,8 @@ impl Predictions {
         }
     }
 
-    /// Keeps `snap`, the store's answer at `now`; `busy`: the request's bucket stood busy by other
-    /// containers' units before the write that answer is of (`DynamoStore::remember`).
-    pub(super) fn remember(
-        &self,
-        tenant: &str,
-        snap: Snapshot,
-        limits: &Limits,
-        now: Timestamp,
-        race: Race,
-        busy: bool,
-    ) {
+    /// Keeps `snap`, the store's answer at `now`.
+    pub(super) fn remember(&self, tenant: &str, snap: Snapshot, limits: &Limits, now: Timestamp, race: Race) {
         let snap = snap.compact(limits, now);
         let mut cache = self.lock();
         let hold = self.next_hold(cache.get(tenant).and_then(|c| c.hold), race, now);
@@ -246,7 +234,6 @@ impl Predictions {
             checked: now,
             version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
             hold,
-            busy: busy.then(|| super::bucket_of(limits)),
         };
         cache.insert(tenant, cached);
     }
@@ -278,20 +265,35 @@ impl Predictions {
     }
 }
 
-/// How long a bucket seen busy is presumed busy still (`presumed_busy`).
-pub(super) const PRESUMED_BUSY_FOR: Duration = Duration::from_secs(60);
+/// How long a container that found another writer's units in a bucket counts itself among
+/// other writers (`Predictions::read_first`).
+pub(super) const OTHERS_SEEN_FOR: Duration = Duration::from_secs(60);
 
-/// Whether a write whose units all arrive at its request's instant (no lease, nothing carried
-/// from later) presumes the request's bucket busy although the cached TAT shows it idle by `now`:
-/// the store found it busy by other containers' units before this container's last write for the
-/// tenant (`Seen::busy`; with nothing cached, any units count as others'), and that answer is at
-/// most `PRESUMED_BUSY_FOR` old. A tenant running near its rate keeps its bucket
-/// ahead: spread over many containers, each sees it seconds apart, and a write shaped for an
-/// idle bucket would fail its condition (one more write) on most arrivals. It shapes the write
-/// only (`item::busy_shape`): every figure and refusal comes from the TATs as they are, and a
-/// wrong presumption costs one more write.
-pub(super) fn presumed_busy(seen: &Seen, now: Timestamp) -> bool {
-    seen.busy && now.saturating_since(seen.checked) <= PRESUMED_BUSY_FOR
+impl Predictions {
+    /// Notes, at `now`, another writer's units in a bucket this container asked about: the TAT
+    /// it found (before this container's write, if any) is not the one it knew (`known`; knowing
+    /// nothing, any TAT).
+    pub(super) fn found(&self, found: Option<Timestamp>, known: Option<Timestamp>, now: Timestamp) {
+        if found.is_some() && found != known {
+            self.others_seen.fetch_max(now.as_nanos(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a decision on a plan without leases reads the item before its write, rather than
+    /// decide on what this container last saw (`seen`): with nothing seen; to re-check a cached
+    /// refusal too old to stand (`recheck`); and whenever this container found another writer's
+    /// units (any tenant's) in the last `OTHERS_SEEN_FOR`. Spread over many containers, a tenant
+    /// is seen by each seconds apart: near its rate its bucket is as often busy as idle, and at
+    /// its edge the tokens a container saw may be gone. A guess wrong in either costs a write
+    /// whose condition fails; the read costs half a write's price and no write, and a refusal
+    /// it shows costs no write at all. A container alone knows the item it left.
+    pub(super) fn read_first(&self, seen: Option<&Seen>, now: Timestamp, recheck: bool) -> bool {
+        if seen.is_none() || recheck {
+            return true;
+        }
+        let others = self.others_seen.load(Ordering::Relaxed);
+        others != 0 && now.as_nanos().saturating_sub(others) <= duration_nanos(OTHERS_SEEN_FOR)
+    }
 }
 
 #[cfg(test)]
@@ -301,14 +303,7 @@ mod tests {
     const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 
     fn remember(p: &Predictions, tenant: &str) {
-        p.remember(
-            tenant,
-            Snapshot::default(),
-            &Limits::UNLIMITED,
-            NOW,
-            Race::Neither,
-            false,
-        );
+        p.remember(tenant, Snapshot::default(), &Limits::UNLIMITED, NOW, Race::Neither);
     }
 
     fn cached(p: &Predictions, tenants: impl Iterator<Item = String>) -> Vec<String> {
@@ -359,31 +354,36 @@ mod tests {
     }
 
     #[test]
-    fn a_bucket_found_busy_is_presumed_so_for_its_own_bucket_and_a_minute_only() {
-        // GIVEN a route's bucket found busy by other containers' units at NOW
+    fn a_container_reads_first_with_nothing_seen_to_recheck_and_for_a_minute_after_finding_others() {
         let p = Predictions::new(10, Duration::from_secs(60));
-        let route = TatAttr::parse("r00ab12");
-        let limits = |attr: &str| {
-            use crate::engine::gcra::Bucket;
-            use crate::engine::policy::BucketId;
-            let id = if attr == "tat" {
-                BucketId::Plan
-            } else {
-                BucketId::Route(attr.into())
-            };
-            Limits::utc(Some((id, Bucket::per_second(10.0, 20))), None, None)
+        let at = |ms: u64| NOW.saturating_add(Duration::from_millis(ms));
+        let seen = Seen {
+            snap: Snapshot::default(),
+            checked: NOW,
+            version: 1,
+            hold_until: Timestamp::from_nanos(0),
         };
-        p.remember("t", Snapshot::default(), &limits("r00ab12"), NOW, Race::Neither, true);
-        let seen = |bucket| p.seen("t", bucket).expect("cached");
-        // THEN that bucket is presumed busy for `PRESUMED_BUSY_FOR`, not a moment past it
-        assert!(presumed_busy(&seen(route), NOW.saturating_add(PRESUMED_BUSY_FOR)));
-        let past = NOW.saturating_add(PRESUMED_BUSY_FOR + Duration::from_millis(1));
-        assert!(!presumed_busy(&seen(route), past));
-        // AND the tenant's plan bucket is not
-        assert!(!presumed_busy(&seen(TatAttr::parse("tat")), NOW));
-        // AND an answer found not busy ends it
-        p.remember("t", Snapshot::default(), &limits("r00ab12"), NOW, Race::Neither, false);
-        assert!(!presumed_busy(&seen(route), NOW));
+        // GIVEN a container that never found another writer's units
+        // THEN it reads with nothing seen, and to re-check a refusal
+        assert!(p.read_first(None, at(1), false));
+        assert!(p.read_first(Some(&seen), at(1), true));
+        // AND decides on its cache otherwise: it knows the item it left
+        assert!(!p.read_first(Some(&seen), at(1), false));
+        // WHEN an answer shows the TAT it knew moved
+        p.found(Some(at(2)), Some(NOW), NOW);
+        // THEN it reads for `OTHERS_SEEN_FOR`, and not a moment past it
+        assert!(p.read_first(Some(&seen), at(1), false));
+        let last = NOW.saturating_add(OTHERS_SEEN_FOR);
+        assert!(p.read_first(Some(&seen), last, false));
+        assert!(!p.read_first(Some(&seen), last.saturating_add(Duration::from_nanos(1)), false));
+        // AND an answer that finds the TAT it knew, or none, notes nothing; knowing none, any
+        // TAT is another's
+        let q = Predictions::new(10, Duration::from_secs(60));
+        q.found(Some(NOW), Some(NOW), NOW);
+        q.found(None, None, NOW);
+        assert!(!q.read_first(Some(&seen), at(1), false));
+        q.found(Some(NOW), None, NOW);
+        assert!(q.read_first(Some(&seen), at(1), false));
     }
 
     #[test]
@@ -398,7 +398,7 @@ mod tests {
                 next_token,
                 interval,
             };
-            p.remember("t", Snapshot::default(), &Limits::UNLIMITED, NOW, lost, false);
+            p.remember("t", Snapshot::default(), &Limits::UNLIMITED, NOW, lost);
             // THEN however many it lost, the hold-off ends after the next token and less than one
             // interval past it
             let held = p.seen("t", route).expect("cached").hold_until;
@@ -408,14 +408,7 @@ mod tests {
             assert_eq!(p.seen("t", None).expect("cached").hold_until, Timestamp::from_nanos(0));
         }
         // AND a won race on the bucket ends its hold-off
-        p.remember(
-            "t",
-            Snapshot::default(),
-            &Limits::UNLIMITED,
-            NOW,
-            Race::Won(route),
-            false,
-        );
+        p.remember("t", Snapshot::default(), &Limits::UNLIMITED, NOW, Race::Won(route));
         assert_eq!(p.seen("t", route).expect("cached").hold_until, Timestamp::from_nanos(0));
     }
 }

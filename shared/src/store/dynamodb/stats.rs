@@ -20,6 +20,10 @@ pub type ItemWrites = HashMap<(Box<str>, u64), u64>;
 pub struct StoreStats {
     /// UpdateItem calls sent.
     pub writes: AtomicU64,
+    /// Strongly consistent reads of an item before its write (`Predictions::read_first`), and
+    /// those that failed (the write then went on the cached guess).
+    pub reads: AtomicU64,
+    pub failed_reads: AtomicU64,
     /// Write units by DynamoDB's billing rule: one per started KB of the written item, also for
     /// a failed condition.
     pub write_units: AtomicU64,
@@ -64,12 +68,15 @@ pub struct StoreStats {
     /// for (`track_item_writes`): what `tollgate simulate` reports as the busiest item's writes
     /// per second, which DynamoDB caps near 1,000 write units.
     item_writes: OnceLock<Mutex<ItemWrites>>,
+    /// Reads per tenant item and second, kept with `item_writes`.
+    item_reads: OnceLock<Mutex<ItemWrites>>,
 }
 
 impl StoreStats {
     /// Keeps writes per tenant item and second from now on (`item_writes`).
     pub fn track_item_writes(&self) {
         self.item_writes.get_or_init(Mutex::default);
+        self.item_reads.get_or_init(Mutex::default);
     }
 
     /// Counts one write to `tenant`'s item by a request at `second` (epoch seconds), if tracked:
@@ -80,9 +87,21 @@ impl StoreStats {
         }
     }
 
+    /// Counts one read of `tenant`'s item, as `count_item_write`.
+    pub(super) fn count_item_read(&self, tenant: &str, second: u64) {
+        if let Some(log) = self.item_reads.get() {
+            *lock(log).entry((tenant.into(), second)).or_default() += 1;
+        }
+    }
+
     /// Writes per tenant item and second, since `track_item_writes` (empty if never asked).
     pub fn item_writes(&self) -> ItemWrites {
         self.item_writes.get().map(|log| lock(log).clone()).unwrap_or_default()
+    }
+
+    /// Reads per tenant item and second, since `track_item_writes` (empty if never asked).
+    pub fn item_reads(&self) -> ItemWrites {
+        self.item_reads.get().map(|log| lock(log).clone()).unwrap_or_default()
     }
 
     /// The counters as they stand.
@@ -90,6 +109,8 @@ impl StoreStats {
         let c = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
         StoreStats {
             writes: c(&self.writes),
+            reads: c(&self.reads),
+            failed_reads: c(&self.failed_reads),
             write_units: c(&self.write_units),
             reported_milli_units: c(&self.reported_milli_units),
             conflicts: c(&self.conflicts),
@@ -112,6 +133,10 @@ impl StoreStats {
                 Some(log) => OnceLock::from(Mutex::new(lock(log).clone())),
                 None => OnceLock::new(),
             },
+            item_reads: match self.item_reads.get() {
+                Some(log) => OnceLock::from(Mutex::new(lock(log).clone())),
+                None => OnceLock::new(),
+            },
         }
     }
 
@@ -126,6 +151,12 @@ impl StoreStats {
 
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+    pub fn failed_reads(&self) -> u64 {
+        self.failed_reads.load(Ordering::Relaxed)
     }
     pub fn write_units(&self) -> u64 {
         self.write_units.load(Ordering::Relaxed)

@@ -278,7 +278,7 @@ impl DynamoStore {
         &self,
         head: &Consume<'_>,
         batch: &mut Batch<'_>,
-        mut guess: Snapshot,
+        guess: Snapshot,
         recheck: bool,
     ) -> Result<Outcome, StoreError> {
         // Set once a send of it had an unknown outcome: from then on every send is that operation,
@@ -287,6 +287,8 @@ impl DynamoStore {
         let mut last_unknown = String::new();
         // The TAT this container knew before this decision (the cache's).
         let known = guess.state(head.limits, head.now).tat;
+        let (mut guess, read) = self.read_before_write(head, batch, guess, recheck, known).await?;
+        let recheck = recheck && !read;
         for attempt in 1..=self.config.max_attempts {
             if pending.is_none() {
                 batch.fit_lease(head, &guess);
@@ -295,7 +297,7 @@ impl DynamoStore {
             let state = state_from(head.limits, &guess, whole.now, anchor);
             let eval = engine::evaluate(head.limits, &state, whole.now, whole.weight);
             if eval.next.is_none() && !(recheck && attempt == 1) {
-                if attempt == 1 {
+                if attempt == 1 && !read {
                     // A cold cache refuses only what no state could admit (weight over burst).
                     self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
                 }
@@ -314,9 +316,12 @@ impl DynamoStore {
                 Attempt::Applied(after) => {
                     // Of the busy shape, its condition held: the bucket stood `inc` behind
                     // the TAT it returned, past the write's arrivals.
-                    let busy = shape_busy && others_ahead(before_write(head.limits, &after, &whole), known, whole.now);
-                    self.mark_others(&whole, busy, known);
-                    self.remember(&whole, after.clone(), Race::Won(bucket_of(head.limits)), busy);
+                    if shape_busy {
+                        let before = before_write(head.limits, &after, &whole);
+                        self.predictions.found(before, known, whole.now);
+                        self.mark_others(&whole, others_ahead(before, known, whole.now), known);
+                    }
+                    self.remember(&whole, after.clone(), Race::Won(bucket_of(head.limits)));
                     return Ok(Outcome::Admitted(after));
                 }
                 Attempt::Refused(current) => {
@@ -371,7 +376,7 @@ impl DynamoStore {
 
     /// The batch's write was refused by its condition: it carries from now on only what the
     /// returned item admits alongside the head.
-    fn shrink(&self, head: &Consume<'_>, guess: &Snapshot, batch: &mut Batch<'_>) {
+    pub(super) fn shrink(&self, head: &Consume<'_>, guess: &Snapshot, batch: &mut Batch<'_>) {
         if batch.carried.is_empty() {
             return;
         }
@@ -426,7 +431,7 @@ impl DynamoStore {
                 OpStatus::Fenced => Ok(None),
                 OpStatus::Applied => {
                     self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    self.remember(req, current.clone(), Race::Neither, false);
+                    self.remember(req, current.clone(), Race::Neither);
                     Ok(Some(current))
                 }
                 _ => Err(indeterminate(
@@ -452,11 +457,11 @@ impl DynamoStore {
             OpStatus::Applied => {
                 // An earlier send whose answer was lost did land: admitted, once.
                 self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                self.remember(req, current.clone(), Race::Won(bucket_of(req.limits)), false);
+                self.remember(req, current.clone(), Race::Won(bucket_of(req.limits)));
                 Some(Ok(current.clone()))
             }
             OpStatus::Overwritten => {
-                self.remember(req, current.clone(), Race::Neither, false);
+                self.remember(req, current.clone(), Race::Neither);
                 Some(Err(StoreError::Indeterminate {
                     attempts: attempt,
                     detail: format!("{last_unknown}; the operation id was overwritten before the resend"),

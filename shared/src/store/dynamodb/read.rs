@@ -1,0 +1,85 @@
+//! The read a decision takes before its write where this container's cache cannot tell the
+//! item (`Predictions::read_first`): on a plan without leases, with nothing cached, to re-check
+//! a cached refusal too old to stand, and while other writers' units were seen in the last
+//! minute. The write then follows the item as it stands, and a refusal it shows costs no write.
+//! The read only informs the write, whose condition is still the check.
+
+use std::sync::atomic::Ordering;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::get_item::GetItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::item::{self, Snapshot};
+use super::write::Batch;
+use super::{DynamoStore, EMPTY};
+use crate::engine::clock::Timestamp;
+use crate::store::{Consume, StoreError};
+
+impl DynamoStore {
+    /// The item as it stands, by a strongly consistent read (`Predictions::read_first`): nothing
+    /// is written, whatever the error (`Throttled` on the item's partition, `Unavailable`
+    /// otherwise).
+    async fn read(&self, req: &Consume<'_>) -> Result<Snapshot, StoreError> {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.count_item_read(req.tenant, req.now.as_secs());
+        let out = match self
+            .client
+            .get_item()
+            .table_name(&self.config.table)
+            .key(item::PK, AttributeValue::S(req.tenant.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e))
+                if matches!(
+                    e.err(),
+                    GetItemError::ProvisionedThroughputExceededException(_) | GetItemError::ThrottlingException(_)
+                ) =>
+            {
+                return Err(StoreError::Throttled {
+                    tenant: req.tenant.to_owned(),
+                    detail: DisplayErrorContext(e.into_err()).to_string(),
+                });
+            }
+            Err(e) => return Err(StoreError::Unavailable(DisplayErrorContext(e).to_string())),
+        };
+        Snapshot::parse(out.item().unwrap_or(&EMPTY)).map_err(|reason| StoreError::Corrupt {
+            tenant: req.tenant.to_owned(),
+            reason,
+        })
+    }
+
+    /// Reads the item for `head` if `guess` asks for it (`Snapshot::read_first`): the item as it
+    /// stands, remembered as this container's view (`known`: the TAT it knew before; `recheck`:
+    /// the read re-checks a cached refusal), and the batch cut to what it admits alongside the
+    /// head; `true` if read. A read that fails changes nothing: the decision writes on `guess`,
+    /// as without it.
+    pub(super) async fn read_before_write(
+        &self,
+        head: &Consume<'_>,
+        batch: &mut Batch<'_>,
+        guess: Snapshot,
+        recheck: bool,
+        known: Option<Timestamp>,
+    ) -> Result<(Snapshot, bool), StoreError> {
+        if !guess.read_first {
+            return Ok((guess, false));
+        }
+        match self.read(head).await {
+            Ok(current) => {
+                self.remember_refused(head, current.clone(), recheck, known);
+                self.shrink(head, &current, batch);
+                Ok((current, true))
+            }
+            Err(e @ StoreError::Corrupt { .. }) => Err(e),
+            Err(e) => {
+                self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(tenant = head.tenant, error = %e, "read before write failed; writing on the cached guess");
+                Ok((guess, false))
+            }
+        }
+    }
+}
