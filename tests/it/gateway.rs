@@ -91,20 +91,21 @@ async fn a_burst_past_the_limit_gets_429_with_retry_after_and_the_template_body(
 
 #[tokio::test]
 async fn a_throttled_state_item_gets_429_store_busy_with_retry_after_on_a_plan_failing_open() {
-    // GIVEN the gateway over DynamoDB on the emulator, a tenant whose plan fails open (premium)
-    // served once (its item read and written: the store knows it), and a proxy that answers the
-    // next write ProvisionedThroughputExceededException
+    // GIVEN the gateway over DynamoDB on the emulator, through a proxy that answers the next
+    // read and the next write ProvisionedThroughputExceededException (a tenant's first decision
+    // reads its item first: a throttled partition refuses both)
     let (_, table) = emulator::state_table().await;
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     let client = state_client(&emulator::sdk_config(&proxy.endpoint()), PATIENT);
     let gw = start(Arc::new(emulator::dynamo_store(&client, &table)), 1, None).await;
-    assert_eq!(get(&gw.base, Some("tg_demo_premium_0")).await.status(), 200);
-    proxy.inject(Fault::ThroughputExceeded);
-    // WHEN it calls again
+    let throttled = [Some(Fault::ThroughputExceeded)];
+    proxy.inject_on("POST", "DynamoDB_20120810.GetItem", &throttled);
+    proxy.inject_on("POST", "DynamoDB_20120810.UpdateItem", &throttled);
+    // WHEN a tenant whose plan fails open (premium) calls
     let r = get(&gw.base, Some("tg_demo_premium_0")).await;
     // THEN 429 with Retry-After 1 and reason store_busy, not a fail-open admission; no RateLimit
     // headers, since the store decided nothing
-    assert_eq!(proxy.injected(), 1);
+    assert_eq!(proxy.injected(), 2);
     assert_eq!(r.status(), 429);
     assert_eq!(header(&r, "retry-after"), Some("1"));
     for h in RATE_LIMIT_HEADERS {

@@ -105,15 +105,20 @@ async fn a_tenant_spread_over_containers_costs_one_write_per_admitted_request_an
         refused > 0 && admitted <= allowed,
         "{admitted} admitted, {refused} refused, {allowed} allowed"
     );
-    // AND every admitted request cost one write, every refusal none; one write's condition
-    // failed: the first container found the item empty, and learnt of the others only from its
-    // second write, on its own cache
+    // AND every admitted request cost one write, every refusal none, but for at most one failed
+    // condition per container: one whose first read found the bucket idle (or the item empty)
+    // could not tell others' units from its own, or a predecessor's, and learns of the others
+    // from its next answer
     let sum = |f: fn(&DynamoStore) -> u64| stores.iter().map(f).sum::<u64>();
     let (writes, conflicts) = (sum(|s| s.stats().writes()), sum(|s| s.stats().conflicts()));
-    assert_eq!((writes, conflicts), (admitted + 1, 1), "writes, failed conditions");
-    assert_eq!(stores[0].stats().conflicts(), 1);
-    // AND no decision took more than one read
-    assert!(sum(|s| s.stats().reads()) <= 400);
+    assert_eq!(writes, admitted + conflicts, "writes, failed conditions");
+    for (i, s) in stores.iter().enumerate() {
+        assert!(
+            s.stats().conflicts() <= 1,
+            "container {i}: {} failed conditions",
+            s.stats().conflicts()
+        );
+    }
 }
 
 #[tokio::test]

@@ -117,15 +117,13 @@ async fn the_breaker_opens_after_failures_and_recovers_after_a_probe() {
 
 #[tokio::test]
 async fn a_throttled_state_item_is_refused_store_busy_whatever_the_fail_mode_and_charges_nothing() {
-    // GIVEN a state table whose next 8 writes DynamoDB refuses for throughput
-    // (ProvisionedThroughputExceededException), and no other store fault (a tenant's first
-    // decision reads its item first, and the read passes)
+    // GIVEN a state table whose next 8 reads and 8 writes DynamoDB refuses for throughput
+    // (ProvisionedThroughputExceededException), and no other store fault (a decision with
+    // nothing cached reads its item first; a failed read leaves it to the write)
     let s = stack(&[]).await;
-    s.proxy.inject_on(
-        "POST",
-        "DynamoDB_20120810.UpdateItem",
-        &[Some(Fault::ThroughputExceeded); 8],
-    );
+    let throttled = [Some(Fault::ThroughputExceeded); 8];
+    s.proxy.inject_on("POST", "DynamoDB_20120810.GetItem", &throttled);
+    s.proxy.inject_on("POST", "DynamoDB_20120810.UpdateItem", &throttled);
     // WHEN tenants on a plan failing open and on one failing closed call 4 times each
     for key in ["tg_open_key", "tg_closed_key"] {
         for _ in 0..4 {
@@ -142,7 +140,11 @@ async fn a_throttled_state_item_is_refused_store_busy_whatever_the_fail_mode_and
             assert_known_context(&r);
         }
     }
-    assert_eq!(s.proxy.injected(), 8, "every decision wrote once, and was refused");
+    assert_eq!(
+        s.proxy.injected(),
+        16,
+        "every decision read and wrote once, each refused"
+    );
     // AND the breaker stays closed: a busy item is an answer, not an outage
     assert_eq!(
         s.authorizer.gate().breaker().state(),

@@ -3,14 +3,15 @@
 //! The write's shape (busy or idle bucket) is predicted from the item as this process last saw
 //! it. When the prediction is wrong, the failed condition hands back the item as it is
 //! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`, free of charge): the answer is then either an
-//! exact deny from that item, or one more write with the right shape. On a plan without leases,
-//! where the cache cannot tell (nothing cached, a refusal to re-check, or other writers seen in
-//! the last minute: `Predictions::read_first`), a strongly consistent read comes first and the
-//! write follows the item as it stands; a refusal it shows costs no write. A deny computed from the
-//! cached item needs no call for up to `max_cached_refusal`: state only moves forward (TATs grow,
-//! counters grow within their period), so a request refused on an older view is refused on the
-//! current one too, unless an operator reset the item or raised the plan; after that bound the
-//! next request writes, and the write's failed condition is the re-check.
+//! exact deny from that item, or one more write with the right shape. On a plan with a bucket and
+//! no leases, where the cache cannot tell (nothing cached, a refusal to re-check, or other
+//! writers seen in the last minute: `Predictions::read_first`), a strongly consistent read comes
+//! first and the write follows the item as it stands; a refusal it shows costs no write. A deny
+//! computed from the cached item needs no call for up to `max_cached_refusal`: state only moves
+//! forward (TATs grow, counters grow within their period), so a request refused on an older view
+//! is refused on the current one too, unless an operator reset the item or raised the plan; after
+//! that bound the next request re-checks, by that read or by a write whose failed condition
+//! returns the item.
 //!
 //! Every send carries an operation id and the condition that the id is greater than its slot's
 //! value (`item::admit`), so a request applies at most once whatever the order in which its sends
@@ -77,8 +78,8 @@ pub struct DynamoStoreConfig {
     /// Tenants whose last-seen item is kept for predictions; bounds memory.
     pub cache_capacity: usize,
     /// How long a refusal computed from the cached item may stand without asking the store: an
-    /// operator's reset or a plan upgrade is seen within this time. One write per tenant per
-    /// this time, per container, re-checks a flooding tenant.
+    /// operator's reset or a plan upgrade is seen within this time. One call per tenant per this
+    /// time, per container, re-checks a flooding tenant (a read on a plan without leases).
     pub max_cached_refusal: Duration,
     /// The longest a container holds off a bucket after losing a race at its edge; the hold-off
     /// ends less than one emission interval after the bucket's next token in any case.
@@ -322,19 +323,6 @@ fn bucket_of(limits: &Limits) -> Option<TatAttr> {
         .and_then(|(id, _)| TatAttr::parse(id.attribute()))
 }
 
-/// A refusal for a request the cached item would admit, while this container holds off the
-/// bucket: the figures of the cached item, no token left, and the hold-off as the wait.
-fn held_off(limits: &Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
-    let mut d = engine::admitted(limits, &snap.state(limits, now), now);
-    d.allowed = false;
-    d.reason = Some(Reason::Rate);
-    d.retry_after = Some(until.saturating_since(now));
-    if let Some(rate) = &mut d.rate {
-        rate.remaining = 0;
-    }
-    d
-}
-
 /// What the container's last sight of the item says before any write.
 enum Prediction {
     /// A refusal the cached item still decides, or the hold-off after a lost race.
@@ -354,9 +342,18 @@ impl DynamoStore {
         // design; a faster tenant's containers lease.
         let unleased = req.limits.bucket.is_some() && leases::span_for(req.limits, self.config.lease_span).is_none();
         let Some(seen) = self.seen(req) else {
+            // A request no state admits (its weight over the burst) is refused without a call.
+            let fits = engine::evaluate(
+                req.limits,
+                &Snapshot::default().state(req.limits, req.now),
+                req.now,
+                req.weight,
+            )
+            .next
+            .is_some();
             return Prediction::Write {
                 guess: Snapshot {
-                    read_first: unleased,
+                    read_first: unleased && fits,
                     ..Snapshot::default()
                 },
                 recheck: false,
@@ -371,14 +368,14 @@ impl DynamoStore {
                 self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
                 return Prediction::Answered(eval.decision);
             }
-            // Too old to stand: the write re-checks it (its failed condition returns the item,
-            // so an exact refusal costs no read), or the read does.
+            // Too old to stand: the read re-checks it (`Predictions::read_first`), or, on a plan
+            // with leases or without a bucket, the write (its failed condition returns the item).
             self.touch(req.tenant, req.now);
             self.stats.rechecks.fetch_add(1, Ordering::Relaxed);
             recheck = true;
         } else if req.now < seen.hold_until {
             self.stats.held_off.fetch_add(1, Ordering::Relaxed);
-            return Prediction::Answered(held_off(req.limits, &seen.snap, req.now, seen.hold_until));
+            return Prediction::Answered(predictions::held_off(req.limits, &seen.snap, req.now, seen.hold_until));
         }
         let read_first = unleased && self.predictions.read_first(Some(&seen), req.now, recheck);
         Prediction::Write {

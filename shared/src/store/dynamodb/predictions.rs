@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::item::{Snapshot, TatAttr};
+use crate::engine;
 use crate::engine::clock::{Timestamp, duration_nanos};
+use crate::engine::decision::{Decision, Reason};
 use crate::engine::policy::Limits;
 use crate::engine::quota::Counter;
 
@@ -265,16 +267,35 @@ impl Predictions {
     }
 }
 
+/// A refusal for a request the cached item would admit, while this container holds off the
+/// bucket: the figures of the cached item, no token left, and the hold-off as the wait.
+pub(super) fn held_off(limits: &Limits, snap: &Snapshot, now: Timestamp, until: Timestamp) -> Decision {
+    let mut d = engine::admitted(limits, &snap.state(limits, now), now);
+    d.allowed = false;
+    d.reason = Some(Reason::Rate);
+    d.retry_after = Some(until.saturating_since(now));
+    if let Some(rate) = &mut d.rate {
+        rate.remaining = 0;
+    }
+    d
+}
+
 /// How long a container that found another writer's units in a bucket counts itself among
 /// other writers (`Predictions::read_first`).
 pub(super) const OTHERS_SEEN_FOR: Duration = Duration::from_secs(60);
 
 impl Predictions {
     /// Notes, at `now`, another writer's units in a bucket this container asked about: the TAT
-    /// it found (before this container's write, if any) is not the one it knew (`known`; knowing
-    /// nothing, any TAT).
+    /// it found (before this container's write, if any) is not the one it knew (`known`), or,
+    /// knowing none, is ahead of `now`. An old TAT found with nothing cached may be this
+    /// process's own, evicted, or a restarted container's predecessor's: it says nothing of
+    /// writers now.
     pub(super) fn found(&self, found: Option<Timestamp>, known: Option<Timestamp>, now: Timestamp) {
-        if found.is_some() && found != known {
+        let others = match known {
+            Some(k) => found.is_some_and(|f| f != k),
+            None => found.is_some_and(|f| f > now),
+        };
+        if others {
             self.others_seen.fetch_max(now.as_nanos(), Ordering::Relaxed);
         }
     }
@@ -285,8 +306,9 @@ impl Predictions {
     /// units (any tenant's) in the last `OTHERS_SEEN_FOR`. Spread over many containers, a tenant
     /// is seen by each seconds apart: near its rate its bucket is as often busy as idle, and at
     /// its edge the tokens a container saw may be gone. A guess wrong in either costs a write
-    /// whose condition fails; the read costs half a write's price and no write, and a refusal
-    /// it shows costs no write at all. A container alone knows the item it left.
+    /// whose condition fails; the read costs a read unit (a fifth of a write's on-demand price)
+    /// and a round trip, and a refusal it shows costs no write at all. A container alone knows
+    /// the item it left.
     pub(super) fn read_first(&self, seen: Option<&Seen>, now: Timestamp, recheck: bool) -> bool {
         if seen.is_none() || recheck {
             return true;
@@ -376,13 +398,14 @@ mod tests {
         let last = NOW.saturating_add(OTHERS_SEEN_FOR);
         assert!(p.read_first(Some(&seen), last, false));
         assert!(!p.read_first(Some(&seen), last.saturating_add(Duration::from_nanos(1)), false));
-        // AND an answer that finds the TAT it knew, or none, notes nothing; knowing none, any
-        // TAT is another's
+        // AND an answer that finds the TAT it knew, or none, notes nothing; knowing none, a TAT
+        // ahead of the request is another's, an old one (perhaps its own, evicted) is not
         let q = Predictions::new(10, Duration::from_secs(60));
         q.found(Some(NOW), Some(NOW), NOW);
         q.found(None, None, NOW);
-        assert!(!q.read_first(Some(&seen), at(1), false));
         q.found(Some(NOW), None, NOW);
+        assert!(!q.read_first(Some(&seen), at(1), false));
+        q.found(Some(at(1)), None, NOW);
         assert!(q.read_first(Some(&seen), at(1), false));
     }
 

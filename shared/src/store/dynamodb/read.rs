@@ -6,8 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::operation::get_item::GetItemError;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{self, Snapshot};
@@ -17,13 +16,13 @@ use crate::engine::clock::Timestamp;
 use crate::store::{Consume, StoreError};
 
 impl DynamoStore {
-    /// The item as it stands, by a strongly consistent read (`Predictions::read_first`): nothing
-    /// is written, whatever the error (`Throttled` on the item's partition, `Unavailable`
-    /// otherwise).
+    /// The item as it stands, by a strongly consistent read (`Predictions::read_first`). Nothing
+    /// is written, whatever the error: `Unavailable`, with DynamoDB's reason (a throttled read
+    /// included), which the caller only logs.
     async fn read(&self, req: &Consume<'_>) -> Result<Snapshot, StoreError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         self.stats.count_item_read(req.tenant, req.now.as_secs());
-        let out = match self
+        let out = self
             .client
             .get_item()
             .table_name(&self.config.table)
@@ -31,21 +30,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-        {
-            Ok(out) => out,
-            Err(SdkError::ServiceError(e))
-                if matches!(
-                    e.err(),
-                    GetItemError::ProvisionedThroughputExceededException(_) | GetItemError::ThrottlingException(_)
-                ) =>
-            {
-                return Err(StoreError::Throttled {
-                    tenant: req.tenant.to_owned(),
-                    detail: DisplayErrorContext(e.into_err()).to_string(),
-                });
-            }
-            Err(e) => return Err(StoreError::Unavailable(DisplayErrorContext(e).to_string())),
-        };
+            .map_err(|e| StoreError::Unavailable(format!("GetItem: {}", DisplayErrorContext(e))))?;
         Snapshot::parse(out.item().unwrap_or(&EMPTY)).map_err(|reason| StoreError::Corrupt {
             tenant: req.tenant.to_owned(),
             reason,
