@@ -241,15 +241,15 @@ async fn a_flood_past_the_limit_is_denied_without_writes() {
 
 #[tokio::test]
 async fn a_malformed_item_is_a_clear_error_not_a_panic() {
-    // GIVEN an item someone else wrote: a bucket at its edge and an operation id that is text
+    // GIVEN an item someone else wrote: a TAT that is text, and the day's quota of 10 spent
     let (client, table) = emulator::state_table().await;
-    let far = NOW.saturating_add(std::time::Duration::from_secs(3600)).as_nanos();
+    let day = Calendar::utc(Period::Day).counter(NOW).to_string();
     client
         .put_item()
         .table_name(&table)
         .item("pk", AttributeValue::S("broken".into()))
-        .item("tat", AttributeValue::N(far.to_string()))
-        .item("o2", AttributeValue::S("not-a-number".into()))
+        .item("tat", AttributeValue::S("not-a-number".into()))
+        .item(day, AttributeValue::N("10".into()))
         .send()
         .await
         .expect("put");
@@ -262,7 +262,8 @@ async fn a_malformed_item_is_a_clear_error_not_a_panic() {
         now: NOW,
     };
     // WHEN a decision reads that item first (nothing cached, a plan without leases), and another
-    // writes without reading (a quota alone: no bucket to shape), its answer that item
+    // writes without reading (a quota alone: no bucket to shape), its condition failing on the
+    // spent quota, so that the item comes back with the refusal
     // THEN either error says what is wrong
     let quota = plan("daily_quota = 10");
     let write = Consume {
@@ -273,7 +274,7 @@ async fn a_malformed_item_is_a_clear_error_not_a_panic() {
         let err = store.consume(&req).await.expect_err("malformed state");
         assert_eq!(
             err.to_string(),
-            "state of tenant `broken` is malformed: attribute `o2` is not a number"
+            "state of tenant `broken` is malformed: attribute `tat` is not a number"
         );
         assert!(!err.is_indeterminate());
     }

@@ -106,12 +106,15 @@ async fn a_tenant_spread_over_containers_costs_one_write_per_admitted_request_an
         "{admitted} admitted, {refused} refused, {allowed} allowed"
     );
     // AND every admitted request cost one write, every refusal none, but for at most one failed
-    // condition per container: one whose first read found the bucket idle (or the item empty)
-    // could not tell others' units from its own, or a predecessor's, and learns of the others
-    // from its next answer
+    // condition per container (one at a time, a write fails only on a guess): one whose first
+    // read found the bucket idle (or the item empty) could not tell others' units from its own,
+    // or a predecessor's, and learns of the others from its next answer
     let sum = |f: fn(&DynamoStore) -> u64| stores.iter().map(f).sum::<u64>();
-    let (writes, conflicts) = (sum(|s| s.stats().writes()), sum(|s| s.stats().conflicts()));
-    assert_eq!(writes, admitted + conflicts, "writes, failed conditions");
+    let writes = sum(|s| s.stats().writes());
+    assert!(
+        writes <= admitted + stores.len() as u64,
+        "{writes} writes, {admitted} admitted"
+    );
     for (i, s) in stores.iter().enumerate() {
         assert!(
             s.stats().conflicts() <= 1,

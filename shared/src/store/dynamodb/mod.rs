@@ -475,19 +475,7 @@ impl Store for DynamoStore {
     }
 
     async fn usage(&self, tenant: &str, limits: &Limits, now: Timestamp) -> Result<Usage, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.config.table)
-            .key(item::PK, AttributeValue::S(tenant.to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::Unavailable(DisplayErrorContext(e).to_string()))?;
-        let snap = Snapshot::parse(out.item().unwrap_or(&EMPTY)).map_err(|reason| StoreError::Corrupt {
-            tenant: tenant.to_owned(),
-            reason,
-        })?;
+        let snap = self.snapshot(tenant).await?;
         let plan_tat = TatAttr::parse(crate::engine::policy::BucketId::Plan.attribute());
         let tat = snap.tats.iter().find(|(a, _)| Some(*a) == plan_tat).map(|(_, t)| *t);
         let mut usage = Usage::from_counters(snap.counters, limits, now);
@@ -500,16 +488,9 @@ impl Store for DynamoStore {
     /// slots stay: a late resend of an earlier request must still find its id refused.
     async fn reset(&self, tenant: &str, reset: Reset, limits: &Limits, now: Timestamp) -> Result<(), StoreError> {
         let unavailable = |e: String| StoreError::Unavailable(e);
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.config.table)
-            .key(item::PK, AttributeValue::S(tenant.to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable(DisplayErrorContext(e).to_string()))?;
-        let Some(found) = out.item else { return Ok(()) };
+        let Some(found) = self.get_item(tenant).await? else {
+            return Ok(());
+        };
         let mut names: Vec<String> = Vec::new();
         if reset.rate {
             names.extend(found.keys().filter(|n| TatAttr::parse(n).is_some()).cloned());

@@ -280,6 +280,9 @@ pub(super) fn held_off(limits: &Limits, snap: &Snapshot, now: Timestamp, until: 
     d
 }
 
+/// How recent a TAT found with nothing cached must be to count as another writer's (`found`).
+pub(super) const RECENT: Duration = Duration::from_secs(1);
+
 /// How long a container that found another writer's units in a bucket counts itself among
 /// other writers (`Predictions::read_first`).
 pub(super) const OTHERS_SEEN_FOR: Duration = Duration::from_secs(60);
@@ -287,13 +290,13 @@ pub(super) const OTHERS_SEEN_FOR: Duration = Duration::from_secs(60);
 impl Predictions {
     /// Notes, at `now`, another writer's units in a bucket this container asked about: the TAT
     /// it found (before this container's write, if any) is not the one it knew (`known`), or,
-    /// knowing none, is ahead of `now`. An old TAT found with nothing cached may be this
-    /// process's own, evicted, or a restarted container's predecessor's: it says nothing of
-    /// writers now.
+    /// knowing none, ended less than `RECENT` before `now` (a writer at work). An older TAT found
+    /// with nothing cached may be this process's own, evicted, or a restarted container's
+    /// predecessor's: it says nothing of writers now.
     pub(super) fn found(&self, found: Option<Timestamp>, known: Option<Timestamp>, now: Timestamp) {
         let others = match known {
             Some(k) => found.is_some_and(|f| f != k),
-            None => found.is_some_and(|f| f > now),
+            None => found.is_some_and(|f| f.saturating_add(RECENT) > now),
         };
         if others {
             self.others_seen.fetch_max(now.as_nanos(), Ordering::Relaxed);
@@ -399,13 +402,15 @@ mod tests {
         assert!(p.read_first(Some(&seen), last, false));
         assert!(!p.read_first(Some(&seen), last.saturating_add(Duration::from_nanos(1)), false));
         // AND an answer that finds the TAT it knew, or none, notes nothing; knowing none, a TAT
-        // ahead of the request is another's, an old one (perhaps its own, evicted) is not
+        // that ended less than `RECENT` before the request is another's, an older one (perhaps
+        // its own, evicted) is not
         let q = Predictions::new(10, Duration::from_secs(60));
-        q.found(Some(NOW), Some(NOW), NOW);
-        q.found(None, None, NOW);
-        q.found(Some(NOW), None, NOW);
+        let later = NOW.saturating_add(RECENT);
+        q.found(Some(NOW), Some(NOW), later);
+        q.found(None, None, later);
+        q.found(Some(NOW), None, later);
         assert!(!q.read_first(Some(&seen), at(1), false));
-        q.found(Some(at(1)), None, NOW);
+        q.found(Some(at(1)), None, later);
         assert!(q.read_first(Some(&seen), at(1), false));
     }
 
