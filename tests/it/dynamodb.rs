@@ -278,7 +278,10 @@ async fn a_malformed_item_is_a_clear_error_not_a_panic() {
         );
         assert!(!err.is_indeterminate());
     }
-    assert_eq!((store.stats().reads(), store.stats().writes()), (1, 1));
+    assert_eq!(
+        (store.stats().reads(), store.stats().writes(), store.stats().conflicts()),
+        (1, 1, 1)
+    );
 }
 
 /// The day and month counters the table holds for `tenant` on the day of `now`.

@@ -280,7 +280,8 @@ pub(super) fn held_off(limits: &Limits, snap: &Snapshot, now: Timestamp, until: 
     d
 }
 
-/// How recent a TAT found with nothing cached must be to count as another writer's (`found`).
+/// How recent a TAT found with nothing cached must be to count as another writer's (`found`):
+/// ahead of the request, or ended less than this before it.
 pub(super) const RECENT: Duration = Duration::from_secs(1);
 
 /// How long a container that found another writer's units in a bucket counts itself among
@@ -290,7 +291,7 @@ pub(super) const OTHERS_SEEN_FOR: Duration = Duration::from_secs(60);
 impl Predictions {
     /// Notes, at `now`, another writer's units in a bucket this container asked about: the TAT
     /// it found (before this container's write, if any) is not the one it knew (`known`), or,
-    /// knowing none, ended less than `RECENT` before `now` (a writer at work). An older TAT found
+    /// knowing none, is ahead of `now` or ended less than `RECENT` before it (a writer at work). An older TAT found
     /// with nothing cached may be this process's own, evicted, or a restarted container's
     /// predecessor's: it says nothing of writers now.
     pub(super) fn found(&self, found: Option<Timestamp>, known: Option<Timestamp>, now: Timestamp) {
@@ -412,6 +413,10 @@ mod tests {
         assert!(!q.read_first(Some(&seen), at(1), false));
         q.found(Some(at(1)), None, later);
         assert!(q.read_first(Some(&seen), at(1), false));
+        // (and so is one ahead of the request)
+        let r = Predictions::new(10, Duration::from_secs(60));
+        r.found(Some(at(2)), None, at(1));
+        assert!(r.read_first(Some(&seen), at(1), false));
     }
 
     #[test]
