@@ -192,3 +192,15 @@ async fn a_lone_container_ahead_of_the_bucket_by_its_own_units_still_guesses_it_
     // is exact
     assert_eq!(calls(&store), (5 + 12, 0, 2), "writes, failed conditions, reads");
 }
+
+#[tokio::test]
+async fn a_request_over_the_burst_is_refused_without_a_call_even_with_nothing_cached() {
+    // GIVEN a tenant at 10/s, burst 20, that no container has seen
+    let (client, table) = emulator::state_table().await;
+    let store = emulator::dynamo_store(&client, &table);
+    let p = plan("rate = 10.0\nburst = 20");
+    // WHEN a request of 21 units comes, which no state of the bucket admits
+    assert!(!admit_n(&store, &p, "heavy", NOW, 21).await);
+    // THEN it is refused without a read or a write
+    assert_eq!(calls(&store), (0, 0, 0), "writes, failed conditions, reads");
+}

@@ -39,7 +39,7 @@ impl ItemWrites {
             for (item_second, n) in store.stats().item_writes() {
                 *per_second.entry(item_second).or_default() += n;
             }
-            for ((tenant, _), n) in store.stats().item_reads() {
+            for (tenant, n) in store.stats().item_reads() {
                 *reads.entry(tenant).or_default() += n;
             }
         }

@@ -61,7 +61,7 @@ use self::lanes::Lanes;
 pub use self::leases::{LEASE_FROM_RATE, LEASE_FROM_SEEN, lease_bound};
 use self::leases::{Leases, Spent};
 use self::predictions::{Predictions, Race, Seen};
-pub use self::stats::{ItemWrites, StoreStats};
+pub use self::stats::{ItemReads, ItemWrites, StoreStats};
 use self::write::Batch;
 use super::{Charge, Charged, Consume, Reset, Store, StoreError, Usage};
 use crate::engine;
@@ -343,17 +343,15 @@ impl DynamoStore {
         let unleased = req.limits.bucket.is_some() && leases::span_for(req.limits, self.config.lease_span).is_none();
         let Some(seen) = self.seen(req) else {
             // A request no state admits (its weight over the burst) is refused without a call.
-            let fits = engine::evaluate(
-                req.limits,
-                &Snapshot::default().state(req.limits, req.now),
-                req.now,
-                req.weight,
-            )
-            .next
-            .is_some();
+            let fits = || {
+                let empty = Snapshot::default();
+                engine::evaluate(req.limits, &empty.state(req.limits, req.now), req.now, req.weight)
+                    .next
+                    .is_some()
+            };
             return Prediction::Write {
                 guess: Snapshot {
-                    read_first: unleased && fits,
+                    read_first: unleased && fits(),
                     ..Snapshot::default()
                 },
                 recheck: false,

@@ -46,7 +46,7 @@ impl DynamoStore {
     /// The item for a decision (`Predictions::read_first`), counted.
     async fn read(&self, req: &Consume<'_>) -> Result<Snapshot, StoreError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        self.stats.count_item_read(req.tenant, req.now.as_secs());
+        self.stats.count_item_read(req.tenant);
         self.snapshot(req.tenant).await
     }
 

@@ -8,12 +8,15 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item;
 
-fn lock(m: &Mutex<ItemWrites>) -> MutexGuard<'_, ItemWrites> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Writes by tenant item and second (epoch seconds of the writing request's time).
 pub type ItemWrites = HashMap<(Box<str>, u64), u64>;
+
+/// Reads by tenant item.
+pub type ItemReads = HashMap<Box<str>, u64>;
 
 /// Counters of what the store did, for metrics and for the write-unit tests.
 #[derive(Debug, Default)]
@@ -68,8 +71,8 @@ pub struct StoreStats {
     /// for (`track_item_writes`): what `tollgate simulate` reports as the busiest item's writes
     /// per second, which DynamoDB caps near 1,000 write units.
     item_writes: OnceLock<Mutex<ItemWrites>>,
-    /// Reads per tenant item and second, kept with `item_writes`.
-    item_reads: OnceLock<Mutex<ItemWrites>>,
+    /// Reads per tenant item, kept with `item_writes`.
+    item_reads: OnceLock<Mutex<ItemReads>>,
 }
 
 impl StoreStats {
@@ -87,10 +90,10 @@ impl StoreStats {
         }
     }
 
-    /// Counts one read of `tenant`'s item, as `count_item_write`.
-    pub(super) fn count_item_read(&self, tenant: &str, second: u64) {
+    /// Counts one read of `tenant`'s item, if tracked (as `count_item_write`).
+    pub(super) fn count_item_read(&self, tenant: &str) {
         if let Some(log) = self.item_reads.get() {
-            *lock(log).entry((tenant.into(), second)).or_default() += 1;
+            *lock(log).entry(tenant.into()).or_default() += 1;
         }
     }
 
@@ -99,8 +102,8 @@ impl StoreStats {
         self.item_writes.get().map(|log| lock(log).clone()).unwrap_or_default()
     }
 
-    /// Reads per tenant item and second, since `track_item_writes` (empty if never asked).
-    pub fn item_reads(&self) -> ItemWrites {
+    /// Reads per tenant item, since `track_item_writes` (empty if never asked).
+    pub fn item_reads(&self) -> ItemReads {
         self.item_reads.get().map(|log| lock(log).clone()).unwrap_or_default()
     }
 
