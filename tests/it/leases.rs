@@ -15,6 +15,8 @@ use tollgate_cli::simulate::compliance::{Admitted, bucket_excess};
 use crate::support::emulator;
 use crate::support::plan;
 
+mod lead;
+
 const NOW: Timestamp = Timestamp::from_secs(1_795_456_177);
 
 /// A plan well above `LEASE_FROM_RATE`, whose eighth of the burst is 125 units.

@@ -398,6 +398,20 @@ impl DynamoStore {
         }
     }
 
+    /// How far a lease's write presumes its bucket's TAT moved on since `guess` was seen
+    /// (`Batch::lead`): only among other containers, which move it on meanwhile.
+    pub(super) fn lead(&self, head: &Consume<'_>, guess: &Snapshot, leasing: bool) -> Duration {
+        let bucket = bucket_of(head.limits);
+        let tat = guess.state(head.limits, head.now).tat;
+        match tat {
+            Some(tat) if leasing && self.leases.among_others(head.tenant, bucket, head.limits, head.now) => self
+                .predictions
+                .moved_since(head.tenant, bucket, tat, head.now)
+                .unwrap_or_default(),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// The answer a lease gave for `weight` units, counted; units of a lease that ended unspent,
     /// counted as lapsed.
     fn leased(&self, spent: Spent, weight: u32) -> Option<Decision> {

@@ -40,6 +40,9 @@ struct Cached {
     version: u64,
     /// The bucket this container lost a race on last, if any.
     hold: Option<Hold>,
+    /// The pace the TAT of the bucket last written moved at between this container's last two
+    /// answers, in thousandths of real time (1,000: the plan's rate spent), if both showed it.
+    pace: Option<(Option<TatAttr>, u16)>,
 }
 
 /// A hold-off on one bucket (`None`: the plan's bucket when the attribute is unknown): no write
@@ -48,6 +51,11 @@ struct Cached {
 struct Hold {
     bucket: Option<TatAttr>,
     until: Timestamp,
+}
+
+/// `bucket`'s TAT among `tats`.
+fn tat_of(tats: &[(TatAttr, Timestamp)], bucket: Option<TatAttr>) -> Option<Timestamp> {
+    tats.iter().find(|(a, _)| Some(*a) == bucket).map(|(_, t)| *t)
 }
 
 /// What the cache knows of a tenant.
@@ -207,6 +215,25 @@ impl Predictions {
         })
     }
 
+    /// How far `bucket`'s TAT presumably moved on since the tenant's cached item was seen, if it
+    /// holds `tat` for it and that TAT stood ahead of the arrivals then: the time since, at the
+    /// pace the TAT moved between the last two answers (a write's shape may presume it kept that
+    /// pace; at the plan's rate, its lead).
+    pub(super) fn moved_since(
+        &self,
+        tenant: &str,
+        bucket: Option<TatAttr>,
+        tat: Timestamp,
+        now: Timestamp,
+    ) -> Option<Duration> {
+        let cache = self.lock();
+        let c = cache.get(tenant)?;
+        let cached = tat_of(&c.tats, bucket)?;
+        let (_, pace) = c.pace.filter(|(b, _)| *b == bucket)?;
+        (cached == tat && tat > c.checked)
+            .then(|| now.saturating_since(c.checked).saturating_mul(u32::from(pace)) / 1_000)
+    }
+
     /// The version of the tenant's cached item (0: none): a request that waited for another's
     /// write compares it with the one it predicted from.
     pub(super) fn version(&self, tenant: &str) -> u64 {
@@ -228,7 +255,16 @@ impl Predictions {
     pub(super) fn remember(&self, tenant: &str, snap: Snapshot, limits: &Limits, now: Timestamp, race: Race) {
         let snap = snap.compact(limits, now);
         let mut cache = self.lock();
-        let hold = self.next_hold(cache.get(tenant).and_then(|c| c.hold), race, now);
+        let old = cache.get(tenant);
+        let hold = self.next_hold(old.and_then(|c| c.hold), race, now);
+        let bucket = super::bucket_of(limits);
+        let pace = old.and_then(|c| {
+            let (before, after) = (tat_of(&c.tats, bucket)?, tat_of(&snap.tats, bucket)?);
+            let gap = now.saturating_since(c.checked).as_nanos();
+            let moved = after.saturating_since(before).as_nanos();
+            let pace = moved.saturating_mul(1_000).checked_div(gap)?.min(1_000);
+            Some((bucket, u16::try_from(pace).unwrap_or(1_000)))
+        });
         let cached = Cached {
             tats: snap.tats.into_boxed_slice(),
             counters: snap.counters.into_boxed_slice(),
@@ -236,6 +272,7 @@ impl Predictions {
             checked: now,
             version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
             hold,
+            pace,
         };
         cache.insert(tenant, cached);
     }
@@ -417,6 +454,42 @@ mod tests {
         let r = Predictions::new(10, Duration::from_secs(60));
         r.found(Some(at(2)), None, at(1));
         assert!(r.read_first(Some(&seen), at(1), false));
+    }
+
+    #[test]
+    fn a_tat_is_presumed_to_move_on_at_the_pace_it_moved_between_the_last_two_answers() {
+        use crate::engine::gcra::Bucket;
+        use crate::engine::policy::BucketId;
+        let limits = Limits::utc(Some((BucketId::Plan, Bucket::per_second(1000.0, 1000))), None, None);
+        let bucket = super::super::bucket_of(&limits);
+        let ms = |n: u64| NOW.saturating_add(Duration::from_millis(n));
+        let tat = |n: u64| Snapshot {
+            tats: vec![(bucket.expect("a bucket"), ms(n))],
+            ..Snapshot::default()
+        };
+        let p = Predictions::new(10, Duration::from_secs(60));
+        // GIVEN one answer: no pace yet
+        p.remember("t", tat(300), &limits, ms(0), Race::Neither);
+        assert_eq!(p.moved_since("t", bucket, ms(300), ms(100)), None);
+        // WHEN the next, 100 ms on, finds the TAT moved 50 ms: half the plan's rate spent
+        p.remember("t", tat(350), &limits, ms(100), Race::Neither);
+        // THEN 200 ms after it, the TAT is presumed 100 ms further on
+        assert_eq!(
+            p.moved_since("t", bucket, ms(350), ms(300)),
+            Some(Duration::from_millis(100))
+        );
+        // AND nothing is presumed of another TAT than the one cached, nor of another bucket
+        assert_eq!(p.moved_since("t", bucket, ms(349), ms(300)), None);
+        assert_eq!(p.moved_since("t", TatAttr::parse("r00ab12"), ms(350), ms(300)), None);
+        // AND a TAT found behind its answer's arrival (an idle bucket) moves on by nothing
+        p.remember("t", tat(380), &limits, ms(400), Race::Neither);
+        assert_eq!(p.moved_since("t", bucket, ms(380), ms(500)), None);
+        // AND a pace above the plan's rate counts as the plan's rate
+        p.remember("t", tat(1000), &limits, ms(450), Race::Neither);
+        assert_eq!(
+            p.moved_since("t", bucket, ms(1000), ms(550)),
+            Some(Duration::from_millis(100))
+        );
     }
 
     #[test]

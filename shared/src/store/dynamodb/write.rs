@@ -11,6 +11,7 @@
 //! are there. While a send's outcome is unknown the batch stays as sent, so a resend that finds
 //! its operation applied answers exactly the requests it carried.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -32,8 +33,8 @@ const MAX_CARRIED: usize = 256;
 /// The instant a batch's units start no earlier than. Without a lease, its latest arrival: each
 /// carried request then conforms at its own arrival. With a lease, on a bucket `guess` shows
 /// busy at least half a span past the latest arrival, the same: the write moves the TAT on from
-/// wherever it stands (the busy shape, whose condition holds whatever other containers wrote
-/// since, as a TAT only grows) and the lease is spendable until its first unit's slot
+/// wherever it stands (the busy shape, whose condition holds the TAT past the time the lease is
+/// cut to last, `Batch::condition_floor`) and the lease is spendable until its first unit's slot
 /// (`lease_until`). Otherwise the end of the lease's span (idle shape, or busy past the span's
 /// end): a unit spent at any instant of the span conforms.
 fn anchor(head: &Consume<'_>, guess: &Snapshot, latest: Timestamp, lease: Option<(u32, Duration)>) -> Timestamp {
@@ -77,6 +78,26 @@ fn before_write(limits: &Limits, after: &Snapshot, whole: &Consume<'_>) -> Optio
     Some(Timestamp::from_nanos(tat.as_nanos().saturating_sub(inc)))
 }
 
+/// `guess` with its bucket's TAT moved on by `lead`: where it stands now if it kept the pace it
+/// moved at between the container's last two answers (`Batch::lead`). It picks a lease's write shape
+/// and cuts the lease, never the answer: a lease is spendable until its first unit's slot on the
+/// item the write returns, and the busy shape's condition holds the TAT past the time the lease
+/// was cut to last (`Batch::condition_floor`), so a presumption the item does not bear out costs
+/// a failed condition, not lapsed units.
+fn projected<'g>(limits: &Limits, guess: &'g Snapshot, lead: Duration) -> Cow<'g, Snapshot> {
+    let bucket = super::bucket_of(limits);
+    if lead.is_zero() || !guess.tats.iter().any(|(a, _)| Some(*a) == bucket) {
+        return Cow::Borrowed(guess);
+    }
+    let mut moved = guess.clone();
+    for (a, tat) in &mut moved.tats {
+        if Some(*a) == bucket {
+            *tat = tat.saturating_add(lead);
+        }
+    }
+    Cow::Owned(moved)
+}
+
 /// The engine's view of `guess` for units that start no earlier than `anchor` (≥ `now`).
 fn state_from(limits: &Limits, guess: &Snapshot, now: Timestamp, anchor: Timestamp) -> State {
     let mut state = guess.state(limits, now);
@@ -95,6 +116,14 @@ pub(super) struct Batch<'a> {
     unknown: Option<(u64, Vec<(crate::engine::quota::Counter, i64)>)>,
     /// Units leased beside the requests (`leases`): as asked, as cut to the item last seen.
     lease: Option<Ask>,
+    /// How far the bucket's TAT presumably moved on since the guess was seen: a lease's write
+    /// among other containers, on a cached item whose TAT stood ahead of the arrivals, presumes
+    /// it kept the pace it moved at between this container's last two answers (zero once the
+    /// guess is an answer; at the plan's rate, the TAT keeps its lead). Without it, a
+    /// container that last wrote a third of a span ago sees the lead shrunk by that third,
+    /// anchors its lease at the span's end on a TAT the others moved past it, and its write
+    /// fails its condition.
+    lead: Duration,
 }
 
 /// The lease a write asks for: the units wanted, those it carries after the last cut, its span.
@@ -131,6 +160,7 @@ impl<'a> Batch<'a> {
             lane: None,
             unknown: None,
             lease: None,
+            lead: Duration::ZERO,
         }
     }
 
@@ -140,6 +170,7 @@ impl<'a> Batch<'a> {
             lane: Some(lane),
             unknown: None,
             lease: None,
+            lead: Duration::ZERO,
         }
     }
 
@@ -177,13 +208,14 @@ impl<'a> Batch<'a> {
     /// (none if it admits no lease at all): halving, a few evaluations. On a bucket busy far
     /// enough ahead for the busy shape (`anchor`), first to what this container spends by the
     /// TAT the guess shows (a lease lasts two thirds of a span at the pace it was sized for),
-    /// so that a container alone below the plan's rate does not see it lapse.
-    fn fit_lease(&mut self, head: &Consume<'_>, guess: &Snapshot) {
+    /// so that a container alone below the plan's rate does not see it lapse. `shaped`: the guess
+    /// as the write's shape takes it (`projected`).
+    fn fit_lease(&mut self, head: &Consume<'_>, guess: &Snapshot, shaped: &Snapshot) {
         let Some(ask) = self.lease else { return };
         // The quotas' share again, on the item as now known (a refused write returns it).
         let cap = super::leases::quota_cap(head.limits, guess, head.now);
         let mut units = u32::try_from(u64::from(ask.wanted).min(cap)).unwrap_or(u32::MAX);
-        if let Some(window) = busy_window(head.limits, guess, self.latest(head), ask.span) {
+        if let Some(window) = busy_window(head.limits, shaped, self.latest(head), ask.span) {
             let lasts = ask.span.saturating_mul(2) / 3;
             if window < lasts {
                 let fit = u128::from(units) * window.as_nanos() / lasts.as_nanos().max(1);
@@ -191,7 +223,7 @@ impl<'a> Batch<'a> {
             }
         }
         while units > 0 {
-            let (whole, anchor) = self.whole_with(head, guess, Some((units, ask.span)));
+            let (whole, anchor) = self.whole_with(head, shaped, Some((units, ask.span)));
             let state = state_from(head.limits, guess, whole.now, anchor);
             if engine::evaluate(head.limits, &state, whole.now, whole.weight)
                 .next
@@ -202,6 +234,42 @@ impl<'a> Batch<'a> {
             units /= 2;
         }
         self.lease = Some(Ask { units, ..ask });
+    }
+
+    /// Fits the lease (unless `fit` is off: a batch frozen by an unknown outcome) and gives the
+    /// item the write is shaped on: `guess` presumed to have kept its lead (`projected`) while
+    /// the batch carries a lease, else `guess`.
+    fn shape_on<'g>(&mut self, head: &Consume<'_>, guess: &'g Snapshot, fit: bool) -> Cow<'g, Snapshot> {
+        let presumed = projected(head.limits, guess, self.lead);
+        if fit {
+            self.fit_lease(head, guess, &presumed);
+        }
+        if self.lease.and_then(|a| a.carried()).is_some() {
+            presumed
+        } else {
+            Cow::Borrowed(guess)
+        }
+    }
+
+    /// The instant a write's condition holds the TAT past, for `admit_at`: for a lease of the busy
+    /// shape, the latest arrival plus the time the lease was cut to last (`fit_lease`), just
+    /// under the window `shaped` shows; otherwise `anchor`. A presumed lead (`projected`) the
+    /// item does not bear out (the others slowed down or stopped) then fails the condition, and
+    /// the next attempt leases on the item as it is, rather than granting units whose first slot
+    /// comes before they can be spent, which would lapse. On the item as known, the TAT is past
+    /// it already: a TAT only grows.
+    fn condition_floor(&self, head: &Consume<'_>, shaped: &Snapshot, anchor: Timestamp) -> Timestamp {
+        let Some((_, span)) = self.lease.and_then(|a| a.carried()) else {
+            return anchor;
+        };
+        let latest = self.latest(head);
+        match busy_window(head.limits, shaped, latest, span) {
+            Some(window) => {
+                let lasts = span.saturating_mul(2) / 3;
+                latest.saturating_add(window.min(lasts).saturating_sub(Duration::from_nanos(1)))
+            }
+            None => anchor,
+        }
     }
 
     /// Gives the carried requests back to the lane, undecided.
@@ -230,6 +298,7 @@ impl DynamoStore {
             units: wanted,
             span,
         });
+        batch.lead = self.lead(head, &guess, batch.lease.is_some());
         let result = self.attempts(head, batch, guess, recheck).await;
         match &result {
             // With the carried requests still in the batch: the lease is spendable from the
@@ -281,8 +350,7 @@ impl DynamoStore {
         guess: Snapshot,
         recheck: bool,
     ) -> Result<Outcome, StoreError> {
-        // Set once a send of it had an unknown outcome: from then on every send is that operation,
-        // for the same batch.
+        // Set once a send had an unknown outcome: every later send is that operation, same batch.
         let mut pending: Option<u64> = None;
         let mut last_unknown = String::new();
         // The TAT this container knew before this decision (the cache's).
@@ -290,10 +358,8 @@ impl DynamoStore {
         let (mut guess, read) = self.read_before_write(head, batch, guess, recheck, known).await?;
         let recheck = recheck && !read;
         for attempt in 1..=self.config.max_attempts {
-            if pending.is_none() {
-                batch.fit_lease(head, &guess);
-            }
-            let (whole, anchor) = batch.whole(head, &guess);
+            let shaped = batch.shape_on(head, &guess, pending.is_none());
+            let (whole, anchor) = batch.whole(head, &shaped);
             let state = state_from(head.limits, &guess, whole.now, anchor);
             let eval = engine::evaluate(head.limits, &state, whole.now, whole.weight);
             if eval.next.is_none() && !(recheck && attempt == 1) {
@@ -306,7 +372,9 @@ impl DynamoStore {
                     .await;
             }
             let op = pending.unwrap_or_else(|| self.next_op(head.tenant, head.now));
-            let w = item::admit_at(&self.shapes, head.limits, &guess, whole.now, anchor, whole.weight, op);
+            let floor = batch.condition_floor(head, &shaped, anchor);
+            let w = item::admit_at(&self.shapes, head.limits, &shaped, whole.now, floor, whole.weight, op);
+            drop(shaped); // It borrows `guess`, which a refusal replaces.
             let shape_busy = w.busy;
             match self
                 .send(&whole, w)
@@ -332,6 +400,7 @@ impl DynamoStore {
                     }
                     self.remember_refused(head, current.clone(), recheck, known);
                     guess = current;
+                    batch.lead = Duration::ZERO;
                     if pending.is_none() {
                         self.shrink(head, &guess, batch);
                     }

@@ -80,7 +80,7 @@ fn a_busy_tenant_leases_two_thirds_of_what_it_saw_at_most_an_eighth_of_the_burst
 }
 
 #[test]
-fn among_other_containers_a_lease_from_the_third_unit_lasts_a_32nd_of_the_span_after_a_burst_at_one_instant() {
+fn among_others_a_lease_from_the_third_unit_is_paced_or_lasts_a_32nd_after_a_burst_at_one_instant() {
     let big = limits(1000.0, 1000);
     let span = Duration::from_millis(500);
     // Cut to half the bucket's tolerance: 499.5 ms.
@@ -106,9 +106,14 @@ fn among_other_containers_a_lease_from_the_third_unit_lasts_a_32nd_of_the_span_a
         wanted(&within, "t", &big, true, t(15), 1),
         Some((1, full / MIN_SPAN_PARTS))
     );
-    // Three over 30 ms: a pace that reaches the eighth within the span; the whole span.
+    // Three over 30 ms: a pace that reaches the eighth within the span; the whole span, sized
+    // on that pace (two in 30 ms, 33 in the span) but at most four times the three seen: two
+    // thirds of 12, less the request.
     let quick = seen_at(&[0, 15, 30]);
-    assert_eq!(wanted(&quick, "t", &big, true, t(30), 1), Some((1, full)));
+    assert_eq!(wanted(&quick, "t", &big, true, t(30), 1), Some((7, full)));
+    // Three over 160 ms: the pace gives the span 6 units; two thirds of them, less the request.
+    let paced = seen_at(&[0, 80, 160]);
+    assert_eq!(wanted(&paced, "t", &big, true, t(160), 1), Some((3, full)));
     // Three over 300 ms: a slow pace, which would not reach the eighth; no early lease.
     let slow = seen_at(&[0, 150, 300]);
     assert_eq!(wanted(&slow, "t", &big, true, t(300), 1), None);
