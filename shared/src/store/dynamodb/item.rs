@@ -358,7 +358,9 @@ pub fn admit(shapes: &Shapes, limits: &Limits, guess: &Snapshot, now: Timestamp,
 /// process's requests coalesced into one write): the units' emission slots start no earlier than
 /// `anchor` and end within the tolerance as of `now`, so each unit conforms at whichever instant
 /// of the two its request arrived, and the item never ends below where the requests one at a
-/// time would have left it.
+/// time would have left it. Of the busy shape (a TAT past `anchor` on `guess`), `anchor` is only
+/// the instant the condition holds the TAT past: a lease's write passes a later one than its
+/// latest arrival (`write::Batch::condition_floor`).
 pub fn admit_at(
     shapes: &Shapes,
     limits: &Limits,
