@@ -114,6 +114,16 @@ fn among_others_a_lease_from_the_third_unit_is_paced_or_lasts_a_32nd_after_a_bur
     // Three over 160 ms: the pace gives the span 6 units; two thirds of them, less the request.
     let paced = seen_at(&[0, 80, 160]);
     assert_eq!(wanted(&paced, "t", &big, true, t(160), 1), Some((3, full)));
+    // Eight over 480 ms: the pace gives the span 7, fewer than seen; the eight seen.
+    let slower = seen_at(&[0, 60, 120, 180, 240, 300, 360, 480]);
+    assert_eq!(wanted(&slower, "t", &big, true, t(480), 1), Some((4, full)));
+    // Two requests of two units 100 ms apart: the pace is of the units after the first request's
+    // (two in 100 ms, 9 in the span), not of all but one unit; two thirds, less the request.
+    let heavy = Leases::new(100, Duration::from_millis(500));
+    for ms in [0, 100] {
+        let _ = heavy.arrive("t", b(), &big, t(ms), 2);
+    }
+    assert_eq!(wanted(&heavy, "t", &big, true, t(100), 2), Some((4, full)));
     // Three over 300 ms: a slow pace, which would not reach the eighth; no early lease.
     let slow = seen_at(&[0, 150, 300]);
     assert_eq!(wanted(&slow, "t", &big, true, t(300), 1), None);
