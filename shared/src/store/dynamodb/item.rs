@@ -104,6 +104,11 @@ impl TatAttr {
     }
 }
 
+/// `bucket`'s TAT among `tats` (`None`: no such bucket, or no TAT for it).
+pub fn tat_in(tats: &[(TatAttr, Timestamp)], bucket: Option<TatAttr>) -> Option<Timestamp> {
+    tats.iter().find(|(a, _)| Some(*a) == bucket).map(|(_, t)| *t)
+}
+
 /// What is known of a tenant's item: its TATs, its counters, its operation-id slots (0: empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -146,7 +151,7 @@ impl Snapshot {
     pub fn state(&self, limits: &Limits, now: Timestamp) -> State {
         let tat = limits.bucket.as_ref().and_then(|(id, _)| {
             let attr = TatAttr::parse(id.attribute())?;
-            self.tats.iter().find(|(a, _)| *a == attr).map(|(_, t)| *t)
+            tat_in(&self.tats, Some(attr))
         });
         let mut state = State {
             tat,

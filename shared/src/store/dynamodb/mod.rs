@@ -402,7 +402,7 @@ impl DynamoStore {
     /// (`Batch::lead`): only among other containers, which move it on meanwhile.
     pub(super) fn lead(&self, head: &Consume<'_>, guess: &Snapshot, leasing: bool) -> Duration {
         let bucket = bucket_of(head.limits);
-        let tat = guess.state(head.limits, head.now).tat;
+        let tat = item::tat_in(&guess.tats, bucket);
         match tat {
             Some(tat) if leasing && self.leases.among_others(head.tenant, bucket, head.limits, head.now) => self
                 .predictions
@@ -489,7 +489,7 @@ impl Store for DynamoStore {
     async fn usage(&self, tenant: &str, limits: &Limits, now: Timestamp) -> Result<Usage, StoreError> {
         let snap = self.snapshot(tenant).await?;
         let plan_tat = TatAttr::parse(crate::engine::policy::BucketId::Plan.attribute());
-        let tat = snap.tats.iter().find(|(a, _)| Some(*a) == plan_tat).map(|(_, t)| *t);
+        let tat = item::tat_in(&snap.tats, plan_tat);
         let mut usage = Usage::from_counters(snap.counters, limits, now);
         usage.tat = tat;
         Ok(usage)

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::item::{Snapshot, TatAttr};
+use super::item::{Snapshot, TatAttr, tat_in};
 use crate::engine;
 use crate::engine::clock::{Timestamp, duration_nanos};
 use crate::engine::decision::{Decision, Reason};
@@ -51,11 +51,6 @@ struct Cached {
 struct Hold {
     bucket: Option<TatAttr>,
     until: Timestamp,
-}
-
-/// `bucket`'s TAT among `tats`.
-fn tat_of(tats: &[(TatAttr, Timestamp)], bucket: Option<TatAttr>) -> Option<Timestamp> {
-    tats.iter().find(|(a, _)| Some(*a) == bucket).map(|(_, t)| *t)
 }
 
 /// What the cache knows of a tenant.
@@ -228,7 +223,7 @@ impl Predictions {
     ) -> Option<Duration> {
         let cache = self.lock();
         let c = cache.get(tenant)?;
-        let cached = tat_of(&c.tats, bucket)?;
+        let cached = tat_in(&c.tats, bucket)?;
         let (_, pace) = c.pace.filter(|(b, _)| *b == bucket)?;
         (cached == tat && tat > c.checked)
             .then(|| now.saturating_since(c.checked).saturating_mul(u32::from(pace)) / 1_000)
@@ -259,7 +254,7 @@ impl Predictions {
         let hold = self.next_hold(old.and_then(|c| c.hold), race, now);
         let bucket = super::bucket_of(limits);
         let pace = old.and_then(|c| {
-            let (before, after) = (tat_of(&c.tats, bucket)?, tat_of(&snap.tats, bucket)?);
+            let (before, after) = (tat_in(&c.tats, bucket)?, tat_in(&snap.tats, bucket)?);
             let gap = now.saturating_since(c.checked).as_nanos();
             let moved = after.saturating_since(before).as_nanos();
             let pace = moved.saturating_mul(1_000).checked_div(gap)?.min(1_000);

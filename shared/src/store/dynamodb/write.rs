@@ -86,7 +86,7 @@ fn before_write(limits: &Limits, after: &Snapshot, whole: &Consume<'_>) -> Optio
 /// a failed condition, not lapsed units.
 fn projected<'g>(limits: &Limits, guess: &'g Snapshot, lead: Duration) -> Cow<'g, Snapshot> {
     let bucket = super::bucket_of(limits);
-    if lead.is_zero() || !guess.tats.iter().any(|(a, _)| Some(*a) == bucket) {
+    if lead.is_zero() || item::tat_in(&guess.tats, bucket).is_none() {
         return Cow::Borrowed(guess);
     }
     let mut moved = guess.clone();
