@@ -579,3 +579,6 @@ impl DynamoStore {
         carried
     }
 }
+
+#[cfg(test)]
+mod tests;
