@@ -3,10 +3,17 @@
 use super::OPS;
 use crate::engine::clock::Timestamp;
 
-/// An operation id: milliseconds of its send time in the high bits (`id >> 20`), random bits
-/// below, and its slot as the remainder modulo `OPS`. Ids only need to be unique and roughly
-/// increasing; the store keeps them above every id it has seen (a Lamport clock), so a slow clock
-/// costs at most one refused write. When the floor wins over the clock, the id is drawn in the
+/// An operation id: milliseconds of the request's time in the high bits (`id >> 20`); below
+/// them its 100 µs step within the millisecond, then random bits; and its slot as the remainder
+/// modulo `OPS`. Ids need to be unique and roughly increasing, and a slot's ids that land out of
+/// order fail its condition (`#o < :op`): drawn at random over the millisecond, two writes of a
+/// slot sent in turn within one landed out of order half the time (with 200 containers on one
+/// item, most of its failed conditions), while by step they keep their order when the clocks
+/// that drew them agree within a step. Two containers whose clocks read one step and draw one
+/// slot send the same id by a chance of one in `PER_STEP` (14,979); requests spread over the
+/// millisecond, one in `SPREAD`, as when the whole millisecond was drawn from. The store keeps
+/// ids above every id it has seen (a Lamport clock), so a slow clock costs at most one refused
+/// write per race. When the floor wins over the clock, the id is drawn in the
 /// floor's millisecond; drawn at or below the floor, it is drawn again among the slot's ids above
 /// the floor there while at least half of them are, else the time part steps past the floor's
 /// and the random bits stay. Ids that follow floors so do not run a millisecond ahead of the
@@ -29,14 +36,21 @@ pub fn op_id(now: Timestamp, floor: u64, slot: usize, random: u64) -> u64 {
         // The low 20 bits: the `k`th of `SPREAD` multiples of `OPS`, shifted to land in the slot.
         time + k * ops + ((slot % OPS) as u64 + ops - time % ops) % ops
     };
-    let drawn = id(ms, random % SPREAD);
+    // In the clock's millisecond, the request's 100 µs step in it picks the `PER_STEP` ids the
+    // random bits draw among: ids of a slot drawn in turn keep their order.
+    let drawn = if ms == now_ms {
+        let step = now.as_nanos() / STEP_NS % STEPS;
+        id(ms, step * PER_STEP + random % PER_STEP)
+    } else {
+        id(ms, random % SPREAD)
+    };
     if drawn > floor || ms < floor_ms {
         return drawn;
     }
     // The floor's millisecond: drawn again among the slot's ids above the floor in it, so that
     // following the floor does not move ids ahead of the clocks. When fewer than half of them
     // are above it, the next millisecond: two containers drawing from the same floor then
-    // share an id at most twice as often as two drawing from the clock.
+    // share an id by a chance of at most two in `SPREAD`.
     let first_above = (floor - id(ms, 0)) / ops + 1;
     match SPREAD.checked_sub(first_above).filter(|n| *n >= SPREAD / 2) {
         Some(n) => id(ms, first_above + random % n),
@@ -46,7 +60,18 @@ pub fn op_id(now: Timestamp, floor: u64, slot: usize, random: u64) -> u64 {
 
 /// How many ids of one millisecond share a slot: as many as fit 20 bits.
 pub(super) const SPREAD: u64 = ((1 << 20) - OPS as u64) / OPS as u64 + 1;
+/// A millisecond's steps, of `STEP_NS`, that order the ids drawn from the clock within it:
+/// finer steps would keep the order of writes sent closer together, but two containers whose
+/// clocks read the same step share an id by a chance of one in `PER_STEP`.
+const STEPS: u64 = 10;
+const STEP_NS: u64 = 1_000_000 / STEPS;
+/// How many ids of one step share a slot.
+pub(super) const PER_STEP: u64 = SPREAD / STEPS;
+const _: () = assert!(STEPS * PER_STEP <= SPREAD && 1_000_000 % STEPS == 0);
 /// The largest time part whose ids fit 64 bits.
 const MAX_MS: u64 = (1 << 44) - 1;
 /// How far ahead of the local clock an id floor is followed: a day.
 const MAX_AHEAD_MS: u64 = 86_400_000;
+
+#[cfg(test)]
+mod tests;
