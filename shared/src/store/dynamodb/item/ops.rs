@@ -8,7 +8,8 @@ use crate::engine::clock::Timestamp;
 /// modulo `OPS`. Ids need to be unique and roughly increasing, and a slot's ids that land out of
 /// order fail its condition (`#o < :op`): drawn at random over the millisecond, two writes of a
 /// slot sent in turn within one landed out of order half the time (with 200 containers on one
-/// item, most of its failed conditions), while by step they keep their order when the clocks
+/// item, most of its failed conditions were on the slot), while by step they keep their order
+/// when the clocks
 /// that drew them agree within a step. Two containers whose clocks read one step and draw one
 /// slot send the same id by a chance of one in `PER_STEP` (14,979); requests spread over the
 /// millisecond, one in `SPREAD`, as when the whole millisecond was drawn from. The store keeps

@@ -2,10 +2,11 @@ use super::*;
 use crate::engine::gcra::Bucket;
 use crate::engine::policy::BucketId;
 
-/// The leases' span for `limits()`: the default `lease_span`, under half the tolerance.
+/// The span the tests' leases ask for (the default `lease_span`).
 const SPAN: Duration = Duration::from_millis(500);
 
-/// 1,000/s, a burst of 1,000: a tolerance of a second, so every shape below is admitted.
+/// 1,000/s, a burst of 1,000: a tolerance of 999 ms, so a lease fits beside the request on every
+/// TAT below but the one 999 ms ahead.
 fn limits() -> Limits {
     Limits::utc(
         Some((BucketId::Plan, Bucket::per_second(1000.0, 1000))),
@@ -104,7 +105,8 @@ fn a_write_is_shaped_on_the_presumed_tat_only_while_it_carries_a_lease() {
     assert_eq!(item::tat_in(&shaped.tats, bucket), Some(t(NOW + 500)));
     assert_eq!(batch.lease.map(|a| a.units), Some(30));
     // A TAT that admits the request and no lease beside it: the lease is cut to nothing, and
-    // the write is shaped on the item as seen (a single request has no lead to presume).
+    // the write is shaped on the item as seen, whatever lead the batch presumed (the lead only
+    // picks a lease's shape and size).
     let full = item(&limits, 999);
     let mut batch = asking(30, 200);
     let shaped = batch.shape_on(&head, &full, true);

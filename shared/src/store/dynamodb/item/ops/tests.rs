@@ -134,3 +134,16 @@ fn ids_drawn_from_the_same_floor_and_slot_by_two_containers_differ() {
         assert_ne!(a, b, "slot {slot}");
     }
 }
+
+#[test]
+fn ids_drawn_from_a_floor_ahead_of_the_clock_spread_over_half_its_millisecond_or_more() {
+    // GIVEN a floor 5 ms ahead of the clock, early in its millisecond
+    let floor = op_id(NOW.saturating_add(Duration::from_millis(5)), 0, 4, 100);
+    // WHEN every random draw of one slot follows it
+    let ids: HashSet<u64> = (0..SPREAD).map(|r| op_id(NOW, floor, 2, r)).collect();
+    // THEN they take at least half of the slot's ids in the floor's millisecond, not one step's:
+    // two containers that saw the same item and drew the same slot share an id by a chance of at
+    // most two in `SPREAD`
+    assert!(ids.len() as u64 >= SPREAD / 2, "{} ids", ids.len());
+    assert!(ids.iter().all(|id| *id > floor && id >> 20 == floor >> 20));
+}
