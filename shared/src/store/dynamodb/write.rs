@@ -52,6 +52,12 @@ fn busy_window(limits: &Limits, guess: &Snapshot, latest: Timestamp, span: Durat
     Some(tat.saturating_since(latest)).filter(|ahead| *ahead >= span / 2)
 }
 
+/// How long a lease is sized to last: two thirds of its span, at the pace it was sized for
+/// (`leases::wanted` takes two thirds of a span's units).
+fn lasts(span: Duration) -> Duration {
+    span.saturating_mul(2) / 3
+}
+
 /// Until when a lease's units are spendable: the end of its span, of the first quota period to
 /// end, and the slot of its first unit on the item `after` the write (past it, a unit spent would
 /// count as emitted before it was).
@@ -216,7 +222,7 @@ impl<'a> Batch<'a> {
         let cap = super::leases::quota_cap(head.limits, guess, head.now);
         let mut units = u32::try_from(u64::from(ask.wanted).min(cap)).unwrap_or(u32::MAX);
         if let Some(window) = busy_window(head.limits, shaped, self.latest(head), ask.span) {
-            let lasts = ask.span.saturating_mul(2) / 3;
+            let lasts = lasts(ask.span);
             if window < lasts {
                 let fit = u128::from(units) * window.as_nanos() / lasts.as_nanos().max(1);
                 units = u32::try_from(fit).unwrap_or(units);
@@ -265,7 +271,7 @@ impl<'a> Batch<'a> {
         let latest = self.latest(head);
         match busy_window(head.limits, shaped, latest, span) {
             Some(window) => {
-                let lasts = span.saturating_mul(2) / 3;
+                let lasts = lasts(span);
                 latest.saturating_add(window.min(lasts).saturating_sub(Duration::from_nanos(1)))
             }
             None => anchor,

@@ -9,13 +9,12 @@ use crate::engine::clock::Timestamp;
 /// order fail its condition (`#o < :op`): drawn at random over the millisecond, two writes of a
 /// slot sent in turn within one landed out of order half the time (with 200 containers on one
 /// item, most of its failed conditions were on the slot), while by step they keep their order
-/// when the clocks
-/// that drew them agree within a step. Two containers whose clocks read one step and draw one
-/// slot send the same id by a chance of one in `PER_STEP` (14,979); requests spread over the
-/// millisecond, one in `SPREAD`, as when the whole millisecond was drawn from. The store keeps
-/// ids above every id it has seen (a Lamport clock), so a slow clock costs at most one refused
-/// write per race. When the floor wins over the clock, the id is drawn in the
-/// floor's millisecond; drawn at or below the floor, it is drawn again among the slot's ids above
+/// when the clocks that drew them agree within a step. Two containers whose clocks read one step
+/// and draw one slot send the same id by a chance of one in `PER_STEP` (14,979); requests spread
+/// over the millisecond, one in `SPREAD`, as when the whole millisecond was drawn from. The store
+/// keeps ids above every id it has seen (a Lamport clock), so a slow clock costs at most one
+/// refused write per race. When the floor wins over the clock, the id is drawn in the floor's
+/// millisecond; drawn at or below the floor, it is drawn again among the slot's ids above
 /// the floor there while at least half of them are, else the time part steps past the floor's
 /// and the random bits stay. Ids that follow floors so do not run a millisecond ahead of the
 /// clocks on each write (where every container whose floor is older would lose its slot's
