@@ -28,6 +28,8 @@ pub enum FlagError {
     Containers(&'static str),
     #[error("--dealing random needs --target dynamodb: it deals requests to the simulated containers (--containers)")]
     Dealing,
+    #[error("--overlap-ms applies to store targets: a gateway is sent each request at its arrival, in real time")]
+    Overlap,
     #[error("--api-key-header {0:?} is not a header name")]
     ApiKeyHeader(String),
     #[error("--prefix must not be empty: every alarm under it is managed")]

@@ -278,10 +278,11 @@ async fn containers_each_keep_their_own_store_and_the_report_counts_writes_per_i
     // 100,000 requests are the benchmark's, not a test's)
     let mut c = load(Pattern::Steady, 1, 10.0);
     c.load = 1.0;
-    // One request at a time: at 10 requests/s a real container's write (milliseconds) never
-    // overlaps the next request, while 16 in flight in simulated time would overlap 1.6 s of
-    // arrivals and race containers against each other that never meet in real time.
-    c.concurrency = 1;
+    // `--overlap-ms`' default: at 10 requests/s a real container's write (milliseconds) never
+    // overlaps the next request, so requests 100 ms apart are never in flight together, whereas
+    // unbounded, 16 in flight would span 1.6 s of arrivals and race containers against each
+    // other that never meet in real time.
+    c.overlap_ms = Some(simulate::DEFAULT_OVERLAP_MS);
     let slow_only = PolicyFile::parse("[plans.slow]\nrate = 10.0\nburst = 20\n").expect("slow");
     assert_eq!(slow_only.plans["slow"].spec(), file.plans["slow"].spec());
     let report = simulate::run(&Target::Dynamo(stores), &slow_only, &c, "containers-")
@@ -306,6 +307,7 @@ async fn containers_each_keep_their_own_store_and_the_report_counts_writes_per_i
     assert_eq!(Some(by_second.iter().sum::<u64>()), report.tenant_results[0].writes);
     assert_eq!(by_second.iter().max().copied(), slow.max_item_writes_per_second);
     assert_eq!(report.target, "dynamodb (4 containers)");
+    assert_eq!(report.overlap_ms, Some(10));
     assert_matches_schema(&serde_json::to_value(&report).expect("json"));
 }
 

@@ -319,6 +319,7 @@ pub async fn verify(file: &PolicyFile) -> Result<bool, SimulateError> {
         duration: Duration::from_secs(10),
         requests: Some(20_000),
         concurrency: 16,
+        overlap_ms: Some(simulate::DEFAULT_OVERLAP_MS),
         seed: 1,
         dealing: simulate::Dealing::Turn,
         method: "GET".into(),

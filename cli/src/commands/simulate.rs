@@ -41,9 +41,15 @@ pub struct Simulate {
     /// Stop after this many requests (the earliest arrivals).
     #[arg(long)]
     pub requests: Option<u64>,
-    /// Requests in flight at once.
+    /// At most this many requests in flight (against a store, see --overlap-ms).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Store targets: requests further apart than this many milliseconds of simulated time are
+    /// never in flight together, as a call answers within milliseconds [default: 10] (150: every
+    /// call lasting the authorizer's default store budget; 0: only requests of one instant
+    /// together; at least the run's --duration: no bound).
+    #[arg(long)]
+    pub overlap_ms: Option<u64>,
     /// Simulated containers (--target dynamodb): each its own store instance on the same tables,
     /// the requests dealt to them (--dealing), as a gateway spreads them over Lambda containers.
     #[arg(long, default_value_t = 1)]
@@ -88,6 +94,9 @@ impl Simulate {
             return Err(
                 FlagError::Start("a gateway runs in real time: --start applies to store targets".into()).into(),
             );
+        }
+        if self.overlap_ms.is_some() && matches!(target, Target::Http(_)) {
+            return Err(FlagError::Overlap.into());
         }
         // Fresh tenant ids per run in a shared table, so runs do not inherit each other's state.
         let prefix = match target {
@@ -169,6 +178,7 @@ impl Simulate {
             duration: Duration::from_secs_f64(self.duration),
             requests: self.requests,
             concurrency: self.concurrency.max(1),
+            overlap_ms: Some(self.overlap_ms.unwrap_or(simulate::DEFAULT_OVERLAP_MS)),
             seed: self.seed,
             dealing: self.dealing,
             method: self.method.clone(),
@@ -188,6 +198,22 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         simulate: super::Simulate,
+    }
+
+    #[tokio::test]
+    async fn an_overlap_bound_is_refused_on_a_gateway_target_and_defaults_on_a_store() {
+        let gateway =
+            Cli::try_parse_from(["tollgate", "--target", "http://127.0.0.1:9", "--overlap-ms", "5"]).expect("flags");
+        let err = gateway.simulate.run().await.expect_err("refused");
+        assert!(
+            err.to_string().contains("--overlap-ms applies to store targets"),
+            "{err}"
+        );
+        let store = Cli::try_parse_from(["tollgate"]).expect("flags");
+        assert_eq!(
+            store.simulate.config().overlap_ms,
+            Some(crate::simulate::DEFAULT_OVERLAP_MS)
+        );
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 
 pub mod arrivals;
 pub mod compliance;
+mod overlap;
 mod report;
 mod send;
 mod writes;
@@ -27,6 +28,7 @@ use tollgate::policy_file::PolicyFile;
 use tollgate::store::{DynamoStore, MemoryStore};
 
 pub use arrivals::{Arrival, arrivals};
+pub use overlap::DEFAULT_OVERLAP_MS;
 pub use report::{Latency, PolicyResult, REPORT_SCHEMA, Report, TenantResult};
 
 use crate::serve::tenants::{DemoTenant, demo_tenants};
@@ -129,6 +131,10 @@ pub struct Config {
     /// Stop after this many requests (the earliest arrivals).
     pub requests: Option<u64>,
     pub concurrency: usize,
+    /// Store targets: requests further apart than this many milliseconds of simulated time are
+    /// never in flight together (`None`: no bound; `--overlap-ms` defaults to
+    /// `DEFAULT_OVERLAP_MS`).
+    pub overlap_ms: Option<u64>,
     pub seed: u64,
     /// How requests are dealt to the containers (DynamoDB target).
     pub dealing: Dealing,
@@ -140,6 +146,17 @@ pub struct Config {
     pub progress: bool,
     /// The simulated start (store targets): `None` starts now.
     pub start: Option<tollgate::engine::clock::Timestamp>,
+}
+
+impl Config {
+    /// The bound on the simulated time requests in flight together span, on `target`: none in
+    /// real time, where a request is sent at its arrival.
+    fn overlap_on(&self, target: &Target) -> Option<u64> {
+        match target {
+            Target::Memory(_) | Target::Dynamo(_) => self.overlap_ms,
+            Target::Http(_) | Target::Gate(_) => None,
+        }
+    }
 }
 
 /// The simulated tenants: the demo tenants of a policy file, spread over its plans, with the
@@ -262,12 +279,15 @@ async fn send_all(
     done: &AtomicU64,
 ) -> Vec<Observed> {
     let http = reqwest::Client::new();
+    let overlap = overlap::Overlap::new(arrivals, config.overlap_on(target));
     futures::stream::iter(arrivals.iter().copied().enumerate())
         .map(|(i, arrival)| {
-            let http = &http;
+            let (http, overlap) = (&http, &overlap);
             async move {
+                overlap.until_clear(i).await;
                 let sender = cohort.sender(arrival.tenant);
                 let o = send::send(target, http, config, start, sender, (i, arrival)).await;
+                overlap.answered(i);
                 done.fetch_add(1, Ordering::Relaxed);
                 o
             }

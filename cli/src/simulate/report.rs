@@ -31,6 +31,10 @@ pub struct Report {
     pub pattern: Pattern,
     pub load: f64,
     pub concurrency: usize,
+    /// Store targets: requests further apart than this in simulated time were never in flight
+    /// together (`None`: no bound, or a real-time target).
+    #[serde(default)]
+    pub overlap_ms: Option<u64>,
     pub tenants: usize,
     pub requests: u64,
     pub admitted: u64,
@@ -197,6 +201,7 @@ impl Run<'_> {
             pattern: config.pattern,
             load: config.load,
             concurrency: config.concurrency,
+            overlap_ms: config.overlap_on(target),
             tenants: self.tenants.len(),
             requests,
             admitted: sum(|t| t.admitted),

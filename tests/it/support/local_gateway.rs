@@ -75,6 +75,8 @@ pub fn load(pattern: Pattern, tenants: usize, secs: f64) -> Config {
         duration: Duration::from_secs_f64(secs),
         requests: None,
         concurrency: 16,
+        // No bound on the simulated time they span: the most contention a store target sees.
+        overlap_ms: None,
         seed: 7,
         dealing: Default::default(),
         method: "GET".into(),
