@@ -45,9 +45,9 @@ pub struct Simulate {
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
     /// Store targets: requests further apart than this many milliseconds of simulated time are
-    /// never in flight together, as a call answers within milliseconds [default: 10] (150: every
-    /// call lasting the authorizer's default store budget; 0: only requests of one instant
-    /// together; at least the run's --duration: no bound).
+    /// never in flight together, as a decision of one round trip takes milliseconds. 150: every
+    /// decision taking up to the authorizer's default store budget; 0: only requests of one
+    /// instant together; at least the run's --duration: no bound. [default: 10]
     #[arg(long)]
     pub overlap_ms: Option<u64>,
     /// Simulated containers (--target dynamodb): each its own store instance on the same tables,

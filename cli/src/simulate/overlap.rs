@@ -3,12 +3,13 @@
 //! Against a store, each request carries its arrival time and the run goes as fast as the store
 //! answers. A request answered without a call (from units its container leased, or a cached
 //! refusal) takes microseconds, one that writes takes a round trip to the emulator. Unbounded,
-//! the requests in flight could span hundreds of milliseconds of simulated time while a write
-//! was in flight, so later arrivals' writes landed before it, and a container could get its next
+//! the requests in flight could span up to some 300 ms of simulated time while a write was in
+//! flight, so later arrivals' writes could land before it, and a container could get its next
 //! request while its write was in flight, as a Lambda environment never does (wherever a
-//! container's requests are further apart than the bound). In a deployment a call answers within
+//! container's requests are further apart than the bound). In a deployment a round trip takes
 //! milliseconds, so a request waits until every arrival more than the bound before it has been
-//! answered (`Overlap::until_clear`).
+//! answered (`Overlap::until_clear`). The bound holds for a whole decision, all its attempts
+//! included: a decision that retries holds the run back meanwhile, as a deployment would not.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -17,8 +18,9 @@ use tokio::sync::watch;
 
 use super::arrivals::Arrival;
 
-/// `--overlap-ms`' default: a DynamoDB call answers within 10 ms (single-digit milliseconds), so
-/// requests further apart never meet in flight.
+/// `--overlap-ms`' default: a decision of one DynamoDB round trip at its typical latency
+/// (single-digit milliseconds). One that reads first or retries takes longer in a deployment, up
+/// to the authorizer's store budget (150 ms), which `--overlap-ms 150` models.
 pub const DEFAULT_OVERLAP_MS: u64 = 10;
 
 /// The arrivals, and the earliest not yet answered.
