@@ -23,17 +23,12 @@ use super::arrivals::Arrival;
 /// to the authorizer's store budget (150 ms), which `--overlap-ms 150` models.
 pub const DEFAULT_OVERLAP_MS: u64 = 10;
 
-/// The arrivals, and the earliest not yet answered.
+/// The arrivals, those answered, and the earliest not yet answered.
 pub(super) struct Overlap<'a> {
     arrivals: &'a [Arrival],
     span: Option<Duration>,
-    answered: Mutex<Answered>,
+    answered: Mutex<Vec<bool>>,
     earliest: watch::Sender<usize>,
-}
-
-struct Answered {
-    done: Vec<bool>,
-    earliest: usize,
 }
 
 impl<'a> Overlap<'a> {
@@ -44,14 +39,11 @@ impl<'a> Overlap<'a> {
         Overlap {
             arrivals,
             span,
-            answered: Mutex::new(Answered {
-                // Unbounded, nothing is tracked.
-                done: if span.is_some() {
-                    vec![false; arrivals.len()]
-                } else {
-                    Vec::new()
-                },
-                earliest: 0,
+            // Unbounded, nothing is tracked.
+            answered: Mutex::new(if span.is_some() {
+                vec![false; arrivals.len()]
+            } else {
+                Vec::new()
             }),
             earliest: watch::Sender::new(0),
         }
@@ -73,16 +65,17 @@ impl<'a> Overlap<'a> {
         if self.span.is_none() {
             return;
         }
-        let mut a = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
-        a.done[index] = true;
-        let before = a.earliest;
-        while a.earliest < a.done.len() && a.done[a.earliest] {
-            a.earliest += 1;
-        }
-        if a.earliest != before {
-            // `send_replace` keeps the value while no arrival waits, where `send` would drop it.
-            self.earliest.send_replace(a.earliest);
-        }
+        let mut done = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        done[index] = true;
+        // Moved on under the lock, so two answers never move it out of order; unlike `send`, this
+        // keeps the value while no arrival waits, and wakes waiters only when it moved.
+        self.earliest.send_if_modified(|first| {
+            let before = *first;
+            while *first < done.len() && done[*first] {
+                *first += 1;
+            }
+            *first != before
+        });
     }
 }
 
