@@ -92,13 +92,18 @@ async fn sixty_four_concurrent_requests_split_over_two_processes_get_the_allowan
 
 /// One request for tenant `t` at `NOW`, on its own task (so its caller can give up): admitted?
 fn one(store: &Arc<DynamoStore>, p: &Plan) -> JoinHandle<Result<bool, StoreError>> {
+    one_at(store, p, NOW)
+}
+
+/// `one` at `now`.
+fn one_at(store: &Arc<DynamoStore>, p: &Plan, now: Timestamp) -> JoinHandle<Result<bool, StoreError>> {
     let (store, p) = (store.clone(), p.clone());
     tokio::spawn(async move {
         let req = Consume {
             tenant: "t",
             limits: p.limits(),
             weight: 1,
-            now: NOW,
+            now,
         };
         store.consume(&req).await.map(|d| d.allowed)
     })
@@ -110,9 +115,14 @@ async fn admitted(requests: Vec<JoinHandle<Result<bool, StoreError>>>) -> u64 {
     answers.map(|a| u64::from(a.expect("task").expect("decision"))).sum()
 }
 
-/// `n` requests queued one after another behind a write held at the proxy.
-async fn queue(store: &Arc<DynamoStore>, p: &Plan, n: usize) -> Vec<JoinHandle<Result<bool, StoreError>>> {
-    let requests = (0..n).map(|_| one(store, p)).collect();
+/// `n` requests at `now` queued one after another behind a write held at the proxy.
+async fn queue(
+    store: &Arc<DynamoStore>,
+    p: &Plan,
+    n: usize,
+    now: Timestamp,
+) -> Vec<JoinHandle<Result<bool, StoreError>>> {
+    let requests = (0..n).map(|_| one_at(store, p, now)).collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     requests
 }
@@ -137,8 +147,8 @@ async fn a_caller_giving_up_while_its_write_carries_others_has_nothing_written_t
     // AND a request whose write is held, holding the lane's turn; behind it request X, then three
     let first = one(&store, &p);
     proxy.wait_holds(1).await;
-    let x = queue(&store, &p, 1).await;
-    let carried = queue(&store, &p, 3).await;
+    let x = queue(&store, &p, 1, NOW).await;
+    let carried = queue(&store, &p, 3, NOW).await;
     // WHEN the held write answers, X takes the turn and its write (held) carries the three
     proxy.release_held();
     proxy.wait_holds(2).await;
@@ -154,10 +164,21 @@ async fn a_caller_giving_up_while_its_write_carries_others_has_nothing_written_t
     assert_eq!((used, proxy.seen("POST", UPDATE)), (answered + 1, 3), "units, writes");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_carried_write_refused_for_a_token_another_process_took_admits_the_tokens_left() {
-    // GIVEN two processes' stores at the shipped defaults on one table, the first through a
-    // proxy; a burst of 10 at 1/s, every request at the same instant
+/// Nine requests of process A queued behind a write whose outcome stayed unknown.
+struct Queued {
+    proxy: FaultProxy,
+    a: Arc<DynamoStore>,
+    b: Arc<DynamoStore>,
+    p: Plan,
+    nine: Vec<JoinHandle<Result<bool, StoreError>>>,
+}
+
+/// Two processes' stores at the shipped defaults on one table, A through a proxy whose
+/// UpdateItem calls meet, in order, nothing, a stall, a throttle, then `then`; a burst of 10 at
+/// 1/s. Each process spends a token at `NOW` (A counts 9 left, the item holds 8); then A's next
+/// write, at `at`, stalls (its resend is throttled: neither applies) while nine requests at `at`
+/// queue behind it.
+async fn nine_queued_behind_an_unknown_outcome(then: &[Option<Fault>], at: Timestamp) -> Queued {
     let (direct, table) = emulator::state_table().await;
     let proxy = FaultProxy::start(&emulator::endpoint()).await;
     // (`tollgate serve`'s 1 s attempt timeout, `--attempt-timeout-ms`, so a stalled write is
@@ -170,24 +191,57 @@ async fn a_carried_write_refused_for_a_token_another_process_took_admits_the_tok
     let b = Arc::new(DynamoStore::new(direct, DynamoStoreConfig::new(&table)));
     let p = plan("rate = 1.0\nburst = 10");
     let unapplied = [Some(Fault::Stall), Some(Fault::ThroughputExceeded)];
-    proxy.inject_on("POST", UPDATE, &[&[None][..], &unapplied].concat());
-    // AND each process spent a token: A counts 9 left, the item holds 8
+    proxy.inject_on("POST", UPDATE, &[&[None][..], &unapplied, then].concat());
     assert_eq!(admitted(vec![one(&a, &p)]).await + admitted(vec![one(&b, &p)]).await, 2);
-    // AND A's next write stalls (its resend is throttled: neither applies) while nine requests
-    // queue behind it
-    let failed = one(&a, &p);
+    let failed = one_at(&a, &p, at);
     while proxy.seen("POST", UPDATE) < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let queued = queue(&a, &p, 9).await;
+    let nine = queue(&a, &p, 9, at).await;
     let failed = failed.await.expect("task");
     assert!(matches!(failed, Err(StoreError::Indeterminate { .. })), "{failed:?}");
+    Queued { proxy, a, b, p, nine }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_write_refused_for_a_token_another_process_took_admits_the_tokens_left() {
+    // GIVEN nine requests of process A queued behind a write whose outcome stayed unknown, A
+    // counting 9 tokens left where the item holds 8 (another process took one), every request
+    // at the same instant
+    let q = nine_queued_behind_an_unknown_outcome(&[], NOW).await;
     // WHEN the next turn carries the nine on A's view (9 left) and the write is refused (8 left)
-    let by_queue = admitted(queued).await;
+    let by_queue = admitted(q.nine).await;
     // THEN the batch shrinks to what the returned item admits: the 8 tokens left are admitted,
     // the burst spent exactly, and no hold-off refused a request for a token that was there
-    let held_off = a.stats().held_off();
+    let held_off = q.a.stats().held_off();
     eprintln!("nine queued with 8 tokens left: {by_queue} admitted, {held_off} held off");
     assert_eq!((by_queue, held_off), (8, 0));
-    assert_eq!(a.stats().conflicts(), 1, "one refused carried write");
+    assert_eq!(q.a.stats().conflicts(), 1, "one refused carried write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_write_whose_send_timed_out_and_was_fenced_is_written_again_for_the_tokens_left() {
+    // GIVEN the same nine, a millisecond after the other process's token: their operation ids
+    // are drawn in a later millisecond than its id, which A has not seen, so that a resend
+    // refused finds its slot not overwritten
+    let later = NOW.saturating_add(Duration::from_millis(1));
+    let q = nine_queued_behind_an_unknown_outcome(&[Some(Fault::Stall)], later).await;
+    // WHEN the next turn's write, carrying the nine on A's view (9 left), stalls too, its resend
+    // is refused (8 left) and its fence finds it never landed
+    let by_queue = admitted(q.nine).await;
+    // THEN the batch, no longer frozen, shrinks to the 8 tokens left and is written again: 8
+    // admitted, not nine refused (`Contention`) for tokens that were there
+    let stats = q.a.stats();
+    eprintln!("nine carried, their send stalled, 8 tokens left: {by_queue} admitted");
+    assert_eq!(by_queue, 8);
+    assert_eq!(
+        (stats.unknown_outcomes(), stats.fences(), stats.held_off()),
+        (2, 1, 0),
+        "unknown outcomes, fences, held off"
+    );
+    // AND the write under a fresh id is the batch's fourth call (send, resend, fence, write):
+    // seven in all, the ninth request refused from the returned item without one
+    assert_eq!(q.proxy.seen("POST", UPDATE), 7, "writes through the proxy");
+    // AND the burst is spent exactly: the item has no token left
+    assert_eq!(admitted(vec![one(&q.b, &q.p)]).await, 0, "a token left");
 }

@@ -164,7 +164,7 @@ impl DynamoStore {
                 weight: 0,
                 now,
             };
-            match self.send(&req, item::fence(now, op)).await {
+            match self.send_fence(&req, op).await {
                 // Claimed: the batch can no longer land, and did not.
                 Ok(Attempt::Applied(_)) => {}
                 Ok(Attempt::Refused(current)) => match current.op_status(op) {

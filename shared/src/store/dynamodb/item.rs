@@ -464,8 +464,8 @@ fn stale(limits: &Limits, guess: &Snapshot, now: Timestamp) -> Vec<String> {
 }
 
 /// The write that makes `op` impossible without changing anything else: it claims `op`'s slot.
-/// Sent when a resend after an unknown outcome ends in a refusal, so that the earlier send, if
-/// it is still on its way, can no longer apply, and the refusal is final.
+/// Sent when a resend after an unknown outcome is refused, so that the earlier send, if it is
+/// still on its way, can no longer apply, and the batch can be decided again.
 ///
 /// The slot is set to `fenced(op)`, not `op`: a fence whose answer is lost and that is sent again
 /// must find the slot fenced, not take its own landing for the operation's.

@@ -18,7 +18,8 @@
 //! arrive. A resend after an unknown outcome (timeout, lost connection, 5xx) that finds its id in
 //! the item is recognised as applied; one that finds its slot overwritten cannot tell, and says so
 //! (`Indeterminate`); one that is refused with its id absent first claims the slot (`item::fence`)
-//! so that the earlier send can no longer land, then refuses.
+//! so that the earlier send can no longer land, then decides again on the item the resend
+//! returned.
 //!
 //! Requests of one process for one tenant and bucket never race each other (`lanes`): one write
 //! is in flight at a time, and a request that waited for it decides from the item it returned.
@@ -225,6 +226,14 @@ impl DynamoStore {
                 Err(current) => last = current,
             }
         }
+    }
+
+    /// Sends the fence of `op` (`item::fence`), having first put the value it leaves in `op`'s
+    /// slot below the next id this container draws: an id drawn later in `op`'s millisecond and
+    /// slot would sit below it and fail its claim.
+    async fn send_fence(&self, req: &Consume<'_>, op: u64) -> Result<Attempt, StoreError> {
+        self.last_op.fetch_max(item::fenced(op), Ordering::Relaxed);
+        self.send(req, item::fence(req.now, op)).await
     }
 
     async fn send(&self, req: &Consume<'_>, w: Write) -> Result<Attempt, StoreError> {

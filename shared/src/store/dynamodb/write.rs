@@ -9,13 +9,14 @@
 //! request, never by a batch: the hold-off after a lost race is derived from the request holding
 //! the turn alone, so a batch too big for the tokens left never holds the lane off tokens that
 //! are there. While a send's outcome is unknown the batch stays as sent, so a resend that finds
-//! its operation applied answers exactly the requests it carried.
+//! its operation applied answers exactly the requests it carried; once a fence shows it never
+//! landed, the batch shrinks like any other and goes again with the attempts left.
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::item::{self, OpStatus, Snapshot};
+use super::item::{self, Snapshot};
 use super::lanes::{Joined, Waiter};
 use super::leases::Grant;
 use super::predictions::Race;
@@ -356,7 +357,8 @@ impl DynamoStore {
         guess: Snapshot,
         recheck: bool,
     ) -> Result<Outcome, StoreError> {
-        // Set once a send had an unknown outcome: every later send is that operation, same batch.
+        // Set once a send had an unknown outcome: every later send is that operation, same batch,
+        // until a fence shows it never landed.
         let mut pending: Option<u64> = None;
         let mut last_unknown = String::new();
         // The TAT this container knew before this decision (the cache's).
@@ -373,9 +375,10 @@ impl DynamoStore {
                     // A cold cache refuses only what no state could admit (weight over burst).
                     self.stats.cached_denials.fetch_add(1, Ordering::Relaxed);
                 }
-                return self
-                    .refused(head, batch, &guess, pending.map(|op| (op, attempt - 1)))
-                    .await;
+                match self.not_admitted(head, batch, &guess, pending.take(), attempt).await? {
+                    Some(outcome) => return Ok(outcome),
+                    None => continue,
+                }
             }
             let op = pending.unwrap_or_else(|| self.next_op(head.tenant, head.now));
             let floor = batch.condition_floor(head, &shaped, anchor);
@@ -412,11 +415,8 @@ impl DynamoStore {
                     }
                 }
                 Attempt::Unknown(detail) => {
-                    self.stats.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(tenant = head.tenant, attempt, %detail, "state write outcome unknown; resending idempotently");
-                    pending = Some(op);
-                    batch.unknown = Some((op, super::charge::counts(head.limits, whole.now, whole.weight)));
-                    last_unknown = detail;
+                    self.outcome_unknown(batch, &whole, op, attempt, &detail);
+                    (pending, last_unknown) = (Some(op), detail);
                 }
             }
         }
@@ -449,8 +449,9 @@ impl DynamoStore {
         self.stats.lapsed_units.fetch_add(lapsed, Ordering::Relaxed);
     }
 
-    /// The batch's write was refused by its condition: it carries from now on only what the
-    /// returned item admits alongside the head.
+    /// The batch's write was refused by its condition (or, after an unknown outcome, its fence
+    /// showed it never landed): it carries from now on only what the returned item admits
+    /// alongside the head.
     pub(super) fn shrink(&self, head: &Consume<'_>, guess: &Snapshot, batch: &mut Batch<'_>) {
         if batch.carried.is_empty() {
             return;
@@ -462,87 +463,21 @@ impl DynamoStore {
         batch.carried = carried;
     }
 
-    /// `guess` admits not the batch (as last sent, when `pending` has its operation): once an
-    /// earlier send can no longer land, the head's refusal from `guess`, the carried requests
-    /// back to the lane.
-    async fn refused(
+    /// `guess` admits not the batch, which no earlier send can still land: the head's refusal
+    /// from `guess`, the carried requests back to the lane. `attempts`: the calls made, for the
+    /// error when `guess` admits the head alone (a batch too big for it with no attempt left).
+    fn refused(
         &self,
         head: &Consume<'_>,
         batch: &mut Batch<'_>,
         guess: &Snapshot,
-        pending: Option<(u64, u32)>,
+        attempts: u32,
     ) -> Result<Outcome, StoreError> {
-        let mut attempts = 0;
-        if let Some((op, sent)) = pending {
-            let (whole, _) = batch.whole(head, guess);
-            if let Some(current) = self.fence(&whole, op, sent).await? {
-                return Ok(Outcome::Found(current));
-            }
-            attempts = sent + 1;
-        }
         batch.give_back();
         let alone = engine::evaluate(head.limits, &guess.state(head.limits, head.now), head.now, head.weight);
         match alone.next {
             None => Ok(Outcome::Refused(alone.decision)),
-            // Only a batch frozen by an unknown outcome gets here: it is surely not applied.
             Some(_) => Err(StoreError::Contention { attempts }),
-        }
-    }
-
-    /// A resend of `op` was refused and `op` is not in the item: the refusal stands only once
-    /// the earlier send can no longer land. Claims `op`'s slot: `None` once it did; the item if
-    /// the earlier send got there first (`req` admitted after all).
-    async fn fence(&self, req: &Consume<'_>, op: u64, attempts: u32) -> Result<Option<Snapshot>, StoreError> {
-        self.stats.fences.fetch_add(1, Ordering::Relaxed);
-        let indeterminate = |detail: &str| StoreError::Indeterminate {
-            attempts: attempts + 1,
-            detail: detail.to_owned(),
-        };
-        let sent = self.send(req, item::fence(req.now, op)).await;
-        match sent.map_err(|e| after_unknown(e, Some(op), attempts + 1, "the fence failed"))? {
-            Attempt::Applied(_) => Ok(None),
-            Attempt::Refused(current) => match current.op_status(op) {
-                // An earlier fence of it landed.
-                OpStatus::Fenced => Ok(None),
-                OpStatus::Applied => {
-                    self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    self.remember(req, current.clone(), Race::Neither);
-                    Ok(Some(current))
-                }
-                _ => Err(indeterminate(
-                    "an earlier send may have applied; its operation id was overwritten",
-                )),
-            },
-            Attempt::Unknown(detail) => Err(indeterminate(&detail)),
-        }
-    }
-
-    /// After a send of `op` had an unknown outcome and a resend was refused: the item when the
-    /// refusing item shows `op` applied, the error when it cannot tell, `None` when `op` surely
-    /// did not land.
-    fn resend_found(
-        &self,
-        req: &Consume<'_>,
-        current: &Snapshot,
-        op: u64,
-        attempt: u32,
-        last_unknown: &str,
-    ) -> Option<Result<Snapshot, StoreError>> {
-        match current.op_status(op) {
-            OpStatus::Applied => {
-                // An earlier send whose answer was lost did land: admitted, once.
-                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                self.remember(req, current.clone(), Race::Won(bucket_of(req.limits)));
-                Some(Ok(current.clone()))
-            }
-            OpStatus::Overwritten => {
-                self.remember(req, current.clone(), Race::Neither);
-                Some(Err(StoreError::Indeterminate {
-                    attempts: attempt,
-                    detail: format!("{last_unknown}; the operation id was overwritten before the resend"),
-                }))
-            }
-            OpStatus::NotApplied | OpStatus::Fenced => None,
         }
     }
 }
@@ -585,6 +520,8 @@ impl DynamoStore {
         carried
     }
 }
+
+mod unknown;
 
 #[cfg(test)]
 mod tests;

@@ -114,3 +114,45 @@ fn a_write_is_shaped_on_the_presumed_tat_only_while_it_carries_a_lease() {
     assert!(matches!(shaped, Cow::Borrowed(_)));
     assert_eq!(item::tat_in(&shaped.tats, bucket), Some(t(NOW + 999)));
 }
+
+/// A store whose every call fails at once: its client points at a closed loopback port.
+fn unreachable_store() -> DynamoStore {
+    use aws_config::{BehaviorVersion, Region, SdkConfig};
+    use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+    let sdk = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url("http://127.0.0.1:1")
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "t", "t", None, None, "t",
+        )))
+        .build();
+    let client = crate::aws::state_client(&sdk, crate::aws::StoreTimeouts::default());
+    DynamoStore::new(client, crate::store::DynamoStoreConfig::new("state"))
+}
+
+#[tokio::test]
+async fn an_id_drawn_after_a_fence_is_above_the_value_the_fence_left_in_every_slot() {
+    // GIVEN a container that fenced an operation of the clock's millisecond (the send fails:
+    // what the fence leaves is taken as landed all the same)
+    let store = unreachable_store();
+    let limits = limits();
+    let req = Consume {
+        tenant: "t",
+        limits: &limits,
+        weight: 1,
+        now: t(NOW),
+    };
+    let op = store.next_op("t", t(NOW));
+    let _ = store.send_fence(&req, op).await;
+    // WHEN it draws ids again in that millisecond, in whatever slot
+    // THEN each is above `fenced(op)`, so a write under it can claim op's slot too
+    for _ in 0..64 {
+        let next = store.next_op("t", t(NOW));
+        assert!(
+            next > item::fenced(op),
+            "{next} drawn after a fence left {}",
+            item::fenced(op)
+        );
+    }
+}
