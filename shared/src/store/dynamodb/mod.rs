@@ -76,7 +76,9 @@ pub struct DynamoStoreConfig {
     pub table: String,
     /// Writes per decision at most (conflicts and unknown outcomes included).
     pub max_attempts: u32,
-    /// Tenants whose last-seen item is kept for predictions; bounds memory.
+    /// Tenants whose last-seen item is kept for predictions, with the floor of their operation
+    /// ids; bounds memory. At 0 nothing is kept: every write is shaped on a guess or a read, and
+    /// a write whose id falls below one this container sent before loses its slot's order once.
     pub cache_capacity: usize,
     /// How long a refusal computed from the cached item may stand without asking the store: an
     /// operator's reset or a plan upgrade is seen within this time. One call per tenant per this
@@ -127,8 +129,9 @@ pub struct DynamoStore {
     lanes: Arc<Lanes>,
     leases: Arc<Leases>,
     stats: Arc<StoreStats>,
-    /// The greatest operation id sent or seen: new ids go above it (a Lamport clock).
-    last_op: Arc<AtomicU64>,
+    /// The random bits of the next operation id (`next_op`): a count of this store's draws from
+    /// a random start.
+    draws: Arc<AtomicU64>,
     /// Units charged for requests answered without this store's answer (`charge`).
     unanswered: Arc<Unanswered>,
 }
@@ -149,7 +152,7 @@ impl DynamoStore {
             leases: Arc::new(Leases::new(config.lease_meters, config.lease_span)),
             config: Arc::new(config),
             stats: Arc::default(),
-            last_op: Arc::default(),
+            draws: Arc::new(AtomicU64::new(u64::from(rand::random::<u32>()))),
             unanswered: Arc::default(),
         }
     }
@@ -164,7 +167,7 @@ impl DynamoStore {
             lanes: self.lanes.clone(),
             leases: self.leases.clone(),
             stats: self.stats.clone(),
-            last_op: self.last_op.clone(),
+            draws: self.draws.clone(),
             unanswered: self.unanswered.clone(),
         }
     }
@@ -197,17 +200,20 @@ impl DynamoStore {
     }
 
     /// Keeps the item as seen, and every operation id in it below the next one this container
-    /// draws.
+    /// draws for the tenant.
     fn remember(&self, req: &Consume<'_>, snap: Snapshot, race: Race) {
-        self.last_op.fetch_max(snap.max_op(), Ordering::Relaxed);
         self.predictions.remember(req.tenant, snap, req.limits, req.now, race);
     }
 
-    /// A fresh operation id above every id this container has sent or seen, in a slot drawn at
-    /// random: concurrent writers then seldom share a slot (and race on its order), and an id
-    /// survives each later write to the tenant with probability `1 - 1/OPS`. Never the slot of
-    /// one of the tenant's unresolved operations (`charge`), which a fence still has to read.
-    fn next_op(&self, tenant: &str, now: Timestamp) -> u64 {
+    /// A fresh operation id above every id this container has sent to or seen on the tenant's
+    /// item while it is cached, and above those of `guess` (`Predictions::draw_op`), in a slot
+    /// drawn at random: concurrent writers then seldom share a slot (and race on its order), and
+    /// an id survives each later write to the tenant with probability `1 - 1/OPS`. Never the
+    /// slot of one of the tenant's unresolved operations (`charge`), which a fence still has to
+    /// read. Its random bits count this store's draws from a random start: two ids of one store
+    /// drawn from the same instant, slot and floor differ whatever the cache holds (an uncached
+    /// tenant's two lanes drawing at once), and two stores' by the chance two random ones do.
+    fn next_op(&self, tenant: &str, now: Timestamp, guess: &Snapshot) -> u64 {
         let avoid = self.unanswered.slots(tenant);
         let free = (0..item::OPS).filter(|s| avoid & (1 << s) == 0).count().max(1);
         let nth = rand::random::<u32>() as usize % free;
@@ -215,24 +221,17 @@ impl DynamoStore {
             .filter(|s| avoid & (1 << s) == 0)
             .nth(nth)
             .unwrap_or(nth % item::OPS);
-        let mut last = self.last_op.load(Ordering::Relaxed);
-        loop {
-            let id = item::op_id(now, last.saturating_add(1), slot, rand::random());
-            match self
-                .last_op
-                .compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return id,
-                Err(current) => last = current,
-            }
-        }
+        let bits = self.draws.fetch_add(1, Ordering::Relaxed);
+        self.predictions.draw_op(tenant, guess.max_op(), |floor| {
+            item::op_id(now, floor.saturating_add(1), slot, bits)
+        })
     }
 
     /// Sends the fence of `op` (`item::fence`), having first put the value it leaves in `op`'s
-    /// slot below the next id this container draws: an id drawn later in `op`'s millisecond and
-    /// slot would sit below it and fail its claim.
+    /// slot below the next id this container draws for the tenant: an id drawn later in `op`'s
+    /// millisecond and slot would sit below it and fail its claim.
     async fn send_fence(&self, req: &Consume<'_>, op: u64) -> Result<Attempt, StoreError> {
-        self.last_op.fetch_max(item::fenced(op), Ordering::Relaxed);
+        self.predictions.raise_floor(req.tenant, item::fenced(op));
         self.send(req, item::fence(req.now, op)).await
     }
 
@@ -252,8 +251,8 @@ impl DynamoStore {
             // under 1 KB. The decision needs only the attributes the write sets, but the cache
             // also keeps the tenant's other buckets' TATs (a route's write would otherwise leave
             // the plan's next write to guess its shape, and miss when busy), the other slots'
-            // operation ids keep this container's ids above every other's, and the item's size
-            // counts the write units. An attribute a write did not return cannot be taken from an
+            // operation ids keep this container's ids for the tenant above every other's, and
+            // the item's size counts the write units. An attribute a write did not return cannot be taken from an
             // older view as current: an operator's reset removes TATs and zeroes counters, and
             // the older view would revive them, refusing as if freshly checked.
             .return_values(ReturnValue::AllNew)
@@ -594,3 +593,6 @@ impl Store for DynamoStore {
 pub async fn create_state_table(client: &Client, table: &str) -> Result<(), String> {
     crate::aws::create_table(client, table, item::PK, Some(item::TTL)).await
 }
+
+#[cfg(test)]
+mod tests;

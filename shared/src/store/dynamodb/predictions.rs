@@ -43,6 +43,10 @@ struct Cached {
     /// The pace the TAT of the bucket last written moved at between this container's last two
     /// answers, in thousandths of real time (1,000: the plan's rate spent), if both showed it.
     pace: Option<(Option<TatAttr>, u16)>,
+    /// The greatest operation id this container saw on the tenant's item or sent to it, or the
+    /// value its fence left (`raise_floor`): the next one it draws for the tenant goes above it
+    /// (`draw_op`).
+    floor: u64,
 }
 
 /// A hold-off on one bucket (`None`: the plan's bucket when the attribute is unknown): no write
@@ -248,9 +252,11 @@ impl Predictions {
 
     /// Keeps `snap`, the store's answer at `now`.
     pub(super) fn remember(&self, tenant: &str, snap: Snapshot, limits: &Limits, now: Timestamp, race: Race) {
+        let ops = snap.max_op();
         let snap = snap.compact(limits, now);
         let mut cache = self.lock();
         let old = cache.get(tenant);
+        let floor = old.map_or(ops, |c| c.floor.max(ops));
         let hold = self.next_hold(old.and_then(|c| c.hold), race, now);
         let bucket = super::bucket_of(limits);
         let pace = old.and_then(|c| {
@@ -268,8 +274,35 @@ impl Predictions {
             version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
             hold,
             pace,
+            floor,
         };
         cache.insert(tenant, cached);
+    }
+
+    /// A fresh operation id for `tenant`, drawn by `draw` from a floor: the greatest id this
+    /// container saw on the tenant's item (`remember`, and `seen`: one on the item a write
+    /// works from) or drew for it; the id then becomes the floor. A tenant not cached draws from
+    /// `seen` alone.
+    ///
+    /// Per tenant, not per container: ids only need to be ordered within one item's slots, and
+    /// a floor drawn from more than about two times a millisecond runs ever further ahead of the
+    /// clock (`item::op_id`), as one floor for every tenant of a busy process did. A tenant's is
+    /// drawn from once per write to its item.
+    pub(super) fn draw_op(&self, tenant: &str, seen: u64, draw: impl FnOnce(u64) -> u64) -> u64 {
+        let mut cache = self.lock();
+        let cached = cache.get_used(tenant);
+        let id = draw(cached.as_ref().map_or(seen, |c| c.floor.max(seen)));
+        if let Some(c) = cached {
+            c.floor = c.floor.max(id);
+        }
+        id
+    }
+
+    /// Raises the floor of the tenant's next operation ids to `to` (a fence's value).
+    pub(super) fn raise_floor(&self, tenant: &str, to: u64) {
+        if let Some(c) = self.lock().get_used(tenant) {
+            c.floor = c.floor.max(to);
+        }
     }
 
     /// The hold-off after a write's answer. A lost race holds its bucket off until the next token

@@ -380,7 +380,7 @@ impl DynamoStore {
                     None => continue,
                 }
             }
-            let op = pending.unwrap_or_else(|| self.next_op(head.tenant, head.now));
+            let op = pending.unwrap_or_else(|| self.next_op(head.tenant, head.now, &guess));
             let floor = batch.condition_floor(head, &shaped, anchor);
             let w = item::admit_at(&self.shapes, head.limits, &shaped, whole.now, floor, whole.weight, op);
             drop(shaped); // It borrows `guess`, which a refusal replaces.
