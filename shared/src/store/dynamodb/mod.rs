@@ -45,7 +45,7 @@ mod write;
 use std::collections::HashMap;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -77,8 +77,9 @@ pub struct DynamoStoreConfig {
     /// Writes per decision at most (conflicts and unknown outcomes included).
     pub max_attempts: u32,
     /// Tenants whose last-seen item is kept for predictions, with the floor of their operation
-    /// ids; bounds memory. At 0 nothing is kept: every write is shaped on a guess or a read, and
-    /// a write whose id falls below one this container sent before loses its slot's order once.
+    /// ids; bounds memory. At 0 nothing is kept: every write is shaped on a guess or a read, a
+    /// write whose id falls below one this container sent before loses its slot's order once,
+    /// and two ids drawn at once for a tenant match by the chance two containers' do.
     pub cache_capacity: usize,
     /// How long a refusal computed from the cached item may stand without asking the store: an
     /// operator's reset or a plan upgrade is seen within this time. One call per tenant per this
@@ -129,9 +130,6 @@ pub struct DynamoStore {
     lanes: Arc<Lanes>,
     leases: Arc<Leases>,
     stats: Arc<StoreStats>,
-    /// The random bits of the next operation id (`next_op`): a count of this store's draws from
-    /// a random start.
-    draws: Arc<AtomicU64>,
     /// Units charged for requests answered without this store's answer (`charge`).
     unanswered: Arc<Unanswered>,
 }
@@ -152,7 +150,6 @@ impl DynamoStore {
             leases: Arc::new(Leases::new(config.lease_meters, config.lease_span)),
             config: Arc::new(config),
             stats: Arc::default(),
-            draws: Arc::new(AtomicU64::new(u64::from(rand::random::<u32>()))),
             unanswered: Arc::default(),
         }
     }
@@ -167,7 +164,6 @@ impl DynamoStore {
             lanes: self.lanes.clone(),
             leases: self.leases.clone(),
             stats: self.stats.clone(),
-            draws: self.draws.clone(),
             unanswered: self.unanswered.clone(),
         }
     }
@@ -210,9 +206,7 @@ impl DynamoStore {
     /// drawn at random: concurrent writers then seldom share a slot (and race on its order), and
     /// an id survives each later write to the tenant with probability `1 - 1/OPS`. Never the
     /// slot of one of the tenant's unresolved operations (`charge`), which a fence still has to
-    /// read. Its random bits count this store's draws from a random start: two ids of one store
-    /// drawn from the same instant, slot and floor differ whatever the cache holds (an uncached
-    /// tenant's two lanes drawing at once), and two stores' by the chance two random ones do.
+    /// read.
     fn next_op(&self, tenant: &str, now: Timestamp, guess: &Snapshot) -> u64 {
         let avoid = self.unanswered.slots(tenant);
         let free = (0..item::OPS).filter(|s| avoid & (1 << s) == 0).count().max(1);
@@ -221,7 +215,7 @@ impl DynamoStore {
             .filter(|s| avoid & (1 << s) == 0)
             .nth(nth)
             .unwrap_or(nth % item::OPS);
-        let bits = self.draws.fetch_add(1, Ordering::Relaxed);
+        let bits = rand::random();
         self.predictions.draw_op(tenant, guess.max_op(), |floor| {
             item::op_id(now, floor.saturating_add(1), slot, bits)
         })

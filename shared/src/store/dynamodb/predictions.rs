@@ -37,6 +37,7 @@ struct Cached {
     markers: Box<[(u64, u64)]>,
     /// When the store last answered (or was last asked) for this tenant.
     checked: Timestamp,
+    /// 0: nothing seen, the entry holds a floor alone (`Cached::floor_only`).
     version: u64,
     /// The bucket this container lost a race on last, if any.
     hold: Option<Hold>,
@@ -47,6 +48,22 @@ struct Cached {
     /// value its fence left (`raise_floor`): the next one it draws for the tenant goes above it
     /// (`draw_op`).
     floor: u64,
+}
+
+impl Cached {
+    /// An entry that holds a floor of operation ids and nothing seen (`Predictions::draw_op`).
+    fn floor_only(floor: u64) -> Cached {
+        Cached {
+            tats: Box::default(),
+            counters: Box::default(),
+            markers: Box::default(),
+            checked: Timestamp::from_nanos(0),
+            version: 0,
+            hold: None,
+            pace: None,
+            floor,
+        }
+    }
 }
 
 /// A hold-off on one bucket (`None`: the plan's bucket when the attribute is unknown): no write
@@ -198,7 +215,7 @@ impl Predictions {
 
     /// The tenant's cached item, and the hold-off of `bucket`.
     pub(super) fn seen(&self, tenant: &str, bucket: Option<TatAttr>) -> Option<Seen> {
-        self.lock().get_used(tenant).map(|c| Seen {
+        self.lock().get_used(tenant).filter(|c| c.version != 0).map(|c| Seen {
             snap: Snapshot {
                 tats: c.tats.to_vec(),
                 counters: c.counters.to_vec(),
@@ -281,20 +298,23 @@ impl Predictions {
 
     /// A fresh operation id for `tenant`, drawn by `draw` from a floor: the greatest id this
     /// container saw on the tenant's item (`remember`, and `seen`: one on the item a write
-    /// works from) or drew for it; the id then becomes the floor. A tenant not cached draws from
-    /// `seen` alone.
+    /// works from) or drew for it; the id then becomes the floor. A tenant not cached gets an
+    /// entry holding the floor alone (version 0: nothing seen, `seen` finds none), so that
+    /// two of its lanes drawing at once (the plan's bucket and a route's) never share an id.
     ///
     /// Per tenant, not per container: ids only need to be ordered within one item's slots, and
     /// a floor drawn from more than about two times a millisecond runs ever further ahead of the
-    /// clock (`item::op_id`), as one floor for every tenant of a busy process did. A tenant's is
+    /// clock (`item::op_id`), as one floor for all of a busy process's tenants would. A tenant's is
     /// drawn from once per write to its item.
     pub(super) fn draw_op(&self, tenant: &str, seen: u64, draw: impl FnOnce(u64) -> u64) -> u64 {
         let mut cache = self.lock();
-        let cached = cache.get_used(tenant);
-        let id = draw(cached.as_ref().map_or(seen, |c| c.floor.max(seen)));
-        if let Some(c) = cached {
+        if let Some(c) = cache.get_used(tenant) {
+            let id = draw(c.floor.max(seen));
             c.floor = c.floor.max(id);
+            return id;
         }
+        let id = draw(seen);
+        cache.insert(tenant, Cached::floor_only(id));
         id
     }
 

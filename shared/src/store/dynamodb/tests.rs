@@ -33,6 +33,18 @@ fn unreachable_store() -> DynamoStore {
     DynamoStore::new(client, DynamoStoreConfig::new("state"))
 }
 
+/// Caches `item` as the tenant's, seen at `NOW_MS`.
+fn cache(store: &DynamoStore, tenant: &str, item: Snapshot) {
+    let limits = limits();
+    let req = Consume {
+        tenant,
+        limits: &limits,
+        weight: 1,
+        now: t(NOW_MS),
+    };
+    store.remember(&req, item, Race::Neither);
+}
+
 /// An item holding `op` in its slot.
 fn holding(op: u64) -> Snapshot {
     let mut snap = Snapshot::default();
@@ -46,6 +58,8 @@ async fn an_id_drawn_after_a_fence_is_above_the_value_the_fence_left_in_every_sl
     // cached, as the refused resend before a fence leaves it (the send fails: what the fence
     // leaves is taken as landed all the same)
     let store = unreachable_store();
+    cache(&store, "t", Snapshot::default());
+    let op = store.next_op("t", t(NOW_MS), &Snapshot::default());
     let limits = limits();
     let req = Consume {
         tenant: "t",
@@ -53,8 +67,6 @@ async fn an_id_drawn_after_a_fence_is_above_the_value_the_fence_left_in_every_sl
         weight: 1,
         now: t(NOW_MS),
     };
-    store.remember(&req, Snapshot::default(), Race::Neither);
-    let op = store.next_op("t", t(NOW_MS), &Snapshot::default());
     let _ = store.send_fence(&req, op).await;
     // WHEN it draws ids again in that millisecond, in whatever slot
     // THEN each is above `fenced(op)`, so a write under it can claim op's slot too
@@ -70,19 +82,11 @@ fn ids_follow_the_floor_of_their_own_tenant_and_come_back_to_the_clock() {
     // GIVEN a container that saw one tenant's item hold an id a millisecond ahead of its clock
     // (a faster peer's, or a fence's), and ten other tenants' items holding ids of its clock
     let store = unreachable_store();
-    let limits = limits();
-    let req = |tenant, ms| Consume {
-        tenant,
-        limits: &limits,
-        weight: 1,
-        now: t(ms),
-    };
     let ahead = item::fenced(item::op_id(t(NOW_MS + 1), 0, 3, 0));
-    store.remember(&req("fast", NOW_MS), holding(ahead), Race::Neither);
+    cache(&store, "fast", holding(ahead));
     let others: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
     for tenant in &others {
-        let on_clock = item::op_id(t(NOW_MS), 0, 2, 0);
-        store.remember(&req(tenant, NOW_MS), holding(on_clock), Race::Neither);
+        cache(&store, tenant, holding(item::op_id(t(NOW_MS), 0, 2, 0)));
     }
     // WHEN it draws, for a second, an id a millisecond for that tenant and ten a millisecond
     // for the others (11,000 writes a second: a busy `tollgate serve`)
@@ -126,14 +130,7 @@ fn an_uncached_tenants_id_is_drawn_above_the_item_its_write_works_from() {
 fn a_cached_tenants_ids_drawn_at_one_instant_keep_rising() {
     // GIVEN a tenant this container has cached
     let store = unreachable_store();
-    let limits = limits();
-    let req = Consume {
-        tenant: "t",
-        limits: &limits,
-        weight: 1,
-        now: t(NOW_MS),
-    };
-    store.remember(&req, Snapshot::default(), Race::Neither);
+    cache(&store, "t", Snapshot::default());
     // WHEN it draws more ids at one instant than the 14,979 of a step its random bits count
     // through (the count wraps)
     // THEN each is above the one before: the floor keeps every id drawn
@@ -149,34 +146,32 @@ fn a_cached_tenants_ids_drawn_at_one_instant_keep_rising() {
 fn remembering_an_older_item_does_not_lower_a_tenants_floor() {
     // GIVEN a tenant whose item held an id a second ahead of the clock, and a draw above it
     let store = unreachable_store();
-    let limits = limits();
-    let req = Consume {
-        tenant: "t",
-        limits: &limits,
-        weight: 1,
-        now: t(NOW_MS),
-    };
     let ahead = item::op_id(t(NOW_MS + 1_000), 0, 1, 5);
-    store.remember(&req, holding(ahead), Race::Neither);
+    cache(&store, "t", holding(ahead));
     let first = store.next_op("t", t(NOW_MS), &Snapshot::default());
     // WHEN an answer that left that slot behind is remembered (an item holding an older id)
-    store.remember(&req, holding(item::op_id(t(NOW_MS), 0, 1, 5)), Race::Neither);
+    cache(&store, "t", holding(item::op_id(t(NOW_MS), 0, 1, 5)));
     // THEN the next id is still above both the item's id and the container's own
     let next = store.next_op("t", t(NOW_MS), &Snapshot::default());
     assert!(first > ahead && next > first, "{ahead}, then {first}, then {next}");
 }
 
 #[test]
-fn a_stores_ids_for_a_tenant_not_cached_drawn_at_one_instant_never_repeat() {
-    // GIVEN a tenant this container has not cached (no floor kept: two of its lanes, the plan's
-    // bucket and a route's, can draw at once)
+fn a_stores_ids_for_a_tenant_not_cached_yet_drawn_at_one_instant_never_repeat() {
+    // GIVEN a tenant this container has not cached yet (two of its lanes, the plan's bucket and
+    // a route's, can draw at once before either write is answered)
     let store = unreachable_store();
     // WHEN it draws thousands of ids at one instant for it, in slots drawn at random
     let n = 5_000;
     let ids: HashSet<u64> = (0..n)
         .map(|_| store.next_op("new", t(NOW_MS), &Snapshot::default()))
         .collect();
-    // THEN no two are the same: the random bits count the store's draws (drawn at random, some
-    // hundred of 5,000 ids would repeat among the slots' 104,853 of one step)
+    // THEN no two are the same: the first draw keeps its id as the tenant's floor (drawn at
+    // random from the clock alone, some hundred of 5,000 would repeat among the 104,853 ids of a
+    // step's seven slots)
     assert_eq!(ids.len(), n);
+    // AND the entry holding that floor is not an item seen: the tenant's next write still
+    // finds nothing cached
+    assert!(store.predictions.seen("new", None).is_none());
+    assert_eq!(store.predictions.version("new"), 0);
 }
