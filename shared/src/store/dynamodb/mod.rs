@@ -242,13 +242,13 @@ impl DynamoStore {
             .set_expression_attribute_names(Some(w.names))
             .set_expression_attribute_values(Some(w.values))
             // The whole item, not `UPDATED_NEW`: return values cost no capacity, and the item is
-            // under 1 KB. The decision needs only the attributes the write sets, but the cache
-            // also keeps the tenant's other buckets' TATs (a route's write would otherwise leave
-            // the plan's next write to guess its shape, and miss when busy), the other slots'
-            // operation ids keep this container's ids for the tenant above every other's, and
-            // the item's size counts the write units. An attribute a write did not return cannot be taken from an
-            // older view as current: an operator's reset removes TATs and zeroes counters, and
-            // the older view would revive them, refusing as if freshly checked.
+            // under 1 KB. The decision needs only the attributes the write sets, but the cache also
+            // keeps the tenant's other buckets' TATs (a route's write would otherwise leave the
+            // plan's next write to guess its shape, and miss when busy), the other slots' operation
+            // ids keep this container's ids for the tenant above every other's, and the item's size
+            // counts the write units. An attribute a write did not return cannot be taken from an
+            // older view as current: an operator's reset removes TATs and zeroes counters, and the
+            // older view would revive them, refusing as if freshly checked.
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)

@@ -1,8 +1,8 @@
 //! The container's predictions: each tenant's item as this container last saw it, compacted,
-//! with when it was checked, a version that changes whenever it is remembered anew, and the
-//! hold-off of one bucket after a lost race. A wrong prediction
-//! costs one more write, never a wrong answer (the write's failed condition returns the item as
-//! it is).
+//! with when it was checked, a version that changes whenever it is remembered anew, the
+//! hold-off of one bucket after a lost race, and the floor of the tenant's operation ids. A
+//! wrong prediction costs one more write, never a wrong answer (the write's failed condition
+//! returns the item as it is).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +37,8 @@ struct Cached {
     markers: Box<[(u64, u64)]>,
     /// When the store last answered (or was last asked) for this tenant.
     checked: Timestamp,
-    /// 0: nothing seen, the entry holds a floor alone (`Cached::floor_only`).
+    /// 0: nothing seen, the entry holds a floor alone (`Cached::floor_only`); never 0 in a
+    /// `Seen`.
     version: u64,
     /// The bucket this container lost a race on last, if any.
     hold: Option<Hold>,
@@ -138,20 +139,27 @@ impl Ring {
         self.slots[at].as_ref().map(|e| &e.cached)
     }
 
+    /// The tenant's entry, not marked used.
+    fn get_mut(&mut self, tenant: &str) -> Option<&mut Entry> {
+        let at = *self.index.get(tenant)?;
+        self.slots[at].as_mut()
+    }
+
     /// The tenant's entry, marked used.
     fn get_used(&mut self, tenant: &str) -> Option<&mut Cached> {
-        let at = *self.index.get(tenant)?;
-        self.slots[at].as_mut().map(|e| {
+        self.get_mut(tenant).map(|e| {
             e.used = true;
             &mut e.cached
         })
     }
 
     /// Replaces the tenant's entry, or adds it (not yet marked used: a tenant seen once is the
-    /// first to go), evicting one entry when full.
+    /// first to go), evicting one entry when full. A floor kept alone (`Cached::floor_only`) is
+    /// no use of the tenant: its first item replaces it unmarked, as it would fill a new slot.
     fn insert(&mut self, tenant: &str, cached: Cached) {
-        if let Some(entry) = self.get_used(tenant) {
-            *entry = cached;
+        if let Some(entry) = self.get_mut(tenant) {
+            entry.used |= entry.cached.version != 0;
+            entry.cached = cached;
             return;
         }
         if self.capacity == 0 {
@@ -215,7 +223,11 @@ impl Predictions {
 
     /// The tenant's cached item, and the hold-off of `bucket`.
     pub(super) fn seen(&self, tenant: &str, bucket: Option<TatAttr>) -> Option<Seen> {
-        self.lock().get_used(tenant).filter(|c| c.version != 0).map(|c| Seen {
+        let mut cache = self.lock();
+        let entry = cache.get_mut(tenant).filter(|e| e.cached.version != 0)?;
+        entry.used = true;
+        let c = &entry.cached;
+        Some(Seen {
             snap: Snapshot {
                 tats: c.tats.to_vec(),
                 counters: c.counters.to_vec(),
@@ -299,8 +311,9 @@ impl Predictions {
     /// A fresh operation id for `tenant`, drawn by `draw` from a floor: the greatest id this
     /// container saw on the tenant's item (`remember`, and `seen`: one on the item a write
     /// works from) or drew for it; the id then becomes the floor. A tenant not cached gets an
-    /// entry holding the floor alone (version 0: nothing seen, `seen` finds none), so that
-    /// two of its lanes drawing at once (the plan's bucket and a route's) never share an id.
+    /// entry holding the floor alone (version 0: nothing seen, `seen` finds none), so that two
+    /// of its lanes drawing at once (the plan's bucket and a route's) do not share an id while
+    /// the entry lasts (an eviction or an operator's reset, `forget`, drops the floor).
     ///
     /// Per tenant, not per container: ids only need to be ordered within one item's slots, and
     /// a floor drawn from more than about two times a millisecond runs ever further ahead of the
@@ -308,9 +321,10 @@ impl Predictions {
     /// drawn from once per write to its item.
     pub(super) fn draw_op(&self, tenant: &str, seen: u64, draw: impl FnOnce(u64) -> u64) -> u64 {
         let mut cache = self.lock();
-        if let Some(c) = cache.get_used(tenant) {
-            let id = draw(c.floor.max(seen));
-            c.floor = c.floor.max(id);
+        // Drawing is not a use of the tenant (`Ring::insert`): the decision's look was.
+        if let Some(e) = cache.get_mut(tenant) {
+            let id = draw(e.cached.floor.max(seen));
+            e.cached.floor = e.cached.floor.max(id);
             return id;
         }
         let id = draw(seen);
@@ -320,8 +334,8 @@ impl Predictions {
 
     /// Raises the floor of the tenant's next operation ids to `to` (a fence's value).
     pub(super) fn raise_floor(&self, tenant: &str, to: u64) {
-        if let Some(c) = self.lock().get_used(tenant) {
-            c.floor = c.floor.max(to);
+        if let Some(e) = self.lock().get_mut(tenant) {
+            e.cached.floor = e.cached.floor.max(to);
         }
     }
 
@@ -423,6 +437,21 @@ mod tests {
 
     #[test]
     fn a_full_cache_evicts_tenants_not_in_use_and_keeps_those_in_use() {
+        tenants_in_use_outlast_a_flood(remember);
+    }
+
+    #[test]
+    fn new_tenants_whose_writes_drew_an_id_first_are_no_more_in_use_than_others() {
+        // (a new tenant's write draws its id, kept as a floor alone, before its answer is
+        // remembered)
+        tenants_in_use_outlast_a_flood(|p, tenant| {
+            p.draw_op(tenant, 0, |floor| floor + 1);
+            remember(p, tenant);
+        });
+    }
+
+    /// New tenants arriving by `arrive` evict those not in use, never those in use.
+    fn tenants_in_use_outlast_a_flood(arrive: impl Fn(&Predictions, &str)) {
         // GIVEN a full cache of 100 tenants, of which the first 10 keep being asked about
         let p = Predictions::new(100, Duration::from_secs(60));
         let name = |i: usize| format!("t{i}");
@@ -435,7 +464,7 @@ mod tests {
             }
             // WHEN 50 new tenants arrive per round, 250 in all
             for i in 0..50 {
-                remember(&p, &name(1_000 + round * 50 + i));
+                arrive(&p, &name(1_000 + round * 50 + i));
             }
         }
         // THEN the tenants in use are all still cached, the cache is full and no larger

@@ -3,23 +3,23 @@
 use super::OPS;
 use crate::engine::clock::Timestamp;
 
-/// An operation id: milliseconds of the request's time in the high bits (`id >> 20`); below
-/// them its 100 µs step within the millisecond, then random bits; and its slot as the remainder
-/// modulo `OPS`. Ids need to be unique and roughly increasing, and a slot's ids that land out of
-/// order fail its condition (`#o < :op`): drawn at random over the millisecond, two writes of a
-/// slot sent in turn within one landed out of order half the time (with 200 containers on one
-/// item, most of its failed conditions were on the slot), while by step they keep their order
-/// when the clocks that drew them agree within a step. Two containers whose clocks read one step
-/// and draw one slot send the same id by a chance of one in `PER_STEP` (14,979); requests spread
-/// over the millisecond, one in `SPREAD`, as when the whole millisecond was drawn from. The store
-/// keeps a tenant's ids above every id it has seen on the tenant's item or sent to it (a Lamport
-/// clock per tenant, `Predictions::draw_op`), so a slow clock costs at most one refused write per
-/// race. When the floor wins over the clock, the id is drawn in the floor's millisecond; drawn
-/// at or below the floor, it is drawn again among the slot's ids above the floor there while at
-/// least half of them are, else the time part steps past the floor's and the random bits stay. Ids that follow floors so do not run a millisecond ahead of the
-/// clocks on each write (where every container whose floor is older would lose its slot's
-/// order), and two containers that saw the same item and drew the same slot still send
-/// different ids but by a chance of at most two in `SPREAD`.
+/// An operation id: milliseconds of the request's time in the high bits (`id >> 20`); below them
+/// its 100 µs step within the millisecond, then random bits; and its slot as the remainder modulo
+/// `OPS`. Ids need to be unique and roughly increasing, and a slot's ids that land out of order
+/// fail its condition (`#o < :op`): drawn at random over the millisecond, two writes of a slot sent
+/// in turn within one landed out of order half the time (with 200 containers on one item, most of
+/// its failed conditions were on the slot), while by step they keep their order when the clocks
+/// that drew them agree within a step. Two containers whose clocks read one step and draw one slot
+/// send the same id by a chance of one in `PER_STEP` (14,979); requests spread over the
+/// millisecond, one in `SPREAD`, as when the whole millisecond was drawn from. The store keeps a
+/// tenant's ids above every id it has seen on the tenant's item or sent to it (a Lamport clock per
+/// tenant, `Predictions::draw_op`), so a slow clock costs at most one refused write per race. When
+/// the floor wins over the clock, the id is drawn in the floor's millisecond; drawn at or below the
+/// floor, it is drawn again among the slot's ids above the floor there while at least half of them
+/// are, else the time part steps past the floor's and the random bits stay. Ids that follow floors
+/// so do not run a millisecond ahead of the clocks on each write (where every container whose floor
+/// is older would lose its slot's order), and two containers that saw the same item and drew the
+/// same slot still send different ids but by a chance of at most two in `SPREAD`.
 pub fn op_id(now: Timestamp, floor: u64, slot: usize, random: u64) -> u64 {
     let now_ms = (now.as_nanos() / 1_000_000).min(MAX_MS);
     let floor_ms = floor >> 20;
